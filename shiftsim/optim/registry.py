@@ -1,0 +1,330 @@
+"""Optimizer registry: names -> optimizer classes, and frozen, JSON-serialisable specs.
+
+An :class:`OptimizerSpec` describes an optimizer without building it, so a run can be shipped to
+another process or machine and reproduced. Registry names cover torch's baselines and shiftsim's
+own optimizers; any importable ``torch.optim.Optimizer`` subclass or factory works too.
+
+>>> s = spec("sgdm", lr=0.1)
+>>> s.name, s.kwargs["lr"], s.kwargs["momentum"]
+('sgdm', 0.1, 0.9)
+>>> OptimizerSpec.from_dict(s.to_dict()) == s
+True
+>>> import torch
+>>> opt = s.build([torch.nn.Parameter(torch.zeros(3))])
+>>> type(opt).__name__
+'SGD'
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ShiftsimError, SpecTypeError, allowed
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """One registry row: what a name builds, with which defaults, and where it comes from."""
+
+    name: str
+    target: str  # "module:qualname" of the class
+    defaults: Mapping[str, Any]  # registry defaults, overridable by the user
+    summary: str
+    paper: str = ""
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # set by the name, not overridable
+    family: str = "sgd"  # "sgd" or "adam": which torch baseline it is compared with
+
+
+_ENTRIES: tuple[OptimizerEntry, ...] = (
+    OptimizerEntry("sgd", "torch.optim:SGD", {"lr": 0.1, "weight_decay": 0.0},
+                   "plain stochastic gradient descent (torch)", "Robbins & Monro 1951",
+                   fixed={"momentum": 0.0}),
+    OptimizerEntry("sgdm", "torch.optim:SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+                   "heavy-ball SGD with momentum, dampening 0 (torch)", "Polyak 1964"),
+    OptimizerEntry("nesterov", "torch.optim:SGD",
+                   {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+                   "SGD with Nesterov momentum (torch)", "Sutskever et al. 2013",
+                   fixed={"nesterov": True}),
+    OptimizerEntry("adam", "torch.optim:Adam", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+                                                "weight_decay": 0.0},
+                   "Adam (torch)", "Kingma & Ba 2015, arXiv:1412.6980", family="adam"),
+    OptimizerEntry("adamw", "torch.optim:AdamW", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+                                                  "weight_decay": 0.01},
+                   "Adam with decoupled weight decay (torch)",
+                   "Loshchilov & Hutter 2019, arXiv:1711.05101", family="adam"),
+    OptimizerEntry("tam", "shiftsim.optim.tam:TAM", {"lr": 0.1},
+                   "Torque-Aware Momentum: momentum damped by gradient-momentum alignment",
+                   "Malviya et al. 2024, arXiv:2412.18790"),
+    OptimizerEntry("adatam", "shiftsim.optim.tam:AdaTAM", {"lr": 1e-3},
+                   "AdaTAM: torque-aware Adam, coupled weight decay",
+                   "Malviya et al. 2024, arXiv:2412.18790", family="adam"),
+    OptimizerEntry("adatamw", "shiftsim.optim.tam:AdaTAMW", {"lr": 1e-3},
+                   "AdaTAMW: torque-aware Adam, decoupled weight decay",
+                   "Malviya et al. 2024, arXiv:2412.18790", family="adam"),
+    OptimizerEntry("adamem_sgd", "shiftsim.optim.adamem:AdaptiveMemorySGD", {"lr": 0.05},
+                   "Adaptive-Memory heavy-ball momentum: beta from a two-plane proximal model",
+                   "Topollai & Choromanska 2025, arXiv:2510.04988"),
+    OptimizerEntry("adamem_adamw", "shiftsim.optim.adamem:AdaptiveMemoryAdamW", {"lr": 1e-3},
+                   "Adaptive-Memory AdamW: per-layer adaptive beta1",
+                   "Topollai & Choromanska 2025, arXiv:2510.04988", family="adam"),
+    OptimizerEntry("momo", "shiftsim.optim.momo:MoMo", {"lr": 1.0},
+                   "MoMo: momentum model-based Polyak-type step size (needs the loss)",
+                   "Schaipp et al. 2024, arXiv:2305.07583"),
+    OptimizerEntry("momo_adam", "shiftsim.optim.momo:MoMoAdam", {"lr": 1e-2},
+                   "MoMo-Adam: MoMo step size with Adam preconditioning (needs the loss)",
+                   "Schaipp et al. 2024, arXiv:2305.07583", family="adam"),
+    OptimizerEntry("grams", "shiftsim.optim.grams:Grams", {"lr": 1e-3},
+                   "Grams: Adam magnitude, current-gradient sign",
+                   "Cao et al. 2024, arXiv:2412.17107", family="adam"),
+)
+
+REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in _ENTRIES}
+
+
+def names() -> list[str]:
+    """The registered optimizer names, in registry order.
+
+    >>> names()[:5]
+    ['sgd', 'sgdm', 'nesterov', 'adam', 'adamw']
+    """
+    return list(REGISTRY)
+
+
+def _import(target: str) -> Any:
+    module, _, qualname = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ShiftsimError(f"cannot import optimizer {target!r}: {exc}") from exc
+    return obj
+
+
+def _path_of(obj: Any) -> str | None:
+    """The "module:qualname" import path of obj, or None when it cannot be re-imported."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        return None
+    try:
+        if _import(f"{module}:{qualname}") is obj:
+            return f"{module}:{qualname}"
+    except ShiftsimError:
+        return None
+    # torch re-exports classes from torch.optim; prefer the short public path
+    return None
+
+
+def _public_path(obj: Any) -> str | None:
+    if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+        short = f"torch.optim:{obj.__name__}"
+        try:
+            if _import(short) is obj:
+                return short
+        except ShiftsimError:
+            pass
+    return _path_of(obj)
+
+
+def _freeze(name: str, value: Any) -> Any:
+    """Turn an hparam into a hashable, JSON-friendly value (lists become tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(name, v) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ShiftsimError(f"optimizer hyperparameter {name} must be finite, got {value!r}")
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return _freeze(name, value.item())
+    raise SpecTypeError(
+        f"optimizer hyperparameter {name}={value!r} is not JSON-serialisable; "
+        "allowed: numbers, strings, booleans, None and tuples of these"
+    )
+
+
+def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names the factory accepts besides params, or None if it takes **kwargs."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    out = set()
+    for i, p in enumerate(sig.parameters.values()):
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if i == 0 or p.kind is p.VAR_POSITIONAL:
+            continue
+        out.add(p.name)
+    return out
+
+
+def _needs_loss(factory: Any) -> bool:
+    flag = getattr(factory, "needs_loss", None)
+    if flag is not None:
+        return bool(flag)
+    step = getattr(factory, "step", None)
+    if step is None:
+        return False
+    try:
+        return "loss" in inspect.signature(step).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A frozen description of an optimizer: a registry name (or import path) and hyperparameters.
+
+    Build it with :func:`spec`. ``hparams`` holds every hyperparameter explicitly (registry
+    defaults merged in), sorted by name, so equal optimizers have equal specs and equal hashes.
+    """
+
+    name: str
+    hparams: tuple[tuple[str, Any], ...] = ()
+    factory: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The hyperparameters as a dict (fixed registry settings included)."""
+        entry = REGISTRY.get(self.name)
+        out = dict(entry.fixed) if entry else {}
+        out.update(self.hparams)
+        return out
+
+    @property
+    def target(self) -> Any:
+        """The class or factory this spec builds."""
+        if self.factory is not None:
+            return self.factory
+        entry = REGISTRY.get(self.name)
+        return _import(entry.target if entry else self.name)
+
+    @property
+    def needs_loss(self) -> bool:
+        """Whether ``step`` must be given the loss (``step(loss=...)``), as MoMo needs."""
+        return _needs_loss(self.target)
+
+    @property
+    def family(self) -> str:
+        entry = REGISTRY.get(self.name)
+        return entry.family if entry else "other"
+
+    @property
+    def label(self) -> str:
+        """A short human-readable label, e.g. ``"tam(lr=0.1)"``."""
+        lr = dict(self.hparams).get("lr")
+        short = self.name.rpartition(":")[2]
+        return f"{short}(lr={lr:g})" if isinstance(lr, (int, float)) else short
+
+    def build(self, params: Iterable[Any]) -> torch.optim.Optimizer:
+        """Create the optimizer over ``params`` (tensors or param-group dicts)."""
+        return self.target(params, **self.kwargs)
+
+    def replace(self, **hparams: Any) -> OptimizerSpec:
+        """A copy with some hyperparameters changed.
+
+        >>> spec("adam").replace(lr=0.01).kwargs["lr"]
+        0.01
+        """
+        merged = dict(self.hparams)
+        merged.update(hparams)
+        return spec(self.factory if self.factory is not None else self.name, **merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; raises when the optimizer cannot be re-imported elsewhere."""
+        if self.name.startswith("<"):
+            raise ShiftsimError(
+                f"optimizer {self.name} cannot be serialised: define the factory at module level "
+                "in an importable module (not a lambda, a local function or __main__)"
+            )
+        return {"name": self.name, "hparams": {k: _jsonable(v) for k, v in self.hparams}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OptimizerSpec:
+        if not isinstance(d, Mapping) or "name" not in d:
+            raise SpecTypeError(f"an optimizer spec dict needs a 'name', got {d!r}")
+        return spec(d["name"], **dict(d.get("hparams", {})))
+
+
+def _jsonable(v: Any) -> Any:
+    return [_jsonable(x) for x in v] if isinstance(v, tuple) else v
+
+
+def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) -> OptimizerSpec:
+    """Describe an optimizer by registry name, import path, class or factory.
+
+    Registry defaults are merged in, unknown hyperparameters are rejected.
+
+    >>> spec("tam", lr=0.05).kwargs
+    {'lr': 0.05}
+    >>> spec("torch.optim:RMSprop", lr=0.01).name
+    'torch.optim:RMSprop'
+    >>> spec("sgdm", lrr=0.1)
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.ShiftsimError: unknown hyperparameter 'lrr' for optimizer 'sgdm'; allowed: ...
+    >>> spec("sgdx")
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.ShiftsimError: unknown optimizer 'sgdx'; allowed: 'sgd', 'sgdm', ...
+    """
+    if isinstance(name, OptimizerSpec):
+        return name.replace(**hparams) if hparams else name
+    factory = None
+    if isinstance(name, str):
+        entry = REGISTRY.get(name)
+        if entry is None and ":" not in name:
+            if "." in name:  # "torch.optim.RMSprop" -> "torch.optim:RMSprop"
+                module, _, attr = name.rpartition(".")
+                name = f"{module}:{attr}"
+            else:
+                raise allowed(name, "optimizer", names() + ["<module>:<Class>"])
+        key = name
+        merged = dict(entry.defaults) if entry else {}
+        target = _import(entry.target if entry else name)
+    elif callable(name):
+        factory = name
+        key = _public_path(name) or f"<{getattr(name, '__qualname__', repr(name))}>"
+        if not key.startswith("<"):
+            factory = None  # importable: the name alone rebuilds it
+        merged, entry, target = {}, None, name
+    else:
+        raise SpecTypeError(
+            f"optimizer must be a registry name, an import path, an optimizer class or a "
+            f"factory, got {name!r}"
+        )
+    if entry is not None:
+        for k in hparams:
+            if k in entry.fixed:
+                raise ShiftsimError(
+                    f"hyperparameter {k!r} is fixed by the optimizer name {entry.name!r} "
+                    f"(to {entry.fixed[k]!r}); use another name, e.g. 'sgd' or 'sgdm'"
+                )
+    accepted = _accepted_kwargs(target)
+    if accepted is not None:
+        unknown = [k for k in hparams if k not in accepted]
+        if unknown:
+            raise ShiftsimError(
+                f"unknown hyperparameter {unknown[0]!r} for optimizer {key!r}; allowed: "
+                + ", ".join(sorted(accepted))
+            )
+    merged.update(hparams)
+    frozen = tuple(sorted((k, _freeze(k, v)) for k, v in merged.items()))
+    lr = dict(frozen).get("lr")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
+        raise ShiftsimError(f"learning rate lr must be >= 0, got {lr!r}")
+    return OptimizerSpec(key, frozen, factory)

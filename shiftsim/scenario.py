@@ -1,0 +1,444 @@
+"""Scenarios: a dataset, a sequence of phases (regimes of shifts) and how the stream is read.
+
+>>> import shiftsim as ss
+>>> sc = ss.Scenario(ss.data.digits(), [ss.Phase(200), ss.Phase(200, [ss.LabelFlip(1.0)])],
+...                  batch_size=16)
+>>> sc.total_steps, sc.boundaries
+(400, [0, 200])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data import Dataset
+from .data import load as load_dataset
+from .errors import ShiftsimError, SpecTypeError, allowed, check_range
+from .shifts import ClassPrior, LabelFlip, Shift, shift_from_dict
+
+RAMP_SHAPES = ("linear", "sigmoid")
+
+
+@dataclass(frozen=True)
+class Abrupt:
+    """The new regime from the phase's first step (the default transition)."""
+
+    width: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width != 0:
+            raise ShiftsimError("Abrupt() takes no width; use Gradual(width=...)")
+
+    def probabilities(self) -> np.ndarray:
+        return np.zeros(0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "Abrupt"}
+
+    def describe(self) -> str:
+        return "abrupt"
+
+
+@dataclass(frozen=True)
+class Gradual:
+    """Over ``width`` steps each sample comes from the new regime with probability p(s).
+
+    ``linear``: p = (s + 1) / width; ``sigmoid``: p = 1 / (1 + exp(-4 (s - width/2) / width))
+    (river's ConceptDriftStream ramp: only 0.12 and 0.88 at the ends of the stated width).
+
+    >>> Gradual(4).probabilities().tolist()
+    [0.25, 0.5, 0.75, 1.0]
+    >>> [round(float(p), 2) for p in Gradual(4, "sigmoid").probabilities()]
+    [0.12, 0.27, 0.5, 0.73]
+    """
+
+    width: int
+    shape: str = "linear"
+
+    def __post_init__(self) -> None:
+        check_range(self.width, "Gradual.width", 1, None, integer=True)
+        object.__setattr__(self, "width", int(self.width))
+        if self.shape not in RAMP_SHAPES:
+            raise allowed(self.shape, "ramp shape", RAMP_SHAPES)
+
+    def probabilities(self) -> np.ndarray:
+        s = np.arange(self.width, dtype=np.float64)
+        if self.shape == "linear":
+            return (s + 1) / self.width
+        return 1.0 / (1.0 + np.exp(-4.0 * (s - self.width / 2) / self.width))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "Gradual", "width": self.width, "shape": self.shape}
+
+    def describe(self) -> str:
+        return f"gradual({self.width}, {self.shape})"
+
+
+Transition = Abrupt | Gradual
+
+
+def transition_from_dict(d: dict[str, Any]) -> Transition:
+    if d.get("type") == "Abrupt":
+        return Abrupt()
+    if d.get("type") == "Gradual":
+        return Gradual(d["width"], d.get("shape", "linear"))
+    raise allowed(d.get("type"), "transition", ["Abrupt", "Gradual"])
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A regime: ``steps`` batches drawn with ``shifts`` applied, entered by ``transition``.
+
+    ``repeat`` (an earlier phase's index or name) reuses that phase's regime exactly — the same
+    label table, permutation and class prior — to measure re-adaptation to a known regime.
+
+    >>> Phase(300, [LabelFlip(0.5, "other")]).describe_shifts()
+    'LabelFlip(rate=0.5, mode=other)'
+    """
+
+    steps: int
+    shifts: Sequence[Shift] = ()
+    transition: Transition = field(default_factory=Abrupt)
+    name: str | None = None
+    repeat: int | str | None = None
+
+    def __post_init__(self) -> None:
+        check_range(self.steps, "Phase.steps", 1, None, integer=True)
+        object.__setattr__(self, "steps", int(self.steps))
+        shifts = self.shifts
+        if isinstance(shifts, Shift):
+            shifts = (shifts,)
+        if not isinstance(shifts, (list, tuple)):
+            raise SpecTypeError(f"Phase.shifts must be a list of shifts, got {shifts!r}")
+        for s in shifts:
+            if not isinstance(s, Shift):
+                raise SpecTypeError(f"Phase.shifts must hold shifts such as LabelFlip or Rotate, "
+                                    f"got {s!r}")
+        object.__setattr__(self, "shifts", tuple(shifts))
+        if not isinstance(self.transition, (Abrupt, Gradual)):
+            raise SpecTypeError(f"Phase.transition must be Abrupt() or Gradual(width), got "
+                                f"{self.transition!r}")
+        if isinstance(self.transition, Gradual) and self.transition.width > self.steps:
+            raise ShiftsimError(f"Gradual width {self.transition.width} is longer than the "
+                                f"phase ({self.steps} steps)")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
+            raise ShiftsimError(f"Phase.name must be a non-empty string, got {self.name!r}")
+        if self.repeat is not None and self.shifts:
+            raise ShiftsimError("a Phase that repeats an earlier regime takes no shifts of its own")
+        if sum(isinstance(s, LabelFlip) for s in self.shifts) > 1:
+            raise ShiftsimError("a phase can have at most one LabelFlip")
+        if sum(isinstance(s, ClassPrior) for s in self.shifts) > 1:
+            raise ShiftsimError("a phase can have at most one ClassPrior")
+
+    def describe_shifts(self) -> str:
+        if self.repeat is not None:
+            return f"repeat of {self.repeat!r}"
+        return " + ".join(s.describe() for s in self.shifts).replace("'", "") or "clean"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "shifts": [s.to_dict() for s in self.shifts],
+                "transition": self.transition.to_dict(), "name": self.name,
+                "repeat": self.repeat}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Phase:
+        return cls(d["steps"], [shift_from_dict(s) for s in d.get("shifts", [])],
+                   transition_from_dict(d.get("transition", {"type": "Abrupt"})),
+                   d.get("name"), d.get("repeat"))
+
+
+def _auto_name(phase: Phase) -> str:
+    if phase.repeat is not None:
+        return "repeat"
+    parts = []
+    for s in phase.shifts:
+        if isinstance(s, LabelFlip):
+            parts.append(f"flip {s.mode} {s.rate:.0%}")
+        elif isinstance(s, ClassPrior):
+            parts.append("class prior")
+        else:
+            d = s.to_dict()
+            d.pop("type")
+            d.pop("severity", None)
+            val = next(iter(d.values()), None)
+            label = type(s).__name__.lower()
+            parts.append(f"{label} {val:g}" if isinstance(val, float) else label)
+    return " + ".join(parts) or "clean"
+
+
+class Scenario:
+    """A dataset, its phases, and how the stream is batched and evaluated.
+
+    Every field is validated on construction. ``eval_every`` (steps; 0 = only at phase ends)
+    sets how often the learner is evaluated on ``eval_size`` held-out samples of every regime
+    seen so far; at each phase end every regime is evaluated (the accuracy matrix).
+
+    >>> import shiftsim as ss
+    >>> sc = ss.Scenario(ss.data.digits(), [ss.Phase(10)], batch_size=2000)
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.ShiftsimError: batch_size 2000 is larger than the training set of 'digits' (1437 samples)
+    """
+
+    def __init__(self, data: Dataset, phases: Sequence[Phase], batch_size: int = 32,
+                 eval_every: int = 100, eval_size: int | None = None,
+                 name: str | None = None) -> None:
+        if not isinstance(data, Dataset):
+            raise SpecTypeError(f"Scenario data must be a shiftsim Dataset (e.g. "
+                                f"ss.data.digits()), got {type(data).__name__}")
+        if isinstance(phases, Phase):
+            phases = [phases]
+        if not isinstance(phases, (list, tuple)) or not phases:
+            raise ShiftsimError(f"Scenario needs a non-empty list of phases, got {phases!r}")
+        for p in phases:
+            if not isinstance(p, Phase):
+                raise SpecTypeError(f"Scenario phases must be Phase objects, got {p!r}")
+        check_range(batch_size, "batch_size", 1, None, integer=True)
+        if batch_size > len(data):
+            raise ShiftsimError(f"batch_size {batch_size} is larger than the training set of "
+                                f"{data.name!r} ({len(data)} samples)")
+        check_range(eval_every, "eval_every", 0, None, integer=True)
+        n_test = int(data.x_test.shape[0])
+        if eval_size is None:
+            eval_size = min(500, n_test)
+        check_range(eval_size, "eval_size", 1, None, integer=True)
+        if eval_size > n_test:
+            raise ShiftsimError(f"eval_size {eval_size} is larger than the held-out set of "
+                                f"{data.name!r} ({n_test} samples)")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.eval_every = int(eval_every)
+        self.eval_size = int(eval_size)
+        self.name = name or "scenario"
+        self.phases: tuple[Phase, ...] = tuple(phases)
+        self._resolve()
+
+    # -- validation / derived structure ---------------------------------------------------------
+    def _resolve(self) -> None:
+        names: list[str] = []
+        regimes: list[int] = []
+        n_regimes = 0
+        for k, p in enumerate(self.phases):
+            name = p.name or _auto_name(p)
+            if p.name is None and name in names:
+                name = f"{name} ({k})"
+            if name in names:
+                raise ShiftsimError(f"phase name {name!r} is used twice; phase names must be unique")
+            names.append(name)
+            if k == 0 and isinstance(p.transition, Gradual):
+                raise ShiftsimError("the first phase cannot have a Gradual transition (there is "
+                                    "no earlier regime to blend from)")
+            for s in p.shifts:
+                s.check(self.data)
+            if p.repeat is None:
+                regimes.append(n_regimes)
+                n_regimes += 1
+                continue
+            if isinstance(p.repeat, bool) or not isinstance(p.repeat, (int, str)):
+                raise SpecTypeError(f"Phase.repeat must be an earlier phase's index or name, got "
+                                    f"{p.repeat!r}")
+            if isinstance(p.repeat, int):
+                target = p.repeat
+                if not 0 <= target < k:
+                    raise ShiftsimError(f"phase {k} repeats phase {target}, but only phases "
+                                        f"0..{k - 1} come before it")
+            else:
+                if p.repeat not in names[:k]:
+                    raise ShiftsimError(f"phase {k} repeats {p.repeat!r}, which is not the name of "
+                                        f"an earlier phase; earlier phases: {names[:k]}")
+                target = names.index(p.repeat)
+            regimes.append(regimes[target])
+        self.phase_names: tuple[str, ...] = tuple(names)
+        self.regime_of: tuple[int, ...] = tuple(regimes)
+        first = {}
+        for k, r in enumerate(regimes):
+            first.setdefault(r, k)
+        #: for each regime id, the phase that defines its shifts
+        self.regime_phase: tuple[int, ...] = tuple(first[r] for r in range(n_regimes))
+
+    @property
+    def num_regimes(self) -> int:
+        return len(self.regime_phase)
+
+    def shifts_of(self, phase: int) -> tuple[Shift, ...]:
+        """The shifts in force in ``phase`` (a repeat's are those of the phase it repeats)."""
+        return self.phases[self.regime_phase[self.regime_of[phase]]].shifts
+
+    def label_flip(self, phase: int) -> LabelFlip | None:
+        return next((s for s in self.shifts_of(phase) if isinstance(s, LabelFlip)), None)
+
+    def ceiling(self, phase: int) -> float:
+        flip = self.label_flip(phase)
+        return flip.ceiling(self.data.num_classes) if flip else 1.0
+
+    def label_kind(self, phase: int) -> str:
+        flip = self.label_flip(phase)
+        return flip.label_kind if flip else "none"
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """The first step of every phase (τ_k, the start of its ramp when gradual)."""
+        return [int(x) for x in np.cumsum([0] + [p.steps for p in self.phases])[:-1]]
+
+    def phase_table(self) -> pd.DataFrame:
+        """One row per phase: the plan that metrics and reports read.
+
+        >>> import shiftsim as ss
+        >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, mode="other", tasks=2,
+        ...                          steps_per_task=50)
+        >>> sc.phase_table()[["phase", "start", "end", "regime", "ceiling", "label_kind"]]
+           phase  start  end  regime  ceiling label_kind
+        0      0      0   50       0      1.0       none
+        1      1     50  100       1      0.5      noise
+        """
+        rows = []
+        for k, (p, start) in enumerate(zip(self.phases, self.boundaries)):
+            rows.append({
+                "phase": k, "name": self.phase_names[k], "start": start,
+                "end": start + p.steps, "steps": p.steps, "regime": self.regime_of[k],
+                "ceiling": self.ceiling(k), "label_kind": self.label_kind(k),
+                "width": int(p.transition.width), "transition": p.transition.describe(),
+                "shifts": p.describe_shifts(),
+            })
+        return pd.DataFrame(rows)
+
+    def describe(self, file: Any = None) -> str:
+        """Print (and return) a readable table of the phases."""
+        t = self.phase_table()
+        d = self.data
+        head = (f"Scenario {self.name!r}: {d.name} ({len(d)} train / {d.x_test.shape[0]} held-out, "
+                f"{d.num_classes} classes), batch {self.batch_size}, {self.total_steps} steps, "
+                f"eval every {self.eval_every or 'phase end'} on {self.eval_size} samples")
+        cols = ["phase", "name", "start", "steps", "transition", "shifts", "ceiling"]
+        t = t[cols].assign(ceiling=t["ceiling"].map(lambda c: f"{c:.3g}"))
+        text = head + "\n" + t.to_string(index=False)
+        print(text, file=file)
+        return text
+
+    def __repr__(self) -> str:
+        return (f"Scenario({self.name!r}, data={self.data.name!r}, phases={len(self.phases)}, "
+                f"steps={self.total_steps}, batch_size={self.batch_size})")
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON description (the dataset by its source, or a fingerprint of its tensors)."""
+        return {"name": self.name, "data": self.data.to_dict(),
+                "phases": [p.to_dict() for p in self.phases], "batch_size": self.batch_size,
+                "eval_every": self.eval_every, "eval_size": self.eval_size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], data: Dataset | None = None) -> Scenario:
+        """Rebuild from :meth:`to_dict`; datasets built from tensors must be passed as ``data``."""
+        if data is None:
+            data = load_dataset(d["data"]["source"])
+        return cls(data, [Phase.from_dict(p) for p in d["phases"]], d["batch_size"],
+                   d["eval_every"], d["eval_size"], d.get("name"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scenario) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_dict()))
+
+    def replace(self, **changes: Any) -> Scenario:
+        """A copy with some constructor arguments changed."""
+        args = {"data": self.data, "phases": self.phases, "batch_size": self.batch_size,
+                "eval_every": self.eval_every, "eval_size": self.eval_size, "name": self.name}
+        unknown = set(changes) - set(args)
+        if unknown:
+            raise allowed(sorted(unknown)[0], "Scenario field", args)
+        args.update(changes)
+        return Scenario(**args)
+
+
+# -- builders ---------------------------------------------------------------------------------
+
+def _steps(value: int, name: str) -> int:
+    return int(check_range(value, name, 1, None, integer=True))
+
+
+def label_flip_tasks(data: Dataset, rate: float, mode: str = "permute", tasks: int = 5,
+                     steps_per_task: int = 300, *, transition: Transition | None = None,
+                     **scenario_kwargs: Any) -> Scenario:
+    """``tasks`` tasks on the same inputs: task 0 has the original labels, every later task
+    flips a fraction ``rate`` of them with ``mode``, drawn afresh relative to the original labels.
+
+    >>> import shiftsim as ss
+    >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=3, steps_per_task=100)
+    >>> sc.phase_names
+    ('clean', 'flip permute 100%', 'flip permute 100% (2)')
+    """
+    _steps(tasks, "tasks")
+    _steps(steps_per_task, "steps_per_task")
+    flip = LabelFlip(rate, mode)
+    phases = [Phase(steps_per_task)]
+    for _ in range(1, tasks):
+        phases.append(Phase(steps_per_task, [flip], transition or Abrupt()))
+    scenario_kwargs.setdefault("name", f"flip-{mode}-{rate:g}")
+    return Scenario(data, phases, **scenario_kwargs)
+
+
+def covariate_drift(data: Dataset, shifts: Sequence[Shift | Sequence[Shift]],
+                    steps_per_phase: int = 300, *, transition: Transition | None = None,
+                    clean_first: bool = True, **scenario_kwargs: Any) -> Scenario:
+    """A clean phase, then one phase per entry of ``shifts`` (a shift or a list of shifts),
+    each entered by ``transition`` (abrupt by default).
+
+    >>> import shiftsim as ss
+    >>> sc = ss.covariate_drift(ss.data.digits(), [ss.Rotate(30), ss.Rotate(60)], 100,
+    ...                         transition=ss.Gradual(50))
+    >>> sc.phase_names
+    ('clean', 'rotate 30', 'rotate 60')
+    """
+    _steps(steps_per_phase, "steps_per_phase")
+    if isinstance(shifts, Shift) or not shifts:
+        raise ShiftsimError("covariate_drift needs a non-empty list of shifts (one per phase)")
+    phases = [Phase(steps_per_phase)] if clean_first else []
+    for entry in shifts:
+        group = [entry] if isinstance(entry, Shift) else list(entry)
+        phases.append(Phase(steps_per_phase, group, transition or Abrupt()))
+    if not clean_first:
+        phases[0] = Phase(steps_per_phase, phases[0].shifts)
+    scenario_kwargs.setdefault("name", "covariate-drift")
+    return Scenario(data, phases, **scenario_kwargs)
+
+
+def recurring(data: Dataset, regimes: Sequence[Sequence[Shift] | Shift], cycles: int = 2,
+              steps_per_phase: int = 300, *, transition: Transition | None = None,
+              **scenario_kwargs: Any) -> Scenario:
+    """Cycle through ``regimes`` ``cycles`` times; later cycles repeat the first cycle's regimes
+    exactly (same label tables and permutations).
+
+    >>> import shiftsim as ss
+    >>> sc = ss.recurring(ss.data.digits(), [[], [ss.LabelFlip(1.0)]], cycles=2, steps_per_phase=50)
+    >>> sc.regime_of
+    (0, 1, 0, 1)
+    """
+    _steps(cycles, "cycles")
+    _steps(steps_per_phase, "steps_per_phase")
+    if not regimes:
+        raise ShiftsimError("recurring needs at least one regime")
+    groups = [[r] if isinstance(r, Shift) else list(r) for r in regimes]
+    phases = []
+    for c in range(cycles):
+        for i, g in enumerate(groups):
+            k = len(phases)
+            tr = transition or Abrupt()
+            if k == 0:
+                tr = Abrupt()
+            if c == 0:
+                phases.append(Phase(steps_per_phase, g, tr))
+            else:
+                phases.append(Phase(steps_per_phase, (), tr, repeat=i))
+    scenario_kwargs.setdefault("name", "recurring")
+    return Scenario(data, phases, **scenario_kwargs)
+

@@ -1,0 +1,269 @@
+"""The stream: (Scenario, seed, device) -> device batches, with no DataLoader.
+
+Batches are index gathers into the dataset, which moves to the device once. Within a phase,
+samples are drawn without replacement and reshuffled at every pass (a pass yields
+``N // batch_size`` full batches); a phase with a :class:`~shiftsim.shifts.ClassPrior` draws with
+replacement by the prior. Label shifts are computed once per regime as a table over the whole
+training set, so a sample keeps its flipped label for the whole phase; shifts that have no
+per-batch randomness are applied once per regime to the whole training set, the rest per batch.
+
+Randomness comes from seeded generators derived from the run seed: the batch order of each
+phase, each regime's label table and permutations, and the per-batch noise. The same seed on the
+same device gives the same stream bit for bit.
+
+>>> import shiftsim as ss
+>>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=3, batch_size=4)
+>>> batches = list(ss.stream.Stream(sc, seed=0))
+>>> len(batches), batches[0].x.shape, batches[3].phase
+(6, torch.Size([4, 1, 8, 8]), 1)
+>>> bool((batches[3].y != batches[3].y_true).all())   # rate 1.0 permute: every label moved
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ShiftsimError
+from .scenario import Scenario
+from .shifts import ClassPrior, LabelFlip, Shift
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU; anything else is checked and returned.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ShiftsimError(f"unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', "
+                            "'cuda:N', 'mps'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ShiftsimError(f"device {device!r} asked for, but CUDA is not available here; "
+                            "use device='auto' or 'cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ShiftsimError(f"device {device!r} asked for, but MPS is not available here")
+    return dev
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed derived from ``parts``, stable across processes and Python versions.
+
+    >>> derive_seed(0, "order", 1) == derive_seed(0, "order", 1) != derive_seed(1, "order", 1)
+    True
+    """
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+def _generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step of the stream: the inputs and labels the learner sees, and their provenance."""
+
+    step: int
+    phase: int
+    x: torch.Tensor  # (b, *input_shape), on the stream's device
+    y: torch.Tensor  # labels presented (after label shifts)
+    y_true: torch.Tensor  # the dataset's original labels
+    is_new: torch.Tensor  # bool (b,): sample from the phase's regime (False: previous, in a ramp)
+    index: torch.Tensor  # (b,) indices into the training set
+
+
+class Regime:
+    """A regime's fixed state on the device: label tables, pre-shifted inputs, per-batch tail."""
+
+    def __init__(self, stream: Stream, regime_id: int) -> None:
+        sc, data, dev = stream.scenario, stream.data, stream.device
+        phase = sc.regime_phase[regime_id]
+        shifts = sc.phases[phase].shifts
+        self.id = regime_id
+        self.clip = data.kind == "image"
+        g = _generator(derive_seed(stream.seed, "regime", regime_id))
+        flip = next((s for s in shifts if isinstance(s, LabelFlip)), None)
+        prior = next((s for s in shifts if isinstance(s, ClassPrior)), None)
+        c = data.num_classes
+        y_train = stream.y_train_cpu
+        y_eval = stream.y_eval_cpu
+        if flip is not None and flip.rate > 0:
+            mapping = flip.draw(c, g)
+            self.labels = flip.relabel(y_train, c, mapping, g).to(dev)
+            held = flip.relabel(y_eval, c, mapping, g)
+            # held-out labels follow concept shifts only; noise shifts are scored clean
+            self.eval_labels = (held if flip.label_kind == "concept" else y_eval).to(dev)
+        else:
+            self.labels = data.y_train
+            self.eval_labels = y_eval.to(dev)
+        self.sample_weights = prior.sample_weights(y_train, c) if prior is not None else None
+        inputs = [s for s in shifts if s.kind == "input"]
+        states = [s.prepare(data.input_shape, g) for s in inputs]  # type: ignore[attr-defined]
+        cut = next((i for i, s in enumerate(inputs) if s.stochastic), len(inputs))  # type: ignore[attr-defined]
+        self.static = list(zip(inputs[:cut], states[:cut]))
+        self.tail = list(zip(inputs[cut:], states[cut:]))
+        self._x_base: torch.Tensor | None = None
+        self._stream = stream
+        # the held-out inputs of this regime, with a fixed noise draw so evaluation is stable
+        eval_gen = _generator(derive_seed(stream.seed, "eval-noise", regime_id), dev)
+        x_eval = data.x_test.index_select(0, stream.eval_index)
+        self.eval_inputs = self._apply(self._apply(x_eval, self.static, None), self.tail, eval_gen)
+
+    def _apply(self, x: torch.Tensor, shifts: list[tuple[Shift, Any]],
+               gen: torch.Generator | None) -> torch.Tensor:
+        for shift, state in shifts:
+            x = shift.apply(x, state, gen)  # type: ignore[attr-defined]
+            if self.clip:
+                x = x.clamp(0.0, 1.0)
+        return x
+
+    @property
+    def x_base(self) -> torch.Tensor:
+        """The training inputs with this regime's static shifts applied (computed once)."""
+        if self._x_base is None:
+            self._x_base = self._apply(self._stream.data.x_train, self.static, None)
+        return self._x_base
+
+    def release(self) -> None:
+        """Drop the pre-shifted training inputs (recomputed on demand)."""
+        if self.static:
+            self._x_base = None
+
+    def inputs(self, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = self.x_base.index_select(0, index)
+        return self._apply(x, self.tail, gen) if self.tail else x
+
+
+class PhasePlan:
+    """Everything about one phase that can be drawn in advance, as device tensors.
+
+    ``index``, ``y`` and ``y_true`` are ``(steps, batch_size)``; ``n_new`` is ``(steps,)``;
+    ``new_mask`` is ``(width, batch_size)`` during a gradual ramp, else ``None``.
+    """
+
+    def __init__(self, stream: Stream, phase: int) -> None:
+        sc = stream.scenario
+        p = sc.phases[phase]
+        dev = stream.device
+        b, n_train = sc.batch_size, len(sc.data)
+        self.phase = phase
+        self.start = sc.boundaries[phase]
+        self.steps = p.steps
+        self.regime = stream.regime(sc.regime_of[phase])
+        width = int(p.transition.width)
+        self.previous = stream.regime(sc.regime_of[phase - 1]) if width else None
+        g = _generator(derive_seed(stream.seed, "order", phase))
+        if self.regime.sample_weights is not None:
+            flat = torch.multinomial(self.regime.sample_weights, p.steps * b, replacement=True,
+                                     generator=g)
+            index = flat.view(p.steps, b)
+        else:
+            per_pass = n_train // b
+            passes = math.ceil(p.steps / per_pass)
+            index = torch.cat([torch.randperm(n_train, generator=g)[: per_pass * b]
+                               for _ in range(passes)]).view(-1, b)[: p.steps]
+        self.index = index.to(dev)
+        self.y = self.regime.labels[self.index]
+        self.y_true = stream.data.y_train[self.index]
+        self.n_new = torch.full((p.steps,), b, dtype=torch.int64)
+        self.new_mask: torch.Tensor | None = None
+        if width:
+            probs = torch.tensor(p.transition.probabilities(), dtype=torch.float64)
+            mask = torch.rand(width, b, generator=g, dtype=torch.float64) < probs[:, None]
+            self.n_new[:width] = mask.sum(1)
+            self.new_mask = mask.to(dev)
+            assert self.previous is not None
+            old_y = self.previous.labels[self.index[:width]]
+            self.y[:width] = torch.where(self.new_mask, self.y[:width], old_y)
+
+    def inputs(self, s: int, gen: torch.Generator) -> torch.Tensor:
+        """The inputs of step ``s`` of the phase (per-batch shifts drawn from ``gen``)."""
+        index = self.index[s]
+        x = self.regime.inputs(index, gen)
+        if self.new_mask is not None and s < self.new_mask.shape[0]:
+            assert self.previous is not None
+            old = self.previous.inputs(index, gen)
+            m = self.new_mask[s].view(-1, *([1] * (x.ndim - 1)))
+            x = torch.where(m, x, old)
+        return x
+
+    def is_new(self, s: int) -> torch.Tensor:
+        if self.new_mask is not None and s < self.new_mask.shape[0]:
+            return self.new_mask[s]
+        return torch.ones(self.index.shape[1], dtype=torch.bool, device=self.index.device)
+
+
+class Stream:
+    """The batches of ``scenario`` for run ``seed`` on ``device``.
+
+    Iterate it for :class:`Batch` objects, or use :meth:`plan` for a phase's whole draw at once
+    (what the engine does) and :meth:`heldout` for a regime's held-out set.
+    """
+
+    def __init__(self, scenario: Scenario, seed: int = 0,
+                 device: str | torch.device = "auto") -> None:
+        if not isinstance(scenario, Scenario):
+            raise ShiftsimError(f"Stream needs a Scenario, got {type(scenario).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
+        self.scenario = scenario
+        self.seed = seed
+        self.device = resolve_device(device)
+        self.data = scenario.data.to(self.device)
+        self.y_train_cpu = scenario.data.y_train.cpu()
+        n_test = scenario.data.x_test.shape[0]
+        eval_index = torch.randperm(n_test, generator=_generator(derive_seed(seed, "eval")))
+        eval_index = eval_index[: scenario.eval_size].sort().values
+        self.y_eval_cpu = scenario.data.y_test.cpu()[eval_index]
+        self.eval_index = eval_index.to(self.device)
+        self.noise = _generator(derive_seed(seed, "noise"), self.device)
+        self._regimes: dict[int, Regime] = {}
+
+    def regime(self, regime_id: int) -> Regime:
+        if regime_id not in self._regimes:
+            self._regimes[regime_id] = Regime(self, regime_id)
+        return self._regimes[regime_id]
+
+    def plan(self, phase: int) -> PhasePlan:
+        """Draw phase ``phase``: batch indices, labels and ramp mask, as device tensors.
+
+        Pre-shifted inputs of regimes that neither this phase nor its ramp uses are released.
+        """
+        plan = PhasePlan(self, phase)
+        keep = {plan.regime.id} | ({plan.previous.id} if plan.previous else set())
+        for rid, reg in self._regimes.items():
+            if rid not in keep:
+                reg.release()
+        return plan
+
+    def heldout(self, regime_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out inputs and labels of a regime: inputs shifted as the regime shifts them,
+        labels shifted by concept label shifts only (noise flips are scored clean)."""
+        r = self.regime(regime_id)
+        return r.eval_inputs, r.eval_labels
+
+    def __iter__(self) -> Iterator[Batch]:
+        for k in range(len(self.scenario.phases)):
+            plan = self.plan(k)
+            for s in range(plan.steps):
+                yield Batch(plan.start + s, k, plan.inputs(s, self.noise), plan.y[s],
+                            plan.y_true[s], plan.is_new(s), plan.index[s])
+
+    def __len__(self) -> int:
+        return self.scenario.total_steps
+
+
+def stream(scenario: Scenario, seed: int = 0, device: str | torch.device = "auto") -> Stream:
+    """Shorthand for :class:`Stream`."""
+    return Stream(scenario, seed, device)
