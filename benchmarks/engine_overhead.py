@@ -1,0 +1,72 @@
+"""Engine overhead: shiftsim's run() vs a minimal hand-written predict-train loop.
+
+Same data (digits, on the device), same model (MLP 64-256-256-10), same optimizer (SGD with
+momentum, torch), same batch size (32). The hand loop shuffles per pass, gathers a batch,
+predicts, counts correct predictions on the device, and trains — the least a prequential loop
+can do. shiftsim's run() does that plus label tables, per-step trace buffers, held-out
+evaluations (disabled here: eval_every=0, so only at the end) and its bookkeeping. Rounds are
+interleaved; the ratio is the median of per-round ratios. Goal: <= 1.15.
+
+    python benchmarks/engine_overhead.py [--steps 1500] [--rounds 7] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+import shiftsim as ss
+from _common import interleaved, median, paired_ratios
+
+
+def hand_loop(data: ss.data.Dataset, steps: int, batch: int, seed: int, device: str) -> float:
+    x_all, y_all = data.x_train.to(device), data.y_train.to(device)
+    model = ss.models.mlp(hidden=(256, 256)).build(data, seed=seed).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    per_pass = len(data) // batch
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    perm = torch.empty(0)
+    for t in range(steps):
+        s = t % per_pass
+        if s == 0:
+            perm = torch.randperm(len(data), generator=g).to(device)
+        idx = perm[s * batch:(s + 1) * batch]
+        x, y = x_all[idx], y_all[idx]
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        correct += (logits.argmax(1) == y).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(correct)  # one sync at the end
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    data = ss.data.digits()
+    scenario = ss.Scenario(data, [ss.Phase(args.steps)], batch_size=args.batch, eval_every=0)
+    model, opt = ss.models.mlp(hidden=(256, 256)), ss.optim.spec("sgdm", lr=0.05)
+    times = interleaved({
+        "hand loop": lambda: hand_loop(data, args.steps, args.batch, 0, args.device),
+        "shiftsim run()": lambda: ss.run(scenario, model, opt, seed=0, device=args.device),
+    }, rounds=args.rounds)
+    hand, sim = times["hand loop"], times["shiftsim run()"]
+    ratio = median(paired_ratios(sim, hand))
+    print(f"engine overhead — digits, MLP 64-256-256-10, SGDM, batch {args.batch}, "
+          f"{args.steps} steps, {args.rounds} interleaved rounds, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"  hand loop       {1000 * median(hand) / args.steps:7.3f} ms/step")
+    print(f"  shiftsim run()  {1000 * median(sim) / args.steps:7.3f} ms/step")
+    print(f"  ratio run()/hand loop: {ratio:.3f}  (goal <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()

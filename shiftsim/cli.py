@@ -1,0 +1,241 @@
+"""The command line: ``shiftsim run | study | report | list | demo``.
+
+Errors a user can cause are printed on one line (``error: ...``) with no traceback, and the exit
+status is 2; nothing is written when the input is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .errors import ShiftsimError
+
+EXIT_USAGE = 2
+
+
+def load_python_file(path: str | os.PathLike, name: str, optional: tuple[str, ...] = ()
+                     ) -> dict[str, Any]:
+    """Execute a scenario/study file and return its globals; it must define ``name``.
+
+    The file runs with ``__name__ == "__shiftsim__"``, so an ``if __name__ == "__main__":``
+    block in it does not run.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ShiftsimError(f"file not found: {str(p)!r}")
+    if p.suffix != ".py":
+        raise ShiftsimError(f"{str(p)!r} is not a Python file (.py)")
+    try:
+        namespace = runpy.run_path(str(p), run_name="__shiftsim__")
+    except ShiftsimError as exc:
+        raise ShiftsimError(f"{p.name}: {exc}") from exc
+    except SyntaxError as exc:
+        raise ShiftsimError(f"{p.name}: syntax error at line {exc.lineno}: {exc.msg}") from exc
+    except Exception as exc:  # the user's file raised: report where, in one line
+        line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
+                     if Path(f.filename).resolve() == p.resolve()), None)
+        where = f" at line {line}" if line else ""
+        raise ShiftsimError(f"{p.name}{where} raised {type(exc).__name__}: {exc}") from exc
+    if name not in namespace:
+        defined = sorted(k for k in namespace if not k.startswith("_"))[:10]
+        raise ShiftsimError(f"{p.name} defines no {name!r}; it must define {name} = ... "
+                            f"(found: {', '.join(defined) or 'nothing'})")
+    return namespace
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from . import engine, models
+    from .optim import spec
+    from .scenario import Scenario
+
+    ns = load_python_file(args.file, "scenario")
+    scenario = ns["scenario"]
+    if not isinstance(scenario, Scenario):
+        raise ShiftsimError(f"{Path(args.file).name}: 'scenario' must be a shiftsim Scenario, got "
+                            f"{type(scenario).__name__}")
+    model = ns.get("model", models.mlp())
+    hparams = {"lr": args.lr} if args.lr is not None else {}
+    optimizer = spec(args.optimizer or ns.get("optimizer", "sgdm"), **hparams)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise ShiftsimError(f"--out {str(out)!r} exists and is not a folder")
+    result = engine.run(scenario, model, optimizer, seed=args.seed, device=args.device,
+                        progress=not args.quiet)
+    summary = result.summary()
+    print(f"{scenario.name}: {optimizer.label}, seed {args.seed}, {len(result.trace)} steps on "
+          f"{result.info['device']} ({result.timings['ms_per_step']:.2f} ms/step)"
+          + (f" — DIVERGED at step {result.diverged_step}" if result.diverged else ""))
+    cols = [c for c in ("phase", "name", "steps_run", "online_acc", "online_acc_true",
+                        "recovery_steps", "censored", "drop", "deficit", "heldout_acc")
+            if c in summary.columns]
+    with pd.option_context("display.width", 160, "display.max_columns", 20,
+                           "display.float_format", "{:.3f}".format):
+        print(summary[cols].to_string(index=False))
+    if out is not None:
+        from .store import write_result
+
+        path = write_result(out, result)
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "optimizers":
+        from .optim import REGISTRY
+
+        width = max(len(n) for n in REGISTRY)
+        for e in REGISTRY.values():
+            print(f"{e.name:<{width}}  {e.summary}  [{e.paper}]")
+    elif args.what == "shifts":
+        from .shifts import SHIFT_TYPES
+
+        width = max(len(n) for n in SHIFT_TYPES)
+        for name, cls in SHIFT_TYPES.items():
+            sev = ""
+            if cls.severity_values:
+                vals = ", ".join(f"{v:g}" for v in cls.severity_values)
+                sev = f"  severity 1..5: {cls.severity_param} = {vals} ({cls.severity_source})"
+            print(f"{name:<{width}}  [{cls.kind}] {cls.summary}{sev}")
+    elif args.what == "datasets":
+        print("digits         scikit-learn 8x8 digits, 1797 images, 10 classes (embedded default)")
+        print("fashion_mnist  Fashion-MNIST 28x28, 60k+10k, from local IDX files "
+              "(apt-get install dataset-fashion-mnist)")
+        print("mnist1d        MNIST-1D, 40-point signals, generated offline "
+              "(pip install 'shiftsim[mnist1d]')")
+        print("synthetic      Gaussian clusters, any size (tests and scaling benchmarks)")
+        print("from_tensors / from_numpy   your own arrays")
+    else:  # models
+        print("mlp     multi-layer perceptron (hidden=(256, 256), norm=None|'layer'|'group')")
+        print("cnn     conv-pool blocks + MLP head, for images")
+        print("resnet  small ResNet with GroupNorm, for images (GPU)")
+        print("linear  multinomial logistic regression")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import study_from_file
+
+    study = study_from_file(args.file)
+    out = Path(args.out)
+    result = study.run(out, workers=args.workers, backend=args.backend,
+                       resume=not args.no_resume, progress=not args.quiet)
+    return 0 if result is None or getattr(result, "ok", True) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    path = report(args.dir, args.out, baseline=args.baseline)
+    print(f"wrote {path}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shiftsim", description="Online continual-learning "
+                                "simulator: shift scenarios, optimizer studies, recovery reports.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run one learner on a scenario file and print its summary")
+    r.add_argument("file", help="a Python file defining `scenario` (and optionally `model`)")
+    r.add_argument("--optimizer", help="registry name, e.g. sgdm, tam, adamw (default sgdm)")
+    r.add_argument("--lr", type=_float, help="learning rate")
+    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--out", help="write trace.parquet, evals.parquet and summary.json here")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("study", help="run a robustness study file (resumable)")
+    s.add_argument("file", help="a Python file defining `study`")
+    s.add_argument("--out", required=True, help="results folder")
+    s.add_argument("--workers", type=_positive_int, default=None,
+                   help="parallel runs (default: the number of cores)")
+    s.add_argument("--backend", choices=("local", "ray"), default="local")
+    s.add_argument("--no-resume", action="store_true", help="redo runs that are already complete")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_study)
+
+    rep = sub.add_parser("report", help="write a comparative report (HTML + Markdown) of a study")
+    rep.add_argument("dir", help="a study results folder")
+    rep.add_argument("--out", required=True, help="report folder")
+    rep.add_argument("--baseline", help="optimizer to compare the others against")
+    rep.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="list optimizers, shifts, datasets or models")
+    ls.add_argument("what", choices=("optimizers", "shifts", "datasets", "models"))
+    ls.set_defaults(func=cmd_list)
+
+    d = sub.add_parser("demo", help="the quickstart: a few optimizers on digits, a table, a plot")
+    d.add_argument("--out", default="demo-out", help="folder for the demo's outputs")
+    d.add_argument("--quick", action="store_true", help="shorter streams (for tests)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ShiftsimError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

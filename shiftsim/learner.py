@@ -1,0 +1,149 @@
+"""Learners: what the engine feeds. A learner predicts a batch (scored), then trains on it.
+
+:class:`TorchLearner` is a PyTorch model plus an optimizer; the Avalanche integration provides
+another. Anything with the methods of :class:`Learner` can be passed to :func:`shiftsim.run`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset
+from .errors import ShiftsimError, SpecTypeError
+from .models import ModelSpec
+from .optim import OptimizerSpec, spec
+from .stream import derive_seed
+
+#: module types whose output depends on train/eval mode
+_MODE_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
+                   nn.modules.instancenorm._InstanceNorm)
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """The engine's view of a learner."""
+
+    def setup(self, data: Dataset, device: torch.device, seed: int) -> None:
+        """Build state for a run on ``data`` (on ``device``, initialised from ``seed``)."""
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, pred_out: torch.Tensor) -> torch.Tensor:
+        """Write the predictions for ``x`` made *before* training into ``pred_out``, train on
+        ``(x, y)`` and return the training loss as a 0-d tensor (no host sync)."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class predictions for held-out inputs (no training)."""
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """Optional per-step 0-d tensors recorded as ``diag_<name>`` trace columns."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON description of the learner (model, optimizer ...)."""
+
+
+def mode_sensitive(model: nn.Module) -> bool:
+    """Whether the model's output depends on train/eval mode (BatchNorm, dropout ...)."""
+    return any(isinstance(m, _MODE_SENSITIVE) for m in model.modules())
+
+
+class TorchLearner:
+    """A PyTorch classifier trained with cross-entropy by an optimizer.
+
+    ``model`` is a :class:`~shiftsim.models.ModelSpec` (built for the dataset from the run seed),
+    an ``nn.Module`` (deep-copied, so the caller's module is never changed) or a callable
+    ``Dataset -> nn.Module``. ``optimizer`` is an :class:`~shiftsim.optim.OptimizerSpec`, a
+    registry name, or a torch optimizer class or factory.
+
+    When the model behaves the same in train and eval mode (no dropout, no BatchNorm), the
+    training forward pass is also the scored prediction; otherwise an eval-mode forward pass is
+    made first, so the score never sees train-mode behaviour.
+    """
+
+    def __init__(self, model: ModelSpec | nn.Module | Callable[[Dataset], nn.Module],
+                 optimizer: OptimizerSpec | str | Any = "sgdm") -> None:
+        if not isinstance(model, (ModelSpec, nn.Module)) and not callable(model):
+            raise SpecTypeError(f"model must be a ModelSpec (e.g. ss.models.mlp()), an "
+                                f"nn.Module or a callable Dataset -> nn.Module, got {model!r}")
+        self.model_source = model
+        self.optimizer_spec = optimizer if isinstance(optimizer, OptimizerSpec) else spec(optimizer)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def setup(self, data: Dataset, device: torch.device, seed: int) -> None:
+        src = self.model_source
+        if isinstance(src, ModelSpec):
+            model = src.build(data, seed=derive_seed(seed, "init") % (2**63))
+        elif isinstance(src, nn.Module):
+            model = copy.deepcopy(src)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(seed, "init"))
+                model = src(data)
+            if not isinstance(model, nn.Module):
+                raise SpecTypeError(f"the model factory returned {type(model).__name__}, "
+                                    "not an nn.Module")
+        self.model = model.to(device).train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ShiftsimError("the model has no trainable parameters")
+        self.optimizer = self.optimizer_spec.build(params)
+        self._needs_loss = self.optimizer_spec.needs_loss
+        self._mode_sensitive = mode_sensitive(self.model)
+        self._diagnostics = getattr(self.optimizer, "diagnostics", None)
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, pred_out: torch.Tensor) -> torch.Tensor:
+        model, opt = self.model, self.optimizer
+        assert model is not None and opt is not None
+        if self._mode_sensitive:
+            with torch.no_grad():
+                model.eval()
+                torch.argmax(model(x), 1, out=pred_out)
+                model.train()
+            logits = model(x)
+        else:
+            logits = model(x)
+            with torch.no_grad():
+                torch.argmax(logits, 1, out=pred_out)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = loss.detach()
+        if self._needs_loss:
+            opt.step(loss=loss)
+        else:
+            opt.step()
+        return loss
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        assert model is not None
+        if self._mode_sensitive:
+            model.eval()
+        out = torch.cat([model(chunk).argmax(1) for chunk in x.split(4096)])
+        if self._mode_sensitive:
+            model.train()
+        return out
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        return self._diagnostics() if self._diagnostics is not None else {}
+
+    def describe(self) -> dict[str, Any]:
+        src = self.model_source
+        if isinstance(src, ModelSpec):
+            model = src.to_dict()
+        elif isinstance(src, nn.Module):
+            model = {"module": type(src).__name__,
+                     "parameters": sum(p.numel() for p in src.parameters())}
+        else:
+            model = {"factory": getattr(src, "__qualname__", repr(src))}
+        try:
+            opt = self.optimizer_spec.to_dict()
+        except ShiftsimError:
+            opt = {"name": self.optimizer_spec.name, "hparams": dict(self.optimizer_spec.hparams)}
+        return {"model": model, "optimizer": opt}

@@ -1,0 +1,167 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shiftsim as ss
+from shiftsim.learner import TorchLearner
+from shiftsim.stream import Stream, derive_seed
+
+
+def _reference_loop(scenario, model_spec, lr, seed):
+    """The prequential loop written plainly: same batches, same initial weights, same optimizer."""
+    st = Stream(scenario, seed, "cpu")
+    model = model_spec.build(scenario.data, seed=derive_seed(seed, "init"))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    rows = []
+    for batch in st:
+        logits = model(batch.x)
+        pred = logits.argmax(1)
+        loss = F.cross_entropy(logits, batch.y)
+        rows.append((int((pred == batch.y).sum()), int((pred == batch.y_true).sum()),
+                     float(loss.detach())))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return np.array(rows), model
+
+
+def test_run_equals_the_plain_prequential_loop(tiny_scenario):
+    spec = ss.models.mlp(hidden=(32,))
+    res = ss.run(tiny_scenario, spec, ss.optim.spec("sgdm", lr=0.05), seed=2, device="cpu")
+    ref, _ = _reference_loop(tiny_scenario, spec, 0.05, 2)
+    tr = res.trace
+    assert tr["correct"].tolist() == ref[:, 0].astype(int).tolist()
+    assert tr["correct_true"].tolist() == ref[:, 1].astype(int).tolist()
+    assert np.array_equal(tr["loss"].to_numpy(), ref[:, 2].astype(np.float32))
+    assert tr["n"].eq(16).all() and tr["step"].tolist() == list(range(90))
+    assert tr["phase"].tolist() == [0] * 30 + [1] * 30 + [2] * 30
+
+
+def test_scores_come_before_training():
+    # one step with a huge learning rate: the score must be that of the initial weights
+    data = ss.data.synthetic(n=200, dim=4, classes=2, seed=0)
+    sc = ss.Scenario(data, [ss.Phase(1)], batch_size=150, eval_every=0)
+    spec = ss.models.linear()
+    res = ss.run(sc, spec, ss.optim.spec("sgd", lr=100.0), seed=0, device="cpu")
+    st = Stream(sc, 0, "cpu")
+    batch = next(iter(st))
+    init = spec.build(data, seed=derive_seed(0, "init"))
+    expected = int((init(batch.x).argmax(1) == batch.y).sum())
+    assert res.trace["correct"].iloc[0] == expected
+
+
+def test_same_seed_is_bit_identical_and_seeds_differ(tiny_scenario):
+    spec, opt = ss.models.mlp(hidden=(16,)), ss.optim.spec("adam")
+    a = ss.run(tiny_scenario, spec, opt, seed=5, device="cpu")
+    b = ss.run(tiny_scenario, spec, opt, seed=5, device="cpu")
+    c = ss.run(tiny_scenario, spec, opt, seed=6, device="cpu")
+    assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
+    assert not a.trace["loss"].equals(c.trace["loss"])
+
+
+def test_divergence_stops_the_run_and_keeps_steps_before_it():
+    # inputs scaled by 1e38 in phase 1: the first update there overflows the weights, so the
+    # loss of step 21 is not finite (step 20's loss is huge but finite)
+    data = ss.data.synthetic(n=300, dim=4, classes=3, seed=0)
+    sc = ss.Scenario(data, [ss.Phase(20), ss.Phase(20, [ss.FeatureScale(1e38)]), ss.Phase(10)],
+                     batch_size=16, eval_every=5)
+    res = ss.run(sc, ss.models.linear(), "sgdm", seed=0, device="cpu", check_every=7)
+    every_step = ss.run(sc, ss.models.linear(), "sgdm", seed=0, device="cpu", check_every=1)
+    assert res.diverged and res.diverged_step == 21
+    # checking every 7 steps finds the same first non-finite step as checking every step
+    assert every_step.diverged_step == 21 and res.trace.equals(every_step.trace)
+    assert res.evals.equals(every_step.evals)
+    assert len(res.trace) == 21 and np.isfinite(res.trace["loss"]).all()
+    assert res.evals["step"].max() == 20  # evaluations after the divergence are dropped
+    summary = res.summary()
+    assert len(summary) == 3  # every phase listed; the unrun ones with NaN metrics
+    assert summary["steps_run"].tolist() == [20, 1, 0]
+    assert np.isnan(summary["online_acc"].iloc[2])
+    assert "diverged at step 21" in repr(res)
+    ok = ss.run(sc.replace(phases=sc.phases[:1]), ss.models.linear(), "sgdm", seed=0,
+                device="cpu")
+    assert not ok.diverged and ok.diverged_step is None
+    # the same trace prefix as the run that never saw the overflow
+    assert res.trace.iloc[:20].equals(ok.trace)
+
+
+def test_evaluation_schedule_and_accuracy_matrix(tiny_scenario):
+    res = ss.run(tiny_scenario, ss.models.mlp(hidden=(16,)), "sgdm", seed=0, device="cpu")
+    ev = res.evals
+    periodic = ev[~ev["phase_end"]]
+    # every 10 steps, regimes seen so far; phase ends (30, 60, 90) evaluate all three regimes
+    assert sorted(periodic["step"].unique().tolist()) == [10, 20, 40, 50, 70, 80]
+    assert periodic[periodic["step"] == 10]["regime"].tolist() == [0]
+    assert periodic[periodic["step"] == 40]["regime"].tolist() == [0, 1]
+    ends = ev[ev["phase_end"]]
+    assert ends.groupby("step")["regime"].apply(list).to_dict() == {
+        30: [0, 1, 2], 60: [0, 1, 2], 90: [0, 1, 2]}
+    assert (ev["n"] == 100).all()
+    assert np.allclose(ev["accuracy"], ev["correct"] / 100)
+    R = res.accuracy_matrix
+    assert R.shape == (3, 3)
+    assert R.iloc[2, 2] == ends[(ends["step"] == 90) & (ends["regime"] == 2)]["accuracy"].item()
+
+
+class _DiagSGD(torch.optim.SGD):
+    """SGD exposing a diagnostic and recording the loss it was given."""
+
+    needs_loss = True
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, lr=lr)
+        self.seen = []
+        self._count = torch.zeros(())
+
+    def step(self, closure=None, loss=None):
+        assert loss is not None and loss.ndim == 0
+        self.seen.append(float(loss))
+        self._count += 1
+        return super().step()
+
+    def diagnostics(self):
+        return {"count": self._count}
+
+
+def test_diagnostics_become_trace_columns_and_loss_reaches_step(tiny_scenario):
+    learner = TorchLearner(ss.models.mlp(hidden=(8,)), ss.optim.spec(_DiagSGD, lr=0.05))
+    res = ss.run(tiny_scenario, learner, seed=0, device="cpu")
+    assert res.trace["diag_count"].tolist() == [float(i + 1) for i in range(90)]
+    assert np.allclose(learner.optimizer.seen, res.trace["loss"], rtol=1e-6)
+
+
+def test_module_input_is_copied_and_mode_sensitive_models_score_in_eval_mode():
+    data = ss.data.synthetic(n=300, dim=6, classes=3, seed=0)
+    sc = ss.Scenario(data, [ss.Phase(3)], batch_size=64, eval_every=0)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.9), nn.Linear(32, 3))
+    before = [p.detach().clone() for p in net.parameters()]
+    res = ss.run(sc, net, ss.optim.spec("sgd", lr=0.0), seed=0, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # untouched
+    net.eval()
+    st = Stream(sc, 0, "cpu")
+    expected = [int((net(b.x).argmax(1) == b.y).sum()) for b in st]
+    assert res.trace["correct"].tolist() == expected  # lr 0: eval-mode predictions every step
+
+
+def test_learner_factory_and_scores(tiny_scenario):
+    res = ss.run(tiny_scenario, lambda data: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+                 "sgdm", seed=0, device="cpu")
+    s = res.scores()
+    assert 0 <= s["online_acc"] <= 1 and s["steps_run"] == 90
+    assert s["online_acc"] == pytest.approx(res.trace["correct"].sum() / (90 * 16))
+    assert not math.isnan(s["bwt"])
+    assert "diverged" not in repr(res)
+
+
+def test_info_describes_the_run(tiny_scenario):
+    res = ss.run(tiny_scenario, ss.models.mlp(hidden=(8,)), ss.optim.spec("adamw", lr=0.01),
+                 seed=1, device="auto")
+    assert res.info["seed"] == 1 and res.info["device"] in ("cpu", "cuda")
+    assert res.info["learner"]["optimizer"] == ss.optim.spec("adamw", lr=0.01).to_dict()
+    assert res.info["scenario"] == tiny_scenario.to_dict()
+    assert res.timings["ms_per_step"] > 0

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+import shiftsim as ss
+from shiftsim.scenario import Scenario
+
+
+def test_phase_table_and_boundaries(tiny_scenario):
+    t = tiny_scenario.phase_table()
+    assert t["start"].tolist() == [0, 30, 60] and t["end"].tolist() == [30, 60, 90]
+    assert t["width"].tolist() == [0, 0, 10]
+    assert t["label_kind"].tolist() == ["none", "concept", "none"]
+    assert t["regime"].tolist() == [0, 1, 2]
+    assert tiny_scenario.total_steps == 90 and tiny_scenario.boundaries == [0, 30, 60]
+
+
+def test_describe_prints_every_phase(tiny_scenario, capsys):
+    text = tiny_scenario.describe()
+    out = capsys.readouterr().out
+    assert text in out
+    for name in tiny_scenario.phase_names:
+        assert name in out
+    assert "gradual(10, linear)" in out and "batch 16" in out
+
+
+def test_builders():
+    d = ss.data.digits()
+    sc = ss.label_flip_tasks(d, rate=0.6, mode="other", tasks=4, steps_per_task=20)
+    assert len(sc.phases) == 4 and sc.regime_of == (0, 1, 2, 3)
+    # other at 60 %: max(1 - 0.6, 0.6 / 9) = 0.4
+    assert sc.phase_table()["ceiling"].tolist() == pytest.approx([1.0, 0.4, 0.4, 0.4])
+    cd = ss.covariate_drift(d, [ss.Rotate(30), [ss.Contrast(0.5), ss.GaussianNoise(0.1)]], 25,
+                            transition=ss.Gradual(5, "sigmoid"))
+    assert [len(p.shifts) for p in cd.phases] == [0, 1, 2]
+    assert cd.phases[1].transition == ss.Gradual(5, "sigmoid")
+    rec = ss.recurring(d, [[], [ss.PixelPermutation(1.0)], [ss.LabelFlip(1.0)]], cycles=3,
+                       steps_per_phase=10)
+    assert rec.regime_of == (0, 1, 2) * 3
+    assert rec.regime_phase == (0, 1, 2)
+
+
+def test_repeat_by_name_reuses_the_regime():
+    d = ss.data.digits()
+    sc = Scenario(d, [ss.Phase(10, name="a"), ss.Phase(10, [ss.LabelFlip(1.0)], name="b"),
+                      ss.Phase(10, repeat="b", name="b again")])
+    assert sc.regime_of == (0, 1, 1)
+    assert sc.ceiling(2) == 1.0 and sc.label_kind(2) == "concept"
+
+
+def test_json_round_trip(tiny_scenario):
+    d = json.loads(json.dumps(tiny_scenario.to_dict()))
+    again = Scenario.from_dict(d)
+    assert again == tiny_scenario and again.to_dict() == tiny_scenario.to_dict()
+
+
+def test_names_are_unique_and_descriptive():
+    d = ss.data.digits()
+    sc = ss.label_flip_tasks(d, 1.0, tasks=3, steps_per_task=5)
+    assert len(set(sc.phase_names)) == 3
+    with pytest.raises(ss.ShiftsimError, match="used twice"):
+        Scenario(d, [ss.Phase(5, name="x"), ss.Phase(5, name="x")])
+
+
+def test_gradual_probabilities():
+    assert ss.Gradual(5).probabilities().tolist() == [0.2, 0.4, 0.6, 0.8, 1.0]
+    p = ss.Gradual(100, "sigmoid").probabilities()
+    assert p[0] == pytest.approx(0.1192, abs=1e-4) and p[50] == pytest.approx(0.5)
