@@ -1,0 +1,144 @@
+"""The base class of shiftsim's optimizers: group checks, model-wide state, diagnostics.
+
+Every optimizer in :mod:`shiftsim.optim` is a :class:`torch.optim.Optimizer` with
+
+* per-parameter state in ``self.state[p]`` (as torch's optimizers), and model-wide scalars
+  (smoothed cosines, loss averages, step counts ...) in one extra entry ``self.state["global"]``.
+  ``state_dict()`` keeps non-parameter keys as they are, so both round-trip through
+  ``state_dict()`` / ``load_state_dict()``: a run saved mid-way and resumed in a fresh optimizer
+  continues bit for bit;
+* :meth:`ShiftsimOptimizer.diagnostics`: a dict of 0-d tensors read from the state, on the
+  parameters' device, without a host synchronisation;
+* hyperparameter checks that raise :class:`shiftsim.errors.ShiftsimError` naming the value and
+  what is allowed, for the constructor's defaults and for every param group.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ShiftsimError
+from ._kernels import Scratch, acc_dtype, check_grad
+
+GLOBAL = "global"
+
+
+class ShiftsimOptimizer(torch.optim.Optimizer):
+    """Base class: see the module docstring."""
+
+    #: whether ``step`` must be given the loss value (MoMo): ``step(loss=...)`` or a closure
+    needs_loss: bool = False
+    #: the keys :meth:`diagnostics` returns, in order
+    diagnostic_keys: tuple[str, ...] = ()
+    #: hyperparameters that every param group must share (they drive model-wide quantities)
+    shared_hparams: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ groups and checks
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._check_group(group)
+        first = self.param_groups[0]
+        for key in self.shared_hparams:
+            if group[key] != first[key]:
+                raise ShiftsimError(
+                    f"{type(self).__name__}: {key} must be the same in every param group (it "
+                    f"drives a model-wide quantity), got {first[key]!r} and {group[key]!r}"
+                )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Validate one param group's hyperparameters (subclasses override)."""
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def scratch(self) -> Scratch:
+        """Work buffers reused across steps (not part of the state)."""
+        s = self.__dict__.get("_scratch")
+        if s is None:
+            s = self.__dict__["_scratch"] = Scratch()
+        return s
+
+    def _active(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
+        """``(group, params, grads)`` for each group, params without a gradient left out."""
+        out = []
+        who = type(self).__name__
+        for group in self.param_groups:
+            ps, gs = [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                gs.append(check_grad(p, who))
+                ps.append(p)
+            if ps:
+                out.append((group, ps, gs))
+        return out
+
+    def _reference(self) -> Tensor:
+        """A parameter that fixes the device of model-wide state."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p
+        raise ShiftsimError(f"{type(self).__name__} has no parameters")  # pragma: no cover
+
+    def _acc_dtype(self) -> torch.dtype:
+        dtypes = {p.dtype for g in self.param_groups for p in g["params"]}
+        return torch.float64 if torch.float64 in dtypes else acc_dtype(next(iter(dtypes)))
+
+    def _global(self) -> dict[str, Any]:
+        """The model-wide state entry, created (zeros) on first use."""
+        st = self.state.get(GLOBAL)
+        if st is None:
+            p = self._reference()
+            st = self._init_global(p.device, self._acc_dtype())
+            self.state[GLOBAL] = st
+        return st
+
+    def _init_global(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        """Initial model-wide state (subclasses extend)."""
+        return {k: torch.zeros((), device=device, dtype=dtype) for k in self.diagnostic_keys}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        st = self.state.get(GLOBAL)
+        if st is not None:
+            device = self._reference().device
+            # torch copies non-parameter state by reference: copy it so two optimizers never
+            # share (and mutate) the same model-wide tensors
+            self.state[GLOBAL] = {
+                k: v.detach().to(device=device).clone() if isinstance(v, Tensor)
+                else copy.deepcopy(v)
+                for k, v in st.items()
+            }
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        """Per-step diagnostics as 0-d tensors on the parameters' device (no host sync).
+
+        The tensors are the optimizer's live state: copy them (``.clone()``) to keep a value
+        across steps. Before the first step every value is 0.
+        """
+        st = self.state.get(GLOBAL)
+        if st is None:
+            p = self._reference()
+            z = torch.zeros((), device=p.device, dtype=self._acc_dtype())
+            return {k: z.clone() for k in self.diagnostic_keys}
+        return {k: st[k] for k in self.diagnostic_keys}
+
+
+def eval_closure(closure: Callable[[], Any] | None) -> Any:
+    """Run a closure with gradients enabled (``step`` itself runs under ``no_grad``)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

@@ -1,0 +1,412 @@
+"""Shared machinery for shiftsim's optimizer kernels.
+
+The kernels in :mod:`~shiftsim.optim.tam`, :mod:`~shiftsim.optim.adamem`,
+:mod:`~shiftsim.optim.momo` and :mod:`~shiftsim.optim.grams` work on lists of tensors, as
+``torch.optim``'s functional kernels do. This module holds what they share:
+
+* **learner dimensions.** With ``learner_dims=1`` every tensor carries a leading dimension ``K``
+  (``K`` independent learners stacked, as the fleet runs them). Reductions (inner products,
+  norms) are then per learner: summed over the trailing dimensions (and over tensors) to shape
+  ``(K,)``. Hyperparameters may be Python floats or tensors of shape ``(K,)``; :func:`bc` views
+  the latter as ``(K, 1, ..., 1)`` for elementwise use.
+* **reductions** accumulated in float32 (float64 for float64 tensors), as 0-d (or ``(K,)``)
+  tensors on the device: no ``.item()``, no host synchronisation. Small tensors are concatenated
+  first so a tiny model pays for a handful of dispatches, not three per tensor.
+* **paths.** Every kernel has a multi-tensor path (``torch._foreach_*`` ops, one dispatch per op
+  for the whole list) and a tensor-by-tensor path (all ops of the step on one tensor before the
+  next, so the tensor's data is still in cache). Both run the same elementwise operations in the
+  same order and share the reductions, so they give the same numbers. ``foreach=None`` picks per
+  tensor: multi-tensor ops for small tensors (dispatch-bound) and on accelerators,
+  tensor-by-tensor for large tensors on the CPU (memory-bound; measured faster, see
+  ``benchmarks/optimizer_step.py``).
+* **scratch buffers** reused from step to step instead of fresh temporaries (a fresh multi-MB
+  temporary costs page faults on every step on the CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ShiftsimError, SpecTypeError, allowed
+
+Scalar = float | Tensor
+
+#: Tensors with fewer elements (per learner) than this are concatenated before a reduction.
+CAT_BELOW = 1 << 15
+#: With ``foreach=None`` on the CPU, tensors with at least this many elements are updated
+#: tensor by tensor (cache reuse), smaller ones with multi-tensor ops (fewer dispatches).
+LOOP_FROM = 1 << 16
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype reductions accumulate in: float64 for float64 tensors, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def bc(h: Scalar, t: Tensor, ld: int) -> Scalar:
+    """Broadcast a hyperparameter or per-learner scalar ``h`` against tensor ``t``.
+
+    Floats and 0-d tensors are returned as they are; with ``ld=1`` a ``(K,)`` tensor is viewed
+    as ``(K, 1, ..., 1)`` so it multiplies learner ``k``'s slice of ``t`` by ``h[k]``.
+
+    >>> bc(torch.tensor([1.0, 2.0]), torch.ones(2, 3, 4), 1).shape
+    torch.Size([2, 1, 1])
+    >>> bc(0.5, torch.ones(3), 0)
+    0.5
+    """
+    if not isinstance(h, Tensor) or ld == 0 or h.dim() == 0:
+        return h
+    return h.view(h.shape + (1,) * (t.dim() - h.dim()))
+
+
+def flat(t: Tensor, ld: int) -> Tensor:
+    """``t`` as a vector (``ld=0``) or as a ``(K, n)`` matrix (``ld=1``)."""
+    return t.reshape(-1) if ld == 0 else t.reshape(t.shape[0], -1)
+
+
+def per_learner(t: Tensor, ld: int) -> int:
+    """Number of elements of ``t`` per learner."""
+    return t.numel() if ld == 0 else t[0].numel()
+
+
+def dot(a: Tensor, b: Tensor, ld: int) -> Tensor:
+    """Per-learner inner product of two same-shaped tensors (0-d, or ``(K,)`` with ``ld=1``)."""
+    acc = acc_dtype(a.dtype)
+    if a.dtype != acc:
+        a, b = a.to(acc), b.to(acc)
+    if ld == 0:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return torch.linalg.vecdot(flat(a, 1), flat(b, 1))
+
+
+def total_dots(
+    pairs: Sequence[tuple[Sequence[Tensor], Sequence[Tensor]]], ld: int
+) -> Tensor:
+    """Sums over all tensors of several inner products: ``out[j] = sum_i <xs_j[i], ys_j[i]>``.
+
+    ``pairs`` lists ``(xs, ys)`` tensor lists of equal length; lists may repeat (``(g, g)`` is a
+    squared norm). Returns shape ``(len(pairs),)``, or ``(len(pairs), K)`` with ``ld=1``, in the
+    accumulation dtype. Tensors below :data:`CAT_BELOW` elements are concatenated first; larger
+    ones are reduced one at a time, all pairs of one tensor together (cache reuse).
+
+    >>> x = [torch.ones(3), torch.full((2,), 2.0)]
+    >>> y = [torch.ones(3), torch.ones(2)]
+    >>> total_dots([(x, x), (x, y)], 0)
+    tensor([11.,  7.])
+    """
+    n = len(pairs[0][0])
+    ref = pairs[0][0]
+    small = [i for i in range(n) if per_learner(ref[i], ld) < CAT_BELOW]
+    large = [i for i in range(n) if per_learner(ref[i], ld) >= CAT_BELOW]
+    parts: list[Tensor] = []
+    if small:
+        cats: dict[int, Tensor] = {}
+
+        def cat(xs: Sequence[Tensor]) -> Tensor:
+            key = id(xs)
+            if key not in cats:
+                if len(small) == 1:
+                    cats[key] = flat(xs[small[0]], ld)
+                else:
+                    cats[key] = torch.cat([flat(xs[i], ld) for i in small], dim=ld)
+            return cats[key]
+
+        parts.append(torch.stack([dot(cat(xs), cat(ys), ld) for xs, ys in pairs]))
+    for i in large:
+        parts.append(torch.stack([dot(xs[i], ys[i], ld) for xs, ys in pairs]))
+    if len(parts) == 1:
+        return parts[0]
+    return torch.stack(parts).sum(0)
+
+
+def tensor_dots(
+    pairs: Sequence[tuple[Sequence[Tensor], Sequence[Tensor]]], ld: int
+) -> Tensor:
+    """Per-tensor inner products: ``out[i, j] = <xs_j[i], ys_j[i]>``.
+
+    Shape ``(n_tensors, len(pairs))``, or ``(n_tensors, len(pairs), K)`` with ``ld=1``.
+    """
+    n = len(pairs[0][0])
+    return torch.stack(
+        [torch.stack([dot(xs[i], ys[i], ld) for xs, ys in pairs]) for i in range(n)]
+    )
+
+
+def split_paths(tensors: Sequence[Tensor], foreach: bool | None, ld: int) -> tuple[
+    list[int], list[int]
+]:
+    """Indices of the tensors to update with multi-tensor ops, and tensor by tensor."""
+    n = len(tensors)
+    if foreach is True:
+        return list(range(n)), []
+    if foreach is False:
+        return [], list(range(n))
+    fe, loop = [], []
+    for i, t in enumerate(tensors):
+        if t.device.type == "cpu" and per_learner(t, ld) >= LOOP_FROM:
+            loop.append(i)
+        else:
+            fe.append(i)
+    return fe, loop
+
+
+def pick(xs: Sequence, idx: Sequence[int]) -> list:
+    """``[xs[i] for i in idx]``."""
+    return [xs[i] for i in idx]
+
+
+class Scratch:
+    """Reusable flat work buffers, one per ``(device, dtype, slot)``, grown on demand.
+
+    ``get(t, slot)`` returns a tensor shaped like ``t`` that may be overwritten freely until the
+    next ``get`` of the same slot for a tensor of the same device and dtype.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+
+    def get(self, t: Tensor, slot: int = 0) -> Tensor:
+        key = (t.device, t.dtype, slot)
+        buf = self._bufs.get(key)
+        n = t.numel()
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, device=t.device, dtype=t.dtype)
+            self._bufs[key] = buf
+        return buf[:n].view(t.shape)
+
+
+_DEFAULT_SCRATCH = Scratch()
+
+
+def default_scratch() -> Scratch:
+    """The module-wide scratch used by the functional kernels when none is passed."""
+    return _DEFAULT_SCRATCH
+
+
+# ----------------------------------------------------------------- elementwise helpers
+
+
+def axpy_(y: Tensor, x: Tensor, a: Scalar, ld: int) -> None:
+    """``y += a * x`` for a float or a (per-learner) tensor scalar ``a``."""
+    if isinstance(a, Tensor):
+        y.addcmul_(x, bc(a, y, ld))
+    else:
+        y.add_(x, alpha=a)
+
+
+def foreach_axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar | Sequence[Tensor], ld: int
+                  ) -> None:
+    """``y_i += a * x_i`` over lists; ``a`` a float, a tensor scalar, or one tensor per item."""
+    if not ys:
+        return
+    if isinstance(a, (list, tuple)):
+        torch._foreach_addcmul_(ys, xs, [bc(v, y, ld) for v, y in zip(a, ys)])
+    elif isinstance(a, Tensor):
+        torch._foreach_addcmul_(ys, xs, [bc(a, y, ld) for y in ys])
+    else:
+        torch._foreach_add_(ys, xs, alpha=a)
+
+
+def scale_(y: Tensor, s: Scalar, ld: int) -> None:
+    """``y *= s``."""
+    y.mul_(bc(s, y, ld))
+
+
+def foreach_scale_(ys: list[Tensor], s: Scalar | Sequence[Scalar], ld: int) -> None:
+    """``y_i *= s`` (or ``s_i``) over a list."""
+    if not ys:
+        return
+    if isinstance(s, (list, tuple)):
+        torch._foreach_mul_(ys, [bc(v, y, ld) if isinstance(v, Tensor) else v
+                                 for v, y in zip(s, ys)])
+    elif isinstance(s, Tensor) and (ld == 0 or s.dim() == 0):
+        torch._foreach_mul_(ys, s)
+    elif isinstance(s, Tensor):
+        torch._foreach_mul_(ys, [bc(s, y, ld) for y in ys])
+    else:
+        torch._foreach_mul_(ys, s)
+
+
+def is_zero(h: Scalar) -> bool:
+    """True for a float hyperparameter equal to 0 (tensor hyperparameters are never skipped)."""
+    return not isinstance(h, Tensor) and h == 0
+
+
+# ----------------------------------------------------------------- checks
+
+
+def check_number(value: object, name: str, low: float | None = None, high: float | None = None,
+                 *, low_open: bool = False, high_open: bool = False) -> float:
+    """Validate a hyperparameter: a finite real number within the given bounds."""
+    import math
+
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise SpecTypeError(f"{name} must be a number, got a tensor of shape "
+                                f"{tuple(value.shape)}")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecTypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ShiftsimError(f"{name} must be finite, got {value!r}")
+    lo_ok = low is None or (value > low if low_open else value >= low)
+    hi_ok = high is None or (value < high if high_open else value <= high)
+    if not (lo_ok and hi_ok):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ShiftsimError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {value!r}")
+    return value
+
+
+def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
+    """Two numbers, each in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise SpecTypeError(f"{name} must be a pair of numbers in [0, 1), got {betas!r}")
+    b1 = check_number(betas[0], f"{name}[0]", 0.0, 1.0, high_open=True)
+    b2 = check_number(betas[1], f"{name}[1]", 0.0, 1.0, high_open=True)
+    return (b1, b2)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise allowed(value, name, choices)
+    return value  # type: ignore[return-value]
+
+
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecTypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_foreach(value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise SpecTypeError(f"foreach must be True, False or None, got {value!r}")
+    return value
+
+
+def check_grad(p: Tensor, who: str) -> Tensor:
+    g = p.grad
+    if g.is_sparse:
+        raise ShiftsimError(
+            f"{who} does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
+            "use a dense embedding or torch.optim.SparseAdam"
+        )
+    if g.is_complex():
+        raise ShiftsimError(f"{who} does not support complex parameters")
+    return g
+
+
+def check_learner_dims(ld: int) -> int:
+    if ld not in (0, 1):
+        raise ShiftsimError(f"learner_dims must be 0 or 1, got {ld!r}")
+    return ld
+
+
+# ----------------------------------------------------------------- blocks and Adam-style steps
+
+
+class Block:
+    """Tensors that share hyperparameters (one param group): params, grads, state lists, hps."""
+
+    __slots__ = ("params", "grads", "bufs", "hp", "steps")
+
+    def __init__(self, params: list[Tensor], grads: list[Tensor], bufs: dict[str, list[Tensor]],
+                 hp: dict[str, Scalar], steps: list[int] | None = None) -> None:
+        self.params = params
+        self.grads = grads
+        self.bufs = bufs
+        self.hp = hp
+        self.steps = steps
+
+
+def sqrt_(x: Scalar) -> Scalar:
+    """sqrt of a float or a tensor."""
+    import math
+
+    return torch.sqrt(x) if isinstance(x, Tensor) else math.sqrt(x)
+
+
+def add_decay(params: list[Tensor], grads: list[Tensor], wd: Scalar, ld: int) -> list[Tensor]:
+    """Coupled L2: new tensors ``g + wd * p`` (the gradients themselves are left alone)."""
+    if isinstance(wd, Tensor):
+        return [torch.addcmul(g, p, bc(wd, p, ld)) for p, g in zip(params, grads)]
+    return [torch.add(g, p, alpha=wd) for p, g in zip(params, grads)]
+
+
+def foreach_add_decay(params: list[Tensor], grads: list[Tensor], wd: Scalar, ld: int
+                      ) -> list[Tensor]:
+    """Multi-tensor :func:`add_decay` (same numbers)."""
+    if not params:
+        return []
+    if isinstance(wd, Tensor):
+        return list(torch._foreach_addcmul(grads, params, [bc(wd, p, ld) for p in params]))
+    return list(torch._foreach_add(grads, params, alpha=wd))
+
+
+def ema_sq_(v: Tensor, g: Tensor, beta2: Scalar, ld: int, tmp: Tensor) -> None:
+    """``v = beta2 * v + (1 - beta2) * g * g`` (``tmp``: a scratch tensor shaped like ``g``)."""
+    if isinstance(beta2, Tensor):
+        v.mul_(bc(beta2, v, ld))
+        torch.mul(g, bc(1 - beta2, g, ld), out=tmp)
+        v.addcmul_(g, tmp)
+    else:
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+
+
+def foreach_ema_sq_(vs: list[Tensor], gs: list[Tensor], beta2: Scalar, ld: int) -> None:
+    """Multi-tensor :func:`ema_sq_` (same numbers)."""
+    if not vs:
+        return
+    if isinstance(beta2, Tensor):
+        foreach_scale_(vs, beta2, ld)
+        tmp = torch._foreach_mul(gs, [bc(1 - beta2, g, ld) for g in gs])
+        torch._foreach_addcmul_(vs, gs, tmp)
+    else:
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+
+
+def addcdiv_(p: Tensor, num: Tensor, den: Tensor, value: Scalar, ld: int) -> None:
+    """``p += value * num / den``; ``den`` is a scratch tensor and may be overwritten."""
+    if isinstance(value, Tensor):
+        den.div_(bc(value, den, ld))
+        p.addcdiv_(num, den)
+    else:
+        p.addcdiv_(num, den, value=value)
+
+
+def foreach_addcdiv_(ps: list[Tensor], nums: list[Tensor], dens: list[Tensor],
+                     values: Sequence[Scalar], ld: int) -> None:
+    """Multi-tensor :func:`addcdiv_`, one value per tensor (same numbers)."""
+    if not ps:
+        return
+    if isinstance(values[0], Tensor):  # tensor hyperparameters: all values are tensors
+        torch._foreach_div_(dens, [bc(v, d, ld) for v, d in zip(values, dens)])
+        torch._foreach_addcdiv_(ps, nums, dens)
+    elif all(v == values[0] for v in values):
+        torch._foreach_addcdiv_(ps, nums, dens, value=values[0])
+    else:
+        torch._foreach_addcdiv_(ps, nums, dens, list(values))
+
+
+def add_scalar_(t: Tensor, s: Scalar, ld: int) -> None:
+    """``t += s`` for a float or a (per-learner) tensor scalar."""
+    t.add_(bc(s, t, ld))
+
+
+def foreach_add_scalar_(ts: list[Tensor], s: Sequence[Scalar], ld: int) -> None:
+    """``t_i += s_i`` (same numbers as :func:`add_scalar_`)."""
+    if not ts:
+        return
+    if isinstance(s[0], Tensor):  # tensor hyperparameters: all values are tensors
+        torch._foreach_add_(ts, [bc(v, t, ld) for v, t in zip(s, ts)])
+    elif all(v == s[0] for v in s):
+        torch._foreach_add_(ts, s[0])
+    else:
+        torch._foreach_add_(ts, list(s))

@@ -1,0 +1,597 @@
+r"""Torque-Aware Momentum: TAM, AdaTAM and AdaTAMW (Malviya et al. 2024, arXiv:2412.18790).
+
+TAM damps each new gradient by how well it agrees with the momentum. With :math:`m_0 = 0`,
+:math:`\hat s_0 = 0`:
+
+.. math::
+
+    S_t &= \operatorname{clip}_{[-1,1]}\frac{\langle m_{t-1}, g_t\rangle}
+           {\lVert m_{t-1}\rVert\,\lVert g_t\rVert} \quad(S_t = 0 \text{ if a norm is } 0)\\
+    \hat s_t &= \gamma\,\hat s_{t-1} + (1-\gamma)\,S_t, \qquad d_t = (1 + \hat s_t)/2\\
+    m_t &= \beta\,m_{t-1} + (\epsilon + d_t)\,g_t \qquad\text{(heavy ball, no } 1-\beta)\\
+    \theta_{t+1} &= \theta_t - \eta\,m_t
+
+AdaTAM uses the same :math:`d_t` on the Adam first moment,
+:math:`v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2` and
+:math:`\theta_{t+1} = \theta_t - \eta\,m_t / (\sqrt{v_t} + \epsilon)`, without bias correction.
+
+Choices (see ``specs/optimizers.md`` §2):
+
+* [paper] the cosine is **model-wide** by default (``scope="global"``: sums over every parameter
+  that has a gradient, across param groups); ``scope="tensor"`` [ours] keeps one cosine per
+  parameter tensor. pytorch-optimizer's per-element, dim-0-normalised alignment is *not*
+  reproduced (it behaves like SGDM with the gradient halved, spec §2.3).
+* [ours] :math:`m_0 = 0` (pytorch-optimizer starts TAM at :math:`m_0 = g_1`), so the first step
+  is :math:`0.5\,\eta\,g_1`; :math:`S_t := 0` when a norm is 0; :math:`S_t` clipped to [-1, 1].
+* [ours] TAM's weight decay is coupled L2 (:math:`g \leftarrow g + \lambda\theta` before the
+  cosine), or decoupled (:math:`\theta \leftarrow (1-\eta\lambda)\theta` before the step) with
+  ``decoupled=True``. AdaTAM: coupled; AdaTAMW: decoupled, the cosine uses the raw gradient.
+* [paper via 3rd] AdaTAM's first moment is *not* an EMA and nothing is bias-corrected, so the
+  first step is about :math:`15.8\,\eta\,\mathrm{sign}(g)` and the steady step about 5x Adam's:
+  use a smaller lr than Adam, or warm-up. ``bias_correction=True`` [ours] divides the step by
+  :math:`(1-\beta_1^t)/(1-\beta_1)` and :math:`v` by :math:`1-\beta_2^t`.
+* Two epsilons for AdaTAM: ``torque_eps`` (added to :math:`d_t`) and ``eps`` (denominator);
+  pytorch-optimizer uses one for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import ShiftsimOptimizer, eval_closure
+from ._kernels import (
+    Block,
+    Scalar,
+    acc_dtype,
+    add_decay,
+    add_scalar_,
+    addcdiv_,
+    axpy_,
+    check_betas,
+    check_bool,
+    check_choice,
+    check_foreach,
+    check_learner_dims,
+    check_number,
+    default_scratch,
+    ema_sq_,
+    foreach_add_decay,
+    foreach_add_scalar_,
+    foreach_addcdiv_,
+    foreach_axpy_,
+    foreach_ema_sq_,
+    foreach_scale_,
+    is_zero,
+    pick,
+    scale_,
+    split_paths,
+    sqrt_,
+    tensor_dots,
+    total_dots,
+)
+from ._kernels import Scratch as _Scratch
+
+__all__ = ["TAM", "AdaTAM", "AdaTAMW", "tam", "adatam", "tam_lr_from_sgdm"]
+
+SCOPES = ("global", "tensor")
+
+
+def tam_lr_from_sgdm(lr_sgdm: float, expected_damping: float = 0.5) -> float:
+    r"""A TAM learning rate from an SGD-momentum one. **A heuristic, not the paper's formula.**
+
+    The paper's own transfer rule could not be retrieved (spec §2.7). TAM scales each gradient
+    by :math:`\epsilon + d_t \in [\epsilon, 1+\epsilon]`, so equalising the steady-state step
+    :math:`\eta\,E[d]/(1-\beta)` with SGDM's gives :math:`\eta_{TAM} = \eta_{SGDM} / E[d]`.
+    :math:`E[d] \approx 0.5` when gradients and momentum are uncorrelated, so the result lies in
+    :math:`[\eta_{SGDM}, 2\eta_{SGDM}]`. Tune with a small sweep around it.
+
+    >>> tam_lr_from_sgdm(0.05)
+    0.1
+    >>> tam_lr_from_sgdm(0.05, expected_damping=1.0)
+    0.05
+    """
+    lr = check_number(lr_sgdm, "lr_sgdm", 0.0)
+    d = check_number(expected_damping, "expected_damping", 0.0, 1.0, low_open=True)
+    return lr / d
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def _damping(ms: list[Tensor], gs: list[Tensor], shat: Tensor, gamma: Scalar, scope: str,
+             ld: int) -> Tensor:
+    """Update the smoothed cosine ``shat`` in place and return the damping ``d = (1+shat)/2``.
+
+    ``scope="global"``: ``shat`` has shape () (or (K,)); ``"tensor"``: one row per tensor.
+    """
+    pairs = [(ms, ms), (ms, gs), (gs, gs)]
+    if scope == "global":
+        mm, mg, gg = total_dots(pairs, ld).unbind(0)
+    else:
+        mm, mg, gg = tensor_dots(pairs, ld).unbind(1)
+    den = mm.sqrt() * gg.sqrt()
+    cos = torch.where(den > 0, mg / den, torch.zeros_like(den)).clamp_(-1.0, 1.0)
+    if isinstance(gamma, Tensor):
+        gamma = gamma.to(shat.dtype)
+    shat.mul_(gamma).add_(cos * (1 - gamma))
+    return (shat + 1) * 0.5
+
+
+def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str
+           ) -> list[Tensor | list[Tensor]]:
+    """Per block: ``eps + d`` (one tensor, or one per tensor for ``scope="tensor"``)."""
+    out: list[Tensor | list[Tensor]] = []
+    start = 0
+    for b in blocks:
+        eps = b.hp[eps_key]
+        if scope == "global":
+            out.append(d + eps)
+        else:
+            n = len(b.params)
+            out.append(list((d[start:start + n] + eps).unbind(0)))
+            start += n
+    return out
+
+
+def _momentum_(m: Tensor, g: Tensor, beta: Scalar, c: Tensor, ld: int) -> None:
+    scale_(m, beta, ld)
+    axpy_(m, g, c, ld)
+
+
+def _foreach_momentum_(ms: list[Tensor], gs: list[Tensor], beta: Scalar,
+                       c: Tensor | list[Tensor], ld: int) -> None:
+    foreach_scale_(ms, beta, ld)
+    foreach_axpy_(ms, gs, c, ld)
+
+
+def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: str, ld: int,
+                foreach: bool | None) -> Tensor:
+    """TAM over several param groups: one (model-wide) cosine, per-group lr/momentum/decay."""
+    for b in blocks:
+        wd = b.hp["weight_decay"]
+        if not b.hp["decoupled"] and not is_zero(wd):
+            fe, _ = split_paths(b.params, foreach, ld)
+            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
+                       else add_decay(b.params, b.grads, wd, ld))
+    ms = [m for b in blocks for m in b.bufs["m"]]
+    gs = [g for b in blocks for g in b.grads]
+    d = _damping(ms, gs, shat, gamma, scope, ld)
+    for b, c in zip(blocks, _coefs(blocks, d, scope, "eps")):
+        lr, beta, wd = b.hp["lr"], b.hp["momentum"], b.hp["weight_decay"]
+        decay = b.hp["decoupled"] and not is_zero(wd)
+        P, G, M = b.params, b.grads, b.bufs["m"]
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Pf, Mf = pick(P, fe), pick(M, fe)
+            _foreach_momentum_(Mf, pick(G, fe), beta, c if isinstance(c, Tensor)
+                               else pick(c, fe), ld)
+            if decay:
+                foreach_scale_(Pf, 1 - lr * wd, ld)
+            foreach_axpy_(Pf, Mf, -lr, ld)
+        for i in loop:
+            _momentum_(M[i], G[i], beta, c if isinstance(c, Tensor) else c[i], ld)
+            if decay:
+                scale_(P[i], 1 - lr * wd, ld)
+            axpy_(P[i], M[i], -lr, ld)
+    return d
+
+
+def tam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    smoothed_cosine: Tensor,
+    *,
+    lr: Scalar,
+    momentum: Scalar = 0.9,
+    gamma: Scalar = 0.9,
+    eps: Scalar = 1e-8,
+    weight_decay: Scalar = 0.0,
+    decoupled: bool = False,
+    scope: str = "global",
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Functional TAM step (see :class:`TAM` for the math); updates everything in place.
+
+    ``momentum_buffers`` start as zeros. ``smoothed_cosine`` (:math:`\hat s`, starts at 0) has
+    shape ``()`` for ``scope="global"``, ``(len(params),)`` for ``"tensor"``, with a trailing
+    ``K`` under ``learner_dims=1``. Hyperparameters are floats or ``(K,)`` tensors.
+    Returns the damping :math:`d_t` (shaped like ``smoothed_cosine``).
+
+    >>> p, g = torch.zeros(2), torch.tensor([1.0, -1.0])
+    >>> m, s = torch.zeros(2), torch.zeros(())
+    >>> tam([p], [g], [m], s, lr=0.1)
+    tensor(0.5000)
+    >>> p
+    tensor([-0.0500,  0.0500])
+    """
+    check_learner_dims(learner_dims)
+    check_choice(scope, "scope", SCOPES)
+    if not params:
+        return (smoothed_cosine + 1) * 0.5
+    block = Block(list(params), list(grads), {"m": list(momentum_buffers)},
+                  {"lr": lr, "momentum": momentum, "eps": eps, "weight_decay": weight_decay,
+                   "decoupled": decoupled})
+    return _tam_blocks([block], smoothed_cosine, gamma=gamma, scope=scope, ld=learner_dims,
+                       foreach=foreach)
+
+
+def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: str, ld: int,
+                   foreach: bool | None, scratch: _Scratch) -> Tensor:
+    """AdaTAM(W) over several param groups; ``b.steps`` holds each tensor's step count."""
+    for b in blocks:
+        wd = b.hp["weight_decay"]
+        if not b.hp["decoupled"] and not is_zero(wd):
+            fe, _ = split_paths(b.params, foreach, ld)
+            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
+                       else add_decay(b.params, b.grads, wd, ld))
+    ms = [m for b in blocks for m in b.bufs["m"]]
+    gs = [g for b in blocks for g in b.grads]
+    d = _damping(ms, gs, shat, gamma, scope, ld)
+    for b, c in zip(blocks, _coefs(blocks, d, scope, "torque_eps")):
+        lr, b1, b2 = b.hp["lr"], b.hp["beta1"], b.hp["beta2"]
+        wd, eps = b.hp["weight_decay"], b.hp["eps"]
+        decay = b.hp["decoupled"] and not is_zero(wd)
+        P, G, M, V = b.params, b.grads, b.bufs["m"], b.bufs["v"]
+        if b.hp["bias_correction"]:
+            sizes, epss = [], []
+            cache: dict[int, tuple[Scalar, Scalar]] = {}
+            for t in b.steps:
+                if t not in cache:
+                    bc1, bc2 = 1 - b1 ** t, sqrt_(1 - b2 ** t)
+                    cache[t] = (-lr * (1 - b1) * bc2 / bc1, eps * bc2)
+                sizes.append(cache[t][0])
+                epss.append(cache[t][1])
+        else:
+            sizes, epss = [-lr] * len(P), [eps] * len(P)
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Pf, Gf, Mf, Vf = pick(P, fe), pick(G, fe), pick(M, fe), pick(V, fe)
+            _foreach_momentum_(Mf, Gf, b1, c if isinstance(c, Tensor) else pick(c, fe), ld)
+            foreach_ema_sq_(Vf, Gf, b2, ld)
+            if decay:
+                foreach_scale_(Pf, 1 - lr * wd, ld)
+            den = list(torch._foreach_sqrt(Vf))
+            foreach_add_scalar_(den, pick(epss, fe), ld)
+            foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
+        for i in loop:
+            p, g, m, v = P[i], G[i], M[i], V[i]
+            _momentum_(m, g, b1, c if isinstance(c, Tensor) else c[i], ld)
+            den = scratch.get(v, 0)
+            ema_sq_(v, g, b2, ld, den)
+            if decay:
+                scale_(p, 1 - lr * wd, ld)
+            torch.sqrt(v, out=den)
+            add_scalar_(den, epss[i], ld)
+            addcdiv_(p, m, den, sizes[i], ld)
+    return d
+
+
+def adatam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    smoothed_cosine: Tensor,
+    *,
+    step: int | Sequence[int],
+    lr: Scalar,
+    beta1: Scalar = 0.9,
+    beta2: Scalar = 0.999,
+    gamma: Scalar = 0.9,
+    torque_eps: Scalar = 1e-8,
+    eps: Scalar = 1e-8,
+    weight_decay: Scalar = 0.0,
+    decoupled: bool = False,
+    bias_correction: bool = False,
+    scope: str = "global",
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Functional AdaTAM / AdaTAMW step (see :class:`AdaTAM`); updates everything in place.
+
+    ``step`` is the step count after this step (starts at 1), one for all tensors or one per
+    tensor; it matters only with ``bias_correction=True``. ``decoupled=True`` is AdaTAMW.
+    Returns the damping :math:`d_t`.
+
+    >>> p, g = torch.zeros(1), torch.ones(1)
+    >>> m, v, s = torch.zeros(1), torch.zeros(1), torch.zeros(())
+    >>> adatam([p], [g], [m], [v], s, step=1, lr=1e-3)
+    tensor(0.5000)
+    >>> round(p.item() / -1e-3, 2)  # 0.5 / sqrt(1 - 0.999)
+    15.81
+    """
+    check_learner_dims(learner_dims)
+    check_choice(scope, "scope", SCOPES)
+    if not params:
+        return (smoothed_cosine + 1) * 0.5
+    steps = [step] * len(params) if isinstance(step, int) else list(step)
+    block = Block(list(params), list(grads), {"m": list(exp_avgs), "v": list(exp_avg_sqs)},
+                  {"lr": lr, "beta1": beta1, "beta2": beta2, "torque_eps": torque_eps,
+                   "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled,
+                   "bias_correction": bias_correction}, steps)
+    return _adatam_blocks([block], smoothed_cosine, gamma=gamma, scope=scope, ld=learner_dims,
+                          foreach=foreach, scratch=default_scratch())
+
+
+# ---------------------------------------------------------------------------- classes
+
+
+class _TorqueBase(ShiftsimOptimizer):
+    diagnostic_keys = ("damping", "cosine")
+    shared_hparams = ("gamma", "scope")
+
+    def _init_global(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        st = super()._init_global(device, dtype)
+        st["damping"] = torch.full((), 0.5, device=device, dtype=dtype)
+        return st
+
+    def _cosine_state(self, params: list[Tensor], scope: str, glob: dict[str, Any]) -> Tensor:
+        if scope == "global":
+            return glob["cosine"]
+        return torch.stack([self.state[p]["cosine"] for p in params])
+
+    def _store_cosine(self, params: list[Tensor], scope: str, glob: dict[str, Any],
+                      shat: Tensor, d: Tensor) -> None:
+        if scope == "global":
+            glob["damping"] = d
+            return
+        for p, row in zip(params, shat.unbind(0)):
+            self.state[p]["cosine"] = row
+        glob["cosine"] = shat.mean(0)
+        glob["damping"] = d.mean(0)
+
+    def _new_cosine(self, p: Tensor) -> Tensor:
+        return torch.zeros((), device=p.device, dtype=acc_dtype(p.dtype))
+
+
+class TAM(_TorqueBase):
+    r"""Torque-Aware Momentum (Malviya et al. 2024, arXiv:2412.18790): heavy-ball SGD whose
+    gradient is damped by its agreement with the momentum.
+
+    .. math::
+
+        S_t &= \operatorname{clip}_{[-1,1]}\,\langle m_{t-1}, g_t\rangle /
+               (\lVert m_{t-1}\rVert\,\lVert g_t\rVert), \qquad S_t = 0 \text{ if a norm is 0}\\
+        \hat s_t &= \gamma\,\hat s_{t-1} + (1-\gamma)\,S_t, \qquad d_t = (1+\hat s_t)/2\\
+        m_t &= \beta\,m_{t-1} + (\epsilon + d_t)\,g_t, \qquad
+        \theta_{t+1} = \theta_t - \eta\,m_t
+
+    with :math:`m_0 = 0`, :math:`\hat s_0 = 0` [ours], so the first step is
+    :math:`(\epsilon+\frac12)\,\eta\,g_1`. With :math:`d \equiv 1, \epsilon = 0` it is
+    ``torch.optim.SGD(momentum=β)``.
+
+    Args:
+        params: parameters or param groups.
+        lr: :math:`\eta` (no default in the paper; see :func:`tam_lr_from_sgdm`, a heuristic).
+        momentum: :math:`\beta`.
+        gamma: :math:`\gamma`, smoothing of the cosine (shared by all groups).
+        eps: :math:`\epsilon`, keeps a fully opposed gradient (:math:`d = 0`) in the momentum.
+        weight_decay: :math:`\lambda`. [ours] coupled L2, :math:`g \leftarrow g + \lambda\theta`
+            before the cosine (as ``torch.optim.SGD``); with ``decoupled=True``
+            :math:`\theta \leftarrow (1-\eta\lambda)\theta` before the step.
+        scope: ``"global"`` [paper]: one model-wide cosine over every parameter with a gradient
+            (all groups); ``"tensor"`` [ours]: one cosine per parameter tensor.
+        foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
+
+    State: ``momentum_buffer`` (:math:`m`) per parameter; ``state["global"]``: ``cosine``
+    (:math:`\hat s`) and ``damping`` (:math:`d_t`; per-tensor cosines live in the parameters'
+    state with ``scope="tensor"``, and ``global`` holds their means). ``diagnostics()``:
+    ``damping``, ``cosine``.
+
+    Differences from ``pytorch_optimizer.TAM`` [code]: it aligns per element along dim 0 (not a
+    cosine), starts at :math:`m_0 = g_1`, and applies weight decay after the momentum update
+    (its coupled mode never reaches the step).
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    >>> opt = TAM([w], lr=0.01)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     (0.5 * (w[0] ** 2 + 10 * w[1] ** 2)).backward()
+    ...     opt.step()
+    >>> [round(v, 4) for v in w.tolist()], round(opt.diagnostics()["damping"].item(), 4)
+    ([0.9702, 0.7145], 0.595)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = 0.9,
+        gamma: float = 0.9,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        scope: str = "global",
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, gamma=gamma, eps=eps,
+                        weight_decay=weight_decay, decoupled=decoupled, scope=scope,
+                        foreach=foreach)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_number(group["momentum"], "momentum", 0.0, 1.0)
+        check_number(group["gamma"], "gamma", 0.0, 1.0)
+        check_number(group["eps"], "eps", 0.0)
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_choice(group["scope"], "scope", SCOPES)
+        check_foreach(group["foreach"])
+        check_bool(group["decoupled"], "decoupled")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One TAM step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = eval_closure(closure)
+        active = self._active()
+        if not active:
+            return loss
+        glob = self._global()
+        first = self.param_groups[0]
+        scope = first["scope"]
+        blocks, all_params = [], []
+        for group, ps, gs in active:
+            ms = []
+            for p in ps:
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+                    if scope == "tensor":
+                        st["cosine"] = self._new_cosine(p)
+                ms.append(st["momentum_buffer"])
+            all_params += ps
+            blocks.append(Block(ps, gs, {"m": ms}, {
+                "lr": group["lr"], "momentum": group["momentum"], "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "decoupled": group["decoupled"]}))
+        shat = self._cosine_state(all_params, scope, glob)
+        d = _tam_blocks(blocks, shat, gamma=first["gamma"], scope=scope, ld=0,
+                        foreach=_foreach_of(active))
+        self._store_cosine(all_params, scope, glob, shat, d)
+        return loss
+
+
+def _foreach_of(active: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> bool | None:
+    """The groups' ``foreach`` setting (the first group's; per-group values are rare)."""
+    return active[0][0].get("foreach")
+
+
+class AdaTAM(_TorqueBase):
+    r"""AdaTAM (Malviya et al. 2024, arXiv:2412.18790): Adam whose first moment is
+    torque-damped, with coupled (L2) weight decay. :class:`AdaTAMW` decouples it.
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda\theta_t \quad\text{(AdaTAM; AdaTAMW instead does }
+              \theta_t \leftarrow (1-\eta\lambda)\theta_t)\\
+        d_t &= (1 + \hat s_t)/2 \quad\text{(as in } \textit{TAM}\text{, from } m_{t-1}, g_t)\\
+        m_t &= \beta_1 m_{t-1} + (\epsilon_\tau + d_t)\,g_t \qquad\text{(not an EMA)}\\
+        v_t &= \beta_2 v_{t-1} + (1-\beta_2)\,g_t^2\\
+        \theta_{t+1} &= \theta_t - \eta\,m_t / (\sqrt{v_t} + \epsilon)
+
+    [paper via 3rd] no EMA on :math:`m`, no bias correction, :math:`m_0 = v_0 = 0`: the first
+    step is :math:`\approx 15.8\,\eta\,\mathrm{sign}(g)` for :math:`\beta_2 = 0.999` and the
+    steady step about :math:`E[d]/(1-\beta_1) \approx 5\times` Adam's, so use a smaller lr than
+    Adam or a warm-up. ``bias_correction=True`` [ours, opt-in] uses
+    :math:`\eta\,\frac{1-\beta_1}{1-\beta_1^t}\,m_t / (\sqrt{v_t/(1-\beta_2^t)} + \epsilon)`.
+
+    Args:
+        lr, betas: :math:`\eta`, :math:`(\beta_1, \beta_2)`.
+        gamma: cosine smoothing (shared by all groups).
+        torque_eps: :math:`\epsilon_\tau`, added to :math:`d_t`.
+        eps: :math:`\epsilon`, in the denominator (pytorch-optimizer uses one eps for both).
+        weight_decay: :math:`\lambda` (AdaTAM: coupled; AdaTAMW: decoupled).
+        bias_correction: see above.
+        scope: ``"global"`` [paper] or ``"tensor"`` [ours], as in :class:`TAM`.
+        foreach: as in :class:`TAM`.
+
+    State: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step`` per parameter;
+    ``state["global"]``: ``cosine``, ``damping``. ``diagnostics()``: ``damping``, ``cosine``.
+
+    ``pytorch_optimizer.AdaTAM`` aligns per element along dim 0; it equals this class exactly
+    only for a model with one one-element parameter and ``torque_eps == eps``.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    >>> opt = AdaTAM([w], lr=1e-3)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     (0.5 * (w[0] ** 2 + 10 * w[1] ** 2)).backward()
+    ...     opt.step()
+    >>> round(w[0].item(), 5), round(opt.diagnostics()["damping"].item(), 4)
+    (0.9346, 0.595)
+    """
+
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        gamma: float = 0.9,
+        torque_eps: float = 1e-8,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        bias_correction: bool = False,
+        scope: str = "global",
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, gamma=gamma, torque_eps=torque_eps, eps=eps,
+                        weight_decay=weight_decay, bias_correction=bias_correction,
+                        scope=scope, foreach=foreach)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_betas(group["betas"])
+        check_number(group["gamma"], "gamma", 0.0, 1.0)
+        check_number(group["torque_eps"], "torque_eps", 0.0)
+        check_number(group["eps"], "eps", 0.0)
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_choice(group["scope"], "scope", SCOPES)
+        check_foreach(group["foreach"])
+        check_bool(group["bias_correction"], "bias_correction")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One AdaTAM step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = eval_closure(closure)
+        active = self._active()
+        if not active:
+            return loss
+        glob = self._global()
+        first = self.param_groups[0]
+        scope = first["scope"]
+        blocks, all_params = [], []
+        for group, ps, gs in active:
+            ms, vs, steps = [], [], []
+            for p in ps:
+                st = self.state[p]
+                if "exp_avg" not in st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if scope == "tensor":
+                        st["cosine"] = self._new_cosine(p)
+                st["step"] += 1
+                ms.append(st["exp_avg"])
+                vs.append(st["exp_avg_sq"])
+                steps.append(st["step"])
+            all_params += ps
+            b1, b2 = group["betas"]
+            blocks.append(Block(ps, gs, {"m": ms, "v": vs}, {
+                "lr": group["lr"], "beta1": b1, "beta2": b2, "torque_eps": group["torque_eps"],
+                "eps": group["eps"], "weight_decay": group["weight_decay"],
+                "decoupled": self._decoupled, "bias_correction": group["bias_correction"]},
+                steps))
+        shat = self._cosine_state(all_params, scope, glob)
+        d = _adatam_blocks(blocks, shat, gamma=first["gamma"], scope=scope, ld=0,
+                           foreach=_foreach_of(active), scratch=self.scratch)
+        self._store_cosine(all_params, scope, glob, shat, d)
+        return loss
+
+
+class AdaTAMW(AdaTAM):
+    r"""AdaTAMW: :class:`AdaTAM` with decoupled (AdamW-style) weight decay [ours/3rd]:
+    :math:`\theta_t \leftarrow (1-\eta\lambda)\theta_t` before the step; the cosine, :math:`m`
+    and :math:`v` use the raw gradient. Same arguments, state and diagnostics as
+    :class:`AdaTAM`; with ``weight_decay=0`` the two are identical.
+
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> opt = AdaTAMW([w], lr=1e-3, weight_decay=0.1)
+    >>> w.grad = torch.ones(3)
+    >>> opt.step()
+    >>> round(w[0].item(), 6)  # (1 - 1e-4) - 1e-3 * 0.5 / sqrt(1e-3)
+    0.984089
+    """
+
+    _decoupled = True
+
