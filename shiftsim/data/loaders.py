@@ -218,6 +218,10 @@ def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = N
     """
     xtr = _as_tensor(x_train, "x_train", torch.float32)
     ytr = _as_tensor(y_train, "y_train", torch.int64)
+    bad = int((~torch.isfinite(xtr)).sum())
+    if bad:  # before any split, so the count is the one the caller passed
+        raise ShiftsimError(f"x_train has {bad} non-finite values (NaN or inf); clean the data "
+                            "first")
     if (x_test is None) != (y_test is None):
         raise ShiftsimError("give both x_test and y_test, or neither (then a split is held out)")
     if x_test is None:

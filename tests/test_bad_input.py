@@ -1,0 +1,202 @@
+"""Malformed inputs: each raises a clear error naming the value and what is allowed; the CLI
+prints it on one line without a traceback, exits with status 2 and writes nothing."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import shiftsim as ss
+from shiftsim.errors import ShiftsimError
+from shiftsim.shifts import shift_from_dict
+
+D = ss.data.digits()
+TAB = ss.data.synthetic(n=100, dim=4, classes=3)
+
+
+def _scenario(**kw):
+    args = {"data": D, "phases": [ss.Phase(10)], "batch_size": 8}
+    args.update(kw)
+    return ss.Scenario(**args)
+
+
+CASES = [
+    ("flip rate above 1", lambda: ss.LabelFlip(1.5), r"LabelFlip\.rate must be in \[0, 1\], got 1\.5"),
+    ("flip rate below 0", lambda: ss.LabelFlip(-0.1), r"\[0, 1\], got -0\.1"),
+    ("flip rate not a number", lambda: ss.LabelFlip("high"), r"must be a number, got 'high'"),
+    ("unknown flip mode", lambda: ss.LabelFlip(0.5, "swap"),
+     r"unknown flip mode 'swap'; allowed: 'permute', 'other', 'uniform', 'pair'"),
+    ("zero steps", lambda: ss.Phase(0), r"Phase\.steps must be in \[1, inf\], got 0"),
+    ("negative steps", lambda: ss.Phase(-5), r"got -5"),
+    ("fractional steps", lambda: ss.Phase(2.5), r"Phase\.steps must be an integer, got 2\.5"),
+    ("batch larger than the data", lambda: _scenario(batch_size=2000),
+     r"batch_size 2000 is larger than the training set of 'digits' \(1437 samples\)"),
+    ("zero batch size", lambda: _scenario(batch_size=0), r"batch_size must be in \[1, inf\], got 0"),
+    ("eval_size larger than held-out", lambda: _scenario(eval_size=5000),
+     r"eval_size 5000 is larger than the held-out set of 'digits' \(360 samples\)"),
+    ("negative eval_every", lambda: _scenario(eval_every=-1), r"eval_every must be in \[0, inf\]"),
+    ("no phases", lambda: _scenario(phases=[]), r"non-empty list of phases"),
+    ("not a phase", lambda: _scenario(phases=[10]), r"Phase objects, got 10"),
+    ("not a dataset", lambda: ss.Scenario("digits", [ss.Phase(5)]),
+     r"must be a shiftsim Dataset .*got str"),
+    ("unknown optimizer", lambda: ss.optim.spec("sgdx"),
+     r"unknown optimizer 'sgdx'; allowed: 'sgd', 'sgdm'"),
+    ("unknown hyperparameter", lambda: ss.optim.spec("adam", lrr=0.1),
+     r"unknown hyperparameter 'lrr' for optimizer 'adam'; allowed: .*lr"),
+    ("negative learning rate", lambda: ss.optim.spec("sgdm", lr=-1),
+     r"learning rate lr must be >= 0, got -1"),
+    ("non-finite learning rate", lambda: ss.optim.spec("sgdm", lr=float("nan")),
+     r"lr must be finite, got nan"),
+    ("fixed hyperparameter", lambda: ss.optim.spec("sgd", momentum=0.9),
+     r"'momentum' is fixed by the optimizer name 'sgd'"),
+    ("unknown shift", lambda: shift_from_dict({"type": "Warp"}),
+     r"unknown shift 'Warp'; allowed: .*'LabelFlip'"),
+    ("non-finite data", lambda: ss.data.from_tensors(torch.tensor([[0.0, float("nan")]] * 10),
+                                                      torch.zeros(10, dtype=torch.long)),
+     r"x_train has 10 non-finite values"),
+    ("mismatched shapes", lambda: ss.data.from_tensors(torch.rand(10, 3), torch.zeros(9)),
+     r"y_train must have shape \(10,\) to match x_train \(10, 3\), got \(9,\)"),
+    ("labels outside the classes", lambda: ss.data.from_tensors(
+        torch.rand(10, 3), torch.tensor([0, 1, 2, 5] * 2 + [0, 1]), classes=3),
+     r"labels in \[0, 5\] but the dataset has 3 classes"),
+    ("images outside [0, 1]", lambda: ss.data.from_tensors(torch.rand(10, 1, 4, 4) * 255,
+                                                            torch.arange(10) % 2),
+     r"image inputs must be in \[0, 1\]"),
+    ("rotate on tabular data", lambda: ss.Scenario(TAB, [ss.Phase(5, [ss.Rotate(10)])]),
+     r"Rotate applies to images only; dataset 'synthetic' is tabular"),
+    ("class prior of the wrong length", lambda: _scenario(phases=[ss.Phase(5, [ss.ClassPrior((1, 1, 1))])]),
+     r"ClassPrior has 3 weights but the dataset 'digits' has 10 classes"),
+    ("per-feature scale of the wrong length", lambda: ss.Scenario(
+        TAB, [ss.Phase(5, [ss.FeatureScale((1.0, 2.0))])]),
+     r"FeatureScale\.factor has 2 values but the dataset 'synthetic' has 4 features"),
+    ("gradual width zero", lambda: ss.Gradual(0), r"Gradual\.width must be in \[1, inf\], got 0"),
+    ("gradual longer than the phase", lambda: ss.Phase(10, [], ss.Gradual(20)),
+     r"Gradual width 20 is longer than the phase \(10 steps\)"),
+    ("unknown ramp shape", lambda: ss.Gradual(5, "cubic"),
+     r"unknown ramp shape 'cubic'; allowed: 'linear', 'sigmoid'"),
+    ("gradual first phase", lambda: _scenario(phases=[ss.Phase(10, [], ss.Gradual(5))]),
+     r"first phase cannot have a Gradual transition"),
+    ("repeat of a later phase", lambda: _scenario(phases=[ss.Phase(5, repeat=1), ss.Phase(5)]),
+     r"phase 0 repeats phase 1, but only phases 0..-1 come before it"),
+    ("repeat of an unknown name", lambda: _scenario(phases=[ss.Phase(5), ss.Phase(5, repeat="x")]),
+     r"phase 1 repeats 'x', which is not the name of an earlier phase"),
+    ("negative noise", lambda: ss.GaussianNoise(-0.1), r"GaussianNoise\.std must be in \[0, inf\]"),
+    ("noise without a level", lambda: ss.GaussianNoise(), r"GaussianNoise needs std=\.\.\. or severity=1\.\.5"),
+    ("severity out of range", lambda: ss.GaussianNoise(severity=6), r"severity must be in \[1, 5\], got 6"),
+    ("parameter and severity", lambda: ss.Contrast(0.5, severity=2), r"give factor or severity, not both"),
+    ("permutation fraction above 1", lambda: ss.PixelPermutation(2.0),
+     r"PixelPermutation\.fraction must be in \[0, 1\], got 2\.0"),
+    ("shift of the wrong type", lambda: ss.Phase(5, ["rotate"]), r"must hold shifts .*got 'rotate'"),
+    ("two label flips in a phase", lambda: ss.Phase(5, [ss.LabelFlip(0.1), ss.LabelFlip(0.2)]),
+     r"at most one LabelFlip"),
+    ("zero-width layer", lambda: ss.models.mlp(hidden=(0,)), r"hidden\[0\] must be in \[1, inf\], got 0"),
+    ("unknown activation", lambda: ss.models.mlp(activation="swish"),
+     r"unknown activation 'swish'; allowed: 'relu'"),
+    ("cnn on tabular data", lambda: ss.models.cnn().build(TAB), r"cnn needs image data"),
+    ("negative seed", lambda: ss.run(_scenario(), ss.models.linear(), seed=-1),
+     r"seed must be a non-negative integer, got -1"),
+    ("unknown device", lambda: ss.run(_scenario(), ss.models.linear(), device="tpu"),
+     r"unknown device 'tpu'; allowed: 'auto', 'cpu'"),
+    ("model of the wrong type", lambda: ss.run(_scenario(), "mlp"), r"model must be a ModelSpec"),
+]
+
+
+@pytest.mark.parametrize("make,pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_clear_error(make, pattern):
+    with pytest.raises(ShiftsimError, match=pattern):
+        make()
+
+
+def test_there_are_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+def test_cuda_requested_without_cuda_is_explained():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ShiftsimError, match=r"CUDA is not available here; use device='auto'"):
+        ss.run(_scenario(), ss.models.linear(), device="cuda")
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "shiftsim.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+CLI_CASES = [
+    ("missing file", lambda d: ["run", "missing.py", "--out", "out"], r"^error: file not found: 'missing.py'$"),
+    ("no scenario defined", lambda d: ["run", str(_write(d / "empty.py", "x = 1\n")), "--out", "out"],
+     r"^error: empty\.py defines no 'scenario'; it must define scenario = \.\.\. \(found: x\)$"),
+    ("syntax error", lambda d: ["run", str(_write(d / "bad.py", "scenario = (\n")), "--out", "out"],
+     r"^error: bad\.py: syntax error at line 1"),
+    ("file raises", lambda d: ["run", str(_write(d / "raises.py", "import shiftsim as ss\n"
+                                                  "scenario = ss.LabelFlip(3)\n")), "--out", "out"],
+     r"^error: raises\.py: LabelFlip\.rate must be in \[0, 1\], got 3$"),
+    ("user code error", lambda d: ["run", str(_write(d / "name.py", "scenario = undefined_name\n")),
+                                   "--out", "out"],
+     r"^error: name\.py at line 1 raised NameError: name 'undefined_name' is not defined$"),
+    ("scenario of the wrong type", lambda d: ["run", str(_write(d / "wrong.py", "scenario = 3\n")),
+                                              "--out", "out"],
+     r"^error: wrong\.py: 'scenario' must be a shiftsim Scenario, got int$"),
+    ("unknown optimizer", lambda d: ["run", str(_write(d / "ok.py", OK)), "--optimizer", "sgdx",
+                                     "--out", "out"],
+     r"^error: unknown optimizer 'sgdx'; allowed: 'sgd'"),
+    ("bad learning rate", lambda d: ["run", str(_write(d / "ok.py", OK)), "--lr", "fast", "--out", "out"],
+     r"^error: argument --lr: expected a number, got 'fast'"),
+    ("unknown command", lambda d: ["explode"], r"^error: argument COMMAND: invalid choice: 'explode'"),
+    ("study file without study", lambda d: ["study", str(_write(d / "s.py", "x = 2\n")), "--out", "out"],
+     r"^error: s\.py defines no 'study'"),
+    ("report of a missing folder", lambda d: ["report", "nowhere", "--out", "out"], r"^error: .*nowhere"),
+]
+OK = """
+import shiftsim as ss
+scenario = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)
+"""
+
+
+def _run_in_process(args, cwd, capsys, monkeypatch):
+    from shiftsim import cli
+
+    monkeypatch.chdir(cwd)
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,pattern", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_prints_one_line_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch, argv,
+                                                        pattern):
+    import re
+
+    args = argv(tmp_path)
+    before = set(p.name for p in tmp_path.iterdir())
+    code, err = _run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    after = set(p.name for p in tmp_path.iterdir())
+    assert "out" not in after and after - before <= {"__pycache__"}
+
+
+@pytest.mark.parametrize("case", ["missing file", "user code error"])
+def test_the_installed_entry_point_prints_no_traceback(tmp_path, case):
+    import re
+
+    _, argv, pattern = next(c for c in CLI_CASES if c[0] == case)
+    proc = _cli(*argv(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert re.search(pattern, proc.stderr.strip()) and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
