@@ -1,0 +1,273 @@
+r"""Grams: gradient descent with adaptive momentum scaling (Cao et al. 2024, arXiv:2412.17107).
+
+The direction of each coordinate's step comes from the *current* gradient's sign, its size from
+Adam's bias-corrected, normalised momentum:
+
+.. math::
+
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2\\
+    u_t &= \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}, \qquad
+    \hat u_t = \mathrm{sign}(g_t)\,\lvert u_t\rvert\\
+    \theta_t &= \theta_{t-1} - \eta\,(\hat u_t + \lambda\,\theta_{t-1})
+
+* [paper] the update :math:`\hat u`; where Adam's :math:`u` and :math:`g` disagree in sign,
+  Grams follows :math:`g` (Cautious-Adam would mask the coordinate). :math:`\mathrm{sign}(0)=0`:
+  a coordinate whose current gradient is exactly 0 does not move, whatever its momentum.
+* [code] decoupled weight decay, as both public implementations.
+* ``eps_mode="paper"`` puts :math:`\epsilon` after the bias correction, as above (and as
+  ``pytorch_optimizer.Grams``); ``eps_mode="official"`` reproduces grams-pytorch:
+  :math:`\eta\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\,\mathrm{sign}(g)\lvert m\rvert /
+  (\sqrt{v}+\epsilon)`, i.e. an effective :math:`\epsilon/\sqrt{1-\beta_2^t}` — without
+  overwriting ``p.grad`` as grams-pytorch does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import ShiftsimOptimizer, eval_closure
+from ._kernels import (
+    Block,
+    Scalar,
+    add_scalar_,
+    bc,
+    check_betas,
+    check_bool,
+    check_choice,
+    check_foreach,
+    check_learner_dims,
+    check_number,
+    default_scratch,
+    ema_sq_,
+    foreach_add_scalar_,
+    foreach_ema_sq_,
+    foreach_scale_,
+    is_zero,
+    per_learner,
+    pick,
+    scale_,
+    split_paths,
+    sqrt_,
+)
+from ._kernels import Scratch as _Scratch
+
+__all__ = ["Grams", "grams"]
+
+EPS_MODES = ("paper", "official")
+
+
+def _flips(u: Tensor, sg: Tensor, ld: int) -> Tensor:
+    """Number of coordinates where sign(u) != sign(g) (per learner)."""
+    ne = torch.sign(u) != sg
+    return ne.sum() if ld == 0 else ne.reshape(ne.shape[0], -1).sum(1)
+
+
+def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scratch: _Scratch,
+                  track_flips: bool = False) -> Tensor | None:
+    flips: list[Tensor] = []
+    total = 0
+    for b in blocks:
+        lr, b1, b2 = b.hp["lr"], b.hp["beta1"], b.hp["beta2"]
+        wd, eps = b.hp["weight_decay"], b.hp["eps"]
+        official = b.hp["eps_mode"] == "official"
+        P, G, M, V = b.params, b.grads, b.bufs["m"], b.bufs["v"]
+        sizes: list[Scalar] = []
+        epss: list[Scalar] = []
+        cache: dict[int, tuple[Scalar, Scalar]] = {}
+        for t in b.steps:
+            if t not in cache:
+                bc1, bc2 = 1 - b1 ** t, sqrt_(1 - b2 ** t)
+                cache[t] = (-lr * bc2 / bc1, eps if official else eps * bc2)
+            sizes.append(cache[t][0])
+            epss.append(cache[t][1])
+        decay = not is_zero(wd)
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Pf, Gf, Mf, Vf = pick(P, fe), pick(G, fe), pick(M, fe), pick(V, fe)
+            w1 = 1 - b1
+            if isinstance(w1, Tensor):
+                torch._foreach_lerp_(Mf, Gf, [bc(w1, m, ld) for m in Mf])
+            else:
+                torch._foreach_lerp_(Mf, Gf, w1)
+            foreach_ema_sq_(Vf, Gf, b2, ld)
+            den = list(torch._foreach_sqrt(Vf))
+            foreach_add_scalar_(den, pick(epss, fe), ld)
+            u = list(torch._foreach_div(Mf, den))
+            sg = list(torch._foreach_sign(Gf))
+            if track_flips:
+                flips += [_flips(x, s, ld) for x, s in zip(u, sg)]
+                total += sum(per_learner(p, ld) for p in Pf)
+            torch._foreach_abs_(u)
+            if decay:
+                foreach_scale_(Pf, 1 - lr * wd, ld)
+            fs = pick(sizes, fe)
+            if isinstance(fs[0], Tensor):
+                torch._foreach_mul_(sg, [bc(s, x, ld) for s, x in zip(fs, sg)])
+                torch._foreach_addcmul_(Pf, u, sg)
+            elif all(s == fs[0] for s in fs):
+                torch._foreach_addcmul_(Pf, u, sg, value=fs[0])
+            else:
+                torch._foreach_addcmul_(Pf, u, sg, fs)
+        for i in loop:
+            p, g, m, v = P[i], G[i], M[i], V[i]
+            m.lerp_(g, bc(1 - b1, m, ld))
+            u = scratch.get(v, 0)
+            ema_sq_(v, g, b2, ld, u)
+            torch.sqrt(v, out=u)
+            add_scalar_(u, epss[i], ld)
+            torch.div(m, u, out=u)
+            sg = torch.sign(g, out=scratch.get(g, 1))
+            if track_flips:
+                flips.append(_flips(u, sg, ld))
+                total += per_learner(p, ld)
+            u.abs_()
+            if decay:
+                scale_(p, 1 - lr * wd, ld)
+            if isinstance(sizes[i], Tensor):
+                sg.mul_(bc(sizes[i], sg, ld))
+                p.addcmul_(u, sg)
+            else:
+                p.addcmul_(u, sg, value=sizes[i])
+    if not track_flips or not flips:
+        return None
+    return torch.stack(flips).sum(0) / total
+
+
+def grams(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    step: int | Sequence[int],
+    lr: Scalar,
+    beta1: Scalar = 0.9,
+    beta2: Scalar = 0.999,
+    eps: Scalar = 1e-6,
+    weight_decay: Scalar = 0.0,
+    eps_mode: str = "paper",
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+    track_flips: bool = False,
+) -> Tensor | None:
+    r"""Functional Grams step (see :class:`Grams`); updates params and moments in place.
+
+    ``step`` is the step count after this step (from 1), one for all tensors or one per tensor.
+    With ``track_flips=True`` returns the fraction of coordinates whose gradient sign differs
+    from the momentum's (per learner), else None.
+
+    >>> p, m, v = torch.zeros(1), torch.zeros(1), torch.zeros(1)
+    >>> for t, g in enumerate([1.0, -0.05, 0.3], 1):
+    ...     _ = grams([p], [torch.tensor([g])], [m], [v], step=t, lr=1e-3)
+    >>> round(p.item(), 9)
+    -0.001019452
+    """
+    check_learner_dims(learner_dims)
+    check_choice(eps_mode, "eps_mode", EPS_MODES)
+    if not params:
+        return None
+    steps = [step] * len(params) if isinstance(step, int) else list(step)
+    block = Block(list(params), list(grads), {"m": list(exp_avgs), "v": list(exp_avg_sqs)},
+                  {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
+                   "weight_decay": weight_decay, "eps_mode": eps_mode}, steps)
+    return _grams_blocks([block], ld=learner_dims, foreach=foreach, scratch=default_scratch(),
+                         track_flips=track_flips)
+
+
+class Grams(ShiftsimOptimizer):
+    r"""Grams (Cao et al. 2024, arXiv:2412.17107): Adam's magnitude, the current gradient's sign.
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2\\
+        \hat u_t &= \mathrm{sign}(g_t)\,\Bigl\lvert\frac{m_t/(1-\beta_1^t)}
+                    {\sqrt{v_t/(1-\beta_2^t)} + \epsilon}\Bigr\rvert, \qquad
+        \theta_t = (1-\eta\lambda)\,\theta_{t-1} - \eta\,\hat u_t
+
+    Args:
+        lr, betas, eps: :math:`\eta`, :math:`(\beta_1, \beta_2)`, :math:`\epsilon` (defaults of
+            both public implementations).
+        weight_decay: :math:`\lambda`, decoupled [code].
+        eps_mode: ``"paper"`` (above; = ``pytorch_optimizer.Grams``) or ``"official"``
+            (grams-pytorch: :math:`\epsilon` added to :math:`\sqrt{v_t}` before the bias
+            correction; ``p.grad`` is left untouched, unlike grams-pytorch).
+        foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
+        track_flips: [ours] compute the ``flip_fraction`` diagnostic (fraction of coordinates
+            where :math:`\mathrm{sign}(g_t) \neq \mathrm{sign}(m_t)`). Off by default: it costs
+            an extra pass; then ``diagnostics()`` returns ``{}``.
+
+    State per parameter: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step``.
+
+    >>> w = torch.nn.Parameter(torch.zeros(1))
+    >>> opt = Grams([w], lr=1e-3)
+    >>> for g in (1.0, -0.05, 0.3):
+    ...     w.grad = torch.tensor([g])
+    ...     opt.step()
+    >>> round(w.item(), 9)  # spec test vector (paper eps)
+    -0.001019452
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        eps_mode: str = "paper",
+        foreach: bool | None = None,
+        track_flips: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        eps_mode=eps_mode, foreach=foreach, track_flips=track_flips)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    @property
+    def diagnostic_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("flip_fraction",) if self.defaults["track_flips"] else ()
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_betas(group["betas"])
+        check_number(group["eps"], "eps", 0.0)
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_choice(group["eps_mode"], "eps_mode", EPS_MODES)
+        check_foreach(group["foreach"])
+        check_bool(group["track_flips"], "track_flips")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One Grams step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = eval_closure(closure)
+        active = self._active()
+        if not active:
+            return loss
+        blocks = []
+        for group, ps, gs in active:
+            ms, vs, steps = [], [], []
+            for p in ps:
+                st = self.state[p]
+                if "exp_avg" not in st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+                ms.append(st["exp_avg"])
+                vs.append(st["exp_avg_sq"])
+                steps.append(st["step"])
+            b1, b2 = group["betas"]
+            blocks.append(Block(ps, gs, {"m": ms, "v": vs}, {
+                "lr": group["lr"], "beta1": b1, "beta2": b2, "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "eps_mode": group["eps_mode"]}, steps))
+        frac = _grams_blocks(blocks, ld=0, foreach=active[0][0]["foreach"],
+                             scratch=self.scratch,
+                             track_flips=self.defaults["track_flips"])
+        if frac is not None:
+            self._global()["flip_fraction"] = frac.to(self._acc_dtype())
+        return loss

@@ -1,0 +1,591 @@
+r"""MoMo and MoMo-Adam: model-based momentum with a Polyak-type step size (Schaipp, Ohana,
+Eickenberg, Defazio, Gower; ICML 2024, arXiv:2305.07583).
+
+MoMo averages past linearisations of the loss with momentum weights, truncates the resulting
+model at a lower bound :math:`f_*` of the loss and takes a proximal step with a capped step size.
+It needs the loss value: call ``step(loss=loss)`` after ``backward()``, or ``step(closure)``.
+
+.. math::
+
+    \bar f_k &= \beta\bar f_{k-1} + (1-\beta) f_k, \quad d_k = \beta d_{k-1} + (1-\beta) g_k,
+    \quad \gamma_k = \beta\gamma_{k-1} + (1-\beta)\langle x_k, g_k\rangle\\
+    \tau_k &= \min\Bigl(\frac{\alpha}{\rho_k},\;
+        \frac{\bigl(c\,(\bar f_k - \rho_k f_*) + \langle x_k, d_k\rangle - c\,\gamma_k\bigr)_+}
+             {\lVert d_k\rVert^2}\Bigr),\qquad c = 1 + \alpha\lambda\\
+    x_{k+1} &= (x_k - \tau_k d_k) / c
+
+MoMo-Adam replaces :math:`\lVert d\rVert^2` by :math:`\lVert d\rVert^2_{D^{-1}}` and the step by
+:math:`\tau D^{-1} d` with Adam's :math:`D = \sqrt{v/(1-\beta_2^{s})} + \epsilon`.
+
+Choices (spec §5), all [code] = momo-opt 0.1.0 unless marked:
+
+* sums (:math:`\langle x, d\rangle`, :math:`\gamma = \sum_i\gamma_i`, the norm) are
+  **model-wide**: over every parameter with a gradient, across param groups; each group uses its
+  own :math:`\alpha` and :math:`\lambda` in :math:`\tau` and :math:`c` (as the reference).
+* [ours] parameters without a gradient are skipped (the reference crashes); a tensor seen for
+  the first time after step 1 starts like one seen at step 1 (MoMo without bias correction:
+  :math:`d = g`, :math:`\gamma_i = \langle x, g\rangle`; otherwise zeros).
+* [ours] :math:`\tau = 0` when :math:`\lVert d\rVert = 0` (the reference divides 0 by 0).
+* [ours] every model-wide scalar (:math:`\bar f`, :math:`f_*`, :math:`k`, :math:`\tau`) is in
+  ``state["global"]``, so checkpoints keep it (the reference loses them); the loss may be a
+  tensor or a Python float.
+* ``use_fstar=True``: the online lower-bound estimate of the reference (reset before
+  :math:`\tau`, estimate after it, floored at ``lb``). [ours] It runs once per step with the
+  first group's :math:`\alpha, \lambda` (the reference re-runs it for each group in turn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ShiftsimError, SpecTypeError
+from ._base import ShiftsimOptimizer, eval_closure
+from ._kernels import (
+    Block,
+    Scalar,
+    acc_dtype,
+    bc,
+    check_betas,
+    check_bool,
+    check_foreach,
+    check_learner_dims,
+    check_number,
+    default_scratch,
+    dot,
+    ema_sq_,
+    foreach_axpy_,
+    foreach_ema_sq_,
+    foreach_scale_,
+    is_zero,
+    pick,
+    scale_,
+    split_paths,
+)
+from ._kernels import Scratch as _Scratch
+
+__all__ = ["MoMo", "MoMoAdam", "momo", "momo_adam"]
+
+
+def _maximum(x: Tensor, lb: Scalar) -> Tensor:
+    return torch.maximum(x, lb.to(x.dtype)) if isinstance(lb, Tensor) else x.clamp_min(lb)
+
+
+def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot_xd: Tensor,
+                gamma: Tensor, norm: Tensor, rho: Scalar, lb: Scalar, use_fstar: bool
+                ) -> list[Tensor]:
+    """The step size of each block (updates ``fstar`` in place when ``use_fstar``)."""
+    taus = []
+    for j, b in enumerate(blocks):
+        lr, wd = b.hp["lr"], b.hp["weight_decay"]
+        c = 1 + lr * wd
+        if use_fstar and j == 0:
+            cap = c * loss_avg + dot_xd - c * gamma
+            reset = _maximum(cap / (2 * c * rho), lb)
+            fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
+        num = c * (loss_avg - rho * fstar) + dot_xd - c * gamma
+        ratio = torch.where(norm > 0, num.clamp_min(0) / norm, torch.zeros_like(norm))
+        cap_lr = lr / rho
+        tau = torch.minimum(ratio, cap_lr.to(ratio.dtype)) if isinstance(cap_lr, Tensor) \
+            else ratio.clamp_max(cap_lr)
+        if use_fstar and j == 0:
+            h = loss_avg + dot_xd - gamma
+            fstar.copy_(_maximum((h - 0.5 * tau * norm) / rho, lb))
+        taus.append(tau)
+    return taus
+
+
+def _loss_tensor(loss: Tensor | float, like: Tensor, ld: int) -> Tensor | float:
+    if isinstance(loss, Tensor):
+        f = loss.detach().to(device=like.device, dtype=like.dtype)
+        return f.reshape(()) if ld == 0 else f.reshape(-1)
+    return float(loss)
+
+
+def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,
+                 loss: Tensor | float, step: int, fresh: Sequence[bool] | None, beta: Scalar,
+                 lb: Scalar, bias_correction: bool, use_fstar: bool, ld: int,
+                 foreach: bool | None) -> list[Tensor]:
+    """MoMo over several param groups. ``gam``: per-tensor :math:`\\gamma_i`, shape (n[, K]),
+    updated in place; ``fresh[i]``: tensor i has no history (initialise as at step 1)."""
+    f = _loss_tensor(loss, loss_avg, ld)
+    if step == 1 and not bias_correction:
+        loss_avg.copy_(f if isinstance(f, Tensor) else torch.full_like(loss_avg, f))
+    loss_avg.copy_(loss_avg * beta + f * (1 - beta))
+    w = 1 - beta
+    rows = []
+    for b in blocks:
+        P, G, D = b.params, b.grads, b.bufs["d"]
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Df, Gf = pick(D, fe), pick(G, fe)
+            if isinstance(w, Tensor):
+                torch._foreach_lerp_(Df, Gf, [bc(w, x, ld) for x in Df])
+            else:
+                torch._foreach_lerp_(Df, Gf, w)
+        red = {}
+        for i in fe:
+            red[i] = torch.stack([dot(P[i], G[i], ld), dot(P[i], D[i], ld), dot(D[i], D[i], ld)])
+        for i in loop:
+            D[i].lerp_(G[i], bc(w, D[i], ld))
+            red[i] = torch.stack([dot(P[i], G[i], ld), dot(P[i], D[i], ld), dot(D[i], D[i], ld)])
+        rows += [red[i] for i in range(len(P))]
+    r = torch.stack(rows)  # (n, 3[, K])
+    xg = r[:, 0]
+    if fresh is not None and any(fresh):
+        if not bias_correction:
+            init = torch.stack([xg[i] if fr else gam[i] for i, fr in enumerate(fresh)])
+            gam.copy_(init)
+    gam.mul_(beta).add_(xg * (1 - beta))
+    tot = r[:, 1:].sum(0)
+    dot_xd, norm = tot[0], tot[1]
+    rho = 1 - beta ** step if bias_correction else 1.0
+    taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=dot_xd, gamma=gam.sum(0),
+                       norm=norm, rho=rho, lb=lb, use_fstar=use_fstar)
+    for b, tau in zip(blocks, taus):
+        P, D = b.params, b.bufs["d"]
+        c = 1 + b.hp["lr"] * b.hp["weight_decay"]
+        decay = not is_zero(b.hp["weight_decay"])
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Pf = pick(P, fe)
+            foreach_axpy_(Pf, pick(D, fe), -tau, ld)
+            if decay:
+                foreach_scale_(Pf, 1 / c, ld)
+        for i in loop:
+            P[i].addcmul_(D[i], bc(-tau, P[i], ld))
+            if decay:
+                scale_(P[i], 1 / c, ld)
+    return taus
+
+
+def momo(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_avgs: list[Tensor],
+    grad_dot_ws: Tensor,
+    loss_avg: Tensor,
+    fstar: Tensor,
+    loss: Tensor | float,
+    *,
+    step: int,
+    lr: Scalar = 1.0,
+    beta: Scalar = 0.9,
+    lb: Scalar = 0.0,
+    weight_decay: Scalar = 0.0,
+    bias_correction: bool = False,
+    use_fstar: bool = False,
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Functional MoMo step (see :class:`MoMo`); updates params and state in place.
+
+    ``grad_avgs`` (:math:`d`) start as zeros, ``grad_dot_ws`` (:math:`\gamma_i`, shape
+    ``(len(params),)`` or ``(len(params), K)``) as zeros, ``loss_avg`` (:math:`\bar f`) as 0 and
+    ``fstar`` as ``lb`` (shape ``()`` or ``(K,)``). ``loss``: the loss at the current params
+    (``(K,)`` per learner with ``learner_dims=1``); ``step``: the step count after this step
+    (from 1). Returns the step size :math:`\tau`.
+
+    >>> x, d, gam = torch.ones(2), torch.zeros(2), torch.zeros(1)
+    >>> fbar, fstar = torch.zeros(()), torch.zeros(())
+    >>> g = torch.tensor([1.0, 10.0])
+    >>> tau = momo([x], [g], [d], gam, fbar, fstar, 5.5, step=1)
+    >>> round(tau.item(), 7)
+    0.0544554
+    """
+    check_learner_dims(learner_dims)
+    if not params:
+        return torch.zeros_like(loss_avg)
+    block = Block(list(params), list(grads), {"d": list(grad_avgs)},
+                  {"lr": lr, "weight_decay": weight_decay})
+    if step == 1 and not bias_correction:
+        for d, g in zip(grad_avgs, grads):
+            d.copy_(g)
+    return _momo_blocks([block], grad_dot_ws, loss_avg=loss_avg, fstar=fstar, loss=loss,
+                        step=step, fresh=[True] * len(params) if step == 1 else None, beta=beta,
+                        lb=lb, bias_correction=bias_correction, use_fstar=use_fstar,
+                        ld=learner_dims, foreach=foreach)[0]
+
+
+def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,
+                      loss: Tensor | float, step: int, lb: Scalar, use_fstar: bool, ld: int,
+                      foreach: bool | None, scratch: _Scratch) -> list[Tensor]:
+    """MoMo-Adam over several param groups (``b.steps``: per-tensor step counts)."""
+    rows, qs = [], []
+    beta1: Scalar = 0.9
+    slot = 0
+    for b in blocks:
+        P, G, D, V = b.params, b.grads, b.bufs["d"], b.bufs["v"]
+        beta1, beta2, eps = b.hp["beta1"], b.hp["beta2"], b.hp["eps"]
+        w1 = 1 - beta1
+        bc2 = [1 - beta2 ** t for t in b.steps]
+        Q: list[Tensor] = [None] * len(P)  # type: ignore[list-item]
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Df, Gf, Vf = pick(D, fe), pick(G, fe), pick(V, fe)
+            if isinstance(w1, Tensor):
+                torch._foreach_lerp_(Df, Gf, [bc(w1, x, ld) for x in Df])
+            else:
+                torch._foreach_lerp_(Df, Gf, w1)
+            foreach_ema_sq_(Vf, Gf, beta2, ld)
+            c2 = pick(bc2, fe)
+            if isinstance(c2[0], Tensor):
+                Qf = torch._foreach_div(Vf, [bc(c, v, ld) for c, v in zip(c2, Vf)])
+            else:
+                Qf = torch._foreach_div(Vf, c2)
+            torch._foreach_sqrt_(Qf)
+            torch._foreach_add_(Qf, [bc(eps, q, ld) for q in Qf] if isinstance(eps, Tensor)
+                                else eps)
+            Qf = torch._foreach_div(Df, Qf)
+            for i, q in zip(fe, Qf):
+                Q[i] = q
+        red = {}
+        for i in fe:
+            red[i] = torch.stack([dot(P[i], G[i], ld), dot(P[i], D[i], ld), dot(D[i], Q[i], ld)])
+        for i in loop:
+            p, g, d, v = P[i], G[i], D[i], V[i]
+            q = Q[i] = scratch.get(v, 16 + slot + i)
+            d.lerp_(g, bc(w1, d, ld))
+            ema_sq_(v, g, beta2, ld, q)
+            torch.div(v, bc(bc2[i], v, ld), out=q)
+            q.sqrt_()
+            q.add_(bc(eps, q, ld))
+            torch.div(d, q, out=q)
+            red[i] = torch.stack([dot(p, g, ld), dot(p, d, ld), dot(d, q, ld)])
+        slot += len(P)
+        rows += [red[i] for i in range(len(P))]
+        qs.append(Q)
+    r = torch.stack(rows)
+    gam.mul_(beta1).add_(r[:, 0] * (1 - beta1))
+    f = _loss_tensor(loss, loss_avg, ld)
+    loss_avg.copy_(f * (1 - beta1) + loss_avg * beta1)
+    tot = r[:, 1:].sum(0)
+    rho = 1 - beta1 ** step
+    taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=tot[0], gamma=gam.sum(0),
+                       norm=tot[1], rho=rho, lb=lb, use_fstar=use_fstar)
+    for b, tau, Q in zip(blocks, taus, qs):
+        P = b.params
+        lr, wd = b.hp["lr"], b.hp["weight_decay"]
+        decay = not is_zero(wd)
+        divide = b.hp["divide"]
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Pf = pick(P, fe)
+            if decay and not divide:
+                foreach_scale_(Pf, 1 - lr * wd, ld)
+            foreach_axpy_(Pf, pick(Q, fe), -tau, ld)
+            if decay and divide:
+                foreach_scale_(Pf, 1 / (1 + lr * wd), ld)
+        for i in loop:
+            p = P[i]
+            if decay and not divide:
+                scale_(p, 1 - lr * wd, ld)
+            p.addcmul_(Q[i], bc(-tau, p, ld))
+            if decay and divide:
+                scale_(p, 1 / (1 + lr * wd), ld)
+    return taus
+
+
+def momo_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_avgs: list[Tensor],
+    grad_avg_sqs: list[Tensor],
+    grad_dot_ws: Tensor,
+    loss_avg: Tensor,
+    fstar: Tensor,
+    loss: Tensor | float,
+    *,
+    step: int | Sequence[int],
+    lr: Scalar = 1e-2,
+    beta1: Scalar = 0.9,
+    beta2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    lb: Scalar = 0.0,
+    weight_decay: Scalar = 0.0,
+    divide: bool = True,
+    use_fstar: bool = False,
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Functional MoMo-Adam step (see :class:`MoMoAdam`); updates everything in place.
+
+    State as in :func:`momo` plus ``grad_avg_sqs`` (:math:`v`, zeros). ``step``: the step count
+    after this step (from 1), one for all tensors or one per tensor (Adam's :math:`s_i`); the
+    model-wide count is the largest. Returns the step size :math:`\tau`.
+
+    >>> x, d, v, gam = torch.ones(2), torch.zeros(2), torch.zeros(2), torch.zeros(1)
+    >>> fbar, fstar = torch.zeros(()), torch.zeros(())
+    >>> tau = momo_adam([x], [torch.tensor([1.0, 10.0])], [d], [v], gam, fbar, fstar, 5.5,
+    ...                 step=1, lr=1e-2)
+    >>> round(tau.item(), 7)
+    0.1
+    """
+    check_learner_dims(learner_dims)
+    if not params:
+        return torch.zeros_like(loss_avg)
+    steps = [step] * len(params) if isinstance(step, int) else list(step)
+    block = Block(list(params), list(grads), {"d": list(grad_avgs), "v": list(grad_avg_sqs)},
+                  {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
+                   "weight_decay": weight_decay, "divide": divide}, steps)
+    return _momo_adam_blocks([block], grad_dot_ws, loss_avg=loss_avg, fstar=fstar, loss=loss,
+                             step=max(steps), lb=lb, use_fstar=use_fstar, ld=learner_dims,
+                             foreach=foreach, scratch=default_scratch())[0]
+
+
+# ---------------------------------------------------------------------------- classes
+
+
+class _MoMoBase(ShiftsimOptimizer):
+    needs_loss = True
+    diagnostic_keys = ("step_size", "fstar")
+
+    def _init_global(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        lb = self.defaults["lb"]
+        return {"step": 0, "loss_avg": torch.zeros((), device=device, dtype=dtype),
+                "fstar": torch.full((), float(lb), device=device, dtype=dtype),
+                "step_size": torch.zeros((), device=device, dtype=dtype)}
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        out = super().diagnostics()
+        if "global" not in self.state:
+            out["fstar"] = out["fstar"] + float(self.defaults["lb"])
+        return out
+
+    def _loss(self, closure: Callable[[], Any] | None, loss: Any) -> Any:
+        name = type(self).__name__
+        if closure is not None and loss is not None:
+            raise ShiftsimError(f"{name}.step: pass the loss or a closure, not both")
+        if closure is not None:
+            loss = eval_closure(closure)
+        if loss is None:
+            raise ShiftsimError(
+                f"{name} needs the loss value: call {name}.step(loss=loss) after "
+                "loss.backward(), or step(closure) with a closure that returns the loss"
+            )
+        if isinstance(loss, Tensor) and loss.numel() != 1:
+            raise ShiftsimError(f"{name}: the loss must be a scalar, got shape "
+                             f"{tuple(loss.shape)}")
+        if not isinstance(loss, (Tensor, int, float)) or isinstance(loss, bool):
+            raise SpecTypeError(f"{name}: the loss must be a tensor or a number, got {loss!r}")
+        return loss
+
+
+class MoMo(_MoMoBase):
+    r"""MoMo (Schaipp et al. 2024, arXiv:2305.07583): SGD momentum with a model-based,
+    Polyak-type adaptive step size. Needs the loss: ``step(loss=loss)`` or ``step(closure)``.
+
+    .. math::
+
+        \bar f_k &= \beta\bar f_{k-1} + (1-\beta) f(x_k), \quad
+        d_k = \beta d_{k-1} + (1-\beta) g_k, \quad
+        \gamma_k = \beta\gamma_{k-1} + (1-\beta)\langle x_k, g_k\rangle\\
+        \tau_k &= \min\Bigl(\frac{\alpha}{\rho_k},
+            \frac{\bigl(c(\bar f_k - \rho_k f_*) + \langle x_k, d_k\rangle
+            - c\gamma_k\bigr)_+}{\lVert d_k\rVert^2}\Bigr), \qquad
+        x_{k+1} = \frac{x_k - \tau_k d_k}{c}, \quad c = 1 + \alpha\lambda
+
+    Without bias correction (default) :math:`\bar f_1 = f_1`, :math:`d_1 = g_1`,
+    :math:`\gamma_1 = \langle x_1, g_1\rangle` and :math:`\rho_k = 1`; with it everything starts
+    at 0 and :math:`\rho_k = 1 - \beta^k`.
+
+    Args:
+        lr: :math:`\alpha`, a cap on the step size ("lr=1 performed very well").
+        beta: :math:`\beta` (shared by all groups).
+        lb: :math:`f_*`, a lower bound of the loss (shared).
+        weight_decay: :math:`\lambda`, proximal (division by :math:`c`).
+        bias_correction: see above (shared).
+        use_fstar: estimate :math:`f_*` online, floored at ``lb`` (shared; see the module notes).
+
+    State: ``grad_avg`` (:math:`d`), ``grad_dot_w`` (:math:`\gamma_i`) per parameter;
+    ``state["global"]``: ``step``, ``loss_avg``, ``fstar``, ``step_size``. Sums are model-wide.
+    ``diagnostics()``: ``step_size`` (:math:`\tau`, of the first group), ``fstar``.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    >>> opt = MoMo([w], lr=1.0)
+    >>> for _ in range(2):
+    ...     opt.zero_grad()
+    ...     loss = 0.5 * (w[0] ** 2 + 10 * w[1] ** 2)
+    ...     loss.backward()
+    ...     _ = opt.step(loss=loss)
+    >>> [round(v, 6) for v in w.tolist()], round(opt.diagnostics()["step_size"].item(), 7)
+    ([0.943912, 0.439921], 0.0016419)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1.0,
+        beta: float = 0.9,
+        lb: float = 0.0,
+        weight_decay: float = 0.0,
+        bias_correction: bool = False,
+        use_fstar: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, beta=beta, lb=lb, weight_decay=weight_decay,
+                        bias_correction=bias_correction, use_fstar=use_fstar, foreach=None)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    shared_hparams = ("beta", "lb", "bias_correction", "use_fstar")
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_number(group["beta"], "beta", 0.0, 1.0)
+        check_number(group["lb"], "lb")
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_bool(group["bias_correction"], "bias_correction")
+        check_bool(group["use_fstar"], "use_fstar")
+        check_foreach(group["foreach"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, loss: Any = None) -> Any:
+        """One MoMo step. Give the loss (tensor or float) at the current parameters, or a
+        closure that computes it (and the gradients); returns the loss."""
+        loss = self._loss(closure, loss)
+        active = self._active()
+        if not active:
+            return loss
+        glob = self._global()
+        first = self.param_groups[0]
+        glob["step"] += 1
+        k = glob["step"]
+        bias = first["bias_correction"]
+        blocks, gams, fresh, params = [], [], [], []
+        for group, ps, gs in active:
+            ds = []
+            for p, g in zip(ps, gs):
+                st = self.state[p]
+                new = "grad_avg" not in st
+                if new:
+                    st["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format) \
+                        if bias else g.clone(memory_format=torch.preserve_format)
+                    st["grad_dot_w"] = torch.zeros((), device=p.device,
+                                                   dtype=acc_dtype(p.dtype))
+                fresh.append(new)
+                ds.append(st["grad_avg"])
+                gams.append(st["grad_dot_w"])
+            params += ps
+            blocks.append(Block(ps, gs, {"d": ds}, {"lr": group["lr"],
+                                                    "weight_decay": group["weight_decay"]}))
+        gam = torch.stack(gams).to(glob["loss_avg"].dtype)
+        taus = _momo_blocks(blocks, gam, loss_avg=glob["loss_avg"], fstar=glob["fstar"],
+                            loss=loss, step=k, fresh=fresh, beta=first["beta"], lb=first["lb"],
+                            bias_correction=bias, use_fstar=first["use_fstar"], ld=0,
+                            foreach=first["foreach"])
+        for p, row in zip(params, gam.unbind(0)):
+            self.state[p]["grad_dot_w"] = row
+        glob["step_size"] = taus[0]
+        return loss
+
+
+class MoMoAdam(_MoMoBase):
+    r"""MoMo-Adam (Schaipp et al. 2024, arXiv:2305.07583): the MoMo step size with Adam's
+    diagonal preconditioner. Needs the loss: ``step(loss=loss)`` or ``step(closure)``.
+
+    .. math::
+
+        d_k &= \beta_1 d_{k-1} + (1-\beta_1) g_k, \quad v_k = \beta_2 v_{k-1} + (1-\beta_2)
+        g_k^2, \quad \gamma_k = \beta_1\gamma_{k-1} + (1-\beta_1)\langle x_k, g_k\rangle\\
+        D_k &= \sqrt{v_k/(1-\beta_2^{s})} + \epsilon, \qquad \rho_k = 1-\beta_1^k, \qquad
+        \bar f_k = \beta_1\bar f_{k-1} + (1-\beta_1) f(x_k)\\
+        \tau_k &= \min\Bigl(\frac{\alpha}{\rho_k}, \frac{\bigl(c(\bar f_k - \rho_k f_*)
+            + \langle x_k, d_k\rangle - c\gamma_k\bigr)_+}{\lVert d_k\rVert^2_{D_k^{-1}}}\Bigr),
+        \qquad x_{k+1} = \frac{x_k - \tau_k D_k^{-1} d_k}{c}
+
+    everything starting at 0 (always bias-corrected), :math:`c = 1 + \alpha\lambda`.
+    ``divide=False`` replaces the proximal division by AdamW's
+    :math:`x \leftarrow (1-\alpha\lambda)x` before the step (the numerator keeps :math:`c`, as
+    the reference).
+
+    Args:
+        lr: :math:`\alpha` (a cap). betas: :math:`(\beta_1, \beta_2)` (shared by all groups).
+        eps: :math:`\epsilon`. lb: :math:`f_*` (shared). weight_decay: :math:`\lambda`.
+        divide: proximal (True) or AdamW-style (False) decay. use_fstar: online :math:`f_*`.
+
+    State: ``grad_avg``, ``grad_avg_sq``, ``grad_dot_w``, ``step`` (:math:`s`) per parameter;
+    ``state["global"]``: ``step``, ``loss_avg``, ``fstar``, ``step_size``.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    >>> opt = MoMoAdam([w], lr=1e-2)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     loss = 0.5 * (w[0] ** 2 + 10 * w[1] ** 2)
+    ...     loss.backward()
+    ...     _ = opt.step(loss=loss)
+    >>> round(w[0].item(), 5), round(opt.diagnostics()["step_size"].item(), 6)
+    (0.97001, 0.0369)
+    """
+
+    shared_hparams = ("betas", "lb", "use_fstar")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lb: float = 0.0,
+        weight_decay: float = 0.0,
+        divide: bool = True,
+        use_fstar: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, lb=lb, weight_decay=weight_decay,
+                        divide=divide, use_fstar=use_fstar, foreach=None)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_betas(group["betas"])
+        check_number(group["eps"], "eps", 0.0)
+        check_number(group["lb"], "lb")
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_bool(group["divide"], "divide")
+        check_bool(group["use_fstar"], "use_fstar")
+        check_foreach(group["foreach"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, loss: Any = None) -> Any:
+        """One MoMo-Adam step. Give the loss (tensor or float) at the current parameters, or a
+        closure that computes it; returns the loss."""
+        loss = self._loss(closure, loss)
+        active = self._active()
+        if not active:
+            return loss
+        glob = self._global()
+        first = self.param_groups[0]
+        glob["step"] += 1
+        blocks, gams, params = [], [], []
+        for group, ps, gs in active:
+            ds, vs, steps = [], [], []
+            for p in ps:
+                st = self.state[p]
+                if "grad_avg" not in st:
+                    st["step"] = 0
+                    st["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["grad_dot_w"] = torch.zeros((), device=p.device,
+                                                   dtype=acc_dtype(p.dtype))
+                st["step"] += 1
+                ds.append(st["grad_avg"])
+                vs.append(st["grad_avg_sq"])
+                gams.append(st["grad_dot_w"])
+                steps.append(st["step"])
+            params += ps
+            b1, b2 = group["betas"]
+            blocks.append(Block(ps, gs, {"d": ds, "v": vs}, {
+                "lr": group["lr"], "beta1": b1, "beta2": b2, "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "divide": group["divide"]}, steps))
+        gam = torch.stack(gams).to(glob["loss_avg"].dtype)
+        taus = _momo_adam_blocks(blocks, gam, loss_avg=glob["loss_avg"], fstar=glob["fstar"],
+                                 loss=loss, step=glob["step"], lb=first["lb"],
+                                 use_fstar=first["use_fstar"], ld=0, foreach=first["foreach"],
+                                 scratch=self.scratch)
+        for p, row in zip(params, gam.unbind(0)):
+            self.state[p]["grad_dot_w"] = row
+        glob["step_size"] = taus[0]
+        return loss
