@@ -1,0 +1,413 @@
+"""Executors: run RunSpecs somewhere and hand back :class:`Outcome` values as runs finish.
+
+An executor has one method, ``run(specs) -> Iterator[Outcome]`` (any order), and ``cancel()``.
+Workers only compute; the driver alone writes the store. Three are built in:
+
+* :class:`InProcess` — one run after another in this process (``workers=1``; debuggable).
+* :class:`LocalPool` — spawn-started worker processes, one pipe each. Every worker receives the
+  study's scenarios once, at start, then small task tuples. A worker that dies (killed, out of
+  memory) loses only its run in flight, which is retried once in a fresh worker and recorded as
+  failed if its worker dies again. Workers ignore SIGINT (the driver handles Ctrl-C and stops
+  them) and exit by themselves when the driver dies.
+* :class:`RayExecutor` — Ray tasks on the cluster at ``RAY_ADDRESS`` or on a local Ray started
+  for the study; each run asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (fractions
+  allowed, so several small learners share one GPU).
+
+A run that raises becomes an Outcome with status ``failed`` and its error; the study goes on.
+(A later executor can group runs, e.g. a fleet of learners in one vectorised program, as long as
+it yields one Outcome per run.)
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import ShiftsimError
+from .spec import RunSpec, canonical_json, torch_threads
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from ..engine import RunResult
+    from ..scenario import Scenario
+
+log = logging.getLogger("shiftsim.study")
+
+
+@dataclass
+class Outcome:
+    """What a worker sends back for one run (the driver writes it to the store)."""
+
+    run_id: str
+    status: str  # ok | diverged | failed
+    result: RunResult | None = None
+    summary: pd.DataFrame | None = None
+    scores: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
+    wall_s: float = 0.0
+    worker: str = ""
+    threads: int | None = None
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_outcome(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
+                device: str = "auto", threads: int | None = None) -> Outcome:
+    """Run one learner and package the result, its per-phase summary and scores; an exception
+    becomes a ``failed`` Outcome (KeyboardInterrupt and SystemExit propagate)."""
+    from .. import store
+    from ..engine import run
+
+    t0 = time.perf_counter()
+    try:
+        with torch_threads(threads):
+            result = run(scenario, model, optimizer, seed=seed, device=device)
+            summary, scores, status, error, trace = store._summarize(result)
+    except Exception as exc:
+        error, trace = store.format_error(exc)
+        return Outcome(run_id, "failed", error=error, traceback=trace,
+                       wall_s=time.perf_counter() - t0, worker=_worker_name(), threads=threads)
+    import torch
+
+    return Outcome(run_id, status, result if status != "failed" else None, summary, scores,
+                   error, trace, time.perf_counter() - t0, _worker_name(),
+                   threads if threads is not None else torch.get_num_threads())
+
+
+def scenario_table(specs: Sequence[RunSpec]) -> tuple[dict[str, Scenario], list[tuple]]:
+    """Deduplicate the specs' scenarios: ``({key: scenario}, [task tuples])``.
+
+    A task tuple is ``(run_id, scenario_key, model, optimizer, seed)``: small to send, while
+    each scenario (with its dataset) is sent once per worker.
+    """
+    import hashlib
+
+    table: dict[str, Scenario] = {}
+    by_id: dict[int, str] = {}
+    tasks = []
+    for s in specs:
+        key = by_id.get(id(s.scenario))
+        if key is None:
+            key = hashlib.sha256(canonical_json(s.payload["scenario"]).encode()).hexdigest()[:16]
+            table.setdefault(key, s.scenario)
+            by_id[id(s.scenario)] = key
+        tasks.append((s.run_id, key, s.model, s.optimizer, s.seed))
+    return table, tasks
+
+
+class Executor(Protocol):
+    """Runs specs and yields one :class:`Outcome` per spec as runs finish."""
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]: ...
+
+    def cancel(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# in-process
+
+
+class InProcess:
+    """Runs specs one after another in this process."""
+
+    name = "in-process"
+
+    def __init__(self, device: str = "auto", threads: int | None = 1) -> None:
+        self.device, self.threads = device, threads
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+        with torch_threads(self.threads):
+            for s in specs:
+                yield run_outcome(s.scenario, s.model, s.optimizer, s.seed, s.run_id,
+                                  self.device, None)
+
+    def cancel(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# local process pool
+
+
+def _watch_parent(parent_pid: int) -> None:
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:  # re-parented: the driver died
+                os._exit(3)
+
+    threading.Thread(target=watch, name="shiftsim-parent-watch", daemon=True).start()
+
+
+def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
+                 parent_pid: int) -> None:
+    """A pool worker: receive task tuples, send back Outcomes, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    _watch_parent(parent_pid)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        run_id, key, model, optimizer, seed = task
+        out = run_outcome(scenarios[key], model, optimizer, seed, run_id, device, None)
+        try:
+            conn.send(("done", out))
+        except (BrokenPipeError, OSError):
+            return
+        except Exception as exc:  # an unpicklable result: report it instead
+            conn.send(("done", Outcome(run_id, "failed", error=f"cannot send the result back: "
+                                       f"{type(exc).__name__}: {exc}", worker=_worker_name())))
+
+
+@dataclass
+class _Slot:
+    proc: Any
+    conn: Any
+    ready: bool = False
+    task: tuple | None = None
+    started: float = 0.0
+
+
+GUARD_HINT = ("worker processes start by importing your script; if you run a study from a "
+              "script, put the call under `if __name__ == \"__main__\":`")
+
+
+class LocalPool:
+    """A spawn-safe process pool of ``workers`` processes (one pipe each)."""
+
+    name = "local"
+
+    def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
+                 retries: int = 1, start_timeout: float = 300.0) -> None:
+        self.workers, self.device, self.threads = workers, device, threads
+        self.retries, self.start_timeout = retries, start_timeout
+        self._slots: list[_Slot] = []
+
+    def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
+        here, there = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_worker_main, name="shiftsim-worker", daemon=True,
+                           args=(there, table, self.device, self.threads, os.getpid()))
+        proc.start()
+        there.close()
+        slot = _Slot(proc, here, started=time.monotonic())
+        self._slots.append(slot)
+        return slot
+
+    def _retire(self, slot: _Slot) -> None:
+        if slot in self._slots:
+            self._slots.remove(slot)
+        try:
+            slot.conn.close()
+        except OSError:  # pragma: no cover
+            pass
+        if slot.proc.is_alive():
+            slot.proc.terminate()
+        slot.proc.join(timeout=5)
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+        table, tasks = scenario_table(specs)
+        ctx = mp.get_context("spawn")
+        pending = collections.deque(tasks)
+        deaths: collections.Counter[str] = collections.Counter()
+        finished = False
+        try:
+            for _ in range(min(self.workers, len(pending))):
+                self._start(ctx, table)
+            while pending or any(s.task is not None for s in self._slots):
+                for s in self._slots:
+                    if s.ready and s.task is None and pending:
+                        s.task = pending.popleft()
+                        try:
+                            s.conn.send(s.task)
+                        except OSError:
+                            pass  # the worker died: seen below through its sentinel
+                waitables = [s.conn for s in self._slots] + [s.proc.sentinel for s in self._slots]
+                mp_wait(waitables, timeout=1.0)
+                for s in list(self._slots):
+                    msg = None
+                    try:
+                        if s.conn.poll():
+                            msg = s.conn.recv()
+                    except (EOFError, OSError):
+                        msg = None
+                    if msg is not None:
+                        if msg[0] == "ready":
+                            s.ready = True
+                        else:
+                            s.task = None
+                            yield msg[1]
+                        continue
+                    if s.proc.is_alive():
+                        if not s.ready and time.monotonic() - s.started > self.start_timeout:
+                            raise ShiftsimError(f"a worker process did not start within "
+                                                f"{self.start_timeout:.0f} s")
+                        continue
+                    # the worker died
+                    code = s.proc.exitcode
+                    self._retire(s)
+                    if not s.ready:
+                        raise ShiftsimError(f"a worker process exited (code {code}) before it "
+                                            f"started; {GUARD_HINT}")
+                    if s.task is not None:
+                        run_id = s.task[0]
+                        deaths[run_id] += 1
+                        how = (f"killed by signal {-code}" if code is not None and code < 0
+                               else f"exit code {code}")
+                        log.warning("worker running %s died (%s)", run_id, how)
+                        if deaths[run_id] > self.retries:
+                            yield Outcome(run_id, "failed", error=(
+                                f"the worker process died while running this run ({how}), "
+                                f"{deaths[run_id]} times; out of memory?"), worker="")
+                        else:
+                            pending.appendleft(s.task)
+                    busy = sum(x.task is not None for x in self._slots)
+                    if pending and len(self._slots) < min(self.workers, len(pending) + busy):
+                        self._start(ctx, table)
+            finished = True
+        finally:
+            self._shutdown(graceful=finished)
+
+    def _shutdown(self, graceful: bool) -> None:
+        slots, self._slots = list(self._slots), []
+        for s in slots:
+            if graceful:
+                try:
+                    s.conn.send(None)
+                except OSError:
+                    pass
+            elif s.proc.is_alive():
+                s.proc.terminate()
+        deadline = time.monotonic() + (10 if graceful else 3)
+        for s in slots:
+            s.proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if s.proc.is_alive():
+                s.proc.kill()
+                s.proc.join(timeout=2)
+            try:
+                s.conn.close()
+            except OSError:  # pragma: no cover
+                pass
+
+    def cancel(self) -> None:
+        self._shutdown(graceful=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ShiftsimError("backend='ray' needs Ray: pip install 'shiftsim[ray]'") from None
+    return ray
+
+
+def _ray_task(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
+              device: str, threads: int | None) -> Outcome:
+    return run_outcome(scenario, model, optimizer, seed, run_id, device, threads)
+
+
+class RayExecutor:
+    """Ray tasks: on the cluster at ``RAY_ADDRESS`` when set, else on a local Ray started with
+    ``workers`` CPUs (and shut down afterwards). At most ``workers`` runs are in flight (default:
+    the cluster's CPUs / ``cpus_per_run``)."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None, device: str = "auto", threads: int | None = 1,
+                 gpus_per_run: float = 0.0, cpus_per_run: float = 1.0, max_retries: int = 1,
+                 address: str | None = None) -> None:
+        self.workers, self.device, self.threads = workers, device, threads
+        self.gpus_per_run, self.cpus_per_run = gpus_per_run, cpus_per_run
+        self.max_retries = max_retries
+        self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
+        self._ray: Any = None
+        self._in_flight: dict[Any, tuple] = {}
+        self._started = False
+
+    def _connect(self) -> Any:
+        ray = import_ray()
+        if ray.is_initialized():
+            return ray
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        if self.address:
+            ray.init(address=self.address, **quiet)
+        else:
+            ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
+                     **quiet)
+            self._started = True
+        return ray
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+        ray = self._ray = self._connect()
+        finished = False
+        try:
+            table, tasks = scenario_table(specs)
+            refs = {key: ray.put(sc) for key, sc in table.items()}
+            remote = ray.remote(_ray_task).options(
+                num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                max_retries=self.max_retries, name="shiftsim-run")
+            limit = self.workers
+            if limit is None:
+                cpus = float(ray.cluster_resources().get("CPU", 1))
+                limit = max(1, int(cpus / max(self.cpus_per_run, 1e-9)))
+            pending = collections.deque(tasks)
+            while pending or self._in_flight:
+                while pending and len(self._in_flight) < limit:
+                    t = pending.popleft()
+                    run_id, key, model, optimizer, seed = t
+                    ref = remote.remote(refs[key], model, optimizer, seed, run_id, self.device,
+                                        self.threads)
+                    self._in_flight[ref] = t
+                done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
+                for ref in done:
+                    t = self._in_flight.pop(ref)
+                    try:
+                        out = ray.get(ref)
+                    except Exception as exc:  # the worker died after its retries, ...
+                        msg = " ".join(str(exc).split())[:2000]
+                        out = Outcome(t[0], "failed", error=f"Ray task failed: "
+                                      f"{type(exc).__name__}: {msg}")
+                    yield out
+            finished = True
+        finally:
+            if not finished:
+                self.cancel()
+            if self._started:
+                ray.shutdown()
+                self._started = False
+
+    def cancel(self) -> None:
+        ray, refs = self._ray, list(self._in_flight)
+        self._in_flight.clear()
+        if ray is None:
+            return
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # already finished or gone
+                pass
