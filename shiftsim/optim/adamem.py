@@ -1,0 +1,614 @@
+r"""Adaptive-Memory momentum: AM-SGD (heavy ball) and AM-AdamW (Topollai & Choromanska,
+arXiv:2510.04988, AISTATS 2026).
+
+The loss is modelled by two planes, one from the current gradient and one from the memory
+(momentum) direction; a proximal step on their maximum gives the momentum update in closed form,
+with the memory weight :math:`\beta_t \in [0, \beta_{max}]` from the concave dual:
+
+.. math::
+
+    d_{t+1} = \frac{\beta_t + \lambda}{1 + \lambda}\,d_t + \frac{1 - \beta_t}{1 + \lambda}\,g_t,
+    \qquad x_{t+1} = x_t - \eta\,d_{t+1}
+
+No official code was found; the practical algorithms follow the third-party reimplementation
+``OSuwaidi/memory_align`` (read only) whose docstrings cite the paper's Algorithms 1 and 3,
+checked against our own derivation (spec §4). Choices:
+
+* [3rd] AM-SGD: one model-wide :math:`\beta_t` (all parameters with a gradient, all groups),
+  :math:`f(\hat x) - f(x_t) \approx \eta_{t-1} g_t^\top d_t`, :math:`d_0 = g_0` (the first step
+  is plain SGD), coupled L2 weight decay used for :math:`\beta` and :math:`d`.
+* [ours] with a learning-rate schedule the gap term is scaled by :math:`\eta_{t-1}/\eta_t`
+  (per group; 0 when :math:`\eta_t = 0`), as AM-AdamW does.
+* [ours] AM-SGD computes :math:`\lVert d-g\rVert^2` as
+  :math:`\lVert d\rVert^2 - 2\langle d, g\rangle + \lVert g\rVert^2` (one pass fewer); below
+  rounding level, :math:`32\,\epsilon_{mach}(\lVert d\rVert^2 + \lVert g\rVert^2)`, it is
+  treated as 0, so :math:`d = g \Rightarrow \beta = 0` (the spec's rule).
+* [3rd] AM-AdamW: one :math:`\beta` per parameter tensor (the "per-layer variant"),
+  ``betas[0]`` is the upper bound :math:`\beta_{1,max}` (0.9 - 0.1λ = 0.89), decoupled decay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import ShiftsimOptimizer, eval_closure
+from ._kernels import (
+    Block,
+    Scalar,
+    acc_dtype,
+    add_decay,
+    addcdiv_,
+    axpy_,
+    bc,
+    check_betas,
+    check_foreach,
+    check_learner_dims,
+    check_number,
+    default_scratch,
+    dot,
+    ema_sq_,
+    foreach_add_decay,
+    foreach_addcdiv_,
+    foreach_axpy_,
+    foreach_ema_sq_,
+    foreach_scale_,
+    is_zero,
+    pick,
+    scale_,
+    split_paths,
+    sqrt_,
+    total_dots,
+)
+from ._kernels import Scratch as _Scratch
+
+__all__ = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW", "adamem_sgd", "adamem_adamw"]
+
+#: AM-AdamW's tensor-by-tensor path works on chunks of this many elements (cache reuse)
+CHUNK = 1 << 18
+
+
+def _clip(x: Tensor, hi: Scalar) -> Tensor:
+    x = x.clamp_min(0.0)
+    return torch.minimum(x, hi.to(x.dtype)) if isinstance(hi, Tensor) else x.clamp_max(hi)
+
+
+# ---------------------------------------------------------------------------- AM-SGD
+
+
+def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld: int,
+                  foreach: bool | None, fresh: Sequence[bool] | None) -> Tensor:
+    """AM-SGD over param groups (``b.hp["lr_ratio"]``: :math:`\\eta_{t-1}/\\eta_t`).
+
+    ``fresh[i]``: tensor i has no momentum yet (:math:`d := g`). Returns :math:`\\beta_t`."""
+    for b in blocks:
+        wd = b.hp["weight_decay"]
+        if not is_zero(wd):
+            fe, _ = split_paths(b.params, foreach, ld)
+            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
+                       else add_decay(b.params, b.grads, wd, ld))
+    if fresh is not None and any(fresh):
+        i = 0
+        for b in blocks:
+            for d, g in zip(b.bufs["d"], b.grads):
+                if fresh[i]:
+                    d.copy_(g)
+                i += 1
+    a = bb = e = ar = None
+    for b in blocks:
+        t = total_dots([(b.grads, b.bufs["d"]), (b.grads, b.grads),
+                        (b.bufs["d"], b.bufs["d"])], ld)
+        r = b.hp["lr_ratio"]
+        tr = t[0] * r
+        a, bb, e, ar = (t[0], t[1], t[2], tr) if a is None else (a + t[0], bb + t[1],
+                                                                  e + t[2], ar + tr)
+    assert a is not None and bb is not None and e is not None and ar is not None
+    num = (1 + lam) * ar - ((1 - lam) * a + lam * e - bb)
+    den = e - 2 * a + bb
+    tol = (32 * torch.finfo(den.dtype).eps) * (e + bb)
+    beta = _clip(torch.where(den > tol, num / den, torch.zeros_like(den)), beta_max)
+    w = (1 - beta) / (1 + lam)
+    for b in blocks:
+        P, G, D, lr = b.params, b.grads, b.bufs["d"], b.hp["lr"]
+        fe, loop = split_paths(P, foreach, ld)
+        if fe:
+            Df, Pf = pick(D, fe), pick(P, fe)
+            torch._foreach_lerp_(Df, pick(G, fe), [bc(w, x, ld) for x in Df])
+            foreach_axpy_(Pf, Df, -lr, ld)
+        for i in loop:
+            D[i].lerp_(G[i], bc(w, D[i], ld))
+            axpy_(P[i], D[i], -lr, ld)
+    return beta
+
+
+def adamem_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    step: int,
+    lr: Scalar,
+    lam: Scalar = 0.1,
+    beta_max: Scalar = 0.9,
+    weight_decay: Scalar = 0.0,
+    lr_ratio: Scalar = 1.0,
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""Functional AM-SGD step (see :class:`AdaptiveMemorySGD`); updates in place.
+
+    ``momentum_buffers`` (:math:`d`) are overwritten with the gradient at ``step == 1``;
+    ``lr_ratio`` is :math:`\eta_{t-1}/\eta_t` (1 for a constant lr, 0 when :math:`\eta_t = 0`).
+    Returns :math:`\beta_t` (0-d, or ``(K,)``).
+
+    >>> x, d = torch.ones(2), torch.zeros(2)
+    >>> _ = adamem_sgd([x], [torch.tensor([1.0, 10.0])], [d], step=1, lr=0.05)
+    >>> beta = adamem_sgd([x], [torch.tensor([0.95, 5.0])], [d], step=2, lr=0.05)
+    >>> round(beta.item(), 2), [round(v, 6) for v in x.tolist()]
+    (0.9, [0.900227, 0.022727])
+    """
+    check_learner_dims(learner_dims)
+    if not params:
+        return torch.zeros(())
+    block = Block(list(params), list(grads), {"d": list(momentum_buffers)},
+                  {"lr": lr, "weight_decay": weight_decay, "lr_ratio": lr_ratio})
+    return _amsgd_blocks([block], lam=lam, beta_max=beta_max, ld=learner_dims, foreach=foreach,
+                         fresh=[True] * len(params) if step == 1 else None)
+
+
+# ---------------------------------------------------------------------------- AM-AdamW
+
+
+def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, A: Tensor | None, T: Tensor,
+             U: Tensor, ld: int) -> list[Tensor]:
+    """The six sums of AM-AdamW's dual for one tensor (or chunk); ``P``, ``A`` computed.
+
+    Returns ``[sum g d/P, sum g x, sum d_g g M, sum d_g d A, sum x d_g, sum d_g^2 M]`` with
+    ``d_g = d - g``, ``A = 1/(1 + lam P)`` (1 when ``A`` is None), ``M = A/P``."""
+    torch.sub(d, g, out=T)
+    if A is None:
+        torch.reciprocal(P, out=U)
+    else:
+        torch.div(A, P, out=U)
+    U.mul_(T)
+    s_den = dot(U, T, ld)
+    s3a = dot(U, g, ld)
+    s5 = dot(x, T, ld)
+    if A is None:
+        s3b = torch.zeros_like(s_den)
+    else:
+        T.mul_(A)
+        s3b = dot(T, d, ld)
+    torch.div(d, P, out=U)
+    s1 = dot(U, g, ld)
+    s2 = dot(g, x, ld)
+    return [s1, s2, s3a, s3b, s5, s_den]
+
+
+def _am_precond(v: Tensor, P: Tensor, A: Tensor | None, k1: Tensor, sbc2: Scalar, eps: Scalar,
+                lam: Scalar, ld: int) -> None:
+    """``P = k1 * (sqrt(v / bc2) + eps)`` and ``A = 1 / (1 + lam * P)`` into buffers."""
+    torch.sqrt(v, out=P)
+    P.mul_(bc(k1 * sbc2, P, ld))
+    P.add_(bc(k1 * eps, P, ld))
+    if A is not None:
+        torch.mul(P, bc(lam, P, ld), out=A)
+        A.add_(1.0)
+        A.reciprocal_()
+
+
+def _chunks(t: Tensor, ld: int) -> list[Tensor]:
+    if ld != 0 or t.numel() <= CHUNK or not t.is_contiguous():
+        return [t]
+    return list(t.view(-1).split(CHUNK))
+
+
+def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: bool | None,
+                    scratch: _Scratch, fixed_beta: Scalar | None = None) -> Tensor:
+    """AM-AdamW over param groups. ``b.bufs``: ``d``, ``v``; ``b.hp["pi"]``: stacked
+    :math:`\\Pi` per tensor (updated in place), ``b.hp["prev_lr"]``; ``b.steps``.
+    Returns the per-tensor :math:`\\beta` stacked over all blocks."""
+    out = []
+    for b in blocks:
+        P_, G, D, V = b.params, b.grads, b.bufs["d"], b.bufs["v"]
+        lr, prev, wd = b.hp["lr"], b.hp["prev_lr"], b.hp["weight_decay"]
+        b1, b2, eps = b.hp["beta1_max"], b.hp["beta2"], b.hp["eps"]
+        pi: Tensor = b.hp["pi"]  # type: ignore[assignment]
+        use_a = not is_zero(lam)
+        decay = not is_zero(wd)
+        n = len(P_)
+        k1 = 1 - b1 * pi  # (n[, K])
+        steps = b.steps
+        assert steps is not None
+        sbc2 = [1 / sqrt_(1 - b2 ** t) for t in steps]
+        betas: list[Tensor | None] = [None] * n
+        fe, loop = split_paths(P_, foreach, ld)
+        if fe:
+            X, Gf, Df, Vf = pick(P_, fe), pick(G, fe), pick(D, fe), pick(V, fe)
+            foreach_ema_sq_(Vf, Gf, b2, ld)
+            Pl = list(torch._foreach_sqrt(Vf))
+            torch._foreach_mul_(Pl, [bc(k1[i] * sbc2[i], p, ld) for i, p in zip(fe, Pl)])
+            torch._foreach_add_(Pl, [bc(k1[i] * eps, p, ld) for i, p in zip(fe, Pl)])
+            Al = None
+            if use_a:
+                Al = list(torch._foreach_mul(Pl, [bc(lam, p, ld) for p in Pl]) if isinstance(
+                    lam, Tensor) else torch._foreach_mul(Pl, lam))
+                torch._foreach_add_(Al, 1.0)
+                torch._foreach_reciprocal_(Al)
+            T = list(torch._foreach_sub(Df, Gf))
+            U = list(torch._foreach_div(Al, Pl)) if Al is not None else list(
+                torch._foreach_reciprocal(Pl))
+            torch._foreach_mul_(U, T)
+            sd = [dot(u, t, ld) for u, t in zip(U, T)]
+            s3a = [dot(u, g, ld) for u, g in zip(U, Gf)]
+            s5 = [dot(x, t, ld) for x, t in zip(X, T)]
+            if Al is not None:
+                torch._foreach_mul_(T, Al)
+                s3b = [dot(t, d, ld) for t, d in zip(T, Df)]
+            else:
+                s3b = [torch.zeros_like(x) for x in sd]
+            U = list(torch._foreach_div(Df, Pl))
+            s1 = [dot(u, g, ld) for u, g in zip(U, Gf)]
+            s2 = [dot(g, x, ld) for g, x in zip(Gf, X)]
+            sums = torch.stack([torch.stack(z) for z in (s1, s2, s3a, s3b, s5, sd)], 1)
+            # tensors that share (step, prev_lr) share one vectorised beta computation
+            keys: dict[tuple[int, Any], list[int]] = {}
+            for j, i in enumerate(fe):
+                keys.setdefault((steps[i], id(prev[i]) if isinstance(prev[i], Tensor)
+                                 else prev[i]), []).append(j)
+            bet: list[Tensor | None] = [None] * len(fe)
+            for idx in keys.values():
+                i0 = fe[idx[0]]
+                sub = sums if len(idx) == len(fe) else sums[idx]
+                bsub = _am_beta_stack(sub, lr=lr, prev_lr=prev[i0], wd=wd, lam=lam,
+                                      beta1_max=b1, first=steps[i0] == 1,
+                                      fixed_beta=fixed_beta)
+                for j, row in zip(idx, bsub.unbind(0)):
+                    bet[j] = row
+            for j, i in enumerate(fe):
+                betas[i] = bet[j]
+            if Al is not None:
+                torch._foreach_mul_(Al, [bc(1 - x, a, ld) for x, a in zip(bet, Al)])
+                torch._foreach_lerp_(Df, Gf, Al)
+            else:
+                torch._foreach_lerp_(Df, Gf, [bc(1 - x, d, ld) for x, d in zip(bet, Df)])
+            if decay:
+                foreach_scale_(X, 1 - lr * wd, ld)
+            foreach_addcdiv_(X, Df, Pl, [-lr] * len(fe), ld)
+        for i in loop:
+            x, g, d, v = P_[i], G[i], D[i], V[i]
+            chunks = list(zip(_chunks(x, ld), _chunks(g, ld), _chunks(d, ld), _chunks(v, ld)))
+            bufs = None
+            parts = []
+            for xc, gc, dc, vc in chunks:
+                Pb, Tb, Ub = (scratch.get(vc, 0), scratch.get(vc, 2), scratch.get(vc, 3))
+                Ab = scratch.get(vc, 1) if use_a else None
+                ema_sq_(vc, gc, b2, ld, Tb)
+                _am_precond(vc, Pb, Ab, k1[i], sbc2[i], eps, lam, ld)
+                parts.append(torch.stack(_am_sums(xc, gc, dc, Pb, Ab, Tb, Ub, ld)))
+                bufs = (Pb, Ab)
+            s = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+            beta = _am_beta_stack(s.unsqueeze(0), lr=lr, prev_lr=prev[i], wd=wd, lam=lam,
+                                  beta1_max=b1, first=steps[i] == 1, fixed_beta=fixed_beta)[0]
+            betas[i] = beta
+            for xc, gc, dc, vc in chunks:
+                if len(chunks) == 1:
+                    assert bufs is not None
+                    Pb, Ab = bufs
+                else:
+                    Pb = scratch.get(vc, 0)
+                    Ab = scratch.get(vc, 1) if use_a else None
+                    _am_precond(vc, Pb, Ab, k1[i], sbc2[i], eps, lam, ld)
+                if Ab is not None:
+                    Ab.mul_(bc(1 - beta, Ab, ld))
+                    dc.lerp_(gc, Ab)
+                else:
+                    dc.lerp_(gc, bc(1 - beta, dc, ld))
+                if decay:
+                    scale_(xc, 1 - lr * wd, ld)
+                addcdiv_(xc, dc, Pb, -lr, ld)
+        bstack = torch.stack(betas)  # type: ignore[arg-type]
+        pi.mul_(bstack.to(pi.dtype))
+        out.append(bstack)
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _am_beta_stack(s: Tensor, **kw: Any) -> Tensor:
+    """:func:`_am_beta` on sums stacked as (n, 6[, K]) -> betas (n[, K])."""
+    s1, s2, s3a, s3b, s5, den = s.unbind(1)
+    return _am_beta_parts(s1, s2, s3a, s3b, s5, den, **kw)
+
+
+def _am_beta_parts(s1: Tensor, s2: Tensor, s3a: Tensor, s3b: Tensor, s5: Tensor, den: Tensor, *,
+                   lr: Scalar, prev_lr: Scalar, wd: Scalar, lam: Scalar, beta1_max: Scalar,
+                   first: bool, fixed_beta: Scalar | None) -> Tensor:
+    if fixed_beta is not None:
+        return torch.zeros_like(den) + fixed_beta
+    if first:
+        return torch.zeros_like(den) + beta1_max
+    num = -(s3a + lam * s3b) - wd * s5
+    if isinstance(lr, Tensor):
+        safe = torch.where(lr > 0, lr, torch.ones_like(lr))
+        gap = prev_lr * (s1 + wd * s2)
+        num = num + torch.where(lr > 0, (1 + wd * lr) * gap / safe, torch.zeros_like(gap))
+    elif lr != 0:
+        gap = prev_lr * (s1 + wd * s2)
+        num = num + (1 + wd * lr) * gap / lr
+    return _clip(torch.where(den > 0, num / den, torch.zeros_like(den)), beta1_max)
+
+
+def adamem_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    beta_prods: Tensor,
+    *,
+    step: int | Sequence[int],
+    lr: Scalar,
+    prev_lr: Scalar | None = None,
+    beta1_max: Scalar = 0.89,
+    beta2: Scalar = 0.999,
+    lam: Scalar = 0.1,
+    eps: Scalar = 1e-8,
+    weight_decay: Scalar = 0.0,
+    learner_dims: int = 0,
+    foreach: bool | None = None,
+    fixed_beta: Scalar | None = None,
+) -> Tensor:
+    r"""Functional AM-AdamW step (see :class:`AdaptiveMemoryAdamW`); updates in place.
+
+    ``exp_avgs`` (:math:`d`) and ``exp_avg_sqs`` (:math:`v`) start as zeros, ``beta_prods``
+    (:math:`\Pi`, one per tensor: shape ``(len(params),)`` or ``(len(params), K)``) as ones.
+    ``step``: the step count after this step (from 1); ``prev_lr``: the previous step's lr
+    (default: ``lr``). ``fixed_beta`` replaces the adaptive :math:`\beta` (ablations, tests:
+    with ``lam=0`` it is AdamW). Returns the per-tensor :math:`\beta_t`.
+
+    >>> x, d, v, pi = torch.ones(2), torch.zeros(2), torch.zeros(2), torch.ones(1)
+    >>> betas = adamem_adamw([x], [torch.tensor([1.0, -2.0])], [d], [v], pi, step=1, lr=1e-3,
+    ...                      lam=0.0)
+    >>> betas, [round(t, 6) for t in x.tolist()]  # lam=0: AdamW's first step
+    (tensor([0.8900]), [0.999, 1.001])
+    """
+    check_learner_dims(learner_dims)
+    if not params:
+        return beta_prods.new_zeros(beta_prods.shape)
+    n = len(params)
+    steps = [step] * n if isinstance(step, int) else list(step)
+    pl = lr if prev_lr is None else prev_lr
+    block = Block(list(params), list(grads), {"d": list(exp_avgs), "v": list(exp_avg_sqs)},
+                  {"lr": lr, "prev_lr": [pl] * n, "weight_decay": weight_decay,
+                   "beta1_max": beta1_max, "beta2": beta2, "eps": eps, "pi": beta_prods},
+                  steps)
+    return _amadamw_blocks([block], lam=lam, ld=learner_dims, foreach=foreach,
+                           scratch=default_scratch(), fixed_beta=fixed_beta)
+
+
+# ---------------------------------------------------------------------------- classes
+
+
+class AdaptiveMemorySGD(ShiftsimOptimizer):
+    r"""Adaptive-Memory heavy-ball momentum, AM-SGD (Topollai & Choromanska 2025,
+    arXiv:2510.04988): the momentum weight comes from a two-plane proximal model.
+
+    .. math::
+
+        \beta_t &= \operatorname{clip}_{[0,\beta_{max}]}\frac{(1+\lambda)\,r_t\,g_t^\top d_t
+                   - (d_t - g_t)^\top(g_t + \lambda d_t)}{\lVert d_t - g_t\rVert^2},
+        \qquad r_t = \eta_{t-1}/\eta_t\\
+        d_{t+1} &= \frac{\beta_t + \lambda}{1+\lambda}\,d_t + \frac{1-\beta_t}{1+\lambda}\,g_t,
+        \qquad x_{t+1} = x_t - \eta\,d_{t+1}
+
+    with :math:`d_0 = g_0` (the first step is plain SGD), :math:`\beta_t := 0` when
+    :math:`d_t = g_t`, and :math:`g` including the coupled L2 term :math:`\lambda_{wd}\,x`.
+    [3rd] one model-wide :math:`\beta_t` (sums over all groups), :math:`\lambda = 0.1`,
+    :math:`\beta_{max} = 0.9` as in the paper's deep-learning runs; [ours] the
+    :math:`\eta_{t-1}/\eta_t` factor for schedules and the rounding guard (module notes).
+
+    Args:
+        lr: :math:`\eta` (the 3rd-party default 0.1 is not a paper value).
+        lam: :math:`\lambda`, the pull toward the previous momentum step (shared by all groups).
+        beta_max: upper clip of :math:`\beta_t` (shared).
+        weight_decay: coupled L2 :math:`\lambda_{wd}`.
+        foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
+
+    State: ``momentum_buffer`` (:math:`d`) per parameter; ``state["global"]``: ``step``,
+    ``beta``, ``momentum``, ``prev_lrs``. ``diagnostics()``: ``beta`` (:math:`\beta_t`) and
+    ``momentum`` (:math:`(\beta_t + \lambda)/(1 + \lambda)`, the weight on :math:`d_t`).
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    >>> opt = AdaptiveMemorySGD([w], lr=0.05)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     (0.5 * (w[0] ** 2 + 10 * w[1] ** 2)).backward()
+    ...     opt.step()
+    >>> [round(v, 5) for v in w.tolist()], opt.diagnostics()["beta"].item()
+    ([0.85478, -0.03099], 0.0)
+    """
+
+    diagnostic_keys = ("beta", "momentum")
+    shared_hparams = ("lam", "beta_max")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        lam: float = 0.1,
+        beta_max: float = 0.9,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, lam=lam, beta_max=beta_max, weight_decay=weight_decay,
+                        foreach=foreach)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_number(group["lam"], "lam", 0.0)
+        check_number(group["beta_max"], "beta_max", 0.0, 1.0)
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_foreach(group["foreach"])
+
+    def _init_global(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        st = super()._init_global(device, dtype)
+        st["step"] = 0
+        st["prev_lrs"] = []
+        return st
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One AM-SGD step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = eval_closure(closure)
+        active = self._active()
+        if not active:
+            return loss
+        glob = self._global()
+        first = self.param_groups[0]
+        glob["step"] += 1
+        prev = glob["prev_lrs"]
+        index = {id(g): j for j, g in enumerate(self.param_groups)}
+        blocks, fresh = [], []
+        for group, ps, gs in active:
+            ds = []
+            for p in ps:
+                st = self.state[p]
+                new = "momentum_buffer" not in st
+                if new:
+                    st["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+                fresh.append(new)
+                ds.append(st["momentum_buffer"])
+            j = index[id(group)]
+            lr = group["lr"]
+            lr_prev = prev[j] if j < len(prev) and prev[j] is not None else lr
+            ratio = lr_prev / lr if lr > 0 else 0.0
+            blocks.append(Block(ps, gs, {"d": ds}, {"lr": lr, "weight_decay":
+                                                    group["weight_decay"], "lr_ratio": ratio}))
+        beta = _amsgd_blocks(blocks, lam=first["lam"], beta_max=first["beta_max"], ld=0,
+                             foreach=first["foreach"], fresh=fresh)
+        lam = first["lam"]
+        glob["beta"] = beta
+        glob["momentum"] = (beta + lam) / (1 + lam)
+        glob["prev_lrs"] = [g["lr"] for g in self.param_groups]
+        return loss
+
+
+class AdaptiveMemoryAdamW(ShiftsimOptimizer):
+    r"""Adaptive-Memory AdamW, AM-AdamW (Topollai & Choromanska 2025, arXiv:2510.04988):
+    AdamW whose :math:`\beta_1` is chosen per layer and per step by the two-plane model [3rd,
+    "Algorithm 3 + per-layer variant"].
+
+    Per parameter tensor, with :math:`\Pi = \prod_{i<t}\beta_i` (1 at first) and decoupled
+    weight decay :math:`\mu`:
+
+    .. math::
+
+        v_t &= \beta_2 v_{t-1} + (1-\beta_2)\,g_t^2, \qquad
+        P_t = (1 - \beta_{1,max}\Pi)\bigl(\sqrt{v_t/(1-\beta_2^t)} + \epsilon\bigr), \qquad
+        M_t = \frac{1}{P_t(1 + \lambda P_t)}\\
+        \beta_t &= \operatorname{clip}_{[0,\beta_{1,max}]}
+          \frac{(1+\mu\eta_t)\,\frac{\eta_{t-1}}{\eta_t}\sum g_t(d_t/P_t + \mu x_t)
+                - \sum (d_t-g_t)(g_t + \lambda P_t d_t) M_t - \mu\sum x_t(d_t-g_t)}
+               {\sum (d_t-g_t)^2 M_t} \quad(\beta_1 = \beta_{1,max};\ 0 \text{ if the
+               denominator is } 0)\\
+        d_{t+1} &= \frac{(1-\beta_t)\,g_t + (\lambda P_t + \beta_t)\,d_t}{1 + \lambda P_t},
+        \qquad x_{t+1} = (1-\eta_t\mu)\,x_t - \eta_t\,d_{t+1}/P_t, \qquad \Pi \leftarrow
+        \Pi\beta_t
+
+    With :math:`\lambda = 0` and a constant :math:`\beta` this is AdamW (EMA first moment, both
+    bias corrections); the first step equals AdamW's.
+
+    Args:
+        lr: :math:`\eta`. betas: :math:`(\beta_{1,max}, \beta_2)`; :math:`\beta_{1,max} =
+            0.9 - 0.1\lambda` = 0.89 for :math:`\lambda = 0.1`.
+        lam: :math:`\lambda` (shared by all groups). eps: :math:`\epsilon`.
+        weight_decay: :math:`\mu`, decoupled. foreach: as in :class:`AdaptiveMemorySGD`.
+
+    State per parameter: ``exp_avg`` (:math:`d`), ``exp_avg_sq`` (:math:`v`), ``beta_prod``
+    (:math:`\Pi`), ``beta`` (last :math:`\beta_t`), ``step``, ``prev_lr``.
+    ``diagnostics()``: ``beta`` (the mean of the tensors' :math:`\beta_t`).
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> opt = AdaptiveMemoryAdamW([w], lr=1e-3)
+    >>> w.grad = torch.tensor([1.0, -2.0])
+    >>> opt.step()
+    >>> round(opt.diagnostics()["beta"].item(), 2)
+    0.89
+    """
+
+    diagnostic_keys = ("beta",)
+    shared_hparams = ("lam",)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.89, 0.999),
+        lam: float = 0.1,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, lam=lam, eps=eps, weight_decay=weight_decay,
+                        foreach=foreach)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_number(group["lr"], "lr", 0.0)
+        check_betas(group["betas"])
+        check_number(group["lam"], "lam", 0.0)
+        check_number(group["eps"], "eps", 0.0)
+        check_number(group["weight_decay"], "weight_decay", 0.0)
+        check_foreach(group["foreach"])
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One AM-AdamW step; ``closure`` (optional) re-evaluates the model and returns the
+        loss."""
+        loss = eval_closure(closure)
+        active = self._active()
+        if not active:
+            return loss
+        glob = self._global()
+        first = self.param_groups[0]
+        blocks, params = [], []
+        for group, ps, gs in active:
+            ds, vs, steps, prevs, pis = [], [], [], [], []
+            for p in ps:
+                st = self.state[p]
+                if "exp_avg" not in st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["beta_prod"] = torch.ones((), device=p.device, dtype=acc_dtype(p.dtype))
+                    st["prev_lr"] = group["lr"]
+                st["step"] += 1
+                ds.append(st["exp_avg"])
+                vs.append(st["exp_avg_sq"])
+                steps.append(st["step"])
+                prevs.append(st["prev_lr"])
+                pis.append(st["beta_prod"])
+            params += ps
+            b1, b2 = group["betas"]
+            pi = torch.stack(pis)
+            blocks.append(Block(ps, gs, {"d": ds, "v": vs}, {
+                "lr": group["lr"], "prev_lr": prevs, "weight_decay": group["weight_decay"],
+                "beta1_max": b1, "beta2": b2, "eps": group["eps"], "pi": pi}, steps))
+        betas = _amadamw_blocks(blocks, lam=first["lam"], ld=0, foreach=first["foreach"],
+                                scratch=self.scratch)
+        i = 0
+        for b in blocks:
+            pis = b.hp["pi"].unbind(0)  # type: ignore[union-attr]
+            for p, pi_row in zip(b.params, pis):
+                st = self.state[p]
+                st["beta_prod"] = pi_row
+                st["beta"] = betas[i]
+                st["prev_lr"] = b.hp["lr"]
+                i += 1
+        glob["beta"] = betas.mean(0).to(glob["beta"].dtype)
+        return loss
