@@ -46,6 +46,23 @@ class Learner(Protocol):
         """A JSON description of the learner (model, optimizer ...)."""
 
 
+def build_model(source: ModelSpec | nn.Module | Callable[[Dataset], nn.Module], data: Dataset,
+                seed: int) -> nn.Module:
+    """The initial network of a run with ``seed``: a ModelSpec built from the run seed, a deep
+    copy of a module, or a factory called under the run seed (on the CPU)."""
+    if isinstance(source, ModelSpec):
+        return source.build(data, seed=derive_seed(seed, "init"))
+    if isinstance(source, nn.Module):
+        return copy.deepcopy(source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        model = source(data)
+    if not isinstance(model, nn.Module):
+        raise SpecTypeError(f"the model factory returned {type(model).__name__}, not an "
+                            "nn.Module")
+    return model
+
+
 def mode_sensitive(model: nn.Module) -> bool:
     """Whether the model's output depends on train/eval mode (BatchNorm, dropout ...)."""
     return any(isinstance(m, _MODE_SENSITIVE) for m in model.modules())
@@ -75,19 +92,7 @@ class TorchLearner:
         self.optimizer: torch.optim.Optimizer | None = None
 
     def setup(self, data: Dataset, device: torch.device, seed: int) -> None:
-        src = self.model_source
-        if isinstance(src, ModelSpec):
-            model = src.build(data, seed=derive_seed(seed, "init") % (2**63))
-        elif isinstance(src, nn.Module):
-            model = copy.deepcopy(src)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(seed, "init"))
-                model = src(data)
-            if not isinstance(model, nn.Module):
-                raise SpecTypeError(f"the model factory returned {type(model).__name__}, "
-                                    "not an nn.Module")
-        self.model = model.to(device).train()
+        self.model = build_model(self.model_source, data, seed).to(device).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ShiftsimError("the model has no trainable parameters")

@@ -1,0 +1,1 @@
+"""Comparative reports of robustness studies (placeholder while being written)."""

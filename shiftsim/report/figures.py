@@ -1,0 +1,230 @@
+"""Which figures a report holds, drawn with :mod:`shiftsim.plots` from the loaded study."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import plots
+from .tables import WITH_METRICS, StudyView
+
+#: most facets / matrix rows a report draws (evenly spaced over the scenarios beyond that)
+MAX_FACETS = 8
+
+
+@dataclass
+class Figure:
+    """A report figure: file stem, title, caption and the matplotlib figure."""
+
+    name: str
+    title: str
+    caption: str
+    figure: plt.Figure
+
+
+def _spread(items: list[Any], k: int) -> list[Any]:
+    if len(items) <= k:
+        return items
+    idx = np.unique(np.round(np.linspace(0, len(items) - 1, k)).astype(int))
+    return [items[i] for i in idx]
+
+
+def _with_arm(df: pd.DataFrame, v: StudyView) -> pd.DataFrame:
+    arm = dict(zip(v.runs["run_id"], v.runs["optimizer"]))
+    out = df.copy()
+    out["optimizer"] = out["run_id"].map(arm)
+    out["scenario"] = out["scenario"].astype(str)
+    return out
+
+
+def _facet_column(v: StudyView) -> tuple[str, str | None, list[Any]]:
+    """(column, label, order) to facet per severity, or per scenario when the severity is
+    unknown or several families share severities."""
+    if v.has_severity and not v.families:
+        sev = sorted({x for x in v.severity.values() if not math.isnan(x)})
+        if len(sev) == len({s for s in v.scenarios if not math.isnan(v.severity[s])}):
+            return "severity", v.severity_name, sev
+    return "scenario", "scenario", list(v.scenarios)
+
+
+def _scenario_order(v: StudyView) -> list[str]:
+    if v.has_severity:
+        return sorted(v.scenarios, key=lambda s: (v.families.get(s, ""), math.inf if math.isnan(
+            v.severity[s]) else v.severity[s]))
+    return list(v.scenarios)
+
+
+def build_figures(v: StudyView, results: Any, window: int = 20,
+                  progress: Callable[[str], None] | None = None) -> list[Figure]:
+    """Draw the report's figures (those the study has data for)."""
+    figs: list[Figure] = []
+    palette = plots.optimizer_palette(v.arms)
+    pct = int(round(100 * v.level))
+    ok_ids = v.runs.loc[v.runs["status"].isin(WITH_METRICS), "run_id"].tolist()
+    traces = results.traces(run_ids=ok_ids, columns=["phase", "n", "correct"])
+    traces = _with_arm(traces, v)
+    col, col_label, order = _facet_column(v)
+    shown = _spread(order, MAX_FACETS)
+    if len(shown) < len(order):
+        traces_f = traces[traces[col].isin(shown)]
+        note = f" ({len(shown)} of {len(order)} {col}s shown, evenly spaced)"
+    else:
+        traces_f, note = traces, ""
+    single = len(order) == 1
+    multi_phase = traces["phase"].max() >= 1 if len(traces) else False
+
+    def say(name: str) -> None:
+        if progress:
+            progress(name)
+
+    if multi_phase:
+        say("recovery curves")
+        fig = plots.recovery_curves(
+            traces_f, hue="optimizer", col=None if single else col, window=window, before=window,
+            level=v.level, palette=palette, col_wrap=3, col_label=col_label, hue_order=v.arms,
+            col_order=shown, recovery=v.phases)
+        figs.append(Figure(
+            "recovery_curves", "Recovery after each shift",
+            f"Online accuracy ({window}-step trailing mean within the phase) against steps since "
+            f"each shift; mean over seeds and shifts with a {pct} % Student-t band; the dashed "
+            "line is the shift, dotted lines the median recovery time of each optimizer (when "
+            f"defined). Negative steps: the end of the phase before{note}.", fig))
+
+    say("stream accuracy")
+    shown_s = _spread(_scenario_order(v), MAX_FACETS)
+    tr_s = traces[traces["scenario"].isin(shown_s)]
+    fig = plots.stream_accuracy(
+        tr_s, v.phases, hue="optimizer", col=None if len(shown_s) == 1 else "scenario",
+        window=window, level=v.level, palette=palette, col_wrap=2, hue_order=v.arms,
+        col_order=shown_s)
+    extra = "" if len(shown_s) == len(v.scenarios) else (
+        f" ({len(shown_s)} of {len(v.scenarios)} scenarios shown)")
+    figs.append(Figure(
+        "stream_accuracy", "Online accuracy over the whole stream",
+        f"Online accuracy ({window}-step trailing mean within each phase) against the step, "
+        f"mean over seeds with a {pct} % band; phases alternately shaded and named{extra}. "
+        "A diverged run's line stops where it diverged.", fig))
+
+    if len(v.scenarios) >= 2 and multi_phase:
+        say("severity curves")
+        figs += _severity_figures(v, palette)
+
+    if len(v.scenarios) >= 2 or len(v.arms) >= 2:
+        say("heatmap")
+        figs.append(_heatmap(v))
+
+    evals = results.evals
+    if len(evals) and "phase_end" in evals.columns and evals["phase_end"].astype(bool).any() \
+            and max(v.n_phases.values() or [0]) >= 2:
+        say("accuracy matrix")
+        ev = _with_arm(evals[evals["status"].isin(WITH_METRICS)] if "status" in evals.columns
+                       else evals, v)
+        rows = [s for s in _spread(_scenario_order(v), 6) if v.n_phases.get(s, 0) >= 2]
+        ev = ev[ev["scenario"].isin(rows)]
+        if len(ev):
+            fig = plots.accuracy_matrices(ev, hue="optimizer",
+                                          row=None if len(rows) == 1 else "scenario",
+                                          hue_order=v.arms, row_order=rows, row_label="scenario")
+            figs.append(Figure(
+                "accuracy_matrix", "Accuracy matrix",
+                "R[i, j]: held-out accuracy on the regime of phase j at the end of phase i, mean "
+                "over seeds (label noise is not applied to held-out labels, so noise phases "
+                "show clean accuracy)" + ("" if len(rows) == len(v.scenarios) else
+                                          f"; {len(rows)} scenarios shown") + ".", fig))
+
+    diag = _diagnostics(v, results, palette, window)
+    if diag is not None:
+        figs.append(diag)
+    return figs
+
+
+def _severity_figures(v: StudyView, palette: dict[str, Any]) -> list[Figure]:
+    pct = int(round(100 * v.level))
+    families = sorted(set(v.families.values())) if v.families else [None]
+    out = []
+    runs = v.runs_with_metrics()
+    for fam in families:
+        scen = [s for s in v.scenarios if fam is None or v.families.get(s) == fam]
+        ph = v.phases[v.phases["scenario"].isin(scen)]
+        rn = runs[runs["scenario"].isin(scen)]
+        x = "severity" if v.has_severity and rn["severity"].notna().all() else "scenario"
+        x_label = v.severity_name if x == "severity" else "scenario"
+        with plots.style():
+            fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6))
+        plots.severity_curves(ph, y="recovery_steps", x=x, hue="optimizer", level=v.level,
+                              palette=palette, x_label=x_label, hue_order=v.arms, ax=axes[0])
+        plots.severity_curves(rn, y="online_acc", x=x, hue="optimizer", level=v.level,
+                              palette=palette, x_label=x_label, hue_order=v.arms, ax=axes[1])
+        axes[0].set_title("recovery time after a shift")
+        axes[1].set_title("online accuracy over the stream")
+        if axes[0].get_legend() is not None:
+            axes[0].get_legend().remove()
+        suffix = f"_{_slug(fam)}" if fam else ""
+        title = f"Recovery and accuracy against {x_label}" + (f" ({fam})" if fam else "")
+        out.append(Figure(
+            f"severity{suffix}", title,
+            "Left: median recovery time over seeds and shifts (censored runs count as never "
+            "recovering), bars from the 25th to the 75th percentile, small dots the individual "
+            "runs; triangles in the grey 'censored' strip mark censored runs (bigger: more) and "
+            "an open circle there a median that is undefined (half or more censored). Right: "
+            f"online accuracy, mean over seeds with a {pct} % Student-t interval, dots the seeds.",
+            fig))
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in str(text)).strip("_").lower()
+
+
+def _heatmap(v: StudyView) -> Figure:
+    runs = v.runs_with_metrics()
+    x = "severity" if v.has_severity and not v.families and runs["severity"].notna().all() \
+        else "scenario"
+    x_label = v.severity_name if x == "severity" else "scenario"
+    ncols = runs[x].nunique()
+    with plots.style():
+        fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2 * (0.8 * ncols + 2.4)),
+                                                max(2.4, 0.45 * len(v.arms) + 1.6)))
+    plots.severity_heatmap(runs, value="online_acc", x=x, y="optimizer", x_label=x_label,
+                           hue_order=v.arms, ax=axes[0])
+    plots.severity_heatmap(v.phases, value="recovery_steps", x=x, y="optimizer",
+                           x_label=x_label, hue_order=v.arms, ax=axes[1])
+    axes[0].set_title("online accuracy (mean over seeds)")
+    axes[1].set_title("median recovery time (steps)")
+    axes[1].set_ylabel("")
+    return Figure("heatmap", f"Optimizer × {x_label}",
+                  "Left: mean online accuracy (higher is better). Right: median recovery time "
+                  "in steps over seeds and shifts, censored counted as never (lower is better; "
+                  "'censored' where half or more never recovered).", fig)
+
+
+def _diagnostics(v: StudyView, results: Any, palette: dict[str, Any], window: int
+                 ) -> Figure | None:
+    """Optimizer diagnostics (diag_* trace columns) in the most severe scenario."""
+    order = _scenario_order(v)
+    runs = v.runs_with_metrics()
+    for s in reversed(order):
+        ids = runs.loc[runs["scenario"] == s, "run_id"].tolist()
+        if not ids:
+            continue
+        tr = results.traces(run_ids=ids)
+        cols = plots.diagnostic_columns(tr)
+        if not cols:
+            return None  # the same optimizers run everywhere; none records diagnostics
+        tr = _with_arm(tr, v)
+        fig = plots.diagnostics(tr, hue="optimizer", columns=cols, window=window,
+                                level=v.level, palette=palette,
+                                hue_order=[a for a in v.arms if a in set(tr["optimizer"])])
+        where = v.severity_text(s)
+        return Figure("diagnostics", "Optimizer diagnostics",
+                      f"Diagnostics the optimizers record, in {where} (scenario {s}): "
+                      f"{window}-step rolling mean, mean over seeds with a "
+                      f"{int(round(100 * v.level))} % band; dashed lines are the shifts. "
+                      "Only optimizers that record a quantity have a line for it.", fig)
+    return None

@@ -1,0 +1,207 @@
+"""The report's findings: short sentences generated from the tables' numbers.
+
+Each sentence names the best optimizer where it is best, the runner-up's number, and the paired
+difference with its interval, saying plainly when the difference is within noise (the interval
+contains 0) or cannot be judged (one seed). Text uses ``**bold**`` (Markdown; the HTML writer
+converts it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from . import _format as fmt
+from .tables import StudyView, compare
+
+
+def _interval_words(d: dict[str, Any], digits: int, unit: str, level: float) -> str:
+    pct = int(round(100 * level))
+    n = d["n"]
+    what = d.get("unit", "seeds") if n != 1 else d.get("unit", "seeds").rstrip("s")
+    if n < 2 or fmt.isnan(d["low"]):
+        return (f"difference {fmt.signed(d['mean'], digits)}{unit} from {n} {what}: too few to "
+                "tell apart from noise")
+    verdict = d["verdict"]
+    judged = "within noise" if verdict == "within noise" else "a real difference"
+    return (f"difference {fmt.signed(d['mean'], digits)}{unit}, {pct} % interval "
+            f"{fmt.num(d['low'], digits)}..{fmt.num(d['high'], digits)}{unit} over {n} {what}: "
+            f"{judged}")
+
+
+def _wins(d: dict[str, Any], a: str, better: str) -> str:
+    unit = d.get("unit", "seeds")
+    return f"{a} {better} on {d['wins_a']} of {d['n_pairs']} {unit}"
+
+
+def _accuracy_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
+    rows = rows[rows["online_acc"].notna()]
+    if rows.empty:
+        return None
+    rows = rows.sort_values("online_acc", ascending=False, kind="stable")
+    best = rows.iloc[0]
+    head = f"At {v.severity_text(s)}, **{best.optimizer}** has the highest online accuracy"
+    if len(rows) == 1:
+        return f"{head} ({fmt.num(best.online_acc)}; the only optimizer with results)."
+    second = rows.iloc[1]
+    d = compare(v, best.optimizer, second.optimizer, s, "online_acc")
+    text = (f"{head} ({fmt.num(best.online_acc)} vs {second.optimizer} "
+            f"{fmt.num(second.online_acc)}")
+    if d is not None and d["n"] > 0:
+        text += f"; {_interval_words(d, 3, '', v.level)}; {_wins(d, best.optimizer, 'ahead')}"
+    return text + ")."
+
+
+def _recovery_key(r: Any) -> tuple[float, float]:
+    med = r.recovery_steps
+    return (math.inf if fmt.isnan(med) else float(med), float(r.censored_fraction)
+            if not fmt.isnan(r.censored_fraction) else 1.0)
+
+
+def _recovery_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
+    rows = rows[rows["shifts"] > 0]
+    if rows.empty:
+        return None
+    order = sorted(rows.itertuples(), key=_recovery_key)
+    best = order[0]
+    where = f"At {v.severity_text(s)}"
+    if fmt.isnan(best.recovery_steps):
+        cens = int(rows["censored"].sum())
+        total = int(rows["shifts"].sum())
+        return (f"{where}, no optimizer recovers reliably: the median recovery time is undefined "
+                f"for every optimizer (half or more of the shifts never regain 90 % of the "
+                f"phase's plateau within the phase; censored in {cens} of {total} run × shift "
+                "pairs).")
+    text = (f"{where}, **{best.optimizer}** recovers fastest (median "
+            f"{fmt.steps(best.recovery_steps)} steps / {fmt.steps(best.recovery_samples)} "
+            "samples")
+    if len(order) == 1:
+        return text + "; the only optimizer with results)."
+    second = order[1]
+    if fmt.isnan(second.recovery_steps):
+        text += (f" vs {second.optimizer}: undefined, {second.censored} of {second.shifts} "
+                 "shifts censored")
+    else:
+        text += f" vs {second.optimizer} {fmt.steps(second.recovery_steps)}"
+    d = compare(v, best.optimizer, second.optimizer, s, "recovery_steps")
+    if d is not None and d["n_pairs"] > 0:
+        if d["n"] > 0:
+            text += f"; {_interval_words(d, 0, ' steps', v.level)} where both recovered"
+        text += f"; {_wins(d, best.optimizer, 'faster')}"
+    return text + ")."
+
+
+def _best_by_severity(v: StudyView) -> list[str]:
+    from ..plots import format_severity
+
+    if not v.has_severity or len(v.arms) < 2 or v.summary is None:
+        return []
+    acc_parts, rec_parts = [], []
+    for s in sorted(v.scenarios, key=lambda x: (v.families.get(x, ""), v.severity[x])):
+        if math.isnan(v.severity[s]):
+            continue
+        rows = v.summary[v.summary["scenario"] == s]
+        label = format_severity(v.severity[s], v.severity_name)
+        if v.families.get(s):
+            label = f"{v.families[s]} {label}"
+        ok = rows[rows["online_acc"].notna()].sort_values("online_acc", ascending=False)
+        if len(ok) >= 2:
+            d = compare(v, ok.iloc[0].optimizer, ok.iloc[1].optimizer, s, "online_acc")
+            note = "" if d is None else {"better": ", clear", "within noise": ", within noise",
+                                         "n/a": ", one seed"}.get(d["verdict"], "")
+            acc_parts.append(f"{label}: {ok.iloc[0].optimizer}{note}")
+        rec = sorted(rows[rows["shifts"] > 0].itertuples(), key=_recovery_key)
+        if rec:
+            if fmt.isnan(rec[0].recovery_steps):
+                rec_parts.append(f"{label}: none")
+            else:
+                rec_parts.append(f"{label}: {rec[0].optimizer} "
+                                 f"({fmt.steps(rec[0].recovery_steps)} steps)")
+    out = []
+    if len(acc_parts) >= 2:
+        out.append(f"Best online accuracy by {v.severity_name}: " + "; ".join(acc_parts) + ".")
+    if len(rec_parts) >= 2:
+        out.append(f"Fastest recovery by {v.severity_name}: " + "; ".join(rec_parts) + ".")
+    return out
+
+
+def _baseline_sentences(v: StudyView) -> list[str]:
+    if v.comparison is None or v.comparison.empty:
+        return []
+    out = []
+    for arm in v.arms[1:]:
+        parts = []
+        for metric, words in (("online_acc", ("higher", "lower", "online accuracy")),
+                              ("recovery_steps", ("faster", "slower", "recovery"))):
+            c = v.comparison[(v.comparison["optimizer"] == arm)
+                             & (v.comparison["metric"] == metric)]
+            if c.empty:
+                continue
+            vc = c["verdict"].value_counts()
+            n = len(c)
+            bits = [f"{words[0]} in {int(vc.get('better', 0))}",
+                    f"{words[1]} in {int(vc.get('worse', 0))}",
+                    f"within noise in {int(vc.get('within noise', 0))}"]
+            if vc.get("n/a", 0):
+                bits.append(f"not judged in {int(vc.get('n/a', 0))}")
+            parts.append(f"{words[2]} {', '.join(bits)} of {fmt.plural(n, 'scenario')}")
+        if parts:
+            out.append(f"Against the baseline **{v.baseline}**, {arm}: " + "; ".join(parts)
+                       + ".")
+    return out
+
+
+def _status_sentences(v: StudyView) -> list[str]:
+    out = []
+    runs = v.runs
+    for status, verb in (("diverged", "diverged (loss not finite; their metrics cover the "
+                                      "steps before, marked † in the tables)"),
+                         ("failed", "failed (no metrics)"),
+                         ("incomplete", "are incomplete (no metrics)"),
+                         ("pending", "never ran (no metrics)")):
+        bad = runs[runs["status"] == status]
+        if bad.empty:
+            continue
+        groups = []
+        for (s, arm), g in bad.groupby(["scenario", "optimizer"], sort=False):
+            seeds = ", ".join(str(x) for x in sorted(g["seed"].dropna().tolist()))
+            groups.append(f"{arm} in {s} (seed {seeds})")
+        first_error = ""
+        if status == "failed":
+            errs = bad["error"].dropna()
+            if len(errs):
+                first_error = f"; first error: {str(errs.iloc[0])[:160]}"
+        out.append(f"{fmt.plural(len(bad), 'run')} {verb}: {'; '.join(groups)}{first_error}.")
+    return out
+
+
+def findings(v: StudyView) -> list[str]:
+    """The findings as a list of sentences (Markdown), most important first."""
+    out: list[str] = []
+    counts = v.runs["status"].value_counts()
+    seeds = v.runs_with_metrics().groupby(["scenario", "optimizer"])["seed"].nunique()
+    max_seeds = int(seeds.max()) if len(seeds) else 0
+    if max_seeds <= 1:
+        out.append("Only one seed per optimizer and scenario: no interval can be computed, so no "
+                   "difference below can be told apart from noise. Run more seeds.")
+    summary = v.summary if v.summary is not None else pd.DataFrame()
+    order = v.scenarios
+    if v.has_severity:
+        order = sorted(v.scenarios, key=lambda x: (v.families.get(x, ""),
+                                                   math.inf if math.isnan(v.severity[x])
+                                                   else v.severity[x]))
+    for s in order:
+        rows = summary[summary["scenario"] == s]
+        if rows.empty:
+            continue
+        for sentence in (_recovery_sentence(v, s, rows), _accuracy_sentence(v, s, rows)):
+            if sentence:
+                out.append(sentence)
+    out += _best_by_severity(v)
+    out += _baseline_sentences(v)
+    out += _status_sentences(v)
+    if not counts.drop(labels=["ok"], errors="ignore").sum():
+        out.append(f"All {fmt.plural(int(counts.sum()), 'run')} finished normally.")
+    return out

@@ -1,0 +1,245 @@
+"""The results store: atomic run folders, completeness checks, loading as tidy DataFrames."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+
+import shiftsim as ss
+from shiftsim import store
+from shiftsim.errors import ShiftsimError
+from shiftsim.study import RunSpec, Study, execute, lr_grid
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=40,
+                               eval_every=20)
+
+
+@pytest.fixture(scope="module")
+def spec(scenario):
+    return RunSpec(scenario, ss.models.mlp(hidden=(16,)), ss.optim.spec("sgdm", lr=0.05), 0,
+                   {"scenario": "flip", "optimizer": "sgdm", "severity": 1.0, "seed": 0})
+
+
+@pytest.fixture(scope="module")
+def result(spec):
+    return execute(spec, device="cpu", threads=1)
+
+
+def tmp_files(root):
+    return [p for p in root.rglob("*") if store._TMP_MARK in p.name]
+
+
+def test_write_result_round_trip(tmp_path, spec, result):
+    folder = store.write_result(tmp_path, result, spec)
+    assert folder == tmp_path / "runs" / spec.run_id
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "evals.parquet", "spec.json", "summary.json", "trace.parquet"]
+    assert not tmp_files(tmp_path)
+    res = store.load(tmp_path)
+    assert res.study is None and len(res) == 1
+    row = res.runs.iloc[0]
+    assert row["run_id"] == spec.run_id and row["status"] == "ok"
+    assert row["scenario"] == "flip" and row["severity"] == 1.0 and row["seed"] == 0
+    assert row["online_acc"] == pytest.approx(result.online_accuracy)
+    assert row["steps_run"] == 80
+    trace = res.trace(spec.run_id)
+    assert (trace["run_id"] == spec.run_id).all()
+    pd.testing.assert_frame_equal(trace.drop(columns="run_id"), result.trace)
+    evals = res.evals
+    pd.testing.assert_frame_equal(
+        evals[result.evals.columns].reset_index(drop=True), result.evals)
+    # one row per phase, with the run's labels and the summary's metrics
+    ph = res.phases
+    assert list(ph["phase"]) == [0, 1]
+    assert {"scenario", "optimizer", "status", "online_acc", "recovery_steps", "censored",
+            "regime", "ceiling", "label_kind"} <= set(ph.columns)
+    expected = result.summary()
+    assert ph["online_acc"].tolist() == pytest.approx(expected["online_acc"].tolist())
+    # spec.json rebuilds the same RunSpec
+    again = RunSpec.from_dict(json.loads((folder / "spec.json").read_text()))
+    assert again.run_id == spec.run_id and again.label_dict == spec.label_dict
+
+
+def test_write_result_without_spec_uses_the_same_run_id(tmp_path, spec, result):
+    folder = store.write_result(tmp_path, result)  # what `shiftsim run --out` does
+    assert folder.name == spec.run_id
+    row = store.load(tmp_path).runs.iloc[0]
+    assert row["scenario"] == spec.scenario.name and row["optimizer"] == "sgdm(lr=0.05)"
+    assert row["optimizer_name"] == "sgdm" and row["lr"] == 0.05 and math.isnan(row["severity"])
+
+
+def test_traces_concatenates_with_labels(tmp_path, scenario):
+    study = Study("t", [scenario], ss.models.mlp(hidden=(8,)),
+                  lr_grid("sgdm", [0.01, 0.1]), seeds=1)
+    study.run(tmp_path, workers=1, progress=False)
+    res = store.load(tmp_path)
+    tr = res.traces(columns=["correct"])
+    assert list(tr.columns) == [*res._label_columns(), "step", "correct"]
+    assert len(tr) == 2 * 80
+    assert set(tr["lr"]) == {0.01, 0.1}
+    one = res.traces([res.runs.run_id[0]], columns=["loss"])
+    assert len(one) == 80 and "loss" in one
+    # the derived index is there for DuckDB and pandas
+    idx = pd.read_parquet(tmp_path / "runs.parquet")
+    assert sorted(idx["run_id"]) == sorted(res.runs["run_id"])
+
+
+def corrupt_cases():
+    def drop_summary(d):
+        (d / "summary.json").unlink()
+
+    def garbage_summary(d):
+        (d / "summary.json").write_text('{"format": 1, "status": "ok", "run_')
+
+    def truncate_trace(d):
+        p = d / "trace.parquet"
+        p.write_bytes(p.read_bytes()[:100])
+
+    def flip_a_byte(d):  # same size: only the checksum notices
+        p = d / "evals.parquet"
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+
+    def drop_trace(d):
+        (d / "trace.parquet").unlink()
+
+    def drop_spec(d):
+        (d / "spec.json").unlink()
+
+    def wrong_run_id(d):
+        s = json.loads((d / "summary.json").read_text())
+        s["run_id"] = "0" * 16
+        (d / "summary.json").write_text(json.dumps(s))
+
+    def list_summary(d):
+        (d / "summary.json").write_text("[1, 2]")
+
+    return [drop_summary, garbage_summary, truncate_trace, flip_a_byte, drop_trace, drop_spec,
+            wrong_run_id, list_summary]
+
+
+@pytest.mark.parametrize("damage", corrupt_cases(), ids=lambda f: f.__name__)
+def test_damaged_folders_are_incomplete_never_a_crash(tmp_path, spec, result, damage):
+    folder = store.write_result(tmp_path, result, spec)
+    damage(folder)
+    st = store.run_state(tmp_path, spec.run_id)
+    assert st.status == "incomplete" and st.reason
+    res = store.load(tmp_path)
+    assert res.runs.loc[0, "status"] == "incomplete"
+    assert spec.run_id in res.problems
+    assert len(res.phases) == 0 and len(res.evals) == 0
+    with pytest.raises(ShiftsimError, match="incomplete"):
+        res.trace(spec.run_id)
+
+
+def test_resume_redoes_damaged_and_partial_runs_only(tmp_path, scenario):
+    study = Study("resume", [scenario], ss.models.mlp(hidden=(8,)),
+                  {"a": ss.optim.spec("sgdm", lr=0.05), "b": ss.optim.spec("sgd", lr=0.1)},
+                  seeds=2)
+    first = study.run(tmp_path, workers=1, progress=False)
+    assert first.done == 4 and first.ok
+    ids = [s.run_id for s in study.grid()]
+    runs = tmp_path / "runs"
+    # a process killed mid-write leaves temp files and no summary; another folder is corrupted
+    (runs / ids[0] / "summary.json").unlink()
+    (runs / ids[0] / ".trace.parquet.tmp-1-abc").write_bytes(b"partial")
+    p = runs / ids[1] / "trace.parquet"
+    p.write_bytes(p.read_bytes()[:-10])
+    stamps = {i: (runs / i / "summary.json").stat().st_mtime_ns for i in ids[2:]}
+    res = store.load(tmp_path)
+    assert res.counts()["incomplete"] == 2 and res.counts()["ok"] == 2
+    again = study.run(tmp_path, workers=1, progress=False)
+    assert (again.done, again.skipped) == (2, 2) and again.ok
+    assert {i: (runs / i / "summary.json").stat().st_mtime_ns for i in ids[2:]} == stamps
+    assert not tmp_files(tmp_path)
+    assert store.load(tmp_path).counts()["ok"] == 4
+
+
+def test_pending_runs_are_rows(tmp_path, scenario):
+    study = Study("pending", [scenario], ss.models.mlp(hidden=(8,)), ["sgdm"], seeds=2)
+    store.write_study(tmp_path, study.to_dict())
+    res = store.load(tmp_path)
+    assert list(res.runs["status"]) == ["pending", "pending"]
+    assert list(res.runs["seed"]) == [0, 1] and not res.complete
+    assert res.runs["online_acc"].isna().all()
+
+
+def test_failed_run_summary(tmp_path, spec):
+    msg, tb = store.format_error(RuntimeError("boom\n  at step 3"))
+    folder = store.write_run(tmp_path, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
+                             status="failed", error=msg, traceback=tb)
+    assert sorted(p.name for p in folder.iterdir()) == ["spec.json", "summary.json"]
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["status"] == "failed" and s["error"] == "RuntimeError: boom at step 3"
+    assert "Traceback" not in s["error"] and "RuntimeError" in s["traceback"]
+    row = store.load(tmp_path).runs.iloc[0]
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: boom at step 3"
+    with pytest.raises(ShiftsimError, match="failed"):
+        store.load(tmp_path).trace(spec.run_id)
+
+
+def test_bad_folders(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ShiftsimError, match="not a folder"):
+        store.load(f)
+    with pytest.raises(ShiftsimError, match="not a folder"):
+        store.write_result(f, None)
+    with pytest.raises(ShiftsimError, match="does not exist"):
+        store.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShiftsimError, match="empty"):
+        store.load(tmp_path / "empty")
+
+
+def test_lock_refuses_a_second_writer(tmp_path):
+    with store.lock(tmp_path):
+        with pytest.raises(ShiftsimError, match="another shiftsim process"):
+            with store.lock(tmp_path):
+                pass
+    with store.lock(tmp_path):  # released
+        pass
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "a.json"
+    store.atomic_write_json(p, {"v": 1})
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        store.atomic_write_json(p, {"v": 2})
+    assert json.loads(p.read_text()) == {"v": 1}
+    assert [x.name for x in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_json_is_strict(tmp_path):
+    text = store.dumps({"a": float("nan"), "b": (1, 2), "c": float("inf")})
+    assert json.loads(text) == {"a": None, "b": [1, 2], "c": None}
+
+
+def test_duckdb_reads_the_parquet_files(tmp_path, scenario):
+    duckdb = pytest.importorskip("duckdb")
+    study = Study("duck", [scenario], ss.models.mlp(hidden=(8,)), lr_grid("sgdm", [0.01, 0.1]),
+                  seeds=1)
+    study.run(tmp_path, workers=1, progress=False)
+    res = store.load(tmp_path)
+    glob = (tmp_path / "runs" / "*" / "trace.parquet").as_posix()
+    df = duckdb.sql(f"""
+        SELECT r.lr, sum(t.correct) / sum(t.n) AS online_acc
+        FROM read_parquet('{glob}') t
+        JOIN read_parquet('{(tmp_path / "runs.parquet").as_posix()}') r USING (run_id)
+        WHERE r.status = 'ok' GROUP BY r.lr ORDER BY r.lr""").df()
+    assert df["lr"].tolist() == [0.01, 0.1]
+    expected = res.runs.sort_values("lr")["online_acc"].tolist()
+    assert df["online_acc"].tolist() == pytest.approx(expected)

@@ -1,0 +1,329 @@
+"""Studies: RunSpec ids, grids and axes, running, resume, failures, backends, study files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+import shiftsim as ss
+from shiftsim import store
+from shiftsim.errors import ShiftsimError
+from shiftsim.study import (
+    InProcess,
+    RunSpec,
+    Study,
+    StudyRunReport,
+    execute,
+    flip_rates,
+    hparam_grid,
+    lr_grid,
+    severity_axis,
+    study_from_file,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ss.data.digits()
+
+
+@pytest.fixture(scope="module")
+def tiny(data):
+    return ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=40)
+
+
+def fixed_spec():
+    """The spec whose id is pinned below; built from public builders only."""
+    scenario = ss.label_flip_tasks(ss.data.digits(), rate=0.5, mode="permute", tasks=2,
+                                   steps_per_task=50)
+    return RunSpec(scenario, ss.models.mlp(hidden=(32,)), ss.optim.spec("sgdm", lr=0.05), 3)
+
+
+# -- run ids ---------------------------------------------------------------------------------
+
+FIXED_ID = "d2b5d28cfbc7c2b3"
+
+
+def test_run_id_is_a_fixed_string():
+    """Results folders stay valid across versions: this id only changes when the spec changes
+    (if it must, bump HASH_FORMAT and say so in the changelog)."""
+    assert fixed_spec().run_id == FIXED_ID
+
+
+def test_run_id_same_in_another_process_and_hash_seed():
+    code = ("import sys; sys.path.insert(0, %r); from test_study import fixed_spec; "
+            "print(fixed_spec().run_id)" % os.path.join(ROOT, "tests"))
+    for seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, check=True, cwd=ROOT)
+        assert out.stdout.strip() == FIXED_ID
+
+
+def test_run_id_only_depends_on_what_changes_the_result(tiny):
+    m, o = ss.models.mlp(hidden=(32,)), ss.optim.spec("sgdm", lr=0.05)
+    base = RunSpec(tiny, m, o, 0)
+    # labels are not hashed; 1 and 1.0 are the same number; dict order does not matter
+    assert base.with_labels(optimizer="x", severity=0.5).run_id == base.run_id
+    assert RunSpec(tiny, m, ss.optim.spec("sgdm", lr=1), 0).run_id == \
+        RunSpec(tiny, m, ss.optim.spec("sgdm", lr=1.0), 0).run_id
+    assert RunSpec.from_dict(json.loads(json.dumps(base.to_dict()))).run_id == base.run_id
+    # everything that changes the result changes the id
+    variants = [
+        RunSpec(tiny, m, o, 1),
+        RunSpec(tiny, m, ss.optim.spec("sgdm", lr=0.051), 0),
+        RunSpec(tiny, m, ss.optim.spec("sgdm", lr=0.05, momentum=0.8), 0),
+        RunSpec(tiny, m, ss.optim.spec("adam", lr=0.05), 0),
+        RunSpec(tiny, ss.models.mlp(hidden=(33,)), o, 0),
+        RunSpec(tiny.replace(batch_size=16), m, o, 0),
+        RunSpec(ss.label_flip_tasks(tiny.data, rate=0.6, tasks=2, steps_per_task=40), m, o, 0),
+        RunSpec(ss.label_flip_tasks(tiny.data, rate=0.5, mode="other", tasks=2,
+                                    steps_per_task=40), m, o, 0),
+    ]
+    ids = {v.run_id for v in variants} | {base.run_id}
+    assert len(ids) == len(variants) + 1
+
+
+def test_run_spec_round_trip_and_checks(tiny):
+    s = RunSpec(tiny, ss.models.mlp(hidden=(8,)), "adam", 2, {"severity": 0.5, "opt": "a"})
+    d = s.to_dict()
+    assert d["run_id"] == s.run_id and d["labels"] == {"opt": "a", "severity": 0.5}
+    assert RunSpec.from_dict(d) == s
+    tampered = {**d, "seed": 3}
+    with pytest.raises(ShiftsimError, match="edited"):
+        RunSpec.from_dict(tampered)
+    with pytest.raises(ShiftsimError, match="seed"):
+        RunSpec(tiny, ss.models.mlp(), "sgdm", -1)
+    with pytest.raises(TypeError, match="Scenario"):
+        RunSpec("digits", ss.models.mlp(), "sgdm", 0)
+    with pytest.raises(TypeError, match="ModelSpec"):
+        RunSpec(tiny, "mlp", "sgdm", 0)
+    with pytest.raises(TypeError, match="label"):
+        RunSpec(tiny, ss.models.mlp(), "sgdm", 0, {"x": [1, 2]})
+    import pickle
+
+    assert pickle.loads(pickle.dumps(s)).run_id == s.run_id
+
+
+# -- axes and grids ----------------------------------------------------------------------------
+
+def test_a_5x6x10_study_is_a_few_lines(data):
+    study = Study("big", flip_rates(data, rates=[0, .2, .4, .6, .8, 1.0], tasks=2,
+                                    steps_per_task=50),
+                  model=ss.models.mlp(hidden=(32,)),
+                  optimizers=lr_grid({"sgdm": [0.01, 0.05, 0.1], "adam": [1e-3, 3e-3]}),
+                  seeds=10)
+    grid = study.grid()
+    assert len(grid) == 6 * 5 * 10 == len({s.run_id for s in grid})
+    assert repr(study) == ("Study('big': 6 scenarios x 1 model x 5 optimizers x 10 seeds = "
+                           "300 runs)")
+    labels = pd.DataFrame([s.label_dict for s in grid])
+    assert {"scenario", "model", "optimizer", "optimizer_name", "lr", "seed", "severity",
+            "flip_mode"} <= set(labels.columns)
+    assert sorted(labels["severity"].unique()) == [0, .2, .4, .6, .8, 1.0]
+    assert set(labels["optimizer_name"]) == {"sgdm", "adam"}
+    assert sorted(labels["lr"].unique()) == [1e-3, 3e-3, 0.01, 0.05, 0.1]
+    first = grid[0].label_dict
+    assert first["scenario"] == "permute 0%" and first["optimizer"] == "sgdm(lr=0.01)"
+    assert first["seed"] == 0 and grid[1].label_dict["seed"] == 1
+
+
+def test_axis_helpers(data):
+    g = hparam_grid("sgdm", lr=[0.01, 0.1], momentum=[0.5, 0.9])
+    assert len(g) == 4 and g.labels["sgdm(lr=0.1, momentum=0.5)"] == {"lr": 0.1, "momentum": 0.5}
+    rot = severity_axis(lambda a: ss.covariate_drift(data, [ss.Rotate(a)], 30), [10, 20],
+                        key="rot {:g}")
+    assert list(rot) == ["rot 10", "rot 20"] and rot.labels["rot 20"]["severity"] == 20.0
+    with pytest.raises(ShiftsimError, match="twice"):
+        lr_grid("sgdm", [0.1, 0.1])
+    with pytest.raises(ShiftsimError, match="empty"):
+        lr_grid("sgdm", [])
+    with pytest.raises(ShiftsimError, match="both axes"):
+        lr_grid("sgdm", [0.1]) | lr_grid("sgdm", [0.1])
+    with pytest.raises(ShiftsimError, match="flip rate"):
+        flip_rates(data, [0.5, 1.5])
+    with pytest.raises(ShiftsimError, match="unknown optimizer"):
+        lr_grid("sgdx", [0.1])
+
+
+def test_study_input_checks(tiny):
+    m = ss.models.mlp(hidden=(8,))
+    with pytest.raises(ShiftsimError, match="scenarios is empty"):
+        Study("s", {}, m, ["sgdm"])
+    with pytest.raises(ShiftsimError, match="optimizers is empty"):
+        Study("s", [tiny], m, [])
+    with pytest.raises(ShiftsimError, match="seeds is empty"):
+        Study("s", [tiny], m, ["sgdm"], seeds=[])
+    with pytest.raises(ShiftsimError, match="seed 1 is listed twice"):
+        Study("s", [tiny], m, ["sgdm"], seeds=[1, 1])
+    with pytest.raises(ShiftsimError, match="twice"):
+        Study("s", [tiny, tiny], m, ["sgdm"])  # same name
+    with pytest.raises(ShiftsimError, match="same run"):
+        Study("s", [tiny], m, {"a": "sgdm", "b": ss.optim.spec("sgdm")})
+    with pytest.raises(ShiftsimError, match="non-empty name"):
+        Study("", [tiny], m, ["sgdm"])
+    with pytest.raises(TypeError, match="Scenario"):
+        Study("s", ["digits"], m, ["sgdm"])
+    with pytest.raises(ShiftsimError, match="model"):
+        Study("s", [tiny], None, ["sgdm"])
+    study = Study("s", [tiny], m, ["sgdm"], seeds=1)
+    with pytest.raises(ShiftsimError, match="unknown backend 'dask'; allowed: 'local', 'ray'"):
+        study.run("x", backend="dask")
+    with pytest.raises(ShiftsimError, match="workers must be a positive integer, got 0"):
+        study.run("x", workers=0)
+    with pytest.raises(ShiftsimError, match="gpus_per_run"):
+        study.run("x", gpus_per_run=-1, backend="ray")
+    with pytest.raises(ShiftsimError, match="applies to backend='ray'"):
+        study.run("x", gpus_per_run=0.5)
+
+
+def test_out_dir_checks(tmp_path, tiny):
+    study = Study("s", [tiny], ss.models.mlp(hidden=(8,)), ["sgdm"], seeds=1)
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(ShiftsimError, match="not a folder"):
+        study.run(f, progress=False)
+    study.run(tmp_path / "a", workers=1, progress=False)
+    other = Study("other", [tiny], ss.models.mlp(hidden=(8,)), ["sgdm"], seeds=1)
+    with pytest.raises(ShiftsimError, match="holds the results of study 's'"):
+        other.run(tmp_path / "a", workers=1, progress=False)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+def test_run_resume_and_rerun(tmp_path, tiny, capsys):
+    study = Study("r", [tiny], ss.models.mlp(hidden=(8,)), lr_grid("sgdm", [0.01, 0.1]),
+                  seeds=2)
+    rep = study.run(tmp_path, workers=1, progress=False)
+    assert isinstance(rep, StudyRunReport) and rep.ok
+    assert (rep.total, rep.done, rep.skipped, rep.failed) == (4, 4, 0, 0)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("r: 4/4 runs complete (4 ran now)") and str(tmp_path) in line
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = study.run(tmp_path, workers=1, progress=False)
+    assert (again.done, again.skipped) == (0, 4)
+    # a second run of a complete study writes nothing at all
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+    study_json = json.loads((tmp_path / "study.json").read_text())
+    assert study_json["name"] == "r" and len(study_json["runs"]) == 4
+    assert [r["run_id"] for r in study_json["runs"]] == [s.run_id for s in study.grid()]
+    redo = study.run(tmp_path, workers=1, progress=False, resume=False)
+    assert (redo.done, redo.skipped) == (4, 0)
+    # growing the study runs only the new runs
+    bigger = Study("r", [tiny], ss.models.mlp(hidden=(8,)), lr_grid("sgdm", [0.01, 0.1]),
+                   seeds=3)
+    grown = bigger.run(tmp_path, workers=1, progress=False)
+    assert (grown.done, grown.skipped) == (2, 4)
+    assert len(store.load(tmp_path).runs) == 6
+
+
+def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path, data):
+    syn = ss.data.synthetic(n=200, dim=5, classes=3)
+    study = Study(
+        "f",
+        {"digits": ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=30),
+         "tabular": ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=30)},
+        model={"cnn": ss.models.cnn(channels=(4,), hidden=8), "linear": ss.models.linear()},
+        optimizers={"huge": ss.optim.spec("sgd", lr=1e37), "ok": ss.optim.spec("sgd", lr=0.1)},
+        seeds=1)
+    rep = study.run(tmp_path, workers=1, progress=False)
+    assert not rep.ok and rep.done == 8
+    runs = store.load(tmp_path).runs.set_index(["scenario", "model", "optimizer"])
+    # a cnn on tabular data raises: failed, with the error, the other runs went on
+    failed = runs.loc[("tabular", "cnn")]
+    assert (failed["status"] == "failed").all()
+    assert failed["error"].str.contains("cnn needs image data").all()
+    assert runs.loc[("digits", "linear", "huge"), "status"] == "diverged"
+    assert runs.loc[("digits", "linear", "huge"), "diverged_step"] < 30
+    assert runs.loc[("digits", "linear", "ok"), "status"] == "ok"
+    assert rep.failed == 2 and rep.diverged >= 1
+    # failed runs are kept on resume, and rerun with retry_failed
+    again = study.run(tmp_path, workers=1, progress=False)
+    assert (again.done, again.failed, again.kept_failed) == (0, 2, 2)
+    assert "retry_failed=True" in again.line()
+    retry = study.run(tmp_path, workers=1, progress=False, retry_failed=True)
+    assert retry.done == 2 and retry.failed == 2
+
+
+def test_cli_exit_status_reflects_failures(tmp_path):
+    from shiftsim.cli import main
+
+    f = tmp_path / "s.py"
+    f.write_text(textwrap.dedent("""
+        import shiftsim as ss
+        from shiftsim.study import Study
+        syn = ss.data.synthetic(n=200, dim=5, classes=3)
+        study = Study("cli", [ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=20)],
+                      model={"mlp": ss.models.mlp(hidden=(8,)), "cnn": ss.models.cnn()},
+                      optimizers=["sgdm"], seeds=1)
+    """))
+    assert main(["study", str(f), "--out", str(tmp_path / "out"), "--workers", "1",
+                 "--quiet"]) == 1
+    res = store.load(tmp_path / "out")
+    assert sorted(res.runs["status"]) == ["failed", "ok"]
+
+
+def test_study_file_errors(tmp_path):
+    f = tmp_path / "nostudy.py"
+    f.write_text("x = 1\n")
+    with pytest.raises(ShiftsimError, match="defines no 'study'"):
+        study_from_file(f)
+    f.write_text("study = 3\n")
+    with pytest.raises(ShiftsimError, match="must be a shiftsim Study, got int"):
+        study_from_file(f)
+
+
+def test_flip_sweep_study_file():
+    try:
+        ss.optim.spec("tam")
+    except ShiftsimError:
+        pytest.skip("tam is not importable yet")
+    study = study_from_file(os.path.join(ROOT, "scenarios", "flip_sweep.py"))
+    assert isinstance(study, Study) and len(study) == 6 * 3 * 3
+    sev = sorted({s.label_dict["severity"] for s in study.grid()})
+    assert sev == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_keyboard_interrupt_leaves_only_complete_runs(tmp_path, tiny):
+    study = Study("ki", [tiny], ss.models.mlp(hidden=(8,)), lr_grid("sgdm", [0.01, 0.1]),
+                  seeds=2)
+
+    class Interrupting(InProcess):
+        def run(self, specs):
+            for i, out in enumerate(super().run(specs)):
+                if i == 2:
+                    raise KeyboardInterrupt
+                yield out
+
+    with pytest.raises(KeyboardInterrupt):
+        study.run(tmp_path, progress=False, executor=Interrupting("cpu"))
+    res = store.load(tmp_path)
+    assert res.counts()["ok"] == 2 and res.counts()["pending"] == 2
+    rep = study.run(tmp_path, workers=1, progress=False)
+    assert (rep.done, rep.skipped) == (2, 2)
+
+
+# -- the same spec gives the same trace everywhere ----------------------------------------------
+
+@pytest.mark.slow
+def test_same_trace_in_process_and_in_the_pool(tmp_path, tiny):
+    study = Study("pool", [tiny], ss.models.mlp(hidden=(16,)),
+                  {"sgdm": ss.optim.spec("sgdm"), "adam": ss.optim.spec("adam")}, seeds=2)
+    rep = study.run(tmp_path, workers=2, progress=True)
+    assert rep.ok and rep.done == 4 and rep.backend == "local"
+    res = store.load(tmp_path)
+    workers = {json.loads((tmp_path / "runs" / r / "summary.json").read_text())["worker"]
+               for r in res.runs.run_id}
+    assert len(workers) >= 1 and all(w.split(":")[-1] != str(os.getpid()) for w in workers)
+    for spec in study.grid():
+        direct = execute(spec, device="cpu", threads=1)
+        pd.testing.assert_frame_equal(res.trace(spec.run_id).drop(columns="run_id"),
+                                      direct.trace)
