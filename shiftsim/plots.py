@@ -45,8 +45,10 @@ __all__ = [
     "diagnostics", "diagnostic_columns", "format_severity", "style",
 ]
 
-_REGISTRY_ORDER = ("sgd", "sgdm", "nesterov", "adam", "adamw", "tam", "adatam", "adatamw",
-                   "adamem_sgd", "adamem_adamw", "momo", "momo_adam", "grams")
+#: Okabe & Ito's colour-blind-safe palette (Wong 2011, Nature Methods 8:441), most distinct first
+#: (yellow, hard to see on white, and black come last)
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
+             "#000000")
 
 #: recovery metrics: lower is better, censored runs count as +inf (specs/metrics.md)
 RECOVERY_METRICS = ("recovery_steps", "recovery_samples")
@@ -101,38 +103,24 @@ def style() -> Any:
     return stack
 
 
-def _base_key(name: str) -> str:
-    m = re.match(r"[A-Za-z0-9_]+", str(name))
-    return m.group(0).lower() if m else str(name)
-
-
 def optimizer_palette(names: Sequence[str]) -> dict[str, Any]:
-    """A colour-blind-safe colour per name, stable across figures (and across studies for the
-    registry's names, which keep their registry position: ``"tam"``, ``"tam(lr=0.1)"`` and
-    ``"tam [mlp]"`` share a colour when only one of them is in ``names``).
+    """A colour-blind-safe colour per name (Okabe-Ito), in the order given: the first name
+    (a report's baseline) is blue, the second orange, then green, vermillion, purple, sky
+    blue, yellow, black. Pass the same palette to every figure so an optimizer keeps its
+    colour throughout. Beyond eight names seaborn's ``dark`` palette follows.
 
-    >>> pal = optimizer_palette(["tam", "sgdm"])
-    >>> pal["sgdm"] == optimizer_palette(["sgdm"])["sgdm"]
-    True
-    >>> len(set(optimizer_palette(["sgdm(lr=0.1)", "sgdm(lr=0.01)"]).values()))
-    2
+    >>> pal = optimizer_palette(["sgdm", "tam", "sgdm"])
+    >>> pal
+    {'sgdm': '#0072B2', 'tam': '#E69F00'}
+    >>> len(set(optimizer_palette([f"o{i}" for i in range(12)]).values()))
+    12
     """
     import seaborn as sns
 
-    base = sns.color_palette("colorblind", 10) + sns.color_palette("dark", 10)
-    out: dict[str, Any] = {}
-    used: set[int] = set()
-    for name in dict.fromkeys(map(str, names)):
-        key = _base_key(name)
-        if key in _REGISTRY_ORDER:
-            idx = _REGISTRY_ORDER.index(key) % len(base)
-            if idx not in used:
-                out[name] = base[idx]
-                used.add(idx)
-    free = [i for i in range(len(base)) if i not in used] or list(range(len(base)))
-    for j, name in enumerate(n for n in sorted(set(map(str, names))) if n not in out):
-        out[name] = base[free[j % len(free)]]
-    return out
+    colours = list(OKABE_ITO) + [matplotlib.colors.to_hex(c)
+                                 for c in sns.color_palette("dark", 10)]
+    unique = list(dict.fromkeys(map(str, names)))
+    return {name: colours[i % len(colours)] for i, name in enumerate(unique)}
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -275,7 +263,7 @@ def _grid(n: int, col_wrap: int | None, width: float, height: float, sharey: boo
     ncols = n if not col_wrap else max(1, min(col_wrap, n))
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.8, width * ncols), height * nrows),
-                             squeeze=False, sharey=sharey, sharex=sharex)
+                             squeeze=False, sharey=sharey, sharex=sharex, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes
@@ -377,7 +365,6 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
             ax.set_ylim(-0.02, 1.02)
         for row in axes:
             row[0].set_ylabel(f"online accuracy\n({window}-step trailing mean)")
-        fig.set_layout_engine("constrained")
         _legend(fig, axes.flat[0], hue)
     return fig
 
@@ -393,7 +380,8 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
 
     ``phases``: optional phase plan rows (``phase``, ``start``, ``steps``, ``name``; e.g.
     ``results.phases``, which may repeat them per run, or ``RunResult.phases``) for the shading;
-    without it the phases are read off the traces.
+    without it the phases are read off the traces. A run whose trace stops before the end of
+    the stream (it diverged) gets a × where it stopped.
 
     >>> tr = pd.DataFrame({"run_id": "a", "optimizer": "sgdm", "step": range(40),
     ...                    "phase": [0] * 20 + [1] * 20, "n": 10, "correct": range(40)})
@@ -418,7 +406,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
                     ax.axvspan(row.start, row.start + row.steps, color="0.5", alpha=0.12, lw=0)
                 if i > 0:
                     ax.axvline(row.start, color="0.3", lw=0.6, ls="--")
-                ax.text(row.start + 0.01 * max(1, plan["end"].max()), 1.0, str(row.name),
+                ax.text(row.start + 0.01 * max(1, plan["end"].max()), 1.09, str(row.name),
                         fontsize=7, va="top", ha="left", color="0.25", clip_on=True)
             band = mean_band(sub, "step", "acc", [hue], level)
             for name in names:
@@ -428,12 +416,17 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
                 ax.plot(b["step"], b["mean"], color=palette[name], lw=1.1, label=name)
                 ax.fill_between(b["step"], b["low"], b["high"], color=palette[name], alpha=0.2,
                                 lw=0)
+            # runs that stop early (diverged): a × where each one stopped
+            last = sub.loc[sub.groupby(keys, sort=False)["step"].idxmax()]
+            stopped = last[last["step"] < max(int(plan["end"].max()) - 1, int(sub["step"].max()))]
+            for st, acc, name in zip(stopped["step"], stopped["acc"], stopped[hue]):
+                ax.scatter([st], [0.0 if math.isnan(acc) else acc], marker="x", s=28, lw=1.3,
+                           color=palette[name], zorder=5, clip_on=False)
             ax.set_ylim(-0.02, 1.1)
             ax.set_xlabel("step")
             ax.set_title(_facet_title(col, facet, col_label, None))
         for row in axes:
             row[0].set_ylabel(f"online accuracy\n({window}-step trailing mean)")
-        fig.set_layout_engine("constrained")
         _legend(fig, axes.flat[0], hue)
     return fig
 
@@ -458,6 +451,35 @@ def _phase_plan(traces: pd.DataFrame, phases: pd.DataFrame | None, col: str | No
     return out.reset_index(drop=True)
 
 
+def _recovery_cell(times: Any, censored: Any) -> tuple[float, np.ndarray, int]:
+    """(median, observed values with censored as +inf, number censored) of one cell of recovery
+    times; runs that never reached the shift (NaN, not censored) are left out. The median is
+    :func:`shiftsim.metrics.median_recovery` (NaN when half or more are censored or no run is
+    left)."""
+    from .metrics import median_recovery
+
+    t = np.asarray(times, dtype=np.float64)
+    c = np.asarray(censored, dtype=bool)
+    vals = np.where(c, np.inf, t)[c | ~np.isnan(t)]
+    med = median_recovery(t, c) if vals.size else math.nan
+    return med, vals, int(np.isinf(vals).sum())
+
+
+def _quartiles(vals: np.ndarray) -> tuple[float, float]:
+    """25th and 75th percentiles, +inf allowed (no inf - inf warnings)."""
+    if vals.size == 0:
+        return (math.nan, math.nan)
+    s = np.sort(vals)
+    out = []
+    for q in (0.25, 0.75):
+        pos = q * (s.size - 1)
+        lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+        a, b = s[lo], s[hi]
+        out.append(float(a) if lo == hi or a == b else float(a + (b - a) * (pos - lo))
+                   if math.isfinite(b) else math.inf)
+    return out[0], out[1]
+
+
 def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "severity",
                     hue: str = "optimizer", level: float = 0.95,
                     palette: dict[str, Any] | None = None, x_label: str | None = None,
@@ -467,23 +489,25 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
 
     * Recovery times (``recovery_steps`` / ``recovery_samples``; ``df`` = run × phase rows with a
       ``censored`` column, e.g. ``results.phases``): the median over seeds and shifts counting
-      censored runs as +inf (:func:`shiftsim.metrics.median_recovery`), error bars from the 25th
-      to the 75th percentile (an arrow when it is censored), every run as a small dot, and every
-      censored run as a triangle in the "censored" strip above the plot. A median that is
-      undefined (half or more censored) is drawn as an open marker in that strip.
+      censored runs as +inf (:func:`shiftsim.metrics.median_recovery`), bars from the 25th to
+      the 75th percentile, every run as a small dot, and censored runs as a triangle (bigger:
+      more) in the "censored" strip at the top of the axis. A median that is undefined (half or
+      more censored) is an open circle in that strip. Runs that never reached a shift (diverged
+      earlier) are left out.
     * Anything else (``online_acc`` from ``results.runs``, ``heldout_acc`` ...): the mean over
       seeds with a ``level`` Student-t interval (:func:`shiftsim.metrics.mean_interval`).
 
+    With a ``status`` column, a point whose runs include diverged ones gets a black ×.
     ``x`` may be numeric (severity) or categorical (e.g. ``"scenario"``).
 
     >>> d = pd.DataFrame({"optimizer": ["a"] * 4 + ["b"] * 4, "severity": [0.5, 0.5, 1, 1] * 2,
     ...                   "phase": 1, "recovery_steps": [3, 5, 8, np.nan, 2, 2, 4, 6],
     ...                   "censored": [False, False, False, True] + [False] * 4})
-    >>> fig = severity_curves(d, x_label="flip rate")
-    >>> fig.axes[0].get_xlabel()
-    'flip rate'
+    >>> ax = severity_curves(d, x_label="flip rate").axes[0]
+    >>> ax.get_xlabel(), ax.get_yticklabels()[-1].get_text()
+    ('flip rate', 'censored')
     """
-    from .metrics import mean_interval, median_recovery
+    from .metrics import mean_interval
 
     _require(df, [x, y, hue], "severity_curves")
     recovery = y in RECOVERY_METRICS
@@ -499,40 +523,39 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
     xs = sorted(data[x].unique().tolist()) if numeric else list(dict.fromkeys(data[x].tolist()))
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs)}
     span = (max(pos.values()) - min(pos.values())) if len(pos) > 1 else 1.0
-    dodge = 0.015 * span if numeric else 0.08
+    dodge = (0.03 * span if numeric else 0.1) if len(names) > 1 else 0.0
     with style():
         if ax is None:
-            fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(xs) + 3), height))
+            fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(xs) + 3), height),
+                                   layout="constrained")
         else:
             fig = ax.figure
-        finite_max = 0.0
+        top = 1.0
         if recovery:
             finite = data.loc[~data["censored"].astype(bool), y]
-            finite_max = float(np.nanmax(finite)) if finite.notna().any() else 1.0
-            finite_max = max(finite_max, 1.0)
-        top = finite_max * 1.12  # the censored strip
+            top = max(float(np.nanmax(finite)) if finite.notna().any() else 1.0, 1.0) * 1.15
         for i, name in enumerate(names):
             sub = data[data[hue] == name]
             off = (i - (len(names) - 1) / 2) * dodge
-            px, py, lo, hi, open_x = [], [], [], [], []
+            px, py, lo, hi, open_x, flagged = [], [], [], [], [], []
             for v in xs:
                 cell = sub[sub[x] == v]
+                p = pos[v] + off
                 if cell.empty:
                     continue
-                p = pos[v] + off
+                if "status" in cell.columns and (cell["status"] == "diverged").any():
+                    flagged.append(p)
                 if recovery:
-                    cens = cell["censored"].astype(bool).to_numpy()
-                    t = cell[y].to_numpy(np.float64)
-                    med = median_recovery(t, cens)
-                    vals = np.where(cens, np.inf, t)[cens | ~np.isnan(t)]
+                    med, vals, nc = _recovery_cell(cell[y], cell["censored"])
+                    if vals.size == 0:
+                        continue
                     if show_runs:
                         ok = vals[np.isfinite(vals)]
                         ax.scatter(np.full(ok.size, p), ok, s=9, color=palette[name], alpha=0.35,
                                    lw=0, zorder=2)
-                        nc = int(np.isinf(vals).sum())
-                        if nc:
-                            ax.scatter([p], [top], marker="^", s=18 + 6 * nc,
-                                       color=palette[name], alpha=0.8, zorder=3)
+                    if nc:
+                        ax.scatter([p], [top], marker="^", s=14 + 40 * nc / vals.size,
+                                   color=palette[name], alpha=0.9, zorder=3, clip_on=False)
                     if math.isnan(med):
                         open_x.append(p)
                         px.append(p)
@@ -540,22 +563,22 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
                         lo.append(np.nan)
                         hi.append(np.nan)
                         continue
-                    q25, q75 = np.quantile(vals, [0.25, 0.75]) if vals.size else (np.nan,) * 2
+                    q25, q75 = _quartiles(vals)
                     px.append(p)
                     py.append(med)
                     lo.append(q25)
                     hi.append(min(q75, top))
                 else:
-                    m, lw_, hw_ = mean_interval(cell[y].to_numpy(np.float64), level)
+                    vals = cell[y].to_numpy(np.float64)
+                    m, lw_, hw_ = mean_interval(vals, level)
                     if show_runs:
-                        vals = cell[y].to_numpy(np.float64)
                         ax.scatter(np.full(vals.size, p), vals, s=9, color=palette[name],
                                    alpha=0.35, lw=0, zorder=2)
                     px.append(p)
                     py.append(m)
                     lo.append(lw_)
                     hi.append(hw_)
-            px_a, py_a = np.array(px), np.array(py, dtype=float)
+            px_a, py_a = np.array(px, dtype=float), np.array(py, dtype=float)
             lo_a, hi_a = np.array(lo, dtype=float), np.array(hi, dtype=float)
             ax.plot(px_a, py_a, "-o", color=palette[name], lw=1.5, ms=4, label=name, zorder=4)
             has = ~np.isnan(lo_a) & ~np.isnan(py_a)
@@ -565,13 +588,20 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
                             fmt="none", ecolor=palette[name], elinewidth=1.1, capsize=3,
                             zorder=4)
             if open_x:
-                ax.scatter(open_x, [top] * len(open_x), marker="o", s=40,
-                           facecolors="white", edgecolors=palette[name], lw=1.4, zorder=5)
+                ax.scatter(open_x, [top] * len(open_x), marker="o", s=40, facecolors="white",
+                           edgecolors=palette[name], lw=1.4, zorder=5, clip_on=False)
+            for p in flagged:  # points whose runs include diverged ones
+                val = py_a[px_a == p]
+                if val.size:  # drawn (a recovery cell without reached shifts is not)
+                    yv = top if np.isnan(val[0]) else val[0]
+                    ax.scatter([p], [yv], marker="x", s=30, color="black", lw=1.2, zorder=6,
+                               clip_on=False)
         if recovery:
-            ax.axhspan(finite_max * 1.06, finite_max * 1.18, color="0.85", alpha=0.5, lw=0)
-            ax.text(0.005, top, "censored", transform=ax.get_yaxis_transform(), fontsize=7,
-                    va="center", ha="left", color="0.3")
-            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=finite_max * 1.2)
+            ax.axhspan(top * 0.96, top * 1.04, color="0.85", alpha=0.6, lw=0, zorder=0)
+            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]) - 0.02 * top, top=top * 1.04)
+            ticks = [t for t in ax.get_yticks() if 0 <= t < top * 0.9]
+            ax.set_yticks([*ticks, top])
+            ax.set_yticklabels([f"{t:g}" for t in ticks] + ["censored"])
         ax.set_xticks([pos[v] for v in xs])
         ax.set_xticklabels([format_severity(v, x_label or x) if numeric else str(v) for v in xs],
                            rotation=0 if numeric or len(xs) < 5 else 30,
@@ -580,7 +610,6 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
         ax.set_ylabel(_label(y))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(title=hue, loc="best")
-        fig.set_layout_engine("constrained")
     return fig
 
 
@@ -592,16 +621,17 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
 
     Recovery times (``value`` in ``recovery_steps`` / ``recovery_samples``; needs ``censored``):
     the median counting censored runs as +inf, lower is better (reversed colours); a cell whose
-    median is undefined (half or more censored) says "censored". Other values: the mean over runs.
+    median is undefined (half or more censored) is hatched and says "censored". Other values:
+    the mean over runs. A cell without values (e.g. every run diverged before the shift) is
+    left blank and says "n/a".
 
     >>> d = pd.DataFrame({"optimizer": ["a", "a", "b", "b"], "severity": [0.5, 1.0] * 2,
-    ...                   "online_acc": [0.9, 0.7, 0.8, 0.6]})
-    >>> severity_heatmap(d).axes[0].get_ylabel()
-    'optimizer'
+    ...                   "online_acc": [0.9, 0.7, 0.8, np.nan]})
+    >>> ax = severity_heatmap(d).axes[0]
+    >>> ax.get_ylabel(), [t.get_text() for t in ax.texts]
+    ('optimizer', ['0.900', '0.700', '0.800', 'n/a'])
     """
     import seaborn as sns
-
-    from .metrics import median_recovery
 
     _require(df, [x, y, value], "severity_heatmap")
     recovery = value in RECOVERY_METRICS
@@ -615,39 +645,58 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
     numeric = pd.api.types.is_numeric_dtype(data[x])
     cols = sorted(data[x].unique().tolist()) if numeric else list(dict.fromkeys(data[x]))
     mat = np.full((len(rows), len(cols)), np.nan)
-    undefined = np.zeros_like(mat, dtype=bool)
+    text = np.full(mat.shape, "n/a", dtype=object)
+    undefined = np.zeros(mat.shape, dtype=bool)
     for (ri, r), (ci, c) in ((a, b) for a in enumerate(rows) for b in enumerate(cols)):
         cell = data[(data[y] == r) & (data[x] == c)]
-        if cell.empty:
-            continue
         if recovery:
-            mat[ri, ci] = median_recovery(cell[value], cell["censored"])
-            undefined[ri, ci] = math.isnan(mat[ri, ci])
+            med, vals, _ = _recovery_cell(cell[value], cell["censored"].astype(bool))
+            mat[ri, ci] = med
+            undefined[ri, ci] = vals.size > 0 and math.isnan(med)
+            if undefined[ri, ci]:
+                text[ri, ci] = "censored"
         else:
-            mat[ri, ci] = float(cell[value].astype(float).mean())
-    fmt = fmt or (".0f" if recovery else ".3f")
-    annot = np.where(undefined, "censored",
-                     np.vectorize(lambda v: "" if math.isnan(v) else format(v, fmt))(mat))
-    with style():
+            vals = pd.to_numeric(cell[value], errors="coerce").dropna()
+            if len(vals):
+                mat[ri, ci] = float(vals.mean())
+        if not math.isnan(mat[ri, ci]):
+            v = mat[ri, ci]
+            text[ri, ci] = format(v, fmt) if fmt else (
+                (f"{v:.0f}" if v == round(v) else f"{v:.1f}") if recovery else f"{v:.3f}")
+    labels = [format_severity(c, x_label or x) if numeric else str(c) for c in cols]
+    with style(), sns.axes_style("white"):
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(cols) + 2.2),
-                                            max(2.0, 0.45 * len(rows) + 1.2)))
+                                            max(2.0, 0.45 * len(rows) + 1.2)),
+                                   layout="constrained")
         else:
             fig = ax.figure
         cmap = "viridis_r" if recovery else "viridis"
-        sns.heatmap(pd.DataFrame(mat, index=rows, columns=[
-            format_severity(c, x_label or x) if numeric else str(c) for c in cols]),
-            ax=ax, cmap=cmap, annot=annot, fmt="", linewidths=0.5, linecolor="white",
-            cbar_kws={"label": _label(value) + (" (median)" if recovery else " (mean)")},
-            annot_kws={"fontsize": 8})
-        if undefined.any():
-            for ri, ci in zip(*np.nonzero(undefined)):
-                ax.add_patch(plt.Rectangle((ci, ri), 1, 1, fill=False, hatch="///",
-                                           edgecolor="0.6", lw=0))
+        finite = mat[~np.isnan(mat)]
+        sns.heatmap(pd.DataFrame(mat, index=rows, columns=labels), ax=ax, cmap=cmap,
+                    annot=False, linewidths=0.5, linecolor="white", cbar=finite.size > 0,
+                    cbar_kws={"label": ("median " + _label(value)) if recovery else
+                              f"{_label(value)} (mean)"},
+                    vmin=float(finite.min()) if finite.size else None,
+                    vmax=float(finite.max()) if finite.size else None)
+        ax.grid(False)
+        norm = ax.collections[0].norm if ax.collections else None
+        colormap = plt.get_cmap(cmap)
+        for ri in range(len(rows)):
+            for ci in range(len(cols)):
+                v = mat[ri, ci]
+                if undefined[ri, ci]:
+                    ax.add_patch(plt.Rectangle((ci, ri), 1, 1, facecolor="0.93", hatch="///",
+                                               edgecolor="0.65", lw=0))
+                dark = False
+                if not math.isnan(v) and norm is not None:
+                    rgb = colormap(norm(v))[:3]
+                    dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 0.5
+                ax.text(ci + 0.5, ri + 0.5, str(text[ri, ci]), ha="center", va="center",
+                        fontsize=8, color="white" if dark else "0.15")
         ax.set_xlabel(x_label or x)
         ax.set_ylabel(y)
         ax.tick_params(axis="y", rotation=0)
-        fig.set_layout_engine("constrained")
     return fig
 
 
@@ -677,7 +726,7 @@ def accuracy_matrices(evals: pd.DataFrame, hue: str = "optimizer", row: str | No
     with style():
         fig, axes = plt.subplots(len(rows), len(names),
                                  figsize=(size * len(names) + 1.2, size * len(rows) + 0.4),
-                                 squeeze=False)
+                                 squeeze=False, layout="constrained")
         for ri, r in enumerate(rows):
             for ci, name in enumerate(names):
                 ax = axes[ri, ci]
@@ -696,7 +745,6 @@ def accuracy_matrices(evals: pd.DataFrame, hue: str = "optimizer", row: str | No
                 ax.set_xlabel("evaluated on regime" if ri == len(rows) - 1 else "")
                 ax.set_ylabel("after phase" if ci == 0 else "")
                 ax.tick_params(axis="y", rotation=0)
-        fig.set_layout_engine("constrained")
         mappable = next((a.collections[0] for a in fig.axes if a.collections), None)
         if mappable is not None:
             fig.colorbar(mappable, ax=axes, shrink=0.8, label="held-out accuracy")
@@ -739,7 +787,7 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
     starts = df.groupby("phase")["step"].min().sort_index().tolist()[1:]
     with style():
         fig, axes = plt.subplots(len(cols), 1, figsize=(7.0, height * len(cols)), squeeze=False,
-                                 sharex=True)
+                                 sharex=True, layout="constrained")
         for ax, c in zip(axes[:, 0], cols):
             d = df[df[c].notna()]
             if window > 1 and len(d):
@@ -758,6 +806,5 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
                 ax.axvline(s, color="0.3", lw=0.6, ls="--")
             ax.set_ylabel(_label(c))
         axes[-1, 0].set_xlabel("step")
-        fig.set_layout_engine("constrained")
         _legend(fig, axes[0, 0], hue)
     return fig

@@ -1,1 +1,345 @@
-"""Comparative reports of robustness studies (placeholder while being written)."""
+"""Comparative reports of a study: tables, figures and findings, as HTML and Markdown.
+
+:func:`report` reads a results folder (:func:`shiftsim.store.load`) and writes::
+
+    out_dir/
+      index.html           self-contained: figures embedded as data URIs, inline CSS, no network
+      README.md            the same content, linking the PNG figures
+      report.json          what was reported (study, baseline, counts, files); marks the folder
+      tables/<name>.csv    the numbers (summary, comparison, phases, runs)
+      tables/<name>.md, tables/<name>.html   each formatted table on its own
+      figures/<name>.png, figures/<name>.svg
+
+The tables' numbers are :mod:`shiftsim.metrics` over the stored per-run summaries
+(``specs/metrics.md``; see :mod:`shiftsim.report.tables`); the figures are
+:mod:`shiftsim.plots`; the findings (:mod:`shiftsim.report.findings`) are sentences generated from
+the same numbers. Diverged and failed runs are counted and listed, never dropped.
+
+Nothing partial is left behind: the report is written to a temporary folder next to
+``out_dir`` and renamed into place at the end; an earlier report in ``out_dir`` is replaced only
+then (and only a folder that holds a shiftsim report, or an empty one, is ever replaced).
+
+>>> import tempfile, pathlib, shiftsim as ss
+>>> from shiftsim.study import Study, flip_rates
+>>> with tempfile.TemporaryDirectory() as d:
+...     study = Study("doc", flip_rates(ss.data.digits(), [0.0, 1.0], tasks=2, steps_per_task=30),
+...                   ss.models.mlp(hidden=(16,)), {"sgdm": "sgdm", "adam": "adam"}, seeds=2)
+...     _ = study.run(f"{d}/results", workers=1, progress=False)
+...     path = report(f"{d}/results", f"{d}/report")
+...     sorted(p.name for p in path.iterdir())
+doc: 8/8 runs complete (8 ran now)...
+['README.md', 'figures', 'index.html', 'report.json', 'tables']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ShiftsimError, SpecTypeError
+from .document import Document, FigureFile, render_html, render_markdown
+from .tables import StudyView, Table, build, view
+
+__all__ = ["report", "build_document", "REPORT_FILE", "Document"]
+
+#: the file that marks a folder as a shiftsim report (so that it may be replaced)
+REPORT_FILE = "report.json"
+REPORT_FORMAT = 1
+FIGURE_FORMATS = ("png", "svg")
+_TMP = ".tmp-report-"
+_OLD = ".old-report-"
+
+
+def _check_path(value: Any, what: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise SpecTypeError(f"{what} must be a folder path, got {value!r}")
+    return Path(value)
+
+
+def _check_out(study: Path, out: Path) -> None:
+    """Refuse an output folder that would clobber something that is not a report."""
+    s, o = study.resolve(), out.resolve()
+    if o == s or o in s.parents:
+        raise ShiftsimError(f"the report folder {str(out)!r} would replace the study folder "
+                            f"{str(study)!r}; choose another --out")
+    if out.exists():
+        if not out.is_dir():
+            raise ShiftsimError(f"report folder {str(out)!r} exists and is not a folder")
+        if any(out.iterdir()) and not (out / REPORT_FILE).is_file():
+            raise ShiftsimError(f"report folder {str(out)!r} exists, is not empty and holds no "
+                                f"shiftsim report ({REPORT_FILE}); choose another folder or "
+                                "empty it")
+
+
+def _optimizer_text(v: StudyView) -> str:
+    axes = ((v.study or {}).get("axes") or {}).get("optimizers") or {}
+    parts = []
+    for arm in v.arms:
+        label = v.runs.loc[v.runs["optimizer"] == arm, "optimizer_label"].iloc[0]
+        o = (axes.get(label) or {}).get("optimizer") or {}
+        hp = o.get("hparams") or {}
+        detail = ", ".join(f"{k}={v_:g}" if isinstance(v_, float) else f"{k}={v_}"
+                           for k, v_ in hp.items() if not (k == "weight_decay" and v_ == 0))
+        name = o.get("name")
+        spec = f"{name}({detail})" if name else ""
+        parts.append(f"{arm}" + (f" = {spec}" if spec and spec != arm else ""))
+    return "; ".join(parts)
+
+
+def _facts(v: StudyView, study_dir: Path) -> list[tuple[str, str]]:
+    runs = v.runs
+    counts = runs["status"].value_counts()
+    status = ", ".join(f"{int(counts[s])} {s}" for s in ("ok", "diverged", "failed",
+                                                          "incomplete", "pending")
+                       if counts.get(s, 0))
+    seeds = sorted(runs["seed"].dropna().unique().tolist())
+    facts = [("study", f"{v.name} (results folder `{study_dir}`)")]
+    desc = (v.study or {}).get("description")
+    if desc:
+        facts.append(("description", str(desc)))
+    facts += [
+        ("runs", f"{len(runs)}: {status}"),
+        ("scenarios", f"{len(v.scenarios)}: {', '.join(v.scenarios[:12])}"
+         + (" ..." if len(v.scenarios) > 12 else "")),
+        ("optimizers", _optimizer_text(v)),
+        ("baseline", f"{v.baseline} ({v.baseline_reason})"),
+        ("seeds", f"{len(seeds)}: {', '.join(str(s) for s in seeds[:20])}"
+         + (" ..." if len(seeds) > 20 else "")),
+    ]
+    if "model" in runs.columns and runs["model"].notna().any():
+        facts.append(("models", ", ".join(str(m) for m in runs["model"].dropna().unique())))
+    return facts
+
+
+NOTES = [
+    ("Definitions", (
+        "Online accuracy is prequential: every batch is scored with the parameters from before "
+        "the update on it, then trained on (Cai et al. 2021); the stream value is Σ correct / "
+        "Σ samples. Recovery time after a shift into phase k: the first step s after which the "
+        "20-step trailing accuracy (never averaged across a phase boundary) stays at ≥ 0.9 × "
+        "the phase's own end-of-phase level for 20 consecutive steps; reported in steps and in "
+        "samples; censored when that never happens within the phase. Across seeds recovery is "
+        "summarised by its median with censored runs counted as +∞ (undefined when half or more "
+        "are censored) and the censored fraction, never by a mean that drops censored runs. "
+        "Drop depth: the mean accuracy over the last 20 steps before the shift minus the lowest "
+        "trailing accuracy in the phase. Recovery deficit: the mean over the phase of the "
+        "shortfall below the end-of-phase level. Held-out accuracy is measured on held-out "
+        "samples of the current regime, with concept label shifts applied but not label noise. "
+        "ACC, BWT (Lopez-Paz & Ranzato 2017) and forgetting (Chaudhry et al. 2018) come from the "
+        "accuracy matrix R[i, j] (held-out accuracy on regime j after phase i). Intervals are "
+        "95 % Student-t intervals over seeds; differences against the baseline are paired by "
+        "seed. The exact formulas are in shiftsim's specs/metrics.md and in shiftsim.metrics.")),
+    ("Runs that fail", (
+        "A run whose loss becomes non-finite stops and is marked diverged; its metrics cover "
+        "the steps before and it is counted and flagged (†) in the tables. A run that raised "
+        "is marked failed and has no metrics. Both are listed under 'Runs that did not finish "
+        "normally' and in tables/runs.csv; none is dropped.")),
+]
+
+
+def build_document(v: StudyView, figures: list[FigureFile], findings: list[str],
+                   study_dir: Path) -> Document:
+    """The :class:`~shiftsim.report.document.Document` of a built study view."""
+    tables = [v.tables[k] for k in ("summary", "comparison", "heldout", "phases")]
+    if len(v.tables["runs"].display):
+        tables.append(v.tables["runs"])
+    files = [("index.html", "this report, self-contained"),
+             ("README.md", "the same report in Markdown, linking the figures"),
+             (REPORT_FILE, "what was reported (study, baseline, run counts, files)")]
+    files += [(f"tables/{t.name}.csv", f"{t.title.lower()}: the numbers (unformatted)")
+              for t in v.tables.values()]
+    files += [(f"figures/{f.name}.{{png,svg}}", f.title) for f in figures]
+    return Document(
+        title=f"Report: {v.name}",
+        subtitle=(f"How {len(v.arms)} optimizer{'s' if len(v.arms) != 1 else ''} cope with the "
+                  f"shifts of {len(v.scenarios)} scenario{'s' if len(v.scenarios) != 1 else ''},"
+                  f" over seeds, written by shiftsim."),
+        facts=_facts(v, study_dir), findings=findings, tables=tables, figures=figures,
+        notes=NOTES, files=files)
+
+
+def _save_figures(figs: list[Any], folder: Path, dpi: int) -> list[FigureFile]:
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in figs:
+        try:
+            buf = io.BytesIO()
+            f.figure.savefig(buf, format="png", dpi=dpi)
+            png = buf.getvalue()
+            (folder / f"{f.name}.png").write_bytes(png)
+            f.figure.savefig(folder / f"{f.name}.svg", format="svg")
+            w, h = f.figure.get_size_inches()
+        finally:
+            plt.close(f.figure)
+        out.append(FigureFile(f.name, f.title, f.caption, png, int(round(w * 96)),
+                              int(round(h * 96)), FIGURE_FORMATS))
+    return out
+
+
+def _write_tables(tables: dict[str, Table], folder: Path) -> None:
+    from .document import html_table, markdown_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in tables.values():
+        t.data.to_csv(folder / f"{t.name}.csv", index=False)
+        (folder / f"{t.name}.md").write_text(
+            f"### {t.title}\n\n{markdown_table(t.display)}\n\n_{t.caption}_\n", encoding="utf-8")
+        (folder / f"{t.name}.html").write_text(
+            f"<h3>{t.title}</h3>\n{html_table(t.display)}\n<p>{t.caption}</p>\n",
+            encoding="utf-8")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished report ``tmp`` to ``out``, replacing an earlier report there."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}{_OLD}{os.getpid()}-{os.urandom(3).hex()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def report(study_dir: str | os.PathLike, out_dir: str | os.PathLike,
+           baseline: str | None = None, *, window: int = 20, level: float = 0.95,
+           dpi: int = 130, progress: Callable[[str], None] | None = None) -> Path:
+    """Write the comparative report of the study in ``study_dir`` to ``out_dir``.
+
+    Args:
+        study_dir: a results folder written by :meth:`shiftsim.Study.run` (or ``shiftsim run
+            --out``).
+        out_dir: the report folder; created, or replaced when it holds an earlier report.
+        baseline: the optimizer label the others are compared against (paired by seed);
+            default: the study's first optimizer. A registry name works when it identifies one
+            optimizer of the study.
+        window: smoothing window (steps) of the accuracy curves in the figures. The tables use
+            the metrics stored with each run (window 20, target 90 % of the plateau).
+        level: the confidence level of every interval.
+        dpi: resolution of the PNG figures.
+        progress: called with a short text before each stage (the CLI prints them).
+
+    Returns the report folder. Raises :class:`~shiftsim.errors.ShiftsimError` (one line,
+    naming the problem) for a missing or empty study folder, a study without a single run with
+    results, an unknown baseline, or an ``out_dir`` that is not a report folder.
+    """
+    from .. import store
+    from .figures import build_figures
+    from .findings import findings as make_findings
+
+    study = _check_path(study_dir, "study_dir")
+    out = _check_path(out_dir, "out_dir")
+    if baseline is not None and not isinstance(baseline, str):
+        raise SpecTypeError(f"baseline must be an optimizer label (a string), got {baseline!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ShiftsimError(f"window must be a positive number of steps, got {window!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ShiftsimError(f"level must be a number in (0, 1), e.g. 0.95, got {level!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or not 30 <= dpi <= 600:
+        raise ShiftsimError(f"dpi must be an integer in [30, 600], got {dpi!r}")
+    say = progress or (lambda _text: None)
+    if not study.is_dir():
+        raise ShiftsimError(f"study folder {str(study)!r} does not exist"
+                            if not study.exists() else
+                            f"study folder {str(study)!r} is not a folder")
+    _check_out(study, out)
+
+    say("loading the study")
+    results = store.load(study)
+    v = build(view(results, baseline=baseline, level=float(level)))
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}{_TMP}{os.getpid()}-{os.urandom(3).hex()}")
+    tmp.mkdir()
+    try:
+        say("tables")
+        _write_tables(v.tables, tmp / "tables")
+        figs = build_figures(v, results, window=window, progress=lambda n: say(f"figure: {n}"))
+        say("writing figures")
+        files = _save_figures(figs, tmp / "figures", dpi)
+        say("findings")
+        found = make_findings(v)
+        doc = build_document(v, files, found, study)
+        from .. import __version__
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        footer = (f"Generated by shiftsim {__version__} on {stamp} from `{study}` "
+                  f"in {time.perf_counter() - t0:.1f} s.")
+        (tmp / "index.html").write_text(render_html(doc, footer), encoding="utf-8")
+        (tmp / "README.md").write_text(render_markdown(doc) + f"\n---\n{footer}\n",
+                                       encoding="utf-8")
+        counts = results.counts()
+        meta = {
+            "format": REPORT_FORMAT, "study": v.name, "study_dir": str(study),
+            "baseline": v.baseline, "optimizers": v.arms, "scenarios": v.scenarios,
+            "level": level, "window": window, "counts": counts, "generated": stamp,
+            "shiftsim": __version__, "figures": [f.name for f in files],
+            "tables": list(v.tables), "findings": found,
+        }
+        (tmp / REPORT_FILE).write_text(json.dumps(_plain(meta), indent=1) + "\n",
+                                       encoding="utf-8")
+        _replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    return out
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item"):
+        return x.item()
+    return x
+
+
+def describe(path: str | os.PathLike) -> str:
+    """One line about a written report folder (what the CLI prints).
+
+    >>> describe("/nonexistent")
+    'no report in /nonexistent'
+    """
+    p = Path(path)
+    try:
+        meta = json.loads((p / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no report in {p}"
+    c = meta.get("counts") or {}
+    runs = ", ".join(f"{n} {k}" for k, n in c.items() if n)
+    return (f"wrote {p / 'index.html'} and {p / 'README.md'}: {len(meta.get('figures', []))} "
+            f"figures, {len(meta.get('tables', []))} tables, baseline {meta.get('baseline')} "
+            f"({runs or 'no runs'})")
+
+
+
+class _CallableModule(types.ModuleType):
+    """``shiftsim.report`` is both this package and :func:`report`: importing a submodule
+    (``shiftsim.report.tables``) rebinds the attribute ``shiftsim.report`` to the package, so the
+    package itself calls :func:`report`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -97,19 +97,15 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
             f"defined). Negative steps: the end of the phase before{note}.", fig))
 
     say("stream accuracy")
-    shown_s = _spread(_scenario_order(v), MAX_FACETS)
-    tr_s = traces[traces["scenario"].isin(shown_s)]
     fig = plots.stream_accuracy(
-        tr_s, v.phases, hue="optimizer", col=None if len(shown_s) == 1 else "scenario",
-        window=window, level=v.level, palette=palette, col_wrap=2, hue_order=v.arms,
-        col_order=shown_s)
-    extra = "" if len(shown_s) == len(v.scenarios) else (
-        f" ({len(shown_s)} of {len(v.scenarios)} scenarios shown)")
+        traces_f, v.phases, hue="optimizer", col=None if single else col, window=window,
+        level=v.level, palette=palette, col_wrap=2, hue_order=v.arms, col_order=shown,
+        col_label=col_label)
     figs.append(Figure(
         "stream_accuracy", "Online accuracy over the whole stream",
         f"Online accuracy ({window}-step trailing mean within each phase) against the step, "
-        f"mean over seeds with a {pct} % band; phases alternately shaded and named{extra}. "
-        "A diverged run's line stops where it diverged.", fig))
+        f"mean over seeds with a {pct} % band; phases alternately shaded and named{note}. "
+        "A × marks where a run stopped because it diverged.", fig))
 
     if len(v.scenarios) >= 2 and multi_phase:
         say("severity curves")
@@ -128,9 +124,14 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
         rows = [s for s in _spread(_scenario_order(v), 6) if v.n_phases.get(s, 0) >= 2]
         ev = ev[ev["scenario"].isin(rows)]
         if len(ev):
+            row, row_order, row_label = "scenario", rows, "scenario"
+            if v.severity_identifies:
+                row, row_label = "severity", v.severity_name
+                row_order = [v.severity[s] for s in rows]
             fig = plots.accuracy_matrices(ev, hue="optimizer",
-                                          row=None if len(rows) == 1 else "scenario",
-                                          hue_order=v.arms, row_order=rows, row_label="scenario")
+                                          row=None if len(rows) == 1 else row,
+                                          hue_order=v.arms, row_order=row_order,
+                                          row_label=row_label)
             figs.append(Figure(
                 "accuracy_matrix", "Accuracy matrix",
                 "R[i, j]: held-out accuracy on the regime of phase j at the end of phase i, mean "
@@ -156,7 +157,7 @@ def _severity_figures(v: StudyView, palette: dict[str, Any]) -> list[Figure]:
         x = "severity" if v.has_severity and rn["severity"].notna().all() else "scenario"
         x_label = v.severity_name if x == "severity" else "scenario"
         with plots.style():
-            fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6))
+            fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
         plots.severity_curves(ph, y="recovery_steps", x=x, hue="optimizer", level=v.level,
                               palette=palette, x_label=x_label, hue_order=v.arms, ax=axes[0])
         plots.severity_curves(rn, y="online_acc", x=x, hue="optimizer", level=v.level,
@@ -190,7 +191,8 @@ def _heatmap(v: StudyView) -> Figure:
     ncols = runs[x].nunique()
     with plots.style():
         fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2 * (0.8 * ncols + 2.4)),
-                                                max(2.4, 0.45 * len(v.arms) + 1.6)))
+                                                max(2.4, 0.45 * len(v.arms) + 1.6)),
+                                 layout="constrained")
     plots.severity_heatmap(runs, value="online_acc", x=x, y="optimizer", x_label=x_label,
                            hue_order=v.arms, ax=axes[0])
     plots.severity_heatmap(v.phases, value="recovery_steps", x=x, y="optimizer",

@@ -17,18 +17,18 @@ from . import _format as fmt
 from .tables import StudyView, compare
 
 
-def _interval_words(d: dict[str, Any], digits: int, unit: str, level: float) -> str:
+def _interval_words(d: dict[str, Any], digits: int, unit: str, level: float, a: str, b: str
+                    ) -> str:
+    """``a − b: +0.060, 95 % interval 0.052..0.068 over 3 seeds: a real difference``."""
     pct = int(round(100 * level))
     n = d["n"]
     what = d.get("unit", "seeds") if n != 1 else d.get("unit", "seeds").rstrip("s")
+    head = f"{a} − {b}: {fmt.signed(d['mean'], digits)}{unit}"
     if n < 2 or fmt.isnan(d["low"]):
-        return (f"difference {fmt.signed(d['mean'], digits)}{unit} from {n} {what}: too few to "
-                "tell apart from noise")
-    verdict = d["verdict"]
-    judged = "within noise" if verdict == "within noise" else "a real difference"
-    return (f"difference {fmt.signed(d['mean'], digits)}{unit}, {pct} % interval "
-            f"{fmt.num(d['low'], digits)}..{fmt.num(d['high'], digits)}{unit} over {n} {what}: "
-            f"{judged}")
+        return f"{head} from {n} {what}, too few to tell apart from noise"
+    judged = "within noise" if d["verdict"] == "within noise" else "a real difference"
+    return (f"{head}, {pct} % interval {fmt.num(d['low'], digits)}..{fmt.num(d['high'], digits)}"
+            f"{unit} over {n} {what}: {judged}")
 
 
 def _wins(d: dict[str, Any], a: str, better: str) -> str:
@@ -50,7 +50,8 @@ def _accuracy_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
     text = (f"{head} ({fmt.num(best.online_acc)} vs {second.optimizer} "
             f"{fmt.num(second.online_acc)}")
     if d is not None and d["n"] > 0:
-        text += f"; {_interval_words(d, 3, '', v.level)}; {_wins(d, best.optimizer, 'ahead')}"
+        text += (f"; {_interval_words(d, 3, '', v.level, best.optimizer, second.optimizer)}; "
+                 f"{_wins(d, best.optimizer, 'ahead')}")
     return text + ")."
 
 
@@ -88,7 +89,8 @@ def _recovery_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
     d = compare(v, best.optimizer, second.optimizer, s, "recovery_steps")
     if d is not None and d["n_pairs"] > 0:
         if d["n"] > 0:
-            text += f"; {_interval_words(d, 0, ' steps', v.level)} where both recovered"
+            words = _interval_words(d, 0, " steps", v.level, best.optimizer, second.optimizer)
+            text += f"; where both recovered, {words}"
         text += f"; {_wins(d, best.optimizer, 'faster')}"
     return text + ")."
 

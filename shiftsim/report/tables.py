@@ -96,6 +96,14 @@ class StudyView:
     def has_severity(self) -> bool:
         return any(not math.isnan(v) for v in self.severity.values())
 
+    @property
+    def severity_identifies(self) -> bool:
+        """True when every scenario has its own severity (one family): tables then show the
+        severity instead of the scenario label."""
+        sev = [self.severity.get(s, math.nan) for s in self.scenarios]
+        return (not self.families and len(sev) > 0 and not any(math.isnan(x) for x in sev)
+                and len(set(sev)) == len(sev))
+
     def severity_text(self, scenario: str) -> str:
         """``flip rate 100 %`` for a scenario with a known severity, else its name."""
         from ..plots import format_severity
@@ -502,26 +510,37 @@ def _censored_text(censored: int, shifts: int) -> str:
     return f"{censored}/{shifts}"
 
 
-def _sev_col(v: StudyView, df: pd.DataFrame) -> pd.Series:
+def _keys(v: StudyView, scenario: str) -> dict[str, Any]:
+    """The columns that name a scenario in a display table: the severity (formatted) when the
+    study has one, and the scenario label unless the severity alone identifies it."""
     from ..plots import format_severity
 
-    return df["severity"].map(lambda x: format_severity(x, v.severity_name))
+    out: dict[str, Any] = {}
+    if not v.severity_identifies:
+        out["scenario"] = scenario
+    if v.has_severity:
+        out[v.severity_name] = format_severity(v.severity.get(scenario, math.nan),
+                                               v.severity_name)
+    return out
 
 
 def _flag(r: Any) -> str:
     return " †" if getattr(r, "diverged", 0) else ""
 
 
+def _diverged_note(df: pd.DataFrame) -> str:
+    if "diverged" in df.columns and df["diverged"].sum():
+        return (" † includes diverged runs, whose metrics cover the steps before the loss "
+                "became non-finite.")
+    return ""
+
+
 def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
     show_true = any(v.noise.values())
-    show_multi = any(n > 2 for n in v.n_phases.values())
     recs = []
     for r in df.itertuples():
-        rec: dict[str, Any] = {"scenario": r.scenario}
-        if v.has_severity:
-            rec[v.severity_name] = None
-        rec["optimizer"] = r.optimizer
-        rec["runs"] = _status_text(r)
+        rec: dict[str, Any] = {**_keys(v, r.scenario), "optimizer": r.optimizer,
+                               "runs": _status_text(r)}
         rec["online accuracy"] = fmt.interval(r.online_acc, r.online_acc_low,
                                               r.online_acc_high) + _flag(r)
         if show_true:
@@ -533,54 +552,69 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         rec["censored"] = _censored_text(r.censored, r.shifts)
         rec["drop"] = fmt.interval(r.drop, r.drop_low, r.drop_high)
         rec["deficit"] = fmt.interval(r.deficit, r.deficit_low, r.deficit_high)
-        rec["final held-out acc."] = fmt.interval(r.final_heldout, r.final_heldout_low,
-                                                  r.final_heldout_high)
-        if show_multi:
-            for c, name in (("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "forgetting")):
-                rec[name] = fmt.interval(getattr(r, c), getattr(r, f"{c}_low"),
-                                         getattr(r, f"{c}_high"))
         recs.append(rec)
-    display = pd.DataFrame(recs)
-    if v.has_severity and len(display):
-        display[v.severity_name] = _sev_col(v, df).to_numpy()
     pct = int(round(100 * v.level))
     caption = (
         f"Per scenario and optimizer. Accuracies: mean over seeds [{pct} % Student-t interval]; "
-        "online accuracy is prequential (each batch scored before training on it). "
-        "Recovery: median over seeds and shifts of the steps (samples) until the 20-step trailing "
-        "accuracy stays at ≥ 90 % of the phase's plateau for 20 steps, counting censored "
-        "(never recovered within the phase) as +∞; *undefined when half or more are censored; "
-        "'never' when all are. Drop: pre-shift level minus the lowest trailing accuracy after "
-        "the shift; deficit: mean shortfall below the plateau over the phase (accuracy units). "
-        "Final held-out accuracy: on the last regime at the end of the stream.")
+        "online accuracy is prequential (each batch scored before training on it)"
+        + ("; against the original labels for label-noise scenarios" if show_true else "")
+        + ". Recovery: median over seeds and shifts of the steps (samples) until the 20-step "
+        "trailing accuracy stays at ≥ 90 % of the phase's plateau for 20 steps, counting "
+        "censored (never recovered within the phase) as +∞; *undefined when half or more are "
+        "censored; 'never' when all are. Censored: censored / all run × shift pairs. Drop: "
+        "pre-shift level minus the lowest trailing accuracy after the shift; deficit: mean "
+        "shortfall below the plateau over the phase (accuracy units); both averaged over the "
+        "shifts of a run, then over seeds." + _diverged_note(df))
+    return Table("summary", "Summary per scenario and optimizer", caption, df,
+                 pd.DataFrame(recs))
+
+
+def heldout_table(v: StudyView, df: pd.DataFrame) -> Table:
+    show_multi = any(n > 2 for n in v.n_phases.values())
+    recs = []
+    for r in df.itertuples():
+        rec: dict[str, Any] = {**_keys(v, r.scenario), "optimizer": r.optimizer,
+                               "final held-out acc.": fmt.interval(
+                                   r.final_heldout, r.final_heldout_low,
+                                   r.final_heldout_high) + _flag(r)}
+        if show_multi:
+            multi = v.n_phases.get(r.scenario, 0) > 2
+            for c, name in (("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "forgetting")):
+                rec[name] = fmt.interval(getattr(r, c), getattr(r, f"{c}_low"),
+                                         getattr(r, f"{c}_high")) if multi else fmt.DASH
+        recs.append(rec)
+    pct = int(round(100 * v.level))
+    caption = (f"Held-out accuracy, mean over seeds [{pct} % Student-t interval]. Final: on the "
+               "last regime at the end of the stream (label noise is not applied to held-out "
+               "labels, concept shifts are).")
     if show_multi:
-        caption += (" ACC / BWT / forgetting from the held-out accuracy matrix (Lopez-Paz & "
-                    "Ranzato 2017; Chaudhry et al. 2018), only for more than two phases.")
-    if df["diverged"].sum():
-        caption += (" † includes diverged runs, whose metrics cover the steps before the loss "
-                    "became non-finite.")
-    return Table("summary", "Summary per scenario and optimizer", caption, df, display)
+        caption += (" From the accuracy matrix R[i, j] (held-out accuracy on regime j at the end "
+                    "of phase i), for scenarios with more than two phases: ACC = mean_j "
+                    "R[K−1, j]; BWT = mean_{j<K−1} (R[K−1, j] − R[j, j]) (Lopez-Paz & Ranzato "
+                    "2017); forgetting = mean_{j<K−1} (max_{l<K−1} R[l, j] − R[K−1, j]) "
+                    "(Chaudhry et al. 2018).")
+    caption += _diverged_note(df)
+    cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "seeds", "phases"]
+    for c in ("final_heldout", "acc", "bwt", "forgetting"):
+        cols += [c, f"{c}_low", f"{c}_high"]
+    return Table("heldout", "Held-out accuracy, ACC, BWT and forgetting", caption,
+                 df[cols].copy(), pd.DataFrame(recs))
 
 
 def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
     recs = []
     for r in df.itertuples():
         digits = 0 if r.metric == "recovery_steps" else 3
-        rec: dict[str, Any] = {"scenario": r.scenario}
-        if v.has_severity:
-            rec[v.severity_name] = None
         unit = " steps" if r.metric == "recovery_steps" else ""
-        rec.update({
-            "optimizer": r.optimizer, "metric": r.metric_label,
-            f"difference vs {v.baseline}": fmt.interval(r.difference, r.low, r.high, digits,
-                                                         sign=True) + unit,
-            "won / lost / tied": f"{r.wins} / {r.losses} / {r.ties} of {r.pairs} {r.unit}",
-            "verdict": r.verdict,
-        })
-        recs.append(rec)
-    display = pd.DataFrame(recs)
-    if v.has_severity and len(display):
-        display[v.severity_name] = _sev_col(v, df).to_numpy()
+        if r.pairs:
+            diff = fmt.interval(r.difference, r.low, r.high, digits, sign=True)
+            diff += unit if diff != fmt.DASH else ""
+            won = f"{r.wins} / {r.losses} / {r.ties} of {r.pairs} {r.unit}"
+        else:
+            diff, won = fmt.DASH, "no pairs (no values on one side)"
+        recs.append({**_keys(v, r.scenario), "optimizer": r.optimizer,
+                     "metric": r.metric_label, f"difference vs {v.baseline}": diff,
+                     "won / lost / tied": won, "verdict": r.verdict})
     pct = int(round(100 * v.level))
     caption = (
         f"Each optimizer minus the baseline {v.baseline} ({v.baseline_reason}), paired by seed "
@@ -588,38 +622,40 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         "interval]. Won / lost counts the pairs where the optimizer is better / worse (higher "
         "accuracy; shorter recovery, smaller drop, deficit and forgetting). For recovery time "
         "the difference uses the pairs where both recovered; the counts use every pair, a "
-        "censored run counting as never recovering. Verdict: 'within noise' when the interval "
-        "contains 0, 'n/a' with fewer than two pairs.")
+        "censored run counting as never recovering. Verdict: 'better' / 'worse' when the "
+        "interval excludes 0, 'within noise' when it contains 0, 'n/a' with fewer than two "
+        "pairs. Pairs are missing where a run diverged before the shift or failed.")
     return Table("comparison", f"Paired comparison against the baseline ({v.baseline})",
-                 caption, df, display)
+                 caption, df, pd.DataFrame(recs))
 
 
 def phase_table(v: StudyView, df: pd.DataFrame) -> Table:
     recs = []
     show_true = any(v.noise.values())
     for r in df.itertuples():
-        rec: dict[str, Any] = {"scenario": r.scenario, "optimizer": r.optimizer,
-                               "phase": f"{r.phase}: {r.name}",
-                               "runs": r.runs,
+        rec: dict[str, Any] = {**_keys(v, r.scenario), "optimizer": r.optimizer,
+                               "phase": f"{r.phase}: {r.name}", "runs": r.runs,
                                "online accuracy": fmt.interval(r.online_acc, r.online_acc_low,
                                                                r.online_acc_high)}
         if show_true:
             rec["online acc. (original labels)"] = fmt.interval(
                 r.online_acc_true, r.online_acc_true_low, r.online_acc_true_high) \
                 if r.label_kind == "noise" else fmt.DASH
+        shifted = r.phase >= 1
         rec["recovery (steps)"] = _recovery_text(r.recovery_steps, r.censored, r.shifts) \
-            if r.phase >= 1 else fmt.DASH
+            if shifted else fmt.DASH
         rec["recovery (samples)"] = _recovery_text(r.recovery_samples, r.censored, r.shifts) \
-            if r.phase >= 1 else fmt.DASH
-        rec["censored"] = _censored_text(r.censored, r.shifts) if r.phase >= 1 else fmt.DASH
+            if shifted else fmt.DASH
+        rec["censored"] = _censored_text(r.censored, r.shifts) if shifted else fmt.DASH
         rec["drop"] = fmt.interval(r.drop, r.drop_low, r.drop_high)
         rec["deficit"] = fmt.interval(r.deficit, r.deficit_low, r.deficit_high)
         rec["held-out acc. (phase end)"] = fmt.interval(r.heldout_acc, r.heldout_acc_low,
                                                         r.heldout_acc_high)
         recs.append(rec)
     caption = ("Per phase (phase 0 has no shift to recover from). Same definitions as the "
-               "summary; 'runs' counts the runs that reached the phase. Original-label accuracy "
-               "is shown for label-noise phases, where it is the accuracy that matters.")
+               "summary; recovery is the median over seeds; 'runs' counts the runs that reached "
+               "the phase. Original-label accuracy is shown for label-noise phases, where it is "
+               "the accuracy that matters.")
     return Table("phases", "Per phase", caption, df, pd.DataFrame(recs))
 
 
@@ -637,14 +673,13 @@ def runs_table(v: StudyView) -> Table:
             what = f"loss not finite at step {r.diverged_step} of {r.steps}"
         else:
             what = str(r.error) if isinstance(r.error, str) and r.error else fmt.DASH
-        recs.append({"run": r.run_id, "scenario": r.scenario, "optimizer": r.optimizer,
+        recs.append({"run": r.run_id, **_keys(v, r.scenario), "optimizer": r.optimizer,
                      "seed": r.seed, "status": r.status, "details": what[:300]})
     caption = ("Every run that did not finish normally. Diverged runs keep the metrics of the "
                "steps they ran; failed runs (the run raised), incomplete and pending runs have "
-               "no metrics. runs.csv lists all runs.")
+               "no metrics. tables/runs.csv lists all runs.")
     return Table("runs", "Runs that did not finish normally", caption, data,
-                 pd.DataFrame(recs, columns=["run", "scenario", "optimizer", "seed", "status",
-                                             "details"]))
+                 pd.DataFrame(recs))
 
 
 def build(v: StudyView) -> StudyView:
@@ -655,6 +690,7 @@ def build(v: StudyView) -> StudyView:
     v.comparison = comparison_frame(v)
     v.tables = {
         "summary": summary_table(v, v.summary),
+        "heldout": heldout_table(v, v.summary),
         "comparison": comparison_table(v, v.comparison),
         "phases": phase_table(v, v.phase_summary),
         "runs": runs_table(v),
