@@ -45,6 +45,16 @@ from .errors import ShiftsimError, SpecTypeError
 from .learner import build_model, mode_sensitive
 from .models import ModelSpec
 from .optim import OptimizerSpec, spec
+from .optim._kernels import (
+    acc_dtype,
+    bc,
+    foreach_add_decay,
+    foreach_addcdiv_,
+    foreach_axpy_,
+    foreach_ema_sq_,
+    foreach_scale_,
+    is_zero,
+)
 from .scenario import Scenario
 from .stream import Stream, resolve_device
 
@@ -62,7 +72,19 @@ class StackedModel:
     ``params`` maps each parameter name to a leaf tensor of shape ``(K, *shape)``. ``forward``
     takes ``(K, batch, *input_shape)`` and returns ``(K, batch, classes)``. An ``nn.Sequential``
     of Flatten / Linear / elementwise activations runs as batched matmuls; any other model runs
-    through ``torch.func.vmap(functional_call)``.
+    through ``torch.func.vmap(functional_call)``. ``compile=True`` compiles the training step's
+    forward pass and loss with ``torch.compile``; when compilation fails (no compiler, an
+    unsupported op) it warns and runs eagerly.
+
+    >>> import shiftsim as ss
+    >>> data = ss.data.digits()
+    >>> nets = [ss.models.mlp(hidden=(8,)).build(data, seed=s) for s in (0, 1)]
+    >>> sm = StackedModel(nets)
+    >>> sm.params["1.weight"].shape, sm.forward(torch.zeros(2, 5, 1, 8, 8)).shape
+    (torch.Size([2, 8, 64]), torch.Size([2, 5, 10]))
+    >>> bool(torch.allclose(sm.forward(data.x_train[None, :5].expand(2, -1, -1, -1, -1))[1],
+    ...                     nets[1](data.x_train[:5]), atol=1e-6))
+    True
     """
 
     def __init__(self, models: Sequence[nn.Module], compile: bool = False) -> None:
@@ -81,19 +103,18 @@ class StackedModel:
             for n, _ in models[0].named_buffers()}
         self.template = models[0]
         self._plan = self._matmul_plan(models[0])
-        fn: Callable[..., torch.Tensor] = self._forward_matmul if self._plan is not None \
-            else self._forward_vmap
         if self._plan is None:
             self._meta = copy.deepcopy(models[0]).to("meta")
-        self._fn = fn
+        self._eager: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._losses
+        self._train = self._eager
         self.compiled = False
         if compile:
             try:
-                self._fn = torch.compile(fn, dynamic=False)
+                self._train = torch.compile(self._losses, dynamic=False)
                 self.compiled = True
             except Exception as exc:  # pragma: no cover - depends on the toolchain
-                warnings.warn(f"torch.compile failed ({exc}); the fleet runs eagerly",
-                              stacklevel=2)
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); the fleet "
+                              "runs eagerly", stacklevel=2)
 
     @staticmethod
     def _matmul_plan(model: nn.Module) -> list[tuple[str, Any]] | None:
@@ -114,8 +135,15 @@ class StackedModel:
                 return None
         return plan
 
-    def _forward_matmul(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        assert self._plan is not None
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if self._plan is None:
+            from torch.func import functional_call, vmap
+
+            def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor
+                    ) -> torch.Tensor:
+                return functional_call(self._meta, (p, b), (xi,))
+
+            return vmap(one)(params, self.buffers, x)
         for kind, arg in self._plan:
             if kind == "flatten":
                 x = x.flatten(2)
@@ -127,26 +155,29 @@ class StackedModel:
                 x = arg(x)
         return x
 
-    def _forward_vmap(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call, vmap
+    def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._forward(params, x)
+        k, b = y.shape
+        per = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1),
+                              reduction="none").view(k, b).mean(1)
+        return logits, per
 
-        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor
-                ) -> torch.Tensor:
-            return functional_call(self._meta, (p, b), (xi,))
-
-        return vmap(one)(params, self.buffers, x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(K, b, C)`` and each member's mean cross-entropy ``(K,)`` (with autograd)."""
         if self.compiled:
             try:
-                return self._fn(self.params, x)
+                return self._train(self.params, x, y)
             except Exception as exc:  # the first call compiles; fall back when it cannot
                 warnings.warn(f"torch.compile of the fleet step failed ({type(exc).__name__}: "
                               f"{exc}); running eagerly", stacklevel=2)
                 self.compiled = False
-                self._fn = self._forward_matmul if self._plan is not None else \
-                    self._forward_vmap
-        return self._fn(self.params, x)
+                self._train = self._eager
+        return self._eager(self.params, x, y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, b, C)`` for inputs ``(K, b, ...)``."""
+        return self._forward(self.params, x)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -161,57 +192,362 @@ class StackedModel:
         return m
 
 
-# -- member groups --------------------------------------------------------------------------
+# -- optimizers: each family steps K stacked members through its functional kernel -------------
 
-@dataclass
-class _Group:
-    """The members [start, stop) that share one optimizer spec, and that optimizer."""
-
-    spec: OptimizerSpec
-    start: int
-    stop: int
-    views: list[torch.Tensor]
-    optimizer: torch.optim.Optimizer
-    needs_loss: bool
-    diag_names: list[str]
-    diag_buf: torch.Tensor | None = None
+Hp = dict[str, "float | torch.Tensor"]
 
 
-def _supports_learner_dims(target: Any) -> bool:
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+class _Family:
+    """One optimizer class run over stacked ``(K, ...)`` tensors.
+
+    ``hp`` holds the numeric hyperparameters: a float when every member of the group shares
+    it, else a ``(K,)`` tensor (per-member values); ``flags`` the non-numeric ones (booleans,
+    modes), which the group's members share. ``step`` updates the parameters in place and
+    returns the per-member diagnostics, one ``(K,)`` tensor per name in ``diag_names``.
+    """
+
+    diag_names: tuple[str, ...] = ()
+    needs_loss = False
+    #: constructor options that change nothing the fleet computes (implementation choices)
+    ignored: tuple[str, ...] = ("foreach", "capturable", "fused", "differentiable")
+
+    def __init__(self, params: list[torch.Tensor], hp: Hp, flags: dict[str, Any]) -> None:
+        self.params, self.hp, self.flags = params, hp, flags
+        self.t = 0
+        self.K = params[0].shape[0]
+        self.setup()
+
+    def setup(self) -> None:
+        """Create the optimizer state (subclasses)."""
+
+    def zeros(self) -> list[torch.Tensor]:
+        return [torch.zeros_like(p) for p in self.params]
+
+    def acc(self, *shape: int, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """A model-wide state tensor ``(*shape, K)`` in the accumulation dtype."""
+        p = self.params[0]
+        out = torch.zeros(*shape, self.K, device=p.device, dtype=acc_dtype(p.dtype))
+        return out.add_(fill)
+
+    @property
+    def foreach(self) -> bool | None:
+        return self.flags.get("foreach")
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class _SGD(_Family):
+    """``torch.optim.SGD`` (momentum, dampening, Nesterov, coupled weight decay, maximize), the
+    operations of torch's own kernel in the same order, with per-member hyperparameters."""
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        hp, P = self.hp, self.params
+        self.t += 1
+        G = list(torch._foreach_neg(grads)) if self.flags["maximize"] else grads
+        if not is_zero(hp["weight_decay"]):
+            G = foreach_add_decay(P, G, hp["weight_decay"], 1)
+        mom = hp["momentum"]
+        if not is_zero(mom):
+            if self.t == 1:
+                self.bufs = [g.clone() for g in G]
+            else:
+                foreach_scale_(self.bufs, mom, 1)
+                foreach_axpy_(self.bufs, G, 1 - hp["dampening"], 1)
+            if self.flags["nesterov"]:
+                G = [g.clone() for g in G]
+                foreach_axpy_(G, self.bufs, mom, 1)
+            else:
+                G = self.bufs
+        foreach_axpy_(P, G, -hp["lr"], 1)
+        return []
+
+
+class _Adam(_Family):
+    """``torch.optim.Adam`` / ``AdamW`` (amsgrad, maximize, coupled or decoupled decay), the
+    operations of torch's own kernel in the same order, with per-member hyperparameters."""
+
+    def setup(self) -> None:
+        self.m, self.v = self.zeros(), self.zeros()
+        self.vmax = self.zeros() if self.flags["amsgrad"] else None
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        hp, P = self.hp, self.params
+        self.t += 1
+        t = float(self.t)
+        lr, b1, b2, eps, wd = (hp[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay"))
+        G = list(torch._foreach_neg(grads)) if self.flags["maximize"] else grads
+        if not is_zero(wd):
+            if self.flags["decoupled"]:
+                foreach_scale_(P, 1 - lr * wd, 1)
+            else:
+                G = foreach_add_decay(P, G, wd, 1)
+        if isinstance(b1, torch.Tensor):
+            torch._foreach_lerp_(self.m, G, [bc(1 - b1, m, 1) for m in self.m])
+        else:
+            torch._foreach_lerp_(self.m, G, 1 - b1)
+        foreach_ema_sq_(self.v, G, b2, 1)
+        step_size = lr / (1 - b1 ** t)
+        bc2_sqrt = (1 - b2 ** t) ** 0.5
+        src = self.v
+        if self.vmax is not None:
+            torch._foreach_maximum_(self.vmax, self.v)
+            src = self.vmax
+        den = list(torch._foreach_sqrt(src))
+        if isinstance(bc2_sqrt, torch.Tensor):
+            torch._foreach_div_(den, [bc(bc2_sqrt, d, 1) for d in den])
+        else:
+            torch._foreach_div_(den, bc2_sqrt)
+        if isinstance(eps, torch.Tensor):
+            torch._foreach_add_(den, [bc(eps, d, 1) for d in den])
+        else:
+            torch._foreach_add_(den, eps)
+        foreach_addcdiv_(P, self.m, den, [-step_size] * len(P), 1)
+        return []
+
+
+class _TAM(_Family):
+    diag_names = ("damping", "cosine")
+
+    def setup(self) -> None:
+        self.m = self.zeros()
+        self.shat = self.acc() if self.flags["scope"] == "global" else self.acc(len(self.params))
+
+    def _diag(self, d: torch.Tensor) -> list[torch.Tensor]:
+        if self.flags["scope"] == "global":
+            return [d, self.shat]
+        return [d.mean(0), self.shat.mean(0)]
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.tam import tam
+
+        h = self.hp
+        d = tam(self.params, grads, self.m, self.shat, lr=h["lr"], momentum=h["momentum"],
+                gamma=h["gamma"], eps=h["eps"], weight_decay=h["weight_decay"],
+                decoupled=self.flags["decoupled"], scope=self.flags["scope"], learner_dims=1,
+                foreach=self.foreach)
+        return self._diag(d)
+
+
+class _AdaTAM(_TAM):
+    decoupled = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.v = self.zeros()
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.tam import adatam
+
+        h = self.hp
+        self.t += 1
+        d = adatam(self.params, grads, self.m, self.v, self.shat, step=self.t, lr=h["lr"],
+                   beta1=h["beta1"], beta2=h["beta2"], gamma=h["gamma"],
+                   torque_eps=h["torque_eps"], eps=h["eps"], weight_decay=h["weight_decay"],
+                   decoupled=self.decoupled, bias_correction=self.flags["bias_correction"],
+                   scope=self.flags["scope"], learner_dims=1, foreach=self.foreach)
+        return self._diag(d)
+
+
+class _AdaTAMW(_AdaTAM):
+    decoupled = True
+
+
+class _AMSGD(_Family):
+    diag_names = ("beta", "momentum")
+
+    def setup(self) -> None:
+        self.d = self.zeros()
+        lr = self.hp["lr"]
+        # a constant lr: eta_{t-1}/eta_t = 1, or 0 when eta = 0 (as the class computes it)
+        self.ratio = (lr > 0).to(lr.dtype) if isinstance(lr, torch.Tensor) else \
+            (1.0 if lr > 0 else 0.0)
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.adamem import adamem_sgd
+
+        h = self.hp
+        self.t += 1
+        beta = adamem_sgd(self.params, grads, self.d, step=self.t, lr=h["lr"], lam=h["lam"],
+                          beta_max=h["beta_max"], weight_decay=h["weight_decay"],
+                          lr_ratio=self.ratio, learner_dims=1, foreach=self.foreach)
+        return [beta, (beta + h["lam"]) / (1 + h["lam"])]
+
+
+class _AMAdamW(_Family):
+    diag_names = ("beta",)
+
+    def setup(self) -> None:
+        self.d, self.v = self.zeros(), self.zeros()
+        self.pi = self.acc(len(self.params), fill=1.0)
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.adamem import adamem_adamw
+
+        h = self.hp
+        self.t += 1
+        betas = adamem_adamw(self.params, grads, self.d, self.v, self.pi, step=self.t,
+                             lr=h["lr"], beta1_max=h["beta1"], beta2=h["beta2"], lam=h["lam"],
+                             eps=h["eps"], weight_decay=h["weight_decay"], learner_dims=1,
+                             foreach=self.foreach)
+        return [betas.mean(0)]
+
+
+class _MoMo(_Family):
+    diag_names = ("step_size", "fstar")
+    needs_loss = True
+
+    def setup(self) -> None:
+        self.d = self.zeros()
+        self.gam = self.acc(len(self.params))
+        self.loss_avg = self.acc()
+        self.fstar = self.acc(fill=self.hp["lb"])
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.momo import momo
+
+        h = self.hp
+        self.t += 1
+        tau = momo(self.params, grads, self.d, self.gam, self.loss_avg, self.fstar, loss,
+                   step=self.t, lr=h["lr"], beta=h["beta"], lb=h["lb"],
+                   weight_decay=h["weight_decay"], bias_correction=self.flags["bias_correction"],
+                   use_fstar=self.flags["use_fstar"], learner_dims=1, foreach=self.foreach)
+        return [tau, self.fstar]
+
+
+class _MoMoAdam(_MoMo):
+    def setup(self) -> None:
+        super().setup()
+        self.v = self.zeros()
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.momo import momo_adam
+
+        h = self.hp
+        self.t += 1
+        tau = momo_adam(self.params, grads, self.d, self.v, self.gam, self.loss_avg,
+                        self.fstar, loss, step=self.t, lr=h["lr"], beta1=h["beta1"],
+                        beta2=h["beta2"], eps=h["eps"], lb=h["lb"],
+                        weight_decay=h["weight_decay"], divide=self.flags["divide"],
+                        use_fstar=self.flags["use_fstar"], learner_dims=1, foreach=self.foreach)
+        return [tau, self.fstar]
+
+
+class _Grams(_Family):
+    def setup(self) -> None:
+        self.m, self.v = self.zeros(), self.zeros()
+        self.diag_names = ("flip_fraction",) if self.flags["track_flips"] else ()
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        from .optim.grams import grams
+
+        h = self.hp
+        self.t += 1
+        frac = grams(self.params, grads, self.m, self.v, step=self.t, lr=h["lr"],
+                     beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
+                     weight_decay=h["weight_decay"], eps_mode=self.flags["eps_mode"],
+                     learner_dims=1, foreach=self.foreach, track_flips=self.flags["track_flips"])
+        return [] if frac is None else [frac]
+
+
+class _Elementwise(_Family):
+    """Any other optimizer of ``torch.optim`` whose update is elementwise (RMSprop, NAdam ...):
+    torch's own optimizer over the stacked tensors, which is exact because stacking does not
+    change elementwise math. Its members must share every hyperparameter."""
+
+    def setup(self) -> None:
+        self.views = [p.detach() for p in self.params]
+        self.optimizer = self.flags["spec"].build(self.views)
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        for v, g in zip(self.views, grads):
+            v.grad = g
+        self.optimizer.step()
+        return []
+
+
+#: torch.optim classes whose update is not elementwise, or that cannot run on stacked tensors
+_NOT_ELEMENTWISE = ("LBFGS", "SparseAdam")
+
+
+def _family_of(target: Any) -> type[_Family] | None:
+    from .optim import adamem, grams, momo, tam
+
+    table: dict[Any, type[_Family]] = {
+        torch.optim.SGD: _SGD, torch.optim.Adam: _Adam, torch.optim.AdamW: _Adam,
+        tam.TAM: _TAM, tam.AdaTAM: _AdaTAM, tam.AdaTAMW: _AdaTAMW,
+        adamem.AdaptiveMemorySGD: _AMSGD, adamem.AdaptiveMemoryAdamW: _AMAdamW,
+        momo.MoMo: _MoMo, momo.MoMoAdam: _MoMoAdam, grams.Grams: _Grams,
+    }
+    if target in table:
+        return table[target]
+    if isinstance(target, type) and issubclass(target, torch.optim.Optimizer) and \
+            target.__module__.startswith("torch.optim") and \
+            target.__name__ not in _NOT_ELEMENTWISE:
+        return _Elementwise
+    return None
+
+
+def _hparams(opt_spec: OptimizerSpec) -> dict[str, Any]:
+    """Every constructor argument of the spec's optimizer: the class defaults, then the spec's
+    values; ``betas`` split into ``beta1`` / ``beta2``."""
     import inspect
 
-    try:
-        return "learner_dims" in inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False
+    out: dict[str, Any] = {}
+    sig = inspect.signature(opt_spec.target)
+    for i, p in enumerate(sig.parameters.values()):
+        if i == 0 or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        out[p.name] = p.default
+    out.update(opt_spec.kwargs)
+    if "betas" in out:
+        out["beta1"], out["beta2"] = out.pop("betas")
+    return out
 
 
-def _build_group(opt_spec: OptimizerSpec, params: dict[str, torch.Tensor], start: int,
-                 stop: int) -> _Group:
-    views = [p.detach()[start:stop] for p in params.values()]
-    target = opt_spec.target
-    kwargs = opt_spec.kwargs
-    if _supports_learner_dims(target):
-        optimizer = target(views, learner_dims=1, **kwargs)
-    elif getattr(target, "__module__", "").startswith("torch.optim"):
-        optimizer = opt_spec.build(views)  # elementwise: stacking does not change the math
-    else:
+@dataclass(frozen=True)
+class _GroupKey:
+    family: type
+    flags: tuple[tuple[str, Any], ...]
+
+
+def _group_key(opt_spec: OptimizerSpec) -> _GroupKey:
+    """Members with equal keys share one optimizer group (numeric hyperparameters may differ)."""
+    family = _family_of(opt_spec.target)
+    if family is None:
         raise ShiftsimError(
-            f"optimizer {opt_spec.name!r} cannot run in a fleet: it must be one of torch's "
-            "elementwise optimizers or accept learner_dims=1 (per-member reductions); run it "
-            "with shiftsim.run instead")
-    diag = optimizer.diagnostics() if hasattr(optimizer, "diagnostics") else {}
-    return _Group(opt_spec, start, stop, views, optimizer, opt_spec.needs_loss, list(diag))
+            f"optimizer {opt_spec.name!r} cannot run in a fleet: the fleet runs shiftsim's "
+            "optimizers and torch.optim's elementwise ones (SGD, Adam, AdamW, RMSprop ...) "
+            "through kernels with per-member reductions; run it with shiftsim.run instead")
+    # build it once on a dummy tensor: bad hyperparameters fail here as they would in run()
+    opt_spec.build([torch.zeros(1, requires_grad=True)])
+    if family is _Elementwise:
+        return _GroupKey(family, (("spec", opt_spec),))
+    hp = _hparams(opt_spec)
+    flags = {k: v for k, v in hp.items() if not _is_number(v) and k not in family.ignored}
+    if family is _Adam:
+        flags["decoupled"] = opt_spec.target is torch.optim.AdamW or bool(
+            flags.pop("decoupled_weight_decay", False))
+    if "foreach" in hp:
+        flags["foreach"] = hp["foreach"]
+    return _GroupKey(family, tuple(sorted(flags.items(), key=lambda kv: kv[0])))
 
 
-def _as_member(m: Any) -> tuple[OptimizerSpec, int]:
-    if not isinstance(m, (tuple, list)) or len(m) != 2:
-        raise SpecTypeError(f"a fleet member must be an (optimizer, seed) pair, got {m!r}")
-    opt, seed = m
-    opt = opt if isinstance(opt, OptimizerSpec) else spec(opt)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
-    return opt, int(seed)
+def _group_hp(specs: Sequence[OptimizerSpec], like: torch.Tensor) -> Hp:
+    """The numeric hyperparameters of a group: floats when shared, else ``(K,)`` tensors."""
+    rows = [{k: v for k, v in _hparams(s).items() if _is_number(v)} for s in specs]
+    hp: Hp = {}
+    for k in rows[0]:
+        vals = [float(r[k]) for r in rows]
+        if all(v == vals[0] for v in vals):
+            hp[k] = rows[0][k] if isinstance(rows[0][k], (int, float)) else vals[0]
+        else:
+            hp[k] = torch.tensor(vals, dtype=like.dtype, device=like.device)
+    return hp
 
 
 # -- batches ----------------------------------------------------------------------------------
@@ -266,65 +602,112 @@ class _SeedBatches:
 
 # -- the loop -----------------------------------------------------------------------------------
 
-def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module,
+@dataclass
+class _Group:
+    """The members [start, stop) of the fleet (sorted by group) that one optimizer steps."""
+
+    family: _Family
+    start: int
+    stop: int
+    full: bool
+    diag_buf: torch.Tensor | None = None
+
+
+def _as_member(m: Any) -> tuple[OptimizerSpec, int]:
+    if not isinstance(m, (tuple, list)) or len(m) != 2:
+        raise SpecTypeError(f"a fleet member must be an (optimizer, seed) pair, got {m!r}")
+    opt, seed = m
+    opt = opt if isinstance(opt, OptimizerSpec) else spec(opt)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
+    return opt, int(seed)
+
+
+def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module],
               members: Sequence[tuple[OptimizerSpec | str, int]],
               device: str | torch.device = "auto", *, check_every: int = 64,
               compile: bool = False, progress: bool = False) -> list[RunResult]:
     """Run every ``(optimizer, seed)`` member on ``scenario`` as one vectorized program.
 
     Returns one :class:`~shiftsim.engine.RunResult` per member, in the order given, with the
-    content :func:`shiftsim.run` gives for that member (same trace columns, evaluations, phases,
-    diverged handling). Members may use different optimizers (they are grouped by optimizer
-    spec inside). ``compile=True`` compiles the stacked forward pass with ``torch.compile``,
-    falling back to eager execution when compilation fails.
+    content :func:`shiftsim.run` gives for that member: the same trace columns (optimizer
+    diagnostics included), evaluations, phases, info and diverged handling. Members may use
+    different optimizers and hyperparameters: members of one optimizer class with the same
+    non-numeric settings form one group, stepped by the class's functional kernel with
+    per-member reductions and per-member numeric hyperparameters.
+
+    Args:
+        scenario: the :class:`~shiftsim.scenario.Scenario` every member runs.
+        model: a ModelSpec, an ``nn.Module`` or a callable ``Dataset -> nn.Module``, as for
+            :func:`shiftsim.run`; each member's initial weights come from its seed. Models
+            without train/eval-dependent layers only (no BatchNorm, no dropout).
+        members: ``(optimizer, seed)`` pairs; an optimizer is an OptimizerSpec or a registry
+            name. The same pair twice gives the same result twice.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` ...
+        check_every: steps between the finiteness checks of the losses (the only host syncs).
+        compile: compile the forward pass and loss with ``torch.compile`` (falls back to eager
+            execution, with a warning, when compilation fails).
+        progress: show a progress bar over steps.
     """
+    from .learner import TorchLearner
+
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
         raise SpecTypeError(f"run_fleet() needs a Scenario, got {type(scenario).__name__}")
-    if not isinstance(model, (ModelSpec, nn.Module)):
-        raise SpecTypeError(f"a fleet's model must be a ModelSpec or an nn.Module, got {model!r}")
-    if not members:
-        raise ShiftsimError("run_fleet needs at least one (optimizer, seed) member")
+    if not isinstance(model, (ModelSpec, nn.Module)) and not callable(model):
+        raise SpecTypeError(f"a fleet's model must be a ModelSpec, an nn.Module or a callable "
+                            f"Dataset -> nn.Module, got {model!r}")
+    if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or not members:
+        raise ShiftsimError(f"run_fleet needs a non-empty list of (optimizer, seed) members, "
+                            f"got {members!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
+    if not isinstance(compile, bool):
+        raise SpecTypeError(f"compile must be True or False, got {compile!r}")
     given = [_as_member(m) for m in members]
+    keys = [_group_key(o) for o, _ in given]
     dev = resolve_device(device)
 
-    # members sorted so that each optimizer spec is a contiguous slice (first appearance
-    # order, stable within); distinct seeds get one stream each
-    first: dict[OptimizerSpec, int] = {}
-    for i, (opt_spec, _) in enumerate(given):
-        first.setdefault(opt_spec, i)
-    order = sorted(range(len(given)), key=lambda i: (first[given[i][0]], i))
+    # members sorted so that each group is a contiguous slice (groups in order of first
+    # appearance, members in the given order within); distinct seeds get one stream each
+    first: dict[_GroupKey, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    order = sorted(range(len(given)), key=lambda i: (first[keys[i]], i))
     specs = [given[i][0] for i in order]
     seeds = [given[i][1] for i in order]
+    K = len(order)
     distinct = sorted(set(seeds))
     streams = [Stream(scenario, s, dev) for s in distinct]
     member_seed = torch.tensor([distinct.index(s) for s in seeds], device=dev)
     identity = seeds == distinct
-    K = len(order)
 
     data = streams[0].data
     net = StackedModel([build_model(model, data, s).to(dev) for s in seeds], compile=compile)
+    params = list(net.params.values())
+    T, b = scenario.total_steps, scenario.batch_size
     groups: list[_Group] = []
     start = 0
     for i in range(1, K + 1):
-        if i == K or specs[i] != specs[start]:
-            groups.append(_build_group(specs[start], net.params, start, i))
+        if i == K or keys[order[i]] != keys[order[start]]:
+            key = keys[order[start]]
+            views = [p.detach()[start:i] for p in params]
+            flags = dict(key.flags)
+            hp = {} if key.family is _Elementwise else _group_hp(specs[start:i], params[0])
+            fam = key.family(views, hp, flags)
+            g = _Group(fam, start, i, start == 0 and i == K)
+            if fam.diag_names:
+                g.diag_buf = torch.zeros(T, i - start, len(fam.diag_names), device=dev)
+            groups.append(g)
             start = i
 
-    T, b = scenario.total_steps, scenario.batch_size
     losses = torch.empty(K, T, dtype=torch.float32, device=dev)
     correct = torch.zeros(K, T, dtype=torch.int64, device=dev)
     correct_true = torch.zeros(K, T, dtype=torch.int64, device=dev)
     n_new = torch.empty(K, T, dtype=torch.int64)
-    for g in groups:
-        if g.diag_names:
-            g.diag_buf = torch.zeros(T, g.stop - g.start, len(g.diag_names), device=dev)
     schedule = _EvalSchedule(scenario)
     eval_correct = torch.zeros(K, len(schedule.rows), dtype=torch.int64, device=dev)
     heldout: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    active = torch.ones(K, dtype=torch.bool, device=dev)
     diverged_at: list[int | None] = [None] * K
     checked = 0
     bar = None
@@ -344,19 +727,18 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module,
         return heldout[r]
 
     def check(upto: int) -> bool:
-        """Mark members whose loss went non-finite in [checked, upto); True when all are out."""
+        """Record members whose loss went non-finite in [checked, upto); True when all did."""
         nonlocal checked
         bad = ~torch.isfinite(losses[:, checked:upto])
         if bool(bad.any()):  # host sync, once every check_every steps
-            rows = bad.any(1).nonzero().flatten().tolist()
-            for k in rows:
+            for k in bad.any(1).nonzero().flatten().tolist():
                 if diverged_at[k] is None:
                     diverged_at[k] = checked + int(bad[k].nonzero()[0, 0])
-                    active[k] = False
         checked = upto
         return all(d is not None for d in diverged_at)
 
-    params = list(net.params.values())
+    # A diverged member is not stepped differently: its non-finite values stay in its own
+    # slice (every reduction is per member), and its trace ends at its divergence.
     all_out = False
     for k_phase in range(len(scenario.phases)):
         batches = _SeedBatches(streams, k_phase, member_seed, identity)
@@ -366,34 +748,26 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module,
             batches.n_new.T if identity else batches.n_new.T[member_seed.cpu()])
         for s in range(batches.steps):
             t = start + s
-            x = batches.inputs(s)
-            y = batches.labels(s)
-            logits = net.forward(x)
-            per = F.cross_entropy(logits.reshape(K * b, -1), y.reshape(-1),
-                                  reduction="none").view(K, b).mean(1)
+            logits, per = net.losses(batches.inputs(s), batches.labels(s))
+            grads = torch.autograd.grad(per.sum(), params)
             with torch.no_grad():
                 torch.argmax(logits, -1, out=preds[:, s])
                 losses[:, t] = per
-            total = torch.where(active, per, torch.zeros_like(per)).sum()
-            for p in params:
-                p.grad = None
-            total.backward()
-            loss_d = per.detach()
-            for g in groups:
-                for v, p in zip(g.views, params):
-                    v.grad = p.grad[g.start:g.stop]
-                if g.needs_loss:
-                    g.optimizer.step(loss=loss_d[g.start:g.stop])
-                else:
-                    g.optimizer.step()
-                if g.diag_buf is not None:
-                    g.diag_buf[t] = torch.stack(list(g.optimizer.diagnostics().values()), -1)
-            if t in schedule.at:
-                _, regimes, _ = schedule.at[t]
-                row = schedule.first_row[t]
-                for i, r in enumerate(regimes):
-                    hx, hy = heldout_of(r)
-                    eval_correct[:, row + i] = (net.predict(hx) == hy).sum(1)
+                loss_d = per.detach()
+                for g in groups:
+                    if g.full:
+                        vals = g.family.step(list(grads), loss_d)
+                    else:
+                        vals = g.family.step([x[g.start:g.stop] for x in grads],
+                                             loss_d[g.start:g.stop])
+                    if g.diag_buf is not None:
+                        g.diag_buf[t] = torch.stack(vals, -1)
+                if t in schedule.at:
+                    _, regimes, _ = schedule.at[t]
+                    row = schedule.first_row[t]
+                    for i, r in enumerate(regimes):
+                        hx, hy = heldout_of(r)
+                        eval_correct[:, row + i] = (net.predict(hx) == hy).sum(1)
             if (t + 1) % check_every == 0 and check(t + 1):
                 all_out = True
                 break
@@ -416,17 +790,17 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module,
     losses_c, correct_c, ctrue_c = losses.cpu().numpy(), correct.cpu().numpy(), \
         correct_true.cpu().numpy()
     ec = eval_correct.cpu().numpy()
-    diag_c = {id(g): g.diag_buf.cpu().numpy() for g in groups if g.diag_buf is not None}
+    diag_c = [None if g.diag_buf is None else g.diag_buf.cpu().numpy() for g in groups]
     phase_of_step = np.repeat(np.arange(len(scenario.phases)),
                               [p.steps for p in scenario.phases])
     phases = scenario.phase_table()
     scenario_dict = scenario.to_dict()
-    model_dict = model.to_dict() if isinstance(model, ModelSpec) else {
-        "module": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
     loop_s = t_loop - t_setup
     results: list[RunResult | None] = [None] * K
     for pos, orig in enumerate(order):
-        g = next(g for g in groups if g.start <= pos < g.stop)
+        gi = next(j for j, g in enumerate(groups) if g.start <= pos < g.stop)
+        g = groups[gi]
         d = diverged_at[pos]
         steps_run = T if d is None else d
         trace = pd.DataFrame({
@@ -438,10 +812,13 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module,
             "loss": losses_c[pos, :steps_run],
             "n_new": n_new[pos, :steps_run].numpy(),
         })
-        if id(g) in diag_c:
-            vals = diag_c[id(g)][:steps_run, pos - g.start]
-            for j, name in enumerate(g.diag_names):
+        dbuf = diag_c[gi]
+        if dbuf is not None:
+            vals = dbuf[:steps_run, pos - g.start]
+            for j, name in enumerate(g.family.diag_names):
                 trace[f"diag_{name}"] = vals[:, j]
+        # as run(): an evaluation at step s sees the weights after update s - 1, so at the
+        # diverged step d only evaluations up to step d - 1 are kept
         last_eval = T if d is None else d - 1
         keep = [i for i, r in enumerate(schedule.rows) if r[0] <= last_eval]
         rows = [schedule.rows[i] for i in keep]
@@ -455,23 +832,16 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module,
             "accuracy": evc / scenario.eval_size,
             "phase_end": np.array([r[3] for r in rows], dtype=bool),
         })
-        try:
-            opt_dict = specs[pos].to_dict()
-        except ShiftsimError:
-            opt_dict = {"name": specs[pos].name, "hparams": dict(specs[pos].hparams)}
         info = {"scenario": scenario_dict,
-                "learner": {"model": model_dict, "optimizer": opt_dict},
-                "seed": seeds[pos], "device": str(dev),
-                "versions": {"torch": torch.__version__, "python": platform.python_version()},
-                "fleet": {"members": K, "compiled": net.compiled}}
-        timings = {"setup_s": t_setup - t_start, "loop_s": loop_s / K,
+                "learner": TorchLearner(model, specs[pos]).describe(),
+                "seed": seeds[pos], "device": str(dev), "versions": dict(versions),
+                "fleet": {"members": K, "groups": len(groups), "compiled": net.compiled}}
+        timings = {"setup_s": (t_setup - t_start) / K, "loop_s": loop_s / K,
                    "fleet_loop_s": loop_s, "total_s": (time.perf_counter() - t_start) / K,
                    "ms_per_step": 1000 * loop_s / K / max(steps_run, 1)}
         results[orig] = RunResult(trace, evals, phases.copy(), info, diverged=d is not None,
                                   diverged_step=d, timings=timings)
-    out = [r for r in results if r is not None]
-    assert len(out) == K
-    return out
+    return [r for r in results if r is not None]
 
 
 def fleet_memory_bytes(scenario: Scenario, model: ModelSpec | nn.Module, members: int) -> int:
