@@ -166,10 +166,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report
+    from .report import describe, report
 
     path = report(args.dir, args.out, baseline=args.baseline)
-    print(f"wrote {path}")
+    print(describe(path))
     return 0
 
 

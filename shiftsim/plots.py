@@ -677,8 +677,8 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
                     annot=False, linewidths=0.5, linecolor="white", cbar=finite.size > 0,
                     cbar_kws={"label": ("median " + _label(value)) if recovery else
                               f"{_label(value)} (mean)"},
-                    vmin=float(finite.min()) if finite.size else None,
-                    vmax=float(finite.max()) if finite.size else None)
+                    vmin=float(finite.min()) if finite.size else 0.0,
+                    vmax=float(finite.max()) if finite.size else 1.0)
         ax.grid(False)
         norm = ax.collections[0].norm if ax.collections else None
         colormap = plt.get_cmap(cmap)

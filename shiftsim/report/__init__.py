@@ -264,9 +264,13 @@ def report(study_dir: str | os.PathLike, out_dir: str | os.PathLike,
     results = store.load(study)
     v = build(view(results, baseline=baseline, level=float(level)))
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}{_TMP}{os.getpid()}-{os.urandom(3).hex()}")
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ShiftsimError(f"cannot write a report to {str(out)!r}: {exc.strerror or exc}"
+                            ) from exc
     try:
         say("tables")
         _write_tables(v.tables, tmp / "tables")
@@ -295,9 +299,11 @@ def report(study_dir: str | os.PathLike, out_dir: str | os.PathLike,
         (tmp / REPORT_FILE).write_text(json.dumps(_plain(meta), indent=1) + "\n",
                                        encoding="utf-8")
         _replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
+        if isinstance(exc, OSError):
+            raise ShiftsimError(f"writing the report to {str(out)!r} failed: {exc}") from exc
         raise
     return out
 

@@ -112,7 +112,8 @@ def _best_by_severity(v: StudyView) -> list[str]:
         if len(ok) >= 2:
             d = compare(v, ok.iloc[0].optimizer, ok.iloc[1].optimizer, s, "online_acc")
             note = "" if d is None else {"better": ", clear", "within noise": ", within noise",
-                                         "n/a": ", one seed"}.get(d["verdict"], "")
+                                         "not judged": ", too few seeds to judge"
+                                         }.get(d["verdict"], "")
             acc_parts.append(f"{label}: {ok.iloc[0].optimizer}{note}")
         rec = sorted(rows[rows["shifts"] > 0].itertuples(), key=_recovery_key)
         if rec:
@@ -146,8 +147,8 @@ def _baseline_sentences(v: StudyView) -> list[str]:
             bits = [f"{words[0]} in {int(vc.get('better', 0))}",
                     f"{words[1]} in {int(vc.get('worse', 0))}",
                     f"within noise in {int(vc.get('within noise', 0))}"]
-            if vc.get("n/a", 0):
-                bits.append(f"not judged in {int(vc.get('n/a', 0))}")
+            if vc.get("not judged", 0):
+                bits.append(f"not judged in {int(vc.get('not judged', 0))}")
             parts.append(f"{words[2]} {', '.join(bits)} of {fmt.plural(n, 'scenario')}")
         if parts:
             out.append(f"Against the baseline **{v.baseline}**, {arm}: " + "; ".join(parts)

@@ -395,10 +395,10 @@ def paired(a: pd.Series, b: pd.Series, *, higher_is_better: bool = True,
 
 def verdict(d: dict[str, Any], higher_is_better: bool) -> str:
     """``better`` / ``worse`` (the interval excludes 0), ``within noise`` (it contains 0) or
-    ``n/a`` (fewer than two pairs: no interval)."""
+    ``not judged`` (fewer than two pairs: no interval)."""
     low, high = d.get("low", math.nan), d.get("high", math.nan)
     if fmt.isnan(low) or fmt.isnan(high):
-        return "n/a"
+        return "not judged"
     if low > 0:
         return "better" if higher_is_better else "worse"
     if high < 0:
@@ -623,8 +623,8 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         "accuracy; shorter recovery, smaller drop, deficit and forgetting). For recovery time "
         "the difference uses the pairs where both recovered; the counts use every pair, a "
         "censored run counting as never recovering. Verdict: 'better' / 'worse' when the "
-        "interval excludes 0, 'within noise' when it contains 0, 'n/a' with fewer than two "
-        "pairs. Pairs are missing where a run diverged before the shift or failed.")
+        "interval excludes 0, 'within noise' when it contains 0, 'not judged' with fewer than "
+        "two pairs. Pairs are missing where a run diverged before the shift or failed.")
     return Table("comparison", f"Paired comparison against the baseline ({v.baseline})",
                  caption, df, pd.DataFrame(recs))
 

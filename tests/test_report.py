@@ -1,0 +1,489 @@
+"""Reports: table values against metrics computed here from the traces, the documents, the
+rendering in headless Chromium, atomic writing, edge cases (one seed, everything censored,
+diverged and failed runs) and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import shiftsim as ss
+from shiftsim import store
+from shiftsim.cli import main
+from shiftsim.errors import ShiftsimError
+from shiftsim.report import REPORT_FILE, report
+from shiftsim.study import Study, flip_rates
+
+W, Q = 20, 0.9  # the window and target fraction the stored metrics use
+
+
+def broken_optimizer(params, lr: float = 0.1):
+    """An optimizer factory that raises: every run with it fails."""
+    raise RuntimeError("this optimizer is broken on purpose")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ss.data.digits()
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, digits):
+    """3 scenarios (permute 50 %, permute 100 %, label noise 'other' 50 %; 3 phases of 30 steps)
+    x 4 optimizers (sgdm, tam, a diverging sgd, a failing factory) x 3 seeds."""
+    out = tmp_path_factory.mktemp("study")
+    scen = flip_rates(digits, [0.5, 1.0], mode="permute", tasks=3, steps_per_task=30,
+                      batch_size=16) | flip_rates(digits, [0.5], mode="other", tasks=3,
+                                                   steps_per_task=30, batch_size=16)
+    study = Study("report-test", scen, ss.models.mlp(hidden=(16,)),
+                  {"sgdm": ss.optim.spec("sgdm", lr=0.05), "tam": ss.optim.spec("tam", lr=0.05),
+                   "huge": ss.optim.spec("sgd", lr=1e37),
+                   "broken": ss.optim.spec(broken_optimizer)}, seeds=3)
+    study.run(out, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rep(study_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep") / "report"
+    assert report(study_dir, out) == out
+    return out
+
+
+# -- reference computations (float64, straight from specs/metrics.md) --------------------------
+
+def ref_trailing(correct, n, phase, w=W):
+    out = np.empty(len(correct))
+    for t in range(len(correct)):
+        u = t
+        while u - 1 >= 0 and phase[u - 1] == phase[t] and t - (u - 1) < w:
+            u -= 1
+        out[t] = correct[u:t + 1].sum() / n[u:t + 1].sum()
+    return out
+
+
+def ref_recovery(trace: pd.DataFrame):
+    """{phase: (recovery_steps or inf if censored, recovery_samples, drop, deficit)}."""
+    c, n, ph = (trace[k].to_numpy(np.float64) for k in ("correct", "n", "phase"))
+    a, abar = c / n, ref_trailing(c, n, ph)
+    out = {}
+    for k in sorted(set(ph.tolist()))[1:]:
+        idx = np.flatnonzero(ph == k)
+        prev = np.flatnonzero(ph == k - 1)
+        pre, plateau = a[prev[-W:]].mean(), a[idx[-W:]].mean()
+        seg = abar[idx]
+        target = Q * plateau
+        rec = math.inf
+        for s in range(len(seg) - W + 1):
+            if all(seg[s + j] >= target - 1e-12 for j in range(W)):
+                rec = s
+                break
+        samples = math.inf if math.isinf(rec) else n[idx[:rec]].sum()
+        out[k] = (rec, samples, pre - seg.min(), np.mean(np.maximum(0, plateau - seg)))
+    return out
+
+
+def ref_median(values):
+    """Median with censored = inf; NaN when half or more are censored."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0 or 2 * np.isinf(v).sum() >= v.size:
+        return math.nan
+    return float(np.median(v))
+
+
+def ref_interval(x):
+    x = np.asarray(x, dtype=float)
+    if x.size < 2:
+        return x.mean(), math.nan, math.nan
+    lo, hi = stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=stats.sem(x))
+    return x.mean(), lo, hi
+
+
+def ref_matrix(evals: pd.DataFrame, plan: pd.DataFrame) -> np.ndarray:
+    end = evals[evals["phase_end"]]
+    regimes = plan.sort_values("phase")["regime"].tolist()
+    K = len(regimes)
+    R = np.full((K, K), np.nan)
+    for i in range(K):
+        for j in range(K):
+            cell = end[(end["phase"] == i) & (end["regime"] == regimes[j])]
+            R[i, j] = cell["accuracy"].mean()
+    return R
+
+
+def close(a, b, tol=1e-9):
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return abs(float(a) - float(b)) <= tol
+
+
+# -- the tables against the reference ---------------------------------------------------------
+
+def test_summary_table_matches_metrics_computed_from_the_traces(study_dir, rep):
+    res = store.load(study_dir)
+    summary = pd.read_csv(rep / "tables" / "summary.csv")
+    runs = res.runs
+    checked = 0
+    for (scen, opt), group in runs[runs["status"] == "ok"].groupby(["scenario", "optimizer"]):
+        online, online_true, recov, samples, drops, deficits = [], [], [], [], [], []
+        final, accs, bwts, forgets = [], [], [], []
+        for rid in group["run_id"]:
+            tr = res.trace(rid)
+            online.append(tr["correct"].sum() / tr["n"].sum())
+            online_true.append(tr["correct_true"].sum() / tr["n"].sum())
+            rr = ref_recovery(tr)
+            recov += [v[0] for v in rr.values()]
+            samples += [v[1] for v in rr.values()]
+            drops.append(np.mean([v[2] for v in rr.values()]))
+            deficits.append(np.mean([v[3] for v in rr.values()]))
+            plan = res.phases[res.phases["run_id"] == rid]
+            R = ref_matrix(res.evals[res.evals["run_id"] == rid], plan)
+            K = len(R)
+            final.append(R[K - 1, K - 1])
+            accs.append(R[K - 1].mean())
+            bwts.append(np.mean([R[K - 1, j] - R[j, j] for j in range(K - 1)]))
+            forgets.append(np.mean([R[j:K - 1, j].max() - R[K - 1, j] for j in range(K - 1)]))
+        row = summary[(summary["scenario"] == scen) & (summary["optimizer"] == opt)].iloc[0]
+        for col, values in (("online_acc", online), ("online_acc_true", online_true),
+                            ("drop", drops), ("deficit", deficits), ("final_heldout", final),
+                            ("acc", accs), ("bwt", bwts), ("forgetting", forgets)):
+            m, lo, hi = ref_interval(values)
+            assert close(row[col], m) and close(row[f"{col}_low"], lo) and \
+                close(row[f"{col}_high"], hi), (scen, opt, col)
+        assert close(row["recovery_steps"], ref_median(recov)), (scen, opt)
+        assert close(row["recovery_samples"], ref_median(samples)), (scen, opt)
+        assert row["censored"] == sum(math.isinf(x) for x in recov) and row["shifts"] == 6
+        assert close(row["censored_fraction"], np.mean([math.isinf(x) for x in recov]))
+        assert (row["runs"], row["ok"], row["seeds"]) == (3, 3, 3)
+        checked += 1
+    assert checked == 6  # 3 scenarios x (sgdm, tam)
+
+
+def test_per_phase_table_matches_the_reference(study_dir, rep):
+    res = store.load(study_dir)
+    phases = pd.read_csv(rep / "tables" / "phases.csv")
+    sub = res.runs[(res.runs["scenario"] == "permute 100%") & (res.runs["optimizer"] == "tam")]
+    for k in (0, 1, 2):
+        acc, rec = [], []
+        for rid in sub["run_id"]:
+            tr = res.trace(rid)
+            p = tr[tr["phase"] == k]
+            acc.append(p["correct"].sum() / p["n"].sum())
+            if k:
+                rec.append(ref_recovery(tr)[k][0])
+        row = phases[(phases["scenario"] == "permute 100%") & (phases["optimizer"] == "tam")
+                     & (phases["phase"] == k)].iloc[0]
+        m, lo, hi = ref_interval(acc)
+        assert close(row["online_acc"], m) and close(row["online_acc_low"], lo)
+        if k:
+            assert close(row["recovery_steps"], ref_median(rec))
+            assert row["censored"] == sum(math.isinf(x) for x in rec)
+        else:
+            assert math.isnan(row["recovery_steps"]) and row["shifts"] == 0
+
+
+def test_paired_comparison_against_the_baseline(study_dir, rep):
+    res = store.load(study_dir)
+    comp = pd.read_csv(rep / "tables" / "comparison.csv")
+    runs = res.runs.set_index(["scenario", "optimizer", "seed"])
+    for scen in ("permute 50%", "permute 100%", "other 50%"):
+        d = np.array([runs.loc[(scen, "tam", s), "online_acc"]
+                      - runs.loc[(scen, "sgdm", s), "online_acc"] for s in range(3)])
+        row = comp[(comp["scenario"] == scen) & (comp["optimizer"] == "tam")
+                   & (comp["metric"] == "online_acc")].iloc[0]
+        m, lo, hi = ref_interval(d)
+        assert row["baseline"] == "sgdm"
+        assert close(row["difference"], m) and close(row["low"], lo) and close(row["high"], hi)
+        assert (row["wins"], row["losses"]) == (int((d > 0).sum()), int((d < 0).sum()))
+        verdict = "better" if lo > 0 else "worse" if hi < 0 else "within noise"
+        assert row["verdict"] == verdict
+    # recovery wins count censored runs as never recovering; pairs are seed x shift
+    rec = comp[(comp["scenario"] == "permute 100%") & (comp["optimizer"] == "tam")
+               & (comp["metric"] == "recovery_steps")].iloc[0]
+    a = [ref_recovery(res.trace(runs.loc[("permute 100%", "tam", s), "run_id"])) for s in
+         range(3)]
+    b = [ref_recovery(res.trace(runs.loc[("permute 100%", "sgdm", s), "run_id"])) for s in
+         range(3)]
+    pairs = [(x[k][0], y[k][0]) for x, y in zip(a, b) for k in (1, 2)]
+    assert rec["pairs"] == 6 and rec["unit"] == "seed × shift pairs"
+    assert rec["wins"] == sum(x < y for x, y in pairs)
+    assert rec["losses"] == sum(x > y for x, y in pairs)
+    both = [x - y for x, y in pairs if not (math.isinf(x) or math.isinf(y))]
+    assert rec["n"] == len(both)
+    if both:
+        assert close(rec["difference"], np.mean(both))
+    # noise scenarios compare the original-label accuracy, concept ones do not
+    assert set(comp.loc[comp["scenario"] == "other 50%", "metric"]) >= {"online_acc_true"}
+    assert "online_acc_true" not in set(comp.loc[comp["scenario"] == "permute 50%", "metric"])
+
+
+def test_diverged_and_failed_runs_are_counted_and_listed(study_dir, rep):
+    summary = pd.read_csv(rep / "tables" / "summary.csv").set_index(["scenario", "optimizer"])
+    for scen in ("permute 50%", "permute 100%", "other 50%"):
+        assert tuple(summary.loc[(scen, "huge"), ["runs", "ok", "diverged", "failed"]]) == \
+            (3, 0, 3, 0)
+        assert tuple(summary.loc[(scen, "broken"), ["runs", "ok", "diverged", "failed"]]) == \
+            (3, 0, 0, 3)
+        assert math.isnan(summary.loc[(scen, "broken"), "online_acc"])
+        assert summary.loc[(scen, "huge"), "online_acc"] >= 0  # metrics of the steps it ran
+    runs = pd.read_csv(rep / "tables" / "runs.csv")
+    assert len(runs) == 36 and runs["status"].value_counts().to_dict() == {
+        "ok": 18, "diverged": 9, "failed": 9}
+    md = (rep / "README.md").read_text()
+    assert "0 ok, 3 diverged" in md and "0 ok, 3 failed" in md
+    assert "this optimizer is broken on purpose" in md
+    assert "9 runs diverged" in md and "9 runs failed" in md
+    meta = json.loads((rep / REPORT_FILE).read_text())
+    assert meta["counts"] == {"ok": 18, "diverged": 9, "failed": 9, "incomplete": 0,
+                              "pending": 0}
+
+
+def test_display_tables_and_findings(rep):
+    md = (rep / "README.md").read_text()
+    summary = pd.read_csv(rep / "tables" / "summary.csv").set_index(["scenario", "optimizer"])
+    r = summary.loc[("permute 50%", "sgdm")]
+    # the formatted cell is the CSV's numbers
+    cell = f"{r['online_acc']:.3f} [{r['online_acc_low']:.3f}, {r['online_acc_high']:.3f}]"
+    assert cell.replace("-", "−") in md
+    assert "## Findings" in md and "## Summary per scenario and optimizer" in md
+    assert "## Held-out accuracy, ACC, BWT and forgetting" in md
+    assert "## Paired comparison against the baseline (sgdm)" in md
+    findings = json.loads((rep / REPORT_FILE).read_text())["findings"]
+    assert any("has the highest online accuracy" in f for f in findings)
+    assert any(("within noise" in f) or ("a real difference" in f) for f in findings)
+    assert any(f.startswith("Best online accuracy by flip rate") for f in findings)
+    # the named best is really the best mean in that scenario
+    for f in findings:
+        m = re.match(r"At (.+?), flip rate (\d+) %, \*\*(\w+)\*\* has the highest", f)
+        if m:
+            scen = f"{m[1]} {m[2]}%"
+            best = summary.loc[scen]["online_acc"].idxmax()
+            assert m[3] == best
+
+
+def test_documents_are_self_contained_and_link_existing_files(rep):
+    html = (rep / "index.html").read_text()
+    assert "<script" not in html and "<link" not in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "@media print" in html
+    imgs = re.findall(r'<img src="data:image/png;base64,([^"]+)" width="(\d+)" height="(\d+)"',
+                      html)
+    meta = json.loads((rep / REPORT_FILE).read_text())
+    assert len(imgs) == len(meta["figures"]) >= 6
+    assert {"recovery_curves", "stream_accuracy", "heatmap", "accuracy_matrix",
+            "diagnostics"} <= set(meta["figures"])
+    assert any(n.startswith("severity") for n in meta["figures"])
+    for data, w, h in imgs:
+        png = base64.b64decode(data)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and int(w) > 200 and int(h) > 100
+    md = (rep / "README.md").read_text()
+    for link in re.findall(r"\]\(([^)]+)\)", md):
+        assert (rep / link).is_file(), link
+    for name in meta["figures"]:
+        assert (rep / "figures" / f"{name}.png").stat().st_size > 1000
+        assert ET.parse(rep / "figures" / f"{name}.svg").getroot().tag.endswith("svg")
+    for name in ("summary", "heldout", "comparison", "phases", "runs"):
+        for ext in ("csv", "md", "html"):
+            assert (rep / "tables" / f"{name}.{ext}").is_file()
+    assert not [p for p in rep.parent.iterdir() if p.name.startswith(".")]  # no temp folders
+
+
+# -- headless Chromium ---------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env,
+                       capture_output=True, timeout=600)
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and "
+                    "apt-get: `apt-get install -y chromium`, or `make system-packages`)")
+    return exe
+
+
+def run_chromium(exe, tmp_path, *args, timeout=90):
+    profile = tmp_path / "chromium-profile"
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_report_renders_in_headless_chromium(chromium, rep, tmp_path):
+    from PIL import Image
+
+    url = (rep / "index.html").resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    run_chromium(chromium, tmp_path, "--window-size=1366,3000", f"--screenshot={shot}", url)
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert img.shape[:2] == (3000, 1366)
+    white = (img > 245).all(axis=2).mean()
+    assert 0.3 < white < 0.97  # a page with text and figures, not blank
+    assert img.std() > 20
+    # a copy with a probe script: every image decoded, none broken
+    probe = rep / "probe.html"
+    probe.write_text((rep / "index.html").read_text().replace("</body>", (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        " const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0);"
+        " document.body.setAttribute('data-probe', `images=${imgs.length} broken=${bad.length}"
+        " width=${document.documentElement.scrollWidth}`); });</script></body>")))
+    try:
+        dom = run_chromium(chromium, tmp_path, "--virtual-time-budget=5000", "--dump-dom",
+                           probe.resolve().as_uri()).stdout
+    finally:
+        probe.unlink()
+    m = re.search(r'data-probe="images=(\d+) broken=(\d+) width=(\d+)"', dom)
+    assert m, dom[-500:]
+    n_figs = len(json.loads((rep / REPORT_FILE).read_text())["figures"])
+    assert (int(m[1]), int(m[2])) == (n_figs, 0)
+    # printing: a multi-page PDF
+    pdf = tmp_path / "report.pdf"
+    run_chromium(chromium, tmp_path, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", url)
+    data = pdf.read_bytes()
+    assert data[:5] == b"%PDF-" and len(re.findall(rb"/Type\s*/Page[^s]", data)) >= 3
+
+
+# -- edge cases ---------------------------------------------------------------------------------
+
+def test_single_seed_report_and_baseline_by_registry_name(tmp_path, digits):
+    study = Study("one-seed", flip_rates(digits, [0.0, 1.0], tasks=2, steps_per_task=30),
+                  ss.models.mlp(hidden=(16,)), {"momentum": "sgdm", "ADAM": "adam"}, seeds=[4])
+    study.run(tmp_path / "res", workers=1, progress=False)
+    out = report(tmp_path / "res", tmp_path / "rep", baseline="adam")  # the registry name
+    s = pd.read_csv(out / "tables" / "summary.csv")
+    assert s["online_acc_low"].isna().all() and s["seeds"].eq(1).all()
+    c = pd.read_csv(out / "tables" / "comparison.csv")
+    assert (c["optimizer"] == "momentum").all() and (c["baseline"] == "ADAM").all()
+    assert (c["verdict"] == "not judged").all()
+    meta = json.loads((out / REPORT_FILE).read_text())
+    assert meta["optimizers"] == ["ADAM", "momentum"]
+    assert meta["findings"][0].startswith("Only one seed")
+    assert any("too few to tell apart from noise" in f for f in meta["findings"])
+
+
+def test_all_censored_report(tmp_path, digits):
+    # phases of 15 steps are shorter than the 20-step persistence: every recovery is censored
+    study = Study("censored", flip_rates(digits, [0.5, 1.0], tasks=2, steps_per_task=15),
+                  ss.models.mlp(hidden=(16,)), {"sgdm": "sgdm", "tam": "tam"}, seeds=2)
+    study.run(tmp_path / "res", workers=1, progress=False)
+    out = report(tmp_path / "res", tmp_path / "rep")
+    s = pd.read_csv(out / "tables" / "summary.csv")
+    assert s["recovery_steps"].isna().all() and (s["censored_fraction"] == 1.0).all()
+    md = (out / "README.md").read_text()
+    assert "| never |" in md.replace("| never | never |", "| never |")
+    meta = json.loads((out / REPORT_FILE).read_text())
+    assert any("no optimizer recovers reliably" in f for f in meta["findings"])
+    assert {"recovery_curves", "heatmap"} <= set(meta["figures"])
+
+
+def test_unknown_baseline(study_dir, tmp_path):
+    with pytest.raises(ShiftsimError, match=r"unknown baseline 'nope'; allowed: 'sgdm', 'tam', "
+                                            r"'huge', 'broken'"):
+        report(study_dir, tmp_path / "r2", baseline="nope")
+    assert not (tmp_path / "r2").exists()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def test_nothing_partial_is_left_when_writing_fails(study_dir, rep, tmp_path, monkeypatch):
+    import shiftsim.report.figures as figures
+
+    out = tmp_path / "r"
+    shutil.copytree(rep, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def boom(*a, **k):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(figures, "build_figures", boom)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report(study_dir, out)
+    with pytest.raises(RuntimeError):
+        report(study_dir, tmp_path / "fresh")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no temp folder, no 'fresh'
+    monkeypatch.undo()
+    report(study_dir, out, baseline="tam")  # an earlier report is replaced in one rename
+    assert json.loads((out / REPORT_FILE).read_text())["baseline"] == "tam"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_refuses_folders_that_are_not_reports(study_dir, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("keep me")
+    with pytest.raises(ShiftsimError, match="is not empty and holds no shiftsim report"):
+        report(study_dir, tmp_path / "notes")
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "keep me"
+    with pytest.raises(ShiftsimError, match="would replace the study folder"):
+        report(study_dir, study_dir)
+    with pytest.raises(ShiftsimError, match="would replace the study folder"):
+        report(study_dir, study_dir.parent)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ShiftsimError, match="exists and is not a folder"):
+        report(study_dir, tmp_path / "file")
+    with pytest.raises(ShiftsimError, match="does not exist"):
+        report(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(TypeError, match="out_dir must be a folder path"):
+        report(study_dir, 3)
+    with pytest.raises(ShiftsimError, match="level must be a number in"):
+        report(study_dir, tmp_path / "o", level=95)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ShiftsimError, match="is empty"):
+        report(empty, tmp_path / "o")
+
+
+def test_package_is_callable_as_ss_report(study_dir, tmp_path):
+    import shiftsim.report as pkg
+
+    assert callable(pkg) and ss.report in (pkg, pkg.report)
+    with pytest.raises(ShiftsimError, match="unknown baseline 'x'"):
+        pkg(study_dir, tmp_path / "a", baseline="x")  # the package calls report()
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_cli_report(study_dir, tmp_path, capsys):
+    assert main(["report", str(study_dir), "--out", str(tmp_path / "r"), "--baseline",
+                 "tam"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {tmp_path / 'r' / 'index.html'}") and "baseline tam" in line
+    assert "18 ok, 9 diverged, 9 failed" in line
+    assert main(["report", str(study_dir), "--out", str(tmp_path / "r2"), "--baseline",
+                 "zzz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown baseline 'zzz'; allowed:")
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_cli_report_of_a_study_where_every_run_failed(tmp_path, digits, capsys):
+    study = Study("all-failed", [ss.label_flip_tasks(digits, rate=1.0, tasks=2,
+                                                     steps_per_task=10)],
+                  ss.models.mlp(hidden=(8,)), {"broken": ss.optim.spec(broken_optimizer)},
+                  seeds=2)
+    study.run(tmp_path / "res", workers=1, progress=False)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run of the study has results to report (2 failed)" in err[0]
+    assert "broken on purpose" in err[0]
+    assert not (tmp_path / "rep").exists()
