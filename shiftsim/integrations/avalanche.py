@@ -13,9 +13,15 @@ Both directions:
   scores every batch with the strategy's model *before* the strategy trains on it, so
   strategies get the same online accuracy, recovery metrics and reports as optimizers.
 
+* **Avalanche strategies in studies.** :func:`strategy_spec` describes a strategy (by import
+  path, with JSON-serialisable arguments and a shiftsim optimizer) as a frozen, hashable spec
+  that sits on a :class:`~shiftsim.study.Study`'s optimizer axis next to plain optimizers; each
+  run builds an :class:`AvalancheLearner` from it.
+
 Avalanche is imported on first use, never when shiftsim or this module is imported. Avalanche is
-kept quiet: the strategies built here get ``EvaluationPlugin(loggers=[])``; nothing is written to
-disk and nothing is downloaded.
+kept quiet: the strategies built here get ``EvaluationPlugin(loggers=[])``; their loggers write
+nothing and nothing is downloaded (Avalanche itself writes ``~/.avalanche/config.json`` when it
+is first imported on a machine).
 
 Example (needs the extra; the README has the same, runnable)::
 
@@ -51,9 +57,11 @@ import importlib
 import importlib.util
 import inspect
 import random
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +78,8 @@ from ..stream import Stream, derive_seed, resolve_device
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import Dataset
 
-__all__ = ["AvalancheLearner", "import_avalanche", "to_avalanche", "to_avalanche_online"]
+__all__ = ["AvalancheLearner", "StrategySpec", "available", "import_avalanche", "strategy_spec",
+           "to_avalanche", "to_avalanche_online"]
 
 INSTALL_HINT = ("the Avalanche integration needs the extra: pip install 'shiftsim[avalanche]' "
                 "(avalanche-lib>=0.6 and a torchvision matching your torch)")
@@ -80,6 +89,8 @@ _TORCHVISION_SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 )
+#: the one error the compatibility step answers (any other import failure is raised as it is)
+_MISSING_OPERATOR = re.compile(r"\boperator torchvision::\w+ does not exist\b")
 #: the torch.library fragment holding those schemas, when the compatibility step ran
 _compat_library: torch.library.Library | None = None
 #: EvaluationPlugin(loggers=[]) says so at every construction; shiftsim asks for that on purpose
@@ -95,18 +106,29 @@ def _forget_torchvision() -> None:
         del sys.modules[name]
 
 
-def _import_torchvision() -> None:
+def _is_missing_operator(exc: BaseException) -> bool:
+    """Whether ``exc`` is exactly the failure the compatibility step repairs: torchvision's
+    ``_meta_registrations`` asking for an operator its compiled extension never defined
+    (``RuntimeError: operator torchvision::nms does not exist``)."""
+    return isinstance(exc, RuntimeError) and _MISSING_OPERATOR.search(str(exc)) is not None
+
+
+def _import_torchvision(importer: Callable[[str], ModuleType] = importlib.import_module,
+                        library: Callable[[str, str], Any] | None = None) -> bool:
     """Import torchvision; apply the compatibility step only if the plain import fails with the
-    missing-operator error (see the module docstring)."""
+    missing-operator error (see the module docstring). Returns whether the step ran.
+
+    ``importer`` and ``library`` (``torch.library.Library``) are parameters so that tests can
+    show the step does nothing unless exactly that error happens.
+    """
     global _compat_library
     try:
-        importlib.import_module("torchvision")
-        return
+        importer("torchvision")
+        return False  # torchvision imports normally: nothing to do
     except ImportError as exc:
         raise ShiftsimError(f"torchvision is not installed; {INSTALL_HINT}") from exc
     except RuntimeError as exc:
-        message = str(exc)
-        if "torchvision::" not in message or "does not exist" not in message:
+        if not _is_missing_operator(exc):
             raise
         first_error = exc
     # Compatibility step. torchvision's compiled extension (_C.so) did not load against this
@@ -116,18 +138,19 @@ def _import_torchvision() -> None:
     # two schemas (no kernels) lets torchvision import; calling torchvision.ops.nms still fails
     # cleanly ("Couldn't load custom C++ ops"), and Avalanche never calls it.
     _forget_torchvision()  # drop the half-imported package before trying again
-    lib = torch.library.Library("torchvision", "FRAGMENT")
+    lib = (library or torch.library.Library)("torchvision", "FRAGMENT")
     for schema in _TORCHVISION_SCHEMAS:
         with contextlib.suppress(RuntimeError):  # already defined: keep that definition
             lib.define(schema)
     _compat_library = lib
     try:
-        importlib.import_module("torchvision")
+        importer("torchvision")
     except Exception as exc:
         _forget_torchvision()
         raise ShiftsimError(
             f"torchvision does not import with this torch ({torch.__version__}): {first_error}; "
             f"install the torchvision release that matches torch. {INSTALL_HINT}") from exc
+    return True
 
 
 def import_avalanche() -> ModuleType:
@@ -653,3 +676,215 @@ class AvalancheLearner:
 
     def __repr__(self) -> str:
         return f"AvalancheLearner({_name(self.strategy)}, {self.strategy_kwargs!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Avalanche strategies in studies
+# ---------------------------------------------------------------------------------------------
+
+def _strategy_path(strategy: str | type) -> str:
+    """The ``"module:qualname"`` import path of a strategy given by class, short name
+    (``"Replay"``: a class of ``avalanche.training``) or import path."""
+    import_avalanche()
+    training = sys.modules["avalanche.training"]
+    if isinstance(strategy, str):
+        if ":" in strategy:
+            path = strategy
+        elif "." in strategy:
+            module, _, attr = strategy.rpartition(".")
+            path = f"{module}:{attr}"
+        else:
+            path = f"avalanche.training:{strategy}"
+        try:
+            _import_strategy(path)
+        except ShiftsimError:
+            if ":" in strategy or "." in strategy:
+                raise
+            names = sorted(n for n in dir(training) if n[:1].isupper() and _is_strategy_class(
+                getattr(training, n)))
+            raise ShiftsimError(f"unknown Avalanche strategy {strategy!r}; allowed: "
+                                f"{', '.join(names)} or an import path 'module:Class'") from None
+        return path
+    if isinstance(strategy, type):
+        if getattr(training, strategy.__name__, None) is strategy:
+            return f"avalanche.training:{strategy.__name__}"
+        module, qualname = strategy.__module__, strategy.__qualname__
+        path = f"{module}:{qualname}"
+        if module != "__main__" and "<" not in qualname:
+            with contextlib.suppress(ShiftsimError):
+                if _import_strategy(path) is strategy:
+                    return path
+        raise ShiftsimError(f"strategy {qualname} cannot be imported by name ({path}); define it "
+                            "at module level in an importable module, or use AvalancheLearner "
+                            "with shiftsim.run instead of a study")
+    raise SpecTypeError(f"strategy must be an Avalanche strategy class, its name (e.g. 'Replay') "
+                        f"or an import path 'module:Class', got {strategy!r}")
+
+
+def _is_strategy_class(obj: Any) -> bool:
+    base = getattr(sys.modules.get("avalanche.training.templates"), "BaseTemplate", None)
+    return isinstance(obj, type) and base is not None and issubclass(obj, base)
+
+
+def _import_strategy(path: str) -> Any:
+    module, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ShiftsimError(f"cannot import strategy {path!r}: {exc}") from exc
+    if not callable(obj):
+        raise SpecTypeError(f"{path} is {type(obj).__name__}, not a strategy class")
+    return obj
+
+
+def _frozen_kwargs(what: str, kwargs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Keyword arguments as a sorted tuple of JSON values (lists become tuples)."""
+
+    def freeze(name: str, v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, str)):
+            return v
+        if isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ShiftsimError(f"{what} {name} must be finite, got {v!r}")
+            return v
+        if isinstance(v, (list, tuple)):
+            return tuple(freeze(name, x) for x in v)
+        raise SpecTypeError(f"{what} {name}={v!r} is not JSON-serialisable; a strategy spec "
+                            "takes numbers, strings, booleans, None and lists of these (pass "
+                            "plugins and other objects to AvalancheLearner with shiftsim.run)")
+
+    return tuple(sorted((str(k), freeze(str(k), v)) for k, v in kwargs.items()))
+
+
+def _thawed(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    def thaw(v: Any) -> Any:
+        return [thaw(x) for x in v] if isinstance(v, tuple) else v
+
+    return {k: thaw(v) for k, v in items}
+
+
+@dataclass(frozen=True)
+class StrategySpec(OptimizerSpec):
+    """A frozen, hashable, JSON-serialisable description of an Avalanche strategy learner: the
+    strategy's import path and arguments and the shiftsim optimizer it steps.
+
+    Build it with :func:`strategy_spec`. It is an :class:`~shiftsim.optim.OptimizerSpec`, so it
+    goes wherever an optimizer spec goes: the ``optimizers`` axis of a
+    :class:`~shiftsim.study.Study` (next to plain optimizers, measured by the same metrics),
+    :class:`~shiftsim.study.RunSpec`, or ``shiftsim.run(scenario, model, spec)``. The run then
+    uses ``AvalancheLearner(strategy, model, optimizer, **strategy_kwargs)``
+    (:meth:`learner_for`). ``name`` is ``"avalanche:<Strategy>"`` (the store's
+    ``optimizer_name``); ``hparams`` / ``kwargs`` are the optimizer's (so ``lr`` labels and
+    :meth:`replace` act on the optimizer). It cannot run in a fleet.
+    """
+
+    strategy: str = ""
+    strategy_kwargs: tuple[tuple[str, Any], ...] = ()
+    optimizer: OptimizerSpec | None = None
+    train_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def _opt(self) -> OptimizerSpec:
+        if self.optimizer is None:
+            raise ShiftsimError("a StrategySpec needs an optimizer; build it with "
+                                "strategy_spec(...)")
+        return self.optimizer
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The optimizer's hyperparameters."""
+        return self._opt.kwargs
+
+    @property
+    def target(self) -> Any:
+        """The strategy class (imports Avalanche)."""
+        import_avalanche()
+        return _import_strategy(self.strategy)
+
+    @property
+    def needs_loss(self) -> bool:
+        return self._opt.needs_loss
+
+    @property
+    def family(self) -> str:
+        return "avalanche"
+
+    @property
+    def label(self) -> str:
+        """E.g. ``"Replay+sgd(lr=0.05)"``."""
+        return f"{self.strategy.rpartition(':')[2]}+{self._opt.label}"
+
+    def build(self, params: Any) -> torch.optim.Optimizer:
+        """The optimizer the strategy steps, over ``params``."""
+        return self._opt.build(params)
+
+    def replace(self, **hparams: Any) -> StrategySpec:
+        """A copy with optimizer hyperparameters changed (``lr`` ...); strategy arguments are
+        changed with :func:`strategy_spec`."""
+        opt = self._opt.replace(**hparams)
+        return StrategySpec(self.name, opt.hparams, None, self.strategy, self.strategy_kwargs,
+                            opt, self.train_kwargs)
+
+    def learner_for(self, model: ModelSpec | nn.Module | Callable[[Dataset], nn.Module]
+                    ) -> AvalancheLearner:
+        """The :class:`AvalancheLearner` of one run with ``model`` (what the engine calls)."""
+        return AvalancheLearner(self.target, model=model, optimizer=self._opt,
+                                train_kwargs=_thawed(self.train_kwargs),
+                                **_thawed(self.strategy_kwargs))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "hparams": self._opt.to_dict()["hparams"],
+               "strategy": self.strategy, "strategy_kwargs": _thawed(self.strategy_kwargs),
+               "optimizer": self._opt.to_dict()}
+        if self.train_kwargs:
+            out["train_kwargs"] = _thawed(self.train_kwargs)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StrategySpec:
+        if not isinstance(d, Mapping) or not {"strategy", "optimizer"} <= set(d):
+            raise SpecTypeError(f"a strategy spec dict needs 'strategy' and 'optimizer', got {d!r}")
+        return strategy_spec(d["strategy"], OptimizerSpec.from_dict(d["optimizer"]),
+                             train_kwargs=d.get("train_kwargs"),
+                             **dict(d.get("strategy_kwargs") or {}))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.strategy_kwargs)
+        return (f"strategy_spec({self.strategy!r}, {self._opt!r}" + (f", {args}" if args else "")
+                + ")")
+
+
+def strategy_spec(strategy: str | type, optimizer: OptimizerSpec | str | Any = "sgdm", *,
+                  train_kwargs: Mapping[str, Any] | None = None,
+                  **strategy_kwargs: Any) -> StrategySpec:
+    """Describe an Avalanche strategy learner for studies: a :class:`StrategySpec`.
+
+    ``strategy`` is a class of ``avalanche.training`` by name (``"Replay"``, ``"EWC"``,
+    ``"LwF"`` ...), a strategy class, or an import path ``"module:Class"``. ``optimizer`` is
+    an :class:`~shiftsim.optim.OptimizerSpec` or registry name. ``strategy_kwargs`` (e.g.
+    ``mem_size=200``, ``ewc_lambda=0.4``) must be JSON values, and are checked against the
+    strategy's signature now. Imports Avalanche.
+
+    Example (needs the extra)::
+
+        study = ss.Study("strategies", scenarios, model=ss.models.mlp(), seeds=3, optimizers={
+            "sgd": ss.optim.spec("sgd", lr=0.05),
+            "replay": strategy_spec("Replay", ss.optim.spec("sgd", lr=0.05), mem_size=200),
+        })
+    """
+    from ..optim import spec as optimizer_spec
+
+    path = _strategy_path(strategy)
+    cls = _import_strategy(path)
+    opt = optimizer if isinstance(optimizer, OptimizerSpec) else optimizer_spec(optimizer)
+    if isinstance(opt, StrategySpec):
+        raise SpecTypeError("the optimizer of a strategy spec must be an optimizer, not another "
+                            "strategy spec")
+    opt.to_dict()  # an optimizer that cannot be serialised fails now, not in a study
+    kwargs = _frozen_kwargs("strategy argument", strategy_kwargs)
+    train = _frozen_kwargs("train argument", train_kwargs or {})
+    AvalancheLearner(cls, model=None, optimizer=opt, **_thawed(kwargs))  # checks the arguments
+    name = f"avalanche:{path.rpartition(':')[2]}"
+    return StrategySpec(name, opt.hparams, None, path, kwargs, opt, train)
