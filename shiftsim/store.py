@@ -50,7 +50,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import time
 import traceback as tb_module
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -216,7 +215,9 @@ def lock(out_dir: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the results folder (released when the process dies).
 
     Two study runs writing the same folder at once would redo each other's runs; the second
-    one is refused with a clear error. (A no-op where ``fcntl`` is unavailable.)
+    one is refused with a clear error. The lock file is created once and never written, so a
+    study run that has nothing to do changes nothing in the folder. (A no-op where ``fcntl`` is
+    unavailable.)
     """
     p = check_out_dir(out_dir, create=True)
     try:
@@ -231,8 +232,6 @@ def lock(out_dir: str | os.PathLike) -> Iterator[None]:
         except OSError:
             raise ShiftsimError(f"another shiftsim process is running a study in {str(p)!r} "
                                 "(its lock is held); wait for it or use another folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)  # closing releases the flock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +20,8 @@ from shiftsim.study import (
     RunSpec,
     Study,
     StudyRunReport,
+    canonical_json,
+    content_hash,
     execute,
     flip_rates,
     hparam_grid,
@@ -49,13 +52,41 @@ def fixed_spec():
 
 # -- run ids ---------------------------------------------------------------------------------
 
-FIXED_ID = "d2b5d28cfbc7c2b3"
+FIXED_ID = "15378cd30f6fd80b"
+#: what FIXED_ID hashes (with "format": 1); when the ids change, this says which field did
+FIXED_PAYLOAD = (
+    '{"model":{"kwargs":{"activation":"relu","hidden":[32]},"name":"mlp"},'
+    '"optimizer":{"hparams":{"lr":0.05,"momentum":0.9,"weight_decay":0},"name":"sgdm"},'
+    '"scenario":{"batch_size":32,"data":{"classes":["0","1","2","3","4","5","6","7","8","9"],'
+    '"input_shape":[1,8,8],"kind":"image","name":"digits","source":{"loader":"digits",'
+    '"seed":0,"test_fraction":0.2},"test":360,"train":1437},"eval_every":100,"eval_size":360,'
+    '"name":"flip-permute-0.5","phases":[{"shifts":[],"steps":50,"transition":'
+    '{"type":"Abrupt"}},{"shifts":[{"mode":"permute","rate":0.5,"type":"LabelFlip"}],'
+    '"steps":50,"transition":{"type":"Abrupt"}}]},"seed":3}')
 
 
 def test_run_id_is_a_fixed_string():
     """Results folders stay valid across versions: this id only changes when the spec changes
     (if it must, bump HASH_FORMAT and say so in the changelog)."""
-    assert fixed_spec().run_id == FIXED_ID
+    spec = fixed_spec()
+    assert canonical_json(spec.payload) == FIXED_PAYLOAD
+    assert spec.run_id == FIXED_ID
+    # the id is sha256 of the canonical payload plus the format number, cut to 16 hex digits
+    body = FIXED_PAYLOAD[:-1] + ',"format":1}'
+    body = canonical_json(json.loads(body))
+    assert hashlib.sha256(body.encode()).hexdigest()[:16] == FIXED_ID
+
+
+def test_options_that_default_to_none_do_not_change_ids():
+    """A field added later with a None default (or a None the older version did not write)
+    leaves every earlier run id as it was."""
+    spec = fixed_spec()
+    payload = json.loads(json.dumps(spec.payload))
+    payload["model"]["kwargs"]["dropout"] = None
+    payload["scenario"]["phases"][0]["name"] = None
+    assert content_hash(payload) == FIXED_ID
+    payload["model"]["kwargs"]["dropout"] = 0.1
+    assert content_hash(payload) != FIXED_ID
 
 
 def test_run_id_same_in_another_process_and_hash_seed():

@@ -21,13 +21,16 @@ it yields one Outcome per run.)
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
@@ -155,7 +158,25 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
                  parent_pid: int) -> None:
-    """A pool worker: receive task tuples, send back Outcomes, until told to stop."""
+    """A pool worker: serve tasks until told to stop, then exit at once (the interpreter's
+    orderly teardown of torch, pandas and pyarrow takes seconds and there is nothing to save:
+    every result has been sent)."""
+    code = 0
+    try:
+        _serve(conn, scenarios, device, threads, parent_pid)
+    except BaseException:  # a bug here, not in a run (runs report their own errors)
+        code = 1
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
+           parent_pid: int) -> None:
+    """Receive task tuples, send back Outcomes, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
     _watch_parent(parent_pid)
     if threads is not None:
@@ -188,6 +209,7 @@ class _Slot:
     ready: bool = False
     task: tuple | None = None
     started: float = 0.0
+    stopping: bool = False  # told to exit (no work left for it)
 
 
 GUARD_HINT = ("worker processes start by importing your script; if you run a study from a "
@@ -237,12 +259,16 @@ class LocalPool:
                 self._start(ctx, table)
             while pending or any(s.task is not None for s in self._slots):
                 for s in self._slots:
-                    if s.ready and s.task is None and pending:
+                    if not s.ready or s.task is not None or s.stopping:
+                        continue
+                    if pending:
                         s.task = pending.popleft()
-                        try:
-                            s.conn.send(s.task)
-                        except OSError:
-                            pass  # the worker died: seen below through its sentinel
+                    else:  # no work left for it: let it exit while the others finish
+                        s.stopping = True
+                    try:
+                        s.conn.send(s.task)
+                    except OSError:
+                        pass  # the worker died: seen below through its sentinel
                 waitables = [s.conn for s in self._slots] + [s.proc.sentinel for s in self._slots]
                 mp_wait(waitables, timeout=1.0)
                 for s in list(self._slots):
@@ -264,9 +290,11 @@ class LocalPool:
                             raise ShiftsimError(f"a worker process did not start within "
                                                 f"{self.start_timeout:.0f} s")
                         continue
-                    # the worker died
                     code = s.proc.exitcode
                     self._retire(s)
+                    if s.stopping and s.task is None:
+                        continue  # it exited as told
+                    # the worker died
                     if not s.ready:
                         raise ShiftsimError(f"a worker process exited (code {code}) before it "
                                             f"started; {GUARD_HINT}")
@@ -282,9 +310,11 @@ class LocalPool:
                                 f"{deaths[run_id]} times; out of memory?"), worker="")
                         else:
                             pending.appendleft(s.task)
-                    busy = sum(x.task is not None for x in self._slots)
-                    if pending and len(self._slots) < min(self.workers, len(pending) + busy):
-                        self._start(ctx, table)
+                # replace dead workers while there is work for them
+                active = [x for x in self._slots if not x.stopping]
+                busy = sum(x.task is not None for x in active)
+                for _ in range(min(self.workers, len(pending) + busy) - len(active)):
+                    self._start(ctx, table)
             finished = True
         finally:
             self._shutdown(graceful=finished)
