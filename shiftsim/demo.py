@@ -1,7 +1,8 @@
 """``shiftsim demo`` / ``make demo``: the quickstart scenario with a few optimizers.
 
 Runs ``scenarios/quickstart.py`` (embedded copy when the repo folder is absent) for each
-optimizer and seed, prints the per-phase summary table, and writes a recovery-curve PNG.
+optimizer and seed, prints the per-phase summary table, writes a recovery-curve PNG, stores the
+runs (``OUT/results``) and writes their comparative report (``OUT/report/index.html``).
 """
 
 from __future__ import annotations
@@ -59,10 +60,11 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 2) -> int:
     scenario.describe()
     print()
     t0 = time.perf_counter()
-    summaries, traces = [], []
+    summaries, traces, finished = [], [], []
     for label, opt in optimizers.items():
         for seed in range(seeds):
             res = engine.run(scenario, model, opt, seed=seed, device="auto")
+            finished.append((label, opt, seed, res))
             s = res.summary().assign(optimizer=label, seed=seed)
             summaries.append(s)
             traces.append(res.trace.assign(optimizer=label, seed=seed, run_id=f"{label}-{seed}"))
@@ -84,4 +86,30 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 2) -> int:
     tmp.replace(png)
     table.to_csv(out / "summary.csv", index=False)
     print(f"\nwrote {png} and {out / 'summary.csv'} in {time.perf_counter() - t0:.1f} s")
+    _write_report(out, scenario, model, finished)
     return 0
+
+
+def _write_report(out: Path, scenario, model, finished: list) -> None:
+    """Store the demo's runs as a results folder and write its comparative report."""
+    import shutil
+
+    from . import store
+    from .report import describe, report
+    from .study import RunSpec
+
+    t0 = time.perf_counter()
+    results = out / "results"
+    shutil.rmtree(results, ignore_errors=True)  # only this demo's runs, not an older demo's
+    runs = []
+    for label, opt, seed, res in finished:
+        labels = {"scenario": scenario.name, "model": model.label, "optimizer": label,
+                  "optimizer_name": opt.name, "seed": seed}
+        spec = RunSpec(scenario, model, opt, seed, labels)
+        store.write_result(results, res, spec)
+        runs.append({"run_id": spec.run_id, "labels": spec.label_dict})
+    # study.json keeps the optimizers' order (the first is the report's baseline)
+    store.write_study(results, {"name": "demo", "runs": runs,
+                                "description": "shiftsim demo: the quickstart scenario"})
+    path = report(results, out / "report")
+    print(f"{describe(path)} in {time.perf_counter() - t0:.1f} s")

@@ -703,7 +703,7 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
 def accuracy_matrices(evals: pd.DataFrame, hue: str = "optimizer", row: str | None = None,
                       hue_order: Sequence[str] | None = None,
                       row_order: Sequence[Any] | None = None, row_label: str | None = None,
-                      size: float = 2.1) -> plt.Figure:
+                      size: float = 1.9) -> plt.Figure:
     """The accuracy matrix R[i, j] (held-out accuracy on regime j at the end of phase i,
     specs/metrics.md), averaged over seeds: one panel per ``hue`` value (columns) and ``row``
     value (rows), from the phase-end evaluations of ``evals`` (e.g. ``results.evals``).

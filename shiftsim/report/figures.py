@@ -121,7 +121,7 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
         say("accuracy matrix")
         ev = _with_arm(evals[evals["status"].isin(WITH_METRICS)] if "status" in evals.columns
                        else evals, v)
-        rows = [s for s in _spread(_scenario_order(v), 6) if v.n_phases.get(s, 0) >= 2]
+        rows = [s for s in _spread(_scenario_order(v), 4) if v.n_phases.get(s, 0) >= 2]
         ev = ev[ev["scenario"].isin(rows)]
         if len(ev):
             row, row_order, row_label = "scenario", rows, "scenario"
@@ -189,21 +189,31 @@ def _heatmap(v: StudyView) -> Figure:
         else "scenario"
     x_label = v.severity_name if x == "severity" else "scenario"
     ncols = runs[x].nunique()
+    stacked = ncols > 4  # many severities: one map above the other
+    height = max(2.2, 0.45 * len(v.arms) + 1.5)
     with plots.style():
-        fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2 * (0.8 * ncols + 2.4)),
-                                                max(2.4, 0.45 * len(v.arms) + 1.6)),
-                                 layout="constrained")
+        if stacked:
+            fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.8 * ncols + 3.0), 2 * height),
+                                     layout="constrained")
+        else:
+            fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2 * (0.8 * ncols + 2.4)), height),
+                                     layout="constrained")
     plots.severity_heatmap(runs, value="online_acc", x=x, y="optimizer", x_label=x_label,
                            hue_order=v.arms, ax=axes[0])
     plots.severity_heatmap(v.phases, value="recovery_steps", x=x, y="optimizer",
                            x_label=x_label, hue_order=v.arms, ax=axes[1])
     axes[0].set_title("online accuracy (mean over seeds)")
     axes[1].set_title("median recovery time (steps)")
-    axes[1].set_ylabel("")
+    if stacked:
+        axes[0].set_xlabel("")
+    else:
+        axes[1].set_ylabel("")
+    first, second = ("Top", "Bottom") if stacked else ("Left", "Right")
     return Figure("heatmap", f"Optimizer × {x_label}",
-                  "Left: mean online accuracy (higher is better). Right: median recovery time "
-                  "in steps over seeds and shifts, censored counted as never (lower is better; "
-                  "'censored' where half or more never recovered).", fig)
+                  f"{first}: mean online accuracy over seeds (higher is better). {second}: median "
+                  "recovery time in steps over seeds and shifts, censored counted as never "
+                  "(lower is better; 'censored' where half or more never recovered, 'n/a' where "
+                  "no run reached a shift).", fig)
 
 
 def _diagnostics(v: StudyView, results: Any, palette: dict[str, Any], window: int

@@ -26,7 +26,8 @@ def _interval_words(d: dict[str, Any], digits: int, unit: str, level: float, a: 
     head = f"{a} − {b}: {fmt.signed(d['mean'], digits)}{unit}"
     if n < 2 or fmt.isnan(d["low"]):
         return f"{head} from {n} {what}, too few to tell apart from noise"
-    judged = "within noise" if d["verdict"] == "within noise" else "a real difference"
+    judged = ("within noise" if d["verdict"] == "within noise"
+              else "the interval excludes 0")
     return (f"{head}, {pct} % interval {fmt.num(d['low'], digits)}..{fmt.num(d['high'], digits)}"
             f"{unit} over {n} {what}: {judged}")
 
@@ -75,6 +76,12 @@ def _recovery_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
                 f"for every optimizer (half or more of the shifts never regain 90 % of the "
                 f"phase's plateau within the phase; censored in {cens} of {total} run × shift "
                 "pairs).")
+    tied = [r.optimizer for r in order if r.recovery_steps == best.recovery_steps]
+    if len(tied) > 1:
+        names = ", ".join(f"**{t}**" for t in tied[:-1]) + f" and **{tied[-1]}**"
+        return (f"{where}, {names} recover equally fast: median "
+                f"{fmt.steps(best.recovery_steps)} steps / {fmt.steps(best.recovery_samples)} "
+                "samples.")
     text = (f"{where}, **{best.optimizer}** recovers fastest (median "
             f"{fmt.steps(best.recovery_steps)} steps / {fmt.steps(best.recovery_samples)} "
             "samples")
@@ -111,23 +118,40 @@ def _best_by_severity(v: StudyView) -> list[str]:
         ok = rows[rows["online_acc"].notna()].sort_values("online_acc", ascending=False)
         if len(ok) >= 2:
             d = compare(v, ok.iloc[0].optimizer, ok.iloc[1].optimizer, s, "online_acc")
-            note = "" if d is None else {"better": ", clear", "within noise": ", within noise",
-                                         "not judged": ", too few seeds to judge"
-                                         }.get(d["verdict"], "")
-            acc_parts.append(f"{label}: {ok.iloc[0].optimizer}{note}")
+            acc_parts.append(f"{label}: **{ok.iloc[0].optimizer}**"
+                             f"{_note(d, ok.iloc[1].optimizer)}")
         rec = sorted(rows[rows["shifts"] > 0].itertuples(), key=_recovery_key)
-        if rec:
-            if fmt.isnan(rec[0].recovery_steps):
-                rec_parts.append(f"{label}: none")
+        if len(rec) >= 2:
+            first = rec[0]
+            if fmt.isnan(first.recovery_steps):
+                rec_parts.append(f"{label}: none (undefined: half or more censored)")
+            elif rec[1].recovery_steps == first.recovery_steps:
+                rec_parts.append(f"{label}: a tie ({fmt.steps(first.recovery_steps)} steps)")
             else:
-                rec_parts.append(f"{label}: {rec[0].optimizer} "
-                                 f"({fmt.steps(rec[0].recovery_steps)} steps)")
+                d = compare(v, first.optimizer, rec[1].optimizer, s, "recovery_steps")
+                rec_parts.append(f"{label}: **{first.optimizer}** "
+                                 f"({fmt.steps(first.recovery_steps)} steps"
+                                 f"{_note(d, rec[1].optimizer, ';')})")
     out = []
     if len(acc_parts) >= 2:
         out.append(f"Best online accuracy by {v.severity_name}: " + "; ".join(acc_parts) + ".")
     if len(rec_parts) >= 2:
-        out.append(f"Fastest recovery by {v.severity_name}: " + "; ".join(rec_parts) + ".")
+        out.append(f"Fastest recovery (median) by {v.severity_name}: " + "; ".join(rec_parts)
+                   + ".")
     return out
+
+
+def _note(d: dict[str, Any] | None, runner_up: str, sep: str = ",") -> str:
+    """How sure the lead over the runner-up is, from the paired comparison's verdict."""
+    if d is None:
+        return ""
+    if d["verdict"] == "better":
+        return f"{sep} clearly ahead of {runner_up}"
+    if d["verdict"] == "within noise":
+        return f"{sep} within noise of {runner_up}"
+    if d["verdict"] == "not judged":
+        return f"{sep} too few seeds to judge"
+    return f"{sep} mixed: paired by seed it trails {runner_up}"
 
 
 def _baseline_sentences(v: StudyView) -> list[str]:
@@ -195,16 +219,16 @@ def findings(v: StudyView) -> list[str]:
         order = sorted(v.scenarios, key=lambda x: (v.families.get(x, ""),
                                                    math.inf if math.isnan(v.severity[x])
                                                    else v.severity[x]))
-    for s in order:
-        rows = summary[summary["scenario"] == s]
-        if rows.empty:
-            continue
-        for sentence in (_recovery_sentence(v, s, rows), _accuracy_sentence(v, s, rows)):
-            if sentence:
-                out.append(sentence)
     out += _best_by_severity(v)
     out += _baseline_sentences(v)
     out += _status_sentences(v)
     if not counts.drop(labels=["ok"], errors="ignore").sum():
         out.append(f"All {fmt.plural(int(counts.sum()), 'run')} finished normally.")
+    for s in order:  # the details, scenario by scenario
+        rows = summary[summary["scenario"] == s]
+        if rows.empty:
+            continue
+        for sentence in (_accuracy_sentence(v, s, rows), _recovery_sentence(v, s, rows)):
+            if sentence:
+                out.append(sentence)
     return out

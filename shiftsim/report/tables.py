@@ -194,6 +194,8 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         listed = ", ".join(f"{n} {k}" for k, n in counts.items())
         raise ShiftsimError(f"no run of the study has results to report ({listed}){why}")
     arms = _first_order(runs["optimizer"])
+    if getattr(results, "study", None) is None:  # run folders only: no study order, sort
+        arms = sorted(arms)
     reason = "given"
     if baseline is None:
         baseline = arms[0]
