@@ -326,6 +326,7 @@ def run_chromium(exe, tmp_path, *args, timeout=90):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(chromium, rep, tmp_path):
     from PIL import Image
 
@@ -487,3 +488,16 @@ def test_cli_report_of_a_study_where_every_run_failed(tmp_path, digits, capsys):
     assert len(err) == 1 and "no run of the study has results to report (2 failed)" in err[0]
     assert "broken on purpose" in err[0]
     assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.slow
+def test_demo_ends_by_writing_a_report(tmp_path, capsys):
+    from shiftsim.demo import run_demo
+
+    assert run_demo(tmp_path / "demo", quick=True) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'demo' / 'report' / 'index.html'}")
+    meta = json.loads((tmp_path / "demo" / "report" / REPORT_FILE).read_text())
+    assert meta["study"] == "demo" and meta["baseline"] == "sgdm"  # the quickstart's first
+    assert meta["counts"]["ok"] == len(meta["optimizers"]) >= 3
+    assert "recovery_curves" in meta["figures"]
