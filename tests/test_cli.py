@@ -52,3 +52,55 @@ def test_run_out_writes_the_run(tmp_path, capsys):
     trace = pd.read_parquet(next(out.rglob("trace.parquet")))
     assert len(trace) == 80
     json.loads(next(out.rglob("summary.json")).read_text())
+
+
+STUDY = """
+import shiftsim as ss
+from shiftsim.study import Study, lr_grid
+syn = ss.data.synthetic(n=200, dim=5, classes=3)
+study = Study("cli-study", [ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=20)],
+              model=ss.models.mlp(hidden=(8,)), optimizers=lr_grid("sgdm", [0.01, 0.1]),
+              seeds=1)
+"""
+
+
+def test_study_runs_resumes_and_redoes(tmp_path, capsys):
+    f = tmp_path / "s.py"
+    f.write_text(STUDY)
+    out = tmp_path / "out"
+    args = ["study", str(f), "--out", str(out), "--workers", "1", "--quiet"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith("cli-study: 2/2 runs complete (2 ran now); ")
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith("cli-study: 2/2 runs complete (2 already complete)")
+    assert cli.main([*args, "--no-resume"]) == 0
+    assert capsys.readouterr().out.startswith("cli-study: 2/2 runs complete (2 ran now); ")
+    from shiftsim import store
+
+    runs = store.load(out).runs
+    assert sorted(runs["lr"]) == [0.01, 0.1] and set(runs["status"]) == {"ok"}
+
+
+@pytest.mark.parametrize("extra,expect", [
+    (["--workers", "0"], "error: argument --workers: expected a positive integer, got '0'"),
+    (["--backend", "dask"], "error: argument --backend: invalid choice: 'dask'"),
+    (["--out", "{tmp}/file"], "error: results folder '{tmp}/file' exists and is not a folder"),
+    (["--out", "{tmp}/other"], "error: '{tmp}/other' holds the results of study 'another', "
+                               "not 'cli-study'; use another folder"),
+])
+def test_study_errors_are_one_line_exit_2(tmp_path, capsys, extra, expect):
+    from shiftsim import store
+
+    f = tmp_path / "s.py"
+    f.write_text(STUDY)
+    (tmp_path / "file").write_text("")
+    store.write_study(tmp_path / "other", {"name": "another", "runs": []})
+    args = ["study", str(f), "--out", str(tmp_path / "out"), "--quiet"]
+    args += [a.format(tmp=tmp_path) for a in extra]
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse errors exit from the parser
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(expect.format(tmp=tmp_path)) and err.count("\n") == 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pandas as pd
 import pytest
@@ -17,6 +20,7 @@ from shiftsim import store
 from shiftsim.errors import ShiftsimError
 from shiftsim.study import (
     InProcess,
+    LocalPool,
     RunSpec,
     Study,
     StudyRunReport,
@@ -90,8 +94,8 @@ def test_options_that_default_to_none_do_not_change_ids():
 
 
 def test_run_id_same_in_another_process_and_hash_seed():
-    code = ("import sys; sys.path.insert(0, %r); from test_study import fixed_spec; "
-            "print(fixed_spec().run_id)" % os.path.join(ROOT, "tests"))
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'tests')!r}); "
+            "from test_study import fixed_spec; print(fixed_spec().run_id)")
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -358,3 +362,266 @@ def test_same_trace_in_process_and_in_the_pool(tmp_path, tiny):
         direct = execute(spec, device="cpu", threads=1)
         pd.testing.assert_frame_equal(res.trace(spec.run_id).drop(columns="run_id"),
                                       direct.trace)
+
+
+# -- interrupts: SIGKILL, a dying worker, Ctrl-C ------------------------------------------------
+
+KILL_STUDY = """
+import shiftsim as ss
+from shiftsim.study import Study, lr_grid
+
+data = ss.data.digits()
+study = Study(
+    "kill",
+    {f"flip {r:g}": ss.label_flip_tasks(data, rate=r, tasks=2, steps_per_task=80, eval_every=40)
+     for r in (0.5, 1.0)},
+    model=ss.models.mlp(hidden=(32,)),
+    optimizers=lr_grid("sgdm", [0.02, 0.05, 0.1]),
+    seeds=3,
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def kill_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("kill") / "kill_study.py"
+    f.write_text(KILL_STUDY)
+    return f
+
+
+def _start(study_file, out, log, workers=2):
+    """`shiftsim study` as a subprocess in its own session (so its own process group)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "shiftsim.cli", "study", str(study_file), "--out", str(out),
+         "--workers", str(workers), "--quiet"],
+        cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _summaries(out):
+    """{run_id: (bytes, mtime_ns)} of every summary.json: what a completed run left."""
+    return {p.parent.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in (out / "runs").glob("*/summary.json")}
+
+
+def _wait_for_runs(proc, out, n, log, timeout=120.0):
+    t0 = time.monotonic()
+    while len(list((out / "runs").glob("*/summary.json"))) < n:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"the study exited early ({proc.returncode}): {log.read()[-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"fewer than {n} runs completed within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _alive(pid):
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _group(pgid):
+    """The live processes of process group ``pgid``."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                pids.add(int(d))
+    return pids
+
+
+def _wait_gone(pids, timeout=10.0):
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids):
+        if time.monotonic() - t0 > timeout:
+            for p in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
+            pytest.fail(f"processes {sorted(p for p in pids if _alive(p))} outlived the driver")
+        time.sleep(0.05)
+
+
+def _comparable(res):
+    """The results of a study with the columns that measure time or place left out."""
+    runs = res.runs.drop(columns=["total_s", "ms_per_step"]).sort_values("run_id")
+    return runs.reset_index(drop=True), res.phases.sort_values(["run_id", "phase"]).reset_index(
+        drop=True)
+
+
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self") or os.name != "posix",
+                                reason="process-group checks read /proc (Linux)")
+
+
+@pytest.mark.slow
+@linux_only
+def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
+    study = study_from_file(kill_file)
+    n = len(study)
+    assert n == 18
+    out = tmp_path / "out"
+    with open(tmp_path / "log", "w+") as log:
+        # 1. SIGKILL the whole process group (driver and workers) once some runs are complete
+        proc = _start(kill_file, out, log)
+        _wait_for_runs(proc, out, 3, log)
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        _wait_gone(_group(proc.pid))
+        first = _summaries(out)
+        assert 3 <= len(first) < n
+        res = store.load(out)  # a killed study loads; the runs in flight are not complete
+        counts = res.counts()
+        assert counts["ok"] == len(first) and counts["incomplete"] + counts["pending"] == \
+            n - len(first)
+        # 2. resume, then SIGKILL the driver alone: its workers notice and exit by themselves
+        proc = _start(kill_file, out, log)
+        _wait_for_runs(proc, out, len(first) + 2, log)
+        workers = _group(proc.pid) - {proc.pid}
+        assert len(workers) >= 1
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        _wait_gone(workers, timeout=10)
+        second = _summaries(out)
+        assert {r: second[r] for r in first} == first  # nothing complete was redone
+    assert len(second) < n, "the study finished before the driver was killed"
+    # 3. resume to the end (in this process): only the runs not complete are run, each once
+    rep = study.run(out, workers=1, progress=False)
+    assert rep.ok and (rep.skipped, rep.done) == (len(second), n - len(second))
+    final = _summaries(out)
+    assert len(final) == n and {r: final[r] for r in second} == second
+    assert not [p for p in out.rglob("*") if store._TMP_MARK in p.name]
+    # every file loads, and the results equal those of an uninterrupted run
+    res = store.load(out)
+    assert res.complete and res.counts()["ok"] == n and not res.problems
+    ref = store.load(study.run(tmp_path / "ref", workers=1, progress=False).out_dir)
+    for got, want in zip(_comparable(res), _comparable(ref)):
+        pd.testing.assert_frame_equal(got, want)
+    pd.testing.assert_frame_equal(res.traces().sort_values(["run_id", "step"]).reset_index(
+        drop=True), ref.traces().sort_values(["run_id", "step"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(res.evals.sort_values(["run_id", "step", "regime"])
+                                  .reset_index(drop=True),
+                                  ref.evals.sort_values(["run_id", "step", "regime"])
+                                  .reset_index(drop=True))
+
+
+@pytest.mark.slow
+@linux_only
+def test_ctrl_c_stops_cleanly_leaving_only_complete_runs(tmp_path, kill_file):
+    out = tmp_path / "out"
+    with open(tmp_path / "log", "w+") as log:
+        proc = _start(kill_file, out, log)
+        _wait_for_runs(proc, out, 2, log)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        code = proc.wait(timeout=60)
+        _wait_gone(_group(proc.pid))
+        log.seek(0)
+        text = log.read()
+    assert code == 130, text
+    assert "INTERRUPTED" in text and "run again to resume" in text and "interrupted" in text
+    assert "Traceback" not in text
+    folders = [p for p in (out / "runs").iterdir()]
+    assert folders and all((p / "summary.json").is_file() for p in folders)
+    assert not [p for p in out.rglob("*") if store._TMP_MARK in p.name]
+    counts = store.load(out).counts()
+    assert counts["ok"] == len(folders) and counts["incomplete"] == 0
+    assert counts["pending"] == 18 - len(folders) > 0
+
+
+class _KillingConn:
+    """A worker's pipe that SIGKILLs the worker as soon as it is sent the victim run."""
+
+    def __init__(self, conn, proc, victim):
+        self._conn, self._proc, self._victim = conn, proc, victim
+
+    def send(self, obj):
+        self._conn.send(obj)
+        if obj is not None and obj[0] == self._victim:
+            os.kill(self._proc.pid, signal.SIGKILL)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+@pytest.mark.slow
+def test_a_dying_worker_loses_only_its_run(tmp_path, tiny, caplog):
+    study = Study("die", [tiny], ss.models.mlp(hidden=(8,)), lr_grid("sgdm", [0.01, 0.1]),
+                  seeds=2)
+    victim = study.grid()[1].run_id
+    starts = []
+
+    class Killing(LocalPool):
+        def _start(self, ctx, table):
+            slot = super()._start(ctx, table)
+            slot.conn = _KillingConn(slot.conn, slot.proc, victim)
+            starts.append(slot.proc.pid)
+            return slot
+
+    rep = study.run(tmp_path, progress=False, executor=Killing(2, "cpu"))
+    # the victim's worker died twice (retried once in a fresh worker), the others went on
+    assert len(starts) == 4
+    assert (rep.done, rep.failed) == (4, 1)
+    runs = store.load(tmp_path).runs.set_index("run_id")
+    assert runs.loc[victim, "status"] == "failed"
+    assert "worker process died while running this run (killed by signal 9), 2 times" in \
+        runs.loc[victim, "error"]
+    assert (runs.drop(index=victim)["status"] == "ok").all()
+    assert sum("died" in r.getMessage() for r in caplog.records) == 2
+    assert not any(_alive(p) for p in starts)
+
+
+# -- Ray ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module's Ray tests (starting one takes a few seconds)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_backend_same_traces_failures_and_resume(tmp_path, data, ray_session):
+    syn = ss.data.synthetic(n=200, dim=5, classes=3)
+    study = Study("ray",
+                  {"digits": ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=40),
+                   "tabular": ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=40)},
+                  model={"mlp": ss.models.mlp(hidden=(16,)), "cnn": ss.models.cnn(channels=(4,),
+                                                                               hidden=8)},
+                  optimizers=["sgdm"], seeds=1)
+    rep = study.run(tmp_path, workers=2, backend="ray", progress=False)
+    assert rep.backend == "ray" and (rep.done, rep.failed) == (4, 1)
+    res = store.load(tmp_path)
+    runs = res.runs.set_index(["scenario", "model"])
+    assert runs.loc[("tabular", "cnn"), "status"] == "failed"
+    assert "cnn needs image data" in runs.loc[("tabular", "cnn"), "error"]
+    # the same spec gives the same trace, bit for bit, in a Ray worker and in this process
+    for spec in study.grid():
+        if (spec.label_dict["scenario"], spec.label_dict["model"]) == ("tabular", "cnn"):
+            continue
+        summary = json.loads((tmp_path / "runs" / spec.run_id / "summary.json").read_text())
+        assert summary["worker"].split(":")[-1] != str(os.getpid()) and summary["threads"] == 1
+        pd.testing.assert_frame_equal(res.trace(spec.run_id).drop(columns="run_id"),
+                                      execute(spec, device="cpu", threads=1).trace)
+    again = study.run(tmp_path, backend="ray", progress=False)
+    assert (again.done, again.skipped) == (0, 4)
+
+
+@pytest.mark.ray
+def test_ray_refuses_gpus_the_cluster_lacks(tmp_path, tiny, ray_session):
+    study = Study("gpu", [tiny], ss.models.mlp(hidden=(8,)), ["sgdm"], seeds=1)
+    with pytest.raises(ShiftsimError, match=r"gpus_per_run=0\.5 but the Ray cluster has 0 GPUs"):
+        study.run(tmp_path, backend="ray", gpus_per_run=0.5, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # nothing was written
+    assert ray_session.is_initialized()  # a Ray the study did not start is left running

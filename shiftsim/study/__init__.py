@@ -439,9 +439,6 @@ class Study:
         if old is not None and old.get("name") not in (None, self.name):
             raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
                                 f"not {self.name!r}; use another folder")
-        desc = self.to_dict()
-        if old is None or {k: old.get(k) for k in desc} != store._plain(desc):
-            store.write_study(out, desc)
         specs = self.grid()
         states = store.scan(out, [s.run_id for s in specs])
         redo = {"pending", "incomplete"} | ({"failed"} if retry_failed else set())
@@ -452,13 +449,30 @@ class Study:
             if s.run_id not in todo_ids:
                 counts[states[s.run_id].status] += 1
         n_workers = default_workers() if workers is None else workers
+        ray_executor = None
         if executor is None:
             if backend == "ray":
-                executor = RayExecutor(workers, device, threads, gpus_per_run)
+                executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
+                if todo:  # fail before writing anything: Ray unreachable, too few GPUs
+                    ray_executor.connect()
             elif min(n_workers, len(todo)) <= 1:
                 executor = InProcess(device, threads)
             else:
                 executor = LocalPool(min(n_workers, len(todo)), device, threads)
+        try:
+            return self._execute(out, old, specs, todo, counts, executor, n_workers, progress,
+                                 t0)
+        finally:
+            if ray_executor is not None:
+                ray_executor.close()
+
+    def _execute(self, out: Path, old: dict[str, Any] | None, specs: list[RunSpec],
+                 todo: list[RunSpec], counts: dict[str, int], executor: Executor,
+                 n_workers: int, progress: bool, t0: float) -> StudyRunReport:
+        store._clean_tmp(out)  # left by a process killed while writing study.json or an index
+        desc = self.to_dict()
+        if old is None or {k: old.get(k) for k in desc} != store._plain(desc):
+            store.write_study(out, desc)
         report = StudyRunReport(self.name, out, len(specs), skipped=len(specs) - len(todo),
                                 kept_failed=counts["failed"], backend=getattr(
                                     executor, "name", type(executor).__name__),

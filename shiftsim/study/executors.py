@@ -379,21 +379,35 @@ class RayExecutor:
         self._in_flight: dict[Any, tuple] = {}
         self._started = False
 
-    def _connect(self) -> Any:
+    def connect(self) -> Any:
+        """Connect to Ray (start a local one when needed) and check the cluster can run the
+        tasks; returns the ``ray`` module. :meth:`run` connects by itself."""
         ray = import_ray()
-        if ray.is_initialized():
-            return ray
-        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-        if self.address:
-            ray.init(address=self.address, **quiet)
-        else:
-            ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
-                     **quiet)
-            self._started = True
+        if not ray.is_initialized():
+            quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+            if self.address:
+                ray.init(address=self.address, **quiet)
+            else:
+                ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
+                         **quiet)
+                self._started = True
+        self._ray = ray
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if self.gpus_per_run > gpus:  # the tasks would wait for ever
+            self.close()
+            raise ShiftsimError(f"gpus_per_run={self.gpus_per_run:g} but the Ray cluster has "
+                                f"{gpus:g} GPUs; use gpus_per_run=0 (CPU) or a cluster with "
+                                "GPUs (RAY_ADDRESS)")
         return ray
 
+    def close(self) -> None:
+        """Shut down the local Ray this executor started (a cluster is left alone)."""
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+        self._started = False
+
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
-        ray = self._ray = self._connect()
+        ray = self.connect()
         finished = False
         try:
             table, tasks = scenario_table(specs)
@@ -427,9 +441,7 @@ class RayExecutor:
         finally:
             if not finished:
                 self.cancel()
-            if self._started:
-                ray.shutdown()
-                self._started = False
+            self.close()
 
     def cancel(self) -> None:
         ray, refs = self._ray, list(self._in_flight)
