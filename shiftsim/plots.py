@@ -285,6 +285,21 @@ def _hue_names(df: pd.DataFrame, hue: str, order: Sequence[str] | None) -> list[
     return sorted(present)
 
 
+#: most points per line a whole-stream figure draws (a 20-step smoothed curve loses nothing
+#: visible; SVG files stay small)
+MAX_POINTS = 400
+
+
+def _thin(band: pd.DataFrame, x: str, most: int = MAX_POINTS) -> pd.DataFrame:
+    """Every k-th x value of a band (k = ceil(distinct x / most)), the last one kept."""
+    xs = np.sort(band[x].unique())
+    if xs.size <= most:
+        return band
+    keep = xs[::math.ceil(xs.size / most)]
+    keep = np.union1d(keep, xs[-1:])
+    return band[band[x].isin(keep)]
+
+
 def _legend(fig: plt.Figure, ax: plt.Axes, title: str) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
@@ -408,7 +423,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
                     ax.axvline(row.start, color="0.3", lw=0.6, ls="--")
                 ax.text(row.start + 0.01 * max(1, plan["end"].max()), 1.09, str(row.name),
                         fontsize=7, va="top", ha="left", color="0.25", clip_on=True)
-            band = mean_band(sub, "step", "acc", [hue], level)
+            band = _thin(mean_band(sub, "step", "acc", [hue], level), "step")
             for name in names:
                 b = band[band[hue] == name]
                 if b.empty:
@@ -794,7 +809,7 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
                 d = d.sort_values(keys + ["step"])
                 d = d.assign(**{c: d.groupby(keys, sort=False)[c].transform(
                     lambda s: s.rolling(window, min_periods=1).mean())})
-            band = mean_band(d, "step", c, [hue], level)
+            band = _thin(mean_band(d, "step", c, [hue], level), "step")
             for name in names:
                 b = band[band[hue] == name]
                 if b.empty:
