@@ -108,7 +108,25 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         return {k: torch.zeros((), device=device, dtype=dtype) for k in self.diagnostic_keys}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict` (torch's rules, two differences).
+
+        The loaded tensors are copies: torch's loader keeps the saved tensors themselves when
+        dtype and device match, so two optimizers loaded from one dict would share (and both
+        mutate) their buffers. Scalar state kept in the accumulation dtype (cosines, products
+        of betas ...) keeps its saved dtype instead of being cast to the parameter's.
+        """
+        saved = state_dict["state"]
         super().load_state_dict(state_dict)
+        groups = [p for g in self.param_groups for p in g["params"]]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        for i, p in zip(ids, groups):
+            src, st = saved.get(i), self.state.get(p)
+            if src is None or st is None:
+                continue
+            for k, v in src.items():
+                if isinstance(v, Tensor):
+                    dtype = p.dtype if v.shape == p.shape and v.is_floating_point() else v.dtype
+                    st[k] = v.detach().to(device=p.device, dtype=dtype, copy=True)
         st = self.state.get(GLOBAL)
         if st is not None:
             device = self._reference().device

@@ -78,23 +78,25 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
                 gamma: Tensor, norm: Tensor, rho: Scalar, lb: Scalar, use_fstar: bool
                 ) -> list[Tensor]:
     """The step size of each block (updates ``fstar`` in place when ``use_fstar``)."""
+    if use_fstar:  # the reset, with the first group's alpha and lambda
+        c = 1 + blocks[0].hp["lr"] * blocks[0].hp["weight_decay"]
+        cap = c * loss_avg + dot_xd - c * gamma
+        reset = _maximum(cap / (2 * c * rho), lb)
+        fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
     taus = []
-    for j, b in enumerate(blocks):
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    for b in blocks:
         lr, wd = b.hp["lr"], b.hp["weight_decay"]
         c = 1 + lr * wd
-        if use_fstar and j == 0:
-            cap = c * loss_avg + dot_xd - c * gamma
-            reset = _maximum(cap / (2 * c * rho), lb)
-            fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
         num = c * (loss_avg - rho * fstar) + dot_xd - c * gamma
-        ratio = torch.where(norm > 0, num.clamp_min(0) / norm, torch.zeros_like(norm))
+        ratio = torch.where(norm > 0, num.clamp_min(0) / safe, torch.zeros_like(norm))
         cap_lr = lr / rho
         tau = torch.minimum(ratio, cap_lr.to(ratio.dtype)) if isinstance(cap_lr, Tensor) \
             else ratio.clamp_max(cap_lr)
-        if use_fstar and j == 0:
-            h = loss_avg + dot_xd - gamma
-            fstar.copy_(_maximum((h - 0.5 * tau * norm) / rho, lb))
         taus.append(tau)
+    if use_fstar:  # the estimate, with the first group's step size
+        h = loss_avg + dot_xd - gamma
+        fstar.copy_(_maximum((h - 0.5 * taus[0] * norm) / rho, lb))
     return taus
 
 
@@ -399,6 +401,7 @@ class MoMo(_MoMoBase):
         weight_decay: :math:`\lambda`, proximal (division by :math:`c`).
         bias_correction: see above (shared).
         use_fstar: estimate :math:`f_*` online, floored at ``lb`` (shared; see the module notes).
+        foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
 
     State: ``grad_avg`` (:math:`d`), ``grad_dot_w`` (:math:`\gamma_i`) per parameter;
     ``state["global"]``: ``step``, ``loss_avg``, ``fstar``, ``step_size``. Sums are model-wide.
@@ -424,9 +427,10 @@ class MoMo(_MoMoBase):
         weight_decay: float = 0.0,
         bias_correction: bool = False,
         use_fstar: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, beta=beta, lb=lb, weight_decay=weight_decay,
-                        bias_correction=bias_correction, use_fstar=use_fstar, foreach=None)
+                        bias_correction=bias_correction, use_fstar=use_fstar, foreach=foreach)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -505,6 +509,7 @@ class MoMoAdam(_MoMoBase):
         lr: :math:`\alpha` (a cap). betas: :math:`(\beta_1, \beta_2)` (shared by all groups).
         eps: :math:`\epsilon`. lb: :math:`f_*` (shared). weight_decay: :math:`\lambda`.
         divide: proximal (True) or AdamW-style (False) decay. use_fstar: online :math:`f_*`.
+        foreach: as in :class:`MoMo`.
 
     State: ``grad_avg``, ``grad_avg_sq``, ``grad_dot_w``, ``step`` (:math:`s`) per parameter;
     ``state["global"]``: ``step``, ``loss_avg``, ``fstar``, ``step_size``.
@@ -532,9 +537,10 @@ class MoMoAdam(_MoMoBase):
         weight_decay: float = 0.0,
         divide: bool = True,
         use_fstar: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, lb=lb, weight_decay=weight_decay,
-                        divide=divide, use_fstar=use_fstar, foreach=None)
+                        divide=divide, use_fstar=use_fstar, foreach=foreach)
         self._check_group(defaults)
         super().__init__(params, defaults)
 

@@ -257,6 +257,10 @@ class OptimizerSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> OptimizerSpec:
         if not isinstance(d, Mapping) or "name" not in d:
             raise SpecTypeError(f"an optimizer spec dict needs a 'name', got {d!r}")
+        if "strategy" in d:  # an Avalanche strategy spec (shiftsim.integrations.avalanche)
+            from ..integrations.avalanche import StrategySpec
+
+            return StrategySpec.from_dict(d)
         return spec(d["name"], **dict(d.get("hparams", {})))
 
 

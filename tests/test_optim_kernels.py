@@ -1,0 +1,140 @@
+"""The functional kernels: ``learner_dims=1`` on K stacked learners equals K separate runs
+(per-learner reductions, per-learner hyperparameters as ``(K,)`` tensors), and the kernels'
+foreach and tensor-by-tensor paths agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shiftsim.errors import ShiftsimError
+from shiftsim.optim.adamem import adamem_adamw, adamem_sgd
+from shiftsim.optim.grams import grams
+from shiftsim.optim.momo import momo, momo_adam
+from shiftsim.optim.tam import adatam, tam
+
+SHAPES = [(6, 5), (6,), (3, 6)]
+K = 3
+LRS = [0.03, 0.01, 0.05]
+
+
+def zeros(ps):
+    return [torch.zeros_like(p) for p in ps]
+
+
+def acc(ps, ld, *lead, fill=0.0):
+    shape = (*lead, ps[0].shape[0]) if ld else lead
+    return torch.full(shape, fill, dtype=ps[0].dtype)
+
+
+class Kernel:
+    """State and one step of a functional kernel, for learner_dims 0 or 1."""
+
+    def __init__(self, name, ps, ld, **hp):
+        self.name, self.ps, self.ld, self.hp = name, ps, ld, hp
+        n = len(ps)
+        self.a, self.b = zeros(ps), zeros(ps)
+        if name in ("tam", "adatam"):
+            self.s = acc(ps, ld) if hp.get("scope", "global") == "global" else acc(ps, ld, n)
+        if name == "adamem_adamw":
+            self.pi = acc(ps, ld, n, fill=1.0)
+        if name in ("momo", "momo_adam"):
+            self.gam, self.fbar, self.fstar = acc(ps, ld, n), acc(ps, ld), acc(ps, ld, fill=0.1)
+
+    def step(self, t, gs, loss):
+        ps, a, b, hp, ld = self.ps, self.a, self.b, self.hp, self.ld
+        if self.name == "tam":
+            return tam(ps, gs, a, self.s, learner_dims=ld, **hp)
+        if self.name == "adatam":
+            return adatam(ps, gs, a, b, self.s, step=t, learner_dims=ld, **hp)
+        if self.name == "adamem_sgd":
+            return adamem_sgd(ps, gs, a, step=t, learner_dims=ld, **hp)
+        if self.name == "adamem_adamw":
+            return adamem_adamw(ps, gs, a, b, self.pi, step=t, learner_dims=ld, **hp)
+        if self.name == "momo":
+            return momo(ps, gs, a, self.gam, self.fbar, self.fstar, loss, step=t,
+                        learner_dims=ld, lb=0.1, **hp)
+        if self.name == "momo_adam":
+            return momo_adam(ps, gs, a, b, self.gam, self.fbar, self.fstar, loss, step=t,
+                             learner_dims=ld, lb=0.1, **hp)
+        return grams(ps, gs, a, b, step=t, learner_dims=ld, **hp)
+
+
+CASES = {
+    "tam": dict(momentum=0.9, weight_decay=0.01),
+    "tam_tensor_decoupled": dict(momentum=0.8, weight_decay=0.1, scope="tensor",
+                                 decoupled=True),
+    "adatam": dict(weight_decay=0.01, bias_correction=True),
+    "adatamw_tensor": dict(weight_decay=0.1, decoupled=True, scope="tensor"),
+    "adamem_sgd": dict(weight_decay=0.01, lam=0.2),
+    "adamem_adamw": dict(weight_decay=0.01),
+    "momo": dict(weight_decay=0.01),
+    "momo_bias_fstar": dict(bias_correction=True, use_fstar=True),
+    "momo_adam": dict(weight_decay=0.01, use_fstar=True),
+    "momo_adam_nodivide": dict(weight_decay=0.1, divide=False),
+    "grams": dict(weight_decay=0.01),
+    "grams_official": dict(eps_mode="official"),
+}
+
+
+def kernel_name(case):
+    for name in ("adamem_adamw", "adamem_sgd", "momo_adam", "adatam", "momo", "tam", "grams"):
+        if case.startswith(name):
+            return name
+    return "adatam"  # adatamw_tensor
+
+
+def sequence(steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [([torch.randn(K, *s, generator=g, dtype=torch.float64) + 0.2 for s in SHAPES],
+             torch.rand(K, generator=g, dtype=torch.float64) + 0.5) for _ in range(steps)]
+
+
+def init(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(K, *s, generator=g, dtype=torch.float64) * 0.5 for s in SHAPES]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_stacked_learners_equal_separate_runs(case, tensor_lr):
+    name, hp = kernel_name(case), CASES[case]
+    lr = {"momo": 1.0, "momo_adam": 1e-2}.get(name, 1e-2)
+    seq = sequence(25)
+    stacked = init()
+    lrs = [lr * f for f in (1.0, 0.5, 2.0)] if tensor_lr else [lr] * K
+    big = Kernel(name, stacked, 1, lr=torch.tensor(lrs, dtype=torch.float64) if tensor_lr
+                 else lr, **hp)
+    singles = [Kernel(name, [p[k].clone() for p in init()], 0, lr=lrs[k], **hp)
+               for k in range(K)]
+    for t, (gs, loss) in enumerate(seq, 1):
+        out = big.step(t, gs, loss)
+        outs = [s.step(t, [g[k] for g in gs], loss[k]) for k, s in enumerate(singles)]
+        for k, s in enumerate(singles):
+            for p_big, p in zip(stacked, s.ps):
+                torch.testing.assert_close(p_big[k], p, rtol=1e-12, atol=1e-14)
+            if out is not None:
+                torch.testing.assert_close(out[..., k], outs[k], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_paths_agree(case, monkeypatch):
+    """foreach=True, False and None (per tensor; a 300x250 tensor takes the loop path)."""
+    monkeypatch.setattr(__import__(__name__), "SHAPES", [(300, 250), *SHAPES])
+    name, hp = kernel_name(case), CASES[case]
+    runs = []
+    for foreach in (True, False, None):
+        ps = [p[0].clone().float() for p in init()]
+        kern = Kernel(name, ps, 0, lr=1e-2, foreach=foreach, **hp)
+        for t, (gs, loss) in enumerate(sequence(10), 1):
+            kern.step(t, [g[0].float() for g in gs], loss[0].float())
+        runs.append(ps)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_learner_dims_is_checked():
+    p = [torch.zeros(2, 3)]
+    with pytest.raises(ShiftsimError, match="learner_dims must be 0 or 1, got 2"):
+        tam(p, p, zeros(p), torch.zeros(()), lr=0.1, learner_dims=2)

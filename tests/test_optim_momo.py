@@ -1,0 +1,257 @@
+"""MoMo and MoMo-Adam: float64 reference transcriptions of spec §5, the spec's test vectors,
+momo-opt as an oracle (also with use_fstar and weight decay), and the loss handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_optim_common import (
+    GROUP_OF,
+    assert_traj_close,
+    batch_loss,
+    groups_of,
+    init_params,
+    run_optimizer,
+    run_reference,
+)
+
+from shiftsim.errors import ShiftsimError
+from shiftsim.optim import MoMo, MoMoAdam
+
+
+def dots(xs, ys) -> float:
+    return sum(float((x * y).sum()) for x, y in zip(xs, ys))
+
+
+def momo_reference(hps, beta=0.9, lb=0.0, bias_correction=False, use_fstar=False, adam=False,
+                   betas=(0.9, 0.999), eps=1e-8, divide=True, taus=None):
+    """Spec §5.2 (MoMo) and §5.3 (MoMo-Adam): global sums over all tensors; tau per group with
+    the group's alpha and lambda; the f* reset before tau and the estimate after it use the
+    first group's alpha, lambda and tau (spec §5.4, our choice for several groups)."""
+    st = {"k": 0, "fbar": 0.0, "fstar": lb}
+    d = v = gam = None
+
+    def step(t, ps, gs, loss):
+        nonlocal d, v, gam
+        f = float(loss)
+        st["k"] += 1
+        k = st["k"]
+        b = betas[0] if adam else beta
+        if d is None:
+            if adam or bias_correction:
+                d = [torch.zeros_like(p) for p in ps]
+                gam = [0.0] * 4
+            else:
+                d = [g.clone() for g in gs]
+                gam = [float((p * g).sum()) for p, g in zip(ps, gs)]
+                st["fbar"] = f
+            v = [torch.zeros_like(p) for p in ps]
+        st["fbar"] = b * st["fbar"] + (1 - b) * f
+        for i in range(4):
+            d[i] = b * d[i] + (1 - b) * gs[i]
+            gam[i] = b * gam[i] + (1 - b) * float((ps[i] * gs[i]).sum())
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * gs[i] ** 2
+        D = [(vi / (1 - betas[1] ** k)).sqrt() + eps if adam else torch.ones_like(vi)
+             for vi in v]
+        rho = 1 - b ** k if (adam or bias_correction) else 1.0
+        dot, gamma = dots(ps, d), sum(gam)
+        norm = dots(d, [di / Di for di, Di in zip(d, D)])
+        fbar = st["fbar"]
+        c = [1 + hp["lr"] * hp["weight_decay"] for hp in hps]
+        if use_fstar:
+            cap = c[0] * fbar + dot - c[0] * gamma
+            if cap < c[0] * rho * st["fstar"]:
+                st["fstar"] = max(cap / (2 * c[0] * rho), lb)
+        tau = []
+        for j, hp in enumerate(hps):
+            num = c[j] * (fbar - rho * st["fstar"]) + dot - c[j] * gamma
+            tau.append(min(hp["lr"] / rho, max(num, 0.0) / norm if norm > 0 else 0.0))
+        if use_fstar:
+            h = fbar + dot - gamma
+            st["fstar"] = max((h - 0.5 * tau[0] * norm) / rho, lb)
+        for i, p in enumerate(ps):
+            j = GROUP_OF[i]
+            lr, wd = hps[j]["lr"], hps[j]["weight_decay"]
+            if adam and not divide:
+                p.mul_(1 - lr * wd)
+            p.sub_(tau[j] * d[i] / D[i])
+            if not adam or divide:
+                p.div_(c[j])
+        if taus is not None:
+            taus.append((tau[0], st["fstar"]))
+
+    return step
+
+
+MOMO_HP = [dict(lr=5.0, weight_decay=0.01), dict(lr=1.0, weight_decay=0.1)]
+ADAM_HP = [dict(lr=1e-2, weight_decay=0.01), dict(lr=3e-3, weight_decay=0.1)]
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+@pytest.mark.parametrize("use_fstar", [False, True])
+def test_momo_matches_float64_reference(bias_correction, use_fstar):
+    lb = 0.05 if use_fstar else 0.0
+    ours, diags = run_optimizer(
+        lambda g: MoMo(g, beta=0.8, lb=lb, bias_correction=bias_correction,
+                       use_fstar=use_fstar), 60, hp0=MOMO_HP[0], hp1=MOMO_HP[1],
+        needs_loss=True, diagnostics=True)
+    taus: list[tuple[float, float]] = []
+    ref = run_reference(momo_reference(MOMO_HP, 0.8, lb, bias_correction, use_fstar,
+                                       taus=taus), 60)
+    assert_traj_close(ours, ref)
+    for dg, (tau, fstar) in zip(diags, taus):
+        assert dg["step_size"].item() == pytest.approx(tau, rel=1e-10, abs=1e-14)
+        assert dg["fstar"].item() == pytest.approx(fstar, rel=1e-10, abs=1e-14)
+    if use_fstar:
+        assert any(f > lb for _, f in taus)
+    caps = [5.0 / (1 - 0.8 ** k if bias_correction else 1) for k in range(1, 61)]
+    assert all(t <= c + 1e-12 for (t, _), c in zip(taus, caps))
+    if use_fstar or not bias_correction:  # (with bias correction alone the cap always binds)
+        assert any(t < 0.9 * c for (t, _), c in zip(taus, caps))
+
+
+@pytest.mark.parametrize("divide", [True, False])
+@pytest.mark.parametrize("use_fstar", [False, True])
+def test_momo_adam_matches_float64_reference(divide, use_fstar):
+    ours = run_optimizer(lambda g: MoMoAdam(g, betas=(0.85, 0.99), eps=1e-6, divide=divide,
+                                            use_fstar=use_fstar, lb=0.1), 60,
+                         hp0=ADAM_HP[0], hp1=ADAM_HP[1], needs_loss=True)
+    ref = run_reference(momo_reference(ADAM_HP, adam=True, betas=(0.85, 0.99), eps=1e-6,
+                                       divide=divide, use_fstar=use_fstar, lb=0.1), 60)
+    assert_traj_close(ours, ref)
+
+
+def _quadratic_run(opt, x, steps):
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = 0.5 * (x[0] ** 2 + 10 * x[1] ** 2)
+        loss.backward()
+        opt.step(loss=loss)
+        out.append((opt.diagnostics()["step_size"].item(), x.tolist()))
+    return out
+
+
+def test_spec_vectors():
+    """Spec §5.5: f = (x1^2 + 10 x2^2) / 2, x0 = (1, 1)."""
+    x = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    got = _quadratic_run(MoMo([x], lr=1.0), x, 3)
+    assert [t for t, _ in got] == pytest.approx([0.0544554455, 0.0016418908, 0.0017429252],
+                                                abs=1e-10)
+    assert got[0][1] == pytest.approx([0.9455445545, 0.4554455446], abs=1e-10)
+    assert got[1][1] == pytest.approx([0.9439116046, 0.4399207352], abs=1e-10)
+    x = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    got = _quadratic_run(MoMoAdam([x], lr=1e-2), x, 3)
+    assert [t for t, _ in got] == pytest.approx([0.1, 0.0526315789, 0.0369003690], abs=1e-10)
+    assert [xs[0] for _, xs in got] == pytest.approx([0.9900000001, 0.9800027461,
+                                                      0.9700100995], abs=1e-10)
+
+
+def test_loss_below_the_lower_bound_means_no_step():
+    x = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = MoMo([x], lr=1.0, lb=10.0)  # f(x0) = 5.5 < lb
+    got = _quadratic_run(opt, x, 2)
+    assert got[0][0] == 0.0 and got[1][0] == 0.0 and x.tolist() == [1.0, 1.0]
+    x = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    got = _quadratic_run(MoMoAdam([x], lb=10.0), x, 2)
+    assert got[-1][0] == 0.0 and x.tolist() == [1.0, 1.0]
+
+
+def test_zero_gradient_gives_no_step_not_nan():
+    x = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    for opt in (MoMo([x]), MoMoAdam([x])):
+        x.grad = torch.zeros(3, dtype=torch.float64)
+        opt.step(loss=1.0)
+        assert opt.diagnostics()["step_size"].item() == 0.0
+        assert x.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_loss_argument_forms():
+    x = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    for loss in (5.5, 5.5 * torch.ones(()), torch.tensor([5.5]), 11 / 2):
+        y = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+        opt = MoMo([y])
+        y.grad = torch.tensor([1.0, 10.0], dtype=torch.float64)
+        assert opt.step(loss=loss) is loss
+        assert y.tolist() == pytest.approx([0.9455445545, 0.4554455446], abs=1e-10)
+    opt = MoMo([x])
+    with pytest.raises(ShiftsimError, match=r"needs the loss value: call MoMo.step\(loss=loss\)"):
+        opt.step()
+    with pytest.raises(ShiftsimError, match="not both"):
+        opt.step(lambda: torch.tensor(1.0), loss=1.0)
+    with pytest.raises(ShiftsimError, match=r"the loss must be a scalar, got shape \(2,\)"):
+        opt.step(loss=torch.ones(2))
+    with pytest.raises(TypeError, match="the loss must be a tensor or a number, got 'x'"):
+        opt.step(loss="x")
+
+
+def test_state_keeps_the_global_scalars():
+    x = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = MoMo([x], use_fstar=True, lb=0.25)
+    _quadratic_run(opt, x, 3)
+    st = opt.state_dict()["state"]["global"]
+    assert st["step"] == 3
+    assert st["loss_avg"].item() > 0 and st["fstar"].item() >= 0.25
+    assert opt.diagnostics()["fstar"] is opt.state["global"]["fstar"]
+
+
+# ----------------------------------------------------------------------------- momo-opt oracle
+
+
+def _oracle_run(ours_cls, theirs_cls, steps, dtype=torch.float64, two_groups=True, **kw):
+    ps_a = [torch.nn.Parameter(p) for p in init_params(dtype)]
+    ps_b = [torch.nn.Parameter(p) for p in init_params(dtype)]
+    hp = ADAM_HP if ours_cls is MoMoAdam else MOMO_HP
+    def groups(ps):
+        return groups_of(ps, hp[0], hp[1]) if two_groups else [{"params": ps, **hp[0]}]
+
+    a, b = ours_cls(groups(ps_a), **kw), theirs_cls(groups(ps_b), **kw)
+    for t in range(steps):
+        for ps, opt in ((ps_a, a), (ps_b, b)):
+            opt.zero_grad()
+            loss = batch_loss(ps, t)
+            loss.backward()
+            opt.step(loss=loss)
+        yield ps_a, ps_b, a, b
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias_correction": True}, {"beta": 0.5, "lb": 0.1}])
+def test_momo_opt_oracle(kw):
+    momo = pytest.importorskip("momo")
+    rtol = 1e-5 if kw.get("bias_correction") else 1e-11  # its gamma is float32 there
+    with pytest.warns(UserWarning, match="More than one param group"):
+        for ps_a, ps_b, _, _ in _oracle_run(MoMo, momo.Momo, 40, **kw):
+            for x, y in zip(ps_a, ps_b):
+                torch.testing.assert_close(x, y, rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("kw", [{}, {"divide": False}, {"betas": (0.8, 0.99), "eps": 1e-6}])
+def test_momo_opt_adam_oracle(kw):
+    momo = pytest.importorskip("momo")
+    with pytest.warns(UserWarning, match="More than one param group"):
+        for ps_a, ps_b, _, _ in _oracle_run(MoMoAdam, momo.MomoAdam, 40, **kw):
+            for x, y in zip(ps_a, ps_b):
+                # momo-opt keeps MomoAdam's gamma_i in float32
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("cls_name", ["Momo", "MomoAdam"])
+def test_momo_opt_oracle_use_fstar(cls_name):
+    """use_fstar with one param group (momo-opt re-estimates f* once per group)."""
+    momo = pytest.importorskip("momo")
+    ours_cls = MoMo if cls_name == "Momo" else MoMoAdam
+    kw = {"use_fstar": True, "lb": 0.05, "weight_decay": 0.02}
+    for ps_a, ps_b, a, b in _oracle_run(ours_cls, getattr(momo, cls_name), 40,
+                                        two_groups=False, **kw):
+        for x, y in zip(ps_a, ps_b):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
+        assert a.diagnostics()["fstar"].item() == pytest.approx(b.state["fstar"], rel=1e-5)
+    assert b.state["fstar"] > 0.05
+
+
+def test_shared_hyperparameters():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ShiftsimError, match="beta must be the same in every param group"):
+        MoMo([{"params": [a]}, {"params": [b], "beta": 0.5}])
+    with pytest.raises(ShiftsimError, match="lb must be finite"):
+        MoMoAdam([a], lb=float("inf"))
