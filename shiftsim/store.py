@@ -27,7 +27,7 @@ The parquet files are plain tables that DuckDB or pandas read directly::
 
     import duckdb
     duckdb.sql('''
-        SELECT r.optimizer, r.severity, avg(t.correct / t.n) AS online_acc
+        SELECT r.optimizer, r.severity, sum(t.correct) / sum(t.n) AS online_acc
         FROM 'results/flip-sweep/runs/*/trace.parquet' t
         JOIN 'results/flip-sweep/runs.parquet' r USING (run_id)
         WHERE r.status = 'ok'

@@ -564,7 +564,9 @@ def test_a_dying_worker_loses_only_its_run(tmp_path, tiny, caplog):
             starts.append(slot.proc.pid)
             return slot
 
-    rep = study.run(tmp_path, progress=False, executor=Killing(2, "cpu"))
+    # prefetch=1: a worker is sent its next run only when it is idle, so the victim is the run
+    # it is running when it dies
+    rep = study.run(tmp_path, progress=False, executor=Killing(2, "cpu", prefetch=1))
     # the victim's worker died twice (retried once in a fresh worker), the others went on
     assert len(starts) == 4
     assert (rep.done, rep.failed) == (4, 1)
@@ -625,3 +627,33 @@ def test_ray_refuses_gpus_the_cluster_lacks(tmp_path, tiny, ray_session):
         study.run(tmp_path, backend="ray", gpus_per_run=0.5, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # nothing was written
     assert ray_session.is_initialized()  # a Ray the study did not start is left running
+
+
+# -- the README's Studies section -----------------------------------------------------------------
+
+def _readme_study_blocks():
+    import re
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("\n## Studies\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.slow
+def test_readme_studies_examples_run(tmp_path, monkeypatch, capsys):
+    study_code, query_code = _readme_study_blocks()
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "__main__"}
+    exec(compile(study_code, "README.md", "exec"), ns)
+    out = capsys.readouterr().out
+    assert "sweep: 12/12 runs complete (12 ran now)" in out and "online_acc" in out
+    res = ss.store.load("results/sweep")
+    assert res.counts()["ok"] == 12
+    pytest.importorskip("duckdb")
+    exec(compile(query_code.replace("results/flip-sweep", "results/sweep"), "README.md", "exec"),
+         ns)
+    df = ns["df"]
+    assert len(df) == 6 and set(df["optimizer"]) == {"sgdm(lr=0.05)", "adam(lr=0.001)"}
+    want = res.runs.groupby(["optimizer", "severity"])["online_acc"].mean()
+    got = df.set_index(["optimizer", "severity"])["online_acc"]
+    assert got.to_dict() == pytest.approx(want.to_dict())

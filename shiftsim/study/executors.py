@@ -207,7 +207,9 @@ class _Slot:
     proc: Any
     conn: Any
     ready: bool = False
-    task: tuple | None = None
+    #: the tasks sent to it and not yet answered: the first is running, the others wait in
+    #: its pipe (so it never waits for the driver between two runs)
+    tasks: collections.deque = field(default_factory=collections.deque)
     started: float = 0.0
     stopping: bool = False  # told to exit (no work left for it)
 
@@ -217,14 +219,24 @@ GUARD_HINT = ("worker processes start by importing your script; if you run a stu
 
 
 class LocalPool:
-    """A spawn-safe process pool of ``workers`` processes (one pipe each)."""
+    """A spawn-safe process pool of ``workers`` processes (one pipe each).
+
+    Each worker is sent up to ``prefetch`` tasks ahead (default 2: the run it is running and
+    the next one), so it starts its next run while the driver writes the last result. A worker
+    that dies loses its running run (retried ``retries`` times in a fresh worker, then recorded
+    as failed); the tasks waiting in its pipe go back to the queue.
+    """
 
     name = "local"
 
     def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
-                 retries: int = 1, start_timeout: float = 300.0) -> None:
+                 retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise ShiftsimError(f"prefetch must be a positive integer, got {prefetch!r}")
         self.workers, self.device, self.threads = workers, device, threads
-        self.retries, self.start_timeout = retries, start_timeout
+        self.retries, self.start_timeout, self.prefetch = retries, start_timeout, prefetch
         self._slots: list[_Slot] = []
 
     def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
@@ -257,16 +269,17 @@ class LocalPool:
         try:
             for _ in range(min(self.workers, len(pending))):
                 self._start(ctx, table)
-            while pending or any(s.task is not None for s in self._slots):
+            while pending or any(s.tasks for s in self._slots):
                 for s in self._slots:
-                    if not s.ready or s.task is not None or s.stopping:
+                    if not s.ready or s.stopping:
                         continue
-                    if pending:
-                        s.task = pending.popleft()
-                    else:  # no work left for it: let it exit while the others finish
-                        s.stopping = True
                     try:
-                        s.conn.send(s.task)
+                        while pending and len(s.tasks) < self.prefetch:
+                            s.tasks.append(pending.popleft())
+                            s.conn.send(s.tasks[-1])
+                        if not s.tasks:  # no work left for it: it exits while others finish
+                            s.stopping = True
+                            s.conn.send(None)
                     except OSError:
                         pass  # the worker died: seen below through its sentinel
                 waitables = [s.conn for s in self._slots] + [s.proc.sentinel for s in self._slots]
@@ -282,8 +295,9 @@ class LocalPool:
                         if msg[0] == "ready":
                             s.ready = True
                         else:
-                            s.task = None
-                            yield msg[1]
+                            done = msg[1]
+                            s.tasks = collections.deque(t for t in s.tasks if t[0] != done.run_id)
+                            yield done
                         continue
                     if s.proc.is_alive():
                         if not s.ready and time.monotonic() - s.started > self.start_timeout:
@@ -292,14 +306,16 @@ class LocalPool:
                         continue
                     code = s.proc.exitcode
                     self._retire(s)
-                    if s.stopping and s.task is None:
+                    if s.stopping and not s.tasks:
                         continue  # it exited as told
                     # the worker died
                     if not s.ready:
                         raise ShiftsimError(f"a worker process exited (code {code}) before it "
                                             f"started; {GUARD_HINT}")
-                    if s.task is not None:
-                        run_id = s.task[0]
+                    if s.tasks:
+                        running, *waiting = s.tasks
+                        pending.extendleft(reversed(waiting))  # never started: no retry used
+                        run_id = running[0]
                         deaths[run_id] += 1
                         how = (f"killed by signal {-code}" if code is not None and code < 0
                                else f"exit code {code}")
@@ -309,10 +325,10 @@ class LocalPool:
                                 f"the worker process died while running this run ({how}), "
                                 f"{deaths[run_id]} times; out of memory?"), worker="")
                         else:
-                            pending.appendleft(s.task)
+                            pending.appendleft(running)
                 # replace dead workers while there is work for them
                 active = [x for x in self._slots if not x.stopping]
-                busy = sum(x.task is not None for x in active)
+                busy = sum(bool(x.tasks) for x in active)
                 for _ in range(min(self.workers, len(pending) + busy) - len(active)):
                     self._start(ctx, table)
             finished = True

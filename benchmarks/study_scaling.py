@@ -1,0 +1,79 @@
+"""Study scaling: the same CPU study run with 2 local workers vs 1, side by side.
+
+A study of small learners on digits (flip rates x optimizers x seeds; one torch thread per run,
+as studies use). ``workers=1`` runs the runs one after another in this process; ``workers=2``
+runs them in a pool of 2 spawn-started worker processes, and the driver writes every result to
+the store. Each round runs both into fresh results folders, in ABBA order so that drifting load
+on a shared machine hits both alike; the ratio is the median of per-round ratios of wall times
+(end to end: worker start-up, runs and writing the store). Both must give the same results.
+Goal on 2 cores: >= 1.7x.
+
+    python benchmarks/study_scaling.py [--seeds 4] [--steps 300] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import pandas as pd
+from _common import median
+
+import shiftsim as ss
+from shiftsim import store
+from shiftsim.study import Study, default_workers, flip_rates
+
+
+def make_study(seeds: int, steps: int) -> Study:
+    data = ss.data.digits()
+    return Study("scaling", flip_rates(data, [0.0, 0.5, 1.0], tasks=3, steps_per_task=steps),
+                 model=ss.models.mlp(hidden=(128, 128)),
+                 optimizers={"sgdm": ss.optim.spec("sgdm", lr=0.05),
+                             "adam": ss.optim.spec("adam", lr=1e-3)},
+                 seeds=seeds)
+
+
+def timed_run(study: Study, workers: int, root: str) -> tuple[float, pd.DataFrame]:
+    out = tempfile.mkdtemp(prefix=f"w{workers}-", dir=root)
+    t = time.perf_counter()
+    rep = study.run(out, workers=workers, progress=False, device="cpu")
+    elapsed = time.perf_counter() - t
+    if not rep.ok or rep.done != len(study):
+        raise SystemExit(f"the study did not complete: {rep.line()}")
+    runs = store.load(out).runs.drop(columns=["total_s", "ms_per_step"])
+    return elapsed, runs.sort_values("run_id").reset_index(drop=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=300, help="steps per task (3 tasks)")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    study = make_study(args.seeds, args.steps)
+    print(f"{study}; {3 * args.steps} steps per run, mlp 64-128-128-10, 1 torch thread per run; "
+          f"{default_workers()} cores available, load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as root:
+        warm = Study("warm-up", study.scenarios, model=ss.models.mlp(hidden=(128, 128)),
+                     optimizers=["sgdm"], seeds=1)
+        warm.run(os.path.join(root, "warm"), workers=1, progress=False)  # untimed: imports
+        times: dict[int, list[float]] = {1: [], 2: []}
+        results: dict[int, pd.DataFrame] = {}
+        for r in range(args.rounds):
+            for workers in (1, 2) if r % 2 == 0 else (2, 1):
+                elapsed, results[workers] = timed_run(study, workers, root)
+                times[workers].append(elapsed)
+                print(f"  round {r + 1}: workers={workers}: {elapsed:6.1f} s", flush=True)
+        pd.testing.assert_frame_equal(results[1], results[2])  # same results either way
+    ratios = [a / b for a, b in zip(times[1], times[2])]
+    n = len(study)
+    print(f"workers=1: {median(times[1]):.1f} s ({1e3 * median(times[1]) / n:.0f} ms/run)   "
+          f"workers=2: {median(times[2]):.1f} s ({1e3 * median(times[2]) / n:.0f} ms/run)")
+    print(f"speed-up 2 workers vs 1: {median(ratios):.2f}x (median of {len(ratios)} rounds: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}; goal >= 1.7x on 2 cores)")
+
+
+if __name__ == "__main__":
+    main()
