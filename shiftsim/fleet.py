@@ -27,7 +27,9 @@ recorded as diverged; the others go on.
 from __future__ import annotations
 
 import copy
+import math
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,7 +39,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .engine import RunResult, _EvalSchedule
@@ -66,15 +67,34 @@ STACK_LIMIT = 512 * 2**20
 
 # -- the stacked model ------------------------------------------------------------------------
 
+def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                torch.Tensor]:
+    """Mean cross-entropy per member from class-major logits ``z`` ``(K, C, b)`` and labels
+    ``(K, b)``: ``(per (K,), exp(z - max) (K, C, b), its sum over classes (K, 1, b))``.
+
+    Written out (max, exp, sum, log) because torch's log_softmax over a short innermost class
+    dimension is several times slower on the CPU; the numbers are those of
+    ``F.cross_entropy`` up to rounding.
+    """
+    m = z.detach().amax(1, keepdim=True)
+    e = torch.sub(z, m).exp()
+    s = e.sum(1, keepdim=True)
+    picked = z.gather(1, y.unsqueeze(1))
+    per = (s.log() + m - picked).squeeze(1).mean(1)
+    return per, e, s
+
+
 class StackedModel:
     """K copies of one architecture with their parameters stacked along dimension 0.
 
     ``params`` maps each parameter name to a leaf tensor of shape ``(K, *shape)``. ``forward``
     takes ``(K, batch, *input_shape)`` and returns ``(K, batch, classes)``. An ``nn.Sequential``
-    of Flatten / Linear / elementwise activations runs as batched matmuls; any other model runs
-    through ``torch.func.vmap(functional_call)``. ``compile=True`` compiles the training step's
-    forward pass and loss with ``torch.compile``; when compilation fails (no compiler, an
-    unsupported op) it warns and runs eagerly.
+    of Flatten / Linear / elementwise activations runs as batched matmuls on class-major
+    activations ``(K, features, batch)``, with its backward pass written out when every
+    activation is ReLU (no autograd graph); any other model runs through
+    ``torch.func.vmap(functional_call)`` and autograd. ``compile=True`` compiles the training
+    step with ``torch.compile``; when compilation fails (no compiler, an unsupported op) it
+    warns and runs eagerly.
 
     >>> import shiftsim as ss
     >>> data = ss.data.digits()
@@ -82,12 +102,13 @@ class StackedModel:
     >>> sm = StackedModel(nets)
     >>> sm.params["1.weight"].shape, sm.forward(torch.zeros(2, 5, 1, 8, 8)).shape
     (torch.Size([2, 8, 64]), torch.Size([2, 5, 10]))
-    >>> bool(torch.allclose(sm.forward(data.x_train[None, :5].expand(2, -1, -1, -1, -1))[1],
-    ...                     nets[1](data.x_train[:5]), atol=1e-6))
+    >>> x = data.x_train[:5]
+    >>> bool(torch.allclose(sm.forward(torch.stack([x, x]))[1], nets[1](x), atol=1e-6))
     True
     """
 
-    def __init__(self, models: Sequence[nn.Module], compile: bool = False) -> None:
+    def __init__(self, models: Sequence[nn.Module], compile: bool = False,
+                 input_shape: Sequence[int] | None = None) -> None:
         if not models:
             raise ShiftsimError("a fleet needs at least one member")
         names = [n for n, _ in models[0].named_parameters()]
@@ -102,28 +123,30 @@ class StackedModel:
             n: torch.stack([dict(m.named_buffers())[n] for m in models])
             for n, _ in models[0].named_buffers()}
         self.template = models[0]
-        self._plan = self._matmul_plan(models[0])
+        self._plan = self._matmul_plan(models[0], input_shape)
+        self.manual = self._plan is not None and self._relu_chain(self._plan)
         if self._plan is None:
             self._meta = copy.deepcopy(models[0]).to("meta")
-        self._eager: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._losses
+        self._eager: Callable[..., Any] = self._manual_step if self.manual else self._losses
         self._train = self._eager
         self.compiled = False
         if compile:
             try:
-                self._train = torch.compile(self._losses, dynamic=False)
+                self._train = torch.compile(self._eager, dynamic=False)
                 self.compiled = True
             except Exception as exc:  # pragma: no cover - depends on the toolchain
                 warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); the fleet "
                               "runs eagerly", stacklevel=2)
 
     @staticmethod
-    def _matmul_plan(model: nn.Module) -> list[tuple[str, Any]] | None:
+    def _matmul_plan(model: nn.Module, input_shape: Sequence[int] | None
+                     ) -> list[tuple[str, Any]] | None:
         if not isinstance(model, nn.Sequential):
             return None
         plan: list[tuple[str, Any]] = []
         for name, m in model.named_children():
             if isinstance(m, nn.Flatten):
-                if m.start_dim != 1 or m.end_dim != -1:
+                if m.start_dim != 1 or m.end_dim != -1 or plan:
                     return None
                 plan.append(("flatten", None))
             elif isinstance(m, nn.Linear):
@@ -133,9 +156,23 @@ class StackedModel:
                 plan.append(("act", m))
             else:
                 return None
+        flat_input = plan and plan[0][0] == "flatten" or (
+            input_shape is not None and len(input_shape) == 1)
+        if not flat_input or not any(kind == "linear" for kind, _ in plan):
+            return None
         return plan
 
-    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _relu_chain(plan: list[tuple[str, Any]]) -> bool:
+        """Whether the plan is Linear (ReLU+ Linear)*: the backward pass written by hand."""
+        kinds = ["relu" if kind == "act" and type(arg) is nn.ReLU else kind
+                 for kind, arg in plan if kind != "flatten"]
+        text = " ".join(kinds)
+        return re.fullmatch(r"linear( (relu )+linear)*", text) is not None
+
+    def _forward_cm(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                    keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Class-major logits ``(K, C, b)``; ``keep`` collects each Linear layer's input."""
         if self._plan is None:
             from torch.func import functional_call, vmap
 
@@ -143,46 +180,84 @@ class StackedModel:
                     ) -> torch.Tensor:
                 return functional_call(self._meta, (p, b), (xi,))
 
-            return vmap(one)(params, self.buffers, x)
+            return vmap(one)(params, self.buffers, x).transpose(1, 2)
+        h = x.flatten(2).transpose(1, 2)  # (K, features, b)
         for kind, arg in self._plan:
-            if kind == "flatten":
-                x = x.flatten(2)
-            elif kind == "linear":
+            if kind == "linear":
+                if keep is not None:
+                    keep.append(h)
                 w, b = params[arg[0]], params[arg[1]] if arg[1] else None
-                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None \
-                    else torch.bmm(x, w.transpose(1, 2))
-            else:
-                x = arg(x)
-        return x
+                h = torch.baddbmm(b.unsqueeze(2), w, h) if b is not None else torch.bmm(w, h)
+            elif kind == "act":
+                h = arg(h)
+        return h
 
     def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self._forward(params, x)
-        k, b = y.shape
-        per = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1),
-                              reduction="none").view(k, b).mean(1)
-        return logits, per
+        z = self._forward_cm(params, x)
+        return z, _cross_entropy(z, y)[0]
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(K, b, C)`` and each member's mean cross-entropy ``(K,)`` (with autograd)."""
+    def _manual_step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Forward and backward of a ReLU MLP by hand: ``(logits (K, C, b), loss (K,),
+        gradients in the order of params)``."""
+        assert self._plan is not None
+        inputs: list[torch.Tensor] = []
+        z = self._forward_cm(params, x, inputs)
+        per, e, s = _cross_entropy(z, y)
+        n = y.shape[1]
+        d = e.div_(s)  # softmax
+        d.scatter_add_(1, y.unsqueeze(1), torch.full_like(d[:, :1], -1.0).expand(-1, -1, n))
+        d.mul_(1.0 / n)  # d loss / d z, class-major
+        grads: dict[str, torch.Tensor] = {}
+        linears = [arg for kind, arg in self._plan if kind == "linear"]
+        for j in range(len(linears) - 1, -1, -1):
+            w_name, b_name = linears[j]
+            h = inputs[j]
+            grads[w_name] = torch.bmm(d, h.transpose(1, 2))
+            if b_name is not None:
+                grads[b_name] = d.sum(2)
+            if j:
+                d = torch.bmm(params[w_name].transpose(1, 2), d)
+                # h = relu(z): d relu / dz = [z > 0] = [h > 0] (threshold_backward: one pass)
+                d = torch.ops.aten.threshold_backward(d, h, 0.0)
+        return z, per, [grads[n] for n in self.params]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """One training pass for every member: ``(predictions (K, b), mean cross-entropy
+        (K,), gradients)`` for inputs ``(K, b, ...)`` and labels ``(K, b)``."""
         if self.compiled:
             try:
-                return self._train(self.params, x, y)
+                return self._finish(self._train, x, y)
             except Exception as exc:  # the first call compiles; fall back when it cannot
                 warnings.warn(f"torch.compile of the fleet step failed ({type(exc).__name__}: "
                               f"{exc}); running eagerly", stacklevel=2)
                 self.compiled = False
                 self._train = self._eager
-        return self._eager(self.params, x, y)
+        return self._finish(self._eager, x, y)
+
+    def _finish(self, fn: Callable[..., Any], x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        if self.manual:
+            with torch.no_grad():
+                z, per, grads = fn(self.params, x, y)
+        else:
+            with torch.enable_grad():
+                z, per = fn(self.params, x, y)
+                grads = list(torch.autograd.grad(per.sum(), list(self.params.values())))
+            z, per = z.detach(), per.detach()
+        return z.max(1).indices, per, grads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, b, C)`` for inputs ``(K, b, ...)``."""
-        return self._forward(self.params, x)
+        return self._forward_cm(self.params, x).transpose(1, 2)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
         """Class predictions ``(K, n)`` for inputs ``(K, n, ...)``."""
-        return torch.cat([self.forward(c).argmax(-1) for c in x.split(chunk, dim=1)], dim=1)
+        return torch.cat([self._forward_cm(self.params, c).max(1).indices
+                          for c in x.split(chunk, dim=1)], dim=1)
 
     def member(self, k: int) -> nn.Module:
         """Member ``k`` as an ordinary module (a copy of its current weights)."""
@@ -683,7 +758,8 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     identity = seeds == distinct
 
     data = streams[0].data
-    net = StackedModel([build_model(model, data, s).to(dev) for s in seeds], compile=compile)
+    net = StackedModel([build_model(model, data, s).to(dev) for s in seeds], compile=compile,
+                       input_shape=data.input_shape)
     params = list(net.params.values())
     T, b = scenario.total_steps, scenario.batch_size
     groups: list[_Group] = []
@@ -748,12 +824,10 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             batches.n_new.T if identity else batches.n_new.T[member_seed.cpu()])
         for s in range(batches.steps):
             t = start + s
-            logits, per = net.losses(batches.inputs(s), batches.labels(s))
-            grads = torch.autograd.grad(per.sum(), params)
+            pred, loss_d, grads = net.step(batches.inputs(s), batches.labels(s))
             with torch.no_grad():
-                torch.argmax(logits, -1, out=preds[:, s])
-                losses[:, t] = per
-                loss_d = per.detach()
+                preds[:, s] = pred
+                losses[:, t] = loss_d
                 for g in groups:
                     if g.full:
                         vals = g.family.step(list(grads), loss_d)
@@ -844,13 +918,48 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     return [r for r in results if r is not None]
 
 
-def fleet_memory_bytes(scenario: Scenario, model: ModelSpec | nn.Module, members: int) -> int:
-    """A rough upper bound of the device memory a fleet of ``members`` needs: parameters,
-    gradients and up to three optimizer buffers per member, plus per-step activations."""
-    net = build_model(model, scenario.data, 0)
-    n_params = sum(p.numel() for p in net.parameters())
-    width = max((m.out_features for m in net.modules() if isinstance(m, nn.Linear)), default=1)
-    per_member = 4 * (5 * n_params + 4 * scenario.batch_size * width * 4)
-    per_member += 8 * 3 * scenario.total_steps  # trace buffers
-    return int(per_member * members)
+def _activation_width(net: nn.Module, data: Any) -> int:
+    """Numbers per sample in the input and in every leaf module's output (one forward pass)."""
+    sizes = [math.prod(data.input_shape)]
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel()))
+             for m in net.modules() if not list(m.children())]
+    try:
+        p = next(net.parameters())
+        with torch.no_grad():
+            net(data.x_train[:1].to(dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(sum(sizes))
 
+
+def fleet_memory_bytes(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module],
+                       members: int) -> int:
+    """An estimate of the device memory (bytes) a fleet of ``members`` needs on ``scenario``.
+
+    Per member: parameters, gradients, up to three optimizer buffers and two scratch copies;
+    the per-step activations and their gradients (the input and every leaf module's output,
+    for a batch); the trace buffers; the held-out inputs of every regime and one evaluation
+    pass; and, when the scenario has static input shifts, two pre-shifted copies of the training
+    inputs (a fleet of distinct seeds keeps one per seed).
+
+    >>> import shiftsim as ss
+    >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=50)
+    >>> fleet_memory_bytes(sc, ss.models.mlp(hidden=(16,)), 100) // 2**20  # MiB
+    48
+    """
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ShiftsimError(f"members must be a positive integer, got {members!r}")
+    data = scenario.data
+    net = build_model(model, data.to("cpu"), 0)
+    es = next(net.parameters()).element_size()
+    n_params = sum(p.numel() for p in net.parameters())
+    acts = _activation_width(net, data.to("cpu"))
+    n_in = math.prod(data.input_shape)
+    b, n_eval = scenario.batch_size, scenario.eval_size
+    per = (es * 7 * n_params + es * 2 * b * acts + 8 * 3 * scenario.total_steps
+           + es * n_eval * n_in * scenario.num_regimes + es * n_eval * acts)
+    if any(s.kind == "input" and not getattr(s, "stochastic", False)
+           for p in scenario.phases for s in p.shifts):
+        per += es * 2 * len(data) * n_in
+    return int(per * members)

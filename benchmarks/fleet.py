@@ -1,0 +1,123 @@
+"""The fleet: learner-steps per second of run_fleet() against the same members run one by one.
+
+For each fleet size K, the K members (seeds 0..K-1, optimizers cycling through --optimizers)
+run on one label-flip scenario of the digits data (batch 32, held-out evaluations every 100
+steps) once as one fleet (shiftsim.fleet.run_fleet) and once as K sequential shiftsim.run()
+calls, round by round interleaved; the ratio is the median of the per-round ratios
+(sequential time / fleet time). Both sides use the same torch thread count (default 1).
+Goal on a 2-core CPU: >= 8x at K = 32.
+
+    python benchmarks/fleet.py [--ks 8,32,128] [--steps 300] [--hidden 64]
+                               [--optimizers sgdm] [--rounds 3] [--threads 1] [--device cpu]
+
+--study1000 instead times, end to end, the 1,000-run study of issue 7 (5 optimizers x 5 flip
+rates x 40 seeds, digits MLP, 3,000 steps per run) run with study.run(..., fleet=True) into a
+temporary folder (goal: < 5 minutes on 2 cores); --sequential-sample N also times N of its runs
+one by one (the in-process executor) and extrapolates the non-fleet time of the whole study.
+
+    python benchmarks/fleet.py --study1000 [--hidden 64] [--workers 2] [--sequential-sample 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+import shiftsim as ss
+from _common import interleaved, median, paired_ratios
+from shiftsim.fleet import run_fleet
+
+STUDY_OPTIMIZERS = ("sgdm", "adam", "tam", "adamem_sgd", "momo")
+STUDY_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    return tuple(int(h) for h in text.split(",") if h)
+
+
+def bench_fleets(args: argparse.Namespace) -> None:
+    data = ss.data.digits()
+    sc = ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=args.steps // 2)
+    model = ss.models.mlp(hidden=_hidden(args.hidden))
+    opts = [ss.optim.spec(o) for o in args.optimizers.split(",")]
+    # warm-up: first calls pay for kernel selection and allocator growth
+    run_fleet(sc, model, [(o, 0) for o in opts], device=args.device)
+    ss.run(sc, model, opts[0], seed=0, device=args.device)
+    steps = sc.total_steps
+    print(f"fleet vs sequential — digits, mlp{_hidden(args.hidden)}, optimizers "
+          f"{args.optimizers}, batch {sc.batch_size}, {steps} steps, {args.rounds} interleaved "
+          f"rounds, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"  {'K':>4}  {'fleet steps/s':>14}  {'sequential steps/s':>19}  {'ratio':>6}  rounds")
+    for k in (int(x) for x in args.ks.split(",")):
+        members = [(opts[i % len(opts)], i) for i in range(k)]
+        times = interleaved({
+            "fleet": lambda m=members: run_fleet(sc, model, m, device=args.device),
+            "sequential": lambda m=members: [ss.run(sc, model, o, seed=s, device=args.device)
+                                             for o, s in m],
+        }, rounds=args.rounds, warmup=0)
+        ratios = paired_ratios(times["sequential"], times["fleet"])
+        fleet_rate = k * steps / median(times["fleet"])
+        seq_rate = k * steps / median(times["sequential"])
+        print(f"  {k:>4}  {fleet_rate:>14.0f}  {seq_rate:>19.0f}  {median(ratios):>5.2f}x  "
+              + " ".join(f"{r:.2f}" for r in ratios), flush=True)
+
+
+def study1000(args: argparse.Namespace) -> None:
+    data = ss.data.digits()
+    tasks = 5
+    scenarios = ss.study.flip_rates(data, list(STUDY_RATES), tasks=tasks,
+                                    steps_per_task=args.steps // tasks)
+    study = ss.Study("study1000", scenarios=scenarios, model=ss.models.mlp(
+        hidden=_hidden(args.hidden)), optimizers=list(STUDY_OPTIMIZERS), seeds=40)
+    steps = next(iter(scenarios.values())).total_steps
+    print(f"{study} — digits, mlp{_hidden(args.hidden)}, {steps} steps per run, "
+          f"workers {args.workers}, device {args.device}")
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        report = study.run(out, workers=args.workers, device=args.device, progress=False,
+                           fleet=True)
+        wall = time.perf_counter() - t0
+        runs = ss.store.load(out).runs
+    print(f"  fleet=True: {wall:.1f} s end to end ({wall / 60:.2f} min) for {report.done} runs "
+          f"({len(study) * steps / wall:.0f} learner-steps/s); {len(runs)} runs in the store, "
+          f"{report.diverged} diverged, {report.failed} failed  (goal < 300 s)")
+    if args.sequential_sample:
+        sample = study.grid()[:: len(study) // args.sequential_sample][: args.sequential_sample]
+        t0 = time.perf_counter()
+        for spec in sample:
+            ss.study.execute(spec, device=args.device, threads=1)
+        per_run = (time.perf_counter() - t0) / len(sample)
+        est = per_run * len(study) / args.workers
+        print(f"  without the fleet: {per_run:.2f} s per run (sample of {len(sample)}, one "
+              f"thread) -> about {est:.0f} s for the study on {args.workers} workers "
+              f"(extrapolated), {est / wall:.1f}x the fleet's time")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ks", default="8,32,128")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="steps per run (default 300; 3000 with --study1000)")
+    ap.add_argument("--hidden", default="64", help="MLP hidden widths, e.g. 64 or 256,256")
+    ap.add_argument("--optimizers", default="sgdm", help="comma-separated registry names")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--study1000", action="store_true")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sequential-sample", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.study1000:
+        args.steps = args.steps or 3000
+        study1000(args)
+    else:
+        args.steps = args.steps or 300
+        bench_fleets(args)
+
+
+if __name__ == "__main__":
+    main()

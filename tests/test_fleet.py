@@ -1,0 +1,339 @@
+"""The fleet: every member's result equals the sequential run() of the same member.
+
+Tolerances. In float64 (double data and double models) the fleet and run() compute the same
+numbers up to rounding far below float32 resolution, so the traces (stored in float32) agree
+exactly in predictions and held-out counts and to 1e-6 (relative) in losses and diagnostics —
+this checks the math of every optimizer kernel with per-member reductions and per-member
+hyperparameters. In float32 the batched matmuls round differently from torch's single-model
+ones (~1e-7 relative per step) and training amplifies that slowly, so there the fleet must give
+the identical prediction on nearly every step (>= 97 % of steps, the first 20 steps' losses
+within 1e-4 relative).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import shiftsim as ss
+from shiftsim.data.dataset import Dataset
+from shiftsim.fleet import StackedModel, fleet_memory_bytes, run_fleet
+from shiftsim.models import MLP
+
+ALL = ("sgd", "sgdm", "nesterov", "adam", "adamw", "tam", "adatam", "adatamw", "adamem_sgd",
+       "adamem_adamw", "momo", "momo_adam", "grams")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as studies run (and much faster on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits64(digits):
+    d = digits
+    return Dataset(d.name, d.x_train.double(), d.y_train, d.x_test.double(), d.y_test,
+                   d.classes, d.kind, dict(d.source))
+
+
+@pytest.fixture(scope="module")
+def flip64(digits64):
+    return ss.label_flip_tasks(digits64, rate=1.0, tasks=2, steps_per_task=40, eval_every=20,
+                               eval_size=100)
+
+
+@pytest.fixture(scope="module")
+def flip32(digits):
+    return ss.label_flip_tasks(digits, rate=1.0, tasks=2, steps_per_task=60, eval_every=30,
+                               eval_size=200)
+
+
+def mlp64(data):
+    """A double ReLU MLP initialised from torch's RNG (seeded per member by the fleet/run)."""
+    return MLP(math.prod(data.input_shape), data.num_classes, (16,)).double()
+
+
+def assert_same(fleet, seq, exact=True):
+    """fleet and seq are RunResults of the same member."""
+    assert list(fleet.trace.columns) == list(seq.trace.columns)
+    assert list(fleet.evals.columns) == list(seq.evals.columns)
+    assert (fleet.diverged, fleet.diverged_step) == (seq.diverged, seq.diverged_step)
+    assert len(fleet.trace) == len(seq.trace) and len(fleet.evals) == len(seq.evals)
+    for col in ("step", "phase", "n", "n_new"):
+        np.testing.assert_array_equal(fleet.trace[col].values, seq.trace[col].values)
+    for col in ("step", "phase", "regime", "n", "phase_end"):
+        np.testing.assert_array_equal(fleet.evals[col].values, seq.evals[col].values)
+    assert fleet.info["seed"] == seq.info["seed"]
+    assert fleet.info["learner"] == seq.info["learner"]
+    assert fleet.info["scenario"] == seq.info["scenario"]
+    if exact:
+        np.testing.assert_array_equal(fleet.trace["correct"].values, seq.trace["correct"].values)
+        np.testing.assert_array_equal(fleet.trace["correct_true"].values,
+                                      seq.trace["correct_true"].values)
+        np.testing.assert_array_equal(fleet.evals["correct"].values, seq.evals["correct"].values)
+        np.testing.assert_allclose(fleet.trace["loss"].values, seq.trace["loss"].values,
+                                   rtol=1e-6)
+        for col in seq.trace.columns:
+            if col.startswith("diag_"):
+                np.testing.assert_allclose(fleet.trace[col].values, seq.trace[col].values,
+                                           rtol=1e-5, atol=1e-7, err_msg=col)
+    else:
+        same = fleet.trace["correct"].values == seq.trace["correct"].values
+        assert same.mean() >= 0.97, same.mean()
+        np.testing.assert_allclose(fleet.trace["loss"].values[:20],
+                                   seq.trace["loss"].values[:20], rtol=1e-4)
+        assert (fleet.evals["correct"].values == seq.evals["correct"].values).mean() >= 0.5
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_optimizer_float64_equals_run_with_per_member_lr(name, flip64):
+    base = ss.optim.spec(name)
+    lr = base.kwargs["lr"]
+    # two learning rates in one group: the kernels get (K,) hyperparameter tensors
+    members = [(base, 0), (base.replace(lr=lr * 0.5), 1), (base, 1)]
+    results = run_fleet(flip64, mlp64, members, device="cpu")
+    assert results[0].info["fleet"] == {"members": 3, "groups": 1, "compiled": False}
+    for (opt, seed), res in zip(members, results):
+        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+    # the two seeds really are different streams and initialisations
+    assert not np.array_equal(results[0].trace["loss"].values, results[2].trace["loss"].values)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_optimizer_float32_nearly_every_prediction_equal(name, flip32):
+    model = ss.models.mlp(hidden=(32,))
+    members = [(name, 0), (name, 1)]
+    for (opt, seed), res in zip(members, run_fleet(flip32, model, members, device="cpu")):
+        assert_same(res, ss.run(flip32, model, opt, seed=seed, device="cpu"), exact=False)
+
+
+def test_diagnostic_columns_are_the_optimizers(flip32):
+    model = ss.models.mlp(hidden=(8,))
+    res = run_fleet(flip32, model, [("tam", 0), ("momo", 0), ("adamem_sgd", 0), ("adam", 0),
+                                    (ss.optim.spec("grams", track_flips=True), 0)],
+                    device="cpu")
+    diag = [sorted(c for c in r.trace.columns if c.startswith("diag_")) for r in res]
+    assert diag == [["diag_cosine", "diag_damping"], ["diag_fstar", "diag_step_size"],
+                    ["diag_beta", "diag_momentum"], [], ["diag_flip_fraction"]]
+    # TAM's damping is (1 + smoothed cosine) / 2, per member and per step
+    np.testing.assert_allclose(res[0].trace["diag_damping"].values,
+                               (1 + res[0].trace["diag_cosine"].values) / 2, rtol=1e-6)
+
+
+def test_hyperparameters_other_than_lr_vary_per_member(flip64):
+    members = [(ss.optim.spec("adamw"), 0),
+               (ss.optim.spec("adamw", betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1), 1),
+               (ss.optim.spec("tam"), 0),
+               (ss.optim.spec("tam", momentum=0.5, gamma=0.5, weight_decay=0.01), 1),
+               (ss.optim.spec("momo"), 1),
+               (ss.optim.spec("momo", beta=0.5, lb=-0.1, weight_decay=0.01), 0)]
+    results = run_fleet(flip64, mlp64, members, device="cpu")
+    assert results[0].info["fleet"]["groups"] == 3
+    for (opt, seed), res in zip(members, results):
+        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+
+
+def test_mixed_optimizer_fleet_keeps_the_callers_order(flip64):
+    members = [("sgdm", 0), ("adam", 1), ("tam", 0), ("sgdm", 2),
+               (ss.optim.spec("sgdm", lr=0.1), 3), ("momo", 1),
+               (ss.optim.spec("sgdm", nesterov=False, momentum=0.5), 0)]
+    results = run_fleet(flip64, mlp64, members, device="cpu")
+    # groups: torch SGD (4 members; lr and momentum differ), Adam, TAM, MoMo
+    assert results[0].info["fleet"] == {"members": 7, "groups": 4, "compiled": False}
+    names = [r.info["learner"]["optimizer"]["name"] for r in results]
+    assert names == ["sgdm", "adam", "tam", "sgdm", "sgdm", "momo", "sgdm"]
+    for (opt, seed), res in zip(members, results):
+        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+
+
+def test_a_diverging_member_is_recorded_and_the_others_go_on(flip32):
+    model = ss.models.mlp(hidden=(16,))
+    boom = ss.optim.spec("sgdm", lr=1.0, maximize=True)  # gradient ascent: the loss explodes
+    members = [("sgdm", 0), (boom, 1), ("tam", 1)]
+    results = run_fleet(flip32, model, members, device="cpu", check_every=16)
+    seq = [ss.run(flip32, model, o, seed=s, device="cpu", check_every=16) for o, s in members]
+    assert seq[1].diverged and 0 < seq[1].diverged_step < 60
+    assert results[1].diverged and results[1].diverged_step == seq[1].diverged_step
+    assert len(results[1].trace) == seq[1].diverged_step
+    assert not results[0].diverged and not results[2].diverged
+    for f, s in zip(results, seq):
+        assert_same(f, s, exact=False)
+    # the diverged member's evaluations stop before its divergence, as in run()
+    assert results[1].evals["step"].max() <= seq[1].diverged_step - 1
+
+
+def test_all_members_diverging_stops_the_fleet(flip32):
+    boom = ss.optim.spec("sgd", lr=1e30)
+    results = run_fleet(flip32, ss.models.mlp(hidden=(8,)), [(boom, 0), (boom, 1)],
+                        device="cpu", check_every=8)
+    seq = ss.run(flip32, ss.models.mlp(hidden=(8,)), boom, seed=0, device="cpu", check_every=8)
+    assert [r.diverged_step for r in results] == [seq.diverged_step] * 2 == [1, 1]
+    assert all(len(r.trace) == 1 and len(r.evals) == 0 for r in results)
+
+
+def test_single_member_and_repeated_members(flip64):
+    one = run_fleet(flip64, mlp64, [("adatam", 3)], device="cpu")
+    assert len(one) == 1 and one[0].info["fleet"]["members"] == 1
+    assert_same(one[0], ss.run(flip64, mlp64, "adatam", seed=3, device="cpu"))
+    twice = run_fleet(flip64, mlp64, [("grams", 2), ("grams", 2)], device="cpu")
+    assert twice[0].trace.equals(twice[1].trace) and twice[0].evals.equals(twice[1].evals)
+
+
+def test_singleton_groups_each_equal_run(flip64):
+    """More groups than members per group: every optimizer its own group of one."""
+    members = [(name, i) for i, name in enumerate(ALL[::2])]
+    results = run_fleet(flip64, mlp64, members, device="cpu")
+    assert results[0].info["fleet"]["groups"] == len(members)
+    for (opt, seed), res in zip(members, results):
+        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+
+
+def test_input_shifts_ramps_and_noise_streams(digits64):
+    """Pre-shifted inputs stacked per seed, a per-batch noise tail and a gradual ramp."""
+    sc = ss.covariate_drift(digits64, [ss.Rotate(30), [ss.Rotate(60), ss.GaussianNoise(0.2)]],
+                            40, transition=ss.Gradual(15), eval_every=20, eval_size=100)
+    members = [("adam", 0), ("sgdm", 1), ("adam", 2), ("sgdm", 0)]
+    for (opt, seed), res in zip(members, run_fleet(sc, mlp64, members, device="cpu")):
+        assert_same(res, ss.run(sc, mlp64, opt, seed=seed, device="cpu"))
+
+
+def test_class_prior_and_noise_flips(digits64):
+    sc = ss.Scenario(digits64, [
+        ss.Phase(30), ss.Phase(30, [ss.ClassPrior([5.0, 5.0] + [1.0] * 8)]),
+        ss.Phase(30, [ss.LabelFlip(0.4, "other")], transition=ss.Gradual(10))],
+        batch_size=16, eval_every=15, eval_size=100)
+    members = [("momo", 4), ("momo", 5)]
+    for (opt, seed), res in zip(members, run_fleet(sc, mlp64, members, device="cpu")):
+        assert_same(res, ss.run(sc, mlp64, opt, seed=seed, device="cpu"))
+
+
+def test_autograd_paths_gelu_mlp_and_cnn(digits64, flip64):
+    """Models without the hand-written backward: a GELU MLP (batched matmuls + autograd) and a
+    CNN (torch.func.vmap over functional_call)."""
+    def gelu64(data):
+        return MLP(64, 10, (16,), activation="gelu").double()
+
+    def cnn64(data):
+        return ss.models.CNN(data.input_shape, data.num_classes, (4,), 16, 3, "relu",
+                             None).double()
+
+    sc = ss.label_flip_tasks(digits64, rate=1.0, tasks=2, steps_per_task=20, eval_every=10,
+                             eval_size=100)
+    for factory in (gelu64, cnn64):
+        members = [("adam", 0), ("tam", 1)]
+        results = run_fleet(sc, factory, members, device="cpu")
+        for (opt, seed), res in zip(members, results):
+            assert_same(res, ss.run(sc, factory, opt, seed=seed, device="cpu"))
+
+
+def test_other_elementwise_torch_optimizers_run_as_torch_does(flip64):
+    rms = ss.optim.spec("torch.optim:RMSprop", lr=1e-3)
+    members = [(rms, 0), (rms, 1), (ss.optim.spec("torch.optim:NAdam"), 0)]
+    results = run_fleet(flip64, mlp64, members, device="cpu")
+    assert results[0].info["fleet"]["groups"] == 2
+    for (opt, seed), res in zip(members, results):
+        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+
+
+def test_stacked_model_matches_its_members(digits):
+    nets = [ss.models.mlp(hidden=(12, 12)).build(digits, seed=s) for s in range(3)]
+    sm = StackedModel(nets, input_shape=digits.input_shape)
+    assert sm.manual
+    x = digits.x_train[:40]
+    xs = torch.stack([x] * 3)
+    for k, net in enumerate(nets):
+        torch.testing.assert_close(sm.forward(xs)[k], net(x), rtol=1e-5, atol=1e-6)
+        assert torch.equal(sm.predict(xs)[k], net(x).argmax(1))
+        for (n, p), q in zip(sm.member(k).named_parameters(), net.parameters()):
+            assert torch.equal(p, q), n
+    # the hand-written backward pass equals autograd's
+    y = torch.stack([digits.y_train[:40]] * 3)
+    pred, per, grads = sm.step(xs, y)
+    for k, net in enumerate(nets):
+        loss = torch.nn.functional.cross_entropy(net(x), y[k])
+        ref = torch.autograd.grad(loss, list(net.parameters()))
+        torch.testing.assert_close(per[k], loss.detach(), rtol=1e-6, atol=1e-7)
+        for g, r in zip(grads, ref):
+            torch.testing.assert_close(g[k], r, rtol=1e-5, atol=1e-7)
+    # Linear layers without a ReLU between them are not a ReLU chain: autograd then
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.Linear(8, 10))
+    assert not StackedModel([lin]).manual
+
+
+def test_compile_failure_falls_back_to_eager(flip32, monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    model = ss.models.mlp(hidden=(8,))
+    eager = run_fleet(flip32, model, [("adam", 0)], device="cpu")
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="torch.compile of the fleet step failed"):
+        res = run_fleet(flip32, model, [("adam", 0)], device="cpu", compile=True)
+    assert res[0].info["fleet"]["compiled"] is False
+    assert res[0].trace.equals(eager[0].trace)
+
+
+@pytest.mark.slow
+def test_compiled_fleet_equals_eager(digits):
+    pytest.importorskip("torch._inductor")
+    sc = ss.label_flip_tasks(digits, rate=1.0, tasks=2, steps_per_task=15, eval_every=0,
+                             eval_size=50)
+    model = ss.models.mlp(hidden=(8,))
+    eager = run_fleet(sc, model, [("sgdm", 0), ("sgdm", 1)], device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        comp = run_fleet(sc, model, [("sgdm", 0), ("sgdm", 1)], device="cpu", compile=True)
+    if not comp[0].info["fleet"]["compiled"]:
+        pytest.skip("torch.compile is not usable here (it fell back to eager)")
+    for c, e in zip(comp, eager):
+        np.testing.assert_array_equal(c.trace["correct"].values, e.trace["correct"].values)
+        np.testing.assert_allclose(c.trace["loss"].values, e.trace["loss"].values, rtol=1e-4)
+
+
+def test_bad_input(flip32):
+    model = ss.models.mlp(hidden=(8,))
+    with pytest.raises(ss.ShiftsimError, match="non-empty list"):
+        run_fleet(flip32, model, [])
+    with pytest.raises(TypeError, match=r"\(optimizer, seed\) pair"):
+        run_fleet(flip32, model, ["sgdm"])
+    with pytest.raises(ss.ShiftsimError, match="seed must be a non-negative integer"):
+        run_fleet(flip32, model, [("sgdm", -1)])
+    with pytest.raises(ss.ShiftsimError, match="unknown optimizer 'sgdx'"):
+        run_fleet(flip32, model, [("sgdx", 0)])
+    with pytest.raises(ss.ShiftsimError, match="cannot run in a fleet"):
+        run_fleet(flip32, model, [(ss.optim.spec("torch.optim:LBFGS"), 0)])
+    with pytest.raises(ValueError, match="Nesterov"):  # torch's own check, as in run()
+        run_fleet(flip32, model, [(ss.optim.spec("nesterov", momentum=0.0), 0)])
+    with pytest.raises(ss.ShiftsimError, match="check_every"):
+        run_fleet(flip32, model, [("sgdm", 0)], check_every=0)
+    with pytest.raises(TypeError, match="needs a Scenario"):
+        run_fleet("flip", model, [("sgdm", 0)])
+    bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10),
+                             torch.nn.BatchNorm1d(10))
+    with pytest.raises(ss.ShiftsimError, match="BatchNorm"):
+        run_fleet(flip32, bn, [("sgdm", 0)])
+
+
+def test_fleet_memory_bytes_counts_parameters_state_and_buffers(digits):
+    sc = ss.label_flip_tasks(digits, rate=1.0, tasks=2, steps_per_task=50, eval_size=100)
+    model = ss.models.mlp(hidden=(16,))
+    n_params = 64 * 16 + 16 + 16 * 10 + 10  # 1210
+    one = fleet_memory_bytes(sc, model, 1)
+    acts = 64 + 64 + 16 + 16 + 10  # input, Flatten, Linear, ReLU, Linear outputs per sample
+    # parameters, gradient, three optimizer buffers and two scratch copies (float32), the
+    # per-step activations and their gradients, the trace buffers, the held-out inputs of
+    # both regimes and one evaluation pass
+    per_member = (4 * 7 * n_params + 4 * 2 * 32 * acts + 8 * 3 * 100
+                  + 4 * 100 * 64 * 2 + 4 * 100 * acts)
+    assert one == per_member
+    assert fleet_memory_bytes(sc, model, 10) == 10 * per_member
