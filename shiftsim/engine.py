@@ -93,6 +93,9 @@ class RunResult:
 
 
 def _as_learner(model: Any, optimizer: Any) -> Learner:
+    learner_for = getattr(optimizer, "learner_for", None)  # a spec that brings its own learner
+    if learner_for is not None:  # (an Avalanche StrategySpec): it trains the model its own way
+        return learner_for(model)
     if isinstance(model, (ModelSpec, nn.Module)):
         return TorchLearner(model, optimizer if optimizer is not None else "sgdm")
     if all(hasattr(model, m) for m in ("setup", "observe", "predict")):
