@@ -657,3 +657,23 @@ def test_readme_studies_examples_run(tmp_path, monkeypatch, capsys):
     want = res.runs.groupby(["optimizer", "severity"])["online_acc"].mean()
     got = df.set_index(["optimizer", "severity"])["online_acc"]
     assert got.to_dict() == pytest.approx(want.to_dict())
+
+
+@pytest.mark.slow
+def test_a_script_without_the_main_guard_gets_a_clear_error(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import shiftsim as ss
+        from shiftsim.study import Study
+        syn = ss.data.synthetic(n=100, dim=4, classes=2)
+        study = Study("g", [ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=10)],
+                      model=ss.models.mlp(hidden=(4,)), optimizers=["sgd"], seeds=2)
+        study.run({str(tmp_path / "out")!r}, workers=2, progress=False)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("shiftsim.errors.ShiftsimError: a worker process exited (code 1) "
+                           "before it started; worker processes start by importing your "
+                           "script") and 'if __name__ == "__main__":' in last
