@@ -11,6 +11,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray,mnist1d
+AVALANCHE ?= 1
 
 .PHONY: setup demo test bench lint system-packages clean
 
@@ -21,6 +22,17 @@ $(STAMP): pyproject.toml Makefile
 	@# met and pip does not fetch a multi-GB CUDA build. Elsewhere this fetches torch 2.13.0.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0" || $(PIP) install "torch>=2.4"
 	$(PIP) install -e ".[$(EXTRAS)]"
+	@# The avalanche extra (tests/test_avalanche.py, benchmarks/vs_avalanche.py), the light
+	@# install: torchvision wheels require one exact torch release, so torch and torchvision are
+	@# pinned together and pip keeps the CPU torch 2.13.0 instead of fetching the 5.9 GB CUDA
+	@# build (~45 s, ~200 MB). That torchvision wheel's compiled operators do not load against
+	@# the CPU torch build; shiftsim's import of Avalanche applies a compatibility step for
+	@# exactly that error and nothing else (shiftsim/integrations/avalanche.py). With another
+	@# torch, pip picks the matching torchvision. AVALANCHE=0 skips the extra (its tests skip).
+	@if [ "$(AVALANCHE)" != 0 ]; then \
+	  if $(PY) -c "import sys, torch; sys.exit(not torch.__version__.startswith('2.13.0'))"; \
+	  then $(PIP) install "torch==2.13.0" "torchvision==0.28.0" -e ".[avalanche]"; \
+	  else $(PIP) install -e ".[avalanche]"; fi; fi
 	@touch $(STAMP)
 
 setup: $(STAMP)
