@@ -300,6 +300,21 @@ def _thin(band: pd.DataFrame, x: str, most: int = MAX_POINTS) -> pd.DataFrame:
     return band[band[x].isin(keep)]
 
 
+def _draw_bands(ax: plt.Axes, band: pd.DataFrame, x: str, hue: str, names: Sequence[str],
+                palette: dict[str, Any], lw: float) -> list[str]:
+    """One mean line with its interval band per name (a :func:`mean_band` frame); returns the
+    names drawn."""
+    drawn = []
+    for name in names:
+        b = band[band[hue] == name]
+        if b.empty:
+            continue
+        ax.plot(b[x], b["mean"], color=palette[name], lw=lw, label=name)
+        ax.fill_between(b[x], b["low"], b["high"], color=palette[name], alpha=0.2, lw=0)
+        drawn.append(name)
+    return drawn
+
+
 def _legend(fig: plt.Figure, ax: plt.Axes, title: str) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
@@ -357,13 +372,7 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
         for ax, facet in zip(axes.flat, facets):
             sub = frame if facet is None else frame[frame[col] == facet]
             band = mean_band(sub, "since_shift", "acc", [hue], level)
-            for name in names:
-                b = band[band[hue] == name]
-                if b.empty:
-                    continue
-                ax.plot(b["since_shift"], b["mean"], color=palette[name], lw=1.6, label=name)
-                ax.fill_between(b["since_shift"], b["low"], b["high"], color=palette[name],
-                                alpha=0.2, lw=0)
+            for name in _draw_bands(ax, band, "since_shift", hue, names, palette, lw=1.6):
                 if recovery is not None and {"recovery_steps", "censored", hue} <= set(
                         recovery.columns):
                     rec = recovery[(recovery[hue].astype(str) == name)
@@ -424,13 +433,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
                 ax.text(row.start + 0.01 * max(1, plan["end"].max()), 1.09, str(row.name),
                         fontsize=7, va="top", ha="left", color="0.25", clip_on=True)
             band = _thin(mean_band(sub, "step", "acc", [hue], level), "step")
-            for name in names:
-                b = band[band[hue] == name]
-                if b.empty:
-                    continue
-                ax.plot(b["step"], b["mean"], color=palette[name], lw=1.1, label=name)
-                ax.fill_between(b["step"], b["low"], b["high"], color=palette[name], alpha=0.2,
-                                lw=0)
+            _draw_bands(ax, band, "step", hue, names, palette, lw=1.1)
             # runs that stop early (diverged): a × where each one stopped
             last = sub.loc[sub.groupby(keys, sort=False)["step"].idxmax()]
             stopped = last[last["step"] < max(int(plan["end"].max()) - 1, int(sub["step"].max()))]
@@ -810,13 +813,7 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
                 d = d.assign(**{c: d.groupby(keys, sort=False)[c].transform(
                     lambda s: s.rolling(window, min_periods=1).mean())})
             band = _thin(mean_band(d, "step", c, [hue], level), "step")
-            for name in names:
-                b = band[band[hue] == name]
-                if b.empty:
-                    continue
-                ax.plot(b["step"], b["mean"], color=palette[name], lw=1.2, label=name)
-                ax.fill_between(b["step"], b["low"], b["high"], color=palette[name], alpha=0.2,
-                                lw=0)
+            _draw_bands(ax, band, "step", hue, names, palette, lw=1.2)
             for s in starts:
                 ax.axvline(s, color="0.3", lw=0.6, ls="--")
             ax.set_ylabel(_label(c))

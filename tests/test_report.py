@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_plots import ref_trailing  # the float64 reference of the trailing accuracy
 
 import shiftsim as ss
 from shiftsim import store
@@ -63,20 +64,10 @@ def rep(study_dir, tmp_path_factory):
 
 # -- reference computations (float64, straight from specs/metrics.md) --------------------------
 
-def ref_trailing(correct, n, phase, w=W):
-    out = np.empty(len(correct))
-    for t in range(len(correct)):
-        u = t
-        while u - 1 >= 0 and phase[u - 1] == phase[t] and t - (u - 1) < w:
-            u -= 1
-        out[t] = correct[u:t + 1].sum() / n[u:t + 1].sum()
-    return out
-
-
 def ref_recovery(trace: pd.DataFrame):
     """{phase: (recovery_steps or inf if censored, recovery_samples, drop, deficit)}."""
     c, n, ph = (trace[k].to_numpy(np.float64) for k in ("correct", "n", "phase"))
-    a, abar = c / n, ref_trailing(c, n, ph)
+    a, abar = c / n, ref_trailing(c, n, ph, W)
     out = {}
     for k in sorted(set(ph.tolist()))[1:]:
         idx = np.flatnonzero(ph == k)

@@ -165,6 +165,7 @@ th, td { padding: .28rem .55rem; border-bottom: 1px solid #e4e4e4; text-align: l
          vertical-align: top; }
 th { background: #f1f3f5; font-weight: 600; position: sticky; top: 0; }
 td.num { text-align: right; white-space: nowrap; }
+th.num { text-align: right; }
 td.short { white-space: nowrap; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 .ci { color: #666; font-size: .9em; }
@@ -204,7 +205,8 @@ def html_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "<p><em>(no rows)</em></p>"
     num = _numeric_columns(df)
-    head = "".join(f"<th scope=\"col\">{html.escape(str(c))}</th>" for c in df.columns)
+    head = "".join(('<th scope="col" class="num">' if n else '<th scope="col">')
+                   + f"{html.escape(str(c))}</th>" for c, n in zip(df.columns, num))
     rows = []
     for row in df.itertuples(index=False):
         cells = "".join(f"<td class=\"num\">{_html_cell(x)}</td>" if n else
