@@ -702,6 +702,16 @@ def format_error(exc: BaseException) -> tuple[str, str]:
     return message, "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
 
 
+def indexes_stale(out_dir: str | os.PathLike, statuses: Mapping[str, str]) -> bool:
+    """True when ``runs.parquet`` is missing, unreadable or lists other runs or statuses than
+    ``statuses`` (``{run_id: status}``, e.g. after a process was killed before refreshing it)."""
+    try:
+        df = pd.read_parquet(Path(out_dir) / "runs.parquet", columns=["run_id", "status"])
+    except Exception:
+        return True
+    return dict(zip(df["run_id"], df["status"])) != dict(statuses)
+
+
 def write_indexes(out_dir: str | os.PathLike, results: StudyResults | None = None) -> None:
     """Write the derived ``runs.parquet`` and ``phases.parquet`` (for DuckDB / pandas)."""
     p = Path(out_dir)

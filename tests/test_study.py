@@ -260,6 +260,21 @@ def test_run_resume_and_rerun(tmp_path, tiny, capsys):
     assert len(store.load(tmp_path).runs) == 6
 
 
+def test_a_stale_index_is_refreshed_even_when_no_run_is_left(tmp_path, tiny):
+    """A driver killed after its last run but before refreshing runs.parquet."""
+    study = Study("ix", [tiny], ss.models.mlp(hidden=(8,)), ["sgdm"], seeds=2)
+    study.run(tmp_path, workers=1, progress=False)
+    index = tmp_path / "runs.parquet"
+    full = pd.read_parquet(index)
+    full.iloc[:1].assign(status="pending").to_parquet(index)
+    rep = study.run(tmp_path, workers=1, progress=False)
+    assert rep.done == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(index), full)
+    stamp = index.stat().st_mtime_ns
+    study.run(tmp_path, workers=1, progress=False)
+    assert index.stat().st_mtime_ns == stamp
+
+
 def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path, data):
     syn = ss.data.synthetic(n=200, dim=5, classes=3)
     study = Study(

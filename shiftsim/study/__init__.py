@@ -461,14 +461,15 @@ class Study:
                 executor = LocalPool(min(n_workers, len(todo)), device, threads)
         try:
             return self._execute(out, old, specs, todo, counts, executor, n_workers, progress,
-                                 t0)
+                                 t0, {rid: st.status for rid, st in states.items()})
         finally:
             if ray_executor is not None:
                 ray_executor.close()
 
     def _execute(self, out: Path, old: dict[str, Any] | None, specs: list[RunSpec],
                  todo: list[RunSpec], counts: dict[str, int], executor: Executor,
-                 n_workers: int, progress: bool, t0: float) -> StudyRunReport:
+                 n_workers: int, progress: bool, t0: float, statuses: dict[str, str]
+                 ) -> StudyRunReport:
         store._clean_tmp(out)  # left by a process killed while writing study.json or an index
         desc = self.to_dict()
         if old is None or {k: old.get(k) for k in desc} != store._plain(desc):
@@ -510,7 +511,7 @@ class Study:
             report.diverged = counts["diverged"]
             report.remaining = len(left) + counts["incomplete"] + counts["pending"]
             report.elapsed_s = time.perf_counter() - t0
-            if report.done or not (out / "runs.parquet").exists():
+            if report.done or store.indexes_stale(out, statuses):
                 with contextlib.suppress(Exception):
                     store.write_indexes(out)
             print(report.line(), flush=True)
