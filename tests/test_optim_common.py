@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +161,13 @@ def test_registry_lists_all_eight(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert f"\n{name} " in "\n" + out
+    # the README's optimizer table: one line each, with the registry's paper
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Optimizers", 1)[1].split("\n## ", 1)[0]
+    for name in NAMES:
+        rows = [r for r in table.splitlines() if r.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, name
+        assert so.REGISTRY[name].paper.split("arXiv:")[1] in rows[0]
 
 
 @pytest.mark.parametrize("name", NAMES)

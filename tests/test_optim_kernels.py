@@ -36,6 +36,8 @@ class Kernel:
         self.a, self.b = zeros(ps), zeros(ps)
         if name in ("tam", "adatam"):
             self.s = acc(ps, ld) if hp.get("scope", "global") == "global" else acc(ps, ld, n)
+        if hp.pop("scaled", False):  # TAM's scaled momentum form
+            hp["momentum_scale"] = self.s.clone()
         if name == "adamem_adamw":
             self.pi = acc(ps, ld, n, fill=1.0)
         if name in ("momo", "momo_adam"):
@@ -64,6 +66,9 @@ CASES = {
     "tam": dict(momentum=0.9, weight_decay=0.01),
     "tam_tensor_decoupled": dict(momentum=0.8, weight_decay=0.1, scope="tensor",
                                  decoupled=True),
+    "tam_scaled": dict(momentum=0.9, weight_decay=0.01, scaled=True),
+    "tam_scaled_tensor": dict(momentum=0.7, scope="tensor", decoupled=True, weight_decay=0.1,
+                              scaled=True),
     "adatam": dict(weight_decay=0.01, bias_correction=True),
     "adatamw_tensor": dict(weight_decay=0.1, decoupled=True, scope="tensor"),
     "adamem_sgd": dict(weight_decay=0.01, lam=0.2),
@@ -98,7 +103,7 @@ def init(seed=1):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("tensor_lr", [False, True])
 def test_stacked_learners_equal_separate_runs(case, tensor_lr):
-    name, hp = kernel_name(case), CASES[case]
+    name, hp = kernel_name(case), dict(CASES[case])
     lr = {"momo": 1.0, "momo_adam": 1e-2}.get(name, 1e-2)
     seq = sequence(25)
     stacked = init()
@@ -121,11 +126,11 @@ def test_stacked_learners_equal_separate_runs(case, tensor_lr):
 def test_kernel_paths_agree(case, monkeypatch):
     """foreach=True, False and None (per tensor; a 300x250 tensor takes the loop path)."""
     monkeypatch.setattr(__import__(__name__), "SHAPES", [(300, 250), *SHAPES])
-    name, hp = kernel_name(case), CASES[case]
+    name = kernel_name(case)
     runs = []
     for foreach in (True, False, None):
         ps = [p[0].clone().float() for p in init()]
-        kern = Kernel(name, ps, 0, lr=1e-2, foreach=foreach, **hp)
+        kern = Kernel(name, ps, 0, lr=1e-2, foreach=foreach, **CASES[case])
         for t, (gs, loss) in enumerate(sequence(10), 1):
             kern.step(t, [g[0].float() for g in gs], loss[0].float())
         runs.append(ps)

@@ -104,6 +104,40 @@ def test_adatam_matches_float64_reference(cls, bias_correction):
     assert_traj_close(ours, ref)
 
 
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_tam_scaled_momentum_with_a_parameter_sitting_out(scope):
+    """A tensor without a gradient for some steps keeps its momentum m unchanged (the scaled
+    form has to rescale it); compared with a plain transcription that holds m itself."""
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    ps = [torch.nn.Parameter(x.clone()) for x in xs]
+    betas = [0.9, 0.5]
+    opt = TAM([{"params": ps[:1]}, {"params": ps[1:], "momentum": betas[1]}], lr=0.1,
+              scope=scope)
+    m = [torch.zeros(4, 3, dtype=torch.float64) for _ in xs]
+    shat = [0.0, 0.0]
+    for t in range(12):
+        gs = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in xs]
+        live = [0] if t in (4, 5, 9) else [0, 1]
+        for i, p in enumerate(ps):
+            p.grad = gs[i].clone() if i in live else None
+        opt.step()
+        parts = {i: (float((m[i] * gs[i]).sum()), float((m[i] * m[i]).sum()),
+                     float((gs[i] * gs[i]).sum())) for i in live}
+        if scope == "global":
+            s = cosine(*(sum(v[k] for v in parts.values()) for k in range(3)))
+            shat[0] = shat[1] = 0.9 * shat[0] + 0.1 * s
+        else:
+            for i in live:
+                shat[i] = 0.9 * shat[i] + 0.1 * cosine(*parts[i])
+        for i in live:
+            m[i] = betas[i] * m[i] + (1e-8 + (1 + shat[i]) / 2) * gs[i]
+            xs[i] -= 0.1 * m[i]
+        for i, p in enumerate(ps):
+            torch.testing.assert_close(p.detach(), xs[i], rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(opt.momentum_buffer(p), m[i], rtol=1e-12, atol=1e-14)
+
+
 def test_adatam_tensor_scope_matches_reference():
     ours = run_optimizer(lambda g: AdaTAM(g, scope="tensor"), 50, hp0=ADA_HP[0], hp1=ADA_HP[1])
     ref = run_reference(tam_reference(ADA_HP, 0.9, adam=True, scope="tensor"), 50)

@@ -132,11 +132,7 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
             device = self._reference().device
             # torch copies non-parameter state by reference: copy it so two optimizers never
             # share (and mutate) the same model-wide tensors
-            self.state[GLOBAL] = {
-                k: v.detach().to(device=device).clone() if isinstance(v, Tensor)
-                else copy.deepcopy(v)
-                for k, v in st.items()
-            }
+            self.state[GLOBAL] = {k: _copy_to(v, device) for k, v in st.items()}
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -152,6 +148,15 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
             z = torch.zeros((), device=p.device, dtype=self._acc_dtype())
             return {k: z.clone() for k in self.diagnostic_keys}
         return {k: st[k] for k in self.diagnostic_keys}
+
+
+def _copy_to(v: Any, device: torch.device) -> Any:
+    """A deep copy of a state value, its tensors moved to ``device``."""
+    if isinstance(v, Tensor):
+        return v.detach().to(device=device, copy=True)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_copy_to(x, device) for x in v)
+    return copy.deepcopy(v)
 
 
 def eval_closure(closure: Callable[[], Any] | None) -> Any:

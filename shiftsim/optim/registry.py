@@ -98,14 +98,14 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def _import(target: str) -> Any:
+def _import(target: str, what: str = "optimizer") -> Any:
     module, _, qualname = target.partition(":")
     try:
         obj: Any = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ShiftsimError(f"cannot import optimizer {target!r}: {exc}") from exc
+        raise ShiftsimError(f"cannot import {what} {target!r}: {exc}") from exc
     return obj
 
 

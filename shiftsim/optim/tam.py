@@ -51,10 +51,12 @@ from ._kernels import (
     add_scalar_,
     addcdiv_,
     axpy_,
+    bc,
     check_betas,
     check_bool,
     check_choice,
     check_foreach,
+    check_grad,
     check_learner_dims,
     check_number,
     default_scratch,
@@ -102,29 +104,55 @@ def tam_lr_from_sgdm(lr_sgdm: float, expected_damping: float = 0.5) -> float:
 # ---------------------------------------------------------------------------- kernels
 
 
-def _damping(ms: list[Tensor], gs: list[Tensor], shat: Tensor, gamma: Scalar, scope: str,
-             ld: int) -> Tensor:
+def _couple(blocks: Sequence[Block], foreach: bool | None, ld: int) -> None:
+    """Coupled L2: replace each block's gradients by ``g + wd * p`` (new tensors)."""
+    for b in blocks:
+        wd = b.hp["weight_decay"]
+        if not b.hp["decoupled"] and not is_zero(wd):
+            fe, _ = split_paths(b.params, foreach, ld)
+            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
+                       else add_decay(b.params, b.grads, wd, ld))
+
+
+def _damping(blocks: Sequence[Block], shat: Tensor, gamma: Scalar, scope: str, ld: int
+             ) -> Tensor:
     """Update the smoothed cosine ``shat`` in place and return the damping ``d = (1+shat)/2``.
 
-    ``scope="global"``: ``shat`` has shape () (or (K,)); ``"tensor"``: one row per tensor.
+    ``scope="global"``: ``shat`` has shape () (or (K,)); ``"tensor"``: one row per tensor. The
+    first moments are ``b.bufs["m"]``; a block with ``b.hp["scale"]`` (TAM's scaled form) holds
+    :math:`m/\\sigma`, and the model-wide sums weight it by :math:`\\sigma` (a per-tensor cosine
+    does not depend on it).
     """
-    pairs = [(ms, ms), (ms, gs), (gs, gs)]
     if scope == "global":
-        mm, mg, gg = total_dots(pairs, ld).unbind(0)
+        scales = [b.hp.get("scale") for b in blocks]
+        if len(blocks) == 1 or all(s is None for s in scales):
+            ms = [m for b in blocks for m in b.bufs["m"]]
+            gs = [g for b in blocks for g in b.grads]
+            mg, mm, gg = total_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(0)
+        else:
+            mg = mm = gg = None
+            for b, s in zip(blocks, scales):
+                ms, gs = b.bufs["m"], b.grads
+                a, e, c = total_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(0)
+                if s is not None:
+                    a, e = a * s, e * (s * s)
+                mg, mm, gg = (a, e, c) if mg is None else (mg + a, mm + e, gg + c)
+            assert mg is not None and mm is not None and gg is not None
     else:
-        mm, mg, gg = tensor_dots(pairs, ld).unbind(1)
-    den = mm.sqrt() * gg.sqrt()
-    cos = torch.where(den > 0, mg / den, torch.zeros_like(den)).clamp_(-1.0, 1.0)
+        ms = [m for b in blocks for m in b.bufs["m"]]
+        gs = [g for b in blocks for g in b.grads]
+        mg, mm, gg = tensor_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(1)
+    den = (mm * gg).sqrt()
+    cos = torch.where(den > 0, mg / torch.where(den > 0, den, 1.0), 0.0).clamp_(-1.0, 1.0)
     if isinstance(gamma, Tensor):
         gamma = gamma.to(shat.dtype)
     shat.mul_(gamma).add_(cos * (1 - gamma))
     return (shat + 1) * 0.5
 
 
-def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str
-           ) -> list[Tensor | list[Tensor]]:
-    """Per block: ``eps + d`` (one tensor, or one per tensor for ``scope="tensor"``)."""
-    out: list[Tensor | list[Tensor]] = []
+def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str) -> list[Tensor]:
+    """Per block: ``eps + d`` (one tensor; for ``scope="tensor"`` one row per tensor)."""
+    out: list[Tensor] = []
     start = 0
     for b in blocks:
         eps = b.hp[eps_key]
@@ -132,51 +160,68 @@ def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str
             out.append(d + eps)
         else:
             n = len(b.params)
-            out.append(list((d[start:start + n] + eps).unbind(0)))
+            out.append(d[start:start + n] + eps)
             start += n
     return out
 
 
-def _momentum_(m: Tensor, g: Tensor, beta: Scalar, c: Tensor, ld: int) -> None:
-    scale_(m, beta, ld)
-    axpy_(m, g, c, ld)
-
-
-def _foreach_momentum_(ms: list[Tensor], gs: list[Tensor], beta: Scalar,
-                       c: Tensor | list[Tensor], ld: int) -> None:
-    foreach_scale_(ms, beta, ld)
-    foreach_axpy_(ms, gs, c, ld)
+def _per_tensor(c: Tensor, n: int, scope: str) -> list[Tensor]:
+    """A block's coefficient as one tensor per parameter tensor."""
+    return [c] * n if scope == "global" else list(c.unbind(0))
 
 
 def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: str, ld: int,
                 foreach: bool | None) -> Tensor:
-    """TAM over several param groups: one (model-wide) cosine, per-group lr/momentum/decay."""
-    for b in blocks:
-        wd = b.hp["weight_decay"]
-        if not b.hp["decoupled"] and not is_zero(wd):
-            fe, _ = split_paths(b.params, foreach, ld)
-            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
-                       else add_decay(b.params, b.grads, wd, ld))
-    ms = [m for b in blocks for m in b.bufs["m"]]
-    gs = [g for b in blocks for g in b.grads]
-    d = _damping(ms, gs, shat, gamma, scope, ld)
+    r"""TAM over several param groups: one (model-wide) cosine, per-group lr/momentum/decay.
+
+    A block without ``b.hp["scale"]`` holds the momentum :math:`m` itself and is updated as
+    :math:`m \leftarrow \beta m + c\,g`, :math:`p \leftarrow p - \eta m` (``c = eps + d``). A
+    block with it holds :math:`\tilde m = m/\sigma` and :math:`\sigma` (updated in place):
+    :math:`\sigma \leftarrow \beta\sigma + c`, :math:`\tilde m \leftarrow \tilde m +
+    (c/\sigma)(g - \tilde m)`, :math:`p \leftarrow p - \eta\sigma\tilde m`, the same update
+    with one pass fewer over the momentum (a lerp instead of a scale and an add).
+    """
+    _couple(blocks, foreach, ld)
+    d = _damping(blocks, shat, gamma, scope, ld)
     for b, c in zip(blocks, _coefs(blocks, d, scope, "eps")):
         lr, beta, wd = b.hp["lr"], b.hp["momentum"], b.hp["weight_decay"]
         decay = b.hp["decoupled"] and not is_zero(wd)
         P, G, M = b.params, b.grads, b.bufs["m"]
+        n = len(P)
         fe, loop = split_paths(P, foreach, ld)
+        scale = b.hp.get("scale")
+        if scale is None:
+            cs = _per_tensor(c, n, scope)
+            if fe:
+                Pf, Mf = pick(P, fe), pick(M, fe)
+                foreach_scale_(Mf, beta, ld)
+                foreach_axpy_(Mf, pick(G, fe), pick(cs, fe), ld)
+                if decay:
+                    foreach_scale_(Pf, 1 - lr * wd, ld)
+                foreach_axpy_(Pf, Mf, -lr, ld)
+            for i in loop:
+                scale_(M[i], beta, ld)
+                axpy_(M[i], G[i], cs[i], ld)
+                if decay:
+                    scale_(P[i], 1 - lr * wd, ld)
+                axpy_(P[i], M[i], -lr, ld)
+            continue
+        sig = scale * beta + c  # (K,) hyperparameters broadcast along the last dimension
+        w = torch.where(sig > 0, c / torch.where(sig > 0, sig, 1.0), 1.0)
+        scale.copy_(sig)
+        step = sig * -lr
+        ws, steps = _per_tensor(w, n, scope), _per_tensor(step, n, scope)
         if fe:
             Pf, Mf = pick(P, fe), pick(M, fe)
-            _foreach_momentum_(Mf, pick(G, fe), beta, c if isinstance(c, Tensor)
-                               else pick(c, fe), ld)
+            torch._foreach_lerp_(Mf, pick(G, fe), [bc(ws[i], M[i], ld) for i in fe])
             if decay:
                 foreach_scale_(Pf, 1 - lr * wd, ld)
-            foreach_axpy_(Pf, Mf, -lr, ld)
+            torch._foreach_addcmul_(Pf, Mf, [bc(steps[i], P[i], ld) for i in fe])
         for i in loop:
-            _momentum_(M[i], G[i], beta, c if isinstance(c, Tensor) else c[i], ld)
+            M[i].lerp_(G[i], bc(ws[i], M[i], ld))
             if decay:
                 scale_(P[i], 1 - lr * wd, ld)
-            axpy_(P[i], M[i], -lr, ld)
+            P[i].addcmul_(M[i], bc(steps[i], P[i], ld))
     return d
 
 
@@ -195,6 +240,7 @@ def tam(
     scope: str = "global",
     learner_dims: int = 0,
     foreach: bool | None = None,
+    momentum_scale: Tensor | None = None,
 ) -> Tensor:
     r"""Functional TAM step (see :class:`TAM` for the math); updates everything in place.
 
@@ -202,6 +248,10 @@ def tam(
     shape ``()`` for ``scope="global"``, ``(len(params),)`` for ``"tensor"``, with a trailing
     ``K`` under ``learner_dims=1``. Hyperparameters are floats or ``(K,)`` tensors.
     Returns the damping :math:`d_t` (shaped like ``smoothed_cosine``).
+
+    ``momentum_scale`` (optional, starts at 0, shaped like ``smoothed_cosine``) selects the
+    scaled form :class:`TAM` uses: the buffers then hold :math:`m/\sigma` and
+    ``momentum_scale`` :math:`\sigma`, which saves one pass over the momentum per step.
 
     >>> p, g = torch.zeros(2), torch.tensor([1.0, -1.0])
     >>> m, s = torch.zeros(2), torch.zeros(())
@@ -214,9 +264,11 @@ def tam(
     check_choice(scope, "scope", SCOPES)
     if not params:
         return (smoothed_cosine + 1) * 0.5
-    block = Block(list(params), list(grads), {"m": list(momentum_buffers)},
-                  {"lr": lr, "momentum": momentum, "eps": eps, "weight_decay": weight_decay,
-                   "decoupled": decoupled})
+    hp: dict[str, Any] = {"lr": lr, "momentum": momentum, "eps": eps,
+                          "weight_decay": weight_decay, "decoupled": decoupled}
+    if momentum_scale is not None:
+        hp["scale"] = momentum_scale
+    block = Block(list(params), list(grads), {"m": list(momentum_buffers)}, hp)
     return _tam_blocks([block], smoothed_cosine, gamma=gamma, scope=scope, ld=learner_dims,
                        foreach=foreach)
 
@@ -224,15 +276,8 @@ def tam(
 def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: str, ld: int,
                    foreach: bool | None, scratch: _Scratch) -> Tensor:
     """AdaTAM(W) over several param groups; ``b.steps`` holds each tensor's step count."""
-    for b in blocks:
-        wd = b.hp["weight_decay"]
-        if not b.hp["decoupled"] and not is_zero(wd):
-            fe, _ = split_paths(b.params, foreach, ld)
-            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
-                       else add_decay(b.params, b.grads, wd, ld))
-    ms = [m for b in blocks for m in b.bufs["m"]]
-    gs = [g for b in blocks for g in b.grads]
-    d = _damping(ms, gs, shat, gamma, scope, ld)
+    _couple(blocks, foreach, ld)
+    d = _damping(blocks, shat, gamma, scope, ld)
     for b, c in zip(blocks, _coefs(blocks, d, scope, "torque_eps")):
         lr, b1, b2 = b.hp["lr"], b.hp["beta1"], b.hp["beta2"]
         wd, eps = b.hp["weight_decay"], b.hp["eps"]
@@ -249,10 +294,12 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
                 epss.append(cache[t][1])
         else:
             sizes, epss = [-lr] * len(P), [eps] * len(P)
+        cs = _per_tensor(c, len(P), scope)
         fe, loop = split_paths(P, foreach, ld)
         if fe:
             Pf, Gf, Mf, Vf = pick(P, fe), pick(G, fe), pick(M, fe), pick(V, fe)
-            _foreach_momentum_(Mf, Gf, b1, c if isinstance(c, Tensor) else pick(c, fe), ld)
+            foreach_scale_(Mf, b1, ld)
+            foreach_axpy_(Mf, Gf, pick(cs, fe), ld)
             foreach_ema_sq_(Vf, Gf, b2, ld)
             if decay:
                 foreach_scale_(Pf, 1 - lr * wd, ld)
@@ -261,7 +308,8 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
         for i in loop:
             p, g, m, v = P[i], G[i], M[i], V[i]
-            _momentum_(m, g, b1, c if isinstance(c, Tensor) else c[i], ld)
+            scale_(m, b1, ld)
+            axpy_(m, g, cs[i], ld)
             den = scratch.get(v, 0)
             ema_sq_(v, g, b2, ld, den)
             if decay:
@@ -363,8 +411,8 @@ class TAM(_TorqueBase):
         \theta_{t+1} = \theta_t - \eta\,m_t
 
     with :math:`m_0 = 0`, :math:`\hat s_0 = 0` [ours], so the first step is
-    :math:`(\epsilon+\frac12)\,\eta\,g_1`. With :math:`d \equiv 1, \epsilon = 0` it is
-    ``torch.optim.SGD(momentum=β)``.
+    :math:`(\epsilon+\frac12)\,\eta\,g_1`. With :math:`d \equiv 1, \epsilon = 0` it would
+    be ``torch.optim.SGD(momentum=β)``.
 
     Args:
         params: parameters or param groups.
@@ -379,10 +427,17 @@ class TAM(_TorqueBase):
             (all groups); ``"tensor"`` [ours]: one cosine per parameter tensor.
         foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
 
-    State: ``momentum_buffer`` (:math:`m`) per parameter; ``state["global"]``: ``cosine``
-    (:math:`\hat s`) and ``damping`` (:math:`d_t`; per-tensor cosines live in the parameters'
-    state with ``scope="tensor"``, and ``global`` holds their means). ``diagnostics()``:
-    ``damping``, ``cosine``.
+    State: [ours] the momentum is kept scaled, :math:`m = \sigma\tilde m` with
+    :math:`\sigma_t = \beta\sigma_{t-1} + \epsilon + d_t` (:math:`\sigma_0 = 0`), so that
+    :math:`\tilde m_t = \tilde m_{t-1} + \frac{\epsilon + d_t}{\sigma_t}(g_t - \tilde m_{t-1})`
+    is one lerp and :math:`\theta \leftarrow \theta - \eta\sigma_t\tilde m_t` one addcmul:
+    the same update as above with one pass fewer over the momentum (equal up to rounding).
+    ``state[p]["momentum_avg"]`` is :math:`\tilde m`; :math:`\sigma` is one scalar per param
+    group (``state["global"]["momentum_scale"]``) or, with ``scope="tensor"``, per tensor
+    (``state[p]["momentum_scale"]``); :meth:`momentum_buffer` returns :math:`m`.
+    ``state["global"]`` also holds ``cosine`` (:math:`\hat s`) and ``damping``
+    (:math:`d_t`; per-tensor cosines live in the parameters' state with ``scope="tensor"``,
+    and ``global`` holds their means). ``diagnostics()``: ``damping``, ``cosine``.
 
     Differences from ``pytorch_optimizer.TAM`` [code]: it aligns per element along dim 0 (not a
     cosine), starts at :math:`m_0 = g_1`, and applies weight decay after the momentum update
@@ -430,32 +485,89 @@ class TAM(_TorqueBase):
     def step(self, closure: Any = None) -> Any:
         """One TAM step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = eval_closure(closure)
-        active = self._active()
-        if not active:
-            return loss
-        glob = self._global()
-        first = self.param_groups[0]
-        scope = first["scope"]
-        blocks, all_params = [], []
-        for group, ps, gs in active:
-            ms = []
-            for p in ps:
+        scope = self.param_groups[0]["scope"]
+        glob: dict[str, Any] | None = None
+        blocks, all_params, skipped = [], [], []
+        for j, group in enumerate(self.param_groups):
+            ps, gs, ms, idle = [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    st = self.state.get(p)
+                    if st:
+                        idle.append(st["momentum_avg"])
+                    continue
+                gs.append(check_grad(p, "TAM"))
                 st = self.state[p]
-                if "momentum_buffer" not in st:
-                    st["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
+                if not st:
+                    st["momentum_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if scope == "tensor":
                         st["cosine"] = self._new_cosine(p)
-                ms.append(st["momentum_buffer"])
+                        st["momentum_scale"] = self._new_cosine(p)
+                ps.append(p)
+                ms.append(st["momentum_avg"])
+            if not ps:
+                continue
+            if glob is None:
+                glob = self._global()
+            hp = {"lr": group["lr"], "momentum": group["momentum"], "eps": group["eps"],
+                  "weight_decay": group["weight_decay"], "decoupled": group["decoupled"]}
+            if scope == "global":
+                hp["scale"] = self._group_scale(glob, j)
+                if idle:  # keep m = scale * avg of the tensors that sit this step out
+                    skipped.append((idle, hp["scale"].clone(), hp["scale"]))
+            else:
+                hp["scale"] = torch.stack([self.state[p]["momentum_scale"] for p in ps])
+            blocks.append(Block(ps, gs, {"m": ms}, hp))
             all_params += ps
-            blocks.append(Block(ps, gs, {"m": ms}, {
-                "lr": group["lr"], "momentum": group["momentum"], "eps": group["eps"],
-                "weight_decay": group["weight_decay"], "decoupled": group["decoupled"]}))
+        if glob is None:
+            return loss
         shat = self._cosine_state(all_params, scope, glob)
-        d = _tam_blocks(blocks, shat, gamma=first["gamma"], scope=scope, ld=0,
-                        foreach=_foreach_of(active))
+        d = _tam_blocks(blocks, shat, gamma=self.param_groups[0]["gamma"], scope=scope, ld=0,
+                        foreach=self.param_groups[0]["foreach"])
         self._store_cosine(all_params, scope, glob, shat, d)
+        if scope == "tensor":
+            for b in blocks:
+                for p, row in zip(b.params, b.hp["scale"].unbind(0)):
+                    self.state[p]["momentum_scale"] = row
+        for idle, old, new in skipped:
+            torch._foreach_mul_(idle, torch.where(new > 0, old / torch.where(new > 0, new, 1),
+                                                  1.0))
         return loss
+
+    def _group_scale(self, glob: dict[str, Any], j: int) -> Tensor:
+        scales = glob["momentum_scale"]
+        while len(scales) <= j:
+            scales.append(torch.zeros_like(glob["cosine"]))
+        return scales[j]
+
+    def _init_global(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        st = super()._init_global(device, dtype)
+        st["momentum_scale"] = []
+        return st
+
+    @torch.no_grad()
+    def momentum_buffer(self, p: Tensor) -> Tensor | None:
+        r"""The momentum :math:`m` of parameter ``p`` (a new tensor), or None before its first
+        step. TAM stores it as ``state[p]["momentum_avg"]`` :math:`\tilde m` times a scale
+        :math:`\sigma` (see the class notes).
+
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = TAM([w], lr=0.1, eps=0.0)
+        >>> w.grad = torch.tensor([1.0, 2.0])
+        >>> opt.step()
+        >>> opt.momentum_buffer(w)  # (0 + d_1) g_1 with d_1 = 1/2
+        tensor([0.5000, 1.0000])
+        """
+        st = self.state.get(p)
+        if not st:
+            return None
+        if "momentum_scale" in st:
+            scale = st["momentum_scale"]
+        else:
+            j = next(j for j, g in enumerate(self.param_groups)
+                     if any(q is p for q in g["params"]))
+            scale = self._group_scale(self.state["global"], j)
+        return st["momentum_avg"] * scale.to(p.dtype)
 
 
 def _foreach_of(active: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> bool | None:
