@@ -12,7 +12,6 @@ Both directions:
   (Naive, Replay, EWC, LwF ...) as a :class:`~shiftsim.learner.Learner`: :func:`shiftsim.run`
   scores every batch with the strategy's model *before* the strategy trains on it, so
   strategies get the same online accuracy, recovery metrics and reports as optimizers.
-
 * **Avalanche strategies in studies.** :func:`strategy_spec` describes a strategy (by import
   path, with JSON-serialisable arguments and a shiftsim optimizer) as a frozen, hashable spec
   that sits on a :class:`~shiftsim.study.Study`'s optimizer axis next to plain optimizers; each
@@ -26,15 +25,24 @@ is first imported on a machine).
 Example (needs the extra; the README has the same, runnable)::
 
     import shiftsim as ss
-    from shiftsim.integrations.avalanche import AvalancheLearner, to_avalanche_online
+    from shiftsim.integrations.avalanche import (AvalancheLearner, reservoir_replay,
+                                                 strategy_spec, to_avalanche_online)
 
     sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=100)
     bm = to_avalanche_online(sc, seed=0)            # 200 mini-experiences of 32 samples
-    from avalanche.training import Replay           # after shiftsim loaded Avalanche (see below)
+    from avalanche.training import EWC              # after shiftsim loaded Avalanche (see below)
 
-    res = ss.run(sc, AvalancheLearner(Replay, model=ss.models.mlp(), optimizer="sgd",
-                                      mem_size=200), seed=0)
+    res = ss.run(sc, AvalancheLearner(EWC, model=ss.models.mlp(), optimizer="sgd",
+                                      ewc_lambda=10.0, mode="separate"), seed=0)
     res.summary()
+    replay = strategy_spec(reservoir_replay, "sgd", mem_size=200)   # frozen, hashable, JSON
+    study = ss.Study("replay", {"flip": sc}, ss.models.mlp(), seeds=3,
+                     optimizers={"sgd": ss.optim.spec("sgd"), "replay": replay})
+
+Engine cross-check (``tests/test_avalanche.py``): on the same batches in the same order, from
+the same initial weights with the same optimizer, shiftsim's engine and Avalanche's ``Naive``
+(over :func:`to_avalanche_online`, trained with ``shuffle=False``) give the same correct counts,
+losses, final weights and held-out accuracies, bit for bit.
 
 **torchvision compatibility step.** Avalanche imports torchvision. A CPU build of torch (e.g.
 ``torch==2.13.0+cpu``) with the PyPI torchvision wheel of the same release fails at
@@ -293,7 +301,9 @@ def to_avalanche_online(scenario: Scenario, seed: int = 0, *, device: str | torc
     :func:`to_avalanche` and split without shuffling. Mini-experience ``t`` therefore holds the
     samples of shiftsim's step ``t`` (its ``dataset.step`` attribute says so). The
     mini-experiences are ``OnlineCLExperience`` objects whose ``origin_experience`` is the
-    phase, with ``is_first_subexp`` / ``is_last_subexp`` at phase boundaries;
+    phase, with ``is_first_subexp`` / ``is_last_subexp`` on the first / last batch of each
+    phase (Avalanche 0.6's splitter sets ``is_last_subexp`` only on a short final
+    mini-experience, so shiftsim sets it on the last batch);
     ``access_task_boundaries`` is passed to ``split_online_stream`` (False: strategies do not see
     the boundaries, as in shiftsim). ``test_stream`` is the per-regime held-out stream.
 
@@ -809,13 +819,9 @@ def _is_strategy_class(obj: Any) -> bool:
 
 
 def _import_strategy(path: str) -> Any:
-    module, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ShiftsimError(f"cannot import strategy {path!r}: {exc}") from exc
+    from ..optim.registry import _import
+
+    obj = _import(path, "strategy")
     if not callable(obj):
         raise SpecTypeError(f"{path} is {type(obj).__name__}, not a strategy class")
     return obj
