@@ -19,8 +19,8 @@ import importlib.util
 from collections.abc import Callable
 
 import torch
-
 from _common import interleaved, median, paired_ratios
+
 from shiftsim.optim import (
     TAM,
     AdaptiveMemoryAdamW,
@@ -147,8 +147,9 @@ def main() -> None:
     for name, family, _, public in rows:
         r = median(paired_ratios(times[name], times[base[family]]))
         goal = GOALS[family].get(name)
-        line = (f"{name:<18}{ms[name]:>9.2f}  {r:>7.2f}x {family + 'm' if family == 'sgd' else 'adamw':<7}"
-                f"  {('<=' + format(goal, 'g')) if goal else '':>6}  ")
+        vs = "sgdm" if family == "sgd" else "adamw"
+        limit = f"<={goal:g}" if goal else ""
+        line = f"{name:<18}{ms[name]:>9.2f}  {r:>7.2f}x {vs:<7}  {limit:>6}  "
         if public and public in times:
             rp = median(paired_ratios(times[name], times[public]))
             line += f"{public:<24}{ms[public]:>9.2f}  {rp:>10.2f}x"

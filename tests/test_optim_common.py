@@ -365,3 +365,23 @@ def test_bad_hyperparameters_name_the_value(name):
     opt = cls(p, **kw)
     with pytest.raises(ShiftsimError, match="lr must be"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": -2.0})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_engine_runs_each_optimizer_and_records_its_diagnostics(name):
+    import shiftsim as ss
+
+    data = ss.data.digits()
+    sc = ss.Scenario(data, [ss.Phase(15), ss.Phase(15, [ss.LabelFlip(1.0, "permute")])],
+                     batch_size=16, eval_every=15, eval_size=50)
+    result = ss.run(sc, ss.models.mlp(hidden=(16,)), ss.optim.spec(name), seed=0,
+                    device="cpu")
+    assert not result.diverged and len(result.trace) == 30
+    cols = [c for c in result.trace.columns if c.startswith("diag_")]
+    keys = OPTIMIZERS[name][0].diagnostic_keys if name != "grams" else ()
+    assert cols == [f"diag_{k}" for k in keys]
+    if name == "tam":
+        d = result.trace["diag_damping"]
+        assert d.iloc[0] == 0.5 and d.between(0, 1).all()
+    if name == "momo":
+        assert (result.trace["diag_step_size"] > 0).all()

@@ -118,7 +118,7 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
             Df, Pf = pick(D, fe), pick(P, fe)
             torch._foreach_lerp_(Df, pick(G, fe), [bc(w, x, ld) for x in Df])
             foreach_axpy_(Pf, Df, -lr, ld)
-        for i in loop:
+        for i in reversed(loop):  # the last tensors of the first pass are in cache
             D[i].lerp_(G[i], bc(w, D[i], ld))
             axpy_(P[i], D[i], -lr, ld)
     return beta

@@ -30,8 +30,11 @@ Choices (spec §5), all [code] = momo-opt 0.1.0 unless marked:
   ``state["global"]``, so checkpoints keep it (the reference loses them); the loss may be a
   tensor or a Python float.
 * ``use_fstar=True``: the online lower-bound estimate of the reference (reset before
-  :math:`\tau`, estimate after it, floored at ``lb``). [ours] It runs once per step with the
-  first group's :math:`\alpha, \lambda` (the reference re-runs it for each group in turn).
+  :math:`\tau`, estimate after it, floored at ``lb``). [ours] With several param groups the
+  reset uses the first group's :math:`\alpha, \lambda`, every group's :math:`\tau` uses the
+  reset :math:`f_*`, and the estimate uses the first group's :math:`\tau`: once per step (the
+  reference resets and re-estimates once per group, in turn, so later groups see an
+  :math:`f_*` moved by earlier ones). With one group both are the same.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
             foreach_axpy_(Pf, pick(D, fe), -tau, ld)
             if decay:
                 foreach_scale_(Pf, 1 / c, ld)
-        for i in loop:
+        for i in reversed(loop):  # the last tensors of the first pass are in cache
             P[i].addcmul_(D[i], bc(-tau, P[i], ld))
             if decay:
                 scale_(P[i], 1 / c, ld)
@@ -281,7 +284,7 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
             foreach_axpy_(Pf, pick(Q, fe), -tau, ld)
             if decay and divide:
                 foreach_scale_(Pf, 1 / (1 + lr * wd), ld)
-        for i in loop:
+        for i in reversed(loop):  # the last tensors of the first pass are in cache
             p = P[i]
             if decay and not divide:
                 scale_(p, 1 - lr * wd, ld)

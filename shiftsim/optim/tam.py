@@ -199,7 +199,7 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
                 if decay:
                     foreach_scale_(Pf, 1 - lr * wd, ld)
                 foreach_axpy_(Pf, Mf, -lr, ld)
-            for i in loop:
+            for i in reversed(loop):  # the last tensors of the first pass are in cache
                 scale_(M[i], beta, ld)
                 axpy_(M[i], G[i], cs[i], ld)
                 if decay:
@@ -217,7 +217,7 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
             if decay:
                 foreach_scale_(Pf, 1 - lr * wd, ld)
             torch._foreach_addcmul_(Pf, Mf, [bc(steps[i], P[i], ld) for i in fe])
-        for i in loop:
+        for i in reversed(loop):
             M[i].lerp_(G[i], bc(ws[i], M[i], ld))
             if decay:
                 scale_(P[i], 1 - lr * wd, ld)
@@ -306,7 +306,7 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             den = list(torch._foreach_sqrt(Vf))
             foreach_add_scalar_(den, pick(epss, fe), ld)
             foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
-        for i in loop:
+        for i in reversed(loop):  # the last tensors of the dots are in cache
             p, g, m, v = P[i], G[i], M[i], V[i]
             scale_(m, b1, ld)
             axpy_(m, g, cs[i], ld)
