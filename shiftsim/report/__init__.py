@@ -179,7 +179,8 @@ def _save_figures(figs: list[Any], folder: Path, dpi: int) -> list[FigureFile]:
             f.figure.savefig(buf, format="png", dpi=dpi)
             png = buf.getvalue()
             (folder / f"{f.name}.png").write_bytes(png)
-            f.figure.savefig(folder / f"{f.name}.svg", format="svg")
+            with plt.rc_context({"svg.hashsalt": f.name}):  # same figure, same file
+                f.figure.savefig(folder / f"{f.name}.svg", format="svg", metadata={"Date": None})
             w, h = f.figure.get_size_inches()
         finally:
             plt.close(f.figure)
