@@ -43,9 +43,11 @@ def _accuracy_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
         return None
     rows = rows.sort_values("online_acc", ascending=False, kind="stable")
     best = rows.iloc[0]
-    head = f"At {v.severity_text(s)}, **{best.optimizer}** has the highest online accuracy"
     if len(rows) == 1:
-        return f"{head} ({fmt.num(best.online_acc)}; the only optimizer with results)."
+        alone = " (the only optimizer with results)" if len(v.arms) > 1 else ""
+        return (f"At {v.severity_text(s)}, **{best.optimizer}**{alone} has an online accuracy "
+                f"of {fmt.num(best.online_acc)}.")
+    head = f"At {v.severity_text(s)}, **{best.optimizer}** has the highest online accuracy"
     second = rows.iloc[1]
     d = compare(v, best.optimizer, second.optimizer, s, "online_acc")
     text = (f"{head} ({fmt.num(best.online_acc)} vs {second.optimizer} "
@@ -86,7 +88,10 @@ def _recovery_sentence(v: StudyView, s: str, rows: pd.DataFrame) -> str | None:
             f"{fmt.steps(best.recovery_steps)} steps / {fmt.steps(best.recovery_samples)} "
             "samples")
     if len(order) == 1:
-        return text + "; the only optimizer with results)."
+        alone = " (the only optimizer with results)" if len(v.arms) > 1 else ""
+        return (f"{where}, **{best.optimizer}**{alone} recovers in a median "
+                f"{fmt.steps(best.recovery_steps)} steps / {fmt.steps(best.recovery_samples)} "
+                "samples.")
     second = order[1]
     if fmt.isnan(second.recovery_steps):
         text += (f" vs {second.optimizer}: undefined, {second.censored} of {second.shifts} "
@@ -223,7 +228,8 @@ def findings(v: StudyView) -> list[str]:
     out += _baseline_sentences(v)
     out += _status_sentences(v)
     if not counts.drop(labels=["ok"], errors="ignore").sum():
-        out.append(f"All {fmt.plural(int(counts.sum()), 'run')} finished normally.")
+        n = int(counts.sum())
+        out.append("The run finished normally." if n == 1 else f"All {n} runs finished normally.")
     for s in order:  # the details, scenario by scenario
         rows = summary[summary["scenario"] == s]
         if rows.empty:
