@@ -153,8 +153,8 @@ dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1r
 dl.facts dt { font-weight: 600; color: #333; }
 dl.facts dd { margin: 0; }
 nav.toc { font-size: .9rem; margin: 1rem 0; padding: .5rem .8rem; background: #f6f7f9;
-          border-radius: 6px; }
-nav.toc a { margin-right: 1rem; color: #0b5cad; text-decoration: none; white-space: nowrap; }
+          border-radius: 6px; display: flex; flex-wrap: wrap; gap: .25rem 1.1rem; }
+nav.toc a { color: #0b5cad; text-decoration: none; white-space: nowrap; }
 ul.findings li { margin: .35rem 0; }
 figure { margin: .6rem 0 1.8rem; }
 figure img { display: block; max-width: 100%; height: auto; }
