@@ -300,6 +300,15 @@ def _thin(band: pd.DataFrame, x: str, most: int = MAX_POINTS) -> pd.DataFrame:
     return band[band[x].isin(keep)]
 
 
+def _layout(df: pd.DataFrame, hue: str, col: str | None, col_order: Sequence[Any] | None,
+            hue_order: Sequence[str] | None, palette: dict[str, Any] | None
+            ) -> tuple[list[Any], list[str], dict[str, Any]]:
+    """(facets, line names, palette) of a faceted line figure; ``df[hue]`` becomes str."""
+    df[hue] = df[hue].astype(str)
+    names = _hue_names(df, hue, hue_order)
+    return _facets(df, col, col_order), names, palette or optimizer_palette(names)
+
+
 def _draw_bands(ax: plt.Axes, band: pd.DataFrame, x: str, hue: str, names: Sequence[str],
                 palette: dict[str, Any], lw: float) -> list[str]:
     """One mean line with its interval band per name (a :func:`mean_band` frame); returns the
@@ -363,10 +372,7 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
     frame = recovery_frame(traces, window, before, run_key=keys)
     if frame.empty:
         raise ShiftsimError("recovery_curves needs runs with at least two phases (a shift)")
-    frame[hue] = frame[hue].astype(str)
-    facets = _facets(frame, col, col_order)
-    names = _hue_names(frame, hue, hue_order)
-    palette = palette or optimizer_palette(names)
+    facets, names, palette = _layout(frame, hue, col, col_order, hue_order, palette)
     with style():
         fig, axes = _grid(len(facets), col_wrap, 3.4, height)
         for ax, facet in zip(axes.flat, facets):
@@ -416,10 +422,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
     df = traces.copy()
     df["acc"] = smoothed_accuracy(df, window, keys)
-    df[hue] = df[hue].astype(str)
-    facets = _facets(df, col, col_order)
-    names = _hue_names(df, hue, hue_order)
-    palette = palette or optimizer_palette(names)
+    facets, names, palette = _layout(df, hue, col, col_order, hue_order, palette)
     with style():
         fig, axes = _grid(len(facets), col_wrap, 5.0, height)
         for ax, facet in zip(axes.flat, facets):
