@@ -8,13 +8,19 @@ on a shared machine hits both alike; the ratio is the median of per-round ratios
 (end to end: worker start-up, runs and writing the store). Both must give the same results.
 Goal on 2 cores: >= 1.7x.
 
-    python benchmarks/study_scaling.py [--seeds 4] [--steps 300] [--rounds 2]
+Each configuration's CPU seconds (this process and its workers) are printed too, and the cores
+it got (CPU / wall): on a machine shared with other jobs the second worker may get no second
+core (Linux's autogroup scheduler shares the CPUs per session, not per process), and then no
+process pool can scale; measure on an otherwise idle machine.
+
+    python benchmarks/study_scaling.py [--seeds 8] [--steps 400] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
@@ -35,21 +41,29 @@ def make_study(seeds: int, steps: int) -> Study:
                  seeds=seeds)
 
 
-def timed_run(study: Study, workers: int, root: str) -> tuple[float, pd.DataFrame]:
+def _cpu_s() -> float:
+    """CPU seconds used by this process and its finished children (the pool's workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed_run(study: Study, workers: int, root: str) -> tuple[float, float, pd.DataFrame]:
+    """(wall seconds, CPU seconds, the runs) of one study run into a fresh folder."""
     out = tempfile.mkdtemp(prefix=f"w{workers}-", dir=root)
-    t = time.perf_counter()
+    cpu, t = _cpu_s(), time.perf_counter()
     rep = study.run(out, workers=workers, progress=False, device="cpu")
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, _cpu_s() - cpu
     if not rep.ok or rep.done != len(study):
         raise SystemExit(f"the study did not complete: {rep.line()}")
     runs = store.load(out).runs.drop(columns=["total_s", "ms_per_step"])
-    return elapsed, runs.sort_values("run_id").reset_index(drop=True)
+    return elapsed, cpu, runs.sort_values("run_id").reset_index(drop=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=300, help="steps per task (3 tasks)")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=400, help="steps per task (3 tasks)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     study = make_study(args.seeds, args.steps)
@@ -63,9 +77,11 @@ def main() -> None:
         results: dict[int, pd.DataFrame] = {}
         for r in range(args.rounds):
             for workers in (1, 2) if r % 2 == 0 else (2, 1):
-                elapsed, results[workers] = timed_run(study, workers, root)
+                elapsed, cpu, results[workers] = timed_run(study, workers, root)
                 times[workers].append(elapsed)
-                print(f"  round {r + 1}: workers={workers}: {elapsed:6.1f} s", flush=True)
+                print(f"  round {r + 1}: workers={workers}: {elapsed:6.1f} s wall, {cpu:6.1f} s "
+                      f"CPU (it got {cpu / elapsed:.2f} cores; load average "
+                      f"{os.getloadavg()[0]:.1f})", flush=True)
         pd.testing.assert_frame_equal(results[1], results[2])  # same results either way
     ratios = [a / b for a, b in zip(times[1], times[2])]
     n = len(study)

@@ -5,17 +5,20 @@ Workers only compute; the driver alone writes the store. Three are built in:
 
 * :class:`InProcess` — one run after another in this process (``workers=1``; debuggable).
 * :class:`LocalPool` — spawn-started worker processes, one pipe each. Every worker receives the
-  study's scenarios once, at start, then small task tuples. A worker that dies (killed, out of
-  memory) loses only its run in flight, which is retried once in a fresh worker and recorded as
-  failed if its worker dies again. Workers ignore SIGINT (the driver handles Ctrl-C and stops
-  them) and exit by themselves when the driver dies.
+  study's scenarios once, at start, then small task tuples (its next run ahead, so it never
+  waits for the driver). A worker that dies (killed, out of memory) loses only its run in
+  flight, which is retried once in a fresh worker and recorded as failed if its worker dies
+  again. Workers ignore SIGINT (the driver handles Ctrl-C and stops them) and exit by
+  themselves within a second when the driver dies.
 * :class:`RayExecutor` — Ray tasks on the cluster at ``RAY_ADDRESS`` or on a local Ray started
   for the study; each run asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (fractions
   allowed, so several small learners share one GPU).
 
 A run that raises becomes an Outcome with status ``failed`` and its error; the study goes on.
-(A later executor can group runs, e.g. a fleet of learners in one vectorised program, as long as
-it yields one Outcome per run.)
+Another executor plugs in through ``Study.run(executor=...)``: it may group runs (e.g. a fleet
+of learners of one architecture in one vectorised program) as long as it yields one
+:class:`Outcome` per RunSpec (its ``run_id``, status, RunResult, per-phase summary and scores;
+:func:`run_outcome` shows how one is made) and stops its work on ``cancel()``.
 """
 
 from __future__ import annotations
