@@ -25,9 +25,9 @@ import tempfile
 import time
 
 import torch
+from _common import interleaved, median, paired_ratios
 
 import shiftsim as ss
-from _common import interleaved, median, paired_ratios
 from shiftsim.fleet import run_fleet
 
 STUDY_OPTIMIZERS = ("sgdm", "adam", "tam", "adamem_sgd", "momo")

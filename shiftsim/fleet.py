@@ -612,6 +612,20 @@ def _group_key(opt_spec: OptimizerSpec) -> _GroupKey:
     return _GroupKey(family, tuple(sorted(flags.items(), key=lambda kv: kv[0])))
 
 
+def supports(optimizer: OptimizerSpec | str) -> bool:
+    """Whether ``optimizer`` can run in a fleet (shiftsim's optimizers and torch.optim's
+    elementwise ones, with hyperparameters that build).
+
+    >>> supports("tam"), supports("torch.optim:LBFGS")
+    (True, False)
+    """
+    try:
+        _group_key(optimizer if isinstance(optimizer, OptimizerSpec) else spec(optimizer))
+    except Exception:
+        return False
+    return True
+
+
 def _group_hp(specs: Sequence[OptimizerSpec], like: torch.Tensor) -> Hp:
     """The numeric hyperparameters of a group: floats when shared, else ``(K,)`` tensors."""
     rows = [{k: v for k, v in _hparams(s).items() if _is_number(v)} for s in specs]

@@ -13,9 +13,15 @@ within 1e-4 relative).
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -337,3 +343,136 @@ def test_fleet_memory_bytes_counts_parameters_state_and_buffers(digits):
                   + 4 * 100 * 64 * 2 + 4 * 100 * acts)
     assert one == per_member
     assert fleet_memory_bytes(sc, model, 10) == 10 * per_member
+
+
+# -- studies ------------------------------------------------------------------------------------
+
+def _study(digits, name="fs", seeds=3, optimizers=("sgdm", "adam", "tam")):
+    scenarios = ss.study.flip_rates(digits, [0.0, 1.0], tasks=2, steps_per_task=30,
+                                    eval_every=15, eval_size=100)
+    return ss.Study(name, scenarios=scenarios, model=ss.models.mlp(hidden=(8,)),
+                    optimizers=list(optimizers), seeds=seeds)
+
+
+def test_plan_fleets_groups_splits_and_leaves_singles(digits):
+    from shiftsim.study import plan_fleets
+
+    study = _study(digits, optimizers=("sgdm", "adam", "tam", "torch.optim:LBFGS"), seeds=5)
+    grid = study.grid()  # 2 scenarios x 4 optimizers x 5 seeds
+    fleets, singles = plan_fleets(grid, workers=1, device="cpu")
+    # K larger than a group: one fleet per scenario holds all 15 fleet-capable runs
+    assert sorted(len(f) for f in fleets) == [15, 15]
+    assert sorted(s.optimizer.name for s in singles) == ["torch.optim:LBFGS"] * 10
+    for f in fleets:
+        assert len({(s.scenario.name, s.model) for s in f}) == 1
+    fleets, _ = plan_fleets(grid, workers=1, device="cpu", max_members=4)
+    assert sorted(len(f) for f in fleets) == [3, 3] + [4] * 6  # near-equal splits of 15
+    ids = [s.run_id for f in fleets for s in f] + [s.run_id for s in singles]
+    assert sorted(ids) == sorted(s.run_id for s in grid)
+    # a lone run of its scenario and model goes alone
+    fleets, singles = plan_fleets(grid[:1] + grid[20:22], workers=1, device="cpu")
+    assert [len(f) for f in fleets] == [2] and len(singles) == 1
+
+
+def test_plan_fleets_sizes_fleets_to_memory(digits, monkeypatch):
+    from shiftsim.fleet import fleet_memory_bytes
+    from shiftsim.study import fleet_executor as fe
+
+    grid = _study(digits, seeds=10, optimizers=("sgdm",)).grid()[:10]  # one scenario
+    per = fleet_memory_bytes(grid[0].scenario, grid[0].model, 1)
+    monkeypatch.setattr(fe, "_available_bytes", lambda device: 8 * per)
+    # half of the memory, shared by two workers: 2 members per fleet
+    fleets, _ = fe.plan_fleets(grid, workers=2, device="cpu")
+    assert [len(f) for f in fleets] == [2] * 5
+    with pytest.raises(ss.ShiftsimError, match="max_members"):
+        fe.plan_fleets(grid, max_members=0)
+
+
+def test_study_with_fleets_stores_what_a_study_without_them_stores(digits, tmp_path):
+    study = _study(digits)
+    rep = study.run(tmp_path / "fleet", workers=1, progress=False)  # fleet is the default
+    assert rep.ok and rep.done == 18 and rep.backend == "fleet"
+    ref = study.run(tmp_path / "plain", workers=1, progress=False, fleet=False)
+    assert ref.ok and ref.backend == "in-process"
+    got, want = ss.store.load(tmp_path / "fleet"), ss.store.load(tmp_path / "plain")
+    assert sorted(got.runs.run_id) == sorted(want.runs.run_id) == sorted(
+        s.run_id for s in study.grid())
+    assert list(got.runs.columns) == list(want.runs.columns)
+    for spec in study.grid():
+        a, b = got.trace(spec.run_id), want.trace(spec.run_id)
+        assert list(a.columns) == list(b.columns) and len(a) == len(b)
+        assert (a["correct"].values == b["correct"].values).mean() >= 0.97
+        fa = (tmp_path / "fleet" / "runs" / spec.run_id / "summary.json").read_text()
+        assert '"worker": ' in fa and "fleet of" in fa
+    # resume: nothing to do; then two runs lost -> only they run again, identical bit for bit
+    again = study.run(tmp_path / "fleet", workers=1, progress=False)
+    assert (again.done, again.skipped) == (0, 18)
+    lost = [s.run_id for s in study.grid()[:2]]
+    before = {r: got.trace(r) for r in lost}
+    for r in lost:
+        (tmp_path / "fleet" / "runs" / r / "summary.json").unlink()
+    redo = study.run(tmp_path / "fleet", workers=1, progress=False)
+    assert (redo.done, redo.skipped) == (2, 16)
+    after = ss.store.load(tmp_path / "fleet")
+    for r in lost:
+        pd.testing.assert_frame_equal(after.trace(r), before[r])
+
+
+def test_a_failing_fleet_reruns_its_runs_one_by_one(digits, tmp_path, monkeypatch):
+    import shiftsim.fleet as fleet_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the fleet broke")
+
+    monkeypatch.setattr(fleet_mod, "run_fleet", broken)
+    study = _study(digits, seeds=2, optimizers=("sgdm",))
+    rep = study.run(tmp_path, workers=1, progress=False, fleet=True)
+    assert rep.ok and rep.done == 4
+    ref = ss.store.load(tmp_path)
+    for spec in study.grid():  # the one-by-one fallback is run() itself
+        pd.testing.assert_frame_equal(ref.trace(spec.run_id).drop(columns="run_id"),
+                                      ss.study.execute(spec, device="cpu", threads=1).trace)
+
+
+def test_fleet_argument_checks(digits, tmp_path):
+    study = _study(digits, seeds=1, optimizers=("sgdm",))
+    with pytest.raises(TypeError, match="fleet must be True, False or None"):
+        study.run(tmp_path, fleet="yes")
+    with pytest.raises(ss.ShiftsimError, match="fleet=True runs on the local backend"):
+        study.run(tmp_path, fleet=True, backend="ray")
+
+
+@pytest.mark.slow
+def test_fleets_in_worker_processes_equal_fleets_in_process(digits, tmp_path):
+    study = _study(digits)
+    rep = study.run(tmp_path / "pool", workers=2, progress=False)
+    assert rep.ok and rep.done == 18 and rep.backend == "fleet"
+    assert study.run(tmp_path / "one", workers=1, progress=False).ok
+    a, b = ss.store.load(tmp_path / "pool"), ss.store.load(tmp_path / "one")
+    workers = set()
+    for spec in study.grid():
+        pd.testing.assert_frame_equal(a.trace(spec.run_id), b.trace(spec.run_id))
+        s = (tmp_path / "pool" / "runs" / spec.run_id / "summary.json").read_text()
+        workers.add(s.split('"worker": "')[1].split(":")[1].split(" ")[0])
+    assert workers and str(os.getpid()) not in workers  # in worker processes
+
+
+@pytest.mark.slow
+def test_an_unguarded_script_gets_a_clear_error_with_fleets(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import shiftsim as ss
+        from shiftsim.study import Study, flip_rates
+        syn = ss.data.synthetic(n=100, dim=4, classes=2)
+        study = Study("g", flip_rates(syn, [0.0, 1.0], tasks=2, steps_per_task=10),
+                      model=ss.models.mlp(hidden=(4,)), optimizers=["sgd"], seeds=2)
+        study.run({str(tmp_path / "out")!r}, workers=2, progress=False)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("shiftsim.errors.ShiftsimError: a fleet worker process exited "
+                           "before it started; worker processes start by importing your "
+                           "script") and 'if __name__ == "__main__":' in last
+    assert not list((tmp_path / "out" / "runs").glob("*/summary.json"))

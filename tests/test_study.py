@@ -367,7 +367,7 @@ def test_keyboard_interrupt_leaves_only_complete_runs(tmp_path, tiny):
 def test_same_trace_in_process_and_in_the_pool(tmp_path, tiny):
     study = Study("pool", [tiny], ss.models.mlp(hidden=(16,)),
                   {"sgdm": ss.optim.spec("sgdm"), "adam": ss.optim.spec("adam")}, seeds=2)
-    rep = study.run(tmp_path, workers=2, progress=True)
+    rep = study.run(tmp_path, workers=2, progress=True, fleet=False)
     assert rep.ok and rep.done == 4 and rep.backend == "local"
     res = store.load(tmp_path)
     workers = {json.loads((tmp_path / "runs" / r / "summary.json").read_text())["worker"]
@@ -683,7 +683,7 @@ def test_a_script_without_the_main_guard_gets_a_clear_error(tmp_path):
         syn = ss.data.synthetic(n=100, dim=4, classes=2)
         study = Study("g", [ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=10)],
                       model=ss.models.mlp(hidden=(4,)), optimizers=["sgd"], seeds=2)
-        study.run({str(tmp_path / "out")!r}, workers=2, progress=False)
+        study.run({str(tmp_path / "out")!r}, workers=2, progress=False, fleet=False)
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)

@@ -62,6 +62,7 @@ from .executors import (
     import_ray,
     run_outcome,
 )
+from .fleet_executor import FleetExecutor, plan_fleets
 from .spec import (
     HASH_FORMAT,
     RunSpec,
@@ -382,7 +383,8 @@ class Study:
     def run(self, out_dir: str | os.PathLike, workers: int | None = None,
             backend: str = "local", resume: bool = True, progress: bool = True, *,
             retry_failed: bool = False, device: str = "auto", threads: int | None = 1,
-            gpus_per_run: float = 0.0, executor: Executor | None = None) -> StudyRunReport:
+            gpus_per_run: float = 0.0, executor: Executor | None = None,
+            fleet: bool | None = None) -> StudyRunReport:
         """Run every run not yet complete in ``out_dir`` and write each result as it arrives.
 
         Args:
@@ -399,6 +401,10 @@ class Study:
                 backend, and the fastest for small models); None leaves torch's setting.
             gpus_per_run: GPUs each Ray task asks for (fractions share a GPU); Ray only.
             executor: a custom executor (overrides ``backend`` and ``workers``).
+            fleet: run runs of one scenario and model as fleets, many learners in one
+                vectorized program (:mod:`~shiftsim.study.fleet_executor`; results equal
+                ``shiftsim.run``'s up to float rounding). None (default): whenever some runs
+                can share a fleet on the local backend; False: one run at a time.
 
         Returns a :class:`StudyRunReport` and prints its one-line summary. Ctrl-C stops the
         workers, leaves only complete runs in ``out_dir`` and raises KeyboardInterrupt.
@@ -424,17 +430,23 @@ class Study:
                 getattr(sys.modules.get("__main__"), "__name__", "") == "__mp_main__":
             raise ShiftsimError(f"study.run() called while a worker process was starting; "
                                 f"{GUARD_HINT}")
+        if fleet is not None and not isinstance(fleet, bool):
+            raise SpecTypeError(f"fleet must be True, False or None, got {fleet!r}")
+        if fleet and (backend == "ray" or executor is not None):
+            raise ShiftsimError("fleet=True runs on the local backend without a custom "
+                                "executor; use fleet=False with backend='ray' or executor=")
         if backend == "ray" and executor is None:
             import_ray()  # fail before touching the folder when Ray is missing
         out = store.check_out_dir(out_dir)
         t0 = time.perf_counter()
         with store.lock(out):
             return self._run(out, workers, backend, resume, progress, retry_failed, device,
-                             threads, gpus_per_run, executor, t0)
+                             threads, gpus_per_run, executor, t0, fleet)
 
     def _run(self, out: Path, workers: int | None, backend: str, resume: bool, progress: bool,
              retry_failed: bool, device: str, threads: int | None, gpus_per_run: float,
-             executor: Executor | None, t0: float) -> StudyRunReport:
+             executor: Executor | None, t0: float, fleet: bool | None = None
+             ) -> StudyRunReport:
         old = store.read_study(out)
         if old is not None and old.get("name") not in (None, self.name):
             raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
@@ -455,6 +467,9 @@ class Study:
                 executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
                 if todo:  # fail before writing anything: Ray unreachable, too few GPUs
                     ray_executor.connect()
+            elif todo and fleet is not False and (
+                    fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
+                executor = FleetExecutor(min(n_workers, len(todo)), device, threads)
             elif min(n_workers, len(todo)) <= 1:
                 executor = InProcess(device, threads)
             else:

@@ -1,0 +1,337 @@
+"""The fleet executor: a study's compatible runs as fleets (:func:`shiftsim.fleet.run_fleet`).
+
+Runs that share a scenario and a model, and whose optimizers the fleet supports, are split into
+fleets — many learners in one vectorized program — sized to the device's memory (and to at most
+``max_members``), about as many fleets per worker as keeps every worker busy. Each fleet hands
+back one :class:`~shiftsim.study.executors.Outcome` per run, exactly as a run of its own would,
+so the study's store, resume, reports and run ids do not change. The remaining runs (a run
+alone in its group, an optimizer the fleet cannot run) go one by one, as without fleets.
+
+With ``workers > 1`` fleets run in spawn-started worker processes (one torch thread each by
+default); with one worker, in this process. A fleet that raises is rerun one run at a time, so
+an error belongs to its run; a worker that dies takes its fleet with it, which is retried once
+in a fresh worker and then recorded as failed.
+
+Numbers: a fleet member's trace does not depend on which other runs share its fleet (the same
+spec gives the same trace bit for bit in any fleet), and equals the trace ``shiftsim.run``
+gives up to float rounding of the batched matmuls (see :mod:`shiftsim.fleet`); ``fleet=False``
+reproduces ``shiftsim.run`` bit for bit.
+
+>>> import shiftsim as ss
+>>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=20)
+>>> specs = [RunSpec(sc, ss.models.mlp(hidden=(8,)), ss.optim.spec(o), s)
+...          for o in ("sgdm", "adam") for s in range(3)]
+>>> fleets, singles = plan_fleets(specs, workers=1, max_members=4)
+>>> [len(f) for f in fleets], len(singles)
+([3, 3], 0)
+>>> outcomes = list(FleetExecutor(workers=1, device="cpu").run(specs))
+>>> sorted(o.status for o in outcomes) == ["ok"] * 6
+True
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import ShiftsimError
+from .executors import GUARD_HINT, Outcome, _watch_parent, _worker_name, run_outcome
+from .spec import RunSpec, canonical_json, torch_threads
+
+#: the most members of one fleet on the CPU (larger fleets gain little there) and on a GPU
+MAX_MEMBERS = {"cpu": 128, "cuda": 2048}
+#: fleets smaller than this are not split further to give every worker work
+MIN_SPLIT = 16
+#: the share of the free device memory (divided among the workers) that fleets may use
+MEMORY_FRACTION = 0.5
+
+
+def _key(spec: RunSpec) -> str:
+    """Runs with equal keys can share a fleet: the same scenario and the same model."""
+    payload = {"scenario": spec.payload["scenario"], "model": spec.payload["model"]}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+
+def _available_bytes(device: str) -> int:
+    """Free memory on ``device``: CUDA's free memory, else the host's available RAM."""
+    import torch
+
+    from ..stream import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    try:  # pragma: no cover - not Linux
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 * 2**30
+
+
+def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
+                max_members: int | None = None,
+                memory_fraction: float = MEMORY_FRACTION) -> tuple[list[list[RunSpec]],
+                                                                   list[RunSpec]]:
+    """Split ``specs`` into fleets and runs to go alone: ``(fleets, singles)``.
+
+    A fleet holds runs of one scenario and one model with optimizers the fleet supports, at
+    most ``max_members`` (default :data:`MAX_MEMBERS` for the device) and at most what
+    ``memory_fraction`` of the free device memory, shared by ``workers``, holds
+    (:func:`shiftsim.fleet.fleet_memory_bytes`). A group larger than that is split into
+    near-equal fleets; groups are also split (down to :data:`MIN_SPLIT` members) until there
+    are about two fleets per worker. A group of one run goes alone.
+    """
+    from ..fleet import fleet_memory_bytes, supports
+    from ..stream import resolve_device
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
+    if max_members is not None and (isinstance(max_members, bool) or not isinstance(
+            max_members, int) or max_members < 1):
+        raise ShiftsimError(f"max_members must be a positive integer, got {max_members!r}")
+    if not (isinstance(memory_fraction, (int, float)) and 0 < memory_fraction <= 1):
+        raise ShiftsimError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
+    dev = resolve_device(device)
+    cap = max_members if max_members is not None else MAX_MEMBERS.get(dev.type, 128)
+    groups: dict[str, list[RunSpec]] = {}
+    singles: list[RunSpec] = []
+    ok: dict[Any, bool] = {}
+    for s in specs:
+        if s.optimizer not in ok:
+            ok[s.optimizer] = supports(s.optimizer)
+        if ok[s.optimizer]:
+            groups.setdefault(_key(s), []).append(s)
+        else:
+            singles.append(s)
+    budget = memory_fraction * _available_bytes(device) / workers if groups else 0.0
+    fleetable = sum(len(g) for g in groups.values() if len(g) > 1)
+    target = max(MIN_SPLIT, math.ceil(fleetable / (2 * workers))) if fleetable else 1
+    fleets: list[list[RunSpec]] = []
+    for group in groups.values():
+        if len(group) == 1:
+            singles += group
+            continue
+        first = group[0]
+        try:
+            per_member = fleet_memory_bytes(first.scenario, first.model, 1)
+        except Exception:  # a model that cannot be built: its runs fail one by one
+            singles += group
+            continue
+        size = max(1, min(cap, target, int(budget // per_member)))
+        n = math.ceil(len(group) / size)
+        bounds = [round(i * len(group) / n) for i in range(n + 1)]
+        fleets += [group[a:b] for a, b in zip(bounds, bounds[1:])]
+    fleets.sort(key=len, reverse=True)  # the largest first: the tail is the small ones
+    return fleets, singles
+
+
+# ----------------------------------------------------------------------------------------------
+# one fleet
+
+
+def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, Any, int]],
+                       device: str = "auto", threads: int | None = None,
+                       check_every: int = 64, compile: bool = False) -> list[Outcome]:
+    """Run ``members`` — ``(run_id, optimizer, seed)`` triples — as one fleet and package one
+    Outcome per run, as :func:`~shiftsim.study.executors.run_outcome` does for one run. When
+    the fleet raises, its runs are run one by one (so an error is recorded with its own run)."""
+    from .. import store
+    from ..fleet import run_fleet
+
+    t0 = time.perf_counter()
+    try:
+        with torch_threads(threads):
+            results = run_fleet(scenario, model, [(o, s) for _, o, s in members],
+                                device=device, check_every=check_every, compile=compile)
+    except Exception:
+        return [run_outcome(scenario, model, o, s, rid, device, threads) for rid, o, s in members]
+    import torch
+
+    wall = (time.perf_counter() - t0) / len(members)
+    worker = f"{_worker_name()} fleet of {len(members)}"
+    used = threads if threads is not None else torch.get_num_threads()
+    out = []
+    for (rid, _, _), result in zip(members, results):
+        summary, scores, status, error, trace = store._summarize(result)
+        out.append(Outcome(rid, status, result if status != "failed" else None, summary, scores,
+                           error, trace, wall, worker, used))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# worker processes
+
+_SCENARIOS: dict[str, Any] = {}
+
+
+def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    _watch_parent(parent_pid)  # exit when the driver dies
+    _SCENARIOS.update(scenarios)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _execute(kind: str, scenario: Any, model: Any, members: list[tuple[str, Any, int]],
+             device: str, threads: int | None, check_every: int, compile: bool
+             ) -> list[Outcome]:
+    if kind == "fleet":
+        return run_fleet_outcomes(scenario, model, members, device, threads, check_every,
+                                  compile)
+    return [run_outcome(scenario, model, o, s, rid, device, threads) for rid, o, s in members]
+
+
+def _task(kind: str, key: str, *args: Any) -> list[Outcome]:
+    """A worker's task: the scenario comes from the table the worker got at start."""
+    return _execute(kind, _SCENARIOS[key], *args)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are started: a process started with SIGINT ignored
+    keeps ignoring it (Python leaves an inherited SIG_IGN alone), so a Ctrl-C that reaches a
+    worker still importing never prints its traceback. The driver handles Ctrl-C."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no signals to manage here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class FleetExecutor:
+    """Runs a study's specs as fleets (see the module docstring); an executor for
+    :meth:`shiftsim.Study.run`, which uses it with ``fleet=True``.
+
+    Args:
+        workers: worker processes (1: in this process).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` ...
+        threads: torch intra-op threads per worker (default 1).
+        max_members: the most runs per fleet (default :data:`MAX_MEMBERS` for the device).
+        memory_fraction: the share of free device memory fleets may use, over all workers.
+        check_every, compile: passed to :func:`shiftsim.fleet.run_fleet`.
+        retries: how often a fleet whose worker died is retried in a fresh worker.
+    """
+
+    name = "fleet"
+
+    def __init__(self, workers: int = 1, device: str = "auto", threads: int | None = 1,
+                 max_members: int | None = None, memory_fraction: float = MEMORY_FRACTION,
+                 check_every: int = 64, compile: bool = False, retries: int = 1) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
+        self.workers, self.device, self.threads = workers, device, threads
+        self.max_members, self.memory_fraction = max_members, memory_fraction
+        self.check_every, self.compile, self.retries = check_every, compile, retries
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self.fleets: list[int] = []  # the sizes of the fleets of the last run()
+
+    def _tasks(self, specs: Sequence[RunSpec]) -> tuple[dict[str, Any], list[tuple]]:
+        fleets, singles = plan_fleets(specs, self.workers, self.device, self.max_members,
+                                      self.memory_fraction)
+        self.fleets = [len(f) for f in fleets]
+        table: dict[str, Any] = {}
+        tasks: list[tuple] = []
+
+        def add(kind: str, runs: list[RunSpec]) -> None:
+            key = _key(runs[0])
+            table.setdefault(key, runs[0].scenario)
+            tasks.append((kind, key, runs[0].model,
+                          [(r.run_id, r.optimizer, r.seed) for r in runs]))
+
+        for f in fleets:
+            add("fleet", f)
+        for s in singles:
+            add("single", [s])
+        return table, tasks
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+        table, tasks = self._tasks(specs)
+        opts = (self.device, self.threads, self.check_every, self.compile)
+        if self.workers == 1 or len(tasks) == 1:
+            with torch_threads(self.threads):
+                for kind, key, model, members in tasks:
+                    yield from _execute(kind, table[key], model, members, *opts)
+            return
+        yield from self._run_pool(table, tasks, opts)
+
+    def _run_pool(self, table: dict[str, Any], tasks: list[tuple], opts: tuple
+                  ) -> Iterator[Outcome]:
+        ctx = mp.get_context("spawn")
+        pending = list(tasks)
+        tries: dict[int, int] = {}
+        while pending:
+            pool = self._pool = cf.ProcessPoolExecutor(
+                min(self.workers, len(pending)), mp_context=ctx, initializer=_init_worker,
+                initargs=(table, self.threads, os.getpid()))
+            retry: list[tuple] = []
+            clean = False
+            try:
+                try:  # a worker that dies while starting: most likely an unguarded script
+                    with _sigint_ignored():
+                        first = pool.submit(os.getpid)
+                    first.result()
+                except cf.process.BrokenProcessPool:
+                    raise ShiftsimError(f"a fleet worker process exited before it started; "
+                                        f"{GUARD_HINT}") from None
+                with _sigint_ignored():  # submit() starts the workers: they inherit it
+                    futures = {pool.submit(_task, *t, *opts): t for t in pending}
+                for fut in cf.as_completed(futures):
+                    task = futures[fut]
+                    try:
+                        outcomes = fut.result()
+                    except cf.process.BrokenProcessPool:  # the worker died: out of memory?
+                        n = tries[id(task)] = tries.get(id(task), 0) + 1
+                        if n > self.retries:
+                            yield from self._died(task)
+                        else:
+                            retry.append(task)
+                        continue
+                    yield from outcomes
+                clean = True
+            finally:
+                self._close(pool, wait=clean)
+            pending = retry
+
+    @staticmethod
+    def _died(task: tuple) -> Iterator[Outcome]:
+        kind, _, _, members = task
+        what = f"its fleet of {len(members)} runs" if kind == "fleet" else "this run"
+        for rid, _, _ in members:
+            yield Outcome(rid, "failed", error=(
+                f"the worker process died while running {what}, again after a retry; out of "
+                "memory? run the study with fleet=False or a smaller max_members"), worker="")
+
+    def _close(self, pool: cf.ProcessPoolExecutor, wait: bool) -> None:
+        if not wait:
+            for p in list((getattr(pool, "_processes", None) or {}).values()):
+                if p.is_alive():
+                    p.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is pool:
+            self._pool = None
+
+    def cancel(self) -> None:
+        pool = self._pool
+        if pool is not None:
+            self._close(pool, wait=False)
