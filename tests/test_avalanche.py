@@ -348,6 +348,41 @@ def test_avalanche_learner_naive_reproduces_the_torch_learner(av, flip):
     assert res2.info["learner"]["optimizer"]["name"] == "momo"
 
 
+def _batchnorm_mlp(data):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
+                               torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+@needs_avalanche
+def test_a_mode_sensitive_model_is_scored_in_eval_mode_like_the_torch_learner(av, flip):
+    from avalanche.training import Naive
+
+    ref_learner = TorchLearner(_batchnorm_mlp, "sgdm")
+    ref = ss.run(flip, ref_learner, seed=2, device="cpu")
+    learner = ssav.AvalancheLearner(Naive, model=_batchnorm_mlp, optimizer="sgdm",
+                                    train_kwargs={"shuffle": False})
+    res = ss.run(flip, learner, seed=2, device="cpu")
+    assert res.trace["correct"].tolist() == ref.trace["correct"].tolist()
+    assert res.evals["correct"].tolist() == ref.evals["correct"].tolist()
+    assert _same_weights(learner.model, ref_learner.model)  # BatchNorm running stats included
+    assert learner.model.training  # left in train mode for the strategy
+
+
+def test_without_the_extra_every_entry_point_says_how_to_install(monkeypatch, flip):
+    monkeypatch.delitem(sys.modules, "avalanche.training", raising=False)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "avalanche" else find_spec(name, *a))
+    hint = r"avalanche-lib is not installed; .*pip install 'shiftsim\[avalanche\]'"
+    learner = ssav.AvalancheLearner(lambda model, optimizer: None)
+    for call in (ssav.import_avalanche, lambda: ssav.to_avalanche(flip, 0),
+                 lambda: ssav.to_avalanche_online(flip, 0), lambda: ssav.strategy_spec("Naive"),
+                 lambda: ss.run(flip, learner, device="cpu")):
+        with pytest.raises(ShiftsimError, match=hint):
+            call()
+    assert ssav.available() is False
+
+
 @needs_avalanche
 def test_replay_is_scored_before_it_trains_on_each_batch(av, flip):
     from avalanche.core import SupervisedPlugin
