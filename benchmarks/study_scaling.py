@@ -1,12 +1,13 @@
 """Study scaling: the same CPU study run with 2 local workers vs 1, side by side.
 
 A study of small learners on digits (flip rates x optimizers x seeds; one torch thread per run,
-as studies use). ``workers=1`` runs the runs one after another in this process; ``workers=2``
-runs them in a pool of 2 spawn-started worker processes, and the driver writes every result to
-the store. Each round runs both into fresh results folders, in ABBA order so that drifting load
-on a shared machine hits both alike; the ratio is the median of per-round ratios of wall times
-(end to end: worker start-up, runs and writing the store). Both must give the same results.
-Goal on 2 cores: >= 1.7x.
+as studies use; one learner per run, ``fleet=False``: fleets are measured by
+``benchmarks/fleet.py``). ``workers=1`` runs the runs one after another in this process;
+``workers=2`` runs them in a pool of 2 spawn-started worker processes, and the driver writes
+every result to the store. Each round runs both into fresh results folders, in ABBA order so
+that drifting load on a shared machine hits both alike; the ratio is the median of per-round
+ratios of wall times (end to end: worker start-up, runs and writing the store). Both must give
+the same results. Goal on 2 cores: >= 1.7x.
 
 Each configuration's CPU seconds (this process and its workers) are printed too, and the cores
 it got (CPU / wall): on a machine shared with other jobs the second worker may get no second
@@ -52,7 +53,7 @@ def timed_run(study: Study, workers: int, root: str) -> tuple[float, float, pd.D
     """(wall seconds, CPU seconds, the runs) of one study run into a fresh folder."""
     out = tempfile.mkdtemp(prefix=f"w{workers}-", dir=root)
     cpu, t = _cpu_s(), time.perf_counter()
-    rep = study.run(out, workers=workers, progress=False, device="cpu")
+    rep = study.run(out, workers=workers, progress=False, device="cpu", fleet=False)
     elapsed, cpu = time.perf_counter() - t, _cpu_s() - cpu
     if not rep.ok or rep.done != len(study):
         raise SystemExit(f"the study did not complete: {rep.line()}")
@@ -72,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         warm = Study("warm-up", study.scenarios, model=ss.models.mlp(hidden=(128, 128)),
                      optimizers=["sgdm"], seeds=1)
-        warm.run(os.path.join(root, "warm"), workers=1, progress=False)  # untimed: imports
+        warm.run(os.path.join(root, "warm"), workers=1, progress=False, fleet=False)  # imports
         times: dict[int, list[float]] = {1: [], 2: []}
         results: dict[int, pd.DataFrame] = {}
         for r in range(args.rounds):

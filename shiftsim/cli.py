@@ -161,7 +161,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = study_from_file(args.file)
     out = Path(args.out)
     result = study.run(out, workers=args.workers, backend=args.backend,
-                       resume=not args.no_resume, progress=not args.quiet)
+                       resume=not args.no_resume, progress=not args.quiet,
+                       fleet=False if args.no_fleet else None)
     return 0 if result is None or getattr(result, "ok", True) else 1
 
 
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel runs (default: the number of cores)")
     s.add_argument("--backend", choices=("local", "ray"), default="local")
     s.add_argument("--no-resume", action="store_true", help="redo runs that are already complete")
+    s.add_argument("--no-fleet", action="store_true",
+                   help="one learner at a time, bit-identical to `shiftsim run` (default: runs "
+                        "of one scenario and model share a vectorized fleet)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_study)
 

@@ -404,11 +404,11 @@ def kill_file(tmp_path_factory):
     return f
 
 
-def _start(study_file, out, log, workers=2):
-    """`shiftsim study` as a subprocess in its own session (so its own process group)."""
+def _start(study_file, out, log, *extra):
+    """`shiftsim study` (2 workers) as a subprocess in its own session and process group."""
     return subprocess.Popen(
         [sys.executable, "-m", "shiftsim.cli", "study", str(study_file), "--out", str(out),
-         "--workers", str(workers), "--quiet"],
+         "--workers", "2", "--quiet", *extra],
         cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -485,6 +485,7 @@ def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
     out = tmp_path / "out"
     with open(tmp_path / "log", "w+") as log:
         # 1. SIGKILL the whole process group (driver and workers) once some runs are complete
+        #    (the runs go in fleets: the default)
         proc = _start(kill_file, out, log)
         _wait_for_runs(proc, out, 3, log)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -496,8 +497,9 @@ def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
         counts = res.counts()
         assert counts["ok"] == len(first) and counts["incomplete"] + counts["pending"] == \
             n - len(first)
-        # 2. resume, then SIGKILL the driver alone: its workers notice and exit by themselves
-        proc = _start(kill_file, out, log)
+        # 2. resume one learner per run in the process pool, then SIGKILL the driver alone:
+        #    its workers notice and exit by themselves
+        proc = _start(kill_file, out, log, "--no-fleet")
         _wait_for_runs(proc, out, len(first) + 2, log)
         workers = _group(proc.pid) - {proc.pid}
         assert len(workers) >= 1
@@ -508,7 +510,7 @@ def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
         assert {r: second[r] for r in first} == first  # nothing complete was redone
     assert len(second) < n, "the study finished before the driver was killed"
     # 3. resume to the end (in this process): only the runs not complete are run, each once
-    rep = study.run(out, workers=1, progress=False)
+    rep = study.run(out, workers=1, progress=False, fleet=False)
     assert rep.ok and (rep.skipped, rep.done) == (len(second), n - len(second))
     final = _summaries(out)
     assert len(final) == n and {r: final[r] for r in second} == second
