@@ -73,7 +73,7 @@ def test_study_runs_resumes_and_redoes(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("cli-study: 2/2 runs complete (2 ran now); ")
     assert cli.main(args) == 0
     assert capsys.readouterr().out.startswith("cli-study: 2/2 runs complete (2 already complete)")
-    assert cli.main([*args, "--no-resume"]) == 0
+    assert cli.main([*args, "--no-resume", "--no-fleet"]) == 0
     assert capsys.readouterr().out.startswith("cli-study: 2/2 runs complete (2 ran now); ")
     from shiftsim import store
 
