@@ -385,3 +385,32 @@ def test_engine_runs_each_optimizer_and_records_its_diagnostics(name):
         assert d.iloc[0] == 0.5 and d.between(0, 1).all()
     if name == "momo":
         assert (result.trace["diag_step_size"] > 0).all()
+
+
+def test_constructor_signatures_and_defaults():
+    """The signatures of issue 3 (extra keyword options only at the end)."""
+    import inspect
+
+    want = {
+        "tam": "lr momentum=0.9 gamma=0.9 eps=1e-08 weight_decay=0.0 decoupled=False "
+               "scope='global' foreach=None",
+        "adatam": "lr=0.001 betas=(0.9, 0.999) gamma=0.9 torque_eps=1e-08 eps=1e-08 "
+                  "weight_decay=0.0 bias_correction=False scope='global' foreach=None",
+        "adamem_sgd": "lr lam=0.1 beta_max=0.9 weight_decay=0.0 foreach=None",
+        "adamem_adamw": "lr=0.001 betas=(0.89, 0.999) lam=0.1 eps=1e-08 weight_decay=0.0 "
+                        "foreach=None",
+        "momo": "lr=1.0 beta=0.9 lb=0.0 weight_decay=0.0 bias_correction=False "
+                "use_fstar=False",
+        "momo_adam": "lr=0.01 betas=(0.9, 0.999) eps=1e-08 lb=0.0 weight_decay=0.0 "
+                     "divide=True use_fstar=False",
+        "grams": "lr=0.001 betas=(0.9, 0.999) eps=1e-06 weight_decay=0.0 eps_mode='paper' "
+                 "foreach=None",
+    }
+    want["adatamw"] = want["adatam"]
+    for name, sig in want.items():
+        params = list(inspect.signature(OPTIMIZERS[name][0]).parameters.values())
+        assert params[0].name == "params"
+        got = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+               for p in params[1:]]
+        expected = sig.replace("(0.9, ", "(0.9,_").replace("(0.89, ", "(0.89,_").split()
+        assert got[:len(expected)] == [e.replace(",_", ", ") for e in expected], name

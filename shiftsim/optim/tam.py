@@ -32,6 +32,9 @@ Choices (see ``specs/optimizers.md`` §2):
   :math:`(1-\beta_1^t)/(1-\beta_1)` and :math:`v` by :math:`1-\beta_2^t`.
 * Two epsilons for AdaTAM: ``torque_eps`` (added to :math:`d_t`) and ``eps`` (denominator);
   pytorch-optimizer uses one for both.
+* [ours, speed] :class:`TAM` keeps :math:`m = \sigma\tilde m` (see its notes): mathematically
+  the update above, one memory pass fewer per step. The functional :func:`tam` does the same
+  when given ``momentum_scale``, and holds :math:`m` itself otherwise.
 """
 
 from __future__ import annotations
@@ -142,12 +145,12 @@ def _damping(blocks: Sequence[Block], shat: Tensor, gamma: Scalar, scope: str, l
         ms = [m for b in blocks for m in b.bufs["m"]]
         gs = [g for b in blocks for g in b.grads]
         mg, mm, gg = tensor_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(1)
-    den = (mm * gg).sqrt()
-    cos = torch.where(den > 0, mg / torch.where(den > 0, den, 1.0), 0.0).clamp_(-1.0, 1.0)
+    den2 = mm * gg
+    cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
     if isinstance(gamma, Tensor):
         gamma = gamma.to(shat.dtype)
-    shat.mul_(gamma).add_(cos * (1 - gamma))
-    return (shat + 1) * 0.5
+    shat.lerp_(cos, 1 - gamma)  # gamma * shat + (1 - gamma) * cos
+    return shat * 0.5 + 0.5
 
 
 def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str) -> list[Tensor]:
@@ -206,8 +209,10 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
                     scale_(P[i], 1 - lr * wd, ld)
                 axpy_(P[i], M[i], -lr, ld)
             continue
-        sig = scale * beta + c  # (K,) hyperparameters broadcast along the last dimension
-        w = torch.where(sig > 0, c / torch.where(sig > 0, sig, 1.0), 1.0)
+        # (K,) hyperparameters broadcast along the last dimension
+        sig = torch.add(c, scale, alpha=beta) if not isinstance(beta, Tensor) else \
+            scale * beta + c
+        w = torch.where(sig > 0, c / sig, 1.0)  # sig = 0 only if c = 0 and m = 0
         scale.copy_(sig)
         step = sig * -lr
         ws, steps = _per_tensor(w, n, scope), _per_tensor(step, n, scope)
