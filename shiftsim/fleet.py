@@ -189,7 +189,9 @@ class StackedModel:
                 w, b = params[arg[0]], params[arg[1]] if arg[1] else None
                 h = torch.baddbmm(b.unsqueeze(2), w, h) if b is not None else torch.bmm(w, h)
             elif kind == "act":
-                h = arg(h)
+                # no autograd: a ReLU can overwrite the matmul's fresh output
+                h = h.relu_() if type(arg) is nn.ReLU and not torch.is_grad_enabled() \
+                    else arg(h)
         return h
 
     def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
@@ -208,7 +210,7 @@ class StackedModel:
         n = y.shape[1]
         d = e.div_(s)  # softmax
         d.scatter_add_(1, y.unsqueeze(1), torch.full_like(d[:, :1], -1.0).expand(-1, -1, n))
-        d.mul_(1.0 / n)  # d loss / d z, class-major
+        d.mul_(1.0 / n)  # d loss / d z = (softmax - onehot) / n, class-major
         grads: dict[str, torch.Tensor] = {}
         linears = [arg for kind, arg in self._plan if kind == "linear"]
         for j in range(len(linears) - 1, -1, -1):
