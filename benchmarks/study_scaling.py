@@ -1,20 +1,22 @@
 """Study scaling: the same CPU study run with 2 local workers vs 1, side by side.
 
-A study of small learners on digits (flip rates x optimizers x seeds; one torch thread per run,
-as studies use; one learner per run, ``fleet=False``: fleets are measured by
-``benchmarks/fleet.py``). ``workers=1`` runs the runs one after another in this process;
-``workers=2`` runs them in a pool of 2 spawn-started worker processes, and the driver writes
-every result to the store. Each round runs both into fresh results folders, in ABBA order so
-that drifting load on a shared machine hits both alike; the ratio is the median of per-round
-ratios of wall times (end to end: worker start-up, runs and writing the store). Both must give
-the same results. Goal on 2 cores: >= 1.7x.
+A study of small learners on digits (flip rates x optimizers x seeds), one torch thread per run
+as studies use, one learner per run (``fleet=False``; ``--fleet`` measures the default path
+instead, where runs of one scenario and model share fleets). ``workers=1`` runs the runs one
+after another in this process; ``workers=2`` runs them in a pool of 2 spawn-started worker
+processes, and the driver writes every result to the store. Each round runs both into fresh
+results folders, in ABBA order so that drifting load on a shared machine hits both alike; the
+ratio is the median of per-round ratios of wall times, end to end (worker start-up, runs and
+writing the store). Both must give the same results. Goal on 2 cores: >= 1.7x.
 
 Each configuration's CPU seconds (this process and its workers) are printed too, and the cores
 it got (CPU / wall): on a machine shared with other jobs the second worker may get no second
 core (Linux's autogroup scheduler shares the CPUs per session, not per process), and then no
-process pool can scale; measure on an otherwise idle machine.
+process pool can scale; measure on an otherwise idle machine. A worker costs about 4 s of CPU
+to start (importing torch and shiftsim, and torch.optim's first use imports torch._dynamo),
+which the study's length must amortise.
 
-    python benchmarks/study_scaling.py [--seeds 8] [--steps 400] [--rounds 2]
+    python benchmarks/study_scaling.py [--seeds 8] [--steps 400] [--rounds 2] [--fleet]
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from shiftsim.study import Study, default_workers, flip_rates
 
 def make_study(seeds: int, steps: int) -> Study:
     data = ss.data.digits()
-    return Study("scaling", flip_rates(data, [0.0, 0.5, 1.0], tasks=3, steps_per_task=steps),
+    return Study("scaling", flip_rates(data, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], tasks=3,
+                                       steps_per_task=steps),
                  model=ss.models.mlp(hidden=(128, 128)),
                  optimizers={"sgdm": ss.optim.spec("sgdm", lr=0.05),
                              "adam": ss.optim.spec("adam", lr=1e-3)},
@@ -49,11 +52,13 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed_run(study: Study, workers: int, root: str) -> tuple[float, float, pd.DataFrame]:
+def timed_run(study: Study, workers: int, root: str, fleet: bool
+              ) -> tuple[float, float, pd.DataFrame]:
     """(wall seconds, CPU seconds, the runs) of one study run into a fresh folder."""
     out = tempfile.mkdtemp(prefix=f"w{workers}-", dir=root)
     cpu, t = _cpu_s(), time.perf_counter()
-    rep = study.run(out, workers=workers, progress=False, device="cpu", fleet=False)
+    rep = study.run(out, workers=workers, progress=False, device="cpu",
+                    fleet=None if fleet else False)
     elapsed, cpu = time.perf_counter() - t, _cpu_s() - cpu
     if not rep.ok or rep.done != len(study):
         raise SystemExit(f"the study did not complete: {rep.line()}")
@@ -66,24 +71,28 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=400, help="steps per task (3 tasks)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--fleet", action="store_true",
+                    help="the default path instead: runs of one scenario and model in fleets")
     args = ap.parse_args()
     study = make_study(args.seeds, args.steps)
-    print(f"{study}; {3 * args.steps} steps per run, mlp 64-128-128-10, 1 torch thread per run; "
+    how = "in fleets (the default)" if args.fleet else "one learner per run (fleet=False)"
+    print(f"{study}; {3 * args.steps} steps per run, mlp 64-128-128-10, {how}, 1 torch thread; "
           f"{default_workers()} cores available, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as root:
         warm = Study("warm-up", study.scenarios, model=ss.models.mlp(hidden=(128, 128)),
                      optimizers=["sgdm"], seeds=1)
-        warm.run(os.path.join(root, "warm"), workers=1, progress=False, fleet=False)  # imports
+        timed_run(warm, 1, root, args.fleet)  # untimed: imports and first-call set-up
         times: dict[int, list[float]] = {1: [], 2: []}
         results: dict[int, pd.DataFrame] = {}
         for r in range(args.rounds):
             for workers in (1, 2) if r % 2 == 0 else (2, 1):
-                elapsed, cpu, results[workers] = timed_run(study, workers, root)
+                elapsed, cpu, results[workers] = timed_run(study, workers, root, args.fleet)
                 times[workers].append(elapsed)
                 print(f"  round {r + 1}: workers={workers}: {elapsed:6.1f} s wall, {cpu:6.1f} s "
                       f"CPU (it got {cpu / elapsed:.2f} cores; load average "
                       f"{os.getloadavg()[0]:.1f})", flush=True)
-        pd.testing.assert_frame_equal(results[1], results[2])  # same results either way
+        pd.testing.assert_frame_equal(results[1], results[2],  # same results either way
+                                      check_exact=not args.fleet)
     ratios = [a / b for a, b in zip(times[1], times[2])]
     n = len(study)
     print(f"workers=1: {median(times[1]):.1f} s ({1e3 * median(times[1]) / n:.0f} ms/run)   "
