@@ -2,19 +2,30 @@
 
 Online learners in robustness studies are small; one at a time they leave a GPU idle and a CPU
 mostly running Python. :func:`run_fleet` runs K members — each an (optimizer, seed) pair — of one
-architecture on one scenario as a single program: parameters are stacked along a leading member
-dimension, the forward pass is a chain of batched matmuls (an MLP) or ``torch.func.vmap`` over
-``functional_call`` (any other model), one backward pass serves every member, and each group of
-members that share an optimizer spec is stepped by that optimizer over slices of the stacked
-parameters — shiftsim's optimizers with ``learner_dims=1`` so that their cosines, inner products
-and norms are per member, torch's (elementwise) optimizers as they are.
+architecture on one scenario as a single program:
 
-Each member keeps its own stream: batch order, label tables, permutations and noise come from
-its seed exactly as in :func:`shiftsim.run`, and its initial weights are the ones ``run()`` would
-build. So every member's :class:`~shiftsim.engine.RunResult` has the same content as the
-sequential run; the numbers agree up to float rounding of the batched matmuls (tested: identical
-predictions on nearly every step). A member whose loss stops being finite is masked out and
-recorded as diverged; the others go on.
+* **stacked parameters**: every parameter gets a leading member dimension ``K``. A ReLU MLP runs
+  as batched matmuls on class-major activations ``(K, features, batch)`` with its backward pass
+  written out (no autograd graph); other MLPs run as batched matmuls under autograd; any other
+  model through ``torch.func.vmap`` over ``functional_call``. One pass serves every member.
+* **optimizers through their functional kernels**: members whose optimizer is the same class
+  with the same non-numeric settings form a group, stepped by the class's functional kernel with
+  ``learner_dims=1`` — cosines, inner products, norms and MoMo's loss are per member, and numeric
+  hyperparameters (lr, betas, ...) that differ within a group are ``(K,)`` tensors. torch's SGD,
+  Adam and AdamW run as fleet kernels that repeat torch's own operations; torch's other
+  elementwise optimizers run as they are over the stacked tensors.
+* **streams**: each member keeps its own stream — batch order, label tables, permutations and
+  noise come from its seed exactly as in :func:`shiftsim.run` — and its initial weights are the
+  ones ``run()`` builds. Members that share a seed share the stream's draws.
+
+So every member's :class:`~shiftsim.engine.RunResult` has the content of the sequential run:
+the same trace columns (optimizer diagnostics included), evaluations, phases and info. The
+numbers agree up to float rounding of the batched operations: in float64 to float32 resolution
+over whole runs, in float32 with the identical prediction on nearly every step (training
+amplifies the ~1e-7 differences slowly; tests/test_fleet.py states the tolerances). A member's
+numbers do not depend on which other members share its fleet. A member whose loss stops being
+finite is recorded as diverged at that step (its values stay in its own slice, as every
+reduction is per member); the others go on.
 
 >>> import shiftsim as ss
 >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=50)
