@@ -21,8 +21,12 @@ architecture on one scenario as a single program:
 So every member's :class:`~shiftsim.engine.RunResult` has the content of the sequential run:
 the same trace columns (optimizer diagnostics included), evaluations, phases and info. The
 numbers agree up to float rounding of the batched operations: in float64 to float32 resolution
-over whole runs, in float32 with the identical prediction on nearly every step (training
-amplifies the ~1e-7 differences slowly; tests/test_fleet.py states the tolerances). A member's
+over whole runs, in float32 with the identical prediction on nearly every step of short runs
+(training amplifies the ~1e-7 differences; tests/test_fleet.py states the tolerances). Over
+thousands of steps some float32 trajectories drift apart as they would under any change of
+summation order (3,000-step digits runs, all 13 optimizers x 2 seeds: 19 of 26 members kept the
+identical prediction on >= 99.7 % of steps, the others on 68-90 %, with online accuracies within
+0.002 of run()'s). A member's
 numbers do not depend on which other members share its fleet. A member whose loss stops being
 finite is recorded as diverged at that step (its values stay in its own slice, as every
 reduction is per member); the others go on.
