@@ -388,8 +388,10 @@ from shiftsim.study import Study, lr_grid
 data = ss.data.digits()
 study = Study(
     "kill",
-    {f"flip {r:g}": ss.label_flip_tasks(data, rate=r, tasks=2, steps_per_task=80, eval_every=40)
-     for r in (0.5, 1.0)},
+    # the short runs finish well before the long ones: runs in fleets (the default) complete
+    # a fleet at a time, and the long fleet is still in flight when the short one is written
+    {"short": ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=40, eval_every=20),
+     "long": ss.label_flip_tasks(data, rate=1.0, tasks=2, steps_per_task=300, eval_every=100)},
     model=ss.models.mlp(hidden=(32,)),
     optimizers=lr_grid("sgdm", [0.02, 0.05, 0.1]),
     seeds=3,
@@ -465,15 +467,32 @@ def _wait_gone(pids, timeout=10.0):
         time.sleep(0.05)
 
 
-def _comparable(res):
-    """The results of a study with the columns that measure time or place left out."""
-    runs = res.runs.drop(columns=["total_s", "ms_per_step"]).sort_values("run_id")
-    return runs.reset_index(drop=True), res.phases.sort_values(["run_id", "phase"]).reset_index(
-        drop=True)
-
-
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self") or os.name != "posix",
                                 reason="process-group checks read /proc (Linux)")
+
+
+def _frames(res, run_ids=None):
+    """A results folder's runs, phases, traces and evals (of ``run_ids``), sorted, without the
+    columns that measure time."""
+    keep = (lambda df: df) if run_ids is None else (lambda df: df[df["run_id"].isin(run_ids)])
+    return {
+        "runs": keep(res.runs.drop(columns=["total_s", "ms_per_step"])).sort_values("run_id"),
+        "phases": keep(res.phases).sort_values(["run_id", "phase"]),
+        "traces": keep(res.traces()).sort_values(["run_id", "step"]),
+        "evals": keep(res.evals).sort_values(["run_id", "step", "regime"]),
+    }
+
+
+def _assert_same_results(res, refs):
+    """``res`` equals, bit for bit, ``refs``: a list of (reference results, its run ids)."""
+    got = _frames(res)
+    parts = [_frames(ref, ids) for ref, ids in refs]
+    for name, df in got.items():
+        want = pd.concat([p[name] for p in parts]).sort_values(list(df.columns[:1]) + (
+            {"runs": [], "phases": ["phase"], "traces": ["step"],
+             "evals": ["step", "regime"]}[name]))
+        pd.testing.assert_frame_equal(df.reset_index(drop=True), want.reset_index(drop=True),
+                                      check_exact=True)
 
 
 @pytest.mark.slow
@@ -482,23 +501,24 @@ def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
     study = study_from_file(kill_file)
     n = len(study)
     assert n == 18
+    short = {s.run_id for s in study.grid() if s.label_dict["scenario"] == "short"}
     out = tmp_path / "out"
     with open(tmp_path / "log", "w+") as log:
-        # 1. SIGKILL the whole process group (driver and workers) once some runs are complete
-        #    (the runs go in fleets: the default)
+        # 1. the default (fleets) as `shiftsim study`; SIGKILL the whole process group
+        #    (driver and workers) once the first runs are written
         proc = _start(kill_file, out, log)
-        _wait_for_runs(proc, out, 3, log)
+        _wait_for_runs(proc, out, 1, log)
         os.killpg(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
         _wait_gone(_group(proc.pid))
         first = _summaries(out)
-        assert 3 <= len(first) < n
+        assert 1 <= len(first) and set(first) <= short  # the long fleet was in flight
         res = store.load(out)  # a killed study loads; the runs in flight are not complete
         counts = res.counts()
         assert counts["ok"] == len(first) and counts["incomplete"] + counts["pending"] == \
             n - len(first)
-        # 2. resume one learner per run in the process pool, then SIGKILL the driver alone:
-        #    its workers notice and exit by themselves
+        # 2. resume with one learner per run in the process pool, then SIGKILL the driver
+        #    alone: its workers notice and exit by themselves
         proc = _start(kill_file, out, log, "--no-fleet")
         _wait_for_runs(proc, out, len(first) + 2, log)
         workers = _group(proc.pid) - {proc.pid}
@@ -515,27 +535,24 @@ def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
     final = _summaries(out)
     assert len(final) == n and {r: final[r] for r in second} == second
     assert not [p for p in out.rglob("*") if store._TMP_MARK in p.name]
-    # every file loads, and the results equal those of an uninterrupted run
+    # every file loads, and the results equal, bit for bit, those of uninterrupted runs: in
+    # fleets for the runs written by the first attempt, one learner per run for the others
     res = store.load(out)
     assert res.complete and res.counts()["ok"] == n and not res.problems
-    ref = store.load(study.run(tmp_path / "ref", workers=1, progress=False).out_dir)
-    for got, want in zip(_comparable(res), _comparable(ref)):
-        pd.testing.assert_frame_equal(got, want)
-    pd.testing.assert_frame_equal(res.traces().sort_values(["run_id", "step"]).reset_index(
-        drop=True), ref.traces().sort_values(["run_id", "step"]).reset_index(drop=True))
-    pd.testing.assert_frame_equal(res.evals.sort_values(["run_id", "step", "regime"])
-                                  .reset_index(drop=True),
-                                  ref.evals.sort_values(["run_id", "step", "regime"])
-                                  .reset_index(drop=True))
+    fleets = store.load(study.run(tmp_path / "ref-fleets", workers=1, progress=False).out_dir)
+    singles = store.load(study.run(tmp_path / "ref-singles", workers=1, progress=False,
+                                   fleet=False).out_dir)
+    _assert_same_results(res, [(fleets, set(first)), (singles, set(final) - set(first))])
 
 
 @pytest.mark.slow
 @linux_only
-def test_ctrl_c_stops_cleanly_leaving_only_complete_runs(tmp_path, kill_file):
+@pytest.mark.parametrize("how", [(), ("--no-fleet",)], ids=["fleets", "pool"])
+def test_ctrl_c_stops_cleanly_leaving_only_complete_runs(tmp_path, kill_file, how):
     out = tmp_path / "out"
     with open(tmp_path / "log", "w+") as log:
-        proc = _start(kill_file, out, log)
-        _wait_for_runs(proc, out, 2, log)
+        proc = _start(kill_file, out, log, *how)
+        _wait_for_runs(proc, out, 1, log)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         code = proc.wait(timeout=60)
         _wait_gone(_group(proc.pid))
