@@ -111,6 +111,23 @@ def test_am_sgd_matches_float64_reference():
         assert dg["momentum"].item() == pytest.approx((dg["beta"].item() + 0.2) / 1.2)
 
 
+def test_am_sgd_kept_momentum_norm_stays_exact():
+    """AM-SGD updates |d|^2 from each step's sums instead of re-reading d: after 300 float32
+    steps, with a tensor sitting some steps out, it still equals the norm of the buffer."""
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.zeros(s)) for s in ((40, 30), (30,), (300, 250))]
+    opt = AdaptiveMemorySGD([{"params": ps[:2]}, {"params": ps[2:]}], lr=1e-3)
+    for t in range(300):
+        for i, p in enumerate(ps):
+            p.grad = None if (i == 1 and t % 40 == 5) else torch.randn(p.shape, generator=gen)
+        opt.step()
+    for j, group in enumerate(opt.param_groups):
+        exact = sum(float(opt.state[p]["momentum_buffer"].double().square().sum())
+                    for p in group["params"])
+        kept = opt.state["global"]["momentum_sqnorm"][j].item()
+        assert kept == pytest.approx(exact, rel=1e-5)
+
+
 def test_am_sgd_learning_rate_schedule_scales_the_gap_term():
     def sched(t, opt):
         for j, g in enumerate(opt.param_groups):

@@ -38,6 +38,9 @@ class Kernel:
             self.s = acc(ps, ld) if hp.get("scope", "global") == "global" else acc(ps, ld, n)
         if hp.pop("scaled", False):  # TAM's scaled momentum form
             hp["momentum_scale"] = self.s.clone()
+            hp["momentum_sqnorm"] = self.s.clone()
+        if hp.pop("kept_norm", False):  # AM-SGD keeping |d|^2
+            hp["momentum_sqnorm"] = acc(ps, ld)
         if name == "adamem_adamw":
             self.pi = acc(ps, ld, n, fill=1.0)
         if name in ("momo", "momo_adam"):
@@ -72,6 +75,7 @@ CASES = {
     "adatam": dict(weight_decay=0.01, bias_correction=True),
     "adatamw_tensor": dict(weight_decay=0.1, decoupled=True, scope="tensor"),
     "adamem_sgd": dict(weight_decay=0.01, lam=0.2),
+    "adamem_sgd_kept_norm": dict(lam=0.1, kept_norm=True),
     "adamem_adamw": dict(weight_decay=0.01),
     "momo": dict(weight_decay=0.01),
     "momo_bias_fstar": dict(bias_correction=True, use_fstar=True),

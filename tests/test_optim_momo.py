@@ -255,3 +255,48 @@ def test_shared_hyperparameters():
         MoMo([{"params": [a]}, {"params": [b], "beta": 0.5}])
     with pytest.raises(ShiftsimError, match="lb must be finite"):
         MoMoAdam([a], lb=float("inf"))
+
+
+def test_momo_carries_the_inner_product_and_notices_outside_changes(monkeypatch):
+    """MoMo carries <x, d> from step to step (no pass of its own) and recomputes it when a
+    parameter was changed in place or replaced outside the optimizer since its last step."""
+    calls: list[bool] = []
+    real = MoMo._kept_dot
+
+    def spy(self, *a):
+        kept, valid = real(self, *a)
+        calls.append(valid)
+        return kept, valid
+
+    monkeypatch.setattr(MoMo, "_kept_dot", spy)
+    ps = [torch.nn.Parameter(p) for p in init_params()]
+    ref_ps = init_params()
+    opt = MoMo(groups_of(ps, MOMO_HP[0], MOMO_HP[1]))
+    ref = momo_reference(MOMO_HP)
+    for t in range(30):
+        recomputes = len(calls)
+        if t == 10:  # in place, under no_grad: the version counter moves
+            with torch.no_grad():
+                ps[0].mul_(0.5)
+            ref_ps[0].mul_(0.5)
+        if t == 20:  # storage replaced through .data
+            ps[2].data = ps[2].data * 1.5
+            ref_ps[2].mul_(1.5)
+        opt.zero_grad()
+        loss = batch_loss(ps, t)
+        loss.backward()
+        opt.step(loss=loss)
+        leaves = [p.clone().requires_grad_(True) for p in ref_ps]
+        rl = batch_loss(leaves, t)
+        grads = torch.autograd.grad(rl, leaves)
+        ref(t + 1, ref_ps, grads, rl.detach())
+        for a, b in zip(ps, ref_ps):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
+        valid = calls[recomputes:]  # one per param group
+        assert valid == {0: [False, False], 10: [False, True], 20: [True, False]}.get(
+            t, [True, True]), t
+    kept = opt.state["global"]["dot_kept"]
+    for j, group in enumerate(opt.param_groups):
+        exact = sum(float((p.detach() * opt.state[p]["grad_avg"]).sum())
+                    for p in group["params"])
+        assert kept[j].item() == pytest.approx(exact, rel=1e-10)

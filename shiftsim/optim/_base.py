@@ -107,6 +107,21 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         """Initial model-wide state (subclasses extend)."""
         return {k: torch.zeros((), device=device, dtype=dtype) for k in self.diagnostic_keys}
 
+    def _kept_norm(self, glob: dict[str, Any], j: int, members: tuple[int, ...]
+                   ) -> tuple[Tensor, bool]:
+        """Param group ``j``'s kept squared momentum norm (``glob["momentum_sqnorm"][j]``) and
+        whether it is valid for this step: the value kept from the last step is valid when the
+        same tensors (``members``: positions in the group) take part; else the kernel
+        recomputes it. Either way it is then kept for ``members``."""
+        norms = glob.setdefault("momentum_sqnorm", [])
+        held = glob.setdefault("sqnorm_members", [])
+        while len(norms) <= j:
+            norms.append(torch.zeros_like(glob[self.diagnostic_keys[0]]))
+            held.append(None)
+        valid = held[j] == members
+        held[j] = members
+        return norms[j], valid
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by :meth:`state_dict` (torch's rules, two differences).
 

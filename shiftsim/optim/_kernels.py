@@ -122,6 +122,33 @@ def total_dots(
     return torch.stack(parts).sum(0)
 
 
+_SEGMENTS: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+
+
+def segment_sums(x: Tensor, y: Tensor, sizes: Sequence[int], ld: int) -> list[Tensor]:
+    """Per-segment inner products of two concatenations: ``x`` and ``y`` are flat (``(N,)``, or
+    ``(K, N)`` with ``ld=1``) and made of segments of the given ``sizes``; returns one sum per
+    segment (0-d, or ``(K,)``), in the accumulation dtype. One product and one ``index_add``
+    for all segments, instead of one dot per segment.
+
+    >>> segment_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 2.0]), [2, 1], 0)
+    [tensor(3.), tensor(6.)]
+    """
+    acc = acc_dtype(x.dtype)
+    if x.dtype != acc:
+        x, y = x.to(acc), y.to(acc)
+    key = (tuple(sizes), x.device)
+    seg = _SEGMENTS.get(key)
+    if seg is None:
+        seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(x.device)
+        if len(_SEGMENTS) > 256:
+            _SEGMENTS.clear()
+        _SEGMENTS[key] = seg
+    shape = (len(sizes),) if ld == 0 else (x.shape[0], len(sizes))
+    out = torch.zeros(shape, device=x.device, dtype=acc).index_add_(ld, seg, x * y)
+    return list(out.unbind(ld))
+
+
 def tensor_dots(
     pairs: Sequence[tuple[Sequence[Tensor], Sequence[Tensor]]], ld: int
 ) -> Tensor:

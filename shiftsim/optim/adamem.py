@@ -90,27 +90,40 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
             fe, _ = split_paths(b.params, foreach, ld)
             b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
                        else add_decay(b.params, b.grads, wd, ld))
-    if fresh is not None and any(fresh):
-        i = 0
-        for b in blocks:
-            for d, g in zip(b.bufs["d"], b.grads):
-                if fresh[i]:
-                    d.copy_(g)
-                i += 1
-    a = bb = e = ar = None
+    i = 0
     for b in blocks:
-        t = total_dots([(b.grads, b.bufs["d"]), (b.grads, b.grads),
-                        (b.bufs["d"], b.bufs["d"])], ld)
-        r = b.hp["lr_ratio"]
-        tr = t[0] * r
-        a, bb, e, ar = (t[0], t[1], t[2], tr) if a is None else (a + t[0], bb + t[1],
-                                                                  e + t[2], ar + tr)
+        n = len(b.params)
+        if fresh is not None and any(fresh[i:i + n]):
+            for d, g, new in zip(b.bufs["d"], b.grads, fresh[i:i + n]):
+                if new:
+                    d.copy_(g)
+            if b.hp.get("sqnorm") is not None:
+                b.hp["sqnorm"] = (b.hp["sqnorm"][0], False)
+        i += n
+    a = bb = e = ar = None
+    parts = []
+    for b in blocks:
+        G, D = b.grads, b.bufs["d"]
+        known = b.hp.get("sqnorm")
+        if known is not None and known[1]:  # |d|^2 kept from the last step
+            t = total_dots([(G, D), (G, G)], ld)
+            tb = (t[0], t[1], known[0])
+        else:
+            t = total_dots([(G, D), (G, G), (D, D)], ld)
+            tb = (t[0], t[1], t[2])
+        parts.append(tb)
+        tr = tb[0] * b.hp["lr_ratio"]
+        a, bb, e, ar = tb + (tr,) if a is None else (a + tb[0], bb + tb[1], e + tb[2], ar + tr)
     assert a is not None and bb is not None and e is not None and ar is not None
     num = (1 + lam) * ar - ((1 - lam) * a + lam * e - bb)
     den = e - 2 * a + bb
     tol = (32 * torch.finfo(den.dtype).eps) * (e + bb)
     beta = _clip(torch.where(den > tol, num / den, torch.zeros_like(den)), beta_max)
     w = (1 - beta) / (1 + lam)
+    for b, (ab, bbb, eb) in zip(blocks, parts):
+        if b.hp.get("sqnorm") is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
+            u = 1 - w
+            b.hp["sqnorm"][0].copy_((u * (u * eb + 2 * w * ab) + w * w * bbb).clamp_min_(0.0))
     for b in blocks:
         P, G, D, lr = b.params, b.grads, b.bufs["d"], b.hp["lr"]
         fe, loop = split_paths(P, foreach, ld)
@@ -137,12 +150,16 @@ def adamem_sgd(
     lr_ratio: Scalar = 1.0,
     learner_dims: int = 0,
     foreach: bool | None = None,
+    momentum_sqnorm: Tensor | None = None,
 ) -> Tensor:
     r"""Functional AM-SGD step (see :class:`AdaptiveMemorySGD`); updates in place.
 
     ``momentum_buffers`` (:math:`d`) are overwritten with the gradient at ``step == 1``;
     ``lr_ratio`` is :math:`\eta_{t-1}/\eta_t` (1 for a constant lr, 0 when :math:`\eta_t = 0`).
-    Returns :math:`\beta_t` (0-d, or ``(K,)``).
+    Returns :math:`\beta_t` (0-d, or ``(K,)``). ``momentum_sqnorm`` (optional, shaped like
+    :math:`\beta`): :math:`\lVert d\rVert^2`, kept up to date from each step's sums instead of
+    recomputed (one pass fewer); it is ignored (and reset) at ``step == 1``, and the caller
+    must not change the buffers in between.
 
     >>> x, d = torch.ones(2), torch.zeros(2)
     >>> _ = adamem_sgd([x], [torch.tensor([1.0, 10.0])], [d], step=1, lr=0.05)
@@ -153,8 +170,10 @@ def adamem_sgd(
     check_learner_dims(learner_dims)
     if not params:
         return torch.zeros(())
-    block = Block(list(params), list(grads), {"d": list(momentum_buffers)},
-                  {"lr": lr, "weight_decay": weight_decay, "lr_ratio": lr_ratio})
+    hp: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, "lr_ratio": lr_ratio}
+    if momentum_sqnorm is not None:
+        hp["sqnorm"] = (momentum_sqnorm, step > 1)
+    block = Block(list(params), list(grads), {"d": list(momentum_buffers)}, hp)
     return _amsgd_blocks([block], lam=lam, beta_max=beta_max, ld=learner_dims, foreach=foreach,
                          fresh=[True] * len(params) if step == 1 else None)
 
@@ -474,6 +493,9 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         blocks, fresh = [], []
         for group, ps, gs in active:
             ds = []
+            j = index[id(group)]
+            place = {id(q): k for k, q in enumerate(group["params"])}
+            members = tuple(place[id(p)] for p in ps)
             for p in ps:
                 st = self.state[p]
                 new = "momentum_buffer" not in st
@@ -482,12 +504,12 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
                         p, memory_format=torch.preserve_format)
                 fresh.append(new)
                 ds.append(st["momentum_buffer"])
-            j = index[id(group)]
             lr = group["lr"]
             lr_prev = prev[j] if j < len(prev) and prev[j] is not None else lr
             ratio = lr_prev / lr if lr > 0 else 0.0
-            blocks.append(Block(ps, gs, {"d": ds}, {"lr": lr, "weight_decay":
-                                                    group["weight_decay"], "lr_ratio": ratio}))
+            blocks.append(Block(ps, gs, {"d": ds}, {
+                "lr": lr, "weight_decay": group["weight_decay"], "lr_ratio": ratio,
+                "sqnorm": self._kept_norm(glob, j, members)}))
         beta = _amsgd_blocks(blocks, lam=first["lam"], beta_max=first["beta_max"], ld=0,
                              foreach=first["foreach"], fresh=fresh)
         lam = first["lam"]

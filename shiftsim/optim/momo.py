@@ -48,6 +48,7 @@ from torch import Tensor
 from ..errors import ShiftsimError, SpecTypeError
 from ._base import ShiftsimOptimizer, eval_closure
 from ._kernels import (
+    CAT_BELOW,
     Block,
     Scalar,
     acc_dtype,
@@ -60,12 +61,15 @@ from ._kernels import (
     default_scratch,
     dot,
     ema_sq_,
+    flat,
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
     is_zero,
+    per_learner,
     pick,
     scale_,
+    segment_sums,
     split_paths,
 )
 from ._kernels import Scratch as _Scratch
@@ -110,47 +114,95 @@ def _loss_tensor(loss: Tensor | float, like: Tensor, ld: int) -> Tensor | float:
     return float(loss)
 
 
+def _fingerprint(ps: Sequence[Tensor]) -> tuple:
+    """What changes when a tensor is modified in place (or its storage replaced)."""
+    return tuple((p._version, p.data_ptr()) for p in ps)
+
+
+def _momo_dots(i: int, P: list[Tensor], G: list[Tensor], D: list[Tensor], with_xd: bool,
+               ld: int, xg: list, xd: dict, dd: dict) -> None:
+    """Tensor i's <x, g>, <x, d> (when asked) and |d|^2 into xg[i], xd[i], dd[i]."""
+    xg[i] = dot(P[i], G[i], ld)
+    if with_xd:
+        xd[i] = dot(P[i], D[i], ld)
+    dd[i] = dot(D[i], D[i], ld)
+
+
 def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,
                  loss: Tensor | float, step: int, fresh: Sequence[bool] | None, beta: Scalar,
                  lb: Scalar, bias_correction: bool, use_fstar: bool, ld: int,
                  foreach: bool | None) -> list[Tensor]:
     """MoMo over several param groups. ``gam``: per-tensor :math:`\\gamma_i`, shape (n[, K]),
-    updated in place; ``fresh[i]``: tensor i has no history (initialise as at step 1)."""
+    updated in place; ``fresh[i]``: tensor i has no history (initialise as at step 1).
+
+    ``b.hp["kept"]`` (optional): ``(q, valid)`` with ``q`` holding
+    :math:`\\langle x_k, d_{k-1}\\rangle` of the block, so that
+    :math:`\\langle x_k, d_k\\rangle = \\beta q + (1-\\beta)\\langle x_k, g_k\\rangle` needs no
+    pass of its own; ``q`` is then set for the next step from this step's sums:
+    :math:`(\\langle x_k, d_k\\rangle - \\tau\\lVert d_k\\rVert^2)/c`, exact as long as the
+    parameters change only through this update. With ``valid`` False it is recomputed."""
     f = _loss_tensor(loss, loss_avg, ld)
     if step == 1 and not bias_correction:
         loss_avg.copy_(f if isinstance(f, Tensor) else torch.full_like(loss_avg, f))
     loss_avg.copy_(loss_avg * beta + f * (1 - beta))
     w = 1 - beta
-    rows = []
+    xg_rows: list[Tensor] = []
+    sums = []  # per block: (<x, g>, <x, d>, |d|^2)
     for b in blocks:
         P, G, D = b.params, b.grads, b.bufs["d"]
+        n = len(P)
+        kept = b.hp.get("kept")
+        use_kept = kept is not None and kept[1]
         fe, loop = split_paths(P, foreach, ld)
+        small = [i for i in range(n) if per_learner(P[i], ld) < CAT_BELOW]
+        large = set(range(n)) - set(small)
         if fe:
             Df, Gf = pick(D, fe), pick(G, fe)
             if isinstance(w, Tensor):
                 torch._foreach_lerp_(Df, Gf, [bc(w, x, ld) for x in Df])
             else:
                 torch._foreach_lerp_(Df, Gf, w)
-        red = {}
-        for i in fe:
-            red[i] = torch.stack([dot(P[i], G[i], ld), dot(P[i], D[i], ld), dot(D[i], D[i], ld)])
+        xg: list[Tensor | None] = [None] * n
+        xd: dict[int, Tensor] = {}
+        dd: dict[int, Tensor] = {}
         for i in loop:
             D[i].lerp_(G[i], bc(w, D[i], ld))
-            red[i] = torch.stack([dot(P[i], G[i], ld), dot(P[i], D[i], ld), dot(D[i], D[i], ld)])
-        rows += [red[i] for i in range(len(P))]
-    r = torch.stack(rows)  # (n, 3[, K])
-    xg = r[:, 0]
+            if i in large:  # while the tensor is in cache
+                _momo_dots(i, P, G, D, not use_kept, ld, xg, xd, dd)
+        for i in fe:
+            if i in large:
+                _momo_dots(i, P, G, D, not use_kept, ld, xg, xd, dd)
+        if len(small) == 1:
+            _momo_dots(small[0], P, G, D, not use_kept, ld, xg, xd, dd)
+        elif small:  # one product over the small tensors, summed per tensor
+            X, Gc, Dc = (torch.cat([flat(t[i], ld) for i in small], dim=ld) for t in (P, G, D))
+            rows = segment_sums(X, Gc, [per_learner(P[i], ld) for i in small], ld)
+            for i, row in zip(small, rows):
+                xg[i] = row
+            if not use_kept:
+                xd[-1] = dot(X, Dc, ld)
+            dd[-1] = dot(Dc, Dc, ld)
+        xg_b = torch.stack(xg)  # type: ignore[arg-type]
+        xg_rows.append(xg_b)
+        xg_sum = xg_b.sum(0)
+        if use_kept:
+            assert kept is not None
+            xd_sum = kept[0] * beta + xg_sum * (1 - beta)
+        else:
+            xd_sum = torch.stack([xd[i] for i in sorted(xd)]).sum(0)
+        sums.append((xd_sum, torch.stack([dd[i] for i in sorted(dd)]).sum(0)))
+    xg_all = torch.cat(xg_rows) if len(xg_rows) > 1 else xg_rows[0]
     if fresh is not None and any(fresh):
         if not bias_correction:
-            init = torch.stack([xg[i] if fr else gam[i] for i, fr in enumerate(fresh)])
+            init = torch.stack([xg_all[i] if fr else gam[i] for i, fr in enumerate(fresh)])
             gam.copy_(init)
-    gam.mul_(beta).add_(xg * (1 - beta))
-    tot = r[:, 1:].sum(0)
-    dot_xd, norm = tot[0], tot[1]
+    gam.mul_(beta).add_(xg_all * (1 - beta))
+    dot_xd = sums[0][0] if len(sums) == 1 else sum(s[0] for s in sums)
+    norm = sums[0][1] if len(sums) == 1 else sum(s[1] for s in sums)
     rho = 1 - beta ** step if bias_correction else 1.0
     taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=dot_xd, gamma=gam.sum(0),
                        norm=norm, rho=rho, lb=lb, use_fstar=use_fstar)
-    for b, tau in zip(blocks, taus):
+    for b, tau, (xd_b, n_b) in zip(blocks, taus, sums):
         P, D = b.params, b.bufs["d"]
         c = 1 + b.hp["lr"] * b.hp["weight_decay"]
         decay = not is_zero(b.hp["weight_decay"])
@@ -164,6 +216,9 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
             P[i].addcmul_(D[i], bc(-tau, P[i], ld))
             if decay:
                 scale_(P[i], 1 / c, ld)
+        kept = b.hp.get("kept")
+        if kept is not None:  # <x_{k+1}, d_k> for the next step
+            kept[0].copy_((xd_b - tau * n_b) / c if decay else xd_b - tau * n_b)
     return taus
 
 
@@ -185,6 +240,7 @@ def momo(
     use_fstar: bool = False,
     learner_dims: int = 0,
     foreach: bool | None = None,
+    kept_dot: Tensor | None = None,
 ) -> Tensor:
     r"""Functional MoMo step (see :class:`MoMo`); updates params and state in place.
 
@@ -193,6 +249,11 @@ def momo(
     ``fstar`` as ``lb`` (shape ``()`` or ``(K,)``). ``loss``: the loss at the current params
     (``(K,)`` per learner with ``learner_dims=1``); ``step``: the step count after this step
     (from 1). Returns the step size :math:`\tau`.
+
+    ``kept_dot`` (optional, shaped like ``loss_avg``): :math:`\langle x, d\rangle` carried
+    from step to step from the step's own sums, which saves one pass over the parameters; it
+    is ignored (and set) at ``step == 1``, and the parameters must change only through this
+    kernel in between.
 
     >>> x, d, gam = torch.ones(2), torch.zeros(2), torch.zeros(1)
     >>> fbar, fstar = torch.zeros(()), torch.zeros(())
@@ -204,8 +265,10 @@ def momo(
     check_learner_dims(learner_dims)
     if not params:
         return torch.zeros_like(loss_avg)
-    block = Block(list(params), list(grads), {"d": list(grad_avgs)},
-                  {"lr": lr, "weight_decay": weight_decay})
+    hp: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if kept_dot is not None:
+        hp["kept"] = (kept_dot, step > 1)
+    block = Block(list(params), list(grads), {"d": list(grad_avgs)}, hp)
     if step == 1 and not bias_correction:
         for d, g in zip(grad_avgs, grads):
             d.copy_(g)
@@ -462,8 +525,10 @@ class MoMo(_MoMoBase):
         k = glob["step"]
         bias = first["bias_correction"]
         blocks, gams, fresh, params = [], [], [], []
+        index = {id(g): j for j, g in enumerate(self.param_groups)}
         for group, ps, gs in active:
             ds = []
+            j = index[id(group)]
             for p, g in zip(ps, gs):
                 st = self.state[p]
                 new = "grad_avg" not in st
@@ -476,8 +541,9 @@ class MoMo(_MoMoBase):
                 ds.append(st["grad_avg"])
                 gams.append(st["grad_dot_w"])
             params += ps
-            blocks.append(Block(ps, gs, {"d": ds}, {"lr": group["lr"],
-                                                    "weight_decay": group["weight_decay"]}))
+            blocks.append(Block(ps, gs, {"d": ds}, {
+                "lr": group["lr"], "weight_decay": group["weight_decay"],
+                "kept": self._kept_dot(glob, j, group, ps)}))
         gam = torch.stack(gams).to(glob["loss_avg"].dtype)
         taus = _momo_blocks(blocks, gam, loss_avg=glob["loss_avg"], fstar=glob["fstar"],
                             loss=loss, step=k, fresh=fresh, beta=first["beta"], lb=first["lb"],
@@ -486,7 +552,42 @@ class MoMo(_MoMoBase):
         for p, row in zip(params, gam.unbind(0)):
             self.state[p]["grad_dot_w"] = row
         glob["step_size"] = taus[0]
+        for group, ps, _ in active:
+            self._versions[index[id(group)]] = _fingerprint(ps)
         return loss
+
+    @property
+    def _versions(self) -> dict[int, tuple]:
+        """Per param group, the version counters and storage of its parameters right after the
+        last step (not part of the state: :meth:`load_state_dict` trusts the loaded one)."""
+        v = self.__dict__.get("_param_versions")
+        if v is None:
+            v = self.__dict__["_param_versions"] = {}
+        return v
+
+    def _kept_dot(self, glob: dict[str, Any], j: int, group: dict[str, Any],
+                  ps: list[Tensor]) -> tuple[Tensor, bool]:
+        r"""Group ``j``'s kept :math:`\langle x, d\rangle` and whether it holds for this step:
+        the same tensors take part as last step and none was changed in place since (their
+        version counters and storage are as this optimizer left them)."""
+        kept = glob.setdefault("dot_kept", [])
+        held = glob.setdefault("dot_members", [])
+        while len(kept) <= j:
+            kept.append(torch.zeros_like(glob["loss_avg"]))
+            held.append(None)
+        place = {id(q): i for i, q in enumerate(group["params"])}
+        members = tuple(place[id(p)] for p in ps)
+        valid = held[j] == members and self._versions.get(j) == _fingerprint(ps)
+        held[j] = members
+        return kept[j], valid
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        glob = self.state.get("global", {})
+        for j, members in enumerate(glob.get("dot_members", [])):
+            if members is not None:  # the loaded state describes these parameters
+                group = self.param_groups[j]["params"]
+                self._versions[j] = _fingerprint([group[i] for i in members])
 
 
 class MoMoAdam(_MoMoBase):

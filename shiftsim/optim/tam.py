@@ -117,40 +117,47 @@ def _couple(blocks: Sequence[Block], foreach: bool | None, ld: int) -> None:
                        else add_decay(b.params, b.grads, wd, ld))
 
 
+def _block_dots(b: Block, scope: str, ld: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(<m, g>, |m|^2, |g|^2)`` of one block: sums over its tensors (``scope="global"``) or
+    one row per tensor. ``|m|^2`` is taken from ``b.hp["sqnorm"]`` when that holds a valid
+    value (TAM's scaled form keeps it up to date, saving a pass over the momentum)."""
+    ms, gs = b.bufs["m"], b.grads
+    known = b.hp.get("sqnorm")
+    known = known[0] if known is not None and known[1] else None
+    pairs = [(ms, gs), (gs, gs)] if known is not None else [(ms, gs), (gs, gs), (ms, ms)]
+    r = total_dots(pairs, ld) if scope == "global" else tensor_dots(pairs, ld).transpose(0, 1)
+    return r[0], (known if known is not None else r[2]), r[1]
+
+
 def _damping(blocks: Sequence[Block], shat: Tensor, gamma: Scalar, scope: str, ld: int
-             ) -> Tensor:
-    """Update the smoothed cosine ``shat`` in place and return the damping ``d = (1+shat)/2``.
+             ) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    """Update the smoothed cosine ``shat`` in place; return the damping ``d = (1+shat)/2`` and
+    each block's :func:`_block_dots`.
 
     ``scope="global"``: ``shat`` has shape () (or (K,)); ``"tensor"``: one row per tensor. The
     first moments are ``b.bufs["m"]``; a block with ``b.hp["scale"]`` (TAM's scaled form) holds
-    :math:`m/\\sigma`, and the model-wide sums weight it by :math:`\\sigma` (a per-tensor cosine
-    does not depend on it).
+    :math:`m/\\sigma`, and the model-wide sums weight it by :math:`\\sigma` (neither a per-tensor
+    cosine nor a one-block one depends on it).
     """
+    parts = [_block_dots(b, scope, ld) for b in blocks]
     if scope == "global":
-        scales = [b.hp.get("scale") for b in blocks]
-        if len(blocks) == 1 or all(s is None for s in scales):
-            ms = [m for b in blocks for m in b.bufs["m"]]
-            gs = [g for b in blocks for g in b.grads]
-            mg, mm, gg = total_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(0)
-        else:
+        mg, mm, gg = parts[0]
+        if len(blocks) > 1:
             mg = mm = gg = None
-            for b, s in zip(blocks, scales):
-                ms, gs = b.bufs["m"], b.grads
-                a, e, c = total_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(0)
+            for b, (a, e, c) in zip(blocks, parts):
+                s = b.hp.get("scale")
                 if s is not None:
                     a, e = a * s, e * (s * s)
                 mg, mm, gg = (a, e, c) if mg is None else (mg + a, mm + e, gg + c)
             assert mg is not None and mm is not None and gg is not None
     else:
-        ms = [m for b in blocks for m in b.bufs["m"]]
-        gs = [g for b in blocks for g in b.grads]
-        mg, mm, gg = tensor_dots([(ms, gs), (ms, ms), (gs, gs)], ld).unbind(1)
+        mg, mm, gg = (torch.cat([p[k] for p in parts]) for k in range(3))
     den2 = mm * gg
     cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
     if isinstance(gamma, Tensor):
         gamma = gamma.to(shat.dtype)
     shat.lerp_(cos, 1 - gamma)  # gamma * shat + (1 - gamma) * cos
-    return shat * 0.5 + 0.5
+    return shat * 0.5 + 0.5, parts
 
 
 def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str) -> list[Tensor]:
@@ -185,8 +192,8 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
     with one pass fewer over the momentum (a lerp instead of a scale and an add).
     """
     _couple(blocks, foreach, ld)
-    d = _damping(blocks, shat, gamma, scope, ld)
-    for b, c in zip(blocks, _coefs(blocks, d, scope, "eps")):
+    d, parts = _damping(blocks, shat, gamma, scope, ld)
+    for b, c, part in zip(blocks, _coefs(blocks, d, scope, "eps"), parts):
         lr, beta, wd = b.hp["lr"], b.hp["momentum"], b.hp["weight_decay"]
         decay = b.hp["decoupled"] and not is_zero(wd)
         P, G, M = b.params, b.grads, b.bufs["m"]
@@ -215,6 +222,11 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
         w = torch.where(sig > 0, c / sig, 1.0)  # sig = 0 only if c = 0 and m = 0
         scale.copy_(sig)
         step = sig * -lr
+        sq = b.hp.get("sqnorm")
+        if sq is not None:  # |m_new|^2 for the next step, from this step's three sums
+            mg, mm, gg = part
+            u = 1 - w
+            sq[0].copy_((u * (u * mm + 2 * w * mg) + w * w * gg).clamp_min_(0.0))
         ws, steps = _per_tensor(w, n, scope), _per_tensor(step, n, scope)
         if fe:
             Pf, Mf = pick(P, fe), pick(M, fe)
@@ -246,6 +258,7 @@ def tam(
     learner_dims: int = 0,
     foreach: bool | None = None,
     momentum_scale: Tensor | None = None,
+    momentum_sqnorm: Tensor | None = None,
 ) -> Tensor:
     r"""Functional TAM step (see :class:`TAM` for the math); updates everything in place.
 
@@ -257,6 +270,9 @@ def tam(
     ``momentum_scale`` (optional, starts at 0, shaped like ``smoothed_cosine``) selects the
     scaled form :class:`TAM` uses: the buffers then hold :math:`m/\sigma` and
     ``momentum_scale`` :math:`\sigma`, which saves one pass over the momentum per step.
+    ``momentum_sqnorm`` (optional, with ``momentum_scale``; starts at 0, shaped like it) holds
+    :math:`\lVert m/\sigma\rVert^2`, kept up to date from each step's sums instead of being
+    recomputed (one pass fewer again); the caller must not change the buffers in between.
 
     >>> p, g = torch.zeros(2), torch.tensor([1.0, -1.0])
     >>> m, s = torch.zeros(2), torch.zeros(())
@@ -273,6 +289,8 @@ def tam(
                           "weight_decay": weight_decay, "decoupled": decoupled}
     if momentum_scale is not None:
         hp["scale"] = momentum_scale
+        if momentum_sqnorm is not None:
+            hp["sqnorm"] = (momentum_sqnorm, True)
     block = Block(list(params), list(grads), {"m": list(momentum_buffers)}, hp)
     return _tam_blocks([block], smoothed_cosine, gamma=gamma, scope=scope, ld=learner_dims,
                        foreach=foreach)
@@ -282,7 +300,7 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
                    foreach: bool | None, scratch: _Scratch) -> Tensor:
     """AdaTAM(W) over several param groups; ``b.steps`` holds each tensor's step count."""
     _couple(blocks, foreach, ld)
-    d = _damping(blocks, shat, gamma, scope, ld)
+    d, _ = _damping(blocks, shat, gamma, scope, ld)
     for b, c in zip(blocks, _coefs(blocks, d, scope, "torque_eps")):
         lr, b1, b2 = b.hp["lr"], b.hp["beta1"], b.hp["beta2"]
         wd, eps = b.hp["weight_decay"], b.hp["eps"]
@@ -494,8 +512,8 @@ class TAM(_TorqueBase):
         glob: dict[str, Any] | None = None
         blocks, all_params, skipped = [], [], []
         for j, group in enumerate(self.param_groups):
-            ps, gs, ms, idle = [], [], [], []
-            for p in group["params"]:
+            ps, gs, ms, idle, pos = [], [], [], [], []
+            for k, p in enumerate(group["params"]):
                 if p.grad is None:
                     st = self.state.get(p)
                     if st:
@@ -508,7 +526,9 @@ class TAM(_TorqueBase):
                     if scope == "tensor":
                         st["cosine"] = self._new_cosine(p)
                         st["momentum_scale"] = self._new_cosine(p)
+                        st["momentum_sqnorm"] = self._new_cosine(p)
                 ps.append(p)
+                pos.append(k)
                 ms.append(st["momentum_avg"])
             if not ps:
                 continue
@@ -518,10 +538,13 @@ class TAM(_TorqueBase):
                   "weight_decay": group["weight_decay"], "decoupled": group["decoupled"]}
             if scope == "global":
                 hp["scale"] = self._group_scale(glob, j)
+                hp["sqnorm"] = self._kept_norm(glob, j, tuple(pos))
                 if idle:  # keep m = scale * avg of the tensors that sit this step out
                     skipped.append((idle, hp["scale"].clone(), hp["scale"]))
             else:
                 hp["scale"] = torch.stack([self.state[p]["momentum_scale"] for p in ps])
+                hp["sqnorm"] = (torch.stack([self.state[p]["momentum_sqnorm"] for p in ps]),
+                                True)
             blocks.append(Block(ps, gs, {"m": ms}, hp))
             all_params += ps
         if glob is None:
@@ -532,14 +555,17 @@ class TAM(_TorqueBase):
         self._store_cosine(all_params, scope, glob, shat, d)
         if scope == "tensor":
             for b in blocks:
-                for p, row in zip(b.params, b.hp["scale"].unbind(0)):
-                    self.state[p]["momentum_scale"] = row
+                for p, sc, sq in zip(b.params, b.hp["scale"].unbind(0),
+                                     b.hp["sqnorm"][0].unbind(0)):
+                    self.state[p]["momentum_scale"] = sc
+                    self.state[p]["momentum_sqnorm"] = sq
         for idle, old, new in skipped:
             torch._foreach_mul_(idle, torch.where(new > 0, old / torch.where(new > 0, new, 1),
                                                   1.0))
         return loss
 
     def _group_scale(self, glob: dict[str, Any], j: int) -> Tensor:
+        """Group ``j``'s momentum scale :math:`\\sigma`."""
         scales = glob["momentum_scale"]
         while len(scales) <= j:
             scales.append(torch.zeros_like(glob["cosine"]))
