@@ -243,10 +243,13 @@ class LocalPool:
         self._slots: list[_Slot] = []
 
     def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
+        from .fleet_executor import _sigint_ignored  # a worker starts with Ctrl-C ignored
+
         here, there = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_worker_main, name="shiftsim-worker", daemon=True,
                            args=(there, table, self.device, self.threads, os.getpid()))
-        proc.start()
+        with _sigint_ignored():
+            proc.start()
         there.close()
         slot = _Slot(proc, here, started=time.monotonic())
         self._slots.append(slot)
