@@ -16,9 +16,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from _common import interleaved, median, paired_ratios
 
 import shiftsim as ss
-from _common import interleaved, median, paired_ratios
 
 
 def hand_loop(data: ss.data.Dataset, steps: int, batch: int, seed: int, device: str) -> float:

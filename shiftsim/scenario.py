@@ -182,7 +182,7 @@ class Scenario:
     >>> sc = ss.Scenario(ss.data.digits(), [ss.Phase(10)], batch_size=2000)
     Traceback (most recent call last):
     ...
-    shiftsim.errors.ShiftsimError: batch_size 2000 is larger than the training set of 'digits' (1437 samples)
+    shiftsim.errors.ShiftsimError: batch_size 2000 is larger than the training set of 'digits' ...
     """
 
     def __init__(self, data: Dataset, phases: Sequence[Phase], batch_size: int = 32,
@@ -228,7 +228,8 @@ class Scenario:
             if p.name is None and name in names:
                 name = f"{name} ({k})"
             if name in names:
-                raise ShiftsimError(f"phase name {name!r} is used twice; phase names must be unique")
+                raise ShiftsimError(f"phase name {name!r} is used twice; phase names must be "
+                                    "unique")
             names.append(name)
             if k == 0 and isinstance(p.transition, Gradual):
                 raise ShiftsimError("the first phase cannot have a Gradual transition (there is "

@@ -41,13 +41,16 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ShiftsimError(f"dataset kind {self.kind!r} is not allowed; allowed: 'image', 'tabular'")
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            raise ShiftsimError(f"dataset kind {self.kind!r} is not allowed; allowed: "
+                               "'image', 'tabular'")
+        for split, x, y in (("train", self.x_train, self.y_train),
+                            ("test", self.x_test, self.y_test)):
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise SpecTypeError(f"{split} data must be torch tensors, got {type(x).__name__} "
                                     f"and {type(y).__name__}")
             if x.ndim < 2:
-                raise ShiftsimError(f"x_{split} must have shape (N, features...), got {tuple(x.shape)}")
+                raise ShiftsimError(f"x_{split} must have shape (N, features...), got "
+                                   f"{tuple(x.shape)}")
             if y.ndim != 1 or y.shape[0] != x.shape[0]:
                 raise ShiftsimError(
                     f"y_{split} must have shape ({x.shape[0]},) to match x_{split} "

@@ -77,7 +77,8 @@ class LabelFlip(Shift):
     severity: int | None = None
 
     kind: ClassVar[str] = "label"
-    summary: ClassVar[str] = "flip a fraction of labels: permute / pair (concept), other / uniform (noise)"
+    summary: ClassVar[str] = ("flip a fraction of labels: permute / pair (concept), "
+                              "other / uniform (noise)")
     severity_param: ClassVar[str] = "rate"
     severity_values: ClassVar[tuple[float, ...]] = (0.2, 0.4, 0.6, 0.8, 1.0)
     severity_source: ClassVar[str] = "ours"
