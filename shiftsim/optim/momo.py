@@ -121,11 +121,12 @@ def _fingerprint(ps: Sequence[Tensor]) -> tuple:
 
 def _momo_dots(i: int, P: list[Tensor], G: list[Tensor], D: list[Tensor], with_xd: bool,
                ld: int, xg: list, xd: dict, dd: dict) -> None:
-    """Tensor i's <x, g>, <x, d> (when asked) and |d|^2 into xg[i], xd[i], dd[i]."""
+    """Tensor i's <x, g>, <x, d> (when asked) and |d|^2 into xg[i], xd[i], dd[i] (|d|^2
+    first: d was just written)."""
+    dd[i] = dot(D[i], D[i], ld)
     xg[i] = dot(P[i], G[i], ld)
     if with_xd:
         xd[i] = dot(P[i], D[i], ld)
-    dd[i] = dot(D[i], D[i], ld)
 
 
 def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,
