@@ -23,6 +23,10 @@ checked against our own derivation (spec §4). Choices:
   :math:`\lVert d\rVert^2 - 2\langle d, g\rangle + \lVert g\rVert^2` (one pass fewer); below
   rounding level, :math:`32\,\epsilon_{mach}(\lVert d\rVert^2 + \lVert g\rVert^2)`, it is
   treated as 0, so :math:`d = g \Rightarrow \beta = 0` (the spec's rule).
+* [ours, speed] AM-SGD carries :math:`\lVert d\rVert^2` from step to step,
+  :math:`\lVert d + w(g - d)\rVert^2 = (1-w)^2\lVert d\rVert^2 + 2w(1-w)\,g^\top d +
+  w^2\lVert g\rVert^2` from the step's own sums, instead of re-reading :math:`d`; it is
+  recomputed when the set of tensors with a gradient changes.
 * [3rd] AM-AdamW: one :math:`\beta` per parameter tensor (the "per-layer variant"),
   ``betas[0]`` is the upper bound :math:`\beta_{1,max}` (0.9 - 0.1λ = 0.89), decoupled decay.
 """
@@ -68,7 +72,7 @@ from ._kernels import Scratch as _Scratch
 __all__ = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW", "adamem_sgd", "adamem_adamw"]
 
 #: AM-AdamW's tensor-by-tensor path works on chunks of this many elements (cache reuse)
-CHUNK = 1 << 18
+CHUNK = 1 << 19
 
 
 def _clip(x: Tensor, hi: Scalar) -> Tensor:

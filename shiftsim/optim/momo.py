@@ -29,6 +29,15 @@ Choices (spec §5), all [code] = momo-opt 0.1.0 unless marked:
 * [ours] every model-wide scalar (:math:`\bar f`, :math:`f_*`, :math:`k`, :math:`\tau`) is in
   ``state["global"]``, so checkpoints keep it (the reference loses them); the loss may be a
   tensor or a Python float.
+* [ours, speed] MoMo carries :math:`\langle x, d\rangle` from step to step,
+  :math:`\langle x_{k+1}, d_k\rangle = (\langle x_k, d_k\rangle - \tau_k\lVert d_k\rVert^2)/c`
+  and :math:`\langle x_{k+1}, d_{k+1}\rangle = \beta\langle x_{k+1}, d_k\rangle +
+  (1-\beta)\langle x_{k+1}, g_{k+1}\rangle`, which saves a pass over the parameters. It is
+  recomputed when the tensors with a gradient change, or when a parameter was changed in
+  place or given new storage since the last step (its version counter or data pointer moved:
+  ``copy_``, ``load_state_dict``, in-place ops under ``no_grad``, ``p.data = ...``). In-place
+  writes through ``p.data`` bypass the version counter and are not seen. MoMo-Adam computes
+  every sum.
 * ``use_fstar=True``: the online lower-bound estimate of the reference (reset before
   :math:`\tau`, estimate after it, floored at ``lb``). [ours] With several param groups the
   reset uses the first group's :math:`\alpha, \lambda`, every group's :math:`\tau` uses the

@@ -458,6 +458,9 @@ class TAM(_TorqueBase):
     ``state[p]["momentum_avg"]`` is :math:`\tilde m`; :math:`\sigma` is one scalar per param
     group (``state["global"]["momentum_scale"]``) or, with ``scope="tensor"``, per tensor
     (``state[p]["momentum_scale"]``); :meth:`momentum_buffer` returns :math:`m`.
+    :math:`\lVert\tilde m\rVert^2` is carried too (``momentum_sqnorm``), updated from each
+    step's sums instead of re-reading :math:`\tilde m` (recomputed when the set of tensors
+    with a gradient changes).
     ``state["global"]`` also holds ``cosine`` (:math:`\hat s`) and ``damping``
     (:math:`d_t`; per-tensor cosines live in the parameters' state with ``scope="tensor"``,
     and ``global`` holds their means). ``diagnostics()``: ``damping``, ``cosine``.
