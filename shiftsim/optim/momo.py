@@ -595,8 +595,10 @@ class MoMo(_MoMoBase):
         super().load_state_dict(state_dict)
         glob = self.state.get("global", {})
         for j, members in enumerate(glob.get("dot_members", [])):
-            if members is not None:  # the loaded state describes these parameters
-                group = self.param_groups[j]["params"]
+            if members is None or j >= len(self.param_groups):
+                continue
+            group = self.param_groups[j]["params"]
+            if all(i < len(group) for i in members):  # the loaded state describes them
                 self._versions[j] = _fingerprint([group[i] for i in members])
 
 
