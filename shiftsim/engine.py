@@ -134,9 +134,39 @@ class _EvalSchedule:
             self.rows += [(t + 1, k, r, end) for r in regimes]
 
 
+def _stacked_optimizer(model: Any, optimizer: Any, data: Any) -> Any:
+    """The optimizer spec when :func:`run` can use the stacked program of
+    :mod:`shiftsim.fleet` for this model and optimizer — a ReLU MLP (``Flatten``/``Linear``/
+    ``ReLU`` only, whose backward pass the fleet writes out by hand) and an optimizer the fleet
+    steps — else None."""
+    from . import fleet
+    from .learner import build_model
+    from .optim import spec
+
+    if isinstance(model, type) or not (isinstance(model, (ModelSpec, nn.Module))
+                                       or callable(model)):
+        return None
+    if all(hasattr(model, m) for m in ("setup", "observe", "predict")):
+        return None  # a Learner trains its own way
+    if isinstance(model, ModelSpec) and model.name not in ("mlp", "linear"):
+        return None
+    try:
+        opt = spec(optimizer if optimizer is not None else "sgdm")
+    except ShiftsimError:
+        return None  # the per-step path raises the error
+    if not fleet.supports(opt):
+        return None
+    try:
+        net = build_model(model, data.to("cpu"), 0)
+    except Exception:
+        return None  # the per-step path raises the error
+    return opt if fleet.hand_written_backward(net, data.input_shape) else None
+
+
 def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module] | Learner,
         optimizer: Any = None, seed: int = 0, device: str | torch.device = "auto", *,
-        progress: bool = False, check_every: int = 64) -> RunResult:
+        progress: bool = False, check_every: int = 64,
+        vectorized: bool | None = None) -> RunResult:
     """Run one learner over ``scenario``'s stream and return its :class:`RunResult`.
 
     Every batch is scored with the parameters before the update (prequential, test-then-train),
@@ -153,6 +183,14 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` ...
         progress: show a progress bar over steps.
         check_every: steps between the finiteness checks of the loss (the only host syncs).
+        vectorized: how the model is trained. ``None`` (default): a ReLU MLP with an optimizer
+            the fleet supports runs as the fleet's stacked program with one member (its
+            forward and backward passes written out as batched matmuls, no autograd graph:
+            faster per step), which gives bit for bit what a study's fleet gives for this run;
+            any other model runs the plain per-step loop. ``False``: always the plain loop (a
+            module, ``loss.backward()``, ``torch.optim``-style ``step()``). ``True``: the
+            stacked program, or an error when it does not apply. The two agree up to float
+            rounding (``info["engine"]`` says which ran).
     """
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
@@ -162,6 +200,21 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
     seed = int(seed)
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
+    if vectorized not in (None, True, False):
+        raise SpecTypeError(f"vectorized must be None, True or False, got {vectorized!r}")
+    if vectorized is not False and getattr(optimizer, "learner_for", None) is None:
+        opt = _stacked_optimizer(model, optimizer, scenario.data)
+        if opt is not None:
+            from .fleet import run_fleet
+
+            result = run_fleet(scenario, model, [(opt, seed)], device,
+                               check_every=check_every, progress=progress)[0]
+            result.info.pop("fleet", None)
+            return result
+        if vectorized:
+            raise ShiftsimError("vectorized=True needs a ReLU MLP (Flatten, Linear and ReLU "
+                                "layers) and an optimizer the fleet supports; got "
+                                f"model {model!r} and optimizer {optimizer!r}")
     learner = _as_learner(model, optimizer)
     dev = resolve_device(device)
     stream = Stream(scenario, seed, dev)
@@ -271,6 +324,7 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
         "learner": learner.describe() if hasattr(learner, "describe") else {},
         "seed": seed,
         "device": str(dev),
+        "engine": "eager",
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     loop_s = t_loop - t_setup

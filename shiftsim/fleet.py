@@ -19,8 +19,11 @@ architecture on one scenario as a single program:
   ones ``run()`` builds. Members that share a seed share the stream's draws.
 
 So every member's :class:`~shiftsim.engine.RunResult` has the content of the sequential run:
-the same trace columns (optimizer diagnostics included), evaluations, phases and info. The
-numbers agree up to float rounding of the batched operations: in float64 to float32 resolution
+the same trace columns (optimizer diagnostics included), evaluations, phases and info. For a
+ReLU MLP, :func:`shiftsim.run` itself runs this program with one member by default, so a
+member's numbers are bit for bit those of ``run()``. Against the plain per-step loop
+(``run(..., vectorized=False)``: autograd, one module) the numbers agree up to float rounding
+of the batched operations: in float64 to float32 resolution
 over whole runs, in float32 with the identical prediction on nearly every step of short runs
 (training amplifies the ~1e-7 differences; tests/test_fleet.py states the tolerances). Over
 thousands of steps some float32 trajectories drift apart as they would under any change of
@@ -629,6 +632,24 @@ def _group_key(opt_spec: OptimizerSpec) -> _GroupKey:
     return _GroupKey(family, tuple(sorted(flags.items(), key=lambda kv: kv[0])))
 
 
+def hand_written_backward(model: nn.Module, input_shape: Sequence[int] | None = None) -> bool:
+    """Whether a fleet of ``model`` runs its forward and backward passes as batched matmuls
+    written out by hand (a ReLU MLP: ``Flatten``, ``Linear`` and ``ReLU`` layers only, no
+    train/eval-dependent layers).
+
+    >>> import shiftsim as ss
+    >>> data = ss.data.digits()
+    >>> hand_written_backward(ss.models.mlp(hidden=(8,)).build(data, seed=0))
+    True
+    >>> hand_written_backward(ss.models.mlp(hidden=(8,), norm="layer").build(data, seed=0))
+    False
+    """
+    if mode_sensitive(model):
+        return False
+    plan = StackedModel._matmul_plan(model, input_shape)
+    return plan is not None and StackedModel._relu_chain(plan)
+
+
 def supports(optimizer: OptimizerSpec | str) -> bool:
     """Whether ``optimizer`` can run in a fleet (shiftsim's optimizers and torch.optim's
     elementwise ones, with hyperparameters that build).
@@ -939,7 +960,8 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
         })
         info = {"scenario": scenario_dict,
                 "learner": TorchLearner(model, specs[pos]).describe(),
-                "seed": seeds[pos], "device": str(dev), "versions": dict(versions),
+                "seed": seeds[pos], "device": str(dev), "engine": "stacked",
+                "versions": dict(versions),
                 "fleet": {"members": K, "groups": len(groups), "compiled": net.compiled}}
         timings = {"setup_s": (t_setup - t_start) / K, "loop_s": loop_s / K,
                    "fleet_loop_s": loop_s, "total_s": (time.perf_counter() - t_start) / K,

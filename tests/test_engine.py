@@ -30,15 +30,43 @@ def _reference_loop(scenario, model_spec, lr, seed):
 
 
 def test_run_equals_the_plain_prequential_loop(tiny_scenario):
+    """The per-step path is the plain loop bit for bit; the stacked program (the default for a
+    ReLU MLP) gives the same predictions and the same losses up to float rounding."""
     spec = ss.models.mlp(hidden=(32,))
-    res = ss.run(tiny_scenario, spec, ss.optim.spec("sgdm", lr=0.05), seed=2, device="cpu")
     ref, _ = _reference_loop(tiny_scenario, spec, 0.05, 2)
-    tr = res.trace
-    assert tr["correct"].tolist() == ref[:, 0].astype(int).tolist()
-    assert tr["correct_true"].tolist() == ref[:, 1].astype(int).tolist()
-    assert np.array_equal(tr["loss"].to_numpy(), ref[:, 2].astype(np.float32))
-    assert tr["n"].eq(16).all() and tr["step"].tolist() == list(range(90))
-    assert tr["phase"].tolist() == [0] * 30 + [1] * 30 + [2] * 30
+    eager = ss.run(tiny_scenario, spec, ss.optim.spec("sgdm", lr=0.05), seed=2, device="cpu",
+                   vectorized=False)
+    stacked = ss.run(tiny_scenario, spec, ss.optim.spec("sgdm", lr=0.05), seed=2, device="cpu")
+    assert (eager.info["engine"], stacked.info["engine"]) == ("eager", "stacked")
+    for res in (eager, stacked):
+        tr = res.trace
+        assert tr["correct"].tolist() == ref[:, 0].astype(int).tolist()
+        assert tr["correct_true"].tolist() == ref[:, 1].astype(int).tolist()
+        assert tr["n"].eq(16).all() and tr["step"].tolist() == list(range(90))
+        assert tr["phase"].tolist() == [0] * 30 + [1] * 30 + [2] * 30
+    assert np.array_equal(eager.trace["loss"].to_numpy(), ref[:, 2].astype(np.float32))
+    np.testing.assert_allclose(stacked.trace["loss"].to_numpy(), ref[:, 2], rtol=1e-5)
+    assert list(stacked.trace.columns) == list(eager.trace.columns)
+    assert stacked.evals.equals(eager.evals)
+
+
+def test_stacked_program_is_chosen_only_where_it_applies(tiny_scenario):
+    run = ss.run
+    assert run(tiny_scenario, ss.models.linear(), "tam", device="cpu").info["engine"] == \
+        "stacked"
+    def factory(params):  # an optimizer factory: the fleet cannot know what it builds
+        return torch.optim.SGD(params, lr=0.1)
+
+    # LayerNorm, GELU, a CNN, an optimizer the fleet cannot step: the per-step loop
+    for model, opt in [(ss.models.mlp(hidden=(8,), norm="layer"), "sgdm"),
+                       (ss.models.mlp(hidden=(8,), activation="gelu"), "sgdm"),
+                       (ss.models.cnn(channels=(4,), hidden=8), "sgdm"),
+                       (ss.models.mlp(hidden=(8,)), factory)]:
+        assert run(tiny_scenario, model, opt, device="cpu").info["engine"] == "eager"
+    with pytest.raises(ss.ShiftsimError, match="vectorized=True needs a ReLU MLP"):
+        run(tiny_scenario, ss.models.mlp(hidden=(8,), norm="layer"), vectorized=True)
+    with pytest.raises(TypeError, match="vectorized must be None, True or False"):
+        run(tiny_scenario, ss.models.linear(), vectorized="yes")
 
 
 def test_scores_come_before_training():

@@ -1,5 +1,9 @@
 """The fleet: every member's result equals the sequential run() of the same member.
 
+The reference is ``run(..., vectorized=False)``: the plain per-step loop (one module,
+autograd, the optimizer's ``step()``). run()'s default for a ReLU MLP is the fleet's own program
+with one member, which these tests check separately (it must equal that member in any fleet).
+
 Tolerances. In float64 (double data and double models) the fleet and run() compute the same
 numbers up to rounding far below float32 resolution, so the traces (stored in float32) agree
 exactly in predictions and held-out counts and to 1e-6 (relative) in losses and diagnostics —
@@ -29,6 +33,12 @@ import shiftsim as ss
 from shiftsim.data.dataset import Dataset
 from shiftsim.fleet import StackedModel, fleet_memory_bytes, run_fleet
 from shiftsim.models import MLP
+
+
+def run_eager(*args, **kwargs):
+    """The plain per-step loop of :func:`shiftsim.run`."""
+    return ss.run(*args, vectorized=False, **kwargs)
+
 
 ALL = ("sgd", "sgdm", "nesterov", "adam", "adamw", "tam", "adatam", "adatamw", "adamem_sgd",
        "adamem_adamw", "momo", "momo_adam", "grams")
@@ -108,7 +118,7 @@ def test_every_optimizer_float64_equals_run_with_per_member_lr(name, flip64):
     results = run_fleet(flip64, mlp64, members, device="cpu")
     assert results[0].info["fleet"] == {"members": 3, "groups": 1, "compiled": False}
     for (opt, seed), res in zip(members, results):
-        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
     # the two seeds really are different streams and initialisations
     assert not np.array_equal(results[0].trace["loss"].values, results[2].trace["loss"].values)
 
@@ -118,7 +128,7 @@ def test_every_optimizer_float32_nearly_every_prediction_equal(name, flip32):
     model = ss.models.mlp(hidden=(32,))
     members = [(name, 0), (name, 1)]
     for (opt, seed), res in zip(members, run_fleet(flip32, model, members, device="cpu")):
-        assert_same(res, ss.run(flip32, model, opt, seed=seed, device="cpu"), exact=False)
+        assert_same(res, run_eager(flip32, model, opt, seed=seed, device="cpu"), exact=False)
 
 
 def test_diagnostic_columns_are_the_optimizers(flip32):
@@ -144,7 +154,7 @@ def test_hyperparameters_other_than_lr_vary_per_member(flip64):
     results = run_fleet(flip64, mlp64, members, device="cpu")
     assert results[0].info["fleet"]["groups"] == 3
     for (opt, seed), res in zip(members, results):
-        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
 
 
 def test_mixed_optimizer_fleet_keeps_the_callers_order(flip64):
@@ -157,7 +167,7 @@ def test_mixed_optimizer_fleet_keeps_the_callers_order(flip64):
     names = [r.info["learner"]["optimizer"]["name"] for r in results]
     assert names == ["sgdm", "adam", "tam", "sgdm", "sgdm", "momo", "sgdm"]
     for (opt, seed), res in zip(members, results):
-        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
 
 
 def test_a_diverging_member_is_recorded_and_the_others_go_on(flip32):
@@ -165,7 +175,7 @@ def test_a_diverging_member_is_recorded_and_the_others_go_on(flip32):
     boom = ss.optim.spec("sgdm", lr=1.0, maximize=True)  # gradient ascent: the loss explodes
     members = [("sgdm", 0), (boom, 1), ("tam", 1)]
     results = run_fleet(flip32, model, members, device="cpu", check_every=16)
-    seq = [ss.run(flip32, model, o, seed=s, device="cpu", check_every=16) for o, s in members]
+    seq = [run_eager(flip32, model, o, seed=s, device="cpu", check_every=16) for o, s in members]
     assert seq[1].diverged and 0 < seq[1].diverged_step < 60
     assert results[1].diverged and results[1].diverged_step == seq[1].diverged_step
     assert len(results[1].trace) == seq[1].diverged_step
@@ -180,7 +190,7 @@ def test_all_members_diverging_stops_the_fleet(flip32):
     boom = ss.optim.spec("sgd", lr=1e30)
     results = run_fleet(flip32, ss.models.mlp(hidden=(8,)), [(boom, 0), (boom, 1)],
                         device="cpu", check_every=8)
-    seq = ss.run(flip32, ss.models.mlp(hidden=(8,)), boom, seed=0, device="cpu", check_every=8)
+    seq = run_eager(flip32, ss.models.mlp(hidden=(8,)), boom, seed=0, device="cpu", check_every=8)
     assert [r.diverged_step for r in results] == [seq.diverged_step] * 2 == [1, 1]
     assert all(len(r.trace) == 1 and len(r.evals) == 0 for r in results)
 
@@ -188,7 +198,7 @@ def test_all_members_diverging_stops_the_fleet(flip32):
 def test_single_member_and_repeated_members(flip64):
     one = run_fleet(flip64, mlp64, [("adatam", 3)], device="cpu")
     assert len(one) == 1 and one[0].info["fleet"]["members"] == 1
-    assert_same(one[0], ss.run(flip64, mlp64, "adatam", seed=3, device="cpu"))
+    assert_same(one[0], run_eager(flip64, mlp64, "adatam", seed=3, device="cpu"))
     twice = run_fleet(flip64, mlp64, [("grams", 2), ("grams", 2)], device="cpu")
     assert twice[0].trace.equals(twice[1].trace) and twice[0].evals.equals(twice[1].evals)
 
@@ -199,7 +209,7 @@ def test_singleton_groups_each_equal_run(flip64):
     results = run_fleet(flip64, mlp64, members, device="cpu")
     assert results[0].info["fleet"]["groups"] == len(members)
     for (opt, seed), res in zip(members, results):
-        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
 
 
 def test_input_shifts_ramps_and_noise_streams(digits64):
@@ -208,7 +218,7 @@ def test_input_shifts_ramps_and_noise_streams(digits64):
                             40, transition=ss.Gradual(15), eval_every=20, eval_size=100)
     members = [("adam", 0), ("sgdm", 1), ("adam", 2), ("sgdm", 0)]
     for (opt, seed), res in zip(members, run_fleet(sc, mlp64, members, device="cpu")):
-        assert_same(res, ss.run(sc, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(sc, mlp64, opt, seed=seed, device="cpu"))
 
 
 def test_class_prior_and_noise_flips(digits64):
@@ -218,7 +228,7 @@ def test_class_prior_and_noise_flips(digits64):
         batch_size=16, eval_every=15, eval_size=100)
     members = [("momo", 4), ("momo", 5)]
     for (opt, seed), res in zip(members, run_fleet(sc, mlp64, members, device="cpu")):
-        assert_same(res, ss.run(sc, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(sc, mlp64, opt, seed=seed, device="cpu"))
 
 
 def test_autograd_paths_gelu_mlp_and_cnn(digits64, flip64):
@@ -237,7 +247,7 @@ def test_autograd_paths_gelu_mlp_and_cnn(digits64, flip64):
         members = [("adam", 0), ("tam", 1)]
         results = run_fleet(sc, factory, members, device="cpu")
         for (opt, seed), res in zip(members, results):
-            assert_same(res, ss.run(sc, factory, opt, seed=seed, device="cpu"))
+            assert_same(res, run_eager(sc, factory, opt, seed=seed, device="cpu"))
 
 
 def test_other_elementwise_torch_optimizers_run_as_torch_does(flip64):
@@ -246,7 +256,7 @@ def test_other_elementwise_torch_optimizers_run_as_torch_does(flip64):
     results = run_fleet(flip64, mlp64, members, device="cpu")
     assert results[0].info["fleet"]["groups"] == 2
     for (opt, seed), res in zip(members, results):
-        assert_same(res, ss.run(flip64, mlp64, opt, seed=seed, device="cpu"))
+        assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
 
 
 def test_stacked_model_matches_its_members(digits):
@@ -421,8 +431,12 @@ def test_study_with_fleets_stores_what_a_study_without_them_stores(digits, tmp_p
 def test_a_failing_fleet_reruns_its_runs_one_by_one(digits, tmp_path, monkeypatch):
     import shiftsim.fleet as fleet_mod
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("the fleet broke")
+    whole = fleet_mod.run_fleet
+
+    def broken(scenario, model, members, *args, **kwargs):
+        if len(members) > 1:  # fleets break; one-member programs (run()'s default) work
+            raise RuntimeError("the fleet broke")
+        return whole(scenario, model, members, *args, **kwargs)
 
     monkeypatch.setattr(fleet_mod, "run_fleet", broken)
     study = _study(digits, seeds=2, optimizers=("sgdm",))
@@ -476,3 +490,16 @@ def test_an_unguarded_script_gets_a_clear_error_with_fleets(tmp_path):
                            "before it started; worker processes start by importing your "
                            "script") and 'if __name__ == "__main__":' in last
     assert not list((tmp_path / "out" / "runs").glob("*/summary.json"))
+
+
+def test_run_default_is_the_one_member_program_bit_for_bit(flip32):
+    """run()'s default for a ReLU MLP is the member's program in any fleet: a study's fleets and
+    one-by-one runs store the same traces."""
+    model = ss.models.mlp(hidden=(16,))
+    members = [(o, s) for o in ("sgdm", "tam", "momo", "adamem_adamw") for s in (0, 1)]
+    fleet = run_fleet(flip32, model, members, device="cpu")
+    for (opt, seed), res in zip(members, fleet):
+        alone = ss.run(flip32, model, opt, seed=seed, device="cpu")
+        assert alone.info["engine"] == res.info["engine"] == "stacked"
+        pd.testing.assert_frame_equal(alone.trace, res.trace)
+        pd.testing.assert_frame_equal(alone.evals, res.evals)

@@ -402,8 +402,9 @@ class Study:
             gpus_per_run: GPUs each Ray task asks for (fractions share a GPU); Ray only.
             executor: a custom executor (overrides ``backend`` and ``workers``).
             fleet: run runs of one scenario and model as fleets, many learners in one
-                vectorized program (:mod:`~shiftsim.study.fleet_executor`; results equal
-                ``shiftsim.run``'s up to float rounding). None (default): whenever some runs
+                vectorized program (:mod:`~shiftsim.study.fleet_executor`; for a ReLU MLP
+                the results equal ``shiftsim.run``'s bit for bit, for other models up to
+                float rounding). None (default): whenever some runs
                 can share a fleet on the local backend; False: one run at a time.
 
         Returns a :class:`StudyRunReport` and prints its one-line summary. Ctrl-C stops the

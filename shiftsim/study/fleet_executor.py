@@ -13,9 +13,10 @@ an error belongs to its run; a worker that dies takes its fleet with it, which i
 in a fresh worker and then recorded as failed.
 
 Numbers: a fleet member's trace does not depend on which other runs share its fleet (the same
-spec gives the same trace bit for bit in any fleet), and equals the trace ``shiftsim.run``
-gives up to float rounding of the batched matmuls (see :mod:`shiftsim.fleet`); ``fleet=False``
-reproduces ``shiftsim.run`` bit for bit.
+spec gives the same trace bit for bit in any fleet). For a ReLU MLP that is exactly the trace
+``shiftsim.run`` gives (its default is this program with one member); for other models it
+equals ``shiftsim.run``'s up to float rounding of the batched matmuls (see
+:mod:`shiftsim.fleet`), and ``fleet=False`` reproduces ``shiftsim.run`` bit for bit.
 
 >>> import shiftsim as ss
 >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=20)
