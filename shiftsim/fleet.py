@@ -842,7 +842,8 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=T, desc=f"fleet of {K}", unit="step", leave=False)
+        desc = f"fleet of {K}" if K > 1 else f"run seed {seeds[0]}"
+        bar = tqdm(total=T, desc=desc, unit="step", leave=False)
     t_setup = time.perf_counter()
 
     def heldout_of(r: int) -> tuple[torch.Tensor, torch.Tensor]:
