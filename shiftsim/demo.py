@@ -79,7 +79,9 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 2) -> int:
     with pd.option_context("display.width", 140, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
     out.mkdir(parents=True, exist_ok=True)
-    fig = recovery_curves(pd.concat(traces, ignore_index=True), hue="optimizer")
+    names = dict(enumerate(p.name for p in scenario.phases))
+    fig = recovery_curves(pd.concat(traces, ignore_index=True), hue="optimizer", col="shift",
+                          hue_order=list(optimizers), col_title=lambda k: f"into {names[k]!r}")
     png = out / "recovery_curves.png"
     tmp = png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -345,10 +345,13 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
                     col_wrap: int | None = 4, col_label: str | None = None,
                     hue_order: Sequence[str] | None = None,
                     col_order: Sequence[Any] | None = None,
-                    recovery: pd.DataFrame | None = None) -> plt.Figure:
+                    recovery: pd.DataFrame | None = None,
+                    col_title: Callable[[Any], str] | None = None) -> plt.Figure:
     """Recovery curves: smoothed online accuracy vs steps since each shift, the mean over seeds
     and shifts with a ``level`` Student-t interval band, one line per ``hue`` value, one facet per
-    ``col`` value (e.g. ``"severity"``; facets wrap after ``col_wrap``).
+    ``col`` value (e.g. ``"severity"``, or ``"shift"``: one facet per phase k ≥ 1 entered, for
+    scenarios whose shifts differ; facets wrap after ``col_wrap``). ``col_title`` makes a
+    facet's title from its value (default ``"<col_label> = <value>"``).
 
     ``traces``: per-step rows with ``step``, ``phase``, ``n``, ``correct``, the ``hue`` column
     and a run identifier (``run_id``), e.g. ``results.traces()``. ``recovery``: optional
@@ -366,7 +369,7 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
     from .metrics import median_recovery
 
     _require(traces, ["step", "phase", "n", "correct", hue], "recovery_curves")
-    if col is not None:
+    if col is not None and col != "shift":
         _require(traces, [col], "recovery_curves")
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
     frame = recovery_frame(traces, window, before, run_key=keys)
@@ -391,7 +394,9 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
                             ax.axvline(med, color=palette[name], lw=1.0, ls=":")
             ax.axvline(0, color="0.3", lw=0.8, ls="--")
             ax.set_xlabel("steps since shift")
-            ax.set_title(_facet_title(col, facet, col_label, None) or "after each shift")
+            title = col_title(facet) if col_title is not None and facet is not None else \
+                _facet_title(col, facet, col_label, None)
+            ax.set_title(title or "after each shift")
             ax.set_ylim(-0.02, 1.02)
         for row in axes:
             row[0].set_ylabel(f"online accuracy\n({window}-step trailing mean)")
