@@ -10,7 +10,12 @@ Every optimizer in :mod:`shiftsim.optim` is a :class:`torch.optim.Optimizer` wit
 * :meth:`ShiftsimOptimizer.diagnostics`: a dict of 0-d tensors read from the state, on the
   parameters' device, without a host synchronisation;
 * hyperparameter checks that raise :class:`shiftsim.errors.ShiftsimError` naming the value and
-  what is allowed, for the constructor's defaults and for every param group.
+  what is allowed, for the constructor's defaults and for every param group;
+* a cached **step plan** (:meth:`ShiftsimOptimizer._live_grads`, :class:`PlanBlock`): the lists
+  of parameters and state tensors, their flat views and the reduction buffers a step needs,
+  built once and reused while the same parameters have a gradient, the param groups are the
+  same and the state was not replaced (``load_state_dict``). A step then only collects the
+  gradients. The plan is not part of the state (it is neither saved nor copied).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError
-from ._kernels import Scratch, acc_dtype, check_grad
+from . import _kernels
+from ._kernels import LerpStep, Scratch, Sums, acc_dtype, check_grad, split_paths
 
 GLOBAL = "global"
+PLAN = "_step_plan"
 
 
 class ShiftsimOptimizer(torch.optim.Optimizer):
@@ -82,6 +89,67 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
             if ps:
                 out.append((group, ps, gs))
         return out
+
+    def _live_grads(self) -> tuple[tuple, list[list[Tensor]]]:
+        """Per param group, the gradients of the parameters that have one, and a key naming
+        those parameters: it changes when a parameter gains or loses its gradient or the param
+        groups change, which is when a cached plan must be rebuilt. Sparse gradients raise."""
+        key, grads = [], []
+        for group in self.param_groups:
+            ps = group["params"]
+            gs = [p.grad for p in ps]
+            if any(g is None for g in gs):
+                ps = [p for p, g in zip(ps, gs) if g is not None]
+                gs = [g for g in gs if g is not None]
+            for p, g in zip(ps, gs):
+                if g.is_sparse:
+                    check_grad(p, type(self).__name__)
+            key.append((id(group), tuple(map(id, ps))))
+            grads.append(gs)
+        return tuple(key), grads
+
+    def _cached_plan(self, key: tuple) -> Any:
+        """The plan cached for ``key``, or None when it must be (re)built: another key, or the
+        state replaced since it was built."""
+        plan = self.__dict__.get(PLAN)
+        if plan is not None and plan.key == key and plan.state is self.state and \
+                plan.glob is self.state.get(GLOBAL):
+            return plan
+        return None
+
+    def _keep_plan(self, plan: Any) -> Any:
+        self.__dict__[PLAN] = plan
+        return plan
+
+    def _plan_blocks(self, key: tuple, buf: str) -> Plan:
+        """A plan with one :class:`PlanBlock` per group with gradients, holding the state
+        buffer ``buf`` of each such parameter (created as zeros when missing; ``extra["fresh"]``
+        flags the new ones). Not ``ok`` for parameters or buffers :func:`plain_tensors` rejects.
+        """
+        live = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        flat = [p for ps in live for p in ps]
+        if not flat:
+            return Plan(key, self.state, self.state.get(GLOBAL), [])
+        if not plain_tensors(flat) or not plain_tensors(
+                self.state[p][buf] for p in flat if buf in self.state.get(p, ())):
+            return Plan(key, self.state, self.state.get(GLOBAL), [], ok=False)
+        glob = self._global()
+        blocks = []
+        for j, (group, ps) in enumerate(zip(self.param_groups, live)):
+            if not ps:
+                continue
+            bufs, fresh = [], []
+            for p in ps:
+                st = self.state[p]
+                fresh.append(buf not in st)
+                if fresh[-1]:
+                    st[buf] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(st[buf])
+            place = {id(q): k for k, q in enumerate(group["params"])}
+            b = PlanBlock(j, group, ps, tuple(place[id(p)] for p in ps), {buf: bufs})
+            b.extra["fresh"] = fresh
+            blocks.append(b)
+        return Plan(key, self.state, glob, blocks)
 
     def _reference(self) -> Tensor:
         """A parameter that fixes the device of model-wide state."""
@@ -180,3 +248,70 @@ def eval_closure(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
+
+class Plan:
+    """A cached step plan: ``key`` (see :meth:`ShiftsimOptimizer._live_grads`), the state dict
+    and model-wide entry it was built for, one :class:`PlanBlock` per param group with
+    parameters that have a gradient, and ``ok`` (False: the optimizer's general path must take
+    this step, e.g. for float16 parameters)."""
+
+    __slots__ = ("key", "state", "glob", "blocks", "ok")
+
+    def __init__(self, key: tuple, state: Any, glob: Any, blocks: list[PlanBlock],
+                 ok: bool = True) -> None:
+        self.key, self.state, self.glob, self.blocks, self.ok = key, state, glob, blocks, ok
+
+
+class PlanBlock:
+    """One param group's part of a :class:`Plan`: ``j`` (its position), ``group``, the
+    ``params`` with a gradient and their positions in the group (``members``), the indices of
+    the small tensors (concatenated for reductions, fewer than
+    :data:`~shiftsim.optim._kernels.CAT_BELOW` elements) and
+    of the large ones, state buffers (``bufs``: name -> list of tensors, and their flat views
+    ``flat``), and the reduction rows of :func:`~shiftsim.optim._kernels.dots_into`."""
+
+    __slots__ = ("j", "group", "params", "members", "small", "large", "bufs", "flat", "_sums",
+                 "_splits", "extra")
+
+    def __init__(self, j: int, group: dict[str, Any], params: list[Tensor],
+                 members: tuple[int, ...], bufs: dict[str, list[Tensor]]) -> None:
+        self.j, self.group, self.params, self.members = j, group, params, members
+        below = _kernels.CAT_BELOW
+        self.small = [i for i, p in enumerate(params) if p.numel() < below]
+        self.large = [i for i, p in enumerate(params) if p.numel() >= below]
+        self.bufs = bufs
+        self.flat = {k: [t.view(-1) for t in v] for k, v in bufs.items()}
+        self._sums: dict[int, Sums] = {}
+        self._splits: dict[bool | None, tuple[list[int], list[int]]] = {}
+        self.extra: dict[str, Any] = {}
+
+    def sums(self, cols: int) -> Sums:
+        """Reduction rows for ``cols`` pairs (kept from step to step)."""
+        s = self._sums.get(cols)
+        if s is None:
+            rows = (1 if self.small else 0) + len(self.large)
+            s = self._sums[cols] = Sums(self.params[0], rows, cols)
+        return s
+
+    def split(self, foreach: bool | None) -> tuple[list[int], list[int]]:
+        """:func:`~shiftsim.optim._kernels.split_paths` of the params (cached per setting)."""
+        s = self._splits.get(foreach)
+        if s is None:
+            s = self._splits[foreach] = split_paths(self.params, foreach, 0)
+        return s
+
+    def lerp_step(self, foreach: bool | None, buf: str) -> LerpStep:
+        """The :class:`~shiftsim.optim._kernels.LerpStep` of the params and buffer ``buf``
+        (cached per ``foreach`` setting)."""
+        key = (foreach, buf)
+        s = self.extra.get(key)
+        if s is None:
+            s = self.extra[key] = LerpStep(self.params, self.bufs[buf], *self.split(foreach), 0)
+        return s
+
+
+def plain_tensors(params: Iterable[Tensor]) -> bool:
+    """Whether a plan can hold these parameters: contiguous, real float32 or float64 (the
+    dtypes whose reductions need no cast)."""
+    return all(p.dtype in (torch.float32, torch.float64) and p.is_contiguous() for p in params)

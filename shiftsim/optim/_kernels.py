@@ -437,3 +437,132 @@ def foreach_add_scalar_(ts: list[Tensor], s: Sequence[Scalar], ld: int) -> None:
         torch._foreach_add_(ts, s[0])
     else:
         torch._foreach_add_(ts, list(s))
+
+
+# ----------------------------------------------------------------- cached step structures
+
+
+class Sums:
+    """Preallocated rows for the sums :func:`total_dots` computes over fixed tensor lists: one
+    row for the concatenated small tensors (if any), one per large tensor, one column per
+    pair. The dots write into 0-d views of the rows (``out=``), so a step stacks nothing.
+
+    >>> s = Sums(torch.zeros(()), rows=2, cols=1)
+    >>> s.slots[0][0].fill_(1.0) is not None and s.slots[1][0].fill_(2.0) is not None
+    True
+    >>> s.total()
+    tensor([3.])
+    """
+
+    __slots__ = ("buf", "slots", "_one")
+
+    def __init__(self, like: Tensor, rows: int, cols: int) -> None:
+        self.buf = torch.zeros(rows, cols, device=like.device, dtype=acc_dtype(like.dtype))
+        self.slots = [list(r.unbind(0)) for r in self.buf.unbind(0)]
+        self._one = self.buf[0] if rows == 1 else None
+
+    def total(self) -> Tensor:
+        """The column sums (shape ``(cols,)``): as ``torch.stack(rows).sum(0)``."""
+        return self._one if self._one is not None else self.buf.sum(0)
+
+
+def flat_views(ts: Sequence[Tensor]) -> list[Tensor]:
+    """1-D views (or copies, for non-contiguous tensors) of the tensors.
+
+    >>> [tuple(t.shape) for t in flat_views([torch.zeros(2, 3), torch.zeros(4)])]
+    [(6,), (4,)]
+    """
+    return [t if t.dim() == 1 else t.reshape(-1) for t in ts]
+
+
+def dots_into(sums: Sums, pairs: Sequence[tuple[Sequence[Tensor], Sequence[Tensor]]],
+              small: Sequence[int], large: Sequence[int]) -> Tensor:
+    """:func:`total_dots` (``ld=0``) into ``sums``: the same numbers, in the same order.
+
+    The lists hold flat (1-D) tensors; ``small`` are the indices :func:`total_dots` would
+    concatenate (fewer than :data:`CAT_BELOW` elements), ``large`` the others, in order.
+
+    >>> x = [torch.ones(3), torch.full((2,), 2.0)]
+    >>> y = [torch.ones(3), torch.ones(2)]
+    >>> dots_into(Sums(x[0], 1, 2), [(x, x), (x, y)], [0, 1], [])
+    tensor([11.,  7.])
+    """
+    slots = sums.slots
+    k = 0
+    if small:
+        cats: dict[int, Tensor] = {}
+        row = slots[0]
+        for j, (xs, ys) in enumerate(pairs):
+            c = []
+            for zs in (xs, ys):
+                z = cats.get(id(zs))
+                if z is None:
+                    z = zs[small[0]] if len(small) == 1 else torch.cat([zs[i] for i in small])
+                    cats[id(zs)] = z
+                c.append(z)
+            torch.dot(c[0], c[1], out=row[j])
+        k = 1
+    for i in large:
+        row = slots[k]
+        k += 1
+        for j, (xs, ys) in enumerate(pairs):
+            torch.dot(xs[i], ys[i], out=row[j])
+    return sums.total()
+
+
+def coupled_grads(params: list[Tensor], grads: list[Tensor], wd: Scalar, foreach: bool | None,
+                  ld: int) -> list[Tensor]:
+    """Coupled L2: new tensors ``g + wd * p`` (multi-tensor ops when every tensor takes the
+    multi-tensor path; the same numbers either way)."""
+    fe, _ = split_paths(params, foreach, ld)
+    if len(fe) == len(params):
+        return foreach_add_decay(params, grads, wd, ld)
+    return add_decay(params, grads, wd, ld)
+
+
+def lerp_step(P: list[Tensor], G: list[Tensor], M: list[Tensor], ws: Sequence[Tensor],
+              steps: Scalar | Sequence[Tensor], shrink: Scalar | None, fe: Sequence[int],
+              loop: Sequence[int], ld: int) -> None:
+    r"""The momentum step TAM (scaled form) and AM-SGD share:
+    :math:`m_i \leftarrow m_i + w_i(g_i - m_i)`, then :math:`p_i \leftarrow s\,p_i` (when
+    ``shrink`` is not None) and :math:`p_i \leftarrow p_i + a_i m_i`, ``a`` a float or one
+    tensor per tensor (``steps``). Tensors ``fe`` take multi-tensor ops, ``loop`` are updated
+    one by one, last first (the last tensors of the reductions are still in cache). See
+    :class:`LerpStep` for the same with cached lists."""
+    LerpStep(P, M, fe, loop, ld).run(G, ws, steps, shrink)
+
+
+class LerpStep:
+    """:func:`lerp_step` for fixed parameters and buffers: the multi-tensor lists are built
+    once (a step plan keeps it).
+
+    >>> p, m = [torch.zeros(3)], [torch.zeros(3)]
+    >>> LerpStep(p, m, [0], [], 0).run([torch.ones(3)], [torch.tensor(0.5)], -1.0, None)
+    >>> p[0]
+    tensor([-0.5000, -0.5000, -0.5000])
+    """
+
+    __slots__ = ("fe", "Pf", "Mf", "loop", "ld")
+
+    def __init__(self, P: list[Tensor], M: list[Tensor], fe: Sequence[int], loop: Sequence[int],
+                 ld: int) -> None:
+        self.fe, self.ld = list(fe), ld
+        self.Pf, self.Mf = pick(P, fe), pick(M, fe)
+        self.loop = [(i, P[i], M[i]) for i in reversed(loop)]
+
+    def run(self, G: list[Tensor], ws: Sequence[Tensor], steps: Scalar | Sequence[Tensor],
+            shrink: Scalar | None) -> None:
+        """One step with gradients ``G``, lerp weights ``ws`` (one per tensor) and ``steps``."""
+        fe, ld = self.fe, self.ld
+        per = isinstance(steps, (list, tuple))
+        if fe:
+            Pf, Mf = self.Pf, self.Mf
+            torch._foreach_lerp_(Mf, [G[i] for i in fe], [bc(ws[i], m, ld) for i, m in zip(fe, Mf)])
+            if shrink is not None:
+                foreach_scale_(Pf, shrink, ld)
+            foreach_axpy_(Pf, Mf, [steps[i] for i in fe] if per else steps, ld)  # type: ignore
+        for i, p, m in self.loop:
+            m.lerp_(G[i], bc(ws[i], m, ld))
+            if shrink is not None:
+                scale_(p, shrink, ld)
+            axpy_(p, m, steps[i] if per else steps, ld)  # type: ignore[index]

@@ -39,28 +39,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import ShiftsimOptimizer, eval_closure
+from ._base import Plan, ShiftsimOptimizer, eval_closure
 from ._kernels import (
     Block,
     Scalar,
     acc_dtype,
-    add_decay,
     addcdiv_,
-    axpy_,
     bc,
     check_betas,
     check_foreach,
     check_learner_dims,
     check_number,
+    coupled_grads,
     default_scratch,
     dot,
+    dots_into,
     ema_sq_,
-    foreach_add_decay,
+    flat_views,
     foreach_addcdiv_,
-    foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
     is_zero,
+    lerp_step,
     pick,
     scale_,
     split_paths,
@@ -91,9 +91,7 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
     for b in blocks:
         wd = b.hp["weight_decay"]
         if not is_zero(wd):
-            fe, _ = split_paths(b.params, foreach, ld)
-            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
-                       else add_decay(b.params, b.grads, wd, ld))
+            b.grads = coupled_grads(b.params, b.grads, wd, foreach, ld)
     i = 0
     for b in blocks:
         n = len(b.params)
@@ -104,19 +102,36 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
             if b.hp.get("sqnorm") is not None:
                 b.hp["sqnorm"] = (b.hp["sqnorm"][0], False)
         i += n
-    a = bb = e = ar = None
     parts = []
     for b in blocks:
         G, D = b.grads, b.bufs["d"]
         known = b.hp.get("sqnorm")
         if known is not None and known[1]:  # |d|^2 kept from the last step
             t = total_dots([(G, D), (G, G)], ld)
-            tb = (t[0], t[1], known[0])
+            parts.append((t[0], t[1], known[0]))
         else:
             t = total_dots([(G, D), (G, G), (D, D)], ld)
-            tb = (t[0], t[1], t[2])
-        parts.append(tb)
-        tr = tb[0] * b.hp["lr_ratio"]
+            parts.append((t[0], t[1], t[2]))
+    beta, w = _am_weight(parts, [b.hp["lr_ratio"] for b in blocks],
+                         [None if b.hp.get("sqnorm") is None else b.hp["sqnorm"][0]
+                          for b in blocks], lam=lam, beta_max=beta_max)
+    for b in blocks:
+        fe, loop = split_paths(b.params, foreach, ld)
+        n = len(b.params)
+        lerp_step(b.params, b.grads, b.bufs["d"], [w] * n, -b.hp["lr"], None, fe, loop, ld)
+    return beta
+
+
+def _am_weight(parts: Sequence[tuple[Tensor, Tensor, Tensor]], ratios: Sequence[Scalar],
+               sqnorms: Sequence[Tensor | None], *, lam: Scalar, beta_max: Scalar
+               ) -> tuple[Tensor, Tensor]:
+    """AM-SGD's model-wide :math:`\\beta` and the lerp weight
+    :math:`w = (1-\\beta)/(1+\\lambda)` from each block's ``(g^T d, |g|^2, |d|^2)`` and
+    :math:`\\eta_{t-1}/\\eta_t`; each block's kept :math:`\\lVert d\\rVert^2` (``sqnorms``,
+    None: not kept) becomes that of the new momentum."""
+    a = bb = e = ar = None
+    for tb, ratio in zip(parts, ratios):
+        tr = tb[0] * ratio
         a, bb, e, ar = tb + (tr,) if a is None else (a + tb[0], bb + tb[1], e + tb[2], ar + tr)
     assert a is not None and bb is not None and e is not None and ar is not None
     num = (1 + lam) * ar - ((1 - lam) * a + lam * e - bb)
@@ -124,21 +139,11 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
     tol = (32 * torch.finfo(den.dtype).eps) * (e + bb)
     beta = _clip(torch.where(den > tol, num / den, torch.zeros_like(den)), beta_max)
     w = (1 - beta) / (1 + lam)
-    for b, (ab, bbb, eb) in zip(blocks, parts):
-        if b.hp.get("sqnorm") is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
+    for (ab, bbb, eb), sq in zip(parts, sqnorms):
+        if sq is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
             u = 1 - w
-            b.hp["sqnorm"][0].copy_((u * (u * eb + 2 * w * ab) + w * w * bbb).clamp_min_(0.0))
-    for b in blocks:
-        P, G, D, lr = b.params, b.grads, b.bufs["d"], b.hp["lr"]
-        fe, loop = split_paths(P, foreach, ld)
-        if fe:
-            Df, Pf = pick(D, fe), pick(P, fe)
-            torch._foreach_lerp_(Df, pick(G, fe), [bc(w, x, ld) for x in Df])
-            foreach_axpy_(Pf, Df, -lr, ld)
-        for i in reversed(loop):  # the last tensors of the first pass are in cache
-            D[i].lerp_(G[i], bc(w, D[i], ld))
-            axpy_(P[i], D[i], -lr, ld)
-    return beta
+            sq.copy_((u * (u * eb + 2 * w * ab) + w * w * bbb).clamp_min_(0.0))
+    return beta, w
 
 
 def adamem_sgd(
@@ -482,13 +487,84 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         st["prev_lrs"] = []
         return st
 
+    #: take steps with the cached plan (tests compare it with the general path by switching
+    #: it off)
+    _planned = True
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One AM-SGD step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = eval_closure(closure)
+        if not (self._planned and self._planned_step()):
+            self._general_step()
+        return loss
+
+    def _planned_step(self) -> bool:
+        """A step with the cached plan (see :mod:`shiftsim.optim._base`): the operations of
+        the general path without rebuilding its lists. False: the general path must take it
+        (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
+        groups = self.param_groups
+        if any(isinstance(g[k], Tensor) for g in groups for k in ("lr", "weight_decay")):
+            return False
+        key, grads = self._live_grads()
+        plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
+        if not plan.ok:
+            return False
+        if not plan.blocks:
+            return True
+        glob = plan.glob
+        first = groups[0]
+        foreach, lam = first["foreach"], first["lam"]
+        glob["step"] += 1
+        prev = glob["prev_lrs"]
+        parts, ratios, gls = [], [], []
+        for b in plan.blocks:
+            group = b.group
+            gs, ds = grads[b.j], b.bufs["momentum_buffer"]
+            wd, lr = group["weight_decay"], group["lr"]
+            if wd != 0:
+                gs = coupled_grads(b.params, gs, wd, foreach, 0)
+            fresh = b.extra.pop("fresh", None)
+            if fresh:
+                for d, g, new in zip(ds, gs, fresh):
+                    if new:
+                        d.copy_(g)
+            flat = flat_views(gs)
+            dv = b.flat["momentum_buffer"]
+            valid = b.extra["valid"]
+            pairs = [(flat, dv), (flat, flat)] if valid else [(flat, dv), (flat, flat), (dv, dv)]
+            r = dots_into(b.sums(len(pairs)), pairs, b.small, b.large)
+            parts.append((r[0], r[1], b.extra["sqnorm"] if valid else r[2]))
+            b.extra["valid"] = True
+            j = b.j
+            lr_prev = prev[j] if j < len(prev) and prev[j] is not None else lr
+            ratios.append(lr_prev / lr if lr > 0 else 0.0)
+            gls.append(gs)
+        beta, w = _am_weight(parts, ratios, [b.extra["sqnorm"] for b in plan.blocks], lam=lam,
+                             beta_max=first["beta_max"])
+        for b, gs in zip(plan.blocks, gls):
+            b.lerp_step(foreach, "momentum_buffer").run(gs, [w] * len(gs), -b.group["lr"], None)
+        self._record(glob, beta, lam)
+        return True
+
+    def _build_plan(self, key: tuple) -> Plan:
+        """The plan for the parameters that have a gradient now (their state created)."""
+        plan = self._plan_blocks(key, "momentum_buffer")
+        for b in plan.blocks:
+            sq, valid = self._kept_norm(plan.glob, b.j, b.members)
+            b.extra.update(sqnorm=sq, valid=valid and not any(b.extra["fresh"]))
+        return plan
+
+    def _record(self, glob: dict[str, Any], beta: Tensor, lam: float) -> None:
+        glob["beta"] = beta
+        glob["momentum"] = (beta + lam) / (1 + lam)
+        glob["prev_lrs"] = [g["lr"] for g in self.param_groups]
+
+    def _general_step(self) -> None:
+        """The step through :func:`_amsgd_blocks` (any hyperparameter type)."""
         active = self._active()
         if not active:
-            return loss
+            return
         glob = self._global()
         first = self.param_groups[0]
         glob["step"] += 1
@@ -516,11 +592,7 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
                 "sqnorm": self._kept_norm(glob, j, members)}))
         beta = _amsgd_blocks(blocks, lam=first["lam"], beta_max=first["beta_max"], ld=0,
                              foreach=first["foreach"], fresh=fresh)
-        lam = first["lam"]
-        glob["beta"] = beta
-        glob["momentum"] = (beta + lam) / (1 + lam)
-        glob["prev_lrs"] = [g["lr"] for g in self.param_groups]
-        return loss
+        self._record(glob, beta, first["lam"])
 
 
 class AdaptiveMemoryAdamW(ShiftsimOptimizer):

@@ -45,16 +45,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import ShiftsimOptimizer, eval_closure
+from ._base import Plan, ShiftsimOptimizer, eval_closure
 from ._kernels import (
     Block,
     Scalar,
     acc_dtype,
-    add_decay,
     add_scalar_,
     addcdiv_,
     axpy_,
-    bc,
     check_betas,
     check_bool,
     check_choice,
@@ -62,15 +60,18 @@ from ._kernels import (
     check_grad,
     check_learner_dims,
     check_number,
+    coupled_grads,
     default_scratch,
+    dots_into,
     ema_sq_,
-    foreach_add_decay,
+    flat_views,
     foreach_add_scalar_,
     foreach_addcdiv_,
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
     is_zero,
+    lerp_step,
     pick,
     scale_,
     split_paths,
@@ -112,9 +113,7 @@ def _couple(blocks: Sequence[Block], foreach: bool | None, ld: int) -> None:
     for b in blocks:
         wd = b.hp["weight_decay"]
         if not b.hp["decoupled"] and not is_zero(wd):
-            fe, _ = split_paths(b.params, foreach, ld)
-            b.grads = (foreach_add_decay(b.params, b.grads, wd, ld) if len(fe) == len(b.params)
-                       else add_decay(b.params, b.grads, wd, ld))
+            b.grads = coupled_grads(b.params, b.grads, wd, foreach, ld)
 
 
 def _block_dots(b: Block, scope: str, ld: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,12 +139,18 @@ def _damping(blocks: Sequence[Block], shat: Tensor, gamma: Scalar, scope: str, l
     cosine nor a one-block one depends on it).
     """
     parts = [_block_dots(b, scope, ld) for b in blocks]
+    return _smooth(parts, [b.hp.get("scale") for b in blocks], shat, gamma, scope), parts
+
+
+def _smooth(parts: Sequence[tuple[Tensor, Tensor, Tensor]], scales: Sequence[Tensor | None],
+            shat: Tensor, gamma: Scalar, scope: str) -> Tensor:
+    """The cosine from the blocks' ``(<m, g>, |m|^2, |g|^2)`` (``scales``: each block's
+    :math:`\\sigma`, or None), smoothed into ``shat`` in place; returns the damping."""
     if scope == "global":
         mg, mm, gg = parts[0]
-        if len(blocks) > 1:
+        if len(parts) > 1:
             mg = mm = gg = None
-            for b, (a, e, c) in zip(blocks, parts):
-                s = b.hp.get("scale")
+            for s, (a, e, c) in zip(scales, parts):
                 if s is not None:
                     a, e = a * s, e * (s * s)
                 mg, mm, gg = (a, e, c) if mg is None else (mg + a, mm + e, gg + c)
@@ -157,7 +162,7 @@ def _damping(blocks: Sequence[Block], shat: Tensor, gamma: Scalar, scope: str, l
     if isinstance(gamma, Tensor):
         gamma = gamma.to(shat.dtype)
     shat.lerp_(cos, 1 - gamma)  # gamma * shat + (1 - gamma) * cos
-    return shat * 0.5 + 0.5, parts
+    return shat * 0.5 + 0.5
 
 
 def _coefs(blocks: Sequence[Block], d: Tensor, scope: str, eps_key: str) -> list[Tensor]:
@@ -216,30 +221,29 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
                     scale_(P[i], 1 - lr * wd, ld)
                 axpy_(P[i], M[i], -lr, ld)
             continue
-        # (K,) hyperparameters broadcast along the last dimension
-        sig = torch.add(c, scale, alpha=beta) if not isinstance(beta, Tensor) else \
-            scale * beta + c
-        w = torch.where(sig > 0, c / sig, 1.0)  # sig = 0 only if c = 0 and m = 0
-        scale.copy_(sig)
-        step = sig * -lr
         sq = b.hp.get("sqnorm")
-        if sq is not None:  # |m_new|^2 for the next step, from this step's three sums
-            mg, mm, gg = part
-            u = 1 - w
-            sq[0].copy_((u * (u * mm + 2 * w * mg) + w * w * gg).clamp_min_(0.0))
-        ws, steps = _per_tensor(w, n, scope), _per_tensor(step, n, scope)
-        if fe:
-            Pf, Mf = pick(P, fe), pick(M, fe)
-            torch._foreach_lerp_(Mf, pick(G, fe), [bc(ws[i], M[i], ld) for i in fe])
-            if decay:
-                foreach_scale_(Pf, 1 - lr * wd, ld)
-            torch._foreach_addcmul_(Pf, Mf, [bc(steps[i], P[i], ld) for i in fe])
-        for i in reversed(loop):
-            M[i].lerp_(G[i], bc(ws[i], M[i], ld))
-            if decay:
-                scale_(P[i], 1 - lr * wd, ld)
-            P[i].addcmul_(M[i], bc(steps[i], P[i], ld))
+        w, step = _scaled(c, scale, beta, lr, part, None if sq is None else sq[0])
+        lerp_step(P, G, M, _per_tensor(w, n, scope), _per_tensor(step, n, scope),
+                  1 - lr * wd if decay else None, fe, loop, ld)
     return d
+
+
+def _scaled(c: Tensor, scale: Tensor, beta: Scalar, lr: Scalar,
+            part: tuple[Tensor, Tensor, Tensor], sqnorm: Tensor | None) -> tuple[Tensor, Tensor]:
+    r"""The scaled form's coefficients: :math:`\sigma \leftarrow \beta\sigma + c` (in
+    ``scale``), the lerp weight :math:`w = c/\sigma` and the step :math:`-\eta\sigma`;
+    ``sqnorm`` (if given) becomes :math:`\lVert\tilde m_{new}\rVert^2` from the step's sums
+    ``part`` = ``(<m, g>, |m|^2, |g|^2)``."""
+    # (K,) hyperparameters broadcast along the last dimension
+    sig = torch.add(c, scale, alpha=beta) if not isinstance(beta, Tensor) else scale * beta + c
+    w = torch.where(sig > 0, c / sig, 1.0)  # sig = 0 only if c = 0 and m = 0
+    scale.copy_(sig)
+    step = sig * -lr
+    if sqnorm is not None:  # |m_new|^2 for the next step, from this step's three sums
+        mg, mm, gg = part
+        u = 1 - w
+        sqnorm.copy_((u * (u * mm + 2 * w * mg) + w * w * gg).clamp_min_(0.0))
+    return w, step
 
 
 def tam(
@@ -392,6 +396,14 @@ def adatam(
 
 # ---------------------------------------------------------------------------- classes
 
+_TAM_HPARAMS = ("lr", "momentum", "eps", "weight_decay")
+
+
+def _float_hparams(groups: Sequence[dict[str, Any]], keys: Sequence[str]) -> bool:
+    """Whether every group's ``keys`` are plain numbers (not tensors)."""
+    return not any(isinstance(g[k], Tensor) for g in groups for k in keys)
+
+
 
 class _TorqueBase(ShiftsimOptimizer):
     diagnostic_keys = ("damping", "cosine")
@@ -507,10 +519,80 @@ class TAM(_TorqueBase):
         check_foreach(group["foreach"])
         check_bool(group["decoupled"], "decoupled")
 
+    #: take ``scope="global"`` steps with the cached plan (tests compare it with the general
+    #: path by switching it off)
+    _planned = True
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One TAM step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = eval_closure(closure)
+        if not (self._planned and self.param_groups[0]["scope"] == "global"
+                and self._planned_step()):
+            self._general_step()
+        return loss
+
+    def _planned_step(self) -> bool:
+        """A ``scope="global"`` step with the cached plan (see the module notes of
+        :mod:`shiftsim.optim._base`): the same operations as the general path, without
+        rebuilding lists, dicts and reduction stacks. False: the general path must take it
+        (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
+        groups = self.param_groups
+        if not _float_hparams(groups, _TAM_HPARAMS):
+            return False
+        key, grads = self._live_grads()
+        plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
+        if not plan.ok:
+            return False
+        blocks = plan.blocks
+        if not blocks:
+            return True
+        first = groups[0]
+        foreach = first["foreach"]
+        todo = []
+        for b in blocks:
+            group, gs, x = b.group, grads[b.j], b.extra
+            wd = group["weight_decay"]
+            if wd != 0 and not group["decoupled"]:
+                gs = coupled_grads(b.params, gs, wd, foreach, 0)
+            flat, ms = flat_views(gs), b.flat["momentum_avg"]
+            if x["valid"]:
+                r = dots_into(b.sums(2), [(ms, flat), (flat, flat)], b.small, b.large)
+                part = (r[0], x["sqnorm"], r[1])
+            else:  # |m|^2 not kept for these tensors yet
+                r = dots_into(b.sums(3), [(ms, flat), (flat, flat), (ms, ms)], b.small, b.large)
+                part = (r[0], r[2], r[1])
+                x["valid"] = True
+            todo.append((b, gs, part))
+        glob = plan.glob
+        d = _smooth([t[2] for t in todo], [b.extra["scale"] for b in blocks], glob["cosine"],
+                    first["gamma"], "global")
+        for b, gs, part in todo:
+            group, x = b.group, b.extra
+            lr, wd, scale, idle = group["lr"], group["weight_decay"], x["scale"], x["idle"]
+            old = scale.clone() if idle else None
+            w, step = _scaled(d + group["eps"], scale, group["momentum"], lr, part, x["sqnorm"])
+            shrink = 1 - lr * wd if group["decoupled"] and wd != 0 else None
+            b.lerp_step(foreach, "momentum_avg").run(gs, [w] * len(gs), step, shrink)
+            if idle:  # keep m = scale * avg of the tensors that sit this step out
+                torch._foreach_mul_(idle, torch.where(
+                    scale > 0, old / torch.where(scale > 0, scale, 1), 1.0))
+        glob["damping"] = d
+        return True
+
+    def _build_plan(self, key: tuple) -> Plan:
+        """The plan for the parameters that have a gradient now (their state created)."""
+        plan = self._plan_blocks(key, "momentum_avg")
+        for b in plan.blocks:
+            sq, valid = self._kept_norm(plan.glob, b.j, b.members)
+            live = set(map(id, b.params))
+            b.extra.update(scale=self._group_scale(plan.glob, b.j), sqnorm=sq, valid=valid, idle=[
+                self.state[q]["momentum_avg"] for q in b.group["params"]
+                if id(q) not in live and self.state.get(q)])
+        return plan
+
+    def _general_step(self) -> None:
+        """The step through :func:`_tam_blocks` (any scope, any hyperparameter type)."""
         scope = self.param_groups[0]["scope"]
         glob: dict[str, Any] | None = None
         blocks, all_params, skipped = [], [], []
@@ -551,7 +633,7 @@ class TAM(_TorqueBase):
             blocks.append(Block(ps, gs, {"m": ms}, hp))
             all_params += ps
         if glob is None:
-            return loss
+            return
         shat = self._cosine_state(all_params, scope, glob)
         d = _tam_blocks(blocks, shat, gamma=self.param_groups[0]["gamma"], scope=scope, ld=0,
                         foreach=self.param_groups[0]["foreach"])
@@ -565,7 +647,6 @@ class TAM(_TorqueBase):
         for idle, old, new in skipped:
             torch._foreach_mul_(idle, torch.where(new > 0, old / torch.where(new > 0, new, 1),
                                                   1.0))
-        return loss
 
     def _group_scale(self, glob: dict[str, Any], j: int) -> Tensor:
         """Group ``j``'s momentum scale :math:`\\sigma`."""
