@@ -261,14 +261,14 @@ def test_momo_carries_the_inner_product_and_notices_outside_changes(monkeypatch)
     """MoMo carries <x, d> from step to step (no pass of its own) and recomputes it when a
     parameter was changed in place or replaced outside the optimizer since its last step."""
     calls: list[bool] = []
-    real = MoMo._kept_dot
+    real = MoMo._kept_holds
 
     def spy(self, *a):
-        kept, valid = real(self, *a)
+        valid = real(self, *a)
         calls.append(valid)
-        return kept, valid
+        return valid
 
-    monkeypatch.setattr(MoMo, "_kept_dot", spy)
+    monkeypatch.setattr(MoMo, "_kept_holds", spy)
     ps = [torch.nn.Parameter(p) for p in init_params()]
     ref_ps = init_params()
     opt = MoMo(groups_of(ps, MOMO_HP[0], MOMO_HP[1]))

@@ -26,6 +26,10 @@ PLANNED = {
     "tam_decoupled": (so.TAM, dict(lr=0.05, weight_decay=0.1, decoupled=True),
                       dict(lr=0.02, momentum=0.5)),
     "adamem_sgd": (so.AdaptiveMemorySGD, dict(lr=0.05, weight_decay=0.01), dict(lr=0.02)),
+    "momo": (so.MoMo, dict(lr=0.5, weight_decay=0.01), dict(lr=0.2)),
+    "momo_plain": (so.MoMo, dict(lr=1.0), dict(lr=0.5)),
+    "momo_bias_fstar": (so.MoMo, dict(lr=0.5, bias_correction=True, use_fstar=True, lb=-1.0),
+                        dict(lr=0.2, weight_decay=0.05)),
 }
 
 
@@ -69,7 +73,7 @@ def run(name: str, planned: bool, foreach: bool | None, dtype: torch.dtype,
             opt = make(ps)
             opt.add_param_group({"params": ps[4:], "lr": kw["lr"] * 0.5})
             opt.load_state_dict(state)
-        if poke and t == 12:
+        if poke and t == STEPS - 1:  # a step that reuses the plan
             with torch.no_grad():
                 ps[0].mul_(0.9)  # changed outside the optimizer (MoMo must see it)
         for i, (p, g) in enumerate(zip(ps, _grads(t, dtype))):

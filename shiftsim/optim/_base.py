@@ -121,11 +121,12 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         self.__dict__[PLAN] = plan
         return plan
 
-    def _plan_blocks(self, key: tuple, buf: str) -> Plan:
+    def _plan_blocks(self, key: tuple, buf: str,
+                     init: Callable[[Tensor], Tensor] | None = None) -> Plan:
         """A plan with one :class:`PlanBlock` per group with gradients, holding the state
-        buffer ``buf`` of each such parameter (created as zeros when missing; ``extra["fresh"]``
-        flags the new ones). Not ``ok`` for parameters or buffers :func:`plain_tensors` rejects.
-        """
+        buffer ``buf`` of each such parameter (created by ``init(p)``, zeros by default, when
+        missing; ``extra["fresh"]`` flags the new ones). Not ``ok`` for parameters or buffers
+        :func:`plain_tensors` rejects."""
         live = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
         flat = [p for ps in live for p in ps]
         if not flat:
@@ -143,7 +144,8 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
                 st = self.state[p]
                 fresh.append(buf not in st)
                 if fresh[-1]:
-                    st[buf] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st[buf] = torch.zeros_like(p, memory_format=torch.preserve_format) \
+                        if init is None else init(p)
                 bufs.append(st[buf])
             place = {id(q): k for k, q in enumerate(group["params"])}
             b = PlanBlock(j, group, ps, tuple(place[id(p)] for p in ps), {buf: bufs})
@@ -253,14 +255,15 @@ def eval_closure(closure: Callable[[], Any] | None) -> Any:
 class Plan:
     """A cached step plan: ``key`` (see :meth:`ShiftsimOptimizer._live_grads`), the state dict
     and model-wide entry it was built for, one :class:`PlanBlock` per param group with
-    parameters that have a gradient, and ``ok`` (False: the optimizer's general path must take
-    this step, e.g. for float16 parameters)."""
+    parameters that have a gradient, ``ok`` (False: the optimizer's general path must take
+    this step, e.g. for float16 parameters) and ``extra`` (what else the optimizer keeps)."""
 
-    __slots__ = ("key", "state", "glob", "blocks", "ok")
+    __slots__ = ("key", "state", "glob", "blocks", "ok", "extra")
 
     def __init__(self, key: tuple, state: Any, glob: Any, blocks: list[PlanBlock],
                  ok: bool = True) -> None:
         self.key, self.state, self.glob, self.blocks, self.ok = key, state, glob, blocks, ok
+        self.extra: dict[str, Any] = {}
 
 
 class PlanBlock:

@@ -445,7 +445,8 @@ def foreach_add_scalar_(ts: list[Tensor], s: Sequence[Scalar], ld: int) -> None:
 class Sums:
     """Preallocated rows for the sums :func:`total_dots` computes over fixed tensor lists: one
     row for the concatenated small tensors (if any), one per large tensor, one column per
-    pair. The dots write into 0-d views of the rows (``out=``), so a step stacks nothing.
+    pair (each slot of shape ``trailing``: ``(K,)`` for learner dimensions). The dots write
+    into views of the rows (``out=``), so a step stacks nothing.
 
     >>> s = Sums(torch.zeros(()), rows=2, cols=1)
     >>> s.slots[0][0].fill_(1.0) is not None and s.slots[1][0].fill_(2.0) is not None
@@ -456,13 +457,15 @@ class Sums:
 
     __slots__ = ("buf", "slots", "_one")
 
-    def __init__(self, like: Tensor, rows: int, cols: int) -> None:
-        self.buf = torch.zeros(rows, cols, device=like.device, dtype=acc_dtype(like.dtype))
+    def __init__(self, like: Tensor, rows: int, cols: int, trailing: tuple[int, ...] = ()
+                 ) -> None:
+        self.buf = torch.zeros(rows, cols, *trailing, device=like.device,
+                               dtype=acc_dtype(like.dtype))
         self.slots = [list(r.unbind(0)) for r in self.buf.unbind(0)]
         self._one = self.buf[0] if rows == 1 else None
 
     def total(self) -> Tensor:
-        """The column sums (shape ``(cols,)``): as ``torch.stack(rows).sum(0)``."""
+        """The column sums (shape ``(cols, *trailing)``): as ``torch.stack(rows).sum(0)``."""
         return self._one if self._one is not None else self.buf.sum(0)
 
 
@@ -520,15 +523,16 @@ def coupled_grads(params: list[Tensor], grads: list[Tensor], wd: Scalar, foreach
     return add_decay(params, grads, wd, ld)
 
 
-def lerp_step(P: list[Tensor], G: list[Tensor], M: list[Tensor], ws: Sequence[Tensor],
+def lerp_step(P: list[Tensor], G: list[Tensor], M: list[Tensor], ws: Tensor | Sequence[Tensor],
               steps: Scalar | Sequence[Tensor], shrink: Scalar | None, fe: Sequence[int],
               loop: Sequence[int], ld: int) -> None:
     r"""The momentum step TAM (scaled form) and AM-SGD share:
-    :math:`m_i \leftarrow m_i + w_i(g_i - m_i)`, then :math:`p_i \leftarrow s\,p_i` (when
-    ``shrink`` is not None) and :math:`p_i \leftarrow p_i + a_i m_i`, ``a`` a float or one
-    tensor per tensor (``steps``). Tensors ``fe`` take multi-tensor ops, ``loop`` are updated
-    one by one, last first (the last tensors of the reductions are still in cache). See
-    :class:`LerpStep` for the same with cached lists."""
+    :math:`m_i \leftarrow m_i + w_i(g_i - m_i)` (``ws``: one weight, or one per tensor), then
+    :math:`p_i \leftarrow s\,p_i` (when ``shrink`` is not None) and
+    :math:`p_i \leftarrow p_i + a_i m_i`, ``a`` a float or one tensor per tensor (``steps``).
+    Tensors ``fe`` take multi-tensor ops, ``loop`` are updated one by one, last first (the last
+    tensors of the reductions are still in cache). See :class:`LerpStep` for the same with
+    cached lists."""
     LerpStep(P, M, fe, loop, ld).run(G, ws, steps, shrink)
 
 
@@ -537,7 +541,7 @@ class LerpStep:
     once (a step plan keeps it).
 
     >>> p, m = [torch.zeros(3)], [torch.zeros(3)]
-    >>> LerpStep(p, m, [0], [], 0).run([torch.ones(3)], [torch.tensor(0.5)], -1.0, None)
+    >>> LerpStep(p, m, [0], [], 0).run([torch.ones(3)], torch.tensor(0.5), -1.0, None)
     >>> p[0]
     tensor([-0.5000, -0.5000, -0.5000])
     """
@@ -550,19 +554,22 @@ class LerpStep:
         self.Pf, self.Mf = pick(P, fe), pick(M, fe)
         self.loop = [(i, P[i], M[i]) for i in reversed(loop)]
 
-    def run(self, G: list[Tensor], ws: Sequence[Tensor], steps: Scalar | Sequence[Tensor],
-            shrink: Scalar | None) -> None:
-        """One step with gradients ``G``, lerp weights ``ws`` (one per tensor) and ``steps``."""
+    def run(self, G: list[Tensor], ws: Tensor | Sequence[Tensor],
+            steps: Scalar | Sequence[Tensor], shrink: Scalar | None) -> None:
+        """One step with gradients ``G``, the lerp weight ``ws`` (one for all tensors, or one
+        per tensor) and ``steps``."""
         fe, ld = self.fe, self.ld
+        one = isinstance(ws, Tensor) and (ld == 0 or ws.dim() == 0)  # used as it is
         per = isinstance(steps, (list, tuple))
         if fe:
             Pf, Mf = self.Pf, self.Mf
-            torch._foreach_lerp_(Mf, [G[i] for i in fe], [bc(ws[i], m, ld) for i, m in zip(fe, Mf)])
+            torch._foreach_lerp_(Mf, [G[i] for i in fe], [ws] * len(fe) if one else [
+                bc(ws if isinstance(ws, Tensor) else ws[i], m, ld) for i, m in zip(fe, Mf)])
             if shrink is not None:
                 foreach_scale_(Pf, shrink, ld)
             foreach_axpy_(Pf, Mf, [steps[i] for i in fe] if per else steps, ld)  # type: ignore
         for i, p, m in self.loop:
-            m.lerp_(G[i], bc(ws[i], m, ld))
+            m.lerp_(G[i], ws if one else bc(ws if isinstance(ws, Tensor) else ws[i], m, ld))
             if shrink is not None:
                 scale_(p, shrink, ld)
             axpy_(p, m, steps[i] if per else steps, ld)  # type: ignore[index]

@@ -117,8 +117,7 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
                           for b in blocks], lam=lam, beta_max=beta_max)
     for b in blocks:
         fe, loop = split_paths(b.params, foreach, ld)
-        n = len(b.params)
-        lerp_step(b.params, b.grads, b.bufs["d"], [w] * n, -b.hp["lr"], None, fe, loop, ld)
+        lerp_step(b.params, b.grads, b.bufs["d"], w, -b.hp["lr"], None, fe, loop, ld)
     return beta
 
 
@@ -142,7 +141,8 @@ def _am_weight(parts: Sequence[tuple[Tensor, Tensor, Tensor]], ratios: Sequence[
     for (ab, bbb, eb), sq in zip(parts, sqnorms):
         if sq is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
             u = 1 - w
-            sq.copy_((u * (u * eb + 2 * w * ab) + w * w * bbb).clamp_min_(0.0))
+            t = torch.addcmul(eb * u, w, ab, value=2.0).mul_(u).addcmul_(w * w, bbb)
+            sq.copy_(t.clamp_min_(0.0))
     return beta, w
 
 
@@ -543,7 +543,7 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         beta, w = _am_weight(parts, ratios, [b.extra["sqnorm"] for b in plan.blocks], lam=lam,
                              beta_max=first["beta_max"])
         for b, gs in zip(plan.blocks, gls):
-            b.lerp_step(foreach, "momentum_buffer").run(gs, [w] * len(gs), -b.group["lr"], None)
+            b.lerp_step(foreach, "momentum_buffer").run(gs, w, -b.group["lr"], None)
         self._record(glob, beta, lam)
         return True
 

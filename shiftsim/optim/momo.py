@@ -55,11 +55,12 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError
-from ._base import ShiftsimOptimizer, eval_closure
+from ._base import Plan, ShiftsimOptimizer, eval_closure
 from ._kernels import (
     CAT_BELOW,
     Block,
     Scalar,
+    Sums,
     acc_dtype,
     bc,
     check_betas,
@@ -128,14 +129,87 @@ def _fingerprint(ps: Sequence[Tensor]) -> tuple:
     return tuple((p._version, p.data_ptr()) for p in ps)
 
 
-def _momo_dots(i: int, P: list[Tensor], G: list[Tensor], D: list[Tensor], with_xd: bool,
-               ld: int, xg: list, xd: dict, dd: dict) -> None:
-    """Tensor i's <x, g>, <x, d> (when asked) and |d|^2 into xg[i], xd[i], dd[i] (|d|^2
-    first: d was just written)."""
-    dd[i] = dot(D[i], D[i], ld)
-    xg[i] = dot(P[i], G[i], ld)
+class _Paths:
+    """One block's tensor lists for MoMo's kernel: which tensors take multi-tensor ops and
+    which are updated one by one, which are concatenated for the sums (small) and which are
+    reduced one by one (large), and preallocated rows for the sums. Built each step by the
+    functional kernel, kept by :class:`MoMo`'s plan."""
+
+    __slots__ = ("P", "D", "fe", "loop", "small", "large", "sizes", "Pf", "Df", "rows")
+
+    def __init__(self, P: list[Tensor], D: list[Tensor], foreach: bool | None, ld: int) -> None:
+        self.P, self.D = P, D
+        self.fe, self.loop = split_paths(P, foreach, ld)
+        n = len(P)
+        self.small = [i for i in range(n) if per_learner(P[i], ld) < CAT_BELOW]
+        self.large = [i for i in range(n) if per_learner(P[i], ld) >= CAT_BELOW]
+        self.sizes = [per_learner(P[i], ld) for i in self.small]
+        self.Pf, self.Df = pick(P, self.fe), pick(D, self.fe)
+        self.rows: dict[bool, Sums] = {}
+
+    def sums(self, with_xd: bool, ld: int) -> Sums:
+        """Rows for |d|^2 (and <x, d>): the concatenated small tensors first, then the large
+        tensors in order."""
+        r = self.rows.get(with_xd)
+        if r is None:
+            n = (1 if self.small else 0) + len(self.large)
+            p = self.P[0]
+            r = self.rows[with_xd] = Sums(p, n, 2 if with_xd else 1, tuple(p.shape[:ld]))
+        return r
+
+
+def _momo_sums(t: _Paths, G: list[Tensor], w: Scalar, with_xd: bool, ld: int
+               ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Lerp ``d`` toward the gradients (in place) and return ``(<x, g>`` per tensor (stacked),
+    ``<x, d>`` (None unless ``with_xd``), ``|d|^2)``. A large tensor is reduced right after its
+    lerp (still in cache); the small ones in one product (:func:`segment_sums`)."""
+    P, D = t.P, t.D
+    if t.fe:
+        Gf = pick(G, t.fe)
+        if isinstance(w, Tensor):
+            torch._foreach_lerp_(t.Df, Gf, [bc(w, x, ld) for x in t.Df])
+        else:
+            torch._foreach_lerp_(t.Df, Gf, w)
+    xg: list[Tensor | None] = [None] * len(P)
+    rows = t.sums(with_xd, ld)
+    slots = rows.slots
+    k = 1 if t.small else 0
+    large = {i: k + j for j, i in enumerate(t.large)}
+    done = set()
+    for i in t.loop:
+        D[i].lerp_(G[i], bc(w, D[i], ld))
+        if i in large:  # while the tensor is in cache
+            _momo_dots(P[i], G[i], D[i], xg, i, slots[large[i]], with_xd, ld)
+            done.add(i)
+    for i in t.large:
+        if i not in done:
+            _momo_dots(P[i], G[i], D[i], xg, i, slots[large[i]], with_xd, ld)
+    small = t.small
+    if len(small) == 1:
+        _momo_dots(P[small[0]], G[small[0]], D[small[0]], xg, small[0], slots[0], with_xd, ld)
+    elif small:  # one product over the small tensors, summed per tensor
+        X, Gc, Dc = (torch.cat([flat(z[i], ld) for i in small], dim=ld) for z in (P, G, D))
+        for i, row in zip(small, segment_sums(X, Gc, t.sizes, ld)):
+            xg[i] = row
+        _put(slots[0][0], dot(Dc, Dc, ld))
+        if with_xd:
+            _put(slots[0][1], dot(X, Dc, ld))
+    r = rows.total()
+    return torch.stack(xg), (r[1] if with_xd else None), r[0]  # type: ignore[arg-type]
+
+
+def _put(slot: Tensor, value: Tensor) -> None:
+    slot.copy_(value)
+
+
+def _momo_dots(x: Tensor, g: Tensor, d: Tensor, xg: list, i: int, row: list[Tensor],
+               with_xd: bool, ld: int) -> None:
+    """One tensor's |d|^2 (first: d was just written), <x, g> (into ``xg[i]``) and, when
+    asked, <x, d>."""
+    _put(row[0], dot(d, d, ld))
+    xg[i] = dot(x, g, ld)
     if with_xd:
-        xd[i] = dot(P[i], D[i], ld)
+        _put(row[1], dot(x, d, ld))
 
 
 def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,
@@ -150,57 +224,27 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
     :math:`\\langle x_k, d_k\\rangle = \\beta q + (1-\\beta)\\langle x_k, g_k\\rangle` needs no
     pass of its own; ``q`` is then set for the next step from this step's sums:
     :math:`(\\langle x_k, d_k\\rangle - \\tau\\lVert d_k\\rVert^2)/c`, exact as long as the
-    parameters change only through this update. With ``valid`` False it is recomputed."""
+    parameters change only through this update. With ``valid`` False it is recomputed.
+    ``b.hp["paths"]`` (optional): the block's :class:`_Paths` (built here when missing)."""
     f = _loss_tensor(loss, loss_avg, ld)
     if step == 1 and not bias_correction:
         loss_avg.copy_(f if isinstance(f, Tensor) else torch.full_like(loss_avg, f))
     loss_avg.copy_(loss_avg * beta + f * (1 - beta))
     w = 1 - beta
     xg_rows: list[Tensor] = []
-    sums = []  # per block: (<x, g>, <x, d>, |d|^2)
+    sums = []  # per block: (<x, d>, |d|^2)
+    paths = []
     for b in blocks:
-        P, G, D = b.params, b.grads, b.bufs["d"]
-        n = len(P)
+        t = b.hp.get("paths") or _Paths(b.params, b.bufs["d"], foreach, ld)
+        paths.append(t)
         kept = b.hp.get("kept")
         use_kept = kept is not None and kept[1]
-        fe, loop = split_paths(P, foreach, ld)
-        small = [i for i in range(n) if per_learner(P[i], ld) < CAT_BELOW]
-        large = set(range(n)) - set(small)
-        if fe:
-            Df, Gf = pick(D, fe), pick(G, fe)
-            if isinstance(w, Tensor):
-                torch._foreach_lerp_(Df, Gf, [bc(w, x, ld) for x in Df])
-            else:
-                torch._foreach_lerp_(Df, Gf, w)
-        xg: list[Tensor | None] = [None] * n
-        xd: dict[int, Tensor] = {}
-        dd: dict[int, Tensor] = {}
-        for i in loop:
-            D[i].lerp_(G[i], bc(w, D[i], ld))
-            if i in large:  # while the tensor is in cache
-                _momo_dots(i, P, G, D, not use_kept, ld, xg, xd, dd)
-        for i in fe:
-            if i in large:
-                _momo_dots(i, P, G, D, not use_kept, ld, xg, xd, dd)
-        if len(small) == 1:
-            _momo_dots(small[0], P, G, D, not use_kept, ld, xg, xd, dd)
-        elif small:  # one product over the small tensors, summed per tensor
-            X, Gc, Dc = (torch.cat([flat(t[i], ld) for i in small], dim=ld) for t in (P, G, D))
-            rows = segment_sums(X, Gc, [per_learner(P[i], ld) for i in small], ld)
-            for i, row in zip(small, rows):
-                xg[i] = row
-            if not use_kept:
-                xd[-1] = dot(X, Dc, ld)
-            dd[-1] = dot(Dc, Dc, ld)
-        xg_b = torch.stack(xg)  # type: ignore[arg-type]
+        xg_b, xd_sum, dd_sum = _momo_sums(t, b.grads, w, not use_kept, ld)
         xg_rows.append(xg_b)
-        xg_sum = xg_b.sum(0)
         if use_kept:
             assert kept is not None
-            xd_sum = kept[0] * beta + xg_sum * (1 - beta)
-        else:
-            xd_sum = torch.stack([xd[i] for i in sorted(xd)]).sum(0)
-        sums.append((xd_sum, torch.stack([dd[i] for i in sorted(dd)]).sum(0)))
+            xd_sum = kept[0] * beta + xg_b.sum(0) * (1 - beta)
+        sums.append((xd_sum, dd_sum))
     xg_all = torch.cat(xg_rows) if len(xg_rows) > 1 else xg_rows[0]
     if fresh is not None and any(fresh):
         if not bias_correction:
@@ -212,17 +256,15 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
     rho = 1 - beta ** step if bias_correction else 1.0
     taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=dot_xd, gamma=gam.sum(0),
                        norm=norm, rho=rho, lb=lb, use_fstar=use_fstar)
-    for b, tau, (xd_b, n_b) in zip(blocks, taus, sums):
-        P, D = b.params, b.bufs["d"]
+    for b, t, tau, (xd_b, n_b) in zip(blocks, paths, taus, sums):
+        P, D = t.P, t.D
         c = 1 + b.hp["lr"] * b.hp["weight_decay"]
         decay = not is_zero(b.hp["weight_decay"])
-        fe, loop = split_paths(P, foreach, ld)
-        if fe:
-            Pf = pick(P, fe)
-            foreach_axpy_(Pf, pick(D, fe), -tau, ld)
+        if t.fe:
+            foreach_axpy_(t.Pf, t.Df, -tau, ld)
             if decay:
-                foreach_scale_(Pf, 1 / c, ld)
-        for i in reversed(loop):  # the last tensors of the first pass are in cache
+                foreach_scale_(t.Pf, 1 / c, ld)
+        for i in reversed(t.loop):  # the last tensors of the first pass are in cache
             P[i].addcmul_(D[i], bc(-tau, P[i], ld))
             if decay:
                 scale_(P[i], 1 / c, ld)
@@ -521,14 +563,92 @@ class MoMo(_MoMoBase):
         check_bool(group["use_fstar"], "use_fstar")
         check_foreach(group["foreach"])
 
+    #: take steps with the cached plan (tests compare it with the general path by switching
+    #: it off)
+    _planned = True
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, loss: Any = None) -> Any:
         """One MoMo step. Give the loss (tensor or float) at the current parameters, or a
         closure that computes it (and the gradients); returns the loss."""
         loss = self._loss(closure, loss)
+        if not (self._planned and self._planned_step(loss)):
+            self._general_step(loss)
+        return loss
+
+    def _planned_step(self, loss: Any) -> bool:
+        """A step with the cached plan (see :mod:`shiftsim.optim._base`): the general path's
+        operations on cached blocks, tensor lists and per-tensor :math:`\\gamma_i` (the state's
+        ``grad_dot_w`` are views of one tensor). False: the general path must take it."""
+        groups = self.param_groups
+        if any(isinstance(g[k], Tensor) for g in groups for k in ("lr", "weight_decay")):
+            return False
+        key, grads = self._live_grads()
+        plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
+        if not plan.ok:
+            return False
+        if not plan.blocks:
+            return True
+        glob, first, x = plan.glob, groups[0], plan.extra
+        glob["step"] += 1
+        foreach = first["foreach"]
+        versions = self._versions
+        blocks = []
+        for b in plan.blocks:
+            blk, group = b.extra["block"], b.group
+            blk.grads = grads[b.j]
+            blk.hp["lr"], blk.hp["weight_decay"] = group["lr"], group["weight_decay"]
+            blk.hp["kept"] = (blk.hp["kept"][0],
+                              self._kept_holds(b.j, b.params, b.extra.pop("same", True)))
+            paths = b.extra.get(foreach)
+            if paths is None:
+                paths = b.extra[foreach] = _Paths(b.params, b.bufs["grad_avg"], foreach, 0)
+            blk.hp["paths"] = paths
+            blocks.append(blk)
+        taus = _momo_blocks(blocks, x["gam"], loss_avg=glob["loss_avg"], fstar=glob["fstar"],
+                            loss=loss, step=glob["step"], fresh=x.pop("fresh", None),
+                            beta=first["beta"], lb=first["lb"],
+                            bias_correction=first["bias_correction"],
+                            use_fstar=first["use_fstar"], ld=0, foreach=foreach)
+        glob["step_size"] = taus[0]
+        for b in plan.blocks:
+            versions[b.j] = _fingerprint(b.params)
+        return True
+
+    def _build_plan(self, key: tuple) -> Plan:
+        """The plan for the parameters that have a gradient now (their state created), with
+        one :class:`~shiftsim.optim._kernels.Block` per group kept from step to step."""
+        bias = self.param_groups[0]["bias_correction"]
+
+        def init(p: Tensor) -> Tensor:
+            return torch.zeros_like(p, memory_format=torch.preserve_format) if bias else \
+                p.grad.clone(memory_format=torch.preserve_format)  # type: ignore[union-attr]
+
+        plan = self._plan_blocks(key, "grad_avg", init)
+        if not plan.blocks:
+            return plan
+        live = [p for b in plan.blocks for p in b.params]
+        for p in live:
+            if "grad_dot_w" not in self.state[p]:
+                self.state[p]["grad_dot_w"] = torch.zeros((), device=p.device,
+                                                          dtype=acc_dtype(p.dtype))
+        glob = plan.glob
+        gam = torch.stack([self.state[p]["grad_dot_w"] for p in live]).to(
+            glob["loss_avg"].dtype)
+        for p, row in zip(live, gam.unbind(0)):  # the state holds views of gam
+            self.state[p]["grad_dot_w"] = row
+        plan.extra.update(gam=gam, fresh=[f for b in plan.blocks for f in b.extra["fresh"]])
+        for b in plan.blocks:
+            kept, same = self._kept_slot(glob, b.j, b.members)
+            b.extra.update(same=same, block=Block(b.params, [], {"d": b.bufs["grad_avg"]},
+                                                   {"kept": (kept, False)}))
+        return plan
+
+    def _general_step(self, loss: Any) -> None:
+        """The step through :func:`_momo_blocks`, its lists built from scratch."""
         active = self._active()
         if not active:
-            return loss
+            return
         glob = self._global()
         first = self.param_groups[0]
         glob["step"] += 1
@@ -564,7 +684,6 @@ class MoMo(_MoMoBase):
         glob["step_size"] = taus[0]
         for group, ps, _ in active:
             self._versions[index[id(group)]] = _fingerprint(ps)
-        return loss
 
     @property
     def _versions(self) -> dict[int, tuple]:
@@ -580,16 +699,27 @@ class MoMo(_MoMoBase):
         r"""Group ``j``'s kept :math:`\langle x, d\rangle` and whether it holds for this step:
         the same tensors take part as last step and none was changed in place since (their
         version counters and storage are as this optimizer left them)."""
+        place = {id(q): i for i, q in enumerate(group["params"])}
+        kept, same = self._kept_slot(glob, j, tuple(place[id(p)] for p in ps))
+        return kept, self._kept_holds(j, ps, same)
+
+    def _kept_holds(self, j: int, ps: list[Tensor], same: bool) -> bool:
+        """Whether group ``j``'s kept :math:`\\langle x, d\\rangle` holds: kept for the same
+        tensors (``same``) and none changed in place or replaced since the last step."""
+        return same and self._versions.get(j) == _fingerprint(ps)
+
+    def _kept_slot(self, glob: dict[str, Any], j: int, members: tuple[int, ...]
+                   ) -> tuple[Tensor, bool]:
+        """Group ``j``'s kept :math:`\\langle x, d\\rangle` and whether it was kept for the
+        same tensors (``members``: positions in the group), which it is kept for from now."""
         kept = glob.setdefault("dot_kept", [])
         held = glob.setdefault("dot_members", [])
         while len(kept) <= j:
             kept.append(torch.zeros_like(glob["loss_avg"]))
             held.append(None)
-        place = {id(q): i for i, q in enumerate(group["params"])}
-        members = tuple(place[id(p)] for p in ps)
-        valid = held[j] == members and self._versions.get(j) == _fingerprint(ps)
+        same = held[j] == members
         held[j] = members
-        return kept[j], valid
+        return kept[j], same
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

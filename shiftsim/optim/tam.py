@@ -239,10 +239,11 @@ def _scaled(c: Tensor, scale: Tensor, beta: Scalar, lr: Scalar,
     w = torch.where(sig > 0, c / sig, 1.0)  # sig = 0 only if c = 0 and m = 0
     scale.copy_(sig)
     step = sig * -lr
-    if sqnorm is not None:  # |m_new|^2 for the next step, from this step's three sums
-        mg, mm, gg = part
+    if sqnorm is not None:  # |m_new|^2 for the next step, from this step's three sums:
+        mg, mm, gg = part  # ((1 - w) |m|^2 + 2 w <m, g>) (1 - w) + w^2 |g|^2
         u = 1 - w
-        sqnorm.copy_((u * (u * mm + 2 * w * mg) + w * w * gg).clamp_min_(0.0))
+        t = torch.addcmul(mm * u, w, mg, value=2.0).mul_(u).addcmul_(w * w, gg)
+        sqnorm.copy_(t.clamp_min_(0.0))
     return w, step
 
 
@@ -573,7 +574,7 @@ class TAM(_TorqueBase):
             old = scale.clone() if idle else None
             w, step = _scaled(d + group["eps"], scale, group["momentum"], lr, part, x["sqnorm"])
             shrink = 1 - lr * wd if group["decoupled"] and wd != 0 else None
-            b.lerp_step(foreach, "momentum_avg").run(gs, [w] * len(gs), step, shrink)
+            b.lerp_step(foreach, "momentum_avg").run(gs, w, step, shrink)
             if idle:  # keep m = scale * avg of the tensors that sit this step out
                 torch._foreach_mul_(idle, torch.where(
                     scale > 0, old / torch.where(scale > 0, scale, 1), 1.0))
