@@ -29,7 +29,14 @@ from torch import Tensor
 
 from ..errors import ShiftsimError
 from . import _kernels
-from ._kernels import LerpStep, Scratch, Sums, acc_dtype, check_grad, split_paths
+from ._kernels import (
+    LerpStep,
+    MomentSums,
+    Scratch,
+    acc_dtype,
+    check_grad,
+    split_paths,
+)
 
 GLOBAL = "global"
 PLAN = "_step_plan"
@@ -263,19 +270,19 @@ class Plan:
     def __init__(self, key: tuple, state: Any, glob: Any, blocks: list[PlanBlock],
                  ok: bool = True) -> None:
         self.key, self.state, self.glob, self.blocks, self.ok = key, state, glob, blocks, ok
-        self.extra: dict[str, Any] = {}
+        self.extra: dict[Any, Any] = {}
 
 
 class PlanBlock:
     """One param group's part of a :class:`Plan`: ``j`` (its position), ``group``, the
     ``params`` with a gradient and their positions in the group (``members``), the indices of
     the small tensors (concatenated for reductions, fewer than
-    :data:`~shiftsim.optim._kernels.CAT_BELOW` elements) and
-    of the large ones, state buffers (``bufs``: name -> list of tensors, and their flat views
-    ``flat``), and the reduction rows of :func:`~shiftsim.optim._kernels.dots_into`."""
+    :data:`~shiftsim.optim._kernels.CAT_BELOW` elements) and of the large ones, the state
+    buffers (``bufs``: name -> list of tensors) and ``extra`` (what else the optimizer keeps:
+    its cached :class:`~shiftsim.optim._kernels.MomentSums`, lerp steps ...)."""
 
-    __slots__ = ("j", "group", "params", "members", "small", "large", "bufs", "flat", "_sums",
-                 "_splits", "extra")
+    __slots__ = ("j", "group", "params", "members", "small", "large", "bufs", "_splits",
+                 "extra")
 
     def __init__(self, j: int, group: dict[str, Any], params: list[Tensor],
                  members: tuple[int, ...], bufs: dict[str, list[Tensor]]) -> None:
@@ -284,24 +291,22 @@ class PlanBlock:
         self.small = [i for i, p in enumerate(params) if p.numel() < below]
         self.large = [i for i, p in enumerate(params) if p.numel() >= below]
         self.bufs = bufs
-        self.flat = {k: [t.view(-1) for t in v] for k, v in bufs.items()}
-        self._sums: dict[int, Sums] = {}
         self._splits: dict[bool | None, tuple[list[int], list[int]]] = {}
-        self.extra: dict[str, Any] = {}
-
-    def sums(self, cols: int) -> Sums:
-        """Reduction rows for ``cols`` pairs (kept from step to step)."""
-        s = self._sums.get(cols)
-        if s is None:
-            rows = (1 if self.small else 0) + len(self.large)
-            s = self._sums[cols] = Sums(self.params[0], rows, cols)
-        return s
+        self.extra: dict[Any, Any] = {}
 
     def split(self, foreach: bool | None) -> tuple[list[int], list[int]]:
         """:func:`~shiftsim.optim._kernels.split_paths` of the params (cached per setting)."""
         s = self._splits.get(foreach)
         if s is None:
             s = self._splits[foreach] = split_paths(self.params, foreach, 0)
+        return s
+
+    def moments(self, buf: str) -> MomentSums:
+        """The :class:`~shiftsim.optim._kernels.MomentSums` of buffer ``buf`` (cached)."""
+        key = ("moments", buf)
+        s = self.extra.get(key)
+        if s is None:
+            s = self.extra[key] = MomentSums(self.bufs[buf], self.small, self.large)
         return s
 
     def lerp_step(self, foreach: bool | None, buf: str) -> LerpStep:

@@ -72,14 +72,19 @@ def per_learner(t: Tensor, ld: int) -> int:
     return t.numel() if ld == 0 else t[0].numel()
 
 
-def dot(a: Tensor, b: Tensor, ld: int) -> Tensor:
-    """Per-learner inner product of two same-shaped tensors (0-d, or ``(K,)`` with ``ld=1``)."""
+def dot(a: Tensor, b: Tensor, ld: int, out: Tensor | None = None) -> Tensor:
+    """Per-learner inner product of two same-shaped tensors (0-d, or ``(K,)`` with ``ld=1``),
+    written into ``out`` when given."""
     acc = acc_dtype(a.dtype)
     if a.dtype != acc:
         a, b = a.to(acc), b.to(acc)
     if ld == 0:
-        return torch.dot(a.reshape(-1), b.reshape(-1))
-    return torch.linalg.vecdot(flat(a, 1), flat(b, 1))
+        a = a if a.dim() == 1 else a.reshape(-1)
+        b = b if b.dim() == 1 else b.reshape(-1)
+        return torch.dot(a, b) if out is None else torch.dot(a, b, out=out)
+    a = a if a.dim() == 2 else flat(a, 1)
+    b = b if b.dim() == 2 else flat(b, 1)
+    return torch.linalg.vecdot(a, b) if out is None else torch.linalg.vecdot(a, b, out=out)
 
 
 def total_dots(
@@ -120,33 +125,6 @@ def total_dots(
     if len(parts) == 1:
         return parts[0]
     return torch.stack(parts).sum(0)
-
-
-_SEGMENTS: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
-
-
-def segment_sums(x: Tensor, y: Tensor, sizes: Sequence[int], ld: int) -> list[Tensor]:
-    """Per-segment inner products of two concatenations: ``x`` and ``y`` are flat (``(N,)``, or
-    ``(K, N)`` with ``ld=1``) and made of segments of the given ``sizes``; returns one sum per
-    segment (0-d, or ``(K,)``), in the accumulation dtype. One product and one ``index_add``
-    for all segments, instead of one dot per segment.
-
-    >>> segment_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 2.0]), [2, 1], 0)
-    [tensor(3.), tensor(6.)]
-    """
-    acc = acc_dtype(x.dtype)
-    if x.dtype != acc:
-        x, y = x.to(acc), y.to(acc)
-    key = (tuple(sizes), x.device)
-    seg = _SEGMENTS.get(key)
-    if seg is None:
-        seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(x.device)
-        if len(_SEGMENTS) > 256:
-            _SEGMENTS.clear()
-        _SEGMENTS[key] = seg
-    shape = (len(sizes),) if ld == 0 else (x.shape[0], len(sizes))
-    out = torch.zeros(shape, device=x.device, dtype=acc).index_add_(ld, seg, x * y)
-    return list(out.unbind(ld))
 
 
 def tensor_dots(
@@ -469,48 +447,68 @@ class Sums:
         return self._one if self._one is not None else self.buf.sum(0)
 
 
-def flat_views(ts: Sequence[Tensor]) -> list[Tensor]:
-    """1-D views (or copies, for non-contiguous tensors) of the tensors.
+class MomentSums:
+    """``<m, g>``, ``|g|^2`` and, when asked, ``|m|^2`` of fixed tensors ``m`` (a momentum) with
+    each step's gradients: the numbers of ``total_dots([(M, G), (G, G), (M, M)], 0)``, into
+    preallocated rows (a step plan keeps it). ``small``: the indices concatenated for the sums.
 
-    >>> [tuple(t.shape) for t in flat_views([torch.zeros(2, 3), torch.zeros(4)])]
-    [(6,), (4,)]
+    >>> m = [torch.ones(3), torch.full((2,), 2.0)]
+    >>> MomentSums(m, [0, 1], [])([torch.ones(3), torch.ones(2)], True)
+    tensor([ 7.,  5., 11.])
     """
-    return [t if t.dim() == 1 else t.reshape(-1) for t in ts]
+
+    __slots__ = ("small", "msmall", "rows")
+
+    def __init__(self, M: Sequence[Tensor], small: Sequence[int], large: Sequence[int]) -> None:
+        flat = [m.view(-1) for m in M]
+        self.small = list(small)
+        self.msmall = flat[small[0]] if len(small) == 1 else [flat[i] for i in small]
+        n = (1 if small else 0) + len(large)
+        self.rows = {}
+        for cols in (2, 3):
+            sums = Sums(M[0], n, cols)
+            slots = sums.slots[1:] if small else sums.slots
+            self.rows[cols] = (sums, sums.slots[0] if small else None,
+                               [(i, flat[i], row) for i, row in zip(large, slots)])
+
+    def __call__(self, G: Sequence[Tensor], with_mm: bool) -> Tensor:
+        """``[<m, g>, |g|^2]`` (and ``|m|^2``) summed over the tensors."""
+        sums, first, large = self.rows[3 if with_mm else 2]
+        if first is not None:
+            small = self.small
+            if len(small) == 1:
+                g = G[small[0]]
+                gc, mc = (g if g.dim() == 1 else g.reshape(-1)), self.msmall
+            else:
+                gc = torch.cat([G[i] if G[i].dim() == 1 else G[i].reshape(-1) for i in small])
+                mc = torch.cat(self.msmall)  # type: ignore[arg-type]
+            torch.dot(mc, gc, out=first[0])  # type: ignore[arg-type]
+            torch.dot(gc, gc, out=first[1])
+            if with_mm:
+                torch.dot(mc, mc, out=first[2])  # type: ignore[arg-type]
+        for i, mv, row in large:
+            g = G[i]
+            gv = g if g.dim() == 1 else g.reshape(-1)
+            torch.dot(mv, gv, out=row[0])
+            torch.dot(gv, gv, out=row[1])
+            if with_mm:
+                torch.dot(mv, mv, out=row[2])
+        return sums.total()
 
 
-def dots_into(sums: Sums, pairs: Sequence[tuple[Sequence[Tensor], Sequence[Tensor]]],
-              small: Sequence[int], large: Sequence[int]) -> Tensor:
-    """:func:`total_dots` (``ld=0``) into ``sums``: the same numbers, in the same order.
+def kept_sqnorm(sq: Tensor, u: Tensor, w: Tensor, mg: Tensor, mm: Tensor, gg: Tensor) -> None:
+    """A carried squared norm after a lerp step, ``|u m + w g|^2 = (u |m|^2 + 2 w <m, g>) u +
+    w^2 |g|^2`` from the step's sums (floored at 0), into ``sq`` (``mm`` may be ``sq`` itself).
 
-    The lists hold flat (1-D) tensors; ``small`` are the indices :func:`total_dots` would
-    concatenate (fewer than :data:`CAT_BELOW` elements), ``large`` the others, in order.
-
-    >>> x = [torch.ones(3), torch.full((2,), 2.0)]
-    >>> y = [torch.ones(3), torch.ones(2)]
-    >>> dots_into(Sums(x[0], 1, 2), [(x, x), (x, y)], [0, 1], [])
-    tensor([11.,  7.])
+    >>> sq = torch.tensor(4.0)  # |m|^2 for m = (2, 0); g = (0, 1), u = w = 0.5
+    >>> kept_sqnorm(sq, torch.tensor(0.5), torch.tensor(0.5), torch.tensor(0.0), sq,
+    ...             torch.tensor(1.0))
+    >>> sq
+    tensor(1.2500)
     """
-    slots = sums.slots
-    k = 0
-    if small:
-        cats: dict[int, Tensor] = {}
-        row = slots[0]
-        for j, (xs, ys) in enumerate(pairs):
-            c = []
-            for zs in (xs, ys):
-                z = cats.get(id(zs))
-                if z is None:
-                    z = zs[small[0]] if len(small) == 1 else torch.cat([zs[i] for i in small])
-                    cats[id(zs)] = z
-                c.append(z)
-            torch.dot(c[0], c[1], out=row[j])
-        k = 1
-    for i in large:
-        row = slots[k]
-        k += 1
-        for j, (xs, ys) in enumerate(pairs):
-            torch.dot(xs[i], ys[i], out=row[j])
-    return sums.total()
+    if mm is not sq:
+        sq.copy_(mm)
+    sq.mul_(u).addcmul_(w, mg, value=2.0).mul_(u).addcmul_(w * w, gg).clamp_min_(0.0)
 
 
 def coupled_grads(params: list[Tensor], grads: list[Tensor], wd: Scalar, foreach: bool | None,

@@ -53,13 +53,12 @@ from ._kernels import (
     coupled_grads,
     default_scratch,
     dot,
-    dots_into,
     ema_sq_,
-    flat_views,
     foreach_addcdiv_,
     foreach_ema_sq_,
     foreach_scale_,
     is_zero,
+    kept_sqnorm,
     lerp_step,
     pick,
     scale_,
@@ -107,10 +106,10 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
         G, D = b.grads, b.bufs["d"]
         known = b.hp.get("sqnorm")
         if known is not None and known[1]:  # |d|^2 kept from the last step
-            t = total_dots([(G, D), (G, G)], ld)
+            t = total_dots([(D, G), (G, G)], ld)
             parts.append((t[0], t[1], known[0]))
         else:
-            t = total_dots([(G, D), (G, G), (D, D)], ld)
+            t = total_dots([(D, G), (G, G), (D, D)], ld)
             parts.append((t[0], t[1], t[2]))
     beta, w = _am_weight(parts, [b.hp["lr_ratio"] for b in blocks],
                          [None if b.hp.get("sqnorm") is None else b.hp["sqnorm"][0]
@@ -140,9 +139,7 @@ def _am_weight(parts: Sequence[tuple[Tensor, Tensor, Tensor]], ratios: Sequence[
     w = (1 - beta) / (1 + lam)
     for (ab, bbb, eb), sq in zip(parts, sqnorms):
         if sq is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
-            u = 1 - w
-            t = torch.addcmul(eb * u, w, ab, value=2.0).mul_(u).addcmul_(w * w, bbb)
-            sq.copy_(t.clamp_min_(0.0))
+            kept_sqnorm(sq, 1 - w, w, ab, eb, bbb)
     return beta, w
 
 
@@ -529,11 +526,8 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
                 for d, g, new in zip(ds, gs, fresh):
                     if new:
                         d.copy_(g)
-            flat = flat_views(gs)
-            dv = b.flat["momentum_buffer"]
             valid = b.extra["valid"]
-            pairs = [(flat, dv), (flat, flat)] if valid else [(flat, dv), (flat, flat), (dv, dv)]
-            r = dots_into(b.sums(len(pairs)), pairs, b.small, b.large)
+            r = b.moments("momentum_buffer")(gs, not valid)
             parts.append((r[0], r[1], b.extra["sqnorm"] if valid else r[2]))
             b.extra["valid"] = True
             j = b.j

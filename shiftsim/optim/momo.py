@@ -79,7 +79,6 @@ from ._kernels import (
     per_learner,
     pick,
     scale_,
-    segment_sums,
     split_paths,
 )
 from ._kernels import Scratch as _Scratch
@@ -162,7 +161,7 @@ def _momo_sums(t: _Paths, G: list[Tensor], w: Scalar, with_xd: bool, ld: int
                ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Lerp ``d`` toward the gradients (in place) and return ``(<x, g>`` per tensor (stacked),
     ``<x, d>`` (None unless ``with_xd``), ``|d|^2)``. A large tensor is reduced right after its
-    lerp (still in cache); the small ones in one product (:func:`segment_sums`)."""
+    lerp (still in cache); the small ones' |d|^2 and <x, d> over their concatenation."""
     P, D = t.P, t.D
     if t.fe:
         Gf = pick(G, t.fe)
@@ -185,31 +184,26 @@ def _momo_sums(t: _Paths, G: list[Tensor], w: Scalar, with_xd: bool, ld: int
         if i not in done:
             _momo_dots(P[i], G[i], D[i], xg, i, slots[large[i]], with_xd, ld)
     small = t.small
-    if len(small) == 1:
-        _momo_dots(P[small[0]], G[small[0]], D[small[0]], xg, small[0], slots[0], with_xd, ld)
-    elif small:  # one product over the small tensors, summed per tensor
-        X, Gc, Dc = (torch.cat([flat(z[i], ld) for i in small], dim=ld) for z in (P, G, D))
-        for i, row in zip(small, segment_sums(X, Gc, t.sizes, ld)):
-            xg[i] = row
-        _put(slots[0][0], dot(Dc, Dc, ld))
+    if small:  # per-tensor <x, g>; |d|^2 and <x, d> over the concatenation
+        for i in small:
+            xg[i] = dot(P[i], G[i], ld)
+        Dc = D[small[0]] if len(small) == 1 else torch.cat([flat(D[i], ld) for i in small], ld)
+        dot(Dc, Dc, ld, out=slots[0][0])
         if with_xd:
-            _put(slots[0][1], dot(X, Dc, ld))
+            X = P[small[0]] if len(small) == 1 else torch.cat([flat(P[i], ld) for i in small], ld)
+            dot(X, Dc, ld, out=slots[0][1])
     r = rows.total()
     return torch.stack(xg), (r[1] if with_xd else None), r[0]  # type: ignore[arg-type]
-
-
-def _put(slot: Tensor, value: Tensor) -> None:
-    slot.copy_(value)
 
 
 def _momo_dots(x: Tensor, g: Tensor, d: Tensor, xg: list, i: int, row: list[Tensor],
                with_xd: bool, ld: int) -> None:
     """One tensor's |d|^2 (first: d was just written), <x, g> (into ``xg[i]``) and, when
     asked, <x, d>."""
-    _put(row[0], dot(d, d, ld))
+    dot(d, d, ld, out=row[0])
     xg[i] = dot(x, g, ld)
     if with_xd:
-        _put(row[1], dot(x, d, ld))
+        dot(x, d, ld, out=row[1])
 
 
 def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,

@@ -62,15 +62,14 @@ from ._kernels import (
     check_number,
     coupled_grads,
     default_scratch,
-    dots_into,
     ema_sq_,
-    flat_views,
     foreach_add_scalar_,
     foreach_addcdiv_,
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
     is_zero,
+    kept_sqnorm,
     lerp_step,
     pick,
     scale_,
@@ -221,29 +220,32 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
                     scale_(P[i], 1 - lr * wd, ld)
                 axpy_(P[i], M[i], -lr, ld)
             continue
-        sq = b.hp.get("sqnorm")
-        w, step = _scaled(c, scale, beta, lr, part, None if sq is None else sq[0])
+        sq, eps = b.hp.get("sqnorm"), b.hp["eps"]
+        w, step = _scaled(c, scale, beta, lr, part, None if sq is None else sq[0],
+                          not isinstance(eps, Tensor) and eps > 0)
         lerp_step(P, G, M, _per_tensor(w, n, scope), _per_tensor(step, n, scope),
                   1 - lr * wd if decay else None, fe, loop, ld)
     return d
 
 
 def _scaled(c: Tensor, scale: Tensor, beta: Scalar, lr: Scalar,
-            part: tuple[Tensor, Tensor, Tensor], sqnorm: Tensor | None) -> tuple[Tensor, Tensor]:
+            part: tuple[Tensor, Tensor, Tensor], sqnorm: Tensor | None,
+            positive: bool = False) -> tuple[Tensor, Tensor]:
     r"""The scaled form's coefficients: :math:`\sigma \leftarrow \beta\sigma + c` (in
     ``scale``), the lerp weight :math:`w = c/\sigma` and the step :math:`-\eta\sigma`;
     ``sqnorm`` (if given) becomes :math:`\lVert\tilde m_{new}\rVert^2` from the step's sums
-    ``part`` = ``(<m, g>, |m|^2, |g|^2)``."""
+    ``part`` = ``(<m, g>, |m|^2, |g|^2)``. ``positive``: ``c > 0`` is certain (a float
+    :math:`\epsilon > 0`; the damping is never negative), so :math:`\sigma > 0` needs no
+    guard."""
     # (K,) hyperparameters broadcast along the last dimension
     sig = torch.add(c, scale, alpha=beta) if not isinstance(beta, Tensor) else scale * beta + c
-    w = torch.where(sig > 0, c / sig, 1.0)  # sig = 0 only if c = 0 and m = 0
+    # sig = 0 only if c = 0 and m = 0
+    w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
     scale.copy_(sig)
     step = sig * -lr
     if sqnorm is not None:  # |m_new|^2 for the next step, from this step's three sums:
         mg, mm, gg = part  # ((1 - w) |m|^2 + 2 w <m, g>) (1 - w) + w^2 |g|^2
-        u = 1 - w
-        t = torch.addcmul(mm * u, w, mg, value=2.0).mul_(u).addcmul_(w * w, gg)
-        sqnorm.copy_(t.clamp_min_(0.0))
+        kept_sqnorm(sqnorm, 1 - w, w, mg, mm, gg)
     return w, step
 
 
@@ -397,13 +399,6 @@ def adatam(
 
 # ---------------------------------------------------------------------------- classes
 
-_TAM_HPARAMS = ("lr", "momentum", "eps", "weight_decay")
-
-
-def _float_hparams(groups: Sequence[dict[str, Any]], keys: Sequence[str]) -> bool:
-    """Whether every group's ``keys`` are plain numbers (not tensors)."""
-    return not any(isinstance(g[k], Tensor) for g in groups for k in keys)
-
 
 
 class _TorqueBase(ShiftsimOptimizer):
@@ -539,8 +534,10 @@ class TAM(_TorqueBase):
         rebuilding lists, dicts and reduction stacks. False: the general path must take it
         (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
         groups = self.param_groups
-        if not _float_hparams(groups, _TAM_HPARAMS):
-            return False
+        for g in groups:
+            if isinstance(g["lr"], Tensor) or isinstance(g["momentum"], Tensor) or \
+                    isinstance(g["eps"], Tensor) or isinstance(g["weight_decay"], Tensor):
+                return False
         key, grads = self._live_grads()
         plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
         if not plan.ok:
@@ -556,15 +553,11 @@ class TAM(_TorqueBase):
             wd = group["weight_decay"]
             if wd != 0 and not group["decoupled"]:
                 gs = coupled_grads(b.params, gs, wd, foreach, 0)
-            flat, ms = flat_views(gs), b.flat["momentum_avg"]
-            if x["valid"]:
-                r = dots_into(b.sums(2), [(ms, flat), (flat, flat)], b.small, b.large)
-                part = (r[0], x["sqnorm"], r[1])
-            else:  # |m|^2 not kept for these tensors yet
-                r = dots_into(b.sums(3), [(ms, flat), (flat, flat), (ms, ms)], b.small, b.large)
-                part = (r[0], r[2], r[1])
-                x["valid"] = True
-            todo.append((b, gs, part))
+            valid = x["valid"]
+            r = b.moments("momentum_avg")(gs, not valid)
+            mg, gg = r[0], r[1]
+            todo.append((b, gs, (mg, x["sqnorm"] if valid else r[2], gg)))
+            x["valid"] = True
         glob = plan.glob
         d = _smooth([t[2] for t in todo], [b.extra["scale"] for b in blocks], glob["cosine"],
                     first["gamma"], "global")
@@ -572,8 +565,9 @@ class TAM(_TorqueBase):
             group, x = b.group, b.extra
             lr, wd, scale, idle = group["lr"], group["weight_decay"], x["scale"], x["idle"]
             old = scale.clone() if idle else None
-            w, step = _scaled(d + group["eps"], scale, group["momentum"], lr, part, x["sqnorm"])
-            shrink = 1 - lr * wd if group["decoupled"] and wd != 0 else None
+            eps = group["eps"]
+            w, step = _scaled(d + eps, scale, group["momentum"], lr, part, x["sqnorm"], eps > 0)
+            shrink = 1 - lr * wd if wd != 0 and group["decoupled"] else None
             b.lerp_step(foreach, "momentum_avg").run(gs, w, step, shrink)
             if idle:  # keep m = scale * avg of the tensors that sit this step out
                 torch._foreach_mul_(idle, torch.where(
