@@ -100,12 +100,15 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
         reset = _maximum(cap / (2 * c * rho), lb)
         fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
     taus = []
-    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    pos = norm > 0
+    safe = torch.where(pos, norm, torch.ones_like(norm))
+    gap = loss_avg - (fstar if _one(rho) else rho * fstar)
     for b in blocks:
         lr, wd = b.hp["lr"], b.hp["weight_decay"]
         c = 1 + lr * wd
-        num = c * (loss_avg - rho * fstar) + dot_xd - c * gamma
-        ratio = torch.where(norm > 0, num.clamp_min(0) / safe, torch.zeros_like(norm))
+        # (the products with c = 1 are skipped: exact)
+        num = gap + dot_xd - gamma if _one(c) else c * gap + dot_xd - c * gamma
+        ratio = torch.where(pos, num.clamp_min(0) / safe, torch.zeros_like(norm))
         cap_lr = lr / rho
         tau = torch.minimum(ratio, cap_lr.to(ratio.dtype)) if isinstance(cap_lr, Tensor) \
             else ratio.clamp_max(cap_lr)
@@ -114,6 +117,11 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
         h = loss_avg + dot_xd - gamma
         fstar.copy_(_maximum((h - 0.5 * taus[0] * norm) / rho, lb))
     return taus
+
+
+def _one(x: Scalar) -> bool:
+    """Whether ``x`` is the number 1 (a product with it can be skipped)."""
+    return not isinstance(x, Tensor) and x == 1
 
 
 def _loss_tensor(loss: Tensor | float, like: Tensor, ld: int) -> Tensor | float:
@@ -254,12 +262,13 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
         P, D = t.P, t.D
         c = 1 + b.hp["lr"] * b.hp["weight_decay"]
         decay = not is_zero(b.hp["weight_decay"])
+        ntau = -tau
         if t.fe:
-            foreach_axpy_(t.Pf, t.Df, -tau, ld)
+            foreach_axpy_(t.Pf, t.Df, ntau, ld)
             if decay:
                 foreach_scale_(t.Pf, 1 / c, ld)
         for i in reversed(t.loop):  # the last tensors of the first pass are in cache
-            P[i].addcmul_(D[i], bc(-tau, P[i], ld))
+            P[i].addcmul_(D[i], bc(ntau, P[i], ld))
             if decay:
                 scale_(P[i], 1 / c, ld)
         kept = b.hp.get("kept")
