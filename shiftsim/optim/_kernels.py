@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ShiftsimError, SpecTypeError, allowed
+from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 
 Scalar = float | Tensor
 
@@ -245,27 +245,14 @@ def is_zero(h: Scalar) -> bool:
 
 def check_number(value: object, name: str, low: float | None = None, high: float | None = None,
                  *, low_open: bool = False, high_open: bool = False) -> float:
-    """Validate a hyperparameter: a finite real number within the given bounds."""
-    import math
-
+    """Validate a hyperparameter: a finite real number (or one-element tensor) within the
+    given bounds (:func:`shiftsim.errors.check_range`)."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise SpecTypeError(f"{name} must be a number, got a tensor of shape "
                                 f"{tuple(value.shape)}")
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecTypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ShiftsimError(f"{name} must be finite, got {value!r}")
-    lo_ok = low is None or (value > low if low_open else value >= low)
-    hi_ok = high is None or (value < high if high_open else value <= high)
-    if not (lo_ok and hi_ok):
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ShiftsimError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {value!r}")
-    return value
+    return check_range(value, name, low, high, low_open=low_open, high_open=high_open)
 
 
 def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
