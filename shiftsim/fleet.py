@@ -81,6 +81,9 @@ _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Sigmoid, nn.LeakyReLU, nn
 
 #: the most bytes of pre-shifted training inputs stacked across seeds for one-gather batches
 STACK_LIMIT = 512 * 2**20
+#: the fast path gathers the inputs of up to this many steps (and bytes) at once
+BLOCK_STEPS = 64
+BLOCK_BYTES = 4 * 2**20
 
 
 # -- the stacked model ------------------------------------------------------------------------
@@ -91,14 +94,15 @@ def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
     ``(K, b)``: ``(per (K,), exp(z - max) (K, C, b), its sum over classes (K, 1, b))``.
 
     Written out (max, exp, sum, log) because torch's log_softmax over a short innermost class
-    dimension is several times slower on the CPU; the numbers are those of
-    ``F.cross_entropy`` up to rounding.
+    dimension, and its logsumexp, are several times slower on the CPU; the numbers are those
+    of ``F.cross_entropy`` up to rounding.
     """
     m = z.detach().amax(1, keepdim=True)
     e = torch.sub(z, m).exp()
     s = e.sum(1, keepdim=True)
     picked = z.gather(1, y.unsqueeze(1))
-    per = (s.log() + m - picked).squeeze(1).mean(1)
+    # (a sum times 1/b: torch's mean costs three times as much on these small tensors)
+    per = (s.log() + m - picked).squeeze(1).sum(1).mul_(1.0 / y.shape[1])
     return per, e, s
 
 
@@ -141,6 +145,8 @@ class StackedModel:
             n: torch.stack([dict(m.named_buffers())[n] for m in models])
             for n, _ in models[0].named_buffers()}
         self.template = models[0]
+        self._minus_cache: torch.Tensor | None = None
+        self._columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._plan = self._matmul_plan(models[0], input_shape)
         self.manual = self._plan is not None and self._relu_chain(self._plan)
         if self._plan is None:
@@ -204,8 +210,9 @@ class StackedModel:
             if kind == "linear":
                 if keep is not None:
                     keep.append(h)
-                w, b = params[arg[0]], params[arg[1]] if arg[1] else None
-                h = torch.baddbmm(b.unsqueeze(2), w, h) if b is not None else torch.bmm(w, h)
+                w = params[arg[0]]
+                h = torch.baddbmm(self._column(params, arg[1]), w, h) if arg[1] \
+                    else torch.bmm(w, h)
             elif kind == "act":
                 # no autograd: a ReLU can overwrite the matmul's fresh output
                 h = h.relu_() if type(arg) is nn.ReLU and not torch.is_grad_enabled() \
@@ -217,6 +224,26 @@ class StackedModel:
         z = self._forward_cm(params, x)
         return z, _cross_entropy(z, y)[0]
 
+    def _column(self, params: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """Bias ``name`` as a column ``(K, out, 1)``; without autograd, and when not compiled,
+        a view kept from step to step (the parameters are updated in place)."""
+        b = params[name]
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return b.unsqueeze(2)
+        kept = self._columns.get(name)
+        if kept is None or kept[0] is not b:
+            kept = self._columns[name] = (b, b.unsqueeze(2))
+        return kept[1]
+
+    def _minus(self, d: torch.Tensor, n: int) -> torch.Tensor:
+        """``-1/n`` shaped ``(K, 1, n)`` like ``d`` (kept from step to step)."""
+        c = self._minus_cache
+        if c is None or c.shape != (d.shape[0], 1, n) or c.dtype != d.dtype \
+                or c.device != d.device:
+            c = self._minus_cache = torch.full((d.shape[0], 1, n), -1.0 / n, dtype=d.dtype,
+                                               device=d.device)
+        return c
+
     def _manual_step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Forward and backward of a ReLU MLP by hand: ``(logits (K, C, b), loss (K,),
@@ -226,9 +253,9 @@ class StackedModel:
         z = self._forward_cm(params, x, inputs)
         per, e, s = _cross_entropy(z, y)
         n = y.shape[1]
-        d = e.div_(s)  # softmax
-        d.scatter_add_(1, y.unsqueeze(1), torch.full_like(d[:, :1], -1.0).expand(-1, -1, n))
-        d.mul_(1.0 / n)  # d loss / d z = (softmax - onehot) / n, class-major
+        # d loss / d z = (softmax - onehot) / n = e / (n s) - onehot / n, class-major
+        d = e.div_(s.mul_(n))
+        d.scatter_add_(1, y.unsqueeze(1), self._minus(d, n))
         grads: dict[str, torch.Tensor] = {}
         linears = [arg for kind, arg in self._plan if kind == "linear"]
         for j in range(len(linears) - 1, -1, -1):
@@ -267,7 +294,7 @@ class StackedModel:
                 z, per = fn(self.params, x, y)
                 grads = list(torch.autograd.grad(per.sum(), list(self.params.values())))
             z, per = z.detach(), per.detach()
-        return z.max(1).indices, per, grads
+        return z.max(1).indices, per, grads  # (argmax over a middle dim is ~8x slower)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, b, C)`` for inputs ``(K, b, ...)``."""
@@ -691,6 +718,9 @@ class _SeedBatches:
         p0 = self.plans[0]
         self.steps = p0.steps
         self.y = torch.stack([p.y for p in self.plans], 1)  # (L, S, b)
+        self._labels = self._members(self.y, 1)  # (L, K, b)
+        self._block: torch.Tensor | None = None
+        self._block_start = self._block_stop = 0
         self.y_true = torch.stack([p.y_true for p in self.plans], 1)
         self.index = torch.stack([p.index for p in self.plans], 1)  # (L, S, b)
         self.n_new = torch.stack([p.n_new for p in self.plans], 1)  # (L, S)
@@ -711,20 +741,30 @@ class _SeedBatches:
             else:
                 self.fast = False
 
-    def _members(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.identity else t.index_select(0, self.member_seed)
+    def _members(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        return t if self.identity else t.index_select(dim, self.member_seed)
 
     def inputs(self, s: int) -> torch.Tensor:
+        """The members' inputs at step ``s``, ``(K, b, ...)``. On the fast path they are
+        gathered for a block of steps at once (one indexing op per block, not per step)."""
         if self.fast and s >= self.width:
-            idx = self.index[s] if self.offset is None else self.index[s] + self.offset
-            assert self.base is not None
-            x = self.base[idx]  # (S, b, ...)
-        else:
-            x = torch.stack([p.inputs(s, st.noise) for p, st in zip(self.plans, self.streams)])
+            if not self._block_start <= s < self._block_stop:
+                self._gather_block(s)
+            assert self._block is not None
+            return self._block[s - self._block_start]
+        x = torch.stack([p.inputs(s, st.noise) for p, st in zip(self.plans, self.streams)])
         return self._members(x)
 
+    def _gather_block(self, s: int) -> None:
+        assert self.base is not None
+        per_step = self.index[0].numel() * self.base[0].numel() * self.base.element_size()
+        stop = min(self.steps, s + max(1, min(BLOCK_STEPS, BLOCK_BYTES // max(per_step, 1))))
+        idx = self.index[s:stop] if self.offset is None else self.index[s:stop] + self.offset
+        self._block = self._members(self.base[idx], 1)  # (steps, K, b, ...)
+        self._block_start, self._block_stop = s, stop
+
     def labels(self, s: int) -> torch.Tensor:
-        return self._members(self.y[s])
+        return self._labels[s]
 
 
 # -- the loop -----------------------------------------------------------------------------------
