@@ -128,6 +128,22 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         self.__dict__[PLAN] = plan
         return plan
 
+    def _build_plan(self, key: tuple) -> Plan:
+        """The optimizer's step plan for the parameters that have a gradient now (those with
+        a planned step override it)."""
+        raise NotImplementedError
+
+    def _plan_for_step(self, scalars: tuple[str, ...]) -> tuple[Plan | None, list[list[Tensor]]]:
+        """The plan for this step (cached, or built by the optimizer's ``_build_plan`` and
+        kept) and the gradients of :meth:`_live_grads`. The plan is None when the general
+        path must take the step: a hyperparameter named in ``scalars`` is a tensor in some
+        group, or the plan is not ``ok`` (float16 or non-contiguous parameters)."""
+        if any(isinstance(g[k], Tensor) for g in self.param_groups for k in scalars):
+            return None, []
+        key, grads = self._live_grads()
+        plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
+        return (plan if plan.ok else None), grads
+
     def _plan_blocks(self, key: tuple, buf: str,
                      init: Callable[[Tensor], Tensor] | None = None) -> Plan:
         """A plan with one :class:`PlanBlock` per group with gradients, holding the state

@@ -584,11 +584,8 @@ class MoMo(_MoMoBase):
         operations on cached blocks, tensor lists and per-tensor :math:`\\gamma_i` (the state's
         ``grad_dot_w`` are views of one tensor). False: the general path must take it."""
         groups = self.param_groups
-        if any(isinstance(g[k], Tensor) for g in groups for k in ("lr", "weight_decay")):
-            return False
-        key, grads = self._live_grads()
-        plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
-        if not plan.ok:
+        plan, grads = self._plan_for_step(("lr", "weight_decay"))
+        if plan is None:
             return False
         if not plan.blocks:
             return True

@@ -534,13 +534,8 @@ class TAM(_TorqueBase):
         rebuilding lists, dicts and reduction stacks. False: the general path must take it
         (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
         groups = self.param_groups
-        for g in groups:
-            if isinstance(g["lr"], Tensor) or isinstance(g["momentum"], Tensor) or \
-                    isinstance(g["eps"], Tensor) or isinstance(g["weight_decay"], Tensor):
-                return False
-        key, grads = self._live_grads()
-        plan = self._cached_plan(key) or self._keep_plan(self._build_plan(key))
-        if not plan.ok:
+        plan, grads = self._plan_for_step(("lr", "momentum", "eps", "weight_decay"))
+        if plan is None:
             return False
         blocks = plan.blocks
         if not blocks:
