@@ -221,6 +221,27 @@ def test_input_shifts_ramps_and_noise_streams(digits64):
         assert_same(res, run_eager(sc, mlp64, opt, seed=seed, device="cpu"))
 
 
+@pytest.mark.parametrize("block_steps", [1, 7])
+def test_inputs_gathered_in_blocks_of_steps_are_the_same_batches(digits64, monkeypatch,
+                                                                  block_steps):
+    """The fast path gathers a block of steps' inputs at once: block boundaries inside and
+    across phases, after a ramp and with inputs stacked per seed (static shifts) change
+    nothing."""
+    import shiftsim.fleet as fleet_mod
+
+    sc = ss.Scenario(digits64, [
+        ss.Phase(20), ss.Phase(25, [ss.Rotate(40)], transition=ss.Gradual(6)),
+        ss.Phase(23, [ss.LabelFlip(1.0)])], batch_size=8, eval_every=10, eval_size=50)
+    members = [("sgdm", 0), ("sgdm", 3), ("adam", 1)]
+    default = run_fleet(sc, mlp64, members, device="cpu")
+    monkeypatch.setattr(fleet_mod, "BLOCK_STEPS", block_steps)
+    blocked = run_fleet(sc, mlp64, members, device="cpu")
+    for (opt, seed), a, b in zip(members, default, blocked):
+        pd.testing.assert_frame_equal(a.trace, b.trace)
+        pd.testing.assert_frame_equal(a.evals, b.evals)
+        assert_same(b, run_eager(sc, mlp64, opt, seed=seed, device="cpu"))
+
+
 def test_class_prior_and_noise_flips(digits64):
     sc = ss.Scenario(digits64, [
         ss.Phase(30), ss.Phase(30, [ss.ClassPrior([5.0, 5.0] + [1.0] * 8)]),
