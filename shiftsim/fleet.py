@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import platform
 import re
 import time
@@ -59,6 +60,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._mlp_kernel import relu_mlp_step, scripted_relu_mlp_step
 from .engine import RunResult, _EvalSchedule
 from .errors import ShiftsimError, SpecTypeError
 from .learner import build_model, mode_sensitive
@@ -88,22 +90,18 @@ BLOCK_BYTES = 4 * 2**20
 
 # -- the stacked model ------------------------------------------------------------------------
 
-def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                torch.Tensor]:
-    """Mean cross-entropy per member from class-major logits ``z`` ``(K, C, b)`` and labels
-    ``(K, b)``: ``(per (K,), exp(z - max) (K, C, b), its sum over classes (K, 1, b))``.
+def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per member ``(K,)`` from class-major logits ``z`` ``(K, C, b)`` and
+    labels ``(K, b)``, for autograd (:func:`~shiftsim._mlp_kernel.relu_mlp_step` computes
+    the same numbers without a graph).
 
     Written out (max, exp, sum, log) because torch's log_softmax over a short innermost class
-    dimension is several times slower on the CPU, and because the manual backward pass reuses
-    ``exp(z - max)`` and its sum for the softmax; the numbers are those of
+    dimension is several times slower on the CPU; the numbers are those of
     ``F.cross_entropy`` up to rounding.
     """
     m = z.detach().amax(1, keepdim=True)
-    e = torch.sub(z, m).exp()
-    s = e.sum(1, keepdim=True)
-    picked = z.gather(1, y.unsqueeze(1))
-    per = (s.log() + m - picked).squeeze(1).mean(1)
-    return per, e, s
+    s = torch.sub(z, m).exp().sum(1, keepdim=True)
+    return (s.log() + m - z.gather(1, y.unsqueeze(1))).squeeze(1).mean(1)
 
 
 class StackedModel:
@@ -113,7 +111,8 @@ class StackedModel:
     takes ``(K, batch, *input_shape)`` and returns ``(K, batch, classes)``. An ``nn.Sequential``
     of Flatten / Linear / elementwise activations runs as batched matmuls on class-major
     activations ``(K, features, batch)``, with its backward pass written out when every
-    activation is ReLU (no autograd graph); any other model runs through
+    activation is ReLU (no autograd graph; :func:`~shiftsim._mlp_kernel.relu_mlp_step`, run by
+    TorchScript); any other model runs through
     ``torch.func.vmap(functional_call)`` and autograd. ``compile=True`` compiles the training
     step with ``torch.compile``; when compilation fails (no compiler, an unsupported op) it
     warns and runs eagerly.
@@ -145,10 +144,15 @@ class StackedModel:
             n: torch.stack([dict(m.named_buffers())[n] for m in models])
             for n, _ in models[0].named_buffers()}
         self.template = models[0]
-        self._minus_cache: torch.Tensor | None = None
+        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: run the hand-written step through TorchScript (same numbers, less Python per op)
+        self.script = True
+        self._layer_cache: tuple[tuple[torch.Tensor, ...], list[Any]] | None = None
         self._columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._plan = self._matmul_plan(models[0], input_shape)
         self.manual = self._plan is not None and self._relu_chain(self._plan)
+        #: whether the forward pass takes inputs flattened to (K, b, features) as well
+        self.flat_inputs = self._plan is not None
         if self._plan is None:
             self._meta = copy.deepcopy(models[0]).to("meta")
         self._eager: Callable[..., Any] = self._manual_step if self.manual else self._losses
@@ -222,7 +226,7 @@ class StackedModel:
     def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         z = self._forward_cm(params, x)
-        return z, _cross_entropy(z, y)[0]
+        return z, _cross_entropy(z, y)
 
     def _column(self, params: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """Bias ``name`` as a column ``(K, out, 1)``; without autograd, and when not compiled,
@@ -235,66 +239,106 @@ class StackedModel:
             kept = self._columns[name] = (b, b.unsqueeze(2))
         return kept[1]
 
-    def _minus(self, d: torch.Tensor, n: int) -> torch.Tensor:
-        """``-1/n`` shaped ``(K, 1, n)`` like ``d`` (kept from step to step)."""
-        c = self._minus_cache
-        if c is None or c.shape != (d.shape[0], 1, n) or c.dtype != d.dtype \
-                or c.device != d.device:
-            c = self._minus_cache = torch.full((d.shape[0], 1, n), -1.0 / n, dtype=d.dtype,
-                                               device=d.device)
-        return c
-
-    def _manual_step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Forward and backward of a ReLU MLP by hand: ``(logits (K, C, b), loss (K,),
-        gradients in the order of params)``."""
+    def _layers(self, params: dict[str, torch.Tensor]
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[bool]]:
+        """The arguments of :func:`relu_mlp_step` for the plan's Linear layers: ``(weights,
+        bias columns (K, out, 1), weights transposed, whether each layer has a bias)``. When
+        not compiling, kept from step to step as views (the optimizers update the parameters
+        in place), rebuilt when a parameter tensor is replaced. The kernel's gradients come
+        layer by layer, weight then bias: the order of an ``nn.Sequential``'s parameters."""
         assert self._plan is not None
-        inputs: list[torch.Tensor] = []
-        z = self._forward_cm(params, x, inputs)
-        per, e, s = _cross_entropy(z, y)
-        n = y.shape[1]
-        # d loss / d z = (softmax - onehot) / n = e / (n s) - onehot / n, class-major
-        d = e.div_(s.mul_(n))
-        d.scatter_add_(1, y.unsqueeze(1), self._minus(d, n))
-        grads: dict[str, torch.Tensor] = {}
-        linears = [arg for kind, arg in self._plan if kind == "linear"]
-        for j in range(len(linears) - 1, -1, -1):
-            w_name, b_name = linears[j]
-            h = inputs[j]
-            grads[w_name] = torch.bmm(d, h.transpose(1, 2))
-            if b_name is not None:
-                grads[b_name] = d.sum(2)
-            if j:
-                d = torch.bmm(params[w_name].transpose(1, 2), d)
-                # h = relu(z): d relu / dz = [z > 0] = [h > 0] (threshold_backward: one pass)
-                d = torch.ops.aten.threshold_backward(d, h, 0.0)
-        return z, per, [grads[n] for n in self.params]
+        vals = tuple(params.values())
+        kept = self._layer_cache
+        if kept is not None and not torch.compiler.is_compiling() and len(kept[0]) == len(vals) \
+                and all(map(operator.is_, kept[0], vals)):
+            return kept[1]
+        weights, columns, weights_t, biased = [], [], [], []
+        for kind, arg in self._plan:
+            if kind == "linear":
+                w = params[arg[0]]
+                weights.append(w)
+                weights_t.append(w.transpose(1, 2))
+                columns.append(params[arg[1]].unsqueeze(2) if arg[1] else w)  # w: unused
+                biased.append(arg[1] is not None)
+        layers = (weights, columns, weights_t, biased)
+        if not torch.compiler.is_compiling():
+            self._layer_cache = (vals, layers)
+        return layers
 
-    def step(self, x: torch.Tensor, y: torch.Tensor
+    def _manual_step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     out: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Forward and backward of a ReLU MLP by hand (:func:`relu_mlp_step`, run by
+        TorchScript unless ``self.script`` is False or when compiling): ``(predictions
+        (K, 1, b), mean cross-entropy (K,), gradients in the order of params)``. ``out``:
+        tensors ``(K, 1, b)`` int64 and ``(K,)`` (the parameters' dtype) that receive the
+        predictions and losses."""
+        weights, columns, weights_t, biased = self._layers(params)
+        K, n = y.shape
+        w0 = weights[0]
+        compiling = torch.compiler.is_compiling()
+        if out is None or compiling:
+            out = (torch.empty(K, 1, n, dtype=torch.int64, device=w0.device),
+                   torch.empty(K, dtype=w0.dtype, device=w0.device))
+        if compiling:
+            maxima = torch.empty(K, 1, n, dtype=w0.dtype, device=w0.device)
+            minus = torch.full((K, 1, n), -1.0 / n, dtype=w0.dtype, device=w0.device)
+        else:
+            maxima, minus = self._step_buffers(K, n, w0)
+        kernel = scripted_relu_mlp_step() if self.script and not compiling else relu_mlp_step
+        grads = kernel(x, y, weights, columns, weights_t, biased, maxima, out[0], out[1], minus)
+        return out[0], out[1], grads
+
+    def _step_buffers(self, K: int, n: int, like: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class maxima buffer ``(K, 1, n)`` and ``-1/n`` shaped ``(K, 1, n)`` (kept from
+        step to step, per batch size)."""
+        kept = self._buffers.get(n)
+        if kept is None or kept[0].shape[0] != K or kept[0].dtype != like.dtype \
+                or kept[0].device != like.device:
+            kept = self._buffers[n] = (
+                torch.empty(K, 1, n, dtype=like.dtype, device=like.device),
+                torch.full((K, 1, n), -1.0 / n, dtype=like.dtype, device=like.device))
+        return kept
+
+    def step(self, x: torch.Tensor, y: torch.Tensor,
+             out: tuple[torch.Tensor, torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """One training pass for every member: ``(predictions (K, b), mean cross-entropy
-        (K,), gradients)`` for inputs ``(K, b, ...)`` and labels ``(K, b)``."""
+        (K,), gradients)`` for inputs ``(K, b, ...)`` and labels ``(K, b)``. ``out``: tensors
+        ``(K, 1, b)`` int64 and ``(K,)`` that receive the predictions and losses (then
+        returned, the predictions as ``(K, 1, b)``)."""
         if self.compiled:
             try:
-                return self._finish(self._train, x, y)
+                return self._finish(self._train, x, y, out)
             except Exception as exc:  # the first call compiles; fall back when it cannot
                 warnings.warn(f"torch.compile of the fleet step failed ({type(exc).__name__}: "
                               f"{exc}); running eagerly", stacklevel=2)
                 self.compiled = False
                 self._train = self._eager
-        return self._finish(self._eager, x, y)
+        if self.manual and not torch.is_grad_enabled():  # the engine's loop: no wrapper
+            pred, per, grads = self._manual_step(self.params, x, y, out)
+            return (pred if out is not None else pred.squeeze(1)), per, grads
+        return self._finish(self._eager, x, y, out)
 
-    def _finish(self, fn: Callable[..., Any], x: torch.Tensor, y: torch.Tensor
+    def _finish(self, fn: Callable[..., Any], x: torch.Tensor, y: torch.Tensor,
+                out: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         if self.manual:
             with torch.no_grad():
-                z, per, grads = fn(self.params, x, y)
+                pred, per, grads = fn(self.params, x, y)
         else:
             with torch.enable_grad():
                 z, per = fn(self.params, x, y)
                 grads = list(torch.autograd.grad(per.sum(), list(self.params.values())))
             z, per = z.detach(), per.detach()
-        return z.max(1).indices, per, grads  # (argmax over a middle dim is ~8x slower)
+            pred = z.max(1, keepdim=True).indices  # (argmax over a middle dim is ~8x slower)
+        if out is None:
+            return pred.squeeze(1), per, grads
+        with torch.no_grad():
+            out[0].copy_(pred)
+            out[1].copy_(per)
+        return out[0], out[1], grads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, b, C)`` for inputs ``(K, b, ...)``."""
@@ -710,7 +754,9 @@ class _SeedBatches:
     """The batches of every distinct seed in one phase, stacked ``(S, ...)``."""
 
     def __init__(self, streams: list[Stream], phase: int, member_seed: torch.Tensor,
-                 identity: bool) -> None:
+                 identity: bool, flat: bool = False) -> None:
+        """``flat``: the fast path may hand out inputs flattened to ``(K, b, features)``."""
+        self.flat = flat
         self.plans = [st.plan(phase) for st in streams]
         self.streams = streams
         self.member_seed = member_seed
@@ -718,8 +764,8 @@ class _SeedBatches:
         p0 = self.plans[0]
         self.steps = p0.steps
         self.y = torch.stack([p.y for p in self.plans], 1)  # (L, S, b)
-        self._labels = self._members(self.y, 1)  # (L, K, b)
-        self._block: torch.Tensor | None = None
+        self._labels = self._members(self.y, 1).unbind(0)  # L x (K, b)
+        self._block: tuple[torch.Tensor, ...] = ()
         self._block_start = self._block_stop = 0
         self.y_true = torch.stack([p.y_true for p in self.plans], 1)
         self.index = torch.stack([p.index for p in self.plans], 1)  # (L, S, b)
@@ -750,7 +796,6 @@ class _SeedBatches:
         if self.fast and s >= self.width:
             if not self._block_start <= s < self._block_stop:
                 self._gather_block(s)
-            assert self._block is not None
             return self._block[s - self._block_start]
         x = torch.stack([p.inputs(s, st.noise) for p, st in zip(self.plans, self.streams)])
         return self._members(x)
@@ -760,7 +805,8 @@ class _SeedBatches:
         per_step = self.index[0].numel() * self.base[0].numel() * self.base.element_size()
         stop = min(self.steps, s + max(1, min(BLOCK_STEPS, BLOCK_BYTES // max(per_step, 1))))
         idx = self.index[s:stop] if self.offset is None else self.index[s:stop] + self.offset
-        self._block = self._members(self.base[idx], 1)  # (steps, K, b, ...)
+        block = self._members(self.base[idx], 1)  # (steps, K, b, ...)
+        self._block = (block.flatten(3) if self.flat else block).unbind(0)
         self._block_start, self._block_stop = s, stop
 
     def labels(self, s: int) -> torch.Tensor:
@@ -869,7 +915,10 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             groups.append(g)
             start = i
 
-    losses = torch.empty(K, T, dtype=torch.float32, device=dev)
+    # step-major, in the parameters' dtype (the optimizers see the loss as computed); the
+    # trace keeps float32
+    losses_tm = torch.empty(T, K, dtype=params[0].dtype, device=dev)
+    losses = losses_tm.T
     correct = torch.zeros(K, T, dtype=torch.int64, device=dev)
     correct_true = torch.zeros(K, T, dtype=torch.int64, device=dev)
     n_new = torch.empty(K, T, dtype=torch.int64)
@@ -909,21 +958,25 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     # A diverged member is not stepped differently: its non-finite values stay in its own
     # slice (every reduction is per member), and its trace ends at its divergence.
     all_out = False
-    for k_phase in range(len(scenario.phases)):
-        batches = _SeedBatches(streams, k_phase, member_seed, identity)
-        start = scenario.boundaries[k_phase]
-        preds = torch.empty(K, batches.steps, b, dtype=torch.int64, device=dev)
-        n_new[:, start:start + batches.steps] = (
-            batches.n_new.T if identity else batches.n_new.T[member_seed.cpu()])
-        for s in range(batches.steps):
-            t = start + s
-            pred, loss_d, grads = net.step(batches.inputs(s), batches.labels(s))
-            with torch.no_grad():
-                preds[:, s] = pred
-                losses[:, t] = loss_d
+    grad_was = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)  # the whole loop (an autograd model enables it per step)
+    try:
+        for k_phase in range(len(scenario.phases)):
+            batches = _SeedBatches(streams, k_phase, member_seed, identity,
+                                    flat=net.flat_inputs)
+            start, steps = scenario.boundaries[k_phase], batches.steps
+            # step-major buffers: each step's predictions and losses are written in place by
+            # the step itself (views made once per phase, no per-step indexing)
+            preds = torch.empty(steps, K, 1, b, dtype=torch.int64, device=dev)
+            outs = list(zip(preds.unbind(0), losses_tm[start:start + steps].unbind(0)))
+            n_new[:, start:start + steps] = (
+                batches.n_new.T if identity else batches.n_new.T[member_seed.cpu()])
+            for s in range(steps):
+                t = start + s
+                _, loss_d, grads = net.step(batches.inputs(s), batches.labels(s), outs[s])
                 for g in groups:
                     if g.full:
-                        vals = g.family.step(list(grads), loss_d)
+                        vals = g.family.step(grads, loss_d)
                     else:
                         vals = g.family.step([x[g.start:g.stop] for x in grads],
                                              loss_d[g.start:g.stop])
@@ -935,26 +988,28 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
                     for i, r in enumerate(regimes):
                         hx, hy = heldout_of(r)
                         eval_correct[:, row + i] = (net.predict(hx) == hy).sum(1)
-            if (t + 1) % check_every == 0 and check(t + 1):
-                all_out = True
+                if (t + 1) % check_every == 0 and check(t + 1):
+                    all_out = True
+                    break
+                if bar is not None and (t + 1) % 50 == 0:
+                    bar.update(50)
+            done = s + 1
+            y_m, yt_m = batches.y[:done], batches.y_true[:done]  # (done, S, b)
+            if not identity:
+                y_m, yt_m = y_m.index_select(1, member_seed), yt_m.index_select(1, member_seed)
+            p_m = preds[:done, :, 0]  # (done, K, b)
+            correct[:, start:start + done] = (p_m == y_m).sum(-1).T
+            correct_true[:, start:start + done] = (p_m == yt_m).sum(-1).T
+            if all_out or check(start + steps):
                 break
-            if bar is not None and (t + 1) % 50 == 0:
-                bar.update(50)
-        done = s + 1
-        y_m = batches.y[:done].transpose(0, 1)
-        yt_m = batches.y_true[:done].transpose(0, 1)
-        if not identity:
-            y_m, yt_m = y_m.index_select(0, member_seed), yt_m.index_select(0, member_seed)
-        correct[:, start:start + done] = (preds[:, :done] == y_m).sum(-1)
-        correct_true[:, start:start + done] = (preds[:, :done] == yt_m).sum(-1)
-        if all_out or check(start + batches.steps):
-            break
+    finally:
+        torch.set_grad_enabled(grad_was)
     if bar is not None:
         bar.close()
     t_loop = time.perf_counter()
 
     # one transfer of everything, then one RunResult per member in the caller's order
-    losses_c, correct_c, ctrue_c = losses.cpu().numpy(), correct.cpu().numpy(), \
+    losses_c, correct_c, ctrue_c = losses.float().cpu().numpy(), correct.cpu().numpy(), \
         correct_true.cpu().numpy()
     ec = eval_correct.cpu().numpy()
     diag_c = [None if g.diag_buf is None else g.diag_buf.cpu().numpy() for g in groups]

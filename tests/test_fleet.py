@@ -305,6 +305,65 @@ def test_stacked_model_matches_its_members(digits):
     assert not StackedModel([lin]).manual
 
 
+def test_torchscript_step_equals_the_plain_python_step(digits):
+    """The hand-written step runs through TorchScript: the same aten ops in the same order, so
+    the same bits as the plain function (three layers, one without a bias)."""
+    from shiftsim import _mlp_kernel
+
+    torch.manual_seed(0)
+    K, b = 3, 16
+    shapes = [(9, 64), (7, 9), (10, 7)]
+    weights = [torch.randn(K, o, i) for o, i in shapes]
+    columns = [torch.randn(K, 9, 1), weights[1], torch.randn(K, 10, 1)]  # layer 1: no bias
+    biased = [True, False, True]
+    x, y = torch.randn(K, b, 1, 8, 8), torch.randint(0, 10, (K, b))
+    outs = []
+    for fn in (_mlp_kernel.relu_mlp_step, _mlp_kernel.scripted_relu_mlp_step()):
+        pred, loss = torch.empty(K, 1, b, dtype=torch.int64), torch.empty(K)
+        grads = fn(x, y, weights, columns, [w.transpose(1, 2) for w in weights], biased,
+                   torch.empty(K, 1, b), pred, loss, torch.full((K, 1, b), -1 / b))
+        outs.append((pred, loss, grads))
+    assert isinstance(_mlp_kernel.scripted_relu_mlp_step(), torch.jit.ScriptFunction)
+    (p0, l0, g0), (p1, l1, g1) = outs
+    assert torch.equal(p0, p1) and torch.equal(l0, l1)
+    assert [tuple(g.shape) for g in g0] == [(K, 9, 64), (K, 9), (K, 7, 9), (K, 10, 7), (K, 10)]
+    assert all(torch.equal(a, c) for a, c in zip(g0, g1))
+    # and autograd agrees with the hand-written backward pass
+    ps = [w.clone().requires_grad_() for w in weights]
+    bs = [columns[0].clone().requires_grad_(), columns[2].clone().requires_grad_()]
+    h = x.flatten(2).transpose(1, 2)
+    h = torch.baddbmm(bs[0], ps[0], h).relu()
+    h = torch.bmm(ps[1], h).relu()
+    z = torch.baddbmm(bs[1], ps[2], h)
+    ref = torch.stack([torch.nn.functional.cross_entropy(z[k].T, y[k]) for k in range(K)])
+    refg = torch.autograd.grad(ref.sum(), [ps[0], bs[0], ps[1], ps[2], bs[1]])
+    torch.testing.assert_close(l0, ref.detach(), rtol=1e-6, atol=1e-6)
+    for g, r in zip(g0, refg):
+        torch.testing.assert_close(g, r.reshape(g.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_run_without_torchscript_gives_the_same_trace(flip32, monkeypatch):
+    """When TorchScript is unavailable the plain function runs, with a warning, and the
+    results are the same."""
+    from shiftsim import _mlp_kernel
+
+    model = ss.models.mlp(hidden=(16, 8))
+    members = [("sgdm", 0), ("tam", 1)]
+    scripted = run_fleet(flip32, model, members, device="cpu")
+
+    def broken(fn, *args, **kwargs):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(torch.jit, "script", broken)
+    monkeypatch.setattr(_mlp_kernel, "_SCRIPTED", None)
+    monkeypatch.setattr(_mlp_kernel, "_SCRIPT_FAILED", False)
+    with pytest.warns(UserWarning, match="TorchScript is unavailable"):
+        plain = run_fleet(flip32, model, members, device="cpu")
+    for a, c in zip(scripted, plain):
+        pd.testing.assert_frame_equal(a.trace, c.trace)
+        pd.testing.assert_frame_equal(a.evals, c.evals)
+
+
 def test_compile_failure_falls_back_to_eager(flip32, monkeypatch):
     def broken(fn, **kwargs):
         def run(*a, **k):

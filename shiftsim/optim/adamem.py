@@ -188,11 +188,13 @@ def adamem_sgd(
 
 
 def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, A: Tensor | None, T: Tensor,
-             U: Tensor, ld: int) -> list[Tensor]:
+             U: Tensor, ld: int, decay: bool = True) -> list[Tensor]:
     """The six sums of AM-AdamW's dual for one tensor (or chunk); ``P``, ``A`` computed.
 
     Returns ``[sum g d/P, sum g x, sum d_g g M, sum d_g d A, sum x d_g, sum d_g^2 M]`` with
-    ``d_g = d - g``, ``A = 1/(1 + lam P)`` (1 when ``A`` is None), ``M = A/P``."""
+    ``d_g = d - g``, ``A = 1/(1 + lam P)`` (1 when ``A`` is None), ``M = A/P``. Without
+    weight decay (``decay`` False) the two sums with ``x``, which the dual then multiplies by
+    0, are zeros: the parameters are not read."""
     torch.sub(d, g, out=T)
     if A is None:
         torch.reciprocal(P, out=U)
@@ -201,7 +203,7 @@ def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, A: Tensor | None, T: Te
     U.mul_(T)
     s_den = dot(U, T, ld)
     s3a = dot(U, g, ld)
-    s5 = dot(x, T, ld)
+    s5 = dot(x, T, ld) if decay else torch.zeros_like(s_den)
     if A is None:
         s3b = torch.zeros_like(s_den)
     else:
@@ -209,7 +211,7 @@ def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, A: Tensor | None, T: Te
         s3b = dot(T, d, ld)
     torch.div(d, P, out=U)
     s1 = dot(U, g, ld)
-    s2 = dot(g, x, ld)
+    s2 = dot(g, x, ld) if decay else torch.zeros_like(s_den)
     return [s1, s2, s3a, s3b, s5, s_den]
 
 
@@ -269,7 +271,8 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
             torch._foreach_mul_(U, T)
             sd = [dot(u, t, ld) for u, t in zip(U, T)]
             s3a = [dot(u, g, ld) for u, g in zip(U, Gf)]
-            s5 = [dot(x, t, ld) for x, t in zip(X, T)]
+            s5 = [dot(x, t, ld) for x, t in zip(X, T)] if decay else [
+                torch.zeros_like(x) for x in sd]
             if Al is not None:
                 torch._foreach_mul_(T, Al)
                 s3b = [dot(t, d, ld) for t, d in zip(T, Df)]
@@ -277,7 +280,8 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
                 s3b = [torch.zeros_like(x) for x in sd]
             U = list(torch._foreach_div(Df, Pl))
             s1 = [dot(u, g, ld) for u, g in zip(U, Gf)]
-            s2 = [dot(g, x, ld) for g, x in zip(Gf, X)]
+            s2 = [dot(g, x, ld) for g, x in zip(Gf, X)] if decay else [
+                torch.zeros_like(x) for x in sd]
             sums = torch.stack([torch.stack(z) for z in (s1, s2, s3a, s3b, s5, sd)], 1)
             # tensors that share (step, prev_lr) share one vectorised beta computation
             keys: dict[tuple[int, Any], list[int]] = {}
@@ -313,7 +317,7 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
                 Ab = scratch.get(vc, 1) if use_a else None
                 ema_sq_(vc, gc, b2, ld, Tb)
                 _am_precond(vc, Pb, Ab, k1[i], sbc2[i], eps, lam, ld)
-                parts.append(torch.stack(_am_sums(xc, gc, dc, Pb, Ab, Tb, Ub, ld)))
+                parts.append(torch.stack(_am_sums(xc, gc, dc, Pb, Ab, Tb, Ub, ld, decay)))
                 bufs = (Pb, Ab)
             s = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
             beta = _am_beta_stack(s.unsqueeze(0), lr=lr, prev_lr=prev[i], wd=wd, lam=lam,
