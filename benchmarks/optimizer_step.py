@@ -6,7 +6,9 @@ compared with torch's foreach SGD-momentum (SGD family) or AdamW (Adam family) a
 exists, with its public implementation (pytorch-optimizer, momo-opt, grams-pytorch). Rounds are
 interleaved so machine noise hits every optimizer alike; a ratio is the median of per-round
 ratios. Goals (issue 3): TAM, MoMo <= 1.5x SGDM; AM-SGD <= 1.6x SGDM; AdaTAM(W), Grams,
-MoMo-Adam, AM-AdamW <= 1.3x AdamW; each faster than its public counterpart.
+MoMo-Adam, AM-AdamW <= 1.3x AdamW; each faster than its public counterpart. torch's AdamW
+runs with its default weight decay 0.01; AM-AdamW's default is 0 (the issue's signature), so
+the row ``adamem_adamw[wd=0.01]`` also times it with the same decay.
 
     python benchmarks/optimizer_step.py [--rounds 9] [--steps 5] [--hidden 2048,1024,768]
                                         [--only tam,grams] [--variants]

@@ -15,7 +15,8 @@ model and initial weights (an MLP 64-H-10 built by shiftsim from the run seed), 
   single-learner ratio at Avalanche / floor.
 * ``shiftsim run()``: the engine as users call it (setup and trace collection included). For
   this ReLU MLP its default is the stacked program of ``shiftsim.fleet`` with one member
-  (forward and backward written out as batched matmuls, no autograd graph).
+  (forward and backward written out as batched matmuls in one function run by TorchScript,
+  no autograd graph).
 * ``shiftsim run(vectorized=False)``: the engine's plain per-step loop (a module, autograd,
   ``optimizer.step()``), the one that matches Avalanche bit for bit.
 * ``shiftsim run(AvalancheLearner(Naive))``: the Avalanche strategy inside shiftsim's engine.
