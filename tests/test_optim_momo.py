@@ -3,6 +3,8 @@ momo-opt as an oracle (also with use_fstar and weight decay), and the loss handl
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_optim_common import (
@@ -17,6 +19,7 @@ from test_optim_common import (
 
 from shiftsim.errors import ShiftsimError
 from shiftsim.optim import MoMo, MoMoAdam
+from shiftsim.optim import momo as momo_module
 
 
 def dots(xs, ys) -> float:
@@ -79,7 +82,9 @@ def momo_reference(hps, beta=0.9, lb=0.0, bias_correction=False, use_fstar=False
                 p.div_(c[j])
         if taus is not None:
             taus.append((tau[0], st["fstar"]))
+        st["gam"] = list(gam)
 
+    step.state = st  # type: ignore[attr-defined]
     return step
 
 
@@ -225,6 +230,39 @@ def test_momo_opt_oracle(kw):
                 torch.testing.assert_close(x, y, rtol=rtol, atol=rtol * 1e-2)
 
 
+@pytest.mark.parametrize("kw", [{}, {"bias_correction": True}, {"use_fstar": True, "lb": 0.05}])
+def test_momo_opt_oracle_without_weight_decay(kw):
+    """Without weight decay MoMo never reads the parameters for <x, g> (module notes): the
+    same steps as momo-opt all the same, one or two param groups. In float32 it is compared
+    with momo-opt in float64 (it stays closer to that than momo-opt in float32 does)."""
+    momo = pytest.importorskip("momo")
+    for dtype, two in ((torch.float64, False), (torch.float32, False), (torch.float64, True)):
+        if two and kw.get("use_fstar"):
+            continue  # momo-opt re-estimates f* once per group
+        ps_a = [torch.nn.Parameter(p) for p in init_params(dtype)]
+        ps_b = [torch.nn.Parameter(p) for p in init_params(torch.float64)]
+
+        def groups(ps, two=two):
+            return groups_of(ps, {"lr": 2.0}, {"lr": 0.5}) if two else ps
+
+        a, b = MoMo(groups(ps_a), **kw), momo.Momo(groups(ps_b), **kw)
+        if dtype == torch.float32:
+            rtol, atol = 1e-4, 1e-6
+        else:  # momo-opt keeps gamma_i in float32 with bias correction
+            rtol = atol = 1e-5 if kw.get("bias_correction") else 1e-11
+        for t in range(40):
+            for ps, opt in ((ps_a, a), (ps_b, b)):
+                opt.zero_grad()
+                loss = batch_loss(ps, t)
+                loss.backward()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "More than one param group")
+                    opt.step(loss=loss)
+            for x, y in zip(ps_a, ps_b):
+                torch.testing.assert_close(x.double(), y, rtol=rtol, atol=atol)
+        assert 0 < a.diagnostics()["step_size"].item()
+
+
 @pytest.mark.parametrize("kw", [{}, {"divide": False}, {"betas": (0.8, 0.99), "eps": 1e-6}])
 def test_momo_opt_adam_oracle(kw):
     momo = pytest.importorskip("momo")
@@ -257,24 +295,34 @@ def test_shared_hyperparameters():
         MoMoAdam([a], lb=float("inf"))
 
 
-def test_momo_carries_the_inner_product_and_notices_outside_changes(monkeypatch):
-    """MoMo carries <x, d> from step to step (no pass of its own) and recomputes it when a
-    parameter was changed in place or replaced outside the optimizer since its last step."""
-    calls: list[bool] = []
-    real = MoMo._kept_holds
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch, wd):
+    """MoMo carries <x_i, d_i> per tensor from step to step (no pass of its own); without
+    weight decay it does not read the parameters for <x_i, g_i> either (gamma_i follows from
+    the carried sums). A parameter changed in place or replaced outside the optimizer since its
+    last step is recomputed. Float64 reference with such changes at steps 10 and 20; the
+    carried <x_i, d_i> and gamma_i equal the exact ones at the end."""
+    stale: list[list[int]] = []
+    asked_xg: list[bool] = []
+    real_stale, real_sums = MoMo._stale, momo_module._momo_sums
 
-    def spy(self, *a):
-        valid = real(self, *a)
-        calls.append(valid)
-        return valid
+    def spy_stale(self, *a):
+        out = real_stale(self, *a)
+        stale.append(out)
+        return out
 
-    monkeypatch.setattr(MoMo, "_kept_holds", spy)
+    def spy_sums(*a, **kw):
+        asked_xg.append(kw["xg"])
+        return real_sums(*a, **kw)
+
+    monkeypatch.setattr(MoMo, "_stale", spy_stale)
+    monkeypatch.setattr(momo_module, "_momo_sums", spy_sums)
+    hps = [dict(lr=5.0, weight_decay=wd), dict(lr=1.0, weight_decay=wd)]
     ps = [torch.nn.Parameter(p) for p in init_params()]
     ref_ps = init_params()
-    opt = MoMo(groups_of(ps, MOMO_HP[0], MOMO_HP[1]))
-    ref = momo_reference(MOMO_HP)
+    opt = MoMo(groups_of(ps, hps[0], hps[1]))
+    ref = momo_reference(hps)
     for t in range(30):
-        recomputes = len(calls)
         if t == 10:  # in place, under no_grad: the version counter moves
             with torch.no_grad():
                 ps[0].mul_(0.5)
@@ -292,11 +340,10 @@ def test_momo_carries_the_inner_product_and_notices_outside_changes(monkeypatch)
         ref(t + 1, ref_ps, grads, rl.detach())
         for a, b in zip(ps, ref_ps):
             torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
-        valid = calls[recomputes:]  # one per param group
-        assert valid == {0: [False, False], 10: [False, True], 20: [True, False]}.get(
-            t, [True, True]), t
-    kept = opt.state["global"]["dot_kept"]
-    for j, group in enumerate(opt.param_groups):
-        exact = sum(float((p.detach() * opt.state[p]["grad_avg"]).sum())
-                    for p in group["params"])
-        assert kept[j].item() == pytest.approx(exact, rel=1e-10)
+        assert stale[-1] == {10: [0], 20: [2]}.get(t, []), t
+    assert asked_xg == [wd != 0] * 30 * 2  # two param groups
+    for i, p in enumerate(ps):
+        st = opt.state[p]
+        exact = float((p.detach() * st["grad_avg"]).sum())
+        assert st["x_dot_d"].item() == pytest.approx(exact, rel=1e-10)
+        assert st["grad_dot_w"].item() == pytest.approx(ref.state["gam"][i], rel=1e-9)
