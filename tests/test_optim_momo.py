@@ -263,6 +263,55 @@ def test_momo_opt_oracle_without_weight_decay(kw):
         assert 0 < a.diagnostics()["step_size"].item()
 
 
+def test_momo_without_weight_decay_carries_only_offsets(monkeypatch):
+    """Without weight decay (and exact_outside_changes=False, the default) MoMo carries only
+    v_i = <x_i, d_i> - gamma_i: no pass reads the parameters, yet the steps are the reference's
+    (float64, 40 steps), also through a switch to weight decay and back mid-run (the state is
+    converted: <x_i, d_i> recomputed, gamma_i = <x_i, d_i> - v_i, exact as no parameter was
+    changed outside). A change outside the optimizer warns and keeps the offset."""
+    reads: list[tuple[bool, bool]] = []
+    real = momo_module._momo_sums
+
+    def spy(*a, **kw):
+        reads.append((kw["xg"], kw["xd"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(momo_module, "_momo_sums", spy)
+    ps = [torch.nn.Parameter(p) for p in init_params()]
+    ref_ps = init_params()
+    hps = [dict(lr=5.0, weight_decay=0.0), dict(lr=1.0, weight_decay=0.0)]
+    opt = MoMo(groups_of(ps, hps[0], hps[1]))
+    ref = momo_reference(hps)
+    for t in range(40):
+        decay = 20 <= t < 25
+        for j, group in enumerate(opt.param_groups):
+            group["weight_decay"] = hps[j]["weight_decay"] = 0.05 if decay else 0.0
+        opt.zero_grad()
+        loss = batch_loss(ps, t)
+        loss.backward()
+        opt.step(loss=loss)
+        leaves = [p.clone().requires_grad_(True) for p in ref_ps]
+        rl = batch_loss(leaves, t)
+        ref(t + 1, ref_ps, torch.autograd.grad(rl, leaves), rl.detach())
+        for a, b in zip(ps, ref_ps):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
+        assert opt.state["global"]["offsets"] == (not decay)
+    assert reads == [(20 <= t < 25, False) for t in range(40) for _ in range(2)]
+    for i, p in enumerate(ps):  # the offsets are exact
+        st = opt.state[p]
+        exact = float((p.detach() * st["grad_avg"]).sum()) - ref.state["gam"][i]
+        assert st["x_dot_d"].item() == pytest.approx(exact, rel=1e-9, abs=1e-12)
+    with torch.no_grad():
+        ps[0].mul_(0.5)
+    opt.zero_grad()
+    loss = batch_loss(ps, 40)
+    loss.backward()
+    with pytest.warns(UserWarning, match=r"MoMo: 1 parameter\(s\) \(first of shape \(5, 4\)\) "
+                      "changed outside the optimizer.*exact_outside_changes=True"):
+        opt.step(loss=loss)
+    assert opt.state["global"]["step"] == 41
+
+
 @pytest.mark.parametrize("kw", [{}, {"divide": False}, {"betas": (0.8, 0.99), "eps": 1e-6}])
 def test_momo_opt_adam_oracle(kw):
     momo = pytest.importorskip("momo")
@@ -295,13 +344,14 @@ def test_shared_hyperparameters():
         MoMoAdam([a], lb=float("inf"))
 
 
-@pytest.mark.parametrize("wd", [0.0, 0.01])
-def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch, wd):
-    """MoMo carries <x_i, d_i> per tensor from step to step (no pass of its own); without
-    weight decay it does not read the parameters for <x_i, g_i> either (gamma_i follows from
-    the carried sums). A parameter changed in place or replaced outside the optimizer since its
-    last step is recomputed. Float64 reference with such changes at steps 10 and 20; the
-    carried <x_i, d_i> and gamma_i equal the exact ones at the end."""
+@pytest.mark.parametrize(("wd", "exact"), [(0.0, True), (0.01, False)])
+def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch, wd, exact):
+    """Exact mode (weight decay, or exact_outside_changes=True): MoMo carries <x_i, d_i> per
+    tensor from step to step (no pass of its own); without weight decay it does not read the
+    parameters for <x_i, g_i> either (gamma_i follows from the carried sums). A parameter
+    changed in place or replaced outside the optimizer since its last step is recomputed.
+    Float64 reference with such changes at steps 10 and 20; the carried <x_i, d_i> and gamma_i
+    equal the exact ones at the end."""
     stale: list[list[int]] = []
     asked_xg: list[bool] = []
     real_stale, real_sums = MoMo._stale, momo_module._momo_sums
@@ -320,7 +370,7 @@ def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch
     hps = [dict(lr=5.0, weight_decay=wd), dict(lr=1.0, weight_decay=wd)]
     ps = [torch.nn.Parameter(p) for p in init_params()]
     ref_ps = init_params()
-    opt = MoMo(groups_of(ps, hps[0], hps[1]))
+    opt = MoMo(groups_of(ps, hps[0], hps[1]), exact_outside_changes=exact)
     ref = momo_reference(hps)
     for t in range(30):
         if t == 10:  # in place, under no_grad: the version counter moves

@@ -7,6 +7,8 @@ that small tensors exercise both paths)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -27,7 +29,8 @@ PLANNED = {
                       dict(lr=0.02, momentum=0.5)),
     "adamem_sgd": (so.AdaptiveMemorySGD, dict(lr=0.05, weight_decay=0.01), dict(lr=0.02)),
     "momo": (so.MoMo, dict(lr=0.5, weight_decay=0.01), dict(lr=0.2)),
-    "momo_plain": (so.MoMo, dict(lr=1.0), dict(lr=0.5)),
+    "momo_plain": (so.MoMo, dict(lr=1.0), dict(lr=0.5)),  # only offsets carried
+    "momo_plain_exact": (so.MoMo, dict(lr=1.0, exact_outside_changes=True), dict(lr=0.5)),
     "momo_bias_fstar": (so.MoMo, dict(lr=0.5, bias_correction=True, use_fstar=True, lb=-1.0),
                         dict(lr=0.2, weight_decay=0.05)),
 }
@@ -76,6 +79,7 @@ def run(name: str, planned: bool, foreach: bool | None, dtype: torch.dtype,
         if poke and t == STEPS - 1:  # a step that reuses the plan
             with torch.no_grad():
                 ps[0].mul_(0.9)  # changed outside the optimizer (MoMo must see it)
+            warnings.filterwarnings("ignore", "MoMo: 1 parameter", UserWarning)
         for i, (p, g) in enumerate(zip(ps, _grads(t, dtype))):
             p.grad = None if t in OFF.get(i, ()) or (i == 4 and t < ADD) else g
         loss = torch.tensor(2.0 + 0.1 * t, dtype=dtype)
