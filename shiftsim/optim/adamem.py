@@ -215,14 +215,17 @@ def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, W: Tensor, T: Tensor, U
     return [q1, q2, s, dot(x, g, ld), dot(x, d, ld)]
 
 
-def _am_precond(v: Tensor, P: Tensor, W: Tensor | None, k1: Tensor, sbc2: Scalar,
-                eps: Scalar, lam: Scalar, ld: int) -> Tensor:
-    """``P = k1 * (sqrt(v / bc2) + eps)`` into ``P`` and :math:`W = P + \\lambda P^2` (the
-    inverse metric :math:`1/M`) into ``W``; returns ``W`` (``P`` itself when ``W`` is None:
-    :math:`\\lambda = 0`)."""
+def _am_precond(v: Tensor, P: Tensor, c1: Scalar, c2: Scalar, ld: int) -> Tensor:
+    """``P = k1 * (sqrt(v / bc2) + eps)`` into ``P``, as ``sqrt(v) * c1 + c2`` with
+    ``c1 = k1 / sqrt(bc2)``, ``c2 = k1 * eps`` (:func:`_am_scales`)."""
     torch.sqrt(v, out=P)
-    P.mul_(bc(k1 * sbc2, P, ld))
-    P.add_(bc(k1 * eps, P, ld))
+    P.mul_(bc(c1, P, ld))
+    return P.add_(bc(c2, P, ld))
+
+
+def _am_metric(P: Tensor, W: Tensor | None, lam: Scalar, ld: int) -> Tensor:
+    """:math:`W = P + \\lambda P^2` (the inverse metric :math:`1/M`) into ``W``; ``P`` itself
+    when ``W`` is None (:math:`\\lambda = 0`)."""
     if W is None:
         return P
     if isinstance(lam, Tensor):  # the same products as value=lam: P + (lam P) P
@@ -231,6 +234,18 @@ def _am_precond(v: Tensor, P: Tensor, W: Tensor | None, k1: Tensor, sbc2: Scalar
     else:
         torch.addcmul(P, P, P, value=lam, out=W)
     return W
+
+
+def _am_scales(k1: Tensor, sbc2: Sequence[Scalar], eps: Scalar) -> tuple[list[Tensor],
+                                                                          list[Tensor]]:
+    """Per tensor, ``c1 = k1 / sqrt(bc2)`` and ``c2 = k1 * eps`` of :func:`_am_precond` (``k1``:
+    shape (n[, K]); one op each when the bias corrections are floats)."""
+    if any(isinstance(x, Tensor) for x in sbc2):
+        c1 = [k1[i] * sbc2[i] for i in range(len(sbc2))]
+    else:
+        col = torch.tensor(list(sbc2), dtype=k1.dtype, device=k1.device)
+        c1 = list((k1 * col.view(-1, *(1,) * (k1.dim() - 1))).unbind(0))
+    return c1, list((k1 * eps).unbind(0))
 
 
 def _am_lerp_weight(P: Tensor, W: Tensor, beta: Tensor, out: Tensor, ld: int) -> Tensor:
@@ -264,14 +279,15 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
         steps = b.steps
         assert steps is not None
         sbc2 = [1 / sqrt_(1 - b2 ** t) for t in steps]
+        c1, c2 = _am_scales(k1, sbc2, eps)
         betas: list[Tensor | None] = [None] * n
         fe, loop = split_paths(P_, foreach, ld)
         if fe:
             X, Gf, Df, Vf = pick(P_, fe), pick(G, fe), pick(D, fe), pick(V, fe)
             foreach_ema_sq_(Vf, Gf, b2, ld)
             Pl = list(torch._foreach_sqrt(Vf))
-            torch._foreach_mul_(Pl, [bc(k1[i] * sbc2[i], p, ld) for i, p in zip(fe, Pl)])
-            torch._foreach_add_(Pl, [bc(k1[i] * eps, p, ld) for i, p in zip(fe, Pl)])
+            torch._foreach_mul_(Pl, [bc(c1[i], p, ld) for i, p in zip(fe, Pl)])
+            torch._foreach_add_(Pl, [bc(c2[i], p, ld) for i, p in zip(fe, Pl)])
             Wl = Pl  # W = P + lam P^2 = 1/M (as _am_precond)
             if use_a:
                 if isinstance(lam, Tensor):
@@ -317,30 +333,31 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
             foreach_addcdiv_(X, Df, Pl, [-lr] * len(fe), ld)
         for i in loop:
             x, g, d, v = P_[i], G[i], D[i], V[i]
-            chunks = list(zip(_chunks(x, ld), _chunks(g, ld), _chunks(d, ld), _chunks(v, ld)))
-            bufs = None
+            pieces = [_chunks(t, ld) for t in (x, g, d, v)]
+            if len({len(c) for c in pieces}) > 1:  # e.g. a non-contiguous gradient
+                pieces = [[t] for t in (x, g, d, v)]
+            chunks = list(zip(*pieces))
+            # P of every chunk stays in one scratch buffer for the second pass (no second sqrt)
+            Pc = _chunks(scratch.get(v, 0), ld) if len(chunks) > 1 else [scratch.get(v, 0)]
             parts = []
-            for xc, gc, dc, vc in chunks:
-                Pb, Tb, Ub = (scratch.get(vc, 0), scratch.get(vc, 2), scratch.get(vc, 3))
+            Wb = None
+            for (xc, gc, dc, vc), Pb in zip(chunks, Pc):
+                Tb, Ub = scratch.get(vc, 2), scratch.get(vc, 3)
                 ema_sq_(vc, gc, b2, ld, Tb)
-                Wb = _am_precond(vc, Pb, scratch.get(vc, 1) if use_a else None, k1[i],
-                                 sbc2[i], eps, lam, ld)
+                _am_precond(vc, Pb, c1[i], c2[i], ld)
+                Wb = _am_metric(Pb, scratch.get(vc, 1) if use_a else None, lam, ld)
                 parts.append(torch.stack(_am_sums(xc, gc, dc, Pb, Wb, Tb, Ub, ld, decay)))
-                bufs = (Pb, Wb)
             s = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
             beta = _am_beta_stack(s.unsqueeze(0), lr=lr, prev_lr=prev[i], wd=wd,
                                   beta1_max=b1, first=steps[i] == 1, fixed_beta=fixed_beta)[0]
             betas[i] = beta
-            for xc, gc, dc, vc in chunks:
-                if len(chunks) == 1:  # P and W are still in the scratch buffers
-                    assert bufs is not None
-                    Pb, Wb = bufs
-                else:
-                    Pb = scratch.get(vc, 0)
-                    Wb = _am_precond(vc, Pb, scratch.get(vc, 1) if use_a else None, k1[i],
-                                     sbc2[i], eps, lam, ld)
+            # the update, last chunk first (its data is still in cache)
+            for (xc, gc, dc, vc), Pb in reversed(list(zip(chunks, Pc))):
                 if use_a:
+                    if Wb is None:  # (the last chunk's W is still in its buffer)
+                        Wb = _am_metric(Pb, scratch.get(vc, 1), lam, ld)
                     dc.lerp_(gc, _am_lerp_weight(Pb, Wb, beta, scratch.get(vc, 3), ld))
+                    Wb = None
                 else:
                     dc.lerp_(gc, bc(1 - beta, dc, ld))
                 if decay:
