@@ -286,15 +286,7 @@ def test_momo_without_weight_decay_carries_only_offsets(monkeypatch):
         decay = 20 <= t < 25
         for j, group in enumerate(opt.param_groups):
             group["weight_decay"] = hps[j]["weight_decay"] = 0.05 if decay else 0.0
-        opt.zero_grad()
-        loss = batch_loss(ps, t)
-        loss.backward()
-        opt.step(loss=loss)
-        leaves = [p.clone().requires_grad_(True) for p in ref_ps]
-        rl = batch_loss(leaves, t)
-        ref(t + 1, ref_ps, torch.autograd.grad(rl, leaves), rl.detach())
-        for a, b in zip(ps, ref_ps):
-            torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
+        _step_both(opt, ps, ref, ref_ps, t)
         assert opt.state["global"]["offsets"] == (not decay)
     assert reads == [(20 <= t < 25, False) for t in range(40) for _ in range(2)]
     for i, p in enumerate(ps):  # the offsets are exact
@@ -344,6 +336,20 @@ def test_shared_hyperparameters():
         MoMoAdam([a], lb=float("inf"))
 
 
+def _step_both(opt, ps, ref, ref_ps, t):
+    """Step ``opt`` on ``ps`` and the float64 reference on ``ref_ps`` with batch ``t``; the
+    parameters must agree."""
+    opt.zero_grad()
+    loss = batch_loss(ps, t)
+    loss.backward()
+    opt.step(loss=loss)
+    leaves = [p.clone().requires_grad_(True) for p in ref_ps]
+    rl = batch_loss(leaves, t)
+    ref(t + 1, ref_ps, torch.autograd.grad(rl, leaves), rl.detach())
+    for a, b in zip(ps, ref_ps):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(("wd", "exact"), [(0.0, True), (0.01, False)])
 def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch, wd, exact):
     """Exact mode (weight decay, or exact_outside_changes=True): MoMo carries <x_i, d_i> per
@@ -380,16 +386,7 @@ def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch
         if t == 20:  # storage replaced through .data
             ps[2].data = ps[2].data * 1.5
             ref_ps[2].mul_(1.5)
-        opt.zero_grad()
-        loss = batch_loss(ps, t)
-        loss.backward()
-        opt.step(loss=loss)
-        leaves = [p.clone().requires_grad_(True) for p in ref_ps]
-        rl = batch_loss(leaves, t)
-        grads = torch.autograd.grad(rl, leaves)
-        ref(t + 1, ref_ps, grads, rl.detach())
-        for a, b in zip(ps, ref_ps):
-            torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
+        _step_both(opt, ps, ref, ref_ps, t)
         assert stale[-1] == {10: [0], 20: [2]}.get(t, []), t
     assert asked_xg == [wd != 0] * 30 * 2  # two param groups
     for i, p in enumerate(ps):
