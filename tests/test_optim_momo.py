@@ -304,6 +304,30 @@ def test_momo_without_weight_decay_carries_only_offsets(monkeypatch):
     assert opt.state["global"]["step"] == 41
 
 
+def test_momo_loads_a_checkpoint_without_the_carried_sums():
+    """A state saved before MoMo carried <x_i, d_i> (no ``x_dot_d``, no ``offsets``) loads:
+    the sums are recomputed from the loaded moments, and the run continues as the reference."""
+    ps = [torch.nn.Parameter(p) for p in init_params()]
+    ref_ps = init_params()
+    hps = [dict(lr=5.0, weight_decay=0.0), dict(lr=1.0, weight_decay=0.0)]
+    opt = MoMo(groups_of(ps, hps[0], hps[1]))
+    ref = momo_reference(hps)
+    for t in range(10):
+        _step_both(opt, ps, ref, ref_ps, t)
+    opt.state["global"]["offsets"] = False  # what an older state_dict held: gamma_i only
+    for p in ps:  # (gamma_i is exact after an exact step; here: from v = <x, d> - gamma)
+        st = opt.state[p]
+        st["grad_dot_w"] = float((p.detach() * st["grad_avg"]).sum()) - st["x_dot_d"]
+    old = opt.state_dict()
+    old["state"]["global"].pop("offsets")
+    for st in old["state"].values():
+        st.pop("x_dot_d", None)
+    opt = MoMo(groups_of(ps, hps[0], hps[1]))
+    opt.load_state_dict(old)
+    for t in range(10, 20):
+        _step_both(opt, ps, ref, ref_ps, t)
+
+
 @pytest.mark.parametrize("kw", [{}, {"divide": False}, {"betas": (0.8, 0.99), "eps": 1e-6}])
 def test_momo_opt_adam_oracle(kw):
     momo = pytest.importorskip("momo")

@@ -821,6 +821,14 @@ class MoMo(_MoMoBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._versions.clear()
+        glob = self.state.get("global")
+        for group in self.param_groups:  # a checkpoint of an older shiftsim: no x_dot_d yet
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "grad_avg" in st and "x_dot_d" not in st:
+                    assert glob is not None and not glob.get("offsets", False)
+                    st["x_dot_d"] = dot(p.detach(), st["grad_avg"], 0).to(
+                        st["grad_dot_w"].dtype)
         # the loaded <x, d> describes the parameters as they are now (a checkpoint is loaded
         # beside the model's own); a parameter changed after this is recomputed
         self._seen([p for g in self.param_groups for p in g["params"]
