@@ -277,11 +277,8 @@ def test_momo_without_weight_decay_carries_only_offsets(monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(momo_module, "_momo_sums", spy)
-    ps = [torch.nn.Parameter(p) for p in init_params()]
-    ref_ps = init_params()
     hps = [dict(lr=5.0, weight_decay=0.0), dict(lr=1.0, weight_decay=0.0)]
-    opt = MoMo(groups_of(ps, hps[0], hps[1]))
-    ref = momo_reference(hps)
+    opt, ps, ref, ref_ps = _momo_and_reference(hps)
     for t in range(40):
         decay = 20 <= t < 25
         for j, group in enumerate(opt.param_groups):
@@ -307,11 +304,8 @@ def test_momo_without_weight_decay_carries_only_offsets(monkeypatch):
 def test_momo_loads_a_checkpoint_without_the_carried_sums():
     """A state saved before MoMo carried <x_i, d_i> (no ``x_dot_d``, no ``offsets``) loads:
     the sums are recomputed from the loaded moments, and the run continues as the reference."""
-    ps = [torch.nn.Parameter(p) for p in init_params()]
-    ref_ps = init_params()
     hps = [dict(lr=5.0, weight_decay=0.0), dict(lr=1.0, weight_decay=0.0)]
-    opt = MoMo(groups_of(ps, hps[0], hps[1]))
-    ref = momo_reference(hps)
+    opt, ps, ref, ref_ps = _momo_and_reference(hps)
     for t in range(10):
         _step_both(opt, ps, ref, ref_ps, t)
     opt.state["global"]["offsets"] = False  # what an older state_dict held: gamma_i only
@@ -360,6 +354,13 @@ def test_shared_hyperparameters():
         MoMoAdam([a], lb=float("inf"))
 
 
+def _momo_and_reference(hps, **kw):
+    """MoMo over two param groups (hyperparameters ``hps``) and the float64 reference, each
+    with its own copy of the initial parameters: ``(opt, params, reference, ref_params)``."""
+    ps = [torch.nn.Parameter(p) for p in init_params()]
+    return MoMo(groups_of(ps, hps[0], hps[1]), **kw), ps, momo_reference(hps), init_params()
+
+
 def _step_both(opt, ps, ref, ref_ps, t):
     """Step ``opt`` on ``ps`` and the float64 reference on ``ref_ps`` with batch ``t``; the
     parameters must agree."""
@@ -398,10 +399,7 @@ def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch
     monkeypatch.setattr(MoMo, "_stale", spy_stale)
     monkeypatch.setattr(momo_module, "_momo_sums", spy_sums)
     hps = [dict(lr=5.0, weight_decay=wd), dict(lr=1.0, weight_decay=wd)]
-    ps = [torch.nn.Parameter(p) for p in init_params()]
-    ref_ps = init_params()
-    opt = MoMo(groups_of(ps, hps[0], hps[1]), exact_outside_changes=exact)
-    ref = momo_reference(hps)
+    opt, ps, ref, ref_ps = _momo_and_reference(hps, exact_outside_changes=exact)
     for t in range(30):
         if t == 10:  # in place, under no_grad: the version counter moves
             with torch.no_grad():

@@ -338,7 +338,8 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
                 pieces = [[t] for t in (x, g, d, v)]
             chunks = list(zip(*pieces))
             # P of every chunk stays in one scratch buffer for the second pass (no second sqrt)
-            Pc = _chunks(scratch.get(v, 0), ld) if len(chunks) > 1 else [scratch.get(v, 0)]
+            p_all = scratch.get(v, 0)
+            Pc = _chunks(p_all, ld) if len(chunks) > 1 else [p_all]
             parts = []
             Wb = None
             for (xc, gc, dc, vc), Pb in zip(chunks, Pc):
