@@ -1,7 +1,7 @@
 """Metrics: pure functions from a run's trace, phase plan and held-out evaluations to numbers.
 
-Every formula is the one stated in ``specs/metrics.md``; each docstring names the paper it comes
-from. No function mutates its inputs, and none loops in Python over steps.
+Every formula is stated in docs/metrics.md; each docstring names the paper it comes from. No
+function mutates its inputs, and none loops in Python over steps.
 
 Inputs (the engine's DataFrames):
 
@@ -9,19 +9,23 @@ Inputs (the engine's DataFrames):
   ``correct_true``, ``loss``, ``n_new`` (+ ``diag_*`` columns, ignored). A diverged run's trace
   stops before the diverged step.
 * ``phases``: one row per planned phase — ``phase``, ``name``, ``start``, ``end``, ``steps``,
-  ``regime``, ``ceiling``, ``label_kind``, ``width``.
+  ``regime``, ``ceiling``, ``chance``, ``chance_true``, ``label_kind``, ``shifted``,
+  ``width`` (:meth:`shiftsim.Scenario.phase_table`).
 * ``evals``: held-out evaluations — ``step``, ``phase`` (phase being trained), ``regime``, ``n``,
   ``correct``, ``accuracy``, ``phase_end``.
 
-Conventions chosen where the spec leaves room (also in the docstrings below):
+Conventions chosen where the definitions leave room (also in the docstrings below):
 
-* Recovery: a phase with fewer than ``w`` rows uses the rows it has for its plateau (and for the
-  pre-shift level of the next phase); the persistence ``m`` is not shortened, so a phase with
-  fewer than ``m`` rows is censored. ``ā_t ≥ target`` is tested with an absolute tolerance of
-  1e-12 so that exact ties count as reached despite float rounding. When the previous phase has
-  no rows, ``pre`` and ``drop`` are NaN; if the reference is then undefined, so is the recovery
-  time (NaN, ``censored=False``).
-* Accuracy matrix metrics (ACC, BWT, forgetting) are NaN when any entry they need is missing.
+* Recovery (version 2: chance-normalised target, onset, persistence, collapse, censoring): a
+  phase with fewer than ``w`` rows uses the rows it has for its plateau (and for the pre-shift
+  level of the next phase); the persistences are not shortened, so a dip needs ``onset`` rows
+  below the target and a recovery ``m`` rows at or above it. ``ā_t ≥ target`` is tested with an
+  absolute tolerance of 1e-12 so that exact ties count as reached despite float rounding. When
+  the previous phase has no rows, ``pre`` and ``drop`` are NaN; if the reference is then
+  undefined, so is the recovery time (NaN, ``censored=False``). A phase table without
+  ``chance`` means χ = 0; without ``shifted``, every phase after the first is a shift.
+* Accuracy matrix metrics (ACC, BWT, forgetting) are over the distinct regimes and NaN when any
+  entry they need is missing.
 * Stability-gap metrics use the evaluations that exist: min-ACC_j is the minimum over the
   evaluations taken while a phase > j was trained (the phase-end evaluation of phase j itself is
   not included), up to the evaluation point.
@@ -32,7 +36,7 @@ Conventions chosen where the spec leaves room (also in the docstrings below):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,33 +50,47 @@ __all__ = [
     "phase_online_accuracy",
     "trailing_accuracy",
     "recovery",
+    "common_reference",
+    "run_recovery",
     "accuracy_matrix",
     "average_accuracy",
     "backward_transfer",
     "forgetting",
+    "max_average_accuracy",
     "min_accuracy",
     "worst_case_accuracy",
     "anytime_accuracy",
     "summarize",
     "mean_interval",
     "median_recovery",
+    "median_interval",
     "censored_fraction",
     "paired_difference",
+    "paired_p_value",
+    "holm",
 ]
 
 LABELS = ("stream", "true")
 REFERENCES = ("plateau", "pre", "ceiling")
 INTERVAL_METHODS = ("t", "bootstrap")
+PAIRED_TESTS = ("t", "wilcoxon")
+RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
 TOLERANCE = 1e-12
+#: a plateau within this of chance is a collapse (never counts as recovered)
+COLLAPSE_MARGIN = 0.05
 
-RECOVERY_COLUMNS = [
-    "phase", "pre", "plateau", "ceiling", "reference", "target", "recovery_steps",
-    "recovery_samples", "censored", "drop", "deficit",
+_PER_LABELS = [
+    "chance", "pre", "plateau", "reference", "target", "dipped", "onset_steps",
+    "recovery_steps", "recovery_samples", "below_steps", "after_ramp_steps", "censored",
+    "collapsed", "drop", "deficit",
 ]
+RECOVERY_COLUMNS = ["phase", "shifted", "ceiling", *_PER_LABELS,
+                    *[f"{c}_true" for c in _PER_LABELS]]
+BOOL_COLUMNS = ("shifted", "dipped", "censored", "collapsed", "dipped_true", "censored_true",
+                "collapsed_true")
 SUMMARY_COLUMNS = [
     "phase", "name", "start", "steps", "steps_run", "samples", "online_acc", "online_acc_true",
-    "loss", "pre", "plateau", "ceiling", "target", "recovery_steps", "recovery_samples",
-    "censored", "drop", "deficit", "heldout_acc",
+    "loss", *RECOVERY_COLUMNS[1:], "heldout_acc",
 ]
 
 
@@ -108,21 +126,35 @@ def _labels_column(labels: str) -> str:
     raise allowed(labels, "labels", LABELS)
 
 
-def _check_reference(reference: Any) -> str | float:
+def _check_reference(reference: Any, name: str = "reference") -> Any:
+    """A reference kind, a number in [0, 1] or a mapping phase -> number in [0, 1] (or NaN)."""
+    what = (f"{name} must be 'plateau', 'pre', 'ceiling', a number in [0, 1] or a mapping "
+            "phase -> number")
     if isinstance(reference, str):
-        if reference not in REFERENCES:
+        if reference == "common":
             raise ShiftsimError(
-                f"unknown reference {reference!r}; allowed: 'plateau', 'pre', 'ceiling' "
-                "or a number in [0, 1]"
-            )
+                f"{name}='common' compares learners: it needs a study (the store and reports "
+                "compute it), or metrics.common_reference(...) passed as a mapping phase -> "
+                "value; a single run uses 'plateau'")
+        if reference not in REFERENCES:
+            raise ShiftsimError(f"unknown {name} {reference!r}; allowed: 'plateau', 'pre', "
+                                "'ceiling', a number in [0, 1] or a mapping phase -> number")
         return reference
+    if isinstance(reference, Mapping):
+        out = {}
+        for k, v in reference.items():
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                out[int(k)] = math.nan
+                continue
+            try:
+                out[int(k)] = float(check_range(v, f"{name}[{k!r}]", 0, 1))
+            except (SpecTypeError, TypeError, ValueError):
+                raise SpecTypeError(f"{what}, got {reference!r}") from None
+        return out
     try:
-        return float(check_range(reference, "reference", 0, 1))
+        return float(check_range(reference, name, 0, 1))
     except SpecTypeError:
-        raise SpecTypeError(
-            f"reference must be 'plateau', 'pre', 'ceiling' or a number in [0, 1], "
-            f"got {reference!r}"
-        ) from None
+        raise SpecTypeError(f"{what}, got {reference!r}") from None
 
 
 def _ordered(trace: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None]:
@@ -271,119 +303,273 @@ def trailing_accuracy(trace: pd.DataFrame, window: int = 20, *, labels: str = "s
 
 
 # ----------------------------------------------------------------------------------------------
-# recovery
+# recovery (version 2)
+
+
+def _window_starts(mask: np.ndarray, m: int) -> np.ndarray:
+    """Every s with mask[s], …, mask[s + m − 1] all True (s + m ≤ len(mask)), ascending."""
+    if mask.size < m:
+        return np.zeros(0, dtype=np.int64)
+    c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return np.flatnonzero(c[m:] - c[:-m] == m)
+
+
+def _reference_value(reference: Any, k: int, labels: str, row: dict[str, Any]) -> float:
+    """A_ref,k for one label set: a kind resolved from the row, a number or a per-phase map."""
+    if isinstance(reference, str):
+        if reference == "plateau":
+            return row["plateau"]
+        if reference == "pre":
+            return row["pre"]
+        return row["ceiling"] if labels == "stream" else 1.0  # clean labels: ceiling 1
+    if isinstance(reference, Mapping):
+        value = reference.get(k, math.nan)
+        return math.nan if value is None else float(value)
+    return float(reference)
+
+
+def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: int,
+             onset: int, width: int, collapsed: bool) -> dict[str, Any]:
+    """Onset, recovery time and its parts for one phase's ā_t (``seg``) against ``target``."""
+    out: dict[str, Any] = {"dipped": False, "onset_steps": math.nan, "recovery_steps": math.nan,
+                           "recovery_samples": math.nan, "below_steps": math.nan,
+                           "after_ramp_steps": math.nan, "censored": False}
+    below = seg < target - TOLERANCE
+    starts = _window_starts(below, onset)
+    R: int | None
+    if starts.size == 0:  # never below the target for m_on steps: the shift did not hurt
+        R = 0
+    else:
+        t_on = int(starts[0])
+        out["dipped"] = True
+        out["onset_steps"] = float(t_on)
+        ok = _window_starts(~below, persistence)
+        ok = ok[ok >= t_on]
+        R = int(ok[0]) if ok.size else None
+    if collapsed or R is None:  # at chance: never counts as recovered
+        out["censored"] = True
+        return out
+    out["recovery_steps"] = float(R)
+    out["recovery_samples"] = float(n_seg[:R].sum())
+    out["below_steps"] = float(R - out["onset_steps"]) if out["dipped"] else 0.0
+    if width:
+        out["after_ramp_steps"] = float(max(0, R - width))
+    return out
 
 
 def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: float,
-                   reference: str | float, persistence: int) -> dict[int, dict[str, Any]]:
-    """Recovery quantities for every phase present in the (step-ordered) trace, phase 0 too."""
-    correct = trace["correct"].to_numpy()
+                   reference: Any, reference_true: Any, persistence: int, onset: int
+                   ) -> dict[int, dict[str, Any]]:
+    """Recovery quantities (stream and clean labels) for every phase present in the
+    (step-ordered) trace, phase 0 included."""
     n = trace["n"].to_numpy()
     phase = trace["phase"].to_numpy()
-    a = _ratio(correct.astype(np.float64), n.astype(np.float64))
-    abar = _trailing(correct, n, phase, window)
     bounds = _phase_bounds(phase)
     _check_known(list(bounds), tab, "trace")
-    ceilings = tab["ceiling"]
-    rows: dict[int, dict[str, Any]] = {}
-    for k, (lo, hi) in bounds.items():
-        row: dict[str, Any] = {
-            "phase": k, "pre": math.nan, "plateau": _tail_mean(a, lo, hi, window),
-            "ceiling": float(ceilings.loc[k]), "reference": math.nan, "target": math.nan,
-            "recovery_steps": math.nan, "recovery_samples": math.nan, "censored": False,
-            "drop": math.nan, "deficit": math.nan,
-        }
-        rows[k] = row
-        if k == tab.index[0]:
-            continue  # the first phase has no shift to recover from
-        if k - 1 in bounds:
-            row["pre"] = _tail_mean(a, *bounds[k - 1], window)
-        if reference == "plateau":
-            ref = row["plateau"]
-        elif reference == "pre":
-            ref = row["pre"]
-        elif reference == "ceiling":
-            ref = row["ceiling"]
-        else:
-            ref = float(reference)
-        seg = abar[lo:hi]
-        target = q * ref
-        row["reference"] = ref
-        row["target"] = target
-        row["drop"] = row["pre"] - float(np.min(seg))
-        row["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
-        if math.isnan(target):
-            continue
-        L = hi - lo
-        found = None
-        if L >= persistence:
-            ok = np.concatenate([[0], np.cumsum(seg >= target - TOLERANCE)])
-            hits = np.flatnonzero(ok[persistence:] - ok[:-persistence] == persistence)
-            if hits.size:
-                found = int(hits[0])
-        if found is None:
-            row["censored"] = True
-        else:
-            row["recovery_steps"] = float(found)
-            row["recovery_samples"] = float(n[lo:lo + found].sum())
+    first = tab.index[0]
+    sets = [("stream", "correct", "")]
+    if "correct_true" in trace.columns:
+        sets.append(("true", "correct_true", "_true"))
+    rows: dict[int, dict[str, Any]] = {k: {"phase": k} for k in bounds}
+    for labels, col, sfx in sets:
+        correct = trace[col].to_numpy()
+        a = _ratio(correct.astype(np.float64), n.astype(np.float64))
+        abar = _trailing(correct, n, phase, window)
+        ref_kind = reference if labels == "stream" else reference_true
+        for k, (lo, hi) in bounds.items():
+            info = tab.loc[k]
+            row = rows[k]
+            shifted = k != first and bool(info.get("shifted", True))
+            noise = str(info.get("label_kind", "")) == "noise"
+            chance = float(info.get("chance", 0.0)) if labels == "stream" else float(
+                info.get("chance_true", info.get("chance", 0.0)))
+            values: dict[str, Any] = {
+                "chance": chance, "pre": math.nan, "plateau": _tail_mean(a, lo, hi, window),
+                "reference": math.nan, "target": math.nan, "dipped": False,
+                "onset_steps": math.nan, "recovery_steps": math.nan,
+                "recovery_samples": math.nan, "below_steps": math.nan,
+                "after_ramp_steps": math.nan, "censored": False, "collapsed": False,
+                "drop": math.nan, "deficit": math.nan,
+            }
+            if labels == "stream":
+                row["shifted"] = shifted
+                row["ceiling"] = float(info["ceiling"])
+            if k - 1 in bounds:
+                values["pre"] = _tail_mean(a, *bounds[k - 1], window)
+            if labels == "true" and not noise:  # clean-label recovery: for label noise only
+                values = {key: (False if isinstance(v, bool) else math.nan)
+                          for key, v in values.items()}
+            elif shifted:
+                values["collapsed"] = bool(values["plateau"] - chance < COLLAPSE_MARGIN)
+                ref = _reference_value(ref_kind, k, labels, {**row, **values})
+                seg = abar[lo:hi]
+                values["reference"] = ref
+                values["drop"] = values["pre"] - float(np.min(seg))
+                if not math.isnan(ref):
+                    target = chance + q * (ref - chance)
+                    values["target"] = target
+                    values["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
+                    values.update(_recover(seg, n[lo:hi], target, persistence=persistence,
+                                           onset=onset, width=int(info.get("width", 0) or 0),
+                                           collapsed=values["collapsed"]))
+            row.update({f"{key}{sfx}": v for key, v in values.items()})
     return rows
 
 
-def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: float = 0.9,
-             reference: str | float = "plateau", persistence: int | None = None
-             ) -> pd.DataFrame:
-    """Recovery after each shift: one row per phase k ≥ 1 that has rows in the trace.
-
-    Definitions (specs/metrics.md; time-to-recover after float's ``mean_drift_restoration_time``
-    and Shaker & Hüllermeier 2015's recovery analysis, with persistence and censoring added),
-    with a_t = correct_t / b_t and ā_t the within-phase trailing accuracy (window w):
-
-    * ``pre`` = mean of a_t over the last w steps of phase k−1;
-      ``plateau`` = mean of a_t over the last w steps of phase k;
-      ``ceiling`` = C_k from ``phases``.
-    * ``reference`` = A_ref: the plateau (default), ``pre``, the ceiling, or a given number in
-      [0, 1]; ``target`` = q · A_ref.
-    * ``recovery_steps`` R_k = min{s ≥ 0 : ā_{τ_k+s+j} ≥ target for all j in [0, m)},
-      m = ``persistence`` (default w); ``recovery_samples`` = Σ b_t over [τ_k, τ_k + R_k).
-      If no s with s + m ≤ L_k qualifies, R_k is NaN and ``censored`` is True.
-    * ``drop`` D_k = pre − min ā_t over phase k; ``deficit`` RDA_k = mean over phase k of
-      max(0, A_ref − ā_t).
-
-    L_k is the number of rows the trace has for phase k (a diverged run's trace is truncated).
-    A phase with fewer than w rows uses the rows it has for its plateau and as the next phase's
-    pre-shift level; the persistence is not shortened, so a phase with fewer than m rows is
-    censored. Ties (ā_t equal to the target) count as reached (absolute tolerance 1e-12).
-    When phase k−1 has no rows, ``pre`` and ``drop`` are NaN, and with ``reference="pre"`` the
-    target, recovery time and deficit are NaN with ``censored=False`` (undefined, not censored).
-
-    >>> tr = pd.DataFrame({"step": range(7), "phase": [0, 0, 0, 1, 1, 1, 1], "n": 10,
-    ...                    "correct": [8, 9, 9, 2, 9, 9, 9]})
-    >>> ph = pd.DataFrame({"phase": [0, 1], "ceiling": [1.0, 1.0]})
-    >>> r = recovery(tr, ph, window=2)  # ā in phase 1: 0.2, 0.55, 0.9, 0.9; target 0.81
-    >>> r.loc[0, ["pre", "plateau", "target", "recovery_steps", "recovery_samples"]].tolist()
-    [0.9, 0.9, 0.81, 2.0, 20.0]
-    """
-    _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
-    tab = _phase_table(phases, ["ceiling"])
+def _check_recovery_options(window: Any, q: Any, reference: Any, reference_true: Any,
+                            persistence: Any, onset: Any) -> tuple[int, float, Any, Any, int, int]:
     window = check_range(window, "window", 1, integer=True)
     q = check_range(q, "q", 0, 1, low_open=True)
     reference = _check_reference(reference)
+    if reference_true is None:
+        reference_true = reference if isinstance(reference, str) else "plateau"
+    else:
+        reference_true = _check_reference(reference_true, "reference_true")
     persistence = window if persistence is None else check_range(
         persistence, "persistence", 1, integer=True)
+    onset = check_range(onset, "onset", 1, integer=True)
+    return window, q, reference, reference_true, persistence, onset
+
+
+def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: float = 0.9,
+             reference: str | float | Mapping[int, float] = "plateau",
+             reference_true: str | float | Mapping[int, float] | None = None,
+             persistence: int | None = None, onset: int = 5) -> pd.DataFrame:
+    """Recovery after each shift (version 2): one row per phase k ≥ 1 that has rows in the trace.
+
+    With a_t = correct_t / b_t and ā_t the within-phase trailing accuracy (window w):
+
+    * ``chance`` χ_k (from ``phases``, column ``chance``; 0 when absent): the accuracy of the
+      best constant prediction; ``pre`` / ``plateau``: mean a_t over the last w steps of phase
+      k−1 / of phase k; ``ceiling`` C_k.
+    * ``reference`` A_ref: ``"plateau"`` (the learner's own; the default of a single run),
+      ``"pre"``, ``"ceiling"``, a number in [0, 1], or a mapping phase -> value (what a study
+      passes for its ``common`` reference: the same target for every learner, see
+      :func:`common_reference`). ``target`` T_k = χ_k + q · (A_ref − χ_k): normalised to
+      chance, so a learner at chance is never "at 90 %".
+    * Onset t_on: the first s with ā_{τ_k+s+j} < T_k for all j in [0, ``onset``) (m_on = 5).
+      No onset: the shift did not hurt (``dipped`` False, ``recovery_steps`` 0).
+    * ``recovery_steps`` R_k = min{s ≥ t_on : ā_{τ_k+s+j} ≥ T_k for all j in [0, m)}, m =
+      ``persistence`` (default w), counted from τ_k, the shift's first step (the ramp's first
+      step for a gradual shift), the same for every learner. ``recovery_samples`` = Σ b_t over
+      [τ_k, τ_k + R_k); ``onset_steps`` = t_on; ``below_steps`` = R_k − t_on;
+      ``after_ramp_steps`` = max(0, R_k − W) for a gradual shift of width W (NaN when abrupt).
+      No such s within the phase: ``censored`` (R_k NaN).
+    * ``collapsed``: the plateau is within 0.05 of chance (A_plat − χ_k < 0.05); recovery is then
+      censored whatever the reference.
+    * ``drop`` D_k = pre − min_t ā_t; ``deficit`` RDA_k = mean over the phase of
+      max(0, A_ref − ā_t).
+    * ``shifted`` (from ``phases``; True when absent): False for a phase that changes nothing
+      relative to the one before (flip rate 0, ...); such a row has no recovery values.
+    * For label-noise phases (``label_kind`` "noise"), the same quantities against the original
+      labels (``correct_true``) with suffix ``_true`` (χ from ``chance_true``, ceiling 1,
+      reference ``reference_true``: by default the same kind as ``reference``); NaN elsewhere.
+
+    Conventions: a phase with fewer than w rows uses the rows it has for its plateau; the
+    persistences are not shortened (a dip or a recovery needs m_on / m rows); ties with the
+    target count as reached (absolute tolerance 1e-12). When phase k−1 has no rows ``pre`` and
+    ``drop`` are NaN; a NaN reference leaves the target and recovery undefined (NaN, not
+    censored). Definitions and sources: docs/metrics.md.
+
+    >>> tr = pd.DataFrame({"step": range(10), "phase": [0] * 3 + [1] * 7, "n": 10,
+    ...                    "correct": [9, 9, 9, 2, 2, 2, 9, 9, 9, 9]})
+    >>> ph = pd.DataFrame({"phase": [0, 1], "ceiling": 1.0, "chance": 0.1})
+    >>> r = recovery(tr, ph, window=1, onset=2, persistence=2)  # target 0.1 + 0.9 · 0.8
+    >>> r.loc[0, ["target", "onset_steps", "recovery_steps", "below_steps"]].tolist()
+    [0.82, 0.0, 3.0, 3.0]
+    >>> bool(r.loc[0, "dipped"]), bool(r.loc[0, "censored"]), bool(r.loc[0, "collapsed"])
+    (True, False, False)
+    """
+    _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
+    tab = _phase_table(phases, ["ceiling"])
+    opts = _check_recovery_options(window, q, reference, reference_true, persistence, onset)
+    window, q, reference, reference_true, persistence, onset = opts
     ordered, _ = _ordered(trace)
     rows = _recovery_rows(ordered, tab, window=window, q=q, reference=reference,
-                          persistence=persistence)
+                          reference_true=reference_true, persistence=persistence, onset=onset)
     first = tab.index[0] if len(tab) else None
-    out = pd.DataFrame([r for k, r in rows.items() if k != first], columns=RECOVERY_COLUMNS)
-    return _recovery_dtypes(out)
+    return _recovery_frame([r for k, r in rows.items() if k != first])
 
 
-def _recovery_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    floats = [c for c in RECOVERY_COLUMNS if c not in ("phase", "censored")]
-    df = df.astype({c: np.float64 for c in floats if c in df.columns})
-    df["censored"] = df["censored"].astype(bool)
-    df["phase"] = df["phase"].astype(np.int64)
-    return df.reset_index(drop=True)
+def _recovery_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The recovery rows as a frame with fixed dtypes (int phase, bool flags, float values)."""
+    data: dict[str, np.ndarray] = {}
+    for c in RECOVERY_COLUMNS:
+        if c == "phase":
+            data[c] = np.array([r[c] for r in rows], dtype=np.int64)
+        elif c in BOOL_COLUMNS:
+            data[c] = np.array([r.get(c) is True or r.get(c) == 1 for r in rows], dtype=bool)
+        else:
+            data[c] = np.array([r.get(c, math.nan) for r in rows], dtype=np.float64)
+    return pd.DataFrame(data)
+
+
+def common_reference(rows: pd.DataFrame, by: Sequence[str] = ("scenario",),
+                     optimizer: str = "optimizer") -> pd.DataFrame:
+    """The ``common`` recovery reference of a comparison (docs/metrics.md): per ``by`` group
+    and phase, min(C_k, the highest mean plateau over seeds that any optimizer reached).
+
+    ``rows``: run × phase rows with the ``by`` columns, ``optimizer``, ``phase``, ``plateau``
+    and ``ceiling`` (``plateau_true`` too for the clean-label reference, capped at 1). Returns
+    one row per group and phase: ``reference`` and ``reference_true`` (NaN without
+    ``plateau_true``). Every learner of the comparison is then timed against the same target.
+
+    >>> rows = pd.DataFrame({"scenario": "s", "optimizer": ["a", "a", "b", "b"],
+    ...                      "phase": 1, "plateau": [0.8, 0.9, 0.6, 0.7], "ceiling": 0.8})
+    >>> common_reference(rows)[["scenario", "phase", "reference"]].values.tolist()
+    [['s', 1, 0.8]]
+    """
+    by = list(by)
+    _check_frame(rows, "rows", [*by, optimizer, "phase", "plateau", "ceiling"])
+    keys = [*by, "phase"]
+    cols = ["plateau"] + (["plateau_true"] if "plateau_true" in rows.columns else [])
+    means = rows.groupby([*keys, optimizer], sort=False, dropna=False)[cols].mean()
+    best = means.groupby(level=list(range(len(keys))), sort=False).max()
+    ceiling = rows.groupby(keys, sort=False, dropna=False)["ceiling"].first()
+    out = pd.DataFrame(index=best.index)
+    out["reference"] = np.fmin(best["plateau"], ceiling.reindex(best.index))
+    out["reference_true"] = (np.fmin(best["plateau_true"], 1.0) if "plateau_true" in best
+                             else math.nan)
+    return out.reset_index()
+
+
+def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: str = ""
+                 ) -> pd.DataFrame:
+    """A run's shifts reduced to one value per run (the seed is the unit of replication):
+    ``recovery_steps`` / ``recovery_samples`` the median over the run's shifted phases counting
+    censored shifts as +inf (``censored`` when that median is infinite), ``censored_shifts``
+    and ``shifts`` the counts, ``drop`` and ``deficit`` the mean. ``suffix`` ``"_true"`` reduces
+    the clean-label columns. Runs without a shifted phase (with a value) are left out.
+
+    >>> rows = pd.DataFrame({"run_id": "r", "phase": [1, 2, 3], "shifted": True,
+    ...                      "recovery_steps": [4.0, 10.0, float("nan")],
+    ...                      "recovery_samples": [40.0, 100.0, float("nan")],
+    ...                      "censored": [False, False, True], "drop": 0.2, "deficit": 0.1})
+    >>> run_recovery(rows)[["recovery_steps", "censored", "censored_shifts"]].values.tolist()
+    [[10.0, False, 1]]
+    """
+    by = list(by)
+    cols = [f"{c}{suffix}" for c in ("recovery_steps", "recovery_samples", "censored", "drop",
+                                     "deficit")]
+    _check_frame(rows, "rows", [*by, "phase", *cols])
+    sub = rows
+    if "shifted" in rows.columns:
+        sub = rows[rows["shifted"].astype(bool)]
+    rec, sam, cen, drop, deficit = cols
+    cens = sub[cen].astype(bool)
+    sub = sub[cens | sub[rec].notna()].assign(
+        _t=lambda d: np.where(d[cen].astype(bool), np.inf, d[rec]),
+        _s=lambda d: np.where(d[cen].astype(bool), np.inf, d[sam]),
+        _c=lambda d: d[cen].astype(bool).astype(np.int64))
+    g = sub.groupby(by, sort=False)
+    out = pd.DataFrame({"_t": g["_t"].median(), "_s": g["_s"].median(),
+                        "censored_shifts": g["_c"].sum(), "shifts": g.size(),
+                        drop: g[drop].mean(), deficit: g[deficit].mean()})
+    out[cen] = np.isinf(out["_t"])
+    out[rec] = out["_t"].where(~out[cen])
+    out[sam] = out["_s"].where(~out[cen])
+    return out.drop(columns=["_t", "_s"]).reset_index()[
+        [*by, rec, sam, cen, "censored_shifts", "shifts", drop, deficit]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,94 +577,159 @@ def _recovery_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_matrix(evals: pd.DataFrame, phases: pd.DataFrame) -> pd.DataFrame:
-    """R[i, j]: held-out accuracy on the regime of phase j at the end of phase i.
+    """R[i, j]: held-out accuracy on the distinct regime j at the end of phase i.
 
-    Built from the phase-end evaluations (``phase_end`` true; each covers every regime). K×K,
-    index ``after_phase`` i, columns ``phase`` j; NaN where an evaluation is missing (a diverged
-    run, evaluations switched off). Two phases with the same regime get the same column values.
-    Repeated rows for one (phase, regime) are averaged.
+    Built from the phase-end evaluations (``phase_end`` true; each covers every regime).
+    K × J: index ``after_phase`` i (every phase), columns ``regime`` j (each distinct regime
+    once, in the order of first appearance: a phase that repeats a regime shares its column, so
+    no regime counts twice). NaN where an evaluation is missing (a diverged run, evaluations
+    switched off). Repeated rows for one (phase, regime) are averaged. ``R.attrs`` records the
+    layout that :func:`backward_transfer` and :func:`forgetting` need: ``first_end`` (per column,
+    the row of its regime's first phase: "R[j, j]") and ``final`` (the column of the last
+    phase's regime).
 
-    >>> ev = pd.DataFrame({"step": [5, 5, 10, 10], "phase": [0, 0, 1, 1],
-    ...                    "regime": [0, 1, 0, 1], "accuracy": [0.9, 0.1, 0.6, 0.8],
-    ...                    "phase_end": True})
-    >>> ph = pd.DataFrame({"phase": [0, 1], "regime": [0, 1]})
-    >>> accuracy_matrix(ev, ph).to_numpy().tolist()
-    [[0.9, 0.1], [0.6, 0.8]]
+    >>> ev = pd.DataFrame({"step": [5, 5, 10, 10, 15, 15], "phase": [0, 0, 1, 1, 2, 2],
+    ...                    "regime": [0, 1, 0, 1, 0, 1],
+    ...                    "accuracy": [0.9, 0.1, 0.6, 0.8, 0.85, 0.7], "phase_end": True})
+    >>> ph = pd.DataFrame({"phase": [0, 1, 2], "regime": [0, 1, 0]})
+    >>> R = accuracy_matrix(ev, ph)
+    >>> R.to_numpy().tolist(), R.attrs["first_end"], R.attrs["final"]
+    ([[0.9, 0.1], [0.6, 0.8], [0.85, 0.7]], [0, 1], 0)
     """
     tab = _phase_table(phases, ["regime"])
     pk = tab.index.to_numpy()
-    K = pk.size
-    out = np.full((K, K), np.nan)
+    regime_of = tab["regime"].to_numpy()
+    regs = list(dict.fromkeys(regime_of.tolist()))
+    K, J = pk.size, len(regs)
+    out = np.full((K, J), np.nan)
     if _has_rows(evals, ["phase", "regime", "accuracy", "phase_end"]):
         end = evals[evals["phase_end"].astype(bool).to_numpy()]
         if len(end):
             acc = end.groupby(["phase", "regime"])["accuracy"].mean()
-            regs = tab["regime"].to_numpy()
-            rows = np.repeat(pk, K)
-            cols = np.tile(regs, K)
-            key = pd.MultiIndex.from_arrays([rows, cols], names=["phase", "regime"])
-            out = acc.reindex(key).to_numpy(np.float64).reshape(K, K)
+            key = pd.MultiIndex.from_arrays([np.repeat(pk, J), np.tile(regs, K)],
+                                            names=["phase", "regime"])
+            out = acc.reindex(key).to_numpy(np.float64).reshape(K, J)
     R = pd.DataFrame(out, index=pd.Index(pk, name="after_phase"),
-                     columns=pd.Index(pk, name="phase"))
+                     columns=pd.Index(regs, name="regime"))
+    R.attrs["first_end"] = [int(np.flatnonzero(regime_of == r)[0]) for r in regs]
+    R.attrs["final"] = regs.index(regime_of[-1]) if K else 0
     return R
 
 
-def _square(R: pd.DataFrame | ArrayLike) -> np.ndarray:
+def _layout(R: pd.DataFrame | ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
+    """(A, first_end, final) of an accuracy matrix: a DataFrame from :func:`accuracy_matrix`
+    carries its layout; any other (square) matrix is one regime per phase."""
+    attrs = getattr(R, "attrs", None) or {}
     A = np.asarray(R.to_numpy() if isinstance(R, pd.DataFrame) else R, dtype=np.float64)
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ShiftsimError(f"accuracy matrix must be square (K×K), got shape {A.shape}")
-    return A
+    if A.ndim != 2:
+        raise ShiftsimError(f"accuracy matrix must be 2-D (phases × regimes), got shape "
+                            f"{A.shape}")
+    if "first_end" in attrs and "final" in attrs:
+        first = np.asarray(attrs["first_end"], dtype=np.int64)
+        if first.size != A.shape[1]:
+            raise ShiftsimError("accuracy matrix layout does not match its columns")
+        return A, first, int(attrs["final"])
+    if A.shape[0] != A.shape[1]:
+        raise ShiftsimError(f"accuracy matrix must be square (K×K) or come from "
+                            f"metrics.accuracy_matrix, got shape {A.shape}")
+    return A, np.arange(A.shape[1]), A.shape[1] - 1
 
 
 def average_accuracy(R: pd.DataFrame | ArrayLike) -> float:
-    """ACC = (1/K) Σ_j R[K−1, j] (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018).
+    """ACC = (1/J) Σ_j R[K−1, j] over the J distinct regimes (Lopez-Paz & Ranzato 2017;
+    Chaudhry et al. 2018).
 
     NaN if the matrix is empty or any entry of its last row is missing.
 
     >>> average_accuracy([[1.0, 0.0], [0.5, 1.0]])
     0.75
     """
-    A = _square(R)
+    A, _, _ = _layout(R)
     if A.size == 0:
         return math.nan
     return float(np.mean(A[-1]))
 
 
-def backward_transfer(R: pd.DataFrame | ArrayLike) -> float:
-    """BWT = 1/(K−1) Σ_{j<K−1} (R[K−1, j] − R[j, j]) (Lopez-Paz & Ranzato 2017, GEM).
+def _earlier(R: pd.DataFrame | ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, the columns j other than the final phase's regime, their first-end rows)."""
+    A, first, final = _layout(R)
+    cols = np.array([j for j in range(A.shape[1]) if j != final], dtype=np.int64)
+    return A, cols, first[cols]
 
-    NaN for K < 2 or when an entry it needs is missing. Negative means forgetting. (continuum
-    1.2.7 returns 0.0 for ``[[1, 0], [0.5, 1]]``; the definition gives −0.5.)
+
+def backward_transfer(R: pd.DataFrame | ArrayLike) -> float:
+    """BWT = mean over the regimes j other than the last phase's of (R[K−1, j] − R[j, j])
+    (Lopez-Paz & Ranzato 2017, GEM), R[j, j] the accuracy at the end of regime j's first
+    phase.
+
+    NaN with fewer than two regimes or when an entry it needs is missing. Negative means
+    forgetting. (continuum 1.2.7 returns 0.0 for ``[[1, 0], [0.5, 1]]``; the definition gives
+    −0.5.)
 
     >>> backward_transfer([[1.0, 0.0], [0.5, 1.0]])
     -0.5
     """
-    A = _square(R)
-    K = A.shape[0]
-    if K < 2:
+    A, cols, first = _earlier(R)
+    if cols.size == 0:
         return math.nan
-    return float(np.mean(A[-1, :-1] - np.diag(A)[:-1]))
+    return float(np.mean(A[-1, cols] - A[first, cols]))
 
 
 def forgetting(R: pd.DataFrame | ArrayLike) -> float:
-    """Average forgetting F = 1/(K−1) Σ_{j<K−1} f_j (Chaudhry et al. 2018, RWalk).
+    """Average forgetting F over the regimes j other than the last phase's (Chaudhry et al.
+    2018, RWalk): f_j = max_{l in [j, K−2]} R[l, j] − R[K−1, j], l running from the end of
+    regime j's first phase to the phase before last.
 
-    f_j = max_{l in [j, K−2]} R[l, j] − R[K−1, j]: the best accuracy on regime j at any phase end
-    from its own up to the one before last, minus the final one. NaN for K < 2 or when an entry it
-    needs is missing.
+    NaN with fewer than two regimes or when an entry it needs is missing.
 
     >>> forgetting([[1.0, 0.0], [0.5, 1.0]])
     0.5
     """
-    A = _square(R)
-    K = A.shape[0]
-    if K < 2:
+    A, cols, first = _earlier(R)
+    if cols.size == 0:
         return math.nan
+    K = A.shape[0]
     l = np.arange(K)[:, None]
-    j = np.arange(K)[None, :]
-    keep = (l >= j) & (l <= K - 2)
-    best = np.max(np.where(keep, A, -np.inf), axis=0)  # NaN propagates
-    return float(np.mean(best[:-1] - A[-1, :-1]))
+    keep = (l >= first[None, :]) & (l <= K - 2)
+    best = np.max(np.where(keep, A[:, cols], -np.inf), axis=0)  # NaN propagates
+    return float(np.mean(best - A[-1, cols]))
+
+
+def max_average_accuracy(label_maps: Sequence[ArrayLike], groups: Sequence[Any],
+                         class_weights: ArrayLike) -> float:
+    """The highest ACC a single classifier can reach over J regimes (docs/metrics.md,
+    "conflicting regimes").
+
+    ``label_maps[j]``: regime j's held-out label per original class; ``groups[j]``: a key of
+    its inputs (regimes with the same key show the classifier the same inputs, so it must give
+    them one answer; regimes with different inputs, e.g. another rotation, can be told apart);
+    ``class_weights``: the held-out class counts or shares. Per group and class the best answer
+    is the label most of the group's regimes agree on:
+    max ACC = (1/J) Σ_groups Σ_c w_c · max_ℓ #{j in group : map_j(c) = ℓ}.
+
+    >>> ident, perm = [0, 1, 2], [1, 2, 0]
+    >>> max_average_accuracy([ident, perm], ["x", "x"], [1, 1, 1])   # one input, two labels
+    0.5
+    >>> max_average_accuracy([ident, perm], ["x", "rotated"], [1, 1, 1])
+    1.0
+    """
+    maps = [np.asarray(m, dtype=np.int64).reshape(-1) for m in label_maps]
+    if not maps:
+        return math.nan
+    if len(groups) != len(maps):
+        raise ShiftsimError(f"max_average_accuracy: {len(maps)} label maps but {len(groups)} "
+                            "group keys")
+    w = _float_array(class_weights, "class_weights")
+    if w.size != maps[0].size or any(m.size != w.size for m in maps) or w.sum() <= 0:
+        raise ShiftsimError("max_average_accuracy: every label map needs one label per class "
+                            "and the class weights must match them and be positive")
+    w = w / w.sum()
+    total = 0.0
+    for key in dict.fromkeys(groups):
+        M = np.stack([m for m, g in zip(maps, groups) if g == key])  # regimes × classes
+        agree = (M[:, None, :] == M[None, :, :]).sum(axis=1).max(axis=0)  # per class
+        total += float(np.sum(w * agree))
+    return total / len(maps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,45 +860,45 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
 
     Columns: ``phase``, ``name``, ``start``, ``steps`` (planned L_k), ``steps_run`` (rows in the
     trace), ``samples`` (Σ b_t), ``online_acc``, ``online_acc_true`` (Cai et al. 2021), ``loss``
-    (mean per-step loss), then the :func:`recovery` columns ``pre``, ``plateau``, ``ceiling``,
-    ``target``, ``recovery_steps``, ``recovery_samples``, ``censored``, ``drop``, ``deficit``, and
-    ``heldout_acc`` (R[k, k] of :func:`accuracy_matrix`; NaN without evaluations).
+    (mean per-step loss), then the :func:`recovery` columns (``shifted``, ``chance``, ``pre``,
+    ``plateau``, ``ceiling``, ``reference``, ``target``, ``dipped``, ``onset_steps``,
+    ``recovery_steps``, ``recovery_samples``, ``below_steps``, ``after_ramp_steps``,
+    ``censored``, ``collapsed``, ``drop``, ``deficit`` and their ``_true`` twins), and
+    ``heldout_acc`` (R[k, regime of k] of :func:`accuracy_matrix`; NaN without evaluations).
 
     Every phase of ``phases`` has a row. A phase without rows (a diverged run stopped earlier)
-    has ``steps_run = samples = 0`` and NaN metrics. The first phase has no shift: its ``pre``,
-    ``target``, recovery, ``drop`` and ``deficit`` are NaN and ``censored`` is False; its
-    ``plateau`` (end-of-phase level) and ``ceiling`` are filled. ``recovery_kwargs`` (``window``,
-    ``q``, ``reference``, ``persistence``) go to :func:`recovery`.
+    has ``steps_run = samples = 0`` and NaN metrics. The first phase has no shift: its recovery
+    values are NaN (``censored`` and ``dipped`` False); its ``plateau`` (end-of-phase level) and
+    ``ceiling`` are filled. ``recovery_kwargs`` (``window``, ``q``, ``reference``,
+    ``reference_true``, ``persistence``, ``onset``) go to :func:`recovery`.
 
     >>> tr = pd.DataFrame({"step": range(6), "phase": [0, 0, 0, 1, 1, 1], "n": 10,
     ...                    "correct": [8, 9, 9, 2, 9, 9], "correct_true": [8, 9, 9, 2, 9, 9],
     ...                    "loss": 0.5})
     >>> ph = pd.DataFrame({"phase": [0, 1, 2], "name": ["a", "b", "c"], "start": [0, 3, 6],
     ...                    "steps": 3, "ceiling": 1.0})
-    >>> s = summarize(tr, ph, window=2, persistence=1)
+    >>> s = summarize(tr, ph, window=2, persistence=1, onset=1)
     >>> s["steps_run"].tolist(), s["online_acc"].round(3).tolist()
     ([3, 3, 0], [0.867, 0.667, nan])
     >>> s["recovery_steps"].tolist(), s["censored"].tolist()
     ([nan, 2.0, nan], [False, False, False])
     """
-    unknown = sorted(set(recovery_kwargs) - {"window", "q", "reference", "persistence"})
+    unknown = sorted(set(recovery_kwargs) - set(RECOVERY_OPTIONS))
     if unknown:
-        raise allowed(unknown[0], "summarize option", ("window", "q", "reference", "persistence"))
+        raise allowed(unknown[0], "summarize option", RECOVERY_OPTIONS)
     _check_frame(trace, "trace", ["step", "phase", "n", "correct", "correct_true", "loss"])
     tab = _phase_table(phases, ["name", "start", "steps", "ceiling"])
-    window = check_range(recovery_kwargs.get("window", 20), "window", 1, integer=True)
-    q = check_range(recovery_kwargs.get("q", 0.9), "q", 0, 1, low_open=True)
-    reference = _check_reference(recovery_kwargs.get("reference", "plateau"))
-    persistence = recovery_kwargs.get("persistence")
-    persistence = window if persistence is None else check_range(
-        persistence, "persistence", 1, integer=True)
+    opts = _check_recovery_options(
+        recovery_kwargs.get("window", 20), recovery_kwargs.get("q", 0.9),
+        recovery_kwargs.get("reference", "plateau"), recovery_kwargs.get("reference_true"),
+        recovery_kwargs.get("persistence"), recovery_kwargs.get("onset", 5))
+    window, q, reference, reference_true, persistence, onset = opts
 
     ordered, _ = _ordered(trace)
     rows = _recovery_rows(ordered, tab, window=window, q=q, reference=reference,
-                          persistence=persistence)
+                          reference_true=reference_true, persistence=persistence, onset=onset)
     pk = tab.index
-    rec = pd.DataFrame(list(rows.values()), columns=RECOVERY_COLUMNS).set_index("phase")
-    rec = rec.reindex(pk)
+    rec = _recovery_frame(list(rows.values())).set_index("phase").reindex(pk)
 
     g = ordered.groupby("phase", sort=True)
     agg = pd.DataFrame({
@@ -661,8 +912,10 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
     samples = agg["samples"].fillna(0).to_numpy(np.int64)
     den = samples.astype(np.float64)
 
-    if evals is not None:
-        heldout = np.diag(accuracy_matrix(evals, phases).to_numpy())
+    if evals is not None and "regime" in tab.columns:
+        R = accuracy_matrix(evals, phases)
+        col = {r: i for i, r in enumerate(R.columns)}
+        heldout = R.to_numpy()[np.arange(len(pk)), [col[r] for r in tab["regime"]]]
     else:
         heldout = np.full(len(pk), np.nan)
 
@@ -676,17 +929,16 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
         "online_acc": _ratio(agg["correct"].to_numpy(np.float64), den),
         "online_acc_true": _ratio(agg["correct_true"].to_numpy(np.float64), den),
         "loss": agg["loss"].to_numpy(np.float64),
-        "pre": rec["pre"].to_numpy(np.float64),
-        "plateau": rec["plateau"].to_numpy(np.float64),
-        "ceiling": tab["ceiling"].to_numpy(np.float64),
-        "target": rec["target"].to_numpy(np.float64),
-        "recovery_steps": rec["recovery_steps"].to_numpy(np.float64),
-        "recovery_samples": rec["recovery_samples"].to_numpy(np.float64),
-        "censored": rec["censored"].eq(True).to_numpy(bool),
-        "drop": rec["drop"].to_numpy(np.float64),
-        "deficit": rec["deficit"].to_numpy(np.float64),
-        "heldout_acc": heldout.astype(np.float64),
     })
+    for c in RECOVERY_COLUMNS[1:]:
+        out[c] = rec[c].to_numpy()
+    out["ceiling"] = tab["ceiling"].to_numpy(np.float64)
+    out["shifted"] = [k != pk[0] and bool(tab.loc[k].get("shifted", True)) for k in pk]
+    for c in BOOL_COLUMNS:
+        out[c] = out[c].eq(True).to_numpy(bool)
+    floats = [c for c in RECOVERY_COLUMNS[1:] if c not in BOOL_COLUMNS]
+    out = out.astype({c: np.float64 for c in floats})
+    out["heldout_acc"] = heldout.astype(np.float64)
     return out[SUMMARY_COLUMNS]
 
 
@@ -824,3 +1076,101 @@ def paired_difference(a: ArrayLike | pd.Series, b: ArrayLike | pd.Series, level:
         "wins_a": int((better > 0).sum()), "wins_b": int((better < 0).sum()),
         "ties": int((d == 0).sum()), "n": int(d.size),
     }
+
+
+def median_interval(times: ArrayLike, censored: ArrayLike, level: float = 0.95, seed: int = 0,
+                    n_boot: int = 10_000) -> tuple[float, float, float]:
+    """Median recovery time over seeds with a percentile-bootstrap ``level`` interval
+    (Efron & Tibshirani 1993): (median, low, high).
+
+    Censored runs count as +inf (:func:`median_recovery`); the median is NaN (undefined) when
+    half or more are censored. Each bootstrap resample draws the seeds with replacement; a
+    resample whose median is undefined counts as +inf, so ``high`` is +inf when more than
+    (1 − level)/2 of the resamples have half or more censored runs. NaN interval with fewer than
+    two runs. Runs with a NaN time that are not censored (never reached the shift) are left out.
+
+    >>> med, low, high = median_interval([4, 6, 5, 7, 30], [False] * 5)
+    >>> med, low <= med <= high
+    (6.0, True)
+    >>> median_interval([4, 6, 5, float("nan")], [False, False, False, True])[2]
+    inf
+    """
+    level = _check_level(level)
+    n_boot = check_range(n_boot, "n_boot", 1, integer=True)
+    t = _float_array(times, "times")
+    c = _bool_array(censored, "censored")
+    if t.shape != c.shape:
+        raise ShiftsimError(f"times and censored must have the same length, got {t.size} "
+                            f"and {c.size}")
+    med = median_recovery(t, c)
+    keep = c | ~np.isnan(t)
+    x = np.where(c, np.inf, t)[keep]
+    if x.size < 2:
+        return (med, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    meds = np.median(np.sort(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1), axis=1)
+    meds = np.where(np.isnan(meds), np.inf, meds)  # inf + inf halves: still never recovered
+    low = float(np.quantile(meds, (1 - level) / 2, method="lower"))
+    high = float(np.quantile(meds, (1 + level) / 2, method="higher"))
+    return (med, low, high)
+
+
+def paired_p_value(differences: ArrayLike, test: str = "t") -> float:
+    """Two-sided p-value of "no difference" from paired differences (one per seed).
+
+    ``test="t"``: the paired Student t test (accuracies); ``"wilcoxon"``: the Wilcoxon
+    signed-rank test (recovery times, which are skewed and capped where censored; zero
+    differences are dropped, Wilcoxon's convention). NaN values are ignored. With fewer than two
+    differences the p-value is NaN (nothing can be tested). When every difference is the same
+    non-zero number (no spread, so no t statistic) the exact sign test gives 2 · 0.5^n; all
+    zero gives 1.
+
+    >>> round(paired_p_value([0.1, 0.12, 0.09, 0.11, 0.1]), 6)
+    3.4e-05
+    >>> paired_p_value([3, 3, 3, 3, 3], test="wilcoxon")
+    0.0625
+    >>> paired_p_value([0.0, 0.0, 0.0])
+    1.0
+    """
+    if test not in PAIRED_TESTS:
+        raise allowed(test, "paired test", PAIRED_TESTS)
+    d = _float_array(differences, "differences")
+    d = d[~np.isnan(d)]
+    if d.size < 2:
+        return math.nan
+    if test == "wilcoxon":
+        d = d[d != 0]
+        if d.size == 0:
+            return 1.0
+        if np.all(d == d[0]):
+            return float(min(1.0, 2 * 0.5 ** d.size))
+        from scipy.stats import wilcoxon
+
+        return float(wilcoxon(d).pvalue)
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else float(min(1.0, 2 * 0.5 ** d.size))
+    from scipy.stats import ttest_1samp
+
+    return float(ttest_1samp(d, 0.0).pvalue)
+
+
+def holm(p_values: ArrayLike) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (Holm 1979) over one family of tests.
+
+    Sorted ascending, p_(i) is multiplied by (m − i + 1), made non-decreasing, capped at 1; a
+    test is rejected at level α when its adjusted p-value is ≤ α. NaN p-values (tests that
+    could not be made) are not counted in m and stay NaN.
+
+    >>> holm([0.01, 0.04, 0.03, float("nan")]).round(3).tolist()
+    [0.03, 0.06, 0.06, nan]
+    """
+    p = _float_array(p_values, "p_values")
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    adj = np.maximum.accumulate(np.minimum(1.0, p[order] * (m - np.arange(m))))
+    out[order] = adj
+    return out

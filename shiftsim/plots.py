@@ -346,7 +346,8 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
                     hue_order: Sequence[str] | None = None,
                     col_order: Sequence[Any] | None = None,
                     recovery: pd.DataFrame | None = None,
-                    col_title: Callable[[Any], str] | None = None) -> plt.Figure:
+                    col_title: Callable[[Any], str] | None = None,
+                    shifted: pd.DataFrame | None = None) -> plt.Figure:
     """Recovery curves: smoothed online accuracy vs steps since each shift, the mean over seeds
     and shifts with a ``level`` Student-t interval band, one line per ``hue`` value, one facet per
     ``col`` value (e.g. ``"severity"``, or ``"shift"``: one facet per phase k ≥ 1 entered, for
@@ -355,9 +356,11 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
 
     ``traces``: per-step rows with ``step``, ``phase``, ``n``, ``correct``, the ``hue`` column
     and a run identifier (``run_id``), e.g. ``results.traces()``. ``recovery``: optional
-    run × phase rows (``results.phases``) with ``recovery_steps`` and ``censored``; when given,
-    the median recovery time of each line (censored counted as +inf, specs/metrics.md) is marked
-    with a dotted vertical line.
+    rows with ``recovery_steps`` and ``censored`` (one per run, or run × phase rows such as
+    ``results.phases``); when given, the median recovery time of each line (censored counted as
+    +inf, docs/metrics.md) is marked with a dotted vertical line. ``shifted``: optional
+    ``run_id``, ``phase`` rows of the phases that are shifts; other phases (a flip rate of 0)
+    are left out of the curves.
 
     >>> import shiftsim as ss
     >>> sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=2, steps_per_task=40)
@@ -373,6 +376,10 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
         _require(traces, [col], "recovery_curves")
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
     frame = recovery_frame(traces, window, before, run_key=keys)
+    if shifted is not None and "run_id" in frame.columns:
+        keep = pd.MultiIndex.from_frame(shifted[["run_id", "phase"]].rename(
+            columns={"phase": "shift"}))
+        frame = frame[pd.MultiIndex.from_frame(frame[["run_id", "shift"]]).isin(keep)]
     if frame.empty:
         raise ShiftsimError("recovery_curves needs runs with at least two phases (a shift)")
     facets, names, palette = _layout(frame, hue, col, col_order, hue_order, palette)
@@ -384,8 +391,9 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
             for name in _draw_bands(ax, band, "since_shift", hue, names, palette, lw=1.6):
                 if recovery is not None and {"recovery_steps", "censored", hue} <= set(
                         recovery.columns):
-                    rec = recovery[(recovery[hue].astype(str) == name)
-                                   & (recovery["phase"] >= 1)]
+                    rec = recovery[recovery[hue].astype(str) == name]
+                    if "phase" in rec.columns:
+                        rec = rec[rec["phase"] >= 1]
                     if facet is not None and col in rec.columns:
                         rec = rec[rec[col] == facet]
                     if len(rec):

@@ -216,6 +216,7 @@ class Scenario:
         self.eval_size = int(eval_size)
         self.name = name or "scenario"
         self.phases: tuple[Phase, ...] = tuple(phases)
+        self._counts: list[int] | None = None
         self._resolve()
 
     # -- validation / derived structure ---------------------------------------------------------
@@ -273,9 +274,71 @@ class Scenario:
     def label_flip(self, phase: int) -> LabelFlip | None:
         return next((s for s in self.shifts_of(phase) if isinstance(s, LabelFlip)), None)
 
+    def class_shares(self, phase: int) -> np.ndarray:
+        """The share of each original class in the phase's stream: the training set's class
+        shares, or the phase's :class:`~shiftsim.shifts.ClassPrior` (over classes that have
+        samples)."""
+        counts = np.asarray(self.class_counts(), dtype=np.float64)
+        prior = next((s for s in self.shifts_of(phase) if isinstance(s, ClassPrior)), None)
+        w = counts if prior is None else np.asarray(prior.weights) * (counts > 0)
+        return w / w.sum()
+
+    def class_counts(self) -> list[int]:
+        """Training samples per class (cached)."""
+        if self._counts is None:
+            self._counts = self.data.class_counts()
+        return self._counts
+
     def ceiling(self, phase: int) -> float:
+        """C_k: the best accuracy a generalising learner can reach against the phase's stream
+        labels (1 without a label flip; see :meth:`~shiftsim.shifts.LabelFlip.ceiling`:
+        max(ρ′, 1 − ρ′) for a partial ``permute`` / ``pair``, with the realised per-class
+        rates, weighted by the phase's class shares)."""
         flip = self.label_flip(phase)
-        return flip.ceiling(self.data.num_classes) if flip else 1.0
+        if flip is None:
+            return 1.0
+        return flip.ceiling(self.data.num_classes, self.class_counts(),
+                            self.class_shares(phase))
+
+    def chance(self, phase: int, labels: str = "stream") -> float:
+        """χ_k: the accuracy of the best constant prediction, i.e. the largest expected class
+        share of the phase's labels (``labels="stream"``: as presented, after label shifts;
+        ``"true"``: the original labels). 1/C for balanced classes.
+
+        The shares are the expectation over the regime's draw (a random derangement moves a
+        class to each other class with probability 1/(C − 1)); they are exact for balanced
+        classes and for ``pair``.
+        """
+        shares = self.class_shares(phase)
+        flip = self.label_flip(phase)
+        if labels == "stream" and flip is not None and flip.rate > 0:
+            shares = flip.label_shares(self.data.num_classes, self.class_counts(), shares)
+        elif labels not in ("stream", "true"):
+            raise allowed(labels, "labels", ("stream", "true"))
+        return float(np.max(shares))
+
+    def has_shift(self, phase: int) -> bool:
+        """True when phase ``phase`` changes the data relative to the phase before it (so
+        there is something to recover from): another regime whose effective shifts differ, or
+        the same kind of shift drawn afresh (a new permutation, a new label table). A flip
+        rate of 0, a repeat of the regime just left or an unchanged input shift is no shift.
+
+        >>> import shiftsim as ss
+        >>> d = ss.data.digits()
+        >>> ss.label_flip_tasks(d, 0.0, tasks=2, steps_per_task=10).has_shift(1)
+        False
+        >>> ss.label_flip_tasks(d, 1.0, tasks=3, steps_per_task=10).has_shift(2)
+        True
+        >>> ss.covariate_drift(d, [ss.Rotate(30), ss.Rotate(30)], 10).has_shift(2)
+        False
+        """
+        if phase == 0 or self.regime_of[phase] == self.regime_of[phase - 1]:
+            return False
+        before = _effective(self.shifts_of(phase - 1))
+        now = _effective(self.shifts_of(phase))
+        if before != now:
+            return True
+        return any(s.regime_draw for s in self.shifts_of(phase) if not s.is_identity())
 
     def label_kind(self, phase: int) -> str:
         flip = self.label_flip(phase)
@@ -293,20 +356,30 @@ class Scenario:
     def phase_table(self) -> pd.DataFrame:
         """One row per phase: the plan that metrics and reports read.
 
+        Columns: ``phase``, ``name``, ``start``, ``end``, ``steps``, ``regime``, ``ceiling``
+        (C_k), ``chance`` and ``chance_true`` (χ_k against the presented and the original
+        labels), ``label_kind``, ``shifted`` (:meth:`has_shift`), ``width`` (the ramp),
+        ``transition``, ``shifts``.
+
         >>> import shiftsim as ss
         >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, mode="other", tasks=2,
         ...                          steps_per_task=50)
-        >>> sc.phase_table()[["phase", "start", "end", "regime", "ceiling", "label_kind"]]
-           phase  start  end  regime  ceiling label_kind
-        0      0      0   50       0      1.0       none
-        1      1     50  100       1      0.5      noise
+        >>> t = sc.phase_table()
+        >>> t[["phase", "start", "end", "regime", "label_kind", "shifted"]]
+           phase  start  end  regime label_kind  shifted
+        0      0      0   50       0       none    False
+        1      1     50  100       1      noise     True
+        >>> t["ceiling"].round(3).tolist(), t["chance"].round(3).tolist()
+        ([1.0, 0.498], [0.102, 0.101])
         """
         rows = []
         for k, (p, start) in enumerate(zip(self.phases, self.boundaries)):
             rows.append({
                 "phase": k, "name": self.phase_names[k], "start": start,
                 "end": start + p.steps, "steps": p.steps, "regime": self.regime_of[k],
-                "ceiling": self.ceiling(k), "label_kind": self.label_kind(k),
+                "ceiling": self.ceiling(k), "chance": self.chance(k),
+                "chance_true": self.chance(k, "true"), "label_kind": self.label_kind(k),
+                "shifted": self.has_shift(k),
                 "width": int(p.transition.width), "transition": p.transition.describe(),
                 "shifts": p.describe_shifts(),
             })
@@ -359,6 +432,19 @@ class Scenario:
             raise allowed(sorted(unknown)[0], "Scenario field", args)
         args.update(changes)
         return Scenario(**args)
+
+
+def _effective(shifts: Sequence[Shift]) -> list[str]:
+    """The shifts that change something, as comparable descriptions (severity presets resolved,
+    order ignored)."""
+    out = []
+    for s in shifts:
+        if s.is_identity():
+            continue
+        d = s.to_dict()
+        d.pop("severity", None)
+        out.append(repr(sorted(d.items())))
+    return sorted(out)
 
 
 # -- builders ---------------------------------------------------------------------------------

@@ -66,8 +66,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import RunResult
     from .study import RunSpec
 
-#: version of the on-disk format; bumped only by incompatible changes
-STORE_FORMAT = 1
+#: version of the on-disk format; bumped only by incompatible changes. 2: recovery version 2
+#: (chance, onset, collapse), held-out labels of partial concept shifts, phase ``shifted``
+STORE_FORMAT = 2
 RUNS_DIR = "runs"
 STUDY_FILE = "study.json"
 SPEC_FILE = "spec.json"
@@ -419,6 +420,10 @@ def run_state(out_dir: str | os.PathLike, run_id: str, *, verify: bool = True) -
     except (OSError, ValueError) as exc:
         return RunState(run_id, "incomplete", f"unreadable summary.json: {exc}")
     status = summary.get("status")
+    if isinstance(summary.get("format"), int) and summary["format"] < STORE_FORMAT:
+        return RunState(run_id, "incomplete",
+                        f"written by an older shiftsim (store format {summary['format']}, now "
+                        f"{STORE_FORMAT}: its metrics are out of date); a resumed study redoes it")
     if summary.get("format") != STORE_FORMAT or status not in COMPLETE:
         return RunState(run_id, "incomplete",
                         f"summary.json has format {summary.get('format')!r} / status {status!r}")
@@ -515,7 +520,9 @@ class StudyResults:
       diverged, incomplete and pending runs are rows with their status, never dropped.
     * ``phases``: one row per run and phase: the run's labels and status, then the
       per-phase summary (``phase``, ``name``, ``online_acc``, ``recovery_steps``, ``censored``,
-      ``drop``, ``deficit``, ``heldout_acc``, ``ceiling``, ``regime``, ...).
+      ``drop``, ``deficit``, ``heldout_acc``, ``ceiling``, ``regime``, ...), with recovery timed
+      against the study's common reference (recomputed from the traces on first use);
+      ``run_phases`` holds the same rows as stored, each run against its own plateau.
     * ``evals``: every run's held-out evaluations with the run's labels (read on first use).
     * :meth:`trace` / :meth:`traces`: the per-step traces, read on demand.
     * ``study``: the ``study.json`` dict (None for a folder written by ``shiftsim run``).
@@ -529,8 +536,9 @@ class StudyResults:
         self.states = states
         self._labels = label_rows
         self._evals: pd.DataFrame | None = None
+        self._phases: pd.DataFrame | None = None
         self.runs = self._build_runs()
-        self.phases = self._build_phases()
+        self.run_phases = self._build_phases()
 
     # -- frames -----------------------------------------------------------------------------
     def _build_runs(self) -> pd.DataFrame:
@@ -581,11 +589,73 @@ class StudyResults:
             return keys.iloc[0:0].assign(phase=pd.Series(dtype="int64"))
         ph = pd.DataFrame(rows)
         for c in ph.columns:
-            if c not in ("run_id", "name", "label_kind", "transition", "shifts", "censored"):
+            if c not in ("run_id", "name", "label_kind", "transition", "shifts", "censored",
+                         "dipped", "collapsed", "shifted", "censored_true", "dipped_true",
+                         "collapsed_true"):
                 ph[c] = pd.to_numeric(ph[c], errors="coerce")
-        if "censored" in ph.columns:
-            ph["censored"] = ph["censored"].fillna(False).astype(bool)
+        for c in ("censored", "dipped", "collapsed", "shifted", "censored_true",
+                  "dipped_true", "collapsed_true"):
+            if c in ph.columns:
+                ph[c] = ph[c].astype("boolean").fillna(False).astype(bool)
         return keys.merge(ph, on="run_id", how="inner").reset_index(drop=True)
+
+    @property
+    def phases(self) -> pd.DataFrame:
+        """One row per run and phase: the run's labels and status, the per-phase summary, and
+        the recovery columns timed against the study's ``common`` reference.
+
+        A single run is timed against its own plateau (what each ``summary.json`` holds, see
+        :attr:`run_phases`); learners are only comparable against one target, so here every
+        run of a scenario (and stage) is timed against the same reference per phase: the lower
+        of the ceiling and the best mean plateau over seeds that any optimizer reached
+        (:func:`shiftsim.metrics.common_reference`). The recovery columns are recomputed from
+        the stored traces on first use (no file is rewritten).
+        """
+        if self._phases is None:
+            self._phases = self._common_phases()
+        return self._phases
+
+    def _common_phases(self) -> pd.DataFrame:
+        from . import metrics
+
+        rows = self.run_phases
+        done = rows[rows["status"].isin(("ok", "diverged"))] if "status" in rows else rows
+        if done.empty or "plateau" not in done.columns:
+            return rows
+        by = [c for c in ("scenario", "stage") if c in done.columns]
+        ref = metrics.common_reference(done, by=by)
+        key = ref[by].astype(str).agg("\x1f".join, axis=1) if by else pd.Series("", ref.index)
+        refs: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+        for k, g in ref.groupby(key.to_numpy(), sort=False):
+            refs[k] = (dict(zip(g["phase"].astype(int), g["reference"])),
+                       dict(zip(g["phase"].astype(int), g["reference_true"])))
+        cols = [c for c in metrics.RECOVERY_COLUMNS if c != "phase"]
+        parts = []
+        run_key = done[by].astype(str).agg("\x1f".join, axis=1) if by else None
+        for rid, ph in done.groupby("run_id", sort=False):
+            k = run_key.loc[ph.index[0]] if run_key is not None else ""
+            mapping, mapping_true = refs.get(k, ({}, {}))
+            trace = self.trace(rid, ["step", "phase", "n", "correct", "correct_true"])
+            table = ph.drop_duplicates("phase")
+            rec = metrics.recovery(trace, table, reference=mapping, reference_true=mapping_true)
+            parts.append(rec.assign(run_id=rid))
+        if not parts:
+            return rows
+        rec = pd.concat(parts, ignore_index=True).set_index(["run_id", "phase"])
+        out = rows.copy()
+        at = rec.reindex(pd.MultiIndex.from_frame(out[["run_id", "phase"]]))
+        has = at["shifted"].notna().to_numpy()  # phase 0 and runs without a trace: as stored
+        for c in cols:
+            values = at[c].to_numpy()[has]
+            if c not in out.columns:
+                out[c] = False if c in metrics.BOOL_COLUMNS else np.nan
+            if c in metrics.BOOL_COLUMNS:
+                out[c] = out[c].astype(bool)
+                out.loc[has, c] = values.astype(bool)
+            else:
+                out[c] = out[c].astype(np.float64)
+                out.loc[has, c] = values.astype(np.float64)
+        return out
 
     @property
     def evals(self) -> pd.DataFrame:

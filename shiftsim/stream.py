@@ -99,11 +99,13 @@ class Regime:
         y_train = stream.y_train_cpu
         y_eval = stream.y_eval_cpu
         if flip is not None and flip.rate > 0:
-            mapping = flip.draw(c, g)
+            mapping = flip.draw(c, g)  # the first draw from g (see heldout_concept)
             self.labels = flip.relabel(y_train, c, mapping, g).to(dev)
-            held = flip.relabel(y_eval, c, mapping, g)
-            # held-out labels follow concept shifts only; noise shifts are scored clean
-            self.eval_labels = (held if flip.label_kind == "concept" else y_eval).to(dev)
+            flip.relabel(y_eval, c, mapping, g)  # drawn, so that later draws from g are stable
+            # held-out labels: the concept a learner should hold (the majority mapping of a
+            # concept shift); noise shifts are scored against the original labels
+            concept = flip.concept_map(c, mapping, sc.class_counts())
+            self.eval_labels = (concept[y_eval] if concept is not None else y_eval).to(dev)
         else:
             self.labels = data.y_train
             self.eval_labels = y_eval.to(dev)
@@ -222,9 +224,7 @@ class Stream:
         self.device = resolve_device(device)
         self.data = scenario.data.to(self.device)
         self.y_train_cpu = scenario.data.y_train.cpu()
-        n_test = scenario.data.x_test.shape[0]
-        eval_index = torch.randperm(n_test, generator=_generator(derive_seed(seed, "eval")))
-        eval_index = eval_index[: scenario.eval_size].sort().values
+        eval_index = _eval_index(scenario, seed)
         self.y_eval_cpu = scenario.data.y_test.cpu()[eval_index]
         self.eval_index = eval_index.to(self.device)
         self.noise = _generator(derive_seed(seed, "noise"), self.device)
@@ -262,6 +262,62 @@ class Stream:
 
     def __len__(self) -> int:
         return self.scenario.total_steps
+
+
+def _eval_index(scenario: Scenario, seed: int) -> torch.Tensor:
+    """The held-out samples a run evaluates on (sorted indices into the test split)."""
+    n_test = scenario.data.x_test.shape[0]
+    eval_index = torch.randperm(n_test, generator=_generator(derive_seed(seed, "eval")))
+    return eval_index[: scenario.eval_size].sort().values
+
+
+def heldout_concept(scenario: Scenario, seed: int, regime_id: int) -> torch.Tensor:
+    """The class -> label map of a regime's held-out labels in run ``seed``: the identity
+    without a concept label shift, else the majority mapping of its ``permute`` / ``pair``
+    flip (:meth:`~shiftsim.shifts.LabelFlip.concept_map`), drawn as the run draws it.
+
+    >>> import shiftsim as ss
+    >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=5)
+    >>> bool((heldout_concept(sc, 0, 1) != torch.arange(10)).all())
+    True
+    """
+    c = scenario.data.num_classes
+    flip = next((s for s in scenario.shifts_of(scenario.regime_phase[regime_id])
+                 if isinstance(s, LabelFlip)), None)
+    if flip is None or flip.rate == 0:
+        return torch.arange(c)
+    g = _generator(derive_seed(seed, "regime", regime_id))
+    mapping = flip.draw(c, g)  # the Regime's first draw from the same generator
+    concept = flip.concept_map(c, mapping, scenario.class_counts())
+    return torch.arange(c) if concept is None else concept
+
+
+def max_average_accuracy(scenario: Scenario, seed: int) -> float:
+    """The highest ACC any single classifier can reach on ``scenario``'s regimes in run
+    ``seed``: below 1 when regimes conflict (the same input with different held-out labels,
+    e.g. ``permute`` at rate 1 in two regimes). See
+    :func:`shiftsim.metrics.max_average_accuracy`.
+
+    >>> import shiftsim as ss
+    >>> d = ss.data.digits()
+    >>> max_average_accuracy(ss.label_flip_tasks(d, 0.0, tasks=3, steps_per_task=5), 0)
+    1.0
+    >>> round(max_average_accuracy(ss.label_flip_tasks(d, 1.0, tasks=2, steps_per_task=5), 0), 3)
+    0.5
+    """
+    from .metrics import max_average_accuracy as bound
+
+    maps = [heldout_concept(scenario, seed, r).numpy() for r in range(scenario.num_regimes)]
+    groups = []
+    for r in range(scenario.num_regimes):
+        inputs = [s for s in scenario.shifts_of(scenario.regime_phase[r]) if s.kind == "input"]
+        key = repr([repr(sorted(s.to_dict().items())) for s in inputs if not s.is_identity()])
+        if any(s.regime_draw and not s.is_identity() for s in inputs):
+            key += f"#{r}"  # a drawn input transform (a pixel permutation): its own inputs
+        groups.append(key)
+    y_eval = scenario.data.y_test.cpu()[_eval_index(scenario, seed)]
+    weights = torch.bincount(y_eval, minlength=scenario.data.num_classes).numpy()
+    return bound(maps, groups, weights)
 
 
 def stream(scenario: Scenario, seed: int = 0, device: str | torch.device = "auto") -> Stream:

@@ -143,11 +143,16 @@ def test_trailing_accuracy_labels_true(trace_a):
 
 
 # ----------------------------------------------------------------------------------------------
-# recovery
+# recovery, version 2
+#
+# The tests down to test_recovery_unsorted_trace_equals_sorted are version 1's hand-computed
+# cases where version 1 was right: the phase table has no ``chance`` (χ = 0, so the target is
+# q · A_ref as before) and ``onset=1`` (every curve here starts below its target, so the onset
+# is at s = 0 and R_k is version 1's). New behaviour is tested below them.
 
 
 def test_recovery_default_plateau(trace_a, phases_a):
-    r = M.recovery(trace_a, phases_a, window=2)
+    r = M.recovery(trace_a, phases_a, onset=1, window=2)
     assert r["phase"].tolist() == [1, 2]
     assert list(r.columns) == M.RECOVERY_COLUMNS
     # phase 1: pre = mean(a3, a4) = .9; plateau = mean(a8, a9) = .8; target = .9*.8 = .72.
@@ -171,7 +176,7 @@ def test_recovery_default_plateau(trace_a, phases_a):
 
 
 def test_recovery_reference_pre(trace_a, phases_a):
-    r = M.recovery(trace_a, phases_a, window=2, reference="pre")
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, reference="pre")
     # phase 1: target = .9*.9 = .81, never reached -> censored;
     #   deficit = (.8 + .7 + .45 + .2 + .1)/5 = .45
     # phase 2: target = .9*.8 = .72; ā >= .72 from s=2 (.8, .9) -> R = 2, 20 samples;
@@ -184,7 +189,7 @@ def test_recovery_reference_pre(trace_a, phases_a):
 
 
 def test_recovery_reference_ceiling_and_ties(trace_a, phases_a):
-    r = M.recovery(trace_a, phases_a, window=2, reference="ceiling")
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, reference="ceiling")
     # phase 1: C = .5, target = .45; ā7 = 9/20 = .45 is a tie and counts -> s=2 (.45, .7), R=2.
     #   deficit = (.4 + .3 + .05 + 0 + 0)/5 = .15
     # phase 2: C = 1, target = .9; ā13 = 18/20 = .9 is a tie -> s=3 (.9, .95), R=3.
@@ -199,13 +204,13 @@ def test_recovery_reference_ceiling_and_ties(trace_a, phases_a):
 def test_recovery_absolute_reference_and_recovery_at_zero(trace_a, phases_a):
     # absolute 0.5, q = 1: target .5. phase 1: ā >= .5 at s=3,4 -> R=3 (3+2 <= 5), 30 samples.
     #   phase 2: ā >= .5 from s=1 -> R=1, 10 samples. deficit phase 2 = (.5-.4)/5 = .02
-    r = M.recovery(trace_a, phases_a, window=2, reference=0.5, q=1.0)
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, reference=0.5, q=1.0)
     assert r["recovery_steps"].tolist() == [3.0, 1.0]
     assert r["recovery_samples"].tolist() == [30.0, 10.0]
     assert r["deficit"].tolist() == approx([.15, .02])
     # q = .5: target .25. phase 2 starts at .4 >= .25 -> R = 0, 0 samples (recovery at s=0).
     #   phase 1: .1, .2 below, then .45 .7 -> R = 2.
-    r = M.recovery(trace_a, phases_a, window=2, reference=0.5, q=0.5)
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, reference=0.5, q=0.5)
     assert r["recovery_steps"].tolist() == [2.0, 0.0]
     assert r["recovery_samples"].tolist() == [20.0, 0.0]
     assert r["censored"].tolist() == [False, False]
@@ -214,23 +219,25 @@ def test_recovery_absolute_reference_and_recovery_at_zero(trace_a, phases_a):
 def test_recovery_persistence(trace_a, phases_a):
     # m = 1, plateau reference: phase 1 target .72 first met at s=4 (ā9 = .8) -> R=4, 40 samples;
     # phase 2 target .855 first met at s=3 -> R=3
-    r = M.recovery(trace_a, phases_a, window=2, persistence=1)
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, persistence=1)
     assert r["recovery_steps"].tolist() == [4.0, 3.0]
     assert r["recovery_samples"].tolist() == [40.0, 30.0]
     # m = L = 5: must hold for the whole phase. target .25 (ref .5, q .5):
     #   phase 1 starts at .1 -> censored; phase 2 is >= .25 throughout -> R = 0
-    r = M.recovery(trace_a, phases_a, window=2, reference=0.5, q=0.5, persistence=5)
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, reference=0.5, q=0.5, persistence=5)
     assert r["censored"].tolist() == [True, False]
     assert r["recovery_steps"].iloc[1] == 0.0
-    # m = 6 > L = 5: nothing can qualify -> censored
-    r = M.recovery(trace_a, phases_a, window=2, reference=0.5, q=0.5, persistence=6)
-    assert r["censored"].tolist() == [True, True]
+    # m = 6 > L = 5: no recovery can qualify -> phase 1 (dipped at s=0) is censored; phase 2
+    # never dips below .25, so the shift did not hurt: R = 0 (version 1 censored it)
+    r = M.recovery(trace_a, phases_a, onset=1, window=2, reference=0.5, q=0.5, persistence=6)
+    assert r["censored"].tolist() == [True, False]
+    assert r["recovery_steps"].tolist()[1] == 0.0 and r["dipped"].tolist() == [True, False]
 
 
 def test_recovery_default_window_is_20(trace_a, phases_a):
     # w = 20 > every phase: pre/plateau average whole phases, ā is cumulative in the phase,
     # m = 20 > L = 5 -> censored. phase 1: pre = .66 (all of phase 0), plateau = .52
-    r = M.recovery(trace_a, phases_a)
+    r = M.recovery(trace_a, phases_a, onset=1)
     assert r["pre"].tolist() == approx([.66, .52])
     assert r["plateau"].tolist() == approx([.52, .78])
     assert r["censored"].tolist() == [True, True]
@@ -241,7 +248,7 @@ def test_recovery_phase_shorter_than_window():
     # phase 2 (6 steps) a = .5 .8 .8 .9 .9 .9
     tr = make_trace([[6, 8, 9, 9], [3, 7], [5, 8, 8, 9, 9, 9]])
     ph = make_phases([4, 2, 6])
-    r = M.recovery(tr, ph, window=3)
+    r = M.recovery(tr, ph, onset=1, window=3)
     # phase 1: pre = mean(.8, .9, .9) = 2.6/3; plateau = mean of the 2 rows there = .5;
     #   target .45; ā = .3, 10/20 = .5; m = 3 > L = 2 -> censored.
     #   drop = 2.6/3 - .3; deficit = ((.5 - .3) + 0)/2 = .1
@@ -258,7 +265,7 @@ def test_recovery_phase_shorter_than_window():
     assert p2["drop"] == approx(0.0, abs=1e-12)
     assert p2.deficit == approx((.4 + .25 + .2 + (.9 - 25 / 30) + (.9 - 26 / 30)) / 6)
     # the short phase with m = 1: ā = .3, .5 -> first >= .45 at s=1 -> R = 1
-    r1 = M.recovery(tr, ph, window=3, persistence=1)
+    r1 = M.recovery(tr, ph, onset=1, window=3, persistence=1)
     assert r1["recovery_steps"].iloc[0] == 1.0
 
 
@@ -268,7 +275,7 @@ def test_recovery_samples_with_variable_batch_size():
     #   ā (w=2) = 0, 2/30, 29/50, 63/70 = .9; plateau = mean(.9, .9) = .9; target .81
     #   m = 1: first s with ā >= .81 is 3 -> samples = 10 + 20 + 30 = 60
     tr = make_trace([[5, 10], [0, 2, 27, 36]], n=[[10, 10], [10, 20, 30, 40]])
-    r = M.recovery(tr, make_phases([2, 4]), window=2, persistence=1)
+    r = M.recovery(tr, make_phases([2, 4]), onset=1, window=2, persistence=1)
     assert r["pre"].iloc[0] == approx(.75)
     assert r["recovery_steps"].iloc[0] == 3.0
     assert r["recovery_samples"].iloc[0] == 60.0
@@ -280,28 +287,28 @@ def test_recovery_truncated_diverged_trace(trace_a, phases_a):
     #   plateau = mean(a10, a11) = (.4 + .7)/2 = .55, target .495; ā = .4, .55;
     #   s = 0 fails (.4), s = 1 needs 1 + 2 <= 2 -> censored. drop = .8 - .4;
     #   deficit = ((.55 - .4) + 0)/2 = .075
-    r = M.recovery(trace_a[trace_a.step < 12], phases_a, window=2)
+    r = M.recovery(trace_a[trace_a.step < 12], phases_a, onset=1, window=2)
     p2 = r.iloc[1]
     assert (p2.plateau, p2.target) == approx((.55, .495))
     assert bool(p2.censored)
     assert (p2["drop"], p2.deficit) == approx((.4, .075))
     # diverged at step 10: phase 2 has no rows, so no row for it
-    r = M.recovery(trace_a[trace_a.step < 10], phases_a, window=2)
+    r = M.recovery(trace_a[trace_a.step < 10], phases_a, onset=1, window=2)
     assert r["phase"].tolist() == [1]
     # diverged in phase 0: no rows at all, but the columns are there
-    r = M.recovery(trace_a[trace_a.step < 3], phases_a, window=2)
+    r = M.recovery(trace_a[trace_a.step < 3], phases_a, onset=1, window=2)
     assert r.empty and list(r.columns) == M.RECOVERY_COLUMNS
 
 
 def test_recovery_previous_phase_absent(trace_a, phases_a):
     # phase 0 rows missing: phase 1 has no pre-shift level
     tr = trace_a[trace_a.phase > 0]
-    r = M.recovery(tr, phases_a, window=2)
+    r = M.recovery(tr, phases_a, onset=1, window=2)
     p1 = r.iloc[0]
     assert math.isnan(p1.pre) and math.isnan(p1["drop"])
     assert p1.plateau == approx(.8) and bool(p1.censored)  # plateau reference still works
     # reference "pre" is undefined there: NaN target/time/deficit, not censored
-    r = M.recovery(tr, phases_a, window=2, reference="pre")
+    r = M.recovery(tr, phases_a, onset=1, window=2, reference="pre")
     p1 = r.iloc[0]
     assert math.isnan(p1.target) and math.isnan(p1.recovery_steps) and math.isnan(p1.deficit)
     assert bool(p1.censored) is False
@@ -309,9 +316,236 @@ def test_recovery_previous_phase_absent(trace_a, phases_a):
 
 
 def test_recovery_unsorted_trace_equals_sorted(trace_a, phases_a):
-    r1 = M.recovery(trace_a, phases_a, window=2)
-    r2 = M.recovery(trace_a.sample(frac=1.0, random_state=0), phases_a, window=2)
+    r1 = M.recovery(trace_a, phases_a, onset=1, window=2)
+    r2 = M.recovery(trace_a.sample(frac=1.0, random_state=0), phases_a, onset=1, window=2)
     pd.testing.assert_frame_equal(r1, r2)
+
+
+def _v2_phases(width=0, chance=0.1, label_kind="none", shifted=True):
+    return pd.DataFrame({"phase": [0, 1], "ceiling": 1.0, "chance": chance,
+                         "chance_true": chance, "label_kind": ["none", label_kind],
+                         "shifted": [False, shifted], "width": [0, width]})
+
+
+def _v2_trace(a0, a1, n=100, true1=None):
+    """w = 1 traces: a_t = correct_t / n is ā_t itself."""
+    c0 = [round(x * n) for x in a0]
+    c1 = [round(x * n) for x in a1]
+    t1 = c1 if true1 is None else [round(x * n) for x in true1]
+    return make_trace([c0, c1], n=n, correct_true=[c0, t1])
+
+
+def test_recovery_v2_gradual_dip_after_early_batches():
+    # phase 1 is a gradual shift (ramp width 4); its first batches still score well and the
+    # curve dips only later. w = 1, m = 3, m_on = 2, χ = .1, own plateau .9:
+    #   target = .1 + .9 · (.9 − .1) = .82
+    #   a (= ā): .9 .85 .88 | .6 .5 .55 .8 | .9 .9 .9 .9 .9
+    #   onset: first s with ā_s, ā_{s+1} < .82 -> s = 3
+    #   R: first s ≥ 3 with 3 steps ≥ .82 -> s = 7, counted from the ramp's first step
+    #   below = 7 − 3 = 4; after the ramp = 7 − 4 = 3; samples = 7 · 100
+    # (version 1 gave R = 0: .9, .85, .88 are three steps above .9 · .9 = .81)
+    a1 = [.9, .85, .88, .6, .5, .55, .8, .9, .9, .9, .9, .9]
+    tr = _v2_trace([.9, .9, .9], a1)
+    r = M.recovery(tr, _v2_phases(width=4), window=1, persistence=3, onset=2).iloc[0]
+    assert r.target == approx(.82)
+    assert bool(r.dipped) and r.onset_steps == 3.0
+    assert (r.recovery_steps, r.below_steps, r.after_ramp_steps) == (7.0, 4.0, 3.0)
+    assert r.recovery_samples == 700.0 and not r.censored and not r.collapsed
+    # drop = pre (.9) − min (.5); deficit = Σ max(0, .9 − a) / 12 = 1.22 / 12
+    assert (r["drop"], r.deficit) == approx((.4, 1.22 / 12))
+    # an abrupt shift reports no after-ramp time
+    r = M.recovery(tr, _v2_phases(width=0), window=1, persistence=3, onset=2).iloc[0]
+    assert r.recovery_steps == 7.0 and math.isnan(r.after_ramp_steps)
+
+
+def test_recovery_v2_first_batches_above_target_then_dip():
+    # label noise: the first 4 noisy batches happen to sit above target, then it dips.
+    # absolute reference .9, χ = .1 -> target .82; m = 3, m_on = 2.
+    #   a: .85 .86 .84 .83 | .5 .45 .5 | .86 .88 .9 .9 .9 -> onset 4, R = 7 (version 1: 0)
+    a1 = [.85, .86, .84, .83, .5, .45, .5, .86, .88, .9, .9, .9]
+    tr = _v2_trace([.9, .9, .9], a1)
+    r = M.recovery(tr, _v2_phases(), window=1, persistence=3, onset=2, reference=.9).iloc[0]
+    assert (r.onset_steps, r.recovery_steps, r.below_steps) == (4.0, 7.0, 3.0)
+    # a dip shorter than m_on is no onset: only .5 below the target -> R = 0, not dipped
+    a1 = [.85, .86, .5, .83, .85, .86, .9, .9]
+    r = M.recovery(_v2_trace([.9] * 3, a1), _v2_phases(), window=1, persistence=3, onset=2,
+                   reference=.9).iloc[0]
+    assert r.recovery_steps == 0.0 and not r.dipped and math.isnan(r.onset_steps)
+    assert r.below_steps == 0.0 and r.recovery_samples == 0.0
+
+
+def test_recovery_v2_collapse_is_censored():
+    # a learner that ends the phase at chance: plateau .1 = χ -> collapsed; its own plateau
+    # would give target .1 and "recover" at once; version 2 censors it whatever the reference.
+    a1 = [.1, .12, .09, .1, .11, .1, .1, .1]
+    tr = _v2_trace([.9, .9, .9], a1)
+    for ref in ("plateau", .9, "pre"):
+        r = M.recovery(tr, _v2_phases(), window=1, persistence=3, onset=2, reference=ref).iloc[0]
+        assert bool(r.collapsed) and bool(r.censored), ref
+        assert math.isnan(r.recovery_steps) and math.isnan(r.recovery_samples)
+    # plateau .14: within .05 of chance -> still a collapse; .16 is not
+    assert M.recovery(_v2_trace([.9] * 3, [.14] * 6), _v2_phases(), window=1).loc[0, "collapsed"]
+    assert not M.recovery(_v2_trace([.9] * 3, [.16] * 6), _v2_phases(), window=1
+                          ).loc[0, "collapsed"]
+
+
+def test_recovery_v2_target_normalised_to_chance():
+    # binary task, χ = .5: reference .6, q = .9 -> target .5 + .9 · .1 = .59 (version 1: .54);
+    # a = .55 .55 .55 .6 .6 .6: onset at 0 (m_on = 2), recovered at 3 (m = 3); under version 1's
+    # target .54 it would have been R = 0
+    tr = _v2_trace([.6] * 3, [.55, .55, .55, .6, .6, .6])
+    r = M.recovery(tr, _v2_phases(chance=.5), window=1, persistence=3, onset=2).iloc[0]
+    assert r.target == approx(.59) and r.recovery_steps == 3.0
+    assert r.deficit == approx(.05 * 3 / 6)
+
+
+def test_recovery_v2_clean_labels_for_noise_phases():
+    # a noise phase: stream labels are partly random, the clean-label curve is what matters.
+    # stream a: .3 .3 .3 .3 .3 .3 (its own plateau .3, χ .1 -> target .28: never below, R = 0)
+    # clean a: .2 .2 .9 .9 .9 .9 (plateau .9 -> target .82: onset 0, R = 2)
+    tr = _v2_trace([.9] * 3, [.3] * 6, true1=[.2, .2, .9, .9, .9, .9])
+    r = M.recovery(tr, _v2_phases(label_kind="noise"), window=1, persistence=3,
+                   onset=2).iloc[0]
+    assert r.recovery_steps == 0.0 and not r.dipped
+    assert r.plateau_true == approx(.9) and r.target_true == approx(.82)
+    assert bool(r.dipped_true) and r.recovery_steps_true == 2.0
+    assert r.pre_true == approx(.9) and r.drop_true == approx(.7)
+    # a concept phase has no clean-label recovery (its clean labels are the old concept)
+    r = M.recovery(tr, _v2_phases(label_kind="concept"), window=1).iloc[0]
+    assert math.isnan(r.recovery_steps_true) and math.isnan(r.plateau_true)
+    assert not r.censored_true
+
+
+def test_recovery_v2_no_shift_has_no_recovery():
+    # flip rate 0: the phase changes nothing -> no recovery values (not "recovers in 0 steps")
+    tr = _v2_trace([.9] * 3, [.5, .5, .9, .9, .9])
+    r = M.recovery(tr, _v2_phases(shifted=False), window=1, persistence=2, onset=2).iloc[0]
+    assert not r.shifted and math.isnan(r.recovery_steps) and not r.censored
+    assert math.isnan(r["drop"]) and math.isnan(r.target)
+    assert r.plateau == approx(.9)  # levels are still reported
+
+
+def test_recovery_v2_equals_v1_on_clean_abrupt_shifts():
+    # version 1: R = the first s with m steps ≥ q · plateau. On abrupt shifts that hurt at once
+    # (the curve starts below the target for ≥ m_on steps) with χ = 0 both give the same times.
+    def v1(abar, plateau, q=.9, m=20):
+        ok = abar >= q * plateau - 1e-12
+        for s in range(abar.size - m + 1):
+            if ok[s:s + m].all():
+                return float(s)
+        return nan
+
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        L = 200
+        depth = rng.uniform(.15, .5)
+        tau = rng.uniform(5, 60)
+        t = np.arange(L)
+        acc = .9 - depth * np.exp(-t / tau) + rng.normal(0, .01, L)
+        c1 = np.clip(np.round(acc * 32), 0, 32).astype(int)
+        c0 = np.full(50, 29)
+        tr = make_trace([list(c0), list(c1)], n=32)
+        ph = make_phases([50, L])  # no chance column: χ = 0
+        r = M.recovery(tr, ph).iloc[0]
+        abar = M.trailing_accuracy(tr)[50:]
+        expected = v1(abar, r.plateau)
+        assert r.dipped, trial
+        assert (r.recovery_steps == expected) or (math.isnan(expected) and r.censored), trial
+
+
+def test_recovery_v2_reference_mapping_and_common():
+    # two optimizers × two seeds on one scenario; plateaus of phase 1: a .8/.9, b .6/.7;
+    # ceiling .8 -> common reference min(.8, max(.85, .65)) = .8; phase 2: min(1, .95) = .95
+    rows = pd.DataFrame({
+        "scenario": "s", "optimizer": ["a", "a", "b", "b"] * 2, "seed": [0, 1, 0, 1] * 2,
+        "phase": [1] * 4 + [2] * 4, "plateau": [.8, .9, .6, .7, .9, 1.0, .5, .6],
+        "plateau_true": [.5, .5, .7, nan, .9, .9, .9, .9], "ceiling": [.8] * 4 + [1.0] * 4})
+    ref = M.common_reference(rows)
+    assert ref["phase"].tolist() == [1, 2]
+    assert ref["reference"].tolist() == approx([.8, .95])
+    # clean labels: best mean plateau_true (NaN skipped): phase 1 max(.5, .7) = .7
+    assert ref["reference_true"].tolist() == approx([.7, .9])
+    # every learner is then timed against the same target (trace A, phase 1: target .9 · .8)
+    mapping = dict(zip(ref["phase"], ref["reference"]))
+    tr = make_trace(A_CORRECT, correct_true=A_TRUE, loss=A_LOSS)
+    r = M.recovery(tr, make_phases([5, 5, 5]), window=2, reference=mapping)
+    assert r["reference"].tolist() == approx([.8, .95])
+    assert r["target"].tolist() == approx([.72, .855])
+    with pytest.raises(ShiftsimError, match="common"):
+        M.recovery(tr, make_phases([5, 5, 5]), reference="common")
+
+
+def test_run_recovery_reduces_shifts_within_a_run():
+    # run r1: shifts recover at 4, 10, censored -> median of (4, 10, inf) = 10, not censored;
+    # run r2: 6, censored, censored -> median inf -> censored; phase 4 of r2 is no shift
+    rows = pd.DataFrame({
+        "run_id": ["r1"] * 3 + ["r2"] * 4, "phase": [1, 2, 3, 1, 2, 3, 4],
+        "shifted": [True] * 6 + [False],
+        "recovery_steps": [4, 10, nan, 6, nan, nan, nan],
+        "recovery_samples": [40, 100, nan, 60, nan, nan, nan],
+        "censored": [False, False, True, False, True, True, False],
+        "drop": [.1, .2, .3, .4, .5, .6, .7], "deficit": .1})
+    out = M.run_recovery(rows).set_index("run_id")
+    assert out.loc["r1", "recovery_steps"] == 10.0 and not out.loc["r1", "censored"]
+    assert out.loc["r1", "recovery_samples"] == 100.0
+    assert math.isnan(out.loc["r2", "recovery_steps"]) and out.loc["r2", "censored"]
+    assert out["shifts"].tolist() == [3, 3] and out["censored_shifts"].tolist() == [1, 2]
+    assert out["drop"].tolist() == approx([.2, .5])
+
+
+def test_summarize_v2_columns(trace_a, phases_a):
+    s = M.summarize(trace_a, phases_a)
+    assert list(s.columns) == M.SUMMARY_COLUMNS
+    for c in ("recovery_steps", "recovery_samples", "target", "censored", "drop", "deficit",
+              "dipped", "collapsed", "onset_steps", "below_steps", "after_ramp_steps",
+              "chance", "shifted", "recovery_steps_true"):
+        assert c in s.columns
+    assert s["shifted"].tolist() == [False, True, True]
+
+
+def test_max_average_accuracy():
+    # three regimes on the same inputs: identity, π1, π2 (C = 3, equal classes)
+    # class 0: labels 0, 1, 1 -> best answer agrees with 2 regimes; class 1: 1, 2, 0 -> 1;
+    # class 2: 2, 0, 2 -> 2. max ACC = (2 + 1 + 2) / (3 · 3) = 5/9
+    maps = [[0, 1, 2], [1, 2, 0], [1, 0, 2]]
+    assert M.max_average_accuracy(maps, ["x"] * 3, [1, 1, 1]) == approx(5 / 9)
+    # class weights: class 1 twice as common -> (2 + 2·1 + 2) / 4 / 3 = 6/12
+    assert M.max_average_accuracy(maps, ["x"] * 3, [1, 2, 1]) == approx(.5)
+    # regimes on different inputs can all be learned
+    assert M.max_average_accuracy(maps, ["a", "b", "c"], [1, 1, 1]) == 1.0
+
+
+def test_holm():
+    # sorted .01, .02, .04, .3 (m = 4): .04, .06, .08, .3 -> monotone; NaN not counted
+    p = [.04, .01, nan, .3, .02]
+    assert M.holm(p).tolist() == approx([.08, .04, nan, .3, .06], nan_ok=True)
+    assert M.holm([]).size == 0
+    assert M.holm([.5, .9]).tolist() == approx([1.0, 1.0])
+
+
+def test_paired_p_value():
+    from scipy import stats
+
+    d = [.1, .05, .2, -.02, .12, .08]
+    assert M.paired_p_value(d) == approx(stats.ttest_1samp(d, 0).pvalue)
+    assert M.paired_p_value(d, "wilcoxon") == approx(stats.wilcoxon(d).pvalue)
+    assert math.isnan(M.paired_p_value([.1]))
+    assert M.paired_p_value([0, 0, 0], "wilcoxon") == 1.0
+    with pytest.raises(ShiftsimError, match="paired test"):
+        M.paired_p_value(d, "z")
+
+
+def test_median_interval():
+    # the interval comes from resampling seeds; it contains the median and is reproducible
+    times, cens = [10, 12, 11, 40, 9, 13, 10, 11, 12, 14], [False] * 10
+    med, low, high = M.median_interval(times, cens, seed=3)
+    assert med == 11.5 and low <= med <= high and high <= 40
+    assert M.median_interval(times, cens, seed=3) == (med, low, high)
+    # 4 of 10 censored: median defined (the 5th and 6th of 10) but the upper bound is +inf
+    med, low, high = M.median_interval([10, 12, 11, 9, 13, 14, nan, nan, nan, nan],
+                                       [False] * 6 + [True] * 4)
+    assert med == 13.5 and math.isinf(high)
+    assert math.isnan(M.median_interval([3], [False])[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,9 +694,15 @@ def test_recurring_regime(phases_a):
     ev = make_evals([(5, 0, True, {0: .8, 1: .1}), (10, 1, True, {0: .6, 1: .8}),
                      (15, 2, True, {0: .9, 1: .7})])
     R = M.accuracy_matrix(ev, ph)
-    assert R.to_numpy() == approx(np.array([[.8, .1, .8], [.6, .8, .6], [.9, .7, .9]]))
-    # ACC = (.9 + .7 + .9)/3
-    assert M.average_accuracy(R) == approx(2.5 / 3)
+    # one column per distinct regime: the repeat shares regime 0's column
+    assert R.columns.tolist() == [0, 1] and R.index.tolist() == [0, 1, 2]
+    assert R.to_numpy() == approx(np.array([[.8, .1], [.6, .8], [.9, .7]]))
+    # ACC over the 2 distinct regimes = (.9 + .7)/2 (counting regime 0 twice would give 2.5/3)
+    assert M.average_accuracy(R) == approx(.8)
+    # the last phase trains regime 0, so BWT and forgetting are over regime 1 only:
+    #   BWT = R[2, 1] - R[1, 1] = .7 - .8; f_1 = max(R[1, 1]) - R[2, 1] = .1
+    assert M.backward_transfer(R) == approx(-.1)
+    assert M.forgetting(R) == approx(.1)
     # anytime: 5 -> .8 (r0); 10 -> (.6+.8)/2 = .7; 15 -> regimes {0, 1} counted once:
     #   (.9+.7)/2 = .8; mean = 2.3/3
     assert M.anytime_accuracy(ev, ph) == approx(2.3 / 3)
@@ -481,7 +721,7 @@ def test_duplicate_eval_rows_are_averaged(phases_a):
 
 
 def test_summarize(trace_a, phases_a, evals_a):
-    s = M.summarize(trace_a, phases_a, evals_a, window=2)
+    s = M.summarize(trace_a, phases_a, evals_a, window=2, onset=1)
     assert list(s.columns) == M.SUMMARY_COLUMNS
     assert s["phase"].tolist() == [0, 1, 2]
     assert s["name"].tolist() == ["p0", "p1", "p2"]
@@ -509,7 +749,7 @@ def test_summarize(trace_a, phases_a, evals_a):
 
 
 def test_summarize_without_evals_and_defaults(trace_a, phases_a):
-    s = M.summarize(trace_a, phases_a)
+    s = M.summarize(trace_a, phases_a, onset=1)
     assert s["heldout_acc"].isna().all()
     # default window 20: phase 0 plateau = .66 (all of it), everything censored (m = 20 > 5)
     assert s["plateau"].tolist() == approx([.66, .52, .78])
@@ -518,7 +758,8 @@ def test_summarize_without_evals_and_defaults(trace_a, phases_a):
 
 def test_summarize_truncated_run(trace_a, phases_a, evals_a):
     # diverged at step 12: phase 2 ran 2 steps
-    s = M.summarize(trace_a[trace_a.step < 12], phases_a, evals_a[evals_a.step <= 12], window=2)
+    s = M.summarize(trace_a[trace_a.step < 12], phases_a, evals_a[evals_a.step <= 12], window=2,
+                    onset=1)
     assert s["steps"].tolist() == [5, 5, 5] and s["steps_run"].tolist() == [5, 5, 2]
     assert s["samples"].tolist() == [50, 50, 20]
     assert s["online_acc"].iloc[2] == approx(11 / 20)
@@ -526,7 +767,7 @@ def test_summarize_truncated_run(trace_a, phases_a, evals_a):
     assert bool(s["censored"].iloc[2]) and s["deficit"].iloc[2] == approx(.075)
     assert math.isnan(s["heldout_acc"].iloc[2])  # no phase-end evaluation of phase 2
     # diverged at step 10: phase 2 has no rows -> NaN metrics, zero counts
-    s = M.summarize(trace_a[trace_a.step < 10], phases_a, window=2)
+    s = M.summarize(trace_a[trace_a.step < 10], phases_a, window=2, onset=1)
     last = s.iloc[2]
     assert (last.steps_run, last.samples) == (0, 0)
     for col in ("online_acc", "online_acc_true", "loss", "pre", "plateau", "target",
@@ -650,9 +891,9 @@ def test_median_recovery():
 
 def test_median_recovery_from_summaries(trace_a, phases_a):
     # three "seeds": phase 2 recovers at 3 (trace A), censored (diverged at 12), 0 (q = .5 abs)
-    s1 = M.summarize(trace_a, phases_a, window=2)
-    s2 = M.summarize(trace_a[trace_a.step < 12], phases_a, window=2)
-    s3 = M.summarize(trace_a, phases_a, window=2, reference=0.5, q=0.5)
+    s1 = M.summarize(trace_a, phases_a, window=2, onset=1)
+    s2 = M.summarize(trace_a[trace_a.step < 12], phases_a, window=2, onset=1)
+    s3 = M.summarize(trace_a, phases_a, window=2, reference=0.5, q=0.5, onset=1)
     p2 = pd.concat([s.iloc[[2]] for s in (s1, s2, s3)])
     # 3, inf, 0 -> median 3; censored fraction 1/3
     assert M.median_recovery(p2["recovery_steps"], p2["censored"]) == 3.0

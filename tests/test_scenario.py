@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 import shiftsim as ss
@@ -28,8 +29,8 @@ def test_builders():
     d = ss.data.digits()
     sc = ss.label_flip_tasks(d, rate=0.6, mode="other", tasks=4, steps_per_task=20)
     assert len(sc.phases) == 4 and sc.regime_of == (0, 1, 2, 3)
-    # other at 60 %: max(1 - 0.6, 0.6 / 9) = 0.4
-    assert sc.phase_table()["ceiling"].tolist() == pytest.approx([1.0, 0.4, 0.4, 0.4])
+    # other at 60 %: max(1 - ρ′, ρ′ / 9) ≈ 0.4 (ρ′ the realised per-class rate, ~0.6)
+    assert sc.phase_table()["ceiling"].tolist() == pytest.approx([1.0, 0.4, 0.4, 0.4], abs=0.003)
     cd = ss.covariate_drift(d, [ss.Rotate(30), [ss.Contrast(0.5), ss.GaussianNoise(0.1)]], 25,
                             transition=ss.Gradual(5, "sigmoid"))
     assert [len(p.shifts) for p in cd.phases] == [0, 1, 2]
@@ -46,6 +47,32 @@ def test_repeat_by_name_reuses_the_regime():
                       ss.Phase(10, repeat="b", name="b again")])
     assert sc.regime_of == (0, 1, 1)
     assert sc.ceiling(2) == 1.0 and sc.label_kind(2) == "concept"
+
+
+def test_chance_and_shifted():
+    d = ss.data.digits()
+    shares = np.array(d.class_counts()) / len(d)
+    sc = ss.label_flip_tasks(d, rate=1.0, tasks=3, steps_per_task=10)
+    t = sc.phase_table()
+    # permute at rate 1 moves every class to another: expected shares (N - n_c) / (N (C - 1))
+    moved = (1 - shares) / 9
+    assert t["chance"].tolist() == pytest.approx([shares.max(), moved.max(), moved.max()])
+    assert t["chance_true"].tolist() == pytest.approx([shares.max()] * 3)
+    assert t["shifted"].tolist() == [False, True, True]  # a new permutation per task
+    # a class prior: chance is the largest prior share
+    sc = Scenario(d, [ss.Phase(10), ss.Phase(10, [ss.ClassPrior((3,) + (1,) * 9)])])
+    assert sc.chance(1) == pytest.approx(0.25)
+    # no shift: flip rate 0, a repeat of the regime just left, the same rotation again
+    assert ss.label_flip_tasks(d, 0.0, tasks=3, steps_per_task=5).phase_table()[
+        "shifted"].tolist() == [False, False, False]
+    sc = Scenario(d, [ss.Phase(5), ss.Phase(5, [ss.Rotate(30)]), ss.Phase(5, [ss.Rotate(30)]),
+                      ss.Phase(5, [ss.Rotate(severity=2)]), ss.Phase(5, [ss.Rotate(45)]),
+                      ss.Phase(5, [ss.PixelPermutation(0.5)]),
+                      ss.Phase(5, [ss.PixelPermutation(0.5)]), ss.Phase(5, repeat=6),
+                      ss.Phase(5, [ss.LabelFlip(1.0, "pair")]),
+                      ss.Phase(5, [ss.LabelFlip(1.0, "pair")])])
+    assert [sc.has_shift(k) for k in range(10)] == [
+        False, True, False, False, True, True, True, False, True, False]
 
 
 def test_json_round_trip(tiny_scenario):

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,13 +57,40 @@ def test_other_mode_never_keeps_the_true_class_and_uniform_sometimes_does():
 
 def test_ceilings_follow_the_spec():
     assert ss.LabelFlip(1.0, "permute").ceiling(10) == 1.0
-    assert ss.LabelFlip(0.7, "pair").ceiling(10) == 1.0
+    # a partial permute / pair mixes two mappings of one input: the majority one wins
+    assert ss.LabelFlip(0.7, "pair").ceiling(10) == pytest.approx(0.7)
+    for rho, c in ((0.2, 0.8), (0.5, 0.5), (0.8, 0.8)):
+        assert ss.LabelFlip(rho, "permute").ceiling(10) == pytest.approx(c)
     assert ss.LabelFlip(0.4, "other").ceiling(10) == pytest.approx(0.6)
     assert ss.LabelFlip(0.95, "other").ceiling(10) == pytest.approx(0.95 / 9)
     assert ss.LabelFlip(0.5, "uniform").ceiling(4) == pytest.approx(1 - 0.5 + 0.5 / 4)
     assert ss.LabelFlip(0.0, "other").label_kind == "none"
     assert ss.LabelFlip(0.2, "uniform").label_kind == "noise"
-    assert ss.LabelFlip(0.2, "pair").label_kind == "concept"
+    assert ss.LabelFlip(0.2, "pair").label_kind == "concept + noise"
+    assert ss.LabelFlip(1.0, "pair").label_kind == "concept"
+
+
+def test_partial_permute_ceiling_uses_the_realised_per_class_rates():
+    # 3 classes of 4, 5 and 6 samples at ρ = 0.5: round-half-up picks 2, 3 (2.5 -> 3), 3
+    # -> ρ′ = .5, .6, .5 -> per class max(ρ′, 1 − ρ′) = .5, .6, .5, weighted by 4, 5, 6: 7.5/15
+    flip = ss.LabelFlip(0.5, "permute")
+    assert flip.realized_rates([4, 5, 6]).tolist() == pytest.approx([.5, .6, .5])
+    assert flip.ceiling(3, counts=[4, 5, 6]) == pytest.approx((4 * .5 + 5 * .6 + 6 * .5) / 15)
+    # with a class prior only class 1 is streamed: ceiling .6
+    assert flip.ceiling(3, counts=[4, 5, 6], weights=[0, 1, 0]) == pytest.approx(.6)
+
+
+def test_partial_permute_ceiling_on_digits():
+    # the digits training split: ρ′_c = round(ρ n_c) / n_c; the scenario weights by class share
+    d = ss.data.digits()
+    counts = np.array(d.class_counts(), dtype=float)
+    for rho in (0.2, 0.5, 0.8):
+        sc = ss.label_flip_tasks(d, rate=rho, mode="permute", tasks=2, steps_per_task=5)
+        r = np.floor(rho * counts + 0.5) / counts
+        expected = float((np.maximum(r, 1 - r) * counts).sum() / counts.sum())
+        assert sc.ceiling(1) == pytest.approx(expected)
+        assert sc.ceiling(1) == pytest.approx(max(rho, 1 - rho), abs=0.005)
+        assert sc.label_kind(1) == "concept + noise"
 
 
 def test_rotate_moves_pixels_counter_clockwise_and_zero_fills():

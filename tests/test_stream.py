@@ -115,6 +115,54 @@ def test_heldout_labels_follow_concept_shifts_only(digits):
     assert all(mapping[a] == b for a, b in zip(y0.tolist(), y1.tolist()))
 
 
+def test_heldout_labels_of_partial_concept_shifts_are_the_majority_mapping(digits):
+    # a partial permute mixes π(y) and y: held out, the concept a learner should hold is the
+    # majority mapping (π(y) where ρ′ ≥ 0.5, y below), so held-out accuracy has ceiling 1
+    for rho in (0.2, 0.5, 0.8):
+        sc = ss.label_flip_tasks(digits, rate=rho, tasks=2, steps_per_task=5, eval_size=300)
+        st = Stream(sc, seed=1)
+        _, y0 = st.heldout(0)
+        _, y1 = st.heldout(1)
+        g = torch.Generator().manual_seed(ss.stream.derive_seed(1, "regime", 1))
+        pi = sc.phases[1].shifts[0].draw(10, g)  # the regime's derangement
+        concept = ss.stream.heldout_concept(sc, 1, 1)
+        if rho < 0.5:
+            assert torch.equal(y1, y0) and torch.equal(concept, torch.arange(10))
+        else:
+            assert torch.equal(y1, pi[y0]) and bool((y1 != y0).all())
+            assert torch.equal(concept, pi)
+        # the training labels of phase 1 are the mix: about ρ of them moved, all by π
+        reg = st.regime(1)
+        moved = reg.labels != digits.y_train
+        assert float(moved.float().mean()) == pytest.approx(rho, abs=0.01)
+        assert torch.equal(reg.labels[moved], pi[digits.y_train[moved]])
+
+
+def test_partial_flip_keeps_later_regime_draws(digits):
+    # the held-out relabel draw is still made, so a pixel permutation drawn after it in the same
+    # regime is what it was before the held-out labels changed (results stay comparable)
+    sc = ss.Scenario(digits, [ss.Phase(5), ss.Phase(5, [ss.LabelFlip(0.5),
+                                                        ss.PixelPermutation(1.0)])])
+    st = Stream(sc, seed=0)
+    g = torch.Generator().manual_seed(ss.stream.derive_seed(0, "regime", 1))
+    flip = sc.phases[1].shifts[0]
+    mapping = flip.draw(10, g)
+    flip.relabel(digits.y_train.cpu(), 10, mapping, g)
+    flip.relabel(st.y_eval_cpu, 10, mapping, g)
+    perm = sc.phases[1].shifts[1].prepare(digits.input_shape, g)
+    assert torch.equal(st.regime(1).static[0][1], perm)
+
+
+def test_max_average_accuracy_of_conflicting_regimes(digits):
+    # permute at rate 1 in 3 tasks: no classifier is right on all three mappings of one input
+    sc = ss.label_flip_tasks(digits, rate=1.0, tasks=3, steps_per_task=5)
+    bound = ss.stream.max_average_accuracy(sc, 0)
+    assert 1 / 3 <= bound < 0.5
+    # with a rotation in the second regime the inputs differ: everything can be learned
+    sc = ss.Scenario(digits, [ss.Phase(5), ss.Phase(5, [ss.LabelFlip(1.0), ss.Rotate(90)])])
+    assert ss.stream.max_average_accuracy(sc, 0) == 1.0
+
+
 def test_iteration_matches_plans_and_is_deterministic(tiny_scenario):
     a = list(Stream(tiny_scenario, seed=3))
     b = list(Stream(tiny_scenario, seed=3))

@@ -67,8 +67,16 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
     palette = plots.optimizer_palette(v.arms)
     pct = int(round(100 * v.level))
     ok_ids = v.runs.loc[v.runs["status"].isin(WITH_METRICS), "run_id"].tolist()
-    traces = results.traces(run_ids=ok_ids, columns=["phase", "n", "correct"])
+    traces = results.traces(run_ids=ok_ids, columns=["phase", "n", "correct", "correct_true"])
     traces = _with_arm(traces, v)
+    # label-noise scenarios are judged on the original labels: their curves show those
+    noisy = [s for s in v.scenarios if v.noise.get(s)]
+    if noisy:
+        on_true = traces["scenario"].isin(noisy).to_numpy()
+        traces.loc[on_true, "correct"] = traces.loc[on_true, "correct_true"]
+    values = _headline_values(v)
+    noise_note = (" For label-noise scenarios the curves and times are against the original "
+                  "labels." if noisy else "")
     col, col_label, order = _facet_column(v)
     shown = _spread(order, MAX_FACETS)
     if len(shown) < len(order):
@@ -88,13 +96,14 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
         fig = plots.recovery_curves(
             traces_f, hue="optimizer", col=None if single else col, window=window, before=window,
             level=v.level, palette=palette, col_wrap=3, col_label=col_label, hue_order=v.arms,
-            col_order=shown, recovery=v.phases)
+            col_order=shown, recovery=values, shifted=_shifted_phases(v))
         figs.append(Figure(
             "recovery_curves", "Recovery after each shift",
             f"Online accuracy ({window}-step trailing mean within the phase) against steps since "
             f"each shift; mean over seeds and shifts with a {pct} % Student-t band; the dashed "
-            "line is the shift, dotted lines the median recovery time of each optimizer (when "
-            f"defined). Negative steps: the end of the phase before{note}.", fig))
+            "line is the shift, dotted lines the median recovery time over seeds of each "
+            "optimizer (when defined; each run's shifts reduced to their median first). "
+            f"Negative steps: the end of the phase before{note}.{noise_note}", fig))
 
     say("stream accuracy")
     fig = plots.stream_accuracy(
@@ -109,11 +118,11 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
 
     if len(v.scenarios) >= 2 and multi_phase:
         say("severity curves")
-        figs += _severity_figures(v, palette)
+        figs += _severity_figures(v, palette, values)
 
     if len(v.scenarios) >= 2 or len(v.arms) >= 2:
         say("heatmap")
-        figs.append(_heatmap(v))
+        figs.append(_heatmap(v, values))
 
     evals = results.evals
     if len(evals) and "phase_end" in evals.columns and evals["phase_end"].astype(bool).any() \
@@ -145,15 +154,36 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
     return figs
 
 
-def _severity_figures(v: StudyView, palette: dict[str, Any]) -> list[Figure]:
+def _headline_values(v: StudyView) -> pd.DataFrame:
+    """One row per run: the headline online accuracy and recovery (clean labels for label
+    noise), runs without a shift left out of the recovery columns."""
+    val = v.values.copy() if v.values is not None else pd.DataFrame(
+        columns=["run_id", "scenario", "optimizer", "seed", "severity", "online_acc",
+                 "recovery_steps", "recovery_samples", "censored", "shifts"])
+    noisy = val["scenario"].map(lambda s: bool(v.noise.get(s))).astype(bool)
+    for c in ("online_acc", "recovery_steps", "recovery_samples", "censored", "shifts"):
+        if f"{c}_true" in val.columns:
+            val.loc[noisy, c] = val.loc[noisy, f"{c}_true"]
+    val["censored"] = val["censored"].astype(bool)
+    return val
+
+
+def _shifted_phases(v: StudyView) -> pd.DataFrame | None:
+    """run_id, phase of the phases that are shifts (for the recovery curves)."""
+    if not len(v.phases) or "shifted" not in v.phases.columns:
+        return None
+    return v.phases.loc[v.phases["shifted"].astype(bool), ["run_id", "phase"]]
+
+
+def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFrame
+                      ) -> list[Figure]:
     pct = int(round(100 * v.level))
     families = sorted(set(v.families.values())) if v.families else [None]
     out = []
-    runs = v.runs_with_metrics()
     for fam in families:
         scen = [s for s in v.scenarios if fam is None or v.families.get(s) == fam]
-        ph = v.phases[v.phases["scenario"].isin(scen)]
-        rn = runs[runs["scenario"].isin(scen)]
+        rn = values[values["scenario"].isin(scen)]
+        ph = rn[rn["shifts"] > 0]
         x = "severity" if v.has_severity and rn["severity"].notna().all() else "scenario"
         x_label = v.severity_name if x == "severity" else "scenario"
         with plots.style():
@@ -170,12 +200,13 @@ def _severity_figures(v: StudyView, palette: dict[str, Any]) -> list[Figure]:
         title = f"Recovery and accuracy against {x_label}" + (f" ({fam})" if fam else "")
         out.append(Figure(
             f"severity{suffix}", title,
-            "Left: median recovery time over seeds and shifts (censored runs count as never "
-            "recovering), bars from the 25th to the 75th percentile, small dots the individual "
-            "runs; triangles in the grey 'censored' strip mark censored runs (bigger: more) and "
-            "an open circle there a median that is undefined (half or more censored). Right: "
-            f"online accuracy, mean over seeds with a {pct} % Student-t interval, dots the seeds.",
-            fig))
+            "Left: median recovery time over seeds (each run's shifts reduced to their median "
+            "first; runs that never recover count as +∞), bars from the 25th to the 75th "
+            "percentile, small dots the seeds; triangles in the grey 'censored' strip mark "
+            "seeds that never recovered (bigger: more) and an open circle there a median that "
+            "is undefined (half or more never recover). Right: online accuracy, mean over seeds "
+            f"with a {pct} % Student-t interval, dots the seeds. Label-noise scenarios: "
+            "original labels.", fig))
     return out
 
 
@@ -183,8 +214,8 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in str(text)).strip("_").lower()
 
 
-def _heatmap(v: StudyView) -> Figure:
-    runs = v.runs_with_metrics()
+def _heatmap(v: StudyView, values: pd.DataFrame) -> Figure:
+    runs = values
     x = "severity" if v.has_severity and not v.families and runs["severity"].notna().all() \
         else "scenario"
     x_label = v.severity_name if x == "severity" else "scenario"
@@ -200,7 +231,7 @@ def _heatmap(v: StudyView) -> Figure:
                                      layout="constrained")
     plots.severity_heatmap(runs, value="online_acc", x=x, y="optimizer", x_label=x_label,
                            hue_order=v.arms, ax=axes[0])
-    plots.severity_heatmap(v.phases, value="recovery_steps", x=x, y="optimizer",
+    plots.severity_heatmap(runs[runs["shifts"] > 0], value="recovery_steps", x=x, y="optimizer",
                            x_label=x_label, hue_order=v.arms, ax=axes[1])
     axes[0].set_title("online accuracy (mean over seeds)")
     axes[1].set_title("median recovery time (steps)")
@@ -211,9 +242,10 @@ def _heatmap(v: StudyView) -> Figure:
     first, second = ("Top", "Bottom") if stacked else ("Left", "Right")
     return Figure("heatmap", f"Optimizer × {x_label}",
                   f"{first}: mean online accuracy over seeds (higher is better). {second}: median "
-                  "recovery time in steps over seeds and shifts, censored counted as never "
-                  "(lower is better; 'censored' where half or more never recovered, 'n/a' where "
-                  "no run reached a shift).", fig)
+                  "recovery time in steps over seeds (each run's shifts reduced to their median "
+                  "first), never recovering counted as +∞ (lower is better; 'censored' where "
+                  "half or more never recovered, 'n/a' where no run had a shift). Label-noise "
+                  "scenarios: original labels.", fig)
 
 
 def _diagnostics(v: StudyView, results: Any, palette: dict[str, Any], window: int

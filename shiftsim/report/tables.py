@@ -1,26 +1,22 @@
 """The report's tables, computed with pandas from :func:`shiftsim.store.load`'s DataFrames.
 
-Every number comes from :mod:`shiftsim.metrics` (``specs/metrics.md``):
+Every number comes from :mod:`shiftsim.metrics` (docs/metrics.md), with the seed as the unit of
+replication (:mod:`shiftsim.report.statistics`):
 
-* per run, the store already holds ``metrics.summarize`` (per phase) and the stream scores
-  (online accuracy, ACC, BWT, forgetting); nothing here re-derives them from traces;
-* across seeds: :func:`~shiftsim.metrics.mean_interval` (mean and 95 % Student-t interval) for
-  accuracies, :func:`~shiftsim.metrics.median_recovery` (censored runs count as +inf; undefined
-  when half or more are censored) and :func:`~shiftsim.metrics.censored_fraction` for recovery
-  times, :func:`~shiftsim.metrics.paired_difference` (paired by seed) for comparisons.
+* per run: the stream scores and per-phase summaries the store holds, recovery timed against the
+  study's common reference (:attr:`shiftsim.store.StudyResults.phases`), and the run's shifts
+  reduced to one value (:func:`shiftsim.metrics.run_recovery`);
+* across seeds: :func:`~shiftsim.metrics.mean_interval` (mean and Student-t interval) for
+  accuracies, drops and deficits; :func:`~shiftsim.metrics.median_interval` (median with
+  censored runs as +inf, undefined when half or more are censored, bootstrap interval) and the
+  censored fraction for recovery times;
+* against the baseline: paired by seed, every comparison Holm-adjusted over the report's family.
 
-Diverged runs keep the metrics of the steps they ran (specs/metrics.md) and are counted and
+Diverged runs keep the metrics of the steps they ran (docs/metrics.md) and are counted and
 flagged; failed, incomplete and pending runs have no metrics and are counted. Nothing is dropped
-silently.
-
->>> import pandas as pd
->>> d = paired(pd.Series([30.0, 50.0, float("nan")], index=[0, 1, 2]),
-...            pd.Series([60.0, 40.0, float("nan")], index=[0, 1, 2]),
-...            censored_a=pd.Series([False, False, True], index=[0, 1, 2]),
-...            censored_b=pd.Series([False, False, False], index=[0, 1, 2]),
-...            higher_is_better=False, cap=100)
->>> d["mean"], d["wins_a"], d["wins_b"], d["n"], d["n_pairs"]
-(-10.0, 1, 1, 2, 2)
+silently. For label-noise scenarios the clean-label numbers (``*_true``) are the headline; for
+scenarios whose regimes conflict (one input, several labels) ACC is shown next to its maximum
+and BWT and forgetting are not compared; scenarios whose labels carry no signal are not ranked.
 """
 
 from __future__ import annotations
@@ -36,22 +32,13 @@ import pandas as pd
 from .. import metrics
 from ..errors import ShiftsimError
 from . import _format as fmt
+from .statistics import ALPHA, METRICS, MIN_SEEDS, Metric, adjust, paired, verdict
 
 #: statuses whose runs have metrics (a diverged run's metrics cover the steps before it)
 WITH_METRICS = ("ok", "diverged")
 
-#: metrics compared against the baseline: (column, higher is better, per shift, label, digits)
-COMPARED = (
-    ("online_acc", True, False, "online accuracy", 3),
-    ("online_acc_true", True, False, "online accuracy (original labels)", 3),
-    ("recovery_steps", False, True, "recovery time (steps)", 0),
-    ("drop", False, True, "drop depth", 3),
-    ("deficit", False, True, "recovery deficit", 3),
-    ("final_heldout", True, False, "final held-out accuracy", 3),
-    ("acc", True, False, "ACC", 3),
-    ("bwt", True, False, "BWT", 3),
-    ("forgetting", False, False, "forgetting", 3),
-)
+#: a noise phase whose ceiling is this close to chance carries no learnable signal
+NO_SIGNAL_MARGIN = 0.05
 
 
 @dataclass
@@ -71,7 +58,8 @@ class Table:
 @dataclass
 class StudyView:
     """The study as the report sees it: runs and phases with one ``optimizer`` label per arm,
-    ordered scenarios and optimizers, the baseline, and the severity axis."""
+    ordered scenarios and optimizers, the baseline, the severity axis, and what each scenario
+    allows (label noise, conflicting regimes, no learnable signal)."""
 
     runs: pd.DataFrame
     phases: pd.DataFrame
@@ -87,6 +75,11 @@ class StudyView:
     level: float
     name: str
     study: dict[str, Any] | None = None
+    shifted: dict[str, bool] = field(default_factory=dict)
+    no_signal: dict[str, bool] = field(default_factory=dict)
+    partial_concept: dict[str, bool] = field(default_factory=dict)
+    max_acc: dict[str, float] = field(default_factory=dict)
+    values: pd.DataFrame | None = None
     tables: dict[str, Table] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None
@@ -116,6 +109,15 @@ class StudyView:
         if fam:
             label = f"{fam}, {label}"
         return label
+
+    def conflicting(self, scenario: str) -> bool:
+        """True when no single classifier can be right on every regime (max ACC < 1)."""
+        return self.max_acc.get(scenario, 1.0) < 1 - 1e-9
+
+    def headline(self, scenario: str, column: str) -> str:
+        """The column a scenario is judged on: the clean-label twin for label noise."""
+        twin = f"{column}_true"
+        return twin if self.noise.get(scenario) and twin in METRICS else column
 
     def runs_with_metrics(self) -> pd.DataFrame:
         return self.runs[self.runs["status"].isin(WITH_METRICS)]
@@ -224,43 +226,94 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         phases = phases.drop(columns="_arm")
         phases["scenario"] = phases["scenario"].astype(str)
         phases = phases[phases["status"].isin(WITH_METRICS)].reset_index(drop=True)
-    n_phases = {}
-    noise = {}
+    n_phases, noise, shifted, no_signal, partial = {}, {}, {}, {}, {}
     for s in scenarios:
         ps = phases[phases["scenario"] == s] if len(phases) else phases
         n_phases[s] = int(ps["phase"].nunique()) if len(ps) else 0
-        noise[s] = bool(len(ps) and "label_kind" in ps.columns
-                        and (ps["label_kind"] == "noise").any())
+        kind = ps["label_kind"].astype(str) if "label_kind" in ps.columns else pd.Series(
+            dtype=str)
+        shift = ps["shifted"].astype(bool) if "shifted" in ps.columns else ps["phase"] > 0
+        noise[s] = bool(len(ps) and (kind[shift] == "noise").any())
+        partial[s] = bool(len(ps) and (kind == "concept + noise").any())
+        shifted[s] = bool(len(ps) and shift.any())
+        if noise[s] and {"ceiling", "chance"} <= set(ps.columns):
+            noisy = ps[shift & (kind == "noise")]
+            no_signal[s] = bool(((noisy["ceiling"] - noisy["chance"]) < NO_SIGNAL_MARGIN).all())
+        else:
+            no_signal[s] = False
     study = getattr(results, "study", None)
     name = (study or {}).get("name") or getattr(getattr(results, "path", None), "name", "study")
     return StudyView(runs=runs, phases=phases, arms=arms, baseline=baseline,
                      baseline_reason=reason, scenarios=scenarios, severity=severity,
                      severity_name=_severity_name(runs, study), families=_families(runs),
-                     n_phases=n_phases, noise=noise, level=level, name=str(name), study=study)
+                     n_phases=n_phases, noise=noise, level=level, name=str(name), study=study,
+                     shifted=shifted, no_signal=no_signal, partial_concept=partial,
+                     max_acc=_max_acc(results, runs, phases))
 
+
+def _max_acc(results: Any, runs: pd.DataFrame, phases: pd.DataFrame) -> dict[str, float]:
+    """Per scenario, the mean over its seeds of the highest ACC one classifier can reach
+    (:func:`shiftsim.stream.max_average_accuracy`): below 1 when its regimes conflict. Only
+    scenarios with a concept label shift and two or more regimes can conflict; the scenario is
+    rebuilt from a run's spec (NaN when its dataset cannot be loaded here)."""
+    from ..scenario import Scenario
+    from ..stream import max_average_accuracy
+
+    out: dict[str, float] = {}
+    if not len(phases) or "label_kind" not in phases.columns:
+        return out
+    for s, ps in phases.groupby("scenario", sort=False):
+        concept = ps["label_kind"].astype(str).isin(["concept", "concept + noise"]).any()
+        if not concept or ps["regime"].nunique() < 2:
+            continue
+        sub = runs[(runs["scenario"] == s) & runs["status"].isin(WITH_METRICS)]
+        spec = results.spec(sub["run_id"].iloc[0]) if len(sub) else None
+        try:
+            sc = Scenario.from_dict(spec["scenario"])
+            seeds = sorted(int(x) for x in sub["seed"].dropna().unique())
+            out[str(s)] = float(np.mean([max_average_accuracy(sc, seed) for seed in seeds]))
+        except Exception:  # a dataset given as tensors, an old spec: unknown
+            out[str(s)] = math.nan
+    return out
 
 # ----------------------------------------------------------------------------------------------
-# per-run values
+# one value per run (the unit of replication is the seed)
 
 
 def run_values(v: StudyView) -> pd.DataFrame:
-    """One row per run with metrics: scenario, optimizer, seed, status and the per-run values
-    that are aggregated over seeds: ``online_acc``, ``online_acc_true``, ``final_heldout``
-    (held-out accuracy at the end of the last phase, R[K−1, K−1]), ``acc``, ``bwt``,
-    ``forgetting``, and ``drop`` / ``deficit`` averaged over the run's shifts."""
+    """One row per run with metrics: ``scenario``, ``optimizer``, ``seed``, ``severity``,
+    ``status``, the stream scores (``online_acc``, ``online_acc_true``, ``acc``, ``bwt``,
+    ``forgetting``), ``final_heldout`` (R[K−1, regime of K−1]) and the run's shifts reduced to
+    one value each (:func:`shiftsim.metrics.run_recovery`, against the common reference):
+    ``recovery_steps``, ``recovery_samples``, ``censored``, ``censored_shifts``, ``shifts``,
+    ``drop``, ``deficit`` and their ``_true`` twins (clean labels, label-noise phases)."""
     runs = v.runs_with_metrics()
     out = runs[["run_id", "scenario", "optimizer", "seed", "severity", "status", "online_acc",
                 "online_acc_true", "acc", "bwt", "forgetting"]].copy()
     ph = v.phases
+    rec_cols = ["recovery_steps", "recovery_samples", "censored", "censored_shifts", "shifts",
+                "drop", "deficit"]
     if len(ph):
         last = ph.loc[ph.groupby("run_id")["phase"].idxmax(), ["run_id", "heldout_acc"]]
-        shifts = ph[ph["phase"] >= 1].groupby("run_id")[["drop", "deficit"]].mean()
         out = out.merge(last.rename(columns={"heldout_acc": "final_heldout"}), on="run_id",
-                        how="left").merge(shifts, on="run_id", how="left")
-    else:
+                        how="left")
+        for sfx in ("", "_true"):
+            if f"recovery_steps{sfx}" not in ph.columns:
+                continue
+            red = metrics.run_recovery(ph, suffix=sfx).rename(
+                columns={"censored_shifts": f"censored_shifts{sfx}", "shifts": f"shifts{sfx}"})
+            out = out.merge(red, on="run_id", how="left")
+    for sfx in ("", "_true"):
+        for c in rec_cols:
+            col = f"{c}{sfx}"
+            if col not in out.columns:
+                out[col] = np.nan
+        out[f"censored{sfx}"] = out[f"censored{sfx}"].astype("boolean").fillna(False).astype(
+            bool)
+        for c in ("censored_shifts", "shifts"):
+            out[f"{c}{sfx}"] = out[f"{c}{sfx}"].fillna(0).astype(np.int64)
+    if "final_heldout" not in out.columns:
         out["final_heldout"] = np.nan
-        out["drop"] = np.nan
-        out["deficit"] = np.nan
     return out.reset_index(drop=True)
 
 
@@ -268,25 +321,22 @@ def _mi(values: Any, level: float) -> tuple[float, float, float]:
     return metrics.mean_interval(np.asarray(values, dtype=float), level=level)
 
 
-def _recovery_stats(rows: pd.DataFrame) -> dict[str, Any]:
-    """Median recovery (steps, samples), censored fraction and counts over run × shift rows."""
-    rows = rows[rows["phase"] >= 1]
-    reached = rows[rows["censored"].astype(bool) | rows["recovery_steps"].notna()]
-    n = len(reached)
-    cens = int(reached["censored"].astype(bool).sum())
-    return {
-        "recovery_steps": metrics.median_recovery(reached["recovery_steps"], reached["censored"])
-        if n else math.nan,
-        "recovery_samples": metrics.median_recovery(reached["recovery_samples"],
-                                                    reached["censored"]) if n else math.nan,
-        "censored_fraction": metrics.censored_fraction(reached["censored"]) if n else math.nan,
-        "censored": cens,
-        "shifts": n,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# aggregation
+def _recovery_stats(rows: pd.DataFrame, level: float, sfx: str = "") -> dict[str, Any]:
+    """Median recovery over seeds (bootstrap interval), censored counts: one value per run."""
+    has = rows[rows[f"shifts{sfx}"] > 0]
+    n = len(has)
+    out: dict[str, Any] = {f"censored{sfx}": int(has[f"censored{sfx}"].sum()),
+                           f"shifts{sfx}": n}
+    for c in ("recovery_steps", "recovery_samples"):
+        col = f"{c}{sfx}"
+        if n:
+            m, lo, hi = metrics.median_interval(has[col], has[f"censored{sfx}"], level=level)
+        else:
+            m = lo = hi = math.nan
+        out[col], out[f"{col}_low"], out[f"{col}_high"] = m, lo, hi
+    out[f"censored_fraction{sfx}"] = (metrics.censored_fraction(has[f"censored{sfx}"])
+                                      if n else math.nan)
+    return out
 
 
 def _status_counts(runs: pd.DataFrame) -> dict[str, int]:
@@ -298,11 +348,20 @@ def _status_counts(runs: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def recovery_fields(sfx: str = "") -> list[str]:
+    """The recovery columns of a summary row (``sfx`` ``"_true"``: the clean-label ones)."""
+    out = []
+    for c in ("recovery_steps", "recovery_samples"):
+        out += [f"{c}{sfx}", f"{c}{sfx}_low", f"{c}{sfx}_high"]
+    return out + [f"censored_fraction{sfx}", f"censored{sfx}", f"shifts{sfx}"]
+
+
 def summary_frame(v: StudyView) -> pd.DataFrame:
-    """Per scenario × optimizer: run counts, online accuracy (mean and interval over seeds),
-    recovery (median, censored fraction), drop, deficit, final held-out accuracy and, for more
-    than two phases, ACC / BWT / forgetting."""
-    values = run_values(v)
+    """Per scenario × optimizer: run counts, seeds, online accuracy (mean and interval over
+    seeds), recovery (median over seeds with a bootstrap interval, censored fraction), drop,
+    deficit, final held-out accuracy, ACC / BWT / forgetting for more than two phases and the
+    scenario's maximum achievable ACC; clean-label twins (``*_true``) for label noise."""
+    values = v.values if v.values is not None else run_values(v)
     rows = []
     for s in v.scenarios:
         for arm in v.arms:
@@ -310,36 +369,38 @@ def summary_frame(v: StudyView) -> pd.DataFrame:
             if runs.empty:
                 continue
             val = values[(values["scenario"] == s) & (values["optimizer"] == arm)]
-            ph = v.phases[(v.phases["scenario"] == s) & (v.phases["optimizer"] == arm)] \
-                if len(v.phases) else v.phases
             row: dict[str, Any] = {"scenario": s, "severity": v.severity.get(s, math.nan),
                                    "optimizer": arm, **_status_counts(runs),
                                    "seeds": int(val["seed"].nunique()),
                                    "phases": v.n_phases.get(s, 0),
-                                   "label_noise": v.noise.get(s, False)}
-            for c in ("online_acc", "online_acc_true", "drop", "deficit", "final_heldout"):
+                                   "label_noise": v.noise.get(s, False),
+                                   "no_signal": v.no_signal.get(s, False),
+                                   "max_acc": v.max_acc.get(s, 1.0)}
+            for c in ("online_acc", "online_acc_true", "drop", "deficit", "drop_true",
+                      "deficit_true", "final_heldout"):
                 row[c], row[f"{c}_low"], row[f"{c}_high"] = _mi(val[c], v.level)
-            row.update(_recovery_stats(ph) if len(ph) else _recovery_stats(
-                pd.DataFrame(columns=["phase", "censored", "recovery_steps",
-                                      "recovery_samples"])))
+            row.update(_recovery_stats(val, v.level))
+            row.update(_recovery_stats(val, v.level, "_true"))
             multi = v.n_phases.get(s, 0) > 2
             for c in ("acc", "bwt", "forgetting"):
                 m = _mi(val[c], v.level) if multi else (math.nan,) * 3
                 row[c], row[f"{c}_low"], row[f"{c}_high"] = m
             rows.append(row)
     cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "failed", "missing",
-            "seeds", "phases", "label_noise"]
+            "seeds", "phases", "label_noise", "no_signal", "max_acc"]
     for c in ("online_acc", "online_acc_true"):
         cols += [c, f"{c}_low", f"{c}_high"]
-    cols += ["recovery_steps", "recovery_samples", "censored_fraction", "censored", "shifts"]
-    for c in ("drop", "deficit", "final_heldout", "acc", "bwt", "forgetting"):
+    cols += recovery_fields() + recovery_fields("_true")
+    for c in ("drop", "deficit", "drop_true", "deficit_true", "final_heldout", "acc", "bwt",
+              "forgetting"):
         cols += [c, f"{c}_low", f"{c}_high"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def phase_frame(v: StudyView) -> pd.DataFrame:
     """Per scenario × optimizer × phase: online accuracy (presented and original labels),
-    recovery, drop, deficit and held-out accuracy at the phase's end, over seeds."""
+    recovery (median over seeds, bootstrap interval, censored count), drop, deficit and held-out
+    accuracy at the phase's end. Phases without a shift have no recovery values."""
     ph = v.phases
     rows = []
     if ph.empty:
@@ -349,138 +410,104 @@ def phase_frame(v: StudyView) -> pd.DataFrame:
             sub = ph[(ph["scenario"] == s) & (ph["optimizer"] == arm)]
             for k, g in sub.groupby("phase", sort=True):
                 ran = g[g["steps_run"].fillna(0) > 0]
+                shifted = bool(g["shifted"].any()) if "shifted" in g else k >= 1
                 row: dict[str, Any] = {
                     "scenario": s, "severity": v.severity.get(s, math.nan), "optimizer": arm,
                     "phase": int(k), "name": str(g["name"].iloc[0]),
                     "label_kind": str(g["label_kind"].iloc[0]) if "label_kind" in g else "",
+                    "shifted": shifted,
                     "ceiling": float(g["ceiling"].iloc[0]) if "ceiling" in g else math.nan,
+                    "chance": float(g["chance"].iloc[0]) if "chance" in g else math.nan,
                     "steps": int(g["steps"].iloc[0]), "runs": int(len(ran)),
                 }
                 for c in ("online_acc", "online_acc_true", "drop", "deficit", "heldout_acc"):
                     row[c], row[f"{c}_low"], row[f"{c}_high"] = _mi(ran[c], v.level)
-                if k >= 1:
-                    row.update(_recovery_stats(g))
-                else:
-                    row.update({"recovery_steps": math.nan, "recovery_samples": math.nan,
-                                "censored_fraction": math.nan, "censored": 0, "shifts": 0})
+                for sfx in ("", "_true"):
+                    if shifted and f"recovery_steps{sfx}" in ran:
+                        reached = ran[ran[f"censored{sfx}"].astype(bool)
+                                      | ran[f"recovery_steps{sfx}"].notna()]
+                        per = pd.DataFrame({
+                            f"recovery_steps{sfx}": reached[f"recovery_steps{sfx}"],
+                            f"recovery_samples{sfx}": reached[f"recovery_samples{sfx}"],
+                            f"censored{sfx}": reached[f"censored{sfx}"].astype(bool),
+                            f"shifts{sfx}": 1})
+                        row.update(_recovery_stats(per, v.level, sfx))
+                    else:
+                        counts = (f"censored{sfx}", f"shifts{sfx}")
+                        row.update({c: 0 if c in counts else math.nan
+                                    for c in recovery_fields(sfx)})
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
-def paired(a: pd.Series, b: pd.Series, *, higher_is_better: bool = True,
-           censored_a: pd.Series | None = None, censored_b: pd.Series | None = None,
-           cap: float | None = None, level: float = 0.95) -> dict[str, Any]:
-    """:func:`shiftsim.metrics.paired_difference` of a − b (Series indexed by seed, or by
-    (seed, phase) for per-shift values), with censored recovery times handled as the spec asks:
-
-    * the mean difference and its interval use the pairs where neither side is censored;
-    * wins, losses and ties count every pair, a censored time standing for +inf (``cap``, any
-      number larger than every observed time, stands in for it; two censored runs tie).
-
-    Returns paired_difference's dict plus ``n_pairs`` (all pairs, censored included).
-    """
-    if censored_a is None or censored_b is None:
-        d = metrics.paired_difference(a, b, level=level, higher_is_better=higher_is_better)
-        d["n_pairs"] = d["n"]
-        return d
-    ca = censored_a.reindex(a.index).fillna(False).astype(bool)
-    cb = censored_b.reindex(b.index).fillna(False).astype(bool)
-    d = metrics.paired_difference(a.where(~ca), b.where(~cb), level=level,
-                                  higher_is_better=higher_is_better)
-    big = float(cap if cap is not None else 1e300)
-    wins = metrics.paired_difference(a.mask(ca, big), b.mask(cb, big), level=level,
-                                     higher_is_better=higher_is_better)
-    d.update({"wins_a": wins["wins_a"], "wins_b": wins["wins_b"], "ties": wins["ties"],
-              "n_pairs": wins["n"]})
-    return d
+# ----------------------------------------------------------------------------------------------
+# comparisons against the baseline
 
 
-def verdict(d: dict[str, Any], higher_is_better: bool) -> str:
-    """``better`` / ``worse`` (the interval excludes 0), ``within noise`` (it contains 0) or
-    ``not judged`` (fewer than two pairs: no interval)."""
-    low, high = d.get("low", math.nan), d.get("high", math.nan)
-    if fmt.isnan(low) or fmt.isnan(high):
-        return "not judged"
-    if low > 0:
-        return "better" if higher_is_better else "worse"
-    if high < 0:
-        return "worse" if higher_is_better else "better"
-    return "within noise"
+def compared_metrics(v: StudyView, scenario: str) -> list[Metric]:
+    """The metrics a report compares in one scenario: the headline accuracy (clean labels for
+    label noise), recovery time and deficit when the scenario has shifts, the final held-out
+    accuracy, and for more than two phases ACC, plus BWT and forgetting unless its regimes
+    conflict. None for a scenario without learnable signal."""
+    if v.no_signal.get(scenario):
+        return []
+    out = [METRICS[v.headline(scenario, "online_acc")]]
+    if v.shifted.get(scenario):
+        out += [METRICS[v.headline(scenario, "recovery_steps")],
+                METRICS[v.headline(scenario, "deficit")]]
+    out.append(METRICS["final_heldout"])
+    if v.n_phases.get(scenario, 0) > 2:
+        out.append(METRICS["acc"])
+        if not v.conflicting(scenario):
+            out += [METRICS["bwt"], METRICS["forgetting"]]
+    return out
 
 
-def _series(df: pd.DataFrame, col: str, per_shift: bool) -> pd.Series:
-    if per_shift:
-        idx = pd.MultiIndex.from_arrays([df["seed"].to_numpy(), df["phase"].to_numpy()],
-                                        names=["seed", "phase"])
-    else:
-        idx = pd.Index(df["seed"].to_numpy(), name="seed")
-    s = pd.Series(pd.to_numeric(df[col], errors="coerce").to_numpy(float), index=idx)
+def _by_seed(rows: pd.DataFrame, col: str) -> pd.Series:
+    s = pd.Series(pd.to_numeric(rows[col], errors="coerce").to_numpy(float),
+                  index=pd.Index(rows["seed"].to_numpy(), name="seed"))
     return s[~s.index.duplicated()]
 
 
-def compare(v: StudyView, a: str, b: str, scenario: str, metric: str,
-            values: pd.DataFrame | None = None) -> dict[str, Any] | None:
-    """Paired comparison of optimizer ``a`` against ``b`` in one scenario on one metric of
-    :data:`COMPARED`: the :func:`paired` dict plus ``metric``, ``unit`` (``seeds`` or
-    ``seed × shift pairs``) and ``verdict`` for ``a``; None when there is nothing to pair."""
-    spec = next((c for c in COMPARED if c[0] == metric), None)
-    if spec is None:
-        raise ShiftsimError(f"unknown comparison metric {metric!r}; allowed: "
-                            f"{', '.join(repr(c[0]) for c in COMPARED)}")
-    col, hib, per_shift, _, _ = spec
-    if per_shift:
-        ph = v.phases[(v.phases["scenario"] == scenario) & (v.phases["phase"] >= 1)]
-        pa, pb = ph[ph["optimizer"] == a], ph[ph["optimizer"] == b]
-        if pa.empty or pb.empty:
-            return None
-        sa, sb = _series(pa, col, True), _series(pb, col, True)
-        if col == "recovery_steps":
-            cap = float(ph["steps"].max()) + 1
-            d = paired(sa, sb, higher_is_better=hib, censored_a=_series(pa, "censored", True),
-                       censored_b=_series(pb, "censored", True), cap=cap, level=v.level)
-        else:
-            d = paired(sa, sb, higher_is_better=hib, level=v.level)
-        unit = "seeds" if v.n_phases.get(scenario, 0) <= 2 else "seed × shift pairs"
-    else:
-        values = run_values(v) if values is None else values
-        sub = values[values["scenario"] == scenario]
-        ra, rb = sub[sub["optimizer"] == a], sub[sub["optimizer"] == b]
-        if ra.empty or rb.empty:
-            return None
-        d = paired(_series(ra, col, False), _series(rb, col, False), higher_is_better=hib,
-                   level=v.level)
-        unit = "seeds"
-    d.update({"metric": col, "unit": unit, "higher_is_better": hib,
-              "verdict": verdict(d, hib)})
-    return d
-
-
 def comparison_frame(v: StudyView) -> pd.DataFrame:
-    """Every optimizer against the baseline, per scenario and metric (paired by seed)."""
-    values = run_values(v)
+    """Every optimizer against the baseline, per scenario and compared metric, paired by seed,
+    with p-values Holm-adjusted over all the comparisons that can be judged (≥ MIN_SEEDS
+    seeds) and the verdict."""
+    values = v.values if v.values is not None else run_values(v)
     rows = []
     for s in v.scenarios:
-        multi = v.n_phases.get(s, 0) > 2
+        sub = values[values["scenario"] == s]
+        base = sub[sub["optimizer"] == v.baseline]
+        steps = v.phases.loc[v.phases["scenario"] == s, "steps"] if len(v.phases) else []
+        cap = float(np.max(steps)) if len(steps) else None
         for arm in v.arms[1:]:
-            for col, hib, _, label, _ in COMPARED:
-                if col == "online_acc_true" and not v.noise.get(s):
-                    continue
-                if col in ("acc", "bwt", "forgetting") and not multi:
-                    continue
-                d = compare(v, arm, v.baseline, s, col, values)
-                if d is None:
-                    continue
+            mine = sub[sub["optimizer"] == arm]
+            if mine.empty or base.empty:
+                continue
+            for m in compared_metrics(v, s):
+                kw: dict[str, Any] = {}
+                if m.recovery:
+                    cen = m.column.replace("recovery_steps", "censored")
+                    kw = {"censored_a": _by_seed(mine, cen).astype(bool),
+                          "censored_b": _by_seed(base, cen).astype(bool), "cap": cap}
+                d = paired(_by_seed(mine, m.column), _by_seed(base, m.column), m,
+                           level=v.level, **kw)
                 rows.append({"scenario": s, "severity": v.severity.get(s, math.nan),
-                             "optimizer": arm, "baseline": v.baseline, "metric": col,
-                             "metric_label": label, "difference": d["mean"], "low": d["low"],
-                             "high": d["high"], "n": d["n"], "pairs": d["n_pairs"],
-                             "wins": d["wins_a"], "losses": d["wins_b"], "ties": d["ties"],
-                             "unit": d["unit"], "higher_is_better": hib,
-                             "verdict": d["verdict"]})
+                             "optimizer": arm, "baseline": v.baseline, "metric": m.column,
+                             "metric_label": m.label, "difference": d["difference"],
+                             "low": d["low"], "high": d["high"], "n": d["n"], "wins": d["wins"],
+                             "losses": d["losses"], "ties": d["ties"],
+                             "higher_is_better": m.higher_is_better, "test": m.test,
+                             "p": d["p"]})
     cols = ["scenario", "severity", "optimizer", "baseline", "metric", "metric_label",
-            "difference", "low", "high", "n", "pairs", "wins", "losses", "ties", "unit",
-            "higher_is_better", "verdict"]
-    return pd.DataFrame(rows, columns=cols)
+            "difference", "low", "high", "n", "wins", "losses", "ties", "higher_is_better",
+            "test", "p", "p_holm", "judged", "verdict"]
+    df = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "judged",
+                                                                   "verdict")])
+    df["judged"] = (df["n"] >= MIN_SEEDS) & df["p"].notna()
+    df["p_holm"] = adjust(df["p"], df["judged"])
+    df["verdict"] = [verdict(r) for _, r in df.iterrows()] if len(df) else []
+    return df[cols]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,18 +525,21 @@ def _status_text(r: Any) -> str:
     return ", ".join(parts)
 
 
-def _recovery_text(median: Any, censored: int, shifts: int) -> str:
-    if shifts == 0:
+def _recovery_text(median: Any, low: Any, high: Any, censored: int, n: int) -> str:
+    """``35 [28, 51]``; ``never`` when every run is censored; ``undefined*`` when half or more
+    are; a dash without shifts."""
+    if n == 0:
         return fmt.DASH
     if fmt.isnan(median):
-        return "never" if censored == shifts else "undefined*"
-    return fmt.steps(median)
+        return "never" if censored == n else "undefined*"
+    text = fmt.steps(median)
+    if not (fmt.isnan(low) or fmt.isnan(high)):
+        text += f" [{fmt.steps(low)}, {fmt.steps(high)}]"
+    return text
 
 
-def _censored_text(censored: int, shifts: int) -> str:
-    if shifts == 0:
-        return fmt.DASH
-    return f"{censored}/{shifts}"
+def _censored_text(censored: int, n: int) -> str:
+    return fmt.DASH if n == 0 else f"{censored}/{n}"
 
 
 def _keys(v: StudyView, scenario: str) -> dict[str, Any]:
@@ -541,6 +571,7 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
     show_true = any(v.noise.values())
     recs = []
     for r in df.itertuples():
+        sfx = "_true" if r.label_noise else ""
         rec: dict[str, Any] = {**_keys(v, r.scenario), "optimizer": r.optimizer,
                                "runs": _status_text(r)}
         rec["online accuracy"] = fmt.interval(r.online_acc, r.online_acc_low,
@@ -549,30 +580,40 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
             rec["online acc. (original labels)"] = fmt.interval(
                 r.online_acc_true, r.online_acc_true_low, r.online_acc_true_high) \
                 if r.label_noise else fmt.DASH
-        rec["recovery (steps)"] = _recovery_text(r.recovery_steps, r.censored, r.shifts)
-        rec["recovery (samples)"] = _recovery_text(r.recovery_samples, r.censored, r.shifts)
-        rec["censored"] = _censored_text(r.censored, r.shifts)
-        rec["drop"] = fmt.interval(r.drop, r.drop_low, r.drop_high)
-        rec["deficit"] = fmt.interval(r.deficit, r.deficit_low, r.deficit_high)
+        g = r._asdict()
+        rec["recovery (steps)"] = _recovery_text(
+            g[f"recovery_steps{sfx}"], g[f"recovery_steps{sfx}_low"],
+            g[f"recovery_steps{sfx}_high"], g[f"censored{sfx}"], g[f"shifts{sfx}"])
+        rec["censored"] = _censored_text(g[f"censored{sfx}"], g[f"shifts{sfx}"])
+        rec["deficit"] = fmt.interval(g[f"deficit{sfx}"], g[f"deficit{sfx}_low"],
+                                      g[f"deficit{sfx}_high"])
+        if r.no_signal:
+            rec["optimizer"] += " (not ranked: no signal)"
         recs.append(rec)
     pct = int(round(100 * v.level))
     caption = (
-        f"Per scenario and optimizer. Accuracies: mean over seeds [{pct} % Student-t interval]; "
-        "online accuracy is prequential (each batch scored before training on it)"
-        + ("; against the original labels for label-noise scenarios" if show_true else "")
-        + ". Recovery: median over seeds and shifts of the steps (samples) until the 20-step "
-        "trailing accuracy stays at ≥ 90 % of the phase's plateau for 20 steps, counting "
-        "censored (never recovered within the phase) as +∞; *undefined when half or more are "
-        "censored; 'never' when all are. Censored: censored / all run × shift pairs. Drop: "
-        "pre-shift level minus the lowest trailing accuracy after the shift; deficit: mean "
-        "shortfall below the plateau over the phase (accuracy units); both averaged over the "
-        "shifts of a run, then over seeds." + _diverged_note(df))
+        f"Per scenario and optimizer; the seed is the unit (each run reduced to one value "
+        f"first). Accuracies and deficits: mean over seeds [{pct} % Student-t interval]; online "
+        "accuracy is prequential (each batch scored before training on it)"
+        + ("; label-noise scenarios are judged on the original labels, so their recovery and "
+           "deficit columns are the clean-label ones" if show_true else "")
+        + ". Recovery: each run's shifts reduced to their median, then the median over seeds "
+        f"[{pct} % bootstrap interval], counting runs that never recovered as +∞ (∞ in an "
+        "interval: more than 2.5 % of the resamples never recover); *undefined when half or "
+        "more of the seeds never recover; 'never' when none does. A shift is recovered when "
+        "the 20-step trailing accuracy, after first falling below the target for 5 steps, "
+        "stays at or above it for 20 steps; the target is chance + 90 % of the way from chance "
+        "to the common reference (the best mean plateau any optimizer reached, capped at the "
+        "ceiling), the same for every optimizer. Censored: seeds that never recovered / seeds "
+        "with shifts. Deficit: mean shortfall below the reference over each shifted phase."
+        + _diverged_note(df))
     return Table("summary", "Summary per scenario and optimizer", caption, df,
                  pd.DataFrame(recs))
 
 
 def heldout_table(v: StudyView, df: pd.DataFrame) -> Table:
     show_multi = any(n > 2 for n in v.n_phases.values())
+    show_max = any(v.conflicting(s) for s in v.scenarios)
     recs = []
     for r in df.itertuples():
         rec: dict[str, Any] = {**_keys(v, r.scenario), "optimizer": r.optimizer,
@@ -581,52 +622,75 @@ def heldout_table(v: StudyView, df: pd.DataFrame) -> Table:
                                    r.final_heldout_high) + _flag(r)}
         if show_multi:
             multi = v.n_phases.get(r.scenario, 0) > 2
-            for c, name in (("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "forgetting")):
-                rec[name] = fmt.interval(getattr(r, c), getattr(r, f"{c}_low"),
-                                         getattr(r, f"{c}_high")) if multi else fmt.DASH
+            conflict = v.conflicting(r.scenario)
+            rec["ACC"] = fmt.interval(r.acc, r.acc_low, r.acc_high) if multi else fmt.DASH
+            if show_max:
+                rec["max. ACC"] = fmt.num(r.max_acc) if multi and conflict else fmt.DASH
+            for c, name in (("bwt", "BWT"), ("forgetting", "forgetting")):
+                cell = fmt.interval(getattr(r, c), getattr(r, f"{c}_low"),
+                                    getattr(r, f"{c}_high")) if multi else fmt.DASH
+                rec[name] = f"{cell} (forced)" if multi and conflict and cell != fmt.DASH \
+                    else cell
         recs.append(rec)
     pct = int(round(100 * v.level))
     caption = (f"Held-out accuracy, mean over seeds [{pct} % Student-t interval]. Final: on the "
-               "last regime at the end of the stream (label noise is not applied to held-out "
-               "labels, concept shifts are).")
+               "last regime at the end of the stream. Held-out labels follow the concept a "
+               "learner should hold: concept shifts are applied (a partial permute by its "
+               "majority mapping), label noise is not.")
     if show_multi:
-        caption += (" From the accuracy matrix R[i, j] (held-out accuracy on regime j at the end "
-                    "of phase i), for scenarios with more than two phases: ACC = mean_j "
-                    "R[K−1, j]; BWT = mean_{j<K−1} (R[K−1, j] − R[j, j]) (Lopez-Paz & Ranzato "
-                    "2017); forgetting = mean_{j<K−1} (max_{l<K−1} R[l, j] − R[K−1, j]) "
-                    "(Chaudhry et al. 2018).")
+        caption += (" From the accuracy matrix R[i, j] (held-out accuracy on the distinct "
+                    "regime j at the end of phase i; a repeated regime is one column), for "
+                    "scenarios with more than two phases: ACC = mean_j R[K−1, j]; BWT = mean "
+                    "over the regimes j before the last of (R[K−1, j] − R[j, j]) (Lopez-Paz & "
+                    "Ranzato 2017); forgetting = mean_j (max_{l in [j, K−2]} R[l, j] − "
+                    "R[K−1, j]) (Chaudhry et al. 2018).")
+    if show_max:
+        caption += (" Max. ACC: where regimes give one input different labels (e.g. permute "
+                    "at 100 % in several tasks) no classifier is right on all of them; ACC "
+                    "cannot exceed this bound, negative BWT is forced, and BWT and forgetting "
+                    "are not compared there.")
     caption += _diverged_note(df)
-    cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "seeds", "phases"]
+    cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "seeds", "phases",
+            "max_acc"]
     for c in ("final_heldout", "acc", "bwt", "forgetting"):
         cols += [c, f"{c}_low", f"{c}_high"]
     return Table("heldout", "Held-out accuracy, ACC, BWT and forgetting", caption,
                  df[cols].copy(), pd.DataFrame(recs))
 
 
+def _p_text(p: Any) -> str:
+    if fmt.isnan(p):
+        return fmt.DASH
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
     recs = []
     for r in df.itertuples():
-        digits = 0 if r.metric == "recovery_steps" else 3
-        unit = " steps" if r.metric == "recovery_steps" else ""
-        if r.pairs:
-            diff = fmt.interval(r.difference, r.low, r.high, digits, sign=True)
-            diff += unit if diff != fmt.DASH else ""
-            won = f"{r.wins} / {r.losses} / {r.ties} of {r.pairs} {r.unit}"
+        m = METRICS[r.metric]
+        if r.n:
+            diff = fmt.interval(r.difference, r.low, r.high, m.digits, sign=True)
+            diff += m.unit if diff != fmt.DASH else ""
+            won = f"{r.wins} / {r.losses} / {r.ties} of {r.n}"
         else:
-            diff, won = fmt.DASH, "no pairs (no values on one side)"
+            diff, won = fmt.DASH, "no pairs"
         recs.append({**_keys(v, r.scenario), "optimizer": r.optimizer,
                      "metric": r.metric_label, f"difference vs {v.baseline}": diff,
-                     "won / lost / tied": won, "verdict": r.verdict})
+                     "won / lost / tied (seeds)": won, "p (Holm)": _p_text(r.p_holm),
+                     "verdict": r.verdict})
     pct = int(round(100 * v.level))
+    judged = int(df["judged"].sum()) if len(df) else 0
     caption = (
-        f"Each optimizer minus the baseline {v.baseline} ({v.baseline_reason}), paired by seed "
-        f"(and by shift for recovery, drop and deficit): mean difference [{pct} % Student-t "
-        "interval]. Won / lost counts the pairs where the optimizer is better / worse (higher "
-        "accuracy; shorter recovery, smaller drop, deficit and forgetting). For recovery time "
-        "the difference uses the pairs where both recovered; the counts use every pair, a "
-        "censored run counting as never recovering. Verdict: 'better' / 'worse' when the "
-        "interval excludes 0, 'within noise' when it contains 0, 'not judged' with fewer than "
-        "two pairs. Pairs are missing where a run diverged before the shift or failed.")
+        f"Each optimizer against the baseline {v.baseline} ({v.baseline_reason}), paired by "
+        f"seed. Accuracies, deficits, ACC, BWT, forgetting: mean difference [{pct} % Student-t "
+        "interval], paired t test. Recovery time: median difference [bootstrap interval], "
+        "Wilcoxon signed-rank test, a seed that never recovered counting as the phase length. "
+        "Won / lost / tied: seeds where the optimizer is better / worse / equal. "
+        f"The p-values are Holm-adjusted over all {judged} comparisons of this report; the "
+        f"verdict is 'better' or 'worse' only when the adjusted p-value is at most {ALPHA}, "
+        "else 'no detectable difference'"
+        f"; with fewer than {MIN_SEEDS} seeds nothing is judged. Unadjusted p-values are in "
+        "tables/comparison.csv.")
     return Table("comparison", f"Paired comparison against the baseline ({v.baseline})",
                  caption, df, pd.DataFrame(recs))
 
@@ -635,29 +699,43 @@ def phase_table(v: StudyView, df: pd.DataFrame) -> Table:
     recs = []
     show_true = any(v.noise.values())
     for r in df.itertuples():
+        g = r._asdict()
         rec: dict[str, Any] = {**_keys(v, r.scenario), "optimizer": r.optimizer,
                                "phase": f"{r.phase}: {r.name}", "runs": r.runs,
                                "online accuracy": fmt.interval(r.online_acc, r.online_acc_low,
                                                                r.online_acc_high)}
+        noise = r.label_kind == "noise"
         if show_true:
             rec["online acc. (original labels)"] = fmt.interval(
                 r.online_acc_true, r.online_acc_true_low, r.online_acc_true_high) \
-                if r.label_kind == "noise" else fmt.DASH
-        shifted = r.phase >= 1
-        rec["recovery (steps)"] = _recovery_text(r.recovery_steps, r.censored, r.shifts) \
-            if shifted else fmt.DASH
-        rec["recovery (samples)"] = _recovery_text(r.recovery_samples, r.censored, r.shifts) \
-            if shifted else fmt.DASH
-        rec["censored"] = _censored_text(r.censored, r.shifts) if shifted else fmt.DASH
-        rec["drop"] = fmt.interval(r.drop, r.drop_low, r.drop_high)
-        rec["deficit"] = fmt.interval(r.deficit, r.deficit_low, r.deficit_high)
+                if noise else fmt.DASH
+        if r.shifted:
+            rec["recovery (steps)"] = _recovery_text(
+                r.recovery_steps, r.recovery_steps_low, r.recovery_steps_high, r.censored,
+                r.shifts)
+            if show_true:
+                rec["recovery (original labels)"] = _recovery_text(
+                    g["recovery_steps_true"], g["recovery_steps_true_low"],
+                    g["recovery_steps_true_high"], g["censored_true"], g["shifts_true"]) \
+                    if noise else fmt.DASH
+            rec["censored"] = _censored_text(r.censored, r.shifts)
+            rec["drop"] = fmt.interval(r.drop, r.drop_low, r.drop_high)
+            rec["deficit"] = fmt.interval(r.deficit, r.deficit_low, r.deficit_high)
+        else:
+            what = "no shift" if r.phase > 0 else fmt.DASH
+            rec["recovery (steps)"] = what
+            if show_true:
+                rec["recovery (original labels)"] = fmt.DASH
+            rec["censored"] = rec["drop"] = rec["deficit"] = fmt.DASH
         rec["held-out acc. (phase end)"] = fmt.interval(r.heldout_acc, r.heldout_acc_low,
                                                         r.heldout_acc_high)
         recs.append(rec)
-    caption = ("Per phase (phase 0 has no shift to recover from). Same definitions as the "
-               "summary; recovery is the median over seeds; 'runs' counts the runs that reached "
-               "the phase. Original-label accuracy is shown for label-noise phases, where it is "
-               "the accuracy that matters.")
+    caption = ("Per phase; one value per seed. Phase 0, and a phase that changes nothing "
+               "relative to the one before (a flip rate of 0, say), has no shift to recover "
+               "from. Same definitions as the summary; recovery is the median over seeds "
+               "[bootstrap interval]; 'runs' counts the runs that reached the phase. For "
+               "label-noise phases the recovery on the original labels is shown too: it is "
+               "the one that matters there.")
     return Table("phases", "Per phase", caption, df, pd.DataFrame(recs))
 
 
@@ -685,8 +763,9 @@ def runs_table(v: StudyView) -> Table:
 
 
 def build(v: StudyView) -> StudyView:
-    """Compute every table into ``v.tables`` (and ``v.summary``, ``v.comparison``,
-    ``v.phase_summary``); returns ``v``."""
+    """Compute every table into ``v.tables`` (and ``v.values``, ``v.summary``,
+    ``v.comparison``, ``v.phase_summary``); returns ``v``."""
+    v.values = run_values(v)
     v.summary = summary_frame(v)
     v.phase_summary = phase_frame(v)
     v.comparison = comparison_frame(v)

@@ -1,8 +1,8 @@
 """Shifts: what changes between phases — labels, the class prior, or the inputs.
 
 >>> import shiftsim as ss
->>> ss.LabelFlip(0.8, mode="permute").label_kind
-'concept'
+>>> ss.LabelFlip(1.0, mode="permute").label_kind, ss.LabelFlip(0.8, mode="permute").label_kind
+('concept', 'concept + noise')
 >>> ss.GaussianNoise(severity=2).std
 0.06
 """

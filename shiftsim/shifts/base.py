@@ -81,6 +81,15 @@ class Shift:
     def check(self, data: Any) -> None:
         """Raise a clear error when this shift cannot apply to ``data`` (a Dataset)."""
 
+    #: True when the shift draws fixed randomness per regime (a label table, a permutation), so
+    #: that two regimes with equal parameters still differ from each other
+    regime_draw: ClassVar[bool] = False
+
+    def is_identity(self) -> bool:
+        """True when the shift changes nothing (a flip rate of 0, a rotation by 0 degrees ...):
+        a phase whose shifts are all identities is no shift to recover from."""
+        return False
+
 
 def shift_from_dict(d: dict[str, Any]) -> Shift:
     """Rebuild a shift from :meth:`Shift.to_dict`.

@@ -69,6 +69,9 @@ class Rotate(_InputShift):
         self._resolve_severity()
         object.__setattr__(self, "degrees", float(number(self.degrees, "degrees", "Rotate")))
 
+    def is_identity(self) -> bool:
+        return self.degrees % 360 == 0
+
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
         n, _, h, w = x.shape
         a = math.radians(self.degrees)
@@ -105,6 +108,9 @@ class GaussianNoise(_InputShift):
         self._resolve_severity()
         object.__setattr__(self, "std", float(number(self.std, "std", "GaussianNoise", 0)))
 
+    def is_identity(self) -> bool:
+        return self.std == 0
+
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x + self.std * noise
@@ -136,6 +142,9 @@ class GaussianBlur(_InputShift):
     def __post_init__(self) -> None:
         self._resolve_severity()
         object.__setattr__(self, "sigma", float(number(self.sigma, "sigma", "GaussianBlur", 0)))
+
+    def is_identity(self) -> bool:
+        return self.sigma == 0
 
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
         if self.sigma == 0:
@@ -172,6 +181,9 @@ class Contrast(_InputShift):
         self._resolve_severity()
         object.__setattr__(self, "factor", float(number(self.factor, "factor", "Contrast", 0)))
 
+    def is_identity(self) -> bool:
+        return self.factor == 1
+
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
         dims = tuple(range(2, x.ndim)) if x.ndim == 4 else tuple(range(1, x.ndim))
         mean = x.mean(dim=dims, keepdim=True)
@@ -200,6 +212,9 @@ class Brightness(_InputShift):
     def __post_init__(self) -> None:
         self._resolve_severity()
         object.__setattr__(self, "delta", float(number(self.delta, "delta", "Brightness")))
+
+    def is_identity(self) -> bool:
+        return self.delta == 0
 
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
         if x.ndim == 4 and x.shape[1] == 3:
@@ -230,11 +245,15 @@ class PixelPermutation(_InputShift):
     severity_param: ClassVar[str] = "fraction"
     severity_values: ClassVar[tuple[float, ...]] = (0.1, 0.25, 0.5, 0.75, 1.0)
     severity_source: ClassVar[str] = "ours"
+    regime_draw: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._resolve_severity()
         object.__setattr__(self, "fraction",
                            float(number(self.fraction, "fraction", "PixelPermutation", 0, 1)))
+
+    def is_identity(self) -> bool:
+        return self.fraction == 0
 
     def prepare(self, input_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         d = _positions(input_shape)
@@ -281,6 +300,10 @@ class FeatureScale(_InputShift):
     def __post_init__(self) -> None:
         object.__setattr__(self, "factor", numbers(self.factor, "factor", "FeatureScale"))
 
+    def is_identity(self) -> bool:
+        f = self.factor
+        return all(v == 1 for v in f) if isinstance(f, tuple) else f == 1
+
     def check(self, data: Any) -> None:
         _check_length(self, "factor", self.factor, data)
 
@@ -303,6 +326,10 @@ class FeatureOffset(_InputShift):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delta", numbers(self.delta, "delta", "FeatureOffset"))
+
+    def is_identity(self) -> bool:
+        d = self.delta
+        return all(v == 0 for v in d) if isinstance(d, tuple) else d == 0
 
     def check(self, data: Any) -> None:
         _check_length(self, "delta", self.delta, data)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ..errors import ShiftsimError, allowed, check_range
@@ -94,20 +96,119 @@ class LabelFlip(Shift):
         return f"LabelFlip(rate={self.rate:g}, mode={self.mode!r})"
 
     @property
+    def regime_draw(self) -> bool:  # type: ignore[override]
+        """A flip draws its chosen samples (and π, or the noise) per regime; ``pair`` at rate
+        1 is the same mapping every time."""
+        return self.rate > 0 and not (self.mode == "pair" and self.rate == 1)
+
+    def is_identity(self) -> bool:
+        return self.rate == 0
+
+    @property
     def label_kind(self) -> str:
-        """"concept" (permute, pair), "noise" (other, uniform), or "none" at rate 0."""
+        """The kind of label change: ``"concept"`` (``permute`` / ``pair`` at rate 1: a new
+        mapping), ``"concept + noise"`` (``permute`` / ``pair`` below rate 1: two mappings of
+        the same input mixed), ``"noise"`` (``other``, ``uniform``) or ``"none"`` at rate 0.
+
+        >>> LabelFlip(1.0).label_kind, LabelFlip(0.5).label_kind, LabelFlip(0.5, "other").label_kind
+        ('concept', 'concept + noise', 'noise')
+        """
         if self.rate == 0:
             return "none"
-        return "concept" if self.mode in ("permute", "pair") else "noise"
+        if self.mode in ("permute", "pair"):
+            return "concept" if self.rate == 1 else "concept + noise"
+        return "noise"
 
-    def ceiling(self, num_classes: int) -> float:
-        """Best accuracy reachable against this phase's labels by a generalising learner."""
-        rho, c = self.rate, num_classes
-        if self.mode in ("permute", "pair") or rho == 0:
+    def realized_rates(self, counts: Sequence[int]) -> np.ndarray:
+        """ρ′_c = round(ρ · n_c) / n_c per class, the fraction actually flipped (half-up
+        rounding, as :func:`choose_per_class`); ρ for a class without samples.
+
+        >>> LabelFlip(0.5).realized_rates([4, 3, 0]).tolist()
+        [0.5, 0.6666666666666666, 0.5]
+        """
+        n = np.asarray(counts, dtype=np.float64)
+        take = np.floor(self.rate * n + 0.5)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(n > 0, take / np.where(n > 0, n, 1), self.rate)
+
+    def ceiling(self, num_classes: int, counts: Sequence[int] | None = None,
+                weights: Sequence[float] | None = None) -> float:
+        """Best accuracy a generalising learner can reach against this phase's labels
+        (the accuracy of predicting, for every input, its most likely presented label).
+
+        Per class c with realised rate ρ′_c (``counts``: training samples per class; without
+        them ρ′ = ρ): ``permute`` / ``pair`` max(ρ′, 1 − ρ′) (the majority mapping: at ρ < 1
+        two mappings of one input are mixed), ``other`` max(1 − ρ′, ρ′ / (C − 1)),
+        ``uniform`` 1 − ρ′ + ρ′ / C; averaged with ``weights`` (the phase's class shares;
+        default the class shares of ``counts``, or equal).
+
+        >>> LabelFlip(0.8, "other").ceiling(10)
+        0.2
+        >>> LabelFlip(0.5).ceiling(10), LabelFlip(0.8).ceiling(10), LabelFlip(1.0).ceiling(10)
+        (0.5, 0.8, 1.0)
+        >>> round(LabelFlip(1.0, "uniform").ceiling(10), 3)
+        0.1
+        >>> round(LabelFlip(0.5).ceiling(2, counts=[3, 4]), 4)   # ρ′ = 2/3 and 1/2
+        0.5714
+        """
+        c = int(num_classes)
+        if self.rate == 0:
             return 1.0
-        if self.mode == "other":
-            return max(1.0 - rho, rho / (c - 1))
-        return 1.0 - rho + rho / c
+        rho = (self.realized_rates(counts) if counts is not None
+               else np.full(c, self.rate, dtype=np.float64))
+        if self.mode in ("permute", "pair"):
+            per = np.maximum(rho, 1.0 - rho)
+        elif self.mode == "other":
+            per = np.maximum(1.0 - rho, rho / max(c - 1, 1))
+        else:
+            per = 1.0 - rho + rho / c
+        w = _weights(weights if weights is not None else counts, per.size)
+        return float(np.sum(w * per))
+
+    def label_shares(self, num_classes: int, counts: Sequence[int] | None = None,
+                     weights: Sequence[float] | None = None) -> np.ndarray:
+        """The expected share of each presented label in the phase: class c keeps its label
+        with probability 1 − ρ′_c and moves to π(c) (``permute``: a uniformly random
+        derangement, so 1/(C − 1) to each other class in expectation), c + 1 (``pair``), a
+        uniform other class (``other``) or a uniform class (``uniform``). ``weights``: the
+        phase's class shares (default: those of ``counts``, or equal).
+
+        >>> LabelFlip(1.0, "pair").label_shares(3, weights=[0.5, 0.3, 0.2]).round(2).tolist()
+        [0.2, 0.5, 0.3]
+        """
+        c = int(num_classes)
+        p = _weights(weights if weights is not None else counts, c)
+        rho = (self.realized_rates(counts) if counts is not None
+               else np.full(c, self.rate, dtype=np.float64))
+        moved = rho * p
+        out = p - moved
+        if self.mode == "pair":
+            out = out + np.roll(moved, 1)
+        elif self.mode in ("permute", "other"):
+            out = out + (moved.sum() - moved) / max(c - 1, 1)
+        else:
+            out = out + moved.sum() / c
+        return out
+
+    def concept_map(self, num_classes: int, mapping: torch.Tensor | None,
+                    counts: Sequence[int]) -> torch.Tensor | None:
+        """The class -> label map a learner should hold in this phase (the held-out labels),
+        or None for the noise modes (held out: the original labels). ``permute`` / ``pair``:
+        per class the majority mapping, π(c) (or c + 1) where ρ′_c ≥ 0.5, c otherwise.
+
+        >>> LabelFlip(0.4, "pair").concept_map(3, None, [10, 10, 10]).tolist()
+        [0, 1, 2]
+        >>> LabelFlip(0.5, "pair").concept_map(3, None, [10, 10, 10]).tolist()
+        [1, 2, 0]
+        """
+        if self.mode not in ("permute", "pair") or self.rate == 0:
+            return None
+        c = int(num_classes)
+        ar = torch.arange(c)
+        moved = mapping if self.mode == "permute" else (ar + 1) % c
+        assert moved is not None
+        majority = torch.as_tensor(self.realized_rates(counts) >= 0.5)
+        return torch.where(majority, moved.cpu(), ar)
 
     def check(self, data) -> None:
         if self.mode in ("permute", "other") and data.num_classes < 2:
@@ -179,3 +280,14 @@ class ClassPrior(Shift):
         counts = torch.bincount(y, minlength=num_classes).double().clamp_min(1)
         w = torch.tensor(self.weights, dtype=torch.float64)
         return (w / counts)[y]
+
+
+def _weights(values: Sequence[float] | None, size: int) -> np.ndarray:
+    """Normalised non-negative weights (equal when ``values`` is None or sums to 0)."""
+    if values is None:
+        return np.full(size, 1.0 / size)
+    w = np.asarray(values, dtype=np.float64)
+    if w.size != size:
+        raise ShiftsimError(f"expected {size} class weights, got {w.size}")
+    total = float(w.sum())
+    return w / total if total > 0 else np.full(size, 1.0 / size)

@@ -1,0 +1,134 @@
+"""The report's statistics: one value per seed, paired comparisons, Holm-adjusted verdicts.
+
+The seed is the unit of replication (docs/metrics.md, "Comparing optimizers in a study"):
+
+* every run is first reduced to one value per metric: its online accuracies, its held-out
+  numbers, and its shifts reduced within the run (:func:`shiftsim.metrics.run_recovery`: the
+  median recovery time over its shifted phases counting censored ones as +inf, the mean drop
+  and deficit), so seed × shift pairs are never counted as independent replicates;
+* an optimizer is compared with the baseline paired by seed: accuracies and deficits by the mean
+  difference with a Student-t interval and a paired t test, recovery times by the median
+  difference with a bootstrap interval and a Wilcoxon signed-rank test (a run that never
+  recovered counts as the phase length, so "never" is slower than every time);
+* every comparison the report makes is one test of a family; the p-values are adjusted with
+  Holm–Bonferroni over the whole family (:func:`shiftsim.metrics.holm`) and a comparison gets
+  the verdict "better" or "worse" only when its adjusted p-value is at most α = 0.05; otherwise
+  "no detectable difference". With fewer than :data:`MIN_SEEDS` seeds nothing is judged.
+
+>>> import pandas as pd
+>>> a = pd.Series([.80, .82, .79, .85, .81], index=range(5))
+>>> b = pd.Series([.70, .75, .71, .74, .72], index=range(5))
+>>> d = paired(a, b, METRICS["online_acc"])
+>>> round(d["difference"], 3), d["wins"], d["n"], d["p"] < 0.001
+(0.09, 5, 5, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics
+
+#: fewer seeds than this: numbers without verdicts
+MIN_SEEDS = 5
+#: the family-wise error rate of a report's verdicts
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-run number the report compares: column, direction, label, digits, paired test."""
+
+    column: str
+    higher_is_better: bool
+    label: str
+    digits: int = 3
+    test: str = "t"
+
+    @property
+    def recovery(self) -> bool:
+        return self.test == "wilcoxon"
+
+    @property
+    def unit(self) -> str:
+        return " steps" if self.recovery else ""
+
+
+METRICS: dict[str, Metric] = {m.column: m for m in (
+    Metric("online_acc", True, "online accuracy"),
+    Metric("online_acc_true", True, "online accuracy (original labels)"),
+    Metric("recovery_steps", False, "recovery time (steps)", 0, "wilcoxon"),
+    Metric("recovery_steps_true", False, "recovery time, original labels (steps)", 0,
+           "wilcoxon"),
+    Metric("deficit", False, "recovery deficit"),
+    Metric("deficit_true", False, "recovery deficit (original labels)"),
+    Metric("final_heldout", True, "final held-out accuracy"),
+    Metric("acc", True, "ACC"),
+    Metric("bwt", True, "BWT"),
+    Metric("forgetting", False, "forgetting"),
+)}
+
+
+def paired(a: pd.Series, b: pd.Series, metric: Metric, *, censored_a: pd.Series | None = None,
+           censored_b: pd.Series | None = None, cap: float | None = None,
+           level: float = 0.95) -> dict[str, Any]:
+    """Compare ``a`` with ``b`` (Series indexed by seed) on ``metric``, paired by seed.
+
+    Returns ``difference`` (mean of a − b, or for recovery times the median, a censored time
+    standing for ``cap``), ``low`` / ``high`` (a Student-t interval of the mean, or a
+    percentile-bootstrap interval of the median), ``wins`` / ``losses`` / ``ties`` (seeds where
+    ``a`` is better / worse / equal; a censored run never recovered, so it loses against a run
+    that did and ties with another censored one), ``n`` (paired seeds) and ``p`` (paired t or
+    Wilcoxon signed-rank; NaN with fewer than two pairs).
+    """
+    x, y = a.astype(float), b.astype(float)
+    if metric.recovery:
+        big = float(cap) if cap is not None and math.isfinite(cap) else 1e12
+        if censored_a is not None:
+            x = x.mask(censored_a.reindex(x.index).fillna(False).astype(bool), big)
+        if censored_b is not None:
+            y = y.mask(censored_b.reindex(y.index).fillna(False).astype(bool), big)
+    common = x.index.intersection(y.index, sort=True)
+    d = (x.loc[common] - y.loc[common]).to_numpy(np.float64)
+    d = d[~np.isnan(d)]
+    better = d if metric.higher_is_better else -d
+    out: dict[str, Any] = {"n": int(d.size), "wins": int((better > 0).sum()),
+                           "losses": int((better < 0).sum()), "ties": int((d == 0).sum())}
+    if metric.recovery:
+        med, low, high = metrics.median_interval(d, np.zeros(d.size, bool), level=level)
+    else:
+        med, low, high = metrics.mean_interval(d, level=level)
+    out.update(difference=med, low=low, high=high,
+               p=metrics.paired_p_value(d, metric.test) if d.size else math.nan)
+    return out
+
+
+def adjust(p: pd.Series, judged: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values over the comparisons that can be judged (others: NaN)."""
+    out = pd.Series(np.nan, index=p.index)
+    use = judged & p.notna()
+    if use.any():
+        out[use] = metrics.holm(p[use].to_numpy(np.float64))
+    return out
+
+
+def verdict(row: Any, alpha: float = ALPHA) -> str:
+    """The verdict of one comparison row (``difference``, ``wins``, ``losses``, ``n``,
+    ``p_holm``, ``higher_is_better``, ``judged``)."""
+    if not row["judged"]:
+        return f"not judged (fewer than {MIN_SEEDS} seeds)" if row["n"] < MIN_SEEDS \
+            else "not judged"
+    p = row["p_holm"]
+    if p is None or (isinstance(p, float) and math.isnan(p)) or p > alpha:
+        return "no detectable difference"
+    diff = row["difference"]
+    if diff and not math.isnan(diff):
+        good = (diff > 0) == bool(row["higher_is_better"])
+    else:  # a zero median difference: the side that wins more seeds
+        good = row["wins"] > row["losses"]
+    return "better" if good else "worse"
