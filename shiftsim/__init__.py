@@ -50,6 +50,7 @@ _LAZY = {
     "Stream": ("shiftsim.stream", "Stream"),
     "engine": ("shiftsim.engine", None),
     "Study": ("shiftsim.study", "Study"),
+    "Tuning": ("shiftsim.study", "Tuning"),
     "RunSpec": ("shiftsim.study", "RunSpec"),
     "study": ("shiftsim.study", None),
     "store": ("shiftsim.store", None),

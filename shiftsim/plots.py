@@ -42,7 +42,7 @@ from .errors import ShiftsimError  # noqa: E402
 __all__ = [
     "optimizer_palette", "smoothed_accuracy", "recovery_frame", "mean_band", "recovery_curves",
     "stream_accuracy", "severity_curves", "severity_heatmap", "accuracy_matrices",
-    "diagnostics", "diagnostic_columns", "format_severity", "style",
+    "diagnostics", "diagnostic_columns", "format_severity", "style", "sensitivity",
 ]
 
 #: Okabe & Ito's colour-blind-safe palette (Wong 2011, Nature Methods 8:441), most distinct first
@@ -835,4 +835,68 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
             ax.set_ylabel(_label(c))
         axes[-1, 0].set_xlabel("step")
         _legend(fig, axes[0, 0], hue)
+    return fig
+
+
+def sensitivity(curves: pd.DataFrame, metric: str = "score", hue: str = "optimizer",
+                col: str = "group", palette: dict[str, Any] | None = None,
+                hue_order: Sequence[str] | None = None, col_order: Sequence[Any] | None = None,
+                col_wrap: int | None = 3, height: float = 3.0,
+                col_title: Callable[[Any], str] | None = None) -> plt.Figure:
+    """Learning-rate sensitivity: the tuning metric against the learning rate (log axis), one
+    line per ``hue`` value with its interval band (``mean``, ``low``, ``high`` over the tuning
+    seeds), one facet per ``col`` value; the chosen point (``chosen``) is a star, a point where
+    a tuning run diverged or failed (``eligible`` False) an open circle. ``curves`` is
+    ``ss.store.load(...).tuning_curves``; other hyperparameters are held at their chosen
+    values.
+
+    >>> c = pd.DataFrame({"group": "s", "optimizer": "sgdm", "lr": [0.01, 0.1, 1.0],
+    ...                   "mean": [0.5, 0.8, 0.2], "low": [0.4, 0.7, 0.1],
+    ...                   "high": [0.6, 0.9, 0.3], "eligible": [True, True, False],
+    ...                   "chosen": [False, True, False]})
+    >>> len(sensitivity(c, metric="online accuracy").axes)
+    1
+    """
+    _require(curves, ["lr", "mean", hue, col], "sensitivity")
+    df = curves.copy()
+    for c in ("low", "high"):
+        if c not in df.columns:
+            df[c] = np.nan
+    df["eligible"] = df["eligible"].astype(bool) if "eligible" in df else True
+    df["chosen"] = df["chosen"].astype(bool) if "chosen" in df else False
+    hp = [c for c in df.columns if c not in ("lr", "mean", "low", "high", "worst", "n", "runs",
+                                             "eligible", "chosen", hue, col, "model")]
+    facets, names, palette = _layout(df, hue, col, col_order, hue_order, palette)
+    with style():
+        fig, axes = _grid(len(facets), col_wrap, 3.6, height, sharey=False)
+        for ax, facet in zip(axes.flat, facets):
+            sub = df if facet is None else df[df[col] == facet]
+            for name in names:
+                line = sub[sub[hue] == name]
+                pick = line[line["chosen"]]
+                for c in hp:  # other hyperparameters at their chosen values
+                    if len(pick) and c in line and line[c].nunique(dropna=True) > 1:
+                        line = line[line[c] == pick[c].iloc[0]]
+                line = line.sort_values("lr")
+                if line.empty:
+                    continue
+                color = palette[name]
+                ax.plot(line["lr"], line["mean"], color=color, lw=1.4, marker="o", ms=3,
+                        label=name)
+                ax.fill_between(line["lr"], line["low"], line["high"], color=color,
+                                alpha=0.18, lw=0)
+                bad = line[~line["eligible"]]
+                ax.scatter(bad["lr"], bad["mean"], s=40, facecolors="white",
+                           edgecolors=color, zorder=4)
+                best = line[line["chosen"]]
+                ax.scatter(best["lr"], best["mean"], s=110, marker="*", color=color,
+                           edgecolors="black", linewidths=0.5, zorder=5)
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate")
+            title = col_title(facet) if col_title is not None and facet is not None else \
+                _facet_title(col, facet, None, None)
+            ax.set_title(title)
+        for row in axes:
+            row[0].set_ylabel(f"{metric}\n(mean over tuning seeds)")
+        _legend(fig, axes.flat[0], hue)
     return fig

@@ -344,6 +344,17 @@ class Scenario:
         flip = self.label_flip(phase)
         return flip.label_kind if flip else "none"
 
+    def concept(self, phase: int) -> str:
+        """Which labels the phase's concept follows: ``"flipped"`` when its concept label
+        shift moves the majority of every class (``permute`` / ``pair`` at a rate of 0.5 or
+        more: the held-out labels are the flipped mapping), else ``"original"`` (no flip, label
+        noise, a partial concept shift below 0.5)."""
+        flip = self.label_flip(phase)
+        if flip is None or flip.label_kind not in ("concept", "concept + noise"):
+            return "original"
+        rates = flip.realized_rates(self.class_counts())
+        return "flipped" if float(np.mean(rates >= 0.5)) >= 0.5 else "original"
+
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases)
@@ -358,7 +369,8 @@ class Scenario:
 
         Columns: ``phase``, ``name``, ``start``, ``end``, ``steps``, ``regime``, ``ceiling``
         (C_k), ``chance`` and ``chance_true`` (χ_k against the presented and the original
-        labels), ``label_kind``, ``shifted`` (:meth:`has_shift`), ``width`` (the ramp),
+        labels), ``label_kind``, ``concept`` (:meth:`concept`), ``shifted`` (:meth:`has_shift`),
+        ``width`` (the ramp),
         ``transition``, ``shifts``.
 
         >>> import shiftsim as ss
@@ -379,6 +391,7 @@ class Scenario:
                 "end": start + p.steps, "steps": p.steps, "regime": self.regime_of[k],
                 "ceiling": self.ceiling(k), "chance": self.chance(k),
                 "chance_true": self.chance(k, "true"), "label_kind": self.label_kind(k),
+                "concept": self.concept(k),
                 "shifted": self.has_shift(k),
                 "width": int(p.transition.width), "transition": p.transition.describe(),
                 "shifts": p.describe_shifts(),

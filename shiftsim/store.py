@@ -501,6 +501,9 @@ def _label_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["severity"] = pd.to_numeric(df["severity"], errors="coerce").astype(float)
     seeds = pd.to_numeric(df["seed"], errors="coerce")
     df["seed"] = seeds.astype("Int64") if seeds.isna().any() else seeds.astype("int64")
+    if "stage" not in df.columns:  # a study without tuning: every run is an evaluation run
+        df["stage"] = "eval"
+    df["stage"] = df["stage"].fillna("eval")
     return df
 
 
@@ -656,6 +659,26 @@ class StudyResults:
                 out[c] = out[c].astype(np.float64)
                 out.loc[has, c] = values.astype(np.float64)
         return out
+
+    @property
+    def tuning(self) -> pd.DataFrame:
+        """A tuned study's selection (``tuning.json``): one row per scenario × model ×
+        optimizer with the chosen hyperparameters (``lr`` ...), the selection ``metric`` and its
+        ``value`` (mean over the tuning seeds), the ``tolerance`` in decades with an interval,
+        ``at_edge`` and the ``scope``; empty for a study without tuning."""
+        from .study import selection
+
+        scen = [str(x) for x in dict.fromkeys(self.runs["scenario"].dropna())] \
+            if "scenario" in self.runs else None
+        return selection.table(selection.read(self.path), scen)
+
+    @property
+    def tuning_curves(self) -> pd.DataFrame:
+        """Every grid point a tuned study tried: its mean score over the tuning seeds with an
+        interval, whether it was eligible and which one was chosen."""
+        from .study import selection
+
+        return selection.curves(selection.read(self.path))
 
     @property
     def evals(self) -> pd.DataFrame:

@@ -337,7 +337,7 @@ def test_flip_sweep_study_file():
     except ShiftsimError:
         pytest.skip("tam is not importable yet")
     study = study_from_file(os.path.join(ROOT, "scenarios", "flip_sweep.py"))
-    assert isinstance(study, Study) and len(study) == 6 * 3 * 3
+    assert isinstance(study, Study) and len(study.tuning_grid()) == 6 * 3 * 7 * 3
     sev = sorted({s.label_dict["severity"] for s in study.grid()})
     assert sev == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 

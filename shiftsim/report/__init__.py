@@ -118,7 +118,47 @@ def _facts(v: StudyView, study_dir: Path) -> list[tuple[str, str]]:
     ]
     if "model" in runs.columns and runs["model"].notna().any():
         facts.append(("models", ", ".join(str(m) for m in runs["model"].dropna().unique())))
+    tuning = (v.study or {}).get("tuning")
+    if tuning:
+        facts.append(("tuning", _tuning_text(v, tuning)))
+    else:
+        facts.append(("tuning", "none: each optimizer ran at the one setting given (a "
+                                "comparison of these settings, not of the optimizers)"))
     return facts
+
+
+def _tuning_text(v: StudyView, t: dict[str, Any]) -> str:
+    scope = t.get("scope")
+    on = t.get("on")
+    where = ("per scenario: each optimizer's best on each scenario (the most favourable case "
+             "for every optimizer)" if scope == "per_scenario" else
+             f"shared: tuned once on {on if on else 'all scenarios pooled'} and used everywhere")
+    seeds = t.get("seeds") or []
+    metric = t.get("metric")
+    metric = ("online accuracy (against the original labels for label noise)"
+              if metric == "auto" else str(metric))
+    grid = t.get("grid")
+    if grid == "auto":
+        grids = "the default grid of each optimizer family (log-spaced, 3 decades, 7 points)"
+    else:
+        parts = []
+        for opt, hp in (grid or {}).items():
+            if not hp:
+                parts.append(f"{opt}: default")
+                continue
+            bits = []
+            for name, vals in hp.items():
+                nums = [x for x in vals if isinstance(x, (int, float))]
+                bits.append(f"{name} {min(nums):g}–{max(nums):g} ({len(vals)} points)"
+                            if len(nums) == len(vals) and len(vals) > 1 else
+                            f"{name} {', '.join(map(str, vals))}")
+            parts.append(f"{opt}: {'; '.join(bits)}")
+        grids = "; ".join(parts)
+    ext = t.get("extend") or 0
+    return (f"{where}; selection metric {metric}, mean over {len(seeds)} tuning seeds, disjoint "
+            f"from the evaluation seeds; grids: {grids}"
+            + (f"; a best value at a grid's edge widened the grid by a decade (up to {ext} "
+               "times)" if ext else "") + ". Tables and comparisons use the evaluation runs only.")
 
 
 NOTES = [
@@ -160,7 +200,8 @@ NOTES = [
 def build_document(v: StudyView, figures: list[FigureFile], findings: list[str],
                    study_dir: Path) -> Document:
     """The :class:`~shiftsim.report.document.Document` of a built study view."""
-    tables = [v.tables[k] for k in ("summary", "comparison", "heldout", "phases")]
+    tables = [v.tables[k] for k in ("summary", "tuning", "comparison", "heldout", "phases")
+              if k in v.tables]
     if len(v.tables["runs"].display):
         tables.append(v.tables["runs"])
     files = [("index.html", "this report, self-contained"),

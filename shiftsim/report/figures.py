@@ -148,6 +148,11 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
                 "show clean accuracy)" + ("" if len(rows) == len(v.scenarios) else
                                           f"; {len(rows)} scenarios shown") + ".", fig))
 
+    sens = _sensitivity(v, palette)
+    if sens is not None:
+        say("sensitivity")
+        figs.append(sens)
+
     diag = _diagnostics(v, results, palette, window)
     if diag is not None:
         figs.append(diag)
@@ -173,6 +178,39 @@ def _shifted_phases(v: StudyView) -> pd.DataFrame | None:
     if not len(v.phases) or "shifted" not in v.phases.columns:
         return None
     return v.phases.loc[v.phases["shifted"].astype(bool), ["run_id", "phase"]]
+
+
+def _sensitivity(v: StudyView, palette: dict[str, Any]) -> Figure | None:
+    """The tuning metric against the learning rate per optimizer and tuning group."""
+    cur = v.tuning_curves
+    if cur is None or cur.empty or "lr" not in cur.columns:
+        return None
+    t = v.tuning if v.tuning is not None else pd.DataFrame()
+    metric = str(t["metric"].iloc[0]) if len(t) and "metric" in t else "score"
+    if metric == "deficit":
+        cur = cur.assign(mean=-cur["mean"], low=-cur["high"], high=-cur["low"])
+    groups = list(dict.fromkeys(cur["group"]))
+    shown = _spread(groups, MAX_FACETS)
+    cur = cur[cur["group"].isin(shown)]
+    label = {"online_acc": "online accuracy",
+             "online_acc_true": "online accuracy (original labels)",
+             "deficit": "recovery deficit"}.get(metric, metric)
+    if metric == "auto" or t.get("metric", pd.Series(dtype=str)).nunique() > 1:
+        label = "online accuracy (original labels for noise)"
+    arms = [a for a in v.arms if a in set(cur["optimizer"])] + sorted(
+        set(cur["optimizer"]) - set(v.arms))
+    fig = plots.sensitivity(cur, metric=label, hue="optimizer", col="group",
+                            palette={**plots.optimizer_palette(arms), **palette},
+                            hue_order=arms, col_order=shown,
+                            col_title=lambda g: "all scenarios pooled" if g == "*" else str(g))
+    note = "" if len(shown) == len(groups) else f" ({len(shown)} of {len(groups)} shown)"
+    pct = int(round(100 * v.level))
+    return Figure(
+        "sensitivity", "Learning-rate sensitivity (tuning runs)",
+        f"The selection metric against the learning rate on the tuning seeds: mean with a "
+        f"{pct} % Student-t band; the star is the chosen setting, an open circle a learning "
+        "rate where a tuning run diverged or failed (not eligible). The evaluation runs use "
+        f"other seeds{note}.", fig)
 
 
 def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFrame

@@ -48,6 +48,29 @@ def _judging(v: StudyView) -> list[str]:
             "are called better or worse."]
 
 
+def _tuning_lines(v: StudyView) -> list[str]:
+    t = v.tuning
+    if t is None or t.empty:
+        return []
+    scope = str(t["scope"].iloc[0]) if "scope" in t else ""
+    how = ("on each scenario separately" if scope == "per_scenario"
+           else f"once ({t['tuned_on'].iloc[0]}) and used on every scenario")
+    info = (v.study or {}).get("tuning") or {}
+    n = len(info.get("seeds") or [])
+    out = [f"Each optimizer ran at its own tuned setting, chosen {how} on {n} tuning seeds "
+           "that the evaluation never saw (table: Tuned settings)."]
+    edge = t[t["at_edge"].fillna("").astype(str) != ""] if "at_edge" in t else t.iloc[0:0]
+    if len(edge):
+        cells = ", ".join(f"{r.optimizer} in {r.scenario}" for r in edge.head(6).itertuples())
+        more = " …" if len(edge) > 6 else ""
+        verb = "sits at the edge of its grid" if len(edge) == 1 else \
+            "sit at the edge of their grid"
+        out.append(f"{fmt.plural(len(edge), 'tuned setting')} {verb} "
+                   f"({cells}{more}): the best may lie outside it; widen the grid "
+                   "(Tuning(extend=True)) before trusting those comparisons.")
+    return out
+
+
 def _family_of(v: StudyView, s: str) -> str:
     return v.families.get(s) or (v.severity_name if v.has_severity else "all scenarios")
 
@@ -176,6 +199,7 @@ def _status_sentences(v: StudyView) -> list[str]:
 def findings(v: StudyView) -> list[str]:
     """The findings as a list of sentences (Markdown), most important first."""
     out = _judging(v)
+    out += _tuning_lines(v)
     out += _family_lines(v)
     out += _significant(v)
     out += _scenario_notes(v)

@@ -79,6 +79,9 @@ class StudyView:
     no_signal: dict[str, bool] = field(default_factory=dict)
     partial_concept: dict[str, bool] = field(default_factory=dict)
     max_acc: dict[str, float] = field(default_factory=dict)
+    #: a tuned study's selection and grid scores (None without tuning)
+    tuning: pd.DataFrame | None = None
+    tuning_curves: pd.DataFrame | None = None
     values: pd.DataFrame | None = None
     tables: dict[str, Table] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
@@ -184,6 +187,13 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
     if runs.empty:
         raise ShiftsimError(f"{str(getattr(results, 'path', 'the study'))!r} holds no runs: not "
                             "a study results folder (expected study.json and runs/<id>/...)")
+    tuned = "stage" in runs.columns and (runs["stage"] == "tune").any()
+    if tuned:  # tuning runs feed the tuning table and figure only; the rest is evaluation
+        runs = runs[runs["stage"] != "tune"].copy()
+        if runs.empty:
+            raise ShiftsimError(f"{str(getattr(results, 'path', 'the study'))!r} holds tuning "
+                                "runs but no evaluation run yet: run the study to the end "
+                                "(it resumes) before reporting")
     for col in ("scenario", "optimizer"):
         runs[col] = runs[col].astype(object).where(runs[col].notna(), "?").astype(str)
     runs["optimizer_label"] = runs["optimizer"]
@@ -219,6 +229,8 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
     sev = runs.groupby("scenario", sort=False)["severity"].first()
     severity = {str(s): float(sev.get(s, math.nan)) for s in scenarios}
     phases = results.phases.copy()
+    if len(phases) and tuned:
+        phases = phases[phases["run_id"].isin(runs["run_id"])]
     if len(phases):
         phases = phases.merge(runs[["run_id", "optimizer", "optimizer_label"]].rename(
             columns={"optimizer": "_arm"}), on="run_id", how="left")
@@ -248,7 +260,9 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
                      severity_name=_severity_name(runs, study), families=_families(runs),
                      n_phases=n_phases, noise=noise, level=level, name=str(name), study=study,
                      shifted=shifted, no_signal=no_signal, partial_concept=partial,
-                     max_acc=_max_acc(results, runs, phases))
+                     max_acc=_max_acc(results, runs, phases),
+                     tuning=getattr(results, "tuning", None) if tuned else None,
+                     tuning_curves=getattr(results, "tuning_curves", None) if tuned else None)
 
 
 def _max_acc(results: Any, runs: pd.DataFrame, phases: pd.DataFrame) -> dict[str, float]:
@@ -375,7 +389,10 @@ def summary_frame(v: StudyView) -> pd.DataFrame:
                                    "phases": v.n_phases.get(s, 0),
                                    "label_noise": v.noise.get(s, False),
                                    "no_signal": v.no_signal.get(s, False),
-                                   "max_acc": v.max_acc.get(s, 1.0)}
+                                   "max_acc": v.max_acc.get(s, 1.0),
+                                   "ms_per_step": float(pd.to_numeric(
+                                       runs["ms_per_step"], errors="coerce").mean())
+                                   if "ms_per_step" in runs else math.nan}
             for c in ("online_acc", "online_acc_true", "drop", "deficit", "drop_true",
                       "deficit_true", "final_heldout"):
                 row[c], row[f"{c}_low"], row[f"{c}_high"] = _mi(val[c], v.level)
@@ -387,7 +404,7 @@ def summary_frame(v: StudyView) -> pd.DataFrame:
                 row[c], row[f"{c}_low"], row[f"{c}_high"] = m
             rows.append(row)
     cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "failed", "missing",
-            "seeds", "phases", "label_noise", "no_signal", "max_acc"]
+            "seeds", "phases", "label_noise", "no_signal", "max_acc", "ms_per_step"]
     for c in ("online_acc", "online_acc_true"):
         cols += [c, f"{c}_low", f"{c}_high"]
     cols += recovery_fields() + recovery_fields("_true")
@@ -587,6 +604,7 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         rec["censored"] = _censored_text(g[f"censored{sfx}"], g[f"shifts{sfx}"])
         rec["deficit"] = fmt.interval(g[f"deficit{sfx}"], g[f"deficit{sfx}_low"],
                                       g[f"deficit{sfx}_high"])
+        rec["ms/step"] = fmt.num(r.ms_per_step, 2)
         if r.no_signal:
             rec["optimizer"] += " (not ranked: no signal)"
         recs.append(rec)
@@ -605,8 +623,9 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         "stays at or above it for 20 steps; the target is chance + 90 % of the way from chance "
         "to the common reference (the best mean plateau any optimizer reached, capped at the "
         "ceiling), the same for every optimizer. Censored: seeds that never recovered / seeds "
-        "with shifts. Deficit: mean shortfall below the reference over each shifted phase."
-        + _diverged_note(df))
+        "with shifts. Deficit: mean shortfall below the reference over each shifted phase. "
+        "ms/step: mean wall time per step of the runs (machine noise: shown, never used for a "
+        "verdict)." + _diverged_note(df))
     return Table("summary", "Summary per scenario and optimizer", caption, df,
                  pd.DataFrame(recs))
 
@@ -762,6 +781,47 @@ def runs_table(v: StudyView) -> Table:
                  pd.DataFrame(recs))
 
 
+def tuning_table(v: StudyView) -> Table:
+    """The tuned settings: per scenario and optimizer the chosen hyperparameters, the selection
+    metric's mean over the tuning seeds, the tolerance in decades and edge flags."""
+    from ..study.tuning import describe_chosen
+
+    df = v.tuning if v.tuning is not None else pd.DataFrame()
+    known = {"scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
+             "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on",
+             "chance"}
+    hp = [c for c in df.columns if c not in known]
+    recs = []
+    for _, r in df.iterrows():
+        chosen = describe_chosen({k: r[k] for k in hp if not fmt.isnan(r[k])})
+        tol = fmt.interval(r.get("tolerance"), r.get("tolerance_low"), r.get("tolerance_high"),
+                           2)
+        edge = str(r.get("at_edge") or "")
+        notes = []
+        if edge:
+            notes.append("best at the grid's edge (" + edge.replace(":", " ") + "): widen "
+                         "the grid")
+        if not r.get("eligible", True):
+            notes.append("every grid point had a diverged or failed tuning run")
+        if v.no_signal.get(str(r["scenario"])):
+            notes.append("no learnable signal: not ranked")
+        value = -r["value"] if r.get("metric") == "deficit" else r["value"]
+        recs.append({**_keys(v, str(r["scenario"])), "optimizer": r["optimizer"],
+                     "chosen": chosen, "metric": r.get("metric", ""),
+                     "mean over tuning seeds": fmt.num(value),
+                     "tolerance (decades)": tol, "notes": "; ".join(notes) or fmt.DASH})
+    caption = (
+        "Each optimizer's setting for the evaluation runs, chosen on tuning seeds that the "
+        "evaluation never sees: the grid point with the best mean of the selection metric over "
+        "the tuning seeds (ties: the better worst seed; a point where a tuning run diverged is "
+        "not eligible). Tolerance: the width in decades of the learning-rate range around the "
+        "best whose mean stays within 95 % of the best, chance-normalised [95 % bootstrap "
+        "interval over the tuning seeds]; 0 means only the chosen grid point qualifies, and the "
+        "grid's spacing limits the resolution. A best value at the edge of its grid may lie "
+        "outside it.")
+    return Table("tuning", "Tuned settings", caption, df, pd.DataFrame(recs))
+
+
 def build(v: StudyView) -> StudyView:
     """Compute every table into ``v.tables`` (and ``v.values``, ``v.summary``,
     ``v.comparison``, ``v.phase_summary``); returns ``v``."""
@@ -776,6 +836,8 @@ def build(v: StudyView) -> StudyView:
         "phases": phase_table(v, v.phase_summary),
         "runs": runs_table(v),
     }
+    if v.tuning is not None and len(v.tuning):
+        v.tables["tuning"] = tuning_table(v)
     return v
 
 

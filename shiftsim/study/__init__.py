@@ -33,6 +33,7 @@ mini: 4/4 runs complete (4 already complete)...
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -72,10 +73,13 @@ from .spec import (
     freeze_labels,
     labels_from_info,
 )
+from .tuning import Tuning
+from .tuning import points as tuning_points
 
 __all__ = [
     "Axis", "BACKENDS", "Executor", "HASH_FORMAT", "InProcess", "LocalPool", "Outcome",
-    "RayExecutor", "RunSpec", "Study", "StudyRunReport", "canonical_json", "content_hash",
+    "RayExecutor", "RunSpec", "Study", "StudyRunReport", "Tuning", "canonical_json",
+    "content_hash",
     "default_workers", "execute", "flip_rates", "freeze_labels", "hparam_grid",
     "import_ray", "labels_from_info", "lr_grid", "run_outcome", "severity_axis",
     "study_from_file",
@@ -193,6 +197,10 @@ class StudyRunReport:
     interrupted: bool = False
     backend: str = "local"
     workers: int = 1
+    #: a tuned study's stages (tuning, widened grids, evaluation), each with its own counts;
+    #: ``started_s`` and ``elapsed_s`` of each count from the start of the whole run
+    stages: list[StudyRunReport] = dataclasses.field(default_factory=list)
+    started_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -202,6 +210,11 @@ class StudyRunReport:
     @property
     def complete(self) -> int:
         return self.total - self.remaining
+
+    @property
+    def complete_stage(self) -> bool:
+        """Every run of this stage is complete (failed ones included): the next may start."""
+        return self.remaining == 0 and not self.interrupted
 
     def line(self) -> str:
         parts = [f"{self.name}: {self.complete}/{self.total} runs complete"]
@@ -283,7 +296,8 @@ class Study:
     """
 
     def __init__(self, name: str, scenarios: Any, model: Any = None, optimizers: Any = None,
-                 seeds: Any = 3, *, models: Any = None, description: str = "") -> None:
+                 seeds: Any = 3, *, models: Any = None, description: str = "",
+                 tuning: Tuning | None = None) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ShiftsimError(f"a study needs a non-empty name, got {name!r}")
         if model is not None and models is not None:
@@ -302,12 +316,23 @@ class Study:
         self.optimizers, self._optimizer_labels = _axis(
             optimizers, "optimizers", OptimizerSpec, lambda o: o.label, coerce=_optimizer)
         self.seeds = _seeds(seeds)
+        if tuning is not None and not isinstance(tuning, Tuning):
+            raise SpecTypeError(f"tuning must be a shiftsim Tuning(...) or None, got {tuning!r}")
+        self.tuning = tuning
+        if tuning is not None:
+            tuning.check(list(self.scenarios), self.optimizers, self.seeds)
+        #: (group, model, optimizer) -> the chosen hyperparameters, once tuning is done
+        self._selection: dict[tuple[str, str, str], dict[str, Any]] | None = None
+        #: (group, model, optimizer) -> learning rates added by widening the grid
+        self._extra_lrs: dict[tuple[str, str, str], list[float]] = {}
         self._grid: list[RunSpec] | None = None
         self.grid()  # validate now: serialisable specs, unique runs
 
     # -- the grid -------------------------------------------------------------------------------
-    def _labels(self, s_key: str, m_key: str, o_key: str, seed: int) -> dict[str, Any]:
-        opt = self.optimizers[o_key]
+    def _labels(self, s_key: str, m_key: str, o_key: str, seed: int,
+                opt: OptimizerSpec | None = None, stage: str | None = None,
+                point: dict[str, Any] | None = None) -> dict[str, Any]:
+        opt = self.optimizers[o_key] if opt is None else opt
         labels: dict[str, Any] = {}
         for extra in (self._scenario_labels.get(s_key, {}), self._model_labels.get(m_key, {}),
                       self._optimizer_labels.get(o_key, {})):
@@ -318,15 +343,32 @@ class Study:
                     raise ShiftsimError(f"two axes set the label {k!r} ({labels[k]!r} and "
                                         f"{v!r}) for the same run; rename one")
                 labels[k] = v
+        for k, v in (point or {}).items():  # the tuned hyperparameters are columns too
+            if k in _RESERVED or k in ("scenario", "model", "optimizer", "seed", "stage"):
+                raise ShiftsimError(f"a tuned hyperparameter may not be called {k!r}")
+            labels[k] = float(v) if isinstance(v, (int, float)) and not isinstance(
+                v, bool) else v
         lr = opt.kwargs.get("lr")
-        if "lr" not in labels and isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and (
+                "lr" not in labels or point):
             labels["lr"] = float(lr)
         labels.update({"scenario": s_key, "model": m_key, "optimizer": o_key,
                        "optimizer_name": opt.name, "seed": seed})
+        if stage is not None:
+            labels["stage"] = stage
         return labels
 
     def grid(self) -> list[RunSpec]:
-        """Every run of the study as a :class:`RunSpec`, scenario-major, seeds innermost."""
+        """Every run of the study as a :class:`RunSpec`, scenario-major, seeds innermost.
+
+        A tuned study's grid is its tuning runs, followed by its evaluation runs once the
+        selection is known (:meth:`run` tunes first).
+        """
+        if self.tuning is not None:
+            specs = self.tuning_grid()
+            if self._selection is not None:
+                specs += self.evaluation_grid()
+            return _unique(specs)
         if self._grid is None:
             specs: list[RunSpec] = []
             seen: dict[str, RunSpec] = {}
@@ -347,6 +389,56 @@ class Study:
             self._grid = specs
         return list(self._grid)
 
+    def tuning_grid(self) -> list[RunSpec]:
+        """The tuning runs: every tuned optimizer at every grid point on every tuning seed of
+        every tuning scenario (label ``stage="tune"``)."""
+        assert self.tuning is not None
+        out = []
+        for s_key in self.tuning.tuning_scenarios(list(self.scenarios)):
+            sc = self.scenarios[s_key]
+            for m_key, m in self.models.items():
+                for o_key, opt in self.optimizers.items():
+                    grid = self.tuned_grid(s_key, m_key, o_key)
+                    if grid is None:
+                        continue
+                    for point in tuning_points(grid):
+                        o = opt.replace(**point)
+                        for seed in self.tuning.tuning_seeds():
+                            out.append(RunSpec(sc, m, o, seed, self._labels(
+                                s_key, m_key, o_key, seed, o, "tune", point)))
+        return out
+
+    def tuned_grid(self, s_key: str, m_key: str, o_key: str) -> dict[str, Any] | None:
+        """The grid an optimizer is tuned on (with any widened learning rates); None when the
+        optimizer is not tuned."""
+        assert self.tuning is not None
+        grid = self.tuning.grid_of(o_key, self.optimizers[o_key])
+        if grid is None:
+            return None
+        extra = self._extra_lrs.get((self.tuning.group_of(s_key), m_key, o_key))
+        if extra:
+            grid = {**grid, "lr": tuple(sorted(set(grid["lr"]) | set(extra)))}
+        return grid
+
+    def evaluation_grid(self) -> list[RunSpec]:
+        """The evaluation runs, each optimizer at its chosen setting (label ``stage="eval"``);
+        needs the selection (:meth:`run` makes it)."""
+        if self.tuning is None:
+            return self.grid()
+        if self._selection is None:
+            raise ShiftsimError("the evaluation runs of a tuned study are known once tuning is "
+                                "done; study.run() tunes first")
+        out = []
+        for s_key, sc in self.scenarios.items():
+            for m_key, m in self.models.items():
+                for o_key, opt in self.optimizers.items():
+                    chosen = self._selection.get((self.tuning.group_of(s_key), m_key, o_key))
+                    o = opt.replace(**chosen) if chosen else opt
+                    for seed in self.seeds:
+                        out.append(RunSpec(sc, m, o, seed, self._labels(
+                            s_key, m_key, o_key, seed, o, "eval", chosen)))
+        return out
+
     def __len__(self) -> int:
         return len(self.grid())
 
@@ -357,9 +449,15 @@ class Study:
         def n(k: int, w: str) -> str:
             return f"{k} {w}{'s' if k != 1 else ''}"
 
-        return (f"Study({self.name!r}: {n(len(self.scenarios), 'scenario')} x "
+        head = (f"Study({self.name!r}: {n(len(self.scenarios), 'scenario')} x "
                 f"{n(len(self.models), 'model')} x {n(len(self.optimizers), 'optimizer')} x "
-                f"{n(len(self.seeds), 'seed')} = {n(len(self), 'run')})")
+                f"{n(len(self.seeds), 'seed')}")
+        if self.tuning is None:
+            return f"{head} = {n(len(self), 'run')})"
+        evals = len(self.scenarios) * len(self.models) * len(self.optimizers) * len(self.seeds)
+        return (f"{head} = {n(evals, 'evaluation run')}, after "
+                f"{n(len(self.tuning_grid()), 'tuning run')} ({self.tuning.scope}, "
+                f"{n(len(self.tuning.tuning_seeds()), 'seed')}))")
 
     def to_dict(self) -> dict[str, Any]:
         """The study's description (what ``study.json`` holds, less its timestamps)."""
@@ -377,6 +475,7 @@ class Study:
             },
             "runs": [{"run_id": s.run_id, "labels": s.label_dict} for s in self.grid()],
             "run_id_format": HASH_FORMAT,
+            "tuning": self.tuning.to_dict() if self.tuning is not None else None,
         }
 
     # -- running --------------------------------------------------------------------------------
@@ -452,49 +551,84 @@ class Study:
         if old is not None and old.get("name") not in (None, self.name):
             raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
                                 f"not {self.name!r}; use another folder")
-        specs = self.grid()
-        states = store.scan(out, [s.run_id for s in specs])
-        redo = {"pending", "incomplete"} | ({"failed"} if retry_failed else set())
-        todo = [s for s in specs if not resume or states[s.run_id].status in redo]
-        counts = {st: 0 for st in store.STATUSES}
-        todo_ids = {s.run_id for s in todo}
-        for s in specs:
-            if s.run_id not in todo_ids:
-                counts[states[s.run_id].status] += 1
         n_workers = default_workers() if workers is None else workers
         ray_executor = None
-        if executor is None:
-            if backend == "ray":
-                executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
-                if todo:  # fail before writing anything: Ray unreachable, too few GPUs
-                    ray_executor.connect()
-            elif todo and fleet is not False and (
-                    fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
-                executor = FleetExecutor(min(n_workers, len(todo)), device, threads)
-            elif min(n_workers, len(todo)) <= 1:
-                executor = InProcess(device, threads)
-            else:
-                executor = LocalPool(min(n_workers, len(todo)), device, threads)
+        if executor is None and backend == "ray":
+            executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
+
+        def stage(specs: list[RunSpec], label: str) -> StudyRunReport:
+            nonlocal old
+            states = store.scan(out, [s.run_id for s in specs])
+            redo = {"pending", "incomplete"} | ({"failed"} if retry_failed else set())
+            todo = [s for s in specs if not resume or states[s.run_id].status in redo]
+            counts = {st: 0 for st in store.STATUSES}
+            todo_ids = {s.run_id for s in todo}
+            for s in specs:
+                if s.run_id not in todo_ids:
+                    counts[states[s.run_id].status] += 1
+            ex = executor
+            if ex is None:
+                if todo and fleet is not False and (
+                        fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
+                    ex = FleetExecutor(min(n_workers, len(todo)), device, threads)
+                elif min(n_workers, len(todo)) <= 1:
+                    ex = InProcess(device, threads)
+                else:
+                    ex = LocalPool(min(n_workers, len(todo)), device, threads)
+            elif ex is ray_executor and todo:
+                ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
+            report = self._execute(out, old, specs, todo, counts, ex, n_workers, progress, t0,
+                                   {rid: st.status for rid, st in states.items()}, label)
+            old = store.read_study(out)
+            return report
+
         try:
-            return self._execute(out, old, specs, todo, counts, executor, n_workers, progress,
-                                 t0, {rid: st.status for rid, st in states.items()})
+            if self.tuning is None:
+                return stage(self.grid(), self.name)
+            return self._tune_then_test(out, stage)
         finally:
             if ray_executor is not None:
                 ray_executor.close()
 
+    def _tune_then_test(self, out: Path, stage: Any) -> StudyRunReport:
+        """Run the tuning runs, select (widening the grid where asked), write ``tuning.json``,
+        then run the evaluation runs."""
+        from . import selection
+
+        assert self.tuning is not None
+        self._selection = None
+        reports = [stage(self.tuning_grid(), f"{self.name} [tune]")]
+        for round_ in range(self.tuning.extend + 1):
+            if not reports[-1].complete_stage:
+                return _merged(self.name, out, reports)  # interrupted or incomplete: resume
+            choices, curves = selection.select_from_store(self, out)
+            wider = selection.widenings(self, choices) if round_ < self.tuning.extend else {}
+            if not wider:
+                break
+            for key, lrs in wider.items():
+                self._extra_lrs[key] = sorted(set(self._extra_lrs.get(key, [])) | set(lrs))
+            reports.append(stage(self.tuning_grid(), f"{self.name} [tune, wider grid]"))
+        self._selection = {(r.group, r.model, r.optimizer): dict(r.chosen)
+                           for r in choices.itertuples()}
+        selection.write(self, out, choices, curves)
+        reports.append(stage(self.grid(), f"{self.name} [eval]"))
+        return _merged(self.name, out, reports)
+
     def _execute(self, out: Path, old: dict[str, Any] | None, specs: list[RunSpec],
                  todo: list[RunSpec], counts: dict[str, int], executor: Executor,
-                 n_workers: int, progress: bool, t0: float, statuses: dict[str, str]
-                 ) -> StudyRunReport:
+                 n_workers: int, progress: bool, t0: float, statuses: dict[str, str],
+                 label: str | None = None) -> StudyRunReport:
         store._clean_tmp(out)  # left by a process killed while writing study.json or an index
         desc = self.to_dict()
         if old is None or {k: old.get(k) for k in desc} != store._plain(desc):
             store.write_study(out, desc)
-        report = StudyRunReport(self.name, out, len(specs), skipped=len(specs) - len(todo),
+        report = StudyRunReport(label or self.name, out, len(specs),
+                                started_s=time.perf_counter() - t0,
+                                skipped=len(specs) - len(todo),
                                 kept_failed=counts["failed"], backend=getattr(
                                     executor, "name", type(executor).__name__),
                                 workers=n_workers)
-        bar = _progress(progress, self.name, len(specs), report.skipped)
+        bar = _progress(progress, label or self.name, len(specs), report.skipped)
         by_id = {s.run_id: s for s in todo}
         left = set(by_id)
         outcomes = executor.run(todo) if todo else iter(())
@@ -548,6 +682,31 @@ def _write(out: Path, spec: RunSpec, o: Outcome) -> Path:
     return store.write_run(out, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
                            status=o.status, result=o.result, summary=o.summary, scores=o.scores,
                            error=o.error, traceback=o.traceback, extra=extra)
+
+
+def _merged(name: str, out: Path, reports: list[StudyRunReport]) -> StudyRunReport:
+    """One report for a study run in stages (tuning, evaluation): the last stage's totals
+    (which list every run), the stages' work added up."""
+    last = reports[-1]
+    return StudyRunReport(
+        name, out, last.total, done=sum(r.done for r in reports),
+        skipped=max(0, last.skipped - sum(r.done for r in reports[:-1])),
+        failed=last.failed, diverged=last.diverged, remaining=last.remaining,
+        kept_failed=last.kept_failed, elapsed_s=last.elapsed_s,
+        interrupted=any(r.interrupted for r in reports), backend=last.backend,
+        workers=last.workers, stages=list(reports))
+
+
+def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    seen: dict[str, RunSpec] = {}
+    for spec in specs:
+        if spec.run_id in seen:
+            a, b = seen[spec.run_id].label_dict, spec.label_dict
+            diff = {k: (a.get(k), b.get(k)) for k in a if a.get(k) != b.get(k)}
+            raise ShiftsimError(f"two grid points are the same run (identical specs, labels "
+                                f"differ: {diff}); remove one of the duplicate entries")
+        seen[spec.run_id] = spec
+    return specs
 
 
 def study_from_file(path: str | os.PathLike) -> Study:

@@ -1,0 +1,180 @@
+"""The tuning selection of a study, from its stored tuning runs to ``tuning.json``.
+
+:func:`select_from_store` reads the tuning runs of a results folder, scores them with the
+study's :class:`~shiftsim.study.tuning.Tuning` metric and picks each optimizer's setting
+(:func:`shiftsim.study.tuning.select`); :func:`write` stores the choice (``tuning.json``, written
+atomically before any evaluation run starts) and :func:`table` turns it back into the one-row-per
+scenario × optimizer DataFrame that ``ss.store.load(...).tuning`` gives.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .. import store
+from ..errors import ShiftsimError
+from .tuning import metric_name, metric_values, select, widen
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import Study
+
+TUNING_FILE = "tuning.json"
+TUNING_FORMAT = 1
+
+
+def _noise(phases: pd.DataFrame) -> dict[str, bool]:
+    """scenario -> True when a shifted phase of it carries label noise around a concept that
+    the original labels express: ``other``, ``uniform``, or a partial ``permute`` / ``pair``
+    below 0.5 (the protocol tunes those on the original labels). A partial concept shift of
+    0.5 or more moves the majority of every class: there the original labels are the
+    minority mapping, and scoring them would reward not learning the concept, so such a
+    scenario is tuned on the stream's labels like a full concept shift."""
+    if phases.empty or "label_kind" not in phases.columns:
+        return {}
+    shifted = phases["shifted"].astype(bool) if "shifted" in phases else phases["phase"] > 0
+    kind = phases["label_kind"].astype(str)
+    original = (phases["concept"].astype(str) == "original") if "concept" in phases else True
+    noisy = shifted & ((kind == "noise") | ((kind == "concept + noise") & original))
+    return noisy.groupby(phases["scenario"]).any().to_dict()
+
+
+def _chance(phases: pd.DataFrame, column: str) -> dict[str, float]:
+    """scenario -> the stream's chance level: the phases' chance weighted by their steps."""
+    if phases.empty or column not in phases.columns:
+        return {}
+    ph = phases.drop_duplicates(["scenario", "phase"])
+    w = ph["steps"].astype(float)
+    num = (ph[column].astype(float) * w).groupby(ph["scenario"]).sum()
+    return (num / w.groupby(ph["scenario"]).sum()).to_dict()
+
+
+def select_from_store(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the study's tuning runs stored in ``out`` and choose (see :func:`select`)."""
+    from .. import metrics
+
+    tuning = study.tuning
+    assert tuning is not None
+    ids = [s.run_id for s in study.tuning_grid()]
+    res = store.load(out)
+    runs = res.runs[res.runs["run_id"].isin(ids)].copy()
+    if runs.empty:
+        raise ShiftsimError(f"no tuning run of study {study.name!r} in {str(out)!r}")
+    phases = res.run_phases[res.run_phases["run_id"].isin(ids)]
+    noise = _noise(phases)
+    deficits = None
+    if tuning.metric == "deficit":
+        ph = res.phases[res.phases["run_id"].isin(ids)]
+        red = metrics.run_recovery(ph) if len(ph) else pd.DataFrame(columns=["run_id",
+                                                                             "deficit"])
+        deficits = red.set_index("run_id")["deficit"]
+    runs["score"] = metric_values(runs, tuning.metric, noise, deficits)
+    runs["group"] = runs["scenario"].map(tuning.group_of)
+    hp_names: dict[str, list[str]] = {}
+    grids: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for (group, model, opt), g in runs.groupby(["group", "model", "optimizer"], sort=False):
+        scen = str(g["scenario"].iloc[0])
+        grid = study.tuned_grid(scen, str(model), str(opt))
+        assert grid is not None
+        grids[(group, model, opt)] = grid
+        hp_names[opt] = [n for n in sorted(grid, key=lambda n: (n != "lr", n))]
+        for n in hp_names[opt]:
+            if n not in runs.columns:
+                raise ShiftsimError(f"tuning runs lack the label {n!r}")
+    chance: dict[str, float] = {}
+    if tuning.metric in ("auto", "online_acc", "online_acc_true"):
+        stream, true = _chance(phases, "chance"), _chance(phases, "chance_true")
+        for scen in runs["scenario"].unique():
+            name = metric_name(tuning.metric, bool(noise.get(scen)))
+            value = (true if name.endswith("_true") else stream).get(scen, math.nan)
+            chance.setdefault(tuning.group_of(scen), [])  # type: ignore[arg-type]
+            chance[tuning.group_of(scen)].append(value)  # type: ignore[union-attr]
+        chance = {k: float(np.nanmean(v)) for k, v in chance.items()}  # type: ignore[arg-type]
+    choices, curves = select(runs, tuning, hp_names, grids, chance)
+    groups = runs.groupby("group")["scenario"].agg(lambda x: sorted(set(map(str, x))))
+    choices["metric"] = [
+        metric_name(tuning.metric, any(noise.get(sc) for sc in groups[g]))
+        for g in choices["group"]]
+    choices["chance"] = choices["group"].map(chance)
+    return choices, curves
+
+
+def widenings(study: Study, choices: pd.DataFrame) -> dict[tuple[str, str, str], list[float]]:
+    """Learning rates to add where the chosen one sits at its grid's edge (``extend``)."""
+    out = {}
+    for r in choices.itertuples():
+        edge = [e for e in str(r.at_edge).split(",") if e.startswith("lr:")]
+        if not edge:
+            continue
+        grid = study.tuned_grid(_any_scenario(study, r.group), r.model, r.optimizer)
+        assert grid is not None
+        out[(r.group, r.model, r.optimizer)] = widen(grid["lr"], edge[0].split(":")[1])
+    return out
+
+
+def _any_scenario(study: Study, group: str) -> str:
+    assert study.tuning is not None
+    return group if group != "*" else study.tuning.tuning_scenarios(list(study.scenarios))[0]
+
+
+def write(study: Study, out: Path, choices: pd.DataFrame, curves: pd.DataFrame) -> Path:
+    """Write ``tuning.json``: the tuning settings, the choice per group, model and optimizer,
+    and every grid point's score (for the report's sensitivity figure)."""
+    assert study.tuning is not None
+    body = {
+        "format": TUNING_FORMAT, "study": study.name, "tuning": study.tuning.to_dict(),
+        "evaluation_seeds": list(study.seeds),
+        "tuned_on": study.tuning.tuning_scenarios(list(study.scenarios)),
+        "choices": choices.to_dict(orient="records"),
+        "curves": curves.to_dict(orient="records"),
+    }
+    return store.atomic_write_json(out / TUNING_FILE, body)
+
+
+def read(out: str | Path) -> dict[str, Any] | None:
+    """``tuning.json`` of a results folder, or None (an untuned study)."""
+    try:
+        body = store._read_json(Path(out) / TUNING_FILE)
+    except (OSError, ValueError):
+        return None
+    return body if body.get("format") == TUNING_FORMAT else None
+
+
+def table(body: dict[str, Any] | None, scenarios: list[str] | None = None) -> pd.DataFrame:
+    """One row per scenario × model × optimizer: ``scenario``, ``model``, ``optimizer``, the
+    chosen hyperparameters as columns (``lr`` ...), ``metric``, ``value`` (mean over tuning
+    seeds), ``worst``, ``n``, ``eligible``, ``tolerance`` (decades) with ``tolerance_low`` /
+    ``tolerance_high``, ``at_edge``, ``scope`` and ``tuned_on``."""
+    cols = ["scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
+            "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on"]
+    if not body:
+        return pd.DataFrame(columns=cols)
+    t = body.get("tuning", {})
+    scope = t.get("scope", "")
+    tuned_on = body.get("tuned_on") or []
+    names = scenarios or tuned_on
+    rows = []
+    for c in body.get("choices", []):
+        targets = [c["group"]] if c["group"] != "*" else names
+        for scen in targets:
+            row = {"scenario": scen, "model": c["model"], "optimizer": c["optimizer"]}
+            row.update(c.get("chosen") or {})
+            row.update({k: c.get(k) for k in cols if k not in row and k in c})
+            row["scope"] = scope
+            row["tuned_on"] = c["group"] if c["group"] != "*" else (
+                ", ".join(tuned_on) if len(tuned_on) == 1 else "all scenarios pooled")
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    first = [c for c in ("scenario", "model", "optimizer") if c in df.columns]
+    hp = [c for c in df.columns if c not in cols]
+    return df[first + hp + [c for c in cols if c in df.columns and c not in first]]
+
+
+def curves(body: dict[str, Any] | None) -> pd.DataFrame:
+    """Every tuned grid point: group, model, optimizer, the hyperparameters, ``mean``,
+    ``low``, ``high``, ``worst``, ``n``, ``eligible``, ``chosen``."""
+    return pd.DataFrame((body or {}).get("curves") or [])

@@ -1,0 +1,468 @@
+"""Tune, then test: each optimizer at its own best setting before it is compared.
+
+A study that gives every optimizer one learning rate compares learning rates, not optimizers.
+With ``Study(..., tuning=Tuning(...))`` a study first runs every optimizer over a grid of
+hyperparameters on *tuning seeds*, picks each optimizer's best setting from those runs, and only
+then runs the comparison on *evaluation seeds* that the selection never saw (docs/protocol.md):
+
+* grids: per optimizer label, ``{"lr": [...], ...}`` (the cartesian product), or ``"auto"`` —
+  the registry's default learning-rate grid for each optimizer family (log-spaced, three
+  decades, seven points: :data:`DEFAULT_LRS`);
+* the selection metric, averaged over the tuning seeds: ``"auto"`` (online accuracy against the
+  stream's labels, or against the original labels when the scenario's shifts are label noise —
+  ``other``, ``uniform``, a partial ``permute`` / ``pair`` below 0.5; at 0.5 and above a
+  partial flip moves the majority of every class, so the original labels are the minority
+  mapping and the stream's labels are scored), ``"online_acc"``,
+  ``"online_acc_true"``, ``"deficit"`` (recovery deficit, lower is better) or a function of
+  the tuning runs table returning one number per run (higher is better). A grid point where a
+  tuning run diverged or failed is not eligible; ties go to the better worst seed;
+* the scope: ``"per_scenario"`` (each optimizer's best on each scenario: the most favourable
+  case for every optimizer) or ``"shared"`` (tuned once — on the scenario named by ``on``, or
+  on all scenarios pooled — and used everywhere: what a practitioner who does not know the
+  shift in advance would do);
+* a chosen value at the edge of its grid is flagged; ``extend=True`` (or a number of rounds)
+  widens the learning-rate grid by a decade on that side and tunes again;
+* each optimizer's *tolerance*: the width in decades of the learning-rate range around its best
+  whose mean metric stays within 95 % of the best, chance-normalised (MoMo's robustness claim),
+  with a bootstrap interval over the tuning seeds.
+
+Tuning runs are ordinary runs of the study (label ``stage="tune"``, their own run ids, fleets,
+resume); the evaluation runs (``stage="eval"``) start once the selection is known, and the
+selection is written to ``tuning.json`` in the results folder (``ss.store.load(...).tuning``).
+
+>>> t = Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}}, seeds=2)
+>>> t.tuning_seeds(), t.scope, t.metric
+([1000000, 1000001], 'per_scenario', 'auto')
+>>> Tuning(scope="everywhere")
+Traceback (most recent call last):
+...
+shiftsim.errors.ShiftsimError: unknown tuning scope 'everywhere'; allowed: 'per_scenario', 'shared'
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
+
+SCOPES = ("per_scenario", "shared")
+METRICS = ("auto", "online_acc", "online_acc_true", "deficit")
+#: tuning seed i is TUNING_SEED_BASE + i unless seeds are given: far from evaluation seeds
+TUNING_SEED_BASE = 1_000_000
+#: rounds of grid widening that ``extend=True`` allows
+MAX_EXTENSIONS = 2
+#: the fraction of the best (chance-normalised) that counts as "as good" for the tolerance
+TOLERANCE_LEVEL = 0.95
+
+_SGD_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+_ADAM_LRS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+#: default learning-rate grids per registry name (log-spaced, 3 decades, 7 points)
+DEFAULT_LRS: dict[str, tuple[float, ...]] = {
+    **{n: _SGD_LRS for n in ("sgd", "sgdm", "nesterov", "tam", "adamem_sgd")},
+    **{n: _ADAM_LRS for n in ("adam", "adamw", "adatam", "adatamw", "adamem_adamw", "grams",
+                              "grams_official")},
+    "momo": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+    "momo_adam": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
+}
+
+
+def _seed_list(seeds: Any) -> list[int]:
+    if isinstance(seeds, bool):
+        raise SpecTypeError(f"Tuning seeds must be a count or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ShiftsimError(f"Tuning seeds must be a positive count, got {seeds}")
+        return [TUNING_SEED_BASE + i for i in range(seeds)]
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple, range)):
+        raise SpecTypeError(f"Tuning seeds must be a count or a list of seeds, got {seeds!r}")
+    out: list[int] = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ShiftsimError(f"Tuning seeds must be non-negative integers, got {s!r}")
+        if s in out:
+            raise ShiftsimError(f"tuning seed {s} is listed twice")
+        out.append(int(s))
+    if not out:
+        raise ShiftsimError("Tuning seeds is empty; tuning needs at least one seed")
+    return out
+
+
+def _check_grid(grid: Any) -> Any:
+    if isinstance(grid, str):
+        if grid != "auto":
+            raise ShiftsimError(f"Tuning grid must be 'auto' or a dict optimizer -> "
+                                f"{{hyperparameter: [values]}}, got {grid!r}")
+        return grid
+    if not isinstance(grid, Mapping) or not grid:
+        raise ShiftsimError("Tuning grid must be 'auto' or a non-empty dict optimizer -> "
+                            f"{{hyperparameter: [values]}}, got {grid!r}")
+    out: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for label, hp in grid.items():
+        if hp == "auto":
+            out[str(label)] = {}
+            continue
+        if not isinstance(hp, Mapping) or not hp:
+            raise ShiftsimError(f"Tuning grid[{label!r}] must be 'auto' or a non-empty dict "
+                                f"hyperparameter -> [values], got {hp!r}")
+        values: dict[str, tuple[Any, ...]] = {}
+        for name, vals in hp.items():
+            if isinstance(vals, (str, bytes)) or not isinstance(vals, (list, tuple, range,
+                                                                       np.ndarray)):
+                raise SpecTypeError(f"Tuning grid[{label!r}][{name!r}] must be a list of "
+                                    f"values, got {vals!r}")
+            vals = tuple(v.item() if isinstance(v, np.generic) else v for v in vals)
+            if not vals:
+                raise ShiftsimError(f"Tuning grid[{label!r}][{name!r}] is empty; give at least "
+                                    "one value")
+            if len(set(map(repr, vals))) != len(vals):
+                raise ShiftsimError(f"Tuning grid[{label!r}][{name!r}] lists a value twice: "
+                                    f"{list(vals)}")
+            if name == "lr":
+                for v in vals:
+                    check_range(v, f"Tuning grid[{label!r}] learning rate", 0, None,
+                                low_open=True)
+            values[str(name)] = vals
+        out[str(label)] = values
+    return out
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How a study tunes its optimizers before comparing them (see the module docstring).
+
+    Args:
+        grid: ``"auto"`` (every optimizer on its registry family's default learning-rate grid)
+            or a dict optimizer label -> ``{hyperparameter: [values]}`` (or ``"auto"`` for that
+            optimizer); optimizers of the study left out are not tuned.
+        seeds: tuning seeds: a count (seeds 1,000,000 + i) or a list; disjoint from the
+            study's evaluation seeds.
+        scope: ``"per_scenario"`` or ``"shared"``.
+        metric: ``"auto"``, ``"online_acc"``, ``"online_acc_true"``, ``"deficit"`` or a
+            function ``runs -> one number per run`` (higher is better).
+        on: with ``scope="shared"``, the label of the scenario to tune on (None: all
+            scenarios pooled).
+        extend: widen the learning-rate grid by a decade on the side where the best value sits
+            at the edge and tune again: ``True`` (up to 2 rounds) or a number of rounds.
+    """
+
+    grid: Any = "auto"
+    seeds: Any = 3
+    scope: str = "per_scenario"
+    metric: Any = "auto"
+    on: str | None = None
+    extend: bool | int = False
+    _seeds: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", _check_grid(self.grid))
+        object.__setattr__(self, "_seeds", tuple(_seed_list(self.seeds)))
+        if self.scope not in SCOPES:
+            raise allowed(self.scope, "tuning scope", SCOPES)
+        if not callable(self.metric) and self.metric not in METRICS:
+            raise allowed(self.metric, "tuning metric", [*METRICS, "<function of the runs>"])
+        if self.on is not None:
+            if not isinstance(self.on, str) or not self.on:
+                raise SpecTypeError(f"Tuning on= must be a scenario label, got {self.on!r}")
+            if self.scope != "shared":
+                raise ShiftsimError("Tuning on= names the tuning scenario of scope='shared'; "
+                                    f"scope is {self.scope!r}")
+        if isinstance(self.extend, bool):
+            rounds = MAX_EXTENSIONS if self.extend else 0
+        elif isinstance(self.extend, int) and self.extend >= 0:
+            rounds = self.extend
+        else:
+            raise ShiftsimError(f"Tuning extend must be True, False or a number of rounds >= 0, "
+                                f"got {self.extend!r}")
+        object.__setattr__(self, "extend", rounds)
+
+    # -- what is tuned ------------------------------------------------------------------------
+    def tuning_seeds(self) -> list[int]:
+        return list(self._seeds)
+
+    def grid_of(self, label: str, optimizer: Any) -> dict[str, tuple[Any, ...]] | None:
+        """The grid of one optimizer of the study (None: not tuned)."""
+        if self.grid == "auto":
+            hp: dict[str, tuple[Any, ...]] | None = {}
+        else:
+            hp = self.grid.get(label)
+        if hp is None:
+            return None
+        if hp:
+            return dict(hp)
+        lrs = DEFAULT_LRS.get(optimizer.name)
+        if lrs is None:
+            raise ShiftsimError(f"no default tuning grid for optimizer {label!r} "
+                                f"({optimizer.name}); give one: Tuning(grid={{{label!r}: "
+                                "{'lr': [...]}})")
+        return {"lr": lrs}
+
+    def check(self, scenarios: Sequence[str], optimizers: Mapping[str, Any],
+              eval_seeds: Sequence[int]) -> None:
+        """Refuse what cannot be run, before any run starts."""
+        if self.grid != "auto":
+            unknown = [k for k in self.grid if k not in optimizers]
+            if unknown:
+                raise ShiftsimError(f"Tuning grid names optimizer {unknown[0]!r}, which is not "
+                                    f"in the study; optimizers: {', '.join(map(repr, optimizers))}")
+        both = sorted(set(self._seeds) & set(eval_seeds))
+        if both:
+            raise ShiftsimError(f"tuning seeds and evaluation seeds must be disjoint; both have "
+                                f"{both[:5]}")
+        if self.on is not None and self.on not in scenarios:
+            raise ShiftsimError(f"Tuning on={self.on!r} is not a scenario of the study; "
+                                f"scenarios: {', '.join(map(repr, scenarios))}")
+        for label, opt in optimizers.items():
+            for point in points(self.grid_of(label, opt) or {}):
+                opt.replace(**point)  # unknown or invalid hyperparameters raise here
+
+    def tuning_scenarios(self, scenarios: Sequence[str]) -> list[str]:
+        """The scenarios tuned on."""
+        if self.scope == "shared" and self.on is not None:
+            return [self.on]
+        return list(scenarios)
+
+    def group_of(self, scenario: str) -> str:
+        """The selection group a scenario's tuning runs belong to (``*``: all, shared)."""
+        return scenario if self.scope == "per_scenario" else "*"
+
+    def to_dict(self) -> dict[str, Any]:
+        metric = self.metric if isinstance(self.metric, str) else getattr(
+            self.metric, "__qualname__", repr(self.metric))
+        grid = self.grid if self.grid == "auto" else {
+            k: {n: list(v) for n, v in hp.items()} for k, hp in self.grid.items()}
+        return {"grid": grid, "seeds": self.tuning_seeds(), "scope": self.scope,
+                "metric": metric, "on": self.on, "extend": self.extend}
+
+
+def points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every grid point (the cartesian product), learning rates ascending first.
+
+    >>> points({"lr": [0.1, 0.01], "momentum": [0.9]})
+    [{'lr': 0.01, 'momentum': 0.9}, {'lr': 0.1, 'momentum': 0.9}]
+    """
+    if not grid:
+        return []
+    names = sorted(grid, key=lambda n: (n != "lr", n))
+    lists = [sorted(grid[n]) if all(isinstance(v, (int, float)) for v in grid[n])
+             else list(grid[n]) for n in names]
+    return [dict(zip(names, combo)) for combo in itertools.product(*lists)]
+
+
+def widen(values: Sequence[float], side: str) -> list[float]:
+    """The learning rates one decade beyond ``side`` ("low" / "high"): the grid's own points of
+    its last (first) decade, moved up (down) by a factor of 10.
+
+    >>> widen([0.01, 0.03, 0.1], "high")
+    [0.3, 1.0]
+    >>> widen([0.001, 0.003, 0.01], "low")
+    [0.0001, 0.0003]
+    >>> widen([0.5], "high")
+    [5.0]
+    """
+    v = sorted(float(x) for x in values)
+    if side == "high":
+        top = [x for x in v if x > v[-1] / 10 * (1 + 1e-9)] or v[-1:]
+        new = [x * 10 for x in top]
+    else:
+        bottom = [x for x in v if x < v[0] * 10 * (1 - 1e-9)] or v[:1]
+        new = [x / 10 for x in bottom]
+    return [float(f"{x:.3g}") for x in new]
+
+
+# ----------------------------------------------------------------------------------------------
+# selection
+
+
+def metric_values(runs: pd.DataFrame, metric: Any, noise: Mapping[str, bool],
+                  deficits: pd.Series | None = None) -> pd.Series:
+    """One selection score per tuning run (higher is better), indexed like ``runs``.
+
+    ``noise``: scenario -> True when its shifts are label noise (``"auto"`` then scores the
+    original labels); ``deficits``: per run_id, the recovery deficit (for ``"deficit"``).
+    """
+    if callable(metric):
+        out = metric(runs)
+        try:
+            out = pd.Series(out, index=runs.index, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ShiftsimError("a tuning metric function must return one number per run "
+                                "(higher is better)") from None
+        return out
+    if metric == "auto":
+        true = runs["scenario"].map(lambda s: bool(noise.get(s))).astype(bool)
+        return runs["online_acc_true"].where(true, runs["online_acc"]).astype(np.float64)
+    if metric == "deficit":
+        d = runs["run_id"].map(deficits if deficits is not None else {}).astype(np.float64)
+        return -d
+    return runs[metric].astype(np.float64)
+
+
+def metric_name(metric: Any, noisy: bool) -> str:
+    if callable(metric):
+        return getattr(metric, "__name__", "custom")
+    if metric == "auto":
+        return "online_acc_true" if noisy else "online_acc"
+    return str(metric)
+
+
+def curve(rows: pd.DataFrame, hp_names: Sequence[str]) -> pd.DataFrame:
+    """Per grid point: ``mean``, ``worst``, ``n`` seeds, ``low`` / ``high`` (Student-t 95 %)
+    and ``eligible`` (no run diverged or failed)."""
+    from .. import metrics
+
+    out = []
+    for key, g in rows.groupby(list(hp_names), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ok = g["status"].eq("ok") & g["score"].notna()
+        mean, low, high = metrics.mean_interval(g.loc[ok, "score"])
+        out.append({**dict(zip(hp_names, key)), "mean": mean, "low": low, "high": high,
+                    "worst": float(g.loc[ok, "score"].min()) if ok.any() else math.nan,
+                    "n": int(ok.sum()), "runs": int(len(g)), "eligible": bool(ok.all())})
+    return pd.DataFrame(out)
+
+
+def choose(points_df: pd.DataFrame) -> int:
+    """Index of the chosen grid point: the best mean among eligible points (ties: the better
+    worst seed); without eligible points, among those with the most completed seeds."""
+    cand = points_df[points_df["eligible"] & points_df["mean"].notna()]
+    if cand.empty:
+        cand = points_df[points_df["mean"].notna()]
+        if cand.empty:
+            return int(points_df.index[0])
+        cand = cand[cand["n"] == cand["n"].max()]
+    best = cand["mean"].max()
+    tied = cand[cand["mean"] >= best - 1e-12]
+    return int(tied["worst"].idxmax()) if len(tied) > 1 else int(tied.index[0])
+
+
+def tolerance(lrs: np.ndarray, means: np.ndarray, eligible: np.ndarray, best: int,
+              chance: float | None) -> float:
+    """Width in decades of the contiguous learning-rate range around ``best`` whose mean stays
+    within :data:`TOLERANCE_LEVEL` of the best: (m − χ) ≥ 0.95 (m_best − χ) for accuracies
+    (``chance`` χ), or (m − worst) ≥ 0.95 (m_best − worst) for other metrics (χ None).
+
+    >>> tolerance(np.array([0.01, 0.1, 1.0]), np.array([0.5, 0.9, 0.88]),
+    ...           np.array([True, True, True]), 1, 0.1)
+    1.0
+    """
+    ok = eligible & ~np.isnan(means)
+    if not ok[best]:
+        return math.nan
+    floor = chance if chance is not None else float(np.min(means[ok]))
+    top = means[best] - floor
+    good = ok & ((means - floor) >= TOLERANCE_LEVEL * top - 1e-12)
+    lo = hi = best
+    while lo - 1 >= 0 and good[lo - 1]:
+        lo -= 1
+    while hi + 1 < len(lrs) and good[hi + 1]:
+        hi += 1
+    return float(np.log10(lrs[hi] / lrs[lo]))
+
+
+def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
+                         n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the tolerance over resampled tuning seeds."""
+    table = g.pivot_table(index="seed", columns="lr", values="score", aggfunc="first")
+    table = table.reindex(columns=lrs)
+    ok_table = g.pivot_table(index="seed", columns="lr", values="ok", aggfunc="all")
+    ok_table = ok_table.reindex(columns=lrs).fillna(False).astype(bool)
+    X, OK = table.to_numpy(np.float64), ok_table.to_numpy(bool)
+    if X.shape[0] < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, X.shape[0], X.shape[0])
+        with warnings.catch_warnings():  # an all-NaN column (every run diverged): NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(X[idx], axis=0)
+        elig = OK[idx].all(axis=0)
+        cand = np.flatnonzero(elig & ~np.isnan(means))
+        if cand.size == 0:
+            continue
+        best = int(cand[np.argmax(means[cand])])
+        out.append(tolerance(lrs, means, elig, best, chance))
+    if not out:
+        return (math.nan, math.nan)
+    return (float(np.quantile(out, 0.025)), float(np.quantile(out, 0.975)))
+
+
+def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[str]],
+           grids: Mapping[tuple[str, str, str], Mapping[str, Sequence[Any]]],
+           chance: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The selection: ``(choices, curves)``.
+
+    ``runs``: the tuning runs with ``group``, ``model``, ``optimizer``, ``seed``, ``status``,
+    ``score`` and one column per tuned hyperparameter; ``grids``: (group, model, optimizer) ->
+    the grid it was tuned on; ``chance``: group -> the chance level of the metric (for the
+    tolerance), missing for metrics that are not accuracies.
+
+    ``choices``: one row per group × model × optimizer: ``chosen`` (dict), ``value`` (mean
+    score), ``worst``, ``n``, ``eligible``, ``at_edge`` ("", "low", "high" per tuned
+    hyperparameter, e.g. "lr:high"), ``tolerance`` (decades) with ``tolerance_low`` /
+    ``tolerance_high``. ``curves``: every grid point's mean, interval and ``chosen`` flag.
+    """
+    rows, curves = [], []
+    runs = runs.assign(ok=runs["status"].eq("ok") & runs["score"].notna())
+    for (group, model, opt), g in runs.groupby(["group", "model", "optimizer"], sort=False):
+        names = list(hp_names[opt])
+        pts = curve(g, names).reset_index(drop=True)
+        best = choose(pts)
+        chosen = {n: _plain(pts.loc[best, n]) for n in names}
+        grid = grids[(group, model, opt)]
+        edges = []
+        for n in names:
+            vals = sorted(grid[n]) if all(isinstance(v, (int, float)) for v in grid[n]) else []
+            if len(vals) > 1 and chosen[n] == vals[0]:
+                edges.append(f"{n}:low")
+            elif len(vals) > 1 and chosen[n] == vals[-1]:
+                edges.append(f"{n}:high")
+        row = {"group": group, "model": model, "optimizer": opt, "chosen": chosen,
+               "value": pts.loc[best, "mean"], "worst": pts.loc[best, "worst"],
+               "n": int(pts.loc[best, "n"]), "eligible": bool(pts.loc[best, "eligible"]),
+               "at_edge": ",".join(edges), "points": len(pts),
+               "tolerance": math.nan, "tolerance_low": math.nan, "tolerance_high": math.nan}
+        if "lr" in names:
+            others = {n: chosen[n] for n in names if n != "lr"}
+            line = pts
+            for n, v in others.items():
+                line = line[line[n] == v]
+            line = line.sort_values("lr")
+            lrs = line["lr"].to_numpy(np.float64)
+            pos = int(np.flatnonzero(line.index.to_numpy() == best)[0])
+            ch = chance.get(group)
+            row["tolerance"] = tolerance(lrs, line["mean"].to_numpy(np.float64),
+                                         line["eligible"].to_numpy(bool), pos, ch)
+            sub = g
+            for n, v in others.items():
+                sub = sub[sub[n] == v]
+            row["tolerance_low"], row["tolerance_high"] = _bootstrap_tolerance(sub, lrs, ch)
+        rows.append(row)
+        pts = pts.assign(group=group, model=model, optimizer=opt,
+                         chosen=pts.index == best)
+        curves.append(pts)
+    choices = pd.DataFrame(rows)
+    curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return choices, curves_df
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def describe_chosen(chosen: Mapping[str, Any]) -> str:
+    """``lr=0.03, momentum=0.9``.
+
+    >>> describe_chosen({"lr": 0.03})
+    'lr=0.03'
+    """
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in chosen.items())
