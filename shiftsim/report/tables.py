@@ -822,6 +822,90 @@ def tuning_table(v: StudyView) -> Table:
     return Table("tuning", "Tuned settings", caption, df, pd.DataFrame(recs))
 
 
+#: bootstrap resamples of the rank table
+RANK_BOOT = 1000
+
+
+def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
+               ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The league: each optimizer's mean rank over the ranked scenarios (rank 1 = the highest
+    mean headline online accuracy over seeds in a scenario; ties share the average rank), with a
+    percentile-bootstrap interval (seeds resampled within each scenario, paired across
+    optimizers, since one seed is one stream), first places, and the mean rank per scenario
+    family. None with fewer than 3 optimizers or 2 ranked scenarios. Scenarios without a
+    learnable signal are left out."""
+    values = v.values if v.values is not None else run_values(v)
+    scen = [s for s in v.scenarios if not v.no_signal.get(s)]
+    if len(v.arms) < 3 or len(scen) < 2:
+        return None
+    tables = []
+    for s in scen:
+        col = v.headline(s, "online_acc")
+        sub = values[values["scenario"] == s]
+        t = sub.pivot_table(index="seed", columns="optimizer", values=col, aggfunc="first")
+        tables.append(t.reindex(columns=v.arms))
+    rng = np.random.default_rng(seed)
+
+    def ranks(frames: list[pd.DataFrame]) -> np.ndarray:
+        out = np.full((len(frames), len(v.arms)), np.nan)
+        for i, t in enumerate(frames):
+            means = t.mean(axis=0, skipna=True)
+            out[i] = means.rank(ascending=False, method="average").to_numpy()
+        return out
+
+    point = ranks(tables)
+    boot = np.empty((n_boot, len(v.arms)))
+    for b in range(n_boot):
+        res = [t.iloc[rng.integers(0, len(t), len(t))] for t in tables]
+        with np.errstate(invalid="ignore"):
+            boot[b] = np.nanmean(ranks(res), axis=0)
+    fam = [v.families.get(s, "") or s for s in scen]
+    rows = []
+    for j, arm in enumerate(v.arms):
+        col = point[:, j]
+        rows.append({"optimizer": arm, "mean_rank": float(np.nanmean(col)),
+                     "low": float(np.nanquantile(boot[:, j], 0.025)),
+                     "high": float(np.nanquantile(boot[:, j], 0.975)),
+                     "first_places": int((col == 1).sum()), "scenarios": int(
+                         np.isfinite(col).sum())})
+    league = pd.DataFrame(rows).sort_values("mean_rank", kind="stable").reset_index(drop=True)
+    per = pd.DataFrame(point, columns=v.arms).assign(family=fam)
+    families = per.groupby("family", sort=False).mean().T
+    families.index.name = "optimizer"
+    families = families.reindex(league["optimizer"]).reset_index()
+    return league, families
+
+
+def league_tables(v: StudyView) -> dict[str, Table]:
+    got = rank_frame(v)
+    if got is None:
+        return {}
+    league, families = got
+    pct = int(round(100 * v.level))
+    recs = [{"rank": i + 1, "optimizer": r.optimizer,
+             "mean rank": fmt.interval(r.mean_rank, r.low, r.high, 2),
+             "first places": f"{r.first_places} of {r.scenarios}"}
+            for i, r in enumerate(league.itertuples())]
+    caption = (
+        "Each optimizer's mean rank over the ranked scenarios: in each scenario the optimizers "
+        "are ranked by their mean headline online accuracy over seeds (the original labels for "
+        "label noise; 1 = best, ties share the average rank). Interval: a "
+        f"{pct} % percentile bootstrap, resampling the seeds of each scenario (paired across "
+        "optimizers: one seed is one stream). Ranks order the means; a difference of ranks is "
+        "not a test (the comparison table is). Scenarios without a learnable signal are left "
+        "out.")
+    fam_display = families.copy()
+    for c in fam_display.columns[1:]:
+        fam_display[c] = fam_display[c].map(lambda x: fmt.num(x, 1))
+    return {
+        "league": Table("league", "League: mean rank over scenarios", caption, league,
+                        pd.DataFrame(recs)),
+        "league_families": Table("league_families", "Mean rank per scenario family",
+                                 "The mean rank of each optimizer within each scenario family "
+                                 "(the same ranks as the league).", families, fam_display),
+    }
+
+
 def build(v: StudyView) -> StudyView:
     """Compute every table into ``v.tables`` (and ``v.values``, ``v.summary``,
     ``v.comparison``, ``v.phase_summary``); returns ``v``."""
@@ -838,6 +922,7 @@ def build(v: StudyView) -> StudyView:
     }
     if v.tuning is not None and len(v.tuning):
         v.tables["tuning"] = tuning_table(v)
+    v.tables.update(league_tables(v))
     return v
 
 
