@@ -78,6 +78,13 @@ def _float(text: str) -> float:
 
 # -- commands ------------------------------------------------------------------------------------
 
+def _out_dir(path: str) -> Path:
+    """``--out``, checked before any work: a folder, or one that can be created."""
+    from .store import check_out_dir
+
+    return check_out_dir(path, what="--out")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -85,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .optim import spec
     from .scenario import Scenario
 
+    out = _out_dir(args.out) if args.out else None
     ns = load_python_file(args.file, "scenario")
     scenario = ns["scenario"]
     if not isinstance(scenario, Scenario):
@@ -93,9 +101,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = ns.get("model", models.mlp())
     hparams = {"lr": args.lr} if args.lr is not None else {}
     optimizer = spec(args.optimizer or ns.get("optimizer", "sgdm"), **hparams)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ShiftsimError(f"--out {str(out)!r} exists and is not a folder")
     result = engine.run(scenario, model, optimizer, seed=args.seed, device=args.device,
                         progress=not args.quiet)
     summary = result.summary()
@@ -152,14 +157,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(_out_dir(args.out), quick=args.quick)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     from .study import study_from_file
 
+    out = _out_dir(args.out)
     study = study_from_file(args.file)
-    out = Path(args.out)
     result = study.run(out, workers=args.workers, backend=args.backend,
                        resume=not args.no_resume, progress=not args.quiet,
                        fleet=False if args.no_fleet else None)
@@ -169,7 +174,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import describe, report
 
-    path = report(args.dir, args.out, baseline=args.baseline)
+    path = report(args.dir, _out_dir(args.out), baseline=args.baseline)
     print(describe(path))
     return 0
 
@@ -194,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=_float, help="learning rate")
     r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    r.add_argument("--out", help="write trace.parquet, evals.parquet and summary.json here")
+    r.add_argument("--out", metavar="OUT",
+                   help="also store the run in the results folder OUT (as a study does): "
+                        "OUT/runs/<run id>/ with spec.json, trace.parquet, evals.parquet and "
+                        "summary.json")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import metrics
+from .checks import check_model_fits
 from .errors import ShiftsimError, SpecTypeError
 from .learner import Learner, TorchLearner
 from .models import ModelSpec
@@ -202,6 +203,7 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
         raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
     if vectorized not in (None, True, False):
         raise SpecTypeError(f"vectorized must be None, True or False, got {vectorized!r}")
+    check_model_fits(model, scenario.data)  # before any work: one line naming both shapes
     if vectorized is not False and getattr(optimizer, "learner_for", None) is None:
         opt = _stacked_optimizer(model, optimizer, scenario.data)
         if opt is not None:

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from ._mlp_kernel import relu_mlp_step, scripted_relu_mlp_step
+from .checks import check_model_fits
 from .engine import RunResult, _EvalSchedule
 from .errors import ShiftsimError, SpecTypeError
 from .learner import build_model, mode_sensitive
@@ -877,6 +878,7 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
         raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
     if not isinstance(compile, bool):
         raise SpecTypeError(f"compile must be True or False, got {compile!r}")
+    check_model_fits(model, scenario.data)  # before any work: one line naming both shapes
     given = [_as_member(m) for m in members]
     keys = [_group_key(o) for o, _ in given]
     dev = resolve_device(device)

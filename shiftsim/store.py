@@ -185,15 +185,45 @@ def _now() -> str:
 # folders
 
 
-def check_out_dir(out_dir: str | os.PathLike, *, create: bool = False) -> Path:
-    """Return ``out_dir`` as a Path; raise when it exists and is not a folder."""
+def check_out_dir(out_dir: str | os.PathLike, *, create: bool = False,
+                  what: str = "results folder") -> Path:
+    """Return ``out_dir`` as a Path after checking, before any work, that it is or can become a
+    writable folder: it is not a file, no component of its path is a file, and the folder (or
+    its nearest existing parent) is writable. ``what`` names it in the error.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (pathlib.Path(d) / "afile").write_text("x")
+    ...     check_out_dir(pathlib.Path(d) / "afile" / "sub", what="--out")
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.ShiftsimError: --out '.../afile/sub' cannot be created: '.../afile' is a
+    file, not a folder
+    """
     if not isinstance(out_dir, (str, os.PathLike)):
         raise SpecTypeError(f"out_dir must be a folder path, got {out_dir!r}")
     p = Path(out_dir)
     if p.exists() and not p.is_dir():
-        raise ShiftsimError(f"results folder {str(p)!r} exists and is not a folder")
+        raise ShiftsimError(f"{what} {str(p)!r} exists and is not a folder")
+    existing = p
+    while not existing.is_dir():  # the nearest existing ancestor must be a folder
+        if existing.exists() or existing.is_symlink():  # a file, a broken link ...
+            kind = "a file, not a folder" if existing.is_file() else "not a folder"
+            raise ShiftsimError(f"{what} {str(p)!r} cannot be created: {str(existing)!r} is "
+                                f"{kind}")
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        where = "is not writable" if existing == p else \
+            f"cannot be created: {str(existing)!r} is not writable"
+        raise ShiftsimError(f"{what} {str(p)!r} {where}")
     if create:
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ShiftsimError(f"cannot create {what} {str(p)!r}: {exc.strerror or exc}") \
+                from None
     return p
 
 

@@ -100,7 +100,35 @@ CASES = [
     ("unknown device", lambda: ss.run(_scenario(), ss.models.linear(), device="tpu"),
      r"unknown device 'tpu'; allowed: 'auto', 'cpu'"),
     ("model of the wrong type", lambda: ss.run(_scenario(), "mlp"), r"model must be a ModelSpec"),
+    # a model that does not fit the data: one line naming both shapes, before step 0
+    ("model outputs too few classes", lambda: ss.run(_scenario(), _net(64, 3)),
+     r"the model does not fit dataset 'digits': it outputs 3 values per sample \(output shape "
+     r"\(2, 3\) for inputs of shape \(2, 1, 8, 8\)\) but the dataset has 10 classes; its last "
+     r"layer Linear\(in_features=64, out_features=3, bias=True\) must output 10$"),
+    ("model outputs too few classes, plain loop", lambda: ss.run(_scenario(), _net(64, 3),
+                                                                 vectorized=False),
+     r"it outputs 3 values per sample .* but the dataset has 10 classes"),
+    ("model input of the wrong size", lambda: ss.run(_scenario(), _net(784, 10)),
+     r"the model does not fit dataset 'digits': on inputs of shape \(1, 8, 8\) \(64 values per "
+     r"sample\) it raised RuntimeError: mat1 and mat2 shapes cannot be multiplied \(2x64 and "
+     r"784x10\); its first layer is Linear\(in_features=784, out_features=10, bias=True\)$"),
+    ("model factory of the wrong width", lambda: ss.run(_scenario(), lambda d: _net(64, 4)),
+     r"it outputs 4 values per sample"),
+    ("conv model on the wrong channels", lambda: ss.run(_scenario(), torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))),
+     r"on inputs of shape \(1, 8, 8\) .* expected input\[2, 1, 8, 8\] to have 3 channels.*"
+     r"its first layer is Conv2d\(3, 4"),
+    ("model of the wrong output rank", lambda: ss.run(_scenario(), torch.nn.Sequential(
+        _net(64, 10), torch.nn.Unflatten(1, (2, 5)))),
+     r"its output has shape \(2, 2, 5\) for inputs of shape \(2, 1, 8, 8\); it must be "
+     r"\(batch, 10\), one logit per class"),
+    ("fleet model of the wrong width", lambda: ss.run_fleet(_scenario(), _net(64, 3), [("sgdm", 0)]),
+     r"it outputs 3 values per sample"),
 ]
+
+
+def _net(n_in, n_out):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, n_out))
 
 
 @pytest.mark.parametrize("make,pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -156,10 +184,52 @@ CLI_CASES = [
     ("study file without study", lambda d: ["study", str(_write(d / "s.py", "x = 2\n")), "--out", "out"],
      r"^error: s\.py defines no 'study'"),
     ("report of a missing folder", lambda d: ["report", "nowhere", "--out", "out"], r"^error: .*nowhere"),
+    ("model that does not fit", lambda d: ["run", str(_write(d / "m.py", OK + MISFIT)), "--out", "out"],
+     r"^error: the model does not fit dataset 'digits': it outputs 3 values per sample \(output "
+     r"shape \(2, 3\) for inputs of shape \(2, 1, 8, 8\)\) but the dataset has 10 classes; its "
+     r"last layer Linear\(in_features=64, out_features=3, bias=True\) must output 10$"),
+    ("model input that does not fit", lambda d: ["run", str(_write(d / "m.py", OK + MISFIT_IN)),
+                                                 "--out", "out"],
+     r"^error: the model does not fit dataset 'digits': on inputs of shape \(1, 8, 8\) \(64 "
+     r"values per sample\) it raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+    ("run --out below a file", lambda d: ["run", str(_write(d / "ok.py", OK)), "--out",
+                                          str(_write(d / "afile", "x")) + "/sub"],
+     r"^error: --out '.*/afile/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("run --out a file", lambda d: ["run", str(_write(d / "ok.py", OK)), "--out",
+                                    str(_write(d / "afile", "x"))],
+     r"^error: --out '.*/afile' exists and is not a folder$"),
+    ("study --out below a file", lambda d: ["study", str(_write(d / "s.py", STUDY_OK)), "--out",
+                                            str(_write(d / "afile", "x")) + "/deeper/sub"],
+     r"^error: --out '.*/afile/deeper/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("report --out below a file", lambda d: ["report", str(d), "--out",
+                                             str(_write(d / "afile", "x")) + "/sub"],
+     r"^error: --out '.*/afile/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("study whose model does not fit", lambda d: ["study", str(_write(d / "s.py", STUDY_CNN)),
+                                                  "--out", "out"],
+     r"^error: cnn needs image data \(N, C, H, W\); got inputs of shape \(4,\)"),
 ]
 OK = """
 import shiftsim as ss
 scenario = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)
+"""
+MISFIT = """
+from torch import nn
+model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+"""
+MISFIT_IN = """
+from torch import nn
+model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+STUDY_OK = """
+import shiftsim as ss
+sc = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)
+study = ss.Study("s", {"a": sc}, model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"},
+                 seeds=1)
+"""
+STUDY_CNN = """
+import shiftsim as ss
+sc = ss.Scenario(ss.data.synthetic(n=100, dim=4), [ss.Phase(5)], batch_size=8)
+study = ss.Study("s", {"a": sc}, model=ss.models.cnn(), optimizers={"sgd": "sgd"}, seeds=1)
 """
 
 
@@ -200,3 +270,40 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path, case):
     assert "Traceback" not in proc.stderr
     assert re.search(pattern, proc.stderr.strip()) and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# -- output folders are checked before any work ---------------------------------------------
+
+def test_out_paths_below_a_file_fail_before_any_work_from_python(tmp_path):
+    from shiftsim.study import Study
+
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "sub"
+    study = Study("s", {"a": _scenario()}, model=ss.models.mlp(hidden=(4,)),
+                  optimizers={"sgd": "sgd"}, seeds=1)
+    with pytest.raises(ShiftsimError, match=r"results folder '.*/afile/sub' cannot be created: "
+                                             r"'.*/afile' is a file, not a folder$"):
+        study.run(bad, workers=1, progress=False)
+    with pytest.raises(ShiftsimError, match=r"report folder '.*/afile/sub' cannot be created"):
+        ss.report(tmp_path, bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_unwritable_out_folder_is_named(tmp_path, monkeypatch, capsys):
+    import os
+
+    from shiftsim import cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked)
+                        else real(p, mode, **kw))  # (as root, chmod cannot make it unwritable)
+    f = _write(tmp_path / "ok.py", OK)
+    assert cli.main(["run", str(f), "--out", str(locked / "new" / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --out '{locked}/new/sub' cannot be created: '{locked}' is not "
+                   "writable")
+    assert cli.main(["run", str(f), "--out", str(locked)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out '{locked}' is not writable"
+    assert list(locked.iterdir()) == []

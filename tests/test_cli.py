@@ -84,7 +84,9 @@ def test_study_runs_resumes_and_redoes(tmp_path, capsys):
 @pytest.mark.parametrize("extra,expect", [
     (["--workers", "0"], "error: argument --workers: expected a positive integer, got '0'"),
     (["--backend", "dask"], "error: argument --backend: invalid choice: 'dask'"),
-    (["--out", "{tmp}/file"], "error: results folder '{tmp}/file' exists and is not a folder"),
+    (["--out", "{tmp}/file"], "error: --out '{tmp}/file' exists and is not a folder"),
+    (["--out", "{tmp}/file/sub"], "error: --out '{tmp}/file/sub' cannot be created: '{tmp}/file' "
+                                  "is a file, not a folder"),
     (["--out", "{tmp}/other"], "error: '{tmp}/other' holds the results of study 'another', "
                                "not 'cli-study'; use another folder"),
 ])

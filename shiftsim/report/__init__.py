@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ShiftsimError, SpecTypeError
+from ..store import check_out_dir
 from .document import Document, FigureFile, render_html, render_markdown
 from .tables import StudyView, Table, build, view
 
@@ -79,6 +80,7 @@ def _check_out(study: Path, out: Path) -> None:
             raise ShiftsimError(f"report folder {str(out)!r} exists, is not empty and holds no "
                                 f"shiftsim report ({REPORT_FILE}); choose another folder or "
                                 "empty it")
+    check_out_dir(out, what="report folder")  # no part of its path is a file; writable
 
 
 def _optimizer_text(v: StudyView) -> str:
