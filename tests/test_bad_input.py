@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,23 @@ CASES = [
     ("labels outside the classes", lambda: ss.data.from_tensors(
         torch.rand(10, 3), torch.tensor([0, 1, 2, 5] * 2 + [0, 1]), classes=3),
      r"labels in \[0, 5\] but the dataset has 3 classes"),
+    ("labels mixing names and numbers", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", 1, "b", 2], dtype=object)),
+     r"^y_train mixes class names and other values \(1 of type int\); give every label as a "
+     r"string, or every label as an integer class index$"),
+    ("missing label among string labels", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", None, "b", "a"], dtype=object)),
+     r"^y_train mixes class names and other values \(None of type NoneType\)"),
+    ("string label not among the classes", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", "b", "c", "a"]), classes=["a", "b"]),
+     r"^label 'c' is not one of the classes; allowed: 'a', 'b'$"),
+    ("class count with string labels", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", "b", "c", "a"]), classes=3),
+     r"^classes=3 is a number but the labels are class names"),
+    ("float objects as labels", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array([0, 1.5, 1, 0], dtype=object)),
+     r"^labels must be class indices \(integers\) or class names \(strings\), got 1\.5 of type "
+     r"float$"),
     ("images outside [0, 1]", lambda: ss.data.from_tensors(torch.rand(10, 1, 4, 4) * 255,
                                                             torch.arange(10) % 2),
      r"image inputs must be in \[0, 1\]"),

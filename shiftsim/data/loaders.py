@@ -202,6 +202,72 @@ def _as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).contiguous()
 
 
+def _named(value: Any) -> bool:
+    """Whether ``value`` holds class names (strings) rather than class indices."""
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in value)
+    if not isinstance(value, np.ndarray):
+        return False
+    if value.dtype.kind in "US":
+        return True
+    return value.dtype.kind == "O" and any(
+        isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in value.ravel())
+
+
+def _plain_labels(value: Any) -> Any:
+    """An object array of integers as int64 (torch cannot take object arrays)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+        import numbers
+
+        flat = value.ravel()
+        if all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+               for v in flat):
+            return value.astype(np.int64)
+        bad = next(v for v in flat if not isinstance(v, numbers.Integral)
+                   or isinstance(v, (bool, np.bool_)))
+        raise SpecTypeError(f"labels must be class indices (integers) or class names "
+                            f"(strings), got {bad!r} of type {type(bad).__name__}")
+    return value
+
+
+def _encode_names(y_train: Any, y_test: Any, classes: Any
+                  ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """String labels -> class indices. The classes are ``classes`` (a sequence of names) in
+    that order, or else the sorted distinct labels of both splits; names are kept."""
+    parts = [np.asarray(y, dtype=object) for y in (y_train, y_test) if y is not None]
+    text = [np.array([v.decode() if isinstance(v, (bytes, np.bytes_)) else v
+                      for v in p.ravel()], dtype=object) for p in parts]
+    for split, t in zip(("y_train", "y_test"), text):
+        bad = [v for v in t if not isinstance(v, (str, np.str_))]
+        if bad:
+            raise SpecTypeError(f"{split} mixes class names and other values ({bad[0]!r} of "
+                                f"type {type(bad[0]).__name__}); give every label as a string, "
+                                "or every label as an integer class index")
+    every = np.concatenate(text).astype(str)
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        raise SpecTypeError(f"classes={classes} is a number but the labels are class names; "
+                            "pass classes=[names ...] to fix their order, or leave it out")
+    if classes is None:
+        names = tuple(sorted(set(every.tolist())))
+    else:
+        names = tuple(str(c) for c in classes)
+        if len(set(names)) != len(names):
+            raise ShiftsimError(f"classes has repeated names: {list(names)}")
+        unknown = sorted(set(every.tolist()) - set(names))
+        if unknown:
+            listed = ", ".join(repr(n) for n in names)
+            raise ShiftsimError(f"label {unknown[0]!r} is not one of the classes; allowed: "
+                                f"{listed}")
+    index = {n: i for i, n in enumerate(names)}
+    codes = np.fromiter((index[v] for v in every), dtype=np.int64, count=every.size)
+    out: list[np.ndarray] = []
+    start = 0
+    for p in parts:
+        out.append(codes[start: start + p.size].reshape(p.shape))
+        start += p.size
+    return out[0], (out[1] if len(out) > 1 else None), names
+
+
 def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None, *,
                  classes: int | Sequence[str] | None = None, name: str = "tensors",
                  kind: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -211,11 +277,21 @@ def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = N
     ``kind`` defaults to "image" for (N, C, H, W) or (N, H, W) inputs (a channel is added) and
     "tabular" otherwise. Images must be in [0, 1].
 
+    Labels are class indices ``0 .. C-1`` or class names (strings, e.g. a numpy array of
+    ``str`` or ``object``): names become indices in the order of ``classes`` when it is given
+    as a list of names, else in sorted order, and the names are kept (``Dataset.classes``).
+
     >>> import torch
     >>> ds = from_tensors(torch.rand(50, 4), torch.arange(50) % 2)
     >>> len(ds), ds.x_test.shape[0], ds.classes
     (40, 10, ('0', '1'))
+    >>> ds = from_tensors(torch.rand(6, 2), np.array(["cat", "dog", "ant"] * 2), test_fraction=0.5)
+    >>> ds.classes, ds.num_classes
+    (('ant', 'cat', 'dog'), 3)
     """
+    if _named(y_train) or _named(y_test):
+        y_train, y_test, classes = _encode_names(y_train, y_test, classes)
+    y_train, y_test = _plain_labels(y_train), _plain_labels(y_test)
     xtr = _as_tensor(x_train, "x_train", torch.float32)
     ytr = _as_tensor(y_train, "y_train", torch.int64)
     bad = int((~torch.isfinite(xtr)).sum())
