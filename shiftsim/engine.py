@@ -87,6 +87,14 @@ class RunResult:
             "steps_run": float(len(self.trace)),
         }
 
+    def plot(self, **options: Any) -> Any:
+        """The run at a glance, as a matplotlib Figure: online accuracy over the stream, phases
+        shaded, the recovery after each shift marked (:func:`shiftsim.plots.run_accuracy`;
+        ``options`` go there). ``result.plot().savefig("run.png")``."""
+        from .plots import run_accuracy
+
+        return run_accuracy(self, **options)
+
     def __repr__(self) -> str:
         status = f"diverged at step {self.diverged_step}" if self.diverged else "ok"
         return (f"RunResult({len(self.trace)} steps, online_acc={self.online_accuracy:.4f}, "
