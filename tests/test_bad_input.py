@@ -1,6 +1,7 @@
 """Malformed inputs: each raises a clear error naming the value and what is allowed; the CLI
 prints it on one line without a traceback, exits with status 2 and writes nothing."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,21 @@ CASES = [
     ("permutation fraction above 1", lambda: ss.PixelPermutation(2.0),
      r"PixelPermutation\.fraction must be in \[0, 1\], got 2\.0"),
     ("shift of the wrong type", lambda: ss.Phase(5, ["rotate"]), r"must hold shifts .*got 'rotate'"),
+    # custom shifts: refused when the Phase is built, naming what is missing
+    ("custom shift without apply", lambda: ss.Phase(5, [_NoApply()]),
+     r"^shift _NoApply has no apply\(\) method; an input shift must define apply\(self, x, "
+     r"state, generator\)$"),
+    ("custom shift not a dataclass", lambda: ss.Phase(5, [_Plain()]),
+     r"^shift _Plain must be a frozen dataclass: decorate the class with "
+     r"@dataclasses\.dataclass\(frozen=True\)$"),
+    ("custom shift with the wrong apply", lambda: ss.Phase(5, [_OneArg()]),
+     r"^_OneArg\.apply must take \(x, state, generator\); it takes \(x\)$"),
+    ("custom shift with the wrong prepare", lambda: ss.Phase(5, [_BadPrepare()]),
+     r"^_BadPrepare\.prepare must take \(input_shape, generator\); it takes \(\)$"),
+    ("custom label shift", lambda: ss.Phase(5, [_LabelKind()]),
+     r"^shift _LabelKind has kind 'label'; your own shifts change inputs \(kind 'input'\)"),
+    ("custom shift named like a built-in", lambda: type("Rotate", (ss.shifts.Shift,), {}),
+     r"^a shift named 'Rotate' exists in shiftsim already; give yours another name$"),
     ("two label flips in a phase", lambda: ss.Phase(5, [ss.LabelFlip(0.1), ss.LabelFlip(0.2)]),
      r"at most one LabelFlip"),
     ("zero-width layer", lambda: ss.models.mlp(hidden=(0,)), r"hidden\[0\] must be in \[1, inf\], got 0"),
@@ -171,6 +187,39 @@ CASES = [
     ("fleet model of the wrong width", lambda: ss.run_fleet(_scenario(), _net(64, 3), [("sgdm", 0)]),
      r"it outputs 3 values per sample"),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoApply(ss.shifts.Shift):
+    strength: float = 1.0
+
+
+class _Plain(ss.shifts.Shift):
+    def apply(self, x, state, generator):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneArg(ss.shifts.Shift):
+    def apply(self, x):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class _BadPrepare(ss.shifts.Shift):
+    def prepare(self):
+        return None
+
+    def apply(self, x, state, generator):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class _LabelKind(ss.shifts.Shift):
+    kind = "label"
+
+    def apply(self, x, state, generator):
+        return x
 
 
 def _net(n_in, n_out):
@@ -357,3 +406,24 @@ def test_an_unwritable_out_folder_is_named(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", str(f), "--out", str(locked)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --out '{locked}' is not writable"
     assert list(locked.iterdir()) == []
+
+
+def test_a_shift_workers_cannot_import_is_refused_before_any_worker_starts(tmp_path):
+    from shiftsim.study import Study
+
+    @dataclasses.dataclass(frozen=True)
+    class Dim(ss.shifts.Shift):  # defined in a function: pickle cannot send it to a worker
+        def apply(self, x, state, generator):
+            return 0.5 * x
+
+    sc = _scenario(phases=[ss.Phase(5), ss.Phase(5, [Dim()])])
+    study = Study("dim", {"a": sc, "b": sc.replace(name="b", batch_size=4)},
+                  model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"}, seeds=2)
+    pattern = (r"^shift Dim is defined in .*<locals>\.Dim, which worker processes cannot "
+               r"import; define it in a module on the Python path")
+    for fleet in (False, True):
+        with pytest.raises(ShiftsimError, match=pattern):
+            study.run(tmp_path / f"out{fleet}", workers=2, fleet=fleet, progress=False)
+        assert not (tmp_path / f"out{fleet}" / "runs").exists()
+    # in this process it runs
+    assert study.run(tmp_path / "here", workers=1, progress=False).done == 4

@@ -34,3 +34,26 @@ def test_the_fleet_example_runs_as_written(capsys):
     assert {r.info["learner"]["optimizer"]["name"] for r in results} == {"sgdm", "tam"}
     printed = capsys.readouterr().out
     assert printed.count(",") == 15
+
+
+def test_the_custom_shift_example_runs_as_written(capsys):
+    code = next(b for b in _python_blocks() if "class DeadPixels" in b)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.trace) == 400
+    summary = result.summary()
+    assert list(summary["name"]) == ["clean", "deadpixels 0.5"]
+    assert "deadpixels 0.5" in capsys.readouterr().out
+    # the shift really applies: the stream's phase-1 inputs have the regime's dark pixels
+    import torch
+
+    from shiftsim.stream import Stream
+
+    stream = Stream(namespace["scenario"], 0, torch.device("cpu"))
+    plan = stream.plan(1)
+    x = torch.stack([plan.inputs(s, stream.noise) for s in range(20)])
+    dark = (x == 0).all(dim=(0, 1, 2))  # (8, 8): dark in every sample of 20 batches
+    assert 20 <= int(dark.sum()) <= 48
+    x0 = torch.stack([stream.plan(0).inputs(s, stream.noise) for s in range(20)])
+    assert int((x0 == 0).all(dim=(0, 1, 2)).sum()) < int(dark.sum())
