@@ -145,7 +145,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("mnist1d        MNIST-1D, 40-point signals, generated offline "
               "(pip install 'shiftsim[mnist1d]')")
         print("synthetic      Gaussian clusters, any size (tests and scaling benchmarks)")
-        print("from_tensors / from_numpy   your own arrays")
+        print("cifar10        CIFAR-10 32x32 colour, 50k+10k, from its local python-version "
+              "batch files")
+        print("image_folder   your images, one folder per class (torchvision's ImageFolder "
+              "layout)")
+        print("from_dataset   any torchvision-style dataset (len, ds[i] -> (image, label))")
+        print("from_tensors / from_numpy   your own arrays (labels: indices or names)")
     else:  # models
         print("mlp     multi-layer perceptron (hidden=(256, 256), norm=None|'layer'|'group')")
         print("cnn     conv-pool blocks + MLP head, for images")

@@ -108,6 +108,25 @@ CASES = [
         np.zeros((4, 2), np.float32), np.array([0, 1.5, 1, 0], dtype=object)),
      r"^labels must be class indices \(integers\) or class names \(strings\), got 1\.5 of type "
      r"float$"),
+    ("dataset items that are not pairs", lambda: ss.data.from_dataset([torch.zeros(1, 4, 4)] * 4),
+     r"^train item 0: ds\[i\] must give \(image, label\), got Tensor$"),
+    ("dataset images of the wrong type", lambda: ss.data.from_dataset([("img", 0)] * 4),
+     r"^train item 0: an image must be a PIL image, a tensor or a numpy array, got str$"),
+    ("dataset labels of the wrong type", lambda: ss.data.from_dataset([(torch.zeros(4, 4), 0.5)]),
+     r"^train item 0: a label must be a class index \(int\) or a class name \(str\), got 0\.5$"),
+    ("dataset images of different sizes", lambda: ss.data.from_dataset(
+        [(torch.zeros(4, 4), 0), (torch.zeros(5, 5), 1)]),
+     r"^images differ in shape: \(1, 4, 4\) \(the first\) and \(1, 5, 5\) \(train item 1\); "
+     r"pass size=\(height, width\) to resize them$"),
+    ("dataset channels of 2", lambda: ss.data.from_dataset([(torch.zeros(4, 4), 0)], channels=2),
+     r"^channels must be None \(as stored\), 1 \(grey\) or 3 \(RGB\), got 2$"),
+    ("dataset subset larger than the data", lambda: ss.data.from_dataset(
+        [(torch.zeros(4, 4), i % 2) for i in range(4)], train_size=9),
+     r"^train_size must be in \[1, 4\], got 9$"),
+    ("not a dataset at all", lambda: ss.data.from_dataset(3),
+     r"^the train dataset must support len\(ds\) and ds\[i\] -> \(image, label\), got int$"),
+    ("missing CIFAR-10", lambda: ss.data.cifar10("/nonexistent-cifar"),
+     r"^CIFAR-10 files not found under '/nonexistent-cifar' .*shiftsim never downloads"),
     ("images outside [0, 1]", lambda: ss.data.from_tensors(torch.rand(10, 1, 4, 4) * 255,
                                                             torch.arange(10) % 2),
      r"image inputs must be in \[0, 1\]"),

@@ -345,8 +345,19 @@ def from_numpy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | No
     return from_tensors(x_train, y_train, x_test, y_test, **kwargs)
 
 
+def _adapter(name: str) -> Any:
+    def load_it(**kwargs: Any) -> Dataset:
+        from . import adapters
+
+        return getattr(adapters, name)(**kwargs)
+
+    load_it.__name__ = name
+    return load_it
+
+
 LOADERS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist1d": mnist1d,
-           "synthetic": synthetic}
+           "synthetic": synthetic, "cifar10": _adapter("cifar10"),
+           "image_folder": _adapter("image_folder")}
 
 
 def load(source: dict[str, Any]) -> Dataset:
