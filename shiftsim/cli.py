@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     hparams = {"lr": args.lr} if args.lr is not None else {}
     optimizer = spec(args.optimizer or ns.get("optimizer", "sgdm"), **hparams)
     result = engine.run(scenario, model, optimizer, seed=args.seed, device=args.device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, threads=args.threads)
     summary = result.summary()
     print(f"{scenario.name}: {optimizer.label}, seed {args.seed}, {len(result.trace)} steps on "
           f"{result.info['device']} ({result.timings['ms_per_step']:.2f} ms/step)"
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=_float, help="learning rate")
     r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads for the run (default: torch's setting); --threads 1 "
+                        "gives bit for bit the trace a study stores for this run")
     r.add_argument("--out", metavar="OUT",
                    help="also store the run in the results folder OUT (as a study does): "
                         "OUT/runs/<run id>/ with spec.json, trace.parquet, evals.parquet and "

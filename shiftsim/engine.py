@@ -175,7 +175,7 @@ def _stacked_optimizer(model: Any, optimizer: Any, data: Any) -> Any:
 def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module] | Learner,
         optimizer: Any = None, seed: int = 0, device: str | torch.device = "auto", *,
         progress: bool = False, check_every: int = 64,
-        vectorized: bool | None = None) -> RunResult:
+        vectorized: bool | None = None, threads: int | None = None) -> RunResult:
     """Run one learner over ``scenario``'s stream and return its :class:`RunResult`.
 
     Every batch is scored with the parameters before the update (prequential, test-then-train),
@@ -200,7 +200,21 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
             module, ``loss.backward()``, ``torch.optim``-style ``step()``). ``True``: the
             stacked program, or an error when it does not apply. The two agree up to float
             rounding (``info["engine"]`` says which ran).
+        threads: torch's intra-op threads for this run only (restored afterwards); ``None``
+            (default) leaves the process's setting. Bit for bit means: same seed, device and
+            number of threads. A study runs every run with one thread (``Study.run``'s
+            ``threads=1``), so ``run(..., threads=1)`` gives exactly the trace a study stores
+            for that run id; with another thread count reductions may round differently
+            (about 1e-7 relative in the loss), and the difference can grow over steps.
     """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ShiftsimError(f"threads must be a positive integer or None, got {threads!r}")
+        from .study.spec import torch_threads
+
+        with torch_threads(threads):
+            return run(scenario, model, optimizer, seed, device, progress=progress,
+                       check_every=check_every, vectorized=vectorized)
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
         raise SpecTypeError(f"run() needs a Scenario, got {type(scenario).__name__}")

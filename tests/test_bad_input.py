@@ -181,6 +181,8 @@ CASES = [
     ("unknown device", lambda: ss.run(_scenario(), ss.models.linear(), device="tpu"),
      r"unknown device 'tpu'; allowed: 'auto', 'cpu'"),
     ("model of the wrong type", lambda: ss.run(_scenario(), "mlp"), r"model must be a ModelSpec"),
+    ("zero threads", lambda: ss.run(_scenario(), ss.models.linear(), threads=0),
+     r"^threads must be a positive integer or None, got 0$"),
     # a model that does not fit the data: one line naming both shapes, before step 0
     ("model outputs too few classes", lambda: ss.run(_scenario(), _net(64, 3)),
      r"the model does not fit dataset 'digits': it outputs 3 values per sample \(output shape "

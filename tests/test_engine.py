@@ -193,3 +193,27 @@ def test_info_describes_the_run(tiny_scenario):
     assert res.info["learner"]["optimizer"] == ss.optim.spec("adamw", lr=0.01).to_dict()
     assert res.info["scenario"] == tiny_scenario.to_dict()
     assert res.timings["ms_per_step"] > 0
+
+
+def test_threads_1_reproduces_a_studys_stored_trace_bit_for_bit(tmp_path):
+    """A study runs with one torch thread; run(..., threads=1) gives its trace exactly, and the
+    process's thread count is restored."""
+    import pandas as pd
+
+    from shiftsim.study import Study
+
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=60)
+    study = Study("thr", {"a": sc}, model=ss.models.cnn(channels=(4,), hidden=16),
+                  optimizers={"tam": ss.optim.spec("tam", lr=0.1)}, seeds=1)
+    study.run(tmp_path, workers=1, progress=False)
+    (spec,) = study.grid()
+    stored = ss.store.load(tmp_path).trace(spec.run_id).drop(columns="run_id")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = ss.run(spec.scenario, spec.model, spec.optimizer, seed=spec.seed, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    pd.testing.assert_frame_equal(one.trace, stored)
+    assert np.array_equal(one.trace["loss"].to_numpy(), stored["loss"].to_numpy())
