@@ -642,8 +642,7 @@ class StudyResults:
             known = ", ".join(list(self.states)[:5]) + (" ..." if len(self.states) > 5 else "")
             raise ShiftsimError(f"no run {run_id!r} in {str(self.path)!r}; runs: {known}")
         if st.status not in ("ok", "diverged"):
-            raise ShiftsimError(f"run {run_id} has status {st.status!r} and no {name}"
-                                + (f" ({st.reason})" if st.reason else ""))
+            raise ShiftsimError(_unreadable(run_id, name, st))
         cols = None if columns is None else ["run_id", *[c for c in columns if c != "run_id"]]
         try:
             return pd.read_parquet(run_dir(self.path, run_id) / name, columns=cols)
@@ -688,7 +687,26 @@ class StudyResults:
     def __repr__(self) -> str:
         name = (self.study or {}).get("name", self.path.name)
         c = ", ".join(f"{v} {k}" for k, v in self.counts().items() if v)
-        return f"StudyResults({name!r}: {len(self)} runs — {c or 'empty'})"
+        n = len(self)
+        return f"StudyResults({name!r}: {n} run{'s' if n != 1 else ''} — {c or 'empty'})"
+
+
+def _unreadable(run_id: str, name: str, st: RunState) -> str:
+    """Why a run's data file cannot be read, without contradicting the file's presence.
+
+    >>> print(_unreadable("ab12", "trace.parquet", RunState("ab12", "incomplete",
+    ...                   "trace.parquet: 100 bytes, expected 12363")))
+    run ab12 is incomplete (trace.parquet: 100 bytes, expected 12363), so its trace.parquet
+    cannot be used; run the study again to redo it
+    """
+    if st.status == "failed":
+        error = (st.summary or {}).get("error")
+        return (f"run {run_id} failed" + (f" ({error})" if error else "")
+                + f", so it has no {name}")
+    if st.status == "pending":
+        return f"run {run_id} has not run yet, so it has no {name}"
+    return (f"run {run_id} is {st.status}" + (f" ({st.reason})" if st.reason else "")
+            + f", so its {name} cannot be used; run the study again to redo it")
 
 
 def load(out_dir: str | os.PathLike, *, verify: bool = True,

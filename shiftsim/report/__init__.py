@@ -336,9 +336,10 @@ def describe(path: str | os.PathLike) -> str:
         return f"no report in {p}"
     c = meta.get("counts") or {}
     runs = ", ".join(f"{n} {k}" for k, n in c.items() if n)
-    return (f"wrote {p / 'index.html'} and {p / 'README.md'}: {len(meta.get('figures', []))} "
-            f"figures, {len(meta.get('tables', []))} tables, baseline {meta.get('baseline')} "
-            f"({runs or 'no runs'})")
+    n_fig, n_tab = len(meta.get("figures", [])), len(meta.get("tables", []))
+    return (f"wrote {p / 'index.html'} and {p / 'README.md'}: {n_fig} figure"
+            f"{'s' if n_fig != 1 else ''}, {n_tab} table{'s' if n_tab != 1 else ''}, baseline "
+            f"{meta.get('baseline')} ({runs or 'no runs'})")
 
 
 

@@ -191,7 +191,7 @@ def _status_sentences(v: StudyView) -> list[str]:
     for status, verb in (("diverged", "diverged (loss not finite; their metrics cover the "
                                       "steps before, marked † in the tables)"),
                          ("failed", "failed (no metrics)"),
-                         ("incomplete", "are incomplete (no metrics)"),
+                         ("incomplete", "{is} incomplete (no metrics)"),
                          ("pending", "never ran (no metrics)")):
         bad = runs[runs["status"] == status]
         if bad.empty:
@@ -205,6 +205,7 @@ def _status_sentences(v: StudyView) -> list[str]:
             errs = bad["error"].dropna()
             if len(errs):
                 first_error = f"; first error: {str(errs.iloc[0])[:160]}"
+        verb = verb.replace("{is}", "is" if len(bad) == 1 else "are")
         out.append(f"{fmt.plural(len(bad), 'run')} {verb}: {'; '.join(groups)}{first_error}.")
     return out
 
