@@ -57,7 +57,8 @@ def _build(source: Any, data: Any) -> nn.Module | None:
     with torch.random.fork_rng(devices=[]):
         try:
             with torch.device("meta"):
-                return build_model(source, cpu, 0).to_empty(device="cpu")
+                net = build_model(source, cpu, 0)
+            return _materialize(net)
         except ShiftsimError:
             raise
         except Exception:  # noqa: BLE001 - e.g. a factory that computes from the data
@@ -68,6 +69,20 @@ def _build(source: Any, data: Any) -> nn.Module | None:
             raise
         except Exception:  # noqa: BLE001 - the run reports its own error
             return None
+
+
+def _materialize(net: nn.Module) -> nn.Module:
+    """Give a meta-device module uninitialised CPU tensors of the same shapes (what
+    ``to_empty`` does, without its first-call cost: it imports sympy, half a second)."""
+    for m in net.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                m._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                   requires_grad=p.requires_grad)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+    return net
 
 
 def _forward(net: nn.Module, data: Any) -> torch.Tensor:

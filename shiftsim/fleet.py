@@ -77,6 +77,7 @@ from .optim._kernels import (
     foreach_scale_,
     is_zero,
 )
+from .optim.registry import check_hparams
 from .scenario import Scenario
 from .stream import Stream, resolve_device
 
@@ -690,8 +691,9 @@ def _group_key(opt_spec: OptimizerSpec) -> _GroupKey:
             f"optimizer {opt_spec.name!r} cannot run in a fleet: the fleet runs shiftsim's "
             "optimizers and torch.optim's elementwise ones (SGD, Adam, AdamW, RMSprop ...) "
             "through kernels with per-member reductions; run it with shiftsim.run instead")
-    # build it once on a dummy tensor: bad hyperparameters fail here as they would in run()
-    opt_spec.build([torch.zeros(1, requires_grad=True)])
+    # bad hyperparameters fail here as they would in run() (without building an optimizer,
+    # whose first construction imports torch._dynamo: about a second)
+    check_hparams(opt_spec)
     if family is _Elementwise:
         return _GroupKey(family, (("spec", opt_spec),))
     hp = _hparams(opt_spec)

@@ -140,3 +140,31 @@ def test_string_labels_become_classes_with_their_names():
     sc = ss.Scenario(ds, [ss.Phase(5)], batch_size=8, eval_size=10)
     assert ss.run(sc, ss.models.mlp(hidden=(4,))).info["scenario"]["data"]["classes"] == \
         ["setosa", "versicolor", "virginica"]
+
+
+def test_digits_default_split_is_scikit_learns_without_importing_it():
+    """The stored default split equals train_test_split(stratify=y, random_state=0); the
+    default dataset is built without importing scikit-learn (half a second)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    xtr, xte, ytr, yte = train_test_split(x, bunch.target, test_size=0.2, stratify=bunch.target,
+                                          random_state=0)
+    ss.data.loaders._CACHE.clear()
+    ds = ss.data.digits()
+    assert np.array_equal(ds.x_train.numpy(), xtr) and np.array_equal(ds.x_test.numpy(), xte)
+    assert np.array_equal(ds.y_train.numpy(), ytr) and np.array_equal(ds.y_test.numpy(), yte)
+    other = ss.data.digits(test_fraction=0.3, seed=1)  # any other split: scikit-learn's
+    _, xte2, _, _ = train_test_split(x, bunch.target, test_size=0.3, stratify=bunch.target,
+                                     random_state=1)
+    assert np.array_equal(other.x_test.numpy(), xte2)
+    code = ("import sys, shiftsim as ss; ss.data.digits(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

@@ -27,6 +27,31 @@ def _cached(key: tuple, build) -> Dataset:
     return _CACHE[key]
 
 
+#: the default split of :func:`digits` (``test_fraction=0.2, seed=0``): the indices
+#: scikit-learn's ``train_test_split(stratify=y, random_state=0)`` gives, stored with the
+#: package so that the default dataset needs no scikit-learn import (half a second) and does not
+#: depend on its version; tests/test_data.py checks them against scikit-learn
+DIGITS_SPLIT = "digits_split.npz"
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (images, target), read from the data file scikit-learn ships
+    without importing scikit-learn; through ``load_digits`` when the file is elsewhere."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes): the embedded default.
 
@@ -39,14 +64,18 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     check_range(test_fraction, "test_fraction", 0, 1, low_open=True, high_open=True)
 
     def build() -> Dataset:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        images, target = _digits_arrays()
+        x = (images.astype(np.float32) / 16.0)[:, None, :, :]
+        y = target.astype(np.int64)
+        if (test_fraction, seed) == (0.2, 0):  # the default split, stored: no sklearn import
+            with np.load(Path(__file__).with_name(DIGITS_SPLIT)) as split:
+                tr, te = split["train"].astype(np.int64), split["test"].astype(np.int64)
+        else:
+            from sklearn.model_selection import train_test_split
 
-        bunch = load_digits()
-        x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-        y = bunch.target.astype(np.int64)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, stratify=y,
-                                              random_state=seed)
+            tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
+                                      random_state=seed)
+        xtr, xte, ytr, yte = x[tr], x[te], y[tr], y[te]
         return Dataset("digits", torch.from_numpy(xtr), torch.from_numpy(ytr),
                        torch.from_numpy(xte), torch.from_numpy(yte),
                        tuple(str(c) for c in range(10)), "image",

@@ -321,20 +321,33 @@ def _check_torch_hparams(key: str, target: Any, hp: Mapping[str, Any]) -> None:
                                 f"< 1 < increase, got {etas!r}")
 
 
+_EMPTY = "empty parameter list"
+
+
 def _trial_build(key: str, target: Any, hp: Mapping[str, Any]) -> None:
-    """Build a torch or shiftsim optimizer over one scalar parameter, so that its own checks
-    run now (at spec time) rather than inside a run; torch's errors become one-line
-    ShiftsimErrors naming the optimizer."""
+    """Run a torch or shiftsim optimizer's own constructor checks now (at spec time) rather
+    than inside a run; torch's errors become one-line ShiftsimErrors naming the optimizer.
+
+    The constructor gets an empty parameter list: every optimizer checks its hyperparameters
+    first, then ``torch.optim.Optimizer.__init__`` refuses the empty list, before the first
+    ``add_param_group`` would import ``torch._dynamo`` (about a second, once per process): a
+    run that never builds a torch optimizer object (the stacked path of ``run``) does not pay
+    it."""
     module = getattr(target, "__module__", "") or ""
     if not isinstance(target, type) or not module.startswith(("torch.optim", "shiftsim.optim")):
         return
     kwargs = {k: v for k, v in hp.items() if k not in _DEVICE_FLAGS}
     short = key.rpartition(":")[2]
     try:
-        target([torch.zeros(1, requires_grad=True)], **kwargs)
+        target([], **kwargs)
     except ShiftsimError as exc:  # shiftsim's own checks: name the optimizer
         raise type(exc)(f"{short}: {exc}") from None
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except ValueError as exc:
+        if _EMPTY in str(exc):
+            return  # every check passed
+        raise ShiftsimError(f"optimizer {key!r} rejects its hyperparameters: "
+                            f"{' '.join(str(exc).split())}") from None
+    except (TypeError, RuntimeError) as exc:
         raise ShiftsimError(f"optimizer {key!r} rejects its hyperparameters: "
                             f"{' '.join(str(exc).split())}") from None
 
@@ -413,7 +426,14 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     lr = dict(frozen).get("lr")
     if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
         raise ShiftsimError(f"learning rate lr must be >= 0, got {lr!r}")
-    hp = {**(entry.fixed if entry else {}), **dict(frozen)}
-    _check_torch_hparams(key, target, hp)
-    _trial_build(key, target, hp)
-    return OptimizerSpec(key, frozen, factory)
+    out = OptimizerSpec(key, frozen, factory)
+    check_hparams(out)
+    return out
+
+
+def check_hparams(spec: OptimizerSpec) -> None:
+    """Check a spec's hyperparameters as :func:`spec` does (what the fleet calls for specs
+    made some other way); one-line ShiftsimErrors naming the optimizer and the value."""
+    target = spec.target
+    _check_torch_hparams(spec.name, target, spec.kwargs)
+    _trial_build(spec.name, target, spec.kwargs)
