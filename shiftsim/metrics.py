@@ -1,6 +1,6 @@
 """Metrics: pure functions from a run's trace, phase plan and held-out evaluations to numbers.
 
-Every formula is the one stated in ``specs/metrics.md``; each docstring names the paper it comes
+Every formula is the one stated in ``docs/metrics.md``; each docstring names the paper it comes
 from. No function mutates its inputs, and none loops in Python over steps.
 
 Inputs (the engine's DataFrames):
@@ -246,7 +246,7 @@ def phase_online_accuracy(trace: pd.DataFrame, labels: str = "stream") -> pd.Ser
 
 def trailing_accuracy(trace: pd.DataFrame, window: int = 20, *, labels: str = "stream"
                       ) -> np.ndarray:
-    """Within-phase trailing accuracy ā_t (specs/metrics.md, notation).
+    """Within-phase trailing accuracy ā_t (docs/metrics.md, notation).
 
     ā_t = Σ_{u=max(τ_k, t−w+1)}^{t} correct_u / Σ_{same u} b_u for t in phase k: a ratio of sums
     over the last ``window`` steps, never across a phase boundary (so the first steps of a phase
@@ -334,7 +334,7 @@ def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: 
              ) -> pd.DataFrame:
     """Recovery after each shift: one row per phase k ≥ 1 that has rows in the trace.
 
-    Definitions (specs/metrics.md; time-to-recover after float's ``mean_drift_restoration_time``
+    Definitions (docs/metrics.md; time-to-recover after float's ``mean_drift_restoration_time``
     and Shaker & Hüllermeier 2015's recovery analysis, with persistence and censoring added),
     with a_t = correct_t / b_t and ā_t the within-phase trailing accuracy (window w):
 
@@ -753,7 +753,7 @@ def mean_interval(values: ArrayLike, level: float = 0.95, method: str = "t", see
 
 
 def median_recovery(times: ArrayLike, censored: ArrayLike) -> float:
-    """Median recovery time over runs, counting censored runs as +inf (specs/metrics.md).
+    """Median recovery time over runs, counting censored runs as +inf (docs/metrics.md).
 
     Tie rule: with an even number of runs the median is the mean of the two middle values, so it
     is finite exactly when fewer than half of the runs are censored; when half or more are

@@ -50,7 +50,7 @@ __all__ = [
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
              "#000000")
 
-#: recovery metrics: lower is better, censored runs count as +inf (specs/metrics.md)
+#: recovery metrics: lower is better, censored runs count as +inf (docs/metrics.md)
 RECOVERY_METRICS = ("recovery_steps", "recovery_samples")
 
 #: readable axis labels (with units) for the columns the report plots
@@ -170,7 +170,7 @@ def _run_keys(df: pd.DataFrame, by: Sequence[str]) -> list[str]:
 
 def smoothed_accuracy(trace: pd.DataFrame, window: int = 20, by: Sequence[str] = ("run_id",)
                       ) -> pd.Series:
-    """Within-phase trailing online accuracy ā_t of every run (specs/metrics.md), as a Series
+    """Within-phase trailing online accuracy ā_t of every run (docs/metrics.md), as a Series
     aligned with ``trace``: Σ correct / Σ n over the last ``window`` steps of the same phase.
     ``by`` names the columns that identify a run (absent ones ignored). Vectorised: one grouped
     cumulative sum, no Python loop over runs; equals :func:`shiftsim.metrics.trailing_accuracy`.
@@ -368,7 +368,7 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
     and a run identifier (``run_id``), e.g. ``results.traces()``, or one run's trace
     (``RunResult.trace``: no ``hue`` column, one line, no legend). ``recovery``: optional
     run × phase rows (``results.phases``) with ``recovery_steps`` and ``censored``; when given,
-    the median recovery time of each line (censored counted as +inf, specs/metrics.md) is marked
+    the median recovery time of each line (censored counted as +inf, docs/metrics.md) is marked
     with a dotted vertical line.
 
     >>> import shiftsim as ss
@@ -826,7 +826,7 @@ def accuracy_matrices(evals: pd.DataFrame, hue: str = "optimizer", row: str | No
                       row_order: Sequence[Any] | None = None, row_label: str | None = None,
                       size: float = 1.9) -> plt.Figure:
     """The accuracy matrix R[i, j] (held-out accuracy on regime j at the end of phase i,
-    specs/metrics.md), averaged over seeds: one panel per ``hue`` value (columns) and ``row``
+    docs/metrics.md), averaged over seeds: one panel per ``hue`` value (columns) and ``row``
     value (rows), from the phase-end evaluations of ``evals`` (e.g. ``results.evals``).
 
     >>> ev = pd.DataFrame({"optimizer": "sgdm", "run_id": "a", "step": [5, 5, 10, 10],

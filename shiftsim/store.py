@@ -1,6 +1,6 @@
 """The results store: a folder of runs, written atomically, loaded as tidy DataFrames.
 
-Layout (DESIGN.md)::
+Layout (docs/architecture.md)::
 
     out_dir/
       study.json                 the study: name, axes, run ids and labels (written at start)

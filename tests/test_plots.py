@@ -46,7 +46,7 @@ def make_traces(seeds=3, steps=(30, 30), optimizers=("sgdm", "tam"), severities=
 
 
 def ref_trailing(correct, n, phase, w):
-    """ā_t (specs/metrics.md) by its definition: the last w steps of the same phase."""
+    """ā_t (docs/metrics.md) by its definition: the last w steps of the same phase."""
     out = np.empty(len(correct))
     for t in range(len(correct)):
         u = t

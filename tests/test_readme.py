@@ -57,3 +57,42 @@ def test_the_custom_shift_example_runs_as_written(capsys):
     assert 20 <= int(dark.sum()) <= 48
     x0 = torch.stack([stream.plan(0).inputs(s, stream.noise) for s in range(20)])
     assert int((x0 == 0).all(dim=(0, 1, 2)).sum()) < int(dark.sum())
+
+
+def test_the_readme_links_only_to_files_of_the_repository():
+    root = README.parent
+    text = README.read_text()
+    assert "../shared" not in text and "DESIGN.md" not in text
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    local = [ln for ln in links if not ln.startswith(("http://", "https://"))]
+    assert "docs/metrics.md" in local and "docs/architecture.md" in local
+    for link in local:
+        assert (root / link).exists(), link
+    for doc in ("docs/metrics.md", "docs/architecture.md"):
+        body = (root / doc).read_text()
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", body):
+            if not link.startswith(("http://", "https://")):
+                assert (root / doc).parent.joinpath(link).exists(), (doc, link)
+
+
+def test_no_project_file_refers_to_the_working_material():
+    import subprocess
+
+    import pytest
+
+    root = README.parent
+    listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    files = listed.stdout.split()
+    bad = []
+    for name in files:
+        path = root / name
+        if path.suffix in (".png", ".npz", ".parquet") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for needle in ("../shared", "specs/metrics.md", "specs/shifts.md", "specs/optimizers.md",
+                       "DESIGN.md"):
+            if needle in text and name != "tests/test_readme.py":
+                bad.append((name, needle))
+    assert bad == []

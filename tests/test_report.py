@@ -62,7 +62,7 @@ def rep(study_dir, tmp_path_factory):
     return out
 
 
-# -- reference computations (float64, straight from specs/metrics.md) --------------------------
+# -- reference computations (float64, straight from docs/metrics.md) --------------------------
 
 def ref_recovery(trace: pd.DataFrame):
     """{phase: (recovery_steps or inf if censored, recovery_samples, drop, deficit)}."""

@@ -11,7 +11,7 @@
       figures/<name>.png, figures/<name>.svg
 
 The tables' numbers are :mod:`shiftsim.metrics` over the stored per-run summaries
-(``specs/metrics.md``; see :mod:`shiftsim.report.tables`); the figures are
+(``docs/metrics.md``; see :mod:`shiftsim.report.tables`); the figures are
 :mod:`shiftsim.plots`; the findings (:mod:`shiftsim.report.findings`) are sentences generated from
 the same numbers. Diverged and failed runs are counted and listed, never dropped.
 
@@ -140,7 +140,7 @@ NOTES = [
         "ACC, BWT (Lopez-Paz & Ranzato 2017) and forgetting (Chaudhry et al. 2018) come from the "
         "accuracy matrix R[i, j] (held-out accuracy on regime j after phase i). Intervals are "
         "95 % Student-t intervals over seeds; differences against the baseline are paired by "
-        "seed. The exact formulas are in shiftsim's specs/metrics.md and in shiftsim.metrics.")),
+        "seed. The exact formulas are in shiftsim's docs/metrics.md and in shiftsim.metrics.")),
     ("Runs that fail", (
         "A run whose loss becomes non-finite stops and is marked diverged; its metrics cover "
         "the steps before and it is counted and flagged (†) in the tables. A run that raised "

@@ -1,6 +1,6 @@
 """The report's tables, computed with pandas from :func:`shiftsim.store.load`'s DataFrames.
 
-Every number comes from :mod:`shiftsim.metrics` (``specs/metrics.md``):
+Every number comes from :mod:`shiftsim.metrics` (``docs/metrics.md``):
 
 * per run, the store already holds ``metrics.summarize`` (per phase) and the stream scores
   (online accuracy, ACC, BWT, forgetting); nothing here re-derives them from traces;
@@ -9,7 +9,7 @@ Every number comes from :mod:`shiftsim.metrics` (``specs/metrics.md``):
   when half or more are censored) and :func:`~shiftsim.metrics.censored_fraction` for recovery
   times, :func:`~shiftsim.metrics.paired_difference` (paired by seed) for comparisons.
 
-Diverged runs keep the metrics of the steps they ran (specs/metrics.md) and are counted and
+Diverged runs keep the metrics of the steps they ran (docs/metrics.md) and are counted and
 flagged; failed, incomplete and pending runs have no metrics and are counted. Nothing is dropped
 silently.
 
