@@ -1,6 +1,6 @@
 """The engine: the predict -> score -> train loop for one learner over one stream.
 
-Performance (docs/architecture.md): data on the device; per phase the batch indices, labels and ramp masks
+Performance (docs/architecture.md): data on the device; per phase the batch indices, labels, masks
 are drawn at once; predictions, losses and diagnostics go into preallocated device buffers; there
 is no host synchronisation inside the step loop except a finiteness check every
 ``check_every`` steps; results leave the device once, at the end.
