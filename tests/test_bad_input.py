@@ -448,3 +448,21 @@ def test_a_shift_workers_cannot_import_is_refused_before_any_worker_starts(tmp_p
         assert not (tmp_path / f"out{fleet}" / "runs").exists()
     # in this process it runs
     assert study.run(tmp_path / "here", workers=1, progress=False).done == 4
+
+
+def test_a_report_with_no_results_names_the_failure_not_a_pending_run(tmp_path, capsys):
+    import shutil
+
+    from shiftsim import cli
+    from shiftsim.study import Study
+
+    study = Study("nothing", {"a": _scenario()}, model=ss.models.mlp(hidden=(4,)),
+                  optimizers={"sgd": "sgd", "lbfgs": "torch.optim.LBFGS"}, seeds=1)
+    study.run(tmp_path / "s", workers=1, progress=False)
+    ok = next(s.run_id for s in study.grid() if s.label_dict["optimizer"] == "sgd")
+    shutil.rmtree(tmp_path / "s" / "runs" / ok)  # now pending
+    assert cli.main(["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run of the study has results to report (")
+    assert "first error: TypeError: LBFGS.step() missing 1 required positional argument" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()

@@ -217,3 +217,19 @@ def test_threads_1_reproduces_a_studys_stored_trace_bit_for_bit(tmp_path):
         torch.set_num_threads(before)
     pd.testing.assert_frame_equal(one.trace, stored)
     assert np.array_equal(one.trace["loss"].to_numpy(), stored["loss"].to_numpy())
+
+
+def test_a_stacked_run_does_not_import_torch_dynamo():
+    """The first torch.optim.Optimizer built in a process imports torch._dynamo (about a
+    second); specs are checked without building one, so a ReLU-MLP run never pays it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, shiftsim as ss\n"
+            "sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=2, steps_per_task=20)\n"
+            "r = ss.run(sc, ss.models.mlp(hidden=(8,)), ss.optim.spec('tam', lr=0.1))\n"
+            "print(r.info['engine'], 'torch._dynamo' in sys.modules, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["stacked", "False", "False"]

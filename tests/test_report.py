@@ -511,3 +511,18 @@ def test_one_incomplete_run_and_one_figure_are_singular(tmp_path, digits):
     meta.update(figures=meta["figures"][:1], tables=meta["tables"][:1])
     (out / REPORT_FILE).write_text(json.dumps(meta))
     assert ": 1 figure, 1 table, baseline sgdm (1 ok, 1 incomplete)" in describe(out)
+
+
+@pytest.mark.parametrize("arms", [{"sgdm": "sgdm"},
+                                  {"sgdm": "sgdm", "lbfgs": "torch.optim.LBFGS"}],
+                         ids=["one run", "one surviving run"])
+def test_a_report_of_one_run_warns_about_nothing(tmp_path, digits, arms):
+    import warnings
+
+    study = Study("one", flip_rates(digits, [1.0], tasks=3, steps_per_task=30),
+                  ss.models.mlp(hidden=(8,)), arms, seeds=1)
+    study.run(tmp_path / "s", workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # seaborn, matplotlib, numpy, pandas: none may warn
+        report(tmp_path / "s", tmp_path / "r")
+    assert json.loads((tmp_path / "r" / REPORT_FILE).read_text())["counts"]["ok"] == 1
