@@ -320,6 +320,16 @@ CLI_CASES = [
     ("report --out below a file", lambda d: ["report", str(d), "--out",
                                              str(_write(d / "afile", "x")) + "/sub"],
      r"^error: --out '.*/afile/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("scenario file with mixed labels", lambda d: ["run", str(_write(d / "l.py", LABELS)), "--out",
+                                                   "out"],
+     r"^error: l\.py: y_train mixes class names and other values \(3 of type int\)"),
+    ("scenario file with a custom shift lacking apply", lambda d: ["run", str(_write(
+        d / "c.py", CUSTOM)), "--out", "out"],
+     r"^error: c\.py: shift Invert has no apply\(\) method; an input shift must define "
+     r"apply\(self, x, state, generator\)$"),
+    ("scenario file with a missing image folder", lambda d: ["run", str(_write(
+        d / "f.py", "import shiftsim as ss\nds = ss.data.image_folder('photos')\n")), "--out", "out"],
+     r"^error: f\.py: image folder 'photos' is not a folder$"),
     ("study with adam betas above 1", lambda d: ["study", str(_write(
         d / "s.py", STUDY_OK.replace('"sgd"}', 'ss.optim.spec("adam", betas=(1.5, 0.9))}'))),
         "--out", "out"],
@@ -339,6 +349,21 @@ model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
 MISFIT_IN = """
 from torch import nn
 model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+LABELS = """
+import numpy as np
+import shiftsim as ss
+ds = ss.data.from_numpy(np.zeros((4, 2), np.float32), np.array(["a", 3, "b", "a"], dtype=object))
+"""
+CUSTOM = """
+import dataclasses
+import shiftsim as ss
+
+@dataclasses.dataclass(frozen=True)
+class Invert(ss.shifts.Shift):
+    strength: float = 1.0
+
+scenario = ss.Scenario(ss.data.digits(), [ss.Phase(5), ss.Phase(5, [Invert()])], batch_size=8)
 """
 STUDY_OK = """
 import shiftsim as ss
@@ -380,7 +405,8 @@ def test_cli_prints_one_line_exits_2_and_writes_nothing(tmp_path, capsys, monkey
     assert "out" not in after and after - before <= {"__pycache__"}
 
 
-@pytest.mark.parametrize("case", ["missing file", "user code error"])
+@pytest.mark.parametrize("case", ["missing file", "user code error", "model that does not fit",
+                                  "run --out below a file", "study with adam betas above 1"])
 def test_the_installed_entry_point_prints_no_traceback(tmp_path, case):
     import re
 
