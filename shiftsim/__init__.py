@@ -74,6 +74,12 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones (run, Study, report, store, plots ...)
+    included, as tab completion and ``dir(ss)`` expect."""
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module, attr = _LAZY[name]

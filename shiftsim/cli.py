@@ -78,6 +78,13 @@ def _float(text: str) -> float:
 
 # -- commands ------------------------------------------------------------------------------------
 
+def _out_dir(path: str) -> Path:
+    """``--out``, checked before any work: a folder, or one that can be created."""
+    from .store import check_out_dir
+
+    return check_out_dir(path, what="--out")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -85,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .optim import spec
     from .scenario import Scenario
 
+    out = _out_dir(args.out) if args.out else None
     ns = load_python_file(args.file, "scenario")
     scenario = ns["scenario"]
     if not isinstance(scenario, Scenario):
@@ -93,11 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = ns.get("model", models.mlp())
     hparams = {"lr": args.lr} if args.lr is not None else {}
     optimizer = spec(args.optimizer or ns.get("optimizer", "sgdm"), **hparams)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ShiftsimError(f"--out {str(out)!r} exists and is not a folder")
     result = engine.run(scenario, model, optimizer, seed=args.seed, device=args.device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, threads=args.threads)
     summary = result.summary()
     print(f"{scenario.name}: {optimizer.label}, seed {args.seed}, {len(result.trace)} steps on "
           f"{result.info['device']} ({result.timings['ms_per_step']:.2f} ms/step)"
@@ -140,7 +145,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("mnist1d        MNIST-1D, 40-point signals, generated offline "
               "(pip install 'shiftsim[mnist1d]')")
         print("synthetic      Gaussian clusters, any size (tests and scaling benchmarks)")
-        print("from_tensors / from_numpy   your own arrays")
+        print("cifar10        CIFAR-10 32x32 colour, 50k+10k, from its local python-version "
+              "batch files")
+        print("image_folder   your images, one folder per class (torchvision's ImageFolder "
+              "layout)")
+        print("from_dataset   any torchvision-style dataset (len, ds[i] -> (image, label))")
+        print("from_tensors / from_numpy   your own arrays (labels: indices or names)")
     else:  # models
         print("mlp     multi-layer perceptron (hidden=(256, 256), norm=None|'layer'|'group')")
         print("cnn     conv-pool blocks + MLP head, for images")
@@ -152,14 +162,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(_out_dir(args.out), quick=args.quick)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     from .study import study_from_file
 
+    out = _out_dir(args.out)
     study = study_from_file(args.file)
-    out = Path(args.out)
     result = study.run(out, workers=args.workers, backend=args.backend,
                        resume=not args.no_resume, progress=not args.quiet,
                        fleet=False if args.no_fleet else None)
@@ -169,7 +179,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import describe, report
 
-    path = report(args.dir, args.out, baseline=args.baseline)
+    path = report(args.dir, _out_dir(args.out), baseline=args.baseline)
     print(describe(path))
     return 0
 
@@ -194,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=_float, help="learning rate")
     r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    r.add_argument("--out", help="write trace.parquet, evals.parquet and summary.json here")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads for the run (default: torch's setting); --threads 1 "
+                        "gives bit for bit the trace a study stores for this run")
+    r.add_argument("--out", metavar="OUT",
+                   help="also store the run in the results folder OUT (as a study does): "
+                        "OUT/runs/<run id>/ with spec.json, trace.parquet, evals.parquet and "
+                        "summary.json")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -1,6 +1,6 @@
 """The engine: the predict -> score -> train loop for one learner over one stream.
 
-Performance (DESIGN.md): data on the device; per phase the batch indices, labels and ramp masks
+Performance (docs/architecture.md): data on the device; per phase the batch indices, labels, masks
 are drawn at once; predictions, losses and diagnostics go into preallocated device buffers; there
 is no host synchronisation inside the step loop except a finiteness check every
 ``check_every`` steps; results leave the device once, at the end.
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import metrics
+from .checks import check_model_fits
 from .errors import ShiftsimError, SpecTypeError
 from .learner import Learner, TorchLearner
 from .models import ModelSpec
@@ -85,6 +86,14 @@ class RunResult:
             "anytime_acc": metrics.anytime_accuracy(self.evals, self.phases),
             "steps_run": float(len(self.trace)),
         }
+
+    def plot(self, **options: Any) -> Any:
+        """The run at a glance, as a matplotlib Figure: online accuracy over the stream, phases
+        shaded, the recovery after each shift marked (:func:`shiftsim.plots.run_accuracy`;
+        ``options`` go there). ``result.plot().savefig("run.png")``."""
+        from .plots import run_accuracy
+
+        return run_accuracy(self, **options)
 
     def __repr__(self) -> str:
         status = f"diverged at step {self.diverged_step}" if self.diverged else "ok"
@@ -166,7 +175,7 @@ def _stacked_optimizer(model: Any, optimizer: Any, data: Any) -> Any:
 def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module] | Learner,
         optimizer: Any = None, seed: int = 0, device: str | torch.device = "auto", *,
         progress: bool = False, check_every: int = 64,
-        vectorized: bool | None = None) -> RunResult:
+        vectorized: bool | None = None, threads: int | None = None) -> RunResult:
     """Run one learner over ``scenario``'s stream and return its :class:`RunResult`.
 
     Every batch is scored with the parameters before the update (prequential, test-then-train),
@@ -191,7 +200,21 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
             module, ``loss.backward()``, ``torch.optim``-style ``step()``). ``True``: the
             stacked program, or an error when it does not apply. The two agree up to float
             rounding (``info["engine"]`` says which ran).
+        threads: torch's intra-op threads for this run only (restored afterwards); ``None``
+            (default) leaves the process's setting. Bit for bit means: same seed, device and
+            number of threads. A study runs every run with one thread (``Study.run``'s
+            ``threads=1``), so ``run(..., threads=1)`` gives exactly the trace a study stores
+            for that run id; with another thread count reductions may round differently
+            (about 1e-7 relative in the loss), and the difference can grow over steps.
     """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ShiftsimError(f"threads must be a positive integer or None, got {threads!r}")
+        from .study.spec import torch_threads
+
+        with torch_threads(threads):
+            return run(scenario, model, optimizer, seed, device, progress=progress,
+                       check_every=check_every, vectorized=vectorized)
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
         raise SpecTypeError(f"run() needs a Scenario, got {type(scenario).__name__}")
@@ -202,6 +225,7 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
         raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
     if vectorized not in (None, True, False):
         raise SpecTypeError(f"vectorized must be None, True or False, got {vectorized!r}")
+    check_model_fits(model, scenario.data)  # before any work: one line naming both shapes
     if vectorized is not False and getattr(optimizer, "learner_for", None) is None:
         opt = _stacked_optimizer(model, optimizer, scenario.data)
         if opt is not None:

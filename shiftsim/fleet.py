@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from ._mlp_kernel import relu_mlp_step, scripted_relu_mlp_step
+from .checks import check_model_fits
 from .engine import RunResult, _EvalSchedule
 from .errors import ShiftsimError, SpecTypeError
 from .learner import build_model, mode_sensitive
@@ -76,6 +77,7 @@ from .optim._kernels import (
     foreach_scale_,
     is_zero,
 )
+from .optim.registry import check_hparams
 from .scenario import Scenario
 from .stream import Stream, resolve_device
 
@@ -689,8 +691,9 @@ def _group_key(opt_spec: OptimizerSpec) -> _GroupKey:
             f"optimizer {opt_spec.name!r} cannot run in a fleet: the fleet runs shiftsim's "
             "optimizers and torch.optim's elementwise ones (SGD, Adam, AdamW, RMSprop ...) "
             "through kernels with per-member reductions; run it with shiftsim.run instead")
-    # build it once on a dummy tensor: bad hyperparameters fail here as they would in run()
-    opt_spec.build([torch.zeros(1, requires_grad=True)])
+    # bad hyperparameters fail here as they would in run() (without building an optimizer,
+    # whose first construction imports torch._dynamo: about a second)
+    check_hparams(opt_spec)
     if family is _Elementwise:
         return _GroupKey(family, (("spec", opt_spec),))
     hp = _hparams(opt_spec)
@@ -877,6 +880,7 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
         raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
     if not isinstance(compile, bool):
         raise SpecTypeError(f"compile must be True or False, got {compile!r}")
+    check_model_fits(model, scenario.data)  # before any work: one line naming both shapes
     given = [_as_member(m) for m in members]
     keys = [_group_key(o) for o, _ in given]
     dev = resolve_device(device)

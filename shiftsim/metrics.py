@@ -278,7 +278,7 @@ def phase_online_accuracy(trace: pd.DataFrame, labels: str = "stream") -> pd.Ser
 
 def trailing_accuracy(trace: pd.DataFrame, window: int = 20, *, labels: str = "stream"
                       ) -> np.ndarray:
-    """Within-phase trailing accuracy ā_t (specs/metrics.md, notation).
+    """Within-phase trailing accuracy ā_t (docs/metrics.md, notation).
 
     ā_t = Σ_{u=max(τ_k, t−w+1)}^{t} correct_u / Σ_{same u} b_u for t in phase k: a ratio of sums
     over the last ``window`` steps, never across a phase boundary (so the first steps of a phase
@@ -1005,7 +1005,7 @@ def mean_interval(values: ArrayLike, level: float = 0.95, method: str = "t", see
 
 
 def median_recovery(times: ArrayLike, censored: ArrayLike) -> float:
-    """Median recovery time over runs, counting censored runs as +inf (specs/metrics.md).
+    """Median recovery time over runs, counting censored runs as +inf (docs/metrics.md).
 
     Tie rule: with an even number of runs the median is the mean of the two middle values, so it
     is finite exactly when fewer than half of the runs are censored; when half or more are

@@ -41,7 +41,7 @@ from .errors import ShiftsimError  # noqa: E402
 
 __all__ = [
     "optimizer_palette", "smoothed_accuracy", "recovery_frame", "mean_band", "recovery_curves",
-    "stream_accuracy", "severity_curves", "severity_heatmap", "accuracy_matrices",
+    "stream_accuracy", "run_accuracy", "severity_curves", "severity_heatmap", "accuracy_matrices",
     "diagnostics", "diagnostic_columns", "format_severity", "style", "sensitivity",
 ]
 
@@ -50,7 +50,7 @@ __all__ = [
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
              "#000000")
 
-#: recovery metrics: lower is better, censored runs count as +inf (specs/metrics.md)
+#: recovery metrics: lower is better, censored runs count as +inf (docs/metrics.md)
 RECOVERY_METRICS = ("recovery_steps", "recovery_samples")
 
 #: readable axis labels (with units) for the columns the report plots
@@ -132,6 +132,17 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
                             f"(it has: {list(df.columns)[:20]})")
 
 
+def _one_run(df: Any, hue: str) -> tuple[Any, bool]:
+    """A single run's trace (e.g. ``RunResult.trace``) has no ``optimizer`` column: it is drawn
+    as one line, without a legend. Only for the default ``hue`` and one run (no ``run_id``
+    column, or a single one); otherwise a missing column stays an error. Returns
+    (frame, single)."""
+    if isinstance(df, pd.DataFrame) and hue == "optimizer" and hue not in df.columns and (
+            "run_id" not in df.columns or df["run_id"].nunique() <= 1):
+        return df.assign(**{hue: "run"}), True
+    return df, False
+
+
 def format_severity(value: Any, name: str | None = None) -> str:
     """A severity value as a short label: rates in percent when ``name`` says it is a rate or
     probability, otherwise the number in its shortest form.
@@ -159,7 +170,7 @@ def _run_keys(df: pd.DataFrame, by: Sequence[str]) -> list[str]:
 
 def smoothed_accuracy(trace: pd.DataFrame, window: int = 20, by: Sequence[str] = ("run_id",)
                       ) -> pd.Series:
-    """Within-phase trailing online accuracy ā_t of every run (specs/metrics.md), as a Series
+    """Within-phase trailing online accuracy ā_t of every run (docs/metrics.md), as a Series
     aligned with ``trace``: Σ correct / Σ n over the last ``window`` steps of the same phase.
     ``by`` names the columns that identify a run (absent ones ignored). Vectorised: one grouped
     cumulative sum, no Python loop over runs; equals :func:`shiftsim.metrics.trailing_accuracy`.
@@ -355,7 +366,8 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
     facet's title from its value (default ``"<col_label> = <value>"``).
 
     ``traces``: per-step rows with ``step``, ``phase``, ``n``, ``correct``, the ``hue`` column
-    and a run identifier (``run_id``), e.g. ``results.traces()``. ``recovery``: optional
+    and a run identifier (``run_id``), e.g. ``results.traces()``, or one run's trace
+    (``RunResult.trace``: no ``hue`` column, one line, no legend). ``recovery``: optional
     rows with ``recovery_steps`` and ``censored`` (one per run, or run × phase rows such as
     ``results.phases``); when given, the median recovery time of each line (censored counted as
     +inf, docs/metrics.md) is marked with a dotted vertical line. ``shifted``: optional
@@ -371,6 +383,9 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
     """
     from .metrics import median_recovery
 
+    traces, single = _one_run(traces, hue)
+    if single and recovery is not None:
+        recovery, _ = _one_run(recovery, hue)
     _require(traces, ["step", "phase", "n", "correct", hue], "recovery_curves")
     if col is not None and col != "shift":
         _require(traces, [col], "recovery_curves")
@@ -408,7 +423,8 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
             ax.set_ylim(-0.02, 1.02)
         for row in axes:
             row[0].set_ylabel(f"online accuracy\n({window}-step trailing mean)")
-        _legend(fig, axes.flat[0], hue)
+        if not single:
+            _legend(fig, axes.flat[0], hue)
     return fig
 
 
@@ -421,6 +437,8 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
     """Whole-stream smoothed online accuracy vs step, mean over seeds with a ``level`` band, one
     line per ``hue`` value, phases shaded and named, one facet per ``col`` value.
 
+    ``traces``: per-step rows of one run or many (``results.traces()``); without a ``hue``
+    column (one run's ``RunResult.trace``) it is one line and no legend.
     ``phases``: optional phase plan rows (``phase``, ``start``, ``steps``, ``name``; e.g.
     ``results.phases``, which may repeat them per run, or ``RunResult.phases``) for the shading;
     without it the phases are read off the traces. A run whose trace stops before the end of
@@ -431,6 +449,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
     >>> len(stream_accuracy(tr, window=5).axes)
     1
     """
+    traces, single = _one_run(traces, hue)
     _require(traces, ["step", "phase", "n", "correct", hue], "stream_accuracy")
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
     df = traces.copy()
@@ -461,7 +480,83 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
             ax.set_title(_facet_title(col, facet, col_label, None))
         for row in axes:
             row[0].set_ylabel(f"online accuracy\n({window}-step trailing mean)")
-        _legend(fig, axes.flat[0], hue)
+        if not single:
+            _legend(fig, axes.flat[0], hue)
+    return fig
+
+
+def run_accuracy(result: Any, window: int = 20, summary: pd.DataFrame | None = None,
+                 height: float = 3.0, color: str = OKABE_ITO[0]) -> plt.Figure:
+    """One run at a glance (what ``RunResult.plot()`` draws): its smoothed online accuracy over
+    the whole stream, phases shaded and named, and for every shift its recovery from the run's
+    summary: the recovery target as a dashed segment over the phase, a dot where the trailing
+    accuracy is back at the target to stay (``recovery_steps`` after the shift), "not
+    recovered" when it never is (censored). Where the summary has them (recovery version 2),
+    the onset of the dip (``onset_steps``) is a small down-triangle, a shift that did not hurt
+    (``dipped`` false) says "no dip", and a learner that ended the phase at chance
+    (``collapsed``) says so.
+
+    ``result``: a :class:`~shiftsim.engine.RunResult`; ``summary``: its ``summary()`` when
+    already computed (e.g. with other recovery options).
+
+    >>> import shiftsim as ss
+    >>> sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=2, steps_per_task=60)
+    >>> fig = run_accuracy(ss.run(sc, ss.models.mlp(hidden=(16,)), "sgdm"))
+    >>> fig.axes[0].get_title(), fig.axes[0].get_xlabel()
+    ('flip-permute-1, sgdm, seed 0', 'step')
+    """
+    trace, phases = result.trace, result.phases
+    if summary is None:
+        summary = result.summary(window=window)
+    _require(summary, ["phase", "start", "recovery_steps", "censored"], "run_accuracy")
+    fig = stream_accuracy(trace, phases, window=window, height=height,
+                          palette={"run": color}, col_wrap=None)
+    ax = fig.axes[0]
+    info = getattr(result, "info", {}) or {}
+    scen = (info.get("scenario") or {}).get("name")
+    opt = ((info.get("learner") or {}).get("optimizer") or {}).get("name")
+    ax.set_title(", ".join(str(p) for p in (scen, opt, f"seed {info['seed']}"
+                                            if "seed" in info else None) if p))
+    ends = dict(zip(phases["phase"], phases["start"] + phases["steps"])) \
+        if {"phase", "start", "steps"} <= set(phases.columns) else {}
+    stop = len(trace)
+    handles = {}
+    with style():
+        for row in summary[summary["phase"] >= 1].to_dict("records"):
+            start = int(row["start"])
+            if start >= stop:
+                continue  # the run stopped (diverged) before this shift
+            end = int(ends.get(row["phase"], stop))
+            target = row.get("target", math.nan)
+            dipped = row.get("dipped", True)
+            label_y = 0.04
+            if target is not None and np.isfinite(target):
+                h = ax.hlines(target, start, min(end, stop), colors="0.35", lw=0.9, ls="--",
+                              zorder=3)
+                handles.setdefault("recovery target", h)
+            onset = row.get("onset_steps", math.nan)
+            if onset is not None and np.isfinite(onset) and dipped is not False:
+                y = target if np.isfinite(target) else 0.5
+                (h,) = ax.plot([start + onset], [y], marker="v", ms=5, color="0.25", lw=0,
+                               zorder=5)
+                handles.setdefault("onset of the dip", h)
+            rec = row.get("recovery_steps", math.nan)
+            if dipped is False:
+                ax.text(start + 2, label_y, "no dip", fontsize=7, color="0.25", va="bottom")
+            elif bool(row.get("censored")) or rec is None or not np.isfinite(rec):
+                what = "collapsed, not recovered" if bool(row.get("collapsed")) else \
+                    "not recovered"
+                ax.text(start + 2, label_y, what, fontsize=7, color=OKABE_ITO[3], va="bottom")
+            else:
+                y = target if np.isfinite(target) else 0.5
+                (h,) = ax.plot([start + rec], [y], marker="o", ms=5, color=OKABE_ITO[2],
+                               lw=0, zorder=6)
+                handles.setdefault("recovered", h)
+                ax.text(start + rec, y - 0.06, f"{rec:g} steps", fontsize=7,
+                        color=OKABE_ITO[2], ha="left", va="top")
+        if handles:
+            ax.legend(list(handles.values()), list(handles), loc="lower right", fontsize=7,
+                      frameon=True, framealpha=0.85)
     return fig
 
 
@@ -739,7 +834,7 @@ def accuracy_matrices(evals: pd.DataFrame, hue: str = "optimizer", row: str | No
                       row_order: Sequence[Any] | None = None, row_label: str | None = None,
                       size: float = 1.9) -> plt.Figure:
     """The accuracy matrix R[i, j] (held-out accuracy on regime j at the end of phase i,
-    specs/metrics.md), averaged over seeds: one panel per ``hue`` value (columns) and ``row``
+    docs/metrics.md), averaged over seeds: one panel per ``hue`` value (columns) and ``row``
     value (rows), from the phase-end evaluations of ``evals`` (e.g. ``results.evals``).
 
     >>> ev = pd.DataFrame({"optimizer": "sgdm", "run_id": "a", "step": [5, 5, 10, 10],
@@ -808,6 +903,7 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
     >>> len(diagnostics(tr).axes)
     1
     """
+    traces, single = _one_run(traces, hue)
     _require(traces, ["step", "phase", hue], "diagnostics")
     cols = list(columns) if columns is not None else diagnostic_columns(traces)
     if not cols:
@@ -834,7 +930,8 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
                 ax.axvline(s, color="0.3", lw=0.6, ls="--")
             ax.set_ylabel(_label(c))
         axes[-1, 0].set_xlabel("step")
-        _legend(fig, axes[0, 0], hue)
+        if not single:
+            _legend(fig, axes[0, 0], hue)
     return fig
 
 

@@ -119,6 +119,7 @@ class Phase:
             if not isinstance(s, Shift):
                 raise SpecTypeError(f"Phase.shifts must hold shifts such as LabelFlip or Rotate, "
                                     f"got {s!r}")
+            s.check_interface()  # a custom Shift: a frozen dataclass with apply(x, state, gen)
         object.__setattr__(self, "shifts", tuple(shifts))
         if not isinstance(self.transition, (Abrupt, Gradual)):
             raise SpecTypeError(f"Phase.transition must be Abrupt() or Gradual(width), got "

@@ -1,6 +1,6 @@
 """The results store: a folder of runs, written atomically, loaded as tidy DataFrames.
 
-Layout (DESIGN.md)::
+Layout (docs/architecture.md)::
 
     out_dir/
       study.json                 the study: name, axes, run ids and labels (written at start)
@@ -186,15 +186,45 @@ def _now() -> str:
 # folders
 
 
-def check_out_dir(out_dir: str | os.PathLike, *, create: bool = False) -> Path:
-    """Return ``out_dir`` as a Path; raise when it exists and is not a folder."""
+def check_out_dir(out_dir: str | os.PathLike, *, create: bool = False,
+                  what: str = "results folder") -> Path:
+    """Return ``out_dir`` as a Path after checking, before any work, that it is or can become a
+    writable folder: it is not a file, no component of its path is a file, and the folder (or
+    its nearest existing parent) is writable. ``what`` names it in the error.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (pathlib.Path(d) / "afile").write_text("x")
+    ...     check_out_dir(pathlib.Path(d) / "afile" / "sub", what="--out")
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.ShiftsimError: --out '.../afile/sub' cannot be created: '.../afile' is a
+    file, not a folder
+    """
     if not isinstance(out_dir, (str, os.PathLike)):
         raise SpecTypeError(f"out_dir must be a folder path, got {out_dir!r}")
     p = Path(out_dir)
     if p.exists() and not p.is_dir():
-        raise ShiftsimError(f"results folder {str(p)!r} exists and is not a folder")
+        raise ShiftsimError(f"{what} {str(p)!r} exists and is not a folder")
+    existing = p
+    while not existing.is_dir():  # the nearest existing ancestor must be a folder
+        if existing.exists() or existing.is_symlink():  # a file, a broken link ...
+            kind = "a file, not a folder" if existing.is_file() else "not a folder"
+            raise ShiftsimError(f"{what} {str(p)!r} cannot be created: {str(existing)!r} is "
+                                f"{kind}")
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        where = "is not writable" if existing == p else \
+            f"cannot be created: {str(existing)!r} is not writable"
+        raise ShiftsimError(f"{what} {str(p)!r} {where}")
     if create:
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ShiftsimError(f"cannot create {what} {str(p)!r}: {exc.strerror or exc}") \
+                from None
     return p
 
 
@@ -705,8 +735,7 @@ class StudyResults:
             known = ", ".join(list(self.states)[:5]) + (" ..." if len(self.states) > 5 else "")
             raise ShiftsimError(f"no run {run_id!r} in {str(self.path)!r}; runs: {known}")
         if st.status not in ("ok", "diverged"):
-            raise ShiftsimError(f"run {run_id} has status {st.status!r} and no {name}"
-                                + (f" ({st.reason})" if st.reason else ""))
+            raise ShiftsimError(_unreadable(run_id, name, st))
         cols = None if columns is None else ["run_id", *[c for c in columns if c != "run_id"]]
         try:
             return pd.read_parquet(run_dir(self.path, run_id) / name, columns=cols)
@@ -751,7 +780,26 @@ class StudyResults:
     def __repr__(self) -> str:
         name = (self.study or {}).get("name", self.path.name)
         c = ", ".join(f"{v} {k}" for k, v in self.counts().items() if v)
-        return f"StudyResults({name!r}: {len(self)} runs — {c or 'empty'})"
+        n = len(self)
+        return f"StudyResults({name!r}: {n} run{'s' if n != 1 else ''} — {c or 'empty'})"
+
+
+def _unreadable(run_id: str, name: str, st: RunState) -> str:
+    """Why a run's data file cannot be read, without contradicting the file's presence.
+
+    >>> print(_unreadable("ab12", "trace.parquet", RunState("ab12", "incomplete",
+    ...                   "trace.parquet: 100 bytes, expected 12363")))
+    run ab12 is incomplete (trace.parquet: 100 bytes, expected 12363), so its trace.parquet
+    cannot be used; run the study again to redo it
+    """
+    if st.status == "failed":
+        error = (st.summary or {}).get("error")
+        return (f"run {run_id} failed" + (f" ({error})" if error else "")
+                + f", so it has no {name}")
+    if st.status == "pending":
+        return f"run {run_id} has not run yet, so it has no {name}"
+    return (f"run {run_id} is {st.status}" + (f" ({st.reason})" if st.reason else "")
+            + f", so its {name} cannot be used; run the study again to redo it")
 
 
 def load(out_dir: str | os.PathLike, *, verify: bool = True,

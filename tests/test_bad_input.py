@@ -1,10 +1,12 @@
 """Malformed inputs: each raises a clear error naming the value and what is allowed; the CLI
 prints it on one line without a traceback, exits with status 2 and writes nothing."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +51,34 @@ CASES = [
      r"learning rate lr must be >= 0, got -1"),
     ("non-finite learning rate", lambda: ss.optim.spec("sgdm", lr=float("nan")),
      r"lr must be finite, got nan"),
+    # torch's optimizers: checked at spec time, not when a study builds them
+    ("adam betas above 1", lambda: ss.optim.spec("adam", betas=(1.5, 0.9)),
+     r"^adam\.betas\[0\] must be in \[0, 1\), got 1\.5$"),
+    ("adamw beta2 of 1", lambda: ss.optim.spec("adamw", betas=(0.9, 1.0)),
+     r"^adamw\.betas\[1\] must be in \[0, 1\), got 1\.0$"),
+    ("betas not a pair", lambda: ss.optim.spec("adam", betas=0.9),
+     r"^adam\.betas must be a pair of numbers, got 0\.9$"),
+    ("sgdm momentum above 1", lambda: ss.optim.spec("sgdm", momentum=2.0),
+     r"^sgdm\.momentum must be in \[0, 1\), got 2\.0$"),
+    ("negative momentum", lambda: ss.optim.spec("sgdm", momentum=-0.1),
+     r"^sgdm\.momentum must be in \[0, 1\), got -0\.1$"),
+    ("dampening above 1", lambda: ss.optim.spec("sgdm", dampening=1.5),
+     r"^sgdm\.dampening must be in \[0, 1\], got 1\.5$"),
+    ("nesterov with dampening", lambda: ss.optim.spec("nesterov", dampening=0.5),
+     r"^nesterov: Nesterov momentum needs momentum > 0 and dampening 0, got momentum=0\.9, "
+     r"dampening=0\.5$"),
+    ("negative eps", lambda: ss.optim.spec("adam", eps=-1e-8),
+     r"^adam\.eps must be in \[0, inf\], got -1e-08$"),
+    ("negative weight decay", lambda: ss.optim.spec("adamw", weight_decay=-0.01),
+     r"^adamw\.weight_decay must be in \[0, inf\], got -0\.01$"),
+    ("rmsprop alpha above 1", lambda: ss.optim.spec(torch.optim.RMSprop, alpha=1.5),
+     r"^RMSprop\.alpha must be in \[0, 1\], got 1\.5$"),
+    ("rprop etas reversed", lambda: ss.optim.spec("torch.optim.Rprop", etas=(1.2, 0.5)),
+     r"^Rprop\.etas must be \(decrease, increase\) with 0 < decrease < 1 < increase"),
+    ("shiftsim optimizer momentum above 1", lambda: ss.optim.spec("tam", momentum=2.0),
+     r"^tam: momentum must be in \[0, 1\], got 2\.0$"),
+    ("shiftsim optimizer betas above 1", lambda: ss.optim.spec("adatam", betas=(1.5, 0.9)),
+     r"^adatam: betas\[0\] must be in \[0, 1\), got 1\.5$"),
     ("fixed hyperparameter", lambda: ss.optim.spec("sgd", momentum=0.9),
      r"'momentum' is fixed by the optimizer name 'sgd'"),
     ("unknown shift", lambda: shift_from_dict({"type": "Warp"}),
@@ -61,6 +91,42 @@ CASES = [
     ("labels outside the classes", lambda: ss.data.from_tensors(
         torch.rand(10, 3), torch.tensor([0, 1, 2, 5] * 2 + [0, 1]), classes=3),
      r"labels in \[0, 5\] but the dataset has 3 classes"),
+    ("labels mixing names and numbers", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", 1, "b", 2], dtype=object)),
+     r"^y_train mixes class names and other values \(1 of type int\); give every label as a "
+     r"string, or every label as an integer class index$"),
+    ("missing label among string labels", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", None, "b", "a"], dtype=object)),
+     r"^y_train mixes class names and other values \(None of type NoneType\)"),
+    ("string label not among the classes", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", "b", "c", "a"]), classes=["a", "b"]),
+     r"^label 'c' is not one of the classes; allowed: 'a', 'b'$"),
+    ("class count with string labels", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array(["a", "b", "c", "a"]), classes=3),
+     r"^classes=3 is a number but the labels are class names"),
+    ("float objects as labels", lambda: ss.data.from_numpy(
+        np.zeros((4, 2), np.float32), np.array([0, 1.5, 1, 0], dtype=object)),
+     r"^labels must be class indices \(integers\) or class names \(strings\), got 1\.5 of type "
+     r"float$"),
+    ("dataset items that are not pairs", lambda: ss.data.from_dataset([torch.zeros(1, 4, 4)] * 4),
+     r"^train item 0: ds\[i\] must give \(image, label\), got Tensor$"),
+    ("dataset images of the wrong type", lambda: ss.data.from_dataset([("img", 0)] * 4),
+     r"^train item 0: an image must be a PIL image, a tensor or a numpy array, got str$"),
+    ("dataset labels of the wrong type", lambda: ss.data.from_dataset([(torch.zeros(4, 4), 0.5)]),
+     r"^train item 0: a label must be a class index \(int\) or a class name \(str\), got 0\.5$"),
+    ("dataset images of different sizes", lambda: ss.data.from_dataset(
+        [(torch.zeros(4, 4), 0), (torch.zeros(5, 5), 1)]),
+     r"^images differ in shape: \(1, 4, 4\) \(the first\) and \(1, 5, 5\) \(train item 1\); "
+     r"pass size=\(height, width\) to resize them$"),
+    ("dataset channels of 2", lambda: ss.data.from_dataset([(torch.zeros(4, 4), 0)], channels=2),
+     r"^channels must be None \(as stored\), 1 \(grey\) or 3 \(RGB\), got 2$"),
+    ("dataset subset larger than the data", lambda: ss.data.from_dataset(
+        [(torch.zeros(4, 4), i % 2) for i in range(4)], train_size=9),
+     r"^train_size must be in \[1, 4\], got 9$"),
+    ("not a dataset at all", lambda: ss.data.from_dataset(3),
+     r"^the train dataset must support len\(ds\) and ds\[i\] -> \(image, label\), got int$"),
+    ("missing CIFAR-10", lambda: ss.data.cifar10("/nonexistent-cifar"),
+     r"^CIFAR-10 files not found under '/nonexistent-cifar' .*shiftsim never downloads"),
     ("images outside [0, 1]", lambda: ss.data.from_tensors(torch.rand(10, 1, 4, 4) * 255,
                                                             torch.arange(10) % 2),
      r"image inputs must be in \[0, 1\]"),
@@ -89,6 +155,21 @@ CASES = [
     ("permutation fraction above 1", lambda: ss.PixelPermutation(2.0),
      r"PixelPermutation\.fraction must be in \[0, 1\], got 2\.0"),
     ("shift of the wrong type", lambda: ss.Phase(5, ["rotate"]), r"must hold shifts .*got 'rotate'"),
+    # custom shifts: refused when the Phase is built, naming what is missing
+    ("custom shift without apply", lambda: ss.Phase(5, [_NoApply()]),
+     r"^shift _NoApply has no apply\(\) method; an input shift must define apply\(self, x, "
+     r"state, generator\)$"),
+    ("custom shift not a dataclass", lambda: ss.Phase(5, [_Plain()]),
+     r"^shift _Plain must be a frozen dataclass: decorate the class with "
+     r"@dataclasses\.dataclass\(frozen=True\)$"),
+    ("custom shift with the wrong apply", lambda: ss.Phase(5, [_OneArg()]),
+     r"^_OneArg\.apply must take \(x, state, generator\); it takes \(x\)$"),
+    ("custom shift with the wrong prepare", lambda: ss.Phase(5, [_BadPrepare()]),
+     r"^_BadPrepare\.prepare must take \(input_shape, generator\); it takes \(\)$"),
+    ("custom label shift", lambda: ss.Phase(5, [_LabelKind()]),
+     r"^shift _LabelKind has kind 'label'; your own shifts change inputs \(kind 'input'\)"),
+    ("custom shift named like a built-in", lambda: type("Rotate", (ss.shifts.Shift,), {}),
+     r"^a shift named 'Rotate' exists in shiftsim already; give yours another name$"),
     ("two label flips in a phase", lambda: ss.Phase(5, [ss.LabelFlip(0.1), ss.LabelFlip(0.2)]),
      r"at most one LabelFlip"),
     ("zero-width layer", lambda: ss.models.mlp(hidden=(0,)), r"hidden\[0\] must be in \[1, inf\], got 0"),
@@ -100,7 +181,70 @@ CASES = [
     ("unknown device", lambda: ss.run(_scenario(), ss.models.linear(), device="tpu"),
      r"unknown device 'tpu'; allowed: 'auto', 'cpu'"),
     ("model of the wrong type", lambda: ss.run(_scenario(), "mlp"), r"model must be a ModelSpec"),
+    ("zero threads", lambda: ss.run(_scenario(), ss.models.linear(), threads=0),
+     r"^threads must be a positive integer or None, got 0$"),
+    # a model that does not fit the data: one line naming both shapes, before step 0
+    ("model outputs too few classes", lambda: ss.run(_scenario(), _net(64, 3)),
+     r"the model does not fit dataset 'digits': it outputs 3 values per sample \(output shape "
+     r"\(2, 3\) for inputs of shape \(2, 1, 8, 8\)\) but the dataset has 10 classes; its last "
+     r"layer Linear\(in_features=64, out_features=3, bias=True\) must output 10$"),
+    ("model outputs too few classes, plain loop", lambda: ss.run(_scenario(), _net(64, 3),
+                                                                 vectorized=False),
+     r"it outputs 3 values per sample .* but the dataset has 10 classes"),
+    ("model input of the wrong size", lambda: ss.run(_scenario(), _net(784, 10)),
+     r"the model does not fit dataset 'digits': on inputs of shape \(1, 8, 8\) \(64 values per "
+     r"sample\) it raised RuntimeError: mat1 and mat2 shapes cannot be multiplied \(2x64 and "
+     r"784x10\); its first layer is Linear\(in_features=784, out_features=10, bias=True\)$"),
+    ("model factory of the wrong width", lambda: ss.run(_scenario(), lambda d: _net(64, 4)),
+     r"it outputs 4 values per sample"),
+    ("conv model on the wrong channels", lambda: ss.run(_scenario(), torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))),
+     r"on inputs of shape \(1, 8, 8\) .* expected input\[2, 1, 8, 8\] to have 3 channels.*"
+     r"its first layer is Conv2d\(3, 4"),
+    ("model of the wrong output rank", lambda: ss.run(_scenario(), torch.nn.Sequential(
+        _net(64, 10), torch.nn.Unflatten(1, (2, 5)))),
+     r"its output has shape \(2, 2, 5\) for inputs of shape \(2, 1, 8, 8\); it must be "
+     r"\(batch, 10\), one logit per class"),
+    ("fleet model of the wrong width", lambda: ss.run_fleet(_scenario(), _net(64, 3), [("sgdm", 0)]),
+     r"it outputs 3 values per sample"),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoApply(ss.shifts.Shift):
+    strength: float = 1.0
+
+
+class _Plain(ss.shifts.Shift):
+    def apply(self, x, state, generator):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneArg(ss.shifts.Shift):
+    def apply(self, x):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class _BadPrepare(ss.shifts.Shift):
+    def prepare(self):
+        return None
+
+    def apply(self, x, state, generator):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class _LabelKind(ss.shifts.Shift):
+    kind = "label"
+
+    def apply(self, x, state, generator):
+        return x
+
+
+def _net(n_in, n_out):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, n_out))
 
 
 @pytest.mark.parametrize("make,pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -156,10 +300,81 @@ CLI_CASES = [
     ("study file without study", lambda d: ["study", str(_write(d / "s.py", "x = 2\n")), "--out", "out"],
      r"^error: s\.py defines no 'study'"),
     ("report of a missing folder", lambda d: ["report", "nowhere", "--out", "out"], r"^error: .*nowhere"),
+    ("model that does not fit", lambda d: ["run", str(_write(d / "m.py", OK + MISFIT)), "--out", "out"],
+     r"^error: the model does not fit dataset 'digits': it outputs 3 values per sample \(output "
+     r"shape \(2, 3\) for inputs of shape \(2, 1, 8, 8\)\) but the dataset has 10 classes; its "
+     r"last layer Linear\(in_features=64, out_features=3, bias=True\) must output 10$"),
+    ("model input that does not fit", lambda d: ["run", str(_write(d / "m.py", OK + MISFIT_IN)),
+                                                 "--out", "out"],
+     r"^error: the model does not fit dataset 'digits': on inputs of shape \(1, 8, 8\) \(64 "
+     r"values per sample\) it raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+    ("run --out below a file", lambda d: ["run", str(_write(d / "ok.py", OK)), "--out",
+                                          str(_write(d / "afile", "x")) + "/sub"],
+     r"^error: --out '.*/afile/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("run --out a file", lambda d: ["run", str(_write(d / "ok.py", OK)), "--out",
+                                    str(_write(d / "afile", "x"))],
+     r"^error: --out '.*/afile' exists and is not a folder$"),
+    ("study --out below a file", lambda d: ["study", str(_write(d / "s.py", STUDY_OK)), "--out",
+                                            str(_write(d / "afile", "x")) + "/deeper/sub"],
+     r"^error: --out '.*/afile/deeper/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("report --out below a file", lambda d: ["report", str(d), "--out",
+                                             str(_write(d / "afile", "x")) + "/sub"],
+     r"^error: --out '.*/afile/sub' cannot be created: '.*/afile' is a file, not a folder$"),
+    ("scenario file with mixed labels", lambda d: ["run", str(_write(d / "l.py", LABELS)), "--out",
+                                                   "out"],
+     r"^error: l\.py: y_train mixes class names and other values \(3 of type int\)"),
+    ("scenario file with a custom shift lacking apply", lambda d: ["run", str(_write(
+        d / "c.py", CUSTOM)), "--out", "out"],
+     r"^error: c\.py: shift Invert has no apply\(\) method; an input shift must define "
+     r"apply\(self, x, state, generator\)$"),
+    ("scenario file with a missing image folder", lambda d: ["run", str(_write(
+        d / "f.py", "import shiftsim as ss\nds = ss.data.image_folder('photos')\n")), "--out", "out"],
+     r"^error: f\.py: image folder 'photos' is not a folder$"),
+    ("study with adam betas above 1", lambda d: ["study", str(_write(
+        d / "s.py", STUDY_OK.replace('"sgd"}', 'ss.optim.spec("adam", betas=(1.5, 0.9))}'))),
+        "--out", "out"],
+     r"^error: s\.py: adam\.betas\[0\] must be in \[0, 1\), got 1\.5$"),
+    ("study whose model does not fit", lambda d: ["study", str(_write(d / "s.py", STUDY_CNN)),
+                                                  "--out", "out"],
+     r"^error: cnn needs image data \(N, C, H, W\); got inputs of shape \(4,\)"),
 ]
 OK = """
 import shiftsim as ss
 scenario = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)
+"""
+MISFIT = """
+from torch import nn
+model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+"""
+MISFIT_IN = """
+from torch import nn
+model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+LABELS = """
+import numpy as np
+import shiftsim as ss
+ds = ss.data.from_numpy(np.zeros((4, 2), np.float32), np.array(["a", 3, "b", "a"], dtype=object))
+"""
+CUSTOM = """
+import dataclasses
+import shiftsim as ss
+
+@dataclasses.dataclass(frozen=True)
+class Invert(ss.shifts.Shift):
+    strength: float = 1.0
+
+scenario = ss.Scenario(ss.data.digits(), [ss.Phase(5), ss.Phase(5, [Invert()])], batch_size=8)
+"""
+STUDY_OK = """
+import shiftsim as ss
+sc = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)
+study = ss.Study("s", {"a": sc}, model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"},
+                 seeds=1)
+"""
+STUDY_CNN = """
+import shiftsim as ss
+sc = ss.Scenario(ss.data.synthetic(n=100, dim=4), [ss.Phase(5)], batch_size=8)
+study = ss.Study("s", {"a": sc}, model=ss.models.cnn(), optimizers={"sgd": "sgd"}, seeds=1)
 """
 
 
@@ -190,7 +405,8 @@ def test_cli_prints_one_line_exits_2_and_writes_nothing(tmp_path, capsys, monkey
     assert "out" not in after and after - before <= {"__pycache__"}
 
 
-@pytest.mark.parametrize("case", ["missing file", "user code error"])
+@pytest.mark.parametrize("case", ["missing file", "user code error", "model that does not fit",
+                                  "run --out below a file", "study with adam betas above 1"])
 def test_the_installed_entry_point_prints_no_traceback(tmp_path, case):
     import re
 
@@ -200,3 +416,79 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path, case):
     assert "Traceback" not in proc.stderr
     assert re.search(pattern, proc.stderr.strip()) and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# -- output folders are checked before any work ---------------------------------------------
+
+def test_out_paths_below_a_file_fail_before_any_work_from_python(tmp_path):
+    from shiftsim.study import Study
+
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "sub"
+    study = Study("s", {"a": _scenario()}, model=ss.models.mlp(hidden=(4,)),
+                  optimizers={"sgd": "sgd"}, seeds=1)
+    with pytest.raises(ShiftsimError, match=r"results folder '.*/afile/sub' cannot be created: "
+                                             r"'.*/afile' is a file, not a folder$"):
+        study.run(bad, workers=1, progress=False)
+    with pytest.raises(ShiftsimError, match=r"report folder '.*/afile/sub' cannot be created"):
+        ss.report(tmp_path, bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_unwritable_out_folder_is_named(tmp_path, monkeypatch, capsys):
+    import os
+
+    from shiftsim import cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked)
+                        else real(p, mode, **kw))  # (as root, chmod cannot make it unwritable)
+    f = _write(tmp_path / "ok.py", OK)
+    assert cli.main(["run", str(f), "--out", str(locked / "new" / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --out '{locked}/new/sub' cannot be created: '{locked}' is not "
+                   "writable")
+    assert cli.main(["run", str(f), "--out", str(locked)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out '{locked}' is not writable"
+    assert list(locked.iterdir()) == []
+
+
+def test_a_shift_workers_cannot_import_is_refused_before_any_worker_starts(tmp_path):
+    from shiftsim.study import Study
+
+    @dataclasses.dataclass(frozen=True)
+    class Dim(ss.shifts.Shift):  # defined in a function: pickle cannot send it to a worker
+        def apply(self, x, state, generator):
+            return 0.5 * x
+
+    sc = _scenario(phases=[ss.Phase(5), ss.Phase(5, [Dim()])])
+    study = Study("dim", {"a": sc, "b": sc.replace(name="b", batch_size=4)},
+                  model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"}, seeds=2)
+    pattern = (r"^shift Dim is defined in .*<locals>\.Dim, which worker processes cannot "
+               r"import; define it in a module on the Python path")
+    for fleet in (False, True):
+        with pytest.raises(ShiftsimError, match=pattern):
+            study.run(tmp_path / f"out{fleet}", workers=2, fleet=fleet, progress=False)
+        assert not (tmp_path / f"out{fleet}" / "runs").exists()
+    # in this process it runs
+    assert study.run(tmp_path / "here", workers=1, progress=False).done == 4
+
+
+def test_a_report_with_no_results_names_the_failure_not_a_pending_run(tmp_path, capsys):
+    import shutil
+
+    from shiftsim import cli
+    from shiftsim.study import Study
+
+    study = Study("nothing", {"a": _scenario()}, model=ss.models.mlp(hidden=(4,)),
+                  optimizers={"sgd": "sgd", "lbfgs": "torch.optim.LBFGS"}, seeds=1)
+    study.run(tmp_path / "s", workers=1, progress=False)
+    ok = next(s.run_id for s in study.grid() if s.label_dict["optimizer"] == "sgd")
+    shutil.rmtree(tmp_path / "s" / "runs" / ok)  # now pending
+    assert cli.main(["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run of the study has results to report (")
+    assert "first error: TypeError: LBFGS.step() missing 1 required positional argument" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()

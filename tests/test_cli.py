@@ -84,7 +84,9 @@ def test_study_runs_resumes_and_redoes(tmp_path, capsys):
 @pytest.mark.parametrize("extra,expect", [
     (["--workers", "0"], "error: argument --workers: expected a positive integer, got '0'"),
     (["--backend", "dask"], "error: argument --backend: invalid choice: 'dask'"),
-    (["--out", "{tmp}/file"], "error: results folder '{tmp}/file' exists and is not a folder"),
+    (["--out", "{tmp}/file"], "error: --out '{tmp}/file' exists and is not a folder"),
+    (["--out", "{tmp}/file/sub"], "error: --out '{tmp}/file/sub' cannot be created: '{tmp}/file' "
+                                  "is a file, not a folder"),
     (["--out", "{tmp}/other"], "error: '{tmp}/other' holds the results of study 'another', "
                                "not 'cli-study'; use another folder"),
 ])
@@ -104,3 +106,18 @@ def test_study_errors_are_one_line_exit_2(tmp_path, capsys, extra, expect):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(expect.format(tmp=tmp_path)) and err.count("\n") == 1
+
+
+def test_run_out_help_says_where_the_run_is_written(tmp_path, capsys):
+    sub = cli.build_parser()._subparsers._group_actions[0].choices["run"]
+    text = " ".join(sub.format_help().split())
+    assert "--out OUT also store the run in the results folder OUT (as a study does): " \
+           "OUT/runs/<run id>/ with spec.json, trace.parquet" in text
+    f = tmp_path / "ok.py"
+    f.write_text("import shiftsim as ss\n"
+                 "scenario = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)\n")
+    assert cli.main(["run", str(f), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    (folder,) = (tmp_path / "o" / "runs").iterdir()
+    assert capsys.readouterr().out.strip().endswith(f"wrote {folder}")
+    assert sorted(p.name for p in folder.iterdir()) == ["evals.parquet", "spec.json",
+                                                         "summary.json", "trace.parquet"]

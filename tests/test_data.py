@@ -111,3 +111,60 @@ def test_mnist1d_is_generated_offline():
     assert ds.kind == "tabular"
     # the generator's global reseeding is undone
     assert np.array_equal(np.random.get_state()[1][:5], state)
+
+
+def test_string_labels_become_classes_with_their_names():
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 3), dtype=np.float32)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    y = names[np.arange(60) % 3]
+    ds = ss.data.from_numpy(x, y, test_fraction=0.25, seed=0)
+    assert ds.classes == ("setosa", "versicolor", "virginica") and ds.num_classes == 3
+    assert ds.y_train.dtype == torch.int64 and len(ds) == 45 and ds.x_test.shape[0] == 15
+    # every sample keeps its class: the index of its name
+    perm = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+    assert ds.y_test.tolist() == [int(i) % 3 for i in perm[:15]]
+    assert [a + b for a, b in zip(ds.class_counts("train"), ds.class_counts("test"))] == [20] * 3
+    # object arrays, an explicit order, separate splits sharing one mapping
+    ds2 = ss.data.from_numpy(x[:40], y[:40].astype(object), x[40:], y[40:],
+                             classes=["virginica", "setosa", "versicolor"])
+    assert ds2.classes == ("virginica", "setosa", "versicolor")
+    assert ds2.y_train[:4].tolist() == [1, 2, 0, 1] and ds2.y_test[:3].tolist() == [2, 0, 1]
+    # a name seen only in the test split is still a class; integer objects stay indices
+    ds3 = ss.data.from_numpy(x[:4], np.array(["b", "a", "b", "a"]), x[4:8],
+                             np.array(["c", "a", "b", "c"]))
+    assert ds3.classes == ("a", "b", "c") and ds3.y_test.tolist() == [2, 0, 1, 2]
+    ds4 = ss.data.from_numpy(x[:10], np.array([0, 1] * 5, dtype=object))
+    assert ds4.classes == ("0", "1")
+    # a run on it works and its description keeps the names
+    sc = ss.Scenario(ds, [ss.Phase(5)], batch_size=8, eval_size=10)
+    assert ss.run(sc, ss.models.mlp(hidden=(4,))).info["scenario"]["data"]["classes"] == \
+        ["setosa", "versicolor", "virginica"]
+
+
+def test_digits_default_split_is_scikit_learns_without_importing_it():
+    """The stored default split equals train_test_split(stratify=y, random_state=0); the
+    default dataset is built without importing scikit-learn (half a second)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    xtr, xte, ytr, yte = train_test_split(x, bunch.target, test_size=0.2, stratify=bunch.target,
+                                          random_state=0)
+    ss.data.loaders._CACHE.clear()
+    ds = ss.data.digits()
+    assert np.array_equal(ds.x_train.numpy(), xtr) and np.array_equal(ds.x_test.numpy(), xte)
+    assert np.array_equal(ds.y_train.numpy(), ytr) and np.array_equal(ds.y_test.numpy(), yte)
+    other = ss.data.digits(test_fraction=0.3, seed=1)  # any other split: scikit-learn's
+    _, xte2, _, _ = train_test_split(x, bunch.target, test_size=0.3, stratify=bunch.target,
+                                     random_state=1)
+    assert np.array_equal(other.x_test.numpy(), xte2)
+    code = ("import sys, shiftsim as ss; ss.data.digits(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

@@ -193,3 +193,43 @@ def test_info_describes_the_run(tiny_scenario):
     assert res.info["learner"]["optimizer"] == ss.optim.spec("adamw", lr=0.01).to_dict()
     assert res.info["scenario"] == tiny_scenario.to_dict()
     assert res.timings["ms_per_step"] > 0
+
+
+def test_threads_1_reproduces_a_studys_stored_trace_bit_for_bit(tmp_path):
+    """A study runs with one torch thread; run(..., threads=1) gives its trace exactly, and the
+    process's thread count is restored."""
+    import pandas as pd
+
+    from shiftsim.study import Study
+
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=60)
+    study = Study("thr", {"a": sc}, model=ss.models.cnn(channels=(4,), hidden=16),
+                  optimizers={"tam": ss.optim.spec("tam", lr=0.1)}, seeds=1)
+    study.run(tmp_path, workers=1, progress=False)
+    (spec,) = study.grid()
+    stored = ss.store.load(tmp_path).trace(spec.run_id).drop(columns="run_id")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = ss.run(spec.scenario, spec.model, spec.optimizer, seed=spec.seed, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    pd.testing.assert_frame_equal(one.trace, stored)
+    assert np.array_equal(one.trace["loss"].to_numpy(), stored["loss"].to_numpy())
+
+
+def test_a_stacked_run_does_not_import_torch_dynamo():
+    """The first torch.optim.Optimizer built in a process imports torch._dynamo (about a
+    second); specs are checked without building one, so a ReLU-MLP run never pays it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, shiftsim as ss\n"
+            "sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=2, steps_per_task=20)\n"
+            "r = ss.run(sc, ss.models.mlp(hidden=(8,)), ss.optim.spec('tam', lr=0.1))\n"
+            "print(r.info['engine'], 'torch._dynamo' in sys.modules, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["stacked", "False", "False"]

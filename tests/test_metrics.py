@@ -1,4 +1,4 @@
-"""Metrics against values computed by hand on tiny traces (specs/metrics.md).
+"""Metrics against values computed by hand on tiny traces (docs/metrics.md).
 
 The hand computation is written next to each expected value so a reader can check it.
 """

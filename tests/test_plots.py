@@ -46,7 +46,7 @@ def make_traces(seeds=3, steps=(30, 30), optimizers=("sgdm", "tam"), severities=
 
 
 def ref_trailing(correct, n, phase, w):
-    """ā_t (specs/metrics.md) by its definition: the last w steps of the same phase."""
+    """ā_t (docs/metrics.md) by its definition: the last w steps of the same phase."""
     out = np.empty(len(correct))
     for t in range(len(correct)):
         u = t
@@ -267,7 +267,9 @@ def test_every_figure_saves_as_png_and_svg():
 @pytest.mark.parametrize("call, message", [
     (lambda: plots.recovery_curves([1, 2]), "needs a pandas DataFrame, got list"),
     (lambda: plots.recovery_curves(pd.DataFrame({"step": [0]})),
-     r"missing \['phase', 'n', 'correct', 'optimizer'\]"),
+     r"missing \['phase', 'n', 'correct'\]"),
+    (lambda: plots.recovery_curves(make_traces(seeds=2).drop(columns="optimizer")),
+     r"missing \['optimizer'\]"),  # several runs: which is which?
     (lambda: plots.stream_accuracy(pd.DataFrame({"step": [0], "phase": 0, "n": 1,
                                                  "correct": 1}), hue="opt"), r"missing \['opt'\]"),
     (lambda: plots.severity_heatmap(pd.DataFrame({"severity": [0.5]})),
@@ -277,3 +279,65 @@ def test_every_figure_saves_as_png_and_svg():
 def test_bad_input_names_what_is_missing(call, message):
     with pytest.raises(ShiftsimError, match=message):
         call()
+
+
+# -- one run: RunResult.plot() and the figures on a single run's trace -------------------------
+
+@pytest.fixture(scope="module")
+def one_run():
+    import shiftsim as ss
+
+    sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=3, steps_per_task=80)
+    return ss.run(sc, ss.models.mlp(hidden=(32,)), ss.optim.spec("sgdm", lr=0.05), seed=0)
+
+
+def test_figures_take_one_runs_trace(one_run):
+    tr = one_run.trace
+    assert "optimizer" not in tr.columns
+    fig = plots.stream_accuracy(tr, one_run.phases, window=10)
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()[-1:]
+    acc = plots.smoothed_accuracy(tr, 10).to_numpy()
+    np.testing.assert_allclose(line.get_ydata(), acc)  # the run's own curve, no band
+    assert not fig.legends and ax.get_legend() is None
+    fig = plots.recovery_curves(tr, window=10, before=0, recovery=one_run.summary(window=10))
+    assert not fig.legends and len(fig.axes) == 1
+    # two shifts averaged: the mean of their smoothed accuracies at each step since the shift
+    rf = plots.recovery_frame(tr, window=10)
+    curve = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 80][0]
+    np.testing.assert_allclose(curve.get_ydata(), rf.groupby("since_shift")["acc"].mean())
+
+
+def test_run_plot_marks_each_recovery(one_run):
+    summary = one_run.summary()
+    fig = one_run.plot()
+    ax = fig.axes[0]
+    assert ax.get_title() == "flip-permute-1, sgdm, seed 0"
+    dots = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    shifted = summary[summary["phase"] >= 1]
+    want = sorted(zip(shifted["start"] + shifted["recovery_steps"], shifted["target"]))
+    got = sorted((float(d.get_xdata()[0]), float(d.get_ydata()[0])) for d in dots)
+    np.testing.assert_allclose(np.array(got), np.array(want, dtype=float))
+    texts = [t.get_text() for t in ax.texts]
+    for r in shifted["recovery_steps"]:
+        assert f"{r:g} steps" in texts
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["recovery target", "recovered"]
+    # the phases are shaded and named as in stream_accuracy
+    assert {"clean", "flip permute 100%", "flip permute 100% (2)"} <= set(texts)
+
+
+def test_run_plot_uses_recovery_v2_columns_when_present(one_run):
+    s = one_run.summary()
+    s["onset_steps"] = [np.nan, 5.0, np.nan]
+    s["dipped"] = [False, True, False]
+    s.loc[1, ["recovery_steps", "censored"]] = [np.nan, True]
+    s["collapsed"] = [False, True, False]
+    fig = one_run.plot(summary=s)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "collapsed, not recovered" in texts and "no dip" in texts
+    onset = [ln for ln in ax.get_lines() if ln.get_marker() == "v"]
+    assert [float(ln.get_xdata()[0]) for ln in onset] == [80 + 5]
+    assert not [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["recovery target",
+                                                                    "onset of the dip"]

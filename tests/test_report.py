@@ -599,3 +599,37 @@ def test_demo_ends_by_writing_a_report(tmp_path, capsys):
     assert meta["study"] == "demo" and meta["baseline"] == "sgdm"  # the quickstart's first
     assert meta["counts"]["ok"] == len(meta["optimizers"]) >= 3
     assert "recovery_curves" in meta["figures"]
+
+
+def test_one_incomplete_run_and_one_figure_are_singular(tmp_path, digits):
+    from shiftsim.report import describe
+
+    study = Study("single", [ss.label_flip_tasks(digits, rate=1.0, tasks=2, steps_per_task=30)],
+                  ss.models.mlp(hidden=(8,)), {"sgdm": "sgdm", "adam": "adam"}, seeds=1)
+    study.run(tmp_path / "s", workers=1, progress=False)
+    victim = study.grid()[1].run_id
+    trace = tmp_path / "s" / "runs" / victim / "trace.parquet"
+    trace.write_bytes(trace.read_bytes()[:100])
+    out = report(tmp_path / "s", tmp_path / "r")
+    md = (out / "README.md").read_text()
+    assert "1 run is incomplete (no metrics): adam in flip-permute-1 (seed 0)." in md
+    assert "are incomplete" not in md
+    meta = json.loads((out / REPORT_FILE).read_text())
+    meta.update(figures=meta["figures"][:1], tables=meta["tables"][:1])
+    (out / REPORT_FILE).write_text(json.dumps(meta))
+    assert ": 1 figure, 1 table, baseline sgdm (1 ok, 1 incomplete)" in describe(out)
+
+
+@pytest.mark.parametrize("arms", [{"sgdm": "sgdm"},
+                                  {"sgdm": "sgdm", "lbfgs": "torch.optim.LBFGS"}],
+                         ids=["one run", "one surviving run"])
+def test_a_report_of_one_run_warns_about_nothing(tmp_path, digits, arms):
+    import warnings
+
+    study = Study("one", flip_rates(digits, [1.0], tasks=3, steps_per_task=30),
+                  ss.models.mlp(hidden=(8,)), arms, seeds=1)
+    study.run(tmp_path / "s", workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # seaborn, matplotlib, numpy, pandas: none may warn
+        report(tmp_path / "s", tmp_path / "r")
+    assert json.loads((tmp_path / "r" / REPORT_FILE).read_text())["counts"]["ok"] == 1

@@ -243,3 +243,31 @@ def test_duckdb_reads_the_parquet_files(tmp_path, scenario):
     assert df["lr"].tolist() == [0.01, 0.1]
     expected = res.runs.sort_values("lr")["online_acc"].tolist()
     assert df["online_acc"].tolist() == pytest.approx(expected)
+
+
+def test_an_incomplete_runs_message_does_not_contradict_itself(tmp_path, spec, result):
+    folder = store.write_result(tmp_path, result, spec)
+    size = (folder / "trace.parquet").stat().st_size
+    p = folder / "trace.parquet"
+    p.write_bytes(p.read_bytes()[:100])
+    res = store.load(tmp_path)
+    assert repr(res).startswith(f"StudyResults('{tmp_path.name}': 1 run — ")
+    with pytest.raises(ShiftsimError) as err:
+        res.trace(spec.run_id)
+    assert str(err.value) == (f"run {spec.run_id} is incomplete (trace.parquet: 100 bytes, "
+                              f"expected {size}), so its trace.parquet cannot be used; run the "
+                              "study again to redo it")
+    failed = tmp_path / "f"
+    store.write_run(failed, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
+                    status="failed", error="RuntimeError: boom", traceback="...")
+    with pytest.raises(ShiftsimError, match=r"^run \w+ failed \(RuntimeError: boom\), so it has "
+                                            r"no trace\.parquet$"):
+        store.load(failed).trace(spec.run_id)
+
+
+def test_dir_lists_the_lazily_loaded_names():
+    names = dir(ss)
+    for name in ("run", "Study", "report", "store", "plots", "run_fleet", "metrics", "Scenario",
+                 "data", "optim"):
+        assert name in names, name
+    assert names == sorted(names)

@@ -27,6 +27,31 @@ def _cached(key: tuple, build) -> Dataset:
     return _CACHE[key]
 
 
+#: the default split of :func:`digits` (``test_fraction=0.2, seed=0``): the indices
+#: scikit-learn's ``train_test_split(stratify=y, random_state=0)`` gives, stored with the
+#: package so that the default dataset needs no scikit-learn import (half a second) and does not
+#: depend on its version; tests/test_data.py checks them against scikit-learn
+DIGITS_SPLIT = "digits_split.npz"
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (images, target), read from the data file scikit-learn ships
+    without importing scikit-learn; through ``load_digits`` when the file is elsewhere."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes): the embedded default.
 
@@ -39,14 +64,18 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     check_range(test_fraction, "test_fraction", 0, 1, low_open=True, high_open=True)
 
     def build() -> Dataset:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        images, target = _digits_arrays()
+        x = (images.astype(np.float32) / 16.0)[:, None, :, :]
+        y = target.astype(np.int64)
+        if (test_fraction, seed) == (0.2, 0):  # the default split, stored: no sklearn import
+            with np.load(Path(__file__).with_name(DIGITS_SPLIT)) as split:
+                tr, te = split["train"].astype(np.int64), split["test"].astype(np.int64)
+        else:
+            from sklearn.model_selection import train_test_split
 
-        bunch = load_digits()
-        x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-        y = bunch.target.astype(np.int64)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, stratify=y,
-                                              random_state=seed)
+            tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
+                                      random_state=seed)
+        xtr, xte, ytr, yte = x[tr], x[te], y[tr], y[te]
         return Dataset("digits", torch.from_numpy(xtr), torch.from_numpy(ytr),
                        torch.from_numpy(xte), torch.from_numpy(yte),
                        tuple(str(c) for c in range(10)), "image",
@@ -202,6 +231,72 @@ def _as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).contiguous()
 
 
+def _named(value: Any) -> bool:
+    """Whether ``value`` holds class names (strings) rather than class indices."""
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in value)
+    if not isinstance(value, np.ndarray):
+        return False
+    if value.dtype.kind in "US":
+        return True
+    return value.dtype.kind == "O" and any(
+        isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in value.ravel())
+
+
+def _plain_labels(value: Any) -> Any:
+    """An object array of integers as int64 (torch cannot take object arrays)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+        import numbers
+
+        flat = value.ravel()
+        if all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+               for v in flat):
+            return value.astype(np.int64)
+        bad = next(v for v in flat if not isinstance(v, numbers.Integral)
+                   or isinstance(v, (bool, np.bool_)))
+        raise SpecTypeError(f"labels must be class indices (integers) or class names "
+                            f"(strings), got {bad!r} of type {type(bad).__name__}")
+    return value
+
+
+def _encode_names(y_train: Any, y_test: Any, classes: Any
+                  ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """String labels -> class indices. The classes are ``classes`` (a sequence of names) in
+    that order, or else the sorted distinct labels of both splits; names are kept."""
+    parts = [np.asarray(y, dtype=object) for y in (y_train, y_test) if y is not None]
+    text = [np.array([v.decode() if isinstance(v, (bytes, np.bytes_)) else v
+                      for v in p.ravel()], dtype=object) for p in parts]
+    for split, t in zip(("y_train", "y_test"), text):
+        bad = [v for v in t if not isinstance(v, (str, np.str_))]
+        if bad:
+            raise SpecTypeError(f"{split} mixes class names and other values ({bad[0]!r} of "
+                                f"type {type(bad[0]).__name__}); give every label as a string, "
+                                "or every label as an integer class index")
+    every = np.concatenate(text).astype(str)
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        raise SpecTypeError(f"classes={classes} is a number but the labels are class names; "
+                            "pass classes=[names ...] to fix their order, or leave it out")
+    if classes is None:
+        names = tuple(sorted(set(every.tolist())))
+    else:
+        names = tuple(str(c) for c in classes)
+        if len(set(names)) != len(names):
+            raise ShiftsimError(f"classes has repeated names: {list(names)}")
+        unknown = sorted(set(every.tolist()) - set(names))
+        if unknown:
+            listed = ", ".join(repr(n) for n in names)
+            raise ShiftsimError(f"label {unknown[0]!r} is not one of the classes; allowed: "
+                                f"{listed}")
+    index = {n: i for i, n in enumerate(names)}
+    codes = np.fromiter((index[v] for v in every), dtype=np.int64, count=every.size)
+    out: list[np.ndarray] = []
+    start = 0
+    for p in parts:
+        out.append(codes[start: start + p.size].reshape(p.shape))
+        start += p.size
+    return out[0], (out[1] if len(out) > 1 else None), names
+
+
 def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None, *,
                  classes: int | Sequence[str] | None = None, name: str = "tensors",
                  kind: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -211,11 +306,21 @@ def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = N
     ``kind`` defaults to "image" for (N, C, H, W) or (N, H, W) inputs (a channel is added) and
     "tabular" otherwise. Images must be in [0, 1].
 
+    Labels are class indices ``0 .. C-1`` or class names (strings, e.g. a numpy array of
+    ``str`` or ``object``): names become indices in the order of ``classes`` when it is given
+    as a list of names, else in sorted order, and the names are kept (``Dataset.classes``).
+
     >>> import torch
     >>> ds = from_tensors(torch.rand(50, 4), torch.arange(50) % 2)
     >>> len(ds), ds.x_test.shape[0], ds.classes
     (40, 10, ('0', '1'))
+    >>> ds = from_tensors(torch.rand(6, 2), np.array(["cat", "dog", "ant"] * 2), test_fraction=0.5)
+    >>> ds.classes, ds.num_classes
+    (('ant', 'cat', 'dog'), 3)
     """
+    if _named(y_train) or _named(y_test):
+        y_train, y_test, classes = _encode_names(y_train, y_test, classes)
+    y_train, y_test = _plain_labels(y_train), _plain_labels(y_test)
     xtr = _as_tensor(x_train, "x_train", torch.float32)
     ytr = _as_tensor(y_train, "y_train", torch.int64)
     bad = int((~torch.isfinite(xtr)).sum())
@@ -269,8 +374,19 @@ def from_numpy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | No
     return from_tensors(x_train, y_train, x_test, y_test, **kwargs)
 
 
+def _adapter(name: str) -> Any:
+    def load_it(**kwargs: Any) -> Dataset:
+        from . import adapters
+
+        return getattr(adapters, name)(**kwargs)
+
+    load_it.__name__ = name
+    return load_it
+
+
 LOADERS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist1d": mnist1d,
-           "synthetic": synthetic}
+           "synthetic": synthetic, "cifar10": _adapter("cifar10"),
+           "image_folder": _adapter("image_folder")}
 
 
 def load(source: dict[str, Any]) -> Dataset:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ShiftsimError, SpecTypeError, allowed
+from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 
 
 @dataclass(frozen=True)
@@ -264,6 +264,94 @@ class OptimizerSpec:
         return spec(d["name"], **dict(d.get("hparams", {})))
 
 
+#: spec-time checks of torch's optimizers: hyperparameter -> (low, high, low_open, high_open).
+#: torch checks some of these only when the optimizer is built, inside a run, and some never
+#: (SGD takes momentum=2 and diverges later), so :func:`spec` checks them all up front.
+_UNIT = (0.0, 1.0, False, True)  # [0, 1): a decay rate, a momentum
+_UNIT_CLOSED = (0.0, 1.0, False, False)  # [0, 1]
+_NONNEG = (0.0, None, False, False)  # >= 0
+_ADAM = {"betas": _UNIT, "eps": _NONNEG, "weight_decay": _NONNEG}
+_TORCH_CHECKS: dict[str, dict[str, tuple[float | None, float | None, bool, bool]]] = {
+    "SGD": {"momentum": _UNIT, "dampening": _UNIT_CLOSED, "weight_decay": _NONNEG},
+    "Adam": _ADAM, "AdamW": _ADAM, "Adamax": _ADAM, "RAdam": _ADAM,
+    "NAdam": {**_ADAM, "momentum_decay": _NONNEG},
+    "SparseAdam": {"betas": _UNIT, "eps": _NONNEG},
+    "RMSprop": {"alpha": _UNIT_CLOSED, "momentum": _UNIT, "eps": _NONNEG,
+                "weight_decay": _NONNEG},
+    "Adagrad": {"lr_decay": _NONNEG, "weight_decay": _NONNEG,
+                "initial_accumulator_value": _NONNEG, "eps": _NONNEG},
+    "Adadelta": {"rho": _UNIT_CLOSED, "eps": _NONNEG, "weight_decay": _NONNEG},
+    "ASGD": {"lambd": _NONNEG, "alpha": _NONNEG, "t0": _NONNEG, "weight_decay": _NONNEG},
+    "Rprop": {"step_sizes": _NONNEG},
+}
+#: settings that depend on the device the optimizer will run on: left out of the trial build
+_DEVICE_FLAGS = ("fused", "capturable", "foreach", "differentiable")
+
+
+def _check_torch_hparams(key: str, target: Any, hp: Mapping[str, Any]) -> None:
+    """The ranges of :data:`_TORCH_CHECKS` (and SGD's Nesterov condition, Rprop's etas) for a
+    ``torch.optim`` class; one-line errors such as ``sgdm.momentum must be in [0, 1), got 2``."""
+    if getattr(target, "__module__", "").partition(".")[:2] != ("torch", ".") or \
+            not isinstance(target, type):
+        return
+    short = key.rpartition(":")[2]
+    for name, (lo, hi, lo_open, hi_open) in _TORCH_CHECKS.get(target.__name__, {}).items():
+        if name not in hp:
+            continue
+        value = hp[name]
+        if name in ("betas", "step_sizes"):
+            if not isinstance(value, tuple) or len(value) != 2:
+                raise SpecTypeError(f"{short}.{name} must be a pair of numbers, got {value!r}")
+            for i, v in enumerate(value):
+                check_range(v, f"{short}.{name}[{i}]", lo, hi, low_open=lo_open,
+                            high_open=hi_open)
+        else:
+            check_range(value, f"{short}.{name}", lo, hi, low_open=lo_open, high_open=hi_open)
+    if target.__name__ == "SGD" and hp.get("nesterov"):
+        if not hp.get("momentum", 0) > 0 or hp.get("dampening", 0) != 0:
+            raise ShiftsimError(f"{short}: Nesterov momentum needs momentum > 0 and dampening "
+                                f"0, got momentum={hp.get('momentum', 0)!r}, "
+                                f"dampening={hp.get('dampening', 0)!r}")
+    if target.__name__ == "Rprop" and "etas" in hp:
+        etas = hp["etas"]
+        if not (isinstance(etas, tuple) and len(etas) == 2
+                and all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in etas)
+                and 0 < etas[0] < 1 < etas[1]):
+            raise ShiftsimError(f"{short}.etas must be (decrease, increase) with 0 < decrease "
+                                f"< 1 < increase, got {etas!r}")
+
+
+_EMPTY = "empty parameter list"
+
+
+def _trial_build(key: str, target: Any, hp: Mapping[str, Any]) -> None:
+    """Run a torch or shiftsim optimizer's own constructor checks now (at spec time) rather
+    than inside a run; torch's errors become one-line ShiftsimErrors naming the optimizer.
+
+    The constructor gets an empty parameter list: every optimizer checks its hyperparameters
+    first, then ``torch.optim.Optimizer.__init__`` refuses the empty list, before the first
+    ``add_param_group`` would import ``torch._dynamo`` (about a second, once per process): a
+    run that never builds a torch optimizer object (the stacked path of ``run``) does not pay
+    it."""
+    module = getattr(target, "__module__", "") or ""
+    if not isinstance(target, type) or not module.startswith(("torch.optim", "shiftsim.optim")):
+        return
+    kwargs = {k: v for k, v in hp.items() if k not in _DEVICE_FLAGS}
+    short = key.rpartition(":")[2]
+    try:
+        target([], **kwargs)
+    except ShiftsimError as exc:  # shiftsim's own checks: name the optimizer
+        raise type(exc)(f"{short}: {exc}") from None
+    except ValueError as exc:
+        if _EMPTY in str(exc):
+            return  # every check passed
+        raise ShiftsimError(f"optimizer {key!r} rejects its hyperparameters: "
+                            f"{' '.join(str(exc).split())}") from None
+    except (TypeError, RuntimeError) as exc:
+        raise ShiftsimError(f"optimizer {key!r} rejects its hyperparameters: "
+                            f"{' '.join(str(exc).split())}") from None
+
+
 def _jsonable(v: Any) -> Any:
     return [_jsonable(x) for x in v] if isinstance(v, tuple) else v
 
@@ -271,7 +359,10 @@ def _jsonable(v: Any) -> Any:
 def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) -> OptimizerSpec:
     """Describe an optimizer by registry name, import path, class or factory.
 
-    Registry defaults are merged in, unknown hyperparameters are rejected.
+    Registry defaults are merged in, unknown hyperparameters are rejected, and the values are
+    checked now, not when a run builds the optimizer: torch's optimizers against their
+    documented ranges (momentum and betas in [0, 1), eps and weight_decay >= 0 ...), shiftsim's
+    by their own checks.
 
     >>> spec("tam", lr=0.05).kwargs
     {'lr': 0.05}
@@ -285,6 +376,10 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     Traceback (most recent call last):
     ...
     shiftsim.errors.ShiftsimError: unknown optimizer 'sgdx'; allowed: 'sgd', 'sgdm', ...
+    >>> spec("sgdm", momentum=2.0)
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.ShiftsimError: sgdm.momentum must be in [0, 1), got 2.0
     """
     if isinstance(name, OptimizerSpec):
         return name.replace(**hparams) if hparams else name
@@ -331,4 +426,14 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     lr = dict(frozen).get("lr")
     if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
         raise ShiftsimError(f"learning rate lr must be >= 0, got {lr!r}")
-    return OptimizerSpec(key, frozen, factory)
+    out = OptimizerSpec(key, frozen, factory)
+    check_hparams(out)
+    return out
+
+
+def check_hparams(spec: OptimizerSpec) -> None:
+    """Check a spec's hyperparameters as :func:`spec` does (what the fleet calls for specs
+    made some other way); one-line ShiftsimErrors naming the optimizer and the value."""
+    target = spec.target
+    _check_torch_hparams(spec.name, target, spec.kwargs)
+    _trial_build(spec.name, target, spec.kwargs)

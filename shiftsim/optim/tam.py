@@ -15,7 +15,7 @@ AdaTAM uses the same :math:`d_t` on the Adam first moment,
 :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2` and
 :math:`\theta_{t+1} = \theta_t - \eta\,m_t / (\sqrt{v_t} + \epsilon)`, without bias correction.
 
-Choices (see ``specs/optimizers.md`` §2):
+Choices the paper leaves open, and how they are made here:
 
 * [paper] the cosine is **model-wide** by default (``scope="global"``: sums over every parameter
   that has a gradient, across param groups); ``scope="tensor"`` [ours] keeps one cosine per

@@ -11,7 +11,7 @@
       figures/<name>.png, figures/<name>.svg
 
 The tables' numbers are :mod:`shiftsim.metrics` over the stored per-run summaries
-(``specs/metrics.md``; see :mod:`shiftsim.report.tables`); the figures are
+(``docs/metrics.md``; see :mod:`shiftsim.report.tables`); the figures are
 :mod:`shiftsim.plots`; the findings (:mod:`shiftsim.report.findings`) are sentences generated from
 the same numbers. Diverged and failed runs are counted and listed, never dropped.
 
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ShiftsimError, SpecTypeError
+from ..store import check_out_dir
 from .document import Document, FigureFile, render_html, render_markdown
 from .tables import StudyView, Table, build, view
 
@@ -79,6 +80,7 @@ def _check_out(study: Path, out: Path) -> None:
             raise ShiftsimError(f"report folder {str(out)!r} exists, is not empty and holds no "
                                 f"shiftsim report ({REPORT_FILE}); choose another folder or "
                                 "empty it")
+    check_out_dir(out, what="report folder")  # no part of its path is a file; writable
 
 
 def _optimizer_text(v: StudyView) -> str:
@@ -385,9 +387,10 @@ def describe(path: str | os.PathLike) -> str:
         return f"no report in {p}"
     c = meta.get("counts") or {}
     runs = ", ".join(f"{n} {k}" for k, n in c.items() if n)
-    return (f"wrote {p / 'index.html'} and {p / 'README.md'}: {len(meta.get('figures', []))} "
-            f"figures, {len(meta.get('tables', []))} tables, baseline {meta.get('baseline')} "
-            f"({runs or 'no runs'})")
+    n_fig, n_tab = len(meta.get("figures", [])), len(meta.get("tables", []))
+    return (f"wrote {p / 'index.html'} and {p / 'README.md'}: {n_fig} figure"
+            f"{'s' if n_fig != 1 else ''}, {n_tab} table{'s' if n_tab != 1 else ''}, baseline "
+            f"{meta.get('baseline')} ({runs or 'no runs'})")
 
 
 

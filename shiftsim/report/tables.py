@@ -201,7 +201,8 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
     done = runs[runs["status"].isin(WITH_METRICS)]
     if done.empty:
         counts = runs["status"].value_counts().to_dict()
-        first = runs["error"].dropna()
+        first = runs.sort_values("status", key=lambda st: st != "failed", kind="stable")[
+            "error"].dropna()  # a failed run's error first, not a pending run's "not run yet"
         why = f"; first error: {first.iloc[0]}" if len(first) else ""
         listed = ", ".join(f"{n} {k}" for k, n in counts.items())
         raise ShiftsimError(f"no run of the study has results to report ({listed}){why}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -15,11 +16,35 @@ SHIFT_TYPES: dict[str, type[Shift]] = {}
 class Shift:
     """A change to the data of a phase: its labels, its class prior or its inputs.
 
-    Subclasses are frozen dataclasses; ``kind`` is "label", "prior" or "input".
+    Subclasses are frozen dataclasses; ``kind`` is "label", "prior" or "input". The label and
+    prior shifts are :class:`~shiftsim.shifts.LabelFlip` and :class:`~shiftsim.shifts.ClassPrior`;
+    **your own input shift** is a frozen dataclass subclass that defines
+
+    * ``apply(x, state, generator) -> x``: the shifted batch (same shape), a batched tensor op
+      on ``x``'s device. Images are in [0, 1] and are clipped to it afterwards.
+    * optionally ``prepare(input_shape, generator) -> state``: per-regime state drawn once from
+      the regime's seeded CPU generator (a permutation, a mask ...); default None.
+    * optionally ``stochastic = True`` when ``apply`` draws fresh randomness per batch from
+      ``generator`` (the run's seeded device generator). A shift that is not stochastic is
+      applied once, to the whole training set of the regime, with ``generator=None``.
+    * optionally ``check(data)``: raise when the shift cannot apply to a dataset.
+
+    A subclass that lacks ``apply``, or is not a frozen dataclass, is refused when a
+    :class:`~shiftsim.Phase` is built, with an error naming what is missing.
+
+    >>> import dataclasses, torch
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Invert(Shift):
+    ...     def apply(self, x, state, generator):
+    ...         return 1.0 - x
+    >>> Invert().describe(), Invert().apply(torch.tensor([0.25]), None, None).tolist()
+    ('Invert()', [0.75])
     """
 
     kind: ClassVar[str] = "input"
     summary: ClassVar[str] = ""
+    #: whether ``apply`` draws fresh randomness per batch (input shifts)
+    stochastic: ClassVar[bool] = False
     #: name of the parameter a severity preset sets, and the five preset values
     severity_param: ClassVar[str | None] = None
     severity_values: ClassVar[tuple[float, ...]] = ()
@@ -28,7 +53,47 @@ class Shift:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):
+            known = SHIFT_TYPES.get(cls.__name__)
+            if known is not None and known.__module__.startswith("shiftsim.") and \
+                    cls.__module__ != known.__module__:
+                raise ShiftsimError(f"a shift named {cls.__name__!r} exists in shiftsim "
+                                    f"already; give yours another name")
             SHIFT_TYPES[cls.__name__] = cls
+
+    def prepare(self, input_shape: tuple[int, ...], generator: Any) -> Any:
+        """Per-regime state of an input shift, drawn once from the regime's seeded CPU
+        ``generator``; ``None`` for shifts without any."""
+        return None
+
+    def check_interface(self) -> None:
+        """Raise a clear error when this shift's class cannot take part in a stream (a custom
+        subclass that is not a frozen dataclass, lacks ``apply`` or takes other arguments)."""
+        cls = type(self)
+        name = cls.__name__
+        builtin = cls.__module__.startswith("shiftsim.")
+        params = getattr(cls, "__dataclass_params__", None)
+        if not dataclasses.is_dataclass(self) or params is None or not params.frozen:
+            raise SpecTypeError(f"shift {name} must be a frozen dataclass: decorate the class "
+                                f"with @dataclasses.dataclass(frozen=True)")
+        if self.kind != "input" and not builtin:
+            raise ShiftsimError(f"shift {name} has kind {self.kind!r}; your own shifts change "
+                                "inputs (kind 'input'): for labels use LabelFlip, for the class "
+                                "prior ClassPrior")
+        if self.kind != "input":
+            return
+        for method, params in (("apply", ("x", "state", "generator")),
+                               ("prepare", ("input_shape", "generator"))):
+            fn = getattr(self, method, None)
+            if not callable(fn):
+                raise SpecTypeError(f"shift {name} has no {method}() method; an input shift "
+                                    f"must define {method}(self, {', '.join(params)})")
+            try:
+                inspect.signature(fn).bind(*params)
+            except TypeError:
+                raise SpecTypeError(f"{name}.{method} must take ({', '.join(params)}); it "
+                                    f"takes {inspect.signature(fn)}") from None
+            except ValueError:  # no signature (a builtin): trust it
+                pass
 
     # -- severity presets ----------------------------------------------------------------------
     def _resolve_severity(self) -> None:

@@ -31,12 +31,6 @@ class _InputShift(Shift):
             raise ShiftsimError(f"{type(self).__name__} applies to images only; dataset "
                                 f"{data.name!r} is {data.kind}")
 
-    def prepare(self, input_shape: tuple[int, ...], generator: torch.Generator) -> Any:
-        """Per-regime state (drawn once); ``None`` for shifts without any."""
-        return None
-
-    def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
-        raise NotImplementedError
 
 
 def _positions(input_shape: tuple[int, ...]) -> int:

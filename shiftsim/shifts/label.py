@@ -58,7 +58,7 @@ def choose_per_class(y: torch.Tensor, rate: float, num_classes: int,
 class LabelFlip(Shift):
     """Flip a fraction ``rate`` of the labels, per class, with an explicit ``mode``.
 
-    Modes (see specs/shifts.md): ``permute`` — a fixed random derangement π of the classes for
+    Modes (docs/metrics.md): ``permute`` — a fixed random derangement π of the classes for
     the phase (a learnable new concept at rate 1); ``pair`` — c → c+1 mod C (concept);
     ``other`` — a uniformly drawn *different* class, fixed for the phase (noise); ``uniform`` —
     a uniformly drawn class among all C, possibly the true one (noise). Labels are redrawn

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import store
+from ..checks import check_model_fits
 from ..errors import ShiftsimError, SpecTypeError, allowed
 from ..models import ModelSpec
 from ..optim.registry import OptimizerSpec
@@ -537,6 +538,10 @@ class Study:
                                 "executor; use fleet=False with backend='ray' or executor=")
         if backend == "ray" and executor is None:
             import_ray()  # fail before touching the folder when Ray is missing
+        pairs = {(id(s.data), m): (s.data, m) for s in self.scenarios.values()
+                 for m in self.models.values()}
+        for data, m in pairs.values():  # before any work: every model fits every dataset
+            check_model_fits(m, data)
         out = store.check_out_dir(out_dir)
         t0 = time.perf_counter()
         with store.lock(out):

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,6 +113,34 @@ def scenario_table(specs: Sequence[RunSpec]) -> tuple[dict[str, Scenario], list[
             by_id[id(s.scenario)] = key
         tasks.append((s.run_id, key, s.model, s.optimizer, s.seed))
     return table, tasks
+
+
+def check_portable(scenarios: Iterable[Scenario]) -> None:
+    """Raise a one-line error before any worker process starts when a scenario holds a shift
+    whose class the workers cannot import (a class defined in a study file run by ``shiftsim
+    study``, or inside a function): spawned workers receive the scenarios pickled, and pickle
+    sends a class by its import path."""
+    import pickle
+
+    seen: set[type] = set()
+    for sc in scenarios:
+        for phase in sc.phases:
+            for shift in phase.shifts:
+                cls = type(shift)
+                if cls in seen:
+                    continue
+                seen.add(cls)
+                try:
+                    pickle.dumps(cls)
+                except (pickle.PicklingError, AttributeError, TypeError):
+                    where = ("the study file" if cls.__module__ == "__shiftsim__"
+                             else f"{cls.__module__}.{cls.__qualname__}")
+                    raise ShiftsimError(
+                        f"shift {cls.__name__} is defined in {where}, which worker processes "
+                        f"cannot import; define it in a module on the Python path (e.g. a "
+                        f"file beside the study, with PYTHONPATH set to its folder) and import "
+                        f"it from there, or run the study in this process (workers=1)"
+                    ) from None
 
 
 class Executor(Protocol):
@@ -268,6 +296,7 @@ class LocalPool:
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         table, tasks = scenario_table(specs)
+        check_portable(table.values())
         ctx = mp.get_context("spawn")
         pending = collections.deque(tasks)
         deaths: collections.Counter[str] = collections.Counter()

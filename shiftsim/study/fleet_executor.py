@@ -44,7 +44,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ShiftsimError
-from .executors import GUARD_HINT, Outcome, _watch_parent, _worker_name, run_outcome
+from .executors import (
+    GUARD_HINT,
+    Outcome,
+    _watch_parent,
+    _worker_name,
+    check_portable,
+    run_outcome,
+)
 from .spec import RunSpec, canonical_json, torch_threads
 
 #: the most members of one fleet on the CPU (larger fleets gain little there) and on a GPU
@@ -278,6 +285,7 @@ class FleetExecutor:
 
     def _run_pool(self, table: dict[str, Any], tasks: list[tuple], opts: tuple
                   ) -> Iterator[Outcome]:
+        check_portable(table.values())
         ctx = mp.get_context("spawn")
         pending = list(tasks)
         tries: dict[int, int] = {}
