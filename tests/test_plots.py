@@ -321,7 +321,10 @@ def test_run_plot_marks_each_recovery(one_run):
     texts = [t.get_text() for t in ax.texts]
     for r in shifted["recovery_steps"]:
         assert f"{r:g} steps" in texts
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["recovery target", "recovered"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    want_legend = ["recovery target", "onset of the dip", "recovered"] if shifted[
+        "dipped"].any() else ["recovery target", "recovered"]
+    assert legend == want_legend
     # the phases are shaded and named as in stream_accuracy
     assert {"clean", "flip permute 100%", "flip permute 100% (2)"} <= set(texts)
 

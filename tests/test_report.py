@@ -355,13 +355,17 @@ def test_display_tables_and_findings(rep):
     # at most one line per scenario family (here one: the flip rate), U-shape explained
     fam = [f for f in findings if "across optimizers" in f]
     assert len(fam) == 2 and any("U-shaped" in f for f in fam)  # permute and other families
-    # every "better"/"worse" sentence is a comparison that survives the adjustment
+    # every optimizer x scenario with a significant comparison gets one line, and only those
     sig = comp[comp["verdict"].isin(["better", "worse"])]
-    stated = [f for f in findings if "Holm-adjusted p" in f]
-    assert len(stated) == min(len(sig), 20)
+    stated = [f for f in findings if re.match(r"\*\*\w+\*\* vs sgdm at ", f)]
+    pairs = sig.groupby(["optimizer", "scenario"]).size()
+    assert len(stated) == min(len(pairs), 12)
     for f in stated:
-        m = re.match(r"\*\*(\w+)\*\* (better|worse) than sgdm at (.+?): ", f)
-        assert m and m[1] in set(sig["optimizer"]), f
+        m = re.match(r"\*\*(\w+)\*\* vs sgdm at (\w+), flip rate (\d+) %: (better|worse) "
+                     "in ", f)
+        assert m, f
+        scen = f"{m[2]} {m[3]}%"
+        assert (m[1], scen) in pairs.index, f
     if sig.empty:
         assert any("survives the adjustment" in f for f in findings)
     for f in findings:  # no unadjusted adjectives

@@ -22,6 +22,7 @@ and BWT and forgetting are not compared; scenarios whose labels carry no signal 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -837,32 +838,35 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
     learnable signal are left out."""
     values = v.values if v.values is not None else run_values(v)
     scen = [s for s in v.scenarios if not v.no_signal.get(s)]
-    if len(v.arms) < 3 or len(scen) < 2:
+    have = set(values.dropna(subset=["online_acc"])["optimizer"])
+    arms = [a for a in v.arms if a in have]  # arms whose every run failed are not ranked
+    if len(arms) < 3 or len(scen) < 2:
         return None
     tables = []
     for s in scen:
         col = v.headline(s, "online_acc")
         sub = values[values["scenario"] == s]
         t = sub.pivot_table(index="seed", columns="optimizer", values=col, aggfunc="first")
-        tables.append(t.reindex(columns=v.arms))
+        tables.append(t.reindex(columns=arms))
     rng = np.random.default_rng(seed)
 
     def ranks(frames: list[pd.DataFrame]) -> np.ndarray:
-        out = np.full((len(frames), len(v.arms)), np.nan)
+        out = np.full((len(frames), len(arms)), np.nan)
         for i, t in enumerate(frames):
             means = t.mean(axis=0, skipna=True)
             out[i] = means.rank(ascending=False, method="average").to_numpy()
         return out
 
     point = ranks(tables)
-    boot = np.empty((n_boot, len(v.arms)))
+    boot = np.empty((n_boot, len(arms)))
     for b in range(n_boot):
         res = [t.iloc[rng.integers(0, len(t), len(t))] for t in tables]
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # an optimizer without runs in a scenario: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             boot[b] = np.nanmean(ranks(res), axis=0)
     fam = [v.families.get(s, "") or s for s in scen]
     rows = []
-    for j, arm in enumerate(v.arms):
+    for j, arm in enumerate(arms):
         col = point[:, j]
         rows.append({"optimizer": arm, "mean_rank": float(np.nanmean(col)),
                      "low": float(np.nanquantile(boot[:, j], 0.025)),
@@ -870,7 +874,7 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
                      "first_places": int((col == 1).sum()), "scenarios": int(
                          np.isfinite(col).sum())})
     league = pd.DataFrame(rows).sort_values("mean_rank", kind="stable").reset_index(drop=True)
-    per = pd.DataFrame(point, columns=v.arms).assign(family=fam)
+    per = pd.DataFrame(point, columns=arms).assign(family=fam)
     families = per.groupby("family", sort=False).mean().T
     families.index.name = "optimizer"
     families = families.reindex(league["optimizer"]).reset_index()
