@@ -47,9 +47,9 @@ from ..learner import mode_sensitive
 from ..loop import run_members
 from ..models import ModelSpec
 from ..optim import OptimizerSpec, spec
+from ..optim.stacking import supports
 from ..result import RunResult
 from ..scenario import Scenario
-from ._optimizers import supports
 from .learner import StackedLearner
 from .memory import fleet_memory_bytes
 from .model import StackedModel, hand_written_backward

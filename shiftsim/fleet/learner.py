@@ -3,9 +3,9 @@
 :class:`StackedLearner` is the loop's K-member learner (:class:`shiftsim.loop.Members`) that
 :func:`shiftsim.run_fleet` and, for a ReLU MLP, :func:`shiftsim.run` hand to
 :func:`shiftsim.loop.run_members`. Members whose optimizer is the same class with the same
-non-numeric settings form a group, stepped by that optimizer's stacked kernel over their slice
-of the stacked parameters; numeric hyperparameters that differ within a group are ``(K,)``
-tensors.
+non-numeric settings form a group, stepped by that optimizer's stacked rule
+(:mod:`shiftsim.optim.stacking`) over their slice of the stacked parameters; numeric
+hyperparameters that differ within a group are ``(K,)`` tensors.
 """
 
 from __future__ import annotations
@@ -21,19 +21,29 @@ from torch import nn
 from ..learner import build_model, describe_learner
 from ..models import ModelSpec
 from ..optim import OptimizerSpec
-from ._optimizers import _Elementwise, _Family, _group_hp, _group_key
+from ..optim._base import Hyper, Stacked
+from ..optim.stacking import group_hyper, group_key
 from .model import StackedModel
 
 
 @dataclass
 class _Group:
-    """The members [start, stop) of the fleet (sorted by group) that one optimizer steps."""
+    """The members [start, stop) of the fleet (sorted by group) that one optimizer's stacked
+    rule steps, over their slice of the stacked parameters."""
 
-    family: _Family
+    rule: Stacked
+    hp: Hyper
+    flags: dict[str, Any]
+    params: list[torch.Tensor]
     start: int
     stop: int
     full: bool
+    diag_names: tuple[str, ...] = ()
     diag_buf: torch.Tensor | None = None
+    state: Any = None
+
+    def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
+        return self.rule.update(self.state, self.params, grads, loss, self.hp, self.flags)
 
 
 class StackedLearner:
@@ -59,7 +69,7 @@ class StackedLearner:
 
     def __init__(self, model: ModelSpec | nn.Module | Callable[..., nn.Module],
                  members: Sequence[tuple[OptimizerSpec, int]], compile: bool = False) -> None:
-        keys = [_group_key(o) for o, _ in members]
+        keys = [group_key(o) for o, _ in members]
         first: dict[Any, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)
@@ -86,12 +96,12 @@ class StackedLearner:
             if i == K or self._keys[i] != self._keys[start]:
                 key = self._keys[start]
                 views = [p.detach()[start:i] for p in params]
-                hp = {} if key.family is _Elementwise else _group_hp(self.specs[start:i],
-                                                                     params[0])
-                fam = key.family(views, hp, dict(key.flags))
-                g = _Group(fam, start, i, start == 0 and i == K)
-                if fam.diag_names:
-                    g.diag_buf = torch.zeros(steps, i - start, len(fam.diag_names),
+                flags = dict(key.flags)
+                g = _Group(key.rule, group_hyper(self.specs[start:i], params[0]), flags, views,
+                           start, i, start == 0 and i == K, key.rule.diagnostics(flags))
+                g.state = key.rule.init(views, g.hp, flags)
+                if g.diag_names:
+                    g.diag_buf = torch.zeros(steps, i - start, len(g.diag_names),
                                              device=device)
                 self.groups.append(g)
                 start = i
@@ -106,9 +116,9 @@ class StackedLearner:
         _, loss, grads = self.net.step(x, y, out)
         for g in self.groups:
             if g.full:
-                vals = g.family.step(grads, loss)
+                vals = g.step(grads, loss)
             else:
-                vals = g.family.step([x[g.start:g.stop] for x in grads], loss[g.start:g.stop])
+                vals = g.step([x[g.start:g.stop] for x in grads], loss[g.start:g.stop])
             if g.diag_buf is not None:
                 g.diag_buf[t] = torch.stack(vals, -1)
 
@@ -123,8 +133,7 @@ class StackedLearner:
                 out += [{} for _ in range(g.start, g.stop)]
                 continue
             values = g.diag_buf.cpu().numpy()
-            names = g.family.diag_names
-            out += [{name: values[:, k, j] for j, name in enumerate(names)}
+            out += [{name: values[:, k, j] for j, name in enumerate(g.diag_names)}
                     for k in range(g.stop - g.start)]
         return out
 

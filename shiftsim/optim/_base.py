@@ -16,13 +16,18 @@ Every optimizer in :mod:`shiftsim.optim` is a :class:`torch.optim.Optimizer` wit
   built once and reused while the same parameters have a gradient, the param groups are the
   same and the state was not replaced (``load_state_dict``). A step then only collects the
   gradients. The plan is not part of the state (it is neither saved nor copied).
+
+* a **stacked rule** (:class:`Stacked`, the class attribute ``stacked``): how the fleet steps K
+  members of the optimizer stacked along a leading dimension, from the module's own state
+  initialisation and functional kernel (see :mod:`shiftsim.optim.stacking`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +46,34 @@ from ._kernels import (
 GLOBAL = "global"
 PLAN = "_step_plan"
 
+#: a group's numeric hyperparameters: a float when every member shares it, else a ``(K,)`` tensor
+Hyper = dict[str, "float | Tensor"]
+
+
+def _no_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """How the fleet steps K members of one optimizer class, their tensors stacked along a
+    leading dimension (optax-style pieces written next to the optimizer's class).
+
+    ``init(params, hp, flags)`` returns the members' state for ``params`` (each ``(K, ...)``);
+    ``update(state, params, grads, loss, hp, flags)`` takes one step in place (``loss``: the
+    members' losses ``(K,)``) and returns the per-member diagnostics, one ``(K,)`` tensor per
+    name of ``diagnostics(flags)``. ``hp`` holds the numeric hyperparameters (a float when every
+    member of the group shares it, else a ``(K,)`` tensor; ``betas`` split into ``beta1`` and
+    ``beta2``), ``flags`` the non-numeric ones, which the members share. ``settings(cls,
+    flags)`` (optional) adds flags that the class itself implies (AdamW: decoupled decay).
+    """
+
+    init: Callable[[list[Tensor], Hyper, dict[str, Any]], Any]
+    update: Callable[[Any, list[Tensor], list[Tensor], Tensor, Hyper, dict[str, Any]],
+                     list[Tensor]]
+    diagnostics: Callable[[dict[str, Any]], tuple[str, ...]] = _no_diagnostics
+    settings: Callable[[type, dict[str, Any]], dict[str, Any]] | None = None
+
 
 class ShiftsimOptimizer(torch.optim.Optimizer):
     """Base class: see the module docstring."""
@@ -51,6 +84,8 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
     diagnostic_keys: tuple[str, ...] = ()
     #: hyperparameters that every param group must share (they drive model-wide quantities)
     shared_hparams: tuple[str, ...] = ()
+    #: how the fleet steps K stacked members of this optimizer (None: it cannot)
+    stacked: ClassVar[Stacked | None] = None
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)

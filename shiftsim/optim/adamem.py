@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Plan, ShiftsimOptimizer, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
     Scalar,
@@ -69,6 +69,7 @@ from ._kernels import (
     kept_sqnorm,
     lerp_step,
     pick,
+    scalar_state,
     scale_,
     split_paths,
     sqrt_,
@@ -76,7 +77,8 @@ from ._kernels import (
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW", "adamem_sgd", "adamem_adamw"]
+__all__ = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW", "adamem_adamw", "adamem_adamw_init",
+           "adamem_sgd", "adamem_sgd_init", "lr_ratio"]
 
 #: AM-AdamW's tensor-by-tensor path works on chunks of this many elements (cache reuse)
 CHUNK = 1 << 19
@@ -445,6 +447,59 @@ def adamem_adamw(
                            scratch=default_scratch(), fixed_beta=fixed_beta)
 
 
+# ---------------------------------------------------------------------------- state, stacked
+
+
+def lr_ratio(lr: Scalar, prev_lr: Scalar | None = None) -> Scalar:
+    r"""AM-SGD's factor :math:`\eta_{t-1}/\eta_t` on the gap term: 1 for a constant lr
+    (``prev_lr`` None), 0 when :math:`\eta_t = 0`; per learner for a ``(K,)`` lr.
+
+    >>> lr_ratio(0.1, 0.2), lr_ratio(0.0), lr_ratio(torch.tensor([0.1, 0.0]))
+    (2.0, 0.0, tensor([1., 0.]))
+    """
+    prev = lr if prev_lr is None else prev_lr
+    if isinstance(lr, Tensor) and lr.dim() > 0:
+        return torch.where(lr > 0, prev / lr, 0.0)
+    return prev / lr if lr > 0 else 0.0
+
+
+def adamem_sgd_init(params: list[Tensor]) -> dict[str, Any]:
+    """AM-SGD's initial state for ``params`` (any leading member dimensions), as
+    :func:`adamem_sgd` takes it: step 0 and momentum buffers (:math:`d`, zeros: the first step
+    sets :math:`d_0 = g_0`)."""
+    return {"step": 0, "momentum_buffers": [torch.zeros_like(p) for p in params]}
+
+
+def adamem_adamw_init(params: list[Tensor], *, learner_dims: int = 0) -> dict[str, Any]:
+    r"""AM-AdamW's initial state for ``params``, as :func:`adamem_adamw` takes it: step 0, zero
+    moments ``exp_avgs`` (:math:`d`) and ``exp_avg_sqs`` (:math:`v`) and the products of past
+    betas ``beta_prods`` (:math:`\Pi = 1`, one per tensor and learner)."""
+    return {"step": 0, "exp_avgs": [torch.zeros_like(p) for p in params],
+            "exp_avg_sqs": [torch.zeros_like(p) for p in params],
+            "beta_prods": scalar_state(params[0], len(params), ld=learner_dims, fill=1.0)}
+
+
+def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    beta = adamem_sgd(params, grads, state["momentum_buffers"], step=state["step"],
+                      lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
+                      weight_decay=hp["weight_decay"], lr_ratio=state["lr_ratio"],
+                      learner_dims=1, foreach=flags.get("foreach"))
+    return [beta, (beta + hp["lam"]) / (1 + hp["lam"])]
+
+
+def _amadamw_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    betas = adamem_adamw(params, grads, state["exp_avgs"], state["exp_avg_sqs"],
+                         state["beta_prods"], step=state["step"], lr=hp["lr"],
+                         beta1_max=hp["beta1"], beta2=hp["beta2"], lam=hp["lam"], eps=hp["eps"],
+                         weight_decay=hp["weight_decay"], learner_dims=1,
+                         foreach=flags.get("foreach"))
+    return [betas.mean(0)]
+
+
 # ---------------------------------------------------------------------------- classes
 
 
@@ -488,6 +543,10 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
     """
 
     diagnostic_keys = ("beta", "momentum")
+    #: the fleet steps stacked members through :func:`adamem_sgd` (a constant lr per member)
+    stacked = Stacked(lambda params, hp, flags: {**adamem_sgd_init(params),
+                                                 "lr_ratio": lr_ratio(hp["lr"])},
+                      _amsgd_stacked, lambda flags: ("beta", "momentum"))
     shared_hparams = ("lam", "beta_max")
 
     def __init__(
@@ -663,6 +722,9 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
     """
 
     diagnostic_keys = ("beta",)
+    #: the fleet steps stacked members through :func:`adamem_adamw`
+    stacked = Stacked(lambda params, hp, flags: adamem_adamw_init(params, learner_dims=1),
+                      _amadamw_stacked, lambda flags: ("beta",))
     shared_hparams = ("lam",)
 
     def __init__(

@@ -70,7 +70,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError
-from ._base import Plan, ShiftsimOptimizer, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     CAT_BELOW,
     Block,
@@ -93,12 +93,13 @@ from ._kernels import (
     is_zero,
     per_learner,
     pick,
+    scalar_state,
     scale_,
     split_paths,
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["MoMo", "MoMoAdam", "momo", "momo_adam"]
+__all__ = ["MoMo", "MoMoAdam", "momo", "momo_adam", "momo_adam_init", "momo_init"]
 
 
 def _maximum(x: Tensor, lb: Scalar) -> Tensor:
@@ -522,6 +523,61 @@ def momo_adam(
                              foreach=foreach, scratch=default_scratch())[0]
 
 
+# ---------------------------------------------------------------------------- state, stacked
+
+
+def momo_init(params: list[Tensor], *, lb: Scalar = 0.0, learner_dims: int = 0
+              ) -> dict[str, Any]:
+    r"""MoMo's initial state for ``params`` (with ``learner_dims=1``: K members stacked along
+    dimension 0), as :func:`momo` takes it: step 0, zero ``grad_avgs`` (:math:`d`) and
+    per-tensor ``grad_dot_ws`` (:math:`\gamma_i`), ``loss_avg`` :math:`\bar f = 0` and
+    ``fstar`` :math:`f_* = ` ``lb``.
+
+    >>> momo_init([torch.zeros(4, 3), torch.zeros(4)], lb=-1.0, learner_dims=1)["fstar"]
+    tensor([-1., -1., -1., -1.])
+    """
+    like = params[0]
+    return {"step": 0, "grad_avgs": [torch.zeros_like(p) for p in params],
+            "grad_dot_ws": scalar_state(like, len(params), ld=learner_dims),
+            "loss_avg": scalar_state(like, ld=learner_dims),
+            "fstar": scalar_state(like, ld=learner_dims, fill=lb)}
+
+
+def momo_adam_init(params: list[Tensor], *, lb: Scalar = 0.0, learner_dims: int = 0
+                   ) -> dict[str, Any]:
+    """MoMo-Adam's initial state, as :func:`momo_adam` takes it: :func:`momo_init`'s and zero
+    second moments ``grad_avg_sqs``."""
+    return {**momo_init(params, lb=lb, learner_dims=learner_dims),
+            "grad_avg_sqs": [torch.zeros_like(p) for p in params]}
+
+
+def _momo_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                  loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    tau = momo(params, grads, state["grad_avgs"], state["grad_dot_ws"], state["loss_avg"],
+               state["fstar"], loss, step=state["step"], lr=hp["lr"], beta=hp["beta"],
+               lb=hp["lb"], weight_decay=hp["weight_decay"],
+               bias_correction=flags["bias_correction"], use_fstar=flags["use_fstar"],
+               learner_dims=1, foreach=flags.get("foreach"))
+    return [tau, state["fstar"]]
+
+
+def _momo_adam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    tau = momo_adam(params, grads, state["grad_avgs"], state["grad_avg_sqs"],
+                    state["grad_dot_ws"], state["loss_avg"], state["fstar"], loss,
+                    step=state["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+                    eps=hp["eps"], lb=hp["lb"], weight_decay=hp["weight_decay"],
+                    divide=flags["divide"], use_fstar=flags["use_fstar"], learner_dims=1,
+                    foreach=flags.get("foreach"))
+    return [tau, state["fstar"]]
+
+
+def _momo_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
+    return ("step_size", "fstar")
+
+
 # ---------------------------------------------------------------------------- classes
 
 
@@ -627,6 +683,9 @@ class MoMo(_MoMoBase):
         super().__init__(params, defaults)
 
     shared_hparams = ("beta", "lb", "bias_correction", "use_fstar", "exact_outside_changes")
+    #: the fleet steps stacked members through :func:`momo` (every sum computed)
+    stacked = Stacked(lambda params, hp, flags: momo_init(params, lb=hp["lb"], learner_dims=1),
+                      _momo_stacked, _momo_diagnostics)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number(group["lr"], "lr", 0.0)
@@ -879,6 +938,10 @@ class MoMoAdam(_MoMoBase):
     """
 
     shared_hparams = ("betas", "lb", "use_fstar")
+    #: the fleet steps stacked members through :func:`momo_adam`
+    stacked = Stacked(lambda params, hp, flags: momo_adam_init(params, lb=hp["lb"],
+                                                               learner_dims=1),
+                      _momo_adam_stacked, _momo_diagnostics)
 
     def __init__(
         self,

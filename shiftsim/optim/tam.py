@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Plan, ShiftsimOptimizer, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
     Scalar,
@@ -72,6 +72,7 @@ from ._kernels import (
     kept_sqnorm,
     lerp_step,
     pick,
+    scalar_state,
     scale_,
     split_paths,
     sqrt_,
@@ -80,7 +81,8 @@ from ._kernels import (
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["TAM", "AdaTAM", "AdaTAMW", "tam", "adatam", "tam_lr_from_sgdm"]
+__all__ = ["TAM", "AdaTAM", "AdaTAMW", "tam", "adatam", "tam_init", "adatam_init",
+           "tam_lr_from_sgdm"]
 
 SCOPES = ("global", "tensor")
 
@@ -397,8 +399,68 @@ def adatam(
                           foreach=foreach, scratch=default_scratch())
 
 
-# ---------------------------------------------------------------------------- classes
+# ---------------------------------------------------------------------------- state, stacked
 
+
+def tam_init(params: list[Tensor], *, scope: str = "global", learner_dims: int = 0
+             ) -> dict[str, Any]:
+    r"""TAM's initial state for ``params`` (with ``learner_dims=1``: K members stacked along
+    dimension 0), as :func:`tam` takes it: zero ``momentum_buffers`` (:math:`m_0 = 0`) and the
+    smoothed cosine :math:`\hat s_0 = 0` (one per tensor for ``scope="tensor"``).
+
+    >>> state = tam_init([torch.zeros(4, 3)], learner_dims=1)
+    >>> state["momentum_buffers"][0].shape, state["smoothed_cosine"].shape
+    (torch.Size([4, 3]), torch.Size([4]))
+    """
+    n = () if scope == "global" else (len(params),)
+    return {"momentum_buffers": [torch.zeros_like(p) for p in params],
+            "smoothed_cosine": scalar_state(params[0], *n, ld=learner_dims)}
+
+
+def adatam_init(params: list[Tensor], *, scope: str = "global", learner_dims: int = 0
+                ) -> dict[str, Any]:
+    """AdaTAM's initial state for ``params``, as :func:`adatam` takes it: zero moments
+    ``exp_avgs``, ``exp_avg_sqs`` and smoothed cosine, step 0."""
+    state = tam_init(params, scope=scope, learner_dims=learner_dims)
+    return {"step": 0, "exp_avgs": state["momentum_buffers"],
+            "exp_avg_sqs": [torch.zeros_like(p) for p in params],
+            "smoothed_cosine": state["smoothed_cosine"]}
+
+
+def _torque_diagnostics(d: Tensor, shat: Tensor, scope: str) -> list[Tensor]:
+    """The per-member ``damping`` and ``cosine`` (means over tensors for ``scope="tensor"``)."""
+    return [d, shat] if scope == "global" else [d.mean(0), shat.mean(0)]
+
+
+def _tam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    shat, scope = state["smoothed_cosine"], flags["scope"]
+    d = tam(params, grads, state["momentum_buffers"], shat, lr=hp["lr"],
+            momentum=hp["momentum"], gamma=hp["gamma"], eps=hp["eps"],
+            weight_decay=hp["weight_decay"], decoupled=flags["decoupled"], scope=scope,
+            learner_dims=1, foreach=flags.get("foreach"))
+    return _torque_diagnostics(d, shat, scope)
+
+
+def _adatam_stacked(decoupled: bool) -> Stacked:
+    def update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], loss: Tensor,
+               hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+        state["step"] += 1
+        shat, scope = state["smoothed_cosine"], flags["scope"]
+        d = adatam(params, grads, state["exp_avgs"], state["exp_avg_sqs"], shat,
+                   step=state["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+                   gamma=hp["gamma"], torque_eps=hp["torque_eps"], eps=hp["eps"],
+                   weight_decay=hp["weight_decay"], decoupled=decoupled,
+                   bias_correction=flags["bias_correction"], scope=scope, learner_dims=1,
+                   foreach=flags.get("foreach"))
+        return _torque_diagnostics(d, shat, scope)
+
+    return Stacked(lambda params, hp, flags: adatam_init(params, scope=flags["scope"],
+                                                         learner_dims=1),
+                   update, lambda flags: ("damping", "cosine"))
+
+
+# ---------------------------------------------------------------------------- classes
 
 
 class _TorqueBase(ShiftsimOptimizer):
@@ -486,6 +548,11 @@ class TAM(_TorqueBase):
     >>> [round(v, 4) for v in w.tolist()], round(opt.diagnostics()["damping"].item(), 4)
     ([0.9702, 0.7145], 0.595)
     """
+
+    #: the fleet steps stacked members through :func:`tam` (the momentum held unscaled)
+    stacked = Stacked(lambda params, hp, flags: tam_init(params, scope=flags["scope"],
+                                                         learner_dims=1),
+                      _tam_stacked, lambda flags: ("damping", "cosine"))
 
     def __init__(
         self,
@@ -726,6 +793,7 @@ class AdaTAM(_TorqueBase):
     """
 
     _decoupled = False
+    stacked = _adatam_stacked(decoupled=False)
 
     def __init__(
         self,
@@ -811,4 +879,5 @@ class AdaTAMW(AdaTAM):
     """
 
     _decoupled = True
+    stacked = _adatam_stacked(decoupled=True)
 
