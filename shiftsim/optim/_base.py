@@ -180,11 +180,11 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         return (plan if plan.ok else None), grads
 
     def _plan_blocks(self, key: tuple, buf: str,
-                     init: Callable[[Tensor], Tensor] | None = None) -> Plan:
+                     init: Callable[[list[Tensor]], list[Tensor]]) -> Plan:
         """A plan with one :class:`PlanBlock` per group with gradients, holding the state
-        buffer ``buf`` of each such parameter (created by ``init(p)``, zeros by default, when
-        missing; ``extra["fresh"]`` flags the new ones). Not ``ok`` for parameters or buffers
-        :func:`plain_tensors` rejects."""
+        buffer ``buf`` of each such parameter (created, when missing, by ``init(params)``: the
+        optimizer module's state initialisation; ``extra["fresh"]`` flags the new ones). Not
+        ``ok`` for parameters or buffers :func:`plain_tensors` rejects."""
         live = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
         flat = [p for ps in live for p in ps]
         if not flat:
@@ -197,19 +197,35 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         for j, (group, ps) in enumerate(zip(self.param_groups, live)):
             if not ps:
                 continue
-            bufs, fresh = [], []
-            for p in ps:
-                st = self.state[p]
-                fresh.append(buf not in st)
-                if fresh[-1]:
-                    st[buf] = torch.zeros_like(p, memory_format=torch.preserve_format) \
-                        if init is None else init(p)
-                bufs.append(st[buf])
+            fresh = [buf not in self.state[p] for p in ps]
+            new = [p for p, f in zip(ps, fresh) if f]
+            if new:
+                for p, t in zip(new, init(new)):
+                    self.state[p][buf] = t
+            bufs = [self.state[p][buf] for p in ps]
             place = {id(q): k for k, q in enumerate(group["params"])}
             b = PlanBlock(j, group, ps, tuple(place[id(p)] for p in ps), {buf: bufs})
             b.extra["fresh"] = fresh
             blocks.append(b)
         return Plan(key, self.state, glob, blocks)
+
+    def _fill_state(self, params: list[Tensor], init: Callable[[list[Tensor]], dict[str, Any]],
+                    names: tuple[str, ...]) -> list[Tensor]:
+        """Give each parameter of ``params`` without state (no ``names[0]`` entry) its initial
+        state: the entries ``names`` of ``init([p])``, the optimizer module's state
+        initialisation (a per-tensor entry is a list, or a tensor with one row per tensor).
+        Returns the parameters that got it."""
+        new = []
+        for p in params:
+            st = self.state[p]
+            if names[0] in st:
+                continue
+            made = init([p])
+            for name in names:
+                v = made[name]
+                st[name] = v[0] if isinstance(v, (list, Tensor)) else v
+            new.append(p)
+        return new
 
     def _reference(self) -> Tensor:
         """A parameter that fixes the device of model-wide state."""

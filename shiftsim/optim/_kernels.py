@@ -243,7 +243,7 @@ def scalar_state(like: Tensor, *shape: int, ld: int = 0, fill: Scalar = 0.0) -> 
     >>> scalar_state(torch.zeros(4, 3), 2, ld=1, fill=1.0).shape
     torch.Size([2, 4])
     """
-    out = torch.zeros(*shape, *like.shape[:ld], device=like.device, dtype=acc_dtype(like.dtype))
+    out = torch.zeros((*shape, *like.shape[:ld]), device=like.device, dtype=acc_dtype(like.dtype))
     return out.add_(fill)
 
 

@@ -180,20 +180,20 @@ def grams(
 
 def grams_init(params: list[Tensor]) -> dict[str, Any]:
     """Grams' initial state for ``params`` (any leading member dimensions), as :func:`grams`
-    takes it: step 0 and zero moments ``exp_avgs`` (:math:`m`) and ``exp_avg_sqs``
-    (:math:`v`).
+    takes it (the class keeps the same entries per parameter): step 0 and zero moments
+    ``exp_avg`` (:math:`m`) and ``exp_avg_sq`` (:math:`v`), one per tensor.
 
-    >>> grams_init([torch.ones(2)])["exp_avgs"]
+    >>> grams_init([torch.ones(2)])["exp_avg"]
     [tensor([0., 0.])]
     """
-    return {"step": 0, "exp_avgs": [torch.zeros_like(p) for p in params],
-            "exp_avg_sqs": [torch.zeros_like(p) for p in params]}
+    return {"step": 0, "exp_avg": [torch.zeros_like(p) for p in params],
+            "exp_avg_sq": [torch.zeros_like(p) for p in params]}
 
 
 def _grams_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
-    frac = grams(params, grads, state["exp_avgs"], state["exp_avg_sqs"], step=state["step"],
+    frac = grams(params, grads, state["exp_avg"], state["exp_avg_sq"], step=state["step"],
                  lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"],
                  weight_decay=hp["weight_decay"], eps_mode=flags["eps_mode"], learner_dims=1,
                  foreach=flags.get("foreach"), track_flips=flags["track_flips"])
@@ -281,12 +281,9 @@ class Grams(ShiftsimOptimizer):
         blocks = []
         for group, ps, gs in active:
             ms, vs, steps = [], [], []
+            self._fill_state(ps, grams_init, ("exp_avg", "exp_avg_sq", "step"))
             for p in ps:
                 st = self.state[p]
-                if "exp_avg" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
                 ms.append(st["exp_avg"])
                 vs.append(st["exp_avg_sq"])
