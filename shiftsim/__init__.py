@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import data, models, optim, shifts
+from . import data, integrations, models, optim, shifts
 from .errors import ShiftsimError
 from .scenario import (
     Abrupt,
@@ -58,7 +58,6 @@ _LAZY = {
     "report": ("shiftsim.report", "report"),
     "fleet": ("shiftsim.fleet", None),
     "run_fleet": ("shiftsim.fleet", "run_fleet"),
-    "integrations": ("shiftsim.integrations", None),
     "metrics": ("shiftsim.metrics", None),
 }
 
@@ -68,8 +67,8 @@ scenarios = importlib.import_module("shiftsim.scenario")
 __all__ = [
     "Abrupt", "Brightness", "ClassPrior", "Contrast", "FeatureOffset", "FeatureScale",
     "GaussianBlur", "GaussianNoise", "Gradual", "LabelFlip", "Phase", "PixelPermutation",
-    "Rotate", "Scenario", "ShiftsimError", "covariate_drift", "data", "label_flip_tasks",
-    "models", "optim", "recurring", "scenarios", "shifts", *_LAZY,
+    "Rotate", "Scenario", "ShiftsimError", "covariate_drift", "data", "integrations",
+    "label_flip_tasks", "models", "optim", "recurring", "scenarios", "shifts", *_LAZY,
 ]
 
 
