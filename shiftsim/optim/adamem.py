@@ -37,6 +37,13 @@ checked against our own derivation (spec §4). Choices:
   decay, :math:`\sum x g`, :math:`\sum x d`. The weight on :math:`g` in :math:`d_{t+1}` is
   :math:`(1-\beta)P/W = (1-\beta)/(1+\lambda P)`. Same algorithm, fewer passes (measured ~12%
   faster per step); rounding differs from a literal transcription at float precision only.
+
+The module holds the Adaptive-Memory family whole, in the order torch.optim and optax split an
+optimizer: the multi-tensor kernels (:func:`adamem_sgd`, :func:`adamem_adamw`, over any number
+of stacked learners), the state initialisation (:func:`adamem_sgd_init`,
+:func:`adamem_adamw_init`), the fleet's rule (each class's ``stacked``) and the ``torch.optim``
+classes over them. It is long because it is one algorithm family kept in one place; the shared
+machinery is in :mod:`~shiftsim.optim._kernels` and :mod:`~shiftsim.optim._base`.
 """
 
 from __future__ import annotations

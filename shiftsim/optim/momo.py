@@ -58,6 +58,13 @@ Choices (spec §5), all [code] = momo-opt 0.1.0 unless marked:
   reset :math:`f_*`, and the estimate uses the first group's :math:`\tau`: once per step (the
   reference resets and re-estimates once per group, in turn, so later groups see an
   :math:`f_*` moved by earlier ones). With one group both are the same.
+
+The module holds the MoMo family whole, in the order torch.optim and optax split an optimizer:
+the multi-tensor kernels (:func:`momo`, :func:`momo_adam`, over any number of stacked learners),
+the state initialisation (:func:`momo_init`, :func:`momo_adam_init`), the fleet's rule (each
+class's ``stacked``) and the ``torch.optim`` classes over them. It is long because it is one
+algorithm family kept in one place; the shared machinery is in :mod:`~shiftsim.optim._kernels`
+and :mod:`~shiftsim.optim._base`.
 """
 
 from __future__ import annotations

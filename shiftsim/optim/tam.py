@@ -35,6 +35,13 @@ Choices (see ``specs/optimizers.md`` §2):
 * [ours, speed] :class:`TAM` keeps :math:`m = \sigma\tilde m` (see its notes): mathematically
   the update above, one memory pass fewer per step. The functional :func:`tam` does the same
   when given ``momentum_scale``, and holds :math:`m` itself otherwise.
+
+The module holds the torque-aware family whole, in the order torch.optim and optax split an
+optimizer: the multi-tensor kernels (:func:`tam`, :func:`adatam`, over any number of stacked
+learners), the state initialisation (:func:`tam_init`, :func:`adatam_init`), the fleet's rule
+(each class's ``stacked``) and the ``torch.optim`` classes over them. It is long because it is
+one algorithm family kept in one place; the shared machinery is in
+:mod:`~shiftsim.optim._kernels` and :mod:`~shiftsim.optim._base`.
 """
 
 from __future__ import annotations
