@@ -45,7 +45,7 @@ __version__ = "0.1.0"
 # heavier parts load on first use (the engine pulls torch.nn, reports pull matplotlib)
 _LAZY = {
     "run": ("shiftsim.engine", "run"),
-    "RunResult": ("shiftsim.engine", "RunResult"),
+    "RunResult": ("shiftsim.result", "RunResult"),
     "stream": ("shiftsim.stream", None),
     "Stream": ("shiftsim.stream", "Stream"),
     "engine": ("shiftsim.engine", None),
