@@ -48,11 +48,11 @@ class Members(Protocol):
     """K learners the loop steps together (the fleet's stacked model, or one learner).
 
     ``seeds[i]`` is member ``i``'s run seed (its stream, label tables and initial weights).
-    ``stacked``: the member batches come stacked ``(K, b, ...)`` (:class:`~shiftsim.feed.
-    StackedFeed`; ``flat_inputs``: flattened to ``(K, b, features)``), else one learner takes
-    the stream's ``(b, ...)`` batches (:class:`~shiftsim.feed.StreamFeed`). ``grad``: the
-    autograd mode for the whole loop (None: as the caller has it). ``engine`` names the
-    program in ``info["engine"]``.
+    ``stacked``: the member batches come stacked ``(K, b, ...)``
+    (:class:`~shiftsim.feed.StackedFeed`; ``flat_inputs``: flattened to ``(K, b, features)``),
+    else one learner takes the stream's ``(b, ...)`` batches
+    (:class:`~shiftsim.feed.StreamFeed`). ``grad``: the autograd mode for the whole loop
+    (None: as the caller has it). ``engine`` names the program in ``info["engine"]``.
     """
 
     seeds: Sequence[int]
@@ -111,7 +111,7 @@ class OneLearner:
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor,
              out: tuple[torch.Tensor, torch.Tensor]) -> None:
-        out[1].copy_(self.learner.observe(x, y, out[0][0, 0]))
+        out[1][0] = self.learner.observe(x, y, out[0][0, 0])  # a 0-d tensor (or a number)
         if self._diag is not None:
             self._diag[t] = torch.stack(list(self._diagnose().values()))  # type: ignore[misc]
 
