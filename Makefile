@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	@# pinned together and pip keeps the CPU torch 2.13.0 instead of fetching the 5.9 GB CUDA
 	@# build (~45 s, ~200 MB). That torchvision wheel's compiled operators do not load against
 	@# the CPU torch build; shiftsim's import of Avalanche applies a compatibility step for
-	@# exactly that error and nothing else (shiftsim/integrations/avalanche.py). With another
+	@# exactly that error and nothing else (shiftsim/integrations/avalanche/loader.py). With another
 	@# torch, pip picks the matching torchvision. AVALANCHE=0 skips the extra (its tests skip).
 	@if [ "$(AVALANCHE)" != 0 ]; then \
 	  if $(PY) -c "import sys, torch; sys.exit(not torch.__version__.startswith('2.13.0'))"; \

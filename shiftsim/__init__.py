@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import data, models, optim, shifts
+from . import data, integrations, models, optim, shifts
 from .errors import ShiftsimError
 from .scenario import (
     Abrupt,
@@ -45,7 +45,7 @@ __version__ = "0.1.0"
 # heavier parts load on first use (the engine pulls torch.nn, reports pull matplotlib)
 _LAZY = {
     "run": ("shiftsim.engine", "run"),
-    "RunResult": ("shiftsim.engine", "RunResult"),
+    "RunResult": ("shiftsim.result", "RunResult"),
     "stream": ("shiftsim.stream", None),
     "Stream": ("shiftsim.stream", "Stream"),
     "engine": ("shiftsim.engine", None),
@@ -59,7 +59,6 @@ _LAZY = {
     "report": ("shiftsim.report", "report"),
     "fleet": ("shiftsim.fleet", None),
     "run_fleet": ("shiftsim.fleet", "run_fleet"),
-    "integrations": ("shiftsim.integrations", None),
     "metrics": ("shiftsim.metrics", None),
 }
 
@@ -69,8 +68,8 @@ scenarios = importlib.import_module("shiftsim.scenario")
 __all__ = [
     "Abrupt", "Brightness", "ClassPrior", "Contrast", "FeatureOffset", "FeatureScale",
     "GaussianBlur", "GaussianNoise", "Gradual", "LabelFlip", "Phase", "PixelPermutation",
-    "Rotate", "Scenario", "ShiftsimError", "covariate_drift", "data", "label_flip_tasks",
-    "models", "optim", "recurring", "scenarios", "shifts", *_LAZY,
+    "Rotate", "Scenario", "ShiftsimError", "covariate_drift", "data", "integrations",
+    "label_flip_tasks", "models", "optim", "recurring", "scenarios", "shifts", *_LAZY,
 ]
 
 

@@ -139,16 +139,25 @@ class TorchLearner:
         return self._diagnostics() if self._diagnostics is not None else {}
 
     def describe(self) -> dict[str, Any]:
-        src = self.model_source
-        if isinstance(src, ModelSpec):
-            model = src.to_dict()
-        elif isinstance(src, nn.Module):
-            model = {"module": type(src).__name__,
-                     "parameters": sum(p.numel() for p in src.parameters())}
-        else:
-            model = {"factory": getattr(src, "__qualname__", repr(src))}
-        try:
-            opt = self.optimizer_spec.to_dict()
-        except ShiftsimError:
-            opt = {"name": self.optimizer_spec.name, "hparams": dict(self.optimizer_spec.hparams)}
-        return {"model": model, "optimizer": opt}
+        return describe_learner(self.model_source, self.optimizer_spec)
+
+
+def describe_learner(model: ModelSpec | nn.Module | Callable[[Dataset], nn.Module],
+                     optimizer: OptimizerSpec) -> dict[str, Any]:
+    """The JSON description of a model trained by an optimizer (a run's ``info["learner"]``).
+
+    >>> describe_learner(ModelSpec("linear"), spec("sgd"))["optimizer"]["name"]
+    'sgd'
+    """
+    if isinstance(model, ModelSpec):
+        described = model.to_dict()
+    elif isinstance(model, nn.Module):
+        described = {"module": type(model).__name__,
+                     "parameters": sum(p.numel() for p in model.parameters())}
+    else:
+        described = {"factory": getattr(model, "__qualname__", repr(model))}
+    try:
+        opt = optimizer.to_dict()
+    except ShiftsimError:
+        opt = {"name": optimizer.name, "hparams": dict(optimizer.hparams)}
+    return {"model": described, "optimizer": opt}

@@ -25,6 +25,7 @@ import torch
 import shiftsim as ss
 from shiftsim.errors import ShiftsimError, SpecTypeError
 from shiftsim.integrations import avalanche as ssav
+from shiftsim.integrations.avalanche import loader as ssav_loader
 from shiftsim.learner import TorchLearner, build_model
 from shiftsim.stream import Stream
 
@@ -88,11 +89,11 @@ class _Importer:
 @pytest.fixture()
 def compat(monkeypatch):
     """The compatibility step with a fake torch.library; module state restored afterwards."""
-    monkeypatch.setattr(ssav, "_compat_library", None)
+    monkeypatch.setattr(ssav_loader, "_compat_library", None)
     _FakeLibrary.made = []
 
     def step(importer: _Importer) -> bool:
-        return ssav._import_torchvision(importer, library=_FakeLibrary)
+        return ssav_loader._import_torchvision(importer, library=_FakeLibrary)
 
     return step
 
@@ -100,7 +101,7 @@ def compat(monkeypatch):
 def test_compat_step_does_nothing_when_torchvision_imports(compat):
     importer = _Importer()
     assert compat(importer) is False
-    assert importer.calls == 1 and _FakeLibrary.made == [] and ssav._compat_library is None
+    assert importer.calls == 1 and _FakeLibrary.made == [] and ssav_loader._compat_library is None
 
 
 @pytest.mark.parametrize("error", [
@@ -115,7 +116,7 @@ def test_compat_step_reraises_every_other_import_error_untouched(compat, error):
     with pytest.raises(type(error)) as info:
         compat(importer)
     assert info.value is error
-    assert importer.calls == 1 and _FakeLibrary.made == [] and ssav._compat_library is None
+    assert importer.calls == 1 and _FakeLibrary.made == [] and ssav_loader._compat_library is None
 
 
 def test_missing_torchvision_names_the_extra(compat):
@@ -131,7 +132,7 @@ def test_compat_step_runs_on_exactly_the_missing_operator_error(compat, monkeypa
     assert compat(importer) is True
     assert importer.calls == 2  # the failed import, then the import after the repair
     assert _FakeLibrary.made == [("torchvision", "FRAGMENT")]
-    assert ssav._compat_library.defined == [
+    assert ssav_loader._compat_library.defined == [
         "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
         "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"]
     # the half-imported package was dropped before importing again
@@ -218,10 +219,10 @@ def test_the_plain_torchvision_import_decides_whether_the_compat_step_ran(av):
     plain = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True,
                            text=True, timeout=120)
     if plain.returncode == 0:
-        assert ssav._compat_library is None
+        assert ssav_loader._compat_library is None
     else:
         assert re.search(r"operator torchvision::\w+ does not exist", plain.stderr)
-        assert ssav._compat_library is not None
+        assert ssav_loader._compat_library is not None
         import torchvision
 
         with pytest.raises(RuntimeError, match="Couldn't load custom C\\+\\+ ops"):

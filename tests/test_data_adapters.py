@@ -143,7 +143,7 @@ def test_from_dataset_string_labels_and_held_out_fraction():
 def test_from_dataset_matches_torchvisions_image_folder(tmp_path):
     """torchvision stays optional: used here only when it imports."""
     try:
-        from shiftsim.integrations.avalanche import _import_torchvision
+        from shiftsim.integrations.avalanche.loader import _import_torchvision
 
         _import_torchvision()
         from torchvision.datasets import ImageFolder

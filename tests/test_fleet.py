@@ -227,14 +227,14 @@ def test_inputs_gathered_in_blocks_of_steps_are_the_same_batches(digits64, monke
     """The fast path gathers a block of steps' inputs at once: block boundaries inside and
     across phases, after a ramp and with inputs stacked per seed (static shifts) change
     nothing."""
-    import shiftsim.fleet as fleet_mod
+    import shiftsim.feed as feed_mod
 
     sc = ss.Scenario(digits64, [
         ss.Phase(20), ss.Phase(25, [ss.Rotate(40)], transition=ss.Gradual(6)),
         ss.Phase(23, [ss.LabelFlip(1.0)])], batch_size=8, eval_every=10, eval_size=50)
     members = [("sgdm", 0), ("sgdm", 3), ("adam", 1)]
     default = run_fleet(sc, mlp64, members, device="cpu")
-    monkeypatch.setattr(fleet_mod, "BLOCK_STEPS", block_steps)
+    monkeypatch.setattr(feed_mod, "BLOCK_STEPS", block_steps)
     blocked = run_fleet(sc, mlp64, members, device="cpu")
     for (opt, seed), a, b in zip(members, default, blocked):
         pd.testing.assert_frame_equal(a.trace, b.trace)

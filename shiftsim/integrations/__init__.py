@@ -6,7 +6,9 @@
   shiftsim learners (:class:`~shiftsim.integrations.avalanche.AvalancheLearner`).
 
 Importing this package, or ``shiftsim.integrations.avalanche``, does not import Avalanche; the
-first function that needs it does.
+first function that needs it does. ``import shiftsim`` imports this package, which registers
+the integrations' spec decoders with the optimizer registry (by import path: nothing more is
+imported until a stored spec needs one).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ..optim.registry import register_decoder
+
 __all__ = ["avalanche"]
+
+# a study's stored optimizer spec with a "strategy" is an Avalanche strategy spec
+register_decoder("strategy", "shiftsim.integrations.avalanche.spec:StrategySpec.from_dict")
 
 
 def __getattr__(name: str) -> ModuleType:

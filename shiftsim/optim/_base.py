@@ -16,13 +16,18 @@ Every optimizer in :mod:`shiftsim.optim` is a :class:`torch.optim.Optimizer` wit
   built once and reused while the same parameters have a gradient, the param groups are the
   same and the state was not replaced (``load_state_dict``). A step then only collects the
   gradients. The plan is not part of the state (it is neither saved nor copied).
+
+* a **stacked rule** (:class:`Stacked`, the class attribute ``stacked``): how the fleet steps K
+  members of the optimizer stacked along a leading dimension, from the module's own state
+  initialisation and functional kernel (see :mod:`shiftsim.optim.stacking`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +46,34 @@ from ._kernels import (
 GLOBAL = "global"
 PLAN = "_step_plan"
 
+#: a group's numeric hyperparameters: a float when every member shares it, else a ``(K,)`` tensor
+Hyper = dict[str, "float | Tensor"]
+
+
+def _no_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """How the fleet steps K members of one optimizer class, their tensors stacked along a
+    leading dimension (optax-style pieces written next to the optimizer's class).
+
+    ``init(params, hp, flags)`` returns the members' state for ``params`` (each ``(K, ...)``);
+    ``update(state, params, grads, loss, hp, flags)`` takes one step in place (``loss``: the
+    members' losses ``(K,)``) and returns the per-member diagnostics, one ``(K,)`` tensor per
+    name of ``diagnostics(flags)``. ``hp`` holds the numeric hyperparameters (a float when every
+    member of the group shares it, else a ``(K,)`` tensor; ``betas`` split into ``beta1`` and
+    ``beta2``), ``flags`` the non-numeric ones, which the members share. ``settings(cls,
+    flags)`` (optional) adds flags that the class itself implies (AdamW: decoupled decay).
+    """
+
+    init: Callable[[list[Tensor], Hyper, dict[str, Any]], Any]
+    update: Callable[[Any, list[Tensor], list[Tensor], Tensor, Hyper, dict[str, Any]],
+                     list[Tensor]]
+    diagnostics: Callable[[dict[str, Any]], tuple[str, ...]] = _no_diagnostics
+    settings: Callable[[type, dict[str, Any]], dict[str, Any]] | None = None
+
 
 class ShiftsimOptimizer(torch.optim.Optimizer):
     """Base class: see the module docstring."""
@@ -51,6 +84,8 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
     diagnostic_keys: tuple[str, ...] = ()
     #: hyperparameters that every param group must share (they drive model-wide quantities)
     shared_hparams: tuple[str, ...] = ()
+    #: how the fleet steps K stacked members of this optimizer (None: it cannot)
+    stacked: ClassVar[Stacked | None] = None
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
@@ -145,11 +180,11 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         return (plan if plan.ok else None), grads
 
     def _plan_blocks(self, key: tuple, buf: str,
-                     init: Callable[[Tensor], Tensor] | None = None) -> Plan:
+                     init: Callable[[list[Tensor]], list[Tensor]]) -> Plan:
         """A plan with one :class:`PlanBlock` per group with gradients, holding the state
-        buffer ``buf`` of each such parameter (created by ``init(p)``, zeros by default, when
-        missing; ``extra["fresh"]`` flags the new ones). Not ``ok`` for parameters or buffers
-        :func:`plain_tensors` rejects."""
+        buffer ``buf`` of each such parameter (created, when missing, by ``init(params)``: the
+        optimizer module's state initialisation; ``extra["fresh"]`` flags the new ones). Not
+        ``ok`` for parameters or buffers :func:`plain_tensors` rejects."""
         live = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
         flat = [p for ps in live for p in ps]
         if not flat:
@@ -162,19 +197,35 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
         for j, (group, ps) in enumerate(zip(self.param_groups, live)):
             if not ps:
                 continue
-            bufs, fresh = [], []
-            for p in ps:
-                st = self.state[p]
-                fresh.append(buf not in st)
-                if fresh[-1]:
-                    st[buf] = torch.zeros_like(p, memory_format=torch.preserve_format) \
-                        if init is None else init(p)
-                bufs.append(st[buf])
+            fresh = [buf not in self.state[p] for p in ps]
+            new = [p for p, f in zip(ps, fresh) if f]
+            if new:
+                for p, t in zip(new, init(new)):
+                    self.state[p][buf] = t
+            bufs = [self.state[p][buf] for p in ps]
             place = {id(q): k for k, q in enumerate(group["params"])}
             b = PlanBlock(j, group, ps, tuple(place[id(p)] for p in ps), {buf: bufs})
             b.extra["fresh"] = fresh
             blocks.append(b)
         return Plan(key, self.state, glob, blocks)
+
+    def _fill_state(self, params: list[Tensor], init: Callable[[list[Tensor]], dict[str, Any]],
+                    names: tuple[str, ...]) -> list[Tensor]:
+        """Give each parameter of ``params`` without state (no ``names[0]`` entry) its initial
+        state: the entries ``names`` of ``init([p])``, the optimizer module's state
+        initialisation (a per-tensor entry is a list, or a tensor with one row per tensor).
+        Returns the parameters that got it."""
+        new = []
+        for p in params:
+            st = self.state[p]
+            if names[0] in st:
+                continue
+            made = init([p])
+            for name in names:
+                v = made[name]
+                st[name] = v[0] if isinstance(v, (list, Tensor)) else v
+            new.append(p)
+        return new
 
     def _reference(self) -> Tensor:
         """A parameter that fixes the device of model-wide state."""

@@ -235,6 +235,18 @@ def foreach_scale_(ys: list[Tensor], s: Scalar | Sequence[Scalar], ld: int) -> N
         torch._foreach_mul_(ys, s)
 
 
+def scalar_state(like: Tensor, *shape: int, ld: int = 0, fill: Scalar = 0.0) -> Tensor:
+    """A scalar state tensor (one value per learner, or ``shape`` of them) in the accumulation
+    dtype: shape ``(*shape, K)`` for ``ld=1`` (``K`` from ``like``), ``shape`` for ``ld=0``,
+    filled with ``fill`` (a float or a per-learner tensor).
+
+    >>> scalar_state(torch.zeros(4, 3), 2, ld=1, fill=1.0).shape
+    torch.Size([2, 4])
+    """
+    out = torch.zeros((*shape, *like.shape[:ld]), device=like.device, dtype=acc_dtype(like.dtype))
+    return out.add_(fill)
+
+
 def is_zero(h: Scalar) -> bool:
     """True for a float hyperparameter equal to 0 (tensor hyperparameters are never skipped)."""
     return not isinstance(h, Tensor) and h == 0

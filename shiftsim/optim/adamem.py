@@ -37,6 +37,13 @@ checked against our own derivation (spec §4). Choices:
   decay, :math:`\sum x g`, :math:`\sum x d`. The weight on :math:`g` in :math:`d_{t+1}` is
   :math:`(1-\beta)P/W = (1-\beta)/(1+\lambda P)`. Same algorithm, fewer passes (measured ~12%
   faster per step); rounding differs from a literal transcription at float precision only.
+
+The module holds the Adaptive-Memory family whole, in the order torch.optim and optax split an
+optimizer: the multi-tensor kernels (:func:`adamem_sgd`, :func:`adamem_adamw`, over any number
+of stacked learners), the state initialisation (:func:`adamem_sgd_init`,
+:func:`adamem_adamw_init`), the fleet's rule (each class's ``stacked``) and the ``torch.optim``
+classes over them. It is long because it is one algorithm family kept in one place; the shared
+machinery is in :mod:`~shiftsim.optim._kernels` and :mod:`~shiftsim.optim._base`.
 """
 
 from __future__ import annotations
@@ -47,11 +54,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Plan, ShiftsimOptimizer, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
     Scalar,
-    acc_dtype,
     addcdiv_,
     bc,
     check_betas,
@@ -69,6 +75,7 @@ from ._kernels import (
     kept_sqnorm,
     lerp_step,
     pick,
+    scalar_state,
     scale_,
     split_paths,
     sqrt_,
@@ -76,7 +83,8 @@ from ._kernels import (
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW", "adamem_sgd", "adamem_adamw"]
+__all__ = ["AdaptiveMemorySGD", "AdaptiveMemoryAdamW", "adamem_adamw", "adamem_adamw_init",
+           "adamem_sgd", "adamem_sgd_init", "lr_ratio"]
 
 #: AM-AdamW's tensor-by-tensor path works on chunks of this many elements (cache reuse)
 CHUNK = 1 << 19
@@ -92,9 +100,12 @@ def _clip(x: Tensor, hi: Scalar) -> Tensor:
 
 def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld: int,
                   foreach: bool | None, fresh: Sequence[bool] | None) -> Tensor:
-    """AM-SGD over param groups (``b.hp["lr_ratio"]``: :math:`\\eta_{t-1}/\\eta_t`).
+    """AM-SGD over param groups (``b.hp["lr_ratio"]``: :math:`\\eta_{t-1}/\\eta_t`, see
+    :func:`lr_ratio`).
 
-    ``fresh[i]``: tensor i has no momentum yet (:math:`d := g`). Returns :math:`\\beta_t`."""
+    ``fresh[i]``: tensor i has no momentum yet (:math:`d := g`). Returns :math:`\\beta_t`. A
+    step plan's cached pieces are used when a block carries them (``b.hp["moments"]``,
+    ``b.hp["lerp"]``: the same numbers, no lists built)."""
     for b in blocks:
         wd = b.hp["weight_decay"]
         if not is_zero(wd):
@@ -113,18 +124,24 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
     for b in blocks:
         G, D = b.grads, b.bufs["d"]
         known = b.hp.get("sqnorm")
-        if known is not None and known[1]:  # |d|^2 kept from the last step
-            t = total_dots([(D, G), (G, G)], ld)
-            parts.append((t[0], t[1], known[0]))
+        known = known[0] if known is not None and known[1] else None  # |d|^2 from last step
+        moments = b.hp.get("moments")
+        if moments is not None:
+            t = moments(G, known is None)
         else:
-            t = total_dots([(D, G), (G, G), (D, D)], ld)
-            parts.append((t[0], t[1], t[2]))
+            t = total_dots([(D, G), (G, G)] if known is not None else
+                           [(D, G), (G, G), (D, D)], ld)
+        parts.append((t[0], t[1], known if known is not None else t[2]))
     beta, w = _am_weight(parts, [b.hp["lr_ratio"] for b in blocks],
                          [None if b.hp.get("sqnorm") is None else b.hp["sqnorm"][0]
                           for b in blocks], lam=lam, beta_max=beta_max)
     for b in blocks:
-        fe, loop = split_paths(b.params, foreach, ld)
-        lerp_step(b.params, b.grads, b.bufs["d"], w, -b.hp["lr"], None, fe, loop, ld)
+        lerp = b.hp.get("lerp")
+        if lerp is not None:
+            lerp.run(b.grads, w, -b.hp["lr"], None)
+        else:
+            lerp_step(b.params, b.grads, b.bufs["d"], w, -b.hp["lr"], None,
+                      *split_paths(b.params, foreach, ld), ld)
     return beta
 
 
@@ -445,6 +462,66 @@ def adamem_adamw(
                            scratch=default_scratch(), fixed_beta=fixed_beta)
 
 
+# ---------------------------------------------------------------------------- state, stacked
+
+
+def lr_ratio(lr: Scalar, prev_lr: Scalar | None = None) -> Scalar:
+    r"""AM-SGD's factor :math:`\eta_{t-1}/\eta_t` on the gap term: 1 for a constant lr
+    (``prev_lr`` None), 0 when :math:`\eta_t = 0`; per learner for a ``(K,)`` lr.
+
+    >>> lr_ratio(0.1, 0.2), lr_ratio(0.0), lr_ratio(torch.tensor([0.1, 0.0]))
+    (2.0, 0.0, tensor([1., 0.]))
+    """
+    prev = lr if prev_lr is None else prev_lr
+    if isinstance(lr, Tensor) and lr.dim() > 0:
+        return torch.where(lr > 0, prev / lr, 0.0)
+    return prev / lr if lr > 0 else 0.0
+
+
+def adamem_sgd_init(params: list[Tensor]) -> dict[str, Any]:
+    """AM-SGD's initial state for ``params`` (any leading member dimensions), as
+    :func:`adamem_sgd` takes it: step 0 and momentum buffers (:math:`d`, zeros: the first step
+    sets :math:`d_0 = g_0`; the class keeps them per parameter as ``momentum_buffer``)."""
+    return {"step": 0, "momentum_buffer": [torch.zeros_like(p) for p in params]}
+
+
+def _zero_momenta(params: list[Tensor]) -> list[Tensor]:
+    """The momentum buffers of :func:`adamem_sgd_init` (what the class stores as
+    ``momentum_buffer``); empty for no parameters."""
+    return adamem_sgd_init(params)["momentum_buffer"] if params else []
+
+
+def adamem_adamw_init(params: list[Tensor], *, learner_dims: int = 0) -> dict[str, Any]:
+    r"""AM-AdamW's initial state for ``params``, as :func:`adamem_adamw` takes it (the class
+    keeps the same entries per parameter): step 0, zero moments ``exp_avg`` (:math:`d`) and
+    ``exp_avg_sq`` (:math:`v`) and the products of past betas ``beta_prod`` (:math:`\Pi = 1`,
+    one per tensor and learner)."""
+    return {"step": 0, "exp_avg": [torch.zeros_like(p) for p in params],
+            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            "beta_prod": scalar_state(params[0], len(params), ld=learner_dims, fill=1.0)}
+
+
+def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    beta = adamem_sgd(params, grads, state["momentum_buffer"], step=state["step"],
+                      lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
+                      weight_decay=hp["weight_decay"], lr_ratio=state["lr_ratio"],
+                      learner_dims=1, foreach=flags.get("foreach"))
+    return [beta, (beta + hp["lam"]) / (1 + hp["lam"])]
+
+
+def _amadamw_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    betas = adamem_adamw(params, grads, state["exp_avg"], state["exp_avg_sq"],
+                         state["beta_prod"], step=state["step"], lr=hp["lr"],
+                         beta1_max=hp["beta1"], beta2=hp["beta2"], lam=hp["lam"], eps=hp["eps"],
+                         weight_decay=hp["weight_decay"], learner_dims=1,
+                         foreach=flags.get("foreach"))
+    return [betas.mean(0)]
+
+
 # ---------------------------------------------------------------------------- classes
 
 
@@ -488,6 +565,10 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
     """
 
     diagnostic_keys = ("beta", "momentum")
+    #: the fleet steps stacked members through :func:`adamem_sgd` (a constant lr per member)
+    stacked = Stacked(lambda params, hp, flags: {**adamem_sgd_init(params),
+                                                 "lr_ratio": lr_ratio(hp["lr"])},
+                      _amsgd_stacked, lambda flags: ("beta", "momentum"))
     shared_hparams = ("lam", "beta_max")
 
     def __init__(
@@ -530,54 +611,50 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         return loss
 
     def _planned_step(self) -> bool:
-        """A step with the cached plan (see :mod:`shiftsim.optim._base`): the operations of
-        the general path without rebuilding its lists. False: the general path must take it
-        (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
-        groups = self.param_groups
+        """A step with the cached plan (see :mod:`shiftsim.optim._base`): :func:`_amsgd_blocks`
+        on blocks kept from step to step, without rebuilding its lists. False: the general
+        path must take it (tensor-valued hyperparameters, float16 or non-contiguous
+        parameters)."""
         plan, grads = self._plan_for_step(("lr", "weight_decay"))
         if plan is None:
             return False
         if not plan.blocks:
             return True
-        glob = plan.glob
-        first = groups[0]
-        foreach, lam = first["foreach"], first["lam"]
+        glob, first = plan.glob, self.param_groups[0]
+        foreach = first["foreach"]
         glob["step"] += 1
-        prev = glob["prev_lrs"]
-        parts, ratios, gls = [], [], []
+        blocks, fresh = [], []
         for b in plan.blocks:
-            group = b.group
-            gs, ds = grads[b.j], b.bufs["momentum_buffer"]
-            wd, lr = group["weight_decay"], group["lr"]
-            if wd != 0:
-                gs = coupled_grads(b.params, gs, wd, foreach, 0)
-            fresh = b.extra.pop("fresh", None)
-            if fresh:
-                for d, g, new in zip(ds, gs, fresh):
-                    if new:
-                        d.copy_(g)
-            valid = b.extra["valid"]
-            r = b.moments("momentum_buffer")(gs, not valid)
-            parts.append((r[0], r[1], b.extra["sqnorm"] if valid else r[2]))
-            b.extra["valid"] = True
-            j = b.j
-            lr_prev = prev[j] if j < len(prev) and prev[j] is not None else lr
-            ratios.append(lr_prev / lr if lr > 0 else 0.0)
-            gls.append(gs)
-        beta, w = _am_weight(parts, ratios, [b.extra["sqnorm"] for b in plan.blocks], lam=lam,
-                             beta_max=first["beta_max"])
-        for b, gs in zip(plan.blocks, gls):
-            b.lerp_step(foreach, "momentum_buffer").run(gs, w, -b.group["lr"], None)
-        self._record(glob, beta, lam)
+            blk, x = b.extra["block"], b.extra
+            blk.grads = grads[b.j]
+            blk.hp.update(self._block_hp(glob, b.j, b.group), sqnorm=(x["sqnorm"], x["valid"]),
+                          lerp=b.lerp_step(foreach, "momentum_buffer"))
+            x["valid"] = True
+            fresh += x.pop("fresh", [False] * len(b.params))
+            blocks.append(blk)
+        beta = _amsgd_blocks(blocks, lam=first["lam"], beta_max=first["beta_max"], ld=0,
+                             foreach=foreach, fresh=fresh if any(fresh) else None)
+        self._record(glob, beta, first["lam"])
         return True
 
     def _build_plan(self, key: tuple) -> Plan:
-        """The plan for the parameters that have a gradient now (their state created)."""
-        plan = self._plan_blocks(key, "momentum_buffer")
+        """The plan for the parameters that have a gradient now (their state created), with
+        one :class:`~shiftsim.optim._kernels.Block` per group kept from step to step."""
+        plan = self._plan_blocks(key, "momentum_buffer", _zero_momenta)
         for b in plan.blocks:
             sq, valid = self._kept_norm(plan.glob, b.j, b.members)
-            b.extra.update(sqnorm=sq, valid=valid and not any(b.extra["fresh"]))
+            b.extra.update(sqnorm=sq, valid=valid and not any(b.extra["fresh"]), block=Block(
+                b.params, [], {"d": b.bufs["momentum_buffer"]},
+                {"moments": b.moments("momentum_buffer")}))
         return plan
+
+    @staticmethod
+    def _block_hp(glob: dict[str, Any], j: int, group: dict[str, Any]) -> dict[str, Any]:
+        """Param group ``j``'s hyperparameters for :func:`_amsgd_blocks`."""
+        prev = glob["prev_lrs"]
+        lr = group["lr"]
+        return {"lr": lr, "weight_decay": group["weight_decay"],
+                "lr_ratio": lr_ratio(lr, prev[j] if j < len(prev) else None)}
 
     def _record(self, glob: dict[str, Any], beta: Tensor, lam: float) -> None:
         glob["beta"] = beta
@@ -592,28 +669,20 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         glob = self._global()
         first = self.param_groups[0]
         glob["step"] += 1
-        prev = glob["prev_lrs"]
         index = {id(g): j for j, g in enumerate(self.param_groups)}
         blocks, fresh = [], []
         for group, ps, gs in active:
-            ds = []
             j = index[id(group)]
             place = {id(q): k for k, q in enumerate(group["params"])}
             members = tuple(place[id(p)] for p in ps)
-            for p in ps:
-                st = self.state[p]
-                new = "momentum_buffer" not in st
-                if new:
-                    st["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                fresh.append(new)
-                ds.append(st["momentum_buffer"])
-            lr = group["lr"]
-            lr_prev = prev[j] if j < len(prev) and prev[j] is not None else lr
-            ratio = lr_prev / lr if lr > 0 else 0.0
-            blocks.append(Block(ps, gs, {"d": ds}, {
-                "lr": lr, "weight_decay": group["weight_decay"], "lr_ratio": ratio,
-                "sqnorm": self._kept_norm(glob, j, members)}))
+            new = [p for p in ps if "momentum_buffer" not in self.state[p]]
+            for p, d in zip(new, _zero_momenta(new)):
+                self.state[p]["momentum_buffer"] = d
+            made = set(map(id, new))
+            fresh += [id(p) in made for p in ps]
+            blocks.append(Block(ps, gs, {"d": [self.state[p]["momentum_buffer"] for p in ps]},
+                                {**self._block_hp(glob, j, group),
+                                 "sqnorm": self._kept_norm(glob, j, members)}))
         beta = _amsgd_blocks(blocks, lam=first["lam"], beta_max=first["beta_max"], ld=0,
                              foreach=first["foreach"], fresh=fresh)
         self._record(glob, beta, first["lam"])
@@ -663,6 +732,9 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
     """
 
     diagnostic_keys = ("beta",)
+    #: the fleet steps stacked members through :func:`adamem_adamw`
+    stacked = Stacked(lambda params, hp, flags: adamem_adamw_init(params, learner_dims=1),
+                      _amadamw_stacked, lambda flags: ("beta",))
     shared_hparams = ("lam",)
 
     def __init__(
@@ -701,14 +773,11 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         blocks, params = [], []
         for group, ps, gs in active:
             ds, vs, steps, prevs, pis = [], [], [], [], []
+            for p in self._fill_state(ps, adamem_adamw_init,
+                                      ("exp_avg", "exp_avg_sq", "beta_prod", "step")):
+                self.state[p]["prev_lr"] = group["lr"]
             for p in ps:
                 st = self.state[p]
-                if "exp_avg" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["beta_prod"] = torch.ones((), device=p.device, dtype=acc_dtype(p.dtype))
-                    st["prev_lr"] = group["lr"]
                 st["step"] += 1
                 ds.append(st["exp_avg"])
                 vs.append(st["exp_avg_sq"])

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import ShiftsimOptimizer, eval_closure
+from ._base import Hyper, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
     Scalar,
@@ -55,7 +55,7 @@ from ._kernels import (
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["Grams", "grams"]
+__all__ = ["Grams", "grams", "grams_init"]
 
 EPS_MODES = ("paper", "official")
 
@@ -178,6 +178,32 @@ def grams(
                          track_flips=track_flips)
 
 
+def grams_init(params: list[Tensor]) -> dict[str, Any]:
+    """Grams' initial state for ``params`` (any leading member dimensions), as :func:`grams`
+    takes it (the class keeps the same entries per parameter): step 0 and zero moments
+    ``exp_avg`` (:math:`m`) and ``exp_avg_sq`` (:math:`v`), one per tensor.
+
+    >>> grams_init([torch.ones(2)])["exp_avg"]
+    [tensor([0., 0.])]
+    """
+    return {"step": 0, "exp_avg": [torch.zeros_like(p) for p in params],
+            "exp_avg_sq": [torch.zeros_like(p) for p in params]}
+
+
+def _grams_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    frac = grams(params, grads, state["exp_avg"], state["exp_avg_sq"], step=state["step"],
+                 lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"],
+                 weight_decay=hp["weight_decay"], eps_mode=flags["eps_mode"], learner_dims=1,
+                 foreach=flags.get("foreach"), track_flips=flags["track_flips"])
+    return [] if frac is None else [frac]
+
+
+def _grams_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
+    return ("flip_fraction",) if flags["track_flips"] else ()
+
+
 class Grams(ShiftsimOptimizer):
     r"""Grams (Cao et al. 2024, arXiv:2412.17107): Adam's magnitude, the current gradient's sign.
 
@@ -211,6 +237,10 @@ class Grams(ShiftsimOptimizer):
     >>> round(w.item(), 9)  # spec test vector (paper eps)
     -0.001019452
     """
+
+    #: the fleet steps stacked members through :func:`grams`
+    stacked = Stacked(lambda params, hp, flags: grams_init(params), _grams_stacked,
+                      _grams_diagnostics)
 
     def __init__(
         self,
@@ -251,12 +281,9 @@ class Grams(ShiftsimOptimizer):
         blocks = []
         for group, ps, gs in active:
             ms, vs, steps = [], [], []
+            self._fill_state(ps, grams_init, ("exp_avg", "exp_avg_sq", "step"))
             for p in ps:
                 st = self.state[p]
-                if "exp_avg" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
                 ms.append(st["exp_avg"])
                 vs.append(st["exp_avg_sq"])

@@ -58,6 +58,13 @@ Choices (spec §5), all [code] = momo-opt 0.1.0 unless marked:
   reset :math:`f_*`, and the estimate uses the first group's :math:`\tau`: once per step (the
   reference resets and re-estimates once per group, in turn, so later groups see an
   :math:`f_*` moved by earlier ones). With one group both are the same.
+
+The module holds the MoMo family whole, in the order torch.optim and optax split an optimizer:
+the multi-tensor kernels (:func:`momo`, :func:`momo_adam`, over any number of stacked learners),
+the state initialisation (:func:`momo_init`, :func:`momo_adam_init`), the fleet's rule (each
+class's ``stacked``) and the ``torch.optim`` classes over them. It is long because it is one
+algorithm family kept in one place; the shared machinery is in :mod:`~shiftsim.optim._kernels`
+and :mod:`~shiftsim.optim._base`.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError
-from ._base import Plan, ShiftsimOptimizer, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     CAT_BELOW,
     Block,
@@ -93,12 +100,13 @@ from ._kernels import (
     is_zero,
     per_learner,
     pick,
+    scalar_state,
     scale_,
     split_paths,
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["MoMo", "MoMoAdam", "momo", "momo_adam"]
+__all__ = ["MoMo", "MoMoAdam", "momo", "momo_adam", "momo_adam_init", "momo_init"]
 
 
 def _maximum(x: Tensor, lb: Scalar) -> Tensor:
@@ -522,6 +530,72 @@ def momo_adam(
                              foreach=foreach, scratch=default_scratch())[0]
 
 
+# ---------------------------------------------------------------------------- state, stacked
+
+
+def momo_init(params: list[Tensor], *, lb: Scalar = 0.0, learner_dims: int = 0
+              ) -> dict[str, Any]:
+    r"""MoMo's initial state for ``params`` (with ``learner_dims=1``: K members stacked along
+    dimension 0), as :func:`momo` takes it (the class keeps the per-tensor entries per
+    parameter): step 0, zero ``grad_avg`` (:math:`d`) and ``grad_dot_w`` (:math:`\gamma_i`),
+    one per tensor, ``loss_avg`` :math:`\bar f = 0` and ``fstar`` :math:`f_* = ` ``lb``.
+
+    >>> momo_init([torch.zeros(4, 3), torch.zeros(4)], lb=-1.0, learner_dims=1)["fstar"]
+    tensor([-1., -1., -1., -1.])
+    """
+    like = params[0]
+    return {"step": 0, "grad_avg": [torch.zeros_like(p) for p in params],
+            "grad_dot_w": scalar_state(like, len(params), ld=learner_dims),
+            "loss_avg": scalar_state(like, ld=learner_dims),
+            "fstar": scalar_state(like, ld=learner_dims, fill=lb)}
+
+
+def momo_adam_init(params: list[Tensor], *, lb: Scalar = 0.0, learner_dims: int = 0
+                   ) -> dict[str, Any]:
+    """MoMo-Adam's initial state, as :func:`momo_adam` takes it: :func:`momo_init`'s and zero
+    second moments ``grad_avg_sq``."""
+    return {**momo_init(params, lb=lb, learner_dims=learner_dims),
+            "grad_avg_sq": [torch.zeros_like(p) for p in params]}
+
+
+def _first_moments(params: list[Tensor], grads: list[Tensor], bias_correction: bool
+                   ) -> list[Tensor]:
+    """The first moments :math:`d` of parameters MoMo sees for the first time: :func:`momo_init`'s
+    zeros, or the gradient without bias correction (:math:`d_1 = g_1`)."""
+    ds = momo_init(params)["grad_avg"]
+    if not bias_correction:
+        for d, g in zip(ds, grads):
+            d.copy_(g)
+    return ds
+
+
+def _momo_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                  loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    tau = momo(params, grads, state["grad_avg"], state["grad_dot_w"], state["loss_avg"],
+               state["fstar"], loss, step=state["step"], lr=hp["lr"], beta=hp["beta"],
+               lb=hp["lb"], weight_decay=hp["weight_decay"],
+               bias_correction=flags["bias_correction"], use_fstar=flags["use_fstar"],
+               learner_dims=1, foreach=flags.get("foreach"))
+    return [tau, state["fstar"]]
+
+
+def _momo_adam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    state["step"] += 1
+    tau = momo_adam(params, grads, state["grad_avg"], state["grad_avg_sq"],
+                    state["grad_dot_w"], state["loss_avg"], state["fstar"], loss,
+                    step=state["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+                    eps=hp["eps"], lb=hp["lb"], weight_decay=hp["weight_decay"],
+                    divide=flags["divide"], use_fstar=flags["use_fstar"], learner_dims=1,
+                    foreach=flags.get("foreach"))
+    return [tau, state["fstar"]]
+
+
+def _momo_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
+    return ("step_size", "fstar")
+
+
 # ---------------------------------------------------------------------------- classes
 
 
@@ -627,6 +701,9 @@ class MoMo(_MoMoBase):
         super().__init__(params, defaults)
 
     shared_hparams = ("beta", "lb", "bias_correction", "use_fstar", "exact_outside_changes")
+    #: the fleet steps stacked members through :func:`momo` (every sum computed)
+    stacked = Stacked(lambda params, hp, flags: momo_init(params, lb=hp["lb"], learner_dims=1),
+                      _momo_stacked, _momo_diagnostics)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number(group["lr"], "lr", 0.0)
@@ -691,12 +768,8 @@ class MoMo(_MoMoBase):
         """The plan for the parameters that have a gradient now (their state created), with
         one :class:`~shiftsim.optim._kernels.Block` per group kept from step to step."""
         bias = self.param_groups[0]["bias_correction"]
-
-        def init(p: Tensor) -> Tensor:
-            return torch.zeros_like(p, memory_format=torch.preserve_format) if bias else \
-                p.grad.clone(memory_format=torch.preserve_format)  # type: ignore[union-attr]
-
-        plan = self._plan_blocks(key, "grad_avg", init)
+        plan = self._plan_blocks(key, "grad_avg", lambda ps: _first_moments(
+            ps, [p.grad for p in ps], bias))  # type: ignore[misc]
         if not plan.blocks:
             return plan
         live = [p for b in plan.blocks for p in b.params]
@@ -722,15 +795,14 @@ class MoMo(_MoMoBase):
         bias = first["bias_correction"]
         blocks, fresh, params = [], [], []
         for group, ps, gs in active:
-            ds = []
-            for p, g in zip(ps, gs):
-                st = self.state[p]
-                new = "grad_avg" not in st
-                if new:
-                    st["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format) \
-                        if bias else g.clone(memory_format=torch.preserve_format)
-                fresh.append(new)
-                ds.append(st["grad_avg"])
+            made = [(p, g) for p, g in zip(ps, gs) if "grad_avg" not in self.state[p]]
+            if made:
+                news, ngs = zip(*made)
+                for p, d in zip(news, _first_moments(list(news), list(ngs), bias)):
+                    self.state[p]["grad_avg"] = d
+            ids = {id(p) for p, _ in made}
+            fresh += [id(p) in ids for p in ps]
+            ds = [self.state[p]["grad_avg"] for p in ps]
             params += ps
             blocks.append(Block(ps, gs, {"d": ds}, {
                 "lr": group["lr"], "weight_decay": group["weight_decay"]}))
@@ -879,6 +951,10 @@ class MoMoAdam(_MoMoBase):
     """
 
     shared_hparams = ("betas", "lb", "use_fstar")
+    #: the fleet steps stacked members through :func:`momo_adam`
+    stacked = Stacked(lambda params, hp, flags: momo_adam_init(params, lb=hp["lb"],
+                                                               learner_dims=1),
+                      _momo_adam_stacked, _momo_diagnostics)
 
     def __init__(
         self,
@@ -921,14 +997,10 @@ class MoMoAdam(_MoMoBase):
         blocks, gams, params = [], [], []
         for group, ps, gs in active:
             ds, vs, steps = [], [], []
+            self._fill_state(ps, momo_adam_init,
+                             ("grad_avg", "grad_avg_sq", "grad_dot_w", "step"))
             for p in ps:
                 st = self.state[p]
-                if "grad_avg" not in st:
-                    st["step"] = 0
-                    st["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["grad_dot_w"] = torch.zeros((), device=p.device,
-                                                   dtype=acc_dtype(p.dtype))
                 st["step"] += 1
                 ds.append(st["grad_avg"])
                 vs.append(st["grad_avg_sq"])

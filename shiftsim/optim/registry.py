@@ -257,10 +257,10 @@ class OptimizerSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> OptimizerSpec:
         if not isinstance(d, Mapping) or "name" not in d:
             raise SpecTypeError(f"an optimizer spec dict needs a 'name', got {d!r}")
-        if "strategy" in d:  # an Avalanche strategy spec (shiftsim.integrations.avalanche)
-            from ..integrations.avalanche import StrategySpec
-
-            return StrategySpec.from_dict(d)
+        for key, decoder in DECODERS.items():  # a spec of an integration (register_decoder)
+            if key in d:
+                return (_import(decoder, "spec decoder") if isinstance(decoder, str)
+                        else decoder)(d)
         return spec(d["name"], **dict(d.get("hparams", {})))
 
 
@@ -350,6 +350,22 @@ def _trial_build(key: str, target: Any, hp: Mapping[str, Any]) -> None:
     except (TypeError, RuntimeError) as exc:
         raise ShiftsimError(f"optimizer {key!r} rejects its hyperparameters: "
                             f"{' '.join(str(exc).split())}") from None
+#: decoders of spec dicts that describe more than an optimizer, by the key that marks them:
+#: a function ``dict -> OptimizerSpec`` or its import path ``"module:qualname"`` (imported on
+#: first use). Integrations register theirs (:func:`register_decoder`).
+DECODERS: dict[str, Callable[[Mapping[str, Any]], OptimizerSpec] | str] = {}
+
+
+def register_decoder(key: str, decoder: Callable[[Mapping[str, Any]], OptimizerSpec] | str
+                     ) -> None:
+    """Have :meth:`OptimizerSpec.from_dict` decode dicts that hold ``key`` with ``decoder`` (a
+    function, or its import path ``"module:qualname"``, imported on first use, so registering
+    imports nothing). :mod:`shiftsim.integrations` registers the Avalanche strategy specs.
+
+    >>> "strategy" in DECODERS
+    True
+    """
+    DECODERS[key] = decoder
 
 
 def _jsonable(v: Any) -> Any:

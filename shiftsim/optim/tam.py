@@ -35,6 +35,13 @@ Choices the paper leaves open, and how they are made here:
 * [ours, speed] :class:`TAM` keeps :math:`m = \sigma\tilde m` (see its notes): mathematically
   the update above, one memory pass fewer per step. The functional :func:`tam` does the same
   when given ``momentum_scale``, and holds :math:`m` itself otherwise.
+
+The module holds the torque-aware family whole, in the order torch.optim and optax split an
+optimizer: the multi-tensor kernels (:func:`tam`, :func:`adatam`, over any number of stacked
+learners), the state initialisation (:func:`tam_init`, :func:`adatam_init`), the fleet's rule
+(each class's ``stacked``) and the ``torch.optim`` classes over them. It is long because it is
+one algorithm family kept in one place; the shared machinery is in
+:mod:`~shiftsim.optim._kernels` and :mod:`~shiftsim.optim._base`.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Plan, ShiftsimOptimizer, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
     Scalar,
@@ -72,6 +79,7 @@ from ._kernels import (
     kept_sqnorm,
     lerp_step,
     pick,
+    scalar_state,
     scale_,
     split_paths,
     sqrt_,
@@ -80,7 +88,8 @@ from ._kernels import (
 )
 from ._kernels import Scratch as _Scratch
 
-__all__ = ["TAM", "AdaTAM", "AdaTAMW", "tam", "adatam", "tam_lr_from_sgdm"]
+__all__ = ["TAM", "AdaTAM", "AdaTAMW", "tam", "adatam", "tam_init", "adatam_init",
+           "tam_lr_from_sgdm"]
 
 SCOPES = ("global", "tensor")
 
@@ -118,12 +127,19 @@ def _couple(blocks: Sequence[Block], foreach: bool | None, ld: int) -> None:
 def _block_dots(b: Block, scope: str, ld: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(<m, g>, |m|^2, |g|^2)`` of one block: sums over its tensors (``scope="global"``) or
     one row per tensor. ``|m|^2`` is taken from ``b.hp["sqnorm"]`` when that holds a valid
-    value (TAM's scaled form keeps it up to date, saving a pass over the momentum)."""
+    value (TAM's scaled form keeps it up to date, saving a pass over the momentum). A block
+    with ``b.hp["moments"]`` (a plan's :class:`~shiftsim.optim._kernels.MomentSums`, global
+    scope) sums through it: the same numbers, no lists built."""
     ms, gs = b.bufs["m"], b.grads
     known = b.hp.get("sqnorm")
     known = known[0] if known is not None and known[1] else None
-    pairs = [(ms, gs), (gs, gs)] if known is not None else [(ms, gs), (gs, gs), (ms, ms)]
-    r = total_dots(pairs, ld) if scope == "global" else tensor_dots(pairs, ld).transpose(0, 1)
+    moments = b.hp.get("moments")
+    if moments is not None:
+        r = moments(gs, known is None)
+    else:
+        pairs = [(ms, gs), (gs, gs)] if known is not None else [(ms, gs), (gs, gs), (ms, ms)]
+        r = total_dots(pairs, ld) if scope == "global" else \
+            tensor_dots(pairs, ld).transpose(0, 1)
     return r[0], (known if known is not None else r[2]), r[1]
 
 
@@ -193,7 +209,11 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
     block with it holds :math:`\tilde m = m/\sigma` and :math:`\sigma` (updated in place):
     :math:`\sigma \leftarrow \beta\sigma + c`, :math:`\tilde m \leftarrow \tilde m +
     (c/\sigma)(g - \tilde m)`, :math:`p \leftarrow p - \eta\sigma\tilde m`, the same update
-    with one pass fewer over the momentum (a lerp instead of a scale and an add).
+    with one pass fewer over the momentum (a lerp instead of a scale and an add); the
+    tensors of its group that sit this step out (``b.hp["idle"]``, their :math:`\tilde m`) are
+    rescaled so that their :math:`m = \sigma\tilde m` stays as it was. A step plan's cached
+    pieces are used when a block carries them (``b.hp["moments"]``, ``b.hp["lerp"]``: the
+    same numbers, no lists built).
     """
     _couple(blocks, foreach, ld)
     d, parts = _damping(blocks, shat, gamma, scope, ld)
@@ -202,9 +222,9 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
         decay = b.hp["decoupled"] and not is_zero(wd)
         P, G, M = b.params, b.grads, b.bufs["m"]
         n = len(P)
-        fe, loop = split_paths(P, foreach, ld)
         scale = b.hp.get("scale")
         if scale is None:
+            fe, loop = split_paths(P, foreach, ld)
             cs = _per_tensor(c, n, scope)
             if fe:
                 Pf, Mf = pick(P, fe), pick(M, fe)
@@ -220,11 +240,20 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
                     scale_(P[i], 1 - lr * wd, ld)
                 axpy_(P[i], M[i], -lr, ld)
             continue
-        sq, eps = b.hp.get("sqnorm"), b.hp["eps"]
+        sq, eps, idle = b.hp.get("sqnorm"), b.hp["eps"], b.hp.get("idle")
+        old = scale.clone() if idle else None
         w, step = _scaled(c, scale, beta, lr, part, None if sq is None else sq[0],
                           not isinstance(eps, Tensor) and eps > 0)
-        lerp_step(P, G, M, _per_tensor(w, n, scope), _per_tensor(step, n, scope),
-                  1 - lr * wd if decay else None, fe, loop, ld)
+        shrink = 1 - lr * wd if decay else None
+        lerp = b.hp.get("lerp")
+        if lerp is not None:
+            lerp.run(G, w, step, shrink)
+        else:
+            lerp_step(P, G, M, _per_tensor(w, n, scope), _per_tensor(step, n, scope), shrink,
+                      *split_paths(P, foreach, ld), ld)
+        if idle:  # keep m = scale * avg of the tensors that sit this step out
+            torch._foreach_mul_(idle, torch.where(
+                scale > 0, old / torch.where(scale > 0, scale, 1), 1.0))
     return d
 
 
@@ -397,8 +426,76 @@ def adatam(
                           foreach=foreach, scratch=default_scratch())
 
 
-# ---------------------------------------------------------------------------- classes
+# ---------------------------------------------------------------------------- state, stacked
 
+
+def tam_init(params: list[Tensor], *, scope: str = "global", learner_dims: int = 0
+             ) -> dict[str, Any]:
+    r"""TAM's initial state for ``params`` (with ``learner_dims=1``: K members stacked along
+    dimension 0), as :func:`tam` takes it: zero ``momentum_buffers`` (:math:`m_0 = 0`) and the
+    smoothed cosine :math:`\hat s_0 = 0` (one per tensor for ``scope="tensor"``).
+
+    >>> state = tam_init([torch.zeros(4, 3)], learner_dims=1)
+    >>> state["momentum_buffers"][0].shape, state["smoothed_cosine"].shape
+    (torch.Size([4, 3]), torch.Size([4]))
+    """
+    n = () if scope == "global" else (len(params),)
+    return {"momentum_buffers": [torch.zeros_like(p) for p in params],
+            "smoothed_cosine": scalar_state(params[0], *n, ld=learner_dims)}
+
+
+def _zero_momenta(params: list[Tensor]) -> list[Tensor]:
+    """The momentum buffers of :func:`tam_init` alone (what TAM's class stores as
+    ``momentum_avg``: at :math:`m_0 = 0` the scaled and the plain form agree); empty for no
+    parameters."""
+    return tam_init(params)["momentum_buffers"] if params else []
+
+
+def adatam_init(params: list[Tensor], *, scope: str = "global", learner_dims: int = 0
+                ) -> dict[str, Any]:
+    """AdaTAM's initial state for ``params``, as :func:`adatam` takes it (the class keeps the
+    per-tensor entries per parameter): step 0, zero moments ``exp_avg``, ``exp_avg_sq`` and
+    the smoothed cosine."""
+    state = tam_init(params, scope=scope, learner_dims=learner_dims)
+    return {"step": 0, "exp_avg": state["momentum_buffers"],
+            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            "smoothed_cosine": state["smoothed_cosine"]}
+
+
+def _torque_diagnostics(d: Tensor, shat: Tensor, scope: str) -> list[Tensor]:
+    """The per-member ``damping`` and ``cosine`` (means over tensors for ``scope="tensor"``)."""
+    return [d, shat] if scope == "global" else [d.mean(0), shat.mean(0)]
+
+
+def _tam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    shat, scope = state["smoothed_cosine"], flags["scope"]
+    d = tam(params, grads, state["momentum_buffers"], shat, lr=hp["lr"],
+            momentum=hp["momentum"], gamma=hp["gamma"], eps=hp["eps"],
+            weight_decay=hp["weight_decay"], decoupled=flags["decoupled"], scope=scope,
+            learner_dims=1, foreach=flags.get("foreach"))
+    return _torque_diagnostics(d, shat, scope)
+
+
+def _adatam_stacked(decoupled: bool) -> Stacked:
+    def update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], loss: Tensor,
+               hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+        state["step"] += 1
+        shat, scope = state["smoothed_cosine"], flags["scope"]
+        d = adatam(params, grads, state["exp_avg"], state["exp_avg_sq"], shat,
+                   step=state["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+                   gamma=hp["gamma"], torque_eps=hp["torque_eps"], eps=hp["eps"],
+                   weight_decay=hp["weight_decay"], decoupled=decoupled,
+                   bias_correction=flags["bias_correction"], scope=scope, learner_dims=1,
+                   foreach=flags.get("foreach"))
+        return _torque_diagnostics(d, shat, scope)
+
+    return Stacked(lambda params, hp, flags: adatam_init(params, scope=flags["scope"],
+                                                         learner_dims=1),
+                   update, lambda flags: ("damping", "cosine"))
+
+
+# ---------------------------------------------------------------------------- classes
 
 
 class _TorqueBase(ShiftsimOptimizer):
@@ -487,6 +584,11 @@ class TAM(_TorqueBase):
     ([0.9702, 0.7145], 0.595)
     """
 
+    #: the fleet steps stacked members through :func:`tam` (the momentum held unscaled)
+    stacked = Stacked(lambda params, hp, flags: tam_init(params, scope=flags["scope"],
+                                                         learner_dims=1),
+                      _tam_stacked, lambda flags: ("damping", "cosine"))
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -530,64 +632,56 @@ class TAM(_TorqueBase):
 
     def _planned_step(self) -> bool:
         """A ``scope="global"`` step with the cached plan (see the module notes of
-        :mod:`shiftsim.optim._base`): the same operations as the general path, without
-        rebuilding lists, dicts and reduction stacks. False: the general path must take it
-        (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
-        groups = self.param_groups
+        :mod:`shiftsim.optim._base`): :func:`_tam_blocks` on blocks kept from step to step,
+        without rebuilding lists, dicts and reduction stacks. False: the general path must take
+        it (tensor-valued hyperparameters, float16 or non-contiguous parameters)."""
         plan, grads = self._plan_for_step(("lr", "momentum", "eps", "weight_decay"))
         if plan is None:
             return False
-        blocks = plan.blocks
-        if not blocks:
+        if not plan.blocks:
             return True
-        first = groups[0]
+        first = self.param_groups[0]
         foreach = first["foreach"]
-        todo = []
-        for b in blocks:
-            group, gs, x = b.group, grads[b.j], b.extra
-            wd = group["weight_decay"]
-            if wd != 0 and not group["decoupled"]:
-                gs = coupled_grads(b.params, gs, wd, foreach, 0)
-            valid = x["valid"]
-            r = b.moments("momentum_avg")(gs, not valid)
-            mg, gg = r[0], r[1]
-            todo.append((b, gs, (mg, x["sqnorm"] if valid else r[2], gg)))
+        blocks = []
+        for b in plan.blocks:
+            blk, x = b.extra["block"], b.extra
+            blk.grads = grads[b.j]
+            blk.hp.update(self._block_hp(b.group), sqnorm=(x["sqnorm"], x["valid"]),
+                          lerp=b.lerp_step(foreach, "momentum_avg"))
             x["valid"] = True
+            blocks.append(blk)
         glob = plan.glob
-        d = _smooth([t[2] for t in todo], [b.extra["scale"] for b in blocks], glob["cosine"],
-                    first["gamma"], "global")
-        for b, gs, part in todo:
-            group, x = b.group, b.extra
-            lr, wd, scale, idle = group["lr"], group["weight_decay"], x["scale"], x["idle"]
-            old = scale.clone() if idle else None
-            eps = group["eps"]
-            w, step = _scaled(d + eps, scale, group["momentum"], lr, part, x["sqnorm"], eps > 0)
-            shrink = 1 - lr * wd if wd != 0 and group["decoupled"] else None
-            b.lerp_step(foreach, "momentum_avg").run(gs, w, step, shrink)
-            if idle:  # keep m = scale * avg of the tensors that sit this step out
-                torch._foreach_mul_(idle, torch.where(
-                    scale > 0, old / torch.where(scale > 0, scale, 1), 1.0))
-        glob["damping"] = d
+        glob["damping"] = _tam_blocks(blocks, glob["cosine"], gamma=first["gamma"],
+                                      scope="global", ld=0, foreach=foreach)
         return True
 
+    @staticmethod
+    def _block_hp(group: dict[str, Any]) -> dict[str, Any]:
+        return {"lr": group["lr"], "momentum": group["momentum"], "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "decoupled": group["decoupled"]}
+
     def _build_plan(self, key: tuple) -> Plan:
-        """The plan for the parameters that have a gradient now (their state created)."""
-        plan = self._plan_blocks(key, "momentum_avg")
+        """The plan for the parameters that have a gradient now (their state created), with
+        one :class:`~shiftsim.optim._kernels.Block` per group kept from step to step."""
+        plan = self._plan_blocks(key, "momentum_avg", _zero_momenta)
         for b in plan.blocks:
             sq, valid = self._kept_norm(plan.glob, b.j, b.members)
             live = set(map(id, b.params))
-            b.extra.update(scale=self._group_scale(plan.glob, b.j), sqnorm=sq, valid=valid, idle=[
-                self.state[q]["momentum_avg"] for q in b.group["params"]
-                if id(q) not in live and self.state.get(q)])
+            idle = [self.state[q]["momentum_avg"] for q in b.group["params"]
+                    if id(q) not in live and self.state.get(q)]
+            b.extra.update(sqnorm=sq, valid=valid, block=Block(
+                b.params, [], {"m": b.bufs["momentum_avg"]}, {
+                    "scale": self._group_scale(plan.glob, b.j), "idle": idle,
+                    "moments": b.moments("momentum_avg")}))
         return plan
 
     def _general_step(self) -> None:
         """The step through :func:`_tam_blocks` (any scope, any hyperparameter type)."""
         scope = self.param_groups[0]["scope"]
         glob: dict[str, Any] | None = None
-        blocks, all_params, skipped = [], [], []
+        blocks, all_params = [], []
         for j, group in enumerate(self.param_groups):
-            ps, gs, ms, idle, pos = [], [], [], [], []
+            ps, gs, idle, pos = [], [], [], []
             for k, p in enumerate(group["params"]):
                 if p.grad is None:
                     st = self.state.get(p)
@@ -595,32 +689,31 @@ class TAM(_TorqueBase):
                         idle.append(st["momentum_avg"])
                     continue
                 gs.append(check_grad(p, "TAM"))
-                st = self.state[p]
-                if not st:
-                    st["momentum_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if scope == "tensor":
-                        st["cosine"] = self._new_cosine(p)
-                        st["momentum_scale"] = self._new_cosine(p)
-                        st["momentum_sqnorm"] = self._new_cosine(p)
                 ps.append(p)
                 pos.append(k)
-                ms.append(st["momentum_avg"])
             if not ps:
                 continue
+            new = [p for p in ps if not self.state[p]]
+            for p, m in zip(new, _zero_momenta(new)):
+                st = self.state[p]
+                st["momentum_avg"] = m
+                if scope == "tensor":
+                    st["cosine"] = self._new_cosine(p)
+                    st["momentum_scale"] = self._new_cosine(p)
+                    st["momentum_sqnorm"] = self._new_cosine(p)
             if glob is None:
                 glob = self._global()
-            hp = {"lr": group["lr"], "momentum": group["momentum"], "eps": group["eps"],
-                  "weight_decay": group["weight_decay"], "decoupled": group["decoupled"]}
+            hp = self._block_hp(group)
             if scope == "global":
                 hp["scale"] = self._group_scale(glob, j)
                 hp["sqnorm"] = self._kept_norm(glob, j, tuple(pos))
-                if idle:  # keep m = scale * avg of the tensors that sit this step out
-                    skipped.append((idle, hp["scale"].clone(), hp["scale"]))
+                hp["idle"] = idle
             else:
                 hp["scale"] = torch.stack([self.state[p]["momentum_scale"] for p in ps])
                 hp["sqnorm"] = (torch.stack([self.state[p]["momentum_sqnorm"] for p in ps]),
                                 True)
-            blocks.append(Block(ps, gs, {"m": ms}, hp))
+            blocks.append(Block(ps, gs, {"m": [self.state[p]["momentum_avg"] for p in ps]},
+                                hp))
             all_params += ps
         if glob is None:
             return
@@ -634,9 +727,6 @@ class TAM(_TorqueBase):
                                      b.hp["sqnorm"][0].unbind(0)):
                     self.state[p]["momentum_scale"] = sc
                     self.state[p]["momentum_sqnorm"] = sq
-        for idle, old, new in skipped:
-            torch._foreach_mul_(idle, torch.where(new > 0, old / torch.where(new > 0, new, 1),
-                                                  1.0))
 
     def _group_scale(self, glob: dict[str, Any], j: int) -> Tensor:
         """Group ``j``'s momentum scale :math:`\\sigma`."""
@@ -726,6 +816,7 @@ class AdaTAM(_TorqueBase):
     """
 
     _decoupled = False
+    stacked = _adatam_stacked(decoupled=False)
 
     def __init__(
         self,
@@ -770,14 +861,11 @@ class AdaTAM(_TorqueBase):
         blocks, all_params = [], []
         for group, ps, gs in active:
             ms, vs, steps = [], [], []
+            for p in self._fill_state(ps, adatam_init, ("exp_avg", "exp_avg_sq", "step")):
+                if scope == "tensor":
+                    self.state[p]["cosine"] = self._new_cosine(p)
             for p in ps:
                 st = self.state[p]
-                if "exp_avg" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if scope == "tensor":
-                        st["cosine"] = self._new_cosine(p)
                 st["step"] += 1
                 ms.append(st["exp_avg"])
                 vs.append(st["exp_avg_sq"])
@@ -811,4 +899,5 @@ class AdaTAMW(AdaTAM):
     """
 
     _decoupled = True
+    stacked = _adatam_stacked(decoupled=True)
 

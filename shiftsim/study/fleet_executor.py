@@ -1,7 +1,8 @@
 """The fleet executor: a study's compatible runs as fleets (:func:`shiftsim.fleet.run_fleet`).
 
-Runs that share a scenario and a model, and whose optimizers the fleet supports, are split into
-fleets — many learners in one vectorized program — sized to the device's memory (and to at most
+Runs that share a scenario and a model, and that can be stacked
+(:func:`shiftsim.fleet.stacked_program`), are split into fleets — many learners in one
+vectorized program — sized to the device's memory (and to at most
 ``max_members``), about as many fleets per worker as keeps every worker busy. Each fleet hands
 back one :class:`~shiftsim.study.executors.Outcome` per run, exactly as a run of its own would,
 so the study's store, resume, reports and run ids do not change. The remaining runs (a run
@@ -97,14 +98,15 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
                                                                    list[RunSpec]]:
     """Split ``specs`` into fleets and runs to go alone: ``(fleets, singles)``.
 
-    A fleet holds runs of one scenario and one model with optimizers the fleet supports, at
-    most ``max_members`` (default :data:`MAX_MEMBERS` for the device) and at most what
-    ``memory_fraction`` of the free device memory, shared by ``workers``, holds
+    A fleet holds runs of one scenario and one model that can be stacked
+    (:func:`shiftsim.fleet.stacked_program`), at most ``max_members`` (default
+    :data:`MAX_MEMBERS` for the device) and at most what ``memory_fraction`` of the free
+    device memory, shared by ``workers``, holds
     (:func:`shiftsim.fleet.fleet_memory_bytes`). A group larger than that is split into
     near-equal fleets; groups are also split (down to :data:`MIN_SPLIT` members) until there
     are about two fleets per worker. A group of one run goes alone.
     """
-    from ..fleet import fleet_memory_bytes, supports
+    from ..fleet import fleet_memory_bytes, stacked_program
     from ..stream import resolve_device
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -120,9 +122,10 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
     singles: list[RunSpec] = []
     ok: dict[Any, bool] = {}
     for s in specs:
-        if s.optimizer not in ok:
-            ok[s.optimizer] = supports(s.optimizer)
-        if ok[s.optimizer]:
+        if (s.model, s.optimizer) not in ok:
+            ok[s.model, s.optimizer] = stacked_program(
+                s.model, s.optimizer, s.scenario.data.input_shape) is not None
+        if ok[s.model, s.optimizer]:
             groups.setdefault(_key(s), []).append(s)
         else:
             singles.append(s)
