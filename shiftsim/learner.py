@@ -39,6 +39,10 @@ class Learner(Protocol):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class predictions for held-out inputs (no training)."""
 
+    def score(self, x: torch.Tensor, y: torch.Tensor, pred_out: torch.Tensor) -> torch.Tensor:
+        """Optional (needed on real-time streams): like :meth:`observe` without training —
+        write the predictions for ``x`` into ``pred_out`` and return the loss on ``(x, y)``."""
+
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """Optional per-step 0-d tensors recorded as ``diag_<name>`` trace columns."""
 
@@ -100,6 +104,26 @@ class TorchLearner:
         self._needs_loss = self.optimizer_spec.needs_loss
         self._mode_sensitive = mode_sensitive(self.model)
         self._diagnostics = getattr(self.optimizer, "diagnostics", None)
+
+    @property
+    def cost(self) -> float:
+        """The relative cost per training step a real-time stream charges (the optimizer's)."""
+        return self.optimizer_spec.effective_cost
+
+    def score(self, x: torch.Tensor, y: torch.Tensor, pred_out: torch.Tensor) -> torch.Tensor:
+        """Predictions and loss without training (eval mode when the model has train/eval
+        dependent layers): a batch a real-time stream's learner is too busy to train on."""
+        model = self.model
+        assert model is not None
+        with torch.no_grad():
+            if self._mode_sensitive:
+                model.eval()
+            logits = model(x)
+            torch.argmax(logits, 1, out=pred_out)
+            loss = F.cross_entropy(logits, y)
+            if self._mode_sensitive:
+                model.train()
+        return loss
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, pred_out: torch.Tensor) -> torch.Tensor:
         model, opt = self.model, self.optimizer

@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .errors import ShiftsimError
 from .feed import StackedFeed, StreamFeed
 from .learner import Learner
+from .realtime import train_schedule
 from .result import RunResult
 from .scenario import Scenario
 from .stream import Stream, resolve_device
@@ -72,6 +74,14 @@ class Members(Protocol):
              out: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Step ``t``: write every member's predictions for ``x`` made *before* training into
         ``out[0]`` ``(K, 1, b)`` and its training loss into ``out[1]`` ``(K,)``, then train."""
+
+    def score(self, t: int, x: torch.Tensor, y: torch.Tensor,
+              out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Step ``t`` without training (a real-time stream's batch that arrives while the
+        learner is busy): predictions and losses into ``out`` as :meth:`step` writes them."""
+
+    def costs(self) -> list[float]:
+        """Each member's relative cost per training step (real-time streams)."""
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class predictions ``(K, n)`` (or ``(n,)`` for K = 1) for held-out inputs."""
@@ -114,6 +124,20 @@ class OneLearner:
         out[1][0] = self.learner.observe(x, y, out[0][0, 0])  # a 0-d tensor (or a number)
         if self._diag is not None:
             self._diag[t] = torch.stack(list(self._diagnose().values()))  # type: ignore[misc]
+
+    def score(self, t: int, x: torch.Tensor, y: torch.Tensor,
+              out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        score = getattr(self.learner, "score", None)
+        if score is None:
+            raise ShiftsimError(f"{type(self.learner).__name__} cannot score a batch without "
+                                "training on it (it has no score() method), so it cannot run "
+                                "on a real-time stream")
+        out[1][0] = score(x, y, out[0][0, 0])
+        if self._diag is not None:
+            self._diag[t] = float("nan")
+
+    def costs(self) -> list[float]:
+        return [float(getattr(self.learner, "cost", 1.0))]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.learner.predict(x)
@@ -186,6 +210,7 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     streams = [Stream(scenario, s, dev) for s in distinct]
     T, b = scenario.total_steps, scenario.batch_size
     learner.setup(streams[0].data, dev, T)
+    train = _train_schedule(scenario, learner, T)
     feed: StreamFeed | StackedFeed = StackedFeed(
         streams, [distinct.index(s) for s in seeds], flat=learner.flat_inputs) \
         if learner.stacked else StreamFeed(streams[0])
@@ -236,7 +261,10 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
             n_new[:, start:start + steps] = batches.n_new
             for s in range(steps):
                 t = start + s
-                learner.step(t, batches.inputs(s), batches.labels(s), outs[s])
+                if train is None or train[t]:
+                    learner.step(t, batches.inputs(s), batches.labels(s), outs[s])
+                else:  # real time: the learner is still busy; scored, not trained
+                    learner.score(t, batches.inputs(s), batches.labels(s), outs[s])
                 if t in schedule.at:
                     _, regimes, _ = schedule.at[t]
                     row = schedule.first_row[t]
@@ -260,7 +288,7 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
         bar.close()
     t_loop = time.perf_counter()
     results = _results(scenario, learner, dev, schedule, diverged_at, losses, correct,
-                       correct_true, n_new, eval_correct)
+                       correct_true, n_new, eval_correct, train)
     t_end = time.perf_counter()
     loop_s = t_loop - t_setup
     for r in results:
@@ -274,10 +302,23 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     return results
 
 
+def _train_schedule(scenario: Scenario, learner: Members, steps: int) -> np.ndarray | None:
+    """On a real-time stream, the steps the members train on (one schedule: a stacked program
+    steps its members together, so they must have equal costs); None otherwise."""
+    if not scenario.realtime:
+        return None
+    costs = learner.costs()
+    if len(set(costs)) > 1:
+        raise ShiftsimError(f"the members of one program on a real-time stream must have equal "
+                            f"costs (one training schedule), got {sorted(set(costs))}; run "
+                            "members of different costs in separate fleets")
+    return train_schedule(costs[0], steps)
+
+
 def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: EvalSchedule,
              diverged_at: list[int | None], losses: torch.Tensor, correct: torch.Tensor,
-             correct_true: torch.Tensor, n_new: torch.Tensor, eval_correct: torch.Tensor
-             ) -> list[RunResult]:
+             correct_true: torch.Tensor, n_new: torch.Tensor, eval_correct: torch.Tensor,
+             train: np.ndarray | None = None) -> list[RunResult]:
     """One RunResult per member, from one transfer of every buffer."""
     T, b = scenario.total_steps, scenario.batch_size
     losses_c, correct_c, ctrue_c = losses.float().cpu().numpy(), correct.cpu().numpy(), \
@@ -301,6 +342,8 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
             "loss": losses_c[k, :steps_run],
             "n_new": n_new[k, :steps_run].numpy(),
         })
+        if train is not None:  # a real-time stream: which batches the learner trained on
+            trace["trained"] = train[:steps_run]
         for name, values in diags[k].items():
             trace[f"diag_{name}"] = values[:steps_run]
         # an evaluation at step s sees the weights after update s - 1; at the diverged step d

@@ -178,6 +178,11 @@ class Scenario:
     Every field is validated on construction. ``eval_every`` (steps; 0 = only at phase ends)
     sets how often the learner is evaluated on ``eval_size`` held-out samples of every regime
     seen so far; at each phase end every regime is evaluated (the accuracy matrix).
+    ``realtime=True`` makes the stream real-time (after Ghunaim et al. 2023): it does not wait
+    for the learner, so a learner of relative cost c (its optimizer's
+    :attr:`~shiftsim.optim.OptimizerSpec.effective_cost`) is scored on every batch but trains
+    only on the batches that arrive when it is free (:mod:`shiftsim.realtime`);
+    ``scenario.replace(realtime=True)`` gives the real-time view of a scenario.
 
     >>> import shiftsim as ss
     >>> sc = ss.Scenario(ss.data.digits(), [ss.Phase(10)], batch_size=2000)
@@ -188,7 +193,7 @@ class Scenario:
 
     def __init__(self, data: Dataset, phases: Sequence[Phase], batch_size: int = 32,
                  eval_every: int = 100, eval_size: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, realtime: bool = False) -> None:
         if not isinstance(data, Dataset):
             raise SpecTypeError(f"Scenario data must be a shiftsim Dataset (e.g. "
                                 f"ss.data.digits()), got {type(data).__name__}")
@@ -211,7 +216,12 @@ class Scenario:
         if eval_size > n_test:
             raise ShiftsimError(f"eval_size {eval_size} is larger than the held-out set of "
                                 f"{data.name!r} ({n_test} samples)")
+        if not isinstance(realtime, bool):
+            raise SpecTypeError(f"realtime must be True or False, got {realtime!r}")
         self.data = data
+        #: the stream does not wait for the learner: a learner of cost c trains on every c-th
+        #: batch only (:mod:`shiftsim.realtime`); every batch is still scored
+        self.realtime = realtime
         self.batch_size = int(batch_size)
         self.eval_every = int(eval_every)
         self.eval_size = int(eval_size)
@@ -405,7 +415,9 @@ class Scenario:
         d = self.data
         head = (f"Scenario {self.name!r}: {d.name} ({len(d)} train / {d.x_test.shape[0]} held-out, "
                 f"{d.num_classes} classes), batch {self.batch_size}, {self.total_steps} steps, "
-                f"eval every {self.eval_every or 'phase end'} on {self.eval_size} samples")
+                f"eval every {self.eval_every or 'phase end'} on {self.eval_size} samples"
+                + (", real-time (a learner of cost c trains on every c-th batch)"
+                   if self.realtime else ""))
         cols = ["phase", "name", "start", "steps", "transition", "shifts", "ceiling"]
         t = t[cols].assign(ceiling=t["ceiling"].map(lambda c: f"{c:.3g}"))
         text = head + "\n" + t.to_string(index=False)
@@ -413,15 +425,19 @@ class Scenario:
         return text
 
     def __repr__(self) -> str:
+        rt = ", realtime=True" if self.realtime else ""
         return (f"Scenario({self.name!r}, data={self.data.name!r}, phases={len(self.phases)}, "
-                f"steps={self.total_steps}, batch_size={self.batch_size})")
+                f"steps={self.total_steps}, batch_size={self.batch_size}{rt})")
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON description (the dataset by its source, or a fingerprint of its tensors)."""
-        return {"name": self.name, "data": self.data.to_dict(),
-                "phases": [p.to_dict() for p in self.phases], "batch_size": self.batch_size,
-                "eval_every": self.eval_every, "eval_size": self.eval_size}
+        out = {"name": self.name, "data": self.data.to_dict(),
+               "phases": [p.to_dict() for p in self.phases], "batch_size": self.batch_size,
+               "eval_every": self.eval_every, "eval_size": self.eval_size}
+        if self.realtime:  # absent when False: a plain scenario's description is unchanged
+            out["realtime"] = True
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], data: Dataset | None = None) -> Scenario:
@@ -429,7 +445,7 @@ class Scenario:
         if data is None:
             data = load_dataset(d["data"]["source"])
         return cls(data, [Phase.from_dict(p) for p in d["phases"]], d["batch_size"],
-                   d["eval_every"], d["eval_size"], d.get("name"))
+                   d["eval_every"], d["eval_size"], d.get("name"), bool(d.get("realtime")))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Scenario) and self.to_dict() == other.to_dict()
@@ -440,7 +456,8 @@ class Scenario:
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some constructor arguments changed."""
         args = {"data": self.data, "phases": self.phases, "batch_size": self.batch_size,
-                "eval_every": self.eval_every, "eval_size": self.eval_size, "name": self.name}
+                "eval_every": self.eval_every, "eval_size": self.eval_size, "name": self.name,
+                "realtime": self.realtime}
         unknown = set(changes) - set(args)
         if unknown:
             raise allowed(sorted(unknown)[0], "Scenario field", args)

@@ -122,6 +122,20 @@ class StackedLearner:
             if g.diag_buf is not None:
                 g.diag_buf[t] = torch.stack(vals, -1)
 
+    def score(self, t: int, x: torch.Tensor, y: torch.Tensor,
+              out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Step ``t`` without training (a real-time stream's batch that arrives while the
+        members are busy): predictions and losses only; diagnostics NaN."""
+        assert self.net is not None
+        self.net.score(x, y, out)
+        for g in self.groups:
+            if g.diag_buf is not None:
+                g.diag_buf[t] = float("nan")
+
+    def costs(self) -> list[float]:
+        """Each member's relative cost per training step (real-time streams)."""
+        return [s.effective_cost for s in self.specs]
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.net is not None
         return self.net.predict(x)

@@ -276,6 +276,16 @@ class StackedModel:
             out[1].copy_(per)
         return out[0], out[1], grads
 
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, y: torch.Tensor,
+              out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Predictions ``(K, 1, b)`` and mean cross-entropy ``(K,)`` of every member for inputs
+        ``(K, b, ...)`` and labels ``(K, b)``, written into ``out``, without training (a batch
+        a real-time stream's learner is too busy to train on)."""
+        z, per = self._losses(self.params, x, y)
+        out[0].copy_(z.max(1, keepdim=True).indices)
+        out[1].copy_(per)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, b, C)`` for inputs ``(K, b, ...)``."""
         return self._forward_cm(self.params, x).transpose(1, 2)

@@ -41,50 +41,61 @@ class OptimizerEntry:
     paper: str = ""
     fixed: Mapping[str, Any] = field(default_factory=dict)  # set by the name, not overridable
     family: str = "sgd"  # "sgd" or "adam": which torch baseline it is compared with
+    #: the learner's relative cost per training step for real-time streams (plain SGD = 1):
+    #: see COSTS for how it was measured
+    cost: float = 1.0
 
 
 _ENTRIES: tuple[OptimizerEntry, ...] = (
     OptimizerEntry("sgd", "torch.optim:SGD", {"lr": 0.1, "weight_decay": 0.0},
                    "plain stochastic gradient descent (torch)", "Robbins & Monro 1951",
-                   fixed={"momentum": 0.0}),
+                   fixed={"momentum": 0.0}, cost=1.0),
     OptimizerEntry("sgdm", "torch.optim:SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
-                   "heavy-ball SGD with momentum, dampening 0 (torch)", "Polyak 1964"),
+                   "heavy-ball SGD with momentum, dampening 0 (torch)", "Polyak 1964", cost=1.3),
     OptimizerEntry("nesterov", "torch.optim:SGD",
                    {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
                    "SGD with Nesterov momentum (torch)", "Sutskever et al. 2013",
-                   fixed={"nesterov": True}),
+                   fixed={"nesterov": True}, cost=1.5),
     OptimizerEntry("adam", "torch.optim:Adam", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
                                                 "weight_decay": 0.0},
-                   "Adam (torch)", "Kingma & Ba 2015, arXiv:1412.6980", family="adam"),
+                   "Adam (torch)", "Kingma & Ba 2015, arXiv:1412.6980", family="adam", cost=2.8),
     OptimizerEntry("adamw", "torch.optim:AdamW", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
                                                   "weight_decay": 0.01},
                    "Adam with decoupled weight decay (torch)",
-                   "Loshchilov & Hutter 2019, arXiv:1711.05101", family="adam"),
+                   "Loshchilov & Hutter 2019, arXiv:1711.05101", family="adam", cost=2.7),
     OptimizerEntry("tam", "shiftsim.optim.tam:TAM", {"lr": 0.1},
                    "Torque-Aware Momentum: momentum damped by gradient-momentum alignment",
-                   "Malviya et al. 2024, arXiv:2412.18790"),
+                   "Malviya et al. 2024, arXiv:2412.18790", cost=1.5),
     OptimizerEntry("adatam", "shiftsim.optim.tam:AdaTAM", {"lr": 1e-3},
                    "AdaTAM: torque-aware Adam, coupled weight decay",
-                   "Malviya et al. 2024, arXiv:2412.18790", family="adam"),
+                   "Malviya et al. 2024, arXiv:2412.18790", family="adam", cost=2.4),
     OptimizerEntry("adatamw", "shiftsim.optim.tam:AdaTAMW", {"lr": 1e-3},
                    "AdaTAMW: torque-aware Adam, decoupled weight decay",
-                   "Malviya et al. 2024, arXiv:2412.18790", family="adam"),
+                   "Malviya et al. 2024, arXiv:2412.18790", family="adam", cost=2.6),
     OptimizerEntry("adamem_sgd", "shiftsim.optim.adamem:AdaptiveMemorySGD", {"lr": 0.05},
                    "Adaptive-Memory heavy-ball momentum: beta from a two-plane proximal model",
-                   "Topollai & Choromanska 2025, arXiv:2510.04988"),
+                   "Topollai & Choromanska 2025, arXiv:2510.04988", cost=1.5),
     OptimizerEntry("adamem_adamw", "shiftsim.optim.adamem:AdaptiveMemoryAdamW", {"lr": 1e-3},
                    "Adaptive-Memory AdamW: per-layer adaptive beta1",
-                   "Topollai & Choromanska 2025, arXiv:2510.04988", family="adam"),
+                   "Topollai & Choromanska 2025, arXiv:2510.04988", family="adam", cost=3.9),
     OptimizerEntry("momo", "shiftsim.optim.momo:MoMo", {"lr": 1.0},
                    "MoMo: momentum model-based Polyak-type step size (needs the loss)",
-                   "Schaipp et al. 2024, arXiv:2305.07583"),
+                   "Schaipp et al. 2024, arXiv:2305.07583", cost=1.3),
     OptimizerEntry("momo_adam", "shiftsim.optim.momo:MoMoAdam", {"lr": 1e-2},
                    "MoMo-Adam: MoMo step size with Adam preconditioning (needs the loss)",
-                   "Schaipp et al. 2024, arXiv:2305.07583", family="adam"),
+                   "Schaipp et al. 2024, arXiv:2305.07583", family="adam", cost=2.6),
     OptimizerEntry("grams", "shiftsim.optim.grams:Grams", {"lr": 1e-3},
                    "Grams: Adam magnitude, current-gradient sign",
-                   "Cao et al. 2024, arXiv:2412.17107", family="adam"),
+                   "Cao et al. 2024, arXiv:2412.17107", family="adam", cost=2.4),
 )
+
+#: How the costs were measured: ``benchmarks/learner_cost.py`` — the wall time of one full
+#: training step (forward, cross-entropy, backward, optimizer step; batch 32, one torch thread)
+#: of a ~5M-parameter MLP, relative to plain SGD, every optimizer interleaved in one process,
+#: median of 9 rounds, on the project's 2-core CPU machine with the eager kernels (2026-12-06),
+#: rounded to 0.1. They are fixed numbers so that real-time runs stay reproducible; a study
+#: charges each learner its cost relative to the cheapest learner of the study.
+COSTS = {e.name: e.cost for e in _ENTRIES}
 
 REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in _ENTRIES}
 
@@ -193,6 +204,22 @@ class OptimizerSpec:
     name: str
     hparams: tuple[tuple[str, Any], ...] = ()
     factory: Any = field(default=None, compare=False, repr=False)
+    #: the relative cost declared for real-time streams (None: the registry's, else 1);
+    #: keyword-only, so that subclasses' positional fields keep their places
+    cost: float | None = field(default=None, kw_only=True)
+
+    @property
+    def effective_cost(self) -> float:
+        """The cost a real-time stream charges this learner per training step: the declared
+        ``cost``, else the registry's measured one (:data:`COSTS`), else 1.
+
+        >>> spec("sgd").effective_cost, spec("tam", cost=2.0).effective_cost
+        (1.0, 2.0)
+        """
+        if self.cost is not None:
+            return float(self.cost)
+        entry = REGISTRY.get(self.name)
+        return float(entry.cost) if entry else 1.0
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -239,6 +266,8 @@ class OptimizerSpec:
         """
         merged = dict(self.hparams)
         merged.update(hparams)
+        if self.cost is not None:
+            merged.setdefault("cost", self.cost)
         return spec(self.factory if self.factory is not None else self.name, **merged)
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,7 +277,10 @@ class OptimizerSpec:
                 f"optimizer {self.name} cannot be serialised: define the factory at module level "
                 "in an importable module (not a lambda, a local function or __main__)"
             )
-        return {"name": self.name, "hparams": {k: _jsonable(v) for k, v in self.hparams}}
+        out = {"name": self.name, "hparams": {k: _jsonable(v) for k, v in self.hparams}}
+        if self.cost is not None:
+            out["cost"] = self.cost
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -261,7 +293,8 @@ class OptimizerSpec:
             if key in d:
                 return (_import(decoder, "spec decoder") if isinstance(decoder, str)
                         else decoder)(d)
-        return spec(d["name"], **dict(d.get("hparams", {})))
+        extra = {"cost": d["cost"]} if d.get("cost") is not None else {}
+        return spec(d["name"], **dict(d.get("hparams", {})), **extra)
 
 
 #: spec-time checks of torch's optimizers: hyperparameter -> (low, high, low_open, high_open).
@@ -397,7 +430,12 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     ...
     shiftsim.errors.ShiftsimError: sgdm.momentum must be in [0, 1), got 2.0
     """
+    cost = hparams.pop("cost", None)
+    if cost is not None:
+        cost = float(check_range(cost, "cost", 1, None))
     if isinstance(name, OptimizerSpec):
+        if cost is not None:
+            hparams["cost"] = cost
         return name.replace(**hparams) if hparams else name
     factory = None
     if isinstance(name, str):
@@ -442,7 +480,7 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     lr = dict(frozen).get("lr")
     if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
         raise ShiftsimError(f"learning rate lr must be >= 0, got {lr!r}")
-    out = OptimizerSpec(key, frozen, factory)
+    out = OptimizerSpec(key, frozen, factory, cost=cost)
     check_hparams(out)
     return out
 

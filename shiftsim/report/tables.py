@@ -169,13 +169,21 @@ def _severity_name(runs: pd.DataFrame, study: dict[str, Any] | None) -> str:
 
 
 def _families(runs: pd.DataFrame) -> dict[str, str]:
-    """scenario -> family text when the study sweeps several families (e.g. flip modes)."""
+    """scenario -> family text when the study sweeps several families (e.g. flip modes), with
+    the view ("real-time") when the study has both views of its scenarios."""
+    out: dict[str, str] = {}
     for col in ("flip_mode", "shift", "family"):
         if col in runs.columns:
             per = runs.groupby("scenario", sort=False)[col].first()
             if per.nunique(dropna=True) > 1:
-                return {str(k): str(v) for k, v in per.items() if isinstance(v, str)}
-    return {}
+                out = {str(k): str(v) for k, v in per.items() if isinstance(v, str)}
+                break
+    if "view" in runs.columns and runs["view"].nunique(dropna=True) > 1:
+        view = runs.groupby("scenario", sort=False)["view"].first()
+        for k, v in view.items():
+            fam = out.get(str(k), "")
+            out[str(k)] = f"{fam} ({v})" if fam else str(v)
+    return out
 
 
 def view(results: Any, baseline: str | None = None, level: float = 0.95) -> StudyView:

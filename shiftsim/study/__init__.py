@@ -41,10 +41,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import store
 from ..checks import check_model_fits
@@ -53,7 +55,7 @@ from ..models import ModelSpec
 from ..optim.registry import OptimizerSpec
 from ..optim.registry import spec as optimizer_spec
 from ..scenario import Scenario
-from .axes import Axis, flip_rates, hparam_grid, lr_grid, severity_axis
+from .axes import Axis, flip_rates, hparam_grid, lr_grid, severity_axis, views
 from .executors import (
     GUARD_HINT,
     Executor,
@@ -82,7 +84,7 @@ __all__ = [
     "RayExecutor", "RunSpec", "Study", "StudyRunReport", "Tuning", "canonical_json",
     "content_hash",
     "default_workers", "execute", "flip_rates", "freeze_labels", "hparam_grid",
-    "import_ray", "labels_from_info", "lr_grid", "run_outcome", "severity_axis",
+    "import_ray", "labels_from_info", "lr_grid", "run_outcome", "severity_axis", "views",
     "study_from_file",
 ]
 
@@ -290,6 +292,11 @@ class Study:
             list, or one.
         seeds: a count (``range(seeds)``) or a list of seeds.
         description: free text kept in ``study.json``.
+        tuning: a :class:`Tuning`: tune each optimizer on tuning seeds first, then evaluate it
+            at its chosen setting (:mod:`shiftsim.study.tuning`).
+        where: keep only the grid points whose labels satisfy ``where(labels)`` (e.g. a model
+            only on some datasets: ``lambda r: r["model"] != "cnn" or "fashion" in
+            r["scenario"]``); default every combination.
 
     Every run gets the labels ``scenario``, ``model``, ``optimizer`` (the axis labels),
     ``optimizer_name`` (the registry name), ``lr``, ``seed``, ``severity`` (when an axis gives
@@ -298,7 +305,8 @@ class Study:
 
     def __init__(self, name: str, scenarios: Any, model: Any = None, optimizers: Any = None,
                  seeds: Any = 3, *, models: Any = None, description: str = "",
-                 tuning: Tuning | None = None) -> None:
+                 tuning: Tuning | None = None,
+                 where: Callable[[dict[str, Any]], bool] | None = None) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ShiftsimError(f"a study needs a non-empty name, got {name!r}")
         if model is not None and models is not None:
@@ -316,7 +324,17 @@ class Study:
         self.models, self._model_labels = _axis(model, "models", ModelSpec, lambda m: m.label)
         self.optimizers, self._optimizer_labels = _axis(
             optimizers, "optimizers", OptimizerSpec, lambda o: o.label, coerce=_optimizer)
+        if any(sc.realtime for sc in self.scenarios.values()):
+            # a real-time stream charges each learner its cost relative to the cheapest
+            # learner of the study (which trains on every batch)
+            low = min(o.effective_cost for o in self.optimizers.values())
+            self.optimizers = {k: o.replace(cost=o.effective_cost / low)
+                               for k, o in self.optimizers.items()}
         self.seeds = _seeds(seeds)
+        if where is not None and not callable(where):
+            raise SpecTypeError(f"where must be a function of a run's labels -> bool, got "
+                                f"{where!r}")
+        self.where = where
         if tuning is not None and not isinstance(tuning, Tuning):
             raise SpecTypeError(f"tuning must be a shiftsim Tuning(...) or None, got {tuning!r}")
         self.tuning = tuning
@@ -379,6 +397,8 @@ class Study:
                         for seed in self.seeds:
                             spec = RunSpec(sc, m, o, seed, self._labels(s_key, m_key, o_key,
                                                                         seed))
+                            if not self._keep(spec):
+                                continue
                             if spec.run_id in seen:
                                 a, b = seen[spec.run_id].label_dict, spec.label_dict
                                 diff = {k: (a.get(k), b.get(k)) for k in a if a.get(k) != b.get(k)}
@@ -407,7 +427,7 @@ class Study:
                         for seed in self.tuning.tuning_seeds():
                             out.append(RunSpec(sc, m, o, seed, self._labels(
                                 s_key, m_key, o_key, seed, o, "tune", point)))
-        return out
+        return [s for s in out if self._keep(s)]
 
     def tuned_grid(self, s_key: str, m_key: str, o_key: str) -> dict[str, Any] | None:
         """The grid an optimizer is tuned on (with any widened learning rates); None when the
@@ -438,7 +458,16 @@ class Study:
                     for seed in self.seeds:
                         out.append(RunSpec(sc, m, o, seed, self._labels(
                             s_key, m_key, o_key, seed, o, "eval", chosen)))
-        return out
+        return [s for s in out if self._keep(s)]
+
+    def _keep(self, spec: RunSpec) -> bool:
+        """Whether a grid point is in the study (``where`` of its labels; default all)."""
+        if self.where is None:
+            return True
+        keep = self.where(spec.label_dict)
+        if not isinstance(keep, (bool, np.bool_)):
+            raise SpecTypeError(f"where must return True or False, got {keep!r}")
+        return bool(keep)
 
     def __len__(self) -> int:
         return len(self.grid())
@@ -455,7 +484,9 @@ class Study:
                 f"{n(len(self.seeds), 'seed')}")
         if self.tuning is None:
             return f"{head} = {n(len(self), 'run')})"
-        evals = len(self.scenarios) * len(self.models) * len(self.optimizers) * len(self.seeds)
+        evals = sum(self._keep(RunSpec(sc, m, o, seed, self._labels(s, mk, ok, seed, o, "eval")))
+                    for s, sc in self.scenarios.items() for mk, m in self.models.items()
+                    for ok, o in self.optimizers.items() for seed in self.seeds)
         return (f"{head} = {n(evals, 'evaluation run')}, after "
                 f"{n(len(self.tuning_grid()), 'tuning run')} ({self.tuning.scope}, "
                 f"{n(len(self.tuning.tuning_seeds()), 'seed')}))")
@@ -477,6 +508,8 @@ class Study:
             "runs": [{"run_id": s.run_id, "labels": s.label_dict} for s in self.grid()],
             "run_id_format": HASH_FORMAT,
             "tuning": self.tuning.to_dict() if self.tuning is not None else None,
+            "where": getattr(self.where, "__name__", repr(self.where))
+            if self.where is not None else None,
         }
 
     # -- running --------------------------------------------------------------------------------

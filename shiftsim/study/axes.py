@@ -182,3 +182,30 @@ def flip_rates(data: Any, rates: Iterable[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0
                                    steps_per_task=steps_per_task, **scenario_kwargs),
         [float(check_range(r, "flip rate", 0, 1)) for r in _values(rates, "flip rates")],
         key=lambda r: f"{mode} {100 * r:g}%", flip_mode=mode)
+
+
+def views(scenarios: Mapping[str, Scenario] | Scenario | Sequence[Scenario]) -> Axis:
+    """Each scenario in its plain and its real-time view (:mod:`shiftsim.realtime`): entries
+    ``"<key>"`` (label ``view="plain"``) and ``"<key> (real-time)"`` (``view="real-time"``),
+    the other labels kept. In the real-time view a learner of cost c trains on every c-th batch.
+
+    >>> import shiftsim as ss
+    >>> ax = views(flip_rates(ss.data.digits(), [1.0], tasks=2, steps_per_task=20))
+    >>> list(ax), ax["permute 100% (real-time)"].realtime, ax.labels["permute 100%"]["view"]
+    (['permute 100%', 'permute 100% (real-time)'], True, 'plain')
+    """
+    if isinstance(scenarios, Scenario):
+        scenarios = {scenarios.name: scenarios}
+    elif not isinstance(scenarios, Mapping):
+        scenarios = {sc.name: sc for sc in scenarios}
+    labels = getattr(scenarios, "labels", {})
+    items, extra = {}, {}
+    for key, sc in scenarios.items():
+        if not isinstance(sc, Scenario):
+            raise SpecTypeError(f"views needs scenarios, got {sc!r} for {key!r}")
+        rt = f"{key} (real-time)"
+        items[key], items[rt] = sc.replace(realtime=False), sc.replace(realtime=True)
+        extra[key] = {**labels.get(key, {}), "view": "plain"}
+        extra[rt] = {**labels.get(key, {}), "view": "real-time"}
+    return Axis(items, extra)
+

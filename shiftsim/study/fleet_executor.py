@@ -64,8 +64,11 @@ MEMORY_FRACTION = 0.5
 
 
 def _key(spec: RunSpec) -> str:
-    """Runs with equal keys can share a fleet: the same scenario and the same model."""
+    """Runs with equal keys can share a fleet: the same scenario and the same model (and, on a
+    real-time stream, the same cost)."""
     payload = {"scenario": spec.payload["scenario"], "model": spec.payload["model"]}
+    if spec.scenario.realtime:  # one training schedule per program: one cost per fleet
+        payload["cost"] = spec.optimizer.effective_cost
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 

@@ -25,6 +25,7 @@ The labels (the study's axes) are not hashed: renaming an axis value does not re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -177,6 +178,13 @@ class RunSpec:
         if not isinstance(opt, OptimizerSpec):
             raise SpecTypeError(f"RunSpec.optimizer must be an OptimizerSpec (ss.optim.spec(...)) "
                                 f"or a registry name, got {opt!r}")
+        # the cost matters on a real-time stream only: there it is part of the run (and its id),
+        # resolved to a number; elsewhere it is left out (a plain run's id never depends on it)
+        if self.scenario.realtime and opt.cost is None:
+            opt = dataclasses.replace(opt, cost=opt.effective_cost)
+        elif not self.scenario.realtime and opt.cost is not None:
+            opt = dataclasses.replace(opt, cost=None)
+        object.__setattr__(self, "optimizer", opt)
         seed = self.seed
         if isinstance(seed, np.integer):
             seed = int(seed)
