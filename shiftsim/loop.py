@@ -330,6 +330,7 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
     phases = scenario.phase_table()
     scenario_dict = scenario.to_dict()
     versions = {"torch": torch.__version__, "python": platform.python_version()}
+    machine = describe_machine(dev)
     results = []
     for k, d in enumerate(diverged_at):
         steps_run = T if d is None else d
@@ -362,7 +363,34 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
         })
         info = {"scenario": scenario_dict, "learner": learner.describe(k),
                 "seed": learner.seeds[k], "device": str(dev), "engine": learner.engine,
-                "versions": dict(versions)}
+                "versions": dict(versions), "machine": machine}
         results.append(RunResult(trace, evals, phases.copy(), info, diverged=d is not None,
                                  diverged_step=d, timings={}))
     return results
+
+
+def describe_machine(device: torch.device) -> str:
+    """Where a run ran, in words: the CPU model and core count (and the GPU's name on CUDA),
+    e.g. ``"AMD EPYC 7B13, 2 cores"``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import os
+
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        import os
+
+        cores = os.cpu_count() or 1
+    out = f"{cpu}, {cores} core{'s' if cores != 1 else ''}"
+    if device.type == "cuda":
+        out += f", {torch.cuda.get_device_name(device)}"
+    return out
+

@@ -343,6 +343,7 @@ def write_run(out_dir: str | os.PathLike, run_id: str, *, spec: Mapping[str, Any
             "steps_run": len(result.trace),
             "timings": dict(result.timings),
             "device": info.get("device"),
+            "machine": info.get("machine"),
             "versions": info.get("versions", {}),
             "learner": info.get("learner", {}),
         })
@@ -591,10 +592,11 @@ class StudyResults:
             row["total_s"] = timings.get("total_s")
             row["ms_per_step"] = timings.get("ms_per_step")
             row["device"] = s.get("device")
+            row["machine"] = s.get("machine")
             rows.append(row)
         if not rows:
             cols = ["run_id", *LABEL_COLUMNS, "status", "error", "diverged_step", "steps",
-                    "steps_run", *SCORE_COLUMNS, "total_s", "ms_per_step", "device"]
+                    "steps_run", *SCORE_COLUMNS, "total_s", "ms_per_step", "device", "machine"]
             return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
         df = _label_frame(rows)
         for c in (*SCORE_COLUMNS, "total_s", "ms_per_step"):
@@ -604,13 +606,13 @@ class StudyResults:
         first = ["run_id", *LABEL_COLUMNS]
         extra = sorted(c for c in df.columns if c not in first and c not in (
             "status", "error", "diverged_step", "steps", "steps_run", *SCORE_COLUMNS,
-            "total_s", "ms_per_step", "device"))
+            "total_s", "ms_per_step", "device", "machine"))
         return _ordered_columns(df, [*first, *extra, "status"]).reset_index(drop=True)
 
     def _label_columns(self) -> list[str]:
         return [c for c in self.runs.columns if c in LABEL_COLUMNS or c not in (
             "status", "error", "diverged_step", "steps", "steps_run", *SCORE_COLUMNS,
-            "total_s", "ms_per_step", "device")]
+            "total_s", "ms_per_step", "device", "machine")]
 
     def _build_phases(self) -> pd.DataFrame:
         keys = self.runs[[*self._label_columns(), "status"]]

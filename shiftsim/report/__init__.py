@@ -120,6 +120,7 @@ def _facts(v: StudyView, study_dir: Path) -> list[tuple[str, str]]:
     ]
     if "model" in runs.columns and runs["model"].notna().any():
         facts.append(("models", ", ".join(str(m) for m in runs["model"].dropna().unique())))
+    facts.append(("compute", _compute_text(v, study_dir)))
     tuning = (v.study or {}).get("tuning")
     if tuning:
         facts.append(("tuning", _tuning_text(v, tuning)))
@@ -127,6 +128,26 @@ def _facts(v: StudyView, study_dir: Path) -> list[tuple[str, str]]:
         facts.append(("tuning", "none: each optimizer ran at the one setting given (a "
                                 "comparison of these settings, not of the optimizers)"))
     return facts
+
+
+def _compute_text(v: StudyView, study_dir: Path) -> str:
+    """How much run time the study's results took and where (from the stored runs: tuning
+    runs included)."""
+    from .. import store
+
+    try:
+        runs = store.load(study_dir, verify=False).runs
+    except ShiftsimError:
+        runs = v.runs
+    done = runs[runs["status"].isin(("ok", "diverged"))]
+    total = float(done["total_s"].sum()) if "total_s" in done else math.nan
+    where = sorted(str(m) for m in done["machine"].dropna().unique()) if "machine" in done \
+        else []
+    text = (f"{len(done)} runs, {total / 60:.1f} min of run time in all (each run's wall "
+            "time; runs of one fleet share theirs)")
+    if where:
+        text += f" on {'; '.join(where)}"
+    return text + "."
 
 
 def _tuning_text(v: StudyView, t: dict[str, Any]) -> str:

@@ -83,6 +83,7 @@ class StudyView:
     #: a tuned study's selection and grid scores (None without tuning)
     tuning: pd.DataFrame | None = None
     tuning_curves: pd.DataFrame | None = None
+    tolerance_vs_baseline: pd.DataFrame | None = None
     values: pd.DataFrame | None = None
     tables: dict[str, Table] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
@@ -142,7 +143,8 @@ def _arm_labels(runs: pd.DataFrame) -> pd.Series:
     extra_cols = [c for c in runs.columns if c not in (
         "run_id", "scenario", "optimizer", "seed", "severity", "status", "error",
         "diverged_step", "steps", "steps_run", "online_acc", "online_acc_true", "acc", "bwt",
-        "forgetting", "anytime_acc", "total_s", "ms_per_step", "device", "optimizer_name")]
+        "forgetting", "anytime_acc", "total_s", "ms_per_step", "device", "optimizer_name",
+        "machine", "stage")]
     if "model" in runs.columns and runs["model"].nunique(dropna=True) > 1:
         label = label + " [" + runs["model"].astype(str) + "]"
     key = pd.DataFrame({"s": runs["scenario"].astype(str), "a": label,
@@ -272,7 +274,16 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
                      shifted=shifted, no_signal=no_signal, partial_concept=partial,
                      max_acc=_max_acc(results, runs, phases),
                      tuning=getattr(results, "tuning", None) if tuned else None,
-                     tuning_curves=getattr(results, "tuning_curves", None) if tuned else None)
+                     tuning_curves=getattr(results, "tuning_curves", None) if tuned else None,
+                     tolerance_vs_baseline=_tolerance_differences(results, baseline)
+                     if tuned else None)
+
+
+def _tolerance_differences(results: Any, baseline: str) -> pd.DataFrame | None:
+    from ..study import selection
+
+    path = getattr(results, "path", None)
+    return selection.tolerance_differences(selection.read(path), baseline) if path else None
 
 
 def _max_acc(results: Any, runs: pd.DataFrame, phases: pd.DataFrame) -> dict[str, float]:
@@ -772,7 +783,7 @@ def runs_table(v: StudyView) -> Table:
     cols = [c for c in ("run_id", "scenario", "severity", "optimizer", "optimizer_name", "lr",
                         "model", "seed", "status", "diverged_step", "steps", "steps_run",
                         "online_acc", "online_acc_true", "acc", "bwt", "forgetting",
-                        "anytime_acc", "total_s", "ms_per_step", "device", "error")
+                        "anytime_acc", "total_s", "ms_per_step", "device", "machine", "error")
             if c in v.runs.columns]
     data = v.runs[cols].copy()
     bad = data[data["status"] != "ok"]
@@ -801,6 +812,11 @@ def tuning_table(v: StudyView) -> Table:
              "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on",
              "chance"}
     hp = [c for c in df.columns if c not in known]
+    tv = v.tolerance_vs_baseline
+    diffs = None
+    if tv is not None and len(tv):
+        diffs = {(str(r.scenario), r.optimizer): (r.difference, r.low, r.high)
+                 for r in tv.itertuples()}
     recs = []
     for _, r in df.iterrows():
         chosen = describe_chosen({k: r[k] for k in hp if not fmt.isnan(r[k])})
@@ -816,10 +832,15 @@ def tuning_table(v: StudyView) -> Table:
         if v.no_signal.get(str(r["scenario"])):
             notes.append("no learnable signal: not ranked")
         value = -r["value"] if r.get("metric") == "deficit" else r["value"]
-        recs.append({**_keys(v, str(r["scenario"])), "optimizer": r["optimizer"],
-                     "chosen": chosen, "metric": r.get("metric", ""),
-                     "mean over tuning seeds": fmt.num(value),
-                     "tolerance (decades)": tol, "notes": "; ".join(notes) or fmt.DASH})
+        rec = {**_keys(v, str(r["scenario"])), "optimizer": r["optimizer"],
+               "chosen": chosen, "metric": r.get("metric", ""),
+               "mean over tuning seeds": fmt.num(value), "tolerance (decades)": tol}
+        if diffs is not None:
+            d = diffs.get((str(r["scenario"]), r["optimizer"]))
+            rec[f"Δ tolerance vs {v.baseline}"] = fmt.DASH if d is None else fmt.interval(
+                d[0], d[1], d[2], 2, sign=True)
+        rec["notes"] = "; ".join(notes) or fmt.DASH
+        recs.append(rec)
     caption = (
         "Each optimizer's setting for the evaluation runs, chosen on tuning seeds that the "
         "evaluation never sees: the grid point with the best mean of the selection metric over "
@@ -827,8 +848,9 @@ def tuning_table(v: StudyView) -> Table:
         "not eligible). Tolerance: the width in decades of the learning-rate range around the "
         "best whose mean stays within 95 % of the best, chance-normalised [95 % bootstrap "
         "interval over the tuning seeds]; 0 means only the chosen grid point qualifies, and the "
-        "grid's spacing limits the resolution. A best value at the edge of its grid may lie "
-        "outside it.")
+        "grid's spacing limits the resolution. Δ tolerance: the difference to the baseline's "
+        "tolerance with a 95 % interval from the paired bootstrap (both resampled on the same "
+        "tuning seeds). A best value at the edge of its grid may lie outside it.")
     return Table("tuning", "Tuned settings", caption, df, pd.DataFrame(recs))
 
 

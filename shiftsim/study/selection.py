@@ -151,6 +151,7 @@ def table(body: dict[str, Any] | None, scenarios: list[str] | None = None) -> pd
     ``tolerance_high``, ``at_edge``, ``scope`` and ``tuned_on``."""
     cols = ["scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
             "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on"]
+    skip = ("tolerance_boot", "group", "chosen", "points", "chance")
     if not body:
         return pd.DataFrame(columns=cols)
     t = body.get("tuning", {})
@@ -163,7 +164,7 @@ def table(body: dict[str, Any] | None, scenarios: list[str] | None = None) -> pd
         for scen in targets:
             row = {"scenario": scen, "model": c["model"], "optimizer": c["optimizer"]}
             row.update(c.get("chosen") or {})
-            row.update({k: c.get(k) for k in cols if k not in row and k in c})
+            row.update({k: c.get(k) for k in cols if k not in row and k in c and k not in skip})
             row["scope"] = scope
             row["tuned_on"] = c["group"] if c["group"] != "*" else (
                 ", ".join(tuned_on) if len(tuned_on) == 1 else "all scenarios pooled")
@@ -178,3 +179,38 @@ def curves(body: dict[str, Any] | None) -> pd.DataFrame:
     """Every tuned grid point: group, model, optimizer, the hyperparameters, ``mean``,
     ``low``, ``high``, ``worst``, ``n``, ``eligible``, ``chosen``."""
     return pd.DataFrame((body or {}).get("curves") or [])
+
+
+def tolerance_differences(body: dict[str, Any] | None, baseline: str,
+                          scenarios: list[str] | None = None) -> pd.DataFrame:
+    """Each optimizer's tolerance minus the baseline's, per scenario and model: the point
+    difference and a 95 % percentile interval from the paired bootstrap replicates (every
+    optimizer of a group was resampled on the same tuning seeds). Empty without replicates.
+
+    Columns: ``scenario``, ``model``, ``optimizer``, ``baseline``, ``difference``, ``low``,
+    ``high``."""
+    cols = ["scenario", "model", "optimizer", "baseline", "difference", "low", "high"]
+    if not body:
+        return pd.DataFrame(columns=cols)
+    choices = body.get("choices") or []
+    base = {(c["group"], c["model"]): c for c in choices if c["optimizer"] == baseline}
+    names = scenarios or body.get("tuned_on") or []
+    rows = []
+    for c in choices:
+        b = base.get((c["group"], c["model"]))
+        if b is None or c["optimizer"] == baseline:
+            continue
+        x = np.array(c.get("tolerance_boot") or [], dtype=float)
+        y = np.array(b.get("tolerance_boot") or [], dtype=float)
+        if not x.size or x.size != y.size:
+            continue
+        d = x - y
+        d = d[~np.isnan(d)]
+        diff = (c.get("tolerance") or math.nan) - (b.get("tolerance") or math.nan)
+        low, high = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))) if d.size \
+            else (math.nan, math.nan)
+        for scen in ([c["group"]] if c["group"] != "*" else names):
+            rows.append({"scenario": scen, "model": c["model"], "optimizer": c["optimizer"],
+                         "baseline": baseline, "difference": diff, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=cols)
+

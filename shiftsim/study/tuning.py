@@ -367,16 +367,24 @@ def tolerance(lrs: np.ndarray, means: np.ndarray, eligible: np.ndarray, best: in
     return float(np.log10(lrs[hi] / lrs[lo]))
 
 
+#: bootstrap resamples of a tolerance (the same resampled seeds for every optimizer of a
+#: group, so two optimizers' replicates are paired)
+TOLERANCE_BOOT = 1000
+
+
 def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
-                         n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of the tolerance over resampled tuning seeds."""
+                         n_boot: int = TOLERANCE_BOOT, seed: int = 0
+                         ) -> tuple[float, float, list[float]]:
+    """Percentile interval of the tolerance over resampled tuning seeds, and the replicates
+    (NaN where a resample has no eligible point). The draws depend only on the number of
+    tuning seeds, so every optimizer tuned on the same seeds gets the same resamples."""
     table = g.pivot_table(index="seed", columns="lr", values="score", aggfunc="first")
     table = table.reindex(columns=lrs)
     ok_table = g.pivot_table(index="seed", columns="lr", values="ok", aggfunc="all")
     ok_table = ok_table.reindex(columns=lrs).fillna(False).astype(bool)
     X, OK = table.to_numpy(np.float64), ok_table.to_numpy(bool)
     if X.shape[0] < 2:
-        return (math.nan, math.nan)
+        return (math.nan, math.nan, [])
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_boot):
@@ -387,12 +395,15 @@ def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
         elig = OK[idx].all(axis=0)
         cand = np.flatnonzero(elig & ~np.isnan(means))
         if cand.size == 0:
+            out.append(math.nan)
             continue
         best = int(cand[np.argmax(means[cand])])
         out.append(tolerance(lrs, means, elig, best, chance))
-    if not out:
-        return (math.nan, math.nan)
-    return (float(np.quantile(out, 0.025)), float(np.quantile(out, 0.975)))
+    vals = np.array(out)
+    vals = vals[~np.isnan(vals)]
+    if not vals.size:
+        return (math.nan, math.nan, out)
+    return (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)), out)
 
 
 def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[str]],
@@ -444,7 +455,9 @@ def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[s
             sub = g
             for n, v in others.items():
                 sub = sub[sub[n] == v]
-            row["tolerance_low"], row["tolerance_high"] = _bootstrap_tolerance(sub, lrs, ch)
+            low, high, boot = _bootstrap_tolerance(sub, lrs, ch)
+            row["tolerance_low"], row["tolerance_high"] = low, high
+            row["tolerance_boot"] = [round(x, 4) for x in boot]
         rows.append(row)
         pts = pts.assign(group=group, model=model, optimizer=opt,
                          chosen=pts.index == best)
