@@ -48,5 +48,7 @@ study = Study(
     tuning=Tuning(grid="auto", seeds=3, scope="per_scenario"), seeds=10,
     description=("Adaptive-Memory momentum under drift (arXiv 2510.04988): AM-SGD and AM-AdamW "
                  "against SGD-momentum, plain SGD and AdamW, tuned per scenario, 10 evaluation "
-                 "seeds, digits MLP"),
+                 "seeds, digits MLP. The paper's own experiments are not repeated: its premise "
+                 "(adaptive momentum tracks drift better) is tested on online drifting streams "
+                 "with recovery time and deficit"),
 )

@@ -64,5 +64,8 @@ study = Study(
     description=("TAM's heavy-label-flip claim (arXiv 2412.18790): sgdm, nesterov, adam, tam, "
                  "adatam, adamem_sgd under 80 % and 100 % permute and other flips, 5 tasks; "
                  "digits MLP, Fashion-MNIST MLP and CNN; plain and real-time views; tuned per "
-                 "scenario (5-point grids, 3 seeds), 10 evaluation seeds"),
+                 "scenario (5-point grids, 3 seeds), 10 evaluation seeds. The paper's protocol "
+                 "is not public: this one is ours (online, prequential accuracy, every "
+                 "optimizer tuned), so agreement or disagreement is with the claim, not with "
+                 "the paper's numbers"),
 )

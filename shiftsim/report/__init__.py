@@ -121,6 +121,11 @@ def _facts(v: StudyView, study_dir: Path) -> list[tuple[str, str]]:
     if "model" in runs.columns and runs["model"].notna().any():
         facts.append(("models", ", ".join(str(m) for m in runs["model"].dropna().unique())))
     facts.append(("compute", _compute_text(v, study_dir)))
+    source = (v.study or {}).get("source")
+    if source:
+        facts.append(("regenerate", f"`shiftsim study {source} --out {study_dir}` (resumes; a "
+                                    "finished study recomputes nothing), then `shiftsim report "
+                                    f"{study_dir} --out <this folder> --baseline {v.baseline}`"))
     tuning = (v.study or {}).get("tuning")
     if tuning:
         facts.append(("tuning", _tuning_text(v, tuning)))

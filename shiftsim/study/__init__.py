@@ -319,6 +319,8 @@ class Study:
                                 "e.g. lr_grid('sgdm', [0.01, 0.1])")
         self.name = name
         self.description = description
+        #: the study file it was loaded from (set by :func:`study_from_file`), for reports
+        self.source: str | None = None
         self.scenarios, self._scenario_labels = _axis(
             scenarios, "scenarios", Scenario, lambda s: s.name)
         self.models, self._model_labels = _axis(model, "models", ModelSpec, lambda m: m.label)
@@ -510,6 +512,7 @@ class Study:
             "tuning": self.tuning.to_dict() if self.tuning is not None else None,
             "where": getattr(self.where, "__name__", repr(self.where))
             if self.where is not None else None,
+            "source": self.source,
         }
 
     # -- running --------------------------------------------------------------------------------
@@ -756,4 +759,6 @@ def study_from_file(path: str | os.PathLike) -> Study:
     if not isinstance(study, Study):
         raise ShiftsimError(f"{Path(path).name}: 'study' must be a shiftsim Study, got "
                             f"{type(study).__name__}")
+    if study.source is None:  # where it came from: reports say how to rerun it
+        study.source = str(path)
     return study
