@@ -206,7 +206,8 @@ def tolerance_differences(body: dict[str, Any] | None, baseline: str,
             continue
         d = x - y
         d = d[~np.isnan(d)]
-        diff = (c.get("tolerance") or math.nan) - (b.get("tolerance") or math.nan)
+        ta, tb = c.get("tolerance"), b.get("tolerance")
+        diff = (math.nan if ta is None else ta) - (math.nan if tb is None else tb)
         low, high = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))) if d.size \
             else (math.nan, math.nan)
         for scen in ([c["group"]] if c["group"] != "*" else names):

@@ -1,0 +1,97 @@
+"""The claims index (scenarios/claims.py): paired tests per setting, one Holm family, verdicts
+in the claim's direction, the tolerance claims from paired bootstrap intervals."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import shiftsim as ss
+from shiftsim import store
+from shiftsim.report import tables
+from shiftsim.study import Study, Tuning, flip_rates
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _claims():
+    spec = importlib.util.spec_from_file_location(
+        "claims", os.path.join(ROOT, "scenarios", "claims.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["claims"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("claims")
+    study = Study("claims-test", flip_rates(ss.data.digits(), [1.0], tasks=2, steps_per_task=40),
+                  ss.models.mlp(hidden=(16,)),
+                  {"sgdm": ss.optim.spec("sgdm"), "tam": ss.optim.spec("tam")}, seeds=5,
+                  tuning=Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}, "tam": {"lr": [0.03, 0.3]}},
+                                seeds=3))
+    study.run(out, workers=1, progress=False)
+    return out
+
+
+def test_paired_tests_per_setting_and_one_holm_family(results):
+    c = _claims()
+    claim = c.Claim("t", "TAM beats SGDM", "paper", "claims-test", "tam", "sgdm", "online_acc")
+    v = tables.view(store.load(results))
+    rows = c.tests(claim, v)
+    assert len(rows) == 1 and rows[0]["n"] == 5
+    runs = store.load(results).runs
+    ev = runs[runs["stage"] == "eval"].set_index(["optimizer", "seed"])["online_acc"]
+    d = np.array([ev[("tam", s)] - ev[("sgdm", s)] for s in range(5)])
+    assert rows[0]["difference"] == pytest.approx(d.mean())
+    assert rows[0]["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    # a family of three: Holm multiplies the smallest p by 3
+    fam = pd.DataFrame([{**rows[0], "claim": k} for k in "abc"])
+    fam.loc[1, "p"], fam.loc[2, "p"] = 0.5, 0.9
+    out = c.verdicts(fam)
+    assert out.loc[0, "p_holm"] == pytest.approx(min(1.0, 3 * rows[0]["p"]))
+    want = "inconclusive" if out.loc[0, "p_holm"] > 0.05 else (
+        "supported" if d.mean() > 0 else "contradicted")
+    assert out.loc[0, "verdict"] == want and out.loc[1, "verdict"] == "inconclusive"
+
+
+def test_overall_verdicts():
+    c = _claims()
+    v = pd.Series
+    assert c._overall(v({"supported": 3, "inconclusive": 1}), 10) == "supported"
+    assert c._overall(v({"supported": 1, "inconclusive": 5}), 10) == \
+        "supported in some settings"
+    assert c._overall(v({"supported": 1, "contradicted": 1}), 10) == "mixed"
+    assert c._overall(v({"contradicted": 1, "inconclusive": 2}), 10) == "not supported"
+    assert c._overall(v({"inconclusive": 4}), 10) == "inconclusive at 10 seeds"
+
+
+def test_tolerance_claims_come_from_paired_bootstrap_intervals(results):
+    c = _claims()
+    claim = c.Claim("m", "wider", "paper", "claims-test", "tam", "sgdm", "tolerance",
+                    "tolerance")
+    rows = c.tolerance_tests(claim, results)
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["low"] <= r["difference"] <= r["high"] or np.isnan(r["low"])
+    assert r["verdict"] == ("supported" if r["low"] > 0 else "contradicted" if r["high"] < 0
+                            else "inconclusive")
+
+
+def test_the_index_is_written(results, tmp_path):
+    c = _claims()
+    claim = c.Claim("t", "TAM beats SGDM", "paper", "claims-test", "tam", "sgdm", "online_acc")
+    v = tables.view(store.load(results))
+    df = c.verdicts(pd.DataFrame(c.tests(claim, v)))
+    c.CLAIMS = [claim]
+    c.write(df, tmp_path / "README.md", 5)
+    text = (tmp_path / "README.md").read_text()
+    assert "| TAM beats SGDM | paper | 1 (online accuracy) |" in text
+    assert "[claims-test](claims-test/README.md)" in text and "## Every setting" in text
