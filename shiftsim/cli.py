@@ -7,46 +7,13 @@ status is 2; nothing is written when the input is bad.
 from __future__ import annotations
 
 import argparse
-import os
-import runpy
 import sys
-import traceback
 from pathlib import Path
-from typing import Any
 
 from .errors import ShiftsimError
+from .pyfile import load_python_file
 
 EXIT_USAGE = 2
-
-
-def load_python_file(path: str | os.PathLike, name: str, optional: tuple[str, ...] = ()
-                     ) -> dict[str, Any]:
-    """Execute a scenario/study file and return its globals; it must define ``name``.
-
-    The file runs with ``__name__ == "__shiftsim__"``, so an ``if __name__ == "__main__":``
-    block in it does not run.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ShiftsimError(f"file not found: {str(p)!r}")
-    if p.suffix != ".py":
-        raise ShiftsimError(f"{str(p)!r} is not a Python file (.py)")
-    try:
-        namespace = runpy.run_path(str(p), run_name="__shiftsim__")
-    except ShiftsimError as exc:
-        raise ShiftsimError(f"{p.name}: {exc}") from exc
-    except SyntaxError as exc:
-        raise ShiftsimError(f"{p.name}: syntax error at line {exc.lineno}: {exc.msg}") from exc
-    except Exception as exc:  # the user's file raised: report where, in one line
-        line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
-                     if Path(f.filename).resolve() == p.resolve()), None)
-        where = f" at line {line}" if line else ""
-        raise ShiftsimError(f"{p.name}{where} raised {type(exc).__name__}: {exc}") from exc
-    if name not in namespace:
-        defined = sorted(k for k in namespace if not k.startswith("_"))[:10]
-        raise ShiftsimError(f"{p.name} defines no {name!r}; it must define {name} = ... "
-                            f"(found: {', '.join(defined) or 'nothing'})")
-    return namespace
 
 
 def _positive_int(text: str) -> int:

@@ -21,7 +21,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.
 
 def _quickstart() -> dict:
     if QUICKSTART.is_file():
-        from .cli import load_python_file
+        from .pyfile import load_python_file
 
         return load_python_file(QUICKSTART, "scenario")
     import shiftsim as ss  # installed without the repo: the same scenario, built here
@@ -132,7 +132,7 @@ def _write_report(out: Path, scenario, model, finished: list) -> None:
 
     from . import store
     from .report import describe, report
-    from .study import RunSpec
+    from .runspec import RunSpec
 
     t0 = time.perf_counter()
     results = out / "results"

@@ -32,6 +32,7 @@ from .loop import Members, OneLearner, run_members
 from .models import ModelSpec
 from .optim import spec
 from .result import RunResult
+from .runtime import torch_threads
 from .scenario import Scenario
 
 __all__ = ["RunResult", "run"]
@@ -94,8 +95,6 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ShiftsimError(f"threads must be a positive integer or None, got {threads!r}")
-        from .study.spec import torch_threads
-
         with torch_threads(threads):
             return run(scenario, model, optimizer, seed, device, progress=progress,
                        check_every=check_every, vectorized=vectorized)

@@ -61,6 +61,7 @@ __all__ = [
     "worst_case_accuracy",
     "anytime_accuracy",
     "summarize",
+    "run_scores",
     "mean_interval",
     "median_recovery",
     "median_interval",
@@ -88,6 +89,8 @@ RECOVERY_COLUMNS = ["phase", "shifted", "ceiling", *_PER_LABELS,
                     *[f"{c}_true" for c in _PER_LABELS]]
 BOOL_COLUMNS = ("shifted", "dipped", "censored", "collapsed", "dipped_true", "censored_true",
                 "collapsed_true")
+#: the stream-level scores of a run (:func:`run_scores`; a study's ``runs`` table has them)
+SCORE_COLUMNS = ("online_acc", "online_acc_true", "acc", "bwt", "forgetting", "anytime_acc")
 SUMMARY_COLUMNS = [
     "phase", "name", "start", "steps", "steps_run", "samples", "online_acc", "online_acc_true",
     "loss", *RECOVERY_COLUMNS[1:], "heldout_acc",
@@ -940,6 +943,32 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
     out = out.astype({c: np.float64 for c in floats})
     out["heldout_acc"] = heldout.astype(np.float64)
     return out[SUMMARY_COLUMNS]
+
+
+def run_scores(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame
+               ) -> dict[str, float]:
+    """A run's stream-level numbers (what ``RunResult.scores()`` returns and the store keeps):
+    :data:`SCORE_COLUMNS` — online accuracy against the presented and the original labels,
+    ACC, BWT and forgetting of the :func:`accuracy_matrix`, average :func:`anytime_accuracy` —
+    and ``steps_run``.
+
+    >>> tr = pd.DataFrame({"step": [0, 1], "phase": 0, "n": 10, "correct": [5, 7],
+    ...                    "correct_true": [5, 7]})
+    >>> ph = pd.DataFrame({"phase": [0], "regime": [0]})
+    >>> s = run_scores(tr, ph, pd.DataFrame())
+    >>> s["online_acc"], s["steps_run"], s["acc"]
+    (0.6, 2.0, nan)
+    """
+    R = accuracy_matrix(evals, phases)
+    return {
+        "online_acc": online_accuracy(trace),
+        "online_acc_true": online_accuracy(trace, labels="true"),
+        "acc": average_accuracy(R),
+        "bwt": backward_transfer(R),
+        "forgetting": forgetting(R),
+        "anytime_acc": anytime_accuracy(evals, phases),
+        "steps_run": float(len(trace)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -801,7 +801,7 @@ def test_functions_do_not_mutate_inputs(trace_a, phases_a, evals_a):
         (lambda t, p: M.recovery(t.drop(columns="correct"), p), "missing column.*'correct'"),
         (lambda t, p: M.recovery(t, p.drop(columns="ceiling")), "missing column.*'ceiling'"),
         (lambda t, p: M.recovery(t, p, window=0), r"window must be in \[1, inf\], got 0"),
-        (lambda t, p: M.trailing_accuracy(t, window=2.5), "window must be an integer"),
+        (lambda t, p: M.trailing_accuracy(t, window=2.5), "window must be a positive integer"),
         (lambda t, p: M.recovery(t, p, q=0), r"q must be in \(0, 1\], got 0"),
         (lambda t, p: M.recovery(t, p, q=1.5), r"q must be in \(0, 1\], got 1.5"),
         (lambda t, p: M.recovery(t, p, reference="best"), "unknown reference 'best'"),

@@ -21,8 +21,8 @@ from typing import Any
 
 from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..optim.registry import spec as optimizer_spec
+from ..runspec import freeze_labels
 from ..scenario import Scenario, label_flip_tasks
-from .spec import freeze_labels
 
 
 class Axis(dict):
