@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ShiftsimError, SpecTypeError
+from .errors import ShiftsimError, SpecTypeError, check_range
 from .models import ModelSpec
 from .optim.registry import OptimizerSpec
 from .optim.registry import spec as optimizer_spec
@@ -180,12 +180,7 @@ class RunSpec:
         if not isinstance(opt, OptimizerSpec):
             raise SpecTypeError(f"RunSpec.optimizer must be an OptimizerSpec (ss.optim.spec(...)) "
                                 f"or a registry name, got {opt!r}")
-        seed = self.seed
-        if isinstance(seed, np.integer):
-            seed = int(seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ShiftsimError(f"RunSpec.seed must be a non-negative integer, got {seed!r}")
-        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "seed", check_range(self.seed, "RunSpec.seed", 0, integer=True))
         object.__setattr__(self, "labels", freeze_labels(self.labels))
         self.payload  # noqa: B018 - fail now (not in a worker) when a part cannot be serialised
 

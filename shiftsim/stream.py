@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .errors import ShiftsimError
+from .errors import ShiftsimError, check_range
 from .runtime import resolve_device
 from .scenario import Scenario
 from .seeds import derive_seed
@@ -187,10 +187,8 @@ class Stream:
                  device: str | torch.device = "auto") -> None:
         if not isinstance(scenario, Scenario):
             raise ShiftsimError(f"Stream needs a Scenario, got {type(scenario).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
         self.scenario = scenario
-        self.seed = seed
+        self.seed = check_range(seed, "seed", 0, integer=True)
         self.device = resolve_device(device)
         self.data = scenario.data.to(self.device)
         self.y_train_cpu = scenario.data.y_train.cpu()

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ShiftsimError, SpecTypeError
+from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..runspec import RunSpec, canonical_json
 from ..runtime import torch_threads
 from .signals import ignore_sigint, sigint_ignored
@@ -276,10 +276,8 @@ class LocalPool:
 
     def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
                  retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ShiftsimError(f"prefetch must be a positive integer, got {prefetch!r}")
+        workers = check_range(workers, "workers", 1, integer=True)
+        prefetch = check_range(prefetch, "prefetch", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
         self.retries, self.start_timeout, self.prefetch = retries, start_timeout, prefetch
         self._slots: list[_Slot] = []

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import ShiftsimError
+from ..errors import ShiftsimError, check_range
 from ..runspec import RunSpec, canonical_json
 from ..runtime import torch_threads
 from .executors import (
@@ -109,11 +109,8 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
     from ..fleet import fleet_memory_bytes, stacked_program
     from ..runtime import resolve_device
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
-    if max_members is not None and (isinstance(max_members, bool) or not isinstance(
-            max_members, int) or max_members < 1):
-        raise ShiftsimError(f"max_members must be a positive integer, got {max_members!r}")
+    workers = check_range(workers, "workers", 1, integer=True)
+    max_members = check_range(max_members, "max_members", 1, integer=True, optional=True)
     if not (isinstance(memory_fraction, (int, float)) and 0 < memory_fraction <= 1):
         raise ShiftsimError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
     dev = resolve_device(device)
@@ -232,8 +229,7 @@ class FleetExecutor:
     def __init__(self, workers: int = 1, device: str = "auto", threads: int | None = 1,
                  max_members: int | None = None, memory_fraction: float = MEMORY_FRACTION,
                  check_every: int = 64, compile: bool = False, retries: int = 1) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
+        workers = check_range(workers, "workers", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
         self.max_members, self.memory_fraction = max_members, memory_fraction
         self.check_every, self.compile, self.retries = check_every, compile, retries

@@ -8,7 +8,7 @@ its evaluation runs. The grid runs nothing; :class:`shiftsim.study.Study` adds `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import ShiftsimError, SpecTypeError
@@ -17,6 +17,7 @@ from ..optim.registry import OptimizerSpec
 from ..optim.registry import spec as optimizer_spec
 from ..runspec import HASH_FORMAT, RunSpec
 from ..scenario import Scenario
+from .axes import seed_list
 from .tuning import Tuning
 from .tuning import points as tuning_points
 
@@ -75,29 +76,6 @@ def _optimizer(v: Any) -> Any:
     return optimizer_spec(v) if isinstance(v, str) else v
 
 
-def _seeds(seeds: Any) -> list[int]:
-    if isinstance(seeds, bool):
-        raise SpecTypeError(f"seeds must be a count or a list of seeds, got {seeds!r}")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ShiftsimError(f"seeds must be a positive count or a list of seeds, got {seeds}")
-        return list(range(seeds))
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
-        raise SpecTypeError(f"seeds must be a count or a list of seeds, got {seeds!r}")
-    out = []
-    for s in seeds:
-        if hasattr(s, "item") and not isinstance(s, (bool, int)):
-            s = s.item()
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ShiftsimError(f"seeds must be non-negative integers, got {s!r}")
-        if s in out:
-            raise ShiftsimError(f"seed {s} is listed twice")
-        out.append(int(s))
-    if not out:
-        raise ShiftsimError("seeds is empty; a study needs at least one seed")
-    return out
-
-
 
 class StudyGrid:
     """A study's runs: every combination of scenarios, models, optimizers and seeds.
@@ -140,7 +118,7 @@ class StudyGrid:
         self.models, self._model_labels = _axis(model, "models", ModelSpec, lambda m: m.label)
         self.optimizers, self._optimizer_labels = _axis(
             optimizers, "optimizers", OptimizerSpec, lambda o: o.label, coerce=_optimizer)
-        self.seeds = _seeds(seeds)
+        self.seeds = seed_list(seeds)
         if tuning is not None and not isinstance(tuning, Tuning):
             raise SpecTypeError(f"tuning must be a shiftsim Tuning(...) or None, got {tuning!r}")
         self.tuning = tuning
