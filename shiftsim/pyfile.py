@@ -9,14 +9,20 @@ Its own folder is first on ``sys.path`` while it runs, so a file in ``scenarios/
 >>> import pathlib, tempfile
 >>> with tempfile.TemporaryDirectory() as d:
 ...     _ = (pathlib.Path(d) / "helper.py").write_text("RATE = 0.5\\n")
-...     _ = (pathlib.Path(d) / "study.py").write_text("import helper\\nrate = helper.RATE\\n")
-...     load_python_file(pathlib.Path(d) / "study.py", "rate")["rate"]
-0.5
+...     _ = (pathlib.Path(d) / "study.py").write_text(
+...         "'''A study.\\n\\nMore.'''\\nimport helper\\nrate = helper.RATE\\n")
+...     path = pathlib.Path(d) / "study.py"
+...     load_python_file(path, "rate")["rate"], summary_line(path)
+(0.5, 'A study.')
+
+:func:`summary_line` reads what a file says about itself without running it.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import runpy
 import sys
 import traceback
@@ -25,7 +31,7 @@ from typing import Any
 
 from .errors import ShiftsimError
 
-__all__ = ["load_python_file"]
+__all__ = ["load_python_file", "summary_line"]
 
 
 def load_python_file(path: str | os.PathLike, name: str) -> dict[str, Any]:
@@ -71,3 +77,23 @@ def _remove_first(paths: list[str], entry: str) -> None:
         del paths[0]
     elif entry in paths:
         paths.remove(entry)
+
+
+#: the end of a sentence: . ? or ! before a space and a capital letter, or at the end
+_SENTENCE_END = re.compile(r"[.?!](?=\s+[A-Z(]|$)")
+
+
+def summary_line(path: str | os.PathLike) -> str:
+    """The summary of a Python file on one line: the first sentence of its module docstring
+    (its first paragraph joined, cut after the first full stop that ends a sentence), or ""
+    when it has no docstring or cannot be parsed. The file is parsed, not run.
+    """
+    try:
+        doc = ast.get_docstring(ast.parse(Path(path).read_text(encoding="utf-8")))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    if not doc:
+        return ""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph[:end.end()] if end else paragraph
