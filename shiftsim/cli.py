@@ -10,32 +10,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ShiftsimError
+from .errors import ShiftsimError, check_range
 from .pyfile import load_python_file, summary_line
 
 EXIT_USAGE = 2
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _integer(low: int) -> Callable[[str], int]:
+    """An argparse type: the text as an integer >= ``low`` (checked by ``check_range``), or a
+    usage error saying what is allowed (``expected a positive integer, got '0'``)."""
+    def parse(text: str) -> int:
+        try:
+            return check_range(int(text), "value", low, integer=True)
+        except (ValueError, ShiftsimError):
+            what = "a positive integer" if low == 1 else "a non-negative integer"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+_positive_int = _integer(1)
+_seed = _integer(0)
 
 
 def _float(text: str) -> float:
