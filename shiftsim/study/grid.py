@@ -173,23 +173,10 @@ class StudyGrid:
                 specs += self.evaluation_grid()
             return _unique(specs)
         if self._grid is None:
-            specs: list[RunSpec] = []
-            seen: dict[str, RunSpec] = {}
-            for s_key, sc in self.scenarios.items():
-                for m_key, m in self.models.items():
-                    for o_key, o in self.optimizers.items():
-                        for seed in self.seeds:
-                            spec = RunSpec(sc, m, o, seed, self._labels(s_key, m_key, o_key,
-                                                                        seed))
-                            if spec.run_id in seen:
-                                a, b = seen[spec.run_id].label_dict, spec.label_dict
-                                diff = {k: (a.get(k), b.get(k)) for k in a if a.get(k) != b.get(k)}
-                                raise ShiftsimError(f"two grid points are the same run "
-                                                    f"(identical specs, labels differ: {diff}); "
-                                                    "remove one of the duplicate axis entries")
-                            seen[spec.run_id] = spec
-                            specs.append(spec)
-            self._grid = specs
+            self._grid = _unique([
+                RunSpec(sc, m, o, seed, self._labels(s_key, m_key, o_key, seed))
+                for s_key, sc in self.scenarios.items() for m_key, m in self.models.items()
+                for o_key, o in self.optimizers.items() for seed in self.seeds])
         return list(self._grid)
 
     def tuning_grid(self) -> list[RunSpec]:
@@ -294,13 +281,14 @@ class StudyGrid:
 
 
 def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    """``specs``, after checking that no two are the same run (labels aside)."""
     seen: dict[str, RunSpec] = {}
     for spec in specs:
         if spec.run_id in seen:
             a, b = seen[spec.run_id].label_dict, spec.label_dict
             diff = {k: (a.get(k), b.get(k)) for k in a if a.get(k) != b.get(k)}
             raise ShiftsimError(f"two grid points are the same run (identical specs, labels "
-                                f"differ: {diff}); remove one of the duplicate entries")
+                                f"differ: {diff}); remove one of the duplicate axis entries")
         seen[spec.run_id] = spec
     return specs
 
