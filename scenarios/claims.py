@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from shiftsim import metrics, store
-from shiftsim.report import tables
+from shiftsim.report import frames
 from shiftsim.report.statistics import ALPHA, METRICS, paired
-from shiftsim.study import selection
+from shiftsim.report.view import StudyView, view
+from shiftsim.store import tuning_file
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ def _by_seed(rows: pd.DataFrame, col: str) -> pd.Series:
     return s[~s.index.duplicated()]
 
 
-def tests(claim: Claim, v: tables.StudyView) -> list[dict]:
+def tests(claim: Claim, v: StudyView) -> list[dict]:
     """One paired comparison per setting of the study (not Holm-adjusted yet)."""
     out = []
-    values = v.values if v.values is not None else tables.run_values(v)
+    values = v.values if v.values is not None else frames.run_values(v)
     for s in v.scenarios:
         if v.no_signal.get(s) or (claim.metric != "online_acc" and not v.shifted.get(s)):
             continue
@@ -106,8 +107,8 @@ def tests(claim: Claim, v: tables.StudyView) -> list[dict]:
 
 
 def tolerance_tests(claim: Claim, results_dir: Path) -> list[dict]:
-    body = selection.read(results_dir)
-    diffs = selection.tolerance_differences(body, claim.b)
+    body = tuning_file.read(results_dir)
+    diffs = tuning_file.tolerance_differences(body, claim.b)
     out = []
     for r in diffs[diffs["optimizer"] == claim.a].itertuples():
         verdict = ("supported" if r.low > 0 else "contradicted" if r.high < 0
@@ -216,7 +217,7 @@ def main() -> None:
     ap.add_argument("--out", default="reports/README.md")
     args = ap.parse_args()
     rows = []
-    views: dict[str, tables.StudyView] = {}
+    views: dict[str, StudyView] = {}
     for c in CLAIMS:
         folder = Path(args.results) / c.study
         if not (folder / "study.json").is_file():
@@ -231,8 +232,8 @@ def main() -> None:
             if not (res.runs["stage"] == "eval").any() or not res.complete:
                 print(f"{c.study}: not complete yet, left out")
                 continue
-            views[c.study] = tables.view(res)
-            views[c.study].values = tables.run_values(views[c.study])
+            views[c.study] = view(res)
+            views[c.study].values = frames.run_values(views[c.study])
         rows += tests(c, views[c.study])
     df = verdicts(pd.DataFrame(rows)) if rows else pd.DataFrame(columns=["claim"])
     write(df, Path(args.out), 10)

@@ -51,7 +51,7 @@ _LAZY = {
     "engine": ("shiftsim.engine", None),
     "Study": ("shiftsim.study", "Study"),
     "Tuning": ("shiftsim.study", "Tuning"),
-    "RunSpec": ("shiftsim.study", "RunSpec"),
+    "RunSpec": ("shiftsim.runspec", "RunSpec"),
     "study": ("shiftsim.study", None),
     "store": ("shiftsim.store", None),
     "load": ("shiftsim.store", "load"),

@@ -1,5 +1,7 @@
 """The command line: ``shiftsim run | study | report | list | demo``.
 
+``shiftsim list scenarios`` lists a scenario library (:func:`scenarios_folder` says which).
+
 Errors a user can cause are printed on one line (``error: ...``) with no traceback, and the exit
 status is 2; nothing is written when the input is bad.
 """
@@ -7,66 +9,31 @@ status is 2; nothing is written when the input is bad.
 from __future__ import annotations
 
 import argparse
-import os
-import runpy
 import sys
-import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .errors import ShiftsimError
+from .errors import ShiftsimError, check_range
+from .pyfile import load_python_file, summary_line
 
 EXIT_USAGE = 2
 
 
-def load_python_file(path: str | os.PathLike, name: str, optional: tuple[str, ...] = ()
-                     ) -> dict[str, Any]:
-    """Execute a scenario/study file and return its globals; it must define ``name``.
+def _integer(low: int) -> Callable[[str], int]:
+    """An argparse type: the text as an integer >= ``low`` (checked by ``check_range``), or a
+    usage error saying what is allowed (``expected a positive integer, got '0'``)."""
+    def parse(text: str) -> int:
+        try:
+            return check_range(int(text), "value", low, integer=True)
+        except (ValueError, ShiftsimError):
+            what = "a positive integer" if low == 1 else "a non-negative integer"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
-    The file runs with ``__name__ == "__shiftsim__"``, so an ``if __name__ == "__main__":``
-    block in it does not run.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ShiftsimError(f"file not found: {str(p)!r}")
-    if p.suffix != ".py":
-        raise ShiftsimError(f"{str(p)!r} is not a Python file (.py)")
-    try:
-        namespace = runpy.run_path(str(p), run_name="__shiftsim__")
-    except ShiftsimError as exc:
-        raise ShiftsimError(f"{p.name}: {exc}") from exc
-    except SyntaxError as exc:
-        raise ShiftsimError(f"{p.name}: syntax error at line {exc.lineno}: {exc.msg}") from exc
-    except Exception as exc:  # the user's file raised: report where, in one line
-        line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
-                     if Path(f.filename).resolve() == p.resolve()), None)
-        where = f" at line {line}" if line else ""
-        raise ShiftsimError(f"{p.name}{where} raised {type(exc).__name__}: {exc}") from exc
-    if name not in namespace:
-        defined = sorted(k for k in namespace if not k.startswith("_"))[:10]
-        raise ShiftsimError(f"{p.name} defines no {name!r}; it must define {name} = ... "
-                            f"(found: {', '.join(defined) or 'nothing'})")
-    return namespace
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+_positive_int = _integer(1)
+_seed = _integer(0)
 
 
 def _float(text: str) -> float:
@@ -122,6 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.dir is not None and args.what != "scenarios":
+        raise ShiftsimError(f"--dir applies to 'shiftsim list scenarios', not to {args.what}")
     if args.what == "optimizers":
         from .optim import REGISTRY
 
@@ -151,12 +120,51 @@ def cmd_list(args: argparse.Namespace) -> int:
               "layout)")
         print("from_dataset   any torchvision-style dataset (len, ds[i] -> (image, label))")
         print("from_tensors / from_numpy   your own arrays (labels: indices or names)")
+    elif args.what == "scenarios":
+        _list_scenarios(args.dir)
     else:  # models
         print("mlp     multi-layer perceptron (hidden=(256, 256), norm=None|'layer'|'group')")
         print("cnn     conv-pool blocks + MLP head, for images")
         print("resnet  small ResNet with GroupNorm, for images (GPU)")
         print("linear  multinomial logistic regression")
     return 0
+
+
+#: the scenario library of a shiftsim checkout: the folder beside the package
+LIBRARY = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def scenarios_folder(folder: str | None = None) -> Path:
+    """The folder ``shiftsim list scenarios`` lists: ``folder`` when given, else
+    ``./scenarios`` when the current folder has one (your own library, or the checkout's when
+    you work in it), else the ``scenarios/`` folder of the checkout this package runs from."""
+    if folder is not None:
+        p = Path(folder)
+        if not p.is_dir():
+            raise ShiftsimError(f"--dir {folder!r} is not a folder")
+        return p
+    here = Path("scenarios")
+    if here.is_dir():
+        return here
+    if LIBRARY.is_dir():
+        return LIBRARY
+    raise ShiftsimError("no scenarios folder: none in the current folder and none beside the "
+                        "shiftsim package (an installed package has none); pass --dir DIR")
+
+
+def _list_scenarios(folder: str | None) -> None:
+    """One line per ``*.py`` file of the scenarios folder: its path and the first sentence of
+    its docstring."""
+    root = scenarios_folder(folder)
+    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+    if not files:
+        raise ShiftsimError(f"{str(root)!r} holds no scenario files (*.py)")
+    cwd = Path.cwd()
+    shown = [str(p.relative_to(cwd)) if p.is_absolute() and p.is_relative_to(cwd) else str(p)
+             for p in files]
+    width = max(len(s) for s in shown)
+    for name, path in zip(shown, files):
+        print(f"{name:<{width}}  {summary_line(path) or '(no docstring)'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -233,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--baseline", help="optimizer to compare the others against")
     rep.set_defaults(func=cmd_report)
 
-    ls = sub.add_parser("list", help="list optimizers, shifts, datasets or models")
-    ls.add_argument("what", choices=("optimizers", "shifts", "datasets", "models"))
+    ls = sub.add_parser("list", help="list optimizers, shifts, datasets, models or scenarios")
+    ls.add_argument("what", choices=("optimizers", "shifts", "datasets", "models", "scenarios"))
+    ls.add_argument("--dir", help="scenarios: the folder to list (default: ./scenarios, else "
+                                  "the scenarios/ folder of the shiftsim checkout)")
     ls.set_defaults(func=cmd_list)
 
     d = sub.add_parser("demo", help="the quickstart: a few optimizers on digits, a table, a plot")

@@ -1,8 +1,9 @@
 """``shiftsim demo`` / ``make demo``: the quickstart scenario with a few optimizers.
 
-Runs ``scenarios/quickstart.py`` (embedded copy when the repo folder is absent) for each
-optimizer and seed, prints the per-phase summary table, writes a recovery-curve PNG, stores the
-runs (``OUT/results``) and writes their comparative report (``OUT/report/index.html``).
+Runs the quickstart (:mod:`shiftsim.quickstart`, which ``scenarios/quickstart.py``
+re-exports) for each of its optimizers and seeds, prints the per-phase summary table, writes a
+recovery-curve PNG, stores the runs (``OUT/results``) and writes their comparative report
+(``OUT/report/index.html``).
 """
 
 from __future__ import annotations
@@ -15,26 +16,6 @@ import pandas as pd
 
 from .errors import ShiftsimError
 from .scenario import Gradual, Phase
-
-QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.py"
-
-
-def _quickstart() -> dict:
-    if QUICKSTART.is_file():
-        from .cli import load_python_file
-
-        return load_python_file(QUICKSTART, "scenario")
-    import shiftsim as ss  # installed without the repo: the same scenario, built here
-
-    data = ss.data.digits()
-    scenario = ss.Scenario(data, [
-        ss.Phase(400, name="clean"),
-        ss.Phase(400, [ss.LabelFlip(1.0, mode="permute")], name="labels permuted"),
-        ss.Phase(400, [ss.Rotate(45), ss.GaussianNoise(severity=3)],
-                 transition=ss.Gradual(100), name="rotated + noisy")],
-        batch_size=32, eval_every=100, name="quickstart")
-    return {"scenario": scenario, "model": ss.models.mlp(hidden=(128, 128)),
-            "optimizers": {n: ss.optim.spec(n) for n in ("sgdm", "adam", "tam")}}
 
 
 def shorten(phase: Phase, factor: int) -> Phase:
@@ -49,11 +30,10 @@ def shorten(phase: Phase, factor: int) -> Phase:
 def run_demo(out: Path, quick: bool = False, seeds: int = 2) -> int:
     from . import engine
     from .plots import recovery_curves
+    from .quickstart import model, optimizers, scenario
 
     if out.exists() and not out.is_dir():
         raise ShiftsimError(f"--out {str(out)!r} exists and is not a folder")
-    ns = _quickstart()
-    scenario, model, optimizers = ns["scenario"], ns["model"], ns["optimizers"]
     if quick:  # a fifth of the steps, ramps included: for tests
         scenario = scenario.replace(phases=[shorten(p, 5) for p in scenario.phases])
         seeds = 1
@@ -132,7 +112,7 @@ def _write_report(out: Path, scenario, model, finished: list) -> None:
 
     from . import store
     from .report import describe, report
-    from .study import RunSpec
+    from .runspec import RunSpec
 
     t0 = time.perf_counter()
     results = out / "results"

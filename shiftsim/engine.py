@@ -20,18 +20,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .checks import check_model_fits
-from .errors import ShiftsimError, SpecTypeError
+from .errors import ShiftsimError, SpecTypeError, check_range
 from .fleet import StackedLearner, stacked_program
 from .learner import Learner, TorchLearner
 from .loop import Members, OneLearner, run_members
 from .models import ModelSpec
 from .optim import spec
 from .result import RunResult
+from .runtime import torch_threads
 from .scenario import Scenario
 
 __all__ = ["RunResult", "run"]
@@ -92,21 +92,15 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
             (about 1e-7 relative in the loss), and the difference can grow over steps.
     """
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ShiftsimError(f"threads must be a positive integer or None, got {threads!r}")
-        from .study.spec import torch_threads
-
+        threads = check_range(threads, "threads", 1, integer=True, optional=True)
         with torch_threads(threads):
             return run(scenario, model, optimizer, seed, device, progress=progress,
                        check_every=check_every, vectorized=vectorized)
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
         raise SpecTypeError(f"run() needs a Scenario, got {type(scenario).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
+    seed = check_range(seed, "seed", 0, integer=True)
+    check_every = check_range(check_every, "check_every", 1, integer=True)
     if vectorized not in (None, True, False):
         raise SpecTypeError(f"vectorized must be None, True or False, got {vectorized!r}")
     check_model_fits(model, scenario.data)  # before any work: one line naming both shapes

@@ -18,7 +18,7 @@ from .data import Dataset
 from .errors import ShiftsimError, SpecTypeError
 from .models import ModelSpec
 from .optim import OptimizerSpec, spec
-from .stream import derive_seed
+from .seeds import derive_seed
 
 #: module types whose output depends on train/eval mode
 _MODE_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,

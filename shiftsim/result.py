@@ -6,12 +6,28 @@ member) and what the store writes; its metrics come from :mod:`shiftsim.metrics`
 
 from __future__ import annotations
 
+import traceback as tb
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from . import metrics
+
+__all__ = ["Measurement", "RunResult"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A finished run's metrics and its status (:meth:`RunResult.measure`): ``ok`` or
+    ``diverged`` with the per-phase ``summary`` and the ``scores``; ``failed`` when computing
+    them raised (``error``: one line, ``traceback``), so a run is never stored half-measured."""
+
+    status: str
+    summary: pd.DataFrame | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
 
 
 @dataclass
@@ -52,17 +68,21 @@ class RunResult:
 
     def scores(self) -> dict[str, float]:
         """Stream-level numbers: online accuracy (presented and original labels), ACC, BWT,
-        forgetting and average anytime accuracy."""
-        r = self.accuracy_matrix
-        return {
-            "online_acc": metrics.online_accuracy(self.trace),
-            "online_acc_true": metrics.online_accuracy(self.trace, labels="true"),
-            "acc": metrics.average_accuracy(r),
-            "bwt": metrics.backward_transfer(r),
-            "forgetting": metrics.forgetting(r),
-            "anytime_acc": metrics.anytime_accuracy(self.evals, self.phases),
-            "steps_run": float(len(self.trace)),
-        }
+        forgetting, average anytime accuracy and the steps run
+        (:func:`shiftsim.metrics.run_scores`)."""
+        return metrics.run_scores(self.trace, self.phases, self.evals)
+
+    def measure(self) -> Measurement:
+        """The run's metrics and the status they give it (what the store records): ``ok`` or
+        ``diverged`` with :meth:`summary` and :meth:`scores`, or ``failed`` when computing them
+        raised, with the error on one line and its traceback."""
+        try:
+            summary = self.summary()
+            scores = self.scores()
+        except Exception as exc:
+            return Measurement("failed", error=f"computing the metrics failed: "
+                               f"{type(exc).__name__}: {exc}", traceback=tb.format_exc())
+        return Measurement("diverged" if self.diverged else "ok", summary, scores)
 
     def plot(self, **options: Any) -> Any:
         """The run at a glance, as a matplotlib Figure: online accuracy over the stream, phases

@@ -22,7 +22,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,40 +29,11 @@ from typing import Any
 
 import torch
 
-from .errors import ShiftsimError
+from .errors import ShiftsimError, check_range
+from .runtime import resolve_device
 from .scenario import Scenario
+from .seeds import derive_seed
 from .shifts import ClassPrior, LabelFlip, Shift
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; anything else is checked and returned.
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ShiftsimError(f"unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', "
-                            "'cuda:N', 'mps'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ShiftsimError(f"device {device!r} asked for, but CUDA is not available here; "
-                            "use device='auto' or 'cpu'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ShiftsimError(f"device {device!r} asked for, but MPS is not available here")
-    return dev
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed derived from ``parts``, stable across processes and Python versions.
-
-    >>> derive_seed(0, "order", 1) == derive_seed(0, "order", 1) != derive_seed(1, "order", 1)
-    True
-    """
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
 def _generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -217,10 +187,8 @@ class Stream:
                  device: str | torch.device = "auto") -> None:
         if not isinstance(scenario, Scenario):
             raise ShiftsimError(f"Stream needs a Scenario, got {type(scenario).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
         self.scenario = scenario
-        self.seed = seed
+        self.seed = check_range(seed, "seed", 0, integer=True)
         self.device = resolve_device(device)
         self.data = scenario.data.to(self.device)
         self.y_train_cpu = scenario.data.y_train.cpu()

@@ -14,7 +14,7 @@ from scipy import stats
 
 import shiftsim as ss
 from shiftsim import store
-from shiftsim.report import tables
+from shiftsim.report.view import view
 from shiftsim.study import Study, Tuning, flip_rates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def results(tmp_path_factory):
 def test_paired_tests_per_setting_and_one_holm_family(results):
     c = _claims()
     claim = c.Claim("t", "TAM beats SGDM", "paper", "claims-test", "tam", "sgdm", "online_acc")
-    v = tables.view(store.load(results))
+    v = view(store.load(results))
     rows = c.tests(claim, v)
     assert len(rows) == 1 and rows[0]["n"] == 5
     runs = store.load(results).runs
@@ -88,7 +88,7 @@ def test_tolerance_claims_come_from_paired_bootstrap_intervals(results):
 def test_the_index_is_written(results, tmp_path):
     c = _claims()
     claim = c.Claim("t", "TAM beats SGDM", "paper", "claims-test", "tam", "sgdm", "online_acc")
-    v = tables.view(store.load(results))
+    v = view(store.load(results))
     df = c.verdicts(pd.DataFrame(c.tests(claim, v)))
     c.CLAIMS = [claim]
     c.write(df, tmp_path / "README.md", 5)

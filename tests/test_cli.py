@@ -121,3 +121,94 @@ def test_run_out_help_says_where_the_run_is_written(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(f"wrote {folder}")
     assert sorted(p.name for p in folder.iterdir()) == ["evals.parquet", "spec.json",
                                                          "summary.json", "trace.parquet"]
+
+
+# -- scenario libraries: files that import their neighbours, and `shiftsim list scenarios` --
+
+NEIGHBOUR = '''"""Helpers a study file imports from beside it."""
+import shiftsim as ss
+
+
+def tiny(rate):
+    syn = ss.data.synthetic(n=200, dim=5, classes=3)
+    return ss.label_flip_tasks(syn, rate=rate, tasks=2, steps_per_task=10, name=f"tiny {rate}")
+'''
+
+STUDY_OF_NEIGHBOURS = '''"""A study built from the helpers beside it."""
+import shiftsim as ss
+from shiftsim.study import Study
+
+import tiny_library
+
+study = Study("neighbours", [tiny_library.tiny(0.5)], model=ss.models.mlp(hidden=(8,)),
+              optimizers=["sgdm"], seeds=1)
+'''
+
+
+def test_a_study_file_imports_modules_beside_it(tmp_path, capsys):
+    import sys
+
+    lib = tmp_path / "library"
+    lib.mkdir()
+    (lib / "tiny_library.py").write_text(NEIGHBOUR)
+    (lib / "neighbours.py").write_text(STUDY_OF_NEIGHBOURS)
+    before = list(sys.path)
+    try:
+        assert cli.main(["study", str(lib / "neighbours.py"), "--out", str(tmp_path / "out"),
+                         "--workers", "1", "--quiet"]) == 0
+        assert sys.path == before  # the file's folder was on sys.path only while it ran
+    finally:
+        sys.modules.pop("tiny_library", None)
+    assert "neighbours: 1/1 runs complete" in capsys.readouterr().out
+
+
+def test_load_python_file_restores_sys_path_when_the_file_raises(tmp_path):
+    import sys
+
+    from shiftsim.pyfile import load_python_file
+
+    f = tmp_path / "broken.py"
+    f.write_text(f"import sys\nassert sys.path[0] == {str(tmp_path.resolve())!r}\n"
+                 "raise RuntimeError('no')\n")
+    before = list(sys.path)
+    with pytest.raises(cli.ShiftsimError, match=r"^broken.py at line 3 raised RuntimeError: no$"):
+        load_python_file(f, "scenario")
+    assert sys.path == before
+
+
+def test_list_scenarios_names_every_file_of_the_library_with_its_summary(capsys, monkeypatch):
+    root = cli.LIBRARY
+    monkeypatch.chdir(root.parent)  # the checkout: ./scenarios is the library
+    assert cli.main(["list", "scenarios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    files = sorted(root.glob("*.py"))
+    assert len(lines) == len(files) > 5
+    for line, f in zip(lines, files):
+        assert line.startswith(f"scenarios/{f.name} ")
+    quick = next(line for line in lines if line.startswith("scenarios/quickstart.py "))
+    assert quick.split(maxsplit=1)[1] == (
+        "Quickstart scenario: digits, a clean warm-up, a full label permutation, then a "
+        "gradual drift to rotated, noisy digits with the original labels back.")
+
+
+def test_list_scenarios_prefers_the_current_folders_library(tmp_path, capsys, monkeypatch):
+    lib = tmp_path / "scenarios"
+    lib.mkdir()
+    (lib / "mine.py").write_text('"""My shift. It has two sentences."""\n')
+    (lib / "bare.py").write_text("x = 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["list", "scenarios"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["scenarios/bare.py  (no docstring)",
+                                                    "scenarios/mine.py  My shift."]
+    assert cli.main(["list", "scenarios", "--dir", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == f"error: --dir {str(tmp_path / 'none')!r} is not a folder\n"
+
+
+def test_the_demo_runs_the_scenario_file_it_names():
+    import runpy
+
+    from shiftsim import quickstart
+
+    ns = runpy.run_path(str(cli.LIBRARY / "quickstart.py"))
+    assert ns["scenario"] is quickstart.scenario and ns["optimizers"] is quickstart.optimizers
+    assert list(quickstart.optimizers) == ["sgdm", "adam", "tam", "adamem_sgd", "momo"]

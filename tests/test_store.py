@@ -33,7 +33,7 @@ def result(spec):
 
 
 def tmp_files(root):
-    return [p for p in root.rglob("*") if store._TMP_MARK in p.name]
+    return [p for p in root.rglob("*") if store.TMP_MARK in p.name]
 
 
 def test_write_result_round_trip(tmp_path, spec, result):

@@ -537,7 +537,7 @@ def test_sigkill_loses_at_most_the_runs_in_flight(tmp_path, kill_file):
     assert rep.ok and (rep.skipped, rep.done) == (len(second), n - len(second))
     final = _summaries(out)
     assert len(final) == n and {r: final[r] for r in second} == second
-    assert not [p for p in out.rglob("*") if store._TMP_MARK in p.name]
+    assert not [p for p in out.rglob("*") if store.TMP_MARK in p.name]
     # every file loads, and the results equal, bit for bit, those of uninterrupted runs: in
     # fleets for the runs written by the first attempt, one learner per run for the others
     res = store.load(out)
@@ -566,7 +566,7 @@ def test_ctrl_c_stops_cleanly_leaving_only_complete_runs(tmp_path, kill_file, ho
     assert "Traceback" not in text
     folders = [p for p in (out / "runs").iterdir()]
     assert folders and all((p / "summary.json").is_file() for p in folders)
-    assert not [p for p in out.rglob("*") if store._TMP_MARK in p.name]
+    assert not [p for p in out.rglob("*") if store.TMP_MARK in p.name]
     counts = store.load(out).counts()
     assert counts["ok"] == len(folders) and counts["incomplete"] == 0
     assert counts["pending"] == 18 - len(folders) > 0

@@ -67,7 +67,7 @@ def tuned_dir(tmp_path_factory, scenarios):
     ({"scope": "global"}, "unknown tuning scope 'global'; allowed: 'per_scenario', 'shared'"),
     ({"metric": "accuracy"}, "unknown tuning metric 'accuracy'"),
     ({"seeds": 0}, "positive count"),
-    ({"seeds": [1, 1]}, "tuning seed 1 is listed twice"),
+    ({"seeds": [1, 1]}, "Tuning seeds: seed 1 is listed twice"),
     ({"on": "x"}, "names the tuning scenario of scope='shared'"),
     ({"extend": -1}, "extend must be True, False or a number"),
 ])

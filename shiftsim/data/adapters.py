@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import ShiftsimError, SpecTypeError, check_range
+from .arrays import from_tensors
 from .dataset import Dataset
 
 #: file name endings :func:`image_folder` reads (those torchvision's ImageFolder reads)
@@ -204,8 +205,6 @@ def from_dataset(train: Any, test: Any = None, *, classes: Sequence[str] | None 
     names = classes if classes is not None else (getattr(train, "classes", None) or None)
     if names is not None:
         names = [str(c) for c in names]
-    from .loaders import from_tensors
-
     return from_tensors(xtr, _labels_array(ytr), xte, yte, classes=names,
                         name=name or type(train).__name__, kind="image",
                         test_fraction=test_fraction, seed=seed)

@@ -38,12 +38,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..checks import check_model_fits
-from ..errors import ShiftsimError, SpecTypeError
+from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..learner import mode_sensitive
 from ..loop import run_members
 from ..models import ModelSpec
@@ -109,9 +108,7 @@ def _as_member(m: Any) -> tuple[OptimizerSpec, int]:
         raise SpecTypeError(f"a fleet member must be an (optimizer, seed) pair, got {m!r}")
     opt, seed = m
     opt = opt if isinstance(opt, OptimizerSpec) else spec(opt)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ShiftsimError(f"seed must be a non-negative integer, got {seed!r}")
-    return opt, int(seed)
+    return opt, check_range(seed, "seed", 0, integer=True)
 
 
 def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module],
@@ -150,8 +147,7 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or not members:
         raise ShiftsimError(f"run_fleet needs a non-empty list of (optimizer, seed) members, "
                             f"got {members!r}")
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ShiftsimError(f"check_every must be a positive integer, got {check_every!r}")
+    check_every = check_range(check_every, "check_every", 1, integer=True)
     check_model_fits(model, scenario.data)  # before any work: one line naming both shapes
     if not isinstance(compile, bool):
         raise SpecTypeError(f"compile must be True or False, got {compile!r}")

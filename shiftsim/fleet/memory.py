@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ShiftsimError
+from ..errors import check_range
 from ..learner import build_model
 from ..models import ModelSpec
 from ..scenario import Scenario
@@ -45,8 +45,7 @@ def fleet_memory_bytes(scenario: Scenario, model: ModelSpec | nn.Module | Callab
     >>> fleet_memory_bytes(sc, ss.models.mlp(hidden=(16,)), 100) // 2**20  # MiB
     48
     """
-    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-        raise ShiftsimError(f"members must be a positive integer, got {members!r}")
+    members = check_range(members, "members", 1, integer=True)
     data = scenario.data
     net = build_model(model, data.to("cpu"), 0)
     es = next(net.parameters()).element_size()

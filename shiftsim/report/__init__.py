@@ -46,10 +46,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ShiftsimError, SpecTypeError
+from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..store import check_out_dir
-from .document import Document, FigureFile, render_html, render_markdown
-from .tables import StudyView, Table, build, view
+from .document import Document, FigureFile, Table, render_html, render_markdown
+from .tables import build
+from .view import StudyView, view
 
 __all__ = ["report", "build_document", "REPORT_FILE", "Document"]
 
@@ -327,12 +328,10 @@ def report(study_dir: str | os.PathLike, out_dir: str | os.PathLike,
     out = _check_path(out_dir, "out_dir")
     if baseline is not None and not isinstance(baseline, str):
         raise SpecTypeError(f"baseline must be an optimizer label (a string), got {baseline!r}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ShiftsimError(f"window must be a positive number of steps, got {window!r}")
+    window = check_range(window, "window", 1, integer=True)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise ShiftsimError(f"level must be a number in (0, 1), e.g. 0.95, got {level!r}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or not 30 <= dpi <= 600:
-        raise ShiftsimError(f"dpi must be an integer in [30, 600], got {dpi!r}")
+    dpi = check_range(dpi, "dpi", 30, 600, integer=True)
     say = progress or (lambda _text: None)
     if not study.is_dir():
         raise ShiftsimError(f"study folder {str(study)!r} does not exist"

@@ -6,7 +6,6 @@ inline: it needs no network and no other file, opens on a laptop and prints (pri
 no navigation, figures and table rows kept whole). The Markdown links the PNG files.
 
 >>> import pandas as pd
->>> from shiftsim.report.tables import Table
 >>> t = Table("t", "A table", "Its caption.", pd.DataFrame({"x": [1]}),
 ...           pd.DataFrame({"optimizer": ["sgdm"], "online accuracy": ["0.8 [0.7, 0.9]"]}))
 >>> doc = Document("Report: demo", facts=[("runs", "2 ok")], findings=["**sgdm** wins."],
@@ -29,11 +28,23 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .tables import Table
-
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _INTERVAL = re.compile(r"^(?P<m>\S+) \[(?P<ci>[^\]]+)\](?P<rest>.*)$")
 _NUMERIC = re.compile(r"^([+−-]?(\d|∞)|—$|never$|undefined\*?$)")
+
+
+@dataclass
+class Table:
+    """One table of the report: numbers for CSV, formatted text for Markdown and HTML."""
+
+    name: str
+    title: str
+    caption: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from .tables import WITH_METRICS, StudyView
+from .view import WITH_METRICS, StudyView
 
 #: most facets / matrix rows a report draws (evenly spaced over the scenarios beyond that)
 MAX_FACETS = 8

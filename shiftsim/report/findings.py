@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import _format as fmt
 from .statistics import ALPHA, METRICS, MIN_SEEDS
-from .tables import StudyView
+from .view import StudyView
 
 #: most optimizer × scenario lines of significant differences (the rest: tables/comparison.csv)
 MAX_LISTED = 12
@@ -86,7 +86,7 @@ def _range(values: pd.Series) -> str:
 def _family_lines(v: StudyView) -> list[str]:
     if v.summary is None or v.summary.empty:
         return []
-    from ..plots import format_severity
+    from ..metrics.names import format_severity
 
     comp = v.comparison if v.comparison is not None else pd.DataFrame()
     fams: dict[str, list[str]] = {}

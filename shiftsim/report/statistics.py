@@ -42,13 +42,17 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class Metric:
-    """A per-run number the report compares: column, direction, label, digits, paired test."""
+    """A per-run number the report compares: its column, direction, digits and paired test;
+    its label comes from the metrics' one table (:mod:`shiftsim.metrics.names`)."""
 
     column: str
     higher_is_better: bool
-    label: str
     digits: int = 3
     test: str = "t"
+
+    @property
+    def label(self) -> str:
+        return metrics.label(self.column)
 
     @property
     def recovery(self) -> bool:
@@ -60,17 +64,16 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {m.column: m for m in (
-    Metric("online_acc", True, "online accuracy"),
-    Metric("online_acc_true", True, "online accuracy (original labels)"),
-    Metric("recovery_steps", False, "recovery time (steps)", 0, "wilcoxon"),
-    Metric("recovery_steps_true", False, "recovery time, original labels (steps)", 0,
-           "wilcoxon"),
-    Metric("deficit", False, "recovery deficit"),
-    Metric("deficit_true", False, "recovery deficit (original labels)"),
-    Metric("final_heldout", True, "final held-out accuracy"),
-    Metric("acc", True, "ACC"),
-    Metric("bwt", True, "BWT"),
-    Metric("forgetting", False, "forgetting"),
+    Metric("online_acc", True),
+    Metric("online_acc_true", True),
+    Metric("recovery_steps", False, 0, "wilcoxon"),
+    Metric("recovery_steps_true", False, 0, "wilcoxon"),
+    Metric("deficit", False),
+    Metric("deficit_true", False),
+    Metric("final_heldout", True),
+    Metric("acc", True),
+    Metric("bwt", True),
+    Metric("forgetting", False),
 )}
 
 

@@ -1,4 +1,5 @@
-"""Sweep axes: learning-rate grids per optimizer, severity axes (flip rates, any builder).
+"""Sweep axes: learning-rate grids per optimizer, severity axes (flip rates, any builder), and
+the seeds of a study or of its tuning (:func:`seed_list`).
 
 An axis is a dict label -> value (a Scenario, an OptimizerSpec, a ModelSpec) that can also carry
 extra labels per entry, e.g. the ``severity`` of each scenario; a :class:`~shiftsim.study.Study`
@@ -21,8 +22,8 @@ from typing import Any
 
 from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..optim.registry import spec as optimizer_spec
+from ..runspec import freeze_labels
 from ..scenario import Scenario, label_flip_tasks
-from .spec import freeze_labels
 
 
 class Axis(dict):
@@ -209,3 +210,27 @@ def views(scenarios: Mapping[str, Scenario] | Scenario | Sequence[Scenario]) -> 
         extra[rt] = {**labels.get(key, {}), "view": "real-time"}
     return Axis(items, extra)
 
+def seed_list(seeds: Any, what: str = "seeds", first: int = 0) -> list[int]:
+    """Seeds given as a count ``n`` (``first`` … ``first + n − 1``) or as a list of distinct
+    non-negative integers; ``what`` names them in errors.
+
+    >>> seed_list(3), seed_list([5, 1]), seed_list(2, "Tuning seeds", first=1_000_000)
+    ([0, 1, 2], [5, 1], [1000000, 1000001])
+    """
+    if isinstance(seeds, bool) or isinstance(seeds, (str, bytes)) or not (
+            isinstance(seeds, (int, Iterable)) or hasattr(seeds, "__index__")):
+        raise SpecTypeError(f"{what} must be a count or a list of seeds, got {seeds!r}")
+    if not isinstance(seeds, Iterable):
+        if int(seeds) < 1:
+            raise ShiftsimError(f"{what} must be a positive count or a list of seeds, got "
+                                f"{seeds}")
+        return [first + i for i in range(int(seeds))]
+    out: list[int] = []
+    for s in seeds:
+        s = check_range(s, what, 0, integer=True)
+        if s in out:
+            raise ShiftsimError(f"{what}: seed {s} is listed twice")
+        out.append(s)
+    if not out:
+        raise ShiftsimError(f"{what} is empty; give at least one seed")
+    return out

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import signal
 import socket
 import sys
 import threading
@@ -39,13 +38,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ShiftsimError
-from .spec import RunSpec, canonical_json, torch_threads
+from ..errors import ShiftsimError, SpecTypeError, check_range
+from ..runspec import RunSpec, canonical_json
+from ..runtime import torch_threads
+from .signals import ignore_sigint, sigint_ignored
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from ..engine import RunResult
+    from ..result import RunResult
     from ..scenario import Scenario
 
 log = logging.getLogger("shiftsim.study")
@@ -71,6 +72,19 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def execute(spec: RunSpec, device: str = "auto", threads: int | None = None) -> RunResult:
+    """Run one spec in this process: ``shiftsim.run(spec.scenario, spec.model, spec.optimizer,
+    seed=spec.seed, device=device)``, with torch's intra-op threads set to ``threads`` for the
+    run when given (studies use 1: the results are then bit-identical whichever backend or
+    worker count runs them, and tiny models run fastest single-threaded)."""
+    from ..engine import run
+
+    if not isinstance(spec, RunSpec):
+        raise SpecTypeError(f"execute() needs a RunSpec, got {type(spec).__name__}")
+    with torch_threads(threads):
+        return run(spec.scenario, spec.model, spec.optimizer, seed=spec.seed, device=device)
+
+
 def run_outcome(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
                 device: str = "auto", threads: int | None = None) -> Outcome:
     """Run one learner and package the result, its per-phase summary and scores; an exception
@@ -82,15 +96,15 @@ def run_outcome(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_i
     try:
         with torch_threads(threads):
             result = run(scenario, model, optimizer, seed=seed, device=device)
-            summary, scores, status, error, trace = store._summarize(result)
+            m = result.measure()
     except Exception as exc:
         error, trace = store.format_error(exc)
         return Outcome(run_id, "failed", error=error, traceback=trace,
                        wall_s=time.perf_counter() - t0, worker=_worker_name(), threads=threads)
     import torch
 
-    return Outcome(run_id, status, result if status != "failed" else None, summary, scores,
-                   error, trace, time.perf_counter() - t0, _worker_name(),
+    return Outcome(run_id, m.status, result if m.status != "failed" else None, m.summary,
+                   m.scores, m.error, m.traceback, time.perf_counter() - t0, _worker_name(),
                    threads if threads is not None else torch.get_num_threads())
 
 
@@ -208,7 +222,7 @@ def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads
 def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
            parent_pid: int) -> None:
     """Receive task tuples, send back Outcomes, until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    ignore_sigint()  # Ctrl-C is the driver's business
     _watch_parent(parent_pid)
     if threads is not None:
         import torch
@@ -262,21 +276,17 @@ class LocalPool:
 
     def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
                  retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ShiftsimError(f"prefetch must be a positive integer, got {prefetch!r}")
+        workers = check_range(workers, "workers", 1, integer=True)
+        prefetch = check_range(prefetch, "prefetch", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
         self.retries, self.start_timeout, self.prefetch = retries, start_timeout, prefetch
         self._slots: list[_Slot] = []
 
     def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
-        from .fleet_executor import _sigint_ignored  # a worker starts with Ctrl-C ignored
-
         here, there = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_worker_main, name="shiftsim-worker", daemon=True,
                            args=(there, table, self.device, self.threads, os.getpid()))
-        with _sigint_ignored():
+        with sigint_ignored():  # a worker starts with Ctrl-C ignored
             proc.start()
         there.close()
         slot = _Slot(proc, here, started=time.monotonic())

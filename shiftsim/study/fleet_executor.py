@@ -34,17 +34,17 @@ True
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import hashlib
 import math
 import multiprocessing as mp
 import os
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import ShiftsimError
+from ..errors import ShiftsimError, check_range
+from ..runspec import RunSpec, canonical_json
+from ..runtime import torch_threads
 from .executors import (
     GUARD_HINT,
     Outcome,
@@ -53,7 +53,7 @@ from .executors import (
     check_portable,
     run_outcome,
 )
-from .spec import RunSpec, canonical_json, torch_threads
+from .signals import ignore_sigint, sigint_ignored
 
 #: the most members of one fleet on the CPU (larger fleets gain little there) and on a GPU
 MAX_MEMBERS = {"cpu": 128, "cuda": 2048}
@@ -76,7 +76,7 @@ def _available_bytes(device: str) -> int:
     """Free memory on ``device``: CUDA's free memory, else the host's available RAM."""
     import torch
 
-    from ..stream import resolve_device
+    from ..runtime import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -110,13 +110,10 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
     are about two fleets per worker. A group of one run goes alone.
     """
     from ..fleet import fleet_memory_bytes, stacked_program
-    from ..stream import resolve_device
+    from ..runtime import resolve_device
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
-    if max_members is not None and (isinstance(max_members, bool) or not isinstance(
-            max_members, int) or max_members < 1):
-        raise ShiftsimError(f"max_members must be a positive integer, got {max_members!r}")
+    workers = check_range(workers, "workers", 1, integer=True)
+    max_members = check_range(max_members, "max_members", 1, integer=True, optional=True)
     if not (isinstance(memory_fraction, (int, float)) and 0 < memory_fraction <= 1):
         raise ShiftsimError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
     dev = resolve_device(device)
@@ -164,7 +161,6 @@ def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, A
     """Run ``members`` — ``(run_id, optimizer, seed)`` triples — as one fleet and package one
     Outcome per run, as :func:`~shiftsim.study.executors.run_outcome` does for one run. When
     the fleet raises, its runs are run one by one (so an error is recorded with its own run)."""
-    from .. import store
     from ..fleet import run_fleet
 
     t0 = time.perf_counter()
@@ -181,9 +177,9 @@ def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, A
     used = threads if threads is not None else torch.get_num_threads()
     out = []
     for (rid, _, _), result in zip(members, results):
-        summary, scores, status, error, trace = store._summarize(result)
-        out.append(Outcome(rid, status, result if status != "failed" else None, summary, scores,
-                           error, trace, wall, worker, used))
+        m = result.measure()
+        out.append(Outcome(rid, m.status, result if m.status != "failed" else None, m.summary,
+                           m.scores, m.error, m.traceback, wall, worker, used))
     return out
 
 
@@ -194,7 +190,7 @@ _SCENARIOS: dict[str, Any] = {}
 
 
 def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    ignore_sigint()  # Ctrl-C is the driver's business
     _watch_parent(parent_pid)  # exit when the driver dies
     _SCENARIOS.update(scenarios)
     if threads is not None:
@@ -217,22 +213,6 @@ def _task(kind: str, key: str, *args: Any) -> list[Outcome]:
     return _execute(kind, _SCENARIOS[key], *args)
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT while worker processes are started: a process started with SIGINT ignored
-    keeps ignoring it (Python leaves an inherited SIG_IGN alone), so a Ctrl-C that reaches a
-    worker still importing never prints its traceback. The driver handles Ctrl-C."""
-    try:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: no signals to manage here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
 class FleetExecutor:
     """Runs a study's specs as fleets (see the module docstring); an executor for
     :meth:`shiftsim.Study.run`, which uses it with ``fleet=True``.
@@ -252,8 +232,7 @@ class FleetExecutor:
     def __init__(self, workers: int = 1, device: str = "auto", threads: int | None = 1,
                  max_members: int | None = None, memory_fraction: float = MEMORY_FRACTION,
                  check_every: int = 64, compile: bool = False, retries: int = 1) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ShiftsimError(f"workers must be a positive integer, got {workers!r}")
+        workers = check_range(workers, "workers", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
         self.max_members, self.memory_fraction = max_members, memory_fraction
         self.check_every, self.compile, self.retries = check_every, compile, retries
@@ -303,13 +282,13 @@ class FleetExecutor:
             clean = False
             try:
                 try:  # a worker that dies while starting: most likely an unguarded script
-                    with _sigint_ignored():
+                    with sigint_ignored():
                         first = pool.submit(os.getpid)
                     first.result()
                 except cf.process.BrokenProcessPool:
                     raise ShiftsimError(f"a fleet worker process exited before it started; "
                                         f"{GUARD_HINT}") from None
-                with _sigint_ignored():  # submit() starts the workers: they inherit it
+                with sigint_ignored():  # submit() starts the workers: they inherit it
                     futures = {pool.submit(_task, *t, *opts): t for t in pending}
                 for fut in cf.as_completed(futures):
                     task = futures[fut]

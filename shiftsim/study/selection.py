@@ -3,8 +3,9 @@
 :func:`select_from_store` reads the tuning runs of a results folder, scores them with the
 study's :class:`~shiftsim.study.tuning.Tuning` metric and picks each optimizer's setting
 (:func:`shiftsim.study.tuning.select`); :func:`write` stores the choice (``tuning.json``, written
-atomically before any evaluation run starts) and :func:`table` turns it back into the one-row-per
-scenario × optimizer DataFrame that ``ss.store.load(...).tuning`` gives.
+atomically before any evaluation run starts, by :mod:`shiftsim.store.tuning_file`, which also
+reads it back: its :func:`~shiftsim.store.tuning_file.table` is the one-row-per scenario ×
+optimizer DataFrame that ``ss.store.load(...).tuning`` gives).
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import pandas as pd
 
 from .. import store
 from ..errors import ShiftsimError
+from ..store import tuning_file
 from .tuning import metric_name, metric_values, select, widen
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import Study
-
-TUNING_FILE = "tuning.json"
-TUNING_FORMAT = 1
+    from .grid import StudyGrid
 
 
 def _noise(phases: pd.DataFrame) -> dict[str, bool]:
@@ -53,7 +52,7 @@ def _chance(phases: pd.DataFrame, column: str) -> dict[str, float]:
     return (num / w.groupby(ph["scenario"]).sum()).to_dict()
 
 
-def select_from_store(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select_from_store(study: StudyGrid, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the study's tuning runs stored in ``out`` and choose (see :func:`select`)."""
     from .. import metrics
 
@@ -103,7 +102,7 @@ def select_from_store(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFra
     return choices, curves
 
 
-def widenings(study: Study, choices: pd.DataFrame) -> dict[tuple[str, str, str], list[float]]:
+def widenings(study: StudyGrid, choices: pd.DataFrame) -> dict[tuple[str, str, str], list[float]]:
     """Learning rates to add where the chosen one sits at its grid's edge (``extend``)."""
     out = {}
     for r in choices.itertuples():
@@ -116,102 +115,20 @@ def widenings(study: Study, choices: pd.DataFrame) -> dict[tuple[str, str, str],
     return out
 
 
-def _any_scenario(study: Study, group: str) -> str:
+def _any_scenario(study: StudyGrid, group: str) -> str:
     assert study.tuning is not None
     return group if group != "*" else study.tuning.tuning_scenarios(list(study.scenarios))[0]
 
 
-def write(study: Study, out: Path, choices: pd.DataFrame, curves: pd.DataFrame) -> Path:
+def write(study: StudyGrid, out: Path, choices: pd.DataFrame, curves: pd.DataFrame) -> Path:
     """Write ``tuning.json``: the tuning settings, the choice per group, model and optimizer,
     and every grid point's score (for the report's sensitivity figure)."""
     assert study.tuning is not None
     body = {
-        "format": TUNING_FORMAT, "study": study.name, "tuning": study.tuning.to_dict(),
+        "study": study.name, "tuning": study.tuning.to_dict(),
         "evaluation_seeds": list(study.seeds),
         "tuned_on": study.tuning.tuning_scenarios(list(study.scenarios)),
         "choices": choices.to_dict(orient="records"),
         "curves": curves.to_dict(orient="records"),
     }
-    return store.atomic_write_json(out / TUNING_FILE, body)
-
-
-def read(out: str | Path) -> dict[str, Any] | None:
-    """``tuning.json`` of a results folder, or None (an untuned study)."""
-    try:
-        body = store._read_json(Path(out) / TUNING_FILE)
-    except (OSError, ValueError):
-        return None
-    return body if body.get("format") == TUNING_FORMAT else None
-
-
-def table(body: dict[str, Any] | None, scenarios: list[str] | None = None) -> pd.DataFrame:
-    """One row per scenario × model × optimizer: ``scenario``, ``model``, ``optimizer``, the
-    chosen hyperparameters as columns (``lr`` ...), ``metric``, ``value`` (mean over tuning
-    seeds), ``worst``, ``n``, ``eligible``, ``tolerance`` (decades) with ``tolerance_low`` /
-    ``tolerance_high``, ``at_edge``, ``scope`` and ``tuned_on``."""
-    cols = ["scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
-            "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on"]
-    skip = ("tolerance_boot", "group", "chosen", "points", "chance")
-    if not body:
-        return pd.DataFrame(columns=cols)
-    t = body.get("tuning", {})
-    scope = t.get("scope", "")
-    tuned_on = body.get("tuned_on") or []
-    names = scenarios or tuned_on
-    rows = []
-    for c in body.get("choices", []):
-        targets = [c["group"]] if c["group"] != "*" else names
-        for scen in targets:
-            row = {"scenario": scen, "model": c["model"], "optimizer": c["optimizer"]}
-            row.update(c.get("chosen") or {})
-            row.update({k: c.get(k) for k in cols if k not in row and k in c and k not in skip})
-            row["scope"] = scope
-            row["tuned_on"] = c["group"] if c["group"] != "*" else (
-                ", ".join(tuned_on) if len(tuned_on) == 1 else "all scenarios pooled")
-            rows.append(row)
-    df = pd.DataFrame(rows)
-    first = [c for c in ("scenario", "model", "optimizer") if c in df.columns]
-    hp = [c for c in df.columns if c not in cols]
-    return df[first + hp + [c for c in cols if c in df.columns and c not in first]]
-
-
-def curves(body: dict[str, Any] | None) -> pd.DataFrame:
-    """Every tuned grid point: group, model, optimizer, the hyperparameters, ``mean``,
-    ``low``, ``high``, ``worst``, ``n``, ``eligible``, ``chosen``."""
-    return pd.DataFrame((body or {}).get("curves") or [])
-
-
-def tolerance_differences(body: dict[str, Any] | None, baseline: str,
-                          scenarios: list[str] | None = None) -> pd.DataFrame:
-    """Each optimizer's tolerance minus the baseline's, per scenario and model: the point
-    difference and a 95 % percentile interval from the paired bootstrap replicates (every
-    optimizer of a group was resampled on the same tuning seeds). Empty without replicates.
-
-    Columns: ``scenario``, ``model``, ``optimizer``, ``baseline``, ``difference``, ``low``,
-    ``high``."""
-    cols = ["scenario", "model", "optimizer", "baseline", "difference", "low", "high"]
-    if not body:
-        return pd.DataFrame(columns=cols)
-    choices = body.get("choices") or []
-    base = {(c["group"], c["model"]): c for c in choices if c["optimizer"] == baseline}
-    names = scenarios or body.get("tuned_on") or []
-    rows = []
-    for c in choices:
-        b = base.get((c["group"], c["model"]))
-        if b is None or c["optimizer"] == baseline:
-            continue
-        x = np.array(c.get("tolerance_boot") or [], dtype=float)
-        y = np.array(b.get("tolerance_boot") or [], dtype=float)
-        if not x.size or x.size != y.size:
-            continue
-        d = x - y
-        d = d[~np.isnan(d)]
-        ta, tb = c.get("tolerance"), b.get("tolerance")
-        diff = (math.nan if ta is None else ta) - (math.nan if tb is None else tb)
-        low, high = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))) if d.size \
-            else (math.nan, math.nan)
-        for scen in ([c["group"]] if c["group"] != "*" else names):
-            rows.append({"scenario": scen, "model": c["model"], "optimizer": c["optimizer"],
-                         "baseline": baseline, "difference": diff, "low": low, "high": high})
-    return pd.DataFrame(rows, columns=cols)
-
+    return tuning_file.write(out, body)

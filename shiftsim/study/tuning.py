@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
+from .axes import seed_list
 
 SCOPES = ("per_scenario", "shared")
 METRICS = ("auto", "online_acc", "online_acc_true", "deficit")
@@ -72,27 +73,6 @@ DEFAULT_LRS: dict[str, tuple[float, ...]] = {
     "momo": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
     "momo_adam": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
 }
-
-
-def _seed_list(seeds: Any) -> list[int]:
-    if isinstance(seeds, bool):
-        raise SpecTypeError(f"Tuning seeds must be a count or a list of seeds, got {seeds!r}")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ShiftsimError(f"Tuning seeds must be a positive count, got {seeds}")
-        return [TUNING_SEED_BASE + i for i in range(seeds)]
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple, range)):
-        raise SpecTypeError(f"Tuning seeds must be a count or a list of seeds, got {seeds!r}")
-    out: list[int] = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ShiftsimError(f"Tuning seeds must be non-negative integers, got {s!r}")
-        if s in out:
-            raise ShiftsimError(f"tuning seed {s} is listed twice")
-        out.append(int(s))
-    if not out:
-        raise ShiftsimError("Tuning seeds is empty; tuning needs at least one seed")
-    return out
 
 
 def _check_grid(grid: Any) -> Any:
@@ -163,7 +143,8 @@ class Tuning:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", _check_grid(self.grid))
-        object.__setattr__(self, "_seeds", tuple(_seed_list(self.seeds)))
+        seeds = seed_list(self.seeds, "Tuning seeds", TUNING_SEED_BASE)
+        object.__setattr__(self, "_seeds", tuple(seeds))
         if self.scope not in SCOPES:
             raise allowed(self.scope, "tuning scope", SCOPES)
         if not callable(self.metric) and self.metric not in METRICS:

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from ...errors import SpecTypeError
+from ...runtime import resolve_device
 from ...scenario import Scenario
-from ...stream import Stream, resolve_device
+from ...stream import Stream
 from .loader import import_avalanche
 
 

@@ -17,7 +17,7 @@ from ...errors import ShiftsimError, SpecTypeError
 from ...learner import TorchLearner, mode_sensitive
 from ...models import ModelSpec
 from ...optim import OptimizerSpec
-from ...stream import derive_seed
+from ...seeds import derive_seed
 from .loader import _NO_LOGGERS, import_avalanche
 
 if TYPE_CHECKING:  # pragma: no cover

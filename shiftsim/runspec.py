@@ -18,34 +18,37 @@ The labels (the study's axes) are not hashed: renaming an axis value does not re
 ...                labels={"optimizer": "sgdm"})
 >>> len(spec.run_id), spec.run_id == RunSpec.from_dict(spec.to_dict()).run_id
 (16, True)
->>> execute(spec, device="cpu").trace.shape[0]
-80
+
+The spec is the store's and the study's common language: the store writes ``spec.json`` from
+:meth:`RunSpec.to_dict`, a study builds its grid of specs, and both import this module, which
+imports neither.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ShiftsimError, SpecTypeError
-from ..models import ModelSpec
-from ..optim.registry import OptimizerSpec
-from ..optim.registry import spec as optimizer_spec
-from ..scenario import Scenario
+from .errors import ShiftsimError, SpecTypeError, check_range
+from .models import ModelSpec
+from .optim.registry import OptimizerSpec
+from .optim.registry import spec as optimizer_spec
+from .scenario import Scenario
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import Dataset
-    from ..engine import RunResult
+    from .data import Dataset
+
+__all__ = ["HASH_FORMAT", "RunSpec", "canonical_json", "content_hash", "freeze_labels",
+           "labels_from_info"]
 
 #: part of every hashed payload; bump only if the meaning of a spec's fields changes
 HASH_FORMAT = 1
@@ -185,12 +188,7 @@ class RunSpec:
         elif not self.scenario.realtime and opt.cost is not None:
             opt = dataclasses.replace(opt, cost=None)
         object.__setattr__(self, "optimizer", opt)
-        seed = self.seed
-        if isinstance(seed, np.integer):
-            seed = int(seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ShiftsimError(f"RunSpec.seed must be a non-negative integer, got {seed!r}")
-        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "seed", check_range(self.seed, "RunSpec.seed", 0, integer=True))
         object.__setattr__(self, "labels", freeze_labels(self.labels))
         self.payload  # noqa: B018 - fail now (not in a worker) when a part cannot be serialised
 
@@ -241,37 +239,6 @@ class RunSpec:
     def __repr__(self) -> str:
         return (f"RunSpec({self.run_id}: {self.scenario.name!r}, {self.model.label}, "
                 f"{self.optimizer.label}, seed={self.seed})")
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)`` (None: leave it as it is)."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    if old != threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
-
-
-def execute(spec: RunSpec, device: str = "auto", threads: int | None = None) -> RunResult:
-    """Run one spec in this process: ``shiftsim.run(spec.scenario, spec.model, spec.optimizer,
-    seed=spec.seed, device=device)``, with torch's intra-op threads set to ``threads`` for the
-    run when given (studies use 1: the results are then bit-identical whichever backend or
-    worker count runs them, and tiny models run fastest single-threaded)."""
-    from ..engine import run
-
-    if not isinstance(spec, RunSpec):
-        raise SpecTypeError(f"execute() needs a RunSpec, got {type(spec).__name__}")
-    with torch_threads(threads):
-        return run(spec.scenario, spec.model, spec.optimizer, seed=spec.seed, device=device)
 
 
 def labels_from_info(info: Mapping[str, Any]) -> dict[str, LabelValue]:

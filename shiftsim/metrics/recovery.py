@@ -1,0 +1,341 @@
+"""Recovery after a shift (version 2, docs/metrics.md): the target normalised to chance, the
+onset of the dip, the time until the trailing accuracy holds the target, censoring and collapse,
+drop and deficit; the ``common`` reference of a comparison; a run's shifts reduced to one value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ShiftsimError, SpecTypeError, check_range
+from ._base import (
+    _check_frame,
+    _check_known,
+    _ordered,
+    _phase_bounds,
+    _phase_table,
+    _ratio,
+    _tail_mean,
+    _trailing,
+)
+
+__all__ = ["BOOL_COLUMNS", "COLLAPSE_MARGIN", "RECOVERY_COLUMNS", "RECOVERY_OPTIONS",
+           "REFERENCES", "TOLERANCE", "common_reference", "recovery", "run_recovery"]
+
+REFERENCES = ("plateau", "pre", "ceiling")
+RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
+#: ā_t ≥ target is tested with this absolute tolerance (exact ties count as reached)
+TOLERANCE = 1e-12
+#: a plateau within this of chance is a collapse (never counts as recovered)
+COLLAPSE_MARGIN = 0.05
+
+_PER_LABELS = [
+    "chance", "pre", "plateau", "reference", "target", "dipped", "onset_steps",
+    "recovery_steps", "recovery_samples", "below_steps", "after_ramp_steps", "censored",
+    "collapsed", "drop", "deficit",
+]
+RECOVERY_COLUMNS = ["phase", "shifted", "ceiling", *_PER_LABELS,
+                    *[f"{c}_true" for c in _PER_LABELS]]
+BOOL_COLUMNS = ("shifted", "dipped", "censored", "collapsed", "dipped_true", "censored_true",
+                "collapsed_true")
+
+
+def _check_reference(reference: Any, name: str = "reference") -> Any:
+    """A reference kind, a number in [0, 1] or a mapping phase -> number in [0, 1] (or NaN)."""
+    what = (f"{name} must be 'plateau', 'pre', 'ceiling', a number in [0, 1] or a mapping "
+            "phase -> number")
+    if isinstance(reference, str):
+        if reference == "common":
+            raise ShiftsimError(
+                f"{name}='common' compares learners: it needs a study (the store and reports "
+                "compute it), or metrics.common_reference(...) passed as a mapping phase -> "
+                "value; a single run uses 'plateau'")
+        if reference not in REFERENCES:
+            raise ShiftsimError(f"unknown {name} {reference!r}; allowed: 'plateau', 'pre', "
+                                "'ceiling', a number in [0, 1] or a mapping phase -> number")
+        return reference
+    if isinstance(reference, Mapping):
+        out = {}
+        for k, v in reference.items():
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                out[int(k)] = math.nan
+                continue
+            try:
+                out[int(k)] = float(check_range(v, f"{name}[{k!r}]", 0, 1))
+            except (SpecTypeError, TypeError, ValueError):
+                raise SpecTypeError(f"{what}, got {reference!r}") from None
+        return out
+    try:
+        return float(check_range(reference, name, 0, 1))
+    except SpecTypeError:
+        raise SpecTypeError(f"{what}, got {reference!r}") from None
+
+def _window_starts(mask: np.ndarray, m: int) -> np.ndarray:
+    """Every s with mask[s], …, mask[s + m − 1] all True (s + m ≤ len(mask)), ascending."""
+    if mask.size < m:
+        return np.zeros(0, dtype=np.int64)
+    c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return np.flatnonzero(c[m:] - c[:-m] == m)
+
+
+def _reference_value(reference: Any, k: int, labels: str, row: dict[str, Any]) -> float:
+    """A_ref,k for one label set: a kind resolved from the row, a number or a per-phase map."""
+    if isinstance(reference, str):
+        if reference == "plateau":
+            return row["plateau"]
+        if reference == "pre":
+            return row["pre"]
+        return row["ceiling"] if labels == "stream" else 1.0  # clean labels: ceiling 1
+    if isinstance(reference, Mapping):
+        value = reference.get(k, math.nan)
+        return math.nan if value is None else float(value)
+    return float(reference)
+
+
+def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: int,
+             onset: int, width: int, collapsed: bool) -> dict[str, Any]:
+    """Onset, recovery time and its parts for one phase's ā_t (``seg``) against ``target``."""
+    out: dict[str, Any] = {"dipped": False, "onset_steps": math.nan, "recovery_steps": math.nan,
+                           "recovery_samples": math.nan, "below_steps": math.nan,
+                           "after_ramp_steps": math.nan, "censored": False}
+    below = seg < target - TOLERANCE
+    starts = _window_starts(below, onset)
+    R: int | None
+    if starts.size == 0:  # never below the target for m_on steps: the shift did not hurt
+        R = 0
+    else:
+        t_on = int(starts[0])
+        out["dipped"] = True
+        out["onset_steps"] = float(t_on)
+        ok = _window_starts(~below, persistence)
+        ok = ok[ok >= t_on]
+        R = int(ok[0]) if ok.size else None
+    if collapsed or R is None:  # at chance: never counts as recovered
+        out["censored"] = True
+        return out
+    out["recovery_steps"] = float(R)
+    out["recovery_samples"] = float(n_seg[:R].sum())
+    out["below_steps"] = float(R - out["onset_steps"]) if out["dipped"] else 0.0
+    if width:
+        out["after_ramp_steps"] = float(max(0, R - width))
+    return out
+
+
+def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: float,
+                   reference: Any, reference_true: Any, persistence: int, onset: int
+                   ) -> dict[int, dict[str, Any]]:
+    """Recovery quantities (stream and clean labels) for every phase present in the
+    (step-ordered) trace, phase 0 included."""
+    n = trace["n"].to_numpy()
+    phase = trace["phase"].to_numpy()
+    bounds = _phase_bounds(phase)
+    _check_known(list(bounds), tab, "trace")
+    first = tab.index[0]
+    sets = [("stream", "correct", "")]
+    if "correct_true" in trace.columns:
+        sets.append(("true", "correct_true", "_true"))
+    rows: dict[int, dict[str, Any]] = {k: {"phase": k} for k in bounds}
+    for labels, col, sfx in sets:
+        correct = trace[col].to_numpy()
+        a = _ratio(correct.astype(np.float64), n.astype(np.float64))
+        abar = _trailing(correct, n, phase, window)
+        ref_kind = reference if labels == "stream" else reference_true
+        for k, (lo, hi) in bounds.items():
+            info = tab.loc[k]
+            row = rows[k]
+            shifted = k != first and bool(info.get("shifted", True))
+            noise = str(info.get("label_kind", "")) == "noise"
+            chance = float(info.get("chance", 0.0)) if labels == "stream" else float(
+                info.get("chance_true", info.get("chance", 0.0)))
+            values: dict[str, Any] = {
+                "chance": chance, "pre": math.nan, "plateau": _tail_mean(a, lo, hi, window),
+                "reference": math.nan, "target": math.nan, "dipped": False,
+                "onset_steps": math.nan, "recovery_steps": math.nan,
+                "recovery_samples": math.nan, "below_steps": math.nan,
+                "after_ramp_steps": math.nan, "censored": False, "collapsed": False,
+                "drop": math.nan, "deficit": math.nan,
+            }
+            if labels == "stream":
+                row["shifted"] = shifted
+                row["ceiling"] = float(info["ceiling"])
+            if k - 1 in bounds:
+                values["pre"] = _tail_mean(a, *bounds[k - 1], window)
+            if labels == "true" and not noise:  # clean-label recovery: for label noise only
+                values = {key: (False if isinstance(v, bool) else math.nan)
+                          for key, v in values.items()}
+            elif shifted:
+                values["collapsed"] = bool(values["plateau"] - chance < COLLAPSE_MARGIN)
+                ref = _reference_value(ref_kind, k, labels, {**row, **values})
+                seg = abar[lo:hi]
+                values["reference"] = ref
+                values["drop"] = values["pre"] - float(np.min(seg))
+                if not math.isnan(ref):
+                    target = chance + q * (ref - chance)
+                    values["target"] = target
+                    values["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
+                    values.update(_recover(seg, n[lo:hi], target, persistence=persistence,
+                                           onset=onset, width=int(info.get("width", 0) or 0),
+                                           collapsed=values["collapsed"]))
+            row.update({f"{key}{sfx}": v for key, v in values.items()})
+    return rows
+
+
+def _check_recovery_options(window: Any, q: Any, reference: Any, reference_true: Any,
+                            persistence: Any, onset: Any) -> tuple[int, float, Any, Any, int, int]:
+    window = check_range(window, "window", 1, integer=True)
+    q = check_range(q, "q", 0, 1, low_open=True)
+    reference = _check_reference(reference)
+    if reference_true is None:
+        reference_true = reference if isinstance(reference, str) else "plateau"
+    else:
+        reference_true = _check_reference(reference_true, "reference_true")
+    persistence = window if persistence is None else check_range(
+        persistence, "persistence", 1, integer=True)
+    onset = check_range(onset, "onset", 1, integer=True)
+    return window, q, reference, reference_true, persistence, onset
+
+
+def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: float = 0.9,
+             reference: str | float | Mapping[int, float] = "plateau",
+             reference_true: str | float | Mapping[int, float] | None = None,
+             persistence: int | None = None, onset: int = 5) -> pd.DataFrame:
+    """Recovery after each shift (version 2): one row per phase k ≥ 1 that has rows in the trace.
+
+    With a_t = correct_t / b_t and ā_t the within-phase trailing accuracy (window w):
+
+    * ``chance`` χ_k (from ``phases``, column ``chance``; 0 when absent): the accuracy of the
+      best constant prediction; ``pre`` / ``plateau``: mean a_t over the last w steps of phase
+      k−1 / of phase k; ``ceiling`` C_k.
+    * ``reference`` A_ref: ``"plateau"`` (the learner's own; the default of a single run),
+      ``"pre"``, ``"ceiling"``, a number in [0, 1], or a mapping phase -> value (what a study
+      passes for its ``common`` reference: the same target for every learner, see
+      :func:`common_reference`). ``target`` T_k = χ_k + q · (A_ref − χ_k): normalised to
+      chance, so a learner at chance is never "at 90 %".
+    * Onset t_on: the first s with ā_{τ_k+s+j} < T_k for all j in [0, ``onset``) (m_on = 5).
+      No onset: the shift did not hurt (``dipped`` False, ``recovery_steps`` 0).
+    * ``recovery_steps`` R_k = min{s ≥ t_on : ā_{τ_k+s+j} ≥ T_k for all j in [0, m)}, m =
+      ``persistence`` (default w), counted from τ_k, the shift's first step (the ramp's first
+      step for a gradual shift), the same for every learner. ``recovery_samples`` = Σ b_t over
+      [τ_k, τ_k + R_k); ``onset_steps`` = t_on; ``below_steps`` = R_k − t_on;
+      ``after_ramp_steps`` = max(0, R_k − W) for a gradual shift of width W (NaN when abrupt).
+      No such s within the phase: ``censored`` (R_k NaN).
+    * ``collapsed``: the plateau is within 0.05 of chance (A_plat − χ_k < 0.05); recovery is then
+      censored whatever the reference.
+    * ``drop`` D_k = pre − min_t ā_t; ``deficit`` RDA_k = mean over the phase of
+      max(0, A_ref − ā_t).
+    * ``shifted`` (from ``phases``; True when absent): False for a phase that changes nothing
+      relative to the one before (flip rate 0, ...); such a row has no recovery values.
+    * For label-noise phases (``label_kind`` "noise"), the same quantities against the original
+      labels (``correct_true``) with suffix ``_true`` (χ from ``chance_true``, ceiling 1,
+      reference ``reference_true``: by default the same kind as ``reference``); NaN elsewhere.
+
+    Conventions: a phase with fewer than w rows uses the rows it has for its plateau; the
+    persistences are not shortened (a dip or a recovery needs m_on / m rows); ties with the
+    target count as reached (absolute tolerance 1e-12). When phase k−1 has no rows ``pre`` and
+    ``drop`` are NaN; a NaN reference leaves the target and recovery undefined (NaN, not
+    censored). Definitions and sources: docs/metrics.md.
+
+    >>> tr = pd.DataFrame({"step": range(10), "phase": [0] * 3 + [1] * 7, "n": 10,
+    ...                    "correct": [9, 9, 9, 2, 2, 2, 9, 9, 9, 9]})
+    >>> ph = pd.DataFrame({"phase": [0, 1], "ceiling": 1.0, "chance": 0.1})
+    >>> r = recovery(tr, ph, window=1, onset=2, persistence=2)  # target 0.1 + 0.9 · 0.8
+    >>> r.loc[0, ["target", "onset_steps", "recovery_steps", "below_steps"]].tolist()
+    [0.82, 0.0, 3.0, 3.0]
+    >>> bool(r.loc[0, "dipped"]), bool(r.loc[0, "censored"]), bool(r.loc[0, "collapsed"])
+    (True, False, False)
+    """
+    _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
+    tab = _phase_table(phases, ["ceiling"])
+    opts = _check_recovery_options(window, q, reference, reference_true, persistence, onset)
+    window, q, reference, reference_true, persistence, onset = opts
+    ordered, _ = _ordered(trace)
+    rows = _recovery_rows(ordered, tab, window=window, q=q, reference=reference,
+                          reference_true=reference_true, persistence=persistence, onset=onset)
+    first = tab.index[0] if len(tab) else None
+    return _recovery_frame([r for k, r in rows.items() if k != first])
+
+
+def _recovery_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The recovery rows as a frame with fixed dtypes (int phase, bool flags, float values)."""
+    data: dict[str, np.ndarray] = {}
+    for c in RECOVERY_COLUMNS:
+        if c == "phase":
+            data[c] = np.array([r[c] for r in rows], dtype=np.int64)
+        elif c in BOOL_COLUMNS:
+            data[c] = np.array([r.get(c) is True or r.get(c) == 1 for r in rows], dtype=bool)
+        else:
+            data[c] = np.array([r.get(c, math.nan) for r in rows], dtype=np.float64)
+    return pd.DataFrame(data)
+
+
+def common_reference(rows: pd.DataFrame, by: Sequence[str] = ("scenario",),
+                     optimizer: str = "optimizer") -> pd.DataFrame:
+    """The ``common`` recovery reference of a comparison (docs/metrics.md): per ``by`` group
+    and phase, min(C_k, the highest mean plateau over seeds that any optimizer reached).
+
+    ``rows``: run × phase rows with the ``by`` columns, ``optimizer``, ``phase``, ``plateau``
+    and ``ceiling`` (``plateau_true`` too for the clean-label reference, capped at 1). Returns
+    one row per group and phase: ``reference`` and ``reference_true`` (NaN without
+    ``plateau_true``). Every learner of the comparison is then timed against the same target.
+
+    >>> rows = pd.DataFrame({"scenario": "s", "optimizer": ["a", "a", "b", "b"],
+    ...                      "phase": 1, "plateau": [0.8, 0.9, 0.6, 0.7], "ceiling": 0.8})
+    >>> common_reference(rows)[["scenario", "phase", "reference"]].values.tolist()
+    [['s', 1, 0.8]]
+    """
+    by = list(by)
+    _check_frame(rows, "rows", [*by, optimizer, "phase", "plateau", "ceiling"])
+    keys = [*by, "phase"]
+    cols = ["plateau"] + (["plateau_true"] if "plateau_true" in rows.columns else [])
+    means = rows.groupby([*keys, optimizer], sort=False, dropna=False)[cols].mean()
+    best = means.groupby(level=list(range(len(keys))), sort=False).max()
+    ceiling = rows.groupby(keys, sort=False, dropna=False)["ceiling"].first()
+    out = pd.DataFrame(index=best.index)
+    out["reference"] = np.fmin(best["plateau"], ceiling.reindex(best.index))
+    out["reference_true"] = (np.fmin(best["plateau_true"], 1.0) if "plateau_true" in best
+                             else math.nan)
+    return out.reset_index()
+
+
+def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: str = ""
+                 ) -> pd.DataFrame:
+    """A run's shifts reduced to one value per run (the seed is the unit of replication):
+    ``recovery_steps`` / ``recovery_samples`` the median over the run's shifted phases counting
+    censored shifts as +inf (``censored`` when that median is infinite), ``censored_shifts``
+    and ``shifts`` the counts, ``drop`` and ``deficit`` the mean. ``suffix`` ``"_true"`` reduces
+    the clean-label columns. Runs without a shifted phase (with a value) are left out.
+
+    >>> rows = pd.DataFrame({"run_id": "r", "phase": [1, 2, 3], "shifted": True,
+    ...                      "recovery_steps": [4.0, 10.0, float("nan")],
+    ...                      "recovery_samples": [40.0, 100.0, float("nan")],
+    ...                      "censored": [False, False, True], "drop": 0.2, "deficit": 0.1})
+    >>> run_recovery(rows)[["recovery_steps", "censored", "censored_shifts"]].values.tolist()
+    [[10.0, False, 1]]
+    """
+    by = list(by)
+    cols = [f"{c}{suffix}" for c in ("recovery_steps", "recovery_samples", "censored", "drop",
+                                     "deficit")]
+    _check_frame(rows, "rows", [*by, "phase", *cols])
+    sub = rows
+    if "shifted" in rows.columns:
+        sub = rows[rows["shifted"].astype(bool)]
+    rec, sam, cen, drop, deficit = cols
+    cens = sub[cen].astype(bool)
+    sub = sub[cens | sub[rec].notna()].assign(
+        _t=lambda d: np.where(d[cen].astype(bool), np.inf, d[rec]),
+        _s=lambda d: np.where(d[cen].astype(bool), np.inf, d[sam]),
+        _c=lambda d: d[cen].astype(bool).astype(np.int64))
+    g = sub.groupby(by, sort=False)
+    out = pd.DataFrame({"_t": g["_t"].median(), "_s": g["_s"].median(),
+                        "censored_shifts": g["_c"].sum(), "shifts": g.size(),
+                        drop: g[drop].mean(), deficit: g[deficit].mean()})
+    out[cen] = np.isinf(out["_t"])
+    out[rec] = out["_t"].where(~out[cen])
+    out[sam] = out["_s"].where(~out[cen])
+    return out.drop(columns=["_t", "_s"]).reset_index()[
+        [*by, rec, sam, cen, "censored_shifts", "shifts", drop, deficit]]

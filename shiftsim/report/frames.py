@@ -1,0 +1,330 @@
+"""The report's numbers, computed with pandas from :func:`shiftsim.store.load`'s DataFrames.
+
+Every number comes from :mod:`shiftsim.metrics` (docs/metrics.md), with the seed as the unit of
+replication (:mod:`shiftsim.report.statistics`):
+
+* per run: the stream scores and per-phase summaries the store holds, recovery timed against the
+  study's common reference (:attr:`shiftsim.store.StudyResults.phases`), and the run's shifts
+  reduced to one value (:func:`shiftsim.metrics.run_recovery`);
+* across seeds: :func:`~shiftsim.metrics.mean_interval` (mean and Student-t interval) for
+  accuracies, drops and deficits; :func:`~shiftsim.metrics.median_interval` (median with
+  censored runs as +inf, undefined when half or more are censored, bootstrap interval) and the
+  censored fraction for recovery times;
+* against the baseline: paired by seed, every comparison Holm-adjusted over the report's family.
+
+Diverged runs keep the metrics of the steps they ran (docs/metrics.md) and are counted and
+flagged; failed, incomplete and pending runs have no metrics and are counted. Nothing is dropped
+silently. For label-noise scenarios the clean-label numbers (``*_true``) are the headline; for
+scenarios whose regimes conflict (one input, several labels) ACC is shown next to its maximum
+and BWT and forgetting are not compared; scenarios whose labels carry no signal are not ranked.
+"""
+
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics
+from .statistics import METRICS, MIN_SEEDS, Metric, adjust, paired, verdict
+from .view import StudyView
+
+__all__ = ["RANK_BOOT", "compared_metrics", "comparison_frame", "phase_frame", "rank_frame",
+           "recovery_fields", "run_values", "summary_frame"]
+
+
+# one value per run (the unit of replication is the seed)
+
+
+def run_values(v: StudyView) -> pd.DataFrame:
+    """One row per run with metrics: ``scenario``, ``optimizer``, ``seed``, ``severity``,
+    ``status``, the stream scores (``online_acc``, ``online_acc_true``, ``acc``, ``bwt``,
+    ``forgetting``), ``final_heldout`` (R[K−1, regime of K−1]) and the run's shifts reduced to
+    one value each (:func:`shiftsim.metrics.run_recovery`, against the common reference):
+    ``recovery_steps``, ``recovery_samples``, ``censored``, ``censored_shifts``, ``shifts``,
+    ``drop``, ``deficit`` and their ``_true`` twins (clean labels, label-noise phases)."""
+    runs = v.runs_with_metrics()
+    out = runs[["run_id", "scenario", "optimizer", "seed", "severity", "status", "online_acc",
+                "online_acc_true", "acc", "bwt", "forgetting"]].copy()
+    ph = v.phases
+    rec_cols = ["recovery_steps", "recovery_samples", "censored", "censored_shifts", "shifts",
+                "drop", "deficit"]
+    if len(ph):
+        last = ph.loc[ph.groupby("run_id")["phase"].idxmax(), ["run_id", "heldout_acc"]]
+        out = out.merge(last.rename(columns={"heldout_acc": "final_heldout"}), on="run_id",
+                        how="left")
+        for sfx in ("", "_true"):
+            if f"recovery_steps{sfx}" not in ph.columns:
+                continue
+            red = metrics.run_recovery(ph, suffix=sfx).rename(
+                columns={"censored_shifts": f"censored_shifts{sfx}", "shifts": f"shifts{sfx}"})
+            out = out.merge(red, on="run_id", how="left")
+    for sfx in ("", "_true"):
+        for c in rec_cols:
+            col = f"{c}{sfx}"
+            if col not in out.columns:
+                out[col] = np.nan
+        out[f"censored{sfx}"] = out[f"censored{sfx}"].astype("boolean").fillna(False).astype(
+            bool)
+        for c in ("censored_shifts", "shifts"):
+            out[f"{c}{sfx}"] = out[f"{c}{sfx}"].fillna(0).astype(np.int64)
+    if "final_heldout" not in out.columns:
+        out["final_heldout"] = np.nan
+    return out.reset_index(drop=True)
+
+
+def _mi(values: Any, level: float) -> tuple[float, float, float]:
+    return metrics.mean_interval(np.asarray(values, dtype=float), level=level)
+
+
+def _recovery_stats(rows: pd.DataFrame, level: float, sfx: str = "") -> dict[str, Any]:
+    """Median recovery over seeds (bootstrap interval), censored counts: one value per run."""
+    has = rows[rows[f"shifts{sfx}"] > 0]
+    n = len(has)
+    out: dict[str, Any] = {f"censored{sfx}": int(has[f"censored{sfx}"].sum()),
+                           f"shifts{sfx}": n}
+    for c in ("recovery_steps", "recovery_samples"):
+        col = f"{c}{sfx}"
+        if n:
+            m, lo, hi = metrics.median_interval(has[col], has[f"censored{sfx}"], level=level)
+        else:
+            m = lo = hi = math.nan
+        out[col], out[f"{col}_low"], out[f"{col}_high"] = m, lo, hi
+    out[f"censored_fraction{sfx}"] = (metrics.censored_fraction(has[f"censored{sfx}"])
+                                      if n else math.nan)
+    return out
+
+
+def _status_counts(runs: pd.DataFrame) -> dict[str, int]:
+    vc = runs["status"].value_counts()
+    return {
+        "runs": int(len(runs)), "ok": int(vc.get("ok", 0)),
+        "diverged": int(vc.get("diverged", 0)), "failed": int(vc.get("failed", 0)),
+        "missing": int(vc.get("incomplete", 0) + vc.get("pending", 0)),
+    }
+
+
+def recovery_fields(sfx: str = "") -> list[str]:
+    """The recovery columns of a summary row (``sfx`` ``"_true"``: the clean-label ones)."""
+    out = []
+    for c in ("recovery_steps", "recovery_samples"):
+        out += [f"{c}{sfx}", f"{c}{sfx}_low", f"{c}{sfx}_high"]
+    return out + [f"censored_fraction{sfx}", f"censored{sfx}", f"shifts{sfx}"]
+
+
+def summary_frame(v: StudyView) -> pd.DataFrame:
+    """Per scenario × optimizer: run counts, seeds, online accuracy (mean and interval over
+    seeds), recovery (median over seeds with a bootstrap interval, censored fraction), drop,
+    deficit, final held-out accuracy, ACC / BWT / forgetting for more than two phases and the
+    scenario's maximum achievable ACC; clean-label twins (``*_true``) for label noise."""
+    values = v.values if v.values is not None else run_values(v)
+    rows = []
+    for s in v.scenarios:
+        for arm in v.arms:
+            runs = v.runs[(v.runs["scenario"] == s) & (v.runs["optimizer"] == arm)]
+            if runs.empty:
+                continue
+            val = values[(values["scenario"] == s) & (values["optimizer"] == arm)]
+            row: dict[str, Any] = {"scenario": s, "severity": v.severity.get(s, math.nan),
+                                   "optimizer": arm, **_status_counts(runs),
+                                   "seeds": int(val["seed"].nunique()),
+                                   "phases": v.n_phases.get(s, 0),
+                                   "label_noise": v.noise.get(s, False),
+                                   "no_signal": v.no_signal.get(s, False),
+                                   "max_acc": v.max_acc.get(s, 1.0),
+                                   "ms_per_step": float(pd.to_numeric(
+                                       runs["ms_per_step"], errors="coerce").mean())
+                                   if "ms_per_step" in runs else math.nan}
+            for c in ("online_acc", "online_acc_true", "drop", "deficit", "drop_true",
+                      "deficit_true", "final_heldout"):
+                row[c], row[f"{c}_low"], row[f"{c}_high"] = _mi(val[c], v.level)
+            row.update(_recovery_stats(val, v.level))
+            row.update(_recovery_stats(val, v.level, "_true"))
+            multi = v.n_phases.get(s, 0) > 2
+            for c in ("acc", "bwt", "forgetting"):
+                m = _mi(val[c], v.level) if multi else (math.nan,) * 3
+                row[c], row[f"{c}_low"], row[f"{c}_high"] = m
+            rows.append(row)
+    cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "failed", "missing",
+            "seeds", "phases", "label_noise", "no_signal", "max_acc", "ms_per_step"]
+    for c in ("online_acc", "online_acc_true"):
+        cols += [c, f"{c}_low", f"{c}_high"]
+    cols += recovery_fields() + recovery_fields("_true")
+    for c in ("drop", "deficit", "drop_true", "deficit_true", "final_heldout", "acc", "bwt",
+              "forgetting"):
+        cols += [c, f"{c}_low", f"{c}_high"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def phase_frame(v: StudyView) -> pd.DataFrame:
+    """Per scenario × optimizer × phase: online accuracy (presented and original labels),
+    recovery (median over seeds, bootstrap interval, censored count), drop, deficit and held-out
+    accuracy at the phase's end. Phases without a shift have no recovery values."""
+    ph = v.phases
+    rows = []
+    if ph.empty:
+        return pd.DataFrame(rows)
+    for s in v.scenarios:
+        for arm in v.arms:
+            sub = ph[(ph["scenario"] == s) & (ph["optimizer"] == arm)]
+            for k, g in sub.groupby("phase", sort=True):
+                ran = g[g["steps_run"].fillna(0) > 0]
+                shifted = bool(g["shifted"].any()) if "shifted" in g else k >= 1
+                row: dict[str, Any] = {
+                    "scenario": s, "severity": v.severity.get(s, math.nan), "optimizer": arm,
+                    "phase": int(k), "name": str(g["name"].iloc[0]),
+                    "label_kind": str(g["label_kind"].iloc[0]) if "label_kind" in g else "",
+                    "shifted": shifted,
+                    "ceiling": float(g["ceiling"].iloc[0]) if "ceiling" in g else math.nan,
+                    "chance": float(g["chance"].iloc[0]) if "chance" in g else math.nan,
+                    "steps": int(g["steps"].iloc[0]), "runs": int(len(ran)),
+                }
+                for c in ("online_acc", "online_acc_true", "drop", "deficit", "heldout_acc"):
+                    row[c], row[f"{c}_low"], row[f"{c}_high"] = _mi(ran[c], v.level)
+                for sfx in ("", "_true"):
+                    if shifted and f"recovery_steps{sfx}" in ran:
+                        reached = ran[ran[f"censored{sfx}"].astype(bool)
+                                      | ran[f"recovery_steps{sfx}"].notna()]
+                        per = pd.DataFrame({
+                            f"recovery_steps{sfx}": reached[f"recovery_steps{sfx}"],
+                            f"recovery_samples{sfx}": reached[f"recovery_samples{sfx}"],
+                            f"censored{sfx}": reached[f"censored{sfx}"].astype(bool),
+                            f"shifts{sfx}": 1})
+                        row.update(_recovery_stats(per, v.level, sfx))
+                    else:
+                        counts = (f"censored{sfx}", f"shifts{sfx}")
+                        row.update({c: 0 if c in counts else math.nan
+                                    for c in recovery_fields(sfx)})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# comparisons against the baseline
+
+
+def compared_metrics(v: StudyView, scenario: str) -> list[Metric]:
+    """The metrics a report compares in one scenario: the headline accuracy (clean labels for
+    label noise), recovery time and deficit when the scenario has shifts, the final held-out
+    accuracy, and for more than two phases ACC, plus BWT and forgetting unless its regimes
+    conflict. None for a scenario without learnable signal."""
+    if v.no_signal.get(scenario):
+        return []
+    out = [METRICS[v.headline(scenario, "online_acc")]]
+    if v.shifted.get(scenario):
+        out += [METRICS[v.headline(scenario, "recovery_steps")],
+                METRICS[v.headline(scenario, "deficit")]]
+    out.append(METRICS["final_heldout"])
+    if v.n_phases.get(scenario, 0) > 2:
+        out.append(METRICS["acc"])
+        if not v.conflicting(scenario):
+            out += [METRICS["bwt"], METRICS["forgetting"]]
+    return out
+
+
+def _by_seed(rows: pd.DataFrame, col: str) -> pd.Series:
+    s = pd.Series(pd.to_numeric(rows[col], errors="coerce").to_numpy(float),
+                  index=pd.Index(rows["seed"].to_numpy(), name="seed"))
+    return s[~s.index.duplicated()]
+
+
+def comparison_frame(v: StudyView) -> pd.DataFrame:
+    """Every optimizer against the baseline, per scenario and compared metric, paired by seed,
+    with p-values Holm-adjusted over all the comparisons that can be judged (≥ MIN_SEEDS
+    seeds) and the verdict."""
+    values = v.values if v.values is not None else run_values(v)
+    rows = []
+    for s in v.scenarios:
+        sub = values[values["scenario"] == s]
+        base = sub[sub["optimizer"] == v.baseline]
+        steps = v.phases.loc[v.phases["scenario"] == s, "steps"] if len(v.phases) else []
+        cap = float(np.max(steps)) if len(steps) else None
+        for arm in v.arms[1:]:
+            mine = sub[sub["optimizer"] == arm]
+            if mine.empty or base.empty:
+                continue
+            for m in compared_metrics(v, s):
+                kw: dict[str, Any] = {}
+                if m.recovery:
+                    cen = m.column.replace("recovery_steps", "censored")
+                    kw = {"censored_a": _by_seed(mine, cen).astype(bool),
+                          "censored_b": _by_seed(base, cen).astype(bool), "cap": cap}
+                d = paired(_by_seed(mine, m.column), _by_seed(base, m.column), m,
+                           level=v.level, **kw)
+                rows.append({"scenario": s, "severity": v.severity.get(s, math.nan),
+                             "optimizer": arm, "baseline": v.baseline, "metric": m.column,
+                             "metric_label": m.label, "difference": d["difference"],
+                             "low": d["low"], "high": d["high"], "n": d["n"], "wins": d["wins"],
+                             "losses": d["losses"], "ties": d["ties"],
+                             "higher_is_better": m.higher_is_better, "test": m.test,
+                             "p": d["p"]})
+    cols = ["scenario", "severity", "optimizer", "baseline", "metric", "metric_label",
+            "difference", "low", "high", "n", "wins", "losses", "ties", "higher_is_better",
+            "test", "p", "p_holm", "judged", "verdict"]
+    df = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "judged",
+                                                                   "verdict")])
+    df["judged"] = (df["n"] >= MIN_SEEDS) & df["p"].notna()
+    df["p_holm"] = adjust(df["p"], df["judged"])
+    df["verdict"] = [verdict(r) for _, r in df.iterrows()] if len(df) else []
+    return df[cols]
+
+
+#: bootstrap resamples of the rank table
+RANK_BOOT = 1000
+
+
+def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
+               ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The league: each optimizer's mean rank over the ranked scenarios (rank 1 = the highest
+    mean headline online accuracy over seeds in a scenario; ties share the average rank), with a
+    percentile-bootstrap interval (seeds resampled within each scenario, paired across
+    optimizers, since one seed is one stream), first places, and the mean rank per scenario
+    family. None with fewer than 3 optimizers or 2 ranked scenarios. Scenarios without a
+    learnable signal are left out."""
+    values = v.values if v.values is not None else run_values(v)
+    scen = [s for s in v.scenarios if not v.no_signal.get(s)]
+    have = set(values.dropna(subset=["online_acc"])["optimizer"])
+    arms = [a for a in v.arms if a in have]  # arms whose every run failed are not ranked
+    if len(arms) < 3 or len(scen) < 2:
+        return None
+    tables = []
+    for s in scen:
+        col = v.headline(s, "online_acc")
+        sub = values[values["scenario"] == s]
+        t = sub.pivot_table(index="seed", columns="optimizer", values=col, aggfunc="first")
+        tables.append(t.reindex(columns=arms))
+    rng = np.random.default_rng(seed)
+
+    def ranks(frames: list[pd.DataFrame]) -> np.ndarray:
+        out = np.full((len(frames), len(arms)), np.nan)
+        for i, t in enumerate(frames):
+            means = t.mean(axis=0, skipna=True)
+            out[i] = means.rank(ascending=False, method="average").to_numpy()
+        return out
+
+    point = ranks(tables)
+    boot = np.empty((n_boot, len(arms)))
+    for b in range(n_boot):
+        res = [t.iloc[rng.integers(0, len(t), len(t))] for t in tables]
+        with warnings.catch_warnings():  # an optimizer without runs in a scenario: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            boot[b] = np.nanmean(ranks(res), axis=0)
+    fam = [v.families.get(s, "") or s for s in scen]
+    rows = []
+    for j, arm in enumerate(arms):
+        col = point[:, j]
+        rows.append({"optimizer": arm, "mean_rank": float(np.nanmean(col)),
+                     "low": float(np.nanquantile(boot[:, j], 0.025)),
+                     "high": float(np.nanquantile(boot[:, j], 0.975)),
+                     "first_places": int((col == 1).sum()), "scenarios": int(
+                         np.isfinite(col).sum())})
+    league = pd.DataFrame(rows).sort_values("mean_rank", kind="stable").reset_index(drop=True)
+    per = pd.DataFrame(point, columns=arms).assign(family=fam)
+    families = per.groupby("family", sort=False).mean().T
+    families.index.name = "optimizer"
+    families = families.reindex(league["optimizer"]).reset_index()
+    return league, families

@@ -1,0 +1,321 @@
+"""Running a study: the runs not yet complete in a results folder, written as they arrive.
+
+:func:`run_study` is :meth:`shiftsim.study.Study.run`: it checks its arguments and that every
+model fits every dataset before any work, locks the folder, writes ``study.json``, picks an
+executor (fleets, the in-process executor, a local pool or Ray), writes each run's outcome to
+the store as it arrives (Ctrl-C deferred while a run is written), refreshes the indexes and
+returns a :class:`StudyRunReport`. A tuned study runs in stages: tuning runs, the selection
+(:mod:`~shiftsim.study.selection`, written to ``tuning.json``), then the evaluation runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import store
+from ..checks import check_model_fits
+from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
+from ..runspec import RunSpec
+from .executors import (
+    GUARD_HINT,
+    Executor,
+    InProcess,
+    LocalPool,
+    Outcome,
+    RayExecutor,
+    import_ray,
+)
+from .fleet_executor import FleetExecutor, plan_fleets
+from .grid import StudyGrid
+from .signals import defer_sigint
+
+__all__ = ["BACKENDS", "StudyRunReport", "default_workers", "run_study"]
+
+BACKENDS = ("local", "ray")
+
+
+def default_workers() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class StudyRunReport:
+    """What one :meth:`Study.run` did. ``done``: runs finished now; ``skipped``: already
+    complete; ``failed`` / ``diverged``: such runs in the store (now or kept from earlier);
+    ``remaining``: runs still not complete (after an interrupt)."""
+
+    name: str
+    out_dir: Path
+    total: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    diverged: int = 0
+    remaining: int = 0
+    kept_failed: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    backend: str = "local"
+    workers: int = 1
+    #: a tuned study's stages (tuning, widened grids, evaluation), each with its own counts;
+    #: ``started_s`` and ``elapsed_s`` of each count from the start of the whole run
+    stages: list[StudyRunReport] = dataclasses.field(default_factory=list)
+    started_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every run is complete and none failed."""
+        return self.failed == 0 and self.remaining == 0 and not self.interrupted
+
+    @property
+    def complete(self) -> int:
+        return self.total - self.remaining
+
+    @property
+    def complete_stage(self) -> bool:
+        """Every run of this stage is complete (failed ones included): the next may start."""
+        return self.remaining == 0 and not self.interrupted
+
+    def line(self) -> str:
+        parts = [f"{self.name}: {self.complete}/{self.total} runs complete"]
+        now = []
+        if self.done:
+            now.append(f"{self.done} ran now")
+        if self.skipped:
+            now.append(f"{self.skipped} already complete")
+        if now:
+            parts[0] += f" ({', '.join(now)})"
+        if self.diverged:
+            parts.append(f"{self.diverged} diverged")
+        if self.failed:
+            kept = (f", {self.kept_failed} kept from earlier — retry_failed=True reruns them"
+                    if self.kept_failed else "")
+            parts.append(f"{self.failed} FAILED{kept}")
+        if self.interrupted:
+            parts.append(f"INTERRUPTED, {self.remaining} left (run again to resume)")
+        elif self.remaining:
+            parts.append(f"{self.remaining} not complete")
+        parts.append(f"{_duration(self.elapsed_s)} -> {self.out_dir}")
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+def _duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(round(s)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+
+def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None = None,
+              backend: str = "local", resume: bool = True, progress: bool = True, *,
+              retry_failed: bool = False, device: str = "auto", threads: int | None = 1,
+              gpus_per_run: float = 0.0, executor: Executor | None = None,
+              fleet: bool | None = None) -> StudyRunReport:
+    """Run every run of ``study`` not yet complete in ``out_dir`` (the arguments:
+    :meth:`shiftsim.study.Study.run`)."""
+    if backend not in BACKENDS:
+        raise allowed(backend, "backend", BACKENDS)
+    if workers is not None:  # None: the default, one per core
+        workers = check_range(workers, "workers", 1, integer=True)
+    threads = check_range(threads, "threads", 1, integer=True, optional=True)
+    if isinstance(gpus_per_run, bool) or not isinstance(gpus_per_run, (int, float)) or not (
+            math.isfinite(gpus_per_run) and gpus_per_run >= 0):
+        raise ShiftsimError(f"gpus_per_run must be a number >= 0 (fractions share a GPU), "
+                            f"got {gpus_per_run!r}")
+    if gpus_per_run and backend != "ray" and executor is None:
+        raise ShiftsimError("gpus_per_run applies to backend='ray'; local workers use the "
+                            "machine's GPU through device='auto'")
+    if not isinstance(device, str):
+        raise SpecTypeError(f"device must be a string such as 'auto' or 'cpu', got {device!r}")
+    if mp.parent_process() is not None and \
+            getattr(sys.modules.get("__main__"), "__name__", "") == "__mp_main__":
+        raise ShiftsimError(f"study.run() called while a worker process was starting; "
+                            f"{GUARD_HINT}")
+    if fleet is not None and not isinstance(fleet, bool):
+        raise SpecTypeError(f"fleet must be True, False or None, got {fleet!r}")
+    if fleet and (backend == "ray" or executor is not None):
+        raise ShiftsimError("fleet=True runs on the local backend without a custom "
+                            "executor; use fleet=False with backend='ray' or executor=")
+    if backend == "ray" and executor is None:
+        import_ray()  # fail before touching the folder when Ray is missing
+    pairs = {(id(s.data), m): (s.data, m) for s in study.scenarios.values()
+             for m in study.models.values()}
+    for data, m in pairs.values():  # before any work: every model fits every dataset
+        check_model_fits(m, data)
+    out = store.check_out_dir(out_dir)
+    t0 = time.perf_counter()
+    with store.lock(out):
+        return _run(study, out, workers, backend, resume, progress, retry_failed, device,
+                    threads, gpus_per_run, executor, t0, fleet)
+
+
+def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume: bool,
+         progress: bool, retry_failed: bool, device: str, threads: int | None,
+         gpus_per_run: float, executor: Executor | None, t0: float, fleet: bool | None = None
+         ) -> StudyRunReport:
+    old = store.read_study(out)
+    if old is not None and old.get("name") not in (None, study.name):
+        raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
+                            f"not {study.name!r}; use another folder")
+    n_workers = default_workers() if workers is None else workers
+    ray_executor = None
+    if executor is None and backend == "ray":
+        executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
+
+    def stage(specs: list[RunSpec], label: str) -> StudyRunReport:
+        nonlocal old
+        states = store.scan(out, [s.run_id for s in specs])
+        redo = {"pending", "incomplete"} | ({"failed"} if retry_failed else set())
+        todo = [s for s in specs if not resume or states[s.run_id].status in redo]
+        counts = {st: 0 for st in store.STATUSES}
+        todo_ids = {s.run_id for s in todo}
+        for s in specs:
+            if s.run_id not in todo_ids:
+                counts[states[s.run_id].status] += 1
+        ex = executor
+        if ex is None:
+            if todo and fleet is not False and (
+                    fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
+                ex = FleetExecutor(min(n_workers, len(todo)), device, threads)
+            elif min(n_workers, len(todo)) <= 1:
+                ex = InProcess(device, threads)
+            else:
+                ex = LocalPool(min(n_workers, len(todo)), device, threads)
+        elif ex is ray_executor and todo:
+            ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
+        report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
+                          t0, {rid: st.status for rid, st in states.items()}, label)
+        old = store.read_study(out)
+        return report
+
+    try:
+        if study.tuning is None:
+            return stage(study.grid(), study.name)
+        return _tune_then_test(study, out, stage)
+    finally:
+        if ray_executor is not None:
+            ray_executor.close()
+
+
+def _tune_then_test(study: StudyGrid, out: Path, stage: Any) -> StudyRunReport:
+    """Run the tuning runs, select (widening the grid where asked), write ``tuning.json``,
+    then run the evaluation runs."""
+    from . import selection
+
+    assert study.tuning is not None
+    study.set_selection(None)
+    reports = [stage(study.tuning_grid(), f"{study.name} [tune]")]
+    for round_ in range(study.tuning.extend + 1):
+        if not reports[-1].complete_stage:
+            return _merged(study.name, out, reports)  # interrupted or incomplete: resume
+        choices, curves = selection.select_from_store(study, out)
+        wider = selection.widenings(study, choices) if round_ < study.tuning.extend else {}
+        if not wider:
+            break
+        study.widen(wider)
+        reports.append(stage(study.tuning_grid(), f"{study.name} [tune, wider grid]"))
+    study.set_selection(choices)
+    selection.write(study, out, choices, curves)
+    reports.append(stage(study.grid(), f"{study.name} [eval]"))
+    return _merged(study.name, out, reports)
+
+
+def _execute(study: StudyGrid, out: Path, old: dict[str, Any] | None, specs: list[RunSpec],
+             todo: list[RunSpec], counts: dict[str, int], executor: Executor,
+             n_workers: int, progress: bool, t0: float, statuses: dict[str, str],
+             label: str | None = None) -> StudyRunReport:
+    store.clean_tmp(out)  # left by a process killed while writing study.json or an index
+    desc = study.to_dict()
+    if old is None or {k: old.get(k) for k in desc} != store.plain(desc):
+        store.write_study(out, desc)
+    report = StudyRunReport(label or study.name, out, len(specs),
+                            started_s=time.perf_counter() - t0,
+                            skipped=len(specs) - len(todo),
+                            kept_failed=counts["failed"], backend=getattr(
+                                executor, "name", type(executor).__name__),
+                            workers=n_workers)
+    bar = _progress(progress, label or study.name, len(specs), report.skipped)
+    by_id = {s.run_id: s for s in todo}
+    left = set(by_id)
+    outcomes = executor.run(todo) if todo else iter(())
+    try:
+        for outcome in outcomes:
+            spec = by_id.get(outcome.run_id)
+            if spec is None or outcome.run_id not in left:
+                continue  # not ours, or a duplicate (never written twice)
+            with defer_sigint():
+                _write(out, spec, outcome)
+                left.discard(outcome.run_id)
+                report.done += 1
+                counts[outcome.status] += 1
+                if bar is not None:
+                    bar.update(1)
+                    post = {k: counts[k] for k in ("failed", "diverged") if counts[k]}
+                    if post:
+                        bar.set_postfix(post, refresh=False)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        executor.cancel()
+        raise
+    finally:
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()
+        if bar is not None:
+            bar.close()
+        report.failed = counts["failed"]
+        report.diverged = counts["diverged"]
+        report.remaining = len(left) + counts["incomplete"] + counts["pending"]
+        report.elapsed_s = time.perf_counter() - t0
+        if report.done or store.indexes_stale(out, statuses):
+            with contextlib.suppress(Exception):
+                store.write_indexes(out)
+        print(report.line(), flush=True)
+    return report
+
+
+def _progress(enabled: bool, name: str, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="run", dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _write(out: Path, spec: RunSpec, o: Outcome) -> Path:
+    extra = {"wall_s": o.wall_s, "worker": o.worker, "threads": o.threads}
+    return store.write_run(out, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
+                           status=o.status, result=o.result, summary=o.summary, scores=o.scores,
+                           error=o.error, traceback=o.traceback, extra=extra)
+
+
+def _merged(name: str, out: Path, reports: list[StudyRunReport]) -> StudyRunReport:
+    """One report for a study run in stages (tuning, evaluation): the last stage's totals
+    (which list every run), the stages' work added up."""
+    last = reports[-1]
+    return StudyRunReport(
+        name, out, last.total, done=sum(r.done for r in reports),
+        skipped=max(0, last.skipped - sum(r.done for r in reports[:-1])),
+        failed=last.failed, diverged=last.diverged, remaining=last.remaining,
+        kept_failed=last.kept_failed, elapsed_s=last.elapsed_s,
+        interrupted=any(r.interrupted for r in reports), backend=last.backend,
+        workers=last.workers, stages=list(reports))
+
