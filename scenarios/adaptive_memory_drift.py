@@ -5,7 +5,8 @@ other end of that trade-off.
 
 Optimizers: adamem_sgd and adamem_adamw against sgdm, plain sgd and adamw, each tuned per
 scenario on its family's default learning-rate grid (7 points, 3 decades, widened by a decade
-where the best sits at an edge; 3 tuning seeds) and evaluated on 10 other seeds. Headline: recovery time and recovery deficit after each shift.
+where the best sits at an edge; 3 tuning seeds) and evaluated on 10 other seeds.
+Headline: recovery time and recovery deficit after each shift.
 Digits (embedded), MLP(64). Scenarios: covariate drift (rotation 45 degrees abrupt and gradual,
 a pixel permutation of half the inputs), recurring covariate drift (rotations cycled twice),
 and label shifts (all labels permuted, 5 tasks; a class-prior shift).
