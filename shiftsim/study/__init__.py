@@ -94,7 +94,7 @@ class Study(StudyGrid):
             backend: str = "local", resume: bool = True, progress: bool = True, *,
             retry_failed: bool = False, device: str = "auto", threads: int | None = 1,
             gpus_per_run: float = 0.0, executor: Executor | None = None,
-            fleet: bool | None = None) -> StudyRunReport:
+            fleet: bool | None = None, deterministic: bool = False) -> StudyRunReport:
         """Run every run not yet complete in ``out_dir`` and write each result as it arrives.
 
         Args:
@@ -116,13 +116,23 @@ class Study(StudyGrid):
                 the results equal ``shiftsim.run``'s bit for bit, for other models up to
                 float rounding). None (default): whenever some runs
                 can share a fleet on the local backend; False: one run at a time.
+            deterministic: every run under torch's deterministic settings
+                (:func:`shiftsim.runtime.deterministic_mode`; worker processes set
+                ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts). Needed for CUDA results
+                that repeat bit for bit (same GPU model, driver, CUDA/cuDNN and torch
+                versions, same fleet sizes); CPU results repeat without it.
+
+        A results folder holds runs of one device type: resuming it on another (runs made on
+        the CPU, now on CUDA) raises a one-line error before anything runs, since the random
+        draws differ by device. Run ids do not name the device.
 
         Returns a :class:`StudyRunReport` and prints its one-line summary. Ctrl-C stops the
         workers, leaves only complete runs in ``out_dir`` and raises KeyboardInterrupt.
         """
         return run_study(self, out_dir, workers, backend, resume, progress,
                          retry_failed=retry_failed, device=device, threads=threads,
-                         gpus_per_run=gpus_per_run, executor=executor, fleet=fleet)
+                         gpus_per_run=gpus_per_run, executor=executor, fleet=fleet,
+                         deterministic=deterministic)
 
 
 def study_from_file(path: str | os.PathLike) -> Study:

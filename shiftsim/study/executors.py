@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..runspec import RunSpec, canonical_json
-from ..runtime import torch_threads
+from ..runtime import prepare_deterministic_env, torch_threads
 from .signals import ignore_sigint, sigint_ignored
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,16 +86,19 @@ def execute(spec: RunSpec, device: str = "auto", threads: int | None = None) -> 
 
 
 def run_outcome(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
-                device: str = "auto", threads: int | None = None) -> Outcome:
+                device: str = "auto", threads: int | None = None,
+                deterministic: bool = False) -> Outcome:
     """Run one learner and package the result, its per-phase summary and scores; an exception
-    becomes a ``failed`` Outcome (KeyboardInterrupt and SystemExit propagate)."""
+    becomes a ``failed`` Outcome (KeyboardInterrupt and SystemExit propagate).
+    ``deterministic``: :func:`shiftsim.run`'s."""
     from .. import store
     from ..engine import run
 
     t0 = time.perf_counter()
     try:
         with torch_threads(threads):
-            result = run(scenario, model, optimizer, seed=seed, device=device)
+            result = run(scenario, model, optimizer, seed=seed, device=device,
+                         deterministic=deterministic)
             m = result.measure()
     except Exception as exc:
         error, trace = store.format_error(exc)
@@ -174,14 +177,15 @@ class InProcess:
 
     name = "in-process"
 
-    def __init__(self, device: str = "auto", threads: int | None = 1) -> None:
-        self.device, self.threads = device, threads
+    def __init__(self, device: str = "auto", threads: int | None = 1,
+                 deterministic: bool = False) -> None:
+        self.device, self.threads, self.deterministic = device, threads, deterministic
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         with torch_threads(self.threads):
             for s in specs:
                 yield run_outcome(s.scenario, s.model, s.optimizer, s.seed, s.run_id,
-                                  self.device, None)
+                                  self.device, None, self.deterministic)
 
     def cancel(self) -> None:
         pass
@@ -202,13 +206,13 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
-                 parent_pid: int) -> None:
+                 parent_pid: int, deterministic: bool = False) -> None:
     """A pool worker: serve tasks until told to stop, then exit at once (the interpreter's
     orderly teardown of torch, pandas and pyarrow takes seconds and there is nothing to save:
     every result has been sent)."""
     code = 0
     try:
-        _serve(conn, scenarios, device, threads, parent_pid)
+        _serve(conn, scenarios, device, threads, parent_pid, deterministic)
     except BaseException:  # a bug here, not in a run (runs report their own errors)
         code = 1
         with contextlib.suppress(Exception):
@@ -220,9 +224,11 @@ def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads
 
 
 def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
-           parent_pid: int) -> None:
+           parent_pid: int, deterministic: bool = False) -> None:
     """Receive task tuples, send back Outcomes, until told to stop."""
     ignore_sigint()  # Ctrl-C is the driver's business
+    if deterministic:
+        prepare_deterministic_env()  # before CUDA starts in this process
     _watch_parent(parent_pid)
     if threads is not None:
         import torch
@@ -237,7 +243,8 @@ def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int 
         if task is None:
             return
         run_id, key, model, optimizer, seed = task
-        out = run_outcome(scenarios[key], model, optimizer, seed, run_id, device, None)
+        out = run_outcome(scenarios[key], model, optimizer, seed, run_id, device, None,
+                          deterministic)
         try:
             conn.send(("done", out))
         except (BrokenPipeError, OSError):
@@ -275,17 +282,20 @@ class LocalPool:
     name = "local"
 
     def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
-                 retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2) -> None:
+                 retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2,
+                 deterministic: bool = False) -> None:
         workers = check_range(workers, "workers", 1, integer=True)
         prefetch = check_range(prefetch, "prefetch", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
+        self.deterministic = deterministic
         self.retries, self.start_timeout, self.prefetch = retries, start_timeout, prefetch
         self._slots: list[_Slot] = []
 
     def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
         here, there = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_worker_main, name="shiftsim-worker", daemon=True,
-                           args=(there, table, self.device, self.threads, os.getpid()))
+                           args=(there, table, self.device, self.threads, os.getpid(),
+                                 self.deterministic))
         with sigint_ignored():  # a worker starts with Ctrl-C ignored
             proc.start()
         there.close()
@@ -418,8 +428,11 @@ def import_ray() -> Any:
 
 
 def _ray_task(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
-              device: str, threads: int | None) -> Outcome:
-    return run_outcome(scenario, model, optimizer, seed, run_id, device, threads)
+              device: str, threads: int | None, deterministic: bool = False) -> Outcome:
+    if deterministic:
+        prepare_deterministic_env()
+    return run_outcome(scenario, model, optimizer, seed, run_id, device, threads,
+                       deterministic)
 
 
 class RayExecutor:
@@ -431,8 +444,9 @@ class RayExecutor:
 
     def __init__(self, workers: int | None, device: str = "auto", threads: int | None = 1,
                  gpus_per_run: float = 0.0, cpus_per_run: float = 1.0, max_retries: int = 1,
-                 address: str | None = None) -> None:
+                 address: str | None = None, deterministic: bool = False) -> None:
         self.workers, self.device, self.threads = workers, device, threads
+        self.deterministic = deterministic
         self.gpus_per_run, self.cpus_per_run = gpus_per_run, cpus_per_run
         self.max_retries = max_retries
         self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
@@ -486,7 +500,7 @@ class RayExecutor:
                     t = pending.popleft()
                     run_id, key, model, optimizer, seed = t
                     ref = remote.remote(refs[key], model, optimizer, seed, run_id, self.device,
-                                        self.threads)
+                                        self.threads, self.deterministic)
                     self._in_flight[ref] = t
                 done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
                 for ref in done:

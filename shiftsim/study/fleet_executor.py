@@ -44,7 +44,7 @@ from typing import Any
 
 from ..errors import ShiftsimError, check_range
 from ..runspec import RunSpec, canonical_json
-from ..runtime import torch_threads
+from ..runtime import prepare_deterministic_env, torch_threads
 from .executors import (
     GUARD_HINT,
     Outcome,
@@ -157,7 +157,8 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
 
 def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, Any, int]],
                        device: str = "auto", threads: int | None = None,
-                       check_every: int = 64, compile: bool = False) -> list[Outcome]:
+                       check_every: int = 64, compile: bool = False,
+                       deterministic: bool = False) -> list[Outcome]:
     """Run ``members`` — ``(run_id, optimizer, seed)`` triples — as one fleet and package one
     Outcome per run, as :func:`~shiftsim.study.executors.run_outcome` does for one run. When
     the fleet raises, its runs are run one by one (so an error is recorded with its own run)."""
@@ -167,9 +168,11 @@ def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, A
     try:
         with torch_threads(threads):
             results = run_fleet(scenario, model, [(o, s) for _, o, s in members],
-                                device=device, check_every=check_every, compile=compile)
+                                device=device, check_every=check_every, compile=compile,
+                                deterministic=deterministic)
     except Exception:
-        return [run_outcome(scenario, model, o, s, rid, device, threads) for rid, o, s in members]
+        return [run_outcome(scenario, model, o, s, rid, device, threads, deterministic)
+                for rid, o, s in members]
     import torch
 
     wall = (time.perf_counter() - t0) / len(members)
@@ -189,8 +192,11 @@ def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, A
 _SCENARIOS: dict[str, Any] = {}
 
 
-def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int) -> None:
+def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int,
+                 deterministic: bool = False) -> None:
     ignore_sigint()  # Ctrl-C is the driver's business
+    if deterministic:
+        prepare_deterministic_env()  # before CUDA starts in this process
     _watch_parent(parent_pid)  # exit when the driver dies
     _SCENARIOS.update(scenarios)
     if threads is not None:
@@ -200,12 +206,13 @@ def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int
 
 
 def _execute(kind: str, scenario: Any, model: Any, members: list[tuple[str, Any, int]],
-             device: str, threads: int | None, check_every: int, compile: bool
-             ) -> list[Outcome]:
+             device: str, threads: int | None, check_every: int, compile: bool,
+             deterministic: bool = False) -> list[Outcome]:
     if kind == "fleet":
         return run_fleet_outcomes(scenario, model, members, device, threads, check_every,
-                                  compile)
-    return [run_outcome(scenario, model, o, s, rid, device, threads) for rid, o, s in members]
+                                  compile, deterministic)
+    return [run_outcome(scenario, model, o, s, rid, device, threads, deterministic)
+            for rid, o, s in members]
 
 
 def _task(kind: str, key: str, *args: Any) -> list[Outcome]:
@@ -225,15 +232,18 @@ class FleetExecutor:
         memory_fraction: the share of free device memory fleets may use, over all workers.
         check_every, compile: passed to :func:`shiftsim.fleet.run_fleet`.
         retries: how often a fleet whose worker died is retried in a fresh worker.
+        deterministic: run every fleet under :func:`shiftsim.runtime.deterministic_mode`.
     """
 
     name = "fleet"
 
     def __init__(self, workers: int = 1, device: str = "auto", threads: int | None = 1,
                  max_members: int | None = None, memory_fraction: float = MEMORY_FRACTION,
-                 check_every: int = 64, compile: bool = False, retries: int = 1) -> None:
+                 check_every: int = 64, compile: bool = False, retries: int = 1,
+                 deterministic: bool = False) -> None:
         workers = check_range(workers, "workers", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
+        self.deterministic = deterministic
         self.max_members, self.memory_fraction = max_members, memory_fraction
         self.check_every, self.compile, self.retries = check_every, compile, retries
         self._pool: cf.ProcessPoolExecutor | None = None
@@ -260,7 +270,7 @@ class FleetExecutor:
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         table, tasks = self._tasks(specs)
-        opts = (self.device, self.threads, self.check_every, self.compile)
+        opts = (self.device, self.threads, self.check_every, self.compile, self.deterministic)
         if self.workers == 1 or len(tasks) == 1:
             with torch_threads(self.threads):
                 for kind, key, model, members in tasks:
@@ -277,7 +287,7 @@ class FleetExecutor:
         while pending:
             pool = self._pool = cf.ProcessPoolExecutor(
                 min(self.workers, len(pending)), mp_context=ctx, initializer=_init_worker,
-                initargs=(table, self.threads, os.getpid()))
+                initargs=(table, self.threads, os.getpid(), self.deterministic))
             retry: list[tuple] = []
             clean = False
             try:

@@ -25,6 +25,7 @@ from .. import store
 from ..checks import check_model_fits
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 from ..runspec import RunSpec
+from ..runtime import resolve_device
 from .executors import (
     GUARD_HINT,
     Executor,
@@ -127,9 +128,11 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
               backend: str = "local", resume: bool = True, progress: bool = True, *,
               retry_failed: bool = False, device: str = "auto", threads: int | None = 1,
               gpus_per_run: float = 0.0, executor: Executor | None = None,
-              fleet: bool | None = None) -> StudyRunReport:
+              fleet: bool | None = None, deterministic: bool = False) -> StudyRunReport:
     """Run every run of ``study`` not yet complete in ``out_dir`` (the arguments:
     :meth:`shiftsim.study.Study.run`)."""
+    if not isinstance(deterministic, bool):
+        raise SpecTypeError(f"deterministic must be True or False, got {deterministic!r}")
     if backend not in BACKENDS:
         raise allowed(backend, "backend", BACKENDS)
     if workers is not None:  # None: the default, one per core
@@ -163,13 +166,13 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
     t0 = time.perf_counter()
     with store.lock(out):
         return _run(study, out, workers, backend, resume, progress, retry_failed, device,
-                    threads, gpus_per_run, executor, t0, fleet)
+                    threads, gpus_per_run, executor, t0, fleet, deterministic)
 
 
 def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume: bool,
          progress: bool, retry_failed: bool, device: str, threads: int | None,
-         gpus_per_run: float, executor: Executor | None, t0: float, fleet: bool | None = None
-         ) -> StudyRunReport:
+         gpus_per_run: float, executor: Executor | None, t0: float, fleet: bool | None = None,
+         deterministic: bool = False) -> StudyRunReport:
     old = store.read_study(out)
     if old is not None and old.get("name") not in (None, study.name):
         raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
@@ -177,7 +180,9 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
     n_workers = default_workers() if workers is None else workers
     ray_executor = None
     if executor is None and backend == "ray":
-        executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
+        executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run,
+                                              deterministic=deterministic)
+    device_type = _device_type(device, backend, executor is not None)
 
     def stage(specs: list[RunSpec], label: str) -> StudyRunReport:
         nonlocal old
@@ -189,19 +194,23 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
         for s in specs:
             if s.run_id not in todo_ids:
                 counts[states[s.run_id].status] += 1
+        check_device(out, states, todo_ids, device_type)  # before anything is written
         ex = executor
         if ex is None:
             if todo and fleet is not False and (
                     fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
-                ex = FleetExecutor(min(n_workers, len(todo)), device, threads)
+                ex = FleetExecutor(min(n_workers, len(todo)), device, threads,
+                                   deterministic=deterministic)
             elif min(n_workers, len(todo)) <= 1:
-                ex = InProcess(device, threads)
+                ex = InProcess(device, threads, deterministic)
             else:
-                ex = LocalPool(min(n_workers, len(todo)), device, threads)
+                ex = LocalPool(min(n_workers, len(todo)), device, threads,
+                               deterministic=deterministic)
         elif ex is ray_executor and todo:
             ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
         report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
-                          t0, {rid: st.status for rid, st in states.items()}, label)
+                          t0, {rid: st.status for rid, st in states.items()}, label,
+                          device_type)
         old = store.read_study(out)
         return report
 
@@ -212,6 +221,52 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
     finally:
         if ray_executor is not None:
             ray_executor.close()
+
+
+def _device_type(device: str, backend: str, custom: bool) -> str | None:
+    """The device type the runs will run on, as far as the driver can tell (None: unknown,
+    ``device="auto"`` on Ray, where the cluster's workers decide). On the local backend the
+    device is checked here, so a study asking for CUDA where there is none stops at once."""
+    import torch
+
+    if backend == "ray" or custom:
+        if device == "auto":
+            return None if backend == "ray" and not custom else resolve_device(device).type
+        try:
+            return torch.device(device).type
+        except (RuntimeError, TypeError):
+            return None
+    return resolve_device(device).type
+
+
+def recorded_device_type(state: store.RunState) -> str | None:
+    """The device type a complete run ran on, from its ``summary.json``: its ``device``
+    (``"cuda:0"`` -> ``"cuda"``), ``"cpu"`` for a run written before devices were checked, and
+    None for a failed run that recorded none (it ran nothing worth keeping apart)."""
+    summary = state.summary or {}
+    recorded = summary.get("device")
+    if recorded:
+        return str(recorded).split(":", 1)[0]
+    return None if state.status == "failed" else "cpu"
+
+
+def check_device(out: Path, states: dict[str, store.RunState], todo: set[str],
+                 device_type: str | None) -> None:
+    """Refuse to resume a results folder whose kept runs ran on another device type: random
+    draws (noise, batch order) differ between CPU and CUDA generators, so a study would
+    silently mix results from two devices. The run ids do not name the device (CPU ids stay
+    what they were), so this check is what keeps a folder on one device type."""
+    if device_type is None:
+        return
+    for rid, st in states.items():
+        if rid in todo or not st.complete:
+            continue
+        was = recorded_device_type(st)
+        if was is not None and was != device_type:
+            raise ShiftsimError(
+                f"{str(out)!r} holds runs made on {was!r} (e.g. run {rid}) and this study runs "
+                f"on {device_type!r}; resuming would mix devices (their random draws differ): "
+                f"use device={was!r}, another folder, or resume=False to redo every run")
 
 
 def _tune_then_test(study: StudyGrid, out: Path, stage: Any) -> StudyRunReport:
@@ -240,7 +295,7 @@ def _tune_then_test(study: StudyGrid, out: Path, stage: Any) -> StudyRunReport:
 def _execute(study: StudyGrid, out: Path, old: dict[str, Any] | None, specs: list[RunSpec],
              todo: list[RunSpec], counts: dict[str, int], executor: Executor,
              n_workers: int, progress: bool, t0: float, statuses: dict[str, str],
-             label: str | None = None) -> StudyRunReport:
+             label: str | None = None, device_type: str | None = None) -> StudyRunReport:
     store.clean_tmp(out)  # left by a process killed while writing study.json or an index
     desc = study.to_dict()
     if old is None or {k: old.get(k) for k in desc} != store.plain(desc):
@@ -261,7 +316,7 @@ def _execute(study: StudyGrid, out: Path, old: dict[str, Any] | None, specs: lis
             if spec is None or outcome.run_id not in left:
                 continue  # not ours, or a duplicate (never written twice)
             with defer_sigint():
-                _write(out, spec, outcome)
+                _write(out, spec, outcome, device_type)
                 left.discard(outcome.run_id)
                 report.done += 1
                 counts[outcome.status] += 1
@@ -300,8 +355,10 @@ def _progress(enabled: bool, name: str, total: int, initial: int) -> Any:
                 smoothing=0.1)
 
 
-def _write(out: Path, spec: RunSpec, o: Outcome) -> Path:
+def _write(out: Path, spec: RunSpec, o: Outcome, device_type: str | None = None) -> Path:
     extra = {"wall_s": o.wall_s, "worker": o.worker, "threads": o.threads}
+    if o.result is None and device_type is not None:  # a failed run: where it was meant to run
+        extra["device"] = device_type
     return store.write_run(out, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
                            status=o.status, result=o.result, summary=o.summary, scores=o.scores,
                            error=o.error, traceback=o.traceback, extra=extra)
