@@ -256,10 +256,16 @@ def _am_metric(P: Tensor, W: Tensor | None, lam: Scalar, ld: int) -> Tensor:
 def _am_scales(k1: Tensor, sbc2: Sequence[Scalar], eps: Scalar) -> tuple[list[Tensor],
                                                                           list[Tensor]]:
     """Per tensor, ``c1 = k1 / sqrt(bc2)`` and ``c2 = k1 * eps`` of :func:`_am_precond` (``k1``:
-    shape (n[, K]); one op each when the bias corrections are floats)."""
+    shape (n[, K]); one op each when the bias corrections are floats).
+
+    No host-to-device copy when every tensor has the same bias correction (every tensor
+    stepped as often, the usual case): ``k1 * float`` rounds the float to ``k1``'s dtype as
+    the column tensor would, so the two give the same bits."""
     if any(isinstance(x, Tensor) for x in sbc2):
         c1 = [k1[i] * sbc2[i] for i in range(len(sbc2))]
-    else:
+    elif len(set(sbc2)) <= 1:
+        c1 = list((k1 * (sbc2[0] if sbc2 else 1.0)).unbind(0))
+    else:  # tensors stepped a different number of times (a param group added later)
         col = torch.tensor(list(sbc2), dtype=k1.dtype, device=k1.device)
         c1 = list((k1 * col.view(-1, *(1,) * (k1.dim() - 1))).unbind(0))
     return c1, list((k1 * eps).unbind(0))
