@@ -56,16 +56,18 @@ from .executors import (
     run_outcome,
 )
 from .fleet_executor import FleetExecutor, plan_fleets
+from .gpus import WorkerPlan, plan_workers
 from .grid import StudyGrid
 from .runner import BACKENDS, StudyRunReport, default_workers, run_study
 from .tuning import Tuning
 
 __all__ = [
     "Axis", "BACKENDS", "Executor", "FleetExecutor", "HASH_FORMAT", "InProcess", "LocalPool",
-    "Outcome", "RayExecutor", "RunSpec", "Study", "StudyGrid", "StudyRunReport", "Tuning",
-    "canonical_json", "content_hash", "default_workers", "execute", "flip_rates",
-    "freeze_labels", "hparam_grid", "import_ray", "labels_from_info", "lr_grid", "plan_fleets",
-    "run_outcome", "severity_axis", "study_from_file", "views",
+    "Outcome", "RayExecutor", "RunSpec", "Study", "StudyGrid",
+    "StudyRunReport", "Tuning", "WorkerPlan", "canonical_json", "content_hash",
+    "default_workers", "execute", "flip_rates", "freeze_labels", "hparam_grid", "import_ray",
+    "labels_from_info", "lr_grid", "plan_fleets", "plan_workers", "run_outcome",
+    "severity_axis", "study_from_file", "views",
 ]
 
 
@@ -99,8 +101,9 @@ class Study(StudyGrid):
 
         Args:
             out_dir: the results folder (created; it holds one study).
-            workers: runs in parallel; default: the number of cores. ``1`` runs in this
-                process. With Ray: the most runs in flight (default: the cluster's CPUs).
+            workers: runs in parallel; default: the number of cores (on CUDA: 2 per GPU).
+                ``1`` runs in this process. With Ray: the most tasks in flight (default: the
+                cluster's CPUs).
             backend: ``"local"`` (a spawn-safe process pool) or ``"ray"`` (Ray tasks on the
                 cluster at ``RAY_ADDRESS``, or on a local Ray started for the study).
             resume: skip runs that are complete in ``out_dir`` (False: redo every run).
@@ -109,7 +112,11 @@ class Study(StudyGrid):
             device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` ...
             threads: torch intra-op threads per run (default 1: bit-identical results on every
                 backend, and the fastest for small models); None leaves torch's setting.
-            gpus_per_run: GPUs each Ray task asks for (fractions share a GPU); Ray only.
+            gpus_per_run: GPUs each run (each fleet) uses. On Ray what each task asks for
+                (fractions share a GPU; needed for ``device="cuda"``, since Ray hides the GPUs
+                from tasks that ask for none). Locally on CUDA, ``1 / gpus_per_run`` workers
+                share each GPU (default 2 per GPU, GPUs assigned round-robin:
+                :mod:`~shiftsim.study.gpus`); on the CPU it must be 0.
             executor: a custom executor (overrides ``backend`` and ``workers``).
             fleet: run runs of one scenario and model as fleets, many learners in one
                 vectorized program (:mod:`~shiftsim.study.fleet_executor`; for a ReLU MLP

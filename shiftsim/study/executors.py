@@ -264,6 +264,7 @@ class _Slot:
     tasks: collections.deque = field(default_factory=collections.deque)
     started: float = 0.0
     stopping: bool = False  # told to exit (no work left for it)
+    device: str = "auto"
 
 
 GUARD_HINT = ("worker processes start by importing your script; if you run a study from a "
@@ -276,30 +277,39 @@ class LocalPool:
     Each worker is sent up to ``prefetch`` tasks ahead (default 2: the run it is running and
     the next one), so it starts its next run while the driver writes the last result. A worker
     that dies loses its running run (retried ``retries`` times in a fresh worker, then recorded
-    as failed); the tasks waiting in its pipe go back to the queue.
+    as failed); the tasks waiting in its pipe go back to the queue. ``devices``: the device of
+    each worker (:func:`~shiftsim.study.gpus.plan_workers`: GPUs round-robin); a new worker
+    takes the device the fewest live workers use. Default: ``device`` for every worker.
     """
 
     name = "local"
 
     def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
                  retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, devices: Sequence[str] | None = None) -> None:
         workers = check_range(workers, "workers", 1, integer=True)
         prefetch = check_range(prefetch, "prefetch", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
         self.deterministic = deterministic
+        self.devices = tuple(devices) if devices else (device,)
         self.retries, self.start_timeout, self.prefetch = retries, start_timeout, prefetch
         self._slots: list[_Slot] = []
 
+    def _next_device(self) -> str:
+        """The device the fewest live workers use (the first such in ``devices``' order)."""
+        live = [s.device for s in self._slots if not s.stopping]
+        return min(dict.fromkeys(self.devices), key=lambda d: live.count(d))
+
     def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
         here, there = ctx.Pipe(duplex=True)
+        device = self._next_device()
         proc = ctx.Process(target=_worker_main, name="shiftsim-worker", daemon=True,
-                           args=(there, table, self.device, self.threads, os.getpid(),
+                           args=(there, table, device, self.threads, os.getpid(),
                                  self.deterministic))
         with sigint_ignored():  # a worker starts with Ctrl-C ignored
             proc.start()
         there.close()
-        slot = _Slot(proc, here, started=time.monotonic())
+        slot = _Slot(proc, here, started=time.monotonic(), device=device)
         self._slots.append(slot)
         return slot
 

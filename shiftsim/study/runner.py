@@ -36,6 +36,7 @@ from .executors import (
     import_ray,
 )
 from .fleet_executor import FleetExecutor, plan_fleets
+from .gpus import WorkerPlan, cores, plan_workers
 from .grid import StudyGrid
 from .signals import defer_sigint
 
@@ -44,12 +45,11 @@ __all__ = ["BACKENDS", "StudyRunReport", "default_workers", "run_study"]
 BACKENDS = ("local", "ray")
 
 
-def default_workers() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+def default_workers(device: str = "cpu", gpus_per_run: float = 0.0) -> int:
+    """The default number of local workers: the cores this process may use on the CPU, and
+    on CUDA :data:`~shiftsim.study.gpus.WORKERS_PER_GPU` per GPU (``1 / gpus_per_run`` when
+    given; :func:`~shiftsim.study.gpus.plan_workers`)."""
+    return plan_workers(device, None, gpus_per_run).workers
 
 
 @dataclass
@@ -142,11 +142,16 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
             math.isfinite(gpus_per_run) and gpus_per_run >= 0):
         raise ShiftsimError(f"gpus_per_run must be a number >= 0 (fractions share a GPU), "
                             f"got {gpus_per_run!r}")
-    if gpus_per_run and backend != "ray" and executor is None:
-        raise ShiftsimError("gpus_per_run applies to backend='ray'; local workers use the "
-                            "machine's GPU through device='auto'")
     if not isinstance(device, str):
         raise SpecTypeError(f"device must be a string such as 'auto' or 'cpu', got {device!r}")
+    plan = None
+    if backend == "local" and executor is None:  # checks device and gpus_per_run here
+        plan = plan_workers(device, workers, gpus_per_run)
+    elif backend == "ray" and executor is None and device.startswith("cuda") \
+            and not gpus_per_run:
+        raise ShiftsimError(f"device={device!r} on Ray needs gpus_per_run > 0 (e.g. 1, or 0.25 "
+                            "to share a GPU by 4 runs): Ray hides the GPUs from tasks that ask "
+                            "for none")
     if mp.parent_process() is not None and \
             getattr(sys.modules.get("__main__"), "__name__", "") == "__mp_main__":
         raise ShiftsimError(f"study.run() called while a worker process was starting; "
@@ -166,18 +171,21 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
     t0 = time.perf_counter()
     with store.lock(out):
         return _run(study, out, workers, backend, resume, progress, retry_failed, device,
-                    threads, gpus_per_run, executor, t0, fleet, deterministic)
+                    threads, gpus_per_run, executor, t0, fleet, deterministic, plan)
 
 
 def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume: bool,
          progress: bool, retry_failed: bool, device: str, threads: int | None,
          gpus_per_run: float, executor: Executor | None, t0: float, fleet: bool | None = None,
-         deterministic: bool = False) -> StudyRunReport:
+         deterministic: bool = False, plan: WorkerPlan | None = None) -> StudyRunReport:
     old = store.read_study(out)
     if old is not None and old.get("name") not in (None, study.name):
         raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
                             f"not {study.name!r}; use another folder")
-    n_workers = default_workers() if workers is None else workers
+    if plan is None:
+        plan = WorkerPlan(cores(), (device,) * cores()) if workers is None else \
+            WorkerPlan(workers, (device,) * workers)
+    n_workers = plan.workers
     ray_executor = None
     if executor is None and backend == "ray":
         executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run,
@@ -197,15 +205,17 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
         check_device(out, states, todo_ids, device_type)  # before anything is written
         ex = executor
         if ex is None:
+            n = min(n_workers, len(todo))
             if todo and fleet is not False and (
-                    fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
-                ex = FleetExecutor(min(n_workers, len(todo)), device, threads,
-                                   deterministic=deterministic)
-            elif min(n_workers, len(todo)) <= 1:
-                ex = InProcess(device, threads, deterministic)
+                    fleet or plan_fleets(todo, n, plan.devices[0], sharing=plan.per_device)[0]):
+                ex = FleetExecutor(n, device, threads, deterministic=deterministic,
+                                   devices=plan.devices[:n])
+            elif n <= 1:
+                ex = InProcess(plan.devices[0] if plan.devices else device, threads,
+                               deterministic)
             else:
-                ex = LocalPool(min(n_workers, len(todo)), device, threads,
-                               deterministic=deterministic)
+                ex = LocalPool(n, device, threads, deterministic=deterministic,
+                               devices=plan.devices[:n])
         elif ex is ray_executor and todo:
             ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
         report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
