@@ -3,7 +3,9 @@
 A :class:`Study` is a grid of :class:`RunSpec` (each with a stable content hash as its run id;
 :mod:`~shiftsim.study.grid`); :meth:`Study.run` (:mod:`~shiftsim.study.runner`) runs the runs
 not yet complete in ``out_dir`` — in this process (``workers=1``), in a spawn-safe pool of
-local processes (``backend="local"``, the default) or as Ray tasks (``backend="ray"``) — and
+local processes (``backend="local"``, the default; on CUDA GPUs assigned round-robin,
+:mod:`~shiftsim.study.gpus`) or as Ray tasks (``backend="ray"``; fleets as tasks,
+:mod:`~shiftsim.study.ray_fleets`) — and
 the driver alone writes each result to the store (:mod:`shiftsim.store`) as it arrives. Resume
 is the default: complete runs are skipped, so a second run of a complete study does nothing,
 and a study killed at any moment loses at most the runs in flight.
@@ -58,12 +60,13 @@ from .executors import (
 from .fleet_executor import FleetExecutor, plan_fleets
 from .gpus import WorkerPlan, plan_workers
 from .grid import StudyGrid
+from .ray_fleets import RayFleetExecutor
 from .runner import BACKENDS, StudyRunReport, default_workers, run_study
 from .tuning import Tuning
 
 __all__ = [
     "Axis", "BACKENDS", "Executor", "FleetExecutor", "HASH_FORMAT", "InProcess", "LocalPool",
-    "Outcome", "RayExecutor", "RunSpec", "Study", "StudyGrid",
+    "Outcome", "RayExecutor", "RayFleetExecutor", "RunSpec", "Study", "StudyGrid",
     "StudyRunReport", "Tuning", "WorkerPlan", "canonical_json", "content_hash",
     "default_workers", "execute", "flip_rates", "freeze_labels", "hparam_grid", "import_ray",
     "labels_from_info", "lr_grid", "plan_fleets", "plan_workers", "run_outcome",
@@ -121,8 +124,9 @@ class Study(StudyGrid):
             fleet: run runs of one scenario and model as fleets, many learners in one
                 vectorized program (:mod:`~shiftsim.study.fleet_executor`; for a ReLU MLP
                 the results equal ``shiftsim.run``'s bit for bit, for other models up to
-                float rounding). None (default): whenever some runs
-                can share a fleet on the local backend; False: one run at a time.
+                float rounding). None (default): whenever some runs can share a fleet,
+                locally or on Ray (each fleet one Ray task:
+                :mod:`~shiftsim.study.ray_fleets`); False: one run at a time.
             deterministic: every run under torch's deterministic settings
                 (:func:`shiftsim.runtime.deterministic_mode`; worker processes set
                 ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts). Needed for CUDA results

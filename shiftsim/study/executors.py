@@ -12,7 +12,9 @@ Workers only compute; the driver alone writes the store. Three are built in:
   themselves within a second when the driver dies.
 * :class:`RayExecutor` — Ray tasks on the cluster at ``RAY_ADDRESS`` or on a local Ray started
   for the study; each run asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (fractions
-  allowed, so several small learners share one GPU).
+  allowed, so several small learners share one GPU). A study on Ray runs fleets as Ray tasks
+  through its subclass :class:`~shiftsim.study.ray_fleets.RayFleetExecutor` (``fleet=False``:
+  this one, a task per run).
 
 A run that raises becomes an Outcome with status ``failed`` and its error; the study goes on.
 Another executor plugs in through ``Study.run(executor=...)``: it may group runs (e.g. a fleet

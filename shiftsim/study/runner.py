@@ -38,6 +38,7 @@ from .executors import (
 from .fleet_executor import FleetExecutor, plan_fleets
 from .gpus import WorkerPlan, cores, plan_workers
 from .grid import StudyGrid
+from .ray_fleets import RayFleetExecutor
 from .signals import defer_sigint
 
 __all__ = ["BACKENDS", "StudyRunReport", "default_workers", "run_study"]
@@ -158,9 +159,9 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
                             f"{GUARD_HINT}")
     if fleet is not None and not isinstance(fleet, bool):
         raise SpecTypeError(f"fleet must be True, False or None, got {fleet!r}")
-    if fleet and (backend == "ray" or executor is not None):
-        raise ShiftsimError("fleet=True runs on the local backend without a custom "
-                            "executor; use fleet=False with backend='ray' or executor=")
+    if fleet and executor is not None:
+        raise ShiftsimError("fleet=True runs fleets with shiftsim's executors (local or Ray); "
+                            "use fleet=False with a custom executor=")
     if backend == "ray" and executor is None:
         import_ray()  # fail before touching the folder when Ray is missing
     pairs = {(id(s.data), m): (s.data, m) for s in study.scenarios.values()
@@ -188,8 +189,12 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
     n_workers = plan.workers
     ray_executor = None
     if executor is None and backend == "ray":
-        executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run,
-                                              deterministic=deterministic)
+        if fleet is False:
+            executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run,
+                                                  deterministic=deterministic)
+        else:  # fleets (and the runs that go alone) as Ray tasks
+            executor = ray_executor = RayFleetExecutor(workers, device, threads, gpus_per_run,
+                                                       deterministic=deterministic)
     device_type = _device_type(device, backend, executor is not None)
 
     def stage(specs: list[RunSpec], label: str) -> StudyRunReport:
