@@ -91,6 +91,12 @@ RUNS = {
                                                 ss.optim.spec("adamem_adamw", lr=0.01),
                                                 seed=0, device=dev, vectorized=False,
                                                 check_every=10 ** 6),
+    # shiftsim's optimizers only: torch's own Adam reads its step counters with .item(), which
+    # the counter sees, but those counters stay on the CPU (no device sync on CUDA either)
+    "plain loop, every family": lambda sc, dev: [
+        ss.run(sc, ss.models.mlp(hidden=(8,)), ss.optim.spec(name), seed=0, device=dev,
+               vectorized=False, check_every=10 ** 6)
+        for name in ("tam", "adatamw", "adamem_sgd", "momo", "momo_adam", "grams")],
     "fleet of every family": lambda sc, dev: ss.run_fleet(
         sc, ss.models.mlp(hidden=(16,)),
         [("sgdm", 0), ("adam", 1), ("tam", 0), ("adatam", 1), ("adamem_sgd", 0),

@@ -60,7 +60,8 @@ class DieAlways(Shift):
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A local Ray head node on 127.0.0.1 with 2 CPUs; its workers can import the killers."""
+    """A local Ray head node on 127.0.0.1 with 2 CPUs and one declared GPU; its workers can
+    import the killers."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     if ray.is_initialized():
         ray.shutdown()
@@ -70,7 +71,8 @@ def head(tmp_path_factory):
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(lib), old) if p)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # one GPU declared (none is there): tasks asking for a share are still scheduled
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", _node_ip_address="127.0.0.1")
     finally:
         if old is None:
@@ -158,3 +160,19 @@ def test_a_fleet_whose_worker_dies_again_is_recorded_with_its_cause(tmp_path, di
     for err in runs["error"]:
         assert err.startswith("Ray task failed running its fleet of 4 runs: ")
         assert "died" in err or "Crashed" in err or "exit" in err.lower()
+
+
+def test_auto_on_a_gpu_cluster_asks_for_gpus(tmp_path, digits, head):
+    from shiftsim.study import RayExecutor, RayFleetExecutor
+    from shiftsim.study.executors import AUTO_GPUS_PER_RUN
+
+    auto = RayFleetExecutor(2, "auto")
+    auto.connect()
+    assert auto.gpus_per_run == AUTO_GPUS_PER_RUN == 0.5
+    cpu = RayExecutor(2, "cpu")
+    cpu.connect()
+    assert cpu.gpus_per_run == 0  # asked for the CPU: no GPU share
+    chosen = RayExecutor(2, "auto", gpus_per_run=1)
+    chosen.connect()
+    assert chosen.gpus_per_run == 1
+    assert head.is_initialized()  # a Ray the executors did not start is left running

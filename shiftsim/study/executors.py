@@ -447,10 +447,17 @@ def _ray_task(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id:
                        deterministic)
 
 
+#: the GPUs a ``device="auto"`` task asks for on a Ray cluster with GPUs when ``gpus_per_run``
+#: is 0 (two tasks share a GPU, as two local workers do)
+AUTO_GPUS_PER_RUN = 0.5
+
+
 class RayExecutor:
     """Ray tasks: on the cluster at ``RAY_ADDRESS`` when set, else on a local Ray started with
     ``workers`` CPUs (and shut down afterwards). At most ``workers`` runs are in flight (default:
-    the cluster's CPUs / ``cpus_per_run``)."""
+    the cluster's CPUs / ``cpus_per_run``). With ``device="auto"`` and ``gpus_per_run=0`` on a
+    cluster with GPUs each task asks for :data:`AUTO_GPUS_PER_RUN` GPUs (Ray hides the GPUs
+    from a task that asks for none, so "auto" would otherwise mean the CPU there)."""
 
     name = "ray"
 
@@ -485,6 +492,13 @@ class RayExecutor:
             raise ShiftsimError(f"gpus_per_run={self.gpus_per_run:g} but the Ray cluster has "
                                 f"{gpus:g} GPUs; use gpus_per_run=0 (CPU) or a cluster with "
                                 "GPUs (RAY_ADDRESS)")
+        if gpus and not self.gpus_per_run and self.device == "auto":
+            # a task that asks for no GPU sees none (Ray sets CUDA_VISIBLE_DEVICES=''), so
+            # "auto" would quietly run on the CPUs of a GPU cluster: ask for a share instead
+            self.gpus_per_run = AUTO_GPUS_PER_RUN
+            log.info("the Ray cluster has %g GPUs: device='auto' tasks ask for %g GPU each "
+                     "(pass gpus_per_run to choose, device='cpu' for none)", gpus,
+                     AUTO_GPUS_PER_RUN)
         return ray
 
     def close(self) -> None:
