@@ -176,3 +176,16 @@ def test_auto_on_a_gpu_cluster_asks_for_gpus(tmp_path, digits, head):
     chosen.connect()
     assert chosen.gpus_per_run == 1
     assert head.is_initialized()  # a Ray the executors did not start is left running
+
+
+def test_resuming_cpu_results_on_gpu_tasks_is_refused(tmp_path, digits, head):
+    from shiftsim.errors import ShiftsimError
+
+    study = _study(digits, "mixed", seeds=1)
+    assert study.run(tmp_path, workers=1, device="cpu", progress=False).done == 2
+    more = _study(digits, "mixed", seeds=2)  # two new runs to do
+    with pytest.raises(ShiftsimError, match=r"holds runs made on 'cpu' .* runs on 'cuda'"):
+        more.run(tmp_path, backend="ray", device="auto", progress=False)  # tasks get GPUs
+    assert len(store.list_run_ids(tmp_path)) == 2  # nothing ran
+    rep = more.run(tmp_path, backend="ray", device="cpu", progress=False)
+    assert (rep.done, rep.skipped) == (2, 2)

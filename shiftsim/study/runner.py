@@ -195,7 +195,7 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
         else:  # fleets (and the runs that go alone) as Ray tasks
             executor = ray_executor = RayFleetExecutor(workers, device, threads, gpus_per_run,
                                                        deterministic=deterministic)
-    device_type = _device_type(device, backend, executor is not None)
+    device_type = _device_type(device, backend, executor is not None and ray_executor is None)
 
     def stage(specs: list[RunSpec], label: str) -> StudyRunReport:
         nonlocal old
@@ -207,8 +207,13 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
         for s in specs:
             if s.run_id not in todo_ids:
                 counts[states[s.run_id].status] += 1
-        check_device(out, states, todo_ids, device_type)  # before anything is written
         ex = executor
+        where = device_type
+        if ray_executor is not None and ex is ray_executor and todo:
+            ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
+            if where is None:  # "auto" on Ray: CUDA exactly when the tasks get GPUs
+                where = "cuda" if ray_executor.gpus_per_run else "cpu"
+        check_device(out, states, todo_ids, where)  # before anything is written
         if ex is None:
             n = min(n_workers, len(todo))
             if todo and fleet is not False and (
@@ -221,11 +226,8 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
             else:
                 ex = LocalPool(n, device, threads, deterministic=deterministic,
                                devices=plan.devices[:n])
-        elif ex is ray_executor and todo:
-            ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
         report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
-                          t0, {rid: st.status for rid, st in states.items()}, label,
-                          device_type)
+                          t0, {rid: st.status for rid, st in states.items()}, label, where)
         old = store.read_study(out)
         return report
 
@@ -239,14 +241,18 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
 
 
 def _device_type(device: str, backend: str, custom: bool) -> str | None:
-    """The device type the runs will run on, as far as the driver can tell (None: unknown,
-    ``device="auto"`` on Ray, where the cluster's workers decide). On the local backend the
-    device is checked here, so a study asking for CUDA where there is none stops at once."""
+    """The device type the runs will run on, as far as the driver can tell before it connects
+    to anything: None for ``device="auto"`` on Ray (decided once connected: CUDA exactly when
+    the tasks ask for GPUs). On the local backend the device is checked here, so a study asking
+    for CUDA where there is none stops at once; a custom executor's named device need not
+    exist here."""
     import torch
 
+    if device == "auto" and backend == "ray" and not custom:
+        return None
     if backend == "ray" or custom:
         if device == "auto":
-            return None if backend == "ray" and not custom else resolve_device(device).type
+            return resolve_device(device).type
         try:
             return torch.device(device).type
         except (RuntimeError, TypeError):
