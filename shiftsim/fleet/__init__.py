@@ -19,9 +19,12 @@ architecture on one scenario as a single program, through the one run loop
 So every member's :class:`~shiftsim.result.RunResult` has the content of its own run, and does
 not depend on which other members share its fleet. For a ReLU MLP, :func:`shiftsim.run` itself
 runs this program with one member by default, so a member's numbers are bit for bit those of
-``run()``. Against the plain per-step loop (``run(..., vectorized=False)``: autograd, one
-module) they agree up to float rounding of the batched operations (``tests/test_fleet.py``
-states the tolerances; over thousands of float32 steps some trajectories drift apart, as they
+``run()`` — on the CPU, with the same number of torch threads; on CUDA the batched-GEMM kernels
+are chosen by shape (the member count among them), so there a member may differ from ``run()``
+in the last bits, and ``deterministic=True`` makes only reruns of the same fleet repeat.
+Against the plain per-step loop (``run(..., vectorized=False)``: autograd, one module)
+they agree up to float rounding of the batched operations (``tests/test_fleet.py`` states the
+tolerances; over thousands of float32 steps some trajectories drift apart, as they
 would under any change of summation order).
 
 >>> import shiftsim as ss

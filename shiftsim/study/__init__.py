@@ -12,8 +12,9 @@ and a study killed at any moment loses at most the runs in flight.
 
 Failed runs (the run raised) are complete-but-failed: they are recorded with their error and
 kept on resume; ``retry_failed=True`` runs them again. Diverged runs (non-finite loss) are
-results and are never rerun. Every run uses one torch thread by default (``threads=1``), so a
-spec gives the same trace bit for bit in-process, in the pool and on Ray.
+results and are never rerun. Every run uses one torch thread by default (``threads=1``), so on
+the CPU a spec gives the same trace bit for bit in-process, in the pool and on Ray (on CUDA:
+with ``deterministic=True``, the same GPU model and software, and the same fleet sizes).
 
 >>> import tempfile, shiftsim as ss
 >>> data = ss.data.digits()

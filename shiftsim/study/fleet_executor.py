@@ -17,7 +17,11 @@ Numbers: a fleet member's trace does not depend on which other runs share its fl
 spec gives the same trace bit for bit in any fleet). For a ReLU MLP that is exactly the trace
 ``shiftsim.run`` gives (its default is this program with one member); for other models it
 equals ``shiftsim.run``'s up to float rounding of the batched matmuls (see
-:mod:`shiftsim.fleet`), and ``fleet=False`` reproduces ``shiftsim.run`` bit for bit.
+:mod:`shiftsim.fleet`), and ``fleet=False`` reproduces ``shiftsim.run`` bit for bit. These
+hold on the CPU with a fixed number of torch threads. On CUDA the batched-GEMM kernels are
+chosen by shape, so a member's trace may depend on its fleet's size in the last bits (and so
+differ from ``run()``'s); with ``deterministic=True`` the same fleet sizes on the same GPU
+model and software repeat bit for bit (:func:`shiftsim.runtime.deterministic_mode`).
 
 >>> import shiftsim as ss
 >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=20)
