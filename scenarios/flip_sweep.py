@@ -7,8 +7,10 @@ concept; below it two mappings of one input are mixed, so the best reachable acc
 max(ρ, 1 − ρ): difficulty along this axis is U-shaped (hardest at 50 %), not growing.
 
 Protocol: each optimizer is tuned per flip rate on its family's default learning-rate grid
-(7 points over 3 decades) with 3 tuning seeds, then evaluated on 10 other seeds.
-6 flip rates x 3 optimizers x (7 x 3 tuning + 10 evaluation) runs = 558 runs.
+(7 points over 3 decades, widened by a decade where the best sits at an edge) with 3 tuning
+seeds, then evaluated on 10 other seeds.
+6 flip rates x 3 optimizers x (7 x 3 tuning + 10 evaluation) runs = 558 runs, plus the runs
+of any widened grid.
 
     shiftsim study scenarios/flip_sweep.py --out results/flip-sweep
     shiftsim report results/flip-sweep --out reports/flip-sweep --baseline sgdm
@@ -26,7 +28,7 @@ study = Study(
     model=ss.models.mlp(hidden=(64,)),
     optimizers={"sgdm": ss.optim.spec("sgdm"), "adam": ss.optim.spec("adam"),
                 "tam": ss.optim.spec("tam")},  # learning rates: tuned
-    tuning=Tuning(grid="auto", seeds=3, scope="per_scenario"),
+    tuning=Tuning(grid="auto", seeds=3, scope="per_scenario", extend=True),
     seeds=10,
     description=("LabelFlip(permute) rates 0-100 % on digits (partial rates mix two mappings: "
                  "ceiling max(rate, 1 - rate)): SGDM vs Adam vs TAM, each tuned per rate "

@@ -10,11 +10,13 @@ reported but not ranked). Optimizers: sgdm (the baseline), nesterov, adam, tam, 
 adamem_sgd as a second "damped momentum". Each is tuned per scenario (a 5-point learning-rate
 grid over 2 decades around its family's default, widened by a decade where the best sits at an
 edge; 3 tuning seeds) and evaluated on 10 other seeds. Data and models: digits with an MLP(128),
-Fashion-MNIST with an MLP(128) and a small CNN (8 and 16 channels). Views: plain, and
+Fashion-MNIST with an MLP(128) and a small CNN (4 and 8 channels). Views: plain, and
 real-time (cost-aware: a learner of relative cost c trains on every c-th batch; costs are the
-registry's declared ones relative to sgdm).
+registry's declared ones relative to sgdm), the real-time view for the MLPs only.
 
-Shrunk to fit one 2-core machine: tasks of 200 steps (100 for the CNN), batches of 32.
+Shrunk to fit one 2-core machine: tasks of 200 steps for the MLPs, batches of 32; the CNN
+(about 30-50 ms per learner-step on that machine against 1-3 ms for the MLPs, in fleets or
+alone) has 4 and 8 channels, tasks of 50 steps and no real-time view.
 
     shiftsim study scenarios/tam_label_flip.py --out results/tam-label-flip
     shiftsim report results/tam-label-flip --out reports/tam-label-flip --baseline sgdm
@@ -42,17 +44,20 @@ def flips(data, prefix, steps):
 
 digits, fashion = ss.data.digits(), ss.data.fashion_mnist()
 scenarios = views(flips(digits, "digits", 200) | flips(fashion, "fashion", 200)
-                  | flips(fashion, "fashion-cnn", 100))
+                  | flips(fashion, "fashion-cnn", 50))
 
 
 def model_fits(run):
-    """The CNN on the Fashion-MNIST scenarios made for it; the MLP on the others."""
-    return (run["model"] == "cnn") == run["scenario"].startswith("fashion-cnn")
+    """The CNN on the Fashion-MNIST scenarios made for it, in the plain view; the MLP on the
+    others."""
+    if run["model"] == "cnn":
+        return run["scenario"].startswith("fashion-cnn") and run["view"] == "plain"
+    return not run["scenario"].startswith("fashion-cnn")
 
 
 study = Study(
     "tam-label-flip", scenarios,
-    models={"mlp": ss.models.mlp(hidden=(128,)), "cnn": ss.models.cnn(channels=(8, 16),
+    models={"mlp": ss.models.mlp(hidden=(128,)), "cnn": ss.models.cnn(channels=(4, 8),
                                                                        hidden=32)},
     optimizers={n: ss.optim.spec(n) for n in ("sgdm", "nesterov", "adam", "tam", "adatam",
                                               "adamem_sgd")},
@@ -63,7 +68,8 @@ study = Study(
     seeds=10, where=model_fits,
     description=("TAM's heavy-label-flip claim (arXiv 2412.18790): sgdm, nesterov, adam, tam, "
                  "adatam, adamem_sgd under 80 % and 100 % permute and other flips, 5 tasks; "
-                 "digits MLP, Fashion-MNIST MLP and CNN; plain and real-time views; tuned per "
+                 "digits MLP, Fashion-MNIST MLP and CNN (tasks of 50 steps); plain and real-time "
+                 "views (the MLPs); tuned per "
                  "scenario (5-point grids, 3 seeds), 10 evaluation seeds. The paper's protocol "
                  "is not public: this one is ours (online, prequential accuracy, every "
                  "optimizer tuned), so agreement or disagreement is with the claim, not with "

@@ -282,7 +282,10 @@ def test_report_of_a_tuned_study(tuned_dir, tmp_path):
     tuning = pd.read_csv(out / "tables" / "tuning.csv")
     assert len(tuning) == 4 and {"lr", "metric", "tolerance", "at_edge"} <= set(tuning.columns)
     runs = pd.read_csv(out / "tables" / "runs.csv")
-    assert len(runs) == 12  # evaluation runs only
+    assert len(runs) == 12  # evaluation runs only, and the table says so
+    assert runs["stage"].tolist() == ["eval"] * 12
+    cols = list(runs.columns)  # the study's own labels (flip_mode) before the seed and stage
+    assert cols[cols.index("model") + 1:cols.index("stage") + 1] == ["flip_mode", "seed", "stage"]
     meta = json.loads((out / REPORT_FILE).read_text())
     assert "sensitivity" in meta["figures"]
     assert (out / "figures" / "sensitivity.png").stat().st_size > 1000

@@ -253,11 +253,14 @@ def phase_table(v: StudyView, df: pd.DataFrame) -> Table:
 
 
 def runs_table(v: StudyView) -> Table:
-    cols = [c for c in ("run_id", "scenario", "severity", "optimizer", "optimizer_name", "lr",
-                        "model", "seed", "status", "diverged_step", "steps", "steps_run",
-                        "online_acc", "online_acc_true", "acc", "bwt", "forgetting",
-                        "anytime_acc", "total_s", "ms_per_step", "device", "machine", "error")
-            if c in v.runs.columns]
+    known = ("run_id", "scenario", "severity", "optimizer", "optimizer_name", "lr", "model",
+             "seed", "stage", "status", "diverged_step", "steps", "steps_run", "online_acc",
+             "online_acc_true", "acc", "bwt", "forgetting", "anytime_acc", "total_s",
+             "ms_per_step", "device", "machine", "error")
+    # the study's own label columns (a view, a dataset, a custom axis) after the model
+    extra = [c for c in v.runs.columns if c not in known and c != "optimizer_label"]
+    at = known.index("seed")
+    cols = [c for c in (*known[:at], *extra, *known[at:]) if c in v.runs.columns]
     data = v.runs[cols].copy()
     bad = data[data["status"] != "ok"]
     recs = []
