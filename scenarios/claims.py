@@ -137,13 +137,19 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def _signed(x: float, digits: int) -> str:
+    """``x`` with its sign, never a negative zero: −0.4 steps shows as +0."""
+    return f"{round(float(x), digits) + 0.0:+.{digits}f}".replace("-", "−")
+
+
 def _effect(r: pd.Series, digits: int) -> str:
     if r["difference"] is None or math.isnan(r["difference"]):
         return "—"
-    txt = f"{r['difference']:+.{digits}f}"
+    txt = _signed(r["difference"], digits)
     if not (math.isnan(r["low"]) or math.isnan(r["high"])):
-        txt += f" [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
-    return txt.replace("-", "−")
+        low, high = (_signed(r[k], digits).lstrip("+") for k in ("low", "high"))
+        txt += f" [{low}, {high}]"
+    return txt
 
 
 def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
@@ -166,8 +172,8 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
                   ("inconclusive", "no detectable difference")) if counts.get(k, 0)]
         digits = 2 if c.kind == "tolerance" else (0 if "recovery" in c.metric else 3)
         eff = r["difference"].astype(float)
-        effect = (f"{np.nanmedian(eff):+.{digits}f} [{np.nanmin(eff):+.{digits}f}, "
-                  f"{np.nanmax(eff):+.{digits}f}]").replace("-", "−")
+        med, lo, hi = (_signed(f(eff), digits) for f in (np.nanmedian, np.nanmin, np.nanmax))
+        effect = f"{med} [{lo}, {hi}]"
         what = r["metric"].iloc[0]
         overall = _overall(counts, seeds)
         lines.append(f"| {c.text} | {c.paper} | {len(r)} ({what}) | **{overall}**: "
