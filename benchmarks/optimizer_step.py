@@ -11,7 +11,11 @@ ratios, shown with its range (min-max over rounds). Goals (issue 17): TAM, AM-SG
 fused SGDM; AdaTAM(W), Grams, MoMo-Adam, AM-AdamW <= 1.3x fused AdamW; each faster than its
 public counterpart. torch's AdamW runs with its default weight decay 0.01; AM-AdamW's default
 is 0 (the issue's signature), so the row ``adamem_adamw[wd=0.01]`` also times it with the same
-decay.
+decay. Rows ``name[compiled]`` take the step with the optimizer's compiled kernel
+(``compile=True``: torch.compile/Inductor, shiftsim/optim/_compiled.py); the others run eager
+(``compile=False``). The ``first step`` column is the wall time of each optimizer's first
+``step()``, which for a compiled row includes the compile (Inductor's on-disk cache makes a
+second run of the script faster: run it twice to see both).
 
     python benchmarks/optimizer_step.py [--rounds 9] [--steps 5] [--hidden 2048,1024,768]
                                         [--only tam,grams] [--variants]
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import time
 from collections.abc import Callable
 
 import torch
@@ -57,22 +62,40 @@ def has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+#: the rows whose optimizer has a compiled step
+COMPILED = ("tam", "adatam", "adatamw", "grams", "grams_official", "momo_adam")
+
+
+def compiled(factory: Callable) -> Callable:
+    """The factory with ``compile=True`` (the eager rows pass ``compile=False``)."""
+    return lambda ps: factory(ps, compile=True)
+
+
 def entries(variants: bool) -> list[tuple[str, str, Callable, str | None]]:
     """(name, family, factory(params) -> optimizer, public counterpart name or None)."""
     rows: list[tuple[str, str, Callable, str | None]] = [
-        ("tam", "sgd", lambda ps: TAM(ps, lr=0.01), "pytorch_optimizer.TAM"),
+        ("tam", "sgd", lambda ps, compile=False: TAM(ps, lr=0.01, compile=compile),
+         "pytorch_optimizer.TAM"),
         ("momo", "sgd", lambda ps: MoMo(ps, lr=1.0), "momo.Momo"),
         ("adamem_sgd", "sgd", lambda ps: AdaptiveMemorySGD(ps, lr=0.01), None),
-        ("adatam", "adam", lambda ps: AdaTAM(ps, lr=1e-4), "pytorch_optimizer.AdaTAM"),
-        ("adatamw", "adam", lambda ps: AdaTAMW(ps, lr=1e-4, weight_decay=0.01), None),
-        ("grams", "adam", lambda ps: Grams(ps), "pytorch_optimizer.Grams"),
-        ("grams_official", "adam", lambda ps: Grams(ps, eps_mode="official"), "grams.Grams"),
-        ("momo_adam", "adam", lambda ps: MoMoAdam(ps), "momo.MomoAdam"),
+        ("adatam", "adam", lambda ps, compile=False: AdaTAM(ps, lr=1e-4, compile=compile),
+         "pytorch_optimizer.AdaTAM"),
+        ("adatamw", "adam", lambda ps, compile=False: AdaTAMW(ps, lr=1e-4, weight_decay=0.01,
+                                                              compile=compile), None),
+        ("grams", "adam", lambda ps, compile=False: Grams(ps, compile=compile),
+         "pytorch_optimizer.Grams"),
+        ("grams_official", "adam",
+         lambda ps, compile=False: Grams(ps, eps_mode="official", compile=compile),
+         "grams.Grams"),
+        ("momo_adam", "adam", lambda ps, compile=False: MoMoAdam(ps, compile=compile),
+         "momo.MomoAdam"),
         ("adamem_adamw", "adam", lambda ps: AdaptiveMemoryAdamW(ps), None),
         # torch's AdamW decays by 0.01 by default: the same decay, like for like
         ("adamem_adamw[wd=0.01]", "adam",
          lambda ps: AdaptiveMemoryAdamW(ps, weight_decay=0.01), None),
     ]
+    rows += [(f"{name}[compiled]", family, compiled(factory), None)
+             for name, family, factory, _ in list(rows) if name in COMPILED]
     if variants:  # the two explicit paths, to check what foreach=None picks
         rows += [
             ("tam[foreach]", "sgd", lambda ps: TAM(ps, lr=0.01, foreach=True), None),
@@ -123,13 +146,23 @@ def main() -> None:
     pub = publics()
     loss = torch.tensor(2.3)
 
+    first: dict[Callable[[], None], float] = {}  # a row's runner -> seconds of its first step
+
     def stepper(opt: torch.optim.Optimizer, needs_loss: bool) -> Callable[[], None]:
+        def one() -> None:
+            if needs_loss:
+                opt.step(loss=loss)
+            else:
+                opt.step()
+
+        t0 = time.perf_counter()
+        one()
+        took = time.perf_counter() - t0
+
         def run() -> None:
             for _ in range(args.steps):
-                if needs_loss:
-                    opt.step(loss=loss)
-                else:
-                    opt.step()
+                one()
+        first[run] = took
         return run
 
     def sgdm(**kw: bool) -> Callable[[], None]:
@@ -164,16 +197,19 @@ def main() -> None:
         vs = "sgdm" if family == "sgd" else "adamw"
         return f"{median(rs):>6.2f}x ({min(rs):.2f}-{max(rs):.2f}) {vs:<5}"
 
-    print(f"{'optimizer':<24}{'ms/step':>9}  {'vs torch fused (range)':<28}{'goal':>6}  "
-          f"{'public counterpart':<24}{'ms/step':>9}  {'ours/public':>11}")
+    def head(name: str) -> str:
+        return f"{name:<24}{first[fns[name]]:>10.3f}{ms[name]:>9.2f}  "
+
+    print(f"{'optimizer':<24}{'1st step s':>10}{'ms/step':>9}  {'vs torch fused (range)':<28}"
+          f"{'goal':>6}  {'public counterpart':<24}{'ms/step':>9}  {'ours/public':>11}")
     for name in base.values():
-        print(f"{name:<24}{ms[name]:>9.2f}")
+        print(head(name))
     for name, family in torch_rows:
-        print(f"{name:<24}{ms[name]:>9.2f}  {vs_base(name, family):<28}")
+        print(f"{head(name)}{vs_base(name, family):<28}")
     for name, family, _, public in rows:
         goal = GOALS[family].get(name.split("[")[0])
         limit = f"<={goal:g}" if goal else ""
-        line = f"{name:<24}{ms[name]:>9.2f}  {vs_base(name, family):<28}{limit:>6}  "
+        line = f"{head(name)}{vs_base(name, family):<28}{limit:>6}  "
         if public and public in times:
             rp = median(paired_ratios(times[name], times[public]))
             line += f"{public:<24}{ms[public]:>9.2f}  {rp:>10.2f}x"

@@ -14,11 +14,22 @@ import warnings
 
 import pytest
 import torch
+from test_optim_adamem import ADAMW_HP, SGD_HP, amadamw_reference, amsgd_reference
 from test_optim_common import assert_traj_close, batch_loss, init_params, run_reference
+from test_optim_momo import ADAM_HP, momo_reference
 from test_optim_tam import ADA_HP, TAM_HP, tam_reference
 
 from shiftsim.errors import SpecTypeError
-from shiftsim.optim import TAM, AdaTAM, AdaTAMW, Grams, _compiled
+from shiftsim.optim import (
+    TAM,
+    AdaptiveMemoryAdamW,
+    AdaptiveMemorySGD,
+    AdaTAM,
+    AdaTAMW,
+    Grams,
+    MoMoAdam,
+    _compiled,
+)
 
 # the optimizers with a compiled step: name -> factory(params, compile)
 MAKERS = {
@@ -31,6 +42,16 @@ MAKERS = {
                                         compile=c),
     "grams": lambda ps, c: Grams(ps, lr=1e-2, weight_decay=0.05, compile=c),
     "grams_official": lambda ps, c: Grams(ps, lr=1e-2, eps_mode="official", compile=c),
+    "adamem_sgd": lambda ps, c: AdaptiveMemorySGD(ps, lr=0.05, weight_decay=0.01, compile=c),
+    "adamem_sgd_nowd": lambda ps, c: AdaptiveMemorySGD(ps, lr=0.05, lam=0.2, beta_max=0.95,
+                                                       compile=c),
+    "adamem_adamw": lambda ps, c: AdaptiveMemoryAdamW(ps, lr=1e-2, weight_decay=0.01,
+                                                       compile=c),
+    "adamem_adamw_lam0": lambda ps, c: AdaptiveMemoryAdamW(ps, lr=1e-2, lam=0.0, compile=c),
+    "momo_adam": lambda ps, c: MoMoAdam(ps, lr=1e-2, compile=c),
+    "momo_adam_wd": lambda ps, c: MoMoAdam(ps, lr=1e-2, weight_decay=0.1, compile=c),
+    "momo_adam_adamw": lambda ps, c: MoMoAdam(ps, lr=1e-2, weight_decay=0.1, divide=False,
+                                              compile=c),
 }
 
 
@@ -42,8 +63,12 @@ def run(make, steps: int, dtype=torch.float64, compile=False):
     traj = []
     for t in range(steps):
         opt.zero_grad()
-        batch_loss(ps, t).backward()
-        opt.step()
+        loss = batch_loss(ps, t)
+        loss.backward()
+        if opt.needs_loss:
+            opt.step(loss=loss.detach() if t % 2 else float(loss.detach()))
+        else:
+            opt.step()
         traj.append([p.detach().clone() for p in ps])
     return traj, {k: v.clone() for k, v in opt.diagnostics().items()}, opt
 
@@ -95,6 +120,33 @@ def test_compiled_adatam_matches_float64_reference(no_compile, cls, bias_correct
                                        compile=c, **hp), 40, compile=True)
     ref = tam_reference(one_group(hp), 0.8, cls is AdaTAMW, adam=True,
                         bias_correction=bias_correction)
+    assert_traj_close(ours, run_reference(ref, 40))
+
+
+def test_compiled_am_sgd_matches_float64_reference(no_compile):
+    hp = SGD_HP[1]
+    betas: list[float] = []
+    ours, _, opt = run(lambda ps, c: AdaptiveMemorySGD(ps, lam=0.2, beta_max=0.95, compile=c,
+                                                       **hp), 40, compile=True)
+    assert_traj_close(ours, run_reference(amsgd_reference(one_group(hp), 0.2, 0.95,
+                                                          betas_out=betas), 40))
+    assert opt.diagnostics()["beta"].item() == pytest.approx(betas[-1], abs=1e-9)
+
+
+def test_compiled_am_adamw_matches_float64_reference(no_compile):
+    hp = ADAMW_HP[1]
+    ours, _, _ = run(lambda ps, c: AdaptiveMemoryAdamW(ps, lam=0.2, compile=c, **hp), 40,
+                     compile=True)
+    assert_traj_close(ours, run_reference(amadamw_reference(one_group(hp), 0.2), 40))
+
+
+@pytest.mark.parametrize("divide", [True, False])
+def test_compiled_momo_adam_matches_float64_reference(no_compile, divide):
+    hp = ADAM_HP[1]
+    ours, _, _ = run(lambda ps, c: MoMoAdam(ps, betas=(0.85, 0.99), eps=1e-6, divide=divide,
+                                            lb=0.1, compile=c, **hp), 40, compile=True)
+    ref = momo_reference(one_group(hp), adam=True, betas=(0.85, 0.99), eps=1e-6,
+                         divide=divide, lb=0.1)
     assert_traj_close(ours, run_reference(ref, 40))
 
 

@@ -306,3 +306,112 @@ def grams_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Te
         if decay:
             p.mul_(shrink)
         p.add_(u * torch.sign(g) * size)
+
+
+def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
+                   gam: Tensor, loss_avg: Tensor, fstar: Tensor, f: Tensor, h: Tensor,
+                   decay: bool, divide: bool) -> tuple[Tensor, Tensor, Tensor]:
+    r"""MoMo-Adam (one param group, one step count, ``use_fstar=False``), as
+    ``momo._momo_adam_blocks``.
+
+    ``gam``: the per-tensor :math:`\gamma_i`, shape ``(n,)``; ``f``: the loss (0-d).
+    ``h = (beta1, beta2, 1 - beta2^s, eps, rho, lr / rho, c = 1 + lr wd, 1 - lr wd)``. Updates
+    params, ``ds``, ``vs`` in place; returns :math:`\tau`, the new :math:`\gamma_i` and the new
+    :math:`\bar f`."""
+    b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
+    acc = _acc(gs[0])
+    xg, xd, dq = [], [], []
+    qs = []
+    for p, g, d, v in zip(ps, gs, ds, vs):
+        xg.append((p.to(acc) * g.to(acc)).sum())
+        d.lerp_(g, 1 - b1)
+        v.mul_(b2).add_(g * g * (1 - b2))
+        q = d / ((v / bc2).sqrt() + eps)
+        qs.append(q)
+        xd.append((p.to(acc) * d.to(acc)).sum())
+        dq.append((d.to(acc) * q.to(acc)).sum())
+    gam = gam * b1 + torch.stack(xg) * (1 - b1)
+    loss_avg = f * (1 - b1) + loss_avg * b1
+    dot_xd, norm, gamma = torch.stack(xd).sum(), torch.stack(dq).sum(), gam.sum()
+    gap = loss_avg - rho * fstar
+    num = c * gap + dot_xd - c * gamma if decay else gap + dot_xd - gamma
+    pos = norm > 0
+    ratio = torch.where(pos, num.clamp_min(0) / torch.where(pos, norm, 1.0), 0.0)
+    tau = torch.minimum(ratio, cap)
+    for p, q in zip(ps, qs):
+        if decay and not divide:
+            p.mul_(shrink)
+        p.add_(q * -tau.to(p.dtype))
+        if decay and divide:
+            p.div_(c)
+    return tau, gam, loss_avg
+
+
+def amsgd_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
+               coupled: bool) -> tuple[Tensor, Tensor]:
+    r"""AM-SGD (one param group, every tensor past its first step), as
+    ``adamem._amsgd_blocks``.
+
+    ``h = (lr, weight_decay, lam, beta_max, lr_ratio, tol)`` with ``tol`` the rounding guard's
+    factor :math:`32\,\epsilon_{mach}`. Updates params and ``ds`` in place; returns
+    :math:`\beta_t` and the new :math:`\lVert d\rVert^2`."""
+    lr, wd, lam, beta_max, ratio, tolf = (h[i] for i in range(6))
+    if coupled:
+        gs = [g + wd * p for p, g in zip(ps, gs)]
+    a, e, bb = _sums(ds, gs)  # <d, g>, |d|^2, |g|^2
+    num = (1 + lam) * (a * ratio) - ((1 - lam) * a + lam * e - bb)
+    den = e - 2 * a + bb
+    beta = torch.where(den > tolf * (e + bb), num / den, 0.0).clamp_min(0.0)
+    beta = torch.minimum(beta, beta_max)
+    w = (1 - beta) / (1 + lam)
+    u = 1 - w
+    sqnorm = ((u * e + 2 * w * a) * u + w * w * bb).clamp_min(0.0)
+    for p, g, d in zip(ps, gs, ds):
+        d.lerp_(g, w.to(d.dtype))
+        p.add_(d * -lr)
+    return beta, sqnorm
+
+
+def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
+                 pi: Tensor, h: Tensor, first: bool, decay: bool, use_lam: bool,
+                 gap: bool) -> tuple[Tensor, Tensor]:
+    r"""AM-AdamW (one param group, one step count and previous lr for all tensors), as
+    ``adamem._amadamw_blocks``: one :math:`\beta` per tensor from its five sums.
+
+    ``pi``: the per-tensor :math:`\Pi`, shape ``(n,)``. ``h = (lr, prev_lr, weight_decay,
+    beta1_max, beta2, eps, lam, 1/sqrt(1 - beta2^t))``; ``first``: step 1 (:math:`\beta =
+    \beta_{1,max}`); ``gap``: ``lr != 0`` (the gap term). Updates params, ``ds``, ``vs`` in
+    place; returns the betas and the new :math:`\Pi`, both ``(n,)``."""
+    lr, prev, wd, b1, b2, eps, lam, sbc2 = (h[i] for i in range(8))
+    acc = _acc(gs[0])
+    betas = []
+    for i, (p, g, d, v) in enumerate(zip(ps, gs, ds, vs)):
+        v.mul_(b2).add_(g * g * (1 - b2))
+        k1 = 1 - b1 * pi[i]
+        P = v.sqrt() * (k1 * sbc2) + k1 * eps
+        W = P + lam * P * P if use_lam else P
+        if first:
+            beta = b1 + 0 * pi[i]
+        else:
+            T = (d - g).to(acc)
+            U = d.to(acc) / P
+            sd = (T * T / W).sum()
+            q1 = (U * g).sum()
+            q2 = (U * d).sum()
+            num = sd - (q2 - q1)
+            if decay:
+                x1 = (p.to(acc) * g).sum()
+                num = num - wd * ((p.to(acc) * d).sum() - x1)
+            else:
+                x1 = 0 * sd
+            if gap:
+                num = num + (1 + wd * lr) * (prev * (q1 + wd * x1)) / lr
+            beta = torch.minimum(torch.where(sd > 0, num / sd, 0.0).clamp_min(0.0), b1)
+        betas.append(beta)
+        weight = P / W * (1 - beta) if use_lam else 1 - beta
+        d.lerp_(g, weight.to(d.dtype))
+        if decay:
+            p.mul_(1 - lr * wd)
+        p.add_(d / P * -lr)
+    bs = torch.stack(betas)
+    return bs, pi * bs
