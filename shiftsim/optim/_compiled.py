@@ -319,17 +319,13 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     params, ``ds``, ``vs`` in place; returns :math:`\tau`, the new :math:`\gamma_i` and the new
     :math:`\bar f`."""
     b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
-    acc = _acc(gs[0])
     xg, xd, dq = [], [], []
-    qs = []
     for p, g, d, v in zip(ps, gs, ds, vs):
-        xg.append((p.to(acc) * g.to(acc)).sum())
+        xg.append((p * g).sum())
         d.lerp_(g, 1 - b1)
         v.mul_(b2).add_(g * g * (1 - b2))
-        q = d / ((v / bc2).sqrt() + eps)
-        qs.append(q)
-        xd.append((p.to(acc) * d.to(acc)).sum())
-        dq.append((d.to(acc) * q.to(acc)).sum())
+        xd.append((p * d).sum())
+        dq.append((d * d / ((v / bc2).sqrt() + eps)).sum())
     gam = gam * b1 + torch.stack(xg) * (1 - b1)
     loss_avg = f * (1 - b1) + loss_avg * b1
     dot_xd, norm, gamma = torch.stack(xd).sum(), torch.stack(dq).sum(), gam.sum()
@@ -338,10 +334,10 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     pos = norm > 0
     ratio = torch.where(pos, num.clamp_min(0) / torch.where(pos, norm, 1.0), 0.0)
     tau = torch.minimum(ratio, cap)
-    for p, q in zip(ps, qs):
+    for p, d, v in zip(ps, ds, vs):  # D^-1 d again (recomputed: cheaper than kept, measured)
         if decay and not divide:
             p.mul_(shrink)
-        p.add_(q * -tau.to(p.dtype))
+        p.add_(d / ((v / bc2).sqrt() + eps) * -tau.to(p.dtype))
         if decay and divide:
             p.div_(c)
     return tau, gam, loss_avg
