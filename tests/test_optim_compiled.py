@@ -31,6 +31,10 @@ from shiftsim.optim import (
     _compiled,
 )
 
+# importing torch's compiler stack warns about torch.jit internals (not ours)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 # the optimizers with a compiled step: name -> factory(params, compile)
 MAKERS = {
     "tam": lambda ps, c: TAM(ps, lr=0.05, gamma=0.7, weight_decay=0.01, compile=c),

@@ -369,15 +369,16 @@ def amsgd_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
 
 
 def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
-                 pi: Tensor, h: Tensor, first: bool, decay: bool, use_lam: bool,
-                 gap: bool) -> tuple[Tensor, Tensor]:
-    r"""AM-AdamW (one param group, one step count and previous lr for all tensors), as
-    ``adamem._amadamw_blocks``: one :math:`\beta` per tensor from its five sums.
+                 pi: Tensor, h: Tensor, decay: bool, use_lam: bool, gap: bool
+                 ) -> tuple[Tensor, Tensor]:
+    r"""AM-AdamW (one param group, one step count and previous lr for all tensors, past the
+    first step), as ``adamem._amadamw_blocks``: one :math:`\beta` per tensor from its five
+    sums.
 
     ``pi``: the per-tensor :math:`\Pi`, shape ``(n,)``. ``h = (lr, prev_lr, weight_decay,
-    beta1_max, beta2, eps, lam, 1/sqrt(1 - beta2^t))``; ``first``: step 1 (:math:`\beta =
-    \beta_{1,max}`); ``gap``: ``lr != 0`` (the gap term). Updates params, ``ds``, ``vs`` in
-    place; returns the betas and the new :math:`\Pi`, both ``(n,)``."""
+    beta1_max, beta2, eps, lam, 1/sqrt(1 - beta2^t))``; ``gap``: ``lr != 0`` (the gap term).
+    Updates params, ``ds``, ``vs`` in place; returns the betas and the new :math:`\Pi`, both
+    ``(n,)``."""
     lr, prev, wd, b1, b2, eps, lam, sbc2 = (h[i] for i in range(8))
     acc = _acc(gs[0])
     betas = []
@@ -386,23 +387,20 @@ def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[
         k1 = 1 - b1 * pi[i]
         P = v.sqrt() * (k1 * sbc2) + k1 * eps
         W = P + lam * P * P if use_lam else P
-        if first:
-            beta = b1 + 0 * pi[i]
+        T = (d - g).to(acc)
+        U = d.to(acc) / P
+        sd = (T * T / W).sum()
+        q1 = (U * g).sum()
+        q2 = (U * d).sum()
+        num = sd - (q2 - q1)
+        if decay:
+            x1 = (p.to(acc) * g).sum()
+            num = num - wd * ((p.to(acc) * d).sum() - x1)
         else:
-            T = (d - g).to(acc)
-            U = d.to(acc) / P
-            sd = (T * T / W).sum()
-            q1 = (U * g).sum()
-            q2 = (U * d).sum()
-            num = sd - (q2 - q1)
-            if decay:
-                x1 = (p.to(acc) * g).sum()
-                num = num - wd * ((p.to(acc) * d).sum() - x1)
-            else:
-                x1 = 0 * sd
-            if gap:
-                num = num + (1 + wd * lr) * (prev * (q1 + wd * x1)) / lr
-            beta = torch.minimum(torch.where(sd > 0, num / sd, 0.0).clamp_min(0.0), b1)
+            x1 = 0 * sd
+        if gap:
+            num = num + (1 + wd * lr) * (prev * (q1 + wd * x1)) / lr
+        beta = torch.minimum(torch.where(sd > 0, num / sd, 0.0).clamp_min(0.0), b1)
         betas.append(beta)
         weight = P / W * (1 - beta) if use_lam else 1 - beta
         d.lerp_(g, weight.to(d.dtype))

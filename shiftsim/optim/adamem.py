@@ -766,7 +766,8 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         weight_decay: :math:`\mu`, decoupled. foreach: as in :class:`AdaptiveMemorySGD`.
         compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
             (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
-            group whose tensors share a step count and previous lr, float hyperparameters.
+            group whose tensors share a step count and previous lr, float hyperparameters
+            (the first step, :math:`\beta = \beta_{1,max}`, is eager: one compile fewer).
 
     State per parameter: ``exp_avg`` (:math:`d`), ``exp_avg_sq`` (:math:`v`), ``beta_prod``
     (:math:`\Pi`), ``beta`` (last :math:`\beta_t`), ``step``, ``prev_lr``.
@@ -878,16 +879,15 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
             self.state[p]["prev_lr"] = lr
         sts = [self.state[p] for p in ps]
         t, prev = sts[0]["step"] + 1, sts[0]["prev_lr"]
-        if any(st["step"] + 1 != t or isinstance(st["prev_lr"], Tensor) or
-               st["prev_lr"] != prev for st in sts):
+        if t == 1 or any(st["step"] + 1 != t or isinstance(st["prev_lr"], Tensor) or
+                         st["prev_lr"] != prev for st in sts):
             return False
         scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
             "_scalars", _compiled.Scalars())
         h = scalars((lr, prev, wd, b1, b2, eps, lam, 1 / (1 - b2 ** t) ** 0.5), ps[0])
         pi = torch.stack([st["beta_prod"] for st in sts])
         out = comp.run(ps, ps, gs, [st["exp_avg"] for st in sts],
-                       [st["exp_avg_sq"] for st in sts], pi, h, t == 1, wd != 0, lam != 0,
-                       lr != 0)
+                       [st["exp_avg_sq"] for st in sts], pi, h, wd != 0, lam != 0, lr != 0)
         if out is _compiled.EAGER:
             return False
         betas, pi = out
