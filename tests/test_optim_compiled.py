@@ -225,6 +225,14 @@ def test_bad_settings_are_refused_or_warned(monkeypatch):
         assert _compiled.compile_setting("auto") == "auto"
 
 
+def test_each_optimizer_compiles_its_own_copy_of_the_kernel():
+    """torch.compile's graphs and recompile limit are per code object: each optimizer gets a
+    copy, so many model shapes in one process never exhaust the limit for the others."""
+    copy = _compiled._own_copy(_compiled.grams_step)
+    assert copy.__code__ is not _compiled.grams_step.__code__
+    assert copy.__name__ == "grams_step" and copy.__globals__ is _compiled.__dict__
+
+
 # ----------------------------------------------------------------------------- fallbacks
 
 

@@ -26,7 +26,10 @@ dtype other than float32/float64, or any error while compiling: one warning line
 reason, then the eager kernels for the rest of the optimizer's life, never a crash. A step the
 compiled kernel does not cover (tensor hyperparameters, ``scope="tensor"``, several param
 groups, parameters without a gradient, differing step counts ...) is taken by the eager
-kernels silently, and the next covered step compiles or reuses the compiled kernel.
+kernels silently, and the next covered step compiles or reuses the compiled kernel. Each
+optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so torch.compile's
+recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
+any later compile error, the optimizer warns and stays eager.
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ class Compiled:
 
             t0 = time.perf_counter()
             try:
-                self.compiled = torch.compile(self.fn, fullgraph=True, dynamic=False)
+                self.compiled = torch.compile(_own_copy(self.fn), fullgraph=True, dynamic=False)
                 out = self.compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compile error falls back
                 first = str(e).strip().splitlines()
@@ -188,6 +191,17 @@ class Compiled:
 
 #: what :meth:`Compiled.run` returns when the eager kernels must take the step
 EAGER: Any = object()
+
+
+def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own. torch.compile keeps its compiled graphs (and counts
+    recompiles against its limit, 8 by default) per code object: with a copy each optimizer has
+    its own, so one process's many model shapes never exhaust it for the others (each
+    optimizer retraces once; Inductor's cache still shares the generated code)."""
+    import types
+
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
 
 
 class Scalars:
