@@ -30,6 +30,9 @@ kernels silently, and the next covered step compiles or reuses the compiled kern
 optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so torch.compile's
 recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
 any later compile error, the optimizer warns and stays eager.
+
+The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
+optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.
 """
 
 from __future__ import annotations
