@@ -43,6 +43,15 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _gpus(text: str) -> float:
+    """``--gpus-per-run``: a finite number >= 0 (fractions share a GPU)."""
+    value = _float(text)
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (fractions share a GPU), "
+                                         f"got {text!r}")
+    return value
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 def _out_dir(path: str) -> Path:
@@ -180,7 +189,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = study_from_file(args.file)
     result = study.run(out, workers=args.workers, backend=args.backend,
                        resume=not args.no_resume, progress=not args.quiet,
-                       fleet=False if args.no_fleet else None)
+                       fleet=False if args.no_fleet else None, device=args.device,
+                       gpus_per_run=args.gpus_per_run, deterministic=args.deterministic)
     return 0 if result is None or getattr(result, "ok", True) else 1
 
 
@@ -226,8 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="a Python file defining `study`")
     s.add_argument("--out", required=True, help="results folder")
     s.add_argument("--workers", type=_positive_int, default=None,
-                   help="parallel runs (default: the number of cores)")
+                   help="parallel runs (default: the number of cores; on CUDA 2 per GPU)")
     s.add_argument("--backend", choices=("local", "ray"), default="local")
+    s.add_argument("--device", default="auto",
+                   help="auto (default: CUDA when available), cpu, cuda, cuda:N; local workers "
+                        "on CUDA take the GPUs round-robin")
+    s.add_argument("--gpus-per-run", type=_gpus, default=0.0, metavar="F",
+                   help="GPUs each run uses: on Ray what each task asks for (needed for CUDA "
+                        "there); locally 1/F runs share a GPU (0.25: 4 workers per GPU)")
+    s.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic settings for every run (CUDA results that "
+                        "repeat bit for bit; no effect on CPU results)")
     s.add_argument("--no-resume", action="store_true", help="redo runs that are already complete")
     s.add_argument("--no-fleet", action="store_true",
                    help="one learner at a time, bit-identical to `shiftsim run` (default: runs "

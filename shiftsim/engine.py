@@ -31,7 +31,7 @@ from .loop import Members, OneLearner, run_members
 from .models import ModelSpec
 from .optim import spec
 from .result import RunResult
-from .runtime import torch_threads
+from .runtime import deterministic_mode, torch_threads
 from .scenario import Scenario
 
 __all__ = ["RunResult", "run"]
@@ -56,7 +56,8 @@ def _as_learner(model: Any, optimizer: Any) -> Learner:
 def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module] | Learner,
         optimizer: Any = None, seed: int = 0, device: str | torch.device = "auto", *,
         progress: bool = False, check_every: int = 64,
-        vectorized: bool | None = None, threads: int | None = None) -> RunResult:
+        vectorized: bool | None = None, threads: int | None = None,
+        deterministic: bool = False) -> RunResult:
     """Run one learner over ``scenario``'s stream and return its :class:`RunResult`.
 
     Every batch is scored with the parameters before the update (prequential, test-then-train),
@@ -90,10 +91,20 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
             ``threads=1``), so ``run(..., threads=1)`` gives exactly the trace a study stores
             for that run id; with another thread count reductions may round differently
             (about 1e-7 relative in the loss), and the difference can grow over steps.
+        deterministic: run under torch's deterministic settings
+            (:func:`shiftsim.runtime.deterministic_mode`: deterministic algorithms, cuDNN
+            deterministic without autotuning, TF32 off, ``CUBLAS_WORKSPACE_CONFIG`` set),
+            restored afterwards; ``info["determinism"]`` records the settings a run ran
+            under, whichever this is. On CUDA, bit for bit then means: same seed, GPU
+            model, driver, CUDA/cuDNN and torch versions (and no "nondeterministic" warning);
+            without it CUDA results may differ in the last bits between reruns. On the CPU it
+            changes nothing (CPU results are reproducible for a fixed number of threads).
     """
-    if threads is not None:
+    if not isinstance(deterministic, bool):
+        raise SpecTypeError(f"deterministic must be True or False, got {deterministic!r}")
+    if threads is not None or deterministic:
         threads = check_range(threads, "threads", 1, integer=True, optional=True)
-        with torch_threads(threads):
+        with torch_threads(threads), deterministic_mode(deterministic):
             return run(scenario, model, optimizer, seed, device, progress=progress,
                        check_every=check_every, vectorized=vectorized)
     t_start = time.perf_counter()

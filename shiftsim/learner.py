@@ -18,6 +18,7 @@ from .data import Dataset
 from .errors import ShiftsimError, SpecTypeError
 from .models import ModelSpec
 from .optim import OptimizerSpec, spec
+from .runtime import cpu_seeded
 from .seeds import derive_seed
 
 #: module types whose output depends on train/eval mode
@@ -58,8 +59,7 @@ def build_model(source: ModelSpec | nn.Module | Callable[[Dataset], nn.Module], 
         return source.build(data, seed=derive_seed(seed, "init"))
     if isinstance(source, nn.Module):
         return copy.deepcopy(source)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init"))
+    with cpu_seeded(derive_seed(seed, "init")):  # the caller's CUDA generators are left alone
         model = source(data)
     if not isinstance(model, nn.Module):
         raise SpecTypeError(f"the model factory returned {type(model).__name__}, not an "

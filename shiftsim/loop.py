@@ -42,6 +42,7 @@ from .feed import StackedFeed, StreamFeed
 from .learner import Learner
 from .realtime import train_schedule
 from .result import RunResult
+from .runtime import determinism_flags, device_facts
 from .scenario import Scenario
 from .stream import Stream, resolve_device
 
@@ -329,7 +330,10 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
                               [p.steps for p in scenario.phases])
     phases = scenario.phase_table()
     scenario_dict = scenario.to_dict()
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    facts = device_facts(dev)
+    versions = {"torch": torch.__version__, "python": platform.python_version(),
+                "cuda": facts["cuda"], "cudnn": facts["cudnn"]}
+    determinism = determinism_flags()
     machine = describe_machine(dev)
     results = []
     for k, d in enumerate(diverged_at):
@@ -363,7 +367,9 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
         })
         info = {"scenario": scenario_dict, "learner": learner.describe(k),
                 "seed": learner.seeds[k], "device": str(dev), "engine": learner.engine,
-                "versions": dict(versions), "machine": machine}
+                "versions": dict(versions), "machine": machine,
+                "device_type": facts["device_type"], "device_name": facts["device_name"],
+                "determinism": dict(determinism)}
         results.append(RunResult(trace, evals, phases.copy(), info, diverged=d is not None,
                                  diverged_step=d, timings={}))
     return results

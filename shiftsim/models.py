@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import ShiftsimError, SpecTypeError, allowed, check_range
+from .runtime import cpu_seeded
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU,
@@ -175,8 +176,7 @@ class ModelSpec:
             input_shape, num_classes, kind = data.input_shape, data.num_classes, data.kind
         if seed is None:
             return BUILDERS[self.name](input_shape, num_classes, kind, **self.options)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with cpu_seeded(seed):  # the caller's CUDA generators are left alone
             return BUILDERS[self.name](input_shape, num_classes, kind, **self.options)
 
     def to_dict(self) -> dict[str, Any]:

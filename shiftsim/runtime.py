@@ -1,7 +1,8 @@
-"""Where torch runs a run: its device (:func:`resolve_device`) and its intra-op threads
-(:func:`torch_threads`).
+"""Where torch runs a run: its device (:func:`resolve_device`), its intra-op threads
+(:func:`torch_threads`), the determinism policy (:func:`deterministic_mode`) and what a run
+records about the device (:func:`device_facts`, :func:`determinism_flags`).
 
-Small on purpose: the run loop, the engine and the study's executors all use these two, and
+Small on purpose: the run loop, the engine and the study's executors all use these, and
 importing this module loads no torch until a function is called.
 
 >>> resolve_device("cpu")
@@ -19,14 +20,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ShiftsimError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["resolve_device", "torch_threads"]
+__all__ = ["CUBLAS_WORKSPACE", "cpu_seeded", "determinism_flags", "deterministic_mode",
+           "device_facts", "prepare_deterministic_env", "resolve_device", "torch_threads"]
+
+#: the ``CUBLAS_WORKSPACE_CONFIG`` deterministic mode sets when it is unset (what the CUDA
+#: documentation gives for reproducible cuBLAS results)
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -64,3 +70,122 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != old:
             torch.set_num_threads(old)
+
+
+def prepare_deterministic_env() -> None:
+    """Set ``CUBLAS_WORKSPACE_CONFIG`` (to :data:`CUBLAS_WORKSPACE`) when it is unset.
+
+    cuBLAS reads it when torch makes its first cuBLAS handle, so a worker process calls this
+    before CUDA starts (the study's workers do, first thing); it stays set afterwards, on
+    purpose, since a later change would not reach the handles already made.
+    """
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def determinism_flags() -> dict[str, Any]:
+    """The torch settings that decide whether CUDA results are reproducible, as they are now.
+
+    >>> sorted(determinism_flags())  # doctest: +NORMALIZE_WHITESPACE
+    ['cublas_workspace_config', 'cudnn_benchmark', 'cudnn_deterministic',
+     'deterministic_algorithms', 'tf32_cudnn', 'tf32_matmul']
+    """
+    import os
+
+    import torch
+
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool = True) -> Iterator[None]:
+    """Run the block under torch's deterministic settings (``enabled=False``: as they are).
+
+    Sets ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an op without a
+    deterministic kernel warns instead of failing the run), cuDNN deterministic with its
+    benchmark (autotuning) off, TF32 off for matmuls and cuDNN, and ``CUBLAS_WORKSPACE_CONFIG``
+    (:func:`prepare_deterministic_env`); every torch setting is restored afterwards.
+
+    What it buys: on CUDA, the same spec, seed, device model, driver, CUDA/cuDNN and torch
+    versions (and, for a fleet, the same fleet size: batched-GEMM kernels are chosen by shape)
+    give the same trace bit for bit, provided no "nondeterministic" warning was raised. On the
+    CPU it changes nothing: CPU kernels are deterministic for a fixed number of threads.
+
+    >>> import torch
+    >>> with deterministic_mode():
+    ...     torch.are_deterministic_algorithms_enabled()
+    True
+    >>> torch.are_deterministic_algorithms_enabled()
+    False
+    """
+    if not enabled:
+        yield
+        return
+    import torch
+
+    prepare_deterministic_env()
+    old = (torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled(),
+           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+           torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[2], old[3]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[4], old[5]
+
+
+def device_facts(device: torch.device) -> dict[str, Any]:
+    """What a run records about its device: its type, name and the CUDA / cuDNN versions
+    (None off CUDA).
+
+    >>> import torch
+    >>> device_facts(torch.device("cpu"))
+    {'device_type': 'cpu', 'device_name': 'cpu', 'cuda': None, 'cudnn': None}
+    """
+    import torch
+
+    if device.type != "cuda":
+        return {"device_type": device.type, "device_name": device.type, "cuda": None,
+                "cudnn": None}
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"device_type": "cuda", "device_name": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
+@contextlib.contextmanager
+def cpu_seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator seeded with ``seed``, restored afterwards.
+
+    Unlike ``torch.manual_seed`` this leaves every CUDA generator alone (that one also seeds
+    the caller's CUDA generators, or queues the seed for when CUDA starts), so building a
+    model changes no random state of the caller's.
+
+    >>> import torch
+    >>> before = torch.random.get_rng_state()
+    >>> with cpu_seeded(0):
+    ...     a = torch.rand(1)
+    >>> with cpu_seeded(0):
+    ...     b = torch.rand(1)
+    >>> bool(a == b), bool((torch.random.get_rng_state() == before).all())
+    (True, True)
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield

@@ -53,6 +53,13 @@ class Batch:
     index: torch.Tensor  # (b,) indices into the training set
 
 
+def _place(shift: Shift, state: Any, input_shape: tuple[int, ...], device: torch.device,
+           dtype: torch.dtype) -> Any:
+    """``shift.place(...)`` (a custom shift written before ``place`` existed keeps its state)."""
+    place = getattr(shift, "place", None)
+    return state if place is None else place(state, input_shape, device, dtype)
+
+
 class Regime:
     """A regime's fixed state on the device: label tables, pre-shifted inputs, per-batch tail."""
 
@@ -82,6 +89,9 @@ class Regime:
         self.sample_weights = prior.sample_weights(y_train, c) if prior is not None else None
         inputs = [s for s in shifts if s.kind == "input"]
         states = [s.prepare(data.input_shape, g) for s in inputs]  # type: ignore[attr-defined]
+        # each shift's state and constants go to the device once per regime, not per batch
+        states = [_place(s, st, data.input_shape, dev, data.x_train.dtype)
+                  for s, st in zip(inputs, states)]
         cut = next((i for i, s in enumerate(inputs) if s.stochastic), len(inputs))  # type: ignore[attr-defined]
         self.static = list(zip(inputs[:cut], states[:cut]))
         self.tail = list(zip(inputs[cut:], states[cut:]))

@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from shiftsim import cli
 
@@ -81,6 +82,31 @@ def test_study_runs_resumes_and_redoes(tmp_path, capsys):
     assert sorted(runs["lr"]) == [0.01, 0.1] and set(runs["status"]) == {"ok"}
 
 
+def test_study_device_options_reach_the_runs(tmp_path, capsys):
+    f = tmp_path / "s.py"
+    f.write_text(STUDY)
+    out = tmp_path / "out"
+    args = ["study", str(f), "--out", str(out), "--workers", "1", "--quiet", "--device", "cpu",
+            "--gpus-per-run", "0", "--deterministic"]
+    assert cli.main(args) == 0
+    from shiftsim import store
+
+    summaries = [store.run_state(out, rid).summary for rid in store.list_run_ids(out)]
+    assert [(s["device"], s["determinism"]["deterministic_algorithms"]) for s in summaries] \
+        == [("cpu", True), ("cpu", True)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no CUDA")
+def test_study_on_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    f = tmp_path / "s.py"
+    f.write_text(STUDY)
+    assert cli.main(["study", str(f), "--out", str(tmp_path / "o"), "--device", "cuda",
+                     "--quiet"]) == 2
+    assert capsys.readouterr().err == ("error: device 'cuda' asked for, but CUDA is not "
+                                       "available here; use device='auto' or 'cpu'\n")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 @pytest.mark.parametrize("extra,expect", [
     (["--workers", "0"], "error: argument --workers: expected a positive integer, got '0'"),
     (["--backend", "dask"], "error: argument --backend: invalid choice: 'dask'"),
@@ -89,6 +115,17 @@ def test_study_runs_resumes_and_redoes(tmp_path, capsys):
                                   "is a file, not a folder"),
     (["--out", "{tmp}/other"], "error: '{tmp}/other' holds the results of study 'another', "
                                "not 'cli-study'; use another folder"),
+    (["--gpus-per-run", "-1"], "error: argument --gpus-per-run: expected a number >= 0 "
+                               "(fractions share a GPU), got '-1'"),
+    (["--gpus-per-run", "x"], "error: argument --gpus-per-run: expected a number, got 'x'"),
+    (["--gpus-per-run", "0.5", "--device", "cpu"],
+     "error: gpus_per_run=0.5 needs a CUDA device, but device 'cpu' runs on the CPU; use "
+     "gpus_per_run=0 or device='cuda'"),
+    (["--device", "tpu9"], "error: unknown device 'tpu9'; allowed: 'auto', 'cpu', 'cuda', "
+                           "'cuda:N', 'mps'"),
+    (["--backend", "ray", "--device", "cuda"],
+     "error: device='cuda' on Ray needs gpus_per_run > 0 (e.g. 1, or 0.25 to share a GPU by 4 "
+     "runs): Ray hides the GPUs from tasks that ask for none"),
 ])
 def test_study_errors_are_one_line_exit_2(tmp_path, capsys, extra, expect):
     from shiftsim import store

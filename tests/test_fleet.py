@@ -532,8 +532,8 @@ def test_fleet_argument_checks(digits, tmp_path):
     study = _study(digits, seeds=1, optimizers=("sgdm",))
     with pytest.raises(TypeError, match="fleet must be True, False or None"):
         study.run(tmp_path, fleet="yes")
-    with pytest.raises(ss.ShiftsimError, match="fleet=True runs on the local backend"):
-        study.run(tmp_path, fleet=True, backend="ray")
+    with pytest.raises(ss.ShiftsimError, match="use fleet=False with a custom executor="):
+        study.run(tmp_path, fleet=True, executor=ss.study.InProcess("cpu"))
 
 
 @pytest.mark.slow

@@ -217,8 +217,8 @@ def test_study_input_checks(tiny):
         study.run("x", workers=0)
     with pytest.raises(ShiftsimError, match="gpus_per_run"):
         study.run("x", gpus_per_run=-1, backend="ray")
-    with pytest.raises(ShiftsimError, match="applies to backend='ray'"):
-        study.run("x", gpus_per_run=0.5)
+    with pytest.raises(ShiftsimError, match="gpus_per_run=0.5 needs a CUDA device"):
+        study.run("x", gpus_per_run=0.5, device="cpu")  # locally: 1/f workers per GPU
 
 
 def test_out_dir_checks(tmp_path, tiny):

@@ -19,9 +19,12 @@ architecture on one scenario as a single program, through the one run loop
 So every member's :class:`~shiftsim.result.RunResult` has the content of its own run, and does
 not depend on which other members share its fleet. For a ReLU MLP, :func:`shiftsim.run` itself
 runs this program with one member by default, so a member's numbers are bit for bit those of
-``run()``. Against the plain per-step loop (``run(..., vectorized=False)``: autograd, one
-module) they agree up to float rounding of the batched operations (``tests/test_fleet.py``
-states the tolerances; over thousands of float32 steps some trajectories drift apart, as they
+``run()`` — on the CPU, with the same number of torch threads; on CUDA the batched-GEMM kernels
+are chosen by shape (the member count among them), so there a member may differ from ``run()``
+in the last bits, and ``deterministic=True`` makes only reruns of the same fleet repeat.
+Against the plain per-step loop (``run(..., vectorized=False)``: autograd, one module)
+they agree up to float rounding of the batched operations (``tests/test_fleet.py`` states the
+tolerances; over thousands of float32 steps some trajectories drift apart, as they
 would under any change of summation order).
 
 >>> import shiftsim as ss
@@ -49,6 +52,7 @@ from ..models import ModelSpec
 from ..optim import OptimizerSpec, spec
 from ..optim.stacking import supports
 from ..result import RunResult
+from ..runtime import deterministic_mode
 from ..scenario import Scenario
 from .learner import StackedLearner
 from .memory import fleet_memory_bytes
@@ -114,7 +118,8 @@ def _as_member(m: Any) -> tuple[OptimizerSpec, int]:
 def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Module],
               members: Sequence[tuple[OptimizerSpec | str, int]],
               device: str | torch.device = "auto", *, check_every: int = 64,
-              compile: bool = False, progress: bool = False) -> list[RunResult]:
+              compile: bool = False, progress: bool = False,
+              deterministic: bool = False) -> list[RunResult]:
     """Run every ``(optimizer, seed)`` member on ``scenario`` as one vectorized program.
 
     Returns one :class:`~shiftsim.result.RunResult` per member, in the order given, with the
@@ -137,7 +142,18 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
         compile: compile the forward pass and loss with ``torch.compile`` (falls back to eager
             execution, with a warning, when compilation fails).
         progress: show a progress bar over steps.
+        deterministic: run under torch's deterministic settings, as for :func:`shiftsim.run`
+            (:func:`shiftsim.runtime.deterministic_mode`). On CUDA a member's trace is then
+            reproducible for the same fleet size; across fleet sizes (and against ``run()``)
+            it may differ in the last bits, since batched-GEMM kernels are chosen by shape. On
+            the CPU a member's trace does not depend on the fleet it runs in.
     """
+    if not isinstance(deterministic, bool):
+        raise SpecTypeError(f"deterministic must be True or False, got {deterministic!r}")
+    if deterministic:
+        with deterministic_mode():
+            return run_fleet(scenario, model, members, device, check_every=check_every,
+                             compile=compile, progress=progress)
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
         raise SpecTypeError(f"run_fleet() needs a Scenario, got {type(scenario).__name__}")

@@ -16,14 +16,16 @@ from ..scenario import Scenario
 
 
 def _activation_width(net: nn.Module, data: Any) -> int:
-    """Numbers per sample in the input and in every leaf module's output (one forward pass)."""
+    """Numbers per sample in the input and in every leaf module's output (one forward pass of
+    one sample, on the device the module's parameters are on: a module already on the GPU, or
+    on the ``meta`` device, is measured where it is)."""
     sizes = [math.prod(data.input_shape)]
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel()))
              for m in net.modules() if not list(m.children())]
     try:
         p = next(net.parameters())
         with torch.no_grad():
-            net(data.x_train[:1].to(dtype=p.dtype))
+            net(data.x_train[:1].to(device=p.device, dtype=p.dtype))
     finally:
         for h in hooks:
             h.remove()

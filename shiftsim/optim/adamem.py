@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _compiled
 from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
@@ -256,10 +257,16 @@ def _am_metric(P: Tensor, W: Tensor | None, lam: Scalar, ld: int) -> Tensor:
 def _am_scales(k1: Tensor, sbc2: Sequence[Scalar], eps: Scalar) -> tuple[list[Tensor],
                                                                           list[Tensor]]:
     """Per tensor, ``c1 = k1 / sqrt(bc2)`` and ``c2 = k1 * eps`` of :func:`_am_precond` (``k1``:
-    shape (n[, K]); one op each when the bias corrections are floats)."""
+    shape (n[, K]); one op each when the bias corrections are floats).
+
+    No host-to-device copy when every tensor has the same bias correction (every tensor
+    stepped as often, the usual case): ``k1 * float`` rounds the float to ``k1``'s dtype as
+    the column tensor would, so the two give the same bits."""
     if any(isinstance(x, Tensor) for x in sbc2):
         c1 = [k1[i] * sbc2[i] for i in range(len(sbc2))]
-    else:
+    elif len(set(sbc2)) <= 1:
+        c1 = list((k1 * (sbc2[0] if sbc2 else 1.0)).unbind(0))
+    else:  # tensors stepped a different number of times (a param group added later)
         col = torch.tensor(list(sbc2), dtype=k1.dtype, device=k1.device)
         c1 = list((k1 * col.view(-1, *(1,) * (k1.dim() - 1))).unbind(0))
     return c1, list((k1 * eps).unbind(0))
@@ -549,6 +556,10 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         beta_max: upper clip of :math:`\beta_t` (shared).
         weight_decay: coupled L2 :math:`\lambda_{wd}`.
         foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
+        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+            (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
+            group whose parameters all have a gradient and a momentum (the first step, which
+            sets :math:`d_0 = g_0`, is eager), float hyperparameters.
 
     State: ``momentum_buffer`` (:math:`d`) per parameter; ``state["global"]``: ``step``,
     ``beta``, ``momentum``, ``prev_lrs``. ``diagnostics()``: ``beta`` (:math:`\beta_t`) and
@@ -579,9 +590,10 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         beta_max: float = 0.9,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, lam=lam, beta_max=beta_max, weight_decay=weight_decay,
-                        foreach=foreach)
+                        foreach=foreach, compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -591,6 +603,7 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         check_number(group["beta_max"], "beta_max", 0.0, 1.0)
         check_number(group["weight_decay"], "weight_decay", 0.0)
         check_foreach(group["foreach"])
+        _compiled.check_compile(group.get("compile", "auto"))
 
     def _init_global(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         st = super()._init_global(device, dtype)
@@ -606,9 +619,48 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
     def step(self, closure: Any = None) -> Any:
         """One AM-SGD step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = eval_closure(closure)
+        if self._compiled_step():
+            return loss
         if not (self._planned and self._planned_step()):
             self._general_step()
         return loss
+
+    def _compiled_step(self) -> bool:
+        """The step through the compiled kernel (:func:`~shiftsim.optim._compiled.amsgd_step`)
+        when it covers it and the compile policy wants it; False: the eager kernels take it."""
+        if len(self.param_groups) != 1:
+            return False
+        group = self.param_groups[0]
+        ps = group["params"]
+        lr, wd, lam, beta_max = group["lr"], group["weight_decay"], group["lam"], \
+            group["beta_max"]
+        if not ps or any(isinstance(x, Tensor) for x in (lr, wd, lam, beta_max)):
+            return False
+        gs = [p.grad for p in ps]
+        if any(g is None or g.is_sparse for g in gs) or \
+                any("momentum_buffer" not in self.state.get(p, ()) for p in ps):
+            return False  # (the first step sets d = g: eager)
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = _compiled.Compiled(
+                _compiled.amsgd_step, "AdaptiveMemorySGD", self.defaults.get("compile", "auto"))
+        if not comp.wanted(ps):
+            return False
+        glob = self._global()
+        sq, _ = self._kept_norm(glob, 0, tuple(range(len(ps))))
+        ratio = self._block_hp(glob, 0, group)["lr_ratio"]
+        tol = 32 * torch.finfo(sq.dtype).eps
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((lr, wd, lam, beta_max, ratio, tol), ps[0])
+        out = comp.run(ps, ps, gs, [self.state[p]["momentum_buffer"] for p in ps], h, wd != 0)
+        if out is _compiled.EAGER:
+            return False
+        beta, sqnorm = out
+        glob["step"] += 1
+        sq.copy_(sqnorm)
+        self._record(glob, beta, lam)
+        return True
 
     def _planned_step(self) -> bool:
         """A step with the cached plan (see :mod:`shiftsim.optim._base`): :func:`_amsgd_blocks`
@@ -718,6 +770,10 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
             0.9 - 0.1\lambda` = 0.89 for :math:`\lambda = 0.1`.
         lam: :math:`\lambda` (shared by all groups). eps: :math:`\epsilon`.
         weight_decay: :math:`\mu`, decoupled. foreach: as in :class:`AdaptiveMemorySGD`.
+        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+            (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
+            group whose tensors share a step count and previous lr, float hyperparameters
+            (the first step, :math:`\beta = \beta_{1,max}`, is eager: one compile fewer).
 
     State per parameter: ``exp_avg`` (:math:`d`), ``exp_avg_sq`` (:math:`v`), ``beta_prod``
     (:math:`\Pi`), ``beta`` (last :math:`\beta_t`), ``step``, ``prev_lr``.
@@ -746,9 +802,10 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, betas=betas, lam=lam, eps=eps, weight_decay=weight_decay,
-                        foreach=foreach)
+                        foreach=foreach, compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -759,6 +816,7 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         check_number(group["eps"], "eps", 0.0)
         check_number(group["weight_decay"], "weight_decay", 0.0)
         check_foreach(group["foreach"])
+        _compiled.check_compile(group.get("compile", "auto"))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -770,6 +828,8 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
             return loss
         glob = self._global()
         first = self.param_groups[0]
+        if len(active) == 1 and self._compiled_step(*active[0], glob):
+            return loss
         blocks, params = [], []
         for group, ps, gs in active:
             ds, vs, steps, prevs, pis = [], [], [], [], []
@@ -803,3 +863,42 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
                 i += 1
         glob["beta"] = betas.mean(0).to(glob["beta"].dtype)
         return loss
+
+    def _compiled_step(self, group: dict[str, Any], ps: list[Tensor], gs: list[Tensor],
+                       glob: dict[str, Any]) -> bool:
+        """The step through the compiled kernel
+        (:func:`~shiftsim.optim._compiled.amadamw_step`) when it covers it and the compile
+        policy wants it; False: the eager kernels take it."""
+        lr, (b1, b2), eps, wd, lam = group["lr"], group["betas"], group["eps"], \
+            group["weight_decay"], group["lam"]
+        if any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd, lam)):
+            return False
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = _compiled.Compiled(
+                _compiled.amadamw_step, "AdaptiveMemoryAdamW",
+                self.defaults.get("compile", "auto"))
+        if not comp.wanted(ps):
+            return False
+        for p in self._fill_state(ps, adamem_adamw_init,
+                                  ("exp_avg", "exp_avg_sq", "beta_prod", "step")):
+            self.state[p]["prev_lr"] = lr
+        sts = [self.state[p] for p in ps]
+        t, prev = sts[0]["step"] + 1, sts[0]["prev_lr"]
+        if t == 1 or any(st["step"] + 1 != t or isinstance(st["prev_lr"], Tensor) or
+                         st["prev_lr"] != prev for st in sts):
+            return False
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((lr, prev, wd, b1, b2, eps, lam, 1 / (1 - b2 ** t) ** 0.5), ps[0])
+        pi = torch.stack([st["beta_prod"] for st in sts])
+        out = comp.run(ps, ps, gs, [st["exp_avg"] for st in sts],
+                       [st["exp_avg_sq"] for st in sts], pi, h, wd != 0, lam != 0, lr != 0)
+        if out is _compiled.EAGER:
+            return False
+        betas, pi = out
+        for st, beta, row in zip(sts, betas.unbind(0), pi.unbind(0)):
+            st["step"], st["prev_lr"] = t, lr
+            st["beta_prod"], st["beta"] = row, beta
+        glob["beta"] = betas.mean(0).to(glob["beta"].dtype)
+        return True

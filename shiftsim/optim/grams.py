@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _compiled
 from ._base import Hyper, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
@@ -226,6 +227,9 @@ class Grams(ShiftsimOptimizer):
         track_flips: [ours] compute the ``flip_fraction`` diagnostic (fraction of coordinates
             where :math:`\mathrm{sign}(g_t) \neq \mathrm{sign}(m_t)`). Off by default: it costs
             an extra pass; then ``diagnostics()`` returns ``{}``.
+        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+            (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
+            group with float hyperparameters and ``track_flips=False``.
 
     State per parameter: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step``.
 
@@ -252,9 +256,11 @@ class Grams(ShiftsimOptimizer):
         eps_mode: str = "paper",
         foreach: bool | None = None,
         track_flips: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        eps_mode=eps_mode, foreach=foreach, track_flips=track_flips)
+                        eps_mode=eps_mode, foreach=foreach, track_flips=track_flips,
+                        compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -270,6 +276,7 @@ class Grams(ShiftsimOptimizer):
         check_choice(group["eps_mode"], "eps_mode", EPS_MODES)
         check_foreach(group["foreach"])
         check_bool(group["track_flips"], "track_flips")
+        _compiled.check_compile(group.get("compile", "auto"))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -277,6 +284,8 @@ class Grams(ShiftsimOptimizer):
         loss = eval_closure(closure)
         active = self._active()
         if not active:
+            return loss
+        if self._compiled_step(active):
             return loss
         blocks = []
         for group, ps, gs in active:
@@ -298,3 +307,38 @@ class Grams(ShiftsimOptimizer):
         if frac is not None:
             self._global()["flip_fraction"] = frac.to(self._acc_dtype())
         return loss
+
+    def _compiled_step(self, active: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
+                       ) -> bool:
+        """The step through the compiled kernel (:func:`~shiftsim.optim._compiled.grams_step`)
+        when it covers it and the compile policy wants it; False: the eager kernels take it."""
+        if len(active) != 1 or self.defaults["track_flips"]:
+            return False
+        group, ps, gs = active[0]
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd)):
+            return False
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = _compiled.Compiled(
+                _compiled.grams_step, "Grams", self.defaults.get("compile", "auto"))
+        if not comp.wanted(ps):
+            return False
+        self._fill_state(ps, grams_init, ("exp_avg", "exp_avg_sq", "step"))
+        sts = [self.state[p] for p in ps]
+        t = sts[0]["step"] + 1
+        if any(st["step"] + 1 != t for st in sts):
+            return False
+        bc1, bc2 = 1 - b1 ** t, (1 - b2 ** t) ** 0.5
+        official = group["eps_mode"] == "official"
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars(
+            (-lr * bc2 / bc1, 1 - b1, b2, eps if official else eps * bc2, 1 - lr * wd), ps[0])
+        out = comp.run(ps, ps, gs, [st["exp_avg"] for st in sts],
+                       [st["exp_avg_sq"] for st in sts], h, wd != 0)
+        if out is _compiled.EAGER:
+            return False
+        for st in sts:
+            st["step"] = t
+        return True

@@ -77,6 +77,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError
+from . import _compiled
 from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     CAT_BELOW,
@@ -935,6 +936,9 @@ class MoMoAdam(_MoMoBase):
         eps: :math:`\epsilon`. lb: :math:`f_*` (shared). weight_decay: :math:`\lambda`.
         divide: proximal (True) or AdamW-style (False) decay. use_fstar: online :math:`f_*`.
         foreach: as in :class:`MoMo`.
+        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+            (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
+            group whose tensors share a step count, float hyperparameters, ``use_fstar=False``.
 
     State: ``grad_avg``, ``grad_avg_sq``, ``grad_dot_w``, ``step`` (:math:`s`) per parameter;
     ``state["global"]``: ``step``, ``loss_avg``, ``fstar``, ``step_size``.
@@ -967,9 +971,10 @@ class MoMoAdam(_MoMoBase):
         divide: bool = True,
         use_fstar: bool = False,
         foreach: bool | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, lb=lb, weight_decay=weight_decay,
-                        divide=divide, use_fstar=use_fstar, foreach=foreach)
+                        divide=divide, use_fstar=use_fstar, foreach=foreach, compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -982,6 +987,7 @@ class MoMoAdam(_MoMoBase):
         check_bool(group["divide"], "divide")
         check_bool(group["use_fstar"], "use_fstar")
         check_foreach(group["foreach"])
+        _compiled.check_compile(group.get("compile", "auto"))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, loss: Any = None) -> Any:
@@ -993,6 +999,8 @@ class MoMoAdam(_MoMoBase):
             return loss
         glob = self._global()
         first = self.param_groups[0]
+        if len(active) == 1 and self._compiled_step(*active[0], glob, loss):
+            return loss
         glob["step"] += 1
         blocks, gams, params = [], [], []
         for group, ps, gs in active:
@@ -1020,3 +1028,45 @@ class MoMoAdam(_MoMoBase):
             self.state[p]["grad_dot_w"] = row
         glob["step_size"] = taus[0]
         return loss
+
+    def _compiled_step(self, group: dict[str, Any], ps: list[Tensor], gs: list[Tensor],
+                       glob: dict[str, Any], loss: Any) -> bool:
+        """The step through the compiled kernel
+        (:func:`~shiftsim.optim._compiled.momo_adam_step`) when it covers it and the compile
+        policy wants it; False: the eager kernels take it."""
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if group["use_fstar"] or any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd)):
+            return False
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = _compiled.Compiled(
+                _compiled.momo_adam_step, "MoMoAdam", self.defaults.get("compile", "auto"))
+        if not comp.wanted(ps):
+            return False
+        self._fill_state(ps, momo_adam_init, ("grad_avg", "grad_avg_sq", "grad_dot_w", "step"))
+        sts = [self.state[p] for p in ps]
+        s = sts[0]["step"] + 1
+        if any(st["step"] + 1 != s for st in sts):
+            return False
+        k = glob["step"] + 1
+        loss_avg = glob["loss_avg"]
+        rho = 1 - b1 ** k
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((b1, b2, 1 - b2 ** s, eps, rho, lr / rho, 1 + lr * wd, 1 - lr * wd), ps[0])
+        f = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        f = f.to(device=loss_avg.device, dtype=loss_avg.dtype).reshape(())
+        gam = torch.stack([st["grad_dot_w"] for st in sts]).to(loss_avg.dtype)
+        out = comp.run(ps, ps, gs, [st["grad_avg"] for st in sts],
+                       [st["grad_avg_sq"] for st in sts], gam, loss_avg, glob["fstar"], f, h,
+                       wd != 0, group["divide"])
+        if out is _compiled.EAGER:
+            return False
+        tau, gam, fbar = out
+        glob["step"] = k
+        for st, row in zip(sts, gam.unbind(0)):
+            st["step"] = s
+            st["grad_dot_w"] = row
+        loss_avg.copy_(fbar)
+        glob["step_size"] = tau
+        return True

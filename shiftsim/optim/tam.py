@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _compiled
 from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
@@ -554,6 +555,10 @@ class TAM(_TorqueBase):
         scope: ``"global"`` [paper]: one model-wide cosine over every parameter with a gradient
             (all groups); ``"tensor"`` [ours]: one cosine per parameter tensor.
         foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
+        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+            (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers
+            ``scope="global"``, one param group whose parameters all have a gradient, float
+            hyperparameters.
 
     State: [ours] the momentum is kept scaled, :math:`m = \sigma\tilde m` with
     :math:`\sigma_t = \beta\sigma_{t-1} + \epsilon + d_t` (:math:`\sigma_0 = 0`), so that
@@ -600,10 +605,11 @@ class TAM(_TorqueBase):
         decoupled: bool = False,
         scope: str = "global",
         foreach: bool | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, gamma=gamma, eps=eps,
                         weight_decay=weight_decay, decoupled=decoupled, scope=scope,
-                        foreach=foreach)
+                        foreach=foreach, compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -616,6 +622,7 @@ class TAM(_TorqueBase):
         check_choice(group["scope"], "scope", SCOPES)
         check_foreach(group["foreach"])
         check_bool(group["decoupled"], "decoupled")
+        _compiled.check_compile(group.get("compile", "auto"))
 
     #: take ``scope="global"`` steps with the cached plan (tests compare it with the general
     #: path by switching it off)
@@ -625,10 +632,53 @@ class TAM(_TorqueBase):
     def step(self, closure: Any = None) -> Any:
         """One TAM step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = eval_closure(closure)
-        if not (self._planned and self.param_groups[0]["scope"] == "global"
-                and self._planned_step()):
+        glob_scope = self.param_groups[0]["scope"] == "global"
+        if glob_scope and self._compiled_step():
+            return loss
+        if not (self._planned and glob_scope and self._planned_step()):
             self._general_step()
         return loss
+
+    def _compiled_step(self) -> bool:
+        """The step through the compiled kernel (:func:`~shiftsim.optim._compiled.tam_step`)
+        when it covers it and the compile policy wants it; False: the eager kernels take it."""
+        if len(self.param_groups) != 1:
+            return False
+        group = self.param_groups[0]
+        ps = group["params"]
+        hp = (group["lr"], group["momentum"], group["gamma"], group["eps"],
+              group["weight_decay"])
+        if not ps or any(isinstance(x, Tensor) for x in hp):
+            return False
+        gs = [p.grad for p in ps]
+        if any(g is None or g.is_sparse for g in gs):
+            return False
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = _compiled.Compiled(
+                _compiled.tam_step, "TAM", self.defaults.get("compile", "auto"))
+        if not comp.wanted(ps):
+            return False
+        new = [p for p in ps if not self.state[p]]
+        for p, m in zip(new, _zero_momenta(new)):
+            self.state[p]["momentum_avg"] = m
+        glob = self._global()
+        lr, beta, gamma, eps, wd = hp
+        sq, _ = self._kept_norm(glob, 0, tuple(range(len(ps))))
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((lr, beta, 1 - gamma, eps, wd), ps[0])
+        scale = self._group_scale(glob, 0)
+        out = comp.run(ps, ps, gs, [self.state[p]["momentum_avg"] for p in ps], scale,
+                       glob["cosine"], h, wd != 0 and not group["decoupled"],
+                       wd != 0 and group["decoupled"], eps > 0)
+        if out is _compiled.EAGER:
+            return False
+        glob["damping"], shat, sig, sqnorm = out
+        glob["cosine"].copy_(shat)
+        scale.copy_(sig)
+        sq.copy_(sqnorm)
+        return True
 
     def _planned_step(self) -> bool:
         """A ``scope="global"`` step with the cached plan (see the module notes of
@@ -798,6 +848,8 @@ class AdaTAM(_TorqueBase):
         bias_correction: see above.
         scope: ``"global"`` [paper] or ``"tensor"`` [ours], as in :class:`TAM`.
         foreach: as in :class:`TAM`.
+        compile: as in :class:`TAM` (covers ``scope="global"``, one param group with a
+            gradient, float hyperparameters).
 
     State: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step`` per parameter;
     ``state["global"]``: ``cosine``, ``damping``. ``diagnostics()``: ``damping``, ``cosine``.
@@ -830,10 +882,11 @@ class AdaTAM(_TorqueBase):
         bias_correction: bool = False,
         scope: str = "global",
         foreach: bool | None = None,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, betas=betas, gamma=gamma, torque_eps=torque_eps, eps=eps,
                         weight_decay=weight_decay, bias_correction=bias_correction,
-                        scope=scope, foreach=foreach)
+                        scope=scope, foreach=foreach, compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -847,6 +900,7 @@ class AdaTAM(_TorqueBase):
         check_choice(group["scope"], "scope", SCOPES)
         check_foreach(group["foreach"])
         check_bool(group["bias_correction"], "bias_correction")
+        _compiled.check_compile(group.get("compile", "auto"))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -858,6 +912,8 @@ class AdaTAM(_TorqueBase):
         glob = self._global()
         first = self.param_groups[0]
         scope = first["scope"]
+        if scope == "global" and len(active) == 1 and self._compiled_step(*active[0], glob):
+            return loss
         blocks, all_params = [], []
         for group, ps, gs in active:
             ms, vs, steps = [], [], []
@@ -882,6 +938,45 @@ class AdaTAM(_TorqueBase):
                            foreach=_foreach_of(active), scratch=self.scratch)
         self._store_cosine(all_params, scope, glob, shat, d)
         return loss
+
+
+    def _compiled_step(self, group: dict[str, Any], ps: list[Tensor], gs: list[Tensor],
+                       glob: dict[str, Any]) -> bool:
+        """The step through the compiled kernel (:func:`~shiftsim.optim._compiled.adatam_step`)
+        when it covers it and the compile policy wants it; False: the eager kernels take it."""
+        lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
+        teps, eps, gamma = group["torque_eps"], group["eps"], group["gamma"]
+        if any(isinstance(x, Tensor) for x in (lr, b1, b2, wd, teps, eps, gamma)):
+            return False
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = _compiled.Compiled(
+                _compiled.adatam_step, type(self).__name__, self.defaults.get("compile", "auto"))
+        if not comp.wanted(ps):
+            return False
+        self._fill_state(ps, adatam_init, ("exp_avg", "exp_avg_sq", "step"))
+        sts = [self.state[p] for p in ps]
+        t = sts[0]["step"] + 1
+        if any(st["step"] + 1 != t for st in sts):
+            return False
+        if group["bias_correction"]:
+            bc1, bc2 = 1 - b1 ** t, (1 - b2 ** t) ** 0.5
+            size, eps_t = -lr * (1 - b1) * bc2 / bc1, eps * bc2
+        else:
+            size, eps_t = -lr, eps
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((size, b1, b2, 1 - gamma, teps, eps_t, wd, lr), ps[0])
+        out = comp.run(ps, ps, gs, [st["exp_avg"] for st in sts],
+                       [st["exp_avg_sq"] for st in sts], glob["cosine"], h,
+                       wd != 0 and not self._decoupled, wd != 0 and self._decoupled)
+        if out is _compiled.EAGER:
+            return False
+        for st in sts:
+            st["step"] = t
+        glob["damping"], shat = out
+        glob["cosine"].copy_(shat)
+        return True
 
 
 class AdaTAMW(AdaTAM):

@@ -65,6 +65,13 @@ class Shift:
         ``generator``; ``None`` for shifts without any."""
         return None
 
+    def place(self, state: Any, input_shape: tuple[int, ...], device: Any, dtype: Any) -> Any:
+        """The per-regime ``state`` as ``apply`` wants it on ``device`` (inputs of ``dtype``
+        and ``input_shape``), made once per regime so that ``apply`` copies nothing from the
+        host per batch; the default keeps ``state`` as it is. ``apply`` must still accept the
+        state :meth:`prepare` made (or None) when called directly."""
+        return state
+
     def check_interface(self) -> None:
         """Raise a clear error when this shift's class cannot take part in a stream (a custom
         subclass that is not a frozen dataclass, lacks ``apply`` or takes other arguments)."""

@@ -1,7 +1,9 @@
 """Input (covariate) shifts: batched tensor ops on the data's device.
 
 Each shift has a per-regime ``prepare`` (fixed randomness such as a pixel permutation, drawn once
-from the regime's seeded CPU generator) and an ``apply`` on a whole batch. Stochastic shifts
+from the regime's seeded CPU generator), a ``place`` that puts that state and any constant the
+shift needs (a rotation matrix, per-feature factors) on the device once per regime, and an
+``apply`` on a whole batch, which then moves nothing between host and device. Stochastic shifts
 (noise) draw fresh randomness per batch from the run's device generator. Images are in [0, 1]
 before every shift and are clipped to [0, 1] after it; tabular features are not clipped.
 """
@@ -66,15 +68,24 @@ class Rotate(_InputShift):
     def is_identity(self) -> bool:
         return self.degrees % 360 == 0
 
-    def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
-        n, _, h, w = x.shape
+    def _theta(self, h: int, w: int, device: Any, dtype: Any) -> torch.Tensor:
         a = math.radians(self.degrees)
         cos, sin = math.cos(a), math.sin(a)
         # theta maps output to input coordinates in normalised [-1, 1] units; the aspect terms
         # keep the rotation rigid in pixel space for non-square images (y points down, so a
         # counter-clockwise turn on screen samples the input at the output turned clockwise).
-        theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]],
-                             dtype=x.dtype, device=x.device)
+        return torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]],
+                            dtype=dtype, device=device)
+
+    def place(self, state: Any, input_shape: tuple[int, ...], device: Any, dtype: Any
+              ) -> torch.Tensor:
+        """The rotation matrix on ``device``, made once per regime."""
+        return self._theta(input_shape[-2], input_shape[-1], device, dtype)
+
+    def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        theta = state if _placed(state, x) and state.shape == (2, 3) \
+            else self._theta(h, w, x.device, x.dtype)
         grid = F.affine_grid(theta.expand(n, 2, 3), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -257,18 +268,40 @@ class PixelPermutation(_InputShift):
         perm[chosen] = chosen[torch.randperm(k, generator=generator)]
         return perm
 
+    def place(self, state: Any, input_shape: tuple[int, ...], device: Any, dtype: Any
+              ) -> torch.Tensor:
+        """The permutation on ``device``, moved once per regime."""
+        return state.to(device)
+
     def apply(self, x: torch.Tensor, state: torch.Tensor, generator: torch.Generator | None
               ) -> torch.Tensor:
-        perm = state.to(x.device)
+        perm = state if state.device == x.device else state.to(x.device)
         if x.ndim == 4:
             return x.flatten(2)[:, :, perm].view_as(x)
         return x.flatten(1)[:, perm].view_as(x)
 
 
-def _per_feature(value: float | tuple[float, ...], x: torch.Tensor) -> torch.Tensor | float:
-    if isinstance(value, tuple):
-        return torch.tensor(value, dtype=x.dtype, device=x.device).view(1, *x.shape[1:])
-    return value
+def _placed(state: Any, x: torch.Tensor) -> bool:
+    """``state`` is a tensor already on ``x``'s device in ``x``'s dtype (compared on the host:
+    no sync)."""
+    return isinstance(state, torch.Tensor) and state.device == x.device and state.dtype == x.dtype
+
+
+def _per_feature(value: float | tuple[float, ...], x: torch.Tensor, state: Any = None
+                 ) -> torch.Tensor | float:
+    if not isinstance(value, tuple):
+        return value
+    if _placed(state, x):
+        return state
+    return torch.tensor(value, dtype=x.dtype, device=x.device).view(1, *x.shape[1:])
+
+
+def _place_per_feature(value: float | tuple[float, ...], input_shape: tuple[int, ...],
+                       device: Any, dtype: Any) -> torch.Tensor | None:
+    """Per-feature values as a ``(1, *input_shape)`` tensor on ``device`` (None for a scalar)."""
+    if not isinstance(value, tuple):
+        return None
+    return torch.tensor(value, dtype=dtype, device=device).view(1, *input_shape)
 
 
 def _check_length(shift: Any, name: str, value: Any, data: Any) -> None:
@@ -301,8 +334,11 @@ class FeatureScale(_InputShift):
     def check(self, data: Any) -> None:
         _check_length(self, "factor", self.factor, data)
 
+    def place(self, state: Any, input_shape: tuple[int, ...], device: Any, dtype: Any) -> Any:
+        return _place_per_feature(self.factor, input_shape, device, dtype)
+
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
-        return x * _per_feature(self.factor, x)
+        return x * _per_feature(self.factor, x, state)
 
 
 @dataclass(frozen=True)
@@ -328,5 +364,8 @@ class FeatureOffset(_InputShift):
     def check(self, data: Any) -> None:
         _check_length(self, "delta", self.delta, data)
 
+    def place(self, state: Any, input_shape: tuple[int, ...], device: Any, dtype: Any) -> Any:
+        return _place_per_feature(self.delta, input_shape, device, dtype)
+
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
-        return x + _per_feature(self.delta, x)
+        return x + _per_feature(self.delta, x, state)

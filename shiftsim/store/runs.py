@@ -124,7 +124,9 @@ def write_run(out_dir: str | os.PathLike, run_id: str, *, spec: Mapping[str, Any
             "steps_run": len(result.trace),
             "timings": dict(result.timings),
             "device": info.get("device"),
+            "device_name": info.get("device_name"),
             "machine": info.get("machine"),
+            "determinism": info.get("determinism"),
             "versions": info.get("versions", {}),
             "learner": info.get("learner", {}),
         })

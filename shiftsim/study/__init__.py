@@ -3,15 +3,18 @@
 A :class:`Study` is a grid of :class:`RunSpec` (each with a stable content hash as its run id;
 :mod:`~shiftsim.study.grid`); :meth:`Study.run` (:mod:`~shiftsim.study.runner`) runs the runs
 not yet complete in ``out_dir`` — in this process (``workers=1``), in a spawn-safe pool of
-local processes (``backend="local"``, the default) or as Ray tasks (``backend="ray"``) — and
+local processes (``backend="local"``, the default; on CUDA GPUs assigned round-robin,
+:mod:`~shiftsim.study.gpus`) or as Ray tasks (``backend="ray"``; fleets as tasks,
+:mod:`~shiftsim.study.ray_fleets`) — and
 the driver alone writes each result to the store (:mod:`shiftsim.store`) as it arrives. Resume
 is the default: complete runs are skipped, so a second run of a complete study does nothing,
 and a study killed at any moment loses at most the runs in flight.
 
 Failed runs (the run raised) are complete-but-failed: they are recorded with their error and
 kept on resume; ``retry_failed=True`` runs them again. Diverged runs (non-finite loss) are
-results and are never rerun. Every run uses one torch thread by default (``threads=1``), so a
-spec gives the same trace bit for bit in-process, in the pool and on Ray.
+results and are never rerun. Every run uses one torch thread by default (``threads=1``), so on
+the CPU a spec gives the same trace bit for bit in-process, in the pool and on Ray (on CUDA:
+with ``deterministic=True``, the same GPU model and software, and the same fleet sizes).
 
 >>> import tempfile, shiftsim as ss
 >>> data = ss.data.digits()
@@ -56,16 +59,19 @@ from .executors import (
     run_outcome,
 )
 from .fleet_executor import FleetExecutor, plan_fleets
+from .gpus import WorkerPlan, plan_workers
 from .grid import StudyGrid
+from .ray_fleets import RayFleetExecutor
 from .runner import BACKENDS, StudyRunReport, default_workers, run_study
 from .tuning import Tuning
 
 __all__ = [
     "Axis", "BACKENDS", "Executor", "FleetExecutor", "HASH_FORMAT", "InProcess", "LocalPool",
-    "Outcome", "RayExecutor", "RunSpec", "Study", "StudyGrid", "StudyRunReport", "Tuning",
-    "canonical_json", "content_hash", "default_workers", "execute", "flip_rates",
-    "freeze_labels", "hparam_grid", "import_ray", "labels_from_info", "lr_grid", "plan_fleets",
-    "run_outcome", "severity_axis", "study_from_file", "views",
+    "Outcome", "RayExecutor", "RayFleetExecutor", "RunSpec", "Study", "StudyGrid",
+    "StudyRunReport", "Tuning", "WorkerPlan", "canonical_json", "content_hash",
+    "default_workers", "execute", "flip_rates", "freeze_labels", "hparam_grid", "import_ray",
+    "labels_from_info", "lr_grid", "plan_fleets", "plan_workers", "run_outcome",
+    "severity_axis", "study_from_file", "views",
 ]
 
 
@@ -94,13 +100,14 @@ class Study(StudyGrid):
             backend: str = "local", resume: bool = True, progress: bool = True, *,
             retry_failed: bool = False, device: str = "auto", threads: int | None = 1,
             gpus_per_run: float = 0.0, executor: Executor | None = None,
-            fleet: bool | None = None) -> StudyRunReport:
+            fleet: bool | None = None, deterministic: bool = False) -> StudyRunReport:
         """Run every run not yet complete in ``out_dir`` and write each result as it arrives.
 
         Args:
             out_dir: the results folder (created; it holds one study).
-            workers: runs in parallel; default: the number of cores. ``1`` runs in this
-                process. With Ray: the most runs in flight (default: the cluster's CPUs).
+            workers: runs in parallel; default: the number of cores (on CUDA: 2 per GPU).
+                ``1`` runs in this process. With Ray: the most tasks in flight (default: the
+                cluster's CPUs).
             backend: ``"local"`` (a spawn-safe process pool) or ``"ray"`` (Ray tasks on the
                 cluster at ``RAY_ADDRESS``, or on a local Ray started for the study).
             resume: skip runs that are complete in ``out_dir`` (False: redo every run).
@@ -109,20 +116,35 @@ class Study(StudyGrid):
             device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` ...
             threads: torch intra-op threads per run (default 1: bit-identical results on every
                 backend, and the fastest for small models); None leaves torch's setting.
-            gpus_per_run: GPUs each Ray task asks for (fractions share a GPU); Ray only.
+            gpus_per_run: GPUs each run (each fleet) uses. On Ray what each task asks for
+                (fractions share a GPU; needed for ``device="cuda"``, since Ray hides the GPUs
+                from tasks that ask for none). Locally on CUDA, ``1 / gpus_per_run`` workers
+                share each GPU (default 2 per GPU, GPUs assigned round-robin:
+                :mod:`~shiftsim.study.gpus`); on the CPU it must be 0.
             executor: a custom executor (overrides ``backend`` and ``workers``).
             fleet: run runs of one scenario and model as fleets, many learners in one
                 vectorized program (:mod:`~shiftsim.study.fleet_executor`; for a ReLU MLP
                 the results equal ``shiftsim.run``'s bit for bit, for other models up to
-                float rounding). None (default): whenever some runs
-                can share a fleet on the local backend; False: one run at a time.
+                float rounding). None (default): whenever some runs can share a fleet,
+                locally or on Ray (each fleet one Ray task:
+                :mod:`~shiftsim.study.ray_fleets`); False: one run at a time.
+            deterministic: every run under torch's deterministic settings
+                (:func:`shiftsim.runtime.deterministic_mode`; worker processes set
+                ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts). Needed for CUDA results
+                that repeat bit for bit (same GPU model, driver, CUDA/cuDNN and torch
+                versions, same fleet sizes); CPU results repeat without it.
+
+        A results folder holds runs of one device type: resuming it on another (runs made on
+        the CPU, now on CUDA) raises a one-line error before anything runs, since the random
+        draws differ by device. Run ids do not name the device.
 
         Returns a :class:`StudyRunReport` and prints its one-line summary. Ctrl-C stops the
         workers, leaves only complete runs in ``out_dir`` and raises KeyboardInterrupt.
         """
         return run_study(self, out_dir, workers, backend, resume, progress,
                          retry_failed=retry_failed, device=device, threads=threads,
-                         gpus_per_run=gpus_per_run, executor=executor, fleet=fleet)
+                         gpus_per_run=gpus_per_run, executor=executor, fleet=fleet,
+                         deterministic=deterministic)
 
 
 def study_from_file(path: str | os.PathLike) -> Study:

@@ -12,7 +12,9 @@ Workers only compute; the driver alone writes the store. Three are built in:
   themselves within a second when the driver dies.
 * :class:`RayExecutor` — Ray tasks on the cluster at ``RAY_ADDRESS`` or on a local Ray started
   for the study; each run asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (fractions
-  allowed, so several small learners share one GPU).
+  allowed, so several small learners share one GPU). A study on Ray runs fleets as Ray tasks
+  through its subclass :class:`~shiftsim.study.ray_fleets.RayFleetExecutor` (``fleet=False``:
+  this one, a task per run).
 
 A run that raises becomes an Outcome with status ``failed`` and its error; the study goes on.
 Another executor plugs in through ``Study.run(executor=...)``: it may group runs (e.g. a fleet
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..runspec import RunSpec, canonical_json
-from ..runtime import torch_threads
+from ..runtime import prepare_deterministic_env, torch_threads
 from .signals import ignore_sigint, sigint_ignored
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,16 +88,19 @@ def execute(spec: RunSpec, device: str = "auto", threads: int | None = None) -> 
 
 
 def run_outcome(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
-                device: str = "auto", threads: int | None = None) -> Outcome:
+                device: str = "auto", threads: int | None = None,
+                deterministic: bool = False) -> Outcome:
     """Run one learner and package the result, its per-phase summary and scores; an exception
-    becomes a ``failed`` Outcome (KeyboardInterrupt and SystemExit propagate)."""
+    becomes a ``failed`` Outcome (KeyboardInterrupt and SystemExit propagate).
+    ``deterministic``: :func:`shiftsim.run`'s."""
     from .. import store
     from ..engine import run
 
     t0 = time.perf_counter()
     try:
         with torch_threads(threads):
-            result = run(scenario, model, optimizer, seed=seed, device=device)
+            result = run(scenario, model, optimizer, seed=seed, device=device,
+                         deterministic=deterministic)
             m = result.measure()
     except Exception as exc:
         error, trace = store.format_error(exc)
@@ -174,14 +179,15 @@ class InProcess:
 
     name = "in-process"
 
-    def __init__(self, device: str = "auto", threads: int | None = 1) -> None:
-        self.device, self.threads = device, threads
+    def __init__(self, device: str = "auto", threads: int | None = 1,
+                 deterministic: bool = False) -> None:
+        self.device, self.threads, self.deterministic = device, threads, deterministic
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         with torch_threads(self.threads):
             for s in specs:
                 yield run_outcome(s.scenario, s.model, s.optimizer, s.seed, s.run_id,
-                                  self.device, None)
+                                  self.device, None, self.deterministic)
 
     def cancel(self) -> None:
         pass
@@ -202,13 +208,13 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
-                 parent_pid: int) -> None:
+                 parent_pid: int, deterministic: bool = False) -> None:
     """A pool worker: serve tasks until told to stop, then exit at once (the interpreter's
     orderly teardown of torch, pandas and pyarrow takes seconds and there is nothing to save:
     every result has been sent)."""
     code = 0
     try:
-        _serve(conn, scenarios, device, threads, parent_pid)
+        _serve(conn, scenarios, device, threads, parent_pid, deterministic)
     except BaseException:  # a bug here, not in a run (runs report their own errors)
         code = 1
         with contextlib.suppress(Exception):
@@ -220,9 +226,11 @@ def _worker_main(conn: Any, scenarios: dict[str, Scenario], device: str, threads
 
 
 def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int | None,
-           parent_pid: int) -> None:
+           parent_pid: int, deterministic: bool = False) -> None:
     """Receive task tuples, send back Outcomes, until told to stop."""
     ignore_sigint()  # Ctrl-C is the driver's business
+    if deterministic:
+        prepare_deterministic_env()  # before CUDA starts in this process
     _watch_parent(parent_pid)
     if threads is not None:
         import torch
@@ -237,7 +245,8 @@ def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int 
         if task is None:
             return
         run_id, key, model, optimizer, seed = task
-        out = run_outcome(scenarios[key], model, optimizer, seed, run_id, device, None)
+        out = run_outcome(scenarios[key], model, optimizer, seed, run_id, device, None,
+                          deterministic)
         try:
             conn.send(("done", out))
         except (BrokenPipeError, OSError):
@@ -257,6 +266,7 @@ class _Slot:
     tasks: collections.deque = field(default_factory=collections.deque)
     started: float = 0.0
     stopping: bool = False  # told to exit (no work left for it)
+    device: str = "auto"
 
 
 GUARD_HINT = ("worker processes start by importing your script; if you run a study from a "
@@ -269,27 +279,39 @@ class LocalPool:
     Each worker is sent up to ``prefetch`` tasks ahead (default 2: the run it is running and
     the next one), so it starts its next run while the driver writes the last result. A worker
     that dies loses its running run (retried ``retries`` times in a fresh worker, then recorded
-    as failed); the tasks waiting in its pipe go back to the queue.
+    as failed); the tasks waiting in its pipe go back to the queue. ``devices``: the device of
+    each worker (:func:`~shiftsim.study.gpus.plan_workers`: GPUs round-robin); a new worker
+    takes the device the fewest live workers use. Default: ``device`` for every worker.
     """
 
     name = "local"
 
     def __init__(self, workers: int, device: str = "auto", threads: int | None = 1,
-                 retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2) -> None:
+                 retries: int = 1, start_timeout: float = 300.0, prefetch: int = 2,
+                 deterministic: bool = False, devices: Sequence[str] | None = None) -> None:
         workers = check_range(workers, "workers", 1, integer=True)
         prefetch = check_range(prefetch, "prefetch", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
+        self.deterministic = deterministic
+        self.devices = tuple(devices) if devices else (device,)
         self.retries, self.start_timeout, self.prefetch = retries, start_timeout, prefetch
         self._slots: list[_Slot] = []
 
+    def _next_device(self) -> str:
+        """The device the fewest live workers use (the first such in ``devices``' order)."""
+        live = [s.device for s in self._slots if not s.stopping]
+        return min(dict.fromkeys(self.devices), key=lambda d: live.count(d))
+
     def _start(self, ctx: Any, table: dict[str, Scenario]) -> _Slot:
         here, there = ctx.Pipe(duplex=True)
+        device = self._next_device()
         proc = ctx.Process(target=_worker_main, name="shiftsim-worker", daemon=True,
-                           args=(there, table, self.device, self.threads, os.getpid()))
+                           args=(there, table, device, self.threads, os.getpid(),
+                                 self.deterministic))
         with sigint_ignored():  # a worker starts with Ctrl-C ignored
             proc.start()
         there.close()
-        slot = _Slot(proc, here, started=time.monotonic())
+        slot = _Slot(proc, here, started=time.monotonic(), device=device)
         self._slots.append(slot)
         return slot
 
@@ -418,21 +440,32 @@ def import_ray() -> Any:
 
 
 def _ray_task(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_id: str,
-              device: str, threads: int | None) -> Outcome:
-    return run_outcome(scenario, model, optimizer, seed, run_id, device, threads)
+              device: str, threads: int | None, deterministic: bool = False) -> Outcome:
+    if deterministic:
+        prepare_deterministic_env()
+    return run_outcome(scenario, model, optimizer, seed, run_id, device, threads,
+                       deterministic)
+
+
+#: the GPUs a ``device="auto"`` task asks for on a Ray cluster with GPUs when ``gpus_per_run``
+#: is 0 (two tasks share a GPU, as two local workers do)
+AUTO_GPUS_PER_RUN = 0.5
 
 
 class RayExecutor:
     """Ray tasks: on the cluster at ``RAY_ADDRESS`` when set, else on a local Ray started with
     ``workers`` CPUs (and shut down afterwards). At most ``workers`` runs are in flight (default:
-    the cluster's CPUs / ``cpus_per_run``)."""
+    the cluster's CPUs / ``cpus_per_run``). With ``device="auto"`` and ``gpus_per_run=0`` on a
+    cluster with GPUs each task asks for :data:`AUTO_GPUS_PER_RUN` GPUs (Ray hides the GPUs
+    from a task that asks for none, so "auto" would otherwise mean the CPU there)."""
 
     name = "ray"
 
     def __init__(self, workers: int | None, device: str = "auto", threads: int | None = 1,
                  gpus_per_run: float = 0.0, cpus_per_run: float = 1.0, max_retries: int = 1,
-                 address: str | None = None) -> None:
+                 address: str | None = None, deterministic: bool = False) -> None:
         self.workers, self.device, self.threads = workers, device, threads
+        self.deterministic = deterministic
         self.gpus_per_run, self.cpus_per_run = gpus_per_run, cpus_per_run
         self.max_retries = max_retries
         self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
@@ -459,6 +492,13 @@ class RayExecutor:
             raise ShiftsimError(f"gpus_per_run={self.gpus_per_run:g} but the Ray cluster has "
                                 f"{gpus:g} GPUs; use gpus_per_run=0 (CPU) or a cluster with "
                                 "GPUs (RAY_ADDRESS)")
+        if gpus and not self.gpus_per_run and self.device == "auto":
+            # a task that asks for no GPU sees none (Ray sets CUDA_VISIBLE_DEVICES=''), so
+            # "auto" would quietly run on the CPUs of a GPU cluster: ask for a share instead
+            self.gpus_per_run = AUTO_GPUS_PER_RUN
+            log.info("the Ray cluster has %g GPUs: device='auto' tasks ask for %g GPU each "
+                     "(pass gpus_per_run to choose, device='cpu' for none)", gpus,
+                     AUTO_GPUS_PER_RUN)
         return ray
 
     def close(self) -> None:
@@ -486,7 +526,7 @@ class RayExecutor:
                     t = pending.popleft()
                     run_id, key, model, optimizer, seed = t
                     ref = remote.remote(refs[key], model, optimizer, seed, run_id, self.device,
-                                        self.threads)
+                                        self.threads, self.deterministic)
                     self._in_flight[ref] = t
                 done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
                 for ref in done:

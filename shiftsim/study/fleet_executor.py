@@ -17,7 +17,11 @@ Numbers: a fleet member's trace does not depend on which other runs share its fl
 spec gives the same trace bit for bit in any fleet). For a ReLU MLP that is exactly the trace
 ``shiftsim.run`` gives (its default is this program with one member); for other models it
 equals ``shiftsim.run``'s up to float rounding of the batched matmuls (see
-:mod:`shiftsim.fleet`), and ``fleet=False`` reproduces ``shiftsim.run`` bit for bit.
+:mod:`shiftsim.fleet`), and ``fleet=False`` reproduces ``shiftsim.run`` bit for bit. These
+hold on the CPU with a fixed number of torch threads. On CUDA the batched-GEMM kernels are
+chosen by shape, so a member's trace may depend on its fleet's size in the last bits (and so
+differ from ``run()``'s); with ``deterministic=True`` the same fleet sizes on the same GPU
+model and software repeat bit for bit (:func:`shiftsim.runtime.deterministic_mode`).
 
 >>> import shiftsim as ss
 >>> sc = ss.label_flip_tasks(ss.data.digits(), rate=1.0, tasks=2, steps_per_task=20)
@@ -44,7 +48,7 @@ from typing import Any
 
 from ..errors import ShiftsimError, check_range
 from ..runspec import RunSpec, canonical_json
-from ..runtime import torch_threads
+from ..runtime import prepare_deterministic_env, torch_threads
 from .executors import (
     GUARD_HINT,
     Outcome,
@@ -61,6 +65,9 @@ MAX_MEMBERS = {"cpu": 128, "cuda": 2048}
 MIN_SPLIT = 16
 #: the share of the free device memory (divided among the workers) that fleets may use
 MEMORY_FRACTION = 0.5
+#: what each worker process's own CUDA context takes on its GPU (kernels, cuBLAS workspace),
+#: held back from the free memory the driver measures before the workers start
+CUDA_CONTEXT_BYTES = 600 * 2**20
 
 
 def _key(spec: RunSpec) -> str:
@@ -97,15 +104,17 @@ def _available_bytes(device: str) -> int:
 
 def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
                 max_members: int | None = None,
-                memory_fraction: float = MEMORY_FRACTION) -> tuple[list[list[RunSpec]],
-                                                                   list[RunSpec]]:
+                memory_fraction: float = MEMORY_FRACTION, sharing: int | None = None
+                ) -> tuple[list[list[RunSpec]], list[RunSpec]]:
     """Split ``specs`` into fleets and runs to go alone: ``(fleets, singles)``.
 
     A fleet holds runs of one scenario and one model that can be stacked
     (:func:`shiftsim.fleet.stacked_program`), at most ``max_members`` (default
     :data:`MAX_MEMBERS` for the device) and at most what ``memory_fraction`` of the free
     device memory, shared by ``workers``, holds
-    (:func:`shiftsim.fleet.fleet_memory_bytes`). A group larger than that is split into
+    (:func:`shiftsim.fleet.fleet_memory_bytes`; ``sharing``: the workers that share one
+    device, default ``workers``; on CUDA each one's context, :data:`CUDA_CONTEXT_BYTES`, is
+    held back first). A group larger than that is split into
     near-equal fleets; groups are also split (down to :data:`MIN_SPLIT` members) until there
     are about two fleets per worker. A group of one run goes alone.
     """
@@ -129,7 +138,13 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
             groups.setdefault(_key(s), []).append(s)
         else:
             singles.append(s)
-    budget = memory_fraction * _available_bytes(device) / workers if groups else 0.0
+    sharing = workers if sharing is None else check_range(sharing, "sharing", 1, integer=True)
+    budget = 0.0
+    if groups:
+        free = _available_bytes(device)
+        if dev.type == "cuda":
+            free = max(0, free - sharing * CUDA_CONTEXT_BYTES)
+        budget = memory_fraction * free / sharing
     fleetable = sum(len(g) for g in groups.values() if len(g) > 1)
     target = max(MIN_SPLIT, math.ceil(fleetable / (2 * workers))) if fleetable else 1
     fleets: list[list[RunSpec]] = []
@@ -157,19 +172,31 @@ def plan_fleets(specs: Sequence[RunSpec], workers: int = 1, device: str = "cpu",
 
 def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, Any, int]],
                        device: str = "auto", threads: int | None = None,
-                       check_every: int = 64, compile: bool = False) -> list[Outcome]:
+                       check_every: int = 64, compile: bool = False,
+                       deterministic: bool = False) -> list[Outcome]:
     """Run ``members`` — ``(run_id, optimizer, seed)`` triples — as one fleet and package one
     Outcome per run, as :func:`~shiftsim.study.executors.run_outcome` does for one run. When
-    the fleet raises, its runs are run one by one (so an error is recorded with its own run)."""
+    the fleet runs out of device memory it is split in two halves, each run as a fleet again
+    (down to single runs); when it raises anything else, its runs are run one by one (so an
+    error is recorded with its own run)."""
     from ..fleet import run_fleet
 
     t0 = time.perf_counter()
     try:
         with torch_threads(threads):
             results = run_fleet(scenario, model, [(o, s) for _, o, s in members],
-                                device=device, check_every=check_every, compile=compile)
-    except Exception:
-        return [run_outcome(scenario, model, o, s, rid, device, threads) for rid, o, s in members]
+                                device=device, check_every=check_every, compile=compile,
+                                deterministic=deterministic)
+    except Exception as exc:
+        if is_out_of_memory(exc) and len(members) > 1:
+            del exc  # drop the traceback's references to the fleet's tensors
+            _free_cached_memory()
+            half = len(members) // 2
+            return [o for part in (members[:half], members[half:])
+                    for o in run_fleet_outcomes(scenario, model, part, device, threads,
+                                                check_every, compile, deterministic)]
+        return [run_outcome(scenario, model, o, s, rid, device, threads, deterministic)
+                for rid, o, s in members]
     import torch
 
     wall = (time.perf_counter() - t0) / len(members)
@@ -183,14 +210,44 @@ def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, A
     return out
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's out-of-memory error (CUDA's, or the device-generic one)."""
+    import torch
+
+    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None),
+                              getattr(torch.cuda, "OutOfMemoryError", None)) if k is not None)
+    return bool(kinds) and isinstance(exc, kinds)
+
+
+def _free_cached_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------------------------
 # worker processes
 
 _SCENARIOS: dict[str, Any] = {}
+#: this worker's device, when the executor assigns devices per worker (GPUs round-robin)
+_WORKER: dict[str, Any] = {}
 
 
-def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int) -> None:
+def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int,
+                 deterministic: bool = False, devices: tuple[str, ...] = (),
+                 counter: Any = None) -> None:
     ignore_sigint()  # Ctrl-C is the driver's business
+    if devices and counter is not None:  # the i-th worker started takes devices[i % n]
+        with counter.get_lock():
+            i = counter.value
+            counter.value += 1
+        _WORKER["device"] = devices[i % len(devices)]
+    if deterministic:
+        prepare_deterministic_env()  # before CUDA starts in this process
     _watch_parent(parent_pid)  # exit when the driver dies
     _SCENARIOS.update(scenarios)
     if threads is not None:
@@ -200,17 +257,20 @@ def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int
 
 
 def _execute(kind: str, scenario: Any, model: Any, members: list[tuple[str, Any, int]],
-             device: str, threads: int | None, check_every: int, compile: bool
-             ) -> list[Outcome]:
+             device: str, threads: int | None, check_every: int, compile: bool,
+             deterministic: bool = False) -> list[Outcome]:
     if kind == "fleet":
         return run_fleet_outcomes(scenario, model, members, device, threads, check_every,
-                                  compile)
-    return [run_outcome(scenario, model, o, s, rid, device, threads) for rid, o, s in members]
+                                  compile, deterministic)
+    return [run_outcome(scenario, model, o, s, rid, device, threads, deterministic)
+            for rid, o, s in members]
 
 
-def _task(kind: str, key: str, *args: Any) -> list[Outcome]:
-    """A worker's task: the scenario comes from the table the worker got at start."""
-    return _execute(kind, _SCENARIOS[key], *args)
+def _task(kind: str, key: str, model: Any, members: list[tuple[str, Any, int]],
+          device: str, *opts: Any) -> list[Outcome]:
+    """A worker's task: the scenario comes from the table the worker got at start, the device
+    from the worker's assignment when it has one."""
+    return _execute(kind, _SCENARIOS[key], model, members, _WORKER.get("device", device), *opts)
 
 
 class FleetExecutor:
@@ -225,23 +285,32 @@ class FleetExecutor:
         memory_fraction: the share of free device memory fleets may use, over all workers.
         check_every, compile: passed to :func:`shiftsim.fleet.run_fleet`.
         retries: how often a fleet whose worker died is retried in a fresh worker.
+        deterministic: run every fleet under :func:`shiftsim.runtime.deterministic_mode`.
+        devices: the device of each worker process (:func:`~shiftsim.study.gpus.plan_workers`:
+            GPUs round-robin); default ``device`` for all. Fleets are sized for the memory of
+            one device shared by the workers assigned to it.
     """
 
     name = "fleet"
 
     def __init__(self, workers: int = 1, device: str = "auto", threads: int | None = 1,
                  max_members: int | None = None, memory_fraction: float = MEMORY_FRACTION,
-                 check_every: int = 64, compile: bool = False, retries: int = 1) -> None:
+                 check_every: int = 64, compile: bool = False, retries: int = 1,
+                 deterministic: bool = False, devices: Sequence[str] | None = None) -> None:
         workers = check_range(workers, "workers", 1, integer=True)
         self.workers, self.device, self.threads = workers, device, threads
+        self.deterministic = deterministic
+        self.devices = tuple(devices)[:workers] if devices else ()
         self.max_members, self.memory_fraction = max_members, memory_fraction
         self.check_every, self.compile, self.retries = check_every, compile, retries
         self._pool: cf.ProcessPoolExecutor | None = None
         self.fleets: list[int] = []  # the sizes of the fleets of the last run()
 
     def _tasks(self, specs: Sequence[RunSpec]) -> tuple[dict[str, Any], list[tuple]]:
-        fleets, singles = plan_fleets(specs, self.workers, self.device, self.max_members,
-                                      self.memory_fraction)
+        used = self.devices or (self.device,) * self.workers
+        sharing = max(used.count(d) for d in set(used))
+        fleets, singles = plan_fleets(specs, self.workers, used[0], self.max_members,
+                                      self.memory_fraction, sharing)
         self.fleets = [len(f) for f in fleets]
         table: dict[str, Any] = {}
         tasks: list[tuple] = []
@@ -260,8 +329,10 @@ class FleetExecutor:
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         table, tasks = self._tasks(specs)
-        opts = (self.device, self.threads, self.check_every, self.compile)
+        opts = (self.device, self.threads, self.check_every, self.compile, self.deterministic)
         if self.workers == 1 or len(tasks) == 1:
+            if self.devices:
+                opts = (self.devices[0], *opts[1:])
             with torch_threads(self.threads):
                 for kind, key, model, members in tasks:
                     yield from _execute(kind, table[key], model, members, *opts)
@@ -277,7 +348,8 @@ class FleetExecutor:
         while pending:
             pool = self._pool = cf.ProcessPoolExecutor(
                 min(self.workers, len(pending)), mp_context=ctx, initializer=_init_worker,
-                initargs=(table, self.threads, os.getpid()))
+                initargs=(table, self.threads, os.getpid(), self.deterministic, self.devices,
+                          ctx.Value("i", 0) if self.devices else None))
             retry: list[tuple] = []
             clean = False
             try:

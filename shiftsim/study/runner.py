@@ -25,6 +25,7 @@ from .. import store
 from ..checks import check_model_fits
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 from ..runspec import RunSpec
+from ..runtime import resolve_device
 from .executors import (
     GUARD_HINT,
     Executor,
@@ -35,7 +36,9 @@ from .executors import (
     import_ray,
 )
 from .fleet_executor import FleetExecutor, plan_fleets
+from .gpus import WorkerPlan, cores, plan_workers
 from .grid import StudyGrid
+from .ray_fleets import RayFleetExecutor
 from .signals import defer_sigint
 
 __all__ = ["BACKENDS", "StudyRunReport", "default_workers", "run_study"]
@@ -43,12 +46,11 @@ __all__ = ["BACKENDS", "StudyRunReport", "default_workers", "run_study"]
 BACKENDS = ("local", "ray")
 
 
-def default_workers() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+def default_workers(device: str = "cpu", gpus_per_run: float = 0.0) -> int:
+    """The default number of local workers: the cores this process may use on the CPU, and
+    on CUDA :data:`~shiftsim.study.gpus.WORKERS_PER_GPU` per GPU (``1 / gpus_per_run`` when
+    given; :func:`~shiftsim.study.gpus.plan_workers`)."""
+    return plan_workers(device, None, gpus_per_run).workers
 
 
 @dataclass
@@ -127,9 +129,11 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
               backend: str = "local", resume: bool = True, progress: bool = True, *,
               retry_failed: bool = False, device: str = "auto", threads: int | None = 1,
               gpus_per_run: float = 0.0, executor: Executor | None = None,
-              fleet: bool | None = None) -> StudyRunReport:
+              fleet: bool | None = None, deterministic: bool = False) -> StudyRunReport:
     """Run every run of ``study`` not yet complete in ``out_dir`` (the arguments:
     :meth:`shiftsim.study.Study.run`)."""
+    if not isinstance(deterministic, bool):
+        raise SpecTypeError(f"deterministic must be True or False, got {deterministic!r}")
     if backend not in BACKENDS:
         raise allowed(backend, "backend", BACKENDS)
     if workers is not None:  # None: the default, one per core
@@ -139,20 +143,25 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
             math.isfinite(gpus_per_run) and gpus_per_run >= 0):
         raise ShiftsimError(f"gpus_per_run must be a number >= 0 (fractions share a GPU), "
                             f"got {gpus_per_run!r}")
-    if gpus_per_run and backend != "ray" and executor is None:
-        raise ShiftsimError("gpus_per_run applies to backend='ray'; local workers use the "
-                            "machine's GPU through device='auto'")
     if not isinstance(device, str):
         raise SpecTypeError(f"device must be a string such as 'auto' or 'cpu', got {device!r}")
+    plan = None
+    if backend == "local" and executor is None:  # checks device and gpus_per_run here
+        plan = plan_workers(device, workers, gpus_per_run)
+    elif backend == "ray" and executor is None and device.startswith("cuda") \
+            and not gpus_per_run:
+        raise ShiftsimError(f"device={device!r} on Ray needs gpus_per_run > 0 (e.g. 1, or 0.25 "
+                            "to share a GPU by 4 runs): Ray hides the GPUs from tasks that ask "
+                            "for none")
     if mp.parent_process() is not None and \
             getattr(sys.modules.get("__main__"), "__name__", "") == "__mp_main__":
         raise ShiftsimError(f"study.run() called while a worker process was starting; "
                             f"{GUARD_HINT}")
     if fleet is not None and not isinstance(fleet, bool):
         raise SpecTypeError(f"fleet must be True, False or None, got {fleet!r}")
-    if fleet and (backend == "ray" or executor is not None):
-        raise ShiftsimError("fleet=True runs on the local backend without a custom "
-                            "executor; use fleet=False with backend='ray' or executor=")
+    if fleet and executor is not None:
+        raise ShiftsimError("fleet=True runs fleets with shiftsim's executors (local or Ray); "
+                            "use fleet=False with a custom executor=")
     if backend == "ray" and executor is None:
         import_ray()  # fail before touching the folder when Ray is missing
     pairs = {(id(s.data), m): (s.data, m) for s in study.scenarios.values()
@@ -163,21 +172,30 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
     t0 = time.perf_counter()
     with store.lock(out):
         return _run(study, out, workers, backend, resume, progress, retry_failed, device,
-                    threads, gpus_per_run, executor, t0, fleet)
+                    threads, gpus_per_run, executor, t0, fleet, deterministic, plan)
 
 
 def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume: bool,
          progress: bool, retry_failed: bool, device: str, threads: int | None,
-         gpus_per_run: float, executor: Executor | None, t0: float, fleet: bool | None = None
-         ) -> StudyRunReport:
+         gpus_per_run: float, executor: Executor | None, t0: float, fleet: bool | None = None,
+         deterministic: bool = False, plan: WorkerPlan | None = None) -> StudyRunReport:
     old = store.read_study(out)
     if old is not None and old.get("name") not in (None, study.name):
         raise ShiftsimError(f"{str(out)!r} holds the results of study {old.get('name')!r}, "
                             f"not {study.name!r}; use another folder")
-    n_workers = default_workers() if workers is None else workers
+    if plan is None:
+        plan = WorkerPlan(cores(), (device,) * cores()) if workers is None else \
+            WorkerPlan(workers, (device,) * workers)
+    n_workers = plan.workers
     ray_executor = None
     if executor is None and backend == "ray":
-        executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run)
+        if fleet is False:
+            executor = ray_executor = RayExecutor(workers, device, threads, gpus_per_run,
+                                                  deterministic=deterministic)
+        else:  # fleets (and the runs that go alone) as Ray tasks
+            executor = ray_executor = RayFleetExecutor(workers, device, threads, gpus_per_run,
+                                                       deterministic=deterministic)
+    device_type = _device_type(device, backend, executor is not None and ray_executor is None)
 
     def stage(specs: list[RunSpec], label: str) -> StudyRunReport:
         nonlocal old
@@ -190,18 +208,26 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
             if s.run_id not in todo_ids:
                 counts[states[s.run_id].status] += 1
         ex = executor
-        if ex is None:
-            if todo and fleet is not False and (
-                    fleet or plan_fleets(todo, min(n_workers, len(todo)), device)[0]):
-                ex = FleetExecutor(min(n_workers, len(todo)), device, threads)
-            elif min(n_workers, len(todo)) <= 1:
-                ex = InProcess(device, threads)
-            else:
-                ex = LocalPool(min(n_workers, len(todo)), device, threads)
-        elif ex is ray_executor and todo:
+        where = device_type
+        if ray_executor is not None and ex is ray_executor and todo:
             ray_executor.connect()  # fail before writing anything: unreachable, no GPUs
+            if where is None:  # "auto" on Ray: CUDA exactly when the tasks get GPUs
+                where = "cuda" if ray_executor.gpus_per_run else "cpu"
+        check_device(out, states, todo_ids, where)  # before anything is written
+        if ex is None:
+            n = min(n_workers, len(todo))
+            if todo and fleet is not False and (
+                    fleet or plan_fleets(todo, n, plan.devices[0], sharing=plan.per_device)[0]):
+                ex = FleetExecutor(n, device, threads, deterministic=deterministic,
+                                   devices=plan.devices[:n])
+            elif n <= 1:
+                ex = InProcess(plan.devices[0] if plan.devices else device, threads,
+                               deterministic)
+            else:
+                ex = LocalPool(n, device, threads, deterministic=deterministic,
+                               devices=plan.devices[:n])
         report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
-                          t0, {rid: st.status for rid, st in states.items()}, label)
+                          t0, {rid: st.status for rid, st in states.items()}, label, where)
         old = store.read_study(out)
         return report
 
@@ -212,6 +238,56 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
     finally:
         if ray_executor is not None:
             ray_executor.close()
+
+
+def _device_type(device: str, backend: str, custom: bool) -> str | None:
+    """The device type the runs will run on, as far as the driver can tell before it connects
+    to anything: None for ``device="auto"`` on Ray (decided once connected: CUDA exactly when
+    the tasks ask for GPUs). On the local backend the device is checked here, so a study asking
+    for CUDA where there is none stops at once; a custom executor's named device need not
+    exist here."""
+    import torch
+
+    if device == "auto" and backend == "ray" and not custom:
+        return None
+    if backend == "ray" or custom:
+        if device == "auto":
+            return resolve_device(device).type
+        try:
+            return torch.device(device).type
+        except (RuntimeError, TypeError):
+            return None
+    return resolve_device(device).type
+
+
+def recorded_device_type(state: store.RunState) -> str | None:
+    """The device type a complete run ran on, from its ``summary.json``: its ``device``
+    (``"cuda:0"`` -> ``"cuda"``), ``"cpu"`` for a run written before devices were checked, and
+    None for a failed run that recorded none (it ran nothing worth keeping apart)."""
+    summary = state.summary or {}
+    recorded = summary.get("device")
+    if recorded:
+        return str(recorded).split(":", 1)[0]
+    return None if state.status == "failed" else "cpu"
+
+
+def check_device(out: Path, states: dict[str, store.RunState], todo: set[str],
+                 device_type: str | None) -> None:
+    """Refuse to resume a results folder whose kept runs ran on another device type: random
+    draws (noise, batch order) differ between CPU and CUDA generators, so a study would
+    silently mix results from two devices. The run ids do not name the device (CPU ids stay
+    what they were), so this check is what keeps a folder on one device type."""
+    if device_type is None:
+        return
+    for rid, st in states.items():
+        if rid in todo or not st.complete:
+            continue
+        was = recorded_device_type(st)
+        if was is not None and was != device_type:
+            raise ShiftsimError(
+                f"{str(out)!r} holds runs made on {was!r} (e.g. run {rid}) and this study runs "
+                f"on {device_type!r}; resuming would mix devices (their random draws differ): "
+                f"use device={was!r}, another folder, or resume=False to redo every run")
 
 
 def _tune_then_test(study: StudyGrid, out: Path, stage: Any) -> StudyRunReport:
@@ -240,7 +316,7 @@ def _tune_then_test(study: StudyGrid, out: Path, stage: Any) -> StudyRunReport:
 def _execute(study: StudyGrid, out: Path, old: dict[str, Any] | None, specs: list[RunSpec],
              todo: list[RunSpec], counts: dict[str, int], executor: Executor,
              n_workers: int, progress: bool, t0: float, statuses: dict[str, str],
-             label: str | None = None) -> StudyRunReport:
+             label: str | None = None, device_type: str | None = None) -> StudyRunReport:
     store.clean_tmp(out)  # left by a process killed while writing study.json or an index
     desc = study.to_dict()
     if old is None or {k: old.get(k) for k in desc} != store.plain(desc):
@@ -261,7 +337,7 @@ def _execute(study: StudyGrid, out: Path, old: dict[str, Any] | None, specs: lis
             if spec is None or outcome.run_id not in left:
                 continue  # not ours, or a duplicate (never written twice)
             with defer_sigint():
-                _write(out, spec, outcome)
+                _write(out, spec, outcome, device_type)
                 left.discard(outcome.run_id)
                 report.done += 1
                 counts[outcome.status] += 1
@@ -300,8 +376,10 @@ def _progress(enabled: bool, name: str, total: int, initial: int) -> Any:
                 smoothing=0.1)
 
 
-def _write(out: Path, spec: RunSpec, o: Outcome) -> Path:
+def _write(out: Path, spec: RunSpec, o: Outcome, device_type: str | None = None) -> Path:
     extra = {"wall_s": o.wall_s, "worker": o.worker, "threads": o.threads}
+    if o.result is None and device_type is not None:  # a failed run: where it was meant to run
+        extra["device"] = device_type
     return store.write_run(out, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
                            status=o.status, result=o.result, summary=o.summary, scores=o.scores,
                            error=o.error, traceback=o.traceback, extra=extra)

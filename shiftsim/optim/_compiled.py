@@ -1,0 +1,428 @@
+"""Compiled optimizer kernels: ``torch.compile`` (Inductor) versions of the seed optimizers'
+steps, with the eager kernels as the fallback.
+
+Each optimizer class takes ``compile="auto" | True | False``. A compiled step is the same
+update as the eager kernels (equal up to float rounding: Inductor fuses the elementwise ops
+and orders the sums its own way), written as one plain function per optimizer over the
+parameter, gradient and state lists, with the step's scalars (bias corrections, lr ...) in one
+small tensor so that a learning-rate schedule does not recompile. Inductor generates one C++
+(CPU) or Triton (GPU) loop per tensor that reads each buffer once per pass, where the eager
+kernels make one pass per op.
+
+**When it compiles** (the policy, [ours]). Compiling costs seconds (about 5-20 s on a 2-core
+CPU the first time; Inductor's on-disk cache, on by default, makes a later process with the
+same shapes load it in a few seconds), and saves milliseconds per step only on large models.
+
+* ``compile=False``: never. ``compile=True``: from the first step, whatever the size.
+* ``compile="auto"`` (the default): once the optimizer has taken :data:`COMPILE_AFTER_STEPS`
+  eager steps over at least :data:`COMPILE_MIN_NUMEL` parameter elements — a run that has lasted
+  that long is likely to last long enough to repay the compile (the ski-rental rule), and a
+  short run (a 200-step test, a tuning trial) never pays for it. The environment variable
+  ``SHIFTSIM_COMPILE`` (``0``/``1``/``auto``) replaces ``"auto"`` for every optimizer of the
+  process (an explicit ``True``/``False`` argument wins).
+
+**Fallback.** No compiler (no C++ compiler for a CPU, no Triton for a GPU), another device, a
+dtype other than float32/float64, or any error while compiling: one warning line naming the
+reason, then the eager kernels for the rest of the optimizer's life, never a crash. A step the
+compiled kernel does not cover (tensor hyperparameters, ``scope="tensor"``, several param
+groups, parameters without a gradient, differing step counts ...) is taken by the eager
+kernels silently, and the next covered step compiles or reuses the compiled kernel. Each
+optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so torch.compile's
+recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
+any later compile error, the optimizer warns and stays eager.
+
+The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
+optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import SpecTypeError
+
+#: ``compile="auto"``: compile after this many eager steps ...
+COMPILE_AFTER_STEPS = 1000
+#: ... and only for at least this many parameter elements (below it a step is dispatch-bound
+#: and the saving would not repay the compile within a typical run).
+COMPILE_MIN_NUMEL = 1 << 20
+#: the environment variable that replaces ``compile="auto"``: ``0``, ``1`` or ``auto``
+ENV = "SHIFTSIM_COMPILE"
+#: the dtypes the compiled kernels support
+DTYPES = (torch.float32, torch.float64)
+#: the device types they support
+DEVICES = ("cpu", "cuda")
+
+
+def check_compile(value: object) -> bool | str:
+    """Validate an optimizer's ``compile`` argument: ``"auto"``, True or False.
+
+    >>> check_compile("auto")
+    'auto'
+    """
+    if value is True or value is False or value == "auto":
+        return value  # type: ignore[return-value]
+    raise SpecTypeError(f"compile must be 'auto', True or False, got {value!r}")
+
+
+def compile_setting(value: bool | str) -> bool | str:
+    """The effective setting: an explicit True/False as given; ``"auto"`` replaced by
+    ``$SHIFTSIM_COMPILE`` when that is set (``0``/``false``/``no``, ``1``/``true``/``yes`` or
+    ``auto``; anything else warns and keeps ``"auto"``).
+
+    >>> compile_setting(False)
+    False
+    """
+    if value != "auto":
+        return value
+    env = os.environ.get(ENV, "").strip().lower()
+    if not env or env == "auto":
+        return "auto"
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    warnings.warn(f"{ENV}={env!r} is not one of 0, 1, auto; using 'auto'", RuntimeWarning,
+                  stacklevel=3)
+    return "auto"
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why Inductor cannot compile for ``device`` here (None: it can): a CPU needs a C++
+    compiler (``$CXX``, ``g++``, ``c++`` or ``clang++`` on the PATH), a GPU needs Triton."""
+    if device.type == "cpu":
+        names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if any(n and shutil.which(n) for n in names):
+            return None
+        return "no C++ compiler found (CXX, g++, c++, clang++)"
+    if device.type == "cuda":
+        import importlib.util
+
+        return None if importlib.util.find_spec("triton") is not None else "Triton is missing"
+    return f"device {device.type!r} is not supported (only {', '.join(DEVICES)})"
+
+
+def unsupported(params: Sequence[Tensor]) -> str | None:
+    """Why the compiled kernels cannot take these parameters (None: they can)."""
+    p0 = params[0]
+    for p in params:
+        if p.dtype not in DTYPES:
+            return f"dtype {p.dtype} is not supported (only float32, float64)"
+        if p.device.type not in DEVICES:
+            return f"device {p.device.type!r} is not supported (only {', '.join(DEVICES)})"
+        if p.dtype != p0.dtype or p.device != p0.device:
+            return "parameters of several dtypes or devices"
+    return missing_compiler(p0.device)
+
+
+class Compiled:
+    """One optimizer's compiled step: the policy (:func:`compile_setting`), the lazily compiled
+    function and the fallback. :meth:`wanted` says whether a step should be compiled (once per
+    step); ``run(params, *args)`` then calls the compiled ``fn(*args)`` and returns its result,
+    or returns :data:`EAGER` when the eager kernels must take this step (the failure warned
+    once).
+
+    ``first_step_s`` is the wall time of the call that compiled (None before), which
+    ``benchmarks/optimizer_step.py`` reports.
+    """
+
+    def __init__(self, fn: Callable[..., Any], who: str, setting: bool | str) -> None:
+        self.fn, self.who = fn, who
+        self.setting = compile_setting(setting)
+        self.compiled: Callable[..., Any] | None = None
+        self.failed = self.setting is False
+        self.eager_steps = 0
+        self.first_step_s: float | None = None
+
+    def wanted(self, params: Sequence[Tensor]) -> bool:
+        """Whether this step should be compiled (counts the eager steps under "auto")."""
+        if self.failed:
+            return False
+        if self.compiled is not None or self.setting is True:
+            return True
+        self.eager_steps += 1
+        if self.eager_steps <= COMPILE_AFTER_STEPS:
+            return False
+        if sum(p.numel() for p in params) < COMPILE_MIN_NUMEL:
+            self.failed = True  # [ours] too small to repay a compile: never look again
+            return False
+        return True
+
+    def fail(self, reason: str) -> None:
+        """Give up compiling: one warning line, then the eager kernels."""
+        self.failed = True
+        self.compiled = None
+        warnings.warn(f"{self.who}: cannot compile the optimizer step ({reason}); using the "
+                      "eager kernels", RuntimeWarning, stacklevel=6)
+
+    def run(self, params: Sequence[Tensor], *args: Any) -> Any:
+        """``fn(*args)`` compiled (compiling it on the first call), or :data:`EAGER` after a
+        failure; call it after :meth:`wanted` said yes."""
+        if self.failed:
+            return EAGER
+        if self.compiled is None:
+            why = unsupported(params)
+            if why is not None:
+                self.fail(why)
+                return EAGER
+            import time
+
+            t0 = time.perf_counter()
+            try:
+                self.compiled = torch.compile(_own_copy(self.fn), fullgraph=True, dynamic=False)
+                out = self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any compile error falls back
+                first = str(e).strip().splitlines()
+                self.fail(f"{type(e).__name__}: {first[0][:160] if first else ''}")
+                return EAGER
+            self.first_step_s = time.perf_counter() - t0
+            return out
+        try:
+            return self.compiled(*args)
+        except Exception as e:  # noqa: BLE001 - a recompile (new shapes) can fail too
+            first = str(e).strip().splitlines()
+            self.fail(f"{type(e).__name__}: {first[0][:160] if first else ''}")
+            return EAGER
+
+
+#: what :meth:`Compiled.run` returns when the eager kernels must take the step
+EAGER: Any = object()
+
+
+def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own. torch.compile keeps its compiled graphs (and counts
+    recompiles against its limit, 8 by default) per code object: with a copy each optimizer has
+    its own, so one process's many model shapes never exhaust it for the others (each
+    optimizer retraces once; Inductor's cache still shares the generated code)."""
+    import types
+
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+
+
+class Scalars:
+    """The step's scalars as one tensor on the parameters' device, in the accumulation dtype
+    (so a schedule changes values, not the compiled graph); rewritten only when they change."""
+
+    __slots__ = ("values", "t")
+
+    def __init__(self) -> None:
+        self.values: tuple[float, ...] | None = None
+        self.t: Tensor | None = None
+
+    def __call__(self, values: Sequence[float], like: Tensor) -> Tensor:
+        vals = tuple(float(v) for v in values)
+        if self.t is None or vals != self.values or self.t.device != like.device:
+            dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+            self.t = torch.tensor(vals, dtype=dtype, device=like.device)
+            self.values = vals
+        return self.t
+
+
+# ----------------------------------------------------------------- the kernels
+#
+# Plain functions over lists (each param group's tensors); ``h`` holds the scalars. Reductions
+# accumulate in the accumulation dtype (float32, float64 for float64), as the eager kernels.
+# The kernels mutate the tensor lists in place but *return* the new 0-d state (the caller
+# copies it in): torch 2.13's Inductor drops in-place writes to 0-d float64 inputs on the CPU
+# (``s.copy_(s + 1)`` compiled leaves ``s`` unchanged), so no kernel writes one.
+
+
+def _acc(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _sums(ms: Sequence[Tensor], gs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``<m, g>``, ``|m|^2``, ``|g|^2`` summed over the tensors."""
+    acc = _acc(gs[0])
+    mg = mm = gg = torch.zeros((), dtype=acc, device=gs[0].device)
+    for m, g in zip(ms, gs):
+        m32, g32 = m.to(acc), g.to(acc)
+        mg = mg + (m32 * g32).sum()
+        mm = mm + (m32 * m32).sum()
+        gg = gg + (g32 * g32).sum()
+    return mg, mm, gg
+
+
+def _cosine(mg: Tensor, mm: Tensor, gg: Tensor) -> Tensor:
+    den2 = mm * gg
+    return torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp(-1.0, 1.0)
+
+
+def tam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor,
+             shat: Tensor, h: Tensor, coupled: bool, decoupled: bool, positive: bool
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""TAM (scaled form, global cosine, one param group), as ``tam._tam_blocks``.
+
+    ``h = (lr, momentum, 1 - gamma, eps, weight_decay)``. Updates params and ``ms`` (the
+    scaled momenta :math:`\tilde m`) in place; returns the damping and the new
+    :math:`\hat s`, :math:`\sigma` (``scale``) and :math:`\lVert\tilde m\rVert^2`."""
+    lr, beta, w_gamma, eps, wd = h[0], h[1], h[2], h[3], h[4]
+    if coupled:
+        gs = [g + wd * p for p, g in zip(ps, gs)]
+    mg, mm, gg = _sums(ms, gs)
+    shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
+    d = shat * 0.5 + 0.5
+    c = d + eps
+    sig = scale * beta + c
+    w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
+    u = 1 - w
+    sqnorm = ((u * mm + 2 * w * mg) * u + w * w * gg).clamp_min(0.0)
+    step = sig * -lr
+    for p, g, m in zip(ps, gs, ms):
+        m.lerp_(g, w.to(m.dtype))
+        if decoupled:
+            p.mul_(1 - lr * wd)
+        p.add_(m * step.to(p.dtype))
+    return d, shat, sig, sqnorm
+
+
+def adatam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Tensor],
+                shat: Tensor, h: Tensor, coupled: bool, decoupled: bool
+                ) -> tuple[Tensor, Tensor]:
+    r"""AdaTAM(W) (global cosine, one param group), as ``tam._adatam_blocks``.
+
+    ``h = (size, beta1, beta2, 1 - gamma, torque_eps, eps_t, weight_decay, lr)``: ``size`` is
+    the step's factor (``-lr``, or with bias correction ``-lr (1-b1) sqrt(1-b2^t)/(1-b1^t)``)
+    and ``eps_t`` the denominator's epsilon (times ``sqrt(1-b2^t)`` with bias correction).
+    Returns the damping and the new :math:`\hat s`."""
+    size, b1, b2, w_gamma, teps, eps, wd, lr = (h[i] for i in range(8))
+    if coupled:
+        gs = [g + wd * p for p, g in zip(ps, gs)]
+    mg, mm, gg = _sums(ms, gs)
+    shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
+    d = shat * 0.5 + 0.5
+    c = d + teps
+    for p, g, m, v in zip(ps, gs, ms, vs):
+        m.mul_(b1).add_(g * c.to(g.dtype))
+        v.mul_(b2).add_(g * g * (1 - b2))
+        if decoupled:
+            p.mul_(1 - lr * wd)
+        p.add_(m / (v.sqrt() + eps) * size)
+    return d, shat
+
+
+def grams_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Tensor],
+               h: Tensor, decay: bool) -> None:
+    """Grams (one param group, one step count), as ``grams._grams_blocks``.
+
+    ``h = (size, 1 - beta1, beta2, eps_t, shrink)``: ``size = -lr sqrt(1-b2^t)/(1-b1^t)``,
+    ``eps_t`` the denominator's epsilon for the eps mode, ``shrink = 1 - lr wd``."""
+    size, w1, b2, eps, shrink = h[0], h[1], h[2], h[3], h[4]
+    for p, g, m, v in zip(ps, gs, ms, vs):
+        m.lerp_(g, w1)
+        v.mul_(b2).add_(g * g * (1 - b2))
+        u = (m / (v.sqrt() + eps)).abs()
+        if decay:
+            p.mul_(shrink)
+        p.add_(u * torch.sign(g) * size)
+
+
+def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
+                   gam: Tensor, loss_avg: Tensor, fstar: Tensor, f: Tensor, h: Tensor,
+                   decay: bool, divide: bool) -> tuple[Tensor, Tensor, Tensor]:
+    r"""MoMo-Adam (one param group, one step count, ``use_fstar=False``), as
+    ``momo._momo_adam_blocks``.
+
+    ``gam``: the per-tensor :math:`\gamma_i`, shape ``(n,)``; ``f``: the loss (0-d).
+    ``h = (beta1, beta2, 1 - beta2^s, eps, rho, lr / rho, c = 1 + lr wd, 1 - lr wd)``. Updates
+    params, ``ds``, ``vs`` in place; returns :math:`\tau`, the new :math:`\gamma_i` and the new
+    :math:`\bar f`."""
+    b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
+    xg, xd, dq = [], [], []
+    for p, g, d, v in zip(ps, gs, ds, vs):
+        xg.append((p * g).sum())
+        d.lerp_(g, 1 - b1)
+        v.mul_(b2).add_(g * g * (1 - b2))
+        xd.append((p * d).sum())
+        dq.append((d * d / ((v / bc2).sqrt() + eps)).sum())
+    gam = gam * b1 + torch.stack(xg) * (1 - b1)
+    loss_avg = f * (1 - b1) + loss_avg * b1
+    dot_xd, norm, gamma = torch.stack(xd).sum(), torch.stack(dq).sum(), gam.sum()
+    gap = loss_avg - rho * fstar
+    num = c * gap + dot_xd - c * gamma if decay else gap + dot_xd - gamma
+    pos = norm > 0
+    ratio = torch.where(pos, num.clamp_min(0) / torch.where(pos, norm, 1.0), 0.0)
+    tau = torch.minimum(ratio, cap)
+    for p, d, v in zip(ps, ds, vs):  # D^-1 d again (recomputed: cheaper than kept, measured)
+        if decay and not divide:
+            p.mul_(shrink)
+        p.add_(d / ((v / bc2).sqrt() + eps) * -tau.to(p.dtype))
+        if decay and divide:
+            p.div_(c)
+    return tau, gam, loss_avg
+
+
+def amsgd_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
+               coupled: bool) -> tuple[Tensor, Tensor]:
+    r"""AM-SGD (one param group, every tensor past its first step), as
+    ``adamem._amsgd_blocks``.
+
+    ``h = (lr, weight_decay, lam, beta_max, lr_ratio, tol)`` with ``tol`` the rounding guard's
+    factor :math:`32\,\epsilon_{mach}`. Updates params and ``ds`` in place; returns
+    :math:`\beta_t` and the new :math:`\lVert d\rVert^2`."""
+    lr, wd, lam, beta_max, ratio, tolf = (h[i] for i in range(6))
+    if coupled:
+        gs = [g + wd * p for p, g in zip(ps, gs)]
+    a, e, bb = _sums(ds, gs)  # <d, g>, |d|^2, |g|^2
+    num = (1 + lam) * (a * ratio) - ((1 - lam) * a + lam * e - bb)
+    den = e - 2 * a + bb
+    beta = torch.where(den > tolf * (e + bb), num / den, 0.0).clamp_min(0.0)
+    beta = torch.minimum(beta, beta_max)
+    w = (1 - beta) / (1 + lam)
+    u = 1 - w
+    sqnorm = ((u * e + 2 * w * a) * u + w * w * bb).clamp_min(0.0)
+    for p, g, d in zip(ps, gs, ds):
+        d.lerp_(g, w.to(d.dtype))
+        p.add_(d * -lr)
+    return beta, sqnorm
+
+
+def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
+                 pi: Tensor, h: Tensor, decay: bool, use_lam: bool, gap: bool
+                 ) -> tuple[Tensor, Tensor]:
+    r"""AM-AdamW (one param group, one step count and previous lr for all tensors, past the
+    first step), as ``adamem._amadamw_blocks``: one :math:`\beta` per tensor from its five
+    sums.
+
+    ``pi``: the per-tensor :math:`\Pi`, shape ``(n,)``. ``h = (lr, prev_lr, weight_decay,
+    beta1_max, beta2, eps, lam, 1/sqrt(1 - beta2^t))``; ``gap``: ``lr != 0`` (the gap term).
+    Updates params, ``ds``, ``vs`` in place; returns the betas and the new :math:`\Pi`, both
+    ``(n,)``."""
+    lr, prev, wd, b1, b2, eps, lam, sbc2 = (h[i] for i in range(8))
+    acc = _acc(gs[0])
+    betas = []
+    for i, (p, g, d, v) in enumerate(zip(ps, gs, ds, vs)):
+        v.mul_(b2).add_(g * g * (1 - b2))
+        k1 = 1 - b1 * pi[i]
+        P = v.sqrt() * (k1 * sbc2) + k1 * eps
+        W = P + lam * P * P if use_lam else P
+        T = (d - g).to(acc)
+        U = d.to(acc) / P
+        sd = (T * T / W).sum()
+        q1 = (U * g).sum()
+        q2 = (U * d).sum()
+        num = sd - (q2 - q1)
+        if decay:
+            x1 = (p.to(acc) * g).sum()
+            num = num - wd * ((p.to(acc) * d).sum() - x1)
+        else:
+            x1 = 0 * sd
+        if gap:
+            num = num + (1 + wd * lr) * (prev * (q1 + wd * x1)) / lr
+        beta = torch.minimum(torch.where(sd > 0, num / sd, 0.0).clamp_min(0.0), b1)
+        betas.append(beta)
+        weight = P / W * (1 - beta) if use_lam else 1 - beta
+        d.lerp_(g, weight.to(d.dtype))
+        if decay:
+            p.mul_(1 - lr * wd)
+        p.add_(d / P * -lr)
+    bs = torch.stack(betas)
+    return bs, pi * bs

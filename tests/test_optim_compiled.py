@@ -1,0 +1,307 @@
+"""Compiled optimizer steps (``compile=...``, shiftsim/optim/_compiled.py): the same numbers as
+the eager kernels and the float64 references, the compile policy, and the fallbacks (no
+compiler, a compile error, an unsupported dtype), each faked.
+
+Most tests replace ``torch.compile`` by the identity: the compiled path's kernel then runs as
+plain Python, which checks its math and bookkeeping without paying for a compile. One test
+compiles for real (tiny tensors, float64, one Inductor compile); the rest that compile are
+marked slow.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_optim_adamem import ADAMW_HP, SGD_HP, amadamw_reference, amsgd_reference
+from test_optim_common import assert_traj_close, batch_loss, init_params, run_reference
+from test_optim_momo import ADAM_HP, momo_reference
+from test_optim_tam import ADA_HP, TAM_HP, tam_reference
+
+from shiftsim.errors import SpecTypeError
+from shiftsim.optim import (
+    TAM,
+    AdaptiveMemoryAdamW,
+    AdaptiveMemorySGD,
+    AdaTAM,
+    AdaTAMW,
+    Grams,
+    MoMoAdam,
+    _compiled,
+)
+
+# importing torch's compiler stack warns about torch.jit internals (not ours)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+# the optimizers with a compiled step: name -> factory(params, compile)
+MAKERS = {
+    "tam": lambda ps, c: TAM(ps, lr=0.05, gamma=0.7, weight_decay=0.01, compile=c),
+    "tam_decoupled": lambda ps, c: TAM(ps, lr=0.05, weight_decay=0.01, decoupled=True,
+                                       compile=c),
+    "tam_eps0": lambda ps, c: TAM(ps, lr=0.05, eps=0.0, compile=c),
+    "adatam": lambda ps, c: AdaTAM(ps, lr=2e-3, weight_decay=0.01, compile=c),
+    "adatamw_bc": lambda ps, c: AdaTAMW(ps, lr=2e-3, weight_decay=0.01, bias_correction=True,
+                                        compile=c),
+    "grams": lambda ps, c: Grams(ps, lr=1e-2, weight_decay=0.05, compile=c),
+    "grams_official": lambda ps, c: Grams(ps, lr=1e-2, eps_mode="official", compile=c),
+    "adamem_sgd": lambda ps, c: AdaptiveMemorySGD(ps, lr=0.05, weight_decay=0.01, compile=c),
+    "adamem_sgd_nowd": lambda ps, c: AdaptiveMemorySGD(ps, lr=0.05, lam=0.2, beta_max=0.95,
+                                                       compile=c),
+    "adamem_adamw": lambda ps, c: AdaptiveMemoryAdamW(ps, lr=1e-2, weight_decay=0.01,
+                                                       compile=c),
+    "adamem_adamw_lam0": lambda ps, c: AdaptiveMemoryAdamW(ps, lr=1e-2, lam=0.0, compile=c),
+    "momo_adam": lambda ps, c: MoMoAdam(ps, lr=1e-2, compile=c),
+    "momo_adam_wd": lambda ps, c: MoMoAdam(ps, lr=1e-2, weight_decay=0.1, compile=c),
+    "momo_adam_adamw": lambda ps, c: MoMoAdam(ps, lr=1e-2, weight_decay=0.1, divide=False,
+                                              compile=c),
+}
+
+
+def run(make, steps: int, dtype=torch.float64, compile=False):
+    """One param group (the compiled kernels' case); the parameters after each step, the
+    diagnostics after the last, and the optimizer."""
+    ps = [torch.nn.Parameter(p) for p in init_params(dtype)]
+    opt = make(ps, compile)
+    traj = []
+    for t in range(steps):
+        opt.zero_grad()
+        loss = batch_loss(ps, t)
+        loss.backward()
+        if opt.needs_loss:
+            opt.step(loss=loss.detach() if t % 2 else float(loss.detach()))
+        else:
+            opt.step()
+        traj.append([p.detach().clone() for p in ps])
+    return traj, {k: v.clone() for k, v in opt.diagnostics().items()}, opt
+
+
+@pytest.fixture()
+def no_compile(monkeypatch):
+    """``torch.compile`` as the identity (counting its calls): the compiled path, uncompiled."""
+    calls = []
+
+    def fake(fn, **kw):
+        calls.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake)
+    monkeypatch.delenv(_compiled.ENV, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_path_matches_eager(no_compile, name, dtype):
+    eager, d_eager, _ = run(MAKERS[name], 12, dtype, compile=False)
+    comp, d_comp, opt = run(MAKERS[name], 12, dtype, compile=True)
+    assert no_compile == [opt._compiled.fn.__name__]  # it took the compiled path
+    # float32: rounding differs (fused ops, another summation order), amplified by m / sqrt(v)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    assert_traj_close(comp, eager, **tol)
+    for k in d_eager:
+        torch.testing.assert_close(d_comp[k], d_eager[k], **tol)
+
+
+def one_group(hp: dict) -> list[dict]:
+    return [hp, hp]  # the references' two groups, both with the same hyperparameters
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_compiled_tam_matches_float64_reference(no_compile, decoupled):
+    hp = TAM_HP[0]
+    ours, _, _ = run(lambda ps, c: TAM(ps, gamma=0.7, decoupled=decoupled, compile=c, **hp),
+                     40, compile=True)
+    assert_traj_close(ours, run_reference(tam_reference(one_group(hp), 0.7, decoupled), 40))
+
+
+@pytest.mark.parametrize("cls", [AdaTAM, AdaTAMW])
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_compiled_adatam_matches_float64_reference(no_compile, cls, bias_correction):
+    hp = ADA_HP[0]
+    ours, _, _ = run(lambda ps, c: cls(ps, gamma=0.8, bias_correction=bias_correction,
+                                       compile=c, **hp), 40, compile=True)
+    ref = tam_reference(one_group(hp), 0.8, cls is AdaTAMW, adam=True,
+                        bias_correction=bias_correction)
+    assert_traj_close(ours, run_reference(ref, 40))
+
+
+def test_compiled_am_sgd_matches_float64_reference(no_compile):
+    hp = SGD_HP[1]
+    betas: list[float] = []
+    ours, _, opt = run(lambda ps, c: AdaptiveMemorySGD(ps, lam=0.2, beta_max=0.95, compile=c,
+                                                       **hp), 40, compile=True)
+    assert_traj_close(ours, run_reference(amsgd_reference(one_group(hp), 0.2, 0.95,
+                                                          betas_out=betas), 40))
+    assert opt.diagnostics()["beta"].item() == pytest.approx(betas[-1], abs=1e-9)
+
+
+def test_compiled_am_adamw_matches_float64_reference(no_compile):
+    hp = ADAMW_HP[1]
+    ours, _, _ = run(lambda ps, c: AdaptiveMemoryAdamW(ps, lam=0.2, compile=c, **hp), 40,
+                     compile=True)
+    assert_traj_close(ours, run_reference(amadamw_reference(one_group(hp), 0.2), 40))
+
+
+@pytest.mark.parametrize("divide", [True, False])
+def test_compiled_momo_adam_matches_float64_reference(no_compile, divide):
+    hp = ADAM_HP[1]
+    ours, _, _ = run(lambda ps, c: MoMoAdam(ps, betas=(0.85, 0.99), eps=1e-6, divide=divide,
+                                            lb=0.1, compile=c, **hp), 40, compile=True)
+    ref = momo_reference(one_group(hp), adam=True, betas=(0.85, 0.99), eps=1e-6,
+                         divide=divide, lb=0.1)
+    assert_traj_close(ours, run_reference(ref, 40))
+
+
+def test_grams_spec_vector_through_the_compiled_path(no_compile):
+    w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = Grams([w], lr=1e-3, compile=True)
+    for g in (1.0, -0.05, 0.3):
+        w.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+    assert no_compile == ["grams_step"]
+    assert w.item() == pytest.approx(-1.01945157e-3, abs=1e-11)  # spec §6.2
+
+
+def test_steps_the_kernel_does_not_cover_go_eager(no_compile):
+    """Several param groups, a parameter without a gradient: the eager kernels take the step,
+    silently; the next covered step uses the compiled kernel again, same numbers."""
+    ps = [torch.nn.Parameter(p) for p in init_params(torch.float64)]
+    opt = TAM([{"params": ps[:2]}, {"params": ps[2:]}], lr=0.05, compile=True)
+    batch_loss(ps, 0).backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert no_compile == []
+
+    def trajectory(compile):
+        ps = [torch.nn.Parameter(p) for p in init_params(torch.float64)]
+        opt = TAM(ps, lr=0.05, weight_decay=0.01, compile=compile)
+        for t in range(4):
+            opt.zero_grad()
+            batch_loss(ps, t).backward()
+            if t == 1:
+                ps[1].grad = None  # sits this step out: the eager kernels take it
+            opt.step()
+        return [p.detach().clone() for p in ps], opt
+
+    (eager, _), (comp, opt) = trajectory(False), trajectory(True)
+    assert no_compile == ["tam_step"]
+    assert_traj_close([comp], [eager])
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def test_auto_keeps_short_runs_and_small_models_eager(no_compile, monkeypatch):
+    monkeypatch.setattr(_compiled, "COMPILE_AFTER_STEPS", 5)
+    run(MAKERS["tam"], 4, compile="auto")  # short: never compiles
+    assert no_compile == []
+    _, _, opt = run(MAKERS["grams"], 8, compile="auto")  # long, but tiny: never compiles
+    assert no_compile == [] and opt._compiled.failed
+    monkeypatch.setattr(_compiled, "COMPILE_MIN_NUMEL", 1)
+    eager, _, _ = run(MAKERS["tam"], 8, compile=False)
+    comp, _, opt = run(MAKERS["tam"], 8, compile="auto")  # long enough: steps 6-8 compiled
+    assert no_compile == ["tam_step"] and opt._compiled.eager_steps == 6
+    assert_traj_close(comp, eager)
+
+
+@pytest.mark.parametrize("env, arg, compiles", [("0", "auto", False), ("1", "auto", True),
+                                                ("auto", "auto", False), ("1", False, False),
+                                                ("0", True, True)])
+def test_environment_variable_replaces_auto(no_compile, monkeypatch, env, arg, compiles):
+    monkeypatch.setenv(_compiled.ENV, env)
+    run(MAKERS["grams"], 2, compile=arg)
+    assert (no_compile == ["grams_step"]) is compiles
+
+
+def test_bad_settings_are_refused_or_warned(monkeypatch):
+    ps = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(SpecTypeError, match="compile must be 'auto', True or False"):
+        TAM(ps, lr=0.1, compile="yes")
+    monkeypatch.setenv(_compiled.ENV, "maybe")
+    with pytest.warns(RuntimeWarning, match="SHIFTSIM_COMPILE='maybe'"):
+        assert _compiled.compile_setting("auto") == "auto"
+
+
+def test_each_optimizer_compiles_its_own_copy_of_the_kernel():
+    """torch.compile's graphs and recompile limit are per code object: each optimizer gets a
+    copy, so many model shapes in one process never exhaust the limit for the others."""
+    copy = _compiled._own_copy(_compiled.grams_step)
+    assert copy.__code__ is not _compiled.grams_step.__code__
+    assert copy.__name__ == "grams_step" and copy.__globals__ is _compiled.__dict__
+
+
+# ----------------------------------------------------------------------------- fallbacks
+
+
+def assert_falls_back(make, dtype, match: str):
+    """compile=True warns once (one line, naming ``match``) and gives the eager numbers."""
+    eager, _, _ = run(make, 3, dtype, compile=False)
+    with pytest.warns(RuntimeWarning, match=match) as caught:
+        comp, _, opt = run(make, 3, dtype, compile=True)
+    assert len([w for w in caught if "cannot compile" in str(w.message)]) == 1
+    assert "\n" not in str(caught[0].message)
+    assert opt._compiled.failed
+    assert_traj_close(comp, eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["tam", "adatam", "grams"])
+def test_a_compile_error_falls_back_to_eager(monkeypatch, name):
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("InductorError: something went wrong\nwith a long traceback")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert_falls_back(MAKERS[name], torch.float64, "RuntimeError: InductorError")
+
+
+def test_no_compiler_falls_back_to_eager(monkeypatch):
+    monkeypatch.setattr(_compiled.shutil, "which", lambda name: None)
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled anyway"))
+    assert_falls_back(MAKERS["tam"], torch.float64, "no C\\+\\+ compiler")
+
+
+def test_unsupported_dtype_and_device_fall_back_to_eager(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled anyway"))
+    assert_falls_back(MAKERS["grams"], torch.bfloat16, "dtype torch.bfloat16 is not supported")
+    assert "not supported" in _compiled.missing_compiler(torch.device("mps"))
+    assert _compiled.unsupported([torch.zeros(1, device="meta")]).startswith("device 'meta'")
+
+
+# ----------------------------------------------------------------------------- real compiles
+
+
+def test_really_compiled_tam_matches_eager_and_reference():
+    """One Inductor compile (tiny float64 tensors): TAM's compiled step against the eager step
+    and the float64 reference. Skipped where this machine has no compiler."""
+    if _compiled.missing_compiler(torch.device("cpu")):
+        pytest.skip("no C++ compiler")
+    hp = TAM_HP[0]
+
+    def make(ps, c):
+        return TAM(ps, gamma=0.7, compile=c, **hp)
+
+    eager, d_eager, _ = run(make, 6, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback
+        comp, d_comp, opt = run(make, 6, compile=True)
+    assert opt._compiled.compiled is not None and opt._compiled.first_step_s > 0
+    assert_traj_close(comp, eager)
+    assert_traj_close(comp, run_reference(tam_reference(one_group(hp), 0.7), 6))
+    torch.testing.assert_close(d_comp["damping"], d_eager["damping"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adatamw_bc"])
+def test_really_compiled_float32_matches_eager(name):
+    if _compiled.missing_compiler(torch.device("cpu")):
+        pytest.skip("no C++ compiler")
+    eager, _, _ = run(MAKERS[name], 6, torch.float32, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        comp, _, opt = run(MAKERS[name], 6, torch.float32, compile=True)
+    assert opt._compiled.compiled is not None
+    assert_traj_close(comp, eager, rtol=1e-5, atol=1e-6)
