@@ -637,3 +637,32 @@ def test_a_report_of_one_run_warns_about_nothing(tmp_path, digits, arms):
         warnings.simplefilter("error")  # seaborn, matplotlib, numpy, pandas: none may warn
         report(tmp_path / "s", tmp_path / "r")
     assert json.loads((tmp_path / "r" / REPORT_FILE).read_text())["counts"]["ok"] == 1
+
+
+def test_a_baseline_named_by_its_optimizer_is_one_per_model(tmp_path):
+    """With several models, ``baseline="sgdm"`` compares each arm with sgdm of its own model."""
+    from shiftsim.report import frames
+    from shiftsim.report.view import view
+
+    data = ss.data.digits()
+    study = Study("two-models", flip_rates(data, [1.0], tasks=2, steps_per_task=30),
+                  models={"wide": ss.models.mlp(hidden=(16,)),
+                          "narrow": ss.models.mlp(hidden=(4,))},
+                  optimizers={"sgdm": ss.optim.spec("sgdm"), "adam": ss.optim.spec("adam")},
+                  seeds=5)
+    study.run(tmp_path / "r", workers=1, progress=False)
+    v = view(store.load(tmp_path / "r"), baseline="sgdm")
+    assert v.baseline == "sgdm" and v.baseline_reason == "given; one per model"
+    assert set(v.baseline_arms) == {"sgdm [wide]", "sgdm [narrow]"}
+    assert v.baseline_of("adam [narrow]") == "sgdm [narrow]"
+    comp = frames.comparison_frame(v)
+    assert set(comp["optimizer"]) == {"adam [wide]", "adam [narrow]"}
+    pairs = set(zip(comp["optimizer"], comp["baseline"]))
+    assert pairs == {("adam [wide]", "sgdm [wide]"), ("adam [narrow]", "sgdm [narrow]")}
+    # the paired difference is against the own model's baseline, seed by seed
+    runs = v.runs.set_index(["optimizer", "seed"])["online_acc"]
+    want = np.mean([runs["adam [narrow]", s] - runs["sgdm [narrow]", s] for s in range(5)])
+    row = comp[(comp["optimizer"] == "adam [narrow]") & (comp["metric"] == "online_acc")]
+    assert math.isclose(float(row["difference"].iloc[0]), want, rel_tol=1e-9, abs_tol=1e-12)
+    with pytest.raises(ShiftsimError, match="unknown baseline 'tam'"):
+        view(store.load(tmp_path / "r"), baseline="tam")

@@ -43,7 +43,8 @@ def _judging(v: StudyView) -> list[str]:
     if len(v.arms) < 2:
         return [f"{n} seeds per scenario; one optimizer, so nothing is compared."]
     return [f"{n} seeds per optimizer and scenario (the seed is the unit of replication). Each "
-            f"optimizer is compared with **{v.baseline}** paired by seed; the {judged} "
+            f"optimizer is compared with **{v.baseline}**"
+            + (" of its own model" if v.baseline_arms else "") + f" paired by seed; the {judged} "
             f"comparisons are Holm-adjusted together (α = {ALPHA}), and only those that survive "
             "are called better or worse."]
 
@@ -151,7 +152,7 @@ def _significant(v: StudyView) -> list[str]:
             if len(rows):
                 parts.append(f"{verdict} in " + "; ".join(_effect(r) for r in rows.itertuples()))
         groups.append((float(g["p_holm"].min()), -len(g),
-                       f"**{arm}** vs {v.baseline} at {v.severity_text(scen)}: "
+                       f"**{arm}** vs {v.baseline_of(arm)} at {v.severity_text(scen)}: "
                        + "; ".join(parts) + "."))
     groups.sort(key=lambda x: (x[0], x[1]))
     out = [text for *_, text in groups[:MAX_LISTED]]

@@ -240,10 +240,12 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
     rows = []
     for s in v.scenarios:
         sub = values[values["scenario"] == s]
-        base = sub[sub["optimizer"] == v.baseline]
         steps = v.phases.loc[v.phases["scenario"] == s, "steps"] if len(v.phases) else []
         cap = float(np.max(steps)) if len(steps) else None
-        for arm in v.arms[1:]:
+        for arm in v.arms:
+            if v.is_baseline(arm):
+                continue
+            base = sub[sub["optimizer"] == v.baseline_of(arm)]
             mine = sub[sub["optimizer"] == arm]
             if mine.empty or base.empty:
                 continue
@@ -256,7 +258,8 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
                 d = paired(_by_seed(mine, m.column), _by_seed(base, m.column), m,
                            level=v.level, **kw)
                 rows.append({"scenario": s, "severity": v.severity.get(s, math.nan),
-                             "optimizer": arm, "baseline": v.baseline, "metric": m.column,
+                             "optimizer": arm, "baseline": v.baseline_of(arm),
+                             "metric": m.column,
                              "metric_label": m.label, "difference": d["difference"],
                              "low": d["low"], "high": d["high"], "n": d["n"], "wins": d["wins"],
                              "losses": d["losses"], "ties": d["ties"],

@@ -58,6 +58,21 @@ class StudyView:
     tables: dict[str, Table] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None
+    #: with one baseline per model (a baseline named by its optimizer in a study of several
+    #: models), the baseline arms; empty when ``baseline`` is itself the one baseline arm
+    baseline_arms: tuple[str, ...] = ()
+
+    def baseline_of(self, arm: str) -> str:
+        """The baseline arm ``arm`` is compared with: the one baseline, or with one baseline
+        per model the baseline of ``arm``'s model (``sgdm [cnn]`` for ``tam [cnn]``)."""
+        if not self.baseline_arms:
+            return self.baseline
+        suffix = arm.partition(" [")[2]
+        return next((b for b in self.baseline_arms if b.partition(" [")[2] == suffix),
+                    self.baseline_arms[0])
+
+    def is_baseline(self, arm: str) -> bool:
+        return arm == self.baseline or arm in self.baseline_arms
     phase_summary: pd.DataFrame | None = None
 
     @property
@@ -189,6 +204,7 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
     if getattr(results, "study", None) is None:  # run folders only: no study order, sort
         arms = sorted(arms)
     reason = "given"
+    baseline_arms: tuple[str, ...] = ()
     if baseline is None:
         baseline = arms[0]
         reason = "the study's first optimizer"
@@ -199,12 +215,18 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
             if "optimizer_name" in runs.columns:
                 hit = runs["optimizer_name"].astype(str) == baseline
                 by_name = runs.loc[hit, "optimizer"].unique().tolist()
+            models = [a.partition(" [")[2] for a in by_name]
             if len(by_name) == 1:
                 baseline = by_name[0]
+            elif by_name and all(models) and len(set(models)) == len(models):
+                # one baseline per model: each arm is compared with its own model's baseline
+                baseline_arms = tuple(by_name)
+                reason = "given; one per model"
             else:
                 raise ShiftsimError(f"unknown baseline {baseline!r}; allowed: "
                                     f"{', '.join(repr(a) for a in arms)}")
-    arms = [baseline] + [a for a in arms if a != baseline]
+    first = list(baseline_arms) or [baseline]
+    arms = first + [a for a in arms if a not in first]
     scenarios = [str(s) for s in _first_order(runs["scenario"])]
     sev = runs.groupby("scenario", sort=False)["severity"].first()
     severity = {str(s): float(sev.get(s, math.nan)) for s in scenarios}
@@ -244,7 +266,7 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
                      tuning=getattr(results, "tuning", None) if tuned else None,
                      tuning_curves=getattr(results, "tuning_curves", None) if tuned else None,
                      tolerance_vs_baseline=_tolerance_differences(results, baseline)
-                     if tuned else None)
+                     if tuned else None, baseline_arms=baseline_arms)
 
 
 def _tolerance_differences(results: Any, baseline: str) -> pd.DataFrame | None:
