@@ -47,7 +47,10 @@ scenarios = league_scenarios(ss.data.digits(), steps=STEPS, prefix="digits ")
 if FASHION:
     scenarios = scenarios | league_scenarios(ss.data.fashion_mnist(), steps=STEPS,
                                              prefix="fashion ")
-optimizers = {name: ss.optim.spec(name) for name in ss.optim.names()}
+# AdaTAMW differs from AdaTAM only by its decoupled weight decay (0 by default): it runs with
+# AdamW's default of 0.01 so that the league holds thirteen different update rules
+optimizers = {name: ss.optim.spec(name, **({"weight_decay": 0.01} if name == "adatamw" else {}))
+              for name in ss.optim.names()}
 
 study = Study(
     "robustness-league", scenarios, ss.models.mlp(hidden=(128,)), optimizers,
