@@ -68,5 +68,7 @@ study = Study(
                  "Adam, 9 learning rates over 4 decades on 5 tuning seeds, 10 evaluation seeds, "
                  "digits MLP. Where the paper sweeps offline training runs, this sweep scores "
                  "online (prequential) accuracy on short shifting streams: the claim is tested "
-                 "in this setting, the paper's experiments are not repeated"),
+                 "in this setting, the paper's experiments are not repeated. MoMo's and "
+                 "MoMo-Adam's good range reaches the top of their grids on the clean and "
+                 "rotation streams, so their tolerances there are lower bounds"),
 )
