@@ -17,6 +17,13 @@ to start (importing torch and shiftsim, and torch.optim's first use imports torc
 which the study's length must amortise.
 
     python benchmarks/study_scaling.py [--seeds 8] [--steps 400] [--rounds 2] [--fleet]
+
+``--backends`` compares instead, side by side on 2 workers, the runs per second of the local
+pool with one learner per run, the local pool with fleets (the default) and Ray with fleets
+(each fleet one Ray task, on a local Ray started for the study; skipped without the ray extra),
+and checks that the three store the same results.
+
+    python benchmarks/study_scaling.py --backends [--seeds 8] [--steps 400] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -52,12 +59,12 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed_run(study: Study, workers: int, root: str, fleet: bool
+def timed_run(study: Study, workers: int, root: str, fleet: bool, backend: str = "local"
               ) -> tuple[float, float, pd.DataFrame]:
     """(wall seconds, CPU seconds, the runs) of one study run into a fresh folder."""
     out = tempfile.mkdtemp(prefix=f"w{workers}-", dir=root)
     cpu, t = _cpu_s(), time.perf_counter()
-    rep = study.run(out, workers=workers, progress=False, device="cpu",
+    rep = study.run(out, workers=workers, backend=backend, progress=False, device="cpu",
                     fleet=None if fleet else False)
     elapsed, cpu = time.perf_counter() - t, _cpu_s() - cpu
     if not rep.ok or rep.done != len(study):
@@ -73,8 +80,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fleet", action="store_true",
                     help="the default path instead: runs of one scenario and model in fleets")
+    ap.add_argument("--backends", action="store_true",
+                    help="runs per second of the local pool, local fleets and Ray fleets")
     args = ap.parse_args()
     study = make_study(args.seeds, args.steps)
+    if args.backends:
+        compare_backends(study, args.rounds)
+        return
     how = "in fleets (the default)" if args.fleet else "one learner per run (fleet=False)"
     print(f"{study}; {3 * args.steps} steps per run, mlp 64-128-128-10, {how}, 1 torch thread; "
           f"{default_workers()} cores available, load average {os.getloadavg()[0]:.1f}")
@@ -99,6 +111,38 @@ def main() -> None:
           f"workers=2: {median(times[2]):.1f} s ({1e3 * median(times[2]) / n:.0f} ms/run)")
     print(f"speed-up 2 workers vs 1: {median(ratios):.2f}x (median of {len(ratios)} rounds: "
           f"{', '.join(f'{x:.2f}' for x in ratios)}; goal >= 1.7x on 2 cores)")
+
+
+def compare_backends(study: Study, rounds: int) -> None:
+    """Runs per second on 2 workers: local one-by-one, local fleets, Ray fleets."""
+    configs = [("local, one learner per run", "local", False),
+               ("local, fleets", "local", True)]
+    try:
+        import ray  # noqa: F401
+        configs.append(("ray, fleets (one task per fleet)", "ray", True))
+    except ImportError:
+        print("ray is not installed (pip install 'shiftsim[ray]'): its row is skipped")
+    n = len(study)
+    print(f"{study}; 2 workers, 1 torch thread per run; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    times: dict[str, list[float]] = {name: [] for name, *_ in configs}
+    results: dict[str, pd.DataFrame] = {}
+    with tempfile.TemporaryDirectory() as root:
+        for r in range(rounds):
+            order = configs if r % 2 == 0 else configs[::-1]
+            for name, backend, fleet in order:
+                if backend == "ray" and r == 0:  # untimed: the local Ray's start
+                    timed_run(study, 2, root, fleet, backend)
+                elapsed, _, results[name] = timed_run(study, 2, root, fleet, backend)
+                times[name].append(elapsed)
+    first = results[configs[0][0]]
+    for name, *_ in configs:
+        pd.testing.assert_frame_equal(results[name].drop(columns=["machine"], errors="ignore"),
+                                      first.drop(columns=["machine"], errors="ignore"),
+                                      check_exact=False)
+        t = median(times[name])
+        print(f"  {name:36s} {t:6.1f} s  {n / t:6.1f} runs/s")
+    print("  (same results on every row; wall times end to end, median over rounds)")
 
 
 if __name__ == "__main__":
