@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..errors import ShiftsimError
 from . import _kernels
+from ._compiled import Compiled
 from ._kernels import (
     LerpStep,
     MomentSums,
@@ -162,6 +163,16 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
     def _keep_plan(self, plan: Any) -> Any:
         self.__dict__[PLAN] = plan
         return plan
+
+    def _compiled_kernel(self, fn: Callable[..., Any]) -> Any:
+        """This optimizer's :class:`~shiftsim.optim._compiled.Compiled` for kernel ``fn``,
+        made on first use with the optimizer's ``compile`` setting (kept outside the state so
+        that ``state_dict`` and deep copies never carry it)."""
+        comp = self.__dict__.get("_compiled")
+        if comp is None:
+            comp = self.__dict__["_compiled"] = Compiled(
+                fn, type(self).__name__, self.defaults.get("compile", "auto"))
+        return comp
 
     def _build_plan(self, key: tuple) -> Plan:
         """The optimizer's step plan for the parameters that have a gradient now (those with

@@ -640,10 +640,7 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         if any(g is None or g.is_sparse for g in gs) or \
                 any("momentum_buffer" not in self.state.get(p, ()) for p in ps):
             return False  # (the first step sets d = g: eager)
-        comp = self.__dict__.get("_compiled")
-        if comp is None:
-            comp = self.__dict__["_compiled"] = _compiled.Compiled(
-                _compiled.amsgd_step, "AdaptiveMemorySGD", self.defaults.get("compile", "auto"))
+        comp = self._compiled_kernel(_compiled.amsgd_step)
         if not comp.wanted(ps):
             return False
         glob = self._global()
@@ -873,11 +870,7 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
             group["weight_decay"], group["lam"]
         if any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd, lam)):
             return False
-        comp = self.__dict__.get("_compiled")
-        if comp is None:
-            comp = self.__dict__["_compiled"] = _compiled.Compiled(
-                _compiled.amadamw_step, "AdaptiveMemoryAdamW",
-                self.defaults.get("compile", "auto"))
+        comp = self._compiled_kernel(_compiled.amadamw_step)
         if not comp.wanted(ps):
             return False
         for p in self._fill_state(ps, adamem_adamw_init,

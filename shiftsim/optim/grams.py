@@ -318,10 +318,7 @@ class Grams(ShiftsimOptimizer):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         if any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd)):
             return False
-        comp = self.__dict__.get("_compiled")
-        if comp is None:
-            comp = self.__dict__["_compiled"] = _compiled.Compiled(
-                _compiled.grams_step, "Grams", self.defaults.get("compile", "auto"))
+        comp = self._compiled_kernel(_compiled.grams_step)
         if not comp.wanted(ps):
             return False
         self._fill_state(ps, grams_init, ("exp_avg", "exp_avg_sq", "step"))

@@ -1037,10 +1037,7 @@ class MoMoAdam(_MoMoBase):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         if group["use_fstar"] or any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd)):
             return False
-        comp = self.__dict__.get("_compiled")
-        if comp is None:
-            comp = self.__dict__["_compiled"] = _compiled.Compiled(
-                _compiled.momo_adam_step, "MoMoAdam", self.defaults.get("compile", "auto"))
+        comp = self._compiled_kernel(_compiled.momo_adam_step)
         if not comp.wanted(ps):
             return False
         self._fill_state(ps, momo_adam_init, ("grad_avg", "grad_avg_sq", "grad_dot_w", "step"))

@@ -653,10 +653,7 @@ class TAM(_TorqueBase):
         gs = [p.grad for p in ps]
         if any(g is None or g.is_sparse for g in gs):
             return False
-        comp = self.__dict__.get("_compiled")
-        if comp is None:
-            comp = self.__dict__["_compiled"] = _compiled.Compiled(
-                _compiled.tam_step, "TAM", self.defaults.get("compile", "auto"))
+        comp = self._compiled_kernel(_compiled.tam_step)
         if not comp.wanted(ps):
             return False
         new = [p for p in ps if not self.state[p]]
@@ -948,10 +945,7 @@ class AdaTAM(_TorqueBase):
         teps, eps, gamma = group["torque_eps"], group["eps"], group["gamma"]
         if any(isinstance(x, Tensor) for x in (lr, b1, b2, wd, teps, eps, gamma)):
             return False
-        comp = self.__dict__.get("_compiled")
-        if comp is None:
-            comp = self.__dict__["_compiled"] = _compiled.Compiled(
-                _compiled.adatam_step, type(self).__name__, self.defaults.get("compile", "auto"))
+        comp = self._compiled_kernel(_compiled.adatam_step)
         if not comp.wanted(ps):
             return False
         self._fill_state(ps, adatam_init, ("exp_avg", "exp_avg_sq", "step"))
