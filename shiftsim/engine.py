@@ -97,7 +97,8 @@ def run(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., nn.Modu
             restored afterwards; ``info["determinism"]`` records the settings a run ran
             under, whichever this is. On CUDA, bit for bit then means: same seed, GPU
             model, driver, CUDA/cuDNN and torch versions (and no "nondeterministic" warning);
-            without it CUDA results may differ in the last bits between reruns. On the CPU it
+            without it CUDA results may differ in the last bits between reruns (torch's
+            documented conditions; not yet checked on a GPU by shiftsim's tests). On the CPU it
             changes nothing (CPU results are reproducible for a fixed number of threads).
     """
     if not isinstance(deterministic, bool):
