@@ -64,12 +64,11 @@ class StudyView:
 
     def baseline_of(self, arm: str) -> str:
         """The baseline arm ``arm`` is compared with: the one baseline, or with one baseline
-        per model the baseline of ``arm``'s model (``sgdm [cnn]`` for ``tam [cnn]``)."""
+        per model the baseline of ``arm``'s model (``sgdm [cnn]`` for ``tam [cnn]``; a model
+        without a baseline run names an arm that has no runs, so nothing is compared)."""
         if not self.baseline_arms:
             return self.baseline
-        suffix = arm.partition(" [")[2]
-        return next((b for b in self.baseline_arms if b.partition(" [")[2] == suffix),
-                    self.baseline_arms[0])
+        return f"{self.baseline} [{arm.partition(' [')[2]}"
 
     def is_baseline(self, arm: str) -> bool:
         return arm == self.baseline or arm in self.baseline_arms
