@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from typing import TYPE_CHECKING, Any, Protocol
@@ -507,37 +507,47 @@ class RayExecutor:
             self._ray.shutdown()
         self._started = False
 
+    def _slots(self, ray: Any) -> int:
+        """Tasks in flight at most: ``workers``, or the cluster's CPUs over ``cpus_per_run``."""
+        if self.workers is not None:
+            return self.workers
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        return max(1, int(cpus / max(self.cpus_per_run, 1e-9)))
+
+    def _drain(self, ray: Any, tasks: Sequence[Any], limit: int,
+               submit: Callable[[Any], Any]) -> Iterator[tuple[Any, Any, str | None]]:
+        """Submit ``tasks`` (``submit(task)`` returns its object ref) with at most ``limit``
+        in flight; yield ``(task, result, None)`` as each finishes, or ``(task, None,
+        error)`` when its worker died after its retries."""
+        pending = collections.deque(tasks)
+        while pending or self._in_flight:
+            while pending and len(self._in_flight) < limit:
+                t = pending.popleft()
+                self._in_flight[submit(t)] = t
+            done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
+            for ref in done:
+                t = self._in_flight.pop(ref)
+                try:
+                    out, error = ray.get(ref), None
+                except Exception as exc:  # the worker died after its retries, ...
+                    msg = " ".join(str(exc).split())[:2000]
+                    out, error = None, f"{type(exc).__name__}: {msg}"
+                yield t, out, error
+
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         ray = self.connect()
         finished = False
         try:
             table, tasks = scenario_table(specs)
             refs = {key: ray.put(sc) for key, sc in table.items()}
-            remote = ray.remote(_ray_task).options(
+            submit = ray.remote(_ray_task).options(
                 num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
-                max_retries=self.max_retries, name="shiftsim-run")
-            limit = self.workers
-            if limit is None:
-                cpus = float(ray.cluster_resources().get("CPU", 1))
-                limit = max(1, int(cpus / max(self.cpus_per_run, 1e-9)))
-            pending = collections.deque(tasks)
-            while pending or self._in_flight:
-                while pending and len(self._in_flight) < limit:
-                    t = pending.popleft()
-                    run_id, key, model, optimizer, seed = t
-                    ref = remote.remote(refs[key], model, optimizer, seed, run_id, self.device,
-                                        self.threads, self.deterministic)
-                    self._in_flight[ref] = t
-                done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
-                for ref in done:
-                    t = self._in_flight.pop(ref)
-                    try:
-                        out = ray.get(ref)
-                    except Exception as exc:  # the worker died after its retries, ...
-                        msg = " ".join(str(exc).split())[:2000]
-                        out = Outcome(t[0], "failed", error=f"Ray task failed: "
-                                      f"{type(exc).__name__}: {msg}")
-                    yield out
+                max_retries=self.max_retries, name="shiftsim-run").remote
+            for t, out, error in self._drain(ray, tasks, self._slots(ray), lambda t: submit(
+                    refs[t[1]], t[2], t[3], t[4], t[0], self.device, self.threads,
+                    self.deterministic)):
+                yield out if error is None else Outcome(t[0], "failed",
+                                                        error=f"Ray task failed: {error}")
             finished = True
         finally:
             if not finished:

@@ -25,7 +25,6 @@ a resumed study runs them again (``retry_failed=True``).
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -115,12 +114,6 @@ class RayFleetExecutor(RayExecutor):
         self.max_members, self.check_every, self.compile = max_members, check_every, compile
         self.fleets: list[int] = []  # the sizes of the fleets of the last run()
 
-    def _slots(self, ray: Any) -> int:
-        if self.workers is not None:
-            return self.workers
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        return max(1, int(cpus / max(self.cpus_per_run, 1e-9)))
-
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         ray = self.connect()
         finished = False
@@ -130,30 +123,17 @@ class RayFleetExecutor(RayExecutor):
             table, tasks = fleet_tasks(specs, limit, target, self.max_members)
             self.fleets = [len(t[3]) for t in tasks if t[0] == "fleet"]
             refs = {key: ray.put(sc) for key, sc in table.items()}
-            remote = ray.remote(_ray_fleet_task).options(
+            submit = ray.remote(_ray_fleet_task).options(
                 num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
-                max_retries=self.max_retries, name="shiftsim-fleet")
-            pending = collections.deque(tasks)
-            while pending or self._in_flight:
-                while pending and len(self._in_flight) < limit:
-                    t = pending.popleft()
-                    kind, key, model, members = t
-                    ref = remote.remote(refs[key], kind, model, members, self.device,
-                                        self.threads, self.check_every, self.compile,
-                                        self.deterministic)
-                    self._in_flight[ref] = t
-                done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
-                for ref in done:
-                    t = self._in_flight.pop(ref)
-                    try:
-                        outs = ray.get(ref)
-                    except Exception as exc:  # the worker died after its retries, ...
-                        msg = " ".join(str(exc).split())[:2000]
-                        what = f"its fleet of {len(t[3])} runs" if t[0] == "fleet" else "it"
-                        outs = [Outcome(rid, "failed", error=(
-                            f"Ray task failed running {what}: {type(exc).__name__}: {msg}"))
-                            for rid, _, _ in t[3]]
-                    yield from outs
+                max_retries=self.max_retries, name="shiftsim-fleet").remote
+            for t, outs, error in self._drain(ray, tasks, limit, lambda t: submit(
+                    refs[t[1]], t[0], t[2], t[3], self.device, self.threads,
+                    self.check_every, self.compile, self.deterministic)):
+                if error is not None:
+                    what = f"its fleet of {len(t[3])} runs" if t[0] == "fleet" else "it"
+                    outs = [Outcome(rid, "failed", error=f"Ray task failed running {what}: "
+                                    f"{error}") for rid, _, _ in t[3]]
+                yield from outs
             finished = True
         finally:
             if not finished:
