@@ -103,7 +103,7 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
     else:
         heldout = np.full(len(pk), np.nan)
 
-    out = pd.DataFrame({
+    cols: dict[str, Any] = {
         "phase": pk.to_numpy(np.int64),
         "name": tab["name"].astype(str).to_numpy(),
         "start": tab["start"].to_numpy(np.int64),
@@ -113,17 +113,22 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
         "online_acc": _ratio(agg["correct"].to_numpy(np.float64), den),
         "online_acc_true": _ratio(agg["correct_true"].to_numpy(np.float64), den),
         "loss": agg["loss"].to_numpy(np.float64),
-    })
+    }
+    # column by column into a dict, one frame at the end (a frame grown column by column
+    # copies its blocks on every insertion: most of a summary's time before)
+    shifted = [k != pk[0] and bool(tab.loc[k].get("shifted", True)) for k in pk] \
+        if "shifted" in tab.columns else [k != pk[0] for k in pk]
     for c in RECOVERY_COLUMNS[1:]:
-        out[c] = rec[c].to_numpy()
-    out["ceiling"] = tab["ceiling"].to_numpy(np.float64)
-    out["shifted"] = [k != pk[0] and bool(tab.loc[k].get("shifted", True)) for k in pk]
-    for c in BOOL_COLUMNS:
-        out[c] = out[c].eq(True).to_numpy(bool)
-    floats = [c for c in RECOVERY_COLUMNS[1:] if c not in BOOL_COLUMNS]
-    out = out.astype({c: np.float64 for c in floats})
-    out["heldout_acc"] = heldout.astype(np.float64)
-    return out[SUMMARY_COLUMNS]
+        if c == "ceiling":
+            cols[c] = tab["ceiling"].to_numpy(np.float64)
+        elif c == "shifted":
+            cols[c] = np.asarray(shifted, dtype=bool)
+        elif c in BOOL_COLUMNS:
+            cols[c] = rec[c].eq(True).to_numpy(bool)
+        else:
+            cols[c] = rec[c].astype(np.float64).to_numpy()
+    cols["heldout_acc"] = heldout.astype(np.float64)
+    return pd.DataFrame(cols)[SUMMARY_COLUMNS]
 
 
 def run_scores(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame
