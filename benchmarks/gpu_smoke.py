@@ -15,13 +15,13 @@ stacked program) and the nine optimizer families:
 
 placement
     ``run()`` (the stacked program), ``run(vectorized=False)`` (module, autograd and a torch
-    optimizer) and ``run_fleet()`` of the nine families: every tensor the learner holds
-    (parameters, optimizer state, diagnostics buffers), after setup and after the run, is on
-    the device; so are the batches, held-out inputs and trace slots (the loop's per-step
-    prediction and loss buffers) handed to each step, and the inputs and outputs of every
-    torch operation run inside a step or an evaluation (seen through a ``TorchDispatchMode``;
-    0-d CPU tensors, which CUDA kernels take as plain numbers without a sync, are counted
-    apart and do not fail the check).
+    optimizer) and ``run_fleet()`` of the nine families, at most 50 steps per phase: every
+    tensor the learner holds (parameters, optimizer state, diagnostics buffers), after setup
+    and after the run, is on the device; so are the batches, held-out inputs and trace slots
+    (the loop's per-step prediction and loss buffers) handed to each step, and the inputs and
+    outputs of every torch operation run inside a step or an evaluation (seen through a
+    ``TorchDispatchMode``; 0-d CPU tensors, which CUDA kernels take as plain numbers without a
+    sync, are counted apart and do not fail the check).
 syncs
     The same three runs, every step after the first, with its batch draws, and every
     evaluation under ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (a synchronizing
@@ -92,6 +92,8 @@ CHECKS = ("placement", "syncs", "reruns", "fleet_vs_run", "memory", "speed")
 #: fleet member vs run() on CUDA: the first steps whose losses are compared, their tolerances,
 #: and the largest difference of whole-run online accuracy
 LOSS_STEPS, LOSS_RTOL, LOSS_ATOL, ACC_TOL = 50, 1e-4, 1e-6, 0.02
+#: the most steps per phase the placement check runs (it records every torch operation)
+PLACEMENT_STEPS = 50
 #: what tests/test_host_syncs.py counts: calls that make a tensor from Python values or read one
 #: back (a host sync or a host-to-device copy is made of these)
 HOST_CALLS = {"item": torch.Tensor, "tolist": torch.Tensor, "__bool__": torch.Tensor,
@@ -127,10 +129,11 @@ class Config:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def scenario(self) -> ss.Scenario:
-        """Three phases: clean; noise, rotation and a pixel permutation (a per-batch tail of
-        input shifts); permuted labels with noise and brightness."""
-        steps = self.steps
+    def scenario(self, steps: int | None = None) -> ss.Scenario:
+        """Three phases of ``steps`` (default: ``self.steps``): clean; noise, rotation and a
+        pixel permutation (a per-batch tail of input shifts); permuted labels with noise and
+        brightness."""
+        steps = self.steps if steps is None else steps
         return ss.Scenario(ss.data.digits(), [
             ss.Phase(steps),
             ss.Phase(steps, [ss.GaussianNoise(0.05), ss.Rotate(30), ss.PixelPermutation(0.5)]),
@@ -442,7 +445,7 @@ def _three_runs(cfg: Config, sc: ss.Scenario) -> dict[str, Callable[[], Any]]:
 
 
 def check_placement(cfg: Config) -> Check:
-    sc = cfg.scenario()
+    sc = cfg.scenario(min(cfg.steps, PLACEMENT_STEPS))  # every op is recorded: slow per step
     problems, parts = [], []
     for name, call in _three_runs(cfg, sc).items():
         with Watch(cfg.device, placement=True) as w:
@@ -597,10 +600,13 @@ def check_speed(cfg: Config) -> Check:
     where = [dev] if not cfg.cuda else [dev, cpu]
     calls = {}
     for d in where:
-        calls[("run", d.type)] = lambda d=d: ss.run(sc, model, "tam", seed=0, device=d)
-        calls[("fleet", d.type)] = lambda d=d: ss.run_fleet(sc, model, tam, device=d)[0]
-    for call in calls.values():  # warm-up: CUDA context, kernels, allocator
-        call()
+        calls[("run", d.type)] = lambda d=d, sc=sc: ss.run(sc, model, "tam", seed=0, device=d)
+        calls[("fleet", d.type)] = lambda d=d, sc=sc: ss.run_fleet(sc, model, tam,
+                                                                    device=d)[0]
+    short = cfg.scenario(min(cfg.steps, 10))
+    for d in where:  # warm-up: CUDA context, kernels, allocator
+        ss.run(short, model, "tam", seed=0, device=d)
+        ss.run_fleet(short, model, tam, device=d)
     ms: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     for _ in range(cfg.rounds):
         for key, call in calls.items():
