@@ -18,6 +18,15 @@ temporary folder (goal: < 5 minutes on 2 cores); --sequential-sample N also time
 one by one (the in-process executor) and extrapolates the non-fleet time of the whole study.
 
     python benchmarks/fleet.py --study1000 [--hidden 64] [--workers 2] [--sequential-sample 10]
+
+--peak instead measures how close one fleet comes to the matmul peak: a fleet of K members
+(default 32, MLP 64-128-128-10, batch 32, 400 steps, optimizers sgdm,tam,adam,momo) against
+torch.bmm running the same matmuls (forward, weight gradients, input gradients: the model's
+arithmetic, evaluations not counted) back to back, rounds interleaved in one process; it prints
+both rates in GFLOP/s and the fraction of the peak (issue 17: goal >= 50 %).
+
+    python benchmarks/fleet.py --peak [--k 32] [--hidden 128,128] [--steps 400]
+                               [--optimizers sgdm,tam,adam,momo] [--threads 2] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from _common import interleaved, median, paired_ratios
@@ -71,6 +81,62 @@ def bench_fleets(args: argparse.Namespace) -> None:
               f"{eager:>12.2f}x  " + " ".join(f"{r:.2f}" for r in ratios), flush=True)
 
 
+def _layers(model: torch.nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in model.modules()
+            if isinstance(m, torch.nn.Linear)]
+
+
+def _model_flops(layers: list[tuple[int, int]], k: int, batch: int) -> int:
+    """Multiply-adds x 2 of one training step of k members: forward, weight gradients and input
+    gradients (none for the first layer: the inputs need no gradient)."""
+    return sum(2 * k * batch * i * o * (2 if n == 0 else 3) for n, (i, o) in enumerate(layers))
+
+
+def _matmuls(layers: list[tuple[int, int]], k: int, batch: int) -> Callable[[], None]:
+    """The training step's matmuls alone, with torch.bmm on tensors shaped as the fleet's."""
+    ws = [torch.randn(k, o, i) for i, o in layers]
+    acts = [torch.randn(k, i, batch) for i, _ in layers]
+    grads = [torch.randn(k, o, batch) for _, o in layers]
+
+    def run() -> None:
+        for n, (w, a, g) in enumerate(zip(ws, acts, grads)):
+            torch.bmm(w, a)
+            torch.bmm(g, a.transpose(1, 2))
+            if n:
+                torch.bmm(w.transpose(1, 2), g)
+    return run
+
+
+def peak(args: argparse.Namespace) -> None:
+    data = ss.data.digits()
+    sc = ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=args.steps // 2)
+    model = ss.models.mlp(hidden=_hidden(args.hidden))
+    opts = [ss.optim.spec(o) for o in args.optimizers.split(",")]
+    members = [(opts[i % len(opts)], i) for i in range(args.k)]
+    layers = _layers(model.build(data, seed=0))
+    steps, batch = sc.total_steps, sc.batch_size
+    flops = _model_flops(layers, args.k, batch)
+    mm = _matmuls(layers, args.k, batch)
+    reps = 200
+    times = interleaved({
+        "fleet": lambda: run_fleet(sc, model, members, device=args.device),
+        "bmm": lambda: [mm() for _ in range(reps)],
+    }, rounds=args.rounds, warmup=1)
+    fleet = [flops * steps / t / 1e9 for t in times["fleet"]]
+    bmm = [flops * reps / t / 1e9 for t in times["bmm"]]
+    fractions = [f / b for f, b in zip(fleet, bmm)]
+    dims = "-".join(str(d) for d in [layers[0][0]] + [o for _, o in layers])
+    print(f"fleet vs bmm peak — K={args.k} MLPs {dims}, batch {batch}, {steps} steps, "
+          f"optimizers {args.optimizers}, torch threads {torch.get_num_threads()}, "
+          f"{args.rounds} interleaved rounds")
+    print(f"  model arithmetic {flops * steps / 1e9:.2f} GFLOP per fleet run "
+          f"({flops / 1e6:.1f} MFLOP per step)")
+    print(f"  fleet {median(fleet):.1f} GFLOP/s ({median(times['fleet']) / steps * 1e3:.2f} ms "
+          f"per step, evaluations included); bmm {median(bmm):.1f} GFLOP/s")
+    print(f"  fraction of the bmm peak: {median(fractions):.0%} (rounds: "
+          + " ".join(f"{f:.0%}" for f in fractions) + ")  (goal >= 50 %)")
+
+
 def study1000(args: argparse.Namespace) -> None:
     data = ss.data.digits()
     tasks = 5
@@ -115,9 +181,18 @@ def main() -> None:
     ap.add_argument("--study1000", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sequential-sample", type=int, default=0)
+    ap.add_argument("--peak", action="store_true")
+    ap.add_argument("--k", type=int, default=32, help="fleet size for --peak")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.study1000:
+    if args.peak:
+        args.steps = args.steps or 400
+        if args.hidden == "64":
+            args.hidden = "128,128"
+        if args.optimizers == "sgdm":
+            args.optimizers = "sgdm,tam,adam,momo"
+        peak(args)
+    elif args.study1000:
         args.steps = args.steps or 3000
         study1000(args)
     else:

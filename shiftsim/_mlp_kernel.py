@@ -18,7 +18,7 @@ from torch import Tensor
 
 def relu_mlp_step(x: Tensor, y: Tensor, weights: list[Tensor], columns: list[Tensor],
                   weights_t: list[Tensor], biased: list[bool], maxima: Tensor, pred_out: Tensor,
-                  loss_out: Tensor, minus: Tensor) -> list[Tensor]:
+                  loss_out: Tensor, minus: Tensor, grads_out: list[Tensor]) -> list[Tensor]:
     """Forward and backward pass of K stacked MLPs ``Linear (ReLU Linear)*``.
 
     ``x``: inputs ``(K, b, features)`` (or ``(K, b, ...)``, flattened here); ``y``: labels
@@ -27,7 +27,9 @@ def relu_mlp_step(x: Tensor, y: Tensor, weights: list[Tensor], columns: list[Ten
     weight transposed. Writes the class-major logits' maxima into ``maxima`` ``(K, 1, b)``,
     the predictions into ``pred_out`` ``(K, 1, b)`` int64, the mean cross-entropy per member
     into ``loss_out`` ``(K,)``; ``minus`` is ``-1/b`` shaped ``(K, 1, b)``. Returns the
-    gradients layer by layer: weight, then bias when the layer has one.
+    gradients layer by layer: weight, then bias when the layer has one — written into
+    ``grads_out`` (tensors of those shapes, in that order: views of the fleet's flat gradient
+    buffer) when it is not empty, else fresh tensors.
 
     The loss is ``log sum exp(z - max) + max - z_y`` per sample and its gradient with respect
     to the logits ``(softmax - onehot) / b = e / (b s) - onehot / b`` reuses
@@ -40,7 +42,7 @@ def relu_mlp_step(x: Tensor, y: Tensor, weights: list[Tensor], columns: list[Ten
     >>> grads = relu_mlp_step(torch.randn(K, b, 5), torch.zeros(K, b, dtype=torch.int64), w,
     ...                       cols, [t.transpose(1, 2) for t in w], [True, True],
     ...                       torch.empty(K, 1, b), torch.empty(K, 1, b, dtype=torch.int64),
-    ...                       torch.empty(K), torch.full((K, 1, b), -1 / b))
+    ...                       torch.empty(K), torch.full((K, 1, b), -1 / b), [])
     >>> [tuple(g.shape) for g in grads]
     [(1, 3, 5), (1, 3), (1, 2, 3), (1, 2)]
     """
@@ -67,10 +69,20 @@ def relu_mlp_step(x: Tensor, y: Tensor, weights: list[Tensor], columns: list[Ten
     d = e.div_(s.mul_(n))
     d.scatter_add_(1, y1, minus)
     grads: list[Tensor] = []  # in reverse, turned around at the end
+    into = len(grads_out) > 0
+    slot = len(grads_out)
     for j in range(last, -1, -1):
-        if biased[j]:
-            grads.append(d.sum(2))
-        grads.append(torch.bmm(d, acts[j - 1].transpose(1, 2) if j > 0 else rows))
+        inp = acts[j - 1].transpose(1, 2) if j > 0 else rows
+        if into:
+            if biased[j]:
+                slot -= 1
+                grads.append(torch.sum(d, [2], False, out=grads_out[slot]))
+            slot -= 1
+            grads.append(torch.bmm(d, inp, out=grads_out[slot]))
+        else:
+            if biased[j]:
+                grads.append(d.sum(2))
+            grads.append(torch.bmm(d, inp))
         if j > 0:
             d = torch.ops.aten.threshold_backward(torch.bmm(weights_t[j], d), acts[j - 1], 0.0)
     grads.reverse()

@@ -322,7 +322,7 @@ def test_torchscript_step_equals_the_plain_python_step(digits):
     for fn in (_mlp_kernel.relu_mlp_step, _mlp_kernel.scripted_relu_mlp_step()):
         pred, loss = torch.empty(K, 1, b, dtype=torch.int64), torch.empty(K)
         grads = fn(x, y, weights, columns, [w.transpose(1, 2) for w in weights], biased,
-                   torch.empty(K, 1, b), pred, loss, torch.full((K, 1, b), -1 / b))
+                   torch.empty(K, 1, b), pred, loss, torch.full((K, 1, b), -1 / b), [])
         outs.append((pred, loss, grads))
     assert isinstance(_mlp_kernel.scripted_relu_mlp_step(), torch.jit.ScriptFunction)
     (p0, l0, g0), (p1, l1, g1) = outs
@@ -589,3 +589,38 @@ def test_run_default_is_the_one_member_program_bit_for_bit(flip32, device):
             pd.testing.assert_frame_equal(alone.evals, res.evals)
         else:
             assert_same(res, alone, exact=False)
+
+
+def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypatch):
+    """A ReLU MLP's members keep their parameters in one (K, N) tensor and the optimizers
+    whose update does not depend on the tensor split step one row per member: the same
+    traces as one tensor per parameter. Elementwise operations are the same; the model-wide
+    sums run over the row, which is the tensors concatenated in order, as the per-tensor
+    kernels concatenate a small model's tensors — bit for bit here. AM-AdamW (one beta per
+    tensor), TAM with scope="tensor" and torch's Adafactor keep one tensor per parameter."""
+    names = ALL + ("torch.optim:RMSprop", "torch.optim:Adafactor")
+    members = [(ss.optim.spec(n), i % 3) for i, n in enumerate(names)]
+    members += [(ss.optim.spec("tam", scope="tensor"), 0),
+                (ss.optim.spec("sgdm", lr=0.02), 1), (ss.optim.spec("tam", lr=0.03), 2)]
+    for sc, model in ((flip32, ss.models.mlp(hidden=(16, 8))), (flip64, mlp64)):
+        flat = run_fleet(sc, model, members, device="cpu")
+        with monkeypatch.context() as m:
+            m.setattr(StackedModel, "FLAT", False)
+            split = run_fleet(sc, model, members, device="cpu")
+        for (opt, _), a, c in zip(members, flat, split):
+            pd.testing.assert_frame_equal(a.trace, c.trace, obj=opt.name)
+            pd.testing.assert_frame_equal(a.evals, c.evals, obj=opt.name)
+    # the layout itself: parameters are views of one row per member, gradients land in another
+    nets = [ss.models.mlp(hidden=(8,)).build(flip32.data, seed=s) for s in (0, 1)]
+    sm = StackedModel(nets, input_shape=flip32.data.input_shape)
+    assert sm.flat.shape == (2, 64 * 8 + 8 + 8 * 10 + 10)
+    assert all(p.untyped_storage().data_ptr() == sm.flat.untyped_storage().data_ptr()
+               for p in sm.params.values())
+    x = torch.stack([flip32.data.x_train[:5]] * 2)
+    _, _, grads = sm.step(x, torch.stack([flip32.data.y_train[:5]] * 2))
+    assert torch.equal(torch.cat([g.reshape(2, -1) for g in grads], 1), sm.flat_grad)
+    from shiftsim.fleet.learner import StackedLearner
+    lrn = StackedLearner(ss.models.mlp(hidden=(8,)), [(ss.optim.spec("tam"), 0),
+                                                     (ss.optim.spec("adamem_adamw"), 1)])
+    lrn.setup(flip32.data, torch.device("cpu"), 10)
+    assert [g.flat for g in lrn.groups] == [True, False]

@@ -4,8 +4,10 @@
 :func:`shiftsim.run_fleet` and, for a ReLU MLP, :func:`shiftsim.run` hand to
 :func:`shiftsim.loop.run_members`. Members whose optimizer is the same class with the same
 non-numeric settings form a group, stepped by that optimizer's stacked rule
-(:mod:`shiftsim.optim.stacking`) over their slice of the stacked parameters; numeric
-hyperparameters that differ within a group are ``(K,)`` tensors.
+(:mod:`shiftsim.optim.stacking`) over their slice of the stacked parameters — for a ReLU MLP,
+whose parameters the stacked model keeps in one ``(K, N)`` tensor, as one block of rows when
+the rule allows it (:attr:`~shiftsim.optim._base.Stacked.flat`); numeric hyperparameters that
+differ within a group are ``(K,)`` tensors.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class _Group:
     start: int
     stop: int
     full: bool
+    #: the group steps each member's parameters as one row (:attr:`Stacked.flat`)
+    flat: bool = False
     diag_names: tuple[str, ...] = ()
     diag_buf: torch.Tensor | None = None
     state: Any = None
@@ -95,10 +99,13 @@ class StackedLearner:
         for i in range(1, K + 1):
             if i == K or self._keys[i] != self._keys[start]:
                 key = self._keys[start]
-                views = [p.detach()[start:i] for p in params]
                 flags = dict(key.flags)
+                flat = net.flat is not None and key.rule.flat(flags)
+                views = [net.flat.detach()[start:i]] if flat else \
+                    [p.detach()[start:i] for p in params]
                 g = _Group(key.rule, group_hyper(self.specs[start:i], params[0]), flags, views,
-                           start, i, start == 0 and i == K, key.rule.diagnostics(flags))
+                           start, i, start == 0 and i == K, flat,
+                           key.rule.diagnostics(flags))
                 g.state = key.rule.init(views, g.hp, flags)
                 if g.diag_names:
                     g.diag_buf = torch.zeros(steps, i - start, len(g.diag_names),
@@ -115,7 +122,9 @@ class StackedLearner:
         assert self.net is not None
         _, loss, grads = self.net.step(x, y, out)
         for g in self.groups:
-            if g.full:
+            if g.flat:  # the net's flat gradient holds ``grads``
+                vals = g.step([self.net.flat_grad[g.start:g.stop]], loss[g.start:g.stop])
+            elif g.full:
                 vals = g.step(grads, loss)
             else:
                 vals = g.step([x[g.start:g.stop] for x in grads], loss[g.start:g.stop])

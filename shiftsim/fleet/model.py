@@ -64,6 +64,10 @@ class StackedModel:
     True
     """
 
+    #: keep a ReLU MLP's parameters (and gradients) in one ``(K, N)`` tensor (:attr:`flat`);
+    #: False keeps one tensor per parameter, as other models have (same numbers: tests compare)
+    FLAT = True
+
     def __init__(self, models: Sequence[nn.Module], compile: bool = False,
                  input_shape: Sequence[int] | None = None) -> None:
         if not models:
@@ -73,9 +77,8 @@ class StackedModel:
             if mode_sensitive(m):
                 raise ShiftsimError("fleet members cannot use BatchNorm, dropout or other "
                                     "train/eval-dependent layers; use norm='layer' or 'group'")
-        self.params: dict[str, torch.Tensor] = {
-            n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
-            .requires_grad_(True) for n in names}
+        stacked = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+                   for n in names}
         self.buffers: dict[str, torch.Tensor] = {
             n: torch.stack([dict(m.named_buffers())[n] for m in models])
             for n, _ in models[0].named_buffers()}
@@ -87,6 +90,21 @@ class StackedModel:
         self._columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._plan = self._matmul_plan(models[0], input_shape)
         self.manual = self._plan is not None and self._relu_chain(self._plan)
+        #: with the hand-written backward pass: every member's parameters in one ``(K, N)``
+        #: tensor (a member's row holds its parameters one after another, in the order of
+        #: ``params``, whose tensors are views of it), and the gradients the same way
+        #: (``grad_views``); None otherwise. An optimizer whose update does not depend on how
+        #: the parameters split into tensors steps the row block of its members as one tensor.
+        self.flat: torch.Tensor | None = None
+        self.flat_grad: torch.Tensor | None = None
+        self.grad_views: list[torch.Tensor] = []
+        if self.FLAT and self.manual and \
+                len({(t.dtype, t.device) for t in stacked.values()}) == 1:
+            self.flat, self.params = _flatten(stacked)
+            self.flat_grad = torch.empty_like(self.flat)
+            self.grad_views = _views(self.flat_grad, stacked)
+        else:
+            self.params = {n: t.requires_grad_(True) for n, t in stacked.items()}
         #: whether the forward pass takes inputs flattened to (K, b, features) as well
         self.flat_inputs = self._plan is not None
         if self._plan is None:
@@ -222,7 +240,9 @@ class StackedModel:
         else:
             maxima, minus = self._step_buffers(K, n, w0)
         kernel = scripted_relu_mlp_step() if self.script and not compiling else relu_mlp_step
-        grads = kernel(x, y, weights, columns, weights_t, biased, maxima, out[0], out[1], minus)
+        into = [] if compiling or params is not self.params else self.grad_views
+        grads = kernel(x, y, weights, columns, weights_t, biased, maxima, out[0], out[1], minus,
+                       into)
         return out[0], out[1], grads
 
     def _step_buffers(self, K: int, n: int, like: torch.Tensor
@@ -243,7 +263,8 @@ class StackedModel:
         """One training pass for every member: ``(predictions (K, b), mean cross-entropy
         (K,), gradients)`` for inputs ``(K, b, ...)`` and labels ``(K, b)``. ``out``: tensors
         ``(K, 1, b)`` int64 and ``(K,)`` that receive the predictions and losses (then
-        returned, the predictions as ``(K, 1, b)``)."""
+        returned, the predictions as ``(K, 1, b)``). With :attr:`flat` the gradients are
+        :attr:`grad_views`, which the next step overwrites."""
         if self.compiled:
             try:
                 return self._finish(self._train, x, y, out)
@@ -263,6 +284,9 @@ class StackedModel:
         if self.manual:
             with torch.no_grad():
                 pred, per, grads = fn(self.params, x, y)
+                if self.grad_views and grads[0].data_ptr() != self.grad_views[0].data_ptr():
+                    torch._foreach_copy_(self.grad_views, grads)  # a compiled step's output
+                    grads = self.grad_views
         else:
             with torch.enable_grad():
                 z, per = fn(self.params, x, y)
@@ -303,6 +327,25 @@ class StackedModel:
         m.load_state_dict(state)
         return m
 
+
+
+def _views(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Views of the rows of ``flat`` ``(K, N)`` shaped like the tensors of ``like`` (each
+    ``(K, *shape)``), one after another along the row."""
+    out, start = [], 0
+    for t in like.values():
+        n = t[0].numel()
+        out.append(flat[:, start:start + n].view(t.shape))
+        start += n
+    return out
+
+
+def _flatten(stacked: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The stacked parameters copied into one ``(K, N)`` tensor, and views of it by name."""
+    ts = list(stacked.values())
+    flat = torch.cat([t.reshape(t.shape[0], -1) for t in ts], 1)
+    return flat, dict(zip(stacked, _views(flat, stacked)))
 
 
 def hand_written_backward(model: nn.Module, input_shape: Sequence[int] | None = None) -> bool:

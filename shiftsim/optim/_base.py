@@ -55,6 +55,15 @@ def _no_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+def _never(flags: dict[str, Any]) -> bool:
+    return False
+
+
+def always(flags: dict[str, Any]) -> bool:
+    """A :attr:`Stacked.flat` for rules whose update never depends on the tensor split."""
+    return True
+
+
 @dataclass(frozen=True)
 class Stacked:
     """How the fleet steps K members of one optimizer class, their tensors stacked along a
@@ -67,6 +76,10 @@ class Stacked:
     member of the group shares it, else a ``(K,)`` tensor; ``betas`` split into ``beta1`` and
     ``beta2``), ``flags`` the non-numeric ones, which the members share. ``settings(cls,
     flags)`` (optional) adds flags that the class itself implies (AdamW: decoupled decay).
+    ``flat(flags)``: whether the update is the same however the parameters are split into
+    tensors (elementwise operations and sums over the whole model): the fleet then hands the
+    rule each member's parameters as one row of a ``(K, N)`` tensor (fewer, larger operations;
+    sums in the same order as over the tensors concatenated).
     """
 
     init: Callable[[list[Tensor], Hyper, dict[str, Any]], Any]
@@ -74,6 +87,7 @@ class Stacked:
                      list[Tensor]]
     diagnostics: Callable[[dict[str, Any]], tuple[str, ...]] = _no_diagnostics
     settings: Callable[[type, dict[str, Any]], dict[str, Any]] | None = None
+    flat: Callable[[dict[str, Any]], bool] = _never
 
 
 class ShiftsimOptimizer(torch.optim.Optimizer):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Hyper, Stacked
+from ._base import Hyper, Stacked, always
 from ._kernels import (
     Scalar,
     bc,
@@ -97,4 +97,4 @@ def _settings(cls: type, flags: dict[str, Any]) -> dict[str, Any]:
 
 #: how the fleet steps ``torch.optim.Adam`` and ``torch.optim.AdamW``
 STACKED = Stacked(lambda params, hp, flags: adam_init(params, flags["amsgrad"]), _update,
-                  settings=_settings)
+                  settings=_settings, flat=always)

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from . import _compiled
-from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, always, eval_closure
 from ._kernels import (
     Block,
     Scalar,
@@ -579,7 +579,7 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
     #: the fleet steps stacked members through :func:`adamem_sgd` (a constant lr per member)
     stacked = Stacked(lambda params, hp, flags: {**adamem_sgd_init(params),
                                                  "lr_ratio": lr_ratio(hp["lr"])},
-                      _amsgd_stacked, lambda flags: ("beta", "momentum"))
+                      _amsgd_stacked, lambda flags: ("beta", "momentum"), flat=always)
     shared_hparams = ("lam", "beta_max")
 
     def __init__(

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _compiled
-from ._base import Hyper, ShiftsimOptimizer, Stacked, eval_closure
+from ._base import Hyper, ShiftsimOptimizer, Stacked, always, eval_closure
 from ._kernels import (
     Block,
     Scalar,
@@ -244,7 +244,7 @@ class Grams(ShiftsimOptimizer):
 
     #: the fleet steps stacked members through :func:`grams`
     stacked = Stacked(lambda params, hp, flags: grams_init(params), _grams_stacked,
-                      _grams_diagnostics)
+                      _grams_diagnostics, flat=always)
 
     def __init__(
         self,

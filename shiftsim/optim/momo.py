@@ -78,7 +78,7 @@ from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError
 from . import _compiled
-from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
+from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, always, eval_closure
 from ._kernels import (
     CAT_BELOW,
     Block,
@@ -704,7 +704,7 @@ class MoMo(_MoMoBase):
     shared_hparams = ("beta", "lb", "bias_correction", "use_fstar", "exact_outside_changes")
     #: the fleet steps stacked members through :func:`momo` (every sum computed)
     stacked = Stacked(lambda params, hp, flags: momo_init(params, lb=hp["lb"], learner_dims=1),
-                      _momo_stacked, _momo_diagnostics)
+                      _momo_stacked, _momo_diagnostics, flat=always)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number(group["lr"], "lr", 0.0)
@@ -958,7 +958,7 @@ class MoMoAdam(_MoMoBase):
     #: the fleet steps stacked members through :func:`momo_adam`
     stacked = Stacked(lambda params, hp, flags: momo_adam_init(params, lb=hp["lb"],
                                                                learner_dims=1),
-                      _momo_adam_stacked, _momo_diagnostics)
+                      _momo_adam_stacked, _momo_diagnostics, flat=always)
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Hyper, Stacked
+from ._base import Hyper, Stacked, always
 from ._kernels import Scalar, foreach_add_decay, foreach_axpy_, foreach_scale_, is_zero
 
 __all__ = ["sgd", "sgd_init"]
@@ -64,4 +64,4 @@ def _update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], lo
 
 
 #: how the fleet steps ``torch.optim.SGD``
-STACKED = Stacked(lambda params, hp, flags: sgd_init(params), _update)
+STACKED = Stacked(lambda params, hp, flags: sgd_init(params), _update, flat=always)

@@ -63,8 +63,19 @@ def _elementwise_update(state: Any, params: list[Tensor], grads: list[Tensor], l
     return []
 
 
+#: torch.optim classes known to update every element on its own (no per-tensor factors or
+#: norms, unlike Adafactor or Muon): the fleet may step them over one row per member
+ELEMENTWISE_FLAT = ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop",
+                    "Adagrad", "Adadelta", "ASGD")
+
+
+def _elementwise_flat(flags: dict[str, Any]) -> bool:
+    target = flags["spec"].target
+    return target.__module__.startswith("torch.optim") and target.__name__ in ELEMENTWISE_FLAT
+
+
 #: torch's own elementwise optimizers over the stacked tensors (``flags["spec"]`` builds it)
-ELEMENTWISE = Stacked(_elementwise_init, _elementwise_update)
+ELEMENTWISE = Stacked(_elementwise_init, _elementwise_update, flat=_elementwise_flat)
 
 
 def stacked_rule(target: Any) -> Stacked | None:

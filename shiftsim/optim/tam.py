@@ -478,6 +478,11 @@ def _tam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor
     return _torque_diagnostics(d, shat, scope)
 
 
+def _global_scope(flags: dict[str, Any]) -> bool:
+    """A model-wide cosine (``scope="global"``) does not depend on the tensor split."""
+    return flags.get("scope", "global") == "global"
+
+
 def _adatam_stacked(decoupled: bool) -> Stacked:
     def update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], loss: Tensor,
                hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
@@ -493,7 +498,7 @@ def _adatam_stacked(decoupled: bool) -> Stacked:
 
     return Stacked(lambda params, hp, flags: adatam_init(params, scope=flags["scope"],
                                                          learner_dims=1),
-                   update, lambda flags: ("damping", "cosine"))
+                   update, lambda flags: ("damping", "cosine"), flat=_global_scope)
 
 
 # ---------------------------------------------------------------------------- classes
@@ -592,7 +597,7 @@ class TAM(_TorqueBase):
     #: the fleet steps stacked members through :func:`tam` (the momentum held unscaled)
     stacked = Stacked(lambda params, hp, flags: tam_init(params, scope=flags["scope"],
                                                          learner_dims=1),
-                      _tam_stacked, lambda flags: ("damping", "cosine"))
+                      _tam_stacked, lambda flags: ("damping", "cosine"), flat=_global_scope)
 
     def __init__(
         self,
