@@ -217,8 +217,8 @@ def _kind(path: str) -> str:
         return "optimizer state"
     if "diag" in path:
         return "diagnostics buffers"
-    if "param" in path or "template" in path or "weight" in path or "bias" in path:
-        return "parameters"
+    if any(s in path for s in ("param", "template", "weight", "bias", "flat", "grad")):
+        return "parameters"  # and their gradients
     return "other"
 
 
@@ -456,7 +456,8 @@ def check_placement(cfg: Config) -> Check:
         problems += [f"{name}: {p}" for p in w.held_off[:3]]
         problems += [f"{name}: {n} x {what}" for what, n in w.off_device.most_common(3)]
         scalars = sum(w.host_scalars.values())
-        parts.append(f"{name}: {held['parameters']} param, {held['optimizer state']} opt-state, "
+        parts.append(f"{name}: {held['parameters']} param/grad, "
+                     f"{held['optimizer state']} opt-state, "
                      f"{held['diagnostics buffers'] + held['other']} buffers; "
                      f"{w.steps} steps, {w.evals} evals, {w.ops} ops"
                      + (f", {scalars} 0-d CPU operands" if scalars else ""))
