@@ -82,23 +82,27 @@ def test_scores_come_before_training():
     assert res.trace["correct"].iloc[0] == expected
 
 
-def test_same_seed_is_bit_identical_and_seeds_differ(tiny_scenario):
+def test_same_seed_is_bit_identical_and_seeds_differ(tiny_scenario, device):
     spec, opt = ss.models.mlp(hidden=(16,)), ss.optim.spec("adam")
-    a = ss.run(tiny_scenario, spec, opt, seed=5, device="cpu")
-    b = ss.run(tiny_scenario, spec, opt, seed=5, device="cpu")
-    c = ss.run(tiny_scenario, spec, opt, seed=6, device="cpu")
+    det = device != "cpu"  # CUDA repeats bit for bit under deterministic settings only
+    a = ss.run(tiny_scenario, spec, opt, seed=5, device=device, deterministic=det)
+    b = ss.run(tiny_scenario, spec, opt, seed=5, device=device, deterministic=det)
+    c = ss.run(tiny_scenario, spec, opt, seed=6, device=device, deterministic=det)
     assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
     assert not a.trace["loss"].equals(c.trace["loss"])
 
 
-def test_divergence_stops_the_run_and_keeps_steps_before_it():
+def test_divergence_stops_the_run_and_keeps_steps_before_it(device):
     # inputs scaled by 1e38 in phase 1: the first update there overflows the weights, so the
     # loss of step 21 is not finite (step 20's loss is huge but finite)
     data = ss.data.synthetic(n=300, dim=4, classes=3, seed=0)
     sc = ss.Scenario(data, [ss.Phase(20), ss.Phase(20, [ss.FeatureScale(1e38)]), ss.Phase(10)],
                      batch_size=16, eval_every=5)
-    res = ss.run(sc, ss.models.linear(), "sgdm", seed=0, device="cpu", check_every=7)
-    every_step = ss.run(sc, ss.models.linear(), "sgdm", seed=0, device="cpu", check_every=1)
+    det = device != "cpu"  # runs compared bit for bit: CUDA needs deterministic settings
+    res = ss.run(sc, ss.models.linear(), "sgdm", seed=0, device=device, check_every=7,
+                 deterministic=det)
+    every_step = ss.run(sc, ss.models.linear(), "sgdm", seed=0, device=device, check_every=1,
+                        deterministic=det)
     assert res.diverged and res.diverged_step == 21
     # checking every 7 steps finds the same first non-finite step as checking every step
     assert every_step.diverged_step == 21 and res.trace.equals(every_step.trace)
@@ -111,14 +115,14 @@ def test_divergence_stops_the_run_and_keeps_steps_before_it():
     assert np.isnan(summary["online_acc"].iloc[2])
     assert "diverged at step 21" in repr(res)
     ok = ss.run(sc.replace(phases=sc.phases[:1]), ss.models.linear(), "sgdm", seed=0,
-                device="cpu")
+                device=device, deterministic=det)
     assert not ok.diverged and ok.diverged_step is None
     # the same trace prefix as the run that never saw the overflow
     assert res.trace.iloc[:20].equals(ok.trace)
 
 
-def test_evaluation_schedule_and_accuracy_matrix(tiny_scenario):
-    res = ss.run(tiny_scenario, ss.models.mlp(hidden=(16,)), "sgdm", seed=0, device="cpu")
+def test_evaluation_schedule_and_accuracy_matrix(tiny_scenario, device):
+    res = ss.run(tiny_scenario, ss.models.mlp(hidden=(16,)), "sgdm", seed=0, device=device)
     ev = res.evals
     periodic = ev[~ev["phase_end"]]
     # every 10 steps, regimes seen so far; phase ends (30, 60, 90) evaluate all three regimes
@@ -186,10 +190,13 @@ def test_learner_factory_and_scores(tiny_scenario):
     assert "diverged" not in repr(res)
 
 
-def test_info_describes_the_run(tiny_scenario):
+def test_info_describes_the_run(tiny_scenario, device):
     res = ss.run(tiny_scenario, ss.models.mlp(hidden=(8,)), ss.optim.spec("adamw", lr=0.01),
-                 seed=1, device="auto")
-    assert res.info["seed"] == 1 and res.info["device"] in ("cpu", "cuda")
+                 seed=1, device=device)
+    assert res.info["seed"] == 1 and res.info["device"].split(":")[0] == device
+    assert res.info["device_type"] == device
+    auto = ss.run(tiny_scenario, ss.models.mlp(hidden=(8,)), "sgdm", seed=1, device="auto")
+    assert auto.info["device_type"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert res.info["learner"]["optimizer"] == ss.optim.spec("adamw", lr=0.01).to_dict()
     assert res.info["scenario"] == tiny_scenario.to_dict()
     assert res.timings["ms_per_step"] > 0

@@ -170,12 +170,13 @@ def test_mixed_optimizer_fleet_keeps_the_callers_order(flip64):
         assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
 
 
-def test_a_diverging_member_is_recorded_and_the_others_go_on(flip32):
+def test_a_diverging_member_is_recorded_and_the_others_go_on(flip32, device):
     model = ss.models.mlp(hidden=(16,))
     boom = ss.optim.spec("sgdm", lr=1.0, maximize=True)  # gradient ascent: the loss explodes
     members = [("sgdm", 0), (boom, 1), ("tam", 1)]
-    results = run_fleet(flip32, model, members, device="cpu", check_every=16)
-    seq = [run_eager(flip32, model, o, seed=s, device="cpu", check_every=16) for o, s in members]
+    results = run_fleet(flip32, model, members, device=device, check_every=16)
+    seq = [run_eager(flip32, model, o, seed=s, device=device, check_every=16)
+           for o, s in members]
     assert seq[1].diverged and 0 < seq[1].diverged_step < 60
     assert results[1].diverged and results[1].diverged_step == seq[1].diverged_step
     assert len(results[1].trace) == seq[1].diverged_step
@@ -572,17 +573,22 @@ def test_an_unguarded_script_gets_a_clear_error_with_fleets(tmp_path):
     assert not list((tmp_path / "out" / "runs").glob("*/summary.json"))
 
 
-def test_run_default_is_the_one_member_program_bit_for_bit(flip32):
+def test_run_default_is_the_one_member_program_bit_for_bit(flip32, device):
     """run()'s default for a ReLU MLP is the member's program in any fleet: a study's fleets and
-    one-by-one runs store the same traces."""
+    one-by-one runs store the same traces. Bit for bit on the CPU; on CUDA batched-GEMM kernels
+    are chosen by shape (the member count among them), so there up to float rounding."""
     model = ss.models.mlp(hidden=(16,))
     members = [(o, s) for o in ("sgdm", "tam", "momo", "adamem_adamw") for s in (0, 1)]
-    fleet = run_fleet(flip32, model, members, device="cpu")
+    det = device != "cpu"
+    fleet = run_fleet(flip32, model, members, device=device, deterministic=det)
     for (opt, seed), res in zip(members, fleet):
-        alone = ss.run(flip32, model, opt, seed=seed, device="cpu")
+        alone = ss.run(flip32, model, opt, seed=seed, device=device, deterministic=det)
         assert alone.info["engine"] == res.info["engine"] == "stacked"
-        pd.testing.assert_frame_equal(alone.trace, res.trace)
-        pd.testing.assert_frame_equal(alone.evals, res.evals)
+        if device == "cpu":
+            pd.testing.assert_frame_equal(alone.trace, res.trace)
+            pd.testing.assert_frame_equal(alone.evals, res.evals)
+        else:
+            assert_same(res, alone, exact=False)
 
 
 def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypatch):

@@ -155,12 +155,13 @@ def test_a_single_run_out_of_memory_is_recorded_as_failed(monkeypatch, tiny):
     assert got[0].error.startswith("OutOfMemoryError: CUDA out of memory")
 
 
-def test_memory_estimate_of_a_module_on_another_device(tiny):
+def test_memory_estimate_of_a_module_on_another_device(tiny, device):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
                               torch.nn.Linear(32, 10))
     on_cpu = fleet_memory_bytes(tiny, net, 10)
+    on_device = fleet_memory_bytes(tiny, net.to(device), 10)
     on_meta = fleet_memory_bytes(tiny, net.to("meta"), 10)  # stands in for a GPU module
-    assert on_meta == on_cpu > 0
+    assert on_meta == on_device == on_cpu > 0
 
 
 def test_plan_fleets_holds_back_each_workers_cuda_context(monkeypatch, tiny):

@@ -9,6 +9,8 @@ grow with the number of steps.
   (``torch.tensor``, ``Tensor.item``, ``.tolist``, ``bool``/``int``/``float`` of a tensor,
   ``.cpu``, ``.numpy``) — what a host sync or a host-to-device copy is made of;
 * on CUDA (where there is one): the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
+
+Every test runs on each available device (the ``device`` fixture of ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from shiftsim.stream import Stream
 
 torch.set_num_threads(1)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 COUNTED = {"item": torch.Tensor, "tolist": torch.Tensor, "__bool__": torch.Tensor,
            "__int__": torch.Tensor, "__float__": torch.Tensor, "cpu": torch.Tensor,
            "numpy": torch.Tensor, "tensor": torch}
@@ -105,7 +106,6 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("how", sorted(RUNS))
 @pytest.mark.parametrize("make", [_scenario, _tabular], ids=["images", "tabular"])
 def test_host_work_does_not_grow_with_steps(monkeypatch, device, how, make):
@@ -123,7 +123,6 @@ def test_host_work_does_not_grow_with_steps(monkeypatch, device, how, make):
             _count_cuda_syncs(lambda: run(short, device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_shift_state_is_placed_on_the_device_once_per_regime(monkeypatch, device):
     sc = _scenario(5)
     stream = Stream(sc, 0, device)
