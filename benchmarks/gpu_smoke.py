@@ -28,11 +28,11 @@ syncs
     operation raises); on every device the calls that make a tensor from Python values or read
     one back (``torch.tensor``, ``.item``, ``.tolist``, ``bool``/``int``/``float`` of a tensor,
     ``.cpu``, ``.numpy``: what ``tests/test_host_syncs.py`` counts) are counted inside those
-    scopes and must number 0. The first step of a run (lazy set-up: MoMo initialises its fresh
-    members there with one small host-to-device copy) is watched in ``"warn"`` mode and its
-    syncs and host calls are reported, not failed: once per run, not per step. The loop's own
-    finiteness check of the losses (once every ``check_every`` steps and at each phase end) and
-    the per-phase set-up are outside the per-step scopes: they sync by design.
+    scopes and must number 0. The first step of a run (lazy set-up, once per run, not per
+    step) is watched in ``"warn"`` mode and its syncs and host calls are reported, not failed.
+    The loop's own finiteness check of the losses (once every ``check_every`` steps and at
+    each phase end) and the per-phase set-up are outside the per-step scopes: they sync by
+    design.
 reruns
     ``run(..., deterministic=True)`` twice, and ``run_fleet(..., deterministic=True)`` twice:
     traces and evaluations bit for bit equal.

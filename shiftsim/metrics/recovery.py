@@ -126,6 +126,10 @@ def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: 
     return out
 
 
+#: the columns of a phase plan that recovery reads
+PLAN_COLUMNS = ("shifted", "label_kind", "chance", "chance_true", "ceiling", "width")
+
+
 def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: float,
                    reference: Any, reference_true: Any, persistence: int, onset: int
                    ) -> dict[int, dict[str, Any]]:
@@ -140,13 +144,17 @@ def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: fl
     if "correct_true" in trace.columns:
         sets.append(("true", "correct_true", "_true"))
     rows: dict[int, dict[str, Any]] = {k: {"phase": k} for k in bounds}
+    # the plan's rows as dicts, read once (a pandas row lookup per phase and label set cost
+    # more than the recovery arithmetic)
+    columns = {c: tab[c].tolist() for c in PLAN_COLUMNS if c in tab.columns}
+    infos = {k: {c: v[i] for c, v in columns.items()} for i, k in enumerate(tab.index)}
     for labels, col, sfx in sets:
         correct = trace[col].to_numpy()
         a = _ratio(correct.astype(np.float64), n.astype(np.float64))
         abar = _trailing(correct, n, phase, window)
         ref_kind = reference if labels == "stream" else reference_true
         for k, (lo, hi) in bounds.items():
-            info = tab.loc[k]
+            info = infos[k]
             row = rows[k]
             shifted = k != first and bool(info.get("shifted", True))
             noise = str(info.get("label_kind", "")) == "noise"

@@ -289,11 +289,17 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
     xg = None if fast else (parts[0][1] if len(parts) == 1 else
                             torch.cat([p[1] for p in parts]))  # type: ignore[misc]
     if fresh is not None and any(fresh):  # as at step 1: d = g, gamma = <x, g> (or zeros)
-        new = torch.tensor(fresh, device=gam.device).view(-1, *(1,) * (gam.dim() - 1))
         init = torch.zeros_like(gam) if bias_correction or xg is None else xg.to(gam.dtype)
-        gam.copy_(torch.where(new, init, gam))
-        if kept is not None:  # <x, d> - gamma = 0 for them (fast: both 0; else both <x, g>)
-            kept.copy_(torch.where(new, torch.zeros_like(kept) if only_v else init, kept))
+        start = torch.zeros_like(kept) if only_v else init  # <x, d> - gamma = 0 for them
+        if all(fresh):  # every tensor (a run's first step): no mask to copy to the device
+            gam.copy_(init)
+            if kept is not None:
+                kept.copy_(start)
+        else:
+            new = torch.tensor(fresh, device=gam.device).view(-1, *(1,) * (gam.dim() - 1))
+            gam.copy_(torch.where(new, init, gam))
+            if kept is not None:
+                kept.copy_(torch.where(new, start, kept))
     rho = 1 - beta ** step if bias_correction else 1.0
     if fast:
         assert kept is not None

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import ShiftsimError
 from ..metrics import SCORE_COLUMNS
+from ..metrics.recovery import PLAN_COLUMNS
 from . import tuning_file
 from .files import atomic_write_bytes, check_out_dir, parquet_bytes
 from .runs import (
@@ -177,13 +178,14 @@ class StudyResults:
             refs[k] = (dict(zip(g["phase"].astype(int), g["reference"])),
                        dict(zip(g["phase"].astype(int), g["reference_true"])))
         cols = [c for c in metrics.RECOVERY_COLUMNS if c != "phase"]
+        plan_cols = [c for c in PLAN_COLUMNS if c in done.columns]
         parts = []
         run_key = done[by].astype(str).agg("\x1f".join, axis=1) if by else None
         for rid, ph in done.groupby("run_id", sort=False):
             k = run_key.loc[ph.index[0]] if run_key is not None else ""
             mapping, mapping_true = refs.get(k, ({}, {}))
             trace = self.trace(rid, ["step", "phase", "n", "correct", "correct_true"])
-            table = ph.drop_duplicates("phase")
+            table = ph[["phase", *plan_cols]].drop_duplicates("phase")
             rec = metrics.recovery(trace, table, reference=mapping, reference_true=mapping_true)
             parts.append(rec.assign(run_id=rid))
         if not parts:
