@@ -64,8 +64,8 @@ def has(module: str) -> bool:
 
 
 #: the rows whose optimizer has a compiled step
-COMPILED = ("tam", "adamem_sgd", "adatam", "adatamw", "grams", "grams_official", "momo_adam",
-            "adamem_adamw", "adamem_adamw[wd=0.01]")
+COMPILED = ("tam", "momo", "adamem_sgd", "adatam", "adatamw", "grams", "grams_official",
+            "momo_adam", "adamem_adamw", "adamem_adamw[wd=0.01]")
 
 
 def compiled(factory: Callable) -> Callable:
@@ -78,7 +78,8 @@ def entries(variants: bool) -> list[tuple[str, str, Callable, str | None]]:
     rows: list[tuple[str, str, Callable, str | None]] = [
         ("tam", "sgd", lambda ps, compile=False: TAM(ps, lr=0.01, compile=compile),
          "pytorch_optimizer.TAM"),
-        ("momo", "sgd", lambda ps: MoMo(ps, lr=1.0), "momo.Momo"),
+        ("momo", "sgd", lambda ps, compile=False: MoMo(ps, lr=1.0, compile=compile),
+         "momo.Momo"),
         ("adamem_sgd", "sgd",
          lambda ps, compile=False: AdaptiveMemorySGD(ps, lr=0.01, compile=compile), None),
         ("adatam", "adam", lambda ps, compile=False: AdaTAM(ps, lr=1e-4, compile=compile),

@@ -27,6 +27,7 @@ from shiftsim.optim import (
     AdaTAM,
     AdaTAMW,
     Grams,
+    MoMo,
     MoMoAdam,
     _compiled,
 )
@@ -52,6 +53,8 @@ MAKERS = {
     "adamem_adamw": lambda ps, c: AdaptiveMemoryAdamW(ps, lr=1e-2, weight_decay=0.01,
                                                        compile=c),
     "adamem_adamw_lam0": lambda ps, c: AdaptiveMemoryAdamW(ps, lr=1e-2, lam=0.0, compile=c),
+    "momo": lambda ps, c: MoMo(ps, lr=0.5, compile=c),
+    "momo_bc": lambda ps, c: MoMo(ps, lr=0.5, beta=0.8, bias_correction=True, compile=c),
     "momo_adam": lambda ps, c: MoMoAdam(ps, lr=1e-2, compile=c),
     "momo_adam_wd": lambda ps, c: MoMoAdam(ps, lr=1e-2, weight_decay=0.1, compile=c),
     "momo_adam_adamw": lambda ps, c: MoMoAdam(ps, lr=1e-2, weight_decay=0.1, divide=False,
@@ -152,6 +155,29 @@ def test_compiled_momo_adam_matches_float64_reference(no_compile, divide):
     ref = momo_reference(one_group(hp), adam=True, betas=(0.85, 0.99), eps=1e-6,
                          divide=divide, lb=0.1)
     assert_traj_close(ours, run_reference(ref, 40))
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_compiled_momo_matches_float64_reference(no_compile, bias_correction):
+    """MoMo without weight decay (the compiled kernel's case) against the float64 reference;
+    its first step is eager (fresh tensors), the others compiled."""
+    hp = dict(lr=2.0, weight_decay=0.0)
+    ours, _, opt = run(lambda ps, c: MoMo(ps, beta=0.8, lb=0.05, bias_correction=bias_correction,
+                                          compile=c, **hp), 40, compile=True)
+    assert no_compile == ["momo_step"] and opt._compiled.compiled is not None
+    ref = momo_reference(one_group(hp), beta=0.8, lb=0.05, bias_correction=bias_correction)
+    assert_traj_close(ours, run_reference(ref, 40))
+
+
+def test_compiled_momo_leaves_what_it_does_not_cover_to_the_eager_kernels(no_compile):
+    """Weight decay, exact_outside_changes or use_fstar: every step eager, no compile."""
+    for kw in (dict(weight_decay=0.1), dict(exact_outside_changes=True), dict(use_fstar=True)):
+        no_compile.clear()
+        comp, _, _ = run(lambda ps, c, kw=kw: MoMo(ps, lr=0.5, compile=c, **kw), 6,
+                         compile=True)
+        eager, _, _ = run(lambda ps, c, kw=kw: MoMo(ps, lr=0.5, compile=c, **kw), 6)
+        assert no_compile == [], kw
+        assert_traj_close(comp, eager, rtol=0, atol=0)
 
 
 def test_grams_spec_vector_through_the_compiled_path(no_compile):
@@ -295,7 +321,7 @@ def test_really_compiled_tam_matches_eager_and_reference():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["adatamw_bc"])
+@pytest.mark.parametrize("name", ["adatamw_bc", "momo"])
 def test_really_compiled_float32_matches_eager(name):
     if _compiled.missing_compiler(torch.device("cpu")):
         pytest.skip("no C++ compiler")

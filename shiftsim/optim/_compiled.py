@@ -325,6 +325,35 @@ def grams_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Te
         p.add_(u * torch.sign(g) * size)
 
 
+def momo_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], kept: Tensor,
+              loss_avg: Tensor, fstar: Tensor, f: Tensor, h: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""MoMo without weight decay (one param group, every tensor past its first step,
+    ``use_fstar=False``, the offsets carried), as ``momo._momo_blocks``'s ``only_v`` path.
+
+    ``kept``: the per-tensor offsets :math:`v_i = \langle x_i, d_i\rangle - \gamma_i`, shape
+    ``(n,)``; ``f``: the loss (0-d). ``h = (beta, 1 - beta, rho, lr / rho)``. Updates params
+    and ``ds`` in place; returns :math:`\tau`, the new offsets and the new :math:`\bar f`."""
+    beta, w, rho, cap = h[0], h[1], h[2], h[3]
+    acc = _acc(gs[0])
+    dd = []
+    for d, g in zip(ds, gs):
+        d.lerp_(g, w.to(d.dtype))
+        d32 = d.to(acc)
+        dd.append((d32 * d32).sum())
+    sq = torch.stack(dd).to(kept.dtype)
+    loss_avg = loss_avg * beta + f * (1 - beta)
+    u = kept * beta  # <x_k, d_k> - gamma_k per tensor (c = 1)
+    norm = sq.sum()
+    num = loss_avg - rho * fstar + u.sum()
+    pos = norm > 0
+    tau = torch.minimum(torch.where(pos, num.clamp_min(0) / torch.where(pos, norm, 1.0), 0.0),
+                        cap)
+    for p, d in zip(ps, ds):
+        p.add_(d * -tau.to(p.dtype))
+    return tau, u - tau * sq, loss_avg
+
+
 def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
                    gam: Tensor, loss_avg: Tensor, fstar: Tensor, f: Tensor, h: Tensor,
                    decay: bool, divide: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -670,6 +670,10 @@ class MoMo(_MoMoBase):
         exact_outside_changes: [ours] follow changes made to the parameters outside the
             optimizer exactly, as the reference does, also without weight decay, at the cost of
             one more pass over the parameters per step (module notes; shared).
+        compile: ``"auto"`` (default), True or False: take steps through a compiled kernel
+            (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
+            group without weight decay, ``use_fstar=False`` and ``exact_outside_changes=False``
+            (the offsets carried), after each tensor's first step.
 
     State: ``grad_avg`` (:math:`d`), ``grad_dot_w`` (:math:`\gamma_i`) and ``x_dot_d``
     (:math:`\langle x_i, d_i\rangle`, or the offset :math:`\langle x_i, d_i\rangle -
@@ -700,10 +704,11 @@ class MoMo(_MoMoBase):
         use_fstar: bool = False,
         foreach: bool | None = None,
         exact_outside_changes: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, beta=beta, lb=lb, weight_decay=weight_decay,
                         bias_correction=bias_correction, use_fstar=use_fstar, foreach=foreach,
-                        exact_outside_changes=exact_outside_changes)
+                        exact_outside_changes=exact_outside_changes, compile=compile)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -721,6 +726,7 @@ class MoMo(_MoMoBase):
         check_bool(group["use_fstar"], "use_fstar")
         check_foreach(group["foreach"])
         check_bool(group.setdefault("exact_outside_changes", False), "exact_outside_changes")
+        _compiled.check_compile(group.get("compile", "auto"))
 
     #: take steps with the cached plan (tests compare it with the general path by switching
     #: it off)
@@ -762,13 +768,54 @@ class MoMo(_MoMoBase):
         live = x["live"]
         fresh = x.pop("fresh", None)
         exact = self._represent(glob, [b.group for b in plan.blocks])
+        stale = self._stale(live, fresh, exact)
+        if self._compiled_step(plan, blocks, live, fresh, exact, loss):
+            self._seen(live)
+            return True
         taus = _momo_blocks(blocks, x["gam"], loss_avg=glob["loss_avg"], fstar=glob["fstar"],
                             loss=loss, step=glob["step"], fresh=fresh, beta=first["beta"],
                             lb=first["lb"], bias_correction=first["bias_correction"],
                             use_fstar=first["use_fstar"], ld=0, foreach=foreach,
-                            kept=x["kept"], stale=self._stale(live, fresh, exact), exact=exact)
+                            kept=x["kept"], stale=stale, exact=exact)
         glob["step_size"] = taus[0]
         self._seen(live)
+        return True
+
+    def _compiled_step(self, plan: Plan, blocks: list[Block], live: list[Tensor],
+                       fresh: Sequence[bool] | None, exact: bool, loss: Any) -> bool:
+        """The step through the compiled kernel (:func:`~shiftsim.optim._compiled.momo_step`)
+        when it covers it — one param group, no weight decay, the offsets carried (not
+        ``exact_outside_changes``), ``use_fstar=False``, no fresh tensor, a float ``lr`` — and
+        the compile policy wants it; False: the eager kernels take it (``glob["step"]`` is
+        already counted)."""
+        group = self.param_groups[0]
+        lr = group["lr"]
+        if len(self.param_groups) != 1 or len(blocks) != 1 or exact or group["use_fstar"] \
+                or (fresh and any(fresh)) or isinstance(lr, Tensor) \
+                or not is_zero(group["weight_decay"]) or len(live) != len(group["params"]):
+            return False
+        comp = self._compiled_kernel(_compiled.momo_step)
+        if not comp.wanted(live):
+            return False
+        glob, x = plan.glob, plan.extra
+        beta, step = group["beta"], glob["step"]
+        rho = 1 - beta ** step if group["bias_correction"] else 1.0
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((beta, 1 - beta, rho, lr / rho), live[0])
+        loss_avg = glob["loss_avg"]
+        f = _loss_tensor(loss, loss_avg, 0)
+        if not isinstance(f, Tensor):
+            f = torch.full_like(loss_avg, f)
+        b = blocks[0]
+        out = comp.run(live, b.params, b.grads, b.bufs["d"], x["kept"], loss_avg,
+                       glob["fstar"], f, h)
+        if out is _compiled.EAGER:
+            return False
+        tau, kept, avg = out
+        x["kept"].copy_(kept)
+        loss_avg.copy_(avg)
+        glob["step_size"] = tau
         return True
 
     def _build_plan(self, key: tuple) -> Plan:
