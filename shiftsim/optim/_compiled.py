@@ -14,7 +14,8 @@ CPU the first time; Inductor's on-disk cache, on by default, makes a later proce
 same shapes load it in a few seconds), and saves milliseconds per step only on large models.
 
 * ``compile=False``: never. ``compile=True``: from the first step, whatever the size.
-* ``compile="auto"`` (the default): once the optimizer has taken :data:`COMPILE_AFTER_STEPS`
+* ``compile="auto"`` (the default, except for MoMo, whose compiled step measured no faster
+  than its eager one: False there): once the optimizer has taken :data:`COMPILE_AFTER_STEPS`
   eager steps over at least :data:`COMPILE_MIN_NUMEL` parameter elements — a run that has lasted
   that long is likely to last long enough to repay the compile (the ski-rental rule), and a
   short run (a 200-step test, a tuning trial) never pays for it. The environment variable
