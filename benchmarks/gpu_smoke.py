@@ -286,21 +286,21 @@ class _WatchedMembers:
         self._inner.setup(data, device, steps)
         self._watch.check_held("after setup", self._inner)
 
-    def step(self, t: int, x: torch.Tensor, y: torch.Tensor,
-             out: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _watched(self, fn: Callable[..., None], t: int, x: torch.Tensor, y: torch.Tensor,
+                 out: tuple[torch.Tensor, torch.Tensor]) -> None:
         self._watch.check_args(x, y, *out)
         self._watch.steps += 1
         with self._watch.step_scope():
-            self._inner.step(t, x, y, out)
+            fn(t, x, y, out)
         self._watch.warm = True
+
+    def step(self, t: int, x: torch.Tensor, y: torch.Tensor,
+             out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._watched(self._inner.step, t, x, y, out)
 
     def score(self, t: int, x: torch.Tensor, y: torch.Tensor,
               out: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self._watch.check_args(x, y, *out)
-        self._watch.steps += 1
-        with self._watch.step_scope():
-            self._inner.score(t, x, y, out)
-        self._watch.warm = True
+        self._watched(self._inner.score, t, x, y, out)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self._watch.check_args(x)
