@@ -25,7 +25,8 @@ from ._base import (
 )
 
 __all__ = ["BOOL_COLUMNS", "COLLAPSE_MARGIN", "RECOVERY_COLUMNS", "RECOVERY_OPTIONS",
-           "REFERENCES", "TOLERANCE", "common_reference", "recovery", "run_recovery"]
+           "REFERENCES", "TOLERANCE", "common_reference", "recovery", "recovery_records",
+           "run_recovery"]
 
 REFERENCES = ("plateau", "pre", "ceiling")
 RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
@@ -257,20 +258,34 @@ def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: 
     >>> bool(r.loc[0, "dipped"]), bool(r.loc[0, "censored"]), bool(r.loc[0, "collapsed"])
     (True, False, False)
     """
+    return _recovery_frame(recovery_records(
+        trace, phases, window=window, q=q, reference=reference, reference_true=reference_true,
+        persistence=persistence, onset=onset))
+
+
+def recovery_records(trace: pd.DataFrame, phases: pd.DataFrame, **options: Any
+                     ) -> list[dict[str, Any]]:
+    """:func:`recovery`'s rows as dicts (``options``: its keyword arguments), for callers that
+    gather the rows of many runs into one frame (a study's common-reference recompute)."""
     _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
     tab = _phase_table(phases, ["ceiling"])
-    opts = _check_recovery_options(window, q, reference, reference_true, persistence, onset)
+    opts = _check_recovery_options(
+        options.get("window", 20), options.get("q", 0.9), options.get("reference", "plateau"),
+        options.get("reference_true"), options.get("persistence"), options.get("onset", 5))
     window, q, reference, reference_true, persistence, onset = opts
     ordered, _ = _ordered(trace)
     rows = _recovery_rows(ordered, tab, window=window, q=q, reference=reference,
                           reference_true=reference_true, persistence=persistence, onset=onset)
     first = tab.index[0] if len(tab) else None
-    return _recovery_frame([r for k, r in rows.items() if k != first])
+    return [r for k, r in rows.items() if k != first]
 
 
 def _recovery_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The recovery rows as a frame with fixed dtypes (int phase, bool flags, float values)."""
-    data: dict[str, np.ndarray] = {}
+    """The recovery rows as a frame with fixed dtypes (int phase, bool flags, float values);
+    rows may carry other keys (a ``run_id``: kept as a column)."""
+    data: dict[str, Any] = {}
+    if rows and "run_id" in rows[0]:
+        data["run_id"] = [r["run_id"] for r in rows]
     for c in RECOVERY_COLUMNS:
         if c == "phase":
             data[c] = np.array([r[c] for r in rows], dtype=np.int64)

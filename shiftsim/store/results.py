@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import ShiftsimError
 from ..metrics import SCORE_COLUMNS
-from ..metrics.recovery import PLAN_COLUMNS
+from ..metrics.recovery import PLAN_COLUMNS, _recovery_frame, recovery_records
 from . import tuning_file
 from .files import atomic_write_bytes, check_out_dir, parquet_bytes
 from .runs import (
@@ -186,11 +186,13 @@ class StudyResults:
             mapping, mapping_true = refs.get(k, ({}, {}))
             trace = self.trace(rid, ["step", "phase", "n", "correct", "correct_true"])
             table = ph[["phase", *plan_cols]].drop_duplicates("phase")
-            rec = metrics.recovery(trace, table, reference=mapping, reference_true=mapping_true)
-            parts.append(rec.assign(run_id=rid))
+            for r in recovery_records(trace, table, reference=mapping,
+                                      reference_true=mapping_true):
+                r["run_id"] = rid
+                parts.append(r)
         if not parts:
             return rows
-        rec = pd.concat(parts, ignore_index=True).set_index(["run_id", "phase"])
+        rec = _recovery_frame(parts).set_index(["run_id", "phase"])
         out = rows.copy()
         at = rec.reindex(pd.MultiIndex.from_frame(out[["run_id", "phase"]]))
         has = at["shifted"].notna().to_numpy()  # phase 0 and runs without a trace: as stored
