@@ -173,8 +173,10 @@ def main() -> None:
     ap.add_argument("--ks", default="8,32,128")
     ap.add_argument("--steps", type=int, default=None,
                     help="steps per run (default 300; 3000 with --study1000)")
-    ap.add_argument("--hidden", default="64", help="MLP hidden widths, e.g. 64 or 256,256")
-    ap.add_argument("--optimizers", default="sgdm", help="comma-separated registry names")
+    ap.add_argument("--hidden", default=None,
+                    help="MLP hidden widths, e.g. 64 or 256,256 (default 64; 128,128 with --peak)")
+    ap.add_argument("--optimizers", default=None, help="comma-separated registry names "
+                    "(default sgdm; sgdm,tam,adam,momo with --peak)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -185,12 +187,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32, help="fleet size for --peak")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    args.hidden = args.hidden or ("128,128" if args.peak else "64")
+    args.optimizers = args.optimizers or ("sgdm,tam,adam,momo" if args.peak else "sgdm")
     if args.peak:
         args.steps = args.steps or 400
-        if args.hidden == "64":
-            args.hidden = "128,128"
-        if args.optimizers == "sgdm":
-            args.optimizers = "sgdm,tam,adam,momo"
         peak(args)
     elif args.study1000:
         args.steps = args.steps or 3000

@@ -4,7 +4,7 @@ Every registered optimizer (13) x the first N digits scenarios of the league lib
 (``scenarios/league.py``; 20 by default: label flips at 40 % and 100 %, covariate shifts abrupt
 and gradual, ...; phases of 300 steps, so a 5-task label flip is 1,500 steps), each optimizer
 tuned per scenario on a 5-point learning-rate grid with 3 tuning seeds, then 10 evaluation
-seeds: 13 x N x (15 + 10) runs (6,500 for N = 20; the issue's "~10,000" counts a larger grid).
+seeds: 13 x N x (15 + 10) runs (6,500 for N = 20; the issue estimates "~10,000" for this grid).
 The study runs with local fleets (the default) into a temporary folder; the script prints the
 wall time, runs per second, learner-steps per second and how the time splits between the
 stages, and extrapolates a subset (``--scenarios 2``) to the full league in proportion to the

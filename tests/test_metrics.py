@@ -13,6 +13,7 @@ import pytest
 
 from shiftsim import metrics as M
 from shiftsim.errors import ShiftsimError
+from shiftsim.metrics.recovery import recovery_records
 
 approx = pytest.approx
 nan = math.nan
@@ -810,6 +811,7 @@ def test_functions_do_not_mutate_inputs(trace_a, phases_a, evals_a):
         (lambda t, p: M.recovery(t, p, persistence=0), "persistence must be a positive integer"),
         (lambda t, p: M.online_accuracy(t, labels="clean"), "unknown labels 'clean'"),
         (lambda t, p: M.summarize(t, p, windw=3), "unknown summarize option 'windw'"),
+        (lambda t, p: recovery_records(t, p, windw=3), "unknown recovery option 'windw'"),
         (lambda t, p: M.summarize(t, p, window=-1), "window must be a positive integer"),
         (lambda t, p: M.recovery(t.to_dict(), p), "trace must be a pandas DataFrame"),
         (lambda t, p: M.recovery(t, p.iloc[:2]), r"trace has phase\(s\) \[2\]"),

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ShiftsimError, SpecTypeError, check_range
+from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 from ._base import (
     _check_frame,
     _check_known,
@@ -267,6 +267,9 @@ def recovery_records(trace: pd.DataFrame, phases: pd.DataFrame, **options: Any
                      ) -> list[dict[str, Any]]:
     """:func:`recovery`'s rows as dicts (``options``: its keyword arguments), for callers that
     gather the rows of many runs into one frame (a study's common-reference recompute)."""
+    unknown = sorted(set(options) - set(RECOVERY_OPTIONS))
+    if unknown:
+        raise allowed(unknown[0], "recovery option", RECOVERY_OPTIONS)
     _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
     tab = _phase_table(phases, ["ceiling"])
     opts = _check_recovery_options(
