@@ -331,3 +331,73 @@ def test_really_compiled_float32_matches_eager(name):
         comp, _, opt = run(MAKERS[name], 6, torch.float32, compile=True)
     assert opt._compiled.compiled is not None
     assert_traj_close(comp, eager, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- sums over more than one chunk
+
+
+SUM_SIZES = [1, 4095, 4096, 4097, 3 * 4096, 10_000]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_sums_equal_plain_sums(dtype):
+    """``_total`` (sum of row sums of 4,096) and ``_total64`` (float64 accumulator) give the
+    sum of every element, also for sizes that are not whole chunks and for 2-d tensors."""
+    g = torch.Generator().manual_seed(3)
+    for n in SUM_SIZES:
+        x = torch.randn(n, generator=g, dtype=torch.float64)
+        exact = x.sum()
+        for shaped in (x.to(dtype), x.to(dtype).view(1, n)):
+            for fn in (_compiled._total, _compiled._total64):
+                got = fn(shaped)
+                assert got.dtype == dtype and got.dim() == 0
+                torch.testing.assert_close(got.double(), exact, rtol=0, atol=n * 1e-6,
+                                           msg=f"{fn.__name__}, {n} elements")
+
+
+def test_really_compiled_chunked_sums_equal_plain_sums():
+    """The same sums through Inductor (one compile over all the sizes, float32)."""
+    if _compiled.missing_compiler(torch.device("cpu")):
+        pytest.skip("no C++ compiler")
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(n, generator=g) for n in SUM_SIZES]
+
+    def both(ts):
+        return ([_compiled._total(t) for t in ts], [_compiled._total64(t * 2) for t in ts])
+
+    plain, doubled = torch.compile(both, fullgraph=True, dynamic=False)(xs)
+    for x, a, b in zip(xs, plain, doubled):
+        exact = x.double().sum()
+        torch.testing.assert_close(a.double(), exact, rtol=0, atol=x.numel() * 1e-6)
+        torch.testing.assert_close(b.double(), 2 * exact, rtol=0, atol=x.numel() * 2e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tam", "adamem_adamw"])
+def test_really_compiled_step_over_several_chunks_matches_eager(name):
+    """Tensors larger than one chunk of the compiled sums (7,000 and 8,192 elements, float32):
+    the compiled steps agree with the eager ones up to float32 rounding."""
+    if _compiled.missing_compiler(torch.device("cpu")):
+        pytest.skip("no C++ compiler")
+    g = torch.Generator().manual_seed(5)
+    shapes = [(70, 100), (70,), (64, 128), (64,)]
+    start = [torch.randn(s, generator=g) * 0.1 for s in shapes]
+    grads = [[torch.randn(s, generator=g) * 0.01 for s in shapes] for _ in range(6)]
+
+    def trajectory(compile):
+        ps = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = MAKERS[name](ps, compile)
+        out = []
+        for gs in grads:
+            for p, gr in zip(ps, gs):
+                p.grad = gr + 0.1 * p.detach()  # depends on the parameters: steps differ
+            opt.step()
+            out.append([p.detach().clone() for p in ps])
+        return out, opt
+
+    eager, _ = trajectory(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        comp, opt = trajectory(True)
+    assert opt._compiled.compiled is not None
+    assert_traj_close(comp, eager, rtol=1e-5, atol=1e-6)

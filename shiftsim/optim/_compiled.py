@@ -240,15 +240,46 @@ def _acc(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+#: the row length of :func:`_total`'s sum of row sums (Inductor's own limit for a plain
+#: float32 sum, above which it switches to its slower cascade summation)
+CHUNK = 4096
+
+
+def _total(x: Tensor) -> Tensor:
+    """``x.sum()`` as the sum of its row sums over rows of :data:`CHUNK` elements (plus the
+    tail), for sums of the kernel's *inputs*.
+
+    Inductor compiles ``x.sum()`` over more than 4,096 float32 elements to a cascade
+    summation that runs at about half the memory bandwidth; the sum of row sums is a plain
+    vectorized loop (measured: the three sums of TAM's cosine over 5M parameters, 2 threads,
+    1.71 ms cascade, 1.08 ms as row sums). Same value up to rounding (a two-level sum is at
+    least as accurate as one running sum). Where the summed terms are computed in the kernel
+    from updated state, use :func:`_total64`: the row view would make Inductor store them."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    k = n - n % CHUNK
+    if k == 0:
+        return flat.sum()
+    total = flat[:k].view(-1, CHUNK).sum(1).sum()
+    return total + flat[k:].sum() if k < n else total
+
+
+def _total64(x: Tensor) -> Tensor:
+    """``x.sum()`` accumulated in float64 (the result in ``x``'s dtype): Inductor sums a
+    float64 accumulator in a plain vectorized loop, fused with the elementwise work that
+    computes ``x`` (no cascade summation, no stored terms)."""
+    return x.sum(dtype=torch.float64).to(x.dtype)
+
+
 def _sums(ms: Sequence[Tensor], gs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """``<m, g>``, ``|m|^2``, ``|g|^2`` summed over the tensors."""
     acc = _acc(gs[0])
     mg = mm = gg = torch.zeros((), dtype=acc, device=gs[0].device)
     for m, g in zip(ms, gs):
         m32, g32 = m.to(acc), g.to(acc)
-        mg = mg + (m32 * g32).sum()
-        mm = mm + (m32 * m32).sum()
-        gg = gg + (g32 * g32).sum()
+        mg = mg + _total(m32 * g32)
+        mm = mm + _total(m32 * m32)
+        gg = gg + _total(g32 * g32)
     return mg, mm, gg
 
 
@@ -341,7 +372,7 @@ def momo_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], kept: Tensor
     for d, g in zip(ds, gs):
         d.lerp_(g, w.to(d.dtype))
         d32 = d.to(acc)
-        dd.append((d32 * d32).sum())
+        dd.append(_total64(d32 * d32))
     sq = torch.stack(dd).to(kept.dtype)
     loss_avg = loss_avg * beta + f * (1 - beta)
     u = kept * beta  # <x_k, d_k> - gamma_k per tensor (c = 1)
@@ -368,11 +399,11 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
     xg, xd, dq = [], [], []
     for p, g, d, v in zip(ps, gs, ds, vs):
-        xg.append((p * g).sum())
+        xg.append(_total64(p * g))
         d.lerp_(g, 1 - b1)
         v.mul_(b2).add_(g * g * (1 - b2))
-        xd.append((p * d).sum())
-        dq.append((d * d / ((v / bc2).sqrt() + eps)).sum())
+        xd.append(_total64(p * d))
+        dq.append(_total64(d * d / ((v / bc2).sqrt() + eps)))
     gam = gam * b1 + torch.stack(xg) * (1 - b1)
     loss_avg = f * (1 - b1) + loss_avg * b1
     dot_xd, norm, gamma = torch.stack(xd).sum(), torch.stack(dq).sum(), gam.sum()
@@ -436,13 +467,13 @@ def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[
         W = P + lam * P * P if use_lam else P
         T = (d - g).to(acc)
         U = d.to(acc) / P
-        sd = (T * T / W).sum()
-        q1 = (U * g).sum()
-        q2 = (U * d).sum()
+        sd = _total64(T * T / W)
+        q1 = _total64(U * g)
+        q2 = _total64(U * d)
         num = sd - (q2 - q1)
         if decay:
-            x1 = (p.to(acc) * g).sum()
-            num = num - wd * ((p.to(acc) * d).sum() - x1)
+            x1 = _total64(p.to(acc) * g)
+            num = num - wd * (_total64(p.to(acc) * d) - x1)
         else:
             x1 = 0 * sd
         if gap:
