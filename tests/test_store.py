@@ -271,3 +271,38 @@ def test_dir_lists_the_lazily_loaded_names():
                  "data", "optim"):
         assert name in names, name
     assert names == sorted(names)
+
+
+def test_common_phases_recompute_only_changed_groups(tmp_path, scenario, monkeypatch):
+    """The recovery recompute of ``phases`` is kept per comparison group (scenario and stage)
+    for the process: loading again reads no trace; after one run is redone only its group's
+    traces are read again, and the rows equal a recompute from scratch."""
+    other = ss.label_flip_tasks(ss.data.digits(), rate=0.5, mode="other", tasks=2,
+                                steps_per_task=40, eval_every=20)
+    study = Study("groups", {"flip": scenario, "half": other}, ss.models.mlp(hidden=(8,)),
+                  {"a": ss.optim.spec("sgdm", lr=0.05), "b": ss.optim.spec("sgd", lr=0.1)},
+                  seeds=2)
+    study.run(tmp_path, workers=1, progress=False)
+    store.results._GROUP_CACHE.clear()
+    first = store.load(tmp_path).phases
+    reads = []
+    real = store.StudyResults._trace_arrays
+
+    def counting(self, run_id, columns):
+        reads.append(run_id)
+        return real(self, run_id, columns)
+
+    monkeypatch.setattr(store.StudyResults, "_trace_arrays", counting)
+    pd.testing.assert_frame_equal(store.load(tmp_path).phases, first)
+    assert reads == []  # nothing changed: no trace read
+    runs = store.load(tmp_path).runs
+    redo = runs[runs["scenario"] == "half"]["run_id"].iloc[0]
+    (tmp_path / "runs" / redo / "summary.json").unlink()
+    study.run(tmp_path, workers=1, progress=False)  # redoes it (a new finishing time) and
+    half = set(runs[runs["scenario"] == "half"]["run_id"])  # writes the indexes
+    assert redo in reads and set(reads) == half  # only the changed group was read again
+    reads.clear()
+    again = store.load(tmp_path).phases
+    assert reads == []
+    store.results._GROUP_CACHE.clear()
+    pd.testing.assert_frame_equal(again, store.load(tmp_path).phases)

@@ -31,6 +31,11 @@ from .runs import (
     scan,
 )
 
+#: recovery rows per comparison group computed in this process (see
+#: :meth:`StudyResults._group_recovery`), oldest dropped first
+_GROUP_CACHE: dict[tuple[str, str, str], pd.DataFrame] = {}
+_GROUP_CACHE_SIZE = 256
+
 #: the label columns every run has (others, from custom axes, follow them)
 LABEL_COLUMNS = ("scenario", "model", "optimizer", "optimizer_name", "lr", "severity", "seed")
 
@@ -179,20 +184,21 @@ class StudyResults:
                        dict(zip(g["phase"].astype(int), g["reference_true"])))
         cols = [c for c in metrics.RECOVERY_COLUMNS if c != "phase"]
         plan_cols = [c for c in PLAN_COLUMNS if c in done.columns]
-        parts = []
-        run_key = done[by].astype(str).agg("\x1f".join, axis=1) if by else None
-        for rid, ph in done.groupby("run_id", sort=False):
-            k = run_key.loc[ph.index[0]] if run_key is not None else ""
+        run_key = (done[by].astype(str).agg("\x1f".join, axis=1) if by
+                   else pd.Series("", index=done.index))
+        # each run's phase plan, split once (not a frame selection per run)
+        plans = done[["run_id", "phase", *plan_cols]].drop_duplicates(["run_id", "phase"])
+        tables = dict(iter(plans.groupby("run_id", sort=False)))
+        groups = pd.Series(done["run_id"].to_numpy()).groupby(run_key.to_numpy(), sort=False)
+        frames = []
+        for k, rids in groups:
             mapping, mapping_true = refs.get(k, ({}, {}))
-            trace = self.trace(rid, ["step", "phase", "n", "correct", "correct_true"])
-            table = ph[["phase", *plan_cols]].drop_duplicates("phase")
-            for r in recovery_records(trace, table, reference=mapping,
-                                      reference_true=mapping_true):
-                r["run_id"] = rid
-                parts.append(r)
+            ids = list(dict.fromkeys(rids))
+            frames.append(self._group_recovery(k, ids, tables, mapping, mapping_true))
+        parts = [f for f in frames if len(f)]
         if not parts:
             return rows
-        rec = _recovery_frame(parts).set_index(["run_id", "phase"])
+        rec = pd.concat(parts, ignore_index=True).set_index(["run_id", "phase"])
         out = rows.copy()
         at = rec.reindex(pd.MultiIndex.from_frame(out[["run_id", "phase"]]))
         has = at["shifted"].notna().to_numpy()  # phase 0 and runs without a trace: as stored
@@ -207,6 +213,55 @@ class StudyResults:
                 out[c] = out[c].astype(np.float64)
                 out.loc[has, c] = values.astype(np.float64)
         return out
+
+    def _group_recovery(self, key: str, run_ids: list[str], tables: dict[str, pd.DataFrame],
+                        reference: dict[int, float], reference_true: dict[int, float]
+                        ) -> pd.DataFrame:
+        """The recovery rows of one comparison group (a scenario and stage) against its common
+        reference, from the runs' traces; kept for this process under the group's fingerprint
+        (each run's id, status and trace sha256, and the reference), so a study that writes its
+        indexes after each stage recomputes only the groups whose runs changed."""
+        import hashlib
+
+        h = hashlib.sha256(repr((sorted(reference.items()), sorted(reference_true.items())))
+                           .encode())
+        for rid in run_ids:
+            st = self.states[rid]
+            summary = st.summary or {}
+            sha = ((summary.get("files") or {}).get(TRACE_FILE) or {}).get("sha256")
+            h.update(f"{rid}\x1f{st.status}\x1f{sha}\x1f{summary.get('finished')}\x1e"
+                     .encode())
+        cache_key = (str(self.path.resolve()), key, h.hexdigest())
+        hit = _GROUP_CACHE.get(cache_key)
+        if hit is not None:
+            return hit
+        parts = []
+        for rid in run_ids:
+            table = tables[rid]
+            trace = self._trace_arrays(rid, ["step", "phase", "n", "correct", "correct_true"])
+            for r in recovery_records(trace, table, reference=reference,
+                                      reference_true=reference_true):
+                r["run_id"] = rid
+                parts.append(r)
+        frame = _recovery_frame(parts) if parts else pd.DataFrame()
+        if len(_GROUP_CACHE) >= _GROUP_CACHE_SIZE:
+            _GROUP_CACHE.pop(next(iter(_GROUP_CACHE)))
+        _GROUP_CACHE[cache_key] = frame
+        return frame
+
+    def _trace_arrays(self, run_id: str, columns: Sequence[str]) -> pd.DataFrame:
+        """Trace columns of one run as a plain frame (pyarrow, one thread, no pandas metadata:
+        0.7 ms against 1.7 ms for :meth:`trace` on a 1,500-step trace)."""
+        import pyarrow.parquet as pq
+
+        path = run_dir(self.path, run_id) / TRACE_FILE
+        try:
+            pf = pq.ParquetFile(path)
+            cols = [c for c in columns if c in pf.schema_arrow.names]
+            table = pf.read(columns=cols, use_threads=False)
+        except Exception as exc:  # changed on disk since loading
+            raise ShiftsimError(f"cannot read {TRACE_FILE} of run {run_id}: {exc}") from exc
+        return pd.DataFrame({c: table.column(c).to_numpy() for c in cols})
 
     @property
     def tuning(self) -> pd.DataFrame:
