@@ -275,8 +275,8 @@ def test_dir_lists_the_lazily_loaded_names():
 
 def test_common_phases_recompute_only_changed_groups(tmp_path, scenario, monkeypatch):
     """The recovery recompute of ``phases`` is kept per comparison group (scenario and stage)
-    for the process: loading again reads no trace; after one run is redone only its group's
-    traces are read again, and the rows equal a recompute from scratch."""
+    for the process: loading again reads no trace; after one run's summary changes only its
+    group's traces are read again, and the rows equal a recompute from scratch."""
     other = ss.label_flip_tasks(ss.data.digits(), rate=0.5, mode="other", tasks=2,
                                 steps_per_task=40, eval_every=20)
     study = Study("groups", {"flip": scenario, "half": other}, ss.models.mlp(hidden=(8,)),
@@ -296,13 +296,39 @@ def test_common_phases_recompute_only_changed_groups(tmp_path, scenario, monkeyp
     pd.testing.assert_frame_equal(store.load(tmp_path).phases, first)
     assert reads == []  # nothing changed: no trace read
     runs = store.load(tmp_path).runs
-    redo = runs[runs["scenario"] == "half"]["run_id"].iloc[0]
-    (tmp_path / "runs" / redo / "summary.json").unlink()
-    study.run(tmp_path, workers=1, progress=False)  # redoes it (a new finishing time) and
-    half = set(runs[runs["scenario"] == "half"]["run_id"])  # writes the indexes
-    assert redo in reads and set(reads) == half  # only the changed group was read again
-    reads.clear()
+    changed = runs[runs["scenario"] == "half"]["run_id"].iloc[0]
+    path = tmp_path / "runs" / changed / "summary.json"
+    body = json.loads(path.read_text())
+    body["phases"][1]["ceiling"] = 0.55  # another phase plan for this run
+    path.write_text(json.dumps(body))
+    half = set(runs[runs["scenario"] == "half"]["run_id"])
     again = store.load(tmp_path).phases
+    assert changed in reads and set(reads) == half  # only the changed group was read again
+    assert (again["ceiling"] == 0.55).sum() == 1
+    reads.clear()
+    pd.testing.assert_frame_equal(store.load(tmp_path).phases, again)
     assert reads == []
     store.results._GROUP_CACHE.clear()
     pd.testing.assert_frame_equal(again, store.load(tmp_path).phases)
+
+
+def test_a_serialized_result_writes_the_same_folder(tmp_path, spec, result):
+    """What a study's workers send (:meth:`Outcome.packed`: parquet bytes and plain summary
+    rows instead of DataFrames) writes the same files as the result itself."""
+    from shiftsim.study.executors import Outcome
+
+    m = result.measure()
+    packed = Outcome(spec.run_id, m.status, result, m.summary, m.scores).packed()
+    assert packed.result is None and packed.summary is None and packed.payload is not None
+    folders = []
+    for i, kw in enumerate(({"result": result, "summary": m.summary},
+                            {"payload": packed.payload})):
+        folders.append(store.write_run(tmp_path / str(i), spec.run_id, spec=spec.to_dict(),
+                                       labels=spec.label_dict, status=m.status,
+                                       scores=m.scores, **kw))
+    a, b = folders
+    for name in ("spec.json", "trace.parquet", "evals.parquet"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    sa, sb = (json.loads((f / "summary.json").read_text()) for f in folders)
+    sa.pop("finished"), sb.pop("finished")
+    assert sa == sb and len(sa["phases"]) == len(result.phases)

@@ -5,6 +5,7 @@ over every run of the study; :func:`write_indexes` writes the derived ``runs.par
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -229,8 +230,8 @@ class StudyResults:
             st = self.states[rid]
             summary = st.summary or {}
             sha = ((summary.get("files") or {}).get(TRACE_FILE) or {}).get("sha256")
-            h.update(f"{rid}\x1f{st.status}\x1f{sha}\x1f{summary.get('finished')}\x1e"
-                     .encode())
+            plan = json.dumps(summary.get("phases"), sort_keys=True, default=str)
+            h.update(f"{rid}\x1f{st.status}\x1f{sha}\x1f{plan}\x1e".encode())
         cache_key = (str(self.path.resolve()), key, h.hexdigest())
         hit = _GROUP_CACHE.get(cache_key)
         if hit is not None:

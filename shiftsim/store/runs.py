@@ -69,15 +69,42 @@ def _phase_rows(summary: pd.DataFrame | None, phases: pd.DataFrame | None) -> li
     """The summary rows merged with the phase plan's columns the summary lacks."""
     if summary is None:
         return []
-    table = summary.copy()
-    if phases is not None and "phase" in phases.columns:
-        extra = [c for c in phases.columns if c not in table.columns]
+    # column by column, the plan's extra columns looked up by phase (DataFrame.merge and
+    # to_dict(orient="records") cost ~9 ms for a summary's 40 columns; same values)
+    columns = {str(c): summary[c].tolist() for c in summary.columns}
+    if phases is not None and "phase" in phases.columns and "phase" in summary.columns:
+        extra = [c for c in phases.columns if str(c) not in columns]
         if extra:
-            table = table.merge(phases[["phase", *extra]], on="phase", how="left")
-    # column by column (DataFrame.to_dict(orient="records") walks the rows through pandas,
-    # ~10 ms for a summary's 40 columns; the values are the same Python scalars)
-    columns = {str(c): table[c].tolist() for c in table.columns}
+            where = {k: i for i, k in enumerate(phases["phase"].tolist())}
+            rows = [where.get(k) for k in columns["phase"]]
+            for c in extra:
+                values = phases[c].tolist()
+                columns[str(c)] = [None if i is None else values[i] for i in rows]
     return [plain(dict(zip(columns, values))) for values in zip(*columns.values())]
+
+
+def serialized_result(run_id: str, result: RunResult, summary: pd.DataFrame | None
+                   ) -> dict[str, Any]:
+    """What :func:`write_run` derives from a run's result, serialized: the data files' bytes
+    (``files``), the summary fields from the result (``body``) and the phase rows
+    (``phases``). A study's workers build it (:meth:`shiftsim.study.executors.Outcome.packed`)
+    so that the driver, which alone writes the store, only writes bytes."""
+    files = {name: parquet_bytes(_with_run_id(df, run_id))
+             for name, df in ((TRACE_FILE, result.trace), (EVALS_FILE, result.evals))}
+    info = result.info
+    body = plain({
+        "diverged_step": result.diverged_step,
+        "steps": int(result.phases["steps"].sum()) if "steps" in result.phases else None,
+        "steps_run": len(result.trace),
+        "timings": dict(result.timings),
+        "device": info.get("device"),
+        "device_name": info.get("device_name"),
+        "machine": info.get("machine"),
+        "determinism": info.get("determinism"),
+        "versions": info.get("versions", {}),
+        "learner": info.get("learner", {}),
+    })
+    return {"files": files, "body": body, "phases": _phase_rows(summary, result.phases)}
 
 
 def begin_run(out_dir: str | os.PathLike, run_id: str) -> Path:
@@ -96,17 +123,22 @@ def write_run(out_dir: str | os.PathLike, run_id: str, *, spec: Mapping[str, Any
               labels: Mapping[str, Any], status: str, result: RunResult | None = None,
               summary: pd.DataFrame | None = None, scores: Mapping[str, Any] | None = None,
               error: str | None = None, traceback: str | None = None,
-              extra: Mapping[str, Any] | None = None, fsync: bool = True) -> Path:
+              extra: Mapping[str, Any] | None = None, fsync: bool = True,
+              payload: Mapping[str, Any] | None = None) -> Path:
     """Write one run's folder (the low-level writer behind :func:`write_result` and studies).
 
     ``status`` is ``ok``, ``diverged`` or ``failed``; a failed run has no ``result`` and gets
-    only ``spec.json`` and ``summary.json``. Returns the run folder.
+    only ``spec.json`` and ``summary.json``. ``payload``: the result already serialized by
+    :func:`serialized_result` (then ``result`` and ``summary`` are not needed). Returns the run
+    folder.
     """
     if status not in COMPLETE:
         raise ShiftsimError(f"a written run has status 'ok', 'diverged' or 'failed', "
                             f"got {status!r}")
-    if status != "failed" and result is None:
+    if status != "failed" and result is None and payload is None:
         raise ShiftsimError(f"a run with status {status!r} needs its result")
+    if payload is None and result is not None:
+        payload = serialized_result(run_id, result, summary)
     folder = begin_run(out_dir, run_id)
     files: dict[str, Any] = {}
     atomic_write_json(folder / SPEC_FILE, {**spec, "run_id": run_id}, fsync=fsync)
@@ -115,26 +147,14 @@ def write_run(out_dir: str | os.PathLike, run_id: str, *, spec: Mapping[str, Any
         "labels": dict(labels), "error": error, "traceback": traceback,
         "finished": timestamp(),
     }
-    if result is not None:
-        for name, df in ((TRACE_FILE, result.trace), (EVALS_FILE, result.evals)):
-            data = parquet_bytes(_with_run_id(df, run_id))
+    if payload is not None:
+        for name, data in payload["files"].items():
             atomic_write_bytes(folder / name, data, fsync=fsync)
             files[name] = _file_entry(data)
-        info = result.info
-        body.update({
-            "diverged_step": result.diverged_step,
-            "steps": int(result.phases["steps"].sum()) if "steps" in result.phases else None,
-            "steps_run": len(result.trace),
-            "timings": dict(result.timings),
-            "device": info.get("device"),
-            "device_name": info.get("device_name"),
-            "machine": info.get("machine"),
-            "determinism": info.get("determinism"),
-            "versions": info.get("versions", {}),
-            "learner": info.get("learner", {}),
-        })
+        body.update(payload["body"])
     body["scores"] = dict(scores or {})
-    body["phases"] = _phase_rows(summary, result.phases if result is not None else None)
+    body["phases"] = (payload["phases"] if payload is not None
+                      else _phase_rows(summary, None))
     body["files"] = files
     body.update(extra or {})
     atomic_write_json(folder / SUMMARY_FILE, body, fsync=fsync)

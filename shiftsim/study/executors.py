@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -68,6 +69,20 @@ class Outcome:
     wall_s: float = 0.0
     worker: str = ""
     threads: int | None = None
+    #: the result serialized for the store (:func:`shiftsim.store.runs.serialized_result`)
+    payload: dict[str, Any] | None = None
+
+    def packed(self) -> Outcome:
+        """This outcome with its result serialized (parquet bytes, plain summary rows) in place
+        of the result's DataFrames: what workers send, so that the driver only writes bytes
+        (measured for a 1,500-step run: ~20 ms a run in the driver before, of which ~17 ms
+        serializing)."""
+        if self.result is None or self.payload is not None:
+            return self
+        from .. import store
+
+        payload = store.runs.serialized_result(self.run_id, self.result, self.summary)
+        return dataclasses.replace(self, result=None, summary=None, payload=payload)
 
 
 def _worker_name() -> str:
@@ -110,7 +125,7 @@ def run_outcome(scenario: Scenario, model: Any, optimizer: Any, seed: int, run_i
 
     return Outcome(run_id, m.status, result if m.status != "failed" else None, m.summary,
                    m.scores, m.error, m.traceback, time.perf_counter() - t0, _worker_name(),
-                   threads if threads is not None else torch.get_num_threads())
+                   threads if threads is not None else torch.get_num_threads()).packed()
 
 
 def scenario_table(specs: Sequence[RunSpec]) -> tuple[dict[str, Scenario], list[tuple]]:

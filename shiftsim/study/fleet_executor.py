@@ -206,7 +206,7 @@ def run_fleet_outcomes(scenario: Any, model: Any, members: Sequence[tuple[str, A
     for (rid, _, _), result in zip(members, results):
         m = result.measure()
         out.append(Outcome(rid, m.status, result if m.status != "failed" else None, m.summary,
-                           m.scores, m.error, m.traceback, wall, worker, used))
+                           m.scores, m.error, m.traceback, wall, worker, used).packed())
     return out
 
 

@@ -378,14 +378,15 @@ def _progress(enabled: bool, name: str, total: int, initial: int) -> Any:
 
 def _write(out: Path, spec: RunSpec, o: Outcome, device_type: str | None = None) -> Path:
     extra = {"wall_s": o.wall_s, "worker": o.worker, "threads": o.threads}
-    if o.result is None and device_type is not None:  # a failed run: where it was meant to run
+    if o.status == "failed" and device_type is not None:  # where it was meant to run
         extra["device"] = device_type
     # [ours, speed] no fsync per file (5 per run, about 60 % of writing one): a kill leaves the
     # page cache intact, and after a power loss a run whose files did not reach the disk fails
     # the sizes and checksums its summary.json lists, so a resumed study redoes it
     return store.write_run(out, spec.run_id, spec=spec.to_dict(), labels=spec.label_dict,
                            status=o.status, result=o.result, summary=o.summary, scores=o.scores,
-                           error=o.error, traceback=o.traceback, extra=extra, fsync=False)
+                           error=o.error, traceback=o.traceback, extra=extra, fsync=False,
+                           payload=o.payload)
 
 
 def _merged(name: str, out: Path, reports: list[StudyRunReport]) -> StudyRunReport:
