@@ -358,3 +358,52 @@ def test_readme_tuning_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), {"__name__": "__main__"})
     out = capsys.readouterr().out
     assert "{'tune': 24, 'eval': 20}" in out and "tolerance" in out
+
+
+def _bootstrap_by_loop(X, OK, lrs, chance, n_boot=1000, seed=0):
+    """The tolerance bootstrap one resample at a time (the definition the vectorized
+    ``_bootstrap_tolerance`` must reproduce exactly)."""
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, X.shape[0], X.shape[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(X[idx], axis=0)
+        elig = OK[idx].all(axis=0)
+        cand = np.flatnonzero(elig & ~np.isnan(means))
+        if cand.size == 0:
+            out.append(math.nan)
+            continue
+        best = int(cand[np.argmax(means[cand])])
+        out.append(tolerance(lrs, means, elig, best, chance))
+    return out
+
+
+@pytest.mark.parametrize("seeds, chance", [(3, 0.1), (5, None), (10, 0.5)])
+def test_vectorized_tolerance_bootstrap_equals_the_loop(seeds, chance):
+    from shiftsim.study.tuning import _bootstrap_tolerance
+
+    rng = np.random.default_rng(seeds)
+    lrs = np.array([1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3])
+    rows = []
+    for s in range(seeds):
+        for i, lr in enumerate(lrs):
+            score = 0.9 - 0.1 * abs(i - 2.5) + rng.normal(0, 0.03)
+            bad = rng.random() < 0.15  # diverged or not eligible
+            nan = rng.random() < 0.1
+            rows.append({"seed": s, "lr": lr, "score": math.nan if nan else score,
+                         "ok": not bad})
+    g = pd.DataFrame(rows)
+    low, high, boot = _bootstrap_tolerance(g, lrs, chance)
+    X = g.pivot_table(index="seed", columns="lr", values="score", aggfunc="first"
+                      ).reindex(columns=lrs).to_numpy(np.float64)
+    OK = g.pivot_table(index="seed", columns="lr", values="ok", aggfunc="all").reindex(
+        columns=lrs).fillna(False).astype(bool).to_numpy(bool)
+    ref = _bootstrap_by_loop(X, OK, lrs, chance)
+    assert len(boot) == len(ref) == 1000
+    assert np.array_equal(np.array(boot), np.array(ref), equal_nan=True)
+    vals = np.array([v for v in ref if not math.isnan(v)])
+    assert (low, high) == (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
