@@ -271,6 +271,14 @@ def _total64(x: Tensor) -> Tensor:
     return x.sum(dtype=torch.float64).to(x.dtype)
 
 
+# [speed] The kernels whose update needs a model-wide sum first (TAM, AdaTAM, AM-SGD) update
+# the tensors in the reverse of the order the sums read them, so the update starts on the
+# tensors the sums read last, which are likely still in the cache (same numbers: each
+# tensor's update is its own). TAM over 5M parameters, 2 threads, three interleaved runs
+# against the forward order: 1.65x/1.59x/1.63x -> 1.56x/1.43x/1.59x fused SGD-momentum; AM-SGD
+# and AdaTAM within noise.
+
+
 def _sums(ms: Sequence[Tensor], gs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """``<m, g>``, ``|m|^2``, ``|g|^2`` summed over the tensors."""
     acc = _acc(gs[0])
@@ -308,7 +316,7 @@ def tam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor
     u = 1 - w
     sqnorm = ((u * mm + 2 * w * mg) * u + w * w * gg).clamp_min(0.0)
     step = sig * -lr
-    for p, g, m in zip(ps, gs, ms):
+    for p, g, m in reversed(list(zip(ps, gs, ms))):  # reversed: see above _sums
         m.lerp_(g, w.to(m.dtype))
         if decoupled:
             p.mul_(1 - lr * wd)
@@ -332,7 +340,7 @@ def adatam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[T
     shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
     d = shat * 0.5 + 0.5
     c = d + teps
-    for p, g, m, v in zip(ps, gs, ms, vs):
+    for p, g, m, v in reversed(list(zip(ps, gs, ms, vs))):  # reversed: see above _sums
         m.mul_(b1).add_(g * c.to(g.dtype))
         v.mul_(b2).add_(g * g * (1 - b2))
         if decoupled:
@@ -440,7 +448,7 @@ def amsgd_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
     w = (1 - beta) / (1 + lam)
     u = 1 - w
     sqnorm = ((u * e + 2 * w * a) * u + w * w * bb).clamp_min(0.0)
-    for p, g, d in zip(ps, gs, ds):
+    for p, g, d in reversed(list(zip(ps, gs, ds))):  # reversed: see above _sums
         d.lerp_(g, w.to(d.dtype))
         p.add_(d * -lr)
     return beta, sqnorm
