@@ -220,8 +220,9 @@ class StudyResults:
                         ) -> pd.DataFrame:
         """The recovery rows of one comparison group (a scenario and stage) against its common
         reference, from the runs' traces; kept for this process under the group's fingerprint
-        (each run's id, status and trace sha256, and the reference), so a study that writes its
-        indexes after each stage recomputes only the groups whose runs changed."""
+        (each run's id, status, trace sha256 and summary phase rows, and the reference), so a
+        study that writes its indexes after each stage recomputes only the groups whose runs
+        changed. ``tables``: each run's phase plan (``PLAN_COLUMNS`` by phase)."""
         import hashlib
 
         h = hashlib.sha256(repr((sorted(reference.items()), sorted(reference_true.items())))
