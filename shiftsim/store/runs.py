@@ -84,7 +84,7 @@ def _phase_rows(summary: pd.DataFrame | None, phases: pd.DataFrame | None) -> li
 
 
 def serialized_result(run_id: str, result: RunResult, summary: pd.DataFrame | None
-                   ) -> dict[str, Any]:
+                      ) -> dict[str, Any]:
     """What :func:`write_run` derives from a run's result, serialized: the data files' bytes
     (``files``), the summary fields from the result (``body``) and the phase rows
     (``phases``). A study's workers build it (:meth:`shiftsim.study.executors.Outcome.packed`)

@@ -75,8 +75,8 @@ class Outcome:
     def packed(self) -> Outcome:
         """This outcome with its result serialized (parquet bytes, plain summary rows) in place
         of the result's DataFrames: what workers send, so that the driver only writes bytes
-        (measured for a 1,500-step run: ~20 ms a run in the driver before, of which ~17 ms
-        serializing)."""
+        (measured for a 1,500-step run: writing it took the driver 20 ms from the result,
+        1.6 ms from this)."""
         if self.result is None or self.payload is not None:
             return self
         from .. import store
