@@ -956,3 +956,33 @@ def test_long_trace_is_vectorised():
     assert abar[t] == approx(correct[t - 19:t + 1].sum() / (20 * 32))
     # first step of phase 1 only averages itself
     assert abar[10_000] == approx(correct[10_000] / 32)
+
+
+def test_accuracy_matrix_equals_a_grouped_mean():
+    """R is the mean of the phase-end rows per (phase, regime), NaN skipped, rows outside the
+    plan left out: against pandas' groupby on random evaluations (exact where a cell has at
+    most two rows, as in real runs; pandas sums longer groups with compensation)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        K = int(rng.integers(1, 6))
+        ph = pd.DataFrame({"phase": np.arange(K), "regime": rng.integers(0, 4, K)})
+        n = int(rng.integers(0, 30))
+        ev = pd.DataFrame({"step": rng.integers(0, 50, n), "phase": rng.integers(0, K + 1, n),
+                           "regime": rng.integers(0, 5, n),
+                           "accuracy": np.where(rng.random(n) < 0.1, np.nan, rng.random(n)),
+                           "phase_end": rng.random(n) < 0.7})
+        R = M.accuracy_matrix(ev, ph)
+        regs = list(dict.fromkeys(ph["regime"].tolist()))
+        end = ev[ev["phase_end"]]
+        ref = end.groupby(["phase", "regime"])["accuracy"].mean()
+        rows = end.groupby(["phase", "regime"]).size()
+        for k in range(K):
+            for j, r in enumerate(regs):
+                want = ref.get((k, r), math.nan)
+                got = R.iloc[k, j]
+                if math.isnan(want):
+                    assert math.isnan(got)
+                elif rows.get((k, r), 0) <= 2:
+                    assert got == want
+                else:
+                    assert got == pytest.approx(want, rel=1e-15, abs=1e-15)

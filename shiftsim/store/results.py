@@ -258,9 +258,9 @@ class StudyResults:
 
         path = run_dir(self.path, run_id) / TRACE_FILE
         try:
-            pf = pq.ParquetFile(path)
-            cols = [c for c in columns if c in pf.schema_arrow.names]
-            table = pf.read(columns=cols, use_threads=False)
+            with pq.ParquetFile(path) as pf:
+                cols = [c for c in columns if c in pf.schema_arrow.names]
+                table = pf.read(columns=cols, use_threads=False)
         except Exception as exc:  # changed on disk since loading
             raise ShiftsimError(f"cannot read {TRACE_FILE} of run {run_id}: {exc}") from exc
         return pd.DataFrame({c: table.column(c).to_numpy() for c in cols})
