@@ -252,9 +252,10 @@ def _total(x: Tensor) -> Tensor:
     Inductor compiles ``x.sum()`` over more than 4,096 float32 elements to a cascade
     summation that runs at about half the memory bandwidth; the sum of row sums is a plain
     vectorized loop (measured: the three sums of TAM's cosine over 5M parameters, 2 threads,
-    1.71 ms cascade, 1.08 ms as row sums). Same value up to rounding (a two-level sum is at
-    least as accurate as one running sum). Where the summed terms are computed in the kernel
-    from updated state, use :func:`_total64`: the row view would make Inductor store them."""
+    1.71 ms cascade, 1.08 ms as row sums). Same value up to rounding (for <m, g> and |m|^2 of
+    random 5M-element buffers, relative errors 1.3e-6 and 9.5e-9 as row sums against 3.4e-6
+    and 3.6e-7 for the cascade, float64 as truth). Where the summed terms are computed from state
+    the kernel also updates, use :func:`_total64`: the row view would make Inductor store them."""
     flat = x.reshape(-1)
     n = flat.numel()
     k = n - n % CHUNK

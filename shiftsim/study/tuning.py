@@ -334,18 +334,9 @@ def tolerance(lrs: np.ndarray, means: np.ndarray, eligible: np.ndarray, best: in
     ...           np.array([True, True, True]), 1, 0.1)
     1.0
     """
-    ok = eligible & ~np.isnan(means)
-    if not ok[best]:
-        return math.nan
-    floor = chance if chance is not None else float(np.min(means[ok]))
-    top = means[best] - floor
-    good = ok & ((means - floor) >= TOLERANCE_LEVEL * top - 1e-12)
-    lo = hi = best
-    while lo - 1 >= 0 and good[lo - 1]:
-        lo -= 1
-    while hi + 1 < len(lrs) and good[hi + 1]:
-        hi += 1
-    return float(np.log10(lrs[hi] / lrs[lo]))
+    return float(_tolerances(lrs, np.asarray(means, np.float64)[None, :],
+                             np.asarray(eligible, bool)[None, :],
+                             np.array([best]), chance)[0])
 
 
 #: bootstrap resamples of a tolerance (the same resampled seeds for every optimizer of a
@@ -373,37 +364,33 @@ def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(X[idx], axis=1)  # (resamples, lrs)
     elig = OK[idx].all(axis=1)
-    out = _tolerances(lrs, means, elig, chance)
+    # each resample's best: its first highest eligible mean
+    best = np.argmax(np.where(elig & ~np.isnan(means), means, -np.inf), axis=1)
+    out = _tolerances(lrs, means, elig, best, chance)
     vals = out[~np.isnan(out)]
     if not vals.size:
         return (math.nan, math.nan, out.tolist())
     return (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)), out.tolist())
 
 
-def _tolerances(lrs: np.ndarray, means: np.ndarray, elig: np.ndarray,
+def _tolerances(lrs: np.ndarray, means: np.ndarray, elig: np.ndarray, best: np.ndarray,
                 chance: float | None) -> np.ndarray:
-    """:func:`tolerance` of each row of ``means`` (resamples x learning rates) at its best
-    eligible point, vectorized over the rows (NaN for a row without one): the same values as
-    a loop calling it (tested)."""
+    """:func:`tolerance` of each row of ``means`` (rows x learning rates) around its ``best``
+    column, vectorized over the rows; NaN where that point is not eligible or NaN."""
     rows = np.arange(means.shape[0])
     ok = elig & ~np.isnan(means)
-    has = ok.any(axis=1)
-    masked = np.where(ok, means, -np.inf)
-    best = np.argmax(masked, axis=1)  # the first maximum, as argmax over the candidates
     if chance is not None:
         floor = np.full(means.shape[0], float(chance))
-    else:
+    else:  # the worst eligible mean (inf for a row without one: NaN below)
         floor = np.min(np.where(ok, means, np.inf), axis=1)
     top = means[rows, best] - floor
     good = ok & ((means - floor[:, None]) >= TOLERANCE_LEVEL * top[:, None] - 1e-12)
     lo, hi = best.copy(), best.copy()
-    for _ in range(means.shape[1]):
-        left = (lo - 1 >= 0) & good[rows, np.maximum(lo - 1, 0)]
-        lo = np.where(left, lo - 1, lo)
-        right = (hi + 1 < means.shape[1]) & good[rows, np.minimum(hi + 1, means.shape[1] - 1)]
-        hi = np.where(right, hi + 1, hi)
-    width = np.log10(lrs[hi] / lrs[lo])
-    return np.where(has, width, np.nan)
+    last = means.shape[1] - 1
+    for _ in range(last):  # widen one step at a time while the neighbour stays good
+        lo = np.where((lo > 0) & good[rows, np.maximum(lo - 1, 0)], lo - 1, lo)
+        hi = np.where((hi < last) & good[rows, np.minimum(hi + 1, last)], hi + 1, hi)
+    return np.where(ok[rows, best], np.log10(lrs[hi] / lrs[lo]), np.nan)
 
 
 def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[str]],
