@@ -624,3 +624,100 @@ def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypat
                                                      (ss.optim.spec("adamem_adamw"), 1)])
     lrn.setup(flip32.data, torch.device("cpu"), 10)
     assert [g.flat for g in lrn.groups] == [True, False]
+
+
+TORCH_FUSED = ("sgd", "sgdm", "nesterov", "adam", "adamw")
+
+
+def test_torch_optimizers_step_with_fused_kernels_bit_for_bit_with_run(flip32):
+    """torch's SGD, Adam and AdamW step their members with torch's fused kernels, one call per
+    set of hyperparameter values (exact floats from the specs): a member in a fleet with other
+    learning rates, betas, decays equals the same run alone bit for bit. (Before, a group with
+    several learning rates took them as float32 tensors and rounded Adam's step size
+    differently from the same run alone.)"""
+    model = ss.models.mlp(hidden=(16,))
+    members = []
+    for i, name in enumerate(TORCH_FUSED):
+        base = ss.optim.spec(name)
+        members += [(base, i), (base.replace(lr=base.kwargs["lr"] * 0.3), i)]
+    members += [(ss.optim.spec("adam", betas=(0.8, 0.99), amsgrad=True), 0),
+                (ss.optim.spec("adam", amsgrad=True, weight_decay=0.01), 1),
+                (ss.optim.spec("adamw", weight_decay=0.1, maximize=False), 2),
+                (ss.optim.spec("sgdm", dampening=0.5, weight_decay=1e-3), 3),
+                (ss.optim.spec("torch.optim:SGD", lr=0.05, momentum=0.0, weight_decay=1e-2), 4)]
+    fleet = run_fleet(flip32, model, members, device="cpu")
+    from shiftsim.fleet.learner import StackedLearner
+    lrn = StackedLearner(model, members)
+    lrn.setup(flip32.data, torch.device("cpu"), 10)
+    assert all("calls" in g.state for g in lrn.groups)  # every group steps fused
+    for (opt, seed), res in zip(members, fleet):
+        alone = ss.run(flip32, model, opt, seed=seed, device="cpu", threads=1)
+        pd.testing.assert_frame_equal(alone.trace, res.trace, obj=opt.name)
+        pd.testing.assert_frame_equal(alone.evals, res.evals, obj=opt.name)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_fused_rules_equal_the_operation_by_operation_rules_in_float64(kind):
+    """The fused path against the op-by-op kernels (torch's own Adam/SGD operations in order)
+    over 30 steps, float64, per-member hyperparameters, gradients some of which are transposed
+    (autograd gives such): equal to 1e-13 relative."""
+    from shiftsim.optim import adam as A
+    from shiftsim.optim import fused
+    from shiftsim.optim import sgd as S
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 5, 4), (3, 7)]
+    if kind == "sgd":
+        settings = [dict(nesterov=False, maximize=False), dict(nesterov=True, maximize=True)]
+        hps = [{"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0},
+               {"lr": 0.05, "momentum": 0.5, "dampening": 0.2, "weight_decay": 1e-2},
+               {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0}]
+    else:
+        settings = [dict(decoupled=d, amsgrad=a, maximize=m)
+                    for d, a, m in ((False, False, False), (True, True, False),
+                                    (False, True, True))]
+        hps = [{"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+               {"lr": 3e-3, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1},
+               {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}]
+    assert len(fused.member_calls(hps)) == 2
+    for flags in settings:
+        if flags.get("nesterov"):  # torch's Nesterov takes no dampening
+            hps = [{**h, "dampening": 0.0} for h in hps]
+        hp = {n: torch.tensor([h[n] for h in hps], dtype=torch.float64) for n in hps[0]}
+        p0 = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+        pa, pb = [p.clone() for p in p0], [p.clone() for p in p0]
+        if kind == "sgd":
+            sa, sb = S.fused_sgd_init(pa, hps), S.sgd_init(pb)
+        else:
+            sa, sb = A.fused_adam_init(pa, hps, flags["amsgrad"]), A.adam_init(pb,
+                                                                               flags["amsgrad"])
+        for _ in range(30):
+            grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+            grads[0] = grads[0].transpose(1, 2).contiguous().transpose(1, 2)
+            assert not grads[0].is_contiguous()
+            if kind == "sgd":
+                S.fused_sgd(grads, sa, **flags)
+                S.sgd(pb, grads, sb, learner_dims=1, **flags,
+                      **{n: hp[n] for n in ("lr", "momentum", "dampening", "weight_decay")})
+            else:
+                A.fused_adam(grads, sa, **flags)
+                A.adam(pb, grads, sb, learner_dims=1, decoupled=flags["decoupled"],
+                       maximize=flags["maximize"], lr=hp["lr"], beta1=hp["beta1"],
+                       beta2=hp["beta2"], eps=hp["eps"], weight_decay=hp["weight_decay"])
+        for a, b, p in zip(pa, pb, p0):
+            assert not torch.equal(a, p)
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_fused_kernels_only_where_available(flip32):
+    """The fused path needs a device with the kernels and each member's exact hyperparameters;
+    elsewhere (here: no members given, a meta tensor) the op-by-op rule steps."""
+    from shiftsim.optim import fused
+    p = [torch.zeros(2, 3)]
+    assert fused.available(p, {"members": [{}, {}]})
+    assert not fused.available(p, {})
+    assert not fused.available([torch.zeros(2, 3, device="meta")], {"members": [{}, {}]})
+    assert not fused.available([torch.zeros(3, 2).t()], {"members": [{}, {}]})
+    assert not fused.available([torch.zeros(2, 3, dtype=torch.int64)], {"members": [{}, {}]})
+    from shiftsim.optim.adam import STACKED
+    state = STACKED.init(p, {"lr": 0.1}, {"amsgrad": False})
+    assert "calls" not in state and state["step"] == 0

@@ -24,7 +24,7 @@ from ..learner import build_model, describe_learner
 from ..models import ModelSpec
 from ..optim import OptimizerSpec
 from ..optim._base import Hyper, Stacked
-from ..optim.stacking import group_hyper, group_key
+from ..optim.stacking import group_hyper, group_key, member_hyper
 from .model import StackedModel
 
 
@@ -100,6 +100,8 @@ class StackedLearner:
             if i == K or self._keys[i] != self._keys[start]:
                 key = self._keys[start]
                 flags = dict(key.flags)
+                if key.rule.exact_members:
+                    flags["members"] = member_hyper(self.specs[start:i])
                 flat = net.flat is not None and key.rule.flat(flags)
                 views = [net.flat.detach()[start:i]] if flat else \
                     [p.detach()[start:i] for p in params]

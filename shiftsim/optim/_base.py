@@ -79,7 +79,10 @@ class Stacked:
     ``flat(flags)``: whether the update is the same however the parameters are split into
     tensors (elementwise operations and sums over the whole model): the fleet then hands the
     rule each member's parameters as one row of a ``(K, N)`` tensor (fewer, larger operations;
-    sums in the same order as over the tensors concatenated).
+    sums in the same order as over the tensors concatenated). ``exact_members``: the rule wants
+    each member's numeric hyperparameters as exact Python floats in ``flags["members"]`` (a
+    list of dicts; torch's fused kernels take Python numbers, which ``hp``'s tensors would
+    round to the parameters' dtype).
     """
 
     init: Callable[[list[Tensor], Hyper, dict[str, Any]], Any]
@@ -88,6 +91,7 @@ class Stacked:
     diagnostics: Callable[[dict[str, Any]], tuple[str, ...]] = _no_diagnostics
     settings: Callable[[type, dict[str, Any]], dict[str, Any]] | None = None
     flat: Callable[[dict[str, Any]], bool] = _never
+    exact_members: bool = False
 
 
 class ShiftsimOptimizer(torch.optim.Optimizer):

@@ -1,9 +1,10 @@
 """torch's Adam and AdamW over K stacked members: their state, their kernel and stacked rule.
 
 The classes are ``torch.optim.Adam`` and ``torch.optim.AdamW`` themselves; this module holds
-what the fleet steps instead: the operations of torch's own Adam kernel in the same order
-(amsgrad, maximize, coupled or decoupled weight decay), with hyperparameters that may differ
-per member (``(K,)`` tensors).
+what the fleet steps instead: torch's fused Adam(W) kernel, one call per set of members with
+equal hyperparameters (:mod:`~shiftsim.optim.fused`; on the CPU and CUDA), and elsewhere the
+operations of torch's own Adam kernel in the same order (amsgrad, maximize, coupled or
+decoupled weight decay), with hyperparameters that may differ per member (``(K,)`` tensors).
 
 >>> p, g = torch.zeros(2, 3), torch.ones(2, 3)
 >>> state = adam_init([p])
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import fused
 from ._base import Hyper, Stacked, always
 from ._kernels import (
     Scalar,
@@ -30,7 +32,7 @@ from ._kernels import (
     is_zero,
 )
 
-__all__ = ["adam", "adam_init"]
+__all__ = ["adam", "adam_init", "fused_adam", "fused_adam_init"]
 
 
 def adam_init(params: list[Tensor], amsgrad: bool = False) -> dict[str, Any]:
@@ -80,8 +82,56 @@ def adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], *, lr
     foreach_addcdiv_(params, m, den, [-step_size] * len(params), ld)
 
 
+#: the hyperparameters torch's fused Adam(W) kernels take
+FUSED_HP = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+
+def fused_adam_init(params: list[Tensor], members: list[dict[str, float]],
+                    amsgrad: bool = False) -> dict[str, Any]:
+    """State for stepping stacked ``params`` with torch's fused Adam(W) kernels: the moments
+    as :func:`adam_init` makes them, a step count tensor, and the members split into calls by
+    their hyperparameters (:func:`shiftsim.optim.fused.member_calls`), each holding its
+    members' slices of the parameters and moments."""
+    state = adam_init(params, amsgrad)
+    state["step"] = torch.zeros((), dtype=torch.float32, device=params[0].device)
+    state["calls"] = fused.member_calls([{n: m[n] for n in FUSED_HP} for m in members])
+    for c in state["calls"]:
+        n = len(c.members) * len(params)
+        c.state = {"params": fused.rows(params, c.members),
+                   "exp_avg": fused.rows(state["exp_avg"], c.members),
+                   "exp_avg_sq": fused.rows(state["exp_avg_sq"], c.members),
+                   "max_exp_avg_sq": fused.rows(state["max_exp_avg_sq"], c.members)
+                   if amsgrad else [], "steps": [state["step"]] * n}
+    return state
+
+
+def fused_adam(grads: list[Tensor], state: dict[str, Any], *, decoupled: bool = False,
+               amsgrad: bool = False, maximize: bool = False) -> None:
+    """One step of torch's fused Adam (``decoupled``: AdamW) for every call of ``state`` (from
+    :func:`fused_adam_init`); ``grads``: the stacked gradients, in the order of the
+    parameters."""
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    state["step"].add_(1)
+    for c in state["calls"]:
+        s = c.state
+        kernel(s["params"], fused.grad_rows(grads, c.members), s["exp_avg"], s["exp_avg_sq"],
+               s["max_exp_avg_sq"], s["steps"], lr=c.hp["lr"], beta1=c.hp["beta1"],
+               beta2=c.hp["beta2"], weight_decay=c.hp["weight_decay"], eps=c.hp["eps"],
+               amsgrad=amsgrad, maximize=maximize)
+
+
+def _init(params: list[Tensor], hp: Hyper, flags: dict[str, Any]) -> dict[str, Any]:
+    if fused.available(params, flags):
+        return fused_adam_init(params, flags["members"], flags["amsgrad"])
+    return adam_init(params, flags["amsgrad"])
+
+
 def _update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], loss: Tensor,
             hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    if "calls" in state:
+        fused_adam(grads, state, decoupled=flags["decoupled"], amsgrad=flags["amsgrad"],
+                   maximize=flags["maximize"])
+        return []
     adam(params, grads, state, lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
          eps=hp["eps"], weight_decay=hp["weight_decay"], decoupled=flags["decoupled"],
          maximize=flags["maximize"], learner_dims=1)
@@ -96,5 +146,4 @@ def _settings(cls: type, flags: dict[str, Any]) -> dict[str, Any]:
 
 
 #: how the fleet steps ``torch.optim.Adam`` and ``torch.optim.AdamW``
-STACKED = Stacked(lambda params, hp, flags: adam_init(params, flags["amsgrad"]), _update,
-                  settings=_settings, flat=always)
+STACKED = Stacked(_init, _update, settings=_settings, flat=always, exact_members=True)

@@ -1,8 +1,10 @@
 """torch's SGD over K stacked members: its state, its kernel and its stacked rule.
 
-The class is ``torch.optim.SGD`` itself; this module holds what the fleet steps instead: the
-operations of torch's own SGD kernel in the same order (momentum, dampening, Nesterov, coupled
-weight decay, maximize), with hyperparameters that may differ per member (``(K,)`` tensors).
+The class is ``torch.optim.SGD`` itself; this module holds what the fleet steps instead:
+torch's fused SGD kernel, one call per set of members with equal hyperparameters
+(:mod:`~shiftsim.optim.fused`; on the CPU and CUDA), and elsewhere the operations of torch's own
+SGD kernel in the same order (momentum, dampening, Nesterov, coupled weight decay, maximize),
+with hyperparameters that may differ per member (``(K,)`` tensors).
 
 >>> p, g = torch.ones(2, 3), torch.ones(2, 3)
 >>> state = sgd_init([p])
@@ -18,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import fused
 from ._base import Hyper, Stacked, always
 from ._kernels import Scalar, foreach_add_decay, foreach_axpy_, foreach_scale_, is_zero
 
-__all__ = ["sgd", "sgd_init"]
+__all__ = ["fused_sgd", "fused_sgd_init", "sgd", "sgd_init"]
 
 
 def sgd_init(params: list[Tensor]) -> dict[str, Any]:
@@ -55,8 +58,49 @@ def sgd(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], *, lr:
     foreach_axpy_(params, G, -lr, ld)
 
 
+#: the hyperparameters torch's fused SGD kernel takes
+FUSED_HP = ("lr", "momentum", "dampening", "weight_decay")
+
+
+def fused_sgd_init(params: list[Tensor], members: list[dict[str, float]]) -> dict[str, Any]:
+    """State for stepping stacked ``params`` with torch's fused SGD kernel: momentum buffers
+    (filled by the first step, as torch does; none for members without momentum), the step
+    count, and the members split into calls by their hyperparameters
+    (:func:`shiftsim.optim.fused.member_calls`), each with its members' slices."""
+    calls = fused.member_calls([{n: m[n] for n in FUSED_HP} for m in members])
+    momentum = any(c.hp["momentum"] != 0 for c in calls)
+    bufs = [torch.zeros_like(p) for p in params] if momentum else None
+    for c in calls:
+        c.state = {"params": fused.rows(params, c.members),
+                   "momentum_buffer": fused.rows(bufs, c.members)
+                   if bufs is not None and c.hp["momentum"] != 0 else []}
+    return {"step": 0, "momentum_buffer": bufs, "calls": calls}
+
+
+def fused_sgd(grads: list[Tensor], state: dict[str, Any], *, nesterov: bool = False,
+              maximize: bool = False) -> None:
+    """One step of torch's fused SGD for every call of ``state`` (from :func:`fused_sgd_init`);
+    ``grads``: the stacked gradients, in the order of the parameters."""
+    state["step"] += 1
+    for c in state["calls"]:
+        s = c.state
+        torch._fused_sgd_(s["params"], fused.grad_rows(grads, c.members), s["momentum_buffer"],
+                          weight_decay=c.hp["weight_decay"], momentum=c.hp["momentum"],
+                          lr=c.hp["lr"], dampening=c.hp["dampening"], nesterov=nesterov,
+                          maximize=maximize, is_first_step=state["step"] == 1)
+
+
+def _init(params: list[Tensor], hp: Hyper, flags: dict[str, Any]) -> dict[str, Any]:
+    if fused.available(params, flags):
+        return fused_sgd_init(params, flags["members"])
+    return sgd_init(params)
+
+
 def _update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], loss: Tensor,
             hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
+    if "calls" in state:
+        fused_sgd(grads, state, nesterov=flags["nesterov"], maximize=flags["maximize"])
+        return []
     sgd(params, grads, state, lr=hp["lr"], momentum=hp["momentum"], dampening=hp["dampening"],
         weight_decay=hp["weight_decay"], nesterov=flags["nesterov"], maximize=flags["maximize"],
         learner_dims=1)
@@ -64,4 +108,4 @@ def _update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], lo
 
 
 #: how the fleet steps ``torch.optim.SGD``
-STACKED = Stacked(lambda params, hp, flags: sgd_init(params), _update, flat=always)
+STACKED = Stacked(_init, _update, flat=always, exact_members=True)

@@ -38,7 +38,7 @@ from ._base import Hyper, Stacked
 from .registry import OptimizerSpec, check_hparams, spec
 
 __all__ = ["ELEMENTWISE", "GroupKey", "group_hyper", "group_key", "hyperparameters",
-           "stacked_rule", "supports"]
+           "member_hyper", "stacked_rule", "supports"]
 
 #: constructor options that change nothing the fleet computes (implementation choices)
 IGNORED = ("foreach", "capturable", "fused", "differentiable")
@@ -179,3 +179,15 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
         else:
             hp[k] = torch.tensor(vals, dtype=like.dtype, device=like.device)
     return hp
+
+
+def member_hyper(specs: Sequence[OptimizerSpec]) -> list[dict[str, float]]:
+    """Each member's numeric hyperparameters as exact Python floats (the values of its spec
+    and the class defaults): what kernels that take Python numbers, such as torch's fused
+    Adam, need (:func:`group_hyper`'s tensors round them to the parameters' dtype).
+
+    >>> member_hyper([spec("sgdm")])[0]["momentum"]
+    0.9
+    """
+    return [{k: float(v) for k, v in hyperparameters(s).items() if _is_number(v)}
+            for s in specs]
