@@ -47,7 +47,8 @@ from ._kernels import (
 GLOBAL = "global"
 PLAN = "_step_plan"
 
-#: a group's numeric hyperparameters: a float when every member shares it, else a ``(K,)`` tensor
+#: a group's numeric hyperparameters: ``(K,)`` tensors, or 0 where every member sets 0
+#: (:func:`shiftsim.optim.stacking.group_hyper`)
 Hyper = dict[str, "float | Tensor"]
 
 
@@ -72,10 +73,11 @@ class Stacked:
     ``init(params, hp, flags)`` returns the members' state for ``params`` (each ``(K, ...)``);
     ``update(state, params, grads, loss, hp, flags)`` takes one step in place (``loss``: the
     members' losses ``(K,)``) and returns the per-member diagnostics, one ``(K,)`` tensor per
-    name of ``diagnostics(flags)``. ``hp`` holds the numeric hyperparameters (a float when every
-    member of the group shares it, else a ``(K,)`` tensor; ``betas`` split into ``beta1`` and
-    ``beta2``), ``flags`` the non-numeric ones, which the members share. ``settings(cls,
-    flags)`` (optional) adds flags that the class itself implies (AdamW: decoupled decay).
+    name of ``diagnostics(flags)``. ``hp`` holds the numeric hyperparameters (``(K,)`` tensors,
+    even where the members share a value, so that a member computes the same in any fleet;
+    the number 0 where every member sets 0; ``betas`` split into ``beta1`` and ``beta2``),
+    ``flags`` the non-numeric ones, which the members share. ``settings(cls, flags)``
+    (optional) adds flags that the class itself implies (AdamW: decoupled decay).
     ``flat(flags)``: whether the update is the same however the parameters are split into
     tensors (elementwise operations and sums over the whole model): the fleet then hands the
     rule each member's parameters as one row of a ``(K, N)`` tensor (fewer, larger operations;

@@ -166,16 +166,31 @@ def supports(optimizer: OptimizerSpec | str) -> bool:
 
 
 def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
-    """The numeric hyperparameters of a group: floats when shared, else ``(K,)`` tensors (in
-    the dtype and on the device of ``like``)."""
+    """The numeric hyperparameters of a group as ``(K,)`` tensors (in the dtype and on the
+    device of ``like``), but for those every member sets to 0, which stay the number 0 (the
+    rules skip the work they gate, such as weight decay).
+
+    Tensors even where every member shares a value: a rule's arithmetic on a tensor
+    hyperparameter rounds differently from its arithmetic on a Python float (a float64
+    product cast once, against float32 products), so a member's numbers would depend on
+    whether another member of its fleet has another value. With tensors everywhere, a member
+    computes the same in any fleet as alone (``ss.run`` is a one-member fleet). A member
+    whose value is 0 in a group with other values runs the gated work with a zero
+    coefficient: the same numbers for finite parameters (``g + 0 * p = g``,
+    ``(1 - lr * 0) * p = p``).
+
+    >>> hp = group_hyper([spec("sgdm"), spec("sgdm", lr=0.1)], torch.zeros(()))
+    >>> hp["lr"], hp["weight_decay"]
+    (tensor([0.0500, 0.1000]), 0.0)
+    """
     if stacked_rule(specs[0].target) is ELEMENTWISE:
         return {}
     rows = [{k: v for k, v in hyperparameters(s).items() if _is_number(v)} for s in specs]
     hp: Hyper = {}
     for k in rows[0]:
         vals = [float(r[k]) for r in rows]
-        if all(v == vals[0] for v in vals):
-            hp[k] = rows[0][k] if isinstance(rows[0][k], (int, float)) else vals[0]
+        if all(v == 0 for v in vals):
+            hp[k] = rows[0][k]
         else:
             hp[k] = torch.tensor(vals, dtype=like.dtype, device=like.device)
     return hp
