@@ -775,3 +775,17 @@ def test_a_member_computes_the_same_in_any_fleet(name, flip32):
         alone = ss.run(flip32, model, opt, seed=seed, device="cpu", threads=1)
         pd.testing.assert_frame_equal(alone.trace, res.trace, obj=str(opt.kwargs))
         pd.testing.assert_frame_equal(alone.evals, res.evals, obj=str(opt.kwargs))
+
+
+def test_an_autograd_mlp_member_computes_the_same_in_any_fleet(flip32):
+    """A GELU MLP (batched matmuls and autograd, per-parameter tensors): a member alone and in
+    a fleet with other optimizers and learning rates give the same trace bit for bit."""
+    def gelu(data):
+        return MLP(64, 10, (16,), activation="gelu")
+
+    adam = ss.optim.spec("adam")
+    alone = run_fleet(flip32, gelu, [(adam, 0)], device="cpu")[0]
+    mixed = run_fleet(flip32, gelu, [(ss.optim.spec("tam"), 1), (adam.replace(lr=0.01), 2),
+                                     (adam, 0), (ss.optim.spec("grams"), 3)], device="cpu")[2]
+    pd.testing.assert_frame_equal(alone.trace, mixed.trace)
+    pd.testing.assert_frame_equal(alone.evals, mixed.evals)
