@@ -262,7 +262,9 @@ def _am_scales(k1: Tensor, sbc2: Sequence[Scalar], eps: Scalar) -> tuple[list[Te
     No host-to-device copy when every tensor has the same bias correction (every tensor
     stepped as often, the usual case): ``k1 * float`` rounds the float to ``k1``'s dtype as
     the column tensor would, so the two give the same bits."""
-    if any(isinstance(x, Tensor) for x in sbc2):
+    if sbc2 and isinstance(sbc2[0], Tensor) and all(x is sbc2[0] for x in sbc2):
+        c1 = list((k1 * sbc2[0]).unbind(0))  # (n, K) * (K,): the same products, one op
+    elif any(isinstance(x, Tensor) for x in sbc2):
         c1 = [k1[i] * sbc2[i] for i in range(len(sbc2))]
     elif len(set(sbc2)) <= 1:
         c1 = list((k1 * (sbc2[0] if sbc2 else 1.0)).unbind(0))
@@ -302,7 +304,10 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
         k1 = 1 - b1 * pi  # (n[, K])
         steps = b.steps
         assert steps is not None
-        sbc2 = [1 / sqrt_(1 - b2 ** t) for t in steps]
+        by_step: dict[int, Scalar] = {}  # tensors stepped as often share one value
+        for t in set(steps):
+            by_step[t] = 1 / sqrt_(1 - b2 ** t)
+        sbc2 = [by_step[t] for t in steps]
         c1, c2 = _am_scales(k1, sbc2, eps)
         betas: list[Tensor | None] = [None] * n
         fe, loop = split_paths(P_, foreach, ld)
