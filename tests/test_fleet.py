@@ -789,3 +789,21 @@ def test_an_autograd_mlp_member_computes_the_same_in_any_fleet(flip32):
                                      (adam, 0), (ss.optim.spec("grams"), 3)], device="cpu")[2]
     pd.testing.assert_frame_equal(alone.trace, mixed.trace)
     pd.testing.assert_frame_equal(alone.evals, mixed.evals)
+
+
+def test_a_fused_call_keeps_its_gradient_slices_only_for_memory_rewritten_in_place():
+    from shiftsim.optim import fused
+    call = fused.member_calls([{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.1}])[0]
+    flat = torch.zeros(3, 4)
+    first = call.grads([flat])
+    assert call._grads is None  # seen once: not kept yet
+    second = call.grads([flat])
+    assert call.grads([flat]) is second  # the same memory twice in a row: kept
+    flat[2] = 7.0  # the kept slices are views: they see the new values
+    assert [r.tolist() for r in second] == [[0.0] * 4, [7.0] * 4] and len(first) == 2
+    fresh = torch.ones(3, 4)
+    got = call.grads([fresh])
+    assert got is not second and torch.equal(got[1], fresh[2]) and call._grads is None
+    t = torch.arange(24.0).view(3, 4, 2).transpose(1, 2)  # not contiguous: copied, not kept
+    rows = call.grads([t])
+    assert all(r.is_contiguous() for r in rows) and torch.equal(rows[1], t[2])

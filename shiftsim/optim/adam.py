@@ -114,7 +114,7 @@ def fused_adam(grads: list[Tensor], state: dict[str, Any], *, decoupled: bool = 
     state["step"].add_(1)
     for c in state["calls"]:
         s = c.state
-        kernel(s["params"], fused.grad_rows(grads, c.members), s["exp_avg"], s["exp_avg_sq"],
+        kernel(s["params"], c.grads(grads), s["exp_avg"], s["exp_avg_sq"],
                s["max_exp_avg_sq"], s["steps"], lr=c.hp["lr"], beta1=c.hp["beta1"],
                beta2=c.hp["beta2"], weight_decay=c.hp["weight_decay"], eps=c.hp["eps"],
                amsgrad=amsgrad, maximize=maximize)

@@ -40,6 +40,24 @@ class Call:
     hp: dict[str, float]
     #: per-call state the rule keeps (its tensors' lists, step count)
     state: dict[str, Any] = field(default_factory=dict)
+    _grads: tuple[tuple[Any, ...], list[Tensor]] | None = None
+    _last: tuple[Any, ...] | None = None
+
+    def grads(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """:func:`grad_rows` of ``grads`` for this call's members, kept once the fleet has
+        handed the same contiguous gradient memory twice in a row (a ReLU MLP's flat gradient
+        rows, rewritten in place every step): the slices are views, so they see each step's
+        values. Kept slices hold their memory, so no other tensor can appear at that address;
+        gradients that move (autograd's fresh ones) are sliced anew and nothing is kept."""
+        if not all(g.is_contiguous() for g in grads):
+            return grad_rows(grads, self.members)
+        key = tuple((g.data_ptr(), g.shape, g.stride(), g.dtype) for g in grads)
+        if self._grads is not None and self._grads[0] == key:
+            return self._grads[1]
+        out = rows(grads, self.members)
+        self._grads = (key, out) if key == self._last else None
+        self._last = key
+        return out
 
 
 def available(params: Sequence[Tensor], flags: Mapping[str, Any]) -> bool:

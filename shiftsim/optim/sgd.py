@@ -84,7 +84,7 @@ def fused_sgd(grads: list[Tensor], state: dict[str, Any], *, nesterov: bool = Fa
     state["step"] += 1
     for c in state["calls"]:
         s = c.state
-        torch._fused_sgd_(s["params"], fused.grad_rows(grads, c.members), s["momentum_buffer"],
+        torch._fused_sgd_(s["params"], c.grads(grads), s["momentum_buffer"],
                           weight_decay=c.hp["weight_decay"], momentum=c.hp["momentum"],
                           lr=c.hp["lr"], dampening=c.hp["dampening"], nesterov=nesterov,
                           maximize=maximize, is_first_step=state["step"] == 1)
