@@ -64,7 +64,8 @@ def available(params: Sequence[Tensor], flags: Mapping[str, Any]) -> bool:
     """Whether the fused kernels can step ``params`` (stacked tensors): a device that has them,
     a floating dtype they take, each member's slice contiguous, and the members' exact
     hyperparameters at hand (``flags["members"]``, which the fleet's learner supplies)."""
-    if "members" not in flags or not params:
+    if "members" not in flags or not params or not all(
+            hasattr(torch, k) for k in ("_fused_sgd_", "_fused_adam_", "_fused_adamw_")):
         return False
     p = params[0]
     return (p.device.type in DEVICE_TYPES and p.is_floating_point()
