@@ -23,7 +23,8 @@ one by one (the in-process executor) and extrapolates the non-fleet time of the 
 (default 32, MLP 64-128-128-10, batch 32, 400 steps, optimizers sgdm,tam,adam,momo) against
 torch.bmm running the same matmuls (forward, weight gradients, input gradients: the model's
 arithmetic, evaluations not counted) back to back, rounds interleaved in one process; it prints
-both rates in GFLOP/s and the fraction of the peak (issue 17: goal >= 50 %).
+both rates in GFLOP/s and the fraction of the peak (issue 17: goal >= 50 %), then (on the CPU)
+where one more run's step goes: the model, each optimizer group, and the rest.
 
     python benchmarks/fleet.py --peak [--k 32] [--hidden 128,128] [--steps 400]
                                [--optimizers sgdm,tam,adam,momo] [--threads 2] [--rounds 5]
@@ -135,6 +136,51 @@ def peak(args: argparse.Namespace) -> None:
           f"per step, evaluations included); bmm {median(bmm):.1f} GFLOP/s")
     print(f"  fraction of the bmm peak: {median(fractions):.0%} (rounds: "
           + " ".join(f"{f:.0%}" for f in fractions) + ")  (goal >= 50 %)")
+    if args.device == "cpu":
+        breakdown(sc, model, members)
+
+
+def breakdown(sc: ss.Scenario, model: ss.models.ModelSpec,
+              members: list[tuple[ss.optim.OptimizerSpec, int]]) -> None:
+    """Where one fleet run's step goes (CPU: every operation finishes before the clock reads):
+    the model's forward and backward, each optimizer group's update, and the rest (held-out
+    evaluation, batches, the loop), timing the stacked model's and the groups' steps during
+    one more run."""
+    from shiftsim.fleet import learner as fleet_learner
+    from shiftsim.fleet import model as fleet_model
+
+    spent: dict[str, float] = {}
+
+    def timing(fn: Callable[..., object], label: Callable[[object], str]) -> Callable[..., object]:
+        def timed(self: object, *args: object, **kwargs: object) -> object:
+            t0 = time.perf_counter()
+            out = fn(self, *args, **kwargs)
+            key = label(self)
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
+            return out
+        return timed
+
+    def group_name(g: object) -> str:
+        fn = g.rule.update  # type: ignore[attr-defined]
+        return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__qualname__} ({g.stop - g.start})"  # type: ignore[attr-defined]
+
+    patched = [(fleet_model.StackedModel, "step", lambda m: "model"),
+               (fleet_learner._Group, "step", group_name)]
+    saved = [getattr(cls, name) for cls, name, _ in patched]
+    for cls, name, label in patched:
+        setattr(cls, name, timing(getattr(cls, name), label))
+    try:
+        t0 = time.perf_counter()
+        run_fleet(sc, model, members)
+        total = time.perf_counter() - t0
+    finally:
+        for (cls, name, _), fn in zip(patched, saved):
+            setattr(cls, name, fn)
+    steps = sc.total_steps
+    parts = ", ".join(f"{k} {v / steps * 1e3:.2f}" for k, v in spent.items())
+    rest = total - sum(spent.values())
+    print(f"  one more run, timed by piece (ms per step): total {total / steps * 1e3:.2f}; "
+          f"{parts}; evaluation, batches and the loop {rest / steps * 1e3:.2f}")
 
 
 def study1000(args: argparse.Namespace) -> None:

@@ -807,3 +807,14 @@ def test_a_fused_call_keeps_its_gradient_slices_only_for_memory_rewritten_in_pla
     t = torch.arange(24.0).view(3, 4, 2).transpose(1, 2)  # not contiguous: copied, not kept
     rows = call.grads([t])
     assert all(r.is_contiguous() for r in rows) and torch.equal(rows[1], t[2])
+
+
+def test_the_peak_benchmark_runs_and_says_where_a_step_goes():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "fleet.py"), "--peak",
+                          "--k", "4", "--steps", "20", "--rounds", "1", "--hidden", "8"],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "fraction of the bmm peak" in out.stdout
+    piece = out.stdout.split("timed by piece")[1]
+    assert "model" in piece and "tam._tam_stacked (1)" in piece and "the loop" in piece
