@@ -7,8 +7,8 @@ non-numeric settings form a group, stepped by that optimizer's stacked rule
 (:mod:`shiftsim.optim.stacking`) over their slice of the stacked parameters — for a ReLU MLP,
 whose parameters the stacked model keeps in one ``(K, N)`` tensor, as one block of rows when
 the rule allows it (:attr:`~shiftsim.optim._base.Stacked.flat`); numeric hyperparameters are
-``(K,)`` tensors (:func:`~shiftsim.optim.stacking.group_hyper`), so a member's numbers do not
-depend on the other members' values.
+tensors (:func:`~shiftsim.optim.stacking.group_hyper`), so a member's numbers do not depend on
+the other members' values.
 """
 
 from __future__ import annotations

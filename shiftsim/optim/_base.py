@@ -47,7 +47,7 @@ from ._kernels import (
 GLOBAL = "global"
 PLAN = "_step_plan"
 
-#: a group's numeric hyperparameters: ``(K,)`` tensors, or 0 where every member sets 0
+#: a group's numeric hyperparameters: ``(K,)`` or 0-d tensors, or 0 where every member sets 0
 #: (:func:`shiftsim.optim.stacking.group_hyper`)
 Hyper = dict[str, "float | Tensor"]
 
@@ -73,9 +73,10 @@ class Stacked:
     ``init(params, hp, flags)`` returns the members' state for ``params`` (each ``(K, ...)``);
     ``update(state, params, grads, loss, hp, flags)`` takes one step in place (``loss``: the
     members' losses ``(K,)``) and returns the per-member diagnostics, one ``(K,)`` tensor per
-    name of ``diagnostics(flags)``. ``hp`` holds the numeric hyperparameters (``(K,)`` tensors,
-    even where the members share a value, so that a member computes the same in any fleet;
-    the number 0 where every member sets 0; ``betas`` split into ``beta1`` and ``beta2``),
+    name of ``diagnostics(flags)``. ``hp`` holds the numeric hyperparameters (tensors, even
+    where the members share a value, so that a member computes the same in any fleet:
+    ``(K,)`` where values differ, 0-d where shared; the number 0 where every member sets 0;
+    ``betas`` split into ``beta1`` and ``beta2``),
     ``flags`` the non-numeric ones, which the members share. ``settings(cls, flags)``
     (optional) adds flags that the class itself implies (AdamW: decoupled decay).
     ``flat(flags)``: whether the update is the same however the parameters are split into

@@ -166,8 +166,9 @@ def supports(optimizer: OptimizerSpec | str) -> bool:
 
 
 def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
-    """The numeric hyperparameters of a group as ``(K,)`` tensors (in the dtype and on the
-    device of ``like``), but for those every member sets to 0, which stay the number 0 (the
+    """The numeric hyperparameters of a group as tensors (in the dtype and on the device of
+    ``like``): ``(K,)`` where the members' values differ, 0-d where they share one (the same
+    arithmetic per member, fewer operations), and the number 0 where every member sets 0 (the
     rules skip the work they gate, such as weight decay).
 
     Tensors even where every member shares a value: a rule's arithmetic on a tensor
@@ -180,8 +181,8 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
     ``(1 - lr * 0) * p = p``).
 
     >>> hp = group_hyper([spec("sgdm"), spec("sgdm", lr=0.1)], torch.zeros(()))
-    >>> hp["lr"], hp["weight_decay"]
-    (tensor([0.0500, 0.1000]), 0.0)
+    >>> hp["lr"], hp["momentum"], hp["weight_decay"]
+    (tensor([0.0500, 0.1000]), tensor(0.9000), 0.0)
     """
     if stacked_rule(specs[0].target) is ELEMENTWISE:
         return {}
@@ -191,6 +192,8 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
         vals = [float(r[k]) for r in rows]
         if all(v == 0 for v in vals):
             hp[k] = rows[0][k]
+        elif all(v == vals[0] for v in vals):  # 0-d: the same arithmetic, fewer operations
+            hp[k] = torch.tensor(vals[0], dtype=like.dtype, device=like.device)
         else:
             hp[k] = torch.tensor(vals, dtype=like.dtype, device=like.device)
     return hp
