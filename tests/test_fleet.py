@@ -763,7 +763,8 @@ def test_a_member_computes_the_same_in_any_fleet(name, flip32):
     """Members that differ in one hyperparameter each share a group (their hyperparameters
     as (K,) tensors); each equals its run alone (ss.run, a one-member fleet) bit for bit.
     Before, a group with several values of a hyperparameter took tensors where a member alone
-    took floats, and rounded differently for 7 of the 13 optimizers (the bias corrections and
+    took floats, and rounded differently for 9 of the 13 optimizers (Adam and AdamW, now stepped
+    by torch's fused kernels, and 7 others through the tensors: the bias corrections and
     step sizes of the Adam-like ones: float32 products instead of one float64 product)."""
     model = ss.models.mlp(hidden=(8,))
     specs = _one_change_each(name)

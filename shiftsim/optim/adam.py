@@ -91,7 +91,8 @@ def fused_adam_init(params: list[Tensor], members: list[dict[str, float]],
     """State for stepping stacked ``params`` with torch's fused Adam(W) kernels: the moments
     as :func:`adam_init` makes them, a step count tensor, and the members split into calls by
     their hyperparameters (:func:`shiftsim.optim.fused.member_calls`), each holding its
-    members' slices of the parameters and moments."""
+    members' slices of the parameters and moments (views: every step updates these
+    ``params``, whatever the rule's update is handed)."""
     state = adam_init(params, amsgrad)
     state["step"] = torch.zeros((), dtype=torch.float32, device=params[0].device)
     state["calls"] = fused.member_calls([{n: m[n] for n in FUSED_HP} for m in members])

@@ -3,13 +3,15 @@
 The fleet steps members of ``torch.optim.SGD``, ``Adam`` and ``AdamW`` with torch's fused
 kernels (``torch._fused_sgd_``, ``torch._fused_adam_``, ``torch._fused_adamw_``: one pass over
 memory per step, where the operation-by-operation rules in :mod:`~shiftsim.optim.sgd` and
-:mod:`~shiftsim.optim.adam` make six or seven) when the device has them (CPU, CUDA). A fused
+:mod:`~shiftsim.optim.adam` make one per operation: two or three for SGD with momentum, seven
+for Adam) when the device has them (CPU, CUDA). A fused
 kernel takes its hyperparameters as Python numbers shared by a list of tensors, so the members
 are split into *calls*: members with the same hyperparameter values, exactly as their specs give
 them (``flags["members"]``), step in one call over their tensors (member ``k``'s tensors are
 the ``k``-th slices of the stacked ones: views, no copies). The kernels are elementwise, so a
-member's numbers do not depend on which members share its call or its fleet: a fleet member
-and the same run alone (``ss.run``, itself a one-member fleet) agree bit for bit.
+member's update does not depend on which members share its call or its fleet (tested: with one
+torch thread a fleet member and the same run alone, ``ss.run``, itself a one-member fleet,
+agree bit for bit).
 
 >>> calls = member_calls([{"lr": 0.1, "momentum": 0.9}, {"lr": 0.2, "momentum": 0.9},
 ...                       {"lr": 0.1, "momentum": 0.9}])

@@ -66,7 +66,8 @@ def fused_sgd_init(params: list[Tensor], members: list[dict[str, float]]) -> dic
     """State for stepping stacked ``params`` with torch's fused SGD kernel: momentum buffers
     (filled by the first step, as torch does; none for members without momentum), the step
     count, and the members split into calls by their hyperparameters
-    (:func:`shiftsim.optim.fused.member_calls`), each with its members' slices."""
+    (:func:`shiftsim.optim.fused.member_calls`), each with its members' slices (views: every
+    step updates these ``params``, whatever the rule's update is handed)."""
     calls = fused.member_calls([{n: m[n] for n in FUSED_HP} for m in members])
     momentum = any(c.hp["momentum"] != 0 for c in calls)
     bufs = [torch.zeros_like(p) for p in params] if momentum else None

@@ -174,8 +174,8 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
     Tensors even where every member shares a value: a rule's arithmetic on a tensor
     hyperparameter rounds differently from its arithmetic on a Python float (a float64
     product cast once, against float32 products), so a member's numbers would depend on
-    whether another member of its fleet has another value. With tensors everywhere, a member
-    computes the same in any fleet as alone (``ss.run`` is a one-member fleet). A member
+    whether another member of its fleet has another value. With tensors everywhere, a member's
+    optimizer computes the same in any fleet as alone (``ss.run`` is a one-member fleet). A member
     whose value is 0 in a group with other values runs the gated work with a zero
     coefficient: the same numbers for finite parameters (``g + 0 * p = g``,
     ``(1 - lr * 0) * p = p``).
@@ -186,12 +186,12 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
     """
     if stacked_rule(specs[0].target) is ELEMENTWISE:
         return {}
-    rows = [{k: v for k, v in hyperparameters(s).items() if _is_number(v)} for s in specs]
+    rows = member_hyper(specs)
     hp: Hyper = {}
     for k in rows[0]:
-        vals = [float(r[k]) for r in rows]
+        vals = [r[k] for r in rows]
         if all(v == 0 for v in vals):
-            hp[k] = rows[0][k]
+            hp[k] = 0.0
         elif all(v == vals[0] for v in vals):  # 0-d: the same arithmetic, fewer operations
             hp[k] = torch.tensor(vals[0], dtype=like.dtype, device=like.device)
         else:

@@ -21,8 +21,8 @@ it equals ``shiftsim.run``'s up to float rounding of the batched matmuls (see
 :mod:`shiftsim.fleet`), and ``fleet=False`` reproduces ``shiftsim.run`` bit for bit. A CNN's
 convolutions, batched over the members with ``torch.func.vmap``, round differently with the
 fleet's size (measured: 1e-7 relative in the loss after 36 steps). These hold on the CPU with
-one torch thread, as studies run (with more, a fleet's products and sums split over the
-threads differently from a smaller fleet's). On CUDA the batched-GEMM kernels are
+one torch thread, as studies run (measured with 2 threads: a fleet's gradients differ in the
+last bits from a smaller fleet's). On CUDA the batched-GEMM kernels are
 chosen by shape, so a member's trace may depend on its fleet's size in the last bits (and so
 differ from ``run()``'s); with ``deterministic=True`` the same fleet sizes on the same GPU
 model and software repeat bit for bit (:func:`shiftsim.runtime.deterministic_mode`).
