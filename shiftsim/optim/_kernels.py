@@ -25,7 +25,9 @@ The kernels in :mod:`~shiftsim.optim.tam`, :mod:`~shiftsim.optim.adamem`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -331,9 +333,116 @@ class Block:
 
 def sqrt_(x: Scalar) -> Scalar:
     """sqrt of a float or a tensor."""
-    import math
-
     return torch.sqrt(x) if isinstance(x, Tensor) else math.sqrt(x)
+
+
+# ----------------------------------------------------------------- host scalars
+#
+# The fleet hands a rule its members' hyperparameters as tensors (``stacking.group_hyper``),
+# each remembering its members' exact values (:func:`exact`). A rule's scalar coefficients
+# (bias corrections, step sizes, ``1 - beta``) are then computed by :func:`host` on the host,
+# per member, with the same Python float arithmetic as a float hyperparameter gets, and made
+# a tensor once: one small host-to-tensor write instead of a handful of 0-d tensor operations
+# a step (each ~4 us on the CPU), and a member's coefficients are the same bits in any fleet.
+
+#: :func:`host`'s results for coefficients asked for with ``keep=True``
+_HOST: dict[tuple, Tensor] = {}
+_HOST_LIMIT = 4096
+
+
+def exact(values: Sequence[float], like: Tensor) -> Tensor:
+    """The members' values of one hyperparameter as a tensor in ``like``'s dtype and device
+    (0-d when they are all equal, else ``(K,)``) that remembers them exactly, for
+    :func:`host`.
+
+    >>> lr = exact([0.1, 0.2], torch.zeros(()))
+    >>> lr, host(negative, lr)
+    (tensor([0.1000, 0.2000]), tensor([-0.1000, -0.2000]))
+    """
+    vals = [float(v) for v in values]
+    same = all(v == vals[0] for v in vals)
+    t = (torch.full((), vals[0], dtype=like.dtype, device=like.device) if same
+         else torch.tensor(vals, dtype=like.dtype, device=like.device))
+    t._shiftsim_exact = vals[0] if same else tuple(vals)  # type: ignore[attr-defined]
+    return t
+
+
+def exact_values(t: Tensor) -> float | tuple[float, ...] | None:
+    """The members' exact values behind an :func:`exact` tensor (None for other tensors)."""
+    return getattr(t, "_shiftsim_exact", None)
+
+
+def host(fn: Callable[..., float], *args: object, keep: bool = True) -> Any:
+    """``fn(*args)`` for floats; for :func:`exact` tensors among ``args``, ``fn`` per member
+    on their exact values (Python floats: what a float hyperparameter gives), as an
+    :func:`exact` tensor. Other tensors: ``fn(*args)`` as tensor arithmetic (``fn`` must take
+    tensors too: :func:`sqrt_`, not ``math.sqrt``). ``keep``: remember the result (for
+    coefficients that do not change from step to step; ``fn`` must be a module-level
+    function, its result depending on ``args`` alone).
+
+    >>> host(one_minus, 0.25), host(one_minus, exact([0.9, 0.99], torch.zeros(())))
+    (0.75, tensor([0.1000, 0.0100]))
+    """
+    vals: list[object] = []
+    like: Tensor | None = None
+    k = 0
+    for a in args:
+        if isinstance(a, Tensor):
+            v = exact_values(a)
+            if v is None:
+                return fn(*args)
+            if like is None:
+                like = a
+            if isinstance(v, tuple):
+                k = len(v)
+            vals.append(v)
+        else:
+            vals.append(a)
+    if like is None:
+        return fn(*args)
+    key = (fn, like.dtype, like.device, *vals) if keep else None
+    if key is not None:
+        hit = _HOST.get(key)
+        if hit is not None:
+            return hit
+    if k:
+        out = [fn(*(v[i] if isinstance(v, tuple) else v for v in vals)) for i in range(k)]
+    else:
+        out = [fn(*vals)]
+    t = exact(out, like)
+    if key is not None:
+        if len(_HOST) >= _HOST_LIMIT:
+            _HOST.clear()
+        _HOST[key] = t
+    return t
+
+
+def one_minus(x: float) -> float:
+    return 1 - x
+
+
+def one_plus(x: float) -> float:
+    return 1 + x
+
+
+def one_plus_product(a: float, b: float) -> float:
+    """``1 + a b`` (e.g. the proximal weight decay's ``1 + lr wd``)."""
+    return 1 + a * b
+
+
+def negative(x: float) -> float:
+    return -x
+
+
+def decay_factor(lr: float, wd: float) -> float:
+    """``1 - lr * wd``: decoupled weight decay's factor on the parameters."""
+    return 1 - lr * wd
+
+
+def scaled_eps(eps: Scalar, b2: Scalar, t: int) -> Scalar:
+    """``eps sqrt(1 - b2^t)``: an epsilon added to ``sqrt(v)`` before its bias correction
+    (the same as ``eps`` after it)."""
+    return eps * sqrt_(1 - b2 ** t)
 
 
 def add_decay(params: list[Tensor], grads: list[Tensor], wd: Scalar, ld: int) -> list[Tensor]:
@@ -357,7 +466,7 @@ def ema_sq_(v: Tensor, g: Tensor, beta2: Scalar, ld: int, tmp: Tensor) -> None:
     """``v = beta2 * v + (1 - beta2) * g * g`` (``tmp``: a scratch tensor shaped like ``g``)."""
     if isinstance(beta2, Tensor):
         v.mul_(bc(beta2, v, ld))
-        torch.mul(g, bc(1 - beta2, g, ld), out=tmp)
+        torch.mul(g, bc(host(one_minus, beta2), g, ld), out=tmp)
         v.addcmul_(g, tmp)
     else:
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -369,7 +478,8 @@ def foreach_ema_sq_(vs: list[Tensor], gs: list[Tensor], beta2: Scalar, ld: int) 
         return
     if isinstance(beta2, Tensor):
         foreach_scale_(vs, beta2, ld)
-        tmp = torch._foreach_mul(gs, [bc(1 - beta2, g, ld) for g in gs])
+        w = host(one_minus, beta2)
+        tmp = torch._foreach_mul(gs, [bc(w, g, ld) for g in gs])
         torch._foreach_addcmul_(vs, gs, tmp)
     else:
         torch._foreach_mul_(vs, beta2)

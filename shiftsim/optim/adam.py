@@ -25,11 +25,14 @@ from ._base import Hyper, Stacked, always
 from ._kernels import (
     Scalar,
     bc,
+    decay_factor,
     foreach_add_decay,
     foreach_addcdiv_,
     foreach_ema_sq_,
     foreach_scale_,
+    host,
     is_zero,
+    one_minus,
 )
 
 __all__ = ["adam", "adam_init", "fused_adam", "fused_adam_init"]
@@ -41,6 +44,15 @@ def adam_init(params: list[Tensor], amsgrad: bool = False) -> dict[str, Any]:
     return {"step": 0, "exp_avg": [torch.zeros_like(p) for p in params],
             "exp_avg_sq": [torch.zeros_like(p) for p in params],
             "max_exp_avg_sq": [torch.zeros_like(p) for p in params] if amsgrad else None}
+
+
+def _neg_step_size(lr: Scalar, beta1: Scalar, t: float) -> Scalar:
+    """``-(lr / (1 - beta1^t))``: Adam's step factor on ``m / den``."""
+    return -(lr / (1 - beta1 ** t))
+
+
+def _sqrt_bias_correction(beta2: Scalar, t: float) -> Scalar:
+    return (1 - beta2 ** t) ** 0.5
 
 
 def adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], *, lr: Scalar,
@@ -56,16 +68,18 @@ def adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], *, lr
     G = list(torch._foreach_neg(grads)) if maximize else grads
     if not is_zero(weight_decay):
         if decoupled:
-            foreach_scale_(params, 1 - lr * weight_decay, ld)
+            foreach_scale_(params, host(decay_factor, lr, weight_decay), ld)
         else:
             G = foreach_add_decay(params, G, weight_decay, ld)
-    if isinstance(beta1, Tensor):
-        torch._foreach_lerp_(m, G, [bc(1 - beta1, x, ld) for x in m])
+    w1 = host(one_minus, beta1)
+    if isinstance(w1, Tensor):
+        torch._foreach_lerp_(m, G, [bc(w1, x, ld) for x in m])
     else:
-        torch._foreach_lerp_(m, G, 1 - beta1)
+        torch._foreach_lerp_(m, G, w1)
     foreach_ema_sq_(v, G, beta2, ld)
-    step_size = lr / (1 - beta1 ** t)
-    bc2_sqrt = (1 - beta2 ** t) ** 0.5
+    # on the host for exact tensors (_kernels.host)
+    step_size = host(_neg_step_size, lr, beta1, t, keep=False)
+    bc2_sqrt = host(_sqrt_bias_correction, beta2, t, keep=False)
     src = v
     if vmax is not None:
         torch._foreach_maximum_(vmax, v)
@@ -79,7 +93,7 @@ def adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], *, lr
         torch._foreach_add_(den, [bc(eps, d, ld) for d in den])
     else:
         torch._foreach_add_(den, eps)
-    foreach_addcdiv_(params, m, den, [-step_size] * len(params), ld)
+    foreach_addcdiv_(params, m, den, [step_size] * len(params), ld)
 
 
 #: the hyperparameters torch's fused Adam(W) kernels take

@@ -66,15 +66,21 @@ from ._kernels import (
     check_learner_dims,
     check_number,
     coupled_grads,
+    decay_factor,
     default_scratch,
     dot,
     ema_sq_,
     foreach_addcdiv_,
     foreach_ema_sq_,
     foreach_scale_,
+    host,
     is_zero,
     kept_sqnorm,
     lerp_step,
+    negative,
+    one_minus,
+    one_plus,
+    one_plus_product,
     pick,
     scalar_state,
     scale_,
@@ -139,9 +145,9 @@ def _amsgd_blocks(blocks: Sequence[Block], *, lam: Scalar, beta_max: Scalar, ld:
     for b in blocks:
         lerp = b.hp.get("lerp")
         if lerp is not None:
-            lerp.run(b.grads, w, -b.hp["lr"], None)
+            lerp.run(b.grads, w, host(negative, b.hp["lr"]), None)
         else:
-            lerp_step(b.params, b.grads, b.bufs["d"], w, -b.hp["lr"], None,
+            lerp_step(b.params, b.grads, b.bufs["d"], w, host(negative, b.hp["lr"]), None,
                       *split_paths(b.params, foreach, ld), ld)
     return beta
 
@@ -158,11 +164,11 @@ def _am_weight(parts: Sequence[tuple[Tensor, Tensor, Tensor]], ratios: Sequence[
         tr = tb[0] * ratio
         a, bb, e, ar = tb + (tr,) if a is None else (a + tb[0], bb + tb[1], e + tb[2], ar + tr)
     assert a is not None and bb is not None and e is not None and ar is not None
-    num = (1 + lam) * ar - ((1 - lam) * a + lam * e - bb)
+    num = host(one_plus, lam) * ar - (host(one_minus, lam) * a + lam * e - bb)
     den = e - 2 * a + bb
     tol = (32 * torch.finfo(den.dtype).eps) * (e + bb)
     beta = _clip(torch.where(den > tol, num / den, torch.zeros_like(den)), beta_max)
-    w = (1 - beta) / (1 + lam)
+    w = (1 - beta) / host(one_plus, lam)
     for (ab, bbb, eb), sq in zip(parts, sqnorms):
         if sq is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
             kept_sqnorm(sq, 1 - w, w, ab, eb, bbb)
@@ -305,8 +311,8 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
         steps = b.steps
         assert steps is not None
         by_step: dict[int, Scalar] = {}  # tensors stepped as often share one value
-        for t in set(steps):
-            by_step[t] = 1 / sqrt_(1 - b2 ** t)
+        for t in set(steps):  # on the host for exact tensors (_kernels.host)
+            by_step[t] = host(_inv_sqrt_bc, b2, t, keep=False)
         sbc2 = [by_step[t] for t in steps]
         c1, c2 = _am_scales(k1, sbc2, eps)
         betas: list[Tensor | None] = [None] * n
@@ -358,8 +364,8 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
             else:
                 torch._foreach_lerp_(Df, Gf, [bc(1 - x, d, ld) for x, d in zip(bet, Df)])
             if decay:
-                foreach_scale_(X, 1 - lr * wd, ld)
-            foreach_addcdiv_(X, Df, Pl, [-lr] * len(fe), ld)
+                foreach_scale_(X, host(decay_factor, lr, wd), ld)
+            foreach_addcdiv_(X, Df, Pl, [host(negative, lr)] * len(fe), ld)
         for i in loop:
             x, g, d, v = P_[i], G[i], D[i], V[i]
             pieces = [_chunks(t, ld) for t in (x, g, d, v)]
@@ -391,12 +397,17 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
                 else:
                     dc.lerp_(gc, bc(1 - beta, dc, ld))
                 if decay:
-                    scale_(xc, 1 - lr * wd, ld)
-                addcdiv_(xc, dc, Pb, -lr, ld)
+                    scale_(xc, host(decay_factor, lr, wd), ld)
+                addcdiv_(xc, dc, Pb, host(negative, lr), ld)
         bstack = torch.stack(betas)  # type: ignore[arg-type]
         pi.mul_(bstack.to(pi.dtype))
         out.append(bstack)
     return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _inv_sqrt_bc(b2: Scalar, t: int) -> Scalar:
+    """``1 / sqrt(1 - b2^t)``: the second moment's bias correction on ``sqrt(v)``."""
+    return 1 / sqrt_(1 - b2 ** t)
 
 
 def _am_beta_stack(s: Tensor, **kw: Any) -> Tensor:
@@ -420,7 +431,8 @@ def _am_beta_parts(q1: Tensor, q2: Tensor, den: Tensor, x1: Tensor, x2: Tensor, 
     if isinstance(lr, Tensor):
         safe = torch.where(lr > 0, lr, torch.ones_like(lr))
         gap = prev_lr * (q1 + wd * x1)
-        num = num + torch.where(lr > 0, (1 + wd * lr) * gap / safe, torch.zeros_like(gap))
+        num = num + torch.where(lr > 0, host(one_plus_product, wd, lr) * gap / safe,
+                                torch.zeros_like(gap))
     elif lr != 0:
         gap = prev_lr * (q1 + wd * x1)
         num = num + (1 + wd * lr) * gap / lr
@@ -520,7 +532,7 @@ def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tens
                       lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
                       weight_decay=hp["weight_decay"], lr_ratio=state["lr_ratio"],
                       learner_dims=1, foreach=flags.get("foreach"))
-    return [beta, (beta + hp["lam"]) / (1 + hp["lam"])]
+    return [beta, (beta + hp["lam"]) / host(one_plus, hp["lam"])]
 
 
 def _amadamw_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],

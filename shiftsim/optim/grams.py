@@ -42,15 +42,19 @@ from ._kernels import (
     check_foreach,
     check_learner_dims,
     check_number,
+    decay_factor,
     default_scratch,
     ema_sq_,
     foreach_add_scalar_,
     foreach_ema_sq_,
     foreach_scale_,
+    host,
     is_zero,
+    one_minus,
     per_learner,
     pick,
     scale_,
+    scaled_eps,
     split_paths,
     sqrt_,
 )
@@ -67,6 +71,11 @@ def _flips(u: Tensor, sg: Tensor, ld: int) -> Tensor:
     return ne.sum() if ld == 0 else ne.reshape(ne.shape[0], -1).sum(1)
 
 
+def _step_size(lr: Scalar, b1: Scalar, b2: Scalar, t: int) -> Scalar:
+    """``-lr sqrt(1 - b2^t) / (1 - b1^t)``: the step's factor on ``sign(g) |u|``."""
+    return -lr * sqrt_(1 - b2 ** t) / (1 - b1 ** t)
+
+
 def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scratch: _Scratch,
                   track_flips: bool = False) -> Tensor | None:
     flips: list[Tensor] = []
@@ -80,16 +89,16 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
         epss: list[Scalar] = []
         cache: dict[int, tuple[Scalar, Scalar]] = {}
         for t in b.steps:
-            if t not in cache:
-                bc1, bc2 = 1 - b1 ** t, sqrt_(1 - b2 ** t)
-                cache[t] = (-lr * bc2 / bc1, eps if official else eps * bc2)
+            if t not in cache:  # on the host for exact tensors (_kernels.host)
+                cache[t] = (host(_step_size, lr, b1, b2, t, keep=False),
+                            eps if official else host(scaled_eps, eps, b2, t, keep=False))
             sizes.append(cache[t][0])
             epss.append(cache[t][1])
         decay = not is_zero(wd)
+        w1 = host(one_minus, b1)
         fe, loop = split_paths(P, foreach, ld)
         if fe:
             Pf, Gf, Mf, Vf = pick(P, fe), pick(G, fe), pick(M, fe), pick(V, fe)
-            w1 = 1 - b1
             if isinstance(w1, Tensor):
                 torch._foreach_lerp_(Mf, Gf, [bc(w1, m, ld) for m in Mf])
             else:
@@ -104,7 +113,7 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
                 total += sum(per_learner(p, ld) for p in Pf)
             torch._foreach_abs_(u)
             if decay:
-                foreach_scale_(Pf, 1 - lr * wd, ld)
+                foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
             fs = pick(sizes, fe)
             if isinstance(fs[0], Tensor):
                 torch._foreach_mul_(sg, [bc(s, x, ld) for s, x in zip(fs, sg)])
@@ -115,7 +124,7 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
                 torch._foreach_addcmul_(Pf, u, sg, fs)
         for i in loop:
             p, g, m, v = P[i], G[i], M[i], V[i]
-            m.lerp_(g, bc(1 - b1, m, ld))
+            m.lerp_(g, bc(w1, m, ld))
             u = scratch.get(v, 0)
             ema_sq_(v, g, b2, ld, u)
             torch.sqrt(v, out=u)
@@ -127,7 +136,7 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
                 total += per_learner(p, ld)
             u.abs_()
             if decay:
-                scale_(p, 1 - lr * wd, ld)
+                scale_(p, host(decay_factor, lr, wd), ld)
             if isinstance(sizes[i], Tensor):
                 sg.mul_(bc(sizes[i], sg, ld))
                 p.addcmul_(u, sg)

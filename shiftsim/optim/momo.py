@@ -91,6 +91,7 @@ from ._kernels import (
     check_foreach,
     check_learner_dims,
     check_number,
+    decay_factor,
     default_scratch,
     dot,
     ema_sq_,
@@ -98,7 +99,10 @@ from ._kernels import (
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
+    host,
     is_zero,
+    one_minus,
+    one_plus_product,
     per_learner,
     pick,
     scalar_state,
@@ -119,7 +123,7 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
                 ) -> list[Tensor]:
     """The step size of each block (updates ``fstar`` in place when ``use_fstar``)."""
     if use_fstar:  # the reset, with the first group's alpha and lambda
-        c = 1 + blocks[0].hp["lr"] * blocks[0].hp["weight_decay"]
+        c = host(one_plus_product, blocks[0].hp["lr"], blocks[0].hp["weight_decay"])
         cap = c * loss_avg + dot_xd - c * gamma
         reset = _maximum(cap / (2 * c * rho), lb)
         fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
@@ -129,11 +133,11 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
     gap = loss_avg - (fstar if _one(rho) else rho * fstar)
     for b in blocks:
         lr, wd = b.hp["lr"], b.hp["weight_decay"]
-        c = 1 + lr * wd
+        c = host(one_plus_product, lr, wd)
         # (the products with c = 1 are skipped: exact)
         num = gap + dot_xd - gamma if _one(c) else c * gap + dot_xd - c * gamma
         ratio = torch.where(pos, num.clamp_min(0) / safe, torch.zeros_like(norm))
-        cap_lr = lr / rho
+        cap_lr = host(_ratio, lr, rho, keep=False)
         tau = torch.minimum(ratio, cap_lr.to(ratio.dtype)) if isinstance(cap_lr, Tensor) \
             else ratio.clamp_max(cap_lr)
         taus.append(tau)
@@ -141,6 +145,20 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
         h = loss_avg + dot_xd - gamma
         fstar.copy_(_maximum((h - 0.5 * taus[0] * norm) / rho, lb))
     return taus
+
+
+def _inverse_decay(lr: Scalar, wd: Scalar) -> Scalar:
+    """``1 / (1 + lr wd)``: the divided weight decay's factor on the parameters."""
+    return 1 / (1 + lr * wd)
+
+
+def _bias_correction(beta: Scalar, step: int) -> Scalar:
+    """``1 - beta^step``."""
+    return 1 - beta ** step
+
+
+def _ratio(a: Scalar, b: Scalar) -> Scalar:
+    return a / b
 
 
 def _one(x: Scalar) -> bool:
@@ -271,8 +289,8 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
     f = _loss_tensor(loss, loss_avg, ld)
     if step == 1 and not bias_correction:
         loss_avg.copy_(f if isinstance(f, Tensor) else torch.full_like(loss_avg, f))
-    loss_avg.copy_(loss_avg * beta + f * (1 - beta))
-    w = 1 - beta
+    w = host(one_minus, beta)
+    loss_avg.copy_(loss_avg * beta + f * w)
     paths = [b.hp.get("paths") or _Paths(b.params, b.bufs["d"], foreach, ld) for b in blocks]
     # without weight decay (c = 1) only <x, d> - gamma enters the step: no <x, g>
     fast = kept is not None and all(is_zero(b.hp["weight_decay"]) for b in blocks)
@@ -300,16 +318,16 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
             gam.copy_(torch.where(new, init, gam))
             if kept is not None:
                 kept.copy_(torch.where(new, start, kept))
-    rho = 1 - beta ** step if bias_correction else 1.0
+    rho = host(_bias_correction, beta, step, keep=False) if bias_correction else 1.0
     if fast:
         assert kept is not None
         u = (kept if only_v else kept - gam) * beta  # <x_k, d_k> - gamma_k per tensor (c = 1)
         dot_xd, gamma, q = u.sum(0), torch.zeros_like(loss_avg), None
     else:
         assert xg is not None
-        gam.mul_(beta).add_(xg * (1 - beta))
+        gam.mul_(beta).add_(xg * w)
         if kept is not None:  # <x_k, d_k> = beta <x_k, d_{k-1}> + (1 - beta) <x_k, g_k>
-            q = kept * beta + xg * (1 - beta)
+            q = kept * beta + xg * w
             dot_xd = q.sum(0)
         else:
             q = None
@@ -321,18 +339,18 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
     hot: list[Tensor | None] = []
     for b, t, tau in zip(blocks, paths, taus):
         P, D = t.P, t.D
-        c = 1 + b.hp["lr"] * b.hp["weight_decay"]
+        c = host(one_plus_product, b.hp["lr"], b.hp["weight_decay"])
         decay = not is_zero(b.hp["weight_decay"])
         ntau = -tau
         mine: list[Tensor | None] = [None] * len(P)
         if t.fe:
             foreach_axpy_(t.Pf, t.Df, ntau, ld)
             if decay:
-                foreach_scale_(t.Pf, 1 / c, ld)
+                foreach_scale_(t.Pf, host(_ratio, 1, c), ld)
         for i in reversed(t.loop):  # the last tensors of the first pass are in cache
             P[i].addcmul_(D[i], bc(ntau, P[i], ld))
             if decay:
-                scale_(P[i], 1 / c, ld)
+                scale_(P[i], host(_ratio, 1, c), ld)
             if fast and not only_v:  # <x_{k+1}, d_k> while the tensor is in cache
                 mine[i] = dot(P[i], D[i], ld)
         if fast and not only_v:
@@ -349,7 +367,7 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
             kept.copy_(qn)
         else:  # <x_{k+1}, d_k> = (<x_k, d_k> - tau |d_k|^2) / c
             assert q is not None
-            cs = [1 + b.hp["lr"] * b.hp["weight_decay"] for b in blocks]
+            cs = [host(one_plus_product, b.hp["lr"], b.hp["weight_decay"]) for b in blocks]
             c_i = cs[0] if len(cs) == 1 else torch.cat(
                 [torch.as_tensor(c, dtype=dd.dtype, device=dd.device).expand(n, *dd.shape[1:])
                  for c, n in zip(cs, n_b)])
@@ -421,8 +439,9 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
     for b in blocks:
         P, G, D, V = b.params, b.grads, b.bufs["d"], b.bufs["v"]
         beta1, beta2, eps = b.hp["beta1"], b.hp["beta2"], b.hp["eps"]
-        w1 = 1 - beta1
-        bc2 = [1 - beta2 ** t for t in b.steps]
+        w1 = host(one_minus, beta1)
+        by_step = {t: host(_bias_correction, beta2, t, keep=False) for t in set(b.steps)}
+        bc2 = [by_step[t] for t in b.steps]
         Q: list[Tensor] = [None] * len(P)  # type: ignore[list-item]
         fe, loop = split_paths(P, foreach, ld)
         if fe:
@@ -460,11 +479,12 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
         rows += [red[i] for i in range(len(P))]
         qs.append(Q)
     r = torch.stack(rows)
-    gam.mul_(beta1).add_(r[:, 0] * (1 - beta1))
+    w1 = host(one_minus, beta1)
+    gam.mul_(beta1).add_(r[:, 0] * w1)
     f = _loss_tensor(loss, loss_avg, ld)
-    loss_avg.copy_(f * (1 - beta1) + loss_avg * beta1)
+    loss_avg.copy_(f * w1 + loss_avg * beta1)
     tot = r[:, 1:].sum(0)
-    rho = 1 - beta1 ** step
+    rho = host(_bias_correction, beta1, step, keep=False)
     taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=tot[0], gamma=gam.sum(0),
                        norm=tot[1], rho=rho, lb=lb, use_fstar=use_fstar)
     for b, tau, Q in zip(blocks, taus, qs):
@@ -476,17 +496,17 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
         if fe:
             Pf = pick(P, fe)
             if decay and not divide:
-                foreach_scale_(Pf, 1 - lr * wd, ld)
+                foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
             foreach_axpy_(Pf, pick(Q, fe), -tau, ld)
             if decay and divide:
-                foreach_scale_(Pf, 1 / (1 + lr * wd), ld)
+                foreach_scale_(Pf, host(_inverse_decay, lr, wd), ld)
         for i in reversed(loop):  # the last tensors of the first pass are in cache
             p = P[i]
             if decay and not divide:
-                scale_(p, 1 - lr * wd, ld)
+                scale_(p, host(decay_factor, lr, wd), ld)
             p.addcmul_(Q[i], bc(-tau, p, ld))
             if decay and divide:
-                scale_(p, 1 / (1 + lr * wd), ld)
+                scale_(p, host(_inverse_decay, lr, wd), ld)
     return taus
 
 

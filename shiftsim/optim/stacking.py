@@ -35,6 +35,7 @@ from torch import Tensor
 from ..errors import ShiftsimError
 from . import adam, sgd
 from ._base import Hyper, Stacked
+from ._kernels import exact
 from .registry import OptimizerSpec, check_hparams, spec
 
 __all__ = ["ELEMENTWISE", "GroupKey", "group_hyper", "group_key", "hyperparameters",
@@ -192,10 +193,8 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
         vals = [r[k] for r in rows]
         if all(v == 0 for v in vals):
             hp[k] = 0.0
-        elif all(v == vals[0] for v in vals):  # 0-d: the same arithmetic, fewer operations
-            hp[k] = torch.tensor(vals[0], dtype=like.dtype, device=like.device)
-        else:
-            hp[k] = torch.tensor(vals, dtype=like.dtype, device=like.device)
+        else:  # 0-d where shared: the same arithmetic, fewer operations
+            hp[k] = exact(vals, like)
     return hp
 
 

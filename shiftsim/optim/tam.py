@@ -69,6 +69,7 @@ from ._kernels import (
     check_learner_dims,
     check_number,
     coupled_grads,
+    decay_factor,
     default_scratch,
     ema_sq_,
     foreach_add_scalar_,
@@ -76,12 +77,16 @@ from ._kernels import (
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
+    host,
     is_zero,
     kept_sqnorm,
     lerp_step,
+    negative,
+    one_minus,
     pick,
     scalar_state,
     scale_,
+    scaled_eps,
     split_paths,
     sqrt_,
     tensor_dots,
@@ -175,9 +180,9 @@ def _smooth(parts: Sequence[tuple[Tensor, Tensor, Tensor]], scales: Sequence[Ten
         mg, mm, gg = (torch.cat([p[k] for p in parts]) for k in range(3))
     den2 = mm * gg
     cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
-    if isinstance(gamma, Tensor):
+    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
         gamma = gamma.to(shat.dtype)
-    shat.lerp_(cos, 1 - gamma)  # gamma * shat + (1 - gamma) * cos
+    shat.lerp_(cos, host(one_minus, gamma))  # gamma * shat + (1 - gamma) * cos
     return shat * 0.5 + 0.5
 
 
@@ -232,20 +237,20 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
                 foreach_scale_(Mf, beta, ld)
                 foreach_axpy_(Mf, pick(G, fe), pick(cs, fe), ld)
                 if decay:
-                    foreach_scale_(Pf, 1 - lr * wd, ld)
-                foreach_axpy_(Pf, Mf, -lr, ld)
+                    foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
+                foreach_axpy_(Pf, Mf, host(negative, lr), ld)
             for i in reversed(loop):  # the last tensors of the first pass are in cache
                 scale_(M[i], beta, ld)
                 axpy_(M[i], G[i], cs[i], ld)
                 if decay:
-                    scale_(P[i], 1 - lr * wd, ld)
-                axpy_(P[i], M[i], -lr, ld)
+                    scale_(P[i], host(decay_factor, lr, wd), ld)
+                axpy_(P[i], M[i], host(negative, lr), ld)
             continue
         sq, eps, idle = b.hp.get("sqnorm"), b.hp["eps"], b.hp.get("idle")
         old = scale.clone() if idle else None
         w, step = _scaled(c, scale, beta, lr, part, None if sq is None else sq[0],
                           not isinstance(eps, Tensor) and eps > 0)
-        shrink = 1 - lr * wd if decay else None
+        shrink = host(decay_factor, lr, wd) if decay else None
         lerp = b.hp.get("lerp")
         if lerp is not None:
             lerp.run(G, w, step, shrink)
@@ -272,7 +277,7 @@ def _scaled(c: Tensor, scale: Tensor, beta: Scalar, lr: Scalar,
     # sig = 0 only if c = 0 and m = 0
     w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
     scale.copy_(sig)
-    step = sig * -lr
+    step = sig * host(negative, lr)
     if sqnorm is not None:  # |m_new|^2 for the next step, from this step's three sums:
         mg, mm, gg = part  # ((1 - w) |m|^2 + 2 w <m, g>) (1 - w) + w^2 |g|^2
         kept_sqnorm(sqnorm, 1 - w, w, mg, mm, gg)
@@ -333,6 +338,12 @@ def tam(
                        foreach=foreach)
 
 
+def _adatam_size(lr: Scalar, b1: Scalar, b2: Scalar, t: int) -> Scalar:
+    """AdaTAM's step factor with bias correction, ``-lr (1 - b1) sqrt(1 - b2^t) / (1 - b1^t)``
+    (its momentum sums ``c g`` without the ``1 - b1``)."""
+    return -lr * (1 - b1) * sqrt_(1 - b2 ** t) / (1 - b1 ** t)
+
+
 def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: str, ld: int,
                    foreach: bool | None, scratch: _Scratch) -> Tensor:
     """AdaTAM(W) over several param groups; ``b.steps`` holds each tensor's step count."""
@@ -347,13 +358,13 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             sizes, epss = [], []
             cache: dict[int, tuple[Scalar, Scalar]] = {}
             for t in b.steps:
-                if t not in cache:
-                    bc1, bc2 = 1 - b1 ** t, sqrt_(1 - b2 ** t)
-                    cache[t] = (-lr * (1 - b1) * bc2 / bc1, eps * bc2)
+                if t not in cache:  # on the host for exact tensors (_kernels.host)
+                    cache[t] = (host(_adatam_size, lr, b1, b2, t, keep=False),
+                                host(scaled_eps, eps, b2, t, keep=False))
                 sizes.append(cache[t][0])
                 epss.append(cache[t][1])
         else:
-            sizes, epss = [-lr] * len(P), [eps] * len(P)
+            sizes, epss = [host(negative, lr)] * len(P), [eps] * len(P)
         cs = _per_tensor(c, len(P), scope)
         fe, loop = split_paths(P, foreach, ld)
         if fe:
@@ -362,7 +373,7 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             foreach_axpy_(Mf, Gf, pick(cs, fe), ld)
             foreach_ema_sq_(Vf, Gf, b2, ld)
             if decay:
-                foreach_scale_(Pf, 1 - lr * wd, ld)
+                foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
             den = list(torch._foreach_sqrt(Vf))
             foreach_add_scalar_(den, pick(epss, fe), ld)
             foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
@@ -373,7 +384,7 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             den = scratch.get(v, 0)
             ema_sq_(v, g, b2, ld, den)
             if decay:
-                scale_(p, 1 - lr * wd, ld)
+                scale_(p, host(decay_factor, lr, wd), ld)
             torch.sqrt(v, out=den)
             add_scalar_(den, epss[i], ld)
             addcdiv_(p, m, den, sizes[i], ld)
