@@ -17,6 +17,7 @@ import importlib
 from typing import Any
 
 from . import data, integrations, models, optim, shifts
+from .allocator import keep_freed_memory
 from .errors import ShiftsimError
 from .scenario import (
     Abrupt,
@@ -39,6 +40,8 @@ from .shifts import (
     PixelPermutation,
     Rotate,
 )
+
+keep_freed_memory()  # tensor-sized temporaries reuse memory: shiftsim.allocator
 
 __version__ = "0.1.0"
 
