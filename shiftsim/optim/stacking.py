@@ -179,7 +179,11 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
     optimizer computes the same in any fleet as alone (``ss.run`` is a one-member fleet). A member
     whose value is 0 in a group with other values runs the gated work with a zero
     coefficient: the same numbers for finite parameters (``g + 0 * p = g``,
-    ``(1 - lr * 0) * p = p``).
+    ``(1 - lr * 0) * p = p``). The tensors remember the members' exact values
+    (:func:`~shiftsim.optim._kernels.exact`): the rules compute their scalar coefficients
+    (bias corrections, step sizes, ``1 - beta``) from those on the host, per member, in Python
+    floats (:func:`~shiftsim.optim._kernels.host`), and make each a tensor once, instead of
+    0-d tensor arithmetic every step.
 
     >>> hp = group_hyper([spec("sgdm"), spec("sgdm", lr=0.1)], torch.zeros(()))
     >>> hp["lr"], hp["momentum"], hp["weight_decay"]
