@@ -70,6 +70,7 @@ from ._kernels import (
     default_scratch,
     dot,
     ema_sq_,
+    exact_values,
     foreach_addcdiv_,
     foreach_ema_sq_,
     foreach_scale_,
@@ -225,8 +226,9 @@ def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, W: Tensor, T: Tensor, U
     (:func:`_am_precond`; ``T``, ``U``: scratch).
 
     Returns ``[sum g d/P, sum d^2/P, sum (d-g)^2/W, sum x g, sum x d]`` (module notes: the
-    spec's six sums folded into these). Without weight decay (``decay`` False) the two sums
-    with ``x``, which the dual then multiplies by 0, are zeros: the parameters are not read."""
+    spec's six sums folded into these). Without weight decay (``decay`` False) only the first
+    three: the dual multiplies the two sums with ``x`` by 0, and the parameters are not
+    read."""
     torch.sub(d, g, out=T)
     torch.div(T, W, out=U)
     s = dot(U, T, ld)
@@ -234,8 +236,7 @@ def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, W: Tensor, T: Tensor, U
     q1 = dot(U, g, ld)
     q2 = dot(U, d, ld)
     if not decay:
-        z = torch.zeros_like(s)
-        return [q1, q2, s, z, z]
+        return [q1, q2, s]
     return [q1, q2, s, dot(x, g, ld), dot(x, d, ld)]
 
 
@@ -336,33 +337,33 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
             U = list(torch._foreach_div(Df, Pl))
             q1 = [dot(u, g, ld) for u, g in zip(U, Gf)]
             q2 = [dot(u, d, ld) for u, d in zip(U, Df)]
-            if decay:
-                x1 = [dot(x, g, ld) for x, g in zip(X, Gf)]
-                x2 = [dot(x, d, ld) for x, d in zip(X, Df)]
-            else:
-                x1 = x2 = [torch.zeros_like(x) for x in sd]
-            sums = torch.stack([torch.stack(z) for z in (q1, q2, sd, x1, x2)], 1)
+            cols = [q1, q2, sd]
+            if decay:  # without it the sums with x are not needed (_am_beta_parts)
+                cols += [[dot(x, g, ld) for x, g in zip(X, Gf)],
+                         [dot(x, d, ld) for x, d in zip(X, Df)]]
+            sums = torch.stack([torch.stack(z) for z in cols], 1)
             # tensors that share (step, prev_lr) share one vectorised beta computation
             keys: dict[tuple[int, Any], list[int]] = {}
             for j, i in enumerate(fe):
                 keys.setdefault((steps[i], id(prev[i]) if isinstance(prev[i], Tensor)
                                  else prev[i]), []).append(j)
             bet: list[Tensor | None] = [None] * len(fe)
+            kept: list[Tensor | None] = [None] * len(fe)  # 1 - beta
             for idx in keys.values():
                 i0 = fe[idx[0]]
                 sub = sums if len(idx) == len(fe) else sums[idx]
                 bsub = _am_beta_stack(sub, lr=lr, prev_lr=prev[i0], wd=wd, beta1_max=b1,
                                       first=steps[i0] == 1, fixed_beta=fixed_beta)
-                for j, row in zip(idx, bsub.unbind(0)):
-                    bet[j] = row
+                for j, row, w in zip(idx, bsub.unbind(0), (1 - bsub).unbind(0)):
+                    bet[j], kept[j] = row, w
             for j, i in enumerate(fe):
                 betas[i] = bet[j]
             if use_a:  # the weight on g: (1 - beta) P / W = (1 - beta) / (1 + lam P)
                 Al = list(torch._foreach_div(Pl, Wl))
-                torch._foreach_mul_(Al, [bc(1 - x, a, ld) for x, a in zip(bet, Al)])
+                torch._foreach_mul_(Al, [bc(w, a, ld) for w, a in zip(kept, Al)])
                 torch._foreach_lerp_(Df, Gf, Al)
             else:
-                torch._foreach_lerp_(Df, Gf, [bc(1 - x, d, ld) for x, d in zip(bet, Df)])
+                torch._foreach_lerp_(Df, Gf, [bc(w, d, ld) for w, d in zip(kept, Df)])
             if decay:
                 foreach_scale_(X, host(decay_factor, lr, wd), ld)
             foreach_addcdiv_(X, Df, Pl, [host(negative, lr)] * len(fe), ld)
@@ -411,13 +412,14 @@ def _inv_sqrt_bc(b2: Scalar, t: int) -> Scalar:
 
 
 def _am_beta_stack(s: Tensor, **kw: Any) -> Tensor:
-    """:func:`_am_beta_parts` on sums stacked as (n, 5[, K]) -> betas (n[, K])."""
+    """:func:`_am_beta_parts` on sums stacked as (n, 5[, K]) -> betas (n[, K]); (n, 3[, K])
+    without the sums with ``x`` (no weight decay)."""
     return _am_beta_parts(*s.unbind(1), **kw)
 
 
-def _am_beta_parts(q1: Tensor, q2: Tensor, den: Tensor, x1: Tensor, x2: Tensor, *,
-                   lr: Scalar, prev_lr: Scalar, wd: Scalar, beta1_max: Scalar,
-                   first: bool, fixed_beta: Scalar | None) -> Tensor:
+def _am_beta_parts(q1: Tensor, q2: Tensor, den: Tensor, x1: Tensor | None = None,
+                   x2: Tensor | None = None, *, lr: Scalar, prev_lr: Scalar, wd: Scalar,
+                   beta1_max: Scalar, first: bool, fixed_beta: Scalar | None) -> Tensor:
     r""":math:`\beta_t` from the sums of :func:`_am_sums`: :math:`q_1 = \sum g d/P`,
     :math:`q_2 = \sum d^2/P`, the denominator :math:`\sum (d-g)^2 M`, :math:`x_1 =
     \sum x g`, :math:`x_2 = \sum x d`. The spec's
@@ -427,16 +429,32 @@ def _am_beta_parts(q1: Tensor, q2: Tensor, den: Tensor, x1: Tensor, x2: Tensor, 
         return torch.zeros_like(den) + fixed_beta
     if first:
         return torch.zeros_like(den) + beta1_max
-    num = den - (q2 - q1) - wd * (x2 - x1)
+    # without x1, x2 (no weight decay: wd is the number 0) the terms with wd are left out:
+    # they add exact zeros and multiply by exactly 1
+    num = den - (q2 - q1)
+    if x1 is not None and x2 is not None:
+        num = num - wd * (x2 - x1)
+        q1 = q1 + wd * x1
     if isinstance(lr, Tensor):
-        safe = torch.where(lr > 0, lr, torch.ones_like(lr))
-        gap = prev_lr * (q1 + wd * x1)
-        num = num + torch.where(lr > 0, host(one_plus_product, wd, lr) * gap / safe,
-                                torch.zeros_like(gap))
+        gap = prev_lr * q1
+        c = gap if x1 is None else host(one_plus_product, wd, lr) * gap
+        if _positive(lr):  # every member's lr > 0: no guard needed (the same numbers)
+            num = num + c / lr
+        else:
+            safe = torch.where(lr > 0, lr, torch.ones_like(lr))
+            num = num + torch.where(lr > 0, c / safe, torch.zeros_like(gap))
     elif lr != 0:
-        gap = prev_lr * (q1 + wd * x1)
-        num = num + (1 + wd * lr) * gap / lr
-    return _clip(torch.where(den > 0, num / den, torch.zeros_like(den)), beta1_max)
+        gap = prev_lr * q1
+        num = num + (gap if x1 is None else (1 + wd * lr) * gap) / lr
+    return _clip(torch.where(den > 0, num / den, 0.0), beta1_max)
+
+
+def _positive(h: Tensor) -> bool:
+    """Whether an exact hyperparameter tensor's members are all > 0 (False when unknown)."""
+    v = exact_values(h)
+    if v is None:
+        return False
+    return all(x > 0 for x in v) if isinstance(v, tuple) else v > 0
 
 
 def adamem_adamw(
