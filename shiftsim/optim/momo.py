@@ -95,6 +95,7 @@ from ._kernels import (
     default_scratch,
     dot,
     ema_sq_,
+    exact_values,
     flat,
     foreach_axpy_,
     foreach_ema_sq_,
@@ -129,14 +130,14 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
         fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
     taus = []
     pos = norm > 0
-    safe = torch.where(pos, norm, torch.ones_like(norm))
+    safe = torch.where(pos, norm, 1.0)
     gap = loss_avg - (fstar if _one(rho) else rho * fstar)
     for b in blocks:
         lr, wd = b.hp["lr"], b.hp["weight_decay"]
         c = host(one_plus_product, lr, wd)
         # (the products with c = 1 are skipped: exact)
         num = gap + dot_xd - gamma if _one(c) else c * gap + dot_xd - c * gamma
-        ratio = torch.where(pos, num.clamp_min(0) / safe, torch.zeros_like(norm))
+        ratio = torch.where(pos, num.clamp_min(0) / safe, 0.0)
         cap_lr = host(_ratio, lr, rho, keep=False)
         tau = torch.minimum(ratio, cap_lr.to(ratio.dtype)) if isinstance(cap_lr, Tensor) \
             else ratio.clamp_max(cap_lr)
@@ -162,8 +163,11 @@ def _ratio(a: Scalar, b: Scalar) -> Scalar:
 
 
 def _one(x: Scalar) -> bool:
-    """Whether ``x`` is the number 1 (a product with it can be skipped)."""
-    return not isinstance(x, Tensor) and x == 1
+    """Whether ``x`` is the number 1, or a fleet's hyperparameter tensor whose members are all
+    exactly 1 (a product with it can be skipped: the same numbers)."""
+    if isinstance(x, Tensor):
+        return exact_values(x) == 1
+    return x == 1
 
 
 def _loss_tensor(loss: Tensor | float, like: Tensor, ld: int) -> Tensor | float:
