@@ -177,3 +177,29 @@ def test_am_adamw_chunked_tensor_matches_whole(lam, monkeypatch):
     torch.testing.assert_close(ba, bb, rtol=1e-10, atol=1e-12)
     for a, b in zip(pa, pb):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_host_coefficients_are_python_float_arithmetic_per_member_cast_once():
+    """A fleet's hyperparameter tensors remember the members' exact values; a rule's scalar
+    coefficient computed through host() is each member's Python-float value rounded once to
+    the tensor's dtype (here Adam's bias correction at step 7, where float32 tensor arithmetic
+    rounds every operation), 0-d when the members agree, remembered when asked."""
+    from shiftsim.optim._kernels import exact, exact_values, host, one_minus, sqrt_
+
+    def size(lr, b1, b2, t):
+        return -lr * sqrt_(1 - b2 ** t) / (1 - b1 ** t)
+
+    like = torch.zeros(())
+    lr, b1, b2 = exact([0.1, 0.3, 0.1], like), exact([0.9] * 3, like), exact([0.999] * 3, like)
+    assert exact_values(lr) == (0.1, 0.3, 0.1) and exact_values(b1) == 0.9 and b1.dim() == 0
+    got = host(size, lr, b1, b2, 7, keep=False)
+    want = [-x * (1 - 0.999 ** 7) ** 0.5 / (1 - 0.9 ** 7) for x in (0.1, 0.3, 0.1)]
+    assert torch.equal(got, torch.tensor(want, dtype=torch.float32))
+    assert exact_values(got) == tuple(want)  # chains on the exact values, not the rounded
+    tensor_math = size(lr, b1, b2, 7)  # what 0-d/(K,) tensor arithmetic gives instead
+    assert not torch.equal(tensor_math, got)
+    assert host(size, 0.1, 0.9, 0.999, 7) == want[0]  # floats: plain Python
+    w = host(one_minus, b1)
+    assert w.dim() == 0 and w.item() == pytest.approx(0.1) and host(one_minus, b1) is w
+    plain = torch.tensor(0.9)  # no exact values: tensor arithmetic
+    assert torch.equal(host(one_minus, plain), 1 - plain)

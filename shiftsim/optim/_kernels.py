@@ -380,7 +380,8 @@ def host(fn: Callable[..., float], *args: object, keep: bool = True) -> Any:
     :func:`exact` tensor. Other tensors: ``fn(*args)`` as tensor arithmetic (``fn`` must take
     tensors too: :func:`sqrt_`, not ``math.sqrt``). ``keep``: remember the result (for
     coefficients that do not change from step to step; ``fn`` must be a module-level
-    function, its result depending on ``args`` alone).
+    function, its result depending on ``args`` alone; the tensor may then be shared by every
+    caller with the same values, so nothing may write to it).
 
     >>> host(one_minus, 0.25), host(one_minus, exact([0.9, 0.99], torch.zeros(())))
     (0.75, tensor([0.1000, 0.0100]))
