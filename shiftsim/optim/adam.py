@@ -52,6 +52,7 @@ def _neg_step_size(lr: Scalar, beta1: Scalar, t: float) -> Scalar:
 
 
 def _sqrt_bias_correction(beta2: Scalar, t: float) -> Scalar:
+    """``sqrt(1 - beta2^t)``: the second moment's bias correction on ``sqrt(v)``."""
     return (1 - beta2 ** t) ** 0.5
 
 
