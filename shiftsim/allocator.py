@@ -15,11 +15,10 @@ kept for the next step. Measured on this project's 2-core machine (one thread, t
 compiled step over the 5.0M-parameter MLP of ``benchmarks/optimizer_step.py``): 21.2 ms a step
 with glibc's defaults, 10.0 ms with both settings, 23.1 ms and 28.5 ms with only one of them.
 The cost: the process keeps up to 256 MiB of freed memory for reuse instead of returning it
-at once (larger frees are still returned). ``import shiftsim`` applies it; set the environment
-variable ``SHIFTSIM_ALLOCATOR=system`` to leave the allocator as it is (``shiftsim``, the
-default, applies it). Nothing happens on
-other systems or C libraries (jemalloc or tcmalloc preloaded: they do not read these
-settings).
+at once (blocks above 32 MiB, and free memory at the top beyond 256 MiB, are still returned).
+``import shiftsim`` applies it; set the environment variable ``SHIFTSIM_ALLOCATOR=system`` to
+leave the allocator as it is (``shiftsim``, the default, applies it). Nothing happens on other
+systems or C libraries (jemalloc or tcmalloc preloaded: they do not read these settings).
 
 >>> isinstance(keep_freed_memory(), bool)  # True where it applied (Linux, glibc)
 True
