@@ -203,3 +203,11 @@ def test_host_coefficients_are_python_float_arithmetic_per_member_cast_once():
     assert w.dim() == 0 and w.item() == pytest.approx(0.1) and host(one_minus, b1) is w
     plain = torch.tensor(0.9)  # no exact values: tensor arithmetic
     assert torch.equal(host(one_minus, plain), 1 - plain)
+    # two varied hyperparameters: each member's own combination (evaluated once per distinct one)
+    b2v = exact([0.999, 0.99, 0.99], like)
+    got = host(size, lr, b1, b2v, 7, keep=False)
+    want = [size(x, 0.9, y, 7) for x, y in ((0.1, 0.999), (0.3, 0.99), (0.1, 0.99))]
+    assert exact_values(got) == tuple(want)
+    assert torch.equal(got, torch.tensor(want, dtype=torch.float32))
+    same = host(size, exact([0.1, 0.1], like), b1, b2, 7, keep=False)  # equal values: 0-d
+    assert same.dim() == 0 and exact_values(same) == size(0.1, 0.9, 0.999, 7)

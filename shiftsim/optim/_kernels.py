@@ -362,7 +362,11 @@ def exact(values: Sequence[float], like: Tensor) -> Tensor:
     (tensor([0.1000, 0.2000]), tensor([-0.1000, -0.2000]))
     """
     vals = [float(v) for v in values]
-    same = all(v == vals[0] for v in vals)
+    return _exact(vals, all(v == vals[0] for v in vals), like)
+
+
+def _exact(vals: list[float], same: bool, like: Tensor) -> Tensor:
+    """:func:`exact` for Python floats whose sameness is known."""
     t = (torch.full((), vals[0], dtype=like.dtype, device=like.device) if same
          else torch.tensor(vals, dtype=like.dtype, device=like.device))
     t._shiftsim_exact = vals[0] if same else tuple(vals)  # type: ignore[attr-defined]
@@ -408,16 +412,33 @@ def host(fn: Callable[..., float], *args: object, keep: bool = True) -> Any:
         hit = _HOST.get(key)
         if hit is not None:
             return hit
-    if k:
-        out = [fn(*(v[i] if isinstance(v, tuple) else v for v in vals)) for i in range(k)]
-    else:
-        out = [fn(*vals)]
-    t = exact(out, like)
+    out, distinct = _per_member(fn, vals) if k else ([fn(*vals)], 1)
+    t = _exact([float(x) for x in out] if distinct > 1 else [float(out[0])], distinct == 1, like)
     if key is not None:
         if len(_HOST) >= _HOST_LIMIT:
             _HOST.clear()
         _HOST[key] = t
     return t
+
+
+def _per_member(fn: Callable[..., float], vals: list[object]) -> tuple[list[float], int]:
+    """``fn`` for each member, evaluated once per distinct combination of the members' values
+    (a learning-rate grid of 5 values over 1,000 members: 5 evaluations), and the number of
+    distinct results."""
+    varied = [i for i, v in enumerate(vals) if isinstance(v, tuple)]
+    if len(varied) == 1:
+        j = varied[0]
+        col: tuple[float, ...] = vals[j]  # type: ignore[assignment]
+        args = list(vals)
+        memo: dict[float, float] = {}
+        for x in set(col):
+            args[j] = x
+            memo[x] = fn(*args)
+        return [memo[x] for x in col], len(set(memo.values()))
+    cols = list(zip(*(v if isinstance(v, tuple) else (v,) * len(vals[varied[0]])  # type: ignore
+                      for v in vals)))
+    combos: dict[tuple, float] = {c: fn(*c) for c in set(cols)}
+    return [combos[c] for c in cols], len(set(combos.values()))
 
 
 def one_minus(x: float) -> float:
