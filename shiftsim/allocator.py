@@ -4,10 +4,10 @@ On Linux with glibc, ``malloc`` serves a large block (above a threshold that sta
 128 KiB) with a fresh ``mmap`` and hands it back with ``munmap`` when it is freed, and gives the
 free memory at the top of its heap back to the system as soon as it exceeds 128 KiB. A torch
 operation that makes a temporary tensor of a few MB therefore gets fresh pages on every
-step, and the kernel zeroes each page on its first touch: for an optimizer step over a
-5M-parameter model that is more time than the arithmetic. glibc raises the threshold by
-itself after some frees, but that depends on the order of earlier allocations, so the same
-step can take twice as long in one process as in another.
+step, and the kernel zeroes each page on its first touch: for the compiled AM-AdamW step over
+a 5M-parameter model that cost more than the step itself (measured below). glibc raises the
+threshold by itself after some frees, but that depends on the order of earlier allocations,
+so the same step can take twice as long in one process as in another.
 
 :func:`keep_freed_memory` fixes both settings (``mallopt``): blocks up to 32 MiB (glibc's
 largest threshold) come from the heap, and up to 256 MiB of free memory at the heap's top is

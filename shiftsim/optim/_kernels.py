@@ -7,8 +7,8 @@ The kernels in :mod:`~shiftsim.optim.tam`, :mod:`~shiftsim.optim.adamem`,
 * **learner dimensions.** With ``learner_dims=1`` every tensor carries a leading dimension ``K``
   (``K`` independent learners stacked, as the fleet runs them). Reductions (inner products,
   norms) are then per learner: summed over the trailing dimensions (and over tensors) to shape
-  ``(K,)``. Hyperparameters may be Python floats or tensors of shape ``(K,)``; :func:`bc` views
-  the latter as ``(K, 1, ..., 1)`` for elementwise use. Scalar coefficients computed from
+  ``(K,)``. Hyperparameters may be Python floats or tensors (0-d, or ``(K,)``: :func:`bc` views
+  those as ``(K, 1, ..., 1)`` for elementwise use). Scalar coefficients computed from
   them (bias corrections, step sizes) go through :func:`host`: Python float arithmetic per
   member for the fleet's :func:`exact` tensors.
 * **reductions** accumulated in float32 (float64 for float64 tensors), as 0-d (or ``(K,)``)

@@ -165,11 +165,12 @@ def _am_weight(parts: Sequence[tuple[Tensor, Tensor, Tensor]], ratios: Sequence[
         tr = tb[0] * ratio
         a, bb, e, ar = tb + (tr,) if a is None else (a + tb[0], bb + tb[1], e + tb[2], ar + tr)
     assert a is not None and bb is not None and e is not None and ar is not None
-    num = host(one_plus, lam) * ar - (host(one_minus, lam) * a + lam * e - bb)
+    lam1 = host(one_plus, lam)
+    num = lam1 * ar - (host(one_minus, lam) * a + lam * e - bb)
     den = e - 2 * a + bb
     tol = (32 * torch.finfo(den.dtype).eps) * (e + bb)
     beta = _clip(torch.where(den > tol, num / den, torch.zeros_like(den)), beta_max)
-    w = (1 - beta) / host(one_plus, lam)
+    w = (1 - beta) / lam1
     for (ab, bbb, eb), sq in zip(parts, sqnorms):
         if sq is not None:  # |d_new|^2 = |d + w (g - d)|^2, for the next step
             kept_sqnorm(sq, 1 - w, w, ab, eb, bbb)

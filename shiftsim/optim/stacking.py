@@ -172,13 +172,13 @@ def group_hyper(specs: Sequence[OptimizerSpec], like: Tensor) -> Hyper:
     arithmetic per member, fewer operations), and the number 0 where every member sets 0 (the
     rules skip the work they gate, such as weight decay).
 
-    Tensors even where every member shares a value: a rule's arithmetic on a tensor
-    hyperparameter rounds differently from its arithmetic on a Python float (a float64
-    product cast once, against float32 products), so a member's numbers would depend on
-    whether another member of its fleet has another value. With tensors everywhere, a member's
-    optimizer computes the same in any fleet as alone (``ss.run`` is a one-member fleet). A member
-    whose value is 0 in a group with other values runs the gated work with a zero
-    coefficient: the same numbers for finite parameters (``g + 0 * p = g``,
+    Tensors even where every member shares a value: an operation with a per-member tensor
+    coefficient can round differently from the same operation with a Python number (``addcdiv``
+    with a tensor value divides first), so with floats for shared values a member's numbers
+    would depend on whether another member of its fleet has another value. With tensors
+    everywhere, a member's optimizer computes the same in any fleet as alone (``ss.run`` is a
+    one-member fleet). A member whose value is 0 in a group with other values runs the gated
+    work with a zero coefficient: the same numbers for finite parameters (``g + 0 * p = g``,
     ``(1 - lr * 0) * p = p``). The tensors remember the members' exact values
     (:func:`~shiftsim.optim._kernels.exact`): the rules compute their scalar coefficients
     (bias corrections, step sizes, ``1 - beta``) from those on the host, per member, in Python
