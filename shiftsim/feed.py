@@ -98,6 +98,9 @@ class StackedFeed:
         self.member_seed = torch.tensor(list(member_stream), device=dev)
         self.identity = list(member_stream) == list(range(len(self.streams)))
         self._heldout: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: the stacked held-out inputs by the streams' tensors (kept alive here): regimes
+        #: whose inputs are the same tensors in every stream share one stacked tensor
+        self._inputs: dict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
 
     def phase(self, k: int) -> StackedBatches:
         return StackedBatches(self.streams, k, self.member_seed, self.identity, self.flat)
@@ -106,11 +109,14 @@ class StackedFeed:
         """The regime's held-out inputs ``(K, n, ...)`` and labels ``(K, n)``."""
         if regime not in self._heldout:
             xs, ys = zip(*(st.heldout(regime) for st in self.streams))
-            x, y = torch.stack(xs), torch.stack(ys)
-            if not self.identity:
-                x, y = x.index_select(0, self.member_seed), y.index_select(0, self.member_seed)
-            self._heldout[regime] = (x, y)
+            key = tuple(id(x) for x in xs)
+            if key not in self._inputs:
+                self._inputs[key] = (xs, self._members(torch.stack(xs)))
+            self._heldout[regime] = (self._inputs[key][1], self._members(torch.stack(ys)))
         return self._heldout[regime]
+
+    def _members(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.identity else t.index_select(0, self.member_seed)
 
 
 class StackedBatches:

@@ -3,7 +3,9 @@
 This module is the one place where a run happens. :func:`run_members` steps the streams of
 ``K`` members (:mod:`shiftsim.feed`), has the learner score and train on every batch, records
 the per-step values in preallocated device buffers, evaluates on held-out data on a schedule
-fixed in advance (:class:`EvalSchedule`), checks for non-finite losses every ``check_every``
+fixed in advance (:class:`EvalSchedule`; regimes whose held-out inputs are the same tensor,
+those without an input shift, are predicted once per evaluation and scored against each
+regime's labels), checks for non-finite losses every ``check_every``
 steps (the only host synchronisation in the loop) and assembles one
 :class:`~shiftsim.result.RunResult` per member. :func:`shiftsim.run` and
 :func:`shiftsim.run_fleet` are entry points over it that pick the learner:
@@ -269,9 +271,13 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
                 if t in schedule.at:
                     _, regimes, _ = schedule.at[t]
                     row = schedule.first_row[t]
+                    preds_of: dict[int, torch.Tensor] = {}  # regimes sharing inputs: once
                     for i, r in enumerate(regimes):
                         hx, hy = feed.heldout(r)
-                        eval_correct[:, row + i] = (learner.predict(hx) == hy).sum(-1)
+                        pred = preds_of.get(id(hx))
+                        if pred is None:
+                            pred = preds_of[id(hx)] = learner.predict(hx)
+                        eval_correct[:, row + i] = (pred == hy).sum(-1)
                 if (t + 1) % check_every == 0 and check(t + 1):
                     all_out = True
                     break

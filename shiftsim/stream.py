@@ -99,8 +99,12 @@ class Regime:
         self._stream = stream
         # the held-out inputs of this regime, with a fixed noise draw so evaluation is stable
         eval_gen = _generator(derive_seed(stream.seed, "eval-noise", regime_id), dev)
-        x_eval = data.x_test.index_select(0, stream.eval_index)
-        self.eval_inputs = self._apply(self._apply(x_eval, self.static, None), self.tail, eval_gen)
+        if inputs:
+            x_eval = data.x_test.index_select(0, stream.eval_index)  # shifted: its own copy
+            self.eval_inputs = self._apply(self._apply(x_eval, self.static, None), self.tail,
+                                           eval_gen)
+        else:  # no input shift: the stream's clean held-out inputs, one tensor for all such
+            self.eval_inputs = stream.clean_eval_inputs  # regimes (scored once per evaluation)
 
     def _apply(self, x: torch.Tensor, shifts: list[tuple[Shift, Any]],
                gen: torch.Generator | None) -> torch.Tensor:
@@ -207,6 +211,15 @@ class Stream:
         self.eval_index = eval_index.to(self.device)
         self.noise = _generator(derive_seed(seed, "noise"), self.device)
         self._regimes: dict[int, Regime] = {}
+        self._clean_eval: torch.Tensor | None = None
+
+    @property
+    def clean_eval_inputs(self) -> torch.Tensor:
+        """The run's held-out inputs without any shift (made once): the held-out inputs of
+        every regime without an input shift are this one tensor."""
+        if self._clean_eval is None:
+            self._clean_eval = self.data.x_test.index_select(0, self.eval_index)
+        return self._clean_eval
 
     def regime(self, regime_id: int) -> Regime:
         if regime_id not in self._regimes:

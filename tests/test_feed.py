@@ -45,3 +45,56 @@ def test_blocks_equal_each_streams_draws(digits, monkeypatch, name, flat):
             assert got.shape == want.shape
             assert torch.equal(got, want), (name, k, s)
             assert torch.equal(batches.labels(s), torch.stack([plans[m].y[s] for m in members]))
+
+
+def _count_predictions(monkeypatch):
+    """Count the held-out predictions of the stacked learner (what run() and fleets use)."""
+    from shiftsim.fleet.learner import StackedLearner
+
+    calls = []
+    predict = StackedLearner.predict
+
+    def counted(self, x):
+        calls.append(x)
+        return predict(self, x)
+
+    monkeypatch.setattr(StackedLearner, "predict", counted)
+    return calls
+
+
+def test_regimes_without_input_shifts_are_scored_once_per_evaluation(digits, monkeypatch):
+    """Label-only regimes share the held-out inputs, so one evaluation predicts them once; the
+    scores equal those of separate copies of the inputs (predicted once per regime)."""
+    from shiftsim.loop import EvalSchedule
+
+    sc = ss.label_flip_tasks(digits, rate=1.0, tasks=3, steps_per_task=30, eval_every=20,
+                             eval_size=100)
+    model, members = ss.models.mlp(hidden=(16,)), [("sgdm", 0), ("adam", 1), ("sgdm", 1)]
+    calls = _count_predictions(monkeypatch)
+    shared = ss.run_fleet(sc, model, members, device="cpu")
+    schedule = EvalSchedule(sc)
+    assert len(calls) == len(schedule.at) < len(schedule.rows)  # once per evaluation step
+    single = ss.run(sc, model, "sgdm", seed=0, device="cpu")
+    assert single.evals.equals(shared[0].evals)
+
+    # the same runs with each regime's inputs a copy of their own
+    monkeypatch.setattr(Stream, "clean_eval_inputs",
+                        property(lambda st: st.data.x_test.index_select(0, st.eval_index)))
+    calls.clear()
+    copied = ss.run_fleet(sc, model, members, device="cpu")
+    assert len(calls) == len(schedule.rows)
+    for a, b in zip(shared, copied):
+        assert a.evals.equals(b.evals)
+    # one prediction, each regime's own labels: at a phase end the regimes score differently
+    end = shared[0].evals[shared[0].evals.step == 30]
+    assert list(end.regime) == [0, 1, 2] and end.correct.nunique() == 3
+
+
+def test_regimes_with_input_shifts_are_scored_each(digits, monkeypatch):
+    from shiftsim.loop import EvalSchedule
+
+    sc = ss.covariate_drift(digits, [ss.Rotate(90), ss.Rotate(180)], 30, eval_every=20,
+                            eval_size=100)
+    calls = _count_predictions(monkeypatch)
+    ss.run_fleet(sc, ss.models.mlp(hidden=(16,)), [("sgdm", 0), ("sgdm", 1)], device="cpu")
+    assert len(calls) == len(EvalSchedule(sc).rows)
