@@ -27,9 +27,10 @@ syncs
     evaluation under ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (a synchronizing
     operation raises); on every device the calls that make a tensor from Python values or read
     one back (``torch.tensor``, ``.item``, ``.tolist``, ``bool``/``int``/``float`` of a tensor,
-    ``.cpu``, ``.numpy``: what ``tests/test_host_syncs.py`` counts) are counted inside those
-    scopes and must number 0. The first step of a run (lazy set-up, once per run, not per
-    step) is watched in ``"warn"`` mode and its syncs and host calls are reported, not failed.
+    ``.cpu``, ``.numpy`` of a device tensor: what ``tests/test_host_syncs.py`` counts) are
+    counted inside those scopes and must number 0. The first step of a run (lazy set-up, once
+    per run, not per step) is watched in ``"warn"`` mode and its syncs and host calls are
+    reported, not failed.
     The loop's own finiteness check of the losses (once every ``check_every`` steps and at
     each phase end) and the per-phase set-up are outside the per-step scopes: they sync by
     design.
@@ -418,7 +419,9 @@ class Watch:
                 orig = getattr(owner, name)
 
                 def counted(*a: Any, _orig: Any = orig, _name: str = name, **k: Any) -> Any:
-                    if watch.depth:
+                    # a CPU tensor's .numpy() is a view of its memory, not a read-back
+                    cpu_view = _name == "numpy" and a and a[0].device.type == "cpu"
+                    if watch.depth and not cpu_view:
                         (watch.host_calls if watch.warm else watch.first_host_calls)[_name] += 1
                     return _orig(*a, **k)
 

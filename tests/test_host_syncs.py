@@ -7,7 +7,8 @@ grow with the number of steps.
 
 * on every device: calls that make a tensor from Python values or read one back
   (``torch.tensor``, ``Tensor.item``, ``.tolist``, ``bool``/``int``/``float`` of a tensor,
-  ``.cpu``, ``.numpy``) — what a host sync or a host-to-device copy is made of;
+  ``.cpu``, ``.numpy`` of a device tensor) — what a host sync or a host-to-device copy is
+  made of;
 * on CUDA (where there is one): the warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
 
 Every test runs on each available device (the ``device`` fixture of ``conftest.py``).
@@ -58,7 +59,10 @@ def _count_calls(monkeypatch, fn) -> int:
         orig = getattr(owner, name)
 
         def counted(*a, **k):
-            counts["n"] += 1
+            # a CPU tensor's .numpy() is a view of the same memory (the optimizers' correctly
+            # rounded sqrt goes through numpy): neither a sync nor a copy
+            if not (name == "numpy" and a and a[0].device.type == "cpu"):
+                counts["n"] += 1
             return orig(*a, **k)
 
         monkeypatch.setattr(owner, name, counted)

@@ -211,3 +211,29 @@ def test_host_coefficients_are_python_float_arithmetic_per_member_cast_once():
     assert torch.equal(got, torch.tensor(want, dtype=torch.float32))
     same = host(size, exact([0.1, 0.1], like), b1, b2, 7, keep=False)  # equal values: 0-d
     assert same.dim() == 0 and exact_values(same) == size(0.1, 0.9, 0.999, 7)
+
+
+def test_sqrt_is_correctly_rounded_and_takes_zeros_and_denormals():
+    """The kernels' square root equals the float64 square root rounded once to float32 (the
+    correctly rounded one), for values across the whole exponent range, zeros, denormals and
+    strided views, in place too; float64 equals torch's on values whose roots are exact."""
+    from shiftsim.optim._kernels import foreach_sqrt, foreach_sqrt_, sqrt
+
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 0x7F800000, (200_000,), generator=g, dtype=torch.int64)
+    x = bits.to(torch.int32).view(torch.float32)
+    x[:1000] = 0.0
+    x[1000:2000] = torch.full((1000,), 1e-40)  # denormals
+    want = x.double().sqrt().float()
+    assert torch.equal(sqrt(x), want)
+    assert torch.equal(sqrt(x.view(400, 500).T).T.reshape(-1), want)  # a strided view
+    y = x.clone()
+    assert sqrt(y, out=y) is y and torch.equal(y, want)
+    a, b = x[:100].clone(), x[100:300].clone()
+    assert all(torch.equal(r, w) for r, w in zip(foreach_sqrt([a, b]), [want[:100], want[100:300]]))
+    foreach_sqrt_([a, b])
+    assert torch.equal(a, want[:100]) and torch.equal(b, want[100:300])
+    squares = torch.arange(1000, dtype=torch.float64) ** 2
+    assert torch.equal(sqrt(squares), torch.arange(1000, dtype=torch.float64))
+    half = torch.tensor([4.0, 9.0], dtype=torch.bfloat16)  # not numpy's: torch.sqrt
+    assert torch.equal(sqrt(half), torch.tensor([2.0, 3.0], dtype=torch.bfloat16))

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -196,6 +197,61 @@ def default_scratch() -> Scratch:
 
 
 # ----------------------------------------------------------------- elementwise helpers
+
+
+def _numpy_sqrt(x: Tensor, out: Tensor) -> bool:
+    """``out = sqrt(x)`` through numpy where both are CPU float tensors; False where not."""
+    if x.device.type != "cpu" or out.device.type != "cpu" or x.dtype not in _NUMPY_SQRT \
+            or out.dtype != x.dtype or out.shape != x.shape:
+        return False
+    np.sqrt((x.detach() if x.requires_grad else x).numpy(),
+            out=(out.detach() if out.requires_grad else out).numpy())
+    return True
+
+
+#: the dtypes :func:`sqrt` takes through numpy on the CPU
+_NUMPY_SQRT = (torch.float32, torch.float64)
+
+
+def sqrt(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """The correctly rounded square root of ``x`` (into ``out`` when given; ``out`` may be ``x``).
+
+    On the CPU torch's ``sqrt`` (MKL's vector math in the builds measured here) is not the
+    correctly rounded square root and slows down on zeros: against the float64 square root
+    rounded once, it differed by one ulp for 3.4 M of 20 M random positive float32 values, and
+    over 96,000 elements it took 394 us on zeros against 49 us on random values (one thread),
+    where numpy's ``sqrt`` (IEEE: correctly rounded) took 39-41 us on both. An optimizer's
+    second moments hold exact zeros wherever a gradient is always 0 (the border pixels of
+    digits), so CPU float tensors go through numpy (sharing memory, no copy); other tensors
+    through ``torch.sqrt`` (IEEE on CUDA by default; untested here). The compiled kernels'
+    square root (Inductor's) is the correctly rounded one too: 0 of 4 M random values differed.
+    numpy's runs on one thread: with two torch threads torch's was faster on large tensors of
+    random values (2.1 M elements: 606 against 858 us) and slower with 20 % zeros (1,680
+    against 865 us).
+
+    >>> sqrt(torch.tensor([0.0, 2.0, 4.0]))
+    tensor([0.0000, 1.4142, 2.0000])
+    """
+    o = torch.empty_like(x) if out is None else out
+    if not _numpy_sqrt(x, o):
+        torch.sqrt(x, out=o)
+    return o
+
+
+def foreach_sqrt(xs: Sequence[Tensor]) -> list[Tensor]:
+    """:func:`sqrt` of each tensor, new tensors (as ``torch._foreach_sqrt``)."""
+    if xs and xs[0].device.type != "cpu":
+        return list(torch._foreach_sqrt(list(xs)))
+    return [sqrt(x) for x in xs]
+
+
+def foreach_sqrt_(xs: Sequence[Tensor]) -> None:
+    """:func:`sqrt` of each tensor in place (as ``torch._foreach_sqrt_``)."""
+    if xs and xs[0].device.type != "cpu":
+        torch._foreach_sqrt_(list(xs))
+        return
+    for x in xs:
+        sqrt(x, out=x)
 
 
 def axpy_(y: Tensor, x: Tensor, a: Scalar, ld: int) -> None:

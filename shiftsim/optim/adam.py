@@ -30,6 +30,7 @@ from ._kernels import (
     foreach_addcdiv_,
     foreach_ema_sq_,
     foreach_scale_,
+    foreach_sqrt,
     host,
     is_zero,
     one_minus,
@@ -85,7 +86,7 @@ def adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], *, lr
     if vmax is not None:
         torch._foreach_maximum_(vmax, v)
         src = vmax
-    den = list(torch._foreach_sqrt(src))
+    den = foreach_sqrt(src)
     if isinstance(bc2_sqrt, Tensor):
         torch._foreach_div_(den, [bc(bc2_sqrt, d, ld) for d in den])
     else:

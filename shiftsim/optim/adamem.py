@@ -74,6 +74,7 @@ from ._kernels import (
     foreach_addcdiv_,
     foreach_ema_sq_,
     foreach_scale_,
+    foreach_sqrt,
     host,
     is_zero,
     kept_sqnorm,
@@ -86,6 +87,7 @@ from ._kernels import (
     scalar_state,
     scale_,
     split_paths,
+    sqrt,
     sqrt_,
     total_dots,
 )
@@ -244,7 +246,7 @@ def _am_sums(x: Tensor, g: Tensor, d: Tensor, P: Tensor, W: Tensor, T: Tensor, U
 def _am_precond(v: Tensor, P: Tensor, c1: Scalar, c2: Scalar, ld: int) -> Tensor:
     """``P = k1 * (sqrt(v / bc2) + eps)`` into ``P``, as ``sqrt(v) * c1 + c2`` with
     ``c1 = k1 / sqrt(bc2)``, ``c2 = k1 * eps`` (:func:`_am_scales`)."""
-    torch.sqrt(v, out=P)
+    sqrt(v, out=P)
     P.mul_(bc(c1, P, ld))
     return P.add_(bc(c2, P, ld))
 
@@ -322,7 +324,7 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
         if fe:
             X, Gf, Df, Vf = pick(P_, fe), pick(G, fe), pick(D, fe), pick(V, fe)
             foreach_ema_sq_(Vf, Gf, b2, ld)
-            Pl = list(torch._foreach_sqrt(Vf))
+            Pl = foreach_sqrt(Vf)
             torch._foreach_mul_(Pl, [bc(c1[i], p, ld) for i, p in zip(fe, Pl)])
             torch._foreach_add_(Pl, [bc(c2[i], p, ld) for i, p in zip(fe, Pl)])
             Wl = Pl  # W = P + lam P^2 = 1/M (as _am_precond)

@@ -48,6 +48,7 @@ from ._kernels import (
     foreach_add_scalar_,
     foreach_ema_sq_,
     foreach_scale_,
+    foreach_sqrt,
     host,
     is_zero,
     one_minus,
@@ -56,6 +57,7 @@ from ._kernels import (
     scale_,
     scaled_eps,
     split_paths,
+    sqrt,
     sqrt_,
 )
 from ._kernels import Scratch as _Scratch
@@ -104,7 +106,7 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
             else:
                 torch._foreach_lerp_(Mf, Gf, w1)
             foreach_ema_sq_(Vf, Gf, b2, ld)
-            den = list(torch._foreach_sqrt(Vf))
+            den = foreach_sqrt(Vf)
             foreach_add_scalar_(den, pick(epss, fe), ld)
             u = list(torch._foreach_div(Mf, den))
             sg = list(torch._foreach_sign(Gf))
@@ -127,7 +129,7 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
             m.lerp_(g, bc(w1, m, ld))
             u = scratch.get(v, 0)
             ema_sq_(v, g, b2, ld, u)
-            torch.sqrt(v, out=u)
+            sqrt(v, out=u)
             add_scalar_(u, epss[i], ld)
             torch.div(m, u, out=u)
             sg = torch.sign(g, out=scratch.get(g, 1))

@@ -100,6 +100,7 @@ from ._kernels import (
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
+    foreach_sqrt_,
     host,
     is_zero,
     one_minus,
@@ -109,6 +110,7 @@ from ._kernels import (
     scalar_state,
     scale_,
     split_paths,
+    sqrt,
 )
 from ._kernels import Scratch as _Scratch
 
@@ -460,7 +462,7 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
                 Qf = torch._foreach_div(Vf, [bc(c, v, ld) for c, v in zip(c2, Vf)])
             else:
                 Qf = torch._foreach_div(Vf, c2)
-            torch._foreach_sqrt_(Qf)
+            foreach_sqrt_(Qf)
             torch._foreach_add_(Qf, [bc(eps, q, ld) for q in Qf] if isinstance(eps, Tensor)
                                 else eps)
             Qf = torch._foreach_div(Df, Qf)
@@ -475,7 +477,7 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
             d.lerp_(g, bc(w1, d, ld))
             ema_sq_(v, g, beta2, ld, q)
             torch.div(v, bc(bc2[i], v, ld), out=q)
-            q.sqrt_()
+            sqrt(q, out=q)
             q.add_(bc(eps, q, ld))
             torch.div(d, q, out=q)
             red[i] = torch.stack([dot(p, g, ld), dot(p, d, ld), dot(d, q, ld)])

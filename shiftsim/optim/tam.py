@@ -77,6 +77,7 @@ from ._kernels import (
     foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
+    foreach_sqrt,
     host,
     is_zero,
     kept_sqnorm,
@@ -88,6 +89,7 @@ from ._kernels import (
     scale_,
     scaled_eps,
     split_paths,
+    sqrt,
     sqrt_,
     tensor_dots,
     total_dots,
@@ -374,7 +376,7 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             foreach_ema_sq_(Vf, Gf, b2, ld)
             if decay:
                 foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
-            den = list(torch._foreach_sqrt(Vf))
+            den = foreach_sqrt(Vf)
             foreach_add_scalar_(den, pick(epss, fe), ld)
             foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
         for i in reversed(loop):  # the last tensors of the dots are in cache
@@ -385,7 +387,7 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
             ema_sq_(v, g, b2, ld, den)
             if decay:
                 scale_(p, host(decay_factor, lr, wd), ld)
-            torch.sqrt(v, out=den)
+            sqrt(v, out=den)
             add_scalar_(den, epss[i], ld)
             addcdiv_(p, m, den, sizes[i], ld)
     return d
