@@ -404,7 +404,12 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     ``gam``: the per-tensor :math:`\gamma_i`, shape ``(n,)``; ``f``: the loss (0-d).
     ``h = (beta1, beta2, 1 - beta2^s, eps, rho, lr / rho, c = 1 + lr wd, 1 - lr wd)``. Updates
     params, ``ds``, ``vs`` in place; returns :math:`\tau`, the new :math:`\gamma_i` and the new
-    :math:`\bar f`."""
+    :math:`\bar f`.
+
+    [speed] One graph: Inductor sums in one pass (reads p, g, d, v) and recomputes the new
+    moments in the update's pass (reads them again, writes p, d, v): 11 passes. Two graphs, the
+    first writing the moments, made 13 (its loops do not store from a loop that sums) and
+    measured slower: 2.09-2.59x fused AdamW against 1.74-2.05x (kernels alone, three runs)."""
     b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
     xg, xd, dq = [], [], []
     for p, g, d, v in zip(ps, gs, ds, vs):
