@@ -10,16 +10,17 @@ interleaved so machine noise hits every optimizer alike; a ratio is the median o
 ratios, shown with its range (min-max over rounds) and the ratio of the best rounds (min/min:
 the least disturbed by other work on a busy machine). Two control rows time a second copy of
 each fused baseline (``sgdm (fused, 2nd copy)``, ``adamw (fused, 2nd copy)``): the same code on
-other tensors, so their distance from 1.00x is what one run resolves (noise and memory
-placement; 0.94-1.02x in three runs on this project's 2-core machine; two copies of compiled
-MoMo timed the same way 0.92-0.99x of each other in five runs of 15 rounds, of MoMo-Adam
-0.99-1.01x in three: read differences of less than about 8 % as unresolved). Goals (issue 17):
-TAM, AM-SGD, MoMo <= 1.5x fused SGDM; AdaTAM(W), Grams, MoMo-Adam, AM-AdamW <= 1.3x fused AdamW;
-each faster than its public counterpart. torch's AdamW runs with its default weight decay 0.01;
-AM-AdamW's default is 0 (the issue's signature), so the row ``adamem_adamw[wd=0.01]`` also times
-it with the same decay. Rows ``name[compiled]`` take the step with the optimizer's compiled
-kernel (``compile=True``: torch.compile/Inductor, shiftsim/optim/_compiled.py); the others run
-eager (``compile=False``). The ``first step`` column is the wall time of each optimizer's first
+other tensors, so their distance from 1.00x is what one run resolves (noise, and whatever
+differs between two copies, such as where their tensors lie in memory: 0.90-1.02x in six runs on
+this project's 2-core machine; two copies of compiled MoMo timed the same way 0.92-0.99x of each
+other in five runs of 15 rounds, of MoMo-Adam 0.99-1.01x in three, whichever copy ran first:
+read differences of less than about 10 % as unresolved). Goals (issue 17): TAM, AM-SGD, MoMo <=
+1.5x fused SGDM; AdaTAM(W), Grams, MoMo-Adam, AM-AdamW <= 1.3x fused AdamW; each faster than its
+public counterpart. torch's AdamW runs with its default weight decay 0.01; AM-AdamW's default is
+0 (the issue's signature), so the row ``adamem_adamw[wd=0.01]`` also times it with the same
+decay. Rows ``name[compiled]`` take the step with the optimizer's compiled kernel
+(``compile=True``: torch.compile/Inductor, shiftsim/optim/_compiled.py); the others run eager
+(``compile=False``). The ``first step`` column is the wall time of each optimizer's first
 ``step()``, which for a compiled row includes the compile (Inductor's on-disk cache makes a
 second run of the script faster: run it twice to see both).
 
