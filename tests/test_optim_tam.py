@@ -170,6 +170,51 @@ def test_tam_kept_momentum_norm_stays_exact(scope):
             assert opt.state[p]["momentum_sqnorm"].item() == pytest.approx(exact, rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    dict(lr=[0.01, 0.1, 0.3, 1.0], wd=[0.0] * 4, decoupled=False, eps=[1e-8] * 4),
+    dict(lr=[0.1] * 4, wd=[0.01] * 4, decoupled=False, eps=[1e-8] * 4),
+    dict(lr=[0.1, 0.2, 0.1, 0.2], wd=[0.01, 0.0, 0.1, 0.01], decoupled=True, eps=[1e-3] * 4),
+    dict(lr=[0.1] * 4, wd=[0.0] * 4, decoupled=False, eps=[0.0, 1e-8, 0.0, 1e-3]),
+    dict(lr=[0.1] * 4, wd=[0.0] * 4, decoupled=False, eps=[0.0] * 4, n=70_000, steps=8),
+])
+def test_fleet_rows_step_is_tams_scaled_form_bit_for_bit(dtype, case):
+    """The fleet steps TAM (model-wide cosine) through ``_tam_rows``, one row per member:
+    bit for bit the numbers of the functional ``tam`` in its scaled form, per-member
+    hyperparameters, coupled and decoupled decay, eps 0 (the guarded lerp weight), a zero
+    gradient row, and a row above the multi-tensor size (the one-tensor-at-a-time path)."""
+    from shiftsim.optim._kernels import exact
+    from shiftsim.optim.tam import _tam_stacked, _tam_stacked_init
+
+    case = dict(case)
+    n, steps, k = case.pop("n", 300), case.pop("steps", 30), 4
+    like = torch.zeros((), dtype=dtype)
+    hp = {"lr": exact(case["lr"], like), "momentum": exact([0.9, 0.5, 0.9, 0.99], like),
+          "gamma": exact([0.9], like), "eps": exact(case["eps"], like),
+          "weight_decay": exact(case["wd"], like) if any(case["wd"]) else 0}
+    flags = {"scope": "global", "decoupled": case["decoupled"]}
+    gen = torch.Generator().manual_seed(0)
+    pa = torch.randn(k, n, generator=gen, dtype=dtype)
+    pb = pa.clone()
+    sa, sb = _tam_stacked_init([pa], hp, flags), _tam_stacked_init([pb], hp, flags)
+    assert "momentum_scale" in sa
+    for t in range(steps):
+        g = torch.randn(k, n, generator=gen, dtype=dtype)
+        g[1] = 0 if t % 7 == 3 else g[1]
+        da = _tam_stacked(sa, [pa], [g.clone()], None, hp, flags)[0]
+        db = tam([pb], [g.clone()], sb["momentum_buffers"], sb["smoothed_cosine"], lr=hp["lr"],
+                 momentum=hp["momentum"], gamma=hp["gamma"], eps=hp["eps"],
+                 weight_decay=hp["weight_decay"], decoupled=case["decoupled"], learner_dims=1,
+                 momentum_scale=sb["momentum_scale"], momentum_sqnorm=sb["momentum_sqnorm"])
+        assert torch.equal(da, db)
+        assert torch.equal(pa, pb) and torch.equal(sa["momentum_buffers"][0],
+                                                   sb["momentum_buffers"][0])
+        for key in ("momentum_scale", "momentum_sqnorm", "smoothed_cosine"):
+            assert torch.equal(sa[key], sb[key]), key
+    assert not torch.equal(pa, torch.randn(k, n, generator=torch.Generator().manual_seed(0),
+                                           dtype=dtype))  # it moved
+
+
 def test_adatam_tensor_scope_matches_reference():
     ours = run_optimizer(lambda g: AdaTAM(g, scope="tensor"), 50, hp0=ADA_HP[0], hp1=ADA_HP[1])
     ref = run_reference(tam_reference(ADA_HP, 0.9, adam=True, scope="tensor"), 50)

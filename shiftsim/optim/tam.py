@@ -58,6 +58,7 @@ from ._kernels import (
     Block,
     Scalar,
     acc_dtype,
+    add_decay,
     add_scalar_,
     addcdiv_,
     axpy_,
@@ -71,7 +72,9 @@ from ._kernels import (
     coupled_grads,
     decay_factor,
     default_scratch,
+    dot,
     ema_sq_,
+    exact_values,
     foreach_add_scalar_,
     foreach_addcdiv_,
     foreach_axpy_,
@@ -443,19 +446,27 @@ def adatam(
 # ---------------------------------------------------------------------------- state, stacked
 
 
-def tam_init(params: list[Tensor], *, scope: str = "global", learner_dims: int = 0
-             ) -> dict[str, Any]:
+def tam_init(params: list[Tensor], *, scope: str = "global", learner_dims: int = 0,
+             scaled: bool = False) -> dict[str, Any]:
     r"""TAM's initial state for ``params`` (with ``learner_dims=1``: K members stacked along
     dimension 0), as :func:`tam` takes it: zero ``momentum_buffers`` (:math:`m_0 = 0`) and the
     smoothed cosine :math:`\hat s_0 = 0` (one per tensor for ``scope="tensor"``).
+    ``scaled=True`` adds ``momentum_scale`` and ``momentum_sqnorm`` (zeros shaped like the
+    cosine) for :func:`tam`'s scaled form; the buffers then hold :math:`m/\sigma`.
 
     >>> state = tam_init([torch.zeros(4, 3)], learner_dims=1)
     >>> state["momentum_buffers"][0].shape, state["smoothed_cosine"].shape
     (torch.Size([4, 3]), torch.Size([4]))
+    >>> sorted(tam_init([torch.zeros(4, 3)], learner_dims=1, scaled=True))
+    ['momentum_buffers', 'momentum_scale', 'momentum_sqnorm', 'smoothed_cosine']
     """
     n = () if scope == "global" else (len(params),)
-    return {"momentum_buffers": [torch.zeros_like(p) for p in params],
-            "smoothed_cosine": scalar_state(params[0], *n, ld=learner_dims)}
+    state = {"momentum_buffers": [torch.zeros_like(p) for p in params],
+             "smoothed_cosine": scalar_state(params[0], *n, ld=learner_dims)}
+    if scaled:
+        state["momentum_scale"] = torch.zeros_like(state["smoothed_cosine"])
+        state["momentum_sqnorm"] = torch.zeros_like(state["smoothed_cosine"])
+    return state
 
 
 def _zero_momenta(params: list[Tensor]) -> list[Tensor]:
@@ -481,14 +492,67 @@ def _torque_diagnostics(d: Tensor, shat: Tensor, scope: str) -> list[Tensor]:
     return [d, shat] if scope == "global" else [d.mean(0), shat.mean(0)]
 
 
+def _tam_stacked_init(params: list[Tensor], hp: Hyper, flags: dict[str, Any]) -> dict[str, Any]:
+    r"""The fleet's TAM state: the scaled form (:func:`tam`'s ``momentum_scale``, with the kept
+    :math:`\lVert\tilde m\rVert^2`) for a model-wide cosine, the plain momentum per tensor
+    otherwise."""
+    return tam_init(params, scope=flags["scope"], learner_dims=1,
+                    scaled=flags["scope"] == "global")
+
+
 def _tam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                  loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     shat, scope = state["smoothed_cosine"], flags["scope"]
-    d = tam(params, grads, state["momentum_buffers"], shat, lr=hp["lr"],
-            momentum=hp["momentum"], gamma=hp["gamma"], eps=hp["eps"],
-            weight_decay=hp["weight_decay"], decoupled=flags["decoupled"], scope=scope,
-            learner_dims=1, foreach=flags.get("foreach"))
+    scale = state.get("momentum_scale")
+    if scale is not None and len(params) == 1:
+        d = _tam_rows(params[0], grads[0], state["momentum_buffers"][0], shat, scale,
+                      state["momentum_sqnorm"], hp, flags["decoupled"])
+    else:
+        d = tam(params, grads, state["momentum_buffers"], shat, lr=hp["lr"],
+                momentum=hp["momentum"], gamma=hp["gamma"], eps=hp["eps"],
+                weight_decay=hp["weight_decay"], decoupled=flags["decoupled"], scope=scope,
+                learner_dims=1, foreach=flags.get("foreach"), momentum_scale=scale,
+                momentum_sqnorm=state.get("momentum_sqnorm"))
     return _torque_diagnostics(d, shat, scope)
+
+
+def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqnorm: Tensor,
+              hp: Hyper, decoupled: bool) -> Tensor:
+    r"""A fleet's TAM step in the scaled form, each member's parameters one row of ``p``
+    ``(K, n)``: the numbers of :func:`tam` with ``momentum_scale`` and ``momentum_sqnorm``
+    (a model-wide cosine, ``learner_dims=1``), without its lists and blocks. [speed] Against
+    the plain momentum the fleet stepped before, it reads the momentum twice less per step
+    (no :math:`\lVert m
+Vert^2` pass, a lerp instead of a scale and an add) for a few more
+    ``(K,)``-sized operations: 130 members of a 64-unit digits MLP (one thread) 1.64 -> 1.40
+    ms a step in the TAM group."""
+    lr, beta, eps, wd = hp["lr"], hp["momentum"], hp["eps"], hp["weight_decay"]
+    decay = not is_zero(wd)
+    if decay and not decoupled:
+        g = add_decay([p], [g], wd, 1)[0]
+    mg, gg = dot(m, g, 1), dot(g, g, 1)
+    den2 = sqnorm * gg  # the cosine does not depend on the scale
+    cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
+    gamma = hp["gamma"]
+    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
+        gamma = gamma.to(shat.dtype)
+    shat.lerp_(cos, host(one_minus, gamma))
+    d = shat * 0.5 + 0.5
+    c = d + eps
+    sig = torch.add(c, scale, alpha=beta) if not isinstance(beta, Tensor) else scale * beta + c
+    # sig = 0 only if c = 0 and m = 0; c > 0 for certain when every member's eps is > 0
+    eps_vals = exact_values(eps) if isinstance(eps, Tensor) else eps
+    positive = eps_vals is not None and min(
+        eps_vals if isinstance(eps_vals, tuple) else (eps_vals,)) > 0
+    w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
+    scale.copy_(sig)
+    step = sig * host(negative, lr)
+    kept_sqnorm(sqnorm, 1 - w, w, mg, sqnorm, gg)
+    m.lerp_(g, w.view(-1, 1))
+    if decay and decoupled:
+        scale_(p, host(decay_factor, lr, wd), 1)
+    p.addcmul_(m, step.view(-1, 1))
+    return d
 
 
 def _global_scope(flags: dict[str, Any]) -> bool:
@@ -608,9 +672,8 @@ class TAM(_TorqueBase):
     """
 
     #: the fleet steps stacked members through :func:`tam` (the momentum held unscaled)
-    stacked = Stacked(lambda params, hp, flags: tam_init(params, scope=flags["scope"],
-                                                         learner_dims=1),
-                      _tam_stacked, lambda flags: ("damping", "cosine"), flat=_global_scope)
+    stacked = Stacked(_tam_stacked_init, _tam_stacked, lambda flags: ("damping", "cosine"),
+                      flat=_global_scope)
 
     def __init__(
         self,
