@@ -416,3 +416,49 @@ def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch
         exact = float((p.detach() * st["grad_avg"]).sum())
         assert st["x_dot_d"].item() == pytest.approx(exact, rel=1e-10)
         assert st["grad_dot_w"].item() == pytest.approx(ref.state["gam"][i], rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    dict(lr=[0.1, 1.0, 3.0, 10.0], wd=[0.0] * 4, beta=[0.9, 0.5, 0.9, 0.99]),
+    dict(lr=[1e-3, 1e-2, 1.0, 1e-3], wd=[0.0] * 4, beta=[0.9] * 4),  # capped at lr
+    dict(lr=[1.0] * 4, wd=[0.01] * 4, beta=[0.9] * 4, lb=-1.0),
+    dict(lr=[0.3, 1.0, 0.3, 1.0], wd=[0.01, 0.0, 0.1, 0.01], beta=[0.9] * 4),
+    dict(lr=[1.0] * 4, wd=[0.0] * 4, beta=[0.9] * 4, n=40_000, steps=8),
+    dict(lr=[1.0] * 4, wd=[0.01, 0.0, 0.01, 0.0], beta=[0.9] * 4, n=70_000, steps=6),
+])
+def test_fleet_rows_step_is_momo_bit_for_bit(dtype, case):
+    """The fleet steps MoMo past its first step through ``_momo_rows`` (one row per member):
+    bit for bit the functional ``momo`` (per-member hyperparameters, weight decay, a lower
+    bound, a zero gradient row, steps capped at lr, the concatenated, large and
+    one-tensor-at-a-time sizes)."""
+    from shiftsim.optim._kernels import exact
+    from shiftsim.optim.momo import _momo_stacked, momo, momo_init
+
+    case = dict(case)
+    n, steps, k, lb = case.pop("n", 300), case.pop("steps", 30), 4, case.pop("lb", 0.0)
+    like = torch.zeros((), dtype=dtype)
+    hp = {"lr": exact(case["lr"], like), "beta": exact(case["beta"], like),
+          "lb": exact([lb], like),
+          "weight_decay": exact(case["wd"], like) if any(case["wd"]) else 0}
+    flags = {"bias_correction": False, "use_fstar": False}
+    gen = torch.Generator().manual_seed(0)
+    pa = torch.randn(k, n, generator=gen, dtype=dtype)
+    pb = pa.clone()
+    sa, sb = momo_init([pa], lb=lb, learner_dims=1), momo_init([pb], lb=lb, learner_dims=1)
+    capped = False
+    for t in range(steps):
+        g = torch.randn(k, n, generator=gen, dtype=dtype)
+        g[1] = 0 if t % 7 == 3 else g[1]
+        loss = (torch.rand(k, generator=gen) * 3).to(dtype)
+        ta = _momo_stacked(sa, [pa], [g.clone()], loss, hp, flags)[0]
+        sb["step"] += 1
+        tb = momo([pb], [g.clone()], sb["grad_avg"], sb["grad_dot_w"], sb["loss_avg"],
+                  sb["fstar"], loss, step=sb["step"], lr=hp["lr"], beta=hp["beta"],
+                  lb=hp["lb"], weight_decay=hp["weight_decay"], learner_dims=1)
+        assert torch.equal(ta, tb) and torch.equal(pa, pb)
+        assert torch.equal(sa["grad_avg"][0], sb["grad_avg"][0])
+        for key in ("grad_dot_w", "loss_avg", "fstar"):
+            assert torch.equal(sa[key], sb[key]), key
+        capped |= bool((ta == torch.tensor(case["lr"], dtype=dtype)).any())
+    assert capped == (case["lr"][0] == 1e-3)

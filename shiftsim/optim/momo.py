@@ -605,12 +605,49 @@ def _first_moments(params: list[Tensor], grads: list[Tensor], bias_correction: b
 def _momo_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                   loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
-    tau = momo(params, grads, state["grad_avg"], state["grad_dot_w"], state["loss_avg"],
-               state["fstar"], loss, step=state["step"], lr=hp["lr"], beta=hp["beta"],
-               lb=hp["lb"], weight_decay=hp["weight_decay"],
-               bias_correction=flags["bias_correction"], use_fstar=flags["use_fstar"],
-               learner_dims=1, foreach=flags.get("foreach"))
+    if state["step"] > 1 and len(params) == 1 and not flags["bias_correction"] \
+            and not flags["use_fstar"]:
+        tau = _momo_rows(params[0], grads[0], state, loss, hp)
+    else:
+        tau = momo(params, grads, state["grad_avg"], state["grad_dot_w"], state["loss_avg"],
+                   state["fstar"], loss, step=state["step"], lr=hp["lr"], beta=hp["beta"],
+                   lb=hp["lb"], weight_decay=hp["weight_decay"],
+                   bias_correction=flags["bias_correction"], use_fstar=flags["use_fstar"],
+                   learner_dims=1, foreach=flags.get("foreach"))
     return [tau, state["fstar"]]
+
+
+def _momo_rows(p: Tensor, g: Tensor, state: dict[str, Any], loss: Tensor, hp: Hyper) -> Tensor:
+    """A fleet's MoMo step past the first, each member's parameters one row of ``p`` ``(K, n)``
+    (``bias_correction=False``, ``use_fstar=False``): bit for bit the numbers of :func:`momo`
+    (no ``kept_dots``; ``learner_dims=1``), without its lists, blocks and preallocated rows.
+    [speed] One thread, in-process toggle, the same traces: the MoMo group of a single run
+    (a 64-unit digits MLP) 0.30 -> 0.21 ms a step (the run 0.77x), 5 members 0.42 -> 0.26,
+    130 members 2.08 -> 1.68 ms (the run 0.91x)."""
+    d, gam, loss_avg, fstar = state["grad_avg"][0], state["grad_dot_w"], state["loss_avg"], \
+        state["fstar"]
+    lr, beta, wd = hp["lr"], hp["beta"], hp["weight_decay"]
+    f = _loss_tensor(loss, loss_avg, 1)
+    w = host(one_minus, beta)
+    loss_avg.copy_(loss_avg * beta + f * w)
+    d.lerp_(g, bc(w, d, 1))
+    dd, xg, xd = dot(d, d, 1), dot(p, g, 1), dot(p, d, 1)
+    gam.mul_(beta).add_(xg * w)  # gam: (1, K), one tensor
+    gamma = gam.sum(0)
+    # _step_sizes for one block, rho = 1, no f*
+    pos = dd > 0
+    safe = torch.where(pos, dd, 1.0)
+    gap = loss_avg - fstar
+    c = host(one_plus_product, lr, wd)
+    num = gap + xd - gamma if _one(c) else c * gap + xd - c * gamma
+    ratio = torch.where(pos, num.clamp_min(0) / safe, 0.0)
+    cap = host(_ratio, lr, 1.0, keep=False)
+    tau = torch.minimum(ratio, cap.to(ratio.dtype)) if isinstance(cap, Tensor) \
+        else ratio.clamp_max(cap)
+    p.addcmul_(d, bc(-tau, p, 1))
+    if not is_zero(wd):
+        scale_(p, host(_ratio, 1, c), 1)
+    return tau
 
 
 def _momo_adam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
