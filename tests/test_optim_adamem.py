@@ -232,3 +232,42 @@ def test_lam_is_shared_and_checked():
         AdaptiveMemorySGD([a], lr=0.1, beta_max=1.5)
     with pytest.raises(ShiftsimError, match="betas"):
         AdaptiveMemoryAdamW([a], betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    dict(lr=[0.01, 0.1, 0.03, 0.3], wd=[0.0] * 4),
+    dict(lr=[0.01] * 4, wd=[0.01, 0.0, 0.1, 0.01], lam=0.0),
+    dict(lr=[0.1] * 4, wd=[0.01] * 4, n=40_000, steps=8),
+    dict(lr=[0.1, 0.2, 0.1, 0.2], wd=[0.0] * 4, n=70_000, steps=6),
+])
+def test_fleet_rows_step_is_adamem_sgd_bit_for_bit(dtype, case):
+    """The fleet steps AM-SGD past its first step through ``_amsgd_rows`` (one row per member):
+    bit for bit the functional ``adamem_sgd`` (per-member lr, coupled decay, lam 0, zero and
+    opposed gradient rows, the concatenated, large and one-tensor-at-a-time sizes)."""
+    from shiftsim.optim._kernels import exact
+    from shiftsim.optim.adamem import _amsgd_stacked, adamem_sgd_init, lr_ratio
+
+    case = dict(case)
+    n, steps, k = case.pop("n", 300), case.pop("steps", 30), 4
+    like = torch.zeros((), dtype=dtype)
+    hp = {"lr": exact(case["lr"], like), "lam": exact([case.get("lam", 0.1)], like),
+          "beta_max": exact([0.9], like),
+          "weight_decay": exact(case["wd"], like) if any(case["wd"]) else 0}
+    gen = torch.Generator().manual_seed(0)
+    pa = torch.randn(k, n, generator=gen, dtype=dtype)
+    pb = pa.clone()
+    sa = {**adamem_sgd_init([pa]), "lr_ratio": lr_ratio(hp["lr"])}
+    sb = {**adamem_sgd_init([pb]), "lr_ratio": lr_ratio(hp["lr"])}
+    for t in range(steps):
+        g = torch.randn(k, n, generator=gen, dtype=dtype)
+        g[1] = 0 if t % 7 == 3 else g[1]
+        g[2] = -3 * sa["momentum_buffer"][0][2] if t % 9 == 5 else g[2]
+        ba = _amsgd_stacked(sa, [pa], [g.clone()], None, hp, {})[0]
+        sb["step"] += 1
+        bb = adamem_sgd([pb], [g.clone()], sb["momentum_buffer"], step=sb["step"],
+                        lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
+                        weight_decay=hp["weight_decay"], lr_ratio=sb["lr_ratio"],
+                        learner_dims=1)
+        assert torch.equal(ba, bb) and torch.equal(pa, pb)
+        assert torch.equal(sa["momentum_buffer"][0], sb["momentum_buffer"][0])

@@ -59,7 +59,9 @@ from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, always, eval_closure
 from ._kernels import (
     Block,
     Scalar,
+    add_decay,
     addcdiv_,
+    axpy_,
     bc,
     check_betas,
     check_foreach,
@@ -549,11 +551,31 @@ def adamem_adamw_init(params: list[Tensor], *, learner_dims: int = 0) -> dict[st
 def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
-    beta = adamem_sgd(params, grads, state["momentum_buffer"], step=state["step"],
-                      lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
-                      weight_decay=hp["weight_decay"], lr_ratio=state["lr_ratio"],
-                      learner_dims=1, foreach=flags.get("foreach"))
+    if state["step"] > 1 and len(params) == 1:
+        beta = _amsgd_rows(params[0], grads[0], state["momentum_buffer"][0], state["lr_ratio"],
+                           hp)
+    else:
+        beta = adamem_sgd(params, grads, state["momentum_buffer"], step=state["step"],
+                          lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
+                          weight_decay=hp["weight_decay"], lr_ratio=state["lr_ratio"],
+                          learner_dims=1, foreach=flags.get("foreach"))
     return [beta, (beta + hp["lam"]) / host(one_plus, hp["lam"])]
+
+
+def _amsgd_rows(p: Tensor, g: Tensor, d: Tensor, ratio: Scalar, hp: Hyper) -> Tensor:
+    """A fleet's AM-SGD step past the first, each member's parameters one row of ``p``
+    ``(K, n)``: bit for bit the numbers of :func:`adamem_sgd` (no ``momentum_sqnorm``;
+    ``learner_dims=1``), without its lists and blocks. [speed] One thread, in-process toggle,
+    the same traces: the AM-SGD group of a single run (a 64-unit digits MLP) 0.24 -> 0.16 ms a
+    step (the run 0.82x), 5 members 0.30 -> 0.21, 130 members 1.79 -> 1.62 ms."""
+    wd = hp["weight_decay"]
+    if not is_zero(wd):
+        g = add_decay([p], [g], wd, 1)[0]
+    beta, w = _am_weight([(dot(d, g, 1), dot(g, g, 1), dot(d, d, 1))], [ratio], [None],
+                         lam=hp["lam"], beta_max=hp["beta_max"])
+    d.lerp_(g, bc(w, d, 1))
+    axpy_(p, d, host(negative, hp["lr"]), 1)
+    return beta
 
 
 def _amadamw_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
