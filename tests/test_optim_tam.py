@@ -215,6 +215,51 @@ def test_fleet_rows_step_is_tams_scaled_form_bit_for_bit(dtype, case):
                                            dtype=dtype))  # it moved
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    dict(lr=[1e-3, 1e-2, 1e-4, 1e-3], wd=[0.01] * 4, decoupled=False),
+    dict(lr=[1e-3] * 4, wd=[0.01, 0.0, 0.1, 0.01], decoupled=True),
+    dict(lr=[1e-3] * 4, wd=[0.0] * 4, decoupled=False, bias_correction=False),
+    dict(lr=[1e-3] * 4, wd=[0.01] * 4, decoupled=True, n=70_000, steps=6),
+])
+def test_fleet_rows_step_is_adatam_bit_for_bit(dtype, case):
+    """The fleet steps AdaTAM(W) with a model-wide cosine through ``_adatam_rows`` (one row
+    per member): bit for bit the functional ``adatam`` (per-member hyperparameters, coupled
+    and decoupled decay, with and without bias correction, a zero gradient row, the
+    one-tensor-at-a-time size)."""
+    from shiftsim.optim._kernels import exact
+    from shiftsim.optim.tam import _adatam_stacked, adatam_init
+
+    case = dict(case)
+    n, steps, k = case.pop("n", 300), case.pop("steps", 25), 4
+    bias_correction = case.pop("bias_correction", True)
+    like = torch.zeros((), dtype=dtype)
+    hp = {"lr": exact(case["lr"], like), "beta1": exact([0.9, 0.8, 0.9, 0.95], like),
+          "beta2": exact([0.999] * k, like), "gamma": exact([0.9], like),
+          "torque_eps": exact([1e-8] * k, like), "eps": exact([1e-8, 1e-6, 1e-8, 1e-8], like),
+          "weight_decay": exact(case["wd"], like) if any(case["wd"]) else 0}
+    flags = {"scope": "global", "bias_correction": bias_correction}
+    update = _adatam_stacked(case["decoupled"]).update
+    gen = torch.Generator().manual_seed(0)
+    pa = torch.randn(k, n, generator=gen, dtype=dtype)
+    pb = pa.clone()
+    sa, sb = adatam_init([pa], learner_dims=1), adatam_init([pb], learner_dims=1)
+    for t in range(steps):
+        g = torch.randn(k, n, generator=gen, dtype=dtype)
+        g[1] = 0 if t % 7 == 3 else g[1]
+        da = update(sa, [pa], [g.clone()], None, hp, flags)[0]
+        sb["step"] += 1
+        db = adatam([pb], [g.clone()], sb["exp_avg"], sb["exp_avg_sq"], sb["smoothed_cosine"],
+                    step=sb["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+                    gamma=hp["gamma"], torque_eps=hp["torque_eps"], eps=hp["eps"],
+                    weight_decay=hp["weight_decay"], decoupled=case["decoupled"],
+                    bias_correction=bias_correction, learner_dims=1)
+        assert torch.equal(da, db) and torch.equal(pa, pb)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[key][0], sb[key][0]), key
+        assert torch.equal(sa["smoothed_cosine"], sb["smoothed_cosine"])
+
+
 def test_adatam_tensor_scope_matches_reference():
     ours = run_optimizer(lambda g: AdaTAM(g, scope="tensor"), 50, hp0=ADA_HP[0], hp1=ADA_HP[1])
     ref = run_reference(tam_reference(ADA_HP, 0.9, adam=True, scope="tensor"), 50)

@@ -355,45 +355,52 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
     _couple(blocks, foreach, ld)
     d, _ = _damping(blocks, shat, gamma, scope, ld)
     for b, c in zip(blocks, _coefs(blocks, d, scope, "torque_eps")):
-        lr, b1, b2 = b.hp["lr"], b.hp["beta1"], b.hp["beta2"]
-        wd, eps = b.hp["weight_decay"], b.hp["eps"]
-        decay = b.hp["decoupled"] and not is_zero(wd)
-        P, G, M, V = b.params, b.grads, b.bufs["m"], b.bufs["v"]
-        if b.hp["bias_correction"]:
-            sizes, epss = [], []
-            cache: dict[int, tuple[Scalar, Scalar]] = {}
-            for t in b.steps:
-                if t not in cache:  # on the host for exact tensors (_kernels.host)
-                    cache[t] = (host(_adatam_size, lr, b1, b2, t, keep=False),
-                                host(scaled_eps, eps, b2, t, keep=False))
-                sizes.append(cache[t][0])
-                epss.append(cache[t][1])
-        else:
-            sizes, epss = [host(negative, lr)] * len(P), [eps] * len(P)
-        cs = _per_tensor(c, len(P), scope)
-        fe, loop = split_paths(P, foreach, ld)
-        if fe:
-            Pf, Gf, Mf, Vf = pick(P, fe), pick(G, fe), pick(M, fe), pick(V, fe)
-            foreach_scale_(Mf, b1, ld)
-            foreach_axpy_(Mf, Gf, pick(cs, fe), ld)
-            foreach_ema_sq_(Vf, Gf, b2, ld)
-            if decay:
-                foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
-            den = foreach_sqrt(Vf)
-            foreach_add_scalar_(den, pick(epss, fe), ld)
-            foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
-        for i in reversed(loop):  # the last tensors of the dots are in cache
-            p, g, m, v = P[i], G[i], M[i], V[i]
-            scale_(m, b1, ld)
-            axpy_(m, g, cs[i], ld)
-            den = scratch.get(v, 0)
-            ema_sq_(v, g, b2, ld, den)
-            if decay:
-                scale_(p, host(decay_factor, lr, wd), ld)
-            sqrt(v, out=den)
-            add_scalar_(den, epss[i], ld)
-            addcdiv_(p, m, den, sizes[i], ld)
+        _adatam_update(b.params, b.grads, b.bufs["m"], b.bufs["v"], _per_tensor(c, len(b.params),
+                       scope), b.hp, b.steps, foreach, ld, scratch)
     return d
+
+
+def _adatam_update(P: list[Tensor], G: list[Tensor], M: list[Tensor], V: list[Tensor],
+                   cs: list[Tensor], hp: dict[str, Any], steps: Sequence[int],
+                   foreach: bool | None, ld: int, scratch: _Scratch) -> None:
+    """AdaTAM(W)'s moments and parameters after the damping, for one group (``cs``: each
+    tensor's ``torque_eps + d``; ``steps``: each tensor's step count)."""
+    lr, b1, b2 = hp["lr"], hp["beta1"], hp["beta2"]
+    wd, eps = hp["weight_decay"], hp["eps"]
+    decay = hp["decoupled"] and not is_zero(wd)
+    if hp["bias_correction"]:
+        sizes, epss = [], []
+        cache: dict[int, tuple[Scalar, Scalar]] = {}
+        for t in steps:
+            if t not in cache:  # on the host for exact tensors (_kernels.host)
+                cache[t] = (host(_adatam_size, lr, b1, b2, t, keep=False),
+                            host(scaled_eps, eps, b2, t, keep=False))
+            sizes.append(cache[t][0])
+            epss.append(cache[t][1])
+    else:
+        sizes, epss = [host(negative, lr)] * len(P), [eps] * len(P)
+    fe, loop = split_paths(P, foreach, ld)
+    if fe:
+        Pf, Gf, Mf, Vf = pick(P, fe), pick(G, fe), pick(M, fe), pick(V, fe)
+        foreach_scale_(Mf, b1, ld)
+        foreach_axpy_(Mf, Gf, pick(cs, fe), ld)
+        foreach_ema_sq_(Vf, Gf, b2, ld)
+        if decay:
+            foreach_scale_(Pf, host(decay_factor, lr, wd), ld)
+        den = foreach_sqrt(Vf)
+        foreach_add_scalar_(den, pick(epss, fe), ld)
+        foreach_addcdiv_(Pf, Mf, den, pick(sizes, fe), ld)
+    for i in reversed(loop):  # the last tensors of the dots are in cache
+        p, g, m, v = P[i], G[i], M[i], V[i]
+        scale_(m, b1, ld)
+        axpy_(m, g, cs[i], ld)
+        den = scratch.get(v, 0)
+        ema_sq_(v, g, b2, ld, den)
+        if decay:
+            scale_(p, host(decay_factor, lr, wd), ld)
+        sqrt(v, out=den)
+        add_scalar_(den, epss[i], ld)
+        addcdiv_(p, m, den, sizes[i], ld)
 
 
 def adatam(
@@ -560,11 +567,34 @@ def _global_scope(flags: dict[str, Any]) -> bool:
     return flags.get("scope", "global") == "global"
 
 
+def _adatam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, shat: Tensor, step: int,
+                 hp: Hyper, decoupled: bool, flags: dict[str, Any]) -> Tensor:
+    """A fleet's AdaTAM(W) step with a model-wide cosine, each member's parameters one row of
+    ``p`` ``(K, n)``: bit for bit the numbers of :func:`adatam` (``learner_dims=1``), without
+    its lists and blocks. [speed] One thread, in-process toggle, the same traces: the AdaTAM
+    group of a single run (a 64-unit digits MLP) 0.26 -> 0.21 ms a step (the run 0.89x),
+    5 members 0.33 -> 0.28, 130 members 2.56 -> 2.39 ms."""
+    wd = hp["weight_decay"]
+    if not decoupled and not is_zero(wd):
+        g = coupled_grads([p], [g], wd, flags.get("foreach"), 1)[0]
+    d = _smooth([(dot(m, g, 1), dot(m, m, 1), dot(g, g, 1))], [None], shat, hp["gamma"],
+                "global")
+    c = d + hp["torque_eps"]
+    _adatam_update([p], [g], [m], [v], [c], {**hp, "decoupled": decoupled,
+                   "bias_correction": flags["bias_correction"]}, [step], flags.get("foreach"),
+                   1, default_scratch())
+    return d
+
+
 def _adatam_stacked(decoupled: bool) -> Stacked:
     def update(state: dict[str, Any], params: list[Tensor], grads: list[Tensor], loss: Tensor,
                hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
         state["step"] += 1
         shat, scope = state["smoothed_cosine"], flags["scope"]
+        if scope == "global" and len(params) == 1:
+            d = _adatam_rows(params[0], grads[0], state["exp_avg"][0], state["exp_avg_sq"][0],
+                             shat, state["step"], hp, decoupled, flags)
+            return [d, shat]
         d = adatam(params, grads, state["exp_avg"], state["exp_avg_sq"], shat,
                    step=state["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
                    gamma=hp["gamma"], torque_eps=hp["torque_eps"], eps=hp["eps"],
