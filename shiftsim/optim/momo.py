@@ -121,12 +121,13 @@ def _maximum(x: Tensor, lb: Scalar) -> Tensor:
     return torch.maximum(x, lb.to(x.dtype)) if isinstance(lb, Tensor) else x.clamp_min(lb)
 
 
-def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot_xd: Tensor,
-                gamma: Tensor, norm: Tensor, rho: Scalar, lb: Scalar, use_fstar: bool
-                ) -> list[Tensor]:
-    """The step size of each block (updates ``fstar`` in place when ``use_fstar``)."""
+def _step_sizes(hps: Sequence[dict[str, Any]], *, loss_avg: Tensor, fstar: Tensor,
+                dot_xd: Tensor, gamma: Tensor, norm: Tensor, rho: Scalar, lb: Scalar,
+                use_fstar: bool) -> list[Tensor]:
+    """The step size of each param group, from its hyperparameters ``hps`` (``lr``,
+    ``weight_decay``); updates ``fstar`` in place when ``use_fstar``."""
     if use_fstar:  # the reset, with the first group's alpha and lambda
-        c = host(one_plus_product, blocks[0].hp["lr"], blocks[0].hp["weight_decay"])
+        c = host(one_plus_product, hps[0]["lr"], hps[0]["weight_decay"])
         cap = c * loss_avg + dot_xd - c * gamma
         reset = _maximum(cap / (2 * c * rho), lb)
         fstar.copy_(torch.where(cap < c * rho * fstar, reset, fstar))
@@ -134,8 +135,8 @@ def _step_sizes(blocks: Sequence[Block], *, loss_avg: Tensor, fstar: Tensor, dot
     pos = norm > 0
     safe = torch.where(pos, norm, 1.0)
     gap = loss_avg - (fstar if _one(rho) else rho * fstar)
-    for b in blocks:
-        lr, wd = b.hp["lr"], b.hp["weight_decay"]
+    for hp in hps:
+        lr, wd = hp["lr"], hp["weight_decay"]
         c = host(one_plus_product, lr, wd)
         # (the products with c = 1 are skipped: exact)
         num = gap + dot_xd - gamma if _one(c) else c * gap + dot_xd - c * gamma
@@ -340,8 +341,8 @@ def _momo_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fsta
             dot_xd = parts[0][2] if len(parts) == 1 else sum(p[2] for p in parts)  # type: ignore
         gamma = gam.sum(0)
     norm = dd if kept is None else dd.sum(0)
-    taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=dot_xd, gamma=gamma,
-                       norm=norm, rho=rho, lb=lb, use_fstar=use_fstar)
+    taus = _step_sizes([b.hp for b in blocks], loss_avg=loss_avg, fstar=fstar, dot_xd=dot_xd,
+                       gamma=gamma, norm=norm, rho=rho, lb=lb, use_fstar=use_fstar)
     hot: list[Tensor | None] = []
     for b, t, tau in zip(blocks, paths, taus):
         P, D = t.P, t.D
@@ -491,8 +492,8 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
     loss_avg.copy_(f * w1 + loss_avg * beta1)
     tot = r[:, 1:].sum(0)
     rho = host(_bias_correction, beta1, step, keep=False)
-    taus = _step_sizes(blocks, loss_avg=loss_avg, fstar=fstar, dot_xd=tot[0], gamma=gam.sum(0),
-                       norm=tot[1], rho=rho, lb=lb, use_fstar=use_fstar)
+    taus = _step_sizes([b.hp for b in blocks], loss_avg=loss_avg, fstar=fstar, dot_xd=tot[0],
+                       gamma=gam.sum(0), norm=tot[1], rho=rho, lb=lb, use_fstar=use_fstar)
     for b, tau, Q in zip(blocks, taus, qs):
         P = b.params
         lr, wd = b.hp["lr"], b.hp["weight_decay"]
@@ -626,27 +627,18 @@ def _momo_rows(p: Tensor, g: Tensor, state: dict[str, Any], loss: Tensor, hp: Hy
     130 members 2.08 -> 1.68 ms (the run 0.91x)."""
     d, gam, loss_avg, fstar = state["grad_avg"][0], state["grad_dot_w"], state["loss_avg"], \
         state["fstar"]
-    lr, beta, wd = hp["lr"], hp["beta"], hp["weight_decay"]
+    beta, wd = hp["beta"], hp["weight_decay"]
     f = _loss_tensor(loss, loss_avg, 1)
     w = host(one_minus, beta)
     loss_avg.copy_(loss_avg * beta + f * w)
     d.lerp_(g, bc(w, d, 1))
     dd, xg, xd = dot(d, d, 1), dot(p, g, 1), dot(p, d, 1)
     gam.mul_(beta).add_(xg * w)  # gam: (1, K), one tensor
-    gamma = gam.sum(0)
-    # _step_sizes for one block, rho = 1, no f*
-    pos = dd > 0
-    safe = torch.where(pos, dd, 1.0)
-    gap = loss_avg - fstar
-    c = host(one_plus_product, lr, wd)
-    num = gap + xd - gamma if _one(c) else c * gap + xd - c * gamma
-    ratio = torch.where(pos, num.clamp_min(0) / safe, 0.0)
-    cap = host(_ratio, lr, 1.0, keep=False)
-    tau = torch.minimum(ratio, cap.to(ratio.dtype)) if isinstance(cap, Tensor) \
-        else ratio.clamp_max(cap)
+    tau = _step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd, gamma=gam.sum(0),
+                      norm=dd, rho=1.0, lb=hp["lb"], use_fstar=False)[0]
     p.addcmul_(d, bc(-tau, p, 1))
     if not is_zero(wd):
-        scale_(p, host(_ratio, 1, c), 1)
+        scale_(p, host(_ratio, 1, host(one_plus_product, hp["lr"], wd)), 1)
     return tau
 
 
