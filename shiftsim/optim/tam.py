@@ -529,10 +529,10 @@ def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqno
     ``(K, n)``: the numbers of :func:`tam` with ``momentum_scale`` and ``momentum_sqnorm``
     (a model-wide cosine, ``learner_dims=1``), without its lists and blocks. [speed] Against
     the plain momentum the fleet stepped before, it reads the momentum twice less per step
-    (no :math:`\lVert m
-Vert^2` pass, a lerp instead of a scale and an add) for a few more
-    ``(K,)``-sized operations: 130 members of a 64-unit digits MLP (one thread) 1.64 -> 1.40
-    ms a step in the TAM group."""
+    (no :math:`\lVert m\rVert^2` pass, a lerp instead of a scale and an add) for a few more
+    ``(K,)``-sized operations, and without the generic kernel's lists the step makes fewer
+    operations than before: one thread, in-process toggle, the TAM group of a single run (a
+    64-unit digits MLP) 0.21 -> 0.14 ms a step, 130 members 1.75 -> 1.32 ms."""
     lr, beta, eps, wd = hp["lr"], hp["momentum"], hp["eps"], hp["weight_decay"]
     decay = not is_zero(wd)
     if decay and not decoupled:
