@@ -34,7 +34,8 @@ Choices the paper leaves open, and how they are made here:
   pytorch-optimizer uses one for both.
 * [ours, speed] :class:`TAM` keeps :math:`m = \sigma\tilde m` (see its notes): mathematically
   the update above, one memory pass fewer per step. The functional :func:`tam` does the same
-  when given ``momentum_scale``, and holds :math:`m` itself otherwise.
+  when given ``momentum_scale``, and holds :math:`m` itself otherwise; the fleet (and
+  ``shiftsim.run`` of a ReLU MLP) uses the scaled form for a model-wide cosine.
 
 The module holds the torque-aware family whole, in the order torch.optim and optax split an
 optimizer: the multi-tensor kernels (:func:`tam`, :func:`adatam`, over any number of stacked
@@ -355,8 +356,9 @@ def _adatam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scop
     _couple(blocks, foreach, ld)
     d, _ = _damping(blocks, shat, gamma, scope, ld)
     for b, c in zip(blocks, _coefs(blocks, d, scope, "torque_eps")):
-        _adatam_update(b.params, b.grads, b.bufs["m"], b.bufs["v"], _per_tensor(c, len(b.params),
-                       scope), b.hp, b.steps, foreach, ld, scratch)
+        cs = _per_tensor(c, len(b.params), scope)
+        _adatam_update(b.params, b.grads, b.bufs["m"], b.bufs["v"], cs, b.hp, b.steps, foreach,
+                       ld, scratch)
     return d
 
 
@@ -580,9 +582,9 @@ def _adatam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, shat: Tensor, step:
     d = _smooth([(dot(m, g, 1), dot(m, m, 1), dot(g, g, 1))], [None], shat, hp["gamma"],
                 "global")
     c = d + hp["torque_eps"]
-    _adatam_update([p], [g], [m], [v], [c], {**hp, "decoupled": decoupled,
-                   "bias_correction": flags["bias_correction"]}, [step], flags.get("foreach"),
-                   1, default_scratch())
+    group = {**hp, "decoupled": decoupled, "bias_correction": flags["bias_correction"]}
+    _adatam_update([p], [g], [m], [v], [c], group, [step], flags.get("foreach"), 1,
+                   default_scratch())
     return d
 
 
@@ -701,7 +703,9 @@ class TAM(_TorqueBase):
     ([0.9702, 0.7145], 0.595)
     """
 
-    #: the fleet steps stacked members through :func:`tam` (the momentum held unscaled)
+    #: the fleet steps stacked members in :func:`tam`'s scaled form with a model-wide cosine
+    #: (:func:`_tam_rows` when the members' parameters are one row each), with the momentum
+    #: held unscaled for ``scope="tensor"``
     stacked = Stacked(_tam_stacked_init, _tam_stacked, lambda flags: ("damping", "cosine"),
                       flat=_global_scope)
 
