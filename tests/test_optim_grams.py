@@ -137,3 +137,44 @@ def test_functional_kernel_per_tensor_steps():
     grams([p, q], [g, g], [m, mq], [v, vq], step=[1, 3], lr=1e-3)
     assert p.tolist() == pytest.approx([-1e-3, 1e-3], rel=1e-5)
     assert q[0].item() != p[0].item()  # step 3: other bias corrections
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [
+    dict(lr=[1e-3, 1e-2, 1e-4, 1e-3], wd=[0.01, 0.0, 0.1, 0.01], flips=True),
+    dict(lr=[1e-3] * 4, wd=[0.0] * 4, official=True),
+    dict(lr=[1e-3] * 4, wd=[0.01] * 4, n=70_000, steps=6, flips=True),
+])
+def test_fleet_rows_step_is_grams_bit_for_bit(dtype, case):
+    """The fleet steps Grams through ``_grams_rows`` (one row per member): bit for bit the
+    functional ``grams`` (per-member hyperparameters, decay, both eps modes, the flip
+    fraction, a zero gradient row, the multi-tensor and the one-tensor-at-a-time sizes)."""
+    from shiftsim.optim._kernels import exact
+    from shiftsim.optim.grams import _grams_stacked, grams, grams_init
+
+    case = dict(case)
+    n, steps, k = case.pop("n", 300), case.pop("steps", 25), 4
+    like = torch.zeros((), dtype=dtype)
+    hp = {"lr": exact(case["lr"], like), "beta1": exact([0.9, 0.8, 0.9, 0.95], like),
+          "beta2": exact([0.999, 0.99, 0.999, 0.999], like),
+          "eps": exact([1e-6, 1e-8, 1e-6, 1e-6], like),
+          "weight_decay": exact(case["wd"], like) if any(case["wd"]) else 0}
+    flags = {"eps_mode": "official" if case.get("official") else "paper",
+             "track_flips": case.get("flips", False)}
+    gen = torch.Generator().manual_seed(0)
+    pa = torch.randn(k, n, generator=gen, dtype=dtype)
+    pb = pa.clone()
+    sa, sb = grams_init([pa]), grams_init([pb])
+    for t in range(steps):
+        g = torch.randn(k, n, generator=gen, dtype=dtype)
+        g[1] = 0 if t % 7 == 3 else g[1]
+        fa = _grams_stacked(sa, [pa], [g.clone()], None, hp, flags)
+        sb["step"] += 1
+        fb = grams([pb], [g.clone()], sb["exp_avg"], sb["exp_avg_sq"], step=sb["step"],
+                   lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"],
+                   weight_decay=hp["weight_decay"], eps_mode=flags["eps_mode"],
+                   learner_dims=1, track_flips=flags["track_flips"])
+        assert torch.equal(pa, pb)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[key][0], sb[key][0]), key
+        assert (fa == []) if fb is None else torch.equal(fa[0], fb)

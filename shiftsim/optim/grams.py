@@ -205,11 +205,48 @@ def grams_init(params: list[Tensor]) -> dict[str, Any]:
 def _grams_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
-    frac = grams(params, grads, state["exp_avg"], state["exp_avg_sq"], step=state["step"],
-                 lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"],
-                 weight_decay=hp["weight_decay"], eps_mode=flags["eps_mode"], learner_dims=1,
-                 foreach=flags.get("foreach"), track_flips=flags["track_flips"])
+    if len(params) == 1:
+        frac = _grams_rows(params[0], grads[0], state["exp_avg"][0], state["exp_avg_sq"][0],
+                           state["step"], hp, flags["eps_mode"] == "official",
+                           flags["track_flips"])
+    else:
+        frac = grams(params, grads, state["exp_avg"], state["exp_avg_sq"], step=state["step"],
+                     lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"],
+                     weight_decay=hp["weight_decay"], eps_mode=flags["eps_mode"],
+                     learner_dims=1, foreach=flags.get("foreach"),
+                     track_flips=flags["track_flips"])
     return [] if frac is None else [frac]
+
+
+def _grams_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: int, hp: Hyper,
+                official: bool, track_flips: bool) -> Tensor | None:
+    """A fleet's Grams step, each member's parameters one row of ``p`` ``(K, n)``: bit for bit
+    the numbers of :func:`grams` (``learner_dims=1``; its tensor-by-tensor path, whose
+    operations give the multi-tensor path's numbers), without its lists and blocks. [speed]
+    One thread, in-process toggle, the same traces: the Grams group of a single run (a
+    64-unit digits MLP) 0.155 -> 0.138 ms a step, 5 members 0.24 -> 0.22, 130 members 2.60 ->
+    2.25 ms (its scratch buffers: no temporaries allocated a step)."""
+    lr, b1, b2, wd, eps = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"], hp["eps"]
+    size = host(_step_size, lr, b1, b2, step, keep=False)
+    eps_t = eps if official else host(scaled_eps, eps, b2, step, keep=False)
+    scratch = default_scratch()
+    m.lerp_(g, bc(host(one_minus, b1), m, 1))
+    u = scratch.get(v, 0)
+    ema_sq_(v, g, b2, 1, u)
+    sqrt(v, out=u)
+    add_scalar_(u, eps_t, 1)
+    torch.div(m, u, out=u)
+    sg = torch.sign(g, out=scratch.get(g, 1))
+    flips = _flips(u, sg, 1) if track_flips else None
+    u.abs_()
+    if not is_zero(wd):
+        scale_(p, host(decay_factor, lr, wd), 1)
+    if isinstance(size, Tensor):
+        sg.mul_(bc(size, sg, 1))
+        p.addcmul_(u, sg)
+    else:
+        p.addcmul_(u, sg, value=size)
+    return None if flips is None else torch.stack([flips]).sum(0) / per_learner(p, 1)
 
 
 def _grams_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
