@@ -237,3 +237,23 @@ def test_sqrt_is_correctly_rounded_and_takes_zeros_and_denormals():
     assert torch.equal(sqrt(squares), torch.arange(1000, dtype=torch.float64))
     half = torch.tensor([4.0, 9.0], dtype=torch.bfloat16)  # not numpy's: torch.sqrt
     assert torch.equal(sqrt(half), torch.tensor([2.0, 3.0], dtype=torch.bfloat16))
+
+
+def test_row_dot_is_vecdot_bit_for_bit():
+    """``row_dot`` writes the product into a kept buffer and sums it: the numbers of
+    ``torch.linalg.vecdot`` (what ``dot`` calls) for float32 and float64 rows of many sizes,
+    the buffer reused across calls and replaced when the shape changes; other dtypes go
+    through ``dot``."""
+    from shiftsim.optim._kernels import _ROW_PRODUCTS, dot, row_dot
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        for k, n in ((1, 4810), (8, 26_122), (130, 4810), (3, 70_000), (2, 7)):
+            a = torch.randn(k, n, generator=gen).to(dtype)
+            b = torch.randn(k, n, generator=gen).to(dtype)
+            assert torch.equal(row_dot(a, b), torch.linalg.vecdot(a, b))
+            assert torch.equal(row_dot(b, b), dot(b, b, 1))  # the same buffer again
+    assert len(_ROW_PRODUCTS) <= 16
+    h = torch.randn(3, 5, generator=gen).to(torch.bfloat16)
+    assert row_dot(h, h).dtype == torch.float32
+    assert torch.equal(row_dot(h, h), dot(h, h, 1))

@@ -86,6 +86,7 @@ from ._kernels import (
     one_plus,
     one_plus_product,
     pick,
+    row_dot,
     scalar_state,
     scale_,
     split_paths,
@@ -571,8 +572,8 @@ def _amsgd_rows(p: Tensor, g: Tensor, d: Tensor, ratio: Scalar, hp: Hyper) -> Te
     wd = hp["weight_decay"]
     if not is_zero(wd):
         g = add_decay([p], [g], wd, 1)[0]
-    beta, w = _am_weight([(dot(d, g, 1), dot(g, g, 1), dot(d, d, 1))], [ratio], [None],
-                         lam=hp["lam"], beta_max=hp["beta_max"])
+    beta, w = _am_weight([(row_dot(d, g), row_dot(g, g), row_dot(d, d))], [ratio],
+                         [None], lam=hp["lam"], beta_max=hp["beta_max"])
     d.lerp_(g, bc(w, d, 1))
     axpy_(p, d, host(negative, hp["lr"]), 1)
     return beta

@@ -73,7 +73,6 @@ from ._kernels import (
     coupled_grads,
     decay_factor,
     default_scratch,
-    dot,
     ema_sq_,
     exact_values,
     foreach_add_scalar_,
@@ -89,6 +88,7 @@ from ._kernels import (
     negative,
     one_minus,
     pick,
+    row_dot,
     scalar_state,
     scale_,
     scaled_eps,
@@ -539,7 +539,7 @@ def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqno
     decay = not is_zero(wd)
     if decay and not decoupled:
         g = add_decay([p], [g], wd, 1)[0]
-    mg, gg = dot(m, g, 1), dot(g, g, 1)
+    mg, gg = row_dot(m, g), row_dot(g, g)
     den2 = sqnorm * gg  # the cosine does not depend on the scale
     cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
     gamma = hp["gamma"]
@@ -579,12 +579,12 @@ def _adatam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, shat: Tensor, step:
     wd = hp["weight_decay"]
     if not decoupled and not is_zero(wd):
         g = coupled_grads([p], [g], wd, flags.get("foreach"), 1)[0]
-    d = _smooth([(dot(m, g, 1), dot(m, m, 1), dot(g, g, 1))], [None], shat, hp["gamma"],
-                "global")
+    scratch = default_scratch()
+    d = _smooth([(row_dot(m, g), row_dot(m, m), row_dot(g, g))],
+                [None], shat, hp["gamma"], "global")
     c = d + hp["torque_eps"]
     group = {**hp, "decoupled": decoupled, "bias_correction": flags["bias_correction"]}
-    _adatam_update([p], [g], [m], [v], [c], group, [step], flags.get("foreach"), 1,
-                   default_scratch())
+    _adatam_update([p], [g], [m], [v], [c], group, [step], flags.get("foreach"), 1, scratch)
     return d
 
 
