@@ -244,7 +244,9 @@ def test_row_dot_is_vecdot_bit_for_bit():
     ``torch.linalg.vecdot`` (what ``dot`` calls) for float32 and float64 rows of many sizes,
     the buffer reused across calls and replaced when the shape changes; other dtypes go
     through ``dot``."""
-    from shiftsim.optim._kernels import _ROW_PRODUCTS, dot, row_dot
+    import threading
+
+    from shiftsim.optim._kernels import _row_products, dot, row_dot
 
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -253,7 +255,12 @@ def test_row_dot_is_vecdot_bit_for_bit():
             b = torch.randn(k, n, generator=gen).to(dtype)
             assert torch.equal(row_dot(a, b), torch.linalg.vecdot(a, b))
             assert torch.equal(row_dot(b, b), dot(b, b, 1))  # the same buffer again
-    assert len(_ROW_PRODUCTS) <= 16
+    assert len(_row_products()) <= 16
+    seen = []  # another thread gets its own buffers
+    t = threading.Thread(target=lambda: (row_dot(a, b), seen.append(_row_products())))
+    t.start()
+    t.join()
+    assert seen and seen[0] is not _row_products() and len(seen[0]) == 1
     h = torch.randn(3, 5, generator=gen).to(torch.bfloat16)
     assert row_dot(h, h).dtype == torch.float32
     assert torch.equal(row_dot(h, h), dot(h, h, 1))

@@ -28,6 +28,7 @@ The kernels in :mod:`~shiftsim.optim.tam`, :mod:`~shiftsim.optim.adamem`,
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,17 +106,26 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     """
     if a.dtype != acc_dtype(a.dtype) or a.dim() != 2:
         return dot(a, b, 1)
+    bufs = _row_products()
     key = (a.shape, a.dtype, a.device)
-    buf = _ROW_PRODUCTS.get(key)
+    buf = bufs.get(key)
     if buf is None:
-        if len(_ROW_PRODUCTS) >= 16:  # a few shapes per process (one per fleet group)
-            _ROW_PRODUCTS.clear()
-        buf = _ROW_PRODUCTS[key] = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+        if len(bufs) >= 16:  # a few shapes per thread (one per fleet group)
+            bufs.clear()
+        buf = bufs[key] = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     return torch.mul(a, b, out=buf).sum(1)
 
 
-#: :func:`row_dot`'s product buffers, by shape, dtype and device
-_ROW_PRODUCTS: dict[tuple[torch.Size, torch.dtype, torch.device], Tensor] = {}
+_THREAD = threading.local()
+
+
+def _row_products() -> dict[tuple[torch.Size, torch.dtype, torch.device], Tensor]:
+    """:func:`row_dot`'s product buffers by shape, dtype and device, one set per thread (two
+    fleets stepping in two threads never share one)."""
+    bufs = getattr(_THREAD, "row_products", None)
+    if bufs is None:
+        bufs = _THREAD.row_products = {}
+    return bufs
 
 
 def total_dots(
