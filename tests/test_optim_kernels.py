@@ -261,6 +261,13 @@ def test_row_dot_is_vecdot_bit_for_bit():
     t.start()
     t.join()
     assert seen and seen[0] is not _row_products() and len(seen[0]) == 1
+    from shiftsim.optim._kernels import default_scratch
+
+    other = []
+    t = threading.Thread(target=lambda: other.append(default_scratch()))
+    t.start()
+    t.join()
+    assert default_scratch() is default_scratch() and other[0] is not default_scratch()
     h = torch.randn(3, 5, generator=gen).to(torch.bfloat16)
     assert row_dot(h, h).dtype == torch.float32
     assert torch.equal(row_dot(h, h), dot(h, h, 1))

@@ -224,12 +224,13 @@ class Scratch:
         return buf[:n].view(t.shape)
 
 
-_DEFAULT_SCRATCH = Scratch()
-
-
 def default_scratch() -> Scratch:
-    """The module-wide scratch used by the functional kernels when none is passed."""
-    return _DEFAULT_SCRATCH
+    """The calling thread's scratch, used by the functional kernels when none is passed (one
+    per thread: kernels stepping in two threads never share a buffer)."""
+    scratch = getattr(_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _THREAD.scratch = Scratch()
+    return scratch
 
 
 # ----------------------------------------------------------------- elementwise helpers
