@@ -246,7 +246,7 @@ def test_row_dot_is_vecdot_bit_for_bit():
     through ``dot``."""
     import threading
 
-    from shiftsim.optim._kernels import _row_products, dot, row_dot
+    from shiftsim.optim._kernels import default_scratch, dot, row_dot
 
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -255,13 +255,12 @@ def test_row_dot_is_vecdot_bit_for_bit():
             b = torch.randn(k, n, generator=gen).to(dtype)
             assert torch.equal(row_dot(a, b), torch.linalg.vecdot(a, b))
             assert torch.equal(row_dot(b, b), dot(b, b, 1))  # the same buffer again
-    assert len(_row_products()) <= 16
+    assert len(default_scratch()._shaped) <= 16
     seen = []  # another thread gets its own buffers
-    t = threading.Thread(target=lambda: (row_dot(a, b), seen.append(_row_products())))
+    t = threading.Thread(target=lambda: (row_dot(a, b), seen.append(default_scratch()._shaped)))
     t.start()
     t.join()
-    assert seen and seen[0] is not _row_products() and len(seen[0]) == 1
-    from shiftsim.optim._kernels import default_scratch
+    assert seen and seen[0] is not default_scratch()._shaped and len(seen[0]) == 1
 
     other = []
     t = threading.Thread(target=lambda: other.append(default_scratch()))

@@ -409,7 +409,8 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     [speed] One graph: Inductor sums in one pass (reads p, g, d, v) and recomputes the new
     moments in the update's pass (reads them again, writes p, d, v): 11 passes. Two graphs, the
     first writing the moments, made 13 (its loops do not store from a loop that sums) and
-    measured slower: 2.09-2.59x fused AdamW against 1.74-2.05x (kernels alone, three runs)."""
+    measured slower: 2.09-2.59x fused AdamW against 1.74-2.05x (kernels alone, three runs,
+    one of them at one thread)."""
     b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
     xg, xd, dq = [], [], []
     for p, g, d, v in zip(ps, gs, ds, vs):

@@ -125,28 +125,41 @@ def _grams_blocks(blocks: Sequence[Block], *, ld: int, foreach: bool | None, scr
             else:
                 torch._foreach_addcmul_(Pf, u, sg, fs)
         for i in loop:
-            p, g, m, v = P[i], G[i], M[i], V[i]
-            m.lerp_(g, bc(w1, m, ld))
-            u = scratch.get(v, 0)
-            ema_sq_(v, g, b2, ld, u)
-            sqrt(v, out=u)
-            add_scalar_(u, epss[i], ld)
-            torch.div(m, u, out=u)
-            sg = torch.sign(g, out=scratch.get(g, 1))
-            if track_flips:
-                flips.append(_flips(u, sg, ld))
-                total += per_learner(p, ld)
-            u.abs_()
-            if decay:
-                scale_(p, host(decay_factor, lr, wd), ld)
-            if isinstance(sizes[i], Tensor):
-                sg.mul_(bc(sizes[i], sg, ld))
-                p.addcmul_(u, sg)
-            else:
-                p.addcmul_(u, sg, value=sizes[i])
+            flip = _grams_tensor(P[i], G[i], M[i], V[i], w1, b2, epss[i], sizes[i],
+                                 host(decay_factor, lr, wd) if decay else None, ld, scratch,
+                                 track_flips)
+            if flip is not None:
+                flips.append(flip)
+                total += per_learner(P[i], ld)
     if not track_flips or not flips:
         return None
     return torch.stack(flips).sum(0) / total
+
+
+def _grams_tensor(p: Tensor, g: Tensor, m: Tensor, v: Tensor, w1: Scalar, b2: Scalar,
+                  eps: Scalar, size: Scalar, shrink: Scalar | None, ld: int, scratch: _Scratch,
+                  track_flips: bool) -> Tensor | None:
+    """One tensor's Grams step in place, its temporaries in ``scratch`` (slots 0 and 1):
+    ``eps`` the denominator's epsilon, ``size`` the step's factor, ``shrink`` the decoupled
+    decay's factor (None: no decay). Returns the number of flipped signs per learner when
+    ``track_flips``, else None. The operations give the multi-tensor path's numbers."""
+    m.lerp_(g, bc(w1, m, ld))
+    u = scratch.get(v, 0)
+    ema_sq_(v, g, b2, ld, u)
+    sqrt(v, out=u)
+    add_scalar_(u, eps, ld)
+    torch.div(m, u, out=u)
+    sg = torch.sign(g, out=scratch.get(g, 1))
+    flips = _flips(u, sg, ld) if track_flips else None
+    u.abs_()
+    if shrink is not None:
+        scale_(p, shrink, ld)
+    if isinstance(size, Tensor):
+        sg.mul_(bc(size, sg, ld))
+        p.addcmul_(u, sg)
+    else:
+        p.addcmul_(u, sg, value=size)
+    return flips
 
 
 def grams(
@@ -229,23 +242,9 @@ def _grams_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: int, hp: Hyper
     lr, b1, b2, wd, eps = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"], hp["eps"]
     size = host(_step_size, lr, b1, b2, step, keep=False)
     eps_t = eps if official else host(scaled_eps, eps, b2, step, keep=False)
-    scratch = default_scratch()
-    m.lerp_(g, bc(host(one_minus, b1), m, 1))
-    u = scratch.get(v, 0)
-    ema_sq_(v, g, b2, 1, u)
-    sqrt(v, out=u)
-    add_scalar_(u, eps_t, 1)
-    torch.div(m, u, out=u)
-    sg = torch.sign(g, out=scratch.get(g, 1))
-    flips = _flips(u, sg, 1) if track_flips else None
-    u.abs_()
-    if not is_zero(wd):
-        scale_(p, host(decay_factor, lr, wd), 1)
-    if isinstance(size, Tensor):
-        sg.mul_(bc(size, sg, 1))
-        p.addcmul_(u, sg)
-    else:
-        p.addcmul_(u, sg, value=size)
+    flips = _grams_tensor(p, g, m, v, host(one_minus, b1), b2, eps_t, size,
+                          None if is_zero(wd) else host(decay_factor, lr, wd), 1,
+                          default_scratch(), track_flips)
     return None if flips is None else torch.stack([flips]).sum(0) / per_learner(p, 1)
 
 

@@ -255,7 +255,7 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
         sq, eps, idle = b.hp.get("sqnorm"), b.hp["eps"], b.hp.get("idle")
         old = scale.clone() if idle else None
         w, step = _scaled(c, scale, beta, lr, part, None if sq is None else sq[0],
-                          not isinstance(eps, Tensor) and eps > 0)
+                          _positive(eps))
         shrink = host(decay_factor, lr, wd) if decay else None
         lerp = b.hp.get("lerp")
         if lerp is not None:
@@ -267,6 +267,14 @@ def _tam_blocks(blocks: Sequence[Block], shat: Tensor, *, gamma: Scalar, scope: 
             torch._foreach_mul_(idle, torch.where(
                 scale > 0, old / torch.where(scale > 0, scale, 1), 1.0))
     return d
+
+
+def _positive(eps: Scalar) -> bool:
+    """Whether every learner's ``eps`` is known to be > 0 (a float, or an :func:`exact`
+    tensor's values), so that ``c = eps + d > 0`` and :func:`_scaled` needs no guard (the
+    guard would select the same numbers)."""
+    vals = exact_values(eps) if isinstance(eps, Tensor) else eps
+    return vals is not None and min(vals if isinstance(vals, tuple) else (vals,)) > 0
 
 
 def _scaled(c: Tensor, scale: Tensor, beta: Scalar, lr: Scalar,
@@ -540,23 +548,9 @@ def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqno
     if decay and not decoupled:
         g = add_decay([p], [g], wd, 1)[0]
     mg, gg = row_dot(m, g), row_dot(g, g)
-    den2 = sqnorm * gg  # the cosine does not depend on the scale
-    cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
-    gamma = hp["gamma"]
-    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
-        gamma = gamma.to(shat.dtype)
-    shat.lerp_(cos, host(one_minus, gamma))
-    d = shat * 0.5 + 0.5
-    c = d + eps
-    sig = torch.add(c, scale, alpha=beta) if not isinstance(beta, Tensor) else scale * beta + c
-    # sig = 0 only if c = 0 and m = 0; c > 0 for certain when every member's eps is > 0
-    eps_vals = exact_values(eps) if isinstance(eps, Tensor) else eps
-    positive = eps_vals is not None and min(
-        eps_vals if isinstance(eps_vals, tuple) else (eps_vals,)) > 0
-    w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
-    scale.copy_(sig)
-    step = sig * host(negative, lr)
-    kept_sqnorm(sqnorm, 1 - w, w, mg, sqnorm, gg)
+    part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
+    d = _smooth([part], [scale], shat, hp["gamma"], "global")
+    w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
     m.lerp_(g, w.view(-1, 1))
     if decay and decoupled:
         scale_(p, host(decay_factor, lr, wd), 1)
