@@ -42,6 +42,7 @@ import torch
 from .errors import ShiftsimError
 from .feed import StackedFeed, StreamFeed
 from .learner import Learner
+from .optim import _native
 from .realtime import train_schedule
 from .result import RunResult
 from .runtime import determinism_flags, device_facts
@@ -339,7 +340,7 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
     facts = device_facts(dev)
     versions = {"torch": torch.__version__, "python": platform.python_version(),
                 "cuda": facts["cuda"], "cudnn": facts["cudnn"]}
-    determinism = determinism_flags()
+    determinism = {**determinism_flags(), "row_sums": _native.current()}
     machine = describe_machine(dev)
     results = []
     for k, d in enumerate(diverged_at):

@@ -606,12 +606,14 @@ def test_run_default_is_the_one_member_program_bit_for_bit(flip32, device):
             assert_same(res, alone, exact=False)
 
 
-def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypatch):
+def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypatch,
+                                                       torch_row_sums):
     """A ReLU MLP's members keep their parameters in one (K, N) tensor and the optimizers
     whose update does not depend on the tensor split step one row per member: the same
     traces as one tensor per parameter. Elementwise operations are the same; the model-wide
     sums run over the row, which is the tensors concatenated in order, as the per-tensor
-    kernels concatenate a small model's tensors — bit for bit here. AM-AdamW (one beta per
+    kernels concatenate a small model's tensors — bit for bit here, with torch's row sums
+    (the native ones round their own way: tests/test_optim_native.py). AM-AdamW (one beta per
     tensor), TAM with scope="tensor" and torch's Adafactor keep one tensor per parameter."""
     names = ALL + ("torch.optim:RMSprop", "torch.optim:Adafactor")
     members = [(ss.optim.spec(n), i % 3) for i, n in enumerate(names)]

@@ -241,10 +241,11 @@ def test_lam_is_shared_and_checked():
     dict(lr=[0.1] * 4, wd=[0.01] * 4, n=40_000, steps=8),
     dict(lr=[0.1, 0.2, 0.1, 0.2], wd=[0.0] * 4, n=70_000, steps=6),
 ])
-def test_fleet_rows_step_is_adamem_sgd_bit_for_bit(dtype, case):
+def test_fleet_rows_step_is_adamem_sgd(dtype, case, row_sums):
     """The fleet steps AM-SGD past its first step through ``_amsgd_rows`` (one row per member):
-    bit for bit the functional ``adamem_sgd`` (per-member lr, coupled decay, lam 0, zero and
-    opposed gradient rows, the concatenated, large and one-tensor-at-a-time sizes)."""
+    with torch's row sums bit for bit the functional ``adamem_sgd``, with the native ones equal
+    up to rounding (per-member lr, coupled decay, lam 0, zero and opposed gradient rows, the
+    concatenated, large and one-tensor-at-a-time sizes)."""
     from shiftsim.optim._kernels import exact
     from shiftsim.optim.adamem import _amsgd_stacked, adamem_sgd_init, lr_ratio
 
@@ -269,5 +270,5 @@ def test_fleet_rows_step_is_adamem_sgd_bit_for_bit(dtype, case):
                         lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
                         weight_decay=hp["weight_decay"], lr_ratio=sb["lr_ratio"],
                         learner_dims=1)
-        assert torch.equal(ba, bb) and torch.equal(pa, pb)
-        assert torch.equal(sa["momentum_buffer"][0], sb["momentum_buffer"][0])
+        assert row_sums(ba, bb) and row_sums(pa, pb)
+        assert row_sums(sa["momentum_buffer"][0], sb["momentum_buffer"][0])

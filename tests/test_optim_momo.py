@@ -427,11 +427,11 @@ def test_momo_carries_the_inner_products_and_notices_outside_changes(monkeypatch
     dict(lr=[1.0] * 4, wd=[0.0] * 4, beta=[0.9] * 4, n=40_000, steps=8),
     dict(lr=[1.0] * 4, wd=[0.01, 0.0, 0.01, 0.0], beta=[0.9] * 4, n=70_000, steps=6),
 ])
-def test_fleet_rows_step_is_momo_bit_for_bit(dtype, case):
+def test_fleet_rows_step_is_momo(dtype, case, row_sums):
     """The fleet steps MoMo past its first step through ``_momo_rows`` (one row per member):
-    bit for bit the functional ``momo`` (per-member hyperparameters, weight decay, a lower
-    bound, a zero gradient row, steps capped at lr, the concatenated, large and
-    one-tensor-at-a-time sizes)."""
+    with torch's row sums bit for bit the functional ``momo``, with the native ones equal up to
+    rounding (per-member hyperparameters, weight decay, a lower bound, a zero gradient row,
+    steps capped at lr, the concatenated, large and one-tensor-at-a-time sizes)."""
     from shiftsim.optim._kernels import exact
     from shiftsim.optim.momo import _momo_stacked, momo, momo_init
 
@@ -456,9 +456,9 @@ def test_fleet_rows_step_is_momo_bit_for_bit(dtype, case):
         tb = momo([pb], [g.clone()], sb["grad_avg"], sb["grad_dot_w"], sb["loss_avg"],
                   sb["fstar"], loss, step=sb["step"], lr=hp["lr"], beta=hp["beta"],
                   lb=hp["lb"], weight_decay=hp["weight_decay"], learner_dims=1)
-        assert torch.equal(ta, tb) and torch.equal(pa, pb)
-        assert torch.equal(sa["grad_avg"][0], sb["grad_avg"][0])
+        assert row_sums(ta, tb) and row_sums(pa, pb)
+        assert row_sums(sa["grad_avg"][0], sb["grad_avg"][0])
         for key in ("grad_dot_w", "loss_avg", "fstar"):
-            assert torch.equal(sa[key], sb[key]), key
+            assert row_sums(sa[key], sb[key]), key
         capped |= bool((ta == torch.tensor(case["lr"], dtype=dtype)).any())
     assert capped == (case["lr"][0] == 1e-3)

@@ -178,11 +178,12 @@ def test_tam_kept_momentum_norm_stays_exact(scope):
     dict(lr=[0.1] * 4, wd=[0.0] * 4, decoupled=False, eps=[0.0, 1e-8, 0.0, 1e-3]),
     dict(lr=[0.1] * 4, wd=[0.0] * 4, decoupled=False, eps=[0.0] * 4, n=70_000, steps=8),
 ])
-def test_fleet_rows_step_is_tams_scaled_form_bit_for_bit(dtype, case):
+def test_fleet_rows_step_is_tams_scaled_form(dtype, case, row_sums):
     """The fleet steps TAM (model-wide cosine) through ``_tam_rows``, one row per member:
-    bit for bit the numbers of the functional ``tam`` in its scaled form, per-member
-    hyperparameters, coupled and decoupled decay, eps 0 (the guarded lerp weight), a zero
-    gradient row, and a row above the multi-tensor size (the one-tensor-at-a-time path)."""
+    with torch's row sums bit for bit the numbers of the functional ``tam`` in its scaled form,
+    with the native ones equal up to rounding (per-member hyperparameters, coupled and
+    decoupled decay, eps 0 (the guarded lerp weight), a zero gradient row, and a row above the
+    multi-tensor size (the one-tensor-at-a-time path))."""
     from shiftsim.optim._kernels import exact
     from shiftsim.optim.tam import _tam_stacked, _tam_stacked_init
 
@@ -206,11 +207,11 @@ def test_fleet_rows_step_is_tams_scaled_form_bit_for_bit(dtype, case):
                  momentum=hp["momentum"], gamma=hp["gamma"], eps=hp["eps"],
                  weight_decay=hp["weight_decay"], decoupled=case["decoupled"], learner_dims=1,
                  momentum_scale=sb["momentum_scale"], momentum_sqnorm=sb["momentum_sqnorm"])
-        assert torch.equal(da, db)
-        assert torch.equal(pa, pb) and torch.equal(sa["momentum_buffers"][0],
+        assert row_sums(da, db)
+        assert row_sums(pa, pb) and row_sums(sa["momentum_buffers"][0],
                                                    sb["momentum_buffers"][0])
         for key in ("momentum_scale", "momentum_sqnorm", "smoothed_cosine"):
-            assert torch.equal(sa[key], sb[key]), key
+            assert row_sums(sa[key], sb[key]), key
     assert not torch.equal(pa, torch.randn(k, n, generator=torch.Generator().manual_seed(0),
                                            dtype=dtype))  # it moved
 
@@ -222,11 +223,11 @@ def test_fleet_rows_step_is_tams_scaled_form_bit_for_bit(dtype, case):
     dict(lr=[1e-3] * 4, wd=[0.0] * 4, decoupled=False, bias_correction=False),
     dict(lr=[1e-3] * 4, wd=[0.01] * 4, decoupled=True, n=70_000, steps=6),
 ])
-def test_fleet_rows_step_is_adatam_bit_for_bit(dtype, case):
+def test_fleet_rows_step_is_adatam(dtype, case, row_sums):
     """The fleet steps AdaTAM(W) with a model-wide cosine through ``_adatam_rows`` (one row
-    per member): bit for bit the functional ``adatam`` (per-member hyperparameters, coupled
-    and decoupled decay, with and without bias correction, a zero gradient row, the
-    one-tensor-at-a-time size)."""
+    per member): with torch's row sums bit for bit the functional ``adatam``, with the native
+    ones equal up to rounding (per-member hyperparameters, coupled and decoupled decay, with
+    and without bias correction, a zero gradient row, the one-tensor-at-a-time size)."""
     from shiftsim.optim._kernels import exact
     from shiftsim.optim.tam import _adatam_stacked, adatam_init
 
@@ -254,10 +255,10 @@ def test_fleet_rows_step_is_adatam_bit_for_bit(dtype, case):
                     gamma=hp["gamma"], torque_eps=hp["torque_eps"], eps=hp["eps"],
                     weight_decay=hp["weight_decay"], decoupled=case["decoupled"],
                     bias_correction=bias_correction, learner_dims=1)
-        assert torch.equal(da, db) and torch.equal(pa, pb)
+        assert row_sums(da, db) and row_sums(pa, pb)
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(sa[key][0], sb[key][0]), key
-        assert torch.equal(sa["smoothed_cosine"], sb["smoothed_cosine"])
+            assert row_sums(sa[key][0], sb[key][0]), key
+        assert row_sums(sa["smoothed_cosine"], sb["smoothed_cosine"])
 
 
 def test_adatam_tensor_scope_matches_reference():

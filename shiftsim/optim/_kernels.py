@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
+from . import _native
 
 Scalar = float | Tensor
 
@@ -108,6 +109,26 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     if a.dtype != acc_dtype(a.dtype) or a.dim() != 2:
         return dot(a, b, 1)
     return torch.mul(a, b, out=default_scratch().shaped(a)).sum(1)
+
+
+def row_dots(tensors: Sequence[Tensor], pairs: tuple[tuple[int, int], ...]
+             ) -> tuple[Tensor, ...]:
+    """Per-row inner products of ``(K, n)`` tensors, one ``(K,)`` tensor per pair ``(a, b)``
+    of positions in ``tensors`` (``(1, 1)``: a squared norm): the native row sums of
+    :mod:`~shiftsim.optim._native` where they apply (one pass over the tensors for all pairs;
+    their own fixed summation order, views of a kept buffer valid until the thread's next call
+    of that shape), else :func:`row_dot` for each pair. [speed] One thread, a 32-member fleet
+    of 64-128-128-10 MLPs, the row sums of the 8 TAM members' step (2 pairs) and of the 8 MoMo
+    members' (3 pairs) ... (measured below in the README's fleet section).
+
+    >>> m, g = torch.ones(2, 3), torch.full((2, 3), 2.0)
+    >>> [t.tolist() for t in row_dots([m, g], ((0, 1), (1, 1)))]
+    [[6.0, 6.0], [12.0, 12.0]]
+    """
+    sums = _native.row_sums(tensors, pairs)
+    if sums is not None:
+        return sums
+    return tuple(row_dot(tensors[a], tensors[b]) for a, b in pairs)
 
 
 def total_dots(

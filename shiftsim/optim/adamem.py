@@ -86,7 +86,7 @@ from ._kernels import (
     one_plus,
     one_plus_product,
     pick,
-    row_dot,
+    row_dots,
     scalar_state,
     scale_,
     split_paths,
@@ -572,7 +572,7 @@ def _amsgd_rows(p: Tensor, g: Tensor, d: Tensor, ratio: Scalar, hp: Hyper) -> Te
     wd = hp["weight_decay"]
     if not is_zero(wd):
         g = add_decay([p], [g], wd, 1)[0]
-    beta, w = _am_weight([(row_dot(d, g), row_dot(g, g), row_dot(d, d))], [ratio],
+    beta, w = _am_weight([row_dots((d, g), ((0, 1), (1, 1), (0, 0)))], [ratio],
                          [None], lam=hp["lam"], beta_max=hp["beta_max"])
     d.lerp_(g, bc(w, d, 1))
     axpy_(p, d, host(negative, hp["lr"]), 1)

@@ -107,7 +107,7 @@ from ._kernels import (
     one_plus_product,
     per_learner,
     pick,
-    row_dot,
+    row_dots,
     scalar_state,
     scale_,
     split_paths,
@@ -633,7 +633,7 @@ def _momo_rows(p: Tensor, g: Tensor, state: dict[str, Any], loss: Tensor, hp: Hy
     w = host(one_minus, beta)
     loss_avg.copy_(loss_avg * beta + f * w)
     d.lerp_(g, bc(w, d, 1))
-    dd, xg, xd = row_dot(d, d), row_dot(p, g), row_dot(p, d)
+    dd, xg, xd = row_dots((d, p, g), ((0, 0), (1, 2), (1, 0)))
     gam.mul_(beta).add_(xg * w)  # gam: (1, K), one tensor
     tau = _step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd, gamma=gam.sum(0),
                       norm=dd, rho=1.0, lb=hp["lb"], use_fstar=False)[0]

@@ -88,7 +88,7 @@ from ._kernels import (
     negative,
     one_minus,
     pick,
-    row_dot,
+    row_dots,
     scalar_state,
     scale_,
     scaled_eps,
@@ -547,7 +547,7 @@ def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqno
     decay = not is_zero(wd)
     if decay and not decoupled:
         g = add_decay([p], [g], wd, 1)[0]
-    mg, gg = row_dot(m, g), row_dot(g, g)
+    mg, gg = row_dots((m, g), ((0, 1), (1, 1)))
     part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
     d = _smooth([part], [scale], shat, hp["gamma"], "global")
     w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
@@ -574,7 +574,7 @@ def _adatam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, shat: Tensor, step:
     if not decoupled and not is_zero(wd):
         g = coupled_grads([p], [g], wd, flags.get("foreach"), 1)[0]
     scratch = default_scratch()
-    d = _smooth([(row_dot(m, g), row_dot(m, m), row_dot(g, g))],
+    d = _smooth([row_dots((m, g), ((0, 1), (0, 0), (1, 1)))],
                 [None], shat, hp["gamma"], "global")
     c = d + hp["torque_eps"]
     group = {**hp, "decoupled": decoupled, "bias_correction": flags["bias_correction"]}

@@ -1,0 +1,284 @@
+"""Native row sums: several per-row inner products of ``(K, n)`` tensors in one pass over them.
+
+A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
+need two or three inner products per member each step. torch computes each as a product
+written to memory and then summed: four passes over ``n`` elements per product. The small C
+function in ``rowsums.c`` (next to this file) reads each tensor once for all of them.
+
+**Numbers.** The order of the additions depends on ``n`` only (16 lanes, float32 blocks of 256
+elements added into float64 lanes, no fused multiply-add), so a member's sums are the same
+bits in a fleet of any size, at any position, with any thread count, and on any CPU the C
+compiler targets. They are not torch's bits: torch sums in float32 in its own order, so runs
+with the native sums and without them agree up to float rounding only (tested against a
+float64 reference, in ``tests/test_optim_native.py``). A run's record says which it used
+(``determinism["row_sums"]``).
+
+**Build.** The first use in a process compiles ``rowsums.c`` with the system's C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; about 0.3 s) into a cache folder
+(``$SHIFTSIM_CACHE``, else ``$XDG_CACHE_HOME/shiftsim``, else ``~/.cache/shiftsim``), keyed by
+the source, the compiler's version and the CPU's flags; later processes load it. No compiler, a
+failed build or an unloadable library: one warning, then torch's sums for the rest of the
+process. ``SHIFTSIM_NATIVE=0`` turns the native sums off (``1``, the default: on where they
+build).
+
+>>> import torch
+>>> a, b = torch.ones(2, 5), torch.full((2, 5), 2.0)
+>>> sums = row_sums([a, b], [(0, 1), (1, 1)])
+>>> sums is None or [s.tolist() for s in sums] == [[10.0, 10.0], [20.0, 20.0]]
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["ENV", "MAX_PAIRS", "MAX_TENSORS", "available", "cache_dir", "current", "row_sums",
+           "status"]
+
+#: the environment variable that turns the native row sums off (``0``) or on (``1``)
+ENV = "SHIFTSIM_NATIVE"
+#: the most pairs one call sums, and the most tensors it reads
+MAX_PAIRS = 4
+MAX_TENSORS = 6
+#: the compiler's flags (``-march=native`` is dropped when the compiler refuses it)
+CFLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
+SOURCE = Path(__file__).with_name("rowsums.c")
+
+_lock = threading.Lock()
+_thread = threading.local()
+_lib: ctypes.CDLL | None = None
+_state: str | None = None  # None: not tried yet; "native" | "off" | "unavailable: <why>"
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: ``$SHIFTSIM_CACHE``, else ``$XDG_CACHE_HOME/shiftsim``,
+    else ``~/.cache/shiftsim``."""
+    env = os.environ.get("SHIFTSIM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "shiftsim"
+
+
+def _wanted() -> bool:
+    value = os.environ.get(ENV, "1").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value not in ("", "1", "true", "yes", "on"):
+        warnings.warn(f"{ENV}={os.environ[ENV]!r} is not one of 0/1 (off/on); using the "
+                      "native row sums where they build", stacklevel=3)
+    return True
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC", ""), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _target(cc: str) -> Path:
+    """The cached library's path for this source, compiler and CPU."""
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"{cc} --version failed: {exc}") from None
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), repr(CFLAGS).encode(),
+                                     repr(version).encode(), platform.machine().encode(),
+                                     _cpu_flags().encode()]))
+    return cache_dir() / f"rowsums-{key.hexdigest()[:16]}.so"
+
+
+def _build(cc: str, target: Path) -> None:
+    """Compile the library into ``target`` (a new file, renamed into place: a library another
+    process has loaded is never written over); raises RuntimeError naming the failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".rowsums-", suffix=".so")
+    os.close(fd)
+    errors = []
+    try:
+        for arch in (["-march=native"], []):
+            cmd = [cc, *CFLAGS, *arch, str(SOURCE), "-o", tmp]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.SubprocessError) as exc:
+                errors.append(str(exc))
+                continue
+            if proc.returncode == 0:
+                os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
+                return
+            errors.append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                          else f"exit status {proc.returncode}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    raise RuntimeError(f"{cc} could not build {SOURCE.name}: {errors[-1]}")
+
+
+def _load() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (set $CC, or install cc, gcc or clang)")
+    path = _target(cc)
+    if not path.exists():
+        _build(cc, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:  # a damaged file in the cache: build it again once
+        path.unlink(missing_ok=True)
+        _build(cc, path)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise RuntimeError(f"cannot load {path}: {exc}") from None
+    ptr = ctypes.c_void_p
+    for name in ("shiftsim_rowsums_f32", "shiftsim_rowsums_f64"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int64, ctypes.c_int64, ptr]
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                if not _wanted():
+                    _state = "off"
+                else:
+                    try:
+                        _lib = _load()
+                        _state = "native"
+                    except Exception as exc:  # any build or load failure: torch's sums
+                        _state = f"unavailable: {exc}"
+                        warnings.warn(f"shiftsim's native row sums are unavailable ({exc}); "
+                                      "using torch's (same math, other rounding)",
+                                      RuntimeWarning, stacklevel=4)
+    return _lib
+
+
+def available() -> bool:
+    """Whether the native row sums are on and built (builds them on the first call)."""
+    return _library() is not None
+
+
+def status() -> str:
+    """``"native"``, ``"off"`` (``SHIFTSIM_NATIVE=0``) or ``"unavailable: <why>"`` (builds
+    the library on the first call)."""
+    _library()
+    assert _state is not None
+    return _state
+
+
+def current() -> str:
+    """What this process uses so far, without building: :func:`status`'s answer, or
+    ``"unused"`` when nothing has asked for the native row sums yet (a run's record keeps
+    it: ``determinism["row_sums"]``)."""
+    return _state if _state is not None else "unused"
+
+
+def _reset() -> None:
+    """Forget the library and the decision (tests: the next call decides again)."""
+    global _lib, _state
+    with _lock:
+        _lib, _state = None, None
+
+
+_DTYPES = (torch.float32, torch.float64)
+_pair_arrays: dict[Any, tuple[ctypes.Array, ctypes.Array, int]] = {}
+
+
+def _pairs(pairs: Sequence[tuple[int, int]], count: int
+           ) -> tuple[ctypes.Array, ctypes.Array, int] | None:
+    """The pairs as two C int arrays and their largest index (kept by the pairs' tuple), or
+    None when there are none or more than :data:`MAX_PAIRS`; an index outside the ``count``
+    tensors is an error."""
+    key = tuple((int(a), int(b)) for a, b in pairs)
+    if not 0 < len(key) <= MAX_PAIRS:
+        return None
+    if any(not 0 <= i < count for pair in key for i in pair):
+        raise IndexError(f"row_sums: pairs {list(key)} name a tensor outside 0..{count - 1}")
+    int_array = ctypes.c_int * len(key)
+    arrays = (int_array(*[a for a, _ in key]), int_array(*[b for _, b in key]),
+              max(i for pair in key for i in pair))
+    if isinstance(pairs, tuple) and len(_pair_arrays) < 64:
+        _pair_arrays[pairs] = arrays
+    return arrays
+
+
+def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
+             ) -> tuple[Tensor, ...] | None:
+    """``sum_i tensors[a][k, i] * tensors[b][k, i]`` for each pair ``(a, b)`` and row ``k``:
+    one ``(K,)`` tensor per pair, in the tensors' dtype; or None where the native sums do not
+    apply (off or unavailable; not all CPU tensors of one float32/float64 dtype and one
+    ``(K, n)`` shape with contiguous rows; more than :data:`MAX_PAIRS` pairs or
+    :data:`MAX_TENSORS` tensors), and the caller sums with torch.
+
+    The results are views of a buffer the calling thread keeps per (pairs, K, dtype): valid
+    until its next call with as many pairs of as many rows (the row kernels use them within
+    their step). [speed] A fresh tensor and its views cost more than the call (6-8 us against
+    2.5 us, measured)."""
+    lib = _lib if _state is not None else _library()
+    if lib is None:
+        return None
+    arrays = _pair_arrays.get(pairs) if isinstance(pairs, tuple) else None
+    if arrays is None or arrays[2] >= len(tensors):
+        arrays = _pairs(pairs, len(tensors))
+        if arrays is None:
+            return None
+    first = tensors[0]
+    dtype, shape = first.dtype, first.shape
+    if dtype not in _DTYPES or len(shape) != 2 or len(tensors) > MAX_TENSORS:
+        return None
+    ptrs, lds = [], []
+    for t in tensors:
+        if t.dtype is not dtype or t.shape != shape or not t.is_cpu:
+            return None
+        ld, inner = t.stride()
+        if inner != 1 and shape[1] > 1:
+            return None
+        ptrs.append(t.data_ptr())
+        lds.append(ld)
+    K, n = shape
+    kept = getattr(_thread, "outs", None)
+    if kept is None:
+        kept = _thread.outs = {}
+    slot = kept.get((len(pairs), K, dtype))
+    if slot is None:
+        if len(kept) >= 16:
+            kept.clear()
+        buf = torch.empty(len(pairs), K, dtype=dtype)
+        slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
+    out, views = slot
+    fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
+    rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
+            len(pairs), arrays[0], arrays[1], K, n, out.data_ptr())
+    if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
+        raise RuntimeError(f"native row sums failed (code {rc})")
+    return views

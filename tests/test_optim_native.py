@@ -1,0 +1,226 @@
+"""The native row sums (``shiftsim.optim._native``, ``rowsums.c``): accuracy against a float64
+reference, sums independent of the number of rows, their place and the compiler's flags,
+inputs they leave to torch, and every way the build can fail (one warning, then torch's sums)."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import warnings
+
+import pytest
+import torch
+
+import shiftsim as ss
+from shiftsim.optim import _native
+from shiftsim.optim._kernels import row_dot, row_dots
+
+PAIRS = ((0, 0), (1, 2), (1, 0))
+
+
+@pytest.fixture()
+def native(monkeypatch):
+    """The native sums on (skipped where no C compiler builds them), forgotten afterwards."""
+    monkeypatch.setenv(_native.ENV, "1")
+    _native._reset()
+    if not _native.available():
+        pytest.skip(f"native row sums: {_native.status()}")
+    yield
+    monkeypatch.undo()
+    _native._reset()
+
+
+@pytest.fixture()
+def fresh(monkeypatch, tmp_path):
+    """An empty cache folder and no decision yet (the build-failure tests)."""
+    monkeypatch.setenv("SHIFTSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(_native.ENV, "1")
+    _native._reset()
+    yield tmp_path / "cache"
+    monkeypatch.undo()
+    _native._reset()
+
+
+def _reference(ts, pairs):
+    return [(ts[a].double() * ts[b].double()).sum(1) for a, b in pairs]
+
+
+def _magnitude(ts, pairs):
+    return [(ts[a].double() * ts[b].double()).abs().sum(1) for a, b in pairs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 255, 256, 257, 1000, 70_001])
+def test_sums_match_a_float64_reference(native, dtype, n):
+    """Every pair's sum within a few ulps of the float64 sum, relative to the sum of the
+    products' magnitudes (the classical bound for a sum), for all the tail lengths."""
+    gen = torch.Generator().manual_seed(n)
+    ts = [torch.randn(3, n, generator=gen, dtype=dtype) for _ in range(3)]
+    sums = row_dots(ts, PAIRS)
+    bound = 1e-6 if dtype == torch.float32 else 1e-14
+    for s, ref, mag in zip(sums, _reference(ts, PAIRS), _magnitude(ts, PAIRS)):
+        assert s.dtype == dtype and s.shape == (3,)
+        assert ((s.double() - ref).abs() <= bound * mag + 1e-300).all()
+
+
+def test_hand_computed_sums(native):
+    a = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
+    b = torch.tensor([[4.0, 5.0, 6.0], [2.0, 2.0, 0.25]])
+    ab, aa, bb = row_dots([a, b], ((0, 1), (0, 0), (1, 1)))
+    assert ab.tolist() == [32.0, 0.0] and aa.tolist() == [14.0, 17.25]
+    assert bb.tolist() == [77.0, 8.0625]
+
+
+def test_a_rows_sums_do_not_depend_on_the_other_rows(native):
+    """Row k alone, as a row of a strided slice of a wider buffer, and among 130 rows: the
+    same bits (what makes a fleet member's numbers equal to its run alone)."""
+    gen = torch.Generator().manual_seed(1)
+    big = [torch.randn(130, 26_122, generator=gen) for _ in range(3)]
+    sums = [s.clone() for s in row_dots(big, PAIRS)]
+    wide = [torch.cat([t, torch.randn(130, 7, generator=gen)], 1) for t in big]
+    sliced = row_dots([w[:, :26_122] for w in wide], PAIRS)
+    for s, t in zip(sums, sliced):
+        assert torch.equal(s, t)
+    for k in (0, 57, 129):
+        alone = row_dots([t[k:k + 1] for t in big], PAIRS)
+        for s, t in zip(sums, alone):
+            assert torch.equal(s[k:k + 1], t)
+
+
+def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
+    """The library built without optimisation or vectorisation (-O0, no -march) gives the
+    same bits as the cached -O3 -march=native one: the order of the additions is the
+    source's, not the compiler's."""
+    cc = _native._compiler()
+    assert cc is not None
+    plain = tmp_path / "rowsums-O0.so"
+    subprocess.run([cc, "-O0", "-std=c11", "-ffp-contract=off", "-fPIC", "-shared",
+                    str(_native.SOURCE), "-o", str(plain)], check=True)
+    lib = ctypes.CDLL(str(plain))
+    gen = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.float64):
+        ts = [torch.randn(4, 3001, generator=gen, dtype=dtype) for _ in range(3)]
+        fast = torch.stack(row_dots(ts, PAIRS))
+        out = torch.empty(3, 4, dtype=dtype)
+        fn = lib.shiftsim_rowsums_f32 if dtype == torch.float32 else lib.shiftsim_rowsums_f64
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2 + \
+            [ctypes.c_int64] * 2 + [ctypes.c_void_p]
+        ptrs = (ctypes.c_void_p * 3)(*[t.data_ptr() for t in ts])
+        lds = (ctypes.c_int64 * 3)(*[t.stride(0) for t in ts])
+        pa = (ctypes.c_int * 3)(*[a for a, _ in PAIRS])
+        pb = (ctypes.c_int * 3)(*[b for _, b in PAIRS])
+        assert fn(ptrs, lds, 3, pa, pb, 4, 3001, out.data_ptr()) == 0
+        assert torch.equal(out, fast)
+
+
+def test_nan_and_inf_propagate(native):
+    a = torch.ones(3, 40)
+    a[0, 5], a[1, 39] = float("nan"), float("inf")
+    aa, = row_dots([a], ((0, 0),))
+    assert aa[0].isnan() and aa[1].isinf() and aa[2] == 40.0
+
+
+@pytest.mark.parametrize("why, make", [
+    ("bfloat16", lambda: [torch.ones(2, 8, dtype=torch.bfloat16)] * 2),
+    ("3-d", lambda: [torch.ones(2, 2, 4)] * 2),
+    ("strided rows", lambda: [torch.ones(2, 16)[:, ::2]] * 2),
+    ("shapes differ", lambda: [torch.ones(2, 8), torch.ones(3, 8)]),
+    ("dtypes differ", lambda: [torch.ones(2, 8), torch.ones(2, 8, dtype=torch.float64)]),
+])
+def test_inputs_the_native_sums_leave_to_torch(native, why, make):
+    ts = make()
+    assert _native.row_sums(ts, ((0, 1),)) is None, why
+    if why not in ("shapes differ", "dtypes differ"):  # row_dots falls back to torch's sums
+        (s,) = row_dots(ts, ((0, 1),))
+        assert torch.equal(s, row_dot(ts[0], ts[1]))
+
+
+def test_too_many_pairs_and_bad_indices(native):
+    t = torch.ones(2, 4)
+    assert _native.row_sums([t], ((0, 0),) * (_native.MAX_PAIRS + 1)) is None
+    with pytest.raises(IndexError, match=r"outside 0\.\.1"):
+        _native.row_sums([t, t], ((0, 2),))
+    _native.row_sums([t, t, t], ((0, 2),))  # cached pairs: still checked against the count
+    with pytest.raises(IndexError, match=r"outside 0\.\.0"):
+        _native.row_sums([t], ((0, 2),))
+
+
+def test_off_means_torchs_sums_bit_for_bit(monkeypatch):
+    monkeypatch.setenv(_native.ENV, "0")
+    _native._reset()
+    try:
+        gen = torch.Generator().manual_seed(3)
+        ts = [torch.randn(5, 1000, generator=gen) for _ in range(3)]
+        assert _native.status() == "off" and _native.row_sums(ts, PAIRS) is None
+        for s, (a, b) in zip(row_dots(ts, PAIRS), PAIRS):
+            assert torch.equal(s, row_dot(ts[a], ts[b]))
+    finally:
+        monkeypatch.undo()
+        _native._reset()
+
+
+def test_no_compiler_warns_once_and_uses_torch(fresh, monkeypatch):
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    t = torch.ones(2, 8)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        (s,) = row_dots([t], ((0, 0),))
+    assert s.tolist() == [8.0, 8.0]
+    assert _native.status().startswith("unavailable: no C compiler")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row_dots([t], ((0, 0),))  # decided: no second warning
+
+
+def test_a_failing_compiler_warns_and_leaves_no_file(fresh, monkeypatch, tmp_path):
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\n"
+                      "echo 'fatal error: no way' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    with pytest.warns(RuntimeWarning, match="could not build rowsums.c: fatal error: no way"):
+        assert not _native.available()
+    assert not fresh.exists() or not any(fresh.iterdir())
+
+
+def test_a_damaged_cached_library_is_built_again(fresh):
+    """A cached file that does not load (a truncated copy, say) is built again, silently.
+    (A path this process has not loaded: the loader would hand back a loaded library by
+    its name without reading the file.)"""
+    cc = _native._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    path = _native._target(cc)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a library")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native.available()
+    assert path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_bad_setting_warns_and_keeps_the_default(fresh, monkeypatch):
+    monkeypatch.setenv(_native.ENV, "maybe")
+    with pytest.warns(UserWarning, match="SHIFTSIM_NATIVE='maybe' is not one of 0/1"):
+        _native.status()
+
+
+def test_a_run_records_which_sums_it_used(native, tiny_scenario):
+    """A fleet of TAM and MoMo members equals each member's run alone bit for bit with the
+    native sums, and the runs' records say they used them."""
+    model = ss.models.mlp(hidden=(16,))
+    members = [(ss.optim.spec("tam"), 0), (ss.optim.spec("momo"), 1),
+               (ss.optim.spec("adamem_sgd"), 2), (ss.optim.spec("adatam"), 3)]
+    fleet = ss.fleet.run_fleet(tiny_scenario, model, members)
+    for (spec, seed), res in zip(members, fleet):
+        alone = ss.run(tiny_scenario, model, spec, seed=seed)
+        assert res.info["determinism"]["row_sums"] == "native"
+        assert alone.trace["loss"].equals(res.trace["loss"])
+
+
+def test_cache_folder_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("SHIFTSIM_CACHE", str(tmp_path / "a"))
+    assert _native.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("SHIFTSIM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert _native.cache_dir() == tmp_path / "x" / "shiftsim"
+
