@@ -5,9 +5,12 @@ inputs they leave to torch, and every way the build can fail (one warning, then 
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
+import os
 import subprocess
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +90,57 @@ def test_a_rows_sums_do_not_depend_on_the_other_rows(native):
             assert torch.equal(s[k:k + 1], t)
 
 
+def test_rows_split_across_threads_give_the_same_bits(native, monkeypatch):
+    """Above SPLIT_FROM elements the rows are shared among torch's threads: the same sums,
+    bit for bit, as one thread, for row counts that do and do not divide evenly."""
+    gen = torch.Generator().manual_seed(4)
+    old = torch.get_num_threads()
+    try:
+        for K in (2, 7, 33):
+            ts = [torch.randn(K, 5000, generator=gen) for _ in range(3)]
+            torch.set_num_threads(1)
+            one = [s.clone() for s in row_dots(ts, PAIRS)]
+            with monkeypatch.context() as m:
+                m.setattr(_native, "SPLIT_FROM", 1)
+                for threads in (2, 3):
+                    torch.set_num_threads(threads)
+                    assert _native._parts(K, 1 << 30) == min(K, threads)
+                    for s, t in zip(one, row_dots(ts, PAIRS)):
+                        assert torch.equal(s, t)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _sums_in_child(queue):
+    # no torch operation that runs OpenMP threads: those hang in a child forked after the
+    # parent ran them (torch's, not ours)
+    ts = [torch.from_numpy(np.ones((4, 300_000), dtype=np.float32)) for _ in range(2)]
+    queue.put([s.tolist() for s in _native.row_sums(ts, ((0, 1),))])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_splits_rows_without_the_parents_threads(native, monkeypatch):
+    """The parent's thread pool does not exist in a forked child: the child makes its own
+    instead of waiting forever on the parent's."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ts = [torch.from_numpy(np.ones((4, 300_000), dtype=np.float32)) for _ in range(2)]
+        _native.row_sums(ts, ((0, 1),))  # the pool now exists in this process
+        assert _native._executor is not None
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_sums_in_child, args=(queue,))
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0, "the child hung or failed"
+        assert queue.get(timeout=5) == [[300_000.0] * 4]
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
     """The library built without optimisation or vectorisation (-O0, no -march) gives the
     same bits as the cached -O3 -march=native one: the order of the additions is the
@@ -104,12 +158,12 @@ def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
         out = torch.empty(3, 4, dtype=dtype)
         fn = lib.shiftsim_rowsums_f32 if dtype == torch.float32 else lib.shiftsim_rowsums_f64
         fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2 + \
-            [ctypes.c_int64] * 2 + [ctypes.c_void_p]
+            [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
         ptrs = (ctypes.c_void_p * 3)(*[t.data_ptr() for t in ts])
         lds = (ctypes.c_int64 * 3)(*[t.stride(0) for t in ts])
         pa = (ctypes.c_int * 3)(*[a for a, _ in PAIRS])
         pb = (ctypes.c_int * 3)(*[b for _, b in PAIRS])
-        assert fn(ptrs, lds, 3, pa, pb, 4, 3001, out.data_ptr()) == 0
+        assert fn(ptrs, lds, 3, pa, pb, 4, 3001, out.data_ptr(), 4) == 0
         assert torch.equal(out, fast)
 
 

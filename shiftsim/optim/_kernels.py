@@ -98,10 +98,10 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     """:func:`dot` of two ``(K, n)`` tensors (one row per learner) with the product written
     into the calling thread's kept buffer of that shape (:meth:`Scratch.shaped`) instead of a
     new tensor: ``torch.linalg.vecdot`` is that product summed, so the numbers are the same
-    bit for bit. [speed] The fleet's row kernels
-    use it; one thread, in-process toggle against ``vecdot``, 130 members of a 64-unit MLP:
-    the MoMo group 1.56 -> 1.34 ms a step, AM-SGD 1.33 -> 1.15, TAM 1.21 -> 1.14, AdaTAM
-    2.36 -> 2.39; a single run within 2-5 % (3-9 us).
+    bit for bit. [speed] The fleet's row kernels use it where the native row sums do not apply
+    (:func:`row_dots`); one thread, in-process toggle against ``vecdot``, 130 members of a
+    64-unit MLP: the MoMo group 1.56 -> 1.34 ms a step, AM-SGD 1.33 -> 1.15, TAM 1.21 -> 1.14,
+    AdaTAM 2.36 -> 2.39; a single run within 2-5 % (3-9 us).
 
     >>> row_dot(torch.ones(2, 3), torch.full((2, 3), 2.0))
     tensor([6., 6.])
@@ -117,9 +117,12 @@ def row_dots(tensors: Sequence[Tensor], pairs: tuple[tuple[int, int], ...]
     of positions in ``tensors`` (``(1, 1)``: a squared norm): the native row sums of
     :mod:`~shiftsim.optim._native` where they apply (one pass over the tensors for all pairs;
     their own fixed summation order, views of a kept buffer valid until the thread's next call
-    of that shape), else :func:`row_dot` for each pair. [speed] One thread, a 32-member fleet
-    of 64-128-128-10 MLPs, the row sums of the 8 TAM members' step (2 pairs) and of the 8 MoMo
-    members' (3 pairs) ... (measured below in the README's fleet section).
+    of that shape), else :func:`row_dot` for each pair. [speed] One thread, native against
+    torch's sums toggled in one process (median ms a step over 6 interleaved runs): in a fleet
+    of 32 MLPs 64-128-128-10 (8 members each of SGD-momentum, TAM, Adam, MoMo) the TAM group
+    0.48 -> 0.38, MoMo 0.53 -> 0.40, the whole step 5.20 -> 4.84; 8 AdaTAM and 8 AM-SGD members
+    1.03 -> 0.88 and 0.54 -> 0.41; a single run of a 64-unit MLP, TAM 0.156 -> 0.147, MoMo
+    0.183 -> 0.172, AM-SGD 0.177 -> 0.161. The sums alone: ``benchmarks/row_sums.py``.
 
     >>> m, g = torch.ones(2, 3), torch.full((2, 3), 2.0)
     >>> [t.tolist() for t in row_dots([m, g], ((0, 1), (1, 1)))]

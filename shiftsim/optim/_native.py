@@ -40,6 +40,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +157,11 @@ def _load() -> ctypes.CDLL:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
             raise RuntimeError(f"cannot load {path}: {exc}") from None
-    ptr = ctypes.c_void_p
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     for name in ("shiftsim_rowsums_f32", "shiftsim_rowsums_f64"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
-        fn.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int64, ctypes.c_int64, ptr]
+        fn.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, ptr, i64]
     return lib
 
 
@@ -243,7 +244,9 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
     The results are views of a buffer the calling thread keeps per (pairs, K, dtype): valid
     until its next call with as many pairs of as many rows (the row kernels use them within
     their step). [speed] A fresh tensor and its views cost more than the call (6-8 us against
-    2.5 us, measured)."""
+    2.5 us, measured). From :data:`SPLIT_FROM` elements on, the rows are split across torch's
+    thread count (``torch.get_num_threads()``), the caller's thread summing the first part;
+    a row's sums are the same bits whichever thread computes them."""
     lib = _lib if _state is not None else _library()
     if lib is None:
         return None
@@ -277,8 +280,59 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
     fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
-    rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
-            len(pairs), arrays[0], arrays[1], K, n, out.data_ptr())
+    parts = _parts(K, K * n * len(tensors))
+    if parts == 1:
+        _call(fn, ptrs, lds, arrays, 0, K, n, out, K)
+    else:  # rows are independent: the same bits whichever thread sums a row
+        bounds = [K * i // parts for i in range(parts + 1)]
+        futures = [_pool().submit(_call, fn, ptrs, lds, arrays, lo, hi, n, out, K)
+                   for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        _call(fn, ptrs, lds, arrays, 0, bounds[1], n, out, K)
+        for fut in futures:
+            fut.result()
+    return views
+
+
+def _call(fn: Any, ptrs: list[int], lds: list[int], arrays: tuple[Any, Any, int], lo: int,
+          hi: int, n: int, out: Tensor, K: int) -> None:
+    """Rows ``lo:hi`` (ctypes releases the GIL during the call)."""
+    size = out.element_size()
+    rc = fn((ctypes.c_void_p * len(ptrs))(*[p + lo * ld * size for p, ld in zip(ptrs, lds)]),
+            (ctypes.c_int64 * len(lds))(*lds), len(arrays[0]), arrays[0], arrays[1], hi - lo,
+            n, out.data_ptr() + lo * size, K)
     if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
         raise RuntimeError(f"native row sums failed (code {rc})")
-    return views
+
+
+#: elements read (rows x columns x tensors) from which the rows are split across torch's
+#: thread count (below it a thread's hand-off costs more than it saves)
+SPLIT_FROM = 1 << 20
+_pool_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def _parts(rows: int, elements: int) -> int:
+    if elements < SPLIT_FROM or rows < 2:
+        return 1
+    return max(1, min(rows, torch.get_num_threads()))
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: a new pool (and locks) on first use,
+    instead of handing work to threads that do not exist there."""
+    global _executor, _pool_lock, _lock
+    _executor, _pool_lock, _lock = None, threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        with _pool_lock:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                               thread_name_prefix="shiftsim-rowsums")
+    return _executor

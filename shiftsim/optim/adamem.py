@@ -565,10 +565,12 @@ def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tens
 
 def _amsgd_rows(p: Tensor, g: Tensor, d: Tensor, ratio: Scalar, hp: Hyper) -> Tensor:
     """A fleet's AM-SGD step past the first, each member's parameters one row of ``p``
-    ``(K, n)``: bit for bit the numbers of :func:`adamem_sgd` (no ``momentum_sqnorm``;
-    ``learner_dims=1``), without its lists and blocks. [speed] One thread, in-process toggle,
-    the same traces: the AM-SGD group of a single run (a 64-unit digits MLP) 0.24 -> 0.16 ms a
-    step (the run 0.82x), 5 members 0.30 -> 0.21, 130 members 1.79 -> 1.62 ms."""
+    ``(K, n)``: the numbers of :func:`adamem_sgd` (no ``momentum_sqnorm``;
+    ``learner_dims=1``) without its lists and blocks, bit for bit with torch's row sums
+    (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`). [speed]
+    One thread, in-process toggle, the same traces (torch's row sums, before the native ones):
+    the AM-SGD group of a single run (a 64-unit digits MLP) 0.24 -> 0.16 ms a step (the run
+    0.82x), 5 members 0.30 -> 0.21, 130 members 1.79 -> 1.62 ms."""
     wd = hp["weight_decay"]
     if not is_zero(wd):
         g = add_decay([p], [g], wd, 1)[0]

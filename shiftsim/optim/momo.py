@@ -621,9 +621,11 @@ def _momo_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tenso
 
 def _momo_rows(p: Tensor, g: Tensor, state: dict[str, Any], loss: Tensor, hp: Hyper) -> Tensor:
     """A fleet's MoMo step past the first, each member's parameters one row of ``p`` ``(K, n)``
-    (``bias_correction=False``, ``use_fstar=False``): bit for bit the numbers of :func:`momo`
-    (no ``kept_dots``; ``learner_dims=1``), without its lists, blocks and preallocated rows.
-    [speed] One thread, in-process toggle, the same traces: the MoMo group of a single run
+    (``bias_correction=False``, ``use_fstar=False``): the numbers of :func:`momo` (no
+    ``kept_dots``; ``learner_dims=1``) without its lists, blocks and preallocated rows, bit for
+    bit with torch's row sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
+    (:func:`~shiftsim.optim._kernels.row_dots`). [speed] One thread, in-process toggle, the
+    same traces (torch's row sums, before the native ones): the MoMo group of a single run
     (a 64-unit digits MLP) 0.30 -> 0.21 ms a step (the run 0.77x), 5 members 0.42 -> 0.26,
     130 members 2.08 -> 1.68 ms (the run 0.91x)."""
     d, gam, loss_avg, fstar = state["grad_avg"][0], state["grad_dot_w"], state["loss_avg"], \

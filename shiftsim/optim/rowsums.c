@@ -1,7 +1,8 @@
 /* Per-row inner products of (K, n) tensors in one pass: shiftsim's native row sums.
  *
- * out[q * K + k] = sum_i x[a_q][k, i] * x[b_q][k, i] for up to four pairs (a_q, b_q) of up to
- * six row-major tensors (row k of tensor t starts at x[t] + k * ld[t]; elements contiguous).
+ * out[q * out_ld + k] = sum_i x[a_q][k, i] * x[b_q][k, i] for rows k < K and up to four pairs
+ * (a_q, b_q) of up to six row-major tensors (row k of tensor t starts at x[t] + k * ld[t];
+ * elements contiguous).
  * Each tensor is read once however many pairs use it, where torch writes a product and then
  * sums it, for every pair.
  *
@@ -36,7 +37,7 @@ static inline double lanes_total(double *s)
 
 static inline __attribute__((always_inline)) void
 rows_f32(const int P, const float **x, const int64_t *ld, const int *pa, const int *pb,
-         int64_t K, int64_t n, float *out)
+         int64_t K, int64_t n, float *out, int64_t out_ld)
 {
     for (int64_t k = 0; k < K; k++) {
         const float *a[MAXP], *b[MAXP];
@@ -73,13 +74,13 @@ rows_f32(const int P, const float **x, const int64_t *ld, const int *pa, const i
                     total[q][j] += (double)part[q][j];
         }
         for (int q = 0; q < P; q++)
-            out[q * K + k] = (float)lanes_total(total[q]);
+            out[q * out_ld + k] = (float)lanes_total(total[q]);
     }
 }
 
 static inline __attribute__((always_inline)) void
 rows_f64(const int P, const double **x, const int64_t *ld, const int *pa, const int *pb,
-         int64_t K, int64_t n, double *out)
+         int64_t K, int64_t n, double *out, int64_t out_ld)
 {
     for (int64_t k = 0; k < K; k++) {
         const double *a[MAXP], *b[MAXP];
@@ -102,34 +103,34 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int *pa, const 
             for (int q = 0; q < P; q++)
                 total[q][i % LANES] += a[q][i] * b[q][i];
         for (int q = 0; q < P; q++)
-            out[q * K + k] = lanes_total(total[q]);
+            out[q * out_ld + k] = lanes_total(total[q]);
     }
 }
 
 /* The entry points: 0 when done, -1 for a pair count outside 1..MAXP. */
 int shiftsim_rowsums_f32(const float **x, const int64_t *ld, int npairs, const int *pa,
-                         const int *pb, int64_t K, int64_t n, float *out)
+                         const int *pb, int64_t K, int64_t n, float *out, int64_t out_ld)
 {
     switch (npairs) {
-    case 1: rows_f32(1, x, ld, pa, pb, K, n, out); return 0;
-    case 2: rows_f32(2, x, ld, pa, pb, K, n, out); return 0;
-    case 3: rows_f32(3, x, ld, pa, pb, K, n, out); return 0;
-    case 4: rows_f32(4, x, ld, pa, pb, K, n, out); return 0;
+    case 1: rows_f32(1, x, ld, pa, pb, K, n, out, out_ld); return 0;
+    case 2: rows_f32(2, x, ld, pa, pb, K, n, out, out_ld); return 0;
+    case 3: rows_f32(3, x, ld, pa, pb, K, n, out, out_ld); return 0;
+    case 4: rows_f32(4, x, ld, pa, pb, K, n, out, out_ld); return 0;
     default: return -1;
     }
 }
 
 int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int npairs, const int *pa,
-                         const int *pb, int64_t K, int64_t n, double *out)
+                         const int *pb, int64_t K, int64_t n, double *out, int64_t out_ld)
 {
     switch (npairs) {
-    case 1: rows_f64(1, x, ld, pa, pb, K, n, out); return 0;
-    case 2: rows_f64(2, x, ld, pa, pb, K, n, out); return 0;
-    case 3: rows_f64(3, x, ld, pa, pb, K, n, out); return 0;
-    case 4: rows_f64(4, x, ld, pa, pb, K, n, out); return 0;
+    case 1: rows_f64(1, x, ld, pa, pb, K, n, out, out_ld); return 0;
+    case 2: rows_f64(2, x, ld, pa, pb, K, n, out, out_ld); return 0;
+    case 3: rows_f64(3, x, ld, pa, pb, K, n, out, out_ld); return 0;
+    case 4: rows_f64(4, x, ld, pa, pb, K, n, out, out_ld); return 0;
     default: return -1;
     }
 }
 
 /* The source's version, part of the cache key (bump on any change of the numbers). */
-int shiftsim_rowsums_version(void) { return 1; }
+int shiftsim_rowsums_version(void) { return 2; }

@@ -537,7 +537,9 @@ def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqno
               hp: Hyper, decoupled: bool) -> Tensor:
     r"""A fleet's TAM step in the scaled form, each member's parameters one row of ``p``
     ``(K, n)``: the numbers of :func:`tam` with ``momentum_scale`` and ``momentum_sqnorm``
-    (a model-wide cosine, ``learner_dims=1``), without its lists and blocks. [speed] Against
+    (a model-wide cosine, ``learner_dims=1``) without its lists and blocks, bit for bit with
+    torch's row sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
+    (:func:`row_dots`). [speed] With torch's row sums, against
     the plain momentum the fleet stepped before, it reads the momentum twice less per step
     (no :math:`\lVert m\rVert^2` pass, a lerp instead of a scale and an add) for a few more
     ``(K,)``-sized operations, and without the generic kernel's lists the step makes fewer
@@ -566,8 +568,10 @@ def _global_scope(flags: dict[str, Any]) -> bool:
 def _adatam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, shat: Tensor, step: int,
                  hp: Hyper, decoupled: bool, flags: dict[str, Any]) -> Tensor:
     """A fleet's AdaTAM(W) step with a model-wide cosine, each member's parameters one row of
-    ``p`` ``(K, n)``: bit for bit the numbers of :func:`adatam` (``learner_dims=1``), without
-    its lists and blocks. [speed] One thread, in-process toggle, the same traces: the AdaTAM
+    ``p`` ``(K, n)``: the numbers of :func:`adatam` (``learner_dims=1``) without its lists and
+    blocks, bit for bit with torch's row sums (``SHIFTSIM_NATIVE=0``), up to rounding with the
+    native ones (:func:`row_dots`). [speed] One thread, in-process toggle, the same traces
+    (torch's row sums, before the native ones): the AdaTAM
     group of a single run (a 64-unit digits MLP) 0.26 -> 0.21 ms a step (the run 0.89x),
     5 members 0.33 -> 0.28, 130 members 2.56 -> 2.39 ms."""
     wd = hp["weight_decay"]
