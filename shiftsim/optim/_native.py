@@ -14,7 +14,7 @@ float64 reference, in ``tests/test_optim_native.py``). A run's record says which
 (``determinism["row_sums"]``).
 
 **Build.** The first use in a process compiles ``rowsums.c`` with the system's C compiler
-(``$CC``, else ``cc``, ``gcc`` or ``clang``; about 0.3 s) into a cache folder
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; 0.6 s on a 2-core CPU) into a cache folder
 (``$SHIFTSIM_CACHE``, else ``$XDG_CACHE_HOME/shiftsim``, else ``~/.cache/shiftsim``), keyed by
 the source, the compiler's version and the CPU's flags; later processes load it. No compiler, a
 failed build or an unloadable library: one warning, then torch's sums for the rest of the
