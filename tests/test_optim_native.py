@@ -252,6 +252,20 @@ def test_a_damaged_cached_library_is_built_again(fresh):
     assert path.read_bytes()[:4] == b"\x7fELF"
 
 
+def test_a_cache_folder_that_cannot_be_written_builds_in_the_temporary_folder(
+        fresh, monkeypatch, tmp_path):
+    if _native._compiler() is None:
+        pytest.skip("no C compiler")
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    monkeypatch.setenv("SHIFTSIM_CACHE", str(blocked / "cache"))  # mkdir fails
+    monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native.available()
+    assert len(list((tmp_path / "tmp").glob("shiftsim-*/rowsums-*.so"))) == 1
+
+
 def test_a_bad_setting_warns_and_keeps_the_default(fresh, monkeypatch):
     monkeypatch.setenv(_native.ENV, "maybe")
     with pytest.warns(UserWarning, match="SHIFTSIM_NATIVE='maybe' is not one of 0/1"):
