@@ -107,30 +107,24 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int *pa, const 
     }
 }
 
-/* The entry points: 0 when done, -1 for a pair count outside 1..MAXP. */
-int shiftsim_rowsums_f32(const float **x, const int64_t *ld, int npairs, const int *pa,
-                         const int *pb, int64_t K, int64_t n, float *out, int64_t out_ld)
-{
-    switch (npairs) {
-    case 1: rows_f32(1, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    case 2: rows_f32(2, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    case 3: rows_f32(3, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    case 4: rows_f32(4, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    default: return -1;
+/* The entry points, one per dtype: 0 when done, -1 for a pair count outside 1..MAXP (each
+ * count its own instance of the loops, so that the accumulators stay in registers). */
+#define ENTRY(T, SUFFIX)                                                                     \
+    int shiftsim_rowsums_##SUFFIX(const T **x, const int64_t *ld, int npairs, const int *pa, \
+                                  const int *pb, int64_t K, int64_t n, T *out,               \
+                                  int64_t out_ld)                                            \
+    {                                                                                        \
+        switch (npairs) {                                                                    \
+        case 1: rows_##SUFFIX(1, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
+        case 2: rows_##SUFFIX(2, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
+        case 3: rows_##SUFFIX(3, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
+        case 4: rows_##SUFFIX(4, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
+        default: return -1;                                                                  \
+        }                                                                                    \
     }
-}
 
-int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int npairs, const int *pa,
-                         const int *pb, int64_t K, int64_t n, double *out, int64_t out_ld)
-{
-    switch (npairs) {
-    case 1: rows_f64(1, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    case 2: rows_f64(2, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    case 3: rows_f64(3, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    case 4: rows_f64(4, x, ld, pa, pb, K, n, out, out_ld); return 0;
-    default: return -1;
-    }
-}
+ENTRY(float, f32)
+ENTRY(double, f64)
 
 /* The source's version, part of the cache key (bump on any change of the numbers). */
 int shiftsim_rowsums_version(void) { return 2; }
