@@ -55,7 +55,7 @@ test: $(STAMP) system-packages
 
 bench: $(STAMP)
 	cd benchmarks && ../$(PY) engine_overhead.py
-	@for b in optimizer_step study_scaling vs_avalanche fleet; do \
+	@for b in optimizer_step row_sums study_scaling vs_avalanche fleet; do \
 	  if [ -f benchmarks/$$b.py ]; then (cd benchmarks && ../$(PY) $$b.py) || exit 1; fi; done
 
 lint: $(STAMP)
