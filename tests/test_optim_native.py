@@ -199,6 +199,16 @@ def test_too_many_pairs_and_bad_indices(native):
         _native.row_sums([t], ((0, 2),))
 
 
+def test_inputs_it_cannot_sum_do_not_build_it(fresh, monkeypatch):
+    """A fleet on a GPU (or in bfloat16) never asks for the library: no build, no warning
+    where there is no compiler, and the record says ``unused``."""
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (s,) = row_dots([torch.ones(2, 8, dtype=torch.bfloat16)] * 2, ((0, 1),))
+    assert s.tolist() == [8.0, 8.0] and _native.current() == "unused"
+
+
 def test_off_means_torchs_sums_bit_for_bit(monkeypatch):
     monkeypatch.setenv(_native.ENV, "0")
     _native._reset()

@@ -261,9 +261,6 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
     2.5 us, measured). From :data:`SPLIT_FROM` elements on, the rows are split across torch's
     thread count (``torch.get_num_threads()``), the caller's thread summing the first part;
     a row's sums are the same bits whichever thread computes them."""
-    lib = _lib if _state is not None else _library()
-    if lib is None:
-        return None
     arrays = _pair_arrays.get(pairs) if isinstance(pairs, tuple) else None
     if arrays is None or arrays[2] >= len(tensors):
         arrays = _pairs(pairs, len(tensors))
@@ -282,6 +279,9 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
             return None
         ptrs.append(t.data_ptr())
         lds.append(ld)
+    lib = _lib if _state is not None else _library()  # built only for inputs it can sum
+    if lib is None:
+        return None
     K, n = shape
     kept = getattr(_thread, "outs", None)
     if kept is None:
@@ -294,9 +294,12 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
     fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
-    parts = _parts(K, K * n * len(tensors))
+    parts = 1 if K * n * len(tensors) < SPLIT_FROM else _parts(K, K * n * len(tensors))
     if parts == 1:
-        _call(fn, ptrs, lds, arrays, 0, K, n, out, K)
+        rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
+                len(arrays[0]), arrays[0], arrays[1], K, n, out.data_ptr(), K)
+        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
+            raise RuntimeError(f"native row sums failed (code {rc})")
     else:  # rows are independent: the same bits whichever thread sums a row
         bounds = [K * i // parts for i in range(parts + 1)]
         futures = [_pool().submit(_call, fn, ptrs, lds, arrays, lo, hi, n, out, K)
