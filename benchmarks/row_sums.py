@@ -1,5 +1,5 @@
 """The fleet row kernels' per-member inner products: the native row sums against torch's and
-against the read limit, measured side by side in one process.
+against one read of each tensor (torch.sum), measured side by side in one process.
 
 For K members of n parameters (default: the fleet of ``fleet.py --peak``, 8 members of a
 64-128-128-10 MLP per optimizer group, 26,122 parameters each, and 130 members), it times the
@@ -9,8 +9,9 @@ over three):
 * ``native``: ``shiftsim.optim._native.row_sums``, one pass over the tensors for all pairs;
 * ``torch``: ``_kernels.row_dot`` per pair (torch's product into a kept buffer, then its sum:
   what the row kernels do with ``SHIFTSIM_NATIVE=0``);
-* ``read limit``: ``torch.sum`` of each tensor once, the least memory traffic any way of
-  computing the sums can make (each tensor read once) at torch's reduction speed.
+* ``one read``: ``torch.sum`` of each tensor once: the memory traffic of reading each tensor
+  once (the least any way of computing the sums can make), at torch's reduction speed; not a
+  hardware limit (the native sums ran faster than it out of cache).
 
 Rounds interleaved; each round times a loop of calls. Two cases per size: the tensors in cache
 (the same ones every call) and out of cache (a different set of tensors every call, cycling
@@ -49,8 +50,8 @@ def main() -> None:
     print(f"row sums — n = {args.n} per member, float32, torch threads "
           f"{torch.get_num_threads()}, {args.rounds} interleaved rounds; us per call (median), "
           "ratios per round")
-    print(f"  {'case':>28}  {'native':>9}  {'torch':>9}  {'read limit':>10}  "
-          f"{'torch/native':>12}  {'native/limit':>12}")
+    print(f"  {'case':>28}  {'native':>9}  {'torch':>9}  {'one read':>10}  "
+          f"{'torch/native':>12}  {'native/read':>12}")
     for k in (int(x) for x in args.ks.split(",")):
         per_set = 3 * k * args.n * 4
         sets = 1 if per_set > 64 << 20 else max(2, (96 << 20) // per_set)
@@ -70,14 +71,14 @@ def main() -> None:
                 times = interleaved({
                     "native": loop(_native.row_sums),
                     "torch": loop(lambda ts, pairs: [row_dot(ts[a], ts[b]) for a, b in pairs]),
-                    "limit": loop(lambda ts, pairs: [t.sum() for t in ts]),
+                    "read": loop(lambda ts, pairs: [t.sum() for t in ts]),
                 }, rounds=args.rounds)
                 us = {key: median(v) / calls * 1e6 for key, v in times.items()}
                 vs_torch = median(paired_ratios(times["torch"], times["native"]))
-                vs_limit = median(paired_ratios(times["native"], times["limit"]))
+                vs_read = median(paired_ratios(times["native"], times["read"]))
                 label = f"{name} K={k} {'in cache' if cached else 'out of cache'}"
                 print(f"  {label:>28}  {us['native']:9.1f}  {us['torch']:9.1f}  "
-                      f"{us['limit']:10.1f}  {vs_torch:11.2f}x  {vs_limit:11.2f}x")
+                      f"{us['read']:10.1f}  {vs_torch:11.2f}x  {vs_read:11.2f}x")
 
 
 if __name__ == "__main__":

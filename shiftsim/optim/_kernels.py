@@ -121,8 +121,9 @@ def row_dots(tensors: Sequence[Tensor], pairs: tuple[tuple[int, int], ...]
     torch's sums toggled in one process (median ms a step over 6 interleaved runs): in a fleet
     of 32 MLPs 64-128-128-10 (8 members each of SGD-momentum, TAM, Adam, MoMo) the TAM group
     0.48 -> 0.38, MoMo 0.53 -> 0.40, the whole step 5.20 -> 4.84; 8 AdaTAM and 8 AM-SGD members
-    1.03 -> 0.88 and 0.54 -> 0.41; a single run of a 64-unit MLP, TAM 0.156 -> 0.147, MoMo
-    0.183 -> 0.172, AM-SGD 0.177 -> 0.161. The sums alone: ``benchmarks/row_sums.py``.
+    1.03 -> 0.88 and 0.54 -> 0.41; a single run of a 64-unit MLP, MoMo 0.183 -> 0.172, AM-SGD
+    0.177 -> 0.161, TAM not resolved (0.157 -> 0.178 in one 4-run toggle, 0.156 -> 0.147 in an
+    8-run one). The sums alone: ``benchmarks/row_sums.py``.
 
     >>> m, g = torch.ones(2, 3), torch.full((2, 3), 2.0)
     >>> [t.tolist() for t in row_dots([m, g], ((0, 1), (1, 1)))]

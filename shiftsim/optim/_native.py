@@ -12,7 +12,7 @@ optimisation and vector width (tested: ``-O0`` against ``-O3 -march=native``), o
 compute in IEEE single and double precision (x86-64, ARM64). They are not torch's bits: torch
 sums in float32 in its own order, so runs with the native sums and without them agree up to
 float rounding only (tested against a float64 reference, in ``tests/test_optim_native.py``). A
-run's record says which it used (``determinism["row_sums"]``).
+run's record says which its process had (``determinism["row_sums"]``, :func:`current`).
 
 **Build.** The first use in a process compiles ``rowsums.c`` with the system's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``; 0.6 s on a 2-core CPU) into a cache folder
@@ -294,19 +294,17 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
     fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
-    parts = 1 if K * n * len(tensors) < SPLIT_FROM else _parts(K, K * n * len(tensors))
+    parts = 1 if K * n * len(tensors) < SPLIT_FROM else _parts(K)
     if parts == 1:
-        rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
-                len(arrays[0]), arrays[0], arrays[1], K, n, out.data_ptr(), K)
-        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
-            raise RuntimeError(f"native row sums failed (code {rc})")
-    else:  # rows are independent: the same bits whichever thread sums a row
-        bounds = [K * i // parts for i in range(parts + 1)]
-        futures = [_pool().submit(_call, fn, ptrs, lds, arrays, lo, hi, n, out, K)
-                   for lo, hi in zip(bounds[1:-1], bounds[2:])]
-        _call(fn, ptrs, lds, arrays, 0, bounds[1], n, out, K)
-        for fut in futures:
-            fut.result()
+        _call(fn, ptrs, lds, arrays, 0, K, n, out, K)
+        return views
+    # rows are independent: the same bits whichever thread sums a row
+    bounds = [K * i // parts for i in range(parts + 1)]
+    futures = [_pool().submit(_call, fn, ptrs, lds, arrays, lo, hi, n, out, K)
+               for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    _call(fn, ptrs, lds, arrays, 0, bounds[1], n, out, K)
+    for fut in futures:
+        fut.result()
     return views
 
 
@@ -314,9 +312,10 @@ def _call(fn: Any, ptrs: list[int], lds: list[int], arrays: tuple[Any, Any, int]
           hi: int, n: int, out: Tensor, K: int) -> None:
     """Rows ``lo:hi`` (ctypes releases the GIL during the call)."""
     size = out.element_size()
-    rc = fn((ctypes.c_void_p * len(ptrs))(*[p + lo * ld * size for p, ld in zip(ptrs, lds)]),
-            (ctypes.c_int64 * len(lds))(*lds), len(arrays[0]), arrays[0], arrays[1], hi - lo,
-            n, out.data_ptr() + lo * size, K)
+    if lo:
+        ptrs = [p + lo * ld * size for p, ld in zip(ptrs, lds)]
+    rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
+            len(arrays[0]), arrays[0], arrays[1], hi - lo, n, out.data_ptr() + lo * size, K)
     if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
         raise RuntimeError(f"native row sums failed (code {rc})")
 
@@ -328,9 +327,8 @@ _pool_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 
 
-def _parts(rows: int, elements: int) -> int:
-    if elements < SPLIT_FROM or rows < 2:
-        return 1
+def _parts(rows: int) -> int:
+    """How many parts the rows of a call above :data:`SPLIT_FROM` are split into."""
     return max(1, min(rows, torch.get_num_threads()))
 
 

@@ -245,7 +245,7 @@ def _grams_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: int, hp: Hyper
     flips = _grams_tensor(p, g, m, v, host(one_minus, b1), b2, eps_t, size,
                           None if is_zero(wd) else host(decay_factor, lr, wd), 1,
                           default_scratch(), track_flips)
-    return None if flips is None else torch.stack([flips]).sum(0) / per_learner(p, 1)
+    return None if flips is None else flips / per_learner(p, 1)
 
 
 def _grams_diagnostics(flags: dict[str, Any]) -> tuple[str, ...]:
