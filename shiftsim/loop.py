@@ -345,7 +345,7 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
     results = []
     for k, d in enumerate(diverged_at):
         steps_run = T if d is None else d
-        trace = pd.DataFrame({
+        columns = {
             "step": np.arange(steps_run, dtype=np.int64),
             "phase": phase_of_step[:steps_run],
             "n": np.full(steps_run, b, dtype=np.int64),
@@ -353,11 +353,12 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
             "correct_true": ctrue_c[k, :steps_run],
             "loss": losses_c[k, :steps_run],
             "n_new": n_new[k, :steps_run].numpy(),
-        })
+        }
         if train is not None:  # a real-time stream: which batches the learner trained on
-            trace["trained"] = train[:steps_run]
+            columns["trained"] = train[:steps_run]
         for name, values in diags[k].items():
-            trace[f"diag_{name}"] = values[:steps_run]
+            columns[f"diag_{name}"] = values[:steps_run]
+        trace = pd.DataFrame(columns)  # one frame (a column added later costs 0.4 ms)
         # an evaluation at step s sees the weights after update s - 1; at the diverged step d
         # those weights gave the non-finite loss, so only evaluations up to step d - 1 are kept
         last_eval = T if d is None else d - 1

@@ -45,6 +45,10 @@ class _Group:
     flat: bool = False
     diag_names: tuple[str, ...] = ()
     diag_buf: torch.Tensor | None = None
+    #: ``diag_buf`` step by step (views made once: a step writes its row with one operation)
+    diag_rows: tuple[torch.Tensor, ...] = ()
+    #: with :attr:`flat`, the group's rows of the net's flat gradient (a view made once)
+    flat_grads: list[torch.Tensor] | None = None
     state: Any = None
 
     def step(self, grads: list[torch.Tensor], loss: torch.Tensor) -> list[torch.Tensor]:
@@ -113,6 +117,10 @@ class StackedLearner:
                 if g.diag_names:
                     g.diag_buf = torch.zeros(steps, i - start, len(g.diag_names),
                                              device=device)
+                    g.diag_rows = g.diag_buf.unbind(0)
+                if flat:
+                    assert net.flat_grad is not None
+                    g.flat_grads = [net.flat_grad[start:i]]
                 self.groups.append(g)
                 start = i
 
@@ -125,14 +133,14 @@ class StackedLearner:
         assert self.net is not None
         _, loss, grads = self.net.step(x, y, out)
         for g in self.groups:
-            if g.flat:  # the net's flat gradient holds ``grads``
-                vals = g.step([self.net.flat_grad[g.start:g.stop]], loss[g.start:g.stop])
-            elif g.full:
-                vals = g.step(grads, loss)
+            if g.full:
+                vals = g.step(g.flat_grads or grads, loss)
+            elif g.flat_grads is not None:  # the net's flat gradient holds ``grads``
+                vals = g.step(g.flat_grads, loss[g.start:g.stop])
             else:
                 vals = g.step([x[g.start:g.stop] for x in grads], loss[g.start:g.stop])
-            if g.diag_buf is not None:
-                g.diag_buf[t] = torch.stack(vals, -1)
+            if g.diag_rows:
+                torch.stack(vals, -1, out=g.diag_rows[t])
 
     def score(self, t: int, x: torch.Tensor, y: torch.Tensor,
               out: tuple[torch.Tensor, torch.Tensor]) -> None:
