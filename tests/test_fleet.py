@@ -608,13 +608,14 @@ def test_run_default_is_the_one_member_program_bit_for_bit(flip32, device):
 
 def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypatch,
                                                        torch_row_sums):
-    """A ReLU MLP's members keep their parameters in one (K, N) tensor and the optimizers
-    whose update does not depend on the tensor split step one row per member: the same
-    traces as one tensor per parameter. Elementwise operations are the same; the model-wide
-    sums run over the row, which is the tensors concatenated in order, as the per-tensor
-    kernels concatenate a small model's tensors — bit for bit here, with torch's row sums
-    (the native ones round their own way: tests/test_optim_native.py). AM-AdamW (one beta per
-    tensor), TAM with scope="tensor" and torch's Adafactor keep one tensor per parameter."""
+    """A ReLU MLP's members keep their parameters in one buffer (one contiguous (K, *shape)
+    block per parameter) and the optimizers whose update does not depend on the tensor split
+    step one row per member (the blocks' rows one after another): the same traces as one
+    tensor per parameter. Elementwise operations are the same; the model-wide sums run over
+    the row, which is the tensors concatenated in order, as the per-tensor kernels concatenate
+    a small model's tensors — bit for bit here, with torch's row sums (the native ones round
+    their own way: tests/test_optim_native.py). AM-AdamW (one beta per tensor), TAM with
+    scope="tensor" and torch's Adafactor keep one tensor per parameter."""
     names = ALL + ("torch.optim:RMSprop", "torch.optim:Adafactor")
     members = [(ss.optim.spec(n), i % 3) for i, n in enumerate(names)]
     members += [(ss.optim.spec("tam", scope="tensor"), 0),
@@ -627,20 +628,37 @@ def test_flat_parameters_step_as_per_tensor_parameters(flip32, flip64, monkeypat
         for (opt, _), a, c in zip(members, flat, split):
             pd.testing.assert_frame_equal(a.trace, c.trace, obj=opt.name)
             pd.testing.assert_frame_equal(a.evals, c.evals, obj=opt.name)
-    # the layout itself: parameters are views of one row per member, gradients land in another
+    # the layout itself: parameters are contiguous blocks of one buffer, one after another,
+    # and the matmuls write the gradients into the blocks of another (no copies)
     nets = [ss.models.mlp(hidden=(8,)).build(flip32.data, seed=s) for s in (0, 1)]
     sm = StackedModel(nets, input_shape=flip32.data.input_shape)
-    assert sm.flat.shape == (2, 64 * 8 + 8 + 8 * 10 + 10)
-    assert all(p.untyped_storage().data_ptr() == sm.flat.untyped_storage().data_ptr()
-               for p in sm.params.values())
+    assert sm.flat.shape == (2 * (64 * 8 + 8 + 8 * 10 + 10),)
+    assert torch.equal(torch.cat([p.reshape(-1) for p in sm.params.values()]), sm.flat)
+    start = sm.flat.data_ptr()
+    for p in sm.params.values():
+        assert p.is_contiguous() and p.data_ptr() == start
+        start += p.numel() * p.element_size()
     x = torch.stack([flip32.data.x_train[:5]] * 2)
     _, _, grads = sm.step(x, torch.stack([flip32.data.y_train[:5]] * 2))
-    assert torch.equal(torch.cat([g.reshape(2, -1) for g in grads], 1), sm.flat_grad)
+    assert [g.data_ptr() for g in grads] == [g.data_ptr() for g in sm.grad_views]
+    assert torch.equal(torch.cat([g.reshape(-1) for g in grads]), sm.flat_grad)
+    for net, k in zip(nets, (0, 1)):  # each block's rows are the members' gradients
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[k]), flip32.data.y_train[:5]).backward()
+        for g, p in zip(grads, net.parameters()):
+            torch.testing.assert_close(g[k], p.grad)
     from shiftsim.fleet.learner import StackedLearner
     lrn = StackedLearner(ss.models.mlp(hidden=(8,)), [(ss.optim.spec("tam"), 0),
                                                      (ss.optim.spec("adamem_adamw"), 1)])
     lrn.setup(flip32.data, torch.device("cpu"), 10)
     assert [g.flat for g in lrn.groups] == [True, False]
+    rows_group = lrn.groups[0]  # a member's row: the blocks' rows, as (members, n) views
+    assert rows_group.flags["rows"] and "rows" not in lrn.groups[1].flags
+    assert [tuple(p.shape) for p in rows_group.params] == [(1, 512), (1, 8), (1, 80), (1, 10)]
+    assert [p.data_ptr() for p in rows_group.params] == [
+        p.data_ptr() for p in lrn.net.params.values()]
+    assert [g.data_ptr() for g in rows_group.flat_grads] == [
+        g.data_ptr() for g in lrn.net.grad_views]
 
 
 TORCH_FUSED = ("sgd", "sgdm", "nesterov", "adam", "adamw")
@@ -821,3 +839,59 @@ def test_the_peak_benchmark_runs_and_says_where_a_step_goes():
     assert "fraction of the bmm peak" in out.stdout
     piece = out.stdout.split("timed by piece")[1]
     assert "model" in piece and "tam._tam_stacked (1)" in piece and "the loop" in piece
+
+
+def _row_group(name):
+    """The optimizer's stacked rule, flags and members (its spec and specs with one numeric
+    hyperparameter changed, those that share its group)."""
+    from shiftsim.optim.stacking import group_key, member_hyper
+    specs = _one_change_each(name)
+    key = group_key(specs[0])
+    specs = [o for o in specs if group_key(o) == key]
+    flags = dict(key.flags)
+    if key.rule.exact_members:
+        flags["members"] = member_hyper(specs)
+    return key.rule, flags, specs
+
+
+#: the optimizers with a fleet row kernel (the others step the blocks as a list of tensors:
+#: torch's fused SGD and Adam(W) kernels, MoMo-Adam's and AM-AdamW's per-tensor kernels)
+ROW_KERNELS = ("tam", "adatam", "adatamw", "adamem_sgd", "momo", "grams")
+
+
+@pytest.mark.parametrize("name", ROW_KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_in_segments_step_as_one_tensor_of_rows(name, dtype, row_sums):
+    """A fleet's row kernels step each member's parameters as one row, given as the
+    parameters' blocks (the row's segments, ``flags["rows"]``: no gradient copies): the same
+    numbers, bit for bit, as the rows in one tensor, with torch's row sums and with the native
+    ones, over 12 steps (MoMo's first step included) with members that differ in each
+    hyperparameter."""
+    from shiftsim.optim._kernels import rows
+    from shiftsim.optim.stacking import group_hyper
+    rule, flags, specs = _row_group(name)
+    assert rule.flat(flags)
+    K, widths = len(specs), (40, 8, 80, 10, 3)
+    gen = torch.Generator().manual_seed(5)
+    start = torch.randn(K, sum(widths), generator=gen, dtype=dtype) * 0.3
+    grads = [torch.randn(K, sum(widths), generator=gen, dtype=dtype) for _ in range(12)]
+    losses = [torch.rand(K, generator=gen, dtype=dtype) + 0.5 for _ in range(12)]
+    out = {}
+    for split in (False, True):
+        f = dict(flags)
+        if split:
+            params = rows([b.contiguous() for b in start.split(widths, 1)])
+            f["rows"] = True
+        else:
+            params = [start.clone()]
+        hp = group_hyper(specs, params[0])
+        state = rule.init(params, hp, f)
+        diags = []
+        for g, loss in zip(grads, losses):
+            gs = [b.contiguous() for b in g.split(widths, 1)] if split else [g.clone()]
+            diags.append([v.clone() for v in rule.update(state, params, gs, loss, hp, f)])
+        out[split] = (torch.cat(params, 1), diags)
+    assert torch.isfinite(out[False][0]).all()
+    assert torch.equal(out[True][0], out[False][0])
+    for a, b in zip(out[True][1], out[False][1]):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -144,7 +144,7 @@ def test_a_forked_child_splits_rows_without_the_parents_threads(native, monkeypa
 def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
     """The library built without optimisation or vectorisation (-O0, no -march) gives the
     same bits as the cached -O3 -march=native one: the order of the additions is the
-    source's, not the compiler's."""
+    source's, not the compiler's (here the -O0 one also reads the rows in three segments)."""
     cc = _native._compiler()
     assert cc is not None
     plain = tmp_path / "rowsums-O0.so"
@@ -157,14 +157,73 @@ def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
         fast = torch.stack(row_dots(ts, PAIRS))
         out = torch.empty(3, 4, dtype=dtype)
         fn = lib.shiftsim_rowsums_f32 if dtype == torch.float32 else lib.shiftsim_rowsums_f64
-        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2 + \
-            [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
-        ptrs = (ctypes.c_void_p * 3)(*[t.data_ptr() for t in ts])
-        lds = (ctypes.c_int64 * 3)(*[t.stride(0) for t in ts])
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + \
+            [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
+        widths = (7, 1000, 1994)  # segments: columns 0-6, 7-1006, 1007-3000
+        segs = [t.split(widths, 1) for t in ts]
+        ptrs = (ctypes.c_void_p * 9)(*[s.data_ptr() for t in segs for s in t])
+        lds = (ctypes.c_int64 * 9)(*[s.stride(0) for t in segs for s in t])
+        lens = (ctypes.c_int64 * 3)(*widths)
         pa = (ctypes.c_int * 3)(*[a for a, _ in PAIRS])
         pb = (ctypes.c_int * 3)(*[b for _, b in PAIRS])
-        assert fn(ptrs, lds, 3, pa, pb, 4, 3001, out.data_ptr(), 4) == 0
+        assert fn(ptrs, lds, 3, lens, 3, pa, pb, 4, 3001, out.data_ptr(), 4) == 0
         assert torch.equal(out, fast)
+
+
+SPLITS = [(26122,), (8192, 128, 16384, 128, 1280, 10), (1, 2, 3, 300, 17, 25799),
+          (15, 1, 16, 17, 255, 25818), (256, 256, 25610)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("widths", SPLITS, ids=lambda w: f"{len(w)}-segments")
+def test_rows_given_in_segments_sum_as_the_whole_rows(native, dtype, widths):
+    """A fleet's rows come as segments (one block per parameter): the sums are the bits of the
+    whole rows, whatever the split (segments shorter than a lane group, across the float32
+    blocks, strided views of a wider buffer), and with the rows split across threads."""
+    gen = torch.Generator().manual_seed(3)
+    ts = [torch.randn(5, sum(widths), generator=gen, dtype=dtype) for _ in range(3)]
+    whole = torch.stack(row_dots(ts, PAIRS))
+    strided = [list(t.split(widths, 1)) for t in ts]  # views: row stride = the whole row
+    blocks = [[s.contiguous() for s in t] for t in strided]  # a fleet's blocks
+    for segs in (strided, blocks):
+        assert torch.equal(torch.stack(row_dots(segs, PAIRS)), whole)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        big = [torch.randn(41, sum(widths), generator=gen, dtype=dtype) for _ in range(3)]
+        assert 41 * sum(widths) * 3 >= _native.SPLIT_FROM  # split across the threads
+        ref = torch.stack(row_dots(big, PAIRS))
+        split = [[s.contiguous() for s in t.split(widths, 1)] for t in big]
+        assert torch.equal(torch.stack(row_dots(split, PAIRS)), ref)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("why, make", [
+    ("splits differ", lambda t: [list(t.split([3, 5], 1)), list(t.split([4, 4], 1))]),
+    ("a whole tensor among segments", lambda t: [list(t.split([3, 5], 1)), t]),
+    ("segments among whole tensors", lambda t: [t, list(t.split([3, 5], 1))]),
+    ("rows differ", lambda t: [[t[:, :3], t[:1, 3:]], [t[:, :3], t[:1, 3:]]]),
+    ("no segments", lambda t: [[], []]),
+])
+def test_segments_the_native_sums_leave_to_torch(native, why, make):
+    assert _native.row_sums(make(torch.ones(2, 8)), ((0, 1),)) is None, why
+
+
+def test_segments_with_torchs_sums_are_the_whole_rows_bits(monkeypatch):
+    """Without the native sums, rows in segments are concatenated and summed by torch: the
+    bits of the whole rows (``SHIFTSIM_NATIVE=0`` keeps torch's numbers)."""
+    monkeypatch.setenv(_native.ENV, "0")
+    _native._reset()
+    try:
+        gen = torch.Generator().manual_seed(4)
+        ts = [torch.randn(3, 999, generator=gen) for _ in range(3)]
+        segs = [[s.contiguous() for s in t.split([100, 1, 898], 1)] for t in ts]
+        for (a, b), got in zip(PAIRS, row_dots(segs, PAIRS)):
+            assert torch.equal(got, row_dot(ts[a], ts[b]))
+    finally:
+        monkeypatch.undo()
+        _native._reset()
 
 
 def test_nan_and_inf_propagate(native):

@@ -5,8 +5,9 @@
 :func:`shiftsim.loop.run_members`. Members whose optimizer is the same class with the same
 non-numeric settings form a group, stepped by that optimizer's stacked rule
 (:mod:`shiftsim.optim.stacking`) over their slice of the stacked parameters — for a ReLU MLP,
-whose parameters the stacked model keeps in one ``(K, N)`` tensor, as one block of rows when
-the rule allows it (:attr:`~shiftsim.optim._base.Stacked.flat`); numeric hyperparameters are
+whose parameters and gradients the stacked model keeps in one buffer, as one row per member
+(the rows of the parameters' blocks one after another, ``flags["rows"]``) when the rule allows
+it (:attr:`~shiftsim.optim._base.Stacked.flat`); numeric hyperparameters are
 tensors (:func:`~shiftsim.optim.stacking.group_hyper`), so a member's numbers do not depend on
 the other members' values.
 """
@@ -25,6 +26,7 @@ from ..learner import build_model, describe_learner
 from ..models import ModelSpec
 from ..optim import OptimizerSpec
 from ..optim._base import Hyper, Stacked
+from ..optim._kernels import rows
 from ..optim.stacking import group_hyper, group_key, member_hyper
 from .model import StackedModel
 
@@ -41,13 +43,14 @@ class _Group:
     start: int
     stop: int
     full: bool
-    #: the group steps each member's parameters as one row (:attr:`Stacked.flat`)
+    #: the group steps each member's parameters as one row (:attr:`Stacked.flat`), given as
+    #: the row's segments (one ``(members, n)`` view per parameter)
     flat: bool = False
     diag_names: tuple[str, ...] = ()
     diag_buf: torch.Tensor | None = None
     #: ``diag_buf`` step by step (views made once: a step writes its row with one operation)
     diag_rows: tuple[torch.Tensor, ...] = ()
-    #: with :attr:`flat`, the group's rows of the net's flat gradient (a view made once)
+    #: with :attr:`flat`, the group's rows of the net's gradient blocks (views made once)
     flat_grads: list[torch.Tensor] | None = None
     state: Any = None
 
@@ -108,8 +111,10 @@ class StackedLearner:
                 if key.rule.exact_members:
                     flags["members"] = member_hyper(self.specs[start:i])
                 flat = net.flat is not None and key.rule.flat(flags)
-                views = [net.flat.detach()[start:i]] if flat else \
-                    [p.detach()[start:i] for p in params]
+                views = [p.detach()[start:i] for p in params]
+                if flat:  # each member's parameters one row, in segments (contiguous views)
+                    views = rows(views)
+                    flags["rows"] = True
                 g = _Group(key.rule, group_hyper(self.specs[start:i], params[0]), flags, views,
                            start, i, start == 0 and i == K, flat,
                            key.rule.diagnostics(flags))
@@ -119,8 +124,7 @@ class StackedLearner:
                                              device=device)
                     g.diag_rows = g.diag_buf.unbind(0)
                 if flat:
-                    assert net.flat_grad is not None
-                    g.flat_grads = [net.flat_grad[start:i]]
+                    g.flat_grads = rows([t[start:i] for t in net.grad_views])
                 self.groups.append(g)
                 start = i
 

@@ -66,8 +66,8 @@ class StackedModel:
     True
     """
 
-    #: keep a ReLU MLP's parameters (and gradients) in one ``(K, N)`` tensor (:attr:`flat`);
-    #: False keeps one tensor per parameter, as other models have (same numbers: tests compare)
+    #: keep a ReLU MLP's parameters (and gradients) in one buffer (:attr:`flat`); False keeps
+    #: one tensor per parameter, as other models have (same numbers: tests compare)
     FLAT = True
 
     def __init__(self, models: Sequence[nn.Module], compile: bool = False,
@@ -92,11 +92,14 @@ class StackedModel:
         self._columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._plan = self._matmul_plan(models[0], input_shape)
         self.manual = self._plan is not None and self._relu_chain(self._plan)
-        #: with the hand-written backward pass: every member's parameters in one ``(K, N)``
-        #: tensor (a member's row holds its parameters one after another, in the order of
-        #: ``params``, whose tensors are views of it), and the gradients the same way
-        #: (``grad_views``); None otherwise. An optimizer whose update does not depend on how
-        #: the parameters split into tensors steps the row block of its members as one tensor.
+        #: with the hand-written backward pass: every member's parameters in one buffer, one
+        #: contiguous ``(K, *shape)`` block per parameter in the order of ``params`` (whose
+        #: tensors are views of it), and the gradients the same way (``grad_views``: the
+        #: batched matmuls write them in place); None otherwise. A member's parameters are
+        #: the rows of the blocks one after another: an optimizer whose update does not depend
+        #: on how the parameters split into tensors steps them as one row per member
+        #: (:attr:`~shiftsim.optim._base.Stacked.flat`; the row kernels take the blocks as the
+        #: row's segments, :func:`~shiftsim.optim._kernels.rows`).
         self.flat: torch.Tensor | None = None
         self.flat_grad: torch.Tensor | None = None
         self.grad_views: list[torch.Tensor] = []
@@ -332,21 +335,21 @@ class StackedModel:
 
 
 def _views(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Views of the rows of ``flat`` ``(K, N)`` shaped like the tensors of ``like`` (each
-    ``(K, *shape)``), one after another along the row."""
+    """Views of the one-dimensional ``flat`` shaped like the tensors of ``like`` (each
+    ``(K, *shape)``), one block after another: each view contiguous."""
     out, start = [], 0
     for t in like.values():
-        n = t[0].numel()
-        out.append(flat[:, start:start + n].view(t.shape))
+        n = t.numel()
+        out.append(flat[start:start + n].view(t.shape))
         start += n
     return out
 
 
 def _flatten(stacked: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The stacked parameters copied into one ``(K, N)`` tensor, and views of it by name."""
-    ts = list(stacked.values())
-    flat = torch.cat([t.reshape(t.shape[0], -1) for t in ts], 1)
+    """The stacked parameters copied into one buffer, one contiguous ``(K, *shape)`` block per
+    parameter, and views of it by name."""
+    flat = torch.cat([t.reshape(-1) for t in stacked.values()])
     return flat, dict(zip(stacked, _views(flat, stacked)))
 
 

@@ -81,8 +81,11 @@ class Stacked:
     (optional) adds flags that the class itself implies (AdamW: decoupled decay).
     ``flat(flags)``: whether the update is the same however the parameters are split into
     tensors (elementwise operations and sums over the whole model): the fleet then hands the
-    rule each member's parameters as one row of a ``(K, N)`` tensor (fewer, larger operations;
-    sums in the same order as over the tensors concatenated). ``exact_members``: the rule wants
+    rule each member's parameters as one row, ``flags["rows"]`` set and the lists of
+    parameters, gradients and state holding the row's segments (one ``(members, n)`` view per
+    parameter block, :func:`~shiftsim.optim._kernels.rows`); a row kernel steps them with one
+    multi-tensor operation each and sums over the whole row (fewer operations; sums in the
+    same order as over the tensors concatenated). ``exact_members``: the rule wants
     each member's numeric hyperparameters as exact Python floats in ``flags["members"]`` (a
     list of dicts; torch's fused kernels take Python numbers, which ``hp``'s tensors would
     round to the parameters' dtype).

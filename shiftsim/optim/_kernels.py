@@ -111,10 +111,13 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.mul(a, b, out=default_scratch().shaped(a)).sum(1)
 
 
-def row_dots(tensors: Sequence[Tensor], pairs: tuple[tuple[int, int], ...]
+def row_dots(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: tuple[tuple[int, int], ...]
              ) -> tuple[Tensor, ...]:
     """Per-row inner products of ``(K, n)`` tensors, one ``(K,)`` tensor per pair ``(a, b)``
-    of positions in ``tensors`` (``(1, 1)``: a squared norm): the native row sums of
+    of positions in ``tensors`` (``(1, 1)``: a squared norm). A tensor may be given as its
+    segments, a list of ``(K, n_s)`` tensors whose rows one after another are its rows (a
+    fleet's members' parameters, one block per parameter: :func:`rows`); then all are, split
+    alike. The sums are the native row sums of
     :mod:`~shiftsim.optim._native` where they apply (one pass over the tensors for all pairs;
     their own fixed summation order, views of a kept buffer valid until the thread's next call
     of that shape), else :func:`row_dot` for each pair. [speed] One thread, native against
@@ -132,7 +135,21 @@ def row_dots(tensors: Sequence[Tensor], pairs: tuple[tuple[int, int], ...]
     sums = _native.row_sums(tensors, pairs)
     if sums is not None:
         return sums
-    return tuple(row_dot(tensors[a], tensors[b]) for a, b in pairs)
+    whole = [t if isinstance(t, Tensor) else t[0] if len(t) == 1 else torch.cat(list(t), 1)
+             for t in tensors]  # torch's sums of the rows as one tensor: the same bits
+    return tuple(row_dot(whole[a], whole[b]) for a, b in pairs)
+
+
+def rows(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Stacked tensors ``(K, ...)`` as ``(K, n)`` views: the segments of the members' rows
+    (:func:`row_dots`). A fleet's row kernels step these lists with one multi-tensor operation
+    each (``torch._foreach_*``; on the CPU the same kernels tensor by tensor, the same numbers
+    as one tensor of the rows).
+
+    >>> [tuple(t.shape) for t in rows([torch.zeros(2, 3, 4), torch.zeros(2, 3)])]
+    [(2, 12), (2, 3)]
+    """
+    return [t if t.dim() == 2 else t.reshape(t.shape[0], -1) for t in tensors]
 
 
 def total_dots(

@@ -168,7 +168,7 @@ def _load() -> ctypes.CDLL:
     for name in ("shiftsim_rowsums_f32", "shiftsim_rowsums_f64"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
-        fn.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, ptr, i64]
+        fn.argtypes = [ptr, ptr, ctypes.c_int, ptr, ctypes.c_int, ptr, ptr, i64, i64, ptr, i64]
     return lib
 
 
@@ -247,13 +247,18 @@ def _pairs(pairs: Sequence[tuple[int, int]], count: int
     return arrays
 
 
-def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
+def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple[int, int]]
              ) -> tuple[Tensor, ...] | None:
     """``sum_i tensors[a][k, i] * tensors[b][k, i]`` for each pair ``(a, b)`` and row ``k``:
     one ``(K,)`` tensor per pair, in the tensors' dtype; or None where the native sums do not
     apply (off or unavailable; not all CPU tensors of one float32/float64 dtype and one
     ``(K, n)`` shape with contiguous rows; more than :data:`MAX_PAIRS` pairs or
     :data:`MAX_TENSORS` tensors), and the caller sums with torch.
+
+    A tensor may also be given as its segments: a list of ``(K, n_s)`` tensors whose rows, one
+    after another, are its rows (a fleet keeps each parameter of its members in its own block).
+    Then every tensor is given so, split the same way; the sums are the same bits as those of
+    the segments concatenated.
 
     The results are views of a buffer the calling thread keeps per (pairs, K, dtype): valid
     until its next call with as many pairs of as many rows (the row kernels use them within
@@ -266,23 +271,42 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
         arrays = _pairs(pairs, len(tensors))
         if arrays is None:
             return None
-    first = tensors[0]
-    dtype, shape = first.dtype, first.shape
-    if dtype not in _DTYPES or len(shape) != 2 or len(tensors) > MAX_TENSORS:
+    if len(tensors) > MAX_TENSORS:
         return None
+    first = tensors[0]
+    split = not isinstance(first, Tensor)
+    segments = list(first) if split else [first]
+    if not segments:
+        return None
+    dtype, rows = segments[0].dtype, segments[0].shape[0]
+    if dtype not in _DTYPES:
+        return None
+    shapes = []
+    for seg in segments:
+        if seg.dim() != 2 or seg.shape[0] != rows:
+            return None
+        shapes.append(seg.shape)
     ptrs, lds = [], []
     for t in tensors:
-        if t.dtype is not dtype or t.shape != shape or not t.is_cpu:
+        if isinstance(t, Tensor) is split:  # all tensors whole, or all as segments
             return None
-        ld, inner = t.stride()
-        if inner != 1 and shape[1] > 1:
+        segs = t if split else (t,)
+        if len(segs) != len(shapes):
             return None
-        ptrs.append(t.data_ptr())
-        lds.append(ld)
+        for seg, shape in zip(segs, shapes):
+            if seg.dtype is not dtype or seg.shape != shape or not seg.is_cpu:
+                return None
+            ld, inner = seg.stride()
+            if inner != 1 and shape[1] > 1:
+                return None
+            ptrs.append(seg.data_ptr())
+            lds.append(ld)
     lib = _lib if _state is not None else _library()  # built only for inputs it can sum
     if lib is None:
         return None
-    K, n = shape
+    K = rows
+    lens = [shape[1] for shape in shapes]
+    n = sum(lens)
     kept = getattr(_thread, "outs", None)
     if kept is None:
         kept = _thread.outs = {}
@@ -294,28 +318,44 @@ def row_sums(tensors: Sequence[Tensor], pairs: Sequence[tuple[int, int]]
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
     fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
+    seg_lens = _lengths(lens)
     parts = 1 if K * n * len(tensors) < SPLIT_FROM else _parts(K)
     if parts == 1:
-        _call(fn, ptrs, lds, arrays, 0, K, n, out, K)
+        _call(fn, ptrs, lds, seg_lens, arrays, 0, K, n, out, K)
         return views
     # rows are independent: the same bits whichever thread sums a row
     bounds = [K * i // parts for i in range(parts + 1)]
-    futures = [_pool().submit(_call, fn, ptrs, lds, arrays, lo, hi, n, out, K)
+    futures = [_pool().submit(_call, fn, ptrs, lds, seg_lens, arrays, lo, hi, n, out, K)
                for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    _call(fn, ptrs, lds, arrays, 0, bounds[1], n, out, K)
+    _call(fn, ptrs, lds, seg_lens, arrays, 0, bounds[1], n, out, K)
     for fut in futures:
         fut.result()
     return views
 
 
-def _call(fn: Any, ptrs: list[int], lds: list[int], arrays: tuple[Any, Any, int], lo: int,
-          hi: int, n: int, out: Tensor, K: int) -> None:
+def _lengths(lens: list[int]) -> ctypes.Array:
+    """The segments' lengths as a C int64 array (kept by the lengths)."""
+    key = tuple(lens)
+    arr = _length_arrays.get(key)
+    if arr is None:
+        if len(_length_arrays) >= 64:
+            _length_arrays.clear()
+        arr = _length_arrays[key] = (ctypes.c_int64 * len(key))(*key)
+    return arr
+
+
+_length_arrays: dict[tuple[int, ...], ctypes.Array] = {}
+
+
+def _call(fn: Any, ptrs: list[int], lds: list[int], seg_lens: ctypes.Array,
+          arrays: tuple[Any, Any, int], lo: int, hi: int, n: int, out: Tensor, K: int) -> None:
     """Rows ``lo:hi`` (ctypes releases the GIL during the call)."""
     size = out.element_size()
     if lo:
         ptrs = [p + lo * ld * size for p, ld in zip(ptrs, lds)]
     rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
-            len(arrays[0]), arrays[0], arrays[1], hi - lo, n, out.data_ptr() + lo * size, K)
+            len(seg_lens), seg_lens, len(arrays[0]), arrays[0], arrays[1], hi - lo, n,
+            out.data_ptr() + lo * size, K)
     if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
         raise RuntimeError(f"native row sums failed (code {rc})")
 

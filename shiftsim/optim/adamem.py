@@ -61,7 +61,6 @@ from ._kernels import (
     Scalar,
     add_decay,
     addcdiv_,
-    axpy_,
     bc,
     check_betas,
     check_foreach,
@@ -74,6 +73,7 @@ from ._kernels import (
     ema_sq_,
     exact_values,
     foreach_addcdiv_,
+    foreach_axpy_,
     foreach_ema_sq_,
     foreach_scale_,
     foreach_sqrt,
@@ -552,9 +552,8 @@ def adamem_adamw_init(params: list[Tensor], *, learner_dims: int = 0) -> dict[st
 def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
-    if state["step"] > 1 and len(params) == 1:
-        beta = _amsgd_rows(params[0], grads[0], state["momentum_buffer"][0], state["lr_ratio"],
-                           hp)
+    if state["step"] > 1 and (flags.get("rows") or len(params) == 1):
+        beta = _amsgd_rows(params, grads, state["momentum_buffer"], state["lr_ratio"], hp)
     else:
         beta = adamem_sgd(params, grads, state["momentum_buffer"], step=state["step"],
                           lr=hp["lr"], lam=hp["lam"], beta_max=hp["beta_max"],
@@ -563,21 +562,27 @@ def _amsgd_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tens
     return [beta, (beta + hp["lam"]) / host(one_plus, hp["lam"])]
 
 
-def _amsgd_rows(p: Tensor, g: Tensor, d: Tensor, ratio: Scalar, hp: Hyper) -> Tensor:
-    """A fleet's AM-SGD step past the first, each member's parameters one row of ``p``
-    ``(K, n)``: the numbers of :func:`adamem_sgd` (no ``momentum_sqnorm``;
-    ``learner_dims=1``) without its lists and blocks, bit for bit with torch's row sums
-    (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`). [speed]
-    One thread, in-process toggle, the same traces (torch's row sums, before the native ones):
-    the AM-SGD group of a single run (a 64-unit digits MLP) 0.24 -> 0.16 ms a step (the run
-    0.82x), 5 members 0.30 -> 0.21, 130 members 1.79 -> 1.62 ms."""
+def _amsgd_rows(P: list[Tensor], G: list[Tensor], D: list[Tensor], ratio: Scalar, hp: Hyper
+                ) -> Tensor:
+    """A fleet's AM-SGD step past the first, each member's parameters one row of the segments
+    ``P`` (``(K, n_s)`` tensors whose rows one after another are the members' rows:
+    :func:`~shiftsim.optim._kernels.rows`): the numbers of :func:`adamem_sgd` (no
+    ``momentum_sqnorm``; ``learner_dims=1``) without its blocks, bit for bit with torch's row
+    sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`); the
+    same bits however the rows are split. [speed] One thread, in-process toggle, the same
+    traces (torch's row sums and one segment, before the native ones): the AM-SGD group of a
+    single run (a 64-unit digits MLP) 0.24 -> 0.16 ms a step (the run 0.82x), 5 members 0.30
+    -> 0.21, 130 members 1.79 -> 1.62 ms."""
     wd = hp["weight_decay"]
     if not is_zero(wd):
-        g = add_decay([p], [g], wd, 1)[0]
-    beta, w = _am_weight([row_dots((d, g), ((0, 1), (1, 1), (0, 0)))], [ratio],
+        G = add_decay(P, G, wd, 1)
+    beta, w = _am_weight([row_dots((D, G), ((0, 1), (1, 1), (0, 0)))], [ratio],
                          [None], lam=hp["lam"], beta_max=hp["beta_max"])
-    d.lerp_(g, bc(w, d, 1))
-    axpy_(p, d, host(negative, hp["lr"]), 1)
+    if isinstance(w, Tensor):
+        torch._foreach_lerp_(D, G, [bc(w, D[0], 1)] * len(D))
+    else:
+        torch._foreach_lerp_(D, G, w)
+    foreach_axpy_(P, D, host(negative, hp["lr"]), 1)
     return beta
 
 

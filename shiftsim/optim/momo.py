@@ -604,12 +604,48 @@ def _first_moments(params: list[Tensor], grads: list[Tensor], bias_correction: b
     return ds
 
 
+def _by_rows(params: list[Tensor], flags: dict[str, Any]) -> bool:
+    """Whether the fleet steps MoMo past the first step with :func:`_momo_rows`: each member's
+    parameters one row (one tensor, or the fleet's segments), without bias correction and
+    :math:`f_*` estimation."""
+    return (bool(flags.get("rows")) or len(params) == 1) and not flags["bias_correction"] \
+        and not flags["use_fstar"]
+
+
+def _momo_stacked_init(params: list[Tensor], hp: Hyper, flags: dict[str, Any]
+                       ) -> dict[str, Any]:
+    r""":func:`momo_init`; for :func:`_momo_rows`, one :math:`\gamma` per member (the rows' sum,
+    shape ``(1, K)``) however many segments the rows have."""
+    state = momo_init(params, lb=hp["lb"], learner_dims=1)
+    if _by_rows(params, flags):
+        state["grad_dot_w"] = state["grad_dot_w"][:1].clone()
+    return state
+
+
+def _momo_first_rows(params: list[Tensor], grads: list[Tensor], state: dict[str, Any],
+                     loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> Tensor:
+    """MoMo's first step for rows given as several segments: :func:`momo` on the rows
+    concatenated (the numbers of one tensor, which :func:`_momo_rows` goes on from), the
+    parameters and first moments then copied back into the segments (once a run)."""
+    ds = state["grad_avg"]
+    whole_p, whole_d = torch.cat(params, 1), torch.cat(ds, 1)
+    tau = momo([whole_p], [torch.cat(grads, 1)], [whole_d], state["grad_dot_w"],
+               state["loss_avg"], state["fstar"], loss, step=1, lr=hp["lr"], beta=hp["beta"],
+               lb=hp["lb"], weight_decay=hp["weight_decay"], bias_correction=False,
+               use_fstar=False, learner_dims=1, foreach=flags.get("foreach"))
+    widths = [p.shape[1] for p in params]
+    torch._foreach_copy_(params, list(whole_p.split(widths, 1)))
+    torch._foreach_copy_(ds, list(whole_d.split(widths, 1)))
+    return tau
+
+
 def _momo_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                   loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
-    if state["step"] > 1 and len(params) == 1 and not flags["bias_correction"] \
-            and not flags["use_fstar"]:
-        tau = _momo_rows(params[0], grads[0], state, loss, hp)
+    if _by_rows(params, flags) and state["step"] > 1:
+        tau = _momo_rows(params, grads, state, loss, hp)
+    elif _by_rows(params, flags) and len(params) > 1:
+        tau = _momo_first_rows(params, grads, state, loss, hp, flags)
     else:
         tau = momo(params, grads, state["grad_avg"], state["grad_dot_w"], state["loss_avg"],
                    state["fstar"], loss, step=state["step"], lr=hp["lr"], beta=hp["beta"],
@@ -619,29 +655,37 @@ def _momo_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tenso
     return [tau, state["fstar"]]
 
 
-def _momo_rows(p: Tensor, g: Tensor, state: dict[str, Any], loss: Tensor, hp: Hyper) -> Tensor:
-    """A fleet's MoMo step past the first, each member's parameters one row of ``p`` ``(K, n)``
-    (``bias_correction=False``, ``use_fstar=False``): the numbers of :func:`momo` (no
-    ``kept_dots``; ``learner_dims=1``) without its lists, blocks and preallocated rows, bit for
-    bit with torch's row sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
-    (:func:`~shiftsim.optim._kernels.row_dots`). [speed] One thread, in-process toggle, the
-    same traces (torch's row sums, before the native ones): the MoMo group of a single run
-    (a 64-unit digits MLP) 0.30 -> 0.21 ms a step (the run 0.77x), 5 members 0.42 -> 0.26,
-    130 members 2.08 -> 1.68 ms (the run 0.91x)."""
-    d, gam, loss_avg, fstar = state["grad_avg"][0], state["grad_dot_w"], state["loss_avg"], \
+def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Tensor,
+               hp: Hyper) -> Tensor:
+    """A fleet's MoMo step past the first, each member's parameters one row of the segments
+    ``P`` (``(K, n_s)`` tensors whose rows one after another are the members' rows:
+    :func:`~shiftsim.optim._kernels.rows`; ``bias_correction=False``, ``use_fstar=False``): the
+    numbers of :func:`momo` over one tensor of the rows (no ``kept_dots``; ``learner_dims=1``)
+    without its lists, blocks and preallocated rows, bit for bit with torch's row sums
+    (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
+    (:func:`~shiftsim.optim._kernels.row_dots`); the same bits however the rows are split.
+    [speed] One thread, in-process toggle, the same traces (torch's row sums and one segment,
+    before the native ones): the MoMo group of a single run (a 64-unit digits MLP) 0.30 ->
+    0.21 ms a step (the run 0.77x), 5 members 0.42 -> 0.26, 130 members 2.08 -> 1.68 ms (the
+    run 0.91x)."""
+    D, gam, loss_avg, fstar = state["grad_avg"], state["grad_dot_w"], state["loss_avg"], \
         state["fstar"]
     beta, wd = hp["beta"], hp["weight_decay"]
     f = _loss_tensor(loss, loss_avg, 1)
     w = host(one_minus, beta)
     loss_avg.copy_(loss_avg * beta + f * w)
-    d.lerp_(g, bc(w, d, 1))
-    dd, xg, xd = row_dots((d, p, g), ((0, 0), (1, 2), (1, 0)))
+    if isinstance(w, Tensor):
+        torch._foreach_lerp_(D, G, [bc(w, d, 1) for d in D])
+    else:
+        torch._foreach_lerp_(D, G, w)
+    dd, xg, xd = row_dots((D, P, G), ((0, 0), (1, 2), (1, 0)))
     gam.mul_(beta).add_(xg * w)  # gam: (1, K), one tensor
     tau = _step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd, gamma=gam.sum(0),
                       norm=dd, rho=1.0, lb=hp["lb"], use_fstar=False)[0]
-    p.addcmul_(d, bc(-tau, p, 1))
+    neg = bc(-tau, P[0], 1)
+    torch._foreach_addcmul_(P, D, [neg] * len(P))
     if not is_zero(wd):
-        scale_(p, host(_ratio, 1, host(one_plus_product, hp["lr"], wd)), 1)
+        foreach_scale_(P, host(_ratio, 1, host(one_plus_product, hp["lr"], wd)), 1)
     return tau
 
 
@@ -778,8 +822,7 @@ class MoMo(_MoMoBase):
 
     shared_hparams = ("beta", "lb", "bias_correction", "use_fstar", "exact_outside_changes")
     #: the fleet steps stacked members through :func:`momo` (every sum computed)
-    stacked = Stacked(lambda params, hp, flags: momo_init(params, lb=hp["lb"], learner_dims=1),
-                      _momo_stacked, _momo_diagnostics, flat=always)
+    stacked = Stacked(_momo_stacked_init, _momo_stacked, _momo_diagnostics, flat=always)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number(group["lr"], "lr", 0.0)

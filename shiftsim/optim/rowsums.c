@@ -1,17 +1,22 @@
 /* Per-row inner products of (K, n) tensors in one pass: shiftsim's native row sums.
  *
  * out[q * out_ld + k] = sum_i x[a_q][k, i] * x[b_q][k, i] for rows k < K and up to four pairs
- * (a_q, b_q) of up to six row-major tensors (row k of tensor t starts at x[t] + k * ld[t];
- * elements contiguous).
+ * (a_q, b_q) of up to six tensors. A tensor's row may be split into S segments (the same split
+ * for every tensor): segment s of tensor t holds the row's elements seg_start[s] ..
+ * seg_start[s] + len[s] - 1, its row k starting at x[t * S + s] + k * ld[t * S + s] (elements
+ * contiguous). A fleet keeps each parameter of its members in its own (K, n_s) block, so a
+ * member's row is those blocks' rows one after another.
  * Each tensor is read once however many pairs use it, where torch writes a product and then
  * sums it, for every pair.
  *
- * The order of the additions is fixed by n alone: 16 lanes (element i goes to lane i % 16),
- * float32 lanes summed over blocks of 256 elements and then added into float64 lanes (float64
- * inputs: float64 lanes throughout), the 16 lanes added pairwise at the end, the result rounded
- * once to the input dtype. No fused multiply-add (built with -ffp-contract=off) and no
- * reassociation, so a row's sums are the same bits whatever the number of rows, the row's
- * place among them, or the vector width the compiler picks. Built by shiftsim.optim._native.
+ * The order of the additions is fixed by the element's place i in the whole row alone: 16
+ * lanes (element i goes to lane i % 16, each lane adding its elements in order of i), float32
+ * lanes summed over blocks of 256 elements and then added into float64 lanes (float64 inputs:
+ * float64 lanes throughout), the 16 lanes added pairwise at the end, the result rounded once to
+ * the input dtype. No fused multiply-add (built with -ffp-contract=off) and no reassociation,
+ * so a row's sums are the same bits whatever the number of rows, the row's place among them,
+ * how the row is split into segments, or the vector width the compiler picks. Built by
+ * shiftsim.optim._native.
  */
 #include <stdint.h>
 #include <string.h>
@@ -35,40 +40,65 @@ static inline double lanes_total(double *s)
     return s[0];
 }
 
+/* Where the row's elements i .. of row k lie: the segment s holding element i (segments
+ * before it span `base` elements), and each tensor's pointer to element i. */
+#define SEGMENT_POINTERS(T)                                                                 \
+    while (i >= base + len[s]) {                                                            \
+        base += len[s];                                                                     \
+        s++;                                                                                \
+    }                                                                                       \
+    const int64_t seg_end = base + len[s];                                                  \
+    const T *a[MAXP], *b[MAXP];                                                             \
+    for (int q = 0; q < P; q++) {                                                           \
+        a[q] = x[pa[q] * S + s] + k * ld[pa[q] * S + s] + (i - base);                       \
+        b[q] = x[pb[q] * S + s] + k * ld[pb[q] * S + s] + (i - base);                       \
+    }
+
 static inline __attribute__((always_inline)) void
-rows_f32(const int P, const float **x, const int64_t *ld, const int *pa, const int *pb,
-         int64_t K, int64_t n, float *out, int64_t out_ld)
+rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int64_t *len,
+         const int *pa, const int *pb, int64_t K, int64_t n, float *out, int64_t out_ld)
 {
     for (int64_t k = 0; k < K; k++) {
-        const float *a[MAXP], *b[MAXP];
         double total[MAXP][LANES];
-        for (int q = 0; q < P; q++) {
-            a[q] = x[pa[q]] + k * ld[pa[q]];
-            b[q] = x[pb[q]] + k * ld[pb[q]];
+        for (int q = 0; q < P; q++)
             for (int j = 0; j < LANES; j++)
                 total[q][j] = 0.0;
-        }
+        int s = 0;
+        int64_t base = 0;
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
             const int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
-            v8f lo[MAXP], hi[MAXP];
-            for (int q = 0; q < P; q++) {
-                lo[q] = (v8f){0};
-                hi[q] = (v8f){0};
-            }
-            int64_t i = i0;
-            for (; i + LANES <= i1; i += LANES)
-                for (int q = 0; q < P; q++) {
-                    lo[q] += load8f(a[q] + i) * load8f(b[q] + i);
-                    hi[q] += load8f(a[q] + i + 8) * load8f(b[q] + i + 8);
-                }
             float part[MAXP][LANES];
-            for (int q = 0; q < P; q++) {
-                memcpy(part[q], &lo[q], sizeof lo[q]);
-                memcpy(part[q] + 8, &hi[q], sizeof hi[q]);
+            for (int q = 0; q < P; q++)
+                for (int j = 0; j < LANES; j++)
+                    part[q][j] = 0.0f;
+            for (int64_t i = i0; i < i1;) {
+                SEGMENT_POINTERS(float)
+                const int64_t stop = seg_end < i1 ? seg_end : i1;
+                int64_t e = 0; /* elements of this piece done */
+                for (; i + e < stop && (i + e) % LANES; e++) /* to a lane-0 element */
+                    for (int q = 0; q < P; q++)
+                        part[q][(i + e) % LANES] += a[q][e] * b[q][e];
+                if (i + e + LANES <= stop) {
+                    v8f lo[MAXP], hi[MAXP];
+                    for (int q = 0; q < P; q++) {
+                        memcpy(&lo[q], part[q], sizeof lo[q]);
+                        memcpy(&hi[q], part[q] + 8, sizeof hi[q]);
+                    }
+                    for (; i + e + LANES <= stop; e += LANES)
+                        for (int q = 0; q < P; q++) {
+                            lo[q] += load8f(a[q] + e) * load8f(b[q] + e);
+                            hi[q] += load8f(a[q] + e + 8) * load8f(b[q] + e + 8);
+                        }
+                    for (int q = 0; q < P; q++) {
+                        memcpy(part[q], &lo[q], sizeof lo[q]);
+                        memcpy(part[q] + 8, &hi[q], sizeof hi[q]);
+                    }
+                }
+                for (; i + e < stop; e++)
+                    for (int q = 0; q < P; q++)
+                        part[q][(i + e) % LANES] += a[q][e] * b[q][e];
+                i += e;
             }
-            for (; i < i1; i++)
-                for (int q = 0; q < P; q++)
-                    part[q][i % LANES] += a[q][i] * b[q][i];
             for (int q = 0; q < P; q++)
                 for (int j = 0; j < LANES; j++)
                     total[q][j] += (double)part[q][j];
@@ -79,46 +109,58 @@ rows_f32(const int P, const float **x, const int64_t *ld, const int *pa, const i
 }
 
 static inline __attribute__((always_inline)) void
-rows_f64(const int P, const double **x, const int64_t *ld, const int *pa, const int *pb,
-         int64_t K, int64_t n, double *out, int64_t out_ld)
+rows_f64(const int P, const double **x, const int64_t *ld, const int S, const int64_t *len,
+         const int *pa, const int *pb, int64_t K, int64_t n, double *out, int64_t out_ld)
 {
     for (int64_t k = 0; k < K; k++) {
-        const double *a[MAXP], *b[MAXP];
-        v4d acc[MAXP][LANES / 4];
-        for (int q = 0; q < P; q++) {
-            a[q] = x[pa[q]] + k * ld[pa[q]];
-            b[q] = x[pb[q]] + k * ld[pb[q]];
-            for (int v = 0; v < LANES / 4; v++)
-                acc[q][v] = (v4d){0};
-        }
-        int64_t i = 0;
-        for (; i + LANES <= n; i += LANES)
-            for (int q = 0; q < P; q++)
-                for (int v = 0; v < LANES / 4; v++)
-                    acc[q][v] += load4d(a[q] + i + 4 * v) * load4d(b[q] + i + 4 * v);
         double total[MAXP][LANES];
         for (int q = 0; q < P; q++)
-            memcpy(total[q], acc[q], sizeof total[q]);
-        for (; i < n; i++)
-            for (int q = 0; q < P; q++)
-                total[q][i % LANES] += a[q][i] * b[q][i];
+            for (int j = 0; j < LANES; j++)
+                total[q][j] = 0.0;
+        int s = 0;
+        int64_t base = 0;
+        for (int64_t i = 0; i < n;) {
+            SEGMENT_POINTERS(double)
+            int64_t e = 0;
+            for (; i + e < seg_end && (i + e) % LANES; e++)
+                for (int q = 0; q < P; q++)
+                    total[q][(i + e) % LANES] += a[q][e] * b[q][e];
+            if (i + e + LANES <= seg_end) {
+                v4d acc[MAXP][LANES / 4];
+                for (int q = 0; q < P; q++)
+                    memcpy(acc[q], total[q], sizeof acc[q]);
+                for (; i + e + LANES <= seg_end; e += LANES)
+                    for (int q = 0; q < P; q++)
+                        for (int v = 0; v < LANES / 4; v++)
+                            acc[q][v] += load4d(a[q] + e + 4 * v) * load4d(b[q] + e + 4 * v);
+                for (int q = 0; q < P; q++)
+                    memcpy(total[q], acc[q], sizeof total[q]);
+            }
+            for (; i + e < seg_end; e++)
+                for (int q = 0; q < P; q++)
+                    total[q][(i + e) % LANES] += a[q][e] * b[q][e];
+            i += e;
+        }
         for (int q = 0; q < P; q++)
             out[q * out_ld + k] = lanes_total(total[q]);
     }
 }
 
-/* The entry points, one per dtype: 0 when done, -1 for a pair count outside 1..MAXP (each
- * count its own instance of the loops, so that the accumulators stay in registers). */
+/* The entry points, one per dtype: 0 when done, -1 for a pair count outside 1..MAXP or a
+ * segment count below 1 (each pair count its own instance of the loops, so that the
+ * accumulators stay in registers). n: the row's length, the sum of the S segments' lengths. */
 #define ENTRY(T, SUFFIX)                                                                     \
-    int shiftsim_rowsums_##SUFFIX(const T **x, const int64_t *ld, int npairs, const int *pa, \
-                                  const int *pb, int64_t K, int64_t n, T *out,               \
-                                  int64_t out_ld)                                            \
+    int shiftsim_rowsums_##SUFFIX(const T **x, const int64_t *ld, int S, const int64_t *len, \
+                                  int npairs, const int *pa, const int *pb, int64_t K,       \
+                                  int64_t n, T *out, int64_t out_ld)                         \
     {                                                                                        \
+        if (S < 1)                                                                           \
+            return -1;                                                                       \
         switch (npairs) {                                                                    \
-        case 1: rows_##SUFFIX(1, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
-        case 2: rows_##SUFFIX(2, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
-        case 3: rows_##SUFFIX(3, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
-        case 4: rows_##SUFFIX(4, x, ld, pa, pb, K, n, out, out_ld); return 0;                \
+        case 1: rows_##SUFFIX(1, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
+        case 2: rows_##SUFFIX(2, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
+        case 3: rows_##SUFFIX(3, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
+        case 4: rows_##SUFFIX(4, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
         default: return -1;                                                                  \
         }                                                                                    \
     }
@@ -126,5 +168,6 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int *pa, const 
 ENTRY(float, f32)
 ENTRY(double, f64)
 
-/* The source's version, part of the cache key (bump on any change of the numbers). */
-int shiftsim_rowsums_version(void) { return 2; }
+/* The source's version, part of the cache key (bump on any change of the numbers or of the
+ * entry points' arguments). */
+int shiftsim_rowsums_version(void) { return 3; }

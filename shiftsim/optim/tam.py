@@ -521,8 +521,8 @@ def _tam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor
                  loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     shat, scope = state["smoothed_cosine"], flags["scope"]
     scale = state.get("momentum_scale")
-    if scale is not None and len(params) == 1:
-        d = _tam_rows(params[0], grads[0], state["momentum_buffers"][0], shat, scale,
+    if scale is not None and (flags.get("rows") or len(params) == 1):
+        d = _tam_rows(params, grads, state["momentum_buffers"], shat, scale,
                       state["momentum_sqnorm"], hp, flags["decoupled"])
     else:
         d = tam(params, grads, state["momentum_buffers"], shat, lr=hp["lr"],
@@ -533,30 +533,34 @@ def _tam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor
     return _torque_diagnostics(d, shat, scope)
 
 
-def _tam_rows(p: Tensor, g: Tensor, m: Tensor, shat: Tensor, scale: Tensor, sqnorm: Tensor,
-              hp: Hyper, decoupled: bool) -> Tensor:
-    r"""A fleet's TAM step in the scaled form, each member's parameters one row of ``p``
-    ``(K, n)``: the numbers of :func:`tam` with ``momentum_scale`` and ``momentum_sqnorm``
-    (a model-wide cosine, ``learner_dims=1``) without its lists and blocks, bit for bit with
-    torch's row sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
-    (:func:`row_dots`). [speed] With torch's row sums, against
+def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, scale: Tensor,
+              sqnorm: Tensor, hp: Hyper, decoupled: bool) -> Tensor:
+    r"""A fleet's TAM step in the scaled form, each member's parameters one row: row ``k`` of
+    the segments ``P`` (``(K, n_s)`` tensors, :func:`~shiftsim.optim._kernels.rows`) one after
+    another. The numbers of :func:`tam` with ``momentum_scale`` and ``momentum_sqnorm`` (a
+    model-wide cosine, ``learner_dims=1``) without its blocks, bit for bit with torch's row
+    sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`); the
+    same bits however the rows are split into segments. [speed] With torch's row sums, against
     the plain momentum the fleet stepped before, it reads the momentum twice less per step
     (no :math:`\lVert m\rVert^2` pass, a lerp instead of a scale and an add) for a few more
     ``(K,)``-sized operations, and without the generic kernel's lists the step makes fewer
     operations than before: one thread, in-process toggle, the TAM group of a single run (a
-    64-unit digits MLP) 0.21 -> 0.14 ms a step, 130 members 1.75 -> 1.32 ms."""
+    64-unit digits MLP) 0.21 -> 0.14 ms a step, 130 members 1.75 -> 1.32 ms (measured with one
+    segment, before the fleet kept each parameter in its own block)."""
     lr, beta, eps, wd = hp["lr"], hp["momentum"], hp["eps"], hp["weight_decay"]
     decay = not is_zero(wd)
     if decay and not decoupled:
-        g = add_decay([p], [g], wd, 1)[0]
-    mg, gg = row_dots((m, g), ((0, 1), (1, 1)))
+        G = add_decay(P, G, wd, 1)
+    mg, gg = row_dots((M, G), ((0, 1), (1, 1)))
     part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
     d = _smooth([part], [scale], shat, hp["gamma"], "global")
     w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
-    m.lerp_(g, w.view(-1, 1))
+    w_col = w.view(-1, 1)
+    torch._foreach_lerp_(M, G, [w_col] * len(M))
     if decay and decoupled:
-        scale_(p, host(decay_factor, lr, wd), 1)
-    p.addcmul_(m, step.view(-1, 1))
+        foreach_scale_(P, host(decay_factor, lr, wd), 1)
+    step_col = step.view(-1, 1)
+    torch._foreach_addcmul_(P, M, [step_col] * len(P))
     return d
 
 
@@ -565,24 +569,26 @@ def _global_scope(flags: dict[str, Any]) -> bool:
     return flags.get("scope", "global") == "global"
 
 
-def _adatam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, shat: Tensor, step: int,
-                 hp: Hyper, decoupled: bool, flags: dict[str, Any]) -> Tensor:
+def _adatam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], V: list[Tensor],
+                 shat: Tensor, step: int, hp: Hyper, decoupled: bool, flags: dict[str, Any]
+                 ) -> Tensor:
     """A fleet's AdaTAM(W) step with a model-wide cosine, each member's parameters one row of
-    ``p`` ``(K, n)``: the numbers of :func:`adatam` (``learner_dims=1``) without its lists and
-    blocks, bit for bit with torch's row sums (``SHIFTSIM_NATIVE=0``), up to rounding with the
-    native ones (:func:`row_dots`). [speed] One thread, in-process toggle, the same traces
-    (torch's row sums, before the native ones): the AdaTAM
-    group of a single run (a 64-unit digits MLP) 0.26 -> 0.21 ms a step (the run 0.89x),
-    5 members 0.33 -> 0.28, 130 members 2.56 -> 2.39 ms."""
+    the segments ``P`` (as :func:`_tam_rows`): the numbers of :func:`adatam`
+    (``learner_dims=1``) without its blocks, bit for bit with torch's row sums
+    (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`). [speed]
+    One thread, in-process toggle, the same traces (torch's row sums, before the native ones
+    and with one segment): the AdaTAM group of a single run (a 64-unit digits MLP) 0.26 ->
+    0.21 ms a step (the run 0.89x), 5 members 0.33 -> 0.28, 130 members 2.56 -> 2.39 ms."""
     wd = hp["weight_decay"]
     if not decoupled and not is_zero(wd):
-        g = coupled_grads([p], [g], wd, flags.get("foreach"), 1)[0]
+        G = coupled_grads(P, G, wd, flags.get("foreach"), 1)
     scratch = default_scratch()
-    d = _smooth([row_dots((m, g), ((0, 1), (0, 0), (1, 1)))],
+    d = _smooth([row_dots((M, G), ((0, 1), (0, 0), (1, 1)))],
                 [None], shat, hp["gamma"], "global")
     c = d + hp["torque_eps"]
     group = {**hp, "decoupled": decoupled, "bias_correction": flags["bias_correction"]}
-    _adatam_update([p], [g], [m], [v], [c], group, [step], flags.get("foreach"), 1, scratch)
+    _adatam_update(P, G, M, V, [c] * len(P), group, [step] * len(P), flags.get("foreach"), 1,
+                   scratch)
     return d
 
 
@@ -591,8 +597,8 @@ def _adatam_stacked(decoupled: bool) -> Stacked:
                hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
         state["step"] += 1
         shat, scope = state["smoothed_cosine"], flags["scope"]
-        if scope == "global" and len(params) == 1:
-            d = _adatam_rows(params[0], grads[0], state["exp_avg"][0], state["exp_avg_sq"][0],
+        if scope == "global" and (flags.get("rows") or len(params) == 1):
+            d = _adatam_rows(params, grads, state["exp_avg"], state["exp_avg_sq"],
                              shat, state["step"], hp, decoupled, flags)
             return [d, shat]
         d = adatam(params, grads, state["exp_avg"], state["exp_avg_sq"], shat,
