@@ -895,3 +895,27 @@ def test_rows_in_segments_step_as_one_tensor_of_rows(name, dtype, row_sums):
     assert torch.equal(out[True][0], out[False][0])
     for a, b in zip(out[True][1], out[False][1]):
         assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name, whole", [("tam", True), ("sgdm", True), ("momo_adam", False)])
+def test_a_single_member_steps_its_whole_buffer_as_one_row(name, whole, flip32):
+    """``ss.run`` of a ReLU MLP (a one-member fleet): a rule whose numbers do not depend on how
+    the row is split (``Stacked.segment_invariant``) steps the whole parameter buffer as one
+    tensor (fewer operations); MoMo-Adam, whose per-tensor sums round by the split, keeps the
+    blocks, as in a fleet of any size, so that a member alone rounds as in the fleet (MLP
+    64-64-10, 300 steps, bit for bit)."""
+    from shiftsim.fleet.learner import StackedLearner
+    model = ss.models.mlp(hidden=(64,))
+    lrn = StackedLearner(model, [(ss.optim.spec(name), 0)])
+    lrn.setup(flip32.data, torch.device("cpu"), 10)
+    (g,) = lrn.groups
+    shapes = [tuple(p.shape) for p in g.params]
+    assert shapes == ([(1, 64 * 64 + 64 + 64 * 10 + 10)] if whole else
+                      [(1, 64 * 64), (1, 64), (1, 640), (1, 10)])
+    assert g.params[0].data_ptr() == lrn.net.flat.data_ptr()
+    sc = ss.label_flip_tasks(flip32.data, rate=0.5, tasks=2, steps_per_task=150)
+    specs = _one_change_each(name)[:3]
+    fleet = run_fleet(sc, model, [(o, 0) for o in specs], device="cpu")
+    for opt, res in zip(specs, fleet):
+        alone = ss.run(sc, model, opt, seed=0, device="cpu", threads=1)
+        pd.testing.assert_frame_equal(alone.trace, res.trace, obj=opt.name)

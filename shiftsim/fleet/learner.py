@@ -111,9 +111,12 @@ class StackedLearner:
                 if key.rule.exact_members:
                     flags["members"] = member_hyper(self.specs[start:i])
                 flat = net.flat is not None and key.rule.flat(flags)
+                # one member: its row is the whole buffer (one tensor, fewer operations)
+                whole = flat and K == 1 and key.rule.segment_invariant
                 views = [p.detach()[start:i] for p in params]
                 if flat:  # each member's parameters one row, in segments (contiguous views)
-                    views = rows(views)
+                    assert net.flat is not None
+                    views = [net.flat.detach().view(1, -1)] if whole else rows(views)
                     flags["rows"] = True
                 g = _Group(key.rule, group_hyper(self.specs[start:i], params[0]), flags, views,
                            start, i, start == 0 and i == K, flat,
@@ -124,7 +127,9 @@ class StackedLearner:
                                              device=device)
                     g.diag_rows = g.diag_buf.unbind(0)
                 if flat:
-                    g.flat_grads = rows([t[start:i] for t in net.grad_views])
+                    assert net.flat_grad is not None
+                    g.flat_grads = [net.flat_grad.view(1, -1)] if whole else \
+                        rows([t[start:i] for t in net.grad_views])
                 self.groups.append(g)
                 start = i
 

@@ -85,7 +85,11 @@ class Stacked:
     parameters, gradients and state holding the row's segments (one ``(members, n)`` view per
     parameter block, :func:`~shiftsim.optim._kernels.rows`); a row kernel steps them with one
     multi-tensor operation each and sums over the whole row (fewer operations; sums in the
-    same order as over the tensors concatenated). ``exact_members``: the rule wants
+    same order as over the tensors concatenated). ``segment_invariant`` (with ``flat``): the
+    update gives the same bits however a member's row is split into segments (a row kernel,
+    elementwise updates), so a one-member fleet (``ss.run``) hands it the whole buffer as one
+    row; False where sums over the pieces decide the rounding (MoMo-Adam's per-tensor sums),
+    so that a member rounds alone as in a fleet. ``exact_members``: the rule wants
     each member's numeric hyperparameters as exact Python floats in ``flags["members"]`` (a
     list of dicts; torch's fused kernels take Python numbers, which ``hp``'s tensors would
     round to the parameters' dtype).
@@ -98,6 +102,7 @@ class Stacked:
     settings: Callable[[type, dict[str, Any]], dict[str, Any]] | None = None
     flat: Callable[[dict[str, Any]], bool] = _never
     exact_members: bool = False
+    segment_invariant: bool = True
 
 
 class ShiftsimOptimizer(torch.optim.Optimizer):

@@ -1118,7 +1118,8 @@ class MoMoAdam(_MoMoBase):
     #: the fleet steps stacked members through :func:`momo_adam`
     stacked = Stacked(lambda params, hp, flags: momo_adam_init(params, lb=hp["lb"],
                                                                learner_dims=1),
-                      _momo_adam_stacked, _momo_diagnostics, flat=always)
+                      _momo_adam_stacked, _momo_diagnostics, flat=always,
+                      segment_invariant=False)
 
     def __init__(
         self,
