@@ -59,7 +59,6 @@ from ._kernels import (
     Block,
     Scalar,
     acc_dtype,
-    add_decay,
     add_scalar_,
     addcdiv_,
     axpy_,
@@ -75,6 +74,7 @@ from ._kernels import (
     default_scratch,
     ema_sq_,
     exact_values,
+    foreach_add_decay,
     foreach_add_scalar_,
     foreach_addcdiv_,
     foreach_axpy_,
@@ -550,7 +550,7 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     lr, beta, eps, wd = hp["lr"], hp["momentum"], hp["eps"], hp["weight_decay"]
     decay = not is_zero(wd)
     if decay and not decoupled:
-        G = add_decay(P, G, wd, 1)
+        G = foreach_add_decay(P, G, wd, 1)
     mg, gg = row_dots((M, G), ((0, 1), (1, 1)))
     part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
     d = _smooth([part], [scale], shat, hp["gamma"], "global")
