@@ -226,6 +226,22 @@ def test_segments_with_torchs_sums_are_the_whole_rows_bits(monkeypatch):
         _native._reset()
 
 
+def test_segments_off_the_cpu_are_summed_segment_by_segment(monkeypatch):
+    """Off the CPU (a GPU fleet) rows in segments are not concatenated (no copies a step): the
+    sums add the segments' sums (here on the meta device, with torch.cat forbidden)."""
+    def no_cat(*args, **kwargs):
+        raise AssertionError("concatenated")
+    segs = [[torch.ones(3, 4, device="meta"), torch.ones(3, 5, device="meta")]] * 2
+    monkeypatch.setattr(torch, "cat", no_cat)
+    (s,) = row_dots(segs, ((0, 1),))
+    assert s.shape == (3,) and s.device.type == "meta"
+    monkeypatch.undo()
+    from shiftsim.optim._kernels import _segment_sum
+    a, b = torch.randn(3, 9, dtype=torch.float64), torch.randn(3, 9, dtype=torch.float64)
+    got = _segment_sum(list(a.split([4, 5], 1)), list(b.split([4, 5], 1)))
+    torch.testing.assert_close(got, (a * b).sum(1))
+
+
 def test_nan_and_inf_propagate(native):
     a = torch.ones(3, 40)
     a[0, 5], a[1, 39] = float("nan"), float("inf")

@@ -117,8 +117,9 @@ def row_dots(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: tuple[tuple[in
     of positions in ``tensors`` (``(1, 1)``: a squared norm). A tensor may be given as its
     segments, a list of ``(K, n_s)`` tensors whose rows one after another are its rows (a
     fleet's members' parameters, one block per parameter: :func:`rows`); then all are, split
-    alike. The sums are the native row sums of
-    :mod:`~shiftsim.optim._native` where they apply (one pass over the tensors for all pairs;
+    alike (where the native sums do not apply: concatenated on the CPU, the whole rows' bits;
+    summed segment by segment on other devices, no copies). The sums are the native row sums
+    of :mod:`~shiftsim.optim._native` where they apply (one pass over the tensors for all pairs;
     their own fixed summation order, views of a kept buffer valid until the thread's next call
     of that shape), else :func:`row_dot` for each pair. [speed] One thread, native against
     torch's sums toggled in one process (median ms a step over 6 interleaved runs): in a fleet
@@ -135,9 +136,22 @@ def row_dots(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: tuple[tuple[in
     sums = _native.row_sums(tensors, pairs)
     if sums is not None:
         return sums
-    whole = [t if isinstance(t, Tensor) else t[0] if len(t) == 1 else torch.cat(list(t), 1)
-             for t in tensors]  # torch's sums of the rows as one tensor: the same bits
+    segs = [[t] if isinstance(t, Tensor) else list(t) for t in tensors]
+    if len(segs[0]) > 1 and segs[0][0].device.type != "cpu":
+        # off the CPU: a sum over the segments (no copies; other bits than the whole rows',
+        # as a GPU's kernels are anyway)
+        return tuple(_segment_sum(segs[a], segs[b]) for a, b in pairs)
+    # torch's sums of the rows as one tensor: the bits of the whole rows
+    whole = [t[0] if len(t) == 1 else torch.cat(t, 1) for t in segs]
     return tuple(row_dot(whole[a], whole[b]) for a, b in pairs)
+
+
+def _segment_sum(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+    """``sum_s row_dot(xs[s], ys[s])``, the segments in order."""
+    total = row_dot(xs[0], ys[0])
+    for x, y in zip(xs[1:], ys[1:]):
+        total = total + row_dot(x, y)
+    return total
 
 
 def rows(tensors: Sequence[Tensor]) -> list[Tensor]:
