@@ -44,8 +44,8 @@ class StackedModel:
     """K copies of one architecture with their parameters stacked along dimension 0.
 
     ``params`` maps each parameter name to a tensor of shape ``(K, *shape)``: a leaf that
-    requires grad, or for a ReLU MLP a view of the rows of :attr:`flat` (that model's backward
-    pass is written out, so its parameters need no autograd). ``forward``
+    requires grad, or for a ReLU MLP a contiguous view, its block of :attr:`flat` (that
+    model's backward pass is written out, so its parameters need no autograd). ``forward``
     takes ``(K, batch, *input_shape)`` and returns ``(K, batch, classes)``. An ``nn.Sequential``
     of Flatten / Linear / elementwise activations runs as batched matmuls on class-major
     activations ``(K, features, batch)``, with its backward pass written out when every
