@@ -358,7 +358,7 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
             columns["trained"] = train[:steps_run]
         for name, values in diags[k].items():
             columns[f"diag_{name}"] = values[:steps_run]
-        trace = pd.DataFrame(columns)  # one frame (a column added later costs 0.4 ms)
+        trace = pd.DataFrame(columns)  # one frame (each column added later cost 0.3 ms)
         # an evaluation at step s sees the weights after update s - 1; at the diverged step d
         # those weights gave the non-finite loss, so only evaluations up to step d - 1 are kept
         last_eval = T if d is None else d - 1

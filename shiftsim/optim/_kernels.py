@@ -122,7 +122,8 @@ def row_dots(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: tuple[tuple[in
     of :mod:`~shiftsim.optim._native` where they apply (one pass over the tensors for all pairs;
     their own fixed summation order, views of a kept buffer valid until the thread's next call
     of that shape), else :func:`row_dot` for each pair. [speed] One thread, native against
-    torch's sums toggled in one process (median ms a step over 6 interleaved runs): in a fleet
+    torch's sums toggled in one process (median ms a step over 6 interleaved runs; with the
+    fleet's earlier layout, one row tensor per member, before its blocks): in a fleet
     of 32 MLPs 64-128-128-10 (8 members each of SGD-momentum, TAM, Adam, MoMo) the TAM group
     0.48 -> 0.38, MoMo 0.53 -> 0.40, the whole step 5.20 -> 4.84; 8 AdaTAM and 8 AM-SGD members
     1.03 -> 0.88 and 0.54 -> 0.41; a single run of a 64-unit MLP, MoMo 0.183 -> 0.172, AM-SGD
@@ -155,7 +156,8 @@ def _segment_sum(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
 
 
 def rows(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Stacked tensors ``(K, ...)`` as ``(K, n)`` views: the segments of the members' rows
+    """Stacked tensors ``(K, ...)`` as ``(K, n)`` views (an error where a tensor's members
+    are not contiguous: a copy would lose the updates): the segments of the members' rows
     (:func:`row_dots`). A fleet's row kernels step these lists with one multi-tensor operation
     each (``torch._foreach_*``; on the CPU the same kernels tensor by tensor, the same numbers
     as one tensor of the rows).
@@ -163,7 +165,7 @@ def rows(tensors: Sequence[Tensor]) -> list[Tensor]:
     >>> [tuple(t.shape) for t in rows([torch.zeros(2, 3, 4), torch.zeros(2, 3)])]
     [(2, 12), (2, 3)]
     """
-    return [t if t.dim() == 2 else t.reshape(t.shape[0], -1) for t in tensors]
+    return [t if t.dim() == 2 else t.view(t.shape[0], -1) for t in tensors]  # never a copy
 
 
 def total_dots(

@@ -278,12 +278,12 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
     segments = list(first) if split else [first]
     if not segments:
         return None
-    dtype, rows = segments[0].dtype, segments[0].shape[0]
+    dtype, K = segments[0].dtype, segments[0].shape[0]
     if dtype not in _DTYPES:
         return None
     shapes = []
     for seg in segments:
-        if seg.dim() != 2 or seg.shape[0] != rows:
+        if seg.dim() != 2 or seg.shape[0] != K:
             return None
         shapes.append(seg.shape)
     ptrs, lds = [], []
@@ -304,7 +304,6 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
     lib = _lib if _state is not None else _library()  # built only for inputs it can sum
     if lib is None:
         return None
-    K = rows
     lens = [shape[1] for shape in shapes]
     n = sum(lens)
     kept = getattr(_thread, "outs", None)

@@ -54,15 +54,27 @@ static inline double lanes_total(double *s)
         b[q] = x[pb[q] * S + s] + k * ld[pb[q] * S + s] + (i - base);                       \
     }
 
+/* Elements i + e, e + 1, ... one by one while COND holds, each into its lane of ACC (a piece's
+ * head up to a lane-0 element, or its tail). */
+#define ONE_BY_ONE(ACC, COND)                                                                \
+    for (; COND; e++)                                                                       \
+        for (int q = 0; q < P; q++)                                                         \
+            ACC[q][(i + e) % LANES] += a[q][e] * b[q][e];
+
+static inline __attribute__((always_inline)) void zero_lanes(const int P, double total[MAXP][LANES])
+{
+    for (int q = 0; q < P; q++)
+        for (int j = 0; j < LANES; j++)
+            total[q][j] = 0.0;
+}
+
 static inline __attribute__((always_inline)) void
 rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int64_t *len,
          const int *pa, const int *pb, int64_t K, int64_t n, float *out, int64_t out_ld)
 {
     for (int64_t k = 0; k < K; k++) {
         double total[MAXP][LANES];
-        for (int q = 0; q < P; q++)
-            for (int j = 0; j < LANES; j++)
-                total[q][j] = 0.0;
+        zero_lanes(P, total);
         int s = 0;
         int64_t base = 0;
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
@@ -75,9 +87,7 @@ rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int
                 SEGMENT_POINTERS(float)
                 const int64_t stop = seg_end < i1 ? seg_end : i1;
                 int64_t e = 0; /* elements of this piece done */
-                for (; i + e < stop && (i + e) % LANES; e++) /* to a lane-0 element */
-                    for (int q = 0; q < P; q++)
-                        part[q][(i + e) % LANES] += a[q][e] * b[q][e];
+                ONE_BY_ONE(part, i + e < stop && (i + e) % LANES)
                 if (i + e + LANES <= stop) {
                     v8f lo[MAXP], hi[MAXP];
                     for (int q = 0; q < P; q++) {
@@ -94,9 +104,7 @@ rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int
                         memcpy(part[q] + 8, &hi[q], sizeof hi[q]);
                     }
                 }
-                for (; i + e < stop; e++)
-                    for (int q = 0; q < P; q++)
-                        part[q][(i + e) % LANES] += a[q][e] * b[q][e];
+                ONE_BY_ONE(part, i + e < stop)
                 i += e;
             }
             for (int q = 0; q < P; q++)
@@ -114,17 +122,13 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int S, const in
 {
     for (int64_t k = 0; k < K; k++) {
         double total[MAXP][LANES];
-        for (int q = 0; q < P; q++)
-            for (int j = 0; j < LANES; j++)
-                total[q][j] = 0.0;
+        zero_lanes(P, total);
         int s = 0;
         int64_t base = 0;
         for (int64_t i = 0; i < n;) {
             SEGMENT_POINTERS(double)
             int64_t e = 0;
-            for (; i + e < seg_end && (i + e) % LANES; e++)
-                for (int q = 0; q < P; q++)
-                    total[q][(i + e) % LANES] += a[q][e] * b[q][e];
+            ONE_BY_ONE(total, i + e < seg_end && (i + e) % LANES)
             if (i + e + LANES <= seg_end) {
                 v4d acc[MAXP][LANES / 4];
                 for (int q = 0; q < P; q++)
@@ -136,9 +140,7 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int S, const in
                 for (int q = 0; q < P; q++)
                     memcpy(total[q], acc[q], sizeof total[q]);
             }
-            for (; i + e < seg_end; e++)
-                for (int q = 0; q < P; q++)
-                    total[q][(i + e) % LANES] += a[q][e] * b[q][e];
+            ONE_BY_ONE(total, i + e < seg_end)
             i += e;
         }
         for (int q = 0; q < P; q++)

@@ -120,7 +120,8 @@ def hyperparameters(opt_spec: OptimizerSpec) -> dict[str, Any]:
 @functools.lru_cache(maxsize=256)
 def _defaults(target: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
     """The defaults of ``target``'s constructor arguments past the first, by name (read once
-    per class: ``inspect.signature`` costs about 0.1 ms, and a fleet asks for every member)."""
+    per class: ``inspect.signature`` of TAM takes about 80 us, and a fleet asks for every
+    member)."""
     out = []
     for i, p in enumerate(inspect.signature(target).parameters.values()):
         if i == 0 or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
