@@ -77,7 +77,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftsimError, SpecTypeError
-from . import _compiled
+from . import _compiled, _native
 from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, always, eval_closure
 from ._kernels import (
     CAT_BELOW,
@@ -673,16 +673,29 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     beta, wd = hp["beta"], hp["weight_decay"]
     f = _loss_tensor(loss, loss_avg, 1)
     w = host(one_minus, beta)
-    loss_avg.copy_(loss_avg * beta + f * w)
     if isinstance(w, Tensor):
         torch._foreach_lerp_(D, G, [bc(w, d, 1) for d in D])
     else:
         torch._foreach_lerp_(D, G, w)
     dd, xg, xd = row_dots((D, P, G), ((0, 0), (1, 2), (1, 0)))
-    gam.mul_(beta).add_(xg * w)  # gam: (1, K), one tensor
-    tau = _step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd, gamma=gam.sum(0),
-                      norm=dd, rho=1.0, lb=hp["lb"], use_fstar=False)[0]
-    neg = bc(-tau, P[0], 1)
+    # the per-member numbers (the loss average, gamma, the step size) in one native call
+    # (torch's bits), else torch's operations
+    lr = hp["lr"]
+    c = host(one_plus_product, lr, wd)
+    cap = host(_ratio, lr, 1.0, keep=False)
+    if isinstance(cap, Tensor):
+        cap = cap.to(loss_avg.dtype)
+    coefs = None if not isinstance(f, Tensor) else _native.momo_coefs(
+        f, loss_avg, beta, w, xg, xd, dd, gam, fstar, c, _one(c), cap)
+    if coefs is not None:
+        tau, neg_tau = coefs
+        neg = neg_tau.view(-1, 1)
+    else:
+        loss_avg.copy_(loss_avg * beta + f * w)
+        gam.mul_(beta).add_(xg * w)  # gam: (1, K), one tensor
+        tau = _step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd, gamma=gam.sum(0),
+                          norm=dd, rho=1.0, lb=hp["lb"], use_fstar=False)[0]
+        neg = bc(-tau, P[0], 1)
     torch._foreach_addcmul_(P, D, [neg] * len(P))
     if not is_zero(wd):
         foreach_scale_(P, host(_ratio, 1, host(one_plus_product, hp["lr"], wd)), 1)

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _compiled
+from . import _compiled, _native
 from ._base import Hyper, Plan, ShiftsimOptimizer, Stacked, eval_closure
 from ._kernels import (
     Block,
@@ -552,9 +552,18 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     if decay and not decoupled:
         G = foreach_add_decay(P, G, wd, 1)
     mg, gg = row_dots((M, G), ((0, 1), (1, 1)))
-    part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
-    d = _smooth([part], [scale], shat, hp["gamma"], "global")
-    w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
+    gamma = hp["gamma"]
+    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
+        gamma = gamma.to(shat.dtype)
+    # the per-member numbers in one native call (torch's bits), else torch's operations
+    coefs = _native.tam_coefs(mg, gg, sqnorm, shat, scale, host(one_minus, gamma), eps, beta,
+                              host(negative, lr), _positive(eps))
+    if coefs is not None:
+        d, w, step = coefs
+    else:
+        part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
+        d = _smooth([part], [scale], shat, gamma, "global")
+        w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
     w_col = w.view(-1, 1)
     torch._foreach_lerp_(M, G, [w_col] * len(M))
     if decay and decoupled:

@@ -1,0 +1,119 @@
+/* The per-member arithmetic of the fleet's TAM and MoMo row kernels, one call per step.
+ *
+ * A row kernel's step works on two kinds of data: the members' rows (n elements each, the
+ * memory-bound passes: torch's multi-tensor ops and the native row sums of rowsums.c) and a
+ * handful of (K,) vectors, one number per member (the cosine, the momentum's scale, MoMo's
+ * step size ...). torch takes 20 to 30 operations for the second kind, each costing a few
+ * microseconds however small its tensor; these functions do all of it in one call.
+ *
+ * The numbers are torch's, bit for bit, on CPUs where torch's kernels use fused multiply-adds
+ * (x86-64 with AVX2, ARM64): each torch operation is one expression here, in its order, with
+ * a fused multiply-add (fma) exactly where torch's kernel makes one — lerp (self + w (end -
+ * self) for |w| < 0.5, else end + (w - 1)(end - self)), add with alpha (self + alpha other) and
+ * addcmul (self + (value t1) t2) — and no other contraction (built with -ffp-contract=off).
+ * A float hyperparameter is the one-element array of its value rounded to the tensors' dtype
+ * (as torch rounds a Python scalar); a per-member one has stride 1. Built with rowsums.c by
+ * shiftsim.optim._native.
+ */
+#include <math.h>
+#include <stdint.h>
+
+/* torch.clamp_min(x, lo) and clamp_max(x, hi) keep NaN (and a zero's sign) */
+#define CLAMP_MIN(x, lo) ((x) < (lo) ? (lo) : (x))
+#define CLAMP_MAX(x, hi) ((x) > (hi) ? (hi) : (x))
+
+/* TAM's scaled form, a model-wide cosine (shiftsim.optim.tam._tam_rows): from the sums
+ * mg = <m, g>, gg = |g|^2 and the kept sq = |m|^2, update the smoothed cosine shat, the scale
+ * and sq in place; write the damping d, the momentum's lerp weight w and the step -lr sigma.
+ * beta_add: beta is a float (torch.add(c, scale, alpha=beta): one rounding), else a tensor
+ * (scale * beta + c: two). positive: eps > 0 is known (no guard on sigma). */
+#define TAM_COEFS(NAME, T, SQRT, FMA, ABS)                                                   \
+    void NAME(int64_t K, const T *mg, const T *gg, T *sq, T *shat, T *scale,                 \
+              const T *lw, int64_t lw_s, const T *eps, int64_t eps_s, const T *beta,         \
+              int64_t beta_s, int beta_add, const T *neg_lr, int64_t lr_s, int positive,    \
+              T *d_out, T *w_out, T *step_out)                                              \
+    {                                                                                       \
+        for (int64_t k = 0; k < K; k++) {                                                   \
+            const T den2 = sq[k] * gg[k];                                                   \
+            const T ratio = mg[k] * ((T)1 / SQRT(den2));                                    \
+            T cos = den2 > 0 ? ratio : (T)0;                                                \
+            cos = CLAMP_MAX(CLAMP_MIN(cos, (T)-1), (T)1);                                   \
+            const T w0 = lw[k * lw_s], s0 = shat[k], diff = cos - s0;                       \
+            const T s1 = ABS(w0) < (T)0.5 ? FMA(w0, diff, s0) : FMA(w0 - (T)1, diff, cos);  \
+            shat[k] = s1;                                                                   \
+            const T half = s1 * (T)0.5;                                                     \
+            const T d = half + (T)0.5;                                                      \
+            const T c = d + eps[k * eps_s];                                                 \
+            const T b = beta[k * beta_s];                                                   \
+            T sig;                                                                          \
+            if (beta_add) {                                                                 \
+                sig = FMA(scale[k], b, c);                                                  \
+            } else {                                                                        \
+                const T scaled = scale[k] * b;                                              \
+                sig = scaled + c;                                                           \
+            }                                                                               \
+            const T q = c / sig;                                                            \
+            const T w = positive ? q : (sig > 0 ? q : (T)1);                                \
+            scale[k] = sig;                                                                 \
+            const T step = sig * neg_lr[k * lr_s];                                          \
+            const T u = (T)1 - w;                                                           \
+            T s = sq[k] * u;                                                                \
+            const T w2 = (T)2 * w;                                                          \
+            s = FMA(w2, mg[k], s);                                                          \
+            s = s * u;                                                                      \
+            const T ww = w * w;                                                             \
+            s = FMA(ww, gg[k], s);                                                          \
+            sq[k] = CLAMP_MIN(s, (T)0);                                                     \
+            d_out[k] = d;                                                                   \
+            w_out[k] = w;                                                                   \
+            step_out[k] = step;                                                             \
+        }                                                                                   \
+    }
+
+TAM_COEFS(shiftsim_tam_coefs_f32, float, sqrtf, fmaf, fabsf)
+TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
+
+/* MoMo past its first step, without bias correction and f* estimation
+ * (shiftsim.optim.momo._momo_rows): from the loss f and the sums dd = |d|^2, xg = <x, g>,
+ * xd = <x, d>, update the loss average and gamma in place (both with the weights beta and
+ * w = 1 - beta) and write the step size tau and -tau. c = 1 + lr wd (c_one: exactly 1, the
+ * products with it skipped); tau = min(ratio, cap) with cap = lr (torch.minimum and clamp_max
+ * agree here: both keep a NaN ratio, and cap is finite). */
+#define MOMO_COEFS(NAME, T)                                                                  \
+    void NAME(int64_t K, const T *f, T *loss_avg, const T *beta, int64_t beta_s, const T *w, \
+              int64_t w_s, const T *xg, const T *xd, const T *dd, T *gam, const T *fstar,    \
+              const T *c, int64_t c_s, int c_one, const T *cap, int64_t cap_s, T *tau_out,   \
+              T *neg_out)                                                                   \
+    {                                                                                       \
+        for (int64_t k = 0; k < K; k++) {                                                   \
+            const T b = beta[k * beta_s], wk = w[k * w_s];                                  \
+            const T la_b = loss_avg[k] * b, f_w = f[k] * wk;                                \
+            const T la = la_b + f_w;                                                        \
+            loss_avg[k] = la;                                                               \
+            const T g_b = gam[k] * b, xg_w = xg[k] * wk;                                    \
+            const T g = g_b + xg_w;                                                         \
+            gam[k] = g;                                                                     \
+            const T norm = dd[k];                                                           \
+            const int pos = norm > 0;                                                       \
+            const T safe = pos ? norm : (T)1;                                               \
+            const T gap = la - fstar[k];                                                    \
+            T num;                                                                          \
+            if (c_one) {                                                                    \
+                const T t = gap + xd[k];                                                    \
+                num = t - g;                                                                \
+            } else {                                                                        \
+                const T ck = c[k * c_s];                                                    \
+                const T cgap = ck * gap, cg = ck * g;                                       \
+                const T t = cgap + xd[k];                                                   \
+                num = t - cg;                                                               \
+            }                                                                               \
+            const T q = CLAMP_MIN(num, (T)0) / safe;                                        \
+            const T ratio = pos ? q : (T)0;                                                 \
+            const T tau = CLAMP_MAX(ratio, cap[k * cap_s]);                                 \
+            tau_out[k] = tau;                                                               \
+            neg_out[k] = -tau;                                                              \
+        }                                                                                   \
+    }
+
+MOMO_COEFS(shiftsim_momo_coefs_f32, float)
+MOMO_COEFS(shiftsim_momo_coefs_f64, double)

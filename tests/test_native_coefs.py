@@ -1,0 +1,216 @@
+"""The native per-member arithmetic of the TAM and MoMo row kernels (``rowmath.c``,
+``shiftsim.optim._native.tam_coefs`` / ``momo_coefs``): torch's numbers bit for bit (on CPUs
+whose torch kernels fuse multiply-adds, as x86-64 with AVX2 and ARM64 do), for every member
+count (torch's vectorised and scalar loops), dtype, float and per-member hyperparameters and
+the guarded cases; the inputs it leaves to torch; and whole fleets with and without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shiftsim as ss
+from shiftsim.fleet import run_fleet
+from shiftsim.optim import _native
+from shiftsim.optim._kernels import exact, host, negative, one_minus, one_plus_product
+from shiftsim.optim.momo import _one, _ratio, _step_sizes
+from shiftsim.optim.tam import _positive, _scaled, _smooth
+
+DTYPES = [torch.float32, torch.float64]
+# 1 and 7: torch's scalar loop only; 16, 32: its vector loop only; 17, 45: both
+MEMBERS = [1, 7, 16, 17, 32, 45]
+
+
+@pytest.fixture()
+def native(monkeypatch):
+    monkeypatch.setenv(_native.ENV, "1")
+    _native._reset()
+    if not _native.available():
+        pytest.skip(f"native code: {_native.status()}")
+    yield
+    monkeypatch.undo()
+    _native._reset()
+
+
+def _same(got, want):
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
+def _hyper(kind, value, spread, K, dtype):
+    """A float, or per-member values around it (an exact tensor, as a fleet's group holds)."""
+    if kind == "float":
+        return value
+    return exact([value * (1 + spread * i / K) for i in range(K)], torch.zeros((), dtype=dtype))
+
+
+def _vectors(K, dtype, seed, case):
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(scale=1.0, low=0.0):
+        return torch.rand(K, generator=gen, dtype=dtype) * scale + low
+
+    mg, gg, sq, shat, scale = r(2, -1), r(), r(), r(2, -1), r()
+    if case == "zero norms":  # |m|^2 |g|^2 = 0: the cosine 0
+        sq[: K // 2 + 1] = 0
+        gg[K // 2:] = 0
+    elif case == "nan":
+        mg[0] = float("nan")
+    return mg, gg, sq, shat, scale
+
+
+def _tam_torch(mg, gg, sq, shat, scale, gamma, eps, beta, lr):
+    part = (mg, sq, gg)
+    d = _smooth([part], [scale], shat, gamma, "global")
+    w, step = _scaled(d + eps, scale, beta, lr, part, sq, _positive(eps))
+    return d, w, step
+
+
+@pytest.mark.parametrize("K", MEMBERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["float", "tensor"])
+@pytest.mark.parametrize("case", ["random", "zero norms", "nan", "eps 0"])
+def test_tam_coefs_are_torchs_bits(native, K, dtype, kind, case):
+    """The damping, lerp weight and step, and the updated cosine, scale and kept |m|^2,
+    against the torch code they replace (``_smooth``, ``_scaled``): the same bits. eps = 0
+    takes the guarded division (sigma may be 0)."""
+    lr, beta = _hyper(kind, 0.1, 1.0, K, dtype), _hyper(kind, 0.9, 0.05, K, dtype)
+    gamma = _hyper(kind, 0.9, 0.05, K, dtype)
+    eps = 0.0 if case == "eps 0" else _hyper(kind, 1e-8, 1.0, K, dtype)
+    for seed in range(3):
+        vecs = _vectors(K, dtype, seed, case)
+        mg, gg = vecs[:2]
+        if case == "eps 0":
+            vecs[4][: K // 2 + 1] = 0  # sigma = d with scale 0: d may be 0 (shat = -1)
+            vecs[3][:1] = -1
+        ours = [t.clone() for t in vecs[2:]]
+        theirs = [t.clone() for t in vecs[2:]]
+        got = _native.tam_coefs(mg, gg, *ours, host(one_minus, gamma), eps, beta,
+                                host(negative, lr), _positive(eps))
+        assert got is not None
+        want = _tam_torch(mg, gg, *theirs, gamma, eps, beta, lr)
+        _same(list(got) + ours, list(want) + theirs)
+
+
+def _momo_torch(f, la, gam, xg, xd, dd, fstar, beta, lr, wd):
+    w = host(one_minus, beta)
+    la.copy_(la * beta + f * w)
+    gam.mul_(beta).add_(xg * w)
+    tau = _step_sizes([{"lr": lr, "weight_decay": wd}], loss_avg=la, fstar=fstar, dot_xd=xd,
+                      gamma=gam.sum(0), norm=dd, rho=1.0, lb=0.0, use_fstar=False)[0]
+    return tau, -tau
+
+
+@pytest.mark.parametrize("K", MEMBERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["float", "tensor"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("case", ["random", "zero norms", "nan"])
+def test_momo_coefs_are_torchs_bits(native, K, dtype, kind, decay, case):
+    """The step size (and its negative), the loss average and gamma against the torch code
+    they replace (``_momo_rows``' updates and ``_step_sizes``): the same bits, with and
+    without weight decay (c = 1 + lr wd, its products skipped when it is 1)."""
+    lr, beta = _hyper(kind, 0.5, 1.0, K, dtype), _hyper(kind, 0.9, 0.05, K, dtype)
+    wd = _hyper(kind, 0.01, 1.0, K, dtype) if decay else 0.0
+    gen = torch.Generator().manual_seed(K)
+    for _ in range(3):
+        f, la, xg, xd, dd = (torch.rand(K, generator=gen, dtype=dtype) * 2 - 0.5
+                             for _ in range(5))
+        gam = torch.rand(1, K, generator=gen, dtype=dtype) - 0.5
+        fstar = torch.zeros(K, dtype=dtype)
+        if case == "zero norms":
+            dd[: K // 2 + 1] = 0
+        elif case == "nan":
+            xg[0] = float("nan")
+        c = host(one_plus_product, lr, wd)
+        cap = host(_ratio, lr, 1.0, keep=False)
+        if isinstance(cap, torch.Tensor):
+            cap = cap.to(dtype)
+        ours, theirs = [la.clone(), gam.clone()], [la.clone(), gam.clone()]
+        got = _native.momo_coefs(f, ours[0], beta, host(one_minus, beta), xg, xd, dd, ours[1],
+                                 fstar, c, _one(c), cap)
+        assert got is not None
+        want = _momo_torch(f, theirs[0], theirs[1], xg, xd, dd, fstar, beta, lr, wd)
+        _same(list(got) + ours, list(want) + theirs)
+
+
+def test_a_hand_computed_tam_step(native):
+    """One member: cos = <m, g> / sqrt(|m|^2 |g|^2) = 3 / sqrt(4 * 9) = 0.5; shat = 0 + 0.5
+    (0.5 - 0) = 0.25 (gamma 0.5); d = 0.625; sigma = 0.5 * 1 + 0.625 = 1.125; w = d / sigma =
+    5/9; step = -0.1 * 1.125; |m_new|^2 = ((1 - w) 4 + 2 w 3)(1 - w) + w^2 9."""
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    sq, shat, scale = t(4.0), t(0.0), t(1.0)
+    d, w, step = _native.tam_coefs(t(3.0), t(9.0), sq, shat, scale, 0.5, 0.0, 0.5, -0.1, False)
+    assert shat.item() == 0.25 and d.item() == 0.625 and scale.item() == 1.125
+    assert w.item() == pytest.approx(5 / 9, abs=1e-15)
+    assert step.item() == pytest.approx(-0.1125, abs=1e-15)
+    u = 1 - 5 / 9
+    assert sq.item() == pytest.approx((u * 4 + 2 * (5 / 9) * 3) * u + (5 / 9) ** 2 * 9, abs=1e-14)
+
+
+def test_a_hand_computed_momo_step(native):
+    """One member, beta 0.5: loss average 0.5 * 1 + 0.5 * 3 = 2, gamma 0.5 * 2 + 0.5 * 4 = 3;
+    tau = min(lr, max(0, f_avg - f* + <x, d> - gamma) / |d|^2) = min(10, (2 + 5 - 3) / 2) = 2;
+    with lr 1 the cap: 1."""
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    for lr, want in ((10.0, 2.0), (1.0, 1.0)):
+        la, gam = t(1.0), t(2.0)
+        tau, neg = _native.momo_coefs(t(3.0), la, 0.5, 0.5, t(4.0), t(5.0), t(2.0), gam,
+                                      t(0.0), 1.0, True, lr)
+        assert (la.item(), gam.item(), tau.item(), neg.item()) == (2.0, 3.0, want, -want)
+
+
+@pytest.mark.parametrize("why, change", [
+    ("float16", lambda a: {**a, "mg": a["mg"].half()}),
+    ("a strided vector", lambda a: {**a, "gg": torch.ones(8, dtype=torch.float64)[::2]}),
+    ("a vector of another length", lambda a: {**a, "shat": torch.zeros(5, dtype=torch.float64)}),
+    ("a hyperparameter of another dtype", lambda a: {**a, "eps": torch.zeros(4)}),
+    ("a hyperparameter of another length", lambda a: {**a, "beta": torch.zeros(3).double()}),
+    ("a hyperparameter that is not a number", lambda a: {**a, "neg_lr": "0.1"}),
+])
+def test_inputs_left_to_torch(native, why, change):
+    args = {name: torch.zeros(4, dtype=torch.float64)
+            for name in ("mg", "gg", "sqnorm", "shat", "scale")}
+    args.update(lerp_weight=0.1, eps=1e-8, beta=0.9, neg_lr=-0.1, positive=True)
+    assert _native.tam_coefs(**args) is not None
+    assert _native.tam_coefs(**change(args)) is None, why
+
+
+def test_off_leaves_the_arithmetic_to_torch(monkeypatch):
+    monkeypatch.setenv(_native.ENV, "0")
+    _native._reset()
+    try:
+        z = torch.zeros(3)
+        assert _native.tam_coefs(z, z, z, z, z, 0.1, 1e-8, 0.9, -0.1, True) is None
+        assert _native.momo_coefs(z, z, 0.9, 0.1, z, z, z, z, z, 1.0, True, 0.1) is None
+    finally:
+        monkeypatch.undo()
+        _native._reset()
+
+
+@pytest.mark.parametrize("name", ["tam", "momo"])
+def test_fleets_with_and_without_the_native_arithmetic_are_the_same(native, monkeypatch, name):
+    """A fleet of 18 members (more than one vector of torch's loop) varying the learning rate
+    and the momentum, over 150 steps: the same traces bit for bit whether the row kernel takes
+    its per-member numbers from the native call (counted: once a step past MoMo's first) or
+    from torch's operations."""
+    calls = {"n": 0}
+    fn = getattr(_native, f"{name}_coefs")
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return fn(*args, **kwargs)
+
+    key = "momentum" if name == "tam" else "beta"
+    members = [(ss.optim.spec(name, lr=0.05 * (1 + i % 3), **{key: 0.8 + 0.01 * i}), i % 5)
+               for i in range(18)]
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=75)
+    model = ss.models.mlp(hidden=(16,))
+    monkeypatch.setattr(_native, f"{name}_coefs", counted)
+    with_native = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == 150 - (name == "momo")
+    monkeypatch.setattr(_native, f"{name}_coefs", lambda *a, **k: None)
+    with_torch = run_fleet(sc, model, members, device="cpu")
+    for a, b in zip(with_native, with_torch):
+        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
+
