@@ -192,8 +192,9 @@ def test_off_leaves_the_arithmetic_to_torch(monkeypatch):
 def test_fleets_with_and_without_the_native_arithmetic_are_the_same(native, monkeypatch, name):
     """A fleet of 18 members (more than one vector of torch's loop) varying the learning rate
     and the momentum, over 150 steps: the same traces bit for bit whether the row kernel takes
-    its per-member numbers from the native call (counted: once a step past MoMo's first) or
-    from torch's operations."""
+    its per-member numbers from the native call (counted: once a step past MoMo's first) and
+    its passes from the fused native ones (TAM's update, MoMo's lerp in the sums' pass), or
+    all of it from torch's operations."""
     calls = {"n": 0}
     fn = getattr(_native, f"{name}_coefs")
 
@@ -210,7 +211,111 @@ def test_fleets_with_and_without_the_native_arithmetic_are_the_same(native, monk
     with_native = run_fleet(sc, model, members, device="cpu")
     assert calls["n"] == 150 - (name == "momo")
     monkeypatch.setattr(_native, f"{name}_coefs", lambda *a, **k: None)
+    monkeypatch.setattr(_native, "tam_update", lambda *a, **k: False)
+    sums = _native.row_sums
+    monkeypatch.setattr(_native, "row_sums",
+                        lambda ts, pairs, lerp=None: None if lerp is not None else sums(ts, pairs))
     with_torch = run_fleet(sc, model, members, device="cpu")
     for a, b in zip(with_native, with_torch):
         assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
 
+
+
+SPLITS = [(301,), (7, 1, 16, 17, 255, 5), (256, 45)]
+
+
+def _rows(K, widths, dtype, gen, count):
+    """``count`` tensors as segments ``(K, n_s)``, every other one a strided view."""
+    out = []
+    for j in range(count):
+        whole = torch.randn(K, sum(widths) + (3 if j % 2 else 0), generator=gen, dtype=dtype)
+        out.append(list(whole[:, :sum(widths)].split(widths, 1)))
+    return out
+
+
+def _weights(kind, K, dtype, gen):
+    if kind == "float small":
+        return 0.1
+    if kind == "float large":
+        return 0.7
+    w = torch.rand(K, generator=gen, dtype=dtype)  # per member, both sides of 0.5
+    w[0], w[-1] = 0.25, 0.75
+    return w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", SPLITS, ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("kind", ["float small", "float large", "per member"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sums_after_a_lerp_are_torchs_lerp_then_the_sums(native, monkeypatch, dtype, widths,
+                                                         kind, threads):
+    """``row_sums(..., lerp=(0, 2, w))`` moves the first tensor toward the third in the sums'
+    pass: the moved tensor is torch's ``_foreach_lerp_`` bit for bit, and the sums are the
+    native sums of the moved tensor (rows split across two threads too)."""
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    gen = torch.Generator().manual_seed(len(widths))
+    K = 9
+    D, P, G = _rows(K, widths, dtype, gen, 3)
+    w = _weights(kind, K, dtype, gen)
+    pairs = ((0, 0), (1, 2), (1, 0))
+    theirs = [t.clone() for t in D]
+    if isinstance(w, torch.Tensor):
+        torch._foreach_lerp_(theirs, G, [w.view(-1, 1)] * len(theirs))
+    else:
+        torch._foreach_lerp_(theirs, G, w)
+    want = [s.clone() for s in _native.row_sums((theirs, P, G), pairs)]
+    got = _native.row_sums((D, P, G), pairs, lerp=(0, 2, w))
+    _same(D, theirs)
+    _same(got, want)
+
+
+def test_a_lerp_it_cannot_take_changes_nothing(native):
+    gen = torch.Generator().manual_seed(0)
+    D, P, G = _rows(4, (10, 6), torch.float32, gen, 3)
+    before = [t.clone() for t in D]
+    for lerp in [(0, 2, torch.full((4,), 0.1, dtype=torch.float64)),  # another dtype
+                 (0, 2, torch.full((3,), 0.1)),  # another member count
+                 (0, 0, 0.1), (0, 5, 0.1), (0, 2, "0.1")]:
+        assert _native.row_sums((D, P, G), ((0, 0),), lerp=lerp) is None, lerp
+    _same(D, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", SPLITS, ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("shrink", [None, "float", "per member"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tam_update_is_torchs_three_passes(native, monkeypatch, dtype, widths, shrink, threads):
+    """The momentum's lerp, the decoupled decay's scaling and the step's addcmul in one pass:
+    torch's ``_foreach_lerp_``, ``_foreach_mul_`` and ``_foreach_addcmul_`` bit for bit, with
+    weights on both sides of 0.5 (torch's two lerp formulas)."""
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    gen = torch.Generator().manual_seed(7)
+    K = 9
+    P, G, M = _rows(K, widths, dtype, gen, 3)
+    w = _weights("per member", K, dtype, gen)
+    step = -torch.rand(K, generator=gen, dtype=dtype)
+    factor = {None: None, "float": 0.999,
+              "per member": 1 - torch.rand(K, generator=gen, dtype=dtype) / 100}[shrink]
+    tp, tm = [t.clone() for t in P], [t.clone() for t in M]
+    torch._foreach_lerp_(tm, G, [w.view(-1, 1)] * len(tm))
+    if isinstance(factor, torch.Tensor):
+        torch._foreach_mul_(tp, [factor.view(-1, 1)] * len(tp))
+    elif factor is not None:
+        torch._foreach_mul_(tp, factor)
+    torch._foreach_addcmul_(tp, tm, [step.view(-1, 1)] * len(tp))
+    assert _native.tam_update(P, G, M, w, step, factor)
+    _same(M, tm)
+    _same(P, tp)
+
+
+def test_a_tam_update_it_cannot_take_changes_nothing(native):
+    gen = torch.Generator().manual_seed(1)
+    P, G, M = _rows(4, (10, 6), torch.float32, gen, 3)
+    w, step = torch.full((4,), 0.1), torch.full((4,), -0.1)
+    before = [t.clone() for t in P + M]
+    assert not _native.tam_update(P, G[:1], M, w, step)  # split otherwise
+    assert not _native.tam_update(P, G, M, w.double(), step)  # another dtype
+    assert not _native.tam_update(P, G, M, w[:3], step)  # another member count
+    assert not _native.tam_update(P, G, M, w, step, "0.9")
+    assert not _native.tam_update([], [], [], w, step)
+    _same(P + M, before)

@@ -158,7 +158,8 @@ def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
         out = torch.empty(3, 4, dtype=dtype)
         fn = lib.shiftsim_rowsums_f32 if dtype == torch.float32 else lib.shiftsim_rowsums_f64
         fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + \
-            [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
+            [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64] + \
+            [ctypes.c_int] * 2 + [ctypes.c_void_p, ctypes.c_int64]
         widths = (7, 1000, 1994)  # segments: columns 0-6, 7-1006, 1007-3000
         segs = [t.split(widths, 1) for t in ts]
         ptrs = (ctypes.c_void_p * 9)(*[s.data_ptr() for t in segs for s in t])
@@ -166,7 +167,7 @@ def test_sums_do_not_depend_on_the_compilers_optimisation(native, tmp_path):
         lens = (ctypes.c_int64 * 3)(*widths)
         pa = (ctypes.c_int * 3)(*[a for a, _ in PAIRS])
         pb = (ctypes.c_int * 3)(*[b for _, b in PAIRS])
-        assert fn(ptrs, lds, 3, lens, 3, pa, pb, 4, 3001, out.data_ptr(), 4) == 0
+        assert fn(ptrs, lds, 3, lens, 3, pa, pb, 4, 3001, out.data_ptr(), 4, -1, -1, None, 0) == 0
         assert torch.equal(out, fast)
 
 

@@ -664,6 +664,8 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     without its lists, blocks and preallocated rows, bit for bit with torch's row sums
     (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
     (:func:`~shiftsim.optim._kernels.row_dots`); the same bits however the rows are split.
+    With the native code the first moment's lerp shares the sums' pass and the per-member
+    numbers are one call (:func:`~shiftsim.optim._native.momo_coefs`), torch's bits.
     [speed] One thread, in-process toggle, the same traces (torch's row sums and one segment,
     before the native ones): the MoMo group of a single run (a 64-unit digits MLP) 0.30 ->
     0.21 ms a step (the run 0.77x), 5 members 0.42 -> 0.26, 130 members 2.08 -> 1.68 ms (the
@@ -673,11 +675,17 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     beta, wd = hp["beta"], hp["weight_decay"]
     f = _loss_tensor(loss, loss_avg, 1)
     w = host(one_minus, beta)
-    if isinstance(w, Tensor):
-        torch._foreach_lerp_(D, G, [bc(w, d, 1) for d in D])
-    else:
-        torch._foreach_lerp_(D, G, w)
-    dd, xg, xd = row_dots((D, P, G), ((0, 0), (1, 2), (1, 0)))
+    pairs = ((0, 0), (1, 2), (1, 0))
+    # the first moment moved toward the gradient in the sums' pass (torch's lerp bit for bit),
+    # else by torch and then summed
+    sums = _native.row_sums((D, P, G), pairs, lerp=(0, 2, w))
+    if sums is None:
+        if isinstance(w, Tensor):
+            torch._foreach_lerp_(D, G, [bc(w, d, 1) for d in D])
+        else:
+            torch._foreach_lerp_(D, G, w)
+        sums = row_dots((D, P, G), pairs)
+    dd, xg, xd = sums
     # the per-member numbers (the loss average, gamma, the step size) in one native call
     # (torch's bits), else torch's operations
     lr = hp["lr"]

@@ -117,3 +117,46 @@ TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
 
 MOMO_COEFS(shiftsim_momo_coefs_f32, float)
 MOMO_COEFS(shiftsim_momo_coefs_f64, double)
+
+/* TAM's update of the members' rows after the coefficients (shiftsim.optim.tam._tam_rows): for
+ * row k of S segments (segment s of each tensor at x[s] + k * ld[s], len[s] elements),
+ * m <- lerp(m, g, w[k]) (torch's _foreach_lerp_), then p <- p * shrink (decoupled weight
+ * decay's _foreach_mul_, when shrink is not NULL), then p <- p + m step[k] (_foreach_addcmul_:
+ * one fused multiply-add), element by element in one pass instead of three. */
+#define TAM_UPDATE(NAME, T, FMA, ABS)                                                        \
+    void NAME(int S, const int64_t *len, T **p, const int64_t *p_ld, const T **g,            \
+              const int64_t *g_ld, T **m, const int64_t *m_ld, int64_t K, const T *w,        \
+              const T *step, const T *shrink, int64_t shrink_s)                             \
+    {                                                                                       \
+        for (int64_t k = 0; k < K; k++) {                                                   \
+            const T wk = w[k], wm1 = wk - (T)1, sk = step[k];                               \
+            const int small = ABS(wk) < (T)0.5;                                             \
+            const T fk = shrink ? shrink[k * shrink_s] : (T)1;                              \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *pp = p[s] + k * p_ld[s], *mp = m[s] + k * m_ld[s];                       \
+                const T *gp = g[s] + k * g_ld[s];                                           \
+                const int64_t n = len[s];                                                   \
+                if (small && shrink)                                                        \
+                    for (int64_t e = 0; e < n; e++) {                                       \
+                        const T mv = FMA(wk, gp[e] - mp[e], mp[e]);                         \
+                        mp[e] = mv;                                                         \
+                        pp[e] = FMA(mv, sk, pp[e] * fk);                                    \
+                    }                                                                       \
+                else if (small)                                                             \
+                    for (int64_t e = 0; e < n; e++) {                                       \
+                        const T mv = FMA(wk, gp[e] - mp[e], mp[e]);                         \
+                        mp[e] = mv;                                                         \
+                        pp[e] = FMA(mv, sk, pp[e]);                                         \
+                    }                                                                       \
+                else                                                                        \
+                    for (int64_t e = 0; e < n; e++) {                                       \
+                        const T mv = FMA(wm1, gp[e] - mp[e], gp[e]);                        \
+                        mp[e] = mv;                                                         \
+                        pp[e] = FMA(mv, sk, shrink ? pp[e] * fk : pp[e]);                   \
+                    }                                                                       \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+TAM_UPDATE(shiftsim_tam_update_f32, float, fmaf, fabsf)
+TAM_UPDATE(shiftsim_tam_update_f64, double, fma, fabs)

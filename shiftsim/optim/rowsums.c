@@ -9,6 +9,12 @@
  * Each tensor is read once however many pairs use it, where torch writes a product and then
  * sums it, for every pair.
  *
+ * Optionally a tensor is first moved toward another in the same pass: with lt >= 0, each
+ * element of tensor lt becomes lerp(x[lt], x[lg], w[k]) (torch's lerp, one fused multiply-add:
+ * x + w (y - x) for |w| < 0.5, else y + (w - 1)(y - x)) just before the sums read it, so that
+ * the sums are those of the updated tensor (MoMo's first moment, updated and summed in one
+ * pass instead of two).
+ *
  * The order of the additions is fixed by the element's place i in the whole row alone: 16
  * lanes (element i goes to lane i % 16, each lane adding its elements in order of i), float32
  * lanes summed over blocks of 256 elements and then added into float64 lanes (float64 inputs:
@@ -18,6 +24,7 @@
  * how the row is split into segments, or the vector width the compiler picks. Built by
  * shiftsim.optim._native.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -61,6 +68,20 @@ static inline double lanes_total(double *s)
         for (int q = 0; q < P; q++)                                                         \
             ACC[q][(i + e) % LANES] += a[q][e] * b[q][e];
 
+/* Tensor lt's elements i .. stop - 1 of row k moved toward tensor lg's (see the top). */
+#define LERP_PIECE(T, FMA, ABS)                                                              \
+    if (lt >= 0) {                                                                          \
+        T *dst = (T *)x[lt * S + s] + k * ld[lt * S + s] + (i - base);                      \
+        const T *src = x[lg * S + s] + k * ld[lg * S + s] + (i - base);                     \
+        const T wk = lw[k * lw_s], wm1 = wk - (T)1;                                         \
+        if (ABS(wk) < (T)0.5)                                                               \
+            for (int64_t e = 0; e < stop - i; e++)                                          \
+                dst[e] = FMA(wk, src[e] - dst[e], dst[e]);                                  \
+        else                                                                                \
+            for (int64_t e = 0; e < stop - i; e++)                                          \
+                dst[e] = FMA(wm1, src[e] - dst[e], src[e]);                                 \
+    }
+
 static inline __attribute__((always_inline)) void zero_lanes(const int P, double total[MAXP][LANES])
 {
     for (int q = 0; q < P; q++)
@@ -70,7 +91,8 @@ static inline __attribute__((always_inline)) void zero_lanes(const int P, double
 
 static inline __attribute__((always_inline)) void
 rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int64_t *len,
-         const int *pa, const int *pb, int64_t K, int64_t n, float *out, int64_t out_ld)
+         const int *pa, const int *pb, int64_t K, int64_t n, float *out, int64_t out_ld,
+         const int lt, const int lg, const float *lw, const int64_t lw_s)
 {
     for (int64_t k = 0; k < K; k++) {
         double total[MAXP][LANES];
@@ -86,6 +108,7 @@ rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int
             for (int64_t i = i0; i < i1;) {
                 SEGMENT_POINTERS(float)
                 const int64_t stop = seg_end < i1 ? seg_end : i1;
+                LERP_PIECE(float, fmaf, fabsf)
                 int64_t e = 0; /* elements of this piece done */
                 ONE_BY_ONE(part, i + e < stop && (i + e) % LANES)
                 if (i + e + LANES <= stop) {
@@ -118,7 +141,8 @@ rows_f32(const int P, const float **x, const int64_t *ld, const int S, const int
 
 static inline __attribute__((always_inline)) void
 rows_f64(const int P, const double **x, const int64_t *ld, const int S, const int64_t *len,
-         const int *pa, const int *pb, int64_t K, int64_t n, double *out, int64_t out_ld)
+         const int *pa, const int *pb, int64_t K, int64_t n, double *out, int64_t out_ld,
+         const int lt, const int lg, const double *lw, const int64_t lw_s)
 {
     for (int64_t k = 0; k < K; k++) {
         double total[MAXP][LANES];
@@ -127,6 +151,8 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int S, const in
         int64_t base = 0;
         for (int64_t i = 0; i < n;) {
             SEGMENT_POINTERS(double)
+            const int64_t stop = seg_end;
+            LERP_PIECE(double, fma, fabs)
             int64_t e = 0;
             ONE_BY_ONE(total, i + e < seg_end && (i + e) % LANES)
             if (i + e + LANES <= seg_end) {
@@ -150,19 +176,26 @@ rows_f64(const int P, const double **x, const int64_t *ld, const int S, const in
 
 /* The entry points, one per dtype: 0 when done, -1 for a pair count outside 1..MAXP or a
  * segment count below 1 (each pair count its own instance of the loops, so that the
- * accumulators stay in registers). n: the row's length, the sum of the S segments' lengths. */
+ * accumulators stay in registers). n: the row's length, the sum of the S segments' lengths.
+ * lt, lg, lw, lw_s: the optional lerp (lt = -1: none; lw: one weight per row, lw_s = 1, or
+ * one for all, lw_s = 0). */
 #define ENTRY(T, SUFFIX)                                                                     \
     int shiftsim_rowsums_##SUFFIX(const T **x, const int64_t *ld, int S, const int64_t *len, \
                                   int npairs, const int *pa, const int *pb, int64_t K,       \
-                                  int64_t n, T *out, int64_t out_ld)                         \
+                                  int64_t n, T *out, int64_t out_ld, int lt, int lg,         \
+                                  const T *lw, int64_t lw_s)                                 \
     {                                                                                        \
         if (S < 1)                                                                           \
             return -1;                                                                       \
         switch (npairs) {                                                                    \
-        case 1: rows_##SUFFIX(1, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
-        case 2: rows_##SUFFIX(2, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
-        case 3: rows_##SUFFIX(3, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
-        case 4: rows_##SUFFIX(4, x, ld, S, len, pa, pb, K, n, out, out_ld); return 0;        \
+        case 1: rows_##SUFFIX(1, x, ld, S, len, pa, pb, K, n, out, out_ld, lt, lg, lw, lw_s); \
+                return 0;                                                                    \
+        case 2: rows_##SUFFIX(2, x, ld, S, len, pa, pb, K, n, out, out_ld, lt, lg, lw, lw_s); \
+                return 0;                                                                    \
+        case 3: rows_##SUFFIX(3, x, ld, S, len, pa, pb, K, n, out, out_ld, lt, lg, lw, lw_s); \
+                return 0;                                                                    \
+        case 4: rows_##SUFFIX(4, x, ld, S, len, pa, pb, K, n, out, out_ld, lt, lg, lw, lw_s); \
+                return 0;                                                                    \
         default: return -1;                                                                  \
         }                                                                                    \
     }
@@ -172,4 +205,4 @@ ENTRY(double, f64)
 
 /* The source's version, part of the cache key (bump on any change of the numbers or of the
  * entry points' arguments). */
-int shiftsim_rowsums_version(void) { return 3; }
+int shiftsim_rowsums_version(void) { return 4; }

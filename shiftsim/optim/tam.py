@@ -540,8 +540,10 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     another. The numbers of :func:`tam` with ``momentum_scale`` and ``momentum_sqnorm`` (a
     model-wide cosine, ``learner_dims=1``) without its blocks, bit for bit with torch's row
     sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`); the
-    same bits however the rows are split into segments. [speed] With torch's row sums, against
-    the plain momentum the fleet stepped before, it reads the momentum twice less per step
+    same bits however the rows are split into segments. With the native code, the per-member
+    numbers and the update's pass are native too (:func:`~shiftsim.optim._native.tam_coefs`,
+    :func:`~shiftsim.optim._native.tam_update`: torch's bits). [speed] With torch's row sums,
+    against the plain momentum the fleet stepped before, it reads the momentum twice less per step
     (no :math:`\lVert m\rVert^2` pass, a lerp instead of a scale and an add) for a few more
     ``(K,)``-sized operations, and without the generic kernel's lists the step makes fewer
     operations than before: one thread, in-process toggle, the TAM group of a single run (a
@@ -564,10 +566,13 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
         part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
         d = _smooth([part], [scale], shat, gamma, "global")
         w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
+    shrink = host(decay_factor, lr, wd) if decay and decoupled else None
+    if _native.tam_update(P, G, M, w, step, shrink):  # one pass, torch's bits
+        return d
     w_col = w.view(-1, 1)
     torch._foreach_lerp_(M, G, [w_col] * len(M))
-    if decay and decoupled:
-        foreach_scale_(P, host(decay_factor, lr, wd), 1)
+    if shrink is not None:
+        foreach_scale_(P, shrink, 1)
     step_col = step.view(-1, 1)
     torch._foreach_addcmul_(P, M, [step_col] * len(P))
     return d
