@@ -379,3 +379,36 @@ def test_cache_folder_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert _native.cache_dir() == tmp_path / "x" / "shiftsim"
 
+
+
+def test_the_layout_of_the_same_tensors_is_measured_once(native):
+    """A second call on the same tensors reuses the first one's layout (pointers and
+    strides); new tensors, or a tensor whose storage was replaced, are measured again, and the
+    sums follow them."""
+    gen = torch.Generator().manual_seed(5)
+    a, b = (list(torch.randn(3, 40, generator=gen).split([15, 25], 1)) for _ in range(2))
+    first = _native._layout((a, b))
+    assert first is not None and _native._layout((a, b)) is first
+    c = [t.clone() for t in a]
+    assert _native._layout((c, b)) is not first
+    a[1].data = torch.randn(3, 25, generator=gen)  # the same tensor object, new storage
+    again = _native._layout((a, b))
+    assert again is not first and again.ptrs[1] == a[1].data_ptr()
+    whole_a, whole_b = torch.cat(a, 1), torch.cat(b, 1)
+    got = _native.row_sums((a, b), ((0, 1),))[0]
+    assert torch.equal(got, _native.row_sums((whole_a, whole_b), ((0, 1),))[0])
+
+
+def test_layouts_of_dead_tensors_are_not_reused(native):
+    """Tensors that died may leave their ids to new ones: a kept layout is only reused for the
+    tensor objects it was made for (weak references), so the sums of new tensors are theirs."""
+    import gc
+
+    for i in range(20):
+        gen = torch.Generator().manual_seed(i)
+        ts = [torch.randn(2, 10 + i % 3, generator=gen) for _ in range(2)]
+        want = (ts[0].double() * ts[1].double()).sum(1)
+        got = _native.row_sums(ts, ((0, 1),))[0]
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)
+        del ts
+        gc.collect()

@@ -61,6 +61,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -316,36 +317,16 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
         arrays = _pairs(pairs, len(tensors))
         if arrays is None:
             return None
-    if len(tensors) > MAX_TENSORS:
+    if len(tensors) > MAX_TENSORS or not tensors:
         return None
-    first = tensors[0]
-    split = not isinstance(first, Tensor)
-    segments = list(first) if split else [first]
-    if not segments:
-        return None
-    dtype, K = segments[0].dtype, segments[0].shape[0]
-    if dtype not in _DTYPES:
-        return None
-    shapes = []
-    for seg in segments:
-        if seg.dim() != 2 or seg.shape[0] != K:
-            return None
-        shapes.append(seg.shape)
-    ptrs, lds = [], []
+    split = not isinstance(tensors[0], Tensor)
     for t in tensors:
         if isinstance(t, Tensor) is split:  # all tensors whole, or all as segments
             return None
-        segs = t if split else (t,)
-        if len(segs) != len(shapes):
-            return None
-        for seg, shape in zip(segs, shapes):
-            if seg.dtype is not dtype or seg.shape != shape or not seg.is_cpu:
-                return None
-            ld, inner = seg.stride()
-            if inner != 1 and shape[1] > 1:
-                return None
-            ptrs.append(seg.data_ptr())
-            lds.append(ld)
+    layout = _layout(tensors if split else [(t,) for t in tensors])  # type: ignore[misc]
+    if layout is None:
+        return None
+    dtype, K = layout.dtype, layout.K
     lib = _lib if _state is not None else _library()  # built only for inputs it can sum
     if lib is None:
         return None
@@ -356,8 +337,7 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
         if hyper is None or not (0 <= t < len(tensors) and 0 <= u < len(tensors)) or t == u:
             return None
         moved = (t, u, *hyper)
-    lens = [shape[1] for shape in shapes]
-    n = sum(lens)
+    n = layout.n
     kept = getattr(_thread, "outs", None)
     if kept is None:
         kept = _thread.outs = {}
@@ -369,48 +349,124 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
     fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
-    seg_lens = _lengths(lens)
     parts = 1 if K * n * len(tensors) < SPLIT_FROM else _parts(K)
     if parts == 1:
-        _call(fn, ptrs, lds, seg_lens, arrays, 0, K, n, out, K, moved)
+        _call(fn, layout, arrays, 0, K, out, moved)
         return views
     # rows are independent: the same bits whichever thread sums a row
     bounds = [K * i // parts for i in range(parts + 1)]
-    futures = [_pool().submit(_call, fn, ptrs, lds, seg_lens, arrays, lo, hi, n, out, K, moved)
+    futures = [_pool().submit(_call, fn, layout, arrays, lo, hi, out, moved)
                for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    _call(fn, ptrs, lds, seg_lens, arrays, 0, bounds[1], n, out, K, moved)
+    _call(fn, layout, arrays, 0, bounds[1], out, moved)
     for fut in futures:
         fut.result()
     return views
 
 
-def _lengths(lens: list[int]) -> ctypes.Array:
-    """The segments' lengths as a C int64 array (kept by the lengths)."""
-    key = tuple(lens)
-    arr = _length_arrays.get(key)
-    if arr is None:
-        if len(_length_arrays) >= 64:
-            _length_arrays.clear()
-        arr = _length_arrays[key] = (ctypes.c_int64 * len(key))(*key)
-    return arr
+class _Layout:
+    """Where a call's tensors lie: each given as S segments ``(K, n_s)`` (split alike), their
+    data pointers and row strides (tensor by tensor, segment by segment) and C arrays of those
+    and of the segments' lengths, made once per set of tensors (:func:`_layout`)."""
+
+    __slots__ = ("dtype", "K", "lens", "n", "ptrs", "lds", "c_ptrs", "c_lds", "c_lens",
+                 "_each")
+
+    def __init__(self, dtype: torch.dtype, K: int, lens: list[int], ptrs: list[int],
+                 lds: list[int]) -> None:
+        self.dtype, self.K, self.lens, self.n = dtype, K, lens, sum(lens)
+        self.ptrs, self.lds = ptrs, lds
+        self.c_ptrs = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        self.c_lds = (ctypes.c_int64 * len(lds))(*lds)
+        self.c_lens = (ctypes.c_int64 * len(lens))(*lens)
+        self._each: list[tuple[ctypes.Array, ctypes.Array]] | None = None
+
+    def each(self) -> list[tuple[ctypes.Array, ctypes.Array]]:
+        """Each tensor's own C arrays of pointers and strides (made once)."""
+        if self._each is None:
+            S = len(self.lens)
+            self._each = [self.rows_from(0, 0, j, 1) for j in range(len(self.ptrs) // S)]
+        return self._each
+
+    def rows_from(self, lo: int, size: int, first: int = 0, count: int | None = None
+                  ) -> tuple[ctypes.Array, ctypes.Array]:
+        """The pointers (and strides) of tensors ``first .. first + count - 1`` moved to row
+        ``lo`` (elements of ``size`` bytes)."""
+        S = len(self.lens)
+        stop = len(self.ptrs) if count is None else (first + count) * S
+        ptrs, lds = self.ptrs[first * S:stop], self.lds[first * S:stop]
+        return ((ctypes.c_void_p * len(ptrs))(*[p + lo * ld * size for p, ld in zip(ptrs, lds)]),
+                (ctypes.c_int64 * len(lds))(*lds))
 
 
-_length_arrays: dict[tuple[int, ...], ctypes.Array] = {}
+def _measure(lists: Sequence[Sequence[Tensor]]) -> _Layout | None:
+    """The :class:`_Layout` of ``lists`` (each tensor's segments), or None unless they are CPU
+    tensors of one float32/float64 dtype, each list split alike into ``(K, n_s)`` segments with
+    contiguous rows."""
+    first = lists[0]
+    if not first or first[0].dim() != 2:
+        return None
+    dtype, K = first[0].dtype, first[0].shape[0]
+    if dtype not in _DTYPES:
+        return None
+    lens = []
+    for seg in first:
+        if seg.dim() != 2 or seg.shape[0] != K:
+            return None
+        lens.append(seg.shape[1])
+    ptrs, lds = [], []
+    for segs in lists:
+        if len(segs) != len(lens):
+            return None
+        for seg, n in zip(segs, lens):
+            if not isinstance(seg, Tensor) or seg.dtype is not dtype or seg.dim() != 2 \
+                    or seg.shape[0] != K or seg.shape[1] != n or not seg.is_cpu:
+                return None
+            ld, inner = seg.stride()
+            if inner != 1 and n > 1:
+                return None
+            ptrs.append(seg.data_ptr())
+            lds.append(ld)
+    return _Layout(dtype, K, lens, ptrs, lds)
 
 
-def _call(fn: Any, ptrs: list[int], lds: list[int], seg_lens: ctypes.Array,
-          arrays: tuple[Any, Any, int], lo: int, hi: int, n: int, out: Tensor, K: int,
+_layouts: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], _Layout]] = {}
+
+
+def _layout(lists: Sequence[Sequence[Tensor]]) -> _Layout | None:
+    """:func:`_measure`, kept for the same tensors: a call on the tensor objects of an earlier
+    one, each still at the data pointer it had then, reuses that call's layout (checked by
+    weak references and the pointers; the fleet's row kernels call with the same tensors every
+    step, and none of them changes its shape or strides in place). [speed] The checks of a
+    step's 18 segments cost about as much as the native call on a small model."""
+    flat = [seg for segs in lists for seg in segs]
+    key = (*map(len, lists), -1, *map(id, flat))
+    hit = _layouts.get(key)
+    if hit is not None:
+        refs, layout = hit
+        if all(r() is t for r, t in zip(refs, flat)) \
+                and all(t.data_ptr() == p for t, p in zip(flat, layout.ptrs)):
+            return layout
+    layout = _measure(lists)
+    if layout is not None:
+        if len(_layouts) >= 64:
+            _layouts.clear()
+        _layouts[key] = (tuple(weakref.ref(t) for t in flat), layout)
+    return layout
+
+
+def _call(fn: Any, layout: _Layout, arrays: tuple[Any, Any, int], lo: int, hi: int, out: Tensor,
           moved: tuple[int, int, int, int]) -> None:
     """Rows ``lo:hi`` (ctypes releases the GIL during the call); ``moved``: the lerp's
     ``(tensor, toward, weight pointer, weight stride)`` (tensor -1: none)."""
     size = out.element_size()
     t, u, weight, weight_step = moved
+    c_ptrs, c_lds = layout.c_ptrs, layout.c_lds
     if lo:
-        ptrs = [p + lo * ld * size for p, ld in zip(ptrs, lds)]
+        c_ptrs, c_lds = layout.rows_from(lo, size)
         weight += lo * weight_step * size
-    rc = fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(lds))(*lds),
-            len(seg_lens), seg_lens, len(arrays[0]), arrays[0], arrays[1], hi - lo, n,
-            out.data_ptr() + lo * size, K, t, u, weight or None, weight_step)
+    rc = fn(c_ptrs, c_lds, len(layout.lens), layout.c_lens, len(arrays[0]), arrays[0],
+            arrays[1], hi - lo, layout.n, out.data_ptr() + lo * size, layout.K, t, u,
+            weight or None, weight_step)
     if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
         raise RuntimeError(f"native row sums failed (code {rc})")
 
@@ -563,37 +619,6 @@ def momo_coefs(loss: Tensor, loss_avg: Tensor, beta: object, weight: object, xg:
     return tau, neg
 
 
-def _segments(lists: Sequence[Sequence[Tensor]], dtype: torch.dtype
-              ) -> tuple[list[int], list[list[int]], list[list[int]]] | None:
-    """The segments' lengths and each list's pointers and row strides, where every list holds
-    CPU ``(K, n_s)`` tensors of ``dtype`` with contiguous rows, split alike; else None."""
-    first = lists[0]
-    if not first or any(len(ts) != len(first) for ts in lists):
-        return None
-    K = first[0].shape[0] if first[0].dim() == 2 else -1
-    lens = []
-    for seg in first:
-        if seg.dim() != 2 or seg.shape[0] != K:
-            return None
-        lens.append(seg.shape[1])
-    ptrs: list[list[int]] = []
-    lds: list[list[int]] = []
-    for ts in lists:
-        p, d = [], []
-        for seg, n in zip(ts, lens):
-            if seg.dtype is not dtype or seg.dim() != 2 or seg.shape[0] != K \
-                    or seg.shape[1] != n or not seg.is_cpu:
-                return None
-            ld, inner = seg.stride()
-            if inner != 1 and n > 1:
-                return None
-            p.append(seg.data_ptr())
-            d.append(ld)
-        ptrs.append(p)
-        lds.append(d)
-    return lens, ptrs, lds
-
-
 def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w: Tensor,
                step: Tensor, shrink: object = None) -> bool:
     r"""TAM's row update in one pass (:func:`~shiftsim.optim.tam._tam_rows`): for the members'
@@ -611,28 +636,24 @@ def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w:
     K = w.numel()
     if lib is None or not (_vector(w, K, dtype) and _vector(step, K, dtype)):
         return False
-    found = _segments((P, G, M), dtype)
-    if found is None or P[0].shape[0] != K:
+    layout = _layout((P, G, M))
+    if layout is None or layout.dtype is not dtype or layout.K != K:
         return False
-    lens, (pp, gp, mp), (pl, gl, ml) = found
     factor = (0, 0) if shrink is None else _hyper(shrink, K, dtype)
     if factor is None:
         return False
     fn = lib.shiftsim_tam_update_f32 if dtype is torch.float32 else lib.shiftsim_tam_update_f64
-    S, size = len(lens), w.element_size()
-    arr = ctypes.c_void_p * S
-    i64 = ctypes.c_int64 * S
-    seg_lens, p_ld, g_ld, m_ld = i64(*lens), i64(*pl), i64(*gl), i64(*ml)
+    S, size = len(layout.lens), w.element_size()
+    each = layout.each()
+    c_ld = [lds for _, lds in each]
 
     def rows(lo: int, hi: int) -> None:
-        def at(ptrs: list[int], lds: list[int]) -> ctypes.Array:
-            return arr(*[p + lo * ld * size for p, ld in zip(ptrs, lds)])
-
-        fn(S, seg_lens, at(pp, pl), p_ld, at(gp, gl), g_ld, at(mp, ml), m_ld, hi - lo,
+        p, g, m = (layout.rows_from(lo, size, j, 1)[0] if lo else each[j][0] for j in range(3))
+        fn(S, layout.c_lens, p, c_ld[0], g, c_ld[1], m, c_ld[2], hi - lo,
            w.data_ptr() + lo * size, step.data_ptr() + lo * size,
            (factor[0] + lo * factor[1] * size) or None, factor[1])
 
-    parts = 1 if K * sum(lens) * 3 < SPLIT_FROM else _parts(K)
+    parts = 1 if K * layout.n * 3 < SPLIT_FROM else _parts(K)
     if parts == 1:
         rows(0, K)
         return True
