@@ -510,7 +510,7 @@ def _pool() -> ThreadPoolExecutor:
 def _vector(t: object, K: int, dtype: torch.dtype) -> bool:
     """Whether ``t`` is a CPU tensor of ``dtype`` whose K elements lie one after another."""
     return isinstance(t, Tensor) and t.dtype is dtype and t.is_cpu and t.numel() == K \
-        and (K == 1 or t.stride(-1) == 1) and t.is_contiguous()
+        and t.is_contiguous()
 
 
 _hyper_arrays: dict[tuple[float, torch.dtype], Tensor] = {}
