@@ -83,3 +83,18 @@ def torch_row_sums(monkeypatch):
     yield
     monkeypatch.undo()
     _native._reset()
+
+
+@pytest.fixture()
+def native(monkeypatch):
+    """The native code of ``shiftsim.optim._native`` on (skipped where no C compiler builds
+    it), forgotten afterwards."""
+    from shiftsim.optim import _native
+
+    monkeypatch.setenv(_native.ENV, "1")
+    _native._reset()
+    if not _native.available():
+        pytest.skip(f"native code: {_native.status()}")
+    yield
+    monkeypatch.undo()
+    _native._reset()

@@ -21,17 +21,6 @@ DTYPES = [torch.float32, torch.float64]
 MEMBERS = [1, 7, 16, 17, 32, 45]
 
 
-@pytest.fixture()
-def native(monkeypatch):
-    monkeypatch.setenv(_native.ENV, "1")
-    _native._reset()
-    if not _native.available():
-        pytest.skip(f"native code: {_native.status()}")
-    yield
-    monkeypatch.undo()
-    _native._reset()
-
-
 def _same(got, want):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)

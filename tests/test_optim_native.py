@@ -22,18 +22,6 @@ PAIRS = ((0, 0), (1, 2), (1, 0))
 
 
 @pytest.fixture()
-def native(monkeypatch):
-    """The native sums on (skipped where no C compiler builds them), forgotten afterwards."""
-    monkeypatch.setenv(_native.ENV, "1")
-    _native._reset()
-    if not _native.available():
-        pytest.skip(f"native row sums: {_native.status()}")
-    yield
-    monkeypatch.undo()
-    _native._reset()
-
-
-@pytest.fixture()
 def fresh(monkeypatch, tmp_path):
     """An empty cache folder and no decision yet (the build-failure tests)."""
     monkeypatch.setenv("SHIFTSIM_CACHE", str(tmp_path / "cache"))
