@@ -1,4 +1,6 @@
-"""Native row sums: several per-row inner products of ``(K, n)`` tensors in one pass over them.
+"""Native code for the fleet's row kernels: per-row inner products of ``(K, n)`` tensors in one
+pass over them (:func:`row_sums`), TAM's and MoMo's per-member arithmetic (:func:`tam_coefs`,
+:func:`momo_coefs`) and TAM's update in one pass (:func:`tam_update`).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
