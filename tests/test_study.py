@@ -409,12 +409,20 @@ def kill_file(tmp_path_factory):
     return f
 
 
+def _default_sigint():
+    """In the child: Ctrl-C as a terminal delivers it. A test suite started in the background
+    by a non-interactive shell (``make test &``) inherits SIGINT ignored, and so would the
+    study, which then rightly ignores the tests' Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(study_file, out, log, *extra):
     """`shiftsim study` (2 workers) as a subprocess in its own session and process group."""
     return subprocess.Popen(
         [sys.executable, "-m", "shiftsim.cli", "study", str(study_file), "--out", str(out),
          "--workers", "2", "--quiet", *extra],
-        cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint)
 
 
 def _summaries(out):
