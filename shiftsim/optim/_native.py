@@ -438,8 +438,8 @@ def _layout(lists: Sequence[Sequence[Tensor]]) -> _Layout | None:
     """:func:`_measure`, kept for the same tensors: a call on the tensor objects of an earlier
     one, each still at the data pointer it had then, reuses that call's layout (checked by
     weak references and the pointers; the fleet's row kernels call with the same tensors every
-    step, and none of them changes its shape or strides in place). [speed] The checks of a
-    step's 18 segments cost about as much as the native call on a small model."""
+    step, and none of them changes its shape or strides in place). [speed] :func:`row_sums` on
+    tiny rows (3 tensors x 6 segments, one thread): 25.5 -> 12.5 us a call."""
     flat = [seg for segs in lists for seg in segs]
     key = (*map(len, lists), -1, *map(id, flat))
     hit = _layouts.get(key)
