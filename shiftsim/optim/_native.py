@@ -312,8 +312,9 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
     a row's sums are the same bits whichever thread computes them.
 
     ``lerp=(t, u, w)``: first move tensor ``t`` toward tensor ``u`` in place, in the same pass,
-    ``x_t <- lerp(x_t, x_u, w)`` (torch's ``lerp_`` bit for bit; ``w`` a float or one weight per
-    row), and sum the moved values. With None returned nothing was moved."""
+    ``x_t <- lerp(x_t, x_u, w)`` (torch's ``lerp_`` bit for bit where torch's kernel fuses its
+    multiply-add, as :func:`tam_coefs` says; ``w`` a float or one weight per row), and sum the
+    moved values. With None returned nothing was moved."""
     arrays = _pair_arrays.get(pairs) if isinstance(pairs, tuple) else None
     if arrays is None or arrays[2] >= len(tensors):
         arrays = _pairs(pairs, len(tensors))
@@ -351,18 +352,23 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
     fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
-    parts = 1 if K * n * len(tensors) < SPLIT_FROM else _parts(K)
+    _by_rows(K, K * n * len(tensors), lambda lo, hi: _call(fn, layout, arrays, lo, hi, out, moved))
+    return views
+
+
+def _by_rows(K: int, elements: int, call: Any) -> None:
+    """``call(lo, hi)`` for rows ``lo:hi`` of ``K``: all at once below :data:`SPLIT_FROM`
+    ``elements``, else the rows split across torch's thread count, the caller's thread taking
+    the first part (rows are independent: the same bits whichever thread computes a row)."""
+    parts = 1 if elements < SPLIT_FROM else _parts(K)
     if parts == 1:
-        _call(fn, layout, arrays, 0, K, out, moved)
-        return views
-    # rows are independent: the same bits whichever thread sums a row
+        call(0, K)
+        return
     bounds = [K * i // parts for i in range(parts + 1)]
-    futures = [_pool().submit(_call, fn, layout, arrays, lo, hi, out, moved)
-               for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    _call(fn, layout, arrays, 0, bounds[1], out, moved)
+    futures = [_pool().submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    call(0, bounds[1])
     for fut in futures:
         fut.result()
-    return views
 
 
 class _Layout:
@@ -631,8 +637,9 @@ def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w:
     rows given as segments (lists of ``(K, n_s)`` tensors, split alike, as :func:`row_sums`
     takes them), ``M <- lerp(M, G, w)``, then ``P <- P * shrink`` (when given: a float or one
     factor per member) and ``P <- P + M * step``, with ``w`` and ``step`` ``(K,)``. torch's
-    ``_foreach_lerp_``, ``_foreach_mul_`` and ``_foreach_addcmul_`` bit for bit (tested), in
-    one pass over the rows instead of three. Returns False, changing nothing, where it does not
+    ``_foreach_lerp_``, ``_foreach_mul_`` and ``_foreach_addcmul_`` bit for bit where torch's
+    kernels fuse their multiply-adds (tested; see :func:`tam_coefs`), in one pass over the
+    rows instead of three. Returns False, changing nothing, where it does not
     apply (the native code off or unavailable; other shapes, dtypes or devices); the caller
     then uses torch."""
     if not P:
@@ -659,13 +666,5 @@ def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w:
            w.data_ptr() + lo * size, step.data_ptr() + lo * size,
            (factor[0] + lo * factor[1] * size) or None, factor[1])
 
-    parts = 1 if K * layout.n * 3 < SPLIT_FROM else _parts(K)
-    if parts == 1:
-        rows(0, K)
-        return True
-    bounds = [K * i // parts for i in range(parts + 1)]  # rows are independent
-    futures = [_pool().submit(rows, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    rows(0, bounds[1])
-    for fut in futures:
-        fut.result()
+    _by_rows(K, K * layout.n * 3, rows)
     return True
