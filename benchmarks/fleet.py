@@ -28,11 +28,23 @@ where one more run's step goes: the model, each optimizer group, and the rest.
 
     python benchmarks/fleet.py --peak [--k 32] [--hidden 128,128] [--steps 400]
                                [--optimizers sgdm,tam,adam,momo] [--threads 2] [--rounds 5]
+
+--peak --processes N instead splits the K members into N near-equal fleets, each in its own
+spawn-started process with one torch thread, all started together each round (a round's time
+is the wall time until the last one finishes), against torch.bmm with N threads (--threads
+overrides) running all K members' matmuls: N cores used either way. This is how a study runs
+such members on N cores (``Study.run(workers=N, fleet=True)``: one-thread worker processes;
+32 runs of one scenario and model on 2 workers become 2 fleets of 16, ``plan_fleets``). The
+members' traces are the same bits as in one fleet (a member's trace does not depend on its
+fleet's other members). No breakdown by piece in this mode.
+
+    python benchmarks/fleet.py --peak --processes 2 [--k 32] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
@@ -108,35 +120,104 @@ def _matmuls(layers: list[tuple[int, int]], k: int, batch: int) -> Callable[[], 
     return run
 
 
-def peak(args: argparse.Namespace) -> None:
+def _peak_setup(args: argparse.Namespace
+                ) -> tuple[ss.Scenario, ss.models.ModelSpec,
+                           list[tuple[ss.optim.OptimizerSpec, int]]]:
+    """The peak fleet's scenario, model and members (optimizers cycling, seeds 0..K-1)."""
     data = ss.data.digits()
     sc = ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=args.steps // 2)
     model = ss.models.mlp(hidden=_hidden(args.hidden))
     opts = [ss.optim.spec(o) for o in args.optimizers.split(",")]
-    members = [(opts[i % len(opts)], i) for i in range(args.k)]
-    layers = _layers(model.build(data, seed=0))
+    return sc, model, [(opts[i % len(opts)], i) for i in range(args.k)]
+
+
+def _peak_worker(conn: object, args: argparse.Namespace, lo: int, hi: int) -> None:
+    """One process of --processes: members lo..hi-1 as one fleet, one torch thread; runs it once
+    (warm-up), then once per "go", answering with the seconds it took."""
+    torch.set_num_threads(1)
+    sc, model, members = _peak_setup(args)
+    members = members[lo:hi]
+    run_fleet(sc, model, members, device=args.device)
+    conn.send("ready")  # type: ignore[attr-defined]
+    while conn.recv() == "go":  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        run_fleet(sc, model, members, device=args.device)
+        conn.send(time.perf_counter() - t0)  # type: ignore[attr-defined]
+
+
+class _Processes:
+    """--processes: the members split into near-equal fleets, one spawn-started process each;
+    calling it runs them all at once and returns when the last is done."""
+
+    def __init__(self, args: argparse.Namespace, n: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        bounds = [args.k * i // n for i in range(n + 1)]
+        self.sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        self.pipes, self.procs, self.last = [], [], [0.0] * n
+        for lo, hi in zip(bounds, bounds[1:]):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_peak_worker, args=(theirs, args, lo, hi), daemon=True)
+            proc.start()
+            self.pipes.append(mine)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("a fleet process failed to start")
+
+    def __call__(self) -> None:
+        for pipe in self.pipes:
+            pipe.send("go")
+        self.last = [pipe.recv() for pipe in self.pipes]
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send("stop")
+        for proc in self.procs:
+            proc.join(timeout=30)
+
+
+def peak(args: argparse.Namespace) -> None:
+    sc, model, members = _peak_setup(args)
+    layers = _layers(model.build(sc.data, seed=0))
     steps, batch = sc.total_steps, sc.batch_size
     flops = _model_flops(layers, args.k, batch)
     mm = _matmuls(layers, args.k, batch)
     reps = 200
-    times = interleaved({
-        "fleet": lambda: run_fleet(sc, model, members, device=args.device),
-        "bmm": lambda: [mm() for _ in range(reps)],
-    }, rounds=args.rounds, warmup=1)
+    procs = _Processes(args, args.processes) if args.processes > 1 else None
+    own: list[list[float]] = []
+
+    def fleet() -> None:
+        if procs is None:
+            run_fleet(sc, model, members, device=args.device)
+        else:
+            procs()
+            own.append(procs.last)
+    try:
+        times = interleaved({"fleet": fleet, "bmm": lambda: [mm() for _ in range(reps)]},
+                            rounds=args.rounds, warmup=1)
+    finally:
+        if procs is not None:
+            procs.close()
     fleet = [flops * steps / t / 1e9 for t in times["fleet"]]
     bmm = [flops * reps / t / 1e9 for t in times["bmm"]]
     fractions = [f / b for f, b in zip(fleet, bmm)]
     dims = "-".join(str(d) for d in [layers[0][0]] + [o for _, o in layers])
+    where = (f"torch threads {torch.get_num_threads()}" if procs is None else
+             f"as {args.processes} fleets of {'/'.join(map(str, procs.sizes))} members in as "
+             f"many processes of one torch thread; bmm with {torch.get_num_threads()} threads")
     print(f"fleet vs bmm peak — K={args.k} MLPs {dims}, batch {batch}, {steps} steps, "
-          f"optimizers {args.optimizers}, torch threads {torch.get_num_threads()}, "
-          f"{args.rounds} interleaved rounds")
+          f"optimizers {args.optimizers}, {where}, {args.rounds} interleaved rounds")
     print(f"  model arithmetic {flops * steps / 1e9:.2f} GFLOP per fleet run "
           f"({flops / 1e6:.1f} MFLOP per step)")
     print(f"  fleet {median(fleet):.1f} GFLOP/s ({median(times['fleet']) / steps * 1e3:.2f} ms "
           f"per step, evaluations included); bmm {median(bmm):.1f} GFLOP/s")
     print(f"  fraction of the bmm peak: {median(fractions):.0%} (rounds: "
           + " ".join(f"{f:.0%}" for f in fractions) + ")  (goal >= 50 %)")
-    if args.device == "cpu":
+    if procs is not None:
+        each = [median([r[j] for r in own[1:]]) / steps * 1e3 for j in range(args.processes)]
+        print("  each process's own time (ms per step, median): "
+              + ", ".join(f"{t:.2f}" for t in each))
+    elif args.device == "cpu":
         breakdown(sc, model, members)
 
 
@@ -224,15 +305,22 @@ def main() -> None:
     ap.add_argument("--optimizers", default=None, help="comma-separated registry names "
                     "(default sgdm; sgdm,tam,adam,momo with --peak)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default 1; with --processes N, N for the bmm)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--study1000", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sequential-sample", type=int, default=0)
     ap.add_argument("--peak", action="store_true")
     ap.add_argument("--k", type=int, default=32, help="fleet size for --peak")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="--peak: the members as this many one-thread fleet processes")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.processes < 1 or args.processes > args.k:
+        ap.error(f"--processes must be between 1 and --k ({args.k}), got {args.processes}")
+    if args.processes > 1 and not args.peak:
+        ap.error("--processes goes with --peak")
+    torch.set_num_threads(args.threads or (args.processes if args.processes > 1 else 1))
     args.hidden = args.hidden or ("128,128" if args.peak else "64")
     args.optimizers = args.optimizers or ("sgdm,tam,adam,momo" if args.peak else "sgdm")
     if args.peak:

@@ -841,6 +841,22 @@ def test_the_peak_benchmark_runs_and_says_where_a_step_goes():
     assert "model" in piece and "tam._tam_stacked (1)" in piece and "the loop" in piece
 
 
+def test_the_peak_benchmark_runs_the_members_as_processes():
+    """``--processes 2``: the members as two one-thread fleet processes against the bmm on two
+    threads (how a study's workers run them); a process count it cannot take is one line."""
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, str(root / "benchmarks" / "fleet.py"), "--peak", "--k", "5",
+            "--steps", "20", "--rounds", "1", "--hidden", "8"]
+    out = subprocess.run(args + ["--processes", "2"], capture_output=True, text=True,
+                         timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "2 fleets of 2/3 members" in out.stdout and "bmm with 2 threads" in out.stdout
+    assert "fraction of the bmm peak" in out.stdout and "each process's own time" in out.stdout
+    bad = subprocess.run(args + ["--processes", "6"], capture_output=True, text=True,
+                         timeout=300, cwd=root)
+    assert bad.returncode == 2 and "--processes must be between 1 and --k (5), got 6" in bad.stderr
+
+
 def _row_group(name):
     """The optimizer's stacked rule, flags and members (its spec and specs with one numeric
     hyperparameter changed, those that share its group)."""

@@ -181,24 +181,26 @@ def test_off_leaves_the_arithmetic_to_torch(monkeypatch):
 def test_fleets_with_and_without_the_native_arithmetic_are_the_same(native, monkeypatch, name):
     """A fleet of 18 members (more than one vector of torch's loop) varying the learning rate
     and the momentum, over 150 steps: the same traces bit for bit whether the row kernel takes
-    its per-member numbers from the native call (counted: once a step past MoMo's first) and
-    its passes from the fused native ones (TAM's update, MoMo's lerp in the sums' pass), or
-    all of it from torch's operations."""
+    its whole step from one native call (counted: once a step past MoMo's first; its sums,
+    per-member numbers and fused passes) or all of it from torch's operations (and torch's
+    row sums' bits are compared elsewhere: the native sums stay on here)."""
     calls = {"n": 0}
-    fn = getattr(_native, f"{name}_coefs")
+    fn = getattr(_native, f"{name}_step")
 
     def counted(*args, **kwargs):
-        calls["n"] += 1
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
 
     key = "momentum" if name == "tam" else "beta"
     members = [(ss.optim.spec(name, lr=0.05 * (1 + i % 3), **{key: 0.8 + 0.01 * i}), i % 5)
                for i in range(18)]
     sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=75)
     model = ss.models.mlp(hidden=(16,))
-    monkeypatch.setattr(_native, f"{name}_coefs", counted)
+    monkeypatch.setattr(_native, f"{name}_step", counted)
     with_native = run_fleet(sc, model, members, device="cpu")
     assert calls["n"] == 150 - (name == "momo")
+    monkeypatch.setattr(_native, f"{name}_step", lambda *a, **k: None)
     monkeypatch.setattr(_native, f"{name}_coefs", lambda *a, **k: None)
     monkeypatch.setattr(_native, "tam_update", lambda *a, **k: False)
     sums = _native.row_sums
@@ -332,3 +334,177 @@ def test_float_hyperparameters_outlive_the_kept_arrays(native, monkeypatch):
                                  1 + lr * eps, False, lr)
         want = _momo_torch(f, theirs[0], theirs[1], xg, xd, dd, fstar, beta, lr, eps)
         _same(list(got) + ours, list(want) + theirs)
+
+
+# ------------------------------------------------- whole row steps (tam_step, momo_step)
+
+#: segment splits of a row: one, several (heads and tails of the 16 lanes), and a split of
+#: more segments than the native whole step takes (the caller then makes three calls)
+STEP_SPLITS = [(301,), (7, 1, 16, 17, 255, 5), (256, 45)]
+
+
+def _tam_inputs(K, widths, dtype, seed, hyper, eps0=False):
+    gen = torch.Generator().manual_seed(seed)
+    P, G, M = _rows(K, widths, dtype, gen, 3)
+    mg, gg, sq, shat, scale = _vectors(K, dtype, seed, "random")
+    sq.copy_(_native.row_sums((M,), ((0, 0),))[0])  # the kept |m|^2 of the momentum given
+    gamma, eps = _hyper(hyper, 0.9, 0.1, K, dtype), 0.0 if eps0 else _hyper(hyper, 1e-8, 1, K,
+                                                                                dtype)
+    beta, lr = _hyper(hyper, 0.9, 0.05, K, dtype), _hyper(hyper, 0.05, 1, K, dtype)
+    return [P, G, M], [sq, shat, scale], (gamma, eps, beta, lr)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", STEP_SPLITS, ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("hyper", ["float", "tensor"])
+@pytest.mark.parametrize("shrink", [None, "float", "per member"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("K", [1, 9, 17])
+def test_tam_step_is_the_three_calls_bit_for_bit(native, monkeypatch, dtype, widths, hyper,
+                                                 shrink, threads, K):
+    """:func:`_native.tam_step` (member by member: sums, numbers, update) against
+    :func:`row_sums`, :func:`tam_coefs` and :func:`tam_update` over all members in turn (each
+    tested against torch above): the same parameters, momenta, kept vectors and results, for
+    float and per-member hyperparameters, decoupled decay as a float or per member, and the
+    rows split across two threads."""
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    (P, G, M), vecs, (gamma, eps, beta, lr) = _tam_inputs(K, widths, dtype, K, hyper)
+    gen = torch.Generator().manual_seed(3)
+    factor = {None: None, "float": 0.999,
+              "per member": 1 - torch.rand(K, generator=gen, dtype=dtype) / 100}[shrink]
+    theirs = [[t.clone() for t in ts] for ts in (P, M)], [v.clone() for v in vecs]
+    (tp, tm), (tsq, tshat, tscale) = theirs
+    mg, gg = (s.clone() for s in _native.row_sums((tm, G), ((0, 1), (1, 1))))
+    args = (host(one_minus, gamma), eps, beta, host(negative, lr), _positive(eps))
+    want = [t.clone() for t in _native.tam_coefs(mg, gg, tsq, tshat, tscale, *args)]
+    assert _native.tam_update(tp, G, tm, want[1], want[2], factor)
+    got = _native.tam_step(P, G, M, *vecs, *args, factor)
+    assert got is not None
+    _same(got, want)
+    _same(P + M + vecs, tp + tm + [tsq, tshat, tscale])
+
+
+def test_tam_step_with_eps_0_is_the_three_calls(native):
+    """eps = 0: the guarded weight (sigma may be 0), the same numbers as the three calls."""
+    K, dtype = 6, torch.float32
+    (P, G, M), vecs, (gamma, eps, beta, lr) = _tam_inputs(K, (40, 9), dtype, 5, "float", True)
+    M[0][:2] = 0  # two members with m = 0 and a zero scale: sigma = c only
+    M[1][:2] = 0
+    vecs[2][:2] = 0
+    vecs[0].copy_(_native.row_sums((M,), ((0, 0),))[0])
+    tp, tm, tv = [t.clone() for t in P], [t.clone() for t in M], [v.clone() for v in vecs]
+    args = (host(one_minus, gamma), eps, beta, host(negative, lr), _positive(eps))
+    mg, gg = (s.clone() for s in _native.row_sums((tm, G), ((0, 1), (1, 1))))
+    want = [t.clone() for t in _native.tam_coefs(mg, gg, *tv, *args)]
+    assert _native.tam_update(tp, G, tm, want[1], want[2])
+    got = _native.tam_step(P, G, M, *vecs, *args)
+    _same(got, want)
+    _same(P + M + vecs, tp + tm + tv)
+
+
+def _momo_inputs(K, widths, dtype, seed, hyper, decay):
+    gen = torch.Generator().manual_seed(seed)
+    D, P, G = _rows(K, widths, dtype, gen, 3)
+    f = torch.rand(K, generator=gen, dtype=dtype) + 1
+    la, fstar = torch.rand(K, generator=gen, dtype=dtype) + 1, torch.zeros(K, dtype=dtype)
+    gam = torch.rand(1, K, generator=gen, dtype=dtype)
+    beta, lr = _hyper(hyper, 0.9, 0.05, K, dtype), _hyper(hyper, 0.3, 1, K, dtype)
+    wd = _hyper(hyper, 0.01, 1, K, dtype) if decay else 0.0
+    w, c = host(one_minus, beta), host(one_plus_product, lr, wd)
+    cap = host(_ratio, lr, 1.0, keep=False)
+    cap = cap.to(dtype) if isinstance(cap, torch.Tensor) else cap
+    shrink = host(_ratio, 1, c) if decay else None
+    return [D, P, G], [f, la, gam, fstar], (beta, w, c, _one(c), cap, shrink)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", STEP_SPLITS, ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("hyper", ["float", "tensor"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("K", [1, 9, 17])
+def test_momo_step_is_the_sums_the_numbers_and_torchs_update(native, monkeypatch, dtype, widths,
+                                                             hyper, decay, threads, K):
+    """:func:`_native.momo_step` against ``row_sums(..., lerp=)``, :func:`momo_coefs` and
+    torch's update (``_foreach_addcmul_``, then ``_foreach_mul_`` by ``1 / (1 + lr wd)``) over
+    all members in turn: the same first moments, parameters, loss averages, gammas and step
+    sizes bit for bit, float and per-member hyperparameters, with and without weight decay,
+    the rows split across two threads."""
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    (D, P, G), (f, la, gam, fstar), (beta, w, c, c_one, cap, shrink) = _momo_inputs(
+        K, widths, dtype, K + 1, hyper, decay)
+    td, tp, tla, tgam = [t.clone() for t in D], [t.clone() for t in P], la.clone(), gam.clone()
+    dd, xg, xd = (s.clone() for s in _native.row_sums((td, tp, G), ((0, 0), (1, 2), (1, 0)),
+                                                      lerp=(0, 2, w)))
+    want = [t.clone() for t in _native.momo_coefs(f, tla, beta, w, xg, xd, dd, tgam, fstar, c,
+                                                  c_one, cap)]
+    torch._foreach_addcmul_(tp, td, [want[1].view(-1, 1)] * len(tp))
+    if isinstance(shrink, torch.Tensor):
+        torch._foreach_mul_(tp, [shrink.view(-1, 1)] * len(tp))
+    elif shrink is not None:
+        torch._foreach_mul_(tp, shrink)
+    got = _native.momo_step(D, P, G, f, la, beta, w, gam, fstar, c, c_one, cap, shrink)
+    assert got is not None
+    _same(got, want)
+    _same(D + P + [la, gam], td + tp + [tla, tgam])
+
+
+def test_whole_steps_they_cannot_take_change_nothing(native):
+    """More segments than :data:`MAX_SEGMENTS`, another dtype, another member count, a
+    hyperparameter it cannot read: None, nothing changed (the row kernels then make the three
+    calls, or use torch)."""
+    K, dtype = 4, torch.float32
+    many = (2,) * (_native.MAX_SEGMENTS + 1)
+    for widths in [many, (10, 6)]:
+        (P, G, M), vecs, (gamma, eps, beta, lr) = _tam_inputs(K, widths, dtype, 0, "float")
+        before = [t.clone() for t in P + M + vecs]
+        args = [1 - gamma, eps, beta, -lr, True]
+        cases = [(P, G, M, *vecs, *args)] if widths == many else [
+            (P, G[:1], M, *vecs, *args),  # split otherwise
+            (P, G, M, *[v.double() for v in vecs], *args),  # another dtype
+            (P, G, M, *[v[:3] for v in vecs], *args),  # another member count
+            (P, G, M, *vecs, "0.1", *args[1:]),
+            (P, G, M, *vecs, *args, "0.9")]
+        for case in cases:
+            assert _native.tam_step(*case) is None
+        _same(P + M + vecs, before)
+        (D, P, G), (f, la, gam, fstar), (beta, w, c, c_one, cap, shrink) = _momo_inputs(
+            K, widths, dtype, 1, "float", True)
+        before = [t.clone() for t in D + P + [la, gam]]
+        cases = [(D, P, G, f, la, beta, w, gam, fstar, c, c_one, cap, shrink)] \
+            if widths == many else [
+            (D, P, G, f.double(), la, beta, w, gam, fstar, c, c_one, cap, shrink),
+            (D, P, G[:1], f, la, beta, w, gam, fstar, c, c_one, cap, shrink),
+            (D, P, G, f, la, beta, w, gam, fstar, c, c_one, cap, "0.9")]
+        for case in cases:
+            assert _native.momo_step(*case) is None
+        _same(D + P + [la, gam], before)
+
+
+@pytest.mark.parametrize("name", ["tam", "momo"])
+def test_fleets_with_whole_steps_and_with_three_calls_are_the_same(native, monkeypatch, name):
+    """A fleet of 18 members with per-member learning rates, momenta and (decoupled) weight
+    decay over 150 steps: the same traces bit for bit with the whole native step (counted) and
+    with the three native calls it replaces."""
+    calls = {"n": 0}
+    fn = getattr(_native, f"{name}_step")
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
+
+    key = "momentum" if name == "tam" else "beta"
+    extra = {"decoupled": True} if name == "tam" else {}
+    members = [(ss.optim.spec(name, lr=0.05 * (1 + i % 3), weight_decay=0.01 * (i % 2),
+                              **{key: 0.8 + 0.01 * i}, **extra), i % 5) for i in range(18)]
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=75)
+    model = ss.models.mlp(hidden=(16, 8))
+    monkeypatch.setattr(_native, f"{name}_step", counted)
+    whole = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == 150 - (name == "momo")
+    monkeypatch.setattr(_native, f"{name}_step", lambda *a, **k: None)
+    three = run_fleet(sc, model, members, device="cpu")
+    for a, b in zip(whole, three):
+        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
+

@@ -665,7 +665,9 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones
     (:func:`~shiftsim.optim._kernels.row_dots`); the same bits however the rows are split.
     With the native code the first moment's lerp shares the sums' pass and the per-member
-    numbers are one call (:func:`~shiftsim.optim._native.momo_coefs`), torch's bits.
+    numbers are one call (:func:`~shiftsim.optim._native.momo_coefs`), torch's bits; the
+    sums, the numbers and the update in one call where it applies
+    (:func:`~shiftsim.optim._native.momo_step`, member by member: the same bits).
     [speed] One thread, in-process toggle, the same traces (torch's row sums and one segment,
     before the native ones): the MoMo group of a single run (a 64-unit digits MLP) 0.30 ->
     0.21 ms a step (the run 0.77x), 5 members 0.42 -> 0.26, 130 members 2.08 -> 1.68 ms (the
@@ -675,6 +677,18 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     beta, wd = hp["beta"], hp["weight_decay"]
     f = _loss_tensor(loss, loss_avg, 1)
     w = host(one_minus, beta)
+    lr = hp["lr"]
+    c = host(one_plus_product, lr, wd)
+    cap = host(_ratio, lr, 1.0, keep=False)
+    if isinstance(cap, Tensor):
+        cap = cap.to(loss_avg.dtype)
+    shrink = None if is_zero(wd) else host(_ratio, 1, c)
+    # the whole step in one native call (the sums, the numbers and the update below, member
+    # by member: the same bits)
+    whole = None if not isinstance(f, Tensor) else _native.momo_step(
+        D, P, G, f, loss_avg, beta, w, gam, fstar, c, _one(c), cap, shrink)
+    if whole is not None:
+        return whole[0]
     pairs = ((0, 0), (1, 2), (1, 0))
     # the first moment moved toward the gradient in the sums' pass (torch's lerp bit for bit),
     # else by torch and then summed
@@ -688,11 +702,6 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     dd, xg, xd = sums
     # the per-member numbers (the loss average, gamma, the step size) in one native call
     # (torch's bits), else torch's operations
-    lr = hp["lr"]
-    c = host(one_plus_product, lr, wd)
-    cap = host(_ratio, lr, 1.0, keep=False)
-    if isinstance(cap, Tensor):
-        cap = cap.to(loss_avg.dtype)
     coefs = None if not isinstance(f, Tensor) else _native.momo_coefs(
         f, loss_avg, beta, w, xg, xd, dd, gam, fstar, c, _one(c), cap)
     if coefs is not None:
@@ -705,8 +714,8 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
                           norm=dd, rho=1.0, lb=hp["lb"], use_fstar=False)[0]
         neg = bc(-tau, P[0], 1)
     torch._foreach_addcmul_(P, D, [neg] * len(P))
-    if not is_zero(wd):
-        foreach_scale_(P, host(_ratio, 1, host(one_plus_product, hp["lr"], wd)), 1)
+    if shrink is not None:
+        foreach_scale_(P, shrink, 1)
     return tau
 
 

@@ -16,6 +16,7 @@
  * shiftsim.optim._native.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* torch.clamp_min(x, lo) and clamp_max(x, hi) keep NaN (and a zero's sign) */
@@ -160,3 +161,119 @@ MOMO_COEFS(shiftsim_momo_coefs_f64, double)
 
 TAM_UPDATE(shiftsim_tam_update_f32, float, fmaf, fabsf)
 TAM_UPDATE(shiftsim_tam_update_f64, double, fma, fabs)
+
+/* MoMo's update of the members' rows after the step size (shiftsim.optim.momo._momo_rows):
+ * p <- p + d neg[k] (_foreach_addcmul_: one fused multiply-add), then p <- p * shrink (the
+ * proximal weight decay's _foreach_mul_ by 1 / (1 + lr wd), when shrink is not NULL), element
+ * by element in one pass instead of two. */
+#define MOMO_UPDATE(NAME, T, FMA)                                                            \
+    void NAME(int S, const int64_t *len, T **p, const int64_t *p_ld, const T **d,            \
+              const int64_t *d_ld, int64_t K, const T *neg, const T *shrink,                 \
+              int64_t shrink_s)                                                             \
+    {                                                                                       \
+        for (int64_t k = 0; k < K; k++) {                                                   \
+            const T nk = neg[k];                                                            \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *pp = p[s] + k * p_ld[s];                                                 \
+                const T *dp = d[s] + k * d_ld[s];                                           \
+                const int64_t n = len[s];                                                   \
+                if (shrink) {                                                               \
+                    const T fk = shrink[k * shrink_s];                                      \
+                    for (int64_t e = 0; e < n; e++)                                         \
+                        pp[e] = FMA(dp[e], nk, pp[e]) * fk;                                 \
+                } else                                                                      \
+                    for (int64_t e = 0; e < n; e++)                                         \
+                        pp[e] = FMA(dp[e], nk, pp[e]);                                      \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+MOMO_UPDATE(shiftsim_momo_update_f32, float, fmaf)
+MOMO_UPDATE(shiftsim_momo_update_f64, double, fma)
+
+/* Whole row steps: TAM's and MoMo's (the two functions above each, after their sums) for rows
+ * k0 .. k1 - 1, one member after another — its sums (rowsums.c), its per-member numbers, its
+ * update — so that the update reads the row while the sums' pass has left it in cache, in one
+ * call instead of three. The same functions on the same numbers, so the same bits as the three
+ * calls. Segment pointers and strides as in TAM_UPDATE (tensor t's segment s at x[t * S + s]);
+ * sums: (P, K) row-major, the pairs' sums of member k at sums[q * K + k]. -1 for more than
+ * MAXSEG segments (the caller then makes the three calls). */
+#define MAXSEG 64
+
+int shiftsim_rowsums_f32(const float **x, const int64_t *ld, int S, const int64_t *len, int npairs,
+                         const int *pa, const int *pb, int64_t K, int64_t n, float *out,
+                         int64_t out_ld, int lt, int lg, const float *lw, int64_t lw_s);
+int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64_t *len,
+                         int npairs, const int *pa, const int *pb, int64_t K, int64_t n,
+                         double *out, int64_t out_ld, int lt, int lg, const double *lw,
+                         int64_t lw_s);
+
+/* Row k's pointers of `count` tensors of S segments each (x: tensor t's segment s at
+ * x[t * S + s], row stride ld[t * S + s]). */
+#define ROW_POINTERS(T, OUT, X, LD, COUNT)                                                   \
+    for (int j = 0; j < (COUNT) * S; j++)                                                   \
+        OUT[j] = (T *)X[j] + k * LD[j];
+
+#define TAM_STEP(NAME, T, SUMS, COEFS, UPDATE)                                               \
+    int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
+             int64_t k1, int64_t K, T *sums, T *sq, T *shat, T *scale, const T *lw,          \
+             int64_t lw_s, const T *eps, int64_t eps_s, const T *beta, int64_t beta_s,       \
+             int beta_add, const T *neg_lr, int64_t lr_s, int positive, T *d_out, T *w_out,  \
+             T *step_out, const T *shrink, int64_t shrink_s)                                \
+    {                                                                                       \
+        /* x: the tensors P, G, M (3 S pointers); the sums' pairs <m, g>, <g, g> */          \
+        static const int pa[2] = {2, 1}, pb[2] = {1, 1};                                    \
+        static const int64_t zero[3 * MAXSEG] = {0};                                        \
+        if (S < 1 || S > MAXSEG)                                                            \
+            return -1;                                                                      \
+        T *row[3 * MAXSEG];                                                                 \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            ROW_POINTERS(T, row, x, ld, 3)                                                  \
+            SUMS((const T **)row, zero, S, len, 2, pa, pb, 1, n, sums + k, K, -1, -1, NULL, \
+                 0);                                                                        \
+            COEFS(1, sums + k, sums + K + k, sq + k, shat + k, scale + k, lw + k * lw_s,     \
+                  lw_s, eps + k * eps_s, eps_s, beta + k * beta_s, beta_s, beta_add,        \
+                  neg_lr + k * lr_s, lr_s, positive, d_out + k, w_out + k, step_out + k);   \
+            UPDATE(S, len, row, zero, (const T **)(row + S), zero, row + 2 * S, zero, 1,     \
+                   w_out + k, step_out + k, shrink ? shrink + k * shrink_s : NULL, 0);      \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+
+TAM_STEP(shiftsim_tam_step_f32, float, shiftsim_rowsums_f32, shiftsim_tam_coefs_f32,
+         shiftsim_tam_update_f32)
+TAM_STEP(shiftsim_tam_step_f64, double, shiftsim_rowsums_f64, shiftsim_tam_coefs_f64,
+         shiftsim_tam_update_f64)
+
+#define MOMO_STEP(NAME, T, SUMS, COEFS, UPDATE)                                              \
+    int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
+             int64_t k1, int64_t K, T *sums, const T *f, T *loss_avg, const T *beta,         \
+             int64_t beta_s, const T *w, int64_t w_s, T *gam, const T *fstar, const T *c,    \
+             int64_t c_s, int c_one, const T *cap, int64_t cap_s, T *tau_out, T *neg_out,    \
+             const T *shrink, int64_t shrink_s)                                             \
+    {                                                                                       \
+        /* x: the tensors D, P, G (3 S pointers); the sums' pairs |d|^2, <x, g>, <x, d>,     \
+         * d first moved toward g (the lerp's weight w) */                                  \
+        static const int pa[3] = {0, 1, 1}, pb[3] = {0, 2, 0};                              \
+        static const int64_t zero[3 * MAXSEG] = {0};                                        \
+        if (S < 1 || S > MAXSEG)                                                            \
+            return -1;                                                                      \
+        T *row[3 * MAXSEG];                                                                 \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            ROW_POINTERS(T, row, x, ld, 3)                                                  \
+            SUMS((const T **)row, zero, S, len, 3, pa, pb, 1, n, sums + k, K, 0, 2,         \
+                 w + k * w_s, 0);                                                           \
+            COEFS(1, f + k, loss_avg + k, beta + k * beta_s, beta_s, w + k * w_s, w_s,       \
+                  sums + K + k, sums + 2 * K + k, sums + k, gam + k, fstar + k,             \
+                  c + k * c_s, c_s, c_one, cap + k * cap_s, cap_s, tau_out + k,             \
+                  neg_out + k);                                                             \
+            UPDATE(S, len, row + S, zero, (const T **)row, zero, 1, neg_out + k,            \
+                   shrink ? shrink + k * shrink_s : NULL, 0);                               \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+
+MOMO_STEP(shiftsim_momo_step_f32, float, shiftsim_rowsums_f32, shiftsim_momo_coefs_f32,
+          shiftsim_momo_update_f32)
+MOMO_STEP(shiftsim_momo_step_f64, double, shiftsim_rowsums_f64, shiftsim_momo_coefs_f64,
+          shiftsim_momo_update_f64)

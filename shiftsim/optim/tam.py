@@ -542,7 +542,9 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     sums (``SHIFTSIM_NATIVE=0``), up to rounding with the native ones (:func:`row_dots`); the
     same bits however the rows are split into segments. With the native code, the per-member
     numbers and the update's pass are native too (:func:`~shiftsim.optim._native.tam_coefs`,
-    :func:`~shiftsim.optim._native.tam_update`: torch's bits). [speed] With torch's row sums,
+    :func:`~shiftsim.optim._native.tam_update`: torch's bits), all three in one call where
+    it applies (:func:`~shiftsim.optim._native.tam_step`, member by member: the same bits).
+    [speed] With torch's row sums,
     against the plain momentum the fleet stepped before, it reads the momentum twice less per step
     (no :math:`\lVert m\rVert^2` pass, a lerp instead of a scale and an add) for a few more
     ``(K,)``-sized operations, and without the generic kernel's lists the step makes fewer
@@ -553,10 +555,16 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     decay = not is_zero(wd)
     if decay and not decoupled:
         G = foreach_add_decay(P, G, wd, 1)
-    mg, gg = row_dots((M, G), ((0, 1), (1, 1)))
     gamma = hp["gamma"]
     if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
         gamma = gamma.to(shat.dtype)
+    shrink = host(decay_factor, lr, wd) if decay and decoupled else None
+    # the whole step in one native call (the three below, member by member: the same bits)
+    whole = _native.tam_step(P, G, M, sqnorm, shat, scale, host(one_minus, gamma), eps, beta,
+                             host(negative, lr), _positive(eps), shrink)
+    if whole is not None:
+        return whole[0]
+    mg, gg = row_dots((M, G), ((0, 1), (1, 1)))
     # the per-member numbers in one native call (torch's bits), else torch's operations
     coefs = _native.tam_coefs(mg, gg, sqnorm, shat, scale, host(one_minus, gamma), eps, beta,
                               host(negative, lr), _positive(eps))
@@ -566,7 +574,6 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
         part = (mg, sqnorm, gg)  # |m|^2 kept; the cosine does not depend on the scale
         d = _smooth([part], [scale], shat, gamma, "global")
         w, step = _scaled(d + eps, scale, beta, lr, part, sqnorm, _positive(eps))
-    shrink = host(decay_factor, lr, wd) if decay and decoupled else None
     if _native.tam_update(P, G, M, w, step, shrink):  # one pass, torch's bits
         return d
     w_col = w.view(-1, 1)
