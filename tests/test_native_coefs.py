@@ -508,3 +508,112 @@ def test_fleets_with_whole_steps_and_with_three_calls_are_the_same(native, monke
     for a, b in zip(whole, three):
         assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
 
+
+
+# ------------------------------------------------------------- AdaTAM(W) (adatam_step)
+
+def _adatam_case(K, widths, dtype, seed, kind, decay):
+    """Rows P, G, M, V (V >= 0, some exact zeros as a never-moving input gives), a smoothed
+    cosine, and a fleet group's hyperparameters: exact tensors, 0-d (shared) or one per
+    member."""
+    gen = torch.Generator().manual_seed(seed)
+    P, G, M, V = _rows(K, widths, dtype, gen, 4)
+    for v in V:
+        v.copy_(v.square() / 100)
+        v[:, :1] = 0
+    shat = torch.rand(K, generator=gen, dtype=dtype) * 2 - 1
+    like = torch.zeros((), dtype=dtype)
+
+    def h(value, spread):
+        return exact([value] * K if kind == "shared" else
+                     [value * (1 + spread * i / K) for i in range(K)], like)
+
+    hp = {"lr": h(1e-3, 1), "gamma": h(0.9, 0.1), "torque_eps": h(1e-8, 1), "eps": h(1e-8, 1),
+          "beta1": h(0.9, 0.05), "beta2": h(0.999, 0.0005),
+          "weight_decay": h(0.01, 1) if decay else 0.0}
+    return [P, G, M, V], shat, hp
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", [(301,), (7, 1, 16, 17, 255, 5)],
+                         ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay", ["none", "decoupled", "coupled"])
+@pytest.mark.parametrize("bias_correction", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adatam_step_is_torchs_operations(native, monkeypatch, dtype, widths, kind, decay,
+                                          bias_correction, threads):
+    """:func:`_adatam_rows` with the whole native step against its torch operations
+    (``adatam_step`` off: torch's updates after the same native sums), three steps: the same
+    parameters, moments, smoothed cosine and damping bit for bit, for shared and per-member
+    hyperparameters, no, decoupled and coupled decay, with and without bias correction, the
+    rows split across two threads."""
+    from shiftsim.optim.tam import _adatam_rows
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    K = 9
+    tensors, shat, hp = _adatam_case(K, widths, dtype, len(widths), kind, decay != "none")
+    theirs = [[t.clone() for t in ts] for ts in tensors], shat.clone()
+    flags = {"bias_correction": bias_correction}
+    calls = {"n": 0}
+    fn = _native.adatam_step
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
+
+    for step in (1, 2, 7):
+        monkeypatch.setattr(_native, "adatam_step", counted)
+        d = _adatam_rows(*tensors, shat, step, hp, decay != "coupled", flags).clone()
+        monkeypatch.setattr(_native, "adatam_step", lambda *a, **k: None)
+        want = _adatam_rows(*theirs[0], theirs[1], step, hp, decay != "coupled", flags)
+        _same([d, shat], [want, theirs[1]])
+        for ours, ref in zip(tensors, theirs[0]):
+            _same(ours, ref)
+    assert calls["n"] == 3
+
+
+def test_an_adatam_step_it_cannot_take_changes_nothing(native):
+    K, dtype = 4, torch.float32
+    for widths in [(2,) * (_native.MAX_SEGMENTS + 1), (10, 6)]:
+        (P, G, M, V), shat, hp = _adatam_case(K, widths, dtype, 0, "shared", False)
+        before = [t.clone() for t in P + M + V + [shat]]
+        args = (0.1, 1e-8, 0.9, 0.999, 0.001, 1e-8)
+        size = torch.full((K,), -1e-3)
+        cases = [(P, G, M, V, shat, *args, size)]
+        if len(widths) == 2:
+            cases = [(P, G, M, V[:1], shat, *args, size),  # split otherwise
+                     (P, G, M, V, shat.double(), *args, size),  # another dtype
+                     (P, G, M, V, shat[:3], *args, size),  # another member count
+                     (P, G, M, V, shat, *args, -1e-3),  # a float step: torch's other formula
+                     (P, G, M, V, shat, "0.1", *args[1:], size)]
+        for case in cases:
+            assert _native.adatam_step(*case) is None
+        _same(P + M + V + [shat], before)
+
+
+@pytest.mark.parametrize("name", ["adatam", "adatamw"])
+def test_adatam_fleets_with_the_whole_step_and_with_torchs_operations_are_the_same(
+        native, monkeypatch, name):
+    """A fleet of 12 members with per-member learning rates, betas and weight decay over 120
+    steps: the same traces bit for bit with the whole native step (counted: every step) and
+    with torch's operations."""
+    calls = {"n": 0}
+    fn = _native.adatam_step
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
+
+    members = [(ss.optim.spec(name, lr=1e-3 * (1 + i % 3), weight_decay=0.01 * (i % 2),
+                              betas=(0.9 - 0.01 * (i % 4), 0.999)), i % 5) for i in range(12)]
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=60)
+    model = ss.models.mlp(hidden=(16, 8))
+    monkeypatch.setattr(_native, "adatam_step", counted)
+    whole = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == 120
+    monkeypatch.setattr(_native, "adatam_step", lambda *a, **k: None)
+    torch_ops = run_fleet(sc, model, members, device="cpu")
+    for a, b in zip(whole, torch_ops):
+        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)

@@ -277,3 +277,69 @@ MOMO_STEP(shiftsim_momo_step_f32, float, shiftsim_rowsums_f32, shiftsim_momo_coe
           shiftsim_momo_update_f32)
 MOMO_STEP(shiftsim_momo_step_f64, double, shiftsim_rowsums_f64, shiftsim_momo_coefs_f64,
           shiftsim_momo_update_f64)
+
+/* AdaTAM(W)'s whole row step with a model-wide cosine (shiftsim.optim.tam._adatam_rows), rows
+ * k0 .. k1 - 1, member by member: the sums <m, g>, |m|^2, |g|^2 (rowsums.c), the cosine
+ * smoothed into shat and the damping d (as TAM_COEFS), c = d + torque_eps, then one pass over
+ * the row doing torch's operations of shiftsim.optim.tam._adatam_update with tensor
+ * hyperparameters, each one expression: m <- m b1 (_foreach_mul_), m <- m + g c
+ * (_foreach_addcmul_: one fma), v <- v b2, v <- v + g (g w2) (_foreach_mul_, then addcmul:
+ * one fma), p <- p shrink (decoupled decay, when shrink is not NULL), den = sqrt(v) (correctly
+ * rounded, as numpy's), den <- den + eps, den <- den / size, p <- p + m / den (addcdiv). x: the
+ * tensors P, G, M, V (4 S pointers); sums: (3, K) row-major. -1 for more than MAXSEG
+ * segments. */
+#define ADATAM_STEP(NAME, T, SUMS, SQRT, FMA, ABS)                                           \
+    int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
+             int64_t k1, int64_t K, T *sums, T *shat, const T *lw, int64_t lw_s,             \
+             const T *teps, int64_t teps_s, const T *b1, int64_t b1_s, const T *b2,          \
+             int64_t b2_s, const T *w2, int64_t w2_s, const T *eps, int64_t eps_s,           \
+             const T *size, int64_t size_s, const T *shrink, int64_t shrink_s, T *d_out)     \
+    {                                                                                       \
+        static const int pa[3] = {2, 2, 1}, pb[3] = {1, 2, 1};                              \
+        static const int64_t zero[4 * MAXSEG] = {0};                                        \
+        if (S < 1 || S > MAXSEG)                                                            \
+            return -1;                                                                      \
+        T *row[4 * MAXSEG];                                                                 \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            ROW_POINTERS(T, row, x, ld, 4)                                                  \
+            SUMS((const T **)row, zero, S, len, 3, pa, pb, 1, n, sums + k, K, -1, -1, NULL, \
+                 0);                                                                        \
+            const T mg = sums[k], mm = sums[K + k], gg = sums[2 * K + k];                   \
+            const T den2 = mm * gg;                                                         \
+            const T ratio = mg * ((T)1 / SQRT(den2));                                       \
+            T cos = den2 > 0 ? ratio : (T)0;                                                \
+            cos = CLAMP_MAX(CLAMP_MIN(cos, (T)-1), (T)1);                                   \
+            const T w0 = lw[k * lw_s], s0 = shat[k], diff = cos - s0;                       \
+            const T s1 = ABS(w0) < (T)0.5 ? FMA(w0, diff, s0) : FMA(w0 - (T)1, diff, cos);  \
+            shat[k] = s1;                                                                   \
+            const T half = s1 * (T)0.5;                                                     \
+            const T d = half + (T)0.5;                                                      \
+            d_out[k] = d;                                                                   \
+            const T ck = d + teps[k * teps_s];                                              \
+            const T b1k = b1[k * b1_s], b2k = b2[k * b2_s], w2k = w2[k * w2_s];             \
+            const T ek = eps[k * eps_s], sk = size[k * size_s];                             \
+            const T fk = shrink ? shrink[k * shrink_s] : (T)1;                              \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *pp = row[s], *mp = row[2 * S + s], *vp = row[3 * S + s];                 \
+                const T *gp = row[S + s];                                                   \
+                const int64_t m = len[s];                                                   \
+                for (int64_t e = 0; e < m; e++) {                                           \
+                    const T gv = gp[e];                                                     \
+                    const T mv = FMA(gv, ck, mp[e] * b1k);                                  \
+                    mp[e] = mv;                                                             \
+                    const T tmp = gv * w2k;                                                 \
+                    const T vv = FMA(gv, tmp, vp[e] * b2k);                                 \
+                    vp[e] = vv;                                                             \
+                    const T pv = shrink ? pp[e] * fk : pp[e];                               \
+                    T den = SQRT(vv);                                                       \
+                    den = den + ek;                                                         \
+                    den = den / sk;                                                         \
+                    pp[e] = pv + mv / den;                                                  \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+
+ADATAM_STEP(shiftsim_adatam_step_f32, float, shiftsim_rowsums_f32, sqrtf, fmaf, fabsf)
+ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, fabs)
