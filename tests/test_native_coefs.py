@@ -617,3 +617,107 @@ def test_adatam_fleets_with_the_whole_step_and_with_torchs_operations_are_the_sa
     torch_ops = run_fleet(sc, model, members, device="cpu")
     for a, b in zip(whole, torch_ops):
         assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
+
+
+# --------------------------------------------------------------------- AM-SGD (amsgd_step)
+
+def _amsgd_case(K, widths, dtype, seed, kind, decay):
+    gen = torch.Generator().manual_seed(seed)
+    P, G, D = _rows(K, widths, dtype, gen, 3)
+    like = torch.zeros((), dtype=dtype)
+
+    def h(value, spread):
+        return exact([value] * K if kind == "shared" else
+                     [value * (1 + spread * i / K) for i in range(K)], like)
+
+    hp = {"lr": h(0.05, 1), "lam": h(0.1, 1), "beta_max": h(0.9, 0.05),
+          "weight_decay": h(0.01, 1) if decay else 0.0}
+    return [P, G, D], hp
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", [(301,), (7, 1, 16, 17, 255, 5)],
+                         ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("case", ["random", "d = g", "lr 0"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amsgd_step_is_torchs_operations(native, monkeypatch, dtype, widths, kind, decay, case,
+                                         threads):
+    """:func:`_amsgd_rows` with the whole native step against its torch operations
+    (``amsgd_step`` off: torch's arithmetic and passes after the same native sums), three steps:
+    the same parameters, momenta and betas bit for bit; with members whose momentum equals
+    their gradient (the guarded division: beta 0) and a learning-rate ratio of 0 (lr 0),
+    lerp weights on both sides of 0.5, the rows split across two threads."""
+    from shiftsim.optim.adamem import _amsgd_rows, lr_ratio
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    K = 9
+    (P, G, D), hp = _amsgd_case(K, widths, dtype, len(widths), kind, decay)
+    if case == "d = g":
+        for d, g in zip(D, G):
+            d[:3] = g[:3]
+    if case == "lr 0":
+        hp["lr"] = exact([0.0] + [0.05] * (K - 1), torch.zeros((), dtype=dtype))
+    ratio = lr_ratio(hp["lr"])
+    theirs = [[t.clone() for t in ts] for ts in (P, G, D)]
+    calls = {"n": 0}
+    fn = _native.amsgd_step
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
+
+    for _ in range(3):
+        monkeypatch.setattr(_native, "amsgd_step", counted)
+        beta = _amsgd_rows(P, G, D, ratio, hp).clone()
+        monkeypatch.setattr(_native, "amsgd_step", lambda *a, **k: None)
+        want = _amsgd_rows(*theirs, ratio, hp)
+        _same([beta] + P + D, [want] + theirs[0] + theirs[2])
+    assert calls["n"] == 3
+    if case == "d = g" and not decay:
+        assert beta[:3].eq(0).all()
+
+
+def test_an_amsgd_step_it_cannot_take_changes_nothing(native):
+    K, dtype = 4, torch.float32
+    for widths in [(2,) * (_native.MAX_SEGMENTS + 1), (10, 6)]:
+        (P, G, D), hp = _amsgd_case(K, widths, dtype, 0, "shared", False)
+        before = [t.clone() for t in P + D]
+        args = (1.0, 0.1, 1.1, 0.9, 0.9, -0.05)
+        cases = [(P, G, D, *args)]
+        if len(widths) == 2:
+            cases = [(P, G[:1], D, *args),  # split otherwise
+                     (P, G, D, torch.ones(3), *args[1:]),  # another member count
+                     (P, G, D, torch.ones(K, dtype=torch.float64), *args[1:]),  # another dtype
+                     (P, G, D, *args[:5], "-0.05")]
+        for case in cases:
+            assert _native.amsgd_step(*case) is None
+        _same(P + D, before)
+
+
+def test_amsgd_fleets_with_the_whole_step_and_with_torchs_operations_are_the_same(native,
+                                                                                  monkeypatch):
+    """A fleet of 12 members with per-member learning rates, lambdas, clips and weight decay
+    over 120 steps: the same traces bit for bit with the whole native step (counted: every step
+    past the first) and with torch's operations."""
+    calls = {"n": 0}
+    fn = _native.amsgd_step
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
+
+    members = [(ss.optim.spec("adamem_sgd", lr=0.05 * (1 + i % 3), weight_decay=0.01 * (i % 2),
+                              lam=0.1 * (1 + i % 4), beta_max=0.9 - 0.1 * (i % 2)), i % 5)
+               for i in range(12)]
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=60)
+    model = ss.models.mlp(hidden=(16, 8))
+    monkeypatch.setattr(_native, "amsgd_step", counted)
+    whole = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == 119
+    monkeypatch.setattr(_native, "amsgd_step", lambda *a, **k: None)
+    torch_ops = run_fleet(sc, model, members, device="cpu")
+    for a, b in zip(whole, torch_ops):
+        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)

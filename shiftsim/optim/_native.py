@@ -1,8 +1,8 @@
 """Native code for the fleet's row kernels: per-row inner products of ``(K, n)`` tensors in one
 pass over them (:func:`row_sums`), TAM's and MoMo's per-member arithmetic (:func:`tam_coefs`,
-:func:`momo_coefs`), TAM's update in one pass (:func:`tam_update`) and TAM's, MoMo's and
-AdaTAM(W)'s whole row steps in one call (:func:`tam_step`, :func:`momo_step`,
-:func:`adatam_step`).
+:func:`momo_coefs`), TAM's update in one pass (:func:`tam_update`) and the whole row steps of
+TAM, MoMo, AdaTAM(W) and AM-SGD in one call each (:func:`tam_step`, :func:`momo_step`,
+:func:`adatam_step`, :func:`amsgd_step`).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
@@ -53,7 +53,10 @@ one pass for its moments and parameters (torch's ten operations of the eager ker
 correctly rounded square root, torch's bits where its kernels fuse multiply-adds). [speed]
 A league-like fleet (130 members, 13 optimizers x 10 seeds, MLP 64, one thread), toggled in
 one process over 6 runs: the AdaTAM and AdaTAMW groups (20 members) 1.055 -> 0.248 ms a step
-(paired 0.23x), the whole step 0.932x (5 of 6 runs faster).
+(paired 0.23x), the whole step 0.932x (5 of 6 runs faster). AM-SGD's likewise
+(:func:`amsgd_step`): in the same fleet its group (10 members) 0.382 -> 0.157 and 0.372 ->
+0.165 ms a step (paired 0.41x and 0.43x; the whole step not resolved, 1.01x and 1.09x with
+rounds 0.89-1.19).
 
 **Build.** The first use in a process compiles ``rowsums.c`` and ``rowmath.c`` with the
 system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; about 1 s on a 2-core CPU)
@@ -92,8 +95,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
-           "adatam_step", "current", "momo_coefs", "momo_step", "row_sums", "status",
-           "tam_coefs", "tam_step", "tam_update"]
+           "adatam_step", "amsgd_step", "current", "momo_coefs", "momo_step", "row_sums",
+           "status", "tam_coefs", "tam_step", "tam_update"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -253,6 +256,11 @@ def _load() -> ctypes.CDLL:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr,
                        i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr]
+    for name in ("shiftsim_amsgd_step_f32", "shiftsim_amsgd_step_f64"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ptr, ptr, i64, ptr, i64,
+                       ptr, i64, ptr, i64, ptr, i64, ptr, ptr, i64, ptr]
     return lib
 
 
@@ -845,4 +853,47 @@ def adatam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
 
     _by_rows(K, K * layout.n * 4, rows)
     return d
+
+
+def amsgd_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor], ratio: object,
+               lam: object, lam1: object, one_minus_lam: object, beta_max: object,
+               neg_lr: object) -> Tensor | None:
+    r"""AM-SGD's whole row step past the first (:func:`~shiftsim.optim.adamem._amsgd_rows`) in
+    one call: for each member in turn, its sums :math:`\langle d, g\rangle`,
+    :math:`\lVert g\rVert^2`, :math:`\lVert d\rVert^2` (:func:`row_sums`), its
+    :math:`\beta` (torch's operations of :func:`~shiftsim.optim.adamem._am_weight` with
+    ``ratio`` :math:`= \eta_{t-1}/\eta_t`, ``lam`` :math:`\lambda`, ``lam1``
+    :math:`= 1 + \lambda`, ``one_minus_lam`` and ``beta_max``, in order: no fused
+    multiply-adds there), then one pass: :math:`d \leftarrow \operatorname{lerp}(d, g,
+    (1 - \beta)/(1 + \lambda))`, :math:`p \leftarrow p + d \cdot` ``neg_lr`` (torch's
+    ``_foreach_lerp_`` and ``_foreach_addcmul_``, bit for bit where its kernels fuse the
+    multiply-adds: see :func:`tam_coefs`; tested). Returns :math:`\beta` (a kept vector, as
+    :func:`tam_coefs`'s), or None, changing nothing, where it does not apply (as
+    :func:`tam_step`)."""
+    dtype = P[0].dtype if P else None
+    lib = _math_library(dtype) if dtype is not None else None
+    if lib is None:
+        return None
+    layout = _layout((P, G, D))
+    if layout is None or len(layout.lens) > MAX_SEGMENTS:
+        return None
+    K = layout.K
+    hps = [_hyper(h, K, dtype) for h in (ratio, lam, lam1, one_minus_lam, beta_max)]
+    tol = _hyper(32 * torch.finfo(dtype).eps, K, dtype)  # torch's where(den > tol, ...)
+    lr = _hyper(neg_lr, K, dtype)  # these owners held until the call is done
+    if tol is None or lr is None or any(h is None for h in hps):
+        return None
+    flat = [v for h in hps for v in h[:2]]  # type: ignore[index]
+    (sums, _, _), (beta,) = _outputs("amsgd_sums", 3, K, dtype), _outputs("amsgd", 1, K, dtype)
+    fn = lib.shiftsim_amsgd_step_f32 if dtype is torch.float32 else lib.shiftsim_amsgd_step_f64
+    args = (sums.data_ptr(), *flat, tol[0], lr[0], lr[1], beta.data_ptr())
+
+    def rows(lo: int, hi: int) -> None:
+        rc = fn(len(layout.lens), layout.c_lens, layout.n, layout.c_ptrs, layout.c_lds, lo, hi,
+                K, *args)
+        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
+            raise RuntimeError(f"native AM-SGD step failed (code {rc})")
+
+    _by_rows(K, K * layout.n * 3, rows)
+    return beta
 

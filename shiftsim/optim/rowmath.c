@@ -343,3 +343,69 @@ MOMO_STEP(shiftsim_momo_step_f64, double, shiftsim_rowsums_f64, shiftsim_momo_co
 
 ADATAM_STEP(shiftsim_adatam_step_f32, float, shiftsim_rowsums_f32, sqrtf, fmaf, fabsf)
 ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, fabs)
+
+/* AM-SGD's whole row step past the first (shiftsim.optim.adamem._amsgd_rows), rows k0 .. k1 - 1,
+ * member by member: the sums a = <d, g>, b = |g|^2, e = |d|^2 (rowsums.c); the torch operations
+ * of shiftsim.optim.adamem._am_weight and _clip, each one expression (no fma: plain products
+ * and sums there), giving beta and the lerp weight w = (1 - beta) / (1 + lam); then one pass:
+ * d <- lerp(d, g, w) (_foreach_lerp_) and p <- p + d neg_lr (_foreach_addcmul_: one fma).
+ * x: the tensors P, G, D (3 S pointers); sums: (3, K) row-major; tol: 32 times the dtype's
+ * machine epsilon. -1 for more than MAXSEG segments. */
+#define AMSGD_STEP(NAME, T, SUMS, FMA, ABS)                                                  \
+    int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
+             int64_t k1, int64_t K, T *sums, const T *ratio, int64_t ratio_s, const T *lam,   \
+             int64_t lam_s, const T *lam1, int64_t lam1_s, const T *om, int64_t om_s,        \
+             const T *bmax, int64_t bmax_s, const T *tol_c, const T *neg_lr, int64_t lr_s,   \
+             T *beta_out)                                                                   \
+    {                                                                                       \
+        static const int pa[3] = {2, 1, 2}, pb[3] = {1, 1, 2};                              \
+        static const int64_t zero[3 * MAXSEG] = {0};                                        \
+        if (S < 1 || S > MAXSEG)                                                            \
+            return -1;                                                                      \
+        T *row[3 * MAXSEG];                                                                 \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            ROW_POINTERS(T, row, x, ld, 3)                                                  \
+            SUMS((const T **)row, zero, S, len, 3, pa, pb, 1, n, sums + k, K, -1, -1, NULL, \
+                 0);                                                                        \
+            const T a = sums[k], b = sums[K + k], e = sums[2 * K + k];                      \
+            const T l1 = lam1[k * lam1_s];                                                  \
+            const T tr = a * ratio[k * ratio_s];                                            \
+            const T t1 = l1 * tr, t2 = om[k * om_s] * a, t3 = lam[k * lam_s] * e;           \
+            const T t4 = t2 + t3;                                                           \
+            const T t5 = t4 - b;                                                            \
+            const T num = t1 - t5;                                                          \
+            const T u1 = (T)2 * a;                                                          \
+            const T u2 = e - u1;                                                            \
+            const T den = u2 + b;                                                           \
+            const T v1 = e + b;                                                             \
+            const T tol = tol_c[0] * v1;                                                    \
+            const T q = num / den;                                                          \
+            T beta = den > tol ? q : (T)0;                                                  \
+            beta = CLAMP_MAX(CLAMP_MIN(beta, (T)0), bmax[k * bmax_s]);                      \
+            beta_out[k] = beta;                                                             \
+            const T z1 = (T)1 - beta;                                                       \
+            const T w = z1 / l1, wm1 = w - (T)1, nk = neg_lr[k * lr_s];                     \
+            const int small = ABS(w) < (T)0.5;                                              \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *pp = row[s], *dp = row[2 * S + s];                                       \
+                const T *gp = row[S + s];                                                   \
+                const int64_t m = len[s];                                                   \
+                if (small)                                                                  \
+                    for (int64_t i = 0; i < m; i++) {                                       \
+                        const T dv = FMA(w, gp[i] - dp[i], dp[i]);                          \
+                        dp[i] = dv;                                                         \
+                        pp[i] = FMA(dv, nk, pp[i]);                                         \
+                    }                                                                       \
+                else                                                                        \
+                    for (int64_t i = 0; i < m; i++) {                                       \
+                        const T dv = FMA(wm1, gp[i] - dp[i], gp[i]);                        \
+                        dp[i] = dv;                                                         \
+                        pp[i] = FMA(dv, nk, pp[i]);                                         \
+                    }                                                                       \
+            }                                                                               \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+
+AMSGD_STEP(shiftsim_amsgd_step_f32, float, shiftsim_rowsums_f32, fmaf, fabsf)
+AMSGD_STEP(shiftsim_amsgd_step_f64, double, shiftsim_rowsums_f64, fma, fabs)
