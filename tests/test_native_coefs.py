@@ -721,3 +721,104 @@ def test_amsgd_fleets_with_the_whole_step_and_with_torchs_operations_are_the_sam
     torch_ops = run_fleet(sc, model, members, device="cpu")
     for a, b in zip(whole, torch_ops):
         assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
+
+
+# ------------------------------------------------------------------------ Grams (grams_step)
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", [(301,), (7, 1, 16, 17, 255, 5)],
+                         ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("official", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grams_step_is_torchs_operations(native, monkeypatch, dtype, widths, kind, decay,
+                                         official, threads):
+    """A fleet's Grams step (:func:`_grams_stacked`) with the native pass against torch's
+    operations (``grams_step`` off), three steps: the same parameters and moments bit for bit;
+    gradients with exact zeros and a NaN (``sign`` is +0 for both), lerp weights on both sides
+    of 0.5, both epsilon modes, the rows split across two threads."""
+    from shiftsim.optim.grams import _grams_stacked, grams_init
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    K = 9
+    gen = torch.Generator().manual_seed(len(widths))
+    P, G = _rows(K, widths, dtype, gen, 2)
+    G[-1][1, -1] = float("nan")
+    like = torch.zeros((), dtype=dtype)
+
+    def h(value, spread):
+        return exact([value] * K if kind == "shared" else
+                     [value * (1 + spread * i / K) for i in range(K)], like)
+
+    b1 = h(0.9, 0.05) if kind == "shared" else exact([0.3 + 0.05 * i for i in range(K)], like)
+    hp = {"lr": h(1e-3, 1), "beta1": b1, "beta2": h(0.999, 0.0005), "eps": h(1e-6, 1),
+          "weight_decay": h(0.01, 1) if decay else 0.0}
+    flags = {"eps_mode": "official" if official else "paper", "track_flips": False}
+    ours, theirs = grams_init(P), grams_init(P)
+    tp = [t.clone() for t in P]
+    calls = {"n": 0}
+    fn = _native.grams_step
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out
+        return out
+
+    for i in range(3):
+        if i == 1:  # exact zeros where the momentum is not 0
+            G[0][:, :2] = 0
+        monkeypatch.setattr(_native, "grams_step", counted)
+        _grams_stacked(ours, P, G, torch.zeros(K, dtype=dtype), hp, flags)
+        monkeypatch.setattr(_native, "grams_step", lambda *a, **k: False)
+        _grams_stacked(theirs, tp, G, torch.zeros(K, dtype=dtype), hp, flags)
+        for key in ("exp_avg", "exp_avg_sq"):
+            _same(ours[key], theirs[key])
+        _same(P, tp)
+    assert calls["n"] == 3
+
+
+def test_a_grams_step_it_cannot_take_changes_nothing(native):
+    K, dtype = 4, torch.float32
+    gen = torch.Generator().manual_seed(0)
+    for widths in [(2,) * (_native.MAX_SEGMENTS + 1), (10, 6)]:
+        P, G, M, V = _rows(K, widths, dtype, gen, 4)
+        before = [t.clone() for t in P + M + V]
+        size = torch.full((K,), -1e-3)
+        args = (0.1, 0.999, 0.001, 1e-8)
+        cases = [(P, G, M, V, *args, size)]
+        if len(widths) == 2:
+            cases = [(P, G, M, V[:1], *args, size),  # split otherwise
+                     (P, G, M, V, *args, size[:3]),  # another member count
+                     (P, G, M, V, *args, size.double()),  # another dtype
+                     (P, G, M, V, *args, -1e-3),  # a float step: torch's other formula
+                     (P, G, M, V, "0.1", *args[1:], size), ([], [], [], [], *args, size)]
+        for case in cases:
+            assert not _native.grams_step(*case)
+        _same(P + M + V, before)
+
+
+def test_grams_fleets_with_the_native_pass_and_with_torchs_operations_are_the_same(
+        native, monkeypatch):
+    """A fleet of 12 members with per-member learning rates, betas and weight decay over 120
+    steps: the same traces bit for bit with the native pass (counted: every step) and with
+    torch's operations; with the flip fraction tracked it is torch's (not counted)."""
+    calls = {"n": 0}
+    fn = _native.grams_step
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out
+        return out
+
+    members = [(ss.optim.spec("grams", lr=1e-3 * (1 + i % 3), weight_decay=0.01 * (i % 2),
+                              betas=(0.9 - 0.01 * (i % 4), 0.999)), i % 5) for i in range(12)]
+    members.append((ss.optim.spec("grams", track_flips=True), 0))
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=60)
+    model = ss.models.mlp(hidden=(16, 8))
+    monkeypatch.setattr(_native, "grams_step", counted)
+    native_pass = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == 120
+    monkeypatch.setattr(_native, "grams_step", lambda *a, **k: False)
+    torch_ops = run_fleet(sc, model, members, device="cpu")
+    for a, b in zip(native_pass, torch_ops):
+        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)

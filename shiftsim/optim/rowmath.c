@@ -409,3 +409,59 @@ ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, f
 
 AMSGD_STEP(shiftsim_amsgd_step_f32, float, shiftsim_rowsums_f32, fmaf, fabsf)
 AMSGD_STEP(shiftsim_amsgd_step_f64, double, shiftsim_rowsums_f64, fma, fabs)
+
+/* Grams's step of the members' rows (shiftsim.optim.grams._grams_blocks with tensor
+ * hyperparameters), rows k0 .. k1 - 1, in one pass: m <- lerp(m, g, w1), v <- v b2 + g (g w2)
+ * (as ADATAM_STEP), u = m / (sqrt(v) + eps), p <- p shrink (decoupled decay, when shrink is not
+ * NULL), p <- p + |u| (sign(g) size) (torch's _foreach_sign: +0 for 0 and NaN; then
+ * _foreach_mul_ and _foreach_addcmul_: one fma), each torch operation one expression. x: the
+ * tensors P, G, M, V (4 S pointers). -1 for more than MAXSEG segments. */
+/* One element of GRAMS_STEP, the momentum's lerp given (MV). */
+#define GRAMS_ELEMENT(T, SQRT, FMA, ABS, MV)                                                 \
+    {                                                                                       \
+        const T gv = gp[e], diff = gv - mp[e];                                              \
+        const T mv = MV;                                                                    \
+        mp[e] = mv;                                                                         \
+        const T tmp = gv * w2k;                                                             \
+        const T vv = FMA(gv, tmp, vp[e] * b2k);                                             \
+        vp[e] = vv;                                                                         \
+        T den = SQRT(vv);                                                                   \
+        den = den + ek;                                                                     \
+        const T u = ABS(mv / den);                                                          \
+        const T sgn = (T)(gv > 0) - (T)(gv < 0); /* +0 for 0 and NaN */                  \
+        const T sg = sgn * sk;                                                              \
+        pp[e] = FMA(u, sg, pp[e] * fk);                                                     \
+    }
+
+#define GRAMS_STEP(NAME, T, SQRT, FMA, ABS)                                                  \
+    int NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,    \
+             const T *w1, int64_t w1_s, const T *b2, int64_t b2_s, const T *w2,              \
+             int64_t w2_s, const T *eps, int64_t eps_s, const T *size, int64_t size_s,       \
+             const T *shrink, int64_t shrink_s)                                             \
+    {                                                                                       \
+        if (S < 1 || S > MAXSEG)                                                            \
+            return -1;                                                                      \
+        T *row[4 * MAXSEG];                                                                 \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            ROW_POINTERS(T, row, x, ld, 4)                                                  \
+            const T wk = w1[k * w1_s], wm1 = wk - (T)1;                                     \
+            const T b2k = b2[k * b2_s], w2k = w2[k * w2_s], ek = eps[k * eps_s];            \
+            /* without decay the factor 1 (p * 1 is p: the same numbers) */                 \
+            const T sk = size[k * size_s], fk = shrink ? shrink[k * shrink_s] : (T)1;       \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *pp = row[s], *mp = row[2 * S + s], *vp = row[3 * S + s];                 \
+                const T *gp = row[S + s];                                                   \
+                const int64_t m = len[s];                                                   \
+                if (ABS(wk) < (T)0.5)                                                       \
+                    for (int64_t e = 0; e < m; e++)                                         \
+                        GRAMS_ELEMENT(T, SQRT, FMA, ABS, FMA(wk, diff, mp[e]))              \
+                else                                                                        \
+                    for (int64_t e = 0; e < m; e++)                                         \
+                        GRAMS_ELEMENT(T, SQRT, FMA, ABS, FMA(wm1, diff, gv))                \
+            }                                                                               \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+
+GRAMS_STEP(shiftsim_grams_step_f32, float, sqrtf, fmaf, fabsf)
+GRAMS_STEP(shiftsim_grams_step_f64, double, sqrt, fma, fabs)
