@@ -26,6 +26,20 @@ def _same(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
 
 
+def _counter(name):
+    """``_native.<name>`` wrapped to count its calls that applied (a result other than None
+    or False) in ``calls["n"]``: ``(calls, wrapper)``."""
+    calls = {"n": 0}
+    fn = getattr(_native, name)
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        calls["n"] += out is not None and out is not False
+        return out
+
+    return calls, counted
+
+
 def _hyper(kind, value, spread, K, dtype):
     """A float, or per-member values around it (an exact tensor, as a fleet's group holds)."""
     if kind == "float":
@@ -184,13 +198,7 @@ def test_fleets_with_and_without_the_native_arithmetic_are_the_same(native, monk
     its whole step from one native call (counted: once a step past MoMo's first; its sums,
     per-member numbers and fused passes) or all of it from torch's operations (and torch's
     row sums' bits are compared elsewhere: the native sums stay on here)."""
-    calls = {"n": 0}
-    fn = getattr(_native, f"{name}_step")
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
+    calls, counted = _counter(f"{name}_step")
 
     key = "momentum" if name == "tam" else "beta"
     members = [(ss.optim.spec(name, lr=0.05 * (1 + i % 3), **{key: 0.8 + 0.01 * i}), i % 5)
@@ -486,13 +494,7 @@ def test_fleets_with_whole_steps_and_with_three_calls_are_the_same(native, monke
     """A fleet of 18 members with per-member learning rates, momenta and (decoupled) weight
     decay over 150 steps: the same traces bit for bit with the whole native step (counted) and
     with the three native calls it replaces."""
-    calls = {"n": 0}
-    fn = getattr(_native, f"{name}_step")
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
+    calls, counted = _counter(f"{name}_step")
 
     key = "momentum" if name == "tam" else "beta"
     extra = {"decoupled": True} if name == "tam" else {}
@@ -554,13 +556,7 @@ def test_adatam_step_is_torchs_operations(native, monkeypatch, dtype, widths, ki
     tensors, shat, hp = _adatam_case(K, widths, dtype, len(widths), kind, decay != "none")
     theirs = [[t.clone() for t in ts] for ts in tensors], shat.clone()
     flags = {"bias_correction": bias_correction}
-    calls = {"n": 0}
-    fn = _native.adatam_step
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
+    calls, counted = _counter("adatam_step")
 
     for step in (1, 2, 7):
         monkeypatch.setattr(_native, "adatam_step", counted)
@@ -592,31 +588,6 @@ def test_an_adatam_step_it_cannot_take_changes_nothing(native):
         _same(P + M + V + [shat], before)
 
 
-@pytest.mark.parametrize("name", ["adatam", "adatamw"])
-def test_adatam_fleets_with_the_whole_step_and_with_torchs_operations_are_the_same(
-        native, monkeypatch, name):
-    """A fleet of 12 members with per-member learning rates, betas and weight decay over 120
-    steps: the same traces bit for bit with the whole native step (counted: every step) and
-    with torch's operations."""
-    calls = {"n": 0}
-    fn = _native.adatam_step
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
-
-    members = [(ss.optim.spec(name, lr=1e-3 * (1 + i % 3), weight_decay=0.01 * (i % 2),
-                              betas=(0.9 - 0.01 * (i % 4), 0.999)), i % 5) for i in range(12)]
-    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=60)
-    model = ss.models.mlp(hidden=(16, 8))
-    monkeypatch.setattr(_native, "adatam_step", counted)
-    whole = run_fleet(sc, model, members, device="cpu")
-    assert calls["n"] == 120
-    monkeypatch.setattr(_native, "adatam_step", lambda *a, **k: None)
-    torch_ops = run_fleet(sc, model, members, device="cpu")
-    for a, b in zip(whole, torch_ops):
-        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
 
 
 # --------------------------------------------------------------------- AM-SGD (amsgd_step)
@@ -660,13 +631,7 @@ def test_amsgd_step_is_torchs_operations(native, monkeypatch, dtype, widths, kin
         hp["lr"] = exact([0.0] + [0.05] * (K - 1), torch.zeros((), dtype=dtype))
     ratio = lr_ratio(hp["lr"])
     theirs = [[t.clone() for t in ts] for ts in (P, G, D)]
-    calls = {"n": 0}
-    fn = _native.amsgd_step
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
+    calls, counted = _counter("amsgd_step")
 
     for _ in range(3):
         monkeypatch.setattr(_native, "amsgd_step", counted)
@@ -696,31 +661,6 @@ def test_an_amsgd_step_it_cannot_take_changes_nothing(native):
         _same(P + D, before)
 
 
-def test_amsgd_fleets_with_the_whole_step_and_with_torchs_operations_are_the_same(native,
-                                                                                  monkeypatch):
-    """A fleet of 12 members with per-member learning rates, lambdas, clips and weight decay
-    over 120 steps: the same traces bit for bit with the whole native step (counted: every step
-    past the first) and with torch's operations."""
-    calls = {"n": 0}
-    fn = _native.amsgd_step
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
-
-    members = [(ss.optim.spec("adamem_sgd", lr=0.05 * (1 + i % 3), weight_decay=0.01 * (i % 2),
-                              lam=0.1 * (1 + i % 4), beta_max=0.9 - 0.1 * (i % 2)), i % 5)
-               for i in range(12)]
-    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=60)
-    model = ss.models.mlp(hidden=(16, 8))
-    monkeypatch.setattr(_native, "amsgd_step", counted)
-    whole = run_fleet(sc, model, members, device="cpu")
-    assert calls["n"] == 119
-    monkeypatch.setattr(_native, "amsgd_step", lambda *a, **k: None)
-    torch_ops = run_fleet(sc, model, members, device="cpu")
-    for a, b in zip(whole, torch_ops):
-        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
 
 
 # ------------------------------------------------------------------------ Grams (grams_step)
@@ -756,13 +696,7 @@ def test_grams_step_is_torchs_operations(native, monkeypatch, dtype, widths, kin
     flags = {"eps_mode": "official" if official else "paper", "track_flips": False}
     ours, theirs = grams_init(P), grams_init(P)
     tp = [t.clone() for t in P]
-    calls = {"n": 0}
-    fn = _native.grams_step
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out
-        return out
+    calls, counted = _counter("grams_step")
 
     for i in range(3):
         if i == 1:  # exact zeros where the momentum is not 0
@@ -797,28 +731,54 @@ def test_a_grams_step_it_cannot_take_changes_nothing(native):
         _same(P + M + V, before)
 
 
-def test_grams_fleets_with_the_native_pass_and_with_torchs_operations_are_the_same(
-        native, monkeypatch):
-    """A fleet of 12 members with per-member learning rates, betas and weight decay over 120
-    steps: the same traces bit for bit with the native pass (counted: every step) and with
-    torch's operations; with the flip fraction tracked it is torch's (not counted)."""
-    calls = {"n": 0}
-    fn = _native.grams_step
-
-    def counted(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls["n"] += out
-        return out
-
-    members = [(ss.optim.spec("grams", lr=1e-3 * (1 + i % 3), weight_decay=0.01 * (i % 2),
+def _fleet_members(name):
+    """12 members of ``name`` with per-member learning rates, weight decay and betas (AM-SGD:
+    lambdas and clips); Grams also one member tracking its flips (torch's path, one group
+    apart)."""
+    if name == "adamem_sgd":
+        return [(ss.optim.spec(name, lr=0.05 * (1 + i % 3), weight_decay=0.01 * (i % 2),
+                               lam=0.1 * (1 + i % 4), beta_max=0.9 - 0.1 * (i % 2)), i % 5)
+                for i in range(12)]
+    members = [(ss.optim.spec(name, lr=1e-3 * (1 + i % 3), weight_decay=0.01 * (i % 2),
                               betas=(0.9 - 0.01 * (i % 4), 0.999)), i % 5) for i in range(12)]
-    members.append((ss.optim.spec("grams", track_flips=True), 0))
+    if name == "grams":
+        members.append((ss.optim.spec("grams", track_flips=True), 0))
+    return members
+
+
+@pytest.mark.parametrize("name, step, calls_expected", [
+    ("adatam", "adatam_step", 120), ("adatamw", "adatam_step", 120),
+    ("adamem_sgd", "amsgd_step", 119),  # every step past the first (plain SGD)
+    ("grams", "grams_step", 120)])  # the member tracking flips: not counted
+def test_fleets_with_the_native_step_and_with_torchs_operations_are_the_same(
+        native, monkeypatch, name, step, calls_expected):
+    """A fleet of 12 members with per-member hyperparameters over 120 steps: the same traces
+    bit for bit with the native step (counted) and with torch's operations."""
+    calls, counted = _counter(step)
     sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=60)
     model = ss.models.mlp(hidden=(16, 8))
-    monkeypatch.setattr(_native, "grams_step", counted)
-    native_pass = run_fleet(sc, model, members, device="cpu")
-    assert calls["n"] == 120
-    monkeypatch.setattr(_native, "grams_step", lambda *a, **k: False)
+    members = _fleet_members(name)
+    monkeypatch.setattr(_native, step, counted)
+    native_step = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == calls_expected
+    monkeypatch.setattr(_native, step, lambda *a, **k: None if step != "grams_step" else False)
     torch_ops = run_fleet(sc, model, members, device="cpu")
-    for a, b in zip(native_pass, torch_ops):
+    for a, b in zip(native_step, torch_ops):
         assert a.trace.equals(b.trace) and a.evals.equals(b.evals)
+
+
+def test_the_native_steps_benchmark_runs_and_finds_the_same_traces(native):
+    """``benchmarks/native_steps.py`` (tiny): every toggle leaves the traces unchanged (it
+    stops otherwise) and prints each single run's and the league's times and groups."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "native_steps.py"),
+                          "--runs", "1", "--steps", "20", "--seeds", "1", "--hidden", "4"],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr
+    for name in ("tam", "momo", "adatam", "adamem_sgd", "grams", "13 members"):
+        assert f"  {name} " in out.stdout
+    assert "group _adatam_stacked" in out.stdout and "paired" in out.stdout

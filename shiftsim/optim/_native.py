@@ -200,6 +200,35 @@ def _build(cc: str, target: Path) -> None:
                        f"{errors[-1]}")
 
 
+_ptr, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+#: the C entry points (``shiftsim_<name>_f32`` and ``_f64``): result type and argument types
+#: (a pointer with its stride: ``_ptr, _i64``)
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "rowsums": (_int, [_ptr, _ptr, _int, _ptr, _int, _ptr, _ptr, _i64, _i64, _ptr, _i64, _int,
+                       _int, _ptr, _i64]),
+    "tam_coefs": (None, [_i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64,
+                         _int, _ptr, _i64, _int, _ptr, _ptr, _ptr]),
+    "tam_update": (None, [_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                          _i64]),
+    "momo_coefs": (None, [_i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
+                          _ptr, _i64, _int, _ptr, _i64, _ptr, _ptr]),
+    # the whole row steps: segments, their lengths, the row length, pointers, strides, the
+    # rows k0..k1 and K, then each function's own arguments (rowmath.c)
+    "tam_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr,
+                        _ptr, _i64, _ptr, _i64, _ptr, _i64, _int, _ptr, _i64, _int, _ptr, _ptr,
+                        _ptr, _ptr, _i64]),
+    "momo_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr,
+                         _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _int, _ptr, _i64, _ptr, _ptr,
+                         _ptr, _i64]),
+    "adatam_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr,
+                           *[_ptr, _i64] * 7, _ptr, _i64, _ptr]),
+    "amsgd_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr,
+                          *[_ptr, _i64] * 5, _ptr, _ptr, _i64, _ptr]),
+    # Grams' pass: no sums, no row length
+    "grams_step": (_int, [_int, _ptr, _ptr, _ptr, _i64, _i64, *[_ptr, _i64] * 6]),
+}
+
+
 def _load() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
@@ -221,52 +250,10 @@ def _load() -> ctypes.CDLL:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
             raise RuntimeError(f"cannot load {path}: {exc}") from None
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    for name in ("shiftsim_rowsums_f32", "shiftsim_rowsums_f64"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ptr, ptr, ctypes.c_int, ptr, ctypes.c_int, ptr, ptr, i64, i64, ptr, i64,
-                       ctypes.c_int, ctypes.c_int, ptr, i64]
-    flag = ctypes.c_int
-    for name in ("shiftsim_tam_coefs_f32", "shiftsim_tam_coefs_f64"):
-        fn = getattr(lib, name)
-        fn.restype = None
-        fn.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, flag, ptr, i64,
-                       flag, ptr, ptr, ptr]
-    for name in ("shiftsim_tam_update_f32", "shiftsim_tam_update_f64"):
-        fn = getattr(lib, name)
-        fn.restype = None
-        fn.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64]
-    for name in ("shiftsim_momo_coefs_f32", "shiftsim_momo_coefs_f64"):
-        fn = getattr(lib, name)
-        fn.restype = None
-        fn.argtypes = [i64, ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, flag,
-                       ptr, i64, ptr, ptr]
-    for name in ("shiftsim_tam_step_f32", "shiftsim_tam_step_f64"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr,
-                       i64, ptr, i64, ptr, i64, flag, ptr, i64, flag, ptr, ptr, ptr, ptr, i64]
-    for name in ("shiftsim_momo_step_f32", "shiftsim_momo_step_f64"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, i64,
-                       ptr, i64, ptr, ptr, ptr, i64, flag, ptr, i64, ptr, ptr, ptr, i64]
-    for name in ("shiftsim_adatam_step_f32", "shiftsim_adatam_step_f64"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr,
-                       i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr]
-    for name in ("shiftsim_amsgd_step_f32", "shiftsim_amsgd_step_f64"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ptr, ptr, i64, ptr, i64,
-                       ptr, i64, ptr, i64, ptr, i64, ptr, ptr, i64, ptr]
-    for name in ("shiftsim_grams_step_f32", "shiftsim_grams_step_f64"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int, ptr, ptr, ptr, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr,
-                       i64, ptr, i64, ptr, i64]
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        for suffix in ("f32", "f64"):
+            fn = getattr(lib, f"shiftsim_{name}_{suffix}")
+            fn.restype, fn.argtypes = restype, argtypes
     return lib
 
 
@@ -734,6 +721,25 @@ def _step_layout(lists: Sequence[Sequence[Tensor]], K: int) -> _Layout | None:
     return layout
 
 
+def _rows_call(fn: Any, layout: _Layout, args: tuple[Any, ...], what: str, count: int,
+               sums: bool = True) -> None:
+    """Call a whole row step (``fn``: ``rowmath.c``'s ``shiftsim_<name>_step``) on the rows of
+    ``layout`` (``count`` tensors), split across threads as :func:`_by_rows` splits them: the
+    segments, their lengths, (with ``sums``: the row's length), pointers and strides, the
+    rows ``lo..hi`` (with ``sums``: and ``K``), then ``args``."""
+    K = layout.K
+
+    def rows(lo: int, hi: int) -> None:
+        head = (len(layout.lens), layout.c_lens, layout.n, layout.c_ptrs, layout.c_lds, lo, hi,
+                K) if sums else (len(layout.lens), layout.c_lens, layout.c_ptrs, layout.c_lds,
+                                 lo, hi)
+        rc = fn(*head, *args)
+        if rc != 0:  # pragma: no cover - the callers' checks keep the C side's preconditions
+            raise RuntimeError(f"native {what} step failed (code {rc})")
+
+    _by_rows(K, K * layout.n * count, rows)
+
+
 def tam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], sqnorm: Tensor,
              shat: Tensor, scale: Tensor, lerp_weight: object, eps: object, beta: object,
              neg_lr: object, positive: bool, shrink: object = None
@@ -763,13 +769,7 @@ def tam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], sqno
             ep, ep_s, be, be_s, int(not isinstance(beta, Tensor)), lr, lr_s, int(positive),
             d.data_ptr(), w.data_ptr(), step.data_ptr(), factor[0] or None, factor[1])
 
-    def rows(lo: int, hi: int) -> None:
-        rc = fn(len(layout.lens), layout.c_lens, layout.n, layout.c_ptrs, layout.c_lds, lo, hi,
-                K, *args)
-        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
-            raise RuntimeError(f"native TAM step failed (code {rc})")
-
-    _by_rows(K, K * layout.n * 3, rows)
+    _rows_call(fn, layout, args, "TAM", 3)
     return d, w, step
 
 
@@ -805,13 +805,7 @@ def momo_step(D: Sequence[Tensor], P: Sequence[Tensor], G: Sequence[Tensor], los
             gamma.data_ptr(), fstar.data_ptr(), cc, cc_s, int(c_one), cp, cp_s, tau.data_ptr(),
             neg.data_ptr(), factor[0] or None, factor[1])
 
-    def rows(lo: int, hi: int) -> None:
-        rc = fn(len(layout.lens), layout.c_lens, layout.n, layout.c_ptrs, layout.c_lds, lo, hi,
-                K, *args)
-        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
-            raise RuntimeError(f"native MoMo step failed (code {rc})")
-
-    _by_rows(K, K * layout.n * 3, rows)
+    _rows_call(fn, layout, args, "MoMo", 3)
     return tau, neg
 
 
@@ -851,13 +845,7 @@ def adatam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
         else lib.shiftsim_adatam_step_f64
     args = (sums.data_ptr(), shat.data_ptr(), *flat, factor[0] or None, factor[1], d.data_ptr())
 
-    def rows(lo: int, hi: int) -> None:
-        rc = fn(len(layout.lens), layout.c_lens, layout.n, layout.c_ptrs, layout.c_lds, lo, hi,
-                K, *args)
-        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
-            raise RuntimeError(f"native AdaTAM step failed (code {rc})")
-
-    _by_rows(K, K * layout.n * 4, rows)
+    _rows_call(fn, layout, args, "AdaTAM", 4)
     return d
 
 
@@ -894,13 +882,7 @@ def amsgd_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor], ra
     fn = lib.shiftsim_amsgd_step_f32 if dtype is torch.float32 else lib.shiftsim_amsgd_step_f64
     args = (sums.data_ptr(), *flat, tol[0], lr[0], lr[1], beta.data_ptr())
 
-    def rows(lo: int, hi: int) -> None:
-        rc = fn(len(layout.lens), layout.c_lens, layout.n, layout.c_ptrs, layout.c_lds, lo, hi,
-                K, *args)
-        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
-            raise RuntimeError(f"native AM-SGD step failed (code {rc})")
-
-    _by_rows(K, K * layout.n * 3, rows)
+    _rows_call(fn, layout, args, "AM-SGD", 3)
     return beta
 
 
@@ -935,11 +917,6 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     fn = lib.shiftsim_grams_step_f32 if dtype is torch.float32 else lib.shiftsim_grams_step_f64
     args = (*flat, factor[0] or None, factor[1])
 
-    def rows(lo: int, hi: int) -> None:
-        rc = fn(len(layout.lens), layout.c_lens, layout.c_ptrs, layout.c_lds, lo, hi, *args)
-        if rc != 0:  # pragma: no cover - the checks above keep the C side's preconditions
-            raise RuntimeError(f"native Grams step failed (code {rc})")
-
-    _by_rows(K, K * layout.n * 4, rows)
+    _rows_call(fn, layout, args, "Grams", 4, sums=False)
     return True
 

@@ -23,6 +23,20 @@
 #define CLAMP_MIN(x, lo) ((x) < (lo) ? (lo) : (x))
 #define CLAMP_MAX(x, hi) ((x) > (hi) ? (hi) : (x))
 
+/* TAM's damping: the cosine from MG = <m, g>, MM = |m|^2 and GG = |g|^2 (0 where MM GG = 0,
+ * clamped to [-1, 1]: torch.where(den2 > 0, mg * den2.rsqrt(), 0).clamp_(-1, 1)), smoothed
+ * into SHAT (torch's lerp_ with the weight W0 = 1 - gamma), and D = SHAT / 2 + 1/2 declared. */
+#define DAMPING(T, SQRT, FMA, ABS, MG, MM, GG, W0, SHAT, D)                                  \
+    const T den2 = (MM) * (GG);                                                             \
+    const T ratio = (MG) * ((T)1 / SQRT(den2));                                             \
+    T cos = den2 > 0 ? ratio : (T)0;                                                        \
+    cos = CLAMP_MAX(CLAMP_MIN(cos, (T)-1), (T)1);                                           \
+    const T w0 = (W0), s0 = (SHAT), diff = cos - s0;                                        \
+    const T s1 = ABS(w0) < (T)0.5 ? FMA(w0, diff, s0) : FMA(w0 - (T)1, diff, cos);          \
+    SHAT = s1;                                                                              \
+    const T half = s1 * (T)0.5;                                                             \
+    const T D = half + (T)0.5;
+
 /* TAM's scaled form, a model-wide cosine (shiftsim.optim.tam._tam_rows): from the sums
  * mg = <m, g>, gg = |g|^2 and the kept sq = |m|^2, update the smoothed cosine shat, the scale
  * and sq in place; write the damping d, the momentum's lerp weight w and the step -lr sigma.
@@ -35,15 +49,7 @@
               T *d_out, T *w_out, T *step_out)                                              \
     {                                                                                       \
         for (int64_t k = 0; k < K; k++) {                                                   \
-            const T den2 = sq[k] * gg[k];                                                   \
-            const T ratio = mg[k] * ((T)1 / SQRT(den2));                                    \
-            T cos = den2 > 0 ? ratio : (T)0;                                                \
-            cos = CLAMP_MAX(CLAMP_MIN(cos, (T)-1), (T)1);                                   \
-            const T w0 = lw[k * lw_s], s0 = shat[k], diff = cos - s0;                       \
-            const T s1 = ABS(w0) < (T)0.5 ? FMA(w0, diff, s0) : FMA(w0 - (T)1, diff, cos);  \
-            shat[k] = s1;                                                                   \
-            const T half = s1 * (T)0.5;                                                     \
-            const T d = half + (T)0.5;                                                      \
+            DAMPING(T, SQRT, FMA, ABS, mg[k], sq[k], gg[k], lw[k * lw_s], shat[k], d)       \
             const T c = d + eps[k * eps_s];                                                 \
             const T b = beta[k * beta_s];                                                   \
             T sig;                                                                          \
@@ -214,6 +220,20 @@ int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64
     for (int j = 0; j < (COUNT) * S; j++)                                                   \
         OUT[j] = (T *)X[j] + k * LD[j];
 
+/* The start of a whole row step over COUNT tensors of S segments each (x, ld): -1 unless
+ * 1 <= S <= MAXSEG; `row` for a row's pointers, `zero` strides for the one-row calls. */
+#define ROW_STEP_SETUP(T, COUNT)                                                             \
+    static const int64_t zero[(COUNT) * MAXSEG] = {0};                                      \
+    if (S < 1 || S > MAXSEG)                                                                \
+        return -1;                                                                          \
+    T *row[(COUNT) * MAXSEG];
+
+/* Row k's pointers, then its NP sums of the pairs pa, pb (rowsums.c) into sums[q * K + k],
+ * tensor LT first moved toward tensor LG by *LW (LT = -1: no move). */
+#define ROW_SUMS(T, SUMS, COUNT, NP, LT, LG, LW)                                             \
+    ROW_POINTERS(T, row, x, ld, COUNT)                                                      \
+    SUMS((const T **)row, zero, S, len, NP, pa, pb, 1, n, sums + k, K, LT, LG, LW, 0);
+
 #define TAM_STEP(NAME, T, SUMS, COEFS, UPDATE)                                               \
     int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
              int64_t k1, int64_t K, T *sums, T *sq, T *shat, T *scale, const T *lw,          \
@@ -223,14 +243,9 @@ int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64
     {                                                                                       \
         /* x: the tensors P, G, M (3 S pointers); the sums' pairs <m, g>, <g, g> */          \
         static const int pa[2] = {2, 1}, pb[2] = {1, 1};                                    \
-        static const int64_t zero[3 * MAXSEG] = {0};                                        \
-        if (S < 1 || S > MAXSEG)                                                            \
-            return -1;                                                                      \
-        T *row[3 * MAXSEG];                                                                 \
+        ROW_STEP_SETUP(T, 3)                                                                \
         for (int64_t k = k0; k < k1; k++) {                                                 \
-            ROW_POINTERS(T, row, x, ld, 3)                                                  \
-            SUMS((const T **)row, zero, S, len, 2, pa, pb, 1, n, sums + k, K, -1, -1, NULL, \
-                 0);                                                                        \
+            ROW_SUMS(T, SUMS, 3, 2, -1, -1, NULL)                                           \
             COEFS(1, sums + k, sums + K + k, sq + k, shat + k, scale + k, lw + k * lw_s,     \
                   lw_s, eps + k * eps_s, eps_s, beta + k * beta_s, beta_s, beta_add,        \
                   neg_lr + k * lr_s, lr_s, positive, d_out + k, w_out + k, step_out + k);   \
@@ -255,14 +270,9 @@ TAM_STEP(shiftsim_tam_step_f64, double, shiftsim_rowsums_f64, shiftsim_tam_coefs
         /* x: the tensors D, P, G (3 S pointers); the sums' pairs |d|^2, <x, g>, <x, d>,     \
          * d first moved toward g (the lerp's weight w) */                                  \
         static const int pa[3] = {0, 1, 1}, pb[3] = {0, 2, 0};                              \
-        static const int64_t zero[3 * MAXSEG] = {0};                                        \
-        if (S < 1 || S > MAXSEG)                                                            \
-            return -1;                                                                      \
-        T *row[3 * MAXSEG];                                                                 \
+        ROW_STEP_SETUP(T, 3)                                                                \
         for (int64_t k = k0; k < k1; k++) {                                                 \
-            ROW_POINTERS(T, row, x, ld, 3)                                                  \
-            SUMS((const T **)row, zero, S, len, 3, pa, pb, 1, n, sums + k, K, 0, 2,         \
-                 w + k * w_s, 0);                                                           \
+            ROW_SUMS(T, SUMS, 3, 3, 0, 2, w + k * w_s)                                      \
             COEFS(1, f + k, loss_avg + k, beta + k * beta_s, beta_s, w + k * w_s, w_s,       \
                   sums + K + k, sums + 2 * K + k, sums + k, gam + k, fstar + k,             \
                   c + k * c_s, c_s, c_one, cap + k * cap_s, cap_s, tau_out + k,             \
@@ -296,24 +306,11 @@ MOMO_STEP(shiftsim_momo_step_f64, double, shiftsim_rowsums_f64, shiftsim_momo_co
              const T *size, int64_t size_s, const T *shrink, int64_t shrink_s, T *d_out)     \
     {                                                                                       \
         static const int pa[3] = {2, 2, 1}, pb[3] = {1, 2, 1};                              \
-        static const int64_t zero[4 * MAXSEG] = {0};                                        \
-        if (S < 1 || S > MAXSEG)                                                            \
-            return -1;                                                                      \
-        T *row[4 * MAXSEG];                                                                 \
+        ROW_STEP_SETUP(T, 4)                                                                \
         for (int64_t k = k0; k < k1; k++) {                                                 \
-            ROW_POINTERS(T, row, x, ld, 4)                                                  \
-            SUMS((const T **)row, zero, S, len, 3, pa, pb, 1, n, sums + k, K, -1, -1, NULL, \
-                 0);                                                                        \
-            const T mg = sums[k], mm = sums[K + k], gg = sums[2 * K + k];                   \
-            const T den2 = mm * gg;                                                         \
-            const T ratio = mg * ((T)1 / SQRT(den2));                                       \
-            T cos = den2 > 0 ? ratio : (T)0;                                                \
-            cos = CLAMP_MAX(CLAMP_MIN(cos, (T)-1), (T)1);                                   \
-            const T w0 = lw[k * lw_s], s0 = shat[k], diff = cos - s0;                       \
-            const T s1 = ABS(w0) < (T)0.5 ? FMA(w0, diff, s0) : FMA(w0 - (T)1, diff, cos);  \
-            shat[k] = s1;                                                                   \
-            const T half = s1 * (T)0.5;                                                     \
-            const T d = half + (T)0.5;                                                      \
+            ROW_SUMS(T, SUMS, 4, 3, -1, -1, NULL)                                           \
+            DAMPING(T, SQRT, FMA, ABS, sums[k], sums[K + k], sums[2 * K + k], lw[k * lw_s],  \
+                    shat[k], d)                                                             \
             d_out[k] = d;                                                                   \
             const T ck = d + teps[k * teps_s];                                              \
             const T b1k = b1[k * b1_s], b2k = b2[k * b2_s], w2k = w2[k * w2_s];             \
@@ -359,14 +356,9 @@ ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, f
              T *beta_out)                                                                   \
     {                                                                                       \
         static const int pa[3] = {2, 1, 2}, pb[3] = {1, 1, 2};                              \
-        static const int64_t zero[3 * MAXSEG] = {0};                                        \
-        if (S < 1 || S > MAXSEG)                                                            \
-            return -1;                                                                      \
-        T *row[3 * MAXSEG];                                                                 \
+        ROW_STEP_SETUP(T, 3)                                                                \
         for (int64_t k = k0; k < k1; k++) {                                                 \
-            ROW_POINTERS(T, row, x, ld, 3)                                                  \
-            SUMS((const T **)row, zero, S, len, 3, pa, pb, 1, n, sums + k, K, -1, -1, NULL, \
-                 0);                                                                        \
+            ROW_SUMS(T, SUMS, 3, 3, -1, -1, NULL)                                           \
             const T a = sums[k], b = sums[K + k], e = sums[2 * K + k];                      \
             const T l1 = lam1[k * lam1_s];                                                  \
             const T tr = a * ratio[k * ratio_s];                                            \
