@@ -49,15 +49,16 @@ TAM 0.64, 0.73 and 0.70x (e.g. 0.185 -> 0.114 ms), MoMo 0.70, 0.79 and 0.74x (0.
 at 16 members, 0.99x at 32, each with rounds on both sides of 1 (not resolved).
 
 AdaTAM(W)'s row step is one call too (:func:`adatam_step`): its sums, cosine and damping, and
-one pass for its moments and parameters (torch's ten operations of the eager kernel, with the
-correctly rounded square root, torch's bits where its kernels fuse multiply-adds). [speed]
+one pass for its moments and parameters (torch's nine or ten operations of the eager kernel,
+with the correctly rounded square root, torch's bits where its kernels fuse multiply-adds).
+[speed]
 A league-like fleet (130 members, 13 optimizers x 10 seeds, MLP 64, one thread), toggled in
 one process over 6 runs: the AdaTAM and AdaTAMW groups (20 members) 1.055 -> 0.248 ms a step
 (paired 0.23x), the whole step 0.932x (5 of 6 runs faster). AM-SGD's likewise
 (:func:`amsgd_step`): in the same fleet its group (10 members) 0.382 -> 0.157 and 0.372 ->
 0.165 ms a step (paired 0.41x and 0.43x; the whole step not resolved, 1.01x and 1.09x with
 rounds 0.89-1.19). Grams's step, which sums nothing, is one pass (:func:`grams_step`: torch's
-nine operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
+eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 
 **Build.** The first use in a process compiles ``rowsums.c`` and ``rowmath.c`` with the
 system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; about 1 s on a 2-core CPU)
@@ -825,9 +826,9 @@ def adatam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     correction) and ``eps`` (bias-corrected as the caller's). torch's operations of
     :func:`~shiftsim.optim.tam._adatam_update` with tensor hyperparameters, bit for bit where
     torch's kernels fuse the multiply-adds (see :func:`tam_coefs`; the square root correctly
-    rounded, as the eager kernels' numpy one), in one pass instead of ten (tested). Returns the
-    damping (a kept vector, as :func:`tam_coefs`'s), or None, changing nothing, where it does
-    not apply (as :func:`tam_step`; ``size`` not a tensor)."""
+    rounded, as the eager kernels' numpy one), in one pass instead of nine or ten (with decay;
+    tested). Returns the damping (a kept vector, as :func:`tam_coefs`'s), or None, changing
+    nothing, where it does not apply (as :func:`tam_step`; ``size`` not a tensor)."""
     dtype, K = shat.dtype, shat.numel()
     lib = _math_library(dtype)
     if lib is None or not P or P[0].dtype is not dtype or not _vector(shat, K, dtype) \
@@ -894,11 +895,12 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     g, w_1)`, :math:`v \leftarrow \beta_2 v + g\,(w_2 g)`, :math:`u = m / (\sqrt v +
     \epsilon)`, :math:`p \leftarrow p \cdot` ``shrink`` (when given), :math:`p \leftarrow p +
     \lvert u\rvert\,(\operatorname{sign}(g)\,s)` with ``size`` :math:`s` a tensor (the step
-    with its bias correction) and ``eps`` as the caller's. torch's nine operations bit for bit
-    where its kernels fuse the multiply-adds (see :func:`tam_coefs`; the square root correctly
-    rounded, as the eager kernels' numpy one), in one pass (tested). Returns False, changing
-    nothing, where it does not apply (as :func:`tam_update`; more than :data:`MAX_SEGMENTS`
-    segments; ``size`` not a tensor: torch's formula for a float differs)."""
+    with its bias correction) and ``eps`` as the caller's. torch's eleven operations (twelve
+    with decay) bit for bit where its kernels fuse the multiply-adds (see :func:`tam_coefs`;
+    the square root correctly rounded, as the eager kernels' numpy one), in one pass (tested).
+    Returns False, changing nothing, where it does not apply (as :func:`tam_update`; more than
+    :data:`MAX_SEGMENTS` segments; ``size`` not a tensor: torch's formula for a float
+    differs)."""
     if not P or not isinstance(size, Tensor):
         return False
     dtype = P[0].dtype

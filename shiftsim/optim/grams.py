@@ -242,6 +242,8 @@ def _grams_native(P: list[Tensor], G: list[Tensor], state: dict[str, Any], hp: H
     it does not apply. [speed] One thread, in-process toggle, the same traces: the Grams group
     (10 members) of a league-like fleet (130 members, MLP 64) 0.424 -> 0.127 ms a step (8 runs,
     paired 0.31x; the whole step 0.935x, rounds 0.84-1.11: not resolved)."""
+    if not _native.available():
+        return False
     lr, b1, b2, wd, eps = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"], hp["eps"]
     step = state["step"]
     size = host(_step_size, lr, b1, b2, step, keep=False)

@@ -544,13 +544,13 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     numbers and the update's pass are native too (:func:`~shiftsim.optim._native.tam_coefs`,
     :func:`~shiftsim.optim._native.tam_update`: torch's bits), all three in one call where
     it applies (:func:`~shiftsim.optim._native.tam_step`, member by member: the same bits).
-    [speed] With torch's row sums,
-    against the plain momentum the fleet stepped before, it reads the momentum twice less per step
-    (no :math:`\lVert m\rVert^2` pass, a lerp instead of a scale and an add) for a few more
-    ``(K,)``-sized operations, and without the generic kernel's lists the step makes fewer
-    operations than before: one thread, in-process toggle, the TAM group of a single run (a
-    64-unit digits MLP) 0.21 -> 0.14 ms a step, 130 members 1.75 -> 1.32 ms (measured with one
-    segment, before the fleet kept each parameter in its own block)."""
+    [speed] With torch's row sums, against the plain momentum the fleet stepped before, it
+    reads the momentum twice less per step (no :math:`\lVert m\rVert^2` pass, a lerp
+    instead of a scale and an add) for a few more ``(K,)``-sized operations, and without the
+    generic kernel's lists the step makes fewer operations than before: one thread,
+    in-process toggle, the TAM group of a single run (a 64-unit digits MLP) 0.21 -> 0.14 ms a
+    step, 130 members 1.75 -> 1.32 ms (measured with one segment, before the fleet kept each
+    parameter in its own block)."""
     lr, beta, eps, wd = hp["lr"], hp["momentum"], hp["eps"], hp["weight_decay"]
     decay = not is_zero(wd)
     if decay and not decoupled:
@@ -625,6 +625,8 @@ def _adatam_native(P: list[Tensor], G: list[Tensor], M: list[Tensor], V: list[Te
     """:func:`_adatam_rows`'s step in one native call
     (:func:`~shiftsim.optim._native.adatam_step`, the numbers of its torch operations), with
     the coefficients :func:`_adatam_update` takes; None where it does not apply."""
+    if not _native.available():
+        return None
     lr, b1, b2, eps = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"]
     gamma = hp["gamma"]
     if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
