@@ -393,12 +393,19 @@ def test_tam_step_is_the_three_calls_bit_for_bit(native, monkeypatch, dtype, wid
 
 
 def test_tam_step_with_eps_0_is_the_three_calls(native):
-    """eps = 0: the guarded weight (sigma may be 0), the same numbers as the three calls."""
+    """eps = 0: the guarded weight. Two members have sigma = 0 (m = -g, so the cosine is -1;
+    the smoothed cosine -1, so the damping and c = d + eps are 0; a zero scale): their weight is
+    the guard's 1, the same numbers as the three calls; a third has m = 0 (sigma = c)."""
     K, dtype = 6, torch.float32
     (P, G, M), vecs, (gamma, eps, beta, lr) = _tam_inputs(K, (40, 9), dtype, 5, "float", True)
-    M[0][:2] = 0  # two members with m = 0 and a zero scale: sigma = c only
-    M[1][:2] = 0
-    vecs[2][:2] = 0
+    for g, m in zip(G, M):
+        g[:2] = 0
+        m[2] = 0
+    G[0][:2, 0] = 1.0  # |g| = 1, m = -g: <m, g> = -1 exactly
+    for g, m in zip(G, M):
+        m[:2] = -g[:2]
+    vecs[1][:2] = -1.0  # the smoothed cosine
+    vecs[2][:3] = 0  # the scale
     vecs[0].copy_(_native.row_sums((M,), ((0, 0),))[0])
     tp, tm, tv = [t.clone() for t in P], [t.clone() for t in M], [v.clone() for v in vecs]
     args = (host(one_minus, gamma), eps, beta, host(negative, lr), _positive(eps))
@@ -408,6 +415,8 @@ def test_tam_step_with_eps_0_is_the_three_calls(native):
     got = _native.tam_step(P, G, M, *vecs, *args)
     _same(got, want)
     _same(P + M + vecs, tp + tm + tv)
+    d, w, _ = got
+    assert d[:2].eq(0).all() and w[:2].eq(1).all() and w[2] == 1  # the guard, and sigma = c
 
 
 def _momo_inputs(K, widths, dtype, seed, hyper, decay):

@@ -105,7 +105,8 @@ ENV = "SHIFTSIM_NATIVE"
 #: the most pairs one call sums, and the most tensors it reads
 MAX_PAIRS = 4
 MAX_TENSORS = 6
-#: the most segments a row of :func:`tam_step` and :func:`momo_step` may have (``MAXSEG``)
+#: the most segments a row of the whole row steps (:func:`tam_step` ... :func:`grams_step`)
+#: may have (``MAXSEG`` in ``rowmath.c``)
 MAX_SEGMENTS = 64
 #: the compiler's flags (``-march=native`` is dropped when the compiler refuses it)
 #: (``-fno-math-errno``: square roots without ``errno``, so that loops of them vectorise; the
@@ -202,6 +203,9 @@ def _build(cc: str, target: Path) -> None:
 
 
 _ptr, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+#: a whole row step's first arguments (segments, lengths, row length, pointers, strides, rows
+#: k0..k1, K), and one hyperparameter (pointer, stride)
+_ROWS, _HYPER = [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64], [_ptr, _i64]
 #: the C entry points (``shiftsim_<name>_f32`` and ``_f64``): result type and argument types
 #: (a pointer with its stride: ``_ptr, _i64``)
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
@@ -213,20 +217,14 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                           _i64]),
     "momo_coefs": (None, [_i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
                           _ptr, _i64, _int, _ptr, _i64, _ptr, _ptr]),
-    # the whole row steps: segments, their lengths, the row length, pointers, strides, the
-    # rows k0..k1 and K, then each function's own arguments (rowmath.c)
-    "tam_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr,
-                        _ptr, _i64, _ptr, _i64, _ptr, _i64, _int, _ptr, _i64, _int, _ptr, _ptr,
-                        _ptr, _ptr, _i64]),
-    "momo_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr,
-                         _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _int, _ptr, _i64, _ptr, _ptr,
-                         _ptr, _i64]),
-    "adatam_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr,
-                           *[_ptr, _i64] * 7, _ptr, _i64, _ptr]),
-    "amsgd_step": (_int, [_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr,
-                          *[_ptr, _i64] * 5, _ptr, _ptr, _i64, _ptr]),
-    # Grams' pass: no sums, no row length
-    "grams_step": (_int, [_int, _ptr, _ptr, _ptr, _i64, _i64, *[_ptr, _i64] * 6]),
+    # the whole row steps (rowmath.c): the segments, their lengths, the row's length, the
+    # pointers and strides, the rows k0..k1 and K (Grams: neither the row's length nor K),
+    # each function's own vectors and flags, then its hyperparameters (:func:`_hyper_args`)
+    "tam_step": (_int, [*_ROWS, *[_ptr] * 4, _int, _int, *[_ptr] * 3, *_HYPER * 5]),
+    "momo_step": (_int, [*_ROWS, *[_ptr] * 5, _int, _ptr, _ptr, *_HYPER * 5]),
+    "adatam_step": (_int, [*_ROWS, *[_ptr] * 3, *_HYPER * 8]),
+    "amsgd_step": (_int, [*_ROWS, _ptr, _ptr, *_HYPER * 7]),
+    "grams_step": (_int, [_int, _ptr, _ptr, _ptr, _i64, _i64, *_HYPER * 6]),
 }
 
 
@@ -712,14 +710,31 @@ def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w:
     return True
 
 
-def _step_layout(lists: Sequence[Sequence[Tensor]], K: int) -> _Layout | None:
-    """The layout of a whole row step's three tensors, or None where :func:`tam_step` and
-    :func:`momo_step` do not apply (see :func:`_measure`; ``K`` rows; at most
-    :data:`MAX_SEGMENTS` segments)."""
+def _step_layout(lists: Sequence[Sequence[Tensor]], K: int | None = None) -> _Layout | None:
+    """The layout of a whole row step's tensors, or None where the step does not apply (see
+    :func:`_measure`; ``K`` rows when given; at most :data:`MAX_SEGMENTS` segments)."""
     layout = _layout(lists)
-    if layout is None or layout.K != K or len(layout.lens) > MAX_SEGMENTS:
+    if layout is None or (K is not None and layout.K != K) \
+            or len(layout.lens) > MAX_SEGMENTS:
         return None
     return layout
+
+
+_NO_DECAY = object()
+
+
+def _hyper_args(values: Sequence[object], K: int, dtype: torch.dtype,
+                shrink: object = _NO_DECAY) -> tuple[list[Any], list[Tensor]] | None:
+    """Hyperparameters for a whole row step's last arguments: each as its :func:`_hyper`
+    pointer and stride, then (when given) the decay factor ``shrink``, None passed as a null
+    pointer; with the arrays the pointers point into, which the caller holds until its call is
+    done. None when one cannot be read."""
+    got = [_hyper(h, K, dtype) for h in values]
+    if shrink is not _NO_DECAY:
+        got.append((None, 0, None) if shrink is None else _hyper(shrink, K, dtype))
+    if any(h is None for h in got):
+        return None
+    return [v for h in got for v in h[:2]], [h[2] for h in got]  # type: ignore[index]
 
 
 def _rows_call(fn: Any, layout: _Layout, args: tuple[Any, ...], what: str, count: int,
@@ -759,17 +774,14 @@ def tam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], sqno
             or not all(_vector(t, K, dtype) for t in (sqnorm, shat, scale)):
         return None
     layout = _step_layout((P, G, M), K)
-    hps = [_hyper(h, K, dtype) for h in (lerp_weight, eps, beta, neg_lr)]  # owners held
-    factor = (0, 0, None) if shrink is None else _hyper(shrink, K, dtype)  # owner held
-    if layout is None or factor is None or any(h is None for h in hps):
+    hyper = _hyper_args((lerp_weight, eps, beta, neg_lr), K, dtype, shrink)  # owners held
+    if layout is None or hyper is None:
         return None
-    (lw, lw_s, _), (ep, ep_s, _), (be, be_s, _), (lr, lr_s, _) = hps  # type: ignore[misc]
     (sums, _), (d, w, step) = _outputs("tam_sums", 2, K, dtype), _outputs("tam", 3, K, dtype)
     fn = lib.shiftsim_tam_step_f32 if dtype is torch.float32 else lib.shiftsim_tam_step_f64
-    args = (sums.data_ptr(), sqnorm.data_ptr(), shat.data_ptr(), scale.data_ptr(), lw, lw_s,
-            ep, ep_s, be, be_s, int(not isinstance(beta, Tensor)), lr, lr_s, int(positive),
-            d.data_ptr(), w.data_ptr(), step.data_ptr(), factor[0] or None, factor[1])
-
+    args = (sums.data_ptr(), sqnorm.data_ptr(), shat.data_ptr(), scale.data_ptr(),
+            int(not isinstance(beta, Tensor)), int(positive), d.data_ptr(), w.data_ptr(),
+            step.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "TAM", 3)
     return d, w, step
 
@@ -795,17 +807,13 @@ def momo_step(D: Sequence[Tensor], P: Sequence[Tensor], G: Sequence[Tensor], los
             or not all(_vector(t, K, dtype) for t in (loss, loss_avg, gamma, fstar)):
         return None
     layout = _step_layout((D, P, G), K)
-    hps = [_hyper(h, K, dtype) for h in (beta, weight, c, cap)]  # owners held
-    factor = (0, 0, None) if shrink is None else _hyper(shrink, K, dtype)  # owner held
-    if layout is None or factor is None or any(h is None for h in hps):
+    hyper = _hyper_args((beta, weight, c, cap), K, dtype, shrink)  # owners held
+    if layout is None or hyper is None:
         return None
-    (be, be_s, _), (wt, wt_s, _), (cc, cc_s, _), (cp, cp_s, _) = hps  # type: ignore[misc]
     (sums, _, _), (tau, neg) = _outputs("momo_sums", 3, K, dtype), _outputs("momo", 2, K, dtype)
     fn = lib.shiftsim_momo_step_f32 if dtype is torch.float32 else lib.shiftsim_momo_step_f64
-    args = (sums.data_ptr(), loss.data_ptr(), loss_avg.data_ptr(), be, be_s, wt, wt_s,
-            gamma.data_ptr(), fstar.data_ptr(), cc, cc_s, int(c_one), cp, cp_s, tau.data_ptr(),
-            neg.data_ptr(), factor[0] or None, factor[1])
-
+    args = (sums.data_ptr(), loss.data_ptr(), loss_avg.data_ptr(), gamma.data_ptr(),
+            fstar.data_ptr(), int(c_one), tau.data_ptr(), neg.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "MoMo", 3)
     return tau, neg
 
@@ -835,17 +843,14 @@ def adatam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
             or not isinstance(size, Tensor):
         return None
     layout = _step_layout((P, G, M, V), K)
-    hps = [_hyper(h, K, dtype) for h in (lerp_weight, torque_eps, beta1, beta2, weight2, eps,
-                                         size)]  # owners held
-    factor = (0, 0, None) if shrink is None else _hyper(shrink, K, dtype)  # owner held
-    if layout is None or factor is None or any(h is None for h in hps):
+    hyper = _hyper_args((lerp_weight, torque_eps, beta1, beta2, weight2, eps, size), K, dtype,
+                        shrink)  # owners held
+    if layout is None or hyper is None:
         return None
-    flat = [v for h in hps for v in h[:2]]  # type: ignore[index]
     (sums, _, _), (d,) = _outputs("adatam_sums", 3, K, dtype), _outputs("adatam", 1, K, dtype)
     fn = lib.shiftsim_adatam_step_f32 if dtype is torch.float32 \
         else lib.shiftsim_adatam_step_f64
-    args = (sums.data_ptr(), shat.data_ptr(), *flat, factor[0] or None, factor[1], d.data_ptr())
-
+    args = (sums.data_ptr(), shat.data_ptr(), d.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "AdaTAM", 4)
     return d
 
@@ -869,20 +874,18 @@ def amsgd_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor], ra
     lib = _math_library(dtype) if dtype is not None else None
     if lib is None:
         return None
-    layout = _layout((P, G, D))
-    if layout is None or len(layout.lens) > MAX_SEGMENTS:
+    layout = _step_layout((P, G, D))
+    if layout is None:
         return None
     K = layout.K
-    hps = [_hyper(h, K, dtype) for h in (ratio, lam, lam1, one_minus_lam, beta_max)]
-    tol = _hyper(32 * torch.finfo(dtype).eps, K, dtype)  # torch's where(den > tol, ...)
-    lr = _hyper(neg_lr, K, dtype)  # these owners held until the call is done
-    if tol is None or lr is None or any(h is None for h in hps):
+    # 32 machine epsilons: the tolerance of torch's where(den > tol, ...) in _am_weight
+    hyper = _hyper_args((ratio, lam, lam1, one_minus_lam, beta_max,
+                         32 * torch.finfo(dtype).eps, neg_lr), K, dtype)  # owners held
+    if hyper is None:
         return None
-    flat = [v for h in hps for v in h[:2]]  # type: ignore[index]
     (sums, _, _), (beta,) = _outputs("amsgd_sums", 3, K, dtype), _outputs("amsgd", 1, K, dtype)
     fn = lib.shiftsim_amsgd_step_f32 if dtype is torch.float32 else lib.shiftsim_amsgd_step_f64
-    args = (sums.data_ptr(), *flat, tol[0], lr[0], lr[1], beta.data_ptr())
-
+    args = (sums.data_ptr(), beta.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "AM-SGD", 3)
     return beta
 
@@ -907,18 +910,14 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     lib = _math_library(dtype)
     if lib is None:
         return False
-    layout = _layout((P, G, M, V))
-    if layout is None or len(layout.lens) > MAX_SEGMENTS:
+    layout = _step_layout((P, G, M, V))
+    if layout is None:
         return False
-    K = layout.K
-    hps = [_hyper(h, K, dtype) for h in (weight1, beta2, weight2, eps, size)]  # owners held
-    factor = (0, 0, None) if shrink is None else _hyper(shrink, K, dtype)  # owner held
-    if factor is None or any(h is None for h in hps):
+    hyper = _hyper_args((weight1, beta2, weight2, eps, size), layout.K, dtype,
+                        shrink)  # owners held
+    if hyper is None:
         return False
-    flat = [v for h in hps for v in h[:2]]  # type: ignore[index]
     fn = lib.shiftsim_grams_step_f32 if dtype is torch.float32 else lib.shiftsim_grams_step_f64
-    args = (*flat, factor[0] or None, factor[1])
-
-    _rows_call(fn, layout, args, "Grams", 4, sums=False)
+    _rows_call(fn, layout, tuple(hyper[0]), "Grams", 4, sums=False)
     return True
 

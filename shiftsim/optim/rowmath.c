@@ -173,7 +173,7 @@ TAM_UPDATE(shiftsim_tam_update_f64, double, fma, fabs)
  * proximal weight decay's _foreach_mul_ by 1 / (1 + lr wd), when shrink is not NULL), element
  * by element in one pass instead of two. */
 #define MOMO_UPDATE(NAME, T, FMA)                                                            \
-    void NAME(int S, const int64_t *len, T **p, const int64_t *p_ld, const T **d,            \
+    static void NAME(int S, const int64_t *len, T **p, const int64_t *p_ld, const T **d,            \
               const int64_t *d_ld, int64_t K, const T *neg, const T *shrink,                 \
               int64_t shrink_s)                                                             \
     {                                                                                       \
@@ -202,7 +202,9 @@ MOMO_UPDATE(shiftsim_momo_update_f64, double, fma)
  * update — so that the update reads the row while the sums' pass has left it in cache, in one
  * call instead of three. The same functions on the same numbers, so the same bits as the three
  * calls. Segment pointers and strides as in TAM_UPDATE (tensor t's segment s at x[t * S + s]);
- * sums: (P, K) row-major, the pairs' sums of member k at sums[q * K + k]. -1 for more than
+ * sums: (P, K) row-major, the pairs' sums of member k at sums[q * K + k]. Every step takes its
+ * hyperparameters last, each as a pointer and a stride (0: one value for all members, 1: one
+ * per member), the optional decay factor `shrink` (NULL: none) last of all. -1 for more than
  * MAXSEG segments (the caller then makes the three calls). */
 #define MAXSEG 64
 
@@ -236,10 +238,10 @@ int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64
 
 #define TAM_STEP(NAME, T, SUMS, COEFS, UPDATE)                                               \
     int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
-             int64_t k1, int64_t K, T *sums, T *sq, T *shat, T *scale, const T *lw,          \
-             int64_t lw_s, const T *eps, int64_t eps_s, const T *beta, int64_t beta_s,       \
-             int beta_add, const T *neg_lr, int64_t lr_s, int positive, T *d_out, T *w_out,  \
-             T *step_out, const T *shrink, int64_t shrink_s)                                \
+             int64_t k1, int64_t K, T *sums, T *sq, T *shat, T *scale, int beta_add,         \
+             int positive, T *d_out, T *w_out, T *step_out, const T *lw, int64_t lw_s,       \
+             const T *eps, int64_t eps_s, const T *beta, int64_t beta_s, const T *neg_lr,    \
+             int64_t lr_s, const T *shrink, int64_t shrink_s)                               \
     {                                                                                       \
         /* x: the tensors P, G, M (3 S pointers); the sums' pairs <m, g>, <g, g> */          \
         static const int pa[2] = {2, 1}, pb[2] = {1, 1};                                    \
@@ -262,10 +264,10 @@ TAM_STEP(shiftsim_tam_step_f64, double, shiftsim_rowsums_f64, shiftsim_tam_coefs
 
 #define MOMO_STEP(NAME, T, SUMS, COEFS, UPDATE)                                              \
     int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
-             int64_t k1, int64_t K, T *sums, const T *f, T *loss_avg, const T *beta,         \
-             int64_t beta_s, const T *w, int64_t w_s, T *gam, const T *fstar, const T *c,    \
-             int64_t c_s, int c_one, const T *cap, int64_t cap_s, T *tau_out, T *neg_out,    \
-             const T *shrink, int64_t shrink_s)                                             \
+             int64_t k1, int64_t K, T *sums, const T *f, T *loss_avg, T *gam,                \
+             const T *fstar, int c_one, T *tau_out, T *neg_out, const T *beta,               \
+             int64_t beta_s, const T *w, int64_t w_s, const T *c, int64_t c_s, const T *cap, \
+             int64_t cap_s, const T *shrink, int64_t shrink_s)                              \
     {                                                                                       \
         /* x: the tensors D, P, G (3 S pointers); the sums' pairs |d|^2, <x, g>, <x, d>,     \
          * d first moved toward g (the lerp's weight w) */                                  \
@@ -300,10 +302,10 @@ MOMO_STEP(shiftsim_momo_step_f64, double, shiftsim_rowsums_f64, shiftsim_momo_co
  * segments. */
 #define ADATAM_STEP(NAME, T, SUMS, SQRT, FMA, ABS)                                           \
     int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
-             int64_t k1, int64_t K, T *sums, T *shat, const T *lw, int64_t lw_s,             \
+             int64_t k1, int64_t K, T *sums, T *shat, T *d_out, const T *lw, int64_t lw_s,   \
              const T *teps, int64_t teps_s, const T *b1, int64_t b1_s, const T *b2,          \
              int64_t b2_s, const T *w2, int64_t w2_s, const T *eps, int64_t eps_s,           \
-             const T *size, int64_t size_s, const T *shrink, int64_t shrink_s, T *d_out)     \
+             const T *size, int64_t size_s, const T *shrink, int64_t shrink_s)              \
     {                                                                                       \
         static const int pa[3] = {2, 2, 1}, pb[3] = {1, 2, 1};                              \
         ROW_STEP_SETUP(T, 4)                                                                \
@@ -350,10 +352,10 @@ ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, f
  * machine epsilon. -1 for more than MAXSEG segments. */
 #define AMSGD_STEP(NAME, T, SUMS, FMA, ABS)                                                  \
     int NAME(int S, const int64_t *len, int64_t n, T **x, const int64_t *ld, int64_t k0,     \
-             int64_t k1, int64_t K, T *sums, const T *ratio, int64_t ratio_s, const T *lam,   \
-             int64_t lam_s, const T *lam1, int64_t lam1_s, const T *om, int64_t om_s,        \
-             const T *bmax, int64_t bmax_s, const T *tol_c, const T *neg_lr, int64_t lr_s,   \
-             T *beta_out)                                                                   \
+             int64_t k1, int64_t K, T *sums, T *beta_out, const T *ratio, int64_t ratio_s,   \
+             const T *lam, int64_t lam_s, const T *lam1, int64_t lam1_s, const T *om,        \
+             int64_t om_s, const T *bmax, int64_t bmax_s, const T *tol_c, int64_t tol_s,     \
+             const T *neg_lr, int64_t lr_s)                                                 \
     {                                                                                       \
         static const int pa[3] = {2, 1, 2}, pb[3] = {1, 1, 2};                              \
         ROW_STEP_SETUP(T, 3)                                                                \
@@ -370,7 +372,7 @@ ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, f
             const T u2 = e - u1;                                                            \
             const T den = u2 + b;                                                           \
             const T v1 = e + b;                                                             \
-            const T tol = tol_c[0] * v1;                                                    \
+            const T tol = tol_c[k * tol_s] * v1;                                            \
             const T q = num / den;                                                          \
             T beta = den > tol ? q : (T)0;                                                  \
             beta = CLAMP_MAX(CLAMP_MIN(beta, (T)0), bmax[k * bmax_s]);                      \

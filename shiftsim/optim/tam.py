@@ -169,6 +169,13 @@ def _damping(blocks: Sequence[Block], shat: Tensor, gamma: Scalar, scope: str, l
     return _smooth(parts, [b.hp.get("scale") for b in blocks], shat, gamma, scope), parts
 
 
+def _like(gamma: Scalar, shat: Tensor) -> Scalar:
+    """A tensor ``gamma`` in ``shat``'s dtype (the smoothing's lerp weight takes it so)."""
+    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
+        return gamma.to(shat.dtype)
+    return gamma
+
+
 def _smooth(parts: Sequence[tuple[Tensor, Tensor, Tensor]], scales: Sequence[Tensor | None],
             shat: Tensor, gamma: Scalar, scope: str) -> Tensor:
     """The cosine from the blocks' ``(<m, g>, |m|^2, |g|^2)`` (``scales``: each block's
@@ -186,9 +193,7 @@ def _smooth(parts: Sequence[tuple[Tensor, Tensor, Tensor]], scales: Sequence[Ten
         mg, mm, gg = (torch.cat([p[k] for p in parts]) for k in range(3))
     den2 = mm * gg
     cos = torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp_(-1.0, 1.0)
-    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
-        gamma = gamma.to(shat.dtype)
-    shat.lerp_(cos, host(one_minus, gamma))  # gamma * shat + (1 - gamma) * cos
+    shat.lerp_(cos, host(one_minus, _like(gamma, shat)))  # gamma * shat + (1 - gamma) * cos
     return shat * 0.5 + 0.5
 
 
@@ -555,9 +560,7 @@ def _tam_rows(P: list[Tensor], G: list[Tensor], M: list[Tensor], shat: Tensor, s
     decay = not is_zero(wd)
     if decay and not decoupled:
         G = foreach_add_decay(P, G, wd, 1)
-    gamma = hp["gamma"]
-    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
-        gamma = gamma.to(shat.dtype)
+    gamma = _like(hp["gamma"], shat)
     shrink = host(decay_factor, lr, wd) if decay and decoupled else None
     # the whole step in one native call (the three below, member by member: the same bits)
     whole = _native.tam_step(P, G, M, sqnorm, shat, scale, host(one_minus, gamma), eps, beta,
@@ -628,9 +631,7 @@ def _adatam_native(P: list[Tensor], G: list[Tensor], M: list[Tensor], V: list[Te
     if not _native.available():
         return None
     lr, b1, b2, eps = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"]
-    gamma = hp["gamma"]
-    if isinstance(gamma, Tensor) and gamma.dtype != shat.dtype:
-        gamma = gamma.to(shat.dtype)
+    gamma = _like(hp["gamma"], shat)
     if flags["bias_correction"]:
         size = host(_adatam_size, lr, b1, b2, step, keep=False)
         eps = host(scaled_eps, eps, b2, step, keep=False)
