@@ -30,6 +30,7 @@ from shiftsim.optim import (
     MoMo,
     MoMoAdam,
     _compiled,
+    _native,
 )
 
 # importing torch's compiler stack warns about torch.jit internals (not ours)
@@ -82,7 +83,10 @@ def run(make, steps: int, dtype=torch.float64, compile=False):
 
 @pytest.fixture()
 def no_compile(monkeypatch):
-    """``torch.compile`` as the identity (counting its calls): the compiled path, uncompiled."""
+    """``torch.compile`` as the identity (counting its calls): the compiled path, uncompiled.
+    MoMo's native kernel, which its compiled step takes on a CPU, is switched off here, so
+    these tests check the Inductor kernel's math (it still runs where the native code does
+    not: a GPU, no C compiler); tests/test_tensor_steps.py checks the native kernel."""
     calls = []
 
     def fake(fn, **kw):
@@ -90,6 +94,7 @@ def no_compile(monkeypatch):
         return fn
 
     monkeypatch.setattr(torch, "compile", fake)
+    monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
     monkeypatch.delenv(_compiled.ENV, raising=False)
     return calls
 
@@ -322,9 +327,11 @@ def test_really_compiled_tam_matches_eager_and_reference():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["adatamw_bc", "momo"])
-def test_really_compiled_float32_matches_eager(name):
+def test_really_compiled_float32_matches_eager(name, monkeypatch):
+    """Inductor's kernels (MoMo's native one off: it is tested in tests/test_tensor_steps.py)."""
     if _compiled.missing_compiler(torch.device("cpu")):
         pytest.skip("no C++ compiler")
+    monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
     eager, _, _ = run(MAKERS[name], 6, torch.float32, compile=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)

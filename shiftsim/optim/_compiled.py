@@ -14,8 +14,7 @@ CPU the first time; Inductor's on-disk cache, on by default, makes a later proce
 same shapes load it in a few seconds), and saves milliseconds per step only on large models.
 
 * ``compile=False``: never. ``compile=True``: from the first step, whatever the size.
-* ``compile="auto"`` (the default, except for MoMo, whose compiled step measured no faster
-  than its eager one: False there): once the optimizer has taken :data:`COMPILE_AFTER_STEPS`
+* ``compile="auto"`` (the default): once the optimizer has taken :data:`COMPILE_AFTER_STEPS`
   eager steps over at least :data:`COMPILE_MIN_NUMEL` parameter elements — a run that has lasted
   that long is likely to last long enough to repay the compile (the ski-rental rule), and a
   short run (a 200-step test, a tuning trial) never pays for it. The environment variable
@@ -31,6 +30,14 @@ kernels silently, and the next covered step compiles or reuses the compiled kern
 optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so torch.compile's
 recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
 any later compile error, the optimizer warns and stays eager.
+
+**MoMo on a CPU** takes shiftsim's own C kernel instead of Inductor's
+(:func:`shiftsim.optim._native.momo_tensors_step`, built with the native row sums: nothing is
+compiled per shape, so its first step costs milliseconds), where the native code is on and the
+tensors are contiguous float32/float64; Inductor's :func:`momo_step` elsewhere (a GPU, no C
+compiler, ``SHIFTSIM_NATIVE=0``). MoMo's two dependent passes left Inductor nothing to fuse (its
+kernel measured no faster than the eager one); the C kernel makes exactly those two passes and
+splits them across torch's own threads.
 
 The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
 optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.

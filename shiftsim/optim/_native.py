@@ -1,8 +1,10 @@
-"""Native code for the fleet's row kernels: per-row inner products of ``(K, n)`` tensors in one
-pass over them (:func:`row_sums`), TAM's and MoMo's per-member arithmetic (:func:`tam_coefs`,
-:func:`momo_coefs`), TAM's update in one pass (:func:`tam_update`) and the whole row steps of
-TAM, MoMo, AdaTAM(W) and AM-SGD in one call each (:func:`tam_step`, :func:`momo_step`,
-:func:`adatam_step`, :func:`amsgd_step`), and Grams's step in one pass (:func:`grams_step`).
+"""Native code for the fleet's row kernels and MoMo's compiled step on a CPU: per-row inner
+products of ``(K, n)`` tensors in one pass over them (:func:`row_sums`), TAM's and MoMo's
+per-member arithmetic (:func:`tam_coefs`, :func:`momo_coefs`), TAM's update in one pass
+(:func:`tam_update`), the whole row steps of TAM, MoMo, AdaTAM(W) and AM-SGD in one call each
+(:func:`tam_step`, :func:`momo_step`, :func:`adatam_step`, :func:`amsgd_step`), Grams's step
+in one pass (:func:`grams_step`), and MoMo's step over one learner's tensors
+(:func:`momo_tensors_step`).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
@@ -60,14 +62,35 @@ one process over 6 runs: the AdaTAM and AdaTAMW groups (20 members) 1.055 -> 0.2
 rounds 0.89-1.19). Grams's step, which sums nothing, is one pass (:func:`grams_step`: torch's
 eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 
-**Build.** The first use in a process compiles ``rowsums.c`` and ``rowmath.c`` with the
-system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; about 1 s on a 2-core CPU)
-into a cache folder (``$SHIFTSIM_CACHE``, else ``$XDG_CACHE_HOME/shiftsim``, else
-``~/.cache/shiftsim``), keyed by the sources, the compiler's version and the CPU's flags (a
-folder that cannot be written: the temporary folder's ``shiftsim-<uid>``); later processes
-load it. No compiler, a failed build or an unloadable library: one warning, then torch's sums
-and arithmetic for the rest of the process. ``SHIFTSIM_NATIVE=0`` turns both off (``1``, the
-default: on where they build).
+**Steps over one learner's tensors** (``tensorsteps.c``). :func:`momo_tensors_step` is
+MoMo's compiled step on a CPU (``MoMo(compile=True)``, or ``"auto"`` once it applies): two
+passes over the parameter tensors, cut into chunks of :data:`CHUNK` elements and split across
+torch's threads, the first moving the first moments and summing their squares, the second
+updating the parameters. [speed] ``benchmarks/optimizer_step.py --only momo`` (5M parameters,
+2 threads, alternating with Inductor's kernel): 1.38x and 1.30x fused SGD-momentum against
+2.12x and 2.03x.
+
+**Threads.** The library is built with OpenMP (``-fopenmp``) only where that is torch's own
+runtime (GCC's libgomp, which torch's Linux wheels load: the library then links to the copy
+torch has loaded instead of a second one), so its parallel loops run on torch's thread team,
+awake right after torch's own parallel work. A pool of Python threads beside it gained little
+on this project's 2-core machine: a prototype of MoMo's two passes, 9 rounds interleaved with
+fused SGD-momentum (2 threads), took 1.74x its time split by such a pool and 1.43x on torch's
+team (1.26x on one thread, where fused SGD-momentum is slower too). Elsewhere
+(clang, another runtime in torch) the library is built without OpenMP and the tensor steps run
+on the calling thread; the row functions above split rows across a pool of Python threads
+either way. :func:`openmp` says which.
+
+**Build.** The first use in a process compiles ``rowsums.c``, ``rowmath.c`` and
+``tensorsteps.c`` with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``;
+about 1 s on a 2-core CPU) into a cache folder (``$SHIFTSIM_CACHE``, else
+``$XDG_CACHE_HOME/shiftsim``, else ``~/.cache/shiftsim``), keyed by the sources, the compiler's
+version, the OpenMP setting and the CPU's flags (a folder that cannot be written: the temporary
+folder's ``shiftsim-<uid>``); later processes load it. A compiler that refuses ``-fopenmp``:
+built without it. No compiler, a failed build or an unloadable library: one warning, then
+torch's sums and arithmetic for the rest of the process (and Inductor's kernel for MoMo's
+compiled step). ``SHIFTSIM_NATIVE=0`` turns all of it off (``1``, the default: on where it
+builds).
 
 >>> import torch
 >>> a, b = torch.ones(2, 5), torch.full((2, 5), 2.0)
@@ -98,7 +121,8 @@ from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
            "adatam_step", "amsgd_step", "current", "grams_step", "momo_coefs", "momo_step",
-           "row_sums", "status", "tam_coefs", "tam_step", "tam_update"]
+           "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs", "tam_step",
+           "tam_update"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -117,7 +141,12 @@ SOURCE = Path(__file__).with_name("rowsums.c")
 #: the per-member arithmetic of the TAM and MoMo row kernels (:func:`tam_coefs`,
 #: :func:`momo_coefs`), built into the same library
 MATH_SOURCE = Path(__file__).with_name("rowmath.c")
-SOURCES = (SOURCE, MATH_SOURCE)
+#: whole steps over one learner's tensors, split across torch's threads
+#: (:func:`momo_tensors_step`), built into the same library
+TENSOR_SOURCE = Path(__file__).with_name("tensorsteps.c")
+SOURCES = (SOURCE, MATH_SOURCE, TENSOR_SOURCE)
+#: the flag that builds the library with OpenMP, where :func:`_openmp_flags` allows it
+OPENMP = "-fopenmp"
 
 _lock = threading.Lock()
 _thread = threading.local()
@@ -162,29 +191,67 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _target(cc: str) -> Path:
-    """The cached library's path for this source, compiler and CPU."""
+def _version(cc: str) -> str:
+    """``cc --version``'s output."""
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.splitlines()[:1]
+        return subprocess.run([cc, "--version"], capture_output=True, text=True,
+                               timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"{cc} --version failed: {exc}") from None
+
+
+def _torch_libgomp() -> bool:
+    """Whether torch's parallel backend is OpenMP with GCC's runtime (libgomp) loaded in this
+    process (read from ``/proc/self/maps``; False where that cannot be read)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _openmp_flags(version: str) -> list[str]:
+    """``[OPENMP]`` where the library built with it shares torch's OpenMP runtime: the compiler
+    is GCC (whose ``-fopenmp`` links ``libgomp.so.1``, the soname of the copy torch has already
+    loaded, so the dynamic loader reuses that one) and torch runs its parallel work on libgomp.
+    Anything else (clang links another runtime; torch built with its own thread pool or with
+    Intel's OpenMP) would start a second thread pool beside torch's: no OpenMP there
+    (``tensorsteps.c`` then runs on the calling thread)."""
+    gcc = "Free Software Foundation" in version or version.lower().startswith("gcc")
+    return [OPENMP] if gcc and _torch_libgomp() else []
+
+
+def _target(cc: str, version: str, openmp: Sequence[str]) -> Path:
+    """The cached library's path for this source, compiler, CPU and OpenMP setting."""
     key = hashlib.sha256(b"\0".join([*(src.read_bytes() for src in SOURCES), repr(CFLAGS).encode(),
-                                     repr(version).encode(), platform.machine().encode(),
+                                     repr(version.splitlines()[:1]).encode(),
+                                     repr(list(openmp)).encode(), platform.machine().encode(),
                                      _cpu_flags().encode()]))
     return cache_dir() / f"rowsums-{key.hexdigest()[:16]}.so"
 
 
-def _build(cc: str, target: Path) -> None:
+def _path(cc: str) -> tuple[Path, list[str]]:
+    """The cached library's path for compiler ``cc`` here, and the OpenMP flags it is built
+    with."""
+    version = _version(cc)
+    openmp = _openmp_flags(version)
+    return _target(cc, version, openmp), openmp
+
+
+def _build(cc: str, target: Path, openmp: Sequence[str] = ()) -> None:
     """Compile the library into ``target`` (a new file, renamed into place: a library another
-    process has loaded is never written over); raises RuntimeError naming the failure."""
+    process has loaded is never written over), with ``openmp``'s flags where the compiler
+    takes them; raises RuntimeError naming the failure."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".rowsums-", suffix=".so")
     os.close(fd)
     errors = []
     try:
-        for arch in (["-march=native"], []):
-            cmd = [cc, *CFLAGS, *arch, *map(str, SOURCES), "-o", tmp, "-lm"]
+        tries = [(arch, omp) for arch in (["-march=native"], [])
+                 for omp in ([list(openmp)] + ([[]] if openmp else []))]
+        for arch, omp in tries:
+            cmd = [cc, *CFLAGS, *arch, *omp, *map(str, SOURCES), "-o", tmp, "-lm"]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             except (OSError, subprocess.SubprocessError) as exc:
@@ -198,7 +265,7 @@ def _build(cc: str, target: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    raise RuntimeError(f"{cc} could not build {' and '.join(src.name for src in SOURCES)}: "
+    raise RuntimeError(f"{cc} could not build {', '.join(src.name for src in SOURCES)}: "
                        f"{errors[-1]}")
 
 
@@ -225,6 +292,10 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "adatam_step": (_int, [*_ROWS, *[_ptr] * 3, *_HYPER * 8]),
     "amsgd_step": (_int, [*_ROWS, _ptr, _ptr, *_HYPER * 7]),
     "grams_step": (_int, [_int, _ptr, _ptr, _ptr, _i64, _i64, *_HYPER * 6]),
+    # tensorsteps.c: threads, tensors, their pointers, the chunks, scratch, the state, the loss
+    # and f*, the float hyperparameters, tau
+    "momo_tensors": (None, [_int, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
+                            _ptr, _ptr, _ptr, _ptr, *[ctypes.c_double] * 4, _ptr]),
 }
 
 
@@ -232,19 +303,19 @@ def _load() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set $CC, or install cc, gcc or clang)")
-    path = _target(cc)
+    path, openmp = _path(cc)
     if not path.exists():
         try:
-            _build(cc, path)
+            _build(cc, path, openmp)
         except OSError:  # the cache folder cannot be written: this user's temporary folder
             path = Path(tempfile.gettempdir()) / f"shiftsim-{_user()}" / path.name
             if not path.exists():
-                _build(cc, path)
+                _build(cc, path, openmp)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:  # a damaged file in the cache: build it again once
         path.unlink(missing_ok=True)
-        _build(cc, path)
+        _build(cc, path, openmp)
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
@@ -253,6 +324,7 @@ def _load() -> ctypes.CDLL:
         for suffix in ("f32", "f64"):
             fn = getattr(lib, f"shiftsim_{name}_{suffix}")
             fn.restype, fn.argtypes = restype, argtypes
+    lib.shiftsim_openmp.restype, lib.shiftsim_openmp.argtypes = _int, []
     return lib
 
 
@@ -921,3 +993,107 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     _rows_call(fn, layout, tuple(hyper[0]), "Grams", 4, sums=False)
     return True
 
+
+
+# ------------------------------------------------------ whole steps over one learner's tensors
+
+#: the chunk length (elements) of the tensor steps (``tensorsteps.c``): a tensor's sums add
+#: its chunks' sums in order, so their bits depend on it (not on the thread count)
+CHUNK = 1 << 15
+#: the elements from which a tensor step is split across torch's threads (below it one
+#: thread: a team's start costs more than it saves)
+PARALLEL_FROM = 1 << 16
+
+
+def openmp() -> bool:
+    """Whether the library splits the tensor steps across torch's threads (built with torch's
+    OpenMP runtime; see ``_openmp_flags``). Builds it on the first call."""
+    lib = _library()
+    return bool(lib is not None and lib.shiftsim_openmp())
+
+
+class _Chunks:
+    """The chunks of a list of tensors of these element counts: chunk ``c`` is elements
+    ``lo[c] .. hi[c] - 1`` of tensor ``tix[c]`` (C arrays, made once per counts)."""
+
+    __slots__ = ("count", "tix", "lo", "hi", "total")
+
+    def __init__(self, numels: tuple[int, ...]) -> None:
+        tix, lo, hi = [], [], []
+        for t, n in enumerate(numels):
+            for start in range(0, n, CHUNK):
+                tix.append(t)
+                lo.append(start)
+                hi.append(min(n, start + CHUNK))
+        self.count, self.total = len(tix), sum(numels)
+        self.tix, self.lo, self.hi = ((ctypes.c_int64 * len(v))(*v) for v in (tix, lo, hi))
+
+
+_chunk_sets: dict[tuple[int, ...], _Chunks] = {}
+
+
+def _tensor_lists(lists: Sequence[Sequence[Tensor]], dtype: torch.dtype
+                  ) -> tuple[tuple[int, ...], list[ctypes.Array]] | None:
+    """The element counts of ``lists`` (lists of one length, tensor ``i`` of each of one size)
+    and a C array of each list's data pointers, or None unless every tensor is a contiguous
+    CPU tensor of ``dtype`` with at least one element."""
+    first = lists[0]
+    numels = tuple(t.numel() for t in first)
+    if not numels or min(numels) == 0:
+        return None
+    arrays = []
+    for ts in lists:
+        if len(ts) != len(numels):
+            return None
+        for t, n in zip(ts, numels):
+            if not isinstance(t, Tensor) or t.dtype is not dtype or not t.is_cpu \
+                    or t.numel() != n or not t.is_contiguous():
+                return None
+        arrays.append((ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]))
+    return numels, arrays
+
+
+def momo_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                      kept: Tensor, loss_avg: Tensor, f: Tensor, fstar: Tensor, *, beta: float,
+                      rho: float, cap: float) -> Tensor | None:
+    r"""MoMo's step over one learner's tensors without weight decay, the offsets carried (the
+    step of :func:`~shiftsim.optim._compiled.momo_step`, which :class:`~shiftsim.optim.MoMo`
+    takes with ``compile=True``) in two passes over them, split across torch's threads where
+    the library has OpenMP (:func:`openmp`): the first moments ``D`` moved toward the gradients
+    ``G`` (torch's lerp) and their squares summed per tensor, then ``P`` updated by
+    :math:`-\tau D` (torch's add with alpha). ``kept``: the offsets :math:`v_i = \langle x_i,
+    d_i\rangle - \gamma_i`, ``(n,)``; ``loss_avg``, ``f`` (the loss), ``fstar``: one element
+    each; updated in place with ``D`` and ``P``. Returns :math:`\tau` (0-d), or None, changing
+    nothing, where it does not apply (native code off or unavailable, not all contiguous CPU
+    tensors of one float32/float64 dtype, a hyperparameter that is not a number).
+
+    Equal to the eager and the Inductor kernels up to float rounding: the first moments are
+    torch's bits, the sums are ``tensorsteps.c``'s (the same bits whatever the thread count;
+    tested).
+    """
+    dtype = loss_avg.dtype
+    lib = _math_library(dtype)
+    if lib is None or not P or len(kept) != len(P) \
+            or not all(_vector(t, 1, dtype) for t in (loss_avg, f, fstar)) \
+            or not _vector(kept, len(P), dtype) \
+            or not all(isinstance(h, (int, float)) and not isinstance(h, bool)
+                       for h in (beta, rho, cap)):
+        return None
+    found = _tensor_lists((P, G, D), dtype)
+    if found is None:
+        return None
+    numels, (ps, gs, ds) = found
+    chunks = _chunk_sets.get(numels)
+    if chunks is None:
+        if len(_chunk_sets) >= 64:
+            _chunk_sets.clear()
+        chunks = _chunk_sets[numels] = _Chunks(numels)
+    threads = torch.get_num_threads() if chunks.total >= PARALLEL_FROM else 1
+    part = torch.empty(chunks.count, dtype=torch.float64)
+    sq, tau = torch.empty(len(P), dtype=dtype), torch.empty((), dtype=dtype)
+    fn = lib.shiftsim_momo_tensors_f32 if dtype is torch.float32 else \
+        lib.shiftsim_momo_tensors_f64
+    fn(threads, len(P), ps, gs, ds, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+       part.data_ptr(), sq.data_ptr(), kept.data_ptr(), loss_avg.data_ptr(), f.data_ptr(),
+       fstar.data_ptr(), float(beta), 1.0 - float(beta), float(rho), float(cap), tau.data_ptr())
+    return tau

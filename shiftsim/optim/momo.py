@@ -802,16 +802,19 @@ class MoMo(_MoMoBase):
         exact_outside_changes: [ours] follow changes made to the parameters outside the
             optimizer exactly, as the reference does, also without weight decay, at the cost of
             one more pass over the parameters per step (module notes; shared).
-        compile: False (default), True or ``"auto"``: take steps through a compiled kernel
+        compile: ``"auto"`` (default), True or False: take steps through a compiled kernel
             (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
             group without weight decay, ``use_fstar=False`` and ``exact_outside_changes=False``
-            (the offsets carried), after each tensor's first step. Off by default: MoMo's two
-            dependent passes (the step size needs a model-wide sum) leave nothing for the
-            compiler to fuse, and it measured no faster than the eager kernels
-            (``benchmarks/optimizer_step.py --only momo``, 5M parameters, 2-core AMD EPYC,
-            15 rounds: 1.71x vs 1.62x fused SGD-momentum with 2 threads, 1.74x vs 1.79x
-            with 1; with its sums accumulated in float64 since: 1.54x vs 1.56x, 15 rounds,
-            and 1.59-1.62x vs 1.59-1.60x over two 9-round runs, 2 threads).
+            (the offsets carried), after each tensor's first step. On a CPU that kernel is
+            shiftsim's own C code (:func:`~shiftsim.optim._native.momo_tensors_step`: two
+            passes over the tensors, split across torch's threads; built with the native row
+            sums, nothing to compile per shape), elsewhere Inductor's. [speed]
+            ``benchmarks/optimizer_step.py --only momo`` (5M parameters, 2-core AMD EPYC, 2
+            threads, 9 rounds, alternating with ``SHIFTSIM_NATIVE=0``, which gives Inductor's):
+            1.38x and 1.30x fused SGD-momentum against Inductor's 2.12x and 2.03x (the eager
+            step 1.88-1.97x), first step 0.01-0.03 s against 3.2 s; one thread 1.24x and 1.33x
+            (eager 1.67x and 1.76x). Until 2026-12-07 (Inductor's kernel only, measured no
+            faster than the eager one) the default was False.
 
     State: ``grad_avg`` (:math:`d`), ``grad_dot_w`` (:math:`\gamma_i`) and ``x_dot_d``
     (:math:`\langle x_i, d_i\rangle`, or the offset :math:`\langle x_i, d_i\rangle -
@@ -842,7 +845,7 @@ class MoMo(_MoMoBase):
         use_fstar: bool = False,
         foreach: bool | None = None,
         exact_outside_changes: bool = False,
-        compile: bool | str = False,
+        compile: bool | str = "auto",
     ) -> None:
         defaults = dict(lr=lr, beta=beta, lb=lb, weight_decay=weight_decay,
                         bias_correction=bias_correction, use_fstar=use_fstar, foreach=foreach,
@@ -937,14 +940,21 @@ class MoMo(_MoMoBase):
         glob, x = plan.glob, plan.extra
         beta, step = group["beta"], glob["step"]
         rho = 1 - beta ** step if group["bias_correction"] else 1.0
-        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
-            "_scalars", _compiled.Scalars())
-        h = scalars((beta, 1 - beta, rho, lr / rho), live[0])
         loss_avg = glob["loss_avg"]
         f = _loss_tensor(loss, loss_avg, 0)
         if not isinstance(f, Tensor):
             f = torch.full_like(loss_avg, f)
         b = blocks[0]
+        if live[0].is_cpu:  # on a CPU the native kernel, where it applies (class notes)
+            tau = _native.momo_tensors_step(b.params, b.grads, b.bufs["d"], x["kept"],
+                                            loss_avg, f, glob["fstar"], beta=beta, rho=rho,
+                                            cap=lr / rho)
+            if tau is not None:
+                glob["step_size"] = tau
+                return True
+        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+            "_scalars", _compiled.Scalars())
+        h = scalars((beta, 1 - beta, rho, lr / rho), live[0])
         out = comp.run(live, b.params, b.grads, b.bufs["d"], x["kept"], loss_avg,
                        glob["fstar"], f, h)
         if out is _compiled.EAGER:
