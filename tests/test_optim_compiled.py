@@ -81,12 +81,19 @@ def run(make, steps: int, dtype=torch.float64, compile=False):
     return traj, {k: v.clone() for k, v in opt.diagnostics().items()}, opt
 
 
+@pytest.fixture(autouse=True)
+def inductor_kernels(monkeypatch):
+    """The native kernels that the compiled steps of MoMo, TAM and AM-SGD take on a CPU,
+    switched off: these tests check Inductor's kernels (still taken where the native code is
+    not: a GPU, no C compiler), tests/test_tensor_steps.py the native ones."""
+    monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
+    monkeypatch.setattr(_compiled, "tam_step_native", lambda *a, **kw: None)
+    monkeypatch.setattr(_compiled, "amsgd_step_native", lambda *a, **kw: None)
+
+
 @pytest.fixture()
 def no_compile(monkeypatch):
-    """``torch.compile`` as the identity (counting its calls): the compiled path, uncompiled.
-    MoMo's native kernel, which its compiled step takes on a CPU, is switched off here, so
-    these tests check the Inductor kernel's math (it still runs where the native code does
-    not: a GPU, no C compiler); tests/test_tensor_steps.py checks the native kernel."""
+    """``torch.compile`` as the identity (counting its calls): the compiled path, uncompiled."""
     calls = []
 
     def fake(fn, **kw):
@@ -94,7 +101,6 @@ def no_compile(monkeypatch):
         return fn
 
     monkeypatch.setattr(torch, "compile", fake)
-    monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
     monkeypatch.delenv(_compiled.ENV, raising=False)
     return calls
 
@@ -327,11 +333,9 @@ def test_really_compiled_tam_matches_eager_and_reference():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["adatamw_bc", "momo"])
-def test_really_compiled_float32_matches_eager(name, monkeypatch):
-    """Inductor's kernels (MoMo's native one off: it is tested in tests/test_tensor_steps.py)."""
+def test_really_compiled_float32_matches_eager(name):
     if _compiled.missing_compiler(torch.device("cpu")):
         pytest.skip("no C++ compiler")
-    monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
     eager, _, _ = run(MAKERS[name], 6, torch.float32, compile=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)

@@ -1,9 +1,12 @@
-"""MoMo's native step over one learner's tensors (``shiftsim/optim/tensorsteps.c``,
-``shiftsim.optim._native.momo_tensors_step``), the step ``MoMo(compile=True)`` takes on a CPU:
-the numbers of the Inductor kernel's function (run as plain torch) up to float rounding, the
-first moments bit for bit, the sums against float64, the same bits with one thread and two,
-the float64 reference through the class, the inputs it leaves to the other kernels, and the
-build: OpenMP only as torch's own runtime, and a compiler without OpenMP."""
+"""The native steps over one learner's tensors (``shiftsim/optim/tensorsteps.c``), which the
+compiled steps of MoMo, TAM and AM-SGD take on a CPU: MoMo's whole step
+(``_native.momo_tensors_step``) against the Inductor kernel's function (run as plain torch) up
+to float rounding, the first moments bit for bit, the sums against float64, the same bits with
+one thread and two; TAM's and AM-SGD's two passes (``three_sums_tensors``,
+``lerp_update_tensors``) against float64 sums and torch's elementwise operations bit for bit;
+each optimizer through its class against its eager step and the float64 reference; the
+inputs they leave to the other kernels; and the build: OpenMP only as torch's own runtime, and
+a compiler without OpenMP."""
 
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_optim_adamem import SGD_HP, amsgd_reference
 from test_optim_common import assert_traj_close, run_reference
-from test_optim_compiled import one_group, run
+from test_optim_compiled import MAKERS, one_group, run
 from test_optim_momo import momo_reference
 from test_optim_native import fresh  # noqa: F401 - the fixture
+from test_optim_tam import TAM_HP, tam_reference
 
-from shiftsim.optim import MoMo, _compiled, _native
+from shiftsim.optim import TAM, AdaptiveMemorySGD, MoMo, _compiled, _native
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="no native code here")
 
@@ -183,44 +188,102 @@ def test_native_code_off_is_none(monkeypatch):
     _unchanged(case, before)
 
 
+# ------------------------------------------------------------- TAM's and AM-SGD's two passes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("coupled", [False, True])
+def test_three_sums_are_the_float64_sums(dtype, coupled):
+    M, G, P = _case(dtype, seed=2)[2], _case(dtype, seed=3)[1], _case(dtype, seed=3)[0]
+    wd = 0.05
+    got = _native.three_sums_tensors(M, G, P if coupled else None, wd)
+    assert got is not None and got.dtype == dtype and got.shape == (3,)
+    Gw = [g.add(p, alpha=wd) if coupled else g for g, p in zip(G, P)]  # torch's add, alpha
+    m64, g64 = torch.cat([m.double().flatten() for m in M]), \
+        torch.cat([g.double().flatten() for g in Gw])
+    want = torch.stack([(m64 * g64).sum(), (m64 * m64).sum(), (g64 * g64).sum()])
+    scale = torch.stack([(m64 * g64).abs().sum(), (m64 * m64).sum(), (g64 * g64).sum()])
+    eps = 1e-6 if dtype == torch.float32 else 1e-14
+    assert ((got.double() - want).abs() <= eps * scale).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_three_sums_the_same_bits_with_one_thread_and_two(dtype):
+    M, G, P = _case(dtype, seed=2)[2], _case(dtype, seed=3)[1], _case(dtype, seed=3)[0]
+    threads = torch.get_num_threads()
+    try:
+        got = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got.append(_native.three_sums_tensors(M, G, P, 0.01))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got[0], got[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight", [0.1, 0.7])  # torch's two lerp formulas
+@pytest.mark.parametrize("decay", ["none", "coupled", "decoupled"])
+def test_the_update_pass_is_torchs_operations_bit_for_bit(dtype, weight, decay):
+    """m <- lerp(m, g', w), p <- p shrink, p <- p + step m: torch's lerp_, mul_ and add_ with
+    alpha (g' = g.add(p, alpha=wd) with coupled decay), bit for bit."""
+    P, G, M = _case(dtype, seed=5)[:3]
+    wd, step = 0.03, -0.0123
+    mine = [[t.clone() for t in x] for x in (P, G, M)]
+    assert _native.lerp_update_tensors(*mine, weight, step,
+                                       coupled_wd=wd if decay == "coupled" else None,
+                                       shrink=1 - 0.1 * wd if decay == "decoupled" else None)
+    for p, g, m in zip(P, G, M):
+        gw = g.add(p, alpha=wd) if decay == "coupled" else g
+        m.lerp_(gw, weight)
+        if decay == "decoupled":
+            p.mul_(1 - 0.1 * wd)
+        p.add_(m, alpha=step)
+    for got, want in zip(mine, (P, G, M)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_passes_leave_what_they_do_not_take():
+    P, G, M = _case(torch.float32)[:3]
+    before = _clone([P, G, M])
+    G[1] = G[1].t().contiguous().t() if G[1].dim() == 2 else G[1]
+    assert _native.three_sums_tensors(M, [g.half() for g in G]) is None
+    assert _native.three_sums_tensors(M, G[:-1]) is None
+    assert _native.three_sums_tensors(M, G, P, wd=torch.tensor(0.1)) is None
+    assert not _native.lerp_update_tensors(P, [g.double() for g in G], M, 0.1, -0.1)
+    assert not _native.lerp_update_tensors(P, G, M, torch.tensor(0.1), -0.1)
+    assert not _native.lerp_update_tensors([], [], [], 0.1, -0.1)
+    _unchanged([P, G, M], before)
+
+
 # ------------------------------------------------------------------------ through the class
 
 
 @pytest.fixture()
 def counted(monkeypatch):
-    """``torch.compile`` refused (the native kernel must not need it) and the native step's
-    calls that applied counted."""
-    calls = {"n": 0}
-    step = _native.momo_tensors_step
+    """``torch.compile`` refused (the native kernels must not need it) and the native steps'
+    calls that applied counted: ``calls["momo"]`` (MoMo's whole step), ``calls["sums"]``
+    (TAM's and AM-SGD's first pass)."""
+    calls = {"momo": 0, "sums": 0}
 
-    def count(*args, **kwargs):
-        out = step(*args, **kwargs)
-        calls["n"] += out is not None
-        return out
+    def counter(key, fn):
+        def count(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls[key] += out is not None
+            return out
+        return count
 
     def no_compile(*args, **kwargs):
         raise AssertionError("torch.compile called")
 
-    monkeypatch.setattr(_native, "momo_tensors_step", count)
+    monkeypatch.setattr(_native, "momo_tensors_step",
+                        counter("momo", _native.momo_tensors_step))
+    monkeypatch.setattr(_native, "three_sums_tensors",
+                        counter("sums", _native.three_sums_tensors))
     monkeypatch.setattr(torch, "compile", no_compile)
     monkeypatch.delenv(_compiled.ENV, raising=False)
     return calls
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bias_correction", [False, True])
-def test_momo_compiled_on_a_cpu_is_the_native_step(counted, dtype, bias_correction):
-    def make(ps, c):
-        return MoMo(ps, lr=0.5, beta=0.8, bias_correction=bias_correction, compile=c)
-
-    eager, d_eager, _ = run(make, 12, dtype, compile=False)
-    calls = counted["n"]
-    comp, d_comp, opt = run(make, 12, dtype, compile=True)
-    assert counted["n"] - calls == 11 and opt._compiled.compiled is None  # steps 2..12
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-    assert_traj_close(comp, eager, **tol)
-    for k in d_eager:
-        torch.testing.assert_close(d_comp[k], d_eager[k], **tol)
 
 
 @pytest.mark.parametrize("bias_correction", [False, True])
@@ -228,7 +291,7 @@ def test_momo_native_step_matches_float64_reference(counted, bias_correction):
     hp = dict(lr=2.0, weight_decay=0.0)
     ours, _, _ = run(lambda ps, c: MoMo(ps, beta=0.8, lb=0.05, bias_correction=bias_correction,
                                         compile=c, **hp), 40, compile=True)
-    assert counted["n"] == 39
+    assert counted["momo"] == 39
     ref = momo_reference(one_group(hp), beta=0.8, lb=0.05, bias_correction=bias_correction)
     assert_traj_close(ours, run_reference(ref, 40))
 
@@ -239,7 +302,45 @@ def test_momo_auto_takes_the_native_step_as_it_would_compile(counted, monkeypatc
     monkeypatch.setattr(_compiled, "COMPILE_AFTER_STEPS", 3)
     monkeypatch.setattr(_compiled, "COMPILE_MIN_NUMEL", 1)
     run(lambda ps, c: MoMo(ps, lr=0.5, compile=c), 8, compile="auto")
-    assert counted["n"] == 4  # steps 5..8 (step 1 is each tensor's first: eager)
+    assert counted["momo"] == 4  # steps 5..8 (step 1 is each tensor's first: eager)
+
+
+@pytest.mark.parametrize("name, kernel, steps", [
+    ("momo", "momo", 11), ("momo_bc", "momo", 11),  # MoMo's first step is eager (fresh)
+    ("tam", "sums", 12), ("tam_decoupled", "sums", 12), ("tam_eps0", "sums", 12),
+    ("adamem_sgd", "sums", 11), ("adamem_sgd_nowd", "sums", 11)])  # AM-SGD's first: eager
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_steps_on_a_cpu_take_the_native_code(counted, name, kernel, steps, dtype):
+    """MoMo's, TAM's and AM-SGD's compiled steps on a CPU: the native code (counted), no
+    Inductor compile, the eager step's numbers up to float rounding."""
+    eager, d_eager, _ = run(MAKERS[name], 12, dtype, compile=False)
+    calls = counted[kernel]
+    comp, d_comp, opt = run(MAKERS[name], 12, dtype, compile=True)
+    assert counted[kernel] - calls == steps and opt._compiled.compiled is None
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    assert_traj_close(comp, eager, **tol)
+    for k in d_eager:
+        torch.testing.assert_close(d_comp[k], d_eager[k], **tol)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_tam_native_passes_match_float64_reference(counted, decoupled):
+    hp = TAM_HP[0]
+    ours, _, _ = run(lambda ps, c: TAM(ps, gamma=0.7, decoupled=decoupled, compile=c, **hp),
+                     40, compile=True)
+    assert counted["sums"] == 40
+    assert_traj_close(ours, run_reference(tam_reference(one_group(hp), 0.7, decoupled), 40))
+
+
+def test_am_sgd_native_passes_match_float64_reference(counted):
+    hp = SGD_HP[1]
+    betas: list[float] = []
+    ours, _, opt = run(lambda ps, c: AdaptiveMemorySGD(ps, lam=0.2, beta_max=0.95, compile=c,
+                                                       **hp), 40, compile=True)
+    assert counted["sums"] == 39
+    assert_traj_close(ours, run_reference(amsgd_reference(one_group(hp), 0.2, 0.95,
+                                                          betas_out=betas), 40))
+    assert opt.diagnostics()["beta"].item() == pytest.approx(betas[-1], abs=1e-9)
 
 
 # ------------------------------------------------------------------------------ the build
@@ -253,14 +354,16 @@ def _gomp_paths() -> set[str]:
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="no /proc/self/maps")
 def test_openmp_is_torchs_own_runtime():
     """Where torch runs on GCC's OpenMP, the library is built with it and loads torch's copy:
-    one libgomp in the process."""
+    one ``libgomp.so.1`` in the process, torch's (other packages may bring their own, renamed
+    copies, as scikit-learn's wheels do: those are not ours)."""
     if not _native._torch_libgomp():
         pytest.skip("torch's parallel backend is not libgomp here")
     cc = _native._compiler()
     assert cc is not None
     if _native._openmp_flags(_native._version(cc)):
         assert _native.openmp()
-    assert len(_gomp_paths()) == 1
+    ours = {path for path in _gomp_paths() if Path(path).name == "libgomp.so.1"}
+    assert len(ours) == 1 and Path(torch.__file__).parent in Path(ours.pop()).parents
 
 
 def test_openmp_flags_only_for_gcc_with_torchs_libgomp(monkeypatch):

@@ -31,13 +31,23 @@ optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so t
 recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
 any later compile error, the optimizer warns and stays eager.
 
-**MoMo on a CPU** takes shiftsim's own C kernel instead of Inductor's
-(:func:`shiftsim.optim._native.momo_tensors_step`, built with the native row sums: nothing is
-compiled per shape, so its first step costs milliseconds), where the native code is on and the
-tensors are contiguous float32/float64; Inductor's :func:`momo_step` elsewhere (a GPU, no C
-compiler, ``SHIFTSIM_NATIVE=0``). MoMo's two dependent passes left Inductor nothing to fuse (its
-kernel measured no faster than the eager one); the C kernel makes exactly those two passes and
-splits them across torch's own threads.
+**On a CPU, MoMo, TAM and AM-SGD** take shiftsim's own C code instead of Inductor's kernels
+(``tensorsteps.c``, built with the native row sums: nothing is compiled per shape, so the first
+step costs milliseconds), where the native code is on and the tensors are contiguous
+float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.momo_tensors_step`), TAM's
+and AM-SGD's two passes (:func:`tam_step_native`, :func:`amsgd_step_native`) with the numbers
+between them computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
+:func:`_amsgd_numbers`); Inductor's kernels elsewhere (a GPU, no C compiler,
+``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads, each thread taking the
+same chunks in both passes (the second in reverse, so that it starts on what its first pass left
+in its core's caches). [speed] ``benchmarks/optimizer_step.py --only tam,adamem_sgd,momo`` (5M
+parameters, a 2-vCPU Intel Xeon, 9 rounds, alternating with ``SHIFTSIM_NATIVE=0``, two runs each):
+MoMo 1.22x and 1.21x fused SGD-momentum against Inductor's 1.93x and 1.99x (2 threads), 1.35x and
+1.15x against 1.91x and 1.90x (1 thread); TAM 1.54x and 1.53x against 1.54x and 1.55x (2
+threads), 1.43x and 1.43x against 1.41x and 1.41x (1 thread); AM-SGD 1.60x and 1.53x against
+1.48x and 1.51x, 1.47x and 1.43x against 1.51x and 1.43x: TAM's and AM-SGD's at Inductor's speed
+within this benchmark's resolution (about 10 %), MoMo's well past it; first steps 0.01-0.02 s
+against Inductor's 0.2-6 s (its on-disk cache warm or not).
 
 The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
 optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.
@@ -55,6 +65,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SpecTypeError
+from . import _native
 
 #: ``compile="auto"``: compile after this many eager steps ...
 COMPILE_AFTER_STEPS = 1000
@@ -304,6 +315,22 @@ def _cosine(mg: Tensor, mm: Tensor, gg: Tensor) -> Tensor:
     return torch.where(den2 > 0, mg * den2.rsqrt(), 0.0).clamp(-1.0, 1.0)
 
 
+def _tam_numbers(mg: Tensor, mm: Tensor, gg: Tensor, scale: Tensor, shat: Tensor, h: Tensor,
+                 positive: bool) -> tuple[Tensor, ...]:
+    r"""TAM's numbers between its two passes (:func:`tam_step`): the damping, the new
+    :math:`\hat s`, :math:`\sigma` and :math:`\lVert\tilde m\rVert^2`, the momentum's lerp
+    weight and the step's factor."""
+    lr, beta, w_gamma, eps = h[0], h[1], h[2], h[3]
+    shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
+    d = shat * 0.5 + 0.5
+    c = d + eps
+    sig = scale * beta + c
+    w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
+    u = 1 - w
+    sqnorm = ((u * mm + 2 * w * mg) * u + w * w * gg).clamp_min(0.0)
+    return d, shat, sig, sqnorm, w, sig * -lr
+
+
 def tam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor,
              shat: Tensor, h: Tensor, coupled: bool, decoupled: bool, positive: bool
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -312,18 +339,11 @@ def tam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor
     ``h = (lr, momentum, 1 - gamma, eps, weight_decay)``. Updates params and ``ms`` (the
     scaled momenta :math:`\tilde m`) in place; returns the damping and the new
     :math:`\hat s`, :math:`\sigma` (``scale``) and :math:`\lVert\tilde m\rVert^2`."""
-    lr, beta, w_gamma, eps, wd = h[0], h[1], h[2], h[3], h[4]
+    lr, wd = h[0], h[4]
     if coupled:
         gs = [g + wd * p for p, g in zip(ps, gs)]
     mg, mm, gg = _sums(ms, gs)
-    shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
-    d = shat * 0.5 + 0.5
-    c = d + eps
-    sig = scale * beta + c
-    w = c / sig if positive else torch.where(sig > 0, c / sig, 1.0)
-    u = 1 - w
-    sqnorm = ((u * mm + 2 * w * mg) * u + w * w * gg).clamp_min(0.0)
-    step = sig * -lr
+    d, shat, sig, sqnorm, w, step = _tam_numbers(mg, mm, gg, scale, shat, h, positive)
     for p, g, m in reversed(list(zip(ps, gs, ms))):  # reversed: see above _sums
         m.lerp_(g, w.to(m.dtype))
         if decoupled:
@@ -443,6 +463,22 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     return tau, gam, loss_avg
 
 
+def _amsgd_numbers(a: Tensor, e: Tensor, bb: Tensor, h: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""AM-SGD's numbers between its two passes (:func:`amsgd_step`) from :math:`\langle d,
+    g\rangle`, :math:`\lVert d\rVert^2`, :math:`\lVert g\rVert^2`: :math:`\beta_t`, the new
+    :math:`\lVert d\rVert^2` and the lerp weight."""
+    lam, beta_max, ratio, tolf = h[2], h[3], h[4], h[5]
+    num = (1 + lam) * (a * ratio) - ((1 - lam) * a + lam * e - bb)
+    den = e - 2 * a + bb
+    beta = torch.where(den > tolf * (e + bb), num / den, 0.0).clamp_min(0.0)
+    beta = torch.minimum(beta, beta_max)
+    w = (1 - beta) / (1 + lam)
+    u = 1 - w
+    sqnorm = ((u * e + 2 * w * a) * u + w * w * bb).clamp_min(0.0)
+    return beta, sqnorm, w
+
+
 def amsgd_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
                coupled: bool) -> tuple[Tensor, Tensor]:
     r"""AM-SGD (one param group, every tensor past its first step), as
@@ -451,17 +487,11 @@ def amsgd_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
     ``h = (lr, weight_decay, lam, beta_max, lr_ratio, tol)`` with ``tol`` the rounding guard's
     factor :math:`32\,\epsilon_{mach}`. Updates params and ``ds`` in place; returns
     :math:`\beta_t` and the new :math:`\lVert d\rVert^2`."""
-    lr, wd, lam, beta_max, ratio, tolf = (h[i] for i in range(6))
+    lr, wd = h[0], h[1]
     if coupled:
         gs = [g + wd * p for p, g in zip(ps, gs)]
     a, e, bb = _sums(ds, gs)  # <d, g>, |d|^2, |g|^2
-    num = (1 + lam) * (a * ratio) - ((1 - lam) * a + lam * e - bb)
-    den = e - 2 * a + bb
-    beta = torch.where(den > tolf * (e + bb), num / den, 0.0).clamp_min(0.0)
-    beta = torch.minimum(beta, beta_max)
-    w = (1 - beta) / (1 + lam)
-    u = 1 - w
-    sqnorm = ((u * e + 2 * w * a) * u + w * w * bb).clamp_min(0.0)
+    beta, sqnorm, w = _amsgd_numbers(a, e, bb, h)
     for p, g, d in reversed(list(zip(ps, gs, ds))):  # reversed: see above _sums
         d.lerp_(g, w.to(d.dtype))
         p.add_(d * -lr)
@@ -509,3 +539,41 @@ def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[
         p.add_(d / P * -lr)
     bs = torch.stack(betas)
     return bs, pi * bs
+
+
+# ------------------------------------------------- the CPU kernels of TAM and AM-SGD, native
+
+
+def tam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor,
+                    shat: Tensor, h: Tensor, coupled: bool, decoupled: bool, positive: bool,
+                    *, lr: float, wd: float) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """:func:`tam_step` on a CPU by the native passes (``_native.three_sums_tensors``, then
+    ``_native.lerp_update_tensors``) with :func:`tam_step`'s numbers between them (``lr``,
+    ``wd``: ``h``'s as floats); None, changing nothing, where those do not apply."""
+    sums = _native.three_sums_tensors(ms, gs, ps if coupled else None, wd)
+    if sums is None:
+        return None
+    mg, mm, gg = sums.unbind(0)
+    d, shat, sig, sqnorm, w, step = _tam_numbers(mg, mm, gg, scale, shat, h, positive)
+    _updated(_native.lerp_update_tensors(ps, gs, ms, w.item(), step.item(),
+                                         coupled_wd=wd if coupled else None,
+                                         shrink=1 - lr * wd if decoupled else None))
+    return d, shat, sig, sqnorm
+
+
+def amsgd_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
+                      coupled: bool, *, lr: float, wd: float) -> tuple[Tensor, Tensor] | None:
+    """:func:`amsgd_step` on a CPU by the native passes (as :func:`tam_step_native`)."""
+    sums = _native.three_sums_tensors(ds, gs, ps if coupled else None, wd)
+    if sums is None:
+        return None
+    a, e, bb = sums.unbind(0)
+    beta, sqnorm, w = _amsgd_numbers(a, e, bb, h)
+    _updated(_native.lerp_update_tensors(ps, gs, ds, w.item(), -lr,
+                                         coupled_wd=wd if coupled else None))
+    return beta, sqnorm
+
+
+def _updated(done: bool) -> None:
+    if not done:  # pragma: no cover - the sums' pass took the same tensors
+        raise RuntimeError("the native update refused the tensors its sums took")

@@ -62,13 +62,14 @@ one process over 6 runs: the AdaTAM and AdaTAMW groups (20 members) 1.055 -> 0.2
 rounds 0.89-1.19). Grams's step, which sums nothing, is one pass (:func:`grams_step`: torch's
 eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 
-**Steps over one learner's tensors** (``tensorsteps.c``). :func:`momo_tensors_step` is
-MoMo's compiled step on a CPU (``MoMo(compile=True)``, or ``"auto"`` once it applies): two
-passes over the parameter tensors, cut into chunks of :data:`CHUNK` elements and split across
-torch's threads, the first moving the first moments and summing their squares, the second
-updating the parameters. [speed] ``benchmarks/optimizer_step.py --only momo`` (5M parameters,
-2 threads, alternating with Inductor's kernel): 1.38x and 1.30x fused SGD-momentum against
-2.12x and 2.03x.
+**Steps over one learner's tensors** (``tensorsteps.c``): the compiled steps of MoMo, TAM and
+AM-SGD on a CPU (``compile=True``, or ``"auto"`` once it applies; ``shiftsim.optim._compiled``).
+:func:`momo_tensors_step` is MoMo's whole step, :func:`three_sums_tensors` and
+:func:`lerp_update_tensors` TAM's and AM-SGD's two passes: the parameter tensors cut into
+chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
+``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
+kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x; TAM and AM-SGD at
+Inductor's speed within resolution (numbers in ``_compiled``), without its compile.
 
 **Threads.** The library is built with OpenMP (``-fopenmp``) only where that is torch's own
 runtime (GCC's libgomp, which torch's Linux wheels load: the library then links to the copy
@@ -76,10 +77,15 @@ torch has loaded instead of a second one), so its parallel loops run on torch's 
 awake right after torch's own parallel work. A pool of Python threads beside it gained little
 on this project's 2-core machine: a prototype of MoMo's two passes, 9 rounds interleaved with
 fused SGD-momentum (2 threads), took 1.74x its time split by such a pool and 1.43x on torch's
-team (1.26x on one thread, where fused SGD-momentum is slower too). Elsewhere
-(clang, another runtime in torch) the library is built without OpenMP and the tensor steps run
-on the calling thread; the row functions above split rows across a pool of Python threads
-either way. :func:`openmp` says which.
+team (1.26x on one thread, where fused SGD-momentum is slower too; all on this session's
+machine, a 2-vCPU Intel Xeon). Each thread takes the same
+chunks in every pass of a step: with the second pass's chunks dealt out in plain reverse order
+(each thread then starting on what the other had summed) TAM's step took 3.0-3.5 ms after
+fused SGD-momentum's steps against 2.3-2.5 ms (5-step rounds interleaved by hand, 2 threads;
+why, I did not establish: each core's own 2 MB of L2 cache is my guess). Elsewhere (clang,
+another runtime in torch) the library is built without OpenMP and the tensor steps run on the
+calling thread; the row functions above split rows across a pool of Python threads either way.
+:func:`openmp` says which.
 
 **Build.** The first use in a process compiles ``rowsums.c``, ``rowmath.c`` and
 ``tensorsteps.c`` with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``;
@@ -121,8 +127,8 @@ from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
            "adatam_step", "amsgd_step", "current", "grams_step", "momo_coefs", "momo_step",
-           "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs", "tam_step",
-           "tam_update"]
+           "lerp_update_tensors", "momo_tensors_step", "openmp", "row_sums", "status",
+           "tam_coefs", "tam_step", "tam_update", "three_sums_tensors"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -296,6 +302,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     # and f*, the float hyperparameters, tau
     "momo_tensors": (None, [_int, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
                             _ptr, _ptr, _ptr, _ptr, *[ctypes.c_double] * 4, _ptr]),
+    "three_sums_tensors": (None, [_int, _ptr, _ptr, _ptr, ctypes.c_double, _i64, _ptr, _ptr,
+                                  _ptr, _ptr, _ptr]),
+    "lerp_update_tensors": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                                   ctypes.c_double, ctypes.c_double, _int, ctypes.c_double,
+                                   _int, ctypes.c_double]),
 }
 
 
@@ -1053,6 +1064,38 @@ def _tensor_lists(lists: Sequence[Sequence[Tensor]], dtype: torch.dtype
     return numels, arrays
 
 
+def _chunks(numels: tuple[int, ...]) -> _Chunks:
+    """The :class:`_Chunks` of tensors of these sizes (kept)."""
+    chunks = _chunk_sets.get(numels)
+    if chunks is None:
+        if len(_chunk_sets) >= 64:
+            _chunk_sets.clear()
+        chunks = _chunk_sets[numels] = _Chunks(numels)
+    return chunks
+
+
+def _threads(chunks: _Chunks) -> int:
+    """torch's thread count from :data:`PARALLEL_FROM` elements on, else 1."""
+    return torch.get_num_threads() if chunks.total >= PARALLEL_FROM else 1
+
+
+def _floats(*values: object) -> bool:
+    """Whether every value is a Python number (not a bool, not a tensor)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _tensor_call(lists: Sequence[Sequence[Tensor]], dtype: torch.dtype
+                 ) -> tuple[ctypes.CDLL, list[ctypes.Array], _Chunks] | None:
+    """What a tensor step needs for ``lists`` in ``dtype``: the library, each list's C array of
+    pointers and the chunks; None where it does not apply (see :func:`_tensor_lists`)."""
+    lib = _math_library(dtype)
+    found = None if lib is None or not lists[0] else _tensor_lists(lists, dtype)
+    if found is None:
+        return None
+    numels, arrays = found
+    return lib, arrays, _chunks(numels)  # type: ignore[return-value]
+
+
 def momo_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
                       kept: Tensor, loss_avg: Tensor, f: Tensor, fstar: Tensor, *, beta: float,
                       rho: float, cap: float) -> Tensor | None:
@@ -1072,23 +1115,14 @@ def momo_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tens
     tested).
     """
     dtype = loss_avg.dtype
-    lib = _math_library(dtype)
-    if lib is None or not P or len(kept) != len(P) \
-            or not all(_vector(t, 1, dtype) for t in (loss_avg, f, fstar)) \
-            or not _vector(kept, len(P), dtype) \
-            or not all(isinstance(h, (int, float)) and not isinstance(h, bool)
-                       for h in (beta, rho, cap)):
+    if len(kept) != len(P) or not all(_vector(t, 1, dtype) for t in (loss_avg, f, fstar)) \
+            or not _vector(kept, len(P), dtype) or not _floats(beta, rho, cap):
         return None
-    found = _tensor_lists((P, G, D), dtype)
-    if found is None:
+    call = _tensor_call((P, G, D), dtype)
+    if call is None:
         return None
-    numels, (ps, gs, ds) = found
-    chunks = _chunk_sets.get(numels)
-    if chunks is None:
-        if len(_chunk_sets) >= 64:
-            _chunk_sets.clear()
-        chunks = _chunk_sets[numels] = _Chunks(numels)
-    threads = torch.get_num_threads() if chunks.total >= PARALLEL_FROM else 1
+    lib, (ps, gs, ds), chunks = call
+    threads = _threads(chunks)
     part = torch.empty(chunks.count, dtype=torch.float64)
     sq, tau = torch.empty(len(P), dtype=dtype), torch.empty((), dtype=dtype)
     fn = lib.shiftsim_momo_tensors_f32 if dtype is torch.float32 else \
@@ -1097,3 +1131,57 @@ def momo_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tens
        part.data_ptr(), sq.data_ptr(), kept.data_ptr(), loss_avg.data_ptr(), f.data_ptr(),
        fstar.data_ptr(), float(beta), 1.0 - float(beta), float(rho), float(cap), tau.data_ptr())
     return tau
+
+
+
+def three_sums_tensors(M: Sequence[Tensor], G: Sequence[Tensor],
+                       P: Sequence[Tensor] | None = None, wd: float = 0.0) -> Tensor | None:
+    r"""The first pass of TAM's and AM-SGD's compiled step on a CPU: :math:`\langle m,
+    g\rangle`, :math:`\lVert m\rVert^2`, :math:`\lVert g\rVert^2` over all the tensors, as one
+    ``(3,)`` tensor of their dtype, with :math:`g + \lambda p` for :math:`g` where ``P`` is
+    given (coupled weight decay ``wd``; torch's add with alpha), in one pass split across
+    torch's threads (see :func:`momo_tensors_step` for the sums' order: the same bits at any
+    thread count). None where it does not apply (as :func:`momo_tensors_step`); reads only.
+
+    >>> out = three_sums_tensors([torch.ones(3)], [torch.full((3,), 2.0)])
+    >>> out is None or out.tolist() == [6.0, 3.0, 12.0]
+    True
+    """
+    call = None if not M or not _floats(wd) else \
+        _tensor_call((M, G) if P is None else (M, G, P), M[0].dtype)
+    if call is None:
+        return None
+    lib, arrays, chunks = call
+    dtype = M[0].dtype
+    part = torch.empty(3 * chunks.count, dtype=torch.float64)
+    out = torch.empty(3, dtype=dtype)
+    fn = lib.shiftsim_three_sums_tensors_f32 if dtype is torch.float32 else \
+        lib.shiftsim_three_sums_tensors_f64
+    fn(_threads(chunks), arrays[0], arrays[1], arrays[2] if P is not None else None, float(wd),
+       chunks.count, chunks.tix, chunks.lo, chunks.hi, part.data_ptr(), out.data_ptr())
+    return out
+
+
+def lerp_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
+                        weight: float, step: float, *, coupled_wd: float | None = None,
+                        shrink: float | None = None) -> bool:
+    r"""The second pass of TAM's and AM-SGD's compiled step on a CPU, element by element:
+    :math:`g' = g + \lambda p` (``coupled_wd``; else :math:`g' = g`), :math:`m \leftarrow`
+    ``lerp(m, g', weight)``, :math:`p \leftarrow p\cdot` ``shrink`` (decoupled weight decay,
+    when given), :math:`p \leftarrow p +` ``step`` :math:`m`, torch's lerp and add with alpha
+    (fused multiply-adds, as torch's CPU kernels), split across torch's threads. False where it
+    does not apply (as :func:`momo_tensors_step`), changing nothing."""
+    floats = _floats(weight, step, 0.0 if coupled_wd is None else coupled_wd,
+                     1.0 if shrink is None else shrink)
+    call = _tensor_call((P, G, M), P[0].dtype) if P and floats else None
+    if call is None:
+        return False
+    lib, (ps, gs, ms), chunks = call
+    dtype = P[0].dtype
+    fn = lib.shiftsim_lerp_update_tensors_f32 if dtype is torch.float32 else \
+        lib.shiftsim_lerp_update_tensors_f64
+    fn(_threads(chunks), ps, gs, ms, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+       float(weight), float(step), int(coupled_wd is not None),
+       0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
+       1.0 if shrink is None else float(shrink))
+    return True

@@ -633,10 +633,12 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         beta_max: upper clip of :math:`\beta_t` (shared).
         weight_decay: coupled L2 :math:`\lambda_{wd}`.
         foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
-        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+        compile: ``"auto"``, True or False: take the step with a compiled kernel
             (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
             group whose parameters all have a gradient and a momentum (the first step, which
-            sets :math:`d_0 = g_0`, is eager), float hyperparameters.
+            sets :math:`d_0 = g_0`, is eager), float hyperparameters. On a CPU its two passes
+            are shiftsim's C code (``tensorsteps.c``: nothing compiled per shape), elsewhere
+            ``torch.compile``'s.
 
     State: ``momentum_buffer`` (:math:`d`) per parameter; ``state["global"]``: ``step``,
     ``beta``, ``momentum``, ``prev_lrs``. ``diagnostics()``: ``beta`` (:math:`\beta_t`) and
@@ -727,7 +729,12 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
             "_scalars", _compiled.Scalars())
         h = scalars((lr, wd, lam, beta_max, ratio, tol), ps[0])
-        out = comp.run(ps, ps, gs, [self.state[p]["momentum_buffer"] for p in ps], h, wd != 0)
+        ds = [self.state[p]["momentum_buffer"] for p in ps]
+        out = None
+        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
+            out = _compiled.amsgd_step_native(ps, gs, ds, h, wd != 0, lr=lr, wd=wd)
+        if out is None:
+            out = comp.run(ps, ps, gs, ds, h, wd != 0)
         if out is _compiled.EAGER:
             return False
         beta, sqnorm = out

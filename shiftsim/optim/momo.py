@@ -809,12 +809,12 @@ class MoMo(_MoMoBase):
             shiftsim's own C code (:func:`~shiftsim.optim._native.momo_tensors_step`: two
             passes over the tensors, split across torch's threads; built with the native row
             sums, nothing to compile per shape), elsewhere Inductor's. [speed]
-            ``benchmarks/optimizer_step.py --only momo`` (5M parameters, 2-core AMD EPYC, 2
-            threads, 9 rounds, alternating with ``SHIFTSIM_NATIVE=0``, which gives Inductor's):
-            1.38x and 1.30x fused SGD-momentum against Inductor's 2.12x and 2.03x (the eager
-            step 1.88-1.97x), first step 0.01-0.03 s against 3.2 s; one thread 1.24x and 1.33x
-            (eager 1.67x and 1.76x). Until 2026-12-07 (Inductor's kernel only, measured no
-            faster than the eager one) the default was False.
+            ``benchmarks/optimizer_step.py --only momo`` (5M parameters, a 2-vCPU Intel Xeon, 9
+            rounds, alternating with ``SHIFTSIM_NATIVE=0``, which gives Inductor's): 1.22x and
+            1.21x fused SGD-momentum against Inductor's 1.93x and 1.99x with 2 threads (the
+            eager step 1.7-2.1x that day), 1.35x and 1.15x against 1.91x and 1.90x with one
+            (eager 1.46-1.56x); first step 0.01-0.02 s. Until 2026-12-07 (Inductor's kernel
+            only, measured no faster than the eager one) the default was False.
 
     State: ``grad_avg`` (:math:`d`), ``grad_dot_w`` (:math:`\gamma_i`) and ``x_dot_d``
     (:math:`\langle x_i, d_i\rangle`, or the offset :math:`\langle x_i, d_i\rangle -

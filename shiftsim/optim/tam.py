@@ -724,10 +724,11 @@ class TAM(_TorqueBase):
         scope: ``"global"`` [paper]: one model-wide cosine over every parameter with a gradient
             (all groups); ``"tensor"`` [ours]: one cosine per parameter tensor.
         foreach: multi-tensor ops (True), tensor by tensor (False), or chosen per tensor (None).
-        compile: ``"auto"``, True or False: take the step with a ``torch.compile``-d kernel
+        compile: ``"auto"``, True or False: take the step with a compiled kernel
             (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers
             ``scope="global"``, one param group whose parameters all have a gradient, float
-            hyperparameters.
+            hyperparameters. On a CPU its two passes are shiftsim's C code
+            (``tensorsteps.c``: nothing compiled per shape), elsewhere ``torch.compile``'s.
 
     State: [ours] the momentum is kept scaled, :math:`m = \sigma\tilde m` with
     :math:`\sigma_t = \beta\sigma_{t-1} + \epsilon + d_t` (:math:`\sigma_0 = 0`), so that
@@ -836,9 +837,15 @@ class TAM(_TorqueBase):
             "_scalars", _compiled.Scalars())
         h = scalars((lr, beta, 1 - gamma, eps, wd), ps[0])
         scale = self._group_scale(glob, 0)
-        out = comp.run(ps, ps, gs, [self.state[p]["momentum_avg"] for p in ps], scale,
-                       glob["cosine"], h, wd != 0 and not group["decoupled"],
-                       wd != 0 and group["decoupled"], eps > 0)
+        ms = [self.state[p]["momentum_avg"] for p in ps]
+        coupled, decoupled = wd != 0 and not group["decoupled"], wd != 0 and group["decoupled"]
+        out = None
+        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
+            out = _compiled.tam_step_native(ps, gs, ms, scale, glob["cosine"], h, coupled,
+                                            decoupled, eps > 0, lr=lr, wd=wd)
+        if out is None:
+            out = comp.run(ps, ps, gs, ms, scale, glob["cosine"], h, coupled, decoupled,
+                           eps > 0)
         if out is _compiled.EAGER:
             return False
         glob["damping"], shat, sig, sqnorm = out

@@ -1,7 +1,8 @@
 /* Whole optimizer steps over one learner's parameter tensors, on the CPU, split across torch's
- * threads: the kernels that MoMo's compiled step (compile=True, shiftsim.optim.momo.MoMo) takes
- * on a CPU instead of an Inductor-generated one. Built with rowsums.c and rowmath.c by
- * shiftsim.optim._native.
+ * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM and AM-SGD
+ * take on a CPU instead of Inductor-generated ones (MoMo's whole step here; TAM's and AM-SGD's
+ * two passes, their few numbers in between computed by shiftsim.optim._compiled). Built with
+ * rowsums.c and rowmath.c by shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
  * caller cuts every tensor at the same multiples of one chunk length), and each pass over them
@@ -20,10 +21,24 @@
  * CPU kernels make one (lerp; add with alpha), no other contraction (-ffp-contract=off).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define LANES 16
 #define BLOCK 256
+
+/* Inside a parallel region: this thread's chunks c0 .. c1 - 1 of n, the same for every pass of
+ * a step, so that a pass that updates what an earlier pass read starts on chunks its own core
+ * touched last (dealt out otherwise, TAM's step measured about 1.3x slower; see _native). */
+#ifdef _OPENMP
+#include <omp.h>
+#define MY_CHUNKS(n, c0, c1)                                                                 \
+    const int t_ = omp_get_thread_num(), nt_ = omp_get_num_threads();                      \
+    const int64_t c0 = (n) * t_ / nt_, c1 = (n) * (t_ + 1) / nt_;
+#else
+#define MY_CHUNKS(n, c0, c1) const int64_t c0 = 0, c1 = (n);
+#endif
 
 /* 1 where the library was built with OpenMP (the loops below split across threads), else 0 */
 int shiftsim_openmp(void)
@@ -87,8 +102,8 @@ LERP_SQUARES(lerp_squares_f64, double, double, fma)
  *   loss_avg <- loss_avg beta + f w;  u_t = kept_t beta;
  *   tau = min(max(loss_avg - rho fstar + sum_t u_t, 0) / sum_t sq_t, cap) (0 where the norm is
  *   not positive; a NaN ratio stays NaN);  kept_t <- u_t - tau sq_t;
- *   p <- p - tau d (torch's add with alpha: one fused multiply-add; second pass, the chunks in
- *   reverse order so that it starts on those the first pass left in cache).
+ *   p <- p - tau d (torch's add with alpha: one fused multiply-add; second pass, each thread's
+ *   chunks in reverse order so that it starts on those its first pass left in cache).
  * part: one double per chunk (scratch); nt: the threads. Writes tau. */
 #define MOMO_TENSORS(NAME, T, FMA, ABS, SQUARES)                                             \
     void NAME(int nt, int64_t n, T **p, T **g, T **d, int64_t nchunks, const int64_t *tix,   \
@@ -99,10 +114,13 @@ LERP_SQUARES(lerp_squares_f64, double, double, fma)
         const T beta = (T)beta_d, w = (T)w_d, wm1 = w - (T)1, rho = (T)rho_d, cap = (T)cap_d; \
         const int small = ABS(w) < (T)0.5;                                                  \
         (void)nt; /* without OpenMP */                                                      \
-        _Pragma("omp parallel for num_threads(nt) schedule(static)")                        \
-        for (int64_t c = 0; c < nchunks; c++)                                               \
-            part[c] = SQUARES(d[tix[c]] + lo[c], g[tix[c]] + lo[c], hi[c] - lo[c], w, wm1,   \
-                              small);                                                       \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+            MY_CHUNKS(nchunks, c0, c1)                                                      \
+            for (int64_t c = c0; c < c1; c++)                                               \
+                part[c] = SQUARES(d[tix[c]] + lo[c], g[tix[c]] + lo[c], hi[c] - lo[c], w,   \
+                                  wm1, small);                                              \
+        }                                                                                   \
         T norm = 0, usum = 0;                                                               \
         int64_t c = 0;                                                                      \
         for (int64_t t = 0; t < n; t++) {                                                   \
@@ -129,16 +147,157 @@ LERP_SQUARES(lerp_squares_f64, double, double, fma)
         }                                                                                   \
         *tau_out = tau;                                                                     \
         const T a = -tau;                                                                   \
-        _Pragma("omp parallel for num_threads(nt) schedule(static)")                        \
-        for (int64_t r = 0; r < nchunks; r++) {                                             \
-            const int64_t k = nchunks - 1 - r;                                              \
-            T *restrict x = p[tix[k]] + lo[k];                                              \
-            const T *restrict y = d[tix[k]] + lo[k];                                        \
-            const int64_t m = hi[k] - lo[k];                                                \
-            for (int64_t e = 0; e < m; e++)                                                 \
-                x[e] = FMA(a, y[e], x[e]);                                                  \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+            MY_CHUNKS(nchunks, c0, c1)                                                      \
+            for (int64_t k = c1 - 1; k >= c0; k--) {                                        \
+                T *restrict x = p[tix[k]] + lo[k];                                          \
+                const T *restrict y = d[tix[k]] + lo[k];                                    \
+                const int64_t m = hi[k] - lo[k];                                            \
+                for (int64_t e = 0; e < m; e++)                                             \
+                    x[e] = FMA(a, y[e], x[e]);                                              \
+            }                                                                               \
         }                                                                                   \
     }
 
 MOMO_TENSORS(shiftsim_momo_tensors_f32, float, fmaf, fabsf, lerp_squares_f32)
 MOMO_TENSORS(shiftsim_momo_tensors_f64, double, fma, fabs, lerp_squares_f64)
+
+/* One chunk's sums for TAM's and AM-SGD's first pass: <m, g>, |m|^2, |g|^2 into s[0..2] (see
+ * the top: products summed in 16 lanes per block, the blocks in float64), with g replaced by
+ * g + wd p (torch's add with alpha: one fused multiply-add) where p is not NULL (coupled weight
+ * decay). V: a vector of 16 elements of T (GCC's vector extension, split into the machine's
+ * vectors by the compiler; no contraction, so the same sums at any vector width). */
+typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
+typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
+
+#define THREE_SUMS(NAME, T, V, FMA)                                                          \
+    static void NAME(const T *restrict m, const T *restrict g, const T *restrict p, T wd,   \
+                     int64_t n, double *s)                                                  \
+    {                                                                                       \
+        v16d lmg = {0}, lmm = {0}, lgg = {0};                                               \
+        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
+            const int64_t k = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
+            T gb[BLOCK];                                                                    \
+            const T *a = m + i0;                                                            \
+            const T *b = g + i0;                                                            \
+            if (p) {                                                                        \
+                const T *restrict x = p + i0;                                               \
+                for (int64_t e = 0; e < k; e++)                                             \
+                    gb[e] = FMA(wd, x[e], b[e]);                                            \
+                b = gb;                                                                     \
+            }                                                                               \
+            V pmg = {0}, pmm = {0}, pgg = {0};                                              \
+            int64_t e = 0;                                                                  \
+            for (; e + LANES <= k; e += LANES) {                                            \
+                V am, bg;                                                                   \
+                memcpy(&am, a + e, sizeof am);                                              \
+                memcpy(&bg, b + e, sizeof bg);                                              \
+                pmg += am * bg;                                                             \
+                pmm += am * am;                                                             \
+                pgg += bg * bg;                                                             \
+            }                                                                               \
+            if (e < k) { /* the tail, zero-padded to a whole vector (adds exact zeros) */   \
+                T ta[LANES] = {0}, tb[LANES] = {0};                                         \
+                memcpy(ta, a + e, (size_t)(k - e) * sizeof(T));                             \
+                memcpy(tb, b + e, (size_t)(k - e) * sizeof(T));                             \
+                V am, bg;                                                                   \
+                memcpy(&am, ta, sizeof am);                                                 \
+                memcpy(&bg, tb, sizeof bg);                                                 \
+                pmg += am * bg;                                                             \
+                pmm += am * am;                                                             \
+                pgg += bg * bg;                                                             \
+            }                                                                               \
+            lmg += __builtin_convertvector(pmg, v16d);                                      \
+            lmm += __builtin_convertvector(pmm, v16d);                                      \
+            lgg += __builtin_convertvector(pgg, v16d);                                      \
+        }                                                                                   \
+        double l[3][LANES];                                                                 \
+        memcpy(l[0], &lmg, sizeof lmg);                                                     \
+        memcpy(l[1], &lmm, sizeof lmm);                                                     \
+        memcpy(l[2], &lgg, sizeof lgg);                                                     \
+        for (int q = 0; q < 3; q++)                                                         \
+            s[q] = lanes_sum(l[q]);                                                         \
+    }
+
+THREE_SUMS(three_sums_f32, float, v16f, fmaf)
+THREE_SUMS(three_sums_f64, double, v16d, fma)
+
+/* The first pass of TAM's and AM-SGD's compiled step over n tensors m, g (and p with coupled
+ * weight decay wd, else NULL): out[0..2] = <m, g>, |m|^2, |g|^2 over all of them, each the
+ * chunks' sums added in order in float64 and rounded once to T. part: 3 doubles per chunk. */
+#define SUMS_TENSORS(NAME, T, SUMS)                                                          \
+    void NAME(int nt, T **m, T **g, T **p, double wd_d, int64_t nchunks, const int64_t *tix, \
+              const int64_t *lo, const int64_t *hi, double *part, T *out)                   \
+    {                                                                                       \
+        const T wd = (T)wd_d;                                                               \
+        (void)nt;                                                                           \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+            MY_CHUNKS(nchunks, c0, c1)                                                      \
+            for (int64_t c = c0; c < c1; c++)                                               \
+                SUMS(m[tix[c]] + lo[c], g[tix[c]] + lo[c], p ? p[tix[c]] + lo[c] : NULL,     \
+                     wd, hi[c] - lo[c], part + 3 * c);                                      \
+        }                                                                                   \
+        double s[3] = {0.0, 0.0, 0.0};                                                      \
+        for (int64_t c = 0; c < nchunks; c++)                                               \
+            for (int q = 0; q < 3; q++)                                                     \
+                s[q] += part[3 * c + q];                                                    \
+        for (int q = 0; q < 3; q++)                                                         \
+            out[q] = (T)s[q];                                                               \
+    }
+
+SUMS_TENSORS(shiftsim_three_sums_tensors_f32, float, three_sums_f32)
+SUMS_TENSORS(shiftsim_three_sums_tensors_f64, double, three_sums_f64)
+
+/* The second pass of TAM's and AM-SGD's compiled step, element by element: with coupled weight
+ * decay (coupled != 0) g' = g + wd p from the parameter before this pass changes it (torch's add
+ * with alpha), else g' = g; m <- lerp(m, g', w) (torch's lerp); p <- p shrink (decoupled weight
+ * decay, where shrink_on); p <- p + step m (torch's add with alpha). Each thread takes the chunks it
+ * summed, in reverse order (the first pass leaves the last ones in its caches). */
+#define LERP_UPDATE(NAME, T, FMA, ABS)                                                       \
+    void NAME(int nt, T **p, T **g, T **m, int64_t nchunks, const int64_t *tix,              \
+              const int64_t *lo, const int64_t *hi, double w_d, double step_d, int coupled,  \
+              double wd_d, int shrink_on, double shrink_d)                                  \
+    {                                                                                       \
+        const T w = (T)w_d, wm1 = w - (T)1, step = (T)step_d, wd = (T)wd_d;                 \
+        const T shrink = (T)shrink_d;                                                       \
+        const int small = ABS(w) < (T)0.5;                                                  \
+        (void)nt;                                                                           \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+        MY_CHUNKS(nchunks, c0, c1)                                                          \
+        for (int64_t c = c1 - 1; c >= c0; c--) {                                            \
+            T *restrict x = p[tix[c]] + lo[c];                                              \
+            const T *restrict y = g[tix[c]] + lo[c];                                        \
+            T *restrict a = m[tix[c]] + lo[c];                                              \
+            const int64_t k = hi[c] - lo[c];                                                \
+            for (int64_t i0 = 0; i0 < k; i0 += BLOCK) {                                     \
+                const int64_t b = k - i0 < BLOCK ? k - i0 : BLOCK;                          \
+                T gb[BLOCK];                                                                \
+                const T *restrict gg = y + i0;                                              \
+                if (coupled) {                                                              \
+                    for (int64_t e = 0; e < b; e++)                                         \
+                        gb[e] = FMA(wd, x[i0 + e], gg[e]);                                  \
+                    gg = gb;                                                                \
+                }                                                                           \
+                T *restrict am = a + i0;                                                    \
+                if (small)                                                                  \
+                    for (int64_t e = 0; e < b; e++)                                         \
+                        am[e] = FMA(w, gg[e] - am[e], am[e]);                               \
+                else                                                                        \
+                    for (int64_t e = 0; e < b; e++)                                         \
+                        am[e] = FMA(wm1, gg[e] - am[e], gg[e]);                             \
+                T *restrict xp = x + i0;                                                    \
+                if (shrink_on)                                                              \
+                    for (int64_t e = 0; e < b; e++)                                         \
+                        xp[e] = xp[e] * shrink;                                             \
+                for (int64_t e = 0; e < b; e++)                                             \
+                    xp[e] = FMA(step, am[e], xp[e]);                                        \
+            }                                                                               \
+        }                                                                                   \
+        }                                                                                   \
+    }
+
+LERP_UPDATE(shiftsim_lerp_update_tensors_f32, float, fmaf, fabsf)
+LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
