@@ -19,11 +19,12 @@ import torch
 from test_optim_adamem import SGD_HP, amsgd_reference
 from test_optim_common import assert_traj_close, run_reference
 from test_optim_compiled import MAKERS, one_group, run
-from test_optim_momo import momo_reference
+from test_optim_momo import ADAM_HP, momo_reference
 from test_optim_native import fresh  # noqa: F401 - the fixture
 from test_optim_tam import TAM_HP, tam_reference
 
-from shiftsim.optim import TAM, AdaptiveMemorySGD, MoMo, _compiled, _native
+from shiftsim.optim import TAM, AdaptiveMemorySGD, MoMo, MoMoAdam, _compiled, _native
+from shiftsim.optim._kernels import sqrt as exact_sqrt
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="no native code here")
 
@@ -257,6 +258,98 @@ def test_the_passes_leave_what_they_do_not_take():
     _unchanged([P, G, M], before)
 
 
+# --------------------------------------------------------------------- MoMo-Adam's passes
+
+
+def _adam_case(dtype, seed=6):
+    P, G, D = _case(dtype, seed=seed)[:3]
+    V = [(g * g * 3).abs() for g in _case(dtype, seed=seed + 1)[1]]
+    V[0].view(-1)[:5] = 0  # exact zeros, as second moments hold where a gradient is always 0
+    return P, G, D, V
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("beta1", [0.9, 0.3])  # lerp weights 0.1 and 0.7
+def test_momo_adam_moments_are_torchs_and_the_sums_float64s(dtype, beta1):
+    """The moments: torch's lerp_, mul_ and addcmul_ bit for bit; the sums against float64
+    arithmetic on the new moments."""
+    b2, bc2, eps = 0.99, 1 - 0.99 ** 7, 1e-6
+    P, G, D, V = _adam_case(dtype)
+    mine = [[t.clone() for t in x] for x in (P, G, D, V)]
+    got = _native.momo_adam_moments(*mine, beta1=beta1, beta2=b2, bc2=bc2, eps=eps)
+    assert got is not None
+    xg, xd, dq = got
+    for d, g, v in zip(D, G, V):
+        d.lerp_(g, 1 - beta1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    for got_t, want in zip(mine[2:], (D, V)):
+        for a, b in zip(got_t, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    q64 = [d.double() / ((v.double() / bc2).sqrt() + eps) for d, v in zip(D, V)]
+    rtol = 1e-5 if dtype == torch.float32 else 1e-13
+    want_xg = torch.stack([(p.double() * g.double()).sum() for p, g in zip(P, G)])
+    scale_xg = torch.stack([(p.double() * g.double()).abs().sum() for p, g in zip(P, G)])
+    assert ((xg.double() - want_xg).abs() <= rtol * scale_xg).all()
+    want_xd = sum((p.double() * d.double()).sum() for p, d in zip(P, D))
+    scale_xd = sum((p.double() * d.double()).abs().sum() for p, d in zip(P, D))
+    assert abs(xd.item() - want_xd.item()) <= rtol * scale_xd.item()
+    want_dq = sum((d.double() * q).sum() for d, q in zip(D, q64))
+    assert dq.item() == pytest.approx(want_dq.item(), rel=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", ["none", "decoupled", "proximal"])
+def test_momo_adam_update_is_torchs_operations_bit_for_bit(dtype, decay):
+    """p * shrink, p.addcmul_(d / (sqrt(v / bc2) + eps), -tau), p * inverse: the eager
+    kernel's operations (its correctly rounded square root), bit for bit."""
+    bc2, eps, tau, lr, wd = 1 - 0.99 ** 7, 1e-6, 0.0123, 0.01, 0.1
+    P, _, D, V = _adam_case(dtype)
+    mine = [p.clone() for p in P]
+    shrink = 1 - lr * wd if decay == "decoupled" else None
+    inverse = 1 / (1 + lr * wd) if decay == "proximal" else None
+    assert _native.momo_adam_update(mine, D, V, bc2=bc2, eps=eps, tau=tau, shrink=shrink,
+                                    inverse=inverse)
+    ntau = torch.tensor(-tau, dtype=dtype)
+    for p, d, v in zip(P, D, V):
+        q = exact_sqrt(torch.div(v, bc2)).add_(eps)
+        q = torch.div(d, q)
+        if shrink is not None:
+            p.mul_(shrink)
+        p.addcmul_(q, ntau)
+        if inverse is not None:
+            p.mul_(inverse)
+    for a, b in zip(mine, P):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_momo_adam_sums_the_same_bits_with_one_thread_and_two(dtype):
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got.append(_native.momo_adam_moments(*_adam_case(dtype), beta1=0.9, beta2=0.99,
+                                                 bc2=0.5, eps=1e-8))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_momo_adam_passes_leave_what_they_do_not_take():
+    P, G, D, V = _adam_case(torch.float32)
+    before = _clone([P, G, D, V])
+    hp = dict(beta1=0.9, beta2=0.99, bc2=0.5, eps=1e-8)
+    assert _native.momo_adam_moments(P, G, D, [v.double() for v in V], **hp) is None
+    assert _native.momo_adam_moments(P, G, D, V[:-1], **hp) is None
+    assert _native.momo_adam_moments(P, G, D, V, **{**hp, "eps": torch.tensor(1e-8)}) is None
+    assert not _native.momo_adam_update(P, D, [v.t() if v.dim() == 2 else v for v in V],
+                                        bc2=0.5, eps=1e-8, tau=0.1)
+    assert not _native.momo_adam_update(P, D, V, bc2=0.5, eps=1e-8, tau=torch.tensor(0.1))
+    _unchanged([P, G, D, V], before)
+
+
 # ------------------------------------------------------------------------ through the class
 
 
@@ -265,7 +358,7 @@ def counted(monkeypatch):
     """``torch.compile`` refused (the native kernels must not need it) and the native steps'
     calls that applied counted: ``calls["momo"]`` (MoMo's whole step), ``calls["sums"]``
     (TAM's and AM-SGD's first pass)."""
-    calls = {"momo": 0, "sums": 0}
+    calls = {"momo": 0, "sums": 0, "adam": 0}
 
     def counter(key, fn):
         def count(*args, **kwargs):
@@ -281,6 +374,8 @@ def counted(monkeypatch):
                         counter("momo", _native.momo_tensors_step))
     monkeypatch.setattr(_native, "three_sums_tensors",
                         counter("sums", _native.three_sums_tensors))
+    monkeypatch.setattr(_native, "momo_adam_moments",
+                        counter("adam", _native.momo_adam_moments))
     monkeypatch.setattr(torch, "compile", no_compile)
     monkeypatch.delenv(_compiled.ENV, raising=False)
     return calls
@@ -308,11 +403,12 @@ def test_momo_auto_takes_the_native_step_as_it_would_compile(counted, monkeypatc
 @pytest.mark.parametrize("name, kernel, steps", [
     ("momo", "momo", 11), ("momo_bc", "momo", 11),  # MoMo's first step is eager (fresh)
     ("tam", "sums", 12), ("tam_decoupled", "sums", 12), ("tam_eps0", "sums", 12),
-    ("adamem_sgd", "sums", 11), ("adamem_sgd_nowd", "sums", 11)])  # AM-SGD's first: eager
+    ("adamem_sgd", "sums", 11), ("adamem_sgd_nowd", "sums", 11),  # AM-SGD's first: eager
+    ("momo_adam", "adam", 12), ("momo_adam_wd", "adam", 12), ("momo_adam_adamw", "adam", 12)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_steps_on_a_cpu_take_the_native_code(counted, name, kernel, steps, dtype):
-    """MoMo's, TAM's and AM-SGD's compiled steps on a CPU: the native code (counted), no
-    Inductor compile, the eager step's numbers up to float rounding."""
+    """MoMo's, TAM's, AM-SGD's and MoMo-Adam's compiled steps on a CPU: the native code
+    (counted), no Inductor compile, the eager step's numbers up to float rounding."""
     eager, d_eager, _ = run(MAKERS[name], 12, dtype, compile=False)
     calls = counted[kernel]
     comp, d_comp, opt = run(MAKERS[name], 12, dtype, compile=True)
@@ -341,6 +437,17 @@ def test_am_sgd_native_passes_match_float64_reference(counted):
     assert_traj_close(ours, run_reference(amsgd_reference(one_group(hp), 0.2, 0.95,
                                                           betas_out=betas), 40))
     assert opt.diagnostics()["beta"].item() == pytest.approx(betas[-1], abs=1e-9)
+
+
+@pytest.mark.parametrize("divide", [True, False])
+def test_momo_adam_native_passes_match_float64_reference(counted, divide):
+    hp = ADAM_HP[1]
+    ours, _, _ = run(lambda ps, c: MoMoAdam(ps, betas=(0.85, 0.99), eps=1e-6, divide=divide,
+                                            lb=0.1, compile=c, **hp), 40, compile=True)
+    assert counted["adam"] == 40
+    ref = momo_reference(one_group(hp), adam=True, betas=(0.85, 0.99), eps=1e-6,
+                         divide=divide, lb=0.1)
+    assert_traj_close(ours, run_reference(ref, 40))
 
 
 # ------------------------------------------------------------------------------ the build

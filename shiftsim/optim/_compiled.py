@@ -31,23 +31,28 @@ optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so t
 recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
 any later compile error, the optimizer warns and stays eager.
 
-**On a CPU, MoMo, TAM and AM-SGD** take shiftsim's own C code instead of Inductor's kernels
-(``tensorsteps.c``, built with the native row sums: nothing is compiled per shape, so the first
-step costs milliseconds), where the native code is on and the tensors are contiguous
-float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.momo_tensors_step`), TAM's
-and AM-SGD's two passes (:func:`tam_step_native`, :func:`amsgd_step_native`) with the numbers
-between them computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
-:func:`_amsgd_numbers`); Inductor's kernels elsewhere (a GPU, no C compiler,
+**On a CPU, MoMo, TAM, AM-SGD and MoMo-Adam** take shiftsim's own C code instead of
+Inductor's kernels (``tensorsteps.c``, built with the native row sums: nothing is compiled per
+shape, so the first step costs milliseconds), where the native code is on and the tensors are
+contiguous float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.momo_tensors_step`),
+and two passes for TAM, AM-SGD and MoMo-Adam (:func:`tam_step_native`,
+:func:`amsgd_step_native`, :func:`momo_adam_step_native`) with the numbers between them computed
+by the same functions as Inductor's kernels (:func:`_tam_numbers`, :func:`_amsgd_numbers`,
+:func:`_momo_adam_numbers`); Inductor's kernels elsewhere (a GPU, no C compiler,
 ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads, each thread taking the
 same chunks in both passes (the second in reverse, so that it starts on what its first pass left
-in its core's caches). [speed] ``benchmarks/optimizer_step.py --only tam,adamem_sgd,momo`` (5M
-parameters, a 2-vCPU Intel Xeon, 9 rounds, alternating with ``SHIFTSIM_NATIVE=0``, two runs each):
-MoMo 1.22x and 1.21x fused SGD-momentum against Inductor's 1.93x and 1.99x (2 threads), 1.35x and
-1.15x against 1.91x and 1.90x (1 thread); TAM 1.54x and 1.53x against 1.54x and 1.55x (2
-threads), 1.43x and 1.43x against 1.41x and 1.41x (1 thread); AM-SGD 1.60x and 1.53x against
-1.48x and 1.51x, 1.47x and 1.43x against 1.51x and 1.43x: TAM's and AM-SGD's at Inductor's speed
-within this benchmark's resolution (about 10 %), MoMo's well past it; first steps 0.01-0.02 s
-against Inductor's 0.2-6 s (its on-disk cache warm or not).
+in its core's caches). The elementwise work is the eager kernels' operations, torch's bits
+(tested); the sums are chunk sums in float64, so a step equals the eager one up to float
+rounding. [speed] ``benchmarks/optimizer_step.py`` (5M parameters, a 2-vCPU Intel Xeon, 9
+rounds, alternating with ``SHIFTSIM_NATIVE=0``, two runs each), against fused SGD-momentum:
+MoMo 1.22x and 1.21x against Inductor's 1.93x and 1.99x (2 threads), 1.35x and 1.15x against
+1.91x and 1.90x (1 thread); TAM 1.54x and 1.53x against 1.54x and 1.55x (2 threads), 1.43x and
+1.43x against 1.41x and 1.41x (1 thread); AM-SGD 1.60x and 1.53x against 1.48x and 1.51x,
+1.47x and 1.43x against 1.51x and 1.43x. Against fused AdamW: MoMo-Adam 1.61x and 1.68x against
+2.70x and 2.60x (2 threads), 1.60x and 1.62x against 2.39x and 2.46x (1 thread; its least
+traffic is 10 passes to fused AdamW's 7, 1.43x). TAM's and AM-SGD's run at Inductor's speed
+within this benchmark's resolution (about 10 %), MoMo's and MoMo-Adam's well past it; first
+steps 0.01-0.03 s against Inductor's 0.2-7 s (its on-disk cache warm or not).
 
 The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
 optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.
@@ -422,6 +427,24 @@ def momo_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], kept: Tensor
     return tau, u - tau * sq, loss_avg
 
 
+def _momo_adam_numbers(xg: Tensor, dot_xd: Tensor, norm: Tensor, gam: Tensor,
+                       loss_avg: Tensor, fstar: Tensor, f: Tensor, h: Tensor, decay: bool
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""MoMo-Adam's numbers between its two passes (:func:`momo_adam_step`) from the per-tensor
+    :math:`\langle x_i, g_i\rangle` (``xg``), :math:`\langle x, d\rangle` and
+    :math:`\lVert d\rVert^2_{D^{-1}}` (``norm``): :math:`\tau`, the new :math:`\gamma_i` and
+    the new :math:`\bar f`."""
+    b1, rho, cap, c = h[0], h[4], h[5], h[6]
+    gam = gam * b1 + xg * (1 - b1)
+    loss_avg = f * (1 - b1) + loss_avg * b1
+    gamma = gam.sum()
+    gap = loss_avg - rho * fstar
+    num = c * gap + dot_xd - c * gamma if decay else gap + dot_xd - gamma
+    pos = norm > 0
+    ratio = torch.where(pos, num.clamp_min(0) / torch.where(pos, norm, 1.0), 0.0)
+    return torch.minimum(ratio, cap), gam, loss_avg
+
+
 def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
                    gam: Tensor, loss_avg: Tensor, fstar: Tensor, f: Tensor, h: Tensor,
                    decay: bool, divide: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -438,7 +461,7 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
     first writing the moments, made 13 (its loops do not store from a loop that sums) and
     measured slower: 2.09-2.59x fused AdamW against 1.74-2.05x (kernels alone, three runs,
     one of them at one thread)."""
-    b1, b2, bc2, eps, rho, cap, c, shrink = (h[i] for i in range(8))
+    b1, b2, bc2, eps, c, shrink = h[0], h[1], h[2], h[3], h[6], h[7]
     xg, xd, dq = [], [], []
     for p, g, d, v in zip(ps, gs, ds, vs):
         xg.append(_total64(p * g))
@@ -446,14 +469,9 @@ def momo_adam_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: lis
         v.mul_(b2).add_(g * g * (1 - b2))
         xd.append(_total64(p * d))
         dq.append(_total64(d * d / ((v / bc2).sqrt() + eps)))
-    gam = gam * b1 + torch.stack(xg) * (1 - b1)
-    loss_avg = f * (1 - b1) + loss_avg * b1
-    dot_xd, norm, gamma = torch.stack(xd).sum(), torch.stack(dq).sum(), gam.sum()
-    gap = loss_avg - rho * fstar
-    num = c * gap + dot_xd - c * gamma if decay else gap + dot_xd - gamma
-    pos = norm > 0
-    ratio = torch.where(pos, num.clamp_min(0) / torch.where(pos, norm, 1.0), 0.0)
-    tau = torch.minimum(ratio, cap)
+    tau, gam, loss_avg = _momo_adam_numbers(torch.stack(xg), torch.stack(xd).sum(),
+                                            torch.stack(dq).sum(), gam, loss_avg, fstar, f, h,
+                                            decay)
     for p, d, v in zip(ps, ds, vs):  # D^-1 d again (recomputed: cheaper than kept, measured)
         if decay and not divide:
             p.mul_(shrink)
@@ -572,6 +590,28 @@ def amsgd_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: T
     _updated(_native.lerp_update_tensors(ps, gs, ds, w.item(), -lr,
                                          coupled_wd=wd if coupled else None))
     return beta, sqnorm
+
+
+def momo_adam_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor],
+                          vs: list[Tensor], gam: Tensor, loss_avg: Tensor, fstar: Tensor,
+                          f: Tensor, h: Tensor, decay: bool, divide: bool, *, beta1: float,
+                          beta2: float, bc2: float, eps: float, lr: float, wd: float
+                          ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """:func:`momo_adam_step` on a CPU by the native passes (``_native.momo_adam_moments``,
+    then ``_native.momo_adam_update``) with its numbers between them; the floats: ``h``'s.
+    None, changing nothing, where those do not apply."""
+    sums = _native.momo_adam_moments(ps, gs, ds, vs, beta1=beta1, beta2=beta2, bc2=bc2,
+                                     eps=eps)
+    if sums is None:
+        return None
+    xg, xd, dq = sums
+    tau, gam, loss_avg = _momo_adam_numbers(xg.to(gam.dtype), xd, dq, gam, loss_avg, fstar, f,
+                                            h, decay)
+    _updated(_native.momo_adam_update(
+        ps, ds, vs, bc2=bc2, eps=eps, tau=tau.item(),
+        shrink=1 - lr * wd if decay and not divide else None,
+        inverse=1 / (1 + lr * wd) if decay and divide else None))
+    return tau, gam, loss_avg
 
 
 def _updated(done: bool) -> None:

@@ -62,14 +62,16 @@ one process over 6 runs: the AdaTAM and AdaTAMW groups (20 members) 1.055 -> 0.2
 rounds 0.89-1.19). Grams's step, which sums nothing, is one pass (:func:`grams_step`: torch's
 eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 
-**Steps over one learner's tensors** (``tensorsteps.c``): the compiled steps of MoMo, TAM and
-AM-SGD on a CPU (``compile=True``, or ``"auto"`` once it applies; ``shiftsim.optim._compiled``).
-:func:`momo_tensors_step` is MoMo's whole step, :func:`three_sums_tensors` and
-:func:`lerp_update_tensors` TAM's and AM-SGD's two passes: the parameter tensors cut into
-chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
+**Steps over one learner's tensors** (``tensorsteps.c``): the compiled steps of MoMo, TAM,
+AM-SGD and MoMo-Adam on a CPU (``compile=True``, or ``"auto"`` once it applies;
+``shiftsim.optim._compiled``). :func:`momo_tensors_step` is MoMo's whole step,
+:func:`three_sums_tensors` and :func:`lerp_update_tensors` TAM's and AM-SGD's two passes,
+:func:`momo_adam_moments` and :func:`momo_adam_update` MoMo-Adam's: the parameter tensors cut
+into chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
 ``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
-kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x; TAM and AM-SGD at
-Inductor's speed within resolution (numbers in ``_compiled``), without its compile.
+kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-Adam 1.61x and
+1.68x fused AdamW against 2.70x and 2.60x; TAM and AM-SGD at Inductor's speed within resolution
+(all numbers in ``_compiled``), without its compile.
 
 **Threads.** The library is built with OpenMP (``-fopenmp``) only where that is torch's own
 runtime (GCC's libgomp, which torch's Linux wheels load: the library then links to the copy
@@ -127,8 +129,9 @@ from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
            "adatam_step", "amsgd_step", "current", "grams_step", "momo_coefs", "momo_step",
-           "lerp_update_tensors", "momo_tensors_step", "openmp", "row_sums", "status",
-           "tam_coefs", "tam_step", "tam_update", "three_sums_tensors"]
+           "lerp_update_tensors", "momo_adam_moments", "momo_adam_update",
+           "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs", "tam_step",
+           "tam_update", "three_sums_tensors"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -307,6 +310,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "lerp_update_tensors": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                    ctypes.c_double, ctypes.c_double, _int, ctypes.c_double,
                                    _int, ctypes.c_double]),
+    "momo_adam_moments": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                                 _ptr, *[ctypes.c_double] * 5, _ptr, _ptr]),
+    "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                                *[ctypes.c_double] * 3, _int, ctypes.c_double, _int,
+                                ctypes.c_double]),
 }
 
 
@@ -1184,4 +1192,59 @@ def lerp_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Te
        float(weight), float(step), int(coupled_wd is not None),
        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
        1.0 if shrink is None else float(shrink))
+    return True
+
+
+def momo_adam_moments(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                      V: Sequence[Tensor], *, beta1: float, beta2: float, bc2: float,
+                      eps: float) -> tuple[Tensor, Tensor, Tensor] | None:
+    r"""The first pass of MoMo-Adam's compiled step on a CPU, element by element as its eager
+    kernel (torch's bits for the moments): :math:`d \leftarrow` ``lerp(d, g, 1 - beta1)``,
+    :math:`v \leftarrow \beta_2 v + (1 - \beta_2) g^2` (torch's ``mul_`` and ``addcmul_``),
+    and with :math:`q = d / (\sqrt{v / b_2} + \epsilon)` (``bc2`` :math:`= b_2`, the second
+    moment's bias correction; the correctly rounded square root) the sums
+    :math:`\langle p, g\rangle` per tensor, :math:`\langle p, d\rangle` and
+    :math:`\langle d, q\rangle` over all of them, in one pass split across torch's threads:
+    ``(xg (n,), xd (), dq ())`` in the tensors' dtype. None, changing nothing, where it does not
+    apply (as :func:`momo_tensors_step`)."""
+    if not P or not _floats(beta1, beta2, bc2, eps):
+        return None
+    dtype = P[0].dtype
+    call = _tensor_call((P, G, D, V), dtype)
+    if call is None:
+        return None
+    lib, (ps, gs, ds, vs), chunks = call
+    part = torch.empty(3 * chunks.count, dtype=torch.float64)
+    xg, out = torch.empty(len(P), dtype=dtype), torch.empty(2, dtype=dtype)
+    fn = lib.shiftsim_momo_adam_moments_f32 if dtype is torch.float32 else \
+        lib.shiftsim_momo_adam_moments_f64
+    fn(_threads(chunks), len(P), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo,
+       chunks.hi, part.data_ptr(), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2),
+       float(bc2), float(eps), xg.data_ptr(), out.data_ptr())
+    return xg, out[0], out[1]
+
+
+def momo_adam_update(P: Sequence[Tensor], D: Sequence[Tensor], V: Sequence[Tensor], *,
+                     bc2: float, eps: float, tau: float, shrink: float | None = None,
+                     inverse: float | None = None) -> bool:
+    r"""The second pass of MoMo-Adam's compiled step on a CPU, element by element as its eager
+    kernel: :math:`p \leftarrow p\cdot` ``shrink`` (decoupled weight decay, when given),
+    :math:`p \leftarrow p - \tau q` (torch's ``addcmul_``; :math:`q` as in
+    :func:`momo_adam_moments`), :math:`p \leftarrow p\cdot` ``inverse`` (proximal weight
+    decay, :math:`1/(1 + \eta\lambda)`, when given), split across torch's threads. False,
+    changing nothing, where it does not apply."""
+    if not P or not _floats(bc2, eps, tau, 1.0 if shrink is None else shrink,
+                            1.0 if inverse is None else inverse):
+        return False
+    dtype = P[0].dtype
+    call = _tensor_call((P, D, V), dtype)
+    if call is None:
+        return False
+    lib, (ps, ds, vs), chunks = call
+    fn = lib.shiftsim_momo_adam_update_f32 if dtype is torch.float32 else \
+        lib.shiftsim_momo_adam_update_f64
+    fn(_threads(chunks), ps, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+       float(bc2), float(eps), -float(tau), int(shrink is not None),
+       1.0 if shrink is None else float(shrink), int(inverse is not None),
+       1.0 if inverse is None else float(inverse))
     return True

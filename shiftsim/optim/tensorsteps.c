@@ -301,3 +301,146 @@ SUMS_TENSORS(shiftsim_three_sums_tensors_f64, double, three_sums_f64)
 
 LERP_UPDATE(shiftsim_lerp_update_tensors_f32, float, fmaf, fabsf)
 LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
+
+/* MoMo-Adam's preconditioned direction, element by element as its eager kernel: v / bc2 (a true
+ * division), its correctly rounded square root, + eps, then d / that. */
+#define ADAM_DIRECTION(T, SQRT, d, v, bc2, eps) ((d) / (SQRT((v) / (bc2)) + (eps)))
+
+/* One chunk of MoMo-Adam's first pass: d <- lerp(d, g, w1) (torch's lerp_), v <- v b2, then
+ * v <- v + (w2 g) g (torch's mul_ and addcmul_ with value w2: one fused multiply-add), and the
+ * sums <p, g>, <p, d>, <d, q> with q the direction above, into s[0..2] (as THREE_SUMS). */
+#define ADAM_MOMENTS(NAME, T, V, FMA, ABS, SQRT)                                             \
+    static void NAME(const T *restrict p, const T *restrict g, T *restrict d, T *restrict v, \
+                     int64_t n, T w1, T b2, T w2, T bc2, T eps, double *s)                  \
+    {                                                                                       \
+        const T wm1 = w1 - (T)1;                                                            \
+        const int small = ABS(w1) < (T)0.5;                                                 \
+        v16d lxg = {0}, lxd = {0}, ldq = {0};                                               \
+        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
+            const int64_t k = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
+            const T *x = p + i0, *y = g + i0;                                               \
+            T *a = d + i0, *b = v + i0;                                                     \
+            T q[BLOCK];                                                                     \
+            if (small)                                                                      \
+                for (int64_t e = 0; e < k; e++)                                             \
+                    a[e] = FMA(w1, y[e] - a[e], a[e]);                                      \
+            else                                                                            \
+                for (int64_t e = 0; e < k; e++)                                             \
+                    a[e] = FMA(wm1, y[e] - a[e], y[e]);                                     \
+            for (int64_t e = 0; e < k; e++) {                                               \
+                const T vb = b[e] * b2, wg = w2 * y[e];                                     \
+                b[e] = FMA(wg, y[e], vb);                                                   \
+                q[e] = ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps);                       \
+            }                                                                               \
+            V pxg = {0}, pxd = {0}, pdq = {0};                                              \
+            int64_t e = 0;                                                                  \
+            for (; e + LANES <= k; e += LANES) {                                            \
+                V xv, yv, av, qv;                                                           \
+                memcpy(&xv, x + e, sizeof xv);                                              \
+                memcpy(&yv, y + e, sizeof yv);                                              \
+                memcpy(&av, a + e, sizeof av);                                              \
+                memcpy(&qv, q + e, sizeof qv);                                              \
+                pxg += xv * yv;                                                             \
+                pxd += xv * av;                                                             \
+                pdq += av * qv;                                                             \
+            }                                                                               \
+            if (e < k) { /* the tail, zero-padded (adds exact zeros) */                     \
+                T t[4][LANES] = {{0}};                                                      \
+                const size_t rest = (size_t)(k - e) * sizeof(T);                            \
+                memcpy(t[0], x + e, rest);                                                  \
+                memcpy(t[1], y + e, rest);                                                  \
+                memcpy(t[2], a + e, rest);                                                  \
+                memcpy(t[3], q + e, rest);                                                  \
+                V xv, yv, av, qv;                                                           \
+                memcpy(&xv, t[0], sizeof xv);                                               \
+                memcpy(&yv, t[1], sizeof yv);                                               \
+                memcpy(&av, t[2], sizeof av);                                               \
+                memcpy(&qv, t[3], sizeof qv);                                               \
+                pxg += xv * yv;                                                             \
+                pxd += xv * av;                                                             \
+                pdq += av * qv;                                                             \
+            }                                                                               \
+            lxg += __builtin_convertvector(pxg, v16d);                                      \
+            lxd += __builtin_convertvector(pxd, v16d);                                      \
+            ldq += __builtin_convertvector(pdq, v16d);                                      \
+        }                                                                                   \
+        double l[3][LANES];                                                                 \
+        memcpy(l[0], &lxg, sizeof lxg);                                                     \
+        memcpy(l[1], &lxd, sizeof lxd);                                                     \
+        memcpy(l[2], &ldq, sizeof ldq);                                                     \
+        for (int r = 0; r < 3; r++)                                                         \
+            s[r] = lanes_sum(l[r]);                                                         \
+    }
+
+ADAM_MOMENTS(adam_moments_f32, float, v16f, fmaf, fabsf, sqrtf)
+ADAM_MOMENTS(adam_moments_f64, double, v16d, fma, fabs, sqrt)
+
+/* MoMo-Adam's first pass over n tensors (shiftsim.optim._compiled.momo_adam_step): the moments
+ * moved (ADAM_MOMENTS) and xg[t] = <p_t, g_t> per tensor, out[0] = <p, d> and out[1] = <d, q>
+ * over all of them (chunk sums added in order in float64, rounded once to T). part: 3 doubles
+ * per chunk. */
+#define MOMO_ADAM_MOMENTS(NAME, T, MOMENTS)                                                  \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,                \
+              const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
+              double w1, double b2, double w2, double bc2, double eps, T *xg, T *out)       \
+    {                                                                                       \
+        (void)nt;                                                                           \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+            MY_CHUNKS(nchunks, c0, c1)                                                      \
+            for (int64_t c = c0; c < c1; c++)                                               \
+                MOMENTS(p[tix[c]] + lo[c], g[tix[c]] + lo[c], d[tix[c]] + lo[c],             \
+                        v[tix[c]] + lo[c], hi[c] - lo[c], (T)w1, (T)b2, (T)w2, (T)bc2,       \
+                        (T)eps, part + 3 * c);                                              \
+        }                                                                                   \
+        double xd = 0.0, dq = 0.0;                                                          \
+        int64_t c = 0;                                                                      \
+        for (int64_t t = 0; t < n; t++) {                                                   \
+            double s = 0.0;                                                                 \
+            for (; c < nchunks && tix[c] == t; c++) {                                       \
+                s += part[3 * c];                                                           \
+                xd += part[3 * c + 1];                                                      \
+                dq += part[3 * c + 2];                                                      \
+            }                                                                               \
+            xg[t] = (T)s;                                                                   \
+        }                                                                                   \
+        out[0] = (T)xd;                                                                     \
+        out[1] = (T)dq;                                                                     \
+    }
+
+MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f32, float, adam_moments_f32)
+MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
+
+/* MoMo-Adam's second pass, element by element: p <- p shrink (decoupled decay, where pre_on),
+ * p <- p + q (-tau) with q the direction above (torch's addcmul_: one fused multiply-add),
+ * p <- p inv (proximal decay, where post_on). Each thread its first pass's chunks, in reverse. */
+#define MOMO_ADAM_UPDATE(NAME, T, FMA, SQRT)                                                 \
+    void NAME(int nt, T **p, T **d, T **v, int64_t nchunks, const int64_t *tix,              \
+              const int64_t *lo, const int64_t *hi, double bc2_d, double eps_d,             \
+              double ntau_d, int pre_on, double pre_d, int post_on, double post_d)          \
+    {                                                                                       \
+        const T bc2 = (T)bc2_d, eps = (T)eps_d, ntau = (T)ntau_d, pre = (T)pre_d;           \
+        const T post = (T)post_d;                                                           \
+        (void)nt;                                                                           \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+            MY_CHUNKS(nchunks, c0, c1)                                                      \
+            for (int64_t c = c1 - 1; c >= c0; c--) {                                        \
+                T *restrict x = p[tix[c]] + lo[c];                                          \
+                const T *restrict a = d[tix[c]] + lo[c];                                    \
+                const T *restrict b = v[tix[c]] + lo[c];                                    \
+                const int64_t k = hi[c] - lo[c];                                            \
+                if (pre_on)                                                                 \
+                    for (int64_t e = 0; e < k; e++)                                         \
+                        x[e] = x[e] * pre;                                                  \
+                for (int64_t e = 0; e < k; e++)                                             \
+                    x[e] = FMA(ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps), ntau, x[e]);  \
+                if (post_on)                                                                \
+                    for (int64_t e = 0; e < k; e++)                                         \
+                        x[e] = x[e] * post;                                                 \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f32, float, fmaf, sqrtf)
+MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, fma, sqrt)
