@@ -28,17 +28,33 @@
 #define LANES 16
 #define BLOCK 256
 
-/* Inside a parallel region: this thread's chunks c0 .. c1 - 1 of n, the same for every pass of
- * a step, so that a pass that updates what an earlier pass read starts on chunks its own core
- * touched last (dealt out otherwise, TAM's step measured about 1.3x slower; see _native). */
 #ifdef _OPENMP
 #include <omp.h>
-#define MY_CHUNKS(n, c0, c1)                                                                 \
-    const int t_ = omp_get_thread_num(), nt_ = omp_get_num_threads();                      \
-    const int64_t c0 = (n) * t_ / nt_, c1 = (n) * (t_ + 1) / nt_;
-#else
-#define MY_CHUNKS(n, c0, c1) const int64_t c0 = 0, c1 = (n);
 #endif
+
+/* The first (side 0) or last-plus-one (side 1) of the calling thread's chunks of n, inside a
+ * parallel region: each thread takes the same chunks in every pass of a step, so that a pass
+ * that updates what an earlier pass read starts on chunks its own core touched last (dealt out
+ * otherwise, TAM's step measured about 1.3x slower; see _native). */
+static inline int64_t chunk_bound(int64_t n, int side)
+{
+#ifdef _OPENMP
+    return n * (omp_get_thread_num() + side) / omp_get_num_threads();
+#else
+    return side ? n : 0;
+#endif
+}
+
+/* A loop over the calling thread's chunks c, each thread of torch's team (nt threads) taking
+ * its own, forward or backward (without OpenMP: all of them, on the calling thread). */
+#define EACH_CHUNK(nt, n, c)                                                                \
+    (void)(nt);                                                                             \
+    _Pragma("omp parallel num_threads(nt)")                                                 \
+    for (int64_t c = chunk_bound(n, 0), c##_end = chunk_bound(n, 1); c < c##_end; c++)
+#define EACH_CHUNK_BACKWARD(nt, n, c)                                                       \
+    (void)(nt);                                                                             \
+    _Pragma("omp parallel num_threads(nt)")                                                 \
+    for (int64_t c = chunk_bound(n, 1) - 1, c##_first = chunk_bound(n, 0); c >= c##_first; c--)
 
 /* 1 where the library was built with OpenMP (the loops below split across threads), else 0 */
 int shiftsim_openmp(void)
@@ -65,7 +81,7 @@ static inline double lanes_sum(double *s)
  * 0.5, else y + (w - 1)(y - x), one fused multiply-add), then the sum of the new x's squares
  * (see the top), block by block while the block is in the first-level cache. ACC: the type the
  * products are summed in within a block. */
-#define LERP_SQUARES(NAME, T, ACC, FMA)                                                      \
+#define LERP_SQUARES(NAME, T, ACC, FMA)                                                     \
     static double NAME(T *restrict x, const T *restrict y, int64_t n, T w, T wm1, int small) \
     {                                                                                       \
         double lanes[LANES] = {0};                                                          \
@@ -105,22 +121,17 @@ LERP_SQUARES(lerp_squares_f64, double, double, fma)
  *   p <- p - tau d (torch's add with alpha: one fused multiply-add; second pass, each thread's
  *   chunks in reverse order so that it starts on those its first pass left in cache).
  * part: one double per chunk (scratch); nt: the threads. Writes tau. */
-#define MOMO_TENSORS(NAME, T, FMA, ABS, SQUARES)                                             \
-    void NAME(int nt, int64_t n, T **p, T **g, T **d, int64_t nchunks, const int64_t *tix,   \
+#define MOMO_TENSORS(NAME, T, FMA, ABS, SQUARES)                                            \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, int64_t nchunks, const int64_t *tix,  \
               const int64_t *lo, const int64_t *hi, double *part, T *sq, T *kept,           \
               T *loss_avg, const T *f, const T *fstar, double beta_d, double w_d,           \
               double rho_d, double cap_d, T *tau_out)                                       \
     {                                                                                       \
         const T beta = (T)beta_d, w = (T)w_d, wm1 = w - (T)1, rho = (T)rho_d, cap = (T)cap_d; \
         const int small = ABS(w) < (T)0.5;                                                  \
-        (void)nt; /* without OpenMP */                                                      \
-        _Pragma("omp parallel num_threads(nt)")                                             \
-        {                                                                                   \
-            MY_CHUNKS(nchunks, c0, c1)                                                      \
-            for (int64_t c = c0; c < c1; c++)                                               \
-                part[c] = SQUARES(d[tix[c]] + lo[c], g[tix[c]] + lo[c], hi[c] - lo[c], w,   \
-                                  wm1, small);                                              \
-        }                                                                                   \
+        EACH_CHUNK(nt, nchunks, c)                                                          \
+            part[c] = SQUARES(d[tix[c]] + lo[c], g[tix[c]] + lo[c], hi[c] - lo[c], w, wm1,  \
+                              small);                                                       \
         T norm = 0, usum = 0;                                                               \
         int64_t c = 0;                                                                      \
         for (int64_t t = 0; t < n; t++) {                                                   \
@@ -147,16 +158,12 @@ LERP_SQUARES(lerp_squares_f64, double, double, fma)
         }                                                                                   \
         *tau_out = tau;                                                                     \
         const T a = -tau;                                                                   \
-        _Pragma("omp parallel num_threads(nt)")                                             \
-        {                                                                                   \
-            MY_CHUNKS(nchunks, c0, c1)                                                      \
-            for (int64_t k = c1 - 1; k >= c0; k--) {                                        \
-                T *restrict x = p[tix[k]] + lo[k];                                          \
-                const T *restrict y = d[tix[k]] + lo[k];                                    \
-                const int64_t m = hi[k] - lo[k];                                            \
-                for (int64_t e = 0; e < m; e++)                                             \
-                    x[e] = FMA(a, y[e], x[e]);                                              \
-            }                                                                               \
+        EACH_CHUNK_BACKWARD(nt, nchunks, k) {                                               \
+            T *restrict x = p[tix[k]] + lo[k];                                              \
+            const T *restrict y = d[tix[k]] + lo[k];                                        \
+            const int64_t m = hi[k] - lo[k];                                                \
+            for (int64_t e = 0; e < m; e++)                                                 \
+                x[e] = FMA(a, y[e], x[e]);                                                  \
         }                                                                                   \
     }
 
@@ -171,11 +178,50 @@ MOMO_TENSORS(shiftsim_momo_tensors_f64, double, fma, fabs, lerp_squares_f64)
 typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
 typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
 
-#define THREE_SUMS(NAME, T, V, FMA)                                                          \
+/* Three sums of products over one block of k elements, added into the float64 lanes L[0..2]:
+ * L[r] += the sums of X_r[e] Y_r[e] (in T, 16 lanes: element e into lane e % 16), the block's
+ * tail zero-padded to a whole vector (adds exact zeros). */
+#define BLOCK_SUMS3(T, V, X0, Y0, X1, Y1, X2, Y2, k, L)                                     \
+    do {                                                                                    \
+        const T *const xs_[3] = {X0, X1, X2}, *const ys_[3] = {Y0, Y1, Y2};                 \
+        V acc_[3] = {{0}, {0}, {0}};                                                        \
+        int64_t e_ = 0;                                                                     \
+        for (; e_ + LANES <= (k); e_ += LANES)                                              \
+            for (int r_ = 0; r_ < 3; r_++) {                                                \
+                V xv_, yv_;                                                                 \
+                memcpy(&xv_, xs_[r_] + e_, sizeof xv_);                                     \
+                memcpy(&yv_, ys_[r_] + e_, sizeof yv_);                                     \
+                acc_[r_] += xv_ * yv_;                                                      \
+            }                                                                               \
+        if (e_ < (k))                                                                       \
+            for (int r_ = 0; r_ < 3; r_++) {                                                \
+                T xt_[LANES] = {0}, yt_[LANES] = {0};                                       \
+                memcpy(xt_, xs_[r_] + e_, (size_t)((k) - e_) * sizeof(T));                  \
+                memcpy(yt_, ys_[r_] + e_, (size_t)((k) - e_) * sizeof(T));                  \
+                V xv_, yv_;                                                                 \
+                memcpy(&xv_, xt_, sizeof xv_);                                              \
+                memcpy(&yv_, yt_, sizeof yv_);                                              \
+                acc_[r_] += xv_ * yv_;                                                      \
+            }                                                                               \
+        for (int r_ = 0; r_ < 3; r_++)                                                      \
+            L[r_] += __builtin_convertvector(acc_[r_], v16d);                               \
+    } while (0)
+
+/* s[r] = the float64 lanes L[r] added pairwise, r = 0..2. */
+static inline void lanes_sums3(const v16d *L, double *s)
+{
+    for (int r = 0; r < 3; r++) {
+        double l[LANES];
+        memcpy(l, &L[r], sizeof l);
+        s[r] = lanes_sum(l);
+    }
+}
+
+#define THREE_SUMS(NAME, T, V, FMA)                                                         \
     static void NAME(const T *restrict m, const T *restrict g, const T *restrict p, T wd,   \
                      int64_t n, double *s)                                                  \
     {                                                                                       \
-        v16d lmg = {0}, lmm = {0}, lgg = {0};                                               \
+        v16d L[3] = {{0}, {0}, {0}};                                                        \
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
             const int64_t k = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
             T gb[BLOCK];                                                                    \
@@ -187,37 +233,9 @@ typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
                     gb[e] = FMA(wd, x[e], b[e]);                                            \
                 b = gb;                                                                     \
             }                                                                               \
-            V pmg = {0}, pmm = {0}, pgg = {0};                                              \
-            int64_t e = 0;                                                                  \
-            for (; e + LANES <= k; e += LANES) {                                            \
-                V am, bg;                                                                   \
-                memcpy(&am, a + e, sizeof am);                                              \
-                memcpy(&bg, b + e, sizeof bg);                                              \
-                pmg += am * bg;                                                             \
-                pmm += am * am;                                                             \
-                pgg += bg * bg;                                                             \
-            }                                                                               \
-            if (e < k) { /* the tail, zero-padded to a whole vector (adds exact zeros) */   \
-                T ta[LANES] = {0}, tb[LANES] = {0};                                         \
-                memcpy(ta, a + e, (size_t)(k - e) * sizeof(T));                             \
-                memcpy(tb, b + e, (size_t)(k - e) * sizeof(T));                             \
-                V am, bg;                                                                   \
-                memcpy(&am, ta, sizeof am);                                                 \
-                memcpy(&bg, tb, sizeof bg);                                                 \
-                pmg += am * bg;                                                             \
-                pmm += am * am;                                                             \
-                pgg += bg * bg;                                                             \
-            }                                                                               \
-            lmg += __builtin_convertvector(pmg, v16d);                                      \
-            lmm += __builtin_convertvector(pmm, v16d);                                      \
-            lgg += __builtin_convertvector(pgg, v16d);                                      \
+            BLOCK_SUMS3(T, V, a, b, a, a, b, b, k, L);                                      \
         }                                                                                   \
-        double l[3][LANES];                                                                 \
-        memcpy(l[0], &lmg, sizeof lmg);                                                     \
-        memcpy(l[1], &lmm, sizeof lmm);                                                     \
-        memcpy(l[2], &lgg, sizeof lgg);                                                     \
-        for (int q = 0; q < 3; q++)                                                         \
-            s[q] = lanes_sum(l[q]);                                                         \
+        lanes_sums3(L, s);                                                                  \
     }
 
 THREE_SUMS(three_sums_f32, float, v16f, fmaf)
@@ -226,19 +244,14 @@ THREE_SUMS(three_sums_f64, double, v16d, fma)
 /* The first pass of TAM's and AM-SGD's compiled step over n tensors m, g (and p with coupled
  * weight decay wd, else NULL): out[0..2] = <m, g>, |m|^2, |g|^2 over all of them, each the
  * chunks' sums added in order in float64 and rounded once to T. part: 3 doubles per chunk. */
-#define SUMS_TENSORS(NAME, T, SUMS)                                                          \
+#define SUMS_TENSORS(NAME, T, SUMS)                                                         \
     void NAME(int nt, T **m, T **g, T **p, double wd_d, int64_t nchunks, const int64_t *tix, \
               const int64_t *lo, const int64_t *hi, double *part, T *out)                   \
     {                                                                                       \
         const T wd = (T)wd_d;                                                               \
-        (void)nt;                                                                           \
-        _Pragma("omp parallel num_threads(nt)")                                             \
-        {                                                                                   \
-            MY_CHUNKS(nchunks, c0, c1)                                                      \
-            for (int64_t c = c0; c < c1; c++)                                               \
-                SUMS(m[tix[c]] + lo[c], g[tix[c]] + lo[c], p ? p[tix[c]] + lo[c] : NULL,     \
-                     wd, hi[c] - lo[c], part + 3 * c);                                      \
-        }                                                                                   \
+        EACH_CHUNK(nt, nchunks, c)                                                          \
+            SUMS(m[tix[c]] + lo[c], g[tix[c]] + lo[c], p ? p[tix[c]] + lo[c] : NULL, wd,    \
+                 hi[c] - lo[c], part + 3 * c);                                              \
         double s[3] = {0.0, 0.0, 0.0};                                                      \
         for (int64_t c = 0; c < nchunks; c++)                                               \
             for (int q = 0; q < 3; q++)                                                     \
@@ -253,21 +266,17 @@ SUMS_TENSORS(shiftsim_three_sums_tensors_f64, double, three_sums_f64)
 /* The second pass of TAM's and AM-SGD's compiled step, element by element: with coupled weight
  * decay (coupled != 0) g' = g + wd p from the parameter before this pass changes it (torch's add
  * with alpha), else g' = g; m <- lerp(m, g', w) (torch's lerp); p <- p shrink (decoupled weight
- * decay, where shrink_on); p <- p + step m (torch's add with alpha). Each thread takes the chunks it
- * summed, in reverse order (the first pass leaves the last ones in its caches). */
-#define LERP_UPDATE(NAME, T, FMA, ABS)                                                       \
-    void NAME(int nt, T **p, T **g, T **m, int64_t nchunks, const int64_t *tix,              \
-              const int64_t *lo, const int64_t *hi, double w_d, double step_d, int coupled,  \
+ * decay, where shrink_on); p <- p + step m (torch's add with alpha). Each thread takes the
+ * chunks it summed, in reverse order (the first pass leaves the last ones in its caches). */
+#define LERP_UPDATE(NAME, T, FMA, ABS)                                                      \
+    void NAME(int nt, T **p, T **g, T **m, int64_t nchunks, const int64_t *tix,             \
+              const int64_t *lo, const int64_t *hi, double w_d, double step_d, int coupled, \
               double wd_d, int shrink_on, double shrink_d)                                  \
     {                                                                                       \
         const T w = (T)w_d, wm1 = w - (T)1, step = (T)step_d, wd = (T)wd_d;                 \
         const T shrink = (T)shrink_d;                                                       \
         const int small = ABS(w) < (T)0.5;                                                  \
-        (void)nt;                                                                           \
-        _Pragma("omp parallel num_threads(nt)")                                             \
-        {                                                                                   \
-        MY_CHUNKS(nchunks, c0, c1)                                                          \
-        for (int64_t c = c1 - 1; c >= c0; c--) {                                            \
+        EACH_CHUNK_BACKWARD(nt, nchunks, c) {                                               \
             T *restrict x = p[tix[c]] + lo[c];                                              \
             const T *restrict y = g[tix[c]] + lo[c];                                        \
             T *restrict a = m[tix[c]] + lo[c];                                              \
@@ -296,7 +305,6 @@ SUMS_TENSORS(shiftsim_three_sums_tensors_f64, double, three_sums_f64)
                     xp[e] = FMA(step, am[e], xp[e]);                                        \
             }                                                                               \
         }                                                                                   \
-        }                                                                                   \
     }
 
 LERP_UPDATE(shiftsim_lerp_update_tensors_f32, float, fmaf, fabsf)
@@ -309,13 +317,13 @@ LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
 /* One chunk of MoMo-Adam's first pass: d <- lerp(d, g, w1) (torch's lerp_), v <- v b2, then
  * v <- v + (w2 g) g (torch's mul_ and addcmul_ with value w2: one fused multiply-add), and the
  * sums <p, g>, <p, d>, <d, q> with q the direction above, into s[0..2] (as THREE_SUMS). */
-#define ADAM_MOMENTS(NAME, T, V, FMA, ABS, SQRT)                                             \
+#define ADAM_MOMENTS(NAME, T, V, FMA, ABS, SQRT)                                            \
     static void NAME(const T *restrict p, const T *restrict g, T *restrict d, T *restrict v, \
                      int64_t n, T w1, T b2, T w2, T bc2, T eps, double *s)                  \
     {                                                                                       \
         const T wm1 = w1 - (T)1;                                                            \
         const int small = ABS(w1) < (T)0.5;                                                 \
-        v16d lxg = {0}, lxd = {0}, ldq = {0};                                               \
+        v16d L[3] = {{0}, {0}, {0}};                                                        \
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
             const int64_t k = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
             const T *x = p + i0, *y = g + i0;                                               \
@@ -332,44 +340,9 @@ LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
                 b[e] = FMA(wg, y[e], vb);                                                   \
                 q[e] = ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps);                       \
             }                                                                               \
-            V pxg = {0}, pxd = {0}, pdq = {0};                                              \
-            int64_t e = 0;                                                                  \
-            for (; e + LANES <= k; e += LANES) {                                            \
-                V xv, yv, av, qv;                                                           \
-                memcpy(&xv, x + e, sizeof xv);                                              \
-                memcpy(&yv, y + e, sizeof yv);                                              \
-                memcpy(&av, a + e, sizeof av);                                              \
-                memcpy(&qv, q + e, sizeof qv);                                              \
-                pxg += xv * yv;                                                             \
-                pxd += xv * av;                                                             \
-                pdq += av * qv;                                                             \
-            }                                                                               \
-            if (e < k) { /* the tail, zero-padded (adds exact zeros) */                     \
-                T t[4][LANES] = {{0}};                                                      \
-                const size_t rest = (size_t)(k - e) * sizeof(T);                            \
-                memcpy(t[0], x + e, rest);                                                  \
-                memcpy(t[1], y + e, rest);                                                  \
-                memcpy(t[2], a + e, rest);                                                  \
-                memcpy(t[3], q + e, rest);                                                  \
-                V xv, yv, av, qv;                                                           \
-                memcpy(&xv, t[0], sizeof xv);                                               \
-                memcpy(&yv, t[1], sizeof yv);                                               \
-                memcpy(&av, t[2], sizeof av);                                               \
-                memcpy(&qv, t[3], sizeof qv);                                               \
-                pxg += xv * yv;                                                             \
-                pxd += xv * av;                                                             \
-                pdq += av * qv;                                                             \
-            }                                                                               \
-            lxg += __builtin_convertvector(pxg, v16d);                                      \
-            lxd += __builtin_convertvector(pxd, v16d);                                      \
-            ldq += __builtin_convertvector(pdq, v16d);                                      \
+            BLOCK_SUMS3(T, V, x, y, x, a, a, q, k, L);                                      \
         }                                                                                   \
-        double l[3][LANES];                                                                 \
-        memcpy(l[0], &lxg, sizeof lxg);                                                     \
-        memcpy(l[1], &lxd, sizeof lxd);                                                     \
-        memcpy(l[2], &ldq, sizeof ldq);                                                     \
-        for (int r = 0; r < 3; r++)                                                         \
-            s[r] = lanes_sum(l[r]);                                                         \
+        lanes_sums3(L, s);                                                                  \
     }
 
 ADAM_MOMENTS(adam_moments_f32, float, v16f, fmaf, fabsf, sqrtf)
@@ -379,20 +352,15 @@ ADAM_MOMENTS(adam_moments_f64, double, v16d, fma, fabs, sqrt)
  * moved (ADAM_MOMENTS) and xg[t] = <p_t, g_t> per tensor, out[0] = <p, d> and out[1] = <d, q>
  * over all of them (chunk sums added in order in float64, rounded once to T). part: 3 doubles
  * per chunk. */
-#define MOMO_ADAM_MOMENTS(NAME, T, MOMENTS)                                                  \
-    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,                \
+#define MOMO_ADAM_MOMENTS(NAME, T, MOMENTS)                                                 \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
               const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
               double w1, double b2, double w2, double bc2, double eps, T *xg, T *out)       \
     {                                                                                       \
-        (void)nt;                                                                           \
-        _Pragma("omp parallel num_threads(nt)")                                             \
-        {                                                                                   \
-            MY_CHUNKS(nchunks, c0, c1)                                                      \
-            for (int64_t c = c0; c < c1; c++)                                               \
-                MOMENTS(p[tix[c]] + lo[c], g[tix[c]] + lo[c], d[tix[c]] + lo[c],             \
-                        v[tix[c]] + lo[c], hi[c] - lo[c], (T)w1, (T)b2, (T)w2, (T)bc2,       \
-                        (T)eps, part + 3 * c);                                              \
-        }                                                                                   \
+        EACH_CHUNK(nt, nchunks, c)                                                          \
+            MOMENTS(p[tix[c]] + lo[c], g[tix[c]] + lo[c], d[tix[c]] + lo[c],                \
+                    v[tix[c]] + lo[c], hi[c] - lo[c], (T)w1, (T)b2, (T)w2, (T)bc2, (T)eps,  \
+                    part + 3 * c);                                                          \
         double xd = 0.0, dq = 0.0;                                                          \
         int64_t c = 0;                                                                      \
         for (int64_t t = 0; t < n; t++) {                                                   \
@@ -414,31 +382,26 @@ MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
 /* MoMo-Adam's second pass, element by element: p <- p shrink (decoupled decay, where pre_on),
  * p <- p + q (-tau) with q the direction above (torch's addcmul_: one fused multiply-add),
  * p <- p inv (proximal decay, where post_on). Each thread its first pass's chunks, in reverse. */
-#define MOMO_ADAM_UPDATE(NAME, T, FMA, SQRT)                                                 \
-    void NAME(int nt, T **p, T **d, T **v, int64_t nchunks, const int64_t *tix,              \
+#define MOMO_ADAM_UPDATE(NAME, T, FMA, SQRT)                                                \
+    void NAME(int nt, T **p, T **d, T **v, int64_t nchunks, const int64_t *tix,             \
               const int64_t *lo, const int64_t *hi, double bc2_d, double eps_d,             \
               double ntau_d, int pre_on, double pre_d, int post_on, double post_d)          \
     {                                                                                       \
         const T bc2 = (T)bc2_d, eps = (T)eps_d, ntau = (T)ntau_d, pre = (T)pre_d;           \
         const T post = (T)post_d;                                                           \
-        (void)nt;                                                                           \
-        _Pragma("omp parallel num_threads(nt)")                                             \
-        {                                                                                   \
-            MY_CHUNKS(nchunks, c0, c1)                                                      \
-            for (int64_t c = c1 - 1; c >= c0; c--) {                                        \
-                T *restrict x = p[tix[c]] + lo[c];                                          \
-                const T *restrict a = d[tix[c]] + lo[c];                                    \
-                const T *restrict b = v[tix[c]] + lo[c];                                    \
-                const int64_t k = hi[c] - lo[c];                                            \
-                if (pre_on)                                                                 \
-                    for (int64_t e = 0; e < k; e++)                                         \
-                        x[e] = x[e] * pre;                                                  \
+        EACH_CHUNK_BACKWARD(nt, nchunks, c) {                                               \
+            T *restrict x = p[tix[c]] + lo[c];                                              \
+            const T *restrict a = d[tix[c]] + lo[c];                                        \
+            const T *restrict b = v[tix[c]] + lo[c];                                        \
+            const int64_t k = hi[c] - lo[c];                                                \
+            if (pre_on)                                                                     \
                 for (int64_t e = 0; e < k; e++)                                             \
-                    x[e] = FMA(ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps), ntau, x[e]);  \
-                if (post_on)                                                                \
-                    for (int64_t e = 0; e < k; e++)                                         \
-                        x[e] = x[e] * post;                                                 \
-            }                                                                               \
+                    x[e] = x[e] * pre;                                                      \
+            for (int64_t e = 0; e < k; e++)                                                 \
+                x[e] = FMA(ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps), ntau, x[e]);      \
+            if (post_on)                                                                    \
+                for (int64_t e = 0; e < k; e++)                                             \
+                    x[e] = x[e] * post;                                                     \
         }                                                                                   \
     }
 
