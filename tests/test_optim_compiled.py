@@ -31,6 +31,7 @@ from shiftsim.optim import (
     MoMoAdam,
     _compiled,
     _native,
+    adamem,
 )
 
 # importing torch's compiler stack warns about torch.jit internals (not ours)
@@ -83,13 +84,14 @@ def run(make, steps: int, dtype=torch.float64, compile=False):
 
 @pytest.fixture(autouse=True)
 def inductor_kernels(monkeypatch):
-    """The native kernels that the compiled steps of MoMo, TAM, AM-SGD and MoMo-Adam take on a CPU,
-    switched off: these tests check Inductor's kernels (still taken where the native code is
-    not: a GPU, no C compiler), tests/test_tensor_steps.py the native ones."""
+    """The native kernels that the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and AM-AdamW
+    take on a CPU, switched off: these tests check Inductor's kernels (still taken where the
+    native code is not: a GPU, no C compiler), tests/test_tensor_steps.py the native ones."""
     monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
     monkeypatch.setattr(_compiled, "tam_step_native", lambda *a, **kw: None)
     monkeypatch.setattr(_compiled, "amsgd_step_native", lambda *a, **kw: None)
     monkeypatch.setattr(_compiled, "momo_adam_step_native", lambda *a, **kw: None)
+    monkeypatch.setattr(adamem, "_amadamw_native", lambda *a, **kw: None)
 
 
 @pytest.fixture()

@@ -16,14 +16,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_optim_adamem import SGD_HP, amsgd_reference
+from test_optim_adamem import ADAMW_HP, SGD_HP, amadamw_reference, amsgd_reference
 from test_optim_common import assert_traj_close, run_reference
 from test_optim_compiled import MAKERS, one_group, run
 from test_optim_momo import ADAM_HP, momo_reference
 from test_optim_native import fresh  # noqa: F401 - the fixture
 from test_optim_tam import TAM_HP, tam_reference
 
-from shiftsim.optim import TAM, AdaptiveMemorySGD, MoMo, MoMoAdam, _compiled, _native
+from shiftsim.optim import (
+    TAM,
+    AdaptiveMemoryAdamW,
+    AdaptiveMemorySGD,
+    MoMo,
+    MoMoAdam,
+    _compiled,
+    _native,
+)
 from shiftsim.optim._kernels import sqrt as exact_sqrt
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="no native code here")
@@ -350,6 +358,85 @@ def test_momo_adam_passes_leave_what_they_do_not_take():
     _unchanged([P, G, D, V], before)
 
 
+# ---------------------------------------------------------------------- AM-AdamW's passes
+
+
+def _am_coefs(n, dtype, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    c1 = (torch.rand(n, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    return c1, (c1 * 1e-8).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lam", [0.1, 0.0])
+@pytest.mark.parametrize("decay", [True, False])
+def test_amadamw_sums_are_the_eager_kernels_up_to_rounding(dtype, lam, decay):
+    """The second moments: torch's mul_ and addcmul_ bit for bit; the sums: the eager
+    kernel's _am_sums (torch's products and dots) up to float rounding."""
+    b2 = 0.999
+    P, G, D, V = _adam_case(dtype)
+    c1, c2 = _am_coefs(len(P), dtype)
+    mine = [[t.clone() for t in x] for x in (P, G, D, V)]
+    got = _native.amadamw_sums(mine[0] if decay else None, *mine[1:], c1, c2, beta2=b2, lam=lam)
+    assert got is not None and got.shape == (len(P), 5 if decay else 3)
+    want = []
+    for i, (p, g, d, v) in enumerate(zip(P, G, D, V)):
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        pre = exact_sqrt(v.double()) * c1[i].double() + c2[i].double()
+        met = pre + lam * pre * pre
+        t = d.double() - g.double()
+        u = d.double() / pre
+        row = [(u * g.double()).sum(), (u * d.double()).sum(), (t * t / met).sum()]
+        if decay:
+            row += [(p.double() * g.double()).sum(), (p.double() * d.double()).sum()]
+        want.append(torch.stack(row))
+    for a, b in zip(mine[3], V):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.double(), torch.stack(want), rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lam", [0.1, 0.0])
+@pytest.mark.parametrize("decay", [True, False])
+def test_amadamw_update_is_the_eager_kernels_operations_bit_for_bit(dtype, lam, decay):
+    """P = sqrt(v) c1 + c2, W = addcmul(P, P, P, lam), d.lerp_(g, (P / W) (1 - beta)),
+    p * (1 - lr wd), p.addcdiv_(d, P, -lr): the eager kernel's operations, bit for bit."""
+    lr, wd = 0.01, 0.05
+    P, G, D, V = _adam_case(dtype)
+    n = len(P)
+    c1, c2 = _am_coefs(n, dtype)
+    keep = torch.linspace(0.05, 0.95, n, dtype=dtype)  # 1 - beta: both lerp formulas
+    mine = [[t.clone() for t in x] for x in (P, D)]
+    assert _native.amadamw_update(mine[0], G, mine[1], V, c1, c2, keep, lam=lam, lr=lr,
+                                  shrink=1 - lr * wd if decay else None)
+    for i, (p, g, d, v) in enumerate(zip(P, G, D, V)):
+        pre = exact_sqrt(v).mul_(c1[i]).add_(c2[i])
+        if lam:
+            met = torch.addcmul(pre, pre, pre, value=lam)
+            d.lerp_(g, torch.div(pre, met).mul_(keep[i]))
+        else:
+            d.lerp_(g, keep[i])
+        if decay:
+            p.mul_(1 - lr * wd)
+        p.addcdiv_(d, pre, value=-lr)
+    for got, want in zip(mine, (P, D)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_amadamw_passes_leave_what_they_do_not_take():
+    P, G, D, V = _adam_case(torch.float32)
+    c1, c2 = _am_coefs(len(P), torch.float32)
+    before = _clone([P, G, D, V])
+    assert _native.amadamw_sums(P, G, D, V, c1[:-1], c2, beta2=0.9, lam=0.1) is None
+    assert _native.amadamw_sums(P, G, D, V, c1.double(), c2, beta2=0.9, lam=0.1) is None
+    assert _native.amadamw_sums(P, G, D[:-1], V, c1, c2, beta2=0.9, lam=0.1) is None
+    assert not _native.amadamw_update(P, G, D, V, c1, c2, c1[:-1], lam=0.1, lr=0.1)
+    assert not _native.amadamw_update(P, G, D, V, c1, c2, c1, lam=torch.tensor(0.1), lr=0.1)
+    _unchanged([P, G, D, V], before)
+
+
 # ------------------------------------------------------------------------ through the class
 
 
@@ -358,7 +445,7 @@ def counted(monkeypatch):
     """``torch.compile`` refused (the native kernels must not need it) and the native steps'
     calls that applied counted: ``calls["momo"]`` (MoMo's whole step), ``calls["sums"]``
     (TAM's and AM-SGD's first pass)."""
-    calls = {"momo": 0, "sums": 0, "adam": 0}
+    calls = {"momo": 0, "sums": 0, "adam": 0, "amw": 0}
 
     def counter(key, fn):
         def count(*args, **kwargs):
@@ -376,6 +463,7 @@ def counted(monkeypatch):
                         counter("sums", _native.three_sums_tensors))
     monkeypatch.setattr(_native, "momo_adam_moments",
                         counter("adam", _native.momo_adam_moments))
+    monkeypatch.setattr(_native, "amadamw_sums", counter("amw", _native.amadamw_sums))
     monkeypatch.setattr(torch, "compile", no_compile)
     monkeypatch.delenv(_compiled.ENV, raising=False)
     return calls
@@ -404,11 +492,12 @@ def test_momo_auto_takes_the_native_step_as_it_would_compile(counted, monkeypatc
     ("momo", "momo", 11), ("momo_bc", "momo", 11),  # MoMo's first step is eager (fresh)
     ("tam", "sums", 12), ("tam_decoupled", "sums", 12), ("tam_eps0", "sums", 12),
     ("adamem_sgd", "sums", 11), ("adamem_sgd_nowd", "sums", 11),  # AM-SGD's first: eager
-    ("momo_adam", "adam", 12), ("momo_adam_wd", "adam", 12), ("momo_adam_adamw", "adam", 12)])
+    ("momo_adam", "adam", 12), ("momo_adam_wd", "adam", 12), ("momo_adam_adamw", "adam", 12),
+    ("adamem_adamw", "amw", 11), ("adamem_adamw_lam0", "amw", 11)])  # AM-AdamW's first: eager
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_steps_on_a_cpu_take_the_native_code(counted, name, kernel, steps, dtype):
-    """MoMo's, TAM's, AM-SGD's and MoMo-Adam's compiled steps on a CPU: the native code
-    (counted), no Inductor compile, the eager step's numbers up to float rounding."""
+    """MoMo's, TAM's, AM-SGD's, MoMo-Adam's and AM-AdamW's compiled steps on a CPU: the native
+    code (counted), no Inductor compile, the eager step's numbers up to float rounding."""
     eager, d_eager, _ = run(MAKERS[name], 12, dtype, compile=False)
     calls = counted[kernel]
     comp, d_comp, opt = run(MAKERS[name], 12, dtype, compile=True)
@@ -448,6 +537,14 @@ def test_momo_adam_native_passes_match_float64_reference(counted, divide):
     ref = momo_reference(one_group(hp), adam=True, betas=(0.85, 0.99), eps=1e-6,
                          divide=divide, lb=0.1)
     assert_traj_close(ours, run_reference(ref, 40))
+
+
+def test_amadamw_native_passes_match_float64_reference(counted):
+    hp = ADAMW_HP[1]
+    ours, _, _ = run(lambda ps, c: AdaptiveMemoryAdamW(ps, lam=0.2, compile=c, **hp), 40,
+                     compile=True)
+    assert counted["amw"] == 39
+    assert_traj_close(ours, run_reference(amadamw_reference(one_group(hp), 0.2), 40))
 
 
 # ------------------------------------------------------------------------------ the build

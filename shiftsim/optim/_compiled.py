@@ -31,14 +31,15 @@ optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so t
 recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
 any later compile error, the optimizer warns and stays eager.
 
-**On a CPU, MoMo, TAM, AM-SGD and MoMo-Adam** take shiftsim's own C code instead of
+**On a CPU, MoMo, TAM, AM-SGD, MoMo-Adam and AM-AdamW** take shiftsim's own C code instead of
 Inductor's kernels (``tensorsteps.c``, built with the native row sums: nothing is compiled per
 shape, so the first step costs milliseconds), where the native code is on and the tensors are
 contiguous float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.momo_tensors_step`),
-and two passes for TAM, AM-SGD and MoMo-Adam (:func:`tam_step_native`,
-:func:`amsgd_step_native`, :func:`momo_adam_step_native`) with the numbers between them computed
-by the same functions as Inductor's kernels (:func:`_tam_numbers`, :func:`_amsgd_numbers`,
-:func:`_momo_adam_numbers`); Inductor's kernels elsewhere (a GPU, no C compiler,
+and two passes for the others (:func:`tam_step_native`, :func:`amsgd_step_native`,
+:func:`momo_adam_step_native`, ``adamem._amadamw_native``) with the numbers between them
+computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
+:func:`_amsgd_numbers`, :func:`_momo_adam_numbers`) or, for AM-AdamW's per-tensor betas, as its
+eager kernel (``adamem._am_beta_stack``); Inductor's kernels elsewhere (a GPU, no C compiler,
 ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads, each thread taking the
 same chunks in both passes (the second in reverse, so that it starts on what its first pass left
 in its core's caches). The elementwise work is the eager kernels' operations, torch's bits
@@ -49,10 +50,14 @@ MoMo 1.22x and 1.21x against Inductor's 1.93x and 1.99x (2 threads), 1.35x and 1
 1.91x and 1.90x (1 thread); TAM 1.54x and 1.53x against 1.54x and 1.55x (2 threads), 1.43x and
 1.43x against 1.41x and 1.41x (1 thread); AM-SGD 1.60x and 1.53x against 1.48x and 1.51x,
 1.47x and 1.43x against 1.51x and 1.43x. Against fused AdamW: MoMo-Adam 1.61x and 1.68x against
-2.70x and 2.60x (2 threads), 1.60x and 1.62x against 2.39x and 2.46x (1 thread; its least
-traffic is 10 passes to fused AdamW's 7, 1.43x). TAM's and AM-SGD's run at Inductor's speed
-within this benchmark's resolution (about 10 %), MoMo's and MoMo-Adam's well past it; first
-steps 0.01-0.03 s against Inductor's 0.2-7 s (its on-disk cache warm or not).
+2.70x and 2.60x (2 threads), 1.60x and 1.62x against 2.39x and 2.46x (1 thread); AM-AdamW
+1.81x and 1.84x against 3.35x and 3.16x (2 threads), 1.61x and 1.63x against 2.36x and 2.62x (1
+thread), with weight decay 0.01 1.93x and 1.89x against 3.34x and 3.23x, 1.81x and 1.77x against
+3.10x and 3.32x (the least traffic of both is 10 passes to fused AdamW's 7, 1.43x; 11 for
+AM-AdamW with weight decay, 1.57x). TAM's and
+AM-SGD's run at Inductor's speed within this benchmark's resolution (about 10 %), the others'
+well past it; first steps 0.01-0.06 s against Inductor's 0.2-7 s (its on-disk cache warm or
+not).
 
 The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
 optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.

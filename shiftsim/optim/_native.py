@@ -63,15 +63,16 @@ rounds 0.89-1.19). Grams's step, which sums nothing, is one pass (:func:`grams_s
 eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 
 **Steps over one learner's tensors** (``tensorsteps.c``): the compiled steps of MoMo, TAM,
-AM-SGD and MoMo-Adam on a CPU (``compile=True``, or ``"auto"`` once it applies;
-``shiftsim.optim._compiled``). :func:`momo_tensors_step` is MoMo's whole step,
-:func:`three_sums_tensors` and :func:`lerp_update_tensors` TAM's and AM-SGD's two passes,
-:func:`momo_adam_moments` and :func:`momo_adam_update` MoMo-Adam's: the parameter tensors cut
-into chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
-``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
-kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-Adam 1.61x and
-1.68x fused AdamW against 2.70x and 2.60x; TAM and AM-SGD at Inductor's speed within resolution
-(all numbers in ``_compiled``), without its compile.
+AM-SGD, MoMo-Adam and AM-AdamW on a CPU (``compile=True``, or ``"auto"`` once it applies;
+``shiftsim.optim._compiled``). :func:`momo_tensors_step` is MoMo's whole step; two passes each
+for the others: :func:`three_sums_tensors` and :func:`lerp_update_tensors` (TAM, AM-SGD),
+:func:`momo_adam_moments` and :func:`momo_adam_update`, :func:`amadamw_sums` and
+:func:`amadamw_update`; the parameter tensors cut into chunks of :data:`CHUNK` elements and
+split across torch's threads. [speed] ``benchmarks/optimizer_step.py`` (5M parameters, 2
+threads, alternating with Inductor's kernels): MoMo 1.22x and 1.21x fused SGD-momentum against
+1.93x and 1.99x, MoMo-Adam 1.61x and 1.68x fused AdamW against 2.70x and 2.60x, AM-AdamW 1.81x
+and 1.84x against 3.35x and 3.16x; TAM and AM-SGD at Inductor's speed within resolution (all
+numbers in ``_compiled``), without its compile.
 
 **Threads.** The library is built with OpenMP (``-fopenmp``) only where that is torch's own
 runtime (GCC's libgomp, which torch's Linux wheels load: the library then links to the copy
@@ -129,7 +130,8 @@ from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
            "adatam_step", "amsgd_step", "current", "grams_step", "momo_coefs", "momo_step",
-           "lerp_update_tensors", "momo_adam_moments", "momo_adam_update",
+           "amadamw_sums", "amadamw_update", "lerp_update_tensors", "momo_adam_moments",
+           "momo_adam_update",
            "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs", "tam_step",
            "tam_update", "three_sums_tensors"]
 
@@ -315,6 +317,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                 *[ctypes.c_double] * 3, _int, ctypes.c_double, _int,
                                 ctypes.c_double]),
+    "amadamw_sums": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
+                            _ptr, _ptr, ctypes.c_double, ctypes.c_double, _int, _ptr]),
+    "amadamw_update": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
+                              ctypes.c_double, _int, _ptr, _int, ctypes.c_double,
+                              ctypes.c_double]),
 }
 
 
@@ -1247,4 +1254,63 @@ def momo_adam_update(P: Sequence[Tensor], D: Sequence[Tensor], V: Sequence[Tenso
        float(bc2), float(eps), -float(tau), int(shrink is not None),
        1.0 if shrink is None else float(shrink), int(inverse is not None),
        1.0 if inverse is None else float(inverse))
+    return True
+
+
+def amadamw_sums(P: Sequence[Tensor] | None, G: Sequence[Tensor], D: Sequence[Tensor],
+                 V: Sequence[Tensor], c1: Tensor, c2: Tensor, *, beta2: float, lam: float
+                 ) -> Tensor | None:
+    r"""The first pass of AM-AdamW's compiled step on a CPU, element by element as its eager
+    kernel: :math:`v \leftarrow \beta_2 v + (1 - \beta_2) g^2` (torch's ``mul_`` and
+    ``addcmul_``: its bits), the preconditioner :math:`P = \sqrt v\,c_1 + c_2` and metric
+    :math:`W = P + \lambda P^2` (``c1``, ``c2``: one per tensor, ``(n,)``), and per tensor the
+    eager kernel's sums :math:`\langle d/P, g\rangle`, :math:`\langle d/P, d\rangle`,
+    :math:`\langle (d-g)/W, d-g\rangle`, and where ``P`` is given :math:`\langle p, g\rangle`,
+    :math:`\langle p, d\rangle`: ``(n, 5)`` (``(n, 3)`` without ``P``) in the tensors' dtype,
+    in one pass split across torch's threads. None, changing nothing, where it does not
+    apply."""
+    if not G or not _floats(beta2, lam):
+        return None
+    dtype, n = G[0].dtype, len(G)
+    if not (_vector(c1, n, dtype) and _vector(c2, n, dtype)):
+        return None
+    call = _tensor_call((G, D, V) if P is None else (G, D, V, P), dtype)
+    if call is None:
+        return None
+    lib, arrays, chunks = call
+    R = 3 if P is None else 5
+    part = torch.empty(5 * chunks.count, dtype=torch.float64)
+    sums = torch.empty(n, R, dtype=dtype)
+    fn = lib.shiftsim_amadamw_sums_f32 if dtype is torch.float32 else \
+        lib.shiftsim_amadamw_sums_f64
+    fn(_threads(chunks), n, None if P is None else arrays[3], arrays[0], arrays[1], arrays[2],
+       chunks.count, chunks.tix, chunks.lo, chunks.hi, part.data_ptr(), c1.data_ptr(),
+       c2.data_ptr(), float(beta2), float(lam), int(lam != 0), sums.data_ptr())
+    return sums
+
+
+def amadamw_update(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                   V: Sequence[Tensor], c1: Tensor, c2: Tensor, keep: Tensor, *, lam: float,
+                   lr: float, shrink: float | None = None) -> bool:
+    r"""The second pass of AM-AdamW's compiled step on a CPU, element by element as its eager
+    kernel: :math:`P` and :math:`W` again (:func:`amadamw_sums`), :math:`d \leftarrow`
+    ``lerp(d, g, a)`` with :math:`a = (1-\beta)\,P/W` (``keep`` :math:`= 1 - \beta`, one per
+    tensor; :math:`a = 1 - \beta` when ``lam`` is 0), :math:`p \leftarrow p\cdot` ``shrink``
+    (decoupled weight decay, when given), :math:`p \leftarrow p - \eta\, d / P` (torch's
+    ``addcdiv_``), split across torch's threads. False, changing nothing, where it does not
+    apply."""
+    if not P or not _floats(lam, lr, 1.0 if shrink is None else shrink):
+        return False
+    dtype, n = P[0].dtype, len(P)
+    if not all(_vector(t, n, dtype) for t in (c1, c2, keep)):
+        return False
+    call = _tensor_call((P, G, D, V), dtype)
+    if call is None:
+        return False
+    lib, (ps, gs, ds, vs), chunks = call
+    fn = lib.shiftsim_amadamw_update_f32 if dtype is torch.float32 else \
+        lib.shiftsim_amadamw_update_f64
+    fn(_threads(chunks), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+       c1.data_ptr(), c2.data_ptr(), float(lam), int(lam != 0), keep.data_ptr(),
+       int(shrink is not None), 1.0 if shrink is None else float(shrink), -float(lr))
     return True

@@ -178,39 +178,38 @@ MOMO_TENSORS(shiftsim_momo_tensors_f64, double, fma, fabs, lerp_squares_f64)
 typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
 typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
 
-/* Three sums of products over one block of k elements, added into the float64 lanes L[0..2]:
- * L[r] += the sums of X_r[e] Y_r[e] (in T, 16 lanes: element e into lane e % 16), the block's
- * tail zero-padded to a whole vector (adds exact zeros). */
-#define BLOCK_SUMS3(T, V, X0, Y0, X1, Y1, X2, Y2, k, L)                                     \
+/* R (at most 5) sums of products over one block of k elements, added into the float64 lanes
+ * L[0..R-1]: L[r] += the sums of XS[r][e] YS[r][e] (in T, 16 lanes: element e into lane e % 16),
+ * the block's tail zero-padded to a whole vector (adds exact zeros). */
+#define BLOCK_SUMS(T, V, R, XS, YS, k, L)                                                   \
     do {                                                                                    \
-        const T *const xs_[3] = {X0, X1, X2}, *const ys_[3] = {Y0, Y1, Y2};                 \
-        V acc_[3] = {{0}, {0}, {0}};                                                        \
+        V acc_[5] = {{0}, {0}, {0}, {0}, {0}};                                              \
         int64_t e_ = 0;                                                                     \
         for (; e_ + LANES <= (k); e_ += LANES)                                              \
-            for (int r_ = 0; r_ < 3; r_++) {                                                \
+            for (int r_ = 0; r_ < (R); r_++) {                                              \
                 V xv_, yv_;                                                                 \
-                memcpy(&xv_, xs_[r_] + e_, sizeof xv_);                                     \
-                memcpy(&yv_, ys_[r_] + e_, sizeof yv_);                                     \
+                memcpy(&xv_, (XS)[r_] + e_, sizeof xv_);                                    \
+                memcpy(&yv_, (YS)[r_] + e_, sizeof yv_);                                    \
                 acc_[r_] += xv_ * yv_;                                                      \
             }                                                                               \
         if (e_ < (k))                                                                       \
-            for (int r_ = 0; r_ < 3; r_++) {                                                \
+            for (int r_ = 0; r_ < (R); r_++) {                                              \
                 T xt_[LANES] = {0}, yt_[LANES] = {0};                                       \
-                memcpy(xt_, xs_[r_] + e_, (size_t)((k) - e_) * sizeof(T));                  \
-                memcpy(yt_, ys_[r_] + e_, (size_t)((k) - e_) * sizeof(T));                  \
+                memcpy(xt_, (XS)[r_] + e_, (size_t)((k) - e_) * sizeof(T));                 \
+                memcpy(yt_, (YS)[r_] + e_, (size_t)((k) - e_) * sizeof(T));                 \
                 V xv_, yv_;                                                                 \
                 memcpy(&xv_, xt_, sizeof xv_);                                              \
                 memcpy(&yv_, yt_, sizeof yv_);                                              \
                 acc_[r_] += xv_ * yv_;                                                      \
             }                                                                               \
-        for (int r_ = 0; r_ < 3; r_++)                                                      \
+        for (int r_ = 0; r_ < (R); r_++)                                                    \
             L[r_] += __builtin_convertvector(acc_[r_], v16d);                               \
     } while (0)
 
-/* s[r] = the float64 lanes L[r] added pairwise, r = 0..2. */
-static inline void lanes_sums3(const v16d *L, double *s)
+/* s[r] = the float64 lanes L[r] added pairwise, r < R. */
+static inline void lanes_sums(const v16d *L, int R, double *s)
 {
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < R; r++) {
         double l[LANES];
         memcpy(l, &L[r], sizeof l);
         s[r] = lanes_sum(l);
@@ -233,9 +232,10 @@ static inline void lanes_sums3(const v16d *L, double *s)
                     gb[e] = FMA(wd, x[e], b[e]);                                            \
                 b = gb;                                                                     \
             }                                                                               \
-            BLOCK_SUMS3(T, V, a, b, a, a, b, b, k, L);                                      \
+            const T *xs[3] = {a, a, b}, *ys[3] = {b, a, b};                                 \
+            BLOCK_SUMS(T, V, 3, xs, ys, k, L);                                              \
         }                                                                                   \
-        lanes_sums3(L, s);                                                                  \
+        lanes_sums(L, 3, s);                                                                \
     }
 
 THREE_SUMS(three_sums_f32, float, v16f, fmaf)
@@ -340,9 +340,10 @@ LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
                 b[e] = FMA(wg, y[e], vb);                                                   \
                 q[e] = ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps);                       \
             }                                                                               \
-            BLOCK_SUMS3(T, V, x, y, x, a, a, q, k, L);                                      \
+            const T *xs[3] = {x, x, a}, *ys[3] = {y, a, q};                                 \
+            BLOCK_SUMS(T, V, 3, xs, ys, k, L);                                              \
         }                                                                                   \
-        lanes_sums3(L, s);                                                                  \
+        lanes_sums(L, 3, s);                                                                \
     }
 
 ADAM_MOMENTS(adam_moments_f32, float, v16f, fmaf, fabsf, sqrtf)
@@ -407,3 +408,103 @@ MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
 
 MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f32, float, fmaf, sqrtf)
 MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, fma, sqrt)
+
+/* AM-AdamW's preconditioner and metric, element by element as its eager kernel
+ * (shiftsim.optim.adamem: _am_precond, _am_metric): P = sqrt(v) c1 + c2 (the correctly rounded
+ * square root, then torch's mul_ and add_), W = P + lam P P (torch's addcmul with value lam: one
+ * fused multiply-add) where use_lam, else P. */
+#define AM_PRECOND(T, SQRT, FMA, v, c1, c2, lam, use_lam, P, W)                              \
+    const T P = SQRT(v) * (c1) + (c2);                                                      \
+    const T W = (use_lam) ? FMA((lam) * P, P, P) : P;
+
+/* One chunk of AM-AdamW's first pass (tensor coefficients c1, c2): v <- v b2, v <- v + (w2 g) g
+ * (torch's mul_ and addcmul_), then its sums, as the eager kernel's _am_sums: q1 = <d/P, g>,
+ * q2 = <d/P, d>, s = <(d - g)/W, d - g>, and where p is not NULL x1 = <p, g>, x2 = <p, d>, into
+ * out[0..4] (as THREE_SUMS: 16 lanes per block, float64 across blocks). */
+#define AM_SUMS(NAME, T, V, FMA, SQRT)                                                       \
+    static void NAME(const T *restrict p, const T *restrict g, const T *restrict d,          \
+                     T *restrict v, int64_t n, T b2, T w2, T c1, T c2, T lam, int use_lam,    \
+                     double *out)                                                           \
+    {                                                                                       \
+        v16d L[5] = {{0}, {0}, {0}, {0}, {0}};                                              \
+        const int R = p ? 5 : 3;                                                            \
+        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
+            const int64_t k = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
+            const T *y = g + i0, *a = d + i0;                                               \
+            T *b = v + i0;                                                                  \
+            T u[BLOCK], dt[BLOCK], w[BLOCK];                                                \
+            for (int64_t e = 0; e < k; e++) {                                               \
+                const T vb = b[e] * b2, wg = w2 * y[e];                                     \
+                b[e] = FMA(wg, y[e], vb);                                                   \
+                AM_PRECOND(T, SQRT, FMA, b[e], c1, c2, lam, use_lam, P, W)                  \
+                dt[e] = a[e] - y[e];                                                        \
+                w[e] = dt[e] / W;                                                           \
+                u[e] = a[e] / P;                                                            \
+            }                                                                               \
+            const T *xs[5] = {u, u, w, p ? p + i0 : y, p ? p + i0 : y};                     \
+            const T *ys[5] = {y, a, dt, y, a};                                              \
+            BLOCK_SUMS(T, V, R, xs, ys, k, L);                                              \
+        }                                                                                   \
+        lanes_sums(L, R, out);                                                              \
+    }
+
+AM_SUMS(am_sums_f32, float, v16f, fmaf, sqrtf)
+AM_SUMS(am_sums_f64, double, v16d, fma, sqrt)
+
+/* AM-AdamW's first pass over n tensors (shiftsim.optim.adamem), tensor t with its coefficients
+ * c1[t], c2[t]: the second moments moved and sums[t * R + r] its R sums (5 with p, else 3: the
+ * eager kernel's _am_sums, in its order), each the chunks' sums added in order in float64 and
+ * rounded once to T. part: 5 doubles per chunk. */
+#define AMADAMW_SUMS(NAME, T, SUMS)                                                          \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,                \
+              const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
+              const T *c1, const T *c2, double b2, double lam, int use_lam, T *sums)        \
+    {                                                                                       \
+        EACH_CHUNK(nt, nchunks, c)                                                          \
+            SUMS(p ? p[tix[c]] + lo[c] : NULL, g[tix[c]] + lo[c], d[tix[c]] + lo[c],         \
+                 v[tix[c]] + lo[c], hi[c] - lo[c], (T)b2, (T)(1.0 - b2), c1[tix[c]],         \
+                 c2[tix[c]], (T)lam, use_lam, part + 5 * c);                                \
+        const int R = p ? 5 : 3;                                                            \
+        int64_t c = 0;                                                                      \
+        for (int64_t t = 0; t < n; t++) {                                                   \
+            double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};                                        \
+            for (; c < nchunks && tix[c] == t; c++)                                         \
+                for (int r = 0; r < R; r++)                                                 \
+                    s[r] += part[5 * c + r];                                                \
+            for (int r = 0; r < R; r++)                                                     \
+                sums[t * R + r] = (T)s[r];                                                  \
+        }                                                                                   \
+    }
+
+AMADAMW_SUMS(shiftsim_amadamw_sums_f32, float, am_sums_f32)
+AMADAMW_SUMS(shiftsim_amadamw_sums_f64, double, am_sums_f64)
+
+/* AM-AdamW's second pass, element by element as the eager kernel: P and W again (AM_PRECOND),
+ * d <- lerp(d, g, a) with a = (P / W) keep[t] (_am_lerp_weight; keep = 1 - beta per tensor) where
+ * use_lam, else a = keep[t]; p <- p shrink (decoupled decay, where shrink_on); p <- p + (nlr d) / P
+ * (torch's addcdiv_ with value nlr = -lr). Each thread its first pass's chunks, in reverse. */
+#define AMADAMW_UPDATE(NAME, T, FMA, ABS, SQRT)                                              \
+    void NAME(int nt, T **p, T **g, T **d, T **v, int64_t nchunks, const int64_t *tix,       \
+              const int64_t *lo, const int64_t *hi, const T *c1, const T *c2, double lam_d,  \
+              int use_lam, const T *keep, int shrink_on, double shrink_d, double nlr_d)     \
+    {                                                                                       \
+        const T lam = (T)lam_d, shrink = (T)shrink_d, nlr = (T)nlr_d;                       \
+        EACH_CHUNK_BACKWARD(nt, nchunks, c) {                                               \
+            const int64_t t = tix[c], k = hi[c] - lo[c];                                    \
+            T *restrict x = p[t] + lo[c], *restrict a = d[t] + lo[c];                       \
+            const T *restrict y = g[t] + lo[c], *restrict b = v[t] + lo[c];                 \
+            const T c1t = c1[t], c2t = c2[t], kt = keep[t];                                 \
+            for (int64_t e = 0; e < k; e++) {                                               \
+                AM_PRECOND(T, SQRT, FMA, b[e], c1t, c2t, lam, use_lam, P, W)                \
+                const T wt = use_lam ? (P / W) * kt : kt;                                   \
+                const T diff = y[e] - a[e];                                                 \
+                a[e] = ABS(wt) < (T)0.5 ? FMA(wt, diff, a[e]) : FMA(wt - (T)1, diff, y[e]); \
+                T xe = shrink_on ? x[e] * shrink : x[e];                                    \
+                const T num = nlr * a[e];                                                   \
+                x[e] = xe + num / P;                                                        \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+AMADAMW_UPDATE(shiftsim_amadamw_update_f32, float, fmaf, fabsf, sqrtf)
+AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, fma, fabs, sqrt)
