@@ -56,7 +56,7 @@ thread), with weight decay 0.01 1.93x and 1.89x against 3.34x and 3.23x, 1.81x a
 3.10x and 3.32x (the least traffic of both is 10 passes to fused AdamW's 7, 1.43x; 11 for
 AM-AdamW with weight decay, 1.57x). TAM's and
 AM-SGD's run at Inductor's speed within this benchmark's resolution (about 10 %), the others'
-well past it; first steps 0.01-0.06 s against Inductor's 0.2-7 s (its on-disk cache warm or
+well past it; first steps 0.01-0.1 s against Inductor's 0.15-7.3 s (its on-disk cache warm or
 not).
 
 The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the

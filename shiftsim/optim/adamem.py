@@ -415,7 +415,7 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
 def _amadamw_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
                     pi: Tensor, *, lr: float, prev: float, wd: float, b1: float, b2: float,
                     eps: float, lam: float, t: int) -> tuple[Tensor, Tensor] | None:
-    """AM-AdamW's compiled step on a CPU (one param group, step ``t`` > 1 and previous lr
+    r"""AM-AdamW's compiled step on a CPU (one param group, step ``t`` > 1 and previous lr
     ``prev`` for every tensor) by the native passes (``_native.amadamw_sums``, then
     ``_native.amadamw_update``), each tensor's :math:`\beta` between them by the eager
     kernel's :func:`_am_beta_stack`: ``(betas, pi * betas)``, or None, changing nothing, where

@@ -813,7 +813,7 @@ class MoMo(_MoMoBase):
             rounds, alternating with ``SHIFTSIM_NATIVE=0``, which gives Inductor's): 1.22x and
             1.21x fused SGD-momentum against Inductor's 1.93x and 1.99x with 2 threads (the
             eager step 1.7-2.1x that day), 1.35x and 1.15x against 1.91x and 1.90x with one
-            (eager 1.46-1.56x); first step 0.01-0.02 s. Until 2026-12-07 (Inductor's kernel
+            (eager 1.46-1.56x); first step 0.01-0.04 s. Until 2026-12-07 (Inductor's kernel
             only, measured no faster than the eager one) the default was False.
 
     State: ``grad_avg`` (:math:`d`), ``grad_dot_w`` (:math:`\gamma_i`) and ``x_dot_d``
