@@ -212,14 +212,29 @@ def _version(cc: str) -> str:
 
 
 def _torch_libgomp() -> bool:
-    """Whether torch's parallel backend is OpenMP with GCC's runtime (libgomp) loaded in this
-    process (read from ``/proc/self/maps``; False where that cannot be read)."""
+    """Whether torch's parallel backend is OpenMP and a library named ``libgomp.so.1`` (GCC's
+    runtime under its own soname, which is what ``-fopenmp`` links) is loaded in this process,
+    read from ``/proc/self/maps`` (False where that cannot be read). Wheels that ship a renamed
+    copy (``libgomp-<hash>.so.1``, as auditwheel names it) do not count: a library linked to
+    ``libgomp.so.1`` would load a second runtime beside it."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return False
     try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
+        return _gcc_libgomp(Path("/proc/self/maps").read_text())
     except OSError:
         return False
+
+
+def _gcc_libgomp(maps: str) -> bool:
+    """Whether the memory map ``maps`` (``/proc/self/maps``'s text) holds a file named
+    ``libgomp.so.1``.
+
+    >>> _gcc_libgomp("7f3e30e00000-7f3e30e37000 r-xp 0 fe:00 5 /x/torch/lib/libgomp.so.1")
+    True
+    >>> _gcc_libgomp("7f3e30e00000-7f3e30e37000 r-xp 0 fe:00 5 /x/libgomp-e985bcbb.so.1.0.0")
+    False
+    """
+    return any(line.rsplit("/", 1)[-1] == "libgomp.so.1" for line in maps.splitlines())
 
 
 def _openmp_flags(version: str) -> list[str]:
