@@ -254,16 +254,22 @@ def test_the_update_pass_is_torchs_operations_bit_for_bit(dtype, weight, decay):
 
 
 def test_the_passes_leave_what_they_do_not_take():
+    """Each call has one defect, the rest valid (the last lines: without it they apply)."""
     P, G, M = _case(torch.float32)[:3]
     before = _clone([P, G, M])
-    G[1] = G[1].t().contiguous().t() if G[1].dim() == 2 else G[1]
+    strided = [g.t().contiguous().t() if g.dim() == 2 else g for g in G]  # G[2]: not contiguous
+    assert not strided[2].is_contiguous()
+    assert _native.three_sums_tensors(M, strided) is None
     assert _native.three_sums_tensors(M, [g.half() for g in G]) is None
     assert _native.three_sums_tensors(M, G[:-1]) is None
     assert _native.three_sums_tensors(M, G, P, wd=torch.tensor(0.1)) is None
+    assert not _native.lerp_update_tensors(P, strided, M, 0.1, -0.1)
     assert not _native.lerp_update_tensors(P, [g.double() for g in G], M, 0.1, -0.1)
     assert not _native.lerp_update_tensors(P, G, M, torch.tensor(0.1), -0.1)
     assert not _native.lerp_update_tensors([], [], [], 0.1, -0.1)
     _unchanged([P, G, M], before)
+    assert _native.three_sums_tensors(M, G, P, wd=0.1) is not None
+    assert _native.lerp_update_tensors(*_clone([P, G, M]), 0.1, -0.1)
 
 
 # --------------------------------------------------------------------- MoMo-Adam's passes
@@ -356,6 +362,8 @@ def test_momo_adam_passes_leave_what_they_do_not_take():
                                         bc2=0.5, eps=1e-8, tau=0.1)
     assert not _native.momo_adam_update(P, D, V, bc2=0.5, eps=1e-8, tau=torch.tensor(0.1))
     _unchanged([P, G, D, V], before)
+    assert _native.momo_adam_moments(*_clone([P, G, D, V]), **hp) is not None  # without them
+    assert _native.momo_adam_update(*_clone([P, D, V]), bc2=0.5, eps=1e-8, tau=0.1)
 
 
 # ---------------------------------------------------------------------- AM-AdamW's passes
@@ -435,6 +443,8 @@ def test_amadamw_passes_leave_what_they_do_not_take():
     assert not _native.amadamw_update(P, G, D, V, c1, c2, c1[:-1], lam=0.1, lr=0.1)
     assert not _native.amadamw_update(P, G, D, V, c1, c2, c1, lam=torch.tensor(0.1), lr=0.1)
     _unchanged([P, G, D, V], before)
+    assert _native.amadamw_sums(*_clone([P, G, D, V]), c1, c2, beta2=0.9, lam=0.1) is not None
+    assert _native.amadamw_update(*_clone([P, G, D, V]), c1, c2, c1, lam=0.1, lr=0.1)
 
 
 # ------------------------------------------------------------------------ through the class

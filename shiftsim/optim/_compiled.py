@@ -42,10 +42,11 @@ computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
 eager kernel (``adamem._am_beta_stack``); Inductor's kernels elsewhere (a GPU, no C compiler,
 ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads, each thread taking the
 same chunks in both passes (the second in reverse, so that it starts on what its first pass left
-in its core's caches). The elementwise work is the eager kernels' operations, torch's bits
-(tested); the sums are chunk sums in float64, so a step equals the eager one up to float
-rounding. [speed] ``benchmarks/optimizer_step.py`` (5M parameters, a 2-vCPU Intel Xeon, 9
-rounds, alternating with ``SHIFTSIM_NATIVE=0``, two runs each), against fused SGD-momentum:
+in its core's caches). The elementwise work is the eager kernels' torch operations, torch's
+bits where torch's CPU kernels fuse the same multiply-adds (tested on this x86-64 build); the
+sums are chunk sums in float64, so a step equals the eager one up to float rounding. [speed]
+``benchmarks/optimizer_step.py`` (5M parameters, a 2-vCPU Intel Xeon, 9 rounds, alternating
+with ``SHIFTSIM_NATIVE=0``, two runs each), against fused SGD-momentum:
 MoMo 1.22x and 1.21x against Inductor's 1.93x and 1.99x (2 threads), 1.35x and 1.15x against
 1.91x and 1.90x (1 thread); TAM 1.54x and 1.53x against 1.54x and 1.55x (2 threads), 1.43x and
 1.43x against 1.41x and 1.41x (1 thread); AM-SGD 1.60x and 1.53x against 1.48x and 1.51x,
@@ -76,6 +77,7 @@ from torch import Tensor
 
 from ..errors import SpecTypeError
 from . import _native
+from ._kernels import decay_factor
 
 #: ``compile="auto"``: compile after this many eager steps ...
 COMPILE_AFTER_STEPS = 1000
@@ -564,7 +566,7 @@ def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[
     return bs, pi * bs
 
 
-# ------------------------------------------------- the CPU kernels of TAM and AM-SGD, native
+# ------------------------------ the CPU kernels of TAM, AM-SGD and MoMo-Adam: native passes
 
 
 def tam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor,
@@ -580,7 +582,7 @@ def tam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale:
     d, shat, sig, sqnorm, w, step = _tam_numbers(mg, mm, gg, scale, shat, h, positive)
     _updated(_native.lerp_update_tensors(ps, gs, ms, w.item(), step.item(),
                                          coupled_wd=wd if coupled else None,
-                                         shrink=1 - lr * wd if decoupled else None))
+                                         shrink=decay_factor(lr, wd) if decoupled else None))
     return d, shat, sig, sqnorm
 
 
@@ -614,7 +616,7 @@ def momo_adam_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor],
                                             h, decay)
     _updated(_native.momo_adam_update(
         ps, ds, vs, bc2=bc2, eps=eps, tau=tau.item(),
-        shrink=1 - lr * wd if decay and not divide else None,
+        shrink=decay_factor(lr, wd) if decay and not divide else None,
         inverse=1 / (1 + lr * wd) if decay and divide else None))
     return tau, gam, loss_avg
 

@@ -1,10 +1,10 @@
-"""Native code for the fleet's row kernels and MoMo's compiled step on a CPU: per-row inner
+"""Native code for the fleet's row kernels and five compiled steps on a CPU: per-row inner
 products of ``(K, n)`` tensors in one pass over them (:func:`row_sums`), TAM's and MoMo's
 per-member arithmetic (:func:`tam_coefs`, :func:`momo_coefs`), TAM's update in one pass
 (:func:`tam_update`), the whole row steps of TAM, MoMo, AdaTAM(W) and AM-SGD in one call each
 (:func:`tam_step`, :func:`momo_step`, :func:`adatam_step`, :func:`amsgd_step`), Grams's step
-in one pass (:func:`grams_step`), and MoMo's step over one learner's tensors
-(:func:`momo_tensors_step`).
+in one pass (:func:`grams_step`), and the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and
+AM-AdamW over one learner's tensors (:func:`momo_tensors_step` and the passes below it).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
@@ -97,8 +97,8 @@ about 1 s on a 2-core CPU) into a cache folder (``$SHIFTSIM_CACHE``, else
 version, the OpenMP setting and the CPU's flags (a folder that cannot be written: the temporary
 folder's ``shiftsim-<uid>``); later processes load it. A compiler that refuses ``-fopenmp``:
 built without it. No compiler, a failed build or an unloadable library: one warning, then
-torch's sums and arithmetic for the rest of the process (and Inductor's kernel for MoMo's
-compiled step). ``SHIFTSIM_NATIVE=0`` turns all of it off (``1``, the default: on where it
+torch's sums and arithmetic for the rest of the process (and Inductor's kernels for the
+compiled steps). ``SHIFTSIM_NATIVE=0`` turns all of it off (``1``, the default: on where it
 builds).
 
 >>> import torch
@@ -131,9 +131,8 @@ from torch import Tensor
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
            "adatam_step", "amsgd_step", "current", "grams_step", "momo_coefs", "momo_step",
            "amadamw_sums", "amadamw_update", "lerp_update_tensors", "momo_adam_moments",
-           "momo_adam_update",
-           "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs", "tam_step",
-           "tam_update", "three_sums_tensors"]
+           "momo_adam_update", "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs",
+           "tam_step", "tam_update", "three_sums_tensors"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -152,8 +151,8 @@ SOURCE = Path(__file__).with_name("rowsums.c")
 #: the per-member arithmetic of the TAM and MoMo row kernels (:func:`tam_coefs`,
 #: :func:`momo_coefs`), built into the same library
 MATH_SOURCE = Path(__file__).with_name("rowmath.c")
-#: whole steps over one learner's tensors, split across torch's threads
-#: (:func:`momo_tensors_step`), built into the same library
+#: the compiled steps' passes over one learner's tensors, split across torch's threads
+#: (:func:`momo_tensors_step` ... :func:`amadamw_update`), built into the same library
 TENSOR_SOURCE = Path(__file__).with_name("tensorsteps.c")
 SOURCES = (SOURCE, MATH_SOURCE, TENSOR_SOURCE)
 #: the flag that builds the library with OpenMP, where :func:`_openmp_flags` allows it
@@ -321,23 +320,28 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     # tensorsteps.c: threads, tensors, their pointers, the chunks, scratch, the state, the loss
     # and f*, the float hyperparameters, tau
     "momo_tensors": (None, [_int, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
-                            _ptr, _ptr, _ptr, _ptr, *[ctypes.c_double] * 4, _ptr]),
+                            _ptr, _ptr, _ptr, _ptr, _ptr, *[ctypes.c_double] * 4, _ptr]),
     "three_sums_tensors": (None, [_int, _ptr, _ptr, _ptr, ctypes.c_double, _i64, _ptr, _ptr,
                                   _ptr, _ptr, _ptr]),
     "lerp_update_tensors": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                    ctypes.c_double, ctypes.c_double, _int, ctypes.c_double,
                                    _int, ctypes.c_double]),
     "momo_adam_moments": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
-                                 _ptr, *[ctypes.c_double] * 5, _ptr, _ptr]),
+                                 _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr]),
     "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                 *[ctypes.c_double] * 3, _int, ctypes.c_double, _int,
                                 ctypes.c_double]),
     "amadamw_sums": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
-                            _ptr, _ptr, ctypes.c_double, ctypes.c_double, _int, _ptr]),
+                            _ptr, _ptr, _ptr, ctypes.c_double, ctypes.c_double, _int, _ptr]),
     "amadamw_update": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
                               ctypes.c_double, _int, _ptr, _int, ctypes.c_double,
                               ctypes.c_double]),
 }
+
+
+def _fn(lib: ctypes.CDLL, name: str, dtype: torch.dtype) -> Any:
+    """The library's ``shiftsim_<name>`` for ``dtype`` (``_f32`` or ``_f64``)."""
+    return getattr(lib, f"shiftsim_{name}_{'f32' if dtype is torch.float32 else 'f64'}")
 
 
 def _load() -> ctypes.CDLL:
@@ -504,7 +508,7 @@ def row_sums(tensors: Sequence[Tensor | Sequence[Tensor]], pairs: Sequence[tuple
         buf = torch.empty(len(pairs), K, dtype=dtype)
         slot = kept[(len(pairs), K, dtype)] = (buf, tuple(buf.unbind(0)))
     out, views = slot
-    fn = lib.shiftsim_rowsums_f32 if dtype is torch.float32 else lib.shiftsim_rowsums_f64
+    fn = _fn(lib, "rowsums", dtype)
     _by_rows(K, K * n * len(tensors), lambda lo, hi: _call(fn, layout, arrays, lo, hi, out, moved))
     return views
 
@@ -748,7 +752,7 @@ def tam_coefs(mg: Tensor, gg: Tensor, sqnorm: Tensor, shat: Tensor, scale: Tenso
         return None
     (lw, lw_s, _), (ep, ep_s, _), (be, be_s, _), (lr, lr_s, _) = hps  # type: ignore[misc]
     d, w, step = _outputs("tam", 3, K, dtype)
-    fn = lib.shiftsim_tam_coefs_f32 if dtype is torch.float32 else lib.shiftsim_tam_coefs_f64
+    fn = _fn(lib, "tam_coefs", dtype)
     fn(K, mg.data_ptr(), gg.data_ptr(), sqnorm.data_ptr(), shat.data_ptr(), scale.data_ptr(),
        lw, lw_s, ep, ep_s, be, be_s, int(not isinstance(beta, Tensor)), lr, lr_s,
        int(positive), d.data_ptr(), w.data_ptr(), step.data_ptr())
@@ -777,7 +781,7 @@ def momo_coefs(loss: Tensor, loss_avg: Tensor, beta: object, weight: object, xg:
         return None
     (be, be_s, _), (wt, wt_s, _), (cc, cc_s, _), (cp, cp_s, _) = hps  # type: ignore[misc]
     tau, neg = _outputs("momo", 2, K, dtype)
-    fn = lib.shiftsim_momo_coefs_f32 if dtype is torch.float32 else lib.shiftsim_momo_coefs_f64
+    fn = _fn(lib, "momo_coefs", dtype)
     fn(K, loss.data_ptr(), loss_avg.data_ptr(), be, be_s, wt, wt_s, xg.data_ptr(),
        xd.data_ptr(), dd.data_ptr(), gamma.data_ptr(), fstar.data_ptr(), cc, cc_s, int(c_one),
        cp, cp_s, tau.data_ptr(), neg.data_ptr())
@@ -808,7 +812,7 @@ def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w:
     factor = (0, 0, None) if shrink is None else _hyper(shrink, K, dtype)  # owner held
     if factor is None:
         return False
-    fn = lib.shiftsim_tam_update_f32 if dtype is torch.float32 else lib.shiftsim_tam_update_f64
+    fn = _fn(lib, "tam_update", dtype)
     S, size = len(layout.lens), w.element_size()
     each = layout.each()
     c_ld = [lds for _, lds in each]
@@ -891,7 +895,7 @@ def tam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], sqno
     if layout is None or hyper is None:
         return None
     (sums, _), (d, w, step) = _outputs("tam_sums", 2, K, dtype), _outputs("tam", 3, K, dtype)
-    fn = lib.shiftsim_tam_step_f32 if dtype is torch.float32 else lib.shiftsim_tam_step_f64
+    fn = _fn(lib, "tam_step", dtype)
     args = (sums.data_ptr(), sqnorm.data_ptr(), shat.data_ptr(), scale.data_ptr(),
             int(not isinstance(beta, Tensor)), int(positive), d.data_ptr(), w.data_ptr(),
             step.data_ptr(), *hyper[0])
@@ -924,7 +928,7 @@ def momo_step(D: Sequence[Tensor], P: Sequence[Tensor], G: Sequence[Tensor], los
     if layout is None or hyper is None:
         return None
     (sums, _, _), (tau, neg) = _outputs("momo_sums", 3, K, dtype), _outputs("momo", 2, K, dtype)
-    fn = lib.shiftsim_momo_step_f32 if dtype is torch.float32 else lib.shiftsim_momo_step_f64
+    fn = _fn(lib, "momo_step", dtype)
     args = (sums.data_ptr(), loss.data_ptr(), loss_avg.data_ptr(), gamma.data_ptr(),
             fstar.data_ptr(), int(c_one), tau.data_ptr(), neg.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "MoMo", 3)
@@ -961,8 +965,7 @@ def adatam_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     if layout is None or hyper is None:
         return None
     (sums, _, _), (d,) = _outputs("adatam_sums", 3, K, dtype), _outputs("adatam", 1, K, dtype)
-    fn = lib.shiftsim_adatam_step_f32 if dtype is torch.float32 \
-        else lib.shiftsim_adatam_step_f64
+    fn = _fn(lib, "adatam_step", dtype)
     args = (sums.data_ptr(), shat.data_ptr(), d.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "AdaTAM", 4)
     return d
@@ -997,7 +1000,7 @@ def amsgd_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor], ra
     if hyper is None:
         return None
     (sums, _, _), (beta,) = _outputs("amsgd_sums", 3, K, dtype), _outputs("amsgd", 1, K, dtype)
-    fn = lib.shiftsim_amsgd_step_f32 if dtype is torch.float32 else lib.shiftsim_amsgd_step_f64
+    fn = _fn(lib, "amsgd_step", dtype)
     args = (sums.data_ptr(), beta.data_ptr(), *hyper[0])
     _rows_call(fn, layout, args, "AM-SGD", 3)
     return beta
@@ -1030,7 +1033,7 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
                         shrink)  # owners held
     if hyper is None:
         return False
-    fn = lib.shiftsim_grams_step_f32 if dtype is torch.float32 else lib.shiftsim_grams_step_f64
+    fn = _fn(lib, "grams_step", dtype)
     _rows_call(fn, layout, tuple(hyper[0]), "Grams", 4, sums=False)
     return True
 
@@ -1041,8 +1044,10 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
 #: the chunk length (elements) of the tensor steps (``tensorsteps.c``): a tensor's sums add
 #: its chunks' sums in order, so their bits depend on it (not on the thread count)
 CHUNK = 1 << 15
-#: the elements from which a tensor step is split across torch's threads (below it one
-#: thread: a team's start costs more than it saves)
+#: the elements from which a tensor step is split across torch's threads, two chunks (below it
+#: one thread). Measured (MoMo's step on one tensor, 2 threads, medians of 5 x 200 calls):
+#: 2^14 elements 21.9 us split against 20.2 on one thread (one chunk: nothing to split, the
+#: team's start is the cost), 2^16 25.4 against 30.4, 2^17 32.2 against 50.8
 PARALLEL_FROM = 1 << 16
 
 
@@ -1109,6 +1114,13 @@ def _threads(chunks: _Chunks) -> int:
     return torch.get_num_threads() if chunks.total >= PARALLEL_FROM else 1
 
 
+def _scratch(chunks: _Chunks, width: int, n: int) -> tuple[Tensor, Tensor]:
+    """A tensor step's float64 scratch: ``width`` sums per chunk, and ``width`` per tensor for
+    their totals (new each call: two threads may step at once)."""
+    return (torch.empty(width * chunks.count, dtype=torch.float64),
+            torch.empty(width * n, dtype=torch.float64))
+
+
 def _floats(*values: object) -> bool:
     """Whether every value is a Python number (not a bool, not a tensor)."""
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -1153,15 +1165,14 @@ def momo_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tens
         return None
     lib, (ps, gs, ds), chunks = call
     threads = _threads(chunks)
-    part = torch.empty(chunks.count, dtype=torch.float64)
+    part, totals = _scratch(chunks, 1, len(P))
     sq, tau = torch.empty(len(P), dtype=dtype), torch.empty((), dtype=dtype)
-    fn = lib.shiftsim_momo_tensors_f32 if dtype is torch.float32 else \
-        lib.shiftsim_momo_tensors_f64
-    fn(threads, len(P), ps, gs, ds, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-       part.data_ptr(), sq.data_ptr(), kept.data_ptr(), loss_avg.data_ptr(), f.data_ptr(),
-       fstar.data_ptr(), float(beta), 1.0 - float(beta), float(rho), float(cap), tau.data_ptr())
+    _fn(lib, "momo_tensors", dtype)(
+        threads, len(P), ps, gs, ds, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+        part.data_ptr(), totals.data_ptr(), sq.data_ptr(), kept.data_ptr(), loss_avg.data_ptr(),
+        f.data_ptr(), fstar.data_ptr(), float(beta), 1.0 - float(beta), float(rho), float(cap),
+        tau.data_ptr())
     return tau
-
 
 
 def three_sums_tensors(M: Sequence[Tensor], G: Sequence[Tensor],
@@ -1185,8 +1196,7 @@ def three_sums_tensors(M: Sequence[Tensor], G: Sequence[Tensor],
     dtype = M[0].dtype
     part = torch.empty(3 * chunks.count, dtype=torch.float64)
     out = torch.empty(3, dtype=dtype)
-    fn = lib.shiftsim_three_sums_tensors_f32 if dtype is torch.float32 else \
-        lib.shiftsim_three_sums_tensors_f64
+    fn = _fn(lib, "three_sums_tensors", dtype)
     fn(_threads(chunks), arrays[0], arrays[1], arrays[2] if P is not None else None, float(wd),
        chunks.count, chunks.tix, chunks.lo, chunks.hi, part.data_ptr(), out.data_ptr())
     return out
@@ -1208,8 +1218,7 @@ def lerp_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Te
         return False
     lib, (ps, gs, ms), chunks = call
     dtype = P[0].dtype
-    fn = lib.shiftsim_lerp_update_tensors_f32 if dtype is torch.float32 else \
-        lib.shiftsim_lerp_update_tensors_f64
+    fn = _fn(lib, "lerp_update_tensors", dtype)
     fn(_threads(chunks), ps, gs, ms, chunks.count, chunks.tix, chunks.lo, chunks.hi,
        float(weight), float(step), int(coupled_wd is not None),
        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
@@ -1236,13 +1245,12 @@ def momo_adam_moments(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tens
     if call is None:
         return None
     lib, (ps, gs, ds, vs), chunks = call
-    part = torch.empty(3 * chunks.count, dtype=torch.float64)
+    part, totals = _scratch(chunks, 3, len(P))
     xg, out = torch.empty(len(P), dtype=dtype), torch.empty(2, dtype=dtype)
-    fn = lib.shiftsim_momo_adam_moments_f32 if dtype is torch.float32 else \
-        lib.shiftsim_momo_adam_moments_f64
-    fn(_threads(chunks), len(P), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo,
-       chunks.hi, part.data_ptr(), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2),
-       float(bc2), float(eps), xg.data_ptr(), out.data_ptr())
+    _fn(lib, "momo_adam_moments", dtype)(
+        _threads(chunks), len(P), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo,
+        chunks.hi, part.data_ptr(), totals.data_ptr(), 1.0 - float(beta1), float(beta2),
+        1.0 - float(beta2), float(bc2), float(eps), xg.data_ptr(), out.data_ptr())
     return xg, out[0], out[1]
 
 
@@ -1263,8 +1271,7 @@ def momo_adam_update(P: Sequence[Tensor], D: Sequence[Tensor], V: Sequence[Tenso
     if call is None:
         return False
     lib, (ps, ds, vs), chunks = call
-    fn = lib.shiftsim_momo_adam_update_f32 if dtype is torch.float32 else \
-        lib.shiftsim_momo_adam_update_f64
+    fn = _fn(lib, "momo_adam_update", dtype)
     fn(_threads(chunks), ps, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
        float(bc2), float(eps), -float(tau), int(shrink is not None),
        1.0 if shrink is None else float(shrink), int(inverse is not None),
@@ -1294,13 +1301,12 @@ def amadamw_sums(P: Sequence[Tensor] | None, G: Sequence[Tensor], D: Sequence[Te
         return None
     lib, arrays, chunks = call
     R = 3 if P is None else 5
-    part = torch.empty(5 * chunks.count, dtype=torch.float64)
+    part, totals = _scratch(chunks, 5, n)
     sums = torch.empty(n, R, dtype=dtype)
-    fn = lib.shiftsim_amadamw_sums_f32 if dtype is torch.float32 else \
-        lib.shiftsim_amadamw_sums_f64
-    fn(_threads(chunks), n, None if P is None else arrays[3], arrays[0], arrays[1], arrays[2],
-       chunks.count, chunks.tix, chunks.lo, chunks.hi, part.data_ptr(), c1.data_ptr(),
-       c2.data_ptr(), float(beta2), float(lam), int(lam != 0), sums.data_ptr())
+    _fn(lib, "amadamw_sums", dtype)(
+        _threads(chunks), n, None if P is None else arrays[3], arrays[0], arrays[1], arrays[2],
+        chunks.count, chunks.tix, chunks.lo, chunks.hi, part.data_ptr(), totals.data_ptr(),
+        c1.data_ptr(), c2.data_ptr(), float(beta2), float(lam), int(lam != 0), sums.data_ptr())
     return sums
 
 
@@ -1323,8 +1329,7 @@ def amadamw_update(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     if call is None:
         return False
     lib, (ps, gs, ds, vs), chunks = call
-    fn = lib.shiftsim_amadamw_update_f32 if dtype is torch.float32 else \
-        lib.shiftsim_amadamw_update_f64
+    fn = _fn(lib, "amadamw_update", dtype)
     fn(_threads(chunks), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
        c1.data_ptr(), c2.data_ptr(), float(lam), int(lam != 0), keep.data_ptr(),
        int(shrink is not None), 1.0 if shrink is None else float(shrink), -float(lr))

@@ -1,8 +1,9 @@
 /* Whole optimizer steps over one learner's parameter tensors, on the CPU, split across torch's
- * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM and AM-SGD
- * take on a CPU instead of Inductor-generated ones (MoMo's whole step here; TAM's and AM-SGD's
- * two passes, their few numbers in between computed by shiftsim.optim._compiled). Built with
- * rowsums.c and rowmath.c by shiftsim.optim._native.
+ * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AM-SGD,
+ * MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole step
+ * here; two passes for the others, the few numbers in between computed in Python by
+ * shiftsim.optim._compiled and shiftsim.optim.adamem). Built with rowsums.c and rowmath.c by
+ * shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
  * caller cuts every tensor at the same multiples of one chunk length), and each pass over them
@@ -16,9 +17,11 @@
  * of 256 elements, the blocks added into 16 float64 lanes, the lanes added pairwise; float64
  * inputs: float64 throughout), and a tensor's sum adds its chunks' sums in order, in float64:
  * the same bits whatever the number of threads. They are not torch's bits (torch sums in its
- * own order), so this step equals the eager one up to float rounding, as any compiled step does.
- * The elementwise updates are torch's formulas with a fused multiply-add exactly where torch's
- * CPU kernels make one (lerp; add with alpha), no other contraction (-ffp-contract=off).
+ * own order), so a step equals the eager one up to float rounding, as any compiled step does.
+ * The elementwise work is the eager kernels' torch operations, one expression each, with a fused
+ * multiply-add exactly where torch's CPU kernels make one (lerp, add with alpha, addcmul) and no
+ * other contraction (-ffp-contract=off): torch's bits where its kernels fuse those (x86-64 with
+ * AVX2 or AVX-512, tested), else equal up to float rounding.
  */
 #include <math.h>
 #include <stddef.h>
@@ -77,104 +80,6 @@ static inline double lanes_sum(double *s)
     return s[0];
 }
 
-/* One chunk of MoMo's first pass: x <- lerp(x, y, w) (torch's lerp_: x + w (y - x) for |w| <
- * 0.5, else y + (w - 1)(y - x), one fused multiply-add), then the sum of the new x's squares
- * (see the top), block by block while the block is in the first-level cache. ACC: the type the
- * products are summed in within a block. */
-#define LERP_SQUARES(NAME, T, ACC, FMA)                                                     \
-    static double NAME(T *restrict x, const T *restrict y, int64_t n, T w, T wm1, int small) \
-    {                                                                                       \
-        double lanes[LANES] = {0};                                                          \
-        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
-            const int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
-            T *restrict a = x + i0;                                                         \
-            const T *restrict b = y + i0;                                                   \
-            if (small)                                                                      \
-                for (int64_t e = 0; e < m; e++)                                             \
-                    a[e] = FMA(w, b[e] - a[e], a[e]);                                       \
-            else                                                                            \
-                for (int64_t e = 0; e < m; e++)                                             \
-                    a[e] = FMA(wm1, b[e] - a[e], b[e]);                                     \
-            ACC part[LANES] = {0};                                                          \
-            int64_t e = 0;                                                                  \
-            for (; e + LANES <= m; e += LANES)                                              \
-                for (int j = 0; j < LANES; j++)                                             \
-                    part[j] += (ACC)a[e + j] * (ACC)a[e + j];                               \
-            for (; e < m; e++)                                                              \
-                part[e % LANES] += (ACC)a[e] * (ACC)a[e];                                   \
-            for (int j = 0; j < LANES; j++)                                                 \
-                lanes[j] += (double)part[j];                                                \
-        }                                                                                   \
-        return lanes_sum(lanes);                                                            \
-    }
-
-LERP_SQUARES(lerp_squares_f32, float, float, fmaf)
-LERP_SQUARES(lerp_squares_f64, double, double, fma)
-
-/* MoMo's step without weight decay, the offsets carried (shiftsim.optim._compiled.momo_step,
- * momo._momo_blocks' only_v path), over n tensors p, g, d (the parameters, their gradients, the
- * first moments) cut into chunks (see the top):
- *   d <- lerp(d, g, w) and sq[t] = |d_t|^2 per tensor (first pass);
- *   loss_avg <- loss_avg beta + f w;  u_t = kept_t beta;
- *   tau = min(max(loss_avg - rho fstar + sum_t u_t, 0) / sum_t sq_t, cap) (0 where the norm is
- *   not positive; a NaN ratio stays NaN);  kept_t <- u_t - tau sq_t;
- *   p <- p - tau d (torch's add with alpha: one fused multiply-add; second pass, each thread's
- *   chunks in reverse order so that it starts on those its first pass left in cache).
- * part: one double per chunk (scratch); nt: the threads. Writes tau. */
-#define MOMO_TENSORS(NAME, T, FMA, ABS, SQUARES)                                            \
-    void NAME(int nt, int64_t n, T **p, T **g, T **d, int64_t nchunks, const int64_t *tix,  \
-              const int64_t *lo, const int64_t *hi, double *part, T *sq, T *kept,           \
-              T *loss_avg, const T *f, const T *fstar, double beta_d, double w_d,           \
-              double rho_d, double cap_d, T *tau_out)                                       \
-    {                                                                                       \
-        const T beta = (T)beta_d, w = (T)w_d, wm1 = w - (T)1, rho = (T)rho_d, cap = (T)cap_d; \
-        const int small = ABS(w) < (T)0.5;                                                  \
-        EACH_CHUNK(nt, nchunks, c)                                                          \
-            part[c] = SQUARES(d[tix[c]] + lo[c], g[tix[c]] + lo[c], hi[c] - lo[c], w, wm1,  \
-                              small);                                                       \
-        T norm = 0, usum = 0;                                                               \
-        int64_t c = 0;                                                                      \
-        for (int64_t t = 0; t < n; t++) {                                                   \
-            double s = 0.0;                                                                 \
-            for (; c < nchunks && tix[c] == t; c++)                                         \
-                s += part[c];                                                               \
-            sq[t] = (T)s;                                                                   \
-            norm += sq[t];                                                                  \
-            kept[t] = kept[t] * beta;                                                       \
-            usum += kept[t];                                                                \
-        }                                                                                   \
-        const T la_b = *loss_avg * beta, f_w = *f * w;                                      \
-        const T la = la_b + f_w;                                                            \
-        *loss_avg = la;                                                                     \
-        const T rf = rho * *fstar;                                                          \
-        const T gap = la - rf;                                                              \
-        const T num = gap + usum;                                                           \
-        const int pos = norm > 0;                                                           \
-        const T q = CLAMP_MIN(num, (T)0) / (pos ? norm : (T)1);                             \
-        const T tau = CLAMP_MAX(pos ? q : (T)0, cap);                                       \
-        for (int64_t t = 0; t < n; t++) {                                                   \
-            const T tsq = tau * sq[t];                                                      \
-            kept[t] = kept[t] - tsq;                                                        \
-        }                                                                                   \
-        *tau_out = tau;                                                                     \
-        const T a = -tau;                                                                   \
-        EACH_CHUNK_BACKWARD(nt, nchunks, k) {                                               \
-            T *restrict x = p[tix[k]] + lo[k];                                              \
-            const T *restrict y = d[tix[k]] + lo[k];                                        \
-            const int64_t m = hi[k] - lo[k];                                                \
-            for (int64_t e = 0; e < m; e++)                                                 \
-                x[e] = FMA(a, y[e], x[e]);                                                  \
-        }                                                                                   \
-    }
-
-MOMO_TENSORS(shiftsim_momo_tensors_f32, float, fmaf, fabsf, lerp_squares_f32)
-MOMO_TENSORS(shiftsim_momo_tensors_f64, double, fma, fabs, lerp_squares_f64)
-
-/* One chunk's sums for TAM's and AM-SGD's first pass: <m, g>, |m|^2, |g|^2 into s[0..2] (see
- * the top: products summed in 16 lanes per block, the blocks in float64), with g replaced by
- * g + wd p (torch's add with alpha: one fused multiply-add) where p is not NULL (coupled weight
- * decay). V: a vector of 16 elements of T (GCC's vector extension, split into the machine's
- * vectors by the compiler; no contraction, so the same sums at any vector width). */
 typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
 typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
 
@@ -216,6 +121,117 @@ static inline void lanes_sums(const v16d *L, int R, double *s)
     }
 }
 
+/* torch's lerp of x toward y with weight w (wm1 = w - 1; small: |w| < 0.5): x + w (y - x) for
+ * small weights, else y + (w - 1)(y - x), one fused multiply-add either way. */
+#define LERP(FMA, x, y, w, wm1, small) ((small) ? FMA(w, (y) - (x), (x)) : FMA(wm1, (y) - (x), (y)))
+
+/* The first pass's totals from its chunks' sums part[c * stride + r] (r < R): out[t * R + r] for
+ * each of the n tensors, and (all not NULL) all[r] over all of them, each added in chunk order
+ * in float64. */
+static void tensor_totals(const double *part, int stride, int R, const int64_t *tix,
+                          int64_t nchunks, int64_t n, double *out, double *all)
+{
+    for (int r = 0; r < R; r++)
+        if (all)
+            all[r] = 0.0;
+    int64_t c = 0;
+    for (int64_t t = 0; t < n; t++) {
+        for (int r = 0; r < R; r++)
+            out[t * R + r] = 0.0;
+        for (; c < nchunks && tix[c] == t; c++)
+            for (int r = 0; r < R; r++) {
+                out[t * R + r] += part[c * stride + r];
+                if (all)
+                    all[r] += part[c * stride + r];
+            }
+    }
+}
+
+/* One chunk of MoMo's first pass: x <- lerp(x, y, w) (LERP), then the sum of the new x's squares
+ * (see the top), block by block while the block is in the first-level cache. */
+#define LERP_SQUARES(NAME, T, V, FMA)                                                       \
+    static double NAME(T *restrict x, const T *restrict y, int64_t n, T w, T wm1, int small) \
+    {                                                                                       \
+        v16d L[1] = {{0}};                                                                  \
+        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {                                         \
+            const int64_t k = n - i0 < BLOCK ? n - i0 : BLOCK;                              \
+            T *a = x + i0;                                                                  \
+            const T *b = y + i0;                                                            \
+            for (int64_t e = 0; e < k; e++)                                                 \
+                a[e] = LERP(FMA, a[e], b[e], w, wm1, small);                                \
+            const T *xs[1] = {a};                                                           \
+            BLOCK_SUMS(T, V, 1, xs, xs, k, L);                                              \
+        }                                                                                   \
+        double s;                                                                           \
+        lanes_sums(L, 1, &s);                                                               \
+        return s;                                                                           \
+    }
+
+LERP_SQUARES(lerp_squares_f32, float, v16f, fmaf)
+LERP_SQUARES(lerp_squares_f64, double, v16d, fma)
+
+/* MoMo's step without weight decay, the offsets carried (shiftsim.optim._compiled.momo_step,
+ * momo._momo_blocks' only_v path), over n tensors p, g, d (the parameters, their gradients, the
+ * first moments) cut into chunks (see the top):
+ *   d <- lerp(d, g, w) and sq[t] = |d_t|^2 per tensor (first pass);
+ *   loss_avg <- loss_avg beta + f w;  u_t = kept_t beta;
+ *   tau = min(max(loss_avg - rho fstar + sum_t u_t, 0) / sum_t sq_t, cap) (0 where the norm is
+ *   not positive; a NaN ratio stays NaN);  kept_t <- u_t - tau sq_t;
+ *   p <- p - tau d (torch's add with alpha: one fused multiply-add; second pass, each thread's
+ *   chunks in reverse order so that it starts on those its first pass left in cache).
+ * part: one double per chunk (scratch); nt: the threads. Writes tau. */
+#define MOMO_TENSORS(NAME, T, FMA, ABS, SQUARES)                                            \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, int64_t nchunks, const int64_t *tix,  \
+              const int64_t *lo, const int64_t *hi, double *part, double *part_t, T *sq,    \
+              T *kept,                                                                      \
+              T *loss_avg, const T *f, const T *fstar, double beta_d, double w_d,           \
+              double rho_d, double cap_d, T *tau_out)                                       \
+    {                                                                                       \
+        const T beta = (T)beta_d, w = (T)w_d, wm1 = w - (T)1, rho = (T)rho_d, cap = (T)cap_d; \
+        const int small = ABS(w) < (T)0.5;                                                  \
+        EACH_CHUNK(nt, nchunks, c)                                                          \
+            part[c] = SQUARES(d[tix[c]] + lo[c], g[tix[c]] + lo[c], hi[c] - lo[c], w, wm1,  \
+                              small);                                                       \
+        tensor_totals(part, 1, 1, tix, nchunks, n, part_t, NULL);                           \
+        T norm = 0, usum = 0;                                                               \
+        for (int64_t t = 0; t < n; t++) {                                                   \
+            sq[t] = (T)part_t[t];                                                           \
+            norm += sq[t];                                                                  \
+            kept[t] = kept[t] * beta;                                                       \
+            usum += kept[t];                                                                \
+        }                                                                                   \
+        const T la_b = *loss_avg * beta, f_w = *f * w;                                      \
+        const T la = la_b + f_w;                                                            \
+        *loss_avg = la;                                                                     \
+        const T rf = rho * *fstar;                                                          \
+        const T gap = la - rf;                                                              \
+        const T num = gap + usum;                                                           \
+        const int pos = norm > 0;                                                           \
+        const T q = CLAMP_MIN(num, (T)0) / (pos ? norm : (T)1);                             \
+        const T tau = CLAMP_MAX(pos ? q : (T)0, cap);                                       \
+        for (int64_t t = 0; t < n; t++) {                                                   \
+            const T tsq = tau * sq[t];                                                      \
+            kept[t] = kept[t] - tsq;                                                        \
+        }                                                                                   \
+        *tau_out = tau;                                                                     \
+        const T a = -tau;                                                                   \
+        EACH_CHUNK_BACKWARD(nt, nchunks, k) {                                               \
+            T *restrict x = p[tix[k]] + lo[k];                                              \
+            const T *restrict y = d[tix[k]] + lo[k];                                        \
+            const int64_t m = hi[k] - lo[k];                                                \
+            for (int64_t e = 0; e < m; e++)                                                 \
+                x[e] = FMA(a, y[e], x[e]);                                                  \
+        }                                                                                   \
+    }
+
+MOMO_TENSORS(shiftsim_momo_tensors_f32, float, fmaf, fabsf, lerp_squares_f32)
+MOMO_TENSORS(shiftsim_momo_tensors_f64, double, fma, fabs, lerp_squares_f64)
+
+/* One chunk's sums for TAM's and AM-SGD's first pass: <m, g>, |m|^2, |g|^2 into s[0..2] (see
+ * the top: products summed in 16 lanes per block, the blocks in float64), with g replaced by
+ * g + wd p (torch's add with alpha: one fused multiply-add) where p is not NULL (coupled weight
+ * decay). V: a vector of 16 elements of T (GCC's vector extension, split into the machine's
+ * vectors by the compiler; no contraction, so the same sums at any vector width). */
 #define THREE_SUMS(NAME, T, V, FMA)                                                         \
     static void NAME(const T *restrict m, const T *restrict g, const T *restrict p, T wd,   \
                      int64_t n, double *s)                                                  \
@@ -291,12 +307,8 @@ SUMS_TENSORS(shiftsim_three_sums_tensors_f64, double, three_sums_f64)
                     gg = gb;                                                                \
                 }                                                                           \
                 T *restrict am = a + i0;                                                    \
-                if (small)                                                                  \
-                    for (int64_t e = 0; e < b; e++)                                         \
-                        am[e] = FMA(w, gg[e] - am[e], am[e]);                               \
-                else                                                                        \
-                    for (int64_t e = 0; e < b; e++)                                         \
-                        am[e] = FMA(wm1, gg[e] - am[e], gg[e]);                             \
+                for (int64_t e = 0; e < b; e++)                                             \
+                    am[e] = LERP(FMA, am[e], gg[e], w, wm1, small);                         \
                 T *restrict xp = x + i0;                                                    \
                 if (shrink_on)                                                              \
                     for (int64_t e = 0; e < b; e++)                                         \
@@ -314,7 +326,7 @@ LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
  * division), its correctly rounded square root, + eps, then d / that. */
 #define ADAM_DIRECTION(T, SQRT, d, v, bc2, eps) ((d) / (SQRT((v) / (bc2)) + (eps)))
 
-/* One chunk of MoMo-Adam's first pass: d <- lerp(d, g, w1) (torch's lerp_), v <- v b2, then
+/* One chunk of MoMo-Adam's first pass: d <- lerp(d, g, w1) (LERP), v <- v b2, then
  * v <- v + (w2 g) g (torch's mul_ and addcmul_ with value w2: one fused multiply-add), and the
  * sums <p, g>, <p, d>, <d, q> with q the direction above, into s[0..2] (as THREE_SUMS). */
 #define ADAM_MOMENTS(NAME, T, V, FMA, ABS, SQRT)                                            \
@@ -329,12 +341,8 @@ LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
             const T *x = p + i0, *y = g + i0;                                               \
             T *a = d + i0, *b = v + i0;                                                     \
             T q[BLOCK];                                                                     \
-            if (small)                                                                      \
-                for (int64_t e = 0; e < k; e++)                                             \
-                    a[e] = FMA(w1, y[e] - a[e], a[e]);                                      \
-            else                                                                            \
-                for (int64_t e = 0; e < k; e++)                                             \
-                    a[e] = FMA(wm1, y[e] - a[e], y[e]);                                     \
+            for (int64_t e = 0; e < k; e++)                                                 \
+                a[e] = LERP(FMA, a[e], y[e], w1, wm1, small);                               \
             for (int64_t e = 0; e < k; e++) {                                               \
                 const T vb = b[e] * b2, wg = w2 * y[e];                                     \
                 b[e] = FMA(wg, y[e], vb);                                                   \
@@ -356,25 +364,19 @@ ADAM_MOMENTS(adam_moments_f64, double, v16d, fma, fabs, sqrt)
 #define MOMO_ADAM_MOMENTS(NAME, T, MOMENTS)                                                 \
     void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
               const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
-              double w1, double b2, double w2, double bc2, double eps, T *xg, T *out)       \
+              double *part_t, double w1, double b2, double w2, double bc2, double eps,      \
+              T *xg, T *out)                                                                \
     {                                                                                       \
         EACH_CHUNK(nt, nchunks, c)                                                          \
             MOMENTS(p[tix[c]] + lo[c], g[tix[c]] + lo[c], d[tix[c]] + lo[c],                \
                     v[tix[c]] + lo[c], hi[c] - lo[c], (T)w1, (T)b2, (T)w2, (T)bc2, (T)eps,  \
                     part + 3 * c);                                                          \
-        double xd = 0.0, dq = 0.0;                                                          \
-        int64_t c = 0;                                                                      \
-        for (int64_t t = 0; t < n; t++) {                                                   \
-            double s = 0.0;                                                                 \
-            for (; c < nchunks && tix[c] == t; c++) {                                       \
-                s += part[3 * c];                                                           \
-                xd += part[3 * c + 1];                                                      \
-                dq += part[3 * c + 2];                                                      \
-            }                                                                               \
-            xg[t] = (T)s;                                                                   \
-        }                                                                                   \
-        out[0] = (T)xd;                                                                     \
-        out[1] = (T)dq;                                                                     \
+        double all[3];                                                                      \
+        tensor_totals(part, 3, 3, tix, nchunks, n, part_t, all);                            \
+        for (int64_t t = 0; t < n; t++)                                                     \
+            xg[t] = (T)part_t[3 * t];                                                       \
+        out[0] = (T)all[1];                                                                 \
+        out[1] = (T)all[2];                                                                 \
     }
 
 MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f32, float, adam_moments_f32)
@@ -413,7 +415,7 @@ MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, fma, sqrt)
  * (shiftsim.optim.adamem: _am_precond, _am_metric): P = sqrt(v) c1 + c2 (the correctly rounded
  * square root, then torch's mul_ and add_), W = P + lam P P (torch's addcmul with value lam: one
  * fused multiply-add) where use_lam, else P. */
-#define AM_PRECOND(T, SQRT, FMA, v, c1, c2, lam, use_lam, P, W)                              \
+#define AM_PRECOND(T, SQRT, FMA, v, c1, c2, lam, use_lam, P, W)                             \
     const T P = SQRT(v) * (c1) + (c2);                                                      \
     const T W = (use_lam) ? FMA((lam) * P, P, P) : P;
 
@@ -421,9 +423,9 @@ MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, fma, sqrt)
  * (torch's mul_ and addcmul_), then its sums, as the eager kernel's _am_sums: q1 = <d/P, g>,
  * q2 = <d/P, d>, s = <(d - g)/W, d - g>, and where p is not NULL x1 = <p, g>, x2 = <p, d>, into
  * out[0..4] (as THREE_SUMS: 16 lanes per block, float64 across blocks). */
-#define AM_SUMS(NAME, T, V, FMA, SQRT)                                                       \
-    static void NAME(const T *restrict p, const T *restrict g, const T *restrict d,          \
-                     T *restrict v, int64_t n, T b2, T w2, T c1, T c2, T lam, int use_lam,    \
+#define AM_SUMS(NAME, T, V, FMA, SQRT)                                                      \
+    static void NAME(const T *restrict p, const T *restrict g, const T *restrict d,         \
+                     T *restrict v, int64_t n, T b2, T w2, T c1, T c2, T lam, int use_lam,  \
                      double *out)                                                           \
     {                                                                                       \
         v16d L[5] = {{0}, {0}, {0}, {0}, {0}};                                              \
@@ -455,25 +457,20 @@ AM_SUMS(am_sums_f64, double, v16d, fma, sqrt)
  * c1[t], c2[t]: the second moments moved and sums[t * R + r] its R sums (5 with p, else 3: the
  * eager kernel's _am_sums, in its order), each the chunks' sums added in order in float64 and
  * rounded once to T. part: 5 doubles per chunk. */
-#define AMADAMW_SUMS(NAME, T, SUMS)                                                          \
-    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,                \
+#define AMADAMW_SUMS(NAME, T, SUMS)                                                         \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
               const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
-              const T *c1, const T *c2, double b2, double lam, int use_lam, T *sums)        \
+              double *part_t, const T *c1, const T *c2, double b2, double lam, int use_lam, \
+              T *sums)                                                                      \
     {                                                                                       \
         EACH_CHUNK(nt, nchunks, c)                                                          \
-            SUMS(p ? p[tix[c]] + lo[c] : NULL, g[tix[c]] + lo[c], d[tix[c]] + lo[c],         \
-                 v[tix[c]] + lo[c], hi[c] - lo[c], (T)b2, (T)(1.0 - b2), c1[tix[c]],         \
+            SUMS(p ? p[tix[c]] + lo[c] : NULL, g[tix[c]] + lo[c], d[tix[c]] + lo[c],        \
+                 v[tix[c]] + lo[c], hi[c] - lo[c], (T)b2, (T)(1.0 - b2), c1[tix[c]],        \
                  c2[tix[c]], (T)lam, use_lam, part + 5 * c);                                \
         const int R = p ? 5 : 3;                                                            \
-        int64_t c = 0;                                                                      \
-        for (int64_t t = 0; t < n; t++) {                                                   \
-            double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};                                        \
-            for (; c < nchunks && tix[c] == t; c++)                                         \
-                for (int r = 0; r < R; r++)                                                 \
-                    s[r] += part[5 * c + r];                                                \
-            for (int r = 0; r < R; r++)                                                     \
-                sums[t * R + r] = (T)s[r];                                                  \
-        }                                                                                   \
+        tensor_totals(part, 5, R, tix, nchunks, n, part_t, NULL);                           \
+        for (int64_t i = 0; i < n * R; i++)                                                 \
+            sums[i] = (T)part_t[i];                                                         \
     }
 
 AMADAMW_SUMS(shiftsim_amadamw_sums_f32, float, am_sums_f32)
@@ -483,9 +480,9 @@ AMADAMW_SUMS(shiftsim_amadamw_sums_f64, double, am_sums_f64)
  * d <- lerp(d, g, a) with a = (P / W) keep[t] (_am_lerp_weight; keep = 1 - beta per tensor) where
  * use_lam, else a = keep[t]; p <- p shrink (decoupled decay, where shrink_on); p <- p + (nlr d) / P
  * (torch's addcdiv_ with value nlr = -lr). Each thread its first pass's chunks, in reverse. */
-#define AMADAMW_UPDATE(NAME, T, FMA, ABS, SQRT)                                              \
-    void NAME(int nt, T **p, T **g, T **d, T **v, int64_t nchunks, const int64_t *tix,       \
-              const int64_t *lo, const int64_t *hi, const T *c1, const T *c2, double lam_d,  \
+#define AMADAMW_UPDATE(NAME, T, FMA, ABS, SQRT)                                             \
+    void NAME(int nt, T **p, T **g, T **d, T **v, int64_t nchunks, const int64_t *tix,      \
+              const int64_t *lo, const int64_t *hi, const T *c1, const T *c2, double lam_d, \
               int use_lam, const T *keep, int shrink_on, double shrink_d, double nlr_d)     \
     {                                                                                       \
         const T lam = (T)lam_d, shrink = (T)shrink_d, nlr = (T)nlr_d;                       \
@@ -497,8 +494,7 @@ AMADAMW_SUMS(shiftsim_amadamw_sums_f64, double, am_sums_f64)
             for (int64_t e = 0; e < k; e++) {                                               \
                 AM_PRECOND(T, SQRT, FMA, b[e], c1t, c2t, lam, use_lam, P, W)                \
                 const T wt = use_lam ? (P / W) * kt : kt;                                   \
-                const T diff = y[e] - a[e];                                                 \
-                a[e] = ABS(wt) < (T)0.5 ? FMA(wt, diff, a[e]) : FMA(wt - (T)1, diff, y[e]); \
+                a[e] = LERP(FMA, a[e], y[e], wt, wt - (T)1, ABS(wt) < (T)0.5);              \
                 T xe = shrink_on ? x[e] * shrink : x[e];                                    \
                 const T num = nlr * a[e];                                                   \
                 x[e] = xe + num / P;                                                        \
