@@ -812,6 +812,83 @@ def test_an_autograd_mlp_member_computes_the_same_in_any_fleet(flip32):
     pd.testing.assert_frame_equal(alone.evals, mixed.evals)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov", "adam", "adamw_amsgrad"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fused_call_merges_members_only_where_the_bits_stay(kind, threads, dtype):
+    """Consecutive members' slices go to torch's fused kernels as one tensor where each slice
+    has a multiple of fused.WHOLE elements (here 128, and 64 x 3), member by member elsewhere
+    (10 and 3 elements: torch's kernels compute a tensor's tail differently from its whole
+    vectors: merged with the rest, they come out different, checked below); 25 steps equal the
+    one-tensor-per-member calls bit for bit, with one and two threads."""
+    from shiftsim.optim import adam as A
+    from shiftsim.optim import fused
+    from shiftsim.optim import sgd as S
+    shapes = [(6, 2 * fused.WHOLE), (6, 10), (6, fused.WHOLE, 3), (6, 3)]
+    hp_sgd = {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 1e-2}
+    hp_adam = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
+    base = hp_sgd if kind.startswith("sgd") else hp_adam
+    hps = [base, base, base, {**base, "lr": 0.05}, base, base]  # calls: members 0,1,2,4,5 and 3
+
+    def run(merge, wrong=False):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+        if kind.startswith("sgd"):
+            state = S.fused_sgd_init(params, hps)
+        else:
+            state = A.fused_adam_init(params, hps, amsgrad=kind.endswith("amsgrad"))
+        calls = state["calls"]
+        assert [c.members for c in calls] == [[0, 1, 2, 4, 5], [3]]
+        # runs 0-2 and 4-5: each merged for the two 64-multiples, the tails member by member
+        assert len(calls[0].state["params"]) == 2 * 2 + 2 * 5
+        for c in calls:
+            if wrong:  # every run merged, tails included: what the rule avoids
+                c.plan = [(j, tuple(r)) for r in ([0, 1, 2], [4, 5]) for j in range(4)] \
+                    if len(c.members) > 1 else c.plan
+            elif not merge:
+                c.plan = None
+            if not merge or wrong:
+                lists = {k: v for k, v in c.state.items() if k not in ("steps",) and v}
+                src = {"params": params, "momentum_buffer": state.get("momentum_buffer"),
+                       "exp_avg": state.get("exp_avg"), "exp_avg_sq": state.get("exp_avg_sq"),
+                       "max_exp_avg_sq": state.get("max_exp_avg_sq")}
+                c.state.update({k: c.take(src[k]) for k in lists})
+                if "steps" in c.state:
+                    c.state["steps"] = [state["step"]] * len(c.state["params"])
+        for _ in range(25):
+            grads = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+            if kind.startswith("sgd"):
+                S.fused_sgd(grads, state, nesterov=kind.endswith("nesterov"))
+            else:
+                A.fused_adam(grads, state, decoupled=kind.startswith("adamw"),
+                             amsgrad=kind.endswith("amsgrad"))
+        return params
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        merged, apart = run(True), run(False)
+        wrong = run(True, wrong=True)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(merged, apart):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(wrong, apart))  # tails merged: not equal
+
+
+@pytest.mark.parametrize("name", ["sgdm", "adam"])
+def test_fused_members_merged_in_a_fleet_equal_their_runs_alone(name, flip32):
+    """Six members of one fused call (their 64-multiple slices merged, the rest member by
+    member) equal their runs alone bit for bit."""
+    model = ss.models.mlp(hidden=(64,))
+    members = [(ss.optim.spec(name), s) for s in range(6)]
+    fleet = run_fleet(flip32, model, members, device="cpu")
+    for (opt, seed), res in zip(members, fleet):
+        alone = ss.run(flip32, model, opt, seed=seed, device="cpu", threads=1)
+        pd.testing.assert_frame_equal(alone.trace, res.trace)
+        pd.testing.assert_frame_equal(alone.evals, res.evals)
+
+
 def test_a_fused_call_keeps_its_gradient_slices_only_for_memory_rewritten_in_place():
     from shiftsim.optim import fused
     call = fused.member_calls([{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.1}])[0]

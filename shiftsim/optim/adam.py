@@ -108,17 +108,19 @@ def fused_adam_init(params: list[Tensor], members: list[dict[str, float]],
     as :func:`adam_init` makes them, a step count tensor, and the members split into calls by
     their hyperparameters (:func:`shiftsim.optim.fused.member_calls`), each holding its
     members' slices of the parameters and moments (views: every step updates these
-    ``params``, whatever the rule's update is handed)."""
+    ``params``, whatever the rule's update is handed; consecutive members' slices merged
+    where that keeps the numbers, :func:`shiftsim.optim.fused.pieces`)."""
     state = adam_init(params, amsgrad)
     state["step"] = torch.zeros((), dtype=torch.float32, device=params[0].device)
     state["calls"] = fused.member_calls([{n: m[n] for n in FUSED_HP} for m in members])
+    kept = [state["exp_avg"], state["exp_avg_sq"]] + ([state["max_exp_avg_sq"]] if amsgrad
+                                                      else [])
     for c in state["calls"]:
-        n = len(c.members) * len(params)
-        c.state = {"params": fused.rows(params, c.members),
-                   "exp_avg": fused.rows(state["exp_avg"], c.members),
-                   "exp_avg_sq": fused.rows(state["exp_avg_sq"], c.members),
-                   "max_exp_avg_sq": fused.rows(state["max_exp_avg_sq"], c.members)
-                   if amsgrad else [], "steps": [state["step"]] * n}
+        c.plan = fused.pieces([params, *kept], c.members)
+        c.state = {"params": c.take(params), "exp_avg": c.take(state["exp_avg"]),
+                   "exp_avg_sq": c.take(state["exp_avg_sq"]),
+                   "max_exp_avg_sq": c.take(state["max_exp_avg_sq"]) if amsgrad else [],
+                   "steps": [state["step"]] * len(c.plan)}
     return state
 
 

@@ -67,13 +67,15 @@ def fused_sgd_init(params: list[Tensor], members: list[dict[str, float]]) -> dic
     (filled by the first step, as torch does; none for members without momentum), the step
     count, and the members split into calls by their hyperparameters
     (:func:`shiftsim.optim.fused.member_calls`), each with its members' slices (views: every
-    step updates these ``params``, whatever the rule's update is handed)."""
+    step updates these ``params``, whatever the rule's update is handed; consecutive members'
+    slices merged where that keeps the numbers, :func:`shiftsim.optim.fused.pieces`)."""
     calls = fused.member_calls([{n: m[n] for n in FUSED_HP} for m in members])
     momentum = any(c.hp["momentum"] != 0 for c in calls)
     bufs = [torch.zeros_like(p) for p in params] if momentum else None
     for c in calls:
-        c.state = {"params": fused.rows(params, c.members),
-                   "momentum_buffer": fused.rows(bufs, c.members)
+        c.plan = fused.pieces([params] if bufs is None else [params, bufs], c.members)
+        c.state = {"params": c.take(params),
+                   "momentum_buffer": c.take(bufs)
                    if bufs is not None and c.hp["momentum"] != 0 else []}
     return {"step": 0, "momentum_buffer": bufs, "calls": calls}
 
