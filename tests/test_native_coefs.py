@@ -21,6 +21,27 @@ DTYPES = [torch.float32, torch.float64]
 MEMBERS = [1, 7, 16, 17, 32, 45]
 
 
+@pytest.fixture
+def split(native):
+    """``split(threads)``: with 2 threads, every row split across two threads however few
+    (torch's thread count 2; the Python pool's threshold and the library's OpenMP one, for the
+    whole row steps, at 1); restored afterwards."""
+    undo = []
+
+    def apply(threads):
+        if threads == 2:
+            undo.append((torch.get_num_threads(), _native.SPLIT_FROM,
+                         _native._rows_parallel_from(1)))
+            torch.set_num_threads(2)
+            _native.SPLIT_FROM = 1
+
+    yield apply
+    for threads, split_from, parallel_from in undo:
+        torch.set_num_threads(threads)
+        _native.SPLIT_FROM = split_from
+        _native._rows_parallel_from(parallel_from)
+
+
 def _same(got, want):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
@@ -246,12 +267,12 @@ def _weights(kind, K, dtype, gen):
 @pytest.mark.parametrize("widths", SPLITS, ids=lambda w: f"{len(w)}-segments")
 @pytest.mark.parametrize("kind", ["float small", "float large", "per member"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sums_after_a_lerp_are_torchs_lerp_then_the_sums(native, monkeypatch, dtype, widths,
-                                                         kind, threads):
+def test_sums_after_a_lerp_are_torchs_lerp_then_the_sums(native, split, dtype, widths, kind,
+                                                         threads):
     """``row_sums(..., lerp=(0, 2, w))`` moves the first tensor toward the third in the sums'
     pass: the moved tensor is torch's ``_foreach_lerp_`` bit for bit, and the sums are the
     native sums of the moved tensor (rows split across two threads too)."""
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     gen = torch.Generator().manual_seed(len(widths))
     K = 9
     D, P, G = _rows(K, widths, dtype, gen, 3)
@@ -283,11 +304,11 @@ def test_a_lerp_it_cannot_take_changes_nothing(native):
 @pytest.mark.parametrize("widths", SPLITS, ids=lambda w: f"{len(w)}-segments")
 @pytest.mark.parametrize("shrink", [None, "float", "per member"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_tam_update_is_torchs_three_passes(native, monkeypatch, dtype, widths, shrink, threads):
+def test_tam_update_is_torchs_three_passes(native, split, dtype, widths, shrink, threads):
     """The momentum's lerp, the decoupled decay's scaling and the step's addcmul in one pass:
     torch's ``_foreach_lerp_``, ``_foreach_mul_`` and ``_foreach_addcmul_`` bit for bit, with
     weights on both sides of 0.5 (torch's two lerp formulas)."""
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     gen = torch.Generator().manual_seed(7)
     K = 9
     P, G, M = _rows(K, widths, dtype, gen, 3)
@@ -368,14 +389,14 @@ def _tam_inputs(K, widths, dtype, seed, hyper, eps0=False):
 @pytest.mark.parametrize("shrink", [None, "float", "per member"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("K", [1, 9, 17])
-def test_tam_step_is_the_three_calls_bit_for_bit(native, monkeypatch, dtype, widths, hyper,
+def test_tam_step_is_the_three_calls_bit_for_bit(native, split, dtype, widths, hyper,
                                                  shrink, threads, K):
     """:func:`_native.tam_step` (member by member: sums, numbers, update) against
     :func:`row_sums`, :func:`tam_coefs` and :func:`tam_update` over all members in turn (each
     tested against torch above): the same parameters, momenta, kept vectors and results, for
     float and per-member hyperparameters, decoupled decay as a float or per member, and the
     rows split across two threads."""
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     (P, G, M), vecs, (gamma, eps, beta, lr) = _tam_inputs(K, widths, dtype, K, hyper)
     gen = torch.Generator().manual_seed(3)
     factor = {None: None, "float": 0.999,
@@ -440,14 +461,14 @@ def _momo_inputs(K, widths, dtype, seed, hyper, decay):
 @pytest.mark.parametrize("decay", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("K", [1, 9, 17])
-def test_momo_step_is_the_sums_the_numbers_and_torchs_update(native, monkeypatch, dtype, widths,
+def test_momo_step_is_the_sums_the_numbers_and_torchs_update(native, split, dtype, widths,
                                                              hyper, decay, threads, K):
     """:func:`_native.momo_step` against ``row_sums(..., lerp=)``, :func:`momo_coefs` and
     torch's update (``_foreach_addcmul_``, then ``_foreach_mul_`` by ``1 / (1 + lr wd)``) over
     all members in turn: the same first moments, parameters, loss averages, gammas and step
     sizes bit for bit, float and per-member hyperparameters, with and without weight decay,
     the rows split across two threads."""
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     (D, P, G), (f, la, gam, fstar), (beta, w, c, c_one, cap, shrink) = _momo_inputs(
         K, widths, dtype, K + 1, hyper, decay)
     td, tp, tla, tgam = [t.clone() for t in D], [t.clone() for t in P], la.clone(), gam.clone()
@@ -552,7 +573,7 @@ def _adatam_case(K, widths, dtype, seed, kind, decay):
 @pytest.mark.parametrize("decay", ["none", "decoupled", "coupled"])
 @pytest.mark.parametrize("bias_correction", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_adatam_step_is_torchs_operations(native, monkeypatch, dtype, widths, kind, decay,
+def test_adatam_step_is_torchs_operations(native, monkeypatch, split, dtype, widths, kind, decay,
                                           bias_correction, threads):
     """:func:`_adatam_rows` with the whole native step against its torch operations
     (``adatam_step`` off: torch's updates after the same native sums), three steps: the same
@@ -560,7 +581,7 @@ def test_adatam_step_is_torchs_operations(native, monkeypatch, dtype, widths, ki
     hyperparameters, no, decoupled and coupled decay, with and without bias correction, the
     rows split across two threads."""
     from shiftsim.optim.tam import _adatam_rows
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     K = 9
     tensors, shat, hp = _adatam_case(K, widths, dtype, len(widths), kind, decay != "none")
     theirs = [[t.clone() for t in ts] for ts in tensors], shat.clone()
@@ -622,15 +643,15 @@ def _amsgd_case(K, widths, dtype, seed, kind, decay):
 @pytest.mark.parametrize("decay", [False, True])
 @pytest.mark.parametrize("case", ["random", "d = g", "lr 0"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_amsgd_step_is_torchs_operations(native, monkeypatch, dtype, widths, kind, decay, case,
-                                         threads):
+def test_amsgd_step_is_torchs_operations(native, monkeypatch, split, dtype, widths, kind, decay,
+                                         case, threads):
     """:func:`_amsgd_rows` with the whole native step against its torch operations
     (``amsgd_step`` off: torch's arithmetic and passes after the same native sums), three steps:
     the same parameters, momenta and betas bit for bit; with members whose momentum equals
     their gradient (the guarded division: beta 0) and a learning-rate ratio of 0 (lr 0),
     lerp weights on both sides of 0.5, the rows split across two threads."""
     from shiftsim.optim.adamem import _amsgd_rows, lr_ratio
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     K = 9
     (P, G, D), hp = _amsgd_case(K, widths, dtype, len(widths), kind, decay)
     if case == "d = g":
@@ -681,14 +702,14 @@ def test_an_amsgd_step_it_cannot_take_changes_nothing(native):
 @pytest.mark.parametrize("decay", [False, True])
 @pytest.mark.parametrize("official", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_grams_step_is_torchs_operations(native, monkeypatch, dtype, widths, kind, decay,
+def test_grams_step_is_torchs_operations(native, monkeypatch, split, dtype, widths, kind, decay,
                                          official, threads):
     """A fleet's Grams step (:func:`_grams_stacked`) with the native pass against torch's
     operations (``grams_step`` off), three steps: the same parameters and moments bit for bit;
     gradients with exact zeros and a NaN (``sign`` is +0 for both), lerp weights on both sides
     of 0.5, both epsilon modes, the rows split across two threads."""
     from shiftsim.optim.grams import _grams_stacked, grams_init
-    monkeypatch.setattr(_native, "SPLIT_FROM", 1 if threads == 2 else _native.SPLIT_FROM)
+    split(threads)
     K = 9
     gen = torch.Generator().manual_seed(len(widths))
     P, G = _rows(K, widths, dtype, gen, 2)

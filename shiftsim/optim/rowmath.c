@@ -223,16 +223,33 @@ int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64
         OUT[j] = (T *)X[j] + k * LD[j];
 
 /* The start of a whole row step over COUNT tensors of S segments each (x, ld): -1 unless
- * 1 <= S <= MAXSEG; `row` for a row's pointers, `zero` strides for the one-row calls. */
+ * 1 <= S <= MAXSEG; `zero` strides for the one-row calls. */
 #define ROW_STEP_SETUP(T, COUNT)                                                             \
     static const int64_t zero[(COUNT) * MAXSEG] = {0};                                      \
     if (S < 1 || S > MAXSEG)                                                                \
-        return -1;                                                                          \
-    T *row[(COUNT) * MAXSEG];
+        return -1;
 
-/* Row k's pointers, then its NP sums of the pairs pa, pb (rowsums.c) into sums[q * K + k],
- * tensor LT first moved toward tensor LG by *LW (LT = -1: no move). */
+/* The rows from which a whole row step is split across the OpenMP team (when the library is
+ * built with it; see tensorsteps.c): at least two rows reading this many elements in all
+ * (rows x row length x tensors; the loader sets it to shiftsim.optim._native's
+ * ROWS_PARALLEL_FROM).
+ * Each row is computed whole by one thread, in the same order: the same bits at any thread
+ * count. */
+int64_t shiftsim_rows_parallel_from = 1 << 16;
+
+/* The loop over rows k0 .. k1 - 1 of a whole row step reading COUNT tensors of N elements a
+ * row, split across the team from shiftsim_rows_parallel_from elements (schedule static: a
+ * thread takes the same rows every step). */
+#define FOR_ROWS(COUNT, N)                                                                   \
+    const int split_rows =                                                                  \
+        k1 - k0 > 1 && (k1 - k0) * (N) * (COUNT) >= shiftsim_rows_parallel_from;            \
+    _Pragma("omp parallel for schedule(static) if(split_rows)")                             \
+    for (int64_t k = k0; k < k1; k++)
+
+/* Row k's pointers (`row`, COUNT tensors), then its NP sums of the pairs pa, pb (rowsums.c)
+ * into sums[q * K + k], tensor LT first moved toward tensor LG by *LW (LT = -1: no move). */
 #define ROW_SUMS(T, SUMS, COUNT, NP, LT, LG, LW)                                             \
+    T *row[(COUNT) * MAXSEG];                                                               \
     ROW_POINTERS(T, row, x, ld, COUNT)                                                      \
     SUMS((const T **)row, zero, S, len, NP, pa, pb, 1, n, sums + k, K, LT, LG, LW, 0);
 
@@ -246,7 +263,7 @@ int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64
         /* x: the tensors P, G, M (3 S pointers); the sums' pairs <m, g>, <g, g> */          \
         static const int pa[2] = {2, 1}, pb[2] = {1, 1};                                    \
         ROW_STEP_SETUP(T, 3)                                                                \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
+        FOR_ROWS(3, n) {                                                                    \
             ROW_SUMS(T, SUMS, 3, 2, -1, -1, NULL)                                           \
             COEFS(1, sums + k, sums + K + k, sq + k, shat + k, scale + k, lw + k * lw_s,     \
                   lw_s, eps + k * eps_s, eps_s, beta + k * beta_s, beta_s, beta_add,        \
@@ -273,7 +290,7 @@ TAM_STEP(shiftsim_tam_step_f64, double, shiftsim_rowsums_f64, shiftsim_tam_coefs
          * d first moved toward g (the lerp's weight w) */                                  \
         static const int pa[3] = {0, 1, 1}, pb[3] = {0, 2, 0};                              \
         ROW_STEP_SETUP(T, 3)                                                                \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
+        FOR_ROWS(3, n) {                                                                    \
             ROW_SUMS(T, SUMS, 3, 3, 0, 2, w + k * w_s)                                      \
             COEFS(1, f + k, loss_avg + k, beta + k * beta_s, beta_s, w + k * w_s, w_s,       \
                   sums + K + k, sums + 2 * K + k, sums + k, gam + k, fstar + k,             \
@@ -309,7 +326,7 @@ MOMO_STEP(shiftsim_momo_step_f64, double, shiftsim_rowsums_f64, shiftsim_momo_co
     {                                                                                       \
         static const int pa[3] = {2, 2, 1}, pb[3] = {1, 2, 1};                              \
         ROW_STEP_SETUP(T, 4)                                                                \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
+        FOR_ROWS(4, n) {                                                                    \
             ROW_SUMS(T, SUMS, 4, 3, -1, -1, NULL)                                           \
             DAMPING(T, SQRT, FMA, ABS, sums[k], sums[K + k], sums[2 * K + k], lw[k * lw_s],  \
                     shat[k], d)                                                             \
@@ -359,7 +376,7 @@ ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, f
     {                                                                                       \
         static const int pa[3] = {2, 1, 2}, pb[3] = {1, 1, 2};                              \
         ROW_STEP_SETUP(T, 3)                                                                \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
+        FOR_ROWS(3, n) {                                                                    \
             ROW_SUMS(T, SUMS, 3, 3, -1, -1, NULL)                                           \
             const T a = sums[k], b = sums[K + k], e = sums[2 * K + k];                      \
             const T l1 = lam1[k * lam1_s];                                                  \
@@ -435,8 +452,11 @@ AMSGD_STEP(shiftsim_amsgd_step_f64, double, shiftsim_rowsums_f64, fma, fabs)
     {                                                                                       \
         if (S < 1 || S > MAXSEG)                                                            \
             return -1;                                                                      \
-        T *row[4 * MAXSEG];                                                                 \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
+        int64_t n = 0;                                                                      \
+        for (int s = 0; s < S; s++)                                                         \
+            n += len[s];                                                                    \
+        FOR_ROWS(4, n) {                                                                    \
+            T *row[4 * MAXSEG];                                                             \
             ROW_POINTERS(T, row, x, ld, 4)                                                  \
             const T wk = w1[k * w1_s], wm1 = wk - (T)1;                                     \
             const T b2k = b2[k * b2_s], w2k = w2[k * w2_s], ek = eps[k * eps_s];            \
