@@ -45,7 +45,7 @@ from .learner import Learner
 from .optim import _native
 from .realtime import train_schedule
 from .result import RunResult
-from .runtime import determinism_flags, device_facts
+from .runtime import denormal_mode, denormals, determinism_flags, device_facts
 from .scenario import Scenario
 from .stream import Stream, resolve_device
 
@@ -208,6 +208,7 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     """
     t_start = time.perf_counter() if started is None else started
     dev = resolve_device(device)
+    denormal_setting = denormal_mode()  # a bad $SHIFTSIM_DENORMALS fails before any work
     seeds = list(learner.seeds)
     K = len(seeds)
     distinct = sorted(set(seeds))
@@ -254,49 +255,51 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     grad_was = torch.is_grad_enabled()
     if learner.grad is not None:
         torch.set_grad_enabled(learner.grad)
-    try:
-        for k_phase in range(len(scenario.phases)):
-            batches = feed.phase(k_phase)
-            start, steps = scenario.boundaries[k_phase], batches.steps
-            # step-major buffers: each step's predictions and losses are written in place by
-            # the step itself (views made once per phase, no per-step indexing)
-            preds = torch.empty(steps, K, 1, b, dtype=torch.int64, device=dev)
-            outs = list(zip(preds.unbind(0), losses_tm[start:start + steps].unbind(0)))
-            n_new[:, start:start + steps] = batches.n_new
-            for s in range(steps):
-                t = start + s
-                if train is None or train[t]:
-                    learner.step(t, batches.inputs(s), batches.labels(s), outs[s])
-                else:  # real time: the learner is still busy; scored, not trained
-                    learner.score(t, batches.inputs(s), batches.labels(s), outs[s])
-                if t in schedule.at:
-                    _, regimes, _ = schedule.at[t]
-                    row = schedule.first_row[t]
-                    preds_of: dict[int, torch.Tensor] = {}  # regimes sharing inputs: once
-                    for i, r in enumerate(regimes):
-                        hx, hy = feed.heldout(r)
-                        pred = preds_of.get(id(hx))
-                        if pred is None:
-                            pred = preds_of[id(hx)] = learner.predict(hx)
-                        eval_correct[:, row + i] = (pred == hy).sum(-1)
-                if (t + 1) % check_every == 0 and check(t + 1):
-                    all_out = True
+    # $SHIFTSIM_DENORMALS: subnormal floats kept (ieee) or flushed, for the loop only
+    with denormals(denormal_setting) as denormal_applied:
+        try:
+            for k_phase in range(len(scenario.phases)):
+                batches = feed.phase(k_phase)
+                start, steps = scenario.boundaries[k_phase], batches.steps
+                # step-major buffers: each step's predictions and losses are written in place by
+                # the step itself (views made once per phase, no per-step indexing)
+                preds = torch.empty(steps, K, 1, b, dtype=torch.int64, device=dev)
+                outs = list(zip(preds.unbind(0), losses_tm[start:start + steps].unbind(0)))
+                n_new[:, start:start + steps] = batches.n_new
+                for s in range(steps):
+                    t = start + s
+                    if train is None or train[t]:
+                        learner.step(t, batches.inputs(s), batches.labels(s), outs[s])
+                    else:  # real time: the learner is still busy; scored, not trained
+                        learner.score(t, batches.inputs(s), batches.labels(s), outs[s])
+                    if t in schedule.at:
+                        _, regimes, _ = schedule.at[t]
+                        row = schedule.first_row[t]
+                        preds_of: dict[int, torch.Tensor] = {}  # regimes sharing inputs: once
+                        for i, r in enumerate(regimes):
+                            hx, hy = feed.heldout(r)
+                            pred = preds_of.get(id(hx))
+                            if pred is None:
+                                pred = preds_of[id(hx)] = learner.predict(hx)
+                            eval_correct[:, row + i] = (pred == hy).sum(-1)
+                    if (t + 1) % check_every == 0 and check(t + 1):
+                        all_out = True
+                        break
+                    if bar is not None and (t + 1) % 50 == 0:
+                        bar.update(50)
+                done = s + 1
+                p_m = preds[:done, :, 0]  # (done, K, b)
+                correct[:, start:start + done] = (p_m == batches.y[:done]).sum(-1).T
+                correct_true[:, start:start + done] = (p_m == batches.y_true[:done]).sum(-1).T
+                if all_out or check(start + steps):
                     break
-                if bar is not None and (t + 1) % 50 == 0:
-                    bar.update(50)
-            done = s + 1
-            p_m = preds[:done, :, 0]  # (done, K, b)
-            correct[:, start:start + done] = (p_m == batches.y[:done]).sum(-1).T
-            correct_true[:, start:start + done] = (p_m == batches.y_true[:done]).sum(-1).T
-            if all_out or check(start + steps):
-                break
-    finally:
-        torch.set_grad_enabled(grad_was)
+        finally:
+            torch.set_grad_enabled(grad_was)
     if bar is not None:
         bar.close()
     t_loop = time.perf_counter()
     results = _results(scenario, learner, dev, schedule, diverged_at, losses, correct,
-                       correct_true, n_new, eval_correct, train)
+                       correct_true, n_new, eval_correct, train, denormal_applied)
     t_end = time.perf_counter()
     loop_s = t_loop - t_setup
     for r in results:
@@ -326,8 +329,9 @@ def _train_schedule(scenario: Scenario, learner: Members, steps: int) -> np.ndar
 def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: EvalSchedule,
              diverged_at: list[int | None], losses: torch.Tensor, correct: torch.Tensor,
              correct_true: torch.Tensor, n_new: torch.Tensor, eval_correct: torch.Tensor,
-             train: np.ndarray | None = None) -> list[RunResult]:
-    """One RunResult per member, from one transfer of every buffer."""
+             train: np.ndarray | None = None, denormal_mode: str = "ieee") -> list[RunResult]:
+    """One RunResult per member, from one transfer of every buffer; ``denormal_mode``: how
+    the loop treated subnormal floats (:func:`~shiftsim.runtime.denormals`)."""
     T, b = scenario.total_steps, scenario.batch_size
     losses_c, correct_c, ctrue_c = losses.float().cpu().numpy(), correct.cpu().numpy(), \
         correct_true.cpu().numpy()
@@ -340,7 +344,8 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
     facts = device_facts(dev)
     versions = {"torch": torch.__version__, "python": platform.python_version(),
                 "cuda": facts["cuda"], "cudnn": facts["cudnn"]}
-    determinism = {**determinism_flags(), "row_sums": _native.current()}
+    determinism = {**determinism_flags(), "row_sums": _native.current(),
+                   "denormals": denormal_mode}
     machine = describe_machine(dev)
     results = []
     for k, d in enumerate(diverged_at):

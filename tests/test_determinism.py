@@ -210,3 +210,120 @@ def test_model_weights_did_not_change_with_the_seeding_helper(tiny):
     got = spec.build(tiny.data, seed=5)
     assert all(torch.equal(x, y) for x, y in zip(ref.state_dict().values(),
                                                   got.state_dict().values()))
+
+
+# -- subnormal floats: kept (ieee, the default) or flushed ($SHIFTSIM_DENORMALS) ---------------
+
+def _halved_tiny(n=1):
+    """``1e-38 / 2`` (a float32 subnormal) computed n times by torch (split across its threads
+    when n is large): the zeros among them are flushed."""
+    return torch.full((n,), 1e-38) * 0.5
+
+
+@pytest.mark.parametrize("raw,mode", [(None, "ieee"), ("", "ieee"), ("ieee", "ieee"),
+                                      (" FLUSH ", "flush")])
+def test_the_denormal_mode_comes_from_the_environment(monkeypatch, raw, mode):
+    if raw is None:
+        monkeypatch.delenv(runtime.DENORMALS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(runtime.DENORMALS_ENV, raw)
+    assert runtime.denormal_mode() == mode
+
+
+def test_a_bad_denormal_mode_is_named_before_any_work(monkeypatch, tmp_path, tiny):
+    monkeypatch.setenv(runtime.DENORMALS_ENV, "fast")
+    msg = r"SHIFTSIM_DENORMALS='fast' is not a mode; allowed: 'ieee' .*'flush'"
+    with pytest.raises(ShiftsimError, match=msg):
+        ss.run(tiny, ss.models.mlp(hidden=(4,)), "sgd", seed=0, device="cpu")
+    study = Study("s", {"a": tiny}, model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"},
+                  seeds=1)
+    with pytest.raises(ShiftsimError, match=msg):
+        study.run(tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ShiftsimError, match=r"denormals mode 'fast'; allowed: ieee, flush"):
+        with runtime.denormals("fast"):
+            pass
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flushing_reaches_every_thread_and_is_undone(native, threads):
+    """Inside ``denormals("flush")`` every thread of torch's team flushes (read on each
+    thread; and a product torch may split across them: every element 0), and none does
+    afterwards; ``"ieee"`` changes nothing."""
+    from shiftsim.optim import _native
+
+    if not _native.openmp():
+        pytest.skip("the library is built without OpenMP here")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = 1 << 21
+        with runtime.denormals("ieee") as mode:
+            assert mode == "ieee" and bool((_halved_tiny(n) > 0).all())
+            assert _native.flushing_threads() == 0
+        with runtime.denormals("flush") as mode:
+            assert mode == "flush" and bool((_halved_tiny(n) == 0).all())
+            assert _native.flushing_threads() == threads
+        assert bool((_halved_tiny(n) > 0).all()) and _native.flushing_threads() == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_the_native_library_only_one_thread_flushes(monkeypatch):
+    """No native library (or another processor): flushed with one torch thread (torch's
+    set_flush_denormal sets the calling thread, the only one computing), kept with more,
+    with a warning (a run's numbers must not depend on which thread computed what)."""
+    from shiftsim.optim import _native
+
+    monkeypatch.setattr(_native, "denormals", lambda flush=None: None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with runtime.denormals("flush") as mode:
+            assert mode == "flush" and _halved_tiny().item() == 0
+        assert _halved_tiny().item() > 0
+        torch.set_num_threads(2)
+        with pytest.warns(RuntimeWarning, match="cannot be flushed on every thread"):
+            with runtime.denormals("flush") as mode:
+                assert mode == "ieee" and _halved_tiny().item() > 0
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("env", [None, "flush"])
+def test_a_run_applies_and_records_the_denormal_mode(monkeypatch, native, tiny, env):
+    """The loop runs under the mode (seen from inside a step), records it, and leaves the
+    process as it found it; a fleet's members record it too."""
+    from shiftsim.fleet import learner as fleet_learner
+
+    if env is None:
+        monkeypatch.delenv(runtime.DENORMALS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(runtime.DENORMALS_ENV, env)
+    seen = []
+    step = fleet_learner.StackedLearner.step
+
+    def watched(self, *args):
+        seen.append(_halved_tiny().item())
+        return step(self, *args)
+
+    monkeypatch.setattr(fleet_learner.StackedLearner, "step", watched)
+    res = ss.run(tiny, ss.models.mlp(hidden=(4,)), "sgdm", seed=0, device="cpu")
+    mode = env or "ieee"
+    assert res.info["determinism"]["denormals"] == mode
+    assert seen and all((v == 0) == (mode == "flush") for v in seen)
+    assert _halved_tiny().item() > 0
+    fleet = ss.run_fleet(tiny, ss.models.mlp(hidden=(4,)), [("sgdm", 0), ("adam", 1)],
+                         device="cpu")
+    assert [r.info["determinism"]["denormals"] for r in fleet] == [mode, mode]
+
+
+def test_flushing_keeps_a_run_whose_numbers_never_go_subnormal(monkeypatch, native, tiny):
+    """Flushing changes a run's numbers only where a subnormal value would have mattered;
+    over this short run none did: the same trace bit for bit either way."""
+    model = ss.models.mlp(hidden=(8,))
+    monkeypatch.setenv(runtime.DENORMALS_ENV, "ieee")
+    kept = ss.run(tiny, model, "adam", seed=1, device="cpu")
+    monkeypatch.setenv(runtime.DENORMALS_ENV, "flush")
+    flushed = ss.run(tiny, model, "adam", seed=1, device="cpu")
+    assert flushed.trace.equals(kept.trace) and flushed.evals.equals(kept.evals)

@@ -370,6 +370,7 @@ def _load() -> ctypes.CDLL:
             fn = getattr(lib, f"shiftsim_{name}_{suffix}")
             fn.restype, fn.argtypes = restype, argtypes
     lib.shiftsim_openmp.restype, lib.shiftsim_openmp.argtypes = _int, []
+    lib.shiftsim_denormals.restype, lib.shiftsim_denormals.argtypes = _int, [_int]
     ctypes.c_int64.in_dll(lib, "shiftsim_rows_parallel_from").value = ROWS_PARALLEL_FROM
     return lib
 
@@ -1074,6 +1075,31 @@ CHUNK = 1 << 15
 #: 2^14 elements 21.9 us split against 20.2 on one thread (one chunk: nothing to split, the
 #: team's start is the cost), 2^16 25.4 against 30.4, 2^17 32.2 against 50.8
 PARALLEL_FROM = 1 << 16
+
+
+def denormals(flush: bool | None = None) -> bool | None:
+    """Flush subnormal floats to zero (``flush=True``; as results and as inputs) or keep IEEE
+    subnormals (False) on the calling thread and every thread of the OpenMP team, which is
+    torch's intra-op team where the library shares torch's runtime (:func:`openmp`); None
+    changes nothing. Returns the calling thread's state before, or None where this cannot be
+    done: no library, or a processor other than x86-64 and ARM64. Builds the library on the
+    first call. See :func:`shiftsim.runtime.subnormals`, which runs use."""
+    lib = _library()
+    if lib is None:
+        return None
+    before = lib.shiftsim_denormals(-1 if flush is None else int(flush))
+    return None if before < 0 else bool(before)
+
+
+def flushing_threads() -> int | None:
+    """How many threads of the OpenMP team (the calling thread among them; all of torch's
+    intra-op threads where the library shares torch's runtime) flush subnormals to zero now
+    (:func:`denormals`); None where that cannot be read (no library, another processor)."""
+    lib = _library()
+    if lib is None:
+        return None
+    count = lib.shiftsim_denormals(-2)
+    return None if count < 0 else count
 
 
 def openmp() -> bool:

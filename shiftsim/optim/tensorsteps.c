@@ -69,6 +69,60 @@ int shiftsim_openmp(void)
 #endif
 }
 
+/* Subnormal numbers flushed to zero: as results (flush-to-zero) and as inputs
+ * (denormals-are-zero) on x86-64 (MXCSR bits 15 and 6), as both on ARM64 (FPCR.FZ). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define HAVE_FLUSH 1
+#define FLUSH_BITS 0x8040u
+static inline int get_flush(void) { return (_mm_getcsr() & FLUSH_BITS) == FLUSH_BITS; }
+static inline void set_flush(int on)
+{
+    const unsigned m = _mm_getcsr();
+    _mm_setcsr(on ? m | FLUSH_BITS : m & ~FLUSH_BITS);
+}
+#elif defined(__aarch64__)
+#define HAVE_FLUSH 1
+#define FPCR_FZ (1ull << 24)
+static inline uint64_t get_fpcr(void)
+{
+    uint64_t v;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(v));
+    return v;
+}
+static inline int get_flush(void) { return (get_fpcr() & FPCR_FZ) != 0; }
+static inline void set_flush(int on)
+{
+    const uint64_t v = on ? get_fpcr() | FPCR_FZ : get_fpcr() & ~FPCR_FZ;
+    __asm__ volatile("msr fpcr, %0" : : "r"(v));
+}
+#endif
+
+/* flush = 1: subnormals flushed to zero on the calling thread and on every thread of the
+ * OpenMP team (torch's intra-op threads, where the library shares torch's runtime); 0: IEEE
+ * subnormals there again; -1: change nothing. Returns the calling thread's state before (1
+ * flushed, 0 not), or -1 on other processors (nothing changed). flush = -2 changes nothing
+ * and returns how many threads of the team (the calling thread among them) flush. */
+int shiftsim_denormals(int flush)
+{
+#ifdef HAVE_FLUSH
+    if (flush == -2) {
+        int count = 0;
+        _Pragma("omp parallel reduction(+ : count)") count += get_flush();
+        return count;
+    }
+    const int before = get_flush();
+    if (flush >= 0) {
+        set_flush(flush);
+        _Pragma("omp parallel") set_flush(flush);
+    }
+    return before;
+#else
+    (void)flush;
+    return -1;
+#endif
+}
+
 #define CLAMP_MIN(x, lo) ((x) < (lo) ? (lo) : (x))
 #define CLAMP_MAX(x, hi) ((x) > (hi) ? (hi) : (x))
 

@@ -134,6 +134,11 @@ class Study(StudyGrid):
                 that repeat bit for bit (same GPU model, driver, CUDA/cuDNN and torch
                 versions, same fleet sizes); CPU results repeat without it.
 
+        Subnormal floats: as ``$SHIFTSIM_DENORMALS`` says where each run runs (``ieee``, the
+        default, or ``flush``: :func:`shiftsim.runtime.denormals`; local workers inherit this
+        process's environment, Ray tasks their cluster's), recorded in each run's
+        ``info["determinism"]["denormals"]``; a bad value fails before anything runs.
+
         A results folder holds runs of one device type: resuming it on another (runs made on
         the CPU, now on CUDA) raises a one-line error before anything runs, since the random
         draws differ by device. Run ids do not name the device.

@@ -25,7 +25,7 @@ from .. import store
 from ..checks import check_model_fits
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 from ..runspec import RunSpec
-from ..runtime import resolve_device
+from ..runtime import denormal_mode, resolve_device
 from .executors import (
     GUARD_HINT,
     Executor,
@@ -145,6 +145,7 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
                             f"got {gpus_per_run!r}")
     if not isinstance(device, str):
         raise SpecTypeError(f"device must be a string such as 'auto' or 'cpu', got {device!r}")
+    denormal_mode()  # a bad $SHIFTSIM_DENORMALS fails here, before any folder or run
     plan = None
     if backend == "local" and executor is None:  # checks device and gpus_per_run here
         plan = plan_workers(device, workers, gpus_per_run)
