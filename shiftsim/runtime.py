@@ -106,11 +106,13 @@ def denormals(mode: str | None = None) -> Iterator[str]:
 
     Flushing sets the processor's flush-to-zero and denormals-are-zero modes on the calling
     thread and on every thread of torch's intra-op team (:func:`shiftsim.optim._native.denormals`:
-    x86-64 and ARM64, where shiftsim's native library builds), and puts the previous state back
-    afterwards. Where that cannot be done on every thread, it is done only with one torch
-    thread (torch's own ``set_flush_denormal``, which sets the calling thread) and otherwise
-    warns and keeps IEEE subnormals (a run's numbers must not depend on which thread computed
-    what). It concerns CPU arithmetic only; GPUs keep their own settings.
+    x86-64 and ARM64, where shiftsim's native library builds and shares torch's OpenMP
+    runtime; the native row sums' own worker threads follow the calling thread), and puts the
+    previous state back afterwards. Where that cannot be done on every thread, it is done only
+    with one torch thread (the native library, or torch's own ``set_flush_denormal``: the
+    calling thread is then the only one computing) and otherwise warns and keeps IEEE
+    subnormals (a run's numbers must not depend on which thread computed what). It concerns
+    CPU arithmetic only; GPUs keep their own settings.
 
     Why: some processors compute with subnormal operands or results far more slowly than with
     normal ones (this project's Intel Xeon among them), and long runs make many. Measured on a
@@ -142,22 +144,24 @@ def denormals(mode: str | None = None) -> Iterator[str]:
         return
     from .optim import _native
 
-    before = _native.denormals(True)
+    one = torch.get_num_threads() == 1
+    # torch's other threads are reachable where the library shares torch's OpenMP runtime
+    before = _native.denormals(True) if one or _native.openmp() else None
     if before is not None:
         try:
             yield "flush"
         finally:
             _native.denormals(before)
         return
-    if torch.get_num_threads() == 1 and torch.set_flush_denormal(True):
+    if one and torch.set_flush_denormal(True):
         try:
             yield "flush"
         finally:
             torch.set_flush_denormal(False)
         return
     warnings.warn(f"{DENORMALS_ENV}=flush: subnormals cannot be flushed on every thread here "
-                  "(no native library, or another processor); running with IEEE subnormals",
-                  RuntimeWarning, stacklevel=3)
+                  "(no native library with torch's OpenMP runtime, or another processor); "
+                  "running with IEEE subnormals", RuntimeWarning, stacklevel=3)
     yield "ieee"
 
 

@@ -327,3 +327,43 @@ def test_flushing_keeps_a_run_whose_numbers_never_go_subnormal(monkeypatch, nati
     monkeypatch.setenv(runtime.DENORMALS_ENV, "flush")
     flushed = ss.run(tiny, model, "adam", seed=1, device="cpu")
     assert flushed.trace.equals(kept.trace) and flushed.evals.equals(kept.evals)
+
+
+def test_the_row_sums_worker_threads_follow_the_calling_thread(native, monkeypatch):
+    """Rows split across the native row sums' own threads (the Python pool, used without
+    OpenMP) flush subnormal products as the calling thread does: 1e-20 squared is a float32
+    subnormal, so every row's sum is 0 flushed and positive kept, whichever thread summed it."""
+    from shiftsim.optim import _native
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(_native, "SPLIT_FROM", 1)
+    try:
+        x = torch.full((4, 64), 1e-20)
+        kept = _native.row_sums([x], [(0, 0)])[0].clone()
+        with runtime.denormals("flush"):
+            flushed = _native.row_sums([x], [(0, 0)])[0].clone()
+        again = _native.row_sums([x], [(0, 0)])[0].clone()
+    finally:
+        torch.set_num_threads(before)
+    assert bool((kept > 0).all()) and bool((flushed == 0).all()) and torch.equal(again, kept)
+
+
+def test_without_torchs_openmp_runtime_only_one_thread_flushes(native, monkeypatch):
+    """A library that does not share torch's OpenMP runtime cannot reach torch's other
+    threads: with two, a warning and IEEE subnormals; with one, flushed."""
+    from shiftsim.optim import _native
+
+    monkeypatch.setattr(_native, "openmp", lambda: False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.warns(RuntimeWarning, match="cannot be flushed on every thread"):
+            with runtime.denormals("flush") as mode:
+                assert mode == "ieee" and _halved_tiny().item() > 0
+        torch.set_num_threads(1)
+        with runtime.denormals("flush") as mode:
+            assert mode == "flush" and _halved_tiny().item() == 0
+        assert _halved_tiny().item() > 0
+    finally:
+        torch.set_num_threads(before)

@@ -371,6 +371,8 @@ def _load() -> ctypes.CDLL:
             fn.restype, fn.argtypes = restype, argtypes
     lib.shiftsim_openmp.restype, lib.shiftsim_openmp.argtypes = _int, []
     lib.shiftsim_denormals.restype, lib.shiftsim_denormals.argtypes = _int, [_int]
+    lib.shiftsim_thread_denormals.restype = _int
+    lib.shiftsim_thread_denormals.argtypes = [_int]
     ctypes.c_int64.in_dll(lib, "shiftsim_rows_parallel_from").value = ROWS_PARALLEL_FROM
     return lib
 
@@ -524,7 +526,16 @@ def _by_rows(K: int, elements: int, call: Any) -> None:
         call(0, K)
         return
     bounds = [K * i // parts for i in range(parts + 1)]
-    futures = [_pool().submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    # the pool's threads treat subnormals as the calling thread does (see denormals)
+    lib = _library()
+    flush = lib.shiftsim_thread_denormals(-1) if lib is not None else -1
+
+    def task(lo: int, hi: int) -> None:
+        if flush >= 0:
+            lib.shiftsim_thread_denormals(flush)
+        call(lo, hi)
+
+    futures = [_pool().submit(task, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     call(0, bounds[1])
     for fut in futures:
         fut.result()

@@ -98,6 +98,21 @@ static inline void set_flush(int on)
 }
 #endif
 
+/* The calling thread alone: flush = 1 flushes subnormals to zero, 0 keeps them, -1 changes
+ * nothing; returns the state before (1 flushed, 0 not), or -1 on other processors. */
+int shiftsim_thread_denormals(int flush)
+{
+#ifdef HAVE_FLUSH
+    const int before = get_flush();
+    if (flush >= 0)
+        set_flush(flush);
+    return before;
+#else
+    (void)flush;
+    return -1;
+#endif
+}
+
 /* flush = 1: subnormals flushed to zero on the calling thread and on every thread of the
  * OpenMP team (torch's intra-op threads, where the library shares torch's runtime); 0: IEEE
  * subnormals there again; -1: change nothing. Returns the calling thread's state before (1
