@@ -869,9 +869,10 @@ def _hyper_args(values: Sequence[object], K: int, dtype: torch.dtype,
 
 #: the elements (rows x row length x tensors) from which a whole row step splits its rows
 #: across torch's OpenMP team (at least two rows; where the library has OpenMP, :func:`openmp`).
-#: Measured (the row steps of TAM, MoMo, Grams and AM-SGD, 2 threads against one, 2,000
-#: calls, one process, 2-core Intel Xeon): 58k elements no faster split, 72k 3-10 % faster,
-#: 115k 15-20 %, 627k (8 members of an MLP 64-128-128-10) 1.8-2.0x
+#: (the tensor steps' threshold, :data:`PARALLEL_FROM`, measured there). Measured above it
+#: (the row steps of TAM, MoMo, Grams and AM-SGD, 2 threads against one, 2,000 calls, one
+#: process, 2-core Intel Xeon): 72k elements 6-10 % faster split, 115k 13-18 %, 627k (8
+#: members of an MLP 64-128-128-10) 1.8-2.1x; below it not measured split
 ROWS_PARALLEL_FROM = 1 << 16
 
 
@@ -1094,7 +1095,7 @@ def denormals(flush: bool | None = None) -> bool | None:
     torch's intra-op team where the library shares torch's runtime (:func:`openmp`); None
     changes nothing. Returns the calling thread's state before, or None where this cannot be
     done: no library, or a processor other than x86-64 and ARM64. Builds the library on the
-    first call. See :func:`shiftsim.runtime.subnormals`, which runs use."""
+    first call. See :func:`shiftsim.runtime.denormals`, which runs use."""
     lib = _library()
     if lib is None:
         return None
