@@ -812,3 +812,147 @@ def test_the_native_steps_benchmark_runs_and_finds_the_same_traces(native):
     for name in ("tam", "momo", "adatam", "adamem_sgd", "grams", "13 members"):
         assert f"  {name} " in out.stdout
     assert "group _adatam_stacked" in out.stdout and "paired" in out.stdout
+
+
+# ------------------------------------------------------------ MoMo-Adam (momo_adam_rows)
+
+def _momo_adam_case(K, widths, dtype, seed, kind, decay):
+    """Rows P, G, D, V (V >= 0, some exact zeros), MoMo-Adam's stacked state over them and a
+    fleet group's hyperparameters (exact tensors: 0-d shared, or one per member)."""
+    from shiftsim.optim.momo import momo_adam_init
+
+    tensors, _, hp = _adatam_case(K, widths, dtype, seed, kind, decay)
+    P, G, D, V = tensors
+    state = momo_adam_init(P, lb=0.0, learner_dims=1)
+    state["grad_avg"], state["grad_avg_sq"] = D, V
+    like = torch.zeros((), dtype=dtype)
+    hp = {"lr": hp["lr"] * 10, "beta1": hp["beta1"], "beta2": hp["beta2"], "eps": hp["eps"],
+          "lb": 0.0, "weight_decay": hp["weight_decay"]}
+    loss = torch.rand(K, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype) + 1
+    return P, G, state, hp, loss, like
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", [(301,), (7, 1, 16, 17, 255, 5)],
+                         ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay", ["none", "decoupled", "proximal"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_momo_adam_rows_passes_are_torchs_operations(native, split, dtype, widths, kind, decay,
+                                                     threads):
+    """The two native passes against torch's operations of :func:`momo_adam` with the same
+    step sizes: the moments ``d``, ``v`` and the parameters bit for bit (the direction's
+    square root correctly rounded, as the eager kernel's numpy one); the sums against float64
+    (per segment <p, g>, per row <p, d> and <d, q>); rows split across two threads."""
+    from shiftsim.optim._kernels import sqrt
+    from shiftsim.optim.momo import _bias_correction, _inverse_decay
+
+    split(threads)
+    K = 9
+    P, G, state, hp, _, _ = _momo_adam_case(K, widths, dtype, 3, kind, decay != "none")
+    D, V = state["grad_avg"], state["grad_avg_sq"]
+    p0, d0, v0 = ([t.clone() for t in ts] for ts in (P, D, V))
+    p_before = torch.cat(P, 1).double()
+    w1, w2 = host(one_minus, hp["beta1"]), host(one_minus, hp["beta2"])
+    bc2 = host(_bias_correction, hp["beta2"], 3, keep=False)
+    lr, wd = hp["lr"], hp["weight_decay"]
+    pre = host(lambda a, b: 1 - a * b, lr, wd) if decay == "decoupled" else None
+    post = host(_inverse_decay, lr, wd) if decay == "proximal" else None
+    ntau = -torch.rand(K, generator=torch.Generator().manual_seed(5), dtype=dtype) / 100
+    seen = {}
+
+    def numbers(xg, xd, dq):
+        seen.update(xg=xg.clone(), xd=xd.clone(), dq=dq.clone())
+        return ntau
+
+    assert _native.momo_adam_rows(P, G, D, V, w1, hp["beta2"], w2, bc2, hp["eps"], pre, post,
+                                  numbers)
+
+    def col(h, t):
+        return h.view(-1, 1) if isinstance(h, torch.Tensor) and h.dim() else h
+
+    for s in range(len(widths)):
+        p, g, d, v = p0[s], G[s], d0[s], v0[s]
+        d.lerp_(g, col(w1, d))
+        v.mul_(col(hp["beta2"], v))
+        v.addcmul_(g, torch.mul(g, col(w2, g)))
+        q = sqrt(torch.div(v, col(bc2, v))).add_(col(hp["eps"], v))
+        q = torch.div(d, q)
+        xg = (p.double() * g.double()).sum(1)
+        tol = 1e-6 if dtype is torch.float32 else 1e-14
+        assert torch.allclose(seen["xg"][s].double(), xg, rtol=0,
+                              atol=tol * float((p.double() * g.double()).abs().sum()) + 1e-30)
+        if pre is not None:
+            p.mul_(col(pre, p))
+        p.addcmul_(q, ntau.view(-1, 1))
+        if post is not None:
+            p.mul_(col(post, p))
+        _same([D[s], V[s], P[s]], [d, v, p])
+    d_new, v_new = (torch.cat(ts, 1) for ts in (D, V))
+    q_new = torch.div(d_new, sqrt(torch.div(v_new, col(bc2, v_new))).add_(col(hp["eps"],
+                                                                              v_new)))
+    for got, x, y in ((seen["xd"], p_before, d_new.double()),
+                      (seen["dq"], d_new.double(), q_new.double())):
+        tol = 1e-6 if dtype is torch.float32 else 1e-14
+        bound = tol * (x * y).abs().sum(1) + 1e-30
+        assert bool(((got.double() - (x * y).sum(1)).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay, divide", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("use_fstar", [False, True])
+def test_momo_adam_rows_step_equals_momo_adam_up_to_rounding(native, monkeypatch, dtype, kind,
+                                                             decay, divide, use_fstar):
+    """A fleet group's MoMo-Adam step with the native passes against :func:`momo_adam`'s
+    operations (the native code off), three steps from the same state: the moments bit for
+    bit; the step sizes, gamma, the loss average, f* and the parameters equal up to float
+    rounding (the sums are the native ones)."""
+    from shiftsim.optim.momo import _momo_adam_stacked
+
+    K, widths = 9, (7, 1, 16, 17, 255, 5)
+    P, G, state, hp, loss, _ = _momo_adam_case(K, widths, dtype, 4, kind, decay)
+    theirs = {k: ([t.clone() for t in v] if isinstance(v, list) else
+                  v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    P2 = [t.clone() for t in P]
+    flags = {"rows": True, "divide": divide, "use_fstar": use_fstar}
+    calls, counted = _counter("momo_adam_rows")
+    real = _native.momo_adam_rows
+    # the step size's numerator c (f - f*) + <x, d> - c gamma cancels: float32 sums 1e-7 apart
+    # come out up to 2e-4 apart there (seen), and the parameters follow
+    rtol = 1e-3 if dtype is torch.float32 else 1e-10
+    for _ in range(3):
+        monkeypatch.setattr(_native, "momo_adam_rows", counted)
+        tau, fstar = _momo_adam_stacked(state, P, G, loss, hp, flags)
+        monkeypatch.setattr(_native, "momo_adam_rows", lambda *a, **k: False)
+        want_tau, want_fstar = _momo_adam_stacked(theirs, P2, G, loss, hp, flags)
+        _same(state["grad_avg"] + state["grad_avg_sq"], theirs["grad_avg"] + theirs["grad_avg_sq"])
+        for got, want in ((tau, want_tau), (fstar, want_fstar), (state["grad_dot_w"],
+                          theirs["grad_dot_w"]), (state["loss_avg"], theirs["loss_avg"])):
+            torch.testing.assert_close(got, want, rtol=rtol, atol=1e-12)
+        for a, b in zip(P, P2):  # parameters of order 1: rounding is absolute near 0
+            torch.testing.assert_close(a, b, rtol=rtol, atol=1e-6 if dtype is torch.float32
+                                       else 1e-12)
+    assert calls["n"] == 3 and real is not None
+
+
+def test_a_momo_adam_rows_step_it_cannot_take_changes_nothing(native):
+    K, dtype = 4, torch.float32
+    P, G, state, hp, _, _ = _momo_adam_case(K, (10, 6), dtype, 0, "shared", False)
+    D, V = state["grad_avg"], state["grad_avg_sq"]
+    before = [t.clone() for t in P + D + V]
+    args = (0.1, 0.999, 0.001, 0.5, 1e-8, None, None)
+
+    def numbers(xg, xd, dq):  # pragma: no cover - must not be reached
+        raise AssertionError("a step that does not apply must not compute")
+
+    strided = [t.t().contiguous().t() for t in P]  # columns: not rows of contiguous elements
+    for case in [(P, G, D, V[:1]),  # split otherwise
+                 (P, G, D, [v.double() for v in V]),  # another dtype
+                 (strided, G, D, V),
+                 ([t[:3] for t in P], G, D, V)]:  # another member count
+        assert not _native.momo_adam_rows(*case, *args, numbers)
+    assert not _native.momo_adam_rows(P, G, D, V, "0.1", *args[1:], numbers)
+    many = [list(t.split(1, 1)) for t in (torch.zeros(K, _native.MAX_SEGMENTS + 1),) * 4]
+    assert not _native.momo_adam_rows(*many, *args, numbers)
+    _same(P + D + V, before)

@@ -3,8 +3,10 @@ products of ``(K, n)`` tensors in one pass over them (:func:`row_sums`), TAM's a
 per-member arithmetic (:func:`tam_coefs`, :func:`momo_coefs`), TAM's update in one pass
 (:func:`tam_update`), the whole row steps of TAM, MoMo, AdaTAM(W) and AM-SGD in one call each
 (:func:`tam_step`, :func:`momo_step`, :func:`adatam_step`, :func:`amsgd_step`), Grams's step
-in one pass (:func:`grams_step`), and the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and
-AM-AdamW over one learner's tensors (:func:`momo_tensors_step` and the passes below it).
+in one pass (:func:`grams_step`), MoMo-Adam's two passes over a fleet's rows
+(:func:`momo_adam_rows`), the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and AM-AdamW over
+one learner's tensors (:func:`momo_tensors_step` and the passes below it), and the switch that
+flushes subnormal floats on torch's threads (:func:`denormals`).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
@@ -120,7 +122,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -331,6 +333,12 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                 *[ctypes.c_double] * 3, _int, ctypes.c_double, _int,
                                 ctypes.c_double]),
+    # MoMo-Adam over a fleet's rows (tensorsteps.c): the segments, lengths, pointers, strides,
+    # rows k0..k1 (and K), hyperparameters, outputs
+    "momo_adam_rows": (None, [_int, _ptr, _ptr, _ptr, _i64, _i64, _i64, *_HYPER * 5, _ptr,
+                              _ptr, _ptr]),
+    "momo_adam_rows_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _i64, *_HYPER * 2, _ptr,
+                                     *_HYPER * 2]),
     "amadamw_sums": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
                             _ptr, _ptr, _ptr, ctypes.c_double, ctypes.c_double, _int, _ptr]),
     "amadamw_update": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
@@ -1075,6 +1083,54 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     _rows_call(fn, layout, tuple(hyper[0]), "Grams", 4, sums=False)
     return True
 
+
+
+def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                   V: Sequence[Tensor], w1: object, beta2: object, w2: object, bc2: object,
+                   eps: object, pre: object, post: object,
+                   numbers: Callable[[Tensor, Tensor, Tensor], Tensor]) -> bool:
+    r"""MoMo-Adam's step over a fleet's rows (:func:`~shiftsim.optim.momo._momo_adam_rows`), two
+    passes member by member (``tensorsteps.c``), split across torch's OpenMP team as the whole
+    row steps are. The first: :math:`d \leftarrow` ``lerp(d, g, w1)``, :math:`v \leftarrow
+    \beta_2 v + g\,(w_2 g)` (torch's ``lerp_``, ``mul_`` and ``addcmul_``: one fused
+    multiply-add), the direction :math:`q = d / (\sqrt{v / b_2} + \epsilon)` (``bc2``
+    :math:`= b_2`; a true division, the correctly rounded square root), and the sums
+    :math:`\langle p, g\rangle` per segment (the rows' parameter tensors), :math:`\langle p,
+    d\rangle` and :math:`\langle d, q\rangle` per row (each segment's sum as ADAM_MOMENTS
+    makes it, float64 across segments: the same bits for any member count, place or thread
+    count; not torch's). ``numbers(xg (S, K), xd (K,), dq (K,))`` gives :math:`-\tau` per
+    member; the second pass: :math:`p \leftarrow p\cdot` ``pre`` (decoupled decay; None:
+    none), :math:`p \leftarrow p - \tau q` (torch's ``addcmul_``), :math:`p \leftarrow
+    p\cdot` ``post`` (proximal decay; None: none). The elementwise work is torch's operations
+    of :func:`~shiftsim.optim.momo.momo_adam` one expression each (its bits where torch's
+    kernels fuse the same multiply-adds: tested). False, changing nothing, where it does not
+    apply (as :func:`tam_step`)."""
+    if not P:
+        return False
+    dtype = P[0].dtype
+    lib = _math_library(dtype)
+    if lib is None:
+        return False
+    first, second = _step_layout((P, G, D, V)), _step_layout((P, D, V))
+    if first is None or second is None:
+        return False
+    K, S = first.K, len(first.lens)
+    hyper = _hyper_args((w1, beta2, w2, bc2, eps), K, dtype)  # owners held
+    tail = _hyper_args((bc2, eps), K, dtype)
+    decay = [(None, 0, None) if h is None else _hyper(h, K, dtype) for h in (pre, post)]
+    if hyper is None or tail is None or any(h is None for h in decay):
+        return False
+    xg, sums = torch.empty(S, K, dtype=dtype), torch.empty(2, K, dtype=dtype)
+    _fn(lib, "momo_adam_rows", dtype)(S, first.c_lens, first.c_ptrs, first.c_lds, 0, K, K,
+                                       *hyper[0], xg.data_ptr(), sums[0].data_ptr(),
+                                       sums[1].data_ptr())
+    neg = numbers(xg, sums[0], sums[1]).to(dtype).contiguous()
+    if neg.numel() != K:  # pragma: no cover - the caller's numbers are one per member
+        raise RuntimeError(f"MoMo-Adam's step sizes: {neg.numel()} values for {K} members")
+    _fn(lib, "momo_adam_rows_update", dtype)(
+        S, second.c_lens, second.c_ptrs, second.c_lds, 0, K, *tail[0], neg.data_ptr(),
+        *[v for h in decay for v in h[:2]])  # type: ignore[index]
+    return True
 
 
 # ------------------------------------------------------ whole steps over one learner's tensors

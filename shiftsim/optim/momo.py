@@ -719,9 +719,54 @@ def _momo_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Te
     return tau
 
 
+def _momo_adam_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], loss: Tensor,
+                    hp: Hyper, flags: dict[str, Any]) -> Tensor | None:
+    """A fleet's MoMo-Adam step over its members' rows (the segments ``P``, one per parameter
+    tensor, as :func:`_momo_rows` takes them) by the native passes
+    (:func:`~shiftsim.optim._native.momo_adam_rows`), the numbers between them as
+    :func:`_momo_adam_blocks` computes them: the moments and the update are torch's bits; the
+    sums are the native ones (per segment, then per row in float64), so the step equals
+    :func:`momo_adam`'s up to float rounding, and a member's numbers do not depend on its
+    fleet. None, changing nothing, where the native code does not apply.
+    [speed] One thread, a 2-core Intel Xeon, the group's step toggled against
+    :func:`momo_adam`'s operations in one process (3 rounds, random gradients): the default MLP
+    64-256-256-10 alone 234-241 against 593-600 us; 10 members of a 64-unit MLP 170-235
+    against 412-531 us; 8 members of 64-128-128-10 575-621 against 1,363-1,425 us."""
+    gam, loss_avg, fstar = state["grad_dot_w"], state["loss_avg"], state["fstar"]
+    f = _loss_tensor(loss, loss_avg, 1)
+    if not isinstance(f, Tensor):
+        return None
+    step = state["step"]
+    beta1, beta2, eps = hp["beta1"], hp["beta2"], hp["eps"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    w1 = host(one_minus, beta1)
+    bc2 = host(_bias_correction, beta2, step, keep=False)
+    decay = not is_zero(wd)
+    pre = host(decay_factor, lr, wd) if decay and not flags["divide"] else None
+    post = host(_inverse_decay, lr, wd) if decay and flags["divide"] else None
+    taus: list[Tensor] = []
+
+    def numbers(xg: Tensor, xd: Tensor, dq: Tensor) -> Tensor:
+        gam.mul_(beta1).add_(xg * w1)
+        loss_avg.copy_(f * w1 + loss_avg * beta1)
+        rho = host(_bias_correction, beta1, step, keep=False)
+        taus.append(_step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd,
+                                gamma=gam.sum(0), norm=dq, rho=rho, lb=hp["lb"],
+                                use_fstar=flags["use_fstar"])[0])
+        return -taus[0]
+
+    done = _native.momo_adam_rows(P, G, state["grad_avg"], state["grad_avg_sq"], w1, beta2,
+                                  host(one_minus, beta2), bc2, eps, pre, post, numbers)
+    return taus[0] if done else None
+
+
 def _momo_adam_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                        loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
+    if flags.get("rows"):
+        tau = _momo_adam_rows(params, grads, state, loss, hp, flags)
+        if tau is not None:
+            return [tau, state["fstar"]]
     tau = momo_adam(params, grads, state["grad_avg"], state["grad_avg_sq"],
                     state["grad_dot_w"], state["loss_avg"], state["fstar"], loss,
                     step=state["step"], lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],

@@ -2,8 +2,9 @@
  * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AM-SGD,
  * MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole step
  * here; two passes for the others, the few numbers in between computed in Python by
- * shiftsim.optim._compiled and shiftsim.optim.adamem). Built with rowsums.c and rowmath.c by
- * shiftsim.optim._native.
+ * shiftsim.optim._compiled and shiftsim.optim.adamem); the same MoMo-Adam passes over a fleet's
+ * rows (MOMO_ADAM_ROWS, member by member); and the switch that flushes subnormals on torch's
+ * threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
  * caller cuts every tensor at the same multiples of one chunk length), and each pass over them
@@ -479,6 +480,91 @@ MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
 
 MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f32, float, fmaf, sqrtf)
 MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, fma, sqrt)
+
+/* MoMo-Adam over a fleet's rows (shiftsim.optim.momo._momo_adam_rows): rows k0 .. k1 - 1 of
+ * S segments each (tensor t's segment s of row k at x[t * S + s] + k * ld[t * S + s], len[s]
+ * elements; the tensors P, G, D, V), each row whole on one thread, split across the OpenMP
+ * team from shiftsim_rows_parallel_from elements (rowmath.c). A hyperparameter is a pointer and
+ * a stride (0: one for all rows, 1: one per row). The first pass runs ADAM_MOMENTS over each
+ * segment with the row's numbers: xg[s * K + k] = <p, g> over segment s, rounded once; xd[k] =
+ * <p, d> and dq[k] = <d, q> over the row, the segments' float64 sums added in order and rounded
+ * once: the same bits at any thread count and member count. */
+extern int64_t shiftsim_rows_parallel_from;
+
+static inline int64_t row_length(int S, const int64_t *len)
+{
+    int64_t n = 0;
+    for (int s = 0; s < S; s++)
+        n += len[s];
+    return n;
+}
+
+#define ROWS_SPLIT(COUNT) (k1 - k0 > 1 && (k1 - k0) * row_length(S, len) * (COUNT) >= \
+                           shiftsim_rows_parallel_from)
+
+#define MOMO_ADAM_ROWS(NAME, T, MOMENTS)                                                    \
+    void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
+              int64_t K, const T *w1, int64_t w1_s, const T *b2, int64_t b2_s, const T *w2, \
+              int64_t w2_s, const T *bc2, int64_t bc2_s, const T *eps, int64_t eps_s,       \
+              T *xg, T *xd, T *dq)                                                          \
+    {                                                                                       \
+        const int split = ROWS_SPLIT(4);                                                    \
+        _Pragma("omp parallel for schedule(static) if(split)")                              \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            double row_xd = 0.0, row_dq = 0.0;                                              \
+            for (int s = 0; s < S; s++) {                                                   \
+                double part[3];                                                             \
+                MOMENTS(x[s] + k * ld[s], x[S + s] + k * ld[S + s],                         \
+                        x[2 * S + s] + k * ld[2 * S + s], x[3 * S + s] + k * ld[3 * S + s], \
+                        len[s], w1[k * w1_s], b2[k * b2_s], w2[k * w2_s], bc2[k * bc2_s],   \
+                        eps[k * eps_s], part);                                              \
+                xg[s * K + k] = (T)part[0];                                                 \
+                row_xd += part[1];                                                          \
+                row_dq += part[2];                                                          \
+            }                                                                               \
+            xd[k] = (T)row_xd;                                                              \
+            dq[k] = (T)row_dq;                                                              \
+        }                                                                                   \
+    }
+
+MOMO_ADAM_ROWS(shiftsim_momo_adam_rows_f32, float, adam_moments_f32)
+MOMO_ADAM_ROWS(shiftsim_momo_adam_rows_f64, double, adam_moments_f64)
+
+/* The second pass over the rows (tensors P, D, V), element by element as MOMO_ADAM_UPDATE with
+ * the row's numbers: p <- p pre[k] (decoupled decay; pre NULL: none), p <- p + q ntau[k]
+ * (torch's addcmul_: one fused multiply-add), p <- p post[k] (proximal decay; post NULL). */
+#define MOMO_ADAM_ROWS_UPDATE(NAME, T, FMA, SQRT)                                           \
+    void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
+              const T *bc2, int64_t bc2_s, const T *eps, int64_t eps_s, const T *ntau,      \
+              const T *pre, int64_t pre_s, const T *post, int64_t post_s)                   \
+    {                                                                                       \
+        const int split = ROWS_SPLIT(3);                                                    \
+        _Pragma("omp parallel for schedule(static) if(split)")                              \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            const T c = bc2[k * bc2_s], e = eps[k * eps_s], nt = ntau[k];                   \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *restrict p = x[s] + k * ld[s];                                           \
+                const T *restrict d = x[S + s] + k * ld[S + s];                             \
+                const T *restrict v = x[2 * S + s] + k * ld[2 * S + s];                     \
+                const int64_t m = len[s];                                                   \
+                if (pre) {                                                                  \
+                    const T f = pre[k * pre_s];                                             \
+                    for (int64_t i = 0; i < m; i++)                                         \
+                        p[i] = p[i] * f;                                                    \
+                }                                                                           \
+                for (int64_t i = 0; i < m; i++)                                             \
+                    p[i] = FMA(ADAM_DIRECTION(T, SQRT, d[i], v[i], c, e), nt, p[i]);        \
+                if (post) {                                                                 \
+                    const T f = post[k * post_s];                                           \
+                    for (int64_t i = 0; i < m; i++)                                         \
+                        p[i] = p[i] * f;                                                    \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+MOMO_ADAM_ROWS_UPDATE(shiftsim_momo_adam_rows_update_f32, float, fmaf, sqrtf)
+MOMO_ADAM_ROWS_UPDATE(shiftsim_momo_adam_rows_update_f64, double, fma, sqrt)
 
 /* AM-AdamW's preconditioner and metric, element by element as its eager kernel
  * (shiftsim.optim.adamem: _am_precond, _am_metric): P = sqrt(v) c1 + c2 (the correctly rounded
