@@ -956,3 +956,133 @@ def test_a_momo_adam_rows_step_it_cannot_take_changes_nothing(native):
     many = [list(t.split(1, 1)) for t in (torch.zeros(K, _native.MAX_SEGMENTS + 1),) * 4]
     assert not _native.momo_adam_rows(*many, *args, numbers)
     _same(P + D + V, before)
+
+
+# ------------------------------------------------------------ AM-AdamW (amadamw_rows)
+
+def _amadamw_case(K, widths, dtype, seed, kind, decay):
+    """Rows P, G, D, V as :func:`_adatam_case` makes them (V >= 0, exact zeros), their
+    preconditioner coefficients c1, c2 ``(S, K)`` and a fleet group's hyperparameters."""
+    tensors, _, hp = _adatam_case(K, widths, dtype, seed, kind, decay)
+    gen = torch.Generator().manual_seed(seed + 7)
+    S = len(widths)
+    c1 = 1 + torch.rand(S, K, generator=gen, dtype=dtype)
+    c2 = torch.rand(S, K, generator=gen, dtype=dtype) * 1e-8
+    like = torch.zeros((), dtype=dtype)
+    lam = exact([0.1] * K if kind == "shared" else [0.1 * (1 + i / K) for i in range(K)], like)
+    return tensors, c1, c2, hp, lam
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths", [(301,), (7, 1, 16, 17, 255, 5)],
+                         ids=lambda w: f"{len(w)}-segments")
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amadamw_rows_passes_are_torchs_operations(native, split, dtype, widths, kind, decay,
+                                                   threads):
+    """The two native passes against AM-AdamW's eager operations with tensor hyperparameters
+    (:func:`~shiftsim.optim.adamem._am_precond`, ``_am_metric``, the lerp weight, torch's
+    ``div_`` and ``addcdiv_``) given the same betas: the moments and parameters bit for bit;
+    the sums against float64; rows split across two threads."""
+    from shiftsim.optim._kernels import decay_factor
+    from shiftsim.optim.adamem import _am_metric, _am_precond
+
+    split(threads)
+    K = 9
+    (P, G, D, V), c1, c2, hp, lam = _amadamw_case(K, widths, dtype, 3, kind, decay)
+    p0, d0, v0 = ([t.clone() for t in ts] for ts in (P, D, V))
+    b2, w2 = hp["beta2"], host(one_minus, hp["beta2"])
+    shrink = host(decay_factor, hp["lr"], hp["weight_decay"]) if decay else None
+    nlr = host(negative, hp["lr"])
+    beta = torch.rand(len(widths), K, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    seen = {}
+
+    def betas(sums):
+        seen["sums"] = sums.clone()
+        return beta
+
+    assert _native.amadamw_rows(P, G, D, V, c1, c2, b2, w2, lam, True, decay, shrink, nlr,
+                                betas)
+
+    def col(h):
+        return h.view(-1, 1) if isinstance(h, torch.Tensor) and h.dim() else h
+
+    tol = 1e-6 if dtype is torch.float32 else 1e-14
+    for s in range(len(widths)):
+        x, g, d, v = p0[s], G[s], d0[s], v0[s]
+        x_before = x.double()
+        v.mul_(col(b2))
+        v.addcmul_(g, torch.mul(g, col(w2)))
+        Pm = _am_precond(v, torch.empty_like(v), c1[s].view(-1, 1), c2[s].view(-1, 1), 1)
+        Wm = _am_metric(Pm, torch.empty_like(v), lam, 1)
+        dt = (d - g)
+        refs = [(d / Pm).double() * g.double(), (d / Pm).double() * d.double(),
+                (dt / Wm).double() * dt.double(), x_before * g.double(),
+                x_before * d.double()]
+        assert seen["sums"].shape == (len(widths), 5 if decay else 3, K)
+        for r, ref in enumerate(refs[:seen["sums"].shape[1]]):
+            bound = tol * ref.abs().sum(1) + 1e-30
+            assert bool(((seen["sums"][s, r].double() - ref.sum(1)).abs() <= bound).all())
+        a = torch.div(Pm, Wm).mul_((1 - beta[s]).view(-1, 1))
+        d.lerp_(g, a)
+        if shrink is not None:
+            x.mul_(col(shrink))
+        den = Pm.clone().div_(col(nlr))
+        x.addcdiv_(d, den)
+        _same([V[s], D[s], P[s]], [v, d, x])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["shared", "per member"])
+@pytest.mark.parametrize("decay", [False, True])
+def test_amadamw_rows_step_equals_adamem_adamw_up_to_rounding(native, monkeypatch, dtype, kind,
+                                                              decay):
+    """A fleet group's AM-AdamW step with the native passes against :func:`adamem_adamw`'s
+    operations (the native code off), three steps from the same state (the first one's beta
+    fixed at its maximum): the second moments bit for bit; the betas, first moments and
+    parameters equal up to float rounding (the sums are the native ones)."""
+    from shiftsim.optim.adamem import _amadamw_stacked, adamem_adamw_init
+
+    K, widths = 9, (7, 1, 16, 17, 255, 5)
+    (P, G, _, _), _, _, hp, lam = _amadamw_case(K, widths, dtype, 4, kind, decay)
+    P = [p.contiguous() for p in P]
+    G = [g.contiguous() for g in G]
+    hp = {**hp, "lam": lam}
+    state = adamem_adamw_init(P, learner_dims=1)
+    theirs = {k: ([t.clone() for t in v] if isinstance(v, list) else
+                  v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    P2 = [t.clone() for t in P]
+    calls, counted = _counter("amadamw_rows")
+    rtol = 1e-3 if dtype is torch.float32 else 1e-10
+    for _ in range(3):
+        monkeypatch.setattr(_native, "amadamw_rows", counted)
+        (got,) = _amadamw_stacked(state, P, G, None, hp, {})
+        monkeypatch.setattr(_native, "amadamw_rows", lambda *a, **k: False)
+        (want,) = _amadamw_stacked(theirs, P2, G, None, hp, {})
+        _same(state["exp_avg_sq"], theirs["exp_avg_sq"])
+        torch.testing.assert_close(got, want, rtol=rtol, atol=1e-6)
+        for a, b in zip(state["exp_avg"] + P, theirs["exp_avg"] + P2):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=1e-6 if dtype is torch.float32
+                                       else 1e-12)
+    assert calls["n"] == 3
+
+
+def test_an_amadamw_rows_step_it_cannot_take_changes_nothing(native):
+    K, dtype = 4, torch.float32
+    (P, G, D, V), c1, c2, hp, lam = _amadamw_case(K, (10, 6), dtype, 0, "shared", True)
+    before = [t.clone() for t in P + D + V]
+    nlr = host(negative, hp["lr"])
+
+    def betas(sums):  # pragma: no cover - must not be reached
+        raise AssertionError("a step that does not apply must not compute")
+
+    rest = (0.999, 0.001, lam, True, True, None)
+    strided = [t.t().contiguous().t() for t in P]
+    for case in [(P, G, D, V[:1], c1, c2), (P, G, D, [v.double() for v in V], c1, c2),
+                 (strided, G, D, V, c1, c2), (P, G, D, V, c1[:1], c2),
+                 (P, G, D, V, c1.double(), c2)]:
+        assert not _native.amadamw_rows(*case, *rest, nlr, betas)
+    assert not _native.amadamw_rows(P, G, D, V, c1, c2, *rest, -1e-3, betas)  # a float lr
+    assert not _native.amadamw_rows(P, G, D, V, c1, c2, "0.999", *rest[1:], nlr, betas)
+    _same(P + D + V, before)

@@ -339,6 +339,10 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                               _ptr, _ptr]),
     "momo_adam_rows_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _i64, *_HYPER * 2, _ptr,
                                      *_HYPER * 2]),
+    "amadamw_rows": (None, [_int, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr,
+                            *_HYPER * 3, _int, _int, _ptr]),
+    "amadamw_rows_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr,
+                                   *_HYPER, _int, _ptr, *_HYPER * 2]),
     "amadamw_sums": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
                             _ptr, _ptr, _ptr, ctypes.c_double, ctypes.c_double, _int, _ptr]),
     "amadamw_update": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
@@ -1130,6 +1134,60 @@ def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     _fn(lib, "momo_adam_rows_update", dtype)(
         S, second.c_lens, second.c_ptrs, second.c_lds, 0, K, *tail[0], neg.data_ptr(),
         *[v for h in decay for v in h[:2]])  # type: ignore[index]
+    return True
+
+
+def amadamw_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                 V: Sequence[Tensor], c1: Tensor, c2: Tensor, beta2: object, w2: object,
+                 lam: object, use_lam: bool, with_p: bool, shrink: object, nlr: object,
+                 betas: Callable[[Tensor], Tensor]) -> bool:
+    r"""AM-AdamW's step over a fleet's rows (:func:`~shiftsim.optim.adamem._amadamw_rows`): two
+    passes member by member (``tensorsteps.c``), split across torch's OpenMP team as the whole
+    row steps are. Each row is S segments, one per parameter tensor; ``c1``, ``c2``: ``(S, K)``,
+    the preconditioner's coefficients per tensor and member. The first pass: :math:`v
+    \leftarrow \beta_2 v + g\,(w_2 g)`, :math:`P = \sqrt v\,c_1 + c_2`, :math:`W = P +
+    \lambda P^2` (``use_lam``) and the eager kernel's sums per tensor and member (``(S, 5, K)``
+    with the parameters' two where ``with_p``, else ``(S, 3, K)``; native: float64 per
+    segment, rounded once; not torch's). ``betas(sums)`` gives :math:`\beta` ``(S, K)``; the
+    second pass: :math:`d \leftarrow` ``lerp(d, g, (1 - beta) P / W)`` (``(1 - beta)``
+    without ``use_lam``), :math:`p \leftarrow p\cdot` ``shrink`` (None: none), :math:`p
+    \leftarrow p + d / (P / \text{nlr})` (``nlr`` :math:`= -\eta`, a tensor: torch's
+    ``div_`` and ``addcdiv_``). The elementwise work is the eager kernel's torch operations
+    with tensor hyperparameters, one expression each (tested bit for bit). False, changing
+    nothing, where it does not apply (as :func:`tam_step`; ``nlr`` not a tensor: the eager
+    kernel's formula for a float differs)."""
+    if not P or not isinstance(nlr, Tensor):
+        return False
+    dtype = P[0].dtype
+    lib = _math_library(dtype)
+    if lib is None:
+        return False
+    layout = _step_layout((P, G, D, V))
+    if layout is None:
+        return False
+    K, S = layout.K, len(layout.lens)
+    if not all(isinstance(c, Tensor) and c.dtype is dtype and c.is_cpu and c.shape == (S, K)
+               for c in (c1, c2)):
+        return False
+    c1, c2 = c1.contiguous(), c2.contiguous()
+    first = _hyper_args((beta2, w2, lam), K, dtype)  # owners held
+    second = _hyper_args((lam,), K, dtype)
+    tail = _hyper_args((nlr,), K, dtype, shrink)
+    if first is None or second is None or tail is None:
+        return False
+    R = 5 if with_p else 3
+    sums = torch.empty(S, R, K, dtype=dtype)
+    _fn(lib, "amadamw_rows", dtype)(S, layout.c_lens, layout.c_ptrs, layout.c_lds, 0, K, K,
+                                     c1.data_ptr(), c2.data_ptr(), *first[0], int(use_lam),
+                                     int(with_p), sums.data_ptr())
+    keep = (1 - betas(sums)).to(dtype).contiguous()
+    if keep.shape != (S, K):  # pragma: no cover - the caller's betas are one per tensor/member
+        raise RuntimeError(f"AM-AdamW's betas: shape {tuple(keep.shape)} for {(S, K)}")
+    shrink_ptr, nlr_ptr = tail[0][2:], tail[0][:2]
+    _fn(lib, "amadamw_rows_update", dtype)(S, layout.c_lens, layout.c_ptrs, layout.c_lds, 0,
+                                            K, K, c1.data_ptr(), c2.data_ptr(), *second[0],
+                                            int(use_lam), keep.data_ptr(), *shrink_ptr,
+                                            *nlr_ptr)
     return True
 
 

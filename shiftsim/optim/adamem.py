@@ -619,9 +619,73 @@ def _amsgd_rows(P: list[Tensor], G: list[Tensor], D: list[Tensor], ratio: Scalar
     return beta
 
 
+def _segments(ts: Sequence[Tensor]) -> list[Tensor] | None:
+    """Each stacked ``(K, ...)`` tensor as a ``(K, n)`` view (one segment of a member's row), or
+    None where one cannot be viewed so (not contiguous, or no member dimension)."""
+    out = []
+    for t in ts:
+        if t.dim() < 1 or not t.is_contiguous():
+            return None
+        out.append(t.view(t.shape[0], -1))
+    return out
+
+
+def _amadamw_rows(params: list[Tensor], grads: list[Tensor], state: dict[str, Any],
+                  hp: Hyper) -> Tensor | None:
+    """A fleet's AM-AdamW step by the native passes over its members' rows
+    (:func:`~shiftsim.optim._native.amadamw_rows`, each parameter tensor a segment), each
+    tensor's :math:`\beta` between them by :func:`_am_beta_stack`, as :func:`adamem_adamw`
+    (one step count and previous lr for every tensor, as a fleet steps them): the moments and
+    the update are the eager kernel's operations bit for bit, the sums native (per tensor and
+    member in float64), so the step equals :func:`adamem_adamw`'s up to float rounding and a
+    member's numbers do not depend on its fleet. Returns the betas ``(n, K)``, or None,
+    changing nothing, where the native code does not apply.
+    [speed] One thread, a 2-core Intel Xeon, the group's step toggled against the eager
+    kernel in one process (3 rounds, random gradients): the default MLP 64-256-256-10 alone
+    285-288 against 1,053-1,099 us; 10 members of a 64-unit MLP 181-185 against 630-632 us."""
+    # the (K, n) views kept while the tensors stay where they are (the fleet hands the same
+    # memory every step), so that the native code finds their layout kept too
+    lists = (params, grads, state["exp_avg"], state["exp_avg_sq"])
+    key = tuple((t.data_ptr(), t.shape, t.stride()) for ts in lists for t in ts)
+    kept = state.get("_segments")
+    if kept is not None and kept[0] == key:
+        segs = kept[1]
+    else:
+        segs = [_segments(ts) for ts in lists]
+        if any(s is None for s in segs):
+            return None
+        state["_segments"] = (key, segs)
+    P, G, D, V = segs  # type: ignore[misc]
+    lr, wd, lam = hp["lr"], hp["weight_decay"], hp["lam"]
+    b1, b2, eps = hp["beta1"], hp["beta2"], hp["eps"]
+    pi: Tensor = state["beta_prod"]
+    step = state["step"]
+    k1 = 1 - b1 * pi
+    c1, c2 = _am_scales(k1, [host(_inv_sqrt_bc, b2, step, keep=False)] * len(P), eps)
+    decay = not is_zero(wd)
+    shrink = host(decay_factor, lr, wd) if decay else None
+    out: list[Tensor] = []
+
+    def betas(sums: Tensor) -> Tensor:
+        out.append(_am_beta_stack(sums, lr=lr, prev_lr=lr, wd=wd, beta1_max=b1,
+                                  first=step == 1, fixed_beta=None))
+        return out[0]
+
+    done = _native.amadamw_rows(P, G, D, V, torch.stack(c1), torch.stack(c2), b2,
+                                host(one_minus, b2), lam, not is_zero(lam), decay, shrink,
+                                host(negative, lr), betas)
+    if not done:
+        return None
+    pi.mul_(out[0].to(pi.dtype))
+    return out[0]
+
+
 def _amadamw_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                      loss: Tensor, hp: Hyper, flags: dict[str, Any]) -> list[Tensor]:
     state["step"] += 1
+    rows = _amadamw_rows(params, grads, state, hp)
+    if rows is not None:
+        return [rows.mean(0)]
     betas = adamem_adamw(params, grads, state["exp_avg"], state["exp_avg_sq"],
                          state["beta_prod"], step=state["step"], lr=hp["lr"],
                          beta1_max=hp["beta1"], beta2=hp["beta2"], lam=hp["lam"], eps=hp["eps"],

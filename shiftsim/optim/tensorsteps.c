@@ -659,3 +659,70 @@ AMADAMW_SUMS(shiftsim_amadamw_sums_f64, double, am_sums_f64)
 
 AMADAMW_UPDATE(shiftsim_amadamw_update_f32, float, fmaf, fabsf, sqrtf)
 AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, fma, fabs, sqrt)
+
+/* AM-AdamW over a fleet's rows (shiftsim.optim.adamem._amadamw_rows): rows k0 .. k1 - 1 of S
+ * segments (one per parameter tensor; tensor t's segment s of row k at x[t * S + s] +
+ * k * ld[t * S + s]; the tensors P, G, D, V), each row whole on one thread (split as
+ * MOMO_ADAM_ROWS). Segment s of row k takes its coefficients c1[s * K + k], c2[s * K + k];
+ * the hyperparameters b2, w2 = 1 - b2 and lam are a pointer and a stride each. The first pass
+ * runs AM_SUMS over each segment: the second moments moved, and the eager kernel's sums
+ * (R = 5 with the parameters, where with_p, else 3) into sums[(s * R + r) * K + k], each
+ * rounded once from float64. */
+#define AMADAMW_ROWS(NAME, T, SUMS)                                                         \
+    void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
+              int64_t K, const T *c1, const T *c2, const T *b2, int64_t b2_s, const T *w2,  \
+              int64_t w2_s, const T *lam, int64_t lam_s, int use_lam, int with_p, T *sums)  \
+    {                                                                                       \
+        const int split = ROWS_SPLIT(4), R = with_p ? 5 : 3;                                \
+        _Pragma("omp parallel for schedule(static) if(split)")                              \
+        for (int64_t k = k0; k < k1; k++)                                                   \
+            for (int s = 0; s < S; s++) {                                                   \
+                double out[5];                                                              \
+                SUMS(with_p ? x[s] + k * ld[s] : NULL, x[S + s] + k * ld[S + s],            \
+                     x[2 * S + s] + k * ld[2 * S + s], x[3 * S + s] + k * ld[3 * S + s],    \
+                     len[s], b2[k * b2_s], w2[k * w2_s], c1[s * K + k], c2[s * K + k],      \
+                     lam[k * lam_s], use_lam, out);                                         \
+                for (int r = 0; r < R; r++)                                                 \
+                    sums[(s * R + r) * K + k] = (T)out[r];                                  \
+            }                                                                               \
+    }
+
+AMADAMW_ROWS(shiftsim_amadamw_rows_f32, float, am_sums_f32)
+AMADAMW_ROWS(shiftsim_amadamw_rows_f64, double, am_sums_f64)
+
+/* The second pass over the rows, element by element as the eager kernel with tensor
+ * hyperparameters: P and W again (AM_PRECOND), d <- lerp(d, g, a) with a = (P / W) keep
+ * (use_lam) else keep (keep[s * K + k] = 1 - beta), p <- p shrink (decoupled decay; shrink
+ * NULL: none), p <- p + d / (P / nlr) (torch's div_ of the denominator by the tensor value
+ * nlr = -lr, then addcdiv_). */
+#define AMADAMW_ROWS_UPDATE(NAME, T, FMA, ABS, SQRT)                                        \
+    void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
+              int64_t K, const T *c1, const T *c2, const T *lam, int64_t lam_s,             \
+              int use_lam, const T *keep, const T *shrink, int64_t shrink_s,                \
+              const T *nlr, int64_t nlr_s)                                                  \
+    {                                                                                       \
+        const int split = ROWS_SPLIT(4);                                                    \
+        _Pragma("omp parallel for schedule(static) if(split)")                              \
+        for (int64_t k = k0; k < k1; k++) {                                                 \
+            const T lk = lam[k * lam_s], nk = nlr[k * nlr_s];                               \
+            const T fk = shrink ? shrink[k * shrink_s] : (T)1;                              \
+            for (int s = 0; s < S; s++) {                                                   \
+                T *restrict p = x[s] + k * ld[s];                                           \
+                const T *restrict g = x[S + s] + k * ld[S + s];                             \
+                T *restrict d = x[2 * S + s] + k * ld[2 * S + s];                           \
+                const T *restrict v = x[3 * S + s] + k * ld[3 * S + s];                     \
+                const T c1k = c1[s * K + k], c2k = c2[s * K + k], kk = keep[s * K + k];     \
+                for (int64_t e = 0; e < len[s]; e++) {                                      \
+                    AM_PRECOND(T, SQRT, FMA, v[e], c1k, c2k, lk, use_lam, P, W)             \
+                    const T wt = use_lam ? (P / W) * kk : kk;                               \
+                    d[e] = LERP(FMA, d[e], g[e], wt, wt - (T)1, ABS(wt) < (T)0.5);          \
+                    const T xe = shrink ? p[e] * fk : p[e];                                 \
+                    const T den = P / nk;                                                   \
+                    p[e] = xe + d[e] / den;                                                 \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+AMADAMW_ROWS_UPDATE(shiftsim_amadamw_rows_update_f32, float, fmaf, fabsf, sqrtf)
+AMADAMW_ROWS_UPDATE(shiftsim_amadamw_rows_update_f64, double, fma, fabs, sqrt)
