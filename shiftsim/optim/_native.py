@@ -1056,6 +1056,17 @@ def amsgd_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor], ra
     return beta
 
 
+def _rows_setup(lists: Sequence[Sequence[Tensor]]) -> tuple[ctypes.CDLL, _Layout] | None:
+    """The library and the layout of a row step's tensors (the first list's dtype), or None
+    where it does not apply (no tensors, no library for the dtype, a layout
+    :func:`_step_layout` refuses)."""
+    if not lists[0]:
+        return None
+    lib = _math_library(lists[0][0].dtype)
+    layout = _step_layout(lists) if lib is not None else None
+    return None if layout is None else (lib, layout)
+
+
 def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
                V: Sequence[Tensor], weight1: object, beta2: object, weight2: object, eps: object,
                size: Tensor, shrink: object = None) -> bool:
@@ -1070,15 +1081,11 @@ def grams_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
     Returns False, changing nothing, where it does not apply (as :func:`tam_update`; more than
     :data:`MAX_SEGMENTS` segments; ``size`` not a tensor: torch's formula for a float
     differs)."""
-    if not P or not isinstance(size, Tensor):
+    got = _rows_setup((P, G, M, V)) if isinstance(size, Tensor) else None
+    if got is None:
         return False
+    lib, layout = got
     dtype = P[0].dtype
-    lib = _math_library(dtype)
-    if lib is None:
-        return False
-    layout = _step_layout((P, G, M, V))
-    if layout is None:
-        return False
     hyper = _hyper_args((weight1, beta2, weight2, eps, size), layout.K, dtype,
                         shrink)  # owners held
     if hyper is None:
@@ -1109,15 +1116,12 @@ def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     of :func:`~shiftsim.optim.momo.momo_adam` one expression each (its bits where torch's
     kernels fuse the same multiply-adds: tested). False, changing nothing, where it does not
     apply (as :func:`tam_step`)."""
-    if not P:
+    got = _rows_setup((P, G, D, V))
+    second = _step_layout((P, D, V))
+    if got is None or second is None:
         return False
+    lib, first = got
     dtype = P[0].dtype
-    lib = _math_library(dtype)
-    if lib is None:
-        return False
-    first, second = _step_layout((P, G, D, V)), _step_layout((P, D, V))
-    if first is None or second is None:
-        return False
     K, S = first.K, len(first.lens)
     hyper = _hyper_args((w1, beta2, w2, bc2, eps), K, dtype)  # owners held
     tail = _hyper_args((bc2, eps), K, dtype)
@@ -1156,15 +1160,11 @@ def amadamw_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
     with tensor hyperparameters, one expression each (tested bit for bit). False, changing
     nothing, where it does not apply (as :func:`tam_step`; ``nlr`` not a tensor: the eager
     kernel's formula for a float differs)."""
-    if not P or not isinstance(nlr, Tensor):
+    got = _rows_setup((P, G, D, V)) if isinstance(nlr, Tensor) else None
+    if got is None:
         return False
+    lib, layout = got
     dtype = P[0].dtype
-    lib = _math_library(dtype)
-    if lib is None:
-        return False
-    layout = _step_layout((P, G, D, V))
-    if layout is None:
-        return False
     K, S = layout.K, len(layout.lens)
     if not all(isinstance(c, Tensor) and c.dtype is dtype and c.is_cpu and c.shape == (S, K)
                for c in (c1, c2)):
