@@ -109,8 +109,9 @@ def denormals(mode: str | None = None) -> Iterator[str]:
     x86-64 and ARM64, where shiftsim's native library builds and shares torch's OpenMP
     runtime; the native row sums' own worker threads follow the calling thread), and puts the
     previous state back afterwards. Where that cannot be done on every thread, it is done only
-    with one torch thread (the native library, or torch's own ``set_flush_denormal``: the
-    calling thread is then the only one computing) and otherwise warns and keeps IEEE
+    with one torch thread (the native library, or torch's own ``set_flush_denormal``, turned
+    off again afterwards: the calling thread is then the only one computing) and otherwise
+    warns and keeps IEEE
     subnormals (a run's numbers must not depend on which thread computed what). It concerns
     CPU arithmetic only; GPUs keep their own settings.
 
@@ -122,9 +123,10 @@ def denormals(mode: str | None = None) -> Iterator[str]:
     one thread: a fleet of 32 MLPs 64-128-128-10 over 3,000 steps (sgdm, tam, adam, momo)
     took 5.64 ms a step with IEEE subnormals and 2.78 ms flushed, with the same traces bit for
     bit (the optimizers' steps took 4-5x longer than over the first 400 steps, the model's
-    the same); single runs of the default MLP over 2,000 steps 1.2-2.5x faster (AdaTAM 1.04 -> 0.42
-    ms a step, SGD-momentum 0.43 -> 0.27). The numbers can differ where a subnormal value would
-    have mattered (it is then 0 instead of below 1.2e-38 in float32).
+    the same); single runs of the default MLP over 2,000 steps 1.04-2.4x faster (AdaTAM 1.01 ->
+    0.43 ms a step, SGD-momentum 0.41 -> 0.26; the README's Fleets section has them all). The
+    numbers can differ where a subnormal value would have mattered (it is then 0 instead of
+    below 1.2e-38 in float32).
 
     >>> import torch
     >>> tiny = torch.tensor([1e-38])
