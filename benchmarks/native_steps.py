@@ -11,6 +11,11 @@ interleaved (on, off, then off, on, ...). Printed: the run's time a step with an
 median of the paired ratios with every run's ratio, and the optimizer group's own time a step
 (timed around each group's step).
 
+MoMo-Adam and AM-AdamW step their members' rows in two native passes each
+(``momo_adam_rows``, ``amadamw_rows``), whose sums are native where the code without them has
+torch's: their traces are equal up to float rounding only, so for them the check prints the
+largest loss difference over the run instead of requiring the same bits.
+
 Two workloads: ``single`` (one member: what ``shiftsim.run`` of a ReLU MLP steps) for each
 optimizer, and ``league`` (13 optimizers x ``--seeds`` members in one fleet, all the whole
 steps toggled together; each group's time printed where it changed).
@@ -36,7 +41,10 @@ from shiftsim.optim import _native
 #: each optimizer's native whole step, and what it returns where it does not apply
 STEPS = {"tam": ("tam_step", None), "momo": ("momo_step", None),
          "adatam": ("adatam_step", None), "adamem_sgd": ("amsgd_step", None),
-         "grams": ("grams_step", False)}
+         "grams": ("grams_step", False),
+         "momo_adam": ("momo_adam_rows", False), "adamem_adamw": ("amadamw_rows", False)}
+#: the steps whose native path rounds differently from the code without it (native sums)
+ROUNDING = {"momo_adam", "adamem_adamw"}
 
 
 class Toggle:
@@ -44,6 +52,8 @@ class Toggle:
 
     def __init__(self, names: list[str]) -> None:
         self.saved = {n: getattr(_native, STEPS[n][0]) for n in names}
+        #: whether some of them round differently (their traces are compared up to rounding)
+        self.rounding = bool(ROUNDING & set(names))
 
     def __call__(self, on: bool) -> None:
         for n, fn in self.saved.items():
@@ -83,8 +93,12 @@ def compare(run: Callable[[], list[ss.RunResult]], toggle: Toggle, runs: int, st
     with_native = run()
     toggle(False)
     without = run()
-    if not all(a.trace.equals(b.trace) and a.evals.equals(b.evals)
-               for a, b in zip(with_native, without)):
+    if toggle.rounding:
+        gap = max(float((a.trace.loss - b.trace.loss).abs().max())
+                  for a, b in zip(with_native, without))
+        print(f"    (native sums: traces equal up to rounding; largest loss difference {gap:.2g})")
+    elif not all(a.trace.equals(b.trace) and a.evals.equals(b.evals)
+                 for a, b in zip(with_native, without)):
         raise SystemExit("the traces differ with and without the native steps")
     on, off, g_on, g_off = [], [], [], []
     for r in range(runs):
