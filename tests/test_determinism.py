@@ -318,7 +318,7 @@ def test_a_run_applies_and_records_the_denormal_mode(monkeypatch, native, tiny, 
     assert [r.info["determinism"]["denormals"] for r in fleet] == [mode, mode]
 
 
-def test_flushing_keeps_a_run_whose_numbers_never_go_subnormal(monkeypatch, native, tiny):
+def test_flushing_leaves_a_short_runs_trace_unchanged(monkeypatch, native, tiny):
     """Flushing changes a run's numbers only where a subnormal value would have mattered;
     over this short run none did: the same trace bit for bit either way."""
     model = ss.models.mlp(hidden=(8,))

@@ -1124,9 +1124,8 @@ def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     dtype = P[0].dtype
     K, S = first.K, len(first.lens)
     hyper = _hyper_args((w1, beta2, w2, bc2, eps), K, dtype)  # owners held
-    tail = _hyper_args((bc2, eps), K, dtype)
     decay = [(None, 0, None) if h is None else _hyper(h, K, dtype) for h in (pre, post)]
-    if hyper is None or tail is None or any(h is None for h in decay):
+    if hyper is None or any(h is None for h in decay):
         return False
     xg, sums = torch.empty(S, K, dtype=dtype), torch.empty(2, K, dtype=dtype)
     _fn(lib, "momo_adam_rows", dtype)(S, first.c_lens, first.c_ptrs, first.c_lds, 0, K, K,
@@ -1135,8 +1134,8 @@ def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     neg = numbers(xg, sums[0], sums[1]).to(dtype).contiguous()
     if neg.numel() != K:  # pragma: no cover - the caller's numbers are one per member
         raise RuntimeError(f"MoMo-Adam's step sizes: {neg.numel()} values for {K} members")
-    _fn(lib, "momo_adam_rows_update", dtype)(
-        S, second.c_lens, second.c_ptrs, second.c_lds, 0, K, *tail[0], neg.data_ptr(),
+    _fn(lib, "momo_adam_rows_update", dtype)(  # hyper[0][6:]: bc2's and eps's arrays
+        S, second.c_lens, second.c_ptrs, second.c_lds, 0, K, *hyper[0][6:], neg.data_ptr(),
         *[v for h in decay for v in h[:2]])  # type: ignore[index]
     return True
 
@@ -1171,9 +1170,8 @@ def amadamw_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
         return False
     c1, c2 = c1.contiguous(), c2.contiguous()
     first = _hyper_args((beta2, w2, lam), K, dtype)  # owners held
-    second = _hyper_args((lam,), K, dtype)
     tail = _hyper_args((nlr,), K, dtype, shrink)
-    if first is None or second is None or tail is None:
+    if first is None or tail is None:
         return False
     R = 5 if with_p else 3
     sums = torch.empty(S, R, K, dtype=dtype)
@@ -1183,9 +1181,9 @@ def amadamw_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
     keep = (1 - betas(sums)).to(dtype).contiguous()
     if keep.shape != (S, K):  # pragma: no cover - the caller's betas are one per tensor/member
         raise RuntimeError(f"AM-AdamW's betas: shape {tuple(keep.shape)} for {(S, K)}")
-    shrink_ptr, nlr_ptr = tail[0][2:], tail[0][:2]
+    shrink_ptr, nlr_ptr = tail[0][2:], tail[0][:2]  # first[0][4:] below: lam's array
     _fn(lib, "amadamw_rows_update", dtype)(S, layout.c_lens, layout.c_ptrs, layout.c_lds, 0,
-                                            K, K, c1.data_ptr(), c2.data_ptr(), *second[0],
+                                            K, K, c1.data_ptr(), c2.data_ptr(), *first[0][4:],
                                             int(use_lam), keep.data_ptr(), *shrink_ptr,
                                             *nlr_ptr)
     return True

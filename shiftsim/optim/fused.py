@@ -39,13 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["WHOLE", "Call", "available", "grad_rows", "member_calls", "pieces", "rows", "take"]
+__all__ = ["WHOLE", "Call", "available", "member_calls", "pieces", "rows", "take"]
 
 #: device types whose torch build has the fused SGD and Adam(W) kernels
 DEVICE_TYPES = ("cpu", "cuda")
 #: consecutive members' slices are merged into one tensor only when each slice has a multiple
-#: of this many elements: whole vectors of any width torch's kernels use (16 float32 with
-#: AVX-512, up to 64 with SVE's widest), no tail
+#: of this many elements: whole vectors of torch's CPU kernels (16 float32, 8 float64 or 32
+#: bfloat16 elements with AVX-512; tested for float32 and float64), no tail
 WHOLE = 64
 
 #: one tensor of a fused call: stacked tensor ``index``'s slices of ``members`` (consecutive,
@@ -161,9 +161,3 @@ def take(stacked: Sequence[Tensor], plan: Sequence[Piece]) -> list[Tensor]:
         t = stacked[j]
         out.append(t[ks[0]] if len(ks) == 1 else t[ks[0]:ks[-1] + 1].view(-1))
     return out
-
-
-def grad_rows(grads: Sequence[Tensor], members: Sequence[int]) -> list[Tensor]:
-    """:func:`rows` of the gradients, each made contiguous first where it is not (the fused
-    kernels read a tensor's memory in order; autograd gives some gradients transposed)."""
-    return rows([g if g.is_contiguous() else g.contiguous() for g in grads], members)

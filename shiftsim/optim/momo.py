@@ -437,6 +437,21 @@ def momo(
                         ld=learner_dims, foreach=foreach, kept=kept_dots)[0]
 
 
+def _momo_adam_taus(hps: Sequence[dict[str, Any]], xg: Tensor, dot_xd: Tensor, norm: Tensor, *,
+                    gam: Tensor, loss_avg: Tensor, fstar: Tensor, f: Tensor | float,
+                    beta1: Scalar, step: int, lb: Scalar, use_fstar: bool) -> list[Tensor]:
+    r"""MoMo-Adam's numbers between its passes, from the per-tensor :math:`\langle x_i,
+    g_i\rangle` (``xg``), :math:`\langle x, d\rangle` and :math:`\lVert d\rVert^2_{D^{-1}}`
+    (``norm``) and the loss ``f``: :math:`\gamma_i` and :math:`\bar f` updated in place, then
+    each group's step size (:func:`_step_sizes`)."""
+    w1 = host(one_minus, beta1)
+    gam.mul_(beta1).add_(xg * w1)
+    loss_avg.copy_(f * w1 + loss_avg * beta1)
+    rho = host(_bias_correction, beta1, step, keep=False)
+    return _step_sizes(hps, loss_avg=loss_avg, fstar=fstar, dot_xd=dot_xd, gamma=gam.sum(0),
+                       norm=norm, rho=rho, lb=lb, use_fstar=use_fstar)
+
+
 def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor, fstar: Tensor,
                       loss: Tensor | float, step: int, lb: Scalar, use_fstar: bool, ld: int,
                       foreach: bool | None, scratch: _Scratch) -> list[Tensor]:
@@ -487,14 +502,10 @@ def _momo_adam_blocks(blocks: Sequence[Block], gam: Tensor, *, loss_avg: Tensor,
         rows += [red[i] for i in range(len(P))]
         qs.append(Q)
     r = torch.stack(rows)
-    w1 = host(one_minus, beta1)
-    gam.mul_(beta1).add_(r[:, 0] * w1)
-    f = _loss_tensor(loss, loss_avg, ld)
-    loss_avg.copy_(f * w1 + loss_avg * beta1)
     tot = r[:, 1:].sum(0)
-    rho = host(_bias_correction, beta1, step, keep=False)
-    taus = _step_sizes([b.hp for b in blocks], loss_avg=loss_avg, fstar=fstar, dot_xd=tot[0],
-                       gamma=gam.sum(0), norm=tot[1], rho=rho, lb=lb, use_fstar=use_fstar)
+    taus = _momo_adam_taus([b.hp for b in blocks], r[:, 0], tot[0], tot[1], gam=gam,
+                           loss_avg=loss_avg, fstar=fstar, f=_loss_tensor(loss, loss_avg, ld),
+                           beta1=beta1, step=step, lb=lb, use_fstar=use_fstar)
     for b, tau, Q in zip(blocks, taus, qs):
         P = b.params
         lr, wd = b.hp["lr"], b.hp["weight_decay"]
@@ -747,12 +758,9 @@ def _momo_adam_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], los
     taus: list[Tensor] = []
 
     def numbers(xg: Tensor, xd: Tensor, dq: Tensor) -> Tensor:
-        gam.mul_(beta1).add_(xg * w1)
-        loss_avg.copy_(f * w1 + loss_avg * beta1)
-        rho = host(_bias_correction, beta1, step, keep=False)
-        taus.append(_step_sizes([hp], loss_avg=loss_avg, fstar=fstar, dot_xd=xd,
-                                gamma=gam.sum(0), norm=dq, rho=rho, lb=hp["lb"],
-                                use_fstar=flags["use_fstar"])[0])
+        taus.append(_momo_adam_taus([hp], xg, xd, dq, gam=gam, loss_avg=loss_avg, fstar=fstar,
+                                    f=f, beta1=beta1, step=step, lb=hp["lb"],
+                                    use_fstar=flags["use_fstar"])[0])
         return -taus[0]
 
     done = _native.momo_adam_rows(P, G, state["grad_avg"], state["grad_avg_sq"], w1, beta2,

@@ -455,31 +455,39 @@ MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
 /* MoMo-Adam's second pass, element by element: p <- p shrink (decoupled decay, where pre_on),
  * p <- p + q (-tau) with q the direction above (torch's addcmul_: one fused multiply-add),
  * p <- p inv (proximal decay, where post_on). Each thread its first pass's chunks, in reverse. */
-#define MOMO_ADAM_UPDATE(NAME, T, FMA, SQRT)                                                \
+/* The update of k elements: x <- x pre (where pre is not NULL), x <- x + q ntau (q the direction
+ * from d and v), x <- x post (where post is not NULL). */
+#define ADAM_UPDATE_RUN(NAME, T, FMA, SQRT)                                                 \
+    static inline void NAME(T *restrict x, const T *restrict d, const T *restrict v,        \
+                            int64_t k, T bc2, T eps, T ntau, const T *pre, const T *post)   \
+    {                                                                                       \
+        if (pre)                                                                            \
+            for (int64_t e = 0; e < k; e++)                                                 \
+                x[e] = x[e] * *pre;                                                         \
+        for (int64_t e = 0; e < k; e++)                                                     \
+            x[e] = FMA(ADAM_DIRECTION(T, SQRT, d[e], v[e], bc2, eps), ntau, x[e]);          \
+        if (post)                                                                           \
+            for (int64_t e = 0; e < k; e++)                                                 \
+                x[e] = x[e] * *post;                                                        \
+    }
+
+ADAM_UPDATE_RUN(adam_update_f32, float, fmaf, sqrtf)
+ADAM_UPDATE_RUN(adam_update_f64, double, fma, sqrt)
+
+#define MOMO_ADAM_UPDATE(NAME, T, RUN)                                                      \
     void NAME(int nt, T **p, T **d, T **v, int64_t nchunks, const int64_t *tix,             \
               const int64_t *lo, const int64_t *hi, double bc2_d, double eps_d,             \
               double ntau_d, int pre_on, double pre_d, int post_on, double post_d)          \
     {                                                                                       \
         const T bc2 = (T)bc2_d, eps = (T)eps_d, ntau = (T)ntau_d, pre = (T)pre_d;           \
         const T post = (T)post_d;                                                           \
-        EACH_CHUNK_BACKWARD(nt, nchunks, c) {                                               \
-            T *restrict x = p[tix[c]] + lo[c];                                              \
-            const T *restrict a = d[tix[c]] + lo[c];                                        \
-            const T *restrict b = v[tix[c]] + lo[c];                                        \
-            const int64_t k = hi[c] - lo[c];                                                \
-            if (pre_on)                                                                     \
-                for (int64_t e = 0; e < k; e++)                                             \
-                    x[e] = x[e] * pre;                                                      \
-            for (int64_t e = 0; e < k; e++)                                                 \
-                x[e] = FMA(ADAM_DIRECTION(T, SQRT, a[e], b[e], bc2, eps), ntau, x[e]);      \
-            if (post_on)                                                                    \
-                for (int64_t e = 0; e < k; e++)                                             \
-                    x[e] = x[e] * post;                                                     \
-        }                                                                                   \
+        EACH_CHUNK_BACKWARD(nt, nchunks, c)                                                 \
+            RUN(p[tix[c]] + lo[c], d[tix[c]] + lo[c], v[tix[c]] + lo[c], hi[c] - lo[c],     \
+                bc2, eps, ntau, pre_on ? &pre : NULL, post_on ? &post : NULL);              \
     }
 
-MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f32, float, fmaf, sqrtf)
-MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, fma, sqrt)
+MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f32, float, adam_update_f32)
+MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, adam_update_f64)
 
 /* MoMo-Adam over a fleet's rows (shiftsim.optim.momo._momo_adam_rows): rows k0 .. k1 - 1 of
  * S segments each (tensor t's segment s of row k at x[t * S + s] + k * ld[t * S + s], len[s]
@@ -533,38 +541,23 @@ MOMO_ADAM_ROWS(shiftsim_momo_adam_rows_f64, double, adam_moments_f64)
 /* The second pass over the rows (tensors P, D, V), element by element as MOMO_ADAM_UPDATE with
  * the row's numbers: p <- p pre[k] (decoupled decay; pre NULL: none), p <- p + q ntau[k]
  * (torch's addcmul_: one fused multiply-add), p <- p post[k] (proximal decay; post NULL). */
-#define MOMO_ADAM_ROWS_UPDATE(NAME, T, FMA, SQRT)                                           \
+#define MOMO_ADAM_ROWS_UPDATE(NAME, T, RUN)                                                 \
     void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
               const T *bc2, int64_t bc2_s, const T *eps, int64_t eps_s, const T *ntau,      \
               const T *pre, int64_t pre_s, const T *post, int64_t post_s)                   \
     {                                                                                       \
         const int split = ROWS_SPLIT(3);                                                    \
         _Pragma("omp parallel for schedule(static) if(split)")                              \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
-            const T c = bc2[k * bc2_s], e = eps[k * eps_s], nt = ntau[k];                   \
-            for (int s = 0; s < S; s++) {                                                   \
-                T *restrict p = x[s] + k * ld[s];                                           \
-                const T *restrict d = x[S + s] + k * ld[S + s];                             \
-                const T *restrict v = x[2 * S + s] + k * ld[2 * S + s];                     \
-                const int64_t m = len[s];                                                   \
-                if (pre) {                                                                  \
-                    const T f = pre[k * pre_s];                                             \
-                    for (int64_t i = 0; i < m; i++)                                         \
-                        p[i] = p[i] * f;                                                    \
-                }                                                                           \
-                for (int64_t i = 0; i < m; i++)                                             \
-                    p[i] = FMA(ADAM_DIRECTION(T, SQRT, d[i], v[i], c, e), nt, p[i]);        \
-                if (post) {                                                                 \
-                    const T f = post[k * post_s];                                           \
-                    for (int64_t i = 0; i < m; i++)                                         \
-                        p[i] = p[i] * f;                                                    \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
+        for (int64_t k = k0; k < k1; k++)                                                   \
+            for (int s = 0; s < S; s++)                                                     \
+                RUN(x[s] + k * ld[s], x[S + s] + k * ld[S + s],                             \
+                    x[2 * S + s] + k * ld[2 * S + s], len[s], bc2[k * bc2_s],               \
+                    eps[k * eps_s], ntau[k], pre ? pre + k * pre_s : NULL,                  \
+                    post ? post + k * post_s : NULL);                                       \
     }
 
-MOMO_ADAM_ROWS_UPDATE(shiftsim_momo_adam_rows_update_f32, float, fmaf, sqrtf)
-MOMO_ADAM_ROWS_UPDATE(shiftsim_momo_adam_rows_update_f64, double, fma, sqrt)
+MOMO_ADAM_ROWS_UPDATE(shiftsim_momo_adam_rows_update_f32, float, adam_update_f32)
+MOMO_ADAM_ROWS_UPDATE(shiftsim_momo_adam_rows_update_f64, double, adam_update_f64)
 
 /* AM-AdamW's preconditioner and metric, element by element as its eager kernel
  * (shiftsim.optim.adamem: _am_precond, _am_metric): P = sqrt(v) c1 + c2 (the correctly rounded
@@ -635,30 +628,51 @@ AMADAMW_SUMS(shiftsim_amadamw_sums_f64, double, am_sums_f64)
  * d <- lerp(d, g, a) with a = (P / W) keep[t] (_am_lerp_weight; keep = 1 - beta per tensor) where
  * use_lam, else a = keep[t]; p <- p shrink (decoupled decay, where shrink_on); p <- p + (nlr d) / P
  * (torch's addcdiv_ with value nlr = -lr). Each thread its first pass's chunks, in reverse. */
-#define AMADAMW_UPDATE(NAME, T, FMA, ABS, SQRT)                                             \
+/* The update of k elements with their tensor's numbers: P and W again (AM_PRECOND),
+ * d <- lerp(d, g, a) with a = (P / W) keep where use_lam, else keep; x <- x shrink (where shrink
+ * is not NULL); then the step with nlr = -lr as torch's addcdiv_ makes it (STEP): with a float
+ * value x + (nlr d) / P, with a tensor value (the denominator divided by it first, then
+ * addcdiv_ with value 1) x + d / (P / nlr). */
+#define AM_UPDATE_RUN(NAME, T, FMA, ABS, SQRT, STEP)                                        \
+    static inline void NAME(T *restrict x, const T *restrict g, T *restrict d,              \
+                            const T *restrict v, int64_t k, T c1, T c2, T lam, int use_lam, \
+                            T keep, const T *shrink, T nlr)                                 \
+    {                                                                                       \
+        const int shrink_on = shrink != NULL;                                               \
+        const T f = shrink_on ? *shrink : (T)1;                                             \
+        for (int64_t e = 0; e < k; e++) {                                                   \
+            AM_PRECOND(T, SQRT, FMA, v[e], c1, c2, lam, use_lam, P, W)                      \
+            const T wt = use_lam ? (P / W) * keep : keep;                                   \
+            d[e] = LERP(FMA, d[e], g[e], wt, wt - (T)1, ABS(wt) < (T)0.5);                  \
+            const T xe = shrink_on ? x[e] * f : x[e];                                       \
+            x[e] = STEP(xe, d[e], P, nlr);                                                  \
+        }                                                                                   \
+    }
+
+/* the step's two forms (see above): a float value, a tensor value */
+#define AM_STEP_FLOAT(xe, d, P, nlr) ((xe) + ((nlr) * (d)) / (P))
+#define AM_STEP_TENSOR(xe, d, P, nlr) ((xe) + (d) / ((P) / (nlr)))
+
+AM_UPDATE_RUN(am_update_f32, float, fmaf, fabsf, sqrtf, AM_STEP_FLOAT)
+AM_UPDATE_RUN(am_update_f64, double, fma, fabs, sqrt, AM_STEP_FLOAT)
+AM_UPDATE_RUN(am_update_value_f32, float, fmaf, fabsf, sqrtf, AM_STEP_TENSOR)
+AM_UPDATE_RUN(am_update_value_f64, double, fma, fabs, sqrt, AM_STEP_TENSOR)
+
+#define AMADAMW_UPDATE(NAME, T, RUN)                                                        \
     void NAME(int nt, T **p, T **g, T **d, T **v, int64_t nchunks, const int64_t *tix,      \
               const int64_t *lo, const int64_t *hi, const T *c1, const T *c2, double lam_d, \
               int use_lam, const T *keep, int shrink_on, double shrink_d, double nlr_d)     \
     {                                                                                       \
         const T lam = (T)lam_d, shrink = (T)shrink_d, nlr = (T)nlr_d;                       \
         EACH_CHUNK_BACKWARD(nt, nchunks, c) {                                               \
-            const int64_t t = tix[c], k = hi[c] - lo[c];                                    \
-            T *restrict x = p[t] + lo[c], *restrict a = d[t] + lo[c];                       \
-            const T *restrict y = g[t] + lo[c], *restrict b = v[t] + lo[c];                 \
-            const T c1t = c1[t], c2t = c2[t], kt = keep[t];                                 \
-            for (int64_t e = 0; e < k; e++) {                                               \
-                AM_PRECOND(T, SQRT, FMA, b[e], c1t, c2t, lam, use_lam, P, W)                \
-                const T wt = use_lam ? (P / W) * kt : kt;                                   \
-                a[e] = LERP(FMA, a[e], y[e], wt, wt - (T)1, ABS(wt) < (T)0.5);              \
-                T xe = shrink_on ? x[e] * shrink : x[e];                                    \
-                const T num = nlr * a[e];                                                   \
-                x[e] = xe + num / P;                                                        \
-            }                                                                               \
+            const int64_t t = tix[c];                                                       \
+            RUN(p[t] + lo[c], g[t] + lo[c], d[t] + lo[c], v[t] + lo[c], hi[c] - lo[c],      \
+                c1[t], c2[t], lam, use_lam, keep[t], shrink_on ? &shrink : NULL, nlr);      \
         }                                                                                   \
     }
 
-AMADAMW_UPDATE(shiftsim_amadamw_update_f32, float, fmaf, fabsf, sqrtf)
-AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, fma, fabs, sqrt)
+AMADAMW_UPDATE(shiftsim_amadamw_update_f32, float, am_update_f32)
+AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, am_update_f64)
 
 /* AM-AdamW over a fleet's rows (shiftsim.optim.adamem._amadamw_rows): rows k0 .. k1 - 1 of S
  * segments (one per parameter tensor; tensor t's segment s of row k at x[t * S + s] +
@@ -695,7 +709,7 @@ AMADAMW_ROWS(shiftsim_amadamw_rows_f64, double, am_sums_f64)
  * (use_lam) else keep (keep[s * K + k] = 1 - beta), p <- p shrink (decoupled decay; shrink
  * NULL: none), p <- p + d / (P / nlr) (torch's div_ of the denominator by the tensor value
  * nlr = -lr, then addcdiv_). */
-#define AMADAMW_ROWS_UPDATE(NAME, T, FMA, ABS, SQRT)                                        \
+#define AMADAMW_ROWS_UPDATE(NAME, T, RUN)                                                   \
     void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
               int64_t K, const T *c1, const T *c2, const T *lam, int64_t lam_s,             \
               int use_lam, const T *keep, const T *shrink, int64_t shrink_s,                \
@@ -703,26 +717,14 @@ AMADAMW_ROWS(shiftsim_amadamw_rows_f64, double, am_sums_f64)
     {                                                                                       \
         const int split = ROWS_SPLIT(4);                                                    \
         _Pragma("omp parallel for schedule(static) if(split)")                              \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
-            const T lk = lam[k * lam_s], nk = nlr[k * nlr_s];                               \
-            const T fk = shrink ? shrink[k * shrink_s] : (T)1;                              \
-            for (int s = 0; s < S; s++) {                                                   \
-                T *restrict p = x[s] + k * ld[s];                                           \
-                const T *restrict g = x[S + s] + k * ld[S + s];                             \
-                T *restrict d = x[2 * S + s] + k * ld[2 * S + s];                           \
-                const T *restrict v = x[3 * S + s] + k * ld[3 * S + s];                     \
-                const T c1k = c1[s * K + k], c2k = c2[s * K + k], kk = keep[s * K + k];     \
-                for (int64_t e = 0; e < len[s]; e++) {                                      \
-                    AM_PRECOND(T, SQRT, FMA, v[e], c1k, c2k, lk, use_lam, P, W)             \
-                    const T wt = use_lam ? (P / W) * kk : kk;                               \
-                    d[e] = LERP(FMA, d[e], g[e], wt, wt - (T)1, ABS(wt) < (T)0.5);          \
-                    const T xe = shrink ? p[e] * fk : p[e];                                 \
-                    const T den = P / nk;                                                   \
-                    p[e] = xe + d[e] / den;                                                 \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
+        for (int64_t k = k0; k < k1; k++)                                                   \
+            for (int s = 0; s < S; s++)                                                     \
+                RUN(x[s] + k * ld[s], x[S + s] + k * ld[S + s],                             \
+                    x[2 * S + s] + k * ld[2 * S + s], x[3 * S + s] + k * ld[3 * S + s],     \
+                    len[s], c1[s * K + k], c2[s * K + k], lam[k * lam_s], use_lam,          \
+                    keep[s * K + k], shrink ? shrink + k * shrink_s : NULL,                 \
+                    nlr[k * nlr_s]);                                                        \
     }
 
-AMADAMW_ROWS_UPDATE(shiftsim_amadamw_rows_update_f32, float, fmaf, fabsf, sqrtf)
-AMADAMW_ROWS_UPDATE(shiftsim_amadamw_rows_update_f64, double, fma, fabs, sqrt)
+AMADAMW_ROWS_UPDATE(shiftsim_amadamw_rows_update_f32, float, am_update_value_f32)
+AMADAMW_ROWS_UPDATE(shiftsim_amadamw_rows_update_f64, double, am_update_value_f64)
