@@ -1003,7 +1003,7 @@ def test_amadamw_rows_passes_are_torchs_operations(native, split, dtype, widths,
 
     def betas(sums):
         seen["sums"] = sums.clone()
-        return beta
+        return beta, None
 
     assert _native.amadamw_rows(P, G, D, V, c1, c2, b2, w2, lam, True, decay, shrink, nlr,
                                 betas)
@@ -1089,3 +1089,189 @@ def test_an_amadamw_rows_step_it_cannot_take_changes_nothing(native):
     assert not _native.amadamw_rows(P, G, D, V, c1, c2, *rest, -1e-3, betas)  # a float lr
     assert not _native.amadamw_rows(P, G, D, V, c1, c2, "0.999", *rest[1:], nlr, betas)
     _same(P + D + V, before)
+
+
+# ------------------------------- MoMo-Adam's and AM-AdamW's numbers between their row passes
+
+def _momo_adam_torch(f, la, gam, xg, xd, dq, fstar, beta1, lr, wd, step):
+    from shiftsim.optim.momo import _momo_adam_taus
+
+    tau = _momo_adam_taus([{"lr": lr, "weight_decay": wd}], xg, xd, dq, gam=gam, loss_avg=la,
+                          fstar=fstar, f=f, beta1=beta1, step=step, lb=0.0,
+                          use_fstar=False)[0]
+    return tau, -tau
+
+
+def _momo_adam_native(f, la, gam, xg, xd, dq, fstar, beta1, lr, wd, step):
+    from shiftsim.optim.momo import _bias_correction, _cap
+
+    rho = host(_bias_correction, beta1, step, keep=False)
+    c = host(one_plus_product, lr, wd)
+    return _native.momo_adam_coefs(f, la, gam, xg, xd, dq, fstar, beta1,
+                                   host(one_minus, beta1), rho, _one(rho), c, _one(c),
+                                   _cap(host(_ratio, lr, rho, keep=False), la.dtype))
+
+
+@pytest.mark.parametrize("K", MEMBERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["float", "tensor"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("S", [1, 6, 20])
+@pytest.mark.parametrize("case", ["random", "zero norms", "nan", "rho 1"])
+def test_momo_adam_coefs_are_torchs_bits(native, K, dtype, kind, decay, S, case):
+    """MoMo-Adam's step size (and its negative), loss average and per-segment gamma against
+    the torch code they replace (:func:`~shiftsim.optim.momo._momo_adam_taus` without f*), at
+    steps 1, 2 and 7 (the bias correction rho = 1 - beta1^t; "rho 1": beta1 = 0, its product
+    skipped), with and without weight decay (c = 1 + lr wd), 1 to 20 segments: the same
+    bits."""
+    lr = _hyper(kind, 0.5, 1.0, K, dtype)
+    beta1 = 0.0 if case == "rho 1" else _hyper(kind, 0.9, 0.05, K, dtype)
+    wd = _hyper(kind, 0.01, 1.0, K, dtype) if decay else 0.0
+    gen = torch.Generator().manual_seed(K + S)
+    for step in (1, 2, 7):
+        f, la, xd, dq, fstar = (torch.rand(K, generator=gen, dtype=dtype) * 2 - 0.5
+                                for _ in range(5))
+        xg, gam = (torch.rand(S, K, generator=gen, dtype=dtype) - 0.5 for _ in range(2))
+        if case == "zero norms":
+            dq[: K // 2 + 1] = 0
+        elif case == "nan":
+            xg[-1, 0] = float("nan")
+        ours, theirs = [la.clone(), gam.clone()], [la.clone(), gam.clone()]
+        got = _momo_adam_native(f, *ours, xg, xd, dq, fstar, beta1, lr, wd, step)
+        assert got is not None
+        want = _momo_adam_torch(f, *theirs, xg, xd, dq, fstar, beta1, lr, wd, step)
+        _same(list(got) + ours, list(want) + theirs)
+
+
+def test_a_hand_computed_momo_adam_step_size(native):
+    """One member, two segments, beta1 0.5 at step 1 (rho = 0.5): gamma = (0.5 * 1 + 0.5 * 3)
+    + (0.5 * 2 + 0.5 * 4) = 2 + 3 = 5, the loss average 0.5 * 3 + 0.5 * 1 = 2; f* = 2: gap =
+    2 - 0.5 * 2 = 1; tau = min(lr / rho, max(0, 1 + <x, d> - gamma) / norm) = min(20, (1 + 6 -
+    5) / 4) = 0.5; with lr 0.1 the cap 0.2."""
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    for lr, want in ((10.0, 0.5), (0.1, 0.2)):
+        la, gam = t(1.0), t(1.0, 2.0).view(2, 1)
+        tau, neg = _momo_adam_native(t(3.0), la, gam, t(3.0, 4.0).view(2, 1), t(6.0), t(4.0),
+                                     t(2.0), 0.5, lr, 0.0, 1)
+        assert gam.flatten().tolist() == [2.0, 3.0] and la.item() == 2.0
+        assert tau.item() == pytest.approx(want, abs=1e-15) and neg.item() == -tau.item()
+
+
+def test_momo_adam_numbers_it_cannot_take_change_nothing(native):
+    z, zs = torch.zeros(4), torch.zeros(3, 4)
+    args = dict(loss=z, loss_avg=z.clone(), gam=zs.clone(), xg=zs, xd=z, dq=z, fstar=z,
+                beta1=0.9, weight1=0.1, rho=0.1, rho_one=False, c=1.0, c_one=True, cap=1.0)
+    assert _native.momo_adam_coefs(**args) is not None
+    for change in [{"xg": torch.zeros(2, 4)},  # another segment count than gamma's
+                   {"gam": zs.double()}, {"xd": torch.zeros(5)},
+                   {"gam": torch.zeros(4, 3).t()},  # not contiguous
+                   {"beta1": torch.full((4,), 0.9, dtype=torch.float64)},  # another dtype
+                   {"cap": "1.0"}]:
+        before = (args["loss_avg"].clone(), args["gam"].clone())
+        assert _native.momo_adam_coefs(**{**args, **change}) is None, change
+        _same([args["loss_avg"], args["gam"]], before)
+
+
+def _am_torch(sums, lr, wd, b1, first, pi):
+    from shiftsim.optim.adamem import _am_beta_stack
+
+    beta = _am_beta_stack(sums, lr=lr, prev_lr=lr, wd=wd, beta1_max=b1, first=first,
+                          fixed_beta=None)
+    pi.mul_(beta)
+    return beta, 1 - beta
+
+
+def _am_native(sums, lr, wd, b1, first, pi, decay):
+    return _native.am_betas(sums, with_p=decay, first=first, lr=lr, wd=wd,
+                            cwl=host(one_plus_product, wd, lr) if decay else 1.0, beta_max=b1,
+                            pi=pi)
+
+
+@pytest.mark.parametrize("K", MEMBERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["float", "tensor"])
+@pytest.mark.parametrize("decay", [False, True])
+@pytest.mark.parametrize("case", ["random", "first", "zero den", "nan", "lr not positive"])
+def test_am_betas_are_torchs_bits(native, K, dtype, kind, decay, case):
+    """AM-AdamW's betas per segment and member, 1 - beta and the product of the betas against
+    the torch code they replace (:func:`~shiftsim.optim.adamem._am_beta_stack` as
+    ``_amadamw_rows`` calls it, then ``pi.mul_``): the same bits, with and without the
+    parameters' sums (weight decay), on the first step, for zero denominators, a NaN, and
+    learning rates of 0 or below (torch's guarded division)."""
+    like = torch.zeros((), dtype=dtype)
+    S, R = 5, 5 if decay else 3
+    lr = exact([0.01], like) if kind == "float" else _hyper("tensor", 0.01, 1.0, K, dtype)
+    if case == "lr not positive":
+        lr = exact([0.0], like) if kind == "float" else \
+            exact([0.0 if i % 3 == 0 else -0.01 if i % 3 == 1 else 0.02 for i in range(K)], like)
+    wd = _hyper(kind, 0.01, 1.0, K, dtype) if decay else 0.0
+    b1 = _hyper(kind, 0.9, -0.1, K, dtype)
+    gen = torch.Generator().manual_seed(K)
+    for _ in range(3):
+        sums = torch.randn(S, R, K, generator=gen, dtype=dtype)
+        sums[:, 2] = sums[:, 2].abs() + 0.1  # the denominators: positive
+        if case == "zero den":
+            sums[:, 2, : K // 2 + 1] = 0
+        elif case == "nan":
+            sums[0, 0, 0] = float("nan")
+        pi = torch.rand(S, K, generator=gen, dtype=dtype)
+        ours, theirs = pi.clone(), pi.clone()
+        got = _am_native(sums, lr, wd, b1, case == "first", ours, decay)
+        assert got is not None
+        want = _am_torch(sums, lr, wd, b1, case == "first", theirs)
+        _same(list(got) + [ours], list(want) + [theirs])
+
+
+def test_a_hand_computed_am_beta(native):
+    """q1 = <g, d/P> = 1, q2 = <d, d/P> = 3, den = 4, lr 0.1: num = 4 - (3 - 1) + 0.1 * 1 / 0.1
+    = 3, beta = 3 / 4 (below beta_max 0.9); pi 2 -> 1.5. With weight decay 0.5 and the
+    parameters' sums x1 = 2, x2 = 4: num = 2 - 0.5 (4 - 2) + (1 + 0.5 * 0.1) (0.1 (1 + 0.5 *
+    2)) / 0.1 = 1 + 2.1 = 3.1, beta = 0.775."""
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    lr = exact([0.1], torch.zeros((), dtype=torch.float64))
+    pi = t(2.0).view(1, 1)
+    beta, keep = _am_native(t(1.0, 3.0, 4.0).view(1, 3, 1), lr, 0.0, 0.9, False, pi, False)
+    assert (beta.item(), keep.item(), pi.item()) == (0.75, 0.25, 1.5)
+    beta, _ = _am_native(t(1.0, 3.0, 4.0, 2.0, 4.0).view(1, 5, 1), lr, 0.5, 0.9, False, None,
+                         True)
+    assert beta.item() == pytest.approx(0.775, abs=1e-15)
+
+
+def test_am_betas_it_cannot_take_change_nothing(native):
+    like = torch.zeros(())
+    sums, pi, lr = torch.rand(2, 3, 4), torch.ones(2, 4), exact([0.01], like)
+    args = dict(with_p=False, first=False, lr=lr, wd=0.0, cwl=1.0, beta_max=0.9, pi=pi)
+    assert _native.am_betas(sums, **args) is not None
+    pi.fill_(1.0)
+    for s, change in [(sums, {"lr": 0.01}),  # a float lr: the eager formula differs
+                      (sums, {"with_p": True}),  # 3 sums where 5 are needed
+                      (sums.double(), {}), (sums.transpose(0, 2).contiguous().transpose(0, 2), {}),
+                      (sums, {"pi": torch.ones(3, 4)}), (sums, {"pi": pi.double()}),
+                      (sums, {"beta_max": torch.full((4,), 0.9, dtype=torch.float64)})]:
+        assert _native.am_betas(s, **{**args, **change}) is None, change
+    _same([pi], [torch.ones(2, 4)])
+
+
+@pytest.mark.parametrize("name", ["momo_adam", "adamem_adamw"])
+def test_fleets_with_and_without_the_native_numbers_are_the_same(native, monkeypatch, name):
+    """A fleet of 18 members varying the learning rate, beta1 and the weight decay, over 150
+    steps: the same traces bit for bit whether MoMo-Adam's numbers between its row passes
+    (:func:`_native.momo_adam_coefs`) or AM-AdamW's betas (:func:`_native.am_betas`) come
+    from the native call (counted: every step; MoMo-Adam's members with f* estimation, a
+    group of their own, take torch's) or from torch's operations."""
+    fn = "momo_adam_coefs" if name == "momo_adam" else "am_betas"
+    calls, counted = _counter(fn)
+    extra = ({"use_fstar": True} if name == "momo_adam" else {"weight_decay": 0.01})
+    members = [(ss.optim.spec(name, lr=(0.05 if name == "momo_adam" else 1e-3) * (1 + i % 3),
+                              betas=(0.8 + 0.01 * i, 0.999), **(extra if i % 2 else {})),
+                i % 5)
+               for i in range(18)]
+    sc = ss.label_flip_tasks(ss.data.digits(), rate=0.5, tasks=2, steps_per_task=75)
+    model = ss.models.mlp(hidden=(16,))
+    monkeypatch.setattr(_native, fn, counted)
+    with_native = run_fleet(sc, model, members, device="cpu")
+    assert calls["n"] == 150  # one group (MoMo-Adam: the one without f* estimation)
+    monkeypatch.setattr(_native, fn, lambda *a, **k: None)
+    with_torch = run_fleet(sc, model, members, device="cpu")
+    for a, b in zip(with_native, with_torch):
+        assert a.trace.equals(b.trace) and a.evals.equals(b.evals)

@@ -1,12 +1,13 @@
-"""Native code for the fleet's row kernels and five compiled steps on a CPU: per-row inner
-products of ``(K, n)`` tensors in one pass over them (:func:`row_sums`), TAM's and MoMo's
-per-member arithmetic (:func:`tam_coefs`, :func:`momo_coefs`), TAM's update in one pass
-(:func:`tam_update`), the whole row steps of TAM, MoMo, AdaTAM(W) and AM-SGD in one call each
-(:func:`tam_step`, :func:`momo_step`, :func:`adatam_step`, :func:`amsgd_step`), Grams's step
-in one pass (:func:`grams_step`), MoMo-Adam's two passes over a fleet's rows
-(:func:`momo_adam_rows`), the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and AM-AdamW over
-one learner's tensors (:func:`momo_tensors_step` and the passes below it), and the switch that
-flushes subnormal floats on torch's threads (:func:`denormals`).
+"""Native code for the fleet's row kernels and five compiled steps on a CPU: per-row inner products
+of ``(K, n)`` tensors in one pass over them (:func:`row_sums`), TAM's and MoMo's per-member
+arithmetic (:func:`tam_coefs`, :func:`momo_coefs`), TAM's update in one pass (:func:`tam_update`),
+the whole row steps of TAM, MoMo, AdaTAM(W) and AM-SGD in one call each (:func:`tam_step`,
+:func:`momo_step`, :func:`adatam_step`, :func:`amsgd_step`), Grams's step in one pass
+(:func:`grams_step`), MoMo-Adam's and AM-AdamW's two passes over a fleet's rows
+(:func:`momo_adam_rows`, :func:`amadamw_rows`) and their numbers between the passes
+(:func:`momo_adam_coefs`, :func:`am_betas`), the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and
+AM-AdamW over one learner's tensors (:func:`momo_tensors_step` and the passes below it), and the
+switch that flushes subnormal floats on torch's threads (:func:`denormals`).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
@@ -24,16 +25,17 @@ run's record says which its process had (``determinism["row_sums"]``, :func:`cur
 
 **Per-member arithmetic.** Between its passes over the rows, a TAM or MoMo row step computes a
 few numbers per member from the sums (TAM's cosine, damping and momentum scale; MoMo's loss
-average and step size): 20 to 30 torch operations on ``(K,)`` tensors, a few microseconds
-each whatever their size. :func:`tam_coefs` and :func:`momo_coefs` (``rowmath.c``) do them in
-one call. Each torch operation is one expression there, in the same order, with a fused
-multiply-add exactly where torch's CPU kernels make one (lerp, add with ``alpha``, addcmul),
-so the numbers are torch's bit for bit where torch's kernels fuse them (tested on x86-64 with
-AVX2, torch 2.13: 1 to 45 members, both dtypes, float and per-member hyperparameters; a torch
-build that does not fuse would differ from these by float rounding). [speed] The peak fleet
-of ``benchmarks/fleet.py --peak`` (32 members, 8 each of SGD-momentum, TAM, Adam and MoMo),
-one thread, toggled in one process over 10 interleaved runs: 0.933x a step (9 of 10 runs
-faster; the same traces).
+average and step size): 20 to 30 torch operations on ``(K,)`` tensors, a few microseconds each
+whatever their size. :func:`tam_coefs` and :func:`momo_coefs` (``rowmath.c``) do them in one
+call; :func:`momo_adam_coefs` and :func:`am_betas` MoMo-Adam's step size and AM-AdamW's betas
+between their row passes. Each torch operation is one expression there, in the same order, with
+a fused multiply-add exactly where torch's CPU kernels make one (lerp, add with ``alpha``,
+addcmul), so the numbers are torch's bit for bit where torch's kernels fuse them (tested on
+x86-64 with AVX2, torch 2.13: 1 to 45 members, both dtypes, float and per-member
+hyperparameters; a torch build that does not fuse would differ from these by float rounding).
+[speed] The peak fleet of ``benchmarks/fleet.py --peak`` (32 members, 8 each of SGD-momentum,
+TAM, Adam and MoMo), one thread, toggled in one process over 10 interleaved runs: 0.933x a step
+(9 of 10 runs faster; the same traces).
 
 **Fused passes.** Two of those steps' passes over the rows are also done here, torch's bits
 again: TAM's update (:func:`tam_update`: the momentum's lerp, decoupled decay and the step in
@@ -131,10 +133,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
-           "adatam_step", "amsgd_step", "current", "grams_step", "momo_coefs", "momo_step",
-           "amadamw_sums", "amadamw_update", "lerp_update_tensors", "momo_adam_moments",
-           "momo_adam_update", "momo_tensors_step", "openmp", "row_sums", "status", "tam_coefs",
-           "tam_step", "tam_update", "three_sums_tensors"]
+           "adatam_step", "am_betas", "amsgd_step", "current", "grams_step", "momo_adam_coefs",
+           "momo_coefs", "momo_step", "amadamw_sums", "amadamw_update", "lerp_update_tensors",
+           "momo_adam_moments", "momo_adam_update", "momo_tensors_step", "openmp", "row_sums",
+           "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -311,6 +313,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                           _i64]),
     "momo_coefs": (None, [_i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
                           _ptr, _i64, _int, _ptr, _i64, _ptr, _ptr]),
+    "momo_adam_averages": (None, [_i64, _i64, _ptr, _ptr, _ptr, _ptr, *_HYPER * 2]),
+    "momo_adam_coefs": (None, [_i64, *[_ptr] * 5, _int, _int, _ptr, _ptr, *_HYPER * 3]),
+    "am_betas": (None, [_i64, _i64, _ptr, _int, _int, _ptr, _ptr, _ptr, *_HYPER * 4]),
     # the whole row steps (rowmath.c): the segments, their lengths, the row's length, the
     # pointers and strides, the rows k0..k1 and K (Grams: neither the row's length nor K),
     # each function's own vectors and flags, then its hyperparameters (:func:`_hyper_args`)
@@ -813,6 +818,77 @@ def momo_coefs(loss: Tensor, loss_avg: Tensor, beta: object, weight: object, xg:
     return tau, neg
 
 
+def momo_adam_coefs(loss: Tensor, loss_avg: Tensor, gam: Tensor, xg: Tensor, xd: Tensor,
+                    dq: Tensor, fstar: Tensor, beta1: object, weight1: object, rho: object,
+                    rho_one: bool, c: object, c_one: bool, cap: object
+                    ) -> tuple[Tensor, Tensor] | None:
+    r"""MoMo-Adam's numbers between its fleet row passes without :math:`f^*` estimation
+    (:func:`~shiftsim.optim.momo._momo_rows`' MoMo-Adam counterpart,
+    :func:`~shiftsim.optim.momo._momo_adam_rows`) in two native calls around torch's
+    ``gam.sum(0)``: from the losses, the per-segment sums ``xg`` :math:`= \langle x_s,
+    g_s\rangle` ``(S, K)``, ``xd`` :math:`= \langle x, d\rangle` and the norm ``dq``
+    :math:`= \langle d, q\rangle`, updates ``gam`` ``(S, K)`` and ``loss_avg`` in place (weights
+    ``beta1`` and ``weight1`` :math:`= 1 - \beta_1`) and returns ``(tau, -tau)``: the step size
+    of the gap :math:`\bar f - \rho f^*` (``rho`` :math:`= 1 - \beta_1^t`; ``rho_one``: it is
+    exactly 1, its product skipped), with ``c`` :math:`= 1 + \eta\lambda` (``c_one`` as in
+    :func:`momo_coefs`), capped at ``cap`` :math:`= \eta/\rho`. The numbers of torch's
+    operations in :func:`~shiftsim.optim.momo._momo_adam_taus`, bit for bit (tested); torch sums
+    gamma over the segments because the order of its sum is its own. The results are kept
+    vectors, overwritten by the next call (as :func:`tam_coefs`'). None, changing nothing,
+    where it does not apply (the native code off; other dtypes, devices or shapes; a
+    hyperparameter of another dtype)."""
+    dtype, K = loss_avg.dtype, loss_avg.numel()
+    lib = _math_library(dtype)
+    if lib is None or not all(_vector(t, K, dtype) for t in (loss, loss_avg, xd, dq, fstar)):
+        return None
+    if not all(isinstance(t, Tensor) and t.dtype is dtype and t.is_cpu and t.is_contiguous()
+               and t.dim() == 2 and t.shape[1] == K for t in (gam, xg)) \
+            or gam.shape != xg.shape:
+        return None
+    hyper = _hyper_args((beta1, weight1, rho, c, cap), K, dtype)  # owners held
+    if hyper is None:
+        return None
+    args = hyper[0]
+    _fn(lib, "momo_adam_averages", dtype)(gam.shape[0], K, loss.data_ptr(), loss_avg.data_ptr(),
+                                          gam.data_ptr(), xg.data_ptr(), *args[:4])
+    gamma = gam.sum(0)
+    tau, neg = _outputs("momo_adam", 2, K, dtype)
+    _fn(lib, "momo_adam_coefs", dtype)(K, loss_avg.data_ptr(), fstar.data_ptr(), xd.data_ptr(),
+                                       dq.data_ptr(), gamma.data_ptr(), int(rho_one), int(c_one),
+                                       tau.data_ptr(), neg.data_ptr(), *args[4:])
+    return tau, neg
+
+
+def am_betas(sums: Tensor, *, with_p: bool, first: bool, lr: object, wd: object, cwl: object,
+             beta_max: object, pi: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+    r"""AM-AdamW's betas over a fleet's rows (:func:`~shiftsim.optim.adamem._amadamw_rows`) in
+    one native call, from the first pass's sums ``(S, R, K)`` (:func:`amadamw_rows`; ``R`` 5
+    ``with_p``, else 3): :func:`~shiftsim.optim.adamem._am_beta_parts` with the previous lr the
+    current one and ``lr`` a tensor, ``cwl`` :math:`= 1 + \lambda\eta` (read only
+    ``with_p``), ``first``: the first step (every beta ``beta_max``). Returns ``(beta, 1 -
+    beta)``, each ``(S, K)``; multiplies ``pi`` (``(S, K)``, when given) by beta in place.
+    torch's operations there bit for bit (tested). None, changing nothing, where it does not
+    apply (the native code off; other dtypes, devices or shapes; a hyperparameter of another
+    dtype)."""
+    dtype = sums.dtype
+    lib = _math_library(dtype)
+    if lib is None or not isinstance(lr, Tensor) or sums.dim() != 3 or not sums.is_cpu \
+            or not sums.is_contiguous() or sums.shape[1] != (5 if with_p else 3):
+        return None
+    S, _, K = sums.shape
+    if pi is not None and not (isinstance(pi, Tensor) and pi.dtype is dtype and pi.is_cpu
+                               and pi.is_contiguous() and pi.shape == (S, K)):
+        return None
+    hyper = _hyper_args((lr, wd, cwl, beta_max), K, dtype)  # owners held
+    if hyper is None:
+        return None
+    beta, keep = torch.empty(2, S, K, dtype=dtype).unbind(0)
+    _fn(lib, "am_betas", dtype)(S, K, sums.data_ptr(), int(with_p), int(first), beta.data_ptr(),
+                                keep.data_ptr(), None if pi is None else pi.data_ptr(),
+                                *hyper[0])
+    return beta, keep
+
+
 def tam_update(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], w: Tensor,
                step: Tensor, shrink: object = None) -> bool:
     r"""TAM's row update in one pass (:func:`~shiftsim.optim.tam._tam_rows`): for the members'
@@ -1143,22 +1219,22 @@ def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
 def amadamw_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
                  V: Sequence[Tensor], c1: Tensor, c2: Tensor, beta2: object, w2: object,
                  lam: object, use_lam: bool, with_p: bool, shrink: object, nlr: object,
-                 betas: Callable[[Tensor], Tensor]) -> bool:
+                 betas: Callable[[Tensor], tuple[Tensor, Tensor | None]]) -> bool:
     r"""AM-AdamW's step over a fleet's rows (:func:`~shiftsim.optim.adamem._amadamw_rows`): two
     passes member by member (``tensorsteps.c``), split across torch's OpenMP team as the whole
     row steps are. Each row is S segments, one per parameter tensor; ``c1``, ``c2``: ``(S, K)``,
-    the preconditioner's coefficients per tensor and member. The first pass: :math:`v
-    \leftarrow \beta_2 v + g\,(w_2 g)`, :math:`P = \sqrt v\,c_1 + c_2`, :math:`W = P +
-    \lambda P^2` (``use_lam``) and the eager kernel's sums per tensor and member (``(S, 5, K)``
-    with the parameters' two where ``with_p``, else ``(S, 3, K)``; native: float64 per
-    segment, rounded once; not torch's). ``betas(sums)`` gives :math:`\beta` ``(S, K)``; the
-    second pass: :math:`d \leftarrow` ``lerp(d, g, (1 - beta) P / W)`` (``(1 - beta)``
-    without ``use_lam``), :math:`p \leftarrow p\cdot` ``shrink`` (None: none), :math:`p
-    \leftarrow p + d / (P / \text{nlr})` (``nlr`` :math:`= -\eta`, a tensor: torch's
-    ``div_`` and ``addcdiv_``). The elementwise work is the eager kernel's torch operations
-    with tensor hyperparameters, one expression each (tested bit for bit). False, changing
-    nothing, where it does not apply (as :func:`tam_step`; ``nlr`` not a tensor: the eager
-    kernel's formula for a float differs)."""
+    the preconditioner's coefficients per tensor and member. The first pass: :math:`v \leftarrow
+    \beta_2 v + g\,(w_2 g)`, :math:`P = \sqrt v\,c_1 + c_2`, :math:`W = P + \lambda P^2`
+    (``use_lam``) and the eager kernel's sums per tensor and member (``(S, 5, K)`` with the
+    parameters' two where ``with_p``, else ``(S, 3, K)``; native: float64 per segment, rounded
+    once; not torch's). ``betas(sums)`` gives :math:`\beta` ``(S, K)`` and :math:`1 - \beta`
+    (None: computed here); the second pass: :math:`d \leftarrow` ``lerp(d, g, (1 - beta) P /
+    W)`` (``(1 - beta)`` without ``use_lam``), :math:`p \leftarrow p\cdot` ``shrink`` (None:
+    none), :math:`p \leftarrow p + d / (P / \text{nlr})` (``nlr`` :math:`= -\eta`, a tensor:
+    torch's ``div_`` and ``addcdiv_``). The elementwise work is the eager kernel's torch
+    operations with tensor hyperparameters, one expression each (tested bit for bit). False,
+    changing nothing, where it does not apply (as :func:`tam_step`; ``nlr`` not a tensor: the
+    eager kernel's formula for a float differs)."""
     got = _rows_setup((P, G, D, V)) if isinstance(nlr, Tensor) else None
     if got is None:
         return False
@@ -1178,7 +1254,8 @@ def amadamw_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
     _fn(lib, "amadamw_rows", dtype)(S, layout.c_lens, layout.c_ptrs, layout.c_lds, 0, K, K,
                                      c1.data_ptr(), c2.data_ptr(), *first[0], int(use_lam),
                                      int(with_p), sums.data_ptr())
-    keep = (1 - betas(sums)).to(dtype).contiguous()
+    beta, keep = betas(sums)
+    keep = (1 - beta if keep is None else keep).to(dtype).contiguous()
     if keep.shape != (S, K):  # pragma: no cover - the caller's betas are one per tensor/member
         raise RuntimeError(f"AM-AdamW's betas: shape {tuple(keep.shape)} for {(S, K)}")
     shrink_ptr, nlr_ptr = tail[0][2:], tail[0][:2]  # first[0][4:] below: lam's array

@@ -639,10 +639,15 @@ def _amadamw_rows(params: list[Tensor], grads: list[Tensor], state: dict[str, An
     the update are the eager kernel's operations bit for bit, the sums native (per tensor and
     member in float64), so the step equals :func:`adamem_adamw`'s up to float rounding and a
     member's numbers do not depend on its fleet. Returns the betas ``(n, K)``, or None,
-    changing nothing, where the native code does not apply.
+    changing nothing, where the native code does not apply. The betas are one native call
+    (:func:`~shiftsim.optim._native.am_betas`: torch's bits, the product of the betas
+    updated in it), else :func:`_am_beta_stack`.
     [speed] One thread, a 2-core Intel Xeon, the group's step toggled against the eager
     kernel in one process (3 rounds, random gradients): the default MLP 64-256-256-10 alone
-    285-288 against 1,053-1,099 us; 10 members of a 64-unit MLP 181-185 against 630-632 us."""
+    285-288 against 1,053-1,099 us; 10 members of a 64-unit MLP 181-185 against 630-632 us
+    (before the native betas). Those toggled against :func:`_am_beta_stack` (a 2-core AMD
+    EPYC, one thread, 600-step runs, 5 interleaved rounds, paired medians): an 8-unit MLP's
+    run 0.92x a step, the default MLP's 0.94x, 10 members of a 64-unit MLP 0.91x."""
     # the (K, n) views kept while the tensors stay where they are (the fleet hands the same
     # memory every step), so that the native code finds their layout kept too
     lists = (params, grads, state["exp_avg"], state["exp_avg_sq"])
@@ -661,22 +666,32 @@ def _amadamw_rows(params: list[Tensor], grads: list[Tensor], state: dict[str, An
     pi: Tensor = state["beta_prod"]
     step = state["step"]
     k1 = 1 - b1 * pi
-    c1, c2 = _am_scales(k1, [host(_inv_sqrt_bc, b2, step, keep=False)] * len(P), eps)
+    # _am_scales' products for one bias correction shared by every tensor, as (n, K) tensors
+    c1, c2 = k1 * host(_inv_sqrt_bc, b2, step, keep=False), k1 * eps
     decay = not is_zero(wd)
     shrink = host(decay_factor, lr, wd) if decay else None
     out: list[Tensor] = []
+    moved = []  # pi multiplied by the betas in the native call
 
-    def betas(sums: Tensor) -> Tensor:
+    def betas(sums: Tensor) -> tuple[Tensor, Tensor | None]:
+        # in one native call (torch's bits), else torch's operations
+        got = _native.am_betas(sums, with_p=decay, first=step == 1, lr=lr, wd=wd,
+                               cwl=host(one_plus_product, wd, lr) if decay else 1.0,
+                               beta_max=b1, pi=pi if pi.dtype is sums.dtype else None)
+        if got is not None:
+            moved.append(pi.dtype is sums.dtype)
+            out.append(got[0])
+            return got
         out.append(_am_beta_stack(sums, lr=lr, prev_lr=lr, wd=wd, beta1_max=b1,
                                   first=step == 1, fixed_beta=None))
-        return out[0]
+        return out[0], None
 
-    done = _native.amadamw_rows(P, G, D, V, torch.stack(c1), torch.stack(c2), b2,
-                                host(one_minus, b2), lam, not is_zero(lam), decay, shrink,
-                                host(negative, lr), betas)
+    done = _native.amadamw_rows(P, G, D, V, c1, c2, b2, host(one_minus, b2), lam,
+                                not is_zero(lam), decay, shrink, host(negative, lr), betas)
     if not done:
         return None
-    pi.mul_(out[0].to(pi.dtype))
+    if not (moved and moved[0]):
+        pi.mul_(out[0].to(pi.dtype))
     return out[0]
 
 

@@ -142,14 +142,20 @@ def _step_sizes(hps: Sequence[dict[str, Any]], *, loss_avg: Tensor, fstar: Tenso
         # (the products with c = 1 are skipped: exact)
         num = gap + dot_xd - gamma if _one(c) else c * gap + dot_xd - c * gamma
         ratio = torch.where(pos, num.clamp_min(0) / safe, 0.0)
-        cap_lr = host(_ratio, lr, rho, keep=False)
-        tau = torch.minimum(ratio, cap_lr.to(ratio.dtype)) if isinstance(cap_lr, Tensor) \
+        cap_lr = _cap(host(_ratio, lr, rho, keep=False), ratio.dtype)
+        tau = torch.minimum(ratio, cap_lr) if isinstance(cap_lr, Tensor) \
             else ratio.clamp_max(cap_lr)
         taus.append(tau)
     if use_fstar:  # the estimate, with the first group's step size
         h = loss_avg + dot_xd - gamma
         fstar.copy_(_maximum((h - 0.5 * taus[0] * norm) / rho, lb))
     return taus
+
+
+def _cap(cap: Scalar, dtype: torch.dtype) -> Scalar:
+    """The step size's cap as :func:`_step_sizes` compares with it: a tensor in the ratio's
+    ``dtype``."""
+    return cap.to(dtype) if isinstance(cap, Tensor) else cap
 
 
 def _inverse_decay(lr: Scalar, wd: Scalar) -> Scalar:
@@ -738,11 +744,16 @@ def _momo_adam_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], los
     :func:`_momo_adam_blocks` computes them: the moments and the update are torch's bits; the
     sums are the native ones (per segment, then per row in float64), so the step equals
     :func:`momo_adam`'s up to float rounding, and a member's numbers do not depend on its
-    fleet. None, changing nothing, where the native code does not apply.
+    fleet. The numbers between the passes without f* estimation are two native calls around
+    torch's sum of gamma (:func:`~shiftsim.optim._native.momo_adam_coefs`: torch's bits),
+    else :func:`_momo_adam_taus`. None, changing nothing, where the native code does not apply.
     [speed] One thread, a 2-core Intel Xeon, the group's step toggled against
     :func:`momo_adam`'s operations in one process (3 rounds, random gradients): the default MLP
     64-256-256-10 alone 234-241 against 593-600 us; 10 members of a 64-unit MLP 170-235
-    against 412-531 us; 8 members of 64-128-128-10 575-621 against 1,363-1,425 us."""
+    against 412-531 us; 8 members of 64-128-128-10 575-621 against 1,363-1,425 us (before the
+    native numbers). Those toggled against :func:`_momo_adam_taus` (a 2-core AMD EPYC, one
+    thread, 600-step runs, 5 interleaved rounds): an 8-unit MLP's run 298-308 -> 236-246 us a
+    step (paired 0.80), the default MLP's 0.91, 10 members of a 64-unit MLP 0.86."""
     gam, loss_avg, fstar = state["grad_dot_w"], state["loss_avg"], state["fstar"]
     f = _loss_tensor(loss, loss_avg, 1)
     if not isinstance(f, Tensor):
@@ -758,6 +769,17 @@ def _momo_adam_rows(P: list[Tensor], G: list[Tensor], state: dict[str, Any], los
     taus: list[Tensor] = []
 
     def numbers(xg: Tensor, xd: Tensor, dq: Tensor) -> Tensor:
+        # in native calls (torch's bits), else torch's operations; f* estimation by torch
+        coefs = None
+        if not flags["use_fstar"]:
+            rho = host(_bias_correction, beta1, step, keep=False)
+            c = host(one_plus_product, lr, wd)
+            coefs = _native.momo_adam_coefs(f, loss_avg, gam, xg, xd, dq, fstar, beta1, w1, rho,
+                                            _one(rho), c, _one(c),
+                                            _cap(host(_ratio, lr, rho, keep=False), f.dtype))
+        if coefs is not None:
+            taus.append(coefs[0])
+            return coefs[1]
         taus.append(_momo_adam_taus([hp], xg, xd, dq, gam=gam, loss_avg=loss_avg, fstar=fstar,
                                     f=f, beta1=beta1, step=step, lb=hp["lb"],
                                     use_fstar=flags["use_fstar"])[0])

@@ -1,4 +1,5 @@
-/* The per-member arithmetic of the fleet's TAM and MoMo row kernels, one call per step.
+/* The per-member arithmetic of the fleet's row kernels (TAM, MoMo, and MoMo-Adam's and
+ * AM-AdamW's numbers between their passes), and the whole row steps, one call per step.
  *
  * A row kernel's step works on two kinds of data: the members' rows (n elements each, the
  * memory-bound passes: torch's multi-tensor ops and the native row sums of rowsums.c) and a
@@ -80,12 +81,31 @@
 TAM_COEFS(shiftsim_tam_coefs_f32, float, sqrtf, fmaf, fabsf)
 TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
 
+/* MoMo's step size (shiftsim.optim.momo._step_sizes) from the gap f_avg - rho f* (GAP),
+ * <x, d> (XD), gamma (G) and the norm (NORM), with c = 1 + lr wd (C; C_ONE: exactly 1, the
+ * products with it skipped): num = gap + xd - gamma, or c gap + xd - c gamma; TAU = min(max(num,
+ * 0) / norm, cap) (0 where the norm is not positive) declared. torch.minimum and clamp_max
+ * agree here: both keep a NaN ratio, and cap is finite. */
+#define MOMO_TAU(T, GAP, XD, G, NORM, C_ONE, C, CAP, TAU)                                    \
+    T num_;                                                                                 \
+    if (C_ONE) {                                                                            \
+        const T t_ = (GAP) + (XD);                                                          \
+        num_ = t_ - (G);                                                                    \
+    } else {                                                                                \
+        const T c_ = (C);                                                                   \
+        const T cgap_ = c_ * (GAP), cg_ = c_ * (G);                                         \
+        const T t_ = cgap_ + (XD);                                                          \
+        num_ = t_ - cg_;                                                                    \
+    }                                                                                       \
+    const T norm_ = (NORM);                                                                 \
+    const int pos_ = norm_ > 0;                                                             \
+    const T q_ = CLAMP_MIN(num_, (T)0) / (pos_ ? norm_ : (T)1);                             \
+    const T TAU = CLAMP_MAX(pos_ ? q_ : (T)0, (CAP));
+
 /* MoMo past its first step, without bias correction and f* estimation
  * (shiftsim.optim.momo._momo_rows): from the loss f and the sums dd = |d|^2, xg = <x, g>,
  * xd = <x, d>, update the loss average and gamma in place (both with the weights beta and
- * w = 1 - beta) and write the step size tau and -tau. c = 1 + lr wd (c_one: exactly 1, the
- * products with it skipped); tau = min(ratio, cap) with cap = lr (torch.minimum and clamp_max
- * agree here: both keep a NaN ratio, and cap is finite). */
+ * w = 1 - beta) and write the step size tau (MOMO_TAU, cap = lr) and -tau. */
 #define MOMO_COEFS(NAME, T)                                                                  \
     void NAME(int64_t K, const T *f, T *loss_avg, const T *beta, int64_t beta_s, const T *w, \
               int64_t w_s, const T *xg, const T *xd, const T *dd, T *gam, const T *fstar,    \
@@ -100,23 +120,8 @@ TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
             const T g_b = gam[k] * b, xg_w = xg[k] * wk;                                    \
             const T g = g_b + xg_w;                                                         \
             gam[k] = g;                                                                     \
-            const T norm = dd[k];                                                           \
-            const int pos = norm > 0;                                                       \
-            const T safe = pos ? norm : (T)1;                                               \
             const T gap = la - fstar[k];                                                    \
-            T num;                                                                          \
-            if (c_one) {                                                                    \
-                const T t = gap + xd[k];                                                    \
-                num = t - g;                                                                \
-            } else {                                                                        \
-                const T ck = c[k * c_s];                                                    \
-                const T cgap = ck * gap, cg = ck * g;                                       \
-                const T t = cgap + xd[k];                                                   \
-                num = t - cg;                                                               \
-            }                                                                               \
-            const T q = CLAMP_MIN(num, (T)0) / safe;                                        \
-            const T ratio = pos ? q : (T)0;                                                 \
-            const T tau = CLAMP_MAX(ratio, cap[k * cap_s]);                                 \
+            MOMO_TAU(T, gap, xd[k], g, dd[k], c_one, c[k * c_s], cap[k * cap_s], tau)       \
             tau_out[k] = tau;                                                               \
             neg_out[k] = -tau;                                                              \
         }                                                                                   \
@@ -124,6 +129,104 @@ TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
 
 MOMO_COEFS(shiftsim_momo_coefs_f32, float)
 MOMO_COEFS(shiftsim_momo_coefs_f64, double)
+
+/* MoMo-Adam's numbers between its row passes without f* estimation
+ * (shiftsim.optim.momo._momo_adam_taus), in two calls around torch's sum of gamma over the
+ * segments (its order is torch's own, so torch makes it). The first: from the loss f and the
+ * per-segment sums xg = <x_s, g_s> ((S, K) row-major, as gam), gam <- gam b1 + xg w1 (torch's
+ * mul_, then add_ of xg * w1) and the loss average la <- f w1 + la b1. */
+#define MOMO_ADAM_AVERAGES(NAME, T)                                                          \
+    void NAME(int64_t S, int64_t K, const T *f, T *la, T *gam, const T *xg, const T *b1,      \
+              int64_t b1_s, const T *w1, int64_t w1_s)                                      \
+    {                                                                                       \
+        for (int64_t s = 0; s < S; s++)                                                     \
+            for (int64_t k = 0; k < K; k++) {                                               \
+                const T g_b = gam[s * K + k] * b1[k * b1_s];                                \
+                const T xg_w = xg[s * K + k] * w1[k * w1_s];                                \
+                gam[s * K + k] = g_b + xg_w;                                                \
+            }                                                                               \
+        for (int64_t k = 0; k < K; k++) {                                                   \
+            const T f_w = f[k] * w1[k * w1_s], la_b = la[k] * b1[k * b1_s];                 \
+            la[k] = f_w + la_b;                                                             \
+        }                                                                                   \
+    }
+
+MOMO_ADAM_AVERAGES(shiftsim_momo_adam_averages_f32, float)
+MOMO_ADAM_AVERAGES(shiftsim_momo_adam_averages_f64, double)
+
+/* The second: with gamma (the sum over the segments), xd = <x, d> and the norm dq = <d, q>,
+ * the step size tau = MOMO_TAU of the gap la - rho f* (rho_one: rho is exactly 1, its product
+ * skipped) capped at cap = lr / rho, and -tau. */
+#define MOMO_ADAM_COEFS(NAME, T)                                                             \
+    void NAME(int64_t K, const T *la, const T *fstar, const T *xd, const T *dq,              \
+              const T *gamma, int rho_one, int c_one, T *tau_out, T *neg_out, const T *rho,  \
+              int64_t rho_s, const T *c, int64_t c_s, const T *cap, int64_t cap_s)          \
+    {                                                                                       \
+        for (int64_t k = 0; k < K; k++) {                                                   \
+            const T rf = rho_one ? fstar[k] : rho[k * rho_s] * fstar[k];                    \
+            const T gap = la[k] - rf;                                                       \
+            MOMO_TAU(T, gap, xd[k], gamma[k], dq[k], c_one, c[k * c_s], cap[k * cap_s], tau) \
+            tau_out[k] = tau;                                                               \
+            neg_out[k] = -tau;                                                              \
+        }                                                                                   \
+    }
+
+MOMO_ADAM_COEFS(shiftsim_momo_adam_coefs_f32, float)
+MOMO_ADAM_COEFS(shiftsim_momo_adam_coefs_f64, double)
+
+/* AM-AdamW's betas over a fleet's rows (shiftsim.optim.adamem._am_beta_parts, as
+ * _amadamw_rows calls it: the previous lr the current one, lr a tensor), from the first pass's
+ * sums ((S, R, K) row-major: q1, q2, den, and with_p x1, x2; R = 3 or 5) per segment s and
+ * member k, torch's operations one expression each:
+ *   first step: beta = 0 + beta_max;
+ *   else num = den - (q2 - q1); with_p: num <- num - wd (x2 - x1), q1 <- q1 + wd x1;
+ *   c = lr q1 (with_p: times cwl = 1 + wd lr); num <- num + (lr > 0 ? c / lr : 0) (the guarded
+ *   form; where every lr > 0 it is the unguarded one's numbers); beta = min(max(den > 0 ?
+ *   num / den : 0, 0), beta_max).
+ * Writes beta and keep = 1 - beta ((S, K)); pi <- pi beta where pi is not NULL (the product
+ * of the past betas, (S, K), torch's mul_). */
+#define AM_BETAS(NAME, T)                                                                    \
+    void NAME(int64_t S, int64_t K, const T *sums, int with_p, int first, T *beta_out,       \
+              T *keep_out, T *pi, const T *lr, int64_t lr_s, const T *wd, int64_t wd_s,      \
+              const T *cwl, int64_t cwl_s, const T *bmax, int64_t bmax_s)                   \
+    {                                                                                       \
+        const int64_t R = with_p ? 5 : 3;                                                   \
+        for (int64_t s = 0; s < S; s++)                                                     \
+            for (int64_t k = 0; k < K; k++) {                                               \
+                const T *q = sums + s * R * K + k;                                          \
+                const T bm = bmax[k * bmax_s];                                              \
+                T beta;                                                                     \
+                if (first)                                                                  \
+                    beta = (T)0 + bm;                                                       \
+                else {                                                                      \
+                    const T q1 = q[0], q2 = q[K], den = q[2 * K];                           \
+                    const T diff = q2 - q1;                                                 \
+                    T num = den - diff, a = q1;                                             \
+                    if (with_p) {                                                           \
+                        const T x1 = q[3 * K], x2 = q[4 * K], wdk = wd[k * wd_s];           \
+                        const T dx = x2 - x1;                                               \
+                        const T wdx = wdk * dx;                                             \
+                        num = num - wdx;                                                    \
+                        const T wx1 = wdk * x1;                                             \
+                        a = q1 + wx1;                                                       \
+                    }                                                                       \
+                    const T lrk = lr[k * lr_s];                                             \
+                    const T gap = lrk * a;                                                  \
+                    const T cc = with_p ? cwl[k * cwl_s] * gap : gap;                       \
+                    const T add = lrk > 0 ? cc / lrk : (T)0;                                \
+                    num = num + add;                                                        \
+                    const T r = num / den;                                                  \
+                    beta = CLAMP_MAX(CLAMP_MIN(den > 0 ? r : (T)0, (T)0), bm);              \
+                }                                                                           \
+                beta_out[s * K + k] = beta;                                                 \
+                keep_out[s * K + k] = (T)1 - beta;                                          \
+                if (pi)                                                                     \
+                    pi[s * K + k] = pi[s * K + k] * beta;                                   \
+            }                                                                               \
+    }
+
+AM_BETAS(shiftsim_am_betas_f32, float)
+AM_BETAS(shiftsim_am_betas_f64, double)
 
 /* TAM's update of the members' rows after the coefficients (shiftsim.optim.tam._tam_rows): for
  * row k of S segments (segment s of each tensor at x[s] + k * ld[s], len[s] elements),
