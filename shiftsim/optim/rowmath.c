@@ -340,12 +340,18 @@ int shiftsim_rowsums_f64(const double **x, const int64_t *ld, int S, const int64
  * count. */
 int64_t shiftsim_rows_parallel_from = 1 << 16;
 
+/* Whether `rows` rows of `count` tensors of `n` elements a row are split across the team (the
+ * rule of every row step here and in tensorsteps.c). */
+int shiftsim_split_rows(int64_t rows, int64_t n, int count)
+{
+    return rows > 1 && rows * n * count >= shiftsim_rows_parallel_from;
+}
+
 /* The loop over rows k0 .. k1 - 1 of a whole row step reading COUNT tensors of N elements a
- * row, split across the team from shiftsim_rows_parallel_from elements (schedule static: a
- * thread takes the same rows every step). */
+ * row, split across the team as shiftsim_split_rows says (schedule static: a thread takes the
+ * same rows every step). */
 #define FOR_ROWS(COUNT, N)                                                                   \
-    const int split_rows =                                                                  \
-        k1 - k0 > 1 && (k1 - k0) * (N) * (COUNT) >= shiftsim_rows_parallel_from;            \
+    const int split_rows = shiftsim_split_rows(k1 - k0, (N), (COUNT));                      \
     _Pragma("omp parallel for schedule(static) if(split_rows)")                             \
     for (int64_t k = k0; k < k1; k++)
 

@@ -492,12 +492,12 @@ MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, adam_update_f64)
 /* MoMo-Adam over a fleet's rows (shiftsim.optim.momo._momo_adam_rows): rows k0 .. k1 - 1 of
  * S segments each (tensor t's segment s of row k at x[t * S + s] + k * ld[t * S + s], len[s]
  * elements; the tensors P, G, D, V), each row whole on one thread, split across the OpenMP
- * team from shiftsim_rows_parallel_from elements (rowmath.c). A hyperparameter is a pointer and
- * a stride (0: one for all rows, 1: one per row). The first pass runs ADAM_MOMENTS over each
+ * team as the whole row steps are (shiftsim_split_rows, rowmath.c). A hyperparameter is a
+ * pointer and a stride (0: one for all rows, 1: one per row). The first pass runs ADAM_MOMENTS over each
  * segment with the row's numbers: xg[s * K + k] = <p, g> over segment s, rounded once; xd[k] =
  * <p, d> and dq[k] = <d, q> over the row, the segments' float64 sums added in order and rounded
  * once: the same bits at any thread count and member count. */
-extern int64_t shiftsim_rows_parallel_from;
+int shiftsim_split_rows(int64_t rows, int64_t n, int count);
 
 static inline int64_t row_length(int S, const int64_t *len)
 {
@@ -507,8 +507,7 @@ static inline int64_t row_length(int S, const int64_t *len)
     return n;
 }
 
-#define ROWS_SPLIT(COUNT) (k1 - k0 > 1 && (k1 - k0) * row_length(S, len) * (COUNT) >= \
-                           shiftsim_rows_parallel_from)
+#define ROWS_SPLIT(COUNT) shiftsim_split_rows(k1 - k0, row_length(S, len), (COUNT))
 
 #define MOMO_ADAM_ROWS(NAME, T, MOMENTS)                                                    \
     void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
