@@ -914,6 +914,7 @@ def test_the_peak_benchmark_runs_and_says_where_a_step_goes():
                          capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr
     assert "fraction of the bmm peak" in out.stdout
+    assert "each round's fastest of 5 runs of 40 steps' matmuls" in out.stdout
     piece = out.stdout.split("timed by piece")[1]
     assert "model" in piece and "tam._tam_stacked (1)" in piece and "the loop" in piece
 
