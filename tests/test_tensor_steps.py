@@ -489,13 +489,32 @@ def test_momo_native_step_matches_float64_reference(counted, bias_correction):
     assert_traj_close(ours, run_reference(ref, 40))
 
 
-def test_momo_auto_takes_the_native_step_as_it_would_compile(counted, monkeypatch):
-    """``compile="auto"``: eager for the first COMPILE_AFTER_STEPS steps, native after (the
-    model here counts as large enough)."""
-    monkeypatch.setattr(_compiled, "COMPILE_AFTER_STEPS", 3)
-    monkeypatch.setattr(_compiled, "COMPILE_MIN_NUMEL", 1)
-    run(lambda ps, c: MoMo(ps, lr=0.5, compile=c), 8, compile="auto")
-    assert counted["momo"] == 4  # steps 5..8 (step 1 is each tensor's first: eager)
+@pytest.mark.parametrize("name, kernel, steps", [
+    ("momo", "momo", 7), ("momo_adam", "adam", 8), ("adamem_adamw", "amw", 7),
+    ("tam", "sums", 0), ("adamem_sgd", "sums", 0)])
+def test_auto_takes_the_native_steps_that_are_faster_from_the_first_step(counted, name,
+                                                                         kernel, steps):
+    """``compile="auto"`` (the default) on a CPU, a model far below COMPILE_MIN_NUMEL and a run
+    far shorter than COMPILE_AFTER_STEPS: MoMo's, MoMo-Adam's and AM-AdamW's native steps
+    from their first covered step (counted: nothing to compile, and faster than their eager
+    steps at every size measured); TAM's and AM-SGD's, slower than their eager steps below
+    about 85,000 parameters, keep the compile policy (eager here). With ``compile=False`` or
+    the native code off, eager (no compile either: the model is small)."""
+    run(MAKERS[name], 8, compile="auto")
+    assert counted[kernel] == steps
+    run(MAKERS[name], 8, compile=False)
+    assert counted[kernel] == steps
+
+
+def test_auto_without_the_native_code_keeps_the_compile_policy(counted, monkeypatch):
+    monkeypatch.setenv(_native.ENV, "0")
+    _native._reset()
+    try:
+        _, _, opt = run(MAKERS["momo_adam"], 8, compile="auto")
+        assert counted["adam"] == 0 and opt._compiled.eager_steps == 8
+    finally:
+        monkeypatch.undo()
+        _native._reset()
 
 
 @pytest.mark.parametrize("name, kernel, steps", [

@@ -959,8 +959,8 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
             group whose tensors share a step count and previous lr, float hyperparameters
             (the first step, :math:`\beta = \beta_{1,max}`, is eager: one compile fewer). On
             a CPU its two passes are shiftsim's C code (``tensorsteps.c``: nothing compiled per
-            shape; 1.6-1.9x fused AdamW against Inductor's 2.4-3.4x, ``_compiled``'s notes),
-            elsewhere ``torch.compile``'s.
+            shape, so ``"auto"`` takes them from the first step; 1.6-1.9x fused AdamW against
+            Inductor's 2.4-3.4x, ``_compiled``'s notes), elsewhere ``torch.compile``'s.
 
     State per parameter: ``exp_avg`` (:math:`d`), ``exp_avg_sq`` (:math:`v`), ``beta_prod``
     (:math:`\Pi`), ``beta`` (last :math:`\beta_t`), ``step``, ``prev_lr``.
@@ -1061,7 +1061,8 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         if any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd, lam)):
             return False
         comp = self._compiled_kernel(_compiled.amadamw_step)
-        if not comp.wanted(ps):
+        native = comp.native_first(ps)  # the native passes from the first step (no compile)
+        if not native and not comp.wanted(ps):
             return False
         for p in self._fill_state(ps, adamem_adamw_init,
                                   ("exp_avg", "exp_avg_sq", "beta_prod", "step")):
@@ -1071,16 +1072,18 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         if t == 1 or any(st["step"] + 1 != t or isinstance(st["prev_lr"], Tensor) or
                          st["prev_lr"] != prev for st in sts):
             return False
-        scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
-            "_scalars", _compiled.Scalars())
-        h = scalars((lr, prev, wd, b1, b2, eps, lam, 1 / (1 - b2 ** t) ** 0.5), ps[0])
         pi = torch.stack([st["beta_prod"] for st in sts])
         ds, vs = [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts]
         out = None
-        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
+        if native:  # on a CPU the native passes, where they apply (_compiled's notes)
             out = _amadamw_native(ps, gs, ds, vs, pi, lr=lr, prev=prev, wd=wd, b1=b1, b2=b2,
                                   eps=eps, lam=lam, t=t)
-        if out is None:
+            if out is None and not comp.wanted(ps):
+                return False
+        if out is None:  # the compiled kernel's scalars (a tensor rewritten when they change)
+            scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
+                "_scalars", _compiled.Scalars())
+            h = scalars((lr, prev, wd, b1, b2, eps, lam, 1 / (1 - b2 ** t) ** 0.5), ps[0])
             out = comp.run(ps, ps, gs, ds, vs, pi, h, wd != 0, lam != 0, lr != 0)
         if out is _compiled.EAGER:
             return False

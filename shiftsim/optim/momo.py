@@ -883,7 +883,8 @@ class MoMo(_MoMoBase):
             (the offsets carried), after each tensor's first step. On a CPU that kernel is
             shiftsim's own C code (:func:`~shiftsim.optim._native.momo_tensors_step`: two
             passes over the tensors, split across torch's threads; built with the native row
-            sums, nothing to compile per shape), elsewhere Inductor's. [speed]
+            sums, nothing to compile per shape; ``"auto"`` takes it from the first step),
+            elsewhere Inductor's. [speed]
             ``benchmarks/optimizer_step.py --only momo`` (5M parameters, a 2-vCPU Intel Xeon, 9
             rounds, alternating with ``SHIFTSIM_NATIVE=0``, which gives Inductor's): 1.22x and
             1.21x fused SGD-momentum against Inductor's 1.93x and 1.99x with 2 threads (the
@@ -1010,7 +1011,8 @@ class MoMo(_MoMoBase):
                 or not is_zero(group["weight_decay"]) or len(live) != len(group["params"]):
             return False
         comp = self._compiled_kernel(_compiled.momo_step)
-        if not comp.wanted(live):
+        native = comp.native_first(live)  # the native kernel from the first step (no compile)
+        if not native and not comp.wanted(live):
             return False
         glob, x = plan.glob, plan.extra
         beta, step = group["beta"], glob["step"]
@@ -1020,13 +1022,15 @@ class MoMo(_MoMoBase):
         if not isinstance(f, Tensor):
             f = torch.full_like(loss_avg, f)
         b = blocks[0]
-        if live[0].is_cpu:  # on a CPU the native kernel, where it applies (class notes)
+        if native:  # on a CPU the native kernel, where it applies (class notes)
             tau = _native.momo_tensors_step(b.params, b.grads, b.bufs["d"], x["kept"],
                                             loss_avg, f, glob["fstar"], beta=beta, rho=rho,
                                             cap=lr / rho)
             if tau is not None:
                 glob["step_size"] = tau
                 return True
+            if not comp.wanted(live):
+                return False
         scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
             "_scalars", _compiled.Scalars())
         h = scalars((beta, 1 - beta, rho, lr / rho), live[0])
@@ -1215,8 +1219,8 @@ class MoMoAdam(_MoMoBase):
             (:mod:`~shiftsim.optim._compiled`: the policy, the fallback); it covers one param
             group whose tensors share a step count, float hyperparameters, ``use_fstar=False``.
             On a CPU its two passes are shiftsim's C code (``tensorsteps.c``: nothing compiled
-            per shape; 1.6-1.7x fused AdamW against Inductor's 2.4-2.7x, ``_compiled``'s
-            notes), elsewhere ``torch.compile``'s.
+            per shape, so ``"auto"`` takes them from the first step; 1.6-1.7x fused AdamW
+            against Inductor's 2.4-2.7x, ``_compiled``'s notes), elsewhere ``torch.compile``'s.
 
     State: ``grad_avg``, ``grad_avg_sq``, ``grad_dot_w``, ``step`` (:math:`s`) per parameter;
     ``state["global"]``: ``step``, ``loss_avg``, ``fstar``, ``step_size``.
@@ -1317,7 +1321,8 @@ class MoMoAdam(_MoMoBase):
         if group["use_fstar"] or any(isinstance(x, Tensor) for x in (lr, b1, b2, eps, wd)):
             return False
         comp = self._compiled_kernel(_compiled.momo_adam_step)
-        if not comp.wanted(ps):
+        native = comp.native_first(ps)  # the native passes from the first step (no compile)
+        if not native and not comp.wanted(ps):
             return False
         self._fill_state(ps, momo_adam_init, ("grad_avg", "grad_avg_sq", "grad_dot_w", "step"))
         sts = [self.state[p] for p in ps]
@@ -1335,10 +1340,12 @@ class MoMoAdam(_MoMoBase):
         gam = torch.stack([st["grad_dot_w"] for st in sts]).to(loss_avg.dtype)
         ds, vs = [st["grad_avg"] for st in sts], [st["grad_avg_sq"] for st in sts]
         out = None
-        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
+        if native:  # on a CPU the native passes, where they apply (_compiled's notes)
             out = _compiled.momo_adam_step_native(
                 ps, gs, ds, vs, gam, loss_avg, glob["fstar"], f, h, wd != 0, group["divide"],
                 beta1=b1, beta2=b2, bc2=1 - b2 ** s, eps=eps, lr=lr, wd=wd)
+            if out is None and not comp.wanted(ps):
+                return False
         if out is None:
             out = comp.run(ps, ps, gs, ds, vs, gam, loss_avg, glob["fstar"], f, h, wd != 0,
                            group["divide"])
