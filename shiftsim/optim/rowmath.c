@@ -83,10 +83,10 @@ TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
 
 /* MoMo's step size (shiftsim.optim.momo._step_sizes) from the gap f_avg - rho f* (GAP),
  * <x, d> (XD), gamma (G) and the norm (NORM), with c = 1 + lr wd (C; C_ONE: exactly 1, the
- * products with it skipped): num = gap + xd - gamma, or c gap + xd - c gamma; TAU = min(max(num,
- * 0) / norm, cap) (0 where the norm is not positive) declared. torch.minimum and clamp_max
- * agree here: both keep a NaN ratio, and cap is finite. */
-#define MOMO_TAU(T, GAP, XD, G, NORM, C_ONE, C, CAP, TAU)                                    \
+ * products with it skipped): num = gap + xd - gamma, or c gap + xd - c gamma; tau = min(max(num,
+ * 0) / norm, cap) (0 where the norm is not positive) into TAU_OUT, -tau into NEG_OUT.
+ * torch.minimum and clamp_max agree here: both keep a NaN ratio, and cap is finite. */
+#define MOMO_TAU(T, GAP, XD, G, NORM, C_ONE, C, CAP, TAU_OUT, NEG_OUT)                       \
     T num_;                                                                                 \
     if (C_ONE) {                                                                            \
         const T t_ = (GAP) + (XD);                                                          \
@@ -100,7 +100,9 @@ TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
     const T norm_ = (NORM);                                                                 \
     const int pos_ = norm_ > 0;                                                             \
     const T q_ = CLAMP_MIN(num_, (T)0) / (pos_ ? norm_ : (T)1);                             \
-    const T TAU = CLAMP_MAX(pos_ ? q_ : (T)0, (CAP));
+    const T tau_ = CLAMP_MAX(pos_ ? q_ : (T)0, (CAP));                                      \
+    TAU_OUT = tau_;                                                                         \
+    NEG_OUT = -tau_;
 
 /* MoMo past its first step, without bias correction and f* estimation
  * (shiftsim.optim.momo._momo_rows): from the loss f and the sums dd = |d|^2, xg = <x, g>,
@@ -121,9 +123,8 @@ TAM_COEFS(shiftsim_tam_coefs_f64, double, sqrt, fma, fabs)
             const T g = g_b + xg_w;                                                         \
             gam[k] = g;                                                                     \
             const T gap = la - fstar[k];                                                    \
-            MOMO_TAU(T, gap, xd[k], g, dd[k], c_one, c[k * c_s], cap[k * cap_s], tau)       \
-            tau_out[k] = tau;                                                               \
-            neg_out[k] = -tau;                                                              \
+            MOMO_TAU(T, gap, xd[k], g, dd[k], c_one, c[k * c_s], cap[k * cap_s], tau_out[k], \
+                     neg_out[k])                                                            \
         }                                                                                   \
     }
 
@@ -165,9 +166,8 @@ MOMO_ADAM_AVERAGES(shiftsim_momo_adam_averages_f64, double)
         for (int64_t k = 0; k < K; k++) {                                                   \
             const T rf = rho_one ? fstar[k] : rho[k * rho_s] * fstar[k];                    \
             const T gap = la[k] - rf;                                                       \
-            MOMO_TAU(T, gap, xd[k], gamma[k], dq[k], c_one, c[k * c_s], cap[k * cap_s], tau) \
-            tau_out[k] = tau;                                                               \
-            neg_out[k] = -tau;                                                              \
+            MOMO_TAU(T, gap, xd[k], gamma[k], dq[k], c_one, c[k * c_s], cap[k * cap_s],      \
+                     tau_out[k], neg_out[k])                                                \
         }                                                                                   \
     }
 
