@@ -823,9 +823,8 @@ def momo_adam_coefs(loss: Tensor, loss_avg: Tensor, gam: Tensor, xg: Tensor, xd:
                     rho_one: bool, c: object, c_one: bool, cap: object
                     ) -> tuple[Tensor, Tensor] | None:
     r"""MoMo-Adam's numbers between its fleet row passes without :math:`f^*` estimation
-    (:func:`~shiftsim.optim.momo._momo_rows`' MoMo-Adam counterpart,
-    :func:`~shiftsim.optim.momo._momo_adam_rows`) in two native calls around torch's
-    ``gam.sum(0)``: from the losses, the per-segment sums ``xg`` :math:`= \langle x_s,
+    (:func:`~shiftsim.optim.momo._momo_adam_rows`) in two native calls around torch's
+    ``gam.sum(0)``: from the losses ``(K,)``, the per-segment sums ``xg`` :math:`= \langle x_s,
     g_s\rangle` ``(S, K)``, ``xd`` :math:`= \langle x, d\rangle` and the norm ``dq``
     :math:`= \langle d, q\rangle`, updates ``gam`` ``(S, K)`` and ``loss_avg`` in place (weights
     ``beta1`` and ``weight1`` :math:`= 1 - \beta_1`) and returns ``(tau, -tau)``: the step size
