@@ -111,9 +111,8 @@ def denormals(mode: str | None = None) -> Iterator[str]:
     previous state back afterwards. Where that cannot be done on every thread, it is done only
     with one torch thread (the native library, or torch's own ``set_flush_denormal``, turned
     off again afterwards: the calling thread is then the only one computing) and otherwise
-    warns and keeps IEEE
-    subnormals (a run's numbers must not depend on which thread computed what). It concerns
-    CPU arithmetic only; GPUs keep their own settings.
+    warns and keeps IEEE subnormals (a run's numbers must not depend on which thread computed
+    what). It concerns CPU arithmetic only; GPUs keep their own settings.
 
     Why: some processors compute with subnormal operands or results far more slowly than with
     normal ones (this project's Intel Xeon among them), and long runs make many: where a

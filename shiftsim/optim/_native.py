@@ -863,9 +863,10 @@ def am_betas(sums: Tensor, *, with_p: bool, first: bool, lr: object, wd: object,
     r"""AM-AdamW's betas over a fleet's rows (:func:`~shiftsim.optim.adamem._amadamw_rows`) in
     one native call, from the first pass's sums ``(S, R, K)`` (:func:`amadamw_rows`; ``R`` 5
     ``with_p``, else 3): :func:`~shiftsim.optim.adamem._am_beta_parts` with the previous lr the
-    current one and ``lr`` a tensor, ``cwl`` :math:`= 1 + \lambda\eta` (read only
-    ``with_p``), ``first``: the first step (every beta ``beta_max``). Returns ``(beta, 1 -
-    beta)``, each ``(S, K)``; multiplies ``pi`` (``(S, K)``, when given) by beta in place.
+    current one and ``lr`` a tensor, ``cwl`` :math:`= 1 + \eta\,\mathrm{wd}` (the weight
+    decay's factor; read only ``with_p``), ``first``: the first step (every beta
+    ``beta_max``). Returns ``(beta, 1 - beta)``, each ``(S, K)``; multiplies ``pi``
+    (``(S, K)``, when given) by beta in place.
     torch's operations there bit for bit (tested). None, changing nothing, where it does not
     apply (the native code off; other dtypes, devices or shapes; a hyperparameter of another
     dtype)."""
@@ -1192,25 +1193,24 @@ def momo_adam_rows(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     kernels fuse the same multiply-adds: tested). False, changing nothing, where it does not
     apply (as :func:`tam_step`)."""
     got = _rows_setup((P, G, D, V))
-    second = _step_layout((P, D, V))
-    if got is None or second is None:
+    if got is None:
         return False
-    lib, first = got
+    lib, layout = got  # both passes take it (the second skips G)
     dtype = P[0].dtype
-    K, S = first.K, len(first.lens)
+    K, S = layout.K, len(layout.lens)
     hyper = _hyper_args((w1, beta2, w2, bc2, eps), K, dtype)  # owners held
     decay = [(None, 0, None) if h is None else _hyper(h, K, dtype) for h in (pre, post)]
     if hyper is None or any(h is None for h in decay):
         return False
     xg, sums = torch.empty(S, K, dtype=dtype), torch.empty(2, K, dtype=dtype)
-    _fn(lib, "momo_adam_rows", dtype)(S, first.c_lens, first.c_ptrs, first.c_lds, 0, K, K,
+    _fn(lib, "momo_adam_rows", dtype)(S, layout.c_lens, layout.c_ptrs, layout.c_lds, 0, K, K,
                                        *hyper[0], xg.data_ptr(), sums[0].data_ptr(),
                                        sums[1].data_ptr())
     neg = numbers(xg, sums[0], sums[1]).to(dtype).contiguous()
     if neg.numel() != K:  # pragma: no cover - the caller's numbers are one per member
         raise RuntimeError(f"MoMo-Adam's step sizes: {neg.numel()} values for {K} members")
     _fn(lib, "momo_adam_rows_update", dtype)(  # hyper[0][6:]: bc2's and eps's arrays
-        S, second.c_lens, second.c_ptrs, second.c_lds, 0, K, *hyper[0][6:], neg.data_ptr(),
+        S, layout.c_lens, layout.c_ptrs, layout.c_lds, 0, K, *hyper[0][6:], neg.data_ptr(),
         *[v for h in decay for v in h[:2]])  # type: ignore[index]
     return True
 

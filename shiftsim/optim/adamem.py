@@ -421,9 +421,7 @@ def _amadamw_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: li
     kernel's :func:`_am_beta_stack`: ``(betas, pi * betas)``, or None, changing nothing, where
     the native passes do not apply."""
     dtype = ps[0].dtype
-    k1 = 1 - b1 * pi
-    c1 = (k1 * host(_inv_sqrt_bc, b2, t, keep=False)).to(dtype)  # as _am_scales
-    c2 = (k1 * eps).to(dtype)
+    c1, c2 = _am_shared_scales(pi, b1, b2, t, eps, dtype)
     decay = not is_zero(wd)
     sums = _native.amadamw_sums(ps if decay else None, gs, ds, vs, c1, c2, beta2=b2, lam=lam)
     if sums is None:
@@ -434,6 +432,15 @@ def _amadamw_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: li
         ps, gs, ds, vs, c1, c2, (1 - betas).to(dtype), lam=lam, lr=lr,
         shrink=decay_factor(lr, wd) if decay else None))
     return betas, pi * betas.to(pi.dtype)
+
+
+def _am_shared_scales(pi: Tensor, b1: Scalar, b2: Scalar, t: int, eps: Scalar,
+                      dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`_am_scales`' ``c1``, ``c2`` where every tensor has stepped ``t`` times (one bias
+    correction for all: the same products, made at once), from the products of past betas
+    ``pi`` (``(n,)`` or ``(n, K)``), in ``dtype``: the native passes' coefficients."""
+    k1 = 1 - b1 * pi
+    return (k1 * host(_inv_sqrt_bc, b2, t, keep=False)).to(dtype), (k1 * eps).to(dtype)
 
 
 def _inv_sqrt_bc(b2: Scalar, t: int) -> Scalar:
@@ -665,34 +672,30 @@ def _amadamw_rows(params: list[Tensor], grads: list[Tensor], state: dict[str, An
     b1, b2, eps = hp["beta1"], hp["beta2"], hp["eps"]
     pi: Tensor = state["beta_prod"]
     step = state["step"]
-    k1 = 1 - b1 * pi
-    # _am_scales' products for one bias correction shared by every tensor, as (n, K) tensors
-    c1, c2 = k1 * host(_inv_sqrt_bc, b2, step, keep=False), k1 * eps
+    c1, c2 = _am_shared_scales(pi, b1, b2, step, eps, pi.dtype)
     decay = not is_zero(wd)
     shrink = host(decay_factor, lr, wd) if decay else None
-    out: list[Tensor] = []
-    moved = []  # pi multiplied by the betas in the native call
+    with_pi = pi.dtype is P[0].dtype  # the native betas' call multiplies pi too
+    out: list[tuple[Tensor, Tensor | None]] = []  # (beta, 1 - beta; None: torch's betas)
 
     def betas(sums: Tensor) -> tuple[Tensor, Tensor | None]:
         # in one native call (torch's bits), else torch's operations
         got = _native.am_betas(sums, with_p=decay, first=step == 1, lr=lr, wd=wd,
                                cwl=host(one_plus_product, wd, lr) if decay else 1.0,
-                               beta_max=b1, pi=pi if pi.dtype is sums.dtype else None)
-        if got is not None:
-            moved.append(pi.dtype is sums.dtype)
-            out.append(got[0])
-            return got
-        out.append(_am_beta_stack(sums, lr=lr, prev_lr=lr, wd=wd, beta1_max=b1,
-                                  first=step == 1, fixed_beta=None))
-        return out[0], None
+                               beta_max=b1, pi=pi if with_pi else None)
+        out.append(got if got is not None else (
+            _am_beta_stack(sums, lr=lr, prev_lr=lr, wd=wd, beta1_max=b1, first=step == 1,
+                           fixed_beta=None), None))
+        return out[0]
 
     done = _native.amadamw_rows(P, G, D, V, c1, c2, b2, host(one_minus, b2), lam,
                                 not is_zero(lam), decay, shrink, host(negative, lr), betas)
     if not done:
         return None
-    if not (moved and moved[0]):
-        pi.mul_(out[0].to(pi.dtype))
-    return out[0]
+    beta, keep = out[0]
+    if keep is None or not with_pi:
+        pi.mul_(beta.to(pi.dtype))
+    return beta
 
 
 def _amadamw_stacked(state: dict[str, Any], params: list[Tensor], grads: list[Tensor],

@@ -2,9 +2,9 @@
  * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AM-SGD,
  * MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole step
  * here; two passes for the others, the few numbers in between computed in Python by
- * shiftsim.optim._compiled and shiftsim.optim.adamem); the same MoMo-Adam passes over a fleet's
- * rows (MOMO_ADAM_ROWS, member by member); and the switch that flushes subnormals on torch's
- * threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
+ * shiftsim.optim._compiled and shiftsim.optim.adamem); MoMo-Adam's and AM-AdamW's passes over
+ * a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
+ * rowmath.c); and the switch that flushes subnormals on torch's threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
  * caller cuts every tensor at the same multiples of one chunk length), and each pass over them
@@ -452,11 +452,9 @@ ADAM_MOMENTS(adam_moments_f64, double, v16d, fma, fabs, sqrt)
 MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f32, float, adam_moments_f32)
 MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
 
-/* MoMo-Adam's second pass, element by element: p <- p shrink (decoupled decay, where pre_on),
- * p <- p + q (-tau) with q the direction above (torch's addcmul_: one fused multiply-add),
- * p <- p inv (proximal decay, where post_on). Each thread its first pass's chunks, in reverse. */
-/* The update of k elements: x <- x pre (where pre is not NULL), x <- x + q ntau (q the direction
- * from d and v), x <- x post (where post is not NULL). */
+/* MoMo-Adam's update of k elements: x <- x pre (decoupled decay, where pre is not NULL),
+ * x <- x + q ntau with q the direction above from d and v (torch's addcmul_: one fused
+ * multiply-add), x <- x post (proximal decay, where post is not NULL). */
 #define ADAM_UPDATE_RUN(NAME, T, FMA, SQRT)                                                 \
     static inline void NAME(T *restrict x, const T *restrict d, const T *restrict v,        \
                             int64_t k, T bc2, T eps, T ntau, const T *pre, const T *post)   \
@@ -474,6 +472,8 @@ MOMO_ADAM_MOMENTS(shiftsim_momo_adam_moments_f64, double, adam_moments_f64)
 ADAM_UPDATE_RUN(adam_update_f32, float, fmaf, sqrtf)
 ADAM_UPDATE_RUN(adam_update_f64, double, fma, sqrt)
 
+/* MoMo-Adam's second pass over n tensors (ADAM_UPDATE_RUN, ntau = -tau): each thread its first
+ * pass's chunks, in reverse. */
 #define MOMO_ADAM_UPDATE(NAME, T, RUN)                                                      \
     void NAME(int nt, T **p, T **d, T **v, int64_t nchunks, const int64_t *tix,             \
               const int64_t *lo, const int64_t *hi, double bc2_d, double eps_d,             \
@@ -492,9 +492,9 @@ MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, adam_update_f64)
 /* MoMo-Adam over a fleet's rows (shiftsim.optim.momo._momo_adam_rows): rows k0 .. k1 - 1 of
  * S segments each (tensor t's segment s of row k at x[t * S + s] + k * ld[t * S + s], len[s]
  * elements; the tensors P, G, D, V), each row whole on one thread, split across the OpenMP
- * team as the whole row steps are (shiftsim_split_rows, rowmath.c). A hyperparameter is a
- * pointer and a stride (0: one for all rows, 1: one per row). The first pass runs ADAM_MOMENTS over each
- * segment with the row's numbers: xg[s * K + k] = <p, g> over segment s, rounded once; xd[k] =
+ * team as the whole row steps are (FOR_EACH_ROW). A hyperparameter is a pointer and a stride
+ * (0: one for all rows, 1: one per row). The first pass runs ADAM_MOMENTS over each segment with
+ * the row's numbers: xg[s * K + k] = <p, g> over segment s, rounded once; xd[k] =
  * <p, d> and dq[k] = <d, q> over the row, the segments' float64 sums added in order and rounded
  * once: the same bits at any thread count and member count. */
 int shiftsim_split_rows(int64_t rows, int64_t n, int count);
@@ -507,7 +507,14 @@ static inline int64_t row_length(int S, const int64_t *len)
     return n;
 }
 
-#define ROWS_SPLIT(COUNT) shiftsim_split_rows(k1 - k0, row_length(S, len), (COUNT))
+/* The loop over rows k0 .. k1 - 1 of a fleet row pass reading COUNT tensors of S segments,
+ * split across the OpenMP team as the whole row steps are (shiftsim_split_rows, rowmath.c:
+ * each row whole on one thread, schedule static); SEG(t): segment s of tensor t in row k. */
+#define FOR_EACH_ROW(COUNT)                                                                 \
+    const int split_ = shiftsim_split_rows(k1 - k0, row_length(S, len), (COUNT));           \
+    _Pragma("omp parallel for schedule(static) if(split_)")                                 \
+    for (int64_t k = k0; k < k1; k++)
+#define SEG(t) (x[(t) * S + s] + k * ld[(t) * S + s])
 
 #define MOMO_ADAM_ROWS(NAME, T, MOMENTS)                                                    \
     void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
@@ -515,15 +522,12 @@ static inline int64_t row_length(int S, const int64_t *len)
               int64_t w2_s, const T *bc2, int64_t bc2_s, const T *eps, int64_t eps_s,       \
               T *xg, T *xd, T *dq)                                                          \
     {                                                                                       \
-        const int split = ROWS_SPLIT(4);                                                    \
-        _Pragma("omp parallel for schedule(static) if(split)")                              \
-        for (int64_t k = k0; k < k1; k++) {                                                 \
+        FOR_EACH_ROW(4) {                                                                   \
             double row_xd = 0.0, row_dq = 0.0;                                              \
             for (int s = 0; s < S; s++) {                                                   \
                 double part[3];                                                             \
-                MOMENTS(x[s] + k * ld[s], x[S + s] + k * ld[S + s],                         \
-                        x[2 * S + s] + k * ld[2 * S + s], x[3 * S + s] + k * ld[3 * S + s], \
-                        len[s], w1[k * w1_s], b2[k * b2_s], w2[k * w2_s], bc2[k * bc2_s],   \
+                MOMENTS(SEG(0), SEG(1), SEG(2), SEG(3), len[s],                             \
+                        w1[k * w1_s], b2[k * b2_s], w2[k * w2_s], bc2[k * bc2_s],           \
                         eps[k * eps_s], part);                                              \
                 xg[s * K + k] = (T)part[0];                                                 \
                 row_xd += part[1];                                                          \
@@ -537,21 +541,18 @@ static inline int64_t row_length(int S, const int64_t *len)
 MOMO_ADAM_ROWS(shiftsim_momo_adam_rows_f32, float, adam_moments_f32)
 MOMO_ADAM_ROWS(shiftsim_momo_adam_rows_f64, double, adam_moments_f64)
 
-/* The second pass over the rows (tensors P, D, V), element by element as MOMO_ADAM_UPDATE with
- * the row's numbers: p <- p pre[k] (decoupled decay; pre NULL: none), p <- p + q ntau[k]
+/* The second pass over the rows (the first pass's x: tensors P, G, D, V; G not read), element
+ * by element as MOMO_ADAM_UPDATE with the row's numbers: p <- p pre[k] (decoupled decay; pre NULL: none), p <- p + q ntau[k]
  * (torch's addcmul_: one fused multiply-add), p <- p post[k] (proximal decay; post NULL). */
 #define MOMO_ADAM_ROWS_UPDATE(NAME, T, RUN)                                                 \
     void NAME(int S, const int64_t *len, T **x, const int64_t *ld, int64_t k0, int64_t k1,  \
               const T *bc2, int64_t bc2_s, const T *eps, int64_t eps_s, const T *ntau,      \
               const T *pre, int64_t pre_s, const T *post, int64_t post_s)                   \
     {                                                                                       \
-        const int split = ROWS_SPLIT(3);                                                    \
-        _Pragma("omp parallel for schedule(static) if(split)")                              \
-        for (int64_t k = k0; k < k1; k++)                                                   \
+        FOR_EACH_ROW(3)                                                                     \
             for (int s = 0; s < S; s++)                                                     \
-                RUN(x[s] + k * ld[s], x[S + s] + k * ld[S + s],                             \
-                    x[2 * S + s] + k * ld[2 * S + s], len[s], bc2[k * bc2_s],               \
-                    eps[k * eps_s], ntau[k], pre ? pre + k * pre_s : NULL,                  \
+                RUN(SEG(0), SEG(2), SEG(3), len[s], bc2[k * bc2_s], eps[k * eps_s],         \
+                    ntau[k], pre ? pre + k * pre_s : NULL,                                  \
                     post ? post + k * post_s : NULL);                                       \
     }
 
@@ -623,11 +624,8 @@ AM_SUMS(am_sums_f64, double, v16d, fma, sqrt)
 AMADAMW_SUMS(shiftsim_amadamw_sums_f32, float, am_sums_f32)
 AMADAMW_SUMS(shiftsim_amadamw_sums_f64, double, am_sums_f64)
 
-/* AM-AdamW's second pass, element by element as the eager kernel: P and W again (AM_PRECOND),
- * d <- lerp(d, g, a) with a = (P / W) keep[t] (_am_lerp_weight; keep = 1 - beta per tensor) where
- * use_lam, else a = keep[t]; p <- p shrink (decoupled decay, where shrink_on); p <- p + (nlr d) / P
- * (torch's addcdiv_ with value nlr = -lr). Each thread its first pass's chunks, in reverse. */
-/* The update of k elements with their tensor's numbers: P and W again (AM_PRECOND),
+/* AM-AdamW's update of k elements with their tensor's numbers, as the eager kernel
+ * (_am_lerp_weight; keep = 1 - beta): P and W again (AM_PRECOND),
  * d <- lerp(d, g, a) with a = (P / W) keep where use_lam, else keep; x <- x shrink (where shrink
  * is not NULL); then the step with nlr = -lr as torch's addcdiv_ makes it (STEP): with a float
  * value x + (nlr d) / P, with a tensor value (the denominator divided by it first, then
@@ -657,6 +655,9 @@ AM_UPDATE_RUN(am_update_f64, double, fma, fabs, sqrt, AM_STEP_FLOAT)
 AM_UPDATE_RUN(am_update_value_f32, float, fmaf, fabsf, sqrtf, AM_STEP_TENSOR)
 AM_UPDATE_RUN(am_update_value_f64, double, fma, fabs, sqrt, AM_STEP_TENSOR)
 
+/* AM-AdamW's second pass over n tensors (AM_UPDATE_RUN with tensor t's keep[t], the float
+ * step: torch's addcdiv_ with value nlr = -lr): each thread its first pass's chunks, in
+ * reverse. */
 #define AMADAMW_UPDATE(NAME, T, RUN)                                                        \
     void NAME(int nt, T **p, T **g, T **d, T **v, int64_t nchunks, const int64_t *tix,      \
               const int64_t *lo, const int64_t *hi, const T *c1, const T *c2, double lam_d, \
@@ -675,8 +676,7 @@ AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, am_update_f64)
 
 /* AM-AdamW over a fleet's rows (shiftsim.optim.adamem._amadamw_rows): rows k0 .. k1 - 1 of S
  * segments (one per parameter tensor; tensor t's segment s of row k at x[t * S + s] +
- * k * ld[t * S + s]; the tensors P, G, D, V), each row whole on one thread (split as
- * MOMO_ADAM_ROWS). Segment s of row k takes its coefficients c1[s * K + k], c2[s * K + k];
+ * k * ld[t * S + s]; the tensors P, G, D, V), each row whole on one thread (FOR_EACH_ROW). Segment s of row k takes its coefficients c1[s * K + k], c2[s * K + k];
  * the hyperparameters b2, w2 = 1 - b2 and lam are a pointer and a stride each. The first pass
  * runs AM_SUMS over each segment: the second moments moved, and the eager kernel's sums
  * (R = 5 with the parameters, where with_p, else 3) into sums[(s * R + r) * K + k], each
@@ -686,14 +686,12 @@ AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, am_update_f64)
               int64_t K, const T *c1, const T *c2, const T *b2, int64_t b2_s, const T *w2,  \
               int64_t w2_s, const T *lam, int64_t lam_s, int use_lam, int with_p, T *sums)  \
     {                                                                                       \
-        const int split = ROWS_SPLIT(4), R = with_p ? 5 : 3;                                \
-        _Pragma("omp parallel for schedule(static) if(split)")                              \
-        for (int64_t k = k0; k < k1; k++)                                                   \
+        const int R = with_p ? 5 : 3;                                                       \
+        FOR_EACH_ROW(4)                                                                     \
             for (int s = 0; s < S; s++) {                                                   \
                 double out[5];                                                              \
-                SUMS(with_p ? x[s] + k * ld[s] : NULL, x[S + s] + k * ld[S + s],            \
-                     x[2 * S + s] + k * ld[2 * S + s], x[3 * S + s] + k * ld[3 * S + s],    \
-                     len[s], b2[k * b2_s], w2[k * w2_s], c1[s * K + k], c2[s * K + k],      \
+                SUMS(with_p ? SEG(0) : NULL, SEG(1), SEG(2), SEG(3), len[s],                \
+                     b2[k * b2_s], w2[k * w2_s], c1[s * K + k], c2[s * K + k],              \
                      lam[k * lam_s], use_lam, out);                                         \
                 for (int r = 0; r < R; r++)                                                 \
                     sums[(s * R + r) * K + k] = (T)out[r];                                  \
@@ -714,13 +712,10 @@ AMADAMW_ROWS(shiftsim_amadamw_rows_f64, double, am_sums_f64)
               int use_lam, const T *keep, const T *shrink, int64_t shrink_s,                \
               const T *nlr, int64_t nlr_s)                                                  \
     {                                                                                       \
-        const int split = ROWS_SPLIT(4);                                                    \
-        _Pragma("omp parallel for schedule(static) if(split)")                              \
-        for (int64_t k = k0; k < k1; k++)                                                   \
+        FOR_EACH_ROW(4)                                                                     \
             for (int s = 0; s < S; s++)                                                     \
-                RUN(x[s] + k * ld[s], x[S + s] + k * ld[S + s],                             \
-                    x[2 * S + s] + k * ld[2 * S + s], x[3 * S + s] + k * ld[3 * S + s],     \
-                    len[s], c1[s * K + k], c2[s * K + k], lam[k * lam_s], use_lam,          \
+                RUN(SEG(0), SEG(1), SEG(2), SEG(3), len[s],                                 \
+                    c1[s * K + k], c2[s * K + k], lam[k * lam_s], use_lam,                  \
                     keep[s * K + k], shrink ? shrink + k * shrink_s : NULL,                 \
                     nlr[k * nlr_s]);                                                        \
     }
