@@ -231,6 +231,29 @@ def test_accuracy_matrices_average_over_seeds():
         plots.accuracy_matrices(ev.assign(phase_end=False))
 
 
+def test_accuracy_matrices_do_not_draw_the_figure_per_panel(monkeypatch):
+    """seaborn's heatmap drew the whole figure once per panel (to check its tick labels): the
+    league report's 53-panel figure took 84 s; the panels are plain matplotlib now."""
+    import matplotlib.figure
+
+    draws = []
+    real = matplotlib.figure.Figure.draw
+    monkeypatch.setattr(matplotlib.figure.Figure, "draw",
+                        lambda self, r: (draws.append(1), real(self, r))[1])
+    ev = pd.DataFrame({"optimizer": np.repeat(["a", "b", "c"], 8), "scenario": "s",
+                       "step": 0, "phase": [0, 0, 1, 1] * 6, "regime": [0, 1, 0, 1] * 6,
+                       "accuracy": np.linspace(0, 1, 24), "phase_end": True,
+                       "task": np.tile(np.repeat(["x", "y"], 4), 3)})
+    fig = plots.accuracy_matrices(ev, row="task")
+    assert draws == [] and len(fig.axes) == 7  # 2 rows x 3 optimizers and the colour bar
+    ax = fig.axes[0]
+    # panel (x, a): rows 0-3 of linspace(0, 1, 24), i / 23; panel (y, c): rows 20-23
+    assert [t.get_text() for t in ax.texts] == ["0.00", "0.04", "0.09", "0.13"]
+    assert [t.get_color() for t in ax.texts] == ["w"] * 4  # light text on dark cells
+    assert [t.get_text() for t in fig.axes[5].texts] == ["0.87", "0.91", "0.96", "1.00"]
+    assert [t.get_color() for t in fig.axes[5].texts] == [".15"] * 4  # dark on light
+
+
 def test_diagnostics_one_panel_per_recorded_quantity():
     tr = make_traces(seeds=2, steps=(15, 15))
     tr["diag_damping"] = np.where(tr["optimizer"] == "tam", 0.5, np.nan)

@@ -505,6 +505,24 @@ def test_unknown_baseline(study_dir, tmp_path):
 
 # -- writing ------------------------------------------------------------------------------------
 
+def test_each_figure_is_closed_before_the_next_is_drawn(study_dir, tmp_path):
+    """A report of many scenarios drew every figure before writing any (24 in the league:
+    matplotlib's 'more than 20 figures' warning); now each is written and closed first."""
+    import warnings
+
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    with mpl.rc_context({"figure.max_open_warning": 1}), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = report(study_dir, tmp_path / "r")
+    assert len(list((out / "figures").glob("*.png"))) >= 4
+    assert not [w for w in caught if "figures have been opened" in str(w.message)]
+    assert plt.get_fignums() == []
+
+
 def test_nothing_partial_is_left_when_writing_fails(study_dir, rep, tmp_path, monkeypatch):
     import shiftsim.report.figures as figures
 

@@ -42,7 +42,7 @@ import shutil
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +248,8 @@ def build_document(v: StudyView, figures: list[FigureFile], findings: list[str],
         notes=NOTES, files=files)
 
 
-def _save_figures(figs: list[Any], folder: Path, dpi: int) -> list[FigureFile]:
+def _save_figures(figs: Iterable[Any], folder: Path, dpi: int) -> list[FigureFile]:
+    """Write each figure as PNG and SVG and close it before the next is drawn."""
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -354,7 +355,6 @@ def report(study_dir: str | os.PathLike, out_dir: str | os.PathLike,
         say("tables")
         _write_tables(v.tables, tmp / "tables")
         figs = build_figures(v, results, window=window, progress=lambda n: say(f"figure: {n}"))
-        say("writing figures")
         files = _save_figures(figs, tmp / "figures", dpi)
         say("findings")
         found = make_findings(v)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +61,13 @@ def _scenario_order(v: StudyView) -> list[str]:
 
 
 def build_figures(v: StudyView, results: Any, window: int = 20,
-                  progress: Callable[[str], None] | None = None) -> list[Figure]:
-    """Draw the report's figures (those the study has data for)."""
-    figs: list[Figure] = []
+                  progress: Callable[[str], None] | None = None) -> Iterator[Figure]:
+    """Draw the report's figures (those the study has data for), one at a time.
+
+    A generator: each figure is drawn when the next one is asked for, so the caller can save
+    and close it first (a league of 22 scenarios has 24 figures; matplotlib warns past 20
+    open ones, and each holds its canvas in memory).
+    """
     palette = plots.optimizer_palette(v.arms)
     pct = int(round(100 * v.level))
     ok_ids = v.runs.loc[v.runs["status"].isin(WITH_METRICS), "run_id"].tolist()
@@ -97,32 +101,32 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
             traces_f, hue="optimizer", col=None if single else col, window=window, before=window,
             level=v.level, palette=palette, col_wrap=3, col_label=col_label, hue_order=v.arms,
             col_order=shown, recovery=values, shifted=_shifted_phases(v))
-        figs.append(Figure(
+        yield Figure(
             "recovery_curves", "Recovery after each shift",
             f"Online accuracy ({window}-step trailing mean within the phase) against steps since "
             f"each shift; mean over seeds and shifts with a {pct} % Student-t band; the dashed "
             "line is the shift, dotted lines the median recovery time over seeds of each "
             "optimizer (when defined; each run's shifts reduced to their median first). "
-            f"Negative steps: the end of the phase before{note}.{noise_note}", fig))
+            f"Negative steps: the end of the phase before{note}.{noise_note}", fig)
 
     say("stream accuracy")
     fig = plots.stream_accuracy(
         traces_f, v.phases, hue="optimizer", col=None if single else col, window=window,
         level=v.level, palette=palette, col_wrap=2, hue_order=v.arms, col_order=shown,
         col_label=col_label)
-    figs.append(Figure(
+    yield Figure(
         "stream_accuracy", "Online accuracy over the whole stream",
         f"Online accuracy ({window}-step trailing mean within each phase) against the step, "
         f"mean over seeds with a {pct} % band; phases alternately shaded and named{note}. "
-        "A × marks where a run stopped because it diverged.", fig))
+        "A × marks where a run stopped because it diverged.", fig)
 
     if len(v.scenarios) >= 2 and multi_phase:
         say("severity curves")
-        figs += _severity_figures(v, palette, values)
+        yield from _severity_figures(v, palette, values)
 
     if len(v.scenarios) >= 2 or len(v.arms) >= 2:
         say("heatmap")
-        figs.append(_heatmap(v, values))
+        yield _heatmap(v, values)
 
     evals = results.evals
     if len(evals) and "phase_end" in evals.columns and evals["phase_end"].astype(bool).any() \
@@ -141,22 +145,21 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
                                           row=None if len(rows) == 1 else row,
                                           hue_order=v.arms, row_order=row_order,
                                           row_label=row_label)
-            figs.append(Figure(
+            yield Figure(
                 "accuracy_matrix", "Accuracy matrix",
                 "R[i, j]: held-out accuracy on the regime of phase j at the end of phase i, mean "
                 "over seeds (label noise is not applied to held-out labels, so noise phases "
                 "show clean accuracy)" + ("" if len(rows) == len(v.scenarios) else
-                                          f"; {len(rows)} scenarios shown") + ".", fig))
+                                          f"; {len(rows)} scenarios shown") + ".", fig)
 
     sens = _sensitivity(v, palette)
     if sens is not None:
         say("sensitivity")
-        figs.append(sens)
+        yield sens
 
     diag = _diagnostics(v, results, palette, window)
     if diag is not None:
-        figs.append(diag)
-    return figs
+        yield diag
 
 
 def _headline_values(v: StudyView) -> pd.DataFrame:
@@ -214,10 +217,9 @@ def _sensitivity(v: StudyView, palette: dict[str, Any]) -> Figure | None:
 
 
 def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFrame
-                      ) -> list[Figure]:
+                      ) -> Iterator[Figure]:
     pct = int(round(100 * v.level))
     families = sorted(set(v.families.values())) if v.families else [None]
-    out = []
     for fam in families:
         scen = [s for s in v.scenarios if fam is None or v.families.get(s) == fam]
         rn = values[values["scenario"].isin(scen)]
@@ -236,7 +238,7 @@ def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFram
             axes[0].get_legend().remove()
         suffix = f"_{_slug(fam)}" if fam else ""
         title = f"Recovery and accuracy against {x_label}" + (f" ({fam})" if fam else "")
-        out.append(Figure(
+        yield Figure(
             f"severity{suffix}", title,
             "Left: median recovery time over seeds (each run's shifts reduced to their median "
             "first; runs that never recover count as +∞), bars from the 25th to the 75th "
@@ -244,8 +246,7 @@ def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFram
             "seeds that never recovered (bigger: more) and an open circle there a median that "
             "is undefined (half or more never recover). Right: online accuracy, mean over seeds "
             f"with a {pct} % Student-t interval, dots the seeds. Label-noise scenarios: "
-            "original labels.", fig))
-    return out
+            "original labels.", fig)
 
 
 def _slug(text: str) -> str:
