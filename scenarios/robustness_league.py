@@ -12,9 +12,11 @@ interval from resampling seeds, and per scenario family.
 
 Shrunk to fit one 2-core machine: phases of 200 steps (tasks of the label flips, the covariate
 and class-prior phases), batches of 32, and digits only: 22 scenarios x 13 optimizers x
-(5 x 3 tuning + 10 evaluation) = 7,150 runs, plus the runs of widened grids. A Fashion-MNIST run
-of the same length costs about 8x a digits run (784 inputs instead of 64; 2.4 s against 0.3 s
-per run in a fleet on 2 cores), so the Fashion-MNIST half would add about 2.5 hours there; set
+(5 x 3 tuning + 10 evaluation) = 7,150 runs, plus the runs of widened grids (4.9 min on a 2-core
+AMD EPYC). A Fashion-MNIST run of the same length costs about 13x a digits run (784 inputs
+instead of 64, shifts on 28 x 28 images: 413 against 31 ms of wall time a run, the 13 optimizers
+x 10 seeds of the rotate and noise scenarios in fleets on 2 workers, that machine), so the
+Fashion-MNIST half would add about an hour there (estimated, not run); set
 ``SHIFTSIM_LEAGUE_FASHION=1`` (and another ``--out``) to run the full league of 44 scenarios.
 The Fashion-MNIST comparisons of this round are in the TAM study (``tam_label_flip.py``).
 
