@@ -91,6 +91,30 @@ def test_traces_concatenates_with_labels(tmp_path, scenario):
     assert sorted(idx["run_id"]) == sorted(res.runs["run_id"])
 
 
+def test_traces_and_evals_equal_a_dataframe_per_file(tmp_path, scenario):
+    """The runs' files are joined as Arrow tables and converted once: the same frame as
+    pandas reading each file and concatenating, with columns only some runs have (TAM's and
+    MoMo's diagnostics) filled with NaN where a run lacks them."""
+    study = Study("t", [scenario], ss.models.mlp(hidden=(8,)),
+                  {"sgdm": ss.optim.spec("sgdm", lr=0.05), "tam": ss.optim.spec("tam", lr=0.05),
+                   "momo": ss.optim.spec("momo", lr=0.5)}, seeds=2)
+    study.run(tmp_path, workers=1, progress=False)
+    res = store.load(tmp_path)
+    ids = res.runs["run_id"].tolist()
+    keys = res.runs[res._label_columns()]
+    for name, got in [("trace.parquet", res.traces()), ("evals.parquet", res.evals)]:
+        per_file = pd.concat([pd.read_parquet(tmp_path / "runs" / r / name) for r in ids],
+                             ignore_index=True)
+        pd.testing.assert_frame_equal(got, keys.merge(per_file, on="run_id", how="right"))
+    tr = res.traces()
+    assert {"diag_damping", "diag_step_size"} <= set(tr.columns)
+    assert tr.loc[tr["optimizer"] == "sgdm", "diag_damping"].isna().all()
+    assert tr.loc[tr["optimizer"] == "tam", "diag_damping"].notna().all()
+    one = res.trace(ids[0])
+    pd.testing.assert_frame_equal(one, pd.read_parquet(tmp_path / "runs" / ids[0] /
+                                                       "trace.parquet"))
+
+
 def corrupt_cases():
     def drop_summary(d):
         (d / "summary.json").unlink()
@@ -310,6 +334,39 @@ def test_common_phases_recompute_only_changed_groups(tmp_path, scenario, monkeyp
     assert reads == []
     store.results._GROUP_CACHE.clear()
     pd.testing.assert_frame_equal(again, store.load(tmp_path).phases)
+
+
+def test_stage_phases_read_only_that_stages_traces(tmp_path, scenario, monkeypatch):
+    """``stage_phases("eval")`` equals the evaluation rows of ``phases`` (the common
+    reference is per scenario and stage) and reads no tuning run's trace."""
+    from shiftsim.study import Tuning
+
+    study = Study("staged", [scenario], ss.models.mlp(hidden=(8,)),
+                  {"a": ss.optim.spec("sgdm"), "b": ss.optim.spec("sgd")}, seeds=2,
+                  tuning=Tuning(grid={"a": {"lr": [0.01, 0.1]}, "b": {"lr": [0.03, 0.3]}},
+                                seeds=1))
+    study.run(tmp_path, workers=1, progress=False)
+    store.results._GROUP_CACHE.clear()
+    runs = store.load(tmp_path).runs
+    assert set(runs["stage"]) == {"tune", "eval"}
+    reads = []
+    real = store.StudyResults._trace_arrays
+    monkeypatch.setattr(store.StudyResults, "_trace_arrays",
+                        lambda self, rid, cols: (reads.append(rid), real(self, rid, cols))[1])
+    res = store.load(tmp_path)
+    got = res.stage_phases("eval")
+    assert set(reads) == set(runs.loc[runs["stage"] == "eval", "run_id"])
+    assert set(got["stage"]) == {"eval"} and got["shifted"].any()
+    everything = store.load(tmp_path).phases
+    for stage in ("eval", "tune"):
+        pd.testing.assert_frame_equal(
+            store.load(tmp_path).stage_phases(stage),
+            everything[everything["stage"] == stage].reset_index(drop=True))
+    assert len(res.phases)  # computed: the stages are its rows from now on
+    pd.testing.assert_frame_equal(res.stage_phases("tune"), store.load(tmp_path)
+                                  .stage_phases("tune"))
+    with pytest.raises(ShiftsimError, match="stage must be a string"):
+        res.stage_phases(1)
 
 
 def test_a_serialized_result_writes_the_same_folder(tmp_path, spec, result):

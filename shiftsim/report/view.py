@@ -229,7 +229,9 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
     scenarios = [str(s) for s in _first_order(runs["scenario"])]
     sev = runs.groupby("scenario", sort=False)["severity"].first()
     severity = {str(s): float(sev.get(s, math.nan)) for s in scenarios}
-    phases = results.phases.copy()
+    # a tuned study's report uses its evaluation runs: their phases alone (the common
+    # reference is per scenario and stage, so the tuning runs' traces are not read)
+    phases = results.stage_phases("eval") if tuned else results.phases.copy()
     if len(phases) and tuned:
         phases = phases[phases["run_id"].isin(runs["run_id"])]
     if len(phases):
