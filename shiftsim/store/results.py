@@ -74,7 +74,9 @@ class StudyResults:
       per-phase summary (``phase``, ``name``, ``online_acc``, ``recovery_steps``, ``censored``,
       ``drop``, ``deficit``, ``heldout_acc``, ``ceiling``, ``regime``, ...), with recovery timed
       against the study's common reference (recomputed from the traces on first use);
-      ``run_phases`` holds the same rows as stored, each run against its own plateau.
+      ``run_phases`` holds the same rows as stored, each run against its own plateau;
+      :meth:`stage_phases` one stage's rows (a tuned study's ``"eval"`` runs) without reading
+      the other stage's traces.
     * ``evals``: every run's held-out evaluations with the run's labels (read on first use).
     * :meth:`trace` / :meth:`traces`: the per-step traces, read on demand.
     * ``study``: the ``study.json`` dict (None for a folder written by ``shiftsim run``).
