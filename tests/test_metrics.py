@@ -549,6 +549,23 @@ def test_median_interval():
     assert math.isnan(M.median_interval([3], [False])[1])
 
 
+@pytest.mark.parametrize("n", [2, 3, 7, 10, 20])
+def test_median_interval_equals_the_numpy_median_bootstrap(n):
+    """The bootstrap medians are the sorted resamples' middle pair: the same numbers as
+    np.median of each resample (odd and even sizes, censored runs as +inf)."""
+    rng = np.random.default_rng(n)
+    times = rng.integers(1, 60, size=n).astype(float)
+    cens = rng.random(n) < 0.3
+    times[cens] = nan
+    x = np.where(cens, np.inf, times)
+    draws = np.random.default_rng(5).integers(0, n, size=(10_000, n))
+    meds = np.median(x[draws], axis=1)
+    meds = np.where(np.isnan(meds), np.inf, meds)
+    low = float(np.quantile(meds, 0.025, method="lower"))
+    high = float(np.quantile(meds, 0.975, method="higher"))
+    assert M.median_interval(times, cens, seed=5)[1:] == (low, high)
+
+
 # ----------------------------------------------------------------------------------------------
 # held-out evaluations
 #

@@ -186,7 +186,9 @@ def median_interval(times: ArrayLike, censored: ArrayLike, level: float = 0.95, 
     if x.size < 2:
         return (med, math.nan, math.nan)
     rng = np.random.default_rng(seed)
-    meds = np.median(np.sort(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1), axis=1)
+    ordered = np.sort(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1)
+    # the middle pair's mean: what np.median computes, without partitioning sorted rows again
+    meds = (ordered[:, (x.size - 1) // 2] + ordered[:, x.size // 2]) / 2
     meds = np.where(np.isnan(meds), np.inf, meds)  # inf + inf halves: still never recovered
     low = float(np.quantile(meds, (1 - level) / 2, method="lower"))
     high = float(np.quantile(meds, (1 + level) / 2, method="higher"))
