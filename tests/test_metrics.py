@@ -536,6 +536,29 @@ def test_paired_p_value():
         M.paired_p_value(d, "z")
 
 
+def test_wilcoxon_p_values_are_scipys_bit_for_bit():
+    """Tied magnitudes with up to 13 differences: counted over the 2^n sign flips
+    (_signed_rank_flips_p) instead of scipy's enumeration, the same p-values bit for bit; the
+    other cases are scipy's own (exact distribution without ties, normal approximation with
+    ties beyond 13)."""
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    counted = 0
+    for _ in range(60):
+        n = int(rng.integers(2, 21))
+        d = rng.integers(-8, 9, size=n) * rng.choice([1.0, 0.5, 2.5, 3.0])
+        d = d[d != 0]
+        if d.size < 2 or np.all(d == d[0]):
+            continue
+        counted += d.size <= 13 and np.unique(np.abs(d)).size < d.size
+        assert M.paired_p_value(d, "wilcoxon") == float(wilcoxon(d).pvalue), d
+    assert counted > 15  # (2,441 of 2,441 the same when written)
+    # the 2^n flips by hand, n = 4, magnitudes 1 1 2 3 (ranks 1.5 1.5 3 4), all positive:
+    # the sum 10 is the largest of 16, 2 * 1/16
+    assert M.paired_p_value([1.0, 1.0, 2.0, 3.0], "wilcoxon") == 0.125
+
+
 def test_median_interval():
     # the interval comes from resampling seeds; it contains the median and is reproducible
     times, cens = [10, 12, 11, 40, 9, 13, 10, 11, 12, 14], [False] * 10

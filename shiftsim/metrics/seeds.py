@@ -224,6 +224,8 @@ def paired_p_value(differences: ArrayLike, test: str = "t") -> float:
             return 1.0
         if np.all(d == d[0]):
             return float(min(1.0, 2 * 0.5 ** d.size))
+        if d.size <= _SIGN_FLIPS_UP_TO and np.unique(np.abs(d)).size < d.size:
+            return _signed_rank_flips_p(d)
         from scipy.stats import wilcoxon
 
         return float(wilcoxon(d).pvalue)
@@ -232,6 +234,36 @@ def paired_p_value(differences: ArrayLike, test: str = "t") -> float:
     from scipy.stats import ttest_1samp
 
     return float(ttest_1samp(d, 0.0).pvalue)
+
+
+#: up to this many differences with tied magnitudes, scipy's wilcoxon enumerates all 2^n sign
+#: flips (its permutation test; beyond, the normal approximation)
+_SIGN_FLIPS_UP_TO = 13
+
+
+def _signed_rank_flips_p(d: np.ndarray) -> float:
+    """Two-sided p-value of the signed-rank sum of ``d`` (non-zero, some magnitudes tied)
+    over all 2^n sign flips: the p-value scipy's ``wilcoxon`` gives there, bit for bit
+    (tested), counted instead of enumerated. Average ranks are multiples of 1/2, so twice
+    each rank is an integer and the flips' rank sums are subset sums, counted by dynamic
+    programming; p = 2 min(#(sum <= observed), #(sum >= observed)) / 2^n, capped at 1.
+    (scipy's permutation test took 48 ms for n = 10, 2,000 such tests in a league report.)
+
+    >>> _signed_rank_flips_p(np.array([3.0, -2.0, 5.0, 5.0, 1.0, -4.0, 7.0, 2.0, 3.0]))
+    0.109375
+    """
+    from scipy.stats import rankdata
+
+    twice = np.rint(2 * rankdata(np.abs(d))).astype(np.int64)
+    observed = int(twice[d > 0].sum())
+    counts = np.zeros(int(twice.sum()) + 1, dtype=np.int64)
+    counts[0] = 1
+    for v in twice:  # add one difference: its rank in the sum or not
+        counts[v:] = counts[v:] + counts[:-v]
+    total = float(2 ** d.size)
+    less = float(counts[:observed + 1].sum()) / total
+    greater = float(counts[observed:].sum()) / total
+    return float(min(1.0, min(less, greater) * 2))
 
 
 def holm(p_values: ArrayLike) -> np.ndarray:
