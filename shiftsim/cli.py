@@ -195,10 +195,20 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
     from .report import describe, report
 
-    path = report(args.dir, _out_dir(args.out), baseline=args.baseline)
-    print(describe(path))
+    t0 = time.perf_counter()
+
+    def stage(text: str) -> None:  # a large study's report takes a minute or more
+        print(f"report: {text} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr,
+              flush=True)
+
+    show = not args.quiet and sys.stderr.isatty()  # a terminal: logs get the result line only
+    path = report(args.dir, _out_dir(args.out), baseline=args.baseline,
+                  progress=stage if show else None)
+    print(f"{describe(path)} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -258,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", help="a study results folder")
     rep.add_argument("--out", required=True, help="report folder")
     rep.add_argument("--baseline", help="optimizer to compare the others against")
+    rep.add_argument("--quiet", action="store_true",
+                     help="no stage lines (loading, tables, each figure) on a terminal's "
+                          "standard error")
     rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list optimizers, shifts, datasets, models or scenarios")

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -594,6 +595,18 @@ def test_cli_report(study_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_cli_report_shows_its_stages_on_a_terminal(study_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["report", str(study_dir), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr()
+    stages = out.err.strip().splitlines()
+    assert stages[0].startswith("report: loading the study (") and stages[0].endswith(" s)")
+    assert "report: figure: recovery curves (" in out.err and "report: findings (" in out.err
+    assert re.search(r"\(\d+ ok, .*\) in \d+\.\d s$", out.out.strip())
+    assert main(["report", str(study_dir), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_cli_report_of_a_study_where_every_run_failed(tmp_path, digits, capsys):

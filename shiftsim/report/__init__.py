@@ -315,7 +315,8 @@ def report(study_dir: str | os.PathLike, out_dir: str | os.PathLike,
             the metrics stored with each run (window 20, target 90 % of the plateau).
         level: the confidence level of every interval.
         dpi: resolution of the PNG figures.
-        progress: called with a short text before each stage (the CLI prints them).
+        progress: called with a short text before each stage (the CLI prints them on a
+            terminal).
 
     Returns the report folder. Raises :class:`~shiftsim.errors.ShiftsimError` (one line,
     naming the problem) for a missing or empty study folder, a study without a single run with
