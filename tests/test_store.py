@@ -106,6 +106,13 @@ def test_traces_and_evals_equal_a_dataframe_per_file(tmp_path, scenario):
         per_file = pd.concat([pd.read_parquet(tmp_path / "runs" / r / name) for r in ids],
                              ignore_index=True)
         pd.testing.assert_frame_equal(got, keys.merge(per_file, on="run_id", how="right"))
+    some = ids[::2]
+    fresh = store.load(tmp_path).evals_of(some)  # only those files read
+    pd.testing.assert_frame_equal(
+        fresh, res.evals[res.evals["run_id"].isin(some)].reset_index(drop=True))
+    pd.testing.assert_frame_equal(res.evals_of(some), fresh)  # from the loaded frame
+    with pytest.raises(ShiftsimError, match="a list of run ids"):
+        res.evals_of(ids[0])
     tr = res.traces()
     assert {"diag_damping", "diag_step_size"} <= set(tr.columns)
     assert tr.loc[tr["optimizer"] == "sgdm", "diag_damping"].isna().all()

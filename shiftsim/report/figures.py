@@ -128,7 +128,7 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
         say("heatmap")
         yield _heatmap(v, values)
 
-    evals = results.evals
+    evals = results.evals_of(ok_ids)  # a tuned study's evaluation runs: not its tuning runs'
     if len(evals) and "phase_end" in evals.columns and evals["phase_end"].astype(bool).any() \
             and max(v.n_phases.values() or [0]) >= 2:
         say("accuracy matrix")

@@ -77,7 +77,8 @@ class StudyResults:
       ``run_phases`` holds the same rows as stored, each run against its own plateau;
       :meth:`stage_phases` one stage's rows (a tuned study's ``"eval"`` runs) without reading
       the other stage's traces.
-    * ``evals``: every run's held-out evaluations with the run's labels (read on first use).
+    * ``evals``: every run's held-out evaluations with the run's labels (read on first use);
+      :meth:`evals_of` those of some runs.
     * :meth:`trace` / :meth:`traces`: the per-step traces, read on demand.
     * ``study``: the ``study.json`` dict (None for a folder written by ``shiftsim run``).
     * ``problems``: ``{run_id: reason}`` for incomplete folders.
@@ -308,6 +309,18 @@ class StudyResults:
         if self._evals is None:
             self._evals = self._concat(EVALS_FILE, None, None)
         return self._evals
+
+    def evals_of(self, run_ids: Iterable[str]) -> pd.DataFrame:
+        """The held-out evaluations of ``run_ids`` (those that are ok or diverged) with the
+        runs' labels: :attr:`evals`' rows of those runs, reading only their files (a tuned
+        study's report reads its evaluation runs', 2,860 of the robustness league's 8,200)."""
+        if isinstance(run_ids, str):
+            raise ShiftsimError(f"run_ids must be a list of run ids, got the string {run_ids!r}")
+        ids = list(run_ids)
+        if self._evals is not None:
+            ev = self._evals
+            return ev[ev["run_id"].isin(ids)].reset_index(drop=True)
+        return self._concat(EVALS_FILE, ids, None)
 
     def _concat(self, name: str, run_ids: Iterable[str] | None,
                 columns: Sequence[str] | None) -> pd.DataFrame:
