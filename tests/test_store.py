@@ -122,6 +122,37 @@ def test_traces_and_evals_equal_a_dataframe_per_file(tmp_path, scenario):
                                                        "trace.parquet"))
 
 
+def test_columns_arrow_cannot_unify_are_joined_by_pandas(tmp_path, scenario, monkeypatch):
+    """A column with a string type in one run and a number in another: Arrow refuses to join
+    them, and the frame is pandas' concatenation of the runs' frames (an object column)."""
+    import pyarrow as pa
+
+    study = Study("t", [scenario], ss.models.mlp(hidden=(8,)), lr_grid("sgdm", [0.01, 0.1]),
+                  seeds=1)
+    study.run(tmp_path, workers=1, progress=False)
+    res = store.load(tmp_path)
+    odd = res.runs["run_id"].iloc[0]
+    real = store.StudyResults._read_table
+
+    def read(self, run_id, name, columns=None):
+        t = real(self, run_id, name, columns)
+        if run_id != odd:
+            return t
+        i = t.schema.get_field_index("n")
+        return t.set_column(i, "n", pa.array([str(x) for x in t.column("n").to_pylist()]))
+
+    monkeypatch.setattr(store.StudyResults, "_read_table", read)
+    with pytest.raises(pa.ArrowTypeError):  # what the fallback is for
+        pa.concat_tables([read(res, r, "evals.parquet") for r in res.runs["run_id"]],
+                         promote_options="permissive")
+    got = res.evals
+    per_run = pd.concat([read(res, r, "evals.parquet").to_pandas() for r in res.runs["run_id"]],
+                        ignore_index=True)
+    keys = res.runs[res._label_columns()]
+    pd.testing.assert_frame_equal(got, keys.merge(per_run, on="run_id", how="right"))
+    assert got["n"].dtype == object and set(map(type, got["n"])) == {str, int}
+
+
 def corrupt_cases():
     def drop_summary(d):
         (d / "summary.json").unlink()

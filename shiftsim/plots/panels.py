@@ -97,12 +97,14 @@ def _matrix_panel(ax: plt.Axes, mat: pd.DataFrame, annotate: bool) -> None:
     for spine in ax.spines.values():
         spine.set_visible(False)
     if annotate:
+        from seaborn.utils import relative_luminance
+
+        # dark text on light cells: seaborn's heatmap rule
+        light = relative_luminance(cmap(vals).reshape(-1, 4)).reshape(vals.shape) > 0.408
         for (i, j), v in np.ndenumerate(vals):
-            if np.isfinite(v):  # dark text on light cells (relative luminance, as seaborn)
-                rgb = np.asarray(cmap(v)[:3])
-                lin = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+            if np.isfinite(v):
                 ax.text(j + 0.5, i + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color=".15" if lin @ [0.2126, 0.7152, 0.0722] > 0.408 else "w")
+                        color=".15" if light[i, j] else "w")
 
 
 def diagnostic_columns(traces: pd.DataFrame) -> list[str]:

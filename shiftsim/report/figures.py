@@ -132,8 +132,7 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
     if len(evals) and "phase_end" in evals.columns and evals["phase_end"].astype(bool).any() \
             and max(v.n_phases.values() or [0]) >= 2:
         say("accuracy matrix")
-        ev = _with_arm(evals[evals["status"].isin(WITH_METRICS)] if "status" in evals.columns
-                       else evals, v)
+        ev = _with_arm(evals, v)  # only ok_ids' rows: runs with metrics
         rows = [s for s in _spread(_scenario_order(v), 4) if v.n_phases.get(s, 0) >= 2]
         ev = ev[ev["scenario"].isin(rows)]
         if len(ev):
@@ -152,11 +151,12 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
                 "show clean accuracy)" + ("" if len(rows) == len(v.scenarios) else
                                           f"; {len(rows)} scenarios shown") + ".", fig)
 
-    sens = _sensitivity(v, palette)
-    if sens is not None:
+    cur = v.tuning_curves
+    if cur is not None and not cur.empty and "lr" in cur.columns:
         say("sensitivity")
-        yield sens
+        yield _sensitivity(v, palette, cur)
 
+    say("diagnostics")  # reads the most severe scenario's traces (no figure: none recorded)
     diag = _diagnostics(v, results, palette, window)
     if diag is not None:
         yield diag
@@ -183,11 +183,9 @@ def _shifted_phases(v: StudyView) -> pd.DataFrame | None:
     return v.phases.loc[v.phases["shifted"].astype(bool), ["run_id", "phase"]]
 
 
-def _sensitivity(v: StudyView, palette: dict[str, Any]) -> Figure | None:
-    """The tuning metric against the learning rate per optimizer and tuning group."""
-    cur = v.tuning_curves
-    if cur is None or cur.empty or "lr" not in cur.columns:
-        return None
+def _sensitivity(v: StudyView, palette: dict[str, Any], cur: pd.DataFrame) -> Figure:
+    """The tuning metric against the learning rate per optimizer and tuning group, from the
+    tuning curves ``cur`` (with an ``lr`` column)."""
     t = v.tuning if v.tuning is not None else pd.DataFrame()
     metric = str(t["metric"].iloc[0]) if len(t) and "metric" in t else "score"
     if metric == "deficit":

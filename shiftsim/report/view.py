@@ -231,10 +231,8 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
     severity = {str(s): float(sev.get(s, math.nan)) for s in scenarios}
     # a tuned study's report uses its evaluation runs: their phases alone (the common
     # reference is per scenario and stage, so the tuning runs' traces are not read)
-    phases = results.stage_phases("eval") if tuned else results.phases.copy()
-    if len(phases) and tuned:
-        phases = phases[phases["run_id"].isin(runs["run_id"])]
-    if len(phases):
+    phases = results.stage_phases("eval") if tuned else results.phases
+    if len(phases):  # (the merge below makes a new frame: the loaded one is not changed)
         phases = phases.merge(runs[["run_id", "optimizer", "optimizer_label"]].rename(
             columns={"optimizer": "_arm"}), on="run_id", how="left")
         phases["optimizer"] = phases["_arm"]
