@@ -20,7 +20,7 @@ public counterpart. torch's AdamW runs with its default weight decay 0.01; AM-Ad
 0 (the issue's signature), so the row ``adamem_adamw[wd=0.01]`` also times it with the same
 decay. Rows ``name[compiled]`` take the step with the optimizer's compiled kernel
 (``compile=True``: torch.compile/Inductor, shiftsim/optim/_compiled.py; MoMo's, TAM's,
-AM-SGD's, MoMo-Adam's and AM-AdamW's on a CPU are shiftsim's C code,
+AdaTAM(W)'s, AM-SGD's, MoMo-Adam's and AM-AdamW's on a CPU are shiftsim's C code,
 shiftsim/optim/tensorsteps.c, and ``SHIFTSIM_NATIVE=0`` gives Inductor's back); the others run
 eager (``compile=False``). The
 ``first step`` column is the wall time of each optimizer's first ``step()``, which for a

@@ -45,6 +45,7 @@ MAKERS = {
                                        compile=c),
     "tam_eps0": lambda ps, c: TAM(ps, lr=0.05, eps=0.0, compile=c),
     "adatam": lambda ps, c: AdaTAM(ps, lr=2e-3, weight_decay=0.01, compile=c),
+    "adatam_nowd": lambda ps, c: AdaTAM(ps, lr=2e-3, compile=c),
     "adatamw_bc": lambda ps, c: AdaTAMW(ps, lr=2e-3, weight_decay=0.01, bias_correction=True,
                                         compile=c),
     "grams": lambda ps, c: Grams(ps, lr=1e-2, weight_decay=0.05, compile=c),
@@ -84,11 +85,13 @@ def run(make, steps: int, dtype=torch.float64, compile=False):
 
 @pytest.fixture(autouse=True)
 def inductor_kernels(monkeypatch):
-    """The native kernels that the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and AM-AdamW
-    take on a CPU, switched off: these tests check Inductor's kernels (still taken where the
-    native code is not: a GPU, no C compiler), tests/test_tensor_steps.py the native ones."""
+    """The native kernels that the compiled steps of MoMo, TAM, AdaTAM(W), AM-SGD, MoMo-Adam
+    and AM-AdamW take on a CPU, switched off: these tests check Inductor's kernels (still taken
+    where the native code is not: a GPU, no C compiler), tests/test_tensor_steps.py the native
+    ones."""
     monkeypatch.setattr(_native, "momo_tensors_step", lambda *a, **kw: None)
     monkeypatch.setattr(_compiled, "tam_step_native", lambda *a, **kw: None)
+    monkeypatch.setattr(_compiled, "adatam_step_native", lambda *a, **kw: None)
     monkeypatch.setattr(_compiled, "amsgd_step_native", lambda *a, **kw: None)
     monkeypatch.setattr(_compiled, "momo_adam_step_native", lambda *a, **kw: None)
     monkeypatch.setattr(adamem, "_amadamw_native", lambda *a, **kw: None)

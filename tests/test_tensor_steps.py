@@ -1,9 +1,10 @@
 """The native steps over one learner's tensors (``shiftsim/optim/tensorsteps.c``), which the
-compiled steps of MoMo, TAM and AM-SGD take on a CPU: MoMo's whole step
-(``_native.momo_tensors_step``) against the Inductor kernel's function (run as plain torch) up
-to float rounding, the first moments bit for bit, the sums against float64, the same bits with
-one thread and two; TAM's and AM-SGD's two passes (``three_sums_tensors``,
-``lerp_update_tensors``) against float64 sums and torch's elementwise operations bit for bit;
+compiled steps of MoMo, TAM, AdaTAM(W), AM-SGD, MoMo-Adam and AM-AdamW take on a CPU: MoMo's
+whole step (``_native.momo_tensors_step``) against the Inductor kernel's function (run as plain
+torch) up to float rounding, the first moments bit for bit, the sums against float64, the same
+bits with one thread and two; TAM's, AdaTAM(W)'s and AM-SGD's two passes
+(``three_sums_tensors``, then ``lerp_update_tensors`` or ``adatam_update_tensors``) and the
+others' against float64 sums and torch's elementwise operations bit for bit;
 each optimizer through its class against its eager step and the float64 reference; the
 inputs they leave to the other kernels; and the build: OpenMP only as torch's own runtime, and
 a compiler without OpenMP."""
@@ -21,12 +22,14 @@ from test_optim_common import assert_traj_close, run_reference
 from test_optim_compiled import MAKERS, one_group, run
 from test_optim_momo import ADAM_HP, momo_reference
 from test_optim_native import fresh  # noqa: F401 - the fixture
-from test_optim_tam import TAM_HP, tam_reference
+from test_optim_tam import ADA_HP, TAM_HP, tam_reference
 
 from shiftsim.optim import (
     TAM,
     AdaptiveMemoryAdamW,
     AdaptiveMemorySGD,
+    AdaTAM,
+    AdaTAMW,
     MoMo,
     MoMoAdam,
     _compiled,
@@ -253,6 +256,36 @@ def test_the_update_pass_is_torchs_operations_bit_for_bit(dtype, weight, decay):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", ["none", "coupled", "decoupled"])
+def test_adatam_update_pass_is_torchs_operations_bit_for_bit(dtype, decay):
+    """AdaTAM(W)'s second pass against its eager kernel's operations (``tam._adatam_update``
+    with float hyperparameters): m <- m b1 + g' c, v <- v b2 + (1 - b2) g'^2, p <- p shrink,
+    p <- p + size m / (sqrt(v) + eps) with the correctly rounded square root, bit for bit;
+    second moments and gradients with exact zeros among them."""
+    P, G, M = _case(dtype, seed=7)[:3]
+    V = [(g * 2).square() for g in _case(dtype, seed=8)[1]]
+    G[2][0, :50] = 0.0
+    V[2][0, :40] = 0.0
+    c, wd, size, eps, b1, b2 = torch.tensor(0.6123, dtype=dtype), 0.03, -1.3e-3, 1e-8, 0.9, 0.999
+    mine = [[t.clone() for t in x] for x in (P, G, M, V)]
+    assert _native.adatam_update_tensors(
+        *mine, c=c.item(), beta1=b1, beta2=b2, eps=eps, size=size,
+        coupled_wd=wd if decay == "coupled" else None,
+        shrink=1 - 0.1 * wd if decay == "decoupled" else None)
+    for p, g, m, v in zip(P, G, M, V):
+        gw = g.add(p, alpha=wd) if decay == "coupled" else g
+        m.mul_(b1).addcmul_(gw, c)
+        v.mul_(b2).addcmul_(gw, gw, value=1 - b2)
+        if decay == "decoupled":
+            p.mul_(1 - 0.1 * wd)
+        den = exact_sqrt(v).add_(eps)
+        p.addcdiv_(m, den, value=size)
+    for got, want in zip(mine, (P, G, M, V)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_the_passes_leave_what_they_do_not_take():
     """Each call has one defect, the rest valid (the last lines: without it they apply)."""
     P, G, M = _case(torch.float32)[:3]
@@ -267,9 +300,17 @@ def test_the_passes_leave_what_they_do_not_take():
     assert not _native.lerp_update_tensors(P, [g.double() for g in G], M, 0.1, -0.1)
     assert not _native.lerp_update_tensors(P, G, M, torch.tensor(0.1), -0.1)
     assert not _native.lerp_update_tensors([], [], [], 0.1, -0.1)
+    ada = dict(c=0.5, beta1=0.9, beta2=0.99, eps=1e-8, size=-0.01)
+    assert not _native.adatam_update_tensors(P, strided, M, M, **ada)
+    assert not _native.adatam_update_tensors(P, G, M, [m.double() for m in M], **ada)
+    assert not _native.adatam_update_tensors(P, G, M, M[:-1], **ada)
+    assert not _native.adatam_update_tensors(P, G, M, M, **{**ada, "c": torch.tensor(0.5)})
+    assert not _native.adatam_update_tensors(P, G, M, M, **ada, shrink=torch.tensor(0.9))
+    assert not _native.adatam_update_tensors([], [], [], [], **ada)
     _unchanged([P, G, M], before)
     assert _native.three_sums_tensors(M, G, P, wd=0.1) is not None
     assert _native.lerp_update_tensors(*_clone([P, G, M]), 0.1, -0.1)
+    assert _native.adatam_update_tensors(*_clone([P, G, M, M]), **ada)
 
 
 # --------------------------------------------------------------------- MoMo-Adam's passes
@@ -491,15 +532,16 @@ def test_momo_native_step_matches_float64_reference(counted, bias_correction):
 
 @pytest.mark.parametrize("name, kernel, steps", [
     ("momo", "momo", 7), ("momo_adam", "adam", 8), ("adamem_adamw", "amw", 7),
-    ("tam", "sums", 0), ("adamem_sgd", "sums", 0)])
+    ("tam", "sums", 0), ("adamem_sgd", "sums", 0), ("adatam", "sums", 0)])
 def test_auto_takes_the_native_steps_that_are_faster_from_the_first_step(counted, name,
                                                                          kernel, steps):
     """``compile="auto"`` (the default) on a CPU, a model far below COMPILE_MIN_NUMEL and a run
     far shorter than COMPILE_AFTER_STEPS: MoMo's, MoMo-Adam's and AM-AdamW's native steps
     from their first covered step (counted: nothing to compile, and faster than their eager
     steps at every size measured); TAM's and AM-SGD's, slower than their eager steps below
-    about 85,000 parameters, keep the compile policy (eager here). With ``compile=False`` or
-    the native code off, eager (no compile either: the model is small)."""
+    about 85,000 parameters, keep the compile policy (eager here), and so does AdaTAM's (faster
+    than its eager step, but kept eager so that a default run keeps its numbers). With
+    ``compile=False`` or the native code off, eager (no compile either: the model is small)."""
     run(MAKERS[name], 8, compile="auto")
     assert counted[kernel] == steps
     run(MAKERS[name], 8, compile=False)
@@ -520,13 +562,15 @@ def test_auto_without_the_native_code_keeps_the_compile_policy(counted, monkeypa
 @pytest.mark.parametrize("name, kernel, steps", [
     ("momo", "momo", 11), ("momo_bc", "momo", 11),  # MoMo's first step is eager (fresh)
     ("tam", "sums", 12), ("tam_decoupled", "sums", 12), ("tam_eps0", "sums", 12),
+    ("adatam", "sums", 12), ("adatamw_bc", "sums", 12), ("adatam_nowd", "sums", 12),
     ("adamem_sgd", "sums", 11), ("adamem_sgd_nowd", "sums", 11),  # AM-SGD's first: eager
     ("momo_adam", "adam", 12), ("momo_adam_wd", "adam", 12), ("momo_adam_adamw", "adam", 12),
     ("adamem_adamw", "amw", 11), ("adamem_adamw_lam0", "amw", 11)])  # AM-AdamW's first: eager
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_steps_on_a_cpu_take_the_native_code(counted, name, kernel, steps, dtype):
-    """MoMo's, TAM's, AM-SGD's, MoMo-Adam's and AM-AdamW's compiled steps on a CPU: the native
-    code (counted), no Inductor compile, the eager step's numbers up to float rounding."""
+    """MoMo's, TAM's, AdaTAM(W)'s, AM-SGD's, MoMo-Adam's and AM-AdamW's compiled steps on a
+    CPU: the native code (counted), no Inductor compile, the eager step's numbers up to float
+    rounding."""
     eager, d_eager, _ = run(MAKERS[name], 12, dtype, compile=False)
     calls = counted[kernel]
     comp, d_comp, opt = run(MAKERS[name], 12, dtype, compile=True)
@@ -544,6 +588,18 @@ def test_tam_native_passes_match_float64_reference(counted, decoupled):
                      40, compile=True)
     assert counted["sums"] == 40
     assert_traj_close(ours, run_reference(tam_reference(one_group(hp), 0.7, decoupled), 40))
+
+
+@pytest.mark.parametrize("cls", [AdaTAM, AdaTAMW])
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_adatam_native_passes_match_float64_reference(counted, cls, bias_correction):
+    hp = ADA_HP[0]
+    ours, _, _ = run(lambda ps, c: cls(ps, gamma=0.8, bias_correction=bias_correction,
+                                       compile=c, **hp), 40, compile=True)
+    assert counted["sums"] == 40
+    ref = tam_reference(one_group(hp), 0.8, cls is AdaTAMW, adam=True,
+                        bias_correction=bias_correction)
+    assert_traj_close(ours, run_reference(ref, 40))
 
 
 def test_am_sgd_native_passes_match_float64_reference(counted):

@@ -36,20 +36,22 @@ optimizer compiles its own copy of its kernel function (:func:`_own_copy`), so t
 recompile limit (8 shape sets per function) is per optimizer, not per process; past it, or on
 any later compile error, the optimizer warns and stays eager.
 
-**On a CPU, MoMo, TAM, AM-SGD, MoMo-Adam and AM-AdamW** take shiftsim's own C code instead of
+**On a CPU, MoMo, TAM, AdaTAM(W), AM-SGD, MoMo-Adam and AM-AdamW** take shiftsim's own C code
+instead of
 Inductor's kernels (``tensorsteps.c``, built with the native row sums: nothing is compiled per
 shape, so the first step costs milliseconds), where the native code is on and the tensors are
 contiguous float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.momo_tensors_step`),
-and two passes for the others (:func:`tam_step_native`, :func:`amsgd_step_native`,
-:func:`momo_adam_step_native`, ``adamem._amadamw_native``) with the numbers between them
-computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
-:func:`_amsgd_numbers`, :func:`_momo_adam_numbers`) or, for AM-AdamW's per-tensor betas, as its
-eager kernel (``adamem._am_beta_stack``); Inductor's kernels elsewhere (a GPU, no C compiler,
-``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads, each thread taking the
-same chunks in both passes (the second in reverse, so that it starts on what its first pass left
-in its core's caches). The elementwise work is the eager kernels' torch operations, torch's
-bits where torch's CPU kernels fuse the same multiply-adds (tested on this x86-64 build); the
-sums are chunk sums in float64, so a step equals the eager one up to float rounding. [speed]
+and two passes for the others (:func:`tam_step_native`, :func:`adatam_step_native`,
+:func:`amsgd_step_native`, :func:`momo_adam_step_native`, ``adamem._amadamw_native``) with the
+numbers between them computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
+:func:`_adatam_numbers`, :func:`_amsgd_numbers`, :func:`_momo_adam_numbers`) or, for AM-AdamW's
+per-tensor betas, as its eager kernel (``adamem._am_beta_stack``); Inductor's kernels elsewhere
+(a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
+each thread taking the same chunks in both passes (the second in reverse, so that it starts on
+what its first pass left in its core's caches). The elementwise work is the eager kernels'
+torch operations, torch's bits where torch's CPU kernels fuse the same multiply-adds (tested on
+this x86-64 build); the sums are chunk sums in float64, so a step equals the eager one up to
+float rounding. [speed]
 ``benchmarks/optimizer_step.py`` (5M parameters, a 2-vCPU Intel Xeon, 9 rounds, alternating
 with ``SHIFTSIM_NATIVE=0``, two runs each), against fused SGD-momentum:
 MoMo 1.22x and 1.21x against Inductor's 1.93x and 1.99x (2 threads), 1.35x and 1.15x against
@@ -63,7 +65,16 @@ thread), with weight decay 0.01 1.93x and 1.89x against 3.34x and 3.23x, 1.81x a
 AM-AdamW with weight decay, 1.57x). TAM's and
 AM-SGD's run at Inductor's speed within this benchmark's resolution (about 10 %), the others'
 well past it; first steps 0.01-0.1 s against Inductor's 0.15-7.3 s (its on-disk cache warm or
-not).
+not). AdaTAM(W)'s (added later; a 2-vCPU AMD EPYC, the same protocol): AdaTAM 1.44x and 1.40x
+fused AdamW against Inductor's 1.43x and 1.45x (2 threads), 1.50x and 1.36x against 1.52x and
+1.54x (1 thread); AdaTAMW 1.37x and 1.37x against 1.42x and 1.39x, 1.52x and 1.39x against
+1.51x and 1.52x: Inductor's speed within resolution too (its least traffic is 9 passes, 1.29x),
+first steps 0.015-0.037 s against 0.31-6.5 s. Its native step is faster than its eager one at
+every size measured (one thread, AdaTAMW with weight decay: 145 -> 92 us a step for 100
+elements, 261 -> 141 for 85,000, 1,804 -> 604 for a million), but ``"auto"`` keeps the compile
+rule for it, as for TAM (:meth:`Compiled.native_first` is MoMo's, MoMo-Adam's and AM-AdamW's),
+so a default run's numbers stay its eager kernels' (the checked-in reports' AdaTAM runs on a
+CNN among them).
 
 The fleet (``run_fleet``, and ``run`` for a ReLU MLP, which steps a one-member fleet) steps the
 optimizers through their eager stacked rules: ``compile`` there is accepted and ignored.
@@ -377,6 +388,15 @@ def tam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor
     return d, shat, sig, sqnorm
 
 
+def _adatam_numbers(mg: Tensor, mm: Tensor, gg: Tensor, shat: Tensor, w_gamma: Tensor,
+                    teps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""AdaTAM's numbers between its two passes (:func:`adatam_step`): the damping, the new
+    :math:`\hat s` and the momentum's gradient factor ``d + torque_eps``."""
+    shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
+    d = shat * 0.5 + 0.5
+    return d, shat, d + teps
+
+
 def adatam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Tensor],
                 shat: Tensor, h: Tensor, coupled: bool, decoupled: bool
                 ) -> tuple[Tensor, Tensor]:
@@ -390,9 +410,7 @@ def adatam_step(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[T
     if coupled:
         gs = [g + wd * p for p, g in zip(ps, gs)]
     mg, mm, gg = _sums(ms, gs)
-    shat = torch.lerp(shat, _cosine(mg, mm, gg), w_gamma)
-    d = shat * 0.5 + 0.5
-    c = d + teps
+    d, shat, c = _adatam_numbers(mg, mm, gg, shat, w_gamma, teps)
     for p, g, m, v in reversed(list(zip(ps, gs, ms, vs))):  # reversed: see above _sums
         m.mul_(b1).add_(g * c.to(g.dtype))
         v.mul_(b2).add_(g * g * (1 - b2))
@@ -597,6 +615,24 @@ def tam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale:
                                          coupled_wd=wd if coupled else None,
                                          shrink=decay_factor(lr, wd) if decoupled else None))
     return d, shat, sig, sqnorm
+
+
+def adatam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor],
+                       vs: list[Tensor], shat: Tensor, h: Tensor, coupled: bool,
+                       decoupled: bool, *, size: float, beta1: float, beta2: float,
+                       eps: float, lr: float, wd: float) -> tuple[Tensor, Tensor] | None:
+    """:func:`adatam_step` on a CPU by the native passes (``_native.three_sums_tensors``, then
+    ``_native.adatam_update_tensors``) with :func:`adatam_step`'s numbers between them (the
+    floats: ``h``'s); None, changing nothing, where those do not apply."""
+    sums = _native.three_sums_tensors(ms, gs, ps if coupled else None, wd)
+    if sums is None:
+        return None
+    mg, mm, gg = sums.unbind(0)
+    d, shat, c = _adatam_numbers(mg, mm, gg, shat, h[3], h[4])
+    _updated(_native.adatam_update_tensors(
+        ps, gs, ms, vs, c=c.item(), beta1=beta1, beta2=beta2, eps=eps, size=size,
+        coupled_wd=wd if coupled else None, shrink=decay_factor(lr, wd) if decoupled else None))
+    return d, shat
 
 
 def amsgd_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,

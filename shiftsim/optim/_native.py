@@ -1,13 +1,13 @@
-"""Native code for the fleet's row kernels and five compiled steps on a CPU: per-row inner products
+"""Native code for the fleet's row kernels and six compiled steps on a CPU: per-row inner products
 of ``(K, n)`` tensors in one pass over them (:func:`row_sums`), TAM's and MoMo's per-member
 arithmetic (:func:`tam_coefs`, :func:`momo_coefs`), TAM's update in one pass (:func:`tam_update`),
 the whole row steps of TAM, MoMo, AdaTAM(W) and AM-SGD in one call each (:func:`tam_step`,
 :func:`momo_step`, :func:`adatam_step`, :func:`amsgd_step`), Grams's step in one pass
 (:func:`grams_step`), MoMo-Adam's and AM-AdamW's two passes over a fleet's rows
 (:func:`momo_adam_rows`, :func:`amadamw_rows`) and their numbers between the passes
-(:func:`momo_adam_coefs`, :func:`am_betas`), the compiled steps of MoMo, TAM, AM-SGD, MoMo-Adam and
-AM-AdamW over one learner's tensors (:func:`momo_tensors_step` and the passes below it), and the
-switch that flushes subnormal floats on torch's threads (:func:`denormals`).
+(:func:`momo_adam_coefs`, :func:`am_betas`), the compiled steps of MoMo, TAM, AdaTAM(W), AM-SGD,
+MoMo-Adam and AM-AdamW over one learner's tensors (:func:`momo_tensors_step` and the passes
+below it), and the switch that flushes subnormal floats on torch's threads (:func:`denormals`).
 
 A fleet's row kernels (TAM, AdaTAM(W), MoMo, AM-SGD; see :func:`shiftsim.optim._kernels.row_dots`)
 need two or three inner products per member each step. torch computes each as a product
@@ -67,9 +67,10 @@ rounds 0.89-1.19). Grams's step, which sums nothing, is one pass (:func:`grams_s
 eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 
 **Steps over one learner's tensors** (``tensorsteps.c``): the compiled steps of MoMo, TAM,
-AM-SGD, MoMo-Adam and AM-AdamW on a CPU (``compile=True``, or ``"auto"`` once it applies;
-``shiftsim.optim._compiled``). :func:`momo_tensors_step` is MoMo's whole step; two passes each
-for the others: :func:`three_sums_tensors` and :func:`lerp_update_tensors` (TAM, AM-SGD),
+AdaTAM(W), AM-SGD, MoMo-Adam and AM-AdamW on a CPU (``compile=True``, or ``"auto"`` once it
+applies; ``shiftsim.optim._compiled``). :func:`momo_tensors_step` is MoMo's whole step; two
+passes each for the others: :func:`three_sums_tensors` and :func:`lerp_update_tensors` (TAM,
+AM-SGD), :func:`three_sums_tensors` and :func:`adatam_update_tensors` (AdaTAM(W)),
 :func:`momo_adam_moments` and :func:`momo_adam_update`, :func:`amadamw_sums` and
 :func:`amadamw_update`; the parameter tensors cut into chunks of :data:`CHUNK` elements and
 split across torch's threads. [speed] ``benchmarks/optimizer_step.py`` (5M parameters, 2
@@ -133,7 +134,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
-           "adatam_step", "am_betas", "amsgd_step", "current", "grams_step", "momo_adam_coefs",
+           "adatam_step", "adatam_update_tensors", "am_betas", "amsgd_step", "current",
+           "grams_step", "momo_adam_coefs",
            "momo_coefs", "momo_step", "amadamw_sums", "amadamw_update", "lerp_update_tensors",
            "momo_adam_moments", "momo_adam_update", "momo_tensors_step", "openmp", "row_sums",
            "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors"]
@@ -333,6 +335,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "lerp_update_tensors": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                    ctypes.c_double, ctypes.c_double, _int, ctypes.c_double,
                                    _int, ctypes.c_double]),
+    "adatam_update_tensors": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                                     *[ctypes.c_double] * 6, _int, ctypes.c_double, _int,
+                                     ctypes.c_double]),
     "momo_adam_moments": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                  _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr]),
     "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
@@ -1479,6 +1484,43 @@ def lerp_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Te
        float(weight), float(step), int(coupled_wd is not None),
        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
        1.0 if shrink is None else float(shrink))
+    return True
+
+
+def adatam_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
+                          V: Sequence[Tensor], *, c: float, beta1: float, beta2: float,
+                          eps: float, size: float, coupled_wd: float | None = None,
+                          shrink: float | None = None) -> bool:
+    r"""The second pass of AdaTAM(W)'s compiled step on a CPU (the first is
+    :func:`three_sums_tensors`), element by element as its eager kernel with float
+    hyperparameters: :math:`g' = g + \lambda p` (``coupled_wd``; else :math:`g' = g`),
+    :math:`m \leftarrow \beta_1 m + c\,g'` (``c``: the damping plus the torque epsilon;
+    torch's ``mul_`` and ``addcmul_``), :math:`v \leftarrow \beta_2 v + (1-\beta_2) g'^2`
+    (``mul_``, ``addcmul_``), :math:`p \leftarrow p\cdot` ``shrink`` (decoupled weight decay,
+    when given), :math:`p \leftarrow p +` ``size`` :math:`m / (\sqrt v + \epsilon)` (the
+    correctly rounded square root, then torch's ``addcdiv_``), split across torch's threads:
+    torch's bits (tested). False, changing nothing, where it does not apply (as
+    :func:`momo_tensors_step`).
+
+    >>> p, g, m = [torch.ones(2)], [torch.full((2,), 2.0)], [torch.ones(2)]
+    >>> v = [torch.full((2,), 0.5)]
+    >>> done = adatam_update_tensors(p, g, m, v, c=0.5, beta1=0.5, beta2=0.5, eps=0.0,
+    ...                              size=-0.25)
+    >>> not done or (m[0].tolist(), v[0].tolist(), p[0].tolist()) == ([1.5] * 2, [2.25] * 2,
+    ...                                                                [0.75] * 2)
+    True
+    """
+    floats = _floats(c, beta1, beta2, eps, size, 0.0 if coupled_wd is None else coupled_wd,
+                     1.0 if shrink is None else shrink)
+    call = _tensor_call((P, G, M, V), P[0].dtype) if P and floats else None
+    if call is None:
+        return False
+    lib, (ps, gs, ms, vs), chunks = call
+    fn = _fn(lib, "adatam_update_tensors", P[0].dtype)
+    fn(_threads(chunks), ps, gs, ms, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+       float(c), float(beta1), float(beta2), 1.0 - float(beta2), float(eps), float(size),
+       int(coupled_wd is not None), 0.0 if coupled_wd is None else float(coupled_wd),
+       int(shrink is not None), 1.0 if shrink is None else float(shrink))
     return True
 
 

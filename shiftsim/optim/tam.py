@@ -1138,9 +1138,15 @@ class AdaTAM(_TorqueBase):
         scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
             "_scalars", _compiled.Scalars())
         h = scalars((size, b1, b2, 1 - gamma, teps, eps_t, wd, lr), ps[0])
-        out = comp.run(ps, ps, gs, [st["exp_avg"] for st in sts],
-                       [st["exp_avg_sq"] for st in sts], glob["cosine"], h,
-                       wd != 0 and not self._decoupled, wd != 0 and self._decoupled)
+        ms, vs = [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts]
+        coupled, decoupled = wd != 0 and not self._decoupled, wd != 0 and self._decoupled
+        out = None
+        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
+            out = _compiled.adatam_step_native(ps, gs, ms, vs, glob["cosine"], h, coupled,
+                                               decoupled, size=size, beta1=b1, beta2=b2,
+                                               eps=eps_t, lr=lr, wd=wd)
+        if out is None:
+            out = comp.run(ps, ps, gs, ms, vs, glob["cosine"], h, coupled, decoupled)
         if out is _compiled.EAGER:
             return False
         for st in sts:

@@ -1,7 +1,7 @@
 /* Whole optimizer steps over one learner's parameter tensors, on the CPU, split across torch's
- * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AM-SGD,
- * MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole step
- * here; two passes for the others, the few numbers in between computed in Python by
+ * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AdaTAM(W),
+ * AM-SGD, MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole
+ * step here; two passes for the others, the few numbers in between computed in Python by
  * shiftsim.optim._compiled and shiftsim.optim.adamem); MoMo-Adam's and AM-AdamW's passes over
  * a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
  * rowmath.c); and the switch that flushes subnormals on torch's threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
@@ -391,6 +391,47 @@ SUMS_TENSORS(shiftsim_three_sums_tensors_f64, double, three_sums_f64)
 
 LERP_UPDATE(shiftsim_lerp_update_tensors_f32, float, fmaf, fabsf)
 LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
+
+/* AdaTAM(W)'s second pass (shiftsim.optim._compiled.adatam_step_native), element by element as
+ * its eager kernel (shiftsim.optim.tam._adatam_update with float hyperparameters; c = the
+ * damping + torque_eps), each one expression as ADATAM_STEP in rowmath.c: with coupled weight
+ * decay (coupled != 0) g' = g + wd p from the parameter before this pass changes it (torch's add
+ * with alpha), else g' = g; m <- m b1, m <- m + g' c (torch's mul_ and addcmul_: one fused
+ * multiply-add); v <- v b2, v <- v + (w2 g') g' (mul_, addcmul_ with value w2: one fused
+ * multiply-add); p <- p shrink (decoupled weight decay, where shrink_on); den = sqrt(v) + eps
+ * (the correctly rounded square root); p <- p + (size m) / den (torch's addcdiv_ with the float
+ * value size). Each thread takes the chunks it summed in the first pass
+ * (shiftsim_three_sums_tensors), in reverse order. */
+#define ADATAM_UPDATE(NAME, T, FMA, SQRT)                                                   \
+    void NAME(int nt, T **p, T **g, T **m, T **v, int64_t nchunks, const int64_t *tix,      \
+              const int64_t *lo, const int64_t *hi, double c_d, double b1_d, double b2_d,   \
+              double w2_d, double eps_d, double size_d, int coupled, double wd_d,           \
+              int shrink_on, double shrink_d)                                               \
+    {                                                                                       \
+        const T c = (T)c_d, b1 = (T)b1_d, b2 = (T)b2_d, w2 = (T)w2_d, eps = (T)eps_d;       \
+        const T size = (T)size_d, wd = (T)wd_d, shrink = (T)shrink_d;                       \
+        EACH_CHUNK_BACKWARD(nt, nchunks, k) {                                               \
+            T *restrict x = p[tix[k]] + lo[k];                                              \
+            const T *restrict y = g[tix[k]] + lo[k];                                        \
+            T *restrict a = m[tix[k]] + lo[k];                                              \
+            T *restrict b = v[tix[k]] + lo[k];                                              \
+            const int64_t n = hi[k] - lo[k];                                                \
+            for (int64_t e = 0; e < n; e++) {                                               \
+                const T ge = coupled ? FMA(wd, x[e], y[e]) : y[e];                          \
+                const T me = FMA(ge, c, a[e] * b1);                                         \
+                a[e] = me;                                                                  \
+                const T wg = w2 * ge;                                                       \
+                const T ve = FMA(wg, ge, b[e] * b2);                                        \
+                b[e] = ve;                                                                  \
+                const T xe = shrink_on ? x[e] * shrink : x[e];                              \
+                const T den = SQRT(ve) + eps;                                               \
+                x[e] = xe + (size * me) / den;                                              \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+ADATAM_UPDATE(shiftsim_adatam_update_tensors_f32, float, fmaf, sqrtf)
+ADATAM_UPDATE(shiftsim_adatam_update_tensors_f64, double, fma, sqrt)
 
 /* MoMo-Adam's preconditioned direction, element by element as its eager kernel: v / bc2 (a true
  * division), its correctly rounded square root, + eps, then d / that. */
