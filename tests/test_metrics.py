@@ -476,6 +476,49 @@ def test_recovery_v2_reference_mapping_and_common():
         M.recovery(tr, make_phases([5, 5, 5]), reference="common")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_recovery_records_are_recovery_records(seed):
+    """The arrays entry point (a study's recompute over many runs) gives the rows of
+    recovery_records for the same trace and plan, bit for bit: random traces of 3-5 phases,
+    label noise (clean-label rows), gradual widths, unshifted phases, a phase absent from the
+    trace, references of every kind."""
+    from shiftsim.metrics.recovery import plan_recovery_records
+
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(3, 6))
+    lengths = [int(x) for x in rng.integers(8, 40, size=k)]
+    n = [[int(b) for b in rng.integers(4, 17, size=m)] for m in lengths]
+    correct = [[int(rng.integers(0, b + 1)) for b in row] for row in n]
+    true = [[int(rng.integers(0, b + 1)) for b in row] for row in n]
+    trace = make_trace(correct, n=n, correct_true=true)
+    if seed % 3 == 2:  # a run that diverged in its last phase: that phase has no rows
+        trace = trace[trace["phase"] < k - 1].reset_index(drop=True)
+    phases = make_phases(lengths, ceilings=[float(x) for x in rng.uniform(0.5, 1.0, size=k)])
+    phases["label_kind"] = rng.choice(["none", "noise", "permute"], size=k)
+    phases["width"] = rng.choice([0, 5], size=k)
+    phases["shifted"] = rng.random(k) > 0.2
+    phases["chance"] = 0.1
+    phases["chance_true"] = 0.1
+    options = [{}, {"reference": "pre", "window": 5}, {"reference": "ceiling", "onset": 3},
+               {"reference": {j: 0.7 for j in range(k)}, "reference_true": 0.6, "q": 0.8,
+                "persistence": 4}][seed % 4]
+    want = recovery_records(trace, phases.sample(frac=1, random_state=seed), **options)
+    plan = {int(r["phase"]): {c: r[c] for c in ("shifted", "label_kind", "chance",
+                                                  "chance_true", "ceiling", "width")}
+            for r in phases.to_dict("records")}
+    corrects = {c: trace[c].to_numpy() for c in ("correct", "correct_true")}
+    got = plan_recovery_records(trace["n"].to_numpy(), trace["phase"].to_numpy(), corrects,
+                                plan, **options)
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key in w:
+            assert (g[key] == w[key]) or (g[key] != g[key] and w[key] != w[key]), key
+    with pytest.raises(ShiftsimError, match="unknown recovery option 'windw'"):
+        plan_recovery_records(trace["n"].to_numpy(), trace["phase"].to_numpy(), corrects,
+                              plan, windw=3)
+
+
 def test_run_recovery_reduces_shifts_within_a_run():
     # run r1: shifts recover at 4, 10, censored -> median of (4, 10, inf) = 10, not censored;
     # run r2: 6, censored, censored -> median inf -> censored; phase 4 of r2 is no shift

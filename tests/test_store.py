@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -348,13 +349,13 @@ def test_common_phases_recompute_only_changed_groups(tmp_path, scenario, monkeyp
     store.results._GROUP_CACHE.clear()
     first = store.load(tmp_path).phases
     reads = []
-    real = store.StudyResults._trace_arrays
+    real = store.StudyResults._trace_columns
 
     def counting(self, run_id, columns):
         reads.append(run_id)
         return real(self, run_id, columns)
 
-    monkeypatch.setattr(store.StudyResults, "_trace_arrays", counting)
+    monkeypatch.setattr(store.StudyResults, "_trace_columns", counting)
     pd.testing.assert_frame_equal(store.load(tmp_path).phases, first)
     assert reads == []  # nothing changed: no trace read
     runs = store.load(tmp_path).runs
@@ -374,6 +375,46 @@ def test_common_phases_recompute_only_changed_groups(tmp_path, scenario, monkeyp
     pd.testing.assert_frame_equal(again, store.load(tmp_path).phases)
 
 
+def test_phases_from_arrays_equal_the_frame_path(tmp_path, scenario, monkeypatch):
+    """The common-reference recompute reads each run's trace and phase plan as arrays (no
+    frame per run) where the trace is in step order; the frame path (recovery_records, which
+    orders a trace and names what is missing) gives the same frame, bit for bit: label noise
+    (clean-label rows) and a gradual shift among the scenarios."""
+    noise = ss.label_flip_tasks(ss.data.digits(), rate=0.4, mode="other", tasks=2,
+                                steps_per_task=40, eval_every=20)
+    drift = ss.covariate_drift(ss.data.digits(), [ss.Rotate(60)], 40,
+                               transition=ss.Gradual(10))
+    study = Study("arrays", {"flip": scenario, "noise": noise, "drift": drift},
+                  ss.models.mlp(hidden=(8,)),
+                  {"a": ss.optim.spec("sgdm", lr=0.05), "b": ss.optim.spec("sgd", lr=0.1)},
+                  seeds=2)
+    study.run(tmp_path, workers=1, progress=False)
+    store.results._GROUP_CACHE.clear()
+    fast = store.load(tmp_path).phases
+    assert fast["dipped_true"].notna().any() and (fast["width"] > 0).any()
+    store.results._GROUP_CACHE.clear()
+    monkeypatch.setattr(store.results, "_in_step_order", lambda trace: False)
+    framed = store.load(tmp_path).phases
+    pd.testing.assert_frame_equal(fast, framed, check_exact=True)
+
+
+def test_in_step_order_and_joined_keys():
+    from shiftsim.store.results import _in_step_order, _joined
+
+    ok = {"step": np.arange(5), "phase": np.array([0, 0, 1, 1, 2]), "n": np.ones(5),
+          "correct": np.ones(5)}
+    assert _in_step_order(ok)
+    assert not _in_step_order({**ok, "step": np.array([0, 2, 1, 3, 4])})
+    assert not _in_step_order({**ok, "step": np.array([0, 1, 1, 3, 4])})
+    assert not _in_step_order({**ok, "phase": np.array([0, 1, 0, 1, 2])})
+    assert not _in_step_order({k: v for k, v in ok.items() if k != "correct"})
+    df = pd.DataFrame({"scenario": ["a", "b", "c"], "stage": ["eval", "tune", "eval"],
+                       "k": [1, 2.5, 3.0]})
+    for by in (["scenario"], ["scenario", "stage"], ["scenario", "stage", "k"]):
+        assert _joined(df, by).tolist() == df[by].astype(str).agg("\x1f".join, axis=1).tolist()
+    assert _joined(df, []).tolist() == ["", "", ""]
+
+
 def test_stage_phases_read_only_that_stages_traces(tmp_path, scenario, monkeypatch):
     """``stage_phases("eval")`` equals the evaluation rows of ``phases`` (the common
     reference is per scenario and stage) and reads no tuning run's trace."""
@@ -388,8 +429,8 @@ def test_stage_phases_read_only_that_stages_traces(tmp_path, scenario, monkeypat
     runs = store.load(tmp_path).runs
     assert set(runs["stage"]) == {"tune", "eval"}
     reads = []
-    real = store.StudyResults._trace_arrays
-    monkeypatch.setattr(store.StudyResults, "_trace_arrays",
+    real = store.StudyResults._trace_columns
+    monkeypatch.setattr(store.StudyResults, "_trace_columns",
                         lambda self, rid, cols: (reads.append(rid), real(self, rid, cols))[1])
     res = store.load(tmp_path)
     got = res.stage_phases("eval")

@@ -75,12 +75,13 @@ def _phase_table(phases: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return tab.sort_index()
 
 
-def _check_known(present: Sequence[int], tab: pd.DataFrame, what: str) -> None:
-    unknown = sorted(set(present) - set(tab.index.tolist()))
+def _check_known(present: Sequence[int], tab: pd.DataFrame | Sequence[int], what: str) -> None:
+    """Every phase in ``present`` is one of the plan's (a phase table's index, or a list)."""
+    known = tab.index.tolist() if isinstance(tab, pd.DataFrame) else list(tab)
+    unknown = sorted(set(present) - set(known))
     if unknown:
         raise ShiftsimError(
-            f"{what} has phase(s) {unknown} that are not in phases "
-            f"(phases: {tab.index.tolist()})"
+            f"{what} has phase(s) {unknown} that are not in phases (phases: {known})"
         )
 
 

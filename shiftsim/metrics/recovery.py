@@ -25,8 +25,8 @@ from ._base import (
 )
 
 __all__ = ["BOOL_COLUMNS", "COLLAPSE_MARGIN", "RECOVERY_COLUMNS", "RECOVERY_OPTIONS",
-           "REFERENCES", "TOLERANCE", "common_reference", "recovery", "recovery_records",
-           "run_recovery"]
+           "REFERENCES", "TOLERANCE", "common_reference", "plan_recovery_records", "recovery",
+           "recovery_records", "run_recovery"]
 
 REFERENCES = ("plateau", "pre", "ceiling")
 RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
@@ -136,21 +136,34 @@ def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: fl
                    ) -> dict[int, dict[str, Any]]:
     """Recovery quantities (stream and clean labels) for every phase present in the
     (step-ordered) trace, phase 0 included."""
-    n = trace["n"].to_numpy()
-    phase = trace["phase"].to_numpy()
-    bounds = _phase_bounds(phase)
-    _check_known(list(bounds), tab, "trace")
-    first = tab.index[0]
-    sets = [("stream", "correct", "")]
-    if "correct_true" in trace.columns:
-        sets.append(("true", "correct_true", "_true"))
-    rows: dict[int, dict[str, Any]] = {k: {"phase": k} for k in bounds}
     # the plan's rows as dicts, read once (a pandas row lookup per phase and label set cost
     # more than the recovery arithmetic)
     columns = {c: tab[c].tolist() for c in PLAN_COLUMNS if c in tab.columns}
     infos = {k: {c: v[i] for c, v in columns.items()} for i, k in enumerate(tab.index)}
+    corrects = {c: trace[c].to_numpy() for c in ("correct", "correct_true")
+                if c in trace.columns}
+    return _plan_recovery_rows(trace["n"].to_numpy(), trace["phase"].to_numpy(), corrects,
+                               infos, window=window, q=q, reference=reference,
+                               reference_true=reference_true, persistence=persistence,
+                               onset=onset)
+
+
+def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str, np.ndarray],
+                        infos: Mapping[int, Mapping[str, Any]], *, window: int, q: float,
+                        reference: Any, reference_true: Any, persistence: int, onset: int
+                        ) -> dict[int, dict[str, Any]]:
+    """:func:`_recovery_rows` on a step-ordered trace's columns (``corrects``: ``correct`` and,
+    where recorded, ``correct_true``) and the plan's rows by phase (``infos``: each phase's
+    ``PLAN_COLUMNS``, ``ceiling`` required, in phase order)."""
+    bounds = _phase_bounds(phase)
+    _check_known(list(bounds), list(infos), "trace")
+    first = next(iter(infos), None)
+    sets = [("stream", "correct", "")]
+    if "correct_true" in corrects:
+        sets.append(("true", "correct_true", "_true"))
+    rows: dict[int, dict[str, Any]] = {k: {"phase": k} for k in bounds}
     for labels, col, sfx in sets:
-        correct = trace[col].to_numpy()
+        correct = corrects[col]
         a = _ratio(correct.astype(np.float64), n.astype(np.float64))
         abar = _trailing(correct, n, phase, window)
         ref_kind = reference if labels == "stream" else reference_true
@@ -280,6 +293,40 @@ def recovery_records(trace: pd.DataFrame, phases: pd.DataFrame, **options: Any
     rows = _recovery_rows(ordered, tab, window=window, q=q, reference=reference,
                           reference_true=reference_true, persistence=persistence, onset=onset)
     first = tab.index[0] if len(tab) else None
+    return [r for k, r in rows.items() if k != first]
+
+
+def plan_recovery_records(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str, np.ndarray],
+                          plan: Mapping[int, Mapping[str, Any]], **options: Any
+                          ) -> list[dict[str, Any]]:
+    """:func:`recovery_records` from arrays, for a caller that has a run's trace columns and its
+    phase plan at hand (a study's common-reference recompute over thousands of runs: no
+    frame per run): ``n``, ``phase`` and ``corrects`` (``correct``, optionally
+    ``correct_true``) in step order with the phases non-decreasing (not checked here;
+    :func:`recovery_records` checks and orders a frame); ``plan``: each phase's row of the
+    phase plan (``ceiling`` and what else of ``PLAN_COLUMNS`` it has) by phase, in phase
+    order. The same rows as :func:`recovery_records` on the same trace and plan.
+
+    >>> import numpy as np
+    >>> rows = plan_recovery_records(
+    ...     np.full(10, 10), np.array([0] * 3 + [1] * 7),
+    ...     {"correct": np.array([9, 9, 9, 2, 2, 2, 9, 9, 9, 9])},
+    ...     {0: {"ceiling": 1.0, "chance": 0.1}, 1: {"ceiling": 1.0, "chance": 0.1}},
+    ...     window=1, onset=2, persistence=2)
+    >>> [rows[0][k] for k in ("target", "onset_steps", "recovery_steps", "below_steps")]
+    [0.82, 0.0, 3.0, 3.0]
+    """
+    unknown = sorted(set(options) - set(RECOVERY_OPTIONS))
+    if unknown:
+        raise allowed(unknown[0], "recovery option", RECOVERY_OPTIONS)
+    opts = _check_recovery_options(
+        options.get("window", 20), options.get("q", 0.9), options.get("reference", "plateau"),
+        options.get("reference_true"), options.get("persistence"), options.get("onset", 5))
+    window, q, reference, reference_true, persistence, onset = opts
+    rows = _plan_recovery_rows(n, phase, corrects, plan, window=window, q=q,
+                               reference=reference, reference_true=reference_true,
+                               persistence=persistence, onset=onset)
+    first = next(iter(plan), None)
     return [r for k, r in rows.items() if k != first]
 
 

@@ -16,7 +16,12 @@ import pandas as pd
 
 from ..errors import ShiftsimError
 from ..metrics import SCORE_COLUMNS
-from ..metrics.recovery import PLAN_COLUMNS, _recovery_frame, recovery_records
+from ..metrics.recovery import (
+    PLAN_COLUMNS,
+    _recovery_frame,
+    plan_recovery_records,
+    recovery_records,
+)
 from . import tuning_file
 from .files import atomic_write_bytes, check_out_dir, parquet_bytes
 from .runs import (
@@ -54,6 +59,55 @@ def _label_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df["stage"] = "eval"
     df["stage"] = df["stage"].fillna("eval")
     return df
+
+
+def _joined(df: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    """Each row's ``by`` columns as strings joined by ``\\x1f`` (a comparison group's key;
+    empty without ``by``), column by column: the same strings as a row-wise join, which took
+    1.5 s over the robustness league's 31,489 phase rows."""
+    if not by:
+        return pd.Series("", index=df.index)
+    out = df[by[0]].astype(str)
+    for c in by[1:]:
+        out = out + "\x1f" + df[c].astype(str)
+    return out
+
+
+def _in_step_order(trace: Mapping[str, np.ndarray]) -> bool:
+    """Whether a trace's columns need none of :func:`~shiftsim.metrics.recovery_records`'
+    checks and ordering: it has ``step``, ``phase``, ``n`` and ``correct``, its steps rise
+    and its phases do not fall (what the store writes)."""
+    if any(c not in trace for c in ("step", "phase", "n", "correct")):
+        return False
+    step, phase = trace["step"], trace["phase"]
+    return bool(np.all(step[1:] > step[:-1]) and np.all(phase[1:] >= phase[:-1]))
+
+
+class _Plans:
+    """The runs' phase plans (``run_id``, ``phase`` and the ``PLAN_COLUMNS`` present; one row
+    per run and phase), split by run on demand: a run's rows as dicts by phase
+    (:meth:`rows`), or as a frame (:meth:`table`). [speed] Splitting them into a frame per run
+    up front (``groupby``) made 8,200 frames for the robustness league, each a few hundred
+    objects in reference cycles that only the garbage collector's full passes free."""
+
+    def __init__(self, plans: pd.DataFrame) -> None:
+        self.frame = plans
+        self.positions = plans.groupby("run_id", sort=False).indices
+        self.columns = [c for c in PLAN_COLUMNS if c in plans.columns]
+        self.values = {c: plans[c].tolist() for c in ("phase", *self.columns)}
+
+    def rows(self, run_id: str) -> dict[Any, dict[str, Any]] | None:
+        """The run's plan rows by phase, in phase order, as ``recovery_records`` reads them;
+        None without a ``ceiling`` column (``recovery_records`` then says it is missing)."""
+        if "ceiling" not in self.columns:
+            return None
+        phase = self.values["phase"]
+        order = sorted(self.positions[run_id].tolist(), key=phase.__getitem__)
+        return {phase[i]: {c: self.values[c][i] for c in self.columns} for i in order}
+
+    def table(self, run_id: str) -> pd.DataFrame:
+        """The run's plan rows as a frame (its rows of the plans, in their order)."""
+        return self.frame.take(self.positions[run_id])
 
 
 def _ordered_columns(df: pd.DataFrame, first: Sequence[str]) -> pd.DataFrame:
@@ -200,24 +254,21 @@ class StudyResults:
             return rows
         by = [c for c in ("scenario", "stage") if c in done.columns]
         ref = metrics.common_reference(done, by=by)
-        key = ref[by].astype(str).agg("\x1f".join, axis=1) if by else pd.Series("", ref.index)
+        key = _joined(ref, by)
         refs: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
         for k, g in ref.groupby(key.to_numpy(), sort=False):
             refs[k] = (dict(zip(g["phase"].astype(int), g["reference"])),
                        dict(zip(g["phase"].astype(int), g["reference_true"])))
         cols = [c for c in metrics.RECOVERY_COLUMNS if c != "phase"]
         plan_cols = [c for c in PLAN_COLUMNS if c in done.columns]
-        run_key = (done[by].astype(str).agg("\x1f".join, axis=1) if by
-                   else pd.Series("", index=done.index))
-        # each run's phase plan, split once (not a frame selection per run)
-        plans = done[["run_id", "phase", *plan_cols]].drop_duplicates(["run_id", "phase"])
-        tables = dict(iter(plans.groupby("run_id", sort=False)))
+        run_key = _joined(done, by)
+        plans = _Plans(done[["run_id", "phase", *plan_cols]].drop_duplicates(["run_id", "phase"]))
         groups = pd.Series(done["run_id"].to_numpy()).groupby(run_key.to_numpy(), sort=False)
         frames = []
         for k, rids in groups:
             mapping, mapping_true = refs.get(k, ({}, {}))
             ids = list(dict.fromkeys(rids))
-            frames.append(self._group_recovery(k, ids, tables, mapping, mapping_true))
+            frames.append(self._group_recovery(k, ids, plans, mapping, mapping_true))
         parts = [f for f in frames if len(f)]
         if not parts:
             return rows
@@ -237,14 +288,14 @@ class StudyResults:
                 out.loc[has, c] = values.astype(np.float64)
         return out
 
-    def _group_recovery(self, key: str, run_ids: list[str], tables: dict[str, pd.DataFrame],
+    def _group_recovery(self, key: str, run_ids: list[str], plans: _Plans,
                         reference: dict[int, float], reference_true: dict[int, float]
                         ) -> pd.DataFrame:
         """The recovery rows of one comparison group (a scenario and stage) against its common
         reference, from the runs' traces; kept for this process under the group's fingerprint
         (each run's id, status, trace sha256 and summary phase rows, and the reference), so a
         study that writes its indexes after each stage recomputes only the groups whose runs
-        changed. ``tables``: each run's phase plan (``PLAN_COLUMNS`` by phase)."""
+        changed. ``plans``: the runs' phase plans (``PLAN_COLUMNS`` by phase)."""
         import hashlib
 
         h = hashlib.sha256(repr((sorted(reference.items()), sorted(reference_true.items())))
@@ -261,10 +312,17 @@ class StudyResults:
             return hit
         parts = []
         for rid in run_ids:
-            table = tables[rid]
-            trace = self._trace_arrays(rid, ["step", "phase", "n", "correct", "correct_true"])
-            for r in recovery_records(trace, table, reference=reference,
-                                      reference_true=reference_true):
+            trace = self._trace_columns(rid, ["step", "phase", "n", "correct", "correct_true"])
+            plan = plans.rows(rid)
+            if plan is not None and _in_step_order(trace):  # arrays, no frame per run
+                records = plan_recovery_records(
+                    trace["n"], trace["phase"],
+                    {c: trace[c] for c in ("correct", "correct_true") if c in trace}, plan,
+                    reference=reference, reference_true=reference_true)
+            else:  # recovery_records orders the trace, or names what is missing
+                records = recovery_records(pd.DataFrame(trace), plans.table(rid),
+                                           reference=reference, reference_true=reference_true)
+            for r in records:
                 r["run_id"] = rid
                 parts.append(r)
         frame = _recovery_frame(parts) if parts else pd.DataFrame()
@@ -273,9 +331,10 @@ class StudyResults:
         _GROUP_CACHE[cache_key] = frame
         return frame
 
-    def _trace_arrays(self, run_id: str, columns: Sequence[str]) -> pd.DataFrame:
-        """Trace columns of one run as a plain frame (pyarrow, one thread, no pandas metadata:
-        0.7 ms against 1.7 ms for :meth:`trace` on a 1,500-step trace)."""
+    def _trace_columns(self, run_id: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Trace columns of one run as arrays, those it has of ``columns`` (pyarrow, one
+        thread, no pandas: 0.7 ms against 1.7 ms for :meth:`trace` on a 1,500-step trace, with
+        a frame)."""
         import pyarrow.parquet as pq
 
         path = run_dir(self.path, run_id) / TRACE_FILE
@@ -285,7 +344,7 @@ class StudyResults:
                 table = pf.read(columns=cols, use_threads=False)
         except Exception as exc:  # changed on disk since loading
             raise ShiftsimError(f"cannot read {TRACE_FILE} of run {run_id}: {exc}") from exc
-        return pd.DataFrame({c: table.column(c).to_numpy() for c in cols})
+        return {c: table.column(c).to_numpy() for c in cols}
 
     @property
     def tuning(self) -> pd.DataFrame:
