@@ -407,3 +407,33 @@ def test_vectorized_tolerance_bootstrap_equals_the_loop(seeds, chance):
     assert np.array_equal(np.array(boot), np.array(ref), equal_nan=True)
     vals = np.array([v for v in ref if not math.isnan(v)])
     assert (low, high) == (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_seed_tables_are_pandas_pivot_tables(seed):
+    """The bootstrap's seed x learning-rate tables: pandas' pivot_table numbers ("first"
+    non-NaN score, "all" ok) on random groups with NaN scores, missing and repeated (seed, lr)
+    cells and a learning rate outside the line; a seed without any score keeps its row in
+    both tables (pivot_table dropped it from the scores only, misaligning the two)."""
+    from shiftsim.study.tuning import _seed_tables
+
+    rng = np.random.default_rng(seed)
+    lrs = np.array([1e-3, 1e-2, 0.1, 1.0])
+    rows = []
+    for s in rng.permutation(6):
+        for lr in [*lrs, 3.0]:
+            for _ in range(int(rng.integers(0, 3))):  # 0, 1 or 2 runs in this cell
+                rows.append({"seed": int(s), "lr": float(lr), "ok": bool(rng.random() < 0.8),
+                             "score": math.nan if rng.random() < 0.2 else float(rng.random())})
+    g = pd.DataFrame(rows)
+    X, OK = _seed_tables(g, lrs)
+    want_x = g.pivot_table(index="seed", columns="lr", values="score", aggfunc="first")
+    want_ok = g.pivot_table(index="seed", columns="lr", values="ok", aggfunc="all")
+    seeds = np.unique(g["seed"])
+    want_x = want_x.reindex(index=seeds, columns=lrs).to_numpy(np.float64)
+    want_ok = want_ok.reindex(index=seeds, columns=lrs).fillna(False).astype(bool).to_numpy()
+    assert np.array_equal(X, want_x, equal_nan=True) and np.array_equal(OK, want_ok)
+    lost = g.assign(score=np.where(g["seed"] == seeds[0], math.nan, g["score"]))
+    X2, OK2 = _seed_tables(lost, lrs)
+    assert X2.shape == OK2.shape == (len(seeds), len(lrs)) and np.isnan(X2[0]).all()
+    assert np.array_equal(OK2, OK)

@@ -350,11 +350,7 @@ def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
     """Percentile interval of the tolerance over resampled tuning seeds, and the replicates
     (NaN where a resample has no eligible point). The draws depend only on the number of
     tuning seeds, so every optimizer tuned on the same seeds gets the same resamples."""
-    table = g.pivot_table(index="seed", columns="lr", values="score", aggfunc="first")
-    table = table.reindex(columns=lrs)
-    ok_table = g.pivot_table(index="seed", columns="lr", values="ok", aggfunc="all")
-    ok_table = ok_table.reindex(columns=lrs).fillna(False).astype(bool)
-    X, OK = table.to_numpy(np.float64), ok_table.to_numpy(bool)
+    X, OK = _seed_tables(g, lrs)
     if X.shape[0] < 2:
         return (math.nan, math.nan, [])
     rng = np.random.default_rng(seed)
@@ -371,6 +367,34 @@ def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
     if not vals.size:
         return (math.nan, math.nan, out.tolist())
     return (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)), out.tolist())
+
+
+def _seed_tables(g: pd.DataFrame, lrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds (sorted) x ``lrs``: each seed's first non-NaN ``score`` at each learning rate
+    (NaN where none) and whether all its runs there are ``ok`` (False where it has none): the
+    numbers of pandas' ``pivot_table`` (``aggfunc="first"`` and ``"all"``), rows whose lr is
+    not in ``lrs`` left out, with one difference: a seed without any score keeps its row in
+    both tables (``pivot_table`` dropped it from the scores only, so the two tables' rows no
+    longer belonged to the same seeds). [speed] 0.1 ms against 7.5 ms for the two
+    ``pivot_table`` calls: the robustness league's selection made 572 of them, 4.3 s."""
+    seeds, row = np.unique(g["seed"].to_numpy(), return_inverse=True)
+    col_of = {float(lr): j for j, lr in enumerate(lrs)}
+    col = np.array([col_of.get(float(x), -1) for x in g["lr"].to_numpy(np.float64)],
+                   dtype=np.int64)
+    score = g["score"].to_numpy(np.float64)
+    ok = g["ok"].to_numpy(bool)
+    keep = col >= 0
+    X = np.full((seeds.size, len(lrs)), np.nan)
+    OK = np.zeros((seeds.size, len(lrs)), dtype=bool)
+    seen = np.zeros((seeds.size, len(lrs)), dtype=bool)
+    bad = np.zeros((seeds.size, len(lrs)), dtype=bool)
+    np.logical_or.at(seen, (row[keep], col[keep]), True)
+    np.logical_or.at(bad, (row[keep], col[keep]), ~ok[keep])
+    OK[:] = seen & ~bad
+    has = keep & ~np.isnan(score)
+    for r, c, v in zip(row[has][::-1], col[has][::-1], score[has][::-1]):  # the first wins
+        X[r, c] = v
+    return X, OK
 
 
 def _tolerances(lrs: np.ndarray, means: np.ndarray, elig: np.ndarray, best: np.ndarray,
