@@ -120,6 +120,7 @@ def test_fleet_workers_set_cublas_before_cuda(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(fx, "_watch_parent", lambda pid: None)
     monkeypatch.setattr(fx, "ignore_sigint", lambda: None)
+    monkeypatch.setattr(fx, "_freeze_heap", lambda: None)  # this is no worker process
     threads = torch.get_num_threads()
     fx._init_worker({}, None, 0, False)
     import os

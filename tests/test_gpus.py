@@ -96,6 +96,7 @@ def test_fleet_workers_take_devices_in_turn(monkeypatch):
 
     monkeypatch.setattr(fx, "_watch_parent", lambda pid: None)
     monkeypatch.setattr(fx, "ignore_sigint", lambda: None)
+    monkeypatch.setattr(fx, "_freeze_heap", lambda: None)  # this is no worker process
     monkeypatch.setattr(fx, "_WORKER", {})
     counter = mp.get_context("spawn").Value("i", 0)
     seen = []

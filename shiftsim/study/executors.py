@@ -212,6 +212,18 @@ class InProcess:
 # local process pool
 
 
+def _freeze_heap() -> None:
+    """Take what a worker has built before its first run (torch, shiftsim, the scenarios and
+    their data: most of its heap) out of the garbage collector's periodic full passes
+    (``gc.freeze()``): those objects live as long as the worker anyway, and later full passes
+    then traverse only what the runs create. Workers only: never the user's own process
+    (``workers=1`` runs there). [speed] The robustness league's 8 worker processes (a 2-core
+    AMD EPYC): full passes 8.3 s in all before, 1.6 s after (most of it while importing)."""
+    import gc
+
+    gc.freeze()
+
+
 def _watch_parent(parent_pid: int) -> None:
     def watch() -> None:
         while True:
@@ -251,6 +263,7 @@ def _serve(conn: Any, scenarios: dict[str, Scenario], device: str, threads: int 
         import torch
 
         torch.set_num_threads(threads)
+    _freeze_heap()
     conn.send(("ready", os.getpid()))
     while True:
         try:

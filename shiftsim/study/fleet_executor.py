@@ -56,6 +56,7 @@ from ..runtime import prepare_deterministic_env, torch_threads
 from .executors import (
     GUARD_HINT,
     Outcome,
+    _freeze_heap,
     _watch_parent,
     _worker_name,
     check_portable,
@@ -258,6 +259,7 @@ def _init_worker(scenarios: dict[str, Any], threads: int | None, parent_pid: int
         import torch
 
         torch.set_num_threads(threads)
+    _freeze_heap()
 
 
 def _execute(kind: str, scenario: Any, model: Any, members: list[tuple[str, Any, int]],

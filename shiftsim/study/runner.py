@@ -25,7 +25,7 @@ from .. import store
 from ..checks import check_model_fits
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 from ..runspec import RunSpec
-from ..runtime import denormal_mode, resolve_device
+from ..runtime import denormal_mode, frozen_heap, resolve_device
 from .executors import (
     GUARD_HINT,
     Executor,
@@ -227,8 +227,10 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
             else:
                 ex = LocalPool(n, device, threads, deterministic=deterministic,
                                devices=plan.devices[:n])
-        report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
-                          t0, {rid: st.status for rid, st in states.items()}, label, where)
+        with frozen_heap():  # the run states and specs live as long as the stage (runtime)
+            report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
+                              t0, {rid: st.status for rid, st in states.items()}, label,
+                              where)
         old = store.read_study(out)
         return report
 
@@ -302,7 +304,8 @@ def _tune_then_test(study: StudyGrid, out: Path, stage: Any) -> StudyRunReport:
     for round_ in range(study.tuning.extend + 1):
         if not reports[-1].complete_stage:
             return _merged(study.name, out, reports)  # interrupted or incomplete: resume
-        choices, curves = selection.select_from_store(study, out)
+        with frozen_heap():  # what the selection loads is new: full passes skip the rest
+            choices, curves = selection.select_from_store(study, out)
         wider = selection.widenings(study, choices) if round_ < study.tuning.extend else {}
         if not wider:
             break
