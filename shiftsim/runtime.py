@@ -77,10 +77,12 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def frozen_heap() -> Iterator[None]:
     """Keep the garbage collector's full passes off every object that exists now, for the
     block (``gc.freeze()``): long-lived objects (a study's run states and specs, torch's and
-    shiftsim's own) are then not traversed again at every full pass. A nested block freezes
-    what is new since; the outermost block (none frozen when it began) unfreezes everything at
-    its end (``gc.unfreeze()``), so that garbage which arose among the frozen objects is
-    collected from then on. [speed] A study's driver holds each run's state and spec (about 80
+    shiftsim's own) are then not traversed again at every full pass. At its end everything is
+    unfrozen (``gc.unfreeze()``), so that garbage which was among the frozen objects is
+    collected from then on. Where objects are frozen already (an enclosing block, a study's
+    worker process, the caller's own ``gc.freeze()``) it does nothing: freezing again there
+    would keep the garbage of the time until the outer freeze ends, which in a worker process
+    is never. [speed] A study's driver holds each run's state and spec (about 80
     objects a run) for a stage, and a tuning selection loads every run so far: over the 8,200
     runs of ``scenarios/robustness_league.py`` (one run each, a 2-core AMD EPYC) its full
     passes took 13.3 s (45 passes, up to 0.5 s each) before the stage and selection blocks
@@ -96,13 +98,14 @@ def frozen_heap() -> Iterator[None]:
     """
     import gc
 
-    outermost = gc.get_freeze_count() == 0
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield
     finally:
-        if outermost:
-            gc.unfreeze()
+        gc.unfreeze()
 
 
 #: the environment variable that says how runs treat subnormal floats on the CPU
