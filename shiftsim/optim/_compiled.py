@@ -69,7 +69,7 @@ not). AdaTAM(W)'s (added later; a 2-vCPU AMD EPYC, the same protocol): AdaTAM 1.
 fused AdamW against Inductor's 1.43x and 1.45x (2 threads), 1.50x and 1.36x against 1.52x and
 1.54x (1 thread); AdaTAMW 1.37x and 1.37x against 1.42x and 1.39x, 1.52x and 1.39x against
 1.51x and 1.52x: Inductor's speed within resolution too (its least traffic is 9 passes, 1.29x),
-first steps 0.015-0.037 s against 0.31-6.5 s. Its native step is faster than its eager one at
+first steps 0.015-0.026 s against 0.31-6.5 s. Its native step is faster than its eager one at
 every size measured (one thread, AdaTAMW with weight decay: 145 -> 92 us a step for 100
 elements, 261 -> 141 for 85,000, 1,804 -> 604 for a million), but ``"auto"`` keeps the compile
 rule for it, as for TAM (:meth:`Compiled.native_first` is MoMo's, MoMo-Adam's and AM-AdamW's),
