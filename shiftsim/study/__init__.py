@@ -143,6 +143,12 @@ class Study(StudyGrid):
         the CPU, now on CUDA) raises a one-line error before anything runs, since the random
         draws differ by device. Run ids do not name the device.
 
+        Garbage collection: while a stage's runs go (and while a tuning selection reads the
+        folder), Python's collector skips the objects that existed when it began
+        (:func:`shiftsim.runtime.frozen_heap`: ``gc.freeze()``, undone at its end, also on
+        Ctrl-C; nothing where objects are frozen already); worker processes freeze theirs for
+        good before their first run.
+
         Returns a :class:`StudyRunReport` and prints its one-line summary. Ctrl-C stops the
         workers, leaves only complete runs in ``out_dir`` and raises KeyboardInterrupt.
         """
