@@ -437,3 +437,41 @@ def test_seed_tables_are_pandas_pivot_tables(seed):
     X2, OK2 = _seed_tables(lost, lrs)
     assert X2.shape == OK2.shape == (len(seeds), len(lrs)) and np.isnan(X2[0]).all()
     assert np.array_equal(OK2, OK)
+
+
+def _curve_by_groups(rows, hp_names):
+    """``curve`` as it was written first, a frame per grid point (the reference)."""
+    from shiftsim import metrics
+
+    out = []
+    for key, g in rows.groupby(list(hp_names), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ok = g["status"].eq("ok") & g["score"].notna()
+        mean, low, high = metrics.mean_interval(g.loc[ok, "score"])
+        out.append({**dict(zip(hp_names, key)), "mean": mean, "low": low, "high": high,
+                    "worst": float(g.loc[ok, "score"].min()) if ok.any() else math.nan,
+                    "n": int(ok.sum()), "runs": int(len(g)), "eligible": bool(ok.all())})
+    return pd.DataFrame(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_curve_is_the_per_point_groupby(seed):
+    """``curve`` from arrays equals the per-point groupby it replaced, exactly: one and two
+    tuned hyperparameters, a NaN grid value, failed and diverged runs, NaN scores, a point
+    with no usable run, rows in random order."""
+    from shiftsim.study.tuning import curve
+
+    rng = np.random.default_rng(seed)
+    rows = pd.DataFrame({
+        "lr": rng.choice([1e-3, 1e-2, 0.1, math.nan], size=60),
+        "momentum": rng.choice([0.0, 0.9], size=60),
+        "seed": rng.integers(0, 5, size=60),
+        "status": rng.choice(["ok", "ok", "ok", "diverged", "failed"], size=60),
+        "score": np.where(rng.random(60) < 0.15, math.nan, rng.random(60)),
+    })
+    rows.loc[rows["lr"] == 0.1, "status"] = "failed"  # a point with no usable run
+    for names in (["lr"], ["lr", "momentum"], ["momentum", "lr"]):
+        got, want = curve(rows, names), _curve_by_groups(rows, names)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    empty = rows.iloc[:0]
+    assert len(curve(empty, ["lr"])) == len(_curve_by_groups(empty, ["lr"])) == 0

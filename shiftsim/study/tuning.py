@@ -299,14 +299,25 @@ def curve(rows: pd.DataFrame, hp_names: Sequence[str]) -> pd.DataFrame:
     and ``eligible`` (no run diverged or failed)."""
     from .. import metrics
 
+    names = list(hp_names)
+    # the grid points in groupby's order (sorted, NaN last), each point's rows in their order;
+    # arrays, not a frame per point (the robustness league's 286 curves: 1.09 -> 0.43 s)
+    codes = rows.groupby(names, sort=True, dropna=False).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(codes.max() + 1 if codes.size else 0))
+    ends = np.r_[starts[1:], codes.size]
+    score = rows["score"].to_numpy(np.float64)
+    good = (rows["status"].eq("ok") & rows["score"].notna()).to_numpy(bool)
+    keys = {n: rows[n] for n in names}
     out = []
-    for key, g in rows.groupby(list(hp_names), sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        ok = g["status"].eq("ok") & g["score"].notna()
-        mean, low, high = metrics.mean_interval(g.loc[ok, "score"])
-        out.append({**dict(zip(hp_names, key)), "mean": mean, "low": low, "high": high,
-                    "worst": float(g.loc[ok, "score"].min()) if ok.any() else math.nan,
-                    "n": int(ok.sum()), "runs": int(len(g)), "eligible": bool(ok.all())})
+    for lo, hi in zip(starts, ends):
+        idx = order[lo:hi]
+        ok = good[idx]
+        vals = score[idx][ok]
+        mean, low, high = metrics.mean_interval(vals)
+        out.append({**{n: keys[n].iloc[idx[0]] for n in names}, "mean": mean, "low": low,
+                    "high": high, "worst": float(vals.min()) if vals.size else math.nan,
+                    "n": int(ok.sum()), "runs": int(idx.size), "eligible": bool(ok.all())})
     return pd.DataFrame(out)
 
 
