@@ -136,16 +136,22 @@ def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: fl
                    ) -> dict[int, dict[str, Any]]:
     """Recovery quantities (stream and clean labels) for every phase present in the
     (step-ordered) trace, phase 0 included."""
-    # the plan's rows as dicts, read once (a pandas row lookup per phase and label set cost
-    # more than the recovery arithmetic)
+    return _plan_recovery_rows(trace["n"].to_numpy(), trace["phase"].to_numpy(),
+                               _corrects(trace), _plan_of(tab), window=window, q=q,
+                               reference=reference, reference_true=reference_true,
+                               persistence=persistence, onset=onset)
+
+
+def _plan_of(tab: pd.DataFrame) -> dict[Any, dict[str, Any]]:
+    """A phase table's rows as dicts by phase, in its order, read once (a pandas row lookup
+    per phase and label set cost more than the recovery arithmetic)."""
     columns = {c: tab[c].tolist() for c in PLAN_COLUMNS if c in tab.columns}
-    infos = {k: {c: v[i] for c, v in columns.items()} for i, k in enumerate(tab.index)}
-    corrects = {c: trace[c].to_numpy() for c in ("correct", "correct_true")
-                if c in trace.columns}
-    return _plan_recovery_rows(trace["n"].to_numpy(), trace["phase"].to_numpy(), corrects,
-                               infos, window=window, q=q, reference=reference,
-                               reference_true=reference_true, persistence=persistence,
-                               onset=onset)
+    return {k: {c: v[i] for c, v in columns.items()} for i, k in enumerate(tab.index)}
+
+
+def _corrects(trace: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A trace's ``correct`` and, where recorded, ``correct_true`` columns."""
+    return {c: trace[c].to_numpy() for c in ("correct", "correct_true") if c in trace.columns}
 
 
 def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str, np.ndarray],
@@ -280,20 +286,13 @@ def recovery_records(trace: pd.DataFrame, phases: pd.DataFrame, **options: Any
                      ) -> list[dict[str, Any]]:
     """:func:`recovery`'s rows as dicts (``options``: its keyword arguments), for callers that
     gather the rows of many runs into one frame (a study's common-reference recompute)."""
-    unknown = sorted(set(options) - set(RECOVERY_OPTIONS))
-    if unknown:
-        raise allowed(unknown[0], "recovery option", RECOVERY_OPTIONS)
+    _check_unknown_options(options)
     _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
     tab = _phase_table(phases, ["ceiling"])
-    opts = _check_recovery_options(
-        options.get("window", 20), options.get("q", 0.9), options.get("reference", "plateau"),
-        options.get("reference_true"), options.get("persistence"), options.get("onset", 5))
-    window, q, reference, reference_true, persistence, onset = opts
+    opts = _recovery_options(options)
     ordered, _ = _ordered(trace)
-    rows = _recovery_rows(ordered, tab, window=window, q=q, reference=reference,
-                          reference_true=reference_true, persistence=persistence, onset=onset)
-    first = tab.index[0] if len(tab) else None
-    return [r for k, r in rows.items() if k != first]
+    return _records(ordered["n"].to_numpy(), ordered["phase"].to_numpy(), _corrects(ordered),
+                    _plan_of(tab), opts)
 
 
 def plan_recovery_records(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str, np.ndarray],
@@ -316,12 +315,27 @@ def plan_recovery_records(n: np.ndarray, phase: np.ndarray, corrects: Mapping[st
     >>> [rows[0][k] for k in ("target", "onset_steps", "recovery_steps", "below_steps")]
     [0.82, 0.0, 3.0, 3.0]
     """
+    _check_unknown_options(options)
+    return _records(n, phase, corrects, plan, _recovery_options(options))
+
+
+def _check_unknown_options(options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - set(RECOVERY_OPTIONS))
     if unknown:
         raise allowed(unknown[0], "recovery option", RECOVERY_OPTIONS)
-    opts = _check_recovery_options(
+
+
+def _recovery_options(options: Mapping[str, Any]) -> tuple[int, float, Any, Any, int, int]:
+    """The recovery keyword arguments checked, defaults filled in (:func:`recovery`'s)."""
+    return _check_recovery_options(
         options.get("window", 20), options.get("q", 0.9), options.get("reference", "plateau"),
         options.get("reference_true"), options.get("persistence"), options.get("onset", 5))
+
+
+def _records(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str, np.ndarray],
+             plan: Mapping[Any, Mapping[str, Any]], opts: tuple[int, float, Any, Any, int, int]
+             ) -> list[dict[str, Any]]:
+    """The recovery rows of every phase but the plan's first (nothing to recover from)."""
     window, q, reference, reference_true, persistence, onset = opts
     rows = _plan_recovery_rows(n, phase, corrects, plan, window=window, q=q,
                                reference=reference, reference_true=reference_true,

@@ -395,18 +395,16 @@ def _seed_tables(g: pd.DataFrame, lrs: np.ndarray) -> tuple[np.ndarray, np.ndarr
                    dtype=np.int64)
     score = g["score"].to_numpy(np.float64)
     ok = g["ok"].to_numpy(bool)
+    cell = row * len(lrs) + col  # flat index of each row's (seed, lr) cell
     keep = col >= 0
-    X = np.full((seeds.size, len(lrs)), np.nan)
-    OK = np.zeros((seeds.size, len(lrs)), dtype=bool)
-    seen = np.zeros((seeds.size, len(lrs)), dtype=bool)
-    bad = np.zeros((seeds.size, len(lrs)), dtype=bool)
-    np.logical_or.at(seen, (row[keep], col[keep]), True)
-    np.logical_or.at(bad, (row[keep], col[keep]), ~ok[keep])
-    OK[:] = seen & ~bad
-    has = keep & ~np.isnan(score)
-    for r, c, v in zip(row[has][::-1], col[has][::-1], score[has][::-1]):  # the first wins
-        X[r, c] = v
-    return X, OK
+    seen = np.bincount(cell[keep], minlength=seeds.size * len(lrs)) > 0
+    bad = np.bincount(cell[keep], weights=~ok[keep], minlength=seen.size) > 0
+    X = np.full(seen.size, np.nan)
+    has = np.flatnonzero(keep & ~np.isnan(score))
+    _, first = np.unique(cell[has], return_index=True)  # each cell's first scored row
+    X[cell[has][first]] = score[has][first]
+    shape = (seeds.size, len(lrs))
+    return X.reshape(shape), (seen & ~bad).reshape(shape)
 
 
 def _tolerances(lrs: np.ndarray, means: np.ndarray, elig: np.ndarray, best: np.ndarray,
