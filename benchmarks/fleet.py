@@ -26,7 +26,11 @@ arithmetic, evaluations not counted) back to back, rounds interleaved in one pro
 round's peak: the fastest of five runs of 40 steps' matmuls, since on a shared machine the
 slower ones measure other work); it prints both rates in GFLOP/s and the fraction of the peak
 (issue 17: goal >= 50 %), then (on the CPU) where one more run's step goes: the model, each
-optimizer group, and the rest.
+optimizer group, and the rest. Where run_fleet's default cuts the fleet into chunks that run
+one after another (one torch thread: shiftsim.fleet.chunks, 4 chunks of 8 here), the same
+members as one program (chunk_members=K) are timed beside it, in the same rounds, and the bmm
+peak is measured on the chunks' shapes too (each chunk's members batched, chunk after chunk;
+the faster shape counts: measured, 4 x 8 members ran the matmuls 2-7 % faster than 32 at once).
 
     python benchmarks/fleet.py --peak [--k 32] [--hidden 128,128] [--steps 400]
                                [--optimizers sgdm,tam,adam,momo] [--threads 2] [--rounds 5]
@@ -66,7 +70,7 @@ import torch
 from _common import interleaved, median, paired_ratios
 
 import shiftsim as ss
-from shiftsim.fleet import run_fleet
+from shiftsim.fleet import chunk_bounds, run_fleet
 from shiftsim.runtime import DENORMAL_MODES, DENORMALS_ENV, denormal_mode
 
 STUDY_OPTIMIZERS = ("sgdm", "adam", "tam", "adamem_sgd", "momo")
@@ -200,11 +204,17 @@ def peak(args: argparse.Namespace) -> None:
     layers = _layers(model.build(sc.data, seed=0))
     steps, batch = sc.total_steps, sc.batch_size
     flops = _model_flops(layers, args.k, batch)
-    mm = _matmuls(layers, args.k, batch)
     chunks, reps = BMM_CHUNKS, BMM_REPS
     procs = _Processes(args, args.processes) if args.processes > 1 else None
     own: list[list[float]] = []
     best: list[float] = []
+    # run_fleet's default may cut the fleet into chunks that run one after another (one torch
+    # thread, CPU: shiftsim.fleet.chunks); then the peak is also measured on the chunks' shapes
+    # (batched over each chunk's members, chunk after chunk), the faster of the two counting
+    sizes = _chunk_sizes(args, sc, model, members, procs)
+    shapes = [[_matmuls(layers, args.k, batch)]]
+    if len(sizes) > 1:
+        shapes.append([_matmuls(layers, n, batch) for n in sizes])
 
     def fleet() -> None:
         if procs is None:
@@ -213,17 +223,27 @@ def peak(args: argparse.Namespace) -> None:
             procs()
             own.append(procs.last)
 
+    def one_program() -> None:
+        run_fleet(sc, model, members, device=args.device, chunk_members=len(members))
+
     def bmm() -> None:
-        """The round's peak: the fastest of ``chunks`` back-to-back runs of ``reps`` sets."""
+        """The round's peak: the fastest of ``chunks`` back-to-back runs of ``reps`` sets, in
+        each shape (all members in one batch; each chunk's members, chunk after chunk)."""
         rates = []
-        for _ in range(chunks):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                mm()
-            rates.append(flops * reps / (time.perf_counter() - t0) / 1e9)
+        for shape in shapes:
+            for _ in range(chunks):
+                t0 = time.perf_counter()
+                for mm in shape:
+                    for _ in range(reps):
+                        mm()
+                rates.append(flops * reps / (time.perf_counter() - t0) / 1e9)
         best.append(max(rates))
+    parts = len(sizes) if procs is None else 1
+    timed = {"fleet": fleet, "bmm": bmm}
+    if parts > 1:  # the same members as one stacked program
+        timed["one program"] = one_program
     try:
-        times = interleaved({"fleet": fleet, "bmm": bmm}, rounds=args.rounds, warmup=1)
+        times = interleaved(timed, rounds=args.rounds, warmup=1)
     finally:
         if procs is not None:
             procs.close()
@@ -239,17 +259,44 @@ def peak(args: argparse.Namespace) -> None:
           f"subnormals {denormal_mode()}")
     print(f"  model arithmetic {flops * steps / 1e9:.2f} GFLOP per fleet run "
           f"({flops / 1e6:.1f} MFLOP per step)")
+    batched = f"batched over all {args.k} members" + (
+        f" or over each chunk's ({'/'.join(map(str, sorted(set(sizes))))}), the faster"
+        if len(sizes) > 1 else "")
     print(f"  fleet {median(fleet):.1f} GFLOP/s ({median(times['fleet']) / steps * 1e3:.2f} ms "
           f"per step, evaluations included); bmm {median(bmm):.1f} GFLOP/s (each round's "
-          f"fastest of {chunks} runs of {reps} steps' matmuls)")
+          f"fastest of {chunks} runs of {reps} steps' matmuls, {batched})")
     print(f"  fraction of the bmm peak: {median(fractions):.0%} (rounds: "
-          + " ".join(f"{f:.0%}" for f in fractions) + ")  (goal >= 50 %)")
+          + " ".join(f"{f:.0%}" for f in fractions) + ")  (goal >= 50 %)"
+          + (f"; run_fleet's default: {parts} chunks of members one after another"
+             if parts > 1 else ""))
+    if parts > 1:
+        whole = [flops * steps / t / 1e9 / b for t, b in zip(times["one program"], bmm)]
+        print(f"  the same fleet as one program (chunk_members={args.k}): "
+              f"{median(times['one program']) / steps * 1e3:.2f} ms per step, "
+              f"{median(whole):.0%} of the bmm peak (rounds: "
+              + " ".join(f"{f:.0%}" for f in whole) + ")")
     if procs is not None:
         each = [median([r[j] for r in own[1:]]) / steps * 1e3 for j in range(args.processes)]
         print("  each process's own time (ms per step, median): "
               + ", ".join(f"{t:.2f}" for t in each))
     elif args.device == "cpu":
         breakdown(sc, model, members)
+
+
+def _chunk_sizes(args: argparse.Namespace, sc: ss.Scenario, model: ss.models.ModelSpec,
+                 members: list[tuple[ss.optim.OptimizerSpec, int]],
+                 procs: _Processes | None) -> list[int]:
+    """The member counts of the chunks run_fleet's default runs one after another: in this
+    process (the chunks a run reports), or in each --processes child (one thread each)."""
+    if procs is None:
+        n = run_fleet(sc, model, members, device=args.device)[0].info["fleet"]["chunks"]
+        bounds = [round(i * args.k / n) for i in range(n + 1)]
+        return [b - a for a, b in zip(bounds, bounds[1:])]
+    if args.device != "cpu":
+        return procs.sizes
+    net = model.build(sc.data, seed=0)
+    member_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    return [b - a for n in procs.sizes for a, b in chunk_bounds(n, member_bytes, 1)]
 
 
 def breakdown(sc: ss.Scenario, model: ss.models.ModelSpec,

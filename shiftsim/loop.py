@@ -197,14 +197,15 @@ class EvalSchedule:
 
 def run_members(scenario: Scenario, learner: Members, device: str | torch.device = "auto", *,
                 check_every: int = 64, progress: bool = False,
-                started: float | None = None) -> list[RunResult]:
+                started: float | None = None, label: str | None = None) -> list[RunResult]:
     """Run the K members of ``learner`` over ``scenario`` and return one
     :class:`~shiftsim.result.RunResult` per member, in the learner's order.
 
     Every batch is scored with the parameters before the update (prequential,
     test-then-train), then trained on. ``check_every``: steps between the finiteness checks of
     the losses. ``started``: the ``time.perf_counter()`` at which the caller began (the
-    setup time counts from there).
+    setup time counts from there). ``label``: the progress bar's description (default: the
+    fleet's size, or the run's seed).
     """
     t_start = time.perf_counter() if started is None else started
     dev = resolve_device(device)
@@ -234,7 +235,7 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     if progress:
         from tqdm.auto import tqdm
 
-        desc = f"fleet of {K}" if K > 1 else f"run seed {seeds[0]}"
+        desc = label or (f"fleet of {K}" if K > 1 else f"run seed {seeds[0]}")
         bar = tqdm(total=T, desc=desc, unit="step", leave=False)
     t_setup = time.perf_counter()
 

@@ -116,7 +116,8 @@ def test_every_optimizer_float64_equals_run_with_per_member_lr(name, flip64):
     # two learning rates in one group: the kernels get (K,) hyperparameter tensors
     members = [(base, 0), (base.replace(lr=lr * 0.5), 1), (base, 1)]
     results = run_fleet(flip64, mlp64, members, device="cpu")
-    assert results[0].info["fleet"] == {"members": 3, "groups": 1, "compiled": False}
+    assert results[0].info["fleet"] == {"members": 3, "groups": 1, "compiled": False,
+                                       "chunks": 1}
     for (opt, seed), res in zip(members, results):
         assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
     # the two seeds really are different streams and initialisations
@@ -163,7 +164,8 @@ def test_mixed_optimizer_fleet_keeps_the_callers_order(flip64):
                (ss.optim.spec("sgdm", nesterov=False, momentum=0.5), 0)]
     results = run_fleet(flip64, mlp64, members, device="cpu")
     # groups: torch SGD (4 members; lr and momentum differ), Adam, TAM, MoMo
-    assert results[0].info["fleet"] == {"members": 7, "groups": 4, "compiled": False}
+    assert results[0].info["fleet"] == {"members": 7, "groups": 4, "compiled": False,
+                                       "chunks": 1}
     names = [r.info["learner"]["optimizer"]["name"] for r in results]
     assert names == ["sgdm", "adam", "tam", "sgdm", "sgdm", "momo", "sgdm"]
     for (opt, seed), res in zip(members, results):
@@ -1013,3 +1015,88 @@ def test_a_single_member_steps_its_whole_buffer_as_one_row(name, whole, flip32):
     for opt, res in zip(specs, fleet):
         alone = ss.run(sc, model, opt, seed=0, device="cpu", threads=1)
         pd.testing.assert_frame_equal(alone.trace, res.trace, obj=opt.name)
+
+
+# ------------------------------------------------------------------------------------ chunks
+
+
+def test_a_fleet_in_chunks_gives_every_member_the_same_bits(flip32):
+    """run_fleet's chunks (members sorted by optimizer group, consecutive chunks run one after
+    another over the whole scenario) change no member's numbers: every seed optimizer, some
+    with a second learning rate, in one program and in chunks of 1, 3 and 5, bit for bit (one
+    torch thread), in the caller's order."""
+    model = ss.models.mlp(hidden=(32,))
+    members = []
+    for i, name in enumerate(ALL):
+        base = ss.optim.spec(name)
+        members.append((base, i % 3))
+        if i % 4 == 0:
+            members.append((base.replace(lr=base.kwargs.get("lr", 0.01) * 0.5), 1))
+    whole = run_fleet(flip32, model, members, device="cpu", chunk_members=len(members))
+    assert whole[0].info["fleet"]["chunks"] == 1
+    assert whole[0].info["fleet"]["groups"] == 12  # sgd and sgdm: torch's SGD, one group
+    for size in (1, 3, 5):
+        parts = run_fleet(flip32, model, members, device="cpu", chunk_members=size)
+        assert parts[0].info["fleet"] == {"members": len(members), "groups": 12,
+                                          "compiled": False,
+                                          "chunks": math.ceil(len(members) / size)}
+        for (opt, seed), a, b in zip(members, whole, parts):
+            assert b.info["learner"]["optimizer"] == opt.to_dict() and b.info["seed"] == seed
+            pd.testing.assert_frame_equal(a.trace, b.trace, obj=f"{opt.name} {size}")
+            pd.testing.assert_frame_equal(a.evals, b.evals, obj=f"{opt.name} {size}")
+            assert a.diverged_step == b.diverged_step
+
+
+def test_the_default_chunks_follow_a_members_parameter_bytes():
+    """chunk_bounds: near-equal chunks of at most CHUNK_BYTES of parameters with one thread
+    when two members or more fit; one chunk with more threads or bigger members; an explicit
+    chunk_members always."""
+    from shiftsim.fleet import CHUNK_BYTES, chunk_bounds
+
+    assert CHUNK_BYTES == 1 << 20
+    assert chunk_bounds(32, 104_488, 1) == [(0, 8), (8, 16), (16, 24), (24, 32)]  # 10 fit
+    assert chunk_bounds(120, 19_240, 1) == [(0, 40), (40, 80), (80, 120)]  # 54 fit
+    assert chunk_bounds(10, CHUNK_BYTES // 2, 1) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert chunk_bounds(10, CHUNK_BYTES // 2 + 1, 1) == [(0, 10)]  # one fits: one program
+    assert chunk_bounds(32, 104_488, 2) == [(0, 32)]
+    assert chunk_bounds(5, 10, 1) == [(0, 5)]
+    assert chunk_bounds(7, 10, 4, chunk_members=3) == [(0, 2), (2, 5), (5, 7)]
+    assert chunk_bounds(7, 10**9, 1, chunk_members=7) == [(0, 7)]
+
+
+def test_run_fleet_chunks_a_relu_mlp_by_default_with_one_thread_on_the_cpu(digits):
+    """64-128-128-10 members (104 KB of parameters each): 24 of them run as 3 chunks with one
+    thread, as one program with two threads, with a model that is not a ReLU MLP, or asked
+    for (chunk_members=24); each member's trace the same bits in the default chunks as in one
+    program."""
+    sc = ss.label_flip_tasks(digits, rate=0.5, tasks=2, steps_per_task=8, eval_every=8,
+                             eval_size=50)
+    model = ss.models.mlp(hidden=(128, 128))
+    members = [(("sgdm", "adam", "tam")[i % 3], i) for i in range(24)]
+    chunked = run_fleet(sc, model, members, device="cpu")
+    assert chunked[0].info["fleet"]["chunks"] == 3
+    whole = run_fleet(sc, model, members, device="cpu", chunk_members=24)
+    assert whole[0].info["fleet"]["chunks"] == 1
+    for a, b in zip(chunked, whole):
+        pd.testing.assert_frame_equal(a.trace, b.trace)
+    layer = ss.models.mlp(hidden=(128, 128), norm="layer")
+    assert run_fleet(sc, layer, members[:12], device="cpu")[0].info["fleet"]["chunks"] == 1
+    torch.set_num_threads(2)
+    try:
+        assert run_fleet(sc, model, members, device="cpu")[0].info["fleet"]["chunks"] == 1
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
+def test_a_bad_chunk_size_is_one_clear_error(flip32, bad):
+    with pytest.raises(ss.errors.ShiftsimError, match="chunk_members"):
+        run_fleet(flip32, ss.models.mlp(hidden=(8,)), [("sgdm", 0)], device="cpu",
+                  chunk_members=bad)
+
+
+def test_each_chunk_has_its_own_progress_bar(flip32, capsys):
+    run_fleet(flip32, ss.models.mlp(hidden=(8,)), [("sgdm", 0), ("adam", 1)], device="cpu",
+              progress=True, chunk_members=1)
+    err = capsys.readouterr().err
+    assert "fleet of 2, chunk 1/2" in err and "fleet of 2, chunk 2/2" in err

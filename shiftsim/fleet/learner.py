@@ -31,6 +31,20 @@ from ..optim.stacking import group_hyper, group_key, member_hyper
 from .model import StackedModel
 
 
+def group_order(keys: Sequence[Any]) -> list[int]:
+    """The positions of members with group keys ``keys``
+    (:func:`~shiftsim.optim.stacking.group_key`) sorted so that each group is consecutive:
+    groups in order of first appearance, members in the given order within.
+
+    >>> group_order(["sgdm", "adam", "sgdm", "tam", "adam"])
+    [0, 2, 1, 4, 3]
+    """
+    first: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    return sorted(range(len(keys)), key=lambda i: (first[keys[i]], i))
+
+
 @dataclass
 class _Group:
     """The members [start, stop) of the fleet (sorted by group) that one optimizer's stacked
@@ -82,10 +96,7 @@ class StackedLearner:
     def __init__(self, model: ModelSpec | nn.Module | Callable[..., nn.Module],
                  members: Sequence[tuple[OptimizerSpec, int]], compile: bool = False) -> None:
         keys = [group_key(o) for o, _ in members]
-        first: dict[Any, int] = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, i)
-        self.order = sorted(range(len(members)), key=lambda i: (first[keys[i]], i))
+        self.order = group_order(keys)
         self.model_source = model
         self.specs = [members[i][0] for i in self.order]
         self.seeds = [members[i][1] for i in self.order]
