@@ -164,9 +164,9 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             a chunk's numbers stay in the caches from step to step; measured on a 2-core AMD
             EPYC, 0.75-1.00x the time a step for fleets of MLPs with 64 to 256 units,
             depending on the machine's load, :mod:`shiftsim.fleet.chunks`), otherwise one
-            program. A member's results do not
-            depend on the chunks (one thread: the same bits); ``info["fleet"]["chunks"]``
-            says how many ran.
+            program. A member's results do not depend on the chunks (one thread: the same
+            bits); ``info["fleet"]["chunks"]`` says how many ran, and each member's
+            ``timings["fleet_loop_s"]`` is its chunk's loop.
     """
     if not isinstance(deterministic, bool):
         raise SpecTypeError(f"deterministic must be True or False, got {deterministic!r}")
