@@ -314,17 +314,27 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     return results
 
 
-def _train_schedule(scenario: Scenario, learner: Members, steps: int) -> np.ndarray | None:
-    """On a real-time stream, the steps the members train on (one schedule: a stacked program
-    steps its members together, so they must have equal costs); None otherwise."""
-    if not scenario.realtime:
-        return None
-    costs = learner.costs()
+def shared_cost(costs: Sequence[float]) -> float:
+    """The one relative cost of the members of a program on a real-time stream (a stacked
+    program steps its members together, on one training schedule); a clear error when they
+    differ.
+
+    >>> shared_cost([1.5, 1.5])
+    1.5
+    """
     if len(set(costs)) > 1:
         raise ShiftsimError(f"the members of one program on a real-time stream must have equal "
                             f"costs (one training schedule), got {sorted(set(costs))}; run "
                             "members of different costs in separate fleets")
-    return train_schedule(costs[0], steps)
+    return costs[0]
+
+
+def _train_schedule(scenario: Scenario, learner: Members, steps: int) -> np.ndarray | None:
+    """On a real-time stream, the steps the members train on (:func:`shared_cost`); None
+    otherwise."""
+    if not scenario.realtime:
+        return None
+    return train_schedule(shared_cost(learner.costs()), steps)
 
 
 def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: EvalSchedule,

@@ -94,9 +94,11 @@ def test_fleets_on_a_real_time_stream_share_one_cost(sc):
     assert all((r.trace["trained"].to_numpy() == want).all() for r in res)
     single = ss.run(rt, ss.models.mlp(hidden=(16,)), "tam", seed=1)
     pd.testing.assert_frame_equal(res[1].trace, single.trace)  # a member = its own run
-    with pytest.raises(ShiftsimError, match="must have equal costs"):
-        ss.run_fleet(rt, ss.models.mlp(hidden=(16,)),
-                     [(ss.optim.spec("tam"), 0), (ss.optim.spec("sgd"), 1)])
+    for chunk in (None, 1):  # also where each chunk would have one cost: refused before work
+        with pytest.raises(ShiftsimError, match="must have equal costs"):
+            ss.run_fleet(rt, ss.models.mlp(hidden=(16,)),
+                         [(ss.optim.spec("tam"), 0), (ss.optim.spec("sgd"), 1)],
+                         chunk_members=chunk)
 
 
 def test_a_learner_that_cannot_score_is_refused(sc):

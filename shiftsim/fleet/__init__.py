@@ -53,7 +53,7 @@ from torch import nn
 from ..checks import check_model_fits
 from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..learner import build_model, mode_sensitive
-from ..loop import run_members
+from ..loop import run_members, shared_cost
 from ..models import ModelSpec
 from ..optim import OptimizerSpec, spec
 from ..optim.stacking import group_key, supports
@@ -190,6 +190,8 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     chunk_members = check_range(chunk_members, "chunk_members", 1, integer=True, optional=True)
     pairs = [_as_member(m) for m in members]
     keys = [group_key(o) for o, _ in pairs]  # an optimizer the fleet cannot step fails here
+    if scenario.realtime:  # one training schedule for all, chunks or not: checked before work
+        shared_cost([o.effective_cost for o, _ in pairs])
     chunks = _chunks(scenario, model, pairs, keys, resolve_device(device), compile,
                      chunk_members)
     ordered: list[RunResult | None] = [None] * len(pairs)
