@@ -13,7 +13,7 @@ parameters (members sorted by optimizer group first), when at least two members 
 Measured on this project's 2-core AMD EPYC (1 MiB of L2 cache per core, 32 MiB of L3 shared
 with the machine's neighbours), one thread: the same members in the default chunks and as one
 program (``chunk_members=K``), 5-10 rounds alternating, each run's median ratio, runs spread
-over two hours (members cycling through sgdm, tam, adam and momo, the
+within an hour (members cycling through sgdm, tam, adam and momo, the
 64-unit fleet also adamem_sgd; seeds 0..K-1; label flips on digits):
 
 ============================  =======  ==============  ====================================
