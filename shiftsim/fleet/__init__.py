@@ -18,16 +18,16 @@ architecture on one scenario as a single program, through the one run loop
 
 * **chunks**: on the CPU with one torch thread, a ReLU MLP's fleet runs as consecutive
   chunks of members, each over the whole scenario, small enough that a chunk's parameters,
-  gradients and optimizer state stay in the caches (:mod:`~shiftsim.fleet.chunks`).
+  gradients and optimizer state can stay in the caches (:mod:`~shiftsim.fleet.chunks`).
 
 So every member's :class:`~shiftsim.result.RunResult` has the content of its own run, and does
 not depend on which other members share its fleet. For a ReLU MLP, :func:`shiftsim.run` itself
 runs this program with one member by default, so a member's numbers are bit for bit those of
-``run()`` — on the CPU with one torch thread (with more, torch's batched matmul splits a single
-matrix across the threads but a batch of several by matrix, so the last bits may depend on the
-program's size); on CUDA the batched-GEMM kernels are chosen by shape (the member count among
-them), so there a member may differ from ``run()`` in the last bits, and
-``deterministic=True`` makes only reruns of the same fleet repeat.
+``run()`` — on the CPU with one torch thread (with more, the last bits may depend on the
+program's size: measured with two threads, a member alone, in a one-member program, differed
+from the same member in a larger one); on CUDA the batched-GEMM kernels are chosen by shape
+(the member count among them), so there a member may differ from ``run()`` in the last bits,
+and ``deterministic=True`` makes only reruns of the same fleet repeat.
 Against the plain per-step loop (``run(..., vectorized=False)``: autograd, one module)
 they agree up to float rounding of the batched operations (``tests/test_fleet.py`` states the
 tolerances; over thousands of float32 steps some trajectories drift apart, as they
@@ -161,9 +161,9 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             optimizer group), each a stacked program over the whole scenario, one after
             another. Default (None): on the CPU with one torch thread, a ReLU MLP's fleet in
             chunks of at most :data:`~shiftsim.fleet.chunks.CHUNK_BYTES` of parameters (1 MiB:
-            a chunk's numbers stay in the caches from step to step; measured on a 2-core AMD
+            a chunk's numbers can stay in the caches from step to step; measured on a 2-core AMD
             EPYC, 0.75-1.00x the time a step for fleets of MLPs with 64 to 256 units,
-            depending on the machine's load, :mod:`shiftsim.fleet.chunks`), otherwise one
+            varying from run to run, :mod:`shiftsim.fleet.chunks`), otherwise one
             program. A member's results do not depend on the chunks (one thread: the same
             bits); ``info["fleet"]["chunks"]`` says how many ran, and each member's
             ``timings["fleet_loop_s"]`` is its chunk's loop.

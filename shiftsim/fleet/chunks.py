@@ -2,9 +2,11 @@
 
 A fleet's members do not depend on one another, so :func:`~shiftsim.fleet.run_fleet` may run
 them as several smaller stacked programs, each over the whole scenario, one after another,
-instead of one program over all of them. On the CPU with one torch thread that is faster for
-small models: a chunk's parameters, gradients and optimizer state stay in the core's caches
-from one step to the next, where the whole fleet's pass through main memory on every step.
+instead of one program over all of them. On the CPU with one torch thread that was faster for
+small models in most runs measured (below). The likely reason, not measured directly: a
+chunk's parameters, gradients and optimizer state are small enough to stay in the caches from
+one step to the next, the whole fleet's are not (the gain vanished in a test where every
+layout was alive in one process, so that none kept the caches to itself).
 Each member's numbers are the same either way (one thread: a member's arithmetic is its own;
 ``tests/test_fleet.py`` checks it bit for bit).
 
@@ -31,8 +33,9 @@ one program: 64-512-512-10 (1.2 MB) in chunks of 4, 2 and 1 member 1.02x, 1.08x 
 64-1024-1024-10 (4.4 MB) in chunks of 2 and 1 member 1.31x and 1.28x (one run each).
 With two threads chunks did not pay (the 256-unit fleet in chunks of 6: 1.14x; the 64-unit in
 chunks of 40: 1.22x; the 128-unit in chunks of 16: 0.90x, of 8: 1.01x; wall time), and there a
-member's last bits depend on its program's size (torch's batched matmul splits one matrix
-across threads but a batch of several by matrix), so the default chunks only with one thread,
+member's last bits may depend on its program's size (measured: a member alone in a chunk of
+one differed from the same member in a larger program; chunks of two or more matched in that
+test), so the default chunks only with one thread,
 only a ReLU MLP (the programs measured), and only on the CPU.
 
 >>> chunk_bounds(32, member_bytes=104_000, threads=1)
