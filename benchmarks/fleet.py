@@ -31,6 +31,10 @@ one after another (one torch thread: shiftsim.fleet.chunks, 4 chunks of 8 here),
 members as one program (chunk_members=K) are timed beside it, in the same rounds, and the bmm
 peak is measured on the chunks' shapes too (each chunk's members batched, chunk after chunk;
 the faster shape counts: measured, 4 x 8 members ran the matmuls 2-7 % faster than 32 at once).
+With two torch threads (--threads 2) the default runs those chunks two at a time, each on a
+Python thread of one torch thread (lanes); the peak is then also measured that way (the chunks'
+matmuls dealt to two such threads started together), and the breakdown's times add up over the
+lanes (against twice the wall time).
 
     python benchmarks/fleet.py --peak [--k 32] [--hidden 128,128] [--steps 400]
                                [--optimizers sgdm,tam,adam,momo] [--threads 2] [--rounds 5]
@@ -63,6 +67,7 @@ import argparse
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -71,7 +76,7 @@ from _common import interleaved, median, paired_ratios
 
 import shiftsim as ss
 from shiftsim.fleet import chunk_bounds, run_fleet
-from shiftsim.runtime import DENORMAL_MODES, DENORMALS_ENV, denormal_mode
+from shiftsim.runtime import DENORMAL_MODES, DENORMALS_ENV, denormal_mode, torch_threads
 
 STUDY_OPTIMIZERS = ("sgdm", "adam", "tam", "adamem_sgd", "momo")
 STUDY_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -211,7 +216,7 @@ def peak(args: argparse.Namespace) -> None:
     # run_fleet's default may cut the fleet into chunks that run one after another (one torch
     # thread, CPU: shiftsim.fleet.chunks); then the peak is also measured on the chunks' shapes
     # (batched over each chunk's members, chunk after chunk), the faster of the two counting
-    sizes = _chunk_sizes(args, sc, model, members, procs)
+    sizes, lanes = _chunk_sizes(args, sc, model, members, procs)
     shapes = [[_matmuls(layers, args.k, batch)]]
     if len(sizes) > 1:
         shapes.append([_matmuls(layers, n, batch) for n in sizes])
@@ -237,6 +242,9 @@ def peak(args: argparse.Namespace) -> None:
                     for _ in range(reps):
                         mm()
                 rates.append(flops * reps / (time.perf_counter() - t0) / 1e9)
+        if lanes > 1:  # the chunks' matmuls as the lanes run them: side by side, one thread each
+            for _ in range(chunks):
+                rates.append(flops * reps / _in_lanes(shapes[-1], lanes, reps) / 1e9)
         best.append(max(rates))
     parts = len(sizes) if procs is None else 1
     timed = {"fleet": fleet, "bmm": bmm}
@@ -260,15 +268,18 @@ def peak(args: argparse.Namespace) -> None:
     print(f"  model arithmetic {flops * steps / 1e9:.2f} GFLOP per fleet run "
           f"({flops / 1e6:.1f} MFLOP per step)")
     batched = f"batched over all {args.k} members" + (
-        f" or over each chunk's ({'/'.join(map(str, sorted(set(sizes))))}), the faster"
+        f" or over each chunk's ({'/'.join(map(str, sorted(set(sizes))))})"
+        + (f", chunk after chunk or {lanes} chunks at once on as many Python threads of one "
+           "torch thread" if lanes > 1 else "") + ", the fastest"
         if len(sizes) > 1 else "")
     print(f"  fleet {median(fleet):.1f} GFLOP/s ({median(times['fleet']) / steps * 1e3:.2f} ms "
           f"per step, evaluations included); bmm {median(bmm):.1f} GFLOP/s (each round's "
           f"fastest of {chunks} runs of {reps} steps' matmuls, {batched})")
     print(f"  fraction of the bmm peak: {median(fractions):.0%} (rounds: "
           + " ".join(f"{f:.0%}" for f in fractions) + ")  (goal >= 50 %)"
-          + (f"; run_fleet's default: {parts} chunks of members one after another"
-             if parts > 1 else ""))
+          + (f"; run_fleet's default: {parts} chunks of members, "
+             + (f"{lanes} at once (lanes of one torch thread)" if lanes > 1
+                else "one after another") if parts > 1 else ""))
     if parts > 1:
         whole = [flops * steps / t / 1e9 / b for t, b in zip(times["one program"], bmm)]
         print(f"  the same fleet as one program (chunk_members={args.k}): "
@@ -285,18 +296,42 @@ def peak(args: argparse.Namespace) -> None:
 
 def _chunk_sizes(args: argparse.Namespace, sc: ss.Scenario, model: ss.models.ModelSpec,
                  members: list[tuple[ss.optim.OptimizerSpec, int]],
-                 procs: _Processes | None) -> list[int]:
-    """The member counts of the chunks run_fleet's default runs one after another: in this
-    process (the chunks a run reports), or in each --processes child (one thread each)."""
+                 procs: _Processes | None) -> tuple[list[int], int]:
+    """The member counts of the chunks run_fleet's default runs, and how many at once: in this
+    process (what a run reports), or in each --processes child (one thread each)."""
     if procs is None:
-        n = run_fleet(sc, model, members, device=args.device)[0].info["fleet"]["chunks"]
+        info = run_fleet(sc, model, members, device=args.device)[0].info["fleet"]
+        n = info["chunks"]
         bounds = [round(i * args.k / n) for i in range(n + 1)]
-        return [b - a for a, b in zip(bounds, bounds[1:])]
+        return [b - a for a, b in zip(bounds, bounds[1:])], info["lanes"]
     if args.device != "cpu":
-        return procs.sizes
+        return procs.sizes, 1
     net = model.build(sc.data, seed=0)
     member_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    return [b - a for n in procs.sizes for a, b in chunk_bounds(n, member_bytes, 1)]
+    return [b - a for n in procs.sizes for a, b in chunk_bounds(n, member_bytes, 1)], 1
+
+
+def _in_lanes(shape: list[Callable[[], None]], lanes: int, reps: int) -> float:
+    """Seconds for ``reps`` runs of every chunk's matmuls, the chunks dealt round-robin to
+    ``lanes`` Python threads of one torch thread each, all started together."""
+    start = threading.Barrier(lanes + 1)
+
+    def lane(mine: list[Callable[[], None]]) -> None:
+        torch.set_num_threads(1)
+        start.wait()
+        for mm in mine:
+            for _ in range(reps):
+                mm()
+
+    with torch_threads(1):
+        threads = [threading.Thread(target=lane, args=(shape[i::lanes],)) for i in range(lanes)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0
 
 
 def breakdown(sc: ss.Scenario, model: ss.models.ModelSpec,
@@ -309,13 +344,15 @@ def breakdown(sc: ss.Scenario, model: ss.models.ModelSpec,
     from shiftsim.fleet import model as fleet_model
 
     spent: dict[str, float] = {}
+    lock = threading.Lock()  # lanes time their pieces at once
 
     def timing(fn: Callable[..., object], label: Callable[[object], str]) -> Callable[..., object]:
         def timed(self: object, *args: object, **kwargs: object) -> object:
             t0 = time.perf_counter()
             out = fn(self, *args, **kwargs)
             key = label(self)
-            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
+            with lock:
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
             return out
         return timed
 
@@ -330,15 +367,17 @@ def breakdown(sc: ss.Scenario, model: ss.models.ModelSpec,
         setattr(cls, name, timing(getattr(cls, name), label))
     try:
         t0 = time.perf_counter()
-        run_fleet(sc, model, members)
-        total = time.perf_counter() - t0
+        lanes = run_fleet(sc, model, members)[0].info["fleet"]["lanes"]
+        total = (time.perf_counter() - t0) * lanes  # lanes: their threads' time together
     finally:
         for (cls, name, _), fn in zip(patched, saved):
             setattr(cls, name, fn)
     steps = sc.total_steps
     parts = ", ".join(f"{k} {v / steps * 1e3:.2f}" for k, v in spent.items())
     rest = total - sum(spent.values())
-    print(f"  one more run, timed by piece (ms per step): total {total / steps * 1e3:.2f}; "
+    unit = "ms per step" if lanes == 1 else \
+        f"ms per step summed over the {lanes} lanes, the total {lanes} x the wall time"
+    print(f"  one more run, timed by piece ({unit}): total {total / steps * 1e3:.2f}; "
           f"{parts}; evaluation, batches and the loop {rest / steps * 1e3:.2f}")
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import platform
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -48,6 +49,10 @@ from .result import RunResult
 from .runtime import denormal_mode, denormals, determinism_flags, device_facts
 from .scenario import Scenario
 from .stream import Stream, resolve_device
+
+
+class Stopped(Exception):
+    """:func:`run_members` ended early because its ``stop`` event was set."""
 
 
 class Members(Protocol):
@@ -197,7 +202,8 @@ class EvalSchedule:
 
 def run_members(scenario: Scenario, learner: Members, device: str | torch.device = "auto", *,
                 check_every: int = 64, progress: bool = False,
-                started: float | None = None, label: str | None = None) -> list[RunResult]:
+                started: float | None = None, label: str | None = None,
+                stop: threading.Event | None = None) -> list[RunResult]:
     """Run the K members of ``learner`` over ``scenario`` and return one
     :class:`~shiftsim.result.RunResult` per member, in the learner's order.
 
@@ -205,7 +211,8 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     test-then-train), then trained on. ``check_every``: steps between the finiteness checks of
     the losses. ``started``: the ``time.perf_counter()`` at which the caller began (the
     setup time counts from there). ``label``: the progress bar's description (default: the
-    fleet's size, or the run's seed).
+    fleet's size, or the run's seed). ``stop``: when set (another thread's doing), the loop
+    ends at the next step with :class:`Stopped`.
     """
     t_start = time.perf_counter() if started is None else started
     dev = resolve_device(device)
@@ -269,6 +276,9 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
                 n_new[:, start:start + steps] = batches.n_new
                 for s in range(steps):
                     t = start + s
+                    if stop is not None and stop.is_set():
+                        raise Stopped(f"stopped at step {t}: another part of the run failed "
+                                      "or was interrupted")
                     if train is None or train[t]:
                         learner.step(t, batches.inputs(s), batches.labels(s), outs[s])
                     else:  # real time: the learner is still busy; scored, not trained
@@ -296,8 +306,8 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
                     break
         finally:
             torch.set_grad_enabled(grad_was)
-    if bar is not None:
-        bar.close()
+            if bar is not None:
+                bar.close()
     t_loop = time.perf_counter()
     results = _results(scenario, learner, dev, schedule, diverged_at, losses, correct,
                        correct_true, n_new, eval_correct, train, denormal_applied)

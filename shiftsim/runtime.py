@@ -19,6 +19,8 @@ True
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -300,6 +302,19 @@ def device_facts(device: torch.device) -> dict[str, Any]:
             "cuda": torch.version.cuda, "cudnn": cudnn}
 
 
+_SEEDED = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: a lock one of them held is free."""
+    global _SEEDED
+    _SEEDED = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextlib.contextmanager
 def cpu_seeded(seed: int) -> Iterator[None]:
     """Run the block with torch's CPU generator seeded with ``seed``, restored afterwards.
@@ -319,6 +334,8 @@ def cpu_seeded(seed: int) -> Iterator[None]:
     """
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    # the generator is the process's: threads that build models at once (a fleet's lanes) take
+    # turns, so that none draws from another's seed
+    with _SEEDED, torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         yield

@@ -213,6 +213,35 @@ def test_model_weights_did_not_change_with_the_seeding_helper(tiny):
                                                   got.state_dict().values()))
 
 
+def test_threads_that_seed_at_once_each_draw_from_their_own_seed():
+    """cpu_seeded takes turns between threads (a fleet's lanes build their members' models at
+    once): each block draws what its seed gives, however the threads interleave."""
+    import threading
+
+    from shiftsim.runtime import cpu_seeded
+
+    expected = {s: torch.Generator().manual_seed(s) for s in range(4)}
+    expected = {s: [torch.rand(64, generator=g) for _ in range(3)] for s, g in expected.items()}
+    wrong = []
+
+    def draw(s):
+        for _ in range(100):
+            with cpu_seeded(s):
+                got = []
+                for _ in range(3):
+                    got.append(torch.rand(64))
+                    threading.Event().wait(0.0001)  # let the other threads run in between
+            if not all(torch.equal(a, b) for a, b in zip(got, expected[s])):
+                wrong.append(s)
+
+    threads = [threading.Thread(target=draw, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
 # -- subnormal floats: kept (ieee, the default) or flushed ($SHIFTSIM_DENORMALS) ---------------
 
 def _halved_tiny(n=1):

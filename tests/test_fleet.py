@@ -117,7 +117,7 @@ def test_every_optimizer_float64_equals_run_with_per_member_lr(name, flip64):
     members = [(base, 0), (base.replace(lr=lr * 0.5), 1), (base, 1)]
     results = run_fleet(flip64, mlp64, members, device="cpu")
     assert results[0].info["fleet"] == {"members": 3, "groups": 1, "compiled": False,
-                                       "chunks": 1}
+                                       "chunks": 1, "lanes": 1}
     for (opt, seed), res in zip(members, results):
         assert_same(res, run_eager(flip64, mlp64, opt, seed=seed, device="cpu"))
     # the two seeds really are different streams and initialisations
@@ -165,7 +165,7 @@ def test_mixed_optimizer_fleet_keeps_the_callers_order(flip64):
     results = run_fleet(flip64, mlp64, members, device="cpu")
     # groups: torch SGD (4 members; lr and momentum differ), Adam, TAM, MoMo
     assert results[0].info["fleet"] == {"members": 7, "groups": 4, "compiled": False,
-                                       "chunks": 1}
+                                       "chunks": 1, "lanes": 1}
     names = [r.info["learner"]["optimizer"]["name"] for r in results]
     assert names == ["sgdm", "adam", "tam", "sgdm", "sgdm", "momo", "sgdm"]
     for (opt, seed), res in zip(members, results):
@@ -1039,7 +1039,8 @@ def test_a_fleet_in_chunks_gives_every_member_the_same_bits(flip32):
         parts = run_fleet(flip32, model, members, device="cpu", chunk_members=size)
         assert parts[0].info["fleet"] == {"members": len(members), "groups": 12,
                                           "compiled": False,
-                                          "chunks": math.ceil(len(members) / size)}
+                                          "chunks": math.ceil(len(members) / size),
+                                          "lanes": 1}
         for (opt, seed), a, b in zip(members, whole, parts):
             assert b.info["learner"]["optimizer"] == opt.to_dict() and b.info["seed"] == seed
             pd.testing.assert_frame_equal(a.trace, b.trace, obj=f"{opt.name} {size}")
@@ -1059,6 +1060,13 @@ def test_the_default_chunks_follow_a_members_parameter_bytes():
     assert chunk_bounds(10, CHUNK_BYTES // 2, 1) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
     assert chunk_bounds(10, CHUNK_BYTES // 2 + 1, 1) == [(0, 10)]  # one fits: one program
     assert chunk_bounds(32, 104_488, 2) == [(0, 32)]
+    # in lanes (one torch thread each): the one-thread chunks, a multiple of the lanes' count
+    assert chunk_bounds(32, 104_488, 2, lanes=2) == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert chunk_bounds(24, 104_488, 2, lanes=2) == [(0, 6), (6, 12), (12, 18), (18, 24)]
+    assert chunk_bounds(120, 19_240, 2, lanes=2) == [(0, 30), (30, 60), (60, 90), (90, 120)]
+    assert chunk_bounds(8, 4_400_000, 2, lanes=2) == [(0, 4), (4, 8)]  # none fits: one a lane
+    assert chunk_bounds(3, 104_488, 8, lanes=8) == [(0, 1), (1, 2), (2, 3)]  # one a member
+    assert chunk_bounds(7, 10, 2, chunk_members=7, lanes=2) == [(0, 7)]  # asked for: as asked
     assert chunk_bounds(5, 10, 1) == [(0, 5)]
     assert chunk_bounds(7, 10, 4, chunk_members=3) == [(0, 2), (2, 5), (5, 7)]
     assert chunk_bounds(7, 10**9, 1, chunk_members=7) == [(0, 7)]
@@ -1081,11 +1089,162 @@ def test_run_fleet_chunks_a_relu_mlp_by_default_with_one_thread_on_the_cpu(digit
         pd.testing.assert_frame_equal(a.trace, b.trace)
     layer = ss.models.mlp(hidden=(128, 128), norm="layer")
     assert run_fleet(sc, layer, members[:12], device="cpu")[0].info["fleet"]["chunks"] == 1
-    torch.set_num_threads(2)
+    torch.set_num_threads(3)  # more threads than the default lanes: one program
     try:
-        assert run_fleet(sc, model, members, device="cpu")[0].info["fleet"]["chunks"] == 1
+        info = run_fleet(sc, model, members, device="cpu")[0].info["fleet"]
     finally:
         torch.set_num_threads(1)
+    assert (info["chunks"], info["lanes"]) == (1, 1)
+
+
+def test_the_default_lanes_follow_the_threads_and_a_members_parameter_bytes():
+    """lane_count: one lane a torch thread with 2 to LANE_THREADS threads and members of at
+    least LANE_MEMBER_BYTES; one otherwise; an explicit count always (at most one a member)."""
+    from shiftsim.fleet import lane_count
+    from shiftsim.fleet.chunks import LANE_MEMBER_BYTES, LANE_THREADS
+
+    assert (LANE_THREADS, LANE_MEMBER_BYTES) == (2, 64 << 10)
+    assert lane_count(32, 104_488, 2) == 2
+    assert lane_count(32, 104_488, 1) == 1
+    assert lane_count(32, 104_488, 3) == 1  # more threads than measured: one program
+    assert lane_count(32, 19_240, 2) == 1  # small members: their steps are mostly Python
+    assert lane_count(32, LANE_MEMBER_BYTES, 2) == 2
+    assert lane_count(1, 10**6, 2) == 1
+    assert lane_count(32, 10, 1, lanes=4) == 4 and lane_count(3, 10, 1, lanes=8) == 3
+    with pytest.raises(ss.errors.ShiftsimError, match="lanes"):
+        lane_count(4, 10, 1, lanes=0)
+
+
+@pytest.fixture
+def two_threads():
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+def test_with_two_threads_a_fleet_runs_in_lanes_with_one_thread_bits(digits, two_threads):
+    """With two torch threads a ReLU MLP fleet of 104 KB members runs its chunks two at a
+    time, each lane with one torch thread: every member's trace and evaluations are the bits
+    of its one-thread run (run(threads=1) and the one-thread fleet), and torch's thread count
+    is two again afterwards."""
+    sc = ss.label_flip_tasks(digits, rate=0.5, tasks=2, steps_per_task=10, eval_every=10,
+                             eval_size=50)
+    model = ss.models.mlp(hidden=(128, 128))
+    members = [(("sgdm", "adam", "tam", "momo")[i % 4], i) for i in range(12)]
+    lanes = run_fleet(sc, model, members, device="cpu")
+    assert torch.get_num_threads() == 2
+    assert lanes[0].info["fleet"] == {"members": 12, "groups": 4, "compiled": False,
+                                      "chunks": 2, "lanes": 2}
+    torch.set_num_threads(1)
+    alone = run_fleet(sc, model, members, device="cpu")
+    assert alone[0].info["fleet"]["lanes"] == 1
+    for (opt, seed), a, b in zip(members, lanes, alone):
+        assert a.info["seed"] == seed and a.info["learner"]["optimizer"]["name"] == opt
+        pd.testing.assert_frame_equal(a.trace, b.trace, obj=f"{opt} {seed}")
+        pd.testing.assert_frame_equal(a.evals, b.evals, obj=f"{opt} {seed}")
+    for i in (0, 5):
+        one = ss.run(sc, model, members[i][0], seed=members[i][1], device="cpu", threads=1)
+        pd.testing.assert_frame_equal(one.trace, lanes[i].trace)
+
+
+def test_lanes_asked_for_run_any_stacked_model_with_one_thread_bits(flip32):
+    """lanes=3 on a LayerNorm MLP (autograd, not the written-out program; default: no
+    chunks): three chunks at once, the same bits as the one-thread fleet in one program;
+    lanes=1 with chunks: one after another."""
+    model = ss.models.mlp(hidden=(16,), norm="layer")
+    members = [(name, i % 2) for i, name in enumerate(["sgdm", "adam", "tam", "momo", "sgd"])]
+    whole = run_fleet(flip32, model, members, device="cpu")
+    assert (whole[0].info["fleet"]["chunks"], whole[0].info["fleet"]["lanes"]) == (1, 1)
+    laned = run_fleet(flip32, model, members, device="cpu", lanes=3)
+    assert (laned[0].info["fleet"]["chunks"], laned[0].info["fleet"]["lanes"]) == (3, 3)
+    serial = run_fleet(flip32, model, members, device="cpu", lanes=1, chunk_members=2)
+    assert (serial[0].info["fleet"]["chunks"], serial[0].info["fleet"]["lanes"]) == (3, 1)
+    for a, b, c in zip(whole, laned, serial):
+        pd.testing.assert_frame_equal(a.trace, b.trace)
+        pd.testing.assert_frame_equal(a.trace, c.trace)
+        pd.testing.assert_frame_equal(a.evals, b.evals)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_a_bad_lane_count_is_one_clear_error(flip32, bad):
+    with pytest.raises(ss.errors.ShiftsimError, match="lanes"):
+        run_fleet(flip32, ss.models.mlp(hidden=(8,)), [("sgdm", 0)], device="cpu", lanes=bad)
+
+
+def test_lanes_need_the_cpu_without_compile(flip32):
+    members = [("sgdm", 0), ("adam", 1)]
+    with pytest.raises(ss.errors.ShiftsimError, match=r"lanes=2 .*compile=False"):
+        run_fleet(flip32, ss.models.mlp(hidden=(8,)), members, device="cpu", lanes=2,
+                  compile=True)
+
+
+def _slow_lanes(monkeypatch, fail=None):
+    """run_members as the fleet calls it, each step 2 ms slower (a lane over the 20,000 steps
+    below then takes 40 s or more); the chunk labelled "chunk 2/" calls ``fail`` 0.3 s in."""
+    import time
+
+    import shiftsim.fleet as fleet_module
+
+    real = fleet_module.run_members
+
+    def run_members(scenario, learner, device, **kwargs):
+        if fail is not None and "chunk 2/" in (kwargs.get("label") or ""):
+            time.sleep(0.3)
+            fail()
+        step = learner.step
+
+        def slow_step(*args):
+            time.sleep(0.002)
+            return step(*args)
+
+        learner.step = slow_step
+        return real(scenario, learner, device, **kwargs)
+
+    monkeypatch.setattr(fleet_module, "run_members", run_members)
+
+
+def test_a_failing_lane_stops_the_others_and_raises_its_error(digits, monkeypatch):
+    """One chunk's error: the chunks still running stop at their next step (not after the
+    scenario's 20,000 steps), the error is raised, no lane is left running, and torch's thread
+    count is what it was."""
+    import threading
+    import time
+
+    sc = ss.label_flip_tasks(digits, rate=0.5, tasks=2, steps_per_task=10_000)
+    before = threading.active_count()
+
+    def fail():
+        raise ValueError("chunk two broke")
+
+    _slow_lanes(monkeypatch, fail)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="chunk two broke"):
+        run_fleet(sc, ss.models.mlp(hidden=(8,)), [("sgdm", 0), ("adam", 1), ("tam", 2)],
+                  device="cpu", lanes=3)
+    assert time.perf_counter() - t0 < 10
+    assert threading.active_count() == before
+    assert torch.get_num_threads() == 1
+
+
+def test_ctrl_c_during_lanes_stops_them_all(digits, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt in the main thread, which waits for the lanes) stops every
+    lane at its next step and is raised; nothing keeps running."""
+    import _thread
+    import threading
+    import time
+
+    sc = ss.label_flip_tasks(digits, rate=0.5, tasks=2, steps_per_task=10_000)
+    _slow_lanes(monkeypatch)
+    before = threading.active_count()
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_fleet(sc, ss.models.mlp(hidden=(8,)), [("sgdm", 0), ("adam", 1)], device="cpu",
+                  lanes=2)
+    timer.join()
+    assert time.perf_counter() - t0 < 10
+    assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])

@@ -18,14 +18,17 @@ architecture on one scenario as a single program, through the one run loop
 
 * **chunks**: on the CPU with one torch thread, a ReLU MLP's fleet runs as consecutive
   chunks of members, each over the whole scenario, small enough that a chunk's parameters,
-  gradients and optimizer state can stay in the caches (:mod:`~shiftsim.fleet.chunks`).
+  gradients and optimizer state can stay in the caches (:mod:`~shiftsim.fleet.chunks`);
+  with two torch threads, the chunks of members of 64 KiB or more run two at a time
+  (**lanes**: each on its own Python thread with one torch thread).
 
 So every member's :class:`~shiftsim.result.RunResult` has the content of its own run, and does
 not depend on which other members share its fleet. For a ReLU MLP, :func:`shiftsim.run` itself
 runs this program with one member by default, so a member's numbers are bit for bit those of
-``run()`` — on the CPU with one torch thread (with more, the last bits may depend on the
-program's size: measured with two threads, a member alone, in a one-member program, differed
-from the same member in a larger one); on CUDA the batched-GEMM kernels are chosen by shape
+``run()`` — on the CPU with one torch thread (a member in lanes runs with one thread too; a
+program on more threads may differ in the last bits, depending on its size: measured with two
+threads, a member alone, in a one-member program, differed from the same member in a larger
+one); on CUDA the batched-GEMM kernels are chosen by shape
 (the member count among them), so there a member may differ from ``run()`` in the last bits,
 and ``deterministic=True`` makes only reruns of the same fleet repeat.
 Against the plain per-step loop (``run(..., vectorized=False)``: autograd, one module)
@@ -43,8 +46,10 @@ would under any change of summation order).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -58,16 +63,16 @@ from ..models import ModelSpec
 from ..optim import OptimizerSpec, spec
 from ..optim.stacking import group_key, supports
 from ..result import RunResult
-from ..runtime import deterministic_mode, resolve_device
+from ..runtime import deterministic_mode, resolve_device, torch_threads
 from ..scenario import Scenario
-from .chunks import CHUNK_BYTES, chunk_bounds
+from .chunks import CHUNK_BYTES, chunk_bounds, lane_count
 from .learner import StackedLearner, group_order
 from .memory import fleet_memory_bytes
 from .model import StackedModel, hand_written_backward
 
 __all__ = ["CHUNK_BYTES", "StackedLearner", "StackedModel", "chunk_bounds",
-           "fleet_memory_bytes", "hand_written_backward", "run_fleet", "stacked_program",
-           "supports"]
+           "fleet_memory_bytes", "hand_written_backward", "lane_count", "run_fleet",
+           "stacked_program", "supports"]
 
 
 def stacked_program(model: Any, optimizer: Any, input_shape: Sequence[int] | None = None
@@ -127,8 +132,8 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
               members: Sequence[tuple[OptimizerSpec | str, int]],
               device: str | torch.device = "auto", *, check_every: int = 64,
               compile: bool = False, progress: bool = False,
-              deterministic: bool = False, chunk_members: int | None = None
-              ) -> list[RunResult]:
+              deterministic: bool = False, chunk_members: int | None = None,
+              lanes: int | None = None) -> list[RunResult]:
     """Run every ``(optimizer, seed)`` member on ``scenario`` as one vectorized program.
 
     Returns one :class:`~shiftsim.result.RunResult` per member, in the order given, with the
@@ -155,8 +160,9 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             (:func:`shiftsim.runtime.deterministic_mode`). On CUDA a member's trace is then
             reproducible for the same fleet size; across fleet sizes (and against ``run()``)
             it may differ in the last bits, since batched-GEMM kernels are chosen by shape. On
-            the CPU with one torch thread a member's trace does not depend on the fleet it
-            runs in (with more threads it may, in the last bits, as on CUDA).
+            the CPU with one torch thread, and in lanes, a member's trace does not depend on
+            the fleet it runs in (a program on more threads may differ in the last bits, as
+            on CUDA).
         chunk_members: run the members as consecutive chunks of at most this many (sorted by
             optimizer group), each a stacked program over the whole scenario, one after
             another. Default (None): on the CPU with one torch thread, a ReLU MLP's fleet in
@@ -164,16 +170,27 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             a chunk's numbers can stay in the caches from step to step; measured on a 2-core AMD
             EPYC, 0.75-1.00x the time a step for fleets of MLPs with 64 to 256 units,
             varying from run to run, :mod:`shiftsim.fleet.chunks`), otherwise one
-            program. A member's results do not depend on the chunks (one thread: the same
-            bits); ``info["fleet"]["chunks"]`` says how many ran, and each member's
-            ``timings["fleet_loop_s"]`` is its chunk's loop.
+            program; with more threads, see ``lanes``. A member's results do not depend on
+            the chunks (one thread: the same bits); ``info["fleet"]["chunks"]`` says how many
+            ran, and each member's ``timings["fleet_loop_s"]`` is its chunk's loop.
+        lanes: run that many chunks at once, each on its own Python thread with one torch
+            thread (torch's thread count is set back afterwards), the chunks' count rounded up
+            to a multiple of it; on the CPU and without ``compile`` only. 1: chunks one after
+            another on torch's threads. Default (None): with two torch threads, a ReLU MLP's
+            fleet of members of at least 64 KiB of parameters in two lanes (measured on a
+            2-core AMD EPYC: 0.57-0.62x the time a step of the same members as one program on
+            both threads for MLPs with 128 units, 0.64-0.86x with 256, 0.95-0.97x with 512 and
+            1024; :mod:`shiftsim.fleet.chunks`), otherwise 1. A member's results are then a
+            one-thread run's, the same bits. Its error, or Ctrl-C, stops every lane at its
+            next step; ``info["fleet"]["lanes"]`` says how many ran.
     """
     if not isinstance(deterministic, bool):
         raise SpecTypeError(f"deterministic must be True or False, got {deterministic!r}")
     if deterministic:
         with deterministic_mode():
             return run_fleet(scenario, model, members, device, check_every=check_every,
-                             compile=compile, progress=progress, chunk_members=chunk_members)
+                             compile=compile, progress=progress, chunk_members=chunk_members,
+                             lanes=lanes)
     t_start = time.perf_counter()
     if not isinstance(scenario, Scenario):
         raise SpecTypeError(f"run_fleet() needs a Scenario, got {type(scenario).__name__}")
@@ -188,27 +205,35 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     if not isinstance(compile, bool):
         raise SpecTypeError(f"compile must be True or False, got {compile!r}")
     chunk_members = check_range(chunk_members, "chunk_members", 1, integer=True, optional=True)
+    lanes = check_range(lanes, "lanes", 1, integer=True, optional=True)
     pairs = [_as_member(m) for m in members]
     keys = [group_key(o) for o, _ in pairs]  # an optimizer the fleet cannot step fails here
     if scenario.realtime:  # one training schedule for all, chunks or not: checked before work
         shared_cost([o.effective_cost for o, _ in pairs])
-    chunks = _chunks(scenario, model, pairs, keys, resolve_device(device), compile,
-                     chunk_members)
+    dev = resolve_device(device)
+    chunks, n_lanes = _plan(scenario, model, pairs, keys, dev, compile, chunk_members, lanes)
     ordered: list[RunResult | None] = [None] * len(pairs)
-    compiled = []
-    for i, chunk in enumerate(chunks):
+    compiled: list[bool] = []
+
+    def run_chunk(i: int, stop: threading.Event | None = None) -> None:
+        chunk = chunks[i]
         learner = StackedLearner(model, [pairs[j] for j in chunk], compile=compile)
         label = f"fleet of {len(pairs)}, chunk {i + 1}/{len(chunks)}" if len(chunks) > 1 \
             else None
-        results = run_members(scenario, learner, device, check_every=check_every,
+        results = run_members(scenario, learner, dev, check_every=check_every,
                               progress=progress, started=t_start if i == 0 else None,
-                              label=label)
+                              label=label, stop=stop)
         compiled.append(learner.fleet_info()["compiled"])
         for pos, orig in enumerate(learner.order):
             ordered[chunk[orig]] = results[pos]
-        del learner, results  # the chunk's stacked state goes before the next one's
+
+    if n_lanes == 1:
+        for i in range(len(chunks)):
+            run_chunk(i)  # the chunk's stacked state goes before the next one's
+    else:
+        _in_lanes(run_chunk, len(chunks), n_lanes)
     fleet = {"members": len(pairs), "groups": len(set(keys)), "compiled": all(compiled),
-             "chunks": len(chunks)}
+             "chunks": len(chunks), "lanes": n_lanes}
     out: list[RunResult] = []
     for r in ordered:
         assert r is not None
@@ -217,21 +242,52 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
     return out
 
 
-def _chunks(scenario: Scenario, model: Any, members: list[tuple[OptimizerSpec, int]],
-            keys: list[Any], device: torch.device, compile: bool, chunk_members: int | None
-            ) -> list[list[int]]:
-    """The members' positions, sorted by optimizer group, cut into the chunks that run one
-    after another (:func:`~shiftsim.fleet.chunks.chunk_bounds`)."""
+def _plan(scenario: Scenario, model: Any, members: list[tuple[OptimizerSpec, int]],
+          keys: list[Any], device: torch.device, compile: bool, chunk_members: int | None,
+          lanes: int | None) -> tuple[list[list[int]], int]:
+    """The members' positions, sorted by optimizer group, cut into the chunks that run
+    (:func:`~shiftsim.fleet.chunks.chunk_bounds`), and how many run at once
+    (:func:`~shiftsim.fleet.chunks.lane_count`)."""
     order = group_order(keys)
-    if chunk_members is None:
-        if compile or device.type != "cpu" or len(members) == 1 \
-                or torch.get_num_threads() != 1:
-            return [order]
+    K, threads = len(members), torch.get_num_threads()
+    if lanes is not None and lanes > 1 and K > 1 and (device.type != "cpu" or compile):
+        raise ShiftsimError(f"lanes={lanes} runs chunks side by side on the CPU's threads; "
+                            f"it needs device='cpu' and compile=False (here device "
+                            f"{device.type!r}, compile={compile}); use lanes=None or 1")
+    member_bytes, written = 0, False
+    if device.type == "cpu" and not compile and K > 1:  # the defaults need the members' size
         net = build_model(model, scenario.data, members[order[0]][1])
-        if not hand_written_backward(net, scenario.data.input_shape):
-            return [order]
+        written = hand_written_backward(net, scenario.data.input_shape)
         member_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    else:
-        member_bytes = 0
-    return [order[a:b] for a, b in chunk_bounds(len(members), member_bytes,
-                                                 torch.get_num_threads(), chunk_members)]
+    n_lanes = lane_count(K, member_bytes, threads, lanes) if lanes is not None or written else 1
+    if chunk_members is None and not written and n_lanes == 1:
+        return [order], 1  # the default chunks: a ReLU MLP's only (the programs measured)
+    bounds = chunk_bounds(K, member_bytes if written else 0, threads, chunk_members,
+                          lanes=n_lanes)
+    return [order[a:b] for a, b in bounds], min(n_lanes, len(bounds))
+
+
+def _in_lanes(run_chunk: Callable[..., None], chunks: int, lanes: int) -> None:
+    """``run_chunk(i, stop)`` for every chunk, ``lanes`` at a time, each on its own Python
+    thread with one torch thread (torch's count is restored after). When one fails, or the
+    caller is interrupted (Ctrl-C), the others stop at their next step and the first error is
+    raised here; no chunk is left running."""
+    stop = threading.Event()
+
+    def lane(i: int) -> None:
+        torch.set_num_threads(1)  # this thread's own pools (OpenMP, MKL)
+        run_chunk(i, stop)
+
+    with torch_threads(1), ThreadPoolExecutor(lanes, thread_name_prefix="shiftsim-lane") as pool:
+        futures = [pool.submit(lane, i) for i in range(chunks)]
+        try:
+            pending = set(futures)
+            while pending:  # waits of a quarter second: Ctrl-C is raised here between them
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
