@@ -62,10 +62,11 @@ MLP (parameters per member)   fleet K  default              against one      one
 64-128-128-10 (104 KB)        2        2 chunks, 2 lanes    1.03x (one run)  1.04x
 ============================  =======  ===================  ===============  ============
 
-Members of MLP 64-64-10 (19 KB) did not gain in a prototype (two Python threads, each running
-``run_fleet`` over half the members with one torch thread, against one program on two threads,
-one run each): 1.33x and 1.31x the time for 32 members, 1.18x for 60, 0.95x and 0.75x for 120;
-so they run as one program on torch's threads, as before. More than :data:`LANE_THREADS`
+Members of MLP 64-64-10 (19 KB) lost in a prototype (two Python threads, each running
+``run_fleet`` over half the members with one torch thread, against one program on two threads):
+1.33x and 1.31x the time for 32 members, 1.18x for 60 (one run), and gained only in the
+largest fleet tried, 0.95x and 0.75x for 120; so members below :data:`LANE_MEMBER_BYTES` run
+as one program on torch's threads, as before. More than :data:`LANE_THREADS`
 threads were not measured (a machine with two cores): there the default keeps one program, and
 ``run_fleet(lanes=n)`` asks for lanes.
 
@@ -92,8 +93,8 @@ CHUNK_BYTES = 1 << 20
 #: the default runs chunks in lanes only with at most this many torch threads (the machine
 #: measured had 2 cores; with more lanes their Python would contend more for the GIL)
 LANE_THREADS = 2
-#: ... and only for members of at least this many bytes of parameters (smaller members'
-#: steps are mostly Python, which lanes cannot run at once)
+#: ... and only for members of at least this many bytes of parameters (smaller ones lost:
+#: likely their arithmetic is too little next to the loop's Python, which lanes take turns at)
 LANE_MEMBER_BYTES = 64 << 10
 
 
