@@ -178,9 +178,10 @@ def run_fleet(scenario: Scenario, model: ModelSpec | nn.Module | Callable[..., n
             to a multiple of it; on the CPU and without ``compile`` only. 1: chunks one after
             another on torch's threads. Default (None): with two torch threads, a ReLU MLP's
             fleet of members of at least 64 KiB of parameters in two lanes (measured on a
-            2-core AMD EPYC: 0.57-0.62x the time a step of the same members as one program on
-            both threads for MLPs with 128 units, 0.64-0.86x with 256, 0.95-0.97x with 512 and
-            1024; :mod:`shiftsim.fleet.chunks`), otherwise 1. A member's results are then a
+            2-core AMD EPYC, the time a step against the same members as one program on both
+            threads: 0.57-0.62x for fleets of 8 and 32 MLPs with 128 units, 0.64-0.86x for 32
+            with 256, 0.95-0.97x for 16 and 8 with 512 and 1024, 0.94-1.04x for fleets of 2 to
+            6; :mod:`shiftsim.fleet.chunks`), otherwise 1. A member's results are then a
             one-thread run's, the same bits. Its error, or Ctrl-C, stops every lane at its
             next step; ``info["fleet"]["lanes"]`` says how many ran.
     """

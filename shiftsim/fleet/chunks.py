@@ -44,8 +44,9 @@ all; the default chunks only a ReLU MLP (the programs measured), and only on the
 side instead, two at a time, each on its own Python thread with one torch thread: a lane's
 numbers are then a one-thread run's, so a member's results are the same bits as with one thread
 (``tests/test_fleet.py``), and no operation is split across threads. Python's GIL lets only one
-lane run Python at a time (torch's operations run without it), so lanes pay where a member's
-arithmetic outweighs its share of the loop's Python: the default takes members of at least
+lane run Python at a time (torch's operations run without it), so lanes can only pay where a
+member's arithmetic outweighs its share of the loop's Python (the likely reason small members
+lost below; not measured directly): the default takes members of at least
 :data:`LANE_MEMBER_BYTES` of parameters. Measured on the same machine, two threads, the
 default (lanes) against the same members as one program on both threads (``chunk_members=K``),
 4-8 rounds alternating with a one-thread run, each run's median ratio, two runs:
@@ -62,13 +63,15 @@ MLP (parameters per member)   fleet K  default              against one      one
 64-128-128-10 (104 KB)        2        2 chunks, 2 lanes    1.03x (one run)  1.04x
 ============================  =======  ===================  ===============  ============
 
-Members of MLP 64-64-10 (19 KB) lost in a prototype (two Python threads, each running
-``run_fleet`` over half the members with one torch thread, against one program on two threads):
-1.33x and 1.31x the time for 32 members, 1.18x for 60 (one run), and gained only in the
-largest fleet tried, 0.95x and 0.75x for 120; so members below :data:`LANE_MEMBER_BYTES` run
-as one program on torch's threads, as before. More than :data:`LANE_THREADS`
-threads were not measured (a machine with two cores): there the default keeps one program, and
-``run_fleet(lanes=n)`` asks for lanes.
+Small fleets of these members neither gained nor lost (later, 8 rounds, two runs): 4 of MLP
+64-128-128-10 0.97x and 0.94x, 6 of them 1.04x and 1.00x, 2 of MLP 64-256-256-10 1.01x and
+1.00x. Members of MLP 64-64-10 (19 KB), in lanes (``lanes=2``) against one program on both
+threads (6-8 rounds, two runs each): 4 members 1.44x and 1.57x the time, 8 members 1.21x and
+1.26x, 16 members 1.20x and 1.20x, 32 members 0.97x and 1.13x, 60 members 0.94x and 0.79x,
+120 members 0.87x and 0.87x: they gain only in large fleets, so members below
+:data:`LANE_MEMBER_BYTES` run as one program on torch's threads by default (``lanes=2``
+asks). More than :data:`LANE_THREADS` threads were not measured (a machine with two cores):
+there the default keeps one program, and ``run_fleet(lanes=n)`` asks for lanes.
 
 >>> chunk_bounds(32, member_bytes=104_000, threads=1)
 [(0, 8), (8, 16), (16, 24), (24, 32)]
