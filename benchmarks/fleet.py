@@ -215,7 +215,8 @@ def peak(args: argparse.Namespace) -> None:
     best: list[float] = []
     # run_fleet's default may cut the fleet into chunks that run one after another (one torch
     # thread, CPU: shiftsim.fleet.chunks); then the peak is also measured on the chunks' shapes
-    # (batched over each chunk's members, chunk after chunk), the faster of the two counting
+    # (batched over each chunk's members, chunk after chunk; with lanes, also two chunks at
+    # once as the lanes run them), the fastest counting
     sizes, lanes = _chunk_sizes(args, sc, model, members, procs)
     shapes = [[_matmuls(layers, args.k, batch)]]
     if len(sizes) > 1:
@@ -233,7 +234,8 @@ def peak(args: argparse.Namespace) -> None:
 
     def bmm() -> None:
         """The round's peak: the fastest of ``chunks`` back-to-back runs of ``reps`` sets, in
-        each shape (all members in one batch; each chunk's members, chunk after chunk)."""
+        each shape (all members in one batch; each chunk's members, chunk after chunk; with
+        lanes, the chunks in as many one-thread Python threads at once)."""
         rates = []
         for shape in shapes:
             for _ in range(chunks):

@@ -1074,9 +1074,9 @@ def test_the_default_chunks_follow_a_members_parameter_bytes():
 
 def test_run_fleet_chunks_a_relu_mlp_by_default_with_one_thread_on_the_cpu(digits):
     """64-128-128-10 members (104 KB of parameters each): 24 of them run as 3 chunks with one
-    thread, as one program with two threads, with a model that is not a ReLU MLP, or asked
-    for (chunk_members=24); each member's trace the same bits in the default chunks as in one
-    program."""
+    thread, and as one program with three threads (more than the default lanes take), with a
+    model that is not a ReLU MLP, or asked for (chunk_members=24); each member's trace the
+    same bits in the default chunks as in one program."""
     sc = ss.label_flip_tasks(digits, rate=0.5, tasks=2, steps_per_task=8, eval_every=8,
                              eval_size=50)
     model = ss.models.mlp(hidden=(128, 128))
@@ -1107,7 +1107,7 @@ def test_the_default_lanes_follow_the_threads_and_a_members_parameter_bytes():
     assert lane_count(32, 104_488, 2) == 2
     assert lane_count(32, 104_488, 1) == 1
     assert lane_count(32, 104_488, 3) == 1  # more threads than measured: one program
-    assert lane_count(32, 19_240, 2) == 1  # small members: their steps are mostly Python
+    assert lane_count(32, 19_240, 2) == 1  # small members: lanes lost in small fleets
     assert lane_count(32, LANE_MEMBER_BYTES, 2) == 2
     assert lane_count(1, 10**6, 2) == 1
     assert lane_count(32, 10, 1, lanes=4) == 4 and lane_count(3, 10, 1, lanes=8) == 3
