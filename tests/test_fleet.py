@@ -1228,21 +1228,29 @@ def test_a_failing_lane_stops_the_others_and_raises_its_error(digits, monkeypatc
 
 def test_ctrl_c_during_lanes_stops_them_all(digits, monkeypatch):
     """Ctrl-C (KeyboardInterrupt in the main thread, which waits for the lanes) stops every
-    lane at its next step and is raised; nothing keeps running."""
+    lane at its next step and is raised; nothing keeps running. SIGINT gets Python's own
+    handler for the test: a suite started in the background by a non-interactive shell
+    (``make test &``) inherits it ignored, and ``interrupt_main`` then does nothing."""
     import _thread
+    import signal
     import threading
     import time
 
     sc = ss.label_flip_tasks(digits, rate=0.5, tasks=2, steps_per_task=10_000)
     _slow_lanes(monkeypatch)
     before = threading.active_count()
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, _thread.interrupt_main)
-    timer.start()
-    t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        run_fleet(sc, ss.models.mlp(hidden=(8,)), [("sgdm", 0), ("adam", 1)], device="cpu",
-                  lanes=2)
-    timer.join()
+    try:
+        timer.start()
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            run_fleet(sc, ss.models.mlp(hidden=(8,)), [("sgdm", 0), ("adam", 1)],
+                      device="cpu", lanes=2)
+        timer.join()
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, old)
     assert time.perf_counter() - t0 < 10
     assert threading.active_count() == before
 
