@@ -160,7 +160,7 @@ def denormals(mode: str | None = None) -> Iterator[str]:
     took 5.64 ms a step with IEEE subnormals and 2.78 ms flushed, with the same traces bit for
     bit (the optimizers' steps took 4-5x longer than over the first 400 steps, the model's
     the same); single runs of the default MLP over 2,000 steps 1.04-2.4x faster (AdaTAM 1.01 ->
-    0.43 ms a step, SGD-momentum 0.41 -> 0.26; the README's Fleets section has them all). On
+    0.43 ms a step, SGD-momentum 0.41 -> 0.26; docs/performance.md has them all). On
     a 2-core AMD EPYC the same 3,000-step fleet's optimizer steps took as long either way
     (0.15-0.30 ms a step each, by piece): flushing pays only on processors that slow down. The
     numbers can differ where a subnormal value would have mattered (it is then 0 instead of
