@@ -188,7 +188,13 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
               "difference (n: evaluation seeds, or tuning seeds for the tolerance). The "
               "robustness league ranks every registered optimizer across the scenario library: "
               "[robustness-league](robustness-league/README.md).", "",
-              "## Every setting", ""]
+              "## Every setting", "",
+              "A setting's 95 % interval is its own (a Student-t interval of the mean "
+              "difference for accuracies and deficits, a percentile-bootstrap interval of the "
+              "median difference for recovery times), not widened for the number of tests, "
+              "while the p-value and the verdict are Holm-adjusted over all the claims' tests: a "
+              "setting whose interval leaves out 0 can still be inconclusive. For the tolerance "
+              "claims the interval is the verdict's own (no p-value).", ""]
     for c in CLAIMS:
         r = rows[rows["claim"] == c.key]
         if r.empty:

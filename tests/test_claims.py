@@ -95,3 +95,5 @@ def test_the_index_is_written(results, tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "| TAM beats SGDM | paper | 1 (online accuracy) |" in text
     assert "[claims-test](claims-test/README.md)" in text and "## Every setting" in text
+    # the per-setting intervals are said to be unadjusted, the verdicts Holm-adjusted
+    assert "not widened for the number of tests" in text and "Holm-adjusted" in text

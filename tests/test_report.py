@@ -350,6 +350,9 @@ def test_display_tables_and_findings(rep):
     assert "## Findings" in md and "## Summary per scenario and optimizer" in md
     assert "## Held-out accuracy, ACC, BWT and forgetting" in md
     assert "## Paired comparison against the baseline (sgdm)" in md
+    # the caption says the p-values are adjusted and the intervals are not
+    assert f"Holm-adjusted over all {int(comp['judged'].sum())} comparisons" in md
+    assert "The intervals are each comparison's own, not adjusted" in md
     findings = json.loads((rep / REPORT_FILE).read_text())["findings"]
     assert findings[0].startswith("5 seeds per optimizer and scenario")
     assert f"the {int(comp['judged'].sum())} comparisons are Holm-adjusted" in findings[0]

@@ -202,8 +202,9 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         f"The p-values are Holm-adjusted over all {judged} comparisons of this report; the "
         f"verdict is 'better' or 'worse' only when the adjusted p-value is at most {ALPHA}, "
         "else 'no detectable difference'"
-        f"; with fewer than {MIN_SEEDS} seeds nothing is judged. Unadjusted p-values are in "
-        "tables/comparison.csv.")
+        f"; with fewer than {MIN_SEEDS} seeds nothing is judged. The intervals are each "
+        "comparison's own, not adjusted, so one that leaves out 0 can go with 'no detectable "
+        "difference'. Unadjusted p-values are in tables/comparison.csv.")
     return Table("comparison", f"Paired comparison against the baseline ({v.baseline})",
                  caption, df, pd.DataFrame(recs))
 
