@@ -4,7 +4,8 @@ whole step (``_native.momo_tensors_step``) against the Inductor kernel's functio
 torch) up to float rounding, the first moments bit for bit, the sums against float64, the same
 bits with one thread and two; TAM's, AdaTAM(W)'s and AM-SGD's two passes
 (``three_sums_tensors``, then ``lerp_update_tensors`` or ``adatam_update_tensors``) and the
-others' against float64 sums and torch's elementwise operations bit for bit;
+others' against float64 sums and torch's elementwise operations bit for bit, and the first
+three's whole steps (one call each) against those passes with torch's numbers between them;
 each optimizer through its class against its eager step and the float64 reference; the
 inputs they leave to the other kernels; and the build: OpenMP only as torch's own runtime, and
 a compiler without OpenMP."""
@@ -313,6 +314,162 @@ def test_the_passes_leave_what_they_do_not_take():
     assert _native.adatam_update_tensors(*_clone([P, G, M, M]), **ada)
 
 
+# ------------------------------------------ TAM's, AdaTAM(W)'s and AM-SGD's whole steps
+
+
+def _same(got, want):
+    """The same bits (NaN where NaN)."""
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def _whole_case(dtype, seed):
+    """Small tensors whose sums give numbers all over their range: random gradients, moments
+    that point with them, against them or anywhere (seed by seed), one exact zero momentum."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(3,), (2, 5)] if seed % 3 else [(5,), (3, 4), (1,)]
+    P, G, M = _case(dtype, seed=seed, sizes=sizes)[:3]
+    kind = seed % 4
+    if kind == 1:
+        M = [gr * (0.5 + torch.rand((), generator=g).item()) for gr in G]  # with the gradient
+    elif kind == 2:
+        M = [-gr for gr in G]  # against it: cosine -1, the damping can reach 0
+    elif kind == 3:
+        M = [torch.zeros_like(gr) for gr in G]  # no momentum yet: no cosine
+    V = [(gr * 3).square() for gr in _case(dtype, seed=seed + 50, sizes=sizes)[1]]
+    u = torch.rand(6, generator=g, dtype=torch.float64)
+    return P, G, M, V, u
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", ["none", "coupled", "decoupled"])
+def test_tam_whole_step_is_its_passes_with_torchs_numbers_between(dtype, decay):
+    """``tam_tensors_step`` = ``three_sums_tensors``, ``_compiled._tam_numbers`` (torch's
+    operations on 0-d tensors), then ``lerp_update_tensors``: the same bits, the state too,
+    over 40 cases (damping down to 0, a scale of 0 with eps = 0: the guarded weight)."""
+    for seed in range(40):
+        P, G, M, _, u = _whole_case(dtype, seed)
+        lr, wd = 0.01 + u[0].item(), 0.03
+        eps = 0.0 if seed % 2 or seed % 8 == 2 else 0.1 * u[1].item()
+        h = torch.tensor([lr, 0.5 + 0.5 * u[2].item(), u[3].item(), eps, wd], dtype=dtype)
+        shat = torch.tensor(-1.0 if seed % 4 == 2 else 2 * u[4].item() - 1, dtype=dtype)
+        scale = torch.tensor(0.0 if seed % 8 == 2 else 3 * u[5].item(), dtype=dtype)
+        sq = torch.tensor(7.0, dtype=dtype)
+        coupled = dict(coupled_wd=wd if decay == "coupled" else None,
+                       shrink=1 - lr * wd if decay == "decoupled" else None)
+        ref = [[t.clone() for t in x] for x in (P, G, M)]
+        sums = _native.three_sums_tensors(ref[2], ref[1], ref[0] if decay == "coupled" else None,
+                                          wd)
+        d, shat2, sig, sqnorm, w, step = _compiled._tam_numbers(*sums.unbind(0), scale, shat,
+                                                               h, eps > 0)
+        assert _native.lerp_update_tensors(*ref, w.item(), step.item(), **coupled)
+        mine = [[t.clone() for t in x] for x in (P, G, M)]
+        states = [t.clone() for t in (shat, scale, sq)]
+        got = _native.tam_tensors_step(*mine, h, *states, positive=eps > 0, **coupled)
+        assert got is not None and got.shape == () and got.dtype == dtype
+        for a, b in zip([got, *states], [d, shat2, sig, sqnorm]):
+            _same(a, b)
+        for xs, ys in zip(mine, ref):
+            for a, b in zip(xs, ys):
+                _same(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", ["none", "coupled", "decoupled"])
+def test_adatam_whole_step_is_its_passes_with_torchs_numbers_between(dtype, decay):
+    """``adatam_tensors_step`` = ``three_sums_tensors``, ``_compiled._adatam_numbers``, then
+    ``adatam_update_tensors``: the same bits, over 40 cases."""
+    for seed in range(40):
+        P, G, M, V, u = _whole_case(dtype, seed)
+        lr, wd, b1, b2, eps = 1e-3 + u[0].item(), 0.03, 0.9, 0.999, 1e-8
+        size = -lr * (1 - b1)
+        h = torch.tensor([size, b1, b2, u[3].item(), 0.1 * u[1].item(), eps, wd, lr],
+                         dtype=dtype)
+        shat = torch.tensor(-1.0 if seed % 4 == 2 else 2 * u[4].item() - 1, dtype=dtype)
+        coupled = dict(coupled_wd=wd if decay == "coupled" else None,
+                       shrink=1 - lr * wd if decay == "decoupled" else None)
+        ref = [[t.clone() for t in x] for x in (P, G, M, V)]
+        sums = _native.three_sums_tensors(ref[2], ref[1], ref[0] if decay == "coupled" else None,
+                                          wd)
+        d, shat2, c = _compiled._adatam_numbers(*sums.unbind(0), shat, h[3], h[4])
+        assert _native.adatam_update_tensors(*ref, c=c.item(), beta1=b1, beta2=b2, eps=eps,
+                                             size=size, **coupled)
+        mine = [[t.clone() for t in x] for x in (P, G, M, V)]
+        state = shat.clone()
+        got = _native.adatam_tensors_step(*mine, h, state, beta1=b1, beta2=b2, eps=eps,
+                                          size=size, **coupled)
+        assert got is not None and got.shape == () and got.dtype == dtype
+        _same(got, d)
+        _same(state, shat2)
+        for xs, ys in zip(mine, ref):
+            for a, b in zip(xs, ys):
+                _same(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("coupled", [False, True])
+def test_amsgd_whole_step_is_its_passes_with_torchs_numbers_between(dtype, coupled):
+    """``amsgd_tensors_step`` = ``three_sums_tensors``, ``_compiled._amsgd_numbers``, then
+    ``lerp_update_tensors``: the same bits, over 40 cases (the momentum equal to the gradient:
+    no curvature, beta 0; ratios that clip beta at 0 and at beta_max)."""
+    for seed in range(40):
+        P, G, D, _, u = _whole_case(dtype, seed)
+        if seed % 5 == 4:
+            D = [g.clone() for g in G]  # d = g: den = 0
+        lr, wd = 0.01 + u[0].item(), 0.03
+        tol = 32 * torch.finfo(dtype).eps
+        h = torch.tensor([lr, wd, u[1].item(), 0.5 + 0.5 * u[2].item(), 4 * u[3].item() - 1,
+                          tol], dtype=dtype)
+        sq = torch.tensor(7.0, dtype=dtype)
+        ref = [[t.clone() for t in x] for x in (P, G, D)]
+        sums = _native.three_sums_tensors(ref[2], ref[1], ref[0] if coupled else None, wd)
+        beta, sqnorm, w = _compiled._amsgd_numbers(*sums.unbind(0), h)
+        assert _native.lerp_update_tensors(*ref, w.item(), -lr,
+                                           coupled_wd=wd if coupled else None)
+        mine = [[t.clone() for t in x] for x in (P, G, D)]
+        state = sq.clone()
+        got = _native.amsgd_tensors_step(*mine, h, state, step=-lr,
+                                         coupled_wd=wd if coupled else None)
+        assert got is not None and got.shape == () and got.dtype == dtype
+        _same(got, beta)
+        _same(state, sqnorm)
+        for xs, ys in zip(mine, ref):
+            for a, b in zip(xs, ys):
+                _same(a, b)
+
+
+def test_the_whole_steps_leave_what_they_do_not_take():
+    """One defect each (the rest valid): nothing changes and None comes back; without it they
+    apply."""
+    P, G, M = _case(torch.float32)[:3]
+    V = [m.abs() for m in M]
+    h = torch.tensor([0.01, 0.9, 0.1, 1e-8, 0.0, 1e-8, 0.0, 0.01])
+    one = torch.zeros(())
+    before = _clone([P, G, M, V, h, one])
+    strided = [g.t().contiguous().t() if g.dim() == 2 else g for g in G]
+    ada = dict(beta1=0.9, beta2=0.99, eps=1e-8, size=-0.01)
+    assert _native.tam_tensors_step(P, strided, M, h, one, one, one, positive=True) is None
+    assert _native.tam_tensors_step(P, G, M, h.double(), one, one, one, positive=True) is None
+    assert _native.tam_tensors_step(P, G, M, h[:3], one, one, one, positive=True) is None
+    assert _native.tam_tensors_step(P, G, M, h, torch.zeros(2), one, one, positive=True) is None
+    assert _native.tam_tensors_step(P, G, M, h, one, one, one.double(), positive=True) is None
+    assert _native.tam_tensors_step(P, G, M, h, one, one, one, positive=True,
+                                    shrink=torch.tensor(0.9)) is None
+    assert _native.tam_tensors_step([], [], [], h, one, one, one, positive=True) is None
+    assert _native.adatam_tensors_step(P, G, M, V[:-1], h, one, **ada) is None
+    assert _native.adatam_tensors_step(P, G, M, V, h[:4], one, **ada) is None
+    assert _native.adatam_tensors_step(P, G, M, V, h, one, **{**ada, "eps": torch.tensor(0.)}) \
+        is None
+    assert _native.amsgd_tensors_step(P, G, M, h[:5], one, step=-0.01) is None
+    assert _native.amsgd_tensors_step(P, G, [m.double() for m in M], h, one, step=-0.01) is None
+    assert _native.amsgd_tensors_step(P, G, M, h, one, step=torch.tensor(-0.01)) is None
+    _unchanged([P, G, M, V, h, one], before)
+    assert _native.tam_tensors_step(*_clone([P, G, M]), h, *_clone([one] * 3),
+                                    positive=True) is not None
+    assert _native.adatam_tensors_step(*_clone([P, G, M, V]), h, one.clone(), **ada) is not None
+    assert _native.amsgd_tensors_step(*_clone([P, G, M]), h, one.clone(), step=-0.01) \
+        is not None
+
+
 # --------------------------------------------------------------------- MoMo-Adam's passes
 
 
@@ -495,7 +652,7 @@ def test_amadamw_passes_leave_what_they_do_not_take():
 def counted(monkeypatch):
     """``torch.compile`` refused (the native kernels must not need it) and the native steps'
     calls that applied counted: ``calls["momo"]`` (MoMo's whole step), ``calls["sums"]``
-    (TAM's and AM-SGD's first pass)."""
+    (TAM's, AdaTAM(W)'s and AM-SGD's whole steps, which begin with the sums' pass)."""
     calls = {"momo": 0, "sums": 0, "adam": 0, "amw": 0}
 
     def counter(key, fn):
@@ -510,8 +667,8 @@ def counted(monkeypatch):
 
     monkeypatch.setattr(_native, "momo_tensors_step",
                         counter("momo", _native.momo_tensors_step))
-    monkeypatch.setattr(_native, "three_sums_tensors",
-                        counter("sums", _native.three_sums_tensors))
+    for name in ("tam_tensors_step", "adatam_tensors_step", "amsgd_tensors_step"):
+        monkeypatch.setattr(_native, name, counter("sums", getattr(_native, name)))
     monkeypatch.setattr(_native, "momo_adam_moments",
                         counter("adam", _native.momo_adam_moments))
     monkeypatch.setattr(_native, "amadamw_sums", counter("amw", _native.amadamw_sums))

@@ -41,11 +41,14 @@ instead of
 Inductor's kernels (``tensorsteps.c``, built with the native row sums: nothing is compiled per
 shape, so the first step costs milliseconds), where the native code is on and the tensors are
 contiguous float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.momo_tensors_step`),
-and two passes for the others (:func:`tam_step_native`, :func:`adatam_step_native`,
-:func:`amsgd_step_native`, :func:`momo_adam_step_native`, ``adamem._amadamw_native``) with the
-numbers between them computed by the same functions as Inductor's kernels (:func:`_tam_numbers`,
-:func:`_adatam_numbers`, :func:`_amsgd_numbers`, :func:`_momo_adam_numbers`) or, for AM-AdamW's
-per-tensor betas, as its eager kernel (``adamem._am_beta_stack``); Inductor's kernels elsewhere
+and two passes for the others with the numbers between them: TAM's, AdaTAM(W)'s and AM-SGD's
+in one call each (:func:`tam_step_native`, :func:`adatam_step_native`,
+:func:`amsgd_step_native`: the numbers in C, the torch operations of :func:`_tam_numbers`,
+:func:`_adatam_numbers` and :func:`_amsgd_numbers` bit for bit), MoMo-Adam's and AM-AdamW's
+as two calls with the numbers computed in between by the same functions as Inductor's kernels
+(:func:`momo_adam_step_native`: :func:`_momo_adam_numbers`) or, for AM-AdamW's per-tensor
+betas, as its eager kernel (``adamem._amadamw_native``: ``adamem._am_beta_stack``); Inductor's
+kernels elsewhere
 (a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
 each thread taking the same chunks in both passes (the second in reverse, so that it starts on
 what its first pass left in its core's caches). The elementwise work is the eager kernels'
@@ -601,51 +604,38 @@ def amadamw_step(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[
 
 
 def tam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], scale: Tensor,
-                    shat: Tensor, h: Tensor, coupled: bool, decoupled: bool, positive: bool,
-                    *, lr: float, wd: float) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """:func:`tam_step` on a CPU by the native passes (``_native.three_sums_tensors``, then
-    ``_native.lerp_update_tensors``) with :func:`tam_step`'s numbers between them (``lr``,
-    ``wd``: ``h``'s as floats); None, changing nothing, where those do not apply."""
-    sums = _native.three_sums_tensors(ms, gs, ps if coupled else None, wd)
-    if sums is None:
-        return None
-    mg, mm, gg = sums.unbind(0)
-    d, shat, sig, sqnorm, w, step = _tam_numbers(mg, mm, gg, scale, shat, h, positive)
-    _updated(_native.lerp_update_tensors(ps, gs, ms, w.item(), step.item(),
-                                         coupled_wd=wd if coupled else None,
-                                         shrink=decay_factor(lr, wd) if decoupled else None))
-    return d, shat, sig, sqnorm
+                    shat: Tensor, sq: Tensor, h: Tensor, coupled: bool, decoupled: bool,
+                    positive: bool, *, lr: float, wd: float) -> Tensor | None:
+    r""":func:`tam_step` on a CPU in one native call (``_native.tam_tensors_step``: its two
+    passes with :func:`tam_step`'s numbers between them, torch's bits; ``lr``, ``wd``: ``h``'s
+    as floats): updates the params, ``ms`` and the state ``scale``, ``shat`` and ``sq`` (the
+    new :math:`\lVert\tilde m\rVert^2`) in place and returns the damping; None, changing
+    nothing, where it does not apply."""
+    return _native.tam_tensors_step(ps, gs, ms, h, shat, scale, sq, positive=positive,
+                                    coupled_wd=wd if coupled else None,
+                                    shrink=decay_factor(lr, wd) if decoupled else None)
 
 
 def adatam_step_native(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor],
                        vs: list[Tensor], shat: Tensor, h: Tensor, coupled: bool,
                        decoupled: bool, *, size: float, beta1: float, beta2: float,
-                       eps: float, lr: float, wd: float) -> tuple[Tensor, Tensor] | None:
-    """:func:`adatam_step` on a CPU by the native passes (``_native.three_sums_tensors``, then
-    ``_native.adatam_update_tensors``) with :func:`adatam_step`'s numbers between them (the
-    floats: ``h``'s); None, changing nothing, where those do not apply."""
-    sums = _native.three_sums_tensors(ms, gs, ps if coupled else None, wd)
-    if sums is None:
-        return None
-    mg, mm, gg = sums.unbind(0)
-    d, shat, c = _adatam_numbers(mg, mm, gg, shat, h[3], h[4])
-    _updated(_native.adatam_update_tensors(
-        ps, gs, ms, vs, c=c.item(), beta1=beta1, beta2=beta2, eps=eps, size=size,
-        coupled_wd=wd if coupled else None, shrink=decay_factor(lr, wd) if decoupled else None))
-    return d, shat
+                       eps: float, lr: float, wd: float) -> Tensor | None:
+    """:func:`adatam_step` on a CPU in one native call (``_native.adatam_tensors_step``, as
+    :func:`tam_step_native`; the floats: ``h``'s): updates the params, the moments and ``shat``
+    in place and returns the damping; None, changing nothing, where it does not apply."""
+    return _native.adatam_tensors_step(
+        ps, gs, ms, vs, h, shat, beta1=beta1, beta2=beta2, eps=eps, size=size,
+        coupled_wd=wd if coupled else None, shrink=decay_factor(lr, wd) if decoupled else None)
 
 
-def amsgd_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], h: Tensor,
-                      coupled: bool, *, lr: float, wd: float) -> tuple[Tensor, Tensor] | None:
-    """:func:`amsgd_step` on a CPU by the native passes (as :func:`tam_step_native`)."""
-    sums = _native.three_sums_tensors(ds, gs, ps if coupled else None, wd)
-    if sums is None:
-        return None
-    a, e, bb = sums.unbind(0)
-    beta, sqnorm, w = _amsgd_numbers(a, e, bb, h)
-    _updated(_native.lerp_update_tensors(ps, gs, ds, w.item(), -lr,
-                                         coupled_wd=wd if coupled else None))
-    return beta, sqnorm
+def amsgd_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], sq: Tensor,
+                      h: Tensor, coupled: bool, *, lr: float, wd: float) -> Tensor | None:
+    r""":func:`amsgd_step` on a CPU in one native call (``_native.amsgd_tensors_step``, as
+    :func:`tam_step_native`): updates the params, ``ds`` and ``sq`` (the new
+    :math:`\lVert d\rVert^2`) in place and returns :math:`\beta_t`; None, changing nothing,
+    where it does not apply."""
+    return _native.amsgd_tensors_step(ps, gs, ds, h, sq, step=-lr,
+                                      coupled_wd=wd if coupled else None)
 
 
 def momo_adam_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor],

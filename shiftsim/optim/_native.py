@@ -70,14 +70,18 @@ eleven or twelve operations): its group 0.424 -> 0.127 ms a step (paired 0.31x).
 AdaTAM(W), AM-SGD, MoMo-Adam and AM-AdamW on a CPU (``compile=True``, or ``"auto"`` once it
 applies; ``shiftsim.optim._compiled``). :func:`momo_tensors_step` is MoMo's whole step; two
 passes each for the others: :func:`three_sums_tensors` and :func:`lerp_update_tensors` (TAM,
-AM-SGD), :func:`three_sums_tensors` and :func:`adatam_update_tensors` (AdaTAM(W)),
-:func:`momo_adam_moments` and :func:`momo_adam_update`, :func:`amadamw_sums` and
-:func:`amadamw_update`; the parameter tensors cut into chunks of :data:`CHUNK` elements and
-split across torch's threads. [speed] ``benchmarks/optimizer_step.py`` (5M parameters, 2
-threads, alternating with Inductor's kernels): MoMo 1.22x and 1.21x fused SGD-momentum against
-1.93x and 1.99x, MoMo-Adam 1.61x and 1.68x fused AdamW against 2.70x and 2.60x, AM-AdamW 1.81x
-and 1.84x against 3.35x and 3.16x; TAM and AM-SGD at Inductor's speed within resolution (all
-numbers in ``_compiled``), without its compile.
+AM-SGD), :func:`three_sums_tensors` and :func:`adatam_update_tensors` (AdaTAM(W)), each pair
+called as one whole step with its numbers between the passes (:func:`tam_tensors_step`,
+:func:`amsgd_tensors_step`, :func:`adatam_tensors_step`), :func:`momo_adam_moments` and
+:func:`momo_adam_update`, :func:`amadamw_sums` and :func:`amadamw_update`; the parameter
+tensors cut into chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
+``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
+kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-Adam 1.61x and
+1.68x fused AdamW against 2.70x and 2.60x, AM-AdamW 1.81x and 1.84x against 3.35x and 3.16x;
+TAM and AM-SGD at Inductor's speed within resolution (all numbers in ``_compiled``), without
+its compile. The whole steps of TAM, AM-SGD and AdaTAM(W) spare the Python between the two
+passes, whose small torch operations ran 3-5x slower right after a pass over megabytes than
+when repeated (0.18-0.22 ms a step there; docs/performance.md has the measurements).
 
 **Threads.** The library is built with OpenMP (``-fopenmp``) only where that is torch's own
 runtime (GCC's libgomp, which torch's Linux wheels load: the library then links to the copy
@@ -138,7 +142,8 @@ __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cach
            "grams_step", "momo_adam_coefs",
            "momo_coefs", "momo_step", "amadamw_sums", "amadamw_update", "lerp_update_tensors",
            "momo_adam_moments", "momo_adam_update", "momo_tensors_step", "openmp", "row_sums",
-           "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors"]
+           "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors",
+           "tam_tensors_step", "amsgd_tensors_step", "adatam_tensors_step"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -338,6 +343,16 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "adatam_update_tensors": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                      *[ctypes.c_double] * 6, _int, ctypes.c_double, _int,
                                      ctypes.c_double]),
+    # the whole steps of TAM, AM-SGD and AdaTAM(W) (tensorsteps.c): threads, tensors, the
+    # chunks, scratch, the decay, the hyperparameters, the state, the outputs
+    "tam_tensors_step": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _int,
+                                ctypes.c_double, _int, ctypes.c_double, _ptr, _int, _ptr, _ptr,
+                                _ptr, _ptr]),
+    "amsgd_tensors_step": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _int,
+                                  ctypes.c_double, ctypes.c_double, _ptr, _ptr, _ptr]),
+    "adatam_tensors_step": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
+                                   _int, ctypes.c_double, _int, ctypes.c_double, _ptr,
+                                   *[ctypes.c_double] * 5, _ptr, _ptr]),
     "momo_adam_moments": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                  _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr]),
     "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
@@ -1485,6 +1500,108 @@ def lerp_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Te
        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
        1.0 if shrink is None else float(shrink))
     return True
+
+
+def _whole_step_call(lists: Sequence[Sequence[Tensor]], h: Tensor, numbers: int,
+                     width: int, state: Sequence[Tensor], *floats: object
+                     ) -> tuple[ctypes.CDLL, list[ctypes.Array], _Chunks, Tensor, Tensor] | None:
+    """What a whole tensor step (:func:`tam_tensors_step` ...) needs: the library, the pointer
+    arrays, the chunks, its float64 scratch (3 sums a chunk) and its output vector (``width``
+    numbers of the tensors' dtype); None unless ``h`` (at least ``numbers`` numbers), the
+    ``state`` (one number each) and the tensors are contiguous CPU tensors of one float dtype
+    and ``floats`` are numbers."""
+    dtype = lists[0][0].dtype if lists[0] else None
+    if dtype is None or not _floats(*floats) or not isinstance(h, Tensor) \
+            or not _vector(h, h.numel(), dtype) or h.numel() < numbers \
+            or not all(_vector(t, 1, dtype) for t in state):
+        return None
+    call = _tensor_call(lists, dtype)
+    if call is None:
+        return None
+    lib, arrays, chunks = call
+    return (lib, arrays, chunks, torch.empty(3 * chunks.count, dtype=torch.float64),
+            torch.empty(width, dtype=dtype))
+
+
+def tam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor], h: Tensor,
+                     shat: Tensor, scale: Tensor, sq: Tensor, *, positive: bool,
+                     coupled_wd: float | None = None, shrink: float | None = None
+                     ) -> Tensor | None:
+    r"""TAM's compiled step on a CPU in one call: :func:`three_sums_tensors`, the numbers of
+    :func:`~shiftsim.optim._compiled.tam_step` between its passes (``rowmath.c``: torch's
+    operations there, bit for bit), then :func:`lerp_update_tensors`, without returning to
+    Python in between. ``h``: :func:`~shiftsim.optim._compiled.tam_step`'s ``(lr, momentum,
+    1 - gamma, eps, ...)`` as a tensor of the tensors' dtype; ``shat``, ``scale``
+    (:math:`\sigma`) and ``sq`` (:math:`\lVert\tilde m\rVert^2`): one-element state tensors,
+    updated in place; ``positive``: ``eps > 0``. Returns the damping (a new 0-d tensor), or
+    None, changing nothing, where it does not apply (as :func:`momo_tensors_step`).
+
+    >>> p, g, m = [torch.ones(2)], [torch.ones(2)], [torch.zeros(2)]
+    >>> h = torch.tensor([0.5, 0.9, 0.1, 0.0])
+    >>> shat, scale, sq = torch.zeros(()), torch.zeros(()), torch.zeros(())
+    >>> d = tam_tensors_step(p, g, m, h, shat, scale, sq, positive=False)
+    >>> d is None or (d.item(), m[0].tolist(), p[0].tolist()) == (0.5, [1.0] * 2, [0.75] * 2)
+    True
+    """
+    call = None if not P else _whole_step_call(
+        (P, G, M), h, 4, 6, (shat, scale, sq), 0.0 if coupled_wd is None else coupled_wd,
+        1.0 if shrink is None else shrink)
+    if call is None:
+        return None
+    lib, (ps, gs, ms), chunks, part, out = call
+    _fn(lib, "tam_tensors_step", P[0].dtype)(
+        _threads(chunks), ps, gs, ms, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+        part.data_ptr(), int(coupled_wd is not None),
+        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
+        1.0 if shrink is None else float(shrink), h.data_ptr(), int(bool(positive)),
+        shat.data_ptr(), scale.data_ptr(), sq.data_ptr(), out.data_ptr())
+    return out[3]
+
+
+def amsgd_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                       h: Tensor, sq: Tensor, *, step: float, coupled_wd: float | None = None
+                       ) -> Tensor | None:
+    r"""AM-SGD's compiled step on a CPU in one call (as :func:`tam_tensors_step`): the sums,
+    the numbers of :func:`~shiftsim.optim._compiled.amsgd_step` (``h``: its ``(lr,
+    weight_decay, lam, beta_max, lr_ratio, tol)``), then :func:`lerp_update_tensors` with
+    ``step`` (:math:`-\eta`). ``sq`` (:math:`\lVert d\rVert^2`) is updated in place.
+    Returns :math:`\beta_t` (a new 0-d tensor), or None, changing nothing, where it does not
+    apply."""
+    call = None if not P else _whole_step_call(
+        (P, G, D), h, 6, 5, (sq,), step, 0.0 if coupled_wd is None else coupled_wd)
+    if call is None:
+        return None
+    lib, (ps, gs, ds), chunks, part, out = call
+    _fn(lib, "amsgd_tensors_step", P[0].dtype)(
+        _threads(chunks), ps, gs, ds, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+        part.data_ptr(), int(coupled_wd is not None),
+        0.0 if coupled_wd is None else float(coupled_wd), float(step), h.data_ptr(),
+        sq.data_ptr(), out.data_ptr())
+    return out[3]
+
+
+def adatam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],
+                        V: Sequence[Tensor], h: Tensor, shat: Tensor, *, beta1: float,
+                        beta2: float, eps: float, size: float, coupled_wd: float | None = None,
+                        shrink: float | None = None) -> Tensor | None:
+    r"""AdaTAM(W)'s compiled step on a CPU in one call (as :func:`tam_tensors_step`): the
+    sums, the numbers of :func:`~shiftsim.optim._compiled.adatam_step` (``h``: its ``(size,
+    beta1, beta2, 1 - gamma, torque_eps, ...)``), then :func:`adatam_update_tensors` with the
+    floats given. ``shat`` is updated in place. Returns the damping (a new 0-d tensor), or
+    None, changing nothing, where it does not apply."""
+    call = None if not P else _whole_step_call(
+        (P, G, M, V), h, 5, 5, (shat,), beta1, beta2, eps, size,
+        0.0 if coupled_wd is None else coupled_wd, 1.0 if shrink is None else shrink)
+    if call is None:
+        return None
+    lib, (ps, gs, ms, vs), chunks, part, out = call
+    _fn(lib, "adatam_tensors_step", P[0].dtype)(
+        _threads(chunks), ps, gs, ms, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+        part.data_ptr(), int(coupled_wd is not None),
+        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
+        1.0 if shrink is None else float(shrink), h.data_ptr(), float(beta1), float(beta2),
+        1.0 - float(beta2), float(eps), float(size), shat.data_ptr(), out.data_ptr())
+    return out[3]
 
 
 def adatam_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tensor],

@@ -836,16 +836,16 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
             "_scalars", _compiled.Scalars())
         h = scalars((lr, wd, lam, beta_max, ratio, tol), ps[0])
         ds = [self.state[p]["momentum_buffer"] for p in ps]
-        out = None
-        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
-            out = _compiled.amsgd_step_native(ps, gs, ds, h, wd != 0, lr=lr, wd=wd)
-        if out is None:
+        beta = None
+        if ps[0].is_cpu:  # on a CPU the native step, where it applies (_compiled's notes)
+            beta = _compiled.amsgd_step_native(ps, gs, ds, sq, h, wd != 0, lr=lr, wd=wd)
+        if beta is None:
             out = comp.run(ps, ps, gs, ds, h, wd != 0)
-        if out is _compiled.EAGER:
-            return False
-        beta, sqnorm = out
+            if out is _compiled.EAGER:
+                return False
+            beta, sqnorm = out
+            sq.copy_(sqnorm)
         glob["step"] += 1
-        sq.copy_(sqnorm)
         self._record(glob, beta, lam)
         return True
 

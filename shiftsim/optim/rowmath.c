@@ -530,6 +530,100 @@ ADATAM_STEP(shiftsim_adatam_step_f64, double, shiftsim_rowsums_f64, sqrt, fma, f
 AMSGD_STEP(shiftsim_amsgd_step_f32, float, shiftsim_rowsums_f32, fmaf, fabsf)
 AMSGD_STEP(shiftsim_amsgd_step_f64, double, shiftsim_rowsums_f64, fma, fabs)
 
+/* The numbers between the two passes of TAM's, AdaTAM(W)'s and AM-SGD's compiled steps over one
+ * learner's tensors (shiftsim.optim._compiled's _tam_numbers, _adatam_numbers and
+ * _amsgd_numbers, which compute them with torch's operations on 0-d tensors), each operation
+ * one expression in its order, as above: torch's bits. tensorsteps.c calls them between its
+ * passes (a whole step in one call); s: the first pass's sums, h: the float hyperparameters as
+ * the tensor shiftsim.optim._compiled.Scalars makes (the dtype's numbers). */
+
+/* TAM: s = (<m, g>, |m|^2, |g|^2), h = (lr, beta, 1 - gamma, eps). shat <- lerp(shat, cos,
+ * 1 - gamma) and d (DAMPING); c = d + eps; sig = scale beta + c (two roundings); w = c / sig
+ * (positive: eps > 0 is known; else 1 where sig is not positive); u = 1 - w; the new
+ * |m|^2 = max((u mm + (2 w) mg) u + (w w) gg, 0) into sq; scale <- sig; out = (d, w,
+ * sig (-lr)). */
+#define TAM_TENSOR_NUMBERS(NAME, T, SQRT, FMA, ABS)                                          \
+    void NAME(const T *s, const T *h, int positive, T *shat, T *scale, T *sq, T *out)       \
+    {                                                                                       \
+        DAMPING(T, SQRT, FMA, ABS, s[0], s[1], s[2], h[2], *shat, d)                        \
+        const T c = d + h[3];                                                               \
+        const T scaled = *scale * h[1];                                                     \
+        const T sig = scaled + c;                                                           \
+        const T q = c / sig;                                                                \
+        const T w = positive ? q : (sig > 0 ? q : (T)1);                                    \
+        const T u = (T)1 - w;                                                               \
+        const T umm = u * s[1], w2 = (T)2 * w;                                              \
+        const T w2mg = w2 * s[0];                                                           \
+        const T a = umm + w2mg;                                                             \
+        const T au = a * u, ww = w * w;                                                     \
+        const T wwgg = ww * s[2];                                                           \
+        const T t = au + wwgg;                                                              \
+        *sq = CLAMP_MIN(t, (T)0);                                                           \
+        *scale = sig;                                                                       \
+        const T neg_lr = -h[0];                                                             \
+        out[0] = d;                                                                         \
+        out[1] = w;                                                                         \
+        out[2] = sig * neg_lr;                                                              \
+    }
+
+TAM_TENSOR_NUMBERS(shiftsim_tam_tensor_numbers_f32, float, sqrtf, fmaf, fabsf)
+TAM_TENSOR_NUMBERS(shiftsim_tam_tensor_numbers_f64, double, sqrt, fma, fabs)
+
+/* AdaTAM(W): s = (<m, g>, |m|^2, |g|^2); shat <- lerp(shat, cos, weight = 1 - gamma) and d
+ * (DAMPING);
+ * out = (d, d + teps). */
+#define ADATAM_TENSOR_NUMBERS(NAME, T, SQRT, FMA, ABS)                                       \
+    void NAME(const T *s, T weight, T teps, T *shat, T *out)                                \
+    {                                                                                       \
+        DAMPING(T, SQRT, FMA, ABS, s[0], s[1], s[2], weight, *shat, d)                      \
+        out[0] = d;                                                                         \
+        out[1] = d + teps;                                                                  \
+    }
+
+ADATAM_TENSOR_NUMBERS(shiftsim_adatam_tensor_numbers_f32, float, sqrtf, fmaf, fabsf)
+ADATAM_TENSOR_NUMBERS(shiftsim_adatam_tensor_numbers_f64, double, sqrt, fma, fabs)
+
+/* AM-SGD: s = (a = <d, g>, e = |d|^2, b = |g|^2), h = (lr, wd, lam, beta_max, lr_ratio, tol):
+ * num = (1 + lam)(a ratio) - (((1 - lam) a + lam e) - b); den = (e - 2 a) + b;
+ * beta = min(max(den > tol (e + b) ? num / den : 0, 0), beta_max) (torch.minimum: beta_max is a
+ * finite number, so a NaN beta stays NaN as there); w = (1 - beta) / (1 + lam); u = 1 - w;
+ * the new |d|^2 = max((u e + (2 w) a) u + (w w) b, 0) into sq; out = (beta, w). */
+#define AMSGD_TENSOR_NUMBERS(NAME, T)                                                        \
+    void NAME(const T *s, const T *h, T *sq, T *out)                                        \
+    {                                                                                       \
+        const T a = s[0], e = s[1], b = s[2], lam = h[2];                                   \
+        const T l1 = lam + (T)1, ar = a * h[4];                                             \
+        const T t1 = l1 * ar;                                                               \
+        const T om = (T)1 - lam;                                                            \
+        const T t2 = om * a, t3 = lam * e;                                                  \
+        const T t4 = t2 + t3;                                                               \
+        const T t5 = t4 - b;                                                                \
+        const T num = t1 - t5;                                                              \
+        const T a2 = a * (T)2;                                                              \
+        const T u2 = e - a2;                                                                \
+        const T den = u2 + b;                                                               \
+        const T eb = e + b;                                                                 \
+        const T tol = h[5] * eb;                                                            \
+        const T r = num / den;                                                              \
+        T beta = den > tol ? r : (T)0;                                                      \
+        beta = CLAMP_MAX(CLAMP_MIN(beta, (T)0), h[3]);                                      \
+        const T z1 = (T)1 - beta;                                                           \
+        const T w = z1 / l1;                                                                \
+        const T u = (T)1 - w;                                                               \
+        const T ue = u * e, w2 = (T)2 * w;                                                  \
+        const T w2a = w2 * a;                                                               \
+        const T x = ue + w2a;                                                               \
+        const T xu = x * u, ww = w * w;                                                     \
+        const T wwb = ww * b;                                                               \
+        const T t = xu + wwb;                                                               \
+        *sq = CLAMP_MIN(t, (T)0);                                                           \
+        out[0] = beta;                                                                      \
+        out[1] = w;                                                                         \
+    }
+
+AMSGD_TENSOR_NUMBERS(shiftsim_amsgd_tensor_numbers_f32, float)
+AMSGD_TENSOR_NUMBERS(shiftsim_amsgd_tensor_numbers_f64, double)
+
 /* Grams's step of the members' rows (shiftsim.optim.grams._grams_blocks with tensor
  * hyperparameters), rows k0 .. k1 - 1, in one pass: m <- lerp(m, g, w1), v <- v b2 + g (g w2)
  * (as ADATAM_STEP), u = m / (sqrt(v) + eps), p <- p shrink (decoupled decay, when shrink is not

@@ -839,13 +839,13 @@ class TAM(_TorqueBase):
         scale = self._group_scale(glob, 0)
         ms = [self.state[p]["momentum_avg"] for p in ps]
         coupled, decoupled = wd != 0 and not group["decoupled"], wd != 0 and group["decoupled"]
-        out = None
-        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
-            out = _compiled.tam_step_native(ps, gs, ms, scale, glob["cosine"], h, coupled,
-                                            decoupled, eps > 0, lr=lr, wd=wd)
-        if out is None:
-            out = comp.run(ps, ps, gs, ms, scale, glob["cosine"], h, coupled, decoupled,
-                           eps > 0)
+        if ps[0].is_cpu:  # on a CPU the native step, where it applies (_compiled's notes)
+            d = _compiled.tam_step_native(ps, gs, ms, scale, glob["cosine"], sq, h, coupled,
+                                          decoupled, eps > 0, lr=lr, wd=wd)
+            if d is not None:
+                glob["damping"] = d
+                return True
+        out = comp.run(ps, ps, gs, ms, scale, glob["cosine"], h, coupled, decoupled, eps > 0)
         if out is _compiled.EAGER:
             return False
         glob["damping"], shat, sig, sqnorm = out
@@ -1140,19 +1140,20 @@ class AdaTAM(_TorqueBase):
         h = scalars((size, b1, b2, 1 - gamma, teps, eps_t, wd, lr), ps[0])
         ms, vs = [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts]
         coupled, decoupled = wd != 0 and not self._decoupled, wd != 0 and self._decoupled
-        out = None
-        if ps[0].is_cpu:  # on a CPU the native passes, where they apply (_compiled's notes)
-            out = _compiled.adatam_step_native(ps, gs, ms, vs, glob["cosine"], h, coupled,
-                                               decoupled, size=size, beta1=b1, beta2=b2,
-                                               eps=eps_t, lr=lr, wd=wd)
-        if out is None:
+        d = None
+        if ps[0].is_cpu:  # on a CPU the native step, where it applies (_compiled's notes)
+            d = _compiled.adatam_step_native(ps, gs, ms, vs, glob["cosine"], h, coupled,
+                                             decoupled, size=size, beta1=b1, beta2=b2,
+                                             eps=eps_t, lr=lr, wd=wd)
+        if d is None:
             out = comp.run(ps, ps, gs, ms, vs, glob["cosine"], h, coupled, decoupled)
-        if out is _compiled.EAGER:
-            return False
+            if out is _compiled.EAGER:
+                return False
+            d, shat = out
+            glob["cosine"].copy_(shat)
         for st in sts:
             st["step"] = t
-        glob["damping"], shat = out
-        glob["cosine"].copy_(shat)
+        glob["damping"] = d
         return True
 
 

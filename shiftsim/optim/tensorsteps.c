@@ -1,9 +1,10 @@
 /* Whole optimizer steps over one learner's parameter tensors, on the CPU, split across torch's
  * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AdaTAM(W),
  * AM-SGD, MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole
- * step here; two passes for the others, the few numbers in between computed in Python by
- * shiftsim.optim._compiled and shiftsim.optim.adamem); MoMo-Adam's and AM-AdamW's passes over
- * a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
+ * step here; two passes for the others: TAM's, AdaTAM(W)'s and AM-SGD's as one call with their
+ * numbers in between from rowmath.c, MoMo-Adam's and AM-AdamW's with the few numbers in between
+ * computed in Python by shiftsim.optim._compiled and shiftsim.optim.adamem); MoMo-Adam's and
+ * AM-AdamW's passes over a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
  * rowmath.c); and the switch that flushes subnormals on torch's threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
@@ -432,6 +433,81 @@ LERP_UPDATE(shiftsim_lerp_update_tensors_f64, double, fma, fabs)
 
 ADATAM_UPDATE(shiftsim_adatam_update_tensors_f32, float, fmaf, sqrtf)
 ADATAM_UPDATE(shiftsim_adatam_update_tensors_f64, double, fma, sqrt)
+
+/* The numbers between the passes (rowmath.c: torch's operations of shiftsim.optim._compiled's
+ * _tam_numbers, _adatam_numbers and _amsgd_numbers, bit for bit). */
+void shiftsim_tam_tensor_numbers_f32(const float *s, const float *h, int positive, float *shat,
+                                     float *scale, float *sq, float *out);
+void shiftsim_tam_tensor_numbers_f64(const double *s, const double *h, int positive,
+                                     double *shat, double *scale, double *sq, double *out);
+void shiftsim_adatam_tensor_numbers_f32(const float *s, float weight, float teps, float *shat,
+                                        float *out);
+void shiftsim_adatam_tensor_numbers_f64(const double *s, double weight, double teps, double *shat,
+                                        double *out);
+void shiftsim_amsgd_tensor_numbers_f32(const float *s, const float *h, float *sq, float *out);
+void shiftsim_amsgd_tensor_numbers_f64(const double *s, const double *h, double *sq,
+                                       double *out);
+
+/* Whole compiled steps of TAM, AM-SGD and AdaTAM(W) over one learner's tensors, in one call:
+ * the first pass (SUMS_TENSORS: the sums into out[0..2]), the numbers (rowmath.c, into the
+ * state and out[3..]), the second pass (LERP_UPDATE or ADATAM_UPDATE with those numbers). The
+ * same functions on the same numbers as the passes called one by one with the numbers computed
+ * by torch in between, so the same bits (tested), without Python between the passes: run right
+ * after a pass over megabytes, its 20-odd small torch operations took 0.18-0.22 ms a step there
+ * (5M parameters, 2-core AMD EPYC; MoMo-Adam's numbers alone 41 us when repeated, 142 us right
+ * after its first pass). coupled: g + wd p for g in both passes (coupled weight decay);
+ * shrink_on: p shrink before the step (decoupled). */
+#define TAM_TENSORS_STEP(NAME, T, SUMS, NUMBERS, UPDATE)                                    \
+    void NAME(int nt, T **p, T **g, T **m, int64_t nchunks, const int64_t *tix,             \
+              const int64_t *lo, const int64_t *hi, double *part, int coupled, double wd,   \
+              int shrink_on, double shrink, const T *h, int positive, T *shat, T *scale,    \
+              T *sq, T *out)                                                                \
+    {                                                                                       \
+        /* out: <m, g>, |m|^2, |g|^2, then d, w, the step */                                \
+        SUMS(nt, m, g, coupled ? p : NULL, wd, nchunks, tix, lo, hi, part, out);            \
+        NUMBERS(out, h, positive, shat, scale, sq, out + 3);                                \
+        UPDATE(nt, p, g, m, nchunks, tix, lo, hi, out[4], out[5], coupled, wd, shrink_on,   \
+               shrink);                                                                     \
+    }
+
+TAM_TENSORS_STEP(shiftsim_tam_tensors_step_f32, float, shiftsim_three_sums_tensors_f32,
+                 shiftsim_tam_tensor_numbers_f32, shiftsim_lerp_update_tensors_f32)
+TAM_TENSORS_STEP(shiftsim_tam_tensors_step_f64, double, shiftsim_three_sums_tensors_f64,
+                 shiftsim_tam_tensor_numbers_f64, shiftsim_lerp_update_tensors_f64)
+
+#define AMSGD_TENSORS_STEP(NAME, T, SUMS, NUMBERS, UPDATE)                                  \
+    void NAME(int nt, T **p, T **g, T **d, int64_t nchunks, const int64_t *tix,             \
+              const int64_t *lo, const int64_t *hi, double *part, int coupled, double wd,   \
+              double step, const T *h, T *sq, T *out)                                       \
+    {                                                                                       \
+        /* out: <d, g>, |d|^2, |g|^2, then beta, w */                                       \
+        SUMS(nt, d, g, coupled ? p : NULL, wd, nchunks, tix, lo, hi, part, out);            \
+        NUMBERS(out, h, sq, out + 3);                                                       \
+        UPDATE(nt, p, g, d, nchunks, tix, lo, hi, out[4], step, coupled, wd, 0, 1.0);       \
+    }
+
+AMSGD_TENSORS_STEP(shiftsim_amsgd_tensors_step_f32, float, shiftsim_three_sums_tensors_f32,
+                   shiftsim_amsgd_tensor_numbers_f32, shiftsim_lerp_update_tensors_f32)
+AMSGD_TENSORS_STEP(shiftsim_amsgd_tensors_step_f64, double, shiftsim_three_sums_tensors_f64,
+                   shiftsim_amsgd_tensor_numbers_f64, shiftsim_lerp_update_tensors_f64)
+
+#define ADATAM_TENSORS_STEP(NAME, T, SUMS, NUMBERS, UPDATE)                                 \
+    void NAME(int nt, T **p, T **g, T **m, T **v, int64_t nchunks, const int64_t *tix,      \
+              const int64_t *lo, const int64_t *hi, double *part, int coupled, double wd,   \
+              int shrink_on, double shrink, const T *h, double b1, double b2, double w2,    \
+              double eps, double size, T *shat, T *out)                                     \
+    {                                                                                       \
+        /* h: (size, beta1, beta2, 1 - gamma, torque_eps, ...); out: the sums, d, c */      \
+        SUMS(nt, m, g, coupled ? p : NULL, wd, nchunks, tix, lo, hi, part, out);            \
+        NUMBERS(out, h[3], h[4], shat, out + 3);                                            \
+        UPDATE(nt, p, g, m, v, nchunks, tix, lo, hi, out[4], b1, b2, w2, eps, size,         \
+               coupled, wd, shrink_on, shrink);                                             \
+    }
+
+ADATAM_TENSORS_STEP(shiftsim_adatam_tensors_step_f32, float, shiftsim_three_sums_tensors_f32,
+                    shiftsim_adatam_tensor_numbers_f32, shiftsim_adatam_update_tensors_f32)
+ADATAM_TENSORS_STEP(shiftsim_adatam_tensors_step_f64, double, shiftsim_three_sums_tensors_f64,
+                    shiftsim_adatam_tensor_numbers_f64, shiftsim_adatam_update_tensors_f64)
 
 /* MoMo-Adam's preconditioned direction, element by element as its eager kernel: v / bc2 (a true
  * division), its correctly rounded square root, + eps, then d / that. */
