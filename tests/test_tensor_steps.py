@@ -5,7 +5,8 @@ torch) up to float rounding, the first moments bit for bit, the sums against flo
 bits with one thread and two; TAM's, AdaTAM(W)'s and AM-SGD's two passes
 (``three_sums_tensors``, then ``lerp_update_tensors`` or ``adatam_update_tensors``) and the
 others' against float64 sums and torch's elementwise operations bit for bit, and the first
-three's whole steps (one call each) against those passes with torch's numbers between them;
+three's whole steps (one call each) and MoMo-Adam's step (two calls) against those passes with
+torch's numbers between them;
 each optimizer through its class against its eager step and the float64 reference; the
 inputs they leave to the other kernels; and the build: OpenMP only as torch's own runtime, and
 a compiler without OpenMP."""
@@ -437,6 +438,45 @@ def test_amsgd_whole_step_is_its_passes_with_torchs_numbers_between(dtype, coupl
                 _same(a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", ["none", "decoupled", "proximal"])
+def test_momo_adam_step_is_its_passes_with_torchs_numbers_between(dtype, decay):
+    """``momo_adam_tensors_step`` = ``momo_adam_moments``, ``_compiled._momo_adam_numbers``
+    (torch's operations), then ``momo_adam_update``: the same bits, the state too, over 40
+    cases (losses under and over the averages: step sizes of 0, capped and in between)."""
+    for seed in range(40):
+        P, G, D, V, u = _whole_case(dtype, seed)
+        lr, wd, b1, b2, s = 0.01 + u[0].item(), 0.05, 0.9, 0.999, 1 + seed
+        bc2, eps, rho = 1 - b2 ** s, 1e-8, 1 - b1 ** s
+        h = torch.tensor([b1, b2, bc2, eps, rho, lr / rho, 1 + lr * wd, 1 - lr * wd],
+                         dtype=dtype)
+        f = torch.tensor(4 * u[1].item(), dtype=dtype)
+        loss_avg = torch.tensor(2 * u[2].item(), dtype=dtype)
+        fstar = torch.tensor(0.1 * u[3].item(), dtype=dtype)
+        gam = (torch.rand(len(P), generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.float64) - 0.5).to(dtype)
+        on = decay != "none"
+        shrink = 1 - lr * wd if decay == "decoupled" else None
+        inverse = 1 / (1 + lr * wd) if decay == "proximal" else None
+        ref = [[t.clone() for t in x] for x in (P, G, D, V)]
+        xg, xd, dq = _native.momo_adam_moments(*ref, beta1=b1, beta2=b2, bc2=bc2, eps=eps)
+        tau, gam2, la2 = _compiled._momo_adam_numbers(xg, xd, dq, gam, loss_avg, fstar, f, h,
+                                                     on)
+        assert _native.momo_adam_update(ref[0], ref[2], ref[3], bc2=bc2, eps=eps,
+                                        tau=tau.item(), shrink=shrink, inverse=inverse)
+        mine = [[t.clone() for t in x] for x in (P, G, D, V)]
+        states = [t.clone() for t in (loss_avg, gam)]
+        got = _native.momo_adam_tensors_step(*mine, h, f, states[0], fstar, states[1],
+                                             decay=on, beta1=b1, beta2=b2, bc2=bc2, eps=eps,
+                                             shrink=shrink, inverse=inverse)
+        assert got is not None and got.shape == () and got.dtype == dtype
+        for a, b in zip([got, *states], [tau, la2, gam2]):
+            _same(a, b)
+        for xs, ys in zip(mine, ref):
+            for a, b in zip(xs, ys):
+                _same(a, b)
+
+
 def test_the_whole_steps_leave_what_they_do_not_take():
     """One defect each (the rest valid): nothing changes and None comes back; without it they
     apply."""
@@ -462,12 +502,22 @@ def test_the_whole_steps_leave_what_they_do_not_take():
     assert _native.amsgd_tensors_step(P, G, M, h[:5], one, step=-0.01) is None
     assert _native.amsgd_tensors_step(P, G, [m.double() for m in M], h, one, step=-0.01) is None
     assert _native.amsgd_tensors_step(P, G, M, h, one, step=torch.tensor(-0.01)) is None
-    _unchanged([P, G, M, V, h, one], before)
+    adam = dict(decay=True, beta1=0.9, beta2=0.99, bc2=0.5, eps=1e-8)
+    gam = torch.zeros(len(P))
+    assert _native.momo_adam_tensors_step(P, G, M, V, h, one, one, one, gam[:-1], **adam) is None
+    assert _native.momo_adam_tensors_step(P, G, M, V, h[:6], one, one, one, gam, **adam) is None
+    assert _native.momo_adam_tensors_step(P, G, M, V, h, one.double(), one, one, gam, **adam) \
+        is None
+    assert _native.momo_adam_tensors_step(P, G, M, V, h, one, one, one, gam, **adam,
+                                          shrink=torch.tensor(0.9)) is None
+    _unchanged([P, G, M, V, h, one, gam], before + [torch.zeros(len(P))])
     assert _native.tam_tensors_step(*_clone([P, G, M]), h, *_clone([one] * 3),
                                     positive=True) is not None
     assert _native.adatam_tensors_step(*_clone([P, G, M, V]), h, one.clone(), **ada) is not None
     assert _native.amsgd_tensors_step(*_clone([P, G, M]), h, one.clone(), step=-0.01) \
         is not None
+    assert _native.momo_adam_tensors_step(*_clone([P, G, M, V]), h, one, one.clone(), one,
+                                          gam.clone(), **adam) is not None
 
 
 # --------------------------------------------------------------------- MoMo-Adam's passes
@@ -669,8 +719,8 @@ def counted(monkeypatch):
                         counter("momo", _native.momo_tensors_step))
     for name in ("tam_tensors_step", "adatam_tensors_step", "amsgd_tensors_step"):
         monkeypatch.setattr(_native, name, counter("sums", getattr(_native, name)))
-    monkeypatch.setattr(_native, "momo_adam_moments",
-                        counter("adam", _native.momo_adam_moments))
+    monkeypatch.setattr(_native, "momo_adam_tensors_step",
+                        counter("adam", _native.momo_adam_tensors_step))
     monkeypatch.setattr(_native, "amadamw_sums", counter("amw", _native.amadamw_sums))
     monkeypatch.setattr(torch, "compile", no_compile)
     monkeypatch.delenv(_compiled.ENV, raising=False)

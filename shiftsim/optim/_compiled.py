@@ -44,11 +44,11 @@ contiguous float32/float64: MoMo's whole step (:func:`shiftsim.optim._native.mom
 and two passes for the others with the numbers between them: TAM's, AdaTAM(W)'s and AM-SGD's
 in one call each (:func:`tam_step_native`, :func:`adatam_step_native`,
 :func:`amsgd_step_native`: the numbers in C, the torch operations of :func:`_tam_numbers`,
-:func:`_adatam_numbers` and :func:`_amsgd_numbers` bit for bit), MoMo-Adam's and AM-AdamW's
-as two calls with the numbers computed in between by the same functions as Inductor's kernels
-(:func:`momo_adam_step_native`: :func:`_momo_adam_numbers`) or, for AM-AdamW's per-tensor
-betas, as its eager kernel (``adamem._amadamw_native``: ``adamem._am_beta_stack``); Inductor's
-kernels elsewhere
+:func:`_adatam_numbers` and :func:`_amsgd_numbers` bit for bit), MoMo-Adam's in two calls
+around torch's sum of its per-tensor gamma (:func:`momo_adam_step_native`: the rest of
+:func:`_momo_adam_numbers` in C, bit for bit), AM-AdamW's as two calls with its per-tensor
+betas computed in between as its eager kernel does (``adamem._amadamw_native``:
+``adamem._am_beta_stack``); Inductor's kernels elsewhere
 (a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
 each thread taking the same chunks in both passes (the second in reverse, so that it starts on
 what its first pass left in its core's caches). The elementwise work is the eager kernels'
@@ -642,22 +642,15 @@ def momo_adam_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor],
                           vs: list[Tensor], gam: Tensor, loss_avg: Tensor, fstar: Tensor,
                           f: Tensor, h: Tensor, decay: bool, divide: bool, *, beta1: float,
                           beta2: float, bc2: float, eps: float, lr: float, wd: float
-                          ) -> tuple[Tensor, Tensor, Tensor] | None:
-    """:func:`momo_adam_step` on a CPU by the native passes (``_native.momo_adam_moments``,
-    then ``_native.momo_adam_update``) with its numbers between them; the floats: ``h``'s.
-    None, changing nothing, where those do not apply."""
-    sums = _native.momo_adam_moments(ps, gs, ds, vs, beta1=beta1, beta2=beta2, bc2=bc2,
-                                     eps=eps)
-    if sums is None:
-        return None
-    xg, xd, dq = sums
-    tau, gam, loss_avg = _momo_adam_numbers(xg.to(gam.dtype), xd, dq, gam, loss_avg, fstar, f,
-                                            h, decay)
-    _updated(_native.momo_adam_update(
-        ps, ds, vs, bc2=bc2, eps=eps, tau=tau.item(),
-        shrink=decay_factor(lr, wd) if decay and not divide else None,
-        inverse=1 / (1 + lr * wd) if decay and divide else None))
-    return tau, gam, loss_avg
+                          ) -> Tensor | None:
+    """:func:`momo_adam_step` on a CPU by the native passes with its numbers between them
+    (``_native.momo_adam_tensors_step``: two calls around torch's sum of ``gam``; the floats:
+    ``h``'s): updates the params, the moments, ``gam`` and ``loss_avg`` in place and returns
+    :math:`\tau`; None, changing nothing, where it does not apply."""
+    return _native.momo_adam_tensors_step(
+        ps, gs, ds, vs, h, f, loss_avg, fstar, gam, decay=decay, beta1=beta1, beta2=beta2,
+        bc2=bc2, eps=eps, shrink=decay_factor(lr, wd) if decay and not divide else None,
+        inverse=1 / (1 + lr * wd) if decay and divide else None)
 
 
 def _updated(done: bool) -> None:

@@ -73,7 +73,8 @@ passes each for the others: :func:`three_sums_tensors` and :func:`lerp_update_te
 AM-SGD), :func:`three_sums_tensors` and :func:`adatam_update_tensors` (AdaTAM(W)), each pair
 called as one whole step with its numbers between the passes (:func:`tam_tensors_step`,
 :func:`amsgd_tensors_step`, :func:`adatam_tensors_step`), :func:`momo_adam_moments` and
-:func:`momo_adam_update`, :func:`amadamw_sums` and :func:`amadamw_update`; the parameter
+:func:`momo_adam_update` (called by :func:`momo_adam_tensors_step` with the numbers between them
+in C but for torch's sum of gamma), :func:`amadamw_sums` and :func:`amadamw_update`; the parameter
 tensors cut into chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
 ``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
 kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-Adam 1.61x and
@@ -143,7 +144,8 @@ __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cach
            "momo_coefs", "momo_step", "amadamw_sums", "amadamw_update", "lerp_update_tensors",
            "momo_adam_moments", "momo_adam_update", "momo_tensors_step", "openmp", "row_sums",
            "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors",
-           "tam_tensors_step", "amsgd_tensors_step", "adatam_tensors_step"]
+           "tam_tensors_step", "amsgd_tensors_step", "adatam_tensors_step",
+           "momo_adam_tensors_step"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -353,6 +355,13 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "adatam_tensors_step": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
                                    _int, ctypes.c_double, _int, ctypes.c_double, _ptr,
                                    *[ctypes.c_double] * 5, _ptr, _ptr]),
+    "momo_adam_tensors_first": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr,
+                                       _ptr, _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr,
+                                       _ptr, _ptr, _ptr, _ptr]),
+    "momo_adam_tensors_second": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                                        ctypes.c_double, ctypes.c_double, _int, ctypes.c_double,
+                                        _int, ctypes.c_double, _ptr, _int, _ptr, _ptr, _ptr,
+                                        _ptr, _ptr]),
     "momo_adam_moments": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                  _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr]),
     "momo_adam_update": (None, [_int, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
@@ -1692,6 +1701,44 @@ def momo_adam_update(P: Sequence[Tensor], D: Sequence[Tensor], V: Sequence[Tenso
        1.0 if shrink is None else float(shrink), int(inverse is not None),
        1.0 if inverse is None else float(inverse))
     return True
+
+
+def momo_adam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                           V: Sequence[Tensor], h: Tensor, f: Tensor, loss_avg: Tensor,
+                           fstar: Tensor, gam: Tensor, *, decay: bool, beta1: float,
+                           beta2: float, bc2: float, eps: float, shrink: float | None = None,
+                           inverse: float | None = None) -> Tensor | None:
+    r"""MoMo-Adam's compiled step on a CPU in two native calls around torch's ``gam.sum()``:
+    :func:`momo_adam_moments`'s pass and the averages, the step size, then
+    :func:`momo_adam_update`'s pass, with the numbers of
+    :func:`~shiftsim.optim._compiled._momo_adam_numbers` (``h``: its ``(beta1, beta2, 1 -
+    beta2^s, eps, rho, lr / rho, 1 + lr wd, ...)``; ``decay``: weight decay in the step size)
+    computed in C with torch's bits (``rowmath.c``). ``gam`` (the per-tensor :math:`\gamma_i`,
+    ``(n,)``) and ``loss_avg`` are updated in place; ``f``: the loss. Returns :math:`\tau` (a
+    new 0-d tensor), or None, changing nothing, where it does not apply (as
+    :func:`momo_tensors_step`)."""
+    call = None if not P else _whole_step_call(
+        (P, G, D, V), h, 7, 1, (f, loss_avg, fstar), beta1, beta2, bc2, eps,
+        1.0 if shrink is None else shrink, 1.0 if inverse is None else inverse)
+    dtype = P[0].dtype if P else None
+    if call is None or not _vector(gam, len(P), dtype):
+        return None
+    lib, (ps, gs, ds, vs), chunks, part, tau = call
+    totals = torch.empty(3 * len(P), dtype=torch.float64)
+    xg, sums = torch.empty(len(P), dtype=dtype), torch.empty(2, dtype=dtype)
+    _fn(lib, "momo_adam_tensors_first", dtype)(
+        _threads(chunks), len(P), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo,
+        chunks.hi, part.data_ptr(), totals.data_ptr(), 1.0 - float(beta1), float(beta2),
+        1.0 - float(beta2), float(bc2), float(eps), xg.data_ptr(), sums.data_ptr(),
+        h.data_ptr(), f.data_ptr(), loss_avg.data_ptr(), gam.data_ptr())
+    gamma = gam.sum()  # torch's order, as _momo_adam_numbers
+    _fn(lib, "momo_adam_tensors_second", dtype)(
+        _threads(chunks), ps, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+        float(bc2), float(eps), int(shrink is not None), 1.0 if shrink is None else float(shrink),
+        int(inverse is not None), 1.0 if inverse is None else float(inverse), h.data_ptr(),
+        int(bool(decay)), loss_avg.data_ptr(), fstar.data_ptr(), sums.data_ptr(),
+        gamma.data_ptr(), tau.data_ptr())
+    return tau[0]
 
 
 def amadamw_sums(P: Sequence[Tensor] | None, G: Sequence[Tensor], D: Sequence[Tensor],

@@ -1339,23 +1339,23 @@ class MoMoAdam(_MoMoBase):
         f = f.to(device=loss_avg.device, dtype=loss_avg.dtype).reshape(())
         gam = torch.stack([st["grad_dot_w"] for st in sts]).to(loss_avg.dtype)
         ds, vs = [st["grad_avg"] for st in sts], [st["grad_avg_sq"] for st in sts]
-        out = None
+        tau = None
         if native:  # on a CPU the native passes, where they apply (_compiled's notes)
-            out = _compiled.momo_adam_step_native(
+            tau = _compiled.momo_adam_step_native(
                 ps, gs, ds, vs, gam, loss_avg, glob["fstar"], f, h, wd != 0, group["divide"],
                 beta1=b1, beta2=b2, bc2=1 - b2 ** s, eps=eps, lr=lr, wd=wd)
-            if out is None and not comp.wanted(ps):
+            if tau is None and not comp.wanted(ps):
                 return False
-        if out is None:
+        if tau is None:
             out = comp.run(ps, ps, gs, ds, vs, gam, loss_avg, glob["fstar"], f, h, wd != 0,
                            group["divide"])
-        if out is _compiled.EAGER:
-            return False
-        tau, gam, fbar = out
+            if out is _compiled.EAGER:
+                return False
+            tau, gam, fbar = out
+            loss_avg.copy_(fbar)
         glob["step"] = k
         for st, row in zip(sts, gam.unbind(0)):
             st["step"] = s
             st["grad_dot_w"] = row
-        loss_avg.copy_(fbar)
         glob["step_size"] = tau
         return True

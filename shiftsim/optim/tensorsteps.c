@@ -2,9 +2,9 @@
  * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AdaTAM(W),
  * AM-SGD, MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole
  * step here; two passes for the others: TAM's, AdaTAM(W)'s and AM-SGD's as one call with their
- * numbers in between from rowmath.c, MoMo-Adam's and AM-AdamW's with the few numbers in between
- * computed in Python by shiftsim.optim._compiled and shiftsim.optim.adamem); MoMo-Adam's and
- * AM-AdamW's passes over a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
+ * numbers in between from rowmath.c, MoMo-Adam's as two calls around torch's sum of its
+ * per-tensor gamma, AM-AdamW's with its betas in between computed in Python by
+ * shiftsim.optim.adamem); MoMo-Adam's and AM-AdamW's passes over a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
  * rowmath.c); and the switch that flushes subnormals on torch's threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
@@ -605,6 +605,68 @@ ADAM_UPDATE_RUN(adam_update_f64, double, fma, sqrt)
 
 MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f32, float, adam_update_f32)
 MOMO_ADAM_UPDATE(shiftsim_momo_adam_update_f64, double, adam_update_f64)
+
+/* MoMo-Adam's numbers (rowmath.c: MOMO_ADAM_AVERAGES and MOMO_ADAM_COEFS, the torch operations
+ * of shiftsim.optim._compiled._momo_adam_numbers bit for bit with one member) */
+void shiftsim_momo_adam_averages_f32(int64_t S, int64_t K, const float *f, float *la, float *gam,
+                                     const float *xg, const float *b1, int64_t b1_s,
+                                     const float *w1, int64_t w1_s);
+void shiftsim_momo_adam_averages_f64(int64_t S, int64_t K, const double *f, double *la,
+                                     double *gam, const double *xg, const double *b1,
+                                     int64_t b1_s, const double *w1, int64_t w1_s);
+void shiftsim_momo_adam_coefs_f32(int64_t K, const float *la, const float *fstar,
+                                  const float *xd, const float *dq, const float *gamma,
+                                  int rho_one, int c_one, float *tau_out, float *neg_out,
+                                  const float *rho, int64_t rho_s, const float *c, int64_t c_s,
+                                  const float *cap, int64_t cap_s);
+void shiftsim_momo_adam_coefs_f64(int64_t K, const double *la, const double *fstar,
+                                  const double *xd, const double *dq, const double *gamma,
+                                  int rho_one, int c_one, double *tau_out, double *neg_out,
+                                  const double *rho, int64_t rho_s, const double *c,
+                                  int64_t c_s, const double *cap, int64_t cap_s);
+
+/* MoMo-Adam's compiled step in two calls around torch's sum of the per-tensor gamma (its order
+ * is torch's own), with no other Python between its passes (see TAM_TENSORS_STEP). The first:
+ * its first pass (MOMO_ADAM_MOMENTS: xg per tensor, out = <p, d>, <d, q>), then gam <- gam b1 +
+ * xg (1 - b1) and la <- f (1 - b1) + la b1 with b1 = h[0] and 1 - b1 rounded once (torch's rsub
+ * of h[0]). h: (beta1, beta2, 1 - beta2^s, eps, rho, lr / rho, c = 1 + lr wd, ...). */
+#define MOMO_ADAM_TENSORS_FIRST(NAME, T, MOMENTS, AVERAGES)                                 \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
+              const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
+              double *part_t, double w1, double b2, double w2, double bc2, double eps,      \
+              T *xg, T *out, const T *h, const T *f, T *la, T *gam)                         \
+    {                                                                                       \
+        MOMENTS(nt, n, p, g, d, v, nchunks, tix, lo, hi, part, part_t, w1, b2, w2, bc2,     \
+                eps, xg, out);                                                              \
+        const T wt = (T)1 - h[0];                                                           \
+        AVERAGES(n, 1, f, la, gam, xg, h, 0, &wt, 0);                                       \
+    }
+
+MOMO_ADAM_TENSORS_FIRST(shiftsim_momo_adam_tensors_first_f32, float,
+                        shiftsim_momo_adam_moments_f32, shiftsim_momo_adam_averages_f32)
+MOMO_ADAM_TENSORS_FIRST(shiftsim_momo_adam_tensors_first_f64, double,
+                        shiftsim_momo_adam_moments_f64, shiftsim_momo_adam_averages_f64)
+
+/* The second: from gamma (torch's sum), the step size tau (MOMO_ADAM_COEFS: the gap la - rho f*,
+ * with c = h[6] where decay, capped at h[5]) into *tau, then the second pass (MOMO_ADAM_UPDATE
+ * with -tau). */
+#define MOMO_ADAM_TENSORS_SECOND(NAME, T, COEFS, UPDATE)                                    \
+    void NAME(int nt, T **p, T **d, T **v, int64_t nchunks, const int64_t *tix,             \
+              const int64_t *lo, const int64_t *hi, double bc2, double eps, int pre_on,     \
+              double pre, int post_on, double post, const T *h, int decay, const T *la,     \
+              const T *fstar, const T *out, const T *gamma, T *tau)                         \
+    {                                                                                       \
+        T neg;                                                                              \
+        COEFS(1, la, fstar, out, out + 1, gamma, 0, !decay, tau, &neg, h + 4, 0, h + 6, 0,  \
+              h + 5, 0);                                                                    \
+        UPDATE(nt, p, d, v, nchunks, tix, lo, hi, bc2, eps, (double)neg, pre_on, pre,       \
+               post_on, post);                                                              \
+    }
+
+MOMO_ADAM_TENSORS_SECOND(shiftsim_momo_adam_tensors_second_f32, float,
+                         shiftsim_momo_adam_coefs_f32, shiftsim_momo_adam_update_f32)
+MOMO_ADAM_TENSORS_SECOND(shiftsim_momo_adam_tensors_second_f64, double,
+                         shiftsim_momo_adam_coefs_f64, shiftsim_momo_adam_update_f64)
 
 /* MoMo-Adam over a fleet's rows (shiftsim.optim.momo._momo_adam_rows): rows k0 .. k1 - 1 of
  * S segments each (tensor t's segment s of row k at x[t * S + s] + k * ld[t * S + s], len[s]
