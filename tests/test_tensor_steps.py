@@ -681,10 +681,55 @@ def test_amadamw_update_is_the_eager_kernels_operations_bit_for_bit(dtype, lam, 
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lam", [0.1, 0.0])
+@pytest.mark.parametrize("decay", [True, False])
+def test_amadamw_whole_step_is_its_passes_with_the_eager_betas_between(dtype, lam, decay):
+    """``amadamw_tensors_step`` = ``amadamw_sums``, ``adamem._am_beta_stack`` (the eager
+    kernel's operations with float hyperparameters), then ``amadamw_update``: the same bits,
+    pi too, over 30 cases (betas of 0, clipped at the cap and between; lr 0: no gap term)."""
+    from shiftsim.optim.adamem import _am_beta_stack
+    for seed in range(30):
+        P, G, D, V, u = _whole_case(dtype, seed)
+        V = [v.abs() for v in V]
+        n = len(P)
+        c1, c2 = _am_coefs(n, dtype)
+        lr = 0.0 if seed % 10 == 9 else 0.01 + u[0].item()
+        prev, wd, b1, b2 = 0.01 + u[1].item(), 0.05 if decay else 0.0, 0.5 + 0.5 * u[2].item(), 0.99
+        pi = torch.rand(n, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64).to(dtype)
+        shrink = 1 - lr * wd if decay else None
+        ref = [[t.clone() for t in x] for x in (P, G, D, V)]
+        sums = _native.amadamw_sums(ref[0] if decay else None, *ref[1:], c1, c2, beta2=b2,
+                                    lam=lam)
+        betas = _am_beta_stack(sums, lr=lr, prev_lr=prev, wd=wd, beta1_max=b1, first=False,
+                               fixed_beta=None)
+        assert _native.amadamw_update(ref[0], ref[1], ref[2], ref[3], c1, c2,
+                                      (1 - betas).to(dtype), lam=lam, lr=lr, shrink=shrink)
+        mine = [[t.clone() for t in x] for x in (P, G, D, V)]
+        state = pi.clone()
+        got = _native.amadamw_tensors_step(*mine, c1, c2, state, decay=decay, lr=lr, prev=prev,
+                                           wd=wd, beta1=b1, beta2=b2, lam=lam, shrink=shrink)
+        assert got is not None and got.shape == (n,) and got.dtype == dtype
+        _same(got, betas)
+        _same(state, pi * betas)
+        for xs, ys in zip(mine, ref):
+            for a, b in zip(xs, ys):
+                _same(a, b)
+
+
 def test_amadamw_passes_leave_what_they_do_not_take():
     P, G, D, V = _adam_case(torch.float32)
     c1, c2 = _am_coefs(len(P), torch.float32)
     before = _clone([P, G, D, V])
+    am = dict(decay=True, lr=0.01, prev=0.01, wd=0.01, beta1=0.9, beta2=0.9, lam=0.1)
+    pi = torch.ones(len(P))
+    assert _native.amadamw_tensors_step(P, G, D, V, c1, c2, pi[:-1], **am) is None
+    assert _native.amadamw_tensors_step(P, G, D, V, c1, c2.double(), pi, **am) is None
+    assert _native.amadamw_tensors_step(P, G, D, V, c1, c2, pi, **{**am, "lr": torch.tensor(1.)}) \
+        is None
+    assert _native.amadamw_tensors_step(P, G, D, V[:-1], c1, c2, pi, **am) is None
+    assert torch.equal(pi, torch.ones(len(P)))
     assert _native.amadamw_sums(P, G, D, V, c1[:-1], c2, beta2=0.9, lam=0.1) is None
     assert _native.amadamw_sums(P, G, D, V, c1.double(), c2, beta2=0.9, lam=0.1) is None
     assert _native.amadamw_sums(P, G, D[:-1], V, c1, c2, beta2=0.9, lam=0.1) is None
@@ -721,7 +766,8 @@ def counted(monkeypatch):
         monkeypatch.setattr(_native, name, counter("sums", getattr(_native, name)))
     monkeypatch.setattr(_native, "momo_adam_tensors_step",
                         counter("adam", _native.momo_adam_tensors_step))
-    monkeypatch.setattr(_native, "amadamw_sums", counter("amw", _native.amadamw_sums))
+    monkeypatch.setattr(_native, "amadamw_tensors_step",
+                        counter("amw", _native.amadamw_tensors_step))
     monkeypatch.setattr(torch, "compile", no_compile)
     monkeypatch.delenv(_compiled.ENV, raising=False)
     return calls

@@ -46,9 +46,9 @@ in one call each (:func:`tam_step_native`, :func:`adatam_step_native`,
 :func:`amsgd_step_native`: the numbers in C, the torch operations of :func:`_tam_numbers`,
 :func:`_adatam_numbers` and :func:`_amsgd_numbers` bit for bit), MoMo-Adam's in two calls
 around torch's sum of its per-tensor gamma (:func:`momo_adam_step_native`: the rest of
-:func:`_momo_adam_numbers` in C, bit for bit), AM-AdamW's as two calls with its per-tensor
-betas computed in between as its eager kernel does (``adamem._amadamw_native``:
-``adamem._am_beta_stack``); Inductor's kernels elsewhere
+:func:`_momo_adam_numbers` in C, bit for bit) and AM-AdamW's in one call
+(``adamem._amadamw_native``: its per-tensor betas in C, the operations of
+``adamem._am_beta_stack`` bit for bit); Inductor's kernels elsewhere
 (a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
 each thread taking the same chunks in both passes (the second in reverse, so that it starts on
 what its first pass left in its core's caches). The elementwise work is the eager kernels'
@@ -651,8 +651,3 @@ def momo_adam_step_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor],
         ps, gs, ds, vs, h, f, loss_avg, fstar, gam, decay=decay, beta1=beta1, beta2=beta2,
         bc2=bc2, eps=eps, shrink=decay_factor(lr, wd) if decay and not divide else None,
         inverse=1 / (1 + lr * wd) if decay and divide else None)
-
-
-def _updated(done: bool) -> None:
-    if not done:  # pragma: no cover - the sums' pass took the same tensors
-        raise RuntimeError("the native update refused the tensors its sums took")

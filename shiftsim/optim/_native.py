@@ -74,8 +74,9 @@ AM-SGD), :func:`three_sums_tensors` and :func:`adatam_update_tensors` (AdaTAM(W)
 called as one whole step with its numbers between the passes (:func:`tam_tensors_step`,
 :func:`amsgd_tensors_step`, :func:`adatam_tensors_step`), :func:`momo_adam_moments` and
 :func:`momo_adam_update` (called by :func:`momo_adam_tensors_step` with the numbers between them
-in C but for torch's sum of gamma), :func:`amadamw_sums` and :func:`amadamw_update`; the parameter
-tensors cut into chunks of :data:`CHUNK` elements and split across torch's threads. [speed]
+in C but for torch's sum of gamma), :func:`amadamw_sums` and :func:`amadamw_update` (one call:
+:func:`amadamw_tensors_step`); the parameter tensors cut into chunks of :data:`CHUNK` elements
+and split across torch's threads. [speed]
 ``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
 kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-Adam 1.61x and
 1.68x fused AdamW against 2.70x and 2.60x, AM-AdamW 1.81x and 1.84x against 3.35x and 3.16x;
@@ -145,7 +146,7 @@ __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cach
            "momo_adam_moments", "momo_adam_update", "momo_tensors_step", "openmp", "row_sums",
            "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors",
            "tam_tensors_step", "amsgd_tensors_step", "adatam_tensors_step",
-           "momo_adam_tensors_step"]
+           "momo_adam_tensors_step", "amadamw_tensors_step"]
 
 #: the environment variable that turns the native row sums off (``0``) or on (``1``)
 ENV = "SHIFTSIM_NATIVE"
@@ -355,6 +356,10 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "adatam_tensors_step": (None, [_int, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
                                    _int, ctypes.c_double, _int, ctypes.c_double, _ptr,
                                    *[ctypes.c_double] * 5, _ptr, _ptr]),
+    "amadamw_tensors_step": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                                    _ptr, _ptr, _ptr, _ptr, ctypes.c_double, ctypes.c_double,
+                                    _int, _int, _ptr, _int, _ptr, _ptr, _ptr, _ptr, _int,
+                                    ctypes.c_double, ctypes.c_double]),
     "momo_adam_tensors_first": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr,
                                        _ptr, _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr,
                                        _ptr, _ptr, _ptr, _ptr]),
@@ -1770,6 +1775,41 @@ def amadamw_sums(P: Sequence[Tensor] | None, G: Sequence[Tensor], D: Sequence[Te
         chunks.count, chunks.tix, chunks.lo, chunks.hi, part.data_ptr(), totals.data_ptr(),
         c1.data_ptr(), c2.data_ptr(), float(beta2), float(lam), int(lam != 0), sums.data_ptr())
     return sums
+
+
+def amadamw_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
+                         V: Sequence[Tensor], c1: Tensor, c2: Tensor, pi: Tensor, *,
+                         decay: bool, lr: float, prev: float, wd: float, beta1: float,
+                         beta2: float, lam: float, shrink: float | None = None
+                         ) -> Tensor | None:
+    r"""AM-AdamW's compiled step on a CPU in one call: :func:`amadamw_sums` (with the
+    parameters' sums where ``decay``), each tensor's :math:`\beta` as
+    :func:`~shiftsim.optim.adamem._am_beta_parts` computes it with float hyperparameters
+    (``lr``, ``prev``: the previous lr, ``wd``, ``beta1``: its cap; in C, torch's bits), then
+    :func:`amadamw_update`, without returning to Python in between. ``pi`` (the per-tensor
+    products of past betas, ``(n,)``) is multiplied by the betas in place. Returns the betas
+    (``(n,)``, a new tensor), or None, changing nothing, where it does not apply."""
+    if not P:
+        return None
+    dtype, n = P[0].dtype, len(P)
+    hp = (prev, wd, 1 + wd * lr, lr, beta1)
+    if not _floats(*hp, beta2, lam, 1.0 if shrink is None else shrink) \
+            or not all(_vector(t, n, dtype) for t in (c1, c2, pi)):
+        return None
+    call = _tensor_call((P, G, D, V), dtype)
+    if call is None:
+        return None
+    lib, (ps, gs, ds, vs), chunks = call
+    part, totals = _scratch(chunks, 5, n)
+    numbers = torch.tensor(hp, dtype=dtype)
+    sums, out = torch.empty(5 * n, dtype=dtype), torch.empty(2, n, dtype=dtype)
+    _fn(lib, "amadamw_tensors_step", dtype)(
+        _threads(chunks), n, ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
+        part.data_ptr(), totals.data_ptr(), c1.data_ptr(), c2.data_ptr(), float(beta2),
+        float(lam), int(lam != 0), int(bool(decay)), numbers.data_ptr(), int(lr != 0),
+        sums.data_ptr(), out[0].data_ptr(), out[1].data_ptr(), pi.data_ptr(),
+        int(shrink is not None), 1.0 if shrink is None else float(shrink), -float(lr))
+    return out[0]
 
 
 def amadamw_update(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],

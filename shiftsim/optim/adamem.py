@@ -416,22 +416,17 @@ def _amadamw_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: li
                     pi: Tensor, *, lr: float, prev: float, wd: float, b1: float, b2: float,
                     eps: float, lam: float, t: int) -> tuple[Tensor, Tensor] | None:
     r"""AM-AdamW's compiled step on a CPU (one param group, step ``t`` > 1 and previous lr
-    ``prev`` for every tensor) by the native passes (``_native.amadamw_sums``, then
-    ``_native.amadamw_update``), each tensor's :math:`\beta` between them by the eager
-    kernel's :func:`_am_beta_stack`: ``(betas, pi * betas)``, or None, changing nothing, where
-    the native passes do not apply."""
+    ``prev`` for every tensor) in one native call (``_native.amadamw_tensors_step``: its two
+    passes, each tensor's :math:`\beta` between them with the numbers of the eager kernel's
+    :func:`_am_beta_stack`): ``(betas, pi)`` with ``pi`` multiplied by the betas in place, or
+    None, changing nothing, where the native passes do not apply."""
     dtype = ps[0].dtype
     c1, c2 = _am_shared_scales(pi, b1, b2, t, eps, dtype)
     decay = not is_zero(wd)
-    sums = _native.amadamw_sums(ps if decay else None, gs, ds, vs, c1, c2, beta2=b2, lam=lam)
-    if sums is None:
-        return None
-    betas = _am_beta_stack(sums, lr=lr, prev_lr=prev, wd=wd, beta1_max=b1, first=False,
-                           fixed_beta=None)
-    _compiled._updated(_native.amadamw_update(
-        ps, gs, ds, vs, c1, c2, (1 - betas).to(dtype), lam=lam, lr=lr,
-        shrink=decay_factor(lr, wd) if decay else None))
-    return betas, pi * betas.to(pi.dtype)
+    betas = _native.amadamw_tensors_step(ps, gs, ds, vs, c1, c2, pi, decay=decay, lr=lr,
+                                         prev=prev, wd=wd, beta1=b1, beta2=b2, lam=lam,
+                                         shrink=decay_factor(lr, wd) if decay else None)
+    return None if betas is None else (betas, pi)
 
 
 def _am_shared_scales(pi: Tensor, b1: Scalar, b2: Scalar, t: int, eps: Scalar,

@@ -624,6 +624,49 @@ ADATAM_TENSOR_NUMBERS(shiftsim_adatam_tensor_numbers_f64, double, sqrt, fma, fab
 AMSGD_TENSOR_NUMBERS(shiftsim_amsgd_tensor_numbers_f32, float)
 AMSGD_TENSOR_NUMBERS(shiftsim_amsgd_tensor_numbers_f64, double)
 
+/* AM-AdamW's betas between the passes of its compiled step over one learner's tensors
+ * (shiftsim.optim.adamem._am_beta_parts with float hyperparameters, as _amadamw_native calls
+ * it), tensor i from its R sums (sums[i * R ..]: q1, q2, den, and where R = 5 x1, x2):
+ * num = den - (q2 - q1); R = 5: num <- num - (x2 - x1) wd, q1 <- q1 + x1 wd; gap_on (lr != 0):
+ * num <- num + (q1 prev [times c = 1 + wd lr where R = 5]) / lr; beta = min(max(den > 0 ?
+ * num / den : 0, 0), beta_max). hp = (prev, wd, c, lr, beta_max), each the Python float rounded
+ * to T (as torch rounds a float multiplied into a tensor). Writes beta, keep = 1 - beta and
+ * pi <- pi beta. */
+#define AM_TENSOR_BETAS(NAME, T)                                                             \
+    void NAME(int64_t n, const T *sums, int R, const T *hp, int gap_on, T *beta_out,        \
+              T *keep, T *pi)                                                               \
+    {                                                                                       \
+        const T prev = hp[0], wd = hp[1], c = hp[2], lr = hp[3], bmax = hp[4];              \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            const T *q = sums + i * R;                                                      \
+            T q1 = q[0];                                                                    \
+            const T diff = q[1] - q1;                                                       \
+            T num = q[2] - diff;                                                            \
+            if (R == 5) {                                                                   \
+                const T dx = q[4] - q[3];                                                   \
+                const T wdx = dx * wd;                                                      \
+                num = num - wdx;                                                            \
+                const T wx1 = q[3] * wd;                                                    \
+                q1 = q1 + wx1;                                                              \
+            }                                                                               \
+            if (gap_on) {                                                                   \
+                const T gap = q1 * prev;                                                    \
+                const T cc = R == 5 ? gap * c : gap;                                        \
+                const T add = cc / lr;                                                      \
+                num = num + add;                                                            \
+            }                                                                               \
+            const T den = q[2];                                                             \
+            const T r = num / den;                                                          \
+            const T beta = CLAMP_MAX(CLAMP_MIN(den > 0 ? r : (T)0, (T)0), bmax);            \
+            beta_out[i] = beta;                                                             \
+            keep[i] = (T)1 - beta;                                                          \
+            pi[i] = pi[i] * beta;                                                           \
+        }                                                                                   \
+    }
+
+AM_TENSOR_BETAS(shiftsim_am_tensor_betas_f32, float)
+AM_TENSOR_BETAS(shiftsim_am_tensor_betas_f64, double)
+
 /* Grams's step of the members' rows (shiftsim.optim.grams._grams_blocks with tensor
  * hyperparameters), rows k0 .. k1 - 1, in one pass: m <- lerp(m, g, w1), v <- v b2 + g (g w2)
  * (as ADATAM_STEP), u = m / (sqrt(v) + eps), p <- p shrink (decoupled decay, when shrink is not

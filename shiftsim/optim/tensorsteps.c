@@ -2,9 +2,8 @@
  * threads: the kernels that the compiled steps (compile=True or "auto") of MoMo, TAM, AdaTAM(W),
  * AM-SGD, MoMo-Adam and AM-AdamW take on a CPU instead of Inductor-generated ones (MoMo's whole
  * step here; two passes for the others: TAM's, AdaTAM(W)'s and AM-SGD's as one call with their
- * numbers in between from rowmath.c, MoMo-Adam's as two calls around torch's sum of its
- * per-tensor gamma, AM-AdamW's with its betas in between computed in Python by
- * shiftsim.optim.adamem); MoMo-Adam's and AM-AdamW's passes over a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
+ * numbers in between from rowmath.c, and so AM-AdamW's, MoMo-Adam's as two calls around
+ * torch's sum of its per-tensor gamma); MoMo-Adam's and AM-AdamW's passes over a fleet's rows (MOMO_ADAM_ROWS, AMADAMW_ROWS: member by member; their numbers in between in
  * rowmath.c); and the switch that flushes subnormals on torch's threads. Built with rowsums.c and rowmath.c by shiftsim.optim._native.
  *
  * The tensors are cut into chunks (chunk c: elements lo[c] .. hi[c] - 1 of tensor tix[c]; the
@@ -852,6 +851,34 @@ AM_UPDATE_RUN(am_update_value_f64, double, fma, fabs, sqrt, AM_STEP_TENSOR)
 
 AMADAMW_UPDATE(shiftsim_amadamw_update_f32, float, am_update_f32)
 AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, am_update_f64)
+
+/* AM-AdamW's whole compiled step in one call (as TAM_TENSORS_STEP): AMADAMW_SUMS (with the
+ * parameters' sums where decay), each tensor's beta (rowmath.c: the torch operations of
+ * shiftsim.optim.adamem._am_beta_parts bit for bit; hp and gap_on as there; beta, keep and
+ * pi (n,) written), then AMADAMW_UPDATE with keep. sums: 5 n numbers of scratch. */
+void shiftsim_am_tensor_betas_f32(int64_t n, const float *sums, int R, const float *hp,
+                                  int gap_on, float *beta_out, float *keep, float *pi);
+void shiftsim_am_tensor_betas_f64(int64_t n, const double *sums, int R, const double *hp,
+                                  int gap_on, double *beta_out, double *keep, double *pi);
+
+#define AMADAMW_TENSORS_STEP(NAME, T, SUMS, BETAS, UPDATE)                                  \
+    void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
+              const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
+              double *part_t, const T *c1, const T *c2, double b2, double lam, int use_lam, \
+              int decay, const T *hp, int gap_on, T *sums, T *beta, T *keep, T *pi,         \
+              int shrink_on, double shrink, double nlr)                                     \
+    {                                                                                       \
+        SUMS(nt, n, decay ? p : NULL, g, d, v, nchunks, tix, lo, hi, part, part_t, c1, c2,  \
+             b2, lam, use_lam, sums);                                                       \
+        BETAS(n, sums, decay ? 5 : 3, hp, gap_on, beta, keep, pi);                          \
+        UPDATE(nt, p, g, d, v, nchunks, tix, lo, hi, c1, c2, lam, use_lam, keep, shrink_on, \
+               shrink, nlr);                                                                \
+    }
+
+AMADAMW_TENSORS_STEP(shiftsim_amadamw_tensors_step_f32, float, shiftsim_amadamw_sums_f32,
+                     shiftsim_am_tensor_betas_f32, shiftsim_amadamw_update_f32)
+AMADAMW_TENSORS_STEP(shiftsim_amadamw_tensors_step_f64, double, shiftsim_amadamw_sums_f64,
+                     shiftsim_am_tensor_betas_f64, shiftsim_amadamw_update_f64)
 
 /* AM-AdamW over a fleet's rows (shiftsim.optim.adamem._amadamw_rows): rows k0 .. k1 - 1 of S
  * segments (one per parameter tensor; tensor t's segment s of row k at x[t * S + s] +
