@@ -791,9 +791,8 @@ def test_auto_takes_the_native_steps_that_are_faster_from_the_first_step(counted
     """``compile="auto"`` (the default) on a CPU, a model far below COMPILE_MIN_NUMEL and a run
     far shorter than COMPILE_AFTER_STEPS: MoMo's, MoMo-Adam's and AM-AdamW's native steps
     from their first covered step (counted: nothing to compile, and faster than their eager
-    steps at every size measured); TAM's and AM-SGD's, slower than their eager steps below
-    about 85,000 parameters, keep the compile policy (eager here), and so does AdaTAM's (faster
-    than its eager step, but kept eager so that a default run keeps its numbers). With
+    steps at every size measured); TAM's, AM-SGD's and AdaTAM's, faster too, keep the compile
+    policy (eager here) so that a default run keeps its numbers. With
     ``compile=False`` or the native code off, eager (no compile either: the model is small)."""
     run(MAKERS[name], 8, compile="auto")
     assert counted[kernel] == steps

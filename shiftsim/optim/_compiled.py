@@ -20,9 +20,14 @@ same shapes load it in a few seconds), and saves milliseconds per step only on l
   short run (a 200-step test, a tuning trial) never pays for it. MoMo's, MoMo-Adam's and
   AM-AdamW's native steps on a CPU (below) compile nothing and are faster than their eager
   steps at every size measured, so ``"auto"`` takes them from the first step
-  (:meth:`Compiled.native_first`); TAM's and AM-SGD's native steps, slower than their eager
-  ones below about 85,000 parameters (one thread, a 2-core AMD EPYC: 106 -> 127 us a step for
-  100 elements, 199 -> 182 for 85,002), follow the rule. The environment variable
+  (:meth:`Compiled.native_first`); TAM's, AM-SGD's and AdaTAM(W)'s native steps follow the
+  rule, so that a default run keeps its eager kernels' numbers (the native sums round
+  differently). They were slower than the eager steps below about 85,000 parameters while their
+  numbers between the passes ran in Python (one thread, a 2-core AMD EPYC: TAM 106 -> 127 us a
+  step for 100 elements); as one C call each they are faster at every size measured (TAM
+  107 -> 39 us for 100 elements, 197 -> 78 for 85,002; AM-SGD 128 -> 55, 222 -> 95; AdaTAM
+  141 -> 39, 417 -> 99), so taking them from the first step too is a question of numbers, not of
+  speed. The environment variable
   ``SHIFTSIM_COMPILE`` (``0``/``1``/``auto``) replaces ``"auto"`` for every optimizer of the
   process (an explicit ``True``/``False`` argument wins).
 
