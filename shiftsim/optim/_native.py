@@ -358,8 +358,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                                    *[ctypes.c_double] * 5, _ptr, _ptr]),
     "amadamw_tensors_step": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
                                     _ptr, _ptr, _ptr, _ptr, ctypes.c_double, ctypes.c_double,
-                                    _int, _int, _ptr, _int, _ptr, _ptr, _ptr, _ptr, _int,
-                                    ctypes.c_double, ctypes.c_double]),
+                                    _int, _int, *[ctypes.c_double] * 5, _int, _ptr, _ptr,
+                                    _ptr, _ptr, _int, ctypes.c_double, ctypes.c_double]),
     "momo_adam_tensors_first": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr,
                                        _ptr, _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr,
                                        _ptr, _ptr, _ptr, _ptr]),
@@ -1801,12 +1801,11 @@ def amadamw_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[T
         return None
     lib, (ps, gs, ds, vs), chunks = call
     part, totals = _scratch(chunks, 5, n)
-    numbers = torch.tensor(hp, dtype=dtype)
     sums, out = torch.empty(5 * n, dtype=dtype), torch.empty(2, n, dtype=dtype)
     _fn(lib, "amadamw_tensors_step", dtype)(
         _threads(chunks), n, ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
         part.data_ptr(), totals.data_ptr(), c1.data_ptr(), c2.data_ptr(), float(beta2),
-        float(lam), int(lam != 0), int(bool(decay)), numbers.data_ptr(), int(lr != 0),
+        float(lam), int(lam != 0), int(bool(decay)), *map(float, hp), int(lr != 0),
         sums.data_ptr(), out[0].data_ptr(), out[1].data_ptr(), pi.data_ptr(),
         int(shrink is not None), 1.0 if shrink is None else float(shrink), -float(lr))
     return out[0]

@@ -854,8 +854,9 @@ AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, am_update_f64)
 
 /* AM-AdamW's whole compiled step in one call (as TAM_TENSORS_STEP): AMADAMW_SUMS (with the
  * parameters' sums where decay), each tensor's beta (rowmath.c: the torch operations of
- * shiftsim.optim.adamem._am_beta_parts bit for bit; hp and gap_on as there; beta, keep and
- * pi (n,) written), then AMADAMW_UPDATE with keep. sums: 5 n numbers of scratch. */
+ * shiftsim.optim.adamem._am_beta_parts bit for bit; its hp = (prev, wd, 1 + wd lr, lr,
+ * beta_max) each rounded to T here, as torch rounds a Python float; gap_on as there; beta, keep
+ * and pi (n,) written), then AMADAMW_UPDATE with keep. sums: 5 n numbers of scratch. */
 void shiftsim_am_tensor_betas_f32(int64_t n, const float *sums, int R, const float *hp,
                                   int gap_on, float *beta_out, float *keep, float *pi);
 void shiftsim_am_tensor_betas_f64(int64_t n, const double *sums, int R, const double *hp,
@@ -865,9 +866,11 @@ void shiftsim_am_tensor_betas_f64(int64_t n, const double *sums, int R, const do
     void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
               const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
               double *part_t, const T *c1, const T *c2, double b2, double lam, int use_lam, \
-              int decay, const T *hp, int gap_on, T *sums, T *beta, T *keep, T *pi,         \
-              int shrink_on, double shrink, double nlr)                                     \
+              int decay, double prev, double wd, double c, double lr, double bmax,          \
+              int gap_on, T *sums, T *beta, T *keep, T *pi, int shrink_on, double shrink,   \
+              double nlr)                                                                   \
     {                                                                                       \
+        const T hp[5] = {(T)prev, (T)wd, (T)c, (T)lr, (T)bmax};                             \
         SUMS(nt, n, decay ? p : NULL, g, d, v, nchunks, tix, lo, hi, part, part_t, c1, c2,  \
              b2, lam, use_lam, sums);                                                       \
         BETAS(n, sums, decay ? 5 : 3, hp, gap_on, beta, keep, pi);                          \
