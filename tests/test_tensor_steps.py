@@ -323,6 +323,13 @@ def _same(got, want):
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
+def _all_same(got_lists, want_lists):
+    """:func:`_same` for every tensor of lists of tensors."""
+    for xs, ys in zip(got_lists, want_lists, strict=True):
+        for a, b in zip(xs, ys, strict=True):
+            _same(a, b)
+
+
 def _whole_case(dtype, seed):
     """Small tensors whose sums give numbers all over their range: random gradients, moments
     that point with them, against them or anywhere (seed by seed), one exact zero momentum."""
@@ -369,9 +376,7 @@ def test_tam_whole_step_is_its_passes_with_torchs_numbers_between(dtype, decay):
         assert got is not None and got.shape == () and got.dtype == dtype
         for a, b in zip([got, *states], [d, shat2, sig, sqnorm]):
             _same(a, b)
-        for xs, ys in zip(mine, ref):
-            for a, b in zip(xs, ys):
-                _same(a, b)
+        _all_same(mine, ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -401,9 +406,7 @@ def test_adatam_whole_step_is_its_passes_with_torchs_numbers_between(dtype, deca
         assert got is not None and got.shape == () and got.dtype == dtype
         _same(got, d)
         _same(state, shat2)
-        for xs, ys in zip(mine, ref):
-            for a, b in zip(xs, ys):
-                _same(a, b)
+        _all_same(mine, ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -433,9 +436,7 @@ def test_amsgd_whole_step_is_its_passes_with_torchs_numbers_between(dtype, coupl
         assert got is not None and got.shape == () and got.dtype == dtype
         _same(got, beta)
         _same(state, sqnorm)
-        for xs, ys in zip(mine, ref):
-            for a, b in zip(xs, ys):
-                _same(a, b)
+        _all_same(mine, ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -472,9 +473,7 @@ def test_momo_adam_step_is_its_passes_with_torchs_numbers_between(dtype, decay):
         assert got is not None and got.shape == () and got.dtype == dtype
         for a, b in zip([got, *states], [tau, la2, gam2]):
             _same(a, b)
-        for xs, ys in zip(mine, ref):
-            for a, b in zip(xs, ys):
-                _same(a, b)
+        _all_same(mine, ref)
 
 
 def test_the_whole_steps_leave_what_they_do_not_take():
@@ -713,9 +712,7 @@ def test_amadamw_whole_step_is_its_passes_with_the_eager_betas_between(dtype, la
         assert got is not None and got.shape == (n,) and got.dtype == dtype
         _same(got, betas)
         _same(state, pi * betas)
-        for xs, ys in zip(mine, ref):
-            for a, b in zip(xs, ys):
-                _same(a, b)
+        _all_same(mine, ref)
 
 
 def test_amadamw_passes_leave_what_they_do_not_take():
