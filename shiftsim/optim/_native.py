@@ -82,8 +82,8 @@ kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-
 1.68x fused AdamW against 2.70x and 2.60x, AM-AdamW 1.81x and 1.84x against 3.35x and 3.16x;
 TAM and AM-SGD at Inductor's speed within resolution (all numbers in ``_compiled``), without
 its compile. The whole steps of TAM, AM-SGD and AdaTAM(W) spare the Python between the two
-passes, whose small torch operations ran 3-5x slower right after a pass over megabytes than
-when repeated (0.18-0.22 ms a step there; docs/performance.md has the measurements).
+passes: 0.18-0.22 ms a step there, small torch operations being 3-5x slower right after a pass
+over megabytes than when repeated (docs/performance.md has the measurements).
 
 **Threads.** The library is built with OpenMP (``-fopenmp``) only where that is torch's own
 runtime (GCC's libgomp, which torch's Linux wheels load: the library then links to the copy
