@@ -418,3 +418,50 @@ def test_really_compiled_step_over_several_chunks_matches_eager(name):
         comp, opt = trajectory(True)
     assert opt._compiled.compiled is not None
     assert_traj_close(comp, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["momo_adam", "grams"])
+def test_a_deep_copy_steps_as_the_original(no_compile, name):
+    """A deep copy taken mid-run and the original take the same steps after it (the copy
+    carries no kept step scalars: torch's ``Optimizer.__getstate__`` leaves them out)."""
+    import copy
+
+    g = torch.Generator().manual_seed(3)
+    ps = [torch.nn.Parameter(torch.randn(5, 4, generator=g)),
+          torch.nn.Parameter(torch.randn(4, generator=g))]
+    cls = MoMoAdam if name == "momo_adam" else Grams
+    opt = cls(ps, lr=0.01, compile=True)
+    grads = [[torch.randn(p.shape, generator=g) for p in ps] for _ in range(6)]
+
+    def step(o, k):
+        for p, gr in zip(o.param_groups[0]["params"], grads[k]):
+            p.grad = gr.clone()
+        o.step(loss=torch.tensor(1.0 + k)) if name == "momo_adam" else o.step()
+
+    for k in range(3):
+        step(opt, k)
+    twin = copy.deepcopy(opt)
+    for k in range(3, 6):
+        step(opt, k)
+        step(twin, k)
+    for a, b in zip(opt.param_groups[0]["params"], twin.param_groups[0]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_kept_scalars_are_rewritten_in_place_and_copies_start_empty():
+    """On a CPU ``Scalars`` rewrites its tensor in place when the values change (the same
+    numbers as a new tensor); a copy or a pickle starts empty instead of writing into the
+    original's tensor."""
+    import copy
+    import pickle
+
+    s = _compiled.Scalars()
+    t = s((0.5, 2.0, 1 / 3), torch.zeros(1))
+    assert s((0.25, 2.0, 0.1), torch.zeros(1)) is t
+    torch.testing.assert_close(t, torch.tensor([0.25, 2.0, 0.1]), rtol=0, atol=0)
+    t64 = s((0.1, 0.2, 0.3), torch.zeros(1, dtype=torch.float64))
+    assert t64.dtype == torch.float64 and t64.tolist() == [0.1, 0.2, 0.3]
+    for twin in (copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+        assert twin.t is None and twin.values is None
+        assert twin((0.7, 0.8, 0.9), torch.zeros(1)) is not t64
+    assert t64.tolist() == [0.1, 0.2, 0.3]
