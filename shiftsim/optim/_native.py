@@ -76,7 +76,8 @@ called as one whole step with its numbers between the passes (:func:`tam_tensors
 :func:`momo_adam_update` (called by :func:`momo_adam_tensors_step` with the numbers between them
 in C but for torch's sum of gamma), :func:`amadamw_sums` and :func:`amadamw_update` (one call:
 :func:`amadamw_tensors_step`); the parameter tensors cut into chunks of :data:`CHUNK` elements
-and split across torch's threads. [speed]
+and split across torch's threads. The steps call the whole-step functions; the passes' own
+Python functions are what the tests compose them from and check them against. [speed]
 ``benchmarks/optimizer_step.py`` (5M parameters, 2 threads, alternating with Inductor's
 kernels): MoMo 1.22x and 1.21x fused SGD-momentum against 1.93x and 1.99x, MoMo-Adam 1.61x and
 1.68x fused AdamW against 2.70x and 2.60x, AM-AdamW 1.81x and 1.84x against 3.35x and 3.16x;
@@ -1416,6 +1417,16 @@ def _floats(*values: object) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+def _optional(value: object, absent: float) -> tuple[int, float]:
+    """An optional float (checked by :func:`_floats`) as the C side takes it: ``(1, value)``,
+    or ``(0, absent)`` for None.
+
+    >>> _optional(None, 1.0), _optional(0.5, 1.0)
+    ((0, 1.0), (1, 0.5))
+    """
+    return (0, absent) if value is None else (1, float(value))  # type: ignore[arg-type]
+
+
 def _tensor_call(lists: Sequence[Sequence[Tensor]], dtype: torch.dtype
                  ) -> tuple[ctypes.CDLL, list[ctypes.Array], _Chunks] | None:
     """What a tensor step needs for ``lists`` in ``dtype``: the library, each list's C array of
@@ -1510,9 +1521,7 @@ def lerp_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Te
     dtype = P[0].dtype
     fn = _fn(lib, "lerp_update_tensors", dtype)
     fn(_threads(chunks), ps, gs, ms, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-       float(weight), float(step), int(coupled_wd is not None),
-       0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
-       1.0 if shrink is None else float(shrink))
+       float(weight), float(step), *_optional(coupled_wd, 0.0), *_optional(shrink, 1.0))
     return True
 
 
@@ -1543,8 +1552,9 @@ def tam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tenso
                      ) -> Tensor | None:
     r"""TAM's compiled step on a CPU in one call: :func:`three_sums_tensors`, the numbers of
     :func:`~shiftsim.optim._compiled.tam_step` between its passes (``rowmath.c``: torch's
-    operations there, bit for bit), then :func:`lerp_update_tensors`, without returning to
-    Python in between. ``h``: :func:`~shiftsim.optim._compiled.tam_step`'s ``(lr, momentum,
+    operations there, bit for bit where torch's lerp makes the same fused multiply-add, as on
+    this project's x86-64 build: tested), then :func:`lerp_update_tensors`, without returning
+    to Python in between. ``h``: :func:`~shiftsim.optim._compiled.tam_step`'s ``(lr, momentum,
     1 - gamma, eps, ...)`` as a tensor of the tensors' dtype; ``shat``, ``scale``
     (:math:`\sigma`) and ``sq`` (:math:`\lVert\tilde m\rVert^2`): one-element state tensors,
     updated in place; ``positive``: ``eps > 0``. Returns the damping (a new 0-d tensor), or
@@ -1565,10 +1575,8 @@ def tam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Tenso
     lib, (ps, gs, ms), chunks, part, out = call
     _fn(lib, "tam_tensors_step", P[0].dtype)(
         _threads(chunks), ps, gs, ms, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-        part.data_ptr(), int(coupled_wd is not None),
-        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
-        1.0 if shrink is None else float(shrink), h.data_ptr(), int(bool(positive)),
-        shat.data_ptr(), scale.data_ptr(), sq.data_ptr(), out.data_ptr())
+        part.data_ptr(), *_optional(coupled_wd, 0.0), *_optional(shrink, 1.0), h.data_ptr(),
+        int(bool(positive)), shat.data_ptr(), scale.data_ptr(), sq.data_ptr(), out.data_ptr())
     return out[3]
 
 
@@ -1588,8 +1596,7 @@ def amsgd_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Ten
     lib, (ps, gs, ds), chunks, part, out = call
     _fn(lib, "amsgd_tensors_step", P[0].dtype)(
         _threads(chunks), ps, gs, ds, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-        part.data_ptr(), int(coupled_wd is not None),
-        0.0 if coupled_wd is None else float(coupled_wd), float(step), h.data_ptr(),
+        part.data_ptr(), *_optional(coupled_wd, 0.0), float(step), h.data_ptr(),
         sq.data_ptr(), out.data_ptr())
     return out[3]
 
@@ -1611,10 +1618,9 @@ def adatam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[Te
     lib, (ps, gs, ms, vs), chunks, part, out = call
     _fn(lib, "adatam_tensors_step", P[0].dtype)(
         _threads(chunks), ps, gs, ms, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-        part.data_ptr(), int(coupled_wd is not None),
-        0.0 if coupled_wd is None else float(coupled_wd), int(shrink is not None),
-        1.0 if shrink is None else float(shrink), h.data_ptr(), float(beta1), float(beta2),
-        1.0 - float(beta2), float(eps), float(size), shat.data_ptr(), out.data_ptr())
+        part.data_ptr(), *_optional(coupled_wd, 0.0), *_optional(shrink, 1.0), h.data_ptr(),
+        float(beta1), float(beta2), 1.0 - float(beta2), float(eps), float(size),
+        shat.data_ptr(), out.data_ptr())
     return out[3]
 
 
@@ -1650,8 +1656,7 @@ def adatam_update_tensors(P: Sequence[Tensor], G: Sequence[Tensor], M: Sequence[
     fn = _fn(lib, "adatam_update_tensors", P[0].dtype)
     fn(_threads(chunks), ps, gs, ms, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
        float(c), float(beta1), float(beta2), 1.0 - float(beta2), float(eps), float(size),
-       int(coupled_wd is not None), 0.0 if coupled_wd is None else float(coupled_wd),
-       int(shrink is not None), 1.0 if shrink is None else float(shrink))
+       *_optional(coupled_wd, 0.0), *_optional(shrink, 1.0))
     return True
 
 
@@ -1702,9 +1707,7 @@ def momo_adam_update(P: Sequence[Tensor], D: Sequence[Tensor], V: Sequence[Tenso
     lib, (ps, ds, vs), chunks = call
     fn = _fn(lib, "momo_adam_update", dtype)
     fn(_threads(chunks), ps, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-       float(bc2), float(eps), -float(tau), int(shrink is not None),
-       1.0 if shrink is None else float(shrink), int(inverse is not None),
-       1.0 if inverse is None else float(inverse))
+       float(bc2), float(eps), -float(tau), *_optional(shrink, 1.0), *_optional(inverse, 1.0))
     return True
 
 
@@ -1739,8 +1742,7 @@ def momo_adam_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence
     gamma = gam.sum()  # torch's order, as _momo_adam_numbers
     _fn(lib, "momo_adam_tensors_second", dtype)(
         _threads(chunks), ps, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-        float(bc2), float(eps), int(shrink is not None), 1.0 if shrink is None else float(shrink),
-        int(inverse is not None), 1.0 if inverse is None else float(inverse), h.data_ptr(),
+        float(bc2), float(eps), *_optional(shrink, 1.0), *_optional(inverse, 1.0), h.data_ptr(),
         int(bool(decay)), loss_avg.data_ptr(), fstar.data_ptr(), sums.data_ptr(),
         gamma.data_ptr(), tau.data_ptr())
     return tau[0]
@@ -1807,7 +1809,7 @@ def amadamw_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[T
         part.data_ptr(), totals.data_ptr(), c1.data_ptr(), c2.data_ptr(), float(beta2),
         float(lam), int(lam != 0), int(bool(decay)), *map(float, hp), int(lr != 0),
         sums.data_ptr(), out[0].data_ptr(), out[1].data_ptr(), pi.data_ptr(),
-        int(shrink is not None), 1.0 if shrink is None else float(shrink), -float(lr))
+        *_optional(shrink, 1.0), -float(lr))
     return out[0]
 
 
@@ -1833,5 +1835,5 @@ def amadamw_update(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor]
     fn = _fn(lib, "amadamw_update", dtype)
     fn(_threads(chunks), ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
        c1.data_ptr(), c2.data_ptr(), float(lam), int(lam != 0), keep.data_ptr(),
-       int(shrink is not None), 1.0 if shrink is None else float(shrink), -float(lr))
+       *_optional(shrink, 1.0), -float(lr))
     return True

@@ -451,7 +451,8 @@ void shiftsim_amsgd_tensor_numbers_f64(const double *s, const double *h, double 
  * the first pass (SUMS_TENSORS: the sums into out[0..2]), the numbers (rowmath.c, into the
  * state and out[3..]), the second pass (LERP_UPDATE or ADATAM_UPDATE with those numbers). The
  * same functions on the same numbers as the passes called one by one with the numbers computed
- * by torch in between, so the same bits (tested), without Python between the passes: run right
+ * by torch in between, so the same bits (tested; TAM's and AdaTAM's lerp of the cosine as
+ * rowmath.c's header says), without Python between the passes: run right
  * after a pass over megabytes, its 20-odd small torch operations took 0.18-0.22 ms a step there
  * (5M parameters, 2-core AMD EPYC; MoMo-Adam's numbers alone 41 us when repeated, 142 us right
  * after its first pass). coupled: g + wd p for g in both passes (coupled weight decay);
