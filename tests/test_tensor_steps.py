@@ -684,48 +684,69 @@ def test_amadamw_update_is_the_eager_kernels_operations_bit_for_bit(dtype, lam, 
 @pytest.mark.parametrize("lam", [0.1, 0.0])
 @pytest.mark.parametrize("decay", [True, False])
 def test_amadamw_whole_step_is_its_passes_with_the_eager_betas_between(dtype, lam, decay):
-    """``amadamw_tensors_step`` = ``amadamw_sums``, ``adamem._am_beta_stack`` (the eager
-    kernel's operations with float hyperparameters), then ``amadamw_update``: the same bits,
-    pi too, over 30 cases (betas of 0, clipped at the cap and between; lr 0: no gap term)."""
-    from shiftsim.optim.adamem import _am_beta_stack
+    """``amadamw_tensors_step`` = ``adamem._am_shared_scales`` (the coefficients from pi),
+    ``amadamw_sums``, ``adamem._am_beta_stack`` (the eager kernel's operations with float
+    hyperparameters), then ``amadamw_update``: the same bits, pi too, over 30 cases (betas of
+    0, clipped at the cap and between; lr 0: no gap term; pi from 0 to 1, steps 2 to 31)."""
+    from shiftsim.optim.adamem import _am_beta_stack, _am_shared_scales, _inv_sqrt_bc
     for seed in range(30):
         P, G, D, V, u = _whole_case(dtype, seed)
         V = [v.abs() for v in V]
         n = len(P)
-        c1, c2 = _am_coefs(n, dtype)
         lr = 0.0 if seed % 10 == 9 else 0.01 + u[0].item()
         prev, wd, b1, b2 = 0.01 + u[1].item(), 0.05 if decay else 0.0, 0.5 + 0.5 * u[2].item(), 0.99
+        eps, t = (1e-8, 1e-3)[seed % 2], 2 + seed
         pi = torch.rand(n, generator=torch.Generator().manual_seed(seed),
                         dtype=torch.float64).to(dtype)
+        c1, c2 = _am_shared_scales(pi, b1, b2, t, eps, dtype)
         shrink = 1 - lr * wd if decay else None
-        ref = [[t.clone() for t in x] for x in (P, G, D, V)]
+        ref = [[x.clone() for x in y] for y in (P, G, D, V)]
         sums = _native.amadamw_sums(ref[0] if decay else None, *ref[1:], c1, c2, beta2=b2,
                                     lam=lam)
         betas = _am_beta_stack(sums, lr=lr, prev_lr=prev, wd=wd, beta1_max=b1, first=False,
                                fixed_beta=None)
         assert _native.amadamw_update(ref[0], ref[1], ref[2], ref[3], c1, c2,
                                       (1 - betas).to(dtype), lam=lam, lr=lr, shrink=shrink)
-        mine = [[t.clone() for t in x] for x in (P, G, D, V)]
+        mine = [[x.clone() for x in y] for y in (P, G, D, V)]
         state = pi.clone()
-        got = _native.amadamw_tensors_step(*mine, c1, c2, state, decay=decay, lr=lr, prev=prev,
-                                           wd=wd, beta1=b1, beta2=b2, lam=lam, shrink=shrink)
+        got = _native.amadamw_tensors_step(*mine, state, decay=decay, lr=lr, prev=prev, wd=wd,
+                                           beta1=b1, beta2=b2, lam=lam, eps=eps,
+                                           scale=_inv_sqrt_bc(b2, t), shrink=shrink)
         assert got is not None and got.shape == (n,) and got.dtype == dtype
         _same(got, betas)
         _same(state, pi * betas)
         _all_same(mine, ref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_amadamw_scales_are_torchs(dtype):
+    """The whole step's coefficients in C (``am_tensor_scales``): torch's bits for
+    ``_am_shared_scales`` (1 - b1 pi, times s and times eps, each float rounded to the dtype)
+    over 203 products of past betas (0, 1 and between) and three sets of hyperparameters."""
+    from shiftsim.optim.adamem import _am_shared_scales, _inv_sqrt_bc
+    pi = torch.cat([torch.rand(200, generator=torch.Generator().manual_seed(1),
+                               dtype=torch.float64), torch.tensor([0.0, 1.0, 0.5])]).to(dtype)
+    for b1, b2, t, eps in [(0.9, 0.999, 7, 1e-8), (0.95, 0.99, 2, 1e-3), (0.3, 0.5, 40, 0.1)]:
+        got = _native.am_tensor_scales(pi, b1, _inv_sqrt_bc(b2, t), eps)
+        if got is None:
+            pytest.skip("native code unavailable")
+        want = _am_shared_scales(pi, b1, b2, t, eps, dtype)
+        _same(got[0], want[0])
+        _same(got[1], want[1])
+
+
 def test_amadamw_passes_leave_what_they_do_not_take():
     P, G, D, V = _adam_case(torch.float32)
     c1, c2 = _am_coefs(len(P), torch.float32)
     before = _clone([P, G, D, V])
-    am = dict(decay=True, lr=0.01, prev=0.01, wd=0.01, beta1=0.9, beta2=0.9, lam=0.1)
+    am = dict(decay=True, lr=0.01, prev=0.01, wd=0.01, beta1=0.9, beta2=0.9, lam=0.1, eps=1e-8,
+              scale=1.2)
     pi = torch.ones(len(P))
-    assert _native.amadamw_tensors_step(P, G, D, V, c1, c2, pi[:-1], **am) is None
-    assert _native.amadamw_tensors_step(P, G, D, V, c1, c2.double(), pi, **am) is None
-    assert _native.amadamw_tensors_step(P, G, D, V, c1, c2, pi, **{**am, "lr": torch.tensor(1.)}) \
-        is None
-    assert _native.amadamw_tensors_step(P, G, D, V[:-1], c1, c2, pi, **am) is None
+    assert _native.amadamw_tensors_step(P, G, D, V, pi[:-1], **am) is None
+    assert _native.amadamw_tensors_step(P, G, D, V, pi.double(), **am) is None
+    assert _native.amadamw_tensors_step(P, G, D, V, pi, **{**am, "lr": torch.tensor(1.)}) is None
+    assert _native.amadamw_tensors_step(P, G, D, V, pi, **{**am, "eps": torch.tensor(1.)}) is None
+    assert _native.amadamw_tensors_step(P, G, D, V[:-1], pi, **am) is None
     assert torch.equal(pi, torch.ones(len(P)))
     assert _native.amadamw_sums(P, G, D, V, c1[:-1], c2, beta2=0.9, lam=0.1) is None
     assert _native.amadamw_sums(P, G, D, V, c1.double(), c2, beta2=0.9, lam=0.1) is None
@@ -828,6 +849,63 @@ def test_compiled_steps_on_a_cpu_take_the_native_code(counted, name, kernel, ste
     assert_traj_close(comp, eager, **tol)
     for k in d_eager:
         torch.testing.assert_close(d_comp[k], d_eager[k], **tol)
+
+
+@pytest.mark.parametrize("name, entry, kernel", [("adamem_adamw", "beta_prod", "amw"),
+                                                 ("momo_adam", "grad_dot_w", "adam")])
+def test_native_steps_keep_their_per_tensor_state_as_views_of_one_vector(counted, name, entry,
+                                                                         kernel):
+    """AM-AdamW's products of past betas and MoMo-Adam's gammas: after native steps, each
+    tensor's state entry is a view of one vector that the steps update in place (one storage,
+    no new tensors a step); the steps' numbers are those of the eager kernels up to rounding
+    (``test_compiled_steps_on_a_cpu_take_the_native_code``)."""
+    _, _, opt = run(MAKERS[name], 6, compile=True)
+    assert counted[kernel] >= 5
+    entries = [opt.state[p][entry] for p in opt.param_groups[0]["params"]]
+    assert len({t.untyped_storage().data_ptr() for t in entries}) == 1
+    before = [t.item() for t in entries]
+    p0 = opt.param_groups[0]["params"][0]
+    p0.grad = torch.ones_like(p0)
+    for p in opt.param_groups[0]["params"][1:]:
+        p.grad = torch.full_like(p, 0.5)
+    opt.step(loss=1.0) if opt.needs_loss else opt.step()
+    after = [opt.state[p][entry] for p in opt.param_groups[0]["params"]]
+    assert all(a is b for a, b in zip(after, entries))  # the same views, updated in place
+    assert [t.item() for t in after] != before
+
+
+def test_amadamw_native_step_takes_a_product_set_from_outside(counted):
+    """An entry of the kept vector replaced from outside (as a loaded state or a user's hand
+    would): the next native step stacks the entries again and uses the new value (pi <- pi
+    beta with the replaced pi), and the entries are views of one vector again."""
+    _, _, opt = run(MAKERS["adamem_adamw"], 4, compile=True)
+    calls = counted["amw"]
+    ps = opt.param_groups[0]["params"]
+    replaced = torch.tensor(0.5, dtype=ps[0].dtype)
+    opt.state[ps[1]]["beta_prod"] = replaced
+    for p in ps:
+        p.grad = torch.full_like(p, 0.25)
+    opt.step()
+    assert counted["amw"] == calls + 1
+    st = opt.state[ps[1]]
+    assert st["beta_prod"] is not replaced and replaced.item() == 0.5
+    assert st["beta_prod"].item() == (replaced * st["beta"]).item()
+    assert len({opt.state[p]["beta_prod"].untyped_storage().data_ptr() for p in ps}) == 1
+
+
+def test_the_pass_bounds_benchmark_runs():
+    """``benchmarks/pass_bounds.py`` (tiny sizes): every pass timed, in cache and from
+    memory."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "pass_bounds.py"),
+                          "--small", "8000", "--large", "16000", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("momo_adam first pass", "amadamw second pass", "torch fused AdamW",
+                 "both passes from memory"):
+        assert name in out.stdout
 
 
 @pytest.mark.parametrize("decoupled", [False, True])

@@ -25,6 +25,7 @@ Every optimizer in :mod:`shiftsim.optim` is a :class:`torch.optim.Optimizer` wit
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -266,6 +267,46 @@ class ShiftsimOptimizer(torch.optim.Optimizer):
                 st[name] = v[0] if isinstance(v, (list, Tensor)) else v
             new.append(p)
         return new
+
+    def _state_vector(self, sts: list[dict[str, Any]], name: str,
+                      dtype: torch.dtype | None = None) -> Tensor:
+        """The per-tensor state entries ``name`` of the states ``sts`` (one 0-d tensor each) as
+        one vector ``(n,)`` (in ``dtype``, when given) whose elements the entries are views of,
+        kept from step to step: a compiled step reads and updates them in place instead of
+        stacking them and unbinding the result into the state every step. Rebuilt (the
+        entries stacked, then replaced by views of the new vector) when an entry is not the
+        kept view: the state loaded or replaced, an entry set from outside, a step of the eager
+        kernels. Not part of the state (neither saved nor copied; a saved state dict holds the
+        views).
+
+        >>> from shiftsim.optim import AdaptiveMemoryAdamW
+        >>> p = torch.nn.Parameter(torch.ones(2))
+        >>> opt = AdaptiveMemoryAdamW([p])
+        >>> sts = [{"pi": torch.tensor(0.5)}, {"pi": torch.tensor(0.25)}]
+        >>> vec = opt._state_vector(sts, "pi", torch.float32)
+        >>> vec.mul_(2.0).tolist(), sts[1]["pi"].item()
+        ([1.0, 0.5], 0.5)
+        >>> opt._state_vector(sts, "pi", torch.float32) is vec
+        True
+        >>> sts[0]["pi"] = torch.tensor(3.0)  # set from outside: a new vector
+        >>> opt._state_vector(sts, "pi", torch.float32).tolist()
+        [3.0, 0.5]
+        """
+        vectors = self.__dict__.setdefault("_state_vectors", {})
+        entries = [st[name] for st in sts]
+        kept = vectors.get(name)
+        if kept is not None and len(kept[1]) == len(entries) \
+                and all(map(operator.is_, entries, kept[1])) \
+                and (dtype is None or kept[0].dtype == dtype):
+            return kept[0]
+        vec = torch.stack(entries)
+        if dtype is not None:
+            vec = vec.to(dtype)
+        views = vec.unbind(0)
+        for st, view in zip(sts, views):
+            st[name] = view
+        vectors[name] = (vec, views)
+        return vec
 
     def _reference(self) -> Tensor:
         """A parameter that fixes the device of model-wide state."""

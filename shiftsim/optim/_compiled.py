@@ -52,11 +52,11 @@ in one call each (:func:`tam_step_native`, :func:`adatam_step_native`,
 :func:`_adatam_numbers` and :func:`_amsgd_numbers` bit for bit), MoMo-Adam's in two calls
 around torch's sum of its per-tensor gamma (:func:`momo_adam_step_native`: the rest of
 :func:`_momo_adam_numbers` in C, bit for bit) and AM-AdamW's in one call
-(``adamem._amadamw_native``: its per-tensor betas in C, the operations of
-``adamem._am_beta_stack`` bit for bit; TAM's and AdaTAM's smoothing of the cosine is torch's
-lerp, whose fused multiply-add the C code makes too: the same bits where torch's kernel makes
-it, as on this x86-64 build, tested); Inductor's kernels elsewhere
-(a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
+(``adamem._amadamw_native``: its coefficients and per-tensor betas in C, the operations of
+``adamem._am_shared_scales`` and ``adamem._am_beta_stack`` bit for bit; TAM's and AdaTAM's
+smoothing of the cosine is torch's lerp, whose fused multiply-add the C code makes too: the
+same bits where torch's kernel makes it, as on this x86-64 build, tested); Inductor's kernels
+elsewhere (a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
 each thread taking the same chunks in both passes (the second in reverse, so that it starts on
 what its first pass left in its core's caches). The elementwise work is the eager kernels'
 torch operations, torch's bits where torch's CPU kernels fuse the same multiply-adds (tested on

@@ -141,8 +141,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["ENV", "MAX_PAIRS", "MAX_SEGMENTS", "MAX_TENSORS", "available", "cache_dir",
-           "adatam_step", "adatam_update_tensors", "am_betas", "amsgd_step", "current",
-           "grams_step", "momo_adam_coefs",
+           "adatam_step", "adatam_update_tensors", "am_betas", "am_tensor_scales", "amsgd_step",
+           "current", "grams_step", "momo_adam_coefs",
            "momo_coefs", "momo_step", "amadamw_sums", "amadamw_update", "lerp_update_tensors",
            "momo_adam_moments", "momo_adam_update", "momo_tensors_step", "openmp", "row_sums",
            "status", "tam_coefs", "tam_step", "tam_update", "three_sums_tensors",
@@ -327,6 +327,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "momo_adam_averages": (None, [_i64, _i64, _ptr, _ptr, _ptr, _ptr, *_HYPER * 2]),
     "momo_adam_coefs": (None, [_i64, *[_ptr] * 5, _int, _int, _ptr, _ptr, *_HYPER * 3]),
     "am_betas": (None, [_i64, _i64, _ptr, _int, _int, _ptr, _ptr, _ptr, *_HYPER * 4]),
+    "am_tensor_scales": (None, [_i64, _ptr, *[ctypes.c_double] * 3, _ptr, _ptr]),
     # the whole row steps (rowmath.c): the segments, their lengths, the row's length, the
     # pointers and strides, the rows k0..k1 and K (Grams: neither the row's length nor K),
     # each function's own vectors and flags, then its hyperparameters (:func:`_hyper_args`)
@@ -358,9 +359,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                                    _int, ctypes.c_double, _int, ctypes.c_double, _ptr,
                                    *[ctypes.c_double] * 5, _ptr, _ptr]),
     "amadamw_tensors_step": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
-                                    _ptr, _ptr, _ptr, _ptr, ctypes.c_double, ctypes.c_double,
-                                    _int, _int, *[ctypes.c_double] * 5, _int, _ptr, _ptr,
-                                    _ptr, _ptr, _int, ctypes.c_double, ctypes.c_double]),
+                                    _ptr, _ptr, _ptr, _ptr, *[ctypes.c_double] * 4, _int, _int,
+                                    *[ctypes.c_double] * 5, _int, _ptr, _ptr, _ptr, _ptr, _int,
+                                    ctypes.c_double, ctypes.c_double]),
     "momo_adam_tensors_first": (None, [_int, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr,
                                        _ptr, _ptr, _ptr, *[ctypes.c_double] * 5, _ptr, _ptr,
                                        _ptr, _ptr, _ptr, _ptr]),
@@ -1780,37 +1781,63 @@ def amadamw_sums(P: Sequence[Tensor] | None, G: Sequence[Tensor], D: Sequence[Te
 
 
 def amadamw_tensors_step(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],
-                         V: Sequence[Tensor], c1: Tensor, c2: Tensor, pi: Tensor, *,
-                         decay: bool, lr: float, prev: float, wd: float, beta1: float,
-                         beta2: float, lam: float, shrink: float | None = None
+                         V: Sequence[Tensor], pi: Tensor, *, decay: bool, lr: float,
+                         prev: float, wd: float, beta1: float, beta2: float, lam: float,
+                         eps: float, scale: float, shrink: float | None = None
                          ) -> Tensor | None:
-    r"""AM-AdamW's compiled step on a CPU in one call: :func:`amadamw_sums` (with the
-    parameters' sums where ``decay``), each tensor's :math:`\beta` as
-    :func:`~shiftsim.optim.adamem._am_beta_parts` computes it with float hyperparameters
-    (``lr``, ``prev``: the previous lr, ``wd``, ``beta1``: its cap; in C, torch's bits), then
-    :func:`amadamw_update`, without returning to Python in between. ``pi`` (the per-tensor
-    products of past betas, ``(n,)``) is multiplied by the betas in place. Returns the betas
-    (``(n,)``, a new tensor), or None, changing nothing, where it does not apply."""
+    r"""AM-AdamW's compiled step on a CPU in one call: the passes' coefficients :math:`c_1 =
+    (1 - \beta_1\Pi)\,s`, :math:`c_2 = (1 - \beta_1\Pi)\,\epsilon` from ``pi`` (:math:`\Pi`,
+    the per-tensor products of past betas, ``(n,)``; ``scale`` :math:`s = 1/\sqrt{1 -
+    \beta_2^t}`) as :func:`~shiftsim.optim.adamem._am_shared_scales` computes them, then
+    :func:`amadamw_sums` (with the parameters' sums where ``decay``), each tensor's
+    :math:`\beta` as :func:`~shiftsim.optim.adamem._am_beta_parts` computes it with float
+    hyperparameters (``lr``, ``prev``: the previous lr, ``wd``, ``beta1``: its cap), then
+    :func:`amadamw_update`, without returning to Python in between (the numbers in C, with
+    torch's bits). ``pi`` is multiplied by the betas in place. Returns the betas (``(n,)``, a
+    new tensor), or None, changing nothing, where it does not apply."""
     if not P:
         return None
     dtype, n = P[0].dtype, len(P)
     hp = (prev, wd, 1 + wd * lr, lr, beta1)
-    if not _floats(*hp, beta2, lam, 1.0 if shrink is None else shrink) \
-            or not all(_vector(t, n, dtype) for t in (c1, c2, pi)):
+    if not _floats(*hp, beta2, lam, eps, scale, 1.0 if shrink is None else shrink) \
+            or not _vector(pi, n, dtype):
         return None
     call = _tensor_call((P, G, D, V), dtype)
     if call is None:
         return None
     lib, (ps, gs, ds, vs), chunks = call
     part, totals = _scratch(chunks, 5, n)
-    sums, out = torch.empty(5 * n, dtype=dtype), torch.empty(2, n, dtype=dtype)
+    out = torch.empty(9, n, dtype=dtype)  # rows: betas, keep, c1, c2, then the sums (5 n)
+    row, width = out.data_ptr(), n * out.element_size()
     _fn(lib, "amadamw_tensors_step", dtype)(
         _threads(chunks), n, ps, gs, ds, vs, chunks.count, chunks.tix, chunks.lo, chunks.hi,
-        part.data_ptr(), totals.data_ptr(), c1.data_ptr(), c2.data_ptr(), float(beta2),
-        float(lam), int(lam != 0), int(bool(decay)), *map(float, hp), int(lr != 0),
-        sums.data_ptr(), out[0].data_ptr(), out[1].data_ptr(), pi.data_ptr(),
-        *_optional(shrink, 1.0), -float(lr))
+        part.data_ptr(), totals.data_ptr(), row + 2 * width, row + 3 * width, float(scale),
+        float(eps), float(beta2), float(lam), int(lam != 0), int(bool(decay)), *map(float, hp),
+        int(lr != 0), row + 4 * width, row, row + width, pi.data_ptr(), *_optional(shrink, 1.0),
+        -float(lr))
     return out[0]
+
+
+def am_tensor_scales(pi: Tensor, beta1: float, scale: float, eps: float
+                     ) -> tuple[Tensor, Tensor] | None:
+    r"""AM-AdamW's coefficients as :func:`amadamw_tensors_step` computes them in C: :math:`c_1 =
+    (1 - \beta_1\Pi)\,s`, :math:`c_2 = (1 - \beta_1\Pi)\,\epsilon` for the products of past
+    betas ``pi`` (``(n,)``), torch's bits for
+    :func:`~shiftsim.optim.adamem._am_shared_scales`; None where the native code does not
+    apply. (The whole step computes them itself; this is how the tests check them.)
+
+    >>> got = am_tensor_scales(torch.tensor([1.0, 0.5]), 0.5, 2.0, 0.25)
+    >>> got is None or [t.tolist() for t in got] == [[1.0, 1.5], [0.125, 0.1875]]
+    True
+    """
+    lib = _math_library(pi.dtype) if isinstance(pi, Tensor) else None
+    if lib is None or not _vector(pi, pi.numel(), pi.dtype) or not _floats(beta1, scale, eps):
+        return None
+    c1, c2 = torch.empty_like(pi), torch.empty_like(pi)
+    _fn(lib, "am_tensor_scales", pi.dtype)(pi.numel(), pi.data_ptr(), float(beta1),
+                                            float(scale), float(eps), c1.data_ptr(),
+                                            c2.data_ptr())
+    return c1, c2
 
 
 def amadamw_update(P: Sequence[Tensor], G: Sequence[Tensor], D: Sequence[Tensor],

@@ -414,19 +414,18 @@ def _amadamw_blocks(blocks: Sequence[Block], *, lam: Scalar, ld: int, foreach: b
 
 def _amadamw_native(ps: list[Tensor], gs: list[Tensor], ds: list[Tensor], vs: list[Tensor],
                     pi: Tensor, *, lr: float, prev: float, wd: float, b1: float, b2: float,
-                    eps: float, lam: float, t: int) -> tuple[Tensor, Tensor] | None:
+                    eps: float, lam: float, t: int) -> Tensor | None:
     r"""AM-AdamW's compiled step on a CPU (one param group, step ``t`` > 1 and previous lr
-    ``prev`` for every tensor) in one native call (``_native.amadamw_tensors_step``: its two
-    passes, each tensor's :math:`\beta` between them with the numbers of the eager kernel's
-    :func:`_am_beta_stack`): ``(betas, pi)`` with ``pi`` multiplied by the betas in place, or
-    None, changing nothing, where the native passes do not apply."""
-    dtype = ps[0].dtype
-    c1, c2 = _am_shared_scales(pi, b1, b2, t, eps, dtype)
+    ``prev`` for every tensor) in one native call (``_native.amadamw_tensors_step``: the
+    coefficients of :func:`_am_shared_scales`, its two passes, each tensor's :math:`\beta`
+    between them with the numbers of the eager kernel's :func:`_am_beta_stack`): the betas,
+    ``pi`` multiplied by them in place; None, changing nothing, where the native passes do
+    not apply."""
     decay = not is_zero(wd)
-    betas = _native.amadamw_tensors_step(ps, gs, ds, vs, c1, c2, pi, decay=decay, lr=lr,
-                                         prev=prev, wd=wd, beta1=b1, beta2=b2, lam=lam,
-                                         shrink=decay_factor(lr, wd) if decay else None)
-    return None if betas is None else (betas, pi)
+    return _native.amadamw_tensors_step(ps, gs, ds, vs, pi, decay=decay, lr=lr, prev=prev,
+                                        wd=wd, beta1=b1, beta2=b2, lam=lam, eps=eps,
+                                        scale=_inv_sqrt_bc(b2, t),
+                                        shrink=decay_factor(lr, wd) if decay else None)
 
 
 def _am_shared_scales(pi: Tensor, b1: Scalar, b2: Scalar, t: int, eps: Scalar,
@@ -1070,24 +1069,24 @@ class AdaptiveMemoryAdamW(ShiftsimOptimizer):
         if t == 1 or any(st["step"] + 1 != t or isinstance(st["prev_lr"], Tensor) or
                          st["prev_lr"] != prev for st in sts):
             return False
-        pi = torch.stack([st["beta_prod"] for st in sts])
+        pi = self._state_vector(sts, "beta_prod")  # the state's entries are views of it
         ds, vs = [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts]
-        out = None
+        betas = None
         if native:  # on a CPU the native passes, where they apply (_compiled's notes)
-            out = _amadamw_native(ps, gs, ds, vs, pi, lr=lr, prev=prev, wd=wd, b1=b1, b2=b2,
-                                  eps=eps, lam=lam, t=t)
-            if out is None and not comp.wanted(ps):
+            betas = _amadamw_native(ps, gs, ds, vs, pi, lr=lr, prev=prev, wd=wd, b1=b1, b2=b2,
+                                    eps=eps, lam=lam, t=t)
+            if betas is None and not comp.wanted(ps):
                 return False
-        if out is None:  # the compiled kernel's scalars (a tensor rewritten when they change)
+        if betas is None:  # the compiled kernel's scalars (a tensor rewritten when they change)
             scalars = self.__dict__.get("_scalars") or self.__dict__.setdefault(
                 "_scalars", _compiled.Scalars())
             h = scalars((lr, prev, wd, b1, b2, eps, lam, 1 / (1 - b2 ** t) ** 0.5), ps[0])
             out = comp.run(ps, ps, gs, ds, vs, pi, h, wd != 0, lam != 0, lr != 0)
-        if out is _compiled.EAGER:
-            return False
-        betas, pi = out
-        for st, beta, row in zip(sts, betas.unbind(0), pi.unbind(0)):
-            st["step"], st["prev_lr"] = t, lr
-            st["beta_prod"], st["beta"] = row, beta
+            if out is _compiled.EAGER:
+                return False
+            betas = out[0]
+            pi.copy_(out[1])
+        for st, beta in zip(sts, betas.unbind(0)):
+            st["step"], st["prev_lr"], st["beta"] = t, lr, beta
         glob["beta"] = betas.mean(0).to(glob["beta"].dtype)
         return True

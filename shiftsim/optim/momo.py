@@ -1337,7 +1337,8 @@ class MoMoAdam(_MoMoBase):
         h = scalars((b1, b2, 1 - b2 ** s, eps, rho, lr / rho, 1 + lr * wd, 1 - lr * wd), ps[0])
         f = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         f = f.to(device=loss_avg.device, dtype=loss_avg.dtype).reshape(())
-        gam = torch.stack([st["grad_dot_w"] for st in sts]).to(loss_avg.dtype)
+        # the state's entries are views of gam (updated in place by the native step)
+        gam = self._state_vector(sts, "grad_dot_w", loss_avg.dtype)
         ds, vs = [st["grad_avg"] for st in sts], [st["grad_avg_sq"] for st in sts]
         tau = None
         if native:  # on a CPU the native passes, where they apply (_compiled's notes)
@@ -1351,11 +1352,11 @@ class MoMoAdam(_MoMoBase):
                            group["divide"])
             if out is _compiled.EAGER:
                 return False
-            tau, gam, fbar = out
+            tau, new_gam, fbar = out
+            gam.copy_(new_gam)
             loss_avg.copy_(fbar)
         glob["step"] = k
-        for st, row in zip(sts, gam.unbind(0)):
+        for st in sts:
             st["step"] = s
-            st["grad_dot_w"] = row
         glob["step_size"] = tau
         return True

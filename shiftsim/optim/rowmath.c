@@ -667,6 +667,25 @@ AMSGD_TENSOR_NUMBERS(shiftsim_amsgd_tensor_numbers_f64, double)
 AM_TENSOR_BETAS(shiftsim_am_tensor_betas_f32, float)
 AM_TENSOR_BETAS(shiftsim_am_tensor_betas_f64, double)
 
+/* AM-AdamW's coefficients of its compiled step's passes (shiftsim.optim.adamem._am_shared_scales
+ * with float hyperparameters), tensor i from its product of past betas pi[i]: k = 1 - b1 pi,
+ * c1 = k s, c2 = k eps (s = 1 / sqrt(1 - b2^t), computed in Python; b1, s and eps each the
+ * Python float rounded to T, as torch rounds a float multiplied into a tensor). */
+#define AM_TENSOR_SCALES(NAME, T)                                                            \
+    void NAME(int64_t n, const T *pi, double b1_d, double s_d, double eps_d, T *c1, T *c2)  \
+    {                                                                                       \
+        const T b1 = (T)b1_d, s = (T)s_d, eps = (T)eps_d;                                   \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            const T bp = pi[i] * b1;                                                        \
+            const T k = (T)1 - bp;                                                          \
+            c1[i] = k * s;                                                                  \
+            c2[i] = k * eps;                                                                \
+        }                                                                                   \
+    }
+
+AM_TENSOR_SCALES(shiftsim_am_tensor_scales_f32, float)
+AM_TENSOR_SCALES(shiftsim_am_tensor_scales_f64, double)
+
 /* Grams's step of the members' rows (shiftsim.optim.grams._grams_blocks with tensor
  * hyperparameters), rows k0 .. k1 - 1, in one pass: m <- lerp(m, g, w1), v <- v b2 + g (g w2)
  * (as ADATAM_STEP), u = m / (sqrt(v) + eps), p <- p shrink (decoupled decay, when shrink is not

@@ -853,7 +853,9 @@ AM_UPDATE_RUN(am_update_value_f64, double, fma, fabs, sqrt, AM_STEP_TENSOR)
 AMADAMW_UPDATE(shiftsim_amadamw_update_f32, float, am_update_f32)
 AMADAMW_UPDATE(shiftsim_amadamw_update_f64, double, am_update_f64)
 
-/* AM-AdamW's whole compiled step in one call (as TAM_TENSORS_STEP): AMADAMW_SUMS (with the
+/* AM-AdamW's whole compiled step in one call (as TAM_TENSORS_STEP): the passes' coefficients
+ * c1, c2 (n each, written) from pi (rowmath.c AM_TENSOR_SCALES; s = 1 / sqrt(1 - b2^t) and eps
+ * from Python), AMADAMW_SUMS (with the
  * parameters' sums where decay), each tensor's beta (rowmath.c: the torch operations of
  * shiftsim.optim.adamem._am_beta_parts bit for bit; its hp = (prev, wd, 1 + wd lr, lr,
  * beta_max) each rounded to T here, as torch rounds a Python float; gap_on as there; beta, keep
@@ -862,16 +864,21 @@ void shiftsim_am_tensor_betas_f32(int64_t n, const float *sums, int R, const flo
                                   int gap_on, float *beta_out, float *keep, float *pi);
 void shiftsim_am_tensor_betas_f64(int64_t n, const double *sums, int R, const double *hp,
                                   int gap_on, double *beta_out, double *keep, double *pi);
+void shiftsim_am_tensor_scales_f32(int64_t n, const float *pi, double b1_d, double s_d,
+                                   double eps_d, float *c1, float *c2);
+void shiftsim_am_tensor_scales_f64(int64_t n, const double *pi, double b1_d, double s_d,
+                                   double eps_d, double *c1, double *c2);
 
-#define AMADAMW_TENSORS_STEP(NAME, T, SUMS, BETAS, UPDATE)                                  \
+#define AMADAMW_TENSORS_STEP(NAME, T, SUMS, SCALES, BETAS, UPDATE)                          \
     void NAME(int nt, int64_t n, T **p, T **g, T **d, T **v, int64_t nchunks,               \
               const int64_t *tix, const int64_t *lo, const int64_t *hi, double *part,       \
-              double *part_t, const T *c1, const T *c2, double b2, double lam, int use_lam, \
-              int decay, double prev, double wd, double c, double lr, double bmax,          \
-              int gap_on, T *sums, T *beta, T *keep, T *pi, int shrink_on, double shrink,   \
-              double nlr)                                                                   \
+              double *part_t, T *c1, T *c2, double s, double eps, double b2, double lam,    \
+              int use_lam, int decay, double prev, double wd, double c, double lr,          \
+              double bmax, int gap_on, T *sums, T *beta, T *keep, T *pi, int shrink_on,     \
+              double shrink, double nlr)                                                    \
     {                                                                                       \
         const T hp[5] = {(T)prev, (T)wd, (T)c, (T)lr, (T)bmax};                             \
+        SCALES(n, pi, bmax, s, eps, c1, c2);                                                \
         SUMS(nt, n, decay ? p : NULL, g, d, v, nchunks, tix, lo, hi, part, part_t, c1, c2,  \
              b2, lam, use_lam, sums);                                                       \
         BETAS(n, sums, decay ? 5 : 3, hp, gap_on, beta, keep, pi);                          \
@@ -880,9 +887,11 @@ void shiftsim_am_tensor_betas_f64(int64_t n, const double *sums, int R, const do
     }
 
 AMADAMW_TENSORS_STEP(shiftsim_amadamw_tensors_step_f32, float, shiftsim_amadamw_sums_f32,
-                     shiftsim_am_tensor_betas_f32, shiftsim_amadamw_update_f32)
+                     shiftsim_am_tensor_scales_f32, shiftsim_am_tensor_betas_f32,
+                     shiftsim_amadamw_update_f32)
 AMADAMW_TENSORS_STEP(shiftsim_amadamw_tensors_step_f64, double, shiftsim_amadamw_sums_f64,
-                     shiftsim_am_tensor_betas_f64, shiftsim_amadamw_update_f64)
+                     shiftsim_am_tensor_scales_f64, shiftsim_am_tensor_betas_f64,
+                     shiftsim_amadamw_update_f64)
 
 /* AM-AdamW over a fleet's rows (shiftsim.optim.adamem._amadamw_rows): rows k0 .. k1 - 1 of S
  * segments (one per parameter tensor; tensor t's segment s of row k at x[t * S + s] +
