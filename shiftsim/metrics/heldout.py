@@ -144,8 +144,8 @@ def forgetting(R: pd.DataFrame | ArrayLike) -> float:
     if cols.size == 0:
         return math.nan
     K = A.shape[0]
-    l = np.arange(K)[:, None]
-    keep = (l >= first[None, :]) & (l <= K - 2)
+    phase = np.arange(K)[:, None]  # l of the docstring: the row (phase) of R
+    keep = (phase >= first[None, :]) & (phase <= K - 2)
     best = np.max(np.where(keep, A[:, cols], -np.inf), axis=0)  # NaN propagates
     return float(np.mean(best - A[-1, cols]))
 

@@ -56,9 +56,9 @@ around torch's sum of its per-tensor gamma (:func:`momo_adam_step_native`: the r
 ``adamem._am_shared_scales`` and ``adamem._am_beta_stack`` bit for bit; TAM's and AdaTAM's
 smoothing of the cosine is torch's lerp, whose fused multiply-add the C code makes too: the
 same bits where torch's kernel makes it, as on this x86-64 build, tested); Inductor's kernels
-elsewhere (a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own threads,
-each thread taking the same chunks in both passes (the second in reverse, so that it starts on
-what its first pass left in its core's caches). The elementwise work is the eager kernels'
+elsewhere (a GPU, no C compiler, ``SHIFTSIM_NATIVE=0``). Each pass is split across torch's own
+threads, each thread taking the same chunks in both passes (the second in reverse, so that it
+starts on what its first pass left in its core's caches). The elementwise work is the eager kernels'
 torch operations, torch's bits where torch's CPU kernels fuse the same multiply-adds (tested on
 this x86-64 build); the sums are chunk sums in float64, so a step equals the eager one up to
 float rounding. [speed]
