@@ -2,9 +2,9 @@
 
 Times each native pass (``shiftsim.optim._native``: ``momo_adam_moments`` and
 ``momo_adam_update``, ``amadamw_sums`` and ``amadamw_update``) and torch's fused AdamW kernel
-(``torch._fused_adamw_``, called directly: no optimizer wrapper) per element, on four tensors of
-float32 at two sizes: small enough that every tensor of the pass stays in the L3 cache between
-calls (default 1M elements: 16-20 MB for the four or five tensors of a pass, under this
+(``torch._fused_adamw_``, called directly: no optimizer wrapper) per element, on float32
+parameters, gradients and two moments (each split into four tensors) at two sizes: small enough
+that they stay in the L3 cache between calls (default 1M elements: 16 MB in all, under this
 project's machine's 32 MiB L3, which it shares with its neighbours) and the size of
 ``optimizer_step.py``'s model (5M elements, from memory). A pass whose time per element is the
 same at both sizes is bound by its arithmetic (its square roots and divisions), not by
