@@ -64,6 +64,11 @@ def test_ceilings_follow_the_spec():
     assert ss.LabelFlip(0.4, "other").ceiling(10) == pytest.approx(0.6)
     assert ss.LabelFlip(0.95, "other").ceiling(10) == pytest.approx(0.95 / 9)
     assert ss.LabelFlip(0.5, "uniform").ceiling(4) == pytest.approx(1 - 0.5 + 0.5 / 4)
+    # the noise modes' ceilings are at the nominal rate, whatever the class counts (realised
+    # rates 2/4, 2/3, 3/5 would give 5/12 for other and 11/18 for uniform)
+    assert ss.LabelFlip(0.5, "other").ceiling(3, counts=[4, 3, 5]) == pytest.approx(0.5)
+    assert ss.LabelFlip(0.5, "uniform").ceiling(3, counts=[4, 3, 5]) == pytest.approx(
+        1 - 0.5 + 0.5 / 3)
     assert ss.LabelFlip(0.0, "other").label_kind == "none"
     assert ss.LabelFlip(0.2, "uniform").label_kind == "noise"
     assert ss.LabelFlip(0.2, "pair").label_kind == "concept + noise"
@@ -128,6 +133,12 @@ def test_contrast_and_brightness_formulas():
     x = torch.tensor([[[[0.2, 0.6], [0.4, 0.8]]]])  # mean 0.5
     out = ss.Contrast(0.5).apply(x, None, None)
     assert torch.allclose(out, (x - 0.5) * 0.5 + 0.5)
+    # RGB: the mean is the image's, over its three channels and pixels (2.8 / 6), not each
+    # channel's
+    rgb = torch.tensor([[0.0, 1.0], [0.2, 0.2], [0.6, 0.8]]).view(1, 3, 1, 2)
+    m = 2.8 / 6
+    want = [(v - m) * 0.5 + m for v in (0.0, 1.0, 0.2, 0.2, 0.6, 0.8)]
+    assert ss.Contrast(0.5).apply(rgb, None, None).flatten().tolist() == pytest.approx(want)
     assert torch.allclose(ss.Brightness(0.1).apply(x, None, None), x + 0.1)
     rgb = torch.tensor([0.2, 0.4, 0.8]).view(1, 3, 1, 1)
     out = ss.Brightness(0.1).apply(rgb, None, None).flatten()

@@ -166,12 +166,17 @@ class GaussianBlur(_InputShift):
 
 @dataclass(frozen=True)
 class Contrast(_InputShift):
-    """(x − mean) · factor + mean, the mean taken per image and channel (per sample for
-    tabular data). Severity presets 0.75, 0.5, 0.4, 0.3, 0.15 (CIFAR-10-C).
+    """(x − mean) · factor + mean, the mean taken per image, over all its channels and pixels
+    (per sample for tabular data). Severity presets 0.75, 0.5, 0.4, 0.3, 0.15 (CIFAR-10-C's
+    constants; its ``make_cifar_c.py`` takes the mean per channel, which differs from this on
+    RGB images only).
 
     >>> import torch
     >>> Contrast(0.5).apply(torch.tensor([[0.0, 1.0]]), None, None).tolist()
     [[0.25, 0.75]]
+    >>> rgb = torch.tensor([0.0, 0.4, 0.8]).view(1, 3, 1, 1)   # one pixel, image mean 0.4
+    >>> [round(v, 6) for v in Contrast(0.5).apply(rgb, None, None).flatten().tolist()]
+    [0.2, 0.4, 0.6]
     """
 
     factor: float | None = None
@@ -190,8 +195,7 @@ class Contrast(_InputShift):
         return self.factor == 1
 
     def apply(self, x: torch.Tensor, state: Any, generator: torch.Generator | None) -> torch.Tensor:
-        dims = tuple(range(2, x.ndim)) if x.ndim == 4 else tuple(range(1, x.ndim))
-        mean = x.mean(dim=dims, keepdim=True)
+        mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
         return (x - mean) * self.factor + mean
 
 
