@@ -304,7 +304,7 @@ class Scenario:
         """C_k: the best accuracy a generalising learner can reach against the phase's stream
         labels (1 without a label flip; see :meth:`~shiftsim.shifts.LabelFlip.ceiling`:
         max(ρ′, 1 − ρ′) for a partial ``permute`` / ``pair``, with the realised per-class
-        rates, weighted by the phase's class shares)."""
+        rates, weighted by the phase's class shares; the noise modes' at the nominal rate)."""
         flip = self.label_flip(phase)
         if flip is None:
             return 1.0
@@ -393,7 +393,7 @@ class Scenario:
         0      0      0   50       0       none    False
         1      1     50  100       1      noise     True
         >>> t["ceiling"].round(3).tolist(), t["chance"].round(3).tolist()
-        ([1.0, 0.498], [0.102, 0.101])
+        ([1.0, 0.5], [0.102, 0.101])
         """
         rows = []
         for k, (p, start) in enumerate(zip(self.phases, self.boundaries)):

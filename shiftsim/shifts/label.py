@@ -136,11 +136,13 @@ class LabelFlip(Shift):
         """Best accuracy a generalising learner can reach against this phase's labels
         (the accuracy of predicting, for every input, its most likely presented label).
 
-        Per class c with realised rate ρ′_c (``counts``: training samples per class; without
-        them ρ′ = ρ): ``permute`` / ``pair`` max(ρ′, 1 − ρ′) (the majority mapping: at ρ < 1
-        two mappings of one input are mixed), ``other`` max(1 − ρ′, ρ′ / (C − 1)),
-        ``uniform`` 1 − ρ′ + ρ′ / C; averaged with ``weights`` (the phase's class shares;
-        default the class shares of ``counts``, or equal).
+        ``permute`` / ``pair``: per class c with realised rate ρ′_c (``counts``: training
+        samples per class; without them ρ′ = ρ), max(ρ′, 1 − ρ′) (the majority mapping: at
+        ρ < 1 two mappings of one input are mixed), averaged with ``weights`` (the phase's
+        class shares; default the class shares of ``counts``, or equal). The noise modes, at the
+        nominal rate ρ: ``other`` max(1 − ρ, ρ / (C − 1)), ``uniform`` 1 − ρ + ρ / C (the
+        realised rates would move them by at most 1 / (2 n_c): 0.4983 instead of 0.5 for
+        ``other`` at 0.5 on the digits).
 
         >>> LabelFlip(0.8, "other").ceiling(10)
         0.2
@@ -150,13 +152,16 @@ class LabelFlip(Shift):
         0.1
         >>> round(LabelFlip(0.5).ceiling(2, counts=[3, 4]), 4)   # ρ′ = 2/3 and 1/2
         0.5714
+        >>> LabelFlip(0.5, "other").ceiling(3, counts=[4, 3, 5])  # ρ, not ρ′ = 1/2, 2/3, 3/5
+        0.5
         """
         c = int(num_classes)
         if self.rate == 0:
             return 1.0
-        rho = (self.realized_rates(counts) if counts is not None
+        concept = self.mode in ("permute", "pair")
+        rho = (self.realized_rates(counts) if counts is not None and concept
                else np.full(c, self.rate, dtype=np.float64))
-        if self.mode in ("permute", "pair"):
+        if concept:
             per = np.maximum(rho, 1.0 - rho)
         elif self.mode == "other":
             per = np.maximum(1.0 - rho, rho / max(c - 1, 1))
@@ -178,7 +183,8 @@ class LabelFlip(Shift):
         """
         c = int(num_classes)
         p = _weights(weights if weights is not None else counts, c)
-        rho = (self.realized_rates(counts) if counts is not None
+        concept = self.mode in ("permute", "pair")
+        rho = (self.realized_rates(counts) if counts is not None and concept
                else np.full(c, self.rate, dtype=np.float64))
         moved = rho * p
         out = p - moved
