@@ -352,11 +352,24 @@ def test_recovery_v2_gradual_dip_after_early_batches():
     assert bool(r.dipped) and r.onset_steps == 3.0
     assert (r.recovery_steps, r.below_steps, r.after_ramp_steps) == (7.0, 4.0, 3.0)
     assert r.recovery_samples == 700.0 and not r.censored and not r.collapsed
+    assert (r.onset_samples, r.below_samples, r.after_ramp_samples) == (300.0, 400.0, 300.0)
     # drop = pre (.9) − min (.5); deficit = Σ max(0, .9 − a) / 12 = 1.22 / 12
     assert (r["drop"], r.deficit) == approx((.4, 1.22 / 12))
     # an abrupt shift reports no after-ramp time
     r = M.recovery(tr, _v2_phases(width=0), window=1, persistence=3, onset=2).iloc[0]
     assert r.recovery_steps == 7.0 and math.isnan(r.after_ramp_steps)
+    assert math.isnan(r.after_ramp_samples)
+    # lengths in samples with batches of different sizes: b_t = 10, 20, ... 120 in phase 1,
+    # the same accuracies (w = 1: ā_t = a_t); onset 3, R 7, ramp 4:
+    #   onset: 10 + 20 + 30 = 60; below (steps 3-6): 40 + 50 + 60 + 70 = 220;
+    #   recovery: 60 + 220 = 280; after the ramp (steps 4-6): 50 + 60 + 70 = 180
+    sizes = [10 * (i + 1) for i in range(len(a1))]
+    tr = make_trace([[90] * 3, [round(a * b) for a, b in zip(a1, sizes)]],
+                    n=[[100] * 3, sizes])
+    r = M.recovery(tr, _v2_phases(width=4), window=1, persistence=3, onset=2).iloc[0]
+    assert (r.onset_steps, r.recovery_steps) == (3.0, 7.0)
+    assert (r.onset_samples, r.below_samples, r.recovery_samples, r.after_ramp_samples) == (
+        60.0, 220.0, 280.0, 180.0)
 
 
 def test_recovery_v2_first_batches_above_target_then_dip():
@@ -373,6 +386,7 @@ def test_recovery_v2_first_batches_above_target_then_dip():
                    reference=.9).iloc[0]
     assert r.recovery_steps == 0.0 and not r.dipped and math.isnan(r.onset_steps)
     assert r.below_steps == 0.0 and r.recovery_samples == 0.0
+    assert r.below_samples == 0.0 and math.isnan(r.onset_samples)
 
 
 def test_recovery_v2_collapse_is_censored():
@@ -388,6 +402,18 @@ def test_recovery_v2_collapse_is_censored():
     assert M.recovery(_v2_trace([.9] * 3, [.14] * 6), _v2_phases(), window=1).loc[0, "collapsed"]
     assert not M.recovery(_v2_trace([.9] * 3, [.16] * 6), _v2_phases(), window=1
                           ).loc[0, "collapsed"]
+    # exactly .05 above chance is not a collapse (A_plat − χ < .05 is false), although
+    # .15 − .1 is 0.04999999999999999 in floating point
+    assert .15 - .1 < .05
+    assert not M.recovery(_v2_trace([.9] * 3, [.15] * 6), _v2_phases(), window=1
+                          ).loc[0, "collapsed"]
+    # a collapse is censored whatever the reference, an undefined (NaN) one included; a
+    # learner that did not collapse keeps an undefined recovery there
+    r = M.recovery(tr, _v2_phases(), window=1, reference={1: math.nan}).iloc[0]
+    assert bool(r.collapsed) and bool(r.censored) and math.isnan(r.recovery_steps)
+    r = M.recovery(_v2_trace([.9] * 3, [.9] * 6), _v2_phases(), window=1,
+                   reference={1: math.nan}).iloc[0]
+    assert not r.collapsed and not r.censored and math.isnan(r.recovery_steps)
 
 
 def test_recovery_v2_target_normalised_to_chance():

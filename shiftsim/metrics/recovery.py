@@ -32,13 +32,14 @@ REFERENCES = ("plateau", "pre", "ceiling")
 RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
 #: ā_t ≥ target is tested with this absolute tolerance (exact ties count as reached)
 TOLERANCE = 1e-12
-#: a plateau within this of chance is a collapse (never counts as recovered)
+#: a plateau less than this above chance is a collapse (never counts as recovered; the
+#: comparison has the tolerance above, so that 0.15 − 0.1 is not below 0.05)
 COLLAPSE_MARGIN = 0.05
 
 _PER_LABELS = [
     "chance", "pre", "plateau", "reference", "target", "dipped", "onset_steps",
-    "recovery_steps", "recovery_samples", "below_steps", "after_ramp_steps", "censored",
-    "collapsed", "drop", "deficit",
+    "recovery_steps", "recovery_samples", "below_steps", "after_ramp_steps", "onset_samples",
+    "below_samples", "after_ramp_samples", "censored", "collapsed", "drop", "deficit",
 ]
 RECOVERY_COLUMNS = ["phase", "shifted", "ceiling", *_PER_LABELS,
                     *[f"{c}_true" for c in _PER_LABELS]]
@@ -103,7 +104,9 @@ def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: 
     """Onset, recovery time and its parts for one phase's ā_t (``seg``) against ``target``."""
     out: dict[str, Any] = {"dipped": False, "onset_steps": math.nan, "recovery_steps": math.nan,
                            "recovery_samples": math.nan, "below_steps": math.nan,
-                           "after_ramp_steps": math.nan, "censored": False}
+                           "after_ramp_steps": math.nan, "onset_samples": math.nan,
+                           "below_samples": math.nan, "after_ramp_samples": math.nan,
+                           "censored": False}
     below = seg < target - TOLERANCE
     starts = _window_starts(below, onset)
     R: int | None
@@ -113,6 +116,7 @@ def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: 
         t_on = int(starts[0])
         out["dipped"] = True
         out["onset_steps"] = float(t_on)
+        out["onset_samples"] = float(n_seg[:t_on].sum())
         ok = _window_starts(~below, persistence)
         ok = ok[ok >= t_on]
         R = int(ok[0]) if ok.size else None
@@ -121,9 +125,12 @@ def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: 
         return out
     out["recovery_steps"] = float(R)
     out["recovery_samples"] = float(n_seg[:R].sum())
-    out["below_steps"] = float(R - out["onset_steps"]) if out["dipped"] else 0.0
+    t_on = int(out["onset_steps"]) if out["dipped"] else R
+    out["below_steps"] = float(R - t_on)
+    out["below_samples"] = float(n_seg[t_on:R].sum())
     if width:
         out["after_ramp_steps"] = float(max(0, R - width))
+        out["after_ramp_samples"] = float(n_seg[min(width, R):R].sum())
     return out
 
 
@@ -185,8 +192,9 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
                 "reference": math.nan, "target": math.nan, "dipped": False,
                 "onset_steps": math.nan, "recovery_steps": math.nan,
                 "recovery_samples": math.nan, "below_steps": math.nan,
-                "after_ramp_steps": math.nan, "censored": False, "collapsed": False,
-                "drop": math.nan, "deficit": math.nan,
+                "after_ramp_steps": math.nan, "onset_samples": math.nan,
+                "below_samples": math.nan, "after_ramp_samples": math.nan, "censored": False,
+                "collapsed": False, "drop": math.nan, "deficit": math.nan,
             }
             if labels == "stream":
                 row["shifted"] = shifted
@@ -197,7 +205,8 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
                 values = {key: (False if isinstance(v, bool) else math.nan)
                           for key, v in values.items()}
             elif shifted:
-                values["collapsed"] = bool(values["plateau"] - chance < COLLAPSE_MARGIN)
+                values["collapsed"] = bool(
+                    values["plateau"] - chance < COLLAPSE_MARGIN - TOLERANCE)
                 ref = _reference_value(ref_kind, k, labels, {**row, **values})
                 seg = abar[lo:hi]
                 values["reference"] = ref
@@ -209,6 +218,8 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
                     values.update(_recover(seg, n[lo:hi], target, persistence=persistence,
                                            onset=onset, width=int(info.get("width", 0) or 0),
                                            collapsed=values["collapsed"]))
+                elif values["collapsed"]:  # at chance: censored whatever the reference
+                    values["censored"] = True
             row.update({f"{key}{sfx}": v for key, v in values.items()})
     return rows
 
@@ -250,7 +261,9 @@ def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: 
       ``persistence`` (default w), counted from τ_k, the shift's first step (the ramp's first
       step for a gradual shift), the same for every learner. ``recovery_samples`` = Σ b_t over
       [τ_k, τ_k + R_k); ``onset_steps`` = t_on; ``below_steps`` = R_k − t_on;
-      ``after_ramp_steps`` = max(0, R_k − W) for a gradual shift of width W (NaN when abrupt).
+      ``after_ramp_steps`` = max(0, R_k − W) for a gradual shift of width W (NaN when abrupt);
+      each also in samples (``onset_samples``, ``below_samples``, ``after_ramp_samples``: Σ b_t
+      over the same steps).
       No such s within the phase: ``censored`` (R_k NaN).
     * ``collapsed``: the plateau is within 0.05 of chance (A_plat − χ_k < 0.05); recovery is then
       censored whatever the reference.
@@ -264,9 +277,10 @@ def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: 
 
     Conventions: a phase with fewer than w rows uses the rows it has for its plateau; the
     persistences are not shortened (a dip or a recovery needs m_on / m rows); ties with the
-    target count as reached (absolute tolerance 1e-12). When phase k−1 has no rows ``pre`` and
-    ``drop`` are NaN; a NaN reference leaves the target and recovery undefined (NaN, not
-    censored). Definitions and sources: docs/metrics.md.
+    target count as reached, and a plateau exactly 0.05 above chance is not a collapse (absolute
+    tolerance 1e-12 both). When phase k−1 has no rows ``pre`` and ``drop`` are NaN; a NaN
+    reference leaves the target and recovery undefined (NaN; censored only when the learner
+    collapsed). Definitions and sources: docs/metrics.md.
 
     >>> tr = pd.DataFrame({"step": range(10), "phase": [0] * 3 + [1] * 7, "n": 10,
     ...                    "correct": [9, 9, 9, 2, 2, 2, 9, 9, 9, 9]})
