@@ -561,6 +561,13 @@ def test_run_recovery_reduces_shifts_within_a_run():
     assert math.isnan(out.loc["r2", "recovery_steps"]) and out.loc["r2", "censored"]
     assert out["shifts"].tolist() == [3, 3] and out["censored_shifts"].tolist() == [1, 2]
     assert out["drop"].tolist() == approx([.2, .5])
+    # drops and deficits are reduced by the median over the run's shifts too, not the mean:
+    # deficits .1, .1, .1, .9 -> .1 (the mean would be .3); drops .1, .2, .3, .8 -> .25
+    skew = pd.DataFrame({"run_id": "r", "phase": [1, 2, 3, 4], "shifted": True,
+                         "recovery_steps": 5.0, "recovery_samples": 50.0, "censored": False,
+                         "drop": [.1, .2, .3, .8], "deficit": [.1, .1, .1, .9]})
+    out = M.run_recovery(skew).iloc[0]
+    assert (out["drop"], out["deficit"]) == approx((.25, .1))
 
 
 def test_summarize_v2_columns(trace_a, phases_a):

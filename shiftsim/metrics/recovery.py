@@ -408,8 +408,9 @@ def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: st
     """A run's shifts reduced to one value per run (the seed is the unit of replication):
     ``recovery_steps`` / ``recovery_samples`` the median over the run's shifted phases counting
     censored shifts as +inf (``censored`` when that median is infinite), ``censored_shifts``
-    and ``shifts`` the counts, ``drop`` and ``deficit`` the mean. ``suffix`` ``"_true"`` reduces
-    the clean-label columns. Runs without a shifted phase (with a value) are left out.
+    and ``shifts`` the counts, ``drop`` and ``deficit`` the median over the same shifts (never
+    censored). ``suffix`` ``"_true"`` reduces the clean-label columns. Runs without a shifted
+    phase (with a value) are left out.
 
     >>> rows = pd.DataFrame({"run_id": "r", "phase": [1, 2, 3], "shifted": True,
     ...                      "recovery_steps": [4.0, 10.0, float("nan")],
@@ -434,7 +435,7 @@ def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: st
     g = sub.groupby(by, sort=False)
     out = pd.DataFrame({"_t": g["_t"].median(), "_s": g["_s"].median(),
                         "censored_shifts": g["_c"].sum(), "shifts": g.size(),
-                        drop: g[drop].mean(), deficit: g[deficit].mean()})
+                        drop: g[drop].median(), deficit: g[deficit].median()})
     out[cen] = np.isinf(out["_t"])
     out[rec] = out["_t"].where(~out[cen])
     out[sam] = out["_s"].where(~out[cen])
