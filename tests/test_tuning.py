@@ -348,6 +348,24 @@ def test_auto_metric_scores_the_labels_that_carry_the_concept(data):
     assert noise == {"other": True, "p30": True, "p80": False, "p100": False}
 
 
+def test_partial_flip_below_half_is_tuned_on_the_original_labels_end_to_end(data, tmp_path):
+    # the store keeps each phase's concept ("original" / "flipped") as text, so the selection
+    # sees it: a permute of 0.3 is tuned on online_acc_true, one of 0.8 on the stream's labels
+    # (the store once read that column as a number, lost it, and tuned both on the stream)
+    scs = flip_rates(data, [0.3, 0.8], mode="permute", tasks=2, steps_per_task=20,
+                     batch_size=8)
+    Study("partial", scs, ss.models.mlp(hidden=(8,)), {"sgdm": ss.optim.spec("sgdm")},
+          seeds=1, tuning=Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}}, seeds=1, extend=False)
+          ).run(tmp_path, workers=1, progress=False)
+    res = store.load(tmp_path)
+    concept = res.run_phases.drop_duplicates(["scenario", "phase"]).set_index(
+        ["scenario", "phase"])["concept"]
+    assert concept.tolist() == ["original", "original", "original", "flipped"]
+    metric = res.tuning.set_index("scenario")["metric"]
+    assert metric.to_dict() == {scs_name: m for scs_name, m in zip(
+        scs, ["online_acc_true", "online_acc"])}
+
+
 def test_readme_tuning_example_runs(tmp_path, monkeypatch, capsys):
     import re
 

@@ -202,9 +202,9 @@ class StudyResults:
             return keys.iloc[0:0].assign(phase=pd.Series(dtype="int64"))
         ph = pd.DataFrame(rows)
         for c in ph.columns:
-            if c not in ("run_id", "name", "label_kind", "transition", "shifts", "censored",
-                         "dipped", "collapsed", "shifted", "censored_true", "dipped_true",
-                         "collapsed_true"):
+            if c not in ("run_id", "name", "label_kind", "transition", "shifts", "concept",
+                         "censored", "dipped", "collapsed", "shifted", "censored_true",
+                         "dipped_true", "collapsed_true"):
                 ph[c] = pd.to_numeric(ph[c], errors="coerce")
         for c in ("censored", "dipped", "collapsed", "shifted", "censored_true",
                   "dipped_true", "collapsed_true"):
