@@ -860,7 +860,11 @@ class AdaptiveMemorySGD(ShiftsimOptimizer):
         for b in plan.blocks:
             blk, x = b.extra["block"], b.extra
             blk.grads = grads[b.j]
-            blk.hp.update(self._block_hp(glob, b.j, b.group), sqnorm=(x["sqnorm"], x["valid"]),
+            # the kept norm is this block's only while no other step (the native one, the
+            # general path) kept it for other members since: _kept_norm checks, every step
+            _, same = self._kept_norm(glob, b.j, b.members)
+            blk.hp.update(self._block_hp(glob, b.j, b.group),
+                          sqnorm=(x["sqnorm"], x["valid"] and same),
                           lerp=b.lerp_step(foreach, "momentum_buffer"))
             x["valid"] = True
             fresh += x.pop("fresh", [False] * len(b.params))

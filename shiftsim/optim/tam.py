@@ -870,7 +870,10 @@ class TAM(_TorqueBase):
         for b in plan.blocks:
             blk, x = b.extra["block"], b.extra
             blk.grads = grads[b.j]
-            blk.hp.update(self._block_hp(b.group), sqnorm=(x["sqnorm"], x["valid"]),
+            # the kept norm is this block's only while no other step (the native one, the
+            # general path) kept it for other members since: _kept_norm checks, every step
+            _, same = self._kept_norm(plan.glob, b.j, b.members)
+            blk.hp.update(self._block_hp(b.group), sqnorm=(x["sqnorm"], x["valid"] and same),
                           lerp=b.lerp_step(foreach, "momentum_avg"))
             x["valid"] = True
             blocks.append(blk)
