@@ -318,6 +318,40 @@ def test_paired_comparison_against_the_baseline(study_dir, rep):
     assert set(comp["optimizer"]) >= {"tam", "huge"}
 
 
+def test_league_first_places_need_a_significant_lead_over_the_runner_up(study_dir):
+    from shiftsim.report.frames import rank_frame, run_values
+    from shiftsim.report.view import view
+
+    v = view(store.load(study_dir))
+    v.values = run_values(v)
+    league, _ = rank_frame(v, n_boot=10)
+    arms = list(league["optimizer"])
+    # by hand: in each ranked scenario the top mean against the runner-up, paired t over the
+    # seeds (scipy), Holm over the scenarios; a clear first place only where it rejects
+    tops, ps = [], []
+    for s in [s for s in v.scenarios if not v.no_signal.get(s)]:
+        sub = v.values[v.values["scenario"] == s]
+        t = sub.pivot_table(index="seed", columns="optimizer", values=v.headline(
+            s, "online_acc"), aggfunc="first")[[a for a in arms]]
+        order = t.mean().sort_values(ascending=False, kind="stable").index
+        d = (t[order[0]] - t[order[1]]).dropna()
+        tops.append((order[0], order[1]))
+        ps.append(stats.ttest_rel(t[order[0]], t[order[1]], nan_policy="omit").pvalue
+                  if d.nunique() > 1 else min(1.0, 2 * 0.5 ** len(d)))
+    adj = ss.metrics.holm(np.array(ps))
+    first = {a: 0 for a in arms}
+    tied = {a: 0 for a in arms}
+    for (a, b), q in zip(tops, adj):
+        if q <= 0.05:
+            first[a] += 1
+        else:
+            tied[a] += 1
+            tied[b] += 1
+    got = league.set_index("optimizer")
+    assert got["first_places"].to_dict() == first and got["tied_first"].to_dict() == tied
+    assert (got["first_places"] + got["tied_first"]).sum() >= len(tops)
+
+
 def test_diverged_and_failed_runs_are_counted_and_listed(study_dir, rep):
     summary = pd.read_csv(rep / "tables" / "summary.csv").set_index(["scenario", "optimizer"])
     for scen in ("permute 50%", "permute 100%", "other 50%"):

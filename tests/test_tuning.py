@@ -137,12 +137,24 @@ def test_selection_by_hand():
     # tolerance, chance .1: best - chance = .7; 95 % of it = .665 -> means ≥ .765 qualify:
     # .1 (.8) and 1 (.8) are contiguous, 10 is not eligible -> 1 decade
     assert r.tolerance == pytest.approx(1.0)
+    assert r.tolerance_open == ""  # .1 .. 1 lies inside the grid: not a lower bound
+    # each tuning seed's own tolerance around its own best (chance .1, so ≥ .86 qualifies):
+    # seed 0 scores .5 .7 .78 .9 (its lr 10 run is ok) -> best 10, alone -> 0 decades;
+    # seed 1 scores .5 .9 .82 and a diverged run -> best .1, alone -> 0 decades
+    assert r.tolerance_seeds == [[0, 0.0], [1, 0.0]]
     assert curves["chosen"].tolist() == [False, False, True, False]
-    # the best at the grid's top is flagged
+    # the best at the grid's top is flagged; its good range reaches the top: a lower bound
     runs = _runs({0.01: [0.5, 0.5], 0.1: [0.6, 0.6]})
     choices, _ = select(runs, Tuning(grid={"o": {"lr": [0.01, 0.1]}}), {"o": ["lr"]},
                         {("g", "m", "o"): {"lr": [0.01, 0.1]}}, {})
     assert choices.iloc[0].at_edge == "lr:high"
+    assert choices.iloc[0].tolerance_open == "high"
+    # a range over the whole grid is open at both ends
+    runs = _runs({0.01: [0.9, 0.9], 0.1: [0.91, 0.91]})
+    choices, _ = select(runs, Tuning(grid={"o": {"lr": [0.01, 0.1]}}), {"o": ["lr"]},
+                        {("g", "m", "o"): {"lr": [0.01, 0.1]}}, {"g": 0.1})
+    assert choices.iloc[0].tolerance == pytest.approx(1.0)
+    assert choices.iloc[0].tolerance_open == "low,high"
 
 
 def test_tolerance_by_hand():
@@ -292,6 +304,23 @@ def test_report_of_a_tuned_study(tuned_dir, tmp_path):
     assert any("tuned setting" in f for f in meta["findings"])
     md = (out / "README.md").read_text()
     assert "- **tuning**: per scenario" in md and "## Tuned settings" in md
+    # a tolerance whose good range reaches the end of its grid is shown as a lower bound
+    body = json.loads((tuned_dir / "tuning.json").read_text())
+    shown = dict(zip(zip(tuning["scenario"], tuning["optimizer"]), tuning["tolerance_open"]))
+    assert len(shown) == 4
+    for c in body["choices"]:
+        assert (shown[(c["group"], c["optimizer"])] if isinstance(
+            shown[(c["group"], c["optimizer"])], str) else "") == c["tolerance_open"]
+    assert md.count("| ≥ ") == sum(bool(c["tolerance_open"]) for c in body["choices"])
+    # one marked open (a copy of the folder): its tolerance is printed as a lower bound
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tuned_dir, copy)
+    body["choices"][0]["tolerance_open"] = "high"
+    (copy / "tuning.json").write_text(json.dumps(body))
+    md = (report(copy, tmp_path / "rep2") / "README.md").read_text()
+    assert md.count("| ≥ ") == 1 + sum(bool(c["tolerance_open"]) for c in body["choices"][1:])
 
 
 def test_cli_runs_a_tuned_study_file(tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics
-from .statistics import METRICS, MIN_SEEDS, Metric, adjust, paired, verdict
+from .statistics import ALPHA, METRICS, MIN_SEEDS, Metric, adjust, paired, verdict
 from .view import StudyView
 
 __all__ = ["RANK_BOOT", "compared_metrics", "comparison_frame", "phase_frame", "rank_frame",
@@ -280,6 +280,49 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
 RANK_BOOT = 1000
 
 
+def _clear_firsts(tables: list[pd.DataFrame], arms: list[str], alpha: float = ALPHA
+                  ) -> list[tuple[int | None, set[int]]]:
+    """Per scenario (a seed × optimizer table): ``(winner, tied)``, the column of the top mean
+    when a paired t test over the seeds puts it significantly above the runner-up (Holm over the
+    scenarios; fewer than :data:`MIN_SEEDS` paired seeds: never), else ``None`` and the columns
+    tied for first (the top, the runner-up and any other with the top's mean).
+
+    >>> t = pd.DataFrame({"a": [.9, .91, .92, .93, .94], "b": [.8, .8, .81, .8, .82],
+    ...                   "c": [.1] * 5})
+    >>> u = pd.DataFrame({"a": [.9, .8, .9, .8, .9], "b": [.85] * 5, "c": [.1] * 5})
+    >>> _clear_firsts([t, u], ["a", "b", "c"])
+    [(0, set()), (None, {0, 1})]
+    """
+    tops, p = [], []
+    for t in tables:
+        means = t.mean(axis=0, skipna=True).to_numpy(np.float64)
+        order = [j for j in np.argsort(-np.nan_to_num(means, nan=-np.inf), kind="stable")
+                 if not np.isnan(means[j])]
+        if len(order) < 2:
+            tops.append((order, means))
+            p.append(np.nan)
+            continue
+        d = (t.iloc[:, order[0]] - t.iloc[:, order[1]]).dropna().to_numpy(np.float64)
+        tops.append((order, means))
+        p.append(metrics.paired_p_value(d) if d.size >= MIN_SEEDS else np.nan)
+    pv = np.array(p, dtype=np.float64)
+    adj = np.full(pv.size, np.nan)
+    if np.isfinite(pv).any():
+        adj[np.isfinite(pv)] = metrics.holm(pv[np.isfinite(pv)])
+    out: list[tuple[int | None, set[int]]] = []
+    for (order, means), q in zip(tops, adj):
+        if not order:
+            out.append((None, set()))
+            continue
+        top = order[0]
+        same = {j for j in order if means[j] == means[top]}
+        if len(order) > 1 and len(same) == 1 and q <= alpha:
+            out.append((int(top), set()))
+        else:
+            out.append((None, {int(j) for j in same | set(order[:2])}))
+    return out
+
+
 def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
                ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The league: each optimizer's mean rank over the ranked scenarios (rank 1 = the highest
@@ -287,7 +330,13 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
     percentile-bootstrap interval (seeds resampled within each scenario, paired across
     optimizers, since one seed is one stream), first places, and the mean rank per scenario
     family. None with fewer than 3 optimizers or 2 ranked scenarios. Scenarios without a
-    learnable signal are left out."""
+    learnable signal are left out.
+
+    A first place counts only where the top mean is significantly above the runner-up's: a
+    paired t test over the seeds (``first_p``, the p-values Holm-adjusted over the ranked
+    scenarios, at least :data:`MIN_SEEDS` seeds); otherwise the two tie for first
+    (``tied_first``: the scenarios where the optimizer is the top or the runner-up without
+    such a difference, or shares the top mean)."""
     values = v.values if v.values is not None else run_values(v)
     scen = [s for s in v.scenarios if not v.no_signal.get(s)]
     have = set(values.dropna(subset=["online_acc"])["optimizer"])
@@ -310,6 +359,7 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
         return out
 
     point = ranks(tables)
+    clear = _clear_firsts(tables, arms)
     boot = np.empty((n_boot, len(arms)))
     for b in range(n_boot):
         res = [t.iloc[rng.integers(0, len(t), len(t))] for t in tables]
@@ -323,8 +373,9 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
         rows.append({"optimizer": arm, "mean_rank": float(np.nanmean(col)),
                      "low": float(np.nanquantile(boot[:, j], 0.025)),
                      "high": float(np.nanquantile(boot[:, j], 0.975)),
-                     "first_places": int((col == 1).sum()), "scenarios": int(
-                         np.isfinite(col).sum())})
+                     "first_places": int(sum(w == j for w, _ in clear)),
+                     "tied_first": int(sum(j in tied for _, tied in clear)),
+                     "scenarios": int(np.isfinite(col).sum())})
     league = pd.DataFrame(rows).sort_values("mean_rank", kind="stable").reset_index(drop=True)
     per = pd.DataFrame(point, columns=arms).assign(family=fam)
     families = per.groupby("family", sort=False).mean().T

@@ -286,8 +286,8 @@ def tuning_table(v: StudyView) -> Table:
 
     df = v.tuning if v.tuning is not None else pd.DataFrame()
     known = {"scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
-             "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on",
-             "chance"}
+             "tolerance", "tolerance_low", "tolerance_high", "tolerance_open", "at_edge",
+             "scope", "tuned_on", "chance"}
     hp = [c for c in df.columns if c not in known]
     tv = v.tolerance_vs_baseline
     diffs = None
@@ -299,6 +299,8 @@ def tuning_table(v: StudyView) -> Table:
         chosen = describe_chosen({k: r[k] for k in hp if not fmt.isnan(r[k])})
         tol = fmt.interval(r.get("tolerance"), r.get("tolerance_low"), r.get("tolerance_high"),
                            2)
+        if isinstance(r.get("tolerance_open"), str) and r["tolerance_open"]:
+            tol = "≥ " + tol  # the good range reaches the grid's end: a lower bound
         edge = str(r.get("at_edge") or "")
         notes = []
         if edge:
@@ -325,9 +327,11 @@ def tuning_table(v: StudyView) -> Table:
         "not eligible). Tolerance: the width in decades of the learning-rate range around the "
         "best whose mean stays within 95 % of the best, chance-normalised [95 % bootstrap "
         "interval over the tuning seeds]; 0 means only the chosen grid point qualifies, and the "
-        "grid's spacing limits the resolution. Δ tolerance: the difference to the baseline's "
+        "grid's spacing limits the resolution; ≥: the good range reaches the end of the grid, "
+        "so the tolerance is a lower bound. Δ tolerance: the difference to the baseline's "
         "tolerance with a 95 % interval from the paired bootstrap (both resampled on the same "
-        "tuning seeds). A best value at the edge of its grid may lie outside it.")
+        "tuning seeds); where either tolerance is a lower bound, the true difference may be "
+        "larger or smaller. A best value at the edge of its grid may lie outside it.")
     return Table("tuning", "Tuned settings", caption, df, pd.DataFrame(recs))
 
 
@@ -339,7 +343,8 @@ def league_tables(v: StudyView) -> dict[str, Table]:
     pct = int(round(100 * v.level))
     recs = [{"rank": i + 1, "optimizer": r.optimizer,
              "mean rank": fmt.interval(r.mean_rank, r.low, r.high, 2),
-             "first places": f"{r.first_places} of {r.scenarios}"}
+             "first places": f"{r.first_places} of {r.scenarios}",
+             "tied for first": f"{r.tied_first} of {r.scenarios}"}
             for i, r in enumerate(league.itertuples())]
     caption = (
         "Each optimizer's mean rank over the ranked scenarios: in each scenario the optimizers "
@@ -347,8 +352,11 @@ def league_tables(v: StudyView) -> dict[str, Table]:
         "label noise; 1 = best, ties share the average rank). Interval: a "
         f"{pct} % percentile bootstrap, resampling the seeds of each scenario (paired across "
         "optimizers: one seed is one stream). Ranks order the means; a difference of ranks is "
-        "not a test (the comparison table is). Scenarios without a learnable signal are left "
-        "out.")
+        "not a test (the comparison table is). First places: the scenarios where the "
+        "optimizer's mean is significantly above the runner-up's (a paired t test over the "
+        "seeds, Holm-adjusted over the ranked scenarios, α = "
+        f"{ALPHA:g}); where it is not, the top two tie for first (tied for first). Scenarios "
+        "without a learnable signal are left out.")
     fam_display = families.copy()
     for c in fam_display.columns[1:]:
         fam_display[c] = fam_display[c].map(lambda x: fmt.num(x, 1))

@@ -46,9 +46,11 @@ def table(body: dict[str, Any] | None, scenarios: list[str] | None = None) -> pd
     """One row per scenario × model × optimizer: ``scenario``, ``model``, ``optimizer``, the
     chosen hyperparameters as columns (``lr`` ...), ``metric``, ``value`` (mean over tuning
     seeds), ``worst``, ``n``, ``eligible``, ``tolerance`` (decades) with ``tolerance_low`` /
-    ``tolerance_high``, ``at_edge``, ``scope`` and ``tuned_on``."""
+    ``tolerance_high`` and ``tolerance_open`` (the grid's ends its good range reaches: a lower
+    bound), ``at_edge``, ``scope`` and ``tuned_on``."""
     cols = ["scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
-            "tolerance", "tolerance_low", "tolerance_high", "at_edge", "scope", "tuned_on"]
+            "tolerance", "tolerance_low", "tolerance_high", "tolerance_open", "at_edge", "scope",
+            "tuned_on"]
     if not body:
         return pd.DataFrame(columns=cols)
     t = body.get("tuning", {})
@@ -82,10 +84,16 @@ def tolerance_differences(body: dict[str, Any] | None, baseline: str,
                           scenarios: list[str] | None = None) -> pd.DataFrame:
     """Each optimizer's tolerance minus the baseline's, per scenario and model: the point
     difference and a 95 % percentile interval from the paired bootstrap replicates (every
-    optimizer of a group was resampled on the same tuning seeds). Empty without replicates.
+    optimizer of a group was resampled on the same tuning seeds), and a test over the tuning
+    seeds: each seed's own tolerance (``tolerance_seeds``) paired by seed, ``n`` pairs,
+    ``wins`` / ``losses`` (seeds where the optimizer's is wider / narrower) and ``p``, the
+    two-sided Wilcoxon signed-rank p-value of those differences
+    (:func:`shiftsim.metrics.paired_p_value`; NaN where the choices predate per-seed
+    tolerances). Empty without replicates.
 
     Columns: ``scenario``, ``model``, ``optimizer``, ``baseline``, ``difference``, ``low``,
-    ``high``.
+    ``high``, ``n``, ``wins``, ``losses``, ``p``, and ``open`` / ``baseline_open`` (the ends of
+    the grid that each one's good range reaches: its tolerance is then a lower bound).
 
     >>> body = {"choices": [
     ...     {"group": "s", "model": "m", "optimizer": "a", "tolerance": 2.0,
@@ -94,8 +102,15 @@ def tolerance_differences(body: dict[str, Any] | None, baseline: str,
     ...      "tolerance_boot": [1.0, 1.0, 1.5]}]}
     >>> tolerance_differences(body, "b")[["optimizer", "difference"]].values.tolist()
     [['a', 1.0]]
+    >>> for c, t in zip(body["choices"], ([2.0, 2.5, 1.5, 2.0, 2.0], [1.0, 1.0, 1.0, 1.5, 1.0])):
+    ...     c["tolerance_seeds"] = [[seed, x] for seed, x in enumerate(t)]
+    >>> tolerance_differences(body, "b")[["n", "wins", "losses", "p"]].to_dict("records")
+    [{'n': 5, 'wins': 5, 'losses': 0, 'p': 0.0625}]
     """
-    cols = ["scenario", "model", "optimizer", "baseline", "difference", "low", "high"]
+    from ..metrics import paired_p_value
+
+    cols = ["scenario", "model", "optimizer", "baseline", "difference", "low", "high", "n",
+            "wins", "losses", "p", "open", "baseline_open"]
     if not body:
         return pd.DataFrame(columns=cols)
     choices = body.get("choices") or []
@@ -116,8 +131,17 @@ def tolerance_differences(body: dict[str, Any] | None, baseline: str,
         diff = (math.nan if ta is None else ta) - (math.nan if tb is None else tb)
         low, high = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))) if d.size \
             else (math.nan, math.nan)
+        own = dict((sd, t) for sd, t in c.get("tolerance_seeds") or [])
+        theirs = dict((sd, t) for sd, t in b.get("tolerance_seeds") or [])
+        per = np.array([own[sd] - theirs[sd] for sd in own if sd in theirs], dtype=float)
+        per = per[~np.isnan(per)]
+        test = {"n": int(per.size), "wins": int((per > 0).sum()),
+                "losses": int((per < 0).sum()),
+                "p": paired_p_value(per, "wilcoxon") if per.size else math.nan}
         for scen in ([c["group"]] if c["group"] != "*" else names):
             rows.append({"scenario": scen, "model": c["model"], "optimizer": c["optimizer"],
-                         "baseline": baseline, "difference": diff, "low": low, "high": high})
+                         "baseline": baseline, "difference": diff, "low": low, "high": high,
+                         **test, "open": c.get("tolerance_open") or "",
+                         "baseline_open": b.get("tolerance_open") or ""})
     return pd.DataFrame(rows, columns=cols)
 

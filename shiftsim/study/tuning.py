@@ -380,6 +380,27 @@ def _bootstrap_tolerance(g: pd.DataFrame, lrs: np.ndarray, chance: float | None,
     return (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)), out.tolist())
 
 
+def seed_tolerances(g: pd.DataFrame, lrs: np.ndarray, chance: float | None
+                    ) -> list[list[float]]:
+    """Each tuning seed's own tolerance: :func:`tolerance` of that seed's curve around that
+    seed's best eligible learning rate (its first highest score), as ``[seed, decades]`` pairs
+    in seed order (NaN where the seed has no eligible point). Two optimizers tuned on the same
+    seeds pair these by seed, so that a difference of tolerances can be tested over seeds.
+
+    >>> g = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1], "lr": [0.01, 0.1, 1.0] * 2,
+    ...                   "score": [0.5, 0.9, 0.88, 0.9, 0.89, 0.3], "ok": True})
+    >>> seed_tolerances(g, np.array([0.01, 0.1, 1.0]), 0.1)
+    [[0, 1.0], [1, 1.0]]
+    """
+    seeds = np.unique(g["seed"].to_numpy())
+    X, OK = _seed_tables(g, lrs)
+    if not X.size:
+        return []
+    best = np.argmax(np.where(OK & ~np.isnan(X), X, -np.inf), axis=1)
+    tol = _tolerances(lrs, X, OK, best, chance)
+    return [[_plain(sd), float(t)] for sd, t in zip(seeds, tol)]
+
+
 def _seed_tables(g: pd.DataFrame, lrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Seeds (sorted) x ``lrs``: each seed's first non-NaN ``score`` at each learning rate
     (NaN where none) and whether all its runs there are ``ok`` (False where it has none): the
@@ -408,9 +429,10 @@ def _seed_tables(g: pd.DataFrame, lrs: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _tolerances(lrs: np.ndarray, means: np.ndarray, elig: np.ndarray, best: np.ndarray,
-                chance: float | None) -> np.ndarray:
+                chance: float | None, ends: bool = False) -> Any:
     """:func:`tolerance` of each row of ``means`` (rows x learning rates) around its ``best``
-    column, vectorized over the rows; NaN where that point is not eligible or NaN."""
+    column, vectorized over the rows; NaN where that point is not eligible or NaN. With
+    ``ends``: also the first and last column of each row's range."""
     rows = np.arange(means.shape[0])
     ok = elig & ~np.isnan(means)
     if chance is not None:
@@ -424,7 +446,8 @@ def _tolerances(lrs: np.ndarray, means: np.ndarray, elig: np.ndarray, best: np.n
     for _ in range(last):  # widen one step at a time while the neighbour stays good
         lo = np.where((lo > 0) & good[rows, np.maximum(lo - 1, 0)], lo - 1, lo)
         hi = np.where((hi < last) & good[rows, np.minimum(hi + 1, last)], hi + 1, hi)
-    return np.where(ok[rows, best], np.log10(lrs[hi] / lrs[lo]), np.nan)
+    tol = np.where(ok[rows, best], np.log10(lrs[hi] / lrs[lo]), np.nan)
+    return (tol, lo, hi) if ends else tol
 
 
 def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[str]],
@@ -440,7 +463,10 @@ def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[s
     ``choices``: one row per group × model × optimizer: ``chosen`` (dict), ``value`` (mean
     score), ``worst``, ``n``, ``eligible``, ``at_edge`` ("", "low", "high" per tuned
     hyperparameter, e.g. "lr:high"), ``tolerance`` (decades) with ``tolerance_low`` /
-    ``tolerance_high``. ``curves``: every grid point's mean, interval and ``chosen`` flag.
+    ``tolerance_high`` (the bootstrap interval; ``tolerance_boot`` its replicates) and
+    ``tolerance_seeds`` (each tuning seed's own tolerance, :func:`seed_tolerances`) and
+    ``tolerance_open`` ("low", "high", "low,high" or "": the ends of the grid that the good
+    range reaches, where the tolerance is only a lower bound). ``curves``: every grid point's mean, interval and ``chosen`` flag.
     """
     rows, curves = [], []
     runs = runs.assign(ok=runs["status"].eq("ok") & runs["score"].notna())
@@ -471,14 +497,22 @@ def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[s
             lrs = line["lr"].to_numpy(np.float64)
             pos = int(np.flatnonzero(line.index.to_numpy() == best)[0])
             ch = chance.get(group)
-            row["tolerance"] = tolerance(lrs, line["mean"].to_numpy(np.float64),
-                                         line["eligible"].to_numpy(bool), pos, ch)
+            tol, lo, hi = _tolerances(lrs, line["mean"].to_numpy(np.float64)[None, :],
+                                      line["eligible"].to_numpy(bool)[None, :],
+                                      np.array([pos]), ch, ends=True)
+            row["tolerance"] = float(tol[0])
+            # a good range that reaches the grid's end may go on past it: a lower bound
+            row["tolerance_open"] = ",".join(
+                side for side, at_end in (("low", lo[0] == 0), ("high", hi[0] == len(lrs) - 1))
+                if at_end and len(lrs) > 1 and not math.isnan(row["tolerance"]))
             sub = g
             for n, v in others.items():
                 sub = sub[sub[n] == v]
             low, high, boot = _bootstrap_tolerance(sub, lrs, ch)
             row["tolerance_low"], row["tolerance_high"] = low, high
             row["tolerance_boot"] = [round(x, 4) for x in boot]
+            row["tolerance_seeds"] = [[sd, round(t, 4)] for sd, t in seed_tolerances(sub, lrs,
+                                                                                     ch)]
         rows.append(row)
         pts = pts.assign(group=group, model=model, optimizer=opt,
                          chosen=pts.index == best)
