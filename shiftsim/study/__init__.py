@@ -87,7 +87,8 @@ class Study(StudyGrid):
         model: a ModelSpec or a dict label -> ModelSpec (``models=`` is the same argument).
         optimizers: a dict label -> OptimizerSpec or registry name (e.g. :func:`lr_grid`), a
             list, or one.
-        seeds: a count (``range(seeds)``) or a list of seeds.
+        seeds: a count (``range(seeds)``) or a list of seeds; default 10, the evaluation
+            seeds of the comparison protocol (a report draws no verdict below 5 seeds).
         description: free text kept in ``study.json``.
         tuning: a :class:`Tuning`: tune each optimizer on tuning seeds first, then evaluate it
             at its chosen setting (:mod:`shiftsim.study.tuning`).

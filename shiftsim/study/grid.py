@@ -89,7 +89,8 @@ class StudyGrid:
         model: a ModelSpec or a dict label -> ModelSpec (``models=`` is the same argument).
         optimizers: a dict label -> OptimizerSpec or registry name (e.g. :func:`lr_grid`), a
             list, or one.
-        seeds: a count (``range(seeds)``) or a list of seeds.
+        seeds: a count (``range(seeds)``) or a list of seeds; default 10, the evaluation
+            seeds of the comparison protocol (a report draws no verdict below 5 seeds).
         description: free text kept in ``study.json``.
 
     Every run gets the labels ``scenario``, ``model``, ``optimizer`` (the axis labels),
@@ -101,7 +102,7 @@ class StudyGrid:
     """
 
     def __init__(self, name: str, scenarios: Any, model: Any = None, optimizers: Any = None,
-                 seeds: Any = 3, *, models: Any = None, description: str = "",
+                 seeds: Any = 10, *, models: Any = None, description: str = "",
                  tuning: Tuning | None = None,
                  where: Callable[[dict[str, Any]], bool] | None = None) -> None:
         if not isinstance(name, str) or not name.strip():
