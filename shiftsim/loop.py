@@ -309,8 +309,9 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
             if bar is not None:
                 bar.close()
     t_loop = time.perf_counter()
+    chances = {seed: _stream_chances(stream) for seed, stream in zip(distinct, streams)}
     results = _results(scenario, learner, dev, schedule, diverged_at, losses, correct,
-                       correct_true, n_new, eval_correct, train, denormal_applied)
+                       correct_true, n_new, eval_correct, train, denormal_applied, chances)
     t_end = time.perf_counter()
     loop_s = t_loop - t_setup
     for r in results:
@@ -347,12 +348,20 @@ def _train_schedule(scenario: Scenario, learner: Members, steps: int) -> np.ndar
     return train_schedule(shared_cost(learner.costs()), steps)
 
 
+def _stream_chances(stream: Stream) -> list[float]:
+    """Each phase's chance level as the run's stream drew its labels (:meth:`Stream.chance`)."""
+    return [stream.chance(k) for k in range(len(stream.scenario.phases))]
+
+
 def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: EvalSchedule,
              diverged_at: list[int | None], losses: torch.Tensor, correct: torch.Tensor,
              correct_true: torch.Tensor, n_new: torch.Tensor, eval_correct: torch.Tensor,
-             train: np.ndarray | None = None, denormal_mode: str = "ieee") -> list[RunResult]:
+             train: np.ndarray | None = None, denormal_mode: str = "ieee",
+             chances: dict[int, list[float]] | None = None) -> list[RunResult]:
     """One RunResult per member, from one transfer of every buffer; ``denormal_mode``: how
-    the loop treated subnormal floats (:func:`~shiftsim.runtime.denormals`)."""
+    the loop treated subnormal floats (:func:`~shiftsim.runtime.denormals`); ``chances``: per
+    seed, each phase's chance level as its stream drew the labels (the phase plan's
+    ``chance``; default the scenario's expectation)."""
     T, b = scenario.total_steps, scenario.batch_size
     losses_c, correct_c, ctrue_c = losses.float().cpu().numpy(), correct.cpu().numpy(), \
         correct_true.cpu().numpy()
@@ -404,7 +413,10 @@ def _results(scenario: Scenario, learner: Members, dev: torch.device, schedule: 
                 "versions": dict(versions), "machine": machine,
                 "device_type": facts["device_type"], "device_name": facts["device_name"],
                 "determinism": dict(determinism)}
-        results.append(RunResult(trace, evals, phases.copy(), info, diverged=d is not None,
+        plan = phases.copy()
+        if chances is not None:
+            plan["chance"] = chances[learner.seeds[k]]
+        results.append(RunResult(trace, evals, plan, info, diverged=d is not None,
                                  diverged_step=d, timings={}))
     return results
 

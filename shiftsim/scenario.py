@@ -318,7 +318,8 @@ class Scenario:
 
         The shares are the expectation over the regime's draw (a random derangement moves a
         class to each other class with probability 1/(C − 1)); they are exact for balanced
-        classes and for ``pair``.
+        classes at a flip rate of 1 and for ``pair``. A run records the chance level of the
+        labels its stream drew (:meth:`Stream.chance <shiftsim.stream.Stream.chance>`).
         """
         shares = self.class_shares(phase)
         flip = self.label_flip(phase)

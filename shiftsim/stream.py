@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import ShiftsimError, check_range
@@ -225,6 +226,34 @@ class Stream:
         if regime_id not in self._regimes:
             self._regimes[regime_id] = Regime(self, regime_id)
         return self._regimes[regime_id]
+
+    def chance(self, phase: int) -> float:
+        """χ_k as this stream draws it: the largest share of phase ``phase``'s stream labels,
+        from its regime's label table (each class c sampled with its share w_c in the phase,
+        uniformly within the class: the share of label j is Σ_c w_c · #(y = c, label j) / n_c).
+        :meth:`Scenario.chance <shiftsim.scenario.Scenario.chance>` gives the expectation over
+        the regime's draw (before any run); a fixed derangement only moves the class shares
+        around, so at a flip rate of 1 the largest share stays the largest class share (the
+        expectation spreads a moved class over every other class, which understates it under
+        an uneven class prior).
+
+        >>> import shiftsim as ss
+        >>> sc = ss.Scenario(ss.data.digits(), [ss.Phase(5), ss.Phase(5, [ss.LabelFlip(1.0),
+        ...                  ss.ClassPrior((10,) + (1,) * 9)])])
+        >>> round(Stream(sc, seed=0, device="cpu").chance(1), 3), round(sc.chance(1), 3)
+        (0.526, 0.105)
+        """
+        sc = self.scenario
+        flip = sc.label_flip(phase)
+        if flip is None or flip.rate == 0:
+            return sc.chance(phase)
+        c = sc.data.num_classes
+        labels = self.regime(sc.regime_of[phase]).labels.cpu()
+        pairs = torch.bincount(self.y_train_cpu * c + labels, minlength=c * c)
+        table = pairs.reshape(c, c).to(torch.float64).numpy()
+        counts = table.sum(axis=1, keepdims=True)
+        within = np.divide(table, counts, out=np.zeros_like(table), where=counts > 0)
+        return float(np.max(sc.class_shares(phase) @ within))
 
     def plan(self, phase: int) -> PhasePlan:
         """Draw phase ``phase``: batch indices, labels and ramp mask, as device tensors.

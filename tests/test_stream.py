@@ -170,3 +170,39 @@ def test_iteration_matches_plans_and_is_deterministic(tiny_scenario):
     assert len(a) == 90 and [x.step for x in a] == list(range(90))
     assert all(torch.equal(x.x, y.x) and torch.equal(x.y, y.y) for x, y in zip(a, b))
     assert not all(torch.equal(x.index, y.index) for x, y in zip(a, c))
+
+
+def _drawn_chance(stream, sc, phase):
+    """By hand from the label table: class shares w_c split over the labels of class c."""
+    labels = stream.regime(sc.regime_of[phase]).labels.cpu()
+    counts = torch.bincount(stream.y_train_cpu, minlength=10).double()
+    w = torch.tensor(sc.class_shares(phase))
+    shares = torch.zeros(10, dtype=torch.float64)
+    for c in range(10):
+        labs = labels[stream.y_train_cpu == c]
+        shares += w[c] * torch.bincount(labs, minlength=10).double() / counts[c]
+    return float(shares.max())
+
+
+def test_a_runs_chance_level_is_that_of_the_labels_its_stream_drew(digits):
+    # a class prior of 10:1 and a full permute: the derangement moves the big class's share
+    # (10/19) to another label, whose share it becomes; the expectation over derangements
+    # (the scenario's plan) spreads it over all nine other labels instead
+    prior = ss.ClassPrior((10,) + (1,) * 9)
+    sc = ss.Scenario(digits, [ss.Phase(20), ss.Phase(20, [ss.LabelFlip(1.0), prior])],
+                     batch_size=16)
+    stream = Stream(sc, seed=3, device="cpu")
+    assert stream.chance(1) == pytest.approx(10 / 19)
+    assert stream.chance(1) == pytest.approx(_drawn_chance(stream, sc, 1))
+    assert sc.chance(1) < 0.11  # the expectation understates it
+    # a partial permute under the same prior: the big class keeps 1 − ρ′ of its share and
+    # its label gets the flipped part of the class the derangement maps onto it
+    part = ss.Scenario(digits, [ss.Phase(20), ss.Phase(20, [ss.LabelFlip(0.3), prior])])
+    for seed in (0, 1):
+        st = Stream(part, seed=seed, device="cpu")
+        assert st.chance(1) == pytest.approx(_drawn_chance(st, part, 1))
+        assert 0.7 * 10 / 19 < st.chance(1) < 0.7 * 10 / 19 + 0.3 / 19 + 0.01
+    # a run records it in its phase plan (the clean phase keeps the class shares' maximum)
+    res = ss.run(sc, ss.models.mlp(hidden=(8,)), ss.optim.spec("sgdm", lr=0.05), seed=3,
+                 device="cpu")
+    assert res.phases["chance"].tolist() == pytest.approx([sc.chance(0), 10 / 19])
