@@ -47,7 +47,8 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
     (mean per-step loss), then the :func:`recovery` columns (``shifted``, ``chance``, ``pre``,
     ``plateau``, ``ceiling``, ``reference``, ``target``, ``dipped``, ``onset_steps``,
     ``recovery_steps``, ``recovery_samples``, ``below_steps``, ``after_ramp_steps``,
-    ``onset_samples``, ``below_samples``, ``after_ramp_samples``, ``censored``, ``collapsed``, ``drop``, ``deficit`` and their ``_true`` twins), and
+    ``onset_samples``, ``below_samples``, ``after_ramp_samples``, ``censored``,
+    ``collapsed``, ``drop``, ``deficit`` and their ``_true`` twins), and
     ``heldout_acc`` (R[k, regime of k] of :func:`accuracy_matrix`; NaN without evaluations).
 
     Every phase of ``phases`` has a row. A phase without rows (a diverged run stopped earlier)

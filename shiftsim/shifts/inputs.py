@@ -125,8 +125,11 @@ class GaussianNoise(_InputShift):
 class GaussianBlur(_InputShift):
     """Separable Gaussian blur with standard deviation ``sigma`` pixels.
 
-    The kernel is truncated at 4σ and edges are replicated (scikit-image's ``gaussian``
-    defaults, which CIFAR-10-C used). Severity presets σ = 0.4, 0.6, 0.7, 0.8, 1.0.
+    The kernel's radius is ⌈4σ⌉ pixels and edges are replicated, close to scikit-image's
+    ``gaussian`` defaults, which CIFAR-10-C used (those truncate at int(4σ + 0.5), one pixel
+    less for σ = 0.6 and 0.8: at most 8e-6 apart on the digits' 8 × 8 images at the severity
+    presets, measured against ``scipy.ndimage.gaussian_filter``). Severity presets σ = 0.4,
+    0.6, 0.7, 0.8, 1.0.
 
     >>> import torch
     >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1.0

@@ -463,10 +463,11 @@ def select(runs: pd.DataFrame, tuning: Tuning, hp_names: Mapping[str, Sequence[s
     ``choices``: one row per group × model × optimizer: ``chosen`` (dict), ``value`` (mean
     score), ``worst``, ``n``, ``eligible``, ``at_edge`` ("", "low", "high" per tuned
     hyperparameter, e.g. "lr:high"), ``tolerance`` (decades) with ``tolerance_low`` /
-    ``tolerance_high`` (the bootstrap interval; ``tolerance_boot`` its replicates) and
+    ``tolerance_high`` (the bootstrap interval; ``tolerance_boot`` its replicates),
     ``tolerance_seeds`` (each tuning seed's own tolerance, :func:`seed_tolerances`) and
     ``tolerance_open`` ("low", "high", "low,high" or "": the ends of the grid that the good
-    range reaches, where the tolerance is only a lower bound). ``curves``: every grid point's mean, interval and ``chosen`` flag.
+    range reaches, where the tolerance is only a lower bound). ``curves``: every grid point's
+    mean, interval and ``chosen`` flag.
     """
     rows, curves = [], []
     runs = runs.assign(ok=runs["status"].eq("ok") & runs["score"].notna())
