@@ -69,6 +69,10 @@ def test_ceilings_follow_the_spec():
     assert ss.LabelFlip(0.5, "other").ceiling(3, counts=[4, 3, 5]) == pytest.approx(0.5)
     assert ss.LabelFlip(0.5, "uniform").ceiling(3, counts=[4, 3, 5]) == pytest.approx(
         1 - 0.5 + 0.5 / 3)
+    # the expected label shares keep the realised rates (round(ρ n_c) samples move): class
+    # shares 4/12, 3/12, 5/12 lose 2/12, 2/12, 3/12, each spread over the two other labels
+    assert ss.LabelFlip(0.5, "other").label_shares(3, counts=[4, 3, 5]).tolist() == \
+        pytest.approx([4.5 / 12, 3.5 / 12, 4 / 12])
     assert ss.LabelFlip(0.0, "other").label_kind == "none"
     assert ss.LabelFlip(0.2, "uniform").label_kind == "noise"
     assert ss.LabelFlip(0.2, "pair").label_kind == "concept + noise"

@@ -280,7 +280,7 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
 RANK_BOOT = 1000
 
 
-def _clear_firsts(tables: list[pd.DataFrame], arms: list[str], alpha: float = ALPHA
+def _clear_firsts(tables: list[pd.DataFrame], alpha: float = ALPHA
                   ) -> list[tuple[int | None, set[int]]]:
     """Per scenario (a seed × optimizer table): ``(winner, tied)``, the column of the top mean
     when a paired t test over the seeds puts it significantly above the runner-up (Holm over the
@@ -290,7 +290,7 @@ def _clear_firsts(tables: list[pd.DataFrame], arms: list[str], alpha: float = AL
     >>> t = pd.DataFrame({"a": [.9, .91, .92, .93, .94], "b": [.8, .8, .81, .8, .82],
     ...                   "c": [.1] * 5})
     >>> u = pd.DataFrame({"a": [.9, .8, .9, .8, .9], "b": [.85] * 5, "c": [.1] * 5})
-    >>> _clear_firsts([t, u], ["a", "b", "c"])
+    >>> _clear_firsts([t, u])
     [(0, set()), (None, {0, 1})]
     """
     tops, p = [], []
@@ -359,7 +359,7 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
         return out
 
     point = ranks(tables)
-    clear = _clear_firsts(tables, arms)
+    clear = _clear_firsts(tables)
     boot = np.empty((n_boot, len(arms)))
     for b in range(n_boot):
         res = [t.iloc[rng.integers(0, len(t), len(t))] for t in tables]

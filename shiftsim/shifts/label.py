@@ -183,8 +183,7 @@ class LabelFlip(Shift):
         """
         c = int(num_classes)
         p = _weights(weights if weights is not None else counts, c)
-        concept = self.mode in ("permute", "pair")
-        rho = (self.realized_rates(counts) if counts is not None and concept
+        rho = (self.realized_rates(counts) if counts is not None
                else np.full(c, self.rate, dtype=np.float64))
         moved = rho * p
         out = p - moved
