@@ -291,7 +291,7 @@ def test_paired_comparison_against_the_baseline(study_dir, rep):
         assert close(row["difference"], m) and close(row["low"], lo) and close(row["high"], hi)
         assert close(row["p"], stats.ttest_1samp(d, 0).pvalue)
         assert (row["wins"], row["losses"]) == (int((d > 0).sum()), int((d < 0).sum()))
-        want = "no detectable difference" if row["p_holm"] > 0.05 else (
+        want = f"no detectable difference with {row['n']} seeds" if row["p_holm"] > 0.05 else (
             "better" if m > 0 else "worse")
         assert row["verdict"] == want
     # noise scenarios are judged on the original labels, concept ones on the stream's

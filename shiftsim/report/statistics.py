@@ -13,7 +13,8 @@ The seed is the unit of replication (docs/metrics.md, "Comparing optimizers in a
 * every comparison the report makes is one test of a family; the p-values are adjusted with
   Holm–Bonferroni over the whole family (:func:`shiftsim.metrics.holm`) and a comparison gets
   the verdict "better" or "worse" only when its adjusted p-value is at most α = 0.05; otherwise
-  "no detectable difference". With fewer than :data:`MIN_SEEDS` seeds nothing is judged.
+  "no detectable difference with n seeds". With fewer than :data:`MIN_SEEDS` seeds nothing is
+  judged.
 
 >>> import pandas as pd
 >>> a = pd.Series([.80, .82, .79, .85, .81], index=range(5))
@@ -128,7 +129,7 @@ def verdict(row: Any, alpha: float = ALPHA) -> str:
             else "not judged"
     p = row["p_holm"]
     if p is None or (isinstance(p, float) and math.isnan(p)) or p > alpha:
-        return "no detectable difference"
+        return f"no detectable difference with {int(row['n'])} seeds"
     diff = row["difference"]
     if diff and not math.isnan(diff):
         good = (diff > 0) == bool(row["higher_is_better"])

@@ -201,7 +201,7 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         "Won / lost / tied: seeds where the optimizer is better / worse / equal. "
         f"The p-values are Holm-adjusted over all {judged} comparisons of this report; the "
         f"verdict is 'better' or 'worse' only when the adjusted p-value is at most {ALPHA}, "
-        "else 'no detectable difference'"
+        "else 'no detectable difference with n seeds'"
         f"; with fewer than {MIN_SEEDS} seeds nothing is judged. The intervals are each "
         "comparison's own, not adjusted, so one that leaves out 0 can go with 'no detectable "
         "difference'. Unadjusted p-values are in tables/comparison.csv.")
