@@ -314,12 +314,14 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
                        correct_true, n_new, eval_correct, train, denormal_applied, chances)
     t_end = time.perf_counter()
     loop_s = t_loop - t_setup
+    # the loop ran ``checked`` steps for every member (a diverged member's trace ends earlier,
+    # but the loop went on to the next check, or for the other members): time per step is the
+    # loop's time over the steps it ran, not over the steps a trace kept
     for r in results:
-        steps_run = len(r.trace)
         r.timings.update({
             "setup_s": (t_setup - t_start) / K, "loop_s": loop_s / K,
             "collect_s": (t_end - t_loop) / K, "total_s": (t_end - t_start) / K,
-            "ms_per_step": 1000 * loop_s / K / steps_run if steps_run else math.nan})
+            "ms_per_step": 1000 * loop_s / K / checked if checked else math.nan})
         if K > 1 or learner.stacked:
             r.timings["fleet_loop_s"] = loop_s
     return results

@@ -114,6 +114,12 @@ def test_divergence_stops_the_run_and_keeps_steps_before_it(device):
     assert summary["steps_run"].tolist() == [20, 1, 0]
     assert np.isnan(summary["online_acc"].iloc[2])
     assert "diverged at step 21" in repr(res)
+    # time per step: the loop's time over the steps it ran (to the check that found the
+    # divergence: 28 with checks every 7 steps, 22 with checks every step), not over the 21 it
+    # kept (which made a diverged run look up to 64 times slower than it was)
+    assert res.timings["ms_per_step"] == pytest.approx(1000 * res.timings["loop_s"] / 28)
+    assert every_step.timings["ms_per_step"] == pytest.approx(
+        1000 * every_step.timings["loop_s"] / 22)
     ok = ss.run(sc.replace(phases=sc.phases[:1]), ss.models.linear(), "sgdm", seed=0,
                 device=device, deterministic=det)
     assert not ok.diverged and ok.diverged_step is None
