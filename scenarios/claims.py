@@ -119,7 +119,7 @@ def tolerance_tests(claim: Claim, results_dir: Path) -> list[dict]:
     diffs = tuning_file.tolerance_differences(body, claim.b)
     out = []
     for r in diffs[diffs["optimizer"] == claim.a].itertuples():
-        if math.isnan(r.p):
+        if r.n == 0 and not any("tolerance_seeds" in c for c in body["choices"]):
             raise SystemExit(f"{results_dir}/tuning.json has no per-seed tolerances: resume "
                              f"the study once (it selects again and rewrites it)")
         # a tolerance whose good range reaches its grid's end is a lower bound: the baseline's
@@ -137,6 +137,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.copy()
     has_p = rows["p"].notna() if "p" in rows else pd.Series(False, index=rows.index)
     rows["p_holm"] = np.nan
+    rows["verdict"] = "inconclusive"  # without a p-value (fewer than two pairs): no test
     if has_p.any():
         rows.loc[has_p, "p_holm"] = metrics.holm(rows.loc[has_p, "p"].to_numpy(float))
     for i, r in rows[has_p].iterrows():
@@ -147,7 +148,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
         else:
             rows.loc[i, "verdict"] = "inconclusive"
         bound = r.get("bound_b") if better else r.get("bound_a")
-        if rows.loc[i, "verdict"] != "inconclusive" and isinstance(bound, bool) and bound:
+        if rows.loc[i, "verdict"] != "inconclusive" and pd.notna(bound) and bool(bound):
             rows.loc[i, "verdict"] = "inconclusive"
             rows.loc[i, "note"] = ("the " + ("baseline's" if better else "optimizer's")
                                    + " tolerance is a lower bound: its good range reaches "

@@ -109,6 +109,11 @@ def test_tolerance_claims_are_tested_over_the_tuning_seeds_in_the_holm_family(re
                           "bound_b": b} for b in (True, False)])
     got = c.verdicts(fake)
     assert got["verdict"].tolist() == ["inconclusive", "supported"]
+    # the bounds as numpy booleans (a frame of tolerance rows only) and a row without a
+    # p-value (fewer than two tuning seeds): no test, inconclusive
+    fake = pd.DataFrame([{**r, "p": p, "difference": 1.0, "bound_a": False, "bound_b": True}
+                         for p in (1e-6, np.nan)]).astype({"bound_a": bool, "bound_b": bool})
+    assert c.verdicts(fake)["verdict"].tolist() == ["inconclusive", "inconclusive"]
     assert "lower bound" in got.loc[0, "note"]
 
 

@@ -292,6 +292,8 @@ def _clear_firsts(tables: list[pd.DataFrame], alpha: float = ALPHA
     >>> u = pd.DataFrame({"a": [.9, .8, .9, .8, .9], "b": [.85] * 5, "c": [.1] * 5})
     >>> _clear_firsts([t, u])
     [(0, set()), (None, {0, 1})]
+    >>> _clear_firsts([t[["a"]]])  # one optimizer with runs: nothing to rank it against
+    [(None, set())]
     """
     tops, p = [], []
     for t in tables:
@@ -316,7 +318,9 @@ def _clear_firsts(tables: list[pd.DataFrame], alpha: float = ALPHA
             continue
         top = order[0]
         same = {j for j in order if means[j] == means[top]}
-        if len(order) > 1 and len(same) == 1 and q <= alpha:
+        if len(order) == 1:  # nothing to compare with: no first place, no tie
+            out.append((None, set()))
+        elif len(same) == 1 and q <= alpha:
             out.append((int(top), set()))
         else:
             out.append((None, {int(j) for j in same | set(order[:2])}))
