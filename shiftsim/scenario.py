@@ -352,6 +352,27 @@ class Scenario:
             return True
         return any(s.regime_draw for s in self.shifts_of(phase) if not s.is_identity())
 
+    def shift_kind(self, phase: int) -> str:
+        """What kind of shift phase ``phase`` is: the types of the shifts that change between
+        the phase before and this one (a label flip with its mode), sorted and joined with
+        " + "; ``""`` when the phase is no shift (:meth:`has_shift`). A shift away and the
+        shift back are of one kind (both ``"Rotate"``); a run's shifts of one kind are reduced
+        together, shifts of different kinds separately (docs/metrics.md).
+
+        >>> import shiftsim as ss
+        >>> sc = ss.recurring(ss.data.digits(), [[], [ss.Rotate(45)], [ss.LabelFlip(1.0)]],
+        ...                   steps_per_phase=10, cycles=1)
+        >>> [sc.shift_kind(k) for k in range(len(sc.phases))]
+        ['', 'Rotate', 'LabelFlip(permute) + Rotate']
+        """
+        if not self.has_shift(phase):
+            return ""
+        before, now = _kinds(self.shifts_of(phase - 1)), _kinds(self.shifts_of(phase))
+        changed = {label for _, label in before.items() ^ now.items()}
+        changed |= {_kind_label(s) for s in self.shifts_of(phase)
+                    if s.regime_draw and not s.is_identity()}
+        return " + ".join(sorted(changed))
+
     def label_kind(self, phase: int) -> str:
         flip = self.label_flip(phase)
         return flip.label_kind if flip else "none"
@@ -404,7 +425,7 @@ class Scenario:
                 "ceiling": self.ceiling(k), "chance": self.chance(k),
                 "chance_true": self.chance(k, "true"), "label_kind": self.label_kind(k),
                 "concept": self.concept(k),
-                "shifted": self.has_shift(k),
+                "shifted": self.has_shift(k), "shift_kind": self.shift_kind(k),
                 "width": int(p.transition.width), "transition": p.transition.describe(),
                 "shifts": p.describe_shifts(),
             })
@@ -464,6 +485,24 @@ class Scenario:
             raise allowed(sorted(unknown)[0], "Scenario field", args)
         args.update(changes)
         return Scenario(**args)
+
+
+def _kind_label(shift: Shift) -> str:
+    """A shift's kind in words: its type, a label flip's with its mode."""
+    name = type(shift).__name__
+    return f"{name}({shift.mode})" if isinstance(shift, LabelFlip) else name
+
+
+def _kinds(shifts: Sequence[Shift]) -> dict[str, str]:
+    """The shifts that change something: comparable description -> kind label."""
+    out = {}
+    for s in shifts:
+        if s.is_identity():
+            continue
+        d = s.to_dict()
+        d.pop("severity", None)
+        out[repr(sorted(d.items()))] = _kind_label(s)
+    return out
 
 
 def _effective(shifts: Sequence[Shift]) -> list[str]:

@@ -168,12 +168,12 @@ def close(a, b, tol=1e-9):
 
 
 def run_level(res, rid, plan, refs, col="correct", chance_col="chance"):
-    """One run's shifts reduced: (median recovery with inf, median samples, mean drop, mean
-    deficit)."""
+    """One run's shifts reduced: (median recovery with inf, median samples, median drop,
+    median deficit)."""
     rr = ref_recovery(res.trace(rid), plan, refs, col, chance_col)
     rec = ref_median_inf([v[0] for v in rr.values()])
     sam = ref_median_inf([v[1] for v in rr.values()])
-    return rec, sam, np.mean([v[2] for v in rr.values()]), np.mean([v[3] for v in rr.values()])
+    return rec, sam, np.median([v[2] for v in rr.values()]), np.median([v[3] for v in rr.values()])
 
 
 def ref_median_inf(values):

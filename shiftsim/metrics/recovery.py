@@ -405,12 +405,14 @@ def common_reference(rows: pd.DataFrame, by: Sequence[str] = ("scenario",),
 
 def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: str = ""
                  ) -> pd.DataFrame:
-    """A run's shifts reduced to one value per run (the seed is the unit of replication):
-    ``recovery_steps`` / ``recovery_samples`` the median over the run's shifted phases counting
-    censored shifts as +inf (``censored`` when that median is infinite), ``censored_shifts``
-    and ``shifts`` the counts, ``drop`` and ``deficit`` the median over the same shifts (never
-    censored). ``suffix`` ``"_true"`` reduces the clean-label columns. Runs without a shifted
-    phase (with a value) are left out.
+    """A run's shifts of one kind reduced to one value (the seed is the unit of replication):
+    ``recovery_steps`` / ``recovery_samples`` the median over the run's shifted phases of that
+    kind counting censored shifts as +inf (``censored`` when that median is infinite),
+    ``censored_shifts`` and ``shifts`` the counts, ``drop`` and ``deficit`` the median over the
+    same shifts (never censored). With a ``shift_kind`` column (the phase plan's,
+    :meth:`shiftsim.Scenario.shift_kind`) there is one row per run and kind, and the output has
+    that column; without it every shift of a run counts as one kind. ``suffix`` ``"_true"``
+    reduces the clean-label columns. Runs without a shifted phase (with a value) are left out.
 
     >>> rows = pd.DataFrame({"run_id": "r", "phase": [1, 2, 3], "shifted": True,
     ...                      "recovery_steps": [4.0, 10.0, float("nan")],
@@ -418,6 +420,9 @@ def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: st
     ...                      "censored": [False, False, True], "drop": 0.2, "deficit": 0.1})
     >>> run_recovery(rows)[["recovery_steps", "censored", "censored_shifts"]].values.tolist()
     [[10.0, False, 1]]
+    >>> kinds = rows.assign(shift_kind=["Rotate", "LabelFlip(permute)", "Rotate"])
+    >>> run_recovery(kinds)[["shift_kind", "recovery_steps", "censored"]].values.tolist()
+    [['Rotate', nan, True], ['LabelFlip(permute)', 10.0, False]]
     """
     by = list(by)
     cols = [f"{c}{suffix}" for c in ("recovery_steps", "recovery_samples", "censored", "drop",
@@ -426,13 +431,16 @@ def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: st
     sub = rows
     if "shifted" in rows.columns:
         sub = rows[rows["shifted"].astype(bool)]
+    kind = ["shift_kind"] if "shift_kind" in rows.columns and "shift_kind" not in by else []
+    if kind:
+        sub = sub.assign(shift_kind=sub["shift_kind"].fillna("").astype(str))
     rec, sam, cen, drop, deficit = cols
     cens = sub[cen].astype(bool)
     sub = sub[cens | sub[rec].notna()].assign(
         _t=lambda d: np.where(d[cen].astype(bool), np.inf, d[rec]),
         _s=lambda d: np.where(d[cen].astype(bool), np.inf, d[sam]),
         _c=lambda d: d[cen].astype(bool).astype(np.int64))
-    g = sub.groupby(by, sort=False)
+    g = sub.groupby([*by, *kind], sort=False)
     out = pd.DataFrame({"_t": g["_t"].median(), "_s": g["_s"].median(),
                         "censored_shifts": g["_c"].sum(), "shifts": g.size(),
                         drop: g[drop].median(), deficit: g[deficit].median()})
@@ -440,4 +448,4 @@ def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: st
     out[rec] = out["_t"].where(~out[cen])
     out[sam] = out["_s"].where(~out[cen])
     return out.drop(columns=["_t", "_s"]).reset_index()[
-        [*by, rec, sam, cen, "censored_shifts", "shifts", drop, deficit]]
+        [*by, *kind, rec, sam, cen, "censored_shifts", "shifts", drop, deficit]]

@@ -212,7 +212,9 @@ NOTES = [
         "permute by its majority mapping) but not label noise. ACC, BWT (Lopez-Paz & Ranzato "
         "2017) and forgetting (Chaudhry et al. 2018) come from the accuracy matrix R[i, j] "
         "(held-out accuracy on the distinct regime j after phase i). The seed is the unit of "
-        "replication: each run's shifts are reduced to their median first; recovery times are "
+        "replication: each run's shifts of one kind are reduced to their median first (a "
+        "scenario whose shifts are of several kinds, say a rotation and a label permutation, "
+        "is reported per kind); recovery times are "
         "summarised by their median over seeds (never recovering counted as +∞, undefined when "
         "half or more never recover) with a bootstrap interval, accuracies by their mean with "
         "a Student-t interval. Comparisons with the baseline are paired by seed (t test; "
@@ -229,7 +231,7 @@ NOTES = [
 def build_document(v: StudyView, figures: list[FigureFile], findings: list[str],
                    study_dir: Path) -> Document:
     """The :class:`~shiftsim.report.document.Document` of a built study view."""
-    tables = [v.tables[k] for k in ("league", "summary", "league_families", "tuning",
+    tables = [v.tables[k] for k in ("league", "summary", "kinds", "league_families", "tuning",
                                     "comparison", "heldout", "phases") if k in v.tables]
     if len(v.tables["runs"].display):
         tables.append(v.tables["runs"])

@@ -106,7 +106,9 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
             f"Online accuracy ({window}-step trailing mean within the phase) against steps since "
             f"each shift; mean over seeds and shifts with a {pct} % Student-t band; the dashed "
             "line is the shift, dotted lines the median recovery time over seeds of each "
-            "optimizer (when defined; each run's shifts reduced to their median first). "
+            "optimizer (when defined; each run's shifts reduced to their median first; none "
+            "for a scenario whose shifts are of several kinds, which the tables give per "
+            "kind). "
             f"Negative steps: the end of the phase before{note}.{noise_note}", fig)
 
     say("stream accuracy")
@@ -176,6 +178,27 @@ def _headline_values(v: StudyView) -> pd.DataFrame:
     return val
 
 
+def _headline_recovery(v: StudyView, values: pd.DataFrame) -> pd.DataFrame:
+    """The runs' headline recovery (clean labels for label noise), one row per run with a
+    shift, and for a scenario whose shifts are of several kinds one row per run and kind, the
+    scenario labelled ``"<scenario>:\n<kind>"`` (``origin``: the scenario it came from)."""
+    rec = values[values["shifts"] > 0].assign(origin=lambda d: d["scenario"])
+    kinds = v.kind_values
+    if kinds is None or kinds.empty:
+        return rec
+    kinds = kinds.copy()
+    noisy = kinds["scenario"].map(lambda s: bool(v.noise.get(s))).astype(bool)
+    for c in ("recovery_steps", "recovery_samples", "censored", "shifts"):
+        kinds.loc[noisy, c] = kinds.loc[noisy, f"{c}_true"]
+    kinds["censored"] = kinds["censored"].astype(bool)
+    kinds = kinds[kinds["shifts"] > 0].assign(
+        origin=lambda d: d["scenario"],
+        scenario=lambda d: d["scenario"].astype(str) + ":\n" + d["shift_kind"].astype(
+            str).str.replace(" + ", "\n+ ", regex=False))
+    return pd.concat([rec, kinds[[c for c in rec.columns if c in kinds.columns]]],
+                     ignore_index=True)
+
+
 def _shifted_phases(v: StudyView) -> pd.DataFrame | None:
     """run_id, phase of the phases that are shifts (for the recovery curves)."""
     if not len(v.phases) or "shifted" not in v.phases.columns:
@@ -217,12 +240,15 @@ def _sensitivity(v: StudyView, palette: dict[str, Any], cur: pd.DataFrame) -> Fi
 def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFrame
                       ) -> Iterator[Figure]:
     pct = int(round(100 * v.level))
+    recovery = _headline_recovery(v, values)
     families = sorted(set(v.families.values())) if v.families else [None]
     for fam in families:
         scen = [s for s in v.scenarios if fam is None or v.families.get(s) == fam]
         rn = values[values["scenario"].isin(scen)]
-        ph = rn[rn["shifts"] > 0]
-        x = "severity" if v.has_severity and rn["severity"].notna().all() else "scenario"
+        ph = recovery[recovery["origin"].isin(scen)]
+        mixed = any(v.mixed(s) for s in scen)  # per kind: one point per scenario and kind
+        x = "severity" if v.has_severity and rn["severity"].notna().all() and not mixed \
+            else "scenario"
         x_label = v.severity_name if x == "severity" else "scenario"
         with plots.style():
             fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
@@ -238,8 +264,9 @@ def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFram
         title = f"Recovery and accuracy against {x_label}" + (f" ({fam})" if fam else "")
         yield Figure(
             f"severity{suffix}", title,
-            "Left: median recovery time over seeds (each run's shifts reduced to their median "
-            "first; runs that never recover count as +∞), bars from the 25th to the 75th "
+            "Left: median recovery time over seeds (each run's shifts of one kind reduced to "
+            "their median first, a scenario with several kinds shown per kind; runs that "
+            "never recover count as +∞), bars from the 25th to the 75th "
             "percentile, small dots the seeds; triangles in the grey 'censored' strip mark "
             "seeds that never recovered (bigger: more) and an open circle there a median that "
             "is undefined (half or more never recover). Right: online accuracy, mean over seeds "
@@ -253,10 +280,12 @@ def _slug(text: str) -> str:
 
 def _heatmap(v: StudyView, values: pd.DataFrame) -> Figure:
     runs = values
+    mixed = any(v.mixed(s) for s in v.scenarios)
     x = "severity" if v.has_severity and not v.families and runs["severity"].notna().all() \
-        else "scenario"
+        and not mixed else "scenario"
     x_label = v.severity_name if x == "severity" else "scenario"
-    ncols = runs[x].nunique()
+    recovery = _headline_recovery(v, runs)
+    ncols = max(runs[x].nunique(), recovery[x].nunique())
     stacked = ncols > 4  # many severities: one map above the other
     height = max(2.2, 0.45 * len(v.arms) + 1.5)
     with plots.style():
@@ -268,7 +297,7 @@ def _heatmap(v: StudyView, values: pd.DataFrame) -> Figure:
                                      layout="constrained")
     plots.severity_heatmap(runs, value="online_acc", x=x, y="optimizer", x_label=x_label,
                            hue_order=v.arms, ax=axes[0])
-    plots.severity_heatmap(runs[runs["shifts"] > 0], value="recovery_steps", x=x, y="optimizer",
+    plots.severity_heatmap(recovery, value="recovery_steps", x=x, y="optimizer",
                            x_label=x_label, hue_order=v.arms, ax=axes[1])
     axes[0].set_title("online accuracy (mean over seeds)")
     axes[1].set_title("median recovery time (steps)")
@@ -279,8 +308,9 @@ def _heatmap(v: StudyView, values: pd.DataFrame) -> Figure:
     first, second = ("Top", "Bottom") if stacked else ("Left", "Right")
     return Figure("heatmap", f"Optimizer × {x_label}",
                   f"{first}: mean online accuracy over seeds (higher is better). {second}: median "
-                  "recovery time in steps over seeds (each run's shifts reduced to their median "
-                  "first), never recovering counted as +∞ (lower is better; 'censored' where "
+                  "recovery time in steps over seeds (each run's shifts of one kind reduced to "
+                  "their median first; a scenario with several kinds per kind), never "
+                  "recovering counted as +∞ (lower is better; 'censored' where "
                   "half or more never recovered, 'n/a' where no run had a shift). Label-noise "
                   "scenarios: original labels.", fig)
 

@@ -130,7 +130,8 @@ def _effect(r: Any) -> str:
     if not (fmt.isnan(r.low) or fmt.isnan(r.high)):
         diff += f" [{fmt.num(r.low, m.digits)}, {fmt.num(r.high, m.digits)}]"
     p = "< 0.001" if r.p_holm < 0.001 else f"= {r.p_holm:.3f}"
-    return f"{m.label} {diff} ({r.wins}/{r.n} seeds, p {p})"
+    label = getattr(r, "metric_label", None) or m.label  # with the kind of shift, if any
+    return f"{label} {diff} ({r.wins}/{r.n} seeds, p {p})"
 
 
 def _significant(v: StudyView) -> list[str]:

@@ -33,38 +33,39 @@ from .. import metrics
 from .statistics import ALPHA, METRICS, MIN_SEEDS, Metric, adjust, paired, verdict
 from .view import StudyView
 
-__all__ = ["RANK_BOOT", "compared_metrics", "comparison_frame", "phase_frame", "rank_frame",
-           "recovery_fields", "run_values", "summary_frame"]
+__all__ = ["RANK_BOOT", "compared_metrics", "comparison_frame", "kind_frame", "kind_values",
+           "phase_frame", "rank_frame", "recovery_fields", "reduced_shifts", "run_values",
+           "summary_frame"]
 
 
 # one value per run (the unit of replication is the seed)
 
 
-def run_values(v: StudyView) -> pd.DataFrame:
-    """One row per run with metrics: ``scenario``, ``optimizer``, ``seed``, ``severity``,
-    ``status``, the stream scores (``online_acc``, ``online_acc_true``, ``acc``, ``bwt``,
-    ``forgetting``), ``final_heldout`` (R[K−1, regime of K−1]) and the run's shifts reduced to
-    one value each (:func:`shiftsim.metrics.run_recovery`, against the common reference):
-    ``recovery_steps``, ``recovery_samples``, ``censored``, ``censored_shifts``, ``shifts``,
-    ``drop``, ``deficit`` and their ``_true`` twins (clean labels, label-noise phases)."""
-    runs = v.runs_with_metrics()
-    out = runs[["run_id", "scenario", "optimizer", "seed", "severity", "status", "online_acc",
-                "online_acc_true", "acc", "bwt", "forgetting"]].copy()
+_REC_COLS = ["recovery_steps", "recovery_samples", "censored", "censored_shifts", "shifts",
+             "drop", "deficit"]
+
+
+def reduced_shifts(v: StudyView) -> pd.DataFrame:
+    """One row per run and shift kind: its shifts of that kind reduced to one value each
+    (:func:`shiftsim.metrics.run_recovery`), stream and clean-label (``_true``) columns."""
     ph = v.phases
-    rec_cols = ["recovery_steps", "recovery_samples", "censored", "censored_shifts", "shifts",
-                "drop", "deficit"]
-    if len(ph):
-        last = ph.loc[ph.groupby("run_id")["phase"].idxmax(), ["run_id", "heldout_acc"]]
-        out = out.merge(last.rename(columns={"heldout_acc": "final_heldout"}), on="run_id",
-                        how="left")
-        for sfx in ("", "_true"):
-            if f"recovery_steps{sfx}" not in ph.columns:
-                continue
-            red = metrics.run_recovery(ph, suffix=sfx).rename(
-                columns={"censored_shifts": f"censored_shifts{sfx}", "shifts": f"shifts{sfx}"})
-            out = out.merge(red, on="run_id", how="left")
+    out = pd.DataFrame(columns=["run_id", "shift_kind"])
+    if not len(ph):
+        return out
+    if "shift_kind" not in ph.columns:
+        ph = ph.assign(shift_kind="")
     for sfx in ("", "_true"):
-        for c in rec_cols:
+        if f"recovery_steps{sfx}" not in ph.columns:
+            continue
+        red = metrics.run_recovery(ph, suffix=sfx).rename(
+            columns={"censored_shifts": f"censored_shifts{sfx}", "shifts": f"shifts{sfx}"})
+        out = red if out.empty else out.merge(red, on=["run_id", "shift_kind"], how="outer")
+    return out
+
+
+def _fill_recovery(out: pd.DataFrame) -> pd.DataFrame:
+    for sfx in ("", "_true"):
+        for c in _REC_COLS:
             col = f"{c}{sfx}"
             if col not in out.columns:
                 out[col] = np.nan
@@ -72,9 +73,49 @@ def run_values(v: StudyView) -> pd.DataFrame:
             bool)
         for c in ("censored_shifts", "shifts"):
             out[f"{c}{sfx}"] = out[f"{c}{sfx}"].fillna(0).astype(np.int64)
+    return out
+
+
+def run_values(v: StudyView, reduced: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run with metrics: ``scenario``, ``optimizer``, ``seed``, ``severity``,
+    ``status``, the stream scores (``online_acc``, ``online_acc_true``, ``acc``, ``bwt``,
+    ``forgetting``), ``final_heldout`` (R[K−1, regime of K−1]) and the run's shifts reduced to
+    one value each (:func:`shiftsim.metrics.run_recovery`, against the common reference):
+    ``recovery_steps``, ``recovery_samples``, ``censored``, ``censored_shifts``, ``shifts``,
+    ``drop``, ``deficit`` and their ``_true`` twins (clean labels, label-noise phases). In a
+    scenario whose shifts are of several kinds (:meth:`StudyView.mixed`) those columns are
+    empty (``shifts`` 0): its shifts are reduced per kind (:func:`kind_values`)."""
+    runs = v.runs_with_metrics()
+    out = runs[["run_id", "scenario", "optimizer", "seed", "severity", "status", "online_acc",
+                "online_acc_true", "acc", "bwt", "forgetting"]].copy()
+    ph = v.phases
+    if len(ph):
+        last = ph.loc[ph.groupby("run_id")["phase"].idxmax(), ["run_id", "heldout_acc"]]
+        out = out.merge(last.rename(columns={"heldout_acc": "final_heldout"}), on="run_id",
+                        how="left")
+        red = reduced_shifts(v) if reduced is None else reduced
+        mixed = out.loc[out["scenario"].map(v.mixed).astype(bool), "run_id"]
+        red = red[~red["run_id"].isin(mixed)].drop(columns="shift_kind")
+        if len(red):
+            out = out.merge(red, on="run_id", how="left")
     if "final_heldout" not in out.columns:
         out["final_heldout"] = np.nan
-    return out.reset_index(drop=True)
+    return _fill_recovery(out).reset_index(drop=True)
+
+
+def kind_values(v: StudyView, reduced: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run and kind of shift (:meth:`shiftsim.Scenario.shift_kind`) in the
+    scenarios whose shifts are of several kinds: ``run_id``, ``scenario``, ``optimizer``,
+    ``seed``, ``severity``, ``status``, ``shift_kind`` and the recovery columns of
+    :func:`run_values` over the run's shifts of that kind (docs/metrics.md: a run's shifts of
+    one kind are reduced within the run, then aggregated over seeds)."""
+    runs = v.runs_with_metrics()
+    keys = runs[["run_id", "scenario", "optimizer", "seed", "severity", "status"]]
+    keys = keys[keys["scenario"].map(v.mixed).astype(bool)]
+    red = reduced_shifts(v) if reduced is None else reduced
+    out = keys.merge(red, on="run_id", how="inner")
+    out = out[out["shift_kind"].astype(str) != ""]
+    return _fill_recovery(out).reset_index(drop=True)
 
 
 def _mi(values: Any, level: float) -> tuple[float, float, float]:
@@ -136,6 +177,7 @@ def summary_frame(v: StudyView) -> pd.DataFrame:
                                    "label_noise": v.noise.get(s, False),
                                    "no_signal": v.no_signal.get(s, False),
                                    "max_acc": v.max_acc.get(s, 1.0),
+                                   "shift_kinds": len(v.kinds.get(s, ())),
                                    "ms_per_step": float(pd.to_numeric(
                                        runs["ms_per_step"], errors="coerce").mean())
                                    if "ms_per_step" in runs else math.nan}
@@ -150,12 +192,44 @@ def summary_frame(v: StudyView) -> pd.DataFrame:
                 row[c], row[f"{c}_low"], row[f"{c}_high"] = m
             rows.append(row)
     cols = ["scenario", "severity", "optimizer", "runs", "ok", "diverged", "failed", "missing",
-            "seeds", "phases", "label_noise", "no_signal", "max_acc", "ms_per_step"]
+            "seeds", "phases", "label_noise", "no_signal", "max_acc", "shift_kinds", "ms_per_step"]
     for c in ("online_acc", "online_acc_true"):
         cols += [c, f"{c}_low", f"{c}_high"]
     cols += recovery_fields() + recovery_fields("_true")
     for c in ("drop", "deficit", "drop_true", "deficit_true", "final_heldout", "acc", "bwt",
               "forgetting"):
+        cols += [c, f"{c}_low", f"{c}_high"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def kind_frame(v: StudyView) -> pd.DataFrame:
+    """Per scenario × kind of shift × optimizer, for the scenarios whose shifts are of several
+    kinds: recovery (median over seeds with a bootstrap interval, censored fraction), drop and
+    deficit (mean and interval over seeds), from each run's shifts of that kind reduced to one
+    value (:func:`kind_values`); clean-label twins (``*_true``) for label noise."""
+    values = v.kind_values if v.kind_values is not None else kind_values(v)
+    rows = []
+    for s in v.scenarios:
+        if not v.mixed(s):
+            continue
+        for kind in v.kinds[s]:
+            for arm in v.arms:
+                val = values[(values["scenario"] == s) & (values["shift_kind"] == kind)
+                             & (values["optimizer"] == arm)]
+                if val.empty:
+                    continue
+                row: dict[str, Any] = {"scenario": s, "severity": v.severity.get(s, math.nan),
+                                       "shift_kind": kind, "optimizer": arm,
+                                       "label_noise": v.noise.get(s, False),
+                                       "seeds": int(val["seed"].nunique())}
+                row.update(_recovery_stats(val, v.level))
+                row.update(_recovery_stats(val, v.level, "_true"))
+                for c in ("drop", "deficit", "drop_true", "deficit_true"):
+                    row[c], row[f"{c}_low"], row[f"{c}_high"] = _mi(val[c], v.level)
+                rows.append(row)
+    cols = ["scenario", "severity", "shift_kind", "optimizer", "label_noise", "seeds",
+            *recovery_fields(), *recovery_fields("_true")]
+    for c in ("drop", "deficit", "drop_true", "deficit_true"):
         cols += [c, f"{c}_low", f"{c}_high"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -226,6 +300,10 @@ def compared_metrics(v: StudyView, scenario: str) -> list[Metric]:
     return out
 
 
+#: the metrics of a run's shifts, which a scenario with shifts of several kinds compares per kind
+_KIND_METRICS = ("recovery_steps", "recovery_steps_true", "deficit", "deficit_true")
+
+
 def _by_seed(rows: pd.DataFrame, col: str) -> pd.Series:
     s = pd.Series(pd.to_numeric(rows[col], errors="coerce").to_numpy(float),
                   index=pd.Index(rows["seed"].to_numpy(), name="seed"))
@@ -237,9 +315,11 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
     with p-values Holm-adjusted over all the comparisons that can be judged (≥ MIN_SEEDS
     seeds) and the verdict."""
     values = v.values if v.values is not None else run_values(v)
+    kinds = v.kind_values if v.kind_values is not None else kind_values(v)
     rows = []
     for s in v.scenarios:
         sub = values[values["scenario"] == s]
+        by_kind = kinds[kinds["scenario"] == s]
         steps = v.phases.loc[v.phases["scenario"] == s, "steps"] if len(v.phases) else []
         cap = float(np.max(steps)) if len(steps) else None
         for arm in v.arms:
@@ -250,22 +330,33 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
             if mine.empty or base.empty:
                 continue
             for m in compared_metrics(v, s):
-                kw: dict[str, Any] = {}
-                if m.recovery:
-                    cen = m.column.replace("recovery_steps", "censored")
-                    kw = {"censored_a": _by_seed(mine, cen).astype(bool),
-                          "censored_b": _by_seed(base, cen).astype(bool), "cap": cap}
-                d = paired(_by_seed(mine, m.column), _by_seed(base, m.column), m,
-                           level=v.level, **kw)
-                rows.append({"scenario": s, "severity": v.severity.get(s, math.nan),
-                             "optimizer": arm, "baseline": v.baseline_of(arm),
-                             "metric": m.column,
-                             "metric_label": m.label, "difference": d["difference"],
-                             "low": d["low"], "high": d["high"], "n": d["n"], "wins": d["wins"],
-                             "losses": d["losses"], "ties": d["ties"],
-                             "higher_is_better": m.higher_is_better, "test": m.test,
-                             "p": d["p"]})
-    cols = ["scenario", "severity", "optimizer", "baseline", "metric", "metric_label",
+                # a scenario with shifts of several kinds: its recovery metrics once per kind
+                per_kind = v.mixed(s) and m.column in _KIND_METRICS
+                for kind in (v.kinds[s] if per_kind else [""]):
+                    a, b = mine, base
+                    if kind:
+                        a = by_kind[(by_kind["optimizer"] == arm)
+                                    & (by_kind["shift_kind"] == kind)]
+                        b = by_kind[(by_kind["optimizer"] == v.baseline_of(arm))
+                                    & (by_kind["shift_kind"] == kind)]
+                    kw: dict[str, Any] = {}
+                    if m.recovery:
+                        cen = m.column.replace("recovery_steps", "censored")
+                        kw = {"censored_a": _by_seed(a, cen).astype(bool),
+                              "censored_b": _by_seed(b, cen).astype(bool), "cap": cap}
+                    d = paired(_by_seed(a, m.column), _by_seed(b, m.column), m,
+                               level=v.level, **kw)
+                    rows.append({"scenario": s, "severity": v.severity.get(s, math.nan),
+                                 "optimizer": arm, "baseline": v.baseline_of(arm),
+                                 "metric": m.column, "shift_kind": kind,
+                                 "metric_label": f"{m.label} after {kind}" if kind else m.label,
+                                 "difference": d["difference"],
+                                 "low": d["low"], "high": d["high"], "n": d["n"],
+                                 "wins": d["wins"], "losses": d["losses"], "ties": d["ties"],
+                                 "higher_is_better": m.higher_is_better, "test": m.test,
+                                 "p": d["p"]})
+    cols = ["scenario", "severity", "optimizer", "baseline", "metric", "shift_kind",
+            "metric_label",
             "difference", "low", "high", "n", "wins", "losses", "ties", "higher_is_better",
             "test", "p", "p_holm", "judged", "verdict"]
     df = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "judged",

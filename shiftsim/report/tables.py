@@ -15,16 +15,19 @@ from . import _format as fmt
 from .document import Table
 from .frames import (
     comparison_frame,
+    kind_frame,
+    kind_values,
     phase_frame,
     rank_frame,
+    reduced_shifts,
     run_values,
     summary_frame,
 )
 from .statistics import ALPHA, METRICS, MIN_SEEDS
 from .view import StudyView
 
-__all__ = ["Table", "build", "comparison_table", "heldout_table", "league_tables", "phase_table",
-           "runs_table", "summary_table", "tuning_table"]
+__all__ = ["Table", "build", "comparison_table", "heldout_table", "kind_table", "league_tables",
+           "phase_table", "runs_table", "summary_table", "tuning_table"]
 
 
 def _status_text(r: Any) -> str:
@@ -92,12 +95,15 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
                 r.online_acc_true, r.online_acc_true_low, r.online_acc_true_high) \
                 if r.label_noise else fmt.DASH
         g = r._asdict()
-        rec["recovery (steps)"] = _recovery_text(
-            g[f"recovery_steps{sfx}"], g[f"recovery_steps{sfx}_low"],
-            g[f"recovery_steps{sfx}_high"], g[f"censored{sfx}"], g[f"shifts{sfx}"])
-        rec["censored"] = _censored_text(g[f"censored{sfx}"], g[f"shifts{sfx}"])
-        rec["deficit"] = fmt.interval(g[f"deficit{sfx}"], g[f"deficit{sfx}_low"],
-                                      g[f"deficit{sfx}_high"])
+        if g.get("shift_kinds", 0) > 1:  # shifts of several kinds: reduced per kind
+            rec["recovery (steps)"] = rec["censored"] = rec["deficit"] = "per kind"
+        else:
+            rec["recovery (steps)"] = _recovery_text(
+                g[f"recovery_steps{sfx}"], g[f"recovery_steps{sfx}_low"],
+                g[f"recovery_steps{sfx}_high"], g[f"censored{sfx}"], g[f"shifts{sfx}"])
+            rec["censored"] = _censored_text(g[f"censored{sfx}"], g[f"shifts{sfx}"])
+            rec["deficit"] = fmt.interval(g[f"deficit{sfx}"], g[f"deficit{sfx}_low"],
+                                          g[f"deficit{sfx}_high"])
         rec["ms/step"] = fmt.num(r.ms_per_step, 2)
         if r.no_signal:
             rec["optimizer"] += " (not ranked: no signal)"
@@ -109,7 +115,9 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         "accuracy is prequential (each batch scored before training on it)"
         + ("; label-noise scenarios are judged on the original labels, so their recovery and "
            "deficit columns are the clean-label ones" if show_true else "")
-        + ". Recovery: each run's shifts reduced to their median, then the median over seeds "
+        + ". Recovery: each run's shifts of one kind reduced to their median (a scenario with "
+        "shifts of several kinds: 'per kind', in the table Recovery by kind of shift), then the "
+        "median over seeds "
         f"[{pct} % bootstrap interval], counting runs that never recovered as +∞ (∞ in an "
         "interval: more than 2.5 % of the resamples never recover); *undefined when half or "
         "more of the seeds never recover; 'never' when none does. A shift is recovered when "
@@ -122,6 +130,35 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         "verdict)." + _diverged_note(df))
     return Table("summary", "Summary per scenario and optimizer", caption, df,
                  pd.DataFrame(recs))
+
+
+def kind_table(v: StudyView, df: pd.DataFrame) -> Table:
+    """Recovery, drop and deficit per kind of shift, for scenarios whose shifts are of several
+    kinds (:func:`~shiftsim.report.frames.kind_frame`)."""
+    recs = []
+    for r in df.itertuples():
+        g = r._asdict()
+        sfx = "_true" if r.label_noise else ""
+        recs.append({
+            **_keys(v, r.scenario), "shift kind": r.shift_kind, "optimizer": r.optimizer,
+            "recovery (steps)": _recovery_text(
+                g[f"recovery_steps{sfx}"], g[f"recovery_steps{sfx}_low"],
+                g[f"recovery_steps{sfx}_high"], g[f"censored{sfx}"], g[f"shifts{sfx}"]),
+            "censored": _censored_text(g[f"censored{sfx}"], g[f"shifts{sfx}"]),
+            "drop": fmt.interval(g[f"drop{sfx}"], g[f"drop{sfx}_low"], g[f"drop{sfx}_high"]),
+            "deficit": fmt.interval(g[f"deficit{sfx}"], g[f"deficit{sfx}_low"],
+                                    g[f"deficit{sfx}_high"])})
+    pct = int(round(100 * v.level))
+    caption = (
+        "For scenarios whose shifts are of several kinds (e.g. a rotation, then a label "
+        "permutation): each run's shifts of one kind reduced to their median, then aggregated "
+        "over seeds per kind, so a fast kind and a slow one are never averaged into one number. "
+        "A kind is what changes at the shift: the types of the shifts that differ between the "
+        "phase before and the phase after (a shift away and the shift back are one kind). "
+        f"Recovery: median over seeds [{pct} % bootstrap interval], never-recovered seeds as "
+        f"+∞; drop and deficit: mean over seeds [{pct} % Student-t interval]. Same "
+        "definitions as the summary.")
+    return Table("kinds", "Recovery by kind of shift", caption, df, pd.DataFrame(recs))
 
 
 def heldout_table(v: StudyView, df: pd.DataFrame) -> Table:
@@ -372,7 +409,9 @@ def league_tables(v: StudyView) -> dict[str, Table]:
 def build(v: StudyView) -> StudyView:
     """Compute every table into ``v.tables`` (and ``v.values``, ``v.summary``,
     ``v.comparison``, ``v.phase_summary``); returns ``v``."""
-    v.values = run_values(v)
+    reduced = reduced_shifts(v)
+    v.values = run_values(v, reduced)
+    v.kind_values = kind_values(v, reduced)
     v.summary = summary_frame(v)
     v.phase_summary = phase_frame(v)
     v.comparison = comparison_frame(v)
@@ -383,6 +422,8 @@ def build(v: StudyView) -> StudyView:
         "phases": phase_table(v, v.phase_summary),
         "runs": runs_table(v),
     }
+    if any(v.mixed(s) for s in v.scenarios):
+        v.tables["kinds"] = kind_table(v, kind_frame(v))
     if v.tuning is not None and len(v.tuning):
         v.tables["tuning"] = tuning_table(v)
     v.tables.update(league_tables(v))

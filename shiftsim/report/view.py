@@ -50,11 +50,16 @@ class StudyView:
     no_signal: dict[str, bool] = field(default_factory=dict)
     partial_concept: dict[str, bool] = field(default_factory=dict)
     max_acc: dict[str, float] = field(default_factory=dict)
+    #: per scenario, the kinds of its shifts in phase order
+    #: (:meth:`shiftsim.Scenario.shift_kind`); a run's shifts are reduced per kind
+    kinds: dict[str, list[str]] = field(default_factory=dict)
     #: a tuned study's selection and grid scores (None without tuning)
     tuning: pd.DataFrame | None = None
     tuning_curves: pd.DataFrame | None = None
     tolerance_vs_baseline: pd.DataFrame | None = None
     values: pd.DataFrame | None = None
+    #: one row per run and shift kind (:func:`~shiftsim.report.frames.kind_values`)
+    kind_values: pd.DataFrame | None = None
     tables: dict[str, Table] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None
@@ -105,6 +110,11 @@ class StudyView:
         """The column a scenario is judged on: the clean-label twin for label noise."""
         twin = f"{column}_true"
         return twin if self.noise.get(scenario) and twin in METRICS else column
+
+    def mixed(self, scenario: str) -> bool:
+        """True when the scenario's shifts are of several kinds (its recovery, drop and
+        deficit are then reported and compared per kind)."""
+        return len(self.kinds.get(scenario, ())) > 1
 
     def runs_with_metrics(self) -> pd.DataFrame:
         return self.runs[self.runs["status"].isin(WITH_METRICS)]
@@ -239,7 +249,9 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         phases = phases.drop(columns="_arm")
         phases["scenario"] = phases["scenario"].astype(str)
         phases = phases[phases["status"].isin(WITH_METRICS)].reset_index(drop=True)
-    n_phases, noise, shifted, no_signal, partial = {}, {}, {}, {}, {}
+    if len(phases) and "shift_kind" not in phases.columns:  # a store from before the column
+        phases = _with_shift_kinds(results, runs, phases)
+    n_phases, noise, shifted, no_signal, partial, kinds = {}, {}, {}, {}, {}, {}
     for s in scenarios:
         ps = phases[phases["scenario"] == s] if len(phases) else phases
         n_phases[s] = int(ps["phase"].nunique()) if len(ps) else 0
@@ -249,6 +261,8 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         noise[s] = bool(len(ps) and (kind[shift] == "noise").any())
         partial[s] = bool(len(ps) and (kind == "concept + noise").any())
         shifted[s] = bool(len(ps) and shift.any())
+        kinds[s] = _first_order(ps.loc[shift, "shift_kind"].astype(str).sort_index()
+                                ) if len(ps) and "shift_kind" in ps.columns else []
         if noise[s] and {"ceiling", "chance"} <= set(ps.columns):
             noisy = ps[shift & (kind == "noise")]
             no_signal[s] = bool(((noisy["ceiling"] - noisy["chance"]) < NO_SIGNAL_MARGIN).all())
@@ -261,7 +275,7 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
                      severity_name=_severity_name(runs, study), families=_families(runs),
                      n_phases=n_phases, noise=noise, level=level, name=str(name), study=study,
                      shifted=shifted, no_signal=no_signal, partial_concept=partial,
-                     max_acc=_max_acc(results, runs, phases),
+                     max_acc=_max_acc(results, runs, phases), kinds=kinds,
                      tuning=getattr(results, "tuning", None) if tuned else None,
                      tuning_curves=getattr(results, "tuning_curves", None) if tuned else None,
                      tolerance_vs_baseline=_tolerance_differences(results, baseline)
@@ -274,6 +288,26 @@ def _tolerance_differences(results: Any, baseline: str) -> pd.DataFrame | None:
     path = getattr(results, "path", None)
     return tuning_file.tolerance_differences(tuning_file.read(path), baseline) if path \
         else None
+
+
+def _with_shift_kinds(results: Any, runs: pd.DataFrame, phases: pd.DataFrame) -> pd.DataFrame:
+    """``phases`` with each phase's ``shift_kind``, from the scenario of one run per scenario
+    (stores written before runs recorded it). A scenario that cannot be rebuilt here (a dataset
+    given as tensors) keeps one kind for all its shifts."""
+    from ..scenario import Scenario
+
+    kind = pd.Series("", index=phases.index, dtype=object)
+    for s, ps in phases.groupby("scenario", sort=False):
+        sub = runs[runs["scenario"] == s]
+        try:
+            spec = results.spec(sub["run_id"].iloc[0])
+            table = Scenario.from_dict(spec["scenario"]).phase_table()
+        except Exception:  # no spec, a dataset that is not here: one kind
+            kind[ps.index] = np.where(ps["shifted"].astype(bool), "shift", "") \
+                if "shifted" in ps.columns else "shift"
+            continue
+        kind[ps.index] = ps["phase"].map(dict(zip(table["phase"], table["shift_kind"])))
+    return phases.assign(shift_kind=kind.fillna("").astype(str))
 
 
 def _max_acc(results: Any, runs: pd.DataFrame, phases: pd.DataFrame) -> dict[str, float]:

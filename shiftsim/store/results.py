@@ -203,6 +203,7 @@ class StudyResults:
         ph = pd.DataFrame(rows)
         for c in ph.columns:
             if c not in ("run_id", "name", "label_kind", "transition", "shifts", "concept",
+                         "shift_kind",
                          "censored", "dipped", "collapsed", "shifted", "censored_true",
                          "dipped_true", "collapsed_true"):
                 ph[c] = pd.to_numeric(ph[c], errors="coerce")

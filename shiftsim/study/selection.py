@@ -70,7 +70,8 @@ def select_from_store(study: StudyGrid, out: Path) -> tuple[pd.DataFrame, pd.Dat
         ph = res.phases[res.phases["run_id"].isin(ids)]
         red = metrics.run_recovery(ph) if len(ph) else pd.DataFrame(columns=["run_id",
                                                                              "deficit"])
-        deficits = red.set_index("run_id")["deficit"]
+        # a run with shifts of several kinds: the mean of its kinds' medians (each kind once)
+        deficits = red.groupby("run_id", sort=False)["deficit"].mean()
     runs["score"] = metric_values(runs, tuning.metric, noise, deficits)
     runs["group"] = runs["scenario"].map(tuning.group_of)
     hp_names: dict[str, list[str]] = {}
