@@ -72,6 +72,7 @@ from .recovery import (
     REFERENCES,
     TOLERANCE,
     common_reference,
+    judged_on_original,
     recovery,
     run_recovery,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "recovery",
     "common_reference",
     "run_recovery",
+    "judged_on_original",
     "accuracy_matrix",
     "average_accuracy",
     "backward_transfer",

@@ -25,8 +25,8 @@ from ._base import (
 )
 
 __all__ = ["BOOL_COLUMNS", "COLLAPSE_MARGIN", "RECOVERY_COLUMNS", "RECOVERY_OPTIONS",
-           "REFERENCES", "TOLERANCE", "common_reference", "plan_recovery_records", "recovery",
-           "recovery_records", "run_recovery"]
+           "REFERENCES", "TOLERANCE", "common_reference", "judged_on_original",
+           "plan_recovery_records", "recovery", "recovery_records", "run_recovery"]
 
 REFERENCES = ("plateau", "pre", "ceiling")
 RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
@@ -135,7 +135,25 @@ def _recover(seg: np.ndarray, n_seg: np.ndarray, target: float, *, persistence: 
 
 
 #: the columns of a phase plan that recovery reads
-PLAN_COLUMNS = ("shifted", "label_kind", "chance", "chance_true", "ceiling", "width")
+PLAN_COLUMNS = ("shifted", "label_kind", "concept", "chance", "chance_true", "ceiling", "width")
+
+
+def judged_on_original(label_kind: Any, concept: Any = "") -> bool:
+    """True when a phase's labels are noise around the original concept, so that it is judged
+    on the original labels (``*_true``): label noise (``other``, ``uniform``: ``label_kind``
+    ``"noise"``) and a partial ``permute`` / ``pair`` whose concept is still the original
+    labels (``"concept + noise"`` below 0.5, ``concept`` ``"original"``). A partial flip of
+    0.5 or more (``concept`` ``"flipped"``) and a full one are judged on the stream's labels,
+    as is a phase without a label shift, and a partial flip whose ``concept`` is not known.
+    Tuning, recovery and reports all use this rule.
+
+    >>> judged_on_original("noise"), judged_on_original("concept + noise", "original")
+    (True, True)
+    >>> judged_on_original("concept + noise", "flipped"), judged_on_original("concept")
+    (False, False)
+    """
+    kind = str(label_kind)
+    return kind == "noise" or (kind == "concept + noise" and str(concept) == "original")
 
 
 def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: float,
@@ -184,7 +202,7 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
             info = infos[k]
             row = rows[k]
             shifted = k != first and bool(info.get("shifted", True))
-            noise = str(info.get("label_kind", "")) == "noise"
+            noise = judged_on_original(info.get("label_kind", ""), info.get("concept", ""))
             chance = float(info.get("chance", 0.0)) if labels == "stream" else float(
                 info.get("chance_true", info.get("chance", 0.0)))
             values: dict[str, Any] = {
@@ -271,7 +289,8 @@ def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: 
       max(0, A_ref − ā_t).
     * ``shifted`` (from ``phases``; True when absent): False for a phase that changes nothing
       relative to the one before (flip rate 0, ...); such a row has no recovery values.
-    * For label-noise phases (``label_kind`` "noise"), the same quantities against the original
+    * For phases judged on the original labels (:func:`judged_on_original`: label noise, a
+      partial ``permute`` / ``pair`` below 0.5), the same quantities against the original
       labels (``correct_true``) with suffix ``_true`` (χ from ``chance_true``, ceiling 1,
       reference ``reference_true``: by default the same kind as ``reference``); NaN elsewhere.
 

@@ -164,7 +164,8 @@ def _tuning_text(v: StudyView, t: dict[str, Any]) -> str:
              f"shared: tuned once on {on if on else 'all scenarios pooled'} and used everywhere")
     seeds = t.get("seeds") or []
     metric = t.get("metric")
-    metric = ("online accuracy (against the original labels for label noise)"
+    metric = ("online accuracy (against the original labels for label noise and partial "
+              "permute or pair flips below 50 %)"
               if metric == "auto" else str(metric))
     grid = t.get("grid")
     if grid == "auto":
@@ -204,8 +205,9 @@ NOTES = [
         "steps; reported in steps and in samples; censored when that never happens within the "
         "phase, or when the learner ends the phase within 0.05 of chance (a collapse). A shift "
         "that never pushes the curve below the target recovers in 0 steps; a phase that "
-        "changes nothing (a flip rate of 0) has no recovery. Label noise is judged on the "
-        "original labels. Drop depth: the mean accuracy over the last 20 steps before the "
+        "changes nothing (a flip rate of 0) has no recovery. Label noise, and a partial "
+        "permute or pair flip below 50 % (noise around the original concept), are judged on "
+        "the original labels. Drop depth: the mean accuracy over the last 20 steps before the "
         "shift minus the lowest trailing accuracy in the phase. Recovery deficit: the mean over "
         "the phase of the shortfall below the reference. Held-out accuracy is measured on "
         "held-out samples of the current regime, with concept label shifts applied (a partial "

@@ -79,8 +79,9 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
         on_true = traces["scenario"].isin(noisy).to_numpy()
         traces.loc[on_true, "correct"] = traces.loc[on_true, "correct_true"]
     values = _headline_values(v)
-    noise_note = (" For label-noise scenarios the curves and times are against the original "
-                  "labels." if noisy else "")
+    noise_note = (" For label-noise scenarios (and partial permute or pair flips below "
+                  "50 %) the curves and times are against the original labels." if noisy
+                  else "")
     col, col_label, order = _facet_column(v)
     shown = _spread(order, MAX_FACETS)
     if len(shown) < len(order):
@@ -270,8 +271,8 @@ def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFram
             "percentile, small dots the seeds; triangles in the grey 'censored' strip mark "
             "seeds that never recovered (bigger: more) and an open circle there a median that "
             "is undefined (half or more never recover). Right: online accuracy, mean over seeds "
-            f"with a {pct} % Student-t interval, dots the seeds. Label-noise scenarios: "
-            "original labels.", fig)
+            f"with a {pct} % Student-t interval, dots the seeds. Label-noise scenarios "
+            "and partial permute or pair flips below 50 %: original labels.", fig)
 
 
 def _slug(text: str) -> str:
@@ -312,7 +313,8 @@ def _heatmap(v: StudyView, values: pd.DataFrame) -> Figure:
                   "their median first; a scenario with several kinds per kind), never "
                   "recovering counted as +∞ (lower is better; 'censored' where "
                   "half or more never recovered, 'n/a' where no run had a shift). Label-noise "
-                  "scenarios: original labels.", fig)
+                  "scenarios and partial permute or pair flips below 50 %: original labels.",
+                  fig)
 
 
 def _diagnostics(v: StudyView, results: Any, palette: dict[str, Any], window: int

@@ -252,6 +252,9 @@ def phase_frame(v: StudyView) -> pd.DataFrame:
                     "scenario": s, "severity": v.severity.get(s, math.nan), "optimizer": arm,
                     "phase": int(k), "name": str(g["name"].iloc[0]),
                     "label_kind": str(g["label_kind"].iloc[0]) if "label_kind" in g else "",
+                    "original_labels": metrics.judged_on_original(
+                        g["label_kind"].iloc[0] if "label_kind" in g else "",
+                        g["concept"].iloc[0] if "concept" in g else ""),
                     "shifted": shifted,
                     "ceiling": float(g["ceiling"].iloc[0]) if "ceiling" in g else math.nan,
                     "chance": float(g["chance"].iloc[0]) if "chance" in g else math.nan,

@@ -113,8 +113,9 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         f"Per scenario and optimizer; the seed is the unit (each run reduced to one value "
         f"first). Accuracies and deficits: mean over seeds [{pct} % Student-t interval]; online "
         "accuracy is prequential (each batch scored before training on it)"
-        + ("; label-noise scenarios are judged on the original labels, so their recovery and "
-           "deficit columns are the clean-label ones" if show_true else "")
+        + ("; label-noise scenarios, and partial permute or pair flips below 50 % (noise "
+           "around the original concept), are judged on the original labels, so their "
+           "recovery and deficit columns are the clean-label ones" if show_true else "")
         + ". Recovery: each run's shifts of one kind reduced to their median (a scenario with "
         "shifts of several kinds: 'per kind', in the table Recovery by kind of shift), then the "
         "median over seeds "
@@ -255,7 +256,7 @@ def phase_table(v: StudyView, df: pd.DataFrame) -> Table:
                                "phase": f"{r.phase}: {r.name}", "runs": r.runs,
                                "online accuracy": fmt.interval(r.online_acc, r.online_acc_low,
                                                                r.online_acc_high)}
-        noise = r.label_kind == "noise"
+        noise = bool(getattr(r, "original_labels", r.label_kind == "noise"))
         if show_true:
             rec["online acc. (original labels)"] = fmt.interval(
                 r.online_acc_true, r.online_acc_true_low, r.online_acc_true_high) \
@@ -285,8 +286,9 @@ def phase_table(v: StudyView, df: pd.DataFrame) -> Table:
                "relative to the one before (a flip rate of 0, say), has no shift to recover "
                "from. Same definitions as the summary; recovery is the median over seeds "
                "[bootstrap interval]; 'runs' counts the runs that reached the phase. For "
-               "label-noise phases the recovery on the original labels is shown too: it is "
-               "the one that matters there.")
+               "label-noise phases, and partial permute or pair flips below 50 %, the "
+               "recovery on the original labels is shown too: it is the one that matters "
+               "there.")
     return Table("phases", "Per phase", caption, df, pd.DataFrame(recs))
 
 
@@ -386,7 +388,8 @@ def league_tables(v: StudyView) -> dict[str, Table]:
     caption = (
         "Each optimizer's mean rank over the ranked scenarios: in each scenario the optimizers "
         "are ranked by their mean headline online accuracy over seeds (the original labels for "
-        "label noise; 1 = best, ties share the average rank). Interval: a "
+        "label noise and partial permute or pair flips below 50 %; 1 = best, ties share the "
+        "average rank). Interval: a "
         f"{pct} % percentile bootstrap, resampling the seeds of each scenario (paired across "
         "optimizers: one seed is one stream). Ranks order the means; a difference of ranks is "
         "not a test (the comparison table is). First places: the scenarios where the "

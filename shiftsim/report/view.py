@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ShiftsimError
+from ..metrics import judged_on_original
 from ..metrics.names import format_severity
 from .document import Table
 from .statistics import METRICS
@@ -258,14 +259,19 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         kind = ps["label_kind"].astype(str) if "label_kind" in ps.columns else pd.Series(
             dtype=str)
         shift = ps["shifted"].astype(bool) if "shifted" in ps.columns else ps["phase"] > 0
-        noise[s] = bool(len(ps) and (kind[shift] == "noise").any())
+        concept = ps["concept"] if "concept" in ps.columns else pd.Series("", index=ps.index)
+        original = pd.Series([judged_on_original(k, c) for k, c in zip(kind, concept)],
+                             index=ps.index, dtype=bool)
+        # judged on the original labels: label noise, a partial permute / pair below 0.5
+        noise[s] = bool(len(ps) and (original & shift).any())
         partial[s] = bool(len(ps) and (kind == "concept + noise").any())
         shifted[s] = bool(len(ps) and shift.any())
         kinds[s] = _first_order(ps.loc[shift, "shift_kind"].astype(str).sort_index()
                                 ) if len(ps) and "shift_kind" in ps.columns else []
         if noise[s] and {"ceiling", "chance"} <= set(ps.columns):
             noisy = ps[shift & (kind == "noise")]
-            no_signal[s] = bool(((noisy["ceiling"] - noisy["chance"]) < NO_SIGNAL_MARGIN).all())
+            no_signal[s] = bool(len(noisy)) and bool(
+                ((noisy["ceiling"] - noisy["chance"]) < NO_SIGNAL_MARGIN).all())
         else:
             no_signal[s] = False
     study = getattr(results, "study", None)

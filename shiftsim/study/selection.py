@@ -35,11 +35,14 @@ def _noise(phases: pd.DataFrame) -> dict[str, bool]:
     scenario is tuned on the stream's labels like a full concept shift."""
     if phases.empty or "label_kind" not in phases.columns:
         return {}
+    from ..metrics import judged_on_original
+
     shifted = phases["shifted"].astype(bool) if "shifted" in phases else phases["phase"] > 0
-    kind = phases["label_kind"].astype(str)
-    original = (phases["concept"].astype(str) == "original") if "concept" in phases else True
-    noisy = shifted & ((kind == "noise") | ((kind == "concept + noise") & original))
-    return noisy.groupby(phases["scenario"]).any().to_dict()
+    concept = phases["concept"] if "concept" in phases else pd.Series("", index=phases.index)
+    original = pd.Series([judged_on_original(k, c) for k, c in zip(phases["label_kind"],
+                                                                    concept)],
+                         index=phases.index, dtype=bool)
+    return (shifted & original).groupby(phases["scenario"]).any().to_dict()
 
 
 def _chance(phases: pd.DataFrame, column: str) -> dict[str, float]:
