@@ -6,10 +6,12 @@ study: paired by seed over its evaluation seeds (10; 20 in the Adaptive-Memory s
 claims are about recovery times), a paired t test for accuracies and deficits, a Wilcoxon
 signed-rank test for recovery times (a seed that never recovered counts as the phase length),
 all of them adjusted together with Holm-Bonferroni (alpha 0.05). With 10 seeds the smallest
-two-sided Wilcoxon p-value is 2/1024 = 0.002, which no Holm adjustment over more than 25 tests
-lets through: that is why the recovery-time claims are tested on 20 seeds. A setting
-*supports* a claim when the adjusted test rejects in the claimed direction, *contradicts* it
-when it rejects in the other, and is *inconclusive at 10 seeds* otherwise. MoMo's claim is
+two-sided Wilcoxon p-value is 2/1024 = 0.002, which Holm over more than 25 tests lets through
+only after rejecting all but 25 of the others: that is why the recovery-time claims are tested
+on 20 seeds. A setting *supports* a claim when the adjusted test rejects in the claimed
+direction, *contradicts* it when it rejects in the other, and shows *no detectable difference*
+otherwise; a recovery comparison where on every seed neither optimizer recovers, or the shift
+hurt neither, is no test: *not applicable*, outside the family. MoMo's claim is
 about the width of the good learning-rate range (the tolerance, from the tuning runs): there the
 test is a Wilcoxon signed-rank test of each tuning seed's own tolerance difference (paired by
 seed), in the same Holm family; the interval beside it is the 95 % paired-bootstrap interval of
@@ -138,6 +140,10 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     has_p = rows["p"].notna() if "p" in rows else pd.Series(False, index=rows.index)
     rows["p_holm"] = np.nan
     rows["verdict"] = "inconclusive"  # without a p-value (fewer than two pairs): no test
+    if "untestable" in rows:  # recovery where neither side recovers, or neither is hurt
+        none = rows["untestable"].fillna("").astype(str) != ""
+        rows.loc[none, "verdict"] = "not applicable"
+        rows.loc[none, "note"] = rows.loc[none, "untestable"]
     if has_p.any():
         rows.loc[has_p, "p_holm"] = metrics.holm(rows.loc[has_p, "p"].to_numpy(float))
     for i, r in rows[has_p].iterrows():
@@ -188,9 +194,10 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
         seeds = int(r["n"].max()) if "n" in r and r["n"].notna().any() else seeds
         parts = [f"{int(counts.get(k, 0))} {w}" for k, w in
                  (("supported", "supported"), ("contradicted", "contradicted"),
-                  ("inconclusive", "no detectable difference")) if counts.get(k, 0)]
+                  ("inconclusive", "no detectable difference"),
+                  ("not applicable", "not applicable")) if counts.get(k, 0)]
         digits = 2 if c.kind == "tolerance" else (0 if "recovery" in c.metric else 3)
-        eff = r["difference"].astype(float)
+        eff = r.loc[r["verdict"] != "not applicable", "difference"].astype(float)
         med, lo, hi = (_signed(f(eff), digits) for f in (np.nanmedian, np.nanmin, np.nanmax))
         effect = f"{med} [{lo}, {hi}]"
         what = r["metric"].iloc[0]
@@ -201,7 +208,9 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
               "the claim and none contradicts it; *supported in some settings* when fewer do; "
               "*not supported* when some setting contradicts it and none supports it; *mixed* "
               "when both happen; *inconclusive at n seeds* when no setting shows a detectable "
-              "difference (n: evaluation seeds, or tuning seeds for the tolerance). The "
+              "difference (n: evaluation seeds, or tuning seeds for the tolerance). A setting "
+              "where a recovery comparison is no test (on every seed neither optimizer "
+              "recovers, or the shift hurt neither) is *not applicable* and does not count. The "
               "robustness league ranks every registered optimizer across the scenario library: "
               "[robustness-league](robustness-league/README.md).", "",
               "## Every setting", "",
@@ -209,7 +218,10 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
               "difference for accuracies and deficits, a percentile-bootstrap interval of the "
               "median difference for recovery times), not widened for the number of tests, "
               "while the p-value and the verdict are Holm-adjusted over all the claims' tests: a "
-              "setting whose interval leaves out 0 can still be inconclusive. For the tolerance "
+              "setting whose interval leaves out 0 can still be inconclusive. The family here "
+              "(every claim's tests) is not a study report's (every comparison of that report), "
+              "so a setting can reach a verdict here and not in its study's report, or the other "
+              "way round. For the tolerance "
               "claims the seeds are the tuning seeds, and a tolerance whose good range reaches "
               "the end of its grid is a lower bound.", ""]
     for c in CLAIMS:
@@ -234,7 +246,9 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
 
 
 def _overall(counts: pd.Series, seeds: int) -> str:
-    n = int(counts.sum())
+    """The claim's verdict over its settings; a setting where the comparison is no test
+    (neither side recovers, or the shift hurt neither) does not count."""
+    n = int(counts.drop(labels=["not applicable"], errors="ignore").sum())
     sup, con = int(counts.get("supported", 0)), int(counts.get("contradicted", 0))
     if sup and con:
         return "mixed"

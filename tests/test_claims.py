@@ -71,6 +71,21 @@ def test_overall_verdicts():
     assert c._overall(v({"supported": 1, "contradicted": 1}), 10) == "mixed"
     assert c._overall(v({"contradicted": 1, "inconclusive": 2}), 10) == "not supported"
     assert c._overall(v({"inconclusive": 4}), 10) == "inconclusive at 10 seeds"
+    # a setting where the recovery comparison is no test does not count: 3 of 5, not 3 of 6
+    assert c._overall(v({"supported": 3, "inconclusive": 2, "not applicable": 1}), 20) == \
+        "supported"
+
+
+def test_a_recovery_comparison_without_a_test_is_not_applicable():
+    c = _claims()
+    rows = pd.DataFrame({"difference": [0.0, -5.0], "low": [0.0, -9.0], "high": [0.0, -1.0],
+                         "n": [20, 20], "wins": [0, 15], "losses": [0, 2], "p": [np.nan, 1e-4],
+                         "higher_is_better": [False, False],
+                         "untestable": ["the shift hurt neither side on any seed", ""]})
+    out = c.verdicts(rows)
+    assert out["verdict"].tolist() == ["not applicable", "supported"]
+    assert out.loc[0, "note"] == "the shift hurt neither side on any seed"
+    assert out.loc[1, "p_holm"] == pytest.approx(1e-4)  # alone in the family
 
 
 def test_tolerance_claims_are_tested_over_the_tuning_seeds_in_the_holm_family(results):

@@ -276,10 +276,16 @@ def test_paired_comparison_against_the_baseline(study_dir, rep):
     res = store.load(study_dir)
     comp = pd.read_csv(rep / "tables" / "comparison.csv")
     runs = res.runs.set_index(["scenario", "optimizer", "seed"])
-    # the family: every judged comparison of the report, Holm-adjusted together
+    # the family: every judged comparison of the report and the league's first-place tests,
+    # Holm-adjusted together
     judged = comp[comp["judged"]]
     assert len(judged) == comp["p"].notna().sum() > 0
-    assert np.allclose(judged["p_holm"], ref_holm(judged["p"]), atol=1e-12)
+    firsts = pd.read_csv(rep / "tables" / "first_places.csv")
+    fp = firsts["p"].dropna()
+    assert len(fp) > 0
+    family = ref_holm(np.concatenate([judged["p"].to_numpy(), fp.to_numpy()]))
+    assert np.allclose(judged["p_holm"], family[:len(judged)], atol=1e-12)
+    assert np.allclose(firsts.loc[fp.index, "p_holm"], family[len(judged):], atol=1e-12)
     for scen, col in (("permute 50%", "online_acc"), ("permute 100%", "online_acc"),
                       ("other 50%", "online_acc_true")):
         d = np.array([runs.loc[(scen, "tam", s), col] - runs.loc[(scen, "sgdm", s), col]
@@ -319,11 +325,11 @@ def test_paired_comparison_against_the_baseline(study_dir, rep):
 
 
 def test_league_first_places_need_a_significant_lead_over_the_runner_up(study_dir):
-    from shiftsim.report.frames import rank_frame, run_values
+    from shiftsim.report.frames import rank_frame
+    from shiftsim.report.tables import build
     from shiftsim.report.view import view
 
-    v = view(store.load(study_dir))
-    v.values = run_values(v)
+    v = build(view(store.load(study_dir)))
     league, _ = rank_frame(v, n_boot=10)
     arms = list(league["optimizer"])
     # by hand: in each ranked scenario the top mean against the runner-up, paired t over the
@@ -338,7 +344,10 @@ def test_league_first_places_need_a_significant_lead_over_the_runner_up(study_di
         tops.append((order[0], order[1]))
         ps.append(stats.ttest_rel(t[order[0]], t[order[1]], nan_policy="omit").pvalue
                   if d.nunique() > 1 else min(1.0, 2 * 0.5 ** len(d)))
-    adj = ss.metrics.holm(np.array(ps))
+    # Holm in the report's whole family: the judged comparisons with the baseline, then these
+    judged = v.comparison.loc[v.comparison["judged"], "p"].to_numpy()
+    adj = ss.metrics.holm(np.concatenate([judged, ps]))[len(judged):]
+    assert np.allclose(v.first_places["p"], ps, atol=1e-12)
     first = {a: 0 for a in arms}
     tied = {a: 0 for a in arms}
     for (a, b), q in zip(tops, adj):
@@ -734,3 +743,44 @@ def test_a_baseline_named_by_its_optimizer_is_one_per_model(tmp_path):
     assert math.isclose(float(row["difference"].iloc[0]), want, rel_tol=1e-9, abs_tol=1e-12)
     with pytest.raises(ShiftsimError, match="unknown baseline 'tam'"):
         view(store.load(tmp_path / "r"), baseline="tam")
+
+
+def test_a_recovery_comparison_that_is_no_test_stays_out_of_the_family():
+    from shiftsim.report.statistics import METRICS, paired, verdict
+
+    m = METRICS["recovery_steps"]
+    seeds = range(6)
+    zero, nan = pd.Series(0.0, index=seeds), pd.Series(np.nan, index=seeds)
+    no, yes = pd.Series(False, index=seeds), pd.Series(True, index=seeds)
+    kw = {"cap": 300.0}
+    unhurt = paired(zero, zero, m, censored_a=no, censored_b=no, **kw)
+    never = paired(nan, nan, m, censored_a=yes, censored_b=yes, **kw)
+    both = pd.Series([0.0, 0.0, 0.0, np.nan, np.nan, np.nan], index=seeds)
+    cen = pd.Series([False] * 3 + [True] * 3, index=seeds)
+    mixed = paired(both, both, m, censored_a=cen, censored_b=cen, **kw)
+    assert unhurt["untestable"] == "the shift hurt neither side on any seed"
+    assert never["untestable"] == "neither side recovers on any seed"
+    assert mixed["untestable"].startswith("on every seed both sides")
+    assert all(math.isnan(d["p"]) for d in (unhurt, never, mixed))
+    # one seed where a side recovered after a dip: a test again
+    some = paired(pd.Series([0.0] * 5 + [40.0], index=seeds), zero, m, censored_a=no,
+                  censored_b=no, **kw)
+    assert some["untestable"] == "" and some["p"] == 1.0  # one non-zero difference
+    row = {**never, "judged": False, "p_holm": np.nan, "higher_is_better": False}
+    assert verdict(row) == "not compared: neither side recovers on any seed"
+    assert verdict({**row, "n": 3}) == "not judged (fewer than 5 seeds)"
+
+
+def test_the_findings_say_when_no_recovery_difference_could_pass():
+    from types import SimpleNamespace
+
+    from shiftsim.report.findings import _recovery_power
+
+    comp = pd.DataFrame({"judged": True, "test": ["t"] * 30 + ["wilcoxon"] * 10,
+                         "n": 10, "p_holm": [0.001] * 2 + [0.5] * 38})
+    v = SimpleNamespace(comparison=comp, first_places=None)
+    text = _recovery_power(v)
+    # 2 of 40 rejected: Holm stopped at 0.05 / 38 = 0.0013 < 2 / 2^10 = 0.00195
+    assert len(text) == 1 and "0.0020" in text[0] and "0.0013" in text[0]
+    comp.loc[:37, "p_holm"] = 0.001  # 38 rejected: the threshold 0.05 / 2 is reachable
+    assert _recovery_power(SimpleNamespace(comparison=comp, first_places=None)) == []

@@ -233,8 +233,9 @@ NOTES = [
 def build_document(v: StudyView, figures: list[FigureFile], findings: list[str],
                    study_dir: Path) -> Document:
     """The :class:`~shiftsim.report.document.Document` of a built study view."""
-    tables = [v.tables[k] for k in ("league", "summary", "kinds", "league_families", "tuning",
-                                    "comparison", "heldout", "phases") if k in v.tables]
+    tables = [v.tables[k] for k in ("league", "summary", "kinds", "league_families",
+                                    "first_places", "tuning", "comparison", "heldout", "phases")
+              if k in v.tables]
     if len(v.tables["runs"].display):
         tables.append(v.tables["runs"])
     files = [("index.html", "this report, self-contained"),

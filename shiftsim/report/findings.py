@@ -42,11 +42,45 @@ def _judging(v: StudyView) -> list[str]:
                 "more seeds for verdicts."]
     if len(v.arms) < 2:
         return [f"{n} seeds per scenario; one optimizer, so nothing is compared."]
+    firsts = v.first_places
+    k = int(firsts["p"].notna().sum()) if firsts is not None and len(firsts) else 0
+    league = (f" together with the league's {k} first-place test{'s' if k != 1 else ''} (top "
+              "against runner-up)") if k else ""
     return [f"{n} seeds per optimizer and scenario (the seed is the unit of replication). Each "
             f"optimizer is compared with **{v.baseline}**"
             + (" of its own model" if v.baseline_arms else "") + f" paired by seed; the {judged} "
-            f"comparisons are Holm-adjusted together (α = {ALPHA}), and only those that survive "
-            "are called better or worse."]
+            f"comparisons are Holm-adjusted{league or ' together'} (α = {ALPHA}), and only "
+            "those that survive are called better or worse."] + _recovery_power(v)
+
+
+def _recovery_power(v: StudyView) -> list[str]:
+    """A sentence when no recovery-time comparison could have been called better or worse: the
+    smallest p a Wilcoxon signed-rank test over n seeds can give (2 / 2^n, every seed one way)
+    lies above the Holm threshold at which the family's step-down stopped."""
+    comp = v.comparison
+    if comp is None or comp.empty:
+        return []
+    rec = comp[comp["judged"].astype(bool) & (comp["test"] == "wilcoxon")]
+    if rec.empty:
+        return []
+    firsts = v.first_places
+    p_all = comp.loc[comp["judged"].astype(bool), "p_holm"]
+    if firsts is not None and len(firsts):
+        p_all = pd.concat([p_all, firsts["p_holm"].dropna()])
+    family, rejected = int(p_all.notna().sum()), int((p_all <= ALPHA).sum())
+    if family == rejected:
+        return []
+    threshold = ALPHA / (family - rejected)  # where Holm's step-down stopped
+    n = int(rec["n"].max())
+    smallest = 2 * 0.5 ** n
+    if smallest <= threshold:
+        return []
+    return [f"Recovery times are compared with a Wilcoxon signed-rank test, whose smallest "
+            f"possible p-value over {n} seeds is {smallest:.4f} (every seed one way); Holm over "
+            f"this family stopped at a threshold of {threshold:.2g}, so no recovery-time "
+            f"difference could be called better or worse with {n} seeds, however consistent. "
+            "Read their intervals and seed counts in the comparison table; the recovery "
+            "deficit, tested with a t test, measures the same slowness."]
 
 
 def _tuning_lines(v: StudyView) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,9 +34,9 @@ from .. import metrics
 from .statistics import ALPHA, METRICS, MIN_SEEDS, Metric, adjust, paired, verdict
 from .view import StudyView
 
-__all__ = ["RANK_BOOT", "compared_metrics", "comparison_frame", "kind_frame", "kind_values",
-           "phase_frame", "rank_frame", "recovery_fields", "reduced_shifts", "run_values",
-           "summary_frame"]
+__all__ = ["RANK_BOOT", "compared_metrics", "comparison_frame", "family_adjust",
+           "first_place_frame", "kind_frame", "kind_values", "phase_frame", "rank_frame",
+           "recovery_fields", "reduced_shifts", "run_values", "summary_frame"]
 
 
 # one value per run (the unit of replication is the seed)
@@ -349,6 +350,11 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
                               "censored_b": _by_seed(b, cen).astype(bool), "cap": cap}
                     d = paired(_by_seed(a, m.column), _by_seed(b, m.column), m,
                                level=v.level, **kw)
+                    # a side whose median recovery is undefined (half or more never recover):
+                    # the difference then rests on the phase length standing for "never"
+                    undefined = bool(m.recovery and any(
+                        2 * int(kw[c].sum()) >= len(kw[c]) > 0
+                        for c in ("censored_a", "censored_b")))
                     rows.append({"scenario": s, "severity": v.severity.get(s, math.nan),
                                  "optimizer": arm, "baseline": v.baseline_of(arm),
                                  "metric": m.column, "shift_kind": kind,
@@ -357,11 +363,12 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
                                  "low": d["low"], "high": d["high"], "n": d["n"],
                                  "wins": d["wins"], "losses": d["losses"], "ties": d["ties"],
                                  "higher_is_better": m.higher_is_better, "test": m.test,
-                                 "p": d["p"]})
+                                 "p": d["p"], "untestable": d["untestable"],
+                                 "median_undefined": undefined})
     cols = ["scenario", "severity", "optimizer", "baseline", "metric", "shift_kind",
             "metric_label",
             "difference", "low", "high", "n", "wins", "losses", "ties", "higher_is_better",
-            "test", "p", "p_holm", "judged", "verdict"]
+            "test", "p", "p_holm", "judged", "verdict", "untestable", "median_undefined"]
     df = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "judged",
                                                                    "verdict")])
     df["judged"] = (df["n"] >= MIN_SEEDS) & df["p"].notna()
@@ -374,12 +381,32 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
 RANK_BOOT = 1000
 
 
-def _clear_firsts(tables: list[pd.DataFrame], alpha: float = ALPHA
-                  ) -> list[tuple[int | None, set[int]]]:
+def _first_tests(tables: list[pd.DataFrame]) -> list[tuple[list[int], np.ndarray, float]]:
+    """Per scenario (a seed × optimizer table): the columns in order of their means (best
+    first, NaN left out), the means, and the raw p-value of a paired t test over the seeds of
+    the top against the runner-up (NaN with fewer than two ranked columns or fewer than
+    :data:`MIN_SEEDS` paired seeds)."""
+    out = []
+    for t in tables:
+        means = t.mean(axis=0, skipna=True).to_numpy(np.float64)
+        order = [int(j) for j in np.argsort(-np.nan_to_num(means, nan=-np.inf), kind="stable")
+                 if not np.isnan(means[j])]
+        p = np.nan
+        if len(order) >= 2:
+            d = (t.iloc[:, order[0]] - t.iloc[:, order[1]]).dropna().to_numpy(np.float64)
+            p = metrics.paired_p_value(d) if d.size >= MIN_SEEDS else np.nan
+        out.append((order, means, float(p)))
+    return out
+
+
+def _clear_firsts(tables: list[pd.DataFrame], alpha: float = ALPHA,
+                  p_holm: Sequence[float] | None = None) -> list[tuple[int | None, set[int]]]:
     """Per scenario (a seed × optimizer table): ``(winner, tied)``, the column of the top mean
-    when a paired t test over the seeds puts it significantly above the runner-up (Holm over the
-    scenarios; fewer than :data:`MIN_SEEDS` paired seeds: never), else ``None`` and the columns
-    tied for first (the top, the runner-up and any other with the top's mean).
+    when a paired t test over the seeds puts it significantly above the runner-up (``p_holm``:
+    the tests' adjusted p-values, one per table, as the report's whole family adjusted them;
+    without it Holm over these tests alone; fewer than :data:`MIN_SEEDS` paired seeds: never),
+    else ``None`` and the columns tied for first (the top, the runner-up and any other with the
+    top's mean).
 
     >>> t = pd.DataFrame({"a": [.9, .91, .92, .93, .94], "b": [.8, .8, .81, .8, .82],
     ...                   "c": [.1] * 5})
@@ -389,36 +416,89 @@ def _clear_firsts(tables: list[pd.DataFrame], alpha: float = ALPHA
     >>> _clear_firsts([t[["a"]]])  # one optimizer with runs: nothing to rank it against
     [(None, set())]
     """
-    tops, p = [], []
-    for t in tables:
-        means = t.mean(axis=0, skipna=True).to_numpy(np.float64)
-        order = [j for j in np.argsort(-np.nan_to_num(means, nan=-np.inf), kind="stable")
-                 if not np.isnan(means[j])]
-        if len(order) < 2:
-            tops.append((order, means))
-            p.append(np.nan)
-            continue
-        d = (t.iloc[:, order[0]] - t.iloc[:, order[1]]).dropna().to_numpy(np.float64)
-        tops.append((order, means))
-        p.append(metrics.paired_p_value(d) if d.size >= MIN_SEEDS else np.nan)
-    pv = np.array(p, dtype=np.float64)
-    adj = np.full(pv.size, np.nan)
-    if np.isfinite(pv).any():
-        adj[np.isfinite(pv)] = metrics.holm(pv[np.isfinite(pv)])
+    tests = _first_tests(tables)
+    if p_holm is None:
+        pv = np.array([p for *_, p in tests], dtype=np.float64)
+        adj = np.full(pv.size, np.nan)
+        if np.isfinite(pv).any():
+            adj[np.isfinite(pv)] = metrics.holm(pv[np.isfinite(pv)])
+    else:
+        adj = np.asarray(p_holm, dtype=np.float64)
     out: list[tuple[int | None, set[int]]] = []
-    for (order, means), q in zip(tops, adj):
-        if not order:
+    for (order, means, _), q in zip(tests, adj):
+        if len(order) < 2:  # nothing to compare with: no first place, no tie
             out.append((None, set()))
             continue
         top = order[0]
         same = {j for j in order if means[j] == means[top]}
-        if len(order) == 1:  # nothing to compare with: no first place, no tie
-            out.append((None, set()))
-        elif len(same) == 1 and q <= alpha:
+        if len(same) == 1 and q <= alpha:
             out.append((int(top), set()))
         else:
             out.append((None, {int(j) for j in same | set(order[:2])}))
     return out
+
+
+def _rank_tables(v: StudyView, values: pd.DataFrame
+                 ) -> tuple[list[str], list[str], list[pd.DataFrame]] | None:
+    """The ranked scenarios, the ranked optimizers and per scenario a seed × optimizer table of
+    the headline online accuracy; None with fewer than 3 optimizers or 2 ranked scenarios."""
+    scen = [s for s in v.scenarios if not v.no_signal.get(s)]
+    have = set(values.dropna(subset=["online_acc"])["optimizer"])
+    arms = [a for a in v.arms if a in have]  # arms whose every run failed are not ranked
+    if len(arms) < 3 or len(scen) < 2:
+        return None
+    tables = []
+    for s in scen:
+        col = v.headline(s, "online_acc")
+        sub = values[values["scenario"] == s]
+        t = sub.pivot_table(index="seed", columns="optimizer", values=col, aggfunc="first")
+        tables.append(t.reindex(columns=arms))
+    return scen, arms, tables
+
+
+def first_place_frame(v: StudyView) -> pd.DataFrame:
+    """The league's first-place tests, one per ranked scenario: ``scenario``, ``top`` and
+    ``runner_up`` (by mean headline online accuracy), ``lead`` (the difference of their means),
+    ``n`` paired seeds and ``p`` (paired t, raw); empty when the study has no league. They
+    belong to the report's Holm family (:func:`family_adjust`)."""
+    values = v.values if v.values is not None else run_values(v)
+    got = _rank_tables(v, values)
+    cols = ["scenario", "top", "runner_up", "lead", "n", "p"]
+    if got is None:
+        return pd.DataFrame(columns=cols)
+    scen, arms, tables = got
+    rows = []
+    for s, t, (order, means, p) in zip(scen, tables, _first_tests(tables)):
+        two = len(order) >= 2
+        rows.append({"scenario": s, "top": arms[order[0]] if order else None,
+                     "runner_up": arms[order[1]] if two else None,
+                     "lead": float(means[order[0]] - means[order[1]]) if two else math.nan,
+                     "n": int((t.iloc[:, order[0]] - t.iloc[:, order[1]]).notna().sum())
+                     if two else 0, "p": p})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def family_adjust(comparison: pd.DataFrame, firsts: pd.DataFrame
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Holm over the report's whole family (metrics.md: every paired comparison a report
+    makes): the judged comparisons against the baseline and the league's first-place tests,
+    adjusted together. Returns both frames with ``p_holm`` (and the comparisons' ``verdict``)
+    recomputed."""
+    comparison, firsts = comparison.copy(), firsts.copy()
+    use_c = comparison["judged"].astype(bool) & comparison["p"].notna()
+    use_f = firsts["p"].notna() if len(firsts) else pd.Series(dtype=bool)
+    p = np.concatenate([comparison.loc[use_c, "p"].to_numpy(np.float64),
+                        firsts.loc[use_f, "p"].to_numpy(np.float64) if len(firsts)
+                        else np.empty(0)])
+    adj = metrics.holm(p) if p.size else p
+    comparison["p_holm"] = np.nan
+    comparison.loc[use_c, "p_holm"] = adj[:int(use_c.sum())]
+    firsts["p_holm"] = np.nan
+    if len(firsts):
+        firsts.loc[use_f, "p_holm"] = adj[int(use_c.sum()):]
+    comparison["verdict"] = [verdict(r) for _, r in comparison.iterrows()] \
+        if len(comparison) else []
+    return comparison, firsts
 
 
 def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
@@ -431,22 +511,16 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
     learnable signal are left out.
 
     A first place counts only where the top mean is significantly above the runner-up's: a
-    paired t test over the seeds (``first_p``, the p-values Holm-adjusted over the ranked
-    scenarios, at least :data:`MIN_SEEDS` seeds); otherwise the two tie for first
+    paired t test over the seeds (at least :data:`MIN_SEEDS` seeds), Holm-adjusted in the
+    report's whole family (``v.first_places``, from :func:`family_adjust`; without it over the
+    ranked scenarios alone); otherwise the two tie for first
     (``tied_first``: the scenarios where the optimizer is the top or the runner-up without
     such a difference, or shares the top mean)."""
     values = v.values if v.values is not None else run_values(v)
-    scen = [s for s in v.scenarios if not v.no_signal.get(s)]
-    have = set(values.dropna(subset=["online_acc"])["optimizer"])
-    arms = [a for a in v.arms if a in have]  # arms whose every run failed are not ranked
-    if len(arms) < 3 or len(scen) < 2:
+    got = _rank_tables(v, values)
+    if got is None:
         return None
-    tables = []
-    for s in scen:
-        col = v.headline(s, "online_acc")
-        sub = values[values["scenario"] == s]
-        t = sub.pivot_table(index="seed", columns="optimizer", values=col, aggfunc="first")
-        tables.append(t.reindex(columns=arms))
+    scen, arms, tables = got
     rng = np.random.default_rng(seed)
 
     def ranks(frames: list[pd.DataFrame]) -> np.ndarray:
@@ -457,7 +531,9 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
         return out
 
     point = ranks(tables)
-    clear = _clear_firsts(tables)
+    firsts = v.first_places
+    clear = _clear_firsts(tables, p_holm=None if firsts is None or not len(firsts)
+                          else firsts.set_index("scenario")["p_holm"].reindex(scen).to_numpy())
     boot = np.empty((n_boot, len(arms)))
     for b in range(n_boot):
         res = [t.iloc[rng.integers(0, len(t), len(t))] for t in tables]

@@ -88,28 +88,55 @@ def paired(a: pd.Series, b: pd.Series, metric: Metric, *, censored_a: pd.Series 
     percentile-bootstrap interval of the median), ``wins`` / ``losses`` / ``ties`` (seeds where
     ``a`` is better / worse / equal; a censored run never recovered, so it loses against a run
     that did and ties with another censored one), ``n`` (paired seeds) and ``p`` (paired t or
-    Wilcoxon signed-rank; NaN with fewer than two pairs).
+    Wilcoxon signed-rank; NaN with fewer than two pairs). ``untestable``: for recovery times, why
+    the comparison is no test (``p`` NaN): on every seed both sides never recovered, or the
+    shift hurt neither (both 0 steps); ``""`` otherwise.
     """
     x, y = a.astype(float), b.astype(float)
+    ca = cb = pd.Series(False, index=x.index.union(y.index))
     if metric.recovery:
         big = float(cap) if cap is not None and math.isfinite(cap) else 1e12
         if censored_a is not None:
-            x = x.mask(censored_a.reindex(x.index).fillna(False).astype(bool), big)
+            ca = censored_a.reindex(ca.index).fillna(False).astype(bool)
+            x = x.mask(ca.reindex(x.index), big)
         if censored_b is not None:
-            y = y.mask(censored_b.reindex(y.index).fillna(False).astype(bool), big)
+            cb = censored_b.reindex(cb.index).fillna(False).astype(bool)
+            y = y.mask(cb.reindex(y.index), big)
     common = x.index.intersection(y.index, sort=True)
-    d = (x.loc[common] - y.loc[common]).to_numpy(np.float64)
-    d = d[~np.isnan(d)]
+    dd = x.loc[common] - y.loc[common]
+    keep = dd.notna()
+    d = dd[keep].to_numpy(np.float64)
     better = d if metric.higher_is_better else -d
     out: dict[str, Any] = {"n": int(d.size), "wins": int((better > 0).sum()),
-                           "losses": int((better < 0).sum()), "ties": int((d == 0).sum())}
+                           "losses": int((better < 0).sum()), "ties": int((d == 0).sum()),
+                           "untestable": ""}
     if metric.recovery:
         med, low, high = metrics.median_interval(d, np.zeros(d.size, bool), level=level)
+        out["untestable"] = _untestable(x.loc[common][keep], ca.loc[common][keep],
+                                        cb.loc[common][keep], y.loc[common][keep])
     else:
         med, low, high = metrics.mean_interval(d, level=level)
     out.update(difference=med, low=low, high=high,
-               p=metrics.paired_p_value(d, metric.test) if d.size else math.nan)
+               p=metrics.paired_p_value(d, metric.test) if d.size and not out["untestable"]
+               else math.nan)
     return out
+
+
+def _untestable(x: pd.Series, ca: pd.Series, cb: pd.Series, y: pd.Series) -> str:
+    """Why a recovery-time comparison is no test (``""`` when it is one): on every paired seed
+    both sides never recovered, or the shift hurt neither side (both recovered in 0 steps, no
+    dip), or a mix of the two, so every difference is a structural tie."""
+    if not len(x):
+        return ""
+    both_never = (ca & cb).to_numpy(bool)
+    both_unhurt = ((x == 0) & (y == 0) & ~ca & ~cb).to_numpy(bool)
+    if not (both_never | both_unhurt).all():
+        return ""
+    if both_never.all():
+        return "neither side recovers on any seed"
+    if both_unhurt.all():
+        return "the shift hurt neither side on any seed"
+    return "on every seed both sides never recover or are not hurt"
 
 
 def adjust(p: pd.Series, judged: pd.Series) -> pd.Series:
@@ -125,8 +152,10 @@ def verdict(row: Any, alpha: float = ALPHA) -> str:
     """The verdict of one comparison row (``difference``, ``wins``, ``losses``, ``n``,
     ``p_holm``, ``higher_is_better``, ``judged``)."""
     if not row["judged"]:
-        return f"not judged (fewer than {MIN_SEEDS} seeds)" if row["n"] < MIN_SEEDS \
-            else "not judged"
+        if row["n"] < MIN_SEEDS:
+            return f"not judged (fewer than {MIN_SEEDS} seeds)"
+        why = row.get("untestable") if hasattr(row, "get") else None
+        return f"not compared: {why}" if isinstance(why, str) and why else "not judged"
     p = row["p_holm"]
     if p is None or (isinstance(p, float) and math.isnan(p)) or p > alpha:
         return f"no detectable difference with {int(row['n'])} seeds"

@@ -15,6 +15,8 @@ from . import _format as fmt
 from .document import Table
 from .frames import (
     comparison_frame,
+    family_adjust,
+    first_place_frame,
     kind_frame,
     kind_values,
     phase_frame,
@@ -219,9 +221,13 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
     recs = []
     for r in df.itertuples():
         m = METRICS[r.metric]
-        if r.n:
+        if r.n and isinstance(r.untestable, str) and r.untestable:
+            diff, won = fmt.DASH, f"{r.ties} tied of {r.n}"
+        elif r.n:
             diff = fmt.interval(r.difference, r.low, r.high, m.digits, sign=True)
             diff += m.unit if diff != fmt.DASH else ""
+            if diff != fmt.DASH and bool(r.median_undefined):
+                diff += " ‡"
             won = f"{r.wins} / {r.losses} / {r.ties} of {r.n}"
         else:
             diff, won = fmt.DASH, "no pairs"
@@ -235,7 +241,11 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         f"Each optimizer against the baseline {v.baseline} ({v.baseline_reason}), paired by "
         f"seed. Accuracies, deficits, ACC, BWT, forgetting: mean difference [{pct} % Student-t "
         "interval], paired t test. Recovery time: median difference [bootstrap interval], "
-        "Wilcoxon signed-rank test, a seed that never recovered counting as the phase length. "
+        "Wilcoxon signed-rank test, a seed that never recovered counting as the phase length "
+        "(‡: half or more of one side's seeds never recover, so that side's median is "
+        "undefined and the difference rests on this convention); where on every seed both "
+        "sides never recover, or the shift hurt neither, there is nothing to test ('not "
+        "compared', outside the Holm family). "
         "Won / lost / tied: seeds where the optimizer is better / worse / equal. "
         f"The p-values are Holm-adjusted over all {judged} comparisons of this report; the "
         f"verdict is 'better' or 'worse' only when the adjusted p-value is at most {ALPHA}, "
@@ -380,7 +390,7 @@ def league_tables(v: StudyView) -> dict[str, Table]:
         return {}
     league, families = got
     pct = int(round(100 * v.level))
-    recs = [{"rank": i + 1, "optimizer": r.optimizer,
+    recs_league = [{"rank": i + 1, "optimizer": r.optimizer,
              "mean rank": fmt.interval(r.mean_rank, r.low, r.high, 2),
              "first places": f"{r.first_places} of {r.scenarios}",
              "tied for first": f"{r.tied_first} of {r.scenarios}"}
@@ -394,18 +404,38 @@ def league_tables(v: StudyView) -> dict[str, Table]:
         "optimizers: one seed is one stream). Ranks order the means; a difference of ranks is "
         "not a test (the comparison table is). First places: the scenarios where the "
         "optimizer's mean is significantly above the runner-up's (a paired t test over the "
-        "seeds, Holm-adjusted over the ranked scenarios, α = "
+        "seeds, Holm-adjusted with every comparison of this report, α = "
         f"{ALPHA:g}); where it is not, the top two tie for first (tied for first). Scenarios "
         "without a learnable signal are left out.")
+    out = {}
+    firsts = v.first_places
+    if firsts is not None and len(firsts):
+        recs = []
+        for r in firsts.itertuples():
+            clear = not fmt.isnan(r.p_holm) and r.p_holm <= ALPHA and r.lead > 0
+            recs.append({**_keys(v, r.scenario), "top": r.top or fmt.DASH,
+                         "runner-up": r.runner_up or fmt.DASH,
+                         "lead": fmt.signed(r.lead, 3) if not fmt.isnan(r.lead) else fmt.DASH,
+                         "seeds": r.n, "p (Holm)": _p_text(r.p_holm),
+                         "first place": "clear" if clear else (
+                             "tied" if r.runner_up else fmt.DASH)})
+        out["first_places"] = Table(
+            "first_places", "League: first place against the runner-up",
+            "In each ranked scenario the optimizer with the top mean headline online accuracy "
+            "against the runner-up: the lead (difference of the means over seeds), a paired t "
+            "test over the seeds, its p-value Holm-adjusted with every comparison of this "
+            f"report (α = {ALPHA:g}). 'clear': a first place; 'tied': the two tie for first.",
+            firsts, pd.DataFrame(recs))
     fam_display = families.copy()
     for c in fam_display.columns[1:]:
         fam_display[c] = fam_display[c].map(lambda x: fmt.num(x, 1))
     return {
         "league": Table("league", "League: mean rank over scenarios", caption, league,
-                        pd.DataFrame(recs)),
+                        pd.DataFrame(recs_league)),
         "league_families": Table("league_families", "Mean rank per scenario family",
                                  "The mean rank of each optimizer within each scenario family "
                                  "(the same ranks as the league).", families, fam_display),
+        **out,
     }
 
 
@@ -417,7 +447,8 @@ def build(v: StudyView) -> StudyView:
     v.kind_values = kind_values(v, reduced)
     v.summary = summary_frame(v)
     v.phase_summary = phase_frame(v)
-    v.comparison = comparison_frame(v)
+    # one Holm family: the comparisons with the baseline and the league's first-place tests
+    v.comparison, v.first_places = family_adjust(comparison_frame(v), first_place_frame(v))
     v.tables = {
         "summary": summary_table(v, v.summary),
         "heldout": heldout_table(v, v.summary),

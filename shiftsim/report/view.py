@@ -64,6 +64,9 @@ class StudyView:
     tables: dict[str, Table] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None
+    #: the league's first-place tests with their p-values adjusted in the report's family
+    #: (:func:`~shiftsim.report.frames.family_adjust`); None before the tables are built
+    first_places: pd.DataFrame | None = None
     #: with one baseline per model (a baseline named by its optimizer in a study of several
     #: models), the baseline arms; empty when ``baseline`` is itself the one baseline arm
     baseline_arms: tuple[str, ...] = ()
