@@ -784,3 +784,34 @@ def test_the_findings_say_when_no_recovery_difference_could_pass():
     assert len(text) == 1 and "0.0020" in text[0] and "0.0013" in text[0]
     comp.loc[:37, "p_holm"] = 0.001  # 38 rejected: the threshold 0.05 / 2 is reachable
     assert _recovery_power(SimpleNamespace(comparison=comp, first_places=None)) == []
+
+
+def test_an_unreadable_study_file_is_refused_not_ignored(study_dir, tmp_path, capsys):
+    """Without study.json the report would name another baseline, drop the study's order and
+    call a tuned study untuned: a damaged study.json is an error that says how to mend it."""
+    broken = tmp_path / "s"
+    shutil.copytree(study_dir, broken)
+    (broken / "study.json").write_text("{bad")
+    with pytest.raises(ShiftsimError, match="study.json' is unreadable .*shiftsim study"):
+        store.load(broken)
+    assert main(["report", str(broken), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_tuned_reports_header_never_shows_an_untuned_setting(tmp_path):
+    from types import SimpleNamespace
+
+    from shiftsim.report import _optimizer_text
+
+    runs = pd.DataFrame({"optimizer": ["sgdm", "tam"], "optimizer_label": ["sgdm", "tam"]})
+    axes = {"optimizers": {"sgdm": {"optimizer": {"name": "sgdm", "hparams": {
+        "lr": 0.05, "momentum": 0.9}}}, "tam": {"optimizer": {"name": "tam", "hparams": {
+            "lr": 0.1}}}}}
+    tuning = pd.DataFrame({"scenario": "s", "optimizer": ["sgdm", "tam"], "lr": [0.03, 0.3],
+                           "metric": "auto", "value": 0.8})
+    v = SimpleNamespace(study={"axes": axes}, arms=["sgdm", "tam"], runs=runs, tuning=tuning)
+    assert _optimizer_text(v) == "sgdm = sgdm(lr=tuned, momentum=0.9); tam = tam(lr=tuned)"
+    v.tuning = None
+    assert _optimizer_text(v) == "sgdm = sgdm(lr=0.05, momentum=0.9); tam = tam(lr=0.1)"

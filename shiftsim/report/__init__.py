@@ -84,13 +84,31 @@ def _check_out(study: Path, out: Path) -> None:
     check_out_dir(out, what="report folder")  # no part of its path is a file; writable
 
 
+def _tuned_names(v: StudyView) -> dict[str, set[str]]:
+    """Per optimizer label, the hyperparameters a tuned study chose (the tuning table's)."""
+    t = v.tuning
+    if t is None or t.empty:
+        return {}
+    known = {"scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
+             "tolerance", "tolerance_low", "tolerance_high", "tolerance_open", "at_edge",
+             "scope", "tuned_on", "chance"}
+    hp = [c for c in t.columns if c not in known]
+    return {str(opt): {c for c in hp if g[c].notna().any()}
+            for opt, g in t.groupby("optimizer", sort=False)}
+
+
 def _optimizer_text(v: StudyView) -> str:
+    """Each arm's optimizer and settings; a tuned hyperparameter shows as ``tuned`` (the
+    chosen values are in the table of tuned settings), never the spec's untuned default."""
     axes = ((v.study or {}).get("axes") or {}).get("optimizers") or {}
+    tuned = _tuned_names(v)
     parts = []
     for arm in v.arms:
         label = v.runs.loc[v.runs["optimizer"] == arm, "optimizer_label"].iloc[0]
         o = (axes.get(label) or {}).get("optimizer") or {}
-        hp = o.get("hparams") or {}
+        hp = dict(o.get("hparams") or {})
+        for k in sorted(tuned.get(str(label), set())):
+            hp[k] = "tuned"
         detail = ", ".join(f"{k}={v_:g}" if isinstance(v_, float) else f"{k}={v_}"
                            for k, v_ in hp.items() if not (k == "weight_decay" and v_ == 0))
         name = o.get("name")

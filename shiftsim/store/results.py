@@ -29,6 +29,7 @@ from .runs import (
     EVALS_FILE,
     RUNS_DIR,
     STATUSES,
+    STUDY_FILE,
     TRACE_FILE,
     RunState,
     list_run_ids,
@@ -489,13 +490,21 @@ def load(out_dir: str | os.PathLike, *, verify: bool = True,
 
     The runs are those listed in ``study.json`` — a run folder left from an earlier version of
     the study is included only with ``include_orphans=True`` — or, without ``study.json``, every
-    run folder. Damaged folders are rows with status ``incomplete`` (see ``problems``); loading
-    never raises for them. ``verify`` checks the files' checksums.
+    run folder. Damaged run folders are rows with status ``incomplete`` (see ``problems``);
+    loading never raises for them. An unreadable ``study.json`` raises
+    :class:`~shiftsim.errors.ShiftsimError` (the study's order, baseline and tuning are in it).
+    ``verify`` checks the files' checksums.
     """
     p = check_out_dir(out_dir)
     if not p.is_dir():
         raise ShiftsimError(f"results folder {str(p)!r} does not exist")
     study = read_study(p)
+    if study is None and (p / STUDY_FILE).exists():
+        # the study's order, baseline and tuning would be lost without a word: refuse
+        raise ShiftsimError(
+            f"{str(p / STUDY_FILE)!r} is unreadable (not a JSON object): run the study again "
+            f"with `shiftsim study <file> --out {p}` (it resumes and rewrites the file), or "
+            "remove it to load the run folders alone")
     labels: dict[str, dict[str, Any]] = {}
     if study is not None and isinstance(study.get("runs"), list):
         for entry in study["runs"]:
