@@ -238,7 +238,10 @@ def write(rows: pd.DataFrame, out: Path, seeds: int) -> None:
             p = x.get("p_holm")
             p = "—" if p is None or pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
             note = x.get("note")
-            verdict = x["verdict"] + (f" ({note})" if isinstance(note, str) and note else "")
+            noted = isinstance(note, str) and bool(note)
+            word = "no detectable difference" if x["verdict"] == "inconclusive" and not noted \
+                else x["verdict"]
+            verdict = word + (f" ({note})" if noted else "")
             lines.append(f"| {x['setting']} | {x['metric']} | {_effect(x, digits)} | {better} "
                          f"| {p} | {verdict} |")
         lines.append("")
