@@ -815,3 +815,29 @@ def test_a_tuned_reports_header_never_shows_an_untuned_setting(tmp_path):
     assert _optimizer_text(v) == "sgdm = sgdm(lr=tuned, momentum=0.9); tam = tam(lr=tuned)"
     v.tuning = None
     assert _optimizer_text(v) == "sgdm = sgdm(lr=0.05, momentum=0.9); tam = tam(lr=0.1)"
+
+
+def test_a_family_line_ranges_each_scenarios_headline_accuracy(study_dir):
+    from shiftsim.report import _format as fmt
+    from shiftsim.report.findings import _family_lines
+    from shiftsim.report.tables import build
+    from shiftsim.report.view import view
+
+    v = build(view(store.load(study_dir)))
+    lines = {line.split(":")[0]: line for line in _family_lines(v)}
+    other = v.summary[v.summary["scenario"] == "other 50%"]["online_acc_true"].dropna()
+    want = f"{fmt.num(other.min())}–{fmt.num(other.max())}"
+    line = next(t for k, t in lines.items() if k.lower().startswith("other"))
+    assert f"online accuracy (original labels) {want} across" in line
+    perm = v.summary[v.summary["scenario"].str.startswith("permute")]["online_acc"].dropna()
+    line = next(t for k, t in lines.items() if k.lower().startswith("permute"))
+    assert f"online accuracy {fmt.num(perm.min())}–{fmt.num(perm.max())} across" in line
+    # one family mixing label noise and concept shifts: each scenario by its own headline
+    v.families = {}
+    v.no_signal = {**v.no_signal, "permute 100%": True}  # as if it had no learnable signal
+    (line,) = _family_lines(v)
+    vals = pd.concat([v.summary.loc[v.summary["scenario"] == "permute 50%", "online_acc"],
+                      other]).dropna()
+    assert (f"online accuracy (original labels for label noise) {fmt.num(vals.min())}–"
+            f"{fmt.num(vals.max())} across optimizers (the 1 without a learnable signal left "
+            "out)") in line

@@ -129,10 +129,15 @@ def _family_lines(v: StudyView) -> list[str]:
         fams.setdefault(_family_of(v, s), []).append(s)
     out = []
     for fam, scen in fams.items():
-        rows = v.summary[v.summary["scenario"].isin(scen)]
-        noise = all(v.noise.get(s) for s in scen)
-        col = "online_acc_true" if noise else "online_acc"
-        what = "online accuracy" + (" (original labels)" if noise else "")
+        # each scenario's headline accuracy (original labels for label noise); scenarios
+        # without a learnable signal are not ranked, so they stay out of the range
+        ranked = [s for s in scen if not v.no_signal.get(s)]
+        rows = v.summary[v.summary["scenario"].isin(ranked)]
+        head = pd.Series([r[v.headline(r["scenario"], "online_acc")]
+                          for _, r in rows.iterrows()], dtype=float)
+        noisy = [bool(v.noise.get(s)) for s in ranked]
+        what = "online accuracy" + (" (original labels)" if noisy and all(noisy) else
+                                    " (original labels for label noise)" if any(noisy) else "")
         sev = sorted(v.severity[s] for s in scen if not math.isnan(v.severity.get(s, math.nan)))
         named = fam not in (v.severity_name, "all scenarios")
         where = fam if named else ""
@@ -144,7 +149,9 @@ def _family_lines(v: StudyView) -> list[str]:
             where = f"{where} ({len(scen)} scenarios)" if named else f"{len(scen)} scenarios"
         elif not named:
             where = scen[0]
-        text = f"{where[:1].upper()}{where[1:]}: {what} {_range(rows[col])} across optimizers"
+        text = f"{where[:1].upper()}{where[1:]}: {what} {_range(head)} across optimizers"
+        if len(ranked) < len(scen):
+            text += f" (the {len(scen) - len(ranked)} without a learnable signal left out)"
         c = comp[comp["scenario"].isin(scen)] if len(comp) else comp
         if len(c) and c["judged"].any():
             sig = int(c["verdict"].isin(["better", "worse"]).sum())
