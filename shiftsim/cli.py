@@ -3,7 +3,9 @@
 ``shiftsim list scenarios`` lists a scenario library (:func:`scenarios_folder` says which).
 
 Errors a user can cause are printed on one line (``error: ...``) with no traceback, and the exit
-status is 2; nothing is written when the input is bad.
+status is 2; nothing is written when the input is bad. Output into a pipe that closes early
+(``shiftsim list scenarios | head -1``) ends the command quietly with status 141, as a program
+killed by SIGPIPE (results are stored before anything is printed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from .errors import ShiftsimError, check_range
 from .pyfile import load_python_file, summary_line
 
 EXIT_USAGE = 2
+#: the status when standard output is a pipe closed by its reader (128 + SIGPIPE, as a shell
+#: reports a program killed by it)
+EXIT_PIPE = 141
 
 
 def _integer(low: int) -> Callable[[str], int]:
@@ -55,10 +60,36 @@ def _gpus(text: str) -> float:
 # -- commands ------------------------------------------------------------------------------------
 
 def _out_dir(path: str) -> Path:
-    """``--out``, checked before any work: a folder, or one that can be created."""
+    """``--out``, checked before any work: a writable folder, or one that can be created.
+
+    A missing folder is created (as a study creates its results folder) and removed again,
+    so that a path that cannot be made (``/proc/x``) fails now, not after the work, and a
+    command that fails later leaves nothing behind; an existing one must take a file."""
+    import tempfile
+
     from .store import check_out_dir
 
-    return check_out_dir(path, what="--out")
+    p = check_out_dir(path, what="--out")
+    missing = []
+    q = p
+    while not q.is_dir() and q.parent != q:
+        missing.append(q)  # the deepest first
+        q = q.parent
+    if not missing:
+        try:
+            with tempfile.TemporaryFile(dir=p):
+                pass
+        except OSError as exc:
+            raise ShiftsimError(f"--out {str(p)!r} is not writable (a file cannot be created "
+                                f"there: {exc.strerror or exc})") from None
+        return p
+    check_out_dir(p, create=True, what="--out")
+    for d in missing:
+        try:
+            d.rmdir()
+        except OSError:  # made by someone else meanwhile: theirs to keep
+            break
+    return p
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -79,6 +110,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     optimizer = spec(args.optimizer or ns.get("optimizer", "sgdm"), **hparams)
     result = engine.run(scenario, model, optimizer, seed=args.seed, device=args.device,
                         progress=not args.quiet, threads=args.threads)
+    path = None
+    if out is not None:  # stored before anything is printed: a closed pipe cannot lose it
+        from .store import write_result
+
+        path = write_result(out, result)
     summary = result.summary()
     print(f"{scenario.name}: {optimizer.label}, seed {args.seed}, {len(result.trace)} steps on "
           f"{result.info['device']} ({result.timings['ms_per_step']:.2f} ms/step)"
@@ -89,10 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 20,
                            "display.float_format", "{:.3f}".format):
         print(summary[cols].to_string(index=False))
-    if out is not None:
-        from .store import write_result
-
-        path = write_result(out, result)
+    if path is not None:
         print(f"wrote {path}")
     return 0
 
@@ -286,11 +319,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone: what a
+    BrokenPipeError must come from to end the command quietly (another pipe, such as a
+    worker's, is an error). True where it cannot be told (no file descriptor)."""
+    import os
+    import select
+    import stat
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True
+    try:
+        if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+            return False
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(): trust the error
+        return True
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail on
+    the closed pipe again (the pattern the Python docs give for SIGPIPE)."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        _silence_stdout()
+        return EXIT_PIPE
     except ShiftsimError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,8 +1,9 @@
 """Run a user's Python file — a scenario or study file — and return what it defines.
 
-The file runs as ``python file.py`` would run it, with two differences: its ``__name__`` is
-``"__shiftsim__"`` (an ``if __name__ == "__main__":`` block does not run), and errors come back
-as one-line :class:`~shiftsim.errors.ShiftsimError` messages that name the file and the line.
+The file runs as ``python file.py`` would run it, with three differences: its ``__name__`` is
+``"__shiftsim__"`` (an ``if __name__ == "__main__":`` block does not run), ``sys.argv`` holds
+only its path, and errors (``sys.exit()`` included) come back as one-line
+:class:`~shiftsim.errors.ShiftsimError` messages that name the file and the line.
 Its own folder is first on ``sys.path`` while it runs, so a file in ``scenarios/`` can
 ``import label_flips`` from beside it.
 
@@ -39,10 +40,13 @@ def load_python_file(path: str | os.PathLike, name: str) -> dict[str, Any]:
 
     The file runs with ``__name__ == "__shiftsim__"``, so an ``if __name__ == "__main__":``
     block in it does not run. While it runs, its folder is first on ``sys.path`` (as with
-    ``python file.py``), so it can import the modules beside it; ``sys.path`` is restored
-    afterwards. (Spawned study workers receive pickled run specs and do not need that folder,
-    unless the file's neighbours define classes the specs hold, such as a custom Shift: those
-    must be importable in the workers, see ``check_portable``.)
+    ``python file.py``), so it can import the modules beside it, and ``sys.argv`` is
+    ``[path]``, so an argparse parser in it sees no arguments (not shiftsim's own); both are
+    restored afterwards. A file that exits (``sys.exit()``, an argparse error) raises a
+    one-line ShiftsimError instead of ending the program. (Spawned study workers receive
+    pickled run specs and do not need that folder, unless the file's neighbours define classes
+    the specs hold, such as a custom Shift: those must be importable in the workers, see
+    ``check_portable``.)
     """
     p = Path(path)
     if not p.is_file():
@@ -51,10 +55,16 @@ def load_python_file(path: str | os.PathLike, name: str) -> dict[str, Any]:
         raise ShiftsimError(f"{str(p)!r} is not a Python file (.py)")
     folder = str(p.resolve().parent)
     sys.path.insert(0, folder)
+    argv = sys.argv
+    sys.argv = [str(p)]  # the file's own argparse, if any, sees no arguments (not shiftsim's)
     try:
         namespace = runpy.run_path(str(p), run_name="__shiftsim__")
     except ShiftsimError as exc:
         raise ShiftsimError(f"{p.name}: {exc}") from exc
+    except SystemExit as exc:  # sys.exit() or an argparse error: it must not end shiftsim
+        call = "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
+        raise ShiftsimError(f"{p.name} called {call} while being loaded; a scenario file must "
+                            f"define `scenario` (or `study`) without exiting") from None
     except SyntaxError as exc:
         raise ShiftsimError(f"{p.name}: syntax error at line {exc.lineno}: {exc.msg}") from exc
     except Exception as exc:  # the user's file raised: report where, in one line
@@ -63,6 +73,7 @@ def load_python_file(path: str | os.PathLike, name: str) -> dict[str, Any]:
         where = f" at line {line}" if line else ""
         raise ShiftsimError(f"{p.name}{where} raised {type(exc).__name__}: {exc}") from exc
     finally:
+        sys.argv = argv
         _remove_first(sys.path, folder)
     if name not in namespace:
         defined = sorted(k for k in namespace if not k.startswith("_"))[:10]

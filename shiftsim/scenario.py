@@ -558,10 +558,16 @@ def covariate_drift(data: Dataset, shifts: Sequence[Shift | Sequence[Shift]],
     ('clean', 'rotate 30', 'rotate 60')
     """
     _steps(steps_per_phase, "steps_per_phase")
-    if isinstance(shifts, Shift) or not shifts:
+    if not isinstance(shifts, (list, tuple)):  # a string would be read letter by letter
+        raise SpecTypeError(f"covariate_drift needs a list of shifts (one per phase), got "
+                            f"{shifts!r}")
+    if not shifts:
         raise ShiftsimError("covariate_drift needs a non-empty list of shifts (one per phase)")
     phases = [Phase(steps_per_phase)] if clean_first else []
     for entry in shifts:
+        if not isinstance(entry, (Shift, list, tuple)):
+            raise SpecTypeError(f"covariate_drift: each entry of shifts must be a shift such as "
+                                f"Rotate(30) or a list of shifts, got {entry!r}")
         group = [entry] if isinstance(entry, Shift) else list(entry)
         phases.append(Phase(steps_per_phase, group, transition or Abrupt()))
     if not clean_first:

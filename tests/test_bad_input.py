@@ -2,9 +2,11 @@
 prints it on one line without a traceback, exits with status 2 and writes nothing."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,7 +78,27 @@ CASES = [
     ("rprop etas reversed", lambda: ss.optim.spec("torch.optim.Rprop", etas=(1.2, 0.5)),
      r"^Rprop\.etas must be \(decrease, increase\) with 0 < decrease < 1 < increase"),
     ("shiftsim optimizer momentum above 1", lambda: ss.optim.spec("tam", momentum=2.0),
-     r"^tam: momentum must be in \[0, 1\], got 2\.0$"),
+     r"^tam: momentum must be in \[0, 1\), got 2\.0$"),
+    # a momentum of 1 never forgets a gradient: refused as torch's SGD momentum and Adam's betas
+    ("tam momentum of 1", lambda: ss.optim.spec("tam", momentum=1.0),
+     r"^tam: momentum must be in \[0, 1\), got 1\.0$"),
+    ("momo beta of 1", lambda: ss.optim.spec("momo", beta=1.0),
+     r"^momo: beta must be in \[0, 1\), got 1\.0$"),
+    ("learning rate in a list", lambda: ss.optim.spec("sgdm", lr=[0.1]),
+     r"^lr must be a number, got \[0\.1\]$"),
+    # import paths and classes that name no optimizer: refused by spec, not inside a run
+    ("optimizer path to a module", lambda: ss.optim.spec("os:path"),
+     r"^optimizer 'os:path' is a module, not an optimizer; allowed: a registry name, a "
+     r"torch\.optim\.Optimizer subclass or a factory function params -> optimizer$"),
+    ("optimizer path to a class that is not an optimizer", lambda: ss.optim.spec("builtins:dict"),
+     r"^optimizer 'builtins:dict' is the class dict, which is not a torch\.optim\.Optimizer "
+     r"subclass; allowed: "),
+    ("module class as an optimizer", lambda: ss.optim.spec(torch.nn.Linear),
+     r"^optimizer '.*:Linear' is the class Linear, which is not a torch\.optim\.Optimizer "
+     r"subclass"),
+    ("optimizer whose step needs a closure", lambda: ss.optim.spec(torch.optim.LBFGS),
+     r"^optimizer 'torch\.optim:LBFGS' is not supported: its step\(\) needs a closure .*; "
+     r"allowed: optimizers whose step\(\) takes no argument or the loss"),
     ("shiftsim optimizer betas above 1", lambda: ss.optim.spec("adatam", betas=(1.5, 0.9)),
      r"^adatam: betas\[0\] must be in \[0, 1\), got 1\.5$"),
     ("fixed hyperparameter", lambda: ss.optim.spec("sgd", momentum=0.9),
@@ -104,6 +126,12 @@ CASES = [
     ("class count with string labels", lambda: ss.data.from_numpy(
         np.zeros((4, 2), np.float32), np.array(["a", "b", "c", "a"]), classes=3),
      r"^classes=3 is a number but the labels are class names"),
+    ("integer labels of one class", lambda: ss.data.from_numpy(
+        np.zeros((50, 2), np.float32), np.zeros(50, dtype=int)),
+     r"^a dataset needs at least 2 classes, got 1 \(every label is 0\); pass classes=N"),
+    ("string labels of one class", lambda: ss.data.from_numpy(
+        np.zeros((50, 2), np.float32), np.array(["a"] * 50)),
+     r"^a dataset needs at least 2 classes, got 1$"),
     ("float objects as labels", lambda: ss.data.from_numpy(
         np.zeros((4, 2), np.float32), np.array([0, 1.5, 1, 0], dtype=object)),
      r"^labels must be class indices \(integers\) or class names \(strings\), got 1\.5 of type "
@@ -155,6 +183,15 @@ CASES = [
     ("permutation fraction above 1", lambda: ss.PixelPermutation(2.0),
      r"PixelPermutation\.fraction must be in \[0, 1\], got 2\.0"),
     ("shift of the wrong type", lambda: ss.Phase(5, ["rotate"]), r"must hold shifts .*got 'rotate'"),
+    ("covariate drift of a string", lambda: ss.covariate_drift(D, "nope"),
+     r"^covariate_drift needs a list of shifts \(one per phase\), got 'nope'$"),
+    ("covariate drift of a list of strings", lambda: ss.covariate_drift(D, ["nope"]),
+     r"^covariate_drift: each entry of shifts must be a shift such as Rotate\(30\) or a list "
+     r"of shifts, got 'nope'$"),
+    ("study with an unknown argument", lambda: ss.Study(
+        "x", _scenario(), model=ss.models.linear(), optimizers="sgd", foo=1),
+     r"^unknown Study argument 'foo'; allowed: 'name', 'scenarios', 'model', 'optimizers', "
+     r"'seeds', 'models', 'description', 'tuning', 'where'$"),
     # custom shifts: refused when the Phase is built, naming what is missing
     ("custom shift without apply", lambda: ss.Phase(5, [_NoApply()]),
      r"^shift _NoApply has no apply\(\) method; an input shift must define apply\(self, x, "
@@ -257,6 +294,30 @@ def test_there_are_at_least_25_cases():
     assert len(CASES) >= 25
 
 
+def _sgd_factory(params, lr=0.1):
+    return torch.optim.SGD(params, lr=lr)
+
+
+def test_what_the_stricter_checks_still_accept():
+    # a factory function is only called when a run builds it
+    opt = ss.optim.spec(_sgd_factory, lr=0.05).build([torch.nn.Parameter(torch.zeros(2))])
+    assert type(opt).__name__ == "SGD"
+    # labels of one class with the class count given: the other classes are declared
+    ds = ss.data.from_numpy(np.zeros((50, 2), np.float32), np.zeros(50, dtype=int), classes=2)
+    assert ds.classes == ("0", "1")
+    # limits of 1 that the optimizer specs allow: TAM's cosine smoothing (d stays 1/2), the
+    # Adaptive-Memory bound on its momentum weight (beta_t in [0, 1], spec section 4.1)
+    assert ss.optim.spec("tam", gamma=1.0).kwargs["gamma"] == 1.0
+    assert ss.optim.spec("adamem_sgd", beta_max=1.0).kwargs["beta_max"] == 1.0
+
+    # an optimizer class whose step() needs the loss: the loop passes it, so it is accepted
+    class NeedsLoss(torch.optim.SGD):
+        def step(self, loss):  # noqa: D102 - a required loss argument
+            return super().step()
+
+    assert ss.optim.spec(NeedsLoss, lr=0.1).needs_loss
+
+
 def test_cuda_requested_without_cuda_is_explained():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -337,6 +398,27 @@ CLI_CASES = [
     ("study whose model does not fit", lambda d: ["study", str(_write(d / "s.py", STUDY_CNN)),
                                                   "--out", "out"],
      r"^error: cnn needs image data \(N, C, H, W\); got inputs of shape \(4,\)"),
+    ("optimizer path to a module", lambda d: ["run", str(_write(d / "ok.py", OK)), "--optimizer",
+                                              "os:path", "--out", "out"],
+     r"^error: optimizer 'os:path' is a module, not an optimizer; allowed: "),
+    ("optimizer path to a layer", lambda d: ["run", str(_write(d / "ok.py", OK)), "--optimizer",
+                                             "torch.nn:Linear", "--out", "out"],
+     r"^error: optimizer 'torch\.nn:Linear' is the class Linear, which is not a "
+     r"torch\.optim\.Optimizer subclass"),
+    ("optimizer LBFGS", lambda d: ["run", str(_write(d / "ok.py", OK)), "--optimizer",
+                                   "torch.optim:LBFGS", "--out", "out"],
+     r"^error: optimizer 'torch\.optim:LBFGS' is not supported: its step\(\) needs a closure"),
+    ("scenario file that exits", lambda d: ["run", str(_write(d / "e.py", "import sys\n"
+                                                              "sys.exit(0)\n")), "--out", "out"],
+     r"^error: e\.py called sys\.exit\(0\) while being loaded; a scenario file must define "
+     r"`scenario` \(or `study`\) without exiting$"),
+    ("study file that exits", lambda d: ["study", str(_write(d / "s.py", "raise SystemExit\n")),
+                                         "--out", "out"],
+     r"^error: s\.py called sys\.exit\(\) while being loaded"),
+    ("study of a shift the workers cannot import", lambda d: [
+        "study", str(_write(d / "s.py", STUDY_LOCAL_SHIFT)), "--out", "out", "--workers", "2",
+        "--no-fleet", "--quiet"],
+     r"^error: shift Halve is defined in the study file, which worker processes cannot import"),
 ]
 OK = """
 import shiftsim as ss
@@ -371,6 +453,19 @@ sc = ss.Scenario(ss.data.digits(), [ss.Phase(5)], batch_size=8)
 study = ss.Study("s", {"a": sc}, model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"},
                  seeds=1)
 """
+STUDY_LOCAL_SHIFT = """
+import dataclasses
+import shiftsim as ss
+
+@dataclasses.dataclass(frozen=True)
+class Halve(ss.shifts.Shift):
+    def apply(self, x, state, generator):
+        return 0.5 * x
+
+sc = ss.Scenario(ss.data.digits(), [ss.Phase(5), ss.Phase(5, [Halve()])], batch_size=8)
+study = ss.Study("s", {"a": sc}, model=ss.models.mlp(hidden=(4,)), optimizers={"sgd": "sgd"},
+                 seeds=2)
+"""
 STUDY_CNN = """
 import shiftsim as ss
 sc = ss.Scenario(ss.data.synthetic(n=100, dim=4), [ss.Phase(5)], batch_size=8)
@@ -386,7 +481,8 @@ def _run_in_process(args, cwd, capsys, monkeypatch):
         code = cli.main(args)
     except SystemExit as exc:  # argparse usage errors
         code = exc.code
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.err, captured.out
 
 
 @pytest.mark.parametrize("argv,pattern", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
@@ -396,8 +492,9 @@ def test_cli_prints_one_line_exits_2_and_writes_nothing(tmp_path, capsys, monkey
 
     args = argv(tmp_path)
     before = set(p.name for p in tmp_path.iterdir())
-    code, err = _run_in_process(args, tmp_path, capsys, monkeypatch)
+    code, err, out = _run_in_process(args, tmp_path, capsys, monkeypatch)
     assert code == 2, err
+    assert out == "", out  # no status line, no table: nothing ran
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert re.search(pattern, lines[0]), lines[0]
@@ -435,6 +532,21 @@ def test_out_paths_below_a_file_fail_before_any_work_from_python(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_run_out_that_cannot_be_created_fails_before_the_run(tmp_path, monkeypatch, capsys):
+    from shiftsim import cli
+
+    f = _write(tmp_path / "ok.py", OK)
+    code, err, out = _run_in_process(["run", str(f), "--out", "/proc/shiftsim-nope"], tmp_path,
+                                     capsys, monkeypatch)
+    assert code == 2 and out == ""  # no table: the run did not start
+    assert re.fullmatch(r"error: (cannot create --out '/proc/shiftsim-nope': .*|--out "
+                        r"'/proc/shiftsim-nope' cannot be created: '/proc' is not writable)\n",
+                        err), err
+    assert cli.main(["run", str(f), "--out", "/proc"]) == 2  # a folder that takes no file
+    assert capsys.readouterr().err.startswith("error: --out '/proc' is not writable")
+
+
 def test_an_unwritable_out_folder_is_named(tmp_path, monkeypatch, capsys):
     import os
 
@@ -470,10 +582,21 @@ def test_a_shift_workers_cannot_import_is_refused_before_any_worker_starts(tmp_p
                r"import; define it in a module on the Python path")
     for fleet in (False, True):
         with pytest.raises(ShiftsimError, match=pattern):
-            study.run(tmp_path / f"out{fleet}", workers=2, fleet=fleet, progress=False)
-        assert not (tmp_path / f"out{fleet}" / "runs").exists()
+            study.run(tmp_path / f"out{fleet}" / "sub", workers=2, fleet=fleet, progress=False)
+        # refused before the folder was written: no study.json, indexes or lock file, and the
+        # folders it would have created are gone
+        assert not (tmp_path / f"out{fleet}").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    with pytest.raises(ShiftsimError, match=pattern):
+        study.run(tmp_path / "kept", workers=2, fleet=False, progress=False)
+    assert [p.name for p in (tmp_path / "kept").iterdir()] in ([], [".lock"])
     # in this process it runs
     assert study.run(tmp_path / "here", workers=1, progress=False).done == 4
+
+
+def _broken_factory(params, lr: float = 0.1):
+    """An optimizer factory that raises when a run builds it: every run with it fails."""
+    raise RuntimeError("this optimizer is broken on purpose")
 
 
 def test_a_report_with_no_results_names_the_failure_not_a_pending_run(tmp_path, capsys):
@@ -483,12 +606,12 @@ def test_a_report_with_no_results_names_the_failure_not_a_pending_run(tmp_path, 
     from shiftsim.study import Study
 
     study = Study("nothing", {"a": _scenario()}, model=ss.models.mlp(hidden=(4,)),
-                  optimizers={"sgd": "sgd", "lbfgs": "torch.optim.LBFGS"}, seeds=1)
+                  optimizers={"sgd": "sgd", "broken": ss.optim.spec(_broken_factory)}, seeds=1)
     study.run(tmp_path / "s", workers=1, progress=False)
     ok = next(s.run_id for s in study.grid() if s.label_dict["optimizer"] == "sgd")
     shutil.rmtree(tmp_path / "s" / "runs" / ok)  # now pending
     assert cli.main(["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no run of the study has results to report (")
-    assert "first error: TypeError: LBFGS.step() missing 1 required positional argument" in err
+    assert "first error: RuntimeError: this optimizer is broken on purpose" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()

@@ -249,3 +249,59 @@ def test_the_demo_runs_the_scenario_file_it_names():
     ns = runpy.run_path(str(cli.LIBRARY / "quickstart.py"))
     assert ns["scenario"] is quickstart.scenario and ns["optimizers"] is quickstart.optimizers
     assert list(quickstart.optimizers) == ["sgdm", "adam", "tam", "adamem_sgd", "momo"]
+
+
+ARGPARSE_SCENARIO = SCENARIO + """
+import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("--rate", type=float, default=1.0)
+args = parser.parse_args()
+"""
+
+
+def test_a_scenario_file_with_its_own_argparse_sees_no_shiftsim_arguments(tmp_path, capsys,
+                                                                            monkeypatch):
+    import sys
+
+    f = tmp_path / "parsed.py"
+    f.write_text(ARGPARSE_SCENARIO)
+    argv = ["shiftsim", "run", str(f), "--device", "cpu", "--quiet"]
+    monkeypatch.setattr(sys, "argv", list(argv))  # what the file's parser must not see
+    assert cli.main(argv[1:]) == 0
+    assert "80 steps on cpu" in capsys.readouterr().out
+    assert sys.argv == argv  # restored after the file ran
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "shiftsim.cli", "list", "scenarios"],
+                            cwd=cli.LIBRARY.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is printed (like `| head -0`)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == cli.EXIT_PIPE
+    assert err == ""  # no BrokenPipeError traceback, no "Exception ignored" at exit
+
+
+class _ClosedPipe:
+    """A standard output whose reader has gone."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def test_run_out_stores_the_run_before_printing_into_a_closed_pipe(tmp_path, monkeypatch):
+    pytest.importorskip("shiftsim.store")
+    import sys
+
+    f = tmp_path / "sc.py"
+    f.write_text(SCENARIO)
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.main(["run", str(f), "--out", str(tmp_path / "run"), "--quiet",
+                     "--device", "cpu"]) == cli.EXIT_PIPE
+    assert len(list((tmp_path / "run").rglob("summary.json"))) == 1

@@ -410,7 +410,7 @@ def test_bad_input(flip32):
     with pytest.raises(ss.ShiftsimError, match="unknown optimizer 'sgdx'"):
         run_fleet(flip32, model, [("sgdx", 0)])
     with pytest.raises(ss.ShiftsimError, match="cannot run in a fleet"):
-        run_fleet(flip32, model, [(ss.optim.spec("torch.optim:LBFGS"), 0)])
+        run_fleet(flip32, model, [(ss.optim.spec("torch.optim:SparseAdam"), 0)])
     with pytest.raises(ValueError, match="Nesterov"):  # torch's own check, as in run()
         run_fleet(flip32, model, [(ss.optim.spec("nesterov", momentum=0.0), 0)])
     with pytest.raises(ss.ShiftsimError, match="check_every"):
@@ -451,12 +451,12 @@ def _study(digits, name="fs", seeds=3, optimizers=("sgdm", "adam", "tam")):
 def test_plan_fleets_groups_splits_and_leaves_singles(digits):
     from shiftsim.study import plan_fleets
 
-    study = _study(digits, optimizers=("sgdm", "adam", "tam", "torch.optim:LBFGS"), seeds=5)
+    study = _study(digits, optimizers=("sgdm", "adam", "tam", "torch.optim:SparseAdam"), seeds=5)
     grid = study.grid()  # 2 scenarios x 4 optimizers x 5 seeds
     fleets, singles = plan_fleets(grid, workers=1, device="cpu")
     # K larger than a group: one fleet per scenario holds all 15 fleet-capable runs
     assert sorted(len(f) for f in fleets) == [15, 15]
-    assert sorted(s.optimizer.name for s in singles) == ["torch.optim:LBFGS"] * 10
+    assert sorted(s.optimizer.name for s in singles) == ["torch.optim:SparseAdam"] * 10
     for f in fleets:
         assert len({(s.scenario.name, s.model) for s in f}) == 1
     fleets, _ = plan_fleets(grid, workers=1, device="cpu", max_members=4)

@@ -702,7 +702,7 @@ def test_one_incomplete_run_and_one_figure_are_singular(tmp_path, digits):
 
 
 @pytest.mark.parametrize("arms", [{"sgdm": "sgdm"},
-                                  {"sgdm": "sgdm", "lbfgs": "torch.optim.LBFGS"}],
+                                  {"sgdm": "sgdm", "sparse": "torch.optim.SparseAdam"}],
                          ids=["one run", "one surviving run"])
 def test_a_report_of_one_run_warns_about_nothing(tmp_path, digits, arms):
     import warnings

@@ -283,17 +283,17 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path, d
         {"digits": ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=30),
          "tabular": ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=30)},
         model={"linear": ss.models.linear()},
-        # LBFGS's step() needs a closure, which the engine does not pass: every run raises
+        # SparseAdam refuses dense gradients: every run raises
         optimizers={"huge": ss.optim.spec("sgd", lr=1e37), "ok": ss.optim.spec("sgd", lr=0.1),
-                    "lbfgs": ss.optim.spec(torch.optim.LBFGS)},
+                    "sparse": ss.optim.spec(torch.optim.SparseAdam)},
         seeds=1)
     rep = study.run(tmp_path, workers=1, progress=False)
     assert not rep.ok and rep.done == 6
     runs = store.load(tmp_path).runs.set_index(["scenario", "model", "optimizer"])
     # the runs that raise are failed, with the error; the other runs went on
-    failed = runs.xs("lbfgs", level="optimizer")
+    failed = runs.xs("sparse", level="optimizer")
     assert (failed["status"] == "failed").all() and len(failed) == 2
-    assert failed["error"].str.contains("missing 1 required positional argument: 'closure'").all()
+    assert failed["error"].str.contains("SparseAdam does not support dense gradients").all()
     assert runs.loc[("digits", "linear", "huge"), "status"] == "diverged"
     assert runs.loc[("digits", "linear", "huge"), "diverged_step"] < 30
     assert runs.loc[("digits", "linear", "ok"), "status"] == "ok"
@@ -316,7 +316,7 @@ def test_cli_exit_status_reflects_failures(tmp_path):
         syn = ss.data.synthetic(n=200, dim=5, classes=3)
         study = Study("cli", [ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=20)],
                       model={"mlp": ss.models.mlp(hidden=(8,))},
-                      optimizers={"sgdm": "sgdm", "lbfgs": "torch.optim.LBFGS"}, seeds=1)
+                      optimizers={"sgdm": "sgdm", "sparse": "torch.optim.SparseAdam"}, seeds=1)
     """))
     assert main(["study", str(f), "--out", str(tmp_path / "out"), "--workers", "1",
                  "--quiet"]) == 1
@@ -657,17 +657,17 @@ def test_ray_backend_same_traces_failures_and_resume(tmp_path, data, ray_session
                   {"digits": ss.label_flip_tasks(data, rate=0.5, tasks=2, steps_per_task=40),
                    "tabular": ss.label_flip_tasks(syn, rate=0.5, tasks=2, steps_per_task=40)},
                   model={"mlp": ss.models.mlp(hidden=(16,))},
-                  # LBFGS's step() needs a closure, which the engine does not pass: it raises
-                  optimizers={"sgdm": "sgdm", "lbfgs": "torch.optim.LBFGS"}, seeds=1)
+                  # SparseAdam refuses dense gradients: it raises
+                  optimizers={"sgdm": "sgdm", "sparse": "torch.optim.SparseAdam"}, seeds=1)
     rep = study.run(tmp_path, workers=2, backend="ray", progress=False)
     assert rep.backend == "ray" and (rep.done, rep.failed) == (4, 2)
     res = store.load(tmp_path)
     runs = res.runs.set_index(["scenario", "optimizer"])
-    assert runs.loc[("tabular", "lbfgs"), "status"] == "failed"
-    assert "required positional argument: 'closure'" in runs.loc[("tabular", "lbfgs"), "error"]
+    assert runs.loc[("tabular", "sparse"), "status"] == "failed"
+    assert "SparseAdam does not support dense gradients" in runs.loc[("tabular", "sparse"), "error"]
     # the same spec gives the same trace, bit for bit, in a Ray worker and in this process
     for spec in study.grid():
-        if spec.label_dict["optimizer"] == "lbfgs":
+        if spec.label_dict["optimizer"] == "sparse":
             continue
         summary = json.loads((tmp_path / "runs" / spec.run_id / "summary.json").read_text())
         assert summary["worker"].split(":")[-1] != str(os.getpid()) and summary["threads"] == 1

@@ -114,6 +114,9 @@ def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = N
     Labels are class indices ``0 .. C-1`` or class names (strings, e.g. a numpy array of
     ``str`` or ``object``): names become indices in the order of ``classes`` when it is given
     as a list of names, else in sorted order, and the names are kept (``Dataset.classes``).
+    Without ``classes``, integer labels give the classes ``0 .. max label``; labels that are
+    all the same value are refused (a dataset needs 2 classes) unless ``classes`` says how
+    many there are.
 
     >>> import torch
     >>> ds = from_tensors(torch.rand(50, 4), torch.arange(50) % 2)
@@ -154,6 +157,12 @@ def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = N
     if kind == "image" and xtr.ndim == 3:
         xtr, xte = xtr[:, None], xte[:, None]
     if classes is None:
+        if ytr.numel() and yte.numel():
+            distinct = torch.unique(torch.cat([ytr.reshape(-1), yte.reshape(-1)]))
+            if len(distinct) == 1:  # no second class to infer: refuse, as for string labels
+                raise ShiftsimError(f"a dataset needs at least 2 classes, got 1 (every label is "
+                                    f"{int(distinct[0])}); pass classes=N to declare the "
+                                    "classes absent from these arrays")
         hi = int(max(ytr.max(), yte.max())) if ytr.numel() and yte.numel() else 1
         names = tuple(str(c) for c in range(max(hi + 1, 2)))
     elif isinstance(classes, int):

@@ -868,7 +868,8 @@ class MoMo(_MoMoBase):
 
     Args:
         lr: :math:`\alpha`, a cap on the step size ("lr=1 performed very well").
-        beta: :math:`\beta` (shared by all groups).
+        beta: :math:`\beta`, in [0, 1) (shared by all groups; at 1 the averages never move
+            and with bias correction :math:`\rho_k = 0`).
         lb: :math:`f_*`, a lower bound of the loss (shared).
         weight_decay: :math:`\lambda`, proximal (division by :math:`c`).
         bias_correction: see above (shared).
@@ -935,7 +936,7 @@ class MoMo(_MoMoBase):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number(group["lr"], "lr", 0.0)
-        check_number(group["beta"], "beta", 0.0, 1.0)
+        check_number(group["beta"], "beta", 0.0, 1.0, high_open=True)
         check_number(group["lb"], "lb")
         check_number(group["weight_decay"], "weight_decay", 0.0)
         check_bool(group["bias_correction"], "bias_correction")

@@ -180,6 +180,39 @@ def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
     return out
 
 
+_KINDS = ("a registry name, a torch.optim.Optimizer subclass or a factory function "
+          "params -> optimizer")
+
+
+def _check_target(key: str, target: Any) -> None:
+    """Refuse, at spec time, what a run could not build or step: an import path that names no
+    callable (a module, a constant), a class that is not a ``torch.optim.Optimizer`` subclass
+    (``torch.nn:Linear``, ``builtins:dict``), and an optimizer whose ``step`` needs an argument
+    the training loop does not pass (``torch.optim:LBFGS`` needs a closure). A plain function
+    is a factory ``params -> optimizer``: it is called only when a run builds it."""
+    if not callable(target):
+        what = "a module" if inspect.ismodule(target) else f"a {type(target).__name__}"
+        raise SpecTypeError(f"optimizer {key!r} is {what}, not an optimizer; allowed: {_KINDS}")
+    if not isinstance(target, type):
+        return
+    if not issubclass(target, torch.optim.Optimizer):
+        raise SpecTypeError(f"optimizer {key!r} is the class {target.__qualname__}, which is "
+                            f"not a torch.optim.Optimizer subclass; allowed: {_KINDS}")
+    try:
+        params = list(inspect.signature(target.step).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return
+    needed = [p.name for p in params if p.default is p.empty and p.name != "loss"
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # the loop passes loss=
+    if needed:
+        what = ("a closure (it re-evaluates the loss several times per step)"
+                if needed == ["closure"] else ", ".join(repr(n) for n in needed))
+        raise ShiftsimError(f"optimizer {key!r} is not supported: its step() needs {what}, "
+                            "which shiftsim's training loop does not pass; allowed: optimizers "
+                            "whose step() takes no argument or the loss (e.g. 'sgdm', 'adam', "
+                            "'momo')")
+
+
 def _needs_loss(factory: Any) -> bool:
     flag = getattr(factory, "needs_loss", None)
     if flag is not None:
@@ -411,7 +444,9 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     Registry defaults are merged in, unknown hyperparameters are rejected, and the values are
     checked now, not when a run builds the optimizer: torch's optimizers against their
     documented ranges (momentum and betas in [0, 1), eps and weight_decay >= 0 ...), shiftsim's
-    by their own checks.
+    by their own checks. An import path or class must name a ``torch.optim.Optimizer`` subclass
+    whose ``step`` needs no argument (not ``LBFGS``, which needs a closure) or a factory
+    function ``params -> optimizer``.
 
     >>> spec("tam", lr=0.05).kwargs
     {'lr': 0.05}
@@ -429,6 +464,10 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     Traceback (most recent call last):
     ...
     shiftsim.errors.ShiftsimError: sgdm.momentum must be in [0, 1), got 2.0
+    >>> spec("torch.nn:Linear")
+    Traceback (most recent call last):
+    ...
+    shiftsim.errors.SpecTypeError: optimizer 'torch.nn:Linear' is the class Linear, which is ...
     """
     cost = hparams.pop("cost", None)
     if cost is not None:
@@ -460,6 +499,7 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
             f"optimizer must be a registry name, an import path, an optimizer class or a "
             f"factory, got {name!r}"
         )
+    _check_target(key, target)
     if entry is not None:
         for k in hparams:
             if k in entry.fixed:
@@ -478,7 +518,9 @@ def spec(name: str | type | Callable[..., Any] | OptimizerSpec, **hparams: Any) 
     merged.update(hparams)
     frozen = tuple(sorted((k, _freeze(k, v)) for k, v in merged.items()))
     lr = dict(frozen).get("lr")
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))):
+        raise SpecTypeError(f"lr must be a number, got {merged['lr']!r}")
+    if lr is not None and lr < 0:
         raise ShiftsimError(f"learning rate lr must be >= 0, got {lr!r}")
     out = OptimizerSpec(key, frozen, factory, cost=cost)
     check_hparams(out)

@@ -715,7 +715,8 @@ class TAM(_TorqueBase):
     Args:
         params: parameters or param groups.
         lr: :math:`\eta` (no default in the paper; see :func:`tam_lr_from_sgdm`, a heuristic).
-        momentum: :math:`\beta`.
+        momentum: :math:`\beta`, in [0, 1) (as ``torch.optim.SGD``: at 1 the momentum never
+            forgets a gradient).
         gamma: :math:`\gamma`, smoothing of the cosine (shared by all groups).
         eps: :math:`\epsilon`, keeps a fully opposed gradient (:math:`d = 0`) in the momentum.
         weight_decay: :math:`\lambda`. [ours] coupled L2, :math:`g \leftarrow g + \lambda\theta`
@@ -786,7 +787,7 @@ class TAM(_TorqueBase):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number(group["lr"], "lr", 0.0)
-        check_number(group["momentum"], "momentum", 0.0, 1.0)
+        check_number(group["momentum"], "momentum", 0.0, 1.0, high_open=True)
         check_number(group["gamma"], "gamma", 0.0, 1.0)
         check_number(group["eps"], "eps", 0.0)
         check_number(group["weight_decay"], "weight_decay", 0.0)

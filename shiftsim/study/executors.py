@@ -178,7 +178,9 @@ def check_portable(scenarios: Iterable[Scenario]) -> None:
 
 
 class Executor(Protocol):
-    """Runs specs and yields one :class:`Outcome` per spec as runs finish."""
+    """Runs specs and yields one :class:`Outcome` per spec as runs finish. It may also define
+    ``check(specs)``, which :meth:`~shiftsim.study.Study.run` calls before it writes anything
+    (:class:`LocalPool`'s refuses shifts the worker processes cannot import)."""
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]: ...
 
@@ -353,6 +355,11 @@ class LocalPool:
         if slot.proc.is_alive():
             slot.proc.terminate()
         slot.proc.join(timeout=5)
+
+    def check(self, specs: Sequence[RunSpec]) -> None:
+        """Raise, before anything is written, what :meth:`run` would raise on starting: a
+        shift class the worker processes cannot import (:func:`check_portable`)."""
+        check_portable(scenario_table(specs)[0].values())
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
         table, tasks = scenario_table(specs)

@@ -311,6 +311,8 @@ class FleetExecutor:
         self.check_every, self.compile, self.retries = check_every, compile, retries
         self._pool: cf.ProcessPoolExecutor | None = None
         self.fleets: list[int] = []  # the sizes of the fleets of the last run()
+        #: the plan made by check(): (run ids, scenario table, tasks), used by the next run()
+        self._checked: tuple[list[str], dict[str, Any], list[tuple]] | None = None
 
     def _tasks(self, specs: Sequence[RunSpec]) -> tuple[dict[str, Any], list[tuple]]:
         used = self.devices or (self.device,) * self.workers
@@ -333,8 +335,21 @@ class FleetExecutor:
             add("single", [s])
         return table, tasks
 
-    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+    def check(self, specs: Sequence[RunSpec]) -> None:
+        """Raise, before anything is written, what :meth:`run` would raise on starting: a
+        shift class the worker processes cannot import, when the runs go to a pool (more than
+        one worker and more than one task). The plan is kept for :meth:`run`."""
         table, tasks = self._tasks(specs)
+        self._checked = ([s.run_id for s in specs], table, tasks)
+        if self.workers > 1 and len(tasks) > 1:
+            check_portable(table.values())
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == [s.run_id for s in specs]:
+            table, tasks = checked[1], checked[2]
+        else:
+            table, tasks = self._tasks(specs)
         opts = (self.device, self.threads, self.check_every, self.compile, self.deterministic)
         if self.workers == 1 or len(tasks) == 1:
             if self.devices:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShiftsimError, SpecTypeError
+from ..errors import ShiftsimError, SpecTypeError, allowed
 from ..models import ModelSpec
 from ..optim.registry import OptimizerSpec
 from ..optim.registry import spec as optimizer_spec
@@ -26,6 +26,9 @@ from .tuning import points as tuning_points
 __all__ = ["StudyGrid"]
 
 _RESERVED = ("run_id", "status", "error")
+#: the arguments of StudyGrid (and Study), named when an unknown one is given
+_ARGUMENTS = ("name", "scenarios", "model", "optimizers", "seeds", "models",
+              "description", "tuning", "where")
 
 
 def _axis(value: Any, what: str, kind: type | tuple[type, ...], label_of: Any,
@@ -93,6 +96,9 @@ class StudyGrid:
             seeds of the comparison protocol (a report draws no verdict below 5 seeds).
         description: free text kept in ``study.json``.
 
+    Any other keyword argument is refused with a one-line error that names it and the allowed
+    arguments.
+
     Every run gets the labels ``scenario``, ``model``, ``optimizer`` (the axis labels),
     ``optimizer_name`` (the registry name), ``lr``, ``seed``, ``severity`` (when an axis gives
     it) and any other label its axes carry; they are the columns reports group by.
@@ -104,7 +110,11 @@ class StudyGrid:
     def __init__(self, name: str, scenarios: Any, model: Any = None, optimizers: Any = None,
                  seeds: Any = 10, *, models: Any = None, description: str = "",
                  tuning: Tuning | None = None,
-                 where: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 where: Callable[[dict[str, Any]], bool] | None = None,
+                 **unknown: Any) -> None:
+        if unknown:  # a misspelt or made-up argument: one line naming it and the allowed ones
+            raise SpecTypeError(str(allowed(next(iter(unknown)),
+                                            f"{type(self).__name__} argument", _ARGUMENTS)))
         if not isinstance(name, str) or not name.strip():
             raise ShiftsimError(f"a study needs a non-empty name, got {name!r}")
         if model is not None and models is not None:

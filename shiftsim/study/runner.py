@@ -1,8 +1,9 @@
 """Running a study: the runs not yet complete in a results folder, written as they arrive.
 
 :func:`run_study` is :meth:`shiftsim.study.Study.run`: it checks its arguments and that every
-model fits every dataset before any work, locks the folder, writes ``study.json``, picks an
-executor (fleets, the in-process executor, a local pool or Ray), writes each run's outcome to
+model fits every dataset before any work, locks the folder, picks an executor (fleets, the
+in-process executor, a local pool or Ray) and runs its checks (``check(specs)``: a shift the
+worker processes cannot import), writes ``study.json``, writes each run's outcome to
 the store as it arrives (Ctrl-C deferred while a run is written), refreshes the indexes and
 returns a :class:`StudyRunReport`. A tuned study runs in stages: tuning runs, the selection
 (:mod:`~shiftsim.study.selection`, written to ``tuning.json``), then the evaluation runs.
@@ -170,10 +171,37 @@ def run_study(study: StudyGrid, out_dir: str | os.PathLike, workers: int | None 
     for data, m in pairs.values():  # before any work: every model fits every dataset
         check_model_fits(m, data)
     out = store.check_out_dir(out_dir)
+    made = _missing_folders(out)
     t0 = time.perf_counter()
-    with store.lock(out):
-        return _run(study, out, workers, backend, resume, progress, retry_failed, device,
-                    threads, gpus_per_run, executor, t0, fleet, deterministic, plan)
+    try:
+        with store.lock(out):
+            return _run(study, out, workers, backend, resume, progress, retry_failed, device,
+                        threads, gpus_per_run, executor, t0, fleet, deterministic, plan)
+    except BaseException:  # refused before anything was written: leave no folder behind
+        _remove_unused(made)
+        raise
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders of ``out``'s path that do not exist yet, the deepest first."""
+    missing = []
+    while not out.is_dir() and out.parent != out:
+        missing.append(out)
+        out = out.parent
+    return missing
+
+
+def _remove_unused(made: list[Path]) -> None:
+    """Remove the folders this study run created (``made``, the deepest first) if the deepest
+    holds nothing but the lock file: a run refused before it wrote anything (a shift that the
+    workers cannot import, ...) leaves nothing behind."""
+    if not made or not made[0].is_dir():
+        return
+    with contextlib.suppress(OSError):
+        if {p.name for p in made[0].iterdir()} <= {store.LOCK_FILE}:
+            (made[0] / store.LOCK_FILE).unlink(missing_ok=True)
+            for folder in made:
+                folder.rmdir()
 
 
 def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume: bool,
@@ -227,6 +255,9 @@ def _run(study: StudyGrid, out: Path, workers: int | None, backend: str, resume:
             else:
                 ex = LocalPool(n, device, threads, deterministic=deterministic,
                                devices=plan.devices[:n])
+        check = getattr(ex, "check", None)
+        if todo and check is not None:  # e.g. a shift the workers cannot import: before
+            check(todo)  # study.json, the indexes or the status line
         with frozen_heap():  # the run states and specs live as long as the stage (runtime)
             report = _execute(study, out, old, specs, todo, counts, ex, n_workers, progress,
                               t0, {rid: st.status for rid, st in states.items()}, label,
