@@ -589,8 +589,15 @@ def recurring(data: Dataset, regimes: Sequence[Sequence[Shift] | Shift], cycles:
     """
     _steps(cycles, "cycles")
     _steps(steps_per_phase, "steps_per_phase")
+    if not isinstance(regimes, (list, tuple)):  # a string would be read letter by letter
+        raise SpecTypeError(f"recurring needs a list of regimes (a shift or a list of shifts "
+                            f"each), got {regimes!r}")
     if not regimes:
         raise ShiftsimError("recurring needs at least one regime")
+    for r in regimes:
+        if not isinstance(r, (Shift, list, tuple)):
+            raise SpecTypeError(f"recurring: each regime must be a shift such as Rotate(30) or "
+                                f"a list of shifts ([] for clean data), got {r!r}")
     groups = [[r] if isinstance(r, Shift) else list(r) for r in regimes]
     phases = []
     for c in range(cycles):
