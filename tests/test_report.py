@@ -841,3 +841,28 @@ def test_a_family_line_ranges_each_scenarios_headline_accuracy(study_dir):
     assert (f"online accuracy (original labels for label noise) {fmt.num(vals.min())}–"
             f"{fmt.num(vals.max())} across optimizers (the 1 without a learnable signal left "
             "out)") in line
+
+
+def test_arms_that_never_share_a_scenario_are_ranked_in_separate_leagues(tmp_path, digits):
+    from shiftsim.report.frames import rank_frame, run_values
+    from shiftsim.report.view import view
+
+    scen = flip_rates(digits, [0.0, 0.5, 1.0, 0.2], mode="permute", tasks=2,
+                      steps_per_task=10, batch_size=8)
+    wide = {"permute 0%", "permute 50%"}
+    study = Study("leagues", scen, models={"wide": ss.models.mlp(hidden=(8,)),
+                                           "narrow": ss.models.linear()},
+                  optimizers={o: o for o in ("sgdm", "adam", "sgd")}, seeds=2,
+                  where=lambda r: (r["scenario"] in wide) == (r["model"] == "wide"))
+    study.run(tmp_path / "s", workers=1, progress=False)
+    v = view(store.load(tmp_path / "s"), baseline="sgdm")
+    v.values = run_values(v)
+    league, _ = rank_frame(v, n_boot=5)
+    assert league["league"].tolist() == [0, 0, 0, 1, 1, 1]
+    for _, g in league.groupby("league"):
+        assert len({a.split(" [")[1] for a in g["optimizer"]}) == 1  # one model per league
+        assert (g["scenarios"] == 2).all()
+        assert sorted(g["mean_rank"]) == g["mean_rank"].tolist()
+        assert g["mean_rank"].sum() == pytest.approx(6.0)  # ranks 1-3 in each scenario
+    text = report(tmp_path / "s", tmp_path / "r").joinpath("README.md").read_text()
+    assert "ranked in separate leagues" in text and "| league | rank |" in text

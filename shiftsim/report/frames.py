@@ -515,7 +515,12 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
     report's whole family (``v.first_places``, from :func:`family_adjust`; without it over the
     ranked scenarios alone); otherwise the two tie for first
     (``tied_first``: the scenarios where the optimizer is the top or the runner-up without
-    such a difference, or shares the top mean)."""
+    such a difference, or shares the top mean).
+
+    ``league`` numbers the groups of optimizers ranked over the same scenarios: with arms of
+    several models that never share a scenario (a study whose CNN and MLP run different
+    scenarios), each group is its own league, largest first, and ranks compare only within
+    one."""
     values = v.values if v.values is not None else run_values(v)
     got = _rank_tables(v, values)
     if got is None:
@@ -549,8 +554,15 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
                      "high": float(np.nanquantile(boot[:, j], 0.975)),
                      "first_places": int(sum(w == j for w, _ in clear)),
                      "tied_first": int(sum(j in tied for _, tied in clear)),
-                     "scenarios": int(np.isfinite(col).sum())})
-    league = pd.DataFrame(rows).sort_values("mean_rank", kind="stable").reset_index(drop=True)
+                     "scenarios": int(np.isfinite(col).sum()),
+                     "_set": tuple(np.flatnonzero(np.isfinite(col)).tolist())})
+    league = pd.DataFrame(rows)
+    # optimizers that never meet in a scenario (one model's arms against another's) are
+    # ranked among their own: one league per set of scenarios, the largest set first
+    sets = list(dict.fromkeys(sorted(league["_set"], key=lambda x: -len(x))))
+    league["league"] = league["_set"].map({k: i for i, k in enumerate(sets)})
+    league = league.sort_values(["league", "mean_rank"], kind="stable").drop(
+        columns="_set").reset_index(drop=True)
     per = pd.DataFrame(point, columns=arms).assign(family=fam)
     families = per.groupby("family", sort=False).mean().T
     families.index.name = "optimizer"

@@ -390,11 +390,15 @@ def league_tables(v: StudyView) -> dict[str, Table]:
         return {}
     league, families = got
     pct = int(round(100 * v.level))
-    recs_league = [{"rank": i + 1, "optimizer": r.optimizer,
-             "mean rank": fmt.interval(r.mean_rank, r.low, r.high, 2),
-             "first places": f"{r.first_places} of {r.scenarios}",
-             "tied for first": f"{r.tied_first} of {r.scenarios}"}
-            for i, r in enumerate(league.itertuples())]
+    several = league["league"].nunique() > 1
+    recs_league = []
+    for _, g in league.groupby("league", sort=True):
+        for i, r in enumerate(g.itertuples()):
+            rec = {"league": f"{r.scenarios} scenarios"} if several else {}
+            recs_league.append({**rec, "rank": i + 1, "optimizer": r.optimizer,
+                                "mean rank": fmt.interval(r.mean_rank, r.low, r.high, 2),
+                                "first places": f"{r.first_places} of {r.scenarios}",
+                                "tied for first": f"{r.tied_first} of {r.scenarios}"})
     caption = (
         "Each optimizer's mean rank over the ranked scenarios: in each scenario the optimizers "
         "are ranked by their mean headline online accuracy over seeds (the original labels for "
@@ -406,7 +410,10 @@ def league_tables(v: StudyView) -> dict[str, Table]:
         "optimizer's mean is significantly above the runner-up's (a paired t test over the "
         "seeds, Holm-adjusted with every comparison of this report, α = "
         f"{ALPHA:g}); where it is not, the top two tie for first (tied for first). Scenarios "
-        "without a learnable signal are left out.")
+        "without a learnable signal are left out."
+        + (" Optimizers that never share a scenario (the arms of different models here) are "
+           "ranked in separate leagues, each over its own scenarios: a rank compares only "
+           "within one league." if several else ""))
     out = {}
     firsts = v.first_places
     if firsts is not None and len(firsts):
