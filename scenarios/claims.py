@@ -7,7 +7,7 @@ claims are about recovery times), a paired t test for accuracies and deficits, a
 signed-rank test for recovery times (a seed that never recovered counts as the phase length),
 all of them adjusted together with Holm-Bonferroni (alpha 0.05). With 10 seeds the smallest
 two-sided Wilcoxon p-value is 2/1024 = 0.002, which Holm over more than 25 tests lets through
-only after rejecting all but 25 of the others: that is why the recovery-time claims are tested
+only after rejecting all but 24 of the others: that is why the recovery-time claims are tested
 on 20 seeds. A setting *supports* a claim when the adjusted test rejects in the claimed
 direction, *contradicts* it when it rejects in the other, and shows *no detectable difference*
 otherwise; a recovery comparison where on every seed neither optimizer recovers, or the shift

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_report import close, ref_common, ref_median, run_level
@@ -73,3 +74,65 @@ def test_the_report_judges_below_one_half_on_the_original_labels(study_dir, tmp_
         assert row["censored_true"] == sum(math.isinf(x) for x in recov)
     text = (out / "README.md").read_text()
     assert "partial permute or pair flips below 50 %" in text
+
+
+def test_runs_stored_without_the_clean_label_plan_say_so(study_dir, tmp_path):
+    """Runs stored before partial flips below 0.5 were judged on the original labels lack
+    those phases' clean-label chance and plateau: their clean-label recovery is undefined (not
+    'not hurt', not timed against a reference of 1), and the report says why."""
+    import json
+    import shutil
+
+    from shiftsim.report.findings import findings
+    from shiftsim.report.tables import build
+    from shiftsim.report.view import view
+
+    old = tmp_path / "old"
+    shutil.copytree(study_dir, old)
+    for f in old.glob("runs/*/summary.json"):
+        body = json.loads(f.read_text())
+        for ph in body["phases"]:
+            if ph.get("label_kind") == "concept + noise" and ph.get("concept") == "original":
+                ph.update({k: None for k in ph if k.endswith("_true")})
+        f.write_text(json.dumps(body))
+    v = build(view(store.load(old)))
+    assert v.clean_missing == ["permute 30%"]
+    low = v.summary[v.summary["scenario"] == "permute 30%"]
+    assert low["recovery_steps_true"].isna().all() and (low["shifts_true"] == 0).all()
+    assert low["deficit_true"].isna().all()
+    assert any("Clean-label recovery undefined in permute 30%" in t for t in findings(v))
+    comp = v.comparison[(v.comparison["scenario"] == "permute 30%")
+                        & (v.comparison["metric"] == "recovery_steps_true")]
+    assert comp["verdict"].tolist() == ["not judged (no paired values)"]
+
+
+def test_a_missing_clean_label_plateau_gives_no_reference_not_one():
+    rows = pd.DataFrame({"scenario": "s", "optimizer": ["a", "b"], "phase": 1,
+                         "plateau": [0.7, 0.8], "plateau_true": [np.nan, np.nan],
+                         "ceiling": 0.9})
+    ref = metrics.common_reference(rows)
+    assert ref["reference"].tolist() == [0.8] and math.isnan(ref["reference_true"].iloc[0])
+    rows["plateau_true"] = [0.95, 1.2]
+    assert metrics.common_reference(rows)["reference_true"].tolist() == [1.0]
+
+
+def test_tuning_on_the_deficit_uses_the_original_labels_below_one_half(tmp_path):
+    from shiftsim.study import Tuning
+
+    scen = flip_rates(ss.data.digits(), [0.3], mode="permute", tasks=3, steps_per_task=20,
+                      batch_size=16)
+    study = Study("partial-deficit", scen, ss.models.mlp(hidden=(8,)),
+                  {"sgdm": ss.optim.spec("sgdm")}, seeds=1,
+                  tuning=Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}}, seeds=2, metric="deficit"))
+    study.run(tmp_path / "t", workers=1, progress=False)
+    res = store.load(tmp_path / "t")
+    tune = res.stage_phases("tune")
+    true = metrics.run_recovery(tune, suffix="_true").set_index("run_id")["deficit_true"]
+    stream = metrics.run_recovery(tune).set_index("run_id")["deficit"]
+    assert not np.allclose(true.sort_index(), stream.sort_index())  # they differ here
+    runs = res.runs[res.runs["stage"] == "tune"]
+    curve = res.tuning_curves
+    for lr in (0.01, 0.1):
+        ids = runs.loc[np.isclose(runs["lr"], lr), "run_id"]
+        got = curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0]
+        assert close(got, -true[ids].mean(), 1e-12), (lr, got)

@@ -866,3 +866,30 @@ def test_arms_that_never_share_a_scenario_are_ranked_in_separate_leagues(tmp_pat
         assert g["mean_rank"].sum() == pytest.approx(6.0)  # ranks 1-3 in each scenario
     text = report(tmp_path / "s", tmp_path / "r").joinpath("README.md").read_text()
     assert "ranked in separate leagues" in text and "| league | rank |" in text
+
+
+def test_an_optimizer_missing_from_one_scenario_stays_in_its_league(study_dir):
+    """Leagues are groups of optimizers linked by shared scenarios, not equal scenario sets:
+    an optimizer without values in one scenario is still ranked with the others."""
+    from shiftsim.report.frames import rank_frame, run_values
+    from shiftsim.report.view import view
+
+    v = view(store.load(study_dir))
+    v.values = run_values(v)
+    drop = (v.values["optimizer"] == "tam") & (v.values["scenario"] == "permute 50%")
+    v.values.loc[drop, ["online_acc", "online_acc_true"]] = np.nan
+    league, _ = rank_frame(v, n_boot=5)
+    assert set(league["league"]) == {0}
+    assert league.set_index("optimizer").loc["tam", "scenarios"] == \
+        league["scenarios"].max() - 1
+
+
+def test_the_findings_say_when_too_few_seeds_for_any_recovery_verdict():
+    from types import SimpleNamespace
+
+    from shiftsim.report.findings import _recovery_power
+
+    comp = pd.DataFrame({"judged": True, "test": ["t", "wilcoxon"], "n": 5,
+                         "p_holm": [0.5, 0.5]})
+    (text,) = _recovery_power(SimpleNamespace(comparison=comp, first_places=None))
+    assert "0.0625" in text and "even before any adjustment" in text

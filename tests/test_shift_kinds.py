@@ -191,3 +191,19 @@ def test_tuning_on_the_deficit_takes_the_mean_of_a_runs_kinds(digits, tmp_path):
         want = -score[ids].mean()  # the selection maximises the negated deficit
         got = curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0]
         assert close(got, want, 1e-12), (lr, got, want)
+
+
+def test_runs_stored_before_the_column_get_their_kinds(study_dir):
+    """A study extended after the column arrived: its older runs lack shift_kind; they take
+    the kinds of the scenario's other runs (or of the scenario itself), no seed is lost."""
+    res = store.load(study_dir)
+    full = view(res)
+    ph = res.phases.copy()
+    seed0 = ph["run_id"].isin(res.runs.loc[res.runs["seed"] == 0, "run_id"])
+    ph.loc[seed0, "shift_kind"] = np.nan
+    res._phases = ph
+    part = view(res)
+    assert part.kinds == full.kinds
+    assert part.phases["shift_kind"].tolist() == full.phases["shift_kind"].tolist()
+    res._phases = ph.assign(shift_kind=np.nan)  # no run has it: from the scenario
+    assert view(res).phases["shift_kind"].tolist() == full.phases["shift_kind"].tolist()

@@ -229,7 +229,9 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
                 seg = abar[lo:hi]
                 values["reference"] = ref
                 values["drop"] = values["pre"] - float(np.min(seg))
-                if not math.isnan(ref):
+                if math.isnan(chance):  # unknown chance level (a plan without it): no target
+                    pass
+                elif not math.isnan(ref):
                     target = chance + q * (ref - chance)
                     values["target"] = target
                     values["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
@@ -417,7 +419,9 @@ def common_reference(rows: pd.DataFrame, by: Sequence[str] = ("scenario",),
     ceiling = rows.groupby(keys, sort=False, dropna=False)["ceiling"].first()
     out = pd.DataFrame(index=best.index)
     out["reference"] = np.fmin(best["plateau"], ceiling.reindex(best.index))
-    out["reference_true"] = (np.fmin(best["plateau_true"], 1.0) if "plateau_true" in best
+    # capped at 1; NaN where no run has a clean-label plateau (not 1: that would time every
+    # learner against perfection)
+    out["reference_true"] = (np.minimum(best["plateau_true"], 1.0) if "plateau_true" in best
                              else math.nan)
     return out.reset_index()
 

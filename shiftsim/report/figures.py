@@ -188,7 +188,9 @@ def _headline_recovery(v: StudyView, values: pd.DataFrame) -> pd.DataFrame:
     if kinds is None or kinds.empty:
         return rec
     kinds = kinds.copy()
-    noisy = kinds["scenario"].map(lambda s: bool(v.noise.get(s))).astype(bool)
+    noisy = pd.Series([bool(v.kind_noise.get((s, k))) for s, k in zip(kinds["scenario"],
+                                                                    kinds["shift_kind"])],
+                      index=kinds.index, dtype=bool)
     for c in ("recovery_steps", "recovery_samples", "censored", "shifts"):
         kinds.loc[noisy, c] = kinds.loc[noisy, f"{c}_true"]
     kinds["censored"] = kinds["censored"].astype(bool)

@@ -75,6 +75,11 @@ def _recovery_power(v: StudyView) -> list[str]:
     smallest = 2 * 0.5 ** n
     if smallest <= threshold:
         return []
+    if smallest > ALPHA:  # too few seeds for the test itself, adjustment or not
+        return [f"Recovery times are compared with a Wilcoxon signed-rank test, whose smallest "
+                f"possible p-value over {n} seeds is {smallest:.4f} (every seed one way), above "
+                f"α = {ALPHA} even before any adjustment: no recovery-time difference can be "
+                f"called better or worse with {n} seeds. Run more seeds for those verdicts."]
     return [f"Recovery times are compared with a Wilcoxon signed-rank test, whose smallest "
             f"possible p-value over {n} seeds is {smallest:.4f} (every seed one way); Holm over "
             f"this family stopped at a threshold of {threshold:.2g}, so no recovery-time "
@@ -211,6 +216,12 @@ def _significant(v: StudyView) -> list[str]:
 
 def _scenario_notes(v: StudyView) -> list[str]:
     out = []
+    if v.clean_missing:
+        out.append(f"Clean-label recovery undefined in {', '.join(v.clean_missing[:6])}"
+                   f"{' …' if len(v.clean_missing) > 6 else ''}: these runs were stored before "
+                   "shiftsim recorded the clean-label chance level of partial permute or pair "
+                   "flips below 50 %; run the study again into a new folder to compute it "
+                   "(accuracies are unaffected).")
     none = [s for s in v.scenarios if v.no_signal.get(s)]
     if none:
         out.append(f"Not ranked: {', '.join(none)} — the stream's labels carry no information "

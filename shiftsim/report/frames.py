@@ -221,7 +221,7 @@ def kind_frame(v: StudyView) -> pd.DataFrame:
                     continue
                 row: dict[str, Any] = {"scenario": s, "severity": v.severity.get(s, math.nan),
                                        "shift_kind": kind, "optimizer": arm,
-                                       "label_noise": v.noise.get(s, False),
+                                       "label_noise": v.kind_noise.get((s, kind), False),
                                        "seeds": int(val["seed"].nunique())}
                 row.update(_recovery_stats(val, v.level))
                 row.update(_recovery_stats(val, v.level, "_true"))
@@ -336,9 +336,11 @@ def comparison_frame(v: StudyView) -> pd.DataFrame:
             for m in compared_metrics(v, s):
                 # a scenario with shifts of several kinds: its recovery metrics once per kind
                 per_kind = v.mixed(s) and m.column in _KIND_METRICS
+                scenario_metric = m
                 for kind in (v.kinds[s] if per_kind else [""]):
-                    a, b = mine, base
-                    if kind:
+                    a, b, m = mine, base, scenario_metric
+                    if kind:  # the kind's own headline (clean labels for its label noise)
+                        m = METRICS[v.kind_headline(s, kind, m.column)]
                         a = by_kind[(by_kind["optimizer"] == arm)
                                     & (by_kind["shift_kind"] == kind)]
                         b = by_kind[(by_kind["optimizer"] == v.baseline_of(arm))
@@ -501,6 +503,28 @@ def family_adjust(comparison: pd.DataFrame, firsts: pd.DataFrame
     return comparison, firsts
 
 
+def _connected(present: np.ndarray) -> np.ndarray:
+    """Per column of a scenario × optimizer presence matrix, a group id: optimizers are in one
+    group when a chain of shared scenarios links them.
+
+    >>> _connected(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], bool)).tolist()
+    [0, 0, 0, 3]
+    """
+    parent = list(range(present.shape[1]))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for row in present:
+        cols = np.flatnonzero(row)
+        for j in cols[1:]:
+            parent[find(int(j))] = find(int(cols[0]))
+    return np.array([find(i) for i in range(present.shape[1])])
+
+
 def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
                ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The league: each optimizer's mean rank over the ranked scenarios (rank 1 = the highest
@@ -517,10 +541,11 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
     (``tied_first``: the scenarios where the optimizer is the top or the runner-up without
     such a difference, or shares the top mean).
 
-    ``league`` numbers the groups of optimizers ranked over the same scenarios: with arms of
-    several models that never share a scenario (a study whose CNN and MLP run different
-    scenarios), each group is its own league, largest first, and ranks compare only within
-    one."""
+    ``league`` numbers the groups of optimizers that share scenarios (directly or through
+    others): with arms of several models that never share one (a study whose CNN and MLP run
+    different scenarios), each group is its own league, the one over most scenarios first, and
+    ranks compare only within one. An optimizer without runs in some scenario stays in its
+    group."""
     values = v.values if v.values is not None else run_values(v)
     got = _rank_tables(v, values)
     if got is None:
@@ -554,15 +579,15 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
                      "high": float(np.nanquantile(boot[:, j], 0.975)),
                      "first_places": int(sum(w == j for w, _ in clear)),
                      "tied_first": int(sum(j in tied for _, tied in clear)),
-                     "scenarios": int(np.isfinite(col).sum()),
-                     "_set": tuple(np.flatnonzero(np.isfinite(col)).tolist())})
+                     "scenarios": int(np.isfinite(col).sum())})
     league = pd.DataFrame(rows)
-    # optimizers that never meet in a scenario (one model's arms against another's) are
-    # ranked among their own: one league per set of scenarios, the largest set first
-    sets = list(dict.fromkeys(sorted(league["_set"], key=lambda x: -len(x))))
-    league["league"] = league["_set"].map({k: i for i, k in enumerate(sets)})
-    league = league.sort_values(["league", "mean_rank"], kind="stable").drop(
-        columns="_set").reset_index(drop=True)
+    # optimizers that never meet, not even through others (one model's arms against
+    # another's), are ranked among their own: one league per connected group, largest first
+    group = _connected(np.isfinite(point))
+    sizes = {g: int(np.isfinite(point[:, group == g]).any(axis=1).sum()) for g in set(group)}
+    order = sorted(sizes, key=lambda g: (-sizes[g], g))
+    league["league"] = [order.index(g) for g in group]
+    league = league.sort_values(["league", "mean_rank"], kind="stable").reset_index(drop=True)
     per = pd.DataFrame(point, columns=arms).assign(family=fam)
     families = per.groupby("family", sort=False).mean().T
     families.index.name = "optimizer"

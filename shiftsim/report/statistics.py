@@ -152,6 +152,8 @@ def verdict(row: Any, alpha: float = ALPHA) -> str:
     """The verdict of one comparison row (``difference``, ``wins``, ``losses``, ``n``,
     ``p_holm``, ``higher_is_better``, ``judged``)."""
     if not row["judged"]:
+        if row["n"] == 0:
+            return "not judged (no paired values)"
         if row["n"] < MIN_SEEDS:
             return f"not judged (fewer than {MIN_SEEDS} seeds)"
         why = row.get("untestable") if hasattr(row, "get") else None

@@ -141,7 +141,7 @@ def kind_table(v: StudyView, df: pd.DataFrame) -> Table:
     recs = []
     for r in df.itertuples():
         g = r._asdict()
-        sfx = "_true" if r.label_noise else ""
+        sfx = "_true" if v.kind_noise.get((r.scenario, r.shift_kind), False) else ""
         recs.append({
             **_keys(v, r.scenario), "shift kind": r.shift_kind, "optimizer": r.optimizer,
             "recovery (steps)": _recovery_text(
@@ -237,6 +237,8 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
                      "verdict": r.verdict})
     pct = int(round(100 * v.level))
     judged = int(df["judged"].sum()) if len(df) else 0
+    firsts = v.first_places
+    n_first = int(firsts["p"].notna().sum()) if firsts is not None and len(firsts) else 0
     caption = (
         f"Each optimizer against the baseline {v.baseline} ({v.baseline_reason}), paired by "
         f"seed. Accuracies, deficits, ACC, BWT, forgetting: mean difference [{pct} % Student-t "
@@ -247,7 +249,8 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         "sides never recover, or the shift hurt neither, there is nothing to test ('not "
         "compared', outside the Holm family). "
         "Won / lost / tied: seeds where the optimizer is better / worse / equal. "
-        f"The p-values are Holm-adjusted over all {judged} comparisons of this report; the "
+        f"The p-values are Holm-adjusted over all {judged} comparisons of this report"
+        + (f" and the league's {n_first} first-place tests" if n_first else "") + "; the "
         f"verdict is 'better' or 'worse' only when the adjusted p-value is at most {ALPHA}, "
         "else 'no detectable difference with n seeds'"
         f"; with fewer than {MIN_SEEDS} seeds nothing is judged. The intervals are each "

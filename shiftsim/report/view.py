@@ -51,6 +51,12 @@ class StudyView:
     no_signal: dict[str, bool] = field(default_factory=dict)
     partial_concept: dict[str, bool] = field(default_factory=dict)
     max_acc: dict[str, float] = field(default_factory=dict)
+    #: scenarios judged on the original labels whose stored runs lack the clean-label chance
+    #: level (runs stored before partial flips below 0.5 were judged that way): their
+    #: clean-label recovery is undefined until the study is run again into a new folder
+    clean_missing: list[str] = field(default_factory=list)
+    #: (scenario, kind) -> True when that kind's shifts are judged on the original labels
+    kind_noise: dict[tuple[str, str], bool] = field(default_factory=dict)
     #: per scenario, the kinds of its shifts in phase order
     #: (:meth:`shiftsim.Scenario.shift_kind`); a run's shifts are reduced per kind
     kinds: dict[str, list[str]] = field(default_factory=dict)
@@ -114,6 +120,13 @@ class StudyView:
         """The column a scenario is judged on: the clean-label twin for label noise."""
         twin = f"{column}_true"
         return twin if self.noise.get(scenario) and twin in METRICS else column
+
+    def kind_headline(self, scenario: str, kind: str, column: str) -> str:
+        """The column a kind of shift of a scenario is judged on: the clean-label twin when
+        that kind's shifts are label noise (or partial flips below 0.5)."""
+        base = column.removesuffix("_true")
+        twin = f"{base}_true"
+        return twin if self.kind_noise.get((scenario, kind)) and twin in METRICS else base
 
     def mixed(self, scenario: str) -> bool:
         """True when the scenario's shifts are of several kinds (its recovery, drop and
@@ -253,9 +266,12 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         phases = phases.drop(columns="_arm")
         phases["scenario"] = phases["scenario"].astype(str)
         phases = phases[phases["status"].isin(WITH_METRICS)].reset_index(drop=True)
-    if len(phases) and "shift_kind" not in phases.columns:  # a store from before the column
+    if len(phases) and ("shift_kind" not in phases.columns
+                        or phases["shift_kind"].isna().any()):  # runs stored before it
         phases = _with_shift_kinds(results, runs, phases)
     n_phases, noise, shifted, no_signal, partial, kinds = {}, {}, {}, {}, {}, {}
+    clean_missing: list[str] = []
+    kind_noise: dict[tuple[str, str], bool] = {}
     for s in scenarios:
         ps = phases[phases["scenario"] == s] if len(phases) else phases
         n_phases[s] = int(ps["phase"].nunique()) if len(ps) else 0
@@ -267,10 +283,16 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
                              index=ps.index, dtype=bool)
         # judged on the original labels: label noise, a partial permute / pair below 0.5
         noise[s] = bool(len(ps) and (original & shift).any())
+        if noise[s] and "chance_true" in ps.columns and \
+                ps.loc[original & shift, "chance_true"].isna().any():
+            clean_missing.append(s)
         partial[s] = bool(len(ps) and (kind == "concept + noise").any())
         shifted[s] = bool(len(ps) and shift.any())
         kinds[s] = _first_order(ps.loc[shift, "shift_kind"].astype(str).sort_index()
                                 ) if len(ps) and "shift_kind" in ps.columns else []
+        for k in kinds[s]:
+            kind_noise[(s, k)] = bool((original & shift
+                                       & (ps["shift_kind"].astype(str) == k)).any())
         if noise[s] and {"ceiling", "chance"} <= set(ps.columns):
             noisy = ps[shift & (kind == "noise")]
             no_signal[s] = bool(len(noisy)) and bool(
@@ -285,6 +307,7 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
                      n_phases=n_phases, noise=noise, level=level, name=str(name), study=study,
                      shifted=shifted, no_signal=no_signal, partial_concept=partial,
                      max_acc=_max_acc(results, runs, phases), kinds=kinds,
+                     clean_missing=clean_missing, kind_noise=kind_noise,
                      tuning=getattr(results, "tuning", None) if tuned else None,
                      tuning_curves=getattr(results, "tuning_curves", None) if tuned else None,
                      tolerance_vs_baseline=_tolerance_differences(results, baseline)
@@ -300,13 +323,23 @@ def _tolerance_differences(results: Any, baseline: str) -> pd.DataFrame | None:
 
 
 def _with_shift_kinds(results: Any, runs: pd.DataFrame, phases: pd.DataFrame) -> pd.DataFrame:
-    """``phases`` with each phase's ``shift_kind``, from the scenario of one run per scenario
-    (stores written before runs recorded it). A scenario that cannot be rebuilt here (a dataset
+    """``phases`` with each phase's ``shift_kind``, from the scenario of one run per scenario,
+    where runs stored before they recorded it lack it (the whole column, or the rows of older
+    runs of a study that was extended later). A scenario that cannot be rebuilt here (a dataset
     given as tensors) keeps one kind for all its shifts."""
     from ..scenario import Scenario
 
-    kind = pd.Series("", index=phases.index, dtype=object)
-    for s, ps in phases.groupby("scenario", sort=False):
+    have = phases["shift_kind"] if "shift_kind" in phases.columns else pd.Series(
+        np.nan, index=phases.index, dtype=object)
+    kind = have.astype(object).copy()
+    # a phase's kind is the scenario's: first from the runs of the scenario that recorded it
+    known = phases[have.notna()].drop_duplicates(["scenario", "phase"]).set_index(
+        ["scenario", "phase"])["shift_kind"] if have.notna().any() else pd.Series(dtype=object)
+    missing = have.isna()
+    if len(known):
+        keys = pd.MultiIndex.from_frame(phases.loc[missing, ["scenario", "phase"]])
+        kind[missing] = known.reindex(keys).to_numpy()
+    for s, ps in phases[kind.isna()].groupby("scenario", sort=False):
         sub = runs[runs["scenario"] == s]
         try:
             spec = results.spec(sub["run_id"].iloc[0])

@@ -45,6 +45,30 @@ def _noise(phases: pd.DataFrame) -> dict[str, bool]:
     return (shifted & original).groupby(phases["scenario"]).any().to_dict()
 
 
+def _run_deficits(ph: pd.DataFrame, runs: pd.DataFrame, noise: dict[str, bool]) -> pd.Series:
+    """run_id -> the recovery deficit a tuning on ``"deficit"`` scores: against the original
+    labels (``deficit_true``) in a scenario judged on them (label noise, a partial flip below
+    0.5), else the stream's; a run with shifts of several kinds takes the mean of its kinds'
+    medians (each kind once)."""
+    from .. import metrics
+
+    out = pd.Series(np.nan, index=pd.Index(runs["run_id"].tolist()), dtype=float)
+    if ph.empty:
+        return out
+    scen = runs.set_index("run_id")["scenario"]
+    for sfx in ("", "_true"):
+        if f"deficit{sfx}" not in ph.columns:
+            continue
+        use = [r for r in out.index if bool(noise.get(scen.get(r))) == (sfx == "_true")]
+        sub = ph[ph["run_id"].isin(use)]
+        if sub.empty:
+            continue
+        red = metrics.run_recovery(sub, suffix=sfx)
+        mean = red.groupby("run_id", sort=False)[f"deficit{sfx}"].mean()
+        out.loc[mean.index] = mean.to_numpy()
+    return out
+
+
 def _chance(phases: pd.DataFrame, column: str) -> dict[str, float]:
     """scenario -> the stream's chance level: the phases' chance weighted by their steps."""
     if phases.empty or column not in phases.columns:
@@ -57,8 +81,6 @@ def _chance(phases: pd.DataFrame, column: str) -> dict[str, float]:
 
 def select_from_store(study: StudyGrid, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the study's tuning runs stored in ``out`` and choose (see :func:`select`)."""
-    from .. import metrics
-
     tuning = study.tuning
     assert tuning is not None
     ids = [s.run_id for s in study.tuning_grid()]
@@ -70,11 +92,7 @@ def select_from_store(study: StudyGrid, out: Path) -> tuple[pd.DataFrame, pd.Dat
     noise = _noise(phases)
     deficits = None
     if tuning.metric == "deficit":
-        ph = res.phases[res.phases["run_id"].isin(ids)]
-        red = metrics.run_recovery(ph) if len(ph) else pd.DataFrame(columns=["run_id",
-                                                                             "deficit"])
-        # a run with shifts of several kinds: the mean of its kinds' medians (each kind once)
-        deficits = red.groupby("run_id", sort=False)["deficit"].mean()
+        deficits = _run_deficits(res.phases[res.phases["run_id"].isin(ids)], runs, noise)
     runs["score"] = metric_values(runs, tuning.metric, noise, deficits)
     runs["group"] = runs["scenario"].map(tuning.group_of)
     hp_names: dict[str, list[str]] = {}
