@@ -281,11 +281,19 @@ def test_paired_comparison_against_the_baseline(study_dir, rep):
     judged = comp[comp["judged"]]
     assert len(judged) == comp["p"].notna().sum() > 0
     firsts = pd.read_csv(rep / "tables" / "first_places.csv")
-    fp = firsts["p"].dropna()
-    assert len(fp) > 0
+    fp = firsts.loc[~firsts["duplicate"], "p"].dropna()
     family = ref_holm(np.concatenate([judged["p"].to_numpy(), fp.to_numpy()]))
     assert np.allclose(judged["p_holm"], family[:len(judged)], atol=1e-12)
     assert np.allclose(firsts.loc[fp.index, "p_holm"], family[len(judged):], atol=1e-12)
+    # a first-place test between an optimizer and its baseline is that comparison: once
+    for r in firsts[firsts["duplicate"]].itertuples():
+        hit = judged[(judged["scenario"] == r.scenario)
+                     & judged["metric"].str.startswith("online_acc")
+                     & judged["optimizer"].isin([r.top, r.runner_up])
+                     & judged["baseline"].isin([r.top, r.runner_up])]
+        assert len(hit) == 1 and close(hit["p"].iloc[0], r.p, 1e-12)
+        assert close(hit["p_holm"].iloc[0], r.p_holm, 1e-12)
+    assert firsts["duplicate"].any()  # tam and sgdm are the top two somewhere here
     for scen, col in (("permute 50%", "online_acc"), ("permute 100%", "online_acc"),
                       ("other 50%", "online_acc_true")):
         d = np.array([runs.loc[(scen, "tam", s), col] - runs.loc[(scen, "sgdm", s), col]
@@ -345,8 +353,21 @@ def test_league_first_places_need_a_significant_lead_over_the_runner_up(study_di
         ps.append(stats.ttest_rel(t[order[0]], t[order[1]], nan_policy="omit").pvalue
                   if d.nunique() > 1 else min(1.0, 2 * 0.5 ** len(d)))
     # Holm in the report's whole family: the judged comparisons with the baseline, then these
-    judged = v.comparison.loc[v.comparison["judged"], "p"].to_numpy()
-    adj = ss.metrics.holm(np.concatenate([judged, ps]))[len(judged):]
+    # (one that is a comparison with the baseline, on the same accuracy, counted once)
+    comp = v.comparison[v.comparison["judged"]]
+    judged = comp["p"].to_numpy()
+    dup = v.first_places["duplicate"].to_numpy(bool)
+    adj_all = ss.metrics.holm(np.concatenate([judged, np.asarray(ps)[~dup]]))
+    adj = np.empty(len(ps))
+    adj[~dup] = adj_all[len(judged):]
+    for i in np.flatnonzero(dup):
+        a, b = tops[i]
+        hit = comp[(comp["scenario"] == v.first_places["scenario"].iloc[i])
+                   & comp["metric"].str.startswith("online_acc")
+                   & (((comp["optimizer"] == a) & (comp["baseline"] == b))
+                      | ((comp["optimizer"] == b) & (comp["baseline"] == a)))]
+        assert np.isclose(hit["p"].iloc[0], ps[i], atol=1e-12)  # truly the same test
+        adj[i] = adj_all[list(comp.index).index(hit.index[0])]
     assert np.allclose(v.first_places["p"], ps, atol=1e-12)
     first = {a: 0 for a in arms}
     tied = {a: 0 for a in arms}

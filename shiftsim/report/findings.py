@@ -43,7 +43,8 @@ def _judging(v: StudyView) -> list[str]:
     if len(v.arms) < 2:
         return [f"{n} seeds per scenario; one optimizer, so nothing is compared."]
     firsts = v.first_places
-    k = int(firsts["p"].notna().sum()) if firsts is not None and len(firsts) else 0
+    k = int((firsts["p"].notna() & ~firsts["duplicate"].astype(bool)).sum()) \
+        if firsts is not None and len(firsts) else 0
     league = (f" together with the league's {k} first-place test{'s' if k != 1 else ''} (top "
               "against runner-up)") if k else ""
     return [f"{n} seeds per optimizer and scenario (the seed is the unit of replication). Each "
@@ -66,7 +67,8 @@ def _recovery_power(v: StudyView) -> list[str]:
     firsts = v.first_places
     p_all = comp.loc[comp["judged"].astype(bool), "p_holm"]
     if firsts is not None and len(firsts):
-        p_all = pd.concat([p_all, firsts["p_holm"].dropna()])
+        p_all = pd.concat([p_all, firsts.loc[~firsts["duplicate"].astype(bool),
+                                             "p_holm"].dropna()])
     family, rejected = int(p_all.notna().sum()), int((p_all <= ALPHA).sum())
     if family == rejected:
         return []

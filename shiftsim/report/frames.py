@@ -465,7 +465,7 @@ def first_place_frame(v: StudyView) -> pd.DataFrame:
     belong to the report's Holm family (:func:`family_adjust`)."""
     values = v.values if v.values is not None else run_values(v)
     got = _rank_tables(v, values)
-    cols = ["scenario", "top", "runner_up", "lead", "n", "p"]
+    cols = ["scenario", "top", "runner_up", "lead", "n", "p", "duplicate"]
     if got is None:
         return pd.DataFrame(columns=cols)
     scen, arms, tables = got
@@ -476,7 +476,7 @@ def first_place_frame(v: StudyView) -> pd.DataFrame:
                      "runner_up": arms[order[1]] if two else None,
                      "lead": float(means[order[0]] - means[order[1]]) if two else math.nan,
                      "n": int((t.iloc[:, order[0]] - t.iloc[:, order[1]]).notna().sum())
-                     if two else 0, "p": p})
+                     if two else 0, "p": p, "duplicate": False})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -484,11 +484,23 @@ def family_adjust(comparison: pd.DataFrame, firsts: pd.DataFrame
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Holm over the report's whole family (metrics.md: every paired comparison a report
     makes): the judged comparisons against the baseline and the league's first-place tests,
-    adjusted together. Returns both frames with ``p_holm`` (and the comparisons' ``verdict``)
-    recomputed."""
+    adjusted together; a first-place test that is one of the comparisons (the top and the
+    runner-up are an optimizer and its baseline: the same paired t test on the same accuracy)
+    is counted once, and takes that comparison's adjusted p-value (``duplicate``). Returns both
+    frames with ``p_holm`` (and the comparisons' ``verdict``) recomputed."""
     comparison, firsts = comparison.copy(), firsts.copy()
     use_c = comparison["judged"].astype(bool) & comparison["p"].notna()
-    use_f = firsts["p"].notna() if len(firsts) else pd.Series(dtype=bool)
+    same: dict[int, Any] = {}  # first-place row -> the comparison row that is the same test
+    acc = comparison[use_c & comparison["metric"].isin(["online_acc", "online_acc_true"])]
+    for i, r in firsts.iterrows():
+        hit = acc[(acc["scenario"] == r["scenario"])
+                  & (((acc["optimizer"] == r["top"]) & (acc["baseline"] == r["runner_up"]))
+                     | ((acc["optimizer"] == r["runner_up"]) & (acc["baseline"] == r["top"])))]
+        if len(hit):
+            same[i] = hit.index[0]
+    firsts["duplicate"] = [i in same for i in firsts.index]
+    use_f = (firsts["p"].notna() & ~firsts["duplicate"]) if len(firsts) else pd.Series(
+        dtype=bool)
     p = np.concatenate([comparison.loc[use_c, "p"].to_numpy(np.float64),
                         firsts.loc[use_f, "p"].to_numpy(np.float64) if len(firsts)
                         else np.empty(0)])
@@ -498,6 +510,8 @@ def family_adjust(comparison: pd.DataFrame, firsts: pd.DataFrame
     firsts["p_holm"] = np.nan
     if len(firsts):
         firsts.loc[use_f, "p_holm"] = adj[int(use_c.sum()):]
+        for i, j in same.items():
+            firsts.loc[i, "p_holm"] = comparison.loc[j, "p_holm"]
     comparison["verdict"] = [verdict(r) for _, r in comparison.iterrows()] \
         if len(comparison) else []
     return comparison, firsts

@@ -238,7 +238,8 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
     pct = int(round(100 * v.level))
     judged = int(df["judged"].sum()) if len(df) else 0
     firsts = v.first_places
-    n_first = int(firsts["p"].notna().sum()) if firsts is not None and len(firsts) else 0
+    n_first = int((firsts["p"].notna() & ~firsts["duplicate"].astype(bool)).sum()) \
+        if firsts is not None and len(firsts) else 0
     caption = (
         f"Each optimizer against the baseline {v.baseline} ({v.baseline_reason}), paired by "
         f"seed. Accuracies, deficits, ACC, BWT, forgetting: mean difference [{pct} % Student-t "
@@ -426,7 +427,8 @@ def league_tables(v: StudyView) -> dict[str, Table]:
             recs.append({**_keys(v, r.scenario), "top": r.top or fmt.DASH,
                          "runner-up": r.runner_up or fmt.DASH,
                          "lead": fmt.signed(r.lead, 3) if not fmt.isnan(r.lead) else fmt.DASH,
-                         "seeds": r.n, "p (Holm)": _p_text(r.p_holm),
+                         "seeds": r.n,
+                         "p (Holm)": _p_text(r.p_holm) + (" *" if r.duplicate else ""),
                          "first place": "clear" if clear else (
                              "tied" if r.runner_up else fmt.DASH)})
         out["first_places"] = Table(
@@ -434,7 +436,9 @@ def league_tables(v: StudyView) -> dict[str, Table]:
             "In each ranked scenario the optimizer with the top mean headline online accuracy "
             "against the runner-up: the lead (difference of the means over seeds), a paired t "
             "test over the seeds, its p-value Holm-adjusted with every comparison of this "
-            f"report (α = {ALPHA:g}). 'clear': a first place; 'tied': the two tie for first.",
+            f"report (α = {ALPHA:g}). 'clear': a first place; 'tied': the two tie for first. "
+            "*: the top and the runner-up are an optimizer and its baseline, so the test is "
+            "that comparison's and is counted once in the family.",
             firsts, pd.DataFrame(recs))
     fam_display = families.copy()
     for c in fam_display.columns[1:]:
