@@ -136,3 +136,17 @@ def test_tuning_on_the_deficit_uses_the_original_labels_below_one_half(tmp_path)
         ids = runs.loc[np.isclose(runs["lr"], lr), "run_id"]
         got = curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0]
         assert close(got, -true[ids].mean(), 1e-12), (lr, got)
+
+
+def test_an_unknown_chance_level_leaves_recovery_undefined():
+    """No chance level (a plan without it): no target, so no recovery time, not 'not hurt'
+    (0 steps), even with a reference; the deficit needs only the reference."""
+    tr = pd.DataFrame({"step": range(10), "phase": [0] * 3 + [1] * 7, "n": 10,
+                       "correct": [9, 9, 9, 2, 2, 2, 9, 9, 9, 9]})
+    known = pd.DataFrame({"phase": [0, 1], "ceiling": 1.0, "chance": 0.1})
+    got = metrics.recovery(tr, known, window=1, onset=2, persistence=2).iloc[0]
+    assert got["recovery_steps"] == 3.0 and got["dipped"]
+    unknown = known.assign(chance=np.nan)
+    got = metrics.recovery(tr, unknown, window=1, onset=2, persistence=2).iloc[0]
+    assert math.isnan(got["target"]) and math.isnan(got["recovery_steps"])
+    assert not got["dipped"] and not got["censored"] and got["deficit"] > 0

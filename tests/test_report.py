@@ -887,6 +887,8 @@ def test_arms_that_never_share_a_scenario_are_ranked_in_separate_leagues(tmp_pat
         assert g["mean_rank"].sum() == pytest.approx(6.0)  # ranks 1-3 in each scenario
     text = report(tmp_path / "s", tmp_path / "r").joinpath("README.md").read_text()
     assert "ranked in separate leagues" in text and "| league | rank |" in text
+    assert "| 1 (2 scenarios) | 1 |" in text and "| 2 (2 scenarios) | 1 |" in text
+    assert league["league_scenarios"].tolist() == [2] * 6
 
 
 def test_an_optimizer_missing_from_one_scenario_stays_in_its_league(study_dir):

@@ -207,3 +207,57 @@ def test_runs_stored_before_the_column_get_their_kinds(study_dir):
     assert part.phases["shift_kind"].tolist() == full.phases["shift_kind"].tolist()
     res._phases = ph.assign(shift_kind=np.nan)  # no run has it: from the scenario
     assert view(res).phases["shift_kind"].tolist() == full.phases["shift_kind"].tolist()
+
+
+NOISY = "LabelFlip(other) + Rotate"
+
+
+def noisy_recurring(digits, steps=30):
+    """Rotation, then 30 % label noise: the rotation kinds are judged on the stream's labels,
+    the noise kind on the original ones."""
+    return ss.recurring(digits, [[], [ss.Rotate(45)], [ss.LabelFlip(0.3, "other")]], cycles=2,
+                        steps_per_phase=steps, batch_size=16, name="noisy")
+
+
+def test_each_kind_is_judged_on_its_own_labels(digits, tmp_path):
+    study = Study("noisy-kinds", {"noisy": noisy_recurring(digits)}, ss.models.mlp(hidden=(16,)),
+                  {"sgdm": ss.optim.spec("sgdm", lr=0.05), "adam": ss.optim.spec("adam", lr=3e-3)},
+                  seeds=5)
+    study.run(tmp_path / "s", workers=1, progress=False)
+    out = report(tmp_path / "s", tmp_path / "r")
+    kinds = pd.read_csv(out / "tables" / "kinds.csv")
+    assert set(kinds["shift_kind"]) == {ROT, NOISY, "LabelFlip(other)"}
+    noisy = kinds.set_index(["shift_kind", "optimizer"])["label_noise"]
+    assert noisy[NOISY].all() and not noisy[ROT].any() and not noisy["LabelFlip(other)"].any()
+    # the rotation kind has its stream values; the noise kind its clean-label ones
+    rot = kinds[kinds["shift_kind"] == ROT]
+    assert (rot["shifts"] == 5).all() and (rot["shifts_true"] == 0).all()
+    assert (kinds.loc[kinds["shift_kind"] == NOISY, "shifts_true"] == 5).all()
+    comp = pd.read_csv(out / "tables" / "comparison.csv", keep_default_na=False,
+                       na_values=[""])
+    rec = comp[comp["metric"].str.startswith("recovery_steps")].set_index("shift_kind")
+    assert rec.loc[ROT, "metric"] == "recovery_steps" and rec.loc[ROT, "n"] == 5
+    assert rec.loc[NOISY, "metric"] == "recovery_steps_true" and rec.loc[NOISY, "n"] == 5
+    dfc = comp[comp["metric"].str.startswith("deficit")].set_index("shift_kind")
+    assert dfc.loc[ROT, "metric"] == "deficit" and dfc.loc[NOISY, "metric"] == "deficit_true"
+
+
+def test_tuning_on_the_deficit_takes_each_kinds_own_labels(digits, tmp_path):
+    study = Study("noisy-tuned", {"noisy": noisy_recurring(digits, steps=20)},
+                  ss.models.mlp(hidden=(8,)), {"sgdm": ss.optim.spec("sgdm")}, seeds=1,
+                  tuning=Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}}, seeds=2, metric="deficit"))
+    study.run(tmp_path / "t", workers=1, progress=False)
+    res = store.load(tmp_path / "t")
+    tune = res.stage_phases("tune")
+    stream = metrics.run_recovery(tune).set_index(["run_id", "shift_kind"])["deficit"]
+    true = metrics.run_recovery(tune, suffix="_true").set_index(
+        ["run_id", "shift_kind"])["deficit_true"]
+    runs = res.runs[res.runs["stage"] == "tune"]
+    curve = res.tuning_curves
+    for lr in (0.01, 0.1):
+        scores = []
+        for rid in runs.loc[np.isclose(runs["lr"], lr), "run_id"]:
+            per = [true[(rid, NOISY)], stream[(rid, ROT)], stream[(rid, "LabelFlip(other)")]]
+            scores.append(np.mean(per))
+        got = curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0]
+        assert close(got, -np.mean(scores), 1e-12), (lr, got, scores)

@@ -229,12 +229,13 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
                 seg = abar[lo:hi]
                 values["reference"] = ref
                 values["drop"] = values["pre"] - float(np.min(seg))
-                if math.isnan(chance):  # unknown chance level (a plan without it): no target
-                    pass
+                if not math.isnan(ref):
+                    values["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
+                if math.isnan(chance):  # unknown chance level (a plan without it): no target,
+                    pass  # so no recovery time (never "not hurt")
                 elif not math.isnan(ref):
                     target = chance + q * (ref - chance)
                     values["target"] = target
-                    values["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
                     values.update(_recover(seg, n[lo:hi], target, persistence=persistence,
                                            onset=onset, width=int(info.get("width", 0) or 0),
                                            collapsed=values["collapsed"]))
@@ -301,7 +302,9 @@ def recovery(trace: pd.DataFrame, phases: pd.DataFrame, *, window: int = 20, q: 
     target count as reached, and a plateau exactly 0.05 above chance is not a collapse (absolute
     tolerance 1e-12 both). When phase k−1 has no rows ``pre`` and ``drop`` are NaN; a NaN
     reference leaves the target and recovery undefined (NaN; censored only when the learner
-    collapsed). Definitions and sources: docs/metrics.md.
+    collapsed); a NaN chance level (a plan without it) leaves the target and recovery
+    undefined too (the deficit needs only the reference). Definitions and sources:
+    docs/metrics.md.
 
     >>> tr = pd.DataFrame({"step": range(10), "phase": [0] * 3 + [1] * 7, "n": 10,
     ...                    "correct": [9, 9, 9, 2, 2, 2, 9, 9, 9, 9]})

@@ -601,6 +601,7 @@ def rank_frame(v: StudyView, n_boot: int = RANK_BOOT, seed: int = 0
     sizes = {g: int(np.isfinite(point[:, group == g]).any(axis=1).sum()) for g in set(group)}
     order = sorted(sizes, key=lambda g: (-sizes[g], g))
     league["league"] = [order.index(g) for g in group]
+    league["league_scenarios"] = [sizes[g] for g in group]  # the league's, not the arm's
     league = league.sort_values(["league", "mean_rank"], kind="stable").reset_index(drop=True)
     per = pd.DataFrame(point, columns=arms).assign(family=fam)
     families = per.groupby("family", sort=False).mean().T

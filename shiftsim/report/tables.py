@@ -159,8 +159,10 @@ def kind_table(v: StudyView, df: pd.DataFrame) -> Table:
         "A kind is what changes at the shift: the types of the shifts that differ between the "
         "phase before and the phase after (a shift away and the shift back are one kind). "
         f"Recovery: median over seeds [{pct} % bootstrap interval], never-recovered seeds as "
-        f"+∞; drop and deficit: mean over seeds [{pct} % Student-t interval]. Same "
-        "definitions as the summary.")
+        f"+∞; drop and deficit: mean over seeds [{pct} % Student-t interval]. A kind of label "
+        "noise (or of partial permute or pair flips below 50 %) is judged on the original "
+        "labels, every other kind on the stream's (label_noise in the CSV). Otherwise the "
+        "same definitions as the summary.")
     return Table("kinds", "Recovery by kind of shift", caption, df, pd.DataFrame(recs))
 
 
@@ -398,7 +400,8 @@ def league_tables(v: StudyView) -> dict[str, Table]:
     recs_league = []
     for _, g in league.groupby("league", sort=True):
         for i, r in enumerate(g.itertuples()):
-            rec = {"league": f"{r.scenarios} scenarios"} if several else {}
+            rec = {"league": f"{r.league + 1} ({r.league_scenarios} scenarios)"} \
+                if several else {}
             recs_league.append({**rec, "rank": i + 1, "optimizer": r.optimizer,
                                 "mean rank": fmt.interval(r.mean_rank, r.low, r.high, 2),
                                 "first places": f"{r.first_places} of {r.scenarios}",

@@ -45,27 +45,45 @@ def _noise(phases: pd.DataFrame) -> dict[str, bool]:
     return (shifted & original).groupby(phases["scenario"]).any().to_dict()
 
 
-def _run_deficits(ph: pd.DataFrame, runs: pd.DataFrame, noise: dict[str, bool]) -> pd.Series:
-    """run_id -> the recovery deficit a tuning on ``"deficit"`` scores: against the original
-    labels (``deficit_true``) in a scenario judged on them (label noise, a partial flip below
-    0.5), else the stream's; a run with shifts of several kinds takes the mean of its kinds'
-    medians (each kind once)."""
+def _run_deficits(ph: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+    """run_id -> the recovery deficit a tuning on ``"deficit"`` scores: each kind of shift of
+    the run reduced by its median (:func:`shiftsim.metrics.run_recovery`), against the
+    original labels (``deficit_true``) for a kind judged on them (label noise, a partial flip
+    below 0.5: :func:`shiftsim.metrics.judged_on_original`), else the stream's; then the mean
+    over the run's kinds (each kind once), as reports judge them."""
     from .. import metrics
 
     out = pd.Series(np.nan, index=pd.Index(runs["run_id"].tolist()), dtype=float)
     if ph.empty:
         return out
+    if "shift_kind" not in ph.columns:
+        ph = ph.assign(shift_kind="")
+    ph = ph.assign(shift_kind=ph["shift_kind"].fillna("").astype(str))
+    concept = ph["concept"] if "concept" in ph.columns else pd.Series("", index=ph.index)
+    original = pd.Series([metrics.judged_on_original(k, c) for k, c in
+                          zip(ph["label_kind"], concept)], index=ph.index, dtype=bool) \
+        & ph["shifted"].astype(bool)
+    on_true = original.groupby([ph["scenario"], ph["shift_kind"]]).any()
+    red = metrics.run_recovery(ph)[["run_id", "shift_kind", "deficit"]]
+    if "deficit_true" in ph.columns:
+        red = red.merge(metrics.run_recovery(ph, suffix="_true")[
+            ["run_id", "shift_kind", "deficit_true"]], on=["run_id", "shift_kind"], how="left")
+    else:
+        red["deficit_true"] = np.nan
     scen = runs.set_index("run_id")["scenario"]
-    for sfx in ("", "_true"):
-        if f"deficit{sfx}" not in ph.columns:
-            continue
-        use = [r for r in out.index if bool(noise.get(scen.get(r))) == (sfx == "_true")]
-        sub = ph[ph["run_id"].isin(use)]
-        if sub.empty:
-            continue
-        red = metrics.run_recovery(sub, suffix=sfx)
-        mean = red.groupby("run_id", sort=False)[f"deficit{sfx}"].mean()
-        out.loc[mean.index] = mean.to_numpy()
+    red["scenario"] = red["run_id"].map(scen)
+    use = on_true.reindex(pd.MultiIndex.from_frame(red[["scenario", "shift_kind"]])) \
+        .fillna(False).to_numpy(bool)
+    missing = red.loc[use & red["deficit_true"].isna(), "scenario"].dropna().unique()
+    if len(missing):
+        raise ShiftsimError(
+            f"tuning on the recovery deficit needs the clean-label deficit of "
+            f"{', '.join(map(str, missing[:4]))}, which these runs lack (stored before "
+            "partial flips below 0.5 were judged on the original labels): run the study "
+            "again into a new folder")
+    red["score"] = np.where(use, red["deficit_true"], red["deficit"])
+    mean = red.groupby("run_id", sort=False)["score"].mean()
+    out.loc[mean.index] = mean.to_numpy()
     return out
 
 
@@ -92,7 +110,7 @@ def select_from_store(study: StudyGrid, out: Path) -> tuple[pd.DataFrame, pd.Dat
     noise = _noise(phases)
     deficits = None
     if tuning.metric == "deficit":
-        deficits = _run_deficits(res.phases[res.phases["run_id"].isin(ids)], runs, noise)
+        deficits = _run_deficits(res.phases[res.phases["run_id"].isin(ids)], runs)
     runs["score"] = metric_values(runs, tuning.metric, noise, deficits)
     runs["group"] = runs["scenario"].map(tuning.group_of)
     hp_names: dict[str, list[str]] = {}

@@ -14,7 +14,8 @@ then runs the comparison on *evaluation seeds* that the selection never saw (doc
   partial flip moves the majority of every class, so the original labels are the minority
   mapping and the stream's labels are scored), ``"online_acc"``,
   ``"online_acc_true"``, ``"deficit"`` (recovery deficit, lower is better; a run's shifts
-  of one kind reduced by their median, several kinds by the mean of those) or a function of
+  of one kind reduced by their median, several kinds by the mean of those; a kind of label
+  noise, or of partial flips below 0.5, on the original labels) or a function of
   the tuning runs table returning one number per run (higher is better). A grid point where a
   tuning run diverged or failed is not eligible; ties go to the better worst seed;
 * the scope: ``"per_scenario"`` (each optimizer's best on each scenario: the most favourable
