@@ -174,22 +174,32 @@ def test_a_store_without_kinds_gets_them_from_the_scenario(study_dir):
     assert old.mixed("recurring") and not old.mixed("rotate")
 
 
-def test_tuning_on_the_deficit_takes_the_mean_of_a_runs_kinds(digits, tmp_path):
-    study = Study("kinds-tuned", {"recurring": recurring(digits, steps=20)},
+def _deficit_tuned(scenario, out):
+    """A study of one scenario tuned on the recovery deficit (sgdm, two learning rates, two
+    tuning seeds): its store, its tuning runs' phases and a function lr -> the tuning curve's
+    mean and the run ids at that rate."""
+    study = Study(f"{scenario.name}-tuned", {scenario.name: scenario},
                   ss.models.mlp(hidden=(8,)), {"sgdm": ss.optim.spec("sgdm")}, seeds=1,
                   tuning=Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}}, seeds=2, metric="deficit"))
-    study.run(tmp_path / "t", workers=1, progress=False)
-    res = store.load(tmp_path / "t")
-    tune = res.stage_phases("tune")
+    study.run(out, workers=1, progress=False)
+    res = store.load(out)
+    runs, curve = res.runs[res.runs["stage"] == "tune"], res.tuning_curves
+
+    def at(lr):
+        return (curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0],
+                runs.loc[np.isclose(runs["lr"], lr), "run_id"])
+
+    return res.stage_phases("tune"), at
+
+
+def test_tuning_on_the_deficit_takes_the_mean_of_a_runs_kinds(digits, tmp_path):
+    tune, at = _deficit_tuned(recurring(digits, steps=20), tmp_path / "t")
     per_kind = metrics.run_recovery(tune)
     assert per_kind.groupby("run_id").size().eq(3).all()
     score = per_kind.groupby("run_id")["deficit"].mean()
-    runs = res.runs[res.runs["stage"] == "tune"]
-    curve = res.tuning_curves
     for lr in (0.01, 0.1):
-        ids = runs.loc[np.isclose(runs["lr"], lr), "run_id"]
+        got, ids = at(lr)
         want = -score[ids].mean()  # the selection maximises the negated deficit
-        got = curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0]
         assert close(got, want, 1e-12), (lr, got, want)
 
 
@@ -243,21 +253,12 @@ def test_each_kind_is_judged_on_its_own_labels(digits, tmp_path):
 
 
 def test_tuning_on_the_deficit_takes_each_kinds_own_labels(digits, tmp_path):
-    study = Study("noisy-tuned", {"noisy": noisy_recurring(digits, steps=20)},
-                  ss.models.mlp(hidden=(8,)), {"sgdm": ss.optim.spec("sgdm")}, seeds=1,
-                  tuning=Tuning(grid={"sgdm": {"lr": [0.01, 0.1]}}, seeds=2, metric="deficit"))
-    study.run(tmp_path / "t", workers=1, progress=False)
-    res = store.load(tmp_path / "t")
-    tune = res.stage_phases("tune")
+    tune, at = _deficit_tuned(noisy_recurring(digits, steps=20), tmp_path / "t")
     stream = metrics.run_recovery(tune).set_index(["run_id", "shift_kind"])["deficit"]
     true = metrics.run_recovery(tune, suffix="_true").set_index(
         ["run_id", "shift_kind"])["deficit_true"]
-    runs = res.runs[res.runs["stage"] == "tune"]
-    curve = res.tuning_curves
     for lr in (0.01, 0.1):
-        scores = []
-        for rid in runs.loc[np.isclose(runs["lr"], lr), "run_id"]:
-            per = [true[(rid, NOISY)], stream[(rid, ROT)], stream[(rid, "LabelFlip(other)")]]
-            scores.append(np.mean(per))
-        got = curve.loc[np.isclose(curve["lr"], lr), "mean"].iloc[0]
+        got, ids = at(lr)
+        scores = [np.mean([true[(rid, NOISY)], stream[(rid, ROT)],
+                           stream[(rid, "LabelFlip(other)")]]) for rid in ids]
         assert close(got, -np.mean(scores), 1e-12), (lr, got, scores)
