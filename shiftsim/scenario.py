@@ -371,6 +371,8 @@ class Scenario:
         changed = {label for _, label in before.items() ^ now.items()}
         changed |= {_kind_label(s) for s in self.shifts_of(phase)
                     if s.regime_draw and not s.is_identity()}
+        if not changed:  # the same shifts, one of them twice: a shift of their kinds
+            changed = set(before.values()) | set(now.values())
         return " + ".join(sorted(changed))
 
     def label_kind(self, phase: int) -> str:

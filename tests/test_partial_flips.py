@@ -150,3 +150,20 @@ def test_an_unknown_chance_level_leaves_recovery_undefined():
     got = metrics.recovery(tr, unknown, window=1, onset=2, persistence=2).iloc[0]
     assert math.isnan(got["target"]) and math.isnan(got["recovery_steps"])
     assert not got["dipped"] and not got["censored"] and got["deficit"] > 0
+
+
+def test_a_partial_flip_beside_pure_noise_keeps_the_scenario_ranked(tmp_path):
+    """'No learnable signal' needs every phase judged on the original labels to lack it: a
+    partial permute below 0.5 has one, even beside uniform labels at 100 %."""
+    from shiftsim.report.view import view
+
+    d = ss.data.digits()
+    both = ss.Scenario(d, [ss.Phase(15), ss.Phase(15, [ss.LabelFlip(0.3)]),
+                           ss.Phase(15, [ss.LabelFlip(1.0, "uniform")])], name="both",
+                       batch_size=16)
+    pure = ss.label_flip_tasks(d, 1.0, mode="uniform", tasks=2, steps_per_task=15,
+                               batch_size=16, name="pure")
+    Study("signal", {"both": both, "pure": pure}, ss.models.linear(), {"sgdm": "sgdm"},
+          seeds=1).run(tmp_path / "s", workers=1, progress=False)
+    v = view(store.load(tmp_path / "s"))
+    assert v.no_signal == {"both": False, "pure": True}

@@ -64,6 +64,9 @@ def test_a_phase_names_what_changed_at_its_shift(digits):
     assert ss.label_flip_tasks(digits, 0.0, tasks=2, steps_per_task=10).shift_kind(1) == ""
     same = ss.covariate_drift(digits, [ss.Rotate(30), ss.Rotate(30)], 10)
     assert same.shift_kind(2) == ""
+    # a shift that only adds a second copy of a shift in force is still of that kind
+    twice = ss.covariate_drift(digits, [[ss.Rotate(30)], [ss.Rotate(30), ss.Rotate(30)]], 10)
+    assert twice.has_shift(2) and twice.shift_kind(2) == ROT
 
 
 def test_run_recovery_reduces_each_kind_by_its_own_median():

@@ -294,7 +294,7 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
             kind_noise[(s, k)] = bool((original & shift
                                        & (ps["shift_kind"].astype(str) == k)).any())
         if noise[s] and {"ceiling", "chance"} <= set(ps.columns):
-            noisy = ps[shift & (kind == "noise")]
+            noisy = ps[shift & original]  # every phase judged on the original labels
             no_signal[s] = bool(len(noisy)) and bool(
                 ((noisy["ceiling"] - noisy["chance"]) < NO_SIGNAL_MARGIN).all())
         else:
