@@ -12,10 +12,11 @@ compares with K runs of run(vectorized=False), the plain module + autograd + opt
     python benchmarks/fleet.py [--ks 8,32,128] [--steps 300] [--hidden 64]
                                [--optimizers sgdm] [--rounds 3] [--threads 1] [--device cpu]
 
---study1000 instead times, end to end, the 1,000-run study of issue 7 (5 optimizers x 5 flip
-rates x 40 seeds, digits MLP, 3,000 steps per run) run with study.run(..., fleet=True) into a
-temporary folder (goal: < 5 minutes on 2 cores); --sequential-sample N also times N of its runs
-one by one (the in-process executor) and extrapolates the non-fleet time of the whole study.
+--study1000 instead times, end to end, a 1,000-run study (5 optimizers x 5 flip rates x 40
+seeds, digits MLP, 3,000 steps per run) run with study.run(..., fleet=True) into a temporary
+folder (the project's goal: < 5 minutes on 2 cores); --sequential-sample N also times N of its
+runs one by one (the in-process executor) and extrapolates the non-fleet time of the whole
+study.
 
     python benchmarks/fleet.py --study1000 [--hidden 64] [--workers 2] [--sequential-sample 10]
 
@@ -25,8 +26,8 @@ torch.bmm running the same matmuls (forward, weight gradients, input gradients: 
 arithmetic, evaluations not counted) back to back, rounds interleaved in one process (a
 round's peak: the fastest of five runs of 40 steps' matmuls, since on a shared machine the
 slower ones measure other work); it prints both rates in GFLOP/s and the fraction of the peak
-(issue 17: goal >= 50 %), then (on the CPU) where one more run's step goes: the model, each
-optimizer group, and the rest. Where run_fleet's default cuts the fleet into chunks that run
+(the project's goal: >= 50 %), then (on the CPU) where one more run's step goes: the model,
+each optimizer group, and the rest. Where run_fleet's default cuts the fleet into chunks that run
 one after another (one torch thread: shiftsim.fleet.chunks, 4 chunks of 8 here), the same
 members as one program (chunk_members=K) are timed beside it, in the same rounds, and the bmm
 peak is measured on the chunks' shapes too (each chunk's members batched, chunk after chunk;
@@ -52,13 +53,16 @@ fleet's other members). No breakdown by piece in this mode.
 
 --denormals flush runs the fleets with subnormal floats flushed to zero
 (``SHIFTSIM_DENORMALS=flush``; :func:`shiftsim.runtime.denormals`). Over the 400 steps of
---peak they change little; over 3,000 steps (``--steps 3000``) IEEE subnormals made this fleet's
-optimizer steps 4-5x slower on a 2-core Intel Xeon (one thread: 5.64 against 2.78 ms a step,
-the same traces), and --study1000 took 76.8 / 81.6 s against 49.6 / 52.0 s flushed
-(``SHIFTSIM_DENORMALS=flush python benchmarks/fleet.py --study1000``). On a 2-core AMD EPYC
-they cost nothing measurable: 3,000 steps, one thread, two runs each way alternating, the four
-groups by piece 0.15-0.30 ms a step with IEEE subnormals, 0.15-0.29 flushed (the whole step
-3.89 / 4.29 against 3.52 / 3.92 ms: not resolved on that shared machine).
+--peak they change little. Over 3,000 steps (``--steps 3000``), on a 2-core Intel Xeon on
+2026-12-07 with IEEE subnormals, this fleet's optimizer groups took 4-5x longer a step than
+over 400 steps (one thread: SGD-momentum 0.64 against 0.13 ms, MoMo 1.49 against 0.22; the
+model's step unchanged), and its whole step took about twice as long as with them flushed (one
+thread: 5.59-5.74 against 2.71-2.73 ms, two runs of one round each way, the same traces; see
+docs/performance.md, "Subnormal floats"); --study1000 took 76.8 / 81.6 s against 49.6 / 52.0 s
+flushed (``SHIFTSIM_DENORMALS=flush python benchmarks/fleet.py --study1000``). On a 2-core AMD
+EPYC they cost nothing measurable: 3,000 steps, one thread, two runs each way alternating, the
+four groups by piece 0.15-0.30 ms a step with IEEE subnormals, 0.15-0.29 flushed (the whole
+step 3.89 / 4.29 against 3.52 / 3.92 ms: not resolved on that shared machine).
 """
 
 from __future__ import annotations

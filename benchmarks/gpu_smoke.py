@@ -1,4 +1,5 @@
-"""GPU smoke test: shiftsim's loops on one CUDA device, checked in under two minutes.
+"""GPU smoke test: shiftsim's loops on one CUDA device (meant to take under two minutes; not yet
+run on a GPU).
 
     python benchmarks/gpu_smoke.py [--device cuda|cuda:N|cpu] [--steps 200] [--fleet 64]
                                    [--rounds 3] [--threads 1] [--only placement,syncs,...]

@@ -11,14 +11,16 @@ ratios, shown with its range (min-max over rounds) and the ratio of the best rou
 the least disturbed by other work on a busy machine). Two control rows time a second copy of
 each fused baseline (``sgdm (fused, 2nd copy)``, ``adamw (fused, 2nd copy)``): the same code on
 other tensors, so their distance from 1.00x is what one run resolves (noise, and whatever
-differs between two copies, such as where their tensors lie in memory: 0.90-1.02x in six runs on
-this project's 2-core machine; two copies of compiled MoMo timed the same way 0.92-0.99x of each
-other in five runs of 15 rounds, of MoMo-Adam 0.99-1.01x in three, whichever copy ran first:
-read differences of less than about 10 % as unresolved). Goals (issue 17): TAM, AM-SGD, MoMo <=
-1.5x fused SGDM; AdaTAM(W), Grams, MoMo-Adam, AM-AdamW <= 1.3x fused AdamW; each faster than its
-public counterpart. torch's AdamW runs with its default weight decay 0.01; AM-AdamW's default is
-0 (the issue's signature), so the row ``adamem_adamw[wd=0.01]`` also times it with the same
-decay. Rows ``name[compiled]`` take the step with the optimizer's compiled kernel
+differs between two copies, such as where their tensors lie in memory). On this project's
+2-core AMD EPYC, four runs of 9 rounds on 2026-12-07 gave 0.86-1.05x (SGD-momentum) and
+0.91-0.99x (AdamW); earlier, on 2026-12-06, six runs gave 0.90-1.02x, and two copies of
+Inductor's compiled MoMo timed the same way 0.92-0.99x of each other in five runs of 15 rounds,
+of MoMo-Adam 0.99-1.01x in three, whichever copy ran first: read differences of less than about
+10-15 % as unresolved. The project's goals: TAM, AM-SGD, MoMo <= 1.5x fused SGDM; AdaTAM(W),
+Grams, MoMo-Adam, AM-AdamW <= 1.3x fused AdamW; each faster than its public counterpart.
+torch's AdamW runs with its default weight decay 0.01; AM-AdamW's default is 0 (its
+constructor's ``weight_decay=0.0``), so the row ``adamem_adamw[wd=0.01]`` also times it with the
+same decay. Rows ``name[compiled]`` take the step with the optimizer's compiled kernel
 (``compile=True``: torch.compile/Inductor, shiftsim/optim/_compiled.py; MoMo's, TAM's,
 AdaTAM(W)'s, AM-SGD's, MoMo-Adam's and AM-AdamW's on a CPU are shiftsim's C code,
 shiftsim/optim/tensorsteps.c, and ``SHIFTSIM_NATIVE=0`` gives Inductor's back); the others run
