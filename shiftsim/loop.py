@@ -245,6 +245,7 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
         desc = label or (f"fleet of {K}" if K > 1 else f"run seed {seeds[0]}")
         bar = tqdm(total=T, desc=desc, unit="step", leave=False)
     t_setup = time.perf_counter()
+    native_s = _native.setup_seconds()  # a one-off build of the C library is not a step
 
     def check(upto: int) -> bool:
         """Record members whose loss went non-finite in [checked, upto); True when all did."""
@@ -313,7 +314,7 @@ def run_members(scenario: Scenario, learner: Members, device: str | torch.device
     results = _results(scenario, learner, dev, schedule, diverged_at, losses, correct,
                        correct_true, n_new, eval_correct, train, denormal_applied, chances)
     t_end = time.perf_counter()
-    loop_s = t_loop - t_setup
+    loop_s = t_loop - t_setup - (_native.setup_seconds() - native_s)
     # the loop ran ``checked`` steps for every member (a diverged member's trace ends earlier,
     # but the loop went on to the next check, or for the other members): time per step is the
     # loop's time over the steps it ran, not over the steps a trace kept

@@ -278,9 +278,18 @@ class Scenario:
     def num_regimes(self) -> int:
         return len(self.regime_phase)
 
+    def _phase(self, phase: Any) -> int:
+        """``phase`` checked: an integer in [0, number of phases)."""
+        n = len(self.phases)
+        if isinstance(phase, bool) or not isinstance(phase, (int, np.integer)) or \
+                not 0 <= phase < n:
+            raise ShiftsimError(f"phase {phase!r} is out of range: scenario {self.name!r} has "
+                                f"{n} phase{'s' if n != 1 else ''} (0-{n - 1})")
+        return int(phase)
+
     def shifts_of(self, phase: int) -> tuple[Shift, ...]:
         """The shifts in force in ``phase`` (a repeat's are those of the phase it repeats)."""
-        return self.phases[self.regime_phase[self.regime_of[phase]]].shifts
+        return self.phases[self.regime_phase[self.regime_of[self._phase(phase)]]].shifts
 
     def label_flip(self, phase: int) -> LabelFlip | None:
         return next((s for s in self.shifts_of(phase) if isinstance(s, LabelFlip)), None)
@@ -344,6 +353,7 @@ class Scenario:
         >>> ss.covariate_drift(d, [ss.Rotate(30), ss.Rotate(30)], 10).has_shift(2)
         False
         """
+        phase = self._phase(phase)
         if phase == 0 or self.regime_of[phase] == self.regime_of[phase - 1]:
             return False
         before = _effective(self.shifts_of(phase - 1))
@@ -433,8 +443,17 @@ class Scenario:
             })
         return pd.DataFrame(rows)
 
-    def describe(self, file: Any = None) -> str:
-        """Print (and return) a readable table of the phases."""
+    def describe(self, file: Any = None) -> None:
+        """Print a readable table of the phases (to ``file``, default standard output).
+        It returns None, as ``DataFrame.info`` does, so an interactive session shows the table
+        once; for the text, print to a ``io.StringIO``.
+
+        >>> import io, shiftsim as ss
+        >>> buf = io.StringIO()
+        >>> ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=2, steps_per_task=10).describe(buf)
+        >>> buf.getvalue().splitlines()[2].split()[:3]
+        ['0', 'clean', '0']
+        """
         t = self.phase_table()
         d = self.data
         head = (f"Scenario {self.name!r}: {d.name} ({len(d)} train / {d.x_test.shape[0]} held-out, "
@@ -444,9 +463,7 @@ class Scenario:
                    if self.realtime else ""))
         cols = ["phase", "name", "start", "steps", "transition", "shifts", "ceiling"]
         t = t[cols].assign(ceiling=t["ceiling"].map(lambda c: f"{c:.3g}"))
-        text = head + "\n" + t.to_string(index=False)
-        print(text, file=file)
-        return text
+        print(head + "\n" + t.to_string(index=False), file=file)
 
     def __repr__(self) -> str:
         rt = ", realtime=True" if self.realtime else ""

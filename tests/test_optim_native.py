@@ -400,3 +400,28 @@ def test_layouts_of_dead_tensors_are_not_reused(native):
         assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)
         del ts
         gc.collect()
+
+
+def test_a_runs_time_per_step_leaves_out_the_one_off_build(tmp_path):
+    """The first use on a machine compiles the C library (seconds): that is not the learner's
+    time per step, so a run's loop time leaves it out."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import shiftsim as ss
+        from shiftsim.optim import _native
+        sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=2, steps_per_task=40)
+        r = ss.run(sc, ss.models.mlp(hidden=(8,)), "tam", threads=1)
+        print(_native.setup_seconds(), r.timings["loop_s"], r.timings["ms_per_step"],
+              _native.status())
+    """)
+    env = {**os.environ, "SHIFTSIM_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    built, loop_s, ms = float(out[0]), float(out[1]), float(out[2])
+    if out[3] != "native":
+        pytest.skip(f"no native library here: {out[3]}")
+    assert built > loop_s  # the build (a fresh cache) took longer than the whole loop
+    assert ms == pytest.approx(1000 * loop_s / 80)

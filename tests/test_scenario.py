@@ -17,9 +17,13 @@ def test_phase_table_and_boundaries(tiny_scenario):
 
 
 def test_describe_prints_every_phase(tiny_scenario, capsys):
-    text = tiny_scenario.describe()
+    import io
+
+    assert tiny_scenario.describe() is None  # printed once, not echoed again by a REPL
     out = capsys.readouterr().out
-    assert text in out
+    buf = io.StringIO()
+    tiny_scenario.describe(buf)
+    assert buf.getvalue() == out
     for name in tiny_scenario.phase_names:
         assert name in out
     assert "gradual(10, linear)" in out and "batch 16" in out
@@ -93,3 +97,14 @@ def test_gradual_probabilities():
     assert ss.Gradual(5).probabilities().tolist() == [0.2, 0.4, 0.6, 0.8, 1.0]
     p = ss.Gradual(100, "sigmoid").probabilities()
     assert p[0] == pytest.approx(0.1192, abs=1e-4) and p[50] == pytest.approx(0.5)
+
+
+def test_a_phase_out_of_range_is_named():
+    sc = ss.label_flip_tasks(ss.data.digits(), 1.0, tasks=3, steps_per_task=10)
+    for call in (sc.chance, sc.shift_kind, sc.ceiling, sc.has_shift, sc.label_kind,
+                 sc.concept, sc.shifts_of):
+        for bad in (3, 99, -1):
+            with pytest.raises(ss.ShiftsimError, match=rf"^phase {bad} is out of range: "
+                               r"scenario 'flip-permute-1' has 3 phases \(0-2\)$"):
+                call(bad)
+    assert sc.shift_kind(2) == "LabelFlip(permute)" and sc.has_shift(np.int64(1))

@@ -468,3 +468,28 @@ def test_a_serialized_result_writes_the_same_folder(tmp_path, spec, result):
     sa, sb = (json.loads((f / "summary.json").read_text()) for f in folders)
     sa.pop("finished"), sb.pop("finished")
     assert sa == sb and len(sa["phases"]) == len(result.phases)
+
+
+def test_lookups_of_what_the_folder_does_not_hold_say_so(tmp_path, spec, result):
+    """A typo in a run id, a string where a list goes, a column a file lacks: each a one-line
+    error naming it (they read as an empty frame, None or a pyarrow schema dump before)."""
+    store.write_result(tmp_path, result, spec)
+    res = store.load(tmp_path)
+    rid = res.runs["run_id"].iloc[0]
+    with pytest.raises(ShiftsimError, match=r"^run_ids must be a list of run ids, got the "
+                                            r"string '[0-9a-f]+' \(write \["):
+        res.traces(rid)
+    with pytest.raises(ShiftsimError, match=r"^no run 'typo' in .*; runs: "):
+        res.traces(["typo"])
+    with pytest.raises(ShiftsimError, match=r"^no run 'typo' in "):
+        res.spec("typo")
+    with pytest.raises(ShiftsimError, match=r"^no run 'typo' in "):
+        res.evals_of(["typo"])
+    with pytest.raises(ShiftsimError, match=r"^trace\.parquet of run [0-9a-f]+ has no "
+                                            r"column\(s\) 'nope'; it has: 'run_id', 'step'"):
+        res.trace(rid, columns=["nope"])
+    with pytest.raises(ShiftsimError, match=r"^columns must be a list of column names, got "
+                                            r"the string 'step'"):
+        res.trace(rid, columns="step")
+    assert res.spec(rid)["run_id"] == rid
+    assert len(res.traces([rid], columns=["correct"])) == len(result.trace)

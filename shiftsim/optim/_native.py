@@ -130,6 +130,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -177,6 +178,14 @@ _lock = threading.Lock()
 _thread = threading.local()
 _lib: ctypes.CDLL | None = None
 _state: str | None = None  # None: not tried yet; "native" | "off" | "unavailable: <why>"
+_setup_s = 0.0  # seconds this process spent building and loading the library
+
+
+def setup_seconds() -> float:
+    """Seconds this process has spent building and loading the library so far (the first use
+    on a machine compiles it, about 4 s here; a run's loop time leaves this out, so its
+    ``ms_per_step`` is the learner's, not a one-off build's)."""
+    return _setup_s
 
 
 def cache_dir() -> Path:
@@ -438,13 +447,14 @@ def _user() -> str:
 
 
 def _library() -> ctypes.CDLL | None:
-    global _lib, _state
+    global _lib, _state, _setup_s
     if _state is None:
         with _lock:
             if _state is None:
                 if not _wanted():
                     _state = "off"
                 else:
+                    t0 = time.perf_counter()
                     try:
                         _lib = _load()
                         _state = "native"
@@ -453,6 +463,8 @@ def _library() -> ctypes.CDLL | None:
                         warnings.warn(f"shiftsim's native row sums are unavailable ({exc}); "
                                       "using torch's (same math, other rounding)",
                                       RuntimeWarning, stacklevel=4)
+                    finally:
+                        _setup_s += time.perf_counter() - t0
     return _lib
 
 

@@ -259,7 +259,8 @@ def build_document(v: StudyView, figures: list[FigureFile], findings: list[str],
     files = [("index.html", "this report, self-contained"),
              ("README.md", "the same report in Markdown, linking the figures"),
              (REPORT_FILE, "what was reported (study, baseline, run counts, files)")]
-    files += [(f"tables/{t.name}.csv", f"{t.title.lower()}: the numbers (unformatted)")
+    files += [(f"tables/{t.name}.csv", "every run, with its labels, status and scores"
+               if t.name == "runs" else f"{t.title.lower()}: the numbers (unformatted)")
               for t in v.tables.values()]
     files += [(f"figures/{f.name}.{{png,svg}}", f.title) for f in figures]
     return Document(

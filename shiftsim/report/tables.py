@@ -129,8 +129,9 @@ def summary_table(v: StudyView, df: pd.DataFrame) -> Table:
         "to the common reference (the best mean plateau any optimizer reached, capped at the "
         "ceiling), the same for every optimizer. Censored: seeds that never recovered / seeds "
         "with shifts. Deficit: mean shortfall below the reference over each shifted phase. "
-        "ms/step: mean wall time per step of the runs (machine noise: shown, never used for a "
-        "verdict)." + _diverged_note(df))
+        "ms/step: mean wall time per step of the runs, a one-off build of shiftsim's C library "
+        "left out; the runs of one fleet share its time equally (machine noise: shown, never "
+        "used for a verdict)." + _diverged_note(df))
     return Table("summary", "Summary per scenario and optimizer", caption, df,
                  pd.DataFrame(recs))
 
@@ -252,8 +253,10 @@ def comparison_table(v: StudyView, df: pd.DataFrame) -> Table:
         "sides never recover, or the shift hurt neither, there is nothing to test ('not "
         "compared', outside the Holm family). "
         "Won / lost / tied: seeds where the optimizer is better / worse / equal. "
-        f"The p-values are Holm-adjusted over all {judged} comparisons of this report"
-        + (f" and the league's {n_first} first-place tests" if n_first else "") + "; the "
+        + (f"The p-values are Holm-adjusted over all {judged} comparisons of this report"
+           + (f" and the league's {n_first} first-place tests" if n_first else "")
+           if judged else "No comparison could be judged, so no p-value is adjusted")
+        + "; the "
         f"verdict is 'better' or 'worse' only when the adjusted p-value is at most {ALPHA}, "
         "else 'no detectable difference with n seeds'"
         f"; with fewer than {MIN_SEEDS} seeds nothing is judged. The intervals are each "

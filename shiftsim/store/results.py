@@ -379,6 +379,7 @@ class StudyResults:
         if isinstance(run_ids, str):
             raise ShiftsimError(f"run_ids must be a list of run ids, got the string {run_ids!r}")
         ids = list(run_ids)
+        self._check_known(ids)
         if self._evals is not None:
             ev = self._evals
             return ev[ev["run_id"].isin(ids)].reset_index(drop=True)
@@ -417,11 +418,24 @@ class StudyResults:
             raise ShiftsimError(f"no run {run_id!r} in {str(self.path)!r}; runs: {known}")
         if st.status not in ("ok", "diverged"):
             raise ShiftsimError(_unreadable(run_id, name, st))
+        if isinstance(columns, str):
+            raise ShiftsimError(f"columns must be a list of column names, got the string "
+                                f"{columns!r} (write [{columns!r}])")
         cols = None if columns is None else ["run_id", *[c for c in columns if c != "run_id"]]
+        path = run_dir(self.path, run_id) / name
         try:
-            return pq.read_table(run_dir(self.path, run_id) / name, columns=cols,
-                                 use_threads=False)
-        except Exception as exc:  # changed on disk since loading
+            return pq.read_table(path, columns=cols, use_threads=False)
+        except Exception as exc:  # a column it lacks, or the file changed on disk since loading
+            try:
+                have = pq.read_schema(path).names
+            except Exception:
+                have = None
+            missing = [c for c in cols or () if have is not None and c not in have]
+            if missing:
+                known = ", ".join(repr(c) for c in have or () if not c.startswith("__"))
+                raise ShiftsimError(f"{name} of run {run_id} has no column(s) "
+                                    f"{', '.join(repr(c) for c in missing)}; it has: {known}"
+                                    ) from None
             raise ShiftsimError(f"cannot read {name} of run {run_id}: {exc}") from exc
 
     def trace(self, run_id: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -432,14 +446,34 @@ class StudyResults:
                columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The traces of several runs (default: every ok or diverged run), concatenated, with
         the runs' labels as columns; ``columns`` restricts the trace columns read."""
+        if isinstance(run_ids, str):
+            raise ShiftsimError(f"run_ids must be a list of run ids, got the string {run_ids!r}"
+                                f" (write [{run_ids!r}], or use trace() for one run)")
+        if isinstance(columns, str):
+            raise ShiftsimError(f"columns must be a list of column names, got the string "
+                                f"{columns!r} (write [{columns!r}])")
+        if run_ids is not None:
+            run_ids = list(run_ids)
+            self._check_known(run_ids)
         if columns is not None and "step" not in columns:
             columns = ["step", *columns]
         return self._concat(TRACE_FILE, run_ids, columns)
 
+    def _check_known(self, run_ids: Sequence[str]) -> None:
+        """Refuse run ids this folder does not hold (a typo would read as an empty frame)."""
+        unknown = [r for r in run_ids if r not in self.states]
+        if unknown:
+            known = ", ".join(list(self.states)[:5]) + (" ..." if len(self.states) > 5 else "")
+            raise ShiftsimError(f"no run {unknown[0]!r} in {str(self.path)!r}"
+                                + (f" (and {len(unknown) - 1} more unknown)"
+                                   if len(unknown) > 1 else "") + f"; runs: {known}")
+
     def spec(self, run_id: str) -> dict[str, Any] | None:
-        """The run's ``spec.json`` (None when absent)."""
-        st = self.states.get(run_id)
-        return st.spec if st is not None else None
+        """The run's ``spec.json`` (None when its file is absent or unreadable, e.g. a run that
+        never started); an id this folder does not hold raises
+        :class:`~shiftsim.errors.ShiftsimError`."""
+        self._check_known([run_id])
+        return self.states[run_id].spec
 
     # -- summaries ----------------------------------------------------------------------------
     @property
