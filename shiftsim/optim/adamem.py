@@ -12,7 +12,7 @@ with the memory weight :math:`\beta_t \in [0, \beta_{max}]` from the concave dua
 
 No official code was found; the practical algorithms follow the third-party reimplementation
 ``OSuwaidi/memory_align`` (read only) whose docstrings cite the paper's Algorithms 1 and 3,
-checked against our own derivation (spec §4). Choices:
+checked against our own derivation of the update from the paper. Choices:
 
 * [3rd] AM-SGD: one model-wide :math:`\beta_t` (all parameters with a gradient, all groups),
   :math:`f(\hat x) - f(x_t) \approx \eta_{t-1} g_t^\top d_t`, :math:`d_0 = g_0` (the first step

@@ -17,7 +17,7 @@ It needs the loss value: call ``step(loss=loss)`` after ``backward()``, or ``ste
 MoMo-Adam replaces :math:`\lVert d\rVert^2` by :math:`\lVert d\rVert^2_{D^{-1}}` and the step by
 :math:`\tau D^{-1} d` with Adam's :math:`D = \sqrt{v/(1-\beta_2^{s})} + \epsilon`.
 
-Choices (spec §5), all [code] = momo-opt 0.1.0 unless marked:
+Choices, all [code] = momo-opt 0.1.0 unless marked:
 
 * sums (:math:`\langle x, d\rangle`, :math:`\gamma = \sum_i\gamma_i`, the norm) are
   **model-wide**: over every parameter with a gradient, across param groups; each group uses its

@@ -20,7 +20,7 @@ Choices the paper leaves open, and how they are made here:
 * [paper] the cosine is **model-wide** by default (``scope="global"``: sums over every parameter
   that has a gradient, across param groups); ``scope="tensor"`` [ours] keeps one cosine per
   parameter tensor. pytorch-optimizer's per-element, dim-0-normalised alignment is *not*
-  reproduced (it behaves like SGDM with the gradient halved, spec §2.3).
+  reproduced (it behaves like SGDM with the gradient halved).
 * [ours] :math:`m_0 = 0` (pytorch-optimizer starts TAM at :math:`m_0 = g_1`), so the first step
   is :math:`0.5\,\eta\,g_1`; :math:`S_t := 0` when a norm is 0; :math:`S_t` clipped to [-1, 1].
 * [ours] TAM's weight decay is coupled L2 (:math:`g \leftarrow g + \lambda\theta` before the
@@ -109,7 +109,7 @@ SCOPES = ("global", "tensor")
 def tam_lr_from_sgdm(lr_sgdm: float, expected_damping: float = 0.5) -> float:
     r"""A TAM learning rate from an SGD-momentum one. **A heuristic, not the paper's formula.**
 
-    The paper's own transfer rule could not be retrieved (spec §2.7). TAM scales each gradient
+    The paper's own transfer rule could not be retrieved. TAM scales each gradient
     by :math:`\epsilon + d_t \in [\epsilon, 1+\epsilon]`, so equalising the steady-state step
     :math:`\eta\,E[d]/(1-\beta)` with SGDM's gives :math:`\eta_{TAM} = \eta_{SGDM} / E[d]`.
     :math:`E[d] \approx 0.5` when gradients and momentum are uncorrelated, so the result lies in
