@@ -25,11 +25,12 @@ relative to the cheapest learner of the study.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .errors import check_range
+from .errors import ShiftsimError, SpecTypeError, check_range
 
 __all__ = ["train_schedule", "relative_costs"]
 
@@ -38,8 +39,18 @@ _EPS = 1e-9
 
 
 def train_schedule(cost: float, steps: int) -> np.ndarray:
-    """Which of ``steps`` batches a learner of relative ``cost`` trains on (bool array)."""
-    cost = float(check_range(cost, "cost", 1, None))
+    """Which of ``steps`` batches a learner of relative ``cost`` trains on (bool array).
+
+    ``cost`` is in [1, inf]: an infinite cost (the limit of ever slower learners) trains on
+    the first batch only.
+
+    >>> train_schedule(float("inf"), 3).tolist()
+    [True, False, False]
+    """
+    if isinstance(cost, (float, np.floating)) and cost == math.inf:
+        cost = math.inf  # in [1, inf], as the range error says: busy for ever after step 0
+    else:
+        cost = float(check_range(cost, "cost", 1, None))
     steps = int(check_range(steps, "steps", 0, None, integer=True))
     out = np.zeros(steps, dtype=bool)
     credit = 1.0
@@ -53,9 +64,22 @@ def train_schedule(cost: float, steps: int) -> np.ndarray:
 
 def relative_costs(costs: Sequence[float]) -> list[float]:
     """Each cost relative to the cheapest (so the cheapest learner trains on every batch).
+    ``costs``: at least one positive, finite number.
 
     >>> relative_costs([1.3, 1.5, 2.6])
     [1.0, 1.1538461538461537, 2.0]
     """
-    low = min(float(c) for c in costs)
-    return [float(c) / low for c in costs]
+    if isinstance(costs, (str, bytes)) or not isinstance(costs, Iterable):
+        raise SpecTypeError(f"costs must be a list of positive numbers, got {costs!r}")
+    values = list(costs)
+    if not values:
+        raise ShiftsimError("relative_costs needs at least one cost, got none")
+    checked = []
+    for i, c in enumerate(values):
+        c = float(check_range(c, f"costs[{i}]"))  # a finite number
+        if c <= 0:
+            raise ShiftsimError(f"costs[{i}] must be a positive, finite number (a learner's "
+                                f"cost per step), got {values[i]!r}")
+        checked.append(c)
+    low = min(checked)
+    return [c / low for c in checked]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ShiftsimError, check_range
+from .errors import ShiftsimError, SpecTypeError, check_range
 from .runtime import resolve_device
 from .scenario import Scenario
 from .seeds import derive_seed
@@ -224,6 +224,7 @@ class Stream:
 
     def regime(self, regime_id: int) -> Regime:
         if regime_id not in self._regimes:
+            _check_index(regime_id, "regime", self.scenario.num_regimes)
             self._regimes[regime_id] = Regime(self, regime_id)
         return self._regimes[regime_id]
 
@@ -244,6 +245,7 @@ class Stream:
         (0.526, 0.105)
         """
         sc = self.scenario
+        _check_index(phase, "phase", len(sc.phases))
         flip = sc.label_flip(phase)
         if flip is None or flip.rate == 0:
             return sc.chance(phase)
@@ -260,6 +262,7 @@ class Stream:
 
         Pre-shifted inputs of regimes that neither this phase nor its ramp uses are released.
         """
+        _check_index(phase, "phase", len(self.scenario.phases))
         plan = PhasePlan(self, phase)
         keep = {plan.regime.id} | ({plan.previous.id} if plan.previous else set())
         for rid, reg in self._regimes.items():
@@ -282,6 +285,15 @@ class Stream:
 
     def __len__(self) -> int:
         return self.scenario.total_steps
+
+
+def _check_index(value: Any, what: str, count: int) -> None:
+    """``value`` is one of the scenario's ``count`` phases (or regimes): 0 … count − 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise SpecTypeError(f"{what} must be an integer index, got {value!r}")
+    if not 0 <= value < count:
+        raise ShiftsimError(f"{what} {int(value)} is out of range: the scenario has {count} "
+                            f"{what}{'s' if count != 1 else ''} (0-{count - 1})")
 
 
 def _eval_index(scenario: Scenario, seed: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import shiftsim as ss
+from shiftsim import realtime
 from shiftsim.errors import ShiftsimError
 from shiftsim.shifts import shift_from_dict
 
@@ -619,3 +620,252 @@ def test_a_report_with_no_results_names_the_failure_not_a_pending_run(tmp_path, 
     assert err.startswith("error: no run of the study has results to report (")
     assert "first error: RuntimeError: this optimizer is broken on purpose" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+# -- metrics, plots, the stream, real-time costs, loaders, Avalanche: bad values are refused ---
+
+def _rows(**kw):
+    """run × phase recovery rows (what run_recovery reduces)."""
+    import pandas as pd
+
+    rows = pd.DataFrame({"run_id": "r", "phase": [1, 2, 3], "shifted": True,
+                         "recovery_steps": [4.0, 10.0, float("nan")],
+                         "recovery_samples": [40.0, 100.0, float("nan")],
+                         "censored": [False, False, True], "drop": 0.2, "deficit": 0.1})
+    return rows.assign(**kw)
+
+
+def _trace(**kw):
+    import pandas as pd
+
+    tr = pd.DataFrame({"run_id": "a", "optimizer": "sgdm", "step": range(40),
+                       "phase": [0] * 20 + [1] * 20, "n": 10, "correct": 5,
+                       "diag_x": np.linspace(0, 1, 40)})
+    return tr.assign(**kw)
+
+
+def _severity_rows(**kw):
+    import pandas as pd
+
+    d = pd.DataFrame({"optimizer": ["a"] * 4 + ["b"] * 4, "severity": [0.5, 0.5, 1, 1] * 2,
+                      "phase": 1, "recovery_steps": [3, 5, 8, np.nan, 2, 2, 4, 6],
+                      "censored": [False, False, False, True] + [False] * 4, "name": "p",
+                      "status": "ok", "online_acc": 0.5})
+    return d.assign(**kw)
+
+
+def _recovery_of(correct=(9, 9, 9, 2, 2, 2, 9, 9, 9, 9), chance=0.1):
+    import pandas as pd
+
+    tr = pd.DataFrame({"step": range(10), "phase": [0] * 3 + [1] * 7, "n": 10,
+                       "correct": list(correct)})
+    ph = pd.DataFrame({"phase": [0, 1], "ceiling": 1.0, "chance": chance})
+    return ss.metrics.recovery(tr, ph, window=1, onset=2, persistence=2)
+
+
+def _stream():
+    sc = ss.label_flip_tasks(D, rate=1.0, tasks=3, steps_per_task=3, batch_size=4)
+    return ss.stream.Stream(sc, seed=0, device="cpu")
+
+
+def _plot(name, *args, **kw):
+    import matplotlib.pyplot as plt
+
+    try:
+        return getattr(ss.plots, name)(*args, **kw)
+    finally:
+        plt.close("all")
+
+
+def _avalanche(**kw):
+    from shiftsim.integrations.avalanche import AvalancheLearner, reservoir_replay
+
+    return AvalancheLearner(reservoir_replay, optimizer="sgd", **kw)
+
+
+MORE_CASES = [
+    # censored / shifted flags: strings and missing values are refused, not read as True
+    ("censored as strings", lambda: ss.metrics.run_recovery(
+        _rows(censored=["False", "False", "True"])),
+     r"^rows column 'censored' must be True/False \(or 1/0\) for every run, got 'False'$"),
+    ("censored with a missing value", lambda: ss.metrics.run_recovery(
+        _rows(censored=[False, float("nan"), True])),
+     r"^rows column 'censored' must be True/False for every run, got a missing value$"),
+    ("censored yes/no", lambda: ss.metrics.median_interval([1, 2, 3], ["no", "no", "yes"]),
+     r"^censored must be True/False \(or 1/0\) for every run, got 'no'$"),
+    ("censored of 2", lambda: ss.metrics.median_recovery([1, 2, 3], [0, 2, 1]),
+     r"^censored must be True/False \(or 1/0\) for every run, got 2$"),
+    # impossible values
+    ("negative p-value", lambda: ss.metrics.holm([-0.1, 0.2]),
+     r"^p_values must be in \[0, 1\] \(NaN for a test not made\), got -0\.1$"),
+    ("p-value above 1", lambda: ss.metrics.holm([0.2, 1.5]), r"got 1\.5$"),
+    ("negative recovery time", lambda: ss.metrics.median_recovery([-1, 2, 3], [False] * 3),
+     r"^times must be recovery times \(>= 0, NaN for a run without one\), got -1\.0$"),
+    ("ragged accuracy matrix", lambda: ss.metrics.average_accuracy([[1.0], [0.5, 1.0]]),
+     r"^accuracy matrix must be a 2-D table of numbers \(phases × regimes, every row the same "
+     r"length\), got \[\[1\.0\], \[0\.5, 1\.0\]\]$"),
+    ("accuracy matrix of text", lambda: ss.metrics.backward_transfer("x"),
+     r"^accuracy matrix must be a 2-D table of numbers .*, got 'x'$"),
+    ("more correct than the batch", lambda: _recovery_of(correct=(9, 9, 9, 2, 2, 2, 50, 9, 9, 9)),
+     r"^trace has correct=50 with n=10 at step 6; correct counts the batch's correct "
+     r"predictions, so it must be in \[0, n\]$"),
+    ("negative correct count", lambda: _recovery_of(correct=(9, -1, 9, 2, 2, 2, 9, 9, 9, 9)),
+     r"^trace has correct=-1 with n=10 at step 1;"),
+    ("chance level above 1", lambda: _recovery_of(chance=5.0),
+     r"^phases has chance 5\.0 for phase 0; chance is an accuracy, so it must be in \[0, 1\] "
+     r"\(or NaN when unknown\)$"),
+    ("negative class weights", lambda: ss.metrics.max_average_accuracy(
+        [[0, 1], [1, 0]], ["x", "x"], [-1.0, 2.0]),
+     r"^max_average_accuracy: class_weights must be class counts or shares \(finite, >= 0, not "
+     r"all 0\), got \[-1\.0, 2\.0\]$"),
+    ("mean over a missing column", lambda: ss.metrics.mean_interval_by(_trace(), "nope",
+                                                                       ["optimizer"]),
+     r"^df is missing column\(s\) 'nope'; it has: 'run_id', 'optimizer'"),
+    ("mean over a text column", lambda: ss.metrics.mean_interval_by(_trace(), "run_id",
+                                                                    "optimizer"),
+     r"^mean_interval_by: column 'run_id' must hold numbers, got 'a'$"),
+    # the stream's phase and regime indexes
+    ("plan of a phase out of range", lambda: _stream().plan(5),
+     r"^phase 5 is out of range: the scenario has 3 phases \(0-2\)$"),
+    ("plan of a negative phase", lambda: _stream().plan(-1),
+     r"^phase -1 is out of range: the scenario has 3 phases \(0-2\)$"),
+    ("held-out set of a regime out of range", lambda: _stream().heldout(9),
+     r"^regime 9 is out of range: the scenario has 3 regimes \(0-2\)$"),
+    ("negative regime", lambda: _stream().regime(-1),
+     r"^regime -1 is out of range: the scenario has 3 regimes \(0-2\)$"),
+    ("phase index of the wrong type", lambda: _stream().plan("1"),
+     r"^phase must be an integer index, got '1'$"),
+    # figures: a blank or misleading figure, or a bare pandas error, never
+    ("stream figure of no rows", lambda: _plot("stream_accuracy", _trace().iloc[0:0]),
+     r"^stream_accuracy: no rows to plot \(the traces are empty\)$"),
+    ("recovery curves of no rows", lambda: _plot("recovery_curves", _trace().iloc[0:0]),
+     r"^recovery_curves: no rows to plot \(the traces are empty\)$"),
+    ("diagnostics of a missing column", lambda: _plot("diagnostics", _trace(), columns=["nope"]),
+     r"^diagnostics needs columns \['nope'\]; missing \['nope'\]"),
+    ("run figure of a frame", lambda: _plot("run_accuracy", _trace()),
+     r"^run_accuracy needs a RunResult \(what ss\.run returns\), got DataFrame; for traces in "
+     r"a DataFrame use plots\.stream_accuracy$"),
+    ("band of a missing column", lambda: ss.plots.mean_band(_trace(), "step", "nope",
+                                                            ["optimizer"]),
+     r"^df is missing column\(s\) 'nope'"),
+    ("severity curves of a text column", lambda: _plot("severity_curves", _severity_rows(),
+                                                       y="name"),
+     r"^severity_curves: column 'name' must hold numbers, got 'p'$"),
+    ("severity heatmap of a text column", lambda: _plot("severity_heatmap", _severity_rows(),
+                                                        value="status"),
+     r"^severity_heatmap: column 'status' must hold numbers, got 'ok'$"),
+    ("severity curves with censored as strings", lambda: _plot(
+        "severity_curves", _severity_rows(censored=["False"] * 8)),
+     r"^severity_curves: column 'censored' must be True/False \(or 1/0\) for every run, got "
+     r"'False'$"),
+    ("hue order naming nothing present", lambda: _plot("severity_curves", _severity_rows(),
+                                                       hue_order=["nope"]),
+     r"^hue_order \['nope'\] names no value of column 'optimizer'; present: 'a', 'b'$"),
+    ("stream hue order naming nothing present", lambda: _plot("stream_accuracy", _trace(),
+                                                              hue_order=["nope"]),
+     r"^hue_order \['nope'\] names no value of column 'optimizer'; present: 'sgdm'$"),
+    ("column order naming nothing present", lambda: _plot("stream_accuracy", _trace(),
+                                                          col="run_id", col_order=["z"]),
+     r"^col_order \['z'\] names no value of column 'run_id'; present: 'a'$"),
+    ("severity curves of no rows", lambda: _plot("severity_curves", _severity_rows().iloc[0:0]),
+     r"^severity_curves: no rows to plot \(the frame is empty\)$"),
+    ("severity heatmap of no rows", lambda: _plot("severity_heatmap",
+                                                  _severity_rows().iloc[0:0]),
+     r"^severity_heatmap: no rows to plot \(the frame is empty\)$"),
+    ("severity curves of no severity", lambda: _plot(
+        "severity_curves", _severity_rows(severity=np.nan)),
+     r"^severity_curves: no rows to plot \(none of the 8 rows has a value of 'severity' and a "
+     r"phase >= 1\)$"),
+    ("sensitivity of a study without tuning", lambda: _plot("sensitivity", __import__(
+        "pandas").DataFrame()),
+     r"^no tuning curves: the study has no tuning stage \(Study\(\.\.\., "
+     r"tuning=Tuning\(\.\.\.\)\)\)$"),
+    # real-time costs
+    ("no costs", lambda: realtime.relative_costs([]),
+     r"^relative_costs needs at least one cost, got none$"),
+    ("zero cost", lambda: realtime.relative_costs([0, 1]),
+     r"^costs\[0\] must be a positive, finite number \(a learner's cost per step\), got 0$"),
+    ("negative cost", lambda: realtime.relative_costs([2, -1]),
+     r"^costs\[1\] must be a positive, finite number .*, got -1$"),
+    # loaders
+    ("negative digits seed", lambda: ss.data.digits(seed=-1),
+     r"^seed must be a non-negative integer, got -1$"),
+    ("digits seed numpy cannot take", lambda: ss.data.digits(seed=2**32),
+     r"^seed must be a non-negative integer below 2\*\*32, got 4294967296$"),
+    ("negative synthetic seed", lambda: ss.data.synthetic(seed=-1),
+     r"^seed must be a non-negative integer, got -1$"),
+    ("negative split seed", lambda: ss.data.from_numpy(np.zeros((10, 2), np.float32),
+                                                       np.arange(10) % 2, seed=-3),
+     r"^seed must be a non-negative integer, got -3$"),
+    ("object array of text as inputs", lambda: ss.data.from_numpy(
+        np.array([[1, "a"]] * 10, dtype=object), np.arange(10) % 2),
+     r"^x_train must hold real numbers, got 'a' of type str \(a numpy array of dtype object\)$"),
+    ("complex inputs", lambda: ss.data.from_numpy(np.ones((10, 2), complex), np.arange(10) % 2),
+     r"^x_train must hold real numbers, got \(1\+0j\) of type complex"),
+    ("unknown key in a dataset source", lambda: ss.data.load({"loader": "digits", "foo": 1}),
+     r"^unknown key 'foo' in a 'digits' dataset source; allowed: 'loader', 'test_fraction', "
+     r"'seed'$"),
+    # Avalanche replay sizes: refused when the learner is made, not inside Avalanche
+    ("fractional replay memory", lambda: _avalanche(mem_size=2.5),
+     r"^mem_size must be a non-negative integer, got 2\.5$"),
+    ("negative replay memory", lambda: _avalanche(mem_size=-5),
+     r"^mem_size must be a non-negative integer, got -5$"),
+    ("zero replayed samples per step", lambda: _avalanche(batch_size_mem=0),
+     r"^batch_size_mem must be a positive integer or None, got 0$"),
+]
+
+
+@pytest.mark.parametrize("make,pattern", [c[1:] for c in MORE_CASES],
+                         ids=[c[0] for c in MORE_CASES])
+def test_bad_values_for_metrics_plots_and_loaders_raise_a_clear_error(make, pattern):
+    with pytest.raises(ShiftsimError, match=pattern):
+        make()
+
+
+def test_what_the_value_checks_still_accept():
+    import matplotlib
+    import pandas as pd
+
+    # a single column name is one column, not its letters
+    rows = pd.DataFrame({"scenario": "s", "optimizer": ["a", "a", "b", "b"],
+                         "phase": 1, "plateau": [0.8, 0.9, 0.6, 0.7], "ceiling": 0.8})
+    assert ss.metrics.common_reference(rows, by="scenario").equals(
+        ss.metrics.common_reference(rows, by=["scenario"]))
+    assert ss.metrics.run_recovery(_rows(), by="run_id").equals(
+        ss.metrics.run_recovery(_rows(), by=["run_id"]))
+    tr = _trace()
+    assert ss.plots.mean_band(tr, "step", "correct", by="optimizer").equals(
+        ss.plots.mean_band(tr, "step", "correct", ["optimizer"]))
+    # censored flags as booleans, 1/0 and pandas' nullable booleans
+    assert ss.metrics.median_recovery([3, 5, np.nan], [0, 0, 1]) == 5.0
+    assert ss.metrics.median_recovery([3, 5, np.nan], [0.0, 0.0, 1.0]) == 5.0
+    assert ss.metrics.median_recovery(
+        [3, 5, np.nan], pd.array([False, False, True], dtype="boolean")) == 5.0
+    assert ss.metrics.run_recovery(_rows(censored=[0, 0, 1]))["censored_shifts"].tolist() == [1]
+    # paired differences of recovery times may be negative (reports take their median)
+    assert ss.metrics.median_interval([-3.0, -1.0, 2.0], [False] * 3)[0] == -1.0
+    # a zero class weight (a class absent from the held-out set) and NaN p-values
+    assert ss.metrics.max_average_accuracy([[0, 1], [1, 0]], ["x", "y"], [0, 3]) == 1.0
+    assert np.isnan(ss.metrics.holm([np.nan, 0.0, 1.0])[0])
+    # a palette without every line's name: the others get default colours it does not use
+    fig = ss.plots.stream_accuracy(tr.assign(optimizer=["a"] * 20 + ["b"] * 20,
+                                             run_id=["a"] * 20 + ["b"] * 20),
+                                   palette={"a": "#0072B2"})
+    colours = {line.get_label(): matplotlib.colors.to_hex(line.get_color())
+               for line in fig.axes[0].get_lines() if line.get_label() in ("a", "b")}
+    assert colours == {"a": "#0072b2", "b": "#e69f00"}
+    matplotlib.pyplot.close(fig)
+    # an empty frame drawn into a panel of a larger figure (a report's recovery panel in a
+    # study without shifts): the panel says so
+    fig, axes = matplotlib.pyplot.subplots(1, 2)
+    ss.plots.severity_heatmap(_severity_rows().iloc[0:0], value="recovery_steps", ax=axes[0])
+    ss.plots.severity_curves(_severity_rows().iloc[0:0], ax=axes[1])
+    assert [[t.get_text() for t in ax.texts] for ax in axes] == [["no values to plot"]] * 2
+    matplotlib.pyplot.close(fig)
+    # an infinite cost: the limit of slower learners, trains on the first batch only
+    assert realtime.train_schedule(float("inf"), 3).tolist() == [True, False, False]
+    # numbers in an object array are numbers
+    ds = ss.data.from_numpy(np.array([[1, 2.5]] * 10, dtype=object), np.arange(10) % 2)
+    assert ds.x_train.dtype == torch.float32
+    # an integral replay size given as a float is that integer
+    assert _avalanche(mem_size=20.0).strategy_kwargs == {"mem_size": 20}

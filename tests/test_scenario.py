@@ -108,3 +108,16 @@ def test_a_phase_out_of_range_is_named():
                                r"scenario 'flip-permute-1' has 3 phases \(0-2\)$"):
                 call(bad)
     assert sc.shift_kind(2) == "LabelFlip(permute)" and sc.has_shift(np.int64(1))
+
+
+def test_views_of_what_is_no_scenario_is_refused():
+    from shiftsim.errors import SpecTypeError
+    from shiftsim.study import views
+
+    with pytest.raises(SpecTypeError, match=r"^views needs a scenario, a list of scenarios "
+                                               r"or a dict name -> scenario, got 'x'$"):
+        views("x")
+    with pytest.raises(SpecTypeError, match=r"^views needs scenarios, got 3$"):
+        views([3])
+    with pytest.raises(ss.ShiftsimError, match=r"^views needs at least one scenario"):
+        views({})

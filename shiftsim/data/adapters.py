@@ -184,6 +184,7 @@ def from_dataset(train: Any, test: Any = None, *, classes: Sequence[str] | None 
         test_fraction, seed: the held-out fraction (when there is no ``test``) and the seed of
             the subsets and the split.
     """
+    check_range(seed, "seed", 0, integer=True)
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if size is not None:
@@ -315,6 +316,7 @@ def cifar10(root: str | os.PathLike | None = None, train_size: int | None = None
     batch files themselves. Default: ``$SHIFTSIM_CIFAR10``. ``train_size`` / ``test_size``
     take a seeded random subset (the full training set is 600 MB as float32).
     """
+    check_range(seed, "seed", 0, integer=True)
     root_p = Path(root if root is not None else os.environ.get("SHIFTSIM_CIFAR10", ".")
                   ).expanduser()
     folder = _cifar_folder(root_p)

@@ -23,7 +23,7 @@ def _as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         t = value.detach()
     elif isinstance(value, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(value))
+        t = torch.from_numpy(np.ascontiguousarray(_real_array(value, name)))
     else:
         raise SpecTypeError(f"{name} must be a torch tensor or a numpy array, got "
                             f"{type(value).__name__}")
@@ -34,6 +34,25 @@ def _as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
         elif t.dtype == torch.bool:
             raise SpecTypeError(f"{name} must hold integer class labels, got booleans")
     return t.to(dtype).contiguous()
+
+
+def _real_array(value: np.ndarray, name: str) -> np.ndarray:
+    """A numpy array torch can take: numbers (booleans, integers, floats). Numbers held in an
+    object array become float64; text, complex numbers and other objects are refused."""
+    if value.dtype.kind in "biuf":
+        return value
+    import numbers
+
+    if value.dtype.kind == "O":
+        flat = value.ravel()
+        bad = next((v for v in flat if not isinstance(v, numbers.Real)), None)
+        if bad is None:
+            return value.astype(np.float64)
+    else:
+        bad = value.ravel()[0] if value.size else None
+    shown = bad.item() if isinstance(bad, np.generic) else bad
+    raise SpecTypeError(f"{name} must hold real numbers, got {shown!r} of type "
+                        f"{type(shown).__name__} (a numpy array of dtype {value.dtype})")
 
 
 def _named(value: Any) -> bool:
@@ -126,6 +145,7 @@ def from_tensors(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = N
     >>> ds.classes, ds.num_classes
     (('ant', 'cat', 'dog'), 3)
     """
+    check_range(seed, "seed", 0, integer=True)
     if _named(y_train) or _named(y_test):
         y_train, y_test, classes = _encode_names(y_train, y_test, classes)
     y_train, y_test = _plain_labels(y_train), _plain_labels(y_test)

@@ -8,6 +8,7 @@ image files from :mod:`shiftsim.data.adapters`.
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot")
 
 _CACHE: dict[tuple, Dataset] = {}
+
+
+def _check_seed(seed: object, below: int | None = None) -> int:
+    """A loader's ``seed``: a non-negative integer (numpy's generators also need it below
+    2**32)."""
+    value = int(check_range(seed, "seed", 0, integer=True))
+    if below is not None and value >= below:
+        raise ShiftsimError(f"seed must be a non-negative integer below 2**32, got {seed!r}")
+    return value
 
 
 def _cached(key: tuple, build) -> Dataset:
@@ -67,6 +77,7 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     ((1, 8, 8), 1437, 360, 1.0)
     """
     check_range(test_fraction, "test_fraction", 0, 1, low_open=True, high_open=True)
+    seed = _check_seed(seed, 2**32)  # scikit-learn's random_state
 
     def build() -> Dataset:
         images, target = _digits_arrays()
@@ -122,6 +133,7 @@ def fashion_mnist(root: str | os.PathLike | None = None, train_size: int | None 
     fashion-mnist``); a torchvision download folder (``root/FashionMNIST/raw``) works too.
     ``train_size`` / ``test_size`` take a seeded, stratified-by-chance subset for quick studies.
     """
+    seed = _check_seed(seed)
     root_path = Path(root if root is not None else
                      os.environ.get("SHIFTSIM_FASHION_MNIST", FASHION_MNIST_ROOT))
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -163,6 +175,7 @@ def mnist1d(num_samples: int = 5000, train_split: float = 0.8, seed: int = 42) -
     """
     check_range(num_samples, "num_samples", 20, None, integer=True)
     check_range(train_split, "train_split", 0, 1, low_open=True, high_open=True)
+    seed = _check_seed(seed, 2**32)  # numpy's seed
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
@@ -205,6 +218,7 @@ def synthetic(n: int = 2000, dim: int = 20, classes: int = 4, difficulty: float 
     check_range(classes, "classes", 2, None, integer=True)
     check_range(difficulty, "difficulty", 0, None)
     check_range(test_fraction, "test_fraction", 0, 1, low_open=True, high_open=True)
+    seed = _check_seed(seed)
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=g)
     centres = centres / centres.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -233,7 +247,13 @@ def load(source: dict[str, Any]) -> Dataset:
         raise SpecTypeError(f"a dataset source must be a dict with a 'loader', got {source!r}")
     kwargs = {k: v for k, v in source.items() if k != "loader"}
     loader = source["loader"]
-    if loader not in LOADERS:
+    if not isinstance(loader, str) or loader not in LOADERS:
         raise ShiftsimError(f"cannot rebuild dataset from loader {loader!r}; datasets built from "
                             f"tensors must be passed as objects; loaders: {', '.join(LOADERS)}")
+    keys = list(inspect.signature(LOADERS[loader]).parameters)
+    unknown = [k for k in kwargs if k not in keys]
+    if unknown:
+        listed = ", ".join(repr(k) for k in ["loader", *keys])
+        raise ShiftsimError(f"unknown key {unknown[0]!r} in a {loader!r} dataset source; "
+                            f"allowed: {listed}")
     return LOADERS[loader](**kwargs)

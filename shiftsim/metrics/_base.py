@@ -75,6 +75,29 @@ def _phase_table(phases: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return tab.sort_index()
 
 
+#: the phase plan's columns that are accuracies (shares of a batch), so within [0, 1]
+LEVEL_COLUMNS = ("chance", "chance_true", "ceiling")
+
+
+def _check_levels(tab: pd.DataFrame) -> None:
+    """The plan's chance levels and ceilings are in [0, 1] (NaN: unknown) where it has them."""
+    for col in LEVEL_COLUMNS:
+        if col not in tab.columns:
+            continue
+        try:
+            v = tab[col].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SpecTypeError(f"phases column {col!r} must be numbers in [0, 1], got "
+                                f"{tab[col].tolist()!r}") from None
+        bad = (v < 0) | (v > 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            k = _py(tab.index[i])
+            raise ShiftsimError(f"phases has {col} {float(v[i])!r} for phase {k!r}; {col} "
+                                "is an accuracy, so it must be in [0, 1] (or NaN when "
+                                "unknown)")
+
+
 def _check_known(present: Sequence[int], tab: pd.DataFrame | Sequence[int], what: str) -> None:
     """Every phase in ``present`` is one of the plan's (a phase table's index, or a list)."""
     known = tab.index.tolist() if isinstance(tab, pd.DataFrame) else list(tab)
@@ -132,10 +155,65 @@ def _float_array(values: ArrayLike, name: str) -> np.ndarray:
 
 
 def _bool_array(values: ArrayLike, name: str) -> np.ndarray:
-    s = pd.Series(np.asarray(values).reshape(-1))
-    if s.isna().any():
+    """True/False per run: booleans (numpy, pandas' nullable ``boolean`` without missing values,
+    Python) or the numbers 0 and 1; anything else (a string such as ``"False"``, which
+    ``bool()`` would call true, a missing value, 2) is refused, never guessed."""
+    a = np.asarray(values).reshape(-1)
+    if a.dtype == bool:
+        return a
+    if pd.Series(a, dtype=object).isna().any():
         raise ShiftsimError(f"{name} must be True/False for every run, got a missing value")
-    return s.astype(bool).to_numpy()
+    if a.dtype.kind in "iuf":
+        bad = ~np.isin(a, (0, 1))
+    elif a.dtype.kind == "O":
+        bad = np.array([not (isinstance(v, (bool, np.bool_)) or (
+            isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)))
+            for v in a.tolist()], dtype=bool)
+    else:
+        bad = np.ones(a.shape, dtype=bool)
+    if bad.any():
+        raise SpecTypeError(f"{name} must be True/False (or 1/0) for every run, got "
+                            f"{a[bad].tolist()[0]!r}")
+    return a.astype(bool)
+
+
+def _py(value: Any) -> Any:
+    """A numpy scalar as the Python value (for messages: ``5``, not ``np.int64(5)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _column_names(value: Any, name: str) -> list[Any]:
+    """A ``by``-style argument as a list of column names: a single name (a string) is one
+    column, not a list of its letters."""
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise SpecTypeError(f"{name} must be a column name or a list of column names, got "
+                            f"{value!r}") from None
+
+
+def _check_counts(trace: pd.DataFrame, what: str = "trace") -> None:
+    """Every row's ``correct`` (and ``correct_true``) is a count in [0, n], n ≥ 0 (vectorised;
+    NaN is left to the metrics)."""
+    n = trace["n"].to_numpy()
+    for col in ("correct", "correct_true"):
+        if col not in trace.columns:
+            continue
+        c = trace[col].to_numpy()
+        try:
+            bad = (c < 0) | (c > n) | (n < 0)
+        except TypeError:
+            raise SpecTypeError(f"{what} columns n and {col} must be numbers, got "
+                                f"{trace[col].dtype} and {trace['n'].dtype}") from None
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            step = _py(trace["step"].iloc[i]) if "step" in trace.columns else i
+            raise ShiftsimError(f"{what} has {col}={_py(c[i])!r} with n={_py(n[i])!r} at step "
+                                f"{step!r}; "
+                                f"{col} counts the batch's correct predictions, so it must be "
+                                "in [0, n]")
 
 
 def _check_level(level: float) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..errors import ShiftsimError
+from ..errors import ShiftsimError, SpecTypeError
 from ._base import _check_known, _float_array, _has_rows, _phase_table
 
 __all__ = ["accuracy_matrix", "anytime_accuracy", "average_accuracy", "backward_transfer",
@@ -75,7 +75,11 @@ def _layout(R: pd.DataFrame | ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
     """(A, first_end, final) of an accuracy matrix: a DataFrame from :func:`accuracy_matrix`
     carries its layout; any other (square) matrix is one regime per phase."""
     attrs = getattr(R, "attrs", None) or {}
-    A = np.asarray(R.to_numpy() if isinstance(R, pd.DataFrame) else R, dtype=np.float64)
+    try:
+        A = np.asarray(R.to_numpy() if isinstance(R, pd.DataFrame) else R, dtype=np.float64)
+    except (TypeError, ValueError):  # text, rows of different lengths
+        raise SpecTypeError(f"accuracy matrix must be a 2-D table of numbers (phases × regimes, "
+                            f"every row the same length), got {R!r}") from None
     if A.ndim != 2:
         raise ShiftsimError(f"accuracy matrix must be 2-D (phases × regimes), got shape "
                             f"{A.shape}")
@@ -158,8 +162,8 @@ def max_average_accuracy(label_maps: Sequence[ArrayLike], groups: Sequence[Any],
     ``label_maps[j]``: regime j's held-out label per original class; ``groups[j]``: a key of
     its inputs (regimes with the same key show the classifier the same inputs, so it must give
     them one answer; regimes with different inputs, e.g. another rotation, can be told apart);
-    ``class_weights``: the held-out class counts or shares. Per group and class the best answer
-    is the label most of the group's regimes agree on:
+    ``class_weights``: the held-out class counts or shares (finite, ≥ 0, not all 0). Per group
+    and class the best answer is the label most of the group's regimes agree on:
     max ACC = (1/J) Σ_groups Σ_c w_c · max_ℓ #{j in group : map_j(c) = ℓ}.
 
     >>> ident, perm = [0, 1, 2], [1, 2, 0]
@@ -175,9 +179,13 @@ def max_average_accuracy(label_maps: Sequence[ArrayLike], groups: Sequence[Any],
         raise ShiftsimError(f"max_average_accuracy: {len(maps)} label maps but {len(groups)} "
                             "group keys")
     w = _float_array(class_weights, "class_weights")
-    if w.size != maps[0].size or any(m.size != w.size for m in maps) or w.sum() <= 0:
-        raise ShiftsimError("max_average_accuracy: every label map needs one label per class "
-                            "and the class weights must match them and be positive")
+    if w.size != maps[0].size or any(m.size != w.size for m in maps):
+        raise ShiftsimError(f"max_average_accuracy: every label map needs one label per class "
+                            f"and the class weights must match them, got {w.size} weights and "
+                            f"label maps of {sorted({m.size for m in maps})} labels")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ShiftsimError(f"max_average_accuracy: class_weights must be class counts or "
+                            f"shares (finite, >= 0, not all 0), got {w.tolist()}")
     w = w / w.sum()
     total = 0.0
     for key in dict.fromkeys(groups):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import check_range
-from ._base import _check_frame, _labels_column, _ordered, _ratio, _trailing
+from ._base import _check_frame, _column_names, _labels_column, _ordered, _ratio, _trailing
 
 __all__ = ["online_accuracy", "phase_online_accuracy", "trailing_accuracy",
            "trailing_accuracy_by"]
@@ -90,10 +90,11 @@ def trailing_accuracy_by(traces: pd.DataFrame, window: int = 20,
                          ) -> np.ndarray:
     """:func:`trailing_accuracy` of many runs at once, aligned with the rows of ``traces``.
 
-    ``by`` names the columns that identify a run (absent ones are ignored); within each run
-    and phase the rows are taken in step order and ā_t is Σ correct / Σ n over the last
-    ``window`` of them. Vectorised: one sort and one pass of cumulative sums, no Python loop
-    over runs (what figures of whole studies need). Rows with a missing run key get NaN.
+    ``by`` names the columns that identify a run (a name or a list of names; absent ones are
+    ignored); within each run and phase the rows are taken in step order and ā_t is
+    Σ correct / Σ n over the last ``window`` of them. Vectorised: one sort and one pass of
+    cumulative sums, no Python loop over runs (what figures of whole studies need). Rows with
+    a missing run key get NaN.
 
     >>> tr = pd.DataFrame({"run_id": ["a"] * 3 + ["b"] * 3, "step": [0, 1, 2] * 2,
     ...                    "phase": [0, 0, 1] * 2, "n": 10, "correct": [2, 4, 9, 6, 8, 1]})
@@ -103,7 +104,7 @@ def trailing_accuracy_by(traces: pd.DataFrame, window: int = 20,
     col = _labels_column(labels)
     _check_frame(traces, "traces", ["step", "phase", "n", col])
     window = check_range(window, "window", 1, integer=True)
-    keys = [c for c in by if c in traces.columns] + ["phase"]
+    keys = [c for c in _column_names(by, "by") if c in traces.columns] + ["phase"]
     frame = traces[[*keys, "step"]].reset_index(drop=True)
     order = frame.sort_values([*keys, "step"], kind="stable").index.to_numpy()
     segment = frame.groupby(keys, sort=False).ngroup().to_numpy()[order]

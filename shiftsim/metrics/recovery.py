@@ -14,8 +14,12 @@ import pandas as pd
 
 from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
 from ._base import (
+    _bool_array,
+    _check_counts,
     _check_frame,
     _check_known,
+    _check_levels,
+    _column_names,
     _ordered,
     _phase_bounds,
     _phase_table,
@@ -326,7 +330,9 @@ def recovery_records(trace: pd.DataFrame, phases: pd.DataFrame, **options: Any
     gather the rows of many runs into one frame (a study's common-reference recompute)."""
     _check_unknown_options(options)
     _check_frame(trace, "trace", ["step", "phase", "n", "correct"])
+    _check_counts(trace)
     tab = _phase_table(phases, ["ceiling"])
+    _check_levels(tab)
     opts = _recovery_options(options)
     ordered, _ = _ordered(trace)
     return _records(ordered["n"].to_numpy(), ordered["phase"].to_numpy(), _corrects(ordered),
@@ -413,7 +419,7 @@ def common_reference(rows: pd.DataFrame, by: Sequence[str] = ("scenario",),
     >>> common_reference(rows)[["scenario", "phase", "reference"]].values.tolist()
     [['s', 1, 0.8]]
     """
-    by = list(by)
+    by = _column_names(by, "by")
     _check_frame(rows, "rows", [*by, optimizer, "phase", "plateau", "ceiling"])
     keys = [*by, "phase"]
     cols = ["plateau"] + (["plateau_true"] if "plateau_true" in rows.columns else [])
@@ -450,22 +456,24 @@ def run_recovery(rows: pd.DataFrame, by: Sequence[str] = ("run_id",), suffix: st
     >>> run_recovery(kinds)[["shift_kind", "recovery_steps", "censored"]].values.tolist()
     [['Rotate', nan, True], ['LabelFlip(permute)', 10.0, False]]
     """
-    by = list(by)
+    by = _column_names(by, "by")
     cols = [f"{c}{suffix}" for c in ("recovery_steps", "recovery_samples", "censored", "drop",
                                      "deficit")]
     _check_frame(rows, "rows", [*by, "phase", *cols])
     sub = rows
     if "shifted" in rows.columns:
-        sub = rows[rows["shifted"].astype(bool)]
+        sub = rows[_bool_array(rows["shifted"], "rows column 'shifted'")]
     kind = ["shift_kind"] if "shift_kind" in rows.columns and "shift_kind" not in by else []
     if kind:
         sub = sub.assign(shift_kind=sub["shift_kind"].fillna("").astype(str))
     rec, sam, cen, drop, deficit = cols
-    cens = sub[cen].astype(bool)
+    # True/False (or 1/0) on every shifted row: a string "False" is not censored
+    sub = sub.assign(**{cen: _bool_array(sub[cen], f"rows column {cen!r}")})
+    cens = sub[cen]
     sub = sub[cens | sub[rec].notna()].assign(
-        _t=lambda d: np.where(d[cen].astype(bool), np.inf, d[rec]),
-        _s=lambda d: np.where(d[cen].astype(bool), np.inf, d[sam]),
-        _c=lambda d: d[cen].astype(bool).astype(np.int64))
+        _t=lambda d: np.where(d[cen], np.inf, d[rec]),
+        _s=lambda d: np.where(d[cen], np.inf, d[sam]),
+        _c=lambda d: d[cen].astype(np.int64))
     g = sub.groupby([*by, *kind], sort=False)
     out = pd.DataFrame({"_t": g["_t"].median(), "_s": g["_s"].median(),
                         "censored_shifts": g["_c"].sum(), "shifts": g.size(),

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..errors import ShiftsimError, allowed, check_range
-from ._base import _bool_array, _check_level, _float_array
+from ..errors import ShiftsimError, SpecTypeError, allowed, check_range
+from ._base import _bool_array, _check_frame, _check_level, _column_names, _float_array
 
 __all__ = ["INTERVAL_METHODS", "PAIRED_TESTS", "censored_fraction", "holm", "mean_interval",
            "mean_interval_by", "median_interval", "median_recovery", "paired_difference",
@@ -69,14 +69,29 @@ def mean_interval_by(df: pd.DataFrame, value: str, by: Sequence[str], level: flo
                      ) -> pd.DataFrame:
     """:func:`mean_interval` (Student t) of ``value`` in every group of ``by``, in one grouped
     pass: columns ``by``, ``mean``, ``std``, ``count``, ``low``, ``high`` (NaN bounds where a
-    group has one row; NaN values are left out), groups sorted.
+    group has one row; NaN values are left out), groups sorted. ``by`` is a column name or a
+    list of them; ``value`` must be a numeric column.
 
     >>> d = pd.DataFrame({"opt": ["a", "a", "a", "b"], "acc": [1.0, 2.0, 3.0, 0.5]})
     >>> mean_interval_by(d, "acc", ["opt"])[["opt", "mean", "count", "low"]].values.tolist()
     [['a', 2.0, 3, -0.484], ['b', 0.5, 1, nan]]
     """
     level = _check_level(level)
-    out = df.groupby(list(by), sort=True)[value].agg(["mean", "std", "count"]).reset_index()
+    by = _column_names(by, "by")
+    _check_frame(df, "df", [*by, value])
+    if not pd.api.types.is_numeric_dtype(df[value]):  # e.g. numbers in an object column
+        column = df[value]
+        try:
+            numbers = pd.to_numeric(column, errors="coerce")
+            bad = column.notna() & numbers.isna()
+        except (TypeError, ValueError):  # lists, dicts ...
+            numbers, bad = column, column.notna()
+        if bad.any():
+            raise SpecTypeError(f"mean_interval_by: column {value!r} must hold numbers, got "
+                                f"{column[bad].iloc[0]!r}")
+        df = df.copy()
+        df[value] = numbers
+    out = df.groupby(by, sort=True)[value].agg(["mean", "std", "count"]).reset_index()
     half = np.where(out["count"] > 1, _t_half_width(out["std"], out["count"], level), np.nan)
     out["low"], out["high"] = out["mean"] - half, out["mean"] + half
     return out
@@ -89,7 +104,8 @@ def median_recovery(times: ArrayLike, censored: ArrayLike) -> float:
     is finite exactly when fewer than half of the runs are censored; when half or more are
     censored the median is undefined and NaN is returned (never +inf, never a mean that drops the
     censored runs). A run with a NaN time that is not censored (phase never reached, e.g. the run
-    diverged earlier) has no recovery time and is left out. NaN when no run is left.
+    diverged earlier) has no recovery time and is left out. NaN when no run is left. Times are
+    steps or samples, so never negative; ``censored`` is True/False (or 1/0) per run.
 
     >>> median_recovery([3, 5, float("nan")], [False, False, True])  # 3, 5, inf
     5.0
@@ -101,6 +117,15 @@ def median_recovery(times: ArrayLike, censored: ArrayLike) -> float:
     if t.shape != c.shape:
         raise ShiftsimError(f"times and censored must have the same length, got {t.size} "
                             f"and {c.size}")
+    if np.any(t < 0):
+        raise ShiftsimError(f"times must be recovery times (>= 0, NaN for a run without one), "
+                            f"got {float(t[t < 0][0])!r}")
+    return _median_recovery(t, c)
+
+
+def _median_recovery(t: np.ndarray, c: np.ndarray) -> float:
+    """:func:`median_recovery` of checked arrays (any real ``t``: :func:`median_interval` takes
+    differences too)."""
     observed = c | ~np.isnan(t)
     t = np.where(c, np.inf, t)[observed]
     if t.size == 0 or 2 * int(c[observed].sum()) >= t.size:
@@ -166,6 +191,8 @@ def median_interval(times: ArrayLike, censored: ArrayLike, level: float = 0.95, 
     resample whose median is undefined counts as +inf, so ``high`` is +inf when more than
     (1 − level)/2 of the resamples have half or more censored runs. NaN interval with fewer than
     two runs. Runs with a NaN time that are not censored (never reached the shift) are left out.
+    ``censored`` is True/False (or 1/0) per run. ``times`` may be any real numbers: reports
+    take the median of paired differences of recovery times (with nothing censored) too.
 
     >>> med, low, high = median_interval([4, 6, 5, 7, 30], [False] * 5)
     >>> med, low <= med <= high
@@ -180,7 +207,7 @@ def median_interval(times: ArrayLike, censored: ArrayLike, level: float = 0.95, 
     if t.shape != c.shape:
         raise ShiftsimError(f"times and censored must have the same length, got {t.size} "
                             f"and {c.size}")
-    med = median_recovery(t, c)
+    med = _median_recovery(t, c)
     keep = c | ~np.isnan(t)
     x = np.where(c, np.inf, t)[keep]
     if x.size < 2:
@@ -271,12 +298,17 @@ def holm(p_values: ArrayLike) -> np.ndarray:
 
     Sorted ascending, p_(i) is multiplied by (m − i + 1), made non-decreasing, capped at 1; a
     test is rejected at level α when its adjusted p-value is ≤ α. NaN p-values (tests that
-    could not be made) are not counted in m and stay NaN.
+    could not be made) are not counted in m and stay NaN; every other p-value must be in
+    [0, 1].
 
     >>> holm([0.01, 0.04, 0.03, float("nan")]).round(3).tolist()
     [0.03, 0.06, 0.06, nan]
     """
     p = _float_array(p_values, "p_values")
+    bad = (p < 0) | (p > 1)
+    if bad.any():
+        raise ShiftsimError(f"p_values must be in [0, 1] (NaN for a test not made), got "
+                            f"{float(p[bad][0])!r}")
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
     if ok.size == 0:

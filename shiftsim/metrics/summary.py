@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import allowed
-from ._base import _check_frame, _ordered, _phase_table, _ratio
+from ._base import _check_counts, _check_frame, _check_levels, _ordered, _phase_table, _ratio
 from .heldout import (
     accuracy_matrix,
     anytime_accuracy,
@@ -72,7 +72,9 @@ def summarize(trace: pd.DataFrame, phases: pd.DataFrame, evals: pd.DataFrame | N
     if unknown:
         raise allowed(unknown[0], "summarize option", RECOVERY_OPTIONS)
     _check_frame(trace, "trace", ["step", "phase", "n", "correct", "correct_true", "loss"])
+    _check_counts(trace)
     tab = _phase_table(phases, ["name", "start", "steps", "ceiling"])
+    _check_levels(tab)
     opts = _check_recovery_options(
         recovery_kwargs.get("window", 20), recovery_kwargs.get("q", 0.9),
         recovery_kwargs.get("reference", "plateau"), recovery_kwargs.get("reference_true"),

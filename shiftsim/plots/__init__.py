@@ -3,9 +3,16 @@
 Every function takes DataFrames as :func:`shiftsim.store.load` gives them (``results.runs``,
 ``results.phases``, ``results.evals``, ``results.traces()``) or as a
 :class:`~shiftsim.engine.RunResult` gives them with a few label columns added, and returns a
-matplotlib Figure; nothing is drawn to the screen or saved. Colours are colour-blind safe and
-fixed per optimizer across figures (:func:`optimizer_palette`); pass the same ``palette`` to every
-figure of a report to keep them consistent.
+matplotlib Figure. Nothing is saved; the figure is made with pyplot and returned open, so a
+notebook's inline backend shows it and it holds its memory until closed: close each figure when
+done with it (``plt.close(fig)``). Colours are colour-blind safe and fixed per optimizer across
+figures (:func:`optimizer_palette`); pass the same ``palette`` to every figure of a report to
+keep them consistent (a ``palette`` that lacks a line's name gives it a default colour that the
+palette does not use).
+
+Bad input is refused with a one-line error rather than drawn as a blank or misleading figure:
+missing or non-numeric columns, a frame with no rows, a ``hue_order`` or ``col_order`` that
+names no value present.
 
 Intervals are Student-t intervals over seeds (:func:`mean_band`,
 :func:`shiftsim.metrics.mean_interval`), never bootstraps over thousands of points, so a figure of

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..errors import ShiftsimError  # noqa: E402
+from ..errors import ShiftsimError, SpecTypeError  # noqa: E402
 from ..metrics.names import NAMES, format_severity  # noqa: E402
 
 #: Okabe & Ito's colour-blind-safe palette (Wong 2011, Nature Methods 8:441), most distinct first
@@ -63,12 +63,58 @@ def optimizer_palette(names: Sequence[str]) -> dict[str, Any]:
     >>> len(set(optimizer_palette([f"o{i}" for i in range(12)]).values()))
     12
     """
-    import seaborn as sns
-
-    colours = list(OKABE_ITO) + [matplotlib.colors.to_hex(c)
-                                 for c in sns.color_palette("dark", 10)]
+    colours = _colours()
     unique = list(dict.fromkeys(map(str, names)))
     return {name: colours[i % len(colours)] for i, name in enumerate(unique)}
+
+
+def _colours() -> list[str]:
+    """The colours :func:`optimizer_palette` hands out, in order."""
+    import seaborn as sns
+
+    return list(OKABE_ITO) + [matplotlib.colors.to_hex(c) for c in sns.color_palette("dark", 10)]
+
+
+def _palette(palette: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The colour of every line name: ``palette`` (keys compared as strings) where it has one;
+    a name it lacks gets the first default colour (:func:`optimizer_palette`'s order) that
+    ``palette`` does not use. No ``palette``: :func:`optimizer_palette`."""
+    if palette is None:
+        return optimizer_palette(names)
+    if not isinstance(palette, Mapping):
+        raise SpecTypeError(f"palette must be a dict name -> colour, got {palette!r}")
+    out = {str(k): v for k, v in palette.items()}
+    missing = [str(n) for n in names if str(n) not in out]
+    if missing:
+        used = set()
+        for v in out.values():
+            try:
+                used.add(matplotlib.colors.to_hex(v))
+            except ValueError:  # not a colour: matplotlib says so when it draws
+                pass
+        spare = [c for c in _colours() if matplotlib.colors.to_hex(c) not in used] or _colours()
+        out.update({n: spare[i % len(spare)] for i, n in enumerate(missing)})
+    return out
+
+
+def _no_rows(df: pd.DataFrame, what: str, why: str = "the frame is empty") -> None:
+    """Refuse an empty frame: a figure of nothing would be blank, silently."""
+    if len(df) == 0:
+        raise ShiftsimError(f"{what}: no rows to plot ({why})")
+
+
+def _numeric(df: pd.DataFrame, column: str, what: str) -> pd.Series:
+    """``df[column]`` as numbers (numbers stored as objects are converted); a column of text
+    such as names or statuses is refused, naming a value."""
+    values = df[column]
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values.notna() & numbers.isna()
+    if bad.any():
+        raise SpecTypeError(f"{what}: column {column!r} must hold numbers, got "
+                            f"{values[bad].iloc[0]!r}")
+    return numbers
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -91,12 +137,17 @@ def _one_run(df: Any, hue: str) -> tuple[Any, bool]:
     return df, False
 
 
-def _facets(df: pd.DataFrame, col: str | None, order: Sequence[Any] | None = None) -> list[Any]:
+def _facets(df: pd.DataFrame, col: str | None, order: Sequence[Any] | None = None,
+            what: str = "col_order") -> list[Any]:
     if col is None:
         return [None]
     if order is not None:
-        present = set(df[col].dropna().tolist())
-        return [v for v in order if v in present]
+        present = list(dict.fromkeys(df[col].dropna().tolist()))
+        have = set(present)
+        facets = [v for v in order if v in have]
+        if not facets:
+            raise _matches_nothing(what, order, col, present)
+        return facets
     values = df[col].dropna().unique().tolist()
     try:
         return sorted(values)
@@ -127,8 +178,21 @@ def _facet_title(col: str | None, facet: Any, col_label: str | None,
 def _hue_names(df: pd.DataFrame, hue: str, order: Sequence[str] | None) -> list[str]:
     present = list(dict.fromkeys(df[hue].astype(str).tolist()))
     if order is not None:
-        return [str(n) for n in order if str(n) in present]
+        if isinstance(order, str):  # one name, not its letters
+            order = [order]
+        names = [str(n) for n in order if str(n) in present]
+        if not names:
+            raise _matches_nothing("hue_order", order, hue, present)
+        return names
     return sorted(present)
+
+
+def _matches_nothing(what: str, order: Sequence[Any], column: str, present: Sequence[Any]
+                     ) -> ShiftsimError:
+    """An order argument none of whose values is in the data: the figure would be empty."""
+    have = ", ".join(repr(v) for v in sorted(present, key=str)[:20]) or "none"
+    return ShiftsimError(f"{what} {list(order)!r} names no value of column {column!r}; "
+                         f"present: {have}")
 
 
 #: most points per line a whole-stream figure draws (a 20-step smoothed curve loses nothing
@@ -152,7 +216,7 @@ def _layout(df: pd.DataFrame, hue: str, col: str | None, col_order: Sequence[Any
     """(facets, line names, palette) of a faceted line figure; ``df[hue]`` becomes str."""
     df[hue] = df[hue].astype(str)
     names = _hue_names(df, hue, hue_order)
-    return _facets(df, col, col_order), names, palette or optimizer_palette(names)
+    return _facets(df, col, col_order), names, _palette(palette, names)
 
 
 def _draw_bands(ax: plt.Axes, band: pd.DataFrame, x: str, hue: str, names: Sequence[str],

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .. import metrics
+from ..metrics._base import _column_names
 from .common import _require
 
 
@@ -15,7 +16,8 @@ def smoothed_accuracy(trace: pd.DataFrame, window: int = 20, by: Sequence[str] =
                       ) -> pd.Series:
     """Within-phase trailing online accuracy ā_t of every run (docs/metrics.md), as a Series
     named ``acc`` aligned with ``trace``: Σ correct / Σ n over the last ``window`` steps of the
-    same phase. ``by`` names the columns that identify a run (absent ones ignored).
+    same phase. ``by`` names the columns that identify a run (a name or a list of names;
+    absent ones ignored).
     :func:`shiftsim.metrics.trailing_accuracy_by` computes it (vectorised, no loop over runs).
 
     >>> tr = pd.DataFrame({"step": range(5), "phase": [0, 0, 0, 1, 1], "n": 10,
@@ -43,7 +45,7 @@ def recovery_frame(traces: pd.DataFrame, window: int = 20, before: int = 0,
     ([-1, 0, 1, 2], [0.7, 0.1, 0.2, 0.3])
     """
     _require(traces, ["step", "phase", "n", "correct"], "recovery_frame")
-    keys = [c for c in run_key if c in traces.columns]
+    keys = [c for c in _column_names(run_key, "run_key") if c in traces.columns]
     df = traces.copy()
     df["acc"] = smoothed_accuracy(df, window, keys)
     starts = df.groupby(keys + ["phase"], sort=False)["step"].transform("min")
@@ -69,10 +71,11 @@ def mean_band(df: pd.DataFrame, x: str, y: str, by: Sequence[str], level: float 
               ) -> pd.DataFrame:
     """Mean of ``y`` per (by, x) with a Student-t ``level`` interval over the rows (seeds) at
     each point (:func:`shiftsim.metrics.mean_interval_by`): columns ``by``, ``x``, ``mean``,
-    ``std``, ``count``, ``low``, ``high`` (NaN bounds where a point has one row).
+    ``std``, ``count``, ``low``, ``high`` (NaN bounds where a point has one row). ``by`` is a
+    column name or a list of them.
 
     >>> d = pd.DataFrame({"opt": "a", "t": [0, 0, 0, 1], "acc": [0.1, 0.2, 0.3, 0.5]})
     >>> mean_band(d, "t", "acc", ["opt"])[["t", "mean", "count"]].values.tolist()
     [[0.0, 0.2, 3.0], [1.0, 0.5, 1.0]]
     """
-    return metrics.mean_interval_by(df, y, [*by, x], level)
+    return metrics.mean_interval_by(df, y, [*_column_names(by, "by"), x], level)

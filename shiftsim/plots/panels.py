@@ -24,10 +24,12 @@ from .common import (  # noqa: E402
     _hue_names,
     _layout,
     _legend,
+    _no_rows,
+    _numeric,
     _one_run,
+    _palette,
     _require,
     _thin,
-    optimizer_palette,
     style,
 )
 from .frames import mean_band  # noqa: E402
@@ -53,7 +55,7 @@ def accuracy_matrices(evals: pd.DataFrame, hue: str = "optimizer", row: str | No
         raise ShiftsimError("accuracy_matrices needs phase-end evaluations (phase_end true)")
     end[hue] = end[hue].astype(str)
     names = _hue_names(end, hue, hue_order)
-    rows = _facets(end, row, row_order)
+    rows = _facets(end, row, row_order, "row_order")
     with style():
         fig, axes = plt.subplots(len(rows), len(names),
                                  figsize=(size * len(names) + 1.2, size * len(rows) + 0.4),
@@ -123,7 +125,8 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
     """Optimizer diagnostics over time (TAM damping and cosine, AM beta, MoMo step size ...):
     one panel per ``diag_*`` column, the mean over seeds (smoothed with a ``window``-step
     rolling mean) with a ``level`` band, one line per ``hue`` value that records the diagnostic,
-    phase boundaries dashed.
+    phase boundaries dashed. ``columns``: the numeric columns to draw (a name or a list;
+    default: :func:`diagnostic_columns`).
 
     >>> tr = pd.DataFrame({"run_id": "a", "optimizer": "tam", "step": range(30),
     ...                    "phase": [0] * 15 + [1] * 15, "diag_damping": np.linspace(0, 1, 30)})
@@ -132,15 +135,22 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
     """
     traces, single = _one_run(traces, hue)
     _require(traces, ["step", "phase", hue], "diagnostics")
+    _no_rows(traces, "diagnostics", "the traces are empty")
+    if isinstance(columns, str):  # one column, not its letters
+        columns = [columns]
     cols = list(columns) if columns is not None else diagnostic_columns(traces)
     if not cols:
         raise ShiftsimError("diagnostics: the traces have no diag_* columns (only shiftsim's own "
                             "optimizers such as tam, adamem_* and momo record them)")
+    if columns is not None:
+        _require(traces, cols, "diagnostics")
+        for c in cols:
+            _numeric(traces, c, "diagnostics")
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
     df = traces.copy()
     df[hue] = df[hue].astype(str)
     names = _hue_names(df, hue, hue_order)
-    palette = palette or optimizer_palette(names)
+    palette = _palette(palette, names)
     starts = df.groupby("phase")["step"].min().sort_index().tolist()[1:]
     with style():
         fig, axes = plt.subplots(len(cols), 1, figsize=(7.0, height * len(cols)), squeeze=False,
@@ -172,7 +182,8 @@ def sensitivity(curves: pd.DataFrame, metric: str = "score", hue: str = "optimiz
     seeds), one facet per ``col`` value; the chosen point (``chosen``) is a star, a point where
     a tuning run diverged or failed (``eligible`` False) an open circle. ``curves`` is
     ``ss.store.load(...).tuning_curves``; other hyperparameters are held at their chosen
-    values.
+    values. A study without a tuning stage has no curves (an empty frame): that is refused,
+    saying so.
 
     >>> c = pd.DataFrame({"group": "s", "optimizer": "sgdm", "lr": [0.01, 0.1, 1.0],
     ...                   "mean": [0.5, 0.8, 0.2], "low": [0.4, 0.7, 0.1],
@@ -181,7 +192,11 @@ def sensitivity(curves: pd.DataFrame, metric: str = "score", hue: str = "optimiz
     >>> len(sensitivity(c, metric="online accuracy").axes)
     1
     """
+    if isinstance(curves, pd.DataFrame) and curves.empty and len(curves.columns) == 0:
+        raise ShiftsimError("no tuning curves: the study has no tuning stage "
+                            "(Study(..., tuning=Tuning(...)))")
     _require(curves, ["lr", "mean", hue, col], "sensitivity")
+    _no_rows(curves, "sensitivity", "the tuning curves are empty")
     df = curves.copy()
     for c in ("low", "high"):
         if c not in df.columns:

@@ -15,15 +15,53 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..errors import ShiftsimError  # noqa: E402
 from ..metrics import mean_interval, median_recovery  # noqa: E402
+from ..metrics._base import _bool_array  # noqa: E402
 from ..metrics.names import axis_label, format_severity  # noqa: E402
 from .common import (  # noqa: E402
     RECOVERY_METRICS,
     _hue_names,
+    _no_rows,
+    _numeric,
+    _palette,
     _require,
-    optimizer_palette,
     style,
 )
+
+
+def _plotted(df: pd.DataFrame, x: str, value: str, recovery: bool, what: str,
+             panel: bool) -> pd.DataFrame | None:
+    """The rows a severity figure draws (a value of ``x``; a phase ≥ 1 for recovery times),
+    ``value`` as numbers and ``censored`` as True/False. No such row: refused, or None for a
+    ``panel`` of the caller's figure (drawn saying so: a report's panel of recovery times in
+    a study without shifts)."""
+    data = df[df[x].notna()]
+    if recovery and "phase" in data.columns:
+        data = data[data["phase"] >= 1]
+    if data.empty:
+        if panel:
+            return None
+        _no_rows(df, what)
+        raise ShiftsimError(f"{what}: no rows to plot (none of the {len(df)} rows has a value "
+                            f"of {x!r}" + (" and a phase >= 1)" if recovery else ")"))
+    data = data.copy()
+    data[value] = _numeric(data, value, what)
+    if recovery:
+        data["censored"] = _bool_array(data["censored"], f"{what}: column 'censored'")
+    return data
+
+
+def _empty_panel(ax: plt.Axes, x_label: str, y_label: str) -> plt.Figure:
+    """A panel without rows to draw, saying so (never a blank panel)."""
+    with style():
+        ax.text(0.5, 0.5, "no values to plot", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="0.35")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+    return ax.figure
 
 
 def _recovery_cell(times: Any, censored: Any) -> tuple[float, np.ndarray, int]:
@@ -71,7 +109,10 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
       seeds with a ``level`` Student-t interval (:func:`shiftsim.metrics.mean_interval`).
 
     With a ``status`` column, a point whose runs include diverged ones gets a black ×.
-    ``x`` may be numeric (severity) or categorical (e.g. ``"scenario"``).
+    ``x`` may be numeric (severity) or categorical (e.g. ``"scenario"``); ``y`` must be
+    numeric. A frame with no row to draw is refused (the figure would be blank); drawn into a
+    given ``ax`` (a panel of a larger figure) the panel says "no values to plot" instead. A
+    ``hue_order`` that names no ``hue`` value present is refused.
 
     >>> d = pd.DataFrame({"optimizer": ["a"] * 4 + ["b"] * 4, "severity": [0.5, 0.5, 1, 1] * 2,
     ...                   "phase": 1, "recovery_steps": [3, 5, 8, np.nan, 2, 2, 4, 6],
@@ -84,12 +125,12 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
     recovery = y in RECOVERY_METRICS
     if recovery:
         _require(df, ["censored"], "severity_curves (recovery)")
-        if "phase" in df.columns:
-            df = df[df["phase"] >= 1]
-    data = df[df[x].notna()].copy()
+    data = _plotted(df, x, y, recovery, "severity_curves", panel=ax is not None)
+    if data is None:
+        return _empty_panel(ax, x_label or x, axis_label(y))
     data[hue] = data[hue].astype(str)
     names = _hue_names(data, hue, hue_order)
-    palette = palette or optimizer_palette(names)
+    palette = _palette(palette, names)
     numeric = pd.api.types.is_numeric_dtype(data[x])
     xs = sorted(data[x].unique().tolist()) if numeric else list(dict.fromkeys(data[x].tolist()))
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs)}
@@ -103,7 +144,7 @@ def severity_curves(df: pd.DataFrame, y: str = "recovery_steps", x: str = "sever
             fig = ax.figure
         top = 1.0
         if recovery:
-            finite = data.loc[~data["censored"].astype(bool), y]
+            finite = data.loc[~data["censored"], y]
             top = max(float(np.nanmax(finite)) if finite.notna().any() else 1.0, 1.0) * 1.15
         for i, name in enumerate(names):
             sub = data[data[hue] == name]
@@ -194,7 +235,10 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
     the median counting censored runs as +inf, lower is better (reversed colours); a cell whose
     median is undefined (half or more censored) is hatched and says "censored". Other values:
     the mean over runs. A cell without values (e.g. every run diverged before the shift) is
-    left blank and says "n/a".
+    left blank and says "n/a". ``value`` must be numeric. A frame with no row to draw is
+    refused, or, drawn into a given ``ax`` (a panel of a larger figure), the panel says "no
+    values to plot"; a ``hue_order`` (the ``y`` values to show) that names none present is
+    refused.
 
     >>> d = pd.DataFrame({"optimizer": ["a", "a", "b", "b"], "severity": [0.5, 1.0] * 2,
     ...                   "online_acc": [0.9, 0.7, 0.8, np.nan]})
@@ -206,11 +250,11 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
 
     _require(df, [x, y, value], "severity_heatmap")
     recovery = value in RECOVERY_METRICS
-    data = df[df[x].notna()].copy()
     if recovery:
         _require(df, ["censored"], "severity_heatmap (recovery)")
-        if "phase" in data.columns:
-            data = data[data["phase"] >= 1]
+    data = _plotted(df, x, value, recovery, "severity_heatmap", panel=ax is not None)
+    if data is None:
+        return _empty_panel(ax, x_label or x, y)
     data[y] = data[y].astype(str)
     rows = _hue_names(data, y, hue_order)
     numeric = pd.api.types.is_numeric_dtype(data[x])
@@ -221,7 +265,7 @@ def severity_heatmap(df: pd.DataFrame, value: str = "online_acc", x: str = "seve
     for (ri, r), (ci, c) in ((a, b) for a in enumerate(rows) for b in enumerate(cols)):
         cell = data[(data[y] == r) & (data[x] == c)]
         if recovery:
-            med, vals, _ = _recovery_cell(cell[value], cell["censored"].astype(bool))
+            med, vals, _ = _recovery_cell(cell[value], cell["censored"])
             mat[ri, ci] = med
             undefined[ri, ci] = vals.size > 0 and math.isnan(med)
             if undefined[ri, ci]:

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..errors import ShiftsimError  # noqa: E402
+from ..errors import ShiftsimError, SpecTypeError  # noqa: E402
 from ..metrics import median_recovery  # noqa: E402
 from .common import (  # noqa: E402
     OKABE_ITO,
@@ -24,6 +24,7 @@ from .common import (  # noqa: E402
     _grid,
     _layout,
     _legend,
+    _no_rows,
     _one_run,
     _require,
     _thin,
@@ -67,6 +68,7 @@ def recovery_curves(traces: pd.DataFrame, hue: str = "optimizer", col: str | Non
     if single and recovery is not None:
         recovery, _ = _one_run(recovery, hue)
     _require(traces, ["step", "phase", "n", "correct", hue], "recovery_curves")
+    _no_rows(traces, "recovery_curves", "the traces are empty")
     if col is not None and col != "shift":
         _require(traces, [col], "recovery_curves")
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
@@ -131,6 +133,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
     """
     traces, single = _one_run(traces, hue)
     _require(traces, ["step", "phase", "n", "correct", hue], "stream_accuracy")
+    _no_rows(traces, "stream_accuracy", "the traces are empty")
     keys = [c for c in ("run_id",) if c in traces.columns] or [hue]
     df = traces.copy()
     df["acc"] = smoothed_accuracy(df, window, keys)
@@ -152,6 +155,7 @@ def stream_accuracy(traces: pd.DataFrame, phases: pd.DataFrame | None = None,
             # runs that stop early (diverged): a × where each one stopped
             last = sub.loc[sub.groupby(keys, sort=False)["step"].idxmax()]
             stopped = last[last["step"] < max(int(plan["end"].max()) - 1, int(sub["step"].max()))]
+            stopped = stopped[stopped[hue].isin(names)]  # the lines drawn (``hue_order``)
             for st, acc, name in zip(stopped["step"], stopped["acc"], stopped[hue]):
                 ax.scatter([st], [0.0 if math.isnan(acc) else acc], marker="x", s=28, lw=1.3,
                            color=palette[name], zorder=5, clip_on=False)
@@ -185,6 +189,11 @@ def run_accuracy(result: Any, window: int = 20, summary: pd.DataFrame | None = N
     >>> fig.axes[0].get_title(), fig.axes[0].get_xlabel()
     ('flip-permute-1, sgdm, seed 0', 'step')
     """
+    if isinstance(result, pd.DataFrame) or not all(
+            hasattr(result, a) for a in ("trace", "phases", "summary")):
+        raise SpecTypeError(f"run_accuracy needs a RunResult (what ss.run returns), got "
+                            f"{type(result).__name__}; for traces in a DataFrame use "
+                            "plots.stream_accuracy")
     trace, phases = result.trace, result.phases
     if summary is None:
         summary = result.summary(window=window)

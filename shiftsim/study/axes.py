@@ -198,7 +198,16 @@ def views(scenarios: Mapping[str, Scenario] | Scenario | Sequence[Scenario]) -> 
     if isinstance(scenarios, Scenario):
         scenarios = {scenarios.name: scenarios}
     elif not isinstance(scenarios, Mapping):
+        if isinstance(scenarios, (str, bytes)) or not isinstance(scenarios, Iterable):
+            raise SpecTypeError(f"views needs a scenario, a list of scenarios or a dict name -> "
+                                f"scenario, got {scenarios!r}")
+        scenarios = list(scenarios)
+        bad = next((sc for sc in scenarios if not isinstance(sc, Scenario)), None)
+        if bad is not None:
+            raise SpecTypeError(f"views needs scenarios, got {bad!r}")
         scenarios = {sc.name: sc for sc in scenarios}
+    if not scenarios:
+        raise ShiftsimError("views needs at least one scenario, got none")
     labels = getattr(scenarios, "labels", {})
     items, extra = {}, {}
     for key, sc in scenarios.items():

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...errors import ShiftsimError, SpecTypeError
+from ...errors import ShiftsimError, SpecTypeError, check_range
 from ...learner import TorchLearner, mode_sensitive
 from ...models import ModelSpec
 from ...optim import OptimizerSpec
@@ -158,6 +158,19 @@ def _jsonable(value: Any) -> Any:
     return type(value).__name__
 
 
+def _checked_replay_sizes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``mem_size`` (a replay buffer's samples: a non-negative integer) and ``batch_size_mem``
+    (replayed samples per step: a positive integer or None), checked now rather than inside
+    Avalanche at the first batch; an integral float becomes an int."""
+    out = dict(kwargs)
+    if "mem_size" in out:
+        out["mem_size"] = check_range(out["mem_size"], "mem_size", 0, integer=True)
+    if "batch_size_mem" in out:
+        out["batch_size_mem"] = check_range(out["batch_size_mem"], "batch_size_mem", 1,
+                                            integer=True, optional=True)
+    return out
+
+
 class AvalancheLearner:
     """An Avalanche strategy as a shiftsim :class:`~shiftsim.learner.Learner`.
 
@@ -176,7 +189,8 @@ class AvalancheLearner:
     (the defaults a callable without ``**kwargs`` does not accept are left out;
     ``strategy_kwargs`` win over the defaults and are deep-copied for every run, so plugins
     passed in them never carry state from one run to the next). The strategy is built at the
-    first batch, when the batch size is known.
+    first batch, when the batch size is known; a replay buffer's ``mem_size`` (a non-negative
+    integer) and ``batch_size_mem`` (a positive integer or None) are checked here, before.
 
     At every step, :meth:`observe` predicts the batch with the strategy's model (eval mode when
     the model has dropout or BatchNorm) before any training, writes the predictions for
@@ -234,6 +248,7 @@ class AvalancheLearner:
             if unknown:
                 raise ShiftsimError(f"unknown argument {unknown[0]!r} for strategy "
                                     f"{_name(strategy)}; allowed: {', '.join(sorted(accepted))}")
+        strategy_kwargs = _checked_replay_sizes(strategy_kwargs)
         from ...models import mlp
 
         self.strategy = strategy
