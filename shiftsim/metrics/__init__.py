@@ -73,6 +73,7 @@ from .recovery import (
     TOLERANCE,
     common_reference,
     judged_on_original,
+    original_label_rows,
     recovery,
     run_recovery,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "common_reference",
     "run_recovery",
     "judged_on_original",
+    "original_label_rows",
     "accuracy_matrix",
     "average_accuracy",
     "backward_transfer",

@@ -30,7 +30,8 @@ from ._base import (
 
 __all__ = ["BOOL_COLUMNS", "COLLAPSE_MARGIN", "RECOVERY_COLUMNS", "RECOVERY_OPTIONS",
            "REFERENCES", "TOLERANCE", "common_reference", "judged_on_original",
-           "plan_recovery_records", "recovery", "recovery_records", "run_recovery"]
+           "original_label_rows", "plan_recovery_records", "recovery", "recovery_records",
+           "run_recovery"]
 
 REFERENCES = ("plateau", "pre", "ceiling")
 RECOVERY_OPTIONS = ("window", "q", "reference", "reference_true", "persistence", "onset")
@@ -160,6 +161,25 @@ def judged_on_original(label_kind: Any, concept: Any = "") -> bool:
     return kind == "noise" or (kind == "concept + noise" and str(concept) == "original")
 
 
+def original_label_rows(phases: pd.DataFrame) -> pd.Series:
+    """:func:`judged_on_original` for every row of a phase table or phases frame (its
+    ``label_kind`` and, where present, ``concept`` columns), vectorised: a bool Series on
+    ``phases``' index. Without ``label_kind`` no row is.
+
+    >>> original_label_rows(pd.DataFrame({"label_kind": ["noise", "concept + noise",
+    ...                                                  "concept + noise", "none"],
+    ...                                   "concept": ["original", "original", "flipped",
+    ...                                               "original"]})).tolist()
+    [True, True, False, False]
+    """
+    if "label_kind" not in phases.columns:
+        return pd.Series(False, index=phases.index, dtype=bool)
+    kind = phases["label_kind"].astype(str)
+    original = phases["concept"].astype(str) == "original" if "concept" in phases.columns \
+        else pd.Series(False, index=phases.index)
+    return ((kind == "noise") | ((kind == "concept + noise") & original)).astype(bool)
+
+
 def _recovery_rows(trace: pd.DataFrame, tab: pd.DataFrame, *, window: int, q: float,
                    reference: Any, reference_true: Any, persistence: int, onset: int
                    ) -> dict[int, dict[str, Any]]:
@@ -235,9 +255,9 @@ def _plan_recovery_rows(n: np.ndarray, phase: np.ndarray, corrects: Mapping[str,
                 values["drop"] = values["pre"] - float(np.min(seg))
                 if not math.isnan(ref):
                     values["deficit"] = float(np.mean(np.maximum(0.0, ref - seg)))
-                if math.isnan(chance):  # unknown chance level (a plan without it): no target,
-                    pass  # so no recovery time (never "not hurt")
-                elif not math.isnan(ref):
+                # an unknown chance level (a plan without it): no target, so no recovery time
+                # (never "not hurt"); a NaN chance is never a collapse either
+                if not (math.isnan(ref) or math.isnan(chance)):
                     target = chance + q * (ref - chance)
                     values["target"] = target
                     values.update(_recover(seg, n[lo:hi], target, persistence=persistence,

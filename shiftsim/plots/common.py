@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..errors import ShiftsimError, SpecTypeError  # noqa: E402
+from ..metrics._base import _column_names  # noqa: E402
 from ..metrics.names import NAMES, format_severity  # noqa: E402
 
 #: Okabe & Ito's colour-blind-safe palette (Wong 2011, Nature Methods 8:441), most distinct first
@@ -178,8 +179,7 @@ def _facet_title(col: str | None, facet: Any, col_label: str | None,
 def _hue_names(df: pd.DataFrame, hue: str, order: Sequence[str] | None) -> list[str]:
     present = list(dict.fromkeys(df[hue].astype(str).tolist()))
     if order is not None:
-        if isinstance(order, str):  # one name, not its letters
-            order = [order]
+        order = _column_names(order, "hue_order")  # one name, not its letters
         names = [str(n) for n in order if str(n) in present]
         if not names:
             raise _matches_nothing("hue_order", order, hue, present)

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..errors import ShiftsimError  # noqa: E402
+from ..metrics._base import _column_names  # noqa: E402
 from ..metrics.names import axis_label  # noqa: E402
 from .common import (  # noqa: E402
     _draw_bands,
@@ -136,9 +137,8 @@ def diagnostics(traces: pd.DataFrame, hue: str = "optimizer", columns: Sequence[
     traces, single = _one_run(traces, hue)
     _require(traces, ["step", "phase", hue], "diagnostics")
     _no_rows(traces, "diagnostics", "the traces are empty")
-    if isinstance(columns, str):  # one column, not its letters
-        columns = [columns]
-    cols = list(columns) if columns is not None else diagnostic_columns(traces)
+    cols = _column_names(columns, "columns") if columns is not None \
+        else diagnostic_columns(traces)
     if not cols:
         raise ShiftsimError("diagnostics: the traces have no diag_* columns (only shiftsim's own "
                             "optimizers such as tam, adamem_* and momo record them)")

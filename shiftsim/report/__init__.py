@@ -49,7 +49,7 @@ from typing import Any
 from ..errors import ShiftsimError, SpecTypeError, check_range
 from ..store import check_out_dir
 from .document import Document, FigureFile, Table, render_html, render_markdown
-from .tables import build
+from .tables import build, hyperparameter_columns
 from .view import StudyView, view
 
 __all__ = ["report", "build_document", "REPORT_FILE", "Document"]
@@ -89,10 +89,7 @@ def _tuned_names(v: StudyView) -> dict[str, set[str]]:
     t = v.tuning
     if t is None or t.empty:
         return {}
-    known = {"scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
-             "tolerance", "tolerance_low", "tolerance_high", "tolerance_open", "at_edge",
-             "scope", "tuned_on", "chance"}
-    hp = [c for c in t.columns if c not in known]
+    hp = hyperparameter_columns(t)
     return {str(opt): {c for c in hp if g[c].notna().any()}
             for opt, g in t.groupby("optimizer", sort=False)}
 

@@ -123,13 +123,14 @@ def build_figures(v: StudyView, results: Any, window: int = 20,
         f"mean over seeds with a {pct} % band; phases alternately shaded and named{note}. "
         "A × marks where a run stopped because it diverged.", fig)
 
+    recovery = _headline_recovery(v, values)  # once, for both figures below
     if len(v.scenarios) >= 2 and multi_phase:
         say("severity curves")
-        yield from _severity_figures(v, palette, values)
+        yield from _severity_figures(v, palette, values, recovery)
 
     if len(v.scenarios) >= 2 or len(v.arms) >= 2:
         say("heatmap")
-        yield _heatmap(v, values)
+        yield _heatmap(v, values, recovery)
 
     evals = results.evals_of(ok_ids)  # a tuned study's evaluation runs: not its tuning runs'
     if len(evals) and "phase_end" in evals.columns and evals["phase_end"].astype(bool).any() \
@@ -240,10 +241,10 @@ def _sensitivity(v: StudyView, palette: dict[str, Any], cur: pd.DataFrame) -> Fi
         f"other seeds{note}.", fig)
 
 
-def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFrame
+def _severity_figures(v: StudyView, palette: dict[str, Any], values: pd.DataFrame,
+                      recovery: pd.DataFrame
                       ) -> Iterator[Figure]:
     pct = int(round(100 * v.level))
-    recovery = _headline_recovery(v, values)
     families = sorted(set(v.families.values())) if v.families else [None]
     for fam in families:
         scen = [s for s in v.scenarios if fam is None or v.families.get(s) == fam]
@@ -281,13 +282,12 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in str(text)).strip("_").lower()
 
 
-def _heatmap(v: StudyView, values: pd.DataFrame) -> Figure:
+def _heatmap(v: StudyView, values: pd.DataFrame, recovery: pd.DataFrame) -> Figure:
     runs = values
     mixed = any(v.mixed(s) for s in v.scenarios)
     x = "severity" if v.has_severity and not v.families and runs["severity"].notna().all() \
         and not mixed else "scenario"
     x_label = v.severity_name if x == "severity" else "scenario"
-    recovery = _headline_recovery(v, runs)
     ncols = max(runs[x].nunique(), recovery[x].nunique())
     stacked = ncols > 4  # many severities: one map above the other
     height = max(2.2, 0.45 * len(v.arms) + 1.5)

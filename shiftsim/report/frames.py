@@ -501,17 +501,15 @@ def family_adjust(comparison: pd.DataFrame, firsts: pd.DataFrame
     firsts["duplicate"] = [i in same for i in firsts.index]
     use_f = (firsts["p"].notna() & ~firsts["duplicate"]) if len(firsts) else pd.Series(
         dtype=bool)
-    p = np.concatenate([comparison.loc[use_c, "p"].to_numpy(np.float64),
-                        firsts.loc[use_f, "p"].to_numpy(np.float64) if len(firsts)
-                        else np.empty(0)])
-    adj = metrics.holm(p) if p.size else p
-    comparison["p_holm"] = np.nan
-    comparison.loc[use_c, "p_holm"] = adj[:int(use_c.sum())]
-    firsts["p_holm"] = np.nan
-    if len(firsts):
-        firsts.loc[use_f, "p_holm"] = adj[int(use_c.sum()):]
-        for i, j in same.items():
-            firsts.loc[i, "p_holm"] = comparison.loc[j, "p_holm"]
+    p = pd.concat([comparison["p"], firsts["p"] if len(firsts) else pd.Series(dtype=float)],
+                  ignore_index=True)
+    judged = pd.concat([use_c, use_f if len(firsts) else pd.Series(dtype=bool)],
+                       ignore_index=True)
+    adj = adjust(p, judged).to_numpy()  # one Holm family (NaN outside it)
+    comparison["p_holm"] = adj[:len(comparison)]
+    firsts["p_holm"] = adj[len(comparison):] if len(firsts) else np.nan
+    for i, j in same.items():  # the same test as a comparison: its adjusted p-value
+        firsts.loc[i, "p_holm"] = comparison.loc[j, "p_holm"]
     comparison["verdict"] = [verdict(r) for _, r in comparison.iterrows()] \
         if len(comparison) else []
     return comparison, firsts

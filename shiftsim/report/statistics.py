@@ -4,8 +4,9 @@ The seed is the unit of replication (docs/metrics.md, "Comparing optimizers in a
 
 * every run is first reduced to one value per metric: its online accuracies, its held-out
   numbers, and its shifts reduced within the run (:func:`shiftsim.metrics.run_recovery`: the
-  median recovery time over its shifted phases counting censored ones as +inf, the mean drop
-  and deficit), so seed × shift pairs are never counted as independent replicates;
+  medians over its shifted phases of one kind of the recovery time, counting censored ones as
+  +inf, the drop and the deficit), so seed × shift pairs are never counted as independent
+  replicates;
 * an optimizer is compared with the baseline paired by seed: accuracies and deficits by the mean
   difference with a Student-t interval and a paired t test, recovery times by the median
   difference with a bootstrap interval and a Wilcoxon signed-rank test (a run that never

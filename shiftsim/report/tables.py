@@ -337,16 +337,24 @@ def runs_table(v: StudyView) -> Table:
                  pd.DataFrame(recs))
 
 
+#: the columns of a tuning table that are not hyperparameters
+TUNING_COLUMNS = frozenset({"scenario", "model", "optimizer", "metric", "value", "worst", "n",
+                            "eligible", "tolerance", "tolerance_low", "tolerance_high",
+                            "tolerance_open", "at_edge", "scope", "tuned_on", "chance"})
+
+
+def hyperparameter_columns(tuning: pd.DataFrame) -> list[str]:
+    """The tuned hyperparameters' columns of a tuning table (``lr``, ...)."""
+    return [c for c in tuning.columns if c not in TUNING_COLUMNS]
+
+
 def tuning_table(v: StudyView) -> Table:
     """The tuned settings: per scenario and optimizer the chosen hyperparameters, the selection
     metric's mean over the tuning seeds, the tolerance in decades and edge flags."""
     from ..study.tuning import describe_chosen
 
     df = v.tuning if v.tuning is not None else pd.DataFrame()
-    known = {"scenario", "model", "optimizer", "metric", "value", "worst", "n", "eligible",
-             "tolerance", "tolerance_low", "tolerance_high", "tolerance_open", "at_edge",
-             "scope", "tuned_on", "chance"}
-    hp = [c for c in df.columns if c not in known]
+    hp = hyperparameter_columns(df)
     tv = v.tolerance_vs_baseline
     diffs = None
     if tv is not None and len(tv):

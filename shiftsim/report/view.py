@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ShiftsimError
-from ..metrics import judged_on_original
+from ..metrics import original_label_rows
 from ..metrics.names import format_severity
 from .document import Table
 from .statistics import METRICS
@@ -278,9 +278,7 @@ def view(results: Any, baseline: str | None = None, level: float = 0.95) -> Stud
         kind = ps["label_kind"].astype(str) if "label_kind" in ps.columns else pd.Series(
             dtype=str)
         shift = ps["shifted"].astype(bool) if "shifted" in ps.columns else ps["phase"] > 0
-        concept = ps["concept"] if "concept" in ps.columns else pd.Series("", index=ps.index)
-        original = pd.Series([judged_on_original(k, c) for k, c in zip(kind, concept)],
-                             index=ps.index, dtype=bool)
+        original = original_label_rows(ps)
         # judged on the original labels: label noise, a partial permute / pair below 0.5
         noise[s] = bool(len(ps) and (original & shift).any())
         if noise[s] and "chance_true" in ps.columns and \

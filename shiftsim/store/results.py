@@ -412,10 +412,8 @@ class StudyResults:
         """One run's ``name`` file as a pyarrow Table (``columns``: those and ``run_id``)."""
         import pyarrow.parquet as pq
 
-        st = self.states.get(run_id)
-        if st is None:
-            known = ", ".join(list(self.states)[:5]) + (" ..." if len(self.states) > 5 else "")
-            raise ShiftsimError(f"no run {run_id!r} in {str(self.path)!r}; runs: {known}")
+        self._check_known([run_id])
+        st = self.states[run_id]
         if st.status not in ("ok", "diverged"):
             raise ShiftsimError(_unreadable(run_id, name, st))
         if isinstance(columns, str):

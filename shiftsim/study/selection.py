@@ -35,14 +35,10 @@ def _noise(phases: pd.DataFrame) -> dict[str, bool]:
     scenario is tuned on the stream's labels like a full concept shift."""
     if phases.empty or "label_kind" not in phases.columns:
         return {}
-    from ..metrics import judged_on_original
+    from ..metrics import original_label_rows
 
     shifted = phases["shifted"].astype(bool) if "shifted" in phases else phases["phase"] > 0
-    concept = phases["concept"] if "concept" in phases else pd.Series("", index=phases.index)
-    original = pd.Series([judged_on_original(k, c) for k, c in zip(phases["label_kind"],
-                                                                    concept)],
-                         index=phases.index, dtype=bool)
-    return (shifted & original).groupby(phases["scenario"]).any().to_dict()
+    return (shifted & original_label_rows(phases)).groupby(phases["scenario"]).any().to_dict()
 
 
 def _run_deficits(ph: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
@@ -59,10 +55,7 @@ def _run_deficits(ph: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     if "shift_kind" not in ph.columns:
         ph = ph.assign(shift_kind="")
     ph = ph.assign(shift_kind=ph["shift_kind"].fillna("").astype(str))
-    concept = ph["concept"] if "concept" in ph.columns else pd.Series("", index=ph.index)
-    original = pd.Series([metrics.judged_on_original(k, c) for k, c in
-                          zip(ph["label_kind"], concept)], index=ph.index, dtype=bool) \
-        & ph["shifted"].astype(bool)
+    original = metrics.original_label_rows(ph) & ph["shifted"].astype(bool)
     on_true = original.groupby([ph["scenario"], ph["shift_kind"]]).any()
     red = metrics.run_recovery(ph)[["run_id", "shift_kind", "deficit"]]
     if "deficit_true" in ph.columns:
